@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny open_clip model loaded from a checkpoint file, and small CoOp-layout datasets on disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from lathadapter.demo.synthetic import write_coop_dataset
+
+DATA = Path(__file__).parent / "data"
+TINY_CONFIG = DATA / "lathadapter-tiny-test.json"
+
+# Two families and their shapes give the test dataset a real category hierarchy; colour, texture, size and
+# background are attributes that vary inside every class.
+TEST_CLASSES = ["circle", "ring", "ellipse", "triangle", "square", "hexagon", "star", "cross"]
+
+
+@dataclass(frozen=True)
+class TinyClip:
+    """A tiny open_clip model saved as a checkpoint file, as a user would pass it with `--pretrained PATH`."""
+
+    config: Path
+    name: str
+    checkpoint: Path
+    model: open_clip.model.CLIP
+    preprocess: object
+    tokenizer: object
+
+
+@dataclass(frozen=True)
+class CoopDataset:
+    """A generated dataset in the CoOp layout: images on disk and a `split_zhou_*.json`."""
+
+    folder: Path
+    split_file: Path
+    classes: list[str]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> TinyClip:
+    """Build the tiny model from its JSON config, save it, and load it back through `pretrained=<path>`."""
+    open_clip.add_model_config(TINY_CONFIG)
+    name = TINY_CONFIG.stem
+    torch.manual_seed(0)
+    built = open_clip.create_model(name)
+    checkpoint = tmp_path_factory.mktemp("tiny_clip") / "tiny.pt"
+    torch.save(built.state_dict(), checkpoint)
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(checkpoint))
+    model.eval()
+    return TinyClip(TINY_CONFIG, name, checkpoint, model, preprocess, open_clip.get_tokenizer(name))
+
+
+@pytest.fixture(scope="session")
+def coop_dataset(tmp_path_factory: pytest.TempPathFactory) -> CoopDataset:
+    """Eight shape classes from three families, 20 train / 6 val / 8 test images each, 32 px."""
+    folder = tmp_path_factory.mktemp("shapes")
+    split = write_coop_dataset(folder, "Shapes", TEST_CLASSES, counts=(20, 6, 8), seed=0)
+    return CoopDataset(folder, split, [c.replace(" ", "_") for c in TEST_CLASSES])
