@@ -1,0 +1,375 @@
+"""The HDF5 feature cache: its schema, the resumable writer the build uses, and the reader a fit uses.
+
+Schema (version 1). Root attributes: `schema_version`, `fingerprint` (hash of `fingerprint_json`),
+`fingerprint_json` (what was encoded, by which model, how), `lathadapter_version`, `embed_dim`, `views`,
+`complete` (true once every row is encoded). Groups:
+
+- `classes/names` `[C]` str (cleaned class names, label order); `classes/wnids` `[C]` str ("" when unknown).
+- `splits/{train,val,test}/paths` `[N]` str (relative to the dataset folder), `labels` `[N]` int64,
+  `features` `[N, D]` float16 (clean view, L2-normalised), `encoded` `[N]` bool (for resuming);
+  `splits/train/augmented` `[N, V, D]` float16 (augmented views, L2-normalised).
+  `train` holds the union of the few-shot train subsets (or the whole split), `val` the union of the val subsets.
+- `subsets/shots_{K}_seed_{S}/{train,val}` int64 row indices into `splits/train` and `splits/val`.
+- `text/templates` `[T]` str (templates[0] is the dataset's CoOp template); `text/features` `[T, C, D]` float16.
+- `attributes/phrases` `[A]` str; `attributes/features` `[A, D]` float16 (A may be 0).
+- `skipped` `[S]` str: images left out by `--skip-bad` (relative paths).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+_STR = h5py.string_dtype()
+
+
+class CacheError(ValueError):
+    """A cache file is missing, incomplete, from another schema, or lacks what was asked of it."""
+
+
+def fingerprint_of(fields: dict[str, object]) -> str:
+    """A short stable hash of the JSON of `fields` (what was encoded, and how)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def subset_key(shots: int, seed: int) -> str:
+    """HDF5 group name of a few-shot subset."""
+    return f"shots_{shots}_seed_{seed}"
+
+
+@dataclass
+class CacheLayout:
+    """Everything a cache holds except the encoded features: written once when the build starts."""
+
+    fingerprint: dict[str, object]
+    class_names: list[str]
+    embed_dim: int
+    views: int
+    paths: dict[str, list[str]]
+    labels: dict[str, list[int]]
+    subsets: dict[tuple[int, int], tuple[list[int], list[int]]]
+    templates: list[str]
+    attribute_phrases: list[str] = field(default_factory=list)
+    wnids: list[str] | None = None
+
+
+def create(path: Path, layout: CacheLayout) -> h5py.File:
+    """Create a cache file with every dataset allocated and nothing encoded yet (`encoded` all false)."""
+    from lathadapter import __version__
+
+    f = h5py.File(path, "w")
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["fingerprint_json"] = json.dumps(layout.fingerprint, sort_keys=True)
+    f.attrs["fingerprint"] = fingerprint_of(layout.fingerprint)
+    f.attrs["lathadapter_version"] = __version__
+    f.attrs["embed_dim"] = layout.embed_dim
+    f.attrs["views"] = layout.views
+    f.attrs["complete"] = False
+    num_classes, dim = len(layout.class_names), layout.embed_dim
+    f.create_dataset("classes/names", data=np.array(layout.class_names, dtype=object), dtype=_STR)
+    wnids = layout.wnids if layout.wnids is not None else [""] * num_classes
+    f.create_dataset("classes/wnids", data=np.array(wnids, dtype=object), dtype=_STR)
+    for split in SPLITS:
+        n = len(layout.paths[split])
+        group = f.create_group(f"splits/{split}")
+        group.create_dataset("paths", data=np.array(layout.paths[split], dtype=object), dtype=_STR)
+        group.create_dataset("labels", data=np.asarray(layout.labels[split], dtype=np.int64).reshape(n))
+        group.create_dataset("features", shape=(n, dim), dtype=np.float16)
+        group.create_dataset("encoded", data=np.zeros(n, dtype=bool))
+        if split == "train":
+            group.create_dataset("augmented", shape=(n, layout.views, dim), dtype=np.float16)
+    for (shots, seed), (train_rows, val_rows) in sorted(layout.subsets.items()):
+        group = f.create_group(f"subsets/{subset_key(shots, seed)}")
+        group.create_dataset("train", data=np.asarray(train_rows, dtype=np.int64))
+        group.create_dataset("val", data=np.asarray(val_rows, dtype=np.int64))
+        group.attrs["shots"], group.attrs["seed"] = shots, seed
+    f.create_dataset("text/templates", data=np.array(layout.templates, dtype=object), dtype=_STR)
+    f.create_dataset("text/features", shape=(len(layout.templates), num_classes, dim), dtype=np.float16)
+    f.create_dataset("attributes/phrases", data=np.array(layout.attribute_phrases, dtype=object), dtype=_STR)
+    f.create_dataset("attributes/features", shape=(len(layout.attribute_phrases), dim), dtype=np.float16)
+    f.create_dataset("skipped", shape=(0,), maxshape=(None,), dtype=_STR)
+    return f
+
+
+def write_rows(f: h5py.File, split: str, rows: np.ndarray, features: np.ndarray,
+               augmented: np.ndarray | None = None) -> None:
+    """Store encoded features for `rows` of `split` (sorted row indices) and mark them encoded."""
+    group = f[f"splits/{split}"]
+    rows = np.asarray(rows, dtype=np.int64)
+    group["features"][rows] = features.astype(np.float16)
+    if split == "train":
+        if augmented is None:
+            raise ValueError("train rows need their augmented views")
+        group["augmented"][rows] = augmented.astype(np.float16)
+    encoded = group["encoded"][:]
+    encoded[rows] = True
+    group["encoded"][:] = encoded
+
+
+def mark_skipped(f: h5py.File, split: str, rows: np.ndarray, paths: Sequence[str]) -> None:
+    """Record images left out by `--skip-bad`: their rows count as done (zero features) and are listed."""
+    group = f[f"splits/{split}"]
+    encoded = group["encoded"][:]
+    encoded[np.asarray(rows, dtype=np.int64)] = True
+    group["encoded"][:] = encoded
+    skipped = f["skipped"]
+    start = skipped.shape[0]
+    skipped.resize((start + len(paths),))
+    skipped[start:] = np.array(list(paths), dtype=object)
+
+
+def missing_rows(f: h5py.File, split: str) -> np.ndarray:
+    """Row indices of `split` not encoded yet (what a resumed build still has to do)."""
+    return np.flatnonzero(~f[f"splits/{split}/encoded"][:])
+
+
+def finalize(f: h5py.File, temporary: Path, final: Path) -> None:
+    """Check that everything is encoded, mark the cache complete, close it and move it into place atomically."""
+    for split in SPLITS:
+        left = len(missing_rows(f, split))
+        if left:
+            raise CacheError(f"{temporary}: {left} {split} rows are not encoded; the cache is incomplete")
+    f.attrs["complete"] = True
+    f.flush()
+    f.close()
+    os.replace(temporary, final)
+
+
+def write_cache(path: Path, layout: CacheLayout, features: dict[str, np.ndarray], augmented: np.ndarray,
+                text_features: np.ndarray, attribute_features: np.ndarray | None = None) -> None:
+    """Write a whole cache at once (synthetic caches for tests and benchmarks), atomically."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    f = create(temporary, layout)
+    for split in SPLITS:
+        write_rows(f, split, np.arange(len(layout.paths[split])), features[split],
+                   augmented if split == "train" else None)
+    f["text/features"][...] = text_features.astype(np.float16)
+    if attribute_features is not None and len(layout.attribute_phrases):
+        f["attributes/features"][...] = attribute_features.astype(np.float16)
+    finalize(f, temporary, path)
+
+
+def _strings(dataset: h5py.Dataset) -> list[str]:
+    return [str(s) for s in dataset.asstr()[()]]
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+@dataclass
+class FewShotData:
+    """The tensors one fit needs, float32 on one device; labels index `class_names`."""
+
+    class_names: list[str]
+    text_features: torch.Tensor  # [C, D]
+    attribute_features: torch.Tensor  # [A, D], A may be 0
+    train_features: torch.Tensor  # [N, D] clean view
+    train_views: torch.Tensor  # [N, V, D] augmented views
+    train_labels: torch.Tensor  # [N]
+    val_features: torch.Tensor
+    val_labels: torch.Tensor
+    test_features: torch.Tensor
+    test_labels: torch.Tensor
+    fingerprint: str
+    wnids: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def select_classes(self, classes: Sequence[int]) -> FewShotData:
+        """Keep only `classes` (and their samples), relabelled 0.. in the given order (base-to-novel)."""
+        classes = list(classes)
+        lookup = torch.full((self.num_classes,), -1, dtype=torch.long, device=self.train_labels.device)
+        lookup[torch.as_tensor(classes, device=lookup.device)] = torch.arange(len(classes), device=lookup.device)
+
+        def pick(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            keep = lookup[labels] >= 0
+            return features[keep], lookup[labels[keep]]
+
+        train_features, train_labels = pick(self.train_features, self.train_labels)
+        train_views, _ = pick(self.train_views, self.train_labels)
+        val_features, val_labels = pick(self.val_features, self.val_labels)
+        test_features, test_labels = pick(self.test_features, self.test_labels)
+        return replace(
+            self,
+            class_names=[self.class_names[c] for c in classes],
+            text_features=self.text_features[classes],
+            train_features=train_features, train_views=train_views, train_labels=train_labels,
+            val_features=val_features, val_labels=val_labels,
+            test_features=test_features, test_labels=test_labels,
+            wnids=[self.wnids[c] for c in classes] if self.wnids else [],
+        )
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """A cache's summary: provenance, sizes and the few-shot subsets it holds."""
+
+    path: Path
+    fingerprint: str
+    fields: dict[str, object]
+    class_names: list[str]
+    embed_dim: int
+    views: int
+    counts: dict[str, int]
+    subsets: list[tuple[int, int]]
+    templates: list[str]
+    attribute_count: int
+    skipped: list[str]
+    size_bytes: int
+
+
+class CacheReader:
+    """Read-only access to a complete cache; validates the schema on open."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CacheError(f"cache file {self.path} does not exist; build one with `lathadapter cache build`")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise CacheError(f"{self.path} is not a readable HDF5 cache ({error})") from error
+        version = int(self._file.attrs.get("schema_version", 0))
+        if version != SCHEMA_VERSION:
+            self._file.close()
+            raise CacheError(
+                f"{self.path} has cache schema version {version}; this lathadapter reads version {SCHEMA_VERSION}. "
+                "Rebuild it with `lathadapter cache build ... --force`."
+            )
+        if not bool(self._file.attrs.get("complete", False)):
+            self._file.close()
+            raise CacheError(f"{self.path} is an incomplete cache (its build did not finish); rerun the build")
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> CacheReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def file(self) -> h5py.File:
+        """The open HDF5 file (read-only), for inspection tools."""
+        return self._file
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self._file.attrs["fingerprint"])
+
+    def subsets(self) -> list[tuple[int, int]]:
+        """The (shots, seed) pairs this cache holds, sorted."""
+        group = self._file.get("subsets", {})
+        return sorted((int(group[k].attrs["shots"]), int(group[k].attrs["seed"])) for k in group)
+
+    def info(self) -> CacheInfo:
+        f = self._file
+        return CacheInfo(
+            path=self.path,
+            fingerprint=self.fingerprint,
+            fields=json.loads(f.attrs["fingerprint_json"]),
+            class_names=_strings(f["classes/names"]),
+            embed_dim=int(f.attrs["embed_dim"]),
+            views=int(f.attrs["views"]),
+            counts={split: int(f[f"splits/{split}/labels"].shape[0]) for split in SPLITS},
+            subsets=self.subsets(),
+            templates=_strings(f["text/templates"]),
+            attribute_count=int(f["attributes/phrases"].shape[0]),
+            skipped=_strings(f["skipped"]),
+            size_bytes=self.path.stat().st_size,
+        )
+
+    def text_features(self, text: str = "coop") -> torch.Tensor:
+        """Class text features `[C, D]`: the CoOp template (`coop`) or the normalised template mean (`ensemble`)."""
+        per_template = torch.from_numpy(self._file["text/features"][()].astype(np.float32))
+        if text == "coop":
+            return _normalize(per_template[0])
+        if text == "ensemble":
+            return _normalize(_normalize(per_template).mean(dim=0))
+        raise CacheError(f"unknown text features {text!r}; valid: coop, ensemble")
+
+    def _split(self, split: str, rows: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        group = self._file[f"splits/{split}"]
+        features, labels = group["features"][()], group["labels"][()]
+        if rows is not None:
+            features, labels = features[rows], labels[rows]
+        return torch.from_numpy(features.astype(np.float32)), torch.from_numpy(labels.astype(np.int64))
+
+    def _rows(self, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        key = f"subsets/{subset_key(shots, seed)}"
+        if key not in self._file:
+            held = ", ".join(f"shots={k} seed={s}" for k, s in self.subsets()) or "none"
+            raise CacheError(
+                f"{self.path} holds no few-shot subset with shots={shots} seed={seed}; it holds: {held}. "
+                "Rebuild the cache with `--shots`/`--seeds` that include it."
+            )
+        return self._file[f"{key}/train"][()], self._file[f"{key}/val"][()]
+
+    def load(self, shots: int, seed: int, *, text: str = "coop", device: str | torch.device = "cpu") -> FewShotData:
+        """Load one few-shot subset's train/val tensors, the whole test split and the text features, once."""
+        f = self._file
+        train_rows, val_rows = self._rows(shots, seed)
+        order = np.argsort(train_rows, kind="stable")  # h5py fancy indexing wants increasing indices
+        sorted_rows = train_rows[order]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        train_features, train_labels = self._split("train", sorted_rows)
+        views = torch.from_numpy(f["splits/train/augmented"][sorted_rows].astype(np.float32))
+        val_features, val_labels = self._split("val", np.sort(val_rows))
+        test_features, test_labels = self._split("test", None)
+        wnids = _strings(f["classes/wnids"])
+        data = FewShotData(
+            class_names=_strings(f["classes/names"]),
+            text_features=self.text_features(text),
+            attribute_features=torch.from_numpy(f["attributes/features"][()].astype(np.float32)),
+            train_features=train_features[inverse],
+            train_views=views[inverse],
+            train_labels=train_labels[inverse],
+            val_features=val_features,
+            val_labels=val_labels,
+            test_features=test_features,
+            test_labels=test_labels,
+            fingerprint=self.fingerprint,
+            wnids=wnids if any(wnids) else [],
+        )
+        return _to_device(data, device)
+
+    def load_test(self, *, text: str = "coop", device: str | torch.device = "cpu") -> FewShotData:
+        """Load only the test split and the text features (a cross-dataset or domain-shift target)."""
+        f = self._file
+        test_features, test_labels = self._split("test", None)
+        dim = int(f.attrs["embed_dim"])
+        empty = torch.zeros(0, dim)
+        no_labels = torch.zeros(0, dtype=torch.long)
+        wnids = _strings(f["classes/wnids"])
+        data = FewShotData(
+            class_names=_strings(f["classes/names"]),
+            text_features=self.text_features(text),
+            attribute_features=torch.from_numpy(f["attributes/features"][()].astype(np.float32)),
+            train_features=empty, train_views=torch.zeros(0, int(f.attrs["views"]), dim), train_labels=no_labels,
+            val_features=empty, val_labels=no_labels,
+            test_features=test_features, test_labels=test_labels,
+            fingerprint=self.fingerprint,
+            wnids=wnids if any(wnids) else [],
+        )
+        return _to_device(data, device)
+
+
+def _to_device(data: FewShotData, device: str | torch.device) -> FewShotData:
+    moved = {k: v.to(device) for k, v in vars(data).items() if isinstance(v, torch.Tensor)}
+    return replace(data, **moved)
