@@ -29,12 +29,29 @@ import numpy as np
 import torch
 
 SCHEMA_VERSION = 1
+DEFAULT_CACHE_DIR = Path("caches")  # where `cache build` writes and `fit` looks when no path is given
 SPLITS = ("train", "val", "test")
 _STR = h5py.string_dtype()
 
 
 class CacheError(ValueError):
     """A cache file is missing, incomplete, from another schema, or lacks what was asked of it."""
+
+
+def resolve_cache(path: str | Path | None) -> Path:
+    """The cache to use: `path` when given, else the only `*.h5` in DEFAULT_CACHE_DIR (an error lists several)."""
+    if path is not None:
+        return Path(path)
+    found = sorted(DEFAULT_CACHE_DIR.glob("*.h5"))
+    if not found:
+        raise CacheError(
+            f"no cache given and none in {DEFAULT_CACHE_DIR}/; build one with `lathadapter cache build` "
+            "or pass --cache PATH"
+        )
+    if len(found) > 1:
+        listed = "\n  ".join(str(p) for p in found)
+        raise CacheError(f"several caches in {DEFAULT_CACHE_DIR}/; choose one with --cache PATH:\n  {listed}")
+    return found[0]
 
 
 def fingerprint_of(fields: dict[str, object]) -> str:

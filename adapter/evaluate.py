@@ -1,0 +1,41 @@
+"""Top-1 accuracy of a method on cached test features, in chunks so large test sets fit in memory."""
+
+from __future__ import annotations
+
+import torch
+
+from lathadapter.adapter.methods.base import Method, NotApplicable
+
+CHUNK = 8192
+
+
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    if len(labels) == 0:
+        raise ValueError("no samples to evaluate")
+    return float((scores.argmax(dim=-1) == labels).float().mean() * 100)
+
+
+@torch.no_grad()
+def evaluate(method: Method, features: torch.Tensor, labels: torch.Tensor,
+             text_features: torch.Tensor | None = None) -> float | None:
+    """Accuracy on (`features`, `labels`) against the training classes, or against `text_features`' classes.
+
+    Returns None (not applicable) when the method cannot score those classes.
+    """
+    method.eval()
+    correct = 0
+    try:
+        for start in range(0, len(labels), CHUNK):
+            scores = method.logits(features[start:start + CHUNK], text_features)
+            correct += int((scores.argmax(dim=-1) == labels[start:start + CHUNK]).sum())
+    except NotApplicable:
+        return None
+    return 100.0 * correct / len(labels)
+
+
+def harmonic_mean(base: float | None, novel: float | None) -> float | None:
+    """HM = 2BN / (B + N); None when either side is not applicable."""
+    if base is None or novel is None:
+        return None
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)

@@ -1,0 +1,70 @@
+"""The interface every method implements: built from a few-shot set, scores images against class text features."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lathadapter.cache.store import FewShotData
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Unit L2 norm along the last dimension."""
+    return F.normalize(x, dim=-1)
+
+
+class NotApplicable(RuntimeError):
+    """The method cannot score classes it was not trained on (novel or cross-dataset classes)."""
+
+
+class Method(nn.Module):
+    """A few-shot method over cached features.
+
+    `logits(features)` scores the training classes; `logits(features, text_features)` scores another class set
+    (novel or cross-dataset classes), or raises `NotApplicable` when `scores_new_classes` is false.
+    """
+
+    name: ClassVar[str]
+    scores_new_classes: ClassVar[bool] = True
+    trains: ClassVar[bool] = True
+
+    def __init__(self, options: Any, data: FewShotData) -> None:
+        super().__init__()
+        self.options = options
+        self.register_buffer("text_features", data.text_features.clone())
+
+    def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss on a batch and its named parts (for logging); cross-entropy on the logits by default."""
+        loss = F.cross_entropy(self.logits(features), labels)
+        return loss, {"ce": loss.detach()}
+
+    def after_training(self, data: FewShotData) -> dict[str, Any]:
+        """Work done once training ends (e.g. hyper-parameter search on the few-shot val set); returns what it chose."""
+        return {}
+
+    def _require_new_classes(self) -> None:
+        if not self.scores_new_classes:
+            raise NotApplicable(f"{self.name} cannot score classes it was not trained on")
+
+
+class Adapter(nn.Module):
+    """The CLIP-Adapter bottleneck `D → D/r → D` with a ReLU between and no bias."""
+
+    def __init__(self, dim: int, reduction: int) -> None:
+        super().__init__()
+        hidden = dim // reduction
+        self.net = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, dim, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def blend(x: torch.Tensor, adapter: Adapter, ratio: float) -> torch.Tensor:
+    """Residual blend of a feature with its adapted version, renormalised: `norm((1 − α) x + α g(x))`."""
+    return normalize((1 - ratio) * x + ratio * adapter(x))

@@ -1,0 +1,30 @@
+"""CLIP-Adapter (Gao et al.): a residual bottleneck on the image feature, `ℓ = 100 <norm((1−α)x + α g(x)), t_c>`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lathadapter.adapter.methods.base import Adapter, Method, blend
+from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
+from lathadapter.adapter.options import TrainOptions
+from lathadapter.adapter.registry import register
+from lathadapter.cache.store import FewShotData
+
+
+@dataclass
+class ClipAdapterOptions(TrainOptions):
+    alpha: float = 0.2  # residual ratio of the adapted feature
+    reduction: int = 4  # bottleneck D → D/r → D
+
+
+@register("clip-adapter", ClipAdapterOptions)
+class ClipAdapter(Method):
+    def __init__(self, options: ClipAdapterOptions, data: FewShotData) -> None:
+        super().__init__(options, data)
+        self.adapter = Adapter(data.text_features.shape[1], options.reduction).to(data.text_features.device)
+
+    def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        text = self.text_features if text_features is None else text_features
+        return LOGIT_SCALE * blend(features, self.adapter, self.options.alpha) @ text.t()

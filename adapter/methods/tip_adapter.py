@@ -1,0 +1,104 @@
+"""Tip-Adapter and Tip-Adapter-F (Zhang et al.): a key-value cache of the few-shot features beside zero-shot CLIP.
+
+`ℓ = 100 x Tᵀ + α exp(−β (1 − x Fᵀ)) L`, keys F = normalised mean of each train image's augmented views, values L =
+one-hot labels. α and β are searched on the few-shot val set over the original's grid (β in 0.1..β_max, α in
+0.1..α_max, first best kept). Tip-Adapter-F also trains F. Both are tied to the training classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lathadapter.adapter.methods.base import Method, normalize
+from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
+from lathadapter.adapter.options import TrainOptions
+from lathadapter.adapter.registry import register
+from lathadapter.cache.store import FewShotData
+
+
+@dataclass
+class TipAdapterOptions:
+    alpha: float = 1.0  # residual ratio of the cache logits (initial value before the search)
+    beta: float = 1.0  # sharpness of the affinity (initial value before the search)
+    search: bool = True  # search α, β on the few-shot val set
+    search_alpha_max: float = 3.0
+    search_beta_max: float = 7.0
+    search_alpha_steps: int = 20
+    search_beta_steps: int = 200
+
+
+@dataclass
+class TipAdapterFOptions(TrainOptions, TipAdapterOptions):
+    """Tip-Adapter-F's own schedule: 20 epochs, AdamW eps 1e-4, no minimum step count."""
+
+    min_steps: int = 0
+    eps: float = 1e-4
+
+
+def search_grid(maximum: float, steps: int) -> torch.Tensor:
+    """The original code's grid: `i (max − 0.1) / steps + 0.1` for i in 0..steps−1."""
+    return torch.arange(steps, dtype=torch.float64).mul((maximum - 0.1) / steps).add(0.1).float()
+
+
+def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, values: torch.Tensor, labels: torch.Tensor,
+                      alphas: torch.Tensor, betas: torch.Tensor) -> tuple[float, float, float]:
+    """The (α, β) maximising accuracy of `zero_shot + α exp(−β(1 − affinity)) values`; first best in β-then-α order.
+
+    Returns (alpha, beta, accuracy in percent).
+    """
+    best = (-1.0, float(alphas[0]), float(betas[0]))
+    for beta in betas.tolist():
+        cache = torch.exp(-beta * (1 - affinity)) @ values  # [N, C]
+        scores = zero_shot.unsqueeze(0) + alphas.view(-1, 1, 1).to(cache) * cache.unsqueeze(0)  # [A, N, C]
+        accuracy = (scores.argmax(-1) == labels).float().mean(-1) * 100  # [A]
+        top = int(torch.argmax(accuracy))  # argmax returns the first maximum
+        if float(accuracy[top]) > best[0]:
+            best = (float(accuracy[top]), float(alphas[top]), beta)
+    return best[1], best[2], best[0]
+
+
+@register("tip-adapter", TipAdapterOptions)
+class TipAdapter(Method):
+    scores_new_classes = False
+    trains = False
+
+    def __init__(self, options: TipAdapterOptions, data: FewShotData) -> None:
+        super().__init__(options, data)
+        views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
+        self.keys = nn.Parameter(normalize(views.mean(dim=1)), requires_grad=self.trains)
+        self.register_buffer("values", F.one_hot(data.train_labels, data.num_classes).float())
+        self.alpha, self.beta = options.alpha, options.beta
+
+    def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        if text_features is not None:
+            self._require_new_classes()
+        affinity = features @ self.keys.t()
+        cache = torch.exp(-self.beta * (1 - affinity)) @ self.values
+        return LOGIT_SCALE * features @ self.text_features.t() + self.alpha * cache
+
+    def after_training(self, data: FewShotData) -> dict[str, Any]:
+        if not self.options.search:
+            return {"alpha": self.alpha, "beta": self.beta, "search": "off"}
+        if len(data.val_labels) == 0:  # ImageNet has no val subset; the test set is never used for this
+            return {"alpha": self.alpha, "beta": self.beta, "search": "skipped: the cache has no val subset"}
+        with torch.no_grad():
+            features = data.val_features
+            self.alpha, self.beta, accuracy = search_alpha_beta(
+                LOGIT_SCALE * features @ self.text_features.t(),
+                features @ self.keys.t(),
+                self.values,
+                data.val_labels,
+                search_grid(self.options.search_alpha_max, self.options.search_alpha_steps),
+                search_grid(self.options.search_beta_max, self.options.search_beta_steps),
+            )
+        return {"alpha": self.alpha, "beta": self.beta, "val_accuracy": accuracy}
+
+
+@register("tip-adapter-f", TipAdapterFOptions)
+class TipAdapterF(TipAdapter):
+    trains = True

@@ -1,0 +1,26 @@
+"""Zero-shot CLIP: `ℓ = 100 <x, t_c>`; nothing is trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lathadapter.adapter.methods.base import Method
+from lathadapter.adapter.registry import register
+
+LOGIT_SCALE = 100.0  # CLIP's learned temperature, fixed at its converged value
+
+
+@dataclass
+class ZeroShotOptions:
+    """Zero-shot CLIP has no options."""
+
+
+@register("zeroshot", ZeroShotOptions)
+class ZeroShot(Method):
+    trains = False
+
+    def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        text = self.text_features if text_features is None else text_features
+        return LOGIT_SCALE * features @ text.t()

@@ -1,0 +1,94 @@
+"""The training loop over cached features: one random augmented view per sample per epoch, AdamW, cosine schedule.
+
+No DataLoader and no encoder: every tensor is already on the device. Deterministic for a given seed and device.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lathadapter.adapter.evaluate import accuracy
+from lathadapter.adapter.methods.base import Method
+from lathadapter.cache.store import FewShotData
+
+SELECTIONS = ("last", "val")
+
+
+@dataclass
+class TrainResult:
+    """What training did: steps, epochs, wall time, the epoch kept, and what `after_training` chose."""
+
+    steps: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    selected_epoch: int | None = None
+    val_accuracy: float | None = None
+    chosen: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(method: Method, data: FewShotData, seed: int, select: str = "last", progress=None) -> TrainResult:
+    """Train `method` on `data`'s few-shot train set; `select="val"` keeps the epoch best on the few-shot val set."""
+    if select not in SELECTIONS:
+        raise ValueError(f"select={select!r} is not valid; choose one of: {', '.join(SELECTIONS)}")
+    start = time.perf_counter()
+    result = TrainResult()
+    params = [p for p in method.parameters() if p.requires_grad]
+    if method.trains and params:
+        _optimise(method, data, params, seed, select, result, progress)
+    method.eval()
+    with torch.no_grad():
+        result.chosen = method.after_training(data)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter], seed: int, select: str,
+              result: TrainResult, progress) -> None:
+    o = method.options
+    device = data.train_labels.device
+    generator = torch.Generator().manual_seed(seed)  # CPU generator: the same draws on every device
+    n = len(data.train_labels)
+    if n == 0:
+        raise ValueError("the few-shot train set is empty")
+    views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
+    steps_per_epoch = math.ceil(n / o.batch_size)
+    epochs = max(o.epochs, math.ceil(o.min_steps / steps_per_epoch))
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    best_state, best_accuracy = None, -1.0
+    task = progress.add_task(f"train {method.name}", total=epochs) if progress is not None else None
+    for epoch in range(epochs):
+        method.train()
+        view = torch.randint(views.shape[1], (n,), generator=generator).to(device)
+        features = views[torch.arange(n, device=device), view]  # one random augmented view per sample
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, o.batch_size):
+            batch = order[start:start + o.batch_size]
+            loss, parts = method.loss(features[batch], data.train_labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            result.steps += 1
+        result.history.append({"epoch": epoch + 1, "loss": float(loss), **{k: float(v) for k, v in parts.items()}})
+        if select == "val" and len(data.val_labels):
+            method.eval()
+            with torch.no_grad():
+                val_accuracy = accuracy(method.logits(data.val_features), data.val_labels)
+            if val_accuracy > best_accuracy:  # first best epoch kept
+                best_state, best_accuracy = copy.deepcopy(method.state_dict()), val_accuracy
+                result.selected_epoch, result.val_accuracy = epoch + 1, val_accuracy
+        if task is not None:
+            progress.update(task, advance=1)
+    result.epochs = epochs
+    if best_state is not None:
+        method.load_state_dict(best_state)
+    else:
+        result.selected_epoch = epochs
