@@ -77,7 +77,8 @@ def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter
             optimizer.step()
             scheduler.step()
             result.steps += 1
-        result.history.append({"epoch": epoch + 1, "loss": float(loss), **{k: float(v) for k, v in parts.items()}})
+        last = {"epoch": epoch + 1, "loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+        result.history.append(last)
         if select == "val" and len(data.val_labels):
             method.eval()
             with torch.no_grad():

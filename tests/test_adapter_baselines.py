@@ -1,0 +1,144 @@
+"""Each baseline's scores equal METHOD.md's formula on small hand-checkable cases; Tip-Adapter's search is optimal."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lathadapter.adapter.evaluate import evaluate
+from lathadapter.adapter.methods.base import NotApplicable
+from lathadapter.adapter.methods.tip_adapter import search_grid
+from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.registry import create_method, method_names
+from lathadapter.adapter.trainer import train
+from lathadapter.cache.store import FewShotData
+
+
+def few_shot(dim: int = 2, classes: int = 2, views: int = 2, seed: int = 0) -> FewShotData:
+    """Two well-separated classes on the unit circle, two train images each, with their augmented views."""
+    generator = torch.Generator().manual_seed(seed)
+    text = torch.eye(classes, dim)
+    labels = torch.arange(classes).repeat_interleave(2)
+    train = F.normalize(text[labels] + 0.3 * torch.randn(len(labels), dim, generator=generator), dim=-1)
+    train_views = F.normalize(train.unsqueeze(1) + 0.1 * torch.randn(len(labels), views, dim, generator=generator),
+                              dim=-1)
+    test = F.normalize(text[labels] + 0.5 * torch.randn(len(labels), dim, generator=generator), dim=-1)
+    return FewShotData(
+        class_names=[f"c{i}" for i in range(classes)], text_features=text, attribute_features=torch.zeros(0, dim),
+        train_features=train, train_views=train_views, train_labels=labels, val_features=test, val_labels=labels,
+        test_features=test, test_labels=labels, fingerprint="test",
+    )
+
+
+def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
+    assert set(method_names()) == {"zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f",
+                                   "taskres", "lathadapter"}
+    with pytest.raises(OptionError, match="valid methods: .*zeroshot"):
+        create_method("coop", few_shot())
+    with pytest.raises(OptionError, match="valid options: .*alpha"):
+        create_method("taskres", few_shot(), alpha=0.5, gamma=1.0)
+    with pytest.raises(OptionError, match="not a valid float"):
+        create_method("taskres", few_shot(), alpha="big")
+
+
+def test_zeroshot_is_100_times_the_cosine() -> None:
+    data = few_shot()
+    method = create_method("zeroshot", data)
+    x = torch.tensor([[0.6, 0.8]])
+    assert torch.allclose(method.logits(x), torch.tensor([[60.0, 80.0]]))
+    novel_text = torch.tensor([[0.0, -1.0]])
+    assert torch.allclose(method.logits(x, novel_text), torch.tensor([[-80.0]]))
+
+
+def test_clip_adapter_blends_the_adapted_feature() -> None:
+    data = few_shot()
+    method = create_method("clip-adapter", data, alpha=0.5, reduction=2)
+    first, second = method.adapter.net[0], method.adapter.net[2]
+    with torch.no_grad():  # g(x) = [[0, 1], [1, 0]] relu([x0 + x1]) ... written out by hand below
+        first.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        second.weight.copy_(torch.tensor([[0.0], [2.0]]))
+    x = torch.tensor([[1.0, 0.0]])
+    # g(x) = [0, 2]; (1 − α) x + α g(x) = [0.5, 1.0]; normalised = [1, 2] / sqrt(5)
+    expected = 100 * torch.tensor([[1.0, 2.0]]) / math.sqrt(5)
+    assert torch.allclose(method.logits(x), expected, atol=1e-5)
+
+
+def test_taskres_adds_a_scaled_residual_and_novel_classes_fall_back() -> None:
+    data = few_shot()
+    method = create_method("taskres", data, alpha=0.5)
+    with torch.no_grad():
+        method.residual.copy_(torch.tensor([[0.0, 2.0], [0.0, 0.0]]))
+    x = torch.tensor([[0.0, 1.0]])
+    # t'_0 = [1, 0] + 0.5 [0, 2] = [1, 1] → <x, norm> = 1/sqrt(2); t'_1 = [0, 1] → 1
+    assert torch.allclose(method.logits(x), torch.tensor([[100 / math.sqrt(2), 100.0]]), atol=1e-4)
+    assert torch.allclose(method.logits(x, torch.tensor([[1.0, 0.0]])), torch.tensor([[0.0]]))
+
+
+def test_linear_probe_starts_at_zero_shot_and_cannot_score_new_classes() -> None:
+    data = few_shot()
+    method = create_method("linear-probe", data)
+    x = data.test_features
+    assert torch.allclose(method.logits(x), create_method("zeroshot", data).logits(x))
+    with pytest.raises(NotApplicable):
+        method.logits(x, data.text_features)
+    assert evaluate(method, x, data.test_labels, data.text_features) is None
+
+
+def test_tip_adapter_logits_follow_the_formula() -> None:
+    data = few_shot(views=3)
+    method = create_method("tip-adapter", data, alpha=2.0, beta=3.0, search=False)
+    keys = F.normalize(data.train_views.mean(dim=1), dim=-1)
+    values = F.one_hot(data.train_labels, 2).float()
+    x = data.test_features
+    expected = 100 * x @ data.text_features.t() + 2.0 * torch.exp(-3.0 * (1 - x @ keys.t())) @ values
+    assert torch.allclose(method.logits(x), expected, atol=1e-5)
+    assert sum(p.numel() for p in method.parameters() if p.requires_grad) == 0
+
+
+def test_search_grid_is_the_original_one() -> None:
+    grid = search_grid(7.0, 200)
+    assert len(grid) == 200 and grid[0] == pytest.approx(0.1) and grid[-1] == pytest.approx(0.1 + 199 * 6.9 / 200)
+
+
+def test_tip_adapter_search_picks_the_val_optimal_pair() -> None:
+    generator = torch.Generator().manual_seed(3)
+    classes, dim = 4, 8
+    centres = F.normalize(torch.randn(classes, dim, generator=generator), dim=-1)
+    # Text features nearly alike, so that zero-shot alone is weak and the cache term decides.
+    text = F.normalize(torch.ones(classes, dim) + 0.03 * centres, dim=-1)
+    labels = torch.arange(classes).repeat_interleave(3)
+    keys_x = F.normalize(centres[labels] + 0.8 * torch.randn(len(labels), dim, generator=generator), dim=-1)
+    val_labels = torch.arange(classes).repeat_interleave(4)
+    val = F.normalize(centres[val_labels] + 0.9 * torch.randn(len(val_labels), dim, generator=generator), dim=-1)
+    data = FewShotData([str(i) for i in range(classes)], text, torch.zeros(0, dim), keys_x, keys_x.unsqueeze(1),
+                       labels, val, val_labels, val, val_labels, "t")
+    options = dict(search_alpha_max=3.0, search_beta_max=7.0, search_alpha_steps=6, search_beta_steps=10)
+    method = create_method("tip-adapter", data, **options)
+    chosen = train(method, data, seed=1).chosen
+    # Oracle: a plain double loop over the original grid, keeping the first strictly better pair.
+    best, seen = (-1.0, None, None), set()
+    for beta, alpha in itertools.product(search_grid(7.0, 10).tolist(), search_grid(3.0, 6).tolist()):
+        scores = 100 * val @ text.t() + alpha * torch.exp(-beta * (1 - val @ keys_x.t())) @ F.one_hot(labels).float()
+        accuracy = float((scores.argmax(1) == val_labels).float().mean() * 100)
+        seen.add(accuracy)
+        if accuracy > best[0]:
+            best = (accuracy, alpha, beta)
+    assert len(seen) > 2, "the case must make the choice matter"
+    assert chosen["val_accuracy"] == pytest.approx(best[0])
+    assert (chosen["alpha"], chosen["beta"]) == pytest.approx((best[1], best[2]))
+    assert (method.alpha, method.beta) == (chosen["alpha"], chosen["beta"])
+
+
+def test_tip_adapter_f_trains_its_keys_then_searches() -> None:
+    data = few_shot(views=3)
+    data.text_features = F.normalize(torch.tensor([[1.0, 0.02], [1.0, -0.02]]), dim=-1)  # zero-shot is weak here
+    method = create_method("tip-adapter-f", data, epochs=3, batch_size=2)
+    initial = method.keys.detach().clone()
+    result = train(method, data, seed=1)
+    assert result.steps == 3 * 2  # 20 epochs default replaced by 3; no minimum step count for Tip-Adapter-F
+    assert not torch.allclose(method.keys, initial)
+    assert set(result.chosen) == {"alpha", "beta", "val_accuracy"}

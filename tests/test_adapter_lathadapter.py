@@ -1,0 +1,178 @@
+"""LatHAdapter's losses equal a direct computation of METHOD.md's equations; Triton and reference paths agree."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lathadapter.adapter.registry import create_method
+from lathadapter.cache.store import FewShotData
+
+
+def make_data(classes: int = 5, dim: int = 16, per_class: int = 3, attributes: int = 10) -> FewShotData:
+    generator = torch.Generator().manual_seed(0)
+    text = F.normalize(torch.randn(classes, dim, generator=generator), dim=-1)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    images = F.normalize(text[labels] + 0.7 * torch.randn(len(labels), dim, generator=generator), dim=-1)
+    vocabulary = F.normalize(torch.randn(attributes, dim, generator=generator), dim=-1)
+    return FewShotData([str(c) for c in range(classes)], text, vocabulary, images, images.unsqueeze(1), labels,
+                       images, labels, images, labels, "t")
+
+
+# --- an independent transcription of METHOD.md, in float64, with explicit loops over edges ---
+
+def ball_distance(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
+    squared = ((x - y) ** 2).sum(-1)
+    return torch.acosh(1 + 2 * c * squared / ((1 - c * (x * x).sum(-1)) * (1 - c * (y * y).sum(-1)))) / math.sqrt(c)
+
+
+def exp0(v: torch.Tensor, c: float) -> torch.Tensor:
+    n = v.norm(dim=-1, keepdim=True)
+    return torch.tanh(math.sqrt(c) * n) * v / (math.sqrt(c) * n)
+
+
+def origin(x: torch.Tensor, c: float) -> torch.Tensor:
+    return 2 / math.sqrt(c) * torch.atanh(math.sqrt(c) * x.norm(dim=-1))
+
+
+def cone(p: torch.Tensor, q: torch.Tensor, c: float, k: float, kappa: float) -> torch.Tensor:
+    p, q = math.sqrt(c) * p, math.sqrt(c) * q
+    pn, qn, dot = p.norm(), q.norm(), (p * q).sum()
+    psi = torch.asin(torch.clamp(k * (1 - pn**2) / pn, max=1.0))
+    cosine = (dot * (1 + pn**2) - pn**2 * (1 + qn**2)) / (pn * (p - q).norm() * torch.sqrt(1 + pn**2 * qn**2 - 2 * dot))
+    return torch.clamp(torch.acos(torch.clamp(cosine, -1, 1)) - kappa * psi, min=0)
+
+
+def oracle_losses(method, x: torch.Tensor, y: torch.Tensor, hier: str) -> dict[str, float]:
+    o = method.options
+    d = lambda t: t.detach().double()  # noqa: E731
+    c = float(method.curvature.detach())
+    s_cat, s_attr, s_img = (float(s) for s in method.log_scales.exp())
+    tau_h = float(method.log_tau_hyp.exp())
+    gv = lambda t: method.visual_adapter(t.float()).double()  # noqa: E731
+    gt = lambda t: method.text_adapter(t.float()).double()  # noqa: E731
+    x, t = d(x), d(method.text_features)
+    v = F.normalize((1 - o.alpha_v) * x + o.alpha_v * d(gv(x)), dim=-1)
+    u = F.normalize((1 - o.alpha_t) * t + o.alpha_t * d(gt(t)), dim=-1)
+    a = F.normalize(d(method.attribute_prompts), dim=-1)
+    r = torch.softmax(v @ a.t() / o.tau_attr, dim=-1)
+    w = torch.softmax(u @ a.t() / o.tau_attr, dim=-1)
+    p = F.normalize(u + float(method.beta) * w @ a, dim=-1)
+    ce = F.cross_entropy(100 * v @ p.t(), y)
+    hv, ha, hc = exp0(s_img * v, c), exp0(s_attr * a, c), exp0(s_cat * p, c)
+    dist = torch.stack([torch.stack([ball_distance(hv[i], hc[j], c) for j in range(len(hc))]) for i in range(len(hv))])
+    hyp = F.cross_entropy(-dist / tau_h, y)
+    present = sorted(set(y.tolist()))
+    edges = [(hc[int(y[i])], hv[i], 1.0) for i in range(len(y))]
+    edges += [(hc[cc], ha[k], w[cc, k]) for cc in present for k in range(len(a))]
+    edges += [(ha[k], hv[i], r[i, k]) for k in range(len(a)) for i in range(len(y))]
+    if hier == "cone":
+        energies = [cone(parent, child, c, o.cone_k, o.cone_kappa) for parent, child, _ in edges]
+    else:
+        energies = [torch.clamp(origin(parent, c) - origin(child, c) + o.margin_radial, min=0)
+                    for parent, child, _ in edges]
+    weights = [torch.as_tensor(weight, dtype=torch.float64) for _, _, weight in edges]
+    edge_term = sum(wt * e for wt, e in zip(weights, energies, strict=True)) / sum(weights)
+    separation = []
+    for i in range(len(y)):
+        negatives = [cc for cc in present if cc != int(y[i])]
+        hinges = [torch.clamp(dist[i, int(y[i])] - dist[i, cc] + o.margin, min=0) for cc in negatives]
+        separation.append(sum(hinges) / len(hinges) if hinges else torch.tensor(0.0, dtype=torch.float64))
+    hier_loss = edge_term + sum(separation) / len(separation)
+    total = ce + o.lambda_hyp * hyp + o.lambda_hier * hier_loss
+    return {"ce": float(ce), "hyp": float(hyp), "hier": float(hier_loss), "total": float(total)}
+
+
+@pytest.mark.parametrize("hier", ["cone", "triplet"])
+def test_losses_equal_a_direct_computation_of_the_equations(hier: str) -> None:
+    data = make_data()
+    torch.manual_seed(0)
+    method = create_method("lathadapter", data, num_attributes=4, hier=hier, curvature=1.3, scale_img=0.9)
+    with torch.no_grad():
+        method.beta.fill_(0.25)
+    batch = torch.tensor([0, 1, 3, 4, 6, 9, 12, 13])  # four categories present, some twice
+    x, y = data.train_features[batch], data.train_labels[batch]
+    loss, parts = method.loss(x, y)
+    expected = oracle_losses(method, x, y, hier)
+    assert float(parts["ce"]) == pytest.approx(expected["ce"], rel=1e-4, abs=1e-5)
+    assert float(parts["hyp"]) == pytest.approx(expected["hyp"], rel=1e-4, abs=1e-5)
+    assert float(parts["hier"]) == pytest.approx(expected["hier"], rel=1e-3, abs=1e-4)
+    assert float(loss) == pytest.approx(expected["total"], rel=1e-3, abs=1e-4)
+
+
+def test_switches_remove_their_terms_and_gradients_reach_every_trained_part() -> None:
+    data = make_data()
+    method = create_method("lathadapter", data, num_attributes=4, lambda_hyp=0.0, lambda_hier=0.0)
+    _, parts = method.loss(data.train_features, data.train_labels)
+    assert set(parts) == {"ce"}
+    method = create_method("lathadapter", data, num_attributes=4)
+    loss, _ = method.loss(data.train_features, data.train_labels)
+    loss.backward()
+    for name, parameter in method.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, f"{name} receives no gradient"
+    frozen = create_method("lathadapter", data, learn_curvature=False)
+    assert not frozen.log_curvature.requires_grad
+
+
+def test_attribute_prompts_start_at_kmeans_centres_of_the_vocabulary() -> None:
+    data = make_data(attributes=12)
+    method = create_method("lathadapter", data, num_attributes=3)
+    prompts = method.attribute_prompts.detach()
+    assignment = torch.cdist(data.attribute_features, prompts).argmin(1)
+    for k in range(3):  # each centre is the mean of the vocabulary points assigned to it (Lloyd's fixed point)
+        members = data.attribute_features[assignment == k]
+        assert len(members) > 0
+        assert torch.allclose(prompts[k], members.mean(0), atol=1e-5)
+
+
+def test_novel_classes_get_their_own_prototypes_from_text() -> None:
+    data = make_data()
+    method = create_method("lathadapter", data, num_attributes=4, infer="euclid")
+    novel_text = F.normalize(torch.randn(3, 16), dim=-1)
+    scores = method.logits(data.test_features, novel_text)
+    assert scores.shape == (len(data.test_labels), 3)
+    p, _ = method.prototypes(novel_text)
+    assert torch.allclose(scores, 100 * method.adapt_images(data.test_features) @ p.t(), atol=1e-4)
+
+
+def test_triton_path_gives_the_reference_loss_and_gradients() -> None:
+    script = textwrap.dedent("""
+        import os
+        os.environ["TRITON_INTERPRET"] = "1"
+        import torch
+        import torch.nn.functional as F
+        from lathadapter import kernels
+        from lathadapter.adapter.registry import create_method
+        from lathadapter.cache.store import FewShotData
+        torch.manual_seed(0)
+        text = F.normalize(torch.randn(5, 16), dim=-1)
+        labels = torch.arange(5).repeat_interleave(3)
+        x = F.normalize(text[labels] + 0.7 * torch.randn(15, 16), dim=-1)
+        data = FewShotData(list("abcde"), text, F.normalize(torch.randn(8, 16), dim=-1), x, x[:, None], labels,
+                           x, labels, x, labels, "t")
+        results = []
+        for backend in ("torch", "triton"):
+            torch.manual_seed(1)
+            method = create_method("lathadapter", data, num_attributes=4)
+            with kernels.backend(backend):
+                loss, _ = method.loss(x, labels)
+                loss.backward()
+            results.append((loss.detach(), {n: p.grad.clone() for n, p in method.named_parameters()}))
+        (loss_ref, grads_ref), (loss_tri, grads_tri) = results
+        assert torch.allclose(loss_ref, loss_tri, rtol=1e-4, atol=1e-5), (loss_ref, loss_tri)
+        for name in grads_ref:
+            assert torch.allclose(grads_ref[name], grads_tri[name], rtol=1e-3, atol=1e-5), name
+        print("ok", float(loss_ref), float(loss_tri))
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ok")

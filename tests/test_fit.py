@@ -1,0 +1,107 @@
+"""`fit` over generated caches: it learns, it is deterministic, base-to-novel bookkeeping is right, errors are clear."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lathadapter.adapter.fit import fit, split_classes
+from lathadapter.adapter.options import OptionError
+from lathadapter.cache.store import CacheError, CacheReader
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+
+FAST = {"epochs": 5, "min_steps": 60}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 classes in 4 latent families, 32-d features, 4 augmented views, shots 1/4/16 × seeds 1/2."""
+    path = tmp_path_factory.mktemp("cache") / "synthetic.h5"
+    return write_synthetic_cache(path, num_classes=20, dim=32, shots=(1, 4, 16), seeds=(1, 2))
+
+
+def test_lathadapter_beats_zero_shot_on_base_classes(cache: Path, tmp_path: Path) -> None:
+    zero_shot = fit(cache, "zeroshot", shots=16, seed=1, classes="base", out=None, device="cpu")
+    adapted = fit(cache, "lathadapter", shots=16, seed=1, classes="base", out=None, device="cpu")  # 300 steps
+    assert adapted["accuracy"]["base"] > zero_shot["accuracy"]["base"] + 5
+    assert adapted["accuracy"]["novel"] is not None and adapted["hm"] is not None
+
+
+def test_same_seed_gives_identical_metrics_and_a_complete_run_directory(cache: Path, tmp_path: Path) -> None:
+    first = fit(cache, "lathadapter", shots=4, seed=2, out=tmp_path / "a", device="cpu", **FAST)
+    second = fit(cache, "lathadapter", shots=4, seed=2, out=tmp_path / "b", device="cpu", **FAST)
+    assert first["accuracy"] == second["accuracy"]
+    run = Path(first["run_dir"])
+    config = json.loads((run / "config.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert config["options"]["epochs"] == 5 and config["options"]["hier"] == "cone"
+    assert config["cache_fingerprint"] == CacheReader(cache).fingerprint
+    assert set(metrics) >= {"accuracy", "hm", "train_seconds", "eval_seconds", "trained_parameters"}
+    assert metrics["hm"] is None and set(metrics["accuracy"]) == {"all"}
+    weights = torch.load(run / "weights.pt")
+    assert "attribute_prompts" in weights
+    assert metrics["steps"] >= 60
+
+
+def test_methods_that_cannot_score_novel_classes_report_null(cache: Path, tmp_path: Path) -> None:
+    metrics = fit(cache, "tip-adapter", shots=16, seed=1, classes="base", out=tmp_path, device="cpu")
+    assert metrics["accuracy"]["novel"] is None and metrics["hm"] is None
+    stored = json.loads((Path(metrics["run_dir"]) / "metrics.json").read_text())
+    assert stored["accuracy"]["novel"] is None
+
+
+def test_base_novel_split_relabels_from_zero(cache: Path) -> None:
+    data = CacheReader(cache).load(16, 1)
+    base, novel = split_classes(data, "base")
+    assert base.class_names == data.class_names[:10] and novel.class_names == data.class_names[10:]
+    assert torch.equal(novel.text_features, data.text_features[10:])
+    original = data.test_labels[data.test_labels >= 10]
+    assert torch.equal(novel.test_labels, original - 10)
+    assert torch.equal(novel.test_features, data.test_features[data.test_labels >= 10])
+    assert int(base.train_labels.max()) == 9 and len(base.train_labels) == 10 * 16
+
+
+def test_clear_errors(cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(CacheError, match=r"shots=3 seed=1.*holds: shots=1 seed=1"):
+        fit(cache, "zeroshot", shots=3, seed=1, out=None)
+    with pytest.raises(OptionError, match="valid methods"):
+        fit(cache, "maple", out=None)
+    with pytest.raises(OptionError, match="valid options"):
+        fit(cache, "lathadapter", out=None, curvatur=2.0)
+    old = tmp_path / "old.h5"
+    old.write_bytes(cache.read_bytes())
+    with h5py.File(old, "r+") as f:
+        f.attrs["schema_version"] = 0
+    with pytest.raises(CacheError, match="schema version 0.*--force"):
+        fit(old, "zeroshot", out=None)
+
+
+def test_cli_fit_prints_a_summary_and_fails_cleanly(cache: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["fit", "--cache", str(cache), "--method", "clip-adapter", "--shots", "4",
+                                 "--out", str(tmp_path), "--device", "cpu", "--set", "epochs=2",
+                                 "--set", "min_steps=0"])
+    assert result.exit_code == 0, result.output
+    assert "clip-adapter" in result.output and "all" in result.output
+    result = runner.invoke(app, ["fit", "--cache", str(cache), "--shots", "5"])
+    assert result.exit_code == 1 and "holds:" in result.output
+    result = runner.invoke(app, ["fit", "--cache", str(cache), "--set", "hier=tree"])
+    assert result.exit_code == 1 and "cone, triplet" in result.output
+
+
+def test_default_cache_is_the_one_in_the_default_folder(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CacheError, match="cache build"):
+        fit(None, "zeroshot", out=None)
+    (tmp_path / "caches").mkdir()
+    (tmp_path / "caches" / "one.h5").write_bytes(cache.read_bytes())
+    assert fit(None, "zeroshot", shots=4, out=None)["accuracy"]["all"] > 0
+    (tmp_path / "caches" / "two.h5").write_bytes(cache.read_bytes())
+    with pytest.raises(CacheError, match="choose one with --cache"):
+        fit(None, "zeroshot", out=None)
