@@ -34,8 +34,14 @@ def write_synthetic_cache(
     text_noise: float = 0.3,
     seed: int = 0,
     test_total: int | None = None,
+    keep_classes: list[int] | None = None,
+    name: str = "synthetic",
 ) -> Path:
-    """Write a complete cache at `path`; `test_total` spreads that many test images over the classes instead."""
+    """Write a complete cache at `path`; `test_total` spreads that many test images over the classes instead.
+
+    `keep_classes` writes only those classes (relabelled in the given order, wnids kept), drawn from the same latent
+    classes as a full cache of the same `seed`: a domain-shift target such as ImageNet-A's 200-class subset.
+    """
     rng = np.random.default_rng(seed)
     family_means = _normalize(rng.standard_normal((families, dim)))
     family_of = np.arange(num_classes) % families
@@ -62,13 +68,25 @@ def write_synthetic_cache(
     text = _normalize(centres + text_noise * rng.standard_normal((num_classes, dim)) / np.sqrt(dim) * 3 + text_gap)
     second = _normalize(text + 0.1 * rng.standard_normal(text.shape) / np.sqrt(dim))
     vocabulary = _normalize(attributes + 0.3 * rng.standard_normal(attributes.shape) / np.sqrt(dim) * 3 + text_gap)
+    class_names = [f"class_{c:04d}" for c in range(num_classes)]
+    wnids = [f"n{c:08d}" for c in range(num_classes)]
+    if keep_classes is not None:
+        lookup = {c: i for i, c in enumerate(keep_classes)}
+        for split in list(labels):
+            keep = np.isin(labels[split], keep_classes)
+            if split == "train":
+                augmented = augmented[keep]
+            features[split] = features[split][keep]
+            labels[split] = np.array([lookup[c] for c in labels[split][keep]], dtype=np.int64)
+        text, second, class_names = text[keep_classes], second[keep_classes], [class_names[c] for c in keep_classes]
+        wnids = [wnids[c] for c in keep_classes]
     subsets = {
         (k, s): fewshot_indices(labels["train"].tolist(), labels["val"].tolist(), k, s) for k in shots for s in seeds
     }
-    class_names = [f"class_{c:04d}" for c in range(num_classes)]
     layout = CacheLayout(
-        fingerprint={"dataset": "synthetic", "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
-                     "train_per_class": train_per_class, "test": len(labels["test"]), "model": "synthetic"},
+        fingerprint={"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
+                     "train_per_class": train_per_class, "test": len(labels["test"]), "model": "synthetic",
+                     "keep_classes": keep_classes},
         class_names=class_names,
         embed_dim=dim,
         views=views,
@@ -77,6 +95,7 @@ def write_synthetic_cache(
         subsets=subsets,
         templates=["a photo of a {}.", "itap of a {}."],
         attribute_phrases=[f"attribute {k}" for k in range(num_attributes)],
+        wnids=wnids,
     )
     write_cache(Path(path), layout, features, augmented, np.stack([text, second]), vocabulary)
     return Path(path)
