@@ -34,6 +34,19 @@ def evaluate(method: Method, features: torch.Tensor, labels: torch.Tensor,
     return 100.0 * correct / len(labels)
 
 
+@torch.no_grad()
+def evaluate_mapped(method: Method, features: torch.Tensor, labels: torch.Tensor, columns: list[int]) -> float:
+    """Accuracy over a subset of the training classes: target class j is training class `columns[j]`
+    (domain generalisation onto ImageNet-A/R's 200 classes)."""
+    method.eval()
+    index = torch.as_tensor(columns, device=features.device)
+    correct = 0
+    for start in range(0, len(labels), CHUNK):
+        scores = method.logits(features[start:start + CHUNK])[:, index]
+        correct += int((scores.argmax(dim=-1) == labels[start:start + CHUNK]).sum())
+    return 100.0 * correct / len(labels)
+
+
 def harmonic_mean(base: float | None, novel: float | None) -> float | None:
     """HM = 2BN / (B + N); None when either side is not applicable."""
     if base is None or novel is None:

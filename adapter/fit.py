@@ -113,10 +113,11 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def save_run(folder: Path, config: RunConfig, outcome: RunOutcome, cache: Path, fingerprint: str,
-             fingerprint_fields: dict[str, Any], device: str) -> None:
+             fingerprint_fields: dict[str, Any], device: str, key: str | None = None) -> None:
     """Write `config.json`, `metrics.json` and `weights.pt` into `folder` (each file atomically, metrics last)."""
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "config.json", {
+        "key": key or config.key(fingerprint),
         **{k: v for k, v in dataclasses.asdict(config).items() if k != "options"},
         "options": config.resolved_options(),
         "overrides": dict(config.options),

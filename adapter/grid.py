@@ -1,0 +1,271 @@
+"""Ablation grids: the cartesian product of run axes, run in one process that loads each cache once, resumable.
+
+Every run is keyed by a hash of its full configuration and its cache's fingerprint and written to
+`OUT/runs/<key>/`; a run whose `metrics.json` exists is finished and skipped. `OUT/results.csv` (one row per run,
+every option a column) is rewritten from the run directories after each run, so it is always complete and consistent.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import os
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from lathadapter.adapter.fit import RunConfig, RunOutcome, run, save_run
+from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.registry import method_names, option_names
+from lathadapter.cache.store import CacheReader, FewShotData
+
+RESULTS = "results.csv"
+METRIC_COLUMNS = ["acc_all", "acc_base", "acc_novel", "hm", "train_seconds", "eval_seconds", "trained_parameters",
+                  "steps"]
+
+
+@dataclass
+class GridSpec:
+    """The axes of a grid. `options` maps `method.option` (one method) or `option` (every method having it) to
+    the list of values to try."""
+
+    caches: list[str]
+    methods: list[str] = field(default_factory=lambda: ["lathadapter"])
+    shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    classes: list[str] = field(default_factory=lambda: ["all"])
+    text: list[str] = field(default_factory=lambda: ["coop"])
+    select: list[str] = field(default_factory=lambda: ["last"])
+    options: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One point of the grid: a cache and a run configuration."""
+
+    cache: str
+    config: RunConfig
+
+
+def split_list(text: str) -> list[str]:
+    """`a,b , c` → ['a', 'b', 'c']."""
+    return [item.strip() for item in str(text).split(",") if item.strip()]
+
+
+def parse_axis_assignments(assignments: list[str]) -> dict[str, list[str]]:
+    """`--set lathadapter.curvature=0.5,1,2` → {'lathadapter.curvature': ['0.5', '1', '2']}."""
+    axes: dict[str, list[str]] = {}
+    for item in assignments:
+        name, sep, values = item.partition("=")
+        if not sep or not name.strip() or not split_list(values):
+            raise OptionError(f"--set expects name=value[,value...], got {item!r}")
+        axes[name.strip()] = split_list(values)
+    return axes
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, set...)."""
+    if not path.is_file():
+        raise OptionError(f"grid file {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        data = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        data = yaml.safe_load(text) or {}
+    else:
+        raise OptionError(f"grid file {path}: expected a .yaml, .yml or .toml file")
+    valid = {f.name for f in dataclasses.fields(GridSpec)}
+    unknown = set(data) - valid
+    if unknown:
+        raise OptionError(
+            f"grid file {path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(valid))}"
+        )
+    as_list = lambda v: v if isinstance(v, list) else split_list(v)  # noqa: E731
+    spec = {k: as_list(v) for k, v in data.items() if k != "options"}
+    spec["options"] = {k: [str(x) for x in as_list(v)] for k, v in (data.get("options") or {}).items()}
+    return spec
+
+
+def _option_axes(method: str, options: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+    """The option axes that apply to `method`: its scoped ones and the unscoped ones it has."""
+    names = option_names(method)
+    axes = []
+    for key, values in sorted(options.items()):
+        scope, _, name = key.rpartition(".")
+        if (scope == method or not scope) and name in names:
+            axes.append((name, values))
+    return axes
+
+
+def expand(spec: GridSpec) -> list[GridRun]:
+    """The cartesian product of the axes, validated before anything runs."""
+    valid_methods = method_names()
+    for method in spec.methods:
+        if method not in valid_methods:
+            raise OptionError(f"unknown method {method!r}; valid methods: {', '.join(valid_methods)}")
+    for key in spec.options:
+        scope, _, name = key.rpartition(".")
+        if scope and scope not in spec.methods:
+            raise OptionError(f"--set {key}: method {scope!r} is not in the grid's methods ({', '.join(spec.methods)})")
+        targets = [scope] if scope else spec.methods
+        if not any(name in option_names(m) for m in targets):
+            valid = sorted({o for m in targets for o in option_names(m)})
+            raise OptionError(f"--set {key}: no method of the grid has option {name!r}; valid: {', '.join(valid)}")
+    runs = []
+    for cache, method, classes, text, select in itertools.product(spec.caches, spec.methods, spec.classes, spec.text,
+                                                                  spec.select):
+        axes = _option_axes(method, spec.options)
+        for values in itertools.product(*(v for _, v in axes)):
+            options = tuple(sorted(zip((n for n, _ in axes), values, strict=True)))
+            for shots, seed in itertools.product(spec.shots, spec.seeds):
+                config = RunConfig(method, int(shots), int(seed), classes, text, select, options)
+                config.validate()
+                runs.append(GridRun(str(cache), config))
+    return runs
+
+
+def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """One results-table row: identity, every option (prefixed `opt.`), and the metrics."""
+    accuracy = metrics.get("accuracy", {})
+    row = {
+        "key": config["key"], "cache": config["cache"], "dataset": config["cache_fields"].get("dataset", ""),
+        "fingerprint": config["cache_fingerprint"], "method": config["method"], "shots": config["shots"],
+        "seed": config["seed"], "classes": config["classes"], "text": config["text"], "select": config["select"],
+        "target": metrics.get("target", ""),
+        "acc_all": accuracy.get("all"), "acc_base": accuracy.get("base"), "acc_novel": accuracy.get("novel"),
+        "hm": metrics.get("hm"), "train_seconds": metrics.get("train_seconds"),
+        "eval_seconds": metrics.get("eval_seconds"), "trained_parameters": metrics.get("trained_parameters"),
+        "steps": metrics.get("steps"),
+    }
+    row.update({f"opt.{k}": v for k, v in sorted(config["options"].items())})
+    return row
+
+
+def collect_rows(out: Path) -> list[dict[str, Any]]:
+    """Rows of every finished run under `out/runs/` (sorted by key), expanding per-target metrics to one row each."""
+    rows = []
+    for metrics_path in sorted((out / "runs").glob("*/metrics.json")):
+        config = json.loads((metrics_path.parent / "config.json").read_text())
+        metrics = json.loads(metrics_path.read_text())
+        targets = metrics.get("targets")
+        if targets:
+            for name, accuracy in sorted(targets.items()):
+                rows.append(results_row(config, {**metrics, "accuracy": {"all": accuracy}, "target": name}))
+        else:
+            rows.append(results_row(config, metrics))
+    return rows
+
+
+def write_results(out: Path) -> Path:
+    """Rewrite `out/results.csv` from the run directories, atomically."""
+    rows = collect_rows(out)
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    path = out / RESULTS
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    os.replace(temporary, path)
+    return path
+
+
+class DataCache:
+    """Loads each cache file once and each (shots, seed, text) few-shot set once per cache."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._path: str | None = None
+        self._reader: CacheReader | None = None
+        self._sets: dict[tuple[int, int, str], FewShotData] = {}
+
+    def reader(self, path: str) -> CacheReader:
+        if path != self._path:
+            self.close()
+            self._reader, self._path = CacheReader(path), path
+        assert self._reader is not None
+        return self._reader
+
+    def load(self, path: str, shots: int, seed: int, text: str) -> FewShotData:
+        reader = self.reader(path)
+        key = (shots, seed, text)
+        if key not in self._sets:
+            self._sets[key] = reader.load(shots, seed, text=text, device=self.device)
+        return self._sets[key]
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._reader, self._path, self._sets = None, None, {}
+
+
+def grid_progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("done {task.fields[done]} · skipped {task.fields[skipped]}"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+
+
+Evaluator = Callable[[GridRun, RunOutcome, FewShotData], dict[str, Any]]
+
+
+def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, extra: Evaluator | None = None,
+            key_salt: str = "") -> Iterator[tuple[GridRun, str]]:
+    """Run each unfinished run, yielding (run, "done" | "skipped").
+
+    `extra` adds metrics after training (e.g. transfer targets); `key_salt` (e.g. the targets' fingerprints) joins
+    the cache fingerprint in each run's key, so a changed target set is a different run.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    data_cache = DataCache(device)
+    fingerprints: dict[str, str] = {}
+    done = skipped = 0
+    with grid_progress() as bar:
+        task = bar.add_task("grid", total=len(runs), done=0, skipped=0, visible=progress)
+        try:
+            for grid_run in runs:
+                reader = data_cache.reader(grid_run.cache) if grid_run.cache not in fingerprints else None
+                if reader is not None:
+                    fingerprints[grid_run.cache] = reader.fingerprint
+                key = grid_run.config.key(fingerprints[grid_run.cache] + key_salt)
+                folder = out / "runs" / key
+                if (folder / "metrics.json").exists():
+                    skipped += 1
+                    bar.update(task, advance=1, skipped=skipped)
+                    yield grid_run, "skipped"
+                    continue
+                c = grid_run.config
+                data = data_cache.load(grid_run.cache, c.shots, c.seed, c.text)
+                start = time.perf_counter()
+                outcome = run(c, data)
+                if extra is not None:
+                    outcome.metrics.update(extra(grid_run, outcome, data))
+                outcome.metrics["wall_seconds"] = time.perf_counter() - start
+                info = data_cache.reader(grid_run.cache).info()
+                save_run(folder, c, outcome, Path(grid_run.cache), info.fingerprint, info.fields, device, key)
+                write_results(out)
+                done += 1
+                bar.update(task, advance=1, done=done)
+                yield grid_run, "done"
+        finally:
+            data_cache.close()
+    write_results(out)
+
+
+def run_grid(spec: GridSpec, out: Path, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a grid; returns counts, wall time and the results table's path."""
+    runs = expand(spec)
+    start = time.perf_counter()
+    states = [state for _, state in iterate(runs, out, device, progress)]
+    return {"runs": len(runs), "done": states.count("done"), "skipped": states.count("skipped"),
+            "seconds": time.perf_counter() - start, "results": str(out / RESULTS)}

@@ -1,0 +1,104 @@
+"""The field's four evaluation protocols (DATA.md), each a grid with fixed axes over caches the user has built.
+
+1. few-shot: all classes, shots 1/2/4/8/16, per dataset cache.
+2. base-to-novel: 16 shots on the base half, base / novel / HM per dataset cache.
+3. cross-dataset: fit on a source cache (16 shots, all classes), score each target's test set against the target's
+   own class names; methods tied to the source classes report not applicable.
+4. domain generalisation: fit on ImageNet, score ImageNet variants against the source classes their wnids (or
+   names) map to, so the 200-class -A and -R sets use the matching 200 columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from lathadapter.adapter.evaluate import evaluate, evaluate_mapped
+from lathadapter.adapter.fit import RunOutcome
+from lathadapter.adapter.grid import GridRun, GridSpec, expand, iterate
+from lathadapter.cache.store import CacheError, CacheReader, FewShotData
+
+PROTOCOLS = ("few-shot", "base-to-novel", "cross-dataset", "domain")
+ALL_SHOTS = [1, 2, 4, 8, 16]
+
+
+def _name(text: str) -> str:
+    return text.replace("_", " ").strip().lower()
+
+
+def class_mapping(source: FewShotData, target: FewShotData, target_path: str) -> list[int]:
+    """For each target class, the index of the same source class: by wnid when both caches have wnids, else by name."""
+    if source.wnids and target.wnids:
+        keys_source, keys_target, by = source.wnids, target.wnids, "wnid"
+    else:
+        keys_source = [_name(n) for n in source.class_names]
+        keys_target, by = [_name(n) for n in target.class_names], "name"
+    lookup = {key: i for i, key in enumerate(keys_source)}
+    missing = [key for key in keys_target if key not in lookup]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CacheError(f"{target_path}: {len(missing)} classes have no source class with the same {by}: {shown}")
+    return [lookup[key] for key in keys_target]
+
+
+class Targets:
+    """Target caches' test sets, loaded once, and the evaluation of a trained method on each."""
+
+    def __init__(self, paths: list[str], device: str, mapped: bool) -> None:
+        if not paths:
+            raise CacheError("the protocol needs at least one --target cache")
+        self.mapped = mapped
+        self.sets: dict[str, FewShotData] = {}
+        self.names: dict[str, str] = {}
+        fingerprints = []
+        for path in paths:
+            with CacheReader(path) as reader:
+                self.sets[path] = reader.load_test(device=device)
+                self.names[path] = str(reader.info().fields.get("dataset", Path(path).stem))
+                fingerprints.append(reader.fingerprint)
+        self.salt = "|" + hashlib.sha256("|".join(fingerprints).encode()).hexdigest()[:12] + ("m" if mapped else "")
+
+    def __call__(self, grid_run: GridRun, outcome: RunOutcome, source: FewShotData) -> dict[str, Any]:
+        targets: dict[str, float | None] = {}
+        for path, target in self.sets.items():
+            if self.mapped:
+                columns = class_mapping(source, target, path)
+                targets[self.names[path]] = evaluate_mapped(outcome.method, target.test_features,
+                                                            target.test_labels, columns)
+            else:
+                targets[self.names[path]] = evaluate(outcome.method, target.test_features, target.test_labels,
+                                                     target.text_features)
+        return {"targets": {"source": outcome.metrics["accuracy"]["all"], **targets}}
+
+
+def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: list[int],
+                  options: dict[str, list[str]], text: str = "coop", shots: list[int] | None = None) -> GridSpec:
+    """The grid axes a protocol fixes."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if not caches:
+        raise CacheError(f"protocol {protocol} needs at least one cache")
+    if protocol == "few-shot":
+        return GridSpec(caches, methods, shots or ALL_SHOTS, seeds, ["all"], [text], ["last"], options)
+    if protocol == "base-to-novel":
+        return GridSpec(caches, methods, shots or [16], seeds, ["base"], [text], ["last"], options)
+    if len(caches) != 1:
+        raise CacheError(f"protocol {protocol} trains on one source cache; got {len(caches)}")
+    return GridSpec(caches, methods, shots or [16], seeds, ["all"], [text], ["last"], options)
+
+
+def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str], seeds: list[int],
+                 targets: list[str] | None = None, options: dict[str, list[str]] | None = None,
+                 text: str = "coop", shots: list[int] | None = None, device: str = "cpu",
+                 progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) one protocol into `out`; its results table is `out/results.csv`."""
+    spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots)
+    runs = expand(spec)
+    extra, salt = None, ""
+    if protocol in ("cross-dataset", "domain"):
+        extra = Targets(list(targets or []), device, mapped=protocol == "domain")
+        salt = extra.salt
+    states = [state for _, state in iterate(runs, out, device, progress, extra, salt)]
+    return {"protocol": protocol, "runs": len(runs), "done": states.count("done"),
+            "skipped": states.count("skipped"), "results": str(out / "results.csv")}

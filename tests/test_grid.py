@@ -1,0 +1,157 @@
+"""Grids (axes, cartesian product, resume), the four protocols' bookkeeping, and reports traced to the results."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from lathadapter.adapter.grid import GridSpec, expand, iterate, parse_axis_assignments, run_grid
+from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.protocols import run_protocol
+from lathadapter.adapter.report import write_report
+from lathadapter.cache.store import CacheReader
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+
+QUICK = {"epochs": ["2"], "min_steps": ["0"]}
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("grid_caches")
+    common = dict(dim=16, views=2, shots=(1, 2, 16), seeds=(1, 2), train_per_class=16, test_per_class=6)
+    return {
+        "source": write_synthetic_cache(folder / "source.h5", num_classes=8, seed=0, name="source", **common),
+        "other": write_synthetic_cache(folder / "other.h5", num_classes=6, seed=7, name="other", **common),
+        # Same latent classes as the source (same seed), only 4 of them, noisier: a domain-shifted subset.
+        "shifted": write_synthetic_cache(folder / "shifted.h5", num_classes=8, seed=0, keep_classes=[6, 1, 3, 4],
+                                         image_noise=0.9, name="shifted", **common),
+    }
+
+
+def test_axes_parse_and_expand_to_the_cartesian_product(caches: dict[str, Path]) -> None:
+    axes = parse_axis_assignments(["taskres.alpha=0.25,0.5", "lr=0.001,0.01"])
+    assert axes == {"taskres.alpha": ["0.25", "0.5"], "lr": ["0.001", "0.01"]}
+    spec = GridSpec([str(caches["source"])], ["zeroshot", "taskres"], [1, 2], [1, 2], options=axes)
+    runs = expand(spec)
+    # zeroshot has neither option: shots × seeds = 4; taskres: 2 alphas × 2 lrs × 4 = 16
+    assert len(runs) == 4 + 16
+    taskres = {dict(r.config.options)["alpha"] + "/" + dict(r.config.options)["lr"] for r in runs
+               if r.config.method == "taskres"}
+    assert taskres == {"0.25/0.001", "0.25/0.01", "0.5/0.001", "0.5/0.01"}
+    assert len({r.config for r in runs}) == len(runs)
+    with pytest.raises(OptionError, match="not in the grid's methods"):
+        expand(GridSpec([str(caches["source"])], ["zeroshot"], options={"taskres.alpha": ["1"]}))
+    with pytest.raises(OptionError, match="no method of the grid has option 'curvature'"):
+        expand(GridSpec([str(caches["source"])], ["taskres"], options={"curvature": ["1"]}))
+    with pytest.raises(OptionError, match="name=value"):
+        parse_axis_assignments(["alpha"])
+
+
+def test_resume_skips_exactly_the_finished_runs(caches: dict[str, Path], tmp_path: Path) -> None:
+    spec = GridSpec([str(caches["source"])], ["zeroshot", "clip-adapter"], [1, 2], [1, 2], options=QUICK)
+    runs = expand(spec)
+    interrupted = iterate(runs, tmp_path, "cpu", progress=False)
+    for _ in range(3):  # the grid is interrupted after three runs
+        next(interrupted)
+    interrupted.close()
+    summary = run_grid(spec, tmp_path, progress=False)
+    assert (summary["runs"], summary["skipped"], summary["done"]) == (8, 3, 5)
+    again = run_grid(spec, tmp_path, progress=False)
+    assert (again["skipped"], again["done"]) == (8, 0)
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
+    assert {"opt.alpha", "opt.epochs", "acc_all", "train_seconds"} <= set(rows[0])
+
+
+def test_report_cells_trace_back_to_the_results_table(caches: dict[str, Path], tmp_path: Path) -> None:
+    spec = GridSpec([str(caches["source"]), str(caches["other"])], ["zeroshot", "lathadapter"], [1, 2], [1, 2],
+                    options=QUICK)
+    run_grid(spec, tmp_path, progress=False)
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    written = write_report(tmp_path / "results.csv", tmp_path / "report")
+    with (tmp_path / "report" / "few_shot_source.csv").open() as f:
+        table = {line[0]: line[1:] for line in csv.reader(f)}
+    values = [float(r["acc_all"]) for r in rows if r["dataset"] == "source" and r["method"] == "lathadapter"
+              and r["shots"] == "2"]
+    assert len(values) == 2
+    assert table["lathadapter"][1] == f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+    with (tmp_path / "report" / "few_shot_average.csv").open() as f:
+        average = {line[0]: line[1:] for line in csv.reader(f)}
+    means = [statistics.fmean(float(r["acc_all"]) for r in rows if r["dataset"] == d and r["method"] == "zeroshot"
+                              and r["shots"] == "1") for d in ("source", "other")]
+    assert average["zeroshot"][0] == f"{statistics.fmean(means):.2f}"
+    assert "| lathadapter |" in written["markdown"]
+    names = {Path(p).name for p in written["plots"]}
+    assert {"accuracy_vs_shots_source.png", "accuracy_vs_shots_other.png", "poincare_disk.png"} <= names
+    for path in written["plots"]:
+        with Image.open(path) as image:
+            colours = image.convert("L").getextrema()
+            assert image.size[0] > 200 and colours[0] < colours[1], f"{path} is blank"
+
+
+def test_base_to_novel_protocol_reports_base_novel_and_hm(caches: dict[str, Path], tmp_path: Path) -> None:
+    summary = run_protocol("base-to-novel", [str(caches["source"])], tmp_path, ["zeroshot", "tip-adapter"], [1],
+                           progress=False)
+    assert summary["runs"] == 2
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    data = CacheReader(caches["source"]).load(16, 1)
+    novel = data.test_labels >= 4  # 8 classes: 0-3 base, 4-7 novel, relabelled from 0
+    scores = data.test_features[novel] @ data.text_features[4:].t()
+    expected = float((scores.argmax(1) == data.test_labels[novel] - 4).float().mean() * 100)
+    assert float(rows["zeroshot"]["acc_novel"]) == pytest.approx(expected)
+    assert rows["tip-adapter"]["acc_novel"] == "" and rows["tip-adapter"]["hm"] == ""
+    b, n = float(rows["zeroshot"]["acc_base"]), float(rows["zeroshot"]["acc_novel"])
+    assert float(rows["zeroshot"]["hm"]) == pytest.approx(2 * b * n / (b + n))
+    written = write_report(tmp_path / "results.csv", tmp_path / "report")
+    assert any(Path(p).name == "base_novel_source.png" for p in written["plots"])
+
+
+def test_cross_dataset_scores_targets_with_their_own_class_names(caches: dict[str, Path], tmp_path: Path) -> None:
+    run_protocol("cross-dataset", [str(caches["source"])], tmp_path, ["zeroshot", "linear-probe"], [1],
+                 targets=[str(caches["other"])], options=QUICK, progress=False)
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    by = {(r["method"], r["target"]): r for r in rows}
+    target = CacheReader(caches["other"]).load_test()
+    expected = float(((target.test_features @ target.text_features.t()).argmax(1) == target.test_labels)
+                     .float().mean() * 100)
+    assert float(by[("zeroshot", "other")]["acc_all"]) == pytest.approx(expected)
+    assert by[("linear-probe", "other")]["acc_all"] == ""  # tied to the source classes: not applicable
+    assert by[("linear-probe", "source")]["acc_all"] != ""
+
+
+def test_domain_generalisation_maps_target_classes_by_wnid(caches: dict[str, Path], tmp_path: Path) -> None:
+    run_protocol("domain", [str(caches["source"])], tmp_path, ["zeroshot", "tip-adapter"], [1],
+                 targets=[str(caches["shifted"])], progress=False)
+    rows = {(r["method"], r["target"]): r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    source = CacheReader(caches["source"]).load(16, 1)
+    target = CacheReader(caches["shifted"]).load_test()
+    columns = torch.tensor([6, 1, 3, 4])  # target class j is source class columns[j] (same wnid)
+    scores = (target.test_features @ source.text_features.t())[:, columns]
+    expected = float((scores.argmax(1) == target.test_labels).float().mean() * 100)
+    assert float(rows[("zeroshot", "shifted")]["acc_all"]) == pytest.approx(expected)
+    assert rows[("tip-adapter", "shifted")]["acc_all"] != ""  # same classes as the source: applicable
+
+
+def test_cli_grid_and_report(caches: dict[str, Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["grid", "--cache", str(caches["source"]), "--method", "zeroshot,taskres", "--shots", "1,2",
+            "--seeds", "1", "--set", "taskres.epochs=1", "--set", "taskres.min_steps=0", "--out", str(tmp_path / "g"),
+            "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "4 runs (4 run, 0 already done)" in result.output
+    assert "4 runs (0 run, 4 already done)" in runner.invoke(app, args).output
+    result = runner.invoke(app, ["report", str(tmp_path / "g" / "results.csv")])
+    assert result.exit_code == 0, result.output
+    assert "Few-shot accuracy" in result.output
+    bad = runner.invoke(app, ["grid", "--cache", str(caches["source"]), "--method", "zeroshot", "--shots", "x"])
+    assert bad.exit_code == 1 and "--shots" in bad.output
