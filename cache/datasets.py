@@ -1,0 +1,373 @@
+"""Dataset readers for the CoOp layout (DATA.md) and two generic forms, all returning one `DatasetSplits`.
+
+The user's root is read unchanged (the one exception: ImageNet's `classnames.txt` is written from open_clip's class
+names when it is missing, as DATA.md allows). Paths are stored relative to the dataset folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DEFAULT_TEMPLATE = "a photo of a {}."
+# CoOp's proportions for datasets without a split file (its `read_and_split_data`): the rest is test.
+FOLDER_SPLIT = (0.5, 0.2)
+
+Item = tuple[str, int, str]  # (path relative to the dataset folder, label, class name)
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, laid out differently from what its reader expects, or has inconsistent labels."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One row of DATA.md's table: where a dataset lives under the root and how its splits are defined."""
+
+    name: str
+    folder: str
+    image_dir: str  # prefix of the split source's paths inside the folder ("" when none)
+    split_file: str
+    template: str
+    kind: str = "split"  # split | aircraft | imagenet | imagenet-variant
+
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("imagenet", "imagenet", "images", "classnames.txt", DEFAULT_TEMPLATE, "imagenet"),
+    DatasetSpec("caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", DEFAULT_TEMPLATE),
+    DatasetSpec("oxford_pets", "oxford_pets", "images", "split_zhou_OxfordPets.json",
+                "a photo of a {}, a type of pet."),
+    DatasetSpec("stanford_cars", "stanford_cars", "", "split_zhou_StanfordCars.json", DEFAULT_TEMPLATE),
+    DatasetSpec("oxford_flowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
+                "a photo of a {}, a type of flower."),
+    DatasetSpec("food101", "food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food."),
+    DatasetSpec("fgvc_aircraft", "fgvc_aircraft", "images", "variants.txt", "a photo of a {}, a type of aircraft.",
+                "aircraft"),
+    DatasetSpec("sun397", "sun397", "SUN397", "split_zhou_SUN397.json", DEFAULT_TEMPLATE),
+    DatasetSpec("dtd", "dtd", "images", "split_zhou_DescribableTextures.json", "{} texture."),
+    DatasetSpec("eurosat", "eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}."),
+    DatasetSpec("ucf101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "a photo of a person doing {}."),
+    DatasetSpec("imagenetv2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "classnames.txt",
+                DEFAULT_TEMPLATE, "imagenet-variant"),
+    DatasetSpec("imagenet_sketch", "imagenet-sketch", "images", "classnames.txt", DEFAULT_TEMPLATE,
+                "imagenet-variant"),
+    DatasetSpec("imagenet_a", "imagenet-adversarial", "imagenet-a", "classnames.txt", DEFAULT_TEMPLATE,
+                "imagenet-variant"),
+    DatasetSpec("imagenet_r", "imagenet-rendition", "imagenet-r", "classnames.txt", DEFAULT_TEMPLATE,
+                "imagenet-variant"),
+)}
+
+
+@dataclass
+class DatasetSplits:
+    """A dataset's train/val/test lists, class names and prompt template, ready for sampling and encoding."""
+
+    name: str
+    kind: str
+    folder: Path  # stored paths are relative to it
+    image_dir: str  # prefix of the split source's own paths inside `folder` ("" when none)
+    class_names: list[str]
+    template: str
+    train: list[Item]
+    val: list[Item]
+    test: list[Item]
+    source_sha256: str  # hash of the split source (split file(s), or the listing of a folder tree)
+    wnids: list[str] | None = None
+    val_subsets: bool = True  # False for ImageNet: CoOp draws no few-shot val subset there
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def test_only(self) -> bool:
+        return not self.train
+
+
+def layout_help(name: str) -> str:
+    """The folder layout a named dataset's reader expects under `--root`, as an indented tree."""
+    spec = DATASETS[name]
+    lines = [f"  {spec.folder}/"]
+    if spec.kind == "split":
+        where = f"{spec.image_dir}/" if spec.image_dir else ""
+        lines += [f"    {where}...            (images; split paths are relative to {spec.folder}/{where})",
+                  f"    {spec.split_file}"]
+    elif spec.kind == "aircraft":
+        lines += ["    images/<image id>.jpg",
+                  "    images_variant_train.txt, images_variant_val.txt, images_variant_test.txt",
+                  "    variants.txt"]
+    elif spec.kind == "imagenet":
+        lines += ["    images/train/<wnid>/<image>", "    images/val/<wnid>/<image>",
+                  "    classnames.txt        (<wnid> <class name> per line; written when missing)"]
+    elif name == "imagenetv2":
+        lines += [f"    {spec.image_dir}/<0..999>/<image>", "    classnames.txt"]
+    else:
+        lines += [f"    {spec.image_dir}/<wnid>/<image>", "    classnames.txt"]
+    return "\n".join(lines)
+
+
+def _missing(name: str, root: Path, what: Path) -> DatasetError:
+    return DatasetError(f"{name}: {what} not found. Expected layout under --root {root}:\n{layout_help(name)}")
+
+
+def _sha256_files(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _sha256_items(*lists: list[Item]) -> str:
+    return hashlib.sha256(json.dumps(lists).encode()).hexdigest()
+
+
+def _images_in(folder: Path) -> list[str]:
+    """Image file names in `folder`, hidden files skipped, sorted (so listings do not depend on the filesystem)."""
+    return sorted(p.name for p in folder.iterdir()
+                  if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _subfolders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _class_names(items_by_split: dict[str, list[Item]], source: Path) -> list[str]:
+    """Class names in label order from split entries; every label 0..C-1 must appear with one name."""
+    names: dict[int, str] = {}
+    for items in items_by_split.values():
+        for path, label, name in items:
+            if names.setdefault(label, name) != name:
+                raise DatasetError(f"{source}: label {label} has two class names, {names[label]!r} and {name!r} "
+                                   f"(at {path})")
+    if not names:
+        raise DatasetError(f"{source}: no items in train, val or test")
+    missing = sorted(set(range(max(names) + 1)) - set(names))
+    if missing:
+        raise DatasetError(f"{source}: labels must be 0..{max(names)} without gaps; missing {missing[:10]}")
+    return [names[label] for label in range(len(names))]
+
+
+def read_split_file(path: Path, prefix: str = "") -> tuple[dict[str, list[Item]], list[str]]:
+    """Read a `split_zhou` JSON: its train/val/test items (paths prefixed by `prefix`) and the class names."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{path} is not a readable split file ({error})") from error
+    if not isinstance(data, dict) or any(key not in data for key in ("train", "val", "test")):
+        raise DatasetError(f"{path}: a split file is a JSON object with keys train, val and test, each a list of "
+                           '[relative_path, label, classname], e.g. ["Faces/image_0274.jpg", 0, "face"]')
+    splits: dict[str, list[Item]] = {}
+    for split in ("train", "val", "test"):
+        items: list[Item] = []
+        for position, entry in enumerate(data[split]):
+            valid = (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                     and isinstance(entry[1], int) and not isinstance(entry[1], bool) and entry[1] >= 0
+                     and isinstance(entry[2], str))
+            if not valid:
+                raise DatasetError(f"{path}: {split}[{position}] is {entry!r}; expected "
+                                   "[relative_path, label, classname] with a label >= 0")
+            items.append((f"{prefix}/{entry[0]}" if prefix else entry[0], entry[1], entry[2]))
+        splits[split] = items
+    if not splits["train"] and not splits["test"]:
+        raise DatasetError(f"{path}: train and test are both empty")
+    return splits, _class_names(splits, path)
+
+
+def _split_dataset(spec: DatasetSpec, root: Path) -> DatasetSplits:
+    folder = root / spec.folder
+    if not folder.is_dir():
+        raise _missing(spec.name, root, folder)
+    split_path = folder / spec.split_file
+    if not split_path.is_file():
+        raise _missing(spec.name, root, split_path)
+    if spec.image_dir and not (folder / spec.image_dir).is_dir():
+        raise _missing(spec.name, root, folder / spec.image_dir)
+    splits, names = read_split_file(split_path, spec.image_dir)
+    return DatasetSplits(spec.name, spec.kind, folder, spec.image_dir, names, spec.template, splits["train"],
+                         splits["val"], splits["test"], _sha256_files(split_path))
+
+
+def _aircraft(spec: DatasetSpec, root: Path) -> DatasetSplits:
+    """FGVCAircraft as CoOp reads it: labels are line numbers of `variants.txt`; items keep file order."""
+    folder = root / spec.folder
+    files = [folder / "variants.txt"] + [folder / f"images_variant_{s}.txt" for s in ("train", "val", "test")]
+    for path in [folder, folder / "images", *files]:
+        if not path.exists():
+            raise _missing(spec.name, root, path)
+    names = [line.strip() for line in files[0].read_text().splitlines() if line.strip()]
+    label_of = {name: label for label, name in enumerate(names)}
+    splits: dict[str, list[Item]] = {}
+    for split, path in zip(("train", "val", "test"), files[1:], strict=True):
+        items: list[Item] = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            image, _, name = line.strip().partition(" ")
+            if name not in label_of:
+                raise DatasetError(f"{path}:{number}: variant {name!r} is not listed in {files[0]}")
+            items.append((f"images/{image}.jpg", label_of[name], name))
+        splits[split] = items
+    return DatasetSplits(spec.name, spec.kind, folder, "images", names, spec.template, splits["train"],
+                         splits["val"], splits["test"], _sha256_files(*files))
+
+
+def read_classnames(path: Path) -> dict[str, str]:
+    """An ImageNet `classnames.txt`: `<wnid> <class name>` per line, in file order."""
+    names: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        wnid, _, name = line.strip().partition(" ")
+        if not name:
+            raise DatasetError(f"{path}:{number}: expected '<wnid> <class name>', got {line.strip()!r}")
+        names[wnid] = name
+    return names
+
+
+def imagenet_classnames(wnids: list[str], where: Path) -> dict[str, str]:
+    """`classnames.txt`'s content from the sorted wnid folders and open_clip's 1000 (wnid-sorted) class names."""
+    from open_clip import IMAGENET_CLASSNAMES
+
+    if len(wnids) != len(IMAGENET_CLASSNAMES):
+        raise DatasetError(f"{where / 'classnames.txt'} is missing and cannot be made: open_clip ships "
+                           f"{len(IMAGENET_CLASSNAMES)} ImageNet class names but {where} has {len(wnids)} "
+                           "class folders")
+    return dict(zip(sorted(wnids), IMAGENET_CLASSNAMES, strict=True))
+
+
+def _folder_items(folder: Path, split_dir: Path, class_dirs: list[str], label_of: dict[str, int],
+                  name_of: dict[str, str]) -> list[Item]:
+    items: list[Item] = []
+    for class_dir in class_dirs:
+        relative = (split_dir / class_dir).relative_to(folder).as_posix()
+        items.extend((f"{relative}/{image}", label_of[class_dir], name_of[class_dir])
+                     for image in _images_in(split_dir / class_dir))
+    return items
+
+
+def _imagenet(spec: DatasetSpec, root: Path) -> DatasetSplits:
+    """ImageNet: train and val folders per wnid, labels in sorted-wnid order; val is the test set."""
+    folder = root / spec.folder
+    train_dir, test_dir = folder / "images" / "train", folder / "images" / "val"
+    for path in (folder, train_dir, test_dir):
+        if not path.is_dir():
+            raise _missing(spec.name, root, path)
+    classnames = folder / "classnames.txt"
+    notes = []
+    wnids = _subfolders(train_dir)
+    if classnames.is_file():
+        names = read_classnames(classnames)
+    else:
+        names = imagenet_classnames(wnids, train_dir)
+        try:
+            classnames.write_text("".join(f"{wnid} {name}\n" for wnid, name in names.items()))
+            notes.append(f"wrote {classnames} from open_clip's ImageNet class names")
+        except OSError as error:
+            notes.append(f"could not write {classnames} ({error}); using open_clip's ImageNet class names")
+    ordered = sorted(names)
+    unknown = sorted(set(wnids) - set(names)) + sorted(set(_subfolders(test_dir)) - set(names))
+    if unknown:
+        raise DatasetError(f"{classnames} lists no class for the folders {unknown[:5]}")
+    label_of = {wnid: label for label, wnid in enumerate(ordered)}
+    train = _folder_items(folder, train_dir, wnids, label_of, names)
+    test = _folder_items(folder, test_dir, _subfolders(test_dir), label_of, names)
+    return DatasetSplits(spec.name, spec.kind, folder, "images", [names[w] for w in ordered], spec.template, train,
+                         [], test, _sha256_items(train, test), wnids=ordered, val_subsets=False, notes=notes)
+
+
+def _imagenet_variant(spec: DatasetSpec, root: Path) -> DatasetSplits:
+    """A test-only ImageNet variant; -A and -R keep their 200 classes (labels in sorted-wnid order, wnids kept)."""
+    folder = root / spec.folder
+    image_dir = folder / spec.image_dir
+    classnames = folder / "classnames.txt"
+    for path in (folder, image_dir, classnames):
+        if not path.exists():
+            raise _missing(spec.name, root, path)
+    names = read_classnames(classnames)
+    if spec.name == "imagenetv2":
+        wnids = list(names)  # folder i is the i-th class of classnames.txt
+        class_dirs = [str(i) for i in range(len(wnids)) if (image_dir / str(i)).is_dir()]
+        if len(class_dirs) != len(wnids):
+            raise _missing(spec.name, root, image_dir / f"<0..{len(wnids) - 1}> (found {len(class_dirs)} folders)")
+        label_of = {str(i): i for i in range(len(wnids))}
+        name_of = {str(i): names[w] for i, w in enumerate(wnids)}
+    else:
+        class_dirs = _subfolders(image_dir)
+        unknown = [d for d in class_dirs if d not in names]
+        if unknown:
+            raise DatasetError(f"{classnames} lists no class for the folders {unknown[:5]} of {image_dir}")
+        wnids = class_dirs
+        label_of = {w: i for i, w in enumerate(wnids)}
+        name_of = {w: names[w] for w in wnids}
+    test = _folder_items(folder, image_dir, class_dirs, label_of, name_of)
+    return DatasetSplits(spec.name, spec.kind, folder, spec.image_dir, [names[w] for w in wnids], spec.template,
+                         [], [], test, _sha256_items(test), wnids=wnids, val_subsets=False)
+
+
+def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
+    """A folder-per-class tree: `train/`, `val/`, `test/` subfolders of class folders when present, else one tree
+    split per class 50/20/30 (CoOp's proportions) with a seeded shuffle. Labels follow sorted class folder names."""
+    if not path.is_dir():
+        raise DatasetError(f"folder:{path} does not exist. Expected either PATH/<class>/<image> or "
+                           "PATH/train/<class>/<image>, PATH/test/<class>/<image> (and optionally PATH/val/...)")
+    splits: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        parts = [s for s in ("train", "val", "test") if (path / s).is_dir()]
+        classes = sorted(set().union(*(_subfolders(path / s) for s in parts)))
+        label_of = {c: i for i, c in enumerate(classes)}
+        for split in parts:
+            splits[split] = _folder_items(path, path / split, _subfolders(path / split), label_of,
+                                          {c: c for c in classes})
+        notes = [f"folder:{path}: splits from its {', '.join(parts)} folders"]
+    else:
+        classes = _subfolders(path)
+        rng = random.Random(seed)
+        for label, name in enumerate(classes):
+            images = [f"{name}/{image}" for image in _images_in(path / name)]
+            rng.shuffle(images)
+            n_train, n_val = round(len(images) * FOLDER_SPLIT[0]), round(len(images) * FOLDER_SPLIT[1])
+            if len(images) - n_train - n_val < 1:
+                raise DatasetError(f"folder:{path}: class folder {name!r} has {len(images)} images; "
+                                   "a 50/20/30 split needs at least 3")
+            for split, chunk in (("train", images[:n_train]), ("val", images[n_train:n_train + n_val]),
+                                 ("test", images[n_train + n_val:])):
+                splits[split].extend((p, label, name) for p in sorted(chunk))
+        notes = [f"folder:{path}: split 50/20/30 per class with seed {seed}"]
+    if not classes or not any(splits.values()):
+        raise DatasetError(f"folder:{path} has no class folders with images ({', '.join(IMAGE_SUFFIXES)}). Expected "
+                           "PATH/<class>/<image> or PATH/train/<class>/<image> and PATH/test/<class>/<image>")
+    return DatasetSplits(path.name, "folder", path, "", classes, template, splits["train"], splits["val"],
+                         splits["test"], _sha256_items(splits["train"], splits["val"], splits["test"]), notes=notes)
+
+
+def load_dataset(root: Path | None, dataset: str, template: str | None = None, seed: int = 0) -> DatasetSplits:
+    """Read `dataset` (a DATA.md name under `root`, `folder:PATH` or `split:PATH`); `template` overrides the prompt."""
+    if template is not None and template.count("{}") != 1:
+        raise DatasetError(f"--template {template!r} must contain '{{}}' exactly once (where the class name goes)")
+    if dataset.startswith("folder:"):
+        splits = read_folder_tree(Path(dataset.removeprefix("folder:")), template or DEFAULT_TEMPLATE, seed)
+    elif dataset.startswith("split:"):
+        path = Path(dataset.removeprefix("split:"))
+        if not path.is_file():
+            raise DatasetError(f"split:{path} does not exist; pass the path of a split_zhou-format JSON whose image "
+                               "paths are relative to the file's folder")
+        items, names = read_split_file(path)
+        splits = DatasetSplits(path.stem, "split-file", path.parent, "", names, DEFAULT_TEMPLATE, items["train"],
+                               items["val"], items["test"], _sha256_files(path))
+    elif dataset in DATASETS:
+        if root is None:
+            raise DatasetError(f"--root is required for dataset {dataset!r}. Expected layout under the root:\n"
+                               f"{layout_help(dataset)}")
+        if not root.is_dir():
+            raise DatasetError(f"--root {root} is not a folder. Expected layout under it:\n{layout_help(dataset)}")
+        spec = DATASETS[dataset]
+        reader = {"split": _split_dataset, "aircraft": _aircraft, "imagenet": _imagenet,
+                  "imagenet-variant": _imagenet_variant}[spec.kind]
+        splits = reader(spec, root)
+    else:
+        raise DatasetError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}, folder:PATH (a folder per "
+                           "class) or split:PATH (a split_zhou-format JSON)")
+    if template is not None:
+        splits.template = template
+    return splits

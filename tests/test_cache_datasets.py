@@ -1,0 +1,241 @@
+"""Dataset readers: every DATA.md dataset on a tiny generated tree in its own layout, and the two generic forms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+from PIL import Image
+
+from lathadapter.cache.datasets import DATASETS, DatasetError, load_dataset, read_split_file
+from lathadapter.cache.templates import ensemble_templates, load_attributes, prompt
+
+
+def _image(path: Path, shade: int = 100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (shade, 50, 50)).save(path)
+
+
+def _split_layout(root: Path, name: str) -> dict[str, list[list[object]]]:
+    """A 3-class split dataset in `name`'s layout; returns the split file's content."""
+    spec = DATASETS[name]
+    folder = root / spec.folder
+    image_dir = folder / spec.image_dir if spec.image_dir else folder
+    split: dict[str, list[list[object]]] = {"train": [], "val": [], "test": []}
+    for label, cls in enumerate(["a_b", "c", "d"]):
+        for part, count in (("train", 3), ("val", 1), ("test", 2)):
+            for i in range(count):
+                relative = f"{cls}/{part}_{i}.jpg"
+                _image(image_dir / relative)
+                split[part].append([relative, label, cls])
+    (folder / spec.split_file).write_text(json.dumps(split))
+    return split
+
+
+@pytest.mark.parametrize("name", [n for n, spec in DATASETS.items() if spec.kind == "split"])
+def test_split_file_datasets_read_their_own_layout(tmp_path: Path, name: str) -> None:
+    split = _split_layout(tmp_path, name)
+    spec = DATASETS[name]
+    data = load_dataset(tmp_path, name)
+    prefix = f"{spec.image_dir}/" if spec.image_dir else ""
+    assert data.folder == tmp_path / spec.folder
+    assert data.class_names == ["a_b", "c", "d"]
+    assert data.template == spec.template
+    for part in ("train", "val", "test"):
+        assert getattr(data, part) == [(prefix + p, label, c) for p, label, c in split[part]]
+        assert all((data.folder / p).is_file() for p, _, _ in getattr(data, part))
+
+
+def test_coop_templates_match_the_data_table() -> None:
+    table = {"caltech101": "a photo of a {}.", "oxford_pets": "a photo of a {}, a type of pet.",
+             "food101": "a photo of {}, a type of food.", "dtd": "{} texture.",
+             "eurosat": "a centered satellite photo of {}.", "ucf101": "a photo of a person doing {}.",
+             "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+             "oxford_flowers": "a photo of a {}, a type of flower."}
+    assert {name: DATASETS[name].template for name in table} == table
+    assert prompt(table["dtd"], "banded_stripes") == "banded stripes texture."
+
+
+def test_missing_dataset_folder_shows_the_expected_layout(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as error:
+        load_dataset(tmp_path, "caltech101")
+    message = str(error.value)
+    assert str(tmp_path / "caltech-101") in message
+    assert "101_ObjectCategories/" in message and "split_zhou_Caltech101.json" in message
+    (tmp_path / "caltech-101" / "101_ObjectCategories").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="split_zhou_Caltech101.json not found"):
+        load_dataset(tmp_path, "caltech101")
+    with pytest.raises(DatasetError, match="images_variant_train.txt"):
+        load_dataset(tmp_path, "fgvc_aircraft")
+    with pytest.raises(DatasetError, match=r"images/train/<wnid>/<image>"):
+        load_dataset(tmp_path, "imagenet")
+    with pytest.raises(DatasetError, match="--root is required"):
+        load_dataset(None, "dtd")
+
+
+def test_bad_split_files_and_names_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"train": [["x.jpg", 0, "a"]], "val": []}))
+    with pytest.raises(DatasetError, match="keys train, val and test"):
+        read_split_file(path)
+    path.write_text(json.dumps({"train": [["x.jpg", "0", "a"]], "val": [], "test": []}))
+    with pytest.raises(DatasetError, match=r"train\[0\]"):
+        read_split_file(path)
+    path.write_text(json.dumps({"train": [["x.jpg", 0, "a"], ["y.jpg", 0, "b"]], "val": [], "test": []}))
+    with pytest.raises(DatasetError, match="label 0 has two class names"):
+        read_split_file(path)
+    path.write_text(json.dumps({"train": [["x.jpg", 0, "a"], ["y.jpg", 2, "b"]], "val": [], "test": []}))
+    with pytest.raises(DatasetError, match=r"missing \[1\]"):
+        read_split_file(path)
+    path.write_text("{not json")
+    with pytest.raises(DatasetError, match="not a readable split file"):
+        read_split_file(path)
+    with pytest.raises(DatasetError, match="unknown dataset 'caltech'.*caltech101"):
+        load_dataset(tmp_path, "caltech")
+    with pytest.raises(DatasetError, match="exactly once"):
+        load_dataset(tmp_path, "split:" + str(path), template="a photo")
+
+
+def test_split_path_form_reads_paths_relative_to_the_file(coop_dataset) -> None:
+    data = load_dataset(None, f"split:{coop_dataset.split_file}", template="a drawing of a {}.")
+    split = json.loads(coop_dataset.split_file.read_text())
+    assert data.name == coop_dataset.split_file.stem
+    assert data.folder == coop_dataset.folder and data.image_dir == ""
+    assert data.class_names == coop_dataset.classes
+    assert [list(item) for item in data.train] == split["train"]
+    assert data.template == "a drawing of a {}."
+    assert load_dataset(None, f"split:{coop_dataset.split_file}").template == "a photo of a {}."
+
+
+def test_aircraft_labels_are_variant_lines_and_items_keep_file_order(tmp_path: Path) -> None:
+    folder = tmp_path / "fgvc_aircraft"
+    variants = ["707-320", "A300B4", "F-16A/B"]
+    (folder / "images").mkdir(parents=True)
+    (folder / "variants.txt").write_text("\n".join(variants) + "\n")
+    lines = {"train": ["0001 F-16A/B", "0002 707-320", "0003 F-16A/B", "0004 A300B4"],
+             "val": ["0005 A300B4"], "test": ["0006 707-320", "0007 F-16A/B"]}
+    for part, rows in lines.items():
+        (folder / f"images_variant_{part}.txt").write_text("\n".join(rows) + "\n")
+    data = load_dataset(tmp_path, "fgvc_aircraft")
+    assert data.class_names == variants
+    assert data.train == [("images/0001.jpg", 2, "F-16A/B"), ("images/0002.jpg", 0, "707-320"),
+                          ("images/0003.jpg", 2, "F-16A/B"), ("images/0004.jpg", 1, "A300B4")]
+    assert data.test == [("images/0006.jpg", 0, "707-320"), ("images/0007.jpg", 2, "F-16A/B")]
+    (folder / "images_variant_val.txt").write_text("0005 Boeing 747\n")
+    with pytest.raises(DatasetError, match=r"images_variant_val.txt:1: variant 'Boeing 747'"):
+        load_dataset(tmp_path, "fgvc_aircraft")
+
+
+def test_imagenet_labels_follow_sorted_wnids_and_it_has_no_val(tmp_path: Path) -> None:
+    folder = tmp_path / "imagenet"
+    names = {"n02": "goldfish", "n01": "tench", "n03": "great white shark"}
+    for wnid in names:
+        for i in range(2):
+            _image(folder / "images" / "train" / wnid / f"{wnid}_{i}.JPEG")
+        _image(folder / "images" / "val" / wnid / f"val_{wnid}.JPEG")
+    (folder / "classnames.txt").write_text("".join(f"{w} {names[w]}\n" for w in sorted(names)))
+    data = load_dataset(tmp_path, "imagenet")
+    assert data.class_names == ["tench", "goldfish", "great white shark"]
+    assert data.wnids == ["n01", "n02", "n03"]
+    assert data.val == [] and not data.val_subsets
+    assert data.train[:2] == [("images/train/n01/n01_0.JPEG", 0, "tench"), ("images/train/n01/n01_1.JPEG", 0, "tench")]
+    assert [label for _, label, _ in data.test] == [0, 1, 2]
+
+
+def test_imagenet_classnames_are_written_from_open_clip_when_missing(tmp_path: Path) -> None:
+    train = tmp_path / "imagenet" / "images" / "train"
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    for wnid in wnids:
+        (train / wnid).mkdir(parents=True)
+    _image(train / wnids[5] / "a.JPEG")
+    (tmp_path / "imagenet" / "images" / "val").mkdir()
+    data = load_dataset(tmp_path, "imagenet")
+    written = (tmp_path / "imagenet" / "classnames.txt").read_text().splitlines()
+    assert written[0] == f"{wnids[0]} {open_clip.IMAGENET_CLASSNAMES[0]}"
+    assert len(written) == 1000
+    assert data.train == [(f"images/train/{wnids[5]}/a.JPEG", 5, open_clip.IMAGENET_CLASSNAMES[5])]
+    (tmp_path / "imagenet" / "classnames.txt").unlink()
+    (train / wnids[0]).rmdir()
+    with pytest.raises(DatasetError, match="ships 1000 ImageNet class names but .* has 999"):
+        load_dataset(tmp_path, "imagenet")
+
+
+def _classnames(folder: Path, names: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classnames.txt").write_text("".join(f"{w} {n}\n" for w, n in names.items()))
+
+
+def test_imagenet_variants_are_test_only_with_wnids(tmp_path: Path) -> None:
+    names = {"n01": "tench", "n02": "goldfish", "n03": "great white shark", "n04": "tiger shark"}
+    for spec in DATASETS.values():
+        if spec.kind == "imagenet-variant":
+            _classnames(tmp_path / spec.folder, names)
+    v2 = tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val"
+    for i in range(4):
+        _image(v2 / str(i) / "x.jpeg")
+    data = load_dataset(tmp_path, "imagenetv2")
+    assert data.test_only and data.train == [] and data.val == []
+    assert data.wnids == list(names) and data.class_names == list(names.values())
+    assert data.test[2] == ("imagenetv2-matched-frequency-format-val/2/x.jpeg", 2, "great white shark")
+    # -A and -R cover a subset of the classes: their own labels in sorted-wnid order, and the wnids to map them back.
+    for name, subdir in (("imagenet_a", "imagenet-adversarial/imagenet-a"),
+                         ("imagenet_r", "imagenet-rendition/imagenet-r")):
+        for wnid in ("n04", "n02"):
+            _image(tmp_path / subdir / wnid / "y.jpg")
+        (tmp_path / subdir / "README.txt").write_text("not a class")
+        data = load_dataset(tmp_path, name)
+        assert data.wnids == ["n02", "n04"] and data.class_names == ["goldfish", "tiger shark"]
+        assert [label for _, label, _ in data.test] == [0, 1]
+    _image(tmp_path / "imagenet-sketch" / "images" / "n03" / "s.JPEG")
+    sketch = load_dataset(tmp_path, "imagenet_sketch")
+    assert sketch.test == [("images/n03/s.JPEG", 0, "great white shark")] and sketch.wnids == ["n03"]
+    _image(tmp_path / "imagenet-sketch" / "images" / "n99" / "s.JPEG")
+    with pytest.raises(DatasetError, match="no class for the folders \\['n99'\\]"):
+        load_dataset(tmp_path, "imagenet_sketch")
+
+
+def test_folder_tree_with_split_folders(tmp_path: Path) -> None:
+    for part, count in (("train", 3), ("test", 2)):
+        for cls in ("dog", "cat"):
+            for i in range(count):
+                _image(tmp_path / "pets" / part / cls / f"{i}.png")
+    (tmp_path / "pets" / "train" / "cat" / "notes.txt").write_text("not an image")
+    data = load_dataset(None, f"folder:{tmp_path / 'pets'}")
+    assert data.name == "pets" and data.class_names == ["cat", "dog"]
+    assert data.train[0] == ("train/cat/0.png", 0, "cat") and len(data.train) == 6
+    assert data.val == [] and len(data.test) == 4
+
+
+def test_folder_tree_without_splits_is_split_per_class_with_a_seed(tmp_path: Path) -> None:
+    for cls in ("dog", "cat"):
+        for i in range(10):
+            _image(tmp_path / "pets" / cls / f"{i}.png")
+    first = load_dataset(None, f"folder:{tmp_path / 'pets'}", seed=0)
+    again = load_dataset(None, f"folder:{tmp_path / 'pets'}", seed=0)
+    other = load_dataset(None, f"folder:{tmp_path / 'pets'}", seed=1)
+    assert (first.train, first.val, first.test) == (again.train, again.val, again.test)
+    assert first.train != other.train
+    assert [len(first.train), len(first.val), len(first.test)] == [10, 4, 6]
+    every = sorted(p for p, _, _ in first.train + first.val + first.test)
+    assert every == sorted(f"{c}/{i}.png" for c in ("dog", "cat") for i in range(10))
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(None, f"folder:{tmp_path / 'nothing'}")
+
+
+def test_template_ensemble_and_attribute_vocabulary(tmp_path: Path) -> None:
+    templates = ensemble_templates("{} texture.")
+    assert templates[0] == "{} texture." and len(templates) == 8
+    assert templates[1:] == [t("{}") for t in open_clip.SIMPLE_IMAGENET_TEMPLATES]
+    shipped = load_attributes()
+    assert 100 <= len(shipped) <= 200 and len(set(shipped)) == len(shipped)
+    assert {"red", "striped", "furry", "metallic", "round", "small", "on grass"} <= set(shipped)
+    custom = tmp_path / "attrs.txt"
+    custom.write_text("# colours\nred\n\nshiny  # finish\n")
+    assert load_attributes(custom) == ["red", "shiny"]
+    custom.write_text("red\nblue\nred\n")
+    with pytest.raises(ValueError, match=r"attrs.txt:3: 'red' repeats line 1"):
+        load_attributes(custom)
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_attributes(tmp_path / "missing.txt")
