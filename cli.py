@@ -18,10 +18,106 @@ def _not_yet(what: str, issue: int) -> None:
     raise typer.Exit(code=2)
 
 
+def _int_list(option: str, text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        typer.echo(f"error: {option} {text!r}: expected comma-separated integers, e.g. 1,2,4,8,16", err=True)
+        raise typer.Exit(code=2) from None
+
+
 @cache_app.command("build")
-def cache_build() -> None:
+def cache_build(
+    root: Path | None = typer.Option(None, help="Dataset root holding the CoOp-layout folders (DATA.md)."),
+    dataset: str | None = typer.Option(None, help="caltech101, oxford_pets, ..., imagenet, imagenet_a, ...; "
+                                       "folder:PATH (a folder per class) or split:PATH (a split_zhou JSON)."),
+    model: str = typer.Option("ViT-B-16", help="open_clip model name, or the path of a model-config JSON."),
+    pretrained: str = typer.Option("openai", help="Pretrained tag, a local checkpoint (.pt/.bin/.safetensors) "
+                                   "or none."),
+    out: Path | None = typer.Option(None, help="Cache file (default: caches/<dataset>.h5)."),
+    shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot subsets to hold."),
+    seeds: str = typer.Option("1,2,3", help="Seeds of the few-shot subsets to hold."),
+    views: int = typer.Option(10, help="Augmented views per train image."),
+    full_train: bool = typer.Option(False, "--full-train", help="Encode the whole train split."),
+    device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
+    precision: str = typer.Option("fp32", help="fp32, fp16, bf16 or amp."),
+    batch_size: int = typer.Option(32, help="Images per batch (each with its augmented views)."),
+    workers: int = typer.Option(4, help="Image-decoding worker processes (0: decode in the main process)."),
+    attributes: Path | None = typer.Option(None, help="Attribute phrases, one per line (default: shipped list)."),
+    template: str | None = typer.Option(None, help="Prompt template overriding the dataset's, e.g. 'a photo of a {}.'"),
+    seed: int = typer.Option(0, help="Seed of the augmented views (and of folder: splits)."),
+    quick_gelu: bool | None = typer.Option(None, "--quick-gelu/--no-quick-gelu",
+                                           help="Force QuickGELU on or off (default: on for OpenAI weights)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a cache built with a different fingerprint."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave unreadable images out (listed in the cache)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
     """Encode a CoOp-layout dataset with an open_clip model into a fingerprinted HDF5 cache."""
-    _not_yet("cache build", 3)
+    from lathadapter.cache.build import build
+    from lathadapter.cache.datasets import DATASETS
+
+    if dataset is None:
+        typer.echo(f"error: --dataset is required: one of {', '.join(DATASETS)}, folder:PATH or split:PATH",
+                   err=True)
+        raise typer.Exit(code=2)
+    try:
+        result = build(root, dataset, out, model=model, pretrained=pretrained, shots=_int_list("--shots", shots),
+                       seeds=_int_list("--seeds", seeds), views=views, device=device, precision=precision,
+                       batch_size=batch_size, workers=workers, attributes=attributes, full_train=full_train,
+                       force=force, skip_bad=skip_bad, seed=seed, template=template, quick_gelu=quick_gelu,
+                       progress=progress, log=lambda message: typer.echo(message, err=True))
+    except (ValueError, OSError) as error:
+        _fail(error)
+    stats = result.stats
+    rate = f" · {stats.images} images at {stats.images_per_second:.1f} images/s" if stats.images else ""
+    typer.echo(f"{result.path}: {result.status}{rate}")
+
+
+@cache_app.command("info")
+def cache_info(path: Path = typer.Argument(..., help="Cache file.")) -> None:
+    """Summarise a cache: model, dataset, counts, subsets, size."""
+    from lathadapter.cache.inspection import summary
+
+    try:
+        rows = summary(path)
+    except (ValueError, OSError) as error:
+        _fail(error)
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+@cache_app.command("verify")
+def cache_verify(path: Path = typer.Argument(..., help="Cache file.")) -> None:
+    """Check a cache: schema, finite values, unit norms, index bounds (exit code 1 on any problem)."""
+    from lathadapter.cache.inspection import verify
+
+    problems = verify(path)
+    for problem in problems:
+        typer.echo(f"error: {path}: {problem}", err=True)
+    if problems:
+        raise typer.Exit(code=1)
+    typer.echo(f"{path}: ok")
+
+
+@cache_app.command("subset")
+def cache_subset(
+    path: Path = typer.Argument(..., help="Cache file."),
+    shots: int = typer.Option(..., help="Shots per class."),
+    seed: int = typer.Option(..., help="Subset seed."),
+    out: Path | None = typer.Option(None, help="JSON file to write (default: print to stdout)."),
+) -> None:
+    """Write one few-shot subset as JSON train/val lists of [relative_path, label, classname]."""
+    from lathadapter.cache.subset import write_subset
+
+    try:
+        text = write_subset(path, shots, seed, out)
+    except (ValueError, OSError) as error:
+        _fail(error)
+    if out is None:
+        typer.echo(text)
+    else:
+        typer.echo(f"wrote {out}", err=True)
 
 
 def _fail(error: Exception) -> None:

@@ -327,6 +327,10 @@ class CacheReader:
             features, labels = features[rows], labels[rows]
         return torch.from_numpy(features.astype(np.float32)), torch.from_numpy(labels.astype(np.int64))
 
+    def subset_rows(self, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row indices of the (`shots`, `seed`) subset into `splits/train` and `splits/val`, in Dassl's order."""
+        return self._rows(shots, seed)
+
     def _rows(self, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         key = f"subsets/{subset_key(shots, seed)}"
         if key not in self._file:

@@ -1,0 +1,339 @@
+"""`lathadapter cache build`: one encoder pass over a dataset into a fingerprinted, resumable HDF5 cache.
+
+The build writes `<out>.tmp`, flushing as it goes; an interrupted build resumes from it and encodes only the rows
+not yet encoded; the finished file is renamed into place. Rebuilding over a different cache needs `force`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from lathadapter.cache.datasets import DatasetSplits, load_dataset
+from lathadapter.cache.encode import ClipModel, ImageRows, collate, encode_images, encode_texts, load_model
+from lathadapter.cache.sampling import fewshot_indices
+from lathadapter.cache.store import (
+    DEFAULT_CACHE_DIR,
+    SCHEMA_VERSION,
+    SPLITS,
+    CacheLayout,
+    create,
+    finalize,
+    fingerprint_of,
+    mark_skipped,
+    missing_rows,
+    write_rows,
+)
+from lathadapter.cache.templates import ensemble_templates, load_attributes, prompt
+
+__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "BuildError", "BuildResult", "build", "build_cache"]
+
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+FLUSH_SECONDS = 10.0  # how often encoded rows are flushed to the temporary file (what a resume can reuse)
+NORM_TOLERANCE = 1e-2  # float16 unit vectors are within ~1e-3 of norm 1; a row outside this was not fully written
+
+
+class BuildError(ValueError):
+    """A build option is invalid, an image cannot be read, or the output would overwrite a different cache."""
+
+
+@dataclass
+class BuildStats:
+    """Where a build's time went: waiting for decoded and transformed images, encoding, writing."""
+
+    images: int = 0
+    skipped: int = 0
+    load_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    write_seconds: float = 0.0
+    text_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        busy = self.load_seconds + self.encode_seconds + self.write_seconds
+        return self.images / busy if busy > 0 else 0.0
+
+
+@dataclass
+class BuildResult:
+    """What a build did: the cache path, `built` / `resumed` / `up to date`, timings and notes for the user."""
+
+    path: Path
+    status: str
+    stats: BuildStats
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int) -> None:
+    if not shots or any(int(k) < 1 for k in shots):
+        raise BuildError(f"--shots {','.join(map(str, shots))}: give one or more shot counts >= 1, e.g. 1,2,4,8,16")
+    if not seeds:
+        raise BuildError("--seeds: give one or more seeds, e.g. 1,2,3")
+    for option, value, least in (("--views", views, 0), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
+        if value < least:
+            raise BuildError(f"{option} {value}: must be at least {least}")
+
+
+def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int], full_train: bool,
+                ) -> tuple[dict[str, list[int]], dict[tuple[int, int], tuple[list[int], list[int]]]]:
+    """Which train and val items the cache holds (indices into the split lists, sorted) and each few-shot subset as
+    rows of those, in Dassl's order. Train holds the union of the subsets, or everything with `full_train`."""
+    if splits.test_only:
+        return {"train": [], "val": [], "test": list(range(len(splits.test)))}, {}
+    train_labels = [label for _, label, _ in splits.train]
+    val_labels = [label for _, label, _ in splits.val] if splits.val_subsets else None
+    draws = {(k, s): fewshot_indices(train_labels, val_labels, k, s) for k in shots for s in seeds}
+    train = list(range(len(splits.train))) if full_train else sorted(set().union(*(t for t, _ in draws.values())))
+    val = sorted(set().union(*(v for _, v in draws.values())))
+    train_row = {index: row for row, index in enumerate(train)}
+    val_row = {index: row for row, index in enumerate(val)}
+    subsets = {key: ([train_row[i] for i in t], [val_row[i] for i in v]) for key, (t, v) in draws.items()}
+    return {"train": train, "val": val, "test": list(range(len(splits.test)))}, subsets
+
+
+def _fingerprint(splits: DatasetSplits, clip: ClipModel, templates: list[str], phrases: list[str], views: int,
+                 seed: int, shots: Sequence[int], seeds: Sequence[int], full_train: bool) -> dict[str, object]:
+    return {
+        **clip.fields,
+        "dataset": splits.name,
+        "dataset_kind": splits.kind,
+        "image_dir": splits.image_dir,
+        "split_sha256": splits.source_sha256,
+        "templates": templates,
+        "attributes_sha256": hashlib.sha256("\n".join(phrases).encode()).hexdigest(),
+        "views": views,
+        "seed": seed,
+        "shots": [] if splits.test_only else sorted(set(shots)),
+        "seeds": [] if splits.test_only else sorted(set(seeds)),
+        "full_train": full_train and not splits.test_only,
+    }
+
+
+def _stored_fingerprint(path: Path) -> tuple[dict[str, object] | None, bool]:
+    """The fingerprint fields and completeness of an existing cache file (None when it is not a readable cache)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if int(f.attrs.get("schema_version", 0)) != SCHEMA_VERSION:
+                return None, False
+            return json.loads(f.attrs["fingerprint_json"]), bool(f.attrs.get("complete", False))
+    except (OSError, KeyError, ValueError):
+        return None, False
+
+
+def _differences(old: dict[str, object], new: dict[str, object]) -> list[str]:
+    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+
+
+def _recheck_encoded(f: h5py.File, split: str, skipped: set[str], chunk: int = 4096) -> int:
+    """Unmark rows flagged encoded whose stored vectors are not unit norm (a write cut short); returns how many."""
+    group = f[f"splits/{split}"]
+    encoded = group["encoded"][:]
+    paths = group["paths"].asstr()[()]
+    bad = 0
+    for start in range(0, len(encoded), chunk):
+        stop = min(start + chunk, len(encoded))
+        norms = np.linalg.norm(group["features"][start:stop].astype(np.float32), axis=-1)
+        ok = np.abs(norms - 1) < NORM_TOLERANCE
+        if split == "train" and group["augmented"].shape[1]:
+            views = np.linalg.norm(group["augmented"][start:stop].astype(np.float32), axis=-1)
+            ok &= (np.abs(views - 1) < NORM_TOLERANCE).all(axis=1)
+        for offset in np.flatnonzero(encoded[start:stop] & ~ok):
+            if str(paths[start + offset]) not in skipped:
+                encoded[start + offset] = False
+                bad += 1
+    if bad:
+        group["encoded"][:] = encoded
+    return bad
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description:<6}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]:>7.1f} images/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled)
+
+
+def _blocks(rows: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Positions of `rows` grouped by the fixed block `row // batch_size`, so a resumed build batches the rows it
+    still has to do exactly as an uninterrupted build would."""
+    blocks: dict[int, list[int]] = {}
+    for position, row in enumerate(rows):
+        blocks.setdefault(int(row) // batch_size, []).append(position)
+    return list(blocks.values())
+
+
+def _encode_split(f: h5py.File, split: str, splits: DatasetSplits, clip: ClipModel, views: int, seed: int,
+                  batch_size: int, workers: int, skip_bad: bool, progress: Progress, stats: BuildStats) -> None:
+    paths = list(f[f"splits/{split}/paths"].asstr()[()])
+    todo = missing_rows(f, split)
+    task = progress.add_task(split, total=len(paths), completed=len(paths) - len(todo), rate=0.0)
+    if not len(todo):
+        return
+    dataset = ImageRows(splits.folder, paths, todo.tolist(), clip.preprocess, views if split == "train" else 0,
+                        seed, clip.image_size, clip.mean, clip.std)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=_blocks(todo, batch_size), num_workers=workers,
+                                         collate_fn=collate)
+    started = last_flush = time.perf_counter()
+    done = 0
+    waited = time.perf_counter()
+    for items in loader:
+        stats.load_seconds += time.perf_counter() - waited
+        bad = [item for item in items if item.error is not None]
+        if bad and not skip_bad:
+            item = bad[0]
+            raise BuildError(f"cannot read image {splits.folder / paths[item.row]} ({item.error}). Fix or remove it, "
+                             "or pass --skip-bad to leave such images out (they are listed in the cache)")
+        good = [item for item in items if item.error is None]
+        if good:
+            tick = time.perf_counter()
+            pixels = [torch.stack([item.clean for item in good])]
+            if split == "train" and views:
+                pixels.append(torch.cat([item.views for item in good]))
+            features = encode_images(clip, torch.cat(pixels)).numpy()
+            stats.encode_seconds += time.perf_counter() - tick
+            tick = time.perf_counter()
+            rows = np.array([item.row for item in good])
+            clean = features[:len(good)]
+            augmented = features[len(good):].reshape(len(good), views, -1) if split == "train" else None
+            if split == "train" and not views:
+                augmented = np.zeros((len(good), 0, features.shape[1]), dtype=np.float32)
+            write_rows(f, split, rows, clean, augmented)
+            stats.write_seconds += time.perf_counter() - tick
+        if bad:
+            mark_skipped(f, split, np.array([item.row for item in bad]), [paths[item.row] for item in bad])
+            stats.skipped += len(bad)
+        stats.images += len(good)
+        done += len(items)
+        if time.perf_counter() - last_flush >= FLUSH_SECONDS:
+            f.flush()
+            last_flush = time.perf_counter()
+        progress.update(task, advance=len(items), rate=done / max(time.perf_counter() - started, 1e-9))
+        waited = time.perf_counter()
+    f.flush()
+
+
+def build(
+    root: Path | str | None,
+    dataset: str,
+    out: Path | str | None = None,
+    *,
+    model: str = "ViT-B-16",
+    pretrained: str = "openai",
+    shots: Sequence[int] = DEFAULT_SHOTS,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    views: int = 10,
+    device: str | None = None,
+    precision: str = "fp32",
+    batch_size: int = 32,
+    workers: int = 4,
+    attributes: Path | str | None = None,
+    full_train: bool = False,
+    force: bool = False,
+    skip_bad: bool = False,
+    seed: int = 0,
+    template: str | None = None,
+    quick_gelu: bool | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> BuildResult:
+    """Encode `dataset` with an open_clip model into an HDF5 cache at `out` (default `caches/<dataset>.h5`)."""
+    say = log or (lambda message: print(message, file=sys.stderr))
+    started = time.perf_counter()
+    _check_options(shots, seeds, views, batch_size, workers)
+    splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
+    notes = list(splits.notes)
+    out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
+    phrases = load_attributes(Path(attributes) if attributes is not None else None)
+    clip = load_model(model, pretrained, device=device, precision=precision, quick_gelu=quick_gelu, seed=seed)
+    notes += clip.notes
+    for note in notes:
+        say(note)
+    if splits.test_only:
+        say(f"{splits.name} is test-only: no few-shot subsets (--shots/--seeds are ignored)")
+    templates = ensemble_templates(splits.template)
+    fields = _fingerprint(splits, clip, templates, phrases, views, seed, shots, seeds, full_train)
+    stats = BuildStats()
+
+    if out.exists() and not force:
+        stored, complete = _stored_fingerprint(out)
+        if stored is None:
+            raise BuildError(f"{out} exists and is not a lathadapter cache; pass --force to overwrite it, or choose "
+                             "another --out")
+        if stored != fields:
+            differs = ", ".join(_differences(stored, fields))
+            raise BuildError(f"{out} is a cache built differently (differs in: {differs}); pass --force to overwrite "
+                             "it, or choose another --out")
+        if complete:
+            say(f"{out} is up to date (same fingerprint {fingerprint_of(fields)})")
+            return BuildResult(out, "up to date", stats, notes)
+
+    indices, subsets = plan_layout(splits, shots, seeds, full_train)
+    items = {"train": splits.train, "val": splits.val, "test": splits.test}
+    layout = CacheLayout(
+        fingerprint=fields,
+        class_names=splits.class_names,
+        embed_dim=clip.embed_dim,
+        views=views,
+        paths={s: [items[s][i][0] for i in indices[s]] for s in SPLITS},
+        labels={s: [items[s][i][1] for i in indices[s]] for s in SPLITS},
+        subsets=subsets,
+        templates=templates,
+        attribute_phrases=phrases,
+        wnids=splits.wnids,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(out.name + ".tmp")
+    status = "built"
+    f = None
+    if temporary.exists():
+        stored, _ = _stored_fingerprint(temporary)
+        if stored == fields:
+            f = h5py.File(temporary, "r+")
+            skipped = set(f["skipped"].asstr()[()])
+            redo = sum(_recheck_encoded(f, split, skipped) for split in SPLITS)
+            left = sum(len(missing_rows(f, split)) for split in SPLITS)
+            say(f"resuming the interrupted build in {temporary}: {left} images left to encode"
+                + (f" ({redo} partly written rows redone)" if redo else ""))
+            status = "resumed"
+        else:
+            say(f"discarding {temporary}: " + ("it is not readable" if stored is None else
+                "it was started with other settings"))
+    if f is None:
+        f = create(temporary, layout)
+    try:
+        tick = time.perf_counter()
+        per_template = [encode_texts(clip, [prompt(t, name) for name in splits.class_names]) for t in templates]
+        f["text/features"][...] = torch.stack(per_template).numpy().astype(np.float16)
+        if phrases:
+            f["attributes/features"][...] = encode_texts(clip, phrases).numpy().astype(np.float16)
+        f.flush()
+        stats.text_seconds = time.perf_counter() - tick
+        with _progress(progress) as bars:
+            for split in SPLITS:
+                _encode_split(f, split, splits, clip, views, seed, batch_size, workers, skip_bad, bars, stats)
+        finalize(f, temporary, out)
+    finally:
+        if f.id.valid:
+            f.flush()
+            f.close()
+    if stats.skipped:
+        say(f"skipped {stats.skipped} unreadable images (listed in the cache's `skipped`)")
+    stats.total_seconds = time.perf_counter() - started
+    return BuildResult(out, status, stats, notes)
+
+
+def build_cache(root: Path | str | None, dataset: str, out: Path | str | None = None, **options: object) -> Path:
+    """Build a cache (see `build` for the options) and return its path."""
+    return build(root, dataset, out, **options).path  # type: ignore[arg-type]

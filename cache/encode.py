@@ -1,0 +1,309 @@
+"""open_clip model loading (QuickGELU, offline tags, config files), the image views, and batched encoding."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import socket
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+PRECISIONS = ("fp32", "fp16", "bf16", "amp")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+# Augmented training views (Tip-Adapter): random resized crop, bicubic, then a horizontal flip half of the time.
+CROP_SCALE = (0.5, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+FLIP_PROBABILITY = 0.5
+
+
+class ModelError(ValueError):
+    """A model name, config file, checkpoint, precision or device that cannot be used."""
+
+
+@dataclass
+class ClipModel:
+    """A loaded open_clip model with its eval transform, tokenizer, and what identifies it in a fingerprint."""
+
+    model: torch.nn.Module
+    preprocess: object  # open_clip's eval transform: the clean view
+    tokenizer: object
+    device: torch.device
+    precision: str
+    embed_dim: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fields: dict[str, object]
+    notes: list[str] = field(default_factory=list)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, read in chunks (checkpoints are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def go_offline_without_network() -> bool:
+    """Set `HF_HUB_OFFLINE=1` when the user has not set it and the Hub is unreachable, so a named tag fails at once
+    (about 46 s of retries otherwise) or loads from the local Hugging Face cache. Returns whether offline mode is on."""
+    if "HF_HUB_OFFLINE" not in os.environ and not _hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True  # the hub reads this at call time; the env only at import
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model_name(model: str) -> tuple[str, dict[str, object] | None]:
+    """An open_clip model name, or a model-config JSON registered with open_clip under its file stem."""
+    path = Path(model)
+    if model.endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise ModelError(f"--model {model}: model-config file does not exist")
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelError(f"--model {model} is not a readable JSON model config ({error})") from error
+        missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
+        if missing:
+            raise ModelError(f"--model {model}: an open_clip model config needs embed_dim, vision_cfg and text_cfg; "
+                             f"missing {', '.join(missing)}")
+        open_clip.add_model_config(path)
+        return path.stem, config
+    if model not in open_clip.list_models():
+        close = difflib.get_close_matches(model, open_clip.list_models(), n=5)
+        hint = f" Close names: {', '.join(close)}." if close else ""
+        raise ModelError(f"--model {model!r} is not an open_clip model name.{hint} Pass a name from "
+                         "`open_clip.list_models()` or the path of a model-config JSON.")
+    return model, None
+
+
+def _looks_like_openai(checkpoint: Path) -> bool:
+    """A checkpoint file of OpenAI weights: named so, or a TorchScript archive (OpenAI's own .pt files)."""
+    if "openai" in str(checkpoint).lower():
+        return True
+    try:
+        import zipfile
+
+        with zipfile.ZipFile(checkpoint) as archive:
+            return any(name.endswith("constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def load_model(model: str, pretrained: str, *, device: str | None = None, precision: str = "fp32",
+               quick_gelu: bool | None = None, seed: int = 0) -> ClipModel:
+    """Create an open_clip model from `model` (name or config JSON) and `pretrained` (tag, checkpoint path, `none`).
+
+    OpenAI weights get QuickGELU (`quick_gelu=None` decides so automatically); `none` is a seeded random init.
+    """
+    if precision not in PRECISIONS:
+        raise ModelError(f"--precision {precision!r} is not valid; valid: {', '.join(PRECISIONS)}")
+    target = resolve_device(device)
+    name, config = resolve_model_name(model)
+    fields: dict[str, object] = {"model": name, "open_clip_version": open_clip.__version__, "precision": precision}
+    if config is not None:
+        fields["model_config"] = config
+    notes: list[str] = []
+    base_quick_gelu = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    checkpoint: str | None
+    tag_quick_gelu = False
+    if pretrained.lower() == "none":
+        checkpoint, fields["pretrained"] = None, "none"
+    elif Path(pretrained).is_file():
+        checkpoint = pretrained
+        fields["pretrained"] = "file"
+        fields["checkpoint_sha256"] = sha256_file(Path(pretrained))
+        tag_quick_gelu = _looks_like_openai(Path(pretrained))
+    elif pretrained.endswith(CHECKPOINT_SUFFIXES) or os.sep in pretrained:
+        raise ModelError(f"--pretrained {pretrained}: checkpoint file does not exist")
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            listed = ", ".join(tags) if tags else "none (pass a checkpoint file)"
+            raise ModelError(f"--pretrained {pretrained!r} is not a pretrained tag of {name}; its tags: {listed}. "
+                             "A local file works too: --pretrained /path/to/checkpoint.{pt,bin,safetensors}")
+        checkpoint, fields["pretrained"] = pretrained, pretrained
+        tag_quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+    wanted = tag_quick_gelu if quick_gelu is None else quick_gelu
+    force = wanted and not base_quick_gelu
+    if quick_gelu is None and force:
+        notes.append(f"{pretrained} holds OpenAI weights, trained with QuickGELU: building {name} with QuickGELU "
+                     f"(as {name}-quickgelu); pass --no-quick-gelu to keep GELU")
+    fields["quick_gelu"] = base_quick_gelu or force
+    is_tag = fields["pretrained"] not in ("file", "none")
+    offline = go_offline_without_network() if is_tag else False
+    if checkpoint is None:
+        torch.manual_seed(seed)
+    try:
+        built, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=checkpoint, precision="fp32" if precision == "amp" else precision, device=target,
+            force_quick_gelu=force)
+    except RuntimeError as error:
+        if is_tag:
+            where = "no network and not in the local Hugging Face cache" if offline else str(error)
+            raise ModelError(f"cannot load pretrained weights {pretrained!r} for {name} ({where}). Download the "
+                             "checkpoint elsewhere and pass --pretrained /path/to/checkpoint.{pt,bin,safetensors}"
+                             ) from error
+        raise ModelError(f"cannot load {name} with --pretrained {pretrained} ({error})") from error
+    built.eval()
+    cfg = dict(built.visual.preprocess_cfg)
+    size = cfg["size"]
+    image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    fields["preprocess"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    fields["augmentation"] = {"crop_scale": list(CROP_SCALE), "crop_ratio": [3 / 4, 4 / 3],
+                              "interpolation": "bicubic", "hflip": FLIP_PROBABILITY}
+    embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
+    return ClipModel(built, preprocess, open_clip.get_tokenizer(name), target, precision, embed_dim, image_size,
+                     tuple(cfg["mean"]), tuple(cfg["std"]), fields, notes)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`None` means cuda when available, else cpu; an unavailable CUDA device is an error, not a silent fallback."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except RuntimeError as error:
+        raise ModelError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from error
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return target
+
+
+def view_seed(seed: int, path: str) -> int:
+    """The augmentation seed of one image: fixed by the build seed and the image's path, so neither resuming nor
+    the worker count nor which subsets are requested changes its views."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{path}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def crop_params(width: int, height: int, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """torchvision's `RandomResizedCrop.get_params` (scale (0.5, 1)), drawing from `generator` (same stream)."""
+    area = height * width
+    log_ratio = torch.log(torch.tensor(CROP_RATIO))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(CROP_SCALE[0], CROP_SCALE[1], generator=generator).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            j = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+            return i, j, h, w
+    in_ratio = width / height
+    if in_ratio < min(CROP_RATIO):
+        w, h = width, int(round(width / min(CROP_RATIO)))
+    elif in_ratio > max(CROP_RATIO):
+        w, h = int(round(height * max(CROP_RATIO))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def augmented_views(image: Image.Image, views: int, seed: int, size: tuple[int, int], mean: Sequence[float],
+                    std: Sequence[float]) -> torch.Tensor:
+    """`views` augmented views `[V, 3, H, W]` of an RGB image, drawn from one generator seeded with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(views):
+        i, j, h, w = crop_params(image.width, image.height, generator)
+        view = TF.resized_crop(image, i, j, h, w, list(size), InterpolationMode.BICUBIC)
+        if torch.rand(1, generator=generator) < FLIP_PROBABILITY:
+            view = TF.hflip(view)
+        out.append(TF.normalize(TF.to_tensor(view), list(mean), list(std)))
+    return torch.stack(out) if out else torch.zeros(0, 3, *size)
+
+
+@dataclass
+class LoadedItem:
+    """One row's pixels (clean view and augmented views), or the reason its image could not be read."""
+
+    row: int
+    clean: torch.Tensor | None
+    views: torch.Tensor | None
+    error: str | None = None
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """The rows of one split to encode: decodes each image and makes its clean and augmented views."""
+
+    def __init__(self, folder: Path, paths: Sequence[str], rows: Sequence[int], preprocess: object, views: int,
+                 seed: int, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
+        self.folder, self.paths, self.rows = folder, list(paths), list(rows)
+        self.preprocess, self.views, self.seed = preprocess, views, seed
+        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> LoadedItem:
+        row = self.rows[index]
+        path = self.paths[row]
+        try:
+            with Image.open(self.folder / path) as opened:
+                image = opened.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            return LoadedItem(row, None, None, f"{type(error).__name__}: {error}")
+        clean = self.preprocess(image)
+        views = augmented_views(image, self.views, view_seed(self.seed, path), self.size, self.mean, self.std) \
+            if self.views else None
+        return LoadedItem(row, clean, views)
+
+
+def collate(items: list[LoadedItem]) -> list[LoadedItem]:
+    """Keep the batch as a list: rows with unreadable images travel beside the good ones."""
+    return items
+
+
+def _autocast(clip: ClipModel) -> AbstractContextManager:
+    if clip.precision != "amp":
+        return nullcontext()
+    dtype = torch.float16 if clip.device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=clip.device.type, dtype=dtype)
+
+
+def _input_dtype(clip: ClipModel) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(clip.precision, torch.float32)
+
+
+@torch.no_grad()
+def encode_images(clip: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image features `[N, D]` (float32, on the CPU) of preprocessed pixels `[N, 3, H, W]`."""
+    with _autocast(clip):
+        features = clip.model.encode_image(pixels.to(clip.device, _input_dtype(clip)))
+    features = features.float()
+    return (features / features.norm(dim=-1, keepdim=True)).cpu()
+
+
+@torch.no_grad()
+def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised text features `[N, D]` (float32, on the CPU) of `texts`, in batches."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(clip.device)
+        with _autocast(clip):
+            features = clip.model.encode_text(tokens).float()
+        out.append((features / features.norm(dim=-1, keepdim=True)).cpu())
+    return torch.cat(out) if out else torch.zeros(0, clip.embed_dim)

@@ -1,0 +1,333 @@
+"""`cache build` with the tiny model: features equal open_clip's own outputs, subsets equal Dassl's, resume, safety."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+import lathadapter.cache.build as build_module
+from lathadapter.cache.build import BuildError, build
+from lathadapter.cache.encode import augmented_views, view_seed
+from lathadapter.cache.inspection import verify
+from lathadapter.cache.store import CacheReader
+from lathadapter.cache.subset import export_subset
+from lathadapter.cache.templates import load_attributes
+
+SHOTS, SEEDS, VIEWS, BATCH = (1, 2), (1, 2), 2, 8
+ATOL = 2e-3  # float16 storage of unit vectors
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model is fastest on one thread; two threads on a shared 2-core machine spin-wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _options(tiny_clip, **overrides: object) -> dict[str, object]:
+    options: dict[str, object] = dict(model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=SHOTS,
+                                      seeds=SEEDS, views=VIEWS, batch_size=BATCH, workers=0, device="cpu",
+                                      progress=False, log=lambda message: None)
+    options.update(overrides)
+    return options
+
+
+def _build(coop_dataset, tiny_clip, out: Path, **overrides: object):
+    return build(None, f"split:{coop_dataset.split_file}", out, **_options(tiny_clip, **overrides))
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _assert_same_cache(a: Path, b: Path) -> None:
+    left, right = _arrays(a), _arrays(b)
+    assert left.keys() == right.keys()
+    for name in left:
+        assert np.array_equal(left[name], right[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference(coop_dataset, tiny_clip, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted build: the cache every other build is compared with."""
+    out = tmp_path_factory.mktemp("reference") / "shapes.h5"
+    result = _build(coop_dataset, tiny_clip, out)
+    assert result.status == "built" and result.path == out
+    return out
+
+
+def _encode(tiny_clip, pixels: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        features = tiny_clip.model.encode_image(pixels)
+    return (features / features.norm(dim=-1, keepdim=True)).numpy()
+
+
+def test_clean_features_equal_open_clip_encode_image(reference: Path, coop_dataset, tiny_clip) -> None:
+    with h5py.File(reference, "r") as f:
+        for split in ("train", "val", "test"):
+            paths = f[f"splits/{split}/paths"].asstr()[()]
+            images = [Image.open(coop_dataset.folder / p).convert("RGB") for p in paths]
+            expected = _encode(tiny_clip, torch.stack([tiny_clip.preprocess(image) for image in images]))
+            np.testing.assert_allclose(f[f"splits/{split}/features"][()].astype(np.float32), expected, atol=ATOL)
+
+
+def test_augmented_views_equal_torchvision_random_resized_crop_and_flip(reference: Path, coop_dataset,
+                                                                         tiny_clip) -> None:
+    normalize = tiny_clip.preprocess.transforms[-1]
+    pipeline = T.Compose([T.RandomResizedCrop(32, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                          T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    with h5py.File(reference, "r") as f:
+        paths = f["splits/train/paths"].asstr()[()]
+        stored = f["splits/train/augmented"][()].astype(np.float32)
+    for row in range(0, len(paths), 5):
+        image = Image.open(coop_dataset.folder / paths[row]).convert("RGB")
+        with torch.random.fork_rng():
+            torch.manual_seed(view_seed(0, paths[row]))
+            expected = torch.stack([pipeline(image) for _ in range(VIEWS)])
+        ours = augmented_views(image, VIEWS, view_seed(0, paths[row]), (32, 32), normalize.mean, normalize.std)
+        assert torch.equal(ours, expected)
+        np.testing.assert_allclose(stored[row], _encode(tiny_clip, expected), atol=ATOL)
+    assert not np.allclose(stored[:, 0], stored[:, 1], atol=1e-2), "the views differ from each other"
+
+
+def test_text_and_attribute_features_equal_open_clip_encode_text(reference: Path, coop_dataset, tiny_clip) -> None:
+    with h5py.File(reference, "r") as f:
+        templates = list(f["text/templates"].asstr()[()])
+        stored = f["text/features"][()].astype(np.float32)
+        phrases = list(f["attributes/phrases"].asstr()[()])
+        attributes = f["attributes/features"][()].astype(np.float32)
+    assert templates[0] == "a photo of a {}." and len(templates) == 8
+    assert phrases == load_attributes()
+    with torch.no_grad():
+        for t, template in enumerate(templates):
+            text = tiny_clip.model.encode_text(tiny_clip.tokenizer([template.format(c) for c in coop_dataset.classes]))
+            np.testing.assert_allclose(stored[t], (text / text.norm(dim=-1, keepdim=True)).numpy(), atol=ATOL)
+        text = tiny_clip.model.encode_text(tiny_clip.tokenizer(phrases))
+    np.testing.assert_allclose(attributes, (text / text.norm(dim=-1, keepdim=True)).numpy(), atol=ATOL)
+
+
+def _dassl(split: dict[str, list[list[object]]], shots: int, seed: int) -> tuple[list[list[object]], ...]:
+    """Dassl's generate_fewshot_dataset as CoOp calls it, on split-file entries."""
+    random.seed(seed)
+    drawn = []
+    for source, k in ((split["train"], shots), (split["val"], min(shots, 4))):
+        by_label: defaultdict[int, list[list[object]]] = defaultdict(list)
+        for item in source:
+            by_label[item[1]].append(item)
+        drawn.append([x for items in by_label.values()
+                      for x in (random.sample(items, k) if len(items) >= k else items)])
+    return drawn[0], drawn[1]
+
+
+def test_subsets_equal_dassl_on_the_split_file(reference: Path, coop_dataset) -> None:
+    split = json.loads(coop_dataset.split_file.read_text())
+    with CacheReader(reference) as reader:
+        assert reader.subsets() == [(k, s) for k in SHOTS for s in SEEDS]
+        info = reader.info()
+    train_union = set()
+    for shots in SHOTS:
+        for seed in SEEDS:
+            exported = export_subset(reference, shots, seed)
+            train, val = _dassl(split, shots, seed)
+            assert (exported["train"], exported["val"]) == (train, val)
+            train_union |= {item[0] for item in train}
+    assert info.counts["train"] == len(train_union), "train holds exactly the union of the subsets"
+
+
+def test_fingerprint_records_how_the_cache_was_made(reference: Path, coop_dataset, tiny_clip) -> None:
+    import open_clip
+
+    with CacheReader(reference) as reader:
+        fields = reader.info().fields
+    assert fields["open_clip_version"] == open_clip.__version__
+    assert fields["model"] == tiny_clip.name
+    assert fields["model_config"] == json.loads(tiny_clip.config.read_text())
+    assert fields["checkpoint_sha256"] == hashlib.sha256(tiny_clip.checkpoint.read_bytes()).hexdigest()
+    assert fields["split_sha256"] == hashlib.sha256(coop_dataset.split_file.read_bytes()).hexdigest()
+    assert fields["quick_gelu"] is False and fields["precision"] == "fp32"
+    assert fields["preprocess"]["size"] == [32, 32] and fields["preprocess"]["interpolation"] == "bicubic"
+    assert (fields["views"], fields["seed"], fields["shots"], fields["seeds"]) == (VIEWS, 0, [1, 2], [1, 2])
+    assert fields["dataset"] == coop_dataset.split_file.stem
+
+
+def test_resume_after_a_failure_encodes_only_the_missing_rows(reference: Path, coop_dataset, tiny_clip,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "shapes.h5"
+    calls = {"n": 0}
+    original = build_module.encode_images
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("device lost")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "encode_images", failing)
+    with pytest.raises(RuntimeError, match="device lost"):
+        _build(coop_dataset, tiny_clip, out)
+    temporary = out.with_name("shapes.h5.tmp")
+    assert temporary.is_file() and not out.exists()
+    with h5py.File(temporary, "r") as f:
+        left = sum(int((~f[f"splits/{s}/encoded"][()]).sum()) for s in ("train", "val", "test"))
+    monkeypatch.setattr(build_module, "encode_images", original)
+    result = _build(coop_dataset, tiny_clip, out)
+    assert result.status == "resumed" and 0 < result.stats.images == left
+    assert not temporary.exists()
+    _assert_same_cache(reference, out)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import lathadapter.cache.build as b
+b.FLUSH_SECONDS = 0.0
+calls = [0]
+write_rows = b.write_rows
+def write_then_die(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_rows(*args, **kwargs)
+b.write_rows = write_then_die
+b.build(None, sys.argv[1], sys.argv[2], model=sys.argv[3], pretrained=sys.argv[4], shots=(1, 2), seeds=(1, 2),
+        views=2, batch_size=8, workers=0, device="cpu", progress=False)
+"""
+
+
+def test_resume_after_a_killed_build_gives_the_uninterrupted_cache(reference: Path, coop_dataset, tiny_clip,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "shapes.h5"
+    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, f"split:{coop_dataset.split_file}", str(out),
+                             str(tiny_clip.config), str(tiny_clip.checkpoint)], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -9, killed.stderr
+    temporary = out.with_name("shapes.h5.tmp")
+    assert temporary.is_file() and not out.exists()
+    with h5py.File(temporary, "r") as f:
+        assert int(f["splits/train/encoded"][()].sum()) == 2 * BATCH, "two batches were written before the kill"
+        left = sum(int((~f[f"splits/{s}/encoded"][()]).sum()) for s in ("train", "val", "test"))
+    result = _build(coop_dataset, tiny_clip, out)
+    assert result.status == "resumed" and result.stats.images == left
+    _assert_same_cache(reference, out)
+
+
+def test_decoding_workers_do_not_change_the_cache(reference: Path, coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    out = tmp_path / "workers.h5"
+    _build(coop_dataset, tiny_clip, out, workers=2)
+    _assert_same_cache(reference, out)
+
+
+def test_rebuild_is_refused_for_another_fingerprint_unless_forced(reference: Path, coop_dataset, tiny_clip,
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "shapes.h5"
+    shutil.copy(reference, out)
+    assert _build(coop_dataset, tiny_clip, out).status == "up to date"
+    with pytest.raises(BuildError, match=r"built differently \(differs in: views\).*--force"):
+        _build(coop_dataset, tiny_clip, out, views=1)
+    assert _build(coop_dataset, tiny_clip, out, views=1, force=True).status == "built"
+    with CacheReader(out) as reader:
+        assert reader.info().views == 1
+    not_a_cache = tmp_path / "notes.h5"
+    not_a_cache.write_text("my notes")
+    with pytest.raises(BuildError, match="not a lathadapter cache; pass --force"):
+        _build(coop_dataset, tiny_clip, not_a_cache)
+
+
+def _small_dataset(coop_dataset, folder: Path) -> Path:
+    """Three classes of the shared dataset, copied with a split file of their own."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    small = {part: [item for item in items if item[1] < 3][::3] for part, items in split.items()}
+    for items in small.values():
+        for path, _, _ in items:
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(coop_dataset.folder / path, folder / path)
+    (folder / "split_zhou_Small.json").write_text(json.dumps(small))
+    return folder / "split_zhou_Small.json"
+
+
+def test_unreadable_image_stops_the_build_unless_skip_bad(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    split_file = _small_dataset(coop_dataset, tmp_path / "small")
+    bad = json.loads(split_file.read_text())["test"][1][0]
+    (tmp_path / "small" / bad).write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "small.h5"
+    options = _options(tiny_clip, shots=(1,), seeds=(1,))
+    with pytest.raises(BuildError, match=f"cannot read image {tmp_path / 'small' / bad}.*--skip-bad"):
+        build(None, f"split:{split_file}", out, **options)
+    result = build(None, f"split:{split_file}", out, skip_bad=True, **options)
+    assert result.status == "resumed" and result.stats.skipped == 1
+    assert verify(out) == []
+    with CacheReader(out) as reader:
+        assert reader.info().skipped == [bad]
+        paths = list(reader.file["splits/test/paths"].asstr()[()])
+        assert not reader.file["splits/test/features"][paths.index(bad)].any()
+    missing = tmp_path / "missing.h5"
+    (tmp_path / "small" / bad).unlink()
+    with pytest.raises(BuildError, match=f"cannot read image {tmp_path / 'small' / bad}"):
+        build(None, f"split:{split_file}", missing, **options)
+
+
+def test_full_train_encodes_the_whole_train_split(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    split_file = _small_dataset(coop_dataset, tmp_path / "small")
+    out = tmp_path / "full.h5"
+    build(None, f"split:{split_file}", out, **_options(tiny_clip, shots=(2,), seeds=(1,), full_train=True))
+    split = json.loads(split_file.read_text())
+    with CacheReader(out) as reader:
+        assert reader.file["splits/train/paths"].asstr()[()].tolist() == [p for p, _, _ in split["train"]]
+        data = reader.load(2, 1)
+    assert data.train_features.shape[0] == 6 and data.train_views.shape[1:] == (VIEWS, 32)
+
+
+def _imagenet_tree(coop_dataset, root: Path, variant: bool = False) -> None:
+    """A 3-class ImageNet (and a 2-class ImageNet-R) built from the shared dataset's images."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    wnids = {0: "n01440764", 1: "n01443537", 2: "n01484850"}
+    names = {wnids[label]: coop_dataset.classes[label] for label in wnids}
+    for part, folder in (("train", "images/train"), ("test", "images/val")):
+        for path, label, _ in split[part]:
+            if label in wnids:
+                target = root / "imagenet" / folder / wnids[label] / Path(path).name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(coop_dataset.folder / path, target)
+    (root / "imagenet" / "classnames.txt").write_text("".join(f"{w} {n}\n" for w, n in sorted(names.items())))
+    if variant:
+        rendition = root / "imagenet-rendition"
+        for wnid in (wnids[2], wnids[0]):
+            shutil.copytree(root / "imagenet" / "images" / "val" / wnid, rendition / "imagenet-r" / wnid)
+        shutil.copy(root / "imagenet" / "classnames.txt", rendition / "classnames.txt")
+
+
+def test_imagenet_build_has_train_subsets_only_and_keeps_wnids(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    _imagenet_tree(coop_dataset, tmp_path, variant=True)
+    out = tmp_path / "imagenet.h5"
+    build(tmp_path, "imagenet", out, **_options(tiny_clip, shots=(2,), seeds=(1,)))
+    with CacheReader(out) as reader:
+        info = reader.info()
+        data = reader.load(2, 1)
+    assert info.counts == {"train": 6, "val": 0, "test": 24}
+    assert data.wnids == ["n01440764", "n01443537", "n01484850"]
+    assert data.val_features.shape == (0, 32) and data.train_labels.tolist() == [0, 0, 1, 1, 2, 2]
+    rendition = tmp_path / "r.h5"
+    build(tmp_path, "imagenet_r", rendition, **_options(tiny_clip))
+    with CacheReader(rendition) as reader:
+        assert reader.subsets() == [] and reader.info().counts == {"train": 0, "val": 0, "test": 16}
+        test = reader.load_test()
+    assert test.wnids == ["n01440764", "n01484850"] and sorted(set(test.test_labels.tolist())) == [0, 1]
+    assert verify(rendition) == []

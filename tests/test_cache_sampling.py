@@ -1,0 +1,89 @@
+"""CoOp few-shot subsets against a literal re-implementation of Dassl's sampler, and the base/novel split."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from lathadapter.cache.sampling import base_novel_classes, fewshot_indices
+from lathadapter.cache.store import CacheReader
+from lathadapter.cache.synthetic import write_synthetic_cache
+
+
+def dassl_fewshot(train: list[tuple[str, int]], val: list[tuple[str, int]] | None, shots: int, seed: int):
+    """Dassl as CoOp runs it: `random.seed`, then `generate_fewshot_dataset` on train, then on val (min(K, 4))."""
+    random.seed(seed)
+
+    def generate(source: list[tuple[str, int]], num_shots: int) -> list[tuple[str, int]]:
+        tracker: defaultdict[int, list[tuple[str, int]]] = defaultdict(list)
+        for item in source:
+            tracker[item[1]].append(item)
+        dataset: list[tuple[str, int]] = []
+        for items in tracker.values():
+            dataset.extend(random.sample(items, num_shots) if len(items) >= num_shots else items)
+        return dataset
+
+    sampled_train = generate(train, shots)
+    sampled_val = generate(val, min(shots, 4)) if val is not None else []
+    return sampled_train, sampled_val
+
+
+def _items(labels: list[int], split: str) -> list[tuple[str, int]]:
+    return [(f"{split}/{i:03d}.jpg", label) for i, label in enumerate(labels)]
+
+
+@pytest.mark.parametrize("shots", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_subsets_equal_dassl_on_grouped_and_unordered_lists(shots: int, seed: int) -> None:
+    rng = random.Random(99)
+    grouped = [c for c in range(7) for _ in range(rng.randint(3, 20))]  # split_zhou: grouped by label
+    shuffled = grouped[:]
+    rng.shuffle(shuffled)  # FGVCAircraft's txt files: labels in file order, groups by first appearance
+    val_labels = [c for c in range(7) for _ in range(rng.randint(1, 6))]
+    for train_labels in (grouped, shuffled):
+        train, val = _items(train_labels, "train"), _items(val_labels, "val")
+        expected_train, expected_val = dassl_fewshot(train, val, shots, seed)
+        train_rows, val_rows = fewshot_indices(train_labels, val_labels, shots, seed)
+        assert [train[i] for i in train_rows] == expected_train
+        assert [val[i] for i in val_rows] == expected_val
+
+
+def test_imagenet_draws_no_val_subset_and_each_shot_count_is_its_own_draw() -> None:
+    labels = [c for c in range(5) for _ in range(30)]
+    train, val = fewshot_indices(labels, None, 2, 1)
+    expected, _ = dassl_fewshot(_items(labels, "train"), None, 2, 1)
+    assert val == [] and [_items(labels, "train")[i] for i in train] == expected
+    one, _ = fewshot_indices(labels, None, 1, 1)
+    assert not set(one) <= set(train)  # the 1-shot draw is not the first element of the 2-shot draw
+    with pytest.raises(ValueError, match="shots must be at least 1"):
+        fewshot_indices(labels, None, 0, 1)
+
+
+def test_base_novel_split_by_hand() -> None:
+    assert base_novel_classes([0, 1, 2, 3, 4]) == ([0, 1, 2], [3, 4])
+    assert base_novel_classes([3, 2, 1, 0, 3, 3]) == ([0, 1], [2, 3])
+    assert base_novel_classes([5, 0, 2, 2]) == ([0, 2], [5])
+    assert base_novel_classes(list(range(37))) == (list(range(19)), list(range(19, 37)))  # OxfordPets: 19 base
+
+
+def test_base_and_novel_halves_are_relabelled_from_zero(tmp_path: Path) -> None:
+    path = write_synthetic_cache(tmp_path / "s.h5", num_classes=5, dim=16, train_per_class=6, test_per_class=3,
+                                 views=2, shots=(4,), seeds=(1,))
+    with CacheReader(path) as reader:
+        data = reader.load(4, 1)
+    base, novel = base_novel_classes(data.test_labels.tolist())
+    assert (base, novel) == ([0, 1, 2], [3, 4])
+    novel_data = data.select_classes(novel)
+    keep = data.test_labels >= 3
+    assert novel_data.class_names == data.class_names[3:]
+    assert torch.equal(novel_data.test_labels, data.test_labels[keep] - 3)
+    assert torch.equal(novel_data.test_features, data.test_features[keep])
+    assert torch.equal(novel_data.text_features, data.text_features[3:])
+    base_data = data.select_classes(base)
+    assert torch.equal(base_data.train_labels, data.train_labels[data.train_labels < 3])
+    assert torch.equal(base_data.train_views, data.train_views[data.train_labels < 3])
+    assert sorted(set(base_data.val_labels.tolist())) == [0, 1, 2]
