@@ -1,1 +1,30 @@
 """Poincaré-ball geometry: PyTorch references (CPU path, test oracle) and fused Triton kernels (CUDA path)."""
+
+from lathadapter.kernels.cone import cone_energy, cone_exterior_angle, cone_half_aperture
+from lathadapter.kernels.dispatch import (
+    backend,
+    edge_energy,
+    get_backend,
+    pairwise_distance,
+    separation_loss,
+    set_backend,
+)
+from lathadapter.kernels.geometry import distance, expmap0, logmap0, mobius_add, origin_distance, project
+
+__all__ = [
+    "backend",
+    "cone_energy",
+    "cone_exterior_angle",
+    "cone_half_aperture",
+    "distance",
+    "edge_energy",
+    "expmap0",
+    "get_backend",
+    "logmap0",
+    "mobius_add",
+    "origin_distance",
+    "pairwise_distance",
+    "project",
+    "separation_loss",
+    "set_backend",
+]
