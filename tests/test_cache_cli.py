@@ -1,0 +1,139 @@
+"""`lathadapter cache build | info | verify | subset` from the command line, and every user error's message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lathadapter.cache.sampling import fewshot_indices
+from lathadapter.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model is fastest on one thread on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _build_args(coop_dataset, tiny_clip, *extra: str) -> list[str]:
+    return ["cache", "build", "--dataset", f"split:{coop_dataset.split_file}", "--model", str(tiny_clip.config),
+            "--pretrained", str(tiny_clip.checkpoint), "--shots", "1,2", "--seeds", "1", "--views", "2",
+            "--workers", "0", "--batch-size", "16", "--device", "cpu", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def built(coop_dataset, tiny_clip, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "shapes.h5"
+    result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out)))
+    assert result.exit_code == 0, result.output
+    assert f"{out}: built" in result.output and "images/s" in result.output
+    return out
+
+
+def test_build_writes_to_the_default_cache_folder(coop_dataset, tiny_clip, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--shots", "1"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "caches" / f"{coop_dataset.split_file.stem}.h5").is_file()
+    assert not list((tmp_path / "caches").glob("*.tmp"))
+
+
+def test_info_summarises_the_cache(built: Path, coop_dataset) -> None:
+    result = runner.invoke(app, ["cache", "info", str(built)])
+    assert result.exit_code == 0, result.output
+    assert f"{coop_dataset.split_file.stem} (8 classes)" in result.output
+    assert "lathadapter-tiny-test · checkpoint sha256" in result.output
+    split = json.loads(coop_dataset.split_file.read_text())
+    labels = {part: [label for _, label, _ in split[part]] for part in ("train", "val")}
+    draws = [fewshot_indices(labels["train"], labels["val"], shots, 1) for shots in (1, 2)]
+    train, val = (len(set().union(*(draw[i] for draw in draws))) for i in (0, 1))
+    assert f"train {train} · val {val} · test 64" in result.output
+    assert "2: shots 1,2 × seeds 1" in result.output
+    assert "161 phrases" in result.output and "KiB" in result.output
+
+
+def test_verify_passes_a_good_cache_and_names_each_problem(built: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["cache", "verify", str(built)])
+    assert result.exit_code == 0 and result.output.strip().endswith(": ok"), result.output
+    with h5py.File(built, "r") as f:
+        rows = f["splits/train/labels"].shape[0]
+    damages = {
+        "splits/test/features": ("not unit norm", lambda f: f["splits/test/features"].__setitem__(3, 0.5)),
+        "splits/train/augmented": ("non-finite", lambda f: f["splits/train/augmented"].__setitem__(1, float("nan"))),
+        "subsets": (f"row indices outside 0..{rows - 1}",
+                    lambda f: f["subsets/shots_2_seed_1/train"].__setitem__(0, rows)),
+        "labels": ("values outside 0..7", lambda f: f["splits/val/labels"].__setitem__(0, 8)),
+        "fingerprint": ("fingerprint does not match", lambda f: f.attrs.__setitem__("fingerprint", "0" * 16)),
+    }
+    for name, (message, damage) in damages.items():
+        broken = tmp_path / f"{name.replace('/', '_')}.h5"
+        shutil.copy(built, broken)
+        with h5py.File(broken, "r+") as f:
+            damage(f)
+        result = runner.invoke(app, ["cache", "verify", str(broken)])
+        assert result.exit_code == 1 and message in result.output, (name, result.output)
+    (tmp_path / "junk.h5").write_text("junk")
+    result = runner.invoke(app, ["cache", "verify", str(tmp_path / "junk.h5")])
+    assert result.exit_code == 1 and "not a readable HDF5 file" in result.output
+
+
+def test_subset_writes_portable_json(built: Path, coop_dataset, tmp_path: Path) -> None:
+    out = tmp_path / "subset.json"
+    result = runner.invoke(app, ["cache", "subset", str(built), "--shots", "2", "--seed", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    subset = json.loads(out.read_text())
+    split = json.loads(coop_dataset.split_file.read_text())
+    assert len(subset["train"]) == 16 and len(subset["val"]) == 16
+    assert all(entry in split["train"] for entry in subset["train"])
+    assert all(entry in split["val"] for entry in subset["val"])
+    assert (subset["shots"], subset["seed"]) == (2, 1)
+    printed = runner.invoke(app, ["cache", "subset", str(built), "--shots", "2", "--seed", "1"])
+    assert json.loads(printed.stdout) == subset
+    missing = runner.invoke(app, ["cache", "subset", str(built), "--shots", "4", "--seed", "1"])
+    assert missing.exit_code == 1 and "holds no few-shot subset with shots=4 seed=1" in missing.output
+
+
+def test_user_errors_exit_with_a_message_and_no_traceback(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    cases = [
+        (["cache", "build", "--root", str(tmp_path), "--dataset", "oxford_pets"], 1,
+         "oxford_pets/images/"),
+        (["cache", "build", "--root", str(tmp_path), "--dataset", "pets"], 1, "unknown dataset 'pets'"),
+        (["cache", "build"], 2, "--dataset is required"),
+        (_build_args(coop_dataset, tiny_clip, "--shots", "one"), 2, "--shots 'one': expected comma-separated"),
+        (_build_args(coop_dataset, tiny_clip, "--shots", "0"), 1, "shot counts >= 1"),
+        (_build_args(coop_dataset, tiny_clip, "--views", "-1"), 1, "--views -1: must be at least 0"),
+        (_build_args(coop_dataset, tiny_clip, "--attributes", str(tmp_path / "no.txt")), 1, "cannot be read"),
+        (_build_args(coop_dataset, tiny_clip, "--template", "photo"), 1, "must contain '{}' exactly once"),
+        (_build_args(coop_dataset, tiny_clip, "--precision", "fp8"), 1, "--precision 'fp8' is not valid"),
+        (["cache", "info", str(tmp_path / "none.h5")], 1, "does not exist"),
+    ]
+    for args, code, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == code and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    (tmp_path / "oxford_pets").mkdir()
+    result = runner.invoke(app, ["cache", "build", "--root", str(tmp_path), "--dataset", "oxford_pets"])
+    assert result.exit_code == 1 and "split_zhou_OxfordPets.json not found" in result.output
+
+
+def test_rebuild_over_another_cache_needs_force(built: Path, coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    out = tmp_path / "copy.h5"
+    shutil.copy(built, out)
+    same = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out)))
+    assert same.exit_code == 0 and "up to date" in same.output, same.output
+    other = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out), "--seed", "5"))
+    assert other.exit_code == 1 and "differs in: seed" in other.output and "--force" in other.output
+    forced = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out), "--seed", "5", "--force"))
+    assert forced.exit_code == 0 and "built" in forced.output, forced.output
