@@ -107,7 +107,7 @@ def cache_subset(
     seed: int = typer.Option(..., help="Subset seed."),
     out: Path | None = typer.Option(None, help="JSON file to write (default: print to stdout)."),
 ) -> None:
-    """Write one few-shot subset as JSON train/val lists of [relative_path, label, classname]."""
+    """Write one few-shot subset as portable JSON: train and val lists of (relative path, label, class name)."""
     from lathadapter.cache.subset import write_subset
 
     try:
