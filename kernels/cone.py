@@ -14,7 +14,6 @@ from lathadapter.kernels.geometry import (
     Curvature,
     as_curvature,
     compute_dtype,
-    machine_eps,
     safe_sqrt,
 )
 
@@ -26,12 +25,21 @@ def check_cone_options(K: float, kappa: float) -> None:
         raise ValueError(f"cone kappa (aperture multiplier) must be non-negative, got {kappa}")
 
 
+def safe_arcsin(x: torch.Tensor) -> torch.Tensor:
+    """arcsin on [−1, 1] as atan2(x, √(1 − x²)) with the safe √: exact ±π/2 at ±1, finite gradient there."""
+    return torch.atan2(x, safe_sqrt(1 - x * x))
+
+
+def safe_arccos(x: torch.Tensor) -> torch.Tensor:
+    """arccos on [−1, 1] as atan2(√(1 − x²), x) with the safe √: exact 0 and π at ±1, finite gradient there."""
+    return torch.atan2(safe_sqrt(1 - x * x), x)
+
+
 def half_aperture_from_norm2(aa: torch.Tensor, c: torch.Tensor, K: float) -> torch.Tensor:
-    """ψ(p) = arcsin(min(1, K (1 − c|p|²) / (√c|p|))) from |p|²; the argument is clamped to [0, 1 − eps]."""
-    eps = machine_eps(aa.dtype)
+    """ψ(p) = arcsin(min(1, K (1 − c|p|²) / (√c|p|))) from |p|² (the argument clamped to [0, 1])."""
     pp = c * aa
     ratio = K * (1 - pp) / safe_sqrt(pp).clamp_min(MIN_NORM)
-    return torch.asin(ratio.clamp(0, 1 - eps))
+    return safe_arcsin(ratio.clamp(0, 1))
 
 
 def exterior_angle_from_invariants(
@@ -43,13 +51,12 @@ def exterior_angle_from_invariants(
     and the square of the denominator |P| |u| √(1 + |P|²|Q|² − 2<P,Q>) is |P|² |u|² ((1 − |P|²)(1 − |Q|²) + |u|²):
     both free of cancellation.
     """
-    eps = machine_eps(uu.dtype)
     pp, qq, pu, w = c * aa, c * bb, c * au, c * uu
     numerator = pu * (1 - pp) - pp * w
     squared_denominator = pp * w * ((1 - pp) * (1 - qq) + w)
     valid = squared_denominator > 0
     cosine = numerator / torch.where(valid, safe_sqrt(squared_denominator), torch.ones_like(numerator))
-    return torch.where(valid, torch.acos(cosine.clamp(-1 + eps, 1 - eps)), torch.zeros_like(cosine))
+    return torch.where(valid, safe_arccos(cosine.clamp(-1, 1)), torch.zeros_like(cosine))
 
 
 def cone_energy_from_invariants(

@@ -31,7 +31,7 @@ def pairwise_distance_kernel(
     rows_ok = rows < M
     cols_ok = cols < N
     c = tl.load(c_ptr).to(tl.float32)
-    aa, bb, _, uu = tile_invariants(x_ptr + group * s_xg, y_ptr + group * s_yg, rows, cols, rows_ok, cols_ok, D,
+    aa, bb, _, uu, _ = tile_invariants(x_ptr + group * s_xg, y_ptr + group * s_yg, rows, cols, rows_ok, cols_ok, D,
                                     s_xm, s_yn, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32)
     d, _, _, _, _ = distance_terms(aa[:, None], bb[None, :], uu, c)
     offsets = group * s_og + rows[:, None] * s_om + cols[None, :] * s_on

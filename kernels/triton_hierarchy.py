@@ -42,7 +42,7 @@ def separation_forward_kernel(
     for start in range(0, N, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         cols_ok = cols < N
-        aa, bb, _, uu = tile_invariants(x_ptr, y_ptr, rows, cols, rows_ok, cols_ok, D, s_xm, s_yn,
+        aa, bb, _, uu, _ = tile_invariants(x_ptr, y_ptr, rows, cols, rows_ok, cols_ok, D, s_xm, s_yn,
                                         BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32)
         d, _, _, _, _ = distance_terms(aa[:, None], bb[None, :], uu, c)
         eligible = rows_ok[:, None] & cols_ok[None, :] & (cols[None, :] != positive[:, None])
@@ -71,7 +71,7 @@ def cone_energy_forward_kernel(
         cols = start + tl.arange(0, BLOCK_M)
         cols_ok = cols < M
         pair_ok = rows_ok[:, None] & cols_ok[None, :]
-        aa, bb, au, uu = tile_invariants(p_ptr, q_ptr, rows, cols, rows_ok, cols_ok, D, s_pn, s_qm,
+        aa, bb, au, uu, _ = tile_invariants(p_ptr, q_ptr, rows, cols, rows_ok, cols_ok, D, s_pn, s_qm,
                                          BLOCK_N, BLOCK_M, BLOCK_K, DOT_FP32)
         energy, _, _, _, _, _ = cone_terms(aa[:, None], bb[None, :], au, uu, c, K, kappa)
         weight = tl.load(w_ptr + rows[:, None] * s_wn + cols[None, :] * s_wm, mask=pair_ok, other=0.0)

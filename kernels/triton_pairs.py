@@ -37,7 +37,8 @@ INTERPRETED = interpreted()
 @triton.jit
 def tile_invariants(a_ptr, b_ptr, a_rows, b_rows, a_ok, b_ok, D, stride_a, stride_b,
                     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr):
-    """|a|² [A], |b|² [B], <a, b − a> and |b − a|² [A, B] for a tile of rows of a and b.
+    """|a|² [A], |b|² [B], <a, b − a> and |b − a|² [A, B] for a tile of rows of a and b, and whether it has a close
+    pair.
 
     The inner products come from tl.dot over D in BLOCK_K chunks (fp32 accumulation); a tile holding a close pair
     (|a − b|² < CLOSE (|a|² + |b|²)) is recomputed with direct sums of differences, as the reference does.
@@ -59,7 +60,8 @@ def tile_invariants(a_ptr, b_ptr, a_rows, b_rows, a_ok, b_ok, D, stride_a, strid
     uu = tl.maximum(norms - 2.0 * ab, 0.0)
     au = ab - aa[:, None]
     close = (uu < norms * CLOSE_FRACTION) & a_ok[:, None] & b_ok[None, :]
-    if tl.max(close.to(tl.int32)) > 0:
+    any_close = tl.max(close.to(tl.int32)) > 0
+    if any_close:
         uu = tl.zeros([BLOCK_A, BLOCK_B], dtype=tl.float32)
         au = tl.zeros([BLOCK_A, BLOCK_B], dtype=tl.float32)
         for k in range(0, D):
@@ -68,7 +70,7 @@ def tile_invariants(a_ptr, b_ptr, a_rows, b_rows, a_ok, b_ok, D, stride_a, strid
             diff = b_col[None, :] - a_col[:, None]
             uu += diff * diff
             au += a_col[:, None] * diff
-    return aa, bb, au, uu
+    return aa, bb, au, uu, any_close
 
 
 @triton.jit
@@ -99,7 +101,8 @@ def cone_terms(aa, bb, au, uu, c, K, kappa):
     """E = max(0, Ξ(p, q) − κ ψ(p)) for p = a, q = b, and its partials (f_aa, f_bb, f_au, f_uu, f_c).
 
     Mirrors kernels/cone.py: scaled invariants pp, qq, pu, w; numerator pu (1 − pp) − pp w; squared denominator
-    pp w ((1 − pp)(1 − qq) + w); Ξ = 0 where that is 0; arccos and arcsin arguments clamped by eps.
+    pp w ((1 − pp)(1 − qq) + w); Ξ = 0 where that is 0; arccos and arcsin of arguments clamped to their domain,
+    with the derivatives of the reference's atan2 forms.
     """
     pp = c * aa
     qq = c * bb
@@ -112,25 +115,29 @@ def cone_terms(aa, bb, au, uu, c, K, kappa):
     den, den_grad = safe_sqrt(squared)
     den = tl.where(valid, den, 1.0)
     cosine = numerator / den
-    low = -1.0 + EPS
-    high = 1.0 - EPS
-    cos_c = tl.minimum(tl.maximum(cosine, low), high)
+    cos_c = tl.minimum(tl.maximum(cosine, -1.0), 1.0)
+    sine, sine_grad = safe_sqrt(1.0 - cos_c * cos_c)
     xi = tl.where(valid, acos(cos_c), 0.0)
-    xi_cos = tl.where(valid & (cosine >= low) & (cosine <= high), -1.0 / tl.sqrt_rn(1.0 - cos_c * cos_c), 0.0)
+    # d/dx atan2(√(1 − x²), x), the reference's arccos
+    xi_cos = -(sine + 2.0 * cos_c * cos_c * sine_grad) / (cos_c * cos_c + sine * sine)
+    xi_cos = tl.where(valid & (cosine >= -1.0) & (cosine <= 1.0), xi_cos, 0.0)
     by_num = xi_cos / den
     by_squared = -xi_cos * cosine / den * den_grad
     xi_pp = by_num * (-pu - w) + by_squared * (w * h - pp * w * (1.0 - qq))
     xi_qq = by_squared * (-pp * w * (1.0 - pp))
     xi_pu = by_num * (1.0 - pp)
     xi_w = -by_num * pp + by_squared * (pp * h + pp * w)
-    # half-aperture ψ(p) = asin(clamp(K (1 − pp) / max(√pp, MIN_NORM), 0, 1 − eps))
+    # half-aperture ψ(p) = asin(clamp(K (1 − pp) / max(√pp, MIN_NORM), 0, 1))
     s, s_grad = safe_sqrt(pp)
     s_on = s >= MIN_NORM
     s = tl.maximum(s, MIN_NORM)
     ratio = K * (1.0 - pp) / s
-    ratio_c = tl.minimum(tl.maximum(ratio, 0.0), high)
+    ratio_c = tl.minimum(tl.maximum(ratio, 0.0), 1.0)
     psi = asin(ratio_c)
-    psi_ratio = tl.where((ratio >= 0) & (ratio <= high), 1.0 / tl.sqrt_rn(1.0 - ratio_c * ratio_c), 0.0)
+    cosine_psi, cosine_psi_grad = safe_sqrt(1.0 - ratio_c * ratio_c)
+    # d/dx atan2(x, √(1 − x²)), the reference's arcsin
+    psi_ratio = (cosine_psi + 2.0 * ratio_c * ratio_c * cosine_psi_grad) / (ratio_c * ratio_c + cosine_psi * cosine_psi)
+    psi_ratio = tl.where((ratio >= 0) & (ratio <= 1.0), psi_ratio, 0.0)
     psi_pp = psi_ratio * (-K / s - ratio / s * tl.where(s_on, s_grad, 0.0))
     excess = xi - kappa * psi
     on = (excess > 0).to(tl.float32)
@@ -170,6 +177,8 @@ def pair_grad_kernel(
     self_sum = tl.zeros([BLOCK_OWN], dtype=tl.float32)
     cross = tl.zeros([BLOCK_OWN, BLOCK_D], dtype=tl.float32)
     c_sum = tl.zeros([BLOCK_OWN], dtype=tl.float32)
+    own = tl.load(own_base + rows[:, None] * s_own_row + dims[None, :],
+                  mask=rows_ok[:, None] & dims_ok[None, :], other=0.0).to(tl.float32)
     if OP == 2:
         upstream = tl.load(upstream_ptr).to(tl.float32)
     if OP == 1:
@@ -184,8 +193,8 @@ def pair_grad_kernel(
         cols = start + tl.arange(0, BLOCK_OTHER)
         cols_ok = cols < n_other
         pair_ok = rows_ok[:, None] & cols_ok[None, :]
-        oo, tt, ou, uu = tile_invariants(own_base, other_base, rows, cols, rows_ok, cols_ok, D, s_own_row,
-                                         s_other_row, BLOCK_OWN, BLOCK_OTHER, BLOCK_K, DOT_FP32)
+        oo, tt, ou, uu, any_close = tile_invariants(own_base, other_base, rows, cols, rows_ok, cols_ok, D,
+                                                    s_own_row, s_other_row, BLOCK_OWN, BLOCK_OTHER, BLOCK_K, DOT_FP32)
         # canonical (first, second) invariants: aa = |first|², bb = |second|², au = <first, second − first>
         if OWN_IS_FIRST:
             aa = oo[:, None]
@@ -228,14 +237,25 @@ def pair_grad_kernel(
                 active = eligible & pair_ok & (positive_d - value + margin > 0)
                 weight = tl.where(active, -up, 0.0)
         weight = tl.where(pair_ok, weight, 0.0)
-        self_coef = 2.0 * (f_aa - f_au + f_uu) if OWN_IS_FIRST else 2.0 * (f_bb + f_uu)
-        self_sum += tl.sum(weight * self_coef, axis=1)
+        # grad_own = own Σ G s + Σ G k (other − own), with s = 2 f_aa − f_au (own first) or 2 f_bb + f_au (own
+        # second) and k = f_au − 2 f_uu; c_sum collects Σ G f_c
+        self_coef = 2.0 * f_aa - f_au if OWN_IS_FIRST else 2.0 * f_bb + f_au
+        cross_weight = weight * (f_au - 2.0 * f_uu)
         c_sum += tl.sum(weight * f_c, axis=1)
-        other = tl.load(other_base + cols[:, None] * s_other_row + dims[None, :],
-                        mask=cols_ok[:, None] & dims_ok[None, :], other=0.0).to(tl.float32)
-        cross = tl.dot(weight * (f_au - 2.0 * f_uu), other, cross, input_precision="ieee")
-    own = tl.load(own_base + rows[:, None] * s_own_row + dims[None, :],
-                  mask=rows_ok[:, None] & dims_ok[None, :], other=0.0).to(tl.float32)
+        if any_close:
+            # k is large for close pairs, so take other − own as direct differences, one column at a time
+            self_sum += tl.sum(weight * self_coef, axis=1)
+            for j in range(0, BLOCK_OTHER):
+                column = tl.sum(tl.where(tl.arange(0, BLOCK_OTHER)[None, :] == j, cross_weight, 0.0), axis=1)
+                other_row = tl.load(other_base + (start + j) * s_other_row + dims,
+                                    mask=dims_ok & (start + j < n_other), other=0.0).to(tl.float32)
+                cross += column[:, None] * (other_row[None, :] - own)
+        else:
+            # far pairs: the expanded form, one matrix product per tile
+            self_sum += tl.sum(weight * (self_coef - (f_au - 2.0 * f_uu)), axis=1)
+            other = tl.load(other_base + cols[:, None] * s_other_row + dims[None, :],
+                            mask=cols_ok[:, None] & dims_ok[None, :], other=0.0).to(tl.float32)
+            cross = tl.dot(cross_weight, other, cross, input_precision="ieee")
     grad = own * self_sum[:, None] + cross
     tl.store(grad_own_ptr + group * s_grad_g + rows[:, None] * s_own_row + dims[None, :],
              grad.to(grad_own_ptr.dtype.element_ty), mask=rows_ok[:, None] & dims_ok[None, :])
