@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import pytest
 import torch
 
 from lathadapter.demo.synthetic import write_coop_dataset
+
+# The test problems are tiny: one thread avoids OpenMP's spin-wait overhead, which on a loaded 2-core machine makes
+# small matrix products ten times slower. Subprocesses started by tests inherit it through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 DATA = Path(__file__).parent / "data"
 TINY_CONFIG = DATA / "lathadapter-tiny-test.json"

@@ -54,7 +54,7 @@ def oracle_losses(method, x: torch.Tensor, y: torch.Tensor, hier: str) -> dict[s
     o = method.options
     d = lambda t: t.detach().double()  # noqa: E731
     c = float(method.curvature.detach())
-    s_cat, s_attr, s_img = (float(s) for s in method.log_scales.exp())
+    s_cat, s_attr, s_img = (float(s) for s in method.log_scales.detach().exp())
     tau_h = float(method.log_tau_hyp.exp())
     gv = lambda t: method.visual_adapter(t.float()).double()  # noqa: E731
     gt = lambda t: method.text_adapter(t.float()).double()  # noqa: E731
