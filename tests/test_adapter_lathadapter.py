@@ -50,6 +50,7 @@ def cone(p: torch.Tensor, q: torch.Tensor, c: float, k: float, kappa: float) -> 
     return torch.clamp(torch.acos(torch.clamp(cosine, -1, 1)) - kappa * psi, min=0)
 
 
+@torch.no_grad()
 def oracle_losses(method, x: torch.Tensor, y: torch.Tensor, hier: str) -> dict[str, float]:
     o = method.options
     d = lambda t: t.detach().double()  # noqa: E731
