@@ -353,7 +353,8 @@ def load_dataset(root: Path | None, dataset: str, template: str | None = None, s
             raise DatasetError(f"split:{path} does not exist; pass the path of a split_zhou-format JSON whose image "
                                "paths are relative to the file's folder")
         items, names = read_split_file(path)
-        splits = DatasetSplits(path.stem, "split-file", path.parent, "", names, DEFAULT_TEMPLATE, items["train"],
+        name = path.stem.removeprefix("split_zhou_") or path.stem  # split_zhou_Caltech101.json → Caltech101
+        splits = DatasetSplits(name, "split-file", path.parent, "", names, DEFAULT_TEMPLATE, items["train"],
                                items["val"], items["test"], _sha256_files(path))
     elif dataset in DATASETS:
         if root is None:

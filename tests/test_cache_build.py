@@ -166,7 +166,7 @@ def test_fingerprint_records_how_the_cache_was_made(reference: Path, coop_datase
     assert fields["quick_gelu"] is False and fields["precision"] == "fp32"
     assert fields["preprocess"]["size"] == [32, 32] and fields["preprocess"]["interpolation"] == "bicubic"
     assert (fields["views"], fields["seed"], fields["shots"], fields["seeds"]) == (VIEWS, 0, [1, 2], [1, 2])
-    assert fields["dataset"] == coop_dataset.split_file.stem
+    assert fields["dataset"] == "Shapes"  # split_zhou_Shapes.json
 
 
 def test_resume_after_a_failure_encodes_only_the_missing_rows(reference: Path, coop_dataset, tiny_clip,

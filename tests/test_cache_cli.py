@@ -46,14 +46,14 @@ def test_build_writes_to_the_default_cache_folder(coop_dataset, tiny_clip, tmp_p
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--shots", "1"))
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "caches" / f"{coop_dataset.split_file.stem}.h5").is_file()
+    assert (tmp_path / "caches" / "Shapes.h5").is_file()
     assert not list((tmp_path / "caches").glob("*.tmp"))
 
 
 def test_info_summarises_the_cache(built: Path, coop_dataset) -> None:
     result = runner.invoke(app, ["cache", "info", str(built)])
     assert result.exit_code == 0, result.output
-    assert f"{coop_dataset.split_file.stem} (8 classes)" in result.output
+    assert "Shapes (8 classes)" in result.output
     assert "lathadapter-tiny-test · checkpoint sha256" in result.output
     split = json.loads(coop_dataset.split_file.read_text())
     labels = {part: [label for _, label, _ in split[part]] for part in ("train", "val")}

@@ -101,7 +101,7 @@ def test_bad_split_files_and_names_are_named(tmp_path: Path) -> None:
 def test_split_path_form_reads_paths_relative_to_the_file(coop_dataset) -> None:
     data = load_dataset(None, f"split:{coop_dataset.split_file}", template="a drawing of a {}.")
     split = json.loads(coop_dataset.split_file.read_text())
-    assert data.name == coop_dataset.split_file.stem
+    assert data.name == "Shapes"
     assert data.folder == coop_dataset.folder and data.image_dir == ""
     assert data.class_names == coop_dataset.classes
     assert [list(item) for item in data.train] == split["train"]
