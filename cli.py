@@ -31,9 +31,10 @@ def cache_build(
     root: Path | None = typer.Option(None, help="Dataset root holding the CoOp-layout folders (DATA.md)."),
     dataset: str | None = typer.Option(None, help="caltech101, oxford_pets, ..., imagenet, imagenet_a, ...; "
                                        "folder:PATH (a folder per class) or split:PATH (a split_zhou JSON)."),
-    model: str = typer.Option("ViT-B-16", help="open_clip model name, or the path of a model-config JSON."),
-    pretrained: str = typer.Option("openai", help="Pretrained tag, a local checkpoint (.pt/.bin/.safetensors) "
-                                   "or none."),
+    model: str | None = typer.Option(None, help="open_clip model name, or the path of a model-config JSON "
+                                     "[default: ViT-B-16; the bundled tiny model for the demo dataset]."),
+    pretrained: str | None = typer.Option(None, help="Pretrained tag, a local checkpoint (.pt/.bin/.safetensors) "
+                                          "or none [default: openai; the bundled weights for the demo dataset]."),
     out: Path | None = typer.Option(None, help="Cache file (default: caches/<dataset>.h5)."),
     shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot subsets to hold."),
     seeds: str = typer.Option("1,2,3", help="Seeds of the few-shot subsets to hold."),
@@ -52,16 +53,31 @@ def cache_build(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave unreadable images out (listed in the cache)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Encode a CoOp-layout dataset with an open_clip model into a fingerprinted HDF5 cache."""
-    from lathadapter.cache.build import build
-    from lathadapter.cache.datasets import DATASETS
+    """Encode a CoOp-layout dataset with an open_clip model into a fingerprinted HDF5 cache.
 
+    With no --root and no --dataset, builds the bundled demo dataset (data/demo-shapes/) with the bundled tiny model
+    into caches/demo_shapes.h5.
+    """
+    from lathadapter.cache.build import build
+
+    if dataset is None and root is None and model is None and pretrained is None:
+        from lathadapter.demo.pipeline import DEMO_CACHE, build_demo_cache
+
+        typer.echo("no --dataset given: building the bundled demo dataset with the bundled tiny CLIP", err=True)
+        try:
+            result = build_demo_cache(out=out or DEMO_CACHE, views=views, shots=_int_list("--shots", shots),
+                                      seeds=_int_list("--seeds", seeds), device=device, workers=workers,
+                                      force=force, progress=progress, log=lambda message: typer.echo(message, err=True))
+        except (ValueError, OSError) as error:
+            _fail(error)
+        typer.echo(f"{result.path}: {result.status}")
+        return
     if dataset is None:
-        typer.echo(f"error: --dataset is required: one of {', '.join(DATASETS)}, folder:PATH or split:PATH",
-                   err=True)
+        typer.echo("error: --dataset is required when --root, --model or --pretrained is given (see --help)", err=True)
         raise typer.Exit(code=2)
     try:
-        result = build(root, dataset, out, model=model, pretrained=pretrained, shots=_int_list("--shots", shots),
+        result = build(root, dataset, out, model=model or "ViT-B-16", pretrained=pretrained or "openai",
+                       shots=_int_list("--shots", shots),
                        seeds=_int_list("--seeds", seeds), views=views, device=device, precision=precision,
                        batch_size=batch_size, workers=workers, attributes=attributes, full_train=full_train,
                        force=force, skip_bad=skip_bad, seed=seed, template=template, quick_gelu=quick_gelu,
@@ -158,14 +174,6 @@ def fit(
                f"train {metrics['train_seconds']:.2f} s, eval {metrics['eval_seconds']:.2f} s → {metrics['run_dir']}")
 
 
-def _split_ints(text: str, option: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        _fail(ValueError(f"{option} expects comma-separated integers, got {text!r}"))
-        raise
-
-
 @app.command()
 def grid(
     cache: list[str] = typer.Option([], help="Cache file(s) (repeatable; default: the one cache under caches/)."),
@@ -192,7 +200,7 @@ def grid(
                 axes[key] = split_list(value)
         for key, value in (("shots", shots), ("seeds", seeds)):
             if value is not None:
-                axes[key] = _split_ints(value, f"--{key}")
+                axes[key] = _int_list(f"--{key}", value)
         axes["shots"] = [int(v) for v in axes.get("shots", [1, 2, 4, 8, 16])]
         axes["seeds"] = [int(v) for v in axes.get("seeds", [1, 2, 3])]
         axes["options"] = {**axes.get("options", {}), **parse_axis_assignments(set_)}
@@ -225,8 +233,8 @@ def protocol(
 
     try:
         summary = run_protocol(name, list(cache), out or Path("grids") / name, split_list(method),
-                               _split_ints(seeds, "--seeds"), list(target), parse_axis_assignments(set_), text,
-                               _split_ints(shots, "--shots") if shots else None, device or default_device())
+                               _int_list("--seeds", seeds), list(target), parse_axis_assignments(set_), text,
+                               _int_list("--shots", shots) if shots else None, device or default_device())
     except (ValueError, OSError) as error:
         _fail(error)
     typer.echo(f"{name}: {summary['runs']} runs ({summary['done']} run, {summary['skipped']} already done) "
@@ -252,9 +260,33 @@ def report(
 
 
 @app.command()
-def demo() -> None:
-    """Build the bundled demo dataset and cache, run the methods, print the table and write the plots."""
-    _not_yet("demo", 7)
+def demo(
+    out: Path = typer.Option(Path("demo-output"), help="Folder for the demo's data, cache, grid and report."),
+    shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot grid."),
+    seeds: str = typer.Option("1,2,3", help="Seeds."),
+    method: str = typer.Option(",".join(["zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f",
+                                         "taskres", "lathadapter"]), help="Comma-separated methods."),
+    views: int = typer.Option(10, help="Augmented views per train image."),
+    device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
+) -> None:
+    """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel), print the table
+    and write the plots. Re-running reuses the cache and the finished runs."""
+    from lathadapter.adapter.fit import default_device
+    from lathadapter.adapter.grid import split_list
+    from lathadapter.demo.pipeline import run_demo
+
+    try:
+        result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
+                          methods=split_list(method), views=views, device=device or default_device(),
+                          log=lambda message: typer.echo(message, err=True))
+    except (ValueError, OSError) as error:
+        _fail(error)
+    typer.echo(result["markdown"])
+    t = result["timings"]
+    typer.echo(f"demo: {result['runs']} runs; cache build {t['cache_build']:.0f} s, grid {t['grid']:.0f} s, "
+               f"total {t['total']:.0f} s")
+    typer.echo(f"report: {result['report']}")
+    typer.echo(f"plots: {', '.join(result['plots'])}")
 
 
 def main() -> None:

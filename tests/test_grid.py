@@ -154,4 +154,4 @@ def test_cli_grid_and_report(caches: dict[str, Path], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Few-shot accuracy" in result.output
     bad = runner.invoke(app, ["grid", "--cache", str(caches["source"]), "--method", "zeroshot", "--shots", "x"])
-    assert bad.exit_code == 1 and "--shots" in bad.output
+    assert bad.exit_code == 2 and "--shots" in bad.output
