@@ -19,6 +19,8 @@ from lathadapter.kernels.triton_pairs import (
     distance_terms,
     dot_in_fp32,
     pair_gradient,
+    split_chunk,
+    split_count,
     tile_invariants,
 )
 
@@ -26,12 +28,14 @@ from lathadapter.kernels.triton_pairs import (
 @triton.jit
 def separation_forward_kernel(
     x_ptr, y_ptr, c_ptr, positive_d_ptr, positive_ptr, mask_ptr, sum_ptr, active_ptr,
-    M, N, D, s_xm, s_yn, margin,
+    M, N, D, n_chunk, s_xm, s_yn, margin,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    """Per child i: S_i = Σ_j eligible max(0, d_i,pos(i) − d(x_i, y_j) + margin) and the number of active hinges."""
+    """Per child i and chunk of n_chunk parents: S_i = Σ_j eligible max(0, d_i,pos(i) − d(x_i, y_j) + margin) and the
+    number of active hinges, written to row `split` of the outputs."""
     pid = tl.program_id(0)
+    split = tl.program_id(1)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rows_ok = rows < M
     c = tl.load(c_ptr).to(tl.float32)
@@ -39,9 +43,10 @@ def separation_forward_kernel(
     positive = tl.load(positive_ptr + rows, mask=rows_ok, other=-1)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     active_count = tl.zeros([BLOCK_M], dtype=tl.int32)
-    for start in range(0, N, BLOCK_N):
+    chunk_end = tl.minimum((split + 1) * n_chunk, N)
+    for start in range(split * n_chunk, chunk_end, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        cols_ok = cols < N
+        cols_ok = cols < chunk_end
         aa, bb, _, uu, _ = tile_invariants(x_ptr, y_ptr, rows, cols, rows_ok, cols_ok, D, s_xm, s_yn,
                                         BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32)
         d, _, _, _, _ = distance_terms(aa[:, None], bb[None, :], uu, c)
@@ -52,31 +57,33 @@ def separation_forward_kernel(
         active = eligible & (hinge > 0)
         total += tl.sum(tl.where(active, hinge, 0.0), axis=1)
         active_count += tl.sum(active.to(tl.int32), axis=1)
-    tl.store(sum_ptr + rows, total, mask=rows_ok)
-    tl.store(active_ptr + rows, active_count, mask=rows_ok)
+    tl.store(sum_ptr + split * M + rows, total, mask=rows_ok)
+    tl.store(active_ptr + split * M + rows, active_count, mask=rows_ok)
 
 
 @triton.jit
 def cone_energy_forward_kernel(
-    p_ptr, q_ptr, w_ptr, c_ptr, out_ptr, N, M, D, s_pn, s_qm, s_wn, s_wm, K, kappa,
+    p_ptr, q_ptr, w_ptr, c_ptr, out_ptr, N, M, D, m_chunk, s_pn, s_qm, s_wn, s_wm, K, kappa,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
-    """Per parent n: Σ_m W[n, m] E(p_n, q_m) with E the cone energy."""
+    """Per parent n and chunk of m_chunk children: Σ_m W[n, m] E(p_n, q_m), E the cone energy, in row `split`."""
     pid = tl.program_id(0)
+    split = tl.program_id(1)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_ok = rows < N
     c = tl.load(c_ptr).to(tl.float32)
     total = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for start in range(0, M, BLOCK_M):
+    chunk_end = tl.minimum((split + 1) * m_chunk, M)
+    for start in range(split * m_chunk, chunk_end, BLOCK_M):
         cols = start + tl.arange(0, BLOCK_M)
-        cols_ok = cols < M
+        cols_ok = cols < chunk_end
         pair_ok = rows_ok[:, None] & cols_ok[None, :]
         aa, bb, au, uu, _ = tile_invariants(p_ptr, q_ptr, rows, cols, rows_ok, cols_ok, D, s_pn, s_qm,
                                          BLOCK_N, BLOCK_M, BLOCK_K, DOT_FP32)
         energy, _, _, _, _, _ = cone_terms(aa[:, None], bb[None, :], au, uu, c, K, kappa)
         weight = tl.load(w_ptr + rows[:, None] * s_wn + cols[None, :] * s_wm, mask=pair_ok, other=0.0)
         total += tl.sum(tl.where(pair_ok, weight.to(tl.float32) * energy, 0.0), axis=1)
-    tl.store(out_ptr + rows, total, mask=rows_ok)
+    tl.store(out_ptr + split * N + rows, total, mask=rows_ok)
 
 
 @triton.jit
@@ -119,19 +126,22 @@ class TritonSeparation(torch.autograd.Function):
     def forward(ctx, x, y, positive_d, positive, mask, c, margin):  # type: ignore[override]
         m, dim = x.shape
         n = y.shape[0]
-        sums = torch.zeros(m, dtype=torch.float32, device=x.device)
-        active = torch.zeros(m, dtype=torch.int32, device=x.device)
         blocks = block_sizes(dim)
+        programs = triton.cdiv(m, blocks["BLOCK_M"])
+        splits = split_count(programs, triton.cdiv(n, blocks["BLOCK_N"]), x.device)
+        sums = torch.zeros(splits, m, dtype=torch.float32, device=x.device)
+        active = torch.zeros(splits, m, dtype=torch.int32, device=x.device)
         if m > 0 and n > 0:
-            separation_forward_kernel[(triton.cdiv(m, blocks["BLOCK_M"]),)](
+            separation_forward_kernel[(programs, splits)](
                 x, y, c, positive_d, positive, c if mask is None else mask, sums, active,
-                m, n, dim, x.stride(0), y.stride(0), float(margin),
+                m, n, dim, split_chunk(n, blocks["BLOCK_N"], splits), x.stride(0), y.stride(0), float(margin),
                 HAS_MASK=mask is not None, BLOCK_M=blocks["BLOCK_M"], BLOCK_N=blocks["BLOCK_N"],
                 BLOCK_K=blocks["BLOCK_K"], DOT_FP32=dot_in_fp32(x.dtype), num_warps=blocks["num_warps"],
             )
+        active = active.sum(0)
         ctx.save_for_backward(x, y, positive_d, positive, c, active, *(() if mask is None else (mask,)))
         ctx.margin = margin
-        return sums
+        return sums.sum(0)
 
     @staticmethod
     def backward(ctx, grad_sums):  # type: ignore[override]
@@ -153,13 +163,15 @@ class TritonConeEnergy(torch.autograd.Function):
     def forward(ctx, p, q, weights, c, K, kappa):  # type: ignore[override]
         n, dim = p.shape
         m = q.shape[0]
-        per_parent = torch.zeros(n, dtype=torch.float32, device=p.device)
         blocks = block_sizes(dim)
+        programs = triton.cdiv(n, blocks["BLOCK_N"])
+        splits = split_count(programs, triton.cdiv(m, blocks["BLOCK_M"]), p.device)
+        per_parent = torch.zeros(splits, n, dtype=torch.float32, device=p.device)
         if n > 0 and m > 0:
-            cone_energy_forward_kernel[(triton.cdiv(n, blocks["BLOCK_M"]),)](
-                p, q, weights, c, per_parent, n, m, dim, p.stride(0), q.stride(0), weights.stride(0),
-                weights.stride(1), float(K), float(kappa),
-                BLOCK_N=blocks["BLOCK_M"], BLOCK_M=blocks["BLOCK_N"], BLOCK_K=blocks["BLOCK_K"],
+            cone_energy_forward_kernel[(programs, splits)](
+                p, q, weights, c, per_parent, n, m, dim, split_chunk(m, blocks["BLOCK_M"], splits), p.stride(0),
+                q.stride(0), weights.stride(0), weights.stride(1), float(K), float(kappa),
+                BLOCK_N=blocks["BLOCK_N"], BLOCK_M=blocks["BLOCK_M"], BLOCK_K=blocks["BLOCK_K"],
                 DOT_FP32=dot_in_fp32(p.dtype), num_warps=blocks["num_warps"],
             )
         ctx.save_for_backward(p, q, weights, c)
@@ -193,13 +205,13 @@ class TritonCentripetal(torch.autograd.Function):
     def forward(ctx, hp, hq, weights, margin):  # type: ignore[override]
         n, m = weights.shape
         blocks = block_sizes(16)
-        grid = (triton.cdiv(n, blocks["BLOCK_M"]), triton.cdiv(m, blocks["BLOCK_N"]))
+        grid = (triton.cdiv(n, blocks["BLOCK_N"]), triton.cdiv(m, blocks["BLOCK_M"]))
         partial = torch.zeros(grid[1], n, dtype=torch.float32, device=hp.device)
         if n > 0 and m > 0:
             centripetal_kernel[grid](
                 hp, hq, weights, hp, partial, hp, hp, hp, n, m, weights.stride(0), weights.stride(1), 0, 0,
-                float(margin), BACKWARD=False, WRITE_GRAD_WEIGHT=False, BLOCK_N=blocks["BLOCK_M"],
-                BLOCK_M=blocks["BLOCK_N"], num_warps=blocks["num_warps"],
+                float(margin), BACKWARD=False, WRITE_GRAD_WEIGHT=False, BLOCK_N=blocks["BLOCK_N"],
+                BLOCK_M=blocks["BLOCK_M"], num_warps=blocks["num_warps"],
             )
         ctx.save_for_backward(hp, hq, weights)
         ctx.margin = margin
@@ -210,7 +222,7 @@ class TritonCentripetal(torch.autograd.Function):
         hp, hq, weights = ctx.saved_tensors
         n, m = weights.shape
         blocks = block_sizes(16)
-        grid = (triton.cdiv(n, blocks["BLOCK_M"]), triton.cdiv(m, blocks["BLOCK_N"]))
+        grid = (triton.cdiv(n, blocks["BLOCK_N"]), triton.cdiv(m, blocks["BLOCK_M"]))
         grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[2] else None
         grad_hp = torch.zeros(grid[1], n, dtype=torch.float32, device=hp.device)
         grad_hq = torch.zeros(grid[0], m, dtype=torch.float32, device=hp.device)
@@ -220,8 +232,8 @@ class TritonCentripetal(torch.autograd.Function):
                 hp if grad_weights is None else grad_weights, grad_hp, grad_hq,
                 n, m, weights.stride(0), weights.stride(1),
                 *((0, 0) if grad_weights is None else grad_weights.stride()), float(ctx.margin),
-                BACKWARD=True, WRITE_GRAD_WEIGHT=grad_weights is not None, BLOCK_N=blocks["BLOCK_M"],
-                BLOCK_M=blocks["BLOCK_N"], num_warps=blocks["num_warps"],
+                BACKWARD=True, WRITE_GRAD_WEIGHT=grad_weights is not None, BLOCK_N=blocks["BLOCK_N"],
+                BLOCK_M=blocks["BLOCK_M"], num_warps=blocks["num_warps"],
             )
         return grad_hp.sum(0).to(hp.dtype), grad_hq.sum(0).to(hq.dtype), grad_weights, None
 

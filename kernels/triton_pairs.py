@@ -156,17 +156,19 @@ def pair_grad_kernel(
     grad_weight_ptr, s_gw_own, s_gw_other,  # OP_CONE: dW = g · E is written here when WRITE_GRAD_WEIGHT
     upstream_ptr,  # OP_CONE: the 0-d upstream gradient; OP_SEPARATION: g_i per child
     first_value_ptr, first_index_ptr, second_mask_ptr,  # OP_SEPARATION: d(x_i, y_pos(i)), pos(i), parent mask
-    n_own, n_other, D,
-    s_own_g, s_own_row, s_other_g, s_other_row, s_grad_g,
+    n_own, n_other, D, other_chunk,
+    s_own_g, s_own_row, s_other_g, s_other_row, s_grad_split, s_grad_g, s_grad_row,
     K, kappa, margin,
     OP: tl.constexpr, OWN_IS_FIRST: tl.constexpr, WRITE_GRAD_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
     BLOCK_OWN: tl.constexpr, BLOCK_OTHER: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    """Gradient w.r.t. one point set ("own") of Σ G_ab f(a, b) over all pairs with the other set, one program per
-    block of own rows (and group); also this block's share of the curvature gradient."""
+    """Gradient w.r.t. one point set ("own") of Σ G_ab f(a, b) over its pairs with the other set, one program per
+    block of own rows, group and chunk of `other_chunk` other rows (the partial gradients of the chunks are summed
+    by the caller); also the program's share of the curvature gradient."""
     pid = tl.program_id(0)
     group = tl.program_id(1)
+    split = tl.program_id(2)
     own_base = own_ptr + group * s_own_g
     other_base = other_ptr + group * s_other_g
     rows = pid * BLOCK_OWN + tl.arange(0, BLOCK_OWN)
@@ -189,9 +191,11 @@ def pair_grad_kernel(
         else:
             if HAS_MASK:
                 row_mask = tl.load(second_mask_ptr + rows, mask=rows_ok, other=0) != 0
-    for start in range(0, n_other, BLOCK_OTHER):
+    other_begin = split * other_chunk
+    other_end = tl.minimum(other_begin + other_chunk, n_other)
+    for start in range(other_begin, other_end, BLOCK_OTHER):
         cols = start + tl.arange(0, BLOCK_OTHER)
-        cols_ok = cols < n_other
+        cols_ok = cols < other_end
         pair_ok = rows_ok[:, None] & cols_ok[None, :]
         oo, tt, ou, uu, any_close = tile_invariants(own_base, other_base, rows, cols, rows_ok, cols_ok, D,
                                                     s_own_row, s_other_row, BLOCK_OWN, BLOCK_OTHER, BLOCK_K, DOT_FP32)
@@ -248,7 +252,7 @@ def pair_grad_kernel(
             for j in range(0, BLOCK_OTHER):
                 column = tl.sum(tl.where(tl.arange(0, BLOCK_OTHER)[None, :] == j, cross_weight, 0.0), axis=1)
                 other_row = tl.load(other_base + (start + j) * s_other_row + dims,
-                                    mask=dims_ok & (start + j < n_other), other=0.0).to(tl.float32)
+                                    mask=dims_ok & (start + j < other_end), other=0.0).to(tl.float32)
                 cross += column[:, None] * (other_row[None, :] - own)
         else:
             # far pairs: the expanded form, one matrix product per tile
@@ -257,9 +261,24 @@ def pair_grad_kernel(
                             mask=cols_ok[:, None] & dims_ok[None, :], other=0.0).to(tl.float32)
             cross = tl.dot(cross_weight, other, cross, input_precision="ieee")
     grad = own * self_sum[:, None] + cross
-    tl.store(grad_own_ptr + group * s_grad_g + rows[:, None] * s_own_row + dims[None, :],
-             grad.to(grad_own_ptr.dtype.element_ty), mask=rows_ok[:, None] & dims_ok[None, :])
-    tl.store(c_partial_ptr + group * tl.num_programs(0) + pid, tl.sum(c_sum, axis=0))
+    tl.store(grad_own_ptr + split * s_grad_split + group * s_grad_g + rows[:, None] * s_grad_row + dims[None, :],
+             grad, mask=rows_ok[:, None] & dims_ok[None, :])
+    tl.store(c_partial_ptr + (split * tl.num_programs(1) + group) * tl.num_programs(0) + pid, tl.sum(c_sum, axis=0))
+
+
+def split_count(programs: int, other_blocks: int, device: torch.device) -> int:
+    """How many chunks to cut the loop over the other set into, so that the grid fills the GPU (about four
+    programs per SM; a few in the interpreter, enough to exercise the split)."""
+    if INTERPRETED or device.type != "cuda":
+        target = 4
+    else:
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(other_blocks, triton.cdiv(target, max(programs, 1))))
+
+
+def split_chunk(n_other: int, block: int, splits: int) -> int:
+    """Rows of the other set per split: a whole number of blocks."""
+    return triton.cdiv(triton.cdiv(n_other, block), splits) * block
 
 
 def block_sizes(dim: int) -> dict[str, int]:
@@ -303,27 +322,28 @@ def pair_gradient(
     """
     groups, n_own, dim = own.shape
     n_other = other.shape[1]
-    blocks = block_sizes(dim)
-    grad_own = torch.empty_like(own)
-    programs = triton.cdiv(n_own, blocks["BLOCK_OWN"])
-    c_partial = torch.zeros(groups * max(programs, 1), dtype=torch.float32, device=own.device)
     if n_own == 0 or n_other == 0 or dim == 0:
-        return grad_own.zero_(), c_partial.sum()
+        return torch.zeros_like(own), torch.zeros((), dtype=torch.float32, device=own.device)
+    blocks = block_sizes(dim)
+    programs = triton.cdiv(n_own, blocks["BLOCK_OWN"])
+    splits = split_count(programs * groups, triton.cdiv(n_other, blocks["BLOCK_OTHER"]), own.device)
+    grad_parts = torch.empty(splits, groups, n_own, dim, dtype=torch.float32, device=own.device)
+    c_partial = torch.empty(splits * groups * programs, dtype=torch.float32, device=own.device)
     dummy = c
-    pair_grad_kernel[(programs, groups)](
-        own, other, grad_own, c, c_partial,
+    pair_grad_kernel[(programs, groups, splits)](
+        own, other, grad_parts, c, c_partial,
         dummy if weight is None else weight, *weight_strides,
         dummy if grad_weight is None else grad_weight, *grad_weight_strides,
         dummy if upstream is None else upstream,
         dummy if first_value is None else first_value,
         dummy if first_index is None else first_index,
         dummy if second_mask is None else second_mask,
-        n_own, n_other, dim,
-        own.stride(0), own.stride(1), other.stride(0), other.stride(1), grad_own.stride(0),
+        n_own, n_other, dim, split_chunk(n_other, blocks["BLOCK_OTHER"], splits),
+        own.stride(0), own.stride(1), other.stride(0), other.stride(1), *grad_parts.stride()[:3],
         float(K), float(kappa), float(margin),
         OP=op, OWN_IS_FIRST=own_is_first, WRITE_GRAD_WEIGHT=grad_weight is not None,
         HAS_MASK=second_mask is not None,
         BLOCK_OWN=blocks["BLOCK_OWN"], BLOCK_OTHER=blocks["BLOCK_OTHER"], BLOCK_K=blocks["BLOCK_K"],
         BLOCK_D=blocks["BLOCK_D"], DOT_FP32=dot_in_fp32(own.dtype), num_warps=blocks["num_warps_backward"],
     )
-    return grad_own, c_partial.sum()
+    return grad_parts.sum(0).to(own.dtype), c_partial.sum()
