@@ -238,15 +238,19 @@ class TritonCentripetal(torch.autograd.Function):
         return grad_hp.sum(0).to(hp.dtype), grad_hq.sum(0).to(hq.dtype), grad_weights, None
 
 
-def separation_sums_triton(x, y, positive_d, positive, mask, c, margin) -> torch.Tensor:
+def separation_sums_triton(x: torch.Tensor, y: torch.Tensor, positive_d: torch.Tensor, positive: torch.Tensor,
+                           mask: torch.Tensor | None, c: torch.Tensor, margin: float) -> torch.Tensor:
     """Per-child hinge sums S [M] (float32); x [M, D], y [N, D] of one dtype, mask uint8 [N] or None."""
     return TritonSeparation.apply(x.contiguous(), y.contiguous(), positive_d.float().contiguous(),
                                   positive.contiguous(), mask, c, margin)
 
 
-def cone_energy_sum_triton(p, q, weights, c, K, kappa) -> torch.Tensor:
+def cone_energy_sum_triton(p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor, c: torch.Tensor, K: float,
+                           kappa: float) -> torch.Tensor:
+    """Σ W ⊙ E_cone for parents p [N, D], children q [M, D] of one dtype, weights [N, M]; a 0-d float32 tensor."""
     return TritonConeEnergy.apply(p.contiguous(), q.contiguous(), weights, c, K, kappa)
 
 
-def centripetal_sum_triton(hp, hq, weights, margin) -> torch.Tensor:
+def centripetal_sum_triton(hp: torch.Tensor, hq: torch.Tensor, weights: torch.Tensor, margin: float) -> torch.Tensor:
+    """Σ W ⊙ max(0, hp_n − hq_m + margin) for origin distances hp [N], hq [M]; a 0-d float32 tensor."""
     return TritonCentripetal.apply(hp.float().contiguous(), hq.float().contiguous(), weights, margin)

@@ -157,15 +157,15 @@ def pair_grad_kernel(
     upstream_ptr,  # OP_CONE: the 0-d upstream gradient; OP_SEPARATION: g_i per child
     first_value_ptr, first_index_ptr, second_mask_ptr,  # OP_SEPARATION: d(x_i, y_pos(i)), pos(i), parent mask
     n_own, n_other, D, other_chunk,
-    s_own_g, s_own_row, s_other_g, s_other_row, s_grad_split, s_grad_g, s_grad_row,
+    s_own_g, s_own_row, s_other_g, s_other_row, s_grad_g, s_grad_row,
     K, kappa, margin,
     OP: tl.constexpr, OWN_IS_FIRST: tl.constexpr, WRITE_GRAD_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
     BLOCK_OWN: tl.constexpr, BLOCK_OTHER: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    DOT_FP32: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Gradient w.r.t. one point set ("own") of Σ G_ab f(a, b) over its pairs with the other set, one program per
-    block of own rows, group and chunk of `other_chunk` other rows (the partial gradients of the chunks are summed
-    by the caller); also the program's share of the curvature gradient."""
+    block of own rows, group and chunk of `other_chunk` other rows (with SPLIT, the chunks' partial gradients are
+    added atomically into the zeroed fp32 output); also the program's share of the curvature gradient."""
     pid = tl.program_id(0)
     group = tl.program_id(1)
     split = tl.program_id(2)
@@ -261,14 +261,18 @@ def pair_grad_kernel(
                             mask=cols_ok[:, None] & dims_ok[None, :], other=0.0).to(tl.float32)
             cross = tl.dot(cross_weight, other, cross, input_precision="ieee")
     grad = own * self_sum[:, None] + cross
-    tl.store(grad_own_ptr + split * s_grad_split + group * s_grad_g + rows[:, None] * s_grad_row + dims[None, :],
-             grad, mask=rows_ok[:, None] & dims_ok[None, :])
+    grad_offsets = group * s_grad_g + rows[:, None] * s_grad_row + dims[None, :]
+    if SPLIT:
+        tl.atomic_add(grad_own_ptr + grad_offsets, grad, mask=rows_ok[:, None] & dims_ok[None, :])
+    else:
+        tl.store(grad_own_ptr + grad_offsets, grad, mask=rows_ok[:, None] & dims_ok[None, :])
     tl.store(c_partial_ptr + (split * tl.num_programs(1) + group) * tl.num_programs(0) + pid, tl.sum(c_sum, axis=0))
 
 
 def split_count(programs: int, other_blocks: int, device: torch.device) -> int:
     """How many chunks to cut the loop over the other set into, so that the grid fills the GPU (about four
-    programs per SM; a few in the interpreter, enough to exercise the split)."""
+    programs per SM; a few in the interpreter, enough to exercise the split). Chunks of one backward program add
+    their gradients atomically (float32; the summation order, hence the last bits, may vary between runs)."""
     if INTERPRETED or device.type != "cuda":
         target = 4
     else:
@@ -327,11 +331,11 @@ def pair_gradient(
     blocks = block_sizes(dim)
     programs = triton.cdiv(n_own, blocks["BLOCK_OWN"])
     splits = split_count(programs * groups, triton.cdiv(n_other, blocks["BLOCK_OTHER"]), own.device)
-    grad_parts = torch.empty(splits, groups, n_own, dim, dtype=torch.float32, device=own.device)
+    grad_own = (torch.zeros if splits > 1 else torch.empty)(groups, n_own, dim, dtype=torch.float32, device=own.device)
     c_partial = torch.empty(splits * groups * programs, dtype=torch.float32, device=own.device)
     dummy = c
     pair_grad_kernel[(programs, groups, splits)](
-        own, other, grad_parts, c, c_partial,
+        own, other, grad_own, c, c_partial,
         dummy if weight is None else weight, *weight_strides,
         dummy if grad_weight is None else grad_weight, *grad_weight_strides,
         dummy if upstream is None else upstream,
@@ -339,11 +343,12 @@ def pair_gradient(
         dummy if first_index is None else first_index,
         dummy if second_mask is None else second_mask,
         n_own, n_other, dim, split_chunk(n_other, blocks["BLOCK_OTHER"], splits),
-        own.stride(0), own.stride(1), other.stride(0), other.stride(1), *grad_parts.stride()[:3],
+        own.stride(0), own.stride(1), other.stride(0), other.stride(1), grad_own.stride(0), grad_own.stride(1),
         float(K), float(kappa), float(margin),
         OP=op, OWN_IS_FIRST=own_is_first, WRITE_GRAD_WEIGHT=grad_weight is not None,
         HAS_MASK=second_mask is not None,
         BLOCK_OWN=blocks["BLOCK_OWN"], BLOCK_OTHER=blocks["BLOCK_OTHER"], BLOCK_K=blocks["BLOCK_K"],
-        BLOCK_D=blocks["BLOCK_D"], DOT_FP32=dot_in_fp32(own.dtype), num_warps=blocks["num_warps_backward"],
+        BLOCK_D=blocks["BLOCK_D"], DOT_FP32=dot_in_fp32(own.dtype), SPLIT=splits > 1,
+        num_warps=blocks["num_warps_backward"],
     )
-    return grad_parts.sum(0).to(own.dtype), c_partial.sum()
+    return grad_own.to(own.dtype), c_partial.sum()
