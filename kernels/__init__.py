@@ -10,9 +10,11 @@ from lathadapter.kernels.dispatch import (
     set_backend,
 )
 from lathadapter.kernels.geometry import distance, expmap0, logmap0, mobius_add, origin_distance, project
+from lathadapter.kernels.hierarchy import centripetal_energy
 
 __all__ = [
     "backend",
+    "centripetal_energy",
     "cone_energy",
     "cone_exterior_angle",
     "cone_half_aperture",

@@ -61,6 +61,14 @@ def check_edge_inputs(parents: torch.Tensor, children: torch.Tensor, weights: to
         raise ValueError(f"edge_energy: unknown kind {kind!r}; valid kinds: {', '.join(EDGE_KINDS)}")
 
 
+def centripetal_energy(p: torch.Tensor, q: torch.Tensor, c: Curvature, margin: float = 0.1) -> torch.Tensor:
+    """max(0, |p|_H − |q|_H + margin), row-wise with broadcasting: 0 when the parent p is nearer the origin than its
+    child q by at least the margin."""
+    dtype = compute_dtype(p, q)
+    curvature = as_curvature(c, dtype, p.device)
+    return torch.relu(origin_distance(p.to(dtype), curvature) - origin_distance(q.to(dtype), curvature) + margin)
+
+
 def negative_counts(positive: torch.Tensor, parent_mask: torch.Tensor | None, num_parents: int) -> torch.Tensor:
     """For each child, how many parents are eligible negatives (in the mask and not its positive)."""
     if parent_mask is None:
@@ -107,7 +115,7 @@ def edge_energy_reference(
     p, q, w = parents.to(dtype), children.to(dtype), weights.to(dtype)
     curvature = as_curvature(c, dtype, p.device)
     if kind == "centripetal":
-        energy = torch.relu(origin_distance(p, curvature)[:, None] - origin_distance(q, curvature)[None, :] + margin)
+        energy = centripetal_energy(p[:, None], q[None, :], curvature, margin)
     else:
         check_cone_options(K, kappa)
         energy = cone_energy_from_invariants(*pairwise_invariants(p, q), curvature, K, kappa)

@@ -20,7 +20,14 @@ from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
 from lathadapter.adapter.options import TrainOptions, choice
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
-from lathadapter.kernels import edge_energy, expmap0, pairwise_distance, separation_loss
+from lathadapter.kernels import (
+    centripetal_energy,
+    cone_energy,
+    edge_energy,
+    expmap0,
+    pairwise_distance,
+    separation_loss,
+)
 
 CURVATURE_RANGE = (0.1, 10.0)
 
@@ -166,28 +173,35 @@ class LatHAdapter(Method):
     def hierarchy_loss(self, v: torch.Tensor, labels: torch.Tensor, image_points: torch.Tensor,
                        class_points: torch.Tensor, attributes: torch.Tensor, w: torch.Tensor,
                        c: torch.Tensor) -> torch.Tensor:
-        """The batch tree's regularisation: edge energies (cone or centripetal) plus in-batch separation."""
+        """The batch tree's regularisation: edge energies (cone or centripetal) plus in-batch separation.
+
+        Edges: category y_i → image i (weight 1), category → attribute (w_ck, categories of the batch), attribute →
+        image (r_ik); the energy term is their weighted mean. The category → image edges, one parent per child, are
+        scored pair by pair; the dense attribute edges go through the fused `edge_energy`.
+        """
         o = self.options
         present = torch.unique(labels)  # sorted categories of the batch
         positive = torch.searchsorted(present, labels)  # each image's parent among them
         category_points = class_points[present]
         attribute_points = self.lift(attributes, 1)
         r = self.associations(v, attributes)  # [B, K]
-        category_image = F.one_hot(positive, len(present)).t().to(v.dtype)  # [P, B], weight 1 per edge
         category_attribute = w[present]  # [P, K]
-        attribute_image = r.t()  # [K, B]
         kind = "cone" if o.hier == "cone" else "centripetal"
 
         def energy(parents: torch.Tensor, children: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
             return edge_energy(parents, children, weights, c, kind=kind, K=o.cone_k, kappa=o.cone_kappa,
                                margin=o.margin_radial)
 
+        if kind == "cone":
+            category_image = cone_energy(class_points[labels], image_points, c, o.cone_k, o.cone_kappa)
+        else:
+            category_image = centripetal_energy(class_points[labels], image_points, c, o.margin_radial)
         total_energy = (
-            energy(category_points, image_points, category_image)
+            category_image.sum()
             + energy(category_points, attribute_points, category_attribute)
-            + energy(attribute_points, image_points, attribute_image)
+            + energy(attribute_points, image_points, r.t())
         )
-        total_weight = category_image.sum() + category_attribute.sum() + attribute_image.sum()
+        total_weight = len(labels) + category_attribute.sum() + r.sum()
         separation = separation_loss(image_points, category_points, positive, c, o.margin)
         return total_energy / total_weight + separation
 

@@ -52,8 +52,11 @@ def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, values: t
     Returns (alpha, beta, accuracy in percent).
     """
     best = (-1.0, float(alphas[0]), float(betas[0]))
+    labels_of_keys = values.argmax(dim=1)  # one-hot values: the product with them is a per-class sum
     for beta in betas.tolist():
-        cache = torch.exp(-beta * (1 - affinity)) @ values  # [N, C]
+        weights = torch.exp(-beta * (1 - affinity))  # [N, keys]
+        cache = torch.zeros(len(affinity), values.shape[1], dtype=weights.dtype, device=weights.device)
+        cache.index_add_(1, labels_of_keys, weights)  # = weights @ values
         scores = zero_shot.unsqueeze(0) + alphas.view(-1, 1, 1).to(cache) * cache.unsqueeze(0)  # [A, N, C]
         accuracy = (scores.argmax(-1) == labels).float().mean(-1) * 100  # [A]
         top = int(torch.argmax(accuracy))  # argmax returns the first maximum
