@@ -1,0 +1,40 @@
+"""The built-in default job end to end: `cache build` with no dataset, then `fit --shots 4`, and `demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from lathadapter.adapter.fit import fit
+from lathadapter.cache.store import CacheReader
+from lathadapter.cli import app
+from lathadapter.demo.dataset import CLASSES
+from lathadapter.demo.pipeline import run_demo
+
+
+def test_cache_build_without_a_dataset_builds_the_demo_then_fit_finds_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["cache", "build", "--views", "2", "--shots", "4", "--seeds", "1", "--workers", "0",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    cache = tmp_path / "caches" / "demo_shapes.h5"
+    with CacheReader(cache) as reader:
+        info = reader.info()
+    assert info.class_names == [c.replace(" ", "_") for c in CLASSES] and info.subsets == [(4, 1)]
+    assert info.fields["dataset"] == "DemoShapes" and "lathadapter-tiny-shapes" in str(info.fields["model"])
+    result = runner.invoke(app, ["fit", "--shots", "4", "--method", "zeroshot", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    zero_shot = fit(None, "zeroshot", shots=4, out=None)["accuracy"]["all"]
+    assert zero_shot >= 3 * 100 / len(CLASSES)  # the bundled towers really are aligned
+
+
+def test_demo_writes_the_table_and_the_plots(tmp_path: Path) -> None:
+    result = run_demo(tmp_path, shots=(1,), seeds=(1,), methods=("zeroshot", "tip-adapter", "lathadapter"), views=2,
+                      progress=False, log=lambda message: None)
+    assert result["runs"] == 3 * 2 + 3  # few-shot at 1 and 16 shots, and base-to-novel
+    assert "Few-shot accuracy" in result["markdown"] and "Base-to-novel" in result["markdown"]
+    names = {Path(p).name for p in result["plots"]}
+    assert {"accuracy_vs_shots_DemoShapes.png", "base_novel_DemoShapes.png", "poincare_disk.png"} <= names
+    assert all(Path(p).stat().st_size > 10_000 for p in result["plots"])
