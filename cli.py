@@ -13,9 +13,10 @@ cache_app = typer.Typer(help="Build and inspect HDF5 feature caches (one encoder
 app.add_typer(cache_app, name="cache")
 
 
-def _not_yet(what: str, issue: int) -> None:
-    typer.echo(f"error: `lathadapter {what}` is not implemented yet (tracked in issue {issue}).", err=True)
-    raise typer.Exit(code=2)
+def _fail(error: Exception) -> None:
+    """Report a user error (bad input, missing file) without a traceback and exit non-zero."""
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(code=1)
 
 
 def _int_list(option: str, text: str) -> list[int]:
@@ -134,11 +135,6 @@ def cache_subset(
         typer.echo(text)
     else:
         typer.echo(f"wrote {out}", err=True)
-
-
-def _fail(error: Exception) -> None:
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(code=1)
 
 
 def _format_accuracy(value: float | None) -> str:
