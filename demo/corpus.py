@@ -1,0 +1,67 @@
+"""The captioned pre-training corpus of the bundled tiny CLIP: rendered shapes and captions, as open_clip's CSV input.
+
+Captions name the shape (the class) with a random subset of its attributes, and often its family, in a few phrasings.
+Novel classes of the demo dataset appear only in their allowed colours (see `HELD_OUT_COLOURS`).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+from lathadapter.demo.dataset import HELD_OUT_COLOURS
+from lathadapter.demo.synthetic import COLOURS, FAMILY_OF, SHAPES, Sample, random_sample, render
+
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {phrase}.",
+    "a {phrase}.",
+    "a picture of a {phrase}.",
+    "a photo of a {phrase}, a kind of {family} shape.",
+    "a {phrase} on a {background} background.",
+    "a photo of a {phrase} on a {background} background.",
+    "a {family} shape: a {phrase}.",
+)
+
+
+def caption(sample: Sample, rng: random.Random) -> str:
+    """A caption naming `sample`'s shape and each of its size, colour and texture with probability 1/2."""
+    words = [w for w in (sample.size, sample.colour, sample.texture) if rng.random() < 0.5]
+    phrase = " ".join([*words, sample.shape])
+    template = rng.choice(CAPTION_TEMPLATES)
+    return template.format(phrase=phrase, family=FAMILY_OF[sample.shape], background=sample.background)
+
+
+def corpus_sample(shape: str, rng: random.Random) -> Sample:
+    """Random attributes for one corpus image of `shape`, never in a colour held out for that shape."""
+    sample = random_sample(shape, rng)
+    held_out = HELD_OUT_COLOURS.get(shape, ())
+    if sample.colour in held_out:
+        allowed = [c for c in sorted(COLOURS) if c not in held_out]
+        sample = Sample(shape, rng.choice(allowed), sample.texture, sample.size, sample.background)
+    return sample
+
+
+def write_corpus(folder: Path, size: int, seed: int = 0, image_size: int = 48) -> Path:
+    """Render `size` captioned images (shapes in turn, attributes at random) into `folder`; return the TSV path.
+
+    The TSV has a header `filepath<TAB>title` and absolute image paths, as open_clip_train's CSV mode reads it.
+    Deterministic from `seed`.
+    """
+    if size < 1:
+        raise ValueError(f"corpus size must be at least 1, got {size}")
+    folder = Path(folder).resolve()
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    rows = []
+    for index in range(size):
+        sample = corpus_sample(SHAPES[index % len(SHAPES)], rng)
+        path = folder / "images" / f"{index:06d}.png"
+        render(sample, rng, image_size).save(path)
+        rows.append((str(path), caption(sample, rng)))
+    tsv = folder / "corpus.tsv"
+    with tsv.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(("filepath", "title"))
+        writer.writerows(rows)
+    return tsv
