@@ -110,7 +110,7 @@ def test_user_errors_exit_with_a_message_and_no_traceback(coop_dataset, tiny_cli
         (["cache", "build", "--root", str(tmp_path), "--dataset", "oxford_pets"], 1,
          "oxford_pets/images/"),
         (["cache", "build", "--root", str(tmp_path), "--dataset", "pets"], 1, "unknown dataset 'pets'"),
-        (["cache", "build"], 2, "--dataset is required"),
+        (["cache", "build", "--root", str(tmp_path)], 2, "--dataset is required"),
         (_build_args(coop_dataset, tiny_clip, "--shots", "one"), 2, "--shots 'one': expected comma-separated"),
         (_build_args(coop_dataset, tiny_clip, "--shots", "0"), 1, "shot counts >= 1"),
         (_build_args(coop_dataset, tiny_clip, "--views", "-1"), 1, "--views -1: must be at least 0"),
