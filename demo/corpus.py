@@ -1,7 +1,7 @@
 """The captioned pre-training corpus of the bundled tiny CLIP: rendered shapes and captions, as open_clip's CSV input.
 
 Captions name the shape (the class) with a random subset of its attributes, and often its family, in a few phrasings.
-Novel classes of the demo dataset appear only in their allowed colours (see `HELD_OUT_COLOURS`).
+Novel classes of the demo dataset never appear in their held-out colours (see `dataset.HELD_OUT_COLOURS`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import csv
 import random
 from pathlib import Path
 
-from lathadapter.demo.dataset import HELD_OUT_COLOURS
+from lathadapter.demo.dataset import is_held_out
 from lathadapter.demo.synthetic import COLOURS, FAMILY_OF, SHAPES, Sample, random_sample, render
 
 CAPTION_TEMPLATES: tuple[str, ...] = (
@@ -35,9 +35,8 @@ def caption(sample: Sample, rng: random.Random) -> str:
 def corpus_sample(shape: str, rng: random.Random) -> Sample:
     """Random attributes for one corpus image of `shape`, never in a colour held out for that shape."""
     sample = random_sample(shape, rng)
-    held_out = HELD_OUT_COLOURS.get(shape, ())
-    if sample.colour in held_out:
-        allowed = [c for c in sorted(COLOURS) if c not in held_out]
+    if is_held_out(shape, sample.colour):
+        allowed = [c for c in sorted(COLOURS) if not is_held_out(shape, c)]
         sample = Sample(shape, rng.choice(allowed), sample.texture, sample.size, sample.background)
     return sample
 

@@ -7,6 +7,7 @@ bundled model only in half of the colours (`HELD_OUT_COLOURS`): its name is know
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lathadapter.demo.synthetic import COLOURS, write_coop_dataset
 
 DATASET_NAME = "DemoShapes"
 SPLIT_FILE = f"split_zhou_{DATASET_NAME}.json"
+ATTRIBUTES_FILE = f"attributes_{DATASET_NAME}.json"  # each image's family and attribute values, by relative path
 TEMPLATE = "a photo of a {}."
 IMAGE_SIZE = 48
 COUNTS: tuple[int, int, int] = (32, 8, 40)  # train, val, test images per class
@@ -40,10 +42,27 @@ def _held_out_colours() -> dict[str, tuple[str, ...]]:
 HELD_OUT_COLOURS: dict[str, tuple[str, ...]] = _held_out_colours()
 
 
+def is_held_out(shape: str, colour: str) -> bool:
+    """Whether the pre-training corpus never shows `shape` in `colour`."""
+    return colour in HELD_OUT_COLOURS.get(shape, ())
+
+
 def write_demo_dataset(folder: Path) -> Path:
     """Write the demo dataset (all attribute combinations, held-out ones included) to `folder`; return the split file.
 
-    Deterministic: the same folder contents for every call.
+    Also writes `ATTRIBUTES_FILE` beside the split. Deterministic: the same folder contents for every call.
     """
-    classes = list(CLASSES)
-    return write_coop_dataset(Path(folder), DATASET_NAME, classes, counts=COUNTS, seed=SEED, image_size=IMAGE_SIZE)
+    return write_coop_dataset(Path(folder), DATASET_NAME, list(CLASSES), counts=COUNTS, seed=SEED,
+                              image_size=IMAGE_SIZE, attributes=True)
+
+
+def novel_test_subsets(split_file: Path) -> dict[str, set[str]]:
+    """Novel-class test images (paths as in the split), by whether the corpus showed their class in their colour."""
+    split_file = Path(split_file)
+    records = json.loads((split_file.parent / ATTRIBUTES_FILE).read_text())
+    novel = [(path, name.replace("_", " ")) for path, _, name in json.loads(split_file.read_text())["test"]
+             if name.replace("_", " ") in NOVEL_CLASSES]
+    return {
+        "novel_held_out_colours": {path for path, shape in novel if is_held_out(shape, records[path]["colour"])},
+        "novel_corpus_colours": {path for path, shape in novel if not is_held_out(shape, records[path]["colour"])},
+    }

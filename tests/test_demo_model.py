@@ -15,7 +15,17 @@ from PIL import Image
 
 from lathadapter.demo import bundled_model, write_demo_dataset
 from lathadapter.demo.corpus import corpus_sample, write_corpus
-from lathadapter.demo.dataset import BASE_CLASSES, CLASSES, HELD_OUT_COLOURS, IMAGE_SIZE, NOVEL_CLASSES, SPLIT_FILE
+from lathadapter.demo.dataset import (
+    ATTRIBUTES_FILE,
+    BASE_CLASSES,
+    CLASSES,
+    HELD_OUT_COLOURS,
+    IMAGE_SIZE,
+    NOVEL_CLASSES,
+    SPLIT_FILE,
+    novel_test_subsets,
+)
+from lathadapter.demo.evaluate import zero_shot_accuracy
 from lathadapter.demo.synthetic import COLOURS, FAMILIES, FAMILY_OF, SHAPES
 
 
@@ -79,6 +89,45 @@ def test_demo_dataset_is_deterministic_and_in_coop_layout(demo_split: Path, tmp_
     first_item = split["test"][0]
     assert first_item[2] == CLASSES[0].replace(" ", "_")
     assert Image.open(demo_split.parent / first_item[0]).size == (IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_demo_dataset_records_attributes_and_tests_held_out_looks_of_novel_classes(demo_split: Path) -> None:
+    split = json.loads(demo_split.read_text())
+    records = json.loads((demo_split.parent / ATTRIBUTES_FILE).read_text())
+    assert set(records) == {path for part in split.values() for path, _, _ in part}
+    assert all(records[path]["family"] == FAMILY_OF[name.replace("_", " ")] for path, _, name in split["test"])
+    subsets = novel_test_subsets(demo_split)
+    novel_test = {path for path, label, _ in split["test"] if label >= len(BASE_CLASSES)}
+    held_out, seen = subsets["novel_held_out_colours"], subsets["novel_corpus_colours"]
+    assert held_out | seen == novel_test and not held_out & seen
+    assert 0.3 < len(held_out) / len(novel_test) < 0.7  # three of six colours held out, drawn uniformly
+
+
+class _FeaturesAsIs(torch.nn.Module):
+    """A stand-in model whose image and text features are its inputs, so scores can be set by hand."""
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+
+def test_zero_shot_accuracy_scores_base_and_novel_within_their_halves(tmp_path: Path) -> None:
+    # Four classes (base a, b; novel c, d), one test image each; image i's features are FEATURES[i].
+    features = torch.tensor([[1.0, 0, 0, 0], [0, 0.1, 0, 0.9], [0.9, 0, 0.5, 0], [0, 0, 1, 0.2]])
+    items = []
+    for label, name in enumerate("abcd"):
+        Image.new("RGB", (1, 1), (label, 0, 0)).save(tmp_path / f"{name}.png")
+        items.append([f"{name}.png", label, name])
+    split_file = tmp_path / "split_zhou_Toy.json"
+    split_file.write_text(json.dumps({"train": [], "val": [], "test": items}))
+    result = zero_shot_accuracy(_FeaturesAsIs(), lambda image: features[image.getpixel((0, 0))[0]],
+                                lambda prompts: torch.eye(len(prompts)), split_file, "{}",
+                                subsets={"first_novel": {"c.png"}})
+    # All classes: only image a is right. Within halves: a, b (base) and c (novel) are right, d is not.
+    assert result["all"] == pytest.approx(0.25) and result["base"] == 1.0 and result["novel"] == 0.5
+    assert result["hm"] == pytest.approx(2 / 3) and result["first_novel"] == 1.0 and result["chance_novel"] == 0.5
 
 
 def test_base_and_novel_halves_each_hold_two_shapes_of_every_family() -> None:
