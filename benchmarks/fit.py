@@ -23,21 +23,22 @@ from lathadapter.cache.synthetic import write_synthetic_cache
 
 DATA = Path(__file__).parent / ".data"
 SHAPES = {
-    # name: (classes, train images per class, test images), D = 512, 10 views, 16 shots
-    "caltech": (100, 16, 2465),
-    "imagenet": (1000, 16, 50000),
+    # name: (classes, train images per class, val images per class, test images), D = 512, 10 views, 16 shots.
+    # ImageNet has no few-shot val subset (DATA.md), so Tip-Adapter keeps its initial alpha and beta there.
+    "caltech": (100, 16, 4, 2465),
+    "imagenet": (1000, 16, 0, 50000),
 }
 METHODS = ["zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f", "taskres", "lathadapter"]
 
 
 def cache_for(name: str) -> Path:
-    classes, per_class, test = SHAPES[name]
+    classes, per_class, val_per_class, test = SHAPES[name]
     path = DATA / f"{name}-like.h5"
     if not path.exists():
         DATA.mkdir(parents=True, exist_ok=True)
-        write_synthetic_cache(path, num_classes=classes, dim=512, train_per_class=per_class, val_per_class=4,
-                              views=10, shots=(16,), seeds=(1,), families=max(4, classes // 10), test_total=test,
-                              num_attributes=64)
+        write_synthetic_cache(path, num_classes=classes, dim=512, train_per_class=per_class,
+                              val_per_class=val_per_class, views=10, shots=(16,), seeds=(1,),
+                              families=max(4, classes // 10), test_total=test, num_attributes=64)
     return path
 
 
