@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lathadapter.adapter.methods.base import Method, normalize
@@ -45,18 +44,23 @@ def search_grid(maximum: float, steps: int) -> torch.Tensor:
     return torch.arange(steps, dtype=torch.float64).mul((maximum - 0.1) / steps).add(0.1).float()
 
 
-def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, values: torch.Tensor, labels: torch.Tensor,
-                      alphas: torch.Tensor, betas: torch.Tensor) -> tuple[float, float, float]:
-    """The (α, β) maximising accuracy of `zero_shot + α exp(−β(1 − affinity)) values`; first best in β-then-α order.
+def cache_logits(affinity: torch.Tensor, beta: float, key_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`exp(−β(1 − affinity)) L` with L the one-hot values, computed as a per-class sum over the keys (the product
+    with a one-hot matrix costs N × keys × C multiply-adds; the sum, N × keys additions)."""
+    weights = torch.exp(-beta * (1 - affinity))  # [N, keys]
+    cache = torch.zeros(len(affinity), num_classes, dtype=weights.dtype, device=weights.device)
+    return cache.index_add(1, key_labels, weights)
+
+
+def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, key_labels: torch.Tensor,
+                      labels: torch.Tensor, alphas: torch.Tensor, betas: torch.Tensor) -> tuple[float, float, float]:
+    """The (α, β) maximising accuracy of `zero_shot + α exp(−β(1 − affinity)) L`; first best in β-then-α order.
 
     Returns (alpha, beta, accuracy in percent).
     """
     best = (-1.0, float(alphas[0]), float(betas[0]))
-    labels_of_keys = values.argmax(dim=1)  # one-hot values: the product with them is a per-class sum
     for beta in betas.tolist():
-        weights = torch.exp(-beta * (1 - affinity))  # [N, keys]
-        cache = torch.zeros(len(affinity), values.shape[1], dtype=weights.dtype, device=weights.device)
-        cache.index_add_(1, labels_of_keys, weights)  # = weights @ values
+        cache = cache_logits(affinity, beta, key_labels, zero_shot.shape[1])
         scores = zero_shot.unsqueeze(0) + alphas.view(-1, 1, 1).to(cache) * cache.unsqueeze(0)  # [A, N, C]
         accuracy = (scores.argmax(-1) == labels).float().mean(-1) * 100  # [A]
         top = int(torch.argmax(accuracy))  # argmax returns the first maximum
@@ -74,14 +78,14 @@ class TipAdapter(Method):
         super().__init__(options, data)
         views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
         self.keys = nn.Parameter(normalize(views.mean(dim=1)), requires_grad=self.trains)
-        self.register_buffer("values", F.one_hot(data.train_labels, data.num_classes).float())
+        self.register_buffer("key_labels", data.train_labels.clone())  # the one-hot values L, as labels
+        self.num_classes = data.num_classes
         self.alpha, self.beta = options.alpha, options.beta
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is not None:
             self._require_new_classes()
-        affinity = features @ self.keys.t()
-        cache = torch.exp(-self.beta * (1 - affinity)) @ self.values
+        cache = cache_logits(features @ self.keys.t(), self.beta, self.key_labels, self.num_classes)
         return LOGIT_SCALE * features @ self.text_features.t() + self.alpha * cache
 
     def after_training(self, data: FewShotData) -> dict[str, Any]:
@@ -94,7 +98,7 @@ class TipAdapter(Method):
             self.alpha, self.beta, accuracy = search_alpha_beta(
                 LOGIT_SCALE * features @ self.text_features.t(),
                 features @ self.keys.t(),
-                self.values,
+                self.key_labels,
                 data.val_labels,
                 search_grid(self.options.search_alpha_max, self.options.search_alpha_steps),
                 search_grid(self.options.search_beta_max, self.options.search_beta_steps),
