@@ -45,8 +45,9 @@ def main() -> None:
     row = {"methods": methods, "runs": summary["runs"], "seconds": seconds,
            "runs_per_minute": 60 * summary["runs"] / seconds, "resume_seconds": resume_seconds,
            "resume_skipped": again["skipped"], "threads": torch.get_num_threads()}
-    print(f"{'grid':<44} {'runs':>5} {'wall s':>8} {'runs/min':>9} {'resume s':>9}")
-    print(f"{' × '.join(methods) + ' × 5 shots × 3 seeds':<44} {row['runs']:5d} {seconds:8.1f} "
+    label = f"{' × '.join(methods)} × 5 shots × 3 seeds"
+    print(f"{'grid':<{len(label)}} {'runs':>5} {'wall s':>8} {'runs/min':>9} {'resume s':>9}")
+    print(f"{label} {row['runs']:5d} {seconds:8.1f} "
           f"{row['runs_per_minute']:9.1f} {resume_seconds:9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(row, indent=2))
