@@ -169,6 +169,13 @@ def transfer_table(rows: list[dict[str, str]]) -> list[Table]:
                   ["method"] + targets + ["Average (targets)"], body)]
 
 
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_vs_shots(rows: list[dict[str, str]], folder: Path) -> list[Path]:
     rows = [r for r in rows if r["classes"] == "all" and not r.get("target")]
     cells = _cells(rows, ("dataset", "method", "shots"), "acc_all")
@@ -189,11 +196,7 @@ def plot_accuracy_vs_shots(rows: list[dict[str, str]], folder: Path) -> list[Pat
         ax.set(xlabel="shots per class", ylabel="top-1 accuracy (%)", title=f"{dataset}: accuracy vs shots")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        path = folder / f"accuracy_vs_shots_{dataset}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, folder / f"accuracy_vs_shots_{dataset}.png"))
     return paths
 
 
@@ -221,11 +224,7 @@ def plot_base_novel(rows: list[dict[str, str]], folder: Path) -> list[Path]:
         ax.set(ylabel="top-1 accuracy (%)", title=f"{dataset}: base-to-novel")
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-        path = folder / f"base_novel_{dataset}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, folder / f"base_novel_{dataset}.png"))
     return paths
 
 
@@ -288,11 +287,7 @@ def plot_poincare_disk(run_dir: Path, folder: Path, classes: int = 4, images_per
     ax.axis("off")
     ax.legend(fontsize=7, loc="lower right")
     fig.text(0.02, 0.02, "radius = exact distance to the origin; angle = PCA of tangent vectors", fontsize=7)
-    path = folder / "poincare_disk.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, folder / "poincare_disk.png")
 
 
 def write_report(results: Path, out: Path, disk_run: Path | None = None) -> dict[str, Any]:
