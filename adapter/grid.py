@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lathadapter.adapter.fit import RunConfig, RunOutcome, run, save_run
 from lathadapter.adapter.options import OptionError
 from lathadapter.adapter.registry import method_names, option_names
-from lathadapter.cache.store import CacheReader, FewShotData
+from lathadapter.cache.store import CacheInfo, CacheReader, FewShotData
 
 RESULTS = "results.csv"
 METRIC_COLUMNS = ["acc_all", "acc_base", "acc_novel", "hm", "train_seconds", "eval_seconds", "trained_parameters",
@@ -228,16 +228,16 @@ def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, 
     """
     out.mkdir(parents=True, exist_ok=True)
     data_cache = DataCache(device)
-    fingerprints: dict[str, str] = {}
+    infos: dict[str, CacheInfo] = {}
     done = skipped = 0
     with grid_progress() as bar:
         task = bar.add_task("grid", total=len(runs), done=0, skipped=0, visible=progress)
         try:
             for grid_run in runs:
-                reader = data_cache.reader(grid_run.cache) if grid_run.cache not in fingerprints else None
-                if reader is not None:
-                    fingerprints[grid_run.cache] = reader.fingerprint
-                key = grid_run.config.key(fingerprints[grid_run.cache] + key_salt)
+                if grid_run.cache not in infos:
+                    infos[grid_run.cache] = data_cache.reader(grid_run.cache).info()
+                info = infos[grid_run.cache]
+                key = grid_run.config.key(info.fingerprint + key_salt)
                 folder = out / "runs" / key
                 if (folder / "metrics.json").exists():
                     skipped += 1
@@ -251,7 +251,6 @@ def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, 
                 if extra is not None:
                     outcome.metrics.update(extra(grid_run, outcome, data))
                 outcome.metrics["wall_seconds"] = time.perf_counter() - start
-                info = data_cache.reader(grid_run.cache).info()
                 save_run(folder, c, outcome, Path(grid_run.cache), info.fingerprint, info.fields, device, key)
                 write_results(out)
                 done += 1
