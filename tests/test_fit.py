@@ -56,6 +56,13 @@ def test_methods_that_cannot_score_novel_classes_report_null(cache: Path, tmp_pa
     assert stored["accuracy"]["novel"] is None
 
 
+def test_package_level_fit_is_the_same_api(cache: Path) -> None:
+    import lathadapter
+
+    metrics = lathadapter.fit(cache, method="zeroshot", shots=4, seed=1, out=None)
+    assert metrics["accuracy"] == fit(cache, "zeroshot", shots=4, seed=1, out=None)["accuracy"]
+
+
 def test_base_novel_split_relabels_from_zero(cache: Path) -> None:
     data = CacheReader(cache).load(16, 1)
     base, novel = split_classes(data, "base")
