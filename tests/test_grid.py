@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from lathadapter.adapter.grid import GridSpec, expand, iterate, parse_axis_assignments, run_grid
+from lathadapter.adapter.grid import GridSpec, expand, iterate, load_spec_file, parse_axis_assignments, run_grid
 from lathadapter.adapter.options import OptionError
 from lathadapter.adapter.protocols import run_protocol
 from lathadapter.adapter.report import write_report
@@ -52,6 +52,24 @@ def test_axes_parse_and_expand_to_the_cartesian_product(caches: dict[str, Path])
         expand(GridSpec([str(caches["source"])], ["taskres"], options={"curvature": ["1"]}))
     with pytest.raises(OptionError, match="name=value"):
         parse_axis_assignments(["alpha"])
+
+
+def test_grid_files_give_the_same_axes_as_the_command_line(tmp_path: Path) -> None:
+    (tmp_path / "grid.yaml").write_text(
+        "caches: [a.h5]\nmethods: zeroshot,taskres\nshots: [1, 4]\nseeds: 1,2\noptions:\n  taskres.alpha: [0.25, 0.5]\n"
+    )
+    (tmp_path / "grid.toml").write_text(
+        'caches = ["a.h5"]\nmethods = ["zeroshot", "taskres"]\nshots = [1, 4]\nseeds = "1,2"\n'
+        '[options]\n"taskres.alpha" = [0.25, 0.5]\n'
+    )
+    expected = {"caches": ["a.h5"], "methods": ["zeroshot", "taskres"], "options": {"taskres.alpha": ["0.25", "0.5"]}}
+    for name in ("grid.yaml", "grid.toml"):
+        spec = load_spec_file(tmp_path / name)
+        assert {k: spec[k] for k in expected} == expected
+        assert [int(v) for v in spec["shots"]] == [1, 4] and [int(v) for v in spec["seeds"]] == [1, 2]
+    (tmp_path / "bad.yaml").write_text("method: zeroshot\n")
+    with pytest.raises(OptionError, match="unknown keys method"):
+        load_spec_file(tmp_path / "bad.yaml")
 
 
 def test_resume_skips_exactly_the_finished_runs(caches: dict[str, Path], tmp_path: Path) -> None:
