@@ -31,14 +31,6 @@ SHOTS, SEEDS, VIEWS, BATCH = (1, 2), (1, 2), 2, 8
 ATOL = 2e-3  # float16 storage of unit vectors
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is fastest on one thread; two threads on a shared 2-core machine spin-wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _options(tiny_clip, **overrides: object) -> dict[str, object]:
     options: dict[str, object] = dict(model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=SHOTS,

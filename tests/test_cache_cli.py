@@ -8,7 +8,6 @@ from pathlib import Path
 
 import h5py
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from lathadapter.cache.sampling import fewshot_indices
@@ -16,14 +15,6 @@ from lathadapter.cli import app
 
 runner = CliRunner()
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is fastest on one thread on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _build_args(coop_dataset, tiny_clip, *extra: str) -> list[str]:
