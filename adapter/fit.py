@@ -102,6 +102,7 @@ def run(config: RunConfig, data: FewShotData) -> RunOutcome:
         "selected_epoch": result.selected_epoch,
         "val_accuracy": result.val_accuracy,
         "chosen": result.chosen,
+        "history": result.history,  # last-batch loss and its parts, per epoch
     }
     return RunOutcome(method, metrics, result)
 
