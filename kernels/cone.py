@@ -14,6 +14,7 @@ from lathadapter.kernels.geometry import (
     Curvature,
     as_curvature,
     compute_dtype,
+    machine_eps,
     safe_sqrt,
 )
 
@@ -45,7 +46,8 @@ def half_aperture_from_norm2(aa: torch.Tensor, c: torch.Tensor, K: float) -> tor
 def exterior_angle_from_invariants(
     aa: torch.Tensor, bb: torch.Tensor, au: torch.Tensor, uu: torch.Tensor, c: torch.Tensor
 ) -> torch.Tensor:
-    """Ξ(p, q) from |p|², |q|², <p, q − p>, |q − p|² (unscaled); 0 where it is undefined (p at the origin, q = p).
+    """Ξ(p, q) from |p|², |q|², <p, q − p>, |q − p|² (unscaled); 0 where it is undefined (p at the origin, q = p,
+    or closer to either than eps allows).
 
     With P = √c p, Q = √c q, u = Q − P the numerator <P,Q>(1 + |P|²) − |P|²(1 + |Q|²) is <P,u>(1 − |P|²) − |P|²|u|²
     and the square of the denominator |P| |u| √(1 + |P|²|Q|² − 2<P,Q>) is |P|² |u|² ((1 − |P|²)(1 − |Q|²) + |u|²):
@@ -54,7 +56,9 @@ def exterior_angle_from_invariants(
     pp, qq, pu, w = c * aa, c * bb, c * au, c * uu
     numerator = pu * (1 - pp) - pp * w
     squared_denominator = pp * w * ((1 - pp) * (1 - qq) + w)
-    valid = squared_denominator > 0
+    # Undefined also where the denominator is below eps: there the quotient's gradient would overflow (and turn into
+    # NaN through the clamp), and the pair is degenerate (|P| |u| < eps) anyway.
+    valid = squared_denominator > machine_eps(squared_denominator.dtype) ** 2
     cosine = numerator / torch.where(valid, safe_sqrt(squared_denominator), torch.ones_like(numerator))
     return torch.where(valid, safe_arccos(cosine.clamp(-1, 1)), torch.zeros_like(cosine))
 

@@ -101,7 +101,7 @@ def cone_terms(aa, bb, au, uu, c, K, kappa):
     """E = max(0, Ξ(p, q) − κ ψ(p)) for p = a, q = b, and its partials (f_aa, f_bb, f_au, f_uu, f_c).
 
     Mirrors kernels/cone.py: scaled invariants pp, qq, pu, w; numerator pu (1 − pp) − pp w; squared denominator
-    pp w ((1 − pp)(1 − qq) + w); Ξ = 0 where that is 0; arccos and arcsin of arguments clamped to their domain,
+    pp w ((1 − pp)(1 − qq) + w); Ξ = 0 where that is below eps²; arccos and arcsin of arguments clamped to their domain,
     with the derivatives of the reference's atan2 forms.
     """
     pp = c * aa
@@ -111,7 +111,7 @@ def cone_terms(aa, bb, au, uu, c, K, kappa):
     numerator = pu * (1.0 - pp) - pp * w
     h = (1.0 - pp) * (1.0 - qq) + w
     squared = pp * w * h
-    valid = squared > 0
+    valid = squared > EPS * EPS  # as the reference: undefined below eps (degenerate pairs)
     den, den_grad = safe_sqrt(squared)
     den = tl.where(valid, den, 1.0)
     cosine = numerator / den
