@@ -34,13 +34,19 @@ def _asin_core(s, z):
 
 
 @triton.jit
-def asin(x):
-    """asin on [−1, 1]; |x| > 1/2 goes through asin(x) = π/2 − 2 asin(√((1 − x)/2))."""
+def _asin_reduced(x):
+    """(|x| > 1/2, asin(√((1 − |x|)/2)) there, else asin(|x|)): the range reduction asin and acos share."""
     a = tl.abs(x)
     big = a > 0.5
     z = tl.where(big, 0.5 * (1.0 - a), a * a)
     s = tl.where(big, tl.sqrt_rn(z), a)
-    p = _asin_core(s, z)
+    return big, _asin_core(s, z)
+
+
+@triton.jit
+def asin(x):
+    """asin on [−1, 1]; |x| > 1/2 goes through asin(x) = π/2 − 2 asin(√((1 − x)/2))."""
+    big, p = _asin_reduced(x)
     r = tl.where(big, -2.0 * p + HALF_PI, p)
     return tl.where(x < 0, -r, r)
 
@@ -48,11 +54,7 @@ def asin(x):
 @triton.jit
 def acos(x):
     """acos on [−1, 1]; near ±1 it is 2 asin(√((1 ∓ x)/2)) (or π minus that), keeping small angles accurate."""
-    a = tl.abs(x)
-    big = a > 0.5
-    z = tl.where(big, 0.5 * (1.0 - a), a * a)
-    s = tl.where(big, tl.sqrt_rn(z), a)
-    p = _asin_core(s, z)
+    big, p = _asin_reduced(x)
     middle = tl.where(x < 0, p, -p) + HALF_PI
     return tl.where(big, tl.where(x > 0, 2.0 * p, -2.0 * p + PI), middle)
 
