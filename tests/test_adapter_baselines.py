@@ -142,3 +142,18 @@ def test_tip_adapter_f_trains_its_keys_then_searches() -> None:
     assert result.steps == 3 * 2  # 20 epochs default replaced by 3; no minimum step count for Tip-Adapter-F
     assert not torch.allclose(method.keys, initial)
     assert set(result.chosen) == {"alpha", "beta", "val_accuracy"}
+
+
+@pytest.mark.parametrize("labels", [[1, 0, 1, 0], [1, 0, 0, 0, 1, 0]], ids=["shuffled", "unequal-counts"])
+def test_tip_adapter_cache_is_the_one_hot_product_for_any_key_order(labels: list[int]) -> None:
+    generator = torch.Generator().manual_seed(5)
+    labels_t = torch.tensor(labels)
+    train_x = F.normalize(torch.randn(len(labels), 3, generator=generator), dim=-1)
+    test_x = F.normalize(torch.randn(5, 3, generator=generator), dim=-1)
+    text = F.normalize(torch.randn(2, 3, generator=generator), dim=-1)
+    data = FewShotData(["a", "b"], text, torch.zeros(0, 3), train_x, train_x.unsqueeze(1), labels_t, test_x,
+                       torch.zeros(5, dtype=torch.long), test_x, torch.zeros(5, dtype=torch.long), "t")
+    method = create_method("tip-adapter", data, alpha=1.5, beta=2.0, search=False)
+    values = F.one_hot(labels_t).float()
+    expected = 100 * test_x @ text.t() + 1.5 * torch.exp(-2.0 * (1 - test_x @ train_x.t())) @ values
+    assert torch.allclose(method.logits(test_x), expected, atol=1e-5)

@@ -20,13 +20,11 @@ from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
 from lathadapter.adapter.options import TrainOptions, choice
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
-from lathadapter.kernels import (
-    centripetal_energy,
-    cone_energy,
-    edge_energy,
-    expmap0,
-    pairwise_distance,
-    separation_loss,
+from lathadapter.kernels.radial import (
+    radial_centripetal_energy,
+    radial_cone_energy,
+    radial_distance,
+    scaled_radius,
 )
 
 CURVATURE_RANGE = (0.1, 10.0)
@@ -128,82 +126,112 @@ class LatHAdapter(Method):
     def attributes(self) -> torch.Tensor:
         return normalize(self.attribute_prompts)
 
-    def associations(self, features: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-        """Soft one-to-many associations `softmax_k(<f, a_k> / τ_a)` of images or categories to attributes."""
-        return torch.softmax(features @ attributes.t() / self.options.tau_attr, dim=-1)
+    def associations(self, cosines: torch.Tensor) -> torch.Tensor:
+        """Soft one-to-many associations `softmax_k(<f, a_k> / τ_a)` from the cosines of images or categories to
+        the attributes."""
+        return torch.softmax(cosines / self.options.tau_attr, dim=-1)
 
-    def prototypes(self, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prototypes(self, text_features: torch.Tensor, attributes: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attribute-refined class prototypes `p_c` and the category→attribute weights `w_ck`."""
         u = blend(text_features, self.text_adapter, self.options.alpha_t)
-        attributes = self.attributes()
-        w = self.associations(u, attributes)
+        attributes = self.attributes() if attributes is None else attributes
+        w = self.associations(u @ attributes.t())
         if not self.options.attr_proto:
             return u, w
         return normalize(u + self.beta * (w @ attributes)), w
 
-    def lift(self, points: torch.Tensor, which: int) -> torch.Tensor:
-        """`exp0(s · point)` with the learned scale of categories (0), attributes (1) or images (2)."""
-        return expmap0(self.log_scales[which].exp() * points, self.curvature)
+    def radii(self, c: torch.Tensor) -> torch.Tensor:
+        """Scaled radii ρ = √c·r of the lifted categories, attributes and images: exp0(s·u) = (ρ/√c)·u for unit u."""
+        return scaled_radius(self.log_scales.exp(), c)
 
-    def hyperbolic_logits(self, image_points: torch.Tensor, class_points: torch.Tensor) -> torch.Tensor:
-        return -pairwise_distance(image_points, class_points, self.curvature) / self.log_tau_hyp.exp()
+    def lift(self, points: torch.Tensor, which: int) -> torch.Tensor:
+        """`exp0(s · point)` of unit-norm points with the scale of categories (0), attributes (1) or images (2)."""
+        c = self.curvature
+        return self.radii(c)[which] / c.sqrt() * points
+
+    def image_class_distances(self, cosines: torch.Tensor, radii: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """`d(h^v_i, h^c_c)` [B, C] from the image–prototype cosines and the scaled radii of the lift."""
+        return radial_distance(radii[2], radii[0], cosines, c)
+
+    def hyperbolic_logits(self, distances: torch.Tensor) -> torch.Tensor:
+        """`−d(h^v_i, h^c_c) / τ_h`."""
+        return -distances / self.log_tau_hyp.exp()
 
     # --- training loss (METHOD.md step 6) ---
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """All points are lifted unit vectors, so the hyperbolic terms are computed from radii and cosines
+        (`kernels.radial`); the cosines are the products the Euclidean logits and the associations need anyway."""
         o = self.options
-        c = self.curvature
         v = self.adapt_images(features)
-        p, w = self.prototypes(self.text_features)
         attributes = self.attributes()
-        loss_ce = F.cross_entropy(LOGIT_SCALE * v @ p.t(), labels)
-        image_points, class_points = self.lift(v, 2), self.lift(p, 0)
+        p, w = self.prototypes(self.text_features, attributes)
+        image_class = v @ p.t()  # [B, C] cosines
+        loss_ce = F.cross_entropy(LOGIT_SCALE * image_class, labels)
         parts = {"ce": loss_ce.detach()}
         loss = loss_ce
+        if o.lambda_hyp <= 0 and o.lambda_hier <= 0:
+            return loss, parts
+        c = self.curvature
+        radii = self.radii(c)
+        distances = self.image_class_distances(image_class, radii, c)
         if o.lambda_hyp > 0:
-            loss_hyp = F.cross_entropy(self.hyperbolic_logits(image_points, class_points), labels)
+            loss_hyp = F.cross_entropy(self.hyperbolic_logits(distances), labels)
             loss = loss + o.lambda_hyp * loss_hyp
             parts["hyp"] = loss_hyp.detach()
         if o.lambda_hier > 0:
-            loss_hier = self.hierarchy_loss(v, labels, image_points, class_points, attributes, w, c)
+            loss_hier = self.hierarchy_loss(labels, image_class, distances, v @ attributes.t(), p, attributes, w,
+                                            radii, c)
             loss = loss + o.lambda_hier * loss_hier
             parts["hier"] = loss_hier.detach()
         return loss, parts
 
-    def hierarchy_loss(self, v: torch.Tensor, labels: torch.Tensor, image_points: torch.Tensor,
-                       class_points: torch.Tensor, attributes: torch.Tensor, w: torch.Tensor,
-                       c: torch.Tensor) -> torch.Tensor:
+    def hierarchy_loss(self, labels: torch.Tensor, image_class: torch.Tensor, distances: torch.Tensor,
+                       image_attribute: torch.Tensor, p: torch.Tensor, attributes: torch.Tensor, w: torch.Tensor,
+                       radii: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The batch tree's regularisation: edge energies (cone or centripetal) plus in-batch separation.
 
         Edges: category y_i → image i (weight 1), category → attribute (w_ck, categories of the batch), attribute →
-        image (r_ik); the energy term is their weighted mean. The category → image edges, one parent per child, are
-        scored pair by pair; the dense attribute edges go through the fused `edge_energy`.
+        image (r_ik); the energy term is their weighted mean. `image_class` [B, C] and `image_attribute` [B, K] are
+        direction cosines, `distances` [B, C] the image–category distances, `radii` the scaled radii of categories,
+        attributes and images.
         """
         o = self.options
         present = torch.unique(labels)  # sorted categories of the batch
-        positive = torch.searchsorted(present, labels)  # each image's parent among them
-        category_points = class_points[present]
-        attribute_points = self.lift(attributes, 1)
-        r = self.associations(v, attributes)  # [B, K]
+        r = self.associations(image_attribute)  # [B, K]
         category_attribute = w[present]  # [P, K]
-        kind = "cone" if o.hier == "cone" else "centripetal"
+        rho_cat, rho_attr, rho_img = radii
+        if o.hier == "cone":  # the three edge sets in one call: [B] category→image, [P·K], [B·K]
+            cosines = torch.cat([image_class.gather(1, labels[:, None]).flatten(),
+                                 (p[present] @ attributes.t()).flatten(), image_attribute.flatten()])
+            sizes = [len(labels), category_attribute.numel(), r.numel()]
+            rho_parent = torch.cat([rho_cat.expand(sizes[0] + sizes[1]), rho_attr.expand(sizes[2])])
+            rho_child = torch.cat([rho_img.expand(sizes[0]), rho_attr.expand(sizes[1]), rho_img.expand(sizes[2])])
+            weights = torch.cat([torch.ones_like(r[:, 0]), category_attribute.flatten(), r.flatten()])
+            energy = radial_cone_energy(rho_parent, rho_child, cosines, o.cone_k, o.cone_kappa)
+            edge_energy = (weights * energy).sum()
+        else:  # centripetal: the energy of an edge depends on the radii of its ends only
+            def energy(rho_p: torch.Tensor, rho_q: torch.Tensor) -> torch.Tensor:
+                return radial_centripetal_energy(rho_p, rho_q, c, o.margin_radial)
 
-        def energy(parents: torch.Tensor, children: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-            return edge_energy(parents, children, weights, c, kind=kind, K=o.cone_k, kappa=o.cone_kappa,
-                               margin=o.margin_radial)
-
-        if kind == "cone":
-            category_image = cone_energy(class_points[labels], image_points, c, o.cone_k, o.cone_kappa)
-        else:
-            category_image = centripetal_energy(class_points[labels], image_points, c, o.margin_radial)
-        total_energy = (
-            category_image.sum()
-            + energy(category_points, attribute_points, category_attribute)
-            + energy(attribute_points, image_points, r.t())
-        )
+            edge_energy = (len(labels) * energy(rho_cat, rho_img) + category_attribute.sum() * energy(rho_cat, rho_attr)
+                           + r.sum() * energy(rho_attr, rho_img))
         total_weight = len(labels) + category_attribute.sum() + r.sum()
-        separation = separation_loss(image_points, category_points, positive, c, o.margin)
-        return total_energy / total_weight + separation
+        edge_term = edge_energy / total_weight
+        return edge_term + self.separation(labels, present, distances)
+
+    def separation(self, labels: torch.Tensor, present: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+        """`mean_i mean_{c ≠ y_i, c in batch} max(0, d(h^v_i, h^c_{y_i}) − d(h^v_i, h^c_c) + m)`; 0 for one category.
+
+        `present` [P] lists the batch's categories; every image has the same count of negatives, P − 1.
+        """
+        if len(present) < 2:
+            return distances.new_zeros(())
+        positive = distances.gather(1, labels[:, None])  # [B, 1]
+        negative = present[None, :] != labels[:, None]  # [B, P]
+        hinge = torch.relu(positive - distances[:, present] + self.options.margin) * negative
+        return hinge.sum() / (len(labels) * (len(present) - 1))
 
     # --- inference (METHOD.md step 7) ---
 
@@ -211,9 +239,11 @@ class LatHAdapter(Method):
         text = self.text_features if text_features is None else text_features
         v = self.adapt_images(features)
         p, _ = self.prototypes(text)
+        cosines = v @ p.t()
         if self.options.infer == "euclid":
-            return LOGIT_SCALE * v @ p.t()
-        hyper = self.hyperbolic_logits(self.lift(v, 2), self.lift(p, 0))
+            return LOGIT_SCALE * cosines
+        c = self.curvature
+        hyper = self.hyperbolic_logits(self.image_class_distances(cosines, self.radii(c), c))
         if self.options.infer == "hyper":
             return hyper
-        return torch.softmax(LOGIT_SCALE * v @ p.t(), dim=-1) + torch.softmax(hyper, dim=-1)
+        return torch.softmax(LOGIT_SCALE * cosines, dim=-1) + torch.softmax(hyper, dim=-1)

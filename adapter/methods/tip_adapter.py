@@ -44,23 +44,39 @@ def search_grid(maximum: float, steps: int) -> torch.Tensor:
     return torch.arange(steps, dtype=torch.float64).mul((maximum - 0.1) / steps).add(0.1).float()
 
 
-def cache_logits(affinity: torch.Tensor, beta: float, key_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def cache_logits(affinity: torch.Tensor, beta: float, key_labels: torch.Tensor, num_classes: int,
+                 shots: int | None = None) -> torch.Tensor:
     """`exp(−β(1 − affinity)) L` with L the one-hot values, computed as a per-class sum over the keys (the product
-    with a one-hot matrix costs N × keys × C multiply-adds; the sum, N × keys additions)."""
+    with a one-hot matrix costs N × keys × C multiply-adds; the sum, N × keys additions).
+
+    `shots` says that the keys come grouped by class, `shots` keys each (see `group_by_class`): the sum is then a
+    reshape and a sum over the last axis, else an index_add.
+    """
     weights = torch.exp(-beta * (1 - affinity))  # [N, keys]
+    if shots is not None:
+        return weights.view(len(weights), num_classes, shots).sum(-1)
     cache = torch.zeros(len(affinity), num_classes, dtype=weights.dtype, device=weights.device)
     return cache.index_add(1, key_labels, weights)
 
 
+def group_by_class(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, int | None]:
+    """A stable order that groups the keys by class, and the per-class count when every class has the same one."""
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=num_classes)
+    shots = int(counts[0]) if len(counts) and bool((counts == counts[0]).all()) and int(counts[0]) > 0 else None
+    return order, shots
+
+
 def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, key_labels: torch.Tensor,
-                      labels: torch.Tensor, alphas: torch.Tensor, betas: torch.Tensor) -> tuple[float, float, float]:
+                      labels: torch.Tensor, alphas: torch.Tensor, betas: torch.Tensor,
+                      shots: int | None = None) -> tuple[float, float, float]:
     """The (α, β) maximising accuracy of `zero_shot + α exp(−β(1 − affinity)) L`; first best in β-then-α order.
 
     Returns (alpha, beta, accuracy in percent).
     """
     best = (-1.0, float(alphas[0]), float(betas[0]))
     for beta in betas.tolist():
-        cache = cache_logits(affinity, beta, key_labels, zero_shot.shape[1])
+        cache = cache_logits(affinity, beta, key_labels, zero_shot.shape[1], shots)
         scores = zero_shot.unsqueeze(0) + alphas.view(-1, 1, 1).to(cache) * cache.unsqueeze(0)  # [A, N, C]
         accuracy = (scores.argmax(-1) == labels).float().mean(-1) * 100  # [A]
         top = int(torch.argmax(accuracy))  # argmax returns the first maximum
@@ -77,15 +93,16 @@ class TipAdapter(Method):
     def __init__(self, options: TipAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
-        self.keys = nn.Parameter(normalize(views.mean(dim=1)), requires_grad=self.trains)
-        self.register_buffer("key_labels", data.train_labels.clone())  # the one-hot values L, as labels
+        order, self.shots = group_by_class(data.train_labels, data.num_classes)  # key order does not change ℓ
+        self.keys = nn.Parameter(normalize(views[order].mean(dim=1)), requires_grad=self.trains)
+        self.register_buffer("key_labels", data.train_labels[order].clone())  # the one-hot values L, as labels
         self.num_classes = data.num_classes
         self.alpha, self.beta = options.alpha, options.beta
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is not None:
             self._require_new_classes()
-        cache = cache_logits(features @ self.keys.t(), self.beta, self.key_labels, self.num_classes)
+        cache = cache_logits(features @ self.keys.t(), self.beta, self.key_labels, self.num_classes, self.shots)
         return LOGIT_SCALE * features @ self.text_features.t() + self.alpha * cache
 
     def after_training(self, data: FewShotData) -> dict[str, Any]:
@@ -102,6 +119,7 @@ class TipAdapter(Method):
                 data.val_labels,
                 search_grid(self.options.search_alpha_max, self.options.search_alpha_steps),
                 search_grid(self.options.search_beta_max, self.options.search_beta_steps),
+                self.shots,
             )
         return {"alpha": self.alpha, "beta": self.beta, "val_accuracy": accuracy}
 
