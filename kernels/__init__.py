@@ -1,4 +1,5 @@
-"""Poincaré-ball geometry: PyTorch references (CPU path, test oracle) and fused Triton kernels (CUDA path)."""
+"""Poincaré-ball geometry: PyTorch references (CPU path, test oracle), fused Triton kernels (CUDA path), and the
+radial form for lifted unit vectors (`radial`), which LatHAdapter trains with."""
 
 from lathadapter.kernels.cone import cone_energy, cone_exterior_angle, cone_half_aperture
 from lathadapter.kernels.dispatch import (
@@ -11,6 +12,14 @@ from lathadapter.kernels.dispatch import (
 )
 from lathadapter.kernels.geometry import distance, expmap0, logmap0, mobius_add, origin_distance, project
 from lathadapter.kernels.hierarchy import centripetal_energy
+from lathadapter.kernels.radial import (
+    radial_centripetal_energy,
+    radial_cone_energy,
+    radial_distance,
+    radial_exterior_angle,
+    radial_origin_distance,
+    scaled_radius,
+)
 
 __all__ = [
     "backend",
@@ -27,6 +36,12 @@ __all__ = [
     "origin_distance",
     "pairwise_distance",
     "project",
+    "radial_centripetal_energy",
+    "radial_cone_energy",
+    "radial_distance",
+    "radial_exterior_angle",
+    "radial_origin_distance",
+    "scaled_radius",
     "separation_loss",
     "set_backend",
 ]

@@ -144,36 +144,74 @@ def test_novel_classes_get_their_own_prototypes_from_text() -> None:
     assert torch.allclose(scores, 100 * method.adapt_images(data.test_features) @ p.t(), atol=1e-4)
 
 
-def test_triton_path_gives_the_reference_loss_and_gradients() -> None:
-    script = textwrap.dedent("""
-        import os
-        os.environ["TRITON_INTERPRET"] = "1"
-        import torch
-        import torch.nn.functional as F
+def point_loss(method, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """METHOD.md's total loss computed over explicit lifted points with the fused ops of `kernels` (whichever backend
+    is selected): the independent path the method's radial form must agree with, gradients included."""
+    from lathadapter import kernels
+
+    o, c = method.options, method.curvature
+    s_cat, s_attr, s_img = method.log_scales.exp()
+    v = method.adapt_images(x)
+    attributes = method.attributes()
+    p, w = method.prototypes(method.text_features, attributes)
+    images, classes = kernels.expmap0(s_img * v, c), kernels.expmap0(s_cat * p, c)
+    attribute_points = kernels.expmap0(s_attr * attributes, c)
+    hyp = F.cross_entropy(-kernels.pairwise_distance(images, classes, c) / method.log_tau_hyp.exp(), y)
+    present = torch.unique(y)
+    r = torch.softmax(v @ attributes.t() / o.tau_attr, dim=-1)
+    energy = (kernels.cone_energy(classes[y], images, c, o.cone_k, o.cone_kappa).sum()
+              + kernels.edge_energy(classes[present], attribute_points, w[present], c, K=o.cone_k, kappa=o.cone_kappa)
+              + kernels.edge_energy(attribute_points, images, r.t(), c, K=o.cone_k, kappa=o.cone_kappa))
+    separation = kernels.separation_loss(images, classes[present], torch.searchsorted(present, y), c, o.margin)
+    hier = energy / (len(y) + w[present].sum() + r.sum()) + separation
+    return F.cross_entropy(100 * v @ p.t(), y) + o.lambda_hyp * hyp + o.lambda_hier * hier
+
+
+POINT_CASE = """
+import torch
+import torch.nn.functional as F
+from lathadapter.adapter.registry import create_method
+from lathadapter.cache.store import FewShotData
+torch.manual_seed(0)
+text = F.normalize(torch.randn(5, 16), dim=-1)
+labels = torch.arange(5).repeat_interleave(3)
+x = F.normalize(text[labels] + 0.7 * torch.randn(15, 16), dim=-1)
+data = FewShotData(list("abcde"), text, F.normalize(torch.randn(8, 16), dim=-1), x, x[:, None], labels,
+                   x, labels, x, labels, "t")
+method = create_method("lathadapter", data, num_attributes=4, curvature=1.4)
+"""
+
+
+def compare_with_point_loss(method, x: torch.Tensor, y: torch.Tensor) -> None:
+    loss, _ = method.loss(x, y)
+    grads = torch.autograd.grad(loss, list(method.parameters()))
+    expected = point_loss(method, x, y)
+    expected_grads = torch.autograd.grad(expected, list(method.parameters()))
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6), (loss, expected)
+    for (name, _), g, e in zip(method.named_parameters(), grads, expected_grads, strict=True):
+        assert torch.allclose(g, e, rtol=1e-3, atol=1e-5), name
+
+
+def test_radial_loss_and_gradients_equal_the_point_kernels_reference_backend() -> None:
+    namespace: dict = {}
+    exec(POINT_CASE, namespace)
+    from lathadapter import kernels
+
+    with kernels.backend("torch"):
+        compare_with_point_loss(namespace["method"], namespace["x"], namespace["labels"])
+
+
+def test_radial_loss_and_gradients_equal_the_point_kernels_triton_backend() -> None:
+    script = "import os\nos.environ['TRITON_INTERPRET'] = '1'\n" + POINT_CASE + textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
         from lathadapter import kernels
-        from lathadapter.adapter.registry import create_method
-        from lathadapter.cache.store import FewShotData
-        torch.manual_seed(0)
-        text = F.normalize(torch.randn(5, 16), dim=-1)
-        labels = torch.arange(5).repeat_interleave(3)
-        x = F.normalize(text[labels] + 0.7 * torch.randn(15, 16), dim=-1)
-        data = FewShotData(list("abcde"), text, F.normalize(torch.randn(8, 16), dim=-1), x, x[:, None], labels,
-                           x, labels, x, labels, "t")
-        results = []
-        for backend in ("torch", "triton"):
-            torch.manual_seed(1)
-            method = create_method("lathadapter", data, num_attributes=4)
-            with kernels.backend(backend):
-                loss, _ = method.loss(x, labels)
-                loss.backward()
-            results.append((loss.detach(), {n: p.grad.clone() for n, p in method.named_parameters()}))
-        (loss_ref, grads_ref), (loss_tri, grads_tri) = results
-        assert torch.allclose(loss_ref, loss_tri, rtol=1e-4, atol=1e-5), (loss_ref, loss_tri)
-        for name in grads_ref:
-            assert torch.allclose(grads_ref[name], grads_tri[name], rtol=1e-3, atol=1e-5), name
-        print("ok", float(loss_ref), float(loss_tri))
+        from test_adapter_lathadapter import compare_with_point_loss
+        with kernels.backend("triton"):
+            compare_with_point_loss(method, x, labels)
+        print("ok")
     """)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("ok")
+    assert result.stdout.strip().endswith("ok")

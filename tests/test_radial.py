@@ -1,0 +1,122 @@
+"""The radial geometry (points r·u with unit u) equals the point geometry of `kernels` on the lifted points, in values
+and gradients; its hand-written backward passes pass float64 gradcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+from lathadapter.kernels import cone_energy, cone_exterior_angle, distance, expmap0, origin_distance
+from lathadapter.kernels.hierarchy import centripetal_energy
+from lathadapter.kernels.radial import (
+    radial_centripetal_energy,
+    radial_cone_energy,
+    radial_distance,
+    radial_exterior_angle,
+    radial_origin_distance,
+    scaled_radius,
+)
+
+
+def directions(n: int, dim: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    return F.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype), dim=-1)
+
+
+def lifted_pairs(dtype: torch.dtype, n: int = 40):
+    """Pairs of lifted unit vectors, some of them with close or opposite directions, and the lift's parameters."""
+    u, v = directions(n, 6, 0, dtype), directions(n, 6, 1, dtype)
+    v[:5] = F.normalize(u[:5] + 1e-2 * v[:5], dim=-1)  # close directions
+    v[5:8] = -u[5:8]  # opposite directions
+    c = torch.tensor(1.7, dtype=dtype, requires_grad=True)
+    scales = torch.tensor([0.4, 0.9], dtype=dtype, requires_grad=True)
+    return u, v, c, scales
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_scaled_radius_is_that_of_the_exponential_map(dtype: torch.dtype) -> None:
+    c = torch.tensor(2.5, dtype=dtype)
+    u = directions(5, 4, 2, dtype)
+    for scale in (0.01, 0.5, 3.0, 20.0):  # the last two are projected onto the ball's margin
+        s = torch.tensor(scale, dtype=dtype)
+        expected = expmap0(s * u, c).norm(dim=-1) * c.sqrt()
+        torch.testing.assert_close(scaled_radius(s, c).expand(5), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_values_and_gradients_equal_the_point_geometry(dtype: torch.dtype) -> None:
+    """In float32 the close pairs are left out: a cosine near 1 carries the documented rounding of the radial form.
+    Opposite directions put arccos at ±1, where rounding of 1e-16 becomes 1e-8."""
+    tol = {"rtol": 1e-7, "atol": 1e-7} if dtype == torch.float64 else {"rtol": 2e-4, "atol": 2e-5}
+    u, v, c, scales = lifted_pairs(dtype)
+    if dtype == torch.float32:
+        u, v = u[5:], v[5:]
+    cosine = (u * v).sum(-1)
+
+    def point_terms():
+        a, b = expmap0(scales[0] * u, c), expmap0(scales[1] * v, c)
+        return [distance(a, b, c), cone_exterior_angle(a, b, c), cone_energy(a, b, c, 0.1, 1.0),
+                cone_energy(b, a, c, 0.3, 0.5), origin_distance(a, c), centripetal_energy(b, a, c, 0.1)]
+
+    def radial_terms():
+        rho = scaled_radius(scales, c)
+        return [radial_distance(rho[0], rho[1], cosine, c), radial_exterior_angle(rho[0], rho[1], cosine),
+                radial_cone_energy(rho[0], rho[1], cosine, 0.1, 1.0),
+                radial_cone_energy(rho[1], rho[0], cosine, 0.3, 0.5),
+                radial_origin_distance(rho[0], c).expand(len(u)), radial_centripetal_energy(rho[1], rho[0], c, 0.1)]
+
+    weights = torch.rand(len(u), generator=torch.Generator().manual_seed(3), dtype=dtype)
+    for expected, actual in zip(point_terms(), radial_terms(), strict=True):
+        torch.testing.assert_close(actual.expand_as(expected), expected, **tol)
+        grads_expected = torch.autograd.grad((weights * expected).sum(), (c, scales), retain_graph=True)
+        grads_actual = torch.autograd.grad((weights * actual.expand_as(expected)).sum(), (c, scales),
+                                           retain_graph=True)
+        for e, a in zip(grads_expected, grads_actual, strict=True):
+            torch.testing.assert_close(a, e, **tol)
+
+
+def test_gradients_reach_the_directions_as_through_the_points() -> None:
+    """On the unit sphere of directions (the tangential part of the gradient), the radial form's gradient equals the
+    gradient through the lifted points."""
+    dtype = torch.float64
+    u, v, c, scales = lifted_pairs(dtype)
+    keep = slice(8, None)  # generic pairs: arccos is not at ±1
+    u, v = u[keep].clone().requires_grad_(), v[keep].clone().requires_grad_()
+    a, b = expmap0(scales[0] * u, c), expmap0(scales[1] * v, c)
+    rho = scaled_radius(scales, c)
+    cosine = (u * v).sum(-1)
+    through_points = distance(a, b, c) + cone_exterior_angle(a, b, c) + cone_exterior_angle(b, a, c)
+    radial = (radial_distance(rho[0], rho[1], cosine, c) + radial_exterior_angle(rho[0], rho[1], cosine)
+              + radial_exterior_angle(rho[1], rho[0], cosine))
+    expected = torch.autograd.grad(through_points.sum(), (u, v))
+    actual = torch.autograd.grad(radial.sum(), (u, v))
+    for point, g_expected, g_actual in zip((u, v), expected, actual, strict=True):
+        torch.testing.assert_close(tangential(g_actual, point), tangential(g_expected, point), rtol=1e-7, atol=1e-9)
+
+
+def tangential(gradient: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """The part of a gradient tangent to the unit sphere at `point`."""
+    return gradient - (gradient * point).sum(-1, keepdim=True) * point
+
+
+@pytest.mark.parametrize("radii_shape", [(), (4, 1)], ids=["scalar-radii", "broadcast-radii"])
+def test_float64_gradcheck_of_the_hand_written_backward(radii_shape: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(4)
+    cosine = (torch.rand(4, 5, generator=generator, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
+    rho_a = (torch.rand(radii_shape, generator=generator, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    rho_b = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    c = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(radial_distance, (rho_a, rho_b, cosine, c))
+    assert gradcheck(radial_exterior_angle, (rho_a, rho_b, cosine))
+    assert gradcheck(radial_exterior_angle, (rho_b, rho_a, cosine))
+
+
+def test_degenerate_pairs_give_zero_angle_and_finite_gradients() -> None:
+    rho = torch.tensor([0.0, 0.5], requires_grad=True)
+    cosine = torch.tensor([0.3, 1.0], requires_grad=True)  # parent at the origin; child on the parent
+    angle = radial_exterior_angle(rho[0], rho[0] + 0.2, cosine[:1])
+    same = radial_exterior_angle(rho[1], rho[1], cosine[1:])
+    assert float(angle.detach()) == 0.0 and float(same.detach()) == 0.0
+    (angle + same).sum().backward()
+    assert torch.isfinite(rho.grad).all() and torch.isfinite(cosine.grad).all()
