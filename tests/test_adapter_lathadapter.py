@@ -144,29 +144,6 @@ def test_novel_classes_get_their_own_prototypes_from_text() -> None:
     assert torch.allclose(scores, 100 * method.adapt_images(data.test_features) @ p.t(), atol=1e-4)
 
 
-def point_loss(method, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """METHOD.md's total loss computed over explicit lifted points with the fused ops of `kernels` (whichever backend
-    is selected): the independent path the method's radial form must agree with, gradients included."""
-    from lathadapter import kernels
-
-    o, c = method.options, method.curvature
-    s_cat, s_attr, s_img = method.log_scales.exp()
-    v = method.adapt_images(x)
-    attributes = method.attributes()
-    p, w = method.prototypes(method.text_features, attributes)
-    images, classes = kernels.expmap0(s_img * v, c), kernels.expmap0(s_cat * p, c)
-    attribute_points = kernels.expmap0(s_attr * attributes, c)
-    hyp = F.cross_entropy(-kernels.pairwise_distance(images, classes, c) / method.log_tau_hyp.exp(), y)
-    present = torch.unique(y)
-    r = torch.softmax(v @ attributes.t() / o.tau_attr, dim=-1)
-    energy = (kernels.cone_energy(classes[y], images, c, o.cone_k, o.cone_kappa).sum()
-              + kernels.edge_energy(classes[present], attribute_points, w[present], c, K=o.cone_k, kappa=o.cone_kappa)
-              + kernels.edge_energy(attribute_points, images, r.t(), c, K=o.cone_k, kappa=o.cone_kappa))
-    separation = kernels.separation_loss(images, classes[present], torch.searchsorted(present, y), c, o.margin)
-    hier = energy / (len(y) + w[present].sum() + r.sum()) + separation
-    return F.cross_entropy(100 * v @ p.t(), y) + o.lambda_hyp * hyp + o.lambda_hier * hier
-
-
 POINT_CASE = """
 import torch
 import torch.nn.functional as F
@@ -183,22 +160,27 @@ method = create_method("lathadapter", data, num_attributes=4, curvature=1.4)
 
 
 def compare_with_point_loss(method, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The radial loss and its gradients equal the point loss (explicit lifted points through `kernels`)."""
     loss, _ = method.loss(x, y)
-    grads = torch.autograd.grad(loss, list(method.parameters()))
-    expected = point_loss(method, x, y)
-    expected_grads = torch.autograd.grad(expected, list(method.parameters()))
+    grads = torch.autograd.grad(loss, list(method.parameters()), materialize_grads=True)
+    expected = method.point_loss(x, y)
+    expected_grads = torch.autograd.grad(expected, list(method.parameters()), materialize_grads=True)
     assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6), (loss, expected)
     for (name, _), g, e in zip(method.named_parameters(), grads, expected_grads, strict=True):
         assert torch.allclose(g, e, rtol=1e-3, atol=1e-5), name
 
 
-def test_radial_loss_and_gradients_equal_the_point_kernels_reference_backend() -> None:
+@pytest.mark.parametrize("options", [{}, {"hier": "triplet"}, {"lambda_hyp": 0.0}, {"attr_proto": False}],
+                         ids=["cone", "triplet", "no-hyp", "no-attr-proto"])
+def test_radial_loss_and_gradients_equal_the_point_kernels_reference_backend(options: dict) -> None:
     namespace: dict = {}
     exec(POINT_CASE, namespace)
     from lathadapter import kernels
+    from lathadapter.adapter.registry import create_method
 
+    method = create_method("lathadapter", namespace["data"], num_attributes=4, curvature=1.4, **options)
     with kernels.backend("torch"):
-        compare_with_point_loss(namespace["method"], namespace["x"], namespace["labels"])
+        compare_with_point_loss(method, namespace["x"], namespace["labels"])
 
 
 def test_radial_loss_and_gradients_equal_the_point_kernels_triton_backend() -> None:

@@ -10,10 +10,30 @@ from torch import nn
 
 from lathadapter.cache.store import FewShotData
 
+NORM_EPS = 1e-12  # as F.normalize
+
+
+class _Normalize(torch.autograd.Function):
+    """`x / max(|x|, eps)` over the last dim with the two-term backward `(g − y <g, y>) / |x|` (autograd's own
+    backward of F.normalize takes about four times as many passes over the tensor)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        length = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
+        y = x / length
+        ctx.save_for_backward(y, length)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        y, length = ctx.saved_tensors
+        radial = (grad * y).sum(-1, keepdim=True)
+        return torch.addcmul(grad, y, radial, value=-1).div_(length)
+
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """Unit L2 norm along the last dimension."""
-    return F.normalize(x, dim=-1)
+    return _Normalize.apply(x)
 
 
 class NotApplicable(RuntimeError):

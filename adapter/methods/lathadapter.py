@@ -20,6 +20,14 @@ from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
 from lathadapter.adapter.options import TrainOptions, choice
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
+from lathadapter.kernels import (
+    centripetal_energy,
+    cone_energy,
+    edge_energy,
+    expmap0,
+    pairwise_distance,
+    separation_loss,
+)
 from lathadapter.kernels.radial import (
     radial_centripetal_energy,
     radial_cone_energy,
@@ -139,7 +147,7 @@ class LatHAdapter(Method):
         w = self.associations(u @ attributes.t())
         if not self.options.attr_proto:
             return u, w
-        return normalize(u + self.beta * (w @ attributes)), w
+        return normalize(torch.addmm(u, w, self.beta * attributes)), w  # u + β w A, β applied to the small A
 
     def radii(self, c: torch.Tensor) -> torch.Tensor:
         """Scaled radii ρ = √c·r of the lifted categories, attributes and images: exp0(s·u) = (ρ/√c)·u for unit u."""
@@ -156,7 +164,7 @@ class LatHAdapter(Method):
 
     def hyperbolic_logits(self, distances: torch.Tensor) -> torch.Tensor:
         """`−d(h^v_i, h^c_c) / τ_h`."""
-        return -distances / self.log_tau_hyp.exp()
+        return distances * -torch.exp(-self.log_tau_hyp)  # one pass over [B, C]; the scalar work is on 0-d tensors
 
     # --- training loss (METHOD.md step 6) ---
 
@@ -186,6 +194,36 @@ class LatHAdapter(Method):
             loss = loss + o.lambda_hier * loss_hier
             parts["hier"] = loss_hier.detach()
         return loss, parts
+
+    def point_loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The same total loss computed over explicit lifted points [N, D] with the general fused ops of `kernels`
+        (Triton on CUDA, PyTorch elsewhere): the reference the radial form is tested and benchmarked against."""
+        o = self.options
+        c = self.curvature
+        s_cat, s_attr, s_img = self.log_scales.exp()
+        v = self.adapt_images(features)
+        attributes = self.attributes()
+        p, w = self.prototypes(self.text_features, attributes)
+        loss = F.cross_entropy(LOGIT_SCALE * v @ p.t(), labels)
+        images, classes = expmap0(s_img * v, c), expmap0(s_cat * p, c)
+        if o.lambda_hyp > 0:
+            distances = pairwise_distance(images, classes, c)
+            loss = loss + o.lambda_hyp * F.cross_entropy(self.hyperbolic_logits(distances), labels)
+        if o.lambda_hier > 0:
+            attribute_points = expmap0(s_attr * attributes, c)
+            present = torch.unique(labels)
+            r = self.associations(v @ attributes.t())
+            kind = "cone" if o.hier == "cone" else "centripetal"
+            options = {"kind": kind, "K": o.cone_k, "kappa": o.cone_kappa, "margin": o.margin_radial}
+            if kind == "cone":
+                category_image = cone_energy(classes[labels], images, c, o.cone_k, o.cone_kappa).sum()
+            else:
+                category_image = centripetal_energy(classes[labels], images, c, o.margin_radial).sum()
+            energy = (category_image + edge_energy(classes[present], attribute_points, w[present], c, **options)
+                      + edge_energy(attribute_points, images, r.t(), c, **options))
+            separation = separation_loss(images, classes[present], torch.searchsorted(present, labels), c, o.margin)
+            loss = loss + o.lambda_hier * (energy / (len(labels) + w[present].sum() + r.sum()) + separation)
+        return loss
 
     def hierarchy_loss(self, labels: torch.Tensor, image_class: torch.Tensor, distances: torch.Tensor,
                        image_attribute: torch.Tensor, p: torch.Tensor, attributes: torch.Tensor, w: torch.Tensor,
