@@ -86,5 +86,12 @@ class Adapter(nn.Module):
 
 
 def blend(x: torch.Tensor, adapter: Adapter, ratio: float) -> torch.Tensor:
-    """Residual blend of a feature with its adapted version, renormalised: `norm((1 − α) x + α g(x))`."""
-    return normalize((1 - ratio) * x + ratio * adapter(x))
+    """Residual blend of a feature with its adapted version, renormalised: `norm((1 − α) x + α g(x))`.
+
+    The adapter's second product, both scalings and the sum are one `addmm` (no extra pass over [N, D]).
+    """
+    first, _, second = adapter.net
+    rows = x.reshape(-1, x.shape[-1])
+    hidden = torch.relu(rows @ first.weight.t())
+    mixed = torch.addmm(rows, hidden, second.weight.t(), beta=1 - ratio, alpha=ratio)
+    return normalize(mixed.reshape(x.shape))

@@ -1,0 +1,120 @@
+"""Where a LatHAdapter training step goes: milliseconds per step (forward, backward, AdamW) on the synthetic
+Caltech101-like and ImageNet-like caches of `benchmarks/fit.py`, for the loss's parts switched on one by one, for
+the point path (`LatHAdapter.point_loss`, explicit lifted points through the general kernels) and for the step's
+matrix products alone (the same shapes, nothing else: the floor of any implementation of the method in float32).
+
+    python benchmarks/lathadapter_step.py [--only caltech|imagenet] [--steps 30] [--repeats 5]
+
+Each row is timed `repeats` times over `steps` steps, interleaved with the other rows so that a noisy machine slows
+them alike; the table gives the minimum and the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from fit import cache_for  # benchmarks/ is the script directory
+
+import lathadapter.adapter.trainer  # noqa: F401  (pays torch's one-time optimiser import before any timing)
+from lathadapter.adapter.allocator import reuse_freed_memory
+from lathadapter.adapter.registry import create_method
+from lathadapter.cache.store import CacheReader
+
+ROWS = {
+    "adapters + prototypes + CE (lambda_hyp = lambda_hier = 0)": {"lambda_hyp": 0.0, "lambda_hier": 0.0},
+    "+ hyperbolic CE (lambda_hier = 0)": {"lambda_hier": 0.0},
+    "full, hier = triplet": {"hier": "triplet"},
+    "full, hier = cone (default)": {},
+}
+
+
+def method_step(data, options: dict, point_path: bool = False) -> Callable[[torch.Generator], None]:
+    """One training step of LatHAdapter on a random batch of 256 train features."""
+    method = create_method("lathadapter", data, **options)
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=True)
+
+    def step(generator: torch.Generator) -> None:
+        batch = torch.randint(len(data.train_labels), (256,), generator=generator)
+        x, y = data.train_features[batch], data.train_labels[batch]
+        loss = method.point_loss(x, y) if point_path else method.loss(x, y)[0]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def matmul_floor(data) -> Callable[[torch.Generator], None]:
+    """The step's matrix products (forward and backward) in their shapes, with nothing around them."""
+    classes, dim = data.text_features.shape
+    hidden, attributes = dim // 4, 16
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    x, h, t, th = r(256, dim), r(256, hidden), r(classes, dim), r(classes, hidden)
+    w1, w2, a, p = r(hidden, dim), r(dim, hidden), r(attributes, dim), r(classes, dim)
+    gb, gc, gca, w = r(256, classes), r(256, dim), r(classes, dim), r(classes, attributes)
+
+    def step(generator: torch.Generator) -> None:
+        for inputs, hid, grad in ((x, h, gc), (t, th, gca)):  # the visual and the text adapter
+            inputs @ w1.t(), hid @ w2.t()  # forward
+            grad.t() @ hid, grad @ w2, (grad[:, :hidden]).t() @ inputs  # backward: dW2, dhidden, dW1
+        x @ p.t(), gb @ p, gb.t() @ x  # image–prototype cosines, forward and backward
+        t @ a.t(), w @ a, x @ a.t()  # associations and attribute-refined prototypes (small)
+
+    return step
+
+
+def time_rows(rows: dict[str, Callable], steps: int, repeats: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    generator = torch.Generator().manual_seed(0)
+    for step in rows.values():  # warm-up
+        for _ in range(3):
+            step(generator)
+    for _ in range(repeats):
+        for name, step in rows.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(generator)
+            times[name].append((time.perf_counter() - start) / steps * 1000)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["caltech", "imagenet"], action="append")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lathadapter_step.json")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="keep glibc's default malloc thresholds (the trainer sets its own: adapter/allocator.py)")
+    args = parser.parse_args()
+    tuned = not args.glibc_default and reuse_freed_memory()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; ms per step (batch 256); "
+          f"malloc thresholds {'set by adapter/allocator.py' if tuned else 'glibc defaults'}")
+    results = []
+    for name in args.only or ["caltech", "imagenet"]:
+        with CacheReader(cache_for(name)) as reader:
+            data = reader.load(16, 1)
+        rows = {label: method_step(data, options) for label, options in ROWS.items()}
+        rows["point path: full, hier = cone, general kernels"] = method_step(data, {}, point_path=True)
+        rows["matrix products alone (floor)"] = matmul_floor(data)
+        times = time_rows(rows, args.steps, args.repeats)
+        print(f"\n{name}-like: {data.num_classes} classes, D = {data.text_features.shape[1]}")
+        print(f"{'step':<62} {'min ms':>8} {'median ms':>10}")
+        for label, values in times.items():
+            print(f"{label:<62} {min(values):8.2f} {statistics.median(values):10.2f}")
+            results.append({"cache": name, "row": label, "min_ms": min(values),
+                            "median_ms": statistics.median(values)})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
