@@ -14,7 +14,6 @@ from typing import Any
 import torch
 import torch._dynamo  # noqa: F401  (see below)
 
-from lathadapter.adapter.allocator import reuse_freed_memory
 from lathadapter.adapter.evaluate import accuracy
 from lathadapter.adapter.methods.base import Method
 from lathadapter.cache.store import FewShotData
@@ -42,7 +41,6 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
     """Train `method` on `data`'s few-shot train set; `select="val"` keeps the epoch best on the few-shot val set."""
     if select not in SELECTIONS:
         raise ValueError(f"select={select!r} is not valid; choose one of: {', '.join(SELECTIONS)}")
-    reuse_freed_memory()  # glibc: freed tensors are reused, not faulted back in every step (see allocator.py)
     start = time.perf_counter()
     result = TrainResult()
     params = [p for p in method.parameters() if p.requires_grad]

@@ -22,7 +22,6 @@ import torch
 from fit import cache_for  # benchmarks/ is the script directory
 
 import lathadapter.adapter.trainer  # noqa: F401  (pays torch's one-time optimiser import before any timing)
-from lathadapter.adapter.allocator import reuse_freed_memory
 from lathadapter.adapter.registry import create_method
 from lathadapter.cache.store import CacheReader
 
@@ -92,12 +91,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lathadapter_step.json")
-    parser.add_argument("--glibc-default", action="store_true",
-                        help="keep glibc's default malloc thresholds (the trainer sets its own: adapter/allocator.py)")
     args = parser.parse_args()
-    tuned = not args.glibc_default and reuse_freed_memory()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; ms per step (batch 256); "
-          f"malloc thresholds {'set by adapter/allocator.py' if tuned else 'glibc defaults'}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; ms per step (batch 256)")
     results = []
     for name in args.only or ["caltech", "imagenet"]:
         with CacheReader(cache_for(name)) as reader:
