@@ -4,6 +4,10 @@ hierarchical regularisation shapes the latent tree category → attribute → im
 Only four facts come from the paper's abstract (adapter on frozen CLIP, attribute prompts as a one-to-many bridge,
 hyperbolic lift of each batch's categories, attributes and images, hierarchical regularisation). The equations below
 are this project's reconstruction, and each of its choices is an option.
+
+Every lifted point is a unit vector times one radius per kind, so `loss` computes distances and cone energies from
+radii and direction cosines (`kernels.radial`); `point_loss` computes the same loss over explicit points with the
+general kernels, as its reference.
 """
 
 from __future__ import annotations
@@ -248,16 +252,16 @@ class LatHAdapter(Method):
             rho_parent = torch.cat([rho_cat.expand(sizes[0] + sizes[1]), rho_attr.expand(sizes[2])])
             rho_child = torch.cat([rho_img.expand(sizes[0]), rho_attr.expand(sizes[1]), rho_img.expand(sizes[2])])
             weights = torch.cat([torch.ones_like(r[:, 0]), category_attribute.flatten(), r.flatten()])
-            energy = radial_cone_energy(rho_parent, rho_child, cosines, o.cone_k, o.cone_kappa)
-            edge_energy = (weights * energy).sum()
+            energies = radial_cone_energy(rho_parent, rho_child, cosines, o.cone_k, o.cone_kappa)
+            weighted_energy = (weights * energies).sum()
         else:  # centripetal: the energy of an edge depends on the radii of its ends only
             def energy(rho_p: torch.Tensor, rho_q: torch.Tensor) -> torch.Tensor:
                 return radial_centripetal_energy(rho_p, rho_q, c, o.margin_radial)
 
-            edge_energy = (len(labels) * energy(rho_cat, rho_img) + category_attribute.sum() * energy(rho_cat, rho_attr)
-                           + r.sum() * energy(rho_attr, rho_img))
+            weighted_energy = (len(labels) * energy(rho_cat, rho_img) + category_attribute.sum() * energy(
+                rho_cat, rho_attr) + r.sum() * energy(rho_attr, rho_img))
         total_weight = len(labels) + category_attribute.sum() + r.sum()
-        edge_term = edge_energy / total_weight
+        edge_term = weighted_energy / total_weight
         return edge_term + self.separation(labels, present, distances)
 
     def separation(self, labels: torch.Tensor, present: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
