@@ -33,9 +33,9 @@ from lathadapter.kernels import (
     separation_loss,
 )
 from lathadapter.kernels.radial import (
-    radial_centripetal_energy,
     radial_cone_energy,
     radial_distance,
+    radial_origin_distance,
     scaled_radius,
 )
 
@@ -254,12 +254,12 @@ class LatHAdapter(Method):
             weights = torch.cat([torch.ones_like(r[:, 0]), category_attribute.flatten(), r.flatten()])
             energies = radial_cone_energy(rho_parent, rho_child, cosines, o.cone_k, o.cone_kappa)
             weighted_energy = (weights * energies).sum()
-        else:  # centripetal: the energy of an edge depends on the radii of its ends only
-            def energy(rho_p: torch.Tensor, rho_q: torch.Tensor) -> torch.Tensor:
-                return radial_centripetal_energy(rho_p, rho_q, c, o.margin_radial)
-
-            weighted_energy = (len(labels) * energy(rho_cat, rho_img) + category_attribute.sum() * energy(
-                rho_cat, rho_attr) + r.sum() * energy(rho_attr, rho_img))
+        else:  # centripetal: an edge's energy depends on the radii of its ends only, one value per edge kind
+            origin = radial_origin_distance(radii, c)  # |·|_H of categories, attributes, images
+            parents, children = origin[[0, 0, 1]], origin[[2, 1, 2]]  # category→image, →attribute, attribute→image
+            energies = torch.relu(parents - children + o.margin_radial)
+            weighted_energy = (len(labels) * energies[0] + category_attribute.sum() * energies[1]
+                               + r.sum() * energies[2])
         total_weight = len(labels) + category_attribute.sum() + r.sum()
         edge_term = weighted_energy / total_weight
         return edge_term + self.separation(labels, present, distances)
