@@ -16,10 +16,10 @@ a = ρ_a u_a, b = ρ_b u_b in the unit ball and cos = <u_a, u_b>:
   N = (ρ_b cos − ρ_a)(1 − ρ_a²) − ρ_a W and M = 1 + ρ_a² ρ_b² − 2 ρ_a ρ_b cos (the invariant formula of `cone`
   divided by ρ_a).
 
-The two matrix-valued fields have hand-written backward passes: they are the whole hyperbolic cost of a training
-step, and autograd would spend some 200 small ops on each. A cosine near 1 carries a rounding of about 1e-7 in float32,
-so directions closer than about 3e-4 rad lose relative precision in the angular part of W. Unit directions are
-assumed, not checked: callers normalise.
+The two matrix-valued fields have hand-written backward passes: autograd through their formulas records some 100
+to 200 small ops each, and on a CPU a training step's time goes mostly into such per-op overhead. A cosine near 1
+carries a rounding of about 1e-7 in float32, so directions closer than about 3e-4 rad lose relative precision in the
+angular part of W. Unit directions are assumed, not checked: callers normalise.
 """
 
 from __future__ import annotations
