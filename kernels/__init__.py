@@ -17,6 +17,7 @@ from lathadapter.kernels.radial import (
     radial_cone_energy,
     radial_distance,
     radial_exterior_angle,
+    radial_half_aperture,
     radial_origin_distance,
     scaled_radius,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "radial_cone_energy",
     "radial_distance",
     "radial_exterior_angle",
+    "radial_half_aperture",
     "radial_origin_distance",
     "scaled_radius",
     "separation_loss",

@@ -138,12 +138,16 @@ def radial_exterior_angle(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torc
     return _ExteriorAngle.apply(rho_p, rho_q, cosine)
 
 
+def radial_half_aperture(rho: torch.Tensor, K: float = 0.1) -> torch.Tensor:
+    """Half-aperture ψ = arcsin(min(1, K (1 − ρ²)/ρ)) of the cone at a point of scaled radius ρ (elementwise)."""
+    return half_aperture_from_norm2(rho * rho, torch.ones_like(rho), K)
+
+
 def radial_cone_energy(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor, K: float = 0.1,
                        kappa: float = 1.0) -> torch.Tensor:
     """Cone energy max(0, Ξ(p, q) − κ ψ(p)) for every entry of `cosine`; ψ depends on ρ_p only."""
     check_cone_options(K, kappa)
-    half_aperture = half_aperture_from_norm2(rho_p * rho_p, torch.ones_like(rho_p), K)
-    return torch.relu(radial_exterior_angle(rho_p, rho_q, cosine) - kappa * half_aperture)
+    return torch.relu(radial_exterior_angle(rho_p, rho_q, cosine) - kappa * radial_half_aperture(rho_p, K))
 
 
 def radial_origin_distance(rho: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -197,3 +197,10 @@ def test_radial_loss_and_gradients_equal_the_point_kernels_triton_backend() -> N
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize(("options", "named"), [({"cone_k": 0.0}, "cone_k"), ({"cone_kappa": -1.0}, "cone_kappa"),
+                                                ({"curvature": 20.0}, "curvature"), ({"hier": "tree"}, "hier")])
+def test_bad_options_are_refused_with_their_names(options: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        create_method("lathadapter", make_data(), **options)

@@ -33,8 +33,9 @@ from lathadapter.kernels import (
     separation_loss,
 )
 from lathadapter.kernels.radial import (
-    radial_cone_energy,
     radial_distance,
+    radial_exterior_angle,
+    radial_half_aperture,
     radial_origin_distance,
     scaled_radius,
 )
@@ -74,6 +75,10 @@ class LatHAdapterOptions(TrainOptions):
         low, high = CURVATURE_RANGE
         if not low <= self.curvature <= high:
             raise ValueError(f"option curvature={self.curvature} is outside [{low}, {high}]")
+        if not self.cone_k > 0:
+            raise ValueError(f"option cone_k={self.cone_k} must be positive (K of the cone's half-aperture)")
+        if not self.cone_kappa >= 0:
+            raise ValueError(f"option cone_kappa={self.cone_kappa} must be at least 0 (the aperture's multiplier)")
         if self.num_attributes < 1 or self.reduction < 1:
             raise ValueError("options num_attributes and reduction must be at least 1")
 
@@ -251,8 +256,10 @@ class LatHAdapter(Method):
             sizes = [len(labels), category_attribute.numel(), r.numel()]
             rho_parent = torch.cat([rho_cat.expand(sizes[0] + sizes[1]), rho_attr.expand(sizes[2])])
             rho_child = torch.cat([rho_img.expand(sizes[0]), rho_attr.expand(sizes[1]), rho_img.expand(sizes[2])])
+            psi_cat, psi_attr = radial_half_aperture(radii[:2], o.cone_k)  # ψ of the two parent kinds only
+            half_aperture = torch.cat([psi_cat.expand(sizes[0] + sizes[1]), psi_attr.expand(sizes[2])])
+            energies = torch.relu(radial_exterior_angle(rho_parent, rho_child, cosines) - o.cone_kappa * half_aperture)
             weights = torch.cat([torch.ones_like(r[:, 0]), category_attribute.flatten(), r.flatten()])
-            energies = radial_cone_energy(rho_parent, rho_child, cosines, o.cone_k, o.cone_kappa)
             weighted_energy = (weights * energies).sum()
         else:  # centripetal: an edge's energy depends on the radii of its ends only, one value per edge kind
             origin = radial_origin_distance(radii, c)  # |·|_H of categories, attributes, images
