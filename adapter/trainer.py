@@ -72,12 +72,11 @@ def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter
     task = progress.add_task(f"train {method.name}", total=epochs) if progress is not None else None
     for epoch in range(epochs):
         method.train()
-        view = torch.randint(views.shape[1], (n,), generator=generator).to(device)
-        features = views[torch.arange(n, device=device), view]  # one random augmented view per sample
+        view = torch.randint(views.shape[1], (n,), generator=generator).to(device)  # one random view per sample
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, o.batch_size):
             batch = order[start:start + o.batch_size]
-            loss, parts = method.loss(features[batch], data.train_labels[batch])
+            loss, parts = method.loss(views[batch, view[batch]], data.train_labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

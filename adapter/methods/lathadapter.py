@@ -248,9 +248,10 @@ class LatHAdapter(Method):
         present = torch.unique(labels)  # sorted categories of the batch
         r = self.associations(image_attribute)  # [B, K]
         category_attribute = w.index_select(0, present)  # [P, K]
+        positive_cosines = image_class.gather(1, labels[:, None])  # [B, 1]: each image and its own category
         rho_cat, rho_attr, rho_img = radii
         if o.hier == "cone":  # the three edge sets in one call: [B] category→image, [P·K], [B·K]
-            cosines = torch.cat([image_class.gather(1, labels[:, None]).flatten(),
+            cosines = torch.cat([positive_cosines.flatten(),
                                  (p.index_select(0, present) @ attributes.t()).flatten(),
                                  image_attribute.flatten()])
             sizes = [len(labels), category_attribute.numel(), r.numel()]
@@ -269,16 +270,19 @@ class LatHAdapter(Method):
                                + r.sum() * energies[2])
         total_weight = len(labels) + category_attribute.sum() + r.sum()
         edge_term = weighted_energy / total_weight
-        return edge_term + self.separation(labels, present, distances)
+        positive = self.image_class_distances(positive_cosines, radii, c)  # [B, 1], as in `distances`
+        return edge_term + self.separation(labels, present, distances, positive)
 
-    def separation(self, labels: torch.Tensor, present: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+    def separation(self, labels: torch.Tensor, present: torch.Tensor, distances: torch.Tensor,
+                   positive: torch.Tensor) -> torch.Tensor:
         """`mean_i mean_{c ≠ y_i, c in batch} max(0, d(h^v_i, h^c_{y_i}) − d(h^v_i, h^c_c) + m)`; 0 for one category.
 
-        `present` [P] lists the batch's categories; every image has the same count of negatives, P − 1.
+        `present` [P] lists the batch's categories, `positive` [B, 1] the distances d(h^v_i, h^c_{y_i}) (computed
+        from the gathered cosines: cheaper in backward than a gather from `distances`); every image has P − 1
+        negatives.
         """
         if len(present) < 2:
             return distances.new_zeros(())
-        positive = distances.gather(1, labels[:, None])  # [B, 1]
         negative = present[None, :] != labels[:, None]  # [B, P]
         # index_select, not [:, present]: its backward is an index_add, several times faster than an index_put
         hinge = torch.relu(positive - distances.index_select(1, present) + self.options.margin) * negative
