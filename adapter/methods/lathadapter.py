@@ -270,19 +270,16 @@ class LatHAdapter(Method):
                                + r.sum() * energies[2])
         total_weight = len(labels) + category_attribute.sum() + r.sum()
         edge_term = weighted_energy / total_weight
-        positive = self.image_class_distances(positive_cosines, radii, c)  # [B, 1], as in `distances`
-        return edge_term + self.separation(labels, present, distances, positive)
+        return edge_term + self.separation(labels, present, distances)
 
-    def separation(self, labels: torch.Tensor, present: torch.Tensor, distances: torch.Tensor,
-                   positive: torch.Tensor) -> torch.Tensor:
+    def separation(self, labels: torch.Tensor, present: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
         """`mean_i mean_{c ≠ y_i, c in batch} max(0, d(h^v_i, h^c_{y_i}) − d(h^v_i, h^c_c) + m)`; 0 for one category.
 
-        `present` [P] lists the batch's categories, `positive` [B, 1] the distances d(h^v_i, h^c_{y_i}) (computed
-        from the gathered cosines: cheaper in backward than a gather from `distances`); every image has P − 1
-        negatives.
+        `present` [P] lists the batch's categories; every image has the same count of negatives, P − 1.
         """
         if len(present) < 2:
             return distances.new_zeros(())
+        positive = distances.gather(1, labels[:, None])  # [B, 1]
         negative = present[None, :] != labels[:, None]  # [B, P]
         # index_select, not [:, present]: its backward is an index_add, several times faster than an index_put
         hinge = torch.relu(positive - distances.index_select(1, present) + self.options.margin) * negative
