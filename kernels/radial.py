@@ -54,7 +54,7 @@ class _RadialDistance(torch.autograd.Function):
     def forward(ctx, rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         eps = machine_eps(cosine.dtype)
         alpha, beta = 1 - rho_a * rho_a, 1 - rho_b * rho_b
-        w = (1 - cosine.clamp(-1, 1)).mul_(2 * rho_a * rho_b).add_((rho_a - rho_b) ** 2)
+        w = torch.rsub(cosine, 1).clamp_(0, 2).mul_(2 * rho_a * rho_b).add_((rho_a - rho_b) ** 2)
         delta = w.mul_(2 / (alpha * beta))
         root = (delta * (delta + 2)).sqrt_()
         out = torch.log1p(delta + root).div_(c.sqrt())
@@ -65,22 +65,23 @@ class _RadialDistance(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         rho_a, rho_b, cosine, c, delta, root, out = ctx.saved_tensors
         alpha, beta = 1 - rho_a * rho_a, 1 - rho_b * rho_b
-        g = grad / (root * c.sqrt())  # dd/dδ · incoming
+        g = grad / root  # √c dd/dδ · incoming; the factor 1/√c goes into the 0-d coefficients below
+        scale = c.rsqrt()
         k = 2 / (alpha * beta)  # dδ/dW
         grad_a = grad_b = grad_cos = grad_c = None
         if ctx.needs_input_grad[2]:
-            grad_cos = g * (-2 * k * rho_a * rho_b)  # ∂W/∂cos = −2 ρ_a ρ_b
+            grad_cos = g * (-2 * k * rho_a * rho_b * scale)  # ∂W/∂cos = −2 ρ_a ρ_b
         if ctx.needs_input_grad[3]:
             grad_c = -_dot(grad, out) / (2 * c)  # at fixed radii, d ∝ 1/√c
         # ∂W/∂ρ_a = 2(ρ_a − ρ_b cos) and ∂δ/∂ρ_a at fixed W = 2ρ_a δ/α (symmetrically for ρ_b)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             if rho_a.dim() == 0 and rho_b.dim() == 0:
                 s0, s1, s2 = g.sum(), _dot(g, cosine), _dot(g, delta)
-                grad_a = 2 * k * (rho_a * s0 - rho_b * s1) + (2 * rho_a / alpha) * s2
-                grad_b = 2 * k * (rho_b * s0 - rho_a * s1) + (2 * rho_b / beta) * s2
+                grad_a = scale * (2 * k * (rho_a * s0 - rho_b * s1) + (2 * rho_a / alpha) * s2)
+                grad_b = scale * (2 * k * (rho_b * s0 - rho_a * s1) + (2 * rho_b / beta) * s2)
             else:
-                grad_a = _reduce(g * ((2 * k) * (rho_a - rho_b * cosine) + (2 * rho_a / alpha) * delta), rho_a)
-                grad_b = _reduce(g * ((2 * k) * (rho_b - rho_a * cosine) + (2 * rho_b / beta) * delta), rho_b)
+                grad_a = scale * _reduce(g * ((2 * k) * (rho_a - rho_b * cosine) + (2 * rho_a / alpha) * delta), rho_a)
+                grad_b = scale * _reduce(g * ((2 * k) * (rho_b - rho_a * cosine) + (2 * rho_b / beta) * delta), rho_b)
         return grad_a, grad_b, grad_cos, grad_c
 
 

@@ -279,10 +279,11 @@ class LatHAdapter(Method):
         """
         if len(present) < 2:
             return distances.new_zeros(())
-        positive = distances.gather(1, labels[:, None])  # [B, 1]
-        negative = present[None, :] != labels[:, None]  # [B, P]
         # index_select, not [:, present]: its backward is an index_add, several times faster than an index_put
-        hinge = torch.relu(positive - distances.index_select(1, present) + self.options.margin) * negative
+        batch_distances = distances.index_select(1, present)  # [B, P]
+        positive = batch_distances.gather(1, torch.searchsorted(present, labels)[:, None])  # [B, 1]
+        negative = present[None, :] != labels[:, None]  # [B, P]
+        hinge = torch.relu(positive - batch_distances + self.options.margin) * negative
         return hinge.sum() / (len(labels) * (len(present) - 1))
 
     # --- inference (METHOD.md step 7) ---
