@@ -65,8 +65,8 @@ def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter
     steps_per_epoch = math.ceil(n / o.batch_size)
     epochs = max(o.epochs, math.ceil(o.min_steps / steps_per_epoch))
     # The fused AdamW (one kernel over all parameters) is 4x faster per step than the per-tensor loop on the CPU.
-    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps, fused=fused)
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps,
+                                  fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     best_state, best_accuracy = None, -1.0
     task = progress.add_task(f"train {method.name}", total=epochs) if progress is not None else None

@@ -33,10 +33,10 @@ from lathadapter.kernels import (
     separation_loss,
 )
 from lathadapter.kernels.radial import (
+    radial_centripetal_energy,
     radial_distance,
     radial_exterior_angle,
     radial_half_aperture,
-    radial_origin_distance,
     scaled_radius,
 )
 
@@ -248,10 +248,9 @@ class LatHAdapter(Method):
         present = torch.unique(labels)  # sorted categories of the batch
         r = self.associations(image_attribute)  # [B, K]
         category_attribute = w.index_select(0, present)  # [P, K]
-        positive_cosines = image_class.gather(1, labels[:, None])  # [B, 1]: each image and its own category
-        rho_cat, rho_attr, rho_img = radii
         if o.hier == "cone":  # the three edge sets in one call: [B] category→image, [P·K], [B·K]
-            cosines = torch.cat([positive_cosines.flatten(),
+            rho_cat, rho_attr, rho_img = radii
+            cosines = torch.cat([image_class.gather(1, labels[:, None]).flatten(),
                                  (p.index_select(0, present) @ attributes.t()).flatten(),
                                  image_attribute.flatten()])
             sizes = [len(labels), category_attribute.numel(), r.numel()]
@@ -263,9 +262,8 @@ class LatHAdapter(Method):
             weights = torch.cat([torch.ones_like(r[:, 0]), category_attribute.flatten(), r.flatten()])
             weighted_energy = (weights * energies).sum()
         else:  # centripetal: an edge's energy depends on the radii of its ends only, one value per edge kind
-            origin = radial_origin_distance(radii, c)  # |·|_H of categories, attributes, images
-            parents, children = origin[[0, 0, 1]], origin[[2, 1, 2]]  # category→image, →attribute, attribute→image
-            energies = torch.relu(parents - children + o.margin_radial)
+            # radii: categories, attributes, images; edges: category→image, category→attribute, attribute→image
+            energies = radial_centripetal_energy(radii[[0, 0, 1]], radii[[2, 1, 2]], c, o.margin_radial)
             weighted_energy = (len(labels) * energies[0] + category_attribute.sum() * energies[1]
                                + r.sum() * energies[2])
         total_weight = len(labels) + category_attribute.sum() + r.sum()
