@@ -44,6 +44,28 @@ def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.dot(x.reshape(-1), y.reshape(-1))
 
 
+def distance_forward(rho_a, rho_b, cosine: torch.Tensor, sqrt_c) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """d = arcosh(1 + δ) / √c with δ = 2W / ((1 − ρ_a²)(1 − ρ_b²)); returns d, δ and √(δ(δ + 2)) (clamped to eps),
+    what `distance_backward` needs. Radii and √c are Python floats or tensors broadcasting against `cosine`."""
+    alpha, beta = 1 - rho_a * rho_a, 1 - rho_b * rho_b
+    w = torch.rsub(cosine, 1).clamp_(0, 2).mul_(2 * rho_a * rho_b).add_((rho_a - rho_b) ** 2)
+    delta = w.mul_(2 / (alpha * beta))
+    root = (delta * (delta + 2)).sqrt_()
+    out = torch.log1p(delta + root).div_(sqrt_c)
+    return out, delta, root.clamp_min_(machine_eps(cosine.dtype))
+
+
+def distance_backward(grad: torch.Tensor, rho_a, rho_b, sqrt_c, root: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor, float | torch.Tensor]:
+    """The pieces of d's gradient: `g` = grad · √c ∂d/∂δ, the gradient w.r.t. the cosines, and the coefficients
+    `ka`, `kb` with ∂L/∂ρ_a = (2k (ρ_a Σg − ρ_b Σg·cos) + ka Σg·δ) / √c (symmetrically for ρ_b), k = 2/(αβ)."""
+    alpha, beta = 1 - rho_a * rho_a, 1 - rho_b * rho_b
+    g = grad / root
+    k = 2 / (alpha * beta)
+    grad_cos = g * (-2 * k * rho_a * rho_b / sqrt_c)  # ∂W/∂cos = −2 ρ_a ρ_b
+    return g, grad_cos, 2 * rho_a / alpha, 2 * rho_b / beta
+
+
 class _RadialDistance(torch.autograd.Function):
     """d = arcosh(1 + 2W / ((1 − ρ_a²)(1 − ρ_b²))) / √c over a tensor of cosines; ρ_a, ρ_b broadcast against it.
 
@@ -52,37 +74,64 @@ class _RadialDistance(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        eps = machine_eps(cosine.dtype)
-        alpha, beta = 1 - rho_a * rho_a, 1 - rho_b * rho_b
-        w = torch.rsub(cosine, 1).clamp_(0, 2).mul_(2 * rho_a * rho_b).add_((rho_a - rho_b) ** 2)
-        delta = w.mul_(2 / (alpha * beta))
-        root = (delta * (delta + 2)).sqrt_()
-        out = torch.log1p(delta + root).div_(c.sqrt())
-        ctx.save_for_backward(rho_a, rho_b, cosine, c, delta, root.clamp_min_(eps), out)
+        out, delta, root = distance_forward(rho_a, rho_b, cosine, c.sqrt())
+        ctx.save_for_backward(rho_a, rho_b, cosine, c, delta, root, out)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rho_a, rho_b, cosine, c, delta, root, out = ctx.saved_tensors
-        alpha, beta = 1 - rho_a * rho_a, 1 - rho_b * rho_b
-        g = grad / root  # √c dd/dδ · incoming; the factor 1/√c goes into the 0-d coefficients below
         scale = c.rsqrt()
-        k = 2 / (alpha * beta)  # dδ/dW
-        grad_a = grad_b = grad_cos = grad_c = None
-        if ctx.needs_input_grad[2]:
-            grad_cos = g * (-2 * k * rho_a * rho_b * scale)  # ∂W/∂cos = −2 ρ_a ρ_b
+        g, grad_cos, ka, kb = distance_backward(grad, rho_a, rho_b, c.sqrt(), root)
+        k = 2 / ((1 - rho_a * rho_a) * (1 - rho_b * rho_b))
+        grad_a = grad_b = grad_c = None
         if ctx.needs_input_grad[3]:
             grad_c = -_dot(grad, out) / (2 * c)  # at fixed radii, d ∝ 1/√c
         # ∂W/∂ρ_a = 2(ρ_a − ρ_b cos) and ∂δ/∂ρ_a at fixed W = 2ρ_a δ/α (symmetrically for ρ_b)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             if rho_a.dim() == 0 and rho_b.dim() == 0:
                 s0, s1, s2 = g.sum(), _dot(g, cosine), _dot(g, delta)
-                grad_a = scale * (2 * k * (rho_a * s0 - rho_b * s1) + (2 * rho_a / alpha) * s2)
-                grad_b = scale * (2 * k * (rho_b * s0 - rho_a * s1) + (2 * rho_b / beta) * s2)
+                grad_a = scale * (2 * k * (rho_a * s0 - rho_b * s1) + ka * s2)
+                grad_b = scale * (2 * k * (rho_b * s0 - rho_a * s1) + kb * s2)
             else:
-                grad_a = scale * _reduce(g * ((2 * k) * (rho_a - rho_b * cosine) + (2 * rho_a / alpha) * delta), rho_a)
-                grad_b = scale * _reduce(g * ((2 * k) * (rho_b - rho_a * cosine) + (2 * rho_b / beta) * delta), rho_b)
-        return grad_a, grad_b, grad_cos, grad_c
+                grad_a = scale * _reduce(g * ((2 * k) * (rho_a - rho_b * cosine) + ka * delta), rho_a)
+                grad_b = scale * _reduce(g * ((2 * k) * (rho_b - rho_a * cosine) + kb * delta), rho_b)
+        return grad_a, grad_b, grad_cos if ctx.needs_input_grad[2] else None, grad_c
+
+
+def exterior_angle_forward(rho_p, rho_q, cosine: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Ξ and what `exterior_angle_backward` needs; radii are Python floats or tensors broadcasting against `cosine`."""
+    eps = machine_eps(cosine.dtype)
+    cosine = cosine.clamp(-1, 1)
+    pp, pq = rho_p * rho_p, rho_p * rho_q
+    w = (rho_p - rho_q) ** 2 + 2 * pq * (1 - cosine)
+    m = 1 + pq * pq - 2 * pq * cosine
+    n = (rho_q * cosine - rho_p) * (1 - pp) - rho_p * w
+    wm = w * m
+    # Undefined where |P| |u| √M < eps (parent at the origin, child at the parent): 0, without gradient.
+    valid = pp * wm > eps * eps
+    x = torch.where(valid, n / wm.clamp_min(eps * eps).sqrt(), 0.0).clamp_(-1, 1)
+    return torch.arccos(x).masked_fill_(~valid, 0.0), (cosine, w, m, x, valid)
+
+
+def exterior_angle_backward(grad: torch.Tensor, rho_p, rho_q, saved: tuple[torch.Tensor, ...]
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Elementwise gradients of Σ grad·Ξ w.r.t. ρ_p, ρ_q and the cosine (the caller reduces the radii's terms)."""
+    cosine, w, m, x, valid = saved
+    eps = machine_eps(w.dtype)
+    # dΞ/dx = −1/√(1 − x²) inside (−1, 1); then dx/dt = N_t/√(WM) − x/2 (W_t/W + M_t/M) for t in ρ_p, ρ_q, cos.
+    gx = (-grad / (1 - x * x).clamp_min(eps).sqrt()).masked_fill_(~valid | (x.abs() >= 1), 0.0)
+    a = gx / (w * m).clamp_min(eps * eps).sqrt()  # multiplies N_t
+    bw = gx * x * 0.5 / w.clamp_min(eps * eps)  # multiplies −W_t
+    bm = gx * x * 0.5 / m  # multiplies −M_t
+    pp, pq = rho_p * rho_p, rho_p * rho_q
+    # N_c = ρ_q (1 + ρ_p²), W_c = M_c = −2 ρ_p ρ_q
+    grad_cos = a * (rho_q * (1 + pp)) + (bw + bm) * (2 * pq)
+    # N_p = −(1 − ρ_p² + W), W_p = 2(ρ_p − ρ_q cos), M_p = 2ρ_q(ρ_p ρ_q − cos)
+    grad_p = -(a * (1 - pp + w)) - bw * (2 * (rho_p - rho_q * cosine)) - bm * (2 * rho_q * (pq - cosine))
+    # N_q = cos (1 + ρ_p²) − 2ρ_p ρ_q, W_q = 2(ρ_q − ρ_p cos), M_q = 2ρ_p(ρ_p ρ_q − cos)
+    grad_q = a * (cosine * (1 + pp) - 2 * pq) - bw * (2 * (rho_q - rho_p * cosine)) - bm * (2 * rho_p * (pq - cosine))
+    return grad_p, grad_q, grad_cos
 
 
 class _ExteriorAngle(torch.autograd.Function):
@@ -90,43 +139,15 @@ class _ExteriorAngle(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-        eps = machine_eps(cosine.dtype)
-        cosine = cosine.clamp(-1, 1)
-        pp, pq = rho_p * rho_p, rho_p * rho_q
-        w = (rho_p - rho_q) ** 2 + 2 * pq * (1 - cosine)
-        m = 1 + pq * pq - 2 * pq * cosine
-        n = (rho_q * cosine - rho_p) * (1 - pp) - rho_p * w
-        wm = w * m
-        # Undefined where |P| |u| √M < eps (parent at the origin, child at the parent): 0, without gradient.
-        valid = pp * wm > eps * eps
-        x = torch.where(valid, n / wm.clamp_min(eps * eps).sqrt(), 0.0).clamp_(-1, 1)
-        ctx.save_for_backward(rho_p, rho_q, cosine, w, m, x, valid)
-        return torch.arccos(x).masked_fill_(~valid, 0.0)
+        angle, saved = exterior_angle_forward(rho_p, rho_q, cosine)
+        ctx.save_for_backward(rho_p, rho_q, *saved)
+        return angle
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        rho_p, rho_q, cosine, w, m, x, valid = ctx.saved_tensors
-        eps = machine_eps(w.dtype)
-        # dΞ/dx = −1/√(1 − x²) inside (−1, 1); then dx/dt = N_t/√(WM) − x/2 (W_t/W + M_t/M) for t in ρ_p, ρ_q, cos.
-        gx = (-grad / (1 - x * x).clamp_min(eps).sqrt()).masked_fill_(~valid | (x.abs() >= 1), 0.0)
-        a = gx / (w * m).clamp_min(eps * eps).sqrt()  # multiplies N_t
-        bw = gx * x * 0.5 / w.clamp_min(eps * eps)  # multiplies −W_t
-        bm = gx * x * 0.5 / m  # multiplies −M_t
-        pp, pq = rho_p * rho_p, rho_p * rho_q
-        grad_p = grad_q = grad_cos = None
-        if ctx.needs_input_grad[2]:
-            # N_c = ρ_q (1 + ρ_p²), W_c = M_c = −2 ρ_p ρ_q
-            grad_cos = a * (rho_q * (1 + pp)) + (bw + bm) * (2 * pq)
-        if ctx.needs_input_grad[0]:
-            # N_p = −(1 − ρ_p² + W), W_p = 2(ρ_p − ρ_q cos), M_p = 2ρ_q(ρ_p ρ_q − cos)
-            terms = -(a * (1 - pp + w)) - bw * (2 * (rho_p - rho_q * cosine)) - bm * (2 * rho_q * (pq - cosine))
-            grad_p = _reduce(terms, rho_p)
-        if ctx.needs_input_grad[1]:
-            # N_q = cos (1 + ρ_p²) − 2ρ_p ρ_q, W_q = 2(ρ_q − ρ_p cos), M_q = 2ρ_p(ρ_p ρ_q − cos)
-            terms = a * (cosine * (1 + pp) - 2 * pq) - bw * (2 * (rho_q - rho_p * cosine)) - bm * (
-                2 * rho_p * (pq - cosine))
-            grad_q = _reduce(terms, rho_q)
-        return grad_p, grad_q, grad_cos
+        rho_p, rho_q, *saved = ctx.saved_tensors
+        grad_p, grad_q, grad_cos = exterior_angle_backward(grad, rho_p, rho_q, tuple(saved))
+        return _reduce(grad_p, rho_p), _reduce(grad_q, rho_q), grad_cos
 
 
 def radial_distance(rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

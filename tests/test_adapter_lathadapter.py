@@ -204,3 +204,41 @@ def test_radial_loss_and_gradients_equal_the_point_kernels_triton_backend() -> N
 def test_bad_options_are_refused_with_their_names(options: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
         create_method("lathadapter", make_data(), **options)
+
+
+HYPERBOLIC_CASES = {
+    "cone": {},
+    "triplet": {"hier": "triplet", "margin_radial": 1.0},  # two of the three edge kinds inside the margin
+    "hyp-only": {"lambda_hier": 0.0},
+    "hier-only": {"lambda_hyp": 0.0},
+    "one-category": {"labels": [2, 2, 2, 2, 2, 2]},
+    "curvature-clamped": {"log_curvature": math.log(20.0)},  # c = 10 at the clamp: no gradient to log c
+}
+
+
+@pytest.mark.parametrize("case", HYPERBOLIC_CASES.values(), ids=HYPERBOLIC_CASES.keys())
+def test_hyperbolic_loss_backward_matches_finite_differences(case: dict) -> None:
+    """The hand-written backward of the fused hyperbolic terms against central differences in float64, w.r.t.
+    every cosine matrix, the association weights and the five scalars (lift scales, curvature, temperature)."""
+    from lathadapter.adapter.methods.lathadapter import CURVATURE_RANGE
+    from lathadapter.adapter.methods.lathadapter_loss import HyperbolicLossOptions, hyperbolic_loss
+
+    case = dict(case)
+    labels = torch.tensor(case.pop("labels", [0, 2, 2, 3, 0, 4]))
+    log_curvature = torch.tensor(case.pop("log_curvature", math.log(1.3)), dtype=torch.float64)
+    options = {"lambda_hyp": 0.5, "lambda_hier": 0.7, "hier": "cone", "cone_k": 0.1, "cone_kappa": 1.0,
+               "margin": 0.4, "margin_radial": 0.3, "tau_attr": 0.2, "curvature_range": CURVATURE_RANGE, **case}
+    generator = torch.Generator().manual_seed(3)
+    cosine = lambda *shape: (torch.rand(*shape, generator=generator, dtype=torch.float64) * 1.8 - 0.9)  # noqa: E731
+    inputs = [cosine(6, 5), cosine(6, 3), cosine(5, 3),
+              torch.softmax(torch.randn(5, 3, generator=generator, dtype=torch.float64), 1),
+              torch.tensor([0.3, 0.6, 1.0], dtype=torch.float64).log(), log_curvature,
+              torch.tensor(math.log(0.5), dtype=torch.float64)]
+    inputs = [t.clone().requires_grad_() for t in inputs]
+    o = HyperbolicLossOptions(**options)
+    total, parts = hyperbolic_loss(*inputs, labels, o)
+    assert torch.isclose(total, o.lambda_hyp * parts[0] + o.lambda_hier * parts[1])
+    assert torch.autograd.gradcheck(lambda *x: hyperbolic_loss(*x, labels, o)[0], inputs, eps=1e-6, atol=1e-7)
+    if log_curvature > math.log(CURVATURE_RANGE[1]):
+        (grad_c,) = torch.autograd.grad(hyperbolic_loss(*inputs, labels, o)[0], inputs[5])
+        assert grad_c == 0

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lathadapter.adapter.methods.base import Adapter, Method, blend, normalize
+from lathadapter.adapter.methods.lathadapter_loss import HyperbolicLossOptions, hyperbolic_loss
 from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
 from lathadapter.adapter.options import TrainOptions, choice
 from lathadapter.adapter.registry import register
@@ -32,13 +33,7 @@ from lathadapter.kernels import (
     pairwise_distance,
     separation_loss,
 )
-from lathadapter.kernels.radial import (
-    radial_centripetal_energy,
-    radial_distance,
-    radial_exterior_angle,
-    radial_half_aperture,
-    scaled_radius,
-)
+from lathadapter.kernels.radial import radial_distance, scaled_radius
 
 CURVATURE_RANGE = (0.1, 10.0)
 
@@ -130,6 +125,10 @@ class LatHAdapter(Method):
             torch.tensor([options.scale_cat, options.scale_attr, options.scale_img], device=device).log()
         )
         self.log_tau_hyp = nn.Parameter(torch.tensor(math.log(options.tau_hyp), device=device))
+        self.loss_options = HyperbolicLossOptions(
+            lambda_hyp=options.lambda_hyp, lambda_hier=options.lambda_hier, hier=options.hier, cone_k=options.cone_k,
+            cone_kappa=options.cone_kappa, margin=options.margin, margin_radial=options.margin_radial,
+            tau_attr=options.tau_attr, curvature_range=CURVATURE_RANGE)
 
     # --- the pieces of the forward pass (METHOD.md steps 1–5) ---
 
@@ -178,31 +177,28 @@ class LatHAdapter(Method):
     # --- training loss (METHOD.md step 6) ---
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """All points are lifted unit vectors, so the hyperbolic terms are computed from radii and cosines
-        (`kernels.radial`); the cosines are the products the Euclidean logits and the associations need anyway."""
+        """All points are lifted unit vectors, so the hyperbolic terms are functions of direction cosines and the lift's
+        scalars (`lathadapter_loss`); the cosines come from one product of the images with prototypes and attributes."""
         o = self.options
         v = self.adapt_images(features)
         attributes = self.attributes()
         p, w = self.prototypes(self.text_features, attributes)
-        image_class = v @ p.t()  # [B, C] cosines
-        loss_ce = F.cross_entropy(LOGIT_SCALE * image_class, labels)
-        parts = {"ce": loss_ce.detach()}
-        loss = loss_ce
+        num_classes = len(p)
+        image_class, image_attribute = (v @ torch.cat([p, attributes]).t()).split([num_classes, len(attributes)], 1)
+        loss = F.cross_entropy(LOGIT_SCALE * image_class, labels)
+        parts = {"ce": loss.detach()}
         if o.lambda_hyp <= 0 and o.lambda_hier <= 0:
             return loss, parts
-        c = self.curvature
-        radii = self.radii(c)
-        distances = self.image_class_distances(image_class, radii, c)
+        cone = o.lambda_hier > 0 and o.hier == "cone"
+        class_attribute = p @ attributes.t() if cone else w  # the cosines are read by the cone energy alone
+        hyperbolic, (loss_hyp, loss_hier) = hyperbolic_loss(
+            image_class, image_attribute, class_attribute, w, self.log_scales, self.log_curvature, self.log_tau_hyp,
+            labels, self.loss_options)
         if o.lambda_hyp > 0:
-            loss_hyp = F.cross_entropy(self.hyperbolic_logits(distances), labels)
-            loss = loss + o.lambda_hyp * loss_hyp
-            parts["hyp"] = loss_hyp.detach()
+            parts["hyp"] = loss_hyp
         if o.lambda_hier > 0:
-            loss_hier = self.hierarchy_loss(labels, image_class, distances, v @ attributes.t(), p, attributes, w,
-                                            radii, c)
-            loss = loss + o.lambda_hier * loss_hier
-            parts["hier"] = loss_hier.detach()
-        return loss, parts
+            parts["hier"] = loss_hier
+        return loss + hyperbolic, parts
 
     def point_loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The same total loss computed over explicit lifted points [N, D] with the general fused ops of `kernels`
@@ -233,56 +229,6 @@ class LatHAdapter(Method):
             separation = separation_loss(images, classes[present], torch.searchsorted(present, labels), c, o.margin)
             loss = loss + o.lambda_hier * (energy / (len(labels) + w[present].sum() + r.sum()) + separation)
         return loss
-
-    def hierarchy_loss(self, labels: torch.Tensor, image_class: torch.Tensor, distances: torch.Tensor,
-                       image_attribute: torch.Tensor, p: torch.Tensor, attributes: torch.Tensor, w: torch.Tensor,
-                       radii: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """The batch tree's regularisation: edge energies (cone or centripetal) plus in-batch separation.
-
-        Edges: category y_i → image i (weight 1), category → attribute (w_ck, categories of the batch), attribute →
-        image (r_ik); the energy term is their weighted mean. `image_class` [B, C] and `image_attribute` [B, K] are
-        direction cosines, `distances` [B, C] the image–category distances, `radii` the scaled radii of categories,
-        attributes and images.
-        """
-        o = self.options
-        present = torch.unique(labels)  # sorted categories of the batch
-        r = self.associations(image_attribute)  # [B, K]
-        category_attribute = w.index_select(0, present)  # [P, K]
-        if o.hier == "cone":  # the three edge sets in one call: [B] category→image, [P·K], [B·K]
-            rho_cat, rho_attr, rho_img = radii
-            cosines = torch.cat([image_class.gather(1, labels[:, None]).flatten(),
-                                 (p.index_select(0, present) @ attributes.t()).flatten(),
-                                 image_attribute.flatten()])
-            sizes = [len(labels), category_attribute.numel(), r.numel()]
-            rho_parent = torch.cat([rho_cat.expand(sizes[0] + sizes[1]), rho_attr.expand(sizes[2])])
-            rho_child = torch.cat([rho_img.expand(sizes[0]), rho_attr.expand(sizes[1]), rho_img.expand(sizes[2])])
-            psi_cat, psi_attr = radial_half_aperture(radii[:2], o.cone_k)  # ψ of the two parent kinds only
-            half_aperture = torch.cat([psi_cat.expand(sizes[0] + sizes[1]), psi_attr.expand(sizes[2])])
-            energies = torch.relu(radial_exterior_angle(rho_parent, rho_child, cosines) - o.cone_kappa * half_aperture)
-            weights = torch.cat([torch.ones_like(r[:, 0]), category_attribute.flatten(), r.flatten()])
-            weighted_energy = (weights * energies).sum()
-        else:  # centripetal: an edge's energy depends on the radii of its ends only, one value per edge kind
-            # radii: categories, attributes, images; edges: category→image, category→attribute, attribute→image
-            energies = radial_centripetal_energy(radii[[0, 0, 1]], radii[[2, 1, 2]], c, o.margin_radial)
-            weighted_energy = (len(labels) * energies[0] + category_attribute.sum() * energies[1]
-                               + r.sum() * energies[2])
-        total_weight = len(labels) + category_attribute.sum() + r.sum()
-        edge_term = weighted_energy / total_weight
-        return edge_term + self.separation(labels, present, distances)
-
-    def separation(self, labels: torch.Tensor, present: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
-        """`mean_i mean_{c ≠ y_i, c in batch} max(0, d(h^v_i, h^c_{y_i}) − d(h^v_i, h^c_c) + m)`; 0 for one category.
-
-        `present` [P] lists the batch's categories; every image has the same count of negatives, P − 1.
-        """
-        if len(present) < 2:
-            return distances.new_zeros(())
-        # index_select, not [:, present]: its backward is an index_add, several times faster than an index_put
-        batch_distances = distances.index_select(1, present)  # [B, P]
-        positive = batch_distances.gather(1, torch.searchsorted(present, labels)[:, None])  # [B, 1]
-        negative = present[None, :] != labels[:, None]  # [B, P]
-        hinge = torch.relu(positive - batch_distances + self.options.margin) * negative
-        return hinge.sum() / (len(labels) * (len(present) - 1))
 
     # --- inference (METHOD.md step 7) ---
 
