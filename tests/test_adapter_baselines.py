@@ -173,3 +173,13 @@ def test_normalize_and_blend_match_the_plain_formulas_in_value_and_gradient() ->
     actual = torch.autograd.grad((weights * ours).sum(), [x, *adapter.parameters()])
     for e, a in zip(expected, actual, strict=True):
         torch.testing.assert_close(a, e)
+
+
+def test_cosines_equal_the_product_of_normalised_rows_with_their_gradients() -> None:
+    from lathadapter.adapter.methods.base import cosines
+
+    generator = torch.Generator().manual_seed(4)
+    x = (3 * torch.randn(7, 8, dtype=torch.float64, generator=generator)).requires_grad_()
+    y = torch.randn(5, 8, dtype=torch.float64, generator=generator).requires_grad_()
+    torch.testing.assert_close(cosines(x, y), F.normalize(x, dim=-1) @ y.t())
+    assert torch.autograd.gradcheck(cosines, (x, y))

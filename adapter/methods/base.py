@@ -36,6 +36,35 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return _Normalize.apply(x)
 
 
+class _Cosines(torch.autograd.Function):
+    """`normalize(x) @ yᵀ` as `(x @ yᵀ) / |x|`: the normalised rows of x are never materialised, which saves the
+    passes over [N, D] of a normalisation and its backward (g/|x|) y − x <g/|x|, out>/|x|."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        length = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
+        out = (x @ y.t()).div_(length)
+        ctx.save_for_backward(x, y, length, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, y, length, out = ctx.saved_tensors
+        scaled = grad / length
+        grad_x = grad_y = None
+        if ctx.needs_input_grad[0]:
+            radial = (scaled * out).sum(-1, keepdim=True).div_(length)
+            grad_x = (scaled @ y).addcmul_(x, radial, value=-1)
+        if ctx.needs_input_grad[1]:
+            grad_y = scaled.t() @ x
+        return grad_x, grad_y
+
+
+def cosines(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`normalize(x) @ yᵀ` for [N, D] rows x and [M, D] rows y (cosines when the rows of y are unit vectors)."""
+    return _Cosines.apply(x, y)
+
+
 class NotApplicable(RuntimeError):
     """The method cannot score classes it was not trained on (novel or cross-dataset classes)."""
 
@@ -85,13 +114,15 @@ class Adapter(nn.Module):
         return self.net(x)
 
 
-def blend(x: torch.Tensor, adapter: Adapter, ratio: float) -> torch.Tensor:
-    """Residual blend of a feature with its adapted version, renormalised: `norm((1 − α) x + α g(x))`.
-
-    The adapter's second product, both scalings and the sum are one `addmm` (no extra pass over [N, D]).
-    """
+def mix(x: torch.Tensor, adapter: Adapter, ratio: float) -> torch.Tensor:
+    """`(1 − α) x + α g(x)`, the residual blend before its renormalisation; the adapter's second product, both
+    scalings and the sum are one `addmm` (no extra pass over [N, D])."""
     first, _, second = adapter.net
     rows = x.reshape(-1, x.shape[-1])
     hidden = torch.relu(rows @ first.weight.t())
-    mixed = torch.addmm(rows, hidden, second.weight.t(), beta=1 - ratio, alpha=ratio)
-    return normalize(mixed.reshape(x.shape))
+    return torch.addmm(rows, hidden, second.weight.t(), beta=1 - ratio, alpha=ratio).reshape(x.shape)
+
+
+def blend(x: torch.Tensor, adapter: Adapter, ratio: float) -> torch.Tensor:
+    """Residual blend of a feature with its adapted version, renormalised: `norm((1 − α) x + α g(x))`."""
+    return normalize(mix(x, adapter, ratio))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lathadapter.adapter.methods.base import Adapter, Method, blend
+from lathadapter.adapter.methods.base import Adapter, Method, cosines, mix
 from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
 from lathadapter.adapter.options import TrainOptions
 from lathadapter.adapter.registry import register
@@ -27,4 +27,4 @@ class ClipAdapter(Method):
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         text = self.text_features if text_features is None else text_features
-        return LOGIT_SCALE * blend(features, self.adapter, self.options.alpha) @ text.t()
+        return LOGIT_SCALE * cosines(mix(features, self.adapter, self.options.alpha), text)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.methods.base import Adapter, Method, blend, normalize
+from lathadapter.adapter.methods.base import Adapter, Method, blend, cosines, mix, normalize
 from lathadapter.adapter.methods.lathadapter_loss import HyperbolicLossOptions, hyperbolic_loss
 from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
 from lathadapter.adapter.options import TrainOptions, choice
@@ -180,11 +180,10 @@ class LatHAdapter(Method):
         """All points are lifted unit vectors, so the hyperbolic terms are functions of direction cosines and the lift's
         scalars (`lathadapter_loss`); the cosines come from one product of the images with prototypes and attributes."""
         o = self.options
-        v = self.adapt_images(features)
         attributes = self.attributes()
         p, w = self.prototypes(self.text_features, attributes)
-        num_classes = len(p)
-        image_class, image_attribute = (v @ torch.cat([p, attributes]).t()).split([num_classes, len(attributes)], 1)
+        mixed = mix(features, self.visual_adapter, o.alpha_v)  # v = normalize(mixed), folded into the product
+        image_class, image_attribute = cosines(mixed, torch.cat([p, attributes])).split([len(p), len(attributes)], 1)
         loss = F.cross_entropy(LOGIT_SCALE * image_class, labels)
         parts = {"ce": loss.detach()}
         if o.lambda_hyp <= 0 and o.lambda_hier <= 0:
