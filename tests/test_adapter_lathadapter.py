@@ -144,6 +144,26 @@ def test_novel_classes_get_their_own_prototypes_from_text() -> None:
     assert torch.allclose(scores, 100 * method.adapt_images(data.test_features) @ p.t(), atol=1e-4)
 
 
+def test_prototype_attribute_cosines_equal_the_product_of_prototypes_and_attributes() -> None:
+    data = make_data()
+    method = create_method("lathadapter", data, num_attributes=4).double()
+    with torch.no_grad():
+        method.beta.fill_(0.7)
+    attributes = method.attributes()
+    q, w, text_attribute = method.refined_text(method.text_features, attributes)
+    ours = method.prototype_attribute_cosines(w, text_attribute, attributes)
+    expected = method.prototypes(method.text_features, attributes)[0] @ attributes.t()
+    torch.testing.assert_close(ours, expected)
+    weights = torch.randn_like(ours)
+    parameters = list(method.parameters())
+    actual_grads = torch.autograd.grad((weights * ours).sum(), parameters, allow_unused=True, retain_graph=True)
+    expected_grads = torch.autograd.grad((weights * expected).sum(), parameters, allow_unused=True)
+    for (name, _), a, e in zip(method.named_parameters(), actual_grads, expected_grads, strict=True):
+        assert (a is None) == (e is None), name
+        if e is not None:
+            torch.testing.assert_close(a, e, msg=name)
+
+
 POINT_CASE = """
 import torch
 import torch.nn.functional as F

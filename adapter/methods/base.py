@@ -37,31 +37,33 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Cosines(torch.autograd.Function):
-    """`normalize(x) @ yᵀ` as `(x @ yᵀ) / |x|`: the normalised rows of x are never materialised, which saves the
-    passes over [N, D] of a normalisation and its backward (g/|x|) y − x <g/|x|, out>/|x|."""
+    """`normalize(x) @ normalize(y)ᵀ` as `(x @ yᵀ) / (|x| |y|ᵀ)`: no normalised copy of either side is made, which
+    saves the passes over [N, D] and [M, D] of two normalisations and their backward passes."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        length = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
-        out = (x @ y.t()).div_(length)
-        ctx.save_for_backward(x, y, length, out)
+        x_length = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS)  # [N, 1]
+        y_length = torch.linalg.vector_norm(y, dim=-1).clamp_min_(NORM_EPS)  # [M]
+        out = (x @ y.t()).div_(x_length).div_(y_length)
+        ctx.save_for_backward(x, y, x_length, y_length, out)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, y, length, out = ctx.saved_tensors
-        scaled = grad / length
+        # ∂/∂x_i = Σ_j g_ij y_j / (|x_i| |y_j|) − x_i Σ_j g_ij out_ij / |x_i|², symmetrically for y_j
+        x, y, x_length, y_length, out = ctx.saved_tensors
+        weighted = grad * out
+        scaled = (grad / x_length).div_(y_length)
         grad_x = grad_y = None
         if ctx.needs_input_grad[0]:
-            radial = (scaled * out).sum(-1, keepdim=True).div_(length)
-            grad_x = (scaled @ y).addcmul_(x, radial, value=-1)
+            grad_x = (scaled @ y).addcmul_(x, weighted.sum(1, keepdim=True).div_(x_length.square()), value=-1)
         if ctx.needs_input_grad[1]:
-            grad_y = scaled.t() @ x
+            grad_y = (scaled.t() @ x).addcmul_(y, weighted.sum(0).div_(y_length.square())[:, None], value=-1)
         return grad_x, grad_y
 
 
 def cosines(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """`normalize(x) @ yᵀ` for [N, D] rows x and [M, D] rows y (cosines when the rows of y are unit vectors)."""
+    """Cosines [N, M] of the rows of x [N, D] with the rows of y [M, D]: `normalize(x) @ normalize(y)ᵀ`."""
     return _Cosines.apply(x, y)
 
 

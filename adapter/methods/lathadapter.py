@@ -147,15 +147,33 @@ class LatHAdapter(Method):
         the attributes."""
         return torch.softmax(cosines / self.options.tau_attr, dim=-1)
 
+    def refined_text(self, text_features: torch.Tensor, attributes: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`q_c = u_c + β Σ_k w_ck a_k` (the prototype before its normalisation; `u_c` with `attr_proto` off), the
+        category→attribute weights `w_ck` and the cosines `<u_c, a_k>` they come from."""
+        u = blend(text_features, self.text_adapter, self.options.alpha_t)
+        text_attribute = u @ attributes.t()
+        w = self.associations(text_attribute)
+        if not self.options.attr_proto:
+            return u, w, text_attribute
+        return torch.addmm(u, w, self.beta * attributes), w, text_attribute  # β applied to the small A
+
     def prototypes(self, text_features: torch.Tensor, attributes: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attribute-refined class prototypes `p_c` and the category→attribute weights `w_ck`."""
-        u = blend(text_features, self.text_adapter, self.options.alpha_t)
-        attributes = self.attributes() if attributes is None else attributes
-        w = self.associations(u @ attributes.t())
+        q, w, _ = self.refined_text(text_features, self.attributes() if attributes is None else attributes)
+        return (normalize(q) if self.options.attr_proto else q), w
+
+    def prototype_attribute_cosines(self, w: torch.Tensor, text_attribute: torch.Tensor, attributes: torch.Tensor
+                                    ) -> torch.Tensor:
+        """`<p_c, a_k>` [C, K] from [C, K] quantities alone: with unit u_c and a_k, `q Aᵀ = uAᵀ + β w AAᵀ` and
+        `|q|² = 1 + 2β <w, uAᵀ> + β² <w AAᵀ, w>` (row-wise), so no product over D per class is needed."""
         if not self.options.attr_proto:
-            return u, w
-        return normalize(torch.addmm(u, w, self.beta * attributes)), w  # u + β w A, β applied to the small A
+            return text_attribute
+        projected = w @ (attributes @ attributes.t())  # w AAᵀ
+        q_attribute = text_attribute + self.beta * projected
+        q_squared = 1 + (2 * self.beta) * (w * text_attribute).sum(1) + self.beta.square() * (w * projected).sum(1)
+        return q_attribute / q_squared.sqrt()[:, None]
 
     def radii(self, c: torch.Tensor) -> torch.Tensor:
         """Scaled radii ρ = √c·r of the lifted categories, attributes and images: exp0(s·u) = (ρ/√c)·u for unit u."""
@@ -181,15 +199,17 @@ class LatHAdapter(Method):
         scalars (`lathadapter_loss`); the cosines come from one product of the images with prototypes and attributes."""
         o = self.options
         attributes = self.attributes()
-        p, w = self.prototypes(self.text_features, attributes)
-        mixed = mix(features, self.visual_adapter, o.alpha_v)  # v = normalize(mixed), folded into the product
-        image_class, image_attribute = cosines(mixed, torch.cat([p, attributes])).split([len(p), len(attributes)], 1)
+        q, w, text_attribute = self.refined_text(self.text_features, attributes)
+        # v = normalize(mixed) and p = normalize(q): both normalisations are folded into the one product
+        mixed = mix(features, self.visual_adapter, o.alpha_v)
+        image_class, image_attribute = cosines(mixed, torch.cat([q, attributes])).split([len(q), len(attributes)], 1)
         loss = F.cross_entropy(LOGIT_SCALE * image_class, labels)
         parts = {"ce": loss.detach()}
         if o.lambda_hyp <= 0 and o.lambda_hier <= 0:
             return loss, parts
         cone = o.lambda_hier > 0 and o.hier == "cone"
-        class_attribute = p @ attributes.t() if cone else w  # the cosines are read by the cone energy alone
+        # the prototype–attribute cosines are read by the cone energy alone
+        class_attribute = self.prototype_attribute_cosines(w, text_attribute, attributes) if cone else w
         hyperbolic, (loss_hyp, loss_hier) = hyperbolic_loss(
             image_class, image_attribute, class_attribute, w, self.log_scales, self.log_curvature, self.log_tau_hyp,
             labels, self.loss_options)
