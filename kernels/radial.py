@@ -46,24 +46,22 @@ def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def distance_forward(rho_a, rho_b, cosine: torch.Tensor, sqrt_c) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """d = arcosh(1 + δ) / √c with δ = 2W / ((1 − ρ_a²)(1 − ρ_b²)); returns d, δ and √(δ(δ + 2)) (clamped to eps),
-    what `distance_backward` needs. Radii and √c are Python floats or tensors broadcasting against `cosine`."""
-    alpha, beta = 1 - rho_a * rho_a, 1 - rho_b * rho_b
-    w = torch.rsub(cosine, 1).clamp_(0, 2).mul_(2 * rho_a * rho_b).add_((rho_a - rho_b) ** 2)
-    delta = w.mul_(2 / (alpha * beta))
-    root = (delta * (delta + 2)).sqrt_()
+    what `distance_backward` needs. Radii and √c are Python floats or tensors broadcasting against `cosine`.
+
+    δ is affine in the cosine, k(ρ_a² + ρ_b²) − 2kρ_aρ_b cos with k = 2/((1 − ρ_a²)(1 − ρ_b²)): two passes."""
+    k = 2 / ((1 - rho_a * rho_a) * (1 - rho_b * rho_b))
+    delta = (cosine.clamp(-1, 1) * (-2 * k * rho_a * rho_b)).add_(k * (rho_a * rho_a + rho_b * rho_b))
+    root = (delta + 2).mul_(delta).sqrt_()
     out = torch.log1p(delta + root).div_(sqrt_c)
     return out, delta, root.clamp_min_(machine_eps(cosine.dtype))
 
 
-def distance_backward(grad: torch.Tensor, rho_a, rho_b, sqrt_c, root: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor, float | torch.Tensor]:
-    """The pieces of d's gradient: `g` = grad · √c ∂d/∂δ, the gradient w.r.t. the cosines, and the coefficients
+def distance_backward(grad: torch.Tensor, rho_a, rho_b, sqrt_c, root: torch.Tensor) -> tuple:
+    """The pieces of d's gradient: `g` = grad · √c ∂d/∂δ, `to_cos` with ∂L/∂cos = g · to_cos, and the coefficients
     `ka`, `kb` with ∂L/∂ρ_a = (2k (ρ_a Σg − ρ_b Σg·cos) + ka Σg·δ) / √c (symmetrically for ρ_b), k = 2/(αβ)."""
     alpha, beta = 1 - rho_a * rho_a, 1 - rho_b * rho_b
-    g = grad / root
     k = 2 / (alpha * beta)
-    grad_cos = g * (-2 * k * rho_a * rho_b / sqrt_c)  # ∂W/∂cos = −2 ρ_a ρ_b
-    return g, grad_cos, 2 * rho_a / alpha, 2 * rho_b / beta
+    return grad / root, -2 * k * rho_a * rho_b / sqrt_c, 2 * rho_a / alpha, 2 * rho_b / beta  # ∂W/∂cos = −2ρ_aρ_b
 
 
 class _RadialDistance(torch.autograd.Function):
@@ -82,7 +80,7 @@ class _RadialDistance(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         rho_a, rho_b, cosine, c, delta, root, out = ctx.saved_tensors
         scale = c.rsqrt()
-        g, grad_cos, ka, kb = distance_backward(grad, rho_a, rho_b, c.sqrt(), root)
+        g, to_cos, ka, kb = distance_backward(grad, rho_a, rho_b, c.sqrt(), root)
         k = 2 / ((1 - rho_a * rho_a) * (1 - rho_b * rho_b))
         grad_a = grad_b = grad_c = None
         if ctx.needs_input_grad[3]:
@@ -96,42 +94,59 @@ class _RadialDistance(torch.autograd.Function):
             else:
                 grad_a = scale * _reduce(g * ((2 * k) * (rho_a - rho_b * cosine) + ka * delta), rho_a)
                 grad_b = scale * _reduce(g * ((2 * k) * (rho_b - rho_a * cosine) + kb * delta), rho_b)
-        return grad_a, grad_b, grad_cos if ctx.needs_input_grad[2] else None, grad_c
+        return grad_a, grad_b, g * to_cos if ctx.needs_input_grad[2] else None, grad_c
 
 
-def exterior_angle_forward(rho_p, rho_q, cosine: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Ξ and what `exterior_angle_backward` needs; radii are Python floats or tensors broadcasting against `cosine`."""
+def exterior_angle_coefficients(rho_p, rho_q) -> tuple:
+    """W, M and N of the exterior angle are affine in the cosine: W = w0 + w1 cos, M = m0 + m1 cos, N = n0 + n1 cos.
+    Returns (w0, w1, m0, m1, n0, n1) for Python floats or tensors of radii."""
+    pp, qq, pq = rho_p * rho_p, rho_q * rho_q, rho_p * rho_q
+    return pp + qq, -2 * pq, 1 + pq * pq, -2 * pq, -rho_p * (1 + qq), rho_q * (1 + pp)
+
+
+def exterior_angle_coefficient_derivatives(rho_p, rho_q) -> tuple[tuple, tuple]:
+    """∂/∂ρ_p and ∂/∂ρ_q of (w0, w1, m0, m1, n0, n1)."""
+    pq = rho_p * rho_q
+    return ((2 * rho_p, -2 * rho_q, 2 * pq * rho_q, -2 * rho_q, -(1 + rho_q * rho_q), 2 * pq),
+            (2 * rho_q, -2 * rho_p, 2 * pq * rho_p, -2 * rho_p, -2 * pq, 1 + rho_p * rho_p))
+
+
+def exterior_angle_forward(coefficients: tuple, pp, cosine: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """Ξ = arccos(N / √(W M)) from the coefficients of `exterior_angle_coefficients` and ρ_p² (`pp`); 0 where it is
+    undefined (|P| |u| √M < eps: parent at the origin, child at the parent). Returns Ξ and what the backward needs."""
+    w0, w1, m0, m1, n0, n1 = coefficients
     eps = machine_eps(cosine.dtype)
     cosine = cosine.clamp(-1, 1)
-    pp, pq = rho_p * rho_p, rho_p * rho_q
-    w = (rho_p - rho_q) ** 2 + 2 * pq * (1 - cosine)
-    m = 1 + pq * pq - 2 * pq * cosine
-    n = (rho_q * cosine - rho_p) * (1 - pp) - rho_p * w
+    w, m = w0 + w1 * cosine, m0 + m1 * cosine
     wm = w * m
-    # Undefined where |P| |u| √M < eps (parent at the origin, child at the parent): 0, without gradient.
     valid = pp * wm > eps * eps
-    x = torch.where(valid, n / wm.clamp_min(eps * eps).sqrt(), 0.0).clamp_(-1, 1)
-    return torch.arccos(x).masked_fill_(~valid, 0.0), (cosine, w, m, x, valid)
+    inverse_root = wm.clamp_min_(eps * eps).rsqrt_()  # 1/√(WM)
+    x = torch.where(valid, (n0 + n1 * cosine).mul_(inverse_root), 0.0).clamp_(-1, 1)
+    return torch.arccos(x).masked_fill_(~valid, 0.0), (cosine, w, m, x, valid, inverse_root)
 
 
-def exterior_angle_backward(grad: torch.Tensor, rho_p, rho_q, saved: tuple[torch.Tensor, ...]
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Elementwise gradients of Σ grad·Ξ w.r.t. ρ_p, ρ_q and the cosine (the caller reduces the radii's terms)."""
-    cosine, w, m, x, valid = saved
+def exterior_angle_pieces(grad: torch.Tensor, saved: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a, b_w, b_m) with Σ grad·∂Ξ/∂t = Σ a N_t − b_w W_t − b_m M_t for any t: a = gx/√(WM), b_w = gx x/(2W),
+    b_m = gx x/(2M), where gx = grad·dΞ/dx = −grad/√(1 − x²) (0 where Ξ is undefined or |x| = 1)."""
+    cosine, w, m, x, valid, inverse_root = saved
     eps = machine_eps(w.dtype)
-    # dΞ/dx = −1/√(1 − x²) inside (−1, 1); then dx/dt = N_t/√(WM) − x/2 (W_t/W + M_t/M) for t in ρ_p, ρ_q, cos.
     gx = (-grad / (1 - x * x).clamp_min(eps).sqrt()).masked_fill_(~valid | (x.abs() >= 1), 0.0)
-    a = gx / (w * m).clamp_min(eps * eps).sqrt()  # multiplies N_t
-    bw = gx * x * 0.5 / w.clamp_min(eps * eps)  # multiplies −W_t
-    bm = gx * x * 0.5 / m  # multiplies −M_t
-    pp, pq = rho_p * rho_p, rho_p * rho_q
-    # N_c = ρ_q (1 + ρ_p²), W_c = M_c = −2 ρ_p ρ_q
-    grad_cos = a * (rho_q * (1 + pp)) + (bw + bm) * (2 * pq)
-    # N_p = −(1 − ρ_p² + W), W_p = 2(ρ_p − ρ_q cos), M_p = 2ρ_q(ρ_p ρ_q − cos)
-    grad_p = -(a * (1 - pp + w)) - bw * (2 * (rho_p - rho_q * cosine)) - bm * (2 * rho_q * (pq - cosine))
-    # N_q = cos (1 + ρ_p²) − 2ρ_p ρ_q, W_q = 2(ρ_q − ρ_p cos), M_q = 2ρ_p(ρ_p ρ_q − cos)
-    grad_q = a * (cosine * (1 + pp) - 2 * pq) - bw * (2 * (rho_q - rho_p * cosine)) - bm * (2 * rho_p * (pq - cosine))
-    return grad_p, grad_q, grad_cos
+    half_gx_x = gx * x * 0.5
+    return gx * inverse_root, half_gx_x / w.clamp_min(eps * eps), half_gx_x / m
+
+
+def exterior_angle_backward(grad: torch.Tensor, coefficients: tuple, saved: tuple,
+                            derivatives: tuple[tuple, tuple] | None = None):
+    """Elementwise gradients of Σ grad·Ξ w.r.t. the cosine and, given `derivatives`, ρ_p and ρ_q (unreduced)."""
+    _, w1, _, m1, _, n1 = coefficients
+    a, bw, bm = exterior_angle_pieces(grad, saved)
+    grad_cos = a * n1 - bw * w1 - bm * m1
+    if derivatives is None:
+        return grad_cos, None, None
+    cosine = saved[0]
+    radii = [a * (dn0 + dn1 * cosine) - bw * (dw0 + dw1 * cosine) - bm * (dm0 + dm1 * cosine)
+             for dw0, dw1, dm0, dm1, dn0, dn1 in derivatives]
+    return grad_cos, radii[0], radii[1]
 
 
 class _ExteriorAngle(torch.autograd.Function):
@@ -139,14 +154,16 @@ class _ExteriorAngle(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-        angle, saved = exterior_angle_forward(rho_p, rho_q, cosine)
+        angle, saved = exterior_angle_forward(exterior_angle_coefficients(rho_p, rho_q), rho_p * rho_p, cosine)
         ctx.save_for_backward(rho_p, rho_q, *saved)
         return angle
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rho_p, rho_q, *saved = ctx.saved_tensors
-        grad_p, grad_q, grad_cos = exterior_angle_backward(grad, rho_p, rho_q, tuple(saved))
+        grad_cos, grad_p, grad_q = exterior_angle_backward(
+            grad, exterior_angle_coefficients(rho_p, rho_q), tuple(saved),
+            exterior_angle_coefficient_derivatives(rho_p, rho_q))
         return _reduce(grad_p, rho_p), _reduce(grad_q, rho_q), grad_cos
 
 

@@ -226,9 +226,10 @@ def test_bad_options_are_refused_with_their_names(options: dict, named: str) -> 
         create_method("lathadapter", make_data(), **options)
 
 
-HYPERBOLIC_CASES = {
+LOSS_CASES = {
     "cone": {},
     "triplet": {"hier": "triplet", "margin_radial": 1.0},  # two of the three edge kinds inside the margin
+    "ce-only": {"lambda_hyp": 0.0, "lambda_hier": 0.0},
     "hyp-only": {"lambda_hier": 0.0},
     "hier-only": {"lambda_hyp": 0.0},
     "one-category": {"labels": [2, 2, 2, 2, 2, 2]},
@@ -236,29 +237,31 @@ HYPERBOLIC_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", HYPERBOLIC_CASES.values(), ids=HYPERBOLIC_CASES.keys())
-def test_hyperbolic_loss_backward_matches_finite_differences(case: dict) -> None:
-    """The hand-written backward of the fused hyperbolic terms against central differences in float64, w.r.t.
-    every cosine matrix, the association weights and the five scalars (lift scales, curvature, temperature)."""
+@pytest.mark.parametrize("case", LOSS_CASES.values(), ids=LOSS_CASES.keys())
+def test_loss_backward_matches_finite_differences(case: dict) -> None:
+    """The hand-written backward of the fused loss against central differences in float64, w.r.t. the image
+    cosines, the prototype–attribute cosines, the association weights and the five scalars (lift scales, curvature,
+    temperature)."""
     from lathadapter.adapter.methods.lathadapter import CURVATURE_RANGE
-    from lathadapter.adapter.methods.lathadapter_loss import HyperbolicLossOptions, hyperbolic_loss
+    from lathadapter.adapter.methods.lathadapter_loss import LossOptions, lathadapter_loss
 
     case = dict(case)
     labels = torch.tensor(case.pop("labels", [0, 2, 2, 3, 0, 4]))
     log_curvature = torch.tensor(case.pop("log_curvature", math.log(1.3)), dtype=torch.float64)
-    options = {"lambda_hyp": 0.5, "lambda_hier": 0.7, "hier": "cone", "cone_k": 0.1, "cone_kappa": 1.0,
-               "margin": 0.4, "margin_radial": 0.3, "tau_attr": 0.2, "curvature_range": CURVATURE_RANGE, **case}
+    options = {"logit_scale": 10.0, "lambda_hyp": 0.5, "lambda_hier": 0.7, "hier": "cone", "cone_k": 0.1,
+               "cone_kappa": 1.0, "margin": 0.4, "margin_radial": 0.3, "tau_attr": 0.2,
+               "curvature_range": CURVATURE_RANGE, **case}
     generator = torch.Generator().manual_seed(3)
     cosine = lambda *shape: (torch.rand(*shape, generator=generator, dtype=torch.float64) * 1.8 - 0.9)  # noqa: E731
-    inputs = [cosine(6, 5), cosine(6, 3), cosine(5, 3),
+    inputs = [cosine(6, 5 + 3), cosine(5, 3),
               torch.softmax(torch.randn(5, 3, generator=generator, dtype=torch.float64), 1),
               torch.tensor([0.3, 0.6, 1.0], dtype=torch.float64).log(), log_curvature,
               torch.tensor(math.log(0.5), dtype=torch.float64)]
     inputs = [t.clone().requires_grad_() for t in inputs]
-    o = HyperbolicLossOptions(**options)
-    total, parts = hyperbolic_loss(*inputs, labels, o)
-    assert torch.isclose(total, o.lambda_hyp * parts[0] + o.lambda_hier * parts[1])
-    assert torch.autograd.gradcheck(lambda *x: hyperbolic_loss(*x, labels, o)[0], inputs, eps=1e-6, atol=1e-7)
+    o = LossOptions(**options)
+    total, (ce, hyp, hier) = lathadapter_loss(*inputs, labels, o)
+    assert torch.isclose(total, ce + o.lambda_hyp * hyp + o.lambda_hier * hier)
+    assert torch.autograd.gradcheck(lambda *x: lathadapter_loss(*x, labels, o)[0], inputs, eps=1e-6, atol=1e-7)
     if log_curvature > math.log(CURVATURE_RANGE[1]):
-        (grad_c,) = torch.autograd.grad(hyperbolic_loss(*inputs, labels, o)[0], inputs[5])
+        (grad_c,) = torch.autograd.grad(lathadapter_loss(*inputs, labels, o)[0], inputs[4])
         assert grad_c == 0

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lathadapter.adapter.methods.base import Adapter, Method, blend, cosines, mix, normalize
-from lathadapter.adapter.methods.lathadapter_loss import HyperbolicLossOptions, hyperbolic_loss
+from lathadapter.adapter.methods.lathadapter_loss import LossOptions, lathadapter_loss
 from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
 from lathadapter.adapter.options import TrainOptions, choice
 from lathadapter.adapter.registry import register
@@ -125,10 +125,10 @@ class LatHAdapter(Method):
             torch.tensor([options.scale_cat, options.scale_attr, options.scale_img], device=device).log()
         )
         self.log_tau_hyp = nn.Parameter(torch.tensor(math.log(options.tau_hyp), device=device))
-        self.loss_options = HyperbolicLossOptions(
-            lambda_hyp=options.lambda_hyp, lambda_hier=options.lambda_hier, hier=options.hier, cone_k=options.cone_k,
-            cone_kappa=options.cone_kappa, margin=options.margin, margin_radial=options.margin_radial,
-            tau_attr=options.tau_attr, curvature_range=CURVATURE_RANGE)
+        self.loss_options = LossOptions(
+            logit_scale=LOGIT_SCALE, lambda_hyp=options.lambda_hyp, lambda_hier=options.lambda_hier, hier=options.hier,
+            cone_k=options.cone_k, cone_kappa=options.cone_kappa, margin=options.margin,
+            margin_radial=options.margin_radial, tau_attr=options.tau_attr, curvature_range=CURVATURE_RANGE)
 
     # --- the pieces of the forward pass (METHOD.md steps 1–5) ---
 
@@ -195,29 +195,23 @@ class LatHAdapter(Method):
     # --- training loss (METHOD.md step 6) ---
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """All points are lifted unit vectors, so the hyperbolic terms are functions of direction cosines and the lift's
+        """All points are lifted unit vectors, so every term is a function of direction cosines and the lift's
         scalars (`lathadapter_loss`); the cosines come from one product of the images with prototypes and attributes."""
         o = self.options
         attributes = self.attributes()
         q, w, text_attribute = self.refined_text(self.text_features, attributes)
         # v = normalize(mixed) and p = normalize(q): both normalisations are folded into the one product
-        mixed = mix(features, self.visual_adapter, o.alpha_v)
-        image_class, image_attribute = cosines(mixed, torch.cat([q, attributes])).split([len(q), len(attributes)], 1)
-        loss = F.cross_entropy(LOGIT_SCALE * image_class, labels)
-        parts = {"ce": loss.detach()}
-        if o.lambda_hyp <= 0 and o.lambda_hier <= 0:
-            return loss, parts
-        cone = o.lambda_hier > 0 and o.hier == "cone"
-        # the prototype–attribute cosines are read by the cone energy alone
+        image_cosines = cosines(mix(features, self.visual_adapter, o.alpha_v), torch.cat([q, attributes]))
+        cone = o.lambda_hier > 0 and o.hier == "cone"  # the prototype–attribute cosines are read by the cone alone
         class_attribute = self.prototype_attribute_cosines(w, text_attribute, attributes) if cone else w
-        hyperbolic, (loss_hyp, loss_hier) = hyperbolic_loss(
-            image_class, image_attribute, class_attribute, w, self.log_scales, self.log_curvature, self.log_tau_hyp,
-            labels, self.loss_options)
+        loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, class_attribute, w, self.log_scales,
+                                                 self.log_curvature, self.log_tau_hyp, labels, self.loss_options)
+        parts = {"ce": ce}
         if o.lambda_hyp > 0:
-            parts["hyp"] = loss_hyp
+            parts["hyp"] = hyp
         if o.lambda_hier > 0:
-            parts["hier"] = loss_hier
-        return loss + hyperbolic, parts
+            parts["hier"] = hier
+        return loss, parts
 
     def point_loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The same total loss computed over explicit lifted points [N, D] with the general fused ops of `kernels`

@@ -1,14 +1,20 @@
-"""LatHAdapter's hyperbolic loss terms, `λ_hyp L_hyp + λ_hier L_hier`, as one autograd node over direction cosines.
+"""LatHAdapter's training loss after the cosine product, `L_ce + λ_hyp L_hyp + λ_hier L_hier`, as one autograd node.
 
-Every lifted point is a unit direction times one radius per kind (`kernels.radial`), so the terms are functions of
-the batch's cosines (image–class, image–attribute, class–attribute), the association weights and five scalars (the
-three log lift scales, log c, log τ_h). Written with autograd they cost some 500 small ops a step, and on a CPU a
-step's time goes mostly into per-op overhead; here the forward and the hand-written backward take about a tenth of
-that, and the scalar chain (radii, half-apertures, their derivatives) is Python arithmetic. `LatHAdapter.point_loss`
-is the reference over explicit points that the tests hold this against.
+Every lifted point is a unit direction times one radius per kind (`kernels.radial`), so all of the loss is a function
+of the batch's cosines (image–class, image–attribute, class–attribute), the association weights and five scalars
+(the three log lift scales, log c, log τ_h). Written with autograd it costs some 500 small ops a step, and on a CPU a
+step's time goes mostly into per-op overhead and passes over [B, C]; here the forward and the hand-written backward
+take a fraction of that:
+
+- the scalar chain (radii, half-apertures and their derivatives) is Python arithmetic, and the five scalar gradients
+  are one product of a few reductions with a matrix of Python coefficients;
+- the three cone edge sets go through one call in which W, M and N of the exterior angle are affine in the cosine,
+  with coefficients that are constant on each edge set, so the radii's gradients are per-set sums;
+- the gradient w.r.t. the image cosines is written into one [B, C + K] buffer.
 
 The rows of both association matrices are softmax distributions, so the edge weights of the batch's tree sum to
 exactly B + P + B (B images, P categories present): the weighted means divide by that constant.
+`LatHAdapter.point_loss` is the reference over explicit points that the tests hold this against.
 """
 
 from __future__ import annotations
@@ -22,15 +28,21 @@ from lathadapter.kernels.geometry import PROJECTION_EPS
 from lathadapter.kernels.radial import (
     distance_backward,
     distance_forward,
-    exterior_angle_backward,
+    exterior_angle_coefficient_derivatives,
+    exterior_angle_coefficients,
     exterior_angle_forward,
+    exterior_angle_pieces,
 )
+
+# (parent kind, child kind) of the cone's three edge sets; kinds: 0 categories, 1 attributes, 2 images
+EDGE_SETS = ((0, 2), (0, 1), (1, 2))
 
 
 @dataclass(frozen=True)
-class HyperbolicLossOptions:
-    """The options of LatHAdapter that the hyperbolic terms read (names as in `LatHAdapterOptions`)."""
+class LossOptions:
+    """The options of LatHAdapter that its loss reads (names as in `LatHAdapterOptions`)."""
 
+    logit_scale: float
     lambda_hyp: float
     lambda_hier: float
     hier: str  # cone | triplet
@@ -61,8 +73,7 @@ class _Scalars:
         *log_s, log_c, log_t = values
         low, high = curvature_range
         raw_c = math.exp(log_c)
-        c = min(max(raw_c, low), high)
-        sqrt_c = math.sqrt(c)
+        sqrt_c = math.sqrt(min(max(raw_c, low), high))
         eps = PROJECTION_EPS[torch.float64 if log_scales.dtype == torch.float64 else torch.float32]
         rho, drho_dlog_scale, drho_dsqrt_c = [], [], []
         for scale in map(math.exp, log_s):
@@ -74,6 +85,13 @@ class _Scalars:
         dsqrt_c = sqrt_c / 2 if low <= raw_c <= high else 0.0  # d√c/d log c = √c / 2 inside the clamp
         return _Scalars(sqrt_c, tuple(rho), tuple(drho_dlog_scale), tuple(drho_dsqrt_c), dsqrt_c, math.exp(-log_t))
 
+    def row(self, drho, dsqrt_c: float = 0.0, dlog_tau: float = 0.0) -> list[float]:
+        """Coefficients w.r.t. (log s_cat, log s_attr, log s_img, log c, log τ_h) of a reduction whose own are
+        ∂/∂ρ_k = drho[k], ∂/∂√c at fixed radii = dsqrt_c and ∂/∂log τ_h = dlog_tau."""
+        through_radii = sum(d * chain for d, chain in zip(drho, self.drho_dsqrt_c, strict=True))
+        return ([d * chain for d, chain in zip(drho, self.drho_dlog_scale, strict=True)]
+                + [(through_radii + dsqrt_c) * self.dsqrt_c_dlog_c, dlog_tau])
+
 
 def half_aperture(rho: float, K: float) -> tuple[float, float]:
     """ψ(ρ) = arcsin(min(1, K (1 − ρ²)/ρ)) and dψ/dρ (0 where the min is 1)."""
@@ -83,133 +101,108 @@ def half_aperture(rho: float, K: float) -> tuple[float, float]:
     return math.asin(x), -K * (1 + 1 / (rho * rho)) / math.sqrt(1 - x * x)
 
 
-class _HyperbolicLoss(torch.autograd.Function):
-    """Inputs: cosines image–class [B, C], image–attribute [B, K], class–attribute [C, K]; the category→attribute
-    weights w [C, K]; the log scales [3], log c, log τ_h; labels [B]; the sorted categories of the batch [P] and each
-    label's position among them [B]. Outputs the weighted sum and the detached parts (L_hyp, L_hier)."""
+def _cone_table(s: _Scalars, o: LossOptions, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[8, 3]: per edge set, the exterior angle's coefficients (w0, w1, m0, m1, n0, n1), ρ_p² and κ ψ(ρ_p)."""
+    columns = []
+    for parent, child in EDGE_SETS:
+        rho_p, rho_q = s.rho[parent], s.rho[child]
+        columns.append([*exterior_angle_coefficients(rho_p, rho_q), rho_p * rho_p,
+                        o.cone_kappa * half_aperture(rho_p, o.cone_k)[0]])
+    return torch.tensor(columns, dtype=dtype).t().to(device)
+
+
+class _LatHAdapterLoss(torch.autograd.Function):
+    """Inputs: the cosines of the batch's images with the C prototypes and the K attributes [B, C + K]; the
+    prototype–attribute cosines and the category→attribute weights w [C, K]; the log scales [3], log c, log τ_h;
+    labels [B]; the sorted categories of the batch [P] and each label's position among them [B]. Outputs the loss
+    and its detached parts (L_ce, L_hyp, L_hier)."""
 
     @staticmethod
-    def forward(ctx, image_class, image_attribute, class_attribute, class_weights, log_scales, log_curvature,
-                log_tau, labels, present, position, o: HyperbolicLossOptions):
+    def forward(ctx, image_cosines, class_attribute, class_weights, log_scales, log_curvature, log_tau, labels,
+                present, position, o: LossOptions):
         s = _Scalars.of(log_scales, log_curvature, log_tau, o.curvature_range)
-        rho_cat, rho_attr, rho_img = s.rho
-        batch, num_present = len(labels), len(present)
-        distances, delta, root = distance_forward(rho_img, rho_cat, image_class, s.sqrt_c)  # [B, C]
-        total = image_class.new_zeros(())
-        parts = image_class.new_zeros(2)
-        saved: dict[str, object] = {"s": s, "o": o, "batch": batch}
-        tensors = [image_class, labels, present, position, distances, delta, root]
+        rho_cat, _, rho_img = s.rho
+        batch, num_classes = len(labels), class_weights.shape[0]
+        image_class, image_attribute = image_cosines[:, :num_classes], image_cosines[:, num_classes:]
+        log_prob = torch.log_softmax(image_class * o.logit_scale, dim=1)
+        ce = -log_prob.gather(1, labels[:, None]).mean()
+        hyp = hier = image_cosines.new_zeros(())
+        saved = {"s": s, "o": o, "num_present": len(present), "weights_shape": class_weights.shape}
+        tensors = {"labels": labels, "present": present, "position": position, "log_prob": log_prob}
+        if o.lambda_hyp > 0 or o.lambda_hier > 0:
+            distances, delta, root = distance_forward(rho_img, rho_cat, image_class, s.sqrt_c)  # [B, C]
+            tensors.update(distances=distances, delta=delta, root=root)
         if o.lambda_hyp > 0:
-            logits = distances * -s.inv_tau
-            log_prob = torch.log_softmax(logits, dim=1)
-            loss_hyp = -log_prob.gather(1, labels[:, None]).mean()
-            total = total + o.lambda_hyp * loss_hyp
-            parts[0] = loss_hyp
-            tensors += [logits, log_prob]
+            hyp_log_prob = torch.log_softmax(distances * -s.inv_tau, dim=1)
+            hyp = -hyp_log_prob.gather(1, labels[:, None]).mean()
+            tensors["hyp_log_prob"] = hyp_log_prob
         if o.lambda_hier > 0:
-            hier = image_class.new_zeros(())
-            if num_present >= 2:  # separation: mean over images and the other categories of the batch
-                batch_distances = distances.index_select(1, present)  # [B, P]
-                positive = batch_distances.gather(1, position[:, None])
-                hinge = torch.relu(positive - batch_distances + o.margin)
-                hinge.scatter_(1, position[:, None], 0.0)  # c = y_i is no negative
-                hier = hier + hinge.sum() / (batch * (num_present - 1))
-                tensors.append(hinge > 0)
-            total_weight = 2 * batch + num_present  # Σ 1 + Σ w_ck + Σ r_ik: rows of w and r sum to 1
+            hier = _separation(distances, present, position, o.margin, tensors)
+            total_weight = 2 * batch + len(present)  # Σ 1 + Σ w_ck + Σ r_ik: rows of w and r sum to 1
             if o.hier == "cone":
                 weights_present = class_weights.index_select(0, present)  # [P, K]
                 r = torch.softmax(image_attribute / o.tau_attr, dim=1)  # [B, K]
-                sizes = (batch, weights_present.numel(), r.numel())
                 cosines = torch.cat([image_class.gather(1, labels[:, None]).flatten(),
                                      class_attribute.index_select(0, present).flatten(), image_attribute.flatten()])
-                psi_cat, dpsi_cat = half_aperture(rho_cat, o.cone_k)
-                psi_attr, dpsi_attr = half_aperture(rho_attr, o.cone_k)
-                segment = torch.tensor(sizes, device=cosines.device)
-                per_segment = torch.tensor([[rho_cat, rho_cat, rho_attr], [rho_img, rho_attr, rho_img],
-                                            [psi_cat, psi_cat, psi_attr]], dtype=cosines.dtype).to(cosines.device)
-                rho_p, rho_q, psi = per_segment.repeat_interleave(segment, 1, output_size=len(cosines))
-                angle, angle_saved = exterior_angle_forward(rho_p, rho_q, cosines)
-                energy = torch.relu(angle - o.cone_kappa * psi)
-                weights = torch.cat([torch.ones_like(image_class[:, 0]), weights_present.flatten(), r.flatten()])
+                sizes = [batch, weights_present.numel(), r.numel()]
+                table = _cone_table(s, o, cosines.dtype, cosines.device)
+                per_edge = torch.cat([table[:, j:j + 1].expand(-1, size) for j, size in enumerate(sizes)], 1)  # [8, E]
+                angle, angle_saved = exterior_angle_forward(tuple(per_edge[:6]), per_edge[6], cosines)
+                energy = torch.relu(angle - per_edge[7])
+                weights = torch.cat([torch.ones_like(r[:, 0]), weights_present.flatten(), r.flatten()])
                 hier = hier + torch.dot(weights, energy) / total_weight
-                saved.update(sizes=sizes, dpsi=(dpsi_cat, dpsi_attr), total_weight=total_weight)
-                tensors += [rho_p, rho_q, r, weights, energy, *angle_saved]
+                saved["sizes"] = sizes
+                tensors.update(per_edge=per_edge, r=r, weights=weights, energy=energy, angle_saved=angle_saved)
             else:  # centripetal: max(0, |parent|_H − |child|_H + m_r) depends on the radii alone
                 origin = [2 * math.atanh(rho) / s.sqrt_c for rho in s.rho]
-                edges = ((0, 2, batch), (0, 1, num_present), (1, 2, batch))  # (parent, child, Σ weight)
-                centripetal = sum(weight * max(0.0, origin[p] - origin[q] + o.margin_radial) for p, q, weight in edges)
-                hier = hier + centripetal / total_weight
-                saved.update(origin=origin, edges=edges, total_weight=total_weight)
-            total = total + o.lambda_hier * hier
-            parts[1] = hier
-        saved.update(num_present=num_present, weights_shape=class_weights.shape)
-        ctx.log_curvature_shape, ctx.log_tau_shape = log_curvature.shape, log_tau.shape
-        ctx.saved = saved
-        ctx.save_for_backward(*tensors)
+                edges = ((0, 2, batch), (0, 1, len(present)), (1, 2, batch))  # (parent, child, Σ weight)
+                hier = hier + sum(weight * max(0.0, origin[p] - origin[q] + o.margin_radial)
+                                  for p, q, weight in edges) / total_weight
+                saved.update(origin=origin, edges=edges)
+            saved["total_weight"] = total_weight
+        parts = torch.stack([ce, hyp, hier])
+        ctx.saved, ctx.tensors = saved, tensors  # intermediates; the one input the backward reads is saved below
+        ctx.save_for_backward(image_cosines)
+        ctx.shapes = (log_curvature.shape, log_tau.shape)
         ctx.mark_non_differentiable(parts)
-        return total, parts
+        return ce + o.lambda_hyp * hyp + o.lambda_hier * hier, parts
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_parts: torch.Tensor):
-        saved = ctx.saved
+        saved, t = ctx.saved, ctx.tensors
         s: _Scalars = saved["s"]
-        o: HyperbolicLossOptions = saved["o"]
-        batch, num_present = saved["batch"], saved["num_present"]
-        rho_cat, rho_attr, rho_img = s.rho
-        image_class, labels, present, position, distances, delta, root, *rest = ctx.saved_tensors
-        grad_distances = torch.zeros_like(distances)
-        grad_attribute = grad_class_attribute = grad_weights = grad_edges = None
-        # The five scalar gradients are linear in a few reductions: `add` records each reduction with its row of
-        # coefficients w.r.t. (log s_cat, log s_attr, log s_img, log c, log τ_h), and one product sums them.
-        reductions: list[torch.Tensor] = []
+        o: LossOptions = saved["o"]
+        labels, present, position = t["labels"], t["present"], t["position"]
+        (image_cosines,) = ctx.saved_tensors
+        batch, num_present = len(labels), saved["num_present"]
+        num_classes = saved["weights_shape"][0]
+        rho_cat, _, rho_img = s.rho
+        grad_class = t["log_prob"].exp()  # ∂L_ce/∂ℓ = (softmax − onehot)/B, then ℓ = scale · cos
+        grad_class.scatter_add_(1, labels[:, None], torch.full_like(grad_class[:, :1], -1.0))
+        grad_class.mul_(grad * (o.logit_scale / batch))
+        grad_class_attribute = grad_weights = grad_attribute = None
+        reductions: list[torch.Tensor] = []  # the scalar gradients: Σ_i reduction_i · row_i
         rows: list[list[float]] = []
-
-        def add(reduction: torch.Tensor, drho: tuple[float, float, float] = (0.0, 0.0, 0.0), dsqrt_c: float = 0.0,
-                dlog_tau: float = 0.0) -> None:
-            """`reduction` times ∂/∂ρ_k = drho[k], ∂/∂√c (at fixed radii) = dsqrt_c, ∂/∂log τ_h = dlog_tau."""
-            through_radii = sum(d * chain for d, chain in zip(drho, s.drho_dsqrt_c, strict=True))
-            reductions.append(reduction.reshape(()))
-            rows.append([d * chain for d, chain in zip(drho, s.drho_dlog_scale, strict=True)]
-                        + [(through_radii + dsqrt_c) * s.dsqrt_c_dlog_c, dlog_tau])
-
-        if o.lambda_hyp > 0:
-            logits, log_prob, *rest = rest
-            grad_logits = log_prob.exp()
-            grad_logits.scatter_add_(1, labels[:, None], torch.full_like(logits[:, :1], -1.0))
-            grad_logits.mul_(grad * (o.lambda_hyp / batch))  # ∂(λ_hyp L_hyp)/∂logits
-            grad_distances.add_(grad_logits, alpha=-s.inv_tau)
-            add(torch.dot(grad_logits.flatten(), logits.flatten()), dlog_tau=-1.0)  # ∂logits/∂log τ_h = −logits
+        if o.lambda_hyp > 0:  # ∂(λ L_hyp)/∂d = −(softmax − onehot) λ / (B τ)
+            grad_distances = t["hyp_log_prob"].exp()
+            grad_distances.scatter_add_(1, labels[:, None], torch.full_like(grad_distances[:, :1], -1.0))
+            grad_distances.mul_(grad * (-o.lambda_hyp * s.inv_tau / batch))
+            reductions.append(torch.dot(grad_distances.flatten(), t["distances"].flatten()).reshape(1))
+            rows.append(s.row((0.0, 0.0, 0.0), dlog_tau=-1.0))  # logits = −d/τ: ∂/∂log τ = Σ g_d d
+        elif o.lambda_hier > 0:
+            grad_distances = torch.zeros_like(t["distances"])
         if o.lambda_hier > 0:
             scale = grad * o.lambda_hier
             total_weight = saved["total_weight"]
-            if num_present >= 2:  # separation
-                active, *rest = rest
+            if "active" in t:  # separation
+                active = t["active"]
                 per_pair = scale / (batch * (num_present - 1))
-                grad_batch = active.to(distances.dtype) * -per_pair
+                grad_batch = active * -per_pair
                 grad_batch.scatter_add_(1, position[:, None], active.sum(1, keepdim=True) * per_pair)
                 grad_distances.index_add_(1, present, grad_batch)
             if o.hier == "cone":
-                rho_p, rho_q, r, weights, energy, *angle_saved = rest
-                first, second = saved["sizes"][0], saved["sizes"][0] + saved["sizes"][1]
-                grad_energy = (energy > 0).to(energy.dtype) * weights * (scale / total_weight)
-                grad_p, grad_q, grad_cos = exterior_angle_backward(grad_energy, rho_p, rho_q, tuple(angle_saved))
-                grad_edges = grad_cos[:first]  # category y_i → image i: the cosine at [i, y_i]
-                grad_class_attribute = torch.zeros(saved["weights_shape"], dtype=energy.dtype, device=energy.device)
-                grad_class_attribute.index_copy_(0, present, grad_cos[first:second].view(num_present, -1))
-                # through the weights: ∂/∂w_ck = e_ck / T, ∂/∂r_ik = e_ik / T, then the softmax's backward for r
-                per_weight = energy * (scale / total_weight)
-                grad_weights = torch.zeros_like(grad_class_attribute)
-                grad_weights.index_copy_(0, present, per_weight[first:second].view(num_present, -1))
-                grad_r = per_weight[second:].view(batch, -1)
-                grad_attribute = grad_cos[second:].view(batch, -1) + r * (
-                    grad_r - (r * grad_r).sum(1, keepdim=True)) / o.tau_attr
-                dpsi_cat, dpsi_attr = saved["dpsi"]
-                add(grad_p[:second].sum(), drho=(1.0, 0.0, 0.0))  # parents: categories, then attributes
-                add(grad_p[second:].sum(), drho=(0.0, 1.0, 0.0))
-                add(grad_q[first:second].sum(), drho=(0.0, 1.0, 0.0))  # children: attributes, images
-                add(grad_q[:first].sum() + grad_q[second:].sum(), drho=(0.0, 0.0, 1.0))
-                add(grad_energy[:second].sum(), drho=(-o.cone_kappa * dpsi_cat, 0.0, 0.0))  # ∂e/∂ψ = −κ
-                add(grad_energy[second:].sum(), drho=(0.0, -o.cone_kappa * dpsi_attr, 0.0))
+                grad_attribute, grad_class_attribute, grad_weights = _LatHAdapterLoss.cone_backward(
+                    t, saved, s, o, scale / total_weight, grad_class, reductions, rows)
             else:  # centripetal: |x|_H = 2 artanh(ρ)/√c, so ∂/∂ρ = 2/(√c (1 − ρ²)) and ∂/∂√c = −|x|_H/√c
                 origin = saved["origin"]
                 drho, dsqrt_c = [0.0, 0.0, 0.0], 0.0
@@ -219,34 +212,111 @@ class _HyperbolicLoss(torch.autograd.Function):
                         for kind, sign in ((parent, 1.0), (child, -1.0)):
                             drho[kind] += sign * share * 2 / (s.sqrt_c * (1 - s.rho[kind] ** 2))
                             dsqrt_c -= sign * share * origin[kind] / s.sqrt_c
-                add(scale, drho=(drho[0], drho[1], drho[2]), dsqrt_c=dsqrt_c)
-        # the distances d(ρ_img, ρ_cat, cos): to the cosines, the radii (three reductions) and √c (one)
-        g, grad_image_class, k_img, k_cat = distance_backward(grad_distances, rho_img, rho_cat, s.sqrt_c, root)
-        if grad_edges is not None:
-            grad_image_class.scatter_add_(1, labels[:, None], grad_edges[:, None])
-        k, inv = 2 / ((1 - rho_img * rho_img) * (1 - rho_cat * rho_cat)), 1 / s.sqrt_c
-        add(g.sum(), drho=(2 * k * rho_cat * inv, 0.0, 2 * k * rho_img * inv))
-        add(torch.dot(g.flatten(), image_class.flatten()), drho=(-2 * k * rho_img * inv, 0.0, -2 * k * rho_cat * inv))
-        add(torch.dot(g.flatten(), delta.flatten()), drho=(k_cat * inv, 0.0, k_img * inv))
-        add(torch.dot(grad_distances.flatten(), distances.flatten()), dsqrt_c=-inv)  # d ∝ 1/√c at fixed radii
-        matrix = torch.tensor(rows, dtype=image_class.dtype).to(image_class.device)
-        scalar_grads = torch.stack(reductions) @ matrix
-        return (grad_image_class, grad_attribute, grad_class_attribute, grad_weights, scalar_grads[:3],
-                scalar_grads[3].reshape(ctx.log_curvature_shape), scalar_grads[4].reshape(ctx.log_tau_shape),
+                reductions.append(scale.reshape(1))
+                rows.append(s.row(drho, dsqrt_c=dsqrt_c))
+        if o.lambda_hyp > 0 or o.lambda_hier > 0:  # d(ρ_img, ρ_cat, cos): to the cosines, the radii and √c
+            g, to_cos, k_img, k_cat = distance_backward(grad_distances, rho_img, rho_cat, s.sqrt_c, t["root"])
+            grad_class.add_(g, alpha=to_cos)
+            k, inv = 2 / ((1 - rho_img * rho_img) * (1 - rho_cat * rho_cat)), 1 / s.sqrt_c
+            image_class = image_cosines[:, :num_classes]
+            reductions += [g.sum().reshape(1), (g * image_class).sum().reshape(1),
+                           torch.dot(g.flatten(), t["delta"].flatten()).reshape(1),
+                           torch.dot(grad_distances.flatten(), t["distances"].flatten()).reshape(1)]
+            rows += [s.row((2 * k * rho_cat * inv, 0.0, 2 * k * rho_img * inv)),
+                     s.row((-2 * k * rho_img * inv, 0.0, -2 * k * rho_cat * inv)),
+                     s.row((k_cat * inv, 0.0, k_img * inv)),
+                     s.row((0.0, 0.0, 0.0), dsqrt_c=-inv)]  # d ∝ 1/√c at fixed radii
+        if reductions:
+            matrix = torch.tensor(rows, dtype=image_cosines.dtype).to(image_cosines.device)
+            scalar_grads = torch.cat(reductions) @ matrix
+        else:
+            scalar_grads = image_cosines.new_zeros(5)
+        if grad_attribute is None:
+            grad_attribute = grad_class.new_zeros(batch, image_cosines.shape[1] - num_classes)
+        grad_cosines = torch.cat([grad_class, grad_attribute], 1)
+        curvature_shape, tau_shape = ctx.shapes
+        return (grad_cosines, grad_class_attribute, grad_weights, scalar_grads[:3],
+                scalar_grads[3].reshape(curvature_shape), scalar_grads[4].reshape(tau_shape),
                 None, None, None, None)
 
+    @staticmethod
+    def cone_backward(t: dict, saved: dict, s: _Scalars, o: LossOptions, per_weight: torch.Tensor,
+                      grad_class: torch.Tensor, reductions: list, rows: list
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gradients of the weighted cone energies (`per_weight` = upstream · λ_hier / T) w.r.t. the image–class
+        cosines (added into `grad_class`), then returned: the image–attribute cosines, the class–attribute cosines
+        and the weights; the radii's terms go to `reductions` and `rows`."""
+        labels, present = t["labels"], t["present"]
+        batch, num_present = len(labels), saved["num_present"]
+        first, second = saved["sizes"][0], saved["sizes"][0] + saved["sizes"][1]
+        per_edge, energy, r = t["per_edge"], t["energy"], t["r"]
+        grad_energy = (energy > 0).to(energy.dtype).mul_(t["weights"]).mul_(per_weight)
+        a, b_w, b_m = exterior_angle_pieces(grad_energy, t["angle_saved"])
+        w1, m1, n1 = per_edge[1], per_edge[3], per_edge[5]
+        grad_cos = a * n1 - b_w * w1 - b_m * m1
+        # category y_i → image i: the cosine at [i, y_i]
+        grad_class.scatter_add_(1, labels[:, None], grad_cos[:first, None])
+        grad_class_attribute = torch.zeros(saved["weights_shape"], dtype=energy.dtype, device=energy.device)
+        grad_class_attribute.index_copy_(0, present, grad_cos[first:second].view(num_present, -1))
+        # through the weights: ∂/∂w_ck = e_ck / T, ∂/∂r_ik = e_ik / T, then the softmax's backward for r
+        weighted_energy = energy * per_weight
+        grad_weights = torch.zeros_like(grad_class_attribute)
+        grad_weights.index_copy_(0, present, weighted_energy[first:second].view(num_present, -1))
+        grad_r = weighted_energy[second:].view(batch, -1)
+        grad_attribute = grad_cos[second:].view(batch, -1)
+        grad_attribute += r * (grad_r - (r * grad_r).sum(1, keepdim=True)) / o.tau_attr
+        # radii: within an edge set the coefficients are constant, so Σ a N_ρ − b_w W_ρ − b_m M_ρ needs per-set sums
+        # of a, a cos, b_w, b_w cos, b_m, b_m cos (N_ρ = dn0 + dn1 cos, ...) and of the energy's gradient (for ψ)
+        cosine = t["angle_saved"][0]
+        pieces = torch.stack([a, a * cosine, b_w, b_w * cosine, b_m, b_m * cosine, grad_energy])  # [7, E]
+        bounds = (0, first, second, pieces.shape[1])
+        reductions.append(torch.stack([pieces[:, bounds[j]:bounds[j + 1]].sum(1) for j in range(3)], 1).flatten())
+        # rows in the order of the flattened [7, 3]: piece-major; a N_ρ − b_w W_ρ − b_m M_ρ with the derivatives of
+        # (w0, w1, m0, m1, n0, n1) taken in the order of the pieces (n0, n1, w0, w1, m0, m1)
+        per_set = []
+        for parent, child in EDGE_SETS:
+            derivative_p, derivative_q = exterior_angle_coefficient_derivatives(s.rho[parent], s.rho[child])
+            order = (4, 5, 0, 1, 2, 3)
+            signs = (1.0, 1.0, -1.0, -1.0, -1.0, -1.0)
+            piece_rows = []
+            for piece in range(6):
+                drho = [0.0, 0.0, 0.0]
+                drho[parent] += signs[piece] * derivative_p[order[piece]]
+                drho[child] += signs[piece] * derivative_q[order[piece]]
+                piece_rows.append(s.row(drho))
+            drho = [0.0, 0.0, 0.0]
+            drho[parent] = -o.cone_kappa * half_aperture(s.rho[parent], o.cone_k)[1]  # ∂e/∂ψ_p = −κ
+            piece_rows.append(s.row(drho))
+            per_set.append(piece_rows)
+        rows += [per_set[j][piece] for piece in range(7) for j in range(3)]
+        return grad_attribute, grad_class_attribute, grad_weights
 
-def hyperbolic_loss(image_class: torch.Tensor, image_attribute: torch.Tensor, class_attribute: torch.Tensor,
-                    class_weights: torch.Tensor, log_scales: torch.Tensor, log_curvature: torch.Tensor,
-                    log_tau: torch.Tensor, labels: torch.Tensor, options: HyperbolicLossOptions
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`λ_hyp L_hyp + λ_hier L_hier` of a batch and its detached parts `(L_hyp, L_hier)` (METHOD.md step 6).
 
-    `image_class` [B, C], `image_attribute` [B, K] and `class_attribute` [C, K] are direction cosines,
-    `class_weights` [C, K] the category→attribute associations w; the log scales are of categories, attributes and
-    images. The attribute inputs are read only by the cone energy.
+def _separation(distances: torch.Tensor, present: torch.Tensor, position: torch.Tensor, margin: float,
+                tensors: dict) -> torch.Tensor:
+    """`mean_i mean_{c ≠ y_i in batch} max(0, d(i, y_i) − d(i, c) + m)`; 0 for a batch of one category. Keeps the
+    active hinges in `tensors` for the backward pass."""
+    batch, num_present = len(position), len(present)
+    if num_present < 2:
+        return distances.new_zeros(())
+    batch_distances = distances.index_select(1, present)  # [B, P]
+    hinge = torch.relu(batch_distances.gather(1, position[:, None]) - batch_distances + margin)
+    hinge.scatter_(1, position[:, None], 0.0)  # c = y_i is no negative
+    tensors["active"] = torch.sign(hinge)  # 1 where the hinge is active, else 0
+    return hinge.sum() / (batch * (num_present - 1))
+
+
+def lathadapter_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class_weights: torch.Tensor,
+                     log_scales: torch.Tensor, log_curvature: torch.Tensor, log_tau: torch.Tensor,
+                     labels: torch.Tensor, options: LossOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """`L_ce + λ_hyp L_hyp + λ_hier L_hier` of a batch and its detached parts `(L_ce, L_hyp, L_hier)` (METHOD.md
+    step 6); a switched-off part is 0.
+
+    `image_cosines` [B, C + K] are the cosines of the adapted images with the prototypes, then the attributes;
+    `class_attribute` [C, K] the prototype–attribute cosines and `class_weights` [C, K] the associations w (both
+    read by the cone energy alone); the log scales are of categories, attributes and images.
     """
     present = torch.unique(labels)  # sorted categories of the batch
     position = torch.searchsorted(present, labels)
-    return _HyperbolicLoss.apply(image_class, image_attribute, class_attribute, class_weights, log_scales,
-                                 log_curvature, log_tau, labels, present, position, options)
+    return _LatHAdapterLoss.apply(image_cosines, class_attribute, class_weights, log_scales, log_curvature, log_tau,
+                                  labels, present, position, options)
