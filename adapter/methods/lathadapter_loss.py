@@ -85,12 +85,10 @@ class _Scalars:
         dsqrt_c = sqrt_c / 2 if low <= raw_c <= high else 0.0  # d√c/d log c = √c / 2 inside the clamp
         return _Scalars(sqrt_c, tuple(rho), tuple(drho_dlog_scale), tuple(drho_dsqrt_c), dsqrt_c, math.exp(-log_t))
 
-    def row(self, drho, dsqrt_c: float = 0.0, dlog_tau: float = 0.0) -> list[float]:
-        """Coefficients w.r.t. (log s_cat, log s_attr, log s_img, log c, log τ_h) of a reduction whose own are
-        ∂/∂ρ_k = drho[k], ∂/∂√c at fixed radii = dsqrt_c and ∂/∂log τ_h = dlog_tau."""
-        through_radii = sum(d * chain for d, chain in zip(drho, self.drho_dsqrt_c, strict=True))
-        return ([d * chain for d, chain in zip(drho, self.drho_dlog_scale, strict=True)]
-                + [(through_radii + dsqrt_c) * self.dsqrt_c_dlog_c, dlog_tau])
+    def jacobian(self) -> list[list[float]]:
+        """∂(ρ_cat, ρ_attr, ρ_img, √c, log τ_h)/∂(log s_cat, log s_attr, log s_img, log c, log τ_h), row by row."""
+        (d0, d1, d2), (e0, e1, e2), f = self.drho_dlog_scale, self.drho_dsqrt_c, self.dsqrt_c_dlog_c
+        return [[d0, 0, 0, e0 * f, 0], [0, d1, 0, e1 * f, 0], [0, 0, d2, e2 * f, 0], [0, 0, 0, f, 0], [0, 0, 0, 0, 1]]
 
 
 def half_aperture(rho: float, K: float) -> tuple[float, float]:
@@ -181,14 +179,16 @@ class _LatHAdapterLoss(torch.autograd.Function):
         grad_class.scatter_add_(1, labels[:, None], torch.full_like(grad_class[:, :1], -1.0))
         grad_class.mul_(grad * (o.logit_scale / batch))
         grad_class_attribute = grad_weights = grad_attribute = None
-        reductions: list[torch.Tensor] = []  # the scalar gradients: Σ_i reduction_i · row_i
+        # The scalar gradients are Σ_i reduction_i · row_i, a row holding ∂/∂(ρ_cat, ρ_attr, ρ_img, √c at fixed radii,
+        # log τ_h) of what was reduced; the Jacobian of those five w.r.t. the parameters' logs is applied once.
+        reductions: list[torch.Tensor] = []
         rows: list[list[float]] = []
         if o.lambda_hyp > 0:  # ∂(λ L_hyp)/∂d = −(softmax − onehot) λ / (B τ)
             grad_distances = t["hyp_log_prob"].exp()
             grad_distances.scatter_add_(1, labels[:, None], torch.full_like(grad_distances[:, :1], -1.0))
             grad_distances.mul_(grad * (-o.lambda_hyp * s.inv_tau / batch))
             reductions.append(torch.dot(grad_distances.flatten(), t["distances"].flatten()).reshape(1))
-            rows.append(s.row((0.0, 0.0, 0.0), dlog_tau=-1.0))  # logits = −d/τ: ∂/∂log τ = Σ g_d d
+            rows.append([0.0, 0.0, 0.0, 0.0, -1.0])  # logits = −d/τ: ∂/∂log τ = Σ g_d d
         elif o.lambda_hier > 0:
             grad_distances = torch.zeros_like(t["distances"])
         if o.lambda_hier > 0:
@@ -213,7 +213,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
                             drho[kind] += sign * share * 2 / (s.sqrt_c * (1 - s.rho[kind] ** 2))
                             dsqrt_c -= sign * share * origin[kind] / s.sqrt_c
                 reductions.append(scale.reshape(1))
-                rows.append(s.row(drho, dsqrt_c=dsqrt_c))
+                rows.append([*drho, dsqrt_c, 0.0])
         if o.lambda_hyp > 0 or o.lambda_hier > 0:  # d(ρ_img, ρ_cat, cos): to the cosines, the radii and √c
             g, to_cos, k_img, k_cat = distance_backward(grad_distances, rho_img, rho_cat, s.sqrt_c, t["root"])
             grad_class.add_(g, alpha=to_cos)
@@ -222,13 +222,13 @@ class _LatHAdapterLoss(torch.autograd.Function):
             reductions += [g.sum().reshape(1), (g * image_class).sum().reshape(1),
                            torch.dot(g.flatten(), t["delta"].flatten()).reshape(1),
                            torch.dot(grad_distances.flatten(), t["distances"].flatten()).reshape(1)]
-            rows += [s.row((2 * k * rho_cat * inv, 0.0, 2 * k * rho_img * inv)),
-                     s.row((-2 * k * rho_img * inv, 0.0, -2 * k * rho_cat * inv)),
-                     s.row((k_cat * inv, 0.0, k_img * inv)),
-                     s.row((0.0, 0.0, 0.0), dsqrt_c=-inv)]  # d ∝ 1/√c at fixed radii
+            rows += [[2 * k * rho_cat * inv, 0.0, 2 * k * rho_img * inv, 0.0, 0.0],
+                     [-2 * k * rho_img * inv, 0.0, -2 * k * rho_cat * inv, 0.0, 0.0],
+                     [k_cat * inv, 0.0, k_img * inv, 0.0, 0.0],
+                     [0.0, 0.0, 0.0, -inv, 0.0]]  # d ∝ 1/√c at fixed radii
         if reductions:
-            matrix = torch.tensor(rows, dtype=image_cosines.dtype).to(image_cosines.device)
-            scalar_grads = torch.cat(reductions) @ matrix
+            matrices = torch.tensor([*rows, *s.jacobian()], dtype=image_cosines.dtype).to(image_cosines.device)
+            scalar_grads = (torch.cat(reductions) @ matrices[:len(rows)]) @ matrices[len(rows):]
         else:
             scalar_grads = image_cosines.new_zeros(5)
         if grad_attribute is None:
@@ -276,18 +276,16 @@ class _LatHAdapterLoss(torch.autograd.Function):
         per_set = []
         for parent, child in EDGE_SETS:
             derivative_p, derivative_q = exterior_angle_coefficient_derivatives(s.rho[parent], s.rho[child])
-            order = (4, 5, 0, 1, 2, 3)
-            signs = (1.0, 1.0, -1.0, -1.0, -1.0, -1.0)
-            piece_rows = []
-            for piece in range(6):
-                drho = [0.0, 0.0, 0.0]
-                drho[parent] += signs[piece] * derivative_p[order[piece]]
-                drho[child] += signs[piece] * derivative_q[order[piece]]
-                piece_rows.append(s.row(drho))
-            drho = [0.0, 0.0, 0.0]
-            drho[parent] = -o.cone_kappa * half_aperture(s.rho[parent], o.cone_k)[1]  # ∂e/∂ψ_p = −κ
-            piece_rows.append(s.row(drho))
-            per_set.append(piece_rows)
+            set_rows = []
+            for sign, index in ((1.0, 4), (1.0, 5), (-1.0, 0), (-1.0, 1), (-1.0, 2), (-1.0, 3)):
+                row = [0.0] * 5
+                row[parent] += sign * derivative_p[index]
+                row[child] += sign * derivative_q[index]
+                set_rows.append(row)
+            row = [0.0] * 5
+            row[parent] = -o.cone_kappa * half_aperture(s.rho[parent], o.cone_k)[1]  # ∂e/∂ψ_p = −κ
+            set_rows.append(row)
+            per_set.append(set_rows)
         rows += [per_set[j][piece] for piece in range(7) for j in range(3)]
         return grad_attribute, grad_class_attribute, grad_weights
 
