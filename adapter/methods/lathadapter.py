@@ -128,7 +128,8 @@ class LatHAdapter(Method):
         self.loss_options = LossOptions(
             logit_scale=LOGIT_SCALE, lambda_hyp=options.lambda_hyp, lambda_hier=options.lambda_hier, hier=options.hier,
             cone_k=options.cone_k, cone_kappa=options.cone_kappa, margin=options.margin,
-            margin_radial=options.margin_radial, tau_attr=options.tau_attr, curvature_range=CURVATURE_RANGE)
+            margin_radial=options.margin_radial, tau_attr=options.tau_attr, attr_proto=options.attr_proto,
+            curvature_range=CURVATURE_RANGE)
 
     # --- the pieces of the forward pass (METHOD.md steps 1–5) ---
 
@@ -164,17 +165,6 @@ class LatHAdapter(Method):
         q, w, _ = self.refined_text(text_features, self.attributes() if attributes is None else attributes)
         return (normalize(q) if self.options.attr_proto else q), w
 
-    def prototype_attribute_cosines(self, w: torch.Tensor, text_attribute: torch.Tensor, attributes: torch.Tensor
-                                    ) -> torch.Tensor:
-        """`<p_c, a_k>` [C, K] from [C, K] quantities alone: with unit u_c and a_k, `q Aᵀ = uAᵀ + β w AAᵀ` and
-        `|q|² = 1 + 2β <w, uAᵀ> + β² <w AAᵀ, w>` (row-wise), so no product over D per class is needed."""
-        if not self.options.attr_proto:
-            return text_attribute
-        projected = w @ (attributes @ attributes.t())  # w AAᵀ
-        q_attribute = text_attribute + self.beta * projected
-        q_squared = 1 + (2 * self.beta) * (w * text_attribute).sum(1) + self.beta.square() * (w * projected).sum(1)
-        return q_attribute / q_squared.sqrt()[:, None]
-
     def radii(self, c: torch.Tensor) -> torch.Tensor:
         """Scaled radii ρ = √c·r of the lifted categories, attributes and images: exp0(s·u) = (ρ/√c)·u for unit u."""
         return scaled_radius(self.log_scales.exp(), c)
@@ -202,9 +192,9 @@ class LatHAdapter(Method):
         q, w, text_attribute = self.refined_text(self.text_features, attributes)
         # v = normalize(mixed) and p = normalize(q): both normalisations are folded into the one product
         image_cosines = cosines(mix(features, self.visual_adapter, o.alpha_v), torch.cat([q, attributes]))
-        cone = o.lambda_hier > 0 and o.hier == "cone"  # the prototype–attribute cosines are read by the cone alone
-        class_attribute = self.prototype_attribute_cosines(w, text_attribute, attributes) if cone else w
-        loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, class_attribute, w, self.log_scales,
+        # the cone energy reads the prototype–attribute cosines, computed from [C, K] quantities and the Gram matrix
+        gram = attributes @ attributes.t() if o.lambda_hier > 0 and o.hier == "cone" and o.attr_proto else None
+        loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, text_attribute, w, gram, self.beta, self.log_scales,
                                                  self.log_curvature, self.log_tau_hyp, labels, self.loss_options)
         parts = {"ce": ce}
         if o.lambda_hyp > 0:
