@@ -111,26 +111,31 @@ def exterior_angle_coefficient_derivatives(rho_p, rho_q) -> tuple[tuple, tuple]:
             (2 * rho_q, -2 * rho_p, 2 * pq * rho_p, -2 * rho_p, -2 * pq, 1 + rho_p * rho_p))
 
 
+def _affine(c0, c1, x: torch.Tensor) -> torch.Tensor:
+    """c0 + c1·x in one op when the coefficients are tensors, two when they are Python floats."""
+    return torch.addcmul(c0, c1, x) if isinstance(c0, torch.Tensor) else (x * c1).add_(c0)
+
+
 def exterior_angle_forward(coefficients: tuple, pp, cosine: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """Ξ = arccos(N / √(W M)) from the coefficients of `exterior_angle_coefficients` and ρ_p² (`pp`); 0 where it is
     undefined (|P| |u| √M < eps: parent at the origin, child at the parent). Returns Ξ and what the backward needs."""
     w0, w1, m0, m1, n0, n1 = coefficients
     eps = machine_eps(cosine.dtype)
     cosine = cosine.clamp(-1, 1)
-    w, m = w0 + w1 * cosine, m0 + m1 * cosine
+    w, m = _affine(w0, w1, cosine), _affine(m0, m1, cosine)
     wm = w * m
-    valid = pp * wm > eps * eps
+    invalid = wm * pp <= eps * eps
     inverse_root = wm.clamp_min_(eps * eps).rsqrt_()  # 1/√(WM)
-    x = torch.where(valid, (n0 + n1 * cosine).mul_(inverse_root), 0.0).clamp_(-1, 1)
-    return torch.arccos(x).masked_fill_(~valid, 0.0), (cosine, w, m, x, valid, inverse_root)
+    x = _affine(n0, n1, cosine).mul_(inverse_root).clamp_(-1, 1)  # arbitrary where invalid: masked below
+    return torch.arccos(x).masked_fill_(invalid, 0.0), (cosine, w, m, x, invalid, inverse_root)
 
 
 def exterior_angle_pieces(grad: torch.Tensor, saved: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(a, b_w, b_m) with Σ grad·∂Ξ/∂t = Σ a N_t − b_w W_t − b_m M_t for any t: a = gx/√(WM), b_w = gx x/(2W),
     b_m = gx x/(2M), where gx = grad·dΞ/dx = −grad/√(1 − x²) (0 where Ξ is undefined or |x| = 1)."""
-    cosine, w, m, x, valid, inverse_root = saved
+    cosine, w, m, x, invalid, inverse_root = saved
     eps = machine_eps(w.dtype)
-    gx = (-grad / (1 - x * x).clamp_min(eps).sqrt()).masked_fill_(~valid | (x.abs() >= 1), 0.0)
+    gx = (-grad / (1 - x * x).clamp_min(eps).sqrt()).masked_fill_(invalid | (x.abs() >= 1), 0.0)
     half_gx_x = gx * x * 0.5
     return gx * inverse_root, half_gx_x / w.clamp_min(eps * eps), half_gx_x / m
 

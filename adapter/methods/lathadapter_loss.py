@@ -192,8 +192,9 @@ class _LatHAdapterLoss(torch.autograd.Function):
             grad_distances = t["hyp_log_prob"].exp()
             grad_distances.scatter_add_(1, labels[:, None], torch.full_like(grad_distances[:, :1], -1.0))
             grad_distances.mul_(grad * (-o.lambda_hyp * s.inv_tau / batch))
+            # logits = −d/τ, so ∂/∂log τ = Σ g_d d; and d ∝ 1/√c at fixed radii, so ∂/∂√c = −Σ g_d d/√c
             reductions.append(torch.dot(grad_distances.flatten(), t["distances"].flatten()).reshape(1))
-            rows.append([0.0, 0.0, 0.0, 0.0, -1.0])  # logits = −d/τ: ∂/∂log τ = Σ g_d d
+            rows.append([0.0, 0.0, 0.0, -1 / s.sqrt_c, -1.0])
         elif o.lambda_hier > 0:
             grad_distances = torch.zeros_like(t["distances"])
         if o.lambda_hier > 0:
@@ -205,6 +206,8 @@ class _LatHAdapterLoss(torch.autograd.Function):
                 grad_batch = active * -per_pair
                 grad_batch.scatter_add_(1, position[:, None], active.sum(1, keepdim=True) * per_pair)
                 grad_distances.index_add_(1, present, grad_batch)
+                reductions.append(torch.dot(grad_batch.flatten(), t["batch_distances"].flatten()).reshape(1))
+                rows.append([0.0, 0.0, 0.0, -1 / s.sqrt_c, 0.0])  # d ∝ 1/√c at fixed radii
             if o.hier == "cone":
                 cone_grads = _LatHAdapterLoss.cone_backward(t, saved, s, o, scale / total_weight, grad_class,
                                                             reductions, rows, ctx.shapes[2])
@@ -220,18 +223,16 @@ class _LatHAdapterLoss(torch.autograd.Function):
                             dsqrt_c -= sign * share * origin[kind] / s.sqrt_c
                 reductions.append(scale.reshape(1))
                 rows.append([*drho, dsqrt_c, 0.0])
-        if o.lambda_hyp > 0 or o.lambda_hier > 0:  # d(ρ_img, ρ_cat, cos): to the cosines, the radii and √c
+        if o.lambda_hyp > 0 or o.lambda_hier > 0:  # d(ρ_img, ρ_cat, cos): to the cosines and the radii
             g, to_cos, k_img, k_cat = distance_backward(grad_distances, rho_img, rho_cat, s.sqrt_c, t["root"])
             grad_class.add_(g, alpha=to_cos)
+            # at fixed cos, ∂δ/∂ρ_a = k (ρ_a² − ρ_b²)/ρ_a + (2ρ_a/α + 1/ρ_a) δ (cos written through δ, affine in it),
+            # so the radii need Σ g and Σ g δ only; a = images, b = categories
             k, inv = 2 / ((1 - rho_img * rho_img) * (1 - rho_cat * rho_cat)), 1 / s.sqrt_c
-            image_class = image_cosines[:, :num_classes]
-            reductions += [g.sum().reshape(1), (g * image_class).sum().reshape(1),
-                           torch.dot(g.flatten(), t["delta"].flatten()).reshape(1),
-                           torch.dot(grad_distances.flatten(), t["distances"].flatten()).reshape(1)]
-            rows += [[2 * k * rho_cat * inv, 0.0, 2 * k * rho_img * inv, 0.0, 0.0],
-                     [-2 * k * rho_img * inv, 0.0, -2 * k * rho_cat * inv, 0.0, 0.0],
-                     [k_cat * inv, 0.0, k_img * inv, 0.0, 0.0],
-                     [0.0, 0.0, 0.0, -inv, 0.0]]  # d ∝ 1/√c at fixed radii
+            squares = rho_img * rho_img - rho_cat * rho_cat
+            reductions += [g.sum().reshape(1), torch.dot(g.flatten(), t["delta"].flatten()).reshape(1)]
+            rows += [[-k * squares / rho_cat * inv, 0.0, k * squares / rho_img * inv, 0.0, 0.0],
+                     [(k_cat + 1 / rho_cat) * inv, 0.0, (k_img + 1 / rho_img) * inv, 0.0, 0.0]]
         if reductions:
             matrices = torch.tensor([*rows, *s.jacobian()], dtype=image_cosines.dtype).to(image_cosines.device)
             scalar_grads = (torch.cat(reductions) @ matrices[:len(rows)]) @ matrices[len(rows):]
@@ -257,8 +258,8 @@ class _LatHAdapterLoss(torch.autograd.Function):
         per_edge, energy, r = t["per_edge"], t["energy"], t["r"]
         grad_energy = (energy > 0).to(energy.dtype).mul_(t["weights"]).mul_(per_weight)
         a, b_w, b_m = exterior_angle_pieces(grad_energy, t["angle_saved"])
-        w1, m1, n1 = per_edge[1], per_edge[3], per_edge[5]
-        grad_cos = a * n1 - b_w * w1 - b_m * m1
+        w1, n1 = per_edge[1], per_edge[5]  # m1 = w1 = −2ρ_pρ_q
+        grad_cos = torch.addcmul(a * n1, b_w + b_m, w1, value=-1)
         # category y_i → image i: the cosine at [i, y_i]
         grad_class.scatter_add_(1, labels[:, None], grad_cos[:first, None])
         # through the weights: ∂/∂w_ck = e_ck / T, ∂/∂r_ik = e_ik / T, then the softmax's backward for r
@@ -273,18 +274,19 @@ class _LatHAdapterLoss(torch.autograd.Function):
         grad_attribute = grad_cos[second:].view(batch, -1)
         grad_attribute += r * (grad_r - (r * grad_r).sum(1, keepdim=True)) / o.tau_attr
         # radii: within an edge set the coefficients are constant, so Σ a N_ρ − b_w W_ρ − b_m M_ρ needs per-set sums
-        # of a, a cos, b_w, b_w cos, b_m, b_m cos (N_ρ = dn0 + dn1 cos, ...) and of the energy's gradient (for ψ)
+        # of a, b_w, b_m, a cos, b_w cos, b_m cos (N_ρ = dn0 + dn1 cos, ...) and of the energy's gradient (for ψ)
         cosine = t["angle_saved"][0]
-        pieces = torch.stack([a, a * cosine, b_w, b_w * cosine, b_m, b_m * cosine, grad_energy])  # [7, E]
+        first_pieces = torch.stack([a, b_w, b_m])
+        pieces = torch.cat([first_pieces, first_pieces * cosine, grad_energy[None]])  # [7, E]
         bounds = (0, first, second, pieces.shape[1])
         reductions.append(torch.stack([pieces[:, bounds[j]:bounds[j + 1]].sum(1) for j in range(3)], 1).flatten())
         # rows in the order of the flattened [7, 3]: piece-major; a N_ρ − b_w W_ρ − b_m M_ρ with the derivatives of
-        # (w0, w1, m0, m1, n0, n1) taken in the order of the pieces (n0, n1, w0, w1, m0, m1)
+        # (w0, w1, m0, m1, n0, n1) taken in the order of the pieces (n0, w0, m0, n1, w1, m1)
         per_set = []
         for parent, child in EDGE_SETS:
             derivative_p, derivative_q = exterior_angle_coefficient_derivatives(s.rho[parent], s.rho[child])
             set_rows = []
-            for sign, index in ((1.0, 4), (1.0, 5), (-1.0, 0), (-1.0, 1), (-1.0, 2), (-1.0, 3)):
+            for sign, index in ((1.0, 4), (-1.0, 0), (-1.0, 2), (1.0, 5), (-1.0, 1), (-1.0, 3)):
                 row = [0.0] * 5
                 row[parent] += sign * derivative_p[index]
                 row[child] += sign * derivative_q[index]
@@ -345,7 +347,7 @@ def _separation(distances: torch.Tensor, present: torch.Tensor, position: torch.
     batch_distances = distances.index_select(1, present)  # [B, P]
     hinge = torch.relu(batch_distances.gather(1, position[:, None]) - batch_distances + margin)
     hinge.scatter_(1, position[:, None], 0.0)  # c = y_i is no negative
-    tensors["active"] = torch.sign(hinge)  # 1 where the hinge is active, else 0
+    tensors.update(active=torch.sign(hinge), batch_distances=batch_distances)  # sign: 1 where the hinge is active
     return hinge.sum() / (batch * (num_present - 1))
 
 
