@@ -2,11 +2,17 @@
 loop written the way the official Tip-Adapter-F code is written (DataLoader, features re-read from disk per batch).
 
     python benchmarks/fit.py [--only caltech|imagenet] [--methods a,b] [--repeats 3] [--official caltech]
-                             [--out benchmarks/results/fit.json]
+                             [--device cpu|cuda] [--out benchmarks/results/fit.json]
 
 Each (cache, method) runs in its own subprocess, so the peak memory (max RSS) is that run's alone; with --repeats N
 it runs N times and the table gives the fastest and the median train time (this 2-core machine is shared, and one
 run can be 30 % slower than the next). Prints a table.
+
+With --device cuda the cache is loaded onto the GPU (the official-style loop moves each batch there, as the official
+code does), the trainer's and the evaluation's timers synchronise the GPU before they read the clock (so train s and
+eval s cover finished GPU work; nothing is added inside the training loop), one small matrix product initialises
+CUDA and cuBLAS before any timing, and the table adds each run's peak GPU memory (torch.cuda.max_memory_allocated).
+Results go to fit_cuda.json unless --out says otherwise.
 """
 
 from __future__ import annotations
@@ -46,17 +52,54 @@ def cache_for(name: str) -> Path:
     return path
 
 
-def run_method(cache: Path, method: str) -> dict:
+class SyncedClock:
+    """The time module, except that perf_counter first waits for the GPU: installed as the `time` of the trainer and
+    of adapter/fit.py in a CUDA child, it makes their train and eval timers (read once before and once after the
+    work, never per step) cover the GPU work queued in between."""
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    @staticmethod
+    def perf_counter() -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def prepare_cuda() -> None:
+    """Synchronised timers in the trainer and run(), and CUDA's context and cuBLAS set up before anything is timed."""
+    import lathadapter.adapter.fit as fit_module
+    import lathadapter.adapter.trainer as trainer_module
+
+    for module in (trainer_module, fit_module):
+        if isinstance(getattr(module, "time", None), SyncedClock):
+            continue
+        if getattr(module, "time", None) is not time:
+            raise RuntimeError(f"{module.__name__} no longer times with the time module; update SyncedClock")
+        module.time = SyncedClock()
+    warm = torch.ones(64, 64, device="cuda")
+    (warm @ warm).sum().item()
+
+
+def gpu_peak_mb(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+
+
+def run_method(cache: Path, method: str, device: str = "cpu") -> dict:
     """Child process: load the cache once, train and evaluate one method, report times and peak RSS."""
     from lathadapter.adapter.fit import RunConfig, run
     from lathadapter.cache.store import CacheReader
 
+    if device == "cuda":
+        prepare_cuda()
     start = time.perf_counter()
     with CacheReader(cache) as reader:
-        data = reader.load(16, 1)
+        data = reader.load(16, 1, device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
     load_seconds = time.perf_counter() - start
     outcome = run(RunConfig(method=method, shots=16, seed=1), data)
-    return {
+    result = {
         "load_s": load_seconds,
         "train_s": outcome.metrics["train_seconds"],
         "eval_s": outcome.metrics["eval_seconds"],
@@ -64,21 +107,28 @@ def run_method(cache: Path, method: str) -> dict:
         "accuracy": outcome.metrics["accuracy"]["all"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if device == "cuda":
+        result["peak_gpu_mb"] = gpu_peak_mb(device)
+    return result
 
 
-def run_official_style(cache: Path) -> dict:
-    """Child process: Tip-Adapter-F trained as the official loop does it, over the same cached features."""
+def run_official_style(cache: Path, device: str = "cpu") -> dict:
+    """Child process: Tip-Adapter-F trained as the official loop does it, over the same cached features (on CUDA,
+    each batch is moved to the GPU as the official code does)."""
     import h5py
     import numpy as np
     import torch.nn.functional as F
 
     from lathadapter.cache.store import CacheReader
 
+    if device == "cuda":
+        prepare_cuda()
     with CacheReader(cache) as reader:
         data = reader.load(16, 1)
         rows = reader.file["subsets/shots_16_seed_1/train"][()]
-    keys = F.normalize(data.train_views.mean(1), dim=-1)
-    values = F.one_hot(data.train_labels).float()
+    keys = F.normalize(data.train_views.mean(1), dim=-1).to(device)
+    values = F.one_hot(data.train_labels).float().to(device)
+    text_features = data.text_features.to(device)
 
     class CachedViews(torch.utils.data.Dataset):
         """One sample per item: a random augmented view read from the HDF5 file, as a DataLoader of images would."""
@@ -97,25 +147,34 @@ def run_official_style(cache: Path) -> dict:
 
     torch.manual_seed(1)
     adapter = torch.nn.Linear(keys.shape[1], keys.shape[0], bias=False)
-    adapter.weight = torch.nn.Parameter(keys.clone())
+    adapter.weight = torch.nn.Parameter(keys.clone())  # keys are on `device`, so the adapter is too
     epochs, batch = 20, 256
     loader = torch.utils.data.DataLoader(CachedViews(), batch_size=batch, shuffle=True, num_workers=0)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-3, eps=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(epochs):
         for features, target in loader:
+            if device == "cuda":
+                features, target = features.cuda(), target.cuda()
             features = features / features.norm(dim=-1, keepdim=True)
             affinity = adapter(features)
             cache_logits = ((-1) * (1.0 - 1.0 * affinity)).exp() @ values
-            logits = 100.0 * features @ data.text_features.t() + cache_logits * 1.0
+            logits = 100.0 * features @ text_features.t() + cache_logits * 1.0
             loss = F.cross_entropy(logits, target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
-    return {"train_s": time.perf_counter() - start, "steps": epochs * math.ceil(len(rows) / batch),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device == "cuda":
+        torch.cuda.synchronize()
+    result = {"train_s": time.perf_counter() - start, "steps": epochs * math.ceil(len(rows) / batch),
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device == "cuda":
+        result["peak_gpu_mb"] = gpu_peak_mb(device)
+    return result
 
 
 def child(args: list[str]) -> dict:
@@ -132,42 +191,55 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per (cache, method); the table gives min, median")
     parser.add_argument("--official", choices=sorted(SHAPES), action="append",
                         help="caches on which to time the official-style Tip-Adapter-F loop (default: caltech)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fit.json")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the cache is loaded and the methods train (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default benchmarks/results/fit.json, fit_cuda.json with --device cuda)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, cache, method = args.child
-        print(json.dumps(run_official_style(Path(cache)) if kind == "official" else run_method(Path(cache), method)))
+        kind, cache, method, device = args.child
+        print(json.dumps(run_official_style(Path(cache), device) if kind == "official"
+                         else run_method(Path(cache), method, device)))
         return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    cuda = args.device == "cuda"
+    out = args.out or Path(__file__).parent / "results" / ("fit_cuda.json" if cuda else "fit.json")
     official = args.official or ["caltech"]
     rows = []
+    out.parent.mkdir(parents=True, exist_ok=True)
     header = (f"{'cache':<10} {'method':<22} {'load s':>7} {'train s':>8} {'median':>7} {'eval s':>7} {'steps':>6} "
-              f"{'acc %':>6} {'peak MB':>8}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; train s = fastest of {args.repeats}")
+              f"{'acc %':>6} {'peak MB':>8}" + (f" {'GPU MB':>7}" if cuda else ""))
+    where = f"CUDA {torch.cuda.get_device_name()}" if cuda else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; train s = fastest of {args.repeats}"
+          + ("; peak MB = max RSS, GPU MB = max_memory_allocated" if cuda else ""))
     print(header)
     print("-" * len(header))
     for name in args.only or sorted(SHAPES):
         cache = cache_for(name)
         for method in args.methods.split(","):
-            runs = [child(["method", str(cache), method]) for _ in range(args.repeats)]
+            runs = [child(["method", str(cache), method, args.device]) for _ in range(args.repeats)]
             r = {**min(runs, key=lambda run: run["train_s"]),
                  "train_s_median": statistics.median(run["train_s"] for run in runs),
                  "train_s_all": [run["train_s"] for run in runs]}
             rows.append({"cache": name, "method": method, **r})
+            out.write_text(json.dumps(rows, indent=2))  # after every row: a run cut short keeps what it measured
             print(f"{name:<10} {method:<22} {r['load_s']:7.2f} {r['train_s']:8.2f} {r['train_s_median']:7.2f} "
-                  f"{r['eval_s']:7.2f} {r['steps']:6d} {r['accuracy']:6.2f} {r['peak_rss_mb']:8.0f}", flush=True)
+                  f"{r['eval_s']:7.2f} {r['steps']:6d} {r['accuracy']:6.2f} {r['peak_rss_mb']:8.0f}"
+                  + (f" {r['peak_gpu_mb']:7.0f}" if cuda else ""), flush=True)
         if "tip-adapter-f" in args.methods.split(",") and name in official:
-            runs = [child(["official", str(cache), "tip-adapter-f"]) for _ in range(args.repeats)]
+            runs = [child(["official", str(cache), "tip-adapter-f", args.device]) for _ in range(args.repeats)]
             r = {**min(runs, key=lambda run: run["train_s"]),
                  "train_s_median": statistics.median(run["train_s"] for run in runs)}
             ours = next(x for x in rows if x["cache"] == name and x["method"] == "tip-adapter-f")
             rows.append({"cache": name, "method": "tip-adapter-f (official-style loop)", **r})
+            out.write_text(json.dumps(rows, indent=2))
             print(f"{name:<10} {'tip-adapter-f official':<22} {'':>7} {r['train_s']:8.2f} {r['train_s_median']:7.2f} "
-                  f"{'':>7} {r['steps']:6d} {'':>6} {r['peak_rss_mb']:8.0f}   ours is "
+                  f"{'':>7} {r['steps']:6d} {'':>6} {r['peak_rss_mb']:8.0f}"
+                  + (f" {r['peak_gpu_mb']:7.0f}" if cuda else "") + "   ours is "
                   f"{r['train_s'] / ours['train_s']:.1f}x faster (fastest runs), "
                   f"{r['train_s_median'] / ours['train_s_median']:.1f}x (medians)", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

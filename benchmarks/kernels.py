@@ -141,6 +141,8 @@ def main() -> None:
     sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
     variants = ("triton", "eager", "compile") if args.device == "cuda" else ("eager",)
     rows = []
+    out = args.out or Path("runs/benchmarks") / f"kernels-{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'} ({torch.get_num_threads()} "
           f"threads), torch {torch.__version__}, fp32, c = {CURVATURE}; peak = memory allocated beyond the inputs")
     print("| op | M × N × D | path | fwd ms | fwd+bwd ms | fwd peak MiB | fwd+bwd peak MiB | fused fwd / fwd+bwd MiB "
@@ -160,13 +162,11 @@ def main() -> None:
                        "forward_backward_peak_bytes": total_peak, "fused_forward_bytes": fused_forward,
                        "fused_forward_backward_bytes": fused_total}
                 rows.append(row)
+                out.write_text(json.dumps(rows, indent=2))  # after every row: a run cut short keeps what it measured
                 print(f"| {op} | {m} × {n} × {dim} | {variant} | {forward_ms:.1f} | {total_ms:.1f} | "
                       f"{forward_peak / 2**20:.1f} | {total_peak / 2**20:.1f} | {fused_forward / 2**20:.2f} / "
                       f"{fused_total / 2**20:.1f} |",
                       flush=True)
-    out = args.out or Path("runs/benchmarks") / f"kernels-{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
     print(f"wrote {out}")
 
 

@@ -3,10 +3,11 @@ Caltech101-like and ImageNet-like caches of `benchmarks/fit.py`, for the loss's 
 the point path (`LatHAdapter.point_loss`, explicit lifted points through the general kernels) and for the step's
 matrix products alone (the same shapes, nothing else: the floor of any implementation of the method in float32).
 
-    python benchmarks/lathadapter_step.py [--only caltech|imagenet] [--steps 30] [--repeats 5]
+    python benchmarks/lathadapter_step.py [--only caltech|imagenet] [--steps 30] [--repeats 5] [--device cpu|cuda]
 
 Each row is timed `repeats` times over `steps` steps, interleaved with the other rows so that a noisy machine slows
-them alike; the table gives the minimum and the median.
+them alike; the table gives the minimum and the median. With --device cuda the data and every tensor of a row live
+on the GPU, the GPU is synchronised before each timer read, and the results go to lathadapter_step_cuda.json.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ ROWS = {
 
 
 def method_step(data, options: dict, point_path: bool = False) -> Callable[[torch.Generator], None]:
-    """One training step of LatHAdapter on a random batch of 256 train features."""
+    """One training step of LatHAdapter on a random batch of 256 train features (drawn on the CPU, as the trainer
+    does, and moved to the data's device)."""
     method = create_method("lathadapter", data, **options)
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=True)
+    device = data.train_labels.device
 
     def step(generator: torch.Generator) -> None:
-        batch = torch.randint(len(data.train_labels), (256,), generator=generator)
+        batch = torch.randint(len(data.train_labels), (256,), generator=generator).to(device)
         x, y = data.train_features[batch], data.train_labels[batch]
         loss = method.point_loss(x, y) if point_path else method.loss(x, y)[0]
         optimizer.zero_grad(set_to_none=True)
@@ -55,7 +58,8 @@ def matmul_floor(data) -> Callable[[torch.Generator], None]:
     classes, dim = data.text_features.shape
     hidden, attributes = dim // 4, 16
     g = torch.Generator().manual_seed(0)
-    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    device = data.train_labels.device
+    r = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
     x, h, t, th = r(256, dim), r(256, hidden), r(classes, dim), r(classes, hidden)
     w1, w2, a, p = r(hidden, dim), r(dim, hidden), r(attributes, dim), r(classes, dim)
     gb, gc, gca, w = r(256, classes), r(256, dim), r(classes, dim), r(classes, attributes)
@@ -70,18 +74,24 @@ def matmul_floor(data) -> Callable[[torch.Generator], None]:
     return step
 
 
-def time_rows(rows: dict[str, Callable], steps: int, repeats: int) -> dict[str, list[float]]:
+def time_rows(rows: dict[str, Callable], steps: int, repeats: int, device: str = "cpu") -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in rows}
     generator = torch.Generator().manual_seed(0)
+
+    def clock() -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()  # the timer reads finished GPU work (once per timed block, not per step)
+        return time.perf_counter()
+
     for step in rows.values():  # warm-up
         for _ in range(3):
             step(generator)
     for _ in range(repeats):
         for name, step in rows.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(steps):
                 step(generator)
-            times[name].append((time.perf_counter() - start) / steps * 1000)
+            times[name].append((clock() - start) / steps * 1000)
     return times
 
 
@@ -90,25 +100,34 @@ def main() -> None:
     parser.add_argument("--only", choices=["caltech", "imagenet"], action="append")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lathadapter_step.json")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default benchmarks/results/lathadapter_step.json, "
+                             "lathadapter_step_cuda.json with --device cuda)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; ms per step (batch 256)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    cuda = args.device == "cuda"
+    out = args.out or Path(__file__).parent / "results" / ("lathadapter_step_cuda.json" if cuda else
+                                                           "lathadapter_step.json")
+    where = f"CUDA {torch.cuda.get_device_name()}" if cuda else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; ms per step (batch 256)")
     results = []
     for name in args.only or ["caltech", "imagenet"]:
         with CacheReader(cache_for(name)) as reader:
-            data = reader.load(16, 1)
+            data = reader.load(16, 1, device=args.device)
         rows = {label: method_step(data, options) for label, options in ROWS.items()}
         rows["point path: full, hier = cone, general kernels"] = method_step(data, {}, point_path=True)
         rows["matrix products alone (floor)"] = matmul_floor(data)
-        times = time_rows(rows, args.steps, args.repeats)
+        times = time_rows(rows, args.steps, args.repeats, args.device)
         print(f"\n{name}-like: {data.num_classes} classes, D = {data.text_features.shape[1]}")
         print(f"{'step':<62} {'min ms':>8} {'median ms':>10}")
         for label, values in times.items():
             print(f"{label:<62} {min(values):8.2f} {statistics.median(values):10.2f}")
             results.append({"cache": name, "row": label, "min_ms": min(values),
                             "median_ms": statistics.median(values)})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
