@@ -9,10 +9,10 @@ it runs N times and the table gives the fastest and the median train time (this 
 run can be 30 % slower than the next). Prints a table.
 
 With --device cuda the cache is loaded onto the GPU (the official-style loop moves each batch there, as the official
-code does), the trainer's and the evaluation's timers synchronise the GPU before they read the clock (so train s and
-eval s cover finished GPU work; nothing is added inside the training loop), one small matrix product initialises
-CUDA and cuBLAS before any timing, and the table adds each run's peak GPU memory (torch.cuda.max_memory_allocated).
-Results go to fit_cuda.json unless --out says otherwise.
+code does), the trainer synchronises the GPU before it reads its clock (so train s covers finished GPU work; eval s
+ends with the accuracy read back), one small matrix product initialises CUDA and cuBLAS before any timing, and the
+table adds each run's peak GPU memory (torch.cuda.max_memory_allocated). Results go to fit_cuda.json unless --out
+says otherwise.
 """
 
 from __future__ import annotations
@@ -52,31 +52,8 @@ def cache_for(name: str) -> Path:
     return path
 
 
-class SyncedClock:
-    """The time module, except that perf_counter first waits for the GPU: installed as the `time` of the trainer and
-    of adapter/fit.py in a CUDA child, it makes their train and eval timers (read once before and once after the
-    work, never per step) cover the GPU work queued in between."""
-
-    def __getattr__(self, name: str):
-        return getattr(time, name)
-
-    @staticmethod
-    def perf_counter() -> float:
-        torch.cuda.synchronize()
-        return time.perf_counter()
-
-
 def prepare_cuda() -> None:
-    """Synchronised timers in the trainer and run(), and CUDA's context and cuBLAS set up before anything is timed."""
-    import lathadapter.adapter.fit as fit_module
-    import lathadapter.adapter.trainer as trainer_module
-
-    for module in (trainer_module, fit_module):
-        if isinstance(getattr(module, "time", None), SyncedClock):
-            continue
-        if getattr(module, "time", None) is not time:
-            raise RuntimeError(f"{module.__name__} no longer times with the time module; update SyncedClock")
-        module.time = SyncedClock()
+    """CUDA's context and cuBLAS set up before anything is timed (the trainer synchronises its own timer)."""
     warm = torch.ones(64, 64, device="cuda")
     (warm @ warm).sum().item()
 
