@@ -67,11 +67,15 @@ def test_values_and_gradients_equal_the_point_geometry(dtype: torch.dtype) -> No
                 radial_origin_distance(rho[0], c).expand(len(u)), radial_centripetal_energy(rho[1], rho[0], c, 0.1)]
 
     weights = torch.rand(len(u), generator=torch.Generator().manual_seed(3), dtype=dtype)
-    for expected, actual in zip(point_terms(), radial_terms(), strict=True):
+    # The exterior angle is arccos(x) with x = −1 exactly for opposite directions, where arccos has no derivative:
+    # whether rounding lands on −1 or just inside decides the point form's gradient there, so the angle terms'
+    # gradients are compared away from those pairs (their values are compared everywhere).
+    regular = weights * (cosine > -1 + 1e-6)
+    for term, (expected, actual) in enumerate(zip(point_terms(), radial_terms(), strict=True)):
         torch.testing.assert_close(actual.expand_as(expected), expected, **tol)
-        grads_expected = torch.autograd.grad((weights * expected).sum(), (c, scales), retain_graph=True)
-        grads_actual = torch.autograd.grad((weights * actual.expand_as(expected)).sum(), (c, scales),
-                                           retain_graph=True)
+        w = regular if term in (1, 2, 3) else weights
+        grads_expected = torch.autograd.grad((w * expected).sum(), (c, scales), retain_graph=True)
+        grads_actual = torch.autograd.grad((w * actual.expand_as(expected)).sum(), (c, scales), retain_graph=True)
         for e, a in zip(grads_expected, grads_actual, strict=True):
             torch.testing.assert_close(a, e, **tol)
 
