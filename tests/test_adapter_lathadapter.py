@@ -152,12 +152,50 @@ def test_prototype_attribute_cosines_from_class_attribute_quantities_equal_the_d
     method = create_method("lathadapter", data, num_attributes=4).double()
     with torch.no_grad():
         method.beta.fill_(0.7)
-        attributes = method.attributes()
-        _, w, text_attribute = method.refined_text(method.text_features, attributes)
-        expected = method.prototypes(method.text_features, attributes)[0] @ attributes.t()
-        ours = _prototype_attribute_cosines(text_attribute, w, attributes @ attributes.t(), method.loss_options,
+        side = method.text_side(method.text_features)
+        expected = method.prototypes(method.text_features)[0] @ side.attributes.t()
+        ours = _prototype_attribute_cosines(side.text_attribute, side.weights, side.gram, method.loss_options,
                                             {"beta": 0.7})
     torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("attr_proto", [True, False])
+def test_text_side_equals_the_plain_formulas_in_value_and_gradient(attr_proto: bool) -> None:
+    """The fused category side against METHOD.md steps 1–3 written with autograd, in float64, and gradcheck."""
+    from lathadapter.adapter.methods.lathadapter_text import text_side
+
+    generator = torch.Generator().manual_seed(5)
+    text = F.normalize(torch.randn(6, 8, generator=generator, dtype=torch.float64), dim=-1)
+    first, second = torch.randn(2, 8, generator=generator, dtype=torch.float64), torch.randn(8, 2, generator=generator,
+                                                                                              dtype=torch.float64)
+    prompts = 2 * torch.randn(3, 8, generator=generator, dtype=torch.float64)
+    beta = torch.tensor(0.4, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (first, second, prompts, beta)]
+
+    def plain(first, second, prompts, beta):
+        u = F.normalize(0.8 * text + 0.2 * torch.relu(text @ first.t()) @ second.t(), dim=-1)
+        a = F.normalize(prompts, dim=-1)
+        w = torch.softmax(u @ a.t() / 0.3, dim=-1)
+        q = u + beta * w @ a if attr_proto else u
+        return q, w, u @ a.t(), a, a @ a.t()
+
+    def fused(first, second, prompts, beta):
+        side = text_side(text, first, second, prompts, beta, 0.2, 0.3, attr_proto)
+        return side.refined, side.weights, side.text_attribute, side.attributes, side.gram
+
+    upstream = [torch.randn(t.shape, generator=generator, dtype=torch.float64) for t in plain(*leaves)]
+    expected, actual = plain(*leaves), fused(*leaves)
+    for e, a in zip(expected, actual, strict=True):
+        torch.testing.assert_close(a, e)
+    loss = lambda outputs: sum((g * t).sum() for g, t in zip(upstream, outputs, strict=True))  # noqa: E731
+    expected_grads = torch.autograd.grad(loss(expected), leaves, allow_unused=True)
+    actual_grads = torch.autograd.grad(loss(actual), leaves, allow_unused=True)
+    for e, a in zip(expected_grads, actual_grads, strict=True):
+        if e is None:
+            assert a is None or float(a.abs().max()) == 0
+        else:
+            torch.testing.assert_close(a, e)
+    assert torch.autograd.gradcheck(lambda *x: loss(fused(*x)), leaves)
 
 
 POINT_CASE = """

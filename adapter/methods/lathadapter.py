@@ -21,6 +21,7 @@ from torch import nn
 
 from lathadapter.adapter.methods.base import Adapter, Method, blend, cosines, mix, normalize
 from lathadapter.adapter.methods.lathadapter_loss import LossOptions, lathadapter_loss
+from lathadapter.adapter.methods.lathadapter_text import TextSide, text_side
 from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
 from lathadapter.adapter.options import TrainOptions, choice
 from lathadapter.adapter.registry import register
@@ -148,22 +149,18 @@ class LatHAdapter(Method):
         the attributes."""
         return torch.softmax(cosines / self.options.tau_attr, dim=-1)
 
-    def refined_text(self, text_features: torch.Tensor, attributes: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`q_c = u_c + β Σ_k w_ck a_k` (the prototype before its normalisation; `u_c` with `attr_proto` off), the
-        category→attribute weights `w_ck` and the cosines `<u_c, a_k>` they come from."""
-        u = blend(text_features, self.text_adapter, self.options.alpha_t)
-        text_attribute = u @ attributes.t()
-        w = self.associations(text_attribute)
-        if not self.options.attr_proto:
-            return u, w, text_attribute
-        return torch.addmm(u, w, self.beta * attributes), w, text_attribute  # β applied to the small A
+    def text_side(self, text_features: torch.Tensor) -> TextSide:
+        """The category side (steps 1–3): `q_c = u_c + β Σ_k w_ck a_k` (`u_c` with `attr_proto` off), whose
+        normalisation is the prototype `p_c`, the weights `w_ck`, the cosines `<u_c, a_k>`, the attributes and their
+        Gram matrix; one autograd node (`lathadapter_text`)."""
+        first, _, second = self.text_adapter.net
+        return text_side(text_features, first.weight, second.weight, self.attribute_prompts, self.beta,
+                         self.options.alpha_t, self.options.tau_attr, self.options.attr_proto)
 
-    def prototypes(self, text_features: torch.Tensor, attributes: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def prototypes(self, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attribute-refined class prototypes `p_c` and the category→attribute weights `w_ck`."""
-        q, w, _ = self.refined_text(text_features, self.attributes() if attributes is None else attributes)
-        return (normalize(q) if self.options.attr_proto else q), w
+        side = self.text_side(text_features)
+        return (normalize(side.refined) if self.options.attr_proto else side.refined), side.weights
 
     def radii(self, c: torch.Tensor) -> torch.Tensor:
         """Scaled radii ρ = √c·r of the lifted categories, attributes and images: exp0(s·u) = (ρ/√c)·u for unit u."""
@@ -188,14 +185,13 @@ class LatHAdapter(Method):
         """All points are lifted unit vectors, so every term is a function of direction cosines and the lift's
         scalars (`lathadapter_loss`); the cosines come from one product of the images with prototypes and attributes."""
         o = self.options
-        attributes = self.attributes()
-        q, w, text_attribute = self.refined_text(self.text_features, attributes)
+        side = self.text_side(self.text_features)
         # v = normalize(mixed) and p = normalize(q): both normalisations are folded into the one product
-        image_cosines = cosines(mix(features, self.visual_adapter, o.alpha_v), torch.cat([q, attributes]))
-        # the cone energy reads the prototype–attribute cosines, computed from [C, K] quantities and the Gram matrix
-        gram = attributes @ attributes.t() if o.lambda_hier > 0 and o.hier == "cone" and o.attr_proto else None
-        loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, text_attribute, w, gram, self.beta, self.log_scales,
-                                                 self.log_curvature, self.log_tau_hyp, labels, self.loss_options)
+        mixed = mix(features, self.visual_adapter, o.alpha_v)
+        image_cosines = cosines(mixed, torch.cat([side.refined, side.attributes]))
+        loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, side.text_attribute, side.weights, side.gram, self.beta,
+                                                 self.log_scales, self.log_curvature, self.log_tau_hyp, labels,
+                                                 self.loss_options)
         parts = {"ce": ce}
         if o.lambda_hyp > 0:
             parts["hyp"] = hyp
@@ -211,7 +207,7 @@ class LatHAdapter(Method):
         s_cat, s_attr, s_img = self.log_scales.exp()
         v = self.adapt_images(features)
         attributes = self.attributes()
-        p, w = self.prototypes(self.text_features, attributes)
+        p, w = self.prototypes(self.text_features)
         loss = F.cross_entropy(LOGIT_SCALE * v @ p.t(), labels)
         images, classes = expmap0(s_img * v, c), expmap0(s_cat * p, c)
         if o.lambda_hyp > 0:

@@ -1,0 +1,82 @@
+"""LatHAdapter's category side (METHOD.md steps 1–3) as one autograd node: the text adapter, the attribute prompts'
+normalisation, the category→attribute associations and the attribute-refined prototypes before their normalisation.
+
+Written with autograd these are some fifteen nodes and seventy small ops, whose overhead on a CPU outweighs their
+matrix products (C × D × D/r); the hand-written backward does the same eight products and a few elementwise passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NORM_EPS = 1e-12  # as F.normalize
+
+
+@dataclass(frozen=True)
+class TextSide:
+    """What the category side gives the loss and the logits."""
+
+    refined: torch.Tensor  # q_c = u_c + β Σ_k w_ck a_k [C, D] (u_c with attr_proto off); p_c = q_c / |q_c|
+    weights: torch.Tensor  # w_ck = softmax_k(<u_c, a_k> / τ_a) [C, K]
+    text_attribute: torch.Tensor  # <u_c, a_k> [C, K]
+    attributes: torch.Tensor  # a_k, unit rows [K, D]
+    gram: torch.Tensor  # a_k · a_l [K, K]
+
+
+class _TextSide(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, text, first, second, prompts, beta, ratio: float, tau: float, attr_proto: bool):
+        prompt_length = torch.linalg.vector_norm(prompts, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
+        attributes = prompts / prompt_length
+        hidden = torch.relu(text @ first.t())
+        mixed = torch.addmm(text, hidden, second.t(), beta=1 - ratio, alpha=ratio)
+        length = torch.linalg.vector_norm(mixed, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
+        unit = mixed.div_(length)  # u, in the buffer of the mix
+        text_attribute = unit @ attributes.t()
+        weights = torch.softmax(text_attribute / tau, dim=-1)
+        refined = torch.addmm(unit, weights, attributes * beta) if attr_proto else unit
+        gram = attributes @ attributes.t()
+        ctx.save_for_backward(text, first, second, attributes, prompt_length, hidden, unit, length, weights, beta)
+        ctx.options = (ratio, tau, attr_proto)
+        return refined, weights, text_attribute, attributes, gram
+
+    @staticmethod
+    def backward(ctx, grad_refined, grad_weights, grad_text_attribute, grad_attributes, grad_gram):
+        text, first, second, attributes, prompt_length, hidden, unit, length, weights, beta = ctx.saved_tensors
+        ratio, tau, attr_proto = ctx.options
+        zeros = torch.zeros_like
+        grad_unit = zeros(unit) if grad_refined is None else grad_refined.clone()
+        grad_w = zeros(weights) if grad_weights is None else grad_weights.clone()
+        grad_a = zeros(attributes) if grad_attributes is None else grad_attributes.clone()
+        grad_beta = None
+        if attr_proto and grad_refined is not None:  # q = u + β w A
+            grad_q_attributes = grad_refined @ attributes.t()  # [C, K]
+            grad_w.add_(grad_q_attributes * beta)
+            grad_a.addmm_((weights * beta).t(), grad_refined)
+            grad_beta = (grad_q_attributes * weights).sum()
+        # w = softmax(S / τ), S = u Aᵀ
+        grad_s = weights * (grad_w - (weights * grad_w).sum(-1, keepdim=True)) / tau
+        if grad_text_attribute is not None:
+            grad_s += grad_text_attribute
+        grad_unit.addmm_(grad_s, attributes)
+        grad_a.addmm_(grad_s.t(), unit)
+        if grad_gram is not None:  # G = A Aᵀ
+            grad_a.addmm_(grad_gram + grad_gram.t(), attributes)
+        # u = m / |m|, m = (1 − α) t + α relu(t W1ᵀ) W2ᵀ
+        grad_mixed = grad_unit.addcmul_(unit, (grad_unit * unit).sum(-1, keepdim=True), value=-1).div_(length)
+        grad_second = (grad_mixed.t() @ hidden).mul_(ratio)
+        grad_hidden = (grad_mixed @ second).mul_(ratio).mul_(hidden > 0)
+        grad_first = grad_hidden.t() @ text
+        # a = P / |P|
+        grad_prompts = grad_a.addcmul_(attributes, (grad_a * attributes).sum(-1, keepdim=True), value=-1)
+        grad_prompts.div_(prompt_length)
+        return None, grad_first, grad_second, grad_prompts, grad_beta, None, None, None
+
+
+def text_side(text: torch.Tensor, first: torch.Tensor, second: torch.Tensor, prompts: torch.Tensor,
+              beta: torch.Tensor, ratio: float, tau: float, attr_proto: bool) -> TextSide:
+    """The category side for text features [C, D]: adapter weights `first` [D/r, D] and `second` [D, D/r], residual
+    ratio α_t, attribute prompts [K, D], β, the associations' temperature τ_a."""
+    return TextSide(*_TextSide.apply(text, first, second, prompts, beta, ratio, tau, attr_proto))
