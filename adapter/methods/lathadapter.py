@@ -5,9 +5,10 @@ Only four facts come from the paper's abstract (adapter on frozen CLIP, attribut
 hyperbolic lift of each batch's categories, attributes and images, hierarchical regularisation). The equations below
 are this project's reconstruction, and each of its choices is an option.
 
-Every lifted point is a unit vector times one radius per kind, so `loss` computes distances and cone energies from
-radii and direction cosines (`kernels.radial`); `point_loss` computes the same loss over explicit points with the
-general kernels, as its reference.
+Every lifted point is a unit vector times one radius per kind, so `loss` computes every term from direction cosines
+and the lift's scalars: the category side is one autograd node (`lathadapter_text`), the images meet prototypes and
+attributes in one product, and everything after it is one node (`lathadapter_loss`), both with hand-written backward
+passes. `point_loss` computes the same loss over explicit points with the general kernels, as its reference.
 """
 
 from __future__ import annotations
