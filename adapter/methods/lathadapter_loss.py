@@ -113,10 +113,10 @@ def _cone_table(s: _Scalars, o: LossOptions, dtype: torch.dtype, device: torch.d
 
 
 class _LatHAdapterLoss(torch.autograd.Function):
-    """Inputs: the cosines of the batch's images with the C prototypes and the K attributes [B, C + K]; the
-    prototype–attribute cosines and the category→attribute weights w [C, K]; the log scales [3], log c, log τ_h;
-    labels [B]; the sorted categories of the batch [P] and each label's position among them [B]. Outputs the loss
-    and its detached parts (L_ce, L_hyp, L_hier)."""
+    """Inputs: the cosines of the batch's images with the C prototypes and the K attributes [B, C + K]; the cosines
+    <u_c, a_k> and the category→attribute weights w [C, K]; the attributes' Gram matrix [K, K]; β; the log scales
+    [3], log c, log τ_h; labels [B]; the sorted categories of the batch [P] and each label's position among them
+    [B]. Outputs the loss and its detached parts (L_ce, L_hyp, L_hier)."""
 
     @staticmethod
     def forward(ctx, image_cosines, text_attribute, class_weights, gram, beta, log_scales, log_curvature, log_tau,
@@ -192,7 +192,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
             grad_distances = t["hyp_log_prob"].exp()
             grad_distances.scatter_add_(1, labels[:, None], torch.full_like(grad_distances[:, :1], -1.0))
             grad_distances.mul_(grad * (-o.lambda_hyp * s.inv_tau / batch))
-            # logits = −d/τ, so ∂/∂log τ = Σ g_d d; and d ∝ 1/√c at fixed radii, so ∂/∂√c = −Σ g_d d/√c
+            # logits = −d/τ, so ∂/∂log τ = −Σ g_d d; and d ∝ 1/√c at fixed radii, so ∂/∂√c = −Σ g_d d/√c
             reductions.append(torch.dot(grad_distances.flatten(), t["distances"].flatten()).reshape(1))
             rows.append([0.0, 0.0, 0.0, -1 / s.sqrt_c, -1.0])
         elif o.lambda_hier > 0:
