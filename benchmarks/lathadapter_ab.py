@@ -1,0 +1,100 @@
+"""A/B of a LatHAdapter training step between an earlier commit and the working tree, in one process.
+
+    python benchmarks/lathadapter_ab.py --ref REV [--only caltech|imagenet] [--rounds 10]
+
+On a shared machine two runs minutes apart can differ by 2x, so comparing separate runs says little about a change.
+Here the commit REV is exported (git archive) into a temporary folder as the package `lathadapter_ref`, both versions
+train on the same synthetic cache (`benchmarks/fit.py`'s) in one process, and their steps are timed in alternating
+blocks, so a slow spell slows both. Prints ms per step (min and median over the blocks) and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+
+import torch
+from fit import cache_for  # benchmarks/ is the script directory
+
+from lathadapter.cache.store import CacheReader
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def export(ref: str, folder: Path) -> None:
+    """The package at `ref`, importable as `lathadapter_ref` from `folder`."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True).stdout
+    target = folder / "lathadapter_ref"
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    for path in target.rglob("*.py"):
+        text = path.read_text()
+        text = re.sub(r"\blathadapter\.", "lathadapter_ref.", text)
+        path.write_text(text.replace("from lathadapter import", "from lathadapter_ref import"))
+
+
+def stepper(package: str, data, generator_seed: int = 0) -> Callable[[], None]:
+    """One LatHAdapter step (forward, backward, fused AdamW) of `package` on a random batch of 256."""
+    importlib.import_module(f"{package}.adapter.trainer")  # pays the one-time optimiser import
+    create = importlib.import_module(f"{package}.adapter.registry").create_method
+    torch.manual_seed(0)
+    method = create("lathadapter", data)
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4,
+                                  fused=True)
+    generator = torch.Generator().manual_seed(generator_seed)
+
+    def step() -> None:
+        batch = torch.randint(len(data.train_labels), (256,), generator=generator)
+        loss = method.loss(data.train_features.index_select(0, batch), data.train_labels.index_select(0, batch))[0]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ref", required=True, help="the commit to compare the working tree with")
+    parser.add_argument("--only", choices=["caltech", "imagenet"], action="append")
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; ms per step (batch 256); "
+          f"ref = {args.ref}, new = working tree")
+    with tempfile.TemporaryDirectory() as folder:
+        export(args.ref, Path(folder))
+        sys.path.insert(0, folder)
+        for name in args.only or ["caltech", "imagenet"]:
+            with CacheReader(cache_for(name)) as reader:
+                data = reader.load(16, 1)
+            steps = {"ref": stepper("lathadapter_ref", data), "new": stepper("lathadapter", data)}
+            block = 15 if name == "caltech" else 6
+            times: dict[str, list[float]] = {key: [] for key in steps}
+            for step in steps.values():  # warm-up
+                for _ in range(5):
+                    step()
+            for _ in range(args.rounds):
+                for key, step in steps.items():
+                    start = time.perf_counter()
+                    for _ in range(block):
+                        step()
+                    times[key].append((time.perf_counter() - start) / block * 1000)
+            low = {key: min(values) for key, values in times.items()}
+            middle = {key: statistics.median(values) for key, values in times.items()}
+            print(f"{name}-like: ref {low['ref']:.2f} / {middle['ref']:.2f}, new {low['new']:.2f} / "
+                  f"{middle['new']:.2f} ms (min / median of {args.rounds} blocks of {block}); new/ref "
+                  f"{low['new'] / low['ref']:.3f} (min), {middle['new'] / middle['ref']:.3f} (median)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
