@@ -26,6 +26,8 @@ class TextSide:
 
 
 class _TextSide(torch.autograd.Function):
+    """The category side and its hand-written backward; `text_side` documents the inputs."""
+
     @staticmethod
     def forward(ctx, text, first, second, prompts, beta, ratio: float, tau: float, attr_proto: bool):
         prompt_length = torch.linalg.vector_norm(prompts, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
