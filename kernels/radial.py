@@ -24,6 +24,8 @@ angular part of W. Unit directions are assumed, not checked: callers normalise.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lathadapter.kernels.cone import check_cone_options, half_aperture_from_norm2
@@ -57,17 +59,25 @@ def distance_forward(rho_a, rho_b, cosine: torch.Tensor, sqrt_c) -> tuple[torch.
 
 
 def distance_backward(grad: torch.Tensor, rho_a, rho_b, sqrt_c, root: torch.Tensor) -> tuple:
-    """The pieces of d's gradient: `g` = grad · √c ∂d/∂δ, `to_cos` with ∂L/∂cos = g · to_cos, and the coefficients
-    `ka`, `kb` with ∂L/∂ρ_a = (2k (ρ_a Σg − ρ_b Σg·cos) + ka Σg·δ) / √c (symmetrically for ρ_b), k = 2/(αβ)."""
+    """`g` = grad · √c ∂d/∂δ and `to_cos`, with ∂L/∂cos = g · to_cos (∂δ/∂cos = −2kρ_aρ_b, k = 2/(αβ))."""
+    k = 2 / ((1 - rho_a * rho_a) * (1 - rho_b * rho_b))
+    return grad / root, -2 * k * rho_a * rho_b / sqrt_c
+
+
+def distance_radius_coefficients(rho_a, rho_b) -> tuple:
+    """(A_a, B_a, A_b, B_b) with ∂δ/∂ρ_a = A_a + B_a δ at a fixed cosine (symmetrically for ρ_b): writing the
+    cosine through δ, which is affine in it, gives A_a = k (ρ_a² − ρ_b²)/ρ_a and B_a = 2ρ_a/α + 1/ρ_a. So the radii's
+    gradients need only Σ g and Σ g δ: ∂L/∂ρ_a = (A_a Σg + B_a Σgδ)/√c."""
     alpha, beta = 1 - rho_a * rho_a, 1 - rho_b * rho_b
     k = 2 / (alpha * beta)
-    return grad / root, -2 * k * rho_a * rho_b / sqrt_c, 2 * rho_a / alpha, 2 * rho_b / beta  # ∂W/∂cos = −2ρ_aρ_b
+    squares = rho_a * rho_a - rho_b * rho_b
+    return k * squares / rho_a, 2 * rho_a / alpha + 1 / rho_a, -k * squares / rho_b, 2 * rho_b / beta + 1 / rho_b
 
 
 class _RadialDistance(torch.autograd.Function):
     """d = arcosh(1 + 2W / ((1 − ρ_a²)(1 − ρ_b²))) / √c over a tensor of cosines; ρ_a, ρ_b broadcast against it.
 
-    With 0-d radii (one radius per kind, the common case) their gradients come from three dot products.
+    With 0-d radii (one radius per kind, the common case) their gradients come from two reductions.
     """
 
     @staticmethod
@@ -79,21 +89,19 @@ class _RadialDistance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rho_a, rho_b, cosine, c, delta, root, out = ctx.saved_tensors
-        scale = c.rsqrt()
-        g, to_cos, ka, kb = distance_backward(grad, rho_a, rho_b, c.sqrt(), root)
-        k = 2 / ((1 - rho_a * rho_a) * (1 - rho_b * rho_b))
+        sqrt_c = c.sqrt()
+        g, to_cos = distance_backward(grad, rho_a, rho_b, sqrt_c, root)
         grad_a = grad_b = grad_c = None
         if ctx.needs_input_grad[3]:
             grad_c = -_dot(grad, out) / (2 * c)  # at fixed radii, d ∝ 1/√c
-        # ∂W/∂ρ_a = 2(ρ_a − ρ_b cos) and ∂δ/∂ρ_a at fixed W = 2ρ_a δ/α (symmetrically for ρ_b)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            if rho_a.dim() == 0 and rho_b.dim() == 0:
-                s0, s1, s2 = g.sum(), _dot(g, cosine), _dot(g, delta)
-                grad_a = scale * (2 * k * (rho_a * s0 - rho_b * s1) + ka * s2)
-                grad_b = scale * (2 * k * (rho_b * s0 - rho_a * s1) + kb * s2)
+            a_a, b_a, a_b, b_b = distance_radius_coefficients(rho_a, rho_b)
+            if rho_a.dim() == 0 and rho_b.dim() == 0:  # one radius per kind: two reductions
+                s0, s_delta = g.sum(), _dot(g, delta)
+                grad_a, grad_b = (a_a * s0 + b_a * s_delta) / sqrt_c, (a_b * s0 + b_b * s_delta) / sqrt_c
             else:
-                grad_a = scale * _reduce(g * ((2 * k) * (rho_a - rho_b * cosine) + ka * delta), rho_a)
-                grad_b = scale * _reduce(g * ((2 * k) * (rho_b - rho_a * cosine) + kb * delta), rho_b)
+                grad_a = _reduce(g * (a_a + b_a * delta), rho_a) / sqrt_c
+                grad_b = _reduce(g * (a_b + b_b * delta), rho_b) / sqrt_c
         return grad_a, grad_b, g * to_cos if ctx.needs_input_grad[2] else None, grad_c
 
 
@@ -180,6 +188,14 @@ def radial_distance(rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tens
 def radial_exterior_angle(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
     """Exterior angle Ξ(p, q) of parent ρ_p·u_p towards child ρ_q·u_q for every entry of `cosine`."""
     return _ExteriorAngle.apply(rho_p, rho_q, cosine)
+
+
+def half_aperture(rho: float, K: float) -> tuple[float, float]:
+    """`radial_half_aperture` of one Python float radius, and its derivative dψ/dρ (0 where the min is 1)."""
+    x = K * (1 - rho * rho) / rho
+    if x >= 1:
+        return math.pi / 2, 0.0
+    return math.asin(x), -K * (1 + 1 / (rho * rho)) / math.sqrt(1 - x * x)
 
 
 def radial_half_aperture(rho: torch.Tensor, K: float = 0.1) -> torch.Tensor:

@@ -154,8 +154,7 @@ def test_prototype_attribute_cosines_from_class_attribute_quantities_equal_the_d
         method.beta.fill_(0.7)
         side = method.text_side(method.text_features)
         expected = method.prototypes(method.text_features)[0] @ side.attributes.t()
-        ours = _prototype_attribute_cosines(side.text_attribute, side.weights, side.gram, method.loss_options,
-                                            {"beta": 0.7})
+        ours = _prototype_attribute_cosines(side.text_attribute, side.weights, side.gram, 0.7, method.loss_options, {})
     torch.testing.assert_close(ours, expected)
 
 

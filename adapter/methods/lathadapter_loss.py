@@ -28,10 +28,12 @@ from lathadapter.kernels.geometry import PROJECTION_EPS
 from lathadapter.kernels.radial import (
     distance_backward,
     distance_forward,
+    distance_radius_coefficients,
     exterior_angle_coefficient_derivatives,
     exterior_angle_coefficients,
     exterior_angle_forward,
     exterior_angle_pieces,
+    half_aperture,
 )
 
 # (parent kind, child kind) of the cone's three edge sets; kinds: 0 categories, 1 attributes, 2 images
@@ -94,14 +96,6 @@ class _Scalars:
         return [[d0, 0, 0, e0 * f, 0], [0, d1, 0, e1 * f, 0], [0, 0, d2, e2 * f, 0], [0, 0, 0, f, 0], [0, 0, 0, 0, 1]]
 
 
-def half_aperture(rho: float, K: float) -> tuple[float, float]:
-    """ψ(ρ) = arcsin(min(1, K (1 − ρ²)/ρ)) and dψ/dρ (0 where the min is 1)."""
-    x = K * (1 - rho * rho) / rho
-    if x >= 1:
-        return math.pi / 2, 0.0
-    return math.asin(x), -K * (1 + 1 / (rho * rho)) / math.sqrt(1 - x * x)
-
-
 def _cone_table(s: _Scalars, o: LossOptions, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """[8, 3]: per edge set, the exterior angle's coefficients (w0, w1, m0, m1, n0, n1), ρ_p² and κ ψ(ρ_p)."""
     columns = []
@@ -129,7 +123,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
         ce = -log_prob.gather(1, labels[:, None]).mean()
         hyp = hier = image_cosines.new_zeros(())
         saved = {"s": s, "o": o, "num_present": len(present), "weights_shape": class_weights.shape}
-        tensors = {"labels": labels, "present": present, "position": position, "log_prob": log_prob, "beta": s.beta}
+        tensors = {"labels": labels, "present": present, "position": position, "log_prob": log_prob}
         if o.lambda_hyp > 0 or o.lambda_hier > 0:
             distances, delta, root = distance_forward(rho_img, rho_cat, image_class, s.sqrt_c)  # [B, C]
             tensors.update(distances=distances, delta=delta, root=root)
@@ -144,7 +138,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
                 weights_present = class_weights.index_select(0, present)  # [P, K]
                 r = torch.softmax(image_attribute / o.tau_attr, dim=1)  # [B, K]
                 class_attribute = _prototype_attribute_cosines(text_attribute.index_select(0, present),
-                                                               weights_present, gram, o, tensors)
+                                                               weights_present, gram, s.beta, o, tensors)
                 cosines = torch.cat([image_class.gather(1, labels[:, None]).flatten(), class_attribute.flatten(),
                                      image_attribute.flatten()])
                 sizes = [batch, weights_present.numel(), r.numel()]
@@ -224,15 +218,12 @@ class _LatHAdapterLoss(torch.autograd.Function):
                 reductions.append(scale.reshape(1))
                 rows.append([*drho, dsqrt_c, 0.0])
         if o.lambda_hyp > 0 or o.lambda_hier > 0:  # d(ρ_img, ρ_cat, cos): to the cosines and the radii
-            g, to_cos, k_img, k_cat = distance_backward(grad_distances, rho_img, rho_cat, s.sqrt_c, t["root"])
+            g, to_cos = distance_backward(grad_distances, rho_img, rho_cat, s.sqrt_c, t["root"])
             grad_class.add_(g, alpha=to_cos)
-            # at fixed cos, ∂δ/∂ρ_a = k (ρ_a² − ρ_b²)/ρ_a + (2ρ_a/α + 1/ρ_a) δ (cos written through δ, affine in it),
-            # so the radii need Σ g and Σ g δ only; a = images, b = categories
-            k, inv = 2 / ((1 - rho_img * rho_img) * (1 - rho_cat * rho_cat)), 1 / s.sqrt_c
-            squares = rho_img * rho_img - rho_cat * rho_cat
+            a_img, b_img, a_cat, b_cat = distance_radius_coefficients(rho_img, rho_cat)
             reductions += [g.sum().reshape(1), torch.dot(g.flatten(), t["delta"].flatten()).reshape(1)]
-            rows += [[-k * squares / rho_cat * inv, 0.0, k * squares / rho_img * inv, 0.0, 0.0],
-                     [(k_cat + 1 / rho_cat) * inv, 0.0, (k_img + 1 / rho_img) * inv, 0.0, 0.0]]
+            rows += [[a_cat / s.sqrt_c, 0.0, a_img / s.sqrt_c, 0.0, 0.0],
+                     [b_cat / s.sqrt_c, 0.0, b_img / s.sqrt_c, 0.0, 0.0]]
         if reductions:
             matrices = torch.tensor([*rows, *s.jacobian()], dtype=image_cosines.dtype).to(image_cosines.device)
             scalar_grads = (torch.cat(reductions) @ matrices[:len(rows)]) @ matrices[len(rows):]
@@ -265,7 +256,8 @@ class _LatHAdapterLoss(torch.autograd.Function):
         # through the weights: ∂/∂w_ck = e_ck / T, ∂/∂r_ik = e_ik / T, then the softmax's backward for r
         weighted_energy = energy * per_weight
         grad_text_present, grad_weights_present, grad_gram, grad_beta = _prototype_attribute_backward(
-            grad_cos[first:second].view(num_present, -1), weighted_energy[first:second].view(num_present, -1), t, o)
+            grad_cos[first:second].view(num_present, -1), weighted_energy[first:second].view(num_present, -1), s.beta,
+            t, o)
         grad_text_attribute = torch.zeros(text_shape, dtype=energy.dtype, device=energy.device)
         grad_text_attribute.index_copy_(0, present, grad_text_present)
         grad_weights = torch.zeros(saved["weights_shape"], dtype=energy.dtype, device=energy.device)
@@ -300,29 +292,28 @@ class _LatHAdapterLoss(torch.autograd.Function):
 
 
 def _prototype_attribute_cosines(text_present: torch.Tensor, weights_present: torch.Tensor, gram: torch.Tensor | None,
-                                 o: LossOptions, tensors: dict) -> torch.Tensor:
+                                 beta: float, o: LossOptions, tensors: dict) -> torch.Tensor:
     """`<p_c, a_k>` [P, K] of the batch's categories from [P, K] quantities alone: with unit u_c and a_k and
     q = u + β w A, `q Aᵀ = uAᵀ + β w G` and `|q|² = 1 + 2β <w, uAᵀ> + β² <w G, w>` (row-wise), G = AAᵀ."""
     if not o.attr_proto:
         return text_present
-    beta_value = tensors["beta"]
     projected = weights_present @ gram  # w G
-    twice_beta_s = text_present * (2 * beta_value)
-    squared = (weights_present * torch.add(twice_beta_s, projected, alpha=beta_value ** 2)).sum(1, keepdim=True)
+    twice_beta_s = text_present * (2 * beta)
+    squared = (weights_present * torch.add(twice_beta_s, projected, alpha=beta ** 2)).sum(1, keepdim=True)
     squared.add_(1)  # |q|²
     length = squared.sqrt()
-    cosines = torch.add(text_present, projected, alpha=beta_value).div_(length)
+    cosines = torch.add(text_present, projected, alpha=beta).div_(length)
     tensors.update(text_present=text_present, weights_present=weights_present, projected=projected, gram=gram,
                    squared=squared, length=length, class_attribute=cosines)
     return cosines
 
 
-def _prototype_attribute_backward(grad: torch.Tensor, grad_weights: torch.Tensor, t: dict, o: LossOptions) -> tuple:
+def _prototype_attribute_backward(grad: torch.Tensor, grad_weights: torch.Tensor, beta: float, t: dict,
+                                  o: LossOptions) -> tuple:
     """Backward of `_prototype_attribute_cosines` given ∂L/∂<p_c, a_k> [P, K] and the direct ∂L/∂w [P, K]: the
     gradients w.r.t. uAᵀ and w of the batch's categories, the Gram matrix G and β."""
     if not o.attr_proto:
         return grad, grad_weights, None, None
-    beta = t["beta"]
     text_present, weights_present, projected = t["text_present"], t["weights_present"], t["projected"]
     grad_q_attribute = grad / t["length"]  # ∂/∂(q Aᵀ)
     grad_squared = (grad * t["class_attribute"]).sum(1, keepdim=True).div_(t["squared"]).mul_(-0.5)  # ∂/∂|q|²
