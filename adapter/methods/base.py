@@ -13,22 +13,30 @@ from lathadapter.cache.store import FewShotData
 NORM_EPS = 1e-12  # as F.normalize
 
 
+def unit_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x / max(|x|, eps)` over the last dim, and that length (what `normalize_backward` needs)."""
+    length = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
+    return x / length, length
+
+
+def normalize_backward(grad: torch.Tensor, unit: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """The two-term backward of a normalisation, `(g − y <g, y>) / |x|` (written into a new tensor)."""
+    return torch.addcmul(grad, unit, (grad * unit).sum(-1, keepdim=True), value=-1).div_(length)
+
+
 class _Normalize(torch.autograd.Function):
     """`x / max(|x|, eps)` over the last dim with the two-term backward `(g − y <g, y>) / |x|` (autograd's own
     backward of F.normalize takes about four times as many passes over the tensor)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        length = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
-        y = x / length
+        y, length = unit_rows(x)
         ctx.save_for_backward(y, length)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        y, length = ctx.saved_tensors
-        radial = (grad * y).sum(-1, keepdim=True)
-        return torch.addcmul(grad, y, radial, value=-1).div_(length)
+        return normalize_backward(grad, *ctx.saved_tensors)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -116,13 +124,19 @@ class Adapter(nn.Module):
         return self.net(x)
 
 
+def mix_with(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, ratio: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden layer `relu(x W1ᵀ)` and `(1 − α) x + α relu(x W1ᵀ) W2ᵀ` for rows x and the adapter's weights; the
+    second product, both scalings and the sum are one `addmm` (no extra pass over [N, D])."""
+    hidden = torch.relu(x @ first.t())
+    return hidden, torch.addmm(x, hidden, second.t(), beta=1 - ratio, alpha=ratio)
+
+
 def mix(x: torch.Tensor, adapter: Adapter, ratio: float) -> torch.Tensor:
-    """`(1 − α) x + α g(x)`, the residual blend before its renormalisation; the adapter's second product, both
-    scalings and the sum are one `addmm` (no extra pass over [N, D])."""
+    """`(1 − α) x + α g(x)`, the residual blend before its renormalisation."""
     first, _, second = adapter.net
     rows = x.reshape(-1, x.shape[-1])
-    hidden = torch.relu(rows @ first.weight.t())
-    return torch.addmm(rows, hidden, second.weight.t(), beta=1 - ratio, alpha=ratio).reshape(x.shape)
+    return mix_with(rows, first.weight, second.weight, ratio)[1].reshape(x.shape)
 
 
 def blend(x: torch.Tensor, adapter: Adapter, ratio: float) -> torch.Tensor:

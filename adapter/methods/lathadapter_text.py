@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-NORM_EPS = 1e-12  # as F.normalize
+from lathadapter.adapter.methods.base import mix_with, normalize_backward, unit_rows
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,9 @@ class _TextSide(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, text, first, second, prompts, beta, ratio: float, tau: float, attr_proto: bool):
-        prompt_length = torch.linalg.vector_norm(prompts, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
-        attributes = prompts / prompt_length
-        hidden = torch.relu(text @ first.t())
-        mixed = torch.addmm(text, hidden, second.t(), beta=1 - ratio, alpha=ratio)
-        length = torch.linalg.vector_norm(mixed, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
-        unit = mixed.div_(length)  # u, in the buffer of the mix
+        attributes, prompt_length = unit_rows(prompts)
+        hidden, mixed = mix_with(text, first, second, ratio)
+        unit, length = unit_rows(mixed)
         text_attribute = unit @ attributes.t()
         weights = torch.softmax(text_attribute / tau, dim=-1)
         refined = torch.addmm(unit, weights, attributes * beta) if attr_proto else unit
@@ -67,13 +64,11 @@ class _TextSide(torch.autograd.Function):
         if grad_gram is not None:  # G = A Aᵀ
             grad_a.addmm_(grad_gram + grad_gram.t(), attributes)
         # u = m / |m|, m = (1 − α) t + α relu(t W1ᵀ) W2ᵀ
-        grad_mixed = grad_unit.addcmul_(unit, (grad_unit * unit).sum(-1, keepdim=True), value=-1).div_(length)
+        grad_mixed = normalize_backward(grad_unit, unit, length)
         grad_second = (grad_mixed.t() @ hidden).mul_(ratio)
         grad_hidden = (grad_mixed @ second).mul_(ratio).mul_(hidden > 0)
         grad_first = grad_hidden.t() @ text
-        # a = P / |P|
-        grad_prompts = grad_a.addcmul_(attributes, (grad_a * attributes).sum(-1, keepdim=True), value=-1)
-        grad_prompts.div_(prompt_length)
+        grad_prompts = normalize_backward(grad_a, attributes, prompt_length)  # a = P / |P|
         return None, grad_first, grad_second, grad_prompts, grad_beta, None, None, None
 
 
