@@ -144,20 +144,6 @@ def test_novel_classes_get_their_own_prototypes_from_text() -> None:
     assert torch.allclose(scores, 100 * method.adapt_images(data.test_features) @ p.t(), atol=1e-4)
 
 
-def test_prototype_attribute_cosines_from_class_attribute_quantities_equal_the_direct_product() -> None:
-    """<p_c, a_k> from uAᵀ, w, AAᵀ and β (the cone's category→attribute cosines) equals normalize(q) Aᵀ."""
-    from lathadapter.adapter.methods.lathadapter_loss import _prototype_attribute_cosines
-
-    data = make_data()
-    method = create_method("lathadapter", data, num_attributes=4).double()
-    with torch.no_grad():
-        method.beta.fill_(0.7)
-        side = method.text_side(method.text_features)
-        expected = method.prototypes(method.text_features)[0] @ side.attributes.t()
-        ours = _prototype_attribute_cosines(side.text_attribute, side.weights, side.gram, 0.7, method.loss_options, {})
-    torch.testing.assert_close(ours, expected)
-
-
 @pytest.mark.parametrize("attr_proto", [True, False])
 def test_text_side_equals_the_plain_formulas_in_value_and_gradient(attr_proto: bool) -> None:
     """The fused category side against METHOD.md steps 1–3 written with autograd, in float64, and gradcheck."""
@@ -175,12 +161,12 @@ def test_text_side_equals_the_plain_formulas_in_value_and_gradient(attr_proto: b
         u = F.normalize(0.8 * text + 0.2 * torch.relu(text @ first.t()) @ second.t(), dim=-1)
         a = F.normalize(prompts, dim=-1)
         w = torch.softmax(u @ a.t() / 0.3, dim=-1)
-        q = u + beta * w @ a if attr_proto else u
-        return q, w, u @ a.t(), a, a @ a.t()
+        p = F.normalize(u + beta * w @ a, dim=-1) if attr_proto else u
+        return p, w, p @ a.t(), a
 
     def fused(first, second, prompts, beta):
         side = text_side(text, first, second, prompts, beta, 0.2, 0.3, attr_proto)
-        return side.refined, side.weights, side.text_attribute, side.attributes, side.gram
+        return side.prototypes, side.weights, side.class_attribute, side.attributes
 
     upstream = [torch.randn(t.shape, generator=generator, dtype=torch.float64) for t in plain(*leaves)]
     expected, actual = plain(*leaves), fused(*leaves)
@@ -267,15 +253,14 @@ LOSS_CASES = {
     "hier-only": {"lambda_hyp": 0.0},
     "one-category": {"labels": [2, 2, 2, 2, 2, 2]},
     "curvature-clamped": {"log_curvature": math.log(20.0)},  # c = 10 at the clamp: no gradient to log c
-    "no-attr-proto": {"attr_proto": False},
 }
 
 
 @pytest.mark.parametrize("case", LOSS_CASES.values(), ids=LOSS_CASES.keys())
 def test_loss_backward_matches_finite_differences(case: dict) -> None:
     """The hand-written backward of the fused loss against central differences in float64, w.r.t. the image
-    cosines, the text–attribute cosines, the association weights, the attributes' Gram matrix, β and the five
-    scalars (lift scales, curvature, temperature)."""
+    cosines, the category–attribute cosines, the association weights and the five scalars (lift scales, curvature,
+    temperature)."""
     from lathadapter.adapter.methods.lathadapter import CURVATURE_RANGE
     from lathadapter.adapter.methods.lathadapter_loss import LossOptions, lathadapter_loss
 
@@ -283,14 +268,12 @@ def test_loss_backward_matches_finite_differences(case: dict) -> None:
     labels = torch.tensor(case.pop("labels", [0, 2, 2, 3, 0, 4]))
     log_curvature = torch.tensor(case.pop("log_curvature", math.log(1.3)), dtype=torch.float64)
     options = {"logit_scale": 10.0, "lambda_hyp": 0.5, "lambda_hier": 0.7, "hier": "cone", "cone_k": 0.1,
-               "cone_kappa": 1.0, "margin": 0.4, "margin_radial": 0.3, "tau_attr": 0.2, "attr_proto": True,
+               "cone_kappa": 1.0, "margin": 0.4, "margin_radial": 0.3, "tau_attr": 0.2,
                "curvature_range": CURVATURE_RANGE, **case}
     generator = torch.Generator().manual_seed(3)
     cosine = lambda *shape: (torch.rand(*shape, generator=generator, dtype=torch.float64) * 1.8 - 0.9)  # noqa: E731
-    attributes = F.normalize(torch.randn(3, 4, generator=generator, dtype=torch.float64), dim=-1)
     inputs = [cosine(6, 5 + 3), cosine(5, 3),
               torch.softmax(torch.randn(5, 3, generator=generator, dtype=torch.float64), 1),
-              attributes @ attributes.t(), torch.tensor(0.3, dtype=torch.float64),
               torch.tensor([0.3, 0.6, 1.0], dtype=torch.float64).log(), log_curvature,
               torch.tensor(math.log(0.5), dtype=torch.float64)]
     inputs = [t.clone().requires_grad_() for t in inputs]
@@ -299,5 +282,5 @@ def test_loss_backward_matches_finite_differences(case: dict) -> None:
     assert torch.isclose(total, ce + o.lambda_hyp * hyp + o.lambda_hier * hier)
     assert torch.autograd.gradcheck(lambda *x: lathadapter_loss(*x, labels, o)[0], inputs, eps=1e-6, atol=1e-7)
     if log_curvature > math.log(CURVATURE_RANGE[1]):
-        (grad_c,) = torch.autograd.grad(lathadapter_loss(*inputs, labels, o)[0], inputs[6])
+        (grad_c,) = torch.autograd.grad(lathadapter_loss(*inputs, labels, o)[0], inputs[4])
         assert grad_c == 0

@@ -130,7 +130,7 @@ class LatHAdapter(Method):
         self.loss_options = LossOptions(
             logit_scale=LOGIT_SCALE, lambda_hyp=options.lambda_hyp, lambda_hier=options.lambda_hier, hier=options.hier,
             cone_k=options.cone_k, cone_kappa=options.cone_kappa, margin=options.margin,
-            margin_radial=options.margin_radial, tau_attr=options.tau_attr, attr_proto=options.attr_proto,
+            margin_radial=options.margin_radial, tau_attr=options.tau_attr,
             curvature_range=CURVATURE_RANGE)
 
     # --- the pieces of the forward pass (METHOD.md steps 1–5) ---
@@ -151,9 +151,9 @@ class LatHAdapter(Method):
         return torch.softmax(cosines / self.options.tau_attr, dim=-1)
 
     def text_side(self, text_features: torch.Tensor) -> TextSide:
-        """The category side (steps 1–3): `q_c = u_c + β Σ_k w_ck a_k` (`u_c` with `attr_proto` off), whose
-        normalisation is the prototype `p_c`, the weights `w_ck`, the cosines `<u_c, a_k>`, the attributes and their
-        Gram matrix; one autograd node (`lathadapter_text`)."""
+        """The category side (steps 1–3): the prototypes `p_c`, normalised `q_c = u_c + β Σ_k w_ck a_k` (`u_c` with
+        `attr_proto` off), the weights `w_ck`, the cosines `<p_c, a_k>` and the attributes; one autograd node
+        (`lathadapter_text`)."""
         first, _, second = self.text_adapter.net
         return text_side(text_features, first.weight, second.weight, self.attribute_prompts, self.beta,
                          self.options.alpha_t, self.options.tau_attr, self.options.attr_proto)
@@ -161,7 +161,7 @@ class LatHAdapter(Method):
     def prototypes(self, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attribute-refined class prototypes `p_c` and the category→attribute weights `w_ck`."""
         side = self.text_side(text_features)
-        return (normalize(side.refined) if self.options.attr_proto else side.refined), side.weights
+        return side.prototypes, side.weights
 
     def radii(self, c: torch.Tensor) -> torch.Tensor:
         """Scaled radii ρ = √c·r of the lifted categories, attributes and images: exp0(s·u) = (ρ/√c)·u for unit u."""
@@ -187,12 +187,11 @@ class LatHAdapter(Method):
         scalars (`lathadapter_loss`); the cosines come from one product of the images with prototypes and attributes."""
         o = self.options
         side = self.text_side(self.text_features)
-        # v = normalize(mixed) and p = normalize(q): both normalisations are folded into the one product
+        # v = normalize(mixed) is folded into the one product
         mixed = mix(features, self.visual_adapter, o.alpha_v)
-        image_cosines = cosines(mixed, torch.cat([side.refined, side.attributes]))
-        loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, side.text_attribute, side.weights, side.gram, self.beta,
-                                                 self.log_scales, self.log_curvature, self.log_tau_hyp, labels,
-                                                 self.loss_options)
+        image_cosines = cosines(mixed, torch.cat([side.prototypes, side.attributes]))
+        loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, side.class_attribute, side.weights, self.log_scales,
+                                                 self.log_curvature, self.log_tau_hyp, labels, self.loss_options)
         parts = {"ce": ce}
         if o.lambda_hyp > 0:
             parts["hyp"] = hyp

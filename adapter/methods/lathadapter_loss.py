@@ -53,7 +53,6 @@ class LossOptions:
     margin: float
     margin_radial: float
     tau_attr: float
-    attr_proto: bool
     curvature_range: tuple[float, float]
 
 
@@ -67,14 +66,13 @@ class _Scalars:
     drho_dsqrt_c: tuple[float, float, float]
     dsqrt_c_dlog_c: float
     inv_tau: float  # 1 / τ_h
-    beta: float  # β of the attribute-refined prototypes
 
     @staticmethod
-    def of(log_scales: torch.Tensor, log_curvature: torch.Tensor, log_tau: torch.Tensor, beta: torch.Tensor,
+    def of(log_scales: torch.Tensor, log_curvature: torch.Tensor, log_tau: torch.Tensor,
            curvature_range: tuple[float, float]) -> _Scalars:
         values = torch.cat([log_scales.detach().reshape(3), log_curvature.detach().reshape(1),
-                            log_tau.detach().reshape(1), beta.detach().reshape(1)]).tolist()  # one sync on a GPU
-        *log_s, log_c, log_t, beta_value = values
+                            log_tau.detach().reshape(1)]).tolist()  # one sync on a GPU
+        *log_s, log_c, log_t = values
         low, high = curvature_range
         raw_c = math.exp(log_c)
         sqrt_c = math.sqrt(min(max(raw_c, low), high))
@@ -87,8 +85,7 @@ class _Scalars:
             drho_dlog_scale.append((1 - t * t) * sqrt_c * scale if inside else 0.0)
             drho_dsqrt_c.append((1 - t * t) * scale if inside else 0.0)
         dsqrt_c = sqrt_c / 2 if low <= raw_c <= high else 0.0  # d√c/d log c = √c / 2 inside the clamp
-        return _Scalars(sqrt_c, tuple(rho), tuple(drho_dlog_scale), tuple(drho_dsqrt_c), dsqrt_c, math.exp(-log_t),
-                        beta_value)
+        return _Scalars(sqrt_c, tuple(rho), tuple(drho_dlog_scale), tuple(drho_dsqrt_c), dsqrt_c, math.exp(-log_t))
 
     def jacobian(self) -> list[list[float]]:
         """∂(ρ_cat, ρ_attr, ρ_img, √c, log τ_h)/∂(log s_cat, log s_attr, log s_img, log c, log τ_h), row by row."""
@@ -108,14 +105,14 @@ def _cone_table(s: _Scalars, o: LossOptions, dtype: torch.dtype, device: torch.d
 
 class _LatHAdapterLoss(torch.autograd.Function):
     """Inputs: the cosines of the batch's images with the C prototypes and the K attributes [B, C + K]; the cosines
-    <u_c, a_k> and the category→attribute weights w [C, K]; the attributes' Gram matrix [K, K]; β; the log scales
-    [3], log c, log τ_h; labels [B]; the sorted categories of the batch [P] and each label's position among them
-    [B]. Outputs the loss and its detached parts (L_ce, L_hyp, L_hier)."""
+    <p_c, a_k> and the category→attribute weights w [C, K]; the log scales [3], log c, log τ_h; labels [B]; the
+    sorted categories of the batch [P] and each label's position among them [B]. Outputs the loss and its detached
+    parts (L_ce, L_hyp, L_hier)."""
 
     @staticmethod
-    def forward(ctx, image_cosines, text_attribute, class_weights, gram, beta, log_scales, log_curvature, log_tau,
-                labels, present, position, o: LossOptions):
-        s = _Scalars.of(log_scales, log_curvature, log_tau, beta, o.curvature_range)
+    def forward(ctx, image_cosines, class_attribute, class_weights, log_scales, log_curvature, log_tau, labels,
+                present, position, o: LossOptions):
+        s = _Scalars.of(log_scales, log_curvature, log_tau, o.curvature_range)
         rho_cat, _, rho_img = s.rho
         batch, num_classes = len(labels), class_weights.shape[0]
         image_class, image_attribute = image_cosines[:, :num_classes], image_cosines[:, num_classes:]
@@ -137,10 +134,8 @@ class _LatHAdapterLoss(torch.autograd.Function):
             if o.hier == "cone":
                 weights_present = class_weights.index_select(0, present)  # [P, K]
                 r = torch.softmax(image_attribute / o.tau_attr, dim=1)  # [B, K]
-                class_attribute = _prototype_attribute_cosines(text_attribute.index_select(0, present),
-                                                               weights_present, gram, s.beta, o, tensors)
-                cosines = torch.cat([image_class.gather(1, labels[:, None]).flatten(), class_attribute.flatten(),
-                                     image_attribute.flatten()])
+                cosines = torch.cat([image_class.gather(1, labels[:, None]).flatten(),
+                                     class_attribute.index_select(0, present).flatten(), image_attribute.flatten()])
                 sizes = [batch, weights_present.numel(), r.numel()]
                 table = _cone_table(s, o, cosines.dtype, cosines.device)
                 per_edge = torch.cat([table[:, j:j + 1].expand(-1, size) for j, size in enumerate(sizes)], 1)  # [8, E]
@@ -160,7 +155,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
         parts = torch.stack([ce, hyp, hier])
         ctx.saved, ctx.tensors = saved, tensors  # intermediates; the one input the backward reads is saved below
         ctx.save_for_backward(image_cosines)
-        ctx.shapes = (log_curvature.shape, log_tau.shape, text_attribute.shape)
+        ctx.shapes = (log_curvature.shape, log_tau.shape)
         ctx.mark_non_differentiable(parts)
         return ce + o.lambda_hyp * hyp + o.lambda_hier * hier, parts
 
@@ -177,7 +172,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
         grad_class = t["log_prob"].exp()  # ∂L_ce/∂ℓ = (softmax − onehot)/B, then ℓ = scale · cos
         grad_class.scatter_add_(1, labels[:, None], torch.full_like(grad_class[:, :1], -1.0))
         grad_class.mul_(grad * (o.logit_scale / batch))
-        grad_text_attribute = grad_weights = grad_attribute = grad_gram = grad_beta = None
+        grad_class_attribute = grad_weights = grad_attribute = None
         # The scalar gradients are Σ_i reduction_i · row_i, a row holding ∂/∂(ρ_cat, ρ_attr, ρ_img, √c at fixed radii,
         # log τ_h) of what was reduced; the Jacobian of those five w.r.t. the parameters' logs is applied once.
         reductions: list[torch.Tensor] = []
@@ -203,9 +198,8 @@ class _LatHAdapterLoss(torch.autograd.Function):
                 reductions.append(torch.dot(grad_batch.flatten(), t["batch_distances"].flatten()).reshape(1))
                 rows.append([0.0, 0.0, 0.0, -1 / s.sqrt_c, 0.0])  # d ∝ 1/√c at fixed radii
             if o.hier == "cone":
-                cone_grads = _LatHAdapterLoss.cone_backward(t, saved, s, o, scale / total_weight, grad_class,
-                                                            reductions, rows, ctx.shapes[2])
-                grad_attribute, grad_text_attribute, grad_weights, grad_gram, grad_beta = cone_grads
+                grad_attribute, grad_class_attribute, grad_weights = _LatHAdapterLoss.cone_backward(
+                    t, saved, s, o, scale / total_weight, grad_class, reductions, rows)
             else:  # centripetal: |x|_H = 2 artanh(ρ)/√c, so ∂/∂ρ = 2/(√c (1 − ρ²)) and ∂/∂√c = −|x|_H/√c
                 origin = saved["origin"]
                 drho, dsqrt_c = [0.0, 0.0, 0.0], 0.0
@@ -232,17 +226,16 @@ class _LatHAdapterLoss(torch.autograd.Function):
         if grad_attribute is None:
             grad_attribute = grad_class.new_zeros(batch, image_cosines.shape[1] - num_classes)
         grad_cosines = torch.cat([grad_class, grad_attribute], 1)
-        curvature_shape, tau_shape, _ = ctx.shapes
-        return (grad_cosines, grad_text_attribute, grad_weights, grad_gram, grad_beta, scalar_grads[:3],
-                scalar_grads[3].reshape(curvature_shape), scalar_grads[4].reshape(tau_shape),
-                None, None, None, None)
+        curvature_shape, tau_shape = ctx.shapes
+        return (grad_cosines, grad_class_attribute, grad_weights, scalar_grads[:3],
+                scalar_grads[3].reshape(curvature_shape), scalar_grads[4].reshape(tau_shape), None, None, None, None)
 
     @staticmethod
     def cone_backward(t: dict, saved: dict, s: _Scalars, o: LossOptions, per_weight: torch.Tensor,
-                      grad_class: torch.Tensor, reductions: list, rows: list, text_shape: torch.Size) -> tuple:
+                      grad_class: torch.Tensor, reductions: list, rows: list) -> tuple:
         """Gradients of the weighted cone energies (`per_weight` = upstream · λ_hier / T) w.r.t. the image–class
-        cosines (added into `grad_class`), then returned: the image–attribute cosines, the text–attribute cosines,
-        the weights w, the attributes' Gram matrix and β; the radii's terms go to `reductions` and `rows`."""
+        cosines (added into `grad_class`), then returned: the image–attribute cosines, the category–attribute
+        cosines and the weights w; the radii's terms go to `reductions` and `rows`."""
         labels, present = t["labels"], t["present"]
         batch, num_present = len(labels), saved["num_present"]
         first, second = saved["sizes"][0], saved["sizes"][0] + saved["sizes"][1]
@@ -255,13 +248,10 @@ class _LatHAdapterLoss(torch.autograd.Function):
         grad_class.scatter_add_(1, labels[:, None], grad_cos[:first, None])
         # through the weights: ∂/∂w_ck = e_ck / T, ∂/∂r_ik = e_ik / T, then the softmax's backward for r
         weighted_energy = energy * per_weight
-        grad_text_present, grad_weights_present, grad_gram, grad_beta = _prototype_attribute_backward(
-            grad_cos[first:second].view(num_present, -1), weighted_energy[first:second].view(num_present, -1), s.beta,
-            t, o)
-        grad_text_attribute = torch.zeros(text_shape, dtype=energy.dtype, device=energy.device)
-        grad_text_attribute.index_copy_(0, present, grad_text_present)
-        grad_weights = torch.zeros(saved["weights_shape"], dtype=energy.dtype, device=energy.device)
-        grad_weights.index_copy_(0, present, grad_weights_present)
+        grad_class_attribute = torch.zeros(saved["weights_shape"], dtype=energy.dtype, device=energy.device)
+        grad_class_attribute.index_copy_(0, present, grad_cos[first:second].view(num_present, -1))
+        grad_weights = torch.zeros_like(grad_class_attribute)
+        grad_weights.index_copy_(0, present, weighted_energy[first:second].view(num_present, -1))
         grad_r = weighted_energy[second:].view(batch, -1)
         grad_attribute = grad_cos[second:].view(batch, -1)
         grad_attribute += r * (grad_r - (r * grad_r).sum(1, keepdim=True)) / o.tau_attr
@@ -288,44 +278,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
             set_rows.append(row)
             per_set.append(set_rows)
         rows += [per_set[j][piece] for piece in range(7) for j in range(3)]
-        return grad_attribute, grad_text_attribute, grad_weights, grad_gram, grad_beta
-
-
-def _prototype_attribute_cosines(text_present: torch.Tensor, weights_present: torch.Tensor, gram: torch.Tensor | None,
-                                 beta: float, o: LossOptions, tensors: dict) -> torch.Tensor:
-    """`<p_c, a_k>` [P, K] of the batch's categories from [P, K] quantities alone: with unit u_c and a_k and
-    q = u + β w A, `q Aᵀ = uAᵀ + β w G` and `|q|² = 1 + 2β <w, uAᵀ> + β² <w G, w>` (row-wise), G = AAᵀ."""
-    if not o.attr_proto:
-        return text_present
-    projected = weights_present @ gram  # w G
-    twice_beta_s = text_present * (2 * beta)
-    squared = (weights_present * torch.add(twice_beta_s, projected, alpha=beta ** 2)).sum(1, keepdim=True)
-    squared.add_(1)  # |q|²
-    length = squared.sqrt()
-    cosines = torch.add(text_present, projected, alpha=beta).div_(length)
-    tensors.update(text_present=text_present, weights_present=weights_present, projected=projected, gram=gram,
-                   squared=squared, length=length, class_attribute=cosines)
-    return cosines
-
-
-def _prototype_attribute_backward(grad: torch.Tensor, grad_weights: torch.Tensor, beta: float, t: dict,
-                                  o: LossOptions) -> tuple:
-    """Backward of `_prototype_attribute_cosines` given ∂L/∂<p_c, a_k> [P, K] and the direct ∂L/∂w [P, K]: the
-    gradients w.r.t. uAᵀ and w of the batch's categories, the Gram matrix G and β."""
-    if not o.attr_proto:
-        return grad, grad_weights, None, None
-    text_present, weights_present, projected = t["text_present"], t["weights_present"], t["projected"]
-    grad_q_attribute = grad / t["length"]  # ∂/∂(q Aᵀ)
-    grad_squared = (grad * t["class_attribute"]).sum(1, keepdim=True).div_(t["squared"]).mul_(-0.5)  # ∂/∂|q|²
-    # |q|² = 1 + 2β <w, s> + β² <w G, w>, q Aᵀ = s + β w G (s = uAᵀ, G symmetric)
-    grad_text = torch.addcmul(grad_q_attribute, grad_squared, weights_present, value=2 * beta)
-    grad_w = torch.add(grad_weights, grad_q_attribute @ t["gram"], alpha=beta)
-    grad_w.addcmul_(grad_squared, torch.add(text_present, projected, alpha=beta), value=2 * beta)
-    grad_gram = weights_present.t() @ torch.addcmul(grad_q_attribute * beta, grad_squared, weights_present,
-                                                     value=beta * beta)
-    grad_beta = ((grad_q_attribute * projected).sum()
-                 + (grad_squared * weights_present * torch.add(text_present, projected, alpha=beta)).sum() * 2)
-    return grad_text, grad_w, grad_gram, grad_beta.reshape(())
+        return grad_attribute, grad_class_attribute, grad_weights
 
 
 def _separation(distances: torch.Tensor, present: torch.Tensor, position: torch.Tensor, margin: float,
@@ -342,20 +295,17 @@ def _separation(distances: torch.Tensor, present: torch.Tensor, position: torch.
     return hinge.sum() / (batch * (num_present - 1))
 
 
-def lathadapter_loss(image_cosines: torch.Tensor, text_attribute: torch.Tensor, class_weights: torch.Tensor,
-                     gram: torch.Tensor | None, beta: torch.Tensor, log_scales: torch.Tensor,
-                     log_curvature: torch.Tensor, log_tau: torch.Tensor, labels: torch.Tensor, options: LossOptions
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def lathadapter_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class_weights: torch.Tensor,
+                     log_scales: torch.Tensor, log_curvature: torch.Tensor, log_tau: torch.Tensor, labels: torch.Tensor,
+                     options: LossOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """`L_ce + λ_hyp L_hyp + λ_hier L_hier` of a batch and its detached parts `(L_ce, L_hyp, L_hier)` (METHOD.md
     step 6); a switched-off part is 0.
 
     `image_cosines` [B, C + K] are the cosines of the adapted images with the prototypes, then the attributes;
-    `text_attribute` [C, K] the cosines <u_c, a_k> of the adapted text with the attributes, `class_weights` [C, K]
-    the associations w, `gram` the attributes' Gram matrix AAᵀ and `beta` the prototypes' β (these four are read
-    by the cone energy alone; the last two with `attr_proto` only); the log scales are of categories, attributes
-    and images.
+    `class_attribute` [C, K] the cosines <p_c, a_k> of the prototypes with the attributes and `class_weights` [C, K]
+    the associations w (both read by the cone energy alone); the log scales are of categories, attributes and images.
     """
     present = torch.unique(labels)  # sorted categories of the batch
     position = torch.searchsorted(present, labels)
-    return _LatHAdapterLoss.apply(image_cosines, text_attribute, class_weights, gram, beta, log_scales, log_curvature,
-                                  log_tau, labels, present, position, options)
+    return _LatHAdapterLoss.apply(image_cosines, class_attribute, class_weights, log_scales, log_curvature, log_tau,
+                                  labels, present, position, options)

@@ -1,8 +1,9 @@
 """LatHAdapter's category side (METHOD.md steps 1–3) as one autograd node: the text adapter, the attribute prompts'
-normalisation, the category→attribute associations and the attribute-refined prototypes before their normalisation.
+normalisation, the category→attribute associations, the attribute-refined prototypes and their cosines with the
+attributes (the cone's category→attribute edges).
 
 Written with autograd these are some fifteen nodes and seventy small ops, whose overhead on a CPU outweighs their
-matrix products (C × D × D/r); the hand-written backward does the same eight products and a few elementwise passes.
+matrix products (C × D × D/r); the hand-written backward does the same matrix products and a few elementwise passes.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from lathadapter.adapter.methods.base import mix_with, normalize_backward, unit_
 class TextSide:
     """What the category side gives the loss and the logits."""
 
-    refined: torch.Tensor  # q_c = u_c + β Σ_k w_ck a_k [C, D] (u_c with attr_proto off); p_c = q_c / |q_c|
+    prototypes: torch.Tensor  # p_c = q_c / |q_c|, q_c = u_c + β Σ_k w_ck a_k [C, D] (u_c with attr_proto off)
     weights: torch.Tensor  # w_ck = softmax_k(<u_c, a_k> / τ_a) [C, K]
-    text_attribute: torch.Tensor  # <u_c, a_k> [C, K]
+    class_attribute: torch.Tensor  # <p_c, a_k> [C, K]
     attributes: torch.Tensor  # a_k, unit rows [K, D]
-    gram: torch.Tensor  # a_k · a_l [K, K]
 
 
 class _TextSide(torch.autograd.Function):
@@ -35,34 +35,40 @@ class _TextSide(torch.autograd.Function):
         unit, length = unit_rows(mixed)
         text_attribute = unit @ attributes.t()
         weights = torch.softmax(text_attribute / tau, dim=-1)
-        refined = torch.addmm(unit, weights, attributes * beta) if attr_proto else unit
-        gram = attributes @ attributes.t()
-        ctx.save_for_backward(text, first, second, attributes, prompt_length, hidden, unit, length, weights, beta)
+        if attr_proto:
+            prototypes, refined_length = unit_rows(torch.addmm(unit, weights, attributes * beta))
+            class_attribute = prototypes @ attributes.t()
+        else:
+            prototypes, refined_length, class_attribute = unit, length, text_attribute
+        ctx.save_for_backward(text, first, second, attributes, prompt_length, hidden, unit, length, weights, beta,
+                              prototypes, refined_length)
         ctx.options = (ratio, tau, attr_proto)
-        return refined, weights, text_attribute, attributes, gram
+        return prototypes, weights, class_attribute, attributes
 
     @staticmethod
-    def backward(ctx, grad_refined, grad_weights, grad_text_attribute, grad_attributes, grad_gram):
-        text, first, second, attributes, prompt_length, hidden, unit, length, weights, beta = ctx.saved_tensors
+    def backward(ctx, grad_prototypes, grad_weights, grad_class_attribute, grad_attributes):
+        (text, first, second, attributes, prompt_length, hidden, unit, length, weights, beta, prototypes,
+         refined_length) = ctx.saved_tensors
         ratio, tau, attr_proto = ctx.options
         zeros = torch.zeros_like
-        grad_unit = zeros(unit) if grad_refined is None else grad_refined.clone()
+        grad_p = zeros(prototypes) if grad_prototypes is None else grad_prototypes.clone()
         grad_w = zeros(weights) if grad_weights is None else grad_weights.clone()
         grad_a = zeros(attributes) if grad_attributes is None else grad_attributes.clone()
         grad_beta = None
-        if attr_proto and grad_refined is not None:  # q = u + β w A
-            grad_q_attributes = grad_refined @ attributes.t()  # [C, K]
+        if grad_class_attribute is not None:  # <p_c, a_k> = P Aᵀ
+            grad_p.addmm_(grad_class_attribute, attributes)
+            grad_a.addmm_(grad_class_attribute.t(), prototypes)
+        grad_unit = grad_p
+        if attr_proto:  # p = q / |q|, q = u + β w A
+            grad_unit = normalize_backward(grad_p, prototypes, refined_length)  # ∂/∂q, then ∂/∂u = ∂/∂q
+            grad_q_attributes = grad_unit @ attributes.t()  # [C, K]
             grad_w.add_(grad_q_attributes * beta)
-            grad_a.addmm_((weights * beta).t(), grad_refined)
+            grad_a.addmm_((weights * beta).t(), grad_unit)
             grad_beta = (grad_q_attributes * weights).sum()
         # w = softmax(S / τ), S = u Aᵀ
         grad_s = weights * (grad_w - (weights * grad_w).sum(-1, keepdim=True)) / tau
-        if grad_text_attribute is not None:
-            grad_s += grad_text_attribute
         grad_unit.addmm_(grad_s, attributes)
         grad_a.addmm_(grad_s.t(), unit)
-        if grad_gram is not None:  # G = A Aᵀ
-            grad_a.addmm_(grad_gram + grad_gram.t(), attributes)
         # u = m / |m|, m = (1 − α) t + α relu(t W1ᵀ) W2ᵀ
         grad_mixed = normalize_backward(grad_unit, unit, length)
         grad_second = (grad_mixed.t() @ hidden).mul_(ratio)
