@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from lathadapter.kernels.geometry import PROJECTION_EPS
 from lathadapter.kernels.radial import (
@@ -70,9 +71,8 @@ class _Scalars:
     @staticmethod
     def of(log_scales: torch.Tensor, log_curvature: torch.Tensor, log_tau: torch.Tensor,
            curvature_range: tuple[float, float]) -> _Scalars:
-        values = torch.cat([log_scales.detach().reshape(3), log_curvature.detach().reshape(1),
-                            log_tau.detach().reshape(1)]).tolist()  # one sync on a GPU
-        *log_s, log_c, log_t = values
+        # one read (one sync on a GPU); inside an autograd Function's forward nothing here is recorded
+        *log_s, log_c, log_t = torch.cat([log_scales, log_curvature.view(1), log_tau.view(1)]).tolist()
         low, high = curvature_range
         raw_c = math.exp(log_c)
         sqrt_c = math.sqrt(min(max(raw_c, low), high))
@@ -94,13 +94,34 @@ class _Scalars:
 
 
 def _cone_table(s: _Scalars, o: LossOptions, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[8, 3]: per edge set, the exterior angle's coefficients (w0, w1, m0, m1, n0, n1), ρ_p² and κ ψ(ρ_p)."""
+    """[11, 3]: per edge set, the exterior angle's coefficients (w0, w1, m0, m1, n0, n1), ρ_p², κ ψ(ρ_p) and the
+    set's indicator (a column of the identity), which `torch.cat` of expanded columns spreads over the set's edges."""
     columns = []
-    for parent, child in EDGE_SETS:
+    for j, (parent, child) in enumerate(EDGE_SETS):
         rho_p, rho_q = s.rho[parent], s.rho[child]
         columns.append([*exterior_angle_coefficients(rho_p, rho_q), rho_p * rho_p,
-                        o.cone_kappa * half_aperture(rho_p, o.cone_k)[0]])
-    return torch.tensor(columns, dtype=dtype).t().to(device)
+                        o.cone_kappa * half_aperture(rho_p, o.cone_k)[0], *(float(j == k) for k in range(3))])
+    return torch.tensor(columns, dtype=dtype, device=device).t()
+
+
+def _cone_rows(s: _Scalars, o: LossOptions) -> list[list[float]]:
+    """Rows of ∂/∂(ρ_cat, ρ_attr, ρ_img, √c, log τ_h) for the flattened [4, 6] per-set sums of the cone's backward:
+    rows (a, b_w, b_m, ∂L/∂e) by columns (Σ over set 0, 1, 2, then Σ · cos over set 0, 1, 2). The angle's part is
+    Σ a N_ρ − b_w W_ρ − b_m M_ρ with N_ρ = dn0 + dn1 cos (likewise W, M); the threshold's is −κ ψ'(ρ_p) Σ ∂L/∂e."""
+    blocks = [[None] * 6 for _ in range(4)]
+    for j, (parent, child) in enumerate(EDGE_SETS):
+        derivative_p, derivative_q = exterior_angle_coefficient_derivatives(s.rho[parent], s.rho[child])
+        # (piece, sign, index of the constant coefficient's derivative); the cosine's is the next index
+        for piece, sign, index in ((0, 1.0, 4), (1, -1.0, 0), (2, -1.0, 2)):
+            for column, offset in ((j, 0), (3 + j, 1)):
+                row = [0.0] * 5
+                row[parent] += sign * derivative_p[index + offset]
+                row[child] += sign * derivative_q[index + offset]
+                blocks[piece][column] = row
+        row = [0.0] * 5
+        row[parent] = -o.cone_kappa * half_aperture(s.rho[parent], o.cone_k)[1]
+        blocks[3][j], blocks[3][3 + j] = row, [0.0] * 5
+    return [row for block in blocks for row in block]
 
 
 class _LatHAdapterLoss(torch.autograd.Function):
@@ -114,185 +135,167 @@ class _LatHAdapterLoss(torch.autograd.Function):
                 present, position, o: LossOptions):
         s = _Scalars.of(log_scales, log_curvature, log_tau, o.curvature_range)
         rho_cat, _, rho_img = s.rho
-        batch, num_classes = len(labels), class_weights.shape[0]
-        image_class, image_attribute = image_cosines[:, :num_classes], image_cosines[:, num_classes:]
+        batch, num_present, num_classes = len(labels), len(present), class_weights.shape[0]
+        label_index, position_index = labels[:, None], position[:, None]
+        image_class = image_cosines[:, :num_classes]
         log_prob = torch.log_softmax(image_class * o.logit_scale, dim=1)
-        ce = -log_prob.gather(1, labels[:, None]).mean()
+        ce = F.nll_loss(log_prob, labels)
         hyp = hier = image_cosines.new_zeros(())
-        saved = {"s": s, "o": o, "num_present": len(present), "weights_shape": class_weights.shape}
-        tensors = {"labels": labels, "present": present, "position": position, "log_prob": log_prob}
+        saved = {"s": s, "o": o, "batch": batch, "num_present": num_present, "class_shape": class_weights.shape}
+        t = {"label_index": label_index, "present": present, "position_index": position_index, "log_prob": log_prob}
         if o.lambda_hyp > 0 or o.lambda_hier > 0:
             distances, delta, root = distance_forward(rho_img, rho_cat, image_class, s.sqrt_c)  # [B, C]
-            tensors.update(distances=distances, delta=delta, root=root)
+            t.update(distances=distances, delta=delta, root=root)
         if o.lambda_hyp > 0:
             hyp_log_prob = torch.log_softmax(distances * -s.inv_tau, dim=1)
-            hyp = -hyp_log_prob.gather(1, labels[:, None]).mean()
-            tensors["hyp_log_prob"] = hyp_log_prob
+            hyp = F.nll_loss(hyp_log_prob, labels)
+            t["hyp_log_prob"] = hyp_log_prob
         if o.lambda_hier > 0:
-            hier = _separation(distances, present, position, o.margin, tensors)
-            total_weight = 2 * batch + len(present)  # Σ 1 + Σ w_ck + Σ r_ik: rows of w and r sum to 1
+            if num_present > 1:  # separation: mean_i mean_{c ≠ y_i in batch} max(0, d(i, y_i) − d(i, c) + m)
+                batch_distances = distances.index_select(1, present)  # [B, P]
+                hinge = torch.relu(batch_distances.gather(1, position_index) - batch_distances + o.margin)
+                # the term c = y_i is max(0, m) exactly: subtracted rather than masked (its gradient cancels)
+                hier = (hinge.sum() - batch * max(o.margin, 0.0)) / (batch * (num_present - 1))
+                t.update(active=torch.sign(hinge), batch_distances=batch_distances)
+            total_weight = 2 * batch + num_present  # Σ 1 + Σ w_ck + Σ r_ik: rows of w and r sum to 1
             if o.hier == "cone":
-                weights_present = class_weights.index_select(0, present)  # [P, K]
+                image_attribute = image_cosines[:, num_classes:]
                 r = torch.softmax(image_attribute / o.tau_attr, dim=1)  # [B, K]
-                cosines = torch.cat([image_class.gather(1, labels[:, None]).flatten(),
-                                     class_attribute.index_select(0, present).flatten(), image_attribute.flatten()])
-                sizes = [batch, weights_present.numel(), r.numel()]
+                cosines = torch.cat([image_class.gather(1, label_index).view(-1),
+                                     class_attribute.index_select(0, present).view(-1), image_attribute.reshape(-1)])
+                sizes = (batch, num_present * r.shape[1], r.numel())
                 table = _cone_table(s, o, cosines.dtype, cosines.device)
-                per_edge = torch.cat([table[:, j:j + 1].expand(-1, size) for j, size in enumerate(sizes)], 1)  # [8, E]
-                angle, angle_saved = exterior_angle_forward(tuple(per_edge[:6]), per_edge[6], cosines)
-                energy = torch.relu(angle - per_edge[7])
-                weights = torch.cat([torch.ones_like(r[:, 0]), weights_present.flatten(), r.flatten()])
-                hier = hier + torch.dot(weights, energy) / total_weight
+                columns = zip(table.split(1, 1), sizes, strict=True)
+                per_edge = torch.cat([column.expand(-1, size) for column, size in columns], 1)  # [11, E]
+                *coefficients, pp, threshold, _, _, _ = per_edge.unbind()
+                angle, angle_saved = exterior_angle_forward(tuple(coefficients), pp, cosines)
+                energy = (angle - threshold).relu_()
+                weights = torch.cat([r.new_ones(batch), class_weights.index_select(0, present).view(-1), r.view(-1)])
+                hier = torch.add(hier, torch.dot(weights, energy), alpha=1 / total_weight)
                 saved["sizes"] = sizes
-                tensors.update(per_edge=per_edge, r=r, weights=weights, energy=energy, angle_saved=angle_saved)
+                t.update(per_edge=per_edge, r=r, weights=weights, energy=energy, angle_saved=angle_saved)
             else:  # centripetal: max(0, |parent|_H − |child|_H + m_r) depends on the radii alone
                 origin = [2 * math.atanh(rho) / s.sqrt_c for rho in s.rho]
-                edges = ((0, 2, batch), (0, 1, len(present)), (1, 2, batch))  # (parent, child, Σ weight)
+                edges = ((0, 2, batch), (0, 1, num_present), (1, 2, batch))  # (parent, child, Σ weight)
                 hier = hier + sum(weight * max(0.0, origin[p] - origin[q] + o.margin_radial)
                                   for p, q, weight in edges) / total_weight
                 saved.update(origin=origin, edges=edges)
             saved["total_weight"] = total_weight
         parts = torch.stack([ce, hyp, hier])
-        ctx.saved, ctx.tensors = saved, tensors  # intermediates; the one input the backward reads is saved below
-        ctx.save_for_backward(image_cosines)
-        ctx.shapes = (log_curvature.shape, log_tau.shape)
+        ctx.saved, ctx.tensors = saved, t  # intermediates; no input is read by the backward
+        ctx.shapes = (image_cosines.shape, log_curvature.shape, log_tau.shape)
         ctx.mark_non_differentiable(parts)
-        return ce + o.lambda_hyp * hyp + o.lambda_hier * hier, parts
+        return ce.add(hyp, alpha=o.lambda_hyp).add_(hier, alpha=o.lambda_hier), parts
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_parts: torch.Tensor):
         saved, t = ctx.saved, ctx.tensors
         s: _Scalars = saved["s"]
         o: LossOptions = saved["o"]
-        labels, present, position = t["labels"], t["present"], t["position"]
-        (image_cosines,) = ctx.saved_tensors
-        batch, num_present = len(labels), saved["num_present"]
-        num_classes = saved["weights_shape"][0]
+        upstream = float(grad)
+        batch, num_present = saved["batch"], saved["num_present"]
+        num_classes = saved["class_shape"][0]
         rho_cat, _, rho_img = s.rho
+        label_index = t["label_index"]
         grad_class = t["log_prob"].exp()  # ∂L_ce/∂ℓ = (softmax − onehot)/B, then ℓ = scale · cos
-        grad_class.scatter_add_(1, labels[:, None], torch.full_like(grad_class[:, :1], -1.0))
-        grad_class.mul_(grad * (o.logit_scale / batch))
-        grad_class_attribute = grad_weights = grad_attribute = None
+        grad_class.scatter_add_(1, label_index, grad_class.new_full((batch, 1), -1.0))
+        grad_class.mul_(upstream * o.logit_scale / batch)
+        grad_class_attribute = grad_weights = grad_attribute = cone_sums = None
         # The scalar gradients are Σ_i reduction_i · row_i, a row holding ∂/∂(ρ_cat, ρ_attr, ρ_img, √c at fixed radii,
-        # log τ_h) of what was reduced; the Jacobian of those five w.r.t. the parameters' logs is applied once.
+        # log τ_h) of what was reduced; the Jacobian of those five w.r.t. the parameters' logs is applied once. The
+        # reductions are 0-d tensors, then the cone's [24] per-set sums (rows from `_cone_rows`).
         reductions: list[torch.Tensor] = []
         rows: list[list[float]] = []
         if o.lambda_hyp > 0:  # ∂(λ L_hyp)/∂d = −(softmax − onehot) λ / (B τ)
             grad_distances = t["hyp_log_prob"].exp()
-            grad_distances.scatter_add_(1, labels[:, None], torch.full_like(grad_distances[:, :1], -1.0))
-            grad_distances.mul_(grad * (-o.lambda_hyp * s.inv_tau / batch))
+            grad_distances.scatter_add_(1, label_index, grad_distances.new_full((batch, 1), -1.0))
+            grad_distances.mul_(-upstream * o.lambda_hyp * s.inv_tau / batch)
             # logits = −d/τ, so ∂/∂log τ = −Σ g_d d; and d ∝ 1/√c at fixed radii, so ∂/∂√c = −Σ g_d d/√c
-            reductions.append(torch.dot(grad_distances.flatten(), t["distances"].flatten()).reshape(1))
+            reductions.append(torch.dot(grad_distances.view(-1), t["distances"].view(-1)))
             rows.append([0.0, 0.0, 0.0, -1 / s.sqrt_c, -1.0])
         elif o.lambda_hier > 0:
             grad_distances = torch.zeros_like(t["distances"])
         if o.lambda_hier > 0:
-            scale = grad * o.lambda_hier
+            scale = upstream * o.lambda_hier
             total_weight = saved["total_weight"]
             if "active" in t:  # separation
                 active = t["active"]
                 per_pair = scale / (batch * (num_present - 1))
                 grad_batch = active * -per_pair
-                grad_batch.scatter_add_(1, position[:, None], active.sum(1, keepdim=True) * per_pair)
-                grad_distances.index_add_(1, present, grad_batch)
-                reductions.append(torch.dot(grad_batch.flatten(), t["batch_distances"].flatten()).reshape(1))
+                grad_batch.scatter_add_(1, t["position_index"], active.sum(1, keepdim=True).mul_(per_pair))
+                grad_distances.index_add_(1, t["present"], grad_batch)
+                reductions.append(torch.dot(grad_batch.view(-1), t["batch_distances"].view(-1)))
                 rows.append([0.0, 0.0, 0.0, -1 / s.sqrt_c, 0.0])  # d ∝ 1/√c at fixed radii
             if o.hier == "cone":
-                grad_attribute, grad_class_attribute, grad_weights = _LatHAdapterLoss.cone_backward(
-                    t, saved, s, o, scale / total_weight, grad_class, reductions, rows)
+                grad_attribute, grad_class_attribute, grad_weights, cone_sums = _LatHAdapterLoss.cone_backward(
+                    t, saved, scale / total_weight, grad_class)
             else:  # centripetal: |x|_H = 2 artanh(ρ)/√c, so ∂/∂ρ = 2/(√c (1 − ρ²)) and ∂/∂√c = −|x|_H/√c
                 origin = saved["origin"]
                 drho, dsqrt_c = [0.0, 0.0, 0.0], 0.0
                 for parent, child, weight in saved["edges"]:
                     if origin[parent] - origin[child] + o.margin_radial > 0:
-                        share = weight / total_weight
+                        share = scale * weight / total_weight
                         for kind, sign in ((parent, 1.0), (child, -1.0)):
                             drho[kind] += sign * share * 2 / (s.sqrt_c * (1 - s.rho[kind] ** 2))
                             dsqrt_c -= sign * share * origin[kind] / s.sqrt_c
-                reductions.append(scale.reshape(1))
+                reductions.append(grad.new_ones(()))
                 rows.append([*drho, dsqrt_c, 0.0])
         if o.lambda_hyp > 0 or o.lambda_hier > 0:  # d(ρ_img, ρ_cat, cos): to the cosines and the radii
             g, to_cos = distance_backward(grad_distances, rho_img, rho_cat, s.sqrt_c, t["root"])
             grad_class.add_(g, alpha=to_cos)
             a_img, b_img, a_cat, b_cat = distance_radius_coefficients(rho_img, rho_cat)
-            reductions += [g.sum().reshape(1), torch.dot(g.flatten(), t["delta"].flatten()).reshape(1)]
+            reductions += [g.sum(), torch.dot(g.view(-1), t["delta"].view(-1))]
             rows += [[a_cat / s.sqrt_c, 0.0, a_img / s.sqrt_c, 0.0, 0.0],
                      [b_cat / s.sqrt_c, 0.0, b_img / s.sqrt_c, 0.0, 0.0]]
+        cosine_shape, curvature_shape, tau_shape = ctx.shapes
         if reductions:
-            matrices = torch.tensor([*rows, *s.jacobian()], dtype=image_cosines.dtype).to(image_cosines.device)
-            scalar_grads = (torch.cat(reductions) @ matrices[:len(rows)]) @ matrices[len(rows):]
+            stacked = torch.stack(reductions)
+            if cone_sums is not None:
+                stacked = torch.cat([stacked, cone_sums])
+                rows += _cone_rows(s, o)
+            matrices = torch.tensor([*rows, *s.jacobian()], dtype=grad_class.dtype, device=grad_class.device)
+            scalar_grads = (stacked @ matrices[:len(rows)]) @ matrices[len(rows):]
         else:
-            scalar_grads = image_cosines.new_zeros(5)
+            scalar_grads = grad_class.new_zeros(5)
+        grad_scales, grad_curvature, grad_tau = scalar_grads.split((3, 1, 1))
         if grad_attribute is None:
-            grad_attribute = grad_class.new_zeros(batch, image_cosines.shape[1] - num_classes)
-        grad_cosines = torch.cat([grad_class, grad_attribute], 1)
-        curvature_shape, tau_shape = ctx.shapes
-        return (grad_cosines, grad_class_attribute, grad_weights, scalar_grads[:3],
-                scalar_grads[3].reshape(curvature_shape), scalar_grads[4].reshape(tau_shape), None, None, None, None)
+            grad_cosines = grad_class.new_zeros(cosine_shape)
+            grad_cosines[:, :num_classes] = grad_class
+        else:
+            grad_cosines = torch.cat([grad_class, grad_attribute], 1)
+        return (grad_cosines, grad_class_attribute, grad_weights, grad_scales, grad_curvature.view(curvature_shape),
+                grad_tau.view(tau_shape), None, None, None, None)
 
     @staticmethod
-    def cone_backward(t: dict, saved: dict, s: _Scalars, o: LossOptions, per_weight: torch.Tensor,
-                      grad_class: torch.Tensor, reductions: list, rows: list) -> tuple:
+    def cone_backward(t: dict, saved: dict, per_weight: float, grad_class: torch.Tensor) -> tuple:
         """Gradients of the weighted cone energies (`per_weight` = upstream · λ_hier / T) w.r.t. the image–class
         cosines (added into `grad_class`), then returned: the image–attribute cosines, the category–attribute
-        cosines and the weights w; the radii's terms go to `reductions` and `rows`."""
-        labels, present = t["labels"], t["present"]
-        batch, num_present = len(labels), saved["num_present"]
+        cosines and the weights w; and the [24] per-set sums that the radii's gradients need (`_cone_rows`)."""
+        o: LossOptions = saved["o"]
+        batch, num_present = saved["batch"], saved["num_present"]
         first, second = saved["sizes"][0], saved["sizes"][0] + saved["sizes"][1]
         per_edge, energy, r = t["per_edge"], t["energy"], t["r"]
-        grad_energy = (energy > 0).to(energy.dtype).mul_(t["weights"]).mul_(per_weight)
+        grad_energy = t["weights"].mul(energy > 0).mul_(per_weight)
         a, b_w, b_m = exterior_angle_pieces(grad_energy, t["angle_saved"])
         w1, n1 = per_edge[1], per_edge[5]  # m1 = w1 = −2ρ_pρ_q
         grad_cos = torch.addcmul(a * n1, b_w + b_m, w1, value=-1)
         # category y_i → image i: the cosine at [i, y_i]
-        grad_class.scatter_add_(1, labels[:, None], grad_cos[:first, None])
+        grad_class.scatter_add_(1, t["label_index"], grad_cos[:first, None])
         # through the weights: ∂/∂w_ck = e_ck / T, ∂/∂r_ik = e_ik / T, then the softmax's backward for r
         weighted_energy = energy * per_weight
-        grad_class_attribute = torch.zeros(saved["weights_shape"], dtype=energy.dtype, device=energy.device)
-        grad_class_attribute.index_copy_(0, present, grad_cos[first:second].view(num_present, -1))
+        grad_class_attribute = energy.new_zeros(saved["class_shape"])
+        grad_class_attribute.index_copy_(0, t["present"], grad_cos[first:second].view(num_present, -1))
         grad_weights = torch.zeros_like(grad_class_attribute)
-        grad_weights.index_copy_(0, present, weighted_energy[first:second].view(num_present, -1))
-        grad_r = weighted_energy[second:].view(batch, -1)
+        grad_weights.index_copy_(0, t["present"], weighted_energy[first:second].view(num_present, -1))
         grad_attribute = grad_cos[second:].view(batch, -1)
-        grad_attribute += r * (grad_r - (r * grad_r).sum(1, keepdim=True)) / o.tau_attr
-        # radii: within an edge set the coefficients are constant, so Σ a N_ρ − b_w W_ρ − b_m M_ρ needs per-set sums
-        # of a, b_w, b_m, a cos, b_w cos, b_m cos (N_ρ = dn0 + dn1 cos, ...) and of the energy's gradient (for ψ)
-        cosine = t["angle_saved"][0]
-        first_pieces = torch.stack([a, b_w, b_m])
-        pieces = torch.cat([first_pieces, first_pieces * cosine, grad_energy[None]])  # [7, E]
-        bounds = (0, first, second, pieces.shape[1])
-        reductions.append(torch.stack([pieces[:, bounds[j]:bounds[j + 1]].sum(1) for j in range(3)], 1).flatten())
-        # rows in the order of the flattened [7, 3]: piece-major; a N_ρ − b_w W_ρ − b_m M_ρ with the derivatives of
-        # (w0, w1, m0, m1, n0, n1) taken in the order of the pieces (n0, w0, m0, n1, w1, m1)
-        per_set = []
-        for parent, child in EDGE_SETS:
-            derivative_p, derivative_q = exterior_angle_coefficient_derivatives(s.rho[parent], s.rho[child])
-            set_rows = []
-            for sign, index in ((1.0, 4), (-1.0, 0), (-1.0, 2), (1.0, 5), (-1.0, 1), (-1.0, 3)):
-                row = [0.0] * 5
-                row[parent] += sign * derivative_p[index]
-                row[child] += sign * derivative_q[index]
-                set_rows.append(row)
-            row = [0.0] * 5
-            row[parent] = -o.cone_kappa * half_aperture(s.rho[parent], o.cone_k)[1]  # ∂e/∂ψ_p = −κ
-            set_rows.append(row)
-            per_set.append(set_rows)
-        rows += [per_set[j][piece] for piece in range(7) for j in range(3)]
-        return grad_attribute, grad_class_attribute, grad_weights
-
-
-def _separation(distances: torch.Tensor, present: torch.Tensor, position: torch.Tensor, margin: float,
-                tensors: dict) -> torch.Tensor:
-    """`mean_i mean_{c ≠ y_i in batch} max(0, d(i, y_i) − d(i, c) + m)`; 0 for a batch of one category. Keeps the
-    active hinges in `tensors` for the backward pass."""
-    batch, num_present = len(position), len(present)
-    if num_present < 2:
-        return distances.new_zeros(())
-    batch_distances = distances.index_select(1, present)  # [B, P]
-    hinge = torch.relu(batch_distances.gather(1, position[:, None]) - batch_distances + margin)
-    hinge.scatter_(1, position[:, None], 0.0)  # c = y_i is no negative
-    tensors.update(active=torch.sign(hinge), batch_distances=batch_distances)  # sign: 1 where the hinge is active
-    return hinge.sum() / (batch * (num_present - 1))
+        r_grad = r * weighted_energy[second:].view(batch, -1)
+        grad_attribute.add_(r_grad, alpha=1 / o.tau_attr)
+        grad_attribute.addcmul_(r, r_grad.sum(1, keepdim=True), value=-1 / o.tau_attr)
+        # radii: the coefficients are constant on an edge set, so the per-set sums of a, b_w, b_m and ∂L/∂e, plain
+        # and times the cosine, are one product with the sets' indicators [3, E]
+        indicator = per_edge[8:]
+        sums = torch.stack([a, b_w, b_m, grad_energy]) @ torch.cat([indicator, indicator * t["angle_saved"][0]]).t()
+        return grad_attribute, grad_class_attribute, grad_weights, sums.view(-1)
 
 
 def lathadapter_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class_weights: torch.Tensor,
