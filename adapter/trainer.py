@@ -90,7 +90,8 @@ def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter
             batch = order[start:start + o.batch_size]
             features = rows.index_select(0, order_rows[start:start + o.batch_size])
             loss, parts = method.loss(features, data.train_labels.index_select(0, batch))
-            optimizer.zero_grad(set_to_none=True)
+            for param in params:  # as optimizer.zero_grad(set_to_none=True), without its ~0.2 ms of wrappers a step
+                param.grad = None
             loss.backward()
             optimizer.step()
             scheduler.step()
