@@ -49,14 +49,15 @@ def stepper(package: str, data, generator_seed: int = 0) -> Callable[[], None]:
     create = importlib.import_module(f"{package}.adapter.registry").create_method
     torch.manual_seed(0)
     method = create("lathadapter", data)
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4,
-                                  fused=True)
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=True)
     generator = torch.Generator().manual_seed(generator_seed)
 
     def step() -> None:
         batch = torch.randint(len(data.train_labels), (256,), generator=generator)
         loss = method.loss(data.train_features.index_select(0, batch), data.train_labels.index_select(0, batch))[0]
-        optimizer.zero_grad(set_to_none=True)
+        for param in params:  # as the trainer clears them
+            param.grad = None
         loss.backward()
         optimizer.step()
 

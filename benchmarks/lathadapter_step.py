@@ -46,7 +46,8 @@ def method_step(data, options: dict, point_path: bool = False) -> Callable[[torc
         batch = torch.randint(len(data.train_labels), (256,), generator=generator).to(device)
         x, y = data.train_features[batch], data.train_labels[batch]
         loss = method.point_loss(x, y) if point_path else method.loss(x, y)[0]
-        optimizer.zero_grad(set_to_none=True)
+        for param in params:  # as the trainer clears them
+            param.grad = None
         loss.backward()
         optimizer.step()
 
