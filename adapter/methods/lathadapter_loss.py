@@ -9,8 +9,9 @@ take a fraction of that:
 - the scalar chain (radii, half-apertures and their derivatives) is Python arithmetic, and the five scalar gradients
   are one product of a few reductions with a matrix of Python coefficients;
 - the three cone edge sets go through one call in which W, M and N of the exterior angle are affine in the cosine,
-  with coefficients that are constant on each edge set, so the radii's gradients are per-set sums;
-- the gradient w.r.t. the image cosines is written into one [B, C + K] buffer.
+  with coefficients that are constant on each edge set, so the radii's gradients need per-set sums, which are one
+  product with the sets' indicators;
+- the upstream gradient is read once as a Python float, so every scaling folds into a coefficient.
 
 The rows of both association matrices are softmax distributions, so the edge weights of the batch's tree sum to
 exactly B + P + B (B images, P categories present): the weighted means divide by that constant.
