@@ -51,18 +51,20 @@ class _TextSide(torch.autograd.Function):
          refined_length) = ctx.saved_tensors
         ratio, tau, attr_proto = ctx.options
         zeros = torch.zeros_like
-        grad_p = zeros(prototypes) if grad_prototypes is None else grad_prototypes.clone()
+        grad_p = zeros(prototypes) if grad_prototypes is None else grad_prototypes
         grad_w = zeros(weights) if grad_weights is None else grad_weights.clone()
-        grad_a = zeros(attributes) if grad_attributes is None else grad_attributes.clone()
+        grad_a = zeros(attributes) if grad_attributes is None else grad_attributes
         grad_beta = None
         if grad_class_attribute is not None:  # <p_c, a_k> = P Aᵀ
-            grad_p.addmm_(grad_class_attribute, attributes)
-            grad_a.addmm_(grad_class_attribute.t(), prototypes)
+            grad_p = torch.addmm(grad_p, grad_class_attribute, attributes)
+            grad_a = torch.addmm(grad_a, grad_class_attribute.t(), prototypes)
+        else:  # the upstream gradients are not ours to update in place
+            grad_p, grad_a = grad_p.clone(), grad_a.clone()
         grad_unit = grad_p
         if attr_proto:  # p = q / |q|, q = u + β w A
             grad_unit = normalize_backward(grad_p, prototypes, refined_length)  # ∂/∂q, then ∂/∂u = ∂/∂q
             grad_q_attributes = grad_unit @ attributes.t()  # [C, K]
-            grad_w.add_(grad_q_attributes * beta)
+            grad_w.addcmul_(grad_q_attributes, beta)
             grad_a.addmm_((weights * beta).t(), grad_unit)
             grad_beta = (grad_q_attributes * weights).sum()
         # w = softmax(S / τ), S = u Aᵀ
