@@ -148,14 +148,19 @@ def exterior_angle_pieces(grad: torch.Tensor, saved: tuple) -> tuple[torch.Tenso
     return gx * inverse_root, half_gx_x / w.clamp_min(eps * eps), half_gx_x / m
 
 
-def exterior_angle_backward(grad: torch.Tensor, coefficients: tuple, saved: tuple,
-                            derivatives: tuple[tuple, tuple] | None = None):
-    """Elementwise gradients of Σ grad·Ξ w.r.t. the cosine and, given `derivatives`, ρ_p and ρ_q (unreduced)."""
-    _, w1, _, m1, _, n1 = coefficients
-    a, bw, bm = exterior_angle_pieces(grad, saved)
-    grad_cos = a * n1 - bw * w1 - bm * m1
-    if derivatives is None:
-        return grad_cos, None, None
+def exterior_angle_cosine_grad(pieces: tuple, w1, n1) -> torch.Tensor:
+    """∂/∂cos of Σ grad·Ξ from the `exterior_angle_pieces`: a N_c − b_w W_c − b_m M_c with N_c = n1 and
+    W_c = M_c = w1 (= m1 = −2ρ_pρ_q)."""
+    a, bw, bm = pieces
+    return torch.addcmul(a * n1, bw + bm, w1, value=-1)
+
+
+def exterior_angle_backward(grad: torch.Tensor, coefficients: tuple, saved: tuple, derivatives: tuple[tuple, tuple]):
+    """Elementwise gradients of Σ grad·Ξ w.r.t. the cosine, ρ_p and ρ_q (unreduced), given the coefficients'
+    `derivatives` w.r.t. the radii."""
+    _, w1, _, _, _, n1 = coefficients
+    a, bw, bm = pieces = exterior_angle_pieces(grad, saved)
+    grad_cos = exterior_angle_cosine_grad(pieces, w1, n1)
     cosine = saved[0]
     radii = [a * (dn0 + dn1 * cosine) - bw * (dw0 + dw1 * cosine) - bm * (dm0 + dm1 * cosine)
              for dw0, dw1, dm0, dm1, dn0, dn1 in derivatives]

@@ -33,6 +33,7 @@ from lathadapter.kernels.radial import (
     distance_radius_coefficients,
     exterior_angle_coefficient_derivatives,
     exterior_angle_coefficients,
+    exterior_angle_cosine_grad,
     exterior_angle_forward,
     exterior_angle_pieces,
     half_aperture,
@@ -277,9 +278,8 @@ class _LatHAdapterLoss(torch.autograd.Function):
         first, second = saved["sizes"][0], saved["sizes"][0] + saved["sizes"][1]
         per_edge, energy, r = t["per_edge"], t["energy"], t["r"]
         grad_energy = t["weights"].mul(energy > 0).mul_(per_weight)
-        a, b_w, b_m = exterior_angle_pieces(grad_energy, t["angle_saved"])
-        w1, n1 = per_edge[1], per_edge[5]  # m1 = w1 = −2ρ_pρ_q
-        grad_cos = torch.addcmul(a * n1, b_w + b_m, w1, value=-1)
+        a, b_w, b_m = pieces = exterior_angle_pieces(grad_energy, t["angle_saved"])
+        grad_cos = exterior_angle_cosine_grad(pieces, per_edge[1], per_edge[5])  # the edges' w1 and n1
         # category y_i → image i: the cosine at [i, y_i]
         grad_class.scatter_add_(1, t["label_index"], grad_cos[:first, None])
         # through the weights: ∂/∂w_ck = e_ck / T, ∂/∂r_ik = e_ik / T, then the softmax's backward for r

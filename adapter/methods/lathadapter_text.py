@@ -55,10 +55,11 @@ class _TextSide(torch.autograd.Function):
         grad_w = zeros(weights) if grad_weights is None else grad_weights.clone()
         grad_a = zeros(attributes) if grad_attributes is None else grad_attributes
         grad_beta = None
+        # grad_p and grad_a are updated in place below, so they must be new tensors, not the upstream ones
         if grad_class_attribute is not None:  # <p_c, a_k> = P Aᵀ
             grad_p = torch.addmm(grad_p, grad_class_attribute, attributes)
             grad_a = torch.addmm(grad_a, grad_class_attribute.t(), prototypes)
-        else:  # the upstream gradients are not ours to update in place
+        else:
             grad_p, grad_a = grad_p.clone(), grad_a.clone()
         grad_unit = grad_p
         if attr_proto:  # p = q / |q|, q = u + β w A
