@@ -183,3 +183,11 @@ def test_cosines_equal_the_product_of_normalised_rows_with_their_gradients() -> 
     y = (0.5 * torch.randn(5, 8, dtype=torch.float64, generator=generator)).requires_grad_()
     torch.testing.assert_close(cosines(x, y), F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).t())
     assert torch.autograd.gradcheck(cosines, (x, y))
+    # unit_y: y's rows are unit already, so the product is normalize(x) @ yᵀ, and so is its gradient w.r.t. y
+    unit = F.normalize(y.detach(), dim=-1).requires_grad_()
+    weights = torch.randn(7, 5, dtype=torch.float64, generator=generator)
+    expected = torch.autograd.grad((weights * (F.normalize(x, dim=-1) @ unit.t())).sum(), [x, unit])
+    actual = torch.autograd.grad((weights * cosines(x, unit, unit_y=True)).sum(), [x, unit])
+    for e, a in zip(expected, actual, strict=True):
+        torch.testing.assert_close(a, e)
+    assert torch.autograd.gradcheck(lambda a, b: cosines(a, b, unit_y=True), (x, unit))

@@ -46,13 +46,18 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 class _Cosines(torch.autograd.Function):
     """`normalize(x) @ normalize(y)ᵀ` as `(x @ yᵀ) / (|x| |y|ᵀ)`: no normalised copy of either side is made, which
-    saves the passes over [N, D] and [M, D] of two normalisations and their backward passes."""
+    saves the passes over [N, D] and [M, D] of two normalisations and their backward passes. With `unit_y` the rows
+    of y are taken as unit already: the product is `(x @ yᵀ) / |x|` and y's gradient that of the plain product (the
+    normalisation that made y projects it)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, unit_y: bool) -> torch.Tensor:
         x_length = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS)  # [N, 1]
-        y_length = torch.linalg.vector_norm(y, dim=-1).clamp_min_(NORM_EPS)  # [M]
-        out = (x @ y.t()).div_(x_length).div_(y_length)
+        out = (x @ y.t()).div_(x_length)
+        y_length = None
+        if not unit_y:
+            y_length = torch.linalg.vector_norm(y, dim=-1).clamp_min_(NORM_EPS)  # [M]
+            out.div_(y_length)
         ctx.save_for_backward(x, y, x_length, y_length, out)
         return out
 
@@ -61,18 +66,23 @@ class _Cosines(torch.autograd.Function):
         # ∂/∂x_i = Σ_j g_ij y_j / (|x_i| |y_j|) − x_i Σ_j g_ij out_ij / |x_i|², symmetrically for y_j
         x, y, x_length, y_length, out = ctx.saved_tensors
         weighted = grad * out
-        scaled = (grad / x_length).div_(y_length)
+        scaled = grad / x_length
+        if y_length is not None:
+            scaled.div_(y_length)
         grad_x = grad_y = None
         if ctx.needs_input_grad[0]:
             grad_x = (scaled @ y).addcmul_(x, weighted.sum(1, keepdim=True).div_(x_length.square()), value=-1)
         if ctx.needs_input_grad[1]:
-            grad_y = (scaled.t() @ x).addcmul_(y, weighted.sum(0).div_(y_length.square())[:, None], value=-1)
-        return grad_x, grad_y
+            grad_y = scaled.t() @ x
+            if y_length is not None:
+                grad_y.addcmul_(y, weighted.sum(0).div_(y_length.square())[:, None], value=-1)
+        return grad_x, grad_y, None
 
 
-def cosines(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cosines [N, M] of the rows of x [N, D] with the rows of y [M, D]: `normalize(x) @ normalize(y)ᵀ`."""
-    return _Cosines.apply(x, y)
+def cosines(x: torch.Tensor, y: torch.Tensor, unit_y: bool = False) -> torch.Tensor:
+    """Cosines [N, M] of the rows of x [N, D] with the rows of y [M, D]: `normalize(x) @ normalize(y)ᵀ`; `unit_y`
+    says y's rows are unit vectors already (made by a normalisation upstream), so their norms are not divided out."""
+    return _Cosines.apply(x, y, unit_y)
 
 
 class NotApplicable(RuntimeError):

@@ -189,7 +189,7 @@ class LatHAdapter(Method):
         side = self.text_side(self.text_features)
         # v = normalize(mixed) is folded into the one product
         mixed = mix(features, self.visual_adapter, o.alpha_v)
-        image_cosines = cosines(mixed, torch.cat([side.prototypes, side.attributes]))
+        image_cosines = cosines(mixed, torch.cat([side.prototypes, side.attributes]), unit_y=True)
         loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, side.class_attribute, side.weights, self.log_scales,
                                                  self.log_curvature, self.log_tau_hyp, labels, self.loss_options)
         parts = {"ce": ce}

@@ -37,39 +37,47 @@ class _TextSide(torch.autograd.Function):
         weights = torch.softmax(text_attribute / tau, dim=-1)
         if attr_proto:
             prototypes, refined_length = unit_rows(torch.addmm(unit, weights, attributes * beta))
-            class_attribute = prototypes @ attributes.t()
+            # <p_c, a_k> = (<u_c, a_k> + β (w Aᵀ A)_ck) / |q_c|: a [C, K] × [K, K] product, no pass over [C, D]
+            gram = attributes @ attributes.t()
+            class_attribute = torch.addcmul(text_attribute, weights @ gram, beta).div_(refined_length)
         else:
-            prototypes, refined_length, class_attribute = unit, length, text_attribute
+            prototypes, refined_length, class_attribute, gram = unit, length, text_attribute, None
         ctx.save_for_backward(text, first, second, attributes, prompt_length, hidden, unit, length, weights, beta,
-                              prototypes, refined_length)
+                              prototypes, refined_length, gram, class_attribute)
         ctx.options = (ratio, tau, attr_proto)
         return prototypes, weights, class_attribute, attributes
 
     @staticmethod
     def backward(ctx, grad_prototypes, grad_weights, grad_class_attribute, grad_attributes):
         (text, first, second, attributes, prompt_length, hidden, unit, length, weights, beta, prototypes,
-         refined_length) = ctx.saved_tensors
+         refined_length, gram, class_attribute) = ctx.saved_tensors
         ratio, tau, attr_proto = ctx.options
         zeros = torch.zeros_like
         grad_p = zeros(prototypes) if grad_prototypes is None else grad_prototypes
         grad_w = zeros(weights) if grad_weights is None else grad_weights.clone()
-        grad_a = zeros(attributes) if grad_attributes is None else grad_attributes
+        grad_a = zeros(attributes) if grad_attributes is None else grad_attributes.clone()  # updated in place
+        grad_s = grad_class_attribute  # ∂/∂S (S = u Aᵀ) from <p, a>, then the softmax's share joins it
         grad_beta = None
-        # grad_p and grad_a are updated in place below, so they must be new tensors, not the upstream ones
-        if grad_class_attribute is not None:  # <p_c, a_k> = P Aᵀ
-            grad_p = torch.addmm(grad_p, grad_class_attribute, attributes)
-            grad_a = torch.addmm(grad_a, grad_class_attribute.t(), prototypes)
-        else:
-            grad_p, grad_a = grad_p.clone(), grad_a.clone()
-        grad_unit = grad_p
-        if attr_proto:  # p = q / |q|, q = u + β w A
-            grad_unit = normalize_backward(grad_p, prototypes, refined_length)  # ∂/∂q, then ∂/∂u = ∂/∂q
-            grad_q_attributes = grad_unit @ attributes.t()  # [C, K]
-            grad_w.addcmul_(grad_q_attributes, beta)
+        if attr_proto:  # p = q / |q|, q = u + β w A, and <p, a> = (S + β w G) / |q| with G = A Aᵀ
+            coefficient = (grad_p * prototypes).sum(-1, keepdim=True)  # the normalisation's <∂p, p>, less |q| ∂|q|
+            if grad_class_attribute is not None:
+                grad_s = grad_class_attribute / refined_length
+                coefficient.add_((grad_class_attribute * class_attribute).sum(-1, keepdim=True))
+                grad_gram = (weights.t() @ grad_s).mul_(beta)
+                grad_a.addmm_(grad_gram + grad_gram.t(), attributes)
+            grad_unit = torch.addcmul(grad_p, prototypes, coefficient, value=-1).div_(refined_length)  # ∂/∂q = ∂/∂u
             grad_a.addmm_((weights * beta).t(), grad_unit)
-            grad_beta = (grad_q_attributes * weights).sum()
+            # ∂/∂(β w) through q and through <p, a> (G is symmetric): ∂q Aᵀ + ∂S G
+            grad_beta_weights = grad_unit @ attributes.t()
+            if grad_class_attribute is not None:
+                grad_beta_weights.addmm_(grad_s, gram)
+            grad_w.addcmul_(grad_beta_weights, beta)
+            grad_beta = (grad_beta_weights * weights).sum()
+        else:
+            grad_unit = grad_p.clone()
         # w = softmax(S / τ), S = u Aᵀ
-        grad_s = weights * (grad_w - (weights * grad_w).sum(-1, keepdim=True)) / tau
+        grad_softmax = (weights * (grad_w - (weights * grad_w).sum(-1, keepdim=True))).div_(tau)
+        grad_s = grad_softmax if grad_s is None else grad_softmax.add_(grad_s)
         grad_unit.addmm_(grad_s, attributes)
         grad_a.addmm_(grad_s.t(), unit)
         # u = m / |m|, m = (1 − α) t + α relu(t W1ᵀ) W2ᵀ
