@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lathadapter.adapter.evaluate import evaluate
 from lathadapter.adapter.methods.base import NotApplicable
-from lathadapter.adapter.methods.tip_adapter import search_grid
+from lathadapter.adapter.methods.tip_adapter import argmax_hits, search_grid
 from lathadapter.adapter.options import OptionError
 from lathadapter.adapter.registry import create_method, method_names
 from lathadapter.adapter.trainer import train
@@ -102,6 +102,20 @@ def test_tip_adapter_logits_follow_the_formula() -> None:
 def test_search_grid_is_the_original_one() -> None:
     grid = search_grid(7.0, 200)
     assert len(grid) == 200 and grid[0] == pytest.approx(0.1) and grid[-1] == pytest.approx(0.1 + 199 * 6.9 / 200)
+
+
+def test_argmax_hits_equal_argmax_with_ties() -> None:
+    """The search's hit test equals `argmax == label`, ties included (argmax keeps the first maximum)."""
+    generator = torch.Generator().manual_seed(6)
+    scores = torch.randint(0, 4, (3, 200, 5), generator=generator).float()  # small integers: many ties
+    labels = torch.randint(0, 5, (200,), generator=generator)
+    expected = scores.argmax(-1) == labels
+    best = scores.amax(-1)
+    label_ties_best = best == scores.gather(-1, labels.expand(3, -1).unsqueeze(-1)).squeeze(-1)
+    assert bool((label_ties_best & ((scores == best.unsqueeze(-1)).sum(-1) > 1)).any()), "the case must have ties"
+    torch.testing.assert_close(argmax_hits(scores.clone(), labels), expected)
+    untied = torch.randn(3, 200, 5, generator=generator)
+    torch.testing.assert_close(argmax_hits(untied.clone(), labels), untied.argmax(-1) == labels)
 
 
 def test_tip_adapter_search_picks_the_val_optimal_pair() -> None:

@@ -46,16 +46,20 @@ def search_grid(maximum: float, steps: int) -> torch.Tensor:
 
 def cache_logits(affinity: torch.Tensor, beta: float, key_labels: torch.Tensor, num_classes: int,
                  shots: int | None = None) -> torch.Tensor:
-    """`exp(−β(1 − affinity)) L` with L the one-hot values, computed as a per-class sum over the keys (the product
+    """`exp(−β(1 − affinity)) L` with L the one-hot values (see `class_sums`)."""
+    return class_sums(torch.exp((affinity - 1) * beta), key_labels, num_classes, shots)
+
+
+def class_sums(weights: torch.Tensor, key_labels: torch.Tensor, num_classes: int, shots: int | None) -> torch.Tensor:
+    """`weights L` for weights [N, keys] and L the keys' one-hot labels, as a per-class sum over the keys (the product
     with a one-hot matrix costs N × keys × C multiply-adds; the sum, N × keys additions).
 
     `shots` says that the keys come grouped by class, `shots` keys each (see `group_by_class`): the sum is then a
     reshape and a sum over the last axis, else an index_add.
     """
-    weights = torch.exp(-beta * (1 - affinity))  # [N, keys]
     if shots is not None:
         return weights.view(len(weights), num_classes, shots).sum(-1)
-    cache = torch.zeros(len(affinity), num_classes, dtype=weights.dtype, device=weights.device)
+    cache = torch.zeros(len(weights), num_classes, dtype=weights.dtype, device=weights.device)
     return cache.index_add(1, key_labels, weights)
 
 
@@ -67,6 +71,20 @@ def group_by_class(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor
     return order, shots
 
 
+def argmax_hits(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`scores.argmax(-1) == labels` for scores [..., N, C] (overwritten) and labels [N], from maxima: a CPU argmax over
+    a short last axis is about eight times slower than a max. The label's score must exceed every other class's; where
+    it ties the best of them, argmax itself settles the row (it returns the first maximum)."""
+    index = labels.view(-1, 1).expand(*scores.shape[:-1], 1)
+    label_scores = scores.gather(-1, index)
+    others = scores.scatter_(-1, index, float("-inf")).amax(-1, keepdim=True)
+    hits, tied = (label_scores > others).squeeze(-1), (label_scores == others).squeeze(-1)
+    if bool(tied.any()):  # rare: ties between float scores
+        scores.scatter_(-1, index, label_scores)
+        hits[tied] = scores[tied].argmax(-1) == labels.expand_as(tied)[tied]
+    return hits
+
+
 def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, key_labels: torch.Tensor,
                       labels: torch.Tensor, alphas: torch.Tensor, betas: torch.Tensor,
                       shots: int | None = None) -> tuple[float, float, float]:
@@ -75,10 +93,12 @@ def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, key_label
     Returns (alpha, beta, accuracy in percent).
     """
     best = (-1.0, float(alphas[0]), float(betas[0]))
+    alpha_column = alphas.view(-1, 1, 1).to(zero_shot)
+    shifted = affinity - 1  # exp(−β(1 − a)) = exp(β (a − 1)), the same floats
     for beta in betas.tolist():
-        cache = cache_logits(affinity, beta, key_labels, zero_shot.shape[1], shots)
-        scores = zero_shot.unsqueeze(0) + alphas.view(-1, 1, 1).to(cache) * cache.unsqueeze(0)  # [A, N, C]
-        accuracy = (scores.argmax(-1) == labels).float().mean(-1) * 100  # [A]
+        cache = class_sums(torch.exp(shifted * beta), key_labels, zero_shot.shape[1], shots)
+        scores = torch.addcmul(zero_shot, alpha_column, cache)  # [A, N, C]
+        accuracy = argmax_hits(scores, labels).float().mean(-1) * 100  # [A]
         top = int(torch.argmax(accuracy))  # argmax returns the first maximum
         if float(accuracy[top]) > best[0]:
             best = (float(accuracy[top]), float(alphas[top]), beta)
