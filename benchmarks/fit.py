@@ -5,8 +5,10 @@ loop written the way the official Tip-Adapter-F code is written (DataLoader, fea
                              [--device cpu|cuda] [--out benchmarks/results/fit.json]
 
 Each (cache, method) runs in its own subprocess, so the peak memory (max RSS) is that run's alone; with --repeats N
-it runs N times and the table gives the fastest and the median train time (this 2-core machine is shared, and one
-run can be 30 % slower than the next). Prints a table.
+it runs N times and the table gives the fastest and the median train time. The runs go round-robin (every method
+once, then every method again), because this 2-core machine is shared and its speed drifts by up to 1.5x over
+minutes: a slow spell then slows every method alike instead of all the runs of one. Prints a line per run while it
+goes, then the table.
 
 With --device cuda the cache is loaded onto the GPU (the official-style loop moves each batch there, as the official
 code does), the trainer synchronises the GPU before it reads its clock (so train s covers finished GPU work; eval s
@@ -38,6 +40,7 @@ SHAPES = {
     "caltech": (100, 16, 4, 2465),
     "imagenet": (1000, 16, 0, 50000),
 }
+OFFICIAL = "tip-adapter-f (official-style loop)"
 METHODS = ["zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f", "taskres", "lathadapter"]
 
 
@@ -191,33 +194,43 @@ def main() -> None:
     where = f"CUDA {torch.cuda.get_device_name()}" if cuda else "CPU"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; train s = fastest of {args.repeats}"
           + ("; peak MB = max RSS, GPU MB = max_memory_allocated" if cuda else ""))
+    methods = args.methods.split(",")
+    jobs = [(name, "method", method) for name in args.only or sorted(SHAPES) for method in methods]
+    jobs += [(name, "official", "tip-adapter-f") for name in args.only or sorted(SHAPES)
+             if "tip-adapter-f" in methods and name in official]
+    runs: dict[tuple[str, str, str], list[dict]] = {job: [] for job in jobs}
+    for round_ in range(args.repeats):
+        for job in jobs:
+            name, kind, method = job
+            runs[job].append(child([kind, str(cache_for(name)), method, args.device]))
+            label = method if kind == "method" else "tip-adapter-f official"
+            print(f"  run {round_ + 1}/{args.repeats}: {name} {label} {runs[job][-1]['train_s']:.2f} s",
+                  file=sys.stderr, flush=True)
+        rows = [summary(job, job_runs) for job, job_runs in runs.items() if job_runs]
+        out.write_text(json.dumps(rows, indent=2))  # after every round: a run cut short keeps what it measured
     print(header)
     print("-" * len(header))
-    for name in args.only or sorted(SHAPES):
-        cache = cache_for(name)
-        for method in args.methods.split(","):
-            runs = [child(["method", str(cache), method, args.device]) for _ in range(args.repeats)]
-            r = {**min(runs, key=lambda run: run["train_s"]),
-                 "train_s_median": statistics.median(run["train_s"] for run in runs),
-                 "train_s_all": [run["train_s"] for run in runs]}
-            rows.append({"cache": name, "method": method, **r})
-            out.write_text(json.dumps(rows, indent=2))  # after every row: a run cut short keeps what it measured
-            print(f"{name:<10} {method:<22} {r['load_s']:7.2f} {r['train_s']:8.2f} {r['train_s_median']:7.2f} "
-                  f"{r['eval_s']:7.2f} {r['steps']:6d} {r['accuracy']:6.2f} {r['peak_rss_mb']:8.0f}"
-                  + (f" {r['peak_gpu_mb']:7.0f}" if cuda else ""), flush=True)
-        if "tip-adapter-f" in args.methods.split(",") and name in official:
-            runs = [child(["official", str(cache), "tip-adapter-f", args.device]) for _ in range(args.repeats)]
-            r = {**min(runs, key=lambda run: run["train_s"]),
-                 "train_s_median": statistics.median(run["train_s"] for run in runs)}
-            ours = next(x for x in rows if x["cache"] == name and x["method"] == "tip-adapter-f")
-            rows.append({"cache": name, "method": "tip-adapter-f (official-style loop)", **r})
-            out.write_text(json.dumps(rows, indent=2))
-            print(f"{name:<10} {'tip-adapter-f official':<22} {'':>7} {r['train_s']:8.2f} {r['train_s_median']:7.2f} "
-                  f"{'':>7} {r['steps']:6d} {'':>6} {r['peak_rss_mb']:8.0f}"
-                  + (f" {r['peak_gpu_mb']:7.0f}" if cuda else "") + "   ours is "
-                  f"{r['train_s'] / ours['train_s']:.1f}x faster (fastest runs), "
-                  f"{r['train_s_median'] / ours['train_s_median']:.1f}x (medians)", flush=True)
+    for row in rows:
+        gpu = f" {row['peak_gpu_mb']:7.0f}" if cuda else ""
+        if row["method"] != OFFICIAL:
+            print(f"{row['cache']:<10} {row['method']:<22} {row['load_s']:7.2f} {row['train_s']:8.2f} "
+                  f"{row['train_s_median']:7.2f} {row['eval_s']:7.2f} {row['steps']:6d} {row['accuracy']:6.2f} "
+                  f"{row['peak_rss_mb']:8.0f}" + gpu)
+            continue
+        ours = next(x for x in rows if x["cache"] == row["cache"] and x["method"] == "tip-adapter-f")
+        print(f"{row['cache']:<10} {'tip-adapter-f official':<22} {'':>7} {row['train_s']:8.2f} "
+              f"{row['train_s_median']:7.2f} {'':>7} {row['steps']:6d} {'':>6} {row['peak_rss_mb']:8.0f}" + gpu
+              + f"   ours is {row['train_s'] / ours['train_s']:.1f}x faster (fastest runs), "
+              f"{row['train_s_median'] / ours['train_s_median']:.1f}x (medians)")
 
+
+def summary(job: tuple[str, str, str], runs: list[dict]) -> dict:
+    """A table row: the fastest run's figures, with the median and every train time."""
+    name, kind, method = job
+    train_seconds = [run["train_s"] for run in runs]
+    return {"cache": name, "method": method if kind == "method" else OFFICIAL,
+            **min(runs, key=lambda run: run["train_s"]),
+            "train_s_median": statistics.median(train_seconds), "train_s_all": train_seconds}
 
 if __name__ == "__main__":
     main()
