@@ -37,7 +37,7 @@ class _TextSide(torch.autograd.Function):
         weights = torch.softmax(text_attribute / tau, dim=-1)
         if attr_proto:
             prototypes, refined_length = unit_rows(torch.addmm(unit, weights, attributes * beta))
-            # <p_c, a_k> = (<u_c, a_k> + β (w Aᵀ A)_ck) / |q_c|: a [C, K] × [K, K] product, no pass over [C, D]
+            # <p_c, a_k> = (<u_c, a_k> + β (w A Aᵀ)_ck) / |q_c|: a [C, K] × [K, K] product, no pass over [C, D]
             gram = attributes @ attributes.t()
             class_attribute = torch.addcmul(text_attribute, weights @ gram, beta).div_(refined_length)
         else:
