@@ -75,7 +75,7 @@ def argmax_hits(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """`scores.argmax(-1) == labels` for scores [..., N, C] (overwritten) and labels [N], from maxima: a CPU argmax over
     a short last axis is about eight times slower than a max. The label's score must exceed every other class's; where
     it ties the best of them, argmax itself settles the row (it returns the first maximum)."""
-    index = labels.view(-1, 1).expand(*scores.shape[:-1], 1)
+    index = labels.reshape(-1, 1).expand(*scores.shape[:-1], 1)
     label_scores = scores.gather(-1, index)
     others = scores.scatter_(-1, index, float("-inf")).amax(-1, keepdim=True)
     hits, tied = (label_scores > others).squeeze(-1), (label_scores == others).squeeze(-1)
