@@ -43,6 +43,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def clear_grads(params: list[torch.nn.Parameter]) -> None:
+    """`optimizer.zero_grad(set_to_none=True)` without its wrappers, which cost about 0.2 ms a step on a CPU."""
+    for param in params:
+        param.grad = None
+
+
 def train(method: Method, data: FewShotData, seed: int, select: str = "last", progress=None) -> TrainResult:
     """Train `method` on `data`'s few-shot train set; `select="val"` keeps the epoch best on the few-shot val set."""
     if select not in SELECTIONS:
@@ -90,8 +96,7 @@ def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter
             batch = order[start:start + o.batch_size]
             features = rows.index_select(0, order_rows[start:start + o.batch_size])
             loss, parts = method.loss(features, data.train_labels.index_select(0, batch))
-            for param in params:  # as optimizer.zero_grad(set_to_none=True), without its ~0.2 ms of wrappers a step
-                param.grad = None
+            clear_grads(params)
             loss.backward()
             optimizer.step()
             scheduler.step()

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from fit import cache_for  # benchmarks/ is the script directory
 
+from lathadapter.adapter.trainer import clear_grads  # the working tree's, for both versions alike
 from lathadapter.cache.store import CacheReader
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,8 +57,7 @@ def stepper(package: str, data, generator_seed: int = 0) -> Callable[[], None]:
     def step() -> None:
         batch = torch.randint(len(data.train_labels), (256,), generator=generator)
         loss = method.loss(data.train_features.index_select(0, batch), data.train_labels.index_select(0, batch))[0]
-        for param in params:  # as the trainer clears them
-            param.grad = None
+        clear_grads(params)  # as the trainer does
         loss.backward()
         optimizer.step()
 

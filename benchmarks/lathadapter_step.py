@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from fit import cache_for  # benchmarks/ is the script directory
 
-import lathadapter.adapter.trainer  # noqa: F401  (pays torch's one-time optimiser import before any timing)
 from lathadapter.adapter.registry import create_method
+from lathadapter.adapter.trainer import clear_grads  # importing it pays torch's one-time optimiser import
 from lathadapter.cache.store import CacheReader
 
 ROWS = {
@@ -46,8 +46,7 @@ def method_step(data, options: dict, point_path: bool = False) -> Callable[[torc
         batch = torch.randint(len(data.train_labels), (256,), generator=generator).to(device)
         x, y = data.train_features[batch], data.train_labels[batch]
         loss = method.point_loss(x, y) if point_path else method.loss(x, y)[0]
-        for param in params:  # as the trainer clears them
-            param.grad = None
+        clear_grads(params)  # as the trainer does
         loss.backward()
         optimizer.step()
 
