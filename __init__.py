@@ -2,13 +2,15 @@
 
 from typing import Any
 
-__version__ = "0.1.0"
+from lathadapter.version import __version__
+
+__all__ = ["__version__", "fit"]
 
 
 def __getattr__(name: str) -> Any:
     """`lathadapter.fit` without importing torch at `import lathadapter` (the CLI starts faster)."""
     if name == "fit":
-        from lathadapter.adapter.fit import fit
+        from lathadapter.experiments.run import fit
 
         return fit
     raise AttributeError(f"module 'lathadapter' has no attribute {name!r}")

@@ -29,7 +29,7 @@ def _int_list(option: str, text: str) -> list[int]:
 
 @cache_app.command("build")
 def cache_build(
-    root: Path | None = typer.Option(None, help="Dataset root holding the CoOp-layout folders (DATA.md)."),
+    root: Path | None = typer.Option(None, help="Dataset root holding the CoOp-layout folders (docs/data.md)."),
     dataset: str | None = typer.Option(None, help="caltech101, oxford_pets, ..., imagenet, imagenet_a, ...; "
                                        "folder:PATH (a folder per class) or split:PATH (a split_zhou JSON)."),
     model: str | None = typer.Option(None, help="open_clip model name, or the path of a model-config JSON "
@@ -144,8 +144,7 @@ def _format_accuracy(value: float | None) -> str:
 @app.command()
 def fit(
     cache: Path | None = typer.Option(None, help="Cache file (default: the one cache under caches/)."),
-    method: str = typer.Option("lathadapter", help="Method name (zeroshot, linear-probe, clip-adapter, "
-                               "tip-adapter, tip-adapter-f, taskres, lathadapter)."),
+    method: str = typer.Option("lathadapter", help="Method name (`lathadapter list methods` lists them)."),
     shots: int = typer.Option(4, help="Shots per class of the few-shot subset."),
     seed: int = typer.Option(1, help="Few-shot subset seed (also seeds training)."),
     classes: str = typer.Option("all", help="all: every class; base: base-to-novel (train on base, report HM)."),
@@ -156,12 +155,18 @@ def fit(
     set_: list[str] = typer.Option([], "--set", help="Method option NAME=VALUE (repeatable)."),
 ) -> None:
     """Train one method over a cache (no encoder runs), evaluate it and write a run directory."""
-    from lathadapter.adapter.fit import fit as fit_run
-    from lathadapter.adapter.options import parse_assignments
+    from lathadapter.adapter.options import OptionError, parse_assignments
+    from lathadapter.experiments.run import RunConfig, fit_config
 
     try:
-        metrics = fit_run(cache, method, shots, seed, classes=classes, text=text, select=select, device=device,
-                          out=out, **parse_assignments(set_))
+        overrides = {}
+        for name, values in parse_assignments(set_).items():
+            if len(values) != 1:
+                raise OptionError(f"--set {name}={','.join(values)}: fit takes one value per option "
+                                  "(`lathadapter grid` tries several)")
+            overrides[name] = values[0]
+        config = RunConfig.create(method, shots, seed, classes, text, select, overrides)
+        metrics = fit_config(config, cache, device=device, out=out)
     except (ValueError, OSError) as error:
         _fail(error)
     accuracy = ", ".join(f"{k} {_format_accuracy(v)}" for k, v in metrics["accuracy"].items())
@@ -185,9 +190,10 @@ def grid(
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
 ) -> None:
     """Run an ablation grid (cartesian product of the axes) in one process; finished runs are skipped."""
-    from lathadapter.adapter.fit import default_device
-    from lathadapter.adapter.grid import GridSpec, load_spec_file, parse_axis_assignments, run_grid, split_list
+    from lathadapter.adapter.options import parse_assignments, split_list
     from lathadapter.cache.store import resolve_cache
+    from lathadapter.experiments.grid import GridSpec, load_spec_file, run_grid
+    from lathadapter.experiments.run import default_device
 
     try:
         axes: dict = load_spec_file(config) if config else {}
@@ -199,7 +205,7 @@ def grid(
                 axes[key] = _int_list(f"--{key}", value)
         axes["shots"] = [int(v) for v in axes.get("shots", [1, 2, 4, 8, 16])]
         axes["seeds"] = [int(v) for v in axes.get("seeds", [1, 2, 3])]
-        axes["options"] = {**axes.get("options", {}), **parse_axis_assignments(set_)}
+        axes["options"] = {**axes.get("options", {}), **parse_assignments(set_)}
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
         summary = run_grid(GridSpec(**axes), out, device or default_device())
     except (ValueError, OSError) as error:
@@ -213,8 +219,7 @@ def protocol(
     name: str = typer.Argument(..., help="few-shot | base-to-novel | cross-dataset | domain"),
     cache: list[str] = typer.Option(..., help="Dataset cache(s); for cross-dataset and domain, the source cache."),
     target: list[str] = typer.Option([], help="Target cache(s) (cross-dataset, domain)."),
-    method: str = typer.Option(",".join(["zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f",
-                                         "taskres", "lathadapter"]), help="Comma-separated methods."),
+    method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
     seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
     shots: str | None = typer.Option(None, help="Override the protocol's shots (default 1,2,4,8,16 or 16)."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
@@ -223,13 +228,15 @@ def protocol(
     out: Path | None = typer.Option(None, help="Output folder (default: grids/<protocol>)."),
 ) -> None:
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
-    from lathadapter.adapter.fit import default_device
-    from lathadapter.adapter.grid import parse_axis_assignments, split_list
-    from lathadapter.adapter.protocols import run_protocol
+    from lathadapter.adapter.catalog import method_names
+    from lathadapter.adapter.options import parse_assignments, split_list
+    from lathadapter.experiments.protocols import run_protocol
+    from lathadapter.experiments.run import default_device
 
     try:
-        summary = run_protocol(name, list(cache), out or Path("grids") / name, split_list(method),
-                               _int_list("--seeds", seeds), list(target), parse_axis_assignments(set_), text,
+        methods = split_list(method) if method is not None else method_names()
+        summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
+                               _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
                                _int_list("--shots", shots) if shots else None, device or default_device())
     except (ValueError, OSError) as error:
         _fail(error)
@@ -245,7 +252,7 @@ def report(
                                          "(default: the table's last lathadapter run)."),
 ) -> None:
     """Write paper-style tables (markdown, CSV) and plots from a results table."""
-    from lathadapter.adapter.report import write_report
+    from lathadapter.experiments.report import write_report
 
     try:
         written = write_report(results, out or results.parent / "report", disk_run)
@@ -260,21 +267,20 @@ def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the demo's data, cache, grid and report."),
     shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot grid."),
     seeds: str = typer.Option("1,2,3", help="Seeds."),
-    method: str = typer.Option(",".join(["zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f",
-                                         "taskres", "lathadapter"]), help="Comma-separated methods."),
+    method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
     views: int = typer.Option(10, help="Augmented views per train image."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
 ) -> None:
     """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel), print the table
     and write the plots. Re-running reuses the cache and the finished runs."""
-    from lathadapter.adapter.fit import default_device
-    from lathadapter.adapter.grid import split_list
+    from lathadapter.adapter.options import split_list
     from lathadapter.demo.pipeline import run_demo
+    from lathadapter.experiments.run import default_device
 
     try:
         result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
-                          methods=split_list(method), views=views, device=device or default_device(),
-                          log=lambda message: typer.echo(message, err=True))
+                          methods=split_list(method) if method is not None else None, views=views,
+                          device=device or default_device(), log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
         _fail(error)
     typer.echo(result["markdown"])

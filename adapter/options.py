@@ -1,4 +1,9 @@
-"""Method options: one dataclass per method (training options shared through `TrainOptions`), set by name."""
+"""Method options: one frozen dataclass per method (training options shared through `TrainOptions`), the one parser
+of `--set NAME=VALUE[,VALUE...]` and the conversion of a value to its option's declared type.
+
+Options are parsed once, where they enter (command line, Python call, grid file); from there the typed dataclass
+travels unchanged to the method, its loss, the run key and `config.json`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass
+class OptionError(ValueError):
+    """An unknown option name, or a value that does not parse as the option's type."""
+
+
+@dataclass(frozen=True)
 class TrainOptions:
-    """Optimiser and schedule shared by every trained method (METHOD.md, "Training and evaluation protocol")."""
+    """Optimiser and schedule shared by every trained method (docs/method.md, "Training protocol")."""
 
     epochs: int = 20
     min_steps: int = 300  # never fewer optimiser steps than this, whatever the dataset size
@@ -21,18 +30,14 @@ class TrainOptions:
     eps: float = 1e-8
 
 
-class OptionError(ValueError):
-    """An unknown option name, or a value that does not parse as the option's type."""
-
-
-def _parse(name: str, kind: Any, value: Any) -> Any:
-    """Convert `value` (a string from the command line, or a Python value) to the option's declared type."""
+def parse_value(name: str, kind: Any, value: Any) -> Any:
+    """Convert `value` (a string from the command line or a grid file, or a Python value) to the option's type."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
     if not isinstance(value, str):
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, kind):
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             return value
         raise OptionError(f"option {name}={value!r}: expected {kind.__name__}")
     text = value.strip()
@@ -51,7 +56,8 @@ def _parse(name: str, kind: Any, value: Any) -> Any:
 
 
 def build_options(cls: type, overrides: dict[str, Any], method: str) -> Any:
-    """An instance of the options dataclass `cls` with `overrides` applied; unknown names list the valid ones."""
+    """An instance of the options dataclass `cls` with `overrides` applied and validated; unknown names list the
+    valid ones."""
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(overrides) - set(valid))
@@ -59,22 +65,42 @@ def build_options(cls: type, overrides: dict[str, Any], method: str) -> Any:
         raise OptionError(
             f"unknown option(s) {', '.join(unknown)} for method {method!r}; valid options: {', '.join(valid)}"
         )
-    values = {name: _parse(name, hints[name], value) for name, value in overrides.items()}
-    options = cls(**values)
+    options = cls(**{name: parse_value(name, hints[name], value) for name, value in overrides.items()})
     validate = getattr(options, "validate", None)
     if validate is not None:
         validate()
     return options
 
 
-def parse_assignments(assignments: list[str]) -> dict[str, str]:
-    """Parse `--set name=value` strings into a mapping (values stay strings; types are applied per method)."""
-    parsed: dict[str, str] = {}
+def changed_fields(options: Any) -> dict[str, Any]:
+    """The fields of an options dataclass that differ from their defaults (what a user set), by name."""
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+            if getattr(options, f.name) != f.default}
+
+
+def declaring_class(cls: type, name: str) -> type:
+    """The class in `cls`'s hierarchy that declares field `name`: two methods share an option's meaning only when
+    they inherit it from the same class (every trained method's `lr` is `TrainOptions.lr`)."""
+    for klass in reversed(cls.__mro__):
+        if name in getattr(klass, "__annotations__", {}):
+            return klass
+    raise OptionError(f"{cls.__name__} has no option {name!r}")
+
+
+def split_list(text: str) -> list[str]:
+    """`a,b , c` → ['a', 'b', 'c']."""
+    return [item.strip() for item in str(text).split(",") if item.strip()]
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, list[str]]:
+    """`--set [METHOD.]NAME=V1[,V2...]` strings → {'[METHOD.]NAME': ['V1', 'V2', ...]} (values stay strings: each
+    method converts them to its own option types)."""
+    parsed: dict[str, list[str]] = {}
     for item in assignments:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise OptionError(f"--set expects name=value, got {item!r}")
-        parsed[name.strip()] = value.strip()
+        name, sep, values = item.partition("=")
+        if not sep or not name.strip() or not split_list(values):
+            raise OptionError(f"--set expects name=value[,value...], got {item!r}")
+        parsed[name.strip()] = split_list(values)
     return parsed
 
 

@@ -31,17 +31,17 @@ from pathlib import Path
 
 import torch
 
+from lathadapter.adapter.catalog import method_names
 from lathadapter.cache.synthetic import write_synthetic_cache
 
 DATA = Path(__file__).parent / ".data"
 SHAPES = {
     # name: (classes, train images per class, val images per class, test images), D = 512, 10 views, 16 shots.
-    # ImageNet has no few-shot val subset (DATA.md), so Tip-Adapter keeps its initial alpha and beta there.
+    # ImageNet has no few-shot val subset (docs/data.md), so Tip-Adapter keeps its initial alpha and beta there.
     "caltech": (100, 16, 4, 2465),
     "imagenet": (1000, 16, 0, 50000),
 }
 OFFICIAL = "tip-adapter-f (official-style loop)"
-METHODS = ["zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f", "taskres", "lathadapter"]
 
 
 def cache_for(name: str) -> Path:
@@ -67,8 +67,8 @@ def gpu_peak_mb(device: str) -> float | None:
 
 def run_method(cache: Path, method: str, device: str = "cpu") -> dict:
     """Child process: load the cache once, train and evaluate one method, report times and peak RSS."""
-    from lathadapter.adapter.fit import RunConfig, run
     from lathadapter.cache.store import CacheReader
+    from lathadapter.experiments.run import RunConfig, run
 
     if device == "cuda":
         prepare_cuda()
@@ -167,7 +167,7 @@ def child(args: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(SHAPES), action="append")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(method_names()))
     parser.add_argument("--repeats", type=int, default=1, help="runs per (cache, method); the table gives min, median")
     parser.add_argument("--official", choices=sorted(SHAPES), action="append",
                         help="caches on which to time the official-style Tip-Adapter-F loop (default: caltech)")

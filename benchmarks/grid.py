@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from lathadapter.adapter.grid import GridSpec, run_grid
 from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.experiments.grid import GridSpec, run_grid
 
 DATA = Path(__file__).parent / ".data"
 

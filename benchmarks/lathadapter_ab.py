@@ -47,7 +47,10 @@ def export(ref: str, folder: Path) -> None:
 def stepper(package: str, data, generator_seed: int = 0) -> Callable[[], None]:
     """One LatHAdapter step (forward, backward, fused AdamW) of `package` on a random batch of 256."""
     importlib.import_module(f"{package}.adapter.trainer")  # pays the one-time optimiser import
-    create = importlib.import_module(f"{package}.adapter.registry").create_method
+    try:  # the built-in methods' catalog; commits before it kept `create_method` in the registry
+        create = importlib.import_module(f"{package}.adapter.catalog").create_method
+    except ModuleNotFoundError:
+        create = importlib.import_module(f"{package}.adapter.registry").create_method
     torch.manual_seed(0)
     method = create("lathadapter", data)
     params = [p for p in method.parameters() if p.requires_grad]

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from fit import cache_for  # benchmarks/ is the script directory
 
-from lathadapter.adapter.registry import create_method
+from lathadapter.adapter.catalog import create_method
 from lathadapter.adapter.trainer import clear_grads  # importing it pays torch's one-time optimiser import
 from lathadapter.cache.store import CacheReader
 

@@ -37,7 +37,7 @@ from lathadapter.cache.store import (
 )
 from lathadapter.cache.templates import ensemble_templates, load_attributes, prompt
 
-__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "BuildError", "BuildResult", "build", "build_cache"]
+__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "BuildError", "BuildResult", "build"]
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
@@ -333,7 +333,3 @@ def build(
     stats.total_seconds = time.perf_counter() - started
     return BuildResult(out, status, stats, notes)
 
-
-def build_cache(root: Path | str | None, dataset: str, out: Path | str | None = None, **options: object) -> Path:
-    """Build a cache (see `build` for the options) and return its path."""
-    return build(root, dataset, out, **options).path  # type: ignore[arg-type]

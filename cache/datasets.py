@@ -1,7 +1,7 @@
-"""Dataset readers for the CoOp layout (DATA.md) and two generic forms, all returning one `DatasetSplits`.
+"""Dataset readers for the CoOp layout (docs/data.md) and two generic forms, all returning one `DatasetSplits`.
 
 The user's root is read unchanged (the one exception: ImageNet's `classnames.txt` is written from open_clip's class
-names when it is missing, as DATA.md allows). Paths are stored relative to the dataset folder.
+names when it is missing, as docs/data.md allows). Paths are stored relative to the dataset folder.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One row of DATA.md's table: where a dataset lives under the root and how its splits are defined."""
+    """One row of docs/data.md's table: where a dataset lives under the root and how its splits are defined."""
 
     name: str
     folder: str
@@ -342,7 +342,8 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
 
 
 def load_dataset(root: Path | None, dataset: str, template: str | None = None, seed: int = 0) -> DatasetSplits:
-    """Read `dataset` (a DATA.md name under `root`, `folder:PATH` or `split:PATH`); `template` overrides the prompt."""
+    """Read `dataset` (a docs/data.md name under `root`, `folder:PATH` or `split:PATH`); `template` overrides the
+    prompt."""
     if template is not None and template.count("{}") != 1:
         raise DatasetError(f"--template {template!r} must contain '{{}}' exactly once (where the class name goes)")
     if dataset.startswith("folder:"):

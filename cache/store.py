@@ -28,6 +28,9 @@ import h5py
 import numpy as np
 import torch
 
+from lathadapter.cache.sampling import base_novel_classes
+from lathadapter.version import __version__
+
 SCHEMA_VERSION = 1
 DEFAULT_CACHE_DIR = Path("caches")  # where `cache build` writes and `fit` looks when no path is given
 SPLITS = ("train", "val", "test")
@@ -82,8 +85,6 @@ class CacheLayout:
 
 def create(path: Path, layout: CacheLayout) -> h5py.File:
     """Create a cache file with every dataset allocated and nothing encoded yet (`encoded` all false)."""
-    from lathadapter import __version__
-
     f = h5py.File(path, "w")
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["fingerprint_json"] = json.dumps(layout.fingerprint, sort_keys=True)
@@ -230,6 +231,11 @@ class FewShotData:
             wnids=[self.wnids[c] for c in classes] if self.wnids else [],
         )
 
+    def base_novel(self) -> tuple[FewShotData, FewShotData]:
+        """The base and the novel half of the classes (docs/data.md's rule), each relabelled from 0."""
+        base, novel = base_novel_classes(range(self.num_classes))
+        return self.select_classes(base), self.select_classes(novel)
+
 
 @dataclass(frozen=True)
 class CacheInfo:
@@ -329,9 +335,6 @@ class CacheReader:
 
     def subset_rows(self, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Row indices of the (`shots`, `seed`) subset into `splits/train` and `splits/val`, in Dassl's order."""
-        return self._rows(shots, seed)
-
-    def _rows(self, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         key = f"subsets/{subset_key(shots, seed)}"
         if key not in self._file:
             held = ", ".join(f"shots={k} seed={s}" for k, s in self.subsets()) or "none"
@@ -344,7 +347,7 @@ class CacheReader:
     def load(self, shots: int, seed: int, *, text: str = "coop", device: str | torch.device = "cpu") -> FewShotData:
         """Load one few-shot subset's train/val tensors, the whole test split and the text features, once."""
         f = self._file
-        train_rows, val_rows = self._rows(shots, seed)
+        train_rows, val_rows = self.subset_rows(shots, seed)
         order = np.argsort(train_rows, kind="stable")  # h5py fancy indexing wants increasing indices
         sorted_rows = train_rows[order]
         inverse = np.empty_like(order)

@@ -11,12 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lathadapter.adapter.grid import GridSpec, run_grid
-from lathadapter.adapter.report import METHOD_ORDER, write_report
+from lathadapter.adapter.catalog import method_names
 from lathadapter.cache.build import BuildResult, build
 from lathadapter.cache.store import DEFAULT_CACHE_DIR
 from lathadapter.demo.dataset import SPLIT_FILE, write_demo_dataset
 from lathadapter.demo.model import bundled_model
+from lathadapter.experiments.grid import GridSpec, run_grid
+from lathadapter.experiments.report import write_report
 
 DEMO_DATA_DIR = Path("data") / "demo-shapes"  # where `cache build` writes the demo images by default
 DEMO_CACHE = DEFAULT_CACHE_DIR / "demo_shapes.h5"
@@ -37,9 +38,11 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
 
 
 def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
-             methods: Sequence[str] = tuple(METHOD_ORDER), views: int = 10, device: str = "cpu",
+             methods: Sequence[str] | None = None, views: int = 10, device: str = "cpu",
              progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Build the demo cache under `folder`, run the few-shot and base-to-novel grids, and write the report."""
+    """Build the demo cache under `folder`, run the few-shot and base-to-novel grids of `methods` (default: every
+    method), and write the report."""
+    methods = list(methods) if methods is not None else method_names()
     timings: dict[str, float] = {}
     start = time.perf_counter()
     shots = sorted(set(shots) | {16})  # base-to-novel uses the 16-shot subsets

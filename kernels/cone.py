@@ -2,7 +2,7 @@
 
 The unit-ball formulas are applied to √c p and √c q (which preserves angles). Every quantity is written in terms of
 the pair invariants |p|², |q|², <p, q − p> and |q − p|², so that the row-wise functions here, the pairwise reference
-and the Triton kernels share one formula, and close pairs keep their precision (see METHOD.md).
+and the Triton kernels share one formula, and close pairs keep their precision (see docs/method.md).
 """
 
 from __future__ import annotations

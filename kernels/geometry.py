@@ -1,7 +1,7 @@
 """Poincaré-ball geometry (curvature −c) as pure PyTorch functions: the CPU path and the Triton kernels' test oracle.
 
 Every function takes the curvature `c` explicitly (a positive float or a 0-d tensor, possibly requiring grad) and
-computes in float32 (float64 for float64 inputs). Formulas and stable forms follow METHOD.md's "Poincaré ball".
+computes in float32 (float64 for float64 inputs). Formulas and stable forms follow docs/method.md's "Poincaré ball".
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 Curvature = float | torch.Tensor
 
-# Projection margins of METHOD.md: points are kept at radius ≤ (1 − ε)/√c.
+# Projection margins of docs/method.md: points are kept at radius ≤ (1 − ε)/√c.
 PROJECTION_EPS = {torch.float32: 4e-3, torch.float64: 1e-5}
 MIN_NORM = 1e-15  # norms below this are treated as this (safe divisions at the origin)
 # Pairs whose squared separation is below CLOSE × (|a|² + |b|²) get |a − b|² and <a, b − a> as direct sums: the

@@ -1,4 +1,4 @@
-"""The hierarchy loss terms of METHOD.md as PyTorch references (they materialise the M × N pair matrices), plus the
+"""The hierarchy loss terms of docs/method.md as PyTorch references (they materialise the M × N pair matrices), plus the
 input checks shared with the fused Triton path."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Each baseline's scores equal METHOD.md's formula on small hand-checkable cases; Tip-Adapter's search is optimal."""
+"""Each baseline's scores equal docs/method.md's formulas on small hand-checkable cases; Tip-Adapter's search is
+optimal."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lathadapter.adapter.catalog import create_method, method_names
 from lathadapter.adapter.evaluate import evaluate
 from lathadapter.adapter.methods.base import NotApplicable
 from lathadapter.adapter.methods.tip_adapter import argmax_hits, search_grid
 from lathadapter.adapter.options import OptionError
-from lathadapter.adapter.registry import create_method, method_names
 from lathadapter.adapter.trainer import train
 from lathadapter.cache.store import FewShotData
 

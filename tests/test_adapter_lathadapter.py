@@ -1,4 +1,4 @@
-"""LatHAdapter's losses equal a direct computation of METHOD.md's equations; Triton and reference paths agree."""
+"""LatHAdapter's losses equal a direct computation of docs/method.md's equations; Triton and reference paths agree."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lathadapter.adapter.registry import create_method
+from lathadapter.adapter.catalog import create_method
 from lathadapter.cache.store import FewShotData
 
 
@@ -26,7 +26,7 @@ def make_data(classes: int = 5, dim: int = 16, per_class: int = 3, attributes: i
                        images, labels, images, labels, "t")
 
 
-# --- an independent transcription of METHOD.md, in float64, with explicit loops over edges ---
+# --- an independent transcription of docs/method.md, in float64, with explicit loops over edges ---
 
 def ball_distance(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
     squared = ((x - y) ** 2).sum(-1)
@@ -146,8 +146,8 @@ def test_novel_classes_get_their_own_prototypes_from_text() -> None:
 
 @pytest.mark.parametrize("attr_proto", [True, False])
 def test_text_side_equals_the_plain_formulas_in_value_and_gradient(attr_proto: bool) -> None:
-    """The fused category side against METHOD.md steps 1–3 written with autograd, in float64, and gradcheck."""
-    from lathadapter.adapter.methods.lathadapter_text import text_side
+    """The fused category side against docs/method.md steps 1–3 written with autograd, in float64, and gradcheck."""
+    from lathadapter.adapter.methods.lathadapter.text import text_side
 
     generator = torch.Generator().manual_seed(5)
     text = F.normalize(torch.randn(6, 8, generator=generator, dtype=torch.float64), dim=-1)
@@ -186,7 +186,7 @@ def test_text_side_equals_the_plain_formulas_in_value_and_gradient(attr_proto: b
 POINT_CASE = """
 import torch
 import torch.nn.functional as F
-from lathadapter.adapter.registry import create_method
+from lathadapter.adapter.catalog import create_method
 from lathadapter.cache.store import FewShotData
 torch.manual_seed(0)
 text = F.normalize(torch.randn(5, 16), dim=-1)
@@ -215,7 +215,7 @@ def test_radial_loss_and_gradients_equal_the_point_kernels_reference_backend(opt
     namespace: dict = {}
     exec(POINT_CASE, namespace)
     from lathadapter import kernels
-    from lathadapter.adapter.registry import create_method
+    from lathadapter.adapter.catalog import create_method
 
     method = create_method("lathadapter", namespace["data"], num_attributes=4, curvature=1.4, **options)
     with kernels.backend("torch"):
@@ -261,15 +261,14 @@ def test_loss_backward_matches_finite_differences(case: dict) -> None:
     """The hand-written backward of the fused loss against central differences in float64, w.r.t. the image
     cosines, the category–attribute cosines, the association weights and the five scalars (lift scales, curvature,
     temperature)."""
-    from lathadapter.adapter.methods.lathadapter import CURVATURE_RANGE
-    from lathadapter.adapter.methods.lathadapter_loss import LossOptions, lathadapter_loss
+    from lathadapter.adapter.methods.lathadapter import CURVATURE_RANGE, LatHAdapterOptions
+    from lathadapter.adapter.methods.lathadapter.loss import lathadapter_loss
 
     case = dict(case)
     labels = torch.tensor(case.pop("labels", [0, 2, 2, 3, 0, 4]))
     log_curvature = torch.tensor(case.pop("log_curvature", math.log(1.3)), dtype=torch.float64)
-    options = {"logit_scale": 10.0, "lambda_hyp": 0.5, "lambda_hier": 0.7, "hier": "cone", "cone_k": 0.1,
-               "cone_kappa": 1.0, "margin": 0.4, "margin_radial": 0.3, "tau_attr": 0.2,
-               "curvature_range": CURVATURE_RANGE, **case}
+    options = {"lambda_hyp": 0.5, "lambda_hier": 0.7, "hier": "cone", "cone_k": 0.1, "cone_kappa": 1.0,
+               "margin": 0.4, "margin_radial": 0.3, "tau_attr": 0.2, **case}
     generator = torch.Generator().manual_seed(3)
     cosine = lambda *shape: (torch.rand(*shape, generator=generator, dtype=torch.float64) * 1.8 - 0.9)  # noqa: E731
     inputs = [cosine(6, 5 + 3), cosine(5, 3),
@@ -277,7 +276,7 @@ def test_loss_backward_matches_finite_differences(case: dict) -> None:
               torch.tensor([0.3, 0.6, 1.0], dtype=torch.float64).log(), log_curvature,
               torch.tensor(math.log(0.5), dtype=torch.float64)]
     inputs = [t.clone().requires_grad_() for t in inputs]
-    o = LossOptions(**options)
+    o = LatHAdapterOptions(**options)
     total, (ce, hyp, hier) = lathadapter_loss(*inputs, labels, o)
     assert torch.isclose(total, ce + o.lambda_hyp * hyp + o.lambda_hier * hier)
     assert torch.autograd.gradcheck(lambda *x: lathadapter_loss(*x, labels, o)[0], inputs, eps=1e-6, atol=1e-7)

@@ -1,4 +1,4 @@
-"""Dataset readers: every DATA.md dataset on a tiny generated tree in its own layout, and the two generic forms."""
+"""Dataset readers: every docs/data.md dataset on a tiny generated tree in its own layout, and the two generic forms."""
 
 from __future__ import annotations
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from lathadapter.adapter.fit import fit
 from lathadapter.cache.store import CacheReader
 from lathadapter.cli import app
 from lathadapter.demo.dataset import CLASSES
 from lathadapter.demo.pipeline import run_demo
+from lathadapter.experiments.run import fit
 
 
 def test_cache_build_without_a_dataset_builds_the_demo_then_fit_finds_it(tmp_path: Path, monkeypatch) -> None:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lathadapter.adapter.fit import fit, split_classes
 from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
+from lathadapter.experiments.run import fit, split_classes
 
 FAST = {"epochs": 5, "min_steps": 60}
 
@@ -112,3 +112,27 @@ def test_default_cache_is_the_one_in_the_default_folder(cache: Path, tmp_path: P
     (tmp_path / "caches" / "two.h5").write_bytes(cache.read_bytes())
     with pytest.raises(CacheError, match="choose one with --cache"):
         fit(None, "zeroshot", out=None)
+
+
+def test_config_json_is_the_same_from_the_command_line_and_from_python(cache: Path, tmp_path: Path) -> None:
+    """Options are parsed once into typed values: the strings of `--set` and Python values give one file."""
+    args = ["fit", "--cache", str(cache), "--method", "lathadapter", "--shots", "4", "--seed", "2", "--device", "cpu",
+            "--out", str(tmp_path / "cli"), "--set", "epochs=2", "--set", "min_steps=4", "--set", "attr_proto=false",
+            "--set", "curvature=2", "--set", "lambda_hier=0.25", "--set", "hier=triplet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = fit(cache, "lathadapter", shots=4, seed=2, device="cpu", out=tmp_path / "api", epochs=2, min_steps=4,
+                  attr_proto=False, curvature=2, lambda_hier=0.25, hier="triplet")
+    (from_cli,) = (tmp_path / "cli").iterdir()
+    from_api = Path(metrics["run_dir"])
+    assert from_cli.name == from_api.name  # the same key
+    assert (from_cli / "config.json").read_bytes() == (from_api / "config.json").read_bytes()
+    config = json.loads((from_api / "config.json").read_text())
+    assert config["overrides"] == {"epochs": 2, "min_steps": 4, "attr_proto": False, "curvature": 2.0,
+                                   "lambda_hier": 0.25, "hier": "triplet"}
+    assert config["options"]["curvature"] == 2.0 and config["options"]["lr"] == 1e-3
+
+
+def test_fit_takes_one_value_per_option(cache: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["fit", "--cache", str(cache), "--out", str(tmp_path), "--set", "lr=0.1,0.2"])
+    assert result.exit_code == 1 and "one value per option" in result.output

@@ -86,7 +86,7 @@ def test_distance_from_the_origin_by_hand() -> None:
 
 
 def test_distance_equals_the_mobius_form() -> None:
-    """d(x, y) = (2/√c) artanh(√c |(−x) ⊕ y|), METHOD.md's second expression."""
+    """d(x, y) = (2/√c) artanh(√c |(−x) ⊕ y|), docs/method.md's second expression."""
     c = 2.5
     x = ball_points(20, 5, c, random_radii(20, 10), seed=11)
     y = ball_points(20, 5, c, random_radii(20, 12), seed=13)

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from lathadapter.adapter.grid import GridSpec, expand, iterate, load_spec_file, parse_axis_assignments, run_grid
-from lathadapter.adapter.options import OptionError
-from lathadapter.adapter.protocols import run_protocol
-from lathadapter.adapter.report import write_report
+from lathadapter.adapter.options import OptionError, parse_assignments
 from lathadapter.cache.store import CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
+from lathadapter.experiments.grid import GridSpec, expand, iterate, load_spec_file, run_grid
+from lathadapter.experiments.protocols import run_protocol
+from lathadapter.experiments.report import write_report
 
 QUICK = {"epochs": ["2"], "min_steps": ["0"]}
 
@@ -36,22 +36,21 @@ def caches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_axes_parse_and_expand_to_the_cartesian_product(caches: dict[str, Path]) -> None:
-    axes = parse_axis_assignments(["taskres.alpha=0.25,0.5", "lr=0.001,0.01"])
+    axes = parse_assignments(["taskres.alpha=0.25,0.5", "lr=0.001,0.01"])
     assert axes == {"taskres.alpha": ["0.25", "0.5"], "lr": ["0.001", "0.01"]}
     spec = GridSpec([str(caches["source"])], ["zeroshot", "taskres"], [1, 2], [1, 2], options=axes)
     runs = expand(spec)
     # zeroshot has neither option: shots × seeds = 4; taskres: 2 alphas × 2 lrs × 4 = 16
     assert len(runs) == 4 + 16
-    taskres = {dict(r.config.options)["alpha"] + "/" + dict(r.config.options)["lr"] for r in runs
-               if r.config.method == "taskres"}
-    assert taskres == {"0.25/0.001", "0.25/0.01", "0.5/0.001", "0.5/0.01"}
+    taskres = {(r.config.options.alpha, r.config.options.lr) for r in runs if r.config.method == "taskres"}
+    assert taskres == {(0.25, 0.001), (0.25, 0.01), (0.5, 0.001), (0.5, 0.01)}
     assert len({r.config for r in runs}) == len(runs)
     with pytest.raises(OptionError, match="not in the grid's methods"):
         expand(GridSpec([str(caches["source"])], ["zeroshot"], options={"taskres.alpha": ["1"]}))
     with pytest.raises(OptionError, match="no method of the grid has option 'curvature'"):
         expand(GridSpec([str(caches["source"])], ["taskres"], options={"curvature": ["1"]}))
     with pytest.raises(OptionError, match="name=value"):
-        parse_axis_assignments(["alpha"])
+        parse_assignments(["alpha"])
 
 
 def test_grid_files_give_the_same_axes_as_the_command_line(tmp_path: Path) -> None:
@@ -62,7 +61,7 @@ def test_grid_files_give_the_same_axes_as_the_command_line(tmp_path: Path) -> No
         'caches = ["a.h5"]\nmethods = ["zeroshot", "taskres"]\nshots = [1, 4]\nseeds = "1,2"\n'
         '[options]\n"taskres.alpha" = [0.25, 0.5]\n'
     )
-    expected = {"caches": ["a.h5"], "methods": ["zeroshot", "taskres"], "options": {"taskres.alpha": ["0.25", "0.5"]}}
+    expected = {"caches": ["a.h5"], "methods": ["zeroshot", "taskres"], "options": {"taskres.alpha": [0.25, 0.5]}}
     for name in ("grid.yaml", "grid.toml"):
         spec = load_spec_file(tmp_path / name)
         assert {k: spec[k] for k in expected} == expected
@@ -86,7 +85,29 @@ def test_resume_skips_exactly_the_finished_runs(caches: dict[str, Path], tmp_pat
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
-    assert {"opt.alpha", "opt.epochs", "acc_all", "train_seconds"} <= set(rows[0])
+    # `alpha` means different things to CLIP-Adapter, TaskRes and Tip-Adapter: its column names the method
+    assert {"opt.clip-adapter.alpha", "opt.epochs", "acc_all", "train_seconds"} <= set(rows[0])
+    assert "opt.alpha" not in rows[0]
+
+
+def test_an_option_that_methods_mean_differently_must_be_scoped(caches: dict[str, Path], tmp_path: Path) -> None:
+    cache = [str(caches["source"])]
+    with pytest.raises(OptionError, match=r"tip-adapter, lathadapter each have an option 'beta'.*tip-adapter\.beta"):
+        expand(GridSpec(cache, ["tip-adapter", "lathadapter"], [1], [1], options={"beta": ["0.5"]}))
+    # one method that has it, or a name every method inherits from the shared training options, needs no scope
+    assert len(expand(GridSpec(cache, ["zeroshot", "lathadapter"], [1], [1], options={"beta": ["0.5", "1"]}))) == 3
+    assert len(expand(GridSpec(cache, ["clip-adapter", "lathadapter"], [1], [1], options={"lr": ["0.01"]}))) == 2
+    spec = GridSpec(cache, ["tip-adapter", "lathadapter"], [1], [1],
+                    options={"tip-adapter.beta": ["2"], "lathadapter.beta": ["0.3"], "epochs": ["1"],
+                             "min_steps": ["1"], "tip-adapter.search": ["false"]})
+    runs = expand(spec)
+    assert {(r.config.method, r.config.options.beta) for r in runs} == {("tip-adapter", 2.0), ("lathadapter", 0.3)}
+    run_grid(spec, tmp_path, progress=False)
+    with (tmp_path / "results.csv").open() as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert "opt.beta" not in rows["lathadapter"]
+    assert float(rows["tip-adapter"]["opt.tip-adapter.beta"]) == 2.0 and rows["tip-adapter"]["opt.lathadapter.beta"] == ""
+    assert float(rows["lathadapter"]["opt.lathadapter.beta"]) == 0.3
 
 
 def test_report_cells_trace_back_to_the_results_table(caches: dict[str, Path], tmp_path: Path) -> None:

@@ -1,10 +1,2 @@
-"""Every method, one module each; importing this package registers them (in this order)."""
-
-from lathadapter.adapter.methods import (  # noqa: F401
-    clip_adapter,
-    lathadapter,
-    linear_probe,
-    taskres,
-    tip_adapter,
-    zeroshot,
-)
+"""Every method, one module each (LatHAdapter a small package). Importing a method module registers it;
+`lathadapter.adapter.catalog` imports all of them."""

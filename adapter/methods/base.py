@@ -11,6 +11,7 @@ from torch import nn
 from lathadapter.cache.store import FewShotData
 
 NORM_EPS = 1e-12  # as F.normalize
+LOGIT_SCALE = 100.0  # CLIP's learned temperature, fixed at its converged value
 
 
 def unit_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,6 +117,11 @@ class Method(nn.Module):
     def after_training(self, data: FewShotData) -> dict[str, Any]:
         """Work done once training ends (e.g. hyper-parameter search on the few-shot val set); returns what it chose."""
         return {}
+
+    def lifted_points(self, data: FewShotData) -> dict[str, Any] | None:
+        """Points worth drawing, saved with the run (`points.pt`) so that reports never reopen a cache; None when
+        the method has none (only LatHAdapter lifts points into a ball)."""
+        return None
 
     def _require_new_classes(self) -> None:
         if not self.scores_new_classes:

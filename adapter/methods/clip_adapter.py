@@ -6,14 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from lathadapter.adapter.methods.base import Adapter, Method, cosines, mix
-from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix
 from lathadapter.adapter.options import TrainOptions
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClipAdapterOptions(TrainOptions):
     alpha: float = 0.2  # residual ratio of the adapted feature
     reduction: int = 4  # bottleneck D → D/r → D

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import Method, normalize
-from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, normalize
 from lathadapter.adapter.options import TrainOptions
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskResOptions(TrainOptions):
     alpha: float = 0.5  # scale of the task residual
 

@@ -13,14 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import Method, normalize
-from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, normalize
 from lathadapter.adapter.options import TrainOptions
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
 
-@dataclass
+@dataclass(frozen=True)
 class TipAdapterOptions:
     alpha: float = 1.0  # residual ratio of the cache logits (initial value before the search)
     beta: float = 1.0  # sharpness of the affinity (initial value before the search)
@@ -31,7 +30,7 @@ class TipAdapterOptions:
     search_beta_steps: int = 200
 
 
-@dataclass
+@dataclass(frozen=True)
 class TipAdapterFOptions(TrainOptions, TipAdapterOptions):
     """Tip-Adapter-F's own schedule: 20 epochs, AdamW eps 1e-4, no minimum step count."""
 

@@ -6,13 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from lathadapter.adapter.methods.base import Method
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Method
 from lathadapter.adapter.registry import register
 
-LOGIT_SCALE = 100.0  # CLIP's learned temperature, fixed at its converged value
 
-
-@dataclass
+@dataclass(frozen=True)
 class ZeroShotOptions:
     """Zero-shot CLIP has no options."""
 

@@ -1,4 +1,4 @@
-"""The field's four evaluation protocols (DATA.md), each a grid with fixed axes over caches the user has built.
+"""The field's four evaluation protocols (docs/data.md), each a grid with fixed axes over caches the user has built.
 
 1. few-shot: all classes, shots 1/2/4/8/16, per dataset cache.
 2. base-to-novel: 16 shots on the base half, base / novel / HM per dataset cache.
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.evaluate import evaluate, evaluate_mapped
-from lathadapter.adapter.fit import RunOutcome
-from lathadapter.adapter.grid import GridRun, GridSpec, expand, iterate
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData
+from lathadapter.experiments.grid import GridRun, GridSpec, expand, iterate
+from lathadapter.experiments.run import RunOutcome
 
 PROTOCOLS = ("few-shot", "base-to-novel", "cross-dataset", "domain")
 ALL_SHOTS = [1, 2, 4, 8, 16]

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lathadapter.adapter.methods.base import LOGIT_SCALE
+from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
 from lathadapter.kernels.geometry import PROJECTION_EPS
 from lathadapter.kernels.radial import (
     distance_backward,
@@ -41,22 +43,6 @@ from lathadapter.kernels.radial import (
 
 # (parent kind, child kind) of the cone's three edge sets; kinds: 0 categories, 1 attributes, 2 images
 EDGE_SETS = ((0, 2), (0, 1), (1, 2))
-
-
-@dataclass(frozen=True)
-class LossOptions:
-    """The options of LatHAdapter that its loss reads (names as in `LatHAdapterOptions`)."""
-
-    logit_scale: float
-    lambda_hyp: float
-    lambda_hier: float
-    hier: str  # cone | triplet
-    cone_k: float
-    cone_kappa: float
-    margin: float
-    margin_radial: float
-    tau_attr: float
-    curvature_range: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -95,7 +81,7 @@ class _Scalars:
         return [[d0, 0, 0, e0 * f, 0], [0, d1, 0, e1 * f, 0], [0, 0, d2, e2 * f, 0], [0, 0, 0, f, 0], [0, 0, 0, 0, 1]]
 
 
-def _cone_table(s: _Scalars, o: LossOptions, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _cone_table(s: _Scalars, o: LatHAdapterOptions, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """[11, 3]: per edge set, the exterior angle's coefficients (w0, w1, m0, m1, n0, n1), ρ_p², κ ψ(ρ_p) and the
     set's indicator (a column of the identity), which `torch.cat` of expanded columns spreads over the set's edges."""
     columns = []
@@ -106,7 +92,7 @@ def _cone_table(s: _Scalars, o: LossOptions, dtype: torch.dtype, device: torch.d
     return torch.tensor(columns, dtype=dtype, device=device).t()
 
 
-def _cone_rows(s: _Scalars, o: LossOptions) -> list[list[float]]:
+def _cone_rows(s: _Scalars, o: LatHAdapterOptions) -> list[list[float]]:
     """Rows of ∂/∂(ρ_cat, ρ_attr, ρ_img, √c, log τ_h) for the flattened [4, 6] per-set sums of the cone's backward:
     rows (a, b_w, b_m, ∂L/∂e) by columns (Σ over set 0, 1, 2, then Σ · cos over set 0, 1, 2). The angle's part is
     Σ a N_ρ − b_w W_ρ − b_m M_ρ with N_ρ = dn0 + dn1 cos (likewise W, M); the threshold's is −κ ψ'(ρ_p) Σ ∂L/∂e."""
@@ -134,13 +120,13 @@ class _LatHAdapterLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, image_cosines, class_attribute, class_weights, log_scales, log_curvature, log_tau, labels,
-                present, position, o: LossOptions):
-        s = _Scalars.of(log_scales, log_curvature, log_tau, o.curvature_range)
+                present, position, o: LatHAdapterOptions):
+        s = _Scalars.of(log_scales, log_curvature, log_tau, CURVATURE_RANGE)
         rho_cat, _, rho_img = s.rho
         batch, num_present, num_classes = len(labels), len(present), class_weights.shape[0]
         label_index, position_index = labels[:, None], position[:, None]
         image_class = image_cosines[:, :num_classes]
-        log_prob = torch.log_softmax(image_class * o.logit_scale, dim=1)
+        log_prob = torch.log_softmax(image_class * LOGIT_SCALE, dim=1)
         ce = F.nll_loss(log_prob, labels)
         hyp = hier = image_cosines.new_zeros(())
         saved = {"s": s, "o": o, "batch": batch, "num_present": num_present, "class_shape": class_weights.shape}
@@ -193,7 +179,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor, _grad_parts: torch.Tensor):
         saved, t = ctx.saved, ctx.tensors
         s: _Scalars = saved["s"]
-        o: LossOptions = saved["o"]
+        o: LatHAdapterOptions = saved["o"]
         upstream = float(grad)
         batch, num_present = saved["batch"], saved["num_present"]
         num_classes = saved["class_shape"][0]
@@ -201,7 +187,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
         label_index = t["label_index"]
         grad_class = t["log_prob"].exp()  # ∂L_ce/∂ℓ = (softmax − onehot)/B, then ℓ = scale · cos
         grad_class.scatter_add_(1, label_index, grad_class.new_full((batch, 1), -1.0))
-        grad_class.mul_(upstream * o.logit_scale / batch)
+        grad_class.mul_(upstream * LOGIT_SCALE / batch)
         grad_class_attribute = grad_weights = grad_attribute = cone_sums = None
         # The scalar gradients are Σ_i reduction_i · row_i, a row holding ∂/∂(ρ_cat, ρ_attr, ρ_img, √c at fixed radii,
         # log τ_h) of what was reduced; the Jacobian of those five w.r.t. the parameters' logs is applied once. The
@@ -273,7 +259,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
         """Gradients of the weighted cone energies (`per_weight` = upstream · λ_hier / T) w.r.t. the image–class
         cosines (added into `grad_class`), then returned: the image–attribute cosines, the category–attribute
         cosines and the weights w; and the [24] per-set sums that the radii's gradients need (`_cone_rows`)."""
-        o: LossOptions = saved["o"]
+        o: LatHAdapterOptions = saved["o"]
         batch, num_present = saved["batch"], saved["num_present"]
         first, second = saved["sizes"][0], saved["sizes"][0] + saved["sizes"][1]
         per_edge, energy, r = t["per_edge"], t["energy"], t["r"]
@@ -301,8 +287,8 @@ class _LatHAdapterLoss(torch.autograd.Function):
 
 def lathadapter_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class_weights: torch.Tensor,
                      log_scales: torch.Tensor, log_curvature: torch.Tensor, log_tau: torch.Tensor, labels: torch.Tensor,
-                     options: LossOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """`L_ce + λ_hyp L_hyp + λ_hier L_hier` of a batch and its detached parts `(L_ce, L_hyp, L_hier)` (METHOD.md
+                     options: LatHAdapterOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """`L_ce + λ_hyp L_hyp + λ_hier L_hier` of a batch and its detached parts `(L_ce, L_hyp, L_hier)` (docs/method.md
     step 6); a switched-off part is 0.
 
     `image_cosines` [B, C + K] are the cosines of the adapted images with the prototypes, then the attributes;

@@ -2,16 +2,17 @@
 
 Every run is keyed by a hash of its full configuration and its cache's fingerprint and written to
 `OUT/runs/<key>/`; a run whose `metrics.json` exists is finished and skipped. `OUT/results.csv` (one row per run,
-every option a column) is rewritten from the run directories after each run, so it is always complete and consistent.
+every option a column: `opt.NAME`, or `opt.METHOD.NAME` where methods mean different things by a name) is rewritten
+from the run directories after each run, so it is always complete and consistent.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import itertools
 import json
-import os
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -22,20 +23,19 @@ from typing import Any
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lathadapter.adapter.fit import RunConfig, RunOutcome, run, save_run
-from lathadapter.adapter.options import OptionError
-from lathadapter.adapter.registry import method_names, option_names
+from lathadapter.adapter.catalog import ambiguous_options, make_options, method_names, option_names, option_owner
+from lathadapter.adapter.options import OptionError, split_list
 from lathadapter.cache.store import CacheInfo, CacheReader, FewShotData
+from lathadapter.experiments.run import RunConfig, RunOutcome, run, save_run, write_atomic
 
 RESULTS = "results.csv"
-METRIC_COLUMNS = ["acc_all", "acc_base", "acc_novel", "hm", "train_seconds", "eval_seconds", "trained_parameters",
-                  "steps"]
 
 
 @dataclass
 class GridSpec:
-    """The axes of a grid. `options` maps `method.option` (one method) or `option` (every method having it) to
-    the list of values to try."""
+    """The axes of a grid. `options` maps `method.option` (one method) or `option` (every method of the grid that
+    has it, provided they all mean the same thing by it) to the values to try, as strings or Python values: each
+    method parses them into its typed options."""
 
     caches: list[str]
     methods: list[str] = field(default_factory=lambda: ["lathadapter"])
@@ -44,7 +44,7 @@ class GridSpec:
     classes: list[str] = field(default_factory=lambda: ["all"])
     text: list[str] = field(default_factory=lambda: ["coop"])
     select: list[str] = field(default_factory=lambda: ["last"])
-    options: dict[str, list[str]] = field(default_factory=dict)
+    options: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,24 +55,8 @@ class GridRun:
     config: RunConfig
 
 
-def split_list(text: str) -> list[str]:
-    """`a,b , c` → ['a', 'b', 'c']."""
-    return [item.strip() for item in str(text).split(",") if item.strip()]
-
-
-def parse_axis_assignments(assignments: list[str]) -> dict[str, list[str]]:
-    """`--set lathadapter.curvature=0.5,1,2` → {'lathadapter.curvature': ['0.5', '1', '2']}."""
-    axes: dict[str, list[str]] = {}
-    for item in assignments:
-        name, sep, values = item.partition("=")
-        if not sep or not name.strip() or not split_list(values):
-            raise OptionError(f"--set expects name=value[,value...], got {item!r}")
-        axes[name.strip()] = split_list(values)
-    return axes
-
-
 def load_spec_file(path: Path) -> dict[str, Any]:
-    """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, set...)."""
+    """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, options...)."""
     if not path.is_file():
         raise OptionError(f"grid file {path} does not exist")
     text = path.read_text()
@@ -90,11 +74,29 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         )
     as_list = lambda v: v if isinstance(v, list) else split_list(v)  # noqa: E731
     spec = {k: as_list(v) for k, v in data.items() if k != "options"}
-    spec["options"] = {k: [str(x) for x in as_list(v)] for k, v in (data.get("options") or {}).items()}
+    spec["options"] = {k: as_list(v) for k, v in (data.get("options") or {}).items()}
     return spec
 
 
-def _option_axes(method: str, options: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+def _check_option_axes(spec: GridSpec) -> None:
+    """Every option axis names a method of the grid that has it; an unscoped name must mean one thing for every
+    method of the grid that has it (else the error lists them and how to scope)."""
+    for key in spec.options:
+        scope, _, name = key.rpartition(".")
+        if scope and scope not in spec.methods:
+            raise OptionError(f"--set {key}: method {scope!r} is not in the grid's methods ({', '.join(spec.methods)})")
+        targets = [scope] if scope else spec.methods
+        having = [m for m in targets if name in option_names(m)]
+        if not having:
+            valid = sorted({o for m in targets for o in option_names(m)})
+            raise OptionError(f"--set {key}: no method of the grid has option {name!r}; valid: {', '.join(valid)}")
+        if not scope and len({option_owner(m, name) for m in having}) > 1:
+            scoped = " or ".join(f"{m}.{name}=..." for m in having)
+            raise OptionError(f"--set {key}: {', '.join(having)} each have an option {name!r} of their own, with "
+                              f"different meanings; scope it to one method: {scoped}")
+
+
+def _option_axes(method: str, options: dict[str, list[Any]]) -> list[tuple[str, list[Any]]]:
     """The option axes that apply to `method`: its scoped ones and the unscoped ones it has."""
     names = option_names(method)
     axes = []
@@ -106,30 +108,33 @@ def _option_axes(method: str, options: dict[str, list[str]]) -> list[tuple[str, 
 
 
 def expand(spec: GridSpec) -> list[GridRun]:
-    """The cartesian product of the axes, validated before anything runs."""
+    """The cartesian product of the axes, each method's options parsed and validated before anything runs."""
     valid_methods = method_names()
     for method in spec.methods:
         if method not in valid_methods:
             raise OptionError(f"unknown method {method!r}; valid methods: {', '.join(valid_methods)}")
-    for key in spec.options:
-        scope, _, name = key.rpartition(".")
-        if scope and scope not in spec.methods:
-            raise OptionError(f"--set {key}: method {scope!r} is not in the grid's methods ({', '.join(spec.methods)})")
-        targets = [scope] if scope else spec.methods
-        if not any(name in option_names(m) for m in targets):
-            valid = sorted({o for m in targets for o in option_names(m)})
-            raise OptionError(f"--set {key}: no method of the grid has option {name!r}; valid: {', '.join(valid)}")
+    _check_option_axes(spec)
     runs = []
     for cache, method, classes, text, select in itertools.product(spec.caches, spec.methods, spec.classes, spec.text,
                                                                   spec.select):
         axes = _option_axes(method, spec.options)
         for values in itertools.product(*(v for _, v in axes)):
-            options = tuple(sorted(zip((n for n, _ in axes), values, strict=True)))
+            options = make_options(method, dict(zip((n for n, _ in axes), values, strict=True)))
             for shots, seed in itertools.product(spec.shots, spec.seeds):
-                config = RunConfig(method, int(shots), int(seed), classes, text, select, options)
-                config.validate()
-                runs.append(GridRun(str(cache), config))
+                runs.append(GridRun(str(cache), RunConfig(method, int(shots), int(seed), classes, text, select,
+                                                          options)))
     return runs
+
+
+@functools.cache
+def _scoped_options() -> frozenset[str]:
+    return frozenset(ambiguous_options())
+
+
+def option_column(method: str, name: str) -> str:
+    """The results-table column of an option: `opt.NAME`, or `opt.METHOD.NAME` for a name that several methods
+    declare with different meanings (so Tip-Adapter's β and LatHAdapter's β never share a column)."""
+    return f"opt.{method}.{name}" if name in _scoped_options() else f"opt.{name}"
 
 
 def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +150,7 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
         "eval_seconds": metrics.get("eval_seconds"), "trained_parameters": metrics.get("trained_parameters"),
         "steps": metrics.get("steps"),
     }
-    row.update({f"opt.{k}": v for k, v in sorted(config["options"].items())})
+    row.update({option_column(config["method"], k): v for k, v in sorted(config["options"].items())})
     return row
 
 
@@ -171,13 +176,15 @@ def write_results(out: Path) -> Path:
     for row in rows:
         columns.extend(k for k in row if k not in columns)
     path = out / RESULTS
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    os.replace(temporary, path)
+
+    def write(temporary: Path) -> None:
+        with temporary.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+
+    write_atomic(path, write)
     return path
 
 

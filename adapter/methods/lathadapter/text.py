@@ -1,4 +1,4 @@
-"""LatHAdapter's category side (METHOD.md steps 1–3) as one autograd node: the text adapter, the attribute prompts'
+"""LatHAdapter's category side (docs/method.md steps 1–3) as one autograd node: the text adapter, the attribute prompts'
 normalisation, the category→attribute associations, the attribute-refined prototypes and their cosines with the
 attributes (the cone's category→attribute edges).
 

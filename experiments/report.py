@@ -8,7 +8,6 @@ computed from the mean base and mean novel accuracies, as papers report it.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -22,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-METHOD_ORDER = ["zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f", "taskres", "lathadapter"]
+from lathadapter.adapter.catalog import method_names  # noqa: E402
 
 
 def read_results(path: Path) -> list[dict[str, str]]:
@@ -57,7 +56,9 @@ class Cell:
 
 
 def _ordered(methods: set[str]) -> list[str]:
-    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    """Methods in the catalog's order (zero-shot first, LatHAdapter last), unknown names after them."""
+    order = method_names()
+    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 def _cells(rows: list[dict[str, str]], key: tuple[str, ...], metric: str) -> dict[tuple[str, ...], Cell]:
@@ -237,47 +238,29 @@ def disk_coordinates(points: torch.Tensor, curvature: float, basis: torch.Tensor
     return radius * direction
 
 
-def plot_poincare_disk(run_dir: Path, folder: Path, classes: int = 4, images_per_class: int = 12) -> Path:
-    """A trained LatHAdapter's categories, attribute prompts and sample images of a few classes, on the disk."""
-    from lathadapter.adapter.registry import create_method
-    from lathadapter.cache.store import CacheReader
-
-    config = json.loads((run_dir / "config.json").read_text())
-    if config["method"] != "lathadapter":
-        raise ValueError(f"{run_dir} is a {config['method']} run; the disk picture needs a lathadapter run")
-    with CacheReader(config["cache"]) as reader:
-        data = reader.load(config["shots"], config["seed"], text=config["text"])
-    if config["classes"] == "base":
-        from lathadapter.adapter.fit import split_classes
-
-        data, _ = split_classes(data, "base")
-    method = create_method("lathadapter", data, **config["overrides"])
-    method.load_state_dict(torch.load(run_dir / "weights.pt"))
-    method.eval()
-    with torch.no_grad():
-        c = float(method.curvature)
-        chosen = list(range(min(classes, data.num_classes)))
-        prototypes, w = method.prototypes(data.text_features)
-        categories = method.lift(prototypes[chosen], 0)
-        attributes = method.lift(method.attributes(), 1)
-        keep = torch.cat([torch.nonzero(data.test_labels == k).flatten()[:images_per_class] for k in chosen])
-        images = method.lift(method.adapt_images(data.test_features[keep]), 2)
-        # The 2-D basis: principal directions of the tangent vectors of the points shown.
-        tangent = torch.cat([categories, attributes, images])
-        centred = tangent - tangent.mean(0)
-        basis = torch.linalg.svd(centred, full_matrices=False).Vh[:2].t()
-        xy = {name: disk_coordinates(p, c, basis) for name, p in
-              (("categories", categories), ("attributes", attributes), ("images", images))}
+def plot_poincare_disk(run_dir: Path, folder: Path) -> Path:
+    """A trained LatHAdapter's categories, attribute prompts and sample images of a few classes, on the disk, from
+    the lifted points the run saved (`points.pt`)."""
+    path = run_dir / "points.pt"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no points.pt; the disk picture needs a lathadapter run directory")
+    points = torch.load(path)
+    c = points["curvature"]
+    categories, attributes, images = points["categories"], points["attributes"], points["images"]
+    # The 2-D basis: principal directions of the tangent vectors of the points shown.
+    tangent = torch.cat([categories, attributes, images])
+    basis = torch.linalg.svd(tangent - tangent.mean(0), full_matrices=False).Vh[:2].t()
+    xy = {name: disk_coordinates(p, c, basis) for name, p in
+          (("categories", categories), ("attributes", attributes), ("images", images))}
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.add_patch(plt.Circle((0, 0), 1, fill=False, color="black"))
     colours = plt.get_cmap("tab10")
-    labels = data.test_labels[keep]
-    for i, k in enumerate(chosen):
-        pts = xy["images"][labels == k]
+    labels = points["image_labels"]
+    for i, name in enumerate(points["class_names"]):
+        pts = xy["images"][labels == i]
         ax.scatter(pts[:, 0], pts[:, 1], s=14, color=colours(i), alpha=0.6)
-        ax.scatter(*xy["categories"][i], s=180, marker="*", color=colours(i), edgecolor="black",
-                   label=data.class_names[k])
-        strongest = int(w[k].argmax())
+        ax.scatter(*xy["categories"][i], s=180, marker="*", color=colours(i), edgecolor="black", label=name)
+        strongest = int(points["strongest_attribute"][i])
         ax.plot([xy["categories"][i, 0], xy["attributes"][strongest, 0]],
                 [xy["categories"][i, 1], xy["attributes"][strongest, 1]], color=colours(i), linewidth=0.8)
     ax.scatter(xy["attributes"][:, 0], xy["attributes"][:, 1], s=50, marker="^", color="grey",
@@ -299,7 +282,7 @@ def write_report(results: Path, out: Path, disk_run: Path | None = None) -> dict
     if disk_run is None:
         lath = [r for r in rows if r["method"] == "lathadapter"]
         candidate = results.parent / "runs" / lath[-1]["key"] if lath else None
-        disk_run = candidate if candidate is not None and (candidate / "weights.pt").exists() else None
+        disk_run = candidate if candidate is not None and (candidate / "points.pt").exists() else None
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))
     markdown = "\n".join(t.markdown() for t in tables)

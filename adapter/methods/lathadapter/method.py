@@ -1,30 +1,29 @@
 """LatHAdapter: attribute prompts bridge categories and images; all three are lifted into a Poincaré ball where a
-hierarchical regularisation shapes the latent tree category → attribute → image (METHOD.md).
+hierarchical regularisation shapes the latent tree category → attribute → image (docs/method.md).
 
 Only four facts come from the paper's abstract (adapter on frozen CLIP, attribute prompts as a one-to-many bridge,
 hyperbolic lift of each batch's categories, attributes and images, hierarchical regularisation). The equations below
 are this project's reconstruction, and each of its choices is an option.
 
 Every lifted point is a unit vector times one radius per kind, so `loss` computes every term from direction cosines
-and the lift's scalars: the category side is one autograd node (`lathadapter_text`), the images meet prototypes and
-attributes in one product, and everything after it is one node (`lathadapter_loss`), both with hand-written backward
+and the lift's scalars: the category side is one autograd node (`text`), the images meet prototypes and
+attributes in one product, and everything after it is one node (`loss`), both with hand-written backward
 passes. `point_loss` computes the same loss over explicit points with the general kernels, as its reference.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.methods.base import Adapter, Method, blend, cosines, mix, normalize
-from lathadapter.adapter.methods.lathadapter_loss import LossOptions, lathadapter_loss
-from lathadapter.adapter.methods.lathadapter_text import TextSide, text_side
-from lathadapter.adapter.methods.zeroshot import LOGIT_SCALE
-from lathadapter.adapter.options import TrainOptions, choice
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, blend, cosines, mix, normalize
+from lathadapter.adapter.methods.lathadapter.loss import lathadapter_loss
+from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
+from lathadapter.adapter.methods.lathadapter.text import TextSide, text_side
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 from lathadapter.kernels import (
@@ -36,48 +35,6 @@ from lathadapter.kernels import (
     separation_loss,
 )
 from lathadapter.kernels.radial import radial_distance, scaled_radius
-
-CURVATURE_RANGE = (0.1, 10.0)
-
-
-@dataclass
-class LatHAdapterOptions(TrainOptions):
-    reduction: int = 4  # adapters D → D/r → D
-    alpha_v: float = 0.2  # residual ratio of the visual adapter
-    alpha_t: float = 0.2  # residual ratio of the text adapter
-    num_attributes: int = 16  # K attribute prompts
-    attr_init: str = "kmeans"  # kmeans (of the cached attribute vocabulary) | random (N(0, 1/D))
-    tau_attr: float = 0.07  # temperature of the soft associations
-    attr_proto: bool = True  # attribute-refined class prototypes p_c
-    beta: float = 0.1  # initial weight of the attribute term in p_c (learnable)
-    curvature: float = 1.0  # initial c of the ball (curvature −c)
-    learn_curvature: bool = True
-    scale_cat: float = 0.3  # initial lift scales: categories nearest the origin
-    scale_attr: float = 0.6
-    scale_img: float = 1.0
-    tau_hyp: float = 0.07  # initial temperature of the hyperbolic-distance logits (learnable)
-    hier: str = "cone"  # cone | triplet
-    cone_k: float = 0.1  # K of the entailment cone's half-aperture
-    cone_kappa: float = 1.0  # κ: energy = max(0, Ξ − κ ψ)
-    margin: float = 0.1  # m of the in-batch separation term
-    margin_radial: float = 0.1  # m_r of the centripetal term (triplet)
-    lambda_hyp: float = 0.5
-    lambda_hier: float = 0.1
-    infer: str = "fused"  # euclid | hyper | fused
-
-    def validate(self) -> None:
-        choice("attr_init", self.attr_init, ("kmeans", "random"))
-        choice("hier", self.hier, ("cone", "triplet"))
-        choice("infer", self.infer, ("euclid", "hyper", "fused"))
-        low, high = CURVATURE_RANGE
-        if not low <= self.curvature <= high:
-            raise ValueError(f"option curvature={self.curvature} is outside [{low}, {high}]")
-        if not self.cone_k > 0:
-            raise ValueError(f"option cone_k={self.cone_k} must be positive (K of the cone's half-aperture)")
-        if not self.cone_kappa >= 0:
-            raise ValueError(f"option cone_kappa={self.cone_kappa} must be at least 0 (the aperture's multiplier)")
-        if self.num_attributes < 1 or self.reduction < 1:
-            raise ValueError("options num_attributes and reduction must be at least 1")
 
 
 def kmeans(points: torch.Tensor, k: int, seed: int = 0, iterations: int = 50) -> torch.Tensor:
@@ -127,13 +84,8 @@ class LatHAdapter(Method):
             torch.tensor([options.scale_cat, options.scale_attr, options.scale_img], device=device).log()
         )
         self.log_tau_hyp = nn.Parameter(torch.tensor(math.log(options.tau_hyp), device=device))
-        self.loss_options = LossOptions(
-            logit_scale=LOGIT_SCALE, lambda_hyp=options.lambda_hyp, lambda_hier=options.lambda_hier, hier=options.hier,
-            cone_k=options.cone_k, cone_kappa=options.cone_kappa, margin=options.margin,
-            margin_radial=options.margin_radial, tau_attr=options.tau_attr,
-            curvature_range=CURVATURE_RANGE)
 
-    # --- the pieces of the forward pass (METHOD.md steps 1–5) ---
+    # --- the pieces of the forward pass (docs/method.md, steps 1–5) ---
 
     @property
     def curvature(self) -> torch.Tensor:
@@ -153,7 +105,7 @@ class LatHAdapter(Method):
     def text_side(self, text_features: torch.Tensor) -> TextSide:
         """The category side (steps 1–3): the prototypes `p_c`, normalised `q_c = u_c + β Σ_k w_ck a_k` (`u_c` with
         `attr_proto` off), the weights `w_ck`, the cosines `<p_c, a_k>` and the attributes; one autograd node
-        (`lathadapter_text`)."""
+        (`text`)."""
         first, _, second = self.text_adapter.net
         return text_side(text_features, first.weight, second.weight, self.attribute_prompts, self.beta,
                          self.options.alpha_t, self.options.tau_attr, self.options.attr_proto)
@@ -180,18 +132,18 @@ class LatHAdapter(Method):
         """`−d(h^v_i, h^c_c) / τ_h`."""
         return distances * -torch.exp(-self.log_tau_hyp)  # one pass over [B, C]; the scalar work is on 0-d tensors
 
-    # --- training loss (METHOD.md step 6) ---
+    # --- training loss (docs/method.md, step 6) ---
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """All points are lifted unit vectors, so every term is a function of direction cosines and the lift's
-        scalars (`lathadapter_loss`); the cosines come from one product of the images with prototypes and attributes."""
+        scalars (`loss`); the cosines come from one product of the images with prototypes and attributes."""
         o = self.options
         side = self.text_side(self.text_features)
         # v = normalize(mixed) is folded into the one product
         mixed = mix(features, self.visual_adapter, o.alpha_v)
         image_cosines = cosines(mixed, torch.cat([side.prototypes, side.attributes]), unit_y=True)
         loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, side.class_attribute, side.weights, self.log_scales,
-                                                 self.log_curvature, self.log_tau_hyp, labels, self.loss_options)
+                                                 self.log_curvature, self.log_tau_hyp, labels, o)
         parts = {"ce": ce}
         if o.lambda_hyp > 0:
             parts["hyp"] = hyp
@@ -229,7 +181,26 @@ class LatHAdapter(Method):
             loss = loss + o.lambda_hier * (energy / (len(labels) + w[present].sum() + r.sum()) + separation)
         return loss
 
-    # --- inference (METHOD.md step 7) ---
+    @torch.no_grad()
+    def lifted_points(self, data: FewShotData, classes: int = 4, images_per_class: int = 12) -> dict[str, Any]:
+        """The lifted prototypes of the first `classes` classes, every attribute prompt and up to `images_per_class`
+        test images of each of those classes, with the curvature and each class's strongest attribute: what the
+        report's Poincaré-disk picture draws."""
+        self.eval()
+        chosen = list(range(min(classes, data.num_classes)))
+        prototypes, w = self.prototypes(data.text_features)
+        keep = torch.cat([torch.nonzero(data.test_labels == k).flatten()[:images_per_class] for k in chosen])
+        return {
+            "curvature": float(self.curvature),
+            "class_names": [data.class_names[k] for k in chosen],
+            "categories": self.lift(prototypes[chosen], 0).cpu(),
+            "attributes": self.lift(self.attributes(), 1).cpu(),
+            "images": self.lift(self.adapt_images(data.test_features[keep]), 2).cpu(),
+            "image_labels": data.test_labels[keep].cpu(),
+            "strongest_attribute": w[chosen].argmax(dim=1).cpu(),
+        }
+
+    # --- inference (docs/method.md, step 7) ---
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         text = self.text_features if text_features is None else text_features

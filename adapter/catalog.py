@@ -1,0 +1,72 @@
+"""The methods lathadapter knows: importing this module registers the built-ins (in this order), and its functions
+build any of them by name. Nothing inside `adapter/methods/` imports it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# isort: off  (the registration order is the order of tables and of `lathadapter list methods`)
+from lathadapter.adapter.methods import (  # noqa: F401  (importing registers them)
+    clip_adapter,
+    lathadapter,
+    linear_probe,
+    taskres,
+    tip_adapter,
+    zeroshot,
+)
+
+# isort: on
+from lathadapter.adapter.methods.base import Method
+from lathadapter.adapter.options import OptionError, build_options, declaring_class
+from lathadapter.adapter.registry import registered
+from lathadapter.cache.store import FewShotData
+
+
+def method_names() -> list[str]:
+    """The registered method names, in registration order."""
+    return list(registered())
+
+
+def method_class(name: str) -> type[Method]:
+    methods = registered()
+    if name not in methods:
+        raise OptionError(f"unknown method {name!r}; valid methods: {', '.join(methods)}")
+    return methods[name]
+
+
+def make_options(name: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The options dataclass of method `name` with `overrides` (strings or Python values) parsed and validated."""
+    return build_options(method_class(name).Options, dict(overrides or {}), name)
+
+
+def option_names(name: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(method_class(name).Options)]
+
+
+def option_owner(name: str, option: str) -> type:
+    """The options class that declares `option` for method `name` (see `options.declaring_class`)."""
+    return declaring_class(method_class(name).Options, option)
+
+
+def ambiguous_options(methods: list[str] | None = None) -> set[str]:
+    """Option names that several of `methods` (default: every method) declare separately, with different meanings
+    (Tip-Adapter's β and LatHAdapter's β): unscoped, such a name cannot say which it means."""
+    owners: dict[str, set[type]] = {}
+    for method in methods if methods is not None else method_names():
+        for option in option_names(method):
+            owners.setdefault(option, set()).add(option_owner(method, option))
+    return {option for option, classes in owners.items() if len(classes) > 1}
+
+
+def build_method(name: str, options: Any, data: FewShotData) -> Method:
+    """Method `name` for the classes and few-shot set of `data`, from its typed options."""
+    cls = method_class(name)
+    if type(options) is not cls.Options:
+        raise OptionError(f"method {name!r} takes {cls.Options.__name__}, not {type(options).__name__}")
+    return cls(options, data)
+
+
+def create_method(name: str, data: FewShotData, **overrides: Any) -> Method:
+    """Method `name` for `data`, with option overrides given by name (parsed and validated here)."""
+    return build_method(name, make_options(name, overrides), data)

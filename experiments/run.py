@@ -1,0 +1,196 @@
+"""One run: a typed configuration, training and evaluation on a loaded few-shot set, and the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lathadapter.adapter.catalog import build_method, make_options
+from lathadapter.adapter.evaluate import evaluate, harmonic_mean
+from lathadapter.adapter.methods.base import Method
+from lathadapter.adapter.options import OptionError, changed_fields
+from lathadapter.adapter.trainer import SELECTIONS, TrainResult, train
+from lathadapter.cache.store import CacheReader, FewShotData, resolve_cache
+from lathadapter.version import __version__
+
+CLASS_PROTOCOLS = ("all", "base")
+TEXT_FEATURES = ("coop", "ensemble")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's result, given the cache; `options` is the method's typed options
+    dataclass (its defaults when not given). Built once where a run is described, then passed unchanged."""
+
+    method: str = "lathadapter"
+    shots: int = 4
+    seed: int = 1
+    classes: str = "all"
+    text: str = "coop"
+    select: str = "last"
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        for name, value, valid in (("classes", self.classes, CLASS_PROTOCOLS), ("text", self.text, TEXT_FEATURES),
+                                   ("select", self.select, SELECTIONS)):
+            if value not in valid:
+                raise OptionError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
+        defaults = make_options(self.method)  # an unknown method fails here, before any work
+        if self.options is None:
+            object.__setattr__(self, "options", defaults)
+        elif type(self.options) is not type(defaults):
+            raise OptionError(f"method {self.method!r} takes {type(defaults).__name__}, "
+                              f"not {type(self.options).__name__}")
+
+    @classmethod
+    def create(cls, method: str, shots: int, seed: int, classes: str = "all", text: str = "coop",
+               select: str = "last", overrides: dict[str, Any] | None = None) -> RunConfig:
+        """The configuration with the method's options parsed from `overrides` (strings or Python values)."""
+        return cls(method, shots, seed, classes, text, select, make_options(method, overrides))
+
+    def identity(self) -> dict[str, Any]:
+        """The configuration as plain JSON values: every option of the method, defaults included."""
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"},
+                "options": dataclasses.asdict(self.options)}
+
+    def key(self, fingerprint: str) -> str:
+        """A hash of the full configuration and the cache fingerprint: the run's identity in grids."""
+        payload = {**self.identity(), "fingerprint": fingerprint}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class RunOutcome:
+    """A trained method, its metrics, and the lifted points it exports for pictures (None for most methods)."""
+
+    method: Method
+    metrics: dict[str, Any]
+    train: TrainResult
+    points: dict[str, Any] | None = None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def split_classes(data: FewShotData, classes: str) -> tuple[FewShotData, FewShotData | None]:
+    """The training view of `data` and, for base-to-novel, the novel view (both relabelled from 0)."""
+    if classes == "all":
+        return data, None
+    return data.base_novel()
+
+
+def run(config: RunConfig, data: FewShotData) -> RunOutcome:
+    """Train and evaluate one configuration on an already loaded few-shot set (the grid calls this directly)."""
+    train_data, novel_data = split_classes(data, config.classes)
+    torch.manual_seed(config.seed)
+    method = build_method(config.method, config.options, train_data)
+    result = train(method, train_data, seed=config.seed, select=config.select)
+    start = time.perf_counter()
+    if novel_data is None:
+        accuracy: dict[str, float | None] = {"all": evaluate(method, train_data.test_features, train_data.test_labels)}
+        hm = None
+    else:
+        base = evaluate(method, train_data.test_features, train_data.test_labels)
+        novel = evaluate(method, novel_data.test_features, novel_data.test_labels, novel_data.text_features)
+        accuracy = {"base": base, "novel": novel}
+        hm = harmonic_mean(base, novel)
+    metrics = {
+        "accuracy": accuracy,
+        "hm": hm,
+        "train_seconds": result.seconds,
+        "eval_seconds": time.perf_counter() - start,
+        "trained_parameters": sum(p.numel() for p in method.parameters() if p.requires_grad) if method.trains else 0,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "selected_epoch": result.selected_epoch,
+        "val_accuracy": result.val_accuracy,
+        "chosen": result.chosen,
+        "history": result.history,  # last-batch loss and its parts, per epoch
+    }
+    return RunOutcome(method, metrics, result, method.lifted_points(train_data))
+
+
+def write_atomic(path: Path, write: Any) -> None:
+    """Call `write(temporary_path)`, then move the file into place: readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    write_atomic(path, lambda p: p.write_text(json.dumps(payload, indent=2, default=str) + "\n"))
+
+
+def run_record(config: RunConfig, key: str, cache: Path, fingerprint: str, fingerprint_fields: dict[str, Any],
+               device: str) -> dict[str, Any]:
+    """`config.json`: the full typed configuration, what differs from the method's defaults, and provenance."""
+    return {
+        "key": key,
+        **config.identity(),
+        "overrides": changed_fields(config.options),
+        "device": device,
+        "cache": str(cache),
+        "cache_fingerprint": fingerprint,
+        "cache_fields": fingerprint_fields,
+        "lathadapter_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def save_run(folder: Path, config: RunConfig, outcome: RunOutcome, cache: Path, fingerprint: str,
+             fingerprint_fields: dict[str, Any], device: str, key: str | None = None) -> None:
+    """Write `config.json`, `weights.pt`, `points.pt` (when the method exports lifted points) and `metrics.json`
+    into `folder`, each file atomically and the metrics last (a run is finished once they exist)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "config.json", run_record(config, key or config.key(fingerprint), cache, fingerprint,
+                                                  fingerprint_fields, device))
+    weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
+    write_atomic(folder / "weights.pt", lambda p: torch.save(weights, p))
+    if outcome.points is not None:
+        write_atomic(folder / "points.pt", lambda p: torch.save(outcome.points, p))
+    write_json(folder / "metrics.json", outcome.metrics)
+
+
+def fit(cache_path: str | Path | None = None, method: str = "lathadapter", shots: int = 4, seed: int = 1, *,
+        classes: str = "all", text: str = "coop", select: str = "last", device: str | None = None,
+        out: str | Path | None = "runs", **options: Any) -> dict[str, Any]:
+    """Train `method` on the (`shots`, `seed`) few-shot set of a cache, evaluate it, and return its metrics.
+
+    `options` are the method's options (`lathadapter list options METHOD`). With `out`, the run is written to
+    `out/<dataset>-<method>-<classes>-<shots>shot-seed<seed>-<key>/`; the metrics gain `run_dir`.
+    """
+    config = RunConfig.create(method, shots, seed, classes, text, select, options)
+    return fit_config(config, cache_path, device=device, out=out)
+
+
+def fit_config(config: RunConfig, cache_path: str | Path | None = None, *, device: str | None = None,
+               out: str | Path | None = "runs") -> dict[str, Any]:
+    """`fit` of a configuration built already (the command line parses its options into one)."""
+    device = device or default_device()
+    cache = resolve_cache(cache_path)
+    with CacheReader(cache) as reader:
+        info = reader.info()
+        data = reader.load(config.shots, config.seed, text=config.text, device=device)
+    outcome = run(config, data)
+    metrics = {"method": config.method, "dataset": info.fields.get("dataset", cache.stem), "shots": config.shots,
+               "seed": config.seed, "classes": config.classes, **outcome.metrics}
+    if out is not None:
+        key = config.key(info.fingerprint)
+        name = f"{metrics['dataset']}-{config.method}-{config.classes}-{config.shots}shot-seed{config.seed}-{key}"
+        folder = Path(out) / name
+        outcome.metrics = metrics
+        save_run(folder, config, outcome, cache, info.fingerprint, info.fields, device, key)
+        metrics["run_dir"] = str(folder)
+    return metrics

@@ -1,0 +1,127 @@
+"""The package's import graph (read with ast, every import statement, also inside functions) has no circles and
+runs downward only: cli → experiments → adapter → kernels, and → cache.store (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SKIP = {"tests", "benchmarks", "build", "dist", ".venv", "docs"}
+
+# layer → the layers (or exact modules) it may import; a layer is the first folder below the package root
+ALLOWED = {
+    "version": set(),
+    "kernels": {"kernels", "version"},
+    "cache": {"cache", "version"},
+    "adapter": {"adapter", "kernels", "version", "cache.store"},
+    "experiments": {"experiments", "adapter", "kernels", "version", "cache.store"},
+}
+
+
+def package_modules() -> dict[str, Path]:
+    """Module name → file, for every module of the installed package (the repository root is `lathadapter`)."""
+    modules = {}
+    for path in ROOT.rglob("*.py"):
+        relative = path.relative_to(ROOT)
+        if relative.parts[0] in SKIP or relative.parts[0].startswith(".") or "egg-info" in relative.parts[0]:
+            continue
+        parts = ["lathadapter", *relative.with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module → the package modules it imports (`from pkg import sub` counts as importing `pkg.sub`)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    targets.add(sub if sub in modules else node.module)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as a list of nodes (first = last), or None."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)) is not None:
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)) is not None:
+            return cycle
+    return None
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def violations(graph: dict[str, set[str]]) -> list[str]:
+    """Edges that run against the data flow."""
+    found = []
+    for source, targets in sorted(graph.items()):
+        allowed = ALLOWED.get(layer(source))
+        if allowed is None:  # the package root, cli and demo sit on top and may import anything
+            continue
+        for target in sorted(targets):
+            inner = target.removeprefix("lathadapter.")
+            if layer(target) not in allowed and not any(inner == a or inner.startswith(a + ".") for a in allowed):
+                found.append(f"{source} imports {target}")
+    return found
+
+
+def test_the_checker_finds_cycles_and_upward_imports() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    upward = {"lathadapter.kernels.x": {"lathadapter.adapter.y"}, "lathadapter.adapter.y": {"lathadapter.cache.z"},
+              "lathadapter.adapter.w": {"lathadapter.experiments.run"}, "lathadapter.cache.z": set()}
+    assert violations(upward) == ["lathadapter.adapter.w imports lathadapter.experiments.run",
+                                  "lathadapter.adapter.y imports lathadapter.cache.z",
+                                  "lathadapter.kernels.x imports lathadapter.adapter.y"]
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = package_modules()
+    assert {"lathadapter", "lathadapter.cli", "lathadapter.adapter.registry", "lathadapter.experiments.run"} <= set(
+        modules)
+    return import_graph(modules)
+
+
+def test_the_package_has_no_import_cycle(graph: dict[str, set[str]]) -> None:
+    assert find_cycle(graph) is None
+
+
+def test_imports_run_downward_only(graph: dict[str, set[str]]) -> None:
+    assert violations(graph) == []
+
+
+def test_the_registry_is_a_leaf_and_only_the_catalog_loads_the_methods(graph: dict[str, set[str]]) -> None:
+    assert graph["lathadapter.adapter.registry"] == set()
+    loaders = {source for source, targets in graph.items() if "lathadapter.adapter.methods.tip_adapter" in targets}
+    assert loaders <= {"lathadapter.adapter.catalog"} | {m for m in graph if m.startswith("lathadapter.adapter.methods")}
+    methods = {m for m in graph if m.startswith("lathadapter.adapter.methods")}
+    assert not any("lathadapter.adapter.catalog" in graph[m] for m in methods)
