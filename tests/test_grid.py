@@ -106,7 +106,8 @@ def test_an_option_that_methods_mean_differently_must_be_scoped(caches: dict[str
     with (tmp_path / "results.csv").open() as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
     assert "opt.beta" not in rows["lathadapter"]
-    assert float(rows["tip-adapter"]["opt.tip-adapter.beta"]) == 2.0 and rows["tip-adapter"]["opt.lathadapter.beta"] == ""
+    assert float(rows["tip-adapter"]["opt.tip-adapter.beta"]) == 2.0
+    assert rows["tip-adapter"]["opt.lathadapter.beta"] == ""
     assert float(rows["lathadapter"]["opt.lathadapter.beta"]) == 0.3
 
 
