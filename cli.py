@@ -1,22 +1,57 @@
-"""The `lathadapter` command line: thin wrappers over the package's Python functions."""
+"""The `lathadapter` command line: thin wrappers over the package's Python functions. Arguments are parsed here,
+once, into typed objects; a user's mistake ends in one `error:` line and exit code 1 or 2, never a traceback."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
 
+from lathadapter.version import __version__
+
+# rich_markup_mode=None: help texts are printed as written ("[default: …]" is not read as markup and lost)
 app = typer.Typer(help="Few-shot adaptation of CLIP-style models over a precomputed feature cache.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 cache_app = typer.Typer(help="Build and inspect HDF5 feature caches (one encoder pass over a dataset).",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
+LISTS = ("methods", "datasets", "models", "options")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lathadapter {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Few-shot adaptation of CLIP-style models over a precomputed feature cache."""
+    warnings.showwarning = _show_warning  # warnings are one line on stderr, like errors
 
 
 def _fail(error: Exception) -> None:
     """Report a user error (bad input, missing file) without a traceback and exit non-zero."""
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(code=1)
+
+
+def _progress():
+    """A progress display on stderr, shown only when stderr is a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                    TimeElapsedColumn(), console=console, disable=not console.is_terminal, transient=True)
 
 
 def _int_list(option: str, text: str) -> list[int]:
@@ -152,13 +187,18 @@ def fit(
     select: str = typer.Option("last", help="Model kept: last epoch, or best on the few-shot val set (val)."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     out: Path = typer.Option(Path("runs"), help="Folder that receives the run directory."),
-    set_: list[str] = typer.Option([], "--set", help="Method option NAME=VALUE (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Method option NAME=VALUE (repeatable; "
+                                   "`lathadapter list options METHOD` lists them)."),
+    force: bool = typer.Option(False, "--force", help="Train again and overwrite a finished run directory."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
 ) -> None:
     """Train one method over a cache (no encoder runs), evaluate it and write a run directory."""
     from lathadapter.adapter.options import OptionError, parse_assignments
+    from lathadapter.experiments.machine import use_threads
     from lathadapter.experiments.run import RunConfig, fit_config
 
     try:
+        use_threads(threads)
         overrides = {}
         for name, values in parse_assignments(set_).items():
             if len(values) != 1:
@@ -166,7 +206,8 @@ def fit(
                                   "(`lathadapter grid` tries several)")
             overrides[name] = values[0]
         config = RunConfig.create(method, shots, seed, classes, text, select, overrides)
-        metrics = fit_config(config, cache, device=device, out=out)
+        with _progress() as progress:
+            metrics = fit_config(config, cache, device=device, out=out, force=force, progress=progress)
     except (ValueError, OSError) as error:
         _fail(error)
     accuracy = ", ".join(f"{k} {_format_accuracy(v)}" for k, v in metrics["accuracy"].items())
@@ -188,14 +229,16 @@ def grid(
                                        "classes, text, select, options); command-line axes override it."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
 ) -> None:
     """Run an ablation grid (cartesian product of the axes) in one process; finished runs are skipped."""
     from lathadapter.adapter.options import parse_assignments, split_list
     from lathadapter.cache.store import resolve_cache
     from lathadapter.experiments.grid import GridSpec, load_spec_file, run_grid
-    from lathadapter.experiments.run import default_device
+    from lathadapter.experiments.machine import resolve_device, use_threads
 
     try:
+        use_threads(threads)
         axes: dict = load_spec_file(config) if config else {}
         for key, value in (("methods", method), ("classes", classes), ("text", text)):
             if value is not None:
@@ -207,7 +250,7 @@ def grid(
         axes["seeds"] = [int(v) for v in axes.get("seeds", [1, 2, 3])]
         axes["options"] = {**axes.get("options", {}), **parse_assignments(set_)}
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
-        summary = run_grid(GridSpec(**axes), out, device or default_device())
+        summary = run_grid(GridSpec(**axes), out, resolve_device(device))
     except (ValueError, OSError) as error:
         _fail(error)
     typer.echo(f"grid: {summary['runs']} runs ({summary['done']} run, {summary['skipped']} already done) in "
@@ -226,18 +269,20 @@ def protocol(
     text: str = typer.Option("coop", help="Class text features: coop or ensemble."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path | None = typer.Option(None, help="Output folder (default: grids/<protocol>)."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
 ) -> None:
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
     from lathadapter.adapter.catalog import method_names
     from lathadapter.adapter.options import parse_assignments, split_list
+    from lathadapter.experiments.machine import resolve_device, use_threads
     from lathadapter.experiments.protocols import run_protocol
-    from lathadapter.experiments.run import default_device
 
     try:
+        use_threads(threads)
         methods = split_list(method) if method is not None else method_names()
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
-                               _int_list("--shots", shots) if shots else None, device or default_device())
+                               _int_list("--shots", shots) if shots else None, resolve_device(device))
     except (ValueError, OSError) as error:
         _fail(error)
     typer.echo(f"{name}: {summary['runs']} runs ({summary['done']} run, {summary['skipped']} already done) "
@@ -270,17 +315,19 @@ def demo(
     method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
     views: int = typer.Option(10, help="Augmented views per train image."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
 ) -> None:
     """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel), print the table
     and write the plots. Re-running reuses the cache and the finished runs."""
     from lathadapter.adapter.options import split_list
     from lathadapter.demo.pipeline import run_demo
-    from lathadapter.experiments.run import default_device
+    from lathadapter.experiments.machine import resolve_device, use_threads
 
     try:
+        use_threads(threads)
         result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
                           methods=split_list(method) if method is not None else None, views=views,
-                          device=device or default_device(), log=lambda message: typer.echo(message, err=True))
+                          device=resolve_device(device), log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
         _fail(error)
     typer.echo(result["markdown"])
@@ -289,6 +336,64 @@ def demo(
                f"total {t['total']:.0f} s")
     typer.echo(f"report: {result['report']}")
     typer.echo(f"plots: {', '.join(result['plots'])}")
+
+
+@app.command("list")
+def list_(
+    what: str = typer.Argument(..., help="methods | datasets | models | options"),
+    method: str | None = typer.Argument(None, help="The method whose options to list (with `options`)."),
+) -> None:
+    """List the methods, the dataset names of `cache build --dataset`, open_clip's model names, or a method's
+    options with their defaults, valid values and meanings."""
+    if what not in LISTS:
+        _fail(ValueError(f"`lathadapter list {what}`: choose one of {', '.join(LISTS)}"))
+    if what == "models":
+        import open_clip
+
+        typer.echo("\n".join(open_clip.list_models()))
+        return
+    if what == "datasets":
+        from lathadapter.cache.datasets import DATASETS
+
+        for spec in DATASETS.values():
+            typer.echo(f"{spec.name:<16} {spec.folder + '/':<24} {spec.template}")
+        typer.echo("folder:PATH      a folder per class\nsplit:PATH       a split_zhou-format JSON")
+        return
+    from lathadapter.adapter.catalog import method_class, method_names
+
+    if what == "methods":
+        for name in method_names():
+            cls = method_class(name)
+            notes = ("trained" if cls.trains else "training-free") + (
+                "" if cls.scores_new_classes else ", cannot score novel classes")
+            typer.echo(f"{name:<15} {notes}")
+        return
+    if method is None:
+        _fail(ValueError(f"`lathadapter list options METHOD`: name a method ({', '.join(method_names())})"))
+    try:
+        rows = option_rows(method_class(method).Options)
+    except ValueError as error:
+        _fail(error)
+    width = max((len(row[0]) for row in rows), default=0)
+    for name, kind, default, valid, doc in rows:
+        typer.echo(f"{name:<{width}}  {kind:<5} {default:<8} {valid:<20} {doc}")
+
+
+def option_rows(options_cls: type) -> list[tuple[str, str, str, str, str]]:
+    """(name, type, default, valid values, meaning) of each field of an options dataclass."""
+    import dataclasses
+    import typing
+
+    from lathadapter.adapter.options import valid_values
+
+    hints = typing.get_type_hints(options_cls)
+    rows = []
+    for f in dataclasses.fields(options_cls):
+        kind = hints[f.name].__name__
+        default = str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
+        valid = "true, false" if kind == "bool" else valid_values(f.metadata)
+        rows.append((f.name, kind, default, valid, f.metadata.get("doc", "")))
+    return rows
 
 
 def main() -> None:

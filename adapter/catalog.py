@@ -6,16 +6,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-# isort: off  (the registration order is the order of tables and of `lathadapter list methods`)
+# The registration order is the order of tables and of `lathadapter list methods`: zero-shot first, LatHAdapter last.
+# isort: off
 from lathadapter.adapter.methods import (  # noqa: F401  (importing registers them)
-    clip_adapter,
-    lathadapter,
-    linear_probe,
-    taskres,
-    tip_adapter,
     zeroshot,
+    linear_probe,
+    clip_adapter,
+    tip_adapter,
+    taskres,
+    lathadapter,
 )
-
 # isort: on
 from lathadapter.adapter.methods.base import Method
 from lathadapter.adapter.options import OptionError, build_options, declaring_class

@@ -8,6 +8,7 @@ travels unchanged to the method, its loss, the run key and `config.json`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -15,19 +16,55 @@ from typing import Any
 
 
 class OptionError(ValueError):
-    """An unknown option name, or a value that does not parse as the option's type."""
+    """An unknown option name, or a value that does not parse as the option's type or lies outside its range."""
+
+
+def option(default: Any, doc: str, *, least: float | None = None, above: float | None = None,
+           most: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A field of an options dataclass with its one-line meaning (`lathadapter list options`) and its valid values:
+    `least` ≤ value, `above` < value, value ≤ `most`, or one of `choices`. Numbers must also be finite."""
+    check = {"least": least, "above": above, "most": most, "choices": choices}
+    metadata = {"doc": doc, **{k: v for k, v in check.items() if v is not None}}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def valid_values(meta: typing.Mapping[str, Any]) -> str:
+    """The valid values a field's metadata allows, in words ('> 0', 'in [0, 1]', 'one of: cone, triplet')."""
+    if "choices" in meta:
+        return "one of: " + ", ".join(meta["choices"])
+    low = f"[{meta['least']}" if "least" in meta else f"({meta['above']}" if "above" in meta else None
+    if low is not None and "most" in meta:
+        return f"in {low}, {meta['most']}]"
+    if low is not None:
+        return (">= " if low[0] == "[" else "> ") + low[1:]
+    return f"<= {meta['most']}" if "most" in meta else "any finite number"
+
+
+def check_fields(options: Any, method: str) -> None:
+    """Every field of `options` against the range its metadata declares; the error names the option, the value and
+    what would be valid."""
+    for f in dataclasses.fields(options):
+        value, meta = getattr(options, f.name), f.metadata
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            continue
+        ok = value in meta["choices"] if "choices" in meta else isinstance(value, str) or (
+            math.isfinite(value) and ("least" not in meta or value >= meta["least"])
+            and ("above" not in meta or value > meta["above"]) and ("most" not in meta or value <= meta["most"]))
+        if not ok:
+            raise OptionError(f"option {f.name}={value!r} of {method} is not valid: it must be {valid_values(meta)}"
+                              + (f" — {meta['doc']}" if "doc" in meta else ""))
 
 
 @dataclass(frozen=True)
 class TrainOptions:
     """Optimiser and schedule shared by every trained method (docs/method.md, "Training protocol")."""
 
-    epochs: int = 20
-    min_steps: int = 300  # never fewer optimiser steps than this, whatever the dataset size
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    eps: float = 1e-8
+    epochs: int = option(20, "training epochs (more when min_steps needs them)", least=1)
+    min_steps: int = option(300, "never fewer optimiser steps than this, whatever the dataset size", least=0)
+    batch_size: int = option(256, "samples per optimiser step", least=1)
+    lr: float = option(1e-3, "AdamW learning rate, the peak of the cosine schedule", above=0)
+    weight_decay: float = option(1e-4, "AdamW weight decay", least=0)
+    eps: float = option(1e-8, "AdamW epsilon", above=0)
 
 
 def parse_value(name: str, kind: Any, value: Any) -> Any:
@@ -56,8 +93,8 @@ def parse_value(name: str, kind: Any, value: Any) -> Any:
 
 
 def build_options(cls: type, overrides: dict[str, Any], method: str) -> Any:
-    """An instance of the options dataclass `cls` with `overrides` applied and validated; unknown names list the
-    valid ones."""
+    """An instance of the options dataclass `cls` with `overrides` applied and validated (each field's range, then the
+    class's own `validate()` for rules across fields, if it has one); unknown names list the valid ones."""
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(overrides) - set(valid))
@@ -66,6 +103,7 @@ def build_options(cls: type, overrides: dict[str, Any], method: str) -> Any:
             f"unknown option(s) {', '.join(unknown)} for method {method!r}; valid options: {', '.join(valid)}"
         )
     options = cls(**{name: parse_value(name, hints[name], value) for name, value in overrides.items()})
+    check_fields(options, method)
     validate = getattr(options, "validate", None)
     if validate is not None:
         validate()
@@ -104,7 +142,3 @@ def parse_assignments(assignments: list[str]) -> dict[str, list[str]]:
     return parsed
 
 
-def choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    """Raise a clear error when a string option is not one of `valid`."""
-    if value not in valid:
-        raise OptionError(f"option {name}={value!r} is not valid; choose one of: {', '.join(valid)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 import torch._dynamo  # noqa: F401  (see below)
 
 from lathadapter.adapter.evaluate import accuracy
-from lathadapter.adapter.methods.base import Method
+from lathadapter.adapter.methods.base import Method, ProtocolWarning
 from lathadapter.cache.store import FewShotData
 
 # The first torch optimiser built in a process imports torch._dynamo (about 1.3 s on a 2-core CPU). Importing it with
@@ -58,6 +59,9 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
     start = time.perf_counter()
     result = TrainResult()
     params = [p for p in method.parameters() if p.requires_grad]
+    if select == "val" and len(data.val_labels) == 0 and method.trains:
+        warnings.warn(f"{method.name}: --select val, but the cache has no few-shot val subset (as ImageNet's): the "
+                      "last epoch is kept", ProtocolWarning, stacklevel=2)
     if method.trains and params:
         _optimise(method, data, params, seed, select, result, progress)
     method.eval()

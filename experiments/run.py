@@ -6,12 +6,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.progress import Progress
 
 from lathadapter.adapter.catalog import build_method, make_options
 from lathadapter.adapter.evaluate import evaluate, harmonic_mean
@@ -19,6 +21,7 @@ from lathadapter.adapter.methods.base import Method
 from lathadapter.adapter.options import OptionError, changed_fields
 from lathadapter.adapter.trainer import SELECTIONS, TrainResult, train
 from lathadapter.cache.store import CacheReader, FewShotData, resolve_cache
+from lathadapter.experiments.machine import resolve_device
 from lathadapter.version import __version__
 
 CLASS_PROTOCOLS = ("all", "base")
@@ -39,6 +42,8 @@ class RunConfig:
     options: Any = None
 
     def __post_init__(self) -> None:
+        if self.shots < 1:
+            raise OptionError(f"--shots {self.shots}: shots per class must be at least 1 (papers use 1, 2, 4, 8, 16)")
         for name, value, valid in (("classes", self.classes, CLASS_PROTOCOLS), ("text", self.text, TEXT_FEATURES),
                                    ("select", self.select, SELECTIONS)):
             if value not in valid:
@@ -77,10 +82,6 @@ class RunOutcome:
     points: dict[str, Any] | None = None
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def split_classes(data: FewShotData, classes: str) -> tuple[FewShotData, FewShotData | None]:
     """The training view of `data` and, for base-to-novel, the novel view (both relabelled from 0)."""
     if classes == "all":
@@ -88,12 +89,13 @@ def split_classes(data: FewShotData, classes: str) -> tuple[FewShotData, FewShot
     return data.base_novel()
 
 
-def run(config: RunConfig, data: FewShotData) -> RunOutcome:
-    """Train and evaluate one configuration on an already loaded few-shot set (the grid calls this directly)."""
+def run(config: RunConfig, data: FewShotData, progress: Progress | None = None) -> RunOutcome:
+    """Train and evaluate one configuration on an already loaded few-shot set (the grid calls this directly);
+    `progress` shows the epochs."""
     train_data, novel_data = split_classes(data, config.classes)
     torch.manual_seed(config.seed)
     method = build_method(config.method, config.options, train_data)
-    result = train(method, train_data, seed=config.seed, select=config.select)
+    result = train(method, train_data, seed=config.seed, select=config.select, progress=progress)
     start = time.perf_counter()
     if novel_data is None:
         accuracy: dict[str, float | None] = {"all": evaluate(method, train_data.test_features, train_data.test_labels)}
@@ -115,13 +117,14 @@ def run(config: RunConfig, data: FewShotData) -> RunOutcome:
         "val_accuracy": result.val_accuracy,
         "chosen": result.chosen,
         "history": result.history,  # last-batch loss and its parts, per epoch
+        "threads": torch.get_num_threads(),  # CPU float sums may round differently with another thread count
     }
     return RunOutcome(method, metrics, result, method.lifted_points(train_data))
 
 
 def write_atomic(path: Path, write: Any) -> None:
     """Call `write(temporary_path)`, then move the file into place: readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         write(temporary)
         os.replace(temporary, path)
@@ -165,31 +168,50 @@ def save_run(folder: Path, config: RunConfig, outcome: RunOutcome, cache: Path, 
 
 def fit(cache_path: str | Path | None = None, method: str = "lathadapter", shots: int = 4, seed: int = 1, *,
         classes: str = "all", text: str = "coop", select: str = "last", device: str | None = None,
-        out: str | Path | None = "runs", **options: Any) -> dict[str, Any]:
+        out: str | Path | None = "runs", force: bool = False, **options: Any) -> dict[str, Any]:
     """Train `method` on the (`shots`, `seed`) few-shot set of a cache, evaluate it, and return its metrics.
 
     `options` are the method's options (`lathadapter list options METHOD`). With `out`, the run is written to
-    `out/<dataset>-<method>-<classes>-<shots>shot-seed<seed>-<key>/`; the metrics gain `run_dir`.
+    `out/<dataset>-<method>-<classes>-<shots>shot-seed<seed>-<key>/`; the metrics gain `run_dir`. A finished run
+    directory is never overwritten unless `force`.
     """
     config = RunConfig.create(method, shots, seed, classes, text, select, options)
-    return fit_config(config, cache_path, device=device, out=out)
+    return fit_config(config, cache_path, device=device, out=out, force=force)
+
+
+def run_folder(out: Path, dataset: str, config: RunConfig, key: str) -> Path:
+    """`out/<dataset>-<method>-<classes>-<shots>shot-seed<seed>-<key>`: a plain fit's run directory."""
+    return out / f"{dataset}-{config.method}-{config.classes}-{config.shots}shot-seed{config.seed}-{key}"
+
+
+def check_out(out: Path, folder: Path, force: bool) -> None:
+    """Refuse, before any work, an output path that is a file and a run directory that is finished already."""
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            raise OptionError(f"--out {out}: {path} is a file, not a folder; choose a folder for the run directories")
+    if (folder / "metrics.json").exists() and not force:
+        raise OptionError(f"{folder} holds a finished run of this configuration (metrics.json); it is left as it is. "
+                          "Pass --force to train it again and overwrite it")
 
 
 def fit_config(config: RunConfig, cache_path: str | Path | None = None, *, device: str | None = None,
-               out: str | Path | None = "runs") -> dict[str, Any]:
+               out: str | Path | None = "runs", force: bool = False, progress: Progress | None = None
+               ) -> dict[str, Any]:
     """`fit` of a configuration built already (the command line parses its options into one)."""
-    device = device or default_device()
+    device = resolve_device(device)
     cache = resolve_cache(cache_path)
     with CacheReader(cache) as reader:
         info = reader.info()
-        data = reader.load(config.shots, config.seed, text=config.text, device=device)
-    outcome = run(config, data)
-    metrics = {"method": config.method, "dataset": info.fields.get("dataset", cache.stem), "shots": config.shots,
-               "seed": config.seed, "classes": config.classes, **outcome.metrics}
-    if out is not None:
+        dataset = str(info.fields.get("dataset", cache.stem))
         key = config.key(info.fingerprint)
-        name = f"{metrics['dataset']}-{config.method}-{config.classes}-{config.shots}shot-seed{config.seed}-{key}"
-        folder = Path(out) / name
+        folder = run_folder(Path(out), dataset, config, key) if out is not None else None
+        if folder is not None:
+            check_out(Path(out), folder, force)
+        data = reader.load(config.shots, config.seed, text=config.text, device=device)
+    outcome = run(config, data, progress)
+    metrics = {"method": config.method, "dataset": dataset, "shots": config.shots, "seed": config.seed,
+               "classes": config.classes, **outcome.metrics}
+    if folder is not None:
         outcome.metrics = metrics
         save_run(folder, config, outcome, cache, info.fingerprint, info.fields, device, key)
         metrics["run_dir"] = str(folder)

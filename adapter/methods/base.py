@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import FewShotData
 
 NORM_EPS = 1e-12  # as F.normalize
@@ -86,6 +87,10 @@ def cosines(x: torch.Tensor, y: torch.Tensor, unit_y: bool = False) -> torch.Ten
     return _Cosines.apply(x, y, unit_y)
 
 
+class ProtocolWarning(UserWarning):
+    """A step of the protocol could not run as asked (e.g. a search on a val set the cache does not have)."""
+
+
 class NotApplicable(RuntimeError):
     """The method cannot score classes it was not trained on (novel or cross-dataset classes)."""
 
@@ -134,6 +139,9 @@ class Adapter(nn.Module):
     def __init__(self, dim: int, reduction: int) -> None:
         super().__init__()
         hidden = dim // reduction
+        if hidden < 1:
+            raise OptionError(f"option reduction={reduction} is larger than the feature width {dim}: the adapter "
+                              f"D → D/r → D needs 1 <= reduction <= {dim}")
         self.net = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, dim, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 import torch
 
 from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix
-from lathadapter.adapter.options import TrainOptions
+from lathadapter.adapter.options import TrainOptions, option
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
 
 @dataclass(frozen=True)
 class ClipAdapterOptions(TrainOptions):
-    alpha: float = 0.2  # residual ratio of the adapted feature
-    reduction: int = 4  # bottleneck D → D/r → D
+    alpha: float = option(0.2, "residual ratio of the adapted image feature", least=0, most=1)
+    reduction: int = option(4, "bottleneck ratio r of the adapter D → D/r → D", least=1)
 
 
 @register("clip-adapter", ClipAdapterOptions)

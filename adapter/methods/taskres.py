@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, normalize
-from lathadapter.adapter.options import TrainOptions
+from lathadapter.adapter.options import TrainOptions, option
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
 
 @dataclass(frozen=True)
 class TaskResOptions(TrainOptions):
-    alpha: float = 0.5  # scale of the task residual
+    alpha: float = option(0.5, "scale α of the task residual added to the class text features", least=0)
 
 
 @register("taskres", TaskResOptions)

@@ -7,35 +7,36 @@ one-hot labels. α and β are searched on the few-shot val set over the original
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, normalize
-from lathadapter.adapter.options import TrainOptions
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, normalize
+from lathadapter.adapter.options import TrainOptions, option
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
 
 @dataclass(frozen=True)
 class TipAdapterOptions:
-    alpha: float = 1.0  # residual ratio of the cache logits (initial value before the search)
-    beta: float = 1.0  # sharpness of the affinity (initial value before the search)
-    search: bool = True  # search α, β on the few-shot val set
-    search_alpha_max: float = 3.0
-    search_beta_max: float = 7.0
-    search_alpha_steps: int = 20
-    search_beta_steps: int = 200
+    alpha: float = option(1.0, "weight α of the cache logits (the value before the search)", least=0)
+    beta: float = option(1.0, "sharpness β of the affinity (the value before the search)", least=0)
+    search: bool = option(True, "search α and β on the few-shot val set after training")
+    search_alpha_max: float = option(3.0, "largest α of the search grid", above=0.1)
+    search_beta_max: float = option(7.0, "largest β of the search grid", above=0.1)
+    search_alpha_steps: int = option(20, "α values in the search grid", least=1)
+    search_beta_steps: int = option(200, "β values in the search grid", least=1)
 
 
 @dataclass(frozen=True)
 class TipAdapterFOptions(TrainOptions, TipAdapterOptions):
     """Tip-Adapter-F's own schedule: 20 epochs, AdamW eps 1e-4, no minimum step count."""
 
-    min_steps: int = 0
-    eps: float = 1e-4
+    min_steps: int = option(0, "never fewer optimiser steps than this (Tip-Adapter-F: none)", least=0)
+    eps: float = option(1e-4, "AdamW epsilon (Tip-Adapter-F's 1e-4)", above=0)
 
 
 def search_grid(maximum: float, steps: int) -> torch.Tensor:
@@ -128,6 +129,9 @@ class TipAdapter(Method):
         if not self.options.search:
             return {"alpha": self.alpha, "beta": self.beta, "search": "off"}
         if len(data.val_labels) == 0:  # ImageNet has no val subset; the test set is never used for this
+            warnings.warn(f"{self.name}: the cache has no few-shot val subset (as ImageNet's), so α and β are not "
+                          f"searched and keep their values α={self.alpha:g}, β={self.beta:g}", ProtocolWarning,
+                          stacklevel=2)
             return {"alpha": self.alpha, "beta": self.beta, "search": "skipped: the cache has no val subset"}
         with torch.no_grad():
             features = data.val_features

@@ -1,0 +1,186 @@
+"""A user's mistake on the command line ends in one `error:` line naming the option, value or file and what would
+be valid, exit code 1, and no traceback; before any training. Plus the CLI's discoverability: version, lists, help."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from rich.progress import Progress
+from typer.testing import CliRunner
+
+from lathadapter.adapter.methods.base import ProtocolWarning
+from lathadapter.adapter.options import OptionError
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+from lathadapter.experiments.machine import default_threads, resolve_device, use_threads
+from lathadapter.experiments.run import RunConfig, fit, fit_config
+
+QUICK = ["--set", "epochs=1", "--set", "min_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_cache(tmp_path_factory.mktemp("cli") / "c.h5", num_classes=6, dim=16, shots=(1, 2),
+                                 seeds=(1,))
+
+
+@pytest.fixture(scope="module")
+def no_val_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache without a few-shot val subset, as ImageNet's."""
+    return write_synthetic_cache(tmp_path_factory.mktemp("cli") / "noval.h5", num_classes=6, dim=16, shots=(2,),
+                                 seeds=(1,), val_per_class=0)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    output = result.output
+    assert result.exit_code == 1, output
+    assert "Traceback" not in output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), output
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, output)
+
+
+BAD_OPTIONS = [
+    ("lathadapter", "batch_size=0", ">= 1"),
+    ("clip-adapter", "reduction=0", ">= 1"),
+    ("clip-adapter", "reduction=17", "feature width 16"),
+    ("tip-adapter", "search_alpha_steps=0", ">= 1"),
+    ("lathadapter", "tau_attr=0", "> 0"),
+    ("lathadapter", "scale_img=0", "> 0"),
+    ("lathadapter", "tau_hyp=0", "> 0"),
+    ("lathadapter", "lr=nan", "> 0"),
+    ("taskres", "lr=inf", "> 0"),
+    ("lathadapter", "epochs=-1", ">= 1"),
+    ("lathadapter", "margin=-0.1", ">= 0"),
+    ("lathadapter", "margin_radial=-1", ">= 0"),
+    ("lathadapter", "hier=tree", "cone, triplet"),
+    ("lathadapter", "curvature=20", "[0.1, 10.0]"),
+]
+
+
+@pytest.mark.parametrize(("method", "assignment", "valid"), BAD_OPTIONS, ids=[a for _, a, _ in BAD_OPTIONS])
+def test_bad_option_values_are_refused_before_any_work(cache: Path, tmp_path: Path, method: str, assignment: str,
+                                                        valid: str) -> None:
+    result = invoke("fit", "--cache", str(cache), "--method", method, "--shots", "1", "--device", "cpu",
+                    "--out", str(tmp_path), "--set", assignment)
+    assert_clean_error(result, assignment.split("=")[0], valid)
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--shots", "0"], "--shots 0"),
+    (["--shots", "-1"], "--shots -1"),
+    (["--device", "tpu"], "cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "cpu, cuda or cuda:N"),
+    (["--classes", "novel"], "all, base"),
+    (["--threads", "0"], "--threads 0"),
+    (["--set", "lr=0.1,0.2"], "one value per option"),
+])
+def test_bad_run_arguments_are_refused(cache: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_clean_error(invoke("fit", "--cache", str(cache), "--out", str(tmp_path), *args), fragment)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("command", ["fit", "grid", "protocol"])
+def test_cuda_without_a_gpu_is_a_clear_error(cache: Path, tmp_path: Path, command: str) -> None:
+    args = {"fit": ["fit", "--cache", str(cache)], "grid": ["grid", "--cache", str(cache), "--method", "zeroshot"],
+            "protocol": ["protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot"]}[command]
+    assert_clean_error(invoke(*args, "--device", "cuda", "--out", str(tmp_path)), "no CUDA GPU", "--device cpu")
+    with pytest.raises(OptionError, match="no CUDA GPU"):
+        resolve_device("cuda:0")
+
+
+def test_an_out_that_is_a_file_fails_before_training(cache: Path, tmp_path: Path) -> None:
+    target = tmp_path / "results.txt"
+    target.write_text("mine\n")
+    assert_clean_error(invoke("fit", "--cache", str(cache), "--shots", "1", "--out", str(target), *QUICK),
+                       "is a file")
+    assert target.read_text() == "mine\n"
+
+
+def test_a_finished_run_is_never_overwritten_without_force(cache: Path, tmp_path: Path) -> None:
+    first = fit(cache, "clip-adapter", shots=1, out=tmp_path, device="cpu", epochs=1, min_steps=2)
+    metrics_file = Path(first["run_dir"]) / "metrics.json"
+    before = metrics_file.read_bytes()
+    with pytest.raises(OptionError, match="finished run.*--force"):
+        fit(cache, "clip-adapter", shots=1, out=tmp_path, device="cpu", epochs=1, min_steps=2)
+    assert metrics_file.read_bytes() == before
+    assert_clean_error(invoke("fit", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1", "--out",
+                              str(tmp_path), "--device", "cpu", *QUICK), "--force")
+    result = invoke("fit", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1", "--out", str(tmp_path),
+                    "--device", "cpu", "--force", *QUICK)
+    assert result.exit_code == 0, result.output
+    assert json.loads(metrics_file.read_text())["train_seconds"] != json.loads(before)["train_seconds"]
+
+
+def test_version_and_lists() -> None:
+    from lathadapter.version import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"lathadapter {__version__}"
+    methods = [line.split()[0] for line in invoke("list", "methods").output.splitlines()]
+    assert methods == ["zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f", "taskres",
+                       "lathadapter"]
+    datasets = invoke("list", "datasets").output
+    assert "caltech101" in datasets and "imagenet_r" in datasets and "split:PATH" in datasets
+    assert "ViT-B-16" in invoke("list", "models").output.split()
+    options = {line.split()[0]: line for line in invoke("list", "options", "lathadapter").output.splitlines()}
+    assert set(options) >= {"lr", "epochs", "curvature", "hier", "infer"}
+    assert "0.07" in options["tau_hyp"] and "> 0" in options["tau_hyp"] and "cone, triplet" in options["hier"]
+    assert_clean_error(invoke("list", "options", "maple"), "valid methods")
+    assert_clean_error(invoke("list", "options"), "name a method")
+    assert_clean_error(invoke("list", "everything"), "methods, datasets, models, options")
+
+
+def test_help_keeps_bracketed_defaults_and_flags_take_no_value() -> None:
+    text = CliRunner().invoke(app, ["cache", "build", "--help"], terminal_width=200).output
+    assert "default: ViT-B-16" in text and "default: openai" in text
+    assert "<bool>" not in text
+    assert "Comma-separated methods [default: lathadapter]" in CliRunner().invoke(
+        app, ["grid", "--help"], terminal_width=200).output
+
+
+def test_threads_default_follows_omp_num_threads_and_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cpus + 7))
+    assert default_threads() == cpus
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "getloadavg", lambda: (cpus + 6.0, 0.0, 0.0))  # every CPU taken by other work
+    assert default_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert default_threads() == cpus
+    before = torch.get_num_threads()
+    try:
+        assert use_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_skipped_searches_and_selections_warn(no_val_cache: Path, tmp_path: Path) -> None:
+    with pytest.warns(ProtocolWarning, match="no few-shot val subset.*not searched"):
+        fit(no_val_cache, "tip-adapter", shots=2, out=None, device="cpu")
+    with pytest.warns(ProtocolWarning, match="--select val.*last epoch"):
+        fit(no_val_cache, "clip-adapter", shots=2, select="val", out=None, device="cpu", epochs=1, min_steps=1)
+    result = invoke("fit", "--cache", str(no_val_cache), "--method", "tip-adapter", "--shots", "2",
+                    "--out", str(tmp_path), "--device", "cpu")
+    assert "warning: tip-adapter: the cache has no few-shot val subset" in result.output
+
+
+def test_fit_reports_its_epochs_to_a_progress_display(cache: Path) -> None:
+    config = RunConfig.create("clip-adapter", 1, 1, overrides={"epochs": 3, "min_steps": 0})
+    with Progress(disable=True) as progress:
+        fit_config(config, cache, device="cpu", out=None, progress=progress)
+        (task,) = progress.tasks
+    assert task.total == 3 and task.completed == 3
