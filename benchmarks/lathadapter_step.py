@@ -1,7 +1,8 @@
 """Where a LatHAdapter training step goes: milliseconds per step (forward, backward, AdamW) on the synthetic
 Caltech101-like and ImageNet-like caches of `benchmarks/fit.py`, for the loss's parts switched on one by one, for
-the point path (`LatHAdapter.point_loss`, explicit lifted points through the general kernels) and for the step's
-matrix products alone (the same shapes, nothing else: the floor of any implementation of the method in float32).
+each radius (`radius=head|norm|kind`), for the plain reference (`impl=reference`, explicit lifted points), and for the
+step's matrix products alone (the same shapes, nothing else: the floor of any implementation of the method in
+float32). Peak memory is reported on CUDA.
 
     python benchmarks/lathadapter_step.py [--only caltech|imagenet] [--steps 30] [--repeats 5] [--device cpu|cuda]
 
@@ -30,11 +31,15 @@ ROWS = {
     "adapters + prototypes + CE (lambda_hyp = lambda_hier = 0)": {"lambda_hyp": 0.0, "lambda_hier": 0.0},
     "+ hyperbolic CE (lambda_hier = 0)": {"lambda_hier": 0.0},
     "full, hier = triplet": {"hier": "triplet"},
-    "full, hier = cone (default)": {},
+    "full, hier = cone, radius = head (default)": {},
+    "full, hier = cone, radius = norm": {"radius": "norm"},
+    "full, hier = cone, radius = kind": {"radius": "kind"},
+    "full, hier = cone, radius = kind, hier = triplet": {"radius": "kind", "hier": "triplet"},
+    "reference (impl = reference), radius = head": {"impl": "reference"},
 }
 
 
-def method_step(data, options: dict, point_path: bool = False) -> Callable[[torch.Generator], None]:
+def method_step(data, options: dict) -> Callable[[torch.Generator], None]:
     """One training step of LatHAdapter on a random batch of 256 train features (drawn on the CPU, as the trainer
     does, and moved to the data's device)."""
     method = create_method("lathadapter", data, **options)
@@ -45,7 +50,7 @@ def method_step(data, options: dict, point_path: bool = False) -> Callable[[torc
     def step(generator: torch.Generator) -> None:
         batch = torch.randint(len(data.train_labels), (256,), generator=generator).to(device)
         x, y = data.train_features[batch], data.train_labels[batch]
-        loss = method.point_loss(x, y) if point_path else method.loss(x, y)[0]
+        loss = method.loss(x, y)[0]
         clear_grads(params)  # as the trainer does
         loss.backward()
         optimizer.step()
@@ -117,7 +122,6 @@ def main() -> None:
         with CacheReader(cache_for(name)) as reader:
             data = reader.load(16, 1, device=args.device)
         rows = {label: method_step(data, options) for label, options in ROWS.items()}
-        rows["point path: full, hier = cone, general kernels"] = method_step(data, {}, point_path=True)
         rows["matrix products alone (floor)"] = matmul_floor(data)
         times = time_rows(rows, args.steps, args.repeats, args.device)
         print(f"\n{name}-like: {data.num_classes} classes, D = {data.text_features.shape[1]}")

@@ -12,7 +12,15 @@ from lathadapter.kernels.dispatch import (
 )
 from lathadapter.kernels.geometry import distance, expmap0, logmap0, mobius_add, origin_distance, project
 from lathadapter.kernels.hierarchy import centripetal_energy
-from lathadapter.kernels.radial import radial_distance, scaled_radius
+from lathadapter.kernels.radial import (
+    radial_centripetal_energy,
+    radial_cone_energy,
+    radial_distance,
+    radial_exterior_angle,
+    radial_half_aperture,
+    radial_origin_distance,
+    scaled_radius,
+)
 
 __all__ = [
     "backend",
@@ -29,7 +37,12 @@ __all__ = [
     "origin_distance",
     "pairwise_distance",
     "project",
+    "radial_centripetal_energy",
+    "radial_cone_energy",
     "radial_distance",
+    "radial_exterior_angle",
+    "radial_half_aperture",
+    "radial_origin_distance",
     "scaled_radius",
     "separation_loss",
     "set_backend",

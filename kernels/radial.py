@@ -1,10 +1,11 @@
 """Poincaré geometry of radial points `r·u` with unit directions `u`, from radii and direction cosines.
 
-For a unit vector u, exp0(s·u) = (tanh(√c s)/√c)·u: the lift of a unit vector with a scale s is a radial point whose
-radius depends on s and c only. LatHAdapter lifts unit-norm images, prototypes and attributes with one scale per
-kind, so every pair of lifted points is described by two radii and the cosine of their directions, and a B × C
-matrix of distances or cone angles costs one matrix product of directions plus O(BC) elementwise work instead of
-O(BCD) differences.
+For a unit vector u, exp0(ρ·u) = (tanh(√c ρ)/√c)·u: the lift of a unit vector with a radius ρ is a radial point
+whose distance to the origin depends on ρ and c only. LatHAdapter lifts unit-norm images, prototypes and attributes,
+each with its own radius (one radius per kind with `radius=kind`), so every pair of lifted points is described by two
+radii and the cosine of their directions, and a B × C matrix of distances or cone angles costs one matrix product of
+directions plus O(BC) elementwise work instead of O(BCD) differences. Radii are 0-d tensors or vectors that
+broadcast against the cosine matrix ([B, 1] against [1, C]).
 
 Everything is written with the scaled radius ρ = √c·r = min(tanh(√c s), 1 − ε) ∈ [0, 1), the radius after rescaling
 the ball to curvature −1: angles depend on ρ only, and distances are the unit-ball distance divided by √c. With
@@ -16,9 +17,8 @@ a = ρ_a u_a, b = ρ_b u_b in the unit ball and cos = <u_a, u_b>:
   N = (ρ_b cos − ρ_a)(1 − ρ_a²) − ρ_a W and M = 1 + ρ_a² ρ_b² − 2 ρ_a ρ_b cos (the invariant formula of `cone`
   divided by ρ_a).
 
-The distance has a hand-written backward pass (`radial_distance`), and the exterior angle's forward and backward
-pieces serve LatHAdapter's loss node: autograd through their formulas records some 100 to 200 small ops each, and
-on a CPU a training step's time goes mostly into such per-op overhead. A cosine near 1
+The two matrix-valued fields have hand-written backward passes: autograd through their formulas records some 100
+to 200 small ops each, and on a CPU a training step's time goes mostly into such per-op overhead. A cosine near 1
 carries a rounding of about 1e-7 in float32, so directions closer than about 3e-4 rad lose relative precision in the
 angular part of W. Unit directions are assumed, not checked: callers normalise.
 """
@@ -29,7 +29,8 @@ import math
 
 import torch
 
-from lathadapter.kernels.geometry import PROJECTION_EPS, machine_eps
+from lathadapter.kernels.cone import check_cone_options, half_aperture_from_norm2
+from lathadapter.kernels.geometry import PROJECTION_EPS, artanh, machine_eps
 
 
 def scaled_radius(scale: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -155,15 +156,72 @@ def exterior_angle_cosine_grad(pieces: tuple, w1, n1) -> torch.Tensor:
     return torch.addcmul(a * n1, bw + bm, w1, value=-1)
 
 
+def exterior_angle_backward(grad: torch.Tensor, coefficients: tuple, saved: tuple, derivatives: tuple[tuple, tuple]):
+    """Elementwise gradients of Σ grad·Ξ w.r.t. the cosine, ρ_p and ρ_q (unreduced), given the coefficients'
+    `derivatives` w.r.t. the radii."""
+    _, w1, _, _, _, n1 = coefficients
+    a, bw, bm = pieces = exterior_angle_pieces(grad, saved)
+    grad_cos = exterior_angle_cosine_grad(pieces, w1, n1)
+    cosine = saved[0]
+    radii = [a * (dn0 + dn1 * cosine) - bw * (dw0 + dw1 * cosine) - bm * (dm0 + dm1 * cosine)
+             for dw0, dw1, dm0, dm1, dn0, dn1 in derivatives]
+    return grad_cos, radii[0], radii[1]
+
+
+class _ExteriorAngle(torch.autograd.Function):
+    """Ξ = arccos(N / √(W M)) of the cone at parent ρ_p u_p towards child ρ_q u_q; 0 where undefined."""
+
+    @staticmethod
+    def forward(ctx, rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
+        angle, saved = exterior_angle_forward(exterior_angle_coefficients(rho_p, rho_q), rho_p * rho_p, cosine)
+        ctx.save_for_backward(rho_p, rho_q, *saved)
+        return angle
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rho_p, rho_q, *saved = ctx.saved_tensors
+        grad_cos, grad_p, grad_q = exterior_angle_backward(
+            grad, exterior_angle_coefficients(rho_p, rho_q), tuple(saved),
+            exterior_angle_coefficient_derivatives(rho_p, rho_q))
+        return _reduce(grad_p, rho_p), _reduce(grad_q, rho_q), grad_cos
+
+
 def radial_distance(rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Poincaré distance between the points of scaled radii ρ_a, ρ_b whose directions have these cosines."""
     return _RadialDistance.apply(rho_a, rho_b, cosine, c)
 
 
+def radial_exterior_angle(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
+    """Exterior angle Ξ(p, q) of parent ρ_p·u_p towards child ρ_q·u_q for every entry of `cosine`."""
+    return _ExteriorAngle.apply(rho_p, rho_q, cosine)
+
+
 def half_aperture(rho: float, K: float) -> tuple[float, float]:
-    """Half-aperture ψ = arcsin(min(1, K (1 − ρ²)/ρ)) of the cone at a point of scaled radius ρ (a Python float), and
-    its derivative dψ/dρ (0 where the min is 1)."""
+    """`radial_half_aperture` of one Python float radius, and its derivative dψ/dρ (0 where the min is 1)."""
     x = K * (1 - rho * rho) / rho
     if x >= 1:
         return math.pi / 2, 0.0
     return math.asin(x), -K * (1 + 1 / (rho * rho)) / math.sqrt(1 - x * x)
+
+
+def radial_half_aperture(rho: torch.Tensor, K: float = 0.1) -> torch.Tensor:
+    """Half-aperture ψ = arcsin(min(1, K (1 − ρ²)/ρ)) of the cone at a point of scaled radius ρ (elementwise)."""
+    return half_aperture_from_norm2(rho * rho, torch.ones_like(rho), K)
+
+
+def radial_cone_energy(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor, K: float = 0.1,
+                       kappa: float = 1.0) -> torch.Tensor:
+    """Cone energy max(0, Ξ(p, q) − κ ψ(p)) for every entry of `cosine`; ψ depends on ρ_p only."""
+    check_cone_options(K, kappa)
+    return torch.relu(radial_exterior_angle(rho_p, rho_q, cosine) - kappa * radial_half_aperture(rho_p, K))
+
+
+def radial_origin_distance(rho: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """|x|_H = (2/√c) artanh(ρ) of a point of scaled radius ρ."""
+    return 2 * artanh(rho) / c.sqrt()
+
+
+def radial_centripetal_energy(rho_p: torch.Tensor, rho_q: torch.Tensor, c: torch.Tensor,
+                              margin: float = 0.1) -> torch.Tensor:
+    """max(0, |p|_H − |q|_H + margin) for a parent and a child of scaled radii ρ_p, ρ_q: it depends on radii only."""
+    return torch.relu(radial_origin_distance(rho_p, c) - radial_origin_distance(rho_q, c) + margin)

@@ -1,5 +1,6 @@
 """Every method's metrics on a fixed synthetic cache, pinned before the package was reorganised into `adapter/` and
-`experiments/` (commit 9defab1): moving code and typing the options must not change a single prediction."""
+`experiments/` (commit 9defab1): moving code and typing the options must not change a single prediction, and
+LatHAdapter with `radius=kind` (one radius per kind, the method as first built) reproduces them exactly."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import lathadapter
 from lathadapter.cache.synthetic import write_synthetic_cache
 
 FAST = {"epochs": 5, "min_steps": 60}
+KIND = {"radius": "kind"}  # LatHAdapter as it was built before the radius per point
 
 # (method, classes) → accuracy (%) and HM, measured on 9defab1 with the calls below
 PINNED = {
@@ -45,6 +47,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(("method", "classes"), PINNED.keys(), ids=[f"{m}-{c}" for m, c in PINNED])
 def test_metrics_equal_those_before_the_move(cache: Path, method: str, classes: str) -> None:
     options = {} if method in ("zeroshot", "tip-adapter") else FAST
+    options = {**options, **KIND} if method == "lathadapter" else options
     shots, seed = (4, 2) if classes == "all" else (16, 1)
     metrics = lathadapter.fit(cache, method, shots=shots, seed=seed, classes=classes, out=None, device="cpu",
                               **options)
@@ -59,7 +62,7 @@ def test_metrics_equal_those_before_the_move(cache: Path, method: str, classes: 
 @pytest.mark.parametrize("hier", ["cone", "triplet"])
 def test_lathadapter_losses_equal_those_before_the_move(cache: Path, hier: str) -> None:
     metrics = lathadapter.fit(cache, "lathadapter", shots=4, seed=1, out=None, device="cpu", hier=hier,
-                              infer="hyper", **FAST)
+                              infer="hyper", **FAST, **KIND)
     assert metrics["accuracy"] == {"all": 37.75}
     last = metrics["history"][-1]
     assert (last["loss"], last["ce"], last["hyp"], last["hier"]) == pytest.approx(PINNED_LOSSES[hier], rel=1e-5)

@@ -15,7 +15,7 @@ take a fraction of that:
 
 The rows of both association matrices are softmax distributions, so the edge weights of the batch's tree sum to
 exactly B + P + B (B images, P categories present): the weighted means divide by that constant.
-`LatHAdapter.point_loss` is the reference over explicit points that the tests hold this against.
+`reference.reference_loss` is the definition over explicit points that the tests hold this against (`radius=kind`).
 """
 
 from __future__ import annotations

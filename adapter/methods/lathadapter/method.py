@@ -2,13 +2,14 @@
 hierarchical regularisation shapes the latent tree category → attribute → image (docs/method.md).
 
 Only four facts come from the paper's abstract (adapter on frozen CLIP, attribute prompts as a one-to-many bridge,
-hyperbolic lift of each batch's categories, attributes and images, hierarchical regularisation). The equations below
-are this project's reconstruction, and each of its choices is an option.
+hyperbolic lift of each batch's categories, attributes and images, hierarchical regularisation). The equations are
+this project's reconstruction, and each of its choices is an option.
 
-Every lifted point is a unit vector times one radius per kind, so `loss` computes every term from direction cosines
-and the lift's scalars: the category side is one autograd node (`text`), the images meet prototypes and
-attributes in one product, and everything after it is one node (`loss`), both with hand-written backward
-passes. `point_loss` computes the same loss over explicit points with the general kernels, as its reference.
+The loss is defined by `reference.reference_loss` (explicit points, plain autograd; `impl=reference`). Every lifted
+point is a unit direction times a radius, so the fused twins compute every term from direction cosines and radii:
+with one radius per kind (`radius=kind`) the category side (`text`) and the loss after the image product (`loss`)
+are autograd nodes with hand-written backward passes; with a radius per point (`radius=head|norm`) the loss is
+written over the radial distance and cone-angle nodes of `kernels.radial` with radius vectors (`fused`).
 """
 
 from __future__ import annotations
@@ -20,20 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, blend, cosines, mix, normalize
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix, normalize
+from lathadapter.adapter.methods.lathadapter.fused import fused_loss
 from lathadapter.adapter.methods.lathadapter.loss import lathadapter_loss
 from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
+from lathadapter.adapter.methods.lathadapter.reference import ATTRIBUTE, CATEGORY, IMAGE, reference_loss
 from lathadapter.adapter.methods.lathadapter.text import TextSide, text_side
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
-from lathadapter.kernels import (
-    centripetal_energy,
-    cone_energy,
-    edge_energy,
-    expmap0,
-    pairwise_distance,
-    separation_loss,
-)
 from lathadapter.kernels.radial import radial_distance, scaled_radius
 
 
@@ -84,6 +79,9 @@ class LatHAdapter(Method):
             torch.tensor([options.scale_cat, options.scale_attr, options.scale_img], device=device).log()
         )
         self.log_tau_hyp = nn.Parameter(torch.tensor(math.log(options.tau_hyp), device=device))
+        if options.radius == "head":  # w = 0, b = log(e − 1): every radius starts at its kind's scale
+            self.radius_weight = nn.Parameter(torch.zeros(3, dim, device=device))
+            self.radius_bias = nn.Parameter(torch.full((3,), math.log(math.e - 1), device=device))
 
     # --- the pieces of the forward pass (docs/method.md, steps 1–5) ---
 
@@ -91,16 +89,14 @@ class LatHAdapter(Method):
     def curvature(self) -> torch.Tensor:
         return self.log_curvature.exp().clamp(*CURVATURE_RANGE)
 
-    def adapt_images(self, features: torch.Tensor) -> torch.Tensor:
-        return blend(features, self.visual_adapter, self.options.alpha_v)
+    def adapt_images(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 1 for images: `v_i = norm(z_i)` and `|z_i|`, z_i = (1 − α_v) x_i + α_v g_v(x_i)."""
+        mixed = mix(features, self.visual_adapter, self.options.alpha_v)
+        length = torch.linalg.vector_norm(mixed, dim=-1)
+        return mixed / length.clamp_min(1e-12)[:, None], length
 
     def attributes(self) -> torch.Tensor:
         return normalize(self.attribute_prompts)
-
-    def associations(self, cosines: torch.Tensor) -> torch.Tensor:
-        """Soft one-to-many associations `softmax_k(<f, a_k> / τ_a)` from the cosines of images or categories to
-        the attributes."""
-        return torch.softmax(cosines / self.options.tau_attr, dim=-1)
 
     def text_side(self, text_features: torch.Tensor) -> TextSide:
         """The category side (steps 1–3): the prototypes `p_c`, normalised `q_c = u_c + β Σ_k w_ck a_k` (`u_c` with
@@ -115,18 +111,35 @@ class LatHAdapter(Method):
         side = self.text_side(text_features)
         return side.prototypes, side.weights
 
-    def radii(self, c: torch.Tensor) -> torch.Tensor:
-        """Scaled radii ρ = √c·r of the lifted categories, attributes and images: exp0(s·u) = (ρ/√c)·u for unit u."""
-        return scaled_radius(self.log_scales.exp(), c)
+    def prototype_lengths(self, text_features: torch.Tensor, side: TextSide) -> torch.Tensor:
+        """|q_c| with q_c = m_c + β |m_c| Σ_k w_ck a_k (|m_c| with `attr_proto` off), from the category side:
+        |q_c| = |m_c| · <p_c, u_c + β Σ_k w_ck a_k> = |m_c| (<p_c, u_c> + β Σ_k w_ck <p_c, a_k>)."""
+        m = mix(text_features, self.text_adapter, self.options.alpha_t)
+        length = torch.linalg.vector_norm(m, dim=-1)
+        if not self.options.attr_proto:
+            return length
+        along = (side.prototypes * m).sum(-1) / length + self.beta * (side.weights * side.class_attribute).sum(-1)
+        return length * along
 
-    def lift(self, points: torch.Tensor, which: int) -> torch.Tensor:
-        """`exp0(s · point)` of unit-norm points with the scale of categories (0), attributes (1) or images (2)."""
+    def radius(self, kind: int, units: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Step 5: the radius ρ > 0 of each lifted point of `kind` (CATEGORY, ATTRIBUTE or IMAGE) with unit
+        directions `units` [N, D] whose pre-normalisation vectors had `lengths` [N] (option `radius`)."""
+        scale = self.log_scales.exp()[kind]
+        if self.options.radius == "kind":
+            return scale.expand(len(units))
+        if self.options.radius == "norm":
+            return scale * lengths
+        return scale * F.softplus(units @ self.radius_weight[kind] + self.radius_bias[kind])
+
+    def scaled_radii(self, kind: int, units: torch.Tensor, lengths: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """ρ' = √c |exp0(ρ e)| = min(tanh(√c ρ), 1 − ε): the radius in the ball rescaled to curvature −1, which the
+        radial geometry takes."""
+        return scaled_radius(self.radius(kind, units, lengths), c)
+
+    def lift(self, kind: int, units: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """`exp0(ρ e)` of unit directions `units`: points of the ball of curvature −c."""
         c = self.curvature
-        return self.radii(c)[which] / c.sqrt() * points
-
-    def image_class_distances(self, cosines: torch.Tensor, radii: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """`d(h^v_i, h^c_c)` [B, C] from the image–prototype cosines and the scaled radii of the lift."""
-        return radial_distance(radii[2], radii[0], cosines, c)
+        return (self.scaled_radii(kind, units, lengths, c) / c.sqrt())[:, None] * units
 
     def hyperbolic_logits(self, distances: torch.Tensor) -> torch.Tensor:
         """`−d(h^v_i, h^c_c) / τ_h`."""
@@ -135,82 +148,80 @@ class LatHAdapter(Method):
     # --- training loss (docs/method.md, step 6) ---
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """All points are lifted unit vectors, so every term is a function of direction cosines and the lift's
-        scalars (`loss`); the cosines come from one product of the images with prototypes and attributes."""
+        """The loss of `reference.reference_loss`, through the fused twin of the configured radius."""
         o = self.options
-        side = self.text_side(self.text_features)
-        # v = normalize(mixed) is folded into the one product
-        mixed = mix(features, self.visual_adapter, o.alpha_v)
-        image_cosines = cosines(mixed, torch.cat([side.prototypes, side.attributes]), unit_y=True)
-        loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, side.class_attribute, side.weights, self.log_scales,
-                                                 self.log_curvature, self.log_tau_hyp, labels, o)
-        parts = {"ce": ce}
-        if o.lambda_hyp > 0:
-            parts["hyp"] = hyp
-        if o.lambda_hier > 0:
-            parts["hier"] = hier
-        return loss, parts
-
-    def point_loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The same total loss computed over explicit lifted points [N, D] with the general fused ops of `kernels`
-        (Triton on CUDA, PyTorch elsewhere): the reference the radial form is tested and benchmarked against."""
-        o = self.options
-        c = self.curvature
-        s_cat, s_attr, s_img = self.log_scales.exp()
-        v = self.adapt_images(features)
-        attributes = self.attributes()
-        p, w = self.prototypes(self.text_features)
-        loss = F.cross_entropy(LOGIT_SCALE * v @ p.t(), labels)
-        images, classes = expmap0(s_img * v, c), expmap0(s_cat * p, c)
-        if o.lambda_hyp > 0:
-            distances = pairwise_distance(images, classes, c)
-            loss = loss + o.lambda_hyp * F.cross_entropy(self.hyperbolic_logits(distances), labels)
-        if o.lambda_hier > 0:
-            attribute_points = expmap0(s_attr * attributes, c)
-            present = torch.unique(labels)
-            r = self.associations(v @ attributes.t())
-            kind = "cone" if o.hier == "cone" else "centripetal"
-            options = {"kind": kind, "K": o.cone_k, "kappa": o.cone_kappa, "margin": o.margin_radial}
-            if kind == "cone":
-                category_image = cone_energy(classes[labels], images, c, o.cone_k, o.cone_kappa).sum()
+        if o.impl == "reference":
+            loss, parts = reference_loss(self, features, labels)
+        else:
+            side = self.text_side(self.text_features)
+            # v = normalize(mixed) is folded into the one product of the images with prototypes and attributes
+            mixed = mix(features, self.visual_adapter, o.alpha_v)
+            image_cosines = cosines(mixed, torch.cat([side.prototypes, side.attributes]), unit_y=True)
+            if o.radius == "kind":  # every term from the cosines and the lift's scalars: one node
+                loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, side.class_attribute, side.weights,
+                                                         self.log_scales, self.log_curvature, self.log_tau_hyp,
+                                                         labels, o)
             else:
-                category_image = centripetal_energy(classes[labels], images, c, o.margin_radial).sum()
-            energy = (category_image + edge_energy(classes[present], attribute_points, w[present], c, **options)
-                      + edge_energy(attribute_points, images, r.t(), c, **options))
-            separation = separation_loss(images, classes[present], torch.searchsorted(present, labels), c, o.margin)
-            loss = loss + o.lambda_hier * (energy / (len(labels) + w[present].sum() + r.sum()) + separation)
-        return loss
+                c = self.curvature
+                length = torch.linalg.vector_norm(mixed, dim=-1)
+                radii = (self.scaled_radii(CATEGORY, side.prototypes, self.prototype_lengths(self.text_features, side)
+                                           if o.radius == "norm" else None, c),
+                         self.scaled_radii(ATTRIBUTE, side.attributes,
+                                           torch.linalg.vector_norm(self.attribute_prompts, dim=-1), c),
+                         self.scaled_radii(IMAGE, mixed / length[:, None], length, c))
+                loss, (ce, hyp, hier) = fused_loss(image_cosines, side.class_attribute, side.weights, *radii, c,
+                                                   self.log_tau_hyp, labels, o)
+            parts = {"ce": ce, "hyp": hyp, "hier": hier}
+            if o.lambda_anchor > 0:  # L_anchor: (1 − <p_c, t_c>) over classes, (1 − <v_i, x_i>) over the batch
+                anchor = (1 - (side.prototypes * self.text_features).sum(-1)).mean() + (
+                    1 - (mixed * features).sum(-1) / torch.linalg.vector_norm(mixed, dim=-1)).mean()
+                loss = loss + o.lambda_anchor * anchor
+                parts["anchor"] = anchor.detach()
+        weights = {"hyp": o.lambda_hyp, "hier": o.lambda_hier, "anchor": o.lambda_anchor}
+        return loss, {k: v for k, v in parts.items() if weights.get(k, 1) > 0}
+
+    def class_radii(self, text_features: torch.Tensor, side: TextSide, c: torch.Tensor) -> torch.Tensor:
+        """Scaled radii of the lifted prototypes of `text_features`' classes (novel classes get theirs from the same
+        head or norm)."""
+        lengths = self.prototype_lengths(text_features, side) if self.options.radius == "norm" else None
+        return self.scaled_radii(CATEGORY, side.prototypes, lengths, c)
 
     @torch.no_grad()
     def lifted_points(self, data: FewShotData, classes: int = 4, images_per_class: int = 12) -> dict[str, Any]:
         """The lifted prototypes of the first `classes` classes, every attribute prompt and up to `images_per_class`
-        test images of each of those classes, with the curvature and each class's strongest attribute: what the
-        report's Poincaré-disk picture draws."""
+        test images of each of those classes, each at its own radius, with the curvature and each class's strongest
+        attribute: what the report's Poincaré-disk picture draws."""
         self.eval()
+        c = self.curvature
         chosen = list(range(min(classes, data.num_classes)))
-        prototypes, w = self.prototypes(data.text_features)
+        side = self.text_side(data.text_features)
         keep = torch.cat([torch.nonzero(data.test_labels == k).flatten()[:images_per_class] for k in chosen])
+        v, length = self.adapt_images(data.test_features[keep])
+        categories = (self.class_radii(data.text_features, side, c) / c.sqrt())[:, None] * side.prototypes
         return {
-            "curvature": float(self.curvature),
+            "curvature": float(c),
             "class_names": [data.class_names[k] for k in chosen],
-            "categories": self.lift(prototypes[chosen], 0).cpu(),
-            "attributes": self.lift(self.attributes(), 1).cpu(),
-            "images": self.lift(self.adapt_images(data.test_features[keep]), 2).cpu(),
+            "categories": categories[chosen].cpu(),
+            "attributes": self.lift(ATTRIBUTE, side.attributes,
+                                    torch.linalg.vector_norm(self.attribute_prompts, dim=-1)).cpu(),
+            "images": self.lift(IMAGE, v, length).cpu(),
             "image_labels": data.test_labels[keep].cpu(),
-            "strongest_attribute": w[chosen].argmax(dim=1).cpu(),
+            "strongest_attribute": side.weights[chosen].argmax(dim=1).cpu(),
         }
 
     # --- inference (docs/method.md, step 7) ---
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         text = self.text_features if text_features is None else text_features
-        v = self.adapt_images(features)
-        p, _ = self.prototypes(text)
-        cosines = v @ p.t()
+        v, length = self.adapt_images(features)
+        side = self.text_side(text)
+        cosines = v @ side.prototypes.t()
         if self.options.infer == "euclid":
             return LOGIT_SCALE * cosines
         c = self.curvature
-        hyper = self.hyperbolic_logits(self.image_class_distances(cosines, self.radii(c), c))
+        distances = radial_distance(self.scaled_radii(IMAGE, v, length, c)[:, None],
+                                    self.class_radii(text, side, c)[None, :], cosines, c)
+        hyper = self.hyperbolic_logits(distances)
         if self.options.infer == "hyper":
             return hyper
         return torch.softmax(LOGIT_SCALE * cosines, dim=-1) + torch.softmax(hyper, dim=-1)

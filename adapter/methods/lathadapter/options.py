@@ -35,5 +35,10 @@ class LatHAdapterOptions(TrainOptions):
     margin_radial: float = option(0.1, "margin m_r of the centripetal term (hier=triplet)", least=0)
     lambda_hyp: float = option(0.5, "weight of the hyperbolic classification loss", least=0)
     lambda_hier: float = option(0.1, "weight of the hierarchical regularisation", least=0)
+    lambda_anchor: float = option(0.0, "weight of L_anchor, which keeps p_c near t_c and v_i near x_i", least=0)
+    radius: str = option("head", "radius of each lifted point: a learned head per kind, the pre-normalisation "
+                         "norm, or one radius per kind", choices=("head", "norm", "kind"))
+    impl: str = option("fused", "loss computation: the fused twins, or the plain reference over explicit points",
+                       choices=("fused", "reference"))
     infer: str = option("fused", "scores at inference: Euclidean logits, hyperbolic distances, or both fused",
                         choices=("euclid", "hyper", "fused"))

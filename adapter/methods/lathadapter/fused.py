@@ -1,0 +1,59 @@
+"""LatHAdapter's loss after the cosine products when every lifted point has its own radius (`radius=head|norm`):
+the CPU twin of `reference.reference_loss`.
+
+Every distance and cone angle between two lifted points is a function of their two radii and the cosine of their
+directions, so the loss takes the batch's cosine matrices — image–prototype [B, C], image–attribute [B, K],
+prototype–attribute [C, K] — and the radius vectors, never [N, D] points. Distances and exterior angles are the
+radial nodes of `kernels.radial`, whose hand-written backward passes give the gradients for the cosines and for
+radius vectors broadcast against them; the rest (softmaxes, hinges, weighted means) is ordinary autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lathadapter.adapter.methods.base import LOGIT_SCALE
+from lathadapter.adapter.methods.lathadapter.options import LatHAdapterOptions
+from lathadapter.kernels.radial import radial_centripetal_energy, radial_cone_energy, radial_distance
+
+
+def _edge_energy(o: LatHAdapterOptions, rho_parent: torch.Tensor, rho_child: torch.Tensor, cosine: torch.Tensor,
+                 c: torch.Tensor) -> torch.Tensor:
+    """Cone energy (`hier=cone`) or centripetal hinge (`hier=triplet`) of parent → child edges."""
+    if o.hier == "cone":
+        return radial_cone_energy(rho_parent, rho_child, cosine, o.cone_k, o.cone_kappa)
+    return radial_centripetal_energy(rho_parent, rho_child, c, o.margin_radial).expand_as(cosine)
+
+
+def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class_weights: torch.Tensor,
+               rho_categories: torch.Tensor, rho_attributes: torch.Tensor, rho_images: torch.Tensor,
+               c: torch.Tensor, log_tau: torch.Tensor, labels: torch.Tensor, o: LatHAdapterOptions
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`L_ce + λ_hyp L_hyp + λ_hier L_hier` and its detached parts, from the cosines of the batch's images with the
+    C prototypes and the K attributes [B, C + K], the cosines <p_c, a_k> and weights w_ck [C, K], the scaled radii
+    (ρ' = √c |h| < 1) of categories [C], attributes [K] and images [B], the curvature and log τ_h."""
+    num_classes = class_weights.shape[0]
+    image_class, image_attribute = image_cosines[:, :num_classes], image_cosines[:, num_classes:]
+    ce = F.cross_entropy(LOGIT_SCALE * image_class, labels)
+    zero = image_cosines.new_zeros(())
+    hyp = hier = zero
+    if o.lambda_hyp > 0 or o.lambda_hier > 0:
+        distances = radial_distance(rho_images[:, None], rho_categories[None, :], image_class, c)  # [B, C]
+        hyp = F.cross_entropy(-distances / log_tau.exp(), labels)
+    if o.lambda_hier > 0:
+        present = torch.unique(labels)
+        others = present[None, :] != labels[:, None]
+        hinge = torch.relu(distances.gather(1, labels[:, None]) - distances[:, present] + o.margin)
+        separation = (hinge * others).sum(1).div(others.sum(1).clamp_min(1)).mean()
+        r = torch.softmax(image_attribute / o.tau_attr, dim=-1)  # image → attribute [B, K]
+        w = class_weights[present]  # category → attribute, the batch's categories [P, K]
+        energies = (
+            _edge_energy(o, rho_categories[labels], rho_images, image_class.gather(1, labels[:, None])[:, 0], c).sum()
+            + (w * _edge_energy(o, rho_categories[present][:, None], rho_attributes[None, :],
+                                class_attribute[present], c)).sum()
+            + (r * _edge_energy(o, rho_attributes[None, :], rho_images[:, None], image_attribute, c)).sum())
+        # each row of r and w sums to 1: the edge weights total B + P + B
+        hier = energies / (2 * len(labels) + len(present)) + separation
+    loss = ce + o.lambda_hyp * hyp + o.lambda_hier * hier
+    return loss, (ce.detach(), hyp.detach(), hier.detach())
