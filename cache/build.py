@@ -1,16 +1,20 @@
 """`lathadapter cache build`: one encoder pass over a dataset into a fingerprinted, resumable HDF5 cache.
 
-The build writes `<out>.tmp`, flushing as it goes; an interrupted build resumes from it and encodes only the rows
-not yet encoded; the finished file is renamed into place. Rebuilding over a different cache needs `force`.
+The build writes `<out>.tmp`, flushing as it goes, while it holds `<out>.lock`; an interrupted build resumes from it
+and encodes only the rows not yet encoded (and retries the images it skipped as unreadable); the finished file is
+renamed into place. Rebuilding over a different cache needs `force`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,20 +37,25 @@ from lathadapter.cache.store import (
     fingerprint_of,
     mark_skipped,
     missing_rows,
+    skipped_losses,
+    skipped_mask,
     write_rows,
 )
 from lathadapter.cache.templates import ensemble_templates, load_attributes, prompt
 
-__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "BuildError", "BuildResult", "build"]
+__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "BuildError", "BuildResult", "build",
+           "build_lock"]
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
 FLUSH_SECONDS = 10.0  # how often encoded rows are flushed to the temporary file (what a resume can reuse)
 NORM_TOLERANCE = 1e-2  # float16 unit vectors are within ~1e-3 of norm 1; a row outside this was not fully written
+LOSSES_LISTED = 5  # how many lost classes a failed `--skip-bad` build names
 
 
 class BuildError(ValueError):
-    """A build option is invalid, an image cannot be read, or the output would overwrite a different cache."""
+    """A build option or output path is invalid, an image cannot be read, `--skip-bad` would leave a split or class
+    without images, another build holds the output, or the output would overwrite a different cache."""
 
 
 @dataclass
@@ -85,6 +94,57 @@ def _check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch
     for option, value, least in (("--views", views, 0), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value < least:
             raise BuildError(f"{option} {value}: must be at least {least}")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one), counted as torch's DataLoader does."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output path that cannot become a cache file, before a model is loaded or an image encoded."""
+    if out.is_dir():
+        raise BuildError(f"--out {out} is a folder; give the cache file's path, e.g. {out / 'cache.h5'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BuildError(f"--out {out}: {parent} is a file, not a folder")
+            return
+
+
+@contextmanager
+def build_lock(out: Path) -> Iterator[Path]:
+    """Hold `<out>.lock` (an exclusive, non-blocking flock holding the builder's PID) while a build writes
+    `<out>.tmp`, so that a second build of the same `out` stops at once instead of destroying the first one's file.
+
+    The OS releases a flock when its holder dies, so the lock file a killed build leaves behind does not block the
+    rerun that resumes it. The file is removed on release; a builder that locked a file just removed retries."""
+    path = out.with_name(out.name + ".lock")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise BuildError(f"another build (PID {holder}) is writing {out}: its lock file {path} is held. Wait for "
+                             "it to finish, or stop it (a rerun resumes its work)") from None
+        try:
+            current = os.path.samestat(os.stat(path), os.fstat(fd))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int], full_train: bool,
@@ -137,11 +197,23 @@ def _differences(old: dict[str, object], new: dict[str, object]) -> list[str]:
     return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
 
 
-def _recheck_encoded(f: h5py.File, split: str, skipped: set[str], chunk: int = 4096) -> int:
+def _retry_skipped(f: h5py.File) -> int:
+    """Unmark and unlist the images an interrupted build skipped as unreadable, so a resumed build tries them again
+    (they may have been fixed); returns how many."""
+    count = f["skipped"].shape[0]
+    if count:
+        for split in SPLITS:
+            encoded = f[f"splits/{split}/encoded"][:]
+            encoded[skipped_mask(f, split)] = False
+            f[f"splits/{split}/encoded"][:] = encoded
+        f["skipped"].resize((0,))
+    return count
+
+
+def _recheck_encoded(f: h5py.File, split: str, chunk: int = 4096) -> int:
     """Unmark rows flagged encoded whose stored vectors are not unit norm (a write cut short); returns how many."""
     group = f[f"splits/{split}"]
     encoded = group["encoded"][:]
-    paths = group["paths"].asstr()[()]
     bad = 0
     for start in range(0, len(encoded), chunk):
         stop = min(start + chunk, len(encoded))
@@ -151,9 +223,8 @@ def _recheck_encoded(f: h5py.File, split: str, skipped: set[str], chunk: int = 4
             views = np.linalg.norm(group["augmented"][start:stop].astype(np.float32), axis=-1)
             ok &= (np.abs(views - 1) < NORM_TOLERANCE).all(axis=1)
         for offset in np.flatnonzero(encoded[start:stop] & ~ok):
-            if str(paths[start + offset]) not in skipped:
-                encoded[start + offset] = False
-                bad += 1
+            encoded[start + offset] = False
+            bad += 1
     if bad:
         group["encoded"][:] = encoded
     return bad
@@ -224,6 +295,19 @@ def _encode_split(f: h5py.File, split: str, splits: DatasetSplits, clip: ClipMod
     f.flush()
 
 
+def _check_losses(f: h5py.File, temporary: Path) -> None:
+    """Refuse to finish a cache from which `--skip-bad` took a whole split, or every image of a class in the test
+    split or in a few-shot subset: results on it would be meaningless."""
+    losses = skipped_losses(f)
+    if not losses:
+        return
+    listed = "; ".join(losses[:LOSSES_LISTED]) + (f"; and {len(losses) - LOSSES_LISTED} more"
+                                                  if len(losses) > LOSSES_LISTED else "")
+    raise BuildError(f"{f['skipped'].shape[0]} unreadable images were skipped (--skip-bad), which leaves too little: "
+                     f"{listed}. Fix or replace those images and rerun: the build resumes from {temporary} and tries "
+                     "them again")
+
+
 def build(
     root: Path | str | None,
     dataset: str,
@@ -248,88 +332,95 @@ def build(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> BuildResult:
-    """Encode `dataset` with an open_clip model into an HDF5 cache at `out` (default `caches/<dataset>.h5`)."""
+    """Encode `dataset` with an open_clip model into an HDF5 cache at `out` (default `caches/<dataset>.h5`).
+
+    `workers` is capped at the CPUs available to the process: more decoding processes than CPUs only add overhead."""
     say = log or (lambda message: print(message, file=sys.stderr))
     started = time.perf_counter()
     _check_options(shots, seeds, views, batch_size, workers)
+    workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
     notes = list(splits.notes)
     out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
+    _check_out(out)
     phrases = load_attributes(Path(attributes) if attributes is not None else None)
-    clip = load_model(model, pretrained, device=device, precision=precision, quick_gelu=quick_gelu, seed=seed)
-    notes += clip.notes
-    for note in notes:
-        say(note)
-    if splits.test_only:
-        say(f"{splits.name} is test-only: no few-shot subsets (--shots/--seeds are ignored)")
-    templates = ensemble_templates(splits.template)
-    fields = _fingerprint(splits, clip, templates, phrases, views, seed, shots, seeds, full_train)
-    stats = BuildStats()
-
-    if out.exists() and not force:
-        stored, complete = _stored_fingerprint(out)
-        if stored is None:
-            raise BuildError(f"{out} exists and is not a lathadapter cache; pass --force to overwrite it, or choose "
-                             "another --out")
-        if stored != fields:
-            differs = ", ".join(_differences(stored, fields))
-            raise BuildError(f"{out} is a cache built differently (differs in: {differs}); pass --force to overwrite "
-                             "it, or choose another --out")
-        if complete:
-            say(f"{out} is up to date (same fingerprint {fingerprint_of(fields)})")
-            return BuildResult(out, "up to date", stats, notes)
-
-    indices, subsets = plan_layout(splits, shots, seeds, full_train)
-    items = {"train": splits.train, "val": splits.val, "test": splits.test}
-    layout = CacheLayout(
-        fingerprint=fields,
-        class_names=splits.class_names,
-        embed_dim=clip.embed_dim,
-        views=views,
-        paths={s: [items[s][i][0] for i in indices[s]] for s in SPLITS},
-        labels={s: [items[s][i][1] for i in indices[s]] for s in SPLITS},
-        subsets=subsets,
-        templates=templates,
-        attribute_phrases=phrases,
-        wnids=splits.wnids,
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(out.name + ".tmp")
-    status = "built"
-    f = None
-    if temporary.exists():
-        stored, _ = _stored_fingerprint(temporary)
-        if stored == fields:
-            f = h5py.File(temporary, "r+")
-            skipped = set(f["skipped"].asstr()[()])
-            redo = sum(_recheck_encoded(f, split, skipped) for split in SPLITS)
-            left = sum(len(missing_rows(f, split)) for split in SPLITS)
-            say(f"resuming the interrupted build in {temporary}: {left} images left to encode"
-                + (f" ({redo} partly written rows redone)" if redo else ""))
-            status = "resumed"
-        else:
-            say(f"discarding {temporary}: " + ("it is not readable" if stored is None else
-                "it was started with other settings"))
-    if f is None:
-        f = create(temporary, layout)
-    try:
-        tick = time.perf_counter()
-        per_template = [encode_texts(clip, [prompt(t, name) for name in splits.class_names]) for t in templates]
-        f["text/features"][...] = torch.stack(per_template).numpy().astype(np.float16)
-        if phrases:
-            f["attributes/features"][...] = encode_texts(clip, phrases).numpy().astype(np.float16)
-        f.flush()
-        stats.text_seconds = time.perf_counter() - tick
-        with _progress(progress) as bars:
-            for split in SPLITS:
-                _encode_split(f, split, splits, clip, views, seed, batch_size, workers, skip_bad, bars, stats)
-        finalize(f, temporary, out)
-    finally:
-        if f.id.valid:
+    with build_lock(out):
+        clip = load_model(model, pretrained, device=device, precision=precision, quick_gelu=quick_gelu, seed=seed)
+        notes += clip.notes
+        for note in notes:
+            say(note)
+        if splits.test_only:
+            say(f"{splits.name} is test-only: no few-shot subsets (--shots/--seeds are ignored)")
+        templates = ensemble_templates(splits.template)
+        fields = _fingerprint(splits, clip, templates, phrases, views, seed, shots, seeds, full_train)
+        stats = BuildStats()
+
+        if out.exists() and not force:
+            stored, complete = _stored_fingerprint(out)
+            if stored is None:
+                raise BuildError(f"{out} exists and is not a lathadapter cache; pass --force to overwrite it, or "
+                                 "choose another --out")
+            if stored != fields:
+                differs = ", ".join(_differences(stored, fields))
+                raise BuildError(f"{out} is a cache built differently (differs in: {differs}); pass --force to "
+                                 "overwrite it, or choose another --out")
+            if complete:
+                say(f"{out} is up to date (same fingerprint {fingerprint_of(fields)})")
+                return BuildResult(out, "up to date", stats, notes)
+
+        indices, subsets = plan_layout(splits, shots, seeds, full_train)
+        items = {"train": splits.train, "val": splits.val, "test": splits.test}
+        layout = CacheLayout(
+            fingerprint=fields,
+            class_names=splits.class_names,
+            embed_dim=clip.embed_dim,
+            views=views,
+            paths={s: [items[s][i][0] for i in indices[s]] for s in SPLITS},
+            labels={s: [items[s][i][1] for i in indices[s]] for s in SPLITS},
+            subsets=subsets,
+            templates=templates,
+            attribute_phrases=phrases,
+            wnids=splits.wnids,
+        )
+        temporary = out.with_name(out.name + ".tmp")
+        status = "built"
+        f = None
+        if temporary.exists():
+            stored, _ = _stored_fingerprint(temporary)
+            if stored == fields:
+                f = h5py.File(temporary, "r+")
+                retried = _retry_skipped(f)
+                redo = sum(_recheck_encoded(f, split) for split in SPLITS)
+                left = sum(len(missing_rows(f, split)) for split in SPLITS)
+                say(f"resuming the interrupted build in {temporary}: {left} images left to encode"
+                    + (f" ({redo} partly written rows redone)" if redo else "")
+                    + (f" ({retried} images skipped as unreadable tried again)" if retried else ""))
+                status = "resumed"
+            else:
+                say(f"discarding {temporary}: " + ("it is not readable" if stored is None else
+                    "it was started with other settings"))
+        if f is None:
+            f = create(temporary, layout)
+        try:
+            tick = time.perf_counter()
+            per_template = [encode_texts(clip, [prompt(t, name) for name in splits.class_names]) for t in templates]
+            f["text/features"][...] = torch.stack(per_template).numpy().astype(np.float16)
+            if phrases:
+                f["attributes/features"][...] = encode_texts(clip, phrases).numpy().astype(np.float16)
             f.flush()
-            f.close()
+            stats.text_seconds = time.perf_counter() - tick
+            with _progress(progress) as bars:
+                for split in SPLITS:
+                    _encode_split(f, split, splits, clip, views, seed, batch_size, workers, skip_bad, bars, stats)
+            _check_losses(f, temporary)
+            finalize(f, temporary, out)
+        finally:
+            if f.id.valid:
+                f.flush()
+                f.close()
     if stats.skipped:
-        say(f"skipped {stats.skipped} unreadable images (listed in the cache's `skipped`)")
+        say(f"skipped {stats.skipped} unreadable images (listed in the cache's `skipped`; left out of every subset "
+            "and split)")
     stats.total_seconds = time.perf_counter() - started
     return BuildResult(out, status, stats, notes)
-

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import socket
+import zipfile
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -103,12 +104,11 @@ def resolve_model_name(model: str) -> tuple[str, dict[str, object] | None]:
 
 
 def _looks_like_openai(checkpoint: Path) -> bool:
-    """A checkpoint file of OpenAI weights: named so, or a TorchScript archive (OpenAI's own .pt files)."""
-    if "openai" in str(checkpoint).lower():
+    """A checkpoint file of OpenAI weights: its file name says so, or it is a TorchScript archive (OpenAI's own .pt
+    files). Only the file itself decides: the folders above it say nothing about the weights."""
+    if "openai" in checkpoint.name.lower():
         return True
     try:
-        import zipfile
-
         with zipfile.ZipFile(checkpoint) as archive:
             return any(name.endswith("constants.pkl") for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from lathadapter.cache.store import SCHEMA_VERSION, SPLITS, CacheReader, fingerprint_of
+from lathadapter.cache.store import SCHEMA_VERSION, SPLITS, CacheReader, fingerprint_of, skipped_losses
 
 NORM_TOLERANCE = 1e-2  # float16 storage keeps unit vectors within ~1e-3 of norm 1
 CHUNK_ROWS = 4096
@@ -59,34 +59,52 @@ def summary(path: str | Path) -> list[tuple[str, str]]:
     ]
 
 
-def _check_vectors(problems: list[str], name: str, data: h5py.Dataset, exempt: np.ndarray | None = None) -> None:
-    """Finite values and unit norms along the last axis, read in chunks; `exempt` rows must be all zero instead."""
+def _check_vectors(problems: list[str], name: str, data: h5py.Dataset, skipped: np.ndarray | None = None) -> None:
+    """Finite values and unit norms along the last axis, read in chunks, naming the first bad row of each kind.
+
+    Every vector of a row (one per view, or per class for text) must be unit norm; an all-zero vector is flagged like
+    a NaN, except in the rows of images skipped by `--skip-bad` (`skipped`), which must be all zero."""
+    first: dict[str, int] = {}
+    count: Counter[str] = Counter()
+    off_norm = 0.0
     for start in range(0, data.shape[0], CHUNK_ROWS):
         block = data[start:start + CHUNK_ROWS].astype(np.float32)
-        if not np.isfinite(block).all():
-            problems.append(f"{name}: non-finite values in rows {start}..{start + len(block) - 1}")
-            return
         if block.size == 0:
             continue
-        norms = np.linalg.norm(block, axis=-1).reshape(len(block), -1)
-        off = np.abs(norms - 1) >= NORM_TOLERANCE
-        if exempt is not None:
-            skipped = exempt[start:start + len(block)]
-            if np.any(norms[skipped] != 0):
-                problems.append(f"{name}: skipped rows should hold zeros")
-                return
-            off[skipped] = False
-        if off.any():
-            row = start + int(np.flatnonzero(off.any(axis=1))[0])
-            problems.append(f"{name}: row {row} is not unit norm (norm {norms[row - start].min():.4f})")
-            return
+        vectors = block.reshape(len(block), -1, block.shape[-1])
+        finite = np.isfinite(vectors).all(axis=(1, 2))
+        norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0), axis=-1)
+        exempt = skipped[start:start + len(block)] if skipped is not None else np.zeros(len(block), dtype=bool)
+        zero = finite & ~exempt & (norms == 0).any(axis=1)
+        kinds = {
+            "non-finite": ~finite,
+            "zero": zero,
+            "norm": finite & ~exempt & ~zero & (np.abs(norms - 1) >= NORM_TOLERANCE).any(axis=1),
+            "skipped": finite & exempt & (norms != 0).any(axis=1),
+        }
+        for kind, mask in kinds.items():
+            hits = np.flatnonzero(mask)
+            if len(hits) and kind not in first:
+                first[kind] = start + int(hits[0])
+                if kind == "norm":
+                    off_norm = float(norms[hits[0]][np.argmax(np.abs(norms[hits[0]] - 1))])
+            count[kind] += len(hits)
+    what = {
+        "non-finite": "holds non-finite values (NaN or infinity)",
+        "zero": "is all zero, and is not the row of an image skipped by --skip-bad",
+        "norm": f"is not unit norm (norm {off_norm:.4f})",
+        "skipped": "is the row of an image skipped by --skip-bad but is not all zero",
+    }
+    for kind, row in first.items():
+        more = f" (and {count[kind] - 1} more rows)" if count[kind] > 1 else ""
+        problems.append(f"{name}: row {row} {what[kind]}{more}")
 
 
 def _expect(problems: list[str], f: h5py.File, name: str, shape: tuple[int, ...], kind: str) -> bool:
-    if name not in f:
+    data = f.get(name)
+    if not isinstance(data, h5py.Dataset):
         problems.append(f"missing dataset {name}")
         return False
-    data = f[name]
     if data.shape != shape:
         problems.append(f"{name}: shape {data.shape}, expected {shape}")
         return False
@@ -97,28 +115,43 @@ def _expect(problems: list[str], f: h5py.File, name: str, shape: tuple[int, ...]
     return True
 
 
-def _check_subsets(problems: list[str], f: h5py.File, counts: dict[str, int]) -> None:
-    labels = {split: f[f"splits/{split}/labels"][()] for split in ("train", "val")}
+def _check_subsets(problems: list[str], f: h5py.File, counts: dict[str, int], labels: dict[str, np.ndarray]) -> bool:
+    """Subset rows within their split, without repeats, at most `shots` (`min(shots, 4)` for val) per class; returns
+    whether every subset's rows are usable. `labels` holds the splits whose labels are sound."""
+    usable = True
     for key, group in f.get("subsets", {}).items():
         shots = int(group.attrs.get("shots", 0))
         for split, cap in (("train", shots), ("val", min(shots, 4))):
-            if split not in group:
-                problems.append(f"subsets/{key}: missing {split}")
+            data = group.get(split)
+            if not isinstance(data, h5py.Dataset) or data.ndim != 1 or data.dtype.kind not in "iu":
+                problems.append(f"missing dataset subsets/{key}/{split}" if data is None else
+                                f"subsets/{key}/{split}: not a list of row indices")
+                usable = False
                 continue
-            rows = group[split][()]
-            if rows.size and (rows.min() < 0 or rows.max() >= counts[split]):
-                problems.append(f"subsets/{key}/{split}: row indices outside 0..{counts[split] - 1}")
+            rows = data[()]
+            if split not in counts:
+                usable = False
+                continue
+            outside = rows[(rows < 0) | (rows >= counts[split])]
+            if len(outside):
+                problems.append(f"subsets/{key}/{split}: row indices outside 0..{counts[split] - 1} "
+                                f"(row {int(outside[0])})")
+                usable = False
                 continue
             if len(np.unique(rows)) != len(rows):
                 problems.append(f"subsets/{key}/{split}: repeated rows")
-            per_class = Counter(labels[split][rows].tolist())
-            if per_class and max(per_class.values()) > cap:
-                problems.append(f"subsets/{key}/{split}: a class has {max(per_class.values())} images, above {cap}")
+            if split in labels:
+                per_class = Counter(labels[split][rows].tolist())
+                if per_class and max(per_class.values()) > cap:
+                    problems.append(f"subsets/{key}/{split}: a class has {max(per_class.values())} images, "
+                                    f"above {cap}")
+    return usable
 
 
 def verify(path: str | Path) -> list[str]:
-    """Every problem found in a cache file (an empty list means it passed): schema, shapes and dtypes, fingerprint,
-    completeness, finite values, unit norms, label and subset index bounds."""
+    """Every problem found in a cache file (an empty list means it passed): schema, missing datasets, shapes and
+    dtypes, fingerprint, completeness, finite, non-zero, unit-norm rows, label and subset index bounds, and what
+    `--skip-bad` left out (rows of skipped images must be zero; no split or class may have lost every image)."""
     path = Path(path)
     if not path.is_file():
         return [f"{path} does not exist"]
@@ -141,47 +174,50 @@ def verify(path: str | Path) -> list[str]:
         if not bool(f.attrs["complete"]):
             problems.append("the cache is marked incomplete (its build did not finish)")
         dim, views = int(f.attrs["embed_dim"]), int(f.attrs["views"])
-        if not _expect(problems, f, "classes/names", (f["classes/names"].shape[0],) if "classes/names" in f else (0,),
-                       "str"):
+        names = f.get("classes/names")
+        if not _expect(problems, f, "classes/names", names.shape if isinstance(names, h5py.Dataset) else (0,), "str"):
             return problems
-        num_classes = f["classes/names"].shape[0]
+        num_classes = names.shape[0]
         _expect(problems, f, "classes/wnids", (num_classes,), "str")
-        skipped_paths = set(f["skipped"].asstr()[()]) if "skipped" in f else set()
+        sound = _expect(problems, f, "skipped", f["skipped"].shape if "skipped" in f else (0,), "str")
+        skipped_paths = set(f["skipped"].asstr()[()]) if sound else set()
         counts: dict[str, int] = {}
+        labels: dict[str, np.ndarray] = {}
         for split in SPLITS:
             prefix = f"splits/{split}"
-            if f"{prefix}/paths" not in f:
-                problems.append(f"missing dataset {prefix}/paths")
-                return problems
-            n = counts[split] = f[f"{prefix}/paths"].shape[0]
-            shapes = [("paths", (n,), "str"), ("labels", (n,), "int64"), ("features", (n, dim), "float16"),
-                      ("encoded", (n,), "bool")] + ([("augmented", (n, views, dim), "float16")] if split == "train"
-                                                    else [])
-            if not all(_expect(problems, f, f"{prefix}/{name}", shape, kind) for name, shape, kind in shapes):
+            paths = f.get(f"{prefix}/paths")
+            if not _expect(problems, f, f"{prefix}/paths", paths.shape[:1] if isinstance(paths, h5py.Dataset) else (0,),
+                           "str"):
+                sound = False
                 continue
-            if not f[f"{prefix}/encoded"][()].all():
+            n = counts[split] = paths.shape[0]
+            if _expect(problems, f, f"{prefix}/labels", (n,), "int64"):
+                labels[split] = f[f"{prefix}/labels"][()]
+                if n and (labels[split].min() < 0 or labels[split].max() >= num_classes):
+                    problems.append(f"{prefix}/labels: values outside 0..{num_classes - 1}")
+                    sound = False
+            else:
+                sound = False
+            if _expect(problems, f, f"{prefix}/encoded", (n,), "bool") and not f[f"{prefix}/encoded"][()].all():
                 problems.append(f"{prefix}: {int((~f[f'{prefix}/encoded'][()]).sum())} rows not encoded")
-            labels = f[f"{prefix}/labels"][()]
-            if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-                problems.append(f"{prefix}/labels: values outside 0..{num_classes - 1}")
-            exempt = np.array([p in skipped_paths for p in f[f"{prefix}/paths"].asstr()[()]], dtype=bool)
-            _check_vectors(problems, f"{prefix}/features", f[f"{prefix}/features"], exempt)
-            if split == "train":
-                _check_vectors(problems, f"{prefix}/augmented", f[f"{prefix}/augmented"], exempt)
-        if "text/templates" in f:
+            skipped = np.fromiter((p in skipped_paths for p in paths.asstr()[()]), dtype=bool, count=n)
+            if _expect(problems, f, f"{prefix}/features", (n, dim), "float16"):
+                _check_vectors(problems, f"{prefix}/features", f[f"{prefix}/features"], skipped)
+            if split == "train" and _expect(problems, f, f"{prefix}/augmented", (n, views, dim), "float16"):
+                _check_vectors(problems, f"{prefix}/augmented", f[f"{prefix}/augmented"], skipped)
+        if _expect(problems, f, "text/templates", f["text/templates"].shape[:1] if "text/templates" in f else (0,),
+                   "str"):
             templates = f["text/templates"].shape[0]
             if templates == 0:
                 problems.append("text/templates is empty")
             if _expect(problems, f, "text/features", (templates, num_classes, dim), "float16"):
                 _check_vectors(problems, "text/features", f["text/features"])
-        else:
-            problems.append("missing dataset text/templates")
-        if "attributes/phrases" in f:
+        if _expect(problems, f, "attributes/phrases",
+                   f["attributes/phrases"].shape[:1] if "attributes/phrases" in f else (0,), "str"):
             phrases = f["attributes/phrases"].shape[0]
             if _expect(problems, f, "attributes/features", (phrases, dim), "float16"):
                 _check_vectors(problems, "attributes/features", f["attributes/features"])
-        else:
-            problems.append("missing dataset attributes/phrases")
-        if len(counts) == len(SPLITS) and not any(p.startswith("splits/") and "shape" in p for p in problems):
-            _check_subsets(problems, f, counts)
+        sound &= _check_subsets(problems, f, counts, labels)
+        if sound:
+            problems += skipped_losses(f)
     return problems

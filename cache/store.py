@@ -12,7 +12,8 @@ Schema (version 1). Root attributes: `schema_version`, `fingerprint` (hash of `f
 - `subsets/shots_{K}_seed_{S}/{train,val}` int64 row indices into `splits/train` and `splits/val`.
 - `text/templates` `[T]` str (templates[0] is the dataset's CoOp template); `text/features` `[T, C, D]` float16.
 - `attributes/phrases` `[A]` str; `attributes/features` `[A, D]` float16 (A may be 0).
-- `skipped` `[S]` str: images left out by `--skip-bad` (relative paths).
+- `skipped` `[S]` str: images left out by `--skip-bad` (relative paths). Their rows stay in their split, all
+  zeros, and the reader drops them from every subset and split it returns.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -135,7 +137,8 @@ def write_rows(f: h5py.File, split: str, rows: np.ndarray, features: np.ndarray,
 
 
 def mark_skipped(f: h5py.File, split: str, rows: np.ndarray, paths: Sequence[str]) -> None:
-    """Record images left out by `--skip-bad`: their rows count as done (zero features) and are listed."""
+    """Record images left out by `--skip-bad`: their rows count as done (zero features) and are listed, so every
+    reader drops them."""
     group = f[f"splits/{split}"]
     encoded = group["encoded"][:]
     encoded[np.asarray(rows, dtype=np.int64)] = True
@@ -144,6 +147,39 @@ def mark_skipped(f: h5py.File, split: str, rows: np.ndarray, paths: Sequence[str
     start = skipped.shape[0]
     skipped.resize((start + len(paths),))
     skipped[start:] = np.array(list(paths), dtype=object)
+
+
+def skipped_mask(f: h5py.File, split: str) -> np.ndarray:
+    """Which rows of `split` hold images left out by `--skip-bad` (bool `[N]`; paths are read only when some are)."""
+    paths = f[f"splits/{split}/paths"]
+    if f["skipped"].shape[0] == 0 or paths.shape[0] == 0:
+        return np.zeros(paths.shape[0], dtype=bool)
+    listed = set(f["skipped"].asstr()[()])
+    return np.fromiter((path in listed for path in paths.asstr()[()]), dtype=bool, count=paths.shape[0])
+
+
+def skipped_losses(f: h5py.File) -> list[str]:
+    """What images left out by `--skip-bad` took away entirely: a whole split, every test image of a class, or every
+    train image a few-shot subset drew of a class. Any of these makes results on the cache meaningless."""
+    names = _strings(f["classes/names"])
+    skipped = {split: skipped_mask(f, split) for split in SPLITS}
+    labels = {split: f[f"splits/{split}/labels"][()] for split in SPLITS}
+    losses = [f"the {split} split has no image left (all {len(skipped[split])} were skipped)"
+              for split in SPLITS if len(skipped[split]) and skipped[split].all()]
+    if losses:
+        return losses
+
+    def lost_classes(where: str, split: str, rows: np.ndarray) -> list[str]:
+        drawn = np.bincount(labels[split][rows], minlength=len(names))
+        left = np.bincount(labels[split][rows[~skipped[split][rows]]], minlength=len(names))
+        return [f"{where} has no image left of class {names[c]!r} (label {c}; all {drawn[c]} skipped)"
+                for c in np.flatnonzero((drawn > 0) & (left == 0))]
+
+    losses += lost_classes("the test split", "test", np.arange(len(labels["test"])))
+    for group in f.get("subsets", {}).values():
+        where = f"the few-shot subset shots={int(group.attrs['shots'])} seed={int(group.attrs['seed'])} (train)"
+        losses += lost_classes(where, "train", group["train"][()])
+    return losses
 
 
 def missing_rows(f: h5py.File, split: str) -> np.ndarray:
@@ -165,17 +201,23 @@ def finalize(f: h5py.File, temporary: Path, final: Path) -> None:
 
 def write_cache(path: Path, layout: CacheLayout, features: dict[str, np.ndarray], augmented: np.ndarray,
                 text_features: np.ndarray, attribute_features: np.ndarray | None = None) -> None:
-    """Write a whole cache at once (synthetic caches for tests and benchmarks), atomically."""
+    """Write a whole cache at once (synthetic caches for tests and benchmarks), atomically, through a temporary file
+    of a unique name beside `path`."""
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     f = create(temporary, layout)
-    for split in SPLITS:
-        write_rows(f, split, np.arange(len(layout.paths[split])), features[split],
-                   augmented if split == "train" else None)
-    f["text/features"][...] = text_features.astype(np.float16)
-    if attribute_features is not None and len(layout.attribute_phrases):
-        f["attributes/features"][...] = attribute_features.astype(np.float16)
-    finalize(f, temporary, path)
+    try:
+        for split in SPLITS:
+            write_rows(f, split, np.arange(len(layout.paths[split])), features[split],
+                       augmented if split == "train" else None)
+        f["text/features"][...] = text_features.astype(np.float16)
+        if attribute_features is not None and len(layout.attribute_phrases):
+            f["attributes/features"][...] = attribute_features.astype(np.float16)
+        finalize(f, temporary, path)
+    finally:
+        if f.id.valid:
+            f.close()
+        temporary.unlink(missing_ok=True)
 
 
 def _strings(dataset: h5py.Dataset) -> list[str]:
@@ -256,7 +298,9 @@ class CacheInfo:
 
 
 class CacheReader:
-    """Read-only access to a complete cache; validates the schema on open."""
+    """Read-only access to a complete cache; validates the schema on open.
+
+    Images left out by `--skip-bad` are dropped from everything it returns: subsets, val and test."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -276,6 +320,7 @@ class CacheReader:
         if not bool(self._file.attrs.get("complete", False)):
             self._file.close()
             raise CacheError(f"{self.path} is an incomplete cache (its build did not finish); rerun the build")
+        self._kept_rows: dict[str, np.ndarray] = {}
 
     def close(self) -> None:
         self._file.close()
@@ -295,6 +340,43 @@ class CacheReader:
     def fingerprint(self) -> str:
         return str(self._file.attrs["fingerprint"])
 
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """The dataset `name`, or a CacheError saying that the file lacks it (a damaged file, not a user mistake)."""
+        data = self._file.get(name)
+        if not isinstance(data, h5py.Dataset):
+            raise CacheError(f"{self.path} lacks the dataset {name}: the file is damaged. Run `lathadapter cache "
+                             f"verify {self.path}` to see what else is wrong, and rebuild it with `lathadapter cache "
+                             "build ... --force`")
+        return data
+
+    def _finite(self, name: str, values: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+        """`values` as they are, or a CacheError naming the first row (in the file, through `rows`) holding a NaN or
+        an infinity: such a row would silently turn a whole fit into NaN."""
+        if bool(torch.isfinite(values).all()):
+            return values
+        bad = ~torch.isfinite(values).reshape(len(values), -1).all(dim=1)
+        position = int(torch.nonzero(bad)[0, 0])
+        row = int(rows[position]) if rows is not None else position
+        raise CacheError(f"{self.path}: {name} row {row} holds non-finite values (NaN or infinity); the file is "
+                         f"damaged. Run `lathadapter cache verify {self.path}` and rebuild it with `--force`")
+
+    def _kept(self, split: str) -> np.ndarray:
+        """Whether each row of `split` is kept, i.e. not an image left out by `--skip-bad` (read once)."""
+        if split not in self._kept_rows:
+            self._dataset(f"splits/{split}/paths")  # a missing dataset is named, not a KeyError
+            self._dataset("skipped")
+            self._kept_rows[split] = ~skipped_mask(self._file, split)
+        return self._kept_rows[split]
+
+    @property
+    def dataset_name(self) -> str:
+        return str(json.loads(self._file.attrs["fingerprint_json"]).get("dataset", self.path.stem))
+
+    @property
+    def test_only(self) -> bool:
+        """A cache of a test-only dataset (the ImageNet variants): no train split and no few-shot subsets."""
+        return self._dataset("splits/train/labels").shape[0] == 0 and not self.subsets()
+
     def subsets(self) -> list[tuple[int, int]]:
         """The (shots, seed) pairs this cache holds, sorted."""
         group = self._file.get("subsets", {})
@@ -306,35 +388,50 @@ class CacheReader:
             path=self.path,
             fingerprint=self.fingerprint,
             fields=json.loads(f.attrs["fingerprint_json"]),
-            class_names=_strings(f["classes/names"]),
+            class_names=_strings(self._dataset("classes/names")),
             embed_dim=int(f.attrs["embed_dim"]),
             views=int(f.attrs["views"]),
-            counts={split: int(f[f"splits/{split}/labels"].shape[0]) for split in SPLITS},
+            counts={split: int(self._dataset(f"splits/{split}/labels").shape[0]) for split in SPLITS},
             subsets=self.subsets(),
-            templates=_strings(f["text/templates"]),
-            attribute_count=int(f["attributes/phrases"].shape[0]),
-            skipped=_strings(f["skipped"]),
+            templates=_strings(self._dataset("text/templates")),
+            attribute_count=int(self._dataset("attributes/phrases").shape[0]),
+            skipped=_strings(self._dataset("skipped")),
             size_bytes=self.path.stat().st_size,
         )
 
     def text_features(self, text: str = "coop") -> torch.Tensor:
         """Class text features `[C, D]`: the CoOp template (`coop`) or the normalised template mean (`ensemble`)."""
-        per_template = torch.from_numpy(self._file["text/features"][()].astype(np.float32))
+        if text not in ("coop", "ensemble"):
+            raise CacheError(f"unknown text features {text!r}; valid: coop, ensemble")
+        per_template = self._finite("text/features",
+                                    torch.from_numpy(self._dataset("text/features")[()].astype(np.float32)))
         if text == "coop":
             return _normalize(per_template[0])
-        if text == "ensemble":
-            return _normalize(_normalize(per_template).mean(dim=0))
-        raise CacheError(f"unknown text features {text!r}; valid: coop, ensemble")
+        return _normalize(_normalize(per_template).mean(dim=0))
 
-    def _split(self, split: str, rows: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
-        group = self._file[f"splits/{split}"]
-        features, labels = group["features"][()], group["labels"][()]
-        if rows is not None:
-            features, labels = features[rows], labels[rows]
-        return torch.from_numpy(features.astype(np.float32)), torch.from_numpy(labels.astype(np.int64))
+    def _attribute_features(self) -> torch.Tensor:
+        return self._finite("attributes/features",
+                            torch.from_numpy(self._dataset("attributes/features")[()].astype(np.float32)))
+
+    def _split(self, split: str, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean features and labels of `rows` (increasing) of `split`."""
+        features = self._dataset(f"splits/{split}/features")[()][rows]
+        labels = self._dataset(f"splits/{split}/labels")[()][rows]
+        features = self._finite(f"splits/{split}/features", torch.from_numpy(features.astype(np.float32)), rows)
+        return features, torch.from_numpy(labels.astype(np.int64))
+
+    def _test(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.flatnonzero(self._kept("test"))
+        return self._split("test", rows)
 
     def subset_rows(self, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row indices of the (`shots`, `seed`) subset into `splits/train` and `splits/val`, in Dassl's order."""
+        """Row indices of the (`shots`, `seed`) subset into `splits/train` and `splits/val`, in Dassl's order, less
+        the images left out by `--skip-bad` (so a class may have fewer than `shots` of them)."""
+        if self.test_only:
+            raise CacheError(
+                f"{self.path} holds only a test split ({self.dataset_name} has no train split), so no few-shot "
+                "subsets: use it as a --target of the cross-dataset or domain protocols, not for fit"
+            )
         key = f"subsets/{subset_key(shots, seed)}"
         if key not in self._file:
             held = ", ".join(f"shots={k} seed={s}" for k, s in self.subsets()) or "none"
@@ -342,25 +439,35 @@ class CacheReader:
                 f"{self.path} holds no few-shot subset with shots={shots} seed={seed}; it holds: {held}. "
                 "Rebuild the cache with `--shots`/`--seeds` that include it."
             )
-        return self._file[f"{key}/train"][()], self._file[f"{key}/val"][()]
+        kept = []
+        for split in ("train", "val"):
+            rows = self._dataset(f"{key}/{split}")[()]
+            count = self._dataset(f"splits/{split}/labels").shape[0]
+            outside = rows[(rows < 0) | (rows >= count)]
+            if len(outside):
+                raise CacheError(f"{self.path}: {key}/{split} holds row {int(outside[0])}, outside splits/{split} "
+                                 f"(rows 0..{count - 1}); the file is damaged. Run `lathadapter cache verify "
+                                 f"{self.path}` and rebuild it with `--force`")
+            kept.append(rows[self._kept(split)[rows]])
+        return kept[0], kept[1]
 
     def load(self, shots: int, seed: int, *, text: str = "coop", device: str | torch.device = "cpu") -> FewShotData:
         """Load one few-shot subset's train/val tensors, the whole test split and the text features, once."""
-        f = self._file
         train_rows, val_rows = self.subset_rows(shots, seed)
         order = np.argsort(train_rows, kind="stable")  # h5py fancy indexing wants increasing indices
         sorted_rows = train_rows[order]
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         train_features, train_labels = self._split("train", sorted_rows)
-        views = torch.from_numpy(f["splits/train/augmented"][sorted_rows].astype(np.float32))
+        views = self._finite("splits/train/augmented", torch.from_numpy(
+            self._dataset("splits/train/augmented")[sorted_rows].astype(np.float32)), sorted_rows)
         val_features, val_labels = self._split("val", np.sort(val_rows))
-        test_features, test_labels = self._split("test", None)
-        wnids = _strings(f["classes/wnids"])
+        test_features, test_labels = self._test()
+        wnids = _strings(self._dataset("classes/wnids"))
         data = FewShotData(
-            class_names=_strings(f["classes/names"]),
+            class_names=_strings(self._dataset("classes/names")),
             text_features=self.text_features(text),
-            attribute_features=torch.from_numpy(f["attributes/features"][()].astype(np.float32)),
+            attribute_features=self._attribute_features(),
             train_features=train_features[inverse],
             train_views=views[inverse],
             train_labels=train_labels[inverse],
@@ -376,15 +483,15 @@ class CacheReader:
     def load_test(self, *, text: str = "coop", device: str | torch.device = "cpu") -> FewShotData:
         """Load only the test split and the text features (a cross-dataset or domain-shift target)."""
         f = self._file
-        test_features, test_labels = self._split("test", None)
+        test_features, test_labels = self._test()
         dim = int(f.attrs["embed_dim"])
         empty = torch.zeros(0, dim)
         no_labels = torch.zeros(0, dtype=torch.long)
-        wnids = _strings(f["classes/wnids"])
+        wnids = _strings(self._dataset("classes/wnids"))
         data = FewShotData(
-            class_names=_strings(f["classes/names"]),
+            class_names=_strings(self._dataset("classes/names")),
             text_features=self.text_features(text),
-            attribute_features=torch.from_numpy(f["attributes/features"][()].astype(np.float32)),
+            attribute_features=self._attribute_features(),
             train_features=empty, train_views=torch.zeros(0, int(f.attrs["views"]), dim), train_labels=no_labels,
             val_features=empty, val_labels=no_labels,
             test_features=test_features, test_labels=test_labels,

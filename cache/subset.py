@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 from lathadapter.cache.store import CacheReader
@@ -10,7 +12,8 @@ from lathadapter.cache.store import CacheReader
 
 def export_subset(path: str | Path, shots: int, seed: int) -> dict[str, object]:
     """The (`shots`, `seed`) subset of a cache: train and val lists of `[relative_path, label, classname]` in Dassl's
-    draw order, paths as in the dataset's split file (relative to its image folder), plus provenance."""
+    draw order, paths as in the dataset's split file (relative to its image folder), plus provenance. Images left out
+    by `--skip-bad` are omitted, as they are from what a fit loads."""
     with CacheReader(path) as reader:
         train_rows, val_rows = reader.subset_rows(shots, seed)
         info = reader.info()
@@ -53,9 +56,16 @@ def to_json(subset: dict[str, object]) -> str:
 
 
 def write_subset(path: str | Path, shots: int, seed: int, out: str | Path | None = None) -> str:
-    """The subset's JSON text; also written to `out` when given."""
+    """The subset's JSON text; also written to `out` when given, atomically (a unique temporary file beside it is
+    renamed into place, so a reader never sees half a file)."""
     text = to_json(export_subset(path, shots, seed))
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            temporary.write_text(text + "\n")
+            os.replace(temporary, out)
+        finally:
+            temporary.unlink(missing_ok=True)
     return text

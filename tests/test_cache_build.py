@@ -23,7 +23,7 @@ import lathadapter.cache.build as build_module
 from lathadapter.cache.build import BuildError, build
 from lathadapter.cache.encode import augmented_views, view_seed
 from lathadapter.cache.inspection import verify
-from lathadapter.cache.store import CacheReader
+from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.cache.subset import export_subset
 from lathadapter.cache.templates import load_attributes
 
@@ -213,11 +213,13 @@ def test_resume_after_a_killed_build_gives_the_uninterrupted_cache(reference: Pa
     assert killed.returncode == -9, killed.stderr
     temporary = out.with_name("shapes.h5.tmp")
     assert temporary.is_file() and not out.exists()
+    assert out.with_name("shapes.h5.lock").read_text().strip().isdigit(), "the killed build left its lock file"
     with h5py.File(temporary, "r") as f:
         assert int(f["splits/train/encoded"][()].sum()) == 2 * BATCH, "two batches were written before the kill"
         left = sum(int((~f[f"splits/{s}/encoded"][()]).sum()) for s in ("train", "val", "test"))
     result = _build(coop_dataset, tiny_clip, out)
     assert result.status == "resumed" and result.stats.images == left
+    assert not out.with_name("shapes.h5.lock").exists()
     _assert_same_cache(reference, out)
 
 
@@ -270,6 +272,7 @@ def test_unreadable_image_stops_the_build_unless_skip_bad(coop_dataset, tiny_cli
         assert reader.info().skipped == [bad]
         paths = list(reader.file["splits/test/paths"].asstr()[()])
         assert not reader.file["splits/test/features"][paths.index(bad)].any()
+        assert reader.load_test().test_labels.shape[0] == len(paths) - 1, "the reader drops the skipped image"
     missing = tmp_path / "missing.h5"
     (tmp_path / "small" / bad).unlink()
     with pytest.raises(BuildError, match=f"cannot read image {tmp_path / 'small' / bad}"):
@@ -321,5 +324,7 @@ def test_imagenet_build_has_train_subsets_only_and_keeps_wnids(coop_dataset, tin
     with CacheReader(rendition) as reader:
         assert reader.subsets() == [] and reader.info().counts == {"train": 0, "val": 0, "test": 16}
         test = reader.load_test()
+        with pytest.raises(CacheError, match="holds only a test split .imagenet_r has no train split.*--target"):
+            reader.load(2, 1)
     assert test.wnids == ["n01440764", "n01484850"] and sorted(set(test.test_labels.tolist())) == [0, 1]
     assert verify(rendition) == []

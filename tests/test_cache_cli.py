@@ -67,6 +67,8 @@ def test_verify_passes_a_good_cache_and_names_each_problem(built: Path, tmp_path
                     lambda f: f["subsets/shots_2_seed_1/train"].__setitem__(0, rows)),
         "labels": ("values outside 0..7", lambda f: f["splits/val/labels"].__setitem__(0, 8)),
         "fingerprint": ("fingerprint does not match", lambda f: f.attrs.__setitem__("fingerprint", "0" * 16)),
+        "zero row": ("splits/val/features: row 2 is all zero", lambda f: f["splits/val/features"].__setitem__(2, 0)),
+        "deleted": ("missing dataset splits/test/features", lambda f: f.__delitem__("splits/test/features")),
     }
     for name, (message, damage) in damages.items():
         broken = tmp_path / f"{name.replace('/', '_')}.h5"

@@ -75,6 +75,16 @@ def test_openai_checkpoint_file_gets_quick_gelu(tiny_clip, tmp_path: Path) -> No
     assert clip.fields["checkpoint_sha256"] == plain.fields["checkpoint_sha256"]
 
 
+def test_a_folder_named_openai_does_not_decide_quick_gelu(tiny_clip, tmp_path: Path) -> None:
+    """Only the checkpoint file decides (the `openai` tag's case is in test_quick_gelu_follows_the_weights)."""
+    checkpoint = tmp_path / "openai" / "weights.pt"
+    checkpoint.parent.mkdir()
+    shutil.copy(tiny_clip.checkpoint, checkpoint)
+    clip = load_model(str(tiny_clip.config), str(checkpoint), device="cpu")
+    assert clip.fields["quick_gelu"] is False and not clip.notes
+    assert not isinstance(clip.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
 def test_model_config_json_is_registered_and_recorded(tiny_clip) -> None:
     clip = load_model(str(tiny_clip.config), "none", device="cpu", seed=3)
     again = load_model(str(tiny_clip.config), "none", device="cpu", seed=3)
