@@ -216,6 +216,18 @@ def fit(
                f"train {metrics['train_seconds']:.2f} s, eval {metrics['eval_seconds']:.2f} s → {metrics['run_dir']}")
 
 
+def _counts(summary: dict) -> str:
+    elsewhere = f", {summary['elsewhere']} left to another process" if summary.get("elsewhere") else ""
+    return f"{summary['done']} run, {summary['skipped']} already done{elsewhere}"
+
+
+def _print_results(summary: dict) -> None:
+    """The result table of a finished grid or protocol, as `report` writes it."""
+    from lathadapter.experiments.report import summary_markdown
+
+    typer.echo(summary_markdown(Path(summary["results"])))
+
+
 @app.command()
 def grid(
     cache: list[str] = typer.Option([], help="Cache file(s) (repeatable; default: the one cache under caches/)."),
@@ -253,8 +265,9 @@ def grid(
         summary = run_grid(GridSpec(**axes), out, resolve_device(device))
     except (ValueError, OSError) as error:
         _fail(error)
-    typer.echo(f"grid: {summary['runs']} runs ({summary['done']} run, {summary['skipped']} already done) in "
-               f"{summary['seconds']:.1f} s → {summary['results']}")
+    _print_results(summary)
+    typer.echo(f"grid: {summary['runs']} runs ({_counts(summary)}) in {summary['seconds']:.1f} s → "
+               f"{summary['results']}")
 
 
 @app.command()
@@ -285,22 +298,24 @@ def protocol(
                                _int_list("--shots", shots) if shots else None, resolve_device(device))
     except (ValueError, OSError) as error:
         _fail(error)
-    typer.echo(f"{name}: {summary['runs']} runs ({summary['done']} run, {summary['skipped']} already done) "
-               f"→ {summary['results']}")
+    _print_results(summary)
+    typer.echo(f"{name}: {summary['runs']} runs ({_counts(summary)}) → {summary['results']}")
 
 
 @app.command()
 def report(
-    results: Path = typer.Argument(..., help="A results.csv written by `grid` or `protocol`."),
-    out: Path | None = typer.Option(None, help="Report folder (default: <results folder>/report)."),
+    results: Path = typer.Argument(..., help="A results.csv written by `grid` or `protocol`, a grid folder, or a "
+                                   "folder of `fit` run directories."),
+    out: Path | None = typer.Option(None, help="Report folder (default: report/ inside the folder, or beside the "
+                                    "results.csv)."),
     disk_run: Path | None = typer.Option(None, help="LatHAdapter run directory for the Poincaré-disk picture "
                                          "(default: the table's last lathadapter run)."),
 ) -> None:
-    """Write paper-style tables (markdown, CSV) and plots from a results table."""
+    """Write paper-style tables (markdown, CSV) and plots: one row per configuration, mean ± std over seeds."""
     from lathadapter.experiments.report import write_report
 
     try:
-        written = write_report(results, out or results.parent / "report", disk_run)
+        written = write_report(results, out, disk_run)
     except (ValueError, OSError) as error:
         _fail(error)
     typer.echo(written["markdown"])

@@ -16,7 +16,7 @@ from typing import Any
 
 from lathadapter.adapter.evaluate import evaluate, evaluate_mapped
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData
-from lathadapter.experiments.grid import GridRun, GridSpec, expand, iterate
+from lathadapter.experiments.grid import RESULTS, STATES, GridRun, GridSpec, expand, iterate
 from lathadapter.experiments.run import RunOutcome
 
 PROTOCOLS = ("few-shot", "base-to-novel", "cross-dataset", "domain")
@@ -92,7 +92,8 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
                  targets: list[str] | None = None, options: dict[str, list[str]] | None = None,
                  text: str = "coop", shots: list[int] | None = None, device: str = "cpu",
                  progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) one protocol into `out`; its results table is `out/results.csv`."""
+    """Run (or resume) one protocol into `out`; its results table is `out/results.csv`. Returns the counts of runs
+    done, skipped (finished before) and left to another process (elsewhere), as `run_grid` does."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots)
     runs = expand(spec)
     extra, salt = None, ""
@@ -100,5 +101,5 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
         extra = Targets(list(targets or []), device, mapped=protocol == "domain")
         salt = extra.salt
     states = [state for _, state in iterate(runs, out, device, progress, extra, salt)]
-    return {"protocol": protocol, "runs": len(runs), "done": states.count("done"),
-            "skipped": states.count("skipped"), "results": str(out / "results.csv")}
+    return {"protocol": protocol, "runs": len(runs), **{state: states.count(state) for state in STATES},
+            "results": str(out / RESULTS)}

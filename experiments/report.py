@@ -1,16 +1,27 @@
-"""Paper-style tables (markdown and CSV) and plots from a results table.
+"""Paper-style tables (markdown and CSV) and plots from a results table, a grid folder or a folder of `fit` runs.
 
-Every number in a table is the mean ± std (sample std, n − 1) over seeds of the results table's rows with the same
-dataset, method and setting; the Average column or row is the mean of the per-dataset means. Base-to-novel HM is
-computed from the mean base and mean novel accuracies, as papers report it.
+A table row is one configuration: a method with its settings (text features, model selection and every option);
+a cell is that configuration's mean ± sample std (n − 1) over seeds on one dataset cache at one number of shots.
+Configurations are never pooled. When settings vary among one method's rows, each configuration has its own row,
+labelled by what varies (`lathadapter curvature=0.5`), and each varied setting gets an ablation table of that
+method: every configuration, the setting's value first and the other varied settings beside it, sorted so that
+consecutive rows with the same other settings form one ablation. A dataset name with several cache fingerprints is
+several datasets, labelled `caltech101 (fp 1a2b3c4d)`. Averages over datasets or targets are means of a
+configuration's per-dataset means; base-to-novel HM comes from the mean base and mean novel accuracies, as papers
+report it. Plots draw one line or bar group per configuration, with error bars over seeds.
+
+Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable) or `—` (no run); each CSV has
+`<column> mean`, `<column> std` and `<column> n` (seeds) columns, empty where there is no number.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,152 +33,349 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from lathadapter.adapter.catalog import method_names  # noqa: E402
+from lathadapter.experiments.grid import RESULTS, ResultsError, as_table, finished_runs, run_rows  # noqa: E402
+
+# The columns the report reads; `opt.*` columns (every option) are read too.
+REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
+            "acc_all", "acc_base", "acc_novel")
+SETTINGS = ("text", "select")  # with the `opt.*` columns: what makes a configuration, besides the method
+EXPECTED = f"expected a {RESULTS} written by `lathadapter grid` or `protocol`"
 
 
-def read_results(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"results table {path} does not exist; run `lathadapter grid` or a protocol first")
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+@dataclass
+class Results:
+    """A results table's rows (as the CSV's strings), where they were read, and the run directories by run key."""
+
+    source: Path
+    rows: list[dict[str, str]]
+    run_dirs: dict[str, Path]
 
 
-def _value(text: str) -> float | None:
-    return None if text in ("", None) else float(text)
+def load_results(path: Path) -> Results:
+    """Read a results.csv, a grid folder's results.csv, or run directories (one, a folder of them as `fit --out`
+    writes, or a grid folder's `runs/`), whose rows are built as a grid builds them."""
+    if not path.exists():
+        raise ResultsError(f"{path} does not exist; expected a {RESULTS}, a grid folder or a folder of "
+                           "`lathadapter fit` run directories")
+    if path.is_dir() and not (path / RESULTS).is_file():
+        dirs = [path] if (path / "metrics.json").is_file() else finished_runs(path) or finished_runs(path / "runs")
+        if not dirs:
+            raise ResultsError(f"{path} holds neither a {RESULTS} nor run directories (folders with config.json and "
+                               "metrics.json)")
+        # a grid's run directory is named by its key; `fit` ends the name with `-<key>`
+        return Results(path, as_table(run_rows(dirs))[1], {d.name.rsplit("-", 1)[-1]: d for d in dirs})
+    table = path / RESULTS if path.is_dir() else path
+    try:
+        with table.open(newline="") as f:
+            reader = csv.DictReader(f, restval="")
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ResultsError(f"{table} is not a CSV file ({error}); {EXPECTED}") from None
+    if not columns:
+        raise ResultsError(f"{table} is empty; {EXPECTED}")
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise ResultsError(f"{table} lacks the columns {', '.join(missing)}; {EXPECTED}")
+    if not rows:
+        raise ResultsError(f"{table} has a header but no rows; {EXPECTED}")
+    return Results(table, rows, {d.name: d for d in finished_runs(table.parent / "runs")})
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What a table row stands for: a method and its settings, (column, value) for text, select and every option
+    column of the table (empty where the method has no such option). Seeds vary within it."""
+
+    method: str
+    settings: tuple[tuple[str, str], ...]
+
+    def value(self, column: str) -> str:
+        return dict(self.settings)[column]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One results row, parsed: the dataset's label, the configuration, shots, class protocol, transfer target and
+    accuracies (None: not applicable); rows that differ only in their seed make one cell."""
+
+    dataset: str
+    config: Configuration
+    shots: int
+    classes: str
+    target: str
+    acc_all: float | None
+    acc_base: float | None
+    acc_novel: float | None
+
+
+def _number(text: str) -> float | None:
+    return None if text == "" else float(text)
+
+
+def dataset_labels(rows: list[dict[str, str]]) -> dict[tuple[str, str], str]:
+    """(dataset, fingerprint) → the dataset's label: its name, with the fingerprint's first 8 hex digits when the
+    name has several fingerprints among the rows (different caches are reported apart)."""
+    fingerprints: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        fingerprints[row["dataset"]].add(row["fingerprint"])
+    return {(name, fp): name if len(fps) == 1 else f"{name} (fp {fp[:8]})"
+            for name, fps in fingerprints.items() for fp in fps}
+
+
+def records(results: Results) -> list[Record]:
+    """The rows as typed records; a malformed number names its row."""
+    columns = list(SETTINGS) + sorted({c for row in results.rows for c in row if c.startswith("opt.")})
+    labels = dataset_labels(results.rows)
+    parsed = []
+    for i, row in enumerate(results.rows, 1):
+        try:
+            parsed.append(Record(labels[(row["dataset"], row["fingerprint"])],
+                                 Configuration(row["method"], tuple((c, row.get(c, "")) for c in columns)),
+                                 int(row["shots"]), row["classes"], row["target"],
+                                 _number(row["acc_all"]), _number(row["acc_base"]), _number(row["acc_novel"])))
+        except ValueError as error:
+            raise ResultsError(f"{results.source}: row {i}: {error}") from None
+    return parsed
 
 
 @dataclass(frozen=True)
 class Cell:
-    """Mean ± std over seeds of one table cell (None: not applicable)."""
+    """A table cell: a mean with its sample std (n − 1) over n seeds (no std for one seed), a derived mean (an
+    average or HM: no std, no n), not applicable (no mean), or no run at all (missing)."""
 
-    values: tuple[float, ...]
+    mean: float | None = None
+    std: float | None = None
+    n: int | None = None
+    missing: bool = False
 
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
+    @classmethod
+    def over_seeds(cls, values: list[float | None]) -> Cell:
+        known = [v for v in values if v is not None]
+        if not known:
+            return cls()
+        return cls(statistics.fmean(known), statistics.stdev(known) if len(known) > 1 else None, len(known))
 
-    @property
-    def std(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+    @classmethod
+    def mean_of(cls, cells: list[Cell]) -> Cell:
+        """The mean of the cells' means (an average over datasets or targets)."""
+        if not cells or any(c.missing for c in cells):
+            return MISSING
+        if any(c.mean is None for c in cells):
+            return cls()
+        return cls(statistics.fmean(c.mean for c in cells if c.mean is not None))
+
+    @classmethod
+    def hm(cls, base: Cell, novel: Cell) -> Cell:
+        """The harmonic mean of a mean base and a mean novel accuracy."""
+        if base.missing or novel.missing:
+            return MISSING
+        if base.mean is None or novel.mean is None:
+            return cls()
+        return cls(2 * base.mean * novel.mean / max(base.mean + novel.mean, 1e-12))
 
     def text(self) -> str:
+        if self.missing:
+            return "—"
         if self.mean is None:
             return "n/a"
-        return f"{self.mean:.2f} ± {self.std:.2f}" if len(self.values) > 1 else f"{self.mean:.2f}"
+        return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+
+    def numbers(self) -> list[str]:
+        """Mean, std and n for a CSV, empty where there is none."""
+        return ["" if v is None else str(v) for v in (self.mean, self.std, self.n)]
 
 
-def _ordered(methods: set[str]) -> list[str]:
-    """Methods in the catalog's order (zero-shot first, LatHAdapter last), unknown names after them."""
-    order = method_names()
-    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
+MISSING = Cell(missing=True)
 
 
-def _cells(rows: list[dict[str, str]], key: tuple[str, ...], metric: str) -> dict[tuple[str, ...], Cell]:
-    grouped: dict[tuple[str, ...], list[float]] = defaultdict(list)
-    present: set[tuple[str, ...]] = set()
-    for row in rows:
-        k = tuple(row[c] for c in key)
-        present.add(k)
-        value = _value(row[metric])
-        if value is not None:
-            grouped[k].append(value)
-    return {k: Cell(tuple(grouped.get(k, []))) for k in present}
+def _over_seeds(records: list[Record], key: Callable[[Record], tuple], metric: str) -> dict[tuple, Cell]:
+    grouped: dict[tuple, list[float | None]] = defaultdict(list)
+    for record in records:
+        grouped[key(record)].append(getattr(record, metric))
+    return {k: Cell.over_seeds(values) for k, values in grouped.items()}
 
 
 @dataclass
 class Table:
-    """A titled table: header and rows of strings (markdown) plus the numeric means (CSV)."""
+    """A titled table: label columns (`lead`) and value columns of cells, one row per configuration."""
 
     name: str
     title: str
-    header: list[str]
-    rows: list[list[str]]
+    lead: list[str]
+    columns: list[str]
+    rows: list[tuple[list[str], list[Cell]]]
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
-                 "|" + "|".join(" --- " for _ in self.header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        header = self.lead + self.columns
+        lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
+                 "|" + "|".join(" --- " for _ in header) + "|"]
+        lines += ["| " + " | ".join(lead + [c.text() for c in cells]) + " |" for lead, cells in self.rows]
         return "\n".join(lines) + "\n"
 
     def write_csv(self, folder: Path) -> Path:
         path = folder / f"{self.name}.csv"
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(self.header)
-            writer.writerows(self.rows)
+            writer.writerow(self.lead + [f"{c} {part}" for c in self.columns for part in ("mean", "std", "n")])
+            writer.writerows(lead + [x for cell in cells for x in cell.numbers()] for lead, cells in self.rows)
         return path
 
 
-def _mean_text(values: list[float | None]) -> str:
-    known = [v for v in values if v is not None]
-    return "n/a" if len(known) < len(values) or not known else f"{statistics.fmean(known):.2f}"
+def _slug(text: str) -> str:
+    """A label as part of a file name: `caltech101 (fp 1a2b3c4d)` → `caltech101_fp_1a2b3c4d`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-def few_shot_tables(rows: list[dict[str, str]]) -> list[Table]:
-    """Per dataset: methods × shots; plus, with several datasets, the average over datasets."""
-    rows = [r for r in rows if r["classes"] == "all" and not r.get("target")]
-    if not rows:
-        return []
-    cells = _cells(rows, ("dataset", "method", "shots"), "acc_all")
-    datasets = sorted({r["dataset"] for r in rows})
-    shots = sorted({int(r["shots"]) for r in rows})
-    methods = _ordered({r["method"] for r in rows})
-    tables = []
-    for dataset in datasets:
-        body = [[m] + [cells[(dataset, m, str(k))].text() if (dataset, m, str(k)) in cells else "—" for k in shots]
-                for m in methods]
-        tables.append(Table(f"few_shot_{dataset}", f"Few-shot accuracy (%) on {dataset}", ["method"] +
-                            [f"{k} shot" for k in shots], body))
-    if len(datasets) > 1:
-        body = [[m] + [_mean_text([cells[(d, m, str(k))].mean if (d, m, str(k)) in cells else None for d in datasets])
-                       for k in shots] for m in methods]
-        tables.append(Table("few_shot_average", f"Few-shot accuracy (%), average over {len(datasets)} datasets",
-                            ["method"] + [f"{k} shot" for k in shots], body))
+def _shots(k: int) -> str:
+    return f"{k} shot" if k == 1 else f"{k} shots"
+
+
+def _bare(column: str) -> str:
+    """A setting's name in labels: `opt.lathadapter.curvature` → `curvature`, `text` → `text`."""
+    return column.rsplit(".", 1)[-1]
+
+
+def _sortable(value: str) -> tuple[int, float, str]:
+    """Numbers by value, before other text."""
+    try:
+        return 0, float(value), ""
+    except ValueError:
+        return 1, 0.0, value
+
+
+def _ordered(configs: Iterable[Configuration]) -> list[Configuration]:
+    """Methods in the catalog's order (zero-shot first, LatHAdapter last; unknown names after), then settings."""
+    order = method_names()
+    return sorted(configs, key=lambda c: (order.index(c.method) if c.method in order else len(order), c.method,
+                                          [_sortable(v) for _, v in c.settings]))
+
+
+def _varied(configs: Iterable[Configuration]) -> dict[str, list[str]]:
+    """For each method, the setting columns whose value differs among its configurations."""
+    values: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for config in configs:
+        for column, value in config.settings:
+            values[config.method][column].add(value)
+    return {method: [c for c, seen in columns.items() if len(seen) > 1] for method, columns in values.items()}
+
+
+def _label(config: Configuration, varied: dict[str, list[str]]) -> str:
+    """`lathadapter curvature=0.5`: the method and the settings that vary among its configurations."""
+    return " ".join([config.method] + [f"{_bare(c)}={config.value(c)}" for c in varied.get(config.method, [])])
+
+
+def _ablation(name: str, title: str, configs: list[Configuration], setting: str, others: list[str],
+              columns: list[str], cells: dict[Configuration, list[Cell]]) -> Table:
+    """One method's configurations with `setting` first and the `others` that vary beside it; sorted by the others,
+    then the setting, so that consecutive rows differing only in `setting` form one ablation."""
+    lead = [setting, *others]
+    rows = sorted(configs, key=lambda c: [_sortable(c.value(s)) for s in [*others, setting]])
+    return Table(name, title, [_bare(s) for s in lead], columns, [([c.value(s) for s in lead], cells[c]) for c in rows])
+
+
+def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration, list[Cell]]) -> list[Table]:
+    """A block of results as a table with one row per configuration and, for each setting that varies among one
+    method's configurations, that method's ablation table of the setting."""
+    configs = _ordered(cells)
+    varied = _varied(configs)
+    tables = [Table(name, title, ["method"], columns, [([_label(c, varied)], cells[c]) for c in configs])]
+    for method, settings in varied.items():
+        own = [c for c in configs if c.method == method]
+        for setting in settings:
+            tables.append(_ablation(f"{name}_ablation_{_slug(method)}_{_bare(setting)}",
+                                    f"{title}: {method}, ablation of {_bare(setting)}", own, setting,
+                                    [s for s in settings if s != setting], columns, cells))
     return tables
 
 
-def base_to_novel_table(rows: list[dict[str, str]]) -> list[Table]:
-    """Methods × (dataset × base / novel / HM), with an average when there are several datasets."""
-    rows = [r for r in rows if r["classes"] == "base"]
-    if not rows:
-        return []
-    base, novel = _cells(rows, ("dataset", "method"), "acc_base"), _cells(rows, ("dataset", "method"), "acc_novel")
-    datasets = sorted({r["dataset"] for r in rows})
-    methods = _ordered({r["method"] for r in rows})
-    header = ["method"]
-    for d in datasets + (["Average"] if len(datasets) > 1 else []):
-        header += [f"{d} base", f"{d} novel", f"{d} HM"]
-    body = []
-    for m in methods:
-        line, means = [m], []
-        for d in datasets:
-            b, n = base[(d, m)], novel[(d, m)]
-            hm = None if b.mean is None or n.mean is None else 2 * b.mean * n.mean / max(b.mean + n.mean, 1e-12)
-            line += [b.text(), n.text(), "n/a" if hm is None else f"{hm:.2f}"]
-            means.append((b.mean, n.mean))
-        if len(datasets) > 1:
-            mb = _mean_text([x for x, _ in means])
-            mn = _mean_text([y for _, y in means])
-            hm = "n/a" if "n/a" in (mb, mn) else f"{2 * float(mb) * float(mn) / (float(mb) + float(mn)):.2f}"
-            line += [mb, mn, hm]
-        body.append(line)
-    return [Table("base_to_novel", "Base-to-novel generalisation (%): 16 shots on base classes", header, body)]
+def _cell_of(record: Record) -> tuple[str, Configuration, int]:
+    return record.dataset, record.config, record.shots
 
 
-def transfer_table(rows: list[dict[str, str]]) -> list[Table]:
-    """Cross-dataset or domain-generalisation results: methods × targets, plus the average over targets."""
-    rows = [r for r in rows if r.get("target")]
-    if not rows:
-        return []
-    cells = _cells(rows, ("method", "target"), "acc_all")
-    targets = ["source"] + sorted({r["target"] for r in rows} - {"source"})
-    methods = _ordered({r["method"] for r in rows})
-    body = []
-    for m in methods:
-        values = [cells.get((m, t), Cell(())) for t in targets]
-        body.append([m] + [v.text() for v in values] + [_mean_text([v.mean for v in values[1:]])])
-    source = sorted({r["dataset"] for r in rows})
-    return [Table("transfer", f"Transfer from {', '.join(source)} (%): source test set and targets",
-                  ["method"] + targets + ["Average (targets)"], body)]
+def _few_shot(records: list[Record]) -> dict[tuple[str, Configuration, int], Cell]:
+    """Few-shot accuracy over seeds by (dataset, configuration, shots): all classes, no transfer targets."""
+    return _over_seeds([r for r in records if r.classes == "all" and not r.target], _cell_of, "acc_all")
+
+
+def _base_novel(records: list[Record]) -> dict[tuple[str, Configuration, int], tuple[Cell, Cell]]:
+    """Base and novel accuracy over seeds by (dataset, configuration, shots) of the base-to-novel runs."""
+    chosen = [r for r in records if r.classes == "base" and not r.target]
+    base, novel = _over_seeds(chosen, _cell_of, "acc_base"), _over_seeds(chosen, _cell_of, "acc_novel")
+    return {k: (base[k], novel[k]) for k in base}
+
+
+def few_shot_tables(records: list[Record]) -> list[Table]:
+    """Per dataset: configurations × shots; with several datasets, also the average over datasets."""
+    cells = _few_shot(records)
+    datasets = sorted({d for d, _, _ in cells})
+    tables = []
+    for dataset in datasets:
+        shots = sorted({k for d, _, k in cells if d == dataset})
+        rows = {c: [cells.get((dataset, c, k), MISSING) for k in shots] for d, c, _ in cells if d == dataset}
+        tables += _tables(f"few_shot_{_slug(dataset)}", f"Few-shot accuracy (%) on {dataset}",
+                          [f"{k} shot" for k in shots], rows)
+    if len(datasets) > 1:
+        shots = sorted({k for _, _, k in cells})
+        rows = {c: [Cell.mean_of([cells.get((d, c, k), MISSING) for d in datasets]) for k in shots]
+                for _, c, _ in cells}
+        tables += _tables("few_shot_average", f"Few-shot accuracy (%), average over {len(datasets)} datasets",
+                          [f"{k} shot" for k in shots], rows)
+    return tables
+
+
+def base_to_novel_tables(records: list[Record]) -> list[Table]:
+    """Per number of shots: configurations × (dataset × base / novel / HM), with the average over datasets when
+    there are several (its HM from the average base and novel)."""
+    cells = _base_novel(records)
+    all_shots = sorted({k for _, _, k in cells})
+    tables = []
+    for shots in all_shots:
+        datasets = sorted({d for d, _, k in cells if k == shots})
+        average = ["Average"] if len(datasets) > 1 else []
+        rows = {}
+        for config in {c for _, c, k in cells if k == shots}:
+            pairs = [cells.get((d, config, shots), (MISSING, MISSING)) for d in datasets]
+            if average:
+                pairs.append((Cell.mean_of([b for b, _ in pairs]), Cell.mean_of([n for _, n in pairs])))
+            rows[config] = [cell for b, n in pairs for cell in (b, n, Cell.hm(b, n))]
+        name = "base_to_novel" if len(all_shots) == 1 else f"base_to_novel_{shots}shot"
+        tables += _tables(name, f"Base-to-novel generalisation (%): {_shots(shots)} on base classes",
+                          [f"{d} {part}" for d in datasets + average for part in ("base", "novel", "HM")], rows)
+    return tables
+
+
+def transfer_tables(records: list[Record]) -> list[Table]:
+    """Cross-dataset or domain-generalisation results per source dataset and shots: configurations × (source test
+    set, each target, the average over targets)."""
+    chosen = [r for r in records if r.target]
+    cells = _over_seeds(chosen, lambda r: (r.dataset, r.shots, r.config, r.target), "acc_all")
+    blocks = sorted({(d, k) for d, k, _, _ in cells})
+    tables = []
+    for source, shots in blocks:
+        targets = sorted({t for d, k, _, t in cells if (d, k) == (source, shots)} - {"source"})
+        rows = {}
+        for config in {c for d, k, c, _ in cells if (d, k) == (source, shots)}:
+            values = [cells.get((source, shots, config, t), MISSING) for t in targets]
+            rows[config] = [cells.get((source, shots, config, "source"), MISSING), *values, Cell.mean_of(values)]
+        name = "transfer" if len(blocks) == 1 else f"transfer_{_slug(source)}_{shots}shot"
+        tables += _tables(name, f"Transfer from {source}, {_shots(shots)} (%): source test set and targets",
+                          ["source", *targets, "Average (targets)"], rows)
+    return tables
+
+
+def report_tables(parsed: list[Record]) -> list[Table]:
+    return few_shot_tables(parsed) + base_to_novel_tables(parsed) + transfer_tables(parsed)
+
+
+def _markdown(tables: list[Table]) -> str:
+    return "\n".join(t.markdown() for t in tables)
+
+
+def summary_markdown(path: Path) -> str:
+    """The markdown of the report's tables for a results.csv, a grid folder or a folder of run directories; writes
+    nothing (what `grid` and `protocol` print when they finish)."""
+    return _markdown(report_tables(records(load_results(path))))
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -177,55 +385,62 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_accuracy_vs_shots(rows: list[dict[str, str]], folder: Path) -> list[Path]:
-    rows = [r for r in rows if r["classes"] == "all" and not r.get("target")]
-    cells = _cells(rows, ("dataset", "method", "shots"), "acc_all")
+def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
+    """Per dataset with two numbers of shots or more: one line per configuration, error bars the std over seeds."""
+    cells = _few_shot(records)
     paths = []
-    for dataset in sorted({r["dataset"] for r in rows}):
-        shots = sorted({int(r["shots"]) for r in rows if r["dataset"] == dataset})
+    for dataset in sorted({d for d, _, _ in cells}):
+        shots = sorted({k for d, _, k in cells if d == dataset})
         if len(shots) < 2:
             continue
+        configs = _ordered({c for d, c, _ in cells if d == dataset})
+        varied = _varied(configs)
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        for method in _ordered({r["method"] for r in rows if r["dataset"] == dataset}):
-            points = [(k, cells[(dataset, method, str(k))]) for k in shots if (dataset, method, str(k)) in cells]
+        for config in configs:
+            points = [(k, cells[(dataset, config, k)]) for k in shots if (dataset, config, k) in cells]
             points = [(k, c) for k, c in points if c.mean is not None]
             if points:
-                ax.errorbar([k for k, _ in points], [c.mean for _, c in points], yerr=[c.std for _, c in points],
-                            marker="o", capsize=3, label=method, linewidth=2.5 if method == "lathadapter" else 1.5)
+                ax.errorbar([k for k, _ in points], [c.mean for _, c in points],
+                            yerr=[c.std or 0.0 for _, c in points], marker="o", capsize=3,
+                            label=_label(config, varied), linewidth=2.5 if config.method == "lathadapter" else 1.5)
         ax.set_xscale("log", base=2)
         ax.set_xticks(shots, [str(k) for k in shots])
         ax.set(xlabel="shots per class", ylabel="top-1 accuracy (%)", title=f"{dataset}: accuracy vs shots")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        paths.append(_save(fig, folder / f"accuracy_vs_shots_{dataset}.png"))
+        paths.append(_save(fig, folder / f"accuracy_vs_shots_{_slug(dataset)}.png"))
     return paths
 
 
-def plot_base_novel(rows: list[dict[str, str]], folder: Path) -> list[Path]:
-    rows = [r for r in rows if r["classes"] == "base"]
+def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
+    """Per dataset (and number of shots, when there are several): base, novel and HM bars per configuration, error
+    bars the std over seeds."""
+    cells = _base_novel(records)
+    blocks = sorted({(d, k) for d, _, k in cells})
+    several_shots = len({k for _, k in blocks}) > 1
     paths = []
-    for dataset in sorted({r["dataset"] for r in rows}):
-        subset = [r for r in rows if r["dataset"] == dataset]
-        methods = _ordered({r["method"] for r in subset})
-        base, novel = _cells(subset, ("method",), "acc_base"), _cells(subset, ("method",), "acc_novel")
-        fig, ax = plt.subplots(figsize=(1.2 * len(methods) + 2.5, 4))
+    for dataset, shots in blocks:
+        configs = _ordered({c for d, c, k in cells if (d, k) == (dataset, shots)})
+        varied = _varied(configs)
+        fig, ax = plt.subplots(figsize=(1.2 * len(configs) + 2.5, 4))
         width = 0.27
-        for i, m in enumerate(methods):
-            b, n = base[(m,)].mean, novel[(m,)].mean
-            hm = 2 * b * n / (b + n) if b is not None and n is not None and b + n > 0 else None
-            for j, (value, colour) in enumerate(((b, "tab:blue"), (n, "tab:orange"), (hm, "tab:green"))):
-                if value is not None:
-                    ax.bar(i + (j - 1) * width, value, width, color=colour)
+        for i, config in enumerate(configs):
+            base, novel = cells[(dataset, config, shots)]
+            for j, (cell, colour) in enumerate(((base, "tab:blue"), (novel, "tab:orange"),
+                                                (Cell.hm(base, novel), "tab:green"))):
+                if cell.mean is not None:
+                    ax.bar(i + (j - 1) * width, cell.mean, width, yerr=cell.std, capsize=3, color=colour)
                 else:
                     ax.text(i + (j - 1) * width, 1, "n/a", ha="center", rotation=90, fontsize=7)
-        ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
+        ax.set_xticks(range(len(configs)), [_label(c, varied) for c in configs], rotation=20, fontsize=8)
         ax.bar(0, 0, color="tab:blue", label="base")
         ax.bar(0, 0, color="tab:orange", label="novel")
         ax.bar(0, 0, color="tab:green", label="HM")
-        ax.set(ylabel="top-1 accuracy (%)", title=f"{dataset}: base-to-novel")
+        ax.set(ylabel="top-1 accuracy (%)", title=f"{dataset}: base-to-novel, {_shots(shots)}")
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-        paths.append(_save(fig, folder / f"base_novel_{dataset}.png"))
+        name = f"base_novel_{_slug(dataset)}" + (f"_{shots}shot" if several_shots else "")
+        paths.append(_save(fig, folder / f"{name}.png"))
     return paths
 
 
@@ -273,22 +488,37 @@ def plot_poincare_disk(run_dir: Path, folder: Path) -> Path:
     return _save(fig, folder / "poincare_disk.png")
 
 
-def write_report(results: Path, out: Path, disk_run: Path | None = None) -> dict[str, Any]:
-    """Write `report.md`, one CSV per table and the plots into `out`; returns the paths and the markdown."""
-    rows = read_results(results)
+def report_folder(path: Path) -> Path:
+    """The default report folder of `path`: `report/` inside a folder, or beside a results.csv."""
+    return path / "report" if path.is_dir() else path.parent / "report"
+
+
+def _disk_run(results: Results) -> Path | None:
+    """The run directory of the table's last LatHAdapter run that saved lifted points, if any."""
+    for row in reversed(results.rows):
+        folder = results.run_dirs.get(row["key"])
+        if row["method"] == "lathadapter" and folder is not None and (folder / "points.pt").is_file():
+            return folder
+    return None
+
+
+def write_report(source: Path, out: Path | None = None, disk_run: Path | None = None) -> dict[str, Any]:
+    """Write `report.md`, one CSV per table and the plots into `out` (default: `report_folder(source)`) from a
+    results.csv, a grid folder or a folder of run directories; returns the paths and the tables' markdown."""
+    results = load_results(source)
+    out = out or report_folder(source)
     out.mkdir(parents=True, exist_ok=True)
-    tables = few_shot_tables(rows) + base_to_novel_table(rows) + transfer_table(rows)
-    plots = plot_accuracy_vs_shots(rows, out) + plot_base_novel(rows, out)
-    if disk_run is None:
-        lath = [r for r in rows if r["method"] == "lathadapter"]
-        candidate = results.parent / "runs" / lath[-1]["key"] if lath else None
-        disk_run = candidate if candidate is not None and (candidate / "points.pt").exists() else None
+    parsed = records(results)
+    tables = report_tables(parsed)
+    plots = plot_accuracy_vs_shots(parsed, out) + plot_base_novel(parsed, out)
+    disk_run = disk_run or _disk_run(results)
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))
-    markdown = "\n".join(t.markdown() for t in tables)
+    markdown = _markdown(tables)
     (out / "report.md").write_text(
-        f"# Results\n\nFrom `{results}` ({len(rows)} rows). Cells are mean ± std over seeds.\n\n{markdown}\n"
-        + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
+        f"# Results\n\nFrom `{results.source}` ({len(results.rows)} rows). Each table row is one configuration; "
+        "cells are mean ± sample std over seeds (one seed: no ±); n/a: not applicable; —: no run.\n\n"
+        f"{markdown}\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
     )
     csvs = [t.write_csv(out) for t in tables]
     return {"markdown": markdown, "tables": [str(p) for p in csvs], "plots": [str(p) for p in plots],

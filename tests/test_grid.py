@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import statistics
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lathadapter.adapter.options import OptionError, parse_assignments
-from lathadapter.cache.store import CacheReader
+from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 from lathadapter.experiments.grid import GridSpec, expand, iterate, load_spec_file, run_grid
@@ -117,19 +121,24 @@ def test_report_cells_trace_back_to_the_results_table(caches: dict[str, Path], t
     run_grid(spec, tmp_path, progress=False)
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    written = write_report(tmp_path / "results.csv", tmp_path / "report")
+    written = write_report(tmp_path, tmp_path / "report")  # the grid folder, as well as its results.csv
     with (tmp_path / "report" / "few_shot_source.csv").open() as f:
-        table = {line[0]: line[1:] for line in csv.reader(f)}
+        table = {line["method"]: line for line in csv.DictReader(f)}
     values = [float(r["acc_all"]) for r in rows if r["dataset"] == "source" and r["method"] == "lathadapter"
               and r["shots"] == "2"]
     assert len(values) == 2
-    assert table["lathadapter"][1] == f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    assert float(table["lathadapter"]["2 shot mean"]) == pytest.approx(mean)
+    assert float(table["lathadapter"]["2 shot std"]) == pytest.approx(std)
+    assert table["lathadapter"]["2 shot n"] == "2"
+    assert "| lathadapter |" in written["markdown"]
+    assert f"{mean:.2f} ± {std:.2f}" in written["markdown"]
     with (tmp_path / "report" / "few_shot_average.csv").open() as f:
-        average = {line[0]: line[1:] for line in csv.reader(f)}
+        average = {line["method"]: line for line in csv.DictReader(f)}
     means = [statistics.fmean(float(r["acc_all"]) for r in rows if r["dataset"] == d and r["method"] == "zeroshot"
                               and r["shots"] == "1") for d in ("source", "other")]
-    assert average["zeroshot"][0] == f"{statistics.fmean(means):.2f}"
-    assert "| lathadapter |" in written["markdown"]
+    assert float(average["zeroshot"]["1 shot mean"]) == pytest.approx(statistics.fmean(means))
+    assert average["zeroshot"]["1 shot std"] == ""  # an average over datasets has no spread over seeds
     names = {Path(p).name for p in written["plots"]}
     assert {"accuracy_vs_shots_source.png", "accuracy_vs_shots_other.png", "poincare_disk.png"} <= names
     for path in written["plots"]:
@@ -195,3 +204,97 @@ def test_cli_grid_and_report(caches: dict[str, Path], tmp_path: Path) -> None:
     assert "Few-shot accuracy" in result.output
     bad = runner.invoke(app, ["grid", "--cache", str(caches["source"]), "--method", "zeroshot", "--shots", "x"])
     assert bad.exit_code == 2 and "--shots" in bad.output
+
+
+def test_grid_file_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
+    cases = {
+        "broken.yaml": ("caches: [a.h5\nmethods: zeroshot\n", r"broken\.yaml: invalid YAML at line \d+, column \d+"),
+        "broken.toml": ('caches = ["a.h5"\nmethods = 1\n', r"broken\.toml: invalid TOML: .*line \d+, column \d+"),
+        "list.yaml": ("- caches\n- methods\n", r"list\.yaml: the top level must be a mapping with keys caches, "
+                      r"methods.*; got a list"),
+        "scalar.yaml": ("zeroshot\n", r"scalar\.yaml: the top level must be a mapping .*; got a str"),
+        "options.yaml": ("caches: [a.h5]\noptions: [lr]\n", r"options\.yaml: options must be a mapping"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(OptionError, match=message) as raised:
+            load_spec_file(tmp_path / name)
+        assert "\n" not in str(raised.value)
+
+
+def test_a_grid_checks_its_caches_before_the_first_run(caches: dict[str, Path], tmp_path: Path) -> None:
+    source, other, absent = str(caches["source"]), str(caches["other"]), str(tmp_path / "absent.h5")
+    # the caches hold shots 1, 2, 16 and seeds 1, 2
+    spec = GridSpec([source, other, absent], ["zeroshot"], [1, 4], [1, 3])
+    with pytest.raises(CacheError) as raised:
+        run_grid(spec, tmp_path / "g", progress=False)
+    lines = str(raised.value).splitlines()
+    missing = "shots=1 seed=3, shots=4 seed=1, shots=4 seed=3"
+    assert any(line.strip().startswith(f"{source} holds no few-shot subset for {missing}") for line in lines)
+    assert any(line.strip().startswith(f"{other} holds no few-shot subset for {missing}") for line in lines)
+    assert any(absent in line and "does not exist" in line for line in lines)
+    assert not (tmp_path / "g").exists()  # nothing ran
+    common = dict(dim=16, views=2, shots=(1,), seeds=(1,), train_per_class=4, test_per_class=2)
+    one = write_synthetic_cache(tmp_path / "one.h5", num_classes=1, name="one", **common)
+    with pytest.raises(CacheError, match="classes=base needs at least 2 classes; it has 1"):
+        run_grid(GridSpec([str(one)], ["zeroshot"], [1], [1], ["base"]), tmp_path / "g", progress=False)
+    # selecting on the val set of a cache without one is a warning of the trainer, not an error of the grid
+    no_val = write_synthetic_cache(tmp_path / "no_val.h5", num_classes=4, val_per_class=0, name="no_val", **common)
+    with pytest.warns(UserWarning, match="no few-shot val subset"):
+        summary = run_grid(GridSpec([str(no_val)], ["clip-adapter"], [1], [1], select=["val"], options=QUICK),
+                           tmp_path / "g", progress=False)
+    assert summary["done"] == 1
+
+
+def test_results_table_has_what_post_training_searches_chose(caches: dict[str, Path], tmp_path: Path) -> None:
+    run_grid(GridSpec([str(caches["source"])], ["zeroshot", "tip-adapter"], [2], [1]), tmp_path, progress=False)
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    chosen = json.loads((tmp_path / "runs" / rows["tip-adapter"]["key"] / "metrics.json").read_text())["chosen"]
+    assert {"alpha", "beta", "val_accuracy"} <= set(chosen)
+    for name in ("alpha", "beta", "val_accuracy"):
+        assert float(rows["tip-adapter"][f"chosen.{name}"]) == pytest.approx(chosen[name])
+        assert rows["zeroshot"][f"chosen.{name}"] == ""
+    assert rows["tip-adapter"]["opt.tip-adapter.alpha"] != ""  # the option columns stay
+
+
+def test_grid_progress_goes_to_stderr(caches: dict[str, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    run_grid(GridSpec([str(caches["source"])], ["zeroshot"], [1], [1]), tmp_path, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "grid" in captured.err
+
+
+GRID_PROCESS = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from lathadapter.experiments.grid import GridSpec, run_grid
+
+    cache, out, ready = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    (ready / sys.argv[4]).touch()
+    deadline = time.monotonic() + 120
+    while len(list(ready.iterdir())) < 2 and time.monotonic() < deadline:  # start together
+        time.sleep(0.01)
+    spec = GridSpec([cache], ["clip-adapter", "lathadapter"], [1, 2], [1, 2],
+                    options={"epochs": ["1"], "min_steps": ["0"]})
+    print(json.dumps(run_grid(spec, out, progress=False)))
+""")
+
+
+def test_two_grid_processes_share_one_output_folder(caches: dict[str, Path], tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    processes = [subprocess.Popen([sys.executable, "-c", GRID_PROCESS, str(caches["source"]), str(tmp_path / "g"),
+                                   str(ready), name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name in ("a", "b")]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
+    summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    # each of the 8 runs was trained by exactly one process; the other skipped it (finished, or running elsewhere)
+    assert sum(s["done"] for s in summaries) == 8
+    assert all(s["done"] + s["skipped"] + s["elsewhere"] == 8 for s in summaries)
+    rows = list(csv.DictReader((tmp_path / "g" / "results.csv").open()))
+    finished = {p.name for p in (tmp_path / "g" / "runs").iterdir() if (p / "metrics.json").is_file()}
+    assert len(finished) == 8
+    assert sorted(r["key"] for r in rows) == sorted(finished)  # every run, exactly once
+    assert not list((tmp_path / "g" / "runs").glob("*.lock"))  # a finished run leaves no lock file

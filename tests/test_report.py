@@ -1,0 +1,236 @@
+"""Reports: one row per configuration (never pooled), numeric CSVs, the inputs a report accepts and its errors.
+
+Most tables here come from results tables written by hand, so every expected number is computed in the test from
+the rows (statistics.fmean / stdev over seeds) and none from the code under test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.experiments import report
+from lathadapter.experiments.report import summary_markdown, write_report
+from lathadapter.experiments.run import fit
+
+COLUMNS = ["key", "cache", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
+           "acc_all", "acc_base", "acc_novel", "hm", "opt.epochs", "opt.curvature", "opt.lathadapter.beta"]
+FP = "1a2b3c4d5e6f7a8b"
+
+
+def row(method: str = "lathadapter", seed: int = 1, shots: int = 1, **values: Any) -> dict[str, Any]:
+    """A results row: a lathadapter run on caltech101 unless told otherwise; zero-shot has no options."""
+    options = {"opt.epochs": 20, "opt.curvature": 1.0, "opt.lathadapter.beta": 0.5} if method == "lathadapter" else {}
+    return {"cache": "caltech101.h5", "dataset": "caltech101", "fingerprint": FP, "method": method, "shots": shots,
+            "seed": seed, "classes": "all", "text": "coop", "select": "last", "target": "", **options, **values}
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows({"key": f"k{i}", **r} for i, r in enumerate(rows))
+    return path
+
+
+def read_table(path: Path, lead: str | list[str] = "method") -> dict[Any, dict[str, str]]:
+    with path.open(newline="") as f:
+        lines = list(csv.DictReader(f))
+    return {(line[lead] if isinstance(lead, str) else tuple(line[c] for c in lead)): line for line in lines}
+
+
+def seeds_text(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def test_a_curvature_grid_is_reported_per_configuration(tmp_path: Path) -> None:
+    # the brief's example: three curvatures, one seed each (pooled they would read 30.33 ± 1.15)
+    accuracy = {(0.5, 1): 29.0, (1.0, 1): 31.0, (2.0, 1): 31.0, (1.0, 2): 32.5}
+    rows = [row(seed=seed, acc_all=a, **{"opt.curvature": c}) for (c, seed), a in accuracy.items()]
+    rows += [row("zeroshot", seed=s, acc_all=20.0 + s) for s in (1, 2)]
+    rows += [row("zeroshot", seed=1, shots=2, acc_all=24.0)]
+    written = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    markdown = written["markdown"]
+    assert "30.33" not in markdown
+    for curvature in (0.5, 1.0, 2.0):
+        values = [a for (c, _), a in accuracy.items() if c == curvature]
+        assert f"| lathadapter curvature={curvature} | {seeds_text(values)} | — |" in markdown
+    assert f"| zeroshot | {seeds_text([21.0, 22.0])} | 24.00 |" in markdown
+    table = read_table(tmp_path / "report" / "few_shot_caltech101.csv")
+    assert list(table) == ["zeroshot", "lathadapter curvature=0.5", "lathadapter curvature=1.0",
+                           "lathadapter curvature=2.0"]
+    one_seed = table["lathadapter curvature=0.5"]
+    assert (float(one_seed["1 shot mean"]), one_seed["1 shot std"], one_seed["1 shot n"]) == (29.0, "", "1")
+    two_seeds = table["lathadapter curvature=1.0"]
+    assert float(two_seeds["1 shot mean"]) == pytest.approx(statistics.fmean([31.0, 32.5]))
+    assert float(two_seeds["1 shot std"]) == pytest.approx(statistics.stdev([31.0, 32.5]))
+    assert two_seeds["1 shot n"] == "2"
+    assert two_seeds["2 shot mean"] == two_seeds["2 shot std"] == two_seeds["2 shot n"] == ""  # no run
+    ablation = read_table(tmp_path / "report" / "few_shot_caltech101_ablation_lathadapter_curvature.csv",
+                          "curvature")
+    assert list(ablation) == ["0.5", "1.0", "2.0"]
+    assert float(ablation["2.0"]["1 shot mean"]) == 31.0
+
+
+def test_each_varied_setting_labels_rows_and_gets_an_ablation_table(tmp_path: Path) -> None:
+    rows, expected = [], {}
+    for curvature in (0.5, 1.0):
+        for beta in (0.3, 1.0):  # a scoped column (opt.lathadapter.beta) shows its bare name
+            values = [40 + 10 * curvature + 5 * beta + seed for seed in (1, 2, 3)]
+            expected[(curvature, beta)] = values
+            rows += [row(seed=s, acc_all=v, **{"opt.curvature": curvature, "opt.lathadapter.beta": beta})
+                     for s, v in zip((1, 2, 3), values, strict=True)]
+    rows += [row("zeroshot", acc_all=30.0, text="coop"), row("zeroshot", acc_all=33.0, text="ensemble")]
+    markdown = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")["markdown"]
+    for (curvature, beta), values in expected.items():
+        assert f"| lathadapter curvature={curvature} beta={beta} | {seeds_text(values)} |" in markdown
+    assert "| zeroshot text=coop | 30.00 |" in markdown and "| zeroshot text=ensemble | 33.00 |" in markdown
+    folder = tmp_path / "report"
+    ablation = read_table(folder / "few_shot_caltech101_ablation_lathadapter_beta.csv", ["beta", "curvature"])
+    # consecutive rows with the same curvature form one ablation of beta
+    assert list(ablation) == [("0.3", "0.5"), ("1.0", "0.5"), ("0.3", "1.0"), ("1.0", "1.0")]
+    for (beta, curvature), line in ablation.items():
+        values = expected[(float(curvature), float(beta))]
+        assert float(line["1 shot mean"]) == pytest.approx(statistics.fmean(values))
+        assert float(line["1 shot std"]) == pytest.approx(statistics.stdev(values))
+    assert (folder / "few_shot_caltech101_ablation_lathadapter_curvature.csv").is_file()
+    text = read_table(folder / "few_shot_caltech101_ablation_zeroshot_text.csv", "text")
+    assert float(text["ensemble"]["1 shot mean"]) == 33.0
+
+
+def test_two_caches_of_one_dataset_name_are_reported_apart(tmp_path: Path) -> None:
+    other = "9f8e7d6c5b4a3921"
+    rows = [row(seed=1, acc_all=40.0), row(seed=2, acc_all=42.0),
+            row(seed=1, acc_all=60.0, fingerprint=other), row(seed=2, acc_all=62.0, fingerprint=other),
+            row(seed=1, acc_all=70.0, dataset="pets", fingerprint="77" * 8)]
+    markdown = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")["markdown"]
+    assert "Few-shot accuracy (%) on caltech101 (fp 1a2b3c4d)" in markdown
+    assert "Few-shot accuracy (%) on caltech101 (fp 9f8e7d6c)" in markdown
+    assert "Few-shot accuracy (%) on pets\n" in markdown  # one fingerprint: the bare name
+    first = read_table(tmp_path / "report" / "few_shot_caltech101_fp_1a2b3c4d.csv")["lathadapter"]
+    second = read_table(tmp_path / "report" / "few_shot_caltech101_fp_9f8e7d6c.csv")["lathadapter"]
+    assert float(first["1 shot mean"]) == pytest.approx(41.0)
+    assert float(second["1 shot mean"]) == pytest.approx(61.0)
+    average = read_table(tmp_path / "report" / "few_shot_average.csv")["lathadapter"]
+    assert float(average["1 shot mean"]) == pytest.approx(statistics.fmean([41.0, 61.0, 70.0]))
+    assert average["1 shot std"] == ""  # an average over datasets has no spread over seeds
+
+
+def test_base_to_novel_hm_comes_from_each_configurations_mean_base_and_novel(tmp_path: Path) -> None:
+    base = {0.5: [70.0, 74.0], 1.0: [80.0, 81.0]}
+    novel = {0.5: [60.0, 66.0], 1.0: [50.0, 58.0]}
+    rows = [row(shots=16, seed=s, classes="base", acc_base=b, acc_novel=n, **{"opt.curvature": c})
+            for c in base for s, b, n in zip((1, 2), base[c], novel[c], strict=True)]
+    rows += [row("tip-adapter", shots=16, classes="base", acc_base=75.0)]  # novel not applicable
+    markdown = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")["markdown"]
+    table = read_table(tmp_path / "report" / "base_to_novel.csv")
+    for c in base:
+        mb, mn = statistics.fmean(base[c]), statistics.fmean(novel[c])
+        line = table[f"lathadapter curvature={c}"]
+        assert float(line["caltech101 base mean"]) == pytest.approx(mb)
+        assert float(line["caltech101 novel std"]) == pytest.approx(statistics.stdev(novel[c]))
+        assert float(line["caltech101 HM mean"]) == pytest.approx(2 * mb * mn / (mb + mn))
+        assert line["caltech101 HM std"] == ""
+        assert (f"| lathadapter curvature={c} | {seeds_text(base[c])} | {seeds_text(novel[c])} | "
+                f"{2 * mb * mn / (mb + mn):.2f} |") in markdown
+    tip = table["tip-adapter"]
+    assert float(tip["caltech101 base mean"]) == 75.0
+    assert tip["caltech101 novel mean"] == tip["caltech101 HM mean"] == ""
+    assert "| tip-adapter | 75.00 | n/a | n/a |" in markdown
+    assert "16 shots on base classes" in markdown
+
+
+def test_transfer_table_is_per_configuration(tmp_path: Path) -> None:
+    accuracy = {0.5: {"source": [70.0, 72.0], "pets": [40.0, 44.0], "dtd": [30.0, 31.0]},
+                1.0: {"source": [75.0, 71.0], "pets": [50.0, 52.0], "dtd": [20.0, 28.0]}}
+    rows = [row(shots=16, seed=s, target=t, acc_all=a, **{"opt.curvature": c})
+            for c, targets in accuracy.items() for t, values in targets.items()
+            for s, a in zip((1, 2), values, strict=True)]
+    rows += [row("linear-probe", shots=16, target="source", acc_all=68.0), row("linear-probe", shots=16, target="pets")]
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    table = read_table(tmp_path / "report" / "transfer.csv")
+    for c, targets in accuracy.items():
+        line = table[f"lathadapter curvature={c}"]
+        for target, values in targets.items():
+            assert float(line[f"{target} mean"]) == pytest.approx(statistics.fmean(values))
+        mean = statistics.fmean([statistics.fmean(targets["pets"]), statistics.fmean(targets["dtd"])])
+        assert float(line["Average (targets) mean"]) == pytest.approx(mean)
+    assert table["linear-probe"]["pets mean"] == "" and float(table["linear-probe"]["source mean"]) == 68.0
+
+
+def test_plots_draw_one_line_per_configuration_with_spread_over_seeds(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    accuracy = {(c, k): [30 + 10 * c + k + s * c for s in (1, 2, 3)] for c in (0.5, 2.0) for k in (1, 2)}
+    rows = [row(shots=k, seed=s, acc_all=v, **{"opt.curvature": c})
+            for (c, k), values in accuracy.items() for s, v in zip((1, 2, 3), values, strict=True)]
+    figures = []
+    save = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path: (figures.append(fig.axes[0]), save(fig, path))[1])
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    (ax,) = figures
+    lines = {container.get_label(): container for container in ax.containers}
+    assert sorted(lines) == ["lathadapter curvature=0.5", "lathadapter curvature=2.0"]
+    for c in (0.5, 2.0):
+        _, _, (bars,) = lines[f"lathadapter curvature={c}"].lines
+        for k, segment in zip((1, 2), bars.get_segments(), strict=True):
+            (_, low), (_, high) = segment
+            assert (high + low) / 2 == pytest.approx(statistics.fmean(accuracy[(c, k)]))
+            assert (high - low) / 2 == pytest.approx(statistics.stdev(accuracy[(c, k)]))
+
+
+def test_a_folder_of_fit_runs_is_reported_like_a_grid(tmp_path: Path) -> None:
+    cache = write_synthetic_cache(tmp_path / "shapes.h5", num_classes=6, dim=16, views=2, shots=(1,), seeds=(1, 2),
+                                  train_per_class=4, test_per_class=6, name="shapes")
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        fit(cache, "zeroshot", 1, seed, device="cpu", out=runs)
+        fit(cache, "lathadapter", 1, seed, device="cpu", out=runs, epochs=1, min_steps=0)
+    written = write_report(runs)
+    assert Path(written["report"]).parent == runs / "report"
+    table = read_table(runs / "report" / "few_shot_shapes.csv")
+    for method in ("zeroshot", "lathadapter"):
+        values = [json.loads(p.read_text())["accuracy"]["all"] for p in runs.glob(f"shapes-{method}-*/metrics.json")]
+        assert len(values) == 2
+        assert float(table[method]["1 shot mean"]) == pytest.approx(statistics.fmean(values))
+        assert float(table[method]["1 shot std"]) == pytest.approx(statistics.stdev(values))
+    assert any(Path(p).name == "poincare_disk.png" for p in written["plots"])  # from a run's points.pt
+    assert summary_markdown(runs) == written["markdown"]
+    one = next(runs.glob("shapes-lathadapter-*"))
+    assert "| lathadapter |" in summary_markdown(one)  # one run directory
+
+
+def test_summary_markdown_writes_nothing(tmp_path: Path) -> None:
+    results = write_rows(tmp_path / "results.csv", [row(seed=1, acc_all=50.0), row(seed=2, acc_all=53.0)])
+    markdown = summary_markdown(tmp_path)
+    assert sorted(tmp_path.iterdir()) == [results]
+    assert f"| lathadapter | {seeds_text([50.0, 53.0])} |" in markdown
+    assert markdown == summary_markdown(results)
+
+
+def test_report_errors_name_the_file_and_what_is_expected(tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text(",".join(COLUMNS) + "\n")
+    (tmp_path / "partial.csv").write_text("key,dataset,method\nk0,caltech101,zeroshot\n")
+    (tmp_path / "nothing").mkdir()
+    cases = {
+        tmp_path / "absent": "does not exist; expected a results.csv, a grid folder or a folder of",
+        tmp_path / "empty.csv": "is empty; expected a results.csv",
+        tmp_path / "header.csv": "has a header but no rows",
+        tmp_path / "partial.csv": "lacks the columns fingerprint, shots, seed, classes, text, select, target, "
+                                  "acc_all, acc_base, acc_novel",
+        tmp_path / "nothing": "holds neither a results.csv nor run directories",
+    }
+    for path, message in cases.items():
+        for read in (summary_markdown, write_report):
+            with pytest.raises(ValueError) as raised:
+                read(path)
+            assert str(raised.value).startswith(str(path)) and message in str(raised.value)
+            assert "\n" not in str(raised.value)
