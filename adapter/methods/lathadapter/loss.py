@@ -161,7 +161,8 @@ class _LatHAdapterLoss(torch.autograd.Function):
                 weights = torch.cat([r.new_ones(batch), class_weights.index_select(0, present).view(-1), r.view(-1)])
                 hier = torch.add(hier, torch.dot(weights, energy), alpha=1 / total_weight)
                 saved["sizes"] = sizes
-                t.update(per_edge=per_edge, r=r, weights=weights, energy=energy, angle_saved=angle_saved)
+                t.update(per_edge=per_edge, r=r, weights=weights, energy=energy)
+                t.update((f"angle_saved_{i}", tensor) for i, tensor in enumerate(angle_saved))
             else:  # centripetal: max(0, |parent|_H − |child|_H + m_r) depends on the radii alone
                 origin = [2 * math.atanh(rho) / s.sqrt_c for rho in s.rho]
                 edges = ((0, 2, batch), (0, 1, num_present), (1, 2, batch))  # (parent, child, Σ weight)
@@ -170,14 +171,17 @@ class _LatHAdapterLoss(torch.autograd.Function):
                 saved.update(origin=origin, edges=edges)
             saved["total_weight"] = total_weight
         parts = torch.stack([ce, hyp, hier])
-        ctx.saved, ctx.tensors = saved, t  # intermediates; no input is read by the backward
+        # tensors through save_for_backward (autograd checks they are not modified in place before the backward);
+        # Python values (the scalar chain, options, sizes) on ctx. No input is read by the backward.
+        ctx.save_for_backward(*t.values())
+        ctx.saved, ctx.tensor_names = saved, tuple(t)
         ctx.shapes = (image_cosines.shape, log_curvature.shape, log_tau.shape)
         ctx.mark_non_differentiable(parts)
         return ce.add(hyp, alpha=o.lambda_hyp).add_(hier, alpha=o.lambda_hier), parts
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_parts: torch.Tensor):
-        saved, t = ctx.saved, ctx.tensors
+        saved, t = ctx.saved, dict(zip(ctx.tensor_names, ctx.saved_tensors, strict=True))
         s: _Scalars = saved["s"]
         o: LatHAdapterOptions = saved["o"]
         upstream = float(grad)
@@ -264,7 +268,8 @@ class _LatHAdapterLoss(torch.autograd.Function):
         first, second = saved["sizes"][0], saved["sizes"][0] + saved["sizes"][1]
         per_edge, energy, r = t["per_edge"], t["energy"], t["r"]
         grad_energy = t["weights"].mul(energy > 0).mul_(per_weight)
-        a, b_w, b_m = pieces = exterior_angle_pieces(grad_energy, t["angle_saved"])
+        angle_saved = tuple(t[f"angle_saved_{i}"] for i in range(6))
+        a, b_w, b_m = pieces = exterior_angle_pieces(grad_energy, angle_saved)
         grad_cos = exterior_angle_cosine_grad(pieces, per_edge[1], per_edge[5])  # the edges' w1 and n1
         # category y_i → image i: the cosine at [i, y_i]
         grad_class.scatter_add_(1, t["label_index"], grad_cos[:first, None])
@@ -281,7 +286,7 @@ class _LatHAdapterLoss(torch.autograd.Function):
         # radii: the coefficients are constant on an edge set, so the per-set sums of a, b_w, b_m and ∂L/∂e, plain
         # and times the cosine, are one product with the sets' indicators [3, E]
         indicator = per_edge[8:]
-        sums = torch.stack([a, b_w, b_m, grad_energy]) @ torch.cat([indicator, indicator * t["angle_saved"][0]]).t()
+        sums = torch.stack([a, b_w, b_m, grad_energy]) @ torch.cat([indicator, indicator * angle_saved[0]]).t()
         return grad_attribute, grad_class_attribute, grad_weights, sums.view(-1)
 
 
