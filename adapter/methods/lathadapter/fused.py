@@ -23,7 +23,7 @@ def _edge_energy(o: LatHAdapterOptions, rho_parent: torch.Tensor, rho_child: tor
     """Cone energy (`hier=cone`) or centripetal hinge (`hier=triplet`) of parent → child edges."""
     if o.hier == "cone":
         return radial_cone_energy(rho_parent, rho_child, cosine, o.cone_k, o.cone_kappa)
-    return radial_centripetal_energy(rho_parent, rho_child, c, o.margin_radial).expand_as(cosine)
+    return radial_centripetal_energy(rho_parent, rho_child, c, o.margin_radial)
 
 
 def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class_weights: torch.Tensor,
@@ -47,13 +47,18 @@ def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class
         hinge = torch.relu(distances.gather(1, labels[:, None]) - distances[:, present] + o.margin)
         separation = (hinge * others).sum(1).div(others.sum(1).clamp_min(1)).mean()
         r = torch.softmax(image_attribute / o.tau_attr, dim=-1)  # image → attribute [B, K]
-        w = class_weights[present]  # category → attribute, the batch's categories [P, K]
-        energies = (
-            _edge_energy(o, rho_categories[labels], rho_images, image_class.gather(1, labels[:, None])[:, 0], c).sum()
-            + (w * _edge_energy(o, rho_categories[present][:, None], rho_attributes[None, :],
-                                class_attribute[present], c)).sum()
-            + (r * _edge_energy(o, rho_attributes[None, :], rho_images[:, None], image_attribute, c)).sum())
+        batch, num_present, num_attributes = len(labels), len(present), r.shape[1]
+        # the batch's tree as one flat list of edges (one call of each radial node): category y_i → image i,
+        # category c → attribute k (the batch's categories), attribute k → image i
+        parents = torch.cat([rho_categories[labels], rho_categories[present].repeat_interleave(num_attributes),
+                             rho_attributes.repeat(batch)])
+        children = torch.cat([rho_images, rho_attributes.repeat(num_present),
+                              rho_images.repeat_interleave(num_attributes)])
+        edge_cosines = torch.cat([image_class.gather(1, labels[:, None])[:, 0], class_attribute[present].reshape(-1),
+                                  image_attribute.reshape(-1)])
+        weights = torch.cat([r.new_ones(batch), class_weights[present].reshape(-1), r.reshape(-1)])
         # each row of r and w sums to 1: the edge weights total B + P + B
-        hier = energies / (2 * len(labels) + len(present)) + separation
+        energy = torch.dot(weights, _edge_energy(o, parents, children, edge_cosines, c))
+        hier = energy / (2 * batch + num_present) + separation
     loss = ce + o.lambda_hyp * hyp + o.lambda_hier * hier
     return loss, (ce.detach(), hyp.detach(), hier.detach())
