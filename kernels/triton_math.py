@@ -65,3 +65,24 @@ def safe_sqrt(z):
     big = z > TINY
     root = tl.sqrt_rn(tl.maximum(z, TINY))
     return tl.where(big, root, z / EPS), tl.where(big, 0.5 / root, 1.0 / EPS)
+
+
+@triton.jit
+def acos_from_complement(x, complement):
+    """acos(x) given x ∈ [−1, 1] and 1 − |x| (`complement`) computed without cancellation: for |x| > 1/2 it is
+    2 asin(√(complement/2)) (or π minus that), so angles near 0 and π keep the precision of the complement."""
+    a = tl.abs(x)
+    big = a > 0.5
+    z = tl.where(big, 0.5 * complement, a * a)
+    s = tl.where(big, tl.sqrt_rn(z), a)
+    p = _asin_core(s, z)
+    middle = tl.where(x < 0, p, -p) + HALF_PI
+    return tl.where(big, tl.where(x > 0, 2.0 * p, -2.0 * p + PI), middle)
+
+
+@triton.jit
+def atanh(x):
+    """artanh(x) = sign(x) log1p(2|x| / (1 − |x|)) / 2 for |x| < 1: accurate near 0 and near ±1."""
+    a = tl.abs(x)
+    r = 0.5 * log1p(2.0 * a / (1.0 - a))
+    return tl.where(x < 0, -r, r)

@@ -352,3 +352,42 @@ def test_loss_backward_matches_finite_differences(case: dict) -> None:
     if log_curvature > math.log(CURVATURE_RANGE[1]):
         (grad_c,) = torch.autograd.grad(lathadapter_loss(*inputs, labels, o)[0], inputs[4])
         assert grad_c == 0
+
+
+def compare_triton_twin_with_reference(options: dict) -> None:
+    """`impl=fused` through the Triton kernels (kernels backend "triton") against `impl=reference`, float32: the loss
+    and the gradient of every trained parameter."""
+    from lathadapter import kernels
+
+    method, x, y = twin_and_reference(options, torch.float32)
+    params = [p for p in method.parameters() if p.requires_grad]
+    results = []
+    for impl, backend in (("fused", "triton"), ("reference", "torch")):
+        method.options = dataclasses.replace(method.options, impl=impl)
+        with kernels.backend(backend):
+            loss, _ = method.loss(x, y)
+        results.append((loss, torch.autograd.grad(loss, params, materialize_grads=True)))
+    (fused, fused_grads), (reference, reference_grads) = results
+    torch.testing.assert_close(fused, reference, rtol=2e-4, atol=2e-5)
+    for g, e in zip(fused_grads, reference_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=2e-3, atol=5e-5 * (float(e.abs().max()) + 1e-12))
+
+
+TRITON_TWIN_CASES = [{"radius": "head"}, {"radius": "norm", "hier": "triplet"}, {"radius": "head", "attr_proto": False,
+                                                                               "lambda_anchor": 0.5}]
+
+
+def test_the_triton_twin_equals_the_reference_in_the_interpreter() -> None:
+    """The Triton twin runs on CUDA tensors; here, in the Triton interpreter in a child process (TRITON_INTERPRET=1
+    must be set before triton is first imported, and this process imported it with open_clip)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+              "from test_adapter_lathadapter import TRITON_TWIN_CASES, compare_triton_twin_with_reference\n"
+              "for case in TRITON_TWIN_CASES:\n    compare_triton_twin_with_reference(case)\nprint('ok')\n")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")

@@ -1,5 +1,6 @@
 """LatHAdapter's loss after the cosine products when every lifted point has its own radius (`radius=head|norm`):
-the CPU twin of `reference.reference_loss`.
+the fused twins of `reference.reference_loss` — Triton kernels on CUDA (`kernels/triton_radial_loss.py`, under the
+kernels backend: `LATHADAPTER_KERNELS=torch` forces the PyTorch twin), the PyTorch twin below elsewhere.
 
 Every distance and cone angle between two lifted points is a function of their two radii and the cosine of their
 directions, so the loss takes the batch's cosine matrices — image–prototype [B, C], image–attribute [B, K],
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from lathadapter.adapter.methods.base import LOGIT_SCALE
 from lathadapter.adapter.methods.lathadapter.options import LatHAdapterOptions
+from lathadapter.kernels.dispatch import use_triton
 from lathadapter.kernels.radial import radial_centripetal_energy, radial_cone_energy, radial_distance
 
 
@@ -35,6 +37,14 @@ def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class
     (ρ' = √c |h| < 1) of categories [C], attributes [K] and images [B], the curvature and log τ_h."""
     num_classes = class_weights.shape[0]
     image_class, image_attribute = image_cosines[:, :num_classes], image_cosines[:, num_classes:]
+    if use_triton(image_cosines):
+        from lathadapter.kernels.triton_radial_loss import radial_loss_triton
+
+        return radial_loss_triton(
+            image_class, image_attribute, class_attribute, class_weights, rho_categories, rho_attributes,
+            rho_images, c, log_tau, labels, logit_scale=LOGIT_SCALE, lambda_hyp=o.lambda_hyp,
+            lambda_hier=o.lambda_hier, hier=o.hier, cone_k=o.cone_k, cone_kappa=o.cone_kappa, margin=o.margin,
+            margin_radial=o.margin_radial, tau_attr=o.tau_attr)
     ce = F.cross_entropy(LOGIT_SCALE * image_class, labels)
     zero = image_cosines.new_zeros(())
     hyp = hier = zero
