@@ -14,6 +14,8 @@ from lathadapter.adapter.methods import (  # noqa: F401  (importing registers th
     clip_adapter,
     tip_adapter,
     taskres,
+    gda,
+    lp_plus_plus,
     lathadapter,
 )
 # isort: on

@@ -1,0 +1,304 @@
+"""GDA and LP++ equal independent re-statements of their official computations (written here step by step as the
+official scripts write them, in float64), never look at the test set, and run end to end through `fit` and grids.
+
+Official code: GDA, github.com/mrflogs/ICLR24 `main_few_shots.py::run`; LP++, github.com/FereshteShakeri/
+FewShot-CLIP-Strong-Baseline `methods/linear_probe_p2.py::LinearProbe_P2.forward` with `methods/utils.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lathadapter
+from lathadapter.adapter.catalog import create_method
+from lathadapter.adapter.evaluate import evaluate
+from lathadapter.adapter.methods.base import NotApplicable, ProtocolWarning
+from lathadapter.adapter.trainer import train
+from lathadapter.cache.store import FewShotData
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.experiments.grid import GridSpec, run_grid
+
+GDA_ALPHAS = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
+
+
+def random_data(classes: int = 5, dim: int = 8, shots: int = 4, views: int = 3, val_per_class: int = 6,
+                test_per_class: int = 5, text_signal: float = 0.3, noise: float = 0.9, seed: int = 0) -> FewShotData:
+    """Unit-norm float64 features around random class centres; the text features carry a weak share of the centres,
+    so that zero-shot is imperfect and the few-shot term matters."""
+    g = torch.Generator().manual_seed(seed)
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+    centres = unit(torch.randn(classes, dim, generator=g, dtype=torch.float64))
+    common = unit(torch.randn(dim, generator=g, dtype=torch.float64))
+    text = unit(common + text_signal * centres + 0.2 * torch.randn(classes, dim, generator=g, dtype=torch.float64))
+
+    def draw(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(classes).repeat_interleave(per_class)
+        return unit(centres[labels] + noise * torch.randn(len(labels), dim, generator=g, dtype=torch.float64)), labels
+
+    train_x, train_y = draw(shots)
+    train_views = unit(train_x[:, None] + 0.4 * torch.randn(len(train_y), views, dim, generator=g,
+                                                            dtype=torch.float64))
+    val_x, val_y = draw(val_per_class)
+    test_x, test_y = draw(test_per_class)
+    return FewShotData([f"c{i}" for i in range(classes)], text, torch.zeros(0, dim, dtype=torch.float64), train_x,
+                       train_views, train_y, val_x, val_y, test_x, test_y, "parity")
+
+
+def official_cls_acc(output: torch.Tensor, target: torch.Tensor) -> float:
+    """The official `cls_acc` (top-1, in percent)."""
+    pred = output.topk(1, 1, True, True)[1].t()
+    correct = pred.eq(target.view(1, -1).expand_as(pred))
+    return 100 * float(correct[:1].reshape(-1).float().sum(0, keepdim=True).numpy()[0]) / target.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------------------- GDA
+
+
+def official_gda(data: FewShotData) -> dict:
+    """`main_few_shots.py::run`, step by step: every augmented view (the official `augment_epoch` passes over the
+    train loader, pass-major), class means, the KS-shrunk shared precision, W and b, the α search on val."""
+    clip_weights = data.text_features.t()  # [D, C], as the official `clip_classifier` returns it
+    num_views = data.train_views.shape[1]
+    vecs = torch.cat([data.train_views[:, j] for j in range(num_views)])
+    labels = torch.cat([data.train_labels for _ in range(num_views)])
+    mus = torch.cat([vecs[labels == i].mean(dim=0, keepdim=True) for i in range(clip_weights.shape[1])])
+    center_vecs = torch.cat([vecs[labels == i] - mus[i].unsqueeze(0) for i in range(clip_weights.shape[1])])
+    cov_inv = center_vecs.shape[1] * torch.linalg.pinv(
+        (center_vecs.shape[0] - 1) * center_vecs.T.cov()
+        + center_vecs.T.cov().trace() * torch.eye(center_vecs.shape[1], dtype=vecs.dtype))
+    ps = torch.ones(clip_weights.shape[1], dtype=vecs.dtype) * 1.0 / clip_weights.shape[1]
+    W = torch.einsum("nd, dc -> cn", mus, cov_inv)
+    b = ps.log() - torch.einsum("nd, dc, nc -> n", mus, cov_inv, mus) / 2
+    best_val_acc, best_alpha, accuracies = 0, 0.1, []
+    for alpha in GDA_ALPHAS:
+        val_logits = 100.0 * data.val_features @ clip_weights + alpha * (data.val_features @ W + b)
+        acc = official_cls_acc(val_logits, data.val_labels)
+        accuracies.append(acc)
+        if acc > best_val_acc:
+            best_val_acc, best_alpha = acc, alpha
+    test_logits = 100.0 * data.test_features @ clip_weights + best_alpha * (data.test_features @ W + b)
+    return {"W": W, "b": b, "alpha": best_alpha, "val_acc": best_val_acc, "accuracies": accuracies,
+            "test_logits": test_logits}
+
+
+@pytest.mark.parametrize(("text_signal", "noise", "shots", "seed", "alpha"), [
+    (2.0, 0.9, 2, 0, 0.1),  # 0.1 and 1 tie: the first is kept
+    (1.0, 1.2, 2, 0, 10.0),
+    (1.0, 0.9, 4, 0, 100.0),
+    (2.0, 1.2, 2, 1, 0.0001),
+])
+def test_gda_equals_the_official_estimate_search_and_logits(text_signal: float, noise: float, shots: int, seed: int,
+                                                            alpha: float) -> None:
+    data = random_data(shots=shots, val_per_class=20, text_signal=text_signal, noise=noise, seed=seed)
+    official = official_gda(data)
+    assert len(set(official["accuracies"])) > 1 and official["alpha"] == alpha, "the case must make α matter"
+    method = create_method("gda", data)
+    chosen = train(method, data, seed=1).chosen
+    torch.testing.assert_close(method.weight, official["W"].t(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(method.bias, official["b"], rtol=1e-9, atol=1e-9)
+    assert chosen["alpha"] == official["alpha"] and chosen["views"] == data.train_views.shape[1]
+    assert chosen["val_accuracy"] == pytest.approx(official["val_acc"])
+    torch.testing.assert_close(method.logits(data.test_features), official["test_logits"], rtol=1e-9, atol=1e-7)
+
+
+def test_gda_without_val_keeps_the_official_start_and_warns() -> None:
+    data = random_data()
+    data = replace(data, val_features=data.val_features[:0], val_labels=data.val_labels[:0])
+    method = create_method("gda", data)
+    with pytest.warns(ProtocolWarning, match="no few-shot val subset"):
+        chosen = train(method, data, seed=1).chosen
+    assert chosen["alpha"] == 0.1 and method.alpha == 0.1
+    official = official_gda(random_data())  # the estimate does not depend on the val set
+    torch.testing.assert_close(method.weight, official["W"].t(), rtol=1e-9, atol=1e-9)
+
+
+def test_gda_without_augmented_views_uses_the_clean_view() -> None:
+    data = random_data()
+    clean = replace(data, train_views=data.train_features.unsqueeze(1))
+    no_views = replace(data, train_views=torch.zeros(len(data.train_labels), 0, 8, dtype=torch.float64))
+    expected, actual = create_method("gda", clean), create_method("gda", no_views)
+    train(expected, clean, seed=1), train(actual, no_views, seed=1)
+    torch.testing.assert_close(actual.weight, expected.weight)
+    assert actual.alpha == expected.alpha
+
+
+# ---------------------------------------------------------------------------------------------------------- LP++
+
+
+def official_lpp(data: FewShotData, shots: int, seed: int, epochs: int = 300) -> dict:
+    """`LinearProbe_P2.forward` and its helpers, step by step, with autograd and torch.optim.SGD. The train features
+    are one pass of the augmented train loader (the cache's view 0); the one-hot matrices, float16 in the official
+    code (0/1, exact), are in the features' dtype because `bmm` needs one dtype."""
+    features, labels = data.train_views[:, 0], data.train_labels
+    text_weights = data.text_features.t()  # [D, C]
+    val_features, val_labels = data.val_features, data.val_labels
+    test_features = data.test_features
+    num_classes = labels.unique().size(0)
+
+    def get_one_hot(y_s: torch.Tensor) -> torch.Tensor:
+        one_hot = torch.zeros(list(y_s.size()) + [num_classes], dtype=features.dtype)
+        return one_hot.scatter_(-1, y_s.unsqueeze(-1), 1)
+
+    def compute_centroids(z_s: torch.Tensor, y_s: torch.Tensor) -> torch.Tensor:
+        return get_one_hot(y_s).transpose(1, 2).bmm(z_s)  # sums: the official division is commented out
+
+    def compute_centroids_alpha(z_s: torch.Tensor, y_s: torch.Tensor) -> torch.Tensor:
+        one_hot = get_one_hot(y_s)
+        return (one_hot * z_s / one_hot.sum(-2, keepdim=True)).sum(1)
+
+    torch.manual_seed(seed)
+    centroids = compute_centroids(features.unsqueeze(0), labels.unsqueeze(0))
+    classifier = nn.Linear(features.shape[1], int(features.shape[0] / shots), bias=True).to(features.dtype)
+    classifier.weight.data = centroids[0]
+    # calculate_lr_w (scipy.linalg.eigh in the official code; numpy's LAPACK eigh here)
+    w, _ = np.linalg.eigh((features.T @ features).numpy())
+    lr_temp = (4 * features.shape[0]) / max(w)
+    # calculate_init_alpha
+    alpha_tilde = compute_centroids_alpha((features @ text_weights).unsqueeze(0), labels.unsqueeze(0))[0]
+    alpha_tilde = alpha_tilde.double() * shots
+    final_init_alpha_mean = torch.mean(250 / shots * alpha_tilde)
+    alpha_vec = (final_init_alpha_mean * torch.ones(1, int(features.shape[0] / shots), dtype=features.dtype)
+                 ).requires_grad_(True)
+    # calculate_lr_alpha
+    lr_alpha = features.shape[0] / (max(torch.sum(torch.pow(features @ text_weights, 2), dim=0)) * 4)
+    optimizer = torch.optim.SGD(classifier.parameters(), lr_temp, momentum=0.9)
+    best_acc, best_epoch, history = 0.0, 0, []
+    for epoch in range(epochs):
+        vision_logits = classifier(features)
+        text_logits = features @ text_weights
+        logits = vision_logits + torch.ones(features.shape[0], 1, dtype=features.dtype) @ alpha_vec * text_logits
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (epoch + 1) % 10 == 0:
+            alpha_vec.data -= lr_alpha * alpha_vec.grad.data
+        with torch.no_grad():
+            logits_val = classifier(val_features) + torch.ones(val_features.shape[0], 1, dtype=features.dtype) \
+                @ alpha_vec * (val_features @ text_weights)
+            acc_val = np.mean(logits_val.argmax(dim=1).numpy() == val_labels.numpy()) * 100.0
+            history.append(acc_val)
+            if acc_val >= best_acc:
+                best_acc, best_epoch = acc_val, epoch
+                kept = (classifier.weight.detach().clone(), classifier.bias.detach().clone(),
+                        alpha_vec.detach()[0].clone())
+                logits_test = classifier(test_features) + torch.ones(test_features.shape[0], 1, dtype=features.dtype) \
+                    @ alpha_vec * (test_features @ text_weights)
+    last = (classifier.weight.detach(), classifier.bias.detach(), alpha_vec.detach()[0])
+    return {"weight": kept[0], "bias": kept[1], "alpha": kept[2], "best_epoch": best_epoch, "val_acc": best_acc,
+            "lr_w": lr_temp, "lr_alpha": float(lr_alpha), "alpha_init": float(final_init_alpha_mean),
+            "test_logits": logits_test, "history": history, "last": last}
+
+
+@pytest.mark.parametrize(("classes", "dim", "shots", "noise", "seed", "after_alpha_steps"), [
+    (5, 8, 4, 0.9, 0, False),  # the epoch kept comes before α's first step (epoch 10)
+    (5, 8, 4, 1.2, 0, True),
+    (6, 32, 8, 1.2, 2, True),
+    (6, 32, 8, 0.9, 2, True),
+])
+def test_lpp_equals_the_official_loop(classes: int, dim: int, shots: int, noise: float, seed: int,
+                                      after_alpha_steps: bool) -> None:
+    data = random_data(classes=classes, dim=dim, shots=shots, val_per_class=10, text_signal=1.0, noise=noise,
+                       seed=seed)
+    official = official_lpp(data, shots, seed=seed + 5)
+    assert len(set(official["history"])) > 2, "the val accuracy must change over the epochs"
+    assert (official["best_epoch"] + 1 > 10) == after_alpha_steps
+    torch.manual_seed(seed + 5)  # as `run` seeds before it builds the method: the bias' default init
+    method = create_method("lp++", data)
+    chosen = train(method, data, seed=1).chosen
+    assert chosen["selected_epoch"] == official["best_epoch"] + 1 and chosen["epochs"] == 300
+    assert chosen["val_accuracy"] == pytest.approx(official["val_acc"])
+    assert chosen["lr_w"] == pytest.approx(official["lr_w"], rel=1e-10)
+    assert chosen["lr_alpha"] == pytest.approx(official["lr_alpha"], rel=1e-10)
+    assert chosen["alpha_init"] == pytest.approx(official["alpha_init"], rel=1e-10)
+    assert (official["last"][2] - official["alpha_init"]).abs().max() > 1e-3, "the α steps must matter"
+    torch.testing.assert_close(method.weight, official["weight"], rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(method.bias, official["bias"], rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(method.alpha, official["alpha"], rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(method.logits(data.test_features), official["test_logits"], rtol=1e-8, atol=1e-6)
+
+
+def test_lpp_without_val_keeps_the_last_epoch_and_warns() -> None:
+    data = random_data(seed=3)
+    official = official_lpp(data, 4, seed=9, epochs=25)
+    no_val = replace(data, val_features=data.val_features[:0], val_labels=data.val_labels[:0])
+    torch.manual_seed(9)
+    method = create_method("lp++", no_val, epochs=25)
+    with pytest.warns(ProtocolWarning, match="no few-shot val subset"):
+        chosen = train(method, no_val, seed=1).chosen
+    assert chosen["selected_epoch"] == 25 and chosen["val_accuracy"] is None
+    for ours, theirs in zip((method.weight, method.bias, method.alpha), official["last"], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-8)
+
+
+def test_lpp_counts_its_trained_parameters_and_cannot_score_new_classes() -> None:
+    data = random_data()
+    method = create_method("lp++", data)
+    assert not any(p.requires_grad for p in method.parameters())  # the shared trainer finds nothing to train
+    result = train(method, data, seed=1)
+    assert result.steps == 0 and result.chosen["epochs"] == 300
+    assert sum(p.numel() for p in method.parameters() if p.requires_grad) == 5 * 8 + 5 + 5
+    with pytest.raises(NotApplicable):
+        method.logits(data.test_features, data.text_features)
+    assert evaluate(method, data.test_features, data.test_labels, data.text_features) is None
+
+
+@pytest.mark.parametrize("name", ["gda", "lp++"])
+def test_no_choice_sees_the_test_set(name: str) -> None:
+    data = random_data(seed=4)
+    poisoned = replace(data, test_features=torch.full_like(data.test_features, float("nan")),
+                       test_labels=torch.zeros_like(data.test_labels))
+    chosen = []
+    for case in (data, poisoned):
+        torch.manual_seed(1)
+        method = create_method(name, case)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ProtocolWarning)  # a val set is there: no protocol warning either
+            chosen.append(train(method, case, seed=1).chosen)
+    assert chosen[0] == chosen[1]
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gda_lpp") / "synthetic.h5"
+    return write_synthetic_cache(path, num_classes=12, dim=32, views=4, shots=(4, 16), seeds=(1,))
+
+
+@pytest.mark.parametrize("name", ["gda", "lp++"])
+def test_fit_end_to_end_base_to_novel(cache: Path, tmp_path: Path, name: str) -> None:
+    metrics = lathadapter.fit(cache, method=name, shots=16, seed=1, classes="base", out=tmp_path, device="cpu")
+    assert metrics["accuracy"]["novel"] is None and metrics["hm"] is None
+    assert metrics["accuracy"]["base"] > 100 / 6 + 30  # 6 base classes: well above chance
+    stored = json.loads((Path(metrics["run_dir"]) / "metrics.json").read_text())
+    assert stored["accuracy"]["novel"] is None and stored["chosen"] == metrics["chosen"]
+    weights = torch.load(Path(metrics["run_dir"]) / "weights.pt")
+    assert {"weight", "bias"} <= set(weights)
+    trained = 6 * 32 + 6 + 6 if name == "lp++" else 0
+    assert metrics["trained_parameters"] == trained
+
+
+def test_grid_runs_both(cache: Path, tmp_path: Path) -> None:
+    summary = run_grid(GridSpec([str(cache)], ["zeroshot", "gda", "lp++"], [4], [1]), tmp_path, progress=False)
+    assert summary["runs"] == 3
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    assert set(rows) == {"zeroshot", "gda", "lp++"}
+    for name in ("gda", "lp++"):
+        assert float(rows[name]["acc_all"]) > 100 / 12 + 20
+    assert float(rows["gda"]["chosen.alpha"]) in GDA_ALPHAS
+    assert int(rows["lp++"]["chosen.selected_epoch"]) >= 1
