@@ -67,6 +67,33 @@ class TrainOptions:
     eps: float = option(1e-8, "AdamW epsilon", above=0)
 
 
+RECIPES = ("official", "shared")
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """The `recipe` option of the baselines (docs/baselines.md), declared once so that every baseline shares it."""
+
+    recipe: str = option("official", "official: the values and optimiser of the method's own code (docs/baselines.md); "
+                         "shared: the one recipe every trained baseline used before (AdamW, cosine)", choices=RECIPES)
+
+
+@dataclass(frozen=True)
+class RecipeTrainOptions(TrainOptions, RecipeOptions):
+    """`TrainOptions` of a baseline with a recipe: each left at None takes the recipe's value (official: the method's
+    own, per dataset and shots where its code varies it; shared: `TrainOptions`' defaults); a value set wins.
+
+    Options whose default None means "the recipe's value" keep their plain type as annotation (what `--set` parses
+    and `lathadapter list options` prints); the value actually used is recorded in the run's `chosen`."""
+
+    epochs: int = option(None, "training epochs (default: the recipe's, docs/baselines.md)", least=1)
+    min_steps: int = option(None, "never fewer optimiser steps than this (default: the recipe's)", least=0)
+    batch_size: int = option(None, "samples per optimiser step (default: the recipe's)", least=1)
+    lr: float = option(None, "peak learning rate (default: the recipe's)", above=0)
+    weight_decay: float = option(None, "weight decay (default: the recipe's)", least=0)
+    eps: float = option(None, "Adam/AdamW epsilon (default: the recipe's)", above=0)
+
+
 def parse_value(name: str, kind: Any, value: Any) -> Any:
     """Convert `value` (a string from the command line or a grid file, or a Python value) to the option's type."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):

@@ -1,4 +1,5 @@
-"""The training loop over cached features: one random augmented view per sample per epoch, AdamW, cosine schedule.
+"""The training loop over cached features: one random augmented view per sample per epoch, with the optimiser and
+learning-rate schedule the method's `TrainRecipe` names (the shared recipe: AdamW, cosine stepped every step).
 
 No DataLoader and no encoder: every tensor is already on the device. Deterministic for a given seed and device.
 """
@@ -6,7 +7,6 @@ No DataLoader and no encoder: every tensor is already on the device. Determinist
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -66,7 +66,7 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
         _optimise(method, data, params, seed, select, result, progress)
     method.eval()
     with torch.no_grad():
-        result.chosen = method.after_training(data)
+        result.chosen = {**method.settings(), **method.after_training(data)}
     synchronize(device)  # the seconds cover finished work on an asynchronous device
     result.seconds = time.perf_counter() - start
     return result
@@ -74,7 +74,7 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
 
 def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter], seed: int, select: str,
               result: TrainResult, progress) -> None:
-    o = method.options
+    recipe = method.train_recipe()
     device = data.train_labels.device
     generator = torch.Generator().manual_seed(seed)  # CPU generator: the same draws on every device
     n = len(data.train_labels)
@@ -83,12 +83,12 @@ def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter
     views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
     num_views = views.shape[1]
     rows = views.reshape(n * num_views, -1)  # sample i's view j is row i·V + j: a batch is one index_select
-    steps_per_epoch = math.ceil(n / o.batch_size)
-    epochs = max(o.epochs, math.ceil(o.min_steps / steps_per_epoch))
-    # The fused AdamW (one kernel over all parameters) is 4x faster per step than the per-tensor loop on the CPU.
-    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps,
-                                  fused=device.type in ("cpu", "cuda"))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    batch_size = recipe.batch_size
+    steps_per_epoch = recipe.steps_per_epoch(n)
+    epochs = recipe.epochs_for(n)
+    starts = range(0, n, batch_size)[:steps_per_epoch]  # with drop_last, the last partial batch is left out
+    optimizer = method.optimizer(params, recipe)
+    scheduler = method.scheduler(optimizer, recipe, epochs, steps_per_epoch)
     best_state, best_accuracy = None, -1.0
     task = progress.add_task(f"train {method.name}", total=epochs) if progress is not None else None
     for epoch in range(epochs):
@@ -96,9 +96,9 @@ def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter
         view = torch.randint(num_views, (n,), generator=generator).to(device)  # one random view per sample
         order = torch.randperm(n, generator=generator).to(device)
         order_rows = order * num_views + view[order]
-        for start in range(0, n, o.batch_size):
-            batch = order[start:start + o.batch_size]
-            features = rows.index_select(0, order_rows[start:start + o.batch_size])
+        for start in starts:
+            batch = order[start:start + batch_size]
+            features = rows.index_select(0, order_rows[start:start + batch_size])
             loss, parts = method.loss(features, data.train_labels.index_select(0, batch))
             clear_grads(params)
             loss.backward()

@@ -29,6 +29,7 @@ from lathadapter.cache.encode import ClipModel, ImageRows, collate, encode_image
 from lathadapter.cache.sampling import fewshot_indices
 from lathadapter.cache.store import (
     DEFAULT_CACHE_DIR,
+    READABLE_SCHEMAS,
     SCHEMA_VERSION,
     SPLITS,
     CacheLayout,
@@ -43,7 +44,7 @@ from lathadapter.cache.store import (
 )
 from lathadapter.cache.templates import ensemble_templates, load_attributes, prompt
 
-__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "BuildError", "BuildResult", "build",
+__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "VAL_CHOICES", "BuildError", "BuildResult", "build",
            "build_lock"]
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -51,6 +52,8 @@ DEFAULT_SEEDS = (1, 2, 3)
 FLUSH_SECONDS = 10.0  # how often encoded rows are flushed to the temporary file (what a resume can reuse)
 NORM_TOLERANCE = 1e-2  # float16 unit vectors are within ~1e-3 of norm 1; a row outside this was not fully written
 LOSSES_LISTED = 5  # how many lost classes a failed `--skip-bad` build names
+# `--val`: the union of the few-shot val subsets, or the whole val split (Tip-Adapter's official search set)
+VAL_CHOICES = ("subsets", "all")
 
 
 class BuildError(ValueError):
@@ -86,7 +89,11 @@ class BuildResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int) -> None:
+def _check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int,
+                   val: str = "subsets") -> None:
+    if val not in VAL_CHOICES:
+        raise BuildError(f"--val {val!r} is not valid; choose subsets (the few-shot val subsets only) or all (the "
+                         "whole val split, Tip-Adapter's official search set)")
     if not shots or any(int(k) < 1 for k in shots):
         raise BuildError(f"--shots {','.join(map(str, shots))}: give one or more shot counts >= 1, e.g. 1,2,4,8,16")
     if not seeds:
@@ -148,16 +155,18 @@ def build_lock(out: Path) -> Iterator[Path]:
 
 
 def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int], full_train: bool,
+                val_all: bool = False,
                 ) -> tuple[dict[str, list[int]], dict[tuple[int, int], tuple[list[int], list[int]]]]:
     """Which train and val items the cache holds (indices into the split lists, sorted) and each few-shot subset as
-    rows of those, in Dassl's order. Train holds the union of the subsets, or everything with `full_train`."""
+    rows of those, in Dassl's order. Train holds the union of the subsets, or everything with `full_train`; val the
+    union of the val subsets, or everything with `val_all`."""
     if splits.test_only:
         return {"train": [], "val": [], "test": list(range(len(splits.test)))}, {}
     train_labels = [label for _, label, _ in splits.train]
     val_labels = [label for _, label, _ in splits.val] if splits.val_subsets else None
     draws = {(k, s): fewshot_indices(train_labels, val_labels, k, s) for k in shots for s in seeds}
     train = list(range(len(splits.train))) if full_train else sorted(set().union(*(t for t, _ in draws.values())))
-    val = sorted(set().union(*(v for _, v in draws.values())))
+    val = list(range(len(splits.val))) if val_all else sorted(set().union(*(v for _, v in draws.values())))
     train_row = {index: row for row, index in enumerate(train)}
     val_row = {index: row for row, index in enumerate(val)}
     subsets = {key: ([train_row[i] for i in t], [val_row[i] for i in v]) for key, (t, v) in draws.items()}
@@ -165,7 +174,8 @@ def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int
 
 
 def _fingerprint(splits: DatasetSplits, clip: ClipModel, templates: list[str], phrases: list[str], views: int,
-                 seed: int, shots: Sequence[int], seeds: Sequence[int], full_train: bool) -> dict[str, object]:
+                 seed: int, shots: Sequence[int], seeds: Sequence[int], full_train: bool,
+                 val: str = "subsets") -> dict[str, object]:
     return {
         **clip.fields,
         "dataset": splits.name,
@@ -179,11 +189,13 @@ def _fingerprint(splits: DatasetSplits, clip: ClipModel, templates: list[str], p
         "shots": [] if splits.test_only else sorted(set(shots)),
         "seeds": [] if splits.test_only else sorted(set(seeds)),
         "full_train": full_train and not splits.test_only,
+        "val": "subsets" if splits.test_only else val,
     }
 
 
 def _stored_fingerprint(path: Path) -> tuple[dict[str, object] | None, bool]:
-    """The fingerprint fields and completeness of an existing cache file (None when it is not a readable cache)."""
+    """The fingerprint fields and completeness of an existing cache file of the current schema (None when it is not
+    a readable cache, or one of an older schema: see `_stored_schema`)."""
     try:
         with h5py.File(path, "r") as f:
             if int(f.attrs.get("schema_version", 0)) != SCHEMA_VERSION:
@@ -191,6 +203,16 @@ def _stored_fingerprint(path: Path) -> tuple[dict[str, object] | None, bool]:
             return json.loads(f.attrs["fingerprint_json"]), bool(f.attrs.get("complete", False))
     except (OSError, KeyError, ValueError):
         return None, False
+
+
+def _stored_schema(path: Path) -> int:
+    """The schema version of an existing cache file (0 when it is not a readable lathadapter cache)."""
+    try:
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("schema_version", 0))
+            return version if version in READABLE_SCHEMAS and "fingerprint_json" in f.attrs else 0
+    except (OSError, KeyError, ValueError):
+        return 0
 
 
 def _differences(old: dict[str, object], new: dict[str, object]) -> list[str]:
@@ -211,17 +233,19 @@ def _retry_skipped(f: h5py.File) -> int:
 
 
 def _recheck_encoded(f: h5py.File, split: str, chunk: int = 4096) -> int:
-    """Unmark rows flagged encoded whose stored vectors are not unit norm (a write cut short); returns how many."""
+    """Unmark rows flagged encoded whose stored vectors are not unit norm, or whose raw norms are not positive (a
+    write cut short); returns how many."""
     group = f[f"splits/{split}"]
     encoded = group["encoded"][:]
     bad = 0
     for start in range(0, len(encoded), chunk):
         stop = min(start + chunk, len(encoded))
         norms = np.linalg.norm(group["features"][start:stop].astype(np.float32), axis=-1)
-        ok = np.abs(norms - 1) < NORM_TOLERANCE
+        ok = (np.abs(norms - 1) < NORM_TOLERANCE) & (group["norms"][start:stop] > 0)
         if split == "train" and group["augmented"].shape[1]:
             views = np.linalg.norm(group["augmented"][start:stop].astype(np.float32), axis=-1)
             ok &= (np.abs(views - 1) < NORM_TOLERANCE).all(axis=1)
+            ok &= (group["augmented_norms"][start:stop] > 0).all(axis=1)
         for offset in np.flatnonzero(encoded[start:stop] & ~ok):
             encoded[start + offset] = False
             bad += 1
@@ -272,15 +296,17 @@ def _encode_split(f: h5py.File, split: str, splits: DatasetSplits, clip: ClipMod
             pixels = [torch.stack([item.clean for item in good])]
             if split == "train" and views:
                 pixels.append(torch.cat([item.views for item in good]))
-            features = encode_images(clip, torch.cat(pixels)).numpy()
+            unit, raw_norms = encode_images(clip, torch.cat(pixels), return_norms=True)
+            features, norms = unit.numpy(), raw_norms.numpy()
             stats.encode_seconds += time.perf_counter() - tick
             tick = time.perf_counter()
             rows = np.array([item.row for item in good])
             clean = features[:len(good)]
             augmented = features[len(good):].reshape(len(good), views, -1) if split == "train" else None
+            augmented_norms = norms[len(good):].reshape(len(good), views) if split == "train" else None
             if split == "train" and not views:
                 augmented = np.zeros((len(good), 0, features.shape[1]), dtype=np.float32)
-            write_rows(f, split, rows, clean, augmented)
+            write_rows(f, split, rows, clean, augmented, norms[:len(good)], augmented_norms)
             stats.write_seconds += time.perf_counter() - tick
         if bad:
             mark_skipped(f, split, np.array([item.row for item in bad]), [paths[item.row] for item in bad])
@@ -324,6 +350,7 @@ def build(
     workers: int = 4,
     attributes: Path | str | None = None,
     full_train: bool = False,
+    val: str = "subsets",
     force: bool = False,
     skip_bad: bool = False,
     seed: int = 0,
@@ -334,10 +361,11 @@ def build(
 ) -> BuildResult:
     """Encode `dataset` with an open_clip model into an HDF5 cache at `out` (default `caches/<dataset>.h5`).
 
-    `workers` is capped at the CPUs available to the process: more decoding processes than CPUs only add overhead."""
+    `workers` is capped at the CPUs available to the process: more decoding processes than CPUs only add overhead.
+    `val="all"` encodes the whole val split (Tip-Adapter's official search set), not only the few-shot subsets'."""
     say = log or (lambda message: print(message, file=sys.stderr))
     started = time.perf_counter()
-    _check_options(shots, seeds, views, batch_size, workers)
+    _check_options(shots, seeds, views, batch_size, workers, val)
     workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
     notes = list(splits.notes)
@@ -353,11 +381,15 @@ def build(
         if splits.test_only:
             say(f"{splits.name} is test-only: no few-shot subsets (--shots/--seeds are ignored)")
         templates = ensemble_templates(splits.template)
-        fields = _fingerprint(splits, clip, templates, phrases, views, seed, shots, seeds, full_train)
+        fields = _fingerprint(splits, clip, templates, phrases, views, seed, shots, seeds, full_train, val)
         stats = BuildStats()
 
         if out.exists() and not force:
             stored, complete = _stored_fingerprint(out)
+            if stored is None and _stored_schema(out):
+                raise BuildError(f"{out} is a cache of schema version {_stored_schema(out)}, which stores no raw "
+                                 f"feature norms; pass --force to rebuild it as schema {SCHEMA_VERSION}, or choose "
+                                 "another --out")
             if stored is None:
                 raise BuildError(f"{out} exists and is not a lathadapter cache; pass --force to overwrite it, or "
                                  "choose another --out")
@@ -369,7 +401,7 @@ def build(
                 say(f"{out} is up to date (same fingerprint {fingerprint_of(fields)})")
                 return BuildResult(out, "up to date", stats, notes)
 
-        indices, subsets = plan_layout(splits, shots, seeds, full_train)
+        indices, subsets = plan_layout(splits, shots, seeds, full_train, val_all=val == "all")
         items = {"train": splits.train, "val": splits.val, "test": splits.test}
         layout = CacheLayout(
             fingerprint=fields,
@@ -398,16 +430,21 @@ def build(
                     + (f" ({retried} images skipped as unreadable tried again)" if retried else ""))
                 status = "resumed"
             else:
-                say(f"discarding {temporary}: " + ("it is not readable" if stored is None else
-                    "it was started with other settings"))
+                why = ("it was started with other settings" if stored is not None else
+                       "it is of an older cache schema" if _stored_schema(temporary) else "it is not readable")
+                say(f"discarding {temporary}: {why}")
         if f is None:
             f = create(temporary, layout)
         try:
             tick = time.perf_counter()
-            per_template = [encode_texts(clip, [prompt(t, name) for name in splits.class_names]) for t in templates]
-            f["text/features"][...] = torch.stack(per_template).numpy().astype(np.float16)
+            per_template = [encode_texts(clip, [prompt(t, name) for name in splits.class_names], return_norms=True)
+                            for t in templates]
+            f["text/features"][...] = torch.stack([unit for unit, _ in per_template]).numpy().astype(np.float16)
+            f["text/norms"][...] = torch.stack([norms for _, norms in per_template]).numpy()
             if phrases:
-                f["attributes/features"][...] = encode_texts(clip, phrases).numpy().astype(np.float16)
+                unit, norms = encode_texts(clip, phrases, return_norms=True)
+                f["attributes/features"][...] = unit.numpy().astype(np.float16)
+                f["attributes/norms"][...] = norms.numpy()
             f.flush()
             stats.text_seconds = time.perf_counter() - tick
             with _progress(progress) as bars:

@@ -295,21 +295,30 @@ def _input_dtype(clip: ClipModel) -> torch.dtype:
 
 
 @torch.no_grad()
-def encode_images(clip: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
-    """L2-normalised image features `[N, D]` (float32, on the CPU) of preprocessed pixels `[N, 3, H, W]`."""
+def encode_images(clip: ClipModel, pixels: torch.Tensor, return_norms: bool = False
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image features `[N, D]` (float32, on the CPU) of preprocessed pixels `[N, 3, H, W]`; with
+    `return_norms`, also the norms `[N]` of the model's unnormalised features (the raw feature is `unit * norm`)."""
     with _autocast(clip):
         features = clip.model.encode_image(pixels.to(clip.device, _input_dtype(clip)))
     features = features.float()
-    return (features / features.norm(dim=-1, keepdim=True)).cpu()
+    unit = (features / features.norm(dim=-1, keepdim=True)).cpu()
+    return (unit, features.norm(dim=-1).cpu()) if return_norms else unit
 
 
 @torch.no_grad()
-def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised text features `[N, D]` (float32, on the CPU) of `texts`, in batches."""
-    out = []
+def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256, return_norms: bool = False
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised text features `[N, D]` (float32, on the CPU) of `texts`, in batches; with `return_norms`, also
+    the norms `[N]` of the unnormalised features."""
+    out, norms = [], []
     for start in range(0, len(texts), batch_size):
         tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(clip.device)
         with _autocast(clip):
             features = clip.model.encode_text(tokens).float()
         out.append((features / features.norm(dim=-1, keepdim=True)).cpu())
-    return torch.cat(out) if out else torch.zeros(0, clip.embed_dim)
+        norms.append(features.norm(dim=-1).cpu())
+    unit = torch.cat(out) if out else torch.zeros(0, clip.embed_dim)
+    if not return_norms:
+        return unit
+    return unit, torch.cat(norms) if norms else torch.zeros(0)

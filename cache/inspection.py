@@ -9,7 +9,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from lathadapter.cache.store import SCHEMA_VERSION, SPLITS, CacheReader, fingerprint_of, skipped_losses
+from lathadapter.cache.store import (
+    READABLE_SCHEMAS,
+    REBUILD,
+    SCHEMA_VERSION,
+    SPLITS,
+    CacheReader,
+    fingerprint_of,
+    skipped_losses,
+)
 
 NORM_TOLERANCE = 1e-2  # float16 storage keeps unit vectors within ~1e-3 of norm 1
 CHUNK_ROWS = 4096
@@ -53,6 +61,11 @@ def summary(path: str | Path) -> list[tuple[str, str]]:
         ("views", f"{info.views} augmented views per train image (seed {fields.get('seed', '?')})"),
         ("subsets", f"{len(info.subsets)}: shots {_ranges(shots)} × seeds {_ranges(seeds)}"
                     + (" · whole train split" if fields.get("full_train") else "")),
+        ("val", "the whole val split (Tip-Adapter's official search set)" if info.val_split
+         else "the few-shot val subsets only"),
+        ("schema", f"{info.schema_version} · raw feature norms stored" if info.schema_version >= 2 else
+         f"{info.schema_version} · no raw feature norms (the official recipes of TaskRes, Tip-Adapter and ZS-LP "
+         f"need them: `{REBUILD}`)"),
         ("templates", f"{len(info.templates)} (CoOp: {info.templates[0]!r})" if info.templates else "0"),
         ("attributes", f"{info.attribute_count} phrases"),
         ("skipped", f"{len(info.skipped)} unreadable images" if info.skipped else "none"),
@@ -98,6 +111,18 @@ def _check_vectors(problems: list[str], name: str, data: h5py.Dataset, skipped: 
     for kind, row in first.items():
         more = f" (and {count[kind] - 1} more rows)" if count[kind] > 1 else ""
         problems.append(f"{name}: row {row} {what[kind]}{more}")
+
+
+def _check_norms(problems: list[str], name: str, norms: np.ndarray, skipped: np.ndarray | None = None) -> None:
+    """Raw norms (schema 2): finite and positive, except in the rows of images skipped by `--skip-bad` (zero); names
+    the first bad row."""
+    rows = norms.reshape(len(norms), -1) if norms.size else norms.reshape(len(norms), 0)
+    exempt = skipped if skipped is not None else np.zeros(len(rows), dtype=bool)
+    bad = ~np.where(exempt[:, None], rows == 0, np.isfinite(rows) & (rows > 0)).all(axis=1)
+    hits = np.flatnonzero(bad)
+    if len(hits):
+        more = f" (and {len(hits) - 1} more rows)" if len(hits) > 1 else ""
+        problems.append(f"{name}: row {int(hits[0])} holds a raw norm that is not a positive finite number{more}")
 
 
 def _expect(problems: list[str], f: h5py.File, name: str, shape: tuple[int, ...], kind: str) -> bool:
@@ -162,8 +187,9 @@ def verify(path: str | Path) -> list[str]:
     problems: list[str] = []
     with f:
         version = int(f.attrs.get("schema_version", 0))
-        if version != SCHEMA_VERSION:
-            return [f"schema version {version}, expected {SCHEMA_VERSION}"]
+        if version not in READABLE_SCHEMAS:
+            return [f"schema version {version}, expected {SCHEMA_VERSION} (or {', '.join(map(str, READABLE_SCHEMAS))})"]
+        norms = version >= 2  # the raw norms of every vector (schema 2)
         for attr in ("fingerprint", "fingerprint_json", "embed_dim", "views", "complete"):
             if attr not in f.attrs:
                 problems.append(f"missing root attribute {attr}")
@@ -205,6 +231,11 @@ def verify(path: str | Path) -> list[str]:
                 _check_vectors(problems, f"{prefix}/features", f[f"{prefix}/features"], skipped)
             if split == "train" and _expect(problems, f, f"{prefix}/augmented", (n, views, dim), "float16"):
                 _check_vectors(problems, f"{prefix}/augmented", f[f"{prefix}/augmented"], skipped)
+            if norms and _expect(problems, f, f"{prefix}/norms", (n,), "float32"):
+                _check_norms(problems, f"{prefix}/norms", f[f"{prefix}/norms"][()], skipped)
+            if norms and split == "train" and _expect(problems, f, f"{prefix}/augmented_norms", (n, views),
+                                                      "float32"):
+                _check_norms(problems, f"{prefix}/augmented_norms", f[f"{prefix}/augmented_norms"][()], skipped)
         if _expect(problems, f, "text/templates", f["text/templates"].shape[:1] if "text/templates" in f else (0,),
                    "str"):
             templates = f["text/templates"].shape[0]
@@ -212,11 +243,15 @@ def verify(path: str | Path) -> list[str]:
                 problems.append("text/templates is empty")
             if _expect(problems, f, "text/features", (templates, num_classes, dim), "float16"):
                 _check_vectors(problems, "text/features", f["text/features"])
+            if norms and _expect(problems, f, "text/norms", (templates, num_classes), "float32"):
+                _check_norms(problems, "text/norms", f["text/norms"][()].T)
         if _expect(problems, f, "attributes/phrases",
                    f["attributes/phrases"].shape[:1] if "attributes/phrases" in f else (0,), "str"):
             phrases = f["attributes/phrases"].shape[0]
             if _expect(problems, f, "attributes/features", (phrases, dim), "float16"):
                 _check_vectors(problems, "attributes/features", f["attributes/features"])
+            if norms and _expect(problems, f, "attributes/norms", (phrases,), "float32"):
+                _check_norms(problems, "attributes/norms", f["attributes/norms"][()])
         sound &= _check_subsets(problems, f, counts, labels)
         if sound:
             problems += skipped_losses(f)

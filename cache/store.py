@@ -1,16 +1,21 @@
 """The HDF5 feature cache: its schema, the resumable writer the build uses, and the reader a fit uses.
 
-Schema (version 1). Root attributes: `schema_version`, `fingerprint` (hash of `fingerprint_json`),
-`fingerprint_json` (what was encoded, by which model, how), `lathadapter_version`, `embed_dim`, `views`,
-`complete` (true once every row is encoded). Groups:
+Schema (version 2; version 1 caches still load, without what version 2 added). Root attributes: `schema_version`,
+`fingerprint` (hash of `fingerprint_json`), `fingerprint_json` (what was encoded, by which model, how),
+`lathadapter_version`, `embed_dim`, `views`, `complete` (true once every row is encoded). Groups:
 
 - `classes/names` `[C]` str (cleaned class names, label order); `classes/wnids` `[C]` str ("" when unknown).
 - `splits/{train,val,test}/paths` `[N]` str (relative to the dataset folder), `labels` `[N]` int64,
   `features` `[N, D]` float16 (clean view, L2-normalised), `encoded` `[N]` bool (for resuming);
   `splits/train/augmented` `[N, V, D]` float16 (augmented views, L2-normalised).
-  `train` holds the union of the few-shot train subsets (or the whole split), `val` the union of the val subsets.
+  `train` holds the union of the few-shot train subsets (or the whole split), `val` the union of the val subsets
+  (or the whole split: fingerprint field `val` = "all").
+- Version 2 adds the raw (pre-normalisation) norm of every stored vector, float32: `splits/{train,val,test}/norms`
+  `[N]`, `splits/train/augmented_norms` `[N, V]`, `text/norms` `[T, C]`, `attributes/norms` `[A]` (0 for the rows
+  of skipped images), so that a method can rebuild the unnormalised features (`unit * norm`).
 - `subsets/shots_{K}_seed_{S}/{train,val}` int64 row indices into `splits/train` and `splits/val`.
-- `text/templates` `[T]` str (templates[0] is the dataset's CoOp template); `text/features` `[T, C, D]` float16.
+- `text/templates` `[T]` str (templates[0] is the dataset's CoOp template); `text/features` `[T, C, D]` float16
+  (L2-normalised).
 - `attributes/phrases` `[A]` str; `attributes/features` `[A, D]` float16 (A may be 0).
 - `skipped` `[S]` str: images left out by `--skip-bad` (relative paths). Their rows stay in their split, all
   zeros, and the reader drops them from every subset and split it returns.
@@ -33,7 +38,9 @@ import torch
 from lathadapter.cache.sampling import base_novel_classes
 from lathadapter.version import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what the build writes
+READABLE_SCHEMAS = (1, 2)  # what the reader accepts; version 1 lacks the raw norms and the whole-val search set
+REBUILD = "lathadapter cache build ... --force"  # how to turn an older cache into the current schema
 DEFAULT_CACHE_DIR = Path("caches")  # where `cache build` writes and `fit` looks when no path is given
 SPLITS = ("train", "val", "test")
 _STR = h5py.string_dtype()
@@ -105,9 +112,11 @@ def create(path: Path, layout: CacheLayout) -> h5py.File:
         group.create_dataset("paths", data=np.array(layout.paths[split], dtype=object), dtype=_STR)
         group.create_dataset("labels", data=np.asarray(layout.labels[split], dtype=np.int64).reshape(n))
         group.create_dataset("features", shape=(n, dim), dtype=np.float16)
+        group.create_dataset("norms", shape=(n,), dtype=np.float32)
         group.create_dataset("encoded", data=np.zeros(n, dtype=bool))
         if split == "train":
             group.create_dataset("augmented", shape=(n, layout.views, dim), dtype=np.float16)
+            group.create_dataset("augmented_norms", shape=(n, layout.views), dtype=np.float32)
     for (shots, seed), (train_rows, val_rows) in sorted(layout.subsets.items()):
         group = f.create_group(f"subsets/{subset_key(shots, seed)}")
         group.create_dataset("train", data=np.asarray(train_rows, dtype=np.int64))
@@ -115,22 +124,30 @@ def create(path: Path, layout: CacheLayout) -> h5py.File:
         group.attrs["shots"], group.attrs["seed"] = shots, seed
     f.create_dataset("text/templates", data=np.array(layout.templates, dtype=object), dtype=_STR)
     f.create_dataset("text/features", shape=(len(layout.templates), num_classes, dim), dtype=np.float16)
+    f.create_dataset("text/norms", shape=(len(layout.templates), num_classes), dtype=np.float32)
     f.create_dataset("attributes/phrases", data=np.array(layout.attribute_phrases, dtype=object), dtype=_STR)
     f.create_dataset("attributes/features", shape=(len(layout.attribute_phrases), dim), dtype=np.float16)
+    f.create_dataset("attributes/norms", shape=(len(layout.attribute_phrases),), dtype=np.float32)
     f.create_dataset("skipped", shape=(0,), maxshape=(None,), dtype=_STR)
     return f
 
 
 def write_rows(f: h5py.File, split: str, rows: np.ndarray, features: np.ndarray,
-               augmented: np.ndarray | None = None) -> None:
-    """Store encoded features for `rows` of `split` (sorted row indices) and mark them encoded."""
+               augmented: np.ndarray | None = None, norms: np.ndarray | None = None,
+               augmented_norms: np.ndarray | None = None) -> None:
+    """Store encoded features (unit rows) and their raw norms for `rows` of `split` (sorted row indices) and mark
+    them encoded; the rows are flagged last, so a write cut short leaves them to redo."""
     group = f[f"splits/{split}"]
     rows = np.asarray(rows, dtype=np.int64)
+    if norms is None or (split == "train" and augmented_norms is None):
+        raise ValueError("rows of a schema-2 cache need the raw norms of their features (and of their views)")
     group["features"][rows] = features.astype(np.float16)
+    group["norms"][rows] = np.asarray(norms, dtype=np.float32).reshape(len(rows))
     if split == "train":
         if augmented is None:
             raise ValueError("train rows need their augmented views")
         group["augmented"][rows] = augmented.astype(np.float16)
+        group["augmented_norms"][rows] = np.asarray(augmented_norms, dtype=np.float32).reshape(augmented.shape[:2])
     encoded = group["encoded"][:]
     encoded[rows] = True
     group["encoded"][:] = encoded
@@ -199,20 +216,39 @@ def finalize(f: h5py.File, temporary: Path, final: Path) -> None:
     os.replace(temporary, final)
 
 
+@dataclass
+class RawNorms:
+    """The raw (pre-normalisation) norms of a whole cache's vectors, for `write_cache`: `splits` `{split: [N]}`,
+    `augmented` `[N_train, V]`, `text` `[T, C]`, `attributes` `[A]`."""
+
+    splits: dict[str, np.ndarray]
+    augmented: np.ndarray
+    text: np.ndarray
+    attributes: np.ndarray | None = None
+
+
 def write_cache(path: Path, layout: CacheLayout, features: dict[str, np.ndarray], augmented: np.ndarray,
-                text_features: np.ndarray, attribute_features: np.ndarray | None = None) -> None:
+                text_features: np.ndarray, attribute_features: np.ndarray | None = None,
+                norms: RawNorms | None = None) -> None:
     """Write a whole cache at once (synthetic caches for tests and benchmarks), atomically, through a temporary file
-    of a unique name beside `path`."""
+    of a unique name beside `path`. `features` are unit rows; `norms` are their raw norms (all 1 when not given)."""
     path = Path(path)
+    if norms is None:
+        norms = RawNorms({split: np.ones(len(layout.paths[split])) for split in SPLITS},
+                         np.ones(augmented.shape[:2]), np.ones(text_features.shape[:2]))
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     f = create(temporary, layout)
     try:
         for split in SPLITS:
-            write_rows(f, split, np.arange(len(layout.paths[split])), features[split],
-                       augmented if split == "train" else None)
+            train = split == "train"
+            write_rows(f, split, np.arange(len(layout.paths[split])), features[split], augmented if train else None,
+                       norms.splits[split], norms.augmented if train else None)
         f["text/features"][...] = text_features.astype(np.float16)
+        f["text/norms"][...] = np.asarray(norms.text, dtype=np.float32)
         if attribute_features is not None and len(layout.attribute_phrases):
             f["attributes/features"][...] = attribute_features.astype(np.float16)
+            attribute_norms = norms.attributes if norms.attributes is not None else np.ones(len(attribute_features))
+            f["attributes/norms"][...] = np.asarray(attribute_norms, dtype=np.float32)
         finalize(f, temporary, path)
     finally:
         if f.id.valid:
@@ -244,10 +280,23 @@ class FewShotData:
     test_labels: torch.Tensor
     fingerprint: str
     wnids: list[str] = field(default_factory=list)
+    dataset: str = ""  # the cache's dataset name (fingerprint field `dataset`): keys the official per-dataset values
+    # The unnormalised class text features [C, D] (schema 2): the CoOp template's raw feature (`--text coop`) or the
+    # mean of the stored templates' raw features (`--text ensemble`); None when the cache lacks the raw norms.
+    text_raw: torch.Tensor | None = None
+    train_view_norms: torch.Tensor | None = None  # [N, V] raw norms of the augmented views (schema 2), else None
+    # The whole val split (a cache built with `--val all`: Tip-Adapter's official search set), else None.
+    search_features: torch.Tensor | None = None
+    search_labels: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def shots(self) -> int:
+        """The few-shot subset's K: the largest number of train images of one class (0 when there are none)."""
+        return int(torch.bincount(self.train_labels).max()) if len(self.train_labels) else 0
 
     def select_classes(self, classes: Sequence[int]) -> FewShotData:
         """Keep only `classes` (and their samples), relabelled 0.. in the given order (base-to-novel)."""
@@ -263,6 +312,10 @@ class FewShotData:
         train_views, _ = pick(self.train_views, self.train_labels)
         val_features, val_labels = pick(self.val_features, self.val_labels)
         test_features, test_labels = pick(self.test_features, self.test_labels)
+        view_norms = pick(self.train_view_norms, self.train_labels)[0] if self.train_view_norms is not None else None
+        search_features, search_labels = (pick(self.search_features, self.search_labels)
+                                          if self.search_features is not None and self.search_labels is not None
+                                          else (None, None))
         return replace(
             self,
             class_names=[self.class_names[c] for c in classes],
@@ -271,6 +324,8 @@ class FewShotData:
             val_features=val_features, val_labels=val_labels,
             test_features=test_features, test_labels=test_labels,
             wnids=[self.wnids[c] for c in classes] if self.wnids else [],
+            text_raw=self.text_raw[classes] if self.text_raw is not None else None,
+            train_view_norms=view_norms, search_features=search_features, search_labels=search_labels,
         )
 
     def base_novel(self) -> tuple[FewShotData, FewShotData]:
@@ -295,6 +350,8 @@ class CacheInfo:
     attribute_count: int
     skipped: list[str]
     size_bytes: int
+    schema_version: int = SCHEMA_VERSION  # 1: no raw norms (rebuild with --force for the official recipes)
+    val_split: bool = False  # the cache holds the whole val split (`cache build --val all`)
 
 
 class CacheReader:
@@ -311,12 +368,13 @@ class CacheReader:
         except OSError as error:
             raise CacheError(f"{self.path} is not a readable HDF5 cache ({error})") from error
         version = int(self._file.attrs.get("schema_version", 0))
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             self._file.close()
             raise CacheError(
-                f"{self.path} has cache schema version {version}; this lathadapter reads version {SCHEMA_VERSION}. "
-                "Rebuild it with `lathadapter cache build ... --force`."
+                f"{self.path} has cache schema version {version}; this lathadapter reads versions "
+                f"{', '.join(map(str, READABLE_SCHEMAS))}. Rebuild it with `{REBUILD}`."
             )
+        self.schema_version = version
         if not bool(self._file.attrs.get("complete", False)):
             self._file.close()
             raise CacheError(f"{self.path} is an incomplete cache (its build did not finish); rerun the build")
@@ -373,6 +431,16 @@ class CacheReader:
         return str(json.loads(self._file.attrs["fingerprint_json"]).get("dataset", self.path.stem))
 
     @property
+    def holds_norms(self) -> bool:
+        """Whether the cache stores the raw norms of its vectors (schema 2)."""
+        return self.schema_version >= 2
+
+    @property
+    def holds_val_split(self) -> bool:
+        """Whether `splits/val` is the whole val split (`cache build --val all`), not only the few-shot subsets'."""
+        return json.loads(self._file.attrs["fingerprint_json"]).get("val") == "all"
+
+    @property
     def test_only(self) -> bool:
         """A cache of a test-only dataset (the ImageNet variants): no train split and no few-shot subsets."""
         return self._dataset("splits/train/labels").shape[0] == 0 and not self.subsets()
@@ -397,6 +465,8 @@ class CacheReader:
             attribute_count=int(self._dataset("attributes/phrases").shape[0]),
             skipped=_strings(self._dataset("skipped")),
             size_bytes=self.path.stat().st_size,
+            schema_version=self.schema_version,
+            val_split=self.holds_val_split,
         )
 
     def text_features(self, text: str = "coop") -> torch.Tensor:
@@ -408,6 +478,18 @@ class CacheReader:
         if text == "coop":
             return _normalize(per_template[0])
         return _normalize(_normalize(per_template).mean(dim=0))
+
+    def text_raw(self, text: str = "coop") -> torch.Tensor | None:
+        """The unnormalised class text features `[C, D]` (schema 2; None before): the CoOp template's raw feature
+        (`coop`) or the mean of the stored templates' raw features (`ensemble`, as TaskRes builds its ImageNet base)."""
+        if text not in ("coop", "ensemble"):
+            raise CacheError(f"unknown text features {text!r}; valid: coop, ensemble")
+        if not self.holds_norms:
+            return None
+        unit = torch.from_numpy(self._dataset("text/features")[()].astype(np.float32))
+        norms = self._finite("text/norms", torch.from_numpy(self._dataset("text/norms")[()].astype(np.float32)))
+        raw = self._finite("text/features", unit) * norms.unsqueeze(-1)
+        return raw[0] if text == "coop" else raw.mean(dim=0)
 
     def _attribute_features(self) -> torch.Tensor:
         return self._finite("attributes/features",
@@ -461,7 +543,14 @@ class CacheReader:
         train_features, train_labels = self._split("train", sorted_rows)
         views = self._finite("splits/train/augmented", torch.from_numpy(
             self._dataset("splits/train/augmented")[sorted_rows].astype(np.float32)), sorted_rows)
+        view_norms = None
+        if self.holds_norms:
+            view_norms = self._finite("splits/train/augmented_norms", torch.from_numpy(
+                self._dataset("splits/train/augmented_norms")[sorted_rows].astype(np.float32)), sorted_rows)[inverse]
         val_features, val_labels = self._split("val", np.sort(val_rows))
+        search_features = search_labels = None
+        if self.holds_val_split and self._dataset("splits/val/labels").shape[0]:
+            search_features, search_labels = self._split("val", np.flatnonzero(self._kept("val")))
         test_features, test_labels = self._test()
         wnids = _strings(self._dataset("classes/wnids"))
         data = FewShotData(
@@ -477,8 +566,16 @@ class CacheReader:
             test_labels=test_labels,
             fingerprint=self.fingerprint,
             wnids=wnids if any(wnids) else [],
+            dataset=self._fingerprint_dataset(),
+            text_raw=self.text_raw(text),
+            train_view_norms=view_norms,
+            search_features=search_features,
+            search_labels=search_labels,
         )
         return _to_device(data, device)
+
+    def _fingerprint_dataset(self) -> str:
+        return str(json.loads(self._file.attrs["fingerprint_json"]).get("dataset", ""))
 
     def load_test(self, *, text: str = "coop", device: str | torch.device = "cpu") -> FewShotData:
         """Load only the test split and the text features (a cross-dataset or domain-shift target)."""
@@ -497,10 +594,12 @@ class CacheReader:
             test_features=test_features, test_labels=test_labels,
             fingerprint=self.fingerprint,
             wnids=wnids if any(wnids) else [],
+            dataset=self._fingerprint_dataset(),
+            text_raw=self.text_raw(text),
         )
         return _to_device(data, device)
 
 
 def _to_device(data: FewShotData, device: str | torch.device) -> FewShotData:
-    moved = {k: v.to(device) for k, v in vars(data).items() if isinstance(v, torch.Tensor)}
+    moved = {k: v.to(device) for k, v in vars(data).items() if isinstance(v, torch.Tensor)}  # None stays None
     return replace(data, **moved)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from lathadapter.cache.sampling import fewshot_indices
-from lathadapter.cache.store import CacheLayout, write_cache
+from lathadapter.cache.store import SPLITS, CacheLayout, RawNorms, write_cache
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -36,11 +36,15 @@ def write_synthetic_cache(
     test_total: int | None = None,
     keep_classes: list[int] | None = None,
     name: str = "synthetic",
+    val_split: bool = True,
 ) -> Path:
     """Write a complete cache at `path`; `test_total` spreads that many test images over the classes instead.
 
     `keep_classes` writes only those classes (relabelled in the given order, wnids kept), drawn from the same latent
     classes as a full cache of the same `seed`: a domain-shift target such as ImageNet-A's 200-class subset.
+    The cache is schema 2: every vector has a raw norm, drawn in CLIP's ranges (images about 9–12, text about 7–10)
+    from a generator of its own, so the features are those of a cache written without norms. `val_split` records
+    that the val split written is the whole one (as `cache build --val all`), which it always is here.
     """
     rng = np.random.default_rng(seed)
     family_means = _normalize(rng.standard_normal((families, dim)))
@@ -80,13 +84,20 @@ def write_synthetic_cache(
             labels[split] = np.array([lookup[c] for c in labels[split][keep]], dtype=np.int64)
         text, second, class_names = text[keep_classes], second[keep_classes], [class_names[c] for c in keep_classes]
         wnids = [wnids[c] for c in keep_classes]
+    scale = np.random.default_rng([seed, 7])  # the norms' own stream: the features above do not depend on it
+    norms = RawNorms(
+        splits={split: scale.uniform(9.0, 12.0, len(labels[split])) for split in SPLITS},
+        augmented=scale.uniform(9.0, 12.0, augmented.shape[:2]),
+        text=scale.uniform(7.0, 10.0, (2, len(class_names))),
+        attributes=scale.uniform(7.0, 10.0, num_attributes),
+    )
     subsets = {
         (k, s): fewshot_indices(labels["train"].tolist(), labels["val"].tolist(), k, s) for k in shots for s in seeds
     }
     layout = CacheLayout(
         fingerprint={"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
                      "train_per_class": train_per_class, "test": len(labels["test"]), "model": "synthetic",
-                     "keep_classes": keep_classes},
+                     "keep_classes": keep_classes, "val": "all" if val_split else "subsets"},
         class_names=class_names,
         embed_dim=dim,
         views=views,
@@ -97,5 +108,5 @@ def write_synthetic_cache(
         attribute_phrases=[f"attribute {k}" for k in range(num_attributes)],
         wnids=wnids,
     )
-    write_cache(Path(path), layout, features, augmented, np.stack([text, second]), vocabulary)
+    write_cache(Path(path), layout, features, augmented, np.stack([text, second]), vocabulary, norms)
     return Path(path)

@@ -1,5 +1,5 @@
-"""Each baseline's scores equal docs/method.md's formulas on small hand-checkable cases; Tip-Adapter's search is
-optimal."""
+"""Each baseline's scores equal docs/method.md's formulas on small hand-checkable cases (`recipe=shared`, the form
+that page describes; tests/test_baseline_recipes.py holds the official recipes); Tip-Adapter's search is optimal."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from lathadapter.adapter.methods.tip_adapter import argmax_hits, search_grid
 from lathadapter.adapter.options import OptionError
 from lathadapter.adapter.trainer import train
 from lathadapter.cache.store import FewShotData
+
+SHARED = {"recipe": "shared"}
 
 
 def few_shot(dim: int = 2, classes: int = 2, views: int = 2, seed: int = 0) -> FewShotData:
@@ -37,7 +39,7 @@ def few_shot(dim: int = 2, classes: int = 2, views: int = 2, seed: int = 0) -> F
 
 def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
     assert set(method_names()) == {"zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f",
-                                   "taskres", "lathadapter"}
+                                   "taskres", "gda", "lp++", "lathadapter"}
     with pytest.raises(OptionError, match="valid methods: .*zeroshot"):
         create_method("coop", few_shot())
     with pytest.raises(OptionError, match="valid options: .*alpha"):
@@ -70,7 +72,7 @@ def test_clip_adapter_blends_the_adapted_feature() -> None:
 
 def test_taskres_adds_a_scaled_residual_and_novel_classes_fall_back() -> None:
     data = few_shot()
-    method = create_method("taskres", data, alpha=0.5)
+    method = create_method("taskres", data, alpha=0.5, **SHARED)
     with torch.no_grad():
         method.residual.copy_(torch.tensor([[0.0, 2.0], [0.0, 0.0]]))
     x = torch.tensor([[0.0, 1.0]])
@@ -81,7 +83,7 @@ def test_taskres_adds_a_scaled_residual_and_novel_classes_fall_back() -> None:
 
 def test_linear_probe_starts_at_zero_shot_and_cannot_score_new_classes() -> None:
     data = few_shot()
-    method = create_method("linear-probe", data)
+    method = create_method("linear-probe", data, **SHARED)
     x = data.test_features
     assert torch.allclose(method.logits(x), create_method("zeroshot", data).logits(x))
     with pytest.raises(NotApplicable):
@@ -91,7 +93,7 @@ def test_linear_probe_starts_at_zero_shot_and_cannot_score_new_classes() -> None
 
 def test_tip_adapter_logits_follow_the_formula() -> None:
     data = few_shot(views=3)
-    method = create_method("tip-adapter", data, alpha=2.0, beta=3.0, search=False)
+    method = create_method("tip-adapter", data, alpha=2.0, beta=3.0, search=False, **SHARED)
     keys = F.normalize(data.train_views.mean(dim=1), dim=-1)
     values = F.one_hot(data.train_labels, 2).float()
     x = data.test_features
@@ -131,7 +133,7 @@ def test_tip_adapter_search_picks_the_val_optimal_pair() -> None:
     val = F.normalize(centres[val_labels] + 0.9 * torch.randn(len(val_labels), dim, generator=generator), dim=-1)
     data = FewShotData([str(i) for i in range(classes)], text, torch.zeros(0, dim), keys_x, keys_x.unsqueeze(1),
                        labels, val, val_labels, val, val_labels, "t")
-    options = dict(search_alpha_max=3.0, search_beta_max=7.0, search_alpha_steps=6, search_beta_steps=10)
+    options = dict(search_alpha_max=3.0, search_beta_max=7.0, search_alpha_steps=6, search_beta_steps=10, **SHARED)
     method = create_method("tip-adapter", data, **options)
     chosen = train(method, data, seed=1).chosen
     # Oracle: a plain double loop over the original grid, keeping the first strictly better pair.
@@ -151,12 +153,14 @@ def test_tip_adapter_search_picks_the_val_optimal_pair() -> None:
 def test_tip_adapter_f_trains_its_keys_then_searches() -> None:
     data = few_shot(views=3)
     data.text_features = F.normalize(torch.tensor([[1.0, 0.02], [1.0, -0.02]]), dim=-1)  # zero-shot is weak here
-    method = create_method("tip-adapter-f", data, epochs=3, batch_size=2)
+    method = create_method("tip-adapter-f", data, epochs=3, batch_size=2, **SHARED)
     initial = method.keys.detach().clone()
     result = train(method, data, seed=1)
     assert result.steps == 3 * 2  # 20 epochs default replaced by 3; no minimum step count for Tip-Adapter-F
     assert not torch.allclose(method.keys, initial)
-    assert set(result.chosen) == {"alpha", "beta", "val_accuracy"}
+    assert {"alpha", "beta", "val_accuracy", "search_set"} <= set(result.chosen)
+    assert (result.chosen["recipe"], result.chosen["recipe.epochs"], result.chosen["search_set"]) == ("shared", 3,
+                                                                                                      "subset")
 
 
 @pytest.mark.parametrize("labels", [[1, 0, 1, 0], [1, 0, 0, 0, 1, 0]], ids=["shuffled", "unequal-counts"])
@@ -168,7 +172,7 @@ def test_tip_adapter_cache_is_the_one_hot_product_for_any_key_order(labels: list
     text = F.normalize(torch.randn(2, 3, generator=generator), dim=-1)
     data = FewShotData(["a", "b"], text, torch.zeros(0, 3), train_x, train_x.unsqueeze(1), labels_t, test_x,
                        torch.zeros(5, dtype=torch.long), test_x, torch.zeros(5, dtype=torch.long), "t")
-    method = create_method("tip-adapter", data, alpha=1.5, beta=2.0, search=False)
+    method = create_method("tip-adapter", data, alpha=1.5, beta=2.0, search=False, **SHARED)
     values = F.one_hot(labels_t).float()
     expected = 100 * test_x @ text.t() + 1.5 * torch.exp(-2.0 * (1 - test_x @ train_x.t())) @ values
     assert torch.allclose(method.logits(test_x), expected, atol=1e-5)

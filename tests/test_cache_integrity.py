@@ -198,9 +198,9 @@ def test_verify_names_subset_rows_out_of_range_and_missing_datasets(synthetic: P
 
 
 def _skip(f: h5py.File, split: str, rows: list[int]) -> None:
-    """Mark `rows` of `split` as `--skip-bad` does: zero features, paths listed in `skipped`."""
+    """Mark `rows` of `split` as `--skip-bad` does: zero features and raw norms, paths listed in `skipped`."""
     paths = f[f"splits/{split}/paths"].asstr()[()]
-    for name in ("features", "augmented"):
+    for name in ("features", "augmented", "norms", "augmented_norms"):
         if name in f[f"splits/{split}"]:
             data = f[f"splits/{split}/{name}"][()]
             data[rows] = 0

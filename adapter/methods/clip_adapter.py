@@ -1,21 +1,57 @@
-"""CLIP-Adapter (Gao et al.): a residual bottleneck on the image feature, `ℓ = 100 <norm((1−α)x + α g(x)), t_c>`."""
+"""CLIP-Adapter (Gao et al.): a residual bottleneck on the image feature, `ℓ = 100 <norm((1−α)x + α g(x)), t_c>`.
+
+`recipe=official` follows gaopengcuhk/CLIP-Adapter (`clip_adapter.py`): g = Linear, ReLU, Linear, ReLU (no bias), α =
+0.2, r = 4, trained as its README says, with CoOp's commands and configs (SGD, Dassl's cosine schedule with one warm-up
+epoch, batch 32, epochs by shots); docs/baselines.md lists the values and their files. g is positively homogeneous
+(bias-free linear maps and ReLUs), so blending the unnormalised feature, as the official code does, gives the same
+logits as blending the unit feature. `recipe=shared`: g without the final ReLU and the shared recipe.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix
-from lathadapter.adapter.options import TrainOptions, option
+from lathadapter.adapter.methods.base import (
+    LOGIT_SCALE,
+    Adapter,
+    Method,
+    TrainRecipe,
+    cosines,
+    dataset_key,
+    mix,
+    recipe_from,
+    resolved,
+)
+from lathadapter.adapter.options import RecipeTrainOptions, option
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
 
 @dataclass(frozen=True)
-class ClipAdapterOptions(TrainOptions):
+class ClipAdapterOptions(RecipeTrainOptions):
     alpha: float = option(0.2, "residual ratio of the adapted image feature", least=0, most=1)
     reduction: int = option(4, "bottleneck ratio r of the adapter D → D/r → D", least=1)
+    final_relu: bool = option(None, "a ReLU after the adapter's second layer (default: the recipe's; official "
+                                           "on, shared off)")
+
+
+def coop_epochs(dataset: str, shots: int) -> int:
+    """CoOp's epochs (COOP.md: rn50_ep50 for 1 shot, rn50_ep100 for 2 and 4, rn50 for 8 and 16; ImageNet always
+    *_ep50): 50, 100 or 200."""
+    if dataset_key(dataset) == "imagenet" or shots <= 1:
+        return 50
+    return 100 if shots <= 4 else 200
+
+
+def official_recipe(dataset: str, shots: int) -> TrainRecipe:
+    """CoOp's rn50*.yaml with Dassl's defaults: SGD lr 0.002, momentum 0.9, weight decay 5e-4, batch 32 (the last
+    partial batch dropped), cosine per epoch after one epoch at a constant 1e-5."""
+    return TrainRecipe(name="official", optimizer="sgd", lr=2e-3, weight_decay=5e-4, momentum=0.9,
+                       epochs=coop_epochs(dataset, shots), min_steps=0, batch_size=32, drop_last=True,
+                       schedule="cosine-epoch", warmup_epochs=1, warmup_lr=1e-5)
 
 
 @register("clip-adapter", ClipAdapterOptions)
@@ -23,7 +59,20 @@ class ClipAdapter(Method):
     def __init__(self, options: ClipAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         self.adapter = Adapter(data.text_features.shape[1], options.reduction).to(data.text_features.device)
+        self.final_relu = bool(resolved(options, "final_relu", True, False))
+        self.recipe = recipe_from(options, official_recipe(data.dataset, data.shots))
+
+    def train_recipe(self) -> TrainRecipe:
+        return self.recipe
+
+    def settings(self) -> dict[str, Any]:
+        return {**self.recipe.record(), "recipe.final_relu": self.final_relu}
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         text = self.text_features if text_features is None else text_features
-        return LOGIT_SCALE * cosines(mix(features, self.adapter, self.options.alpha), text)
+        if not self.final_relu:
+            return LOGIT_SCALE * cosines(mix(features, self.adapter, self.options.alpha), text)
+        first, _, second = self.adapter.net
+        adapted = torch.relu(torch.relu(features @ first.weight.t()) @ second.weight.t())
+        alpha = self.options.alpha
+        return LOGIT_SCALE * cosines(torch.add(features * (1 - alpha), adapted, alpha=alpha), text)

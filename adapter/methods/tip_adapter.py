@@ -1,8 +1,15 @@
 """Tip-Adapter and Tip-Adapter-F (Zhang et al.): a key-value cache of the few-shot features beside zero-shot CLIP.
 
 `ℓ = 100 x Tᵀ + α exp(−β (1 − x Fᵀ)) L`, keys F = normalised mean of each train image's augmented views, values L =
-one-hot labels. α and β are searched on the few-shot val set over the original's grid (β in 0.1..β_max, α in
-0.1..α_max, first best kept). Tip-Adapter-F also trains F. Both are tied to the training classes.
+one-hot labels. α and β are searched after training over the original's grid (β in 0.1..β_max, α in 0.1..α_max,
+first best kept). Tip-Adapter-F also trains F. Both are tied to the training classes.
+
+`recipe=official` follows gaopengcuhk/Tip-Adapter (`configs/<dataset>.yaml`, `main.py`, `utils.py`): the dataset's
+search ranges and initial α (β starts at 1), keys from the mean of the views' raw (unnormalised) features (the
+cache's raw norms, schema 2), the search on the whole val split (a cache built with `--val all`; otherwise the few-shot
+val subset, with a `ProtocolWarning`), and for Tip-Adapter-F AdamW (lr 1e-3, eps 1e-4, PyTorch's default weight
+decay 0.01), batch 256, 20 epochs (100 on EuroSAT), cosine over every step. `recipe=shared`: α = β = 1, the 7/3 grid,
+keys from the unit views, the few-shot val subset, and the shared AdamW recipe with eps 1e-4 and no minimum steps.
 """
 
 from __future__ import annotations
@@ -14,29 +21,87 @@ from typing import Any
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, normalize
-from lathadapter.adapter.options import TrainOptions, option
+from lathadapter.adapter.methods.base import (
+    LOGIT_SCALE,
+    Method,
+    ProtocolWarning,
+    TrainRecipe,
+    dataset_key,
+    normalize,
+    recipe_from,
+    require_raw,
+    resolved,
+)
+from lathadapter.adapter.options import RecipeOptions, RecipeTrainOptions, option
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
 
 @dataclass(frozen=True)
-class TipAdapterOptions:
-    alpha: float = option(1.0, "weight α of the cache logits (the value before the search)", least=0)
-    beta: float = option(1.0, "sharpness β of the affinity (the value before the search)", least=0)
-    search: bool = option(True, "search α and β on the few-shot val set after training")
-    search_alpha_max: float = option(3.0, "largest α of the search grid", above=0.1)
-    search_beta_max: float = option(7.0, "largest β of the search grid", above=0.1)
-    search_alpha_steps: int = option(20, "α values in the search grid", least=1)
-    search_beta_steps: int = option(200, "β values in the search grid", least=1)
+class TipConfig:
+    """One `configs/<dataset>.yaml` of the official code: `search_scale` = [β_max, α_max], `init_alpha`,
+    `train_epoch` (every config has `search_step` [200, 20], `init_beta` 1, `lr` 0.001, `augment_epoch` 10)."""
+
+    beta_max: float
+    alpha_max: float
+    init_alpha: float
+    epochs: int
+
+
+OFFICIAL_CONFIGS = {
+    "caltech101": TipConfig(12, 5, 3, 20),
+    "dtd": TipConfig(13, 13, 2, 20),
+    "eurosat": TipConfig(12, 10, 2, 100),
+    "fgvc_aircraft": TipConfig(30, 30, 5, 20),  # configs/fgvc.yaml
+    "food101": TipConfig(10, 10, 1.17, 20),
+    "imagenet": TipConfig(7, 3, 1.17, 20),
+    "oxford_flowers": TipConfig(50, 50, 10, 20),
+    "oxford_pets": TipConfig(7, 3, 1.17, 20),
+    "stanford_cars": TipConfig(20, 10, 3, 20),
+    "sun397": TipConfig(12, 10, 1.17, 20),
+    "ucf101": TipConfig(7, 3, 3, 20),
+}
+DEFAULT_CONFIG = OFFICIAL_CONFIGS["imagenet"]  # any other dataset: configs/imagenet.yaml's values
+SEARCH_SETS = ("split", "subset")
+
+
+def official_config(dataset: str) -> TipConfig:
+    return OFFICIAL_CONFIGS.get(dataset_key(dataset), DEFAULT_CONFIG)
 
 
 @dataclass(frozen=True)
-class TipAdapterFOptions(TrainOptions, TipAdapterOptions):
-    """Tip-Adapter-F's own schedule: 20 epochs, AdamW eps 1e-4, no minimum step count."""
+class TipAdapterOptions(RecipeOptions):
+    alpha: float = option(None, "weight α of the cache logits before the search (default: the recipe's; "
+                                       "official the dataset's init_alpha, shared 1.0)", least=0)
+    beta: float = option(None, "sharpness β of the affinity before the search (default: 1.0)", least=0)
+    search: bool = option(True, "search α and β on the val set after training")
+    search_alpha_max: float = option(None, "largest α of the search grid (default: the recipe's; official "
+                                                  "the dataset's, shared 3)", above=0.1)
+    search_beta_max: float = option(None, "largest β of the search grid (default: the recipe's; official "
+                                                 "the dataset's, shared 7)", above=0.1)
+    search_alpha_steps: int = option(20, "α values in the search grid", least=1)
+    search_beta_steps: int = option(200, "β values in the search grid", least=1)
+    search_set: str = option(None, "split: the whole val split (a cache built with --val all; else the "
+                                          "few-shot val subset, with a warning); subset: the few-shot val subset "
+                                          "(default: the recipe's; official split, shared subset)", choices=SEARCH_SETS)
+    raw_keys: bool = option(None, "keys from the mean of the views' raw features, as the official cache model "
+                                         "(off: the mean of the unit views; default: the recipe's, official on)")
 
-    min_steps: int = option(0, "never fewer optimiser steps than this (Tip-Adapter-F: none)", least=0)
-    eps: float = option(1e-4, "AdamW epsilon (Tip-Adapter-F's 1e-4)", above=0)
+
+@dataclass(frozen=True)
+class TipAdapterFOptions(RecipeTrainOptions, TipAdapterOptions):
+    """Tip-Adapter's options and the training options (default: the recipe's)."""
+
+
+SHARED_F_RECIPE = TrainRecipe(min_steps=0, eps=1e-4)  # the shared recipe as Tip-Adapter-F ran it before
+
+
+def official_f_recipe(dataset: str) -> TrainRecipe:
+    """main.py's `run_tip_adapter_F`: AdamW(lr, eps=1e-4) with PyTorch's default weight decay 0.01, a
+    CosineAnnealingLR over `train_epoch × len(train_loader_F)` steps, batch 256 without dropping the last batch."""
+    return TrainRecipe(name="official", optimizer="adamw", lr=1e-3, weight_decay=0.01, eps=1e-4,
+                       epochs=official_config(dataset).epochs, min_steps=0, batch_size=256, drop_last=False,
+                       schedule="cosine-step")
 
 
 def search_grid(maximum: float, steps: int) -> torch.Tensor:
@@ -112,12 +177,34 @@ class TipAdapter(Method):
 
     def __init__(self, options: TipAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
+        config = official_config(data.dataset)
+        self.init_alpha = float(resolved(options, "alpha", config.init_alpha, 1.0))
+        self.init_beta = float(resolved(options, "beta", 1.0, 1.0))
+        self.alpha_max = float(resolved(options, "search_alpha_max", config.alpha_max, 3.0))
+        self.beta_max = float(resolved(options, "search_beta_max", config.beta_max, 7.0))
+        self.search_set = str(resolved(options, "search_set", "split", "subset"))
+        self.raw_keys = bool(resolved(options, "raw_keys", True, False))
         views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
+        if self.raw_keys and data.train_views.shape[1] > 0:  # the official keys average the raw view features
+            norms = require_raw(data.train_view_norms, self.name, "the raw norms of the augmented views (its keys "
+                                "are the normalised mean of the views' raw features)")
+            views = views * norms.unsqueeze(-1)
         order, self.shots = group_by_class(data.train_labels, data.num_classes)  # key order does not change ℓ
         self.keys = nn.Parameter(normalize(views[order].mean(dim=1)), requires_grad=self.trains)
         self.register_buffer("key_labels", data.train_labels[order].clone())  # the one-hot values L, as labels
         self.num_classes = data.num_classes
-        self.alpha, self.beta = options.alpha, options.beta
+        self.alpha, self.beta = self.init_alpha, self.init_beta
+        if self.trains:
+            self.recipe = recipe_from(options, official_f_recipe(data.dataset), SHARED_F_RECIPE)
+
+    def train_recipe(self) -> TrainRecipe:
+        return self.recipe
+
+    def settings(self) -> dict[str, Any]:
+        return {**(self.recipe.record() if self.trains else {"recipe": self.options.recipe}),
+                "recipe.alpha": self.init_alpha, "recipe.beta": self.init_beta,
+                "recipe.search_alpha_max": self.alpha_max, "recipe.search_beta_max": self.beta_max,
+                "recipe.search_set": self.search_set, "recipe.raw_keys": self.raw_keys}
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is not None:
@@ -125,26 +212,40 @@ class TipAdapter(Method):
         cache = cache_logits(features @ self.keys.t(), self.beta, self.key_labels, self.num_classes, self.shots)
         return LOGIT_SCALE * features @ self.text_features.t() + self.alpha * cache
 
+    def _search_data(self, data: FewShotData) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """The images α and β are searched on, and which set they are (`split`, `subset`; `none` when empty)."""
+        subset = (data.val_features, data.val_labels, "subset" if len(data.val_labels) else "none")
+        if self.search_set == "subset":
+            return subset
+        if data.search_features is not None and data.search_labels is not None and len(data.search_labels):
+            return data.search_features, data.search_labels, "split"
+        if len(data.val_labels):
+            warnings.warn(f"{self.name}: the official search set is the whole val split, but this cache holds only "
+                          f"the few-shot val subsets: α and β are searched on the few-shot val subset "
+                          f"({len(data.val_labels)} images). Rebuild the cache with `lathadapter cache build ... "
+                          "--val all --force` to search as the official code does", ProtocolWarning, stacklevel=2)
+        return subset
+
     def after_training(self, data: FewShotData) -> dict[str, Any]:
         if not self.options.search:
             return {"alpha": self.alpha, "beta": self.beta, "search": "off"}
-        if len(data.val_labels) == 0:  # ImageNet has no val subset; the test set is never used for this
+        features, labels, where = self._search_data(data)
+        if where == "none":  # ImageNet has no val set; the test set is never used for this
             warnings.warn(f"{self.name}: the cache has no few-shot val subset (as ImageNet's), so α and β are not "
                           f"searched and keep their values α={self.alpha:g}, β={self.beta:g}", ProtocolWarning,
                           stacklevel=2)
             return {"alpha": self.alpha, "beta": self.beta, "search": "skipped: the cache has no val subset"}
         with torch.no_grad():
-            features = data.val_features
             self.alpha, self.beta, accuracy = search_alpha_beta(
                 LOGIT_SCALE * features @ self.text_features.t(),
                 features @ self.keys.t(),
                 self.key_labels,
-                data.val_labels,
-                search_grid(self.options.search_alpha_max, self.options.search_alpha_steps),
-                search_grid(self.options.search_beta_max, self.options.search_beta_steps),
+                labels,
+                search_grid(self.alpha_max, self.options.search_alpha_steps),
+                search_grid(self.beta_max, self.options.search_beta_steps),
                 self.shots,
             )
-        return {"alpha": self.alpha, "beta": self.beta, "val_accuracy": accuracy}
+        return {"alpha": self.alpha, "beta": self.beta, "val_accuracy": accuracy, "search_set": where}
 
 
 @register("tip-adapter-f", TipAdapterFOptions)
