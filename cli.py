@@ -76,6 +76,8 @@ def cache_build(
     seeds: str = typer.Option("1,2,3", help="Seeds of the few-shot subsets to hold."),
     views: int = typer.Option(10, help="Augmented views per train image."),
     full_train: bool = typer.Option(False, "--full-train", help="Encode the whole train split."),
+    val: str = typer.Option("subsets", help="Val images to encode: subsets (the few-shot val subsets) or all (the "
+                            "whole val split, Tip-Adapter's official search set)."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     precision: str = typer.Option("fp32", help="fp32, fp16, bf16 or amp."),
     batch_size: int = typer.Option(32, help="Images per batch (each with its augmented views)."),
@@ -115,7 +117,7 @@ def cache_build(
         result = build(root, dataset, out, model=model or "ViT-B-16", pretrained=pretrained or "openai",
                        shots=_int_list("--shots", shots),
                        seeds=_int_list("--seeds", seeds), views=views, device=device, precision=precision,
-                       batch_size=batch_size, workers=workers, attributes=attributes, full_train=full_train,
+                       batch_size=batch_size, workers=workers, attributes=attributes, full_train=full_train, val=val,
                        force=force, skip_bad=skip_bad, seed=seed, template=template, quick_gelu=quick_gelu,
                        progress=progress, log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
@@ -221,6 +223,12 @@ def _counts(summary: dict) -> str:
     return f"{summary['done']} run, {summary['skipped']} already done{elsewhere}"
 
 
+TUNE_HELP = ("Tuned option [METHOD.]OPTION=V1,V2,... (repeatable): each value is trained, the one best on the "
+             "few-shot val set (base val for base-to-novel) is kept per cell and reported; never the test set.")
+TUNE_PRESET_HELP = ("lr: tune every trained method's lr over its own default × 1, 0.1, 10 (a tie keeps the default; "
+                    "methods without lr run once).")
+
+
 def _print_results(summary: dict) -> None:
     """The result table of a finished grid or protocol, as `report` writes it."""
     from lathadapter.experiments.report import summary_markdown
@@ -237,8 +245,11 @@ def grid(
     classes: str | None = typer.Option(None, help="Comma-separated class protocols: all, base [default: all]."),
     text: str | None = typer.Option(None, help="Comma-separated text features: coop, ensemble [default: coop]."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
+    tune: list[str] = typer.Option([], "--tune", help=TUNE_HELP),
+    tune_preset: str | None = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP),
     config: Path | None = typer.Option(None, help="YAML/TOML file of axes (keys: caches, methods, shots, seeds, "
-                                       "classes, text, select, options); command-line axes override it."),
+                                       "classes, text, select, options, tune, tune_preset); command-line axes "
+                                       "override it."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
@@ -246,7 +257,7 @@ def grid(
     """Run an ablation grid (cartesian product of the axes) in one process; finished runs are skipped."""
     from lathadapter.adapter.options import parse_assignments, split_list
     from lathadapter.cache.store import resolve_cache
-    from lathadapter.experiments.grid import GridSpec, load_spec_file, run_grid
+    from lathadapter.experiments.grid import GridSpec, load_spec_file, parse_tune, run_grid
     from lathadapter.experiments.machine import resolve_device, use_threads
 
     try:
@@ -261,6 +272,9 @@ def grid(
         axes["shots"] = [int(v) for v in axes.get("shots", [1, 2, 4, 8, 16])]
         axes["seeds"] = [int(v) for v in axes.get("seeds", [1, 2, 3])]
         axes["options"] = {**axes.get("options", {}), **parse_assignments(set_)}
+        axes["tune"] = {**axes.get("tune", {}), **parse_tune(tune)}
+        if tune_preset is not None:
+            axes["tune_preset"] = tune_preset
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
         summary = run_grid(GridSpec(**axes), out, resolve_device(device))
     except (ValueError, OSError) as error:
@@ -279,6 +293,8 @@ def protocol(
     seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
     shots: str | None = typer.Option(None, help="Override the protocol's shots (default 1,2,4,8,16 or 16)."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
+    tune: list[str] = typer.Option([], "--tune", help=TUNE_HELP),
+    tune_preset: str | None = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP),
     text: str = typer.Option("coop", help="Class text features: coop or ensemble."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path | None = typer.Option(None, help="Output folder (default: grids/<protocol>)."),
@@ -287,6 +303,7 @@ def protocol(
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
     from lathadapter.adapter.catalog import method_names
     from lathadapter.adapter.options import parse_assignments, split_list
+    from lathadapter.experiments.grid import parse_tune
     from lathadapter.experiments.machine import resolve_device, use_threads
     from lathadapter.experiments.protocols import run_protocol
 
@@ -295,7 +312,8 @@ def protocol(
         methods = split_list(method) if method is not None else method_names()
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
-                               _int_list("--shots", shots) if shots else None, resolve_device(device))
+                               _int_list("--shots", shots) if shots else None, resolve_device(device),
+                               tune=parse_tune(tune), tune_preset=tune_preset)
     except (ValueError, OSError) as error:
         _fail(error)
     _print_results(summary)

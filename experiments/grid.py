@@ -8,6 +8,13 @@ from the run directories after each run, so it is always complete and consistent
 Several grid processes may share one output folder: each run is trained by the one process that holds its lock file
 (`OUT/runs/<key>.lock`; the others skip it as running elsewhere), and `results.csv` is rewritten by one process at a
 time (`OUT/.results.lock`).
+
+Fair tuning (`tune`, `tune_preset`): every value (or combination) of the tuned options is an ordinary run, a
+*candidate*; the candidates of one (cache, method, shots, seed, classes, text, select, other options) cell form a
+*tuning group*. Each candidate records its group and its accuracy on the few-shot val set (`tune_val_accuracy`, base
+classes only for base-to-novel) in `metrics.json`; the results table marks, once every candidate of a group is
+finished, the one with the best val accuracy (ties: the first in the order given) `tune.selected`. The test set never
+enters the choice.
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ import csv
 import dataclasses
 import fcntl
 import functools
+import hashlib
 import itertools
 import json
+import math
 import time
 import tomllib
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +41,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lathadapter.adapter.catalog import ambiguous_options, make_options, method_names, option_names, option_owner
-from lathadapter.adapter.options import OptionError, split_list
+from lathadapter.adapter.options import OptionError, changed_fields, parse_assignments, split_list
 from lathadapter.cache.store import CacheError, CacheInfo, CacheReader, FewShotData
-from lathadapter.experiments.run import RunConfig, RunOutcome, run, save_run, write_atomic
+from lathadapter.experiments.run import (
+    RunConfig,
+    RunOutcome,
+    option_in_effect,
+    run,
+    save_run,
+    tune_val_accuracy,
+    write_atomic,
+)
 
 RESULTS = "results.csv"
+# `--tune-preset NAME`: the option tuned and the factors applied to each method's own default of it, in tie-break
+# order (the default first: a tie on the val set keeps the method's own value).
+TUNE_PRESETS: dict[str, tuple[str, tuple[float, ...]]] = {"lr": ("lr", (1.0, 0.1, 10.0))}
 
 
 class ResultsError(ValueError):
@@ -56,14 +77,74 @@ class GridSpec:
     text: list[str] = field(default_factory=lambda: ["coop"])
     select: list[str] = field(default_factory=lambda: ["last"])
     options: dict[str, list[Any]] = field(default_factory=dict)
+    # Tuned options, keyed as `options`: every value is trained and the best on the few-shot val set kept.
+    tune: dict[str, list[Any]] = field(default_factory=dict)
+    tune_preset: str | None = None  # a key of TUNE_PRESETS, e.g. "lr"
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """A preset's candidate value: the method's own default of the option × `factor`. Used where that default is left
+    to the method's training recipe (`None`; official recipes vary by dataset), so it is read when the run starts,
+    from the method built on the run's data (`run.option_in_effect`); a numeric default is scaled at expansion."""
+
+    factor: float
+
+    def __str__(self) -> str:
+        return f"default×{self.factor:g}"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A candidate's place in its tuning group: the tuned option names, every candidate's (typed, or `Scaled`) values
+    in the order given (the tie-break order) and this run's index among them."""
+
+    names: tuple[str, ...]
+    candidates: tuple[tuple[Any, ...], ...]
+    index: int
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return dict(zip(self.names, self.candidates[self.index], strict=True))
+
+    @property
+    def scaled(self) -> dict[str, float]:
+        """The options this candidate sets to their default × a factor, resolved when the run starts."""
+        return {name: v.factor for name, v in self.values.items() if isinstance(v, Scaled)}
+
+    def _digest(self, payload: Any) -> str:
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def salt(self) -> str:
+        """Joins the cache fingerprint in a candidate's key: a candidate is never a plain run of the same options, nor
+        a candidate of another budget, so every finished run directory belongs to exactly one group; its own values
+        are in it too (two `Scaled` candidates have the same options until they are resolved)."""
+        return "|tune:" + self._digest([self.names, self.candidates, self.index])
+
+    def group(self, config: RunConfig, fingerprint: str) -> str:
+        """The group id: the configuration without the tuned options, the (salted) fingerprint and the budget."""
+        identity = config.identity()
+        identity["options"] = {k: v for k, v in identity["options"].items() if k not in self.names}
+        return self._digest({**identity, "fingerprint": fingerprint, "tune": [self.names, self.candidates]})
+
+    def record(self, group: str, config: RunConfig) -> dict[str, Any]:
+        """What `metrics.json` keeps under `tune` (the results table is rebuilt from it); `config` is the one trained,
+        whose tuned values are resolved."""
+        record = {"group": group, "names": list(self.names),
+                  "values": {name: getattr(config.options, name) for name in self.names},
+                  "index": self.index, "candidates": len(self.candidates)}
+        if self.scaled:
+            record["scaled"] = self.scaled  # the factors of the default the values were resolved from
+        return record
 
 
 @dataclass(frozen=True)
 class GridRun:
-    """One point of the grid: a cache and a run configuration."""
+    """One point of the grid: a cache and a run configuration; `tune` when it is a candidate of a tuning group."""
 
     cache: str
     config: RunConfig
+    tune: Tuning | None = None
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:
@@ -91,14 +172,32 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         raise OptionError(
             f"grid file {path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(valid))}"
         )
-    options = data.get("options") or {}
-    if not isinstance(options, dict):
-        raise OptionError(f"grid file {path}: options must be a mapping of [METHOD.]OPTION to values; "
-                          f"got a {type(options).__name__}")
     as_list = lambda v: v if isinstance(v, list) else split_list(v)  # noqa: E731
-    spec = {k: as_list(v) for k, v in data.items() if k != "options"}
-    spec["options"] = {k: as_list(v) for k, v in options.items()}
+    mappings = ("options", "tune")
+    spec = {k: as_list(v) for k, v in data.items() if k not in (*mappings, "tune_preset")}
+    for key in mappings:
+        values = data.get(key) or {}
+        if not isinstance(values, dict):
+            raise OptionError(f"grid file {path}: {key} must be a mapping of [METHOD.]OPTION to values; "
+                              f"got a {type(values).__name__}")
+        if key in data:
+            spec[key] = {k: as_list(v) for k, v in values.items()}
+    spec.setdefault("options", {})
+    preset = data.get("tune_preset")
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise OptionError(f"grid file {path}: tune_preset must be one name ({', '.join(TUNE_PRESETS)}); "
+                              f"got a {type(preset).__name__}")
+        spec["tune_preset"] = preset
     return spec
+
+
+def parse_tune(assignments: list[str]) -> dict[str, list[str]]:
+    """`--tune [METHOD.]NAME=V1,V2,...` strings, parsed as `--set` axes are."""
+    try:
+        return parse_assignments(assignments)
+    except OptionError as error:
+        raise OptionError(str(error).replace("--set", "--tune", 1)) from None
 
 
 def _parse_error(error: Exception) -> str:
@@ -109,51 +208,123 @@ def _parse_error(error: Exception) -> str:
     return f"invalid {'YAML' if isinstance(error, yaml.YAMLError) else 'TOML'}: {error}"
 
 
-def _check_option_axes(spec: GridSpec) -> None:
-    """Every option axis names a method of the grid that has it; an unscoped name must mean one thing for every
-    method of the grid that has it (else the error lists them and how to scope)."""
-    for key in spec.options:
+def _check_option_axes(spec: GridSpec, axes: dict[str, list[Any]] | None = None, flag: str = "--set") -> None:
+    """Every option axis (`spec.options`, or `axes` given with `flag`, e.g. the tuned options) names a method of the
+    grid that has it; an unscoped name must mean one thing for every method of the grid that has it (else the error
+    lists them and how to scope)."""
+    for key in spec.options if axes is None else axes:
         scope, _, name = key.rpartition(".")
         if scope and scope not in spec.methods:
-            raise OptionError(f"--set {key}: method {scope!r} is not in the grid's methods ({', '.join(spec.methods)})")
+            raise OptionError(f"{flag} {key}: method {scope!r} is not in the grid's methods "
+                              f"({', '.join(spec.methods)})")
         targets = [scope] if scope else spec.methods
         having = [m for m in targets if name in option_names(m)]
         if not having:
             valid = sorted({o for m in targets for o in option_names(m)})
-            raise OptionError(f"--set {key}: no method of the grid has option {name!r}; valid: {', '.join(valid)}")
+            raise OptionError(f"{flag} {key}: no method of the grid has option {name!r}; valid: {', '.join(valid)}")
         if not scope and len({option_owner(m, name) for m in having}) > 1:
             scoped = " or ".join(f"{m}.{name}=..." for m in having)
-            raise OptionError(f"--set {key}: {', '.join(having)} each have an option {name!r} of their own, with "
+            raise OptionError(f"{flag} {key}: {', '.join(having)} each have an option {name!r} of their own, with "
                               f"different meanings; scope it to one method: {scoped}")
 
 
-def _option_axes(method: str, options: dict[str, list[Any]]) -> list[tuple[str, list[Any]]]:
-    """The option axes that apply to `method`: its scoped ones and the unscoped ones it has."""
+def _preset_value(default: float, factor: float) -> float:
+    """`default × factor` without binary noise (1e-3 × 0.1 is 0.0001, not 0.00010000000000000002)."""
+    return float(f"{default * factor:.12g}")
+
+
+def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
+    """The tuned options of the grid: `spec.tune` and, with `spec.tune_preset`, the preset's option of every method
+    of the grid that has it, scoped to the method, over its own default × the preset's factors. All checked before
+    anything runs: scoping as `--set` axes, and no option both a `--set` axis and tuned."""
+    _check_option_axes(spec, spec.tune, "--tune")
+    tune = dict(spec.tune)
+    if spec.tune_preset is not None:
+        if spec.tune_preset not in TUNE_PRESETS:
+            raise OptionError(f"--tune-preset {spec.tune_preset}: unknown preset; valid: {', '.join(TUNE_PRESETS)}")
+        name, factors = TUNE_PRESETS[spec.tune_preset]
+        for method in spec.methods:
+            if name not in option_names(method):
+                continue  # e.g. zeroshot and tip-adapter: nothing to tune, they run once
+            given = [key for key, _ in _option_axes(method, spec.tune, keys=True) if key.rpartition(".")[2] == name]
+            if given:
+                raise OptionError(f"--tune-preset {spec.tune_preset} tunes {name} of {method} already; drop "
+                                  f"--tune {given[0]}=... or the preset")
+            default = getattr(make_options(method), name)
+            tune[f"{method}.{name}"] = ([Scaled(f) for f in factors] if default is None
+                                        else [_preset_value(default, f) for f in factors])
+    for method in spec.methods:
+        tuned = [key for key, _ in _option_axes(method, tune, ordered=False, keys=True)]
+        names = [key.rpartition(".")[2] for key in tuned]
+        twice = [name for name in names if names.count(name) > 1]
+        if twice:
+            keys = " and ".join(f"--tune {k}" for k, n in zip(tuned, names, strict=True) if n == twice[0])
+            raise OptionError(f"{keys} both tune {twice[0]} of {method}; give it once")
+        fixed = {name for name, _ in _option_axes(method, spec.options)}
+        both = sorted(fixed & set(names))
+        if both:
+            raise OptionError(f"option {both[0]} of {method} is both a --set axis and tuned (--tune or "
+                              "--tune-preset); give it one role")
+    return tune
+
+
+def _option_axes(method: str, options: dict[str, list[Any]], ordered: bool = True,
+                 keys: bool = False) -> list[tuple[str, list[Any]]]:
+    """The option axes that apply to `method`: its scoped ones and the unscoped ones it has (sorted by key, or in the
+    order given; as (name, values), or (key, values) with `keys`)."""
     names = option_names(method)
     axes = []
-    for key, values in sorted(options.items()):
+    for key, values in sorted(options.items()) if ordered else options.items():
         scope, _, name = key.rpartition(".")
         if (scope == method or not scope) and name in names:
-            axes.append((name, values))
+            axes.append((key if keys else name, values))
     return axes
 
 
+def _candidates(method: str, fixed: dict[str, Any],
+                tuned: list[tuple[str, list[Any]]]) -> list[tuple[Any, tuple[Any, ...]]]:
+    """Each candidate's typed options and tuned values (the cartesian product of the tuned values, first name
+    slowest, each in the order given; a `Scaled` value stays as it is, its option at its default until the run
+    starts); values that parse to the same candidate are refused."""
+    names = [n for n, _ in tuned]
+    candidates: list[tuple[Any, tuple[Any, ...]]] = []
+    seen: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for values in itertools.product(*(v for _, v in tuned)):
+        given = dict(zip(names, values, strict=True))
+        options = make_options(method, {**fixed, **{n: v for n, v in given.items() if not isinstance(v, Scaled)}})
+        typed = tuple(v if isinstance(v, Scaled) else getattr(options, n) for n, v in given.items())
+        if typed in seen:
+            raise OptionError(f"--tune {' '.join(names)} of {method}: the values {seen[typed]} and {values} are the "
+                              "same candidate; give each value once")
+        seen[typed] = values
+        candidates.append((options, typed))
+    return candidates
+
+
 def expand(spec: GridSpec) -> list[GridRun]:
-    """The cartesian product of the axes, each method's options parsed and validated before anything runs."""
+    """The cartesian product of the axes, each method's options parsed and validated before anything runs; with
+    tuning, each point of the product is a tuning group of candidates (consecutive runs)."""
     valid_methods = method_names()
     for method in spec.methods:
         if method not in valid_methods:
             raise OptionError(f"unknown method {method!r}; valid methods: {', '.join(valid_methods)}")
     _check_option_axes(spec)
+    tune = tune_axes(spec)
     runs = []
     for cache, method, classes, text, select in itertools.product(spec.caches, spec.methods, spec.classes, spec.text,
                                                                   spec.select):
         axes = _option_axes(method, spec.options)
+        tuned = _option_axes(method, tune, ordered=False)
+        names = tuple(n for n, _ in tuned)
         for values in itertools.product(*(v for _, v in axes)):
-            options = make_options(method, dict(zip((n for n, _ in axes), values, strict=True)))
+            fixed = dict(zip((n for n, _ in axes), values, strict=True))
+            candidates = _candidates(method, fixed, tuned)
+            typed = tuple(values for _, values in candidates)
             for shots, seed in itertools.product(spec.shots, spec.seeds):
-                runs.append(GridRun(str(cache), RunConfig(method, int(shots), int(seed), classes, text, select,
-                                                          options)))
+                for index, (options, _) in enumerate(candidates):
+                    runs.append(GridRun(str(cache), RunConfig(method, int(shots), int(seed), classes, text, select,
+                                                              options),
+                                        Tuning(names, typed, index) if names else None))
     return runs
 
 
@@ -183,8 +354,39 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
         "steps": metrics.get("steps"),
     }
     row.update({f"chosen.{k}": v for k, v in sorted((metrics.get("chosen") or {}).items())})
+    tune = metrics.get("tune")
+    if tune:  # a tuning candidate; `tune.selected` is set once its whole group is known (select_tuned)
+        row.update({"tune.group": tune["group"], "tune.names": " ".join(tune["names"]),
+                    "tune.values": " ".join(f"{k}={v}" for k, v in tune["values"].items()),
+                    "tune.index": tune["index"], "tune.candidates": tune["candidates"],
+                    "tune.val_accuracy": metrics.get("tune_val_accuracy"), "tune.selected": None})
     row.update({option_column(config["method"], k): v for k, v in sorted(config["options"].items())})
     return row
+
+
+def select_tuned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark each tuning candidate's rows `tune.selected`: True for the candidate of its group with the best few-shot
+    val accuracy (ties: the lowest index, i.e. the first value given), False for the others. A group with candidates
+    still unfinished selects none yet (its cells read as no run). Only val accuracy is read, never test accuracy."""
+    groups: dict[str, dict[str, tuple[int, float | None, int]]] = defaultdict(dict)
+    for row in rows:
+        if row.get("tune.group"):
+            groups[row["tune.group"]][row["key"]] = (int(row["tune.index"]), row["tune.val_accuracy"],
+                                                     int(row["tune.candidates"]))
+    chosen = set()
+    for candidates in groups.values():
+        if len({index for index, _, _ in candidates.values()}) < max(n for _, _, n in candidates.values()):
+            continue
+
+        def rank(key: str, candidates: dict[str, tuple[int, float | None, int]] = candidates) -> tuple[float, int]:
+            index, val, _ = candidates[key]
+            return -(val if val is not None else -math.inf), index  # best val first, then the first value given
+
+        chosen.add(min(candidates, key=rank))
+    for row in rows:
+        if row.get("tune.group"):
+            row["tune.selected"] = row["key"] in chosen
+    return rows
 
 
 def finished_runs(folder: Path) -> list[Path]:
@@ -211,7 +413,7 @@ def run_rows(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
                 rows.append(results_row(config, {**metrics, "accuracy": {"all": accuracy}, "target": name}))
         else:
             rows.append(results_row(config, metrics))
-    return rows
+    return select_tuned(rows)
 
 
 def collect_rows(out: Path) -> list[dict[str, Any]]:
@@ -290,6 +492,26 @@ def check_caches(runs: list[GridRun]) -> dict[str, CacheInfo]:
     return infos
 
 
+def check_tuning(runs: list[GridRun]) -> None:
+    """Tuning chooses on the few-shot val set: refuse, before anything runs, a tuned cache whose few-shot subsets
+    hold no val images (ImageNet's have none), naming each; holding out train shots instead would change the very
+    training set the table reports, so there is no fallback."""
+    wanted: dict[str, set[tuple[int, int]]] = {}
+    for grid_run in runs:
+        if grid_run.tune is not None:
+            wanted.setdefault(grid_run.cache, set()).add((grid_run.config.shots, grid_run.config.seed))
+    problems = []
+    for cache, pairs in wanted.items():
+        with CacheReader(cache) as reader:
+            empty = sorted(p for p in pairs if len(reader.subset_rows(*p)[1]) == 0)
+        if empty:
+            problems.append(f"{cache} holds no few-shot val images for {_subsets_text(empty)}")
+    if problems:
+        raise CacheError("tuning (--tune, --tune-preset) chooses each value on the few-shot val set, which these "
+                         "caches lack (as ImageNet's):\n  " + "\n  ".join(problems) + "\n  run them without tuning, "
+                         "or rebuild them with a val split")
+
+
 class DataCache:
     """Loads each cache file once and each (shots, seed, text) few-shot set once per cache."""
 
@@ -340,6 +562,7 @@ def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, 
     fingerprint in each run's key, so a changed target set is a different run.
     """
     infos = check_caches(runs)
+    check_tuning(runs)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     data_cache = DataCache(device)
     counts = dict.fromkeys(STATES, 0)
@@ -348,8 +571,13 @@ def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, 
         try:
             for grid_run in runs:
                 info = infos[grid_run.cache]
-                key = grid_run.config.key(info.fingerprint + key_salt)
-                state = _run_once(grid_run, key, info, out, data_cache, extra)
+                fingerprint = info.fingerprint + key_salt
+                group = None
+                if grid_run.tune is not None:
+                    group = grid_run.tune.group(grid_run.config, fingerprint)
+                    fingerprint += grid_run.tune.salt()
+                key = grid_run.config.key(fingerprint)
+                state = _run_once(grid_run, key, info, out, data_cache, extra, group)
                 if state == "done":
                     write_results(out)
                 counts[state] += 1
@@ -360,9 +588,18 @@ def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, 
     write_results(out)
 
 
+def _resolve_scaled(config: RunConfig, data: FewShotData, scaled: dict[str, float]) -> RunConfig:
+    """`config` with each option of `scaled` set to the value it takes in this run (its recipe's) × its factor."""
+    values = {name: _preset_value(option_in_effect(config, data, name), f) for name, f in scaled.items()}
+    options = make_options(config.method, {**changed_fields(config.options), **values})
+    return dataclasses.replace(config, options=options)
+
+
 def _run_once(grid_run: GridRun, key: str, info: CacheInfo, out: Path, data_cache: DataCache,
-              extra: Evaluator | None) -> str:
-    """Train and save one run unless it is finished or another process holds its lock; returns its state."""
+              extra: Evaluator | None, group: str | None = None) -> str:
+    """Train and save one run unless it is finished or another process holds its lock; returns its state. A tuning
+    candidate (`group`: its group id) has its `Scaled` values resolved first, and gets its final model's few-shot val
+    accuracy."""
     folder = out / "runs" / key
     if (folder / "metrics.json").exists():
         return "skipped"
@@ -375,9 +612,18 @@ def _run_once(grid_run: GridRun, key: str, info: CacheInfo, out: Path, data_cach
         c = grid_run.config
         data = data_cache.load(grid_run.cache, c.shots, c.seed, c.text)
         start = time.perf_counter()
+        if grid_run.tune is not None and grid_run.tune.scaled:
+            c = _resolve_scaled(c, data, grid_run.tune.scaled)
         outcome = run(c, data)
         if extra is not None:
             outcome.metrics.update(extra(grid_run, outcome, data))
+        if grid_run.tune is not None and group is not None:
+            val = tune_val_accuracy(c, outcome.method, data)
+            if val is None:  # base-to-novel with no val image of a base class: nothing to choose by
+                raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes} has no "
+                                 "few-shot val images to choose the tuned value by; run it without tuning")
+            outcome.metrics["tune"] = grid_run.tune.record(group, c)
+            outcome.metrics["tune_val_accuracy"] = val
         outcome.metrics["wall_seconds"] = time.perf_counter() - start
         save_run(folder, c, outcome, Path(grid_run.cache), info.fingerprint, info.fields, data_cache.device, key)
         lock.unlink()  # safe while held: a process that opened it before finds metrics.json once it gets the lock

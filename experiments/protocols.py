@@ -73,28 +73,32 @@ class Targets:
 
 
 def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: list[int],
-                  options: dict[str, list[str]], text: str = "coop", shots: list[int] | None = None) -> GridSpec:
-    """The grid axes a protocol fixes."""
+                  options: dict[str, list[str]], text: str = "coop", shots: list[int] | None = None,
+                  tune: dict[str, list[str]] | None = None, tune_preset: str | None = None) -> GridSpec:
+    """The grid axes a protocol fixes; `tune` and `tune_preset` tune options as a grid does (`GridSpec`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if not caches:
         raise CacheError(f"protocol {protocol} needs at least one cache")
+    tuning = {"tune": dict(tune or {}), "tune_preset": tune_preset}
     if protocol == "few-shot":
-        return GridSpec(caches, methods, shots or ALL_SHOTS, seeds, ["all"], [text], ["last"], options)
+        return GridSpec(caches, methods, shots or ALL_SHOTS, seeds, ["all"], [text], ["last"], options, **tuning)
     if protocol == "base-to-novel":
-        return GridSpec(caches, methods, shots or [16], seeds, ["base"], [text], ["last"], options)
+        return GridSpec(caches, methods, shots or [16], seeds, ["base"], [text], ["last"], options, **tuning)
     if len(caches) != 1:
         raise CacheError(f"protocol {protocol} trains on one source cache; got {len(caches)}")
-    return GridSpec(caches, methods, shots or [16], seeds, ["all"], [text], ["last"], options)
+    return GridSpec(caches, methods, shots or [16], seeds, ["all"], [text], ["last"], options, **tuning)
 
 
 def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str], seeds: list[int],
                  targets: list[str] | None = None, options: dict[str, list[str]] | None = None,
                  text: str = "coop", shots: list[int] | None = None, device: str = "cpu",
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, tune: dict[str, list[str]] | None = None,
+                 tune_preset: str | None = None) -> dict[str, Any]:
     """Run (or resume) one protocol into `out`; its results table is `out/results.csv`. Returns the counts of runs
-    done, skipped (finished before) and left to another process (elsewhere), as `run_grid` does."""
-    spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots)
+    done, skipped (finished before) and left to another process (elsewhere), as `run_grid` does. With `tune` or
+    `tune_preset`, the tuned options are chosen per cell on the few-shot val set (base val for base-to-novel)."""
+    spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset)
     runs = expand(spec)
     extra, salt = None, ""
     if protocol in ("cross-dataset", "domain"):

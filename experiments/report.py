@@ -12,6 +12,12 @@ report it. Plots draw one line or bar group per configuration, with error bars o
 
 Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable) or `—` (no run); each CSV has
 `<column> mean`, `<column> std` and `<column> n` (seeds) columns, empty where there is no number.
+
+Tuned grids (`tune.*` columns): only each tuning group's kept run (`tune.selected`, chosen on the few-shot val set)
+enters the tables. A tuned option is not a configuration axis: its value reads `tuned` in the configuration, and the
+label names the values chosen (`clip-adapter lr=0.01 (tuned)`; `lr=0.001/0.01 (tuned)` when cells chose
+differently); a companion table `<table>_tuned` gives the value chosen in each cell (`lr=0.01`, or each value with
+its number of seeds, `lr=0.01 ×2, lr=0.001 ×1`). Tables of grids without tuning are as before.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import csv
 import math
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +45,7 @@ from lathadapter.experiments.grid import RESULTS, ResultsError, as_table, finish
 REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
             "acc_all", "acc_base", "acc_novel")
 SETTINGS = ("text", "select")  # with the `opt.*` columns: what makes a configuration, besides the method
+TUNED = "tuned"  # a tuned option's value in a configuration: chosen per cell, so not what tells configurations apart
 EXPECTED = f"expected a {RESULTS} written by `lathadapter grid` or `protocol`"
 
 
@@ -94,6 +101,9 @@ class Configuration:
         return dict(self.settings)[column]
 
 
+Choice = tuple[tuple[str, str], ...]  # a kept tuning candidate's (option, value) pairs; () for an untuned run
+
+
 @dataclass(frozen=True)
 class Record:
     """One results row, parsed: the dataset's label, the configuration, shots, class protocol, transfer target and
@@ -107,6 +117,7 @@ class Record:
     acc_all: float | None
     acc_base: float | None
     acc_novel: float | None
+    tuned: Choice = ()
 
 
 def _number(text: str) -> float | None:
@@ -123,17 +134,33 @@ def dataset_labels(rows: list[dict[str, str]]) -> dict[tuple[str, str], str]:
             for name, fps in fingerprints.items() for fp in fps}
 
 
+def _tuned_columns(row: dict[str, str], columns: list[str]) -> dict[str, str]:
+    """A tuning candidate's tuned option columns (`opt.NAME` or `opt.METHOD.NAME`) → option name."""
+    found = {}
+    for name in row.get("tune.names", "").split():
+        for column in (f"opt.{row['method']}.{name}", f"opt.{name}"):
+            if column in columns and row.get(column, "") != "":
+                found[column] = name
+                break
+    return found
+
+
 def records(results: Results) -> list[Record]:
-    """The rows as typed records; a malformed number names its row."""
+    """The rows as typed records; a malformed number names its row. Of a tuned grid, only each group's kept run
+    (`tune.selected`) is read, its tuned options set to `tuned` in its configuration and kept in `Record.tuned`."""
     columns = list(SETTINGS) + sorted({c for row in results.rows for c in row if c.startswith("opt.")})
     labels = dataset_labels(results.rows)
     parsed = []
     for i, row in enumerate(results.rows, 1):
+        if row.get("tune.selected", "").lower() == "false":
+            continue  # a candidate not kept (or a group not finished yet): never in a table
+        tuned = _tuned_columns(row, columns)
+        settings = tuple((c, TUNED if c in tuned else row.get(c, "")) for c in columns)
         try:
-            parsed.append(Record(labels[(row["dataset"], row["fingerprint"])],
-                                 Configuration(row["method"], tuple((c, row.get(c, "")) for c in columns)),
+            parsed.append(Record(labels[(row["dataset"], row["fingerprint"])], Configuration(row["method"], settings),
                                  int(row["shots"]), row["classes"], row["target"],
-                                 _number(row["acc_all"]), _number(row["acc_base"]), _number(row["acc_novel"])))
+                                 _number(row["acc_all"]), _number(row["acc_base"]), _number(row["acc_novel"]),
+                                 tuple((name, row[c]) for c, name in tuned.items())))
         except ValueError as error:
             raise ResultsError(f"{results.source}: row {i}: {error}") from None
     return parsed
@@ -189,6 +216,24 @@ class Cell:
 MISSING = Cell(missing=True)
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """A cell of a `_tuned` table: the tuned values the kept runs of a cell chose, over seeds."""
+
+    choices: tuple[Choice, ...] = ()
+
+    def text(self) -> str:
+        counts = Counter(" ".join(f"{name}={value}" for name, value in choice) for choice in self.choices)
+        if not counts:
+            return "—"
+        if len(counts) == 1:
+            return next(iter(counts))
+        return ", ".join(f"{text} ×{n}" for text, n in counts.items())
+
+    def numbers(self) -> list[str]:
+        return ["" if not self.choices else self.text()]
+
+
 def _over_seeds(records: list[Record], key: Callable[[Record], tuple], metric: str) -> dict[tuple, Cell]:
     grouped: dict[tuple, list[float | None]] = defaultdict(list)
     for record in records:
@@ -204,7 +249,8 @@ class Table:
     title: str
     lead: list[str]
     columns: list[str]
-    rows: list[tuple[list[str], list[Cell]]]
+    rows: list[tuple[list[str], list[Any]]]  # Cell, or Chosen in a `_tuned` table
+    parts: tuple[str, ...] = ("mean", "std", "n")  # what each cell is in the CSV
 
     def markdown(self) -> str:
         header = self.lead + self.columns
@@ -217,7 +263,7 @@ class Table:
         path = folder / f"{self.name}.csv"
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(self.lead + [f"{c} {part}" for c in self.columns for part in ("mean", "std", "n")])
+            writer.writerow(self.lead + [f"{c} {part}" for c in self.columns for part in self.parts])
             writer.writerows(lead + [x for cell in cells for x in cell.numbers()] for lead, cells in self.rows)
         return path
 
@@ -260,9 +306,41 @@ def _varied(configs: Iterable[Configuration]) -> dict[str, list[str]]:
     return {method: [c for c, seen in columns.items() if len(seen) > 1] for method, columns in values.items()}
 
 
-def _label(config: Configuration, varied: dict[str, list[str]]) -> str:
-    """`lathadapter curvature=0.5`: the method and the settings that vary among its configurations."""
-    return " ".join([config.method] + [f"{_bare(c)}={config.value(c)}" for c in varied.get(config.method, [])])
+def _tuned_suffix(choices: Iterable[Choice]) -> str:
+    """` lr=0.01 (tuned)`: each tuned option with the values its kept runs chose (`0.001/0.01` when they differ; not
+    `|`, which would split a markdown cell); empty for an untuned configuration."""
+    values: dict[str, set[str]] = defaultdict(set)
+    for choice in choices:
+        for name, value in choice:
+            values[name].add(value)
+    if not values:
+        return ""
+    return " " + " ".join(f"{name}={'/'.join(sorted(seen, key=_sortable))}" for name, seen in values.items()) + \
+        " (tuned)"
+
+
+def _label(config: Configuration, varied: dict[str, list[str]], choices: Iterable[Choice] = ()) -> str:
+    """`lathadapter curvature=0.5`: the method and the settings that vary among its configurations, then the tuned
+    values chosen (`lr=0.01 (tuned)`), if any."""
+    shown = [c for c in varied.get(config.method, []) if config.value(c) != TUNED]
+    return " ".join([config.method] + [f"{_bare(c)}={config.value(c)}" for c in shown]) + _tuned_suffix(choices)
+
+
+def _config_choices(records: Iterable[Record]) -> dict[Configuration, list[Choice]]:
+    """Each configuration's kept tuning choices among `records`."""
+    choices: dict[Configuration, list[Choice]] = defaultdict(list)
+    for record in records:
+        if record.tuned:
+            choices[record.config].append(record.tuned)
+    return choices
+
+
+def _choices_by(records: Iterable[Record], key: Callable[[Record], tuple]) -> dict[tuple, tuple[Choice, ...]]:
+    grouped: dict[tuple, list[Choice]] = defaultdict(list)
+    for record in records:
+        if record.tuned:
+            grouped[key(record)].append(record.tuned)
+    return {k: tuple(v) for k, v in grouped.items()}
 
 
 def _ablation(name: str, title: str, configs: list[Configuration], setting: str, others: list[str],
@@ -274,18 +352,28 @@ def _ablation(name: str, title: str, configs: list[Configuration], setting: str,
     return Table(name, title, [_bare(s) for s in lead], columns, [([c.value(s) for s in lead], cells[c]) for c in rows])
 
 
-def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration, list[Cell]]) -> list[Table]:
+def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration, list[Cell]],
+            chosen: dict[Configuration, list[Chosen]] | None = None,
+            chosen_columns: list[str] | None = None) -> list[Table]:
     """A block of results as a table with one row per configuration and, for each setting that varies among one
-    method's configurations, that method's ablation table of the setting."""
+    method's configurations, that method's ablation table of the setting. With tuning (`chosen`: the values the kept
+    runs chose, per column of `chosen_columns`, default `columns`), labels name the chosen values and a `_tuned`
+    table gives them per cell."""
     configs = _ordered(cells)
     varied = _varied(configs)
-    tables = [Table(name, title, ["method"], columns, [([_label(c, varied)], cells[c]) for c in configs])]
+    chosen = {c: row for c, row in (chosen or {}).items() if any(cell.choices for cell in row)}
+    labels = {c: _label(c, varied, [x for cell in chosen.get(c, []) for x in cell.choices]) for c in configs}
+    tables = [Table(name, title, ["method"], columns, [([labels[c]], cells[c]) for c in configs])]
     for method, settings in varied.items():
         own = [c for c in configs if c.method == method]
         for setting in settings:
             tables.append(_ablation(f"{name}_ablation_{_slug(method)}_{_bare(setting)}",
                                     f"{title}: {method}, ablation of {_bare(setting)}", own, setting,
                                     [s for s in settings if s != setting], columns, cells))
+    if chosen:
+        tables.append(Table(f"{name}_tuned", f"{title}: tuned values, chosen on the training classes' few-shot val "
+                            "set", ["method"], chosen_columns or columns,
+                            [([_label(c, varied)], chosen[c]) for c in configs if c in chosen], ("chosen",)))
     return tables
 
 
@@ -308,19 +396,23 @@ def _base_novel(records: list[Record]) -> dict[tuple[str, Configuration, int], t
 def few_shot_tables(records: list[Record]) -> list[Table]:
     """Per dataset: configurations × shots; with several datasets, also the average over datasets."""
     cells = _few_shot(records)
+    tuned = _choices_by([r for r in records if r.classes == "all" and not r.target], _cell_of)
     datasets = sorted({d for d, _, _ in cells})
     tables = []
     for dataset in datasets:
         shots = sorted({k for d, _, k in cells if d == dataset})
         rows = {c: [cells.get((dataset, c, k), MISSING) for k in shots] for d, c, _ in cells if d == dataset}
+        chosen = {c: [Chosen(tuned.get((dataset, c, k), ())) for k in shots] for c in rows}
         tables += _tables(f"few_shot_{_slug(dataset)}", f"Few-shot accuracy (%) on {dataset}",
-                          [f"{k} shot" for k in shots], rows)
+                          [f"{k} shot" for k in shots], rows, chosen)
     if len(datasets) > 1:
         shots = sorted({k for _, _, k in cells})
         rows = {c: [Cell.mean_of([cells.get((d, c, k), MISSING) for d in datasets]) for k in shots]
                 for _, c, _ in cells}
+        chosen = {c: [Chosen(tuple(x for d in datasets for x in tuned.get((d, c, k), ()))) for k in shots]
+                  for c in rows}
         tables += _tables("few_shot_average", f"Few-shot accuracy (%), average over {len(datasets)} datasets",
-                          [f"{k} shot" for k in shots], rows)
+                          [f"{k} shot" for k in shots], rows, chosen)
     return tables
 
 
@@ -328,20 +420,23 @@ def base_to_novel_tables(records: list[Record]) -> list[Table]:
     """Per number of shots: configurations × (dataset × base / novel / HM), with the average over datasets when
     there are several (its HM from the average base and novel)."""
     cells = _base_novel(records)
+    tuned = _choices_by([r for r in records if r.classes == "base" and not r.target], _cell_of)
     all_shots = sorted({k for _, _, k in cells})
     tables = []
     for shots in all_shots:
         datasets = sorted({d for d, _, k in cells if k == shots})
         average = ["Average"] if len(datasets) > 1 else []
-        rows = {}
+        rows, chosen = {}, {}
         for config in {c for _, c, k in cells if k == shots}:
             pairs = [cells.get((d, config, shots), (MISSING, MISSING)) for d in datasets]
             if average:
                 pairs.append((Cell.mean_of([b for b, _ in pairs]), Cell.mean_of([n for _, n in pairs])))
             rows[config] = [cell for b, n in pairs for cell in (b, n, Cell.hm(b, n))]
+            chosen[config] = [Chosen(tuned.get((d, config, shots), ())) for d in datasets]
         name = "base_to_novel" if len(all_shots) == 1 else f"base_to_novel_{shots}shot"
         tables += _tables(name, f"Base-to-novel generalisation (%): {_shots(shots)} on base classes",
-                          [f"{d} {part}" for d in datasets + average for part in ("base", "novel", "HM")], rows)
+                          [f"{d} {part}" for d in datasets + average for part in ("base", "novel", "HM")], rows,
+                          chosen, datasets)  # one choice per dataset, made on its base classes
     return tables
 
 
@@ -350,6 +445,8 @@ def transfer_tables(records: list[Record]) -> list[Table]:
     set, each target, the average over targets)."""
     chosen = [r for r in records if r.target]
     cells = _over_seeds(chosen, lambda r: (r.dataset, r.shots, r.config, r.target), "acc_all")
+    # one choice per run, the same for all its targets: read from its `source` row
+    tuned = _choices_by([r for r in chosen if r.target == "source"], lambda r: (r.dataset, r.shots, r.config))
     blocks = sorted({(d, k) for d, k, _, _ in cells})
     tables = []
     for source, shots in blocks:
@@ -359,8 +456,9 @@ def transfer_tables(records: list[Record]) -> list[Table]:
             values = [cells.get((source, shots, config, t), MISSING) for t in targets]
             rows[config] = [cells.get((source, shots, config, "source"), MISSING), *values, Cell.mean_of(values)]
         name = "transfer" if len(blocks) == 1 else f"transfer_{_slug(source)}_{shots}shot"
-        tables += _tables(name, f"Transfer from {source}, {_shots(shots)} (%): source test set and targets",
-                          ["source", *targets, "Average (targets)"], rows)
+        title = f"Transfer from {source}, {_shots(shots)} (%): source test set and targets"
+        tables += _tables(name, title, ["source", *targets, "Average (targets)"], rows,
+                          {c: [Chosen(tuned.get((source, shots, c), ()))] for c in rows}, [source])
     return tables
 
 
@@ -395,6 +493,7 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
             continue
         configs = _ordered({c for d, c, _ in cells if d == dataset})
         varied = _varied(configs)
+        choices = _config_choices(r for r in records if r.dataset == dataset and r.classes == "all" and not r.target)
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for config in configs:
             points = [(k, cells[(dataset, config, k)]) for k in shots if (dataset, config, k) in cells]
@@ -402,7 +501,8 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
             if points:
                 ax.errorbar([k for k, _ in points], [c.mean for _, c in points],
                             yerr=[c.std or 0.0 for _, c in points], marker="o", capsize=3,
-                            label=_label(config, varied), linewidth=2.5 if config.method == "lathadapter" else 1.5)
+                            label=_label(config, varied, choices.get(config, [])),
+                            linewidth=2.5 if config.method == "lathadapter" else 1.5)
         ax.set_xscale("log", base=2)
         ax.set_xticks(shots, [str(k) for k in shots])
         ax.set(xlabel="shots per class", ylabel="top-1 accuracy (%)", title=f"{dataset}: accuracy vs shots")
@@ -422,6 +522,8 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
     for dataset, shots in blocks:
         configs = _ordered({c for d, c, k in cells if (d, k) == (dataset, shots)})
         varied = _varied(configs)
+        choices = _config_choices(r for r in records if (r.dataset, r.shots, r.classes) == (dataset, shots, "base")
+                                  and not r.target)
         fig, ax = plt.subplots(figsize=(1.2 * len(configs) + 2.5, 4))
         width = 0.27
         for i, config in enumerate(configs):
@@ -432,7 +534,8 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
                     ax.bar(i + (j - 1) * width, cell.mean, width, yerr=cell.std, capsize=3, color=colour)
                 else:
                     ax.text(i + (j - 1) * width, 1, "n/a", ha="center", rotation=90, fontsize=7)
-        ax.set_xticks(range(len(configs)), [_label(c, varied) for c in configs], rotation=20, fontsize=8)
+        ax.set_xticks(range(len(configs)), [_label(c, varied, choices.get(c, [])) for c in configs], rotation=20,
+                      fontsize=8)
         ax.bar(0, 0, color="tab:blue", label="base")
         ax.bar(0, 0, color="tab:orange", label="novel")
         ax.bar(0, 0, color="tab:green", label="HM")
@@ -497,6 +600,8 @@ def _disk_run(results: Results) -> Path | None:
     """The run directory of the table's last LatHAdapter run that saved lifted points, if any."""
     for row in reversed(results.rows):
         folder = results.run_dirs.get(row["key"])
+        if row.get("tune.selected", "").lower() == "false":
+            continue  # a tuning candidate that was not kept
         if row["method"] == "lathadapter" and folder is not None and (folder / "points.pt").is_file():
             return folder
     return None

@@ -122,6 +122,32 @@ def run(config: RunConfig, data: FewShotData, progress: Progress | None = None) 
     return RunOutcome(method, metrics, result, method.lifted_points(train_data))
 
 
+def tune_val_accuracy(config: RunConfig, method: Method, data: FewShotData) -> float | None:
+    """The trained `method`'s accuracy (%) on the run's few-shot val set, whatever `select` kept: what fair tuning
+    chooses by. It is the training view's val set (`split_classes`), so base-to-novel uses the base classes' val
+    images only; None when that set is empty (ImageNet has no few-shot val subset). Never reads the test set."""
+    train_data, _ = split_classes(data, config.classes)
+    if len(train_data.val_labels) == 0:
+        return None
+    return evaluate(method, train_data.val_features, train_data.val_labels)
+
+
+def option_in_effect(config: RunConfig, data: FewShotData, name: str) -> Any:
+    """The value option `name` takes in this run: its own when set; when left at None to the method's training recipe
+    (official recipes vary by dataset and shots), the recipe's, read from the method built on the run's training
+    view. Fair tuning's presets scale it."""
+    value = getattr(config.options, name)
+    if value is not None:
+        return value
+    train_data, _ = split_classes(data, config.classes)
+    recipe = getattr(build_method(config.method, config.options, train_data), "train_recipe", None)
+    value = getattr(recipe(), name, None) if recipe is not None else None
+    if value is None:
+        raise OptionError(f"option {name} of {config.method} is left unset and its training recipe gives no value "
+                          "to scale; set it, or tune it with explicit values (--tune)")
+    return value
+
+
 def write_atomic(path: Path, write: Any) -> None:
     """Call `write(temporary_path)`, then move the file into place: readers never see half a file."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")

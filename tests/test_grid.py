@@ -19,7 +19,7 @@ from lathadapter.adapter.options import OptionError, parse_assignments
 from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
-from lathadapter.experiments.grid import GridSpec, expand, iterate, load_spec_file, run_grid
+from lathadapter.experiments.grid import GridSpec, expand, iterate, load_spec_file, option_column, run_grid
 from lathadapter.experiments.protocols import run_protocol
 from lathadapter.experiments.report import write_report
 
@@ -89,8 +89,10 @@ def test_resume_skips_exactly_the_finished_runs(caches: dict[str, Path], tmp_pat
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
-    # `alpha` means different things to CLIP-Adapter, TaskRes and Tip-Adapter: its column names the method
-    assert {"opt.clip-adapter.alpha", "opt.epochs", "acc_all", "train_seconds"} <= set(rows[0])
+    # `alpha` means different things to CLIP-Adapter, TaskRes and Tip-Adapter: its column names the method (and so
+    # does `epochs`' once a method declares an `epochs` of its own)
+    expected = {"opt.clip-adapter.alpha", option_column("clip-adapter", "epochs"), "acc_all", "train_seconds"}
+    assert expected <= set(rows[0])
     assert "opt.alpha" not in rows[0]
 
 
@@ -254,7 +256,10 @@ def test_results_table_has_what_post_training_searches_chose(caches: dict[str, P
     for name in ("alpha", "beta", "val_accuracy"):
         assert float(rows["tip-adapter"][f"chosen.{name}"]) == pytest.approx(chosen[name])
         assert rows["zeroshot"][f"chosen.{name}"] == ""
-    assert rows["tip-adapter"]["opt.tip-adapter.alpha"] != ""  # the option columns stay
+    # the option columns stay (empty where an option is left to the method's recipe)
+    config = json.loads((tmp_path / "runs" / rows["tip-adapter"]["key"] / "config.json").read_text())
+    assert rows["tip-adapter"]["opt.tip-adapter.alpha"] == ("" if config["options"]["alpha"] is None
+                                                            else str(config["options"]["alpha"]))
 
 
 def test_grid_progress_goes_to_stderr(caches: dict[str, Path], tmp_path: Path,
