@@ -34,7 +34,7 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
     model = bundled_model()
     return build(None, f"split:{split}", out, model=str(model.config), pretrained=str(model.checkpoint),
                  template=model.template, views=views, shots=shots, seeds=seeds, device=device, workers=workers,
-                 force=force, progress=progress, log=log)
+                 force=force, progress=progress, log=log, val="all")  # the whole val split: Tip-Adapter's search set
 
 
 def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
