@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.options import OptionError, TrainOptions
-from lathadapter.cache.store import REBUILD, CacheError, FewShotData
+from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.recipes import TrainRecipe
+from lathadapter.cache.store import FewShotData
 
 NORM_EPS = 1e-12  # as F.normalize
 LOGIT_SCALE = 100.0  # CLIP's learned temperature, fixed at its converged value
@@ -89,103 +86,6 @@ def cosines(x: torch.Tensor, y: torch.Tensor, unit_y: bool = False) -> torch.Ten
     """Cosines [N, M] of the rows of x [N, D] with the rows of y [M, D]: `normalize(x) @ normalize(y)ᵀ`; `unit_y`
     says y's rows are unit vectors already (made by a normalisation upstream), so their norms are not divided out."""
     return _Cosines.apply(x, y, unit_y)
-
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine-step", "cosine-epoch")
-SHARED_TRAINING = {f.name: f.default for f in dataclasses.fields(TrainOptions)}  # the shared recipe's values
-
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How the trainer optimises a method: optimiser, its settings, schedule, epochs and batches.
-
-    - `adamw`: `torch.optim.AdamW(lr, weight_decay, eps)` (decoupled decay); `adam`: `torch.optim.Adam(lr,
-      weight_decay, eps)` with the decay coupled to the gradient (L2), as Dassl builds it; `sgd`:
-      `torch.optim.SGD(lr, momentum, weight_decay)` (coupled, no dampening, no Nesterov), as Dassl builds it.
-    - `cosine-step`: `CosineAnnealingLR` stepped after every optimiser step over the whole run (Tip-Adapter-F; the
-      shared recipe). `cosine-epoch`: Dassl's schedule, a constant `warmup_lr` for the first `warmup_epochs` epochs,
-      then `lr (1 + cos(π (e − warmup_epochs) / epochs)) / 2` for epoch e, changed once per epoch.
-    - Epochs run = `max(epochs, ceil(min_steps / steps per epoch))`. Steps per epoch: `ceil(N / batch_size)`, or with
-      `drop_last` (Dassl's train loader) `N // batch_size` when `N >= batch_size`, else one batch of all N.
-    """
-
-    name: str = "shared"
-    optimizer: str = "adamw"
-    lr: float = SHARED_TRAINING["lr"]
-    weight_decay: float = SHARED_TRAINING["weight_decay"]
-    eps: float = SHARED_TRAINING["eps"]
-    momentum: float = 0.0
-    epochs: int = SHARED_TRAINING["epochs"]
-    min_steps: int = SHARED_TRAINING["min_steps"]
-    batch_size: int = SHARED_TRAINING["batch_size"]
-    drop_last: bool = False
-    schedule: str = "cosine-step"
-    warmup_epochs: int = 0
-    warmup_lr: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS or self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown optimiser {self.optimizer!r} or schedule {self.schedule!r}")
-
-    def steps_per_epoch(self, n: int) -> int:
-        if self.drop_last and n >= self.batch_size:
-            return n // self.batch_size
-        return math.ceil(n / self.batch_size)
-
-    def epochs_for(self, n: int) -> int:
-        return max(self.epochs, math.ceil(self.min_steps / self.steps_per_epoch(n)))
-
-    def lr_at_epoch(self, epoch: int, epochs: int) -> float:
-        """The learning rate of (0-based) `epoch` under `cosine-epoch`."""
-        if epoch < self.warmup_epochs:
-            return self.warmup_lr
-        return self.lr * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / epochs)) / 2
-
-    def record(self) -> dict[str, Any]:
-        """The recipe as flat values for a run's `chosen` (`recipe.NAME`)."""
-        values = {f"recipe.{f.name}": getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
-        return {"recipe": self.name, **values}
-
-
-def dataset_key(name: str) -> str:
-    """The key of a cache's dataset name in the official per-dataset tables: `caltech101`, `oxford_flowers`, ...
-    (the names of `cache build --dataset`); CoOp's class names of split files (`Caltech101`, `OxfordFlowers`,
-    `DescribableTextures`, `FGVCAircraft`) map to the same keys; any other name is returned lower-cased."""
-    squashed = re.sub(r"[^a-z0-9]", "", name.lower())
-    return _DATASET_KEYS.get(squashed, name.lower())
-
-
-_DATASET_KEYS = {
-    "imagenet": "imagenet", "caltech101": "caltech101", "oxfordpets": "oxford_pets", "stanfordcars": "stanford_cars",
-    "oxfordflowers": "oxford_flowers", "food101": "food101", "fgvcaircraft": "fgvc_aircraft", "fgvc": "fgvc_aircraft",
-    "sun397": "sun397", "dtd": "dtd", "describabletextures": "dtd", "eurosat": "eurosat", "ucf101": "ucf101",
-}
-
-
-def resolved(options: Any, name: str, official: Any, shared: Any) -> Any:
-    """The value option `name` takes: its own when set (not None), else the recipe's (`official` or `shared`)."""
-    value = getattr(options, name)
-    if value is not None:
-        return value
-    return official if options.recipe == "official" else shared
-
-
-def recipe_from(options: Any, official: TrainRecipe, shared: TrainRecipe | None = None) -> TrainRecipe:
-    """The recipe `options.recipe` names (`official`, or `shared`: today's AdamW and cosine), with every training
-    option the user set (not None) replacing the recipe's value."""
-    base = official if options.recipe == "official" else (shared or TrainRecipe())
-    names = ("epochs", "min_steps", "batch_size", "lr", "weight_decay", "eps")
-    return dataclasses.replace(base, **{n: getattr(options, n) for n in names if getattr(options, n) is not None})
-
-
-def require_raw(value: torch.Tensor | None, method: str, what: str) -> torch.Tensor:
-    """`value`, or a CacheError saying that the cache (schema 1) lacks the raw norms the official recipe needs."""
-    if value is None:
-        raise CacheError(f"{method} with recipe=official needs {what}, which this cache does not store (a schema-1 "
-                         f"cache keeps only unit vectors). Rebuild the cache with `{REBUILD}` (schema 2 stores the "
-                         "raw norms), or pass --set recipe=shared")
-    return value
 
 
 class ProtocolWarning(UserWarning):

@@ -14,18 +14,9 @@ from typing import Any
 
 import torch
 
-from lathadapter.adapter.methods.base import (
-    LOGIT_SCALE,
-    Adapter,
-    Method,
-    TrainRecipe,
-    cosines,
-    dataset_key,
-    mix,
-    recipe_from,
-    resolved,
-)
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix
 from lathadapter.adapter.options import RecipeTrainOptions, option
+from lathadapter.adapter.recipes import TrainRecipe, dataset_key, recipe_from, resolved
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 

@@ -21,18 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import (
-    LOGIT_SCALE,
-    Method,
-    ProtocolWarning,
-    TrainRecipe,
-    dataset_key,
-    normalize,
-    recipe_from,
-    require_raw,
-    resolved,
-)
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, normalize
 from lathadapter.adapter.options import RecipeOptions, RecipeTrainOptions, option
+from lathadapter.adapter.recipes import TrainRecipe, dataset_key, recipe_from, require_raw, resolved
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
