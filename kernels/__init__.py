@@ -1,15 +1,9 @@
-"""Poincaré-ball geometry: PyTorch references (CPU path, test oracle), fused Triton kernels (CUDA path), and the
-radial form for lifted unit vectors (`radial`), which LatHAdapter trains with."""
+"""Poincaré-ball geometry: plain PyTorch functions (the references LatHAdapter's definition uses), the radial form for
+lifted unit vectors (`radial`) that its fused twins train with, the Triton kernels of its loss stage on CUDA
+(`triton_radial_loss`), and the backend switch (`dispatch`)."""
 
 from lathadapter.kernels.cone import cone_energy, cone_exterior_angle, cone_half_aperture
-from lathadapter.kernels.dispatch import (
-    backend,
-    edge_energy,
-    get_backend,
-    pairwise_distance,
-    separation_loss,
-    set_backend,
-)
+from lathadapter.kernels.dispatch import backend, get_backend, set_backend
 from lathadapter.kernels.geometry import distance, expmap0, logmap0, mobius_add, origin_distance, project
 from lathadapter.kernels.hierarchy import centripetal_energy
 from lathadapter.kernels.radial import (
@@ -29,13 +23,11 @@ __all__ = [
     "cone_exterior_angle",
     "cone_half_aperture",
     "distance",
-    "edge_energy",
     "expmap0",
     "get_backend",
     "logmap0",
     "mobius_add",
     "origin_distance",
-    "pairwise_distance",
     "project",
     "radial_centripetal_energy",
     "radial_cone_energy",
@@ -44,6 +36,5 @@ __all__ = [
     "radial_half_aperture",
     "radial_origin_distance",
     "scaled_radius",
-    "separation_loss",
     "set_backend",
 ]

@@ -13,9 +13,6 @@ Curvature = float | torch.Tensor
 # Projection margins of docs/method.md: points are kept at radius ≤ (1 − ε)/√c.
 PROJECTION_EPS = {torch.float32: 4e-3, torch.float64: 1e-5}
 MIN_NORM = 1e-15  # norms below this are treated as this (safe divisions at the origin)
-# Pairs whose squared separation is below CLOSE × (|a|² + |b|²) get |a − b|² and <a, b − a> as direct sums: the
-# expanded form |a|² + |b|² − 2<a, b> has an absolute error of a few ulp of |a|² + |b|², too much for close points.
-CLOSE = 1.0 / 16.0
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -131,36 +128,3 @@ def origin_distance(x: torch.Tensor, c: Curvature) -> torch.Tensor:
     dtype = compute_dtype(x)
     sqrt_c = as_curvature(c, dtype, x.device).sqrt()
     return (2 * artanh(sqrt_c * norm(x.to(dtype)).squeeze(-1)) / sqrt_c).to(x.dtype)
-
-
-def pairwise_invariants(
-    a: torch.Tensor, b: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For a [..., M, D] and b [..., N, D]: |a|² [..., M, 1], |b|² [..., 1, N], <a, b − a> and |b − a|² [..., M, N].
-
-    The pair terms come from one matrix product; pairs closer than CLOSE (relative) are recomputed as direct sums.
-    """
-    lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    a, b = a.expand(*lead, *a.shape[-2:]), b.expand(*lead, *b.shape[-2:])
-    aa = (a * a).sum(-1, keepdim=True)
-    bb = (b * b).sum(-1).unsqueeze(-2)
-    ab = a @ b.transpose(-1, -2)
-    uu = (aa + bb - 2 * ab).clamp_min(0)
-    au = ab - aa
-    close = uu < CLOSE * (aa + bb)
-    index = close.nonzero(as_tuple=True)
-    if len(index[0]) > 0:
-        *batch, i, j = index
-        a_close, b_close = a[(*batch, i)], b[(*batch, j)]
-        diff = b_close - a_close
-        uu = uu.index_put(index, (diff * diff).sum(-1))
-        au = au.index_put(index, (a_close * diff).sum(-1))
-    return aa, bb, au, uu
-
-
-def pairwise_distance_reference(x: torch.Tensor, y: torch.Tensor, c: Curvature) -> torch.Tensor:
-    """All distances d(x_m, y_n): [..., M, D] × [..., N, D] → [..., M, N], in the inputs' dtype."""
-    dtype = compute_dtype(x, y)
-    aa, bb, _, uu = pairwise_invariants(x.to(dtype), y.to(dtype))
-    out = distance_from_invariants(aa, bb, uu, as_curvature(c, dtype, x.device))
-    return out.to(torch.promote_types(x.dtype, y.dtype))

@@ -9,6 +9,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+
+def interpreted() -> bool:
+    """True when triton.language was imported under TRITON_INTERPRET=1 (the kernels then run on CPU tensors)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(triton.language.standard.zeros, InterpretedFunction)
+
+
+INTERPRETED = interpreted()
+
 # float32 constants shared with the PyTorch reference: machine epsilon, eps² (the safe-sqrt knee), MIN_NORM.
 EPS: tl.constexpr = tl.constexpr(1.1920928955078125e-07)
 TINY: tl.constexpr = tl.constexpr(1.4210854715202004e-14)

@@ -33,8 +33,17 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from lathadapter.kernels.cone import check_cone_options
-from lathadapter.kernels.triton_math import EPS, MIN_NORM, TINY, acos_from_complement, asin, atanh, log1p, safe_sqrt
-from lathadapter.kernels.triton_pairs import INTERPRETED
+from lathadapter.kernels.triton_math import (
+    EPS,
+    INTERPRETED,
+    MIN_NORM,
+    TINY,
+    acos_from_complement,
+    asin,
+    atanh,
+    log1p,
+    safe_sqrt,
+)
 
 HIERARCHIES = ("cone", "triplet")
 NEG: tl.constexpr = tl.constexpr(-1.0e30)  # the logit of a masked entry: exp(NEG − max) = 0

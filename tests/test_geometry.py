@@ -13,20 +13,17 @@ from hypothesis import strategies as st
 
 from lathadapter import kernels
 from lathadapter.kernels import (
+    centripetal_energy,
     cone_energy,
     cone_exterior_angle,
     cone_half_aperture,
     distance,
-    edge_energy,
     expmap0,
     logmap0,
     mobius_add,
     origin_distance,
-    pairwise_distance,
     project,
-    separation_loss,
 )
-from lathadapter.kernels.geometry import pairwise_distance_reference
 
 
 def ball_points(n: int, dim: int, c: float, radius: torch.Tensor | float, seed: int,
@@ -165,23 +162,10 @@ def test_close_pairs_keep_their_precision_in_float32() -> None:
     step = ball_points(16, 32, c, 1e-5, seed=31, dtype=torch.float32)
     y = x + step
     truth = distance(x.double(), y.double(), c)
-    pairwise = torch.diagonal(pairwise_distance_reference(x, y, c))
-    torch.testing.assert_close(pairwise.double(), truth, rtol=1e-3, atol=0)
     torch.testing.assert_close(distance(x, y, c).double(), truth, rtol=1e-3, atol=0)
     expanded = ((x * x).sum(-1) + (y * y).sum(-1) - 2 * (x * y).sum(-1)).clamp_min(0)
     naive = torch.acosh(1 + 2 * c * expanded / ((1 - c * (x * x).sum(-1)) * (1 - c * (y * y).sum(-1))))
     assert ((naive.double() - truth).abs() / truth).max() > 0.1  # what the direct sums avoid
-
-
-def test_pairwise_distance_is_the_row_wise_distance_of_every_pair() -> None:
-    c = 0.7
-    x = ball_points(6 * 4, 9, c, random_radii(24, 40), seed=41).reshape(2, 3, 4, 9)
-    y = ball_points(5, 9, c, random_radii(5, 42), seed=43)
-    y[1] = x[0, 0, 2]  # a coincident pair: exactly zero
-    out = pairwise_distance(x, y, c)
-    assert out.shape == (2, 3, 4, 5)
-    torch.testing.assert_close(out, distance(x[..., :, None, :], y[None, None, None, :, :], c))
-    assert out[0, 0, 2, 1] == 0
 
 
 # --- gradients ---
@@ -194,15 +178,12 @@ def test_float64_gradcheck_of_distances_and_cone_energy() -> None:
     y[2] = x[1].detach() + 1e-4  # a close pair takes the direct-sum path
     y.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b, k: distance(a, b[:5], k), (x, y, c))
-    assert torch.autograd.gradcheck(lambda a, b, k: pairwise_distance(a, b, k), (x, y, c))
     assert torch.autograd.gradcheck(lambda a, k: origin_distance(a, k), (x, c))
     # cone energy away from its kinks: children roughly opposite their parents, so E > 0 everywhere
     p = ball_points(5, 4, 1.4, 0.3 + random_radii(5, 54, high=0.5), seed=55).requires_grad_()
     q = (-0.8 * p.detach() + 0.05 * ball_points(5, 4, 1.4, 1.0, seed=56)).requires_grad_()
     assert (cone_energy(p, q, c) > 0.1).all()
     assert torch.autograd.gradcheck(lambda a, b, k: cone_energy(a, b, k, K=0.1, kappa=1.0), (p, q, c))
-    weights = torch.rand(5, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b, w, k: edge_energy(a, b, w, k), (p, q, weights, c))
 
 
 def test_gradients_are_finite_at_the_origin_at_coincident_points_and_at_the_boundary() -> None:
@@ -214,7 +195,6 @@ def test_gradients_are_finite_at_the_origin_at_coincident_points_and_at_the_boun
     terms = [
         distance(x, x.detach().clone(), c),  # coincident pairs
         distance(x, torch.zeros(4), c),
-        pairwise_distance(x, x, c),
         origin_distance(x, c),
         expmap0(x, c),
         logmap0(x, c),
@@ -270,19 +250,15 @@ def test_no_nan_or_inf_in_values_or_gradients_anywhere_inside(seed: int, c: floa
     y = (x.detach().clone() if coincide else ball_points(3, 6, c, [r2, r1, r1], seed=seed + 9,
                                                             dtype=torch.float32)).requires_grad_()
     curvature = torch.tensor(c, requires_grad=True)
-    weights = torch.rand(3, 3)
     values = [
         distance(x, y, curvature),
-        pairwise_distance(x, y, curvature),
         origin_distance(x, curvature),
         expmap0(x, curvature),
         logmap0(x, curvature),
         mobius_add(x, y, curvature),
         cone_energy(x, y, curvature),
         cone_half_aperture(x, curvature),
-        separation_loss(x, y, torch.tensor([0, 1, 2]), curvature),
-        edge_energy(x, y, weights, curvature, kind="cone"),
-        edge_energy(x, y, weights, curvature, kind="centripetal"),
+        centripetal_energy(x, y, curvature),
     ]
     for value in values:
         assert torch.isfinite(value).all()
@@ -290,70 +266,15 @@ def test_no_nan_or_inf_in_values_or_gradients_anywhere_inside(seed: int, c: floa
             assert grad is None or torch.isfinite(grad).all()
 
 
-# --- the loss terms against brute-force loops ---
-
-
-def test_separation_loss_by_brute_force() -> None:
-    c = 1.2
-    children = ball_points(7, 5, c, random_radii(7, 60), seed=61)
-    parents = ball_points(4, 5, c, random_radii(4, 62), seed=63)
-    positive = torch.tensor([0, 1, 2, 3, 0, 1, 2])
-    mask = torch.tensor([True, False, True, True])
-    for parent_mask in (None, mask):
-        total = 0.0
-        for i in range(7):
-            negatives = [j for j in range(4) if j != int(positive[i]) and (parent_mask is None or bool(mask[j]))]
-            d_pos = float(distance(children[i], parents[positive[i]], c))
-            hinges = [max(0.0, d_pos - float(distance(children[i], parents[j], c)) + 0.2) for j in negatives]
-            total += sum(hinges) / len(hinges) if hinges else 0.0
-        loss = separation_loss(children, parents, positive, c, margin=0.2, parent_mask=parent_mask)
-        assert abs(float(loss) - total / 7) < 1e-12
-        assert float(loss) > 0
-    # a child whose only eligible parent is its own contributes 0 and still counts in the mean
-    only_own = torch.tensor([True, False, False, False])
-    loss = separation_loss(children[:2], parents, torch.tensor([0, 0]), c, margin=0.2, parent_mask=only_own)
-    assert float(loss) == 0.0
-
-
-@pytest.mark.parametrize("kind", ["cone", "centripetal"])
-def test_edge_energy_by_brute_force(kind: str) -> None:
-    c = 0.8
-    parents = ball_points(3, 4, c, random_radii(3, 70), seed=71)
-    children = ball_points(5, 4, c, random_radii(5, 72), seed=73)
-    weights = torch.rand(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(74))
-    total = 0.0
-    for n in range(3):
-        for m in range(5):
-            if kind == "cone":
-                energy = float(cone_energy(parents[n], children[m], c, K=0.2, kappa=0.7))
-            else:
-                gap = float(origin_distance(parents[n], c) - origin_distance(children[m], c)) + 0.3
-                energy = max(0.0, gap)
-            total += float(weights[n, m]) * energy
-    value = edge_energy(parents, children, weights, c, kind=kind, K=0.2, kappa=0.7, margin=0.3)
-    assert abs(float(value) - total) < 1e-10
-    assert total > 0
-
-
 # --- inputs and the backend switch ---
 
 
 def test_bad_inputs_get_errors_naming_them() -> None:
-    x, y = torch.rand(4, 3) * 0.1, torch.rand(2, 3) * 0.1
+    x = torch.rand(4, 3) * 0.1
     with pytest.raises(ValueError, match="curvature"):
         distance(x, x, -1.0)
     with pytest.raises(ValueError, match="curvature"):
         distance(x, x, torch.ones(2))
-    with pytest.raises(ValueError, match="positive holds indices outside"):
-        separation_loss(x, y, torch.tensor([0, 1, 2, 0]), 1.0)
-    with pytest.raises(ValueError, match="parent_mask"):
-        separation_loss(x, y, torch.tensor([0, 1, 1, 0]), 1.0, parent_mask=torch.ones(3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="valid kinds: cone, centripetal"):
-        edge_energy(y, x, torch.ones(2, 4), 1.0, kind="radial")
-    with pytest.raises(ValueError, match=r"weights must be a floating \[parents, children\]"):
-        edge_energy(y, x, torch.ones(4, 2), 1.0)
-    with pytest.raises(ValueError, match="pairwise_distance"):
-        pairwise_distance(x, torch.rand(2, 5), 1.0)
 
 
 def test_backend_switch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -376,16 +297,16 @@ def test_backend_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.rand(3, 4) * 0.1
     assert not kernels.dispatch.use_triton(x)  # auto on the CPU: the reference
     with kernels.backend("triton"), pytest.raises(ValueError, match="float16, bfloat16 or float32"):
-        pairwise_distance(x.double(), x.double(), 1.0)
+        kernels.dispatch.use_triton(x.double())
 
 
 def test_forcing_triton_on_the_cpu_without_the_interpreter_says_how_to_enable_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytest.importorskip("triton")
-    from lathadapter.kernels import triton_pairs
+    from lathadapter.kernels import triton_math
 
-    monkeypatch.setattr(triton_pairs, "INTERPRETED", False)
+    monkeypatch.setattr(triton_math, "INTERPRETED", False)
     x = torch.rand(3, 4) * 0.1
     with kernels.backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        pairwise_distance(x, x, 1.0)
+        kernels.dispatch.use_triton(x)

@@ -1,7 +1,7 @@
 """The Triton twin of LatHAdapter's loss stage (kernels/triton_radial_loss.py) against `fused_loss` evaluated in
 float64 on the same float32 inputs: the loss, each part and the gradient w.r.t. every floating input.
 
-As in tests/test_kernels_triton.py, the kernel cases need CUDA or the Triton interpreter (TRITON_INTERPRET=1 before
+The kernel cases need CUDA or the Triton interpreter (TRITON_INTERPRET=1 before
 triton is first imported; tests/conftest.py imports open_clip, which imports triton), so on a machine without a GPU
 `test_kernel_cases_in_the_interpreter` reruns this file in a child pytest process that has it.
 """
@@ -128,14 +128,23 @@ if RUNNABLE:
     import triton
     import triton.language as tl
 
-    from lathadapter.kernels.triton_math import acos_from_complement, atanh
+    from lathadapter.kernels.triton_math import acos, acos_from_complement, asin, atanh, log1p
 
     @triton.jit
     def elementary_kernel(x_ptr, aux_ptr, out_ptr, n, FN: tl.constexpr, BLOCK: tl.constexpr):
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         x = tl.load(x_ptr + offsets, mask=offsets < n, other=0.0)
         aux = tl.load(aux_ptr + offsets, mask=offsets < n, other=0.0)
-        y = acos_from_complement(x, aux) if FN == 0 else atanh(x)
+        if FN == 0:
+            y = acos_from_complement(x, aux)
+        elif FN == 1:
+            y = atanh(x)
+        elif FN == 2:
+            y = acos(x)
+        elif FN == 3:
+            y = asin(x)
+        else:
+            y = log1p(x)
         tl.store(out_ptr + offsets, y, mask=offsets < n)
 
 
@@ -196,6 +205,26 @@ def test_cosines_next_to_plus_minus_one(hier: str) -> None:
     inputs["image_attribute"][4, 0], inputs["image_attribute"][5, 1] = below_one, above_minus_one
     inputs["class_attribute"][0, 2], inputs["class_attribute"][1, 3] = below_one, above_minus_one
     compare(inputs, labels, {**SCALARS, "hier": hier})
+
+
+@kernel_case
+def test_elementary_functions_without_libdevice() -> None:
+    """acos, asin and log1p written from sqrt, log and polynomials (the interpreter has no libdevice) against
+    float64: absolute error for acos and asin, relative for log1p."""
+    unit = torch.linspace(-1, 1, 4001, dtype=torch.float64)
+    near_one = torch.logspace(-7, -1, 50, dtype=torch.float64)
+    unit = torch.cat([unit, 1 - near_one, -1 + near_one])
+    grow = torch.logspace(-12, 7, 400, dtype=torch.float64)
+    log_inputs = torch.cat([grow, -grow[grow < 0.99], torch.zeros(1, dtype=torch.float64)])
+    for fn, inputs, reference, tolerance in ((2, unit, torch.acos, 4e-7), (3, unit, torch.asin, 4e-7),
+                                             (4, log_inputs, torch.log1p, 3e-7)):
+        x = inputs.float().to(DEVICE)
+        out = torch.empty_like(x)
+        elementary_kernel[(triton.cdiv(len(x), 1024),)](x, x, out, len(x), FN=fn, BLOCK=1024)
+        truth = reference(x.double().cpu())
+        scale = truth.abs().clamp_min(1e-30) if fn == 4 else 1.0
+        error = (out.double().cpu() - truth).abs() / scale
+        assert float(error.max()) < tolerance, (fn, float(error.max()))
 
 
 @kernel_case
