@@ -78,7 +78,9 @@ def run_method(cache: Path, method: str, device: str = "cpu") -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
     load_seconds = time.perf_counter() - start
-    outcome = run(RunConfig(method=method, shots=16, seed=1), data)
+    name, _, assignments = method.partition(":")  # `lathadapter:radius=kind+lr=0.01`: a method with options
+    overrides = dict(item.split("=", 1) for item in assignments.split("+") if item)
+    outcome = run(RunConfig.create(name, 16, 1, overrides=overrides), data)
     result = {
         "load_s": load_seconds,
         "train_s": outcome.metrics["train_seconds"],
@@ -167,7 +169,9 @@ def child(args: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(SHAPES), action="append")
-    parser.add_argument("--methods", default=",".join(method_names()))
+    parser.add_argument("--methods", default=",".join(method_names()),
+                        help="comma-separated methods; METHOD:NAME=VALUE+NAME=VALUE sets options, e.g. "
+                             "lathadapter:radius=kind")
     parser.add_argument("--repeats", type=int, default=1, help="runs per (cache, method); the table gives min, median")
     parser.add_argument("--official", choices=sorted(SHAPES), action="append",
                         help="caches on which to time the official-style Tip-Adapter-F loop (default: caltech)")

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
 import warnings
-from collections import defaultdict
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from test_cache_build import _dassl  # Dassl's draw, re-stated once for both files
 from typer.testing import CliRunner
 
 import lathadapter.cache.build as build_module
@@ -48,19 +47,6 @@ def _small_dataset(coop_dataset, folder: Path) -> Path:
             shutil.copy(coop_dataset.folder / path, folder / path)
     (folder / "split_zhou_Small.json").write_text(json.dumps(small))
     return folder / "split_zhou_Small.json"
-
-
-def _dassl(split: dict[str, list[list[object]]], shots: int, seed: int) -> tuple[list[list[object]], ...]:
-    """Dassl's generate_fewshot_dataset as CoOp calls it, on split-file entries."""
-    random.seed(seed)
-    drawn = []
-    for source, k in ((split["train"], shots), (split["val"], min(shots, 4))):
-        by_label: defaultdict[int, list[list[object]]] = defaultdict(list)
-        for item in source:
-            by_label[item[1]].append(item)
-        drawn.append([x for items in by_label.values()
-                      for x in (random.sample(items, k) if len(items) >= k else items)])
-    return drawn[0], drawn[1]
 
 
 def _break(folder: Path, paths: list[str]) -> dict[str, bytes]:
