@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix, normalize
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix
 from lathadapter.adapter.methods.lathadapter.fused import fused_loss
 from lathadapter.adapter.methods.lathadapter.loss import lathadapter_loss
 from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
@@ -95,8 +95,9 @@ class LatHAdapter(Method):
         length = torch.linalg.vector_norm(mixed, dim=-1)
         return mixed / length.clamp_min(1e-12)[:, None], length
 
-    def attributes(self) -> torch.Tensor:
-        return normalize(self.attribute_prompts)
+    def attribute_lengths(self) -> torch.Tensor:
+        """|A_k|: the attribute prompts' norms before their normalisation (what `radius=norm` scales)."""
+        return torch.linalg.vector_norm(self.attribute_prompts, dim=-1)
 
     def text_side(self, text_features: torch.Tensor) -> TextSide:
         """The category side (steps 1–3): the prototypes `p_c`, normalised `q_c = u_c + β Σ_k w_ck a_k` (`u_c` with
@@ -121,9 +122,10 @@ class LatHAdapter(Method):
         along = (side.prototypes * m).sum(-1) / length + self.beta * (side.weights * side.class_attribute).sum(-1)
         return length * along
 
-    def radius(self, kind: int, units: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def radius(self, kind: int, units: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """Step 5: the radius ρ > 0 of each lifted point of `kind` (CATEGORY, ATTRIBUTE or IMAGE) with unit
-        directions `units` [N, D] whose pre-normalisation vectors had `lengths` [N] (option `radius`)."""
+        directions `units` [N, D] whose pre-normalisation vectors had `lengths` [N] (option `radius`; only `norm`
+        reads the lengths)."""
         scale = self.log_scales.exp()[kind]
         if self.options.radius == "kind":
             return scale.expand(len(units))
@@ -131,7 +133,8 @@ class LatHAdapter(Method):
             return scale * lengths
         return scale * F.softplus(units @ self.radius_weight[kind] + self.radius_bias[kind])
 
-    def scaled_radii(self, kind: int, units: torch.Tensor, lengths: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def scaled_radii(self, kind: int, units: torch.Tensor, lengths: torch.Tensor | None, c: torch.Tensor
+                     ) -> torch.Tensor:
         """ρ' = √c |exp0(ρ e)| = min(tanh(√c ρ), 1 − ε): the radius in the ball rescaled to curvature −1, which the
         radial geometry takes."""
         return scaled_radius(self.radius(kind, units, lengths), c)
@@ -166,8 +169,7 @@ class LatHAdapter(Method):
                 length = torch.linalg.vector_norm(mixed, dim=-1)
                 radii = (self.scaled_radii(CATEGORY, side.prototypes, self.prototype_lengths(self.text_features, side)
                                            if o.radius == "norm" else None, c),
-                         self.scaled_radii(ATTRIBUTE, side.attributes,
-                                           torch.linalg.vector_norm(self.attribute_prompts, dim=-1), c),
+                         self.scaled_radii(ATTRIBUTE, side.attributes, self.attribute_lengths(), c),
                          self.scaled_radii(IMAGE, mixed / length[:, None], length, c))
                 loss, (ce, hyp, hier) = fused_loss(image_cosines, side.class_attribute, side.weights, *radii, c,
                                                    self.log_tau_hyp, labels, o)
@@ -202,8 +204,7 @@ class LatHAdapter(Method):
             "curvature": float(c),
             "class_names": [data.class_names[k] for k in chosen],
             "categories": categories[chosen].cpu(),
-            "attributes": self.lift(ATTRIBUTE, side.attributes,
-                                    torch.linalg.vector_norm(self.attribute_prompts, dim=-1)).cpu(),
+            "attributes": self.lift(ATTRIBUTE, side.attributes, self.attribute_lengths()).cpu(),
             "images": self.lift(IMAGE, v, length).cpu(),
             "image_labels": data.test_labels[keep].cpu(),
             "strongest_attribute": side.weights[chosen].argmax(dim=1).cpu(),
