@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,training]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,training,ray]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -17,6 +17,10 @@ cache_app = typer.Typer(help="Build and inspect HDF5 feature caches (one encoder
                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
 LISTS = ("methods", "datasets", "models", "options")
+BACKEND_HELP = ("local: train in this process; ray: on a Ray cluster (pip install 'lathadapter[ray]'; caches and "
+                "--out on storage every worker sees). This process alone writes the results either way.")
+ADDRESS_HELP = ("--backend ray: the cluster's address, e.g. HEAD:6379 (default: a running cluster Ray finds, else a "
+                "local one started for the command).")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -127,6 +131,91 @@ def cache_build(
     typer.echo(f"{result.path}: {result.status}{rate}")
 
 
+def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
+    """Build one dataset's cache (resumable, as `cache build`); returns (dataset, path, status). A Ray task of
+    `cache build-many`."""
+    from lathadapter.cache.build import build
+
+    result = build(dataset=dataset, **options)
+    return dataset, str(result.path), result.status
+
+
+def build_many(datasets: list[str], out: Path, backend: str = "local", address: str | None = None,
+               init_options: dict | None = None, **build_options) -> list[tuple[str, str, str]]:
+    """Build `out/<dataset>.h5` for each dataset: one after another (local), or one Ray task each (ray; a whole GPU
+    each when the cluster has GPUs). Each build resumes as `cache build` does; failures are reported together, after
+    the other builds finished."""
+    from lathadapter.adapter.options import OptionError
+
+    if backend not in ("local", "ray"):
+        raise OptionError(f"--backend {backend}: choose local or ray")
+    if not datasets:
+        raise OptionError("give at least one --dataset")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def options(dataset: str) -> dict:
+        name = Path(dataset.partition(":")[2] if ":" in dataset else dataset).name
+        root = build_options.get("root")
+        return {**build_options, "root": None if root is None else str(Path(root).resolve()),
+                "out": str((out / f"{name}.h5").resolve())}
+
+    results, problems = [], []
+    if backend == "local":
+        for dataset in datasets:
+            try:
+                results.append(_build_one(dataset, options(dataset)))
+            except (ValueError, OSError) as error:
+                problems.append(f"{dataset}: {error}")
+    else:
+        from lathadapter.experiments.ray_backend import RayOptions, connect
+
+        with connect(RayOptions(address=address, init_options=init_options or {})) as ray:
+            gpus = ray.cluster_resources().get("GPU", 0)
+            task = ray.remote(_build_one).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)
+            refs = [(task.remote(dataset, {**options(dataset), "progress": False}), dataset) for dataset in datasets]
+            for ref, dataset in refs:
+                try:
+                    results.append(ray.get(ref))
+                except ray.exceptions.RayError as error:
+                    cause = getattr(error, "cause", None) or error
+                    problems.append(f"{dataset}: {cause}")
+    if problems:
+        raise OptionError("cache builds failed:\n  " + "\n  ".join(problems))
+    return results
+
+
+@cache_app.command("build-many")
+def cache_build_many(
+    dataset: list[str] = typer.Option(..., help="Dataset to build (repeatable), as `cache build --dataset`."),
+    root: Path | None = typer.Option(None, help="Dataset root holding the CoOp-layout folders (docs/data.md)."),
+    model: str = typer.Option("ViT-B-16", help="open_clip model name, or the path of a model-config JSON."),
+    pretrained: str = typer.Option("openai", help="Pretrained tag, a local checkpoint or none."),
+    out: Path = typer.Option(Path("caches"), help="Folder of the caches: OUT/<dataset>.h5."),
+    shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot subsets to hold."),
+    seeds: str = typer.Option("1,2,3", help="Seeds of the few-shot subsets to hold."),
+    views: int = typer.Option(10, help="Augmented views per train image."),
+    device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
+    val: str = typer.Option("subsets", help="Val images to encode: subsets or all (as `cache build --val`)."),
+    backend: str = typer.Option("local", help="local: one build after another; ray: one Ray task per dataset (a GPU "
+                                "each when the cluster has GPUs; root and --out on shared storage)."),
+    address: str | None = typer.Option(None, help=ADDRESS_HELP),
+) -> None:
+    """Build several datasets' caches (each resumable, as `cache build`), here or on a Ray cluster."""
+    try:
+        if backend == "ray":
+            from lathadapter.experiments.ray_backend import import_ray
+
+            import_ray()
+        results = build_many(dataset, out, backend, address, root=root, model=model, pretrained=pretrained,
+                             shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds), views=views,
+                             device=device, val=val, log=None if backend == "ray" else
+                             (lambda message: typer.echo(message, err=True)))
+    except (ValueError, OSError) as error:
+        _fail(error)
+    for name, path, status in results:
+        typer.echo(f"{name}: {path}: {status}")
+
+
 @cache_app.command("info")
 def cache_info(path: Path = typer.Argument(..., help="Cache file.")) -> None:
     """Summarise a cache: model, dataset, counts, subsets, size."""
@@ -229,6 +318,20 @@ TUNE_PRESET_HELP = ("lr: tune every trained method's lr over its own default × 
                     "methods without lr run once).")
 
 
+def _ray_options(backend: str, address: str | None, chunk_size: int, gpus_per_chunk: float):
+    """The Ray options of `--backend ray` (checked, and Ray importable), None for the local backend."""
+    from lathadapter.adapter.options import OptionError
+
+    if backend == "local":
+        return None
+    if backend != "ray":
+        raise OptionError(f"--backend {backend}: choose local or ray")
+    from lathadapter.experiments.ray_backend import RayOptions, import_ray
+
+    import_ray()
+    return RayOptions(address=address, chunk_size=chunk_size, gpu_fraction=gpus_per_chunk)
+
+
 def _print_results(summary: dict) -> None:
     """The result table of a finished grid or protocol, as `report` writes it."""
     from lathadapter.experiments.report import summary_markdown
@@ -253,8 +356,14 @@ def grid(
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
+    backend: str = typer.Option("local", help=BACKEND_HELP),
+    address: str | None = typer.Option(None, help=ADDRESS_HELP),
+    chunk_size: int = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once)."),
+    gpus_per_chunk: float = typer.Option(0.25, help="--backend ray: GPU fraction of each task when the cluster "
+                                         "has GPUs (0.25: four tasks share a GPU)."),
 ) -> None:
-    """Run an ablation grid (cartesian product of the axes) in one process; finished runs are skipped."""
+    """Run an ablation grid (cartesian product of the axes) in one process, or on a Ray cluster (--backend ray);
+    finished runs are skipped."""
     from lathadapter.adapter.options import parse_assignments, split_list
     from lathadapter.cache.store import resolve_cache
     from lathadapter.experiments.grid import GridSpec, load_spec_file, parse_tune, run_grid
@@ -276,7 +385,13 @@ def grid(
         if tune_preset is not None:
             axes["tune_preset"] = tune_preset
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
-        summary = run_grid(GridSpec(**axes), out, resolve_device(device))
+        ray = _ray_options(backend, address, chunk_size, gpus_per_chunk)
+        if ray is not None:
+            from lathadapter.experiments.ray_backend import run_grid_on_ray
+
+            summary = run_grid_on_ray(GridSpec(**axes), out, device, ray)
+        else:
+            summary = run_grid(GridSpec(**axes), out, resolve_device(device))
     except (ValueError, OSError) as error:
         _fail(error)
     _print_results(summary)
@@ -299,6 +414,11 @@ def protocol(
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path | None = typer.Option(None, help="Output folder (default: grids/<protocol>)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
+    backend: str = typer.Option("local", help=BACKEND_HELP),
+    address: str | None = typer.Option(None, help=ADDRESS_HELP),
+    chunk_size: int = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once)."),
+    gpus_per_chunk: float = typer.Option(0.25, help="--backend ray: GPU fraction of each task when the cluster "
+                                         "has GPUs (0.25: four tasks share a GPU)."),
 ) -> None:
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
     from lathadapter.adapter.catalog import method_names
@@ -309,11 +429,13 @@ def protocol(
 
     try:
         use_threads(threads)
+        ray = _ray_options(backend, address, chunk_size, gpus_per_chunk)
         methods = split_list(method) if method is not None else method_names()
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
-                               _int_list("--shots", shots) if shots else None, resolve_device(device),
-                               tune=parse_tune(tune), tune_preset=tune_preset)
+                               _int_list("--shots", shots) if shots else None,
+                               device if ray else resolve_device(device), tune=parse_tune(tune),
+                               tune_preset=tune_preset, backend=backend, ray=ray)
     except (ValueError, OSError) as error:
         _fail(error)
     _print_results(summary)

@@ -1,12 +1,15 @@
 """Wall time of a 3-method × 5-shot × 3-seed grid on a Caltech-like synthetic cache (100 classes, D = 512,
-10 views), run in one process as `lathadapter grid` runs it.
+10 views), run in one process as `lathadapter grid` runs it (`--backend local`), on a local Ray cluster of this
+machine's CPUs (`--backend ray`: one CPU per chunk task, 8 runs per chunk), or both in the same run (`local,ray`).
 
-    python benchmarks/grid.py [--methods zeroshot,tip-adapter-f,lathadapter] [--out benchmarks/results/grid.json]
+    python benchmarks/grid.py [--methods zeroshot,tip-adapter-f,lathadapter] [--backend local,ray]
+                              [--shots 1,2,4,8,16] [--seeds 1,2,3] [--out benchmarks/results/grid.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import tempfile
@@ -24,6 +27,9 @@ DATA = Path(__file__).parent / ".data"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="clip-adapter,tip-adapter-f,lathadapter")
+    parser.add_argument("--backend", default="local", help="local, ray, or local,ray (both, same grid)")
+    parser.add_argument("--shots", default="1,2,4,8,16")
+    parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "grid.json")
     args = parser.parse_args()
     cache = DATA / "caltech-grid.h5"
@@ -32,26 +38,38 @@ def main() -> None:
         write_synthetic_cache(cache, num_classes=100, dim=512, train_per_class=20, val_per_class=6, views=10,
                               test_total=2465, families=10, num_attributes=64)
     methods = args.methods.split(",")
-    folder = Path(tempfile.mkdtemp(prefix="grid-bench-"))
-    try:
-        start = time.perf_counter()
-        summary = run_grid(GridSpec([str(cache)], methods, [1, 2, 4, 8, 16], [1, 2, 3]), folder, "cpu")
-        seconds = time.perf_counter() - start
-        resumed = time.perf_counter()
-        again = run_grid(GridSpec([str(cache)], methods, [1, 2, 4, 8, 16], [1, 2, 3]), folder, "cpu", progress=False)
-        resume_seconds = time.perf_counter() - resumed
-    finally:
-        shutil.rmtree(folder)
-    row = {"methods": methods, "runs": summary["runs"], "seconds": seconds,
-           "runs_per_minute": 60 * summary["runs"] / seconds, "resume_seconds": resume_seconds,
-           "resume_skipped": again["skipped"], "threads": torch.get_num_threads()}
-    label = f"{' × '.join(methods)} × 5 shots × 3 seeds"
-    print(f"{'grid':<{len(label)}} {'runs':>5} {'wall s':>8} {'runs/min':>9} {'resume s':>9}")
-    print(f"{label} {row['runs']:5d} {seconds:8.1f} "
-          f"{row['runs_per_minute']:9.1f} {resume_seconds:9.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(row, indent=2))
+    shots = [int(v) for v in args.shots.split(",")]
+    seeds = [int(v) for v in args.seeds.split(",")]
+    spec = GridSpec([str(cache)], methods, shots, seeds)
+    rows = []
+    for backend in args.backend.split(","):
+        run = run_grid
+        if backend == "ray":
+            from lathadapter.experiments.ray_backend import RayOptions, run_grid_on_ray
 
+            options = RayOptions(init_options={"include_dashboard": False, "log_to_driver": False})
+            run = functools.partial(run_grid_on_ray, options=options)
+        folder = Path(tempfile.mkdtemp(prefix="grid-bench-"))
+        try:
+            start = time.perf_counter()
+            summary = run(spec, folder, "cpu")
+            seconds = time.perf_counter() - start
+            resumed = time.perf_counter()
+            again = run(spec, folder, "cpu", progress=False)
+            resume_seconds = time.perf_counter() - resumed
+        finally:
+            shutil.rmtree(folder)
+        rows.append({"backend": backend, "methods": methods, "shots": shots, "seeds": seeds, "runs": summary["runs"],
+                     "seconds": seconds, "runs_per_minute": 60 * summary["runs"] / seconds,
+                     "resume_seconds": resume_seconds, "resume_skipped": again["skipped"],
+                     "threads": torch.get_num_threads()})
+    label = f"{' × '.join(methods)} × {len(shots)} shots × {len(seeds)} seeds"
+    print(f"{'grid':<{len(label)}} {'backend':>7} {'runs':>5} {'wall s':>8} {'runs/min':>9} {'resume s':>9}")
+    for row in rows:
+        print(f"{label} {row['backend']:>7} {row['runs']:5d} {row['seconds']:8.1f} "
+              f"{row['runs_per_minute']:9.1f} {row['resume_seconds']:9.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
 
 if __name__ == "__main__":
     main()

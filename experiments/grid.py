@@ -553,6 +553,32 @@ Evaluator = Callable[[GridRun, RunOutcome, FewShotData], dict[str, Any]]
 STATES = ("done", "skipped", "elsewhere")
 
 
+@dataclass(frozen=True)
+class KeyedRun:
+    """A grid run with its key (its run directory's name) and, for a tuning candidate, its group id."""
+
+    run: GridRun
+    key: str
+    group: str | None = None
+
+
+def prepare(runs: list[GridRun], out: Path, key_salt: str = "") -> tuple[dict[str, CacheInfo], list[KeyedRun]]:
+    """Check the caches and tuning before anything runs, create `out/runs`, and key every run: the one bookkeeping
+    both backends (this process, Ray) share."""
+    infos = check_caches(runs)
+    check_tuning(runs)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    keyed = []
+    for grid_run in runs:
+        fingerprint = infos[grid_run.cache].fingerprint + key_salt
+        group = None
+        if grid_run.tune is not None:
+            group = grid_run.tune.group(grid_run.config, fingerprint)
+            fingerprint += grid_run.tune.salt()
+        keyed.append(KeyedRun(grid_run, grid_run.config.key(fingerprint), group))
+    return infos, keyed
+
+
 def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, extra: Evaluator | None = None,
             key_salt: str = "") -> Iterator[tuple[GridRun, str]]:
     """Check the caches, then run each unfinished run, yielding (run, "done" | "skipped" | "elsewhere").
@@ -561,28 +587,19 @@ def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, 
     metrics after training (e.g. transfer targets); `key_salt` (e.g. the targets' fingerprints) joins the cache
     fingerprint in each run's key, so a changed target set is a different run.
     """
-    infos = check_caches(runs)
-    check_tuning(runs)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    infos, keyed = prepare(runs, out, key_salt)
     data_cache = DataCache(device)
     counts = dict.fromkeys(STATES, 0)
     with grid_progress() as bar:
         task = bar.add_task("grid", total=len(runs), **counts, visible=progress)
         try:
-            for grid_run in runs:
-                info = infos[grid_run.cache]
-                fingerprint = info.fingerprint + key_salt
-                group = None
-                if grid_run.tune is not None:
-                    group = grid_run.tune.group(grid_run.config, fingerprint)
-                    fingerprint += grid_run.tune.salt()
-                key = grid_run.config.key(fingerprint)
-                state = _run_once(grid_run, key, info, out, data_cache, extra, group)
+            for item in keyed:
+                state = _run_once(item.run, item.key, infos[item.run.cache], out, data_cache, extra, item.group)
                 if state == "done":
                     write_results(out)
                 counts[state] += 1
                 bar.update(task, advance=1, **counts)
-                yield grid_run, state
+                yield item.run, state
         finally:
             data_cache.close()
     write_results(out)
@@ -593,6 +610,37 @@ def _resolve_scaled(config: RunConfig, data: FewShotData, scaled: dict[str, floa
     values = {name: _preset_value(option_in_effect(config, data, name), f) for name, f in scaled.items()}
     options = make_options(config.method, {**changed_fields(config.options), **values})
     return dataclasses.replace(config, options=options)
+
+
+def train_run(grid_run: GridRun, data: FewShotData, extra: Evaluator | None = None,
+              group: str | None = None) -> tuple[RunConfig, RunOutcome]:
+    """Train and evaluate one grid run on its loaded few-shot set, writing nothing: the one training path of both
+    backends. Returns the configuration trained (a tuning candidate's `Scaled` values resolved) and its outcome, whose
+    metrics hold `extra`'s, the tuning record and val accuracy (`group`: the candidate's group id) and
+    `wall_seconds`."""
+    c = grid_run.config
+    start = time.perf_counter()
+    if grid_run.tune is not None and grid_run.tune.scaled:
+        c = _resolve_scaled(c, data, grid_run.tune.scaled)
+    outcome = run(c, data)
+    if extra is not None:
+        outcome.metrics.update(extra(grid_run, outcome, data))
+    if grid_run.tune is not None and group is not None:
+        val = tune_val_accuracy(c, outcome.method, data)
+        if val is None:  # base-to-novel with no val image of a base class: nothing to choose by
+            raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes} has no "
+                             "few-shot val images to choose the tuned value by; run it without tuning")
+        outcome.metrics["tune"] = grid_run.tune.record(group, c)
+        outcome.metrics["tune_val_accuracy"] = val
+    outcome.metrics["wall_seconds"] = time.perf_counter() - start
+    return c, outcome
+
+
+def save_trained(out: Path, item: KeyedRun, info: CacheInfo, config: RunConfig, outcome: RunOutcome,
+                 device: str) -> None:
+    """Write a trained run's directory `out/runs/<key>/` (metrics last: then it is finished)."""
+    save_run(out / "runs" / item.key, config, outcome, Path(item.run.cache), info.fingerprint, info.fields, device,
+             item.key)
 
 
 def _run_once(grid_run: GridRun, key: str, info: CacheInfo, out: Path, data_cache: DataCache,
@@ -611,30 +659,23 @@ def _run_once(grid_run: GridRun, key: str, info: CacheInfo, out: Path, data_cach
             return "skipped"
         c = grid_run.config
         data = data_cache.load(grid_run.cache, c.shots, c.seed, c.text)
-        start = time.perf_counter()
-        if grid_run.tune is not None and grid_run.tune.scaled:
-            c = _resolve_scaled(c, data, grid_run.tune.scaled)
-        outcome = run(c, data)
-        if extra is not None:
-            outcome.metrics.update(extra(grid_run, outcome, data))
-        if grid_run.tune is not None and group is not None:
-            val = tune_val_accuracy(c, outcome.method, data)
-            if val is None:  # base-to-novel with no val image of a base class: nothing to choose by
-                raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes} has no "
-                                 "few-shot val images to choose the tuned value by; run it without tuning")
-            outcome.metrics["tune"] = grid_run.tune.record(group, c)
-            outcome.metrics["tune_val_accuracy"] = val
-        outcome.metrics["wall_seconds"] = time.perf_counter() - start
-        save_run(folder, c, outcome, Path(grid_run.cache), info.fingerprint, info.fields, data_cache.device, key)
+        config, outcome = train_run(grid_run, data, extra, group)
+        save_trained(out, KeyedRun(grid_run, key, group), info, config, outcome, data_cache.device)
         lock.unlink()  # safe while held: a process that opened it before finds metrics.json once it gets the lock
     return "done"
 
 
+def summarize(runs: list[GridRun], states: list[str], seconds: float, out: Path) -> dict[str, Any]:
+    """A grid's summary: the runs, how many were done, skipped and left elsewhere, wall time, the table's path."""
+    return {"runs": len(runs), **{state: states.count(state) for state in STATES}, "seconds": seconds,
+            "results": str(out / RESULTS)}
+
+
 def run_grid(spec: GridSpec, out: Path, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a grid; returns the runs, how many were done, skipped (finished before) and left to another
-    process training them at the same time (elsewhere), wall time and the results table's path."""
+    process training them at the same time (elsewhere), wall time and the results table's path. (On a Ray cluster:
+    `ray_backend.run_grid_on_ray`, the same summary and folder.)"""
     runs = expand(spec)
     start = time.perf_counter()
     states = [state for _, state in iterate(runs, out, device, progress)]
-    return {"runs": len(runs), **{state: states.count(state) for state in STATES},
-            "seconds": time.perf_counter() - start, "results": str(out / RESULTS)}
+    return summarize(runs, states, time.perf_counter() - start, out)

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.evaluate import evaluate, evaluate_mapped
+from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData
 from lathadapter.experiments.grid import RESULTS, STATES, GridRun, GridSpec, expand, iterate
 from lathadapter.experiments.run import RunOutcome
@@ -92,18 +94,29 @@ def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: l
 
 def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str], seeds: list[int],
                  targets: list[str] | None = None, options: dict[str, list[str]] | None = None,
-                 text: str = "coop", shots: list[int] | None = None, device: str = "cpu",
+                 text: str = "coop", shots: list[int] | None = None, device: str | None = "cpu",
                  progress: bool = True, tune: dict[str, list[str]] | None = None,
-                 tune_preset: str | None = None) -> dict[str, Any]:
+                 tune_preset: str | None = None, backend: str = "local", ray: Any = None) -> dict[str, Any]:
     """Run (or resume) one protocol into `out`; its results table is `out/results.csv`. Returns the counts of runs
     done, skipped (finished before) and left to another process (elsewhere), as `run_grid` does. With `tune` or
-    `tune_preset`, the tuned options are chosen per cell on the few-shot val set (base val for base-to-novel)."""
+    `tune_preset`, the tuned options are chosen per cell on the few-shot val set (base val for base-to-novel).
+    `backend="ray"` trains on a Ray cluster as `run_grid` does (each worker loads the targets itself)."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset)
     runs = expand(spec)
-    extra, salt = None, ""
+    if backend not in ("local", "ray"):
+        raise OptionError(f"--backend {backend}: choose local or ray")
+    extra, salt, factory = None, "", None
     if protocol in ("cross-dataset", "domain"):
-        extra = Targets(list(targets or []), device, mapped=protocol == "domain")
+        mapped = protocol == "domain"
+        # The driver loads the targets once for their fingerprints (the key salt); Ray workers load their own.
+        extra = Targets(list(targets or []), device if backend == "local" else "cpu", mapped=mapped)
         salt = extra.salt
-    states = [state for _, state in iterate(runs, out, device, progress, extra, salt)]
+        factory = functools.partial(Targets, list(targets or []), mapped=mapped)
+    if backend == "ray":
+        from lathadapter.experiments.ray_backend import run_on_ray
+
+        states = run_on_ray(runs, out, device, ray, progress=progress, extra_factory=factory, key_salt=salt)
+    else:
+        states = [state for _, state in iterate(runs, out, device or "cpu", progress, extra, salt)]
     return {"protocol": protocol, "runs": len(runs), **{state: states.count(state) for state in STATES},
             "results": str(out / RESULTS)}

@@ -1,0 +1,191 @@
+"""Grids, protocols and cache builds on a real local Ray cluster (`--backend ray`): the same results table as the
+local backend, faults that lose only unfinished runs, the storage probe, and the install hint without Ray."""
+
+from __future__ import annotations
+
+import builtins
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lathadapter.cache.store import CacheReader
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app, build_many
+from lathadapter.experiments.grid import GridSpec, expand, run_grid
+from lathadapter.experiments.protocols import run_protocol
+
+# Columns that differ between two trainings of the same run (timings) or between processes
+TIMING = {"train_seconds", "eval_seconds", "wall_seconds"}
+QUICK = {"epochs": ["1"], "min_steps": ["2"]}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ray_caches")
+    return write_synthetic_cache(folder / "source.h5", num_classes=6, dim=16, views=2, shots=(1, 2), seeds=(1, 2),
+                                 train_per_class=8, test_per_class=6, seed=0, name="source")
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "results.csv").open() as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def test_ray_grid_writes_the_same_results_as_the_local_backend(cluster, cache: Path, tmp_path: Path) -> None:
+    from lathadapter.experiments.ray_backend import RayOptions, run_grid_on_ray
+
+    spec = GridSpec([str(cache)], ["zeroshot", "clip-adapter"], [1, 2], [1, 2], options=QUICK)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a Ray task (num_cpus=1): the same float sums
+    try:
+        local = run_grid(spec, tmp_path / "local", "cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    ray = run_grid_on_ray(spec, tmp_path / "ray", "cpu", RayOptions(chunk_size=3), progress=False)
+    assert (local["runs"], local["done"]) == (ray["runs"], ray["done"]) == (8, 8)
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
+    local_dirs = sorted(p.name for p in (tmp_path / "local" / "runs").iterdir())
+    ray_dirs = sorted(p.name for p in (tmp_path / "ray" / "runs").iterdir())
+    assert ray_dirs == local_dirs  # same keys, no lock files left
+    for key in ray_dirs:
+        files = sorted(p.name for p in (tmp_path / "ray" / "runs" / key).iterdir())
+        assert files == sorted(p.name for p in (tmp_path / "local" / "runs" / key).iterdir())
+    again = run_grid_on_ray(spec, tmp_path / "ray", None, RayOptions(), progress=False)
+    assert (again["done"], again["skipped"]) == (0, 8)
+
+
+def test_ray_protocol_with_targets_matches_local(cluster, cache: Path, tmp_path: Path) -> None:
+    from lathadapter.experiments.ray_backend import RayOptions
+
+    target = write_synthetic_cache(tmp_path / "target.h5", num_classes=5, dim=16, views=2, shots=(1,), seeds=(1,),
+                                   train_per_class=4, test_per_class=4, seed=3, name="target")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_protocol("cross-dataset", [str(cache)], tmp_path / "local", ["zeroshot", "clip-adapter"], [1],
+                     [str(target)], QUICK, shots=[2], progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    summary = run_protocol("cross-dataset", [str(cache)], tmp_path / "ray", ["zeroshot", "clip-adapter"], [1],
+                           [str(target)], QUICK, shots=[2], device=None, progress=False, backend="ray",
+                           ray=RayOptions())
+    assert summary["done"] == 2
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
+    assert {row["target"] for row in _rows(tmp_path / "ray")} == {"source", "target"}
+
+
+def _slow_spec(cache: Path) -> GridSpec:
+    # Each clip-adapter run trains many steps (~0.3-1 s): a chunk of 4 is still training when its first run is back.
+    return GridSpec([str(cache)], ["clip-adapter"], [1, 2], [1, 2], options={"epochs": ["1"], "min_steps": ["600"]})
+
+
+def _check_each_run_once(out: Path, runs: int) -> None:
+    rows = _rows(out)
+    keys = [row["key"] for row in rows]
+    assert len(keys) == len(set(keys)) == runs
+    folders = [p for p in (out / "runs").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in folders) == sorted(keys)
+    for folder in folders:
+        assert "wall_seconds" in json.loads((folder / "metrics.json").read_text())
+    assert not list((out / "runs").glob("*.lock"))
+
+
+def test_a_killed_worker_loses_only_its_unfinished_runs(cluster, cache: Path, tmp_path: Path) -> None:
+    from lathadapter.experiments.ray_backend import RayBackendError, RayOptions, run_on_ray
+
+    spec, out = _slow_spec(cache), tmp_path / "grid"
+    runs = expand(spec)
+    killed: list[int] = []
+
+    def kill_first(trained) -> None:
+        if not killed:
+            killed.append(trained.pid)
+            os.kill(trained.pid, signal.SIGKILL)
+
+    with pytest.raises(RayBackendError, match="rerun the grid") as error:
+        run_on_ray(runs, out, "cpu", RayOptions(chunk_size=len(runs), retries=0), progress=False,
+                   on_saved=kill_first)
+    assert killed
+    first = [p for p in (out / "runs").iterdir() if (p / "metrics.json").exists()]
+    assert 1 <= len(first) < len(runs), str(error.value)
+    states = run_on_ray(runs, out, "cpu", RayOptions(chunk_size=len(runs)), progress=False)
+    # The rerun trains exactly the runs the kill lost: every run trained once in all.
+    assert states.count("done") == len(runs) - len(first)
+    assert states.count("skipped") == len(first)
+    _check_each_run_once(out, len(runs))
+
+
+def test_the_driver_resubmits_a_killed_chunk(cluster, cache: Path, tmp_path: Path) -> None:
+    from lathadapter.experiments.ray_backend import RayOptions, run_on_ray
+
+    spec, out = _slow_spec(cache), tmp_path / "grid"
+    runs = expand(spec)
+    killed: list[int] = []
+
+    def kill_first(trained) -> None:
+        if not killed:
+            killed.append(trained.pid)
+            os.kill(trained.pid, signal.SIGKILL)
+
+    states = run_on_ray(runs, out, "cpu", RayOptions(chunk_size=len(runs), retries=1), progress=False,
+                        on_saved=kill_first)
+    assert killed and states.count("done") == len(runs)
+    _check_each_run_once(out, len(runs))
+
+
+def test_caches_the_workers_cannot_see_fail_clearly(cluster, cache: Path, tmp_path: Path) -> None:
+    from lathadapter.experiments.ray_backend import RayBackendError, check_shared
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(RayBackendError, match="is not visible from the Ray workers: put caches and --out on shared"):
+        check_shared(cluster, [str(cache), str(tmp_path / "elsewhere.h5")], tmp_path / "out")
+    check_shared(cluster, [str(cache)], tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir())  # the probe's token file is gone
+
+
+def test_build_many_builds_one_cache_per_dataset_on_ray(cluster, coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    options = dict(root=None, model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=[1],
+                   seeds=[1], views=1, device="cpu", val="subsets", workers=0)
+    dataset = f"split:{coop_dataset.split_file}"
+    results = build_many([dataset], tmp_path / "caches", "ray", **options)
+    [(name, path, status)] = results
+    assert name == dataset and Path(path) == (tmp_path / "caches" / f"{coop_dataset.split_file.name}.h5").resolve()
+    with CacheReader(path) as reader:
+        assert reader.info().subsets == [(1, 1)]
+    # Resumable as `cache build`: the local backend finds it complete.
+    [(_, _, again)] = build_many([dataset], tmp_path / "caches", "local", **options)
+    assert (status, again) == ("built", "up to date")
+
+
+def test_backend_ray_without_ray_prints_the_install_hint(cache: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    for command in (["grid", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--seeds", "1"],
+                    ["protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot", "--seeds", "1"],
+                    ["cache", "build-many", "--dataset", "dtd"]):
+        result = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "out"), "--backend", "ray"])
+        assert result.exit_code == 1, result.output
+        assert "pip install 'lathadapter[ray]'" in result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "runs").exists()
