@@ -19,6 +19,9 @@ app.add_typer(cache_app, name="cache")
 LISTS = ("methods", "datasets", "models", "options")
 BACKEND_HELP = ("local: train in this process; ray: on a Ray cluster (pip install 'lathadapter[ray]'; caches and "
                 "--out on storage every worker sees). This process alone writes the results either way.")
+WORKERS_HELP = ("Worker processes of one torch thread each, training the grid's pending runs on the CPU (1: this "
+                "process, with --threads threads). Default: the free CPUs, at most one per 4 pending runs; 1 on a "
+                "GPU or with --threads.")
 ADDRESS_HELP = ("--backend ray: the cluster's address, e.g. HEAD:6379 (default: a running cluster Ray finds, else a "
                 "local one started for the command).")
 
@@ -332,6 +335,23 @@ def _ray_options(backend: str, address: str | None, chunk_size: int, gpus_per_ch
     return RayOptions(address=address, chunk_size=chunk_size, gpu_fraction=gpus_per_chunk)
 
 
+def _workers(workers: int | None, threads: int | None, ray, device: str | None) -> int | None:
+    """`--workers`, checked (at least 1; more than one: the local backend, on the CPU); None (chosen by the grid's
+    size and the free CPUs, `pool.auto_workers`) when not given, 1 with --threads or --backend ray."""
+    from lathadapter.adapter.options import OptionError
+    from lathadapter.experiments.machine import resolve_device
+    from lathadapter.experiments.pool import check_workers
+
+    if ray is not None:
+        if workers not in (None, 1):
+            raise OptionError(f"--workers {workers}: for the local backend; with --backend ray use --chunk-size")
+        return 1
+    if workers is None:
+        return 1 if threads is not None else None
+    check_workers(workers, resolve_device(device))
+    return workers
+
+
 def _print_results(summary: dict) -> None:
     """The result table of a finished grid or protocol, as `report` writes it."""
     from lathadapter.experiments.report import summary_markdown
@@ -356,6 +376,7 @@ def grid(
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
+    workers: int | None = typer.Option(None, help=WORKERS_HELP),
     backend: str = typer.Option("local", help=BACKEND_HELP),
     address: str | None = typer.Option(None, help=ADDRESS_HELP),
     chunk_size: int = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once)."),
@@ -386,10 +407,15 @@ def grid(
             axes["tune_preset"] = tune_preset
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
         ray = _ray_options(backend, address, chunk_size, gpus_per_chunk)
+        workers = _workers(workers, threads, ray, device)
         if ray is not None:
             from lathadapter.experiments.ray_backend import run_grid_on_ray
 
             summary = run_grid_on_ray(GridSpec(**axes), out, device, ray)
+        elif workers != 1:
+            from lathadapter.experiments.pool import run_grid_in_processes
+
+            summary = run_grid_in_processes(GridSpec(**axes), out, resolve_device(device), workers)
         else:
             summary = run_grid(GridSpec(**axes), out, resolve_device(device))
     except (ValueError, OSError) as error:
@@ -414,6 +440,7 @@ def protocol(
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path | None = typer.Option(None, help="Output folder (default: grids/<protocol>)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
+    workers: int | None = typer.Option(None, help=WORKERS_HELP),
     backend: str = typer.Option("local", help=BACKEND_HELP),
     address: str | None = typer.Option(None, help=ADDRESS_HELP),
     chunk_size: int = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once)."),
@@ -430,12 +457,13 @@ def protocol(
     try:
         use_threads(threads)
         ray = _ray_options(backend, address, chunk_size, gpus_per_chunk)
+        workers = _workers(workers, threads, ray, device)
         methods = split_list(method) if method is not None else method_names()
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
                                _int_list("--shots", shots) if shots else None,
                                device if ray else resolve_device(device), tune=parse_tune(tune),
-                               tune_preset=tune_preset, backend=backend, ray=ray)
+                               tune_preset=tune_preset, backend=backend, ray=ray, workers=workers)
     except (ValueError, OSError) as error:
         _fail(error)
     _print_results(summary)

@@ -1,9 +1,11 @@
 """Wall time of a 3-method × 5-shot × 3-seed grid on a Caltech-like synthetic cache (100 classes, D = 512,
 10 views), run in one process as `lathadapter grid` runs it (`--backend local`), on a local Ray cluster of this
 machine's CPUs (`--backend ray`: one CPU per chunk task, 8 runs per chunk), or both in the same run (`local,ray`).
+`--workers 1,2` runs the local backend once per count: 1 is one process with torch's threads, N > 1 is N worker
+processes with one thread each (`lathadapter grid --workers N`); `--repeats R` alternates the configurations R times.
 
-    python benchmarks/grid.py [--methods zeroshot,tip-adapter-f,lathadapter] [--backend local,ray]
-                              [--shots 1,2,4,8,16] [--seeds 1,2,3] [--out benchmarks/results/grid.json]
+    python benchmarks/grid.py [--methods zeroshot,tip-adapter-f,lathadapter] [--backend local,ray] [--workers 1,2]
+                              [--repeats 1] [--shots 1,2,4,8,16] [--seeds 1,2,3] [--out benchmarks/results/grid.json]
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="clip-adapter,tip-adapter-f,lathadapter")
     parser.add_argument("--backend", default="local", help="local, ray, or local,ray (both, same grid)")
+    parser.add_argument("--workers", default="1", help="local backend: worker process counts, e.g. 1,2")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the configurations this many times")
     parser.add_argument("--shots", default="1,2,4,8,16")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "grid.json")
@@ -41,35 +45,48 @@ def main() -> None:
     shots = [int(v) for v in args.shots.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")]
     spec = GridSpec([str(cache)], methods, shots, seeds)
+    configs = [(backend, int(w)) for backend in args.backend.split(",")
+               for w in (args.workers.split(",") if backend == "local" else ["1"])]
     rows = []
-    for backend in args.backend.split(","):
-        run = run_grid
-        if backend == "ray":
-            from lathadapter.experiments.ray_backend import RayOptions, run_grid_on_ray
+    for repeat in range(args.repeats):
+        for backend, workers in configs:
+            run = run_grid
+            threads = torch.get_num_threads()
+            if backend == "ray":
+                from lathadapter.experiments.ray_backend import RayOptions, run_grid_on_ray
 
-            options = RayOptions(init_options={"include_dashboard": False, "log_to_driver": False})
-            run = functools.partial(run_grid_on_ray, options=options)
-        folder = Path(tempfile.mkdtemp(prefix="grid-bench-"))
-        try:
-            start = time.perf_counter()
-            summary = run(spec, folder, "cpu")
-            seconds = time.perf_counter() - start
-            resumed = time.perf_counter()
-            again = run(spec, folder, "cpu", progress=False)
-            resume_seconds = time.perf_counter() - resumed
-        finally:
-            shutil.rmtree(folder)
-        rows.append({"backend": backend, "methods": methods, "shots": shots, "seeds": seeds, "runs": summary["runs"],
-                     "seconds": seconds, "runs_per_minute": 60 * summary["runs"] / seconds,
-                     "resume_seconds": resume_seconds, "resume_skipped": again["skipped"],
-                     "threads": torch.get_num_threads()})
+                options = RayOptions(init_options={"include_dashboard": False, "log_to_driver": False})
+                run = functools.partial(run_grid_on_ray, options=options)
+                threads = 1
+            elif workers > 1:
+                from lathadapter.experiments.pool import run_grid_in_processes
+
+                run = functools.partial(run_grid_in_processes, workers=workers)
+                threads = 1
+            folder = Path(tempfile.mkdtemp(prefix="grid-bench-"))
+            try:
+                start = time.perf_counter()
+                summary = run(spec, folder, "cpu")
+                seconds = time.perf_counter() - start
+                resumed = time.perf_counter()
+                again = run(spec, folder, "cpu", progress=False)
+                resume_seconds = time.perf_counter() - resumed
+            finally:
+                shutil.rmtree(folder)
+            rows.append({"backend": backend, "workers": workers, "threads": threads, "repeat": repeat,
+                         "methods": methods, "shots": shots, "seeds": seeds, "runs": summary["runs"],
+                         "seconds": seconds, "runs_per_minute": 60 * summary["runs"] / seconds,
+                         "resume_seconds": resume_seconds, "resume_skipped": again["skipped"]})
     label = f"{' × '.join(methods)} × {len(shots)} shots × {len(seeds)} seeds"
-    print(f"{'grid':<{len(label)}} {'backend':>7} {'runs':>5} {'wall s':>8} {'runs/min':>9} {'resume s':>9}")
+    print(f"{'grid':<{len(label)}} {'backend':>7} {'procs×threads':>13} {'runs':>5} {'wall s':>8} {'runs/min':>9} "
+          f"{'resume s':>9}")
     for row in rows:
-        print(f"{label} {row['backend']:>7} {row['runs']:5d} {row['seconds']:8.1f} "
+        shape = f"{row['workers']} × {row['threads']}"
+        print(f"{label} {row['backend']:>7} {shape:>13} {row['runs']:5d} {row['seconds']:8.1f} "
               f"{row['runs_per_minute']:9.1f} {row['resume_seconds']:9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+
 
 if __name__ == "__main__":
     main()

@@ -96,26 +96,41 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
                  targets: list[str] | None = None, options: dict[str, list[str]] | None = None,
                  text: str = "coop", shots: list[int] | None = None, device: str | None = "cpu",
                  progress: bool = True, tune: dict[str, list[str]] | None = None,
-                 tune_preset: str | None = None, backend: str = "local", ray: Any = None) -> dict[str, Any]:
+                 tune_preset: str | None = None, backend: str = "local", ray: Any = None,
+                 workers: int | None = 1) -> dict[str, Any]:
     """Run (or resume) one protocol into `out`; its results table is `out/results.csv`. Returns the counts of runs
     done, skipped (finished before) and left to another process (elsewhere), as `run_grid` does. With `tune` or
     `tune_preset`, the tuned options are chosen per cell on the few-shot val set (base val for base-to-novel).
-    `backend="ray"` trains on a Ray cluster as `run_grid` does (each worker loads the targets itself)."""
+    `backend="ray"` trains on a Ray cluster as `run_grid` does (each worker loads the targets itself); `workers` > 1
+    trains on that many local worker processes (`pool`; None: as many as `pool.auto_workers` chooses), which load the
+    targets themselves too."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset)
     runs = expand(spec)
     if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")
+    if workers != 1:
+        from lathadapter.experiments.pool import check_workers
+
+        if backend == "ray":
+            raise OptionError(f"--workers {workers}: for the local backend; with --backend ray use --chunk-size")
+        if workers is not None:
+            check_workers(workers, device or "cpu")
     extra, salt, factory = None, "", None
     if protocol in ("cross-dataset", "domain"):
         mapped = protocol == "domain"
-        # The driver loads the targets once for their fingerprints (the key salt); Ray workers load their own.
-        extra = Targets(list(targets or []), device if backend == "local" else "cpu", mapped=mapped)
+        # The driver loads the targets once for their fingerprints (the key salt); workers load their own.
+        extra = Targets(list(targets or []), device if backend == "local" and workers == 1 else "cpu", mapped=mapped)
         salt = extra.salt
         factory = functools.partial(Targets, list(targets or []), mapped=mapped)
     if backend == "ray":
         from lathadapter.experiments.ray_backend import run_on_ray
 
         states = run_on_ray(runs, out, device, ray, progress=progress, extra_factory=factory, key_salt=salt)
+    elif workers != 1:
+        from lathadapter.experiments.pool import run_in_processes
+
+        states = run_in_processes(runs, out, device or "cpu", workers, progress=progress, extra_factory=factory,
+                                  key_salt=salt)
     else:
         states = [state for _, state in iterate(runs, out, device or "cpu", progress, extra, salt)]
     return {"protocol": protocol, "runs": len(runs), **{state: states.count(state) for state in STATES},

@@ -1,0 +1,145 @@
+"""A grid's pending runs in chunks, trained away from the process that saves them: the part both such backends share
+(worker processes of this machine, `pool`; a Ray cluster, `ray_backend`).
+
+The pending runs (no `metrics.json` yet) are grouped by cache, in grid order, and cut into chunks; a worker trains a
+chunk's runs in order with the same `grid.train_run` as the in-process backend, opening the cache once, and sends
+each trained run back (`Trained`: configuration, metrics, CPU weights, lifted points). The driver alone writes run
+directories (`save_streamed`, under the run's lock as `grid.iterate` does) and `results.csv` (`Tally`): same keys,
+same layout, same resume.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lathadapter.cache.store import CacheInfo
+from lathadapter.experiments.grid import (
+    STATES,
+    DataCache,
+    Evaluator,
+    KeyedRun,
+    file_lock,
+    save_trained,
+    train_run,
+    write_results,
+)
+from lathadapter.experiments.run import RunConfig, RunOutcome
+
+Item = tuple[int, KeyedRun]  # a run's index in the grid, and the run
+
+
+@dataclass
+class Trained:
+    """What a worker sends back per run: everything `save_run` needs, on the CPU, and the worker's PID."""
+
+    index: int
+    config: RunConfig
+    metrics: dict[str, Any]
+    weights: dict[str, Any]
+    points: Any
+    pid: int
+
+
+class Weights:
+    """Stands in for the trained method when the driver saves a run: `save_run` reads only its `state_dict()`."""
+
+    def __init__(self, weights: dict[str, Any]) -> None:
+        self._weights = weights
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._weights
+
+
+def to_cpu(value: Any) -> Any:
+    """Tensors (also inside dicts, lists, tuples) detached and on the CPU; anything else as it is."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
+def pending_runs(keyed: list[KeyedRun], out: Path) -> list[Item]:
+    """The runs of the grid without `metrics.json`, with their indices, in grid order."""
+    return [(i, item) for i, item in enumerate(keyed) if not (out / "runs" / item.key / "metrics.json").exists()]
+
+
+def chunk_runs(pending: list[Item], size: int) -> list[list[Item]]:
+    """Pending runs grouped by cache (in grid order), cut into chunks of at most `size`."""
+    by_cache: dict[str, list[Item]] = {}
+    for index, item in pending:
+        by_cache.setdefault(item.run.cache, []).append((index, item))
+    return [runs[i:i + size] for runs in by_cache.values() for i in range(0, len(runs), size)]
+
+
+def train_chunk(cache: str, items: list[Item], out: str, device: str,
+                extra_factory: Callable[[str], Evaluator] | None) -> Iterator[Trained | int]:
+    """On a worker: train a chunk's runs of one cache in order, opening the cache once; yields each trained run, or
+    its index when it was finished meanwhile (by another process, or before a resubmission). `extra_factory(device)`
+    builds the evaluator that adds metrics (a protocol's targets)."""
+    data_cache = DataCache(device)
+    extra = extra_factory(device) if extra_factory is not None else None
+    try:
+        for index, item in items:
+            if (Path(out) / "runs" / item.key / "metrics.json").exists():
+                yield index
+                continue
+            c = item.run.config
+            data = data_cache.load(cache, c.shots, c.seed, c.text)
+            config, outcome = train_run(item.run, data, extra, item.group)
+            weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
+            yield Trained(index, config, outcome.metrics, weights, to_cpu(outcome.points), os.getpid())
+    finally:
+        data_cache.close()
+
+
+def save_streamed(out: Path, item: KeyedRun, info: CacheInfo, trained: Trained, device: str) -> str:
+    """Write a run sent back by a worker, under its lock as the in-process backend: "elsewhere" when another process
+    holds the lock, "skipped" when it was finished meanwhile, else "done"."""
+    folder = out / "runs" / item.key
+    lock = out / "runs" / f"{item.key}.lock"
+    with file_lock(lock, wait=False) as held:
+        if not held:
+            return "elsewhere"
+        if (folder / "metrics.json").exists():
+            return "skipped"
+        outcome = RunOutcome(Weights(trained.weights), trained.metrics, None, trained.points)  # type: ignore[arg-type]
+        save_trained(out, item, info, trained.config, outcome, device)
+        lock.unlink()
+    return "done"
+
+
+class Tally:
+    """The driver's bookkeeping: each run's state in grid order, the counts, the runs not yet back; `take` saves a
+    run sent back and rewrites `results.csv` after each one saved."""
+
+    def __init__(self, out: Path, keyed: list[KeyedRun], infos: dict[str, CacheInfo], pending: list[Item],
+                 device: str) -> None:
+        self.out, self.keyed, self.infos, self.device = out, keyed, infos, device
+        self.states = ["skipped"] * len(keyed)
+        self.unfinished = {i for i, _ in pending}
+        self.counts = dict.fromkeys(STATES, 0)
+        self.counts["skipped"] = len(keyed) - len(pending)
+
+    def take(self, result: Trained | int) -> str:
+        """Save a trained run (or note a run finished meanwhile, its index); returns its state."""
+        if isinstance(result, int):
+            index, state = result, "skipped"
+        else:
+            index = result.index
+            item = self.keyed[index]
+            state = save_streamed(self.out, item, self.infos[item.run.cache], result, self.device)
+        self.unfinished.discard(index)
+        self.states[index] = state
+        self.counts[state] += 1
+        if state == "done":
+            write_results(self.out)
+        return state

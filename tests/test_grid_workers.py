@@ -1,0 +1,125 @@
+"""Grids on local worker processes (`--workers N`): the same results table as one process, resume, and the CLI's
+checks of the option."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+from lathadapter.experiments.grid import GridSpec, expand, run_grid
+from lathadapter.experiments.pool import auto_workers, run_grid_in_processes, run_in_processes
+from lathadapter.experiments.protocols import run_protocol
+
+# Columns that differ between two trainings of the same run
+TIMING = {"train_seconds", "eval_seconds", "wall_seconds"}
+QUICK = {"epochs": ["1"], "min_steps": ["2"]}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("worker_caches")
+    return write_synthetic_cache(folder / "source.h5", num_classes=6, dim=16, views=2, shots=(1, 2), seeds=(1, 2),
+                                 train_per_class=8, test_per_class=6, seed=0, name="source")
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_cache(tmp_path_factory.mktemp("worker_targets") / "other.h5", num_classes=5, dim=16,
+                                 views=2, shots=(1,), seeds=(1,), train_per_class=4, test_per_class=6, seed=7,
+                                 name="other")
+
+
+@pytest.fixture(scope="module")
+def spec(cache: Path) -> GridSpec:
+    return GridSpec([str(cache)], ["zeroshot", "clip-adapter", "lathadapter"], [1, 2], [1, 2], options=QUICK)
+
+
+@pytest.fixture(scope="module")
+def grids(spec: GridSpec, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same grid in one process (one torch thread, as each worker: the same float sums) and on two workers."""
+    folder = tmp_path_factory.mktemp("worker_grids")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = run_grid(spec, folder / "one", "cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    two = run_grid_in_processes(spec, folder / "two", "cpu", workers=2, progress=False)
+    assert (one["runs"], one["done"]) == (two["runs"], two["done"]) == (12, 12)
+    return {"one": folder / "one", "two": folder / "two"}
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "results.csv").open() as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def test_two_workers_write_the_same_results_as_one_process(grids: dict[str, Path]) -> None:
+    rows = _rows(grids["two"])
+    assert rows == _rows(grids["one"])
+    keys = [row["key"] for row in rows]
+    assert len(keys) == len(set(keys)) == 12
+    assert sorted(p.name for p in (grids["two"] / "runs").iterdir()) == sorted(keys)  # no lock left behind
+    with (grids["two"] / "results.csv").open() as f:
+        assert csv.DictReader(f).fieldnames == csv.DictReader((grids["one"] / "results.csv").open()).fieldnames
+
+
+def test_a_resumed_worker_grid_trains_only_the_missing_runs(spec: GridSpec, grids: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "grid"
+    shutil.copytree(grids["two"], out)
+    assert run_grid_in_processes(spec, out, "cpu", workers=2, progress=False)["skipped"] == 12  # no worker started
+    removed = sorted((out / "runs").iterdir())[:3]
+    for folder in removed:
+        shutil.rmtree(folder)
+    states = run_in_processes(expand(spec), out, "cpu", 2, progress=False, chunk_size=1)
+    assert states.count("done") == 3 and states.count("skipped") == 9
+    assert _rows(out) == _rows(grids["one"])
+
+
+def test_cli_refuses_bad_worker_counts(cache: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["grid", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu",
+            "--out", str(tmp_path / "grid")]
+    result = runner.invoke(app, [*base, "--workers", "0"])
+    assert result.exit_code == 1
+    assert "error: --workers 0: must be at least 1" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot", "--seeds", "1",
+                                 "--shots", "1", "--device", "cpu", "--out", str(tmp_path / "p"), "--workers", "-1"])
+    assert result.exit_code == 1 and "error: --workers -1: must be at least 1" in result.output
+    assert not (tmp_path / "grid").exists() and not (tmp_path / "p").exists()
+    result = runner.invoke(app, [*base, "--workers", "1"])  # one worker: this process, as without the option
+    assert result.exit_code == 0, result.output
+    assert "1 runs (1 run, 0 already done)" in result.output
+
+
+def test_a_cross_dataset_protocol_on_workers_scores_the_targets_as_one_process(cache: Path, target: Path,
+                                                                                tmp_path: Path) -> None:
+    args = ("cross-dataset", [str(cache)])
+    kwargs = dict(methods=["zeroshot", "clip-adapter"], seeds=[1, 2], targets=[str(target)], options=QUICK,
+                  shots=[1, 2], progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = run_protocol(*args, tmp_path / "one", **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    two = run_protocol(*args, tmp_path / "two", workers=2, **kwargs)
+    assert one["done"] == two["done"] == 8
+    rows = _rows(tmp_path / "two")
+    assert rows == _rows(tmp_path / "one") and {r["target"] for r in rows} == {"source", "other"}
+
+
+def test_the_default_worker_count_follows_the_grid_and_the_device() -> None:
+    assert auto_workers(0, "cpu") == auto_workers(3, "cpu") == 1  # a small grid: this process, no worker to start
+    assert auto_workers(1000, "cuda") == 1
+    assert 1 <= auto_workers(1000, "cpu") <= (os.cpu_count() or 1)
