@@ -24,6 +24,21 @@ WORKERS_HELP = ("Worker processes of one torch thread each, training the grid's 
                 "GPU or with --threads.")
 ADDRESS_HELP = ("--backend ray: the cluster's address, e.g. HEAD:6379 (default: a running cluster Ray finds, else a "
                 "local one started for the command).")
+TUNE_HELP = ("Tuned option [METHOD.]OPTION=V1,V2,... (repeatable): each value is trained, the one best on the "
+             "few-shot val set (base val for base-to-novel) is kept per cell and reported; never the test set.")
+TUNE_PRESET_HELP = ("lr: tune every trained method's lr over its own default × 1, 0.1, 10 (a tie keeps the default; "
+                    "methods without lr run once).")
+
+# Options that `grid` and `protocol` (and, for threads, `fit` and `demo`) declare alike.
+THREADS = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process).")
+WORKERS = typer.Option(None, help=WORKERS_HELP)
+BACKEND = typer.Option("local", help=BACKEND_HELP)
+ADDRESS = typer.Option(None, help=ADDRESS_HELP)
+TUNE = typer.Option([], "--tune", help=TUNE_HELP)
+TUNE_PRESET = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP)
+CHUNK_SIZE = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once).")
+GPUS_PER_CHUNK = typer.Option(0.25, help="--backend ray: GPU fraction of each task when the cluster has GPUs "
+                              "(0.25: four tasks share a GPU).")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -201,7 +216,7 @@ def cache_build_many(
     val: str = typer.Option("subsets", help="Val images to encode: subsets or all (as `cache build --val`)."),
     backend: str = typer.Option("local", help="local: one build after another; ray: one Ray task per dataset (a GPU "
                                 "each when the cluster has GPUs; root and --out on shared storage)."),
-    address: str | None = typer.Option(None, help=ADDRESS_HELP),
+    address: str | None = ADDRESS,
 ) -> None:
     """Build several datasets' caches (each resumable, as `cache build`), here or on a Ray cluster."""
     try:
@@ -284,7 +299,7 @@ def fit(
     set_: list[str] = typer.Option([], "--set", help="Method option NAME=VALUE (repeatable; "
                                    "`lathadapter list options METHOD` lists them)."),
     force: bool = typer.Option(False, "--force", help="Train again and overwrite a finished run directory."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
+    threads: int | None = THREADS,
 ) -> None:
     """Train one method over a cache (no encoder runs), evaluate it and write a run directory."""
     from lathadapter.adapter.options import OptionError, parse_assignments
@@ -313,12 +328,6 @@ def fit(
 def _counts(summary: dict) -> str:
     elsewhere = f", {summary['elsewhere']} left to another process" if summary.get("elsewhere") else ""
     return f"{summary['done']} run, {summary['skipped']} already done{elsewhere}"
-
-
-TUNE_HELP = ("Tuned option [METHOD.]OPTION=V1,V2,... (repeatable): each value is trained, the one best on the "
-             "few-shot val set (base val for base-to-novel) is kept per cell and reported; never the test set.")
-TUNE_PRESET_HELP = ("lr: tune every trained method's lr over its own default × 1, 0.1, 10 (a tie keeps the default; "
-                    "methods without lr run once).")
 
 
 def _ray_options(backend: str, address: str | None, chunk_size: int, gpus_per_chunk: float):
@@ -368,20 +377,19 @@ def grid(
     classes: str | None = typer.Option(None, help="Comma-separated class protocols: all, base [default: all]."),
     text: str | None = typer.Option(None, help="Comma-separated text features: coop, ensemble [default: coop]."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
-    tune: list[str] = typer.Option([], "--tune", help=TUNE_HELP),
-    tune_preset: str | None = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP),
+    tune: list[str] = TUNE,
+    tune_preset: str | None = TUNE_PRESET,
     config: Path | None = typer.Option(None, help="YAML/TOML file of axes (keys: caches, methods, shots, seeds, "
                                        "classes, text, select, options, tune, tune_preset); command-line axes "
                                        "override it."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
-    workers: int | None = typer.Option(None, help=WORKERS_HELP),
-    backend: str = typer.Option("local", help=BACKEND_HELP),
-    address: str | None = typer.Option(None, help=ADDRESS_HELP),
-    chunk_size: int = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once)."),
-    gpus_per_chunk: float = typer.Option(0.25, help="--backend ray: GPU fraction of each task when the cluster "
-                                         "has GPUs (0.25: four tasks share a GPU)."),
+    threads: int | None = THREADS,
+    workers: int | None = WORKERS,
+    backend: str = BACKEND,
+    address: str | None = ADDRESS,
+    chunk_size: int = CHUNK_SIZE,
+    gpus_per_chunk: float = GPUS_PER_CHUNK,
 ) -> None:
     """Run an ablation grid (cartesian product of the axes) in one process, or on a Ray cluster (--backend ray);
     finished runs are skipped."""
@@ -434,18 +442,17 @@ def protocol(
     seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
     shots: str | None = typer.Option(None, help="Override the protocol's shots (default 1,2,4,8,16 or 16)."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
-    tune: list[str] = typer.Option([], "--tune", help=TUNE_HELP),
-    tune_preset: str | None = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP),
+    tune: list[str] = TUNE,
+    tune_preset: str | None = TUNE_PRESET,
     text: str = typer.Option("coop", help="Class text features: coop or ensemble."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path | None = typer.Option(None, help="Output folder (default: grids/<protocol>)."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
-    workers: int | None = typer.Option(None, help=WORKERS_HELP),
-    backend: str = typer.Option("local", help=BACKEND_HELP),
-    address: str | None = typer.Option(None, help=ADDRESS_HELP),
-    chunk_size: int = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once)."),
-    gpus_per_chunk: float = typer.Option(0.25, help="--backend ray: GPU fraction of each task when the cluster "
-                                         "has GPUs (0.25: four tasks share a GPU)."),
+    threads: int | None = THREADS,
+    workers: int | None = WORKERS,
+    backend: str = BACKEND,
+    address: str | None = ADDRESS,
+    chunk_size: int = CHUNK_SIZE,
+    gpus_per_chunk: float = GPUS_PER_CHUNK,
 ) -> None:
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
     from lathadapter.adapter.catalog import method_names
@@ -498,7 +505,7 @@ def demo(
     method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
     views: int = typer.Option(10, help="Augmented views per train image."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process)."),
+    threads: int | None = THREADS,
 ) -> None:
     """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel), print the table
     and write the plots. Re-running reuses the cache and the finished runs."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_cache_build import _dassl  # Dassl's draw, re-stated once for both files
+from test_cache_build import _dassl, _small_dataset  # written once for both files
 from typer.testing import CliRunner
 
 import lathadapter.cache.build as build_module
@@ -35,18 +35,6 @@ def _options(tiny_clip, **overrides: object) -> dict[str, object]:
                                       progress=False, log=lambda message: None)
     options.update(overrides)
     return options
-
-
-def _small_dataset(coop_dataset, folder: Path) -> Path:
-    """Three classes of the shared dataset (every third image), copied with a split file of their own."""
-    split = json.loads(coop_dataset.split_file.read_text())
-    small = {part: [item for item in items if item[1] < 3][::3] for part, items in split.items()}
-    for items in small.values():
-        for path, _, _ in items:
-            (folder / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(coop_dataset.folder / path, folder / path)
-    (folder / "split_zhou_Small.json").write_text(json.dumps(small))
-    return folder / "split_zhou_Small.json"
 
 
 def _break(folder: Path, paths: list[str]) -> dict[str, bytes]:

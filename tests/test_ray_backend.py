@@ -104,17 +104,24 @@ def _check_each_run_once(out: Path, runs: int) -> None:
     assert not list((out / "runs").glob("*.lock"))
 
 
+def killer(killed: list[int]):
+    """A callback for each saved run that kills (SIGKILL) the worker process of the first one, recording its pid."""
+
+    def kill_first(trained) -> None:
+        if not killed:
+            killed.append(trained.pid)
+            os.kill(trained.pid, signal.SIGKILL)
+
+    return kill_first
+
+
 def test_a_killed_worker_loses_only_its_unfinished_runs(cluster, cache: Path, tmp_path: Path) -> None:
     from lathadapter.experiments.ray_backend import RayBackendError, RayOptions, run_on_ray
 
     spec, out = _slow_spec(cache), tmp_path / "grid"
     runs = expand(spec)
     killed: list[int] = []
-
-    def kill_first(trained) -> None:
-        if not killed:
-            killed.append(trained.pid)
-            os.kill(trained.pid, signal.SIGKILL)
+    kill_first = killer(killed)
 
     with pytest.raises(RayBackendError, match="rerun the grid") as error:
         run_on_ray(runs, out, "cpu", RayOptions(chunk_size=len(runs), retries=0), progress=False,
@@ -135,11 +142,7 @@ def test_the_driver_resubmits_a_killed_chunk(cluster, cache: Path, tmp_path: Pat
     spec, out = _slow_spec(cache), tmp_path / "grid"
     runs = expand(spec)
     killed: list[int] = []
-
-    def kill_first(trained) -> None:
-        if not killed:
-            killed.append(trained.pid)
-            os.kill(trained.pid, signal.SIGKILL)
+    kill_first = killer(killed)
 
     states = run_on_ray(runs, out, "cpu", RayOptions(chunk_size=len(runs), retries=1), progress=False,
                         on_saved=kill_first)
