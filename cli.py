@@ -84,6 +84,30 @@ def _int_list(option: str, text: str) -> list[int]:
         raise typer.Exit(code=2) from None
 
 
+CROP_SCALE = typer.Option(None, "--crop-scale", help="Random-resized-crop area range of the augmented views, LOW,HIGH "
+                          "[default: 0.5,1, the field's for 224-pixel photographs; the demo's own for the demo].")
+CROP_RATIO = typer.Option(None, "--crop-ratio", help="Random-resized-crop aspect range, LOW,HIGH [default: 3/4,4/3].")
+FLIP = typer.Option(None, "--flip", help="Probability of a horizontal flip of each augmented view [default: 0.5].")
+
+
+def _augmentation(crop_scale: str | None, crop_ratio: str | None, flip: float | None):
+    """The build's `Augmentation` from the command line; None when no option is given (the build's default)."""
+    from lathadapter.cache.encode import Augmentation
+
+    if crop_scale is None and crop_ratio is None and flip is None:
+        return None
+    given: dict = {} if flip is None else {"flip": flip}
+    for option, text, name in (("--crop-scale", crop_scale, "crop_scale"), ("--crop-ratio", crop_ratio, "crop_ratio")):
+        if text is None:
+            continue
+        try:
+            low, high = (float(part) for part in text.split(","))
+        except ValueError:
+            raise ValueError(f"{option} {text!r}: expected two comma-separated numbers LOW,HIGH, e.g. 0.5,1") from None
+        given[name] = (low, high)
+    return Augmentation(**given)
+
+
 @cache_app.command("build")
 def cache_build(
     root: Path | None = typer.Option(None, help="Dataset root holding the CoOp-layout folders (docs/data.md)."),
@@ -97,6 +121,9 @@ def cache_build(
     shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot subsets to hold."),
     seeds: str = typer.Option("1,2,3", help="Seeds of the few-shot subsets to hold."),
     views: int = typer.Option(10, help="Augmented views per train image."),
+    crop_scale: str | None = CROP_SCALE,
+    crop_ratio: str | None = CROP_RATIO,
+    flip: float | None = FLIP,
     full_train: bool = typer.Option(False, "--full-train", help="Encode the whole train split."),
     val: str = typer.Option("subsets", help="Val images to encode: subsets (the few-shot val subsets) or all (the "
                             "whole val split, Tip-Adapter's official search set)."),
@@ -126,6 +153,7 @@ def cache_build(
         typer.echo("no --dataset given: building the bundled demo dataset with the bundled tiny CLIP", err=True)
         try:
             result = build_demo_cache(out=out or DEMO_CACHE, views=views, shots=_int_list("--shots", shots),
+                                      augmentation=_augmentation(crop_scale, crop_ratio, flip),
                                       seeds=_int_list("--seeds", seeds), device=device, workers=workers,
                                       force=force, progress=progress, log=lambda message: typer.echo(message, err=True))
         except (ValueError, OSError) as error:
@@ -137,7 +165,7 @@ def cache_build(
         raise typer.Exit(code=2)
     try:
         result = build(root, dataset, out, model=model or "ViT-B-16", pretrained=pretrained or "openai",
-                       shots=_int_list("--shots", shots),
+                       shots=_int_list("--shots", shots), augmentation=_augmentation(crop_scale, crop_ratio, flip),
                        seeds=_int_list("--seeds", seeds), views=views, device=device, precision=precision,
                        batch_size=batch_size, workers=workers, attributes=attributes, full_train=full_train, val=val,
                        force=force, skip_bad=skip_bad, seed=seed, template=template, quick_gelu=quick_gelu,
@@ -212,6 +240,9 @@ def cache_build_many(
     shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot subsets to hold."),
     seeds: str = typer.Option("1,2,3", help="Seeds of the few-shot subsets to hold."),
     views: int = typer.Option(10, help="Augmented views per train image."),
+    crop_scale: str | None = CROP_SCALE,
+    crop_ratio: str | None = CROP_RATIO,
+    flip: float | None = FLIP,
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     val: str = typer.Option("subsets", help="Val images to encode: subsets or all (as `cache build --val`)."),
     backend: str = typer.Option("local", help="local: one build after another; ray: one Ray task per dataset (a GPU "
@@ -226,7 +257,8 @@ def cache_build_many(
             import_ray()
         results = build_many(dataset, out, backend, address, root=root, model=model, pretrained=pretrained,
                              shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds), views=views,
-                             device=device, val=val, log=None if backend == "ray" else
+                             augmentation=_augmentation(crop_scale, crop_ratio, flip), device=device, val=val,
+                             log=None if backend == "ray" else
                              (lambda message: typer.echo(message, err=True)))
     except (ValueError, OSError) as error:
         _fail(error)
@@ -294,6 +326,8 @@ def fit(
     classes: str = typer.Option("all", help="all: every class; base: base-to-novel (train on base, report HM)."),
     text: str = typer.Option("coop", help="Class text features: coop (one template) or ensemble."),
     select: str = typer.Option("last", help="Model kept: last epoch, or best on the few-shot val set (val)."),
+    views: str = typer.Option("augmented", help="Views training draws from: augmented (the cached augmented views) "
+                              "or all (those and the clean view)."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     out: Path = typer.Option(Path("runs"), help="Folder that receives the run directory."),
     set_: list[str] = typer.Option([], "--set", help="Method option NAME=VALUE (repeatable; "
@@ -314,7 +348,7 @@ def fit(
                 raise OptionError(f"--set {name}={','.join(values)}: fit takes one value per option "
                                   "(`lathadapter grid` tries several)")
             overrides[name] = values[0]
-        config = RunConfig.create(method, shots, seed, classes, text, select, overrides)
+        config = RunConfig.create(method, shots, seed, classes, text, select, overrides, views)
         with _progress() as progress:
             metrics = fit_config(config, cache, device=device, out=out, force=force, progress=progress)
     except (ValueError, OSError) as error:
@@ -376,11 +410,13 @@ def grid(
     seeds: str | None = typer.Option(None, help="Comma-separated seeds [default: 1,2,3]."),
     classes: str | None = typer.Option(None, help="Comma-separated class protocols: all, base [default: all]."),
     text: str | None = typer.Option(None, help="Comma-separated text features: coop, ensemble [default: coop]."),
+    views: str | None = typer.Option(None, help="Comma-separated views training draws from: augmented, all "
+                                     "[default: augmented]."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
     config: Path | None = typer.Option(None, help="YAML/TOML file of axes (keys: caches, methods, shots, seeds, "
-                                       "classes, text, select, options, tune, tune_preset); command-line axes "
+                                       "classes, text, select, views, options, tune, tune_preset); command-line axes "
                                        "override it."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
@@ -401,7 +437,7 @@ def grid(
     try:
         use_threads(threads)
         axes: dict = load_spec_file(config) if config else {}
-        for key, value in (("methods", method), ("classes", classes), ("text", text)):
+        for key, value in (("methods", method), ("classes", classes), ("text", text), ("views", views)):
             if value is not None:
                 axes[key] = split_list(value)
         for key, value in (("shots", shots), ("seeds", seeds)):
@@ -445,6 +481,7 @@ def protocol(
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
     text: str = typer.Option("coop", help="Class text features: coop or ensemble."),
+    views: str = typer.Option("augmented", help="Views training draws from: augmented or all (and the clean view)."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path | None = typer.Option(None, help="Output folder (default: grids/<protocol>)."),
     threads: int | None = THREADS,
@@ -470,7 +507,7 @@ def protocol(
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
                                _int_list("--shots", shots) if shots else None,
                                device if ray else resolve_device(device), tune=parse_tune(tune),
-                               tune_preset=tune_preset, backend=backend, ray=ray, workers=workers)
+                               tune_preset=tune_preset, backend=backend, ray=ray, workers=workers, views=views)
     except (ValueError, OSError) as error:
         _fail(error)
     _print_results(summary)

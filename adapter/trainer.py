@@ -23,6 +23,9 @@ from lathadapter.cache.store import FewShotData
 # this module keeps that one-time cost out of the first run's train_seconds, so a grid's runs are timed alike.
 
 SELECTIONS = ("last", "val")
+# The views training draws from: the cached augmented views (Tip-Adapter's and the field's habit), or those and the
+# clean view together (for worlds where augmentation loses what the class is).
+VIEW_CHOICES = ("augmented", "all")
 
 
 @dataclass
@@ -50,10 +53,27 @@ def clear_grads(params: list[torch.nn.Parameter]) -> None:
         param.grad = None
 
 
-def train(method: Method, data: FewShotData, seed: int, select: str = "last", progress=None) -> TrainResult:
-    """Train `method` on `data`'s few-shot train set; `select="val"` keeps the epoch best on the few-shot val set."""
+def training_views(data: FewShotData, views: str = "augmented") -> tuple[torch.Tensor, int]:
+    """The rows training draws from, `[N·V, D]` (sample i's view j is row i·V + j, so a batch is one index_select),
+    and V: the augmented views (the clean view when the cache has none), with `views="all"` the clean view first."""
+    augmented = data.train_views
+    if augmented.shape[1] == 0:
+        stacked = data.train_features.unsqueeze(1)
+    elif views == "all":
+        stacked = torch.cat([data.train_features.unsqueeze(1).to(augmented.dtype), augmented], dim=1)
+    else:
+        stacked = augmented
+    return stacked.reshape(-1, stacked.shape[-1]), stacked.shape[1]
+
+
+def train(method: Method, data: FewShotData, seed: int, select: str = "last", progress=None,
+          views: str = "augmented") -> TrainResult:
+    """Train `method` on `data`'s few-shot train set; `select="val"` keeps the epoch best on the few-shot val set;
+    `views="all"` draws each sample's view among its augmented views and its clean view."""
     if select not in SELECTIONS:
         raise ValueError(f"select={select!r} is not valid; choose one of: {', '.join(SELECTIONS)}")
+    if views not in VIEW_CHOICES:
+        raise ValueError(f"views={views!r} is not valid; choose one of: {', '.join(VIEW_CHOICES)}")
     device = data.train_labels.device
     synchronize(device)
     start = time.perf_counter()
@@ -63,7 +83,7 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
         warnings.warn(f"{method.name}: --select val, but the cache has no few-shot val subset (as ImageNet's): the "
                       "last epoch is kept", ProtocolWarning, stacklevel=2)
     if method.trains and params:
-        _optimise(method, data, params, seed, select, result, progress)
+        _optimise(method, data, params, seed, select, result, progress, views)
     method.eval()
     with torch.no_grad():
         result.chosen = {**method.settings(), **method.after_training(data)}
@@ -73,16 +93,14 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
 
 
 def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter], seed: int, select: str,
-              result: TrainResult, progress) -> None:
+              result: TrainResult, progress, views: str = "augmented") -> None:
     recipe = method.train_recipe()
     device = data.train_labels.device
     generator = torch.Generator().manual_seed(seed)  # CPU generator: the same draws on every device
     n = len(data.train_labels)
     if n == 0:
         raise ValueError("the few-shot train set is empty")
-    views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
-    num_views = views.shape[1]
-    rows = views.reshape(n * num_views, -1)  # sample i's view j is row i·V + j: a batch is one index_select
+    rows, num_views = training_views(data, views)
     batch_size = recipe.batch_size
     steps_per_epoch = recipe.steps_per_epoch(n)
     epochs = recipe.epochs_for(n)

@@ -25,7 +25,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lathadapter.cache.datasets import DatasetSplits, load_dataset
-from lathadapter.cache.encode import ClipModel, ImageRows, collate, encode_images, encode_texts, load_model
+from lathadapter.cache.encode import (
+    Augmentation,
+    ClipModel,
+    ImageRows,
+    collate,
+    encode_images,
+    encode_texts,
+    load_model,
+)
 from lathadapter.cache.sampling import fewshot_indices
 from lathadapter.cache.store import (
     DEFAULT_CACHE_DIR,
@@ -175,9 +183,10 @@ def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int
 
 def _fingerprint(splits: DatasetSplits, clip: ClipModel, templates: list[str], phrases: list[str], views: int,
                  seed: int, shots: Sequence[int], seeds: Sequence[int], full_train: bool,
-                 val: str = "subsets") -> dict[str, object]:
+                 val: str = "subsets", augmentation: Augmentation = Augmentation()) -> dict[str, object]:
     return {
         **clip.fields,
+        "augmentation": augmentation.fields(),
         "dataset": splits.name,
         "dataset_kind": splits.kind,
         "image_dir": splits.image_dir,
@@ -270,14 +279,15 @@ def _blocks(rows: np.ndarray, batch_size: int) -> list[list[int]]:
 
 
 def _encode_split(f: h5py.File, split: str, splits: DatasetSplits, clip: ClipModel, views: int, seed: int,
-                  batch_size: int, workers: int, skip_bad: bool, progress: Progress, stats: BuildStats) -> None:
+                  batch_size: int, workers: int, skip_bad: bool, progress: Progress, stats: BuildStats,
+                  augmentation: Augmentation) -> None:
     paths = list(f[f"splits/{split}/paths"].asstr()[()])
     todo = missing_rows(f, split)
     task = progress.add_task(split, total=len(paths), completed=len(paths) - len(todo), rate=0.0)
     if not len(todo):
         return
     dataset = ImageRows(splits.folder, paths, todo.tolist(), clip.preprocess, views if split == "train" else 0,
-                        seed, clip.image_size, clip.mean, clip.std)
+                        seed, clip.image_size, clip.mean, clip.std, augmentation)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=_blocks(todo, batch_size), num_workers=workers,
                                          collate_fn=collate)
     started = last_flush = time.perf_counter()
@@ -344,6 +354,7 @@ def build(
     shots: Sequence[int] = DEFAULT_SHOTS,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     views: int = 10,
+    augmentation: Augmentation | None = None,
     device: str | None = None,
     precision: str = "fp32",
     batch_size: int = 32,
@@ -362,7 +373,9 @@ def build(
     """Encode `dataset` with an open_clip model into an HDF5 cache at `out` (default `caches/<dataset>.h5`).
 
     `workers` is capped at the CPUs available to the process: more decoding processes than CPUs only add overhead.
-    `val="all"` encodes the whole val split (Tip-Adapter's official search set), not only the few-shot subsets'."""
+    `val="all"` encodes the whole val split (Tip-Adapter's official search set), not only the few-shot subsets'.
+    `augmentation` draws the training views (default: the field's crop scale 0.5–1, ratio 3/4–4/3, flip ½)."""
+    augmentation = augmentation if augmentation is not None else Augmentation()
     say = log or (lambda message: print(message, file=sys.stderr))
     started = time.perf_counter()
     _check_options(shots, seeds, views, batch_size, workers, val)
@@ -381,7 +394,8 @@ def build(
         if splits.test_only:
             say(f"{splits.name} is test-only: no few-shot subsets (--shots/--seeds are ignored)")
         templates = ensemble_templates(splits.template)
-        fields = _fingerprint(splits, clip, templates, phrases, views, seed, shots, seeds, full_train, val)
+        fields = _fingerprint(splits, clip, templates, phrases, views, seed, shots, seeds, full_train, val,
+                              augmentation)
         stats = BuildStats()
 
         if out.exists() and not force:
@@ -449,7 +463,8 @@ def build(
             stats.text_seconds = time.perf_counter() - tick
             with _progress(progress) as bars:
                 for split in SPLITS:
-                    _encode_split(f, split, splits, clip, views, seed, batch_size, workers, skip_bad, bars, stats)
+                    _encode_split(f, split, splits, clip, views, seed, batch_size, workers, skip_bad, bars, stats,
+                                  augmentation)
             _check_losses(f, temporary)
             finalize(f, temporary, out)
         finally:

@@ -24,10 +24,39 @@ from torchvision.transforms import InterpolationMode
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 # Augmented training views (Tip-Adapter): random resized crop, bicubic, then a horizontal flip half of the time.
+# These defaults are the field's, made for 224-pixel photographs; `Augmentation` sets others per build.
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 FLIP_PROBABILITY = 0.5
-_LOG_RATIO = torch.log(torch.tensor(CROP_RATIO))  # float32, as torchvision computes it
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How a build draws each training image's augmented views: torchvision's RandomResizedCrop with these `crop_scale`
+    (fraction of the area) and `crop_ratio` (aspect) ranges, bicubic, then a horizontal flip with probability `flip`.
+    Recorded in the cache fingerprint, so views drawn otherwise make another cache."""
+
+    crop_scale: tuple[float, float] = CROP_SCALE
+    crop_ratio: tuple[float, float] = CROP_RATIO
+    flip: float = FLIP_PROBABILITY
+
+    def __post_init__(self) -> None:
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"--crop-scale {low:g},{high:g}: need 0 < low ≤ high ≤ 1 (a fraction of the image's area; "
+                             f"the field's default is {CROP_SCALE[0]:g},{CROP_SCALE[1]:g})")
+        low, high = self.crop_ratio
+        if not 0 < low <= high or not math.isfinite(high):
+            raise ValueError(f"--crop-ratio {low:g},{high:g}: need 0 < low ≤ high (width / height; the field's default "
+                             "is 0.75,1.333)")
+        if not 0 <= self.flip <= 1:
+            raise ValueError(f"--flip {self.flip:g}: a probability, between 0 and 1 (the field's default is "
+                             f"{FLIP_PROBABILITY:g})")
+
+    def fields(self) -> dict[str, object]:
+        """The fingerprint entry: what a reader needs to redraw the views."""
+        return {"crop_scale": list(self.crop_scale), "crop_ratio": list(self.crop_ratio), "interpolation": "bicubic",
+                "hflip": self.flip}
 
 
 class ModelError(ValueError):
@@ -175,8 +204,6 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
     size = cfg["size"]
     image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     fields["preprocess"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
-    fields["augmentation"] = {"crop_scale": list(CROP_SCALE), "crop_ratio": [3 / 4, 4 / 3],
-                              "interpolation": "bicubic", "hflip": FLIP_PROBABILITY}
     embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
     return ClipModel(built, preprocess, open_clip.get_tokenizer(name), target, precision, embed_dim, image_size,
                      tuple(cfg["mean"]), tuple(cfg["std"]), fields, notes)
@@ -201,12 +228,15 @@ def view_seed(seed: int, path: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{path}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def crop_params(width: int, height: int, generator: torch.Generator) -> tuple[int, int, int, int]:
-    """torchvision's `RandomResizedCrop.get_params` (scale (0.5, 1)), drawing from `generator` (same stream)."""
+def crop_params(width: int, height: int, generator: torch.Generator, augmentation: Augmentation = Augmentation()
+                ) -> tuple[int, int, int, int]:
+    """torchvision's `RandomResizedCrop.get_params` with `augmentation`'s scale and ratio, drawing from `generator`
+    (the same stream of draws)."""
     area = height * width
-    log_ratio = _LOG_RATIO
+    scale, ratio = augmentation.crop_scale, augmentation.crop_ratio
+    log_ratio = torch.log(torch.tensor(ratio))  # float32, as torchvision computes it
     for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(CROP_SCALE[0], CROP_SCALE[1], generator=generator).item()
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
         aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
         w = int(round(math.sqrt(target_area * aspect_ratio)))
         h = int(round(math.sqrt(target_area / aspect_ratio)))
@@ -215,26 +245,26 @@ def crop_params(width: int, height: int, generator: torch.Generator) -> tuple[in
             j = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
             return i, j, h, w
     in_ratio = width / height
-    if in_ratio < min(CROP_RATIO):
-        w, h = width, int(round(width / min(CROP_RATIO)))
-    elif in_ratio > max(CROP_RATIO):
-        w, h = int(round(height * max(CROP_RATIO))), height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
 
 
 def augmented_views(image: Image.Image, views: int, seed: int, size: tuple[int, int], mean: Sequence[float],
-                    std: Sequence[float]) -> torch.Tensor:
+                    std: Sequence[float], augmentation: Augmentation = Augmentation()) -> torch.Tensor:
     """`views` augmented views `[V, 3, H, W]` of an RGB image, drawn from one generator seeded with `seed`."""
     if views == 0:
         return torch.zeros(0, 3, *size)
     generator = torch.Generator().manual_seed(seed)
     crops = []
     for _ in range(views):
-        i, j, h, w = crop_params(image.width, image.height, generator)
+        i, j, h, w = crop_params(image.width, image.height, generator, augmentation)
         view = TF.resized_crop(image, i, j, h, w, list(size), InterpolationMode.BICUBIC)
-        if torch.rand(1, generator=generator) < FLIP_PROBABILITY:
+        if torch.rand(1, generator=generator) < augmentation.flip:
             view = TF.hflip(view)
         crops.append(np.asarray(view))
     # ToTensor and Normalize on the whole stack at once: the same element-wise arithmetic, less per-view overhead.
@@ -256,8 +286,10 @@ class ImageRows(torch.utils.data.Dataset):
     """The rows of one split to encode: decodes each image and makes its clean and augmented views."""
 
     def __init__(self, folder: Path, paths: Sequence[str], rows: Sequence[int], preprocess: object, views: int,
-                 seed: int, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
+                 seed: int, size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                 augmentation: Augmentation = Augmentation()) -> None:
         self.folder, self.paths, self.rows = folder, list(paths), list(rows)
+        self.augmentation = augmentation
         self.preprocess, self.views, self.seed = preprocess, views, seed
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
 
@@ -273,8 +305,8 @@ class ImageRows(torch.utils.data.Dataset):
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             return LoadedItem(row, None, None, f"{type(error).__name__}: {error}")
         clean = self.preprocess(image)
-        views = augmented_views(image, self.views, view_seed(self.seed, path), self.size, self.mean, self.std) \
-            if self.views else None
+        views = augmented_views(image, self.views, view_seed(self.seed, path), self.size, self.mean, self.std,
+                                self.augmentation) if self.views else None
         return LoadedItem(row, clean, views)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from lathadapter.adapter.catalog import method_names
 from lathadapter.cache.build import BuildResult, build
+from lathadapter.cache.encode import Augmentation
 from lathadapter.cache.store import DEFAULT_CACHE_DIR
 from lathadapter.demo.dataset import SPLIT_FILE, write_demo_dataset
 from lathadapter.demo.model import bundled_model
@@ -21,9 +22,12 @@ from lathadapter.experiments.report import write_report
 
 DEMO_DATA_DIR = Path("data") / "demo-shapes"  # where `cache build` writes the demo images by default
 DEMO_CACHE = DEFAULT_CACHE_DIR / "demo_shapes.h5"
+# The demo's images are small shapes: crops of the field's scale 0.5–1 cut them, so its views keep most of the image.
+DEMO_AUGMENTATION = Augmentation(crop_scale=(0.8, 1.0))
 
 
 def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, views: int = 10,
+                     augmentation: Augmentation | None = None,
                      shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
                      device: str | None = None, workers: int = 0, force: bool = False, progress: bool = True,
                      log: Callable[[str], None] | None = None) -> BuildResult:
@@ -33,7 +37,8 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
         write_demo_dataset(data_dir)
     model = bundled_model()
     return build(None, f"split:{split}", out, model=str(model.config), pretrained=str(model.checkpoint),
-                 template=model.template, views=views, shots=shots, seeds=seeds, device=device, workers=workers,
+                 template=model.template, views=views, augmentation=augmentation or DEMO_AUGMENTATION,
+                 shots=shots, seeds=seeds, device=device, workers=workers,
                  force=force, progress=progress, log=log, val="all")  # the whole val split: Tip-Adapter's search set
 
 
