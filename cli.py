@@ -541,19 +541,24 @@ def demo(
     seeds: str = typer.Option("1,2,3", help="Seeds."),
     method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
     views: int = typer.Option(10, help="Augmented views per train image."),
+    tune_preset: str | None = typer.Option("lr", "--tune-preset", help=TUNE_PRESET_HELP + " none: no tuning."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     threads: int | None = THREADS,
+    workers: int | None = WORKERS,
 ) -> None:
-    """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel), print the table
-    and write the plots. Re-running reuses the cache and the finished runs."""
+    """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel, each trained method's
+    lr tuned on the few-shot val set), print the table and write the plots. Re-running reuses the cache and the
+    finished runs."""
     from lathadapter.adapter.options import split_list
     from lathadapter.demo.pipeline import run_demo
     from lathadapter.experiments.machine import resolve_device, use_threads
 
     try:
         use_threads(threads)
+        workers = _workers(workers, threads, None, device)
         result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
                           methods=split_list(method) if method is not None else None, views=views,
+                          tune=None if tune_preset == "none" else tune_preset, workers=workers,
                           device=resolve_device(device), log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
         _fail(error)

@@ -18,12 +18,14 @@ from lathadapter.cache.store import DEFAULT_CACHE_DIR
 from lathadapter.demo.dataset import SPLIT_FILE, write_demo_dataset
 from lathadapter.demo.model import bundled_model
 from lathadapter.experiments.grid import GridSpec, run_grid
+from lathadapter.experiments.pool import run_grid_in_processes
 from lathadapter.experiments.report import write_report
 
 DEMO_DATA_DIR = Path("data") / "demo-shapes"  # where `cache build` writes the demo images by default
 DEMO_CACHE = DEFAULT_CACHE_DIR / "demo_shapes.h5"
 # The demo's images are small shapes: crops of the field's scale 0.5–1 cut them, so its views keep most of the image.
 DEMO_AUGMENTATION = Augmentation(crop_scale=(0.8, 1.0))
+DEMO_TRAIN_VIEWS = "augmented"  # what the demo's training draws from (trainer.VIEW_CHOICES)
 
 
 def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, views: int = 10,
@@ -43,10 +45,12 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
 
 
 def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
-             methods: Sequence[str] | None = None, views: int = 10, device: str = "cpu",
+             methods: Sequence[str] | None = None, views: int = 10, tune: str | None = "lr",
+             train_views: str = DEMO_TRAIN_VIEWS, workers: int | None = None, device: str = "cpu",
              progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the demo cache under `folder`, run the few-shot and base-to-novel grids of `methods` (default: every
-    method), and write the report."""
+    method), each trained method's lr tuned on the few-shot val set (`tune`, a grid tuning preset; None: each
+    method's own recipe as is), and write the report. `workers` as `grid --workers` (None: chosen by the CPUs)."""
     methods = list(methods) if methods is not None else method_names()
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -57,9 +61,15 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     grid_dir = folder / "grid"
     cache = [str(built.path)]
     tick = time.perf_counter()
-    few_shot = run_grid(GridSpec(cache, list(methods), list(shots), list(seeds), ["all"]), grid_dir, device, progress)
-    base_novel = run_grid(GridSpec(cache, list(methods), [16], list(seeds), ["base"]), grid_dir, device, progress)
+    specs = [GridSpec(cache, list(methods), list(shots), list(seeds), ["all"], tune_preset=tune, views=[train_views]),
+             GridSpec(cache, list(methods), [16], list(seeds), ["base"], tune_preset=tune, views=[train_views])]
+    runs = 0
+    for spec in specs:
+        if device == "cpu" and workers != 1:
+            runs += run_grid_in_processes(spec, grid_dir, device, workers, progress)["runs"]
+        else:
+            runs += run_grid(spec, grid_dir, device, progress)["runs"]
     timings["grid"] = time.perf_counter() - tick
     written = write_report(grid_dir / "results.csv", folder / "report")
     timings["total"] = time.perf_counter() - start
-    return {"cache": str(built.path), "runs": few_shot["runs"] + base_novel["runs"], "timings": timings, **written}
+    return {"cache": str(built.path), "runs": runs, "timings": timings, **written}
