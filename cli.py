@@ -326,8 +326,8 @@ def fit(
     classes: str = typer.Option("all", help="all: every class; base: base-to-novel (train on base, report HM)."),
     text: str = typer.Option("coop", help="Class text features: coop (one template) or ensemble."),
     select: str = typer.Option("last", help="Model kept: last epoch, or best on the few-shot val set (val)."),
-    views: str = typer.Option("augmented", help="Views training draws from: augmented (the cached augmented views) "
-                              "or all (those and the clean view)."),
+    train_views: str = typer.Option("augmented", help="Views training draws from: augmented (the cached augmented "
+                                    "views) or all (those and the clean view)."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     out: Path = typer.Option(Path("runs"), help="Folder that receives the run directory."),
     set_: list[str] = typer.Option([], "--set", help="Method option NAME=VALUE (repeatable; "
@@ -348,7 +348,7 @@ def fit(
                 raise OptionError(f"--set {name}={','.join(values)}: fit takes one value per option "
                                   "(`lathadapter grid` tries several)")
             overrides[name] = values[0]
-        config = RunConfig.create(method, shots, seed, classes, text, select, overrides, views)
+        config = RunConfig.create(method, shots, seed, classes, text, select, overrides, train_views)
         with _progress() as progress:
             metrics = fit_config(config, cache, device=device, out=out, force=force, progress=progress)
     except (ValueError, OSError) as error:
@@ -410,14 +410,14 @@ def grid(
     seeds: str | None = typer.Option(None, help="Comma-separated seeds [default: 1,2,3]."),
     classes: str | None = typer.Option(None, help="Comma-separated class protocols: all, base [default: all]."),
     text: str | None = typer.Option(None, help="Comma-separated text features: coop, ensemble [default: coop]."),
-    views: str | None = typer.Option(None, help="Comma-separated views training draws from: augmented, all "
-                                     "[default: augmented]."),
+    train_views: str | None = typer.Option(None, help="Comma-separated views training draws from: augmented, all "
+                                           "[default: augmented]."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
     config: Path | None = typer.Option(None, help="YAML/TOML file of axes (keys: caches, methods, shots, seeds, "
-                                       "classes, text, select, views, options, tune, tune_preset); command-line axes "
-                                       "override it."),
+                                       "classes, text, select, train_views, options, tune, tune_preset); "
+                                       "command-line axes override it."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
     threads: int | None = THREADS,
@@ -437,7 +437,7 @@ def grid(
     try:
         use_threads(threads)
         axes: dict = load_spec_file(config) if config else {}
-        for key, value in (("methods", method), ("classes", classes), ("text", text), ("views", views)):
+        for key, value in (("methods", method), ("classes", classes), ("text", text), ("train_views", train_views)):
             if value is not None:
                 axes[key] = split_list(value)
         for key, value in (("shots", shots), ("seeds", seeds)):
@@ -481,7 +481,8 @@ def protocol(
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
     text: str = typer.Option("coop", help="Class text features: coop or ensemble."),
-    views: str = typer.Option("augmented", help="Views training draws from: augmented or all (and the clean view)."),
+    train_views: str = typer.Option("augmented", help="Views training draws from: augmented, or all (and the clean "
+                                    "view)."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path | None = typer.Option(None, help="Output folder (default: grids/<protocol>)."),
     threads: int | None = THREADS,
@@ -507,7 +508,8 @@ def protocol(
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
                                _int_list("--shots", shots) if shots else None,
                                device if ray else resolve_device(device), tune=parse_tune(tune),
-                               tune_preset=tune_preset, backend=backend, ray=ray, workers=workers, views=views)
+                               tune_preset=tune_preset, backend=backend, ray=ray, workers=workers,
+                               train_views=train_views)
     except (ValueError, OSError) as error:
         _fail(error)
     _print_results(summary)

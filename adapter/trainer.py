@@ -25,7 +25,7 @@ from lathadapter.cache.store import FewShotData
 SELECTIONS = ("last", "val")
 # The views training draws from: the cached augmented views (Tip-Adapter's and the field's habit), or those and the
 # clean view together (for worlds where augmentation loses what the class is).
-VIEW_CHOICES = ("augmented", "all")
+TRAIN_VIEWS = ("augmented", "all")
 
 
 @dataclass
@@ -53,13 +53,14 @@ def clear_grads(params: list[torch.nn.Parameter]) -> None:
         param.grad = None
 
 
-def training_views(data: FewShotData, views: str = "augmented") -> tuple[torch.Tensor, int]:
+def training_views(data: FewShotData, train_views: str = "augmented") -> tuple[torch.Tensor, int]:
     """The rows training draws from, `[N·V, D]` (sample i's view j is row i·V + j, so a batch is one index_select),
-    and V: the augmented views (the clean view when the cache has none), with `views="all"` the clean view first."""
+    and V: the augmented views (the clean view when the cache has none); `train_views="all"` puts the clean view
+    first."""
     augmented = data.train_views
     if augmented.shape[1] == 0:
         stacked = data.train_features.unsqueeze(1)
-    elif views == "all":
+    elif train_views == "all":
         stacked = torch.cat([data.train_features.unsqueeze(1).to(augmented.dtype), augmented], dim=1)
     else:
         stacked = augmented
@@ -67,13 +68,13 @@ def training_views(data: FewShotData, views: str = "augmented") -> tuple[torch.T
 
 
 def train(method: Method, data: FewShotData, seed: int, select: str = "last", progress=None,
-          views: str = "augmented") -> TrainResult:
+          train_views: str = "augmented") -> TrainResult:
     """Train `method` on `data`'s few-shot train set; `select="val"` keeps the epoch best on the few-shot val set;
-    `views="all"` draws each sample's view among its augmented views and its clean view."""
+    `train_views="all"` draws each sample's view among its augmented views and its clean view."""
     if select not in SELECTIONS:
         raise ValueError(f"select={select!r} is not valid; choose one of: {', '.join(SELECTIONS)}")
-    if views not in VIEW_CHOICES:
-        raise ValueError(f"views={views!r} is not valid; choose one of: {', '.join(VIEW_CHOICES)}")
+    if train_views not in TRAIN_VIEWS:
+        raise ValueError(f"train_views={train_views!r} is not valid; choose one of: {', '.join(TRAIN_VIEWS)}")
     device = data.train_labels.device
     synchronize(device)
     start = time.perf_counter()
@@ -83,7 +84,7 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
         warnings.warn(f"{method.name}: --select val, but the cache has no few-shot val subset (as ImageNet's): the "
                       "last epoch is kept", ProtocolWarning, stacklevel=2)
     if method.trains and params:
-        _optimise(method, data, params, seed, select, result, progress, views)
+        _optimise(method, data, params, seed, select, result, progress, train_views)
     method.eval()
     with torch.no_grad():
         result.chosen = {**method.settings(), **method.after_training(data)}
@@ -93,14 +94,14 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
 
 
 def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter], seed: int, select: str,
-              result: TrainResult, progress, views: str = "augmented") -> None:
+              result: TrainResult, progress, train_views: str = "augmented") -> None:
     recipe = method.train_recipe()
     device = data.train_labels.device
     generator = torch.Generator().manual_seed(seed)  # CPU generator: the same draws on every device
     n = len(data.train_labels)
     if n == 0:
         raise ValueError("the few-shot train set is empty")
-    rows, num_views = training_views(data, views)
+    rows, num_views = training_views(data, train_views)
     batch_size = recipe.batch_size
     steps_per_epoch = recipe.steps_per_epoch(n)
     epochs = recipe.epochs_for(n)

@@ -25,7 +25,7 @@ DEMO_DATA_DIR = Path("data") / "demo-shapes"  # where `cache build` writes the d
 DEMO_CACHE = DEFAULT_CACHE_DIR / "demo_shapes.h5"
 # The demo's images are small shapes: crops of the field's scale 0.5–1 cut them, so its views keep most of the image.
 DEMO_AUGMENTATION = Augmentation(crop_scale=(0.8, 1.0))
-DEMO_TRAIN_VIEWS = "augmented"  # what the demo's training draws from (trainer.VIEW_CHOICES)
+DEMO_TRAIN_VIEWS = "augmented"  # what the demo's training draws from (trainer.TRAIN_VIEWS)
 
 
 def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, views: int = 10,
@@ -61,8 +61,9 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     grid_dir = folder / "grid"
     cache = [str(built.path)]
     tick = time.perf_counter()
-    specs = [GridSpec(cache, list(methods), list(shots), list(seeds), ["all"], tune_preset=tune, views=[train_views]),
-             GridSpec(cache, list(methods), [16], list(seeds), ["base"], tune_preset=tune, views=[train_views])]
+    axes = {"tune_preset": tune, "train_views": [train_views]}
+    specs = [GridSpec(cache, list(methods), list(shots), list(seeds), ["all"], **axes),
+             GridSpec(cache, list(methods), [16], list(seeds), ["base"], **axes)]
     runs = 0
     for spec in specs:
         if device == "cpu" and workers != 1:

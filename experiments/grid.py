@@ -80,7 +80,7 @@ class GridSpec:
     # Tuned options, keyed as `options`: every value is trained and the best on the few-shot val set kept.
     tune: dict[str, list[Any]] = field(default_factory=dict)
     tune_preset: str | None = None  # a key of TUNE_PRESETS, e.g. "lr"
-    views: list[str] = field(default_factory=lambda: ["augmented"])  # what training draws from (trainer.VIEW_CHOICES)
+    train_views: list[str] = field(default_factory=lambda: ["augmented"])  # what training draws from (TRAIN_VIEWS)
 
 
 @dataclass(frozen=True)
@@ -312,8 +312,8 @@ def expand(spec: GridSpec) -> list[GridRun]:
     _check_option_axes(spec)
     tune = tune_axes(spec)
     runs = []
-    for cache, method, classes, text, select, views in itertools.product(spec.caches, spec.methods, spec.classes,
-                                                                         spec.text, spec.select, spec.views):
+    for cache, method, classes, text, select, train_views in itertools.product(
+            spec.caches, spec.methods, spec.classes, spec.text, spec.select, spec.train_views):
         axes = _option_axes(method, spec.options)
         tuned = _option_axes(method, tune, ordered=False)
         names = tuple(n for n, _ in tuned)
@@ -324,7 +324,7 @@ def expand(spec: GridSpec) -> list[GridRun]:
             for shots, seed in itertools.product(spec.shots, spec.seeds):
                 for index, (options, _) in enumerate(candidates):
                     runs.append(GridRun(str(cache), RunConfig(method, int(shots), int(seed), classes, text, select,
-                                                              options, views),
+                                                              options, train_views),
                                         Tuning(names, typed, index) if names else None))
     return runs
 
@@ -348,7 +348,7 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
         "key": config["key"], "cache": config["cache"], "dataset": config["cache_fields"].get("dataset", ""),
         "fingerprint": config["cache_fingerprint"], "method": config["method"], "shots": config["shots"],
         "seed": config["seed"], "classes": config["classes"], "text": config["text"], "select": config["select"],
-        "views": config.get("views", "augmented"),
+        "train_views": config.get("train_views", "augmented"),
         "target": metrics.get("target", ""),
         "acc_all": accuracy.get("all"), "acc_base": accuracy.get("base"), "acc_novel": accuracy.get("novel"),
         "hm": metrics.get("hm"), "train_seconds": metrics.get("train_seconds"),

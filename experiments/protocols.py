@@ -77,13 +77,13 @@ class Targets:
 def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: list[int],
                   options: dict[str, list[str]], text: str = "coop", shots: list[int] | None = None,
                   tune: dict[str, list[str]] | None = None, tune_preset: str | None = None,
-                  views: str = "augmented") -> GridSpec:
+                  train_views: str = "augmented") -> GridSpec:
     """The grid axes a protocol fixes; `tune` and `tune_preset` tune options as a grid does (`GridSpec`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if not caches:
         raise CacheError(f"protocol {protocol} needs at least one cache")
-    tuning = {"tune": dict(tune or {}), "tune_preset": tune_preset, "views": [views]}
+    tuning = {"tune": dict(tune or {}), "tune_preset": tune_preset, "train_views": [train_views]}
     if protocol == "few-shot":
         return GridSpec(caches, methods, shots or ALL_SHOTS, seeds, ["all"], [text], ["last"], options, **tuning)
     if protocol == "base-to-novel":
@@ -98,14 +98,14 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
                  text: str = "coop", shots: list[int] | None = None, device: str | None = "cpu",
                  progress: bool = True, tune: dict[str, list[str]] | None = None,
                  tune_preset: str | None = None, backend: str = "local", ray: Any = None,
-                 workers: int | None = 1, views: str = "augmented") -> dict[str, Any]:
+                 workers: int | None = 1, train_views: str = "augmented") -> dict[str, Any]:
     """Run (or resume) one protocol into `out`; its results table is `out/results.csv`. Returns the counts of runs
     done, skipped (finished before) and left to another process (elsewhere), as `run_grid` does. With `tune` or
     `tune_preset`, the tuned options are chosen per cell on the few-shot val set (base val for base-to-novel).
     `backend="ray"` trains on a Ray cluster as `run_grid` does (each worker loads the targets itself); `workers` > 1
     trains on that many local worker processes (`pool`; None: as many as `pool.auto_workers` chooses), which load the
     targets themselves too."""
-    spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, views)
+    spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views)
     runs = expand(spec)
     if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")

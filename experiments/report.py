@@ -44,7 +44,7 @@ from lathadapter.experiments.grid import RESULTS, ResultsError, as_table, finish
 # The columns the report reads; `opt.*` columns (every option) are read too.
 REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
             "acc_all", "acc_base", "acc_novel")
-SETTINGS = ("text", "select", "views")  # with the `opt.*` columns: what makes a configuration, besides the method
+SETTINGS = ("text", "select", "train_views")  # with the `opt.*` columns: what makes a configuration, besides the method
 TUNED = "tuned"  # a tuned option's value in a configuration: chosen per cell, so not what tells configurations apart
 EXPECTED = f"expected a {RESULTS} written by `lathadapter grid` or `protocol`"
 

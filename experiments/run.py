@@ -19,7 +19,7 @@ from lathadapter.adapter.catalog import build_method, make_options
 from lathadapter.adapter.evaluate import evaluate, harmonic_mean
 from lathadapter.adapter.methods.base import Method
 from lathadapter.adapter.options import OptionError, changed_fields
-from lathadapter.adapter.trainer import SELECTIONS, VIEW_CHOICES, TrainResult, train
+from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS, TrainResult, train
 from lathadapter.cache.store import CacheReader, FewShotData, resolve_cache
 from lathadapter.experiments.machine import resolve_device
 from lathadapter.version import __version__
@@ -40,13 +40,13 @@ class RunConfig:
     text: str = "coop"
     select: str = "last"
     options: Any = None
-    views: str = "augmented"
+    train_views: str = "augmented"
 
     def __post_init__(self) -> None:
         if self.shots < 1:
             raise OptionError(f"--shots {self.shots}: shots per class must be at least 1 (papers use 1, 2, 4, 8, 16)")
         for name, value, valid in (("classes", self.classes, CLASS_PROTOCOLS), ("text", self.text, TEXT_FEATURES),
-                                   ("select", self.select, SELECTIONS), ("views", self.views, VIEW_CHOICES)):
+                                   ("select", self.select, SELECTIONS), ("train_views", self.train_views, TRAIN_VIEWS)):
             if value not in valid:
                 raise OptionError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
         defaults = make_options(self.method)  # an unknown method fails here, before any work
@@ -58,10 +58,11 @@ class RunConfig:
 
     @classmethod
     def create(cls, method: str, shots: int, seed: int, classes: str = "all", text: str = "coop",
-               select: str = "last", overrides: dict[str, Any] | None = None, views: str = "augmented"
+               select: str = "last", overrides: dict[str, Any] | None = None,
+               train_views: str = "augmented"
                ) -> RunConfig:
         """The configuration with the method's options parsed from `overrides` (strings or Python values)."""
-        return cls(method, shots, seed, classes, text, select, make_options(method, overrides), views)
+        return cls(method, shots, seed, classes, text, select, make_options(method, overrides), train_views)
 
     def identity(self) -> dict[str, Any]:
         """The configuration as plain JSON values: every option of the method, defaults included."""
@@ -71,8 +72,8 @@ class RunConfig:
     def key(self, fingerprint: str) -> str:
         """A hash of the full configuration and the cache fingerprint: the run's identity in grids."""
         payload = {**self.identity(), "fingerprint": fingerprint}
-        if self.views == "augmented":  # the setting before `views` existed: earlier grids' runs keep their keys
-            del payload["views"]
+        if self.train_views == "augmented":  # as before the setting existed: earlier grids' runs keep their keys
+            del payload["train_views"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -99,7 +100,8 @@ def run(config: RunConfig, data: FewShotData, progress: Progress | None = None) 
     train_data, novel_data = split_classes(data, config.classes)
     torch.manual_seed(config.seed)
     method = build_method(config.method, config.options, train_data)
-    result = train(method, train_data, seed=config.seed, select=config.select, progress=progress, views=config.views)
+    result = train(method, train_data, seed=config.seed, select=config.select, progress=progress,
+                   train_views=config.train_views)
     start = time.perf_counter()
     if novel_data is None:
         accuracy: dict[str, float | None] = {"all": evaluate(method, train_data.test_features, train_data.test_labels)}
@@ -197,7 +199,7 @@ def save_run(folder: Path, config: RunConfig, outcome: RunOutcome, cache: Path, 
 
 
 def fit(cache_path: str | Path | None = None, method: str = "lathadapter", shots: int = 4, seed: int = 1, *,
-        classes: str = "all", text: str = "coop", select: str = "last", views: str = "augmented",
+        classes: str = "all", text: str = "coop", select: str = "last", train_views: str = "augmented",
         device: str | None = None, out: str | Path | None = "runs", force: bool = False, **options: Any
         ) -> dict[str, Any]:
     """Train `method` on the (`shots`, `seed`) few-shot set of a cache, evaluate it, and return its metrics.
@@ -206,7 +208,7 @@ def fit(cache_path: str | Path | None = None, method: str = "lathadapter", shots
     `out/<dataset>-<method>-<classes>-<shots>shot-seed<seed>-<key>/`; the metrics gain `run_dir`. A finished run
     directory is never overwritten unless `force`.
     """
-    config = RunConfig.create(method, shots, seed, classes, text, select, options, views)
+    config = RunConfig.create(method, shots, seed, classes, text, select, options, train_views)
     return fit_config(config, cache_path, device=device, out=out, force=force)
 
 

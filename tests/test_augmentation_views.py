@@ -1,7 +1,7 @@
-"""The cache build's augmentation options and the trainer's `views` choice.
+"""The cache build's augmentation options and the trainer's `train_views` choice.
 
 Oracles: torchvision's own RandomResizedCrop and RandomHorizontalFlip under the same seed; the layout of the rows a
-trainer draws from, written out by hand; the run key as it was computed before `views` existed.
+trainer draws from, written out by hand; the run key as it was computed before `train_views` existed.
 """
 
 from __future__ import annotations
@@ -114,12 +114,12 @@ def test_views_all_puts_the_clean_view_first_among_each_samples_views(cache: Pat
 
 def test_views_is_recorded_per_run_and_the_default_keeps_earlier_keys(cache: Path, tmp_path: Path) -> None:
     augmented = fit(cache, "clip-adapter", 4, 1, device="cpu", out=tmp_path, recipe="shared", epochs=3)
-    every = fit(cache, "clip-adapter", 4, 1, device="cpu", out=tmp_path, recipe="shared", epochs=3, views="all")
+    every = fit(cache, "clip-adapter", 4, 1, device="cpu", out=tmp_path, recipe="shared", epochs=3, train_views="all")
     assert augmented["accuracy"] != every["accuracy"] or augmented["history"] != every["history"]
-    for metrics, views in ((augmented, "augmented"), (every, "all")):
+    for metrics, train_views in ((augmented, "augmented"), (every, "all")):
         config = json.loads((Path(metrics["run_dir"]) / "config.json").read_text())
-        assert config["views"] == views
-    # the key of a default run is the hash runs had before `views` existed: the identity without it
+        assert config["train_views"] == train_views
+    # the key of a default run is the hash runs had before `train_views` existed: the identity without it
     config = RunConfig.create("clip-adapter", 4, 1, overrides={"recipe": "shared", "epochs": 3})
     with CacheReader(cache) as reader:
         fingerprint = reader.info().fingerprint
@@ -128,9 +128,9 @@ def test_views_is_recorded_per_run_and_the_default_keeps_earlier_keys(cache: Pat
     expected = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
     assert config.key(fingerprint) == expected
     assert RunConfig.create("clip-adapter", 4, 1, overrides={"recipe": "shared", "epochs": 3},
-                            views="all").key(fingerprint) != expected
+                            train_views="all").key(fingerprint) != expected
 
 
 def test_an_unknown_views_choice_is_refused(cache: Path) -> None:
-    with pytest.raises(ValueError, match="views='clean' is not valid; choose one of: augmented, all"):
-        RunConfig.create("zeroshot", 4, 1, views="clean")
+    with pytest.raises(ValueError, match="train_views='clean' is not valid; choose one of: augmented, all"):
+        RunConfig.create("zeroshot", 4, 1, train_views="clean")
