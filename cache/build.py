@@ -312,10 +312,9 @@ def _encode_split(f: h5py.File, split: str, splits: DatasetSplits, clip: ClipMod
             tick = time.perf_counter()
             rows = np.array([item.row for item in good])
             clean = features[:len(good)]
-            augmented = features[len(good):].reshape(len(good), views, -1) if split == "train" else None
-            augmented_norms = norms[len(good):].reshape(len(good), views) if split == "train" else None
-            if split == "train" and not views:
-                augmented = np.zeros((len(good), 0, features.shape[1]), dtype=np.float32)
+            train = split == "train"  # the width is explicit: with no views, -1 could not be inferred
+            augmented = features[len(good):].reshape(len(good), views, features.shape[1]) if train else None
+            augmented_norms = norms[len(good):].reshape(len(good), views) if train else None
             write_rows(f, split, rows, clean, augmented, norms[:len(good)], augmented_norms)
             stats.write_seconds += time.perf_counter() - tick
         if bad:

@@ -146,8 +146,9 @@ def write_rows(f: h5py.File, split: str, rows: np.ndarray, features: np.ndarray,
     if split == "train":
         if augmented is None:
             raise ValueError("train rows need their augmented views")
-        group["augmented"][rows] = augmented.astype(np.float16)
-        group["augmented_norms"][rows] = np.asarray(augmented_norms, dtype=np.float32).reshape(augmented.shape[:2])
+        if augmented.shape[1]:  # h5py cannot select rows of an empty [N, 0, D] dataset: with no views, nothing to write
+            group["augmented"][rows] = augmented.astype(np.float16)
+            group["augmented_norms"][rows] = np.asarray(augmented_norms, dtype=np.float32).reshape(augmented.shape[:2])
     encoded = group["encoded"][:]
     encoded[rows] = True
     group["encoded"][:] = encoded
@@ -407,6 +408,14 @@ class CacheReader:
                              "build ... --force`")
         return data
 
+    def _rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (increasing) of dataset `name`; h5py cannot select from a dataset with an empty dimension (the
+        views of a cache built with `--views 0`), whose rows are read as empty arrays of the right shape."""
+        data = self._dataset(name)
+        if 0 in data.shape[1:]:
+            return np.zeros((len(rows), *data.shape[1:]), dtype=data.dtype)
+        return data[rows]
+
     def _finite(self, name: str, values: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
         """`values` as they are, or a CacheError naming the first row (in the file, through `rows`) holding a NaN or
         an infinity: such a row would silently turn a whole fit into NaN."""
@@ -542,11 +551,11 @@ class CacheReader:
         inverse[order] = np.arange(len(order))
         train_features, train_labels = self._split("train", sorted_rows)
         views = self._finite("splits/train/augmented", torch.from_numpy(
-            self._dataset("splits/train/augmented")[sorted_rows].astype(np.float32)), sorted_rows)
+            self._rows("splits/train/augmented", sorted_rows).astype(np.float32)), sorted_rows)
         view_norms = None
         if self.holds_norms:
             view_norms = self._finite("splits/train/augmented_norms", torch.from_numpy(
-                self._dataset("splits/train/augmented_norms")[sorted_rows].astype(np.float32)), sorted_rows)[inverse]
+                self._rows("splits/train/augmented_norms", sorted_rows).astype(np.float32)), sorted_rows)[inverse]
         val_features, val_labels = self._split("val", np.sort(val_rows))
         search_features = search_labels = None
         if self.holds_val_split and self._dataset("splits/val/labels").shape[0]:

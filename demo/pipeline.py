@@ -15,7 +15,7 @@ from lathadapter.adapter.catalog import method_names
 from lathadapter.cache.build import BuildResult, build
 from lathadapter.cache.encode import Augmentation
 from lathadapter.cache.store import DEFAULT_CACHE_DIR
-from lathadapter.demo.dataset import SPLIT_FILE, write_demo_dataset
+from lathadapter.demo.dataset import SPLIT_FILE, VIEW_CROP_RATIO, VIEW_CROP_SCALE, VIEW_FLIP, write_demo_dataset
 from lathadapter.demo.model import bundled_model
 from lathadapter.experiments.grid import GridSpec, run_grid
 from lathadapter.experiments.pool import run_grid_in_processes
@@ -23,8 +23,9 @@ from lathadapter.experiments.report import write_report
 
 DEMO_DATA_DIR = Path("data") / "demo-shapes"  # where `cache build` writes the demo images by default
 DEMO_CACHE = DEFAULT_CACHE_DIR / "demo_shapes.h5"
-# The demo's images are small shapes: crops of the field's scale 0.5–1 cut them, so its views keep most of the image.
-DEMO_AUGMENTATION = Augmentation(crop_scale=(0.8, 1.0))
+# The demo's images are small shapes whose stripes and arrows have a direction: crops of the field's scale 0.5–1 cut
+# them and flips show them as the corpus never did, so its views keep most of the image, unflipped (demo/dataset.py).
+DEMO_AUGMENTATION = Augmentation(crop_scale=VIEW_CROP_SCALE, crop_ratio=VIEW_CROP_RATIO, flip=VIEW_FLIP)
 DEMO_TRAIN_VIEWS = "augmented"  # what the demo's training draws from (trainer.TRAIN_VIEWS)
 
 

@@ -1,18 +1,21 @@
 """Deterministic synthetic images with a real semantic hierarchy (family → shape) and visual attributes.
 
 Every image shows one shape (the class) drawn with a colour, a texture, a size and a background (the attributes).
-The same renderer makes the test fixtures' datasets, the demo dataset and the captioned pre-training corpus of the
-bundled tiny CLIP model, so all of them share one visual vocabulary.
+The same renderer makes the test fixtures' datasets and the captioned pre-training corpus of the bundled tiny CLIP
+model, so all of them share one visual vocabulary. `render_shifted` draws the same content through another camera
+(`Shift`: colour cast, jitter, pixel noise, other sizes, unseen backgrounds): the demo dataset's look.
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -200,3 +203,81 @@ def write_coop_dataset(
     if attributes:
         (folder / f"attributes_{name}.json").write_text(json.dumps(records))
     return path
+
+
+SHIFTED_BACKGROUNDS: tuple[str, ...] = ("noise", "gradient", "clutter")
+
+
+@dataclass(frozen=True)
+class Shift:
+    """How a dataset's images depart from the pre-training corpus's look (plain light or dark backgrounds, radius
+    0.22 or 0.40 of the image side, exact colours, no noise): what adaptation to a new dataset has to absorb.
+
+    `backgrounds` are drawn per image among these (noise, gradient, clutter, or the corpus's plain light and dark
+    ones); `radius` is the range of the shape's radius
+    (fraction of the image side); `colour_jitter` scales each channel of the shape's colour by up to ±that fraction;
+    `pixel_noise` is the standard deviation (0-255 scale) of Gaussian noise added to every pixel.
+    """
+
+    backgrounds: tuple[str, ...] = SHIFTED_BACKGROUNDS
+    radius: tuple[float, float] = (0.2, 0.34)
+    colour_jitter: float = 0.15
+    pixel_noise: float = 10.0
+    background_noise: float = 40.0  # amplitude of the "noise" background's per-pixel noise
+    clutter: int = 6  # distractor strokes on a "clutter" background
+    hue: float = 0.0  # rotation of every colour's hue, in degrees: the new camera's colour cast
+
+
+def _shifted_background(kind: str, size: int, rng: random.Random, shift: Shift) -> Image.Image:
+    """A background the corpus never shows: mid-tone noise, a two-colour gradient, or a plain tone with strokes."""
+    if kind in BACKGROUNDS:
+        return Image.new("RGB", (size, size), tuple(min(255, max(0, v + rng.randint(-12, 12)))
+                                                   for v in BACKGROUNDS[kind]))
+    base = tuple(rng.randint(70, 190) for _ in range(3))
+    if kind == "noise":
+        noise = np.random.default_rng(rng.getrandbits(32)).uniform(
+            -shift.background_noise, shift.background_noise, (size // 4, size // 4, 3))
+        pixels = np.clip(np.asarray(base, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+        return Image.fromarray(pixels).resize((size, size), Image.Resampling.NEAREST)
+    if kind == "gradient":
+        other = np.asarray([rng.randint(40, 220) for _ in range(3)], dtype=np.float32)
+        angle = rng.uniform(0, 2 * math.pi)
+        ys, xs = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+        t = np.clip(0.5 + xs * math.cos(angle) + ys * math.sin(angle), 0, 1)[..., None]
+        pixels = (1 - t) * np.asarray(base, dtype=np.float32) + t * other
+        return Image.fromarray(pixels.astype(np.uint8))
+    if kind == "clutter":
+        image = Image.new("RGB", (size, size), base)
+        draw = ImageDraw.Draw(image)
+        for _ in range(shift.clutter):
+            start = (rng.uniform(0, size), rng.uniform(0, size))
+            end = (start[0] + rng.uniform(-0.4, 0.4) * size, start[1] + rng.uniform(-0.4, 0.4) * size)
+            tone = tuple(rng.randint(30, 230) for _ in range(3))
+            draw.line([start, end], fill=tone, width=max(1, size // 40))
+        return image
+    raise ValueError(f"unknown shifted background {kind!r}; valid: {', '.join(SHIFTED_BACKGROUNDS)}")
+
+
+def render_shifted(sample: Sample, rng: random.Random, shift: Shift, image_size: int = 48,
+                   scale: int = 4) -> Image.Image:
+    """Render `sample` in the shifted look of `shift`; `sample.background` names one of `shift.backgrounds`."""
+    size = image_size * scale
+    image = _shifted_background(sample.background, size, rng, shift)
+    radius = size * rng.uniform(*shift.radius)
+    margin = radius + 2
+    cx, cy = rng.uniform(margin, size - margin), rng.uniform(margin, size - margin)
+    silhouette = _silhouette(sample.shape, size, cx, cy, radius, rng.uniform(-0.3, 0.3))
+    hue, lightness, saturation = colorsys.rgb_to_hls(*(v / 255 for v in COLOURS[sample.colour]))
+    hue = (hue + shift.hue / 360) % 1.0
+    colour = tuple(min(255, max(0, round(255 * v * rng.uniform(1 - shift.colour_jitter, 1 + shift.colour_jitter))))
+                   for v in colorsys.hls_to_rgb(hue, lightness, saturation))
+    fill = Image.composite(
+        Image.new("RGB", (size, size), colour),
+        Image.new("RGB", (size, size), tuple(int(v * 0.45) for v in colour)),
+        _pattern(sample.texture, size),
+    )
+    image.paste(fill, (0, 0), silhouette)
+    small = np.asarray(image.resize((image_size, image_size), Image.Resampling.BICUBIC), dtype=np.float32)
+    if shift.pixel_noise > 0:
+        small = small + np.random.default_rng(rng.getrandbits(32)).normal(0, shift.pixel_noise, small.shape)
+    return Image.fromarray(np.clip(small, 0, 255).astype(np.uint8))

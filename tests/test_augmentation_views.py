@@ -23,6 +23,7 @@ from torchvision import transforms as T
 from lathadapter.adapter.trainer import training_views
 from lathadapter.cache.build import build
 from lathadapter.cache.encode import Augmentation, augmented_views, view_seed
+from lathadapter.cache.inspection import verify
 from lathadapter.cache.store import CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.experiments.run import RunConfig, fit
@@ -74,6 +75,19 @@ def test_augmentation_is_in_the_fingerprint_and_the_default_fingerprint_is_uncha
     with CacheReader(default) as a, CacheReader(gentle) as b:
         near = [float((d.train_views * d.train_features[:, None]).sum(-1).mean()) for d in (a.load(1, 1), b.load(1, 1))]
     assert near[1] > near[0]
+
+
+def test_a_build_without_augmented_views_trains_on_the_clean_view(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    # h5py cannot select 20 rows or more at once from a dataset with an empty dimension: batches of 32 do
+    out = build(None, f"split:{coop_dataset.split_file}", tmp_path / "clean.h5", model=str(tiny_clip.config),
+                pretrained=str(tiny_clip.checkpoint), shots=(1, 2), seeds=(1, 2), views=0, workers=0, device="cpu",
+                batch_size=32, full_train=True, progress=False, log=lambda message: None).path
+    with CacheReader(out) as reader:
+        data = reader.load(1, 1)
+    assert data.train_views.shape == (len(data.train_labels), 0, data.train_features.shape[1])
+    rows, count = training_views(data, "augmented")
+    assert count == 1 and torch.equal(rows, data.train_features)
+    assert verify(out) == []
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
