@@ -110,3 +110,169 @@ def write_synthetic_cache(
     )
     write_cache(Path(path), layout, features, augmented, np.stack([text, second]), vocabulary, norms)
     return Path(path)
+
+
+# The CLIP-like worlds (`write_clip_world`): families with the nouns that end their class names, and the attribute
+# words shared by every family. A class name is "<colour> <pattern> <shape> <noun>", e.g. "red spotted glossy finch".
+FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("bird", ("finch", "warbler", "jay", "tanager", "wren")),
+    ("butterfly", ("swallowtail", "skipper", "admiral", "fritillary", "hairstreak")),
+    ("flower", ("lily", "orchid", "poppy", "iris", "aster")),
+    ("beetle", ("weevil", "ladybird", "longhorn", "scarab", "chafer")),
+    ("fish", ("wrasse", "tetra", "cichlid", "goby", "damselfish")),
+    ("mushroom", ("bolete", "milkcap", "webcap", "puffball", "chanterelle")),
+    ("snake", ("racer", "kingsnake", "viper", "boa", "garter snake")),
+    ("frog", ("tree frog", "poison frog", "reed frog", "toad", "leopard frog")),
+)
+COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "black", "white")
+PATTERNS = ("striped", "spotted", "banded", "mottled", "plain", "speckled")
+SHAPES = ("slender", "stout", "glossy", "hairy", "ridged", "rounded")
+ATTRIBUTE_WORDS: tuple[str, ...] = COLOURS + PATTERNS + SHAPES
+# Squared shares of an image feature's norm before normalisation (the common direction, the family, the class, its
+# attributes, nuisance shared by all classes, isotropic noise), and the ambiguity weights: the std of an image's
+# random weight on each class of its family and on each attribute direction. Chosen so that, at D = 128 and 40
+# classes, same-class image cosine is about 0.75, different-class about 0.5, and a 16-shot nearest class mean
+# reaches about 85 % (zero-shot 50–70 %).
+COMMON_SHARE, FAMILY_SHARE, CLASS_SHARE, ATTRIBUTE_SHARE, NUISANCE_SHARE, NOISE_SHARE = 0.55, 0.2, 0.1, 0.05, 0.06, 0.03
+LEAK_CLASS, LEAK_ATTRIBUTE = 0.15, 0.035
+
+
+def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return _normalize(rng.standard_normal(shape))
+
+
+def _partner(rng: np.random.Generator, directions: np.ndarray, agreement: np.ndarray | float) -> np.ndarray:
+    """The other modality's version of each direction: cosine about `agreement` with it, the rest a private part."""
+    agreement = np.asarray(agreement, dtype=np.float64).reshape(-1, 1) if np.ndim(agreement) else agreement
+    private = _unit(rng, *directions.shape)
+    private = _normalize(private - (private * directions).sum(-1, keepdims=True) * directions)
+    return _normalize(agreement * directions + np.sqrt(1 - np.square(agreement)) * private)
+
+
+def write_clip_world(
+    path: Path,
+    num_classes: int = 40,
+    dim: int = 128,
+    families: int = 5,
+    text_attributes: bool = False,
+    train_per_class: int = 20,
+    val_per_class: int = 6,
+    test_per_class: int = 20,
+    views: int = 4,
+    shots: tuple[int, ...] = (1, 2, 4, 8, 16),
+    seeds: tuple[int, ...] = (1, 2, 3),
+    seed: int = 0,
+    name: str = "clipworld",
+) -> Path:
+    """Write a synthetic cache shaped like CLIP ViT-B/16 features of a fine-grained dataset, at `path`.
+
+    Why a second generator: `write_synthetic_cache` (kept unchanged, since tests pin metrics computed on it) puts
+    images of one class only about 0.3 apart in cosine from 0.1 for other classes, so a key–value cache such as
+    Tip-Adapter's sees almost no structure. Here, as measured on real CLIP, every image shares a large common
+    component (different-class cosine about 0.5, same-class about 0.8), text features share another one (the
+    modality gap: matching image–text cosine about 0.3), and zero-shot is well above chance with headroom.
+
+    Structure: families → classes; every class has one colour, one pattern and one shape attribute (its name says
+    them: "red spotted glossy finch"), drawn so that attributes are shared across classes and families. An image
+    is the image-side common direction + its family + its class + its class's attribute directions (weights varying
+    per image) + nuisance directions shared by all classes (background, light) + noise. Text lives in its own
+    modality: every concept has a text direction that agrees only partly with its image direction, and with
+    `text_attributes` a class's text is its name part plus its attributes' text directions (as fine-grained names
+    carry attribute words), otherwise the name part alone. The attribute vocabulary holds the attribute words' text
+    features (phrases "red", "spotted", …), so LatHAdapter's attribute prompts start from them.
+    """
+    if families < 1 or families > len(FAMILIES):
+        raise ValueError(f"families must be 1..{len(FAMILIES)}")
+    rng = np.random.default_rng([seed, 1801])
+    family_of = np.arange(num_classes) % families
+    # Attribute triplets (colour, pattern, shape): distinct within a family, so every class name is unique.
+    triplets: list[tuple[int, int, int]] = []
+    nouns: list[str] = []
+    used: set[tuple[int, int, int, int]] = set()
+    for c in range(num_classes):
+        family = int(family_of[c])
+        while True:
+            triplet = (int(rng.integers(len(COLOURS))), int(rng.integers(len(PATTERNS))),
+                       int(rng.integers(len(SHAPES))))
+            if (family, *triplet) not in used:
+                used.add((family, *triplet))
+                break
+        triplets.append(triplet)
+        options = FAMILIES[family][1]
+        nouns.append(options[int(rng.integers(len(options)))])
+    class_attributes = np.array([[t[0], len(COLOURS) + t[1], len(COLOURS) + len(PATTERNS) + t[2]] for t in triplets])
+    class_names = [f"{COLOURS[t[0]]} {PATTERNS[t[1]]} {SHAPES[t[2]]} {noun}" for t, noun in zip(triplets, nouns,
+                                                                                              strict=True)]
+    num_attributes = len(ATTRIBUTE_WORDS)
+
+    # Image side: unit directions of every concept (weighted by the shares above).
+    common_image = _unit(rng, dim)
+    family_dirs = _unit(rng, families, dim)
+    class_dirs = _unit(rng, num_classes, dim)
+    attribute_dirs = _unit(rng, num_attributes, dim)
+    nuisance_dirs = _unit(rng, 8, dim)
+    # Text side: its own common direction (the modality gap) and partial agreement with each concept's image side.
+    common_text = _partner(rng, common_image[None], 0.2)[0]
+    family_text = _partner(rng, family_dirs, 0.7)
+    class_text = _partner(rng, class_dirs, rng.uniform(0.7, 1.0, num_classes))
+    attribute_text = _partner(rng, attribute_dirs, 0.75)
+
+    same_family = (family_of[:, None] == family_of[None]).astype(np.float64)
+
+    def images(labels: np.ndarray) -> np.ndarray:
+        n = len(labels)
+        # Ambiguity, the within-class variance that confuses classes: random weights on the other classes of the
+        # family and on every attribute, on top of the class's own attributes (weights varying per image).
+        attribute_weights = rng.uniform(0.3, 1.7, (n, 3, 1)) * np.sqrt(ATTRIBUTE_SHARE / 3)
+        parts = (attribute_weights * attribute_dirs[class_attributes[labels]]).sum(axis=1)
+        parts += rng.standard_normal((n, num_attributes)) @ attribute_dirs * LEAK_ATTRIBUTE
+        confusion = rng.standard_normal((n, num_classes)) * same_family[labels] * LEAK_CLASS
+        nuisance = rng.standard_normal((n, len(nuisance_dirs))) @ nuisance_dirs * np.sqrt(NUISANCE_SHARE / 8)
+        noise = rng.standard_normal((n, dim)) / np.sqrt(dim) * np.sqrt(NOISE_SHARE)
+        return _normalize(np.sqrt(COMMON_SHARE) * common_image + np.sqrt(FAMILY_SHARE) * family_dirs[family_of[labels]]
+                          + np.sqrt(CLASS_SHARE) * class_dirs[labels] + confusion @ class_dirs + parts + nuisance
+                          + noise)
+
+    per_split = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
+    labels = {split: np.repeat(np.arange(num_classes), n) for split, n in per_split.items()}
+    features = {split: images(split_labels) for split, split_labels in labels.items()}
+    # Augmented views: crops and flips move a feature a little (cosine to the clean view about 0.9).
+    augmented = _normalize(features["train"][:, None, :] + rng.standard_normal(
+        (len(labels["train"]), views, dim)) / np.sqrt(dim) * 0.45)
+
+    semantic = 0.3 * family_text[family_of] + class_text
+    if text_attributes:
+        semantic = semantic + 0.4 * attribute_text[class_attributes].sum(axis=1)
+    text_noise = rng.standard_normal((2, num_classes, dim)) / np.sqrt(dim)
+    text = _normalize(np.sqrt(0.55) * common_text + np.sqrt(0.35) * _normalize(semantic)
+                      + np.sqrt(0.1) * text_noise[0])
+    second = _normalize(text + 0.3 * text_noise[1])
+    vocabulary = _normalize(np.sqrt(0.55) * common_text + np.sqrt(0.35) * attribute_text
+                            + np.sqrt(0.1) * rng.standard_normal((num_attributes, dim)) / np.sqrt(dim))
+
+    scale = np.random.default_rng([seed, 1802])
+    norms = RawNorms(
+        splits={split: scale.uniform(9.0, 12.0, len(labels[split])) for split in SPLITS},
+        augmented=scale.uniform(9.0, 12.0, augmented.shape[:2]),
+        text=scale.uniform(7.0, 10.0, (2, num_classes)),
+        attributes=scale.uniform(7.0, 10.0, num_attributes),
+    )
+    subsets = {
+        (k, s): fewshot_indices(labels["train"].tolist(), labels["val"].tolist(), k, s) for k in shots for s in seeds
+    }
+    layout = CacheLayout(
+        fingerprint={"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
+                     "families": families, "text_attributes": text_attributes, "train_per_class": train_per_class,
+                     "test": len(labels["test"]), "model": "synthetic-clip", "val": "all"},
+        class_names=class_names,
+        embed_dim=dim,
+        views=views,
+        paths={split: [f"{split}/{i:06d}.png" for i in range(len(ls))] for split, ls in labels.items()},
+        labels={split: ls.tolist() for split, ls in labels.items()},
+        subsets=subsets,
+        templates=["a photo of a {}.", "itap of a {}."],
+        attribute_phrases=list(ATTRIBUTE_WORDS),
+        wnids=[f"s{c:08d}" for c in range(num_classes)],
+    )
+    write_cache(Path(path), layout, features, augmented, np.stack([text, second]), vocabulary, norms)
+    return Path(path)

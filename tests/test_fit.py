@@ -130,7 +130,7 @@ def test_config_json_is_the_same_from_the_command_line_and_from_python(cache: Pa
     config = json.loads((from_api / "config.json").read_text())
     assert config["overrides"] == {"epochs": 2, "min_steps": 4, "attr_proto": False, "curvature": 2.0,
                                    "lambda_hier": 0.25, "hier": "triplet"}
-    assert config["options"]["curvature"] == 2.0 and config["options"]["lr"] == 1e-3
+    assert config["options"]["curvature"] == 2.0 and config["options"]["lr"] == 1e-2  # LatHAdapter's default lr
 
 
 def test_fit_takes_one_value_per_option(cache: Path, tmp_path: Path) -> None:

@@ -252,9 +252,9 @@ def test_the_lr_preset_gives_each_trained_method_three_lrs_around_its_own_defaul
         assert len({r["tune.group"] for r in own}) == 1
         assert sum(r["tune.selected"] == "True" for r in own) == 1
     defaults = {m: make_options(m).lr for m in ("clip-adapter", "lathadapter")}
-    assert defaults["lathadapter"] == 1e-3  # a number: scaled at expansion
+    assert defaults["lathadapter"] == 1e-2  # a number (LatHAdapter's default lr): scaled at expansion
     lath = [r.config.options.lr for r in expand(GridSpec([str(cache)], ["lathadapter"], [1], [1], tune_preset="lr"))]
-    assert lath == [1e-3, 1e-4, 1e-2]
+    assert lath == [1e-2, 1e-3, 1e-1]
 
 
 def test_a_rerun_skips_every_finished_candidate(cache: Path, tmp_path: Path) -> None:

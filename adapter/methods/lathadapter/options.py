@@ -11,6 +11,12 @@ CURVATURE_RANGE = (0.1, 10.0)
 
 @dataclass(frozen=True)
 class LatHAdapterOptions(TrainOptions):
+    """Defaults: `lr` and `radius` were chosen by benchmarks/lathadapter_study.py on few-shot validation accuracy
+    (docs/method.md, "The defaults study"); the study kept the other searched options (λ_hyp, λ_hier, hier,
+    attr_proto, K, λ_anchor) at their earlier values, and the rest are the reconstruction's unstudied guesses."""
+
+    lr: float = option(1e-2, "AdamW learning rate, the peak of the cosine schedule (LatHAdapter: chosen by the "
+                       "defaults study; the shared TrainOptions default is 1e-3)", above=0)
     reduction: int = option(4, "bottleneck ratio r of both adapters D → D/r → D", least=1)
     alpha_v: float = option(0.2, "residual ratio α_v of the visual adapter", least=0, most=1)
     alpha_t: float = option(0.2, "residual ratio α_t of the text adapter", least=0, most=1)
@@ -36,7 +42,7 @@ class LatHAdapterOptions(TrainOptions):
     lambda_hyp: float = option(0.5, "weight of the hyperbolic classification loss", least=0)
     lambda_hier: float = option(0.1, "weight of the hierarchical regularisation", least=0)
     lambda_anchor: float = option(0.0, "weight of L_anchor, which keeps p_c near t_c and v_i near x_i", least=0)
-    radius: str = option("head", "radius of each lifted point: a learned head per kind, the pre-normalisation "
+    radius: str = option("kind", "radius of each lifted point: a learned head per kind, the pre-normalisation "
                          "norm, or one radius per kind", choices=("head", "norm", "kind"))
     impl: str = option("fused", "loss computation: the fused twins, or the plain reference over explicit points",
                        choices=("fused", "reference"))
