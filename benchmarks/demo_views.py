@@ -26,9 +26,10 @@ from lathadapter.demo.pipeline import build_demo_cache
 from lathadapter.experiments.run import RunConfig, run, tune_val_accuracy
 
 CROPS: dict[str, Augmentation] = {
-    "scale 0.5-1 (field)": Augmentation(),
-    "scale 0.8-1": Augmentation(crop_scale=(0.8, 1.0)),
-    "scale 0.9-1, ratio 0.9-1.1": Augmentation(crop_scale=(0.9, 1.0), crop_ratio=(0.9, 1.1)),
+    "scale 0.5-1, flip 0.5 (the field's)": Augmentation(),
+    "scale 0.8-1, flip 0.5": Augmentation(crop_scale=(0.8, 1.0)),
+    "scale 0.8-1, no flip": Augmentation(crop_scale=(0.8, 1.0), flip=0.0),
+    "scale 0.9-1, ratio 0.9-1.1, no flip": Augmentation(crop_scale=(0.9, 1.0), crop_ratio=(0.9, 1.1), flip=0.0),
 }
 TRAIN_VIEWS = ("augmented", "all")
 METHODS = ("clip-adapter", "tip-adapter-f", "taskres", "lathadapter")

@@ -26,7 +26,7 @@ DEMO_CACHE = DEFAULT_CACHE_DIR / "demo_shapes.h5"
 # The demo's images are small shapes whose stripes and arrows have a direction: crops of the field's scale 0.5–1 cut
 # them and flips show them as the corpus never did, so its views keep most of the image, unflipped (demo/dataset.py).
 DEMO_AUGMENTATION = Augmentation(crop_scale=VIEW_CROP_SCALE, crop_ratio=VIEW_CROP_RATIO, flip=VIEW_FLIP)
-DEMO_TRAIN_VIEWS = "augmented"  # what the demo's training draws from (trainer.TRAIN_VIEWS)
+DEMO_TRAIN_VIEWS = "augmented"  # what the demo's training draws from: chosen on val by benchmarks/demo_views.py
 
 
 def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, views: int = 10,
