@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import torch
 
@@ -17,19 +19,44 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+BUSY_SAMPLE_SECONDS = 0.2
+
+
+def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[float, float] | None:
+    """(idle, total) CPU time of the whole machine since boot, in clock ticks, from /proc/stat; None elsewhere."""
+    try:
+        fields = [float(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields[:8])  # idle + iowait; user … steal
+
+
+def busy_cpus() -> float:
+    """CPUs other work keeps busy now: the machine's busy share over a 0.2 s sample of /proc/stat × its CPUs (this
+    process sleeps meanwhile); without /proc, the 1-minute load average. The load average lags by a minute: right
+    after `pip install` it still counted a busy CPU on an idle 2-core machine, and a demo ran on one core."""
+    first = cpu_times()
+    if first is not None:
+        time.sleep(BUSY_SAMPLE_SECONDS)
+        second = cpu_times()
+        if second is not None and second[1] > first[1]:
+            share = 1 - (second[0] - first[0]) / (second[1] - first[1])
+            return max(0.0, share) * (os.cpu_count() or 1)
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
 def default_threads() -> int:
     """Threads for torch: OMP_NUM_THREADS when set; else the CPUs of the affinity mask less those that other work
-    keeps busy (the 1-minute load average), at least one. Torch's default, every core, made a small fit on a machine
-    whose cores were taken 14× slower than one thread (52.8 s against 3.7 s at load 8 on 2 cores)."""
+    keeps busy now (`busy_cpus`), at least one. Torch's default, every core, made a small fit on a machine whose
+    cores were taken 14× slower than one thread (52.8 s against 3.7 s at load 8 on 2 cores)."""
     cpus = available_cpus()
     requested = os.environ.get("OMP_NUM_THREADS", "")
     if requested.isdigit() and int(requested) > 0:
         return min(cpus, int(requested))
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cpus, round(cpus - busy)))
+    return max(1, min(cpus, round(cpus - busy_cpus())))
 
 
 def use_threads(threads: int | None) -> int:

@@ -16,6 +16,7 @@ from lathadapter.adapter.methods.base import ProtocolWarning
 from lathadapter.adapter.options import OptionError
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
+from lathadapter.experiments import machine
 from lathadapter.experiments.machine import default_threads, resolve_device, use_threads
 from lathadapter.experiments.run import RunConfig, fit, fit_config
 
@@ -150,6 +151,27 @@ def test_help_keeps_bracketed_defaults_and_flags_take_no_value() -> None:
         app, ["grid", "--help"], terminal_width=200).output
 
 
+def test_busy_cpus_reads_the_busy_share_of_proc_stat_and_falls_back_to_the_load_average(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # two samples of /proc/stat's first line: over the interval 300 of 400 ticks were idle (+ iowait), so a quarter
+    # of the machine was busy
+    samples = iter(["cpu  100 0 100 1000 0 0 0 0 0 0\n", "cpu  150 0 150 1250 50 0 0 0 0 0\n"])
+    stat = tmp_path / "stat"
+
+    def fake_times(path: Path = stat):
+        stat.write_text(next(samples))
+        return real_times(stat)
+
+    real_times = machine.cpu_times
+    monkeypatch.setattr(machine, "cpu_times", fake_times)
+    monkeypatch.setattr(machine.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert machine.busy_cpus() == pytest.approx(0.25 * 8)
+    monkeypatch.setattr(machine, "cpu_times", lambda: None)  # no /proc: the load average
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 0.0, 0.0))
+    assert machine.busy_cpus() == 3.5
+
+
 def test_threads_default_follows_omp_num_threads_and_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
     cpus = len(os.sched_getaffinity(0))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -157,9 +179,9 @@ def test_threads_default_follows_omp_num_threads_and_the_affinity_mask(monkeypat
     monkeypatch.setenv("OMP_NUM_THREADS", str(cpus + 7))
     assert default_threads() == cpus
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(os, "getloadavg", lambda: (cpus + 6.0, 0.0, 0.0))  # every CPU taken by other work
+    monkeypatch.setattr(machine, "busy_cpus", lambda: cpus + 6.0)  # every CPU taken by other work
     assert default_threads() == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(machine, "busy_cpus", lambda: 0.0)
     assert default_threads() == cpus
     before = torch.get_num_threads()
     try:
