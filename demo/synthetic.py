@@ -214,9 +214,9 @@ class Shift:
     0.22 or 0.40 of the image side, exact colours, no noise): what adaptation to a new dataset has to absorb.
 
     `backgrounds` are drawn per image among these (noise, gradient, clutter, or the corpus's plain light and dark
-    ones); `radius` is the range of the shape's radius
-    (fraction of the image side); `colour_jitter` scales each channel of the shape's colour by up to ±that fraction;
-    `pixel_noise` is the standard deviation (0-255 scale) of Gaussian noise added to every pixel.
+    ones); `radius` is the range of the shape's radius (fraction of the image side); `colour_jitter` scales each
+    channel of the shape's colour by up to ±that fraction; `pixel_noise` is the standard deviation (0-255 scale) of
+    Gaussian noise added to every pixel; `hue` turns every colour (degrees), the new camera's colour cast.
     """
 
     backgrounds: tuple[str, ...] = SHIFTED_BACKGROUNDS
