@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from lathadapter.version import __version__
+
+if TYPE_CHECKING:  # imported where used: `--help` and `--version` stay fast
+    from lathadapter.cache.encode import Augmentation
 
 # rich_markup_mode=None: help texts are printed as written ("[default: …]" is not read as markup and lost)
 app = typer.Typer(help="Few-shot adaptation of CLIP-style models over a precomputed feature cache.",
@@ -90,7 +94,7 @@ CROP_RATIO = typer.Option(None, "--crop-ratio", help="Random-resized-crop aspect
 FLIP = typer.Option(None, "--flip", help="Probability of a horizontal flip of each augmented view [default: 0.5].")
 
 
-def _augmentation(crop_scale: str | None, crop_ratio: str | None, flip: float | None):
+def _augmentation(crop_scale: str | None, crop_ratio: str | None, flip: float | None) -> Augmentation | None:
     """The build's `Augmentation` from the command line; None when no option is given (the build's default)."""
     from lathadapter.cache.encode import Augmentation
 

@@ -58,8 +58,7 @@ class RunConfig:
 
     @classmethod
     def create(cls, method: str, shots: int, seed: int, classes: str = "all", text: str = "coop",
-               select: str = "last", overrides: dict[str, Any] | None = None,
-               train_views: str = "augmented"
+               select: str = "last", overrides: dict[str, Any] | None = None, train_views: str = "augmented"
                ) -> RunConfig:
         """The configuration with the method's options parsed from `overrides` (strings or Python values)."""
         return cls(method, shots, seed, classes, text, select, make_options(method, overrides), train_views)
