@@ -146,7 +146,7 @@ def cache_build(
 ) -> None:
     """Encode a CoOp-layout dataset with an open_clip model into a fingerprinted HDF5 cache.
 
-    With no --root and no --dataset, builds the bundled demo dataset (data/demo-shapes/) with the bundled tiny model
+    With no --root and no --dataset, builds the bundled demo dataset (data/demo-shapes-v2/) with the bundled tiny model
     into caches/demo_shapes.h5.
     """
     from lathadapter.cache.build import build

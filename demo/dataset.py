@@ -29,6 +29,9 @@ TEMPLATE = "a photo of a {}."
 IMAGE_SIZE = 48
 COUNTS: tuple[int, int, int] = (24, 4, 24)  # train, val, test images per class
 SEED = 2025
+# The demo world's version: raised whenever the dataset or the bundled model changes. It names the demo's folders, so
+# the outputs of an earlier world are left as they were and never mix with this one's (version 1: 12 shape classes).
+WORLD_VERSION = 2
 # Augmented training views that suit these images (random resized crop, then a horizontal flip with this chance):
 # the shapes keep clear of the borders, so crops of most of the area keep them whole, but a mirror image turns the
 # stripes and the arrows the other way, which the corpus never shows, and zero-shot on flipped views collapses.

@@ -15,13 +15,20 @@ from lathadapter.adapter.catalog import method_names
 from lathadapter.cache.build import BuildResult, build
 from lathadapter.cache.encode import Augmentation
 from lathadapter.cache.store import DEFAULT_CACHE_DIR
-from lathadapter.demo.dataset import SPLIT_FILE, VIEW_CROP_RATIO, VIEW_CROP_SCALE, VIEW_FLIP, write_demo_dataset
+from lathadapter.demo.dataset import (
+    SPLIT_FILE,
+    VIEW_CROP_RATIO,
+    VIEW_CROP_SCALE,
+    VIEW_FLIP,
+    WORLD_VERSION,
+    write_demo_dataset,
+)
 from lathadapter.demo.model import bundled_model
 from lathadapter.experiments.grid import GridSpec, run_grid
 from lathadapter.experiments.pool import run_grid_in_processes
 from lathadapter.experiments.report import write_report
 
-DEMO_DATA_DIR = Path("data") / "demo-shapes"  # where `cache build` writes the demo images by default
+DEMO_DATA_DIR = Path("data") / f"demo-shapes-v{WORLD_VERSION}"  # where `cache build` writes the demo images
 DEMO_CACHE = DEFAULT_CACHE_DIR / "demo_shapes.h5"
 # The demo's images are small shapes whose stripes and arrows have a direction: crops of the field's scale 0.5–1 cut
 # them and flips show them as the corpus never did, so its views keep most of the image, unflipped (demo/dataset.py).
@@ -56,10 +63,11 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     timings: dict[str, float] = {}
     start = time.perf_counter()
     shots = sorted(set(shots) | {16})  # base-to-novel uses the 16-shot subsets
-    built = build_demo_cache(folder / "data", folder / "caches" / "demo_shapes.h5", views=views, shots=shots,
-                             seeds=seeds, device=device, progress=progress, log=log)
+    version = f"v{WORLD_VERSION}"  # an earlier world's data, cache and runs stay in their own folders
+    built = build_demo_cache(folder / f"data-{version}", folder / "caches" / f"demo_shapes_{version}.h5", views=views,
+                             shots=shots, seeds=seeds, device=device, progress=progress, log=log)
     timings["cache_build"] = time.perf_counter() - start
-    grid_dir = folder / "grid"
+    grid_dir = folder / f"grid-{version}"
     cache = [str(built.path)]
     tick = time.perf_counter()
     axes = {"tune_preset": tune, "train_views": [train_views]}
