@@ -41,6 +41,9 @@ ADDRESS = typer.Option(None, help=ADDRESS_HELP)
 TUNE = typer.Option([], "--tune", help=TUNE_HELP)
 TUNE_PRESET = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP)
 CHUNK_SIZE = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once).")
+BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, as one stacked "
+                          "model where the method allows, each with its own data, seed, options and optimiser "
+                          "state; 1: every run alone. Default: by device (`machine.auto_batch_runs`).")
 GPUS_PER_CHUNK = typer.Option(0.25, help="--backend ray: GPU fraction of each task when the cluster has GPUs "
                               "(0.25: four tasks share a GPU).")
 
@@ -368,7 +371,21 @@ def _counts(summary: dict) -> str:
     return f"{summary['done']} run, {summary['skipped']} already done{elsewhere}"
 
 
-def _ray_options(backend: str, address: str | None, chunk_size: int, gpus_per_chunk: float):
+def _batch_runs(batch_runs: int | None, device: str | None, backend: str) -> int | None:
+    """`--batch-runs`, checked (at least 1), or the default for the device the runs train on (on Ray, None: chosen
+    once the cluster's device is known)."""
+    from lathadapter.adapter.options import OptionError
+    from lathadapter.experiments.machine import auto_batch_runs, resolve_device
+
+    if batch_runs is None:
+        return None if backend == "ray" else auto_batch_runs(resolve_device(device))
+    if batch_runs < 1:
+        raise OptionError(f"--batch-runs {batch_runs}: must be at least 1 (1: every run alone)")
+    return batch_runs
+
+
+def _ray_options(backend: str, address: str | None, chunk_size: int, gpus_per_chunk: float,
+                 batch_runs: int | None = None):
     """The Ray options of `--backend ray` (checked, and Ray importable), None for the local backend."""
     from lathadapter.adapter.options import OptionError
 
@@ -379,7 +396,7 @@ def _ray_options(backend: str, address: str | None, chunk_size: int, gpus_per_ch
     from lathadapter.experiments.ray_backend import RayOptions, import_ray
 
     import_ray()
-    return RayOptions(address=address, chunk_size=chunk_size, gpu_fraction=gpus_per_chunk)
+    return RayOptions(address=address, chunk_size=chunk_size, gpu_fraction=gpus_per_chunk, batch_runs=batch_runs)
 
 
 def _workers(workers: int | None, threads: int | None, ray, device: str | None) -> int | None:
@@ -430,6 +447,7 @@ def grid(
     address: str | None = ADDRESS,
     chunk_size: int = CHUNK_SIZE,
     gpus_per_chunk: float = GPUS_PER_CHUNK,
+    batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Run an ablation grid (cartesian product of the axes) in one process, or on a Ray cluster (--backend ray);
     finished runs are skipped."""
@@ -454,7 +472,8 @@ def grid(
         if tune_preset is not None:
             axes["tune_preset"] = tune_preset
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
-        ray = _ray_options(backend, address, chunk_size, gpus_per_chunk)
+        batch_runs = _batch_runs(batch_runs, device, backend)
+        ray = _ray_options(backend, address, chunk_size, gpus_per_chunk, batch_runs)
         workers = _workers(workers, threads, ray, device)
         if ray is not None:
             from lathadapter.experiments.ray_backend import run_grid_on_ray
@@ -463,9 +482,10 @@ def grid(
         elif workers != 1:
             from lathadapter.experiments.pool import run_grid_in_processes
 
-            summary = run_grid_in_processes(GridSpec(**axes), out, resolve_device(device), workers)
+            summary = run_grid_in_processes(GridSpec(**axes), out, resolve_device(device), workers,
+                                            batch_runs=batch_runs)
         else:
-            summary = run_grid(GridSpec(**axes), out, resolve_device(device))
+            summary = run_grid(GridSpec(**axes), out, resolve_device(device), batch_runs=batch_runs)
     except (ValueError, OSError) as error:
         _fail(error)
     _print_results(summary)
@@ -495,6 +515,7 @@ def protocol(
     address: str | None = ADDRESS,
     chunk_size: int = CHUNK_SIZE,
     gpus_per_chunk: float = GPUS_PER_CHUNK,
+    batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
     from lathadapter.adapter.catalog import method_names
@@ -505,7 +526,8 @@ def protocol(
 
     try:
         use_threads(threads)
-        ray = _ray_options(backend, address, chunk_size, gpus_per_chunk)
+        batch_runs = _batch_runs(batch_runs, device, backend)
+        ray = _ray_options(backend, address, chunk_size, gpus_per_chunk, batch_runs)
         workers = _workers(workers, threads, ray, device)
         methods = split_list(method) if method is not None else method_names()
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
@@ -513,7 +535,7 @@ def protocol(
                                _int_list("--shots", shots) if shots else None,
                                device if ray else resolve_device(device), tune=parse_tune(tune),
                                tune_preset=tune_preset, backend=backend, ray=ray, workers=workers,
-                               train_views=train_views)
+                               train_views=train_views, batch_runs=batch_runs)
     except (ValueError, OSError) as error:
         _fail(error)
     _print_results(summary)

@@ -39,6 +39,8 @@ class TrainResult:
     val_accuracy: float | None = None
     chosen: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    batch_runs: int = 1  # runs trained together with this one, itself included (`adapter.batched`)
+    batch_mode: str = "alone"  # alone, lockstep (one loop, own forward passes) or stacked (one vmapped model)
 
 
 def synchronize(device: torch.device) -> None:
@@ -65,6 +67,16 @@ def training_views(data: FewShotData, train_views: str = "augmented") -> tuple[t
     else:
         stacked = augmented
     return stacked.reshape(-1, stacked.shape[-1]), stacked.shape[1]
+
+
+def epoch_batches(generator: torch.Generator, n: int, num_views: int, starts: range, batch_size: int,
+                  device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's batches: a random view per sample and a random order, drawn from `generator` (view first), cut
+    at `starts`; each batch as (sample indices, row indices into `training_views`' rows)."""
+    view = torch.randint(num_views, (n,), generator=generator).to(device)  # one random view per sample
+    order = torch.randperm(n, generator=generator).to(device)
+    order_rows = order * num_views + view[order]
+    return [(order[start:start + batch_size], order_rows[start:start + batch_size]) for start in starts]
 
 
 def train(method: Method, data: FewShotData, seed: int, select: str = "last", progress=None,
@@ -112,12 +124,8 @@ def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter
     task = progress.add_task(f"train {method.name}", total=epochs) if progress is not None else None
     for epoch in range(epochs):
         method.train()
-        view = torch.randint(num_views, (n,), generator=generator).to(device)  # one random view per sample
-        order = torch.randperm(n, generator=generator).to(device)
-        order_rows = order * num_views + view[order]
-        for start in starts:
-            batch = order[start:start + batch_size]
-            features = rows.index_select(0, order_rows[start:start + batch_size])
+        for batch, batch_rows in epoch_batches(generator, n, num_views, starts, batch_size, device):
+            features = rows.index_select(0, batch_rows)
             loss, parts = method.loss(features, data.train_labels.index_select(0, batch))
             clear_grads(params)
             loss.backward()

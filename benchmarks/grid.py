@@ -2,10 +2,13 @@
 10 views), run in one process as `lathadapter grid` runs it (`--backend local`), on a local Ray cluster of this
 machine's CPUs (`--backend ray`: one CPU per chunk task, 8 runs per chunk), or both in the same run (`local,ray`).
 `--workers 1,2` runs the local backend once per count: 1 is one process with torch's threads, N > 1 is N worker
-processes with one thread each (`lathadapter grid --workers N`); `--repeats R` alternates the configurations R times.
+processes with one thread each (`lathadapter grid --workers N`); `--batch-runs 1,8` runs each of those once per
+batch size (`lathadapter grid --batch-runs N`: up to N compatible runs trained together); `--repeats R` alternates
+the configurations R times. `--device cuda` runs the local backend on the GPU (one process).
 
     python benchmarks/grid.py [--methods zeroshot,tip-adapter-f,lathadapter] [--backend local,ray] [--workers 1,2]
-                              [--repeats 1] [--shots 1,2,4,8,16] [--seeds 1,2,3] [--out benchmarks/results/grid.json]
+                              [--batch-runs 1,8] [--repeats 1] [--shots 1,2,4,8,16] [--seeds 1,2,3]
+                              [--device cpu] [--out benchmarks/results/grid.json]
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def main() -> None:
     parser.add_argument("--methods", default="clip-adapter,tip-adapter-f,lathadapter")
     parser.add_argument("--backend", default="local", help="local, ray, or local,ray (both, same grid)")
     parser.add_argument("--workers", default="1", help="local backend: worker process counts, e.g. 1,2")
+    parser.add_argument("--batch-runs", default="1", help="runs trained together, e.g. 1,8")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the configurations this many times")
     parser.add_argument("--shots", default="1,2,4,8,16")
     parser.add_argument("--seeds", default="1,2,3")
@@ -45,45 +50,51 @@ def main() -> None:
     shots = [int(v) for v in args.shots.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")]
     spec = GridSpec([str(cache)], methods, shots, seeds)
-    configs = [(backend, int(w)) for backend in args.backend.split(",")
-               for w in (args.workers.split(",") if backend == "local" else ["1"])]
+    configs = [(backend, int(w), int(b)) for backend in args.backend.split(",")
+               for w in (args.workers.split(",") if backend == "local" else ["1"])
+               for b in args.batch_runs.split(",")]
     rows = []
     for repeat in range(args.repeats):
-        for backend, workers in configs:
-            run = run_grid
+        for backend, workers, batch_runs in configs:
+            run = functools.partial(run_grid, batch_runs=batch_runs)
             threads = torch.get_num_threads()
             if backend == "ray":
                 from lathadapter.experiments.ray_backend import RayOptions, run_grid_on_ray
 
-                options = RayOptions(init_options={"include_dashboard": False, "log_to_driver": False})
+                options = RayOptions(init_options={"include_dashboard": False, "log_to_driver": False},
+                                     batch_runs=batch_runs)
                 run = functools.partial(run_grid_on_ray, options=options)
                 threads = 1
             elif workers > 1:
                 from lathadapter.experiments.pool import run_grid_in_processes
 
-                run = functools.partial(run_grid_in_processes, workers=workers)
+                run = functools.partial(run_grid_in_processes, workers=workers, batch_runs=batch_runs)
                 threads = 1
             folder = Path(tempfile.mkdtemp(prefix="grid-bench-"))
             try:
                 start = time.perf_counter()
-                summary = run(spec, folder, "cpu")
+                summary = run(spec, folder, args.device)
                 seconds = time.perf_counter() - start
                 resumed = time.perf_counter()
-                again = run(spec, folder, "cpu", progress=False)
+                again = run(spec, folder, args.device, progress=False)
                 resume_seconds = time.perf_counter() - resumed
             finally:
                 shutil.rmtree(folder)
-            rows.append({"backend": backend, "workers": workers, "threads": threads, "repeat": repeat,
-                         "methods": methods, "shots": shots, "seeds": seeds, "runs": summary["runs"],
-                         "seconds": seconds, "runs_per_minute": 60 * summary["runs"] / seconds,
-                         "resume_seconds": resume_seconds, "resume_skipped": again["skipped"]})
+            rows.append({"backend": backend, "workers": workers, "threads": threads, "batch_runs": batch_runs,
+                         "device": args.device, "repeat": repeat, "methods": methods, "shots": shots, "seeds": seeds,
+                         "runs": summary["runs"], "seconds": seconds,
+                         "runs_per_minute": 60 * summary["runs"] / seconds, "resume_seconds": resume_seconds,
+                         "resume_skipped": again["skipped"]})
+            print(f"  repeat {repeat}: {backend} {workers} × {threads} batch {batch_runs}: {seconds:.1f} s",
+                  flush=True)
     label = f"{' × '.join(methods)} × {len(shots)} shots × {len(seeds)} seeds"
-    print(f"{'grid':<{len(label)}} {'backend':>7} {'procs×threads':>13} {'runs':>5} {'wall s':>8} {'runs/min':>9} "
-          f"{'resume s':>9}")
+    print(f"torch {torch.__version__}, {args.device}")
+    print(f"{'grid':<{len(label)}} {'backend':>7} {'procs×threads':>13} {'batch':>5} {'runs':>5} {'wall s':>8} "
+          f"{'runs/min':>9} {'resume s':>9}")
     for row in rows:
         shape = f"{row['workers']} × {row['threads']}"
-        print(f"{label} {row['backend']:>7} {shape:>13} {row['runs']:5d} {row['seconds']:8.1f} "
-              f"{row['runs_per_minute']:9.1f} {row['resume_seconds']:9.2f}")
+        print(f"{label} {row['backend']:>7} {shape:>13} {row['batch_runs']:5d} {row['runs']:5d} "
+              f"{row['seconds']:8.1f} {row['runs_per_minute']:9.1f} {row['resume_seconds']:9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
 

@@ -22,9 +22,10 @@ from lathadapter.experiments.grid import (
     DataCache,
     Evaluator,
     KeyedRun,
+    batches,
     file_lock,
     save_trained,
-    train_run,
+    train_runs,
     write_results,
 )
 from lathadapter.experiments.run import RunConfig, RunOutcome
@@ -72,31 +73,45 @@ def pending_runs(keyed: list[KeyedRun], out: Path) -> list[Item]:
     return [(i, item) for i, item in enumerate(keyed) if not (out / "runs" / item.key / "metrics.json").exists()]
 
 
-def chunk_runs(pending: list[Item], size: int) -> list[list[Item]]:
-    """Pending runs grouped by cache (in grid order), cut into chunks of at most `size`."""
+def chunk_runs(pending: list[Item], size: int, batch_runs: int = 1) -> list[list[Item]]:
+    """Pending runs grouped by cache (in grid order), cut into chunks of at most `size`; with `batch_runs` > 1, the
+    runs of a cache in the order of `grid.batches`, so that a chunk holds runs that train together."""
     by_cache: dict[str, list[Item]] = {}
     for index, item in pending:
         by_cache.setdefault(item.run.cache, []).append((index, item))
+    if batch_runs > 1:
+        for cache, runs in by_cache.items():
+            position = {id(item): (index, item) for index, item in runs}
+            by_cache[cache] = [position[id(item)] for batch in batches([item for _, item in runs], batch_runs)
+                               for item in batch]
     return [runs[i:i + size] for runs in by_cache.values() for i in range(0, len(runs), size)]
 
 
 def train_chunk(cache: str, items: list[Item], out: str, device: str,
-                extra_factory: Callable[[str], Evaluator] | None) -> Iterator[Trained | int]:
-    """On a worker: train a chunk's runs of one cache in order, opening the cache once; yields each trained run, or
-    its index when it was finished meanwhile (by another process, or before a resubmission). `extra_factory(device)`
-    builds the evaluator that adds metrics (a protocol's targets)."""
+                extra_factory: Callable[[str], Evaluator] | None, batch_runs: int = 1) -> Iterator[Trained | int]:
+    """On a worker: train a chunk's runs of one cache, opening the cache once, up to `batch_runs` compatible runs
+    together (`grid.batches`); yields each trained run, or its index when it was finished meanwhile (by another
+    process, or before a resubmission). `extra_factory(device)` builds the evaluator that adds metrics (a protocol's
+    targets)."""
     data_cache = DataCache(device)
     extra = extra_factory(device) if extra_factory is not None else None
+    index_of = {id(item): index for index, item in items}
     try:
-        for index, item in items:
-            if (Path(out) / "runs" / item.key / "metrics.json").exists():
-                yield index
+        for batch in batches([item for _, item in items], batch_runs):
+            todo = []
+            for item in batch:
+                if (Path(out) / "runs" / item.key / "metrics.json").exists():
+                    yield index_of[id(item)]
+                else:
+                    todo.append(item)
+            if not todo:
                 continue
-            c = item.run.config
-            data = data_cache.load(cache, c.shots, c.seed, c.text)
-            config, outcome = train_run(item.run, data, extra, item.group)
-            weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
-            yield Trained(index, config, outcome.metrics, weights, to_cpu(outcome.points), os.getpid())
+            datas = [data_cache.load(cache, i.run.config.shots, i.run.config.seed, i.run.config.text) for i in todo]
+            trained = train_runs([i.run for i in todo], datas, extra, [i.group for i in todo])
+            for item, (config, outcome) in zip(todo, trained, strict=True):
+                weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
+                yield Trained(index_of[id(item)], config, outcome.metrics, weights, to_cpu(outcome.points),
+                              os.getpid())
     finally:
         data_cache.close()
 

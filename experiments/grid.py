@@ -48,6 +48,7 @@ from lathadapter.experiments.run import (
     RunOutcome,
     option_in_effect,
     run,
+    run_together,
     save_run,
     tune_val_accuracy,
     write_atomic,
@@ -582,12 +583,13 @@ def prepare(runs: list[GridRun], out: Path, key_salt: str = "") -> tuple[dict[st
 
 
 def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, extra: Evaluator | None = None,
-            key_salt: str = "") -> Iterator[tuple[GridRun, str]]:
+            key_salt: str = "", batch_runs: int = 1) -> Iterator[tuple[GridRun, str]]:
     """Check the caches, then run each unfinished run, yielding (run, "done" | "skipped" | "elsewhere").
 
     "skipped": finished before; "elsewhere": another process holds the run's lock and is training it. `extra` adds
     metrics after training (e.g. transfer targets); `key_salt` (e.g. the targets' fingerprints) joins the cache
-    fingerprint in each run's key, so a changed target set is a different run.
+    fingerprint in each run's key, so a changed target set is a different run. `batch_runs` > 1 trains up to that
+    many compatible runs together (`batches`), each saved as it would be alone.
     """
     infos, keyed = prepare(runs, out, key_salt)
     data_cache = DataCache(device)
@@ -595,16 +597,42 @@ def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, 
     with grid_progress() as bar:
         task = bar.add_task("grid", total=len(runs), **counts, visible=progress)
         try:
-            for item in keyed:
-                state = _run_once(item.run, item.key, infos[item.run.cache], out, data_cache, extra, item.group)
-                if state == "done":
+            for batch in batches(keyed, batch_runs):
+                states = _run_batch(batch, infos, out, data_cache, extra)
+                if "done" in states:
                     write_results(out)
-                counts[state] += 1
-                bar.update(task, advance=1, **counts)
-                yield item.run, state
+                for item, state in zip(batch, states, strict=True):
+                    counts[state] += 1
+                    bar.update(task, advance=1, **counts)
+                    yield item.run, state
         finally:
             data_cache.close()
     write_results(out)
+
+
+def batch_key(grid_run: GridRun) -> tuple[Any, ...]:
+    """What runs trained together share (`batched.lockstep_key` checks the rest once they are built): cache, method,
+    shots, classes, text features, selection and views. Runs that differ in seed, subset or options may share it."""
+    c = grid_run.config
+    return grid_run.cache, c.method, c.shots, c.classes, c.text, c.select, c.train_views
+
+
+def batches(keyed: list[KeyedRun], batch_runs: int) -> list[list[KeyedRun]]:
+    """The runs cut into batches of at most `batch_runs` with one `batch_key` each: runs of one key in grid order,
+    the keys in order of first appearance (runs with equal options next to each other, as they stack); with
+    `batch_runs=1`, every run alone in grid order."""
+    if batch_runs < 1:
+        raise OptionError(f"--batch-runs {batch_runs}: must be at least 1 (1: every run alone)")
+    if batch_runs == 1:
+        return [[item] for item in keyed]
+    groups: dict[tuple[Any, ...], list[KeyedRun]] = {}
+    for item in keyed:
+        groups.setdefault(batch_key(item.run), []).append(item)
+    cut = []
+    for items in groups.values():
+        items = sorted(items, key=lambda item: repr(item.run.config.options))  # stable: grid order among equals
+        cut.extend(items[i:i + batch_runs] for i in range(0, len(items), batch_runs))
+    return cut
 
 
 def _resolve_scaled(config: RunConfig, data: FewShotData, scaled: dict[str, float]) -> RunConfig:
@@ -620,22 +648,36 @@ def train_run(grid_run: GridRun, data: FewShotData, extra: Evaluator | None = No
     backends. Returns the configuration trained (a tuning candidate's `Scaled` values resolved) and its outcome, whose
     metrics hold `extra`'s, the tuning record and val accuracy (`group`: the candidate's group id) and
     `wall_seconds`."""
-    c = grid_run.config
+    return train_runs([grid_run], [data], extra, [group])[0]
+
+
+def train_runs(grid_runs: list[GridRun], datas: list[FewShotData], extra: Evaluator | None = None,
+               groups: list[str | None] | None = None) -> list[tuple[RunConfig, RunOutcome]]:
+    """`train_run` of several grid runs, those that can trained together (`run.run_together`); one run alone is
+    `run.run`. `wall_seconds` is the batch's wall time divided among its runs."""
     start = time.perf_counter()
-    if grid_run.tune is not None and grid_run.tune.scaled:
-        c = _resolve_scaled(c, data, grid_run.tune.scaled)
-    outcome = run(c, data)
-    if extra is not None:
-        outcome.metrics.update(extra(grid_run, outcome, data))
-    if grid_run.tune is not None and group is not None:
-        val = tune_val_accuracy(c, outcome.method, data)
-        if val is None:  # base-to-novel with no val image of a base class: nothing to choose by
-            raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes} has no "
-                             "few-shot val images to choose the tuned value by; run it without tuning")
-        outcome.metrics["tune"] = grid_run.tune.record(group, c)
-        outcome.metrics["tune_val_accuracy"] = val
-    outcome.metrics["wall_seconds"] = time.perf_counter() - start
-    return c, outcome
+    groups = groups or [None] * len(grid_runs)
+    configs = []
+    for grid_run, data in zip(grid_runs, datas, strict=True):
+        c = grid_run.config
+        if grid_run.tune is not None and grid_run.tune.scaled:
+            c = _resolve_scaled(c, data, grid_run.tune.scaled)
+        configs.append(c)
+    outcomes = [run(configs[0], datas[0])] if len(configs) == 1 else run_together(configs, datas)
+    for grid_run, c, data, group, outcome in zip(grid_runs, configs, datas, groups, outcomes, strict=True):
+        if extra is not None:
+            outcome.metrics.update(extra(grid_run, outcome, data))
+        if grid_run.tune is not None and group is not None:
+            val = tune_val_accuracy(c, outcome.method, data)
+            if val is None:  # base-to-novel with no val image of a base class: nothing to choose by
+                raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes} has no "
+                                 "few-shot val images to choose the tuned value by; run it without tuning")
+            outcome.metrics["tune"] = grid_run.tune.record(group, c)
+            outcome.metrics["tune_val_accuracy"] = val
+    seconds = (time.perf_counter() - start) / len(outcomes)
+    for outcome in outcomes:
+        outcome.metrics["wall_seconds"] = seconds
+    return list(zip(configs, outcomes, strict=True))
 
 
 def save_trained(out: Path, item: KeyedRun, info: CacheInfo, config: RunConfig, outcome: RunOutcome,
@@ -645,26 +687,35 @@ def save_trained(out: Path, item: KeyedRun, info: CacheInfo, config: RunConfig, 
              item.key)
 
 
-def _run_once(grid_run: GridRun, key: str, info: CacheInfo, out: Path, data_cache: DataCache,
-              extra: Evaluator | None, group: str | None = None) -> str:
-    """Train and save one run unless it is finished or another process holds its lock; returns its state. A tuning
-    candidate (`group`: its group id) has its `Scaled` values resolved first, and gets its final model's few-shot val
-    accuracy."""
-    folder = out / "runs" / key
-    if (folder / "metrics.json").exists():
-        return "skipped"
-    lock = out / "runs" / f"{key}.lock"
-    with file_lock(lock, wait=False) as held:
-        if not held:
-            return "elsewhere"
-        if (folder / "metrics.json").exists():  # finished by another process since the first look
-            return "skipped"
-        c = grid_run.config
-        data = data_cache.load(grid_run.cache, c.shots, c.seed, c.text)
-        config, outcome = train_run(grid_run, data, extra, group)
-        save_trained(out, KeyedRun(grid_run, key, group), info, config, outcome, data_cache.device)
-        lock.unlink()  # safe while held: a process that opened it before finds metrics.json once it gets the lock
-    return "done"
+def _run_batch(batch: list[KeyedRun], infos: dict[str, CacheInfo], out: Path, data_cache: DataCache,
+               extra: Evaluator | None) -> list[str]:
+    """Train and save a batch's runs, each unless it is finished or another process holds its lock; returns each
+    run's state. The locks of the runs trained are held until each is saved (its metrics written last)."""
+    states = ["skipped"] * len(batch)
+    todo = []
+    with contextlib.ExitStack() as stack:
+        for i, item in enumerate(batch):
+            folder = out / "runs" / item.key
+            if (folder / "metrics.json").exists():
+                continue
+            if not stack.enter_context(file_lock(out / "runs" / f"{item.key}.lock", wait=False)):
+                states[i] = "elsewhere"
+                continue
+            if (folder / "metrics.json").exists():  # finished by another process since the first look
+                continue
+            todo.append(i)
+        if not todo:
+            return states
+        items = [batch[i] for i in todo]
+        datas = [data_cache.load(item.run.cache, item.run.config.shots, item.run.config.seed, item.run.config.text)
+                 for item in items]
+        trained = train_runs([item.run for item in items], datas, extra, [item.group for item in items])
+        for i, item, (config, outcome) in zip(todo, items, trained, strict=True):
+            save_trained(out, item, infos[item.run.cache], config, outcome, data_cache.device)
+            # safe while held: a process that opened it before finds metrics.json once it gets the lock
+            (out / "runs" / f"{item.key}.lock").unlink()
+            states[i] = "done"
+    return states
 
 
 def summarize(runs: list[GridRun], states: list[str], seconds: float, out: Path) -> dict[str, Any]:
@@ -673,11 +724,13 @@ def summarize(runs: list[GridRun], states: list[str], seconds: float, out: Path)
             "results": str(out / RESULTS)}
 
 
-def run_grid(spec: GridSpec, out: Path, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+def run_grid(spec: GridSpec, out: Path, device: str = "cpu", progress: bool = True, batch_runs: int = 1
+             ) -> dict[str, Any]:
     """Run (or resume) a grid; returns the runs, how many were done, skipped (finished before) and left to another
-    process training them at the same time (elsewhere), wall time and the results table's path. (On a Ray cluster:
-    `ray_backend.run_grid_on_ray`, the same summary and folder.)"""
+    process training them at the same time (elsewhere), wall time and the results table's path. `batch_runs` > 1
+    trains up to that many compatible runs together (`batches`). (On a Ray cluster: `ray_backend.run_grid_on_ray`,
+    the same summary and folder.)"""
     runs = expand(spec)
     start = time.perf_counter()
-    states = [state for _, state in iterate(runs, out, device, progress)]
+    states = [state for _, state in iterate(runs, out, device, progress, batch_runs=batch_runs)]
     return summarize(runs, states, time.perf_counter() - start, out)

@@ -20,6 +20,8 @@ def available_cpus() -> int:
 
 
 BUSY_SAMPLE_SECONDS = 0.2
+CPU_BATCH_RUNS = 8
+GPU_BATCH_RUNS = 32
 
 
 def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[float, float] | None:
@@ -57,6 +59,14 @@ def default_threads() -> int:
     if requested.isdigit() and int(requested) > 0:
         return min(cpus, int(requested))
     return max(1, min(cpus, round(cpus - busy_cpus())))
+
+
+def auto_batch_runs(device: str | None) -> int:
+    """The default `--batch-runs`. On the CPU, CPU_BATCH_RUNS: benchmarks/grid.py measured runs trained together
+    little faster than alone there (a step's matrix products, not its per-op overhead, take most of its time); on a
+    GPU (or a Ray cluster that may have them, `device` None), GPU_BATCH_RUNS, where one small run leaves the device
+    nearly idle."""
+    return CPU_BATCH_RUNS if device == "cpu" else GPU_BATCH_RUNS
 
 
 def use_threads(threads: int | None) -> int:

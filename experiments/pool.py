@@ -67,14 +67,15 @@ def _picklable(error: BaseException) -> BaseException:
 
 
 def work_chunk(cache: str, items: list[Item], out: str, device: str,
-               extra_factory: Callable[[str], Evaluator] | None) -> tuple[list[Trained | int], BaseException | None]:
+               extra_factory: Callable[[str], Evaluator] | None, batch_runs: int = 1
+               ) -> tuple[list[Trained | int], BaseException | None]:
     """In a worker: train one chunk; returns what came of each run trained (or found finished) and the error that
     stopped the chunk, if any, so the runs trained before it are still saved."""
     from lathadapter.experiments.chunks import train_chunk
 
     results: list[Trained | int] = []
     try:
-        for result in train_chunk(cache, items, out, device, extra_factory):
+        for result in train_chunk(cache, items, out, device, extra_factory, batch_runs):
             results.append(result)
     except Exception as error:  # noqa: BLE001 — sent back, raised by the driver
         return results, _picklable(error)
@@ -93,11 +94,12 @@ def auto_workers(pending: int, device: str) -> int:
 
 def run_in_processes(runs: list[GridRun], out: Path, device: str, workers: int | None, *, progress: bool = True,
                      extra_factory: Callable[[str], Evaluator] | None = None, key_salt: str = "",
-                     chunk_size: int | None = None) -> list[str]:
+                     chunk_size: int | None = None, batch_runs: int = 1) -> list[str]:
     """Run a grid's pending runs on `workers` worker processes (None: `auto_workers`; 1: in this process, as
     `grid.iterate`); returns each run's state ("done", "skipped", "elsewhere") in grid order. `extra_factory(device)`
     builds, in each worker, the evaluator that adds metrics (a protocol's targets). An error in a run stops the grid
-    as in one process, after saving every run sent back."""
+    as in one process, after saving every run sent back. `batch_runs` > 1 trains up to that many compatible runs
+    together in a worker (`grid.batches`)."""
     from lathadapter.experiments.chunks import Tally, chunk_runs, pending_runs
     from lathadapter.experiments.grid import grid_progress, iterate, prepare, write_results
 
@@ -109,13 +111,14 @@ def run_in_processes(runs: list[GridRun], out: Path, device: str, workers: int |
     workers = workers or auto_workers(len(pending), device)
     if workers == 1:
         extra = extra_factory(device) if extra_factory is not None else None
-        return [state for _, state in iterate(runs, out, device, progress, extra, key_salt)]
+        return [state for _, state in iterate(runs, out, device, progress, extra, key_salt, batch_runs)]
     tally = Tally(out, keyed, infos, pending, device)
     if not pending:
         write_results(out)
         return tally.states
     size = chunk_size or max(1, min(MAX_CHUNK, math.ceil(len(pending) / (4 * workers))))
-    chunks = chunk_runs(pending, size)
+    size = math.ceil(size / batch_runs) * batch_runs  # whole batches per chunk
+    chunks = chunk_runs(pending, size, batch_runs)
     errors: list[BaseException] = []
     context = multiprocessing.get_context("spawn")
     with grid_progress() as bar, ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context,
@@ -123,7 +126,7 @@ def run_in_processes(runs: list[GridRun], out: Path, device: str, workers: int |
         task = bar.add_task(f"grid ({workers} workers)", total=len(keyed), completed=tally.counts["skipped"],
                             **tally.counts, visible=progress)
         futures = [pool.submit(work_chunk, os.path.abspath(chunk[0][1].run.cache), chunk, str(out), device,
-                               extra_factory) for chunk in chunks]
+                               extra_factory, batch_runs) for chunk in chunks]
         for future in as_completed(futures):
             try:
                 results, error = future.result()
@@ -146,13 +149,13 @@ def run_in_processes(runs: list[GridRun], out: Path, device: str, workers: int |
 
 
 def run_grid_in_processes(spec: GridSpec, out: Path, device: str = "cpu", workers: int | None = None,
-                          progress: bool = True) -> dict[str, Any]:
+                          progress: bool = True, batch_runs: int = 1) -> dict[str, Any]:
     """`grid.run_grid` on `workers` worker processes (None: `auto_workers`): the same summary, run folders and
     `results.csv`."""
     from lathadapter.experiments.grid import expand, summarize
 
     runs = expand(spec)
     start = time.perf_counter()
-    states = run_in_processes(runs, out, device, workers, progress=progress)
+    states = run_in_processes(runs, out, device, workers, progress=progress, batch_runs=batch_runs)
     return summarize(runs, states, time.perf_counter() - start, out)
 

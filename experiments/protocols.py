@@ -98,13 +98,14 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
                  text: str = "coop", shots: list[int] | None = None, device: str | None = "cpu",
                  progress: bool = True, tune: dict[str, list[str]] | None = None,
                  tune_preset: str | None = None, backend: str = "local", ray: Any = None,
-                 workers: int | None = 1, train_views: str = "augmented") -> dict[str, Any]:
+                 workers: int | None = 1, train_views: str = "augmented", batch_runs: int = 1) -> dict[str, Any]:
     """Run (or resume) one protocol into `out`; its results table is `out/results.csv`. Returns the counts of runs
     done, skipped (finished before) and left to another process (elsewhere), as `run_grid` does. With `tune` or
     `tune_preset`, the tuned options are chosen per cell on the few-shot val set (base val for base-to-novel).
     `backend="ray"` trains on a Ray cluster as `run_grid` does (each worker loads the targets itself); `workers` > 1
     trains on that many local worker processes (`pool`; None: as many as `pool.auto_workers` chooses), which load the
-    targets themselves too."""
+    targets themselves too. `batch_runs` > 1 trains up to that many compatible runs together (`grid.batches`; on
+    Ray, `ray.batch_runs`)."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views)
     runs = expand(spec)
     if backend not in ("local", "ray"):
@@ -131,8 +132,8 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
         from lathadapter.experiments.pool import run_in_processes
 
         states = run_in_processes(runs, out, device or "cpu", workers, progress=progress, extra_factory=factory,
-                                  key_salt=salt)
+                                  key_salt=salt, batch_runs=batch_runs)
     else:
-        states = [state for _, state in iterate(runs, out, device or "cpu", progress, extra, salt)]
+        states = [state for _, state in iterate(runs, out, device or "cpu", progress, extra, salt, batch_runs)]
     return {"protocol": protocol, "runs": len(runs), **{state: states.count(state) for state in STATES},
             "results": str(out / RESULTS)}

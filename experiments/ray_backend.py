@@ -18,6 +18,7 @@ tasks live in `cli.py`, which may import the cache builder.)
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import time
@@ -39,6 +40,7 @@ from lathadapter.experiments.grid import (
     summarize,
     write_results,
 )
+from lathadapter.experiments.machine import auto_batch_runs
 
 INSTALL_HINT = "--backend ray needs Ray, which is not installed: pip install 'lathadapter[ray]'"
 BACKENDS = ("local", "ray")
@@ -72,10 +74,13 @@ class RayOptions:
     gpu_fraction: float = 0.25
     retries: int = 1
     init_options: dict[str, Any] = field(default_factory=dict)  # more ray.init keywords (tests: num_cpus)
+    batch_runs: int | None = None  # runs of a chunk trained together (`grid --batch-runs`); None: by device
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise OptionError(f"--chunk-size {self.chunk_size}: must be at least 1")
+        if self.batch_runs is not None and self.batch_runs < 1:
+            raise OptionError(f"--batch-runs {self.batch_runs}: must be at least 1 (1: every run alone)")
         if not 0 < self.gpu_fraction <= 1:
             raise OptionError(f"--gpus-per-chunk {self.gpu_fraction}: must be in (0, 1]")
 
@@ -151,14 +156,17 @@ def run_on_ray(runs: list[GridRun], out: Path, device: str | None, options: RayO
         elif device.startswith("cuda") and not gpus:
             raise OptionError(f"--device {device}: the Ray cluster has no GPU; use --device cpu")
         resources = {"num_cpus": 1, "num_gpus": options.gpu_fraction if device.startswith("cuda") else 0}
+        batch_runs = options.batch_runs or auto_batch_runs(device)
         check_shared(ray, sorted({os.path.abspath(item.run.cache) for _, item in pending}), out)
         task = ray.remote(train_chunk).options(max_retries=0, **resources)
 
         def submit(chunk: list[Item]) -> Any:
-            return task.remote(os.path.abspath(chunk[0][1].run.cache), chunk, str(out), device, extra_factory)
+            return task.remote(os.path.abspath(chunk[0][1].run.cache), chunk, str(out), device, extra_factory,
+                               batch_runs)
 
         chunks = {}
-        for chunk in chunk_runs(pending, options.chunk_size):
+        size = math.ceil(options.chunk_size / batch_runs) * batch_runs  # whole batches per chunk
+        for chunk in chunk_runs(pending, size, batch_runs):
             chunks[submit(chunk)] = (chunk, 0)
         tally = Tally(out, keyed, infos, pending, device)
         lost: list[str] = []

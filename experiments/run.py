@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
+from lathadapter.adapter.batched import Member, lockstep_key, train_together
 from lathadapter.adapter.catalog import build_method, make_options
 from lathadapter.adapter.evaluate import evaluate, harmonic_mean
 from lathadapter.adapter.methods.base import Method
@@ -97,10 +98,47 @@ def run(config: RunConfig, data: FewShotData, progress: Progress | None = None) 
     """Train and evaluate one configuration on an already loaded few-shot set (the grid calls this directly);
     `progress` shows the epochs."""
     train_data, novel_data = split_classes(data, config.classes)
-    torch.manual_seed(config.seed)
-    method = build_method(config.method, config.options, train_data)
+    method = build(config, train_data)
     result = train(method, train_data, seed=config.seed, select=config.select, progress=progress,
                    train_views=config.train_views)
+    return evaluated(config, method, result, train_data, novel_data)
+
+
+def build(config: RunConfig, train_data: FewShotData) -> Method:
+    """The configuration's method on its training view, initialised from the global generator seeded by the run's
+    seed (so the same run starts alike alone or trained together with others)."""
+    torch.manual_seed(config.seed)
+    return build_method(config.method, config.options, train_data)
+
+
+def run_together(configs: list[RunConfig], datas: list[FewShotData]) -> list[RunOutcome]:
+    """Train and evaluate several configurations, those that can (same method, samples and recipe steps:
+    `batched.lockstep_key`) trained together in one loop (`batched.train_together`; as one stacked model where the
+    method's loss vmaps), each with its own data, seed, options and optimiser state; the rest alone. Each outcome is
+    `run`'s for that configuration, within float rounding (bit for bit when nothing is stacked), and its metrics say
+    how many runs trained together (`batch_runs`)."""
+    splits = [split_classes(data, c.classes) for c, data in zip(configs, datas, strict=True)]
+    members = [Member(build(c, train_data), train_data, c.seed) for c, (train_data, _) in zip(configs, splits,
+                                                                                                strict=True)]
+    groups: dict[Any, list[int]] = {}
+    for i, (c, member) in enumerate(zip(configs, members, strict=True)):
+        key = lockstep_key(member, c.select, c.train_views)
+        groups.setdefault(("alone", i) if key is None else key, []).append(i)
+    results: dict[int, TrainResult] = {}
+    for key, indices in groups.items():
+        c, member = configs[indices[0]], members[indices[0]]
+        if key[0] == "alone":
+            results[indices[0]] = train(member.method, member.data, c.seed, c.select, train_views=c.train_views)
+        else:
+            trained = train_together([members[i] for i in indices], c.select, c.train_views)
+            results.update(zip(indices, trained, strict=True))
+    return [evaluated(c, member.method, results[i], train_data, novel_data)
+            for i, (c, member, (train_data, novel_data)) in enumerate(zip(configs, members, splits, strict=True))]
+
+
+def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data: FewShotData,
+              novel_data: FewShotData | None) -> RunOutcome:
+    """A trained method's outcome: test accuracy (base and novel for base-to-novel), training facts, lifted points."""
     start = time.perf_counter()
     if novel_data is None:
         accuracy: dict[str, float | None] = {"all": evaluate(method, train_data.test_features, train_data.test_labels)}
@@ -122,6 +160,8 @@ def run(config: RunConfig, data: FewShotData, progress: Progress | None = None) 
         "val_accuracy": result.val_accuracy,
         "chosen": result.chosen,
         "history": result.history,  # last-batch loss and its parts, per epoch
+        "batch_runs": result.batch_runs,  # runs trained together, this one included (`grid --batch-runs`)
+        "batch_mode": result.batch_mode,
         "threads": torch.get_num_threads(),  # CPU float sums may round differently with another thread count
     }
     return RunOutcome(method, metrics, result, method.lifted_points(train_data))

@@ -5,6 +5,7 @@ of the cosine."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lathadapter.adapter.catalog import create_method
+from lathadapter.adapter.methods.lathadapter.stacked import masked_loss
 from lathadapter.cache.store import FewShotData
 
 
@@ -242,6 +244,41 @@ def test_the_cpu_fused_twin_equals_the_reference(options: dict, dtype: torch.dty
     for (name, _), g, e in zip((n for n in method.named_parameters() if n[1].requires_grad), fused_grads,
                                reference_grads, strict=True):
         torch.testing.assert_close(g, e, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("options", TWIN_CASES, ids=["-".join(f"{k}={v}" for k, v in o.items()) for o in TWIN_CASES])
+def test_the_stacked_runs_twin_equals_the_reference(options: dict) -> None:
+    """`stacked.masked_loss` (a class mask for the batch's categories, radial invariants, no host reads) against
+    `impl=reference` in float64: loss and the gradient of every trained parameter; and under vmap over two stacked
+    copies of the model, each copy's loss is the reference's."""
+    method, x, y = twin_and_reference({**options, "impl": "reference"}, torch.float64)
+    params = [p for p in method.parameters() if p.requires_grad]
+    reference, _ = method.loss(x, y)
+    masked, _ = masked_loss(method, x, y)
+    tol = {"rtol": 1e-9, "atol": 1e-11}
+    torch.testing.assert_close(masked, reference, **tol)
+    for (name, _), g, e in zip((n for n in method.named_parameters() if n[1].requires_grad),
+                               torch.autograd.grad(masked, params, materialize_grads=True),
+                               torch.autograd.grad(reference, params, materialize_grads=True), strict=True):
+        torch.testing.assert_close(g, e, **tol, msg=lambda m, name=name: f"{name}: {m}")
+    params, buffers = torch.func.stack_module_state([method, method])
+    stacked, _ = torch.func.vmap(functools.partial(_loss_of, method))(params, buffers, torch.stack([x, x]),
+                                                                       torch.stack([y, y]))
+    torch.testing.assert_close(stacked, torch.stack([reference, reference]).detach(), **tol)
+
+
+def _loss_of(method, params, buffers, x, y):
+    """`method.loss` with the given parameters and buffers (what the stacked trainer vmaps)."""
+    class Loss(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.method = method
+
+        def forward(self, x, y):
+            return self.method.loss(x, y)
+
+    prefixed = ({f"method.{k}": v for k, v in params.items()}, {f"method.{k}": v for k, v in buffers.items()})
+    return torch.func.functional_call(Loss(), prefixed, (x, y))
 
 
 @pytest.mark.parametrize("radius", ["head", "norm"])

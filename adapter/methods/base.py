@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lathadapter.adapter.options import OptionError
-from lathadapter.adapter.recipes import TrainRecipe
+from lathadapter.adapter.recipes import TrainRecipe, build_optimizer, build_scheduler
 from lathadapter.cache.store import FewShotData
 
 NORM_EPS = 1e-12  # as F.normalize
@@ -42,9 +42,34 @@ class _Normalize(torch.autograd.Function):
         return normalize_backward(grad, *ctx.saved_tensors)
 
 
+def vmapped() -> bool:
+    """Whether the code runs under a torch.func transform (vmap over stacked runs, `adapter.batched`)."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
+class _NormalizeVmap(torch.autograd.Function):
+    """`_Normalize` in the form `torch.func.vmap` takes (forward without ctx, `setup_context`, a generated vmap rule).
+    Used only under vmap: `apply` of this form binds default arguments through `inspect`, 0.1 ms a call."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return unit_rows(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*output)
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        return normalize_backward(grad, *ctx.saved_tensors)
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """Unit L2 norm along the last dimension."""
-    return _Normalize.apply(x)
+    return _NormalizeVmap.apply(x)[0] if vmapped() else _Normalize.apply(x)
 
 
 class _Cosines(torch.autograd.Function):
@@ -55,37 +80,70 @@ class _Cosines(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, unit_y: bool) -> torch.Tensor:
-        x_length = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS)  # [N, 1]
-        out = (x @ y.t()).div_(x_length)
-        y_length = None
-        if not unit_y:
-            y_length = torch.linalg.vector_norm(y, dim=-1).clamp_min_(NORM_EPS)  # [M]
-            out.div_(y_length)
+        out, x_length, y_length = cosines_forward(x, y, unit_y)
         ctx.save_for_backward(x, y, x_length, y_length, out)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        # ∂/∂x_i = Σ_j g_ij y_j / (|x_i| |y_j|) − x_i Σ_j g_ij out_ij / |x_i|², symmetrically for y_j
-        x, y, x_length, y_length, out = ctx.saved_tensors
-        weighted = grad * out
-        scaled = grad / x_length
+        return *cosines_backward(grad, *ctx.saved_tensors, ctx.needs_input_grad), None
+
+
+def cosines_forward(x: torch.Tensor, y: torch.Tensor, unit_y: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`_Cosines`' forward: the cosines and the norms its backward needs (|y| None with `unit_y`)."""
+    x_length = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS)  # [N, 1]
+    out = (x @ y.t()).div_(x_length)
+    y_length = None
+    if not unit_y:
+        y_length = torch.linalg.vector_norm(y, dim=-1).clamp_min_(NORM_EPS)  # [M]
+        out.div_(y_length)
+    return out, x_length, y_length
+
+
+def cosines_backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, x_length: torch.Tensor,
+                     y_length: torch.Tensor | None, out: torch.Tensor, needs: tuple[bool, ...]
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """`_Cosines`' backward: ∂/∂x_i = Σ_j g_ij y_j / (|x_i| |y_j|) − x_i Σ_j g_ij out_ij / |x_i|², likewise y_j."""
+    weighted = grad * out
+    scaled = grad / x_length
+    if y_length is not None:
+        scaled = scaled / y_length
+    grad_x = grad_y = None
+    if needs[0]:
+        grad_x = torch.addcmul(scaled @ y, x, weighted.sum(1, keepdim=True).div_(x_length.square()), value=-1)
+    if needs[1]:
+        grad_y = scaled.t() @ x
         if y_length is not None:
-            scaled.div_(y_length)
-        grad_x = grad_y = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (scaled @ y).addcmul_(x, weighted.sum(1, keepdim=True).div_(x_length.square()), value=-1)
-        if ctx.needs_input_grad[1]:
-            grad_y = scaled.t() @ x
-            if y_length is not None:
-                grad_y.addcmul_(y, weighted.sum(0).div_(y_length.square())[:, None], value=-1)
-        return grad_x, grad_y, None
+            grad_y = torch.addcmul(grad_y, y, weighted.sum(0).div_(y_length.square())[:, None], value=-1)
+    return grad_x, grad_y
+
+
+class _CosinesVmap(torch.autograd.Function):
+    """`_Cosines` in the form `torch.func.vmap` takes (see `_NormalizeVmap`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, y: torch.Tensor, unit_y: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return cosines_forward(x, y, unit_y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        out, x_length, y_length = output
+        ctx.save_for_backward(inputs[0], inputs[1], x_length, y_length, out)
+        ctx.mark_non_differentiable(*(t for t in (x_length, y_length) if t is not None))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, *_: torch.Tensor):
+        return *cosines_backward(grad, *ctx.saved_tensors, ctx.needs_input_grad), None
 
 
 def cosines(x: torch.Tensor, y: torch.Tensor, unit_y: bool = False) -> torch.Tensor:
     """Cosines [N, M] of the rows of x [N, D] with the rows of y [M, D]: `normalize(x) @ normalize(y)ᵀ`; `unit_y`
     says y's rows are unit vectors already (made by a normalisation upstream), so their norms are not divided out."""
-    return _Cosines.apply(x, y, unit_y)
+    return _CosinesVmap.apply(x, y, unit_y)[0] if vmapped() else _Cosines.apply(x, y, unit_y)
 
 
 class ProtocolWarning(UserWarning):
@@ -106,6 +164,9 @@ class Method(nn.Module):
     name: ClassVar[str]
     scores_new_classes: ClassVar[bool] = True
     trains: ClassVar[bool] = True
+    # Whether `loss` can be vmapped over runs stacked along a leading dimension (`adapter.batched`): no host reads,
+    # no data-dependent shapes, custom autograd Functions with vmap rules.
+    stackable: ClassVar[bool] = False
 
     def __init__(self, options: Any, data: FewShotData) -> None:
         super().__init__()
@@ -131,24 +192,14 @@ class Method(nn.Module):
                            batch_size=o.batch_size)
 
     def optimizer(self, params: list[nn.Parameter], recipe: TrainRecipe) -> torch.optim.Optimizer:
-        """The optimiser `recipe` names over `params`."""
-        if recipe.optimizer == "adamw":
-            # The fused AdamW (one kernel over all parameters) is 4x faster per step than the per-tensor loop on CPU.
-            return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, eps=recipe.eps,
-                                     fused=params[0].device.type in ("cpu", "cuda"))
-        if recipe.optimizer == "adam":
-            return torch.optim.Adam(params, lr=recipe.lr, betas=(0.9, 0.999), eps=recipe.eps,
-                                    weight_decay=recipe.weight_decay)
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                               dampening=0, nesterov=False)
+        """The optimiser `recipe` names over `params` (`recipes.build_optimizer`, which also serves runs trained
+        together)."""
+        return build_optimizer([(params, recipe)])
 
     def scheduler(self, optimizer: torch.optim.Optimizer, recipe: TrainRecipe, epochs: int, steps_per_epoch: int
                   ) -> torch.optim.lr_scheduler.LRScheduler:
         """The learning-rate schedule `recipe` names, stepped by the trainer after every optimiser step."""
-        if recipe.schedule == "cosine-step":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: recipe.lr_at_epoch(step // steps_per_epoch, epochs) / recipe.lr)
+        return build_scheduler(optimizer, [recipe], epochs, steps_per_epoch)
 
     def settings(self) -> dict[str, Any]:
         """The values this run used that its options left to the recipe (per dataset and shots), recorded in the

@@ -47,6 +47,7 @@ def official_recipe(dataset: str, shots: int) -> TrainRecipe:
 
 @register("clip-adapter", ClipAdapterOptions)
 class ClipAdapter(Method):
+    stackable = True
     def __init__(self, options: ClipAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         self.adapter = Adapter(data.text_features.shape[1], options.reduction).to(data.text_features.device)

@@ -36,6 +36,7 @@ class LinearProbeOptions(RecipeTrainOptions):
 
 @register("linear-probe", LinearProbeOptions)
 class LinearProbe(Method):
+    stackable = True
     scores_new_classes = False
 
     def __init__(self, options: LinearProbeOptions, data: FewShotData) -> None:

@@ -43,6 +43,7 @@ def official_recipe(dataset: str, shots: int) -> TrainRecipe:
 
 @register("taskres", TaskResOptions)
 class TaskRes(Method):
+    stackable = True
     def __init__(self, options: TaskResOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         self.alpha = float(resolved(options, "alpha", OFFICIAL_ALPHA.get(dataset_key(data.dataset), 0.5), 0.5))

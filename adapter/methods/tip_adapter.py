@@ -242,3 +242,4 @@ class TipAdapter(Method):
 @register("tip-adapter-f", TipAdapterFOptions)
 class TipAdapterF(TipAdapter):
     trains = True
+    stackable = True

@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix, vmapped
 from lathadapter.adapter.methods.lathadapter.fused import fused_loss
 from lathadapter.adapter.methods.lathadapter.loss import lathadapter_loss
 from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
 from lathadapter.adapter.methods.lathadapter.reference import ATTRIBUTE, CATEGORY, IMAGE, reference_loss
+from lathadapter.adapter.methods.lathadapter.stacked import masked_loss
 from lathadapter.adapter.methods.lathadapter.text import TextSide, text_side
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
@@ -65,6 +66,7 @@ def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions) -> to
 
 @register("lathadapter", LatHAdapterOptions)
 class LatHAdapter(Method):
+    stackable = True  # under vmap its loss is `stacked.masked_loss`
     def __init__(self, options: LatHAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         device, dim = data.text_features.device, data.text_features.shape[1]
@@ -151,9 +153,12 @@ class LatHAdapter(Method):
     # --- training loss (docs/method.md, step 6) ---
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of `reference.reference_loss`, through the fused twin of the configured radius."""
+        """The loss of `reference.reference_loss`, through the fused twin of the configured radius (under vmap, for
+        stacked runs, through `stacked.masked_loss`)."""
         o = self.options
-        if o.impl == "reference":
+        if vmapped():  # runs trained as one stacked model: the fixed-shape form (`stacked.masked_loss`)
+            loss, parts = masked_loss(self, features, labels)
+        elif o.impl == "reference":
             loss, parts = reference_loss(self, features, labels)
         else:
             side = self.text_side(self.text_features)

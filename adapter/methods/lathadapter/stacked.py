@@ -1,0 +1,84 @@
+"""LatHAdapter's loss for runs trained as one stacked model (`adapter.batched`, under `torch.func.vmap`): the
+definition of `reference.reference_loss` in a form that vmaps and never waits on the device.
+
+The reference and the fused twins take the batch's categories with `torch.unique` (a shape that depends on the
+labels, read on the host) and the fused twins read the lift's scalars as Python floats; neither can be vmapped over
+runs nor captured in a CUDA graph. Here every shape is fixed by B, C and K:
+
+- the batch's categories are a 0/1 mask over all C classes; the separation term averages each image's hinges over
+  the present classes other than its own, and the category → attribute edges of absent classes weigh 0;
+- every lifted point is a unit direction times a radius, so each distance and cone angle is written from the two
+  scaled radii and the direction cosine through the invariants of `kernels.geometry` and `kernels.cone` (|p|², |q|²,
+  <p, q − p>, |q − p|² in the ball of curvature −1), in plain autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lathadapter.adapter.methods.base import LOGIT_SCALE, mix
+from lathadapter.adapter.methods.lathadapter.reference import ATTRIBUTE, CATEGORY, IMAGE
+from lathadapter.kernels.cone import cone_energy_from_invariants
+from lathadapter.kernels.geometry import distance_from_invariants
+from lathadapter.kernels.radial import radial_centripetal_energy
+
+
+def _invariants(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """|p|², |q|², <p, q − p>, |q − p|² of p = ρ_p u, q = ρ_q v with <u, v> = cosine (broadcasting); |q − p|² as
+    (ρ_p − ρ_q)² + 2 ρ_p ρ_q (1 − cos), free of cancellation."""
+    product = rho_p * rho_q
+    return (rho_p * rho_p).expand_as(cosine), (rho_q * rho_q).expand_as(cosine), product * cosine - rho_p * rho_p, \
+        (rho_p - rho_q).square() + 2 * product * (1 - cosine)
+
+
+def masked_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The total loss of a LatHAdapter `model` on images `x` [B, D] with labels `y` [B], and its parts (as
+    `reference_loss`, whose steps it follows)."""
+    o, c, t = model.options, model.curvature, model.text_features
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    # 1–3. adapters, attribute prompts, associations, refined prototypes
+    z = mix(x, model.visual_adapter, o.alpha_v)
+    m = mix(t, model.text_adapter, o.alpha_t)
+    v, u = F.normalize(z, dim=-1), F.normalize(m, dim=-1)
+    a = F.normalize(model.attribute_prompts, dim=-1)
+    image_attribute = v @ a.t()  # [B, K]
+    r = torch.softmax(image_attribute / o.tau_attr, dim=-1)
+    w = torch.softmax(u @ a.t() / o.tau_attr, dim=-1)  # [C, K]
+    q = m + model.beta * m.norm(dim=-1, keepdim=True) * (w @ a) if o.attr_proto else m
+    p = F.normalize(q, dim=-1)
+    image_class = v @ p.t()  # [B, C]
+    # 5. scaled radii (the ball rescaled to curvature −1): ρ' = √c |exp0(ρ e)|
+    rho_img = model.scaled_radii(IMAGE, v, z.norm(dim=-1), c)
+    rho_attr = model.scaled_radii(ATTRIBUTE, a, model.attribute_prompts.norm(dim=-1), c)
+    rho_cat = model.scaled_radii(CATEGORY, p, q.norm(dim=-1), c)
+    # 6. losses
+    ce = F.cross_entropy(LOGIT_SCALE * image_class, y)
+    aa, bb, _, uu = _invariants(rho_img[:, None], rho_cat[None, :], image_class)
+    d = distance_from_invariants(aa, bb, uu, one) / c.sqrt()  # [B, C]
+    hyp = F.cross_entropy(-d / model.log_tau_hyp.exp(), y)
+    num_classes = p.shape[0]
+    own = (y[:, None] == torch.arange(num_classes, device=y.device)).to(x.dtype)  # [B, C] one-hot
+    present = own.amax(0)  # [C]: the batch's categories
+    others = present[None, :] * (1 - own)
+    hinge = torch.relu(d.gather(1, y[:, None]) - d + o.margin)
+    separation = ((hinge * others).sum(1) / others.sum(1).clamp_min(1)).mean()
+    # the batch's tree: category y_i → image i (weight 1), category c → attribute k (w_ck, c present), attribute k →
+    # image i (r_ik)
+    class_attribute = p @ a.t()
+    edges = [(rho_cat.gather(0, y), rho_img, image_class.gather(1, y[:, None])[:, 0], torch.ones_like(rho_img)),
+             (rho_cat[:, None], rho_attr[None, :], class_attribute, w * present[:, None]),
+             (rho_attr[None, :], rho_img[:, None], image_attribute, r)]
+    weighted = x.new_zeros(())
+    for rho_p, rho_q, cosine, weight in edges:
+        if o.hier == "cone":
+            energy = cone_energy_from_invariants(*_invariants(rho_p, rho_q, cosine), one, o.cone_k, o.cone_kappa)
+        else:
+            energy = radial_centripetal_energy(rho_p, rho_q, c, o.margin_radial).expand_as(cosine)
+        weighted = weighted + (weight * energy).sum()
+    hier = weighted / sum(weight.sum() for _, _, _, weight in edges) + separation
+    anchor = (1 - (p * t).sum(-1)).mean() + (1 - (v * x).sum(-1)).mean()
+    total = ce + o.lambda_hyp * hyp + o.lambda_hier * hier + o.lambda_anchor * anchor
+    return total, {"ce": ce.detach(), "hyp": hyp.detach(), "hier": hier.detach(), "anchor": anchor.detach()}

@@ -1,0 +1,206 @@
+"""Runs trained together (`adapter.batched`, `grid --batch-runs`): each run as it is trained alone by the plain
+trainer, bit for bit in lockstep and within float rounding when stacked; batched grids save, resume and report
+every run as one-at-a-time grids do."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from lathadapter.adapter.batched import Member, lockstep_key, stack_key, train_together
+from lathadapter.adapter.catalog import build_method, make_options
+from lathadapter.adapter.trainer import train
+from lathadapter.cache.store import CacheReader
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.experiments.grid import GridSpec, batches, expand, prepare, run_grid
+
+TRAINED = ("linear-probe", "clip-adapter", "taskres", "tip-adapter-f", "lathadapter")
+SHORT = {"epochs": "3", "min_steps": "0"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("batched")
+    return write_synthetic_cache(folder / "world.h5", num_classes=8, dim=16, views=3, shots=(2, 4), seeds=(1, 2, 3),
+                                 train_per_class=16, test_per_class=6, seed=3, name="world")
+
+
+def _build(method: str, data, seed: int, overrides: dict | None = None):
+    torch.manual_seed(seed)
+    return build_method(method, make_options(method, {**SHORT, **(overrides or {})}), data)
+
+
+def _load(cache: Path, shots: int, seeds: tuple[int, ...]):
+    with CacheReader(cache) as reader:
+        return [reader.load(shots, seed) for seed in seeds]
+
+
+def _equal_states(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_a_batch_of_one_is_the_plain_trainer_bit_for_bit(cache: Path, method: str) -> None:
+    [data] = _load(cache, 4, (2,))
+    alone, together = _build(method, data, 2), _build(method, data, 2)
+    expected = train(alone, data, seed=2, select="val")
+    [result] = train_together([Member(together, data, 2)], select="val")
+    assert result.batch_mode == "lockstep" and result.batch_runs == 1
+    assert _equal_states(alone, together)
+    assert (result.steps, result.epochs, result.selected_epoch) == (expected.steps, expected.epochs,
+                                                                    expected.selected_epoch)
+    assert result.history == expected.history
+    assert result.chosen == expected.chosen
+
+
+@pytest.mark.parametrize("method", ["lathadapter", "clip-adapter"])
+def test_lockstep_runs_with_different_seeds_subsets_and_options_equal_each_alone(cache: Path, method: str) -> None:
+    """Members that differ in seed, subset and numeric options (lr: a parameter group each; λ or α: the forward pass)
+    train in lockstep, and each ends exactly where it ends alone."""
+    datas = _load(cache, 4, (1, 2, 3))
+    numeric = {"lathadapter": [{}, {"lr": "0.003", "lambda_hier": "0.5"}, {"margin": "0.3", "weight_decay": "0.1"}],
+               "clip-adapter": [{}, {"lr": "0.01"}, {"alpha": "0.6", "weight_decay": "0"}]}[method]
+    alone = [_build(method, d, s, o) for d, s, o in zip(datas, (1, 2, 3), numeric, strict=True)]
+    expected = [train(m, d, seed=s) for m, d, s in zip(alone, datas, (1, 2, 3), strict=True)]
+    members = [Member(_build(method, d, s, o), d, s) for d, s, o in zip(datas, (1, 2, 3), numeric, strict=True)]
+    results = train_together(members)
+    for plain, member, want, got in zip(alone, members, expected, results, strict=True):
+        assert got.batch_mode == "lockstep" and got.batch_runs == 3
+        assert _equal_states(plain, member.method)
+        assert got.history == want.history
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_stacked_runs_equal_each_alone_within_float_rounding(cache: Path, method: str) -> None:
+    """Runs of a stackable method that differ in seed and subset train as one vmapped model. Tolerance: every
+    parameter within 1e-4 of training alone (batched products round in another order; measured differences are
+    about 1e-7), the same test predictions, the same epoch selected on val."""
+    datas = _load(cache, 4, (1, 2, 3))
+    alone = [_build(method, d, s) for d, s in zip(datas, (1, 2, 3), strict=True)]
+    expected = [train(m, d, seed=s, select="val") for m, d, s in zip(alone, datas, (1, 2, 3), strict=True)]
+    members = [Member(_build(method, d, s), d, s) for d, s in zip(datas, (1, 2, 3), strict=True)]
+    assert len({stack_key(m) for m in members}) == 1 and stack_key(members[0]) is not None
+    results = train_together(members, select="val", stack=True)
+    for plain, member, want, got, data in zip(alone, members, expected, results, datas, strict=True):
+        assert got.batch_mode == "stacked" and got.steps == want.steps
+        assert got.selected_epoch == want.selected_epoch
+        first, second = plain.state_dict(), member.method.state_dict()
+        for name in first:
+            assert torch.allclose(first[name], second[name], rtol=0, atol=1e-4), name
+        with torch.no_grad():
+            assert torch.equal(plain.logits(data.test_features).argmax(1),
+                               member.method.logits(data.test_features).argmax(1))
+        losses = [h["loss"] for h in want.history], [h["loss"] for h in got.history]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-6)
+
+
+def test_members_that_take_other_steps_are_refused(cache: Path) -> None:
+    [small], [large] = _load(cache, 2, (1,)), _load(cache, 4, (1,))
+    members = [Member(_build("taskres", small, 1), small, 1), Member(_build("taskres", large, 1), large, 1)]
+    assert lockstep_key(members[0], "last", "augmented") != lockstep_key(members[1], "last", "augmented")
+    with pytest.raises(ValueError, match="train the others alone"):
+        train_together(members)
+
+
+def test_batches_group_compatible_runs_and_keep_grid_order_alone(cache: Path, tmp_path: Path) -> None:
+    spec = GridSpec([str(cache)], ["zeroshot", "taskres"], [2, 4], [1, 2, 3], options={"taskres.lr": ["0.01", "0.1"]})
+    _, keyed = prepare(expand(spec), tmp_path)
+    assert batches(keyed, 1) == [[item] for item in keyed]
+    cut = batches(keyed, 4)
+    assert sorted(item.key for batch in cut for item in batch) == sorted(item.key for item in keyed)
+    for batch in cut:
+        assert 1 <= len(batch) <= 4
+        assert len({(i.run.config.method, i.run.config.shots) for i in batch}) == 1
+    # taskres at 2 shots: 2 lrs × 3 seeds; the runs of one lr come together (they stack): 4 + 2
+    taskres = [b for b in cut if b[0].run.config.method == "taskres" and b[0].run.config.shots == 2]
+    assert [len(b) for b in taskres] == [4, 2]
+    assert [r.run.config.options.lr for r in taskres[0]] == [0.01, 0.01, 0.01, 0.1]
+
+
+def _metrics(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/metrics.json")}
+
+
+@pytest.mark.parametrize("stack", ["on", "auto"])
+def test_a_batched_grid_gives_each_run_the_metrics_of_a_one_at_a_time_grid(cache: Path, tmp_path: Path, stack: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every method, with an lr axis. Stacking on (as on a GPU): runs of one lr stack, the rest run in lockstep;
+    on the CPU's default (`auto`) every batch runs in lockstep. Methods that do not train run alone. Tolerance:
+    lockstep and alone are bit for bit (same accuracy, same loss history); stacked runs are within one test image
+    of accuracy and 1e-3 of the final loss."""
+    monkeypatch.setenv("LATHADAPTER_STACK", stack)
+    methods = ["zeroshot", "tip-adapter", "gda", "lp++", *TRAINED]
+    options = {**{f"{m}.epochs": ["2"] for m in (*TRAINED, "lp++")}, **{f"{m}.min_steps": ["0"] for m in TRAINED},
+               **{f"{m}.lr": ["0.001", "0.01"] for m in TRAINED}}
+    spec = GridSpec([str(cache)], methods, [2, 4], [1, 2, 3], options=options, select=["val"])
+    one = run_grid(spec, tmp_path / "one", progress=False)
+    together = run_grid(spec, tmp_path / "together", progress=False, batch_runs=4)
+    assert one["done"] == together["done"] == one["runs"]
+    alone, batched = _metrics(tmp_path / "one"), _metrics(tmp_path / "together")
+    assert alone.keys() == batched.keys()
+    one_image = 100 / 48  # 8 classes × 6 test images
+    modes = set()
+    for key, expected in alone.items():
+        got = batched[key]
+        assert expected["batch_mode"] == "alone" and expected["batch_runs"] == 1
+        modes.add(got["batch_mode"])
+        if got["batch_mode"] == "stacked":
+            assert abs(got["accuracy"]["all"] - expected["accuracy"]["all"]) <= one_image + 1e-9, key
+            assert got["history"][-1]["loss"] == pytest.approx(expected["history"][-1]["loss"], rel=1e-3, abs=1e-5)
+        else:
+            assert got["accuracy"] == expected["accuracy"], key
+            assert got["history"] == expected["history"], key
+        assert got["steps"] == expected["steps"] and got["chosen"].keys() == expected["chosen"].keys()
+    assert modes == ({"alone", "lockstep", "stacked"} if stack == "on" else {"alone", "lockstep"})
+    by_method: dict[str, set[str]] = {}
+    for key, metrics in batched.items():
+        method = json.loads((tmp_path / "together" / "runs" / key / "config.json").read_text())["method"]
+        by_method.setdefault(method, set()).add(metrics["batch_mode"])
+    # 3 seeds of one lr stack, the batch's 4th member (another lr) trains in lockstep
+    assert by_method["clip-adapter"] == by_method["lathadapter"] == ({"stacked", "lockstep"} if stack == "on"
+                                                                     else {"lockstep"})
+    assert by_method["zeroshot"] == by_method["gda"] == by_method["lp++"] == {"alone"}
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    import lathadapter.experiments.grid as grid
+    saved = []
+    real_save = grid.save_trained
+    def save_then_die(*args, **kwargs):
+        if len(saved) == 3:  # the second batch's second run: killed before it is saved
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_save(*args, **kwargs)
+        saved.append(args[1].key)
+    grid.save_trained = save_then_die
+    spec = grid.GridSpec([sys.argv[1]], ["lathadapter", "taskres"], [2, 4], [1, 2],
+                         options={"epochs": ["2"], "min_steps": ["0"]})
+    grid.run_grid(spec, Path(sys.argv[2]), progress=False, batch_runs=2)
+""")
+
+
+def test_resume_after_a_killed_batched_grid_skips_exactly_the_finished_runs(cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid"
+    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(cache), str(out)], capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    finished = set(_metrics(out))
+    assert len(finished) == 3, "two batches of two began; the kill came before the fourth run was saved"
+    before = {key: (out / "runs" / key / "metrics.json").stat().st_mtime_ns for key in finished}
+    spec = GridSpec([str(cache)], ["lathadapter", "taskres"], [2, 4], [1, 2], options={"epochs": ["2"],
+                                                                                       "min_steps": ["0"]})
+    summary = run_grid(spec, out, progress=False, batch_runs=2)
+    assert (summary["runs"], summary["skipped"], summary["done"]) == (8, 3, 5)
+    assert {key: (out / "runs" / key / "metrics.json").stat().st_mtime_ns for key in finished} == before
+    assert len(_metrics(out)) == 8
+    assert os.path.exists(out / "results.csv")
