@@ -573,6 +573,7 @@ def demo(
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     threads: int | None = THREADS,
     workers: int | None = WORKERS,
+    batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel, each trained method's
     lr tuned on the few-shot val set), print the table and write the plots. Re-running reuses the cache and the
@@ -587,7 +588,8 @@ def demo(
         result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
                           methods=split_list(method) if method is not None else None, views=views,
                           tune=None if tune_preset == "none" else tune_preset, workers=workers,
-                          device=resolve_device(device), log=lambda message: typer.echo(message, err=True))
+                          device=resolve_device(device), log=lambda message: typer.echo(message, err=True),
+                          batch_runs=_batch_runs(batch_runs, device, "local"))
     except (ValueError, OSError) as error:
         _fail(error)
     typer.echo(result["markdown"])

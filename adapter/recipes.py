@@ -84,11 +84,13 @@ def build_optimizer(groups: list[tuple[list[torch.nn.Parameter], TrainRecipe]]) 
         # The fused AdamW (one kernel over all parameters) is 4x faster per step than the per-tensor loop on CPU.
         return torch.optim.AdamW([{"params": p, "lr": r.lr, "weight_decay": r.weight_decay, "eps": r.eps}
                                   for p, r in groups], fused=device.type in ("cpu", "cuda"))
+    # foreach: one call per group for all its tensors instead of a Python loop over them (torch picks it on CUDA
+    # only); on the CPU its updates equal the loop's bit for bit.
     if kind == "adam":
         return torch.optim.Adam([{"params": p, "lr": r.lr, "weight_decay": r.weight_decay, "eps": r.eps}
-                                 for p, r in groups], betas=(0.9, 0.999))
+                                 for p, r in groups], betas=(0.9, 0.999), foreach=True)
     return torch.optim.SGD([{"params": p, "lr": r.lr, "momentum": r.momentum, "weight_decay": r.weight_decay}
-                            for p, r in groups], dampening=0, nesterov=False)
+                            for p, r in groups], dampening=0, nesterov=False, foreach=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipes: list[TrainRecipe], epochs: int, steps_per_epoch: int

@@ -3,11 +3,12 @@
 machine's CPUs (`--backend ray`: one CPU per chunk task, 8 runs per chunk), or both in the same run (`local,ray`).
 `--workers 1,2` runs the local backend once per count: 1 is one process with torch's threads, N > 1 is N worker
 processes with one thread each (`lathadapter grid --workers N`); `--batch-runs 1,8` runs each of those once per
-batch size (`lathadapter grid --batch-runs N`: up to N compatible runs trained together); `--repeats R` alternates
-the configurations R times. `--device cuda` runs the local backend on the GPU (one process).
+batch size (`lathadapter grid --batch-runs N`: up to N compatible runs trained together) and `--stack auto,on,off`
+once per stacking choice (LATHADAPTER_STACK: stacked models, or lockstep; `auto` stacks on CUDA only); `--repeats R`
+alternates the configurations R times. `--device cuda` runs the local backend on the GPU (one process).
 
     python benchmarks/grid.py [--methods zeroshot,tip-adapter-f,lathadapter] [--backend local,ray] [--workers 1,2]
-                              [--batch-runs 1,8] [--repeats 1] [--shots 1,2,4,8,16] [--seeds 1,2,3]
+                              [--batch-runs 1,8] [--stack auto] [--repeats 1] [--shots 1,2,4,8,16] [--seeds 1,2,3]
                               [--device cpu] [--out benchmarks/results/grid.json]
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from lathadapter.adapter.batched import STACK_ENV
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.experiments.grid import GridSpec, run_grid
 
@@ -35,6 +38,7 @@ def main() -> None:
     parser.add_argument("--backend", default="local", help="local, ray, or local,ray (both, same grid)")
     parser.add_argument("--workers", default="1", help="local backend: worker process counts, e.g. 1,2")
     parser.add_argument("--batch-runs", default="1", help="runs trained together, e.g. 1,8")
+    parser.add_argument("--stack", default="auto", help="LATHADAPTER_STACK values, e.g. auto,on")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the configurations this many times")
     parser.add_argument("--shots", default="1,2,4,8,16")
@@ -50,12 +54,13 @@ def main() -> None:
     shots = [int(v) for v in args.shots.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")]
     spec = GridSpec([str(cache)], methods, shots, seeds)
-    configs = [(backend, int(w), int(b)) for backend in args.backend.split(",")
+    configs = [(backend, int(w), int(b), stack) for backend in args.backend.split(",")
                for w in (args.workers.split(",") if backend == "local" else ["1"])
-               for b in args.batch_runs.split(",")]
+               for b in args.batch_runs.split(",") for stack in (args.stack.split(",") if b != "1" else ["auto"])]
     rows = []
     for repeat in range(args.repeats):
-        for backend, workers, batch_runs in configs:
+        for backend, workers, batch_runs, stack in configs:
+            os.environ[STACK_ENV] = stack  # read where runs train: this process, its workers, local Ray workers
             run = functools.partial(run_grid, batch_runs=batch_runs)
             threads = torch.get_num_threads()
             if backend == "ray":
@@ -81,19 +86,20 @@ def main() -> None:
             finally:
                 shutil.rmtree(folder)
             rows.append({"backend": backend, "workers": workers, "threads": threads, "batch_runs": batch_runs,
+                         "stack": stack,
                          "device": args.device, "repeat": repeat, "methods": methods, "shots": shots, "seeds": seeds,
                          "runs": summary["runs"], "seconds": seconds,
                          "runs_per_minute": 60 * summary["runs"] / seconds, "resume_seconds": resume_seconds,
                          "resume_skipped": again["skipped"]})
-            print(f"  repeat {repeat}: {backend} {workers} × {threads} batch {batch_runs}: {seconds:.1f} s",
-                  flush=True)
+            print(f"  repeat {repeat}: {backend} {workers} × {threads} batch {batch_runs} stack {stack}: "
+                  f"{seconds:.1f} s", flush=True)
     label = f"{' × '.join(methods)} × {len(shots)} shots × {len(seeds)} seeds"
     print(f"torch {torch.__version__}, {args.device}")
-    print(f"{'grid':<{len(label)}} {'backend':>7} {'procs×threads':>13} {'batch':>5} {'runs':>5} {'wall s':>8} "
-          f"{'runs/min':>9} {'resume s':>9}")
+    print(f"{'grid':<{len(label)}} {'backend':>7} {'procs×threads':>13} {'batch':>5} {'stack':>5} {'runs':>5} "
+          f"{'wall s':>8} {'runs/min':>9} {'resume s':>9}")
     for row in rows:
         shape = f"{row['workers']} × {row['threads']}"
-        print(f"{label} {row['backend']:>7} {shape:>13} {row['batch_runs']:5d} {row['runs']:5d} "
+        print(f"{label} {row['backend']:>7} {shape:>13} {row['batch_runs']:5d} {row['stack']:>5} {row['runs']:5d} "
               f"{row['seconds']:8.1f} {row['runs_per_minute']:9.1f} {row['resume_seconds']:9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))

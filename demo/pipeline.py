@@ -25,6 +25,7 @@ from lathadapter.demo.dataset import (
 )
 from lathadapter.demo.model import bundled_model
 from lathadapter.experiments.grid import GridSpec, run_grid
+from lathadapter.experiments.machine import auto_batch_runs
 from lathadapter.experiments.pool import run_grid_in_processes
 from lathadapter.experiments.report import write_report
 
@@ -55,10 +56,12 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
 def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
              methods: Sequence[str] | None = None, views: int = 10, tune: str | None = "lr",
              train_views: str = DEMO_TRAIN_VIEWS, workers: int | None = None, device: str = "cpu",
-             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+             progress: bool = True, log: Callable[[str], None] = print, batch_runs: int | None = None
+             ) -> dict[str, Any]:
     """Build the demo cache under `folder`, run the few-shot and base-to-novel grids of `methods` (default: every
     method), each trained method's lr tuned on the few-shot val set (`tune`, a grid tuning preset; None: each
-    method's own recipe as is), and write the report. `workers` as `grid --workers` (None: chosen by the CPUs)."""
+    method's own recipe as is), and write the report. `workers` and `batch_runs` as `grid --workers` and
+    `--batch-runs` (None: chosen by the CPUs and the device)."""
     methods = list(methods) if methods is not None else method_names()
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -74,11 +77,12 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     specs = [GridSpec(cache, list(methods), list(shots), list(seeds), ["all"], **axes),
              GridSpec(cache, list(methods), [16], list(seeds), ["base"], **axes)]
     runs = 0
+    batch_runs = batch_runs or auto_batch_runs(device)
     for spec in specs:
         if device == "cpu" and workers != 1:
-            runs += run_grid_in_processes(spec, grid_dir, device, workers, progress)["runs"]
+            runs += run_grid_in_processes(spec, grid_dir, device, workers, progress, batch_runs)["runs"]
         else:
-            runs += run_grid(spec, grid_dir, device, progress)["runs"]
+            runs += run_grid(spec, grid_dir, device, progress, batch_runs)["runs"]
     timings["grid"] = time.perf_counter() - tick
     written = write_report(grid_dir / "results.csv", folder / "report")
     timings["total"] = time.perf_counter() - start

@@ -355,6 +355,7 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
         "hm": metrics.get("hm"), "train_seconds": metrics.get("train_seconds"),
         "eval_seconds": metrics.get("eval_seconds"), "trained_parameters": metrics.get("trained_parameters"),
         "steps": metrics.get("steps"),
+        "batch_runs": metrics.get("batch_runs", 1), "batch_mode": metrics.get("batch_mode", "alone"),
     }
     row.update({f"chosen.{k}": v for k, v in sorted((metrics.get("chosen") or {}).items())})
     tune = metrics.get("tune")

@@ -4,6 +4,7 @@ every run as one-at-a-time grids do."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -204,3 +205,22 @@ def test_resume_after_a_killed_batched_grid_skips_exactly_the_finished_runs(cach
     assert {key: (out / "runs" / key / "metrics.json").stat().st_mtime_ns for key in finished} == before
     assert len(_metrics(out)) == 8
     assert os.path.exists(out / "results.csv")
+
+
+def test_the_command_line_takes_batch_runs_and_refuses_less_than_one(cache: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lathadapter.cli import app
+
+    common = ["grid", "--cache", str(cache), "--method", "taskres", "--shots", "2", "--seeds", "1,2,3",
+              "--set", "epochs=2", "--set", "min_steps=0", "--workers", "1"]
+    refused = CliRunner().invoke(app, [*common, "--batch-runs", "0", "--out", str(tmp_path / "refused")])
+    assert refused.exit_code != 0
+    assert "--batch-runs 0: must be at least 1" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "refused" / "runs").exists()
+    done = CliRunner().invoke(app, [*common, "--batch-runs", "2", "--out", str(tmp_path / "grid")])
+    assert done.exit_code == 0, done.output
+    with (tmp_path / "grid" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["batch_runs"], r["batch_mode"]) for r in rows) == [("1", "alone"), ("2", "lockstep"),
+                                                                         ("2", "lockstep")]

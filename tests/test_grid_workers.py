@@ -85,6 +85,21 @@ def test_a_resumed_worker_grid_trains_only_the_missing_runs(spec: GridSpec, grid
     assert _rows(out) == _rows(grids["one"])
 
 
+def test_runs_trained_together_on_workers_write_the_same_results_as_one_process(spec: GridSpec,
+                                                                                 grids: dict[str, Path],
+                                                                                 tmp_path: Path) -> None:
+    """`--batch-runs 2` on two workers: each worker trains a chunk's runs of one method and shots two at a time, in
+    lockstep on the CPU (bit for bit as alone); only the batch columns differ from the one-process grid's."""
+    summary = run_grid_in_processes(spec, tmp_path / "batched", "cpu", workers=2, progress=False, batch_runs=2)
+    assert summary["done"] == 12
+    batch = {"batch_runs", "batch_mode"}
+    rows = _rows(tmp_path / "batched")
+    assert [{k: v for k, v in r.items() if k not in batch} for r in rows] == [
+        {k: v for k, v in r.items() if k not in batch} for r in _rows(grids["one"])]
+    modes = {(r["method"], r["batch_runs"], r["batch_mode"]) for r in rows}
+    assert modes == {("zeroshot", "1", "alone"), ("clip-adapter", "2", "lockstep"), ("lathadapter", "2", "lockstep")}
+
+
 def test_cli_refuses_bad_worker_counts(cache: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["grid", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu",
