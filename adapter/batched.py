@@ -29,7 +29,7 @@ import torch
 
 from lathadapter.adapter.evaluate import accuracy
 from lathadapter.adapter.methods.base import Method, ProtocolWarning
-from lathadapter.adapter.recipes import build_optimizer, build_scheduler
+from lathadapter.adapter.recipes import TrainRecipe, build_optimizer, build_scheduler
 from lathadapter.adapter.trainer import (
     SELECTIONS,
     TRAIN_VIEWS,
@@ -49,6 +49,9 @@ class Member:
     method: Method
     data: FewShotData
     seed: int
+
+
+Best = list[tuple[dict[str, Any] | None, float]]  # per member: the state kept and its val accuracy
 
 
 def trainable(method: Method) -> list[torch.nn.Parameter]:
@@ -150,26 +153,48 @@ def train_together(members: list[Member], select: str = "last", train_views: str
     return results
 
 
+@dataclass
+class _Plan:
+    """The steps members share (epochs, batch starts) and what each draws its batches from: its seed's generator and
+    its training rows with their view count."""
+
+    n: int
+    batch_size: int
+    epochs: int
+    starts: range
+    device: torch.device
+    generators: list[torch.Generator]
+    views: list[tuple[torch.Tensor, int]]
+
+    @staticmethod
+    def of(members: list[Member], recipe: TrainRecipe, train_views: str) -> _Plan:
+        data = members[0].data
+        n = len(data.train_labels)
+        starts = range(0, n, recipe.batch_size)[:recipe.steps_per_epoch(n)]  # drop_last leaves the last one out
+        return _Plan(n, recipe.batch_size, recipe.epochs_for(n), starts, data.train_labels.device,
+                     [torch.Generator().manual_seed(m.seed) for m in members],
+                     [training_views(m.data, train_views) for m in members])
+
+    def batches(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Each member's batches of the next epoch, drawn as `trainer.train` draws them."""
+        return [epoch_batches(g, self.n, v, self.starts, self.batch_size, self.device)
+                for g, (_, v) in zip(self.generators, self.views, strict=True)]
+
+
 def _optimise_together(members: list[Member], select: str, train_views: str, results: list[TrainResult]) -> None:
     recipes = [m.method.train_recipe() for m in members]
-    first, data = recipes[0], members[0].data
-    device = data.train_labels.device
-    n = len(data.train_labels)
-    batch_size, steps_per_epoch, epochs = first.batch_size, first.steps_per_epoch(n), first.epochs_for(n)
-    starts = range(0, n, batch_size)[:steps_per_epoch]
+    plan = _Plan.of(members, recipes[0], train_views)
     params = [trainable(m.method) for m in members]
     every = [p for group in params for p in group]
     optimizer = build_optimizer(list(zip(params, recipes, strict=True)))
-    scheduler = build_scheduler(optimizer, recipes, epochs, steps_per_epoch)
-    generators = [torch.Generator().manual_seed(m.seed) for m in members]
-    views = [training_views(m.data, train_views) for m in members]
-    best: list[tuple[dict[str, Any] | None, float]] = [(None, -1.0)] * len(members)
-    for epoch in range(epochs):
+    scheduler = build_scheduler(optimizer, recipes, plan.epochs, len(plan.starts))
+    views = plan.views
+    best: Best = [(None, -1.0)] * len(members)
+    for epoch in range(plan.epochs):
         for member in members:
             member.method.train()
-        batches = [epoch_batches(g, n, v, starts, batch_size, device)
-                   for g, (_, v) in zip(generators, views, strict=True)]
-        for step in range(len(starts)):
+        batches = plan.batches()
+        for step in range(len(plan.starts)):
             losses, parts = [], []
             for member, (rows, _), run_batches in zip(members, views, batches, strict=True):
                 batch, batch_rows = run_batches[step]
@@ -181,17 +206,37 @@ def _optimise_together(members: list[Member], select: str, train_views: str, res
             sum(losses[1:], losses[0]).backward()  # each run's loss gets a gradient of exactly 1
             optimizer.step()
             scheduler.step()
-        for r, (member, result) in enumerate(zip(members, results, strict=True)):
-            result.steps += len(starts)
-            result.history.append({"epoch": epoch + 1, "loss": float(losses[r].detach()),
-                                   **{k: float(v) for k, v in parts[r].items()}})
-            if select == "val" and len(member.data.val_labels):
-                member.method.eval()
-                with torch.no_grad():
-                    val_accuracy = accuracy(member.method.logits(member.data.val_features), member.data.val_labels)
-                if val_accuracy > best[r][1]:  # first best epoch kept
-                    best[r] = (copy.deepcopy(member.method.state_dict()), val_accuracy)
-                    result.selected_epoch, result.val_accuracy = epoch + 1, val_accuracy
+        _record(results, epoch, len(plan.starts), losses, parts)
+        if select == "val":
+            _keep_best(members, results, best, epoch)
+    _restore_best(members, results, best, plan.epochs)
+
+
+def _record(results: list[TrainResult], epoch: int, steps: int, losses: list[torch.Tensor],
+            parts: list[dict[str, torch.Tensor]]) -> None:
+    """An epoch's steps and each member's last-batch loss and its parts, as `trainer.train` records them."""
+    for result, loss, part in zip(results, losses, parts, strict=True):
+        result.steps += steps
+        result.history.append({"epoch": epoch + 1, "loss": float(loss.detach()),
+                               **{k: float(v) for k, v in part.items()}})
+
+
+def _keep_best(members: list[Member], results: list[TrainResult], best: Best, epoch: int) -> None:
+    """`select=val` after an epoch: each member with a val set keeps its state when its val accuracy is the best
+    so far (the first best epoch kept), as `trainer.train` does."""
+    for r, (member, result) in enumerate(zip(members, results, strict=True)):
+        if not len(member.data.val_labels):
+            continue
+        member.method.eval()
+        with torch.no_grad():
+            val_accuracy = accuracy(member.method.logits(member.data.val_features), member.data.val_labels)
+        if val_accuracy > best[r][1]:
+            best[r] = (copy.deepcopy(member.method.state_dict()), val_accuracy)
+            result.selected_epoch, result.val_accuracy = epoch + 1, val_accuracy
+
+
+def _restore_best(members: list[Member], results: list[TrainResult], best: Best, epochs: int) -> None:
+    """Load each member's kept state (else its last epoch is the one selected)."""
     for (state, _), member, result in zip(best, members, results, strict=True):
         result.epochs = epochs
         if state is not None:
@@ -217,21 +262,16 @@ def _optimise_stacked(members: list[Member], select: str, train_views: str, resu
     its own), and the trained slices written back into each member's method."""
     from torch.func import functional_call, stack_module_state, vmap
 
-    recipe, data = members[0].method.train_recipe(), members[0].data
-    device = data.train_labels.device
-    n = len(data.train_labels)
-    batch_size, steps_per_epoch, epochs = recipe.batch_size, recipe.steps_per_epoch(n), recipe.epochs_for(n)
-    starts = range(0, n, batch_size)[:steps_per_epoch]
+    recipe = members[0].method.train_recipe()
+    plan = _Plan.of(members, recipe, train_views)
     modules = [_LossOf(m.method) for m in members]
     params, buffers = stack_module_state(modules)  # new leaves [R, ...]; requires_grad as the originals
     trained = [p for p in params.values() if p.requires_grad]
     optimizer = build_optimizer([(trained, recipe)])
-    scheduler = build_scheduler(optimizer, [recipe], epochs, steps_per_epoch)
+    scheduler = build_scheduler(optimizer, [recipe], plan.epochs, len(plan.starts))
     loss_of = vmap(lambda p, b, x, y: functional_call(modules[0], (p, b), (x, y)))
-    generators = [torch.Generator().manual_seed(m.seed) for m in members]
-    views = [training_views(m.data, train_views) for m in members]
     labels = [m.data.train_labels for m in members]
-    best: list[tuple[dict[str, Any] | None, float]] = [(None, -1.0)] * len(members)
+    best: Best = [(None, -1.0)] * len(members)
 
     def write_back() -> None:
         with torch.no_grad():
@@ -239,12 +279,11 @@ def _optimise_stacked(members: list[Member], select: str, train_views: str, resu
                 for name, param in module.named_parameters():
                     param.copy_(params[name][r])
 
-    for epoch in range(epochs):
-        batches = [epoch_batches(g, n, v, starts, batch_size, device)
-                   for g, (_, v) in zip(generators, views, strict=True)]
-        for step in range(len(starts)):
+    for epoch in range(plan.epochs):
+        batches = plan.batches()
+        for step in range(len(plan.starts)):
             features = torch.stack([rows.index_select(0, run_batches[step][1])
-                                    for (rows, _), run_batches in zip(views, batches, strict=True)])
+                                    for (rows, _), run_batches in zip(plan.views, batches, strict=True)])
             targets = torch.stack([y.index_select(0, run_batches[step][0])
                                    for y, run_batches in zip(labels, batches, strict=True)])
             losses, parts = loss_of(params, buffers, features, targets)
@@ -252,25 +291,10 @@ def _optimise_stacked(members: list[Member], select: str, train_views: str, resu
             losses.sum().backward()  # each run's loss gets a gradient of exactly 1
             optimizer.step()
             scheduler.step()
-        for r, result in enumerate(results):
-            result.steps += len(starts)
-            result.history.append({"epoch": epoch + 1, "loss": float(losses[r].detach()),
-                                   **{k: float(v[r]) for k, v in parts.items()}})
+        _record(results, epoch, len(plan.starts), list(losses), [{k: v[r] for k, v in parts.items()}
+                                                                 for r in range(len(members))])
         if select == "val":
             write_back()
-            for r, (member, result) in enumerate(zip(members, results, strict=True)):
-                if not len(member.data.val_labels):
-                    continue
-                member.method.eval()
-                with torch.no_grad():
-                    val_accuracy = accuracy(member.method.logits(member.data.val_features), member.data.val_labels)
-                if val_accuracy > best[r][1]:  # first best epoch kept
-                    best[r] = (copy.deepcopy(member.method.state_dict()), val_accuracy)
-                    result.selected_epoch, result.val_accuracy = epoch + 1, val_accuracy
+            _keep_best(members, results, best, epoch)
     write_back()
-    for (state, _), member, result in zip(best, members, results, strict=True):
-        result.epochs = epochs
-        if state is not None:
-            member.method.load_state_dict(state)
-        else:
-            result.selected_epoch = epochs
+    _restore_best(members, results, best, plan.epochs)
