@@ -3,7 +3,8 @@
 Every run is keyed by a hash of its full configuration and its cache's fingerprint and written to
 `OUT/runs/<key>/`; a run whose `metrics.json` exists is finished and skipped. `OUT/results.csv` (one row per run,
 every option a column: `opt.NAME`, or `opt.METHOD.NAME` where methods mean different things by a name) is rewritten
-from the run directories after each run, so it is always complete and consistent.
+from the run directories after each run (each batch, with `batch_runs`: `batches`, `adapter.batched`), so it is
+always complete and consistent.
 
 Several grid processes may share one output folder: each run is trained by the one process that holds its lock file
 (`OUT/runs/<key>.lock`; the others skip it as running elsewhere), and `results.csv` is rewritten by one process at a
