@@ -406,19 +406,40 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ResultsError(f"{path}: expected the JSON file of a run directory ({error})") from None
 
 
-def run_rows(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
-    """Results-table rows of run directories (`config.json` and `metrics.json`, as grids and `fit` write them),
-    expanding per-target metrics to one row each."""
-    rows = []
-    for folder in run_dirs:
+# Rows already read, per run directory, with the size, mtime and inode of its two files: a grid rewrites results.csv
+# after every run or batch, and re-reading every finished run's JSON each time made its rewrites quadratic (1.29 s
+# per rewrite at 2,000 runs against 0.14 s with the rows kept; benchmarks/results_table.py).
+_ROWS_READ: dict[Path, tuple[tuple[int, ...], list[dict[str, Any]]]] = {}
+
+
+def _stamp(folder: Path) -> tuple[int, ...]:
+    stats = [(folder / name).stat() for name in ("config.json", "metrics.json")]
+    return tuple(v for st in stats for v in (st.st_size, st.st_mtime_ns, st.st_ino))
+
+
+def _rows_of(folder: Path) -> list[dict[str, Any]]:
+    """One run directory's rows (one per transfer target, else one), read again only when a file changed."""
+    try:
+        stamp = _stamp(folder)
+    except OSError as error:
+        raise ResultsError(f"{folder}: expected the JSON files of a run directory ({error})") from None
+    known = _ROWS_READ.get(folder)
+    if known is None or known[0] != stamp:
         config, metrics = _read_json(folder / "config.json"), _read_json(folder / "metrics.json")
         targets = metrics.get("targets")
         if targets:
-            for name, accuracy in sorted(targets.items()):
-                rows.append(results_row(config, {**metrics, "accuracy": {"all": accuracy}, "target": name}))
+            rows = [results_row(config, {**metrics, "accuracy": {"all": accuracy}, "target": name})
+                    for name, accuracy in sorted(targets.items())]
         else:
-            rows.append(results_row(config, metrics))
-    return select_tuned(rows)
+            rows = [results_row(config, metrics)]
+        known = _ROWS_READ[folder] = (stamp, rows)
+    return [dict(row) for row in known[1]]
+
+
+def run_rows(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
+    """Results-table rows of run directories (`config.json` and `metrics.json`, as grids and `fit` write them),
+    expanding per-target metrics to one row each."""
+    return select_tuned([row for folder in run_dirs for row in _rows_of(folder.absolute())])
 
 
 def collect_rows(out: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,15 @@ from lathadapter.adapter.options import OptionError, parse_assignments
 from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
-from lathadapter.experiments.grid import GridSpec, expand, iterate, load_spec_file, option_column, run_grid
+from lathadapter.experiments.grid import (
+    GridSpec,
+    expand,
+    iterate,
+    load_spec_file,
+    option_column,
+    run_grid,
+    write_results,
+)
 from lathadapter.experiments.protocols import run_protocol
 from lathadapter.experiments.report import write_report
 
@@ -94,6 +102,27 @@ def test_resume_skips_exactly_the_finished_runs(caches: dict[str, Path], tmp_pat
     expected = {"opt.clip-adapter.alpha", option_column("clip-adapter", "epochs"), "acc_all", "train_seconds"}
     assert expected <= set(rows[0])
     assert "opt.alpha" not in rows[0]
+
+
+def test_the_results_table_reads_a_run_again_when_its_files_change(caches: dict[str, Path], tmp_path: Path) -> None:
+    """Rewrites keep the rows of runs already read (a big grid's rewrites would be quadratic), yet a run directory
+    whose files change, or that is removed, shows as it is now."""
+    spec = GridSpec([str(caches["source"])], ["zeroshot"], [1, 2], [1], options={})
+    run_grid(spec, tmp_path, progress=False)
+    folders = sorted((tmp_path / "runs").iterdir())
+    metrics = json.loads((folders[0] / "metrics.json").read_text())
+    metrics["accuracy"]["all"] = 12.5
+    (folders[0] / "metrics.json").write_text(json.dumps(metrics))
+    write_results(tmp_path)
+    with (tmp_path / "results.csv").open() as f:
+        rows = {r["key"]: r for r in csv.DictReader(f)}
+    assert float(rows[folders[0].name]["acc_all"]) == 12.5 and len(rows) == 2
+    for path in folders[1].iterdir():
+        path.unlink()
+    folders[1].rmdir()
+    write_results(tmp_path)
+    with (tmp_path / "results.csv").open() as f:
+        assert [r["key"] for r in csv.DictReader(f)] == [folders[0].name]
 
 
 def test_an_option_that_methods_mean_differently_must_be_scoped(caches: dict[str, Path], tmp_path: Path) -> None:
