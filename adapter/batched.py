@@ -37,7 +37,9 @@ from lathadapter.adapter.trainer import (
     clear_grads,
     epoch_batches,
     synchronize,
+    trainable,
     training_views,
+    view_count,
 )
 from lathadapter.cache.store import FewShotData
 
@@ -54,10 +56,6 @@ class Member:
 Best = list[tuple[dict[str, Any] | None, float]]  # per member: the state kept and its val accuracy
 
 
-def trainable(method: Method) -> list[torch.nn.Parameter]:
-    return [p for p in method.parameters() if p.requires_grad]
-
-
 def lockstep_key(member: Member, select: str, train_views: str) -> tuple[Any, ...] | None:
     """What runs trained together must share: method, device, samples, views, optimiser and schedule kinds, epochs,
     steps and batch size. None for a run with nothing for the trainer to optimise (it trains alone, at no cost)."""
@@ -67,8 +65,8 @@ def lockstep_key(member: Member, select: str, train_views: str) -> tuple[Any, ..
     if type(method).optimizer is not Method.optimizer or type(method).scheduler is not Method.scheduler:
         return None  # a method with an optimiser of its own is trained alone
     recipe, n = method.train_recipe(), len(member.data.train_labels)
-    _, views = training_views(member.data, train_views)
-    return (type(method), str(member.data.train_labels.device), n, views, select, train_views, recipe.optimizer,
+    return (type(method), str(member.data.train_labels.device), n, view_count(member.data, train_views), select,
+            train_views, recipe.optimizer,
             recipe.schedule, recipe.epochs_for(n), recipe.steps_per_epoch(n), recipe.batch_size,
             recipe.warmup_epochs)
 
@@ -188,7 +186,6 @@ def _optimise_together(members: list[Member], select: str, train_views: str, res
     every = [p for group in params for p in group]
     optimizer = build_optimizer(list(zip(params, recipes, strict=True)))
     scheduler = build_scheduler(optimizer, recipes, plan.epochs, len(plan.starts))
-    views = plan.views
     best: Best = [(None, -1.0)] * len(members)
     for epoch in range(plan.epochs):
         for member in members:
@@ -196,7 +193,7 @@ def _optimise_together(members: list[Member], select: str, train_views: str, res
         batches = plan.batches()
         for step in range(len(plan.starts)):
             losses, parts = [], []
-            for member, (rows, _), run_batches in zip(members, views, batches, strict=True):
+            for member, (rows, _), run_batches in zip(members, plan.views, batches, strict=True):
                 batch, batch_rows = run_batches[step]
                 loss, part = member.method.loss(rows.index_select(0, batch_rows),
                                                 member.data.train_labels.index_select(0, batch))
@@ -245,7 +242,7 @@ def _restore_best(members: list[Member], results: list[TrainResult], best: Best,
             result.selected_epoch = epochs
 
 
-class _LossOf(torch.nn.Module):
+class LossModule(torch.nn.Module):
     """The method's `loss` as a module's forward, which `torch.func.functional_call` calls."""
 
     def __init__(self, method: Method) -> None:
@@ -264,7 +261,7 @@ def _optimise_stacked(members: list[Member], select: str, train_views: str, resu
 
     recipe = members[0].method.train_recipe()
     plan = _Plan.of(members, recipe, train_views)
-    modules = [_LossOf(m.method) for m in members]
+    modules = [LossModule(m.method) for m in members]
     params, buffers = stack_module_state(modules)  # new leaves [R, ...]; requires_grad as the originals
     trained = [p for p in params.values() if p.requires_grad]
     optimizer = build_optimizer([(trained, recipe)])

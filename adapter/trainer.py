@@ -55,6 +55,17 @@ def clear_grads(params: list[torch.nn.Parameter]) -> None:
         param.grad = None
 
 
+def view_count(data: FewShotData, train_views: str = "augmented") -> int:
+    """V of `training_views` without building its rows."""
+    augmented = data.train_views.shape[1]
+    return 1 if augmented == 0 else augmented + (train_views == "all")
+
+
+def trainable(method: Method) -> list[torch.nn.Parameter]:
+    """The parameters the trainer optimises."""
+    return [p for p in method.parameters() if p.requires_grad]
+
+
 def training_views(data: FewShotData, train_views: str = "augmented") -> tuple[torch.Tensor, int]:
     """The rows training draws from, `[N·V, D]` (sample i's view j is row i·V + j, so a batch is one index_select),
     and V: the augmented views (the clean view when the cache has none); `train_views="all"` puts the clean view
@@ -91,7 +102,7 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
     synchronize(device)
     start = time.perf_counter()
     result = TrainResult()
-    params = [p for p in method.parameters() if p.requires_grad]
+    params = trainable(method)
     if select == "val" and len(data.val_labels) == 0 and method.trains:
         warnings.warn(f"{method.name}: --select val, but the cache has no few-shot val subset (as ImageNet's): the "
                       "last epoch is kept", ProtocolWarning, stacklevel=2)

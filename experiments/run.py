@@ -121,17 +121,17 @@ def run_together(configs: list[RunConfig], datas: list[FewShotData]) -> list[Run
     members = [Member(build(c, train_data), train_data, c.seed) for c, (train_data, _) in zip(configs, splits,
                                                                                                 strict=True)]
     groups: dict[Any, list[int]] = {}
+    results: dict[int, TrainResult] = {}
     for i, (c, member) in enumerate(zip(configs, members, strict=True)):
         key = lockstep_key(member, c.select, c.train_views)
-        groups.setdefault(("alone", i) if key is None else key, []).append(i)
-    results: dict[int, TrainResult] = {}
-    for key, indices in groups.items():
-        c, member = configs[indices[0]], members[indices[0]]
-        if key[0] == "alone":
-            results[indices[0]] = train(member.method, member.data, c.seed, c.select, train_views=c.train_views)
+        if key is None:  # nothing for the trainer to optimise
+            results[i] = train(member.method, member.data, c.seed, c.select, train_views=c.train_views)
         else:
-            trained = train_together([members[i] for i in indices], c.select, c.train_views)
-            results.update(zip(indices, trained, strict=True))
+            groups.setdefault(key, []).append(i)
+    for indices in groups.values():
+        c = configs[indices[0]]
+        trained = train_together([members[i] for i in indices], c.select, c.train_views)
+        results.update(zip(indices, trained, strict=True))
     return [evaluated(c, member.method, results[i], train_data, novel_data)
             for i, (c, member, (train_data, novel_data)) in enumerate(zip(configs, members, splits, strict=True))]
 

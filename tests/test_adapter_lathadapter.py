@@ -5,13 +5,13 @@ of the cosine."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lathadapter.adapter.batched import LossModule
 from lathadapter.adapter.catalog import create_method
 from lathadapter.adapter.methods.lathadapter.stacked import masked_loss
 from lathadapter.cache.store import FewShotData
@@ -261,24 +261,11 @@ def test_the_stacked_runs_twin_equals_the_reference(options: dict) -> None:
                                torch.autograd.grad(masked, params, materialize_grads=True),
                                torch.autograd.grad(reference, params, materialize_grads=True), strict=True):
         torch.testing.assert_close(g, e, **tol, msg=lambda m, name=name: f"{name}: {m}")
-    params, buffers = torch.func.stack_module_state([method, method])
-    stacked, _ = torch.func.vmap(functools.partial(_loss_of, method))(params, buffers, torch.stack([x, x]),
-                                                                       torch.stack([y, y]))
+    module = LossModule(method)
+    params, buffers = torch.func.stack_module_state([module, module])
+    stacked, _ = torch.func.vmap(lambda p, b, x, y: torch.func.functional_call(module, (p, b), (x, y)))(
+        params, buffers, torch.stack([x, x]), torch.stack([y, y]))
     torch.testing.assert_close(stacked, torch.stack([reference, reference]).detach(), **tol)
-
-
-def _loss_of(method, params, buffers, x, y):
-    """`method.loss` with the given parameters and buffers (what the stacked trainer vmaps)."""
-    class Loss(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.method = method
-
-        def forward(self, x, y):
-            return self.method.loss(x, y)
-
-    prefixed = ({f"method.{k}": v for k, v in params.items()}, {f"method.{k}": v for k, v in buffers.items()})
-    return torch.func.functional_call(Loss(), prefixed, (x, y))
 
 
 @pytest.mark.parametrize("radius", ["head", "norm"])
