@@ -31,7 +31,10 @@ ADDRESS_HELP = ("--backend ray: the cluster's address, e.g. HEAD:6379 (default: 
 TUNE_HELP = ("Tuned option [METHOD.]OPTION=V1,V2,... (repeatable): each value is trained, the one best on the "
              "few-shot val set (base val for base-to-novel) is kept per cell and reported; never the test set.")
 TUNE_PRESET_HELP = ("lr: tune every trained method's lr over its own default × 1, 0.1, 10 (a tie keeps the default; "
-                    "methods without lr run once).")
+                    "methods without lr run once); a choice on an edge adds ×10 beyond it (÷10 below), twice at most.")
+TUNE_SCORE_HELP = ("What tuning chooses by: val (few-shot val accuracy; base val for base-to-novel) or val_hm (HM of "
+                   "pseudo-base and pseudo-novel val accuracy of a copy trained on half the training classes; one "
+                   "more training per candidate). Default auto: val_hm for base-to-novel (classes=base), else val.")
 
 # Options that `grid` and `protocol` (and, for threads, `fit` and `demo`) declare alike.
 THREADS = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process).")
@@ -40,6 +43,7 @@ BACKEND = typer.Option("local", help=BACKEND_HELP)
 ADDRESS = typer.Option(None, help=ADDRESS_HELP)
 TUNE = typer.Option([], "--tune", help=TUNE_HELP)
 TUNE_PRESET = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP)
+TUNE_SCORE = typer.Option(None, "--tune-score", help=TUNE_SCORE_HELP)
 CHUNK_SIZE = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once).")
 BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, as one stacked "
                           "model where the method allows, each with its own data, seed, options and optimiser "
@@ -416,6 +420,16 @@ def _workers(workers: int | None, threads: int | None, ray, device: str | None) 
     return workers
 
 
+def _tune_score(value: str | None) -> str | None:
+    """`--tune-score`, checked before any work: a value outside val, val_hm (or auto) ends in one line, exit 2."""
+    from lathadapter.experiments.grid import TUNE_SCORE_CHOICES
+
+    if value is not None and value not in TUNE_SCORE_CHOICES:
+        typer.echo(f"error: --tune-score {value}: choose one of {', '.join(TUNE_SCORE_CHOICES)}", err=True)
+        raise typer.Exit(code=2)
+    return value
+
+
 def _print_results(summary: dict) -> None:
     """The result table of a finished grid or protocol, as `report` writes it."""
     from lathadapter.experiments.report import summary_markdown
@@ -436,8 +450,10 @@ def grid(
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
+    tune_score: str | None = TUNE_SCORE,
     config: Path | None = typer.Option(None, help="YAML/TOML file of axes (keys: caches, methods, shots, seeds, "
-                                       "classes, text, select, train_views, options, tune, tune_preset); "
+                                       "classes, text, select, train_views, options, tune, tune_preset, "
+                                       "tune_score); "
                                        "command-line axes override it."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
@@ -456,6 +472,7 @@ def grid(
     from lathadapter.experiments.grid import GridSpec, load_spec_file, parse_tune, run_grid
     from lathadapter.experiments.machine import resolve_device, use_threads
 
+    tune_score = _tune_score(tune_score)
     try:
         use_threads(threads)
         axes: dict = load_spec_file(config) if config else {}
@@ -471,6 +488,8 @@ def grid(
         axes["tune"] = {**axes.get("tune", {}), **parse_tune(tune)}
         if tune_preset is not None:
             axes["tune_preset"] = tune_preset
+        if tune_score is not None:
+            axes["tune_score"] = tune_score
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
         batch_runs = _batch_runs(batch_runs, device, backend)
         ray = _ray_options(backend, address, chunk_size, gpus_per_chunk, batch_runs)
@@ -504,6 +523,7 @@ def protocol(
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
+    tune_score: str | None = TUNE_SCORE,
     text: str = typer.Option("coop", help="Class text features: coop or ensemble."),
     train_views: str = typer.Option("augmented", help="Views training draws from: augmented, or all (and the clean "
                                     "view)."),
@@ -524,6 +544,7 @@ def protocol(
     from lathadapter.experiments.machine import resolve_device, use_threads
     from lathadapter.experiments.protocols import run_protocol
 
+    tune_score = _tune_score(tune_score)
     try:
         use_threads(threads)
         batch_runs = _batch_runs(batch_runs, device, backend)
@@ -535,7 +556,7 @@ def protocol(
                                _int_list("--shots", shots) if shots else None,
                                device if ray else resolve_device(device), tune=parse_tune(tune),
                                tune_preset=tune_preset, backend=backend, ray=ray, workers=workers,
-                               train_views=train_views, batch_runs=batch_runs)
+                               train_views=train_views, batch_runs=batch_runs, tune_score=tune_score or "auto")
     except (ValueError, OSError) as error:
         _fail(error)
     _print_results(summary)
@@ -570,6 +591,7 @@ def demo(
     method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
     views: int = typer.Option(10, help="Augmented views per train image."),
     tune_preset: str | None = typer.Option("lr", "--tune-preset", help=TUNE_PRESET_HELP + " none: no tuning."),
+    tune_score: str | None = TUNE_SCORE,
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     threads: int | None = THREADS,
     workers: int | None = WORKERS,
@@ -582,6 +604,7 @@ def demo(
     from lathadapter.demo.pipeline import run_demo
     from lathadapter.experiments.machine import resolve_device, use_threads
 
+    tune_score = _tune_score(tune_score)
     try:
         use_threads(threads)
         workers = _workers(workers, threads, None, device)
@@ -589,7 +612,7 @@ def demo(
                           methods=split_list(method) if method is not None else None, views=views,
                           tune=None if tune_preset == "none" else tune_preset, workers=workers,
                           device=resolve_device(device), log=lambda message: typer.echo(message, err=True),
-                          batch_runs=_batch_runs(batch_runs, device, "local"))
+                          batch_runs=_batch_runs(batch_runs, device, "local"), tune_score=tune_score or "auto")
     except (ValueError, OSError) as error:
         _fail(error)
     typer.echo(result["markdown"])

@@ -56,12 +56,13 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
 def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
              methods: Sequence[str] | None = None, views: int = 10, tune: str | None = "lr",
              train_views: str = DEMO_TRAIN_VIEWS, workers: int | None = None, device: str = "cpu",
-             progress: bool = True, log: Callable[[str], None] = print, batch_runs: int | None = None
-             ) -> dict[str, Any]:
+             progress: bool = True, log: Callable[[str], None] = print, batch_runs: int | None = None,
+             tune_score: str = "auto") -> dict[str, Any]:
     """Build the demo cache under `folder`, run the few-shot and base-to-novel grids of `methods` (default: every
     method), each trained method's lr tuned on the few-shot val set (`tune`, a grid tuning preset; None: each
     method's own recipe as is), and write the report. `workers` and `batch_runs` as `grid --workers` and
-    `--batch-runs` (None: chosen by the CPUs and the device)."""
+    `--batch-runs` (None: chosen by the CPUs and the device); `tune_score` as `grid --tune-score` (auto: the
+    base-to-novel grid chooses by val_hm, the few-shot grid by val)."""
     methods = list(methods) if methods is not None else method_names()
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -73,7 +74,7 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     grid_dir = folder / f"grid-{version}"
     cache = [str(built.path)]
     tick = time.perf_counter()
-    axes = {"tune_preset": tune, "train_views": [train_views]}
+    axes = {"tune_preset": tune, "train_views": [train_views], "tune_score": tune_score}
     specs = [GridSpec(cache, list(methods), list(shots), list(seeds), ["all"], **axes),
              GridSpec(cache, list(methods), [16], list(seeds), ["base"], **axes)]
     runs = 0

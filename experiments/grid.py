@@ -45,12 +45,16 @@ from lathadapter.adapter.catalog import ambiguous_options, make_options, method_
 from lathadapter.adapter.options import OptionError, changed_fields, parse_assignments, split_list
 from lathadapter.cache.store import CacheError, CacheInfo, CacheReader, FewShotData
 from lathadapter.experiments.run import (
+    TUNE_SCORES,
     RunConfig,
     RunOutcome,
+    harmonic_mean,
     option_in_effect,
+    pseudo_novel_accuracies,
     run,
     run_together,
     save_run,
+    scores_unseen_classes,
     tune_val_accuracy,
     write_atomic,
 )
@@ -59,6 +63,11 @@ RESULTS = "results.csv"
 # `--tune-preset NAME`: the option tuned and the factors applied to each method's own default of it, in tie-break
 # order (the default first: a tie on the val set keeps the method's own value).
 TUNE_PRESETS: dict[str, tuple[str, tuple[float, ...]]] = {"lr": ("lr", (1.0, 0.1, 10.0))}
+# A preset's extension (`Extension`): while a group chooses the top (bottom) value of its grid, one more candidate at
+# that value × step (÷ step) is trained, at most `limit` per side.
+PRESET_EXTENSIONS: dict[str, tuple[float, int]] = {"lr": (10.0, 2)}
+# `--tune-score`: what tuning chooses by (`run.TUNE_SCORES`); auto: val_hm for base-to-novel cells, val otherwise.
+TUNE_SCORE_CHOICES = ("auto", *TUNE_SCORES)
 
 
 class ResultsError(ValueError):
@@ -82,6 +91,7 @@ class GridSpec:
     # Tuned options, keyed as `options`: every value is trained and the best on the few-shot val set kept.
     tune: dict[str, list[Any]] = field(default_factory=dict)
     tune_preset: str | None = None  # a key of TUNE_PRESETS, e.g. "lr"
+    tune_score: str = "auto"  # a TUNE_SCORE_CHOICES: what tuning chooses by (`resolve_score`)
     train_views: list[str] = field(default_factory=lambda: ["augmented"])  # what training draws from (TRAIN_VIEWS)
 
 
@@ -98,17 +108,41 @@ class Scaled:
 
 
 @dataclass(frozen=True)
+class Extension:
+    """How a preset's grid grows past an edge (`PRESET_EXTENSIONS`): its option, the method's numeric default of it
+    (None: left to the training recipe, so the values are `Scaled`), the factor of one step, the most steps per side."""
+
+    name: str
+    default: float | None
+    step: float
+    limit: int
+
+    def value(self, factor: float) -> Any:
+        """The option's value at `factor` × its default, as the preset's own candidates have it."""
+        return Scaled(factor) if self.default is None else _preset_value(self.default, factor)
+
+
+@dataclass(frozen=True)
 class Tuning:
-    """A candidate's place in its tuning group: the tuned option names, every candidate's (typed, or `Scaled`) values
-    in the order given (the tie-break order) and this run's index among them."""
+    """A candidate's place in its tuning group: the tuned option names, every original candidate's (typed, or
+    `Scaled`) values in the order given (the tie-break order), this run's index among them, and the score the group
+    chooses by. Of a preset's group (`extension`): the candidate's factor of the preset's option and, for a candidate
+    added past an edge (index ≥ the originals'), its own values (`extra`) and the key of the original candidate it
+    extends (`origin`)."""
 
     names: tuple[str, ...]
     candidates: tuple[tuple[Any, ...], ...]
     index: int
+    score: str = "val"
+    extension: Extension | None = None
+    factor: float | None = None
+    extra: tuple[Any, ...] | None = None
+    origin: str | None = None
 
     @property
     def values(self) -> dict[str, Any]:
-        return dict(zip(self.names, self.candidates[self.index], strict=True))
+        own = self.candidates[self.index] if self.extra is None else self.extra
+        return dict(zip(self.names, own, strict=True))
 
     @property
     def scaled(self) -> dict[str, float]:
@@ -121,14 +155,23 @@ class Tuning:
     def salt(self) -> str:
         """Joins the cache fingerprint in a candidate's key: a candidate is never a plain run of the same options, nor
         a candidate of another budget, so every finished run directory belongs to exactly one group; its own values
-        are in it too (two `Scaled` candidates have the same options until they are resolved)."""
-        return "|tune:" + self._digest([self.names, self.candidates, self.index])
+        are in it too (two `Scaled` candidates have the same options until they are resolved). An extension
+        candidate's salt has its own values instead of an index (the same key whichever round adds it); a score other
+        than `val` joins it (so the keys of `val` groups are those of grids before scores existed)."""
+        payload: list[Any] = ([self.names, self.candidates, self.index] if self.extra is None
+                              else [self.names, self.candidates, "extension", self.extra])
+        if self.score != "val":
+            payload.append(self.score)
+        return "|tune:" + self._digest(payload)
 
     def group(self, config: RunConfig, fingerprint: str) -> str:
         """The group id: the configuration without the tuned options, the (salted) fingerprint and the budget."""
         identity = config.identity()
         identity["options"] = {k: v for k, v in identity["options"].items() if k not in self.names}
-        return self._digest({**identity, "fingerprint": fingerprint, "tune": [self.names, self.candidates]})
+        payload = {**identity, "fingerprint": fingerprint, "tune": [self.names, self.candidates]}
+        if self.score != "val":
+            payload["score"] = self.score
+        return self._digest(payload)
 
     def record(self, group: str, config: RunConfig) -> dict[str, Any]:
         """What `metrics.json` keeps under `tune` (the results table is rebuilt from it); `config` is the one trained,
@@ -138,6 +181,10 @@ class Tuning:
                   "index": self.index, "candidates": len(self.candidates)}
         if self.scaled:
             record["scaled"] = self.scaled  # the factors of the default the values were resolved from
+        record["score"] = self.score
+        if self.extension is not None:
+            record["extension"] = {"factor": self.factor, "step": self.extension.step, "limit": self.extension.limit,
+                                   "origin": self.origin}
         return record
 
 
@@ -177,7 +224,7 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         )
     as_list = lambda v: v if isinstance(v, list) else split_list(v)  # noqa: E731
     mappings = ("options", "tune")
-    spec = {k: as_list(v) for k, v in data.items() if k not in (*mappings, "tune_preset")}
+    spec = {k: as_list(v) for k, v in data.items() if k not in (*mappings, "tune_preset", "tune_score")}
     for key in mappings:
         values = data.get(key) or {}
         if not isinstance(values, dict):
@@ -192,6 +239,11 @@ def load_spec_file(path: Path) -> dict[str, Any]:
             raise OptionError(f"grid file {path}: tune_preset must be one name ({', '.join(TUNE_PRESETS)}); "
                               f"got a {type(preset).__name__}")
         spec["tune_preset"] = preset
+    score = data.get("tune_score")
+    if score is not None:
+        if score not in TUNE_SCORE_CHOICES:
+            raise OptionError(f"grid file {path}: tune_score {score!r}: choose one of {', '.join(TUNE_SCORE_CHOICES)}")
+        spec["tune_score"] = score
     return spec
 
 
@@ -304,6 +356,41 @@ def _candidates(method: str, fixed: dict[str, Any],
     return candidates
 
 
+def resolve_score(requested: str, classes: str, method: str) -> str:
+    """The score a tuning group of `method` chooses by: `requested` (`TUNE_SCORE_CHOICES`; auto: `val_hm` for
+    base-to-novel cells, `val` otherwise), except that a method that cannot score unseen classes (its novel accuracy
+    is not applicable, so `val_hm` is undefined) chooses by `val`, and its records say so."""
+    if requested not in TUNE_SCORE_CHOICES:
+        raise OptionError(f"--tune-score {requested}: choose one of {', '.join(TUNE_SCORE_CHOICES)}")
+    score = ("val_hm" if classes == "base" else "val") if requested == "auto" else requested
+    return score if score == "val" or scores_unseen_classes(method) else "val"
+
+
+def _preset_extensions(spec: GridSpec) -> dict[str, tuple[Extension, list[Any], tuple[float, ...]]]:
+    """Per method the preset tunes: its `Extension`, the preset's values of the option (as `tune_axes` gives them)
+    and their factors, in order."""
+    if spec.tune_preset is None or spec.tune_preset not in PRESET_EXTENSIONS:
+        return {}
+    name, factors = TUNE_PRESETS[spec.tune_preset]
+    step, limit = PRESET_EXTENSIONS[spec.tune_preset]
+    found = {}
+    for method in spec.methods:
+        if name in option_names(method):
+            extension = Extension(name, getattr(make_options(method), name), step, limit)
+            found[method] = (extension, [extension.value(f) for f in factors], factors)
+    return found
+
+
+def _tuning(names: tuple[str, ...], typed: tuple[tuple[Any, ...], ...], index: int, score: str,
+            preset: tuple[Extension, list[Any], tuple[float, ...]] | None) -> Tuning:
+    """Candidate `index`'s `Tuning`, with its factor of the preset's option when a preset tunes the method."""
+    if preset is None:
+        return Tuning(names, typed, index, score)
+    extension, values, factors = preset
+    factor = factors[values.index(typed[index][names.index(extension.name)])]
+    return Tuning(names, typed, index, score, extension, factor)
+
+
 def expand(spec: GridSpec) -> list[GridRun]:
     """The cartesian product of the axes, each method's options parsed and validated before anything runs; with
     tuning, each point of the product is a tuning group of candidates (consecutive runs)."""
@@ -313,6 +400,9 @@ def expand(spec: GridSpec) -> list[GridRun]:
             raise OptionError(f"unknown method {method!r}; valid methods: {', '.join(valid_methods)}")
     _check_option_axes(spec)
     tune = tune_axes(spec)
+    presets = _preset_extensions(spec)
+    if spec.tune_score not in TUNE_SCORE_CHOICES:
+        raise OptionError(f"--tune-score {spec.tune_score}: choose one of {', '.join(TUNE_SCORE_CHOICES)}")
     runs = []
     for cache, method, classes, text, select, train_views in itertools.product(
             spec.caches, spec.methods, spec.classes, spec.text, spec.select, spec.train_views):
@@ -323,11 +413,12 @@ def expand(spec: GridSpec) -> list[GridRun]:
             fixed = dict(zip((n for n, _ in axes), values, strict=True))
             candidates = _candidates(method, fixed, tuned)
             typed = tuple(values for _, values in candidates)
+            score = resolve_score(spec.tune_score, classes, method)
             for shots, seed in itertools.product(spec.shots, spec.seeds):
                 for index, (options, _) in enumerate(candidates):
                     runs.append(GridRun(str(cache), RunConfig(method, int(shots), int(seed), classes, text, select,
                                                               options, train_views),
-                                        Tuning(names, typed, index) if names else None))
+                                        _tuning(names, typed, index, score, presets.get(method)) if names else None))
     return runs
 
 
@@ -361,37 +452,99 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
     row.update({f"chosen.{k}": v for k, v in sorted((metrics.get("chosen") or {}).items())})
     tune = metrics.get("tune")
     if tune:  # a tuning candidate; `tune.selected` is set once its whole group is known (select_tuned)
+        extension = tune.get("extension") or {}
+        pseudo = metrics.get("tune_pseudo") or {}
         row.update({"tune.group": tune["group"], "tune.names": " ".join(tune["names"]),
                     "tune.values": " ".join(f"{k}={v}" for k, v in tune["values"].items()),
                     "tune.index": tune["index"], "tune.candidates": tune["candidates"],
-                    "tune.val_accuracy": metrics.get("tune_val_accuracy"), "tune.selected": None})
+                    "tune.score": tune.get("score", "val"),  # grids before scores existed chose by val
+                    "tune.val_score": metrics.get("tune_val_score", metrics.get("tune_val_accuracy")),
+                    "tune.val_accuracy": metrics.get("tune_val_accuracy"),
+                    "tune.pseudo_base": pseudo.get("base"), "tune.pseudo_novel": pseudo.get("novel"),
+                    "tune.factor": extension.get("factor"), "tune.step": extension.get("step"),
+                    "tune.limit": extension.get("limit"), "tune.origin": extension.get("origin"),
+                    "tune.selected": None, "tune.edge": None})
     row.update({option_column(config["method"], k): v for k, v in sorted(config["options"].items())})
     return row
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A tuning group's state: the key of its kept candidate (None while one is missing), whether that choice is still
+    on an edge of a preset's grid after its extensions (`low`, `high`, or empty), and the extension candidate due
+    (the key of the original candidate it extends, its factor, its index), if any."""
+
+    selected: str | None
+    edge: str = ""
+    pending: tuple[str, float, int] | None = None
+
+
+def _plan(candidates: dict[str, dict[str, Any]], originals: int) -> Plan:
+    """Choose among a group's candidates (key → index, score, factor, step, limit, origin): the best score (ties: the
+    lowest index) among the originals; then, in a preset's group, while the best is the highest (lowest) factor of
+    those considered and fewer than `limit` steps were added on that side, the candidate one step beyond it (same
+    other values, factor × step or ÷ step) joins, or is due when it has not run."""
+    pool = {key: c for key, c in candidates.items() if c["index"] < originals}
+    if len({c["index"] for c in pool.values()}) < originals:
+        return Plan(None)
+    added = {"high": 0, "low": 0}
+    while True:
+        best = min(pool, key=lambda key: (-(pool[key]["score"] if pool[key]["score"] is not None else -math.inf),
+                                          pool[key]["index"]))
+        chosen = pool[best]
+        if chosen["step"] is None:
+            return Plan(best)
+        factors = [c["factor"] for c in pool.values()]
+        side = ("" if max(factors) == min(factors) else "high" if chosen["factor"] == max(factors)
+                else "low" if chosen["factor"] == min(factors) else "")
+        if not side:
+            return Plan(best)
+        if added[side] >= chosen["limit"]:
+            return Plan(best, side)
+        step = chosen["step"] if side == "high" else 1 / chosen["step"]
+        factor = _preset_value(chosen["factor"], step)
+        origin = chosen["origin"] or best
+        beyond = [key for key, c in candidates.items() if c["origin"] == origin and c["factor"] == factor]
+        if not beyond:
+            return Plan(None, "", (origin, factor, originals + added[side]))
+        pool[beyond[0]] = candidates[beyond[0]]
+        added[side] += 1
+
+
+def tuning_plans(rows: list[dict[str, Any]]) -> dict[str, Plan]:
+    """Each tuning group's `Plan`, from the results rows of its finished candidates (only their val scores, never
+    test accuracy)."""
+    groups: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    originals: dict[str, int] = {}
+    number = lambda value: None if value in (None, "") else float(value)  # noqa: E731 — typed rows or the CSV's text
+    for row in rows:
+        if row.get("tune.group"):
+            score = row.get("tune.val_score", row.get("tune.val_accuracy"))
+            groups[row["tune.group"]][row["key"]] = {
+                "index": int(row["tune.index"]), "score": number(score), "factor": number(row.get("tune.factor")),
+                "step": number(row.get("tune.step")), "limit": int(number(row.get("tune.limit")) or 0),
+                "origin": row.get("tune.origin") or None}
+            originals[row["tune.group"]] = max(originals.get(row["tune.group"], 0), int(row["tune.candidates"]))
+    return {group: _plan(candidates, originals[group]) for group, candidates in groups.items()}
+
+
 def select_tuned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mark each tuning candidate's rows `tune.selected`: True for the candidate of its group with the best few-shot
-    val accuracy (ties: the lowest index, i.e. the first value given), False for the others. A group with candidates
-    still unfinished selects none yet (its cells read as no run). Only val accuracy is read, never test accuracy."""
-    groups: dict[str, dict[str, tuple[int, float | None, int]]] = defaultdict(dict)
+    """Mark each tuning candidate's rows `tune.selected`: True for the candidate its group keeps (`tuning_plans`: the
+    best val score, ties the lowest index, i.e. the first value given; a preset's group extended past its edges),
+    False for the others, and `tune.edge` on the kept row. A group with candidates still unfinished or an extension
+    due selects none yet (its cells read as no run). Only val scores are read, never test accuracy."""
+    plans = tuning_plans(rows)
     for row in rows:
         if row.get("tune.group"):
-            groups[row["tune.group"]][row["key"]] = (int(row["tune.index"]), row["tune.val_accuracy"],
-                                                     int(row["tune.candidates"]))
-    chosen = set()
-    for candidates in groups.values():
-        if len({index for index, _, _ in candidates.values()}) < max(n for _, _, n in candidates.values()):
-            continue
-
-        def rank(key: str, candidates: dict[str, tuple[int, float | None, int]] = candidates) -> tuple[float, int]:
-            index, val, _ = candidates[key]
-            return -(val if val is not None else -math.inf), index  # best val first, then the first value given
-
-        chosen.add(min(candidates, key=rank))
-    for row in rows:
-        if row.get("tune.group"):
-            row["tune.selected"] = row["key"] in chosen
+            plan = plans[row["tune.group"]]
+            row["tune.selected"] = row["key"] == plan.selected
+            row["tune.edge"] = plan.edge if row["tune.selected"] else ""
     return rows
+
+
+def pending_extensions(rows: list[dict[str, Any]]) -> list[tuple[str, float, int]]:
+    """The extension candidates due (`Plan.pending`): (key of the original candidate extended, factor, index)."""
+    return [plan.pending for plan in tuning_plans(rows).values() if plan.pending is not None]
 
 
 def finished_runs(folder: Path) -> list[Path]:
@@ -530,8 +683,15 @@ def check_tuning(runs: list[GridRun]) -> None:
     for cache, pairs in wanted.items():
         with CacheReader(cache) as reader:
             empty = sorted(p for p in pairs if len(reader.subset_rows(*p)[1]) == 0)
+            classes = len(reader.info().class_names)
         if empty:
             problems.append(f"{cache} holds no few-shot val images for {_subsets_text(empty)}")
+        # val_hm splits the training classes (base: the first ceil(C/2)) into two halves
+        few = {r.config.classes for r in runs if r.cache == cache and r.tune is not None and r.tune.score == "val_hm"
+               and (math.ceil(classes / 2) if r.config.classes == "base" else classes) < 2}
+        if few:
+            raise OptionError(f"--tune-score val_hm splits the training classes in two; {cache} has {classes} "
+                              f"classes, too few for classes={','.join(sorted(few))}; use --tune-score val")
     if problems:
         raise CacheError("tuning (--tune, --tune-preset) chooses each value on the few-shot val set, which these "
                          "caches lack (as ImageNet's):\n  " + "\n  ".join(problems) + "\n  run them without tuning, "
@@ -594,15 +754,61 @@ def prepare(runs: list[GridRun], out: Path, key_salt: str = "") -> tuple[dict[st
     infos = check_caches(runs)
     check_tuning(runs)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    keyed = []
-    for grid_run in runs:
-        fingerprint = infos[grid_run.cache].fingerprint + key_salt
-        group = None
-        if grid_run.tune is not None:
-            group = grid_run.tune.group(grid_run.config, fingerprint)
-            fingerprint += grid_run.tune.salt()
-        keyed.append(KeyedRun(grid_run, grid_run.config.key(fingerprint), group))
-    return infos, keyed
+    return infos, [keyed_run(grid_run, infos[grid_run.cache].fingerprint + key_salt) for grid_run in runs]
+
+
+def keyed_run(grid_run: GridRun, fingerprint: str) -> KeyedRun:
+    """A grid run with its key and tuning group, given its cache's fingerprint (with the grid's key salt)."""
+    group = None
+    if grid_run.tune is not None:
+        group = grid_run.tune.group(grid_run.config, fingerprint)
+        fingerprint += grid_run.tune.salt()
+    return KeyedRun(grid_run, grid_run.config.key(fingerprint), group)
+
+
+def extended(root: GridRun, origin: str, factor: float, index: int) -> GridRun:
+    """The extension candidate of a preset's group: the original candidate `root` (key `origin`) with the preset's
+    option at `factor` × its default, at `index` in the group's tie-break order."""
+    tune = root.tune
+    assert tune is not None and tune.extension is not None
+    value = tune.extension.value(factor)
+    name = tune.extension.name
+    extra = tuple(value if n == name else v for n, v in zip(tune.names, tune.candidates[tune.index], strict=True))
+    config = root.config
+    if not isinstance(value, Scaled):
+        options = make_options(config.method, {**changed_fields(config.options), name: value})
+        config = dataclasses.replace(config, options=options)
+    return dataclasses.replace(root, config=config, tune=dataclasses.replace(tune, index=index, factor=factor,
+                                                                            extra=extra, origin=origin))
+
+
+def with_extensions(runs: list[GridRun], out: Path, train_round: Callable[[list[GridRun]], list[str]],
+                    key_salt: str = "") -> tuple[list[GridRun], list[str]]:
+    """Run `runs` with `train_round` (a backend's resumable runner: each run's state), then, while a preset's tuning
+    group of this grid has chosen a value on an edge of its grid and may still grow (`pending_extensions`), a round
+    of the extension candidates due, until none is. Finished extension candidates are skipped like any run; one
+    already tried in this call (left to another process) is not tried again. Returns every run and its state."""
+    states = list(train_round(runs))
+    every = list(runs)
+    if not any(r.tune is not None and r.tune.extension is not None for r in runs):
+        return every, states
+    fingerprints = {cache: info.fingerprint + key_salt for cache, info in check_caches(runs).items()}
+    known = {keyed_run(r, fingerprints[r.cache]).key: r for r in runs}
+    while True:
+        due = []
+        for origin, factor, index in pending_extensions(collect_rows(out)):
+            root = known.get(origin)
+            if root is None or root.tune is None or root.tune.extension is None:
+                continue  # a group of another grid sharing the folder
+            grid_run = extended(root, origin, factor, index)
+            key = keyed_run(grid_run, fingerprints[grid_run.cache]).key
+            if key not in known:
+                known[key] = grid_run
+                due.append(grid_run)
+        if not due:
+            return every, states
+        states += train_round(due)
+        every += due
 
 
 def iterate(runs: list[GridRun], out: Path, device: str, progress: bool = True, extra: Evaluator | None = None,
@@ -697,6 +903,16 @@ def train_runs(grid_runs: list[GridRun], datas: list[FewShotData], extra: Evalua
                                  "few-shot val images to choose the tuned value by; run it without tuning")
             outcome.metrics["tune"] = grid_run.tune.record(group, c)
             outcome.metrics["tune_val_accuracy"] = val
+            outcome.metrics["tune_val_score"] = val
+            if grid_run.tune.score == "val_hm":  # one more training, alone, after the run's own
+                pseudo = pseudo_novel_accuracies(c, data)
+                hm = harmonic_mean(pseudo["base"], pseudo["novel"])
+                if hm is None:
+                    raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes}: a "
+                                     "pseudo-novel half of the training classes has no few-shot val image; use "
+                                     "--tune-score val")
+                outcome.metrics["tune_pseudo"] = pseudo
+                outcome.metrics["tune_val_score"] = hm
     seconds = (time.perf_counter() - start) / len(outcomes)
     for outcome in outcomes:
         outcome.metrics["wall_seconds"] = seconds
@@ -743,7 +959,8 @@ def _run_batch(batch: list[KeyedRun], infos: dict[str, CacheInfo], out: Path, da
 
 def summarize(runs: list[GridRun], states: list[str], seconds: float, out: Path) -> dict[str, Any]:
     """A grid's summary: the runs, how many were done, skipped and left elsewhere, wall time, the table's path."""
-    return {"runs": len(runs), **{state: states.count(state) for state in STATES}, "seconds": seconds,
+    return {"runs": max(len(runs), len(states)), **{state: states.count(state) for state in STATES},
+            "seconds": seconds,
             "results": str(out / RESULTS)}
 
 
@@ -755,5 +972,6 @@ def run_grid(spec: GridSpec, out: Path, device: str = "cpu", progress: bool = Tr
     the same summary and folder.)"""
     runs = expand(spec)
     start = time.perf_counter()
-    states = [state for _, state in iterate(runs, out, device, progress, batch_runs=batch_runs)]
+    runs, states = with_extensions(runs, out, lambda todo: [state for _, state in iterate(todo, out, device, progress,
+                                                                                          batch_runs=batch_runs)])
     return summarize(runs, states, time.perf_counter() - start, out)

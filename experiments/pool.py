@@ -152,10 +152,11 @@ def run_grid_in_processes(spec: GridSpec, out: Path, device: str = "cpu", worker
                           progress: bool = True, batch_runs: int = 1) -> dict[str, Any]:
     """`grid.run_grid` on `workers` worker processes (None: `auto_workers`): the same summary, run folders and
     `results.csv`."""
-    from lathadapter.experiments.grid import expand, summarize
+    from lathadapter.experiments.grid import expand, summarize, with_extensions
 
     runs = expand(spec)
     start = time.perf_counter()
-    states = run_in_processes(runs, out, device, workers, progress=progress, batch_runs=batch_runs)
+    runs, states = with_extensions(runs, out, lambda todo: run_in_processes(todo, out, device, workers,
+                                                                            progress=progress, batch_runs=batch_runs))
     return summarize(runs, states, time.perf_counter() - start, out)
 

@@ -18,7 +18,7 @@ from typing import Any
 from lathadapter.adapter.evaluate import evaluate, evaluate_mapped
 from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData
-from lathadapter.experiments.grid import RESULTS, STATES, GridRun, GridSpec, expand, iterate
+from lathadapter.experiments.grid import RESULTS, STATES, GridRun, GridSpec, expand, iterate, with_extensions
 from lathadapter.experiments.run import RunOutcome
 
 PROTOCOLS = ("few-shot", "base-to-novel", "cross-dataset", "domain")
@@ -77,13 +77,15 @@ class Targets:
 def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: list[int],
                   options: dict[str, list[str]], text: str = "coop", shots: list[int] | None = None,
                   tune: dict[str, list[str]] | None = None, tune_preset: str | None = None,
-                  train_views: str = "augmented") -> GridSpec:
-    """The grid axes a protocol fixes; `tune` and `tune_preset` tune options as a grid does (`GridSpec`)."""
+                  train_views: str = "augmented", tune_score: str = "auto") -> GridSpec:
+    """The grid axes a protocol fixes; `tune`, `tune_preset` and `tune_score` tune options as a grid does
+    (`GridSpec`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if not caches:
         raise CacheError(f"protocol {protocol} needs at least one cache")
-    tuning = {"tune": dict(tune or {}), "tune_preset": tune_preset, "train_views": [train_views]}
+    tuning = {"tune": dict(tune or {}), "tune_preset": tune_preset, "train_views": [train_views],
+              "tune_score": tune_score}
     if protocol == "few-shot":
         return GridSpec(caches, methods, shots or ALL_SHOTS, seeds, ["all"], [text], ["last"], options, **tuning)
     if protocol == "base-to-novel":
@@ -98,15 +100,19 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
                  text: str = "coop", shots: list[int] | None = None, device: str | None = "cpu",
                  progress: bool = True, tune: dict[str, list[str]] | None = None,
                  tune_preset: str | None = None, backend: str = "local", ray: Any = None,
-                 workers: int | None = 1, train_views: str = "augmented", batch_runs: int = 1) -> dict[str, Any]:
+                 workers: int | None = 1, train_views: str = "augmented", batch_runs: int = 1,
+                 tune_score: str = "auto") -> dict[str, Any]:
     """Run (or resume) one protocol into `out`; its results table is `out/results.csv`. Returns the counts of runs
     done, skipped (finished before) and left to another process (elsewhere), as `run_grid` does. With `tune` or
-    `tune_preset`, the tuned options are chosen per cell on the few-shot val set (base val for base-to-novel).
+    `tune_preset`, the tuned options are chosen per cell on the few-shot val set by `tune_score` (auto: the HM of
+    a pseudo-base/pseudo-novel split of the base classes for base-to-novel, val accuracy otherwise), a preset's grid
+    extended past its edges (`grid.with_extensions`).
     `backend="ray"` trains on a Ray cluster as `run_grid` does (each worker loads the targets itself); `workers` > 1
     trains on that many local worker processes (`pool`; None: as many as `pool.auto_workers` chooses), which load the
     targets themselves too. `batch_runs` > 1 trains up to that many compatible runs together (`grid.batches`; on
     Ray, `ray.batch_runs`)."""
-    spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views)
+    spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views,
+                         tune_score)
     runs = expand(spec)
     if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")
@@ -124,16 +130,19 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
         extra = Targets(list(targets or []), device if backend == "local" and workers == 1 else "cpu", mapped=mapped)
         salt = extra.salt
         factory = functools.partial(Targets, list(targets or []), mapped=mapped)
-    if backend == "ray":
-        from lathadapter.experiments.ray_backend import run_on_ray
 
-        states = run_on_ray(runs, out, device, ray, progress=progress, extra_factory=factory, key_salt=salt)
-    elif workers != 1:
-        from lathadapter.experiments.pool import run_in_processes
+    def train_round(todo: list[GridRun]) -> list[str]:
+        if backend == "ray":
+            from lathadapter.experiments.ray_backend import run_on_ray
 
-        states = run_in_processes(runs, out, device or "cpu", workers, progress=progress, extra_factory=factory,
-                                  key_salt=salt, batch_runs=batch_runs)
-    else:
-        states = [state for _, state in iterate(runs, out, device or "cpu", progress, extra, salt, batch_runs)]
+            return run_on_ray(todo, out, device, ray, progress=progress, extra_factory=factory, key_salt=salt)
+        if workers != 1:
+            from lathadapter.experiments.pool import run_in_processes
+
+            return run_in_processes(todo, out, device or "cpu", workers, progress=progress, extra_factory=factory,
+                                    key_salt=salt, batch_runs=batch_runs)
+        return [state for _, state in iterate(todo, out, device or "cpu", progress, extra, salt, batch_runs)]
+
+    runs, states = with_extensions(runs, out, train_round, salt)
     return {"protocol": protocol, "runs": len(runs), **{state: states.count(state) for state in STATES},
             "results": str(out / RESULTS)}

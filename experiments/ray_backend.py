@@ -38,6 +38,7 @@ from lathadapter.experiments.grid import (
     grid_progress,
     prepare,
     summarize,
+    with_extensions,
     write_results,
 )
 from lathadapter.experiments.machine import auto_batch_runs
@@ -207,6 +208,6 @@ def run_grid_on_ray(spec: GridSpec, out: Path, device: str | None = None, option
     """`grid.run_grid` on a Ray cluster: the same summary, run folders and `results.csv`."""
     runs = expand(spec)
     start = time.perf_counter()
-    states = run_on_ray(runs, out, device, options, progress=progress)
+    runs, states = with_extensions(runs, out, lambda todo: run_on_ray(todo, out, device, options, progress=progress))
     return summarize(runs, states, time.perf_counter() - start, out)
 

@@ -16,7 +16,7 @@ import torch
 from rich.progress import Progress
 
 from lathadapter.adapter.batched import Member, lockstep_key, train_together
-from lathadapter.adapter.catalog import build_method, make_options
+from lathadapter.adapter.catalog import build_method, make_options, method_class
 from lathadapter.adapter.evaluate import evaluate, harmonic_mean
 from lathadapter.adapter.methods.base import Method
 from lathadapter.adapter.options import OptionError, changed_fields
@@ -171,10 +171,75 @@ def tune_val_accuracy(config: RunConfig, method: Method, data: FewShotData) -> f
     """The trained `method`'s accuracy (%) on the run's few-shot val set, whatever `select` kept: what fair tuning
     chooses by. It is the training view's val set (`split_classes`), so base-to-novel uses the base classes' val
     images only; None when that set is empty (ImageNet has no few-shot val subset). Never reads the test set."""
-    train_data, _ = split_classes(data, config.classes)
+    train_data, _ = split_classes(blind(data), config.classes)
     if len(train_data.val_labels) == 0:
         return None
     return evaluate(method, train_data.val_features, train_data.val_labels)
+
+
+# What fair tuning chooses by (`--tune-score`): `val`, the trained run's accuracy on its few-shot val set; `val_hm`, the
+# HM of a pseudo-base/pseudo-novel split of the run's training classes (`pseudo_novel_accuracies`).
+TUNE_SCORES = ("val", "val_hm")
+
+
+def blind(data: FewShotData) -> FewShotData:
+    """`data` with its test set dropped (empty arrays), so whatever is computed from it cannot read a test image.
+    The test tensors are replaced, never read (not even indexed)."""
+    dim = data.val_features.shape[-1]
+    return dataclasses.replace(data, test_features=data.val_features.new_zeros((0, dim)),
+                               test_labels=data.val_labels.new_zeros((0,)))
+
+
+def pseudo_split(config: RunConfig, data: FewShotData) -> tuple[FewShotData, FewShotData]:
+    """The run's training view (`split_classes`: the base classes for base-to-novel) without its test set, split
+    into a pseudo-base and a pseudo-novel half by the rule the protocol splits all classes with (`base_novel`: sorted
+    labels, the first ceil(n/2) pseudo-base), each relabelled from 0."""
+    train_data, _ = split_classes(blind(data), config.classes)
+    if train_data.num_classes < 2:
+        raise OptionError(f"--tune-score val_hm splits the training classes in two; classes={config.classes} leaves "
+                          f"{train_data.num_classes}; use --tune-score val")
+    return train_data.base_novel()
+
+
+def pseudo_novel_accuracies(config: RunConfig, data: FewShotData) -> dict[str, float | None]:
+    """A fresh copy of the run's method (same configuration and seed) trained on the pseudo-base half of its training
+    classes (`pseudo_split`), and its val accuracy (%) on each half: `base` against the pseudo-base classes, `novel`
+    against the pseudo-novel classes' text features only, as novel classes are scored. None where a half has no val
+    image or the method cannot score unseen classes. One training; never reads the test set."""
+    pseudo_base, pseudo_novel = pseudo_split(config, data)
+    method = build(config, pseudo_base)
+    train(method, pseudo_base, seed=config.seed, select=config.select, train_views=config.train_views)
+    base = (evaluate(method, pseudo_base.val_features, pseudo_base.val_labels)
+            if len(pseudo_base.val_labels) else None)
+    novel = (evaluate(method, pseudo_novel.val_features, pseudo_novel.val_labels, pseudo_novel.text_features)
+             if len(pseudo_novel.val_labels) else None)
+    return {"base": base, "novel": novel}
+
+
+def scores_unseen_classes(method: str) -> bool:
+    """Whether `method` can score classes it was not trained on (else its novel accuracy is not applicable)."""
+    return bool(method_class(method).scores_new_classes)
+
+
+def tune_val_score(config: RunConfig, method: Method | None, data: FewShotData, score: str = "val"
+                   ) -> float | None:
+    """The score fair tuning chooses by (`TUNE_SCORES`), from the few-shot val set only: `val` is
+    `tune_val_accuracy` of the trained `method` (None: trained here, as `run` would); `val_hm` trains a pseudo-base
+    copy itself (`pseudo_novel_accuracies`, one training; `method` is not used) and returns the HM of its
+    pseudo-base and pseudo-novel val accuracy, None where a half has no val image or the method cannot score unseen
+    classes (the grid tunes such methods by `val`). Never reads the test set."""
+    if score not in TUNE_SCORES:
+        raise OptionError(f"--tune-score {score}: choose one of {', '.join(TUNE_SCORES)}")
+    if score == "val_hm":
+        if not scores_unseen_classes(config.method):
+            return None
+        accuracies = pseudo_novel_accuracies(config, data)
+        return harmonic_mean(accuracies["base"], accuracies["novel"])
+    if method is None:
+        train_data, _ = split_classes(blind(data), config.classes)
+        method = build(config, train_data)
+        train(method, train_data, seed=config.seed, select=config.select, train_views=config.train_views)
+    return tune_val_accuracy(config, method, blind(data))
 
 
 def option_in_effect(config: RunConfig, data: FewShotData, name: str) -> Any:
