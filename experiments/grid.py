@@ -472,11 +472,13 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
 class Plan:
     """A tuning group's state: the key of its kept candidate (None while one is missing), whether that choice is still
     on an edge of a preset's grid after its extensions (`low`, `high`, or empty), and the extension candidate due
-    (the key of the original candidate it extends, its factor, its index), if any."""
+    (the key of the original candidate it extends, its factor, its index), if any; `joined`: the extension
+    candidates finished and considered, likewise."""
 
     selected: str | None
     edge: str = ""
     pending: tuple[str, float, int] | None = None
+    joined: tuple[tuple[str, float, int], ...] = ()
 
 
 def _plan(candidates: dict[str, dict[str, Any]], originals: int) -> Plan:
@@ -488,26 +490,29 @@ def _plan(candidates: dict[str, dict[str, Any]], originals: int) -> Plan:
     if len({c["index"] for c in pool.values()}) < originals:
         return Plan(None)
     added = {"high": 0, "low": 0}
+    joined: list[tuple[str, float, int]] = []
     while True:
         best = min(pool, key=lambda key: (-(pool[key]["score"] if pool[key]["score"] is not None else -math.inf),
                                           pool[key]["index"]))
         chosen = pool[best]
         if chosen["step"] is None:
             return Plan(best)
+        done = tuple(joined)
         factors = [c["factor"] for c in pool.values()]
         side = ("" if max(factors) == min(factors) else "high" if chosen["factor"] == max(factors)
                 else "low" if chosen["factor"] == min(factors) else "")
         if not side:
-            return Plan(best)
+            return Plan(best, joined=done)
         if added[side] >= chosen["limit"]:
-            return Plan(best, side)
+            return Plan(best, side, joined=done)
         step = chosen["step"] if side == "high" else 1 / chosen["step"]
         factor = _preset_value(chosen["factor"], step)
         origin = chosen["origin"] or best
         beyond = [key for key, c in candidates.items() if c["origin"] == origin and c["factor"] == factor]
         if not beyond:
-            return Plan(None, "", (origin, factor, originals + added[side]))
+            return Plan(None, "", (origin, factor, originals + added[side]), done)
         pool[beyond[0]] = candidates[beyond[0]]
+        joined.append((origin, factor, originals + added[side]))
         added[side] += 1
 
 
@@ -542,9 +547,12 @@ def select_tuned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def pending_extensions(rows: list[dict[str, Any]]) -> list[tuple[str, float, int]]:
-    """The extension candidates due (`Plan.pending`): (key of the original candidate extended, factor, index)."""
-    return [plan.pending for plan in tuning_plans(rows).values() if plan.pending is not None]
+def pending_extensions(rows: list[dict[str, Any]]) -> list[tuple[tuple[str, float, int], bool]]:
+    """The extension candidates of the groups' plans, each (key of the original candidate extended, factor, index)
+    with whether it is due (else finished and considered: `Plan.joined`)."""
+    plans = tuning_plans(rows).values()
+    return [(joined, False) for plan in plans for joined in plan.joined] + [
+        (plan.pending, True) for plan in plans if plan.pending is not None]
 
 
 def finished_runs(folder: Path) -> list[Path]:
@@ -796,15 +804,20 @@ def with_extensions(runs: list[GridRun], out: Path, train_round: Callable[[list[
     known = {keyed_run(r, fingerprints[r.cache]).key: r for r in runs}
     while True:
         due = []
-        for origin, factor, index in pending_extensions(collect_rows(out)):
+        for (origin, factor, index), pending in pending_extensions(collect_rows(out)):
             root = known.get(origin)
             if root is None or root.tune is None or root.tune.extension is None:
                 continue  # a group of another grid sharing the folder
             grid_run = extended(root, origin, factor, index)
             key = keyed_run(grid_run, fingerprints[grid_run.cache]).key
-            if key not in known:
-                known[key] = grid_run
+            if key in known:
+                continue
+            known[key] = grid_run
+            if pending:
                 due.append(grid_run)
+            else:  # finished before (a rerun): counted as the grid's, not trained
+                every.append(grid_run)
+                states.append("skipped")
         if not due:
             return every, states
         states += train_round(due)

@@ -17,7 +17,10 @@ Tuned grids (`tune.*` columns): only each tuning group's kept run (`tune.selecte
 enters the tables. A tuned option is not a configuration axis: its value reads `tuned` in the configuration, and the
 label names the values chosen (`clip-adapter lr=0.01 (tuned)`; `lr=0.001/0.01 (tuned)` when cells chose
 differently); a companion table `<table>_tuned` gives the value chosen in each cell (`lr=0.01`, or each value with
-its number of seeds, `lr=0.01 ×2, lr=0.001 ×1`). Tables of grids without tuning are as before.
+its number of seeds, `lr=0.01 ×2, lr=0.001 ×1`), its title names the score that chose them (`tune.score`: val or
+val_hm) and, under it, a note says what the score is; a value still on an edge of a preset's grid after its
+extensions (`tune.edge`) is marked ▲ (highest tried) or ▼ (lowest tried), explained in the note. Tables of grids
+without tuning are as before.
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes
             "acc_all", "acc_base", "acc_novel")
 SETTINGS = ("text", "select", "train_views")  # with the `opt.*` columns: what makes a configuration, besides the method
 TUNED = "tuned"  # a tuned option's value in a configuration: chosen per cell, so not what tells configurations apart
+# Marker pairs a kept run's `Choice` carries besides its options (never option names): the score that chose it and,
+# when the choice is still on an edge of a preset's grid after its extensions, which edge.
+SCORE, EDGE = "tune.score", "tune.edge"
+EDGE_MARKS = {"high": "▲", "low": "▼"}
+SCORE_NOTES = {"val": "val: accuracy on the training classes' few-shot val set",
+               "val_hm": "val_hm: the harmonic mean of the pseudo-base and pseudo-novel val accuracy of a copy trained "
+                         "on the first half of the training classes (the base classes, for base-to-novel)"}
+EDGE_NOTE = ("▲ / ▼: the highest / lowest value tried, after the preset extended its grid as far as it may; the best "
+             "value may lie beyond")
 EXPECTED = f"expected a {RESULTS} written by `lathadapter grid` or `protocol`"
 
 
@@ -101,7 +113,7 @@ class Configuration:
         return dict(self.settings)[column]
 
 
-Choice = tuple[tuple[str, str], ...]  # a kept tuning candidate's (option, value) pairs; () for an untuned run
+Choice = tuple[tuple[str, str], ...]  # a kept candidate's (option, value) pairs, then SCORE/EDGE; () if untuned
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,14 @@ def _tuned_columns(row: dict[str, str], columns: list[str]) -> dict[str, str]:
     return found
 
 
+def _choice(row: dict[str, str], tuned: dict[str, str]) -> Choice:
+    """A kept candidate's tuned (option, value) pairs, the score that chose it and its edge mark, if any."""
+    if not tuned:
+        return ()
+    marks = ((SCORE, row.get("tune.score") or "val"),) + (((EDGE, row["tune.edge"]),) if row.get("tune.edge") else ())
+    return tuple((name, row[c]) for c, name in tuned.items()) + marks
+
+
 def records(results: Results) -> list[Record]:
     """The rows as typed records; a malformed number names its row. Of a tuned grid, only each group's kept run
     (`tune.selected`) is read, its tuned options set to `tuned` in its configuration and kept in `Record.tuned`."""
@@ -160,7 +180,7 @@ def records(results: Results) -> list[Record]:
             parsed.append(Record(labels[(row["dataset"], row["fingerprint"])], Configuration(row["method"], settings),
                                  int(row["shots"]), row["classes"], row["target"],
                                  _number(row["acc_all"]), _number(row["acc_base"]), _number(row["acc_novel"]),
-                                 tuple((name, row[c]) for c, name in tuned.items())))
+                                 _choice(row, tuned)))
         except ValueError as error:
             raise ResultsError(f"{results.source}: row {i}: {error}") from None
     return parsed
@@ -223,7 +243,8 @@ class Chosen:
     choices: tuple[Choice, ...] = ()
 
     def text(self) -> str:
-        counts = Counter(" ".join(f"{name}={value}" for name, value in choice) for choice in self.choices)
+        counts = Counter(" ".join(EDGE_MARKS.get(value, value) if name == EDGE else f"{name}={value}"
+                                  for name, value in choice if name != SCORE) for choice in self.choices)
         if not counts:
             return "—"
         if len(counts) == 1:
@@ -251,12 +272,15 @@ class Table:
     columns: list[str]
     rows: list[tuple[list[str], list[Any]]]  # Cell, or Chosen in a `_tuned` table
     parts: tuple[str, ...] = ("mean", "std", "n")  # what each cell is in the CSV
+    note: str = ""  # a line under the table (a `_tuned` table: the score and the edge marks)
 
     def markdown(self) -> str:
         header = self.lead + self.columns
         lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(" --- " for _ in header) + "|"]
         lines += ["| " + " | ".join(lead + [c.text() for c in cells]) + " |" for lead, cells in self.rows]
+        if self.note:
+            lines += ["", self.note]
         return "\n".join(lines) + "\n"
 
     def write_csv(self, folder: Path) -> Path:
@@ -312,7 +336,8 @@ def _tuned_suffix(choices: Iterable[Choice]) -> str:
     values: dict[str, set[str]] = defaultdict(set)
     for choice in choices:
         for name, value in choice:
-            values[name].add(value)
+            if name not in (SCORE, EDGE):
+                values[name].add(value)
     if not values:
         return ""
     return " " + " ".join(f"{name}={'/'.join(sorted(seen, key=_sortable))}" for name, seen in values.items()) + \
@@ -371,9 +396,14 @@ def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration
                                     f"{title}: {method}, ablation of {_bare(setting)}", own, setting,
                                     [s for s in settings if s != setting], columns, cells))
     if chosen:
+        marks = {(n, v) for row in chosen.values() for cell in row for choice in cell.choices for n, v in choice
+                 if n in (SCORE, EDGE)}
+        scores = sorted(v for n, v in marks if n == SCORE)
+        note = "; ".join([SCORE_NOTES.get(score, score) for score in scores] +
+                         ([EDGE_NOTE] if any(n == EDGE for n, _ in marks) else [])) + "."
         tables.append(Table(f"{name}_tuned", f"{title}: tuned values, chosen on the training classes' few-shot val "
-                            "set", ["method"], chosen_columns or columns,
-                            [([_label(c, varied)], chosen[c]) for c in configs if c in chosen], ("chosen",)))
+                            f"set by {'/'.join(scores)}", ["method"], chosen_columns or columns,
+                            [([_label(c, varied)], chosen[c]) for c in configs if c in chosen], ("chosen",), note))
     return tables
 
 

@@ -1,0 +1,249 @@
+"""Tuning by a score that sees unseen classes (`--tune-score val_hm`) and the lr preset extended past its edges."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lathadapter.adapter.catalog import create_method
+from lathadapter.adapter.evaluate import evaluate
+from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.trainer import train
+from lathadapter.cache.store import CacheReader, FewShotData
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+from lathadapter.experiments import grid
+from lathadapter.experiments.grid import GridSpec, expand, load_spec_file, prepare, run_grid
+from lathadapter.experiments.report import EDGE_NOTE, summary_markdown
+from lathadapter.experiments.run import RunConfig, pseudo_split, tune_val_score
+
+TINY = {"epochs": ["1"], "min_steps": ["2"]}
+CLASSES = 7  # base-to-novel: base = the first ceil(7/2) = 4 labels; their pseudo-base half the first 2 of those
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tune_score_caches")
+    return write_synthetic_cache(folder / "seven.h5", num_classes=CLASSES, dim=16, views=2, shots=(2,), seeds=(1,),
+                                 train_per_class=4, val_per_class=4, test_per_class=5, name="seven")
+
+
+@pytest.fixture(scope="module")
+def data(cache: Path) -> FewShotData:
+    with CacheReader(cache) as reader:
+        return reader.load(2, 1)
+
+
+def read_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "results.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def rows_with(data: FewShotData, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The val features of `classes` (original labels), in cache order, and their labels relabelled by position."""
+    keep = torch.isin(data.val_labels, torch.tensor(classes))
+    relabel = {c: i for i, c in enumerate(classes)}
+    return data.val_features[keep], torch.tensor([relabel[int(v)] for v in data.val_labels[keep]])
+
+
+def test_the_pseudo_split_halves_the_training_classes_by_the_protocol_rule(data: FewShotData) -> None:
+    for classes, pseudo_base, pseudo_novel in (("base", [0, 1], [2, 3]), ("all", [0, 1, 2, 3], [4, 5, 6])):
+        config = RunConfig.create("clip-adapter", 2, 1, classes)
+        first, second = pseudo_split(config, data), pseudo_split(config, data)
+        for part, wanted in zip(first, (pseudo_base, pseudo_novel), strict=True):
+            assert part.class_names == [data.class_names[c] for c in wanted]
+            features, labels = rows_with(data, wanted)
+            assert torch.equal(part.val_features, features) and torch.equal(part.val_labels, labels)
+            assert torch.equal(part.text_features, data.text_features[wanted])
+            assert set(part.train_labels.tolist()) == set(range(len(wanted)))
+            assert len(part.test_labels) == 0 and part.test_features.shape[0] == 0  # the test set is dropped
+        for a, b in zip(first, second, strict=True):  # deterministic
+            assert a.class_names == b.class_names and torch.equal(a.train_features, b.train_features)
+    with pytest.raises(OptionError, match="--tune-score val_hm splits the training classes in two"):
+        pseudo_split(RunConfig.create("clip-adapter", 2, 1, "base"), data.select_classes([0, 1]))  # one base class
+
+
+class Poison(torch.Tensor):
+    """A tensor that raises on any use: the test features a tuning score must never read."""
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        raise AssertionError(f"the test set was read ({getattr(func, '__name__', func)})")
+
+
+def test_val_hm_is_the_hm_of_a_pseudo_base_copy_and_never_reads_the_test_set(data: FewShotData) -> None:
+    poisoned = dataclasses.replace(data, test_features=torch.zeros(3, 16).as_subclass(Poison),
+                                   test_labels=torch.zeros(3, dtype=torch.long).as_subclass(Poison))
+    with pytest.raises(AssertionError, match="the test set was read"):
+        len(poisoned.test_labels)  # the poison works
+    for method in ("clip-adapter", "lathadapter"):
+        config = RunConfig.create(method, 2, 1, "base", overrides={"epochs": 1, "min_steps": 2})
+        score = tune_val_score(config, None, poisoned, "val_hm")
+        # the oracle: the pseudo-base half (original labels 0, 1) built here, a copy trained on it from the seed
+        pseudo_base, pseudo_novel = data.select_classes([0, 1]), data.select_classes([2, 3])
+        torch.manual_seed(1)
+        copy = create_method(method, pseudo_base, epochs=1, min_steps=2)
+        train(copy, pseudo_base, seed=1)
+        base = evaluate(copy, *rows_with(data, [0, 1]))
+        novel = evaluate(copy, *rows_with(data, [2, 3]), pseudo_novel.text_features)
+        assert score is not None and math.isfinite(score)
+        assert score == pytest.approx(2 * base * novel / (base + novel))
+        assert tune_val_score(config, None, data, "val_hm") == score
+        assert math.isfinite(tune_val_score(config, None, poisoned, "val"))
+    # a method that cannot score unseen classes has no val_hm
+    assert tune_val_score(RunConfig.create("linear-probe", 2, 1, "base"), None, poisoned, "val_hm") is None
+    with pytest.raises(OptionError, match="--tune-score foo: choose one of val, val_hm"):
+        tune_val_score(RunConfig.create("clip-adapter", 2, 1, "base"), None, data, "foo")
+
+
+def test_the_default_score_is_val_hm_for_base_to_novel_and_val_elsewhere(cache: Path, tmp_path: Path) -> None:
+    spec = GridSpec([str(cache)], ["zeroshot", "clip-adapter", "linear-probe"], [2], [1], ["all", "base"],
+                    tune_preset="lr")
+    scores = {(r.config.method, r.config.classes, r.tune.score) for r in expand(spec) if r.tune is not None}
+    assert scores == {("clip-adapter", "all", "val"), ("clip-adapter", "base", "val_hm"),
+                      ("linear-probe", "all", "val"), ("linear-probe", "base", "val")}  # it has no novel accuracy
+    val = {(r.config.method, r.config.classes, r.tune.score) for r in
+           expand(dataclasses.replace(spec, tune_score="val")) if r.tune is not None}
+    assert {s for _, _, s in val} == {"val"}
+    # the keys of a `val` group are those of grids before scores existed; a val_hm group's differ
+    _, plain = prepare(expand(dataclasses.replace(spec, tune_score="val")), tmp_path)
+    _, auto = prepare(expand(spec), tmp_path)
+    for a, b in zip(plain, auto, strict=True):
+        assert (a.key == b.key) == (b.run.tune is None or b.run.tune.score == "val")
+    with pytest.raises(OptionError, match="--tune-score foo: choose one of auto, val, val_hm"):
+        expand(dataclasses.replace(spec, tune_score="foo"))
+    (tmp_path / "grid.yaml").write_text("tune_score: val_hm\n")
+    assert load_spec_file(tmp_path / "grid.yaml")["tune_score"] == "val_hm"
+    (tmp_path / "bad.yaml").write_text("tune_score: best\n")
+    with pytest.raises(OptionError, match=r"bad\.yaml: tune_score 'best': choose one of auto, val, val_hm"):
+        load_spec_file(tmp_path / "bad.yaml")
+
+
+def test_val_hm_tuning_keeps_the_best_hm_of_the_pseudo_halves(cache: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["grid", "--cache", str(cache), "--method", "zeroshot,clip-adapter,linear-probe", "--shots", "2",
+            "--seeds", "1", "--classes", "base", "--set", "epochs=1", "--set", "min_steps=2",
+            "--tune", "lr=0.002,0.0002,0.02,0.2", "--tune-score", "val_hm", "--out", str(tmp_path / "g"),
+            "--device", "cpu", "--workers", "1", "--batch-runs", "4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = read_rows(tmp_path / "g")
+    for column in ("tune.score", "tune.val_score", "tune.val_accuracy", "tune.pseudo_base", "tune.pseudo_novel",
+                   "tune.edge"):
+        assert column in rows[0]
+    clip = [r for r in rows if r["method"] == "clip-adapter"]
+    assert len(clip) == 4 and {r["tune.score"] for r in clip} == {"val_hm"}
+    for row in clip:
+        base, novel = float(row["tune.pseudo_base"]), float(row["tune.pseudo_novel"])
+        assert float(row["tune.val_score"]) == pytest.approx(2 * base * novel / (base + novel))
+    best = max(clip, key=lambda r: (float(r["tune.val_score"]), -int(r["tune.index"])))
+    assert [r["key"] for r in clip if r["tune.selected"] == "True"] == [best["key"]]
+    probe = [r for r in rows if r["method"] == "linear-probe"]  # cannot score novel classes: tuned by val
+    assert {r["tune.score"] for r in probe} == {"val"} and {r["tune.pseudo_base"] for r in probe} == {""}
+    assert [r for r in probe if r["tune.selected"] == "True"] == [
+        max(probe, key=lambda r: (float(r["tune.val_accuracy"]), -int(r["tune.index"])))]
+    assert "few-shot val set by val/val_hm" in result.output and "val_hm: the harmonic mean" in result.output
+    bad = runner.invoke(app, [*args[:-8], "--tune-score", "foo", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and bad.output.strip() == "error: --tune-score foo: choose one of auto, val, val_hm"
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_grid_poisoned_with_nan_test_features_scores_alike(cache: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = GridSpec([str(cache)], ["clip-adapter"], [2], [1], ["base"], options=TINY, tune={"lr": ["0.002", "0.02"]})
+    run_grid(spec, tmp_path / "clean", progress=False)
+    load = grid.DataCache.load
+
+    def poisoned(self: Any, *args: Any) -> FewShotData:
+        data = load(self, *args)
+        return dataclasses.replace(data, test_features=torch.full_like(data.test_features, math.nan))
+
+    monkeypatch.setattr(grid.DataCache, "load", poisoned)
+    run_grid(spec, tmp_path / "poisoned", progress=False)
+    clean, dirty = read_rows(tmp_path / "clean"), read_rows(tmp_path / "poisoned")
+    for a, b in zip(clean, dirty, strict=True):
+        assert a["key"] == b["key"]
+        for column in ("tune.val_score", "tune.pseudo_base", "tune.pseudo_novel", "tune.selected"):
+            assert a[column] == b[column]
+        assert b["acc_base"] != a["acc_base"] or b["acc_novel"] != a["acc_novel"]  # the poison reached the test
+
+
+def peaked(target: float) -> Any:
+    """A val score that grows towards `target` lr on a log scale (the grid's extension follows it)."""
+    def score(config: RunConfig, method: Any, data: Any) -> float:
+        return 100.0 - abs(math.log10(config.options.lr) - math.log10(target))
+    return score
+
+
+def lrs(rows: list[dict[str, str]], method: str) -> dict[float, dict[str, str]]:
+    return {float(r["opt.lr"]): r for r in rows if r["method"] == method}
+
+
+def test_the_lr_preset_extends_past_an_edge_and_keeps_the_optimum(cache: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grid, "tune_val_accuracy", peaked(1.0))  # lathadapter's default is 1e-2: the best is ×100
+    spec = GridSpec([str(cache)], ["zeroshot", "lathadapter"], [2], [1], options=TINY, tune_preset="lr")
+    summary = run_grid(spec, tmp_path, progress=False)
+    assert summary["runs"] == summary["done"] == 1 + 3 + 2  # ×100 was best on an edge, so ×1000 was tried too
+    rows = lrs(read_rows(tmp_path), "lathadapter")
+    assert sorted(rows) == pytest.approx([1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    assert [lr for lr, r in rows.items() if r["tune.selected"] == "True"] == [1.0]
+    assert rows[1.0]["tune.edge"] == ""  # bracketed: 10 was worse
+    assert {r["tune.group"] for r in rows.values()} == {rows[1e-2]["tune.group"]}
+    assert [float(rows[lr]["tune.factor"]) for lr in (1.0, 10.0)] == [100.0, 1000.0]
+    assert rows[1.0]["tune.origin"] == rows[10.0]["tune.origin"] == rows[1e-1]["key"]
+    # the originals keep the keys a grid without extensions gives them
+    _, keyed = prepare(expand(spec), tmp_path)
+    assert {k.key for k in keyed} == {r["key"] for r in read_rows(tmp_path) if r["tune.origin"] == ""}
+    again = run_grid(spec, tmp_path, progress=False)
+    assert (again["runs"], again["skipped"], again["done"]) == (6, 6, 0)
+    # an explicit --tune list is not extended
+    summary = run_grid(GridSpec([str(cache)], ["lathadapter"], [2], [1], options=TINY,
+                                tune={"lr": ["0.001", "0.01"]}), tmp_path / "explicit", progress=False)
+    assert summary["runs"] == 2
+
+
+def test_the_extension_is_bounded_and_marks_the_edge(cache: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grid, "tune_val_accuracy", peaked(1e-12))  # far below every grid
+    spec = GridSpec([str(cache)], ["clip-adapter"], [2], [1], options=TINY, tune_preset="lr")
+    summary = run_grid(spec, tmp_path, progress=False)
+    assert summary["runs"] == 3 + 2  # two extensions below, no more
+    rows = lrs(read_rows(tmp_path), "clip-adapter")
+    default = 2e-3  # CLIP-Adapter's official recipe (CoOp's SGD lr), a `Scaled` preset: resolved when it runs
+    assert sorted(rows) == pytest.approx([default * f for f in (1e-3, 1e-2, 0.1, 1, 10)])
+    (kept,) = [r for r in rows.values() if r["tune.selected"] == "True"]
+    assert float(kept["opt.lr"]) == pytest.approx(default * 1e-3) and kept["tune.edge"] == "low"
+    assert all(r["tune.edge"] == "" for r in rows.values() if r is not kept)
+    markdown = summary_markdown(tmp_path)
+    assert f"lr={kept['opt.lr']} ▼" in markdown and EDGE_NOTE in markdown
+
+
+def test_an_interrupted_extension_resumes_without_rerunning_anything(cache: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    score = peaked(1e6)  # above every grid: both extensions are due
+
+    def interrupted(config: RunConfig, method: Any, data: Any) -> float:
+        if config.options.lr == pytest.approx(10.0):  # the second extension
+            raise KeyboardInterrupt
+        return score(config, method, data)
+
+    monkeypatch.setattr(grid, "tune_val_accuracy", interrupted)
+    spec = GridSpec([str(cache)], ["lathadapter"], [2], [1], options=TINY, tune_preset="lr")
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(spec, tmp_path, progress=False)
+    rows = read_rows(tmp_path)
+    assert len(rows) == 4 and not any(r["tune.selected"] == "True" for r in rows)  # an extension is due: no choice
+    trained = []
+    monkeypatch.setattr(grid, "tune_val_accuracy", lambda c, m, d: trained.append(c.options.lr) or score(c, m, d))
+    summary = run_grid(spec, tmp_path, progress=False)
+    assert (summary["runs"], summary["skipped"], summary["done"]) == (5, 4, 1) and trained == [10.0]
+    rows = lrs(read_rows(tmp_path), "lathadapter")
+    assert rows[10.0]["tune.selected"] == "True" and rows[10.0]["tune.edge"] == "high"
