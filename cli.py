@@ -598,8 +598,8 @@ def demo(
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel, each trained method's
-    lr tuned on the few-shot val set), print the table and write the plots. Re-running reuses the cache and the
-    finished runs."""
+    lr tuned on the few-shot val set: --tune-score), print the table and write the plots. Re-running reuses the cache
+    and the finished runs."""
     from lathadapter.adapter.options import split_list
     from lathadapter.demo.pipeline import run_demo
     from lathadapter.experiments.machine import resolve_device, use_threads

@@ -166,8 +166,9 @@ def test_a_grid_poisoned_with_nan_test_features_scores_alike(cache: Path, tmp_pa
         return dataclasses.replace(data, test_features=torch.full_like(data.test_features, math.nan))
 
     monkeypatch.setattr(grid.DataCache, "load", poisoned)
-    run_grid(spec, tmp_path / "poisoned", progress=False)
+    run_grid(spec, tmp_path / "poisoned", progress=False, batch_runs=2)  # trained in lockstep, pseudo copies alone
     clean, dirty = read_rows(tmp_path / "clean"), read_rows(tmp_path / "poisoned")
+    assert {r["batch_runs"] for r in dirty} == {"2"}
     for a, b in zip(clean, dirty, strict=True):
         assert a["key"] == b["key"]
         for column in ("tune.val_score", "tune.pseudo_base", "tune.pseudo_novel", "tune.selected"):

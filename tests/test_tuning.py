@@ -185,7 +185,7 @@ def test_a_table_with_cells_that_chose_differently_names_every_choice(tmp_path: 
 
 def test_base_to_novel_chooses_on_the_base_classes_val_set_only(cache: Path, tmp_path: Path) -> None:
     summary = run_protocol("base-to-novel", [str(cache)], tmp_path, ["zeroshot", "clip-adapter"], [1],
-                           options=TINY, shots=[2], tune={"lr": LRS}, progress=False)
+                           options=TINY, shots=[2], tune={"lr": LRS}, progress=False, tune_score="val")
     assert summary["runs"] == 1 + 3
     base, _ = CacheReader(cache).load(2, 1).base_novel()
     assert set(base.val_labels.tolist()) == {0, 1, 2} and len(base.val_labels) == 3 * 2  # min(K, 4) per base class
@@ -199,7 +199,7 @@ def test_base_to_novel_chooses_on_the_base_classes_val_set_only(cache: Path, tmp
     assert kept["key"] == val_best(candidates)
     markdown = summary_markdown(tmp_path)
     assert f"| clip-adapter lr={kept['opt.lr']} (tuned) | {float(kept['acc_base']):.2f} |" in markdown
-    assert "tuned values, chosen on the training classes' few-shot val set" in markdown
+    assert "tuned values, chosen on the training classes' few-shot val set by val" in markdown
 
 
 def test_an_unscoped_tune_name_that_methods_mean_differently_is_refused(cache: Path) -> None:
