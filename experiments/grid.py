@@ -12,10 +12,13 @@ time (`OUT/.results.lock`).
 
 Fair tuning (`tune`, `tune_preset`): every value (or combination) of the tuned options is an ordinary run, a
 *candidate*; the candidates of one (cache, method, shots, seed, classes, text, select, other options) cell form a
-*tuning group*. Each candidate records its group and its accuracy on the few-shot val set (`tune_val_accuracy`, base
-classes only for base-to-novel) in `metrics.json`; the results table marks, once every candidate of a group is
-finished, the one with the best val accuracy (ties: the first in the order given) `tune.selected`. The test set never
-enters the choice.
+*tuning group*. Each candidate records its group, its accuracy on the few-shot val set (`tune_val_accuracy`, base
+classes only for base-to-novel) and the group's score (`tune_score`: that accuracy, or `val_hm`, the HM of a
+pseudo-base copy's val accuracy on two halves of the training classes, `run.pseudo_novel_accuracies`) in
+`metrics.json`; the results table marks, once every candidate of a group is finished, the one with the best score
+(ties: the first in the order given) `tune.selected`. A preset's group whose best value is on an edge of its grid
+grows by a step past it (`PRESET_EXTENSIONS`, `with_extensions`) and chooses again. The test set never enters the
+choice.
 """
 
 from __future__ import annotations
@@ -972,8 +975,7 @@ def _run_batch(batch: list[KeyedRun], infos: dict[str, CacheInfo], out: Path, da
 
 def summarize(runs: list[GridRun], states: list[str], seconds: float, out: Path) -> dict[str, Any]:
     """A grid's summary: the runs, how many were done, skipped and left elsewhere, wall time, the table's path."""
-    return {"runs": max(len(runs), len(states)), **{state: states.count(state) for state in STATES},
-            "seconds": seconds,
+    return {"runs": len(runs), **{state: states.count(state) for state in STATES}, "seconds": seconds,
             "results": str(out / RESULTS)}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+from collections import Counter
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -9,7 +11,7 @@ from typer.testing import CliRunner
 from lathadapter.cache.store import CacheReader
 from lathadapter.cli import app
 from lathadapter.demo.dataset import CLASSES
-from lathadapter.demo.pipeline import run_demo
+from lathadapter.demo.pipeline import WORLD_VERSION, run_demo
 from lathadapter.experiments.run import fit
 
 
@@ -36,8 +38,14 @@ def test_demo_writes_the_table_and_the_plots(tmp_path: Path) -> None:
     (tmp_path / "caches" / "demo_shapes.h5").write_bytes(b"the first world's cache")
     result = run_demo(tmp_path, shots=(1,), seeds=(1,), methods=("zeroshot", "tip-adapter", "lathadapter"), views=2,
                       progress=False, log=lambda message: None)
-    # few-shot at 1 and 16 shots, and base-to-novel; LatHAdapter's lr tuned over 3 candidates
-    assert result["runs"] == (1 + 1 + 3) * 2 + (1 + 1 + 3)
+    # few-shot at 1 and 16 shots, and base-to-novel; LatHAdapter's lr tuned over 3 candidates, and up to 2 more per
+    # group where the best lr was on an edge of the preset's grid (`tune.origin`: the candidate it grew from)
+    with (tmp_path / f"grid-v{WORLD_VERSION}" / "results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    extensions = Counter(r["tune.group"] for r in rows if r.get("tune.origin"))
+    assert result["runs"] == (1 + 1 + 3) * 2 + (1 + 1 + 3) + sum(extensions.values()) == len(rows)
+    assert all(n <= 2 for n in extensions.values())
+    assert {r["tune.score"] for r in rows if r["method"] == "lathadapter"} == {"val", "val_hm"}
     assert "Few-shot accuracy" in result["markdown"] and "Base-to-novel" in result["markdown"]
     names = {Path(p).name for p in result["plots"]}
     assert {"accuracy_vs_shots_DemoShapes.png", "base_novel_DemoShapes.png", "poincare_disk.png"} <= names
