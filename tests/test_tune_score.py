@@ -248,3 +248,18 @@ def test_an_interrupted_extension_resumes_without_rerunning_anything(cache: Path
     assert (summary["runs"], summary["skipped"], summary["done"]) == (5, 4, 1) and trained == [10.0]
     rows = lrs(read_rows(tmp_path), "lathadapter")
     assert rows[10.0]["tune.selected"] == "True" and rows[10.0]["tune.edge"] == "high"
+
+
+def test_worker_processes_extend_as_this_process_does(cache: Path, tmp_path: Path) -> None:
+    from lathadapter.experiments.pool import run_grid_in_processes
+
+    spec = GridSpec([str(cache)], ["clip-adapter", "lathadapter"], [2], [1], ["all", "base"], options=TINY,
+                    tune_preset="lr")
+    local = run_grid(spec, tmp_path / "local", progress=False)
+    pooled = run_grid_in_processes(spec, tmp_path / "pool", "cpu", 2, progress=False, batch_runs=2)
+    assert local["runs"] == pooled["runs"] == pooled["done"]
+    columns = ("key", "tune.score", "tune.val_score", "tune.origin", "tune.selected", "tune.edge", "acc_all", "hm")
+    rows = {name: sorted(tuple(r[c] for c in columns) for r in read_rows(tmp_path / name))
+            for name in ("local", "pool")}
+    assert rows["local"] == rows["pool"]
+    assert any(r["tune.origin"] for r in read_rows(tmp_path / "pool"))  # this grid extends at least one group
