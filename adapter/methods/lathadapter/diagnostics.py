@@ -1,0 +1,76 @@
+"""Whether a trained LatHAdapter holds the hierarchy it is regularised towards (docs/method.md, "Hierarchy
+diagnostics"): the share of images inside their own category's entailment cone, the mean exterior angle and
+half-aperture of the category → image edges, the mean scaled radius of each kind and whether categories lie nearest
+the origin and images farthest, and how often Euclidean and hyperbolic inference disagree.
+
+Computed once after training, in eval mode, over explicit lifted points with the plain functions of
+`kernels.cone` (no fused twin): on the clean view of the few-shot train images and on the test images of the
+training classes. Shares are percentages (as accuracies), angles radians, radii scaled (ρ' = √c |h| < 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lathadapter.adapter.methods.lathadapter.reference import ATTRIBUTE, CATEGORY, IMAGE
+from lathadapter.cache.store import FewShotData
+from lathadapter.kernels.cone import cone_energy, cone_exterior_angle, cone_half_aperture
+
+
+def cone_parents(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The lifted parents of the category → image edges, one per class [C, D]: the text prototypes, or with
+    `cone_parent=image` the image-side class centres of `images` (adapted unit directions [N, D])."""
+    c = model.curvature
+    if model.options.cone_parent == "text":
+        side = model.text_side(model.text_features)
+        return (model.class_radii(model.text_features, side, c) / c.sqrt())[:, None] * side.prototypes
+    sums = images.new_zeros(num_classes, images.shape[1]).index_add(0, labels, images)
+    mean = sums / torch.bincount(labels, minlength=num_classes).clamp_min(1).to(images.dtype)[:, None]
+    return model.lift(CATEGORY, F.normalize(mean, dim=-1), mean.norm(dim=-1))
+
+
+def in_cone(parents: torch.Tensor, children: torch.Tensor, c: torch.Tensor, k: float, kappa: float
+            ) -> tuple[float, float]:
+    """(% of the pairs (parent_i, child_i) with cone energy E = 0, the mean exterior angle Ξ in radians)."""
+    inside = cone_energy(parents, children, c, k, kappa) == 0
+    return 100.0 * float(inside.float().mean()), float(cone_exterior_angle(parents, children, c).mean())
+
+
+@torch.no_grad()
+def hierarchy_diagnostics(model: nn.Module, data: FewShotData) -> dict[str, Any]:
+    """The diagnostics of a trained LatHAdapter `model` on its training view `data` (train and test images of the
+    training classes), with the run's own c, K (`cone_k`) and κ (`cone_kappa`)."""
+    model.eval()
+    o, c = model.options, model.curvature
+
+    def lifted(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v, length = model.adapt_images(model.centred_images(features))
+        return v, model.lift(IMAGE, v, length)
+
+    v_train, train = lifted(data.train_features)
+    _, test = lifted(data.test_features)
+    parents = cone_parents(model, v_train, data.train_labels, data.num_classes)
+    side = model.text_side(model.text_features)
+    categories = (model.class_radii(model.text_features, side, c) / c.sqrt())[:, None] * side.prototypes
+    attributes = model.lift(ATTRIBUTE, side.attributes, model.attribute_lengths())
+    train_share, train_angle = in_cone(parents[data.train_labels], train, c, o.cone_k, o.cone_kappa)
+    test_share, test_angle = in_cone(parents[data.test_labels], test, c, o.cone_k, o.cone_kappa)
+    radius = {kind: float(c.sqrt() * points.norm(dim=-1).mean())
+              for kind, points in (("category", categories), ("attribute", attributes), ("image", train))}
+    euclid, hyper = model.scores(data.test_features)
+    return {
+        "train_in_cone": train_share,
+        "test_in_cone": test_share,
+        "train_angle": train_angle,
+        "test_angle": test_angle,
+        "aperture": float(cone_half_aperture(parents, c, o.cone_k).mean()),
+        "radius_category": radius["category"],
+        "radius_attribute": radius["attribute"],
+        "radius_image": radius["image"],
+        "radius_order": radius["category"] < radius["attribute"] < radius["image"],
+        "euclid_hyper_disagree": 100.0 * float((euclid.argmax(-1) != hyper.argmax(-1)).float().mean()),
+    }
