@@ -40,6 +40,15 @@ def in_cone(parents: torch.Tensor, children: torch.Tensor, c: torch.Tensor, k: f
     return 100.0 * float(inside.float().mean()), float(cone_exterior_angle(parents, children, c).mean())
 
 
+def radius_summary(categories: torch.Tensor, attributes: torch.Tensor, images: torch.Tensor, c: torch.Tensor
+                   ) -> dict[str, Any]:
+    """Mean scaled radius √c |h| of each kind's points and whether the means keep category < attribute < image."""
+    radius = {kind: float(c.sqrt() * points.norm(dim=-1).mean())
+              for kind, points in (("category", categories), ("attribute", attributes), ("image", images))}
+    return {**{f"radius_{kind}": value for kind, value in radius.items()},
+            "radius_order": radius["category"] < radius["attribute"] < radius["image"]}
+
+
 @torch.no_grad()
 def hierarchy_diagnostics(model: nn.Module, data: FewShotData) -> dict[str, Any]:
     """The diagnostics of a trained LatHAdapter `model` on its training view `data` (train and test images of the
@@ -59,8 +68,6 @@ def hierarchy_diagnostics(model: nn.Module, data: FewShotData) -> dict[str, Any]
     attributes = model.lift(ATTRIBUTE, side.attributes, model.attribute_lengths())
     train_share, train_angle = in_cone(parents[data.train_labels], train, c, o.cone_k, o.cone_kappa)
     test_share, test_angle = in_cone(parents[data.test_labels], test, c, o.cone_k, o.cone_kappa)
-    radius = {kind: float(c.sqrt() * points.norm(dim=-1).mean())
-              for kind, points in (("category", categories), ("attribute", attributes), ("image", train))}
     euclid, hyper = model.scores(data.test_features)
     return {
         "train_in_cone": train_share,
@@ -68,9 +75,6 @@ def hierarchy_diagnostics(model: nn.Module, data: FewShotData) -> dict[str, Any]
         "train_angle": train_angle,
         "test_angle": test_angle,
         "aperture": float(cone_half_aperture(parents, c, o.cone_k).mean()),
-        "radius_category": radius["category"],
-        "radius_attribute": radius["attribute"],
-        "radius_image": radius["image"],
-        "radius_order": radius["category"] < radius["attribute"] < radius["image"],
+        **radius_summary(categories, attributes, train, c),
         "euclid_hyper_disagree": 100.0 * float((euclid.argmax(-1) != hyper.argmax(-1)).float().mean()),
     }
