@@ -158,7 +158,7 @@ def _hierarchy(row: dict[str, str]) -> tuple[tuple[str, float | None], ...]:
     if not any(row.get(f"hier.{name}", "") != "" for name, _ in HIERARCHY):
         return ()
     flags = {"true": 100.0, "false": 0.0}
-    return tuple((name, flags.get(row.get(f"hier.{name}", "").lower(), None) if name == "radius_order"
+    return tuple((name, flags.get(row.get(f"hier.{name}", "").lower()) if name == "radius_order"
                   else _number(row.get(f"hier.{name}", ""))) for name, _ in HIERARCHY)
 
 
