@@ -118,6 +118,61 @@ def test_a_trained_runs_metrics_hold_the_diagnostics_in_their_ranges(tmp_path: P
     assert row["hier.train_in_cone"] == saved["train_in_cone"] and row["hier.radius_order"] == saved["radius_order"]
 
 
+def axis_world(train_angles: list[float], test_angles: list[float]) -> FewShotData:
+    """Two classes with text on the first and second axes; each class's images at the given angles from its text,
+    turned towards the third axis (class 0) or the fourth (class 1)."""
+    def image(label: int, angle: float) -> torch.Tensor:
+        point = torch.zeros(4)
+        point[label], point[2 + label] = math.cos(angle), math.sin(angle)
+        return point
+
+    def split(angles: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.tensor([label for label in (0, 1) for _ in angles])
+        return torch.stack([image(label, a) for label in (0, 1) for a in angles]), labels
+
+    (train, train_labels), (test, test_labels) = split(train_angles), split(test_angles)
+    text = torch.eye(4)[:2]
+    vocabulary = F.normalize(torch.ones(3, 4), dim=-1)
+    return FewShotData(["a", "b"], text, vocabulary, train, train[:, None], train_labels, train, train_labels, test,
+                       test_labels, "axes")
+
+
+@pytest.mark.parametrize("cone_parent", ["text", "image"])
+def test_a_models_diagnostics_equal_ganeas_formulas_on_its_known_points(cone_parent: str) -> None:
+    """With both adapters zeroed and `attr_proto` off, v_i = x_i and p_c = t_c, and with `radius=kind` every scaled
+    radius is tanh(√c s_kind): the diagnostics are Ganea's formulas on points placed by hand. With
+    `cone_parent=image`, a class's parent lies along the mean of its train images' directions."""
+    c, k, kappa = 1.7, 0.3, 1.0
+    train_angles, test_angles = [0.1, 0.5, 1.2], [0.05, 0.3, 0.8, 1.5]
+    data = axis_world(train_angles, test_angles)
+    model = create_method("lathadapter", data, attr_proto=False, radius="kind", curvature=c, cone_k=k,
+                          cone_kappa=kappa, num_attributes=3, attr_init="random", cone_parent=cone_parent,
+                          impl="reference" if cone_parent == "image" else "fused")
+    with torch.no_grad():
+        for adapter in (model.visual_adapter, model.text_adapter):
+            for layer in (adapter.net[0], adapter.net[2]):
+                layer.weight.zero_()
+    diagnostics = model.diagnostics(data)
+    rho = {kind: math.tanh(math.sqrt(c) * scale) for kind, scale in (("cat", 0.3), ("attr", 0.6), ("img", 1.0))}
+    # the parent direction's angle from the class's text axis, turned towards its image plane
+    parent_angle = math.atan2(sum(map(math.sin, train_angles)), sum(map(math.cos, train_angles))) \
+        if cone_parent == "image" else 0.0
+    parent = planar(rho["cat"], parent_angle, c, dim=2)
+    xi_train = [ganea_angle(parent, planar(rho["img"], a, c, dim=2), c) for a in train_angles]
+    xi_test = [ganea_angle(parent, planar(rho["img"], a, c, dim=2), c) for a in test_angles]
+    psi = ganea_aperture(parent, c, k)
+    expected = {
+        "train_in_cone": 100.0 * sum(x <= kappa * psi for x in xi_train) / len(xi_train),
+        "test_in_cone": 100.0 * sum(x <= kappa * psi for x in xi_test) / len(xi_test),
+        "train_angle": sum(xi_train) / len(xi_train), "test_angle": sum(xi_test) / len(xi_test), "aperture": psi,
+        "radius_category": rho["cat"], "radius_attribute": rho["attr"], "radius_image": rho["img"],
+    }
+    assert 0 < expected["train_in_cone"] < 100 and 0 < expected["test_in_cone"] < 100  # the cone splits them
+    for name, value in expected.items():
+        assert diagnostics[name] == pytest.approx(value, abs=1e-5), name
+    assert diagnostics["radius_order"] is True and diagnostics["euclid_hyper_disagree"] == 0
+
+
 # --- the switches ---
 
 def test_fused_refuses_cone_parent_image_in_one_line_naming_the_reference() -> None:
@@ -262,3 +317,21 @@ def test_variants_the_stacked_twin_lacks_do_not_stack() -> None:
     assert create_method("lathadapter", data, centre="modality").stackable
     assert not create_method("lathadapter", data, hyp_metric="euclid").stackable
     assert not create_method("lathadapter", data, cone_parent="image", impl="reference").stackable
+
+
+def test_centred_runs_stack_and_their_stacked_loss_is_the_references() -> None:
+    """Under vmap over two stacked copies (`grid --batch-runs`), a `centre=modality` model's loss (its centring buffers
+    stacked with it) equals the reference's in float64."""
+    from lathadapter.adapter.batched import LossModule
+
+    data = make_data(classes=7, dim=13)
+    torch.manual_seed(1)
+    model = create_method("lathadapter", data, num_attributes=5, centre="modality", impl="reference").double()
+    x, y = data.train_features.double(), data.train_labels
+    reference, _ = model.loss(x, y)
+    module = LossModule(model)
+    params, buffers = torch.func.stack_module_state([module, module])
+    assert any(name.endswith("image_mean") for name in buffers)
+    stacked, _ = torch.func.vmap(lambda p, b, x, y: torch.func.functional_call(module, (p, b), (x, y)))(
+        params, buffers, torch.stack([x, x]), torch.stack([y, y]))
+    torch.testing.assert_close(stacked, torch.stack([reference, reference]).detach(), rtol=1e-9, atol=1e-11)

@@ -20,14 +20,12 @@ from lathadapter.adapter.methods.lathadapter.reference import ATTRIBUTE, CATEGOR
 from lathadapter.cache.store import FewShotData
 from lathadapter.kernels.cone import cone_energy, cone_exterior_angle, cone_half_aperture
 
+CHUNK = 8192  # test images scored at once (as `adapter.evaluate`): [CHUNK, C] scores, whatever the test set's size
 
-def cone_parents(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """The lifted parents of the category → image edges, one per class [C, D]: the text prototypes, or with
-    `cone_parent=image` the image-side class centres of `images` (adapted unit directions [N, D])."""
-    c = model.curvature
-    if model.options.cone_parent == "text":
-        side = model.text_side(model.text_features)
-        return (model.class_radii(model.text_features, side, c) / c.sqrt())[:, None] * side.prototypes
+
+def image_centres(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`cone_parent=image`'s parents [C, D]: each class's image-side centre norm(mean v_i) over `images` (adapted
+    unit directions [N, D]), lifted as a category (as the reference lifts the batch's centres)."""
     sums = images.new_zeros(num_classes, images.shape[1]).index_add(0, labels, images)
     mean = sums / torch.bincount(labels, minlength=num_classes).clamp_min(1).to(images.dtype)[:, None]
     return model.lift(CATEGORY, F.normalize(mean, dim=-1), mean.norm(dim=-1))
@@ -62,13 +60,18 @@ def hierarchy_diagnostics(model: nn.Module, data: FewShotData) -> dict[str, Any]
 
     v_train, train = lifted(data.train_features)
     _, test = lifted(data.test_features)
-    parents = cone_parents(model, v_train, data.train_labels, data.num_classes)
     side = model.text_side(model.text_features)
     categories = (model.class_radii(model.text_features, side, c) / c.sqrt())[:, None] * side.prototypes
+    # the parents of the category → image edges, as the run's cones have them (centres: of the train images)
+    parents = categories if o.cone_parent == "text" else image_centres(model, v_train, data.train_labels,
+                                                                         data.num_classes)
     attributes = model.lift(ATTRIBUTE, side.attributes, model.attribute_lengths())
     train_share, train_angle = in_cone(parents[data.train_labels], train, c, o.cone_k, o.cone_kappa)
     test_share, test_angle = in_cone(parents[data.test_labels], test, c, o.cone_k, o.cone_kappa)
-    euclid, hyper = model.scores(data.test_features)
+    disagree = 0
+    for start in range(0, len(data.test_labels), CHUNK):
+        euclid, hyper = model.scores(data.test_features[start:start + CHUNK])
+        disagree += int((euclid.argmax(-1) != hyper.argmax(-1)).sum())
     return {
         "train_in_cone": train_share,
         "test_in_cone": test_share,
@@ -76,5 +79,5 @@ def hierarchy_diagnostics(model: nn.Module, data: FewShotData) -> dict[str, Any]
         "test_angle": test_angle,
         "aperture": float(cone_half_aperture(parents, c, o.cone_k).mean()),
         **radius_summary(categories, attributes, train, c),
-        "euclid_hyper_disagree": 100.0 * float((euclid.argmax(-1) != hyper.argmax(-1)).float().mean()),
+        "euclid_hyper_disagree": 100.0 * disagree / len(data.test_labels),
     }
