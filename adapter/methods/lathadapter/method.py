@@ -10,6 +10,8 @@ point is a unit direction times a radius, so the fused twins compute every term 
 with one radius per kind (`radius=kind`) the category side (`text`) and the loss after the image product (`loss`)
 are autograd nodes with hand-written backward passes; with a radius per point (`radius=head|norm`) the loss is
 written over the radial distance and cone-angle nodes of `kernels.radial` with radius vectors (`fused`).
+Three reconstruction switches act around them: `centre` (on the inputs, so every form sees it), `hyp_metric=euclid`
+(added here to the fused forms, which run with λ_hyp = 0) and `cone_parent=image` (the reference alone).
 """
 
 from __future__ import annotations
