@@ -438,7 +438,7 @@ def option_column(method: str, name: str) -> str:
 
 def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """One results-table row: identity, what post-training searches chose (`chosen.NAME`, e.g. Tip-Adapter's α and
-    β), every option (prefixed `opt.`), and the metrics."""
+    β), the hierarchy diagnostics (`hier.NAME`, LatHAdapter), every option (prefixed `opt.`), and the metrics."""
     accuracy = metrics.get("accuracy", {})
     row = {
         "key": config["key"], "cache": config["cache"], "dataset": config["cache_fields"].get("dataset", ""),
@@ -453,6 +453,7 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
         "batch_runs": metrics.get("batch_runs", 1), "batch_mode": metrics.get("batch_mode", "alone"),
     }
     row.update({f"chosen.{k}": v for k, v in sorted((metrics.get("chosen") or {}).items())})
+    row.update({f"hier.{k}": v for k, v in (metrics.get("hierarchy") or {}).items()})
     tune = metrics.get("tune")
     if tune:  # a tuning candidate; `tune.selected` is set once its whole group is known (select_tuned)
         extension = tune.get("extension") or {}

@@ -130,6 +130,7 @@ class Record:
     acc_base: float | None
     acc_novel: float | None
     tuned: Choice = ()
+    hierarchy: tuple[tuple[str, float | None], ...] = ()  # the run's `hier.*` diagnostics (LatHAdapter), by name
 
 
 def _number(text: str) -> float | None:
@@ -165,6 +166,22 @@ def _choice(row: dict[str, str], tuned: dict[str, str]) -> Choice:
     return tuple((name, row[c]) for c, name in tuned.items()) + marks
 
 
+# The hierarchy diagnostics the report shows (`hier.NAME` columns) and their headings; shares in %, angles in rad.
+HIERARCHY = (("train_in_cone", "train in cone %"), ("test_in_cone", "test in cone %"), ("train_angle", "Ξ train"),
+             ("aperture", "ψ"), ("radius_category", "ρ' cat"), ("radius_attribute", "ρ' attr"),
+             ("radius_image", "ρ' img"), ("radius_order", "order holds %"),
+             ("euclid_hyper_disagree", "euclid ≠ hyper %"))
+
+
+def _hierarchy(row: dict[str, str]) -> tuple[tuple[str, float | None], ...]:
+    """A row's shown diagnostics as numbers (`radius_order`: 100 when it holds, else 0); () without any."""
+    if not any(row.get(f"hier.{name}", "") != "" for name, _ in HIERARCHY):
+        return ()
+    flags = {"true": 100.0, "false": 0.0}
+    return tuple((name, flags.get(row.get(f"hier.{name}", "").lower()) if name == "radius_order"
+                  else _number(row.get(f"hier.{name}", ""))) for name, _ in HIERARCHY)
+
+
 def records(results: Results) -> list[Record]:
     """The rows as typed records; a malformed number names its row. Of a tuned grid, only each group's kept run
     (`tune.selected`) is read, its tuned options set to `tuned` in its configuration and kept in `Record.tuned`."""
@@ -180,7 +197,7 @@ def records(results: Results) -> list[Record]:
             parsed.append(Record(labels[(row["dataset"], row["fingerprint"])], Configuration(row["method"], settings),
                                  int(row["shots"]), row["classes"], row["target"],
                                  _number(row["acc_all"]), _number(row["acc_base"]), _number(row["acc_novel"]),
-                                 _choice(row, tuned)))
+                                 _choice(row, tuned), _hierarchy(row)))
         except ValueError as error:
             raise ResultsError(f"{results.source}: row {i}: {error}") from None
     return parsed
@@ -492,8 +509,32 @@ def transfer_tables(records: list[Record]) -> list[Table]:
     return tables
 
 
+def hierarchy_tables(records: list[Record]) -> list[Table]:
+    """One compact table of the hierarchy diagnostics (docs/method.md): a row per (configuration, dataset, shots,
+    classes) of the runs that report them, each cell the mean ± std over seeds."""
+    chosen = [r for r in records if r.hierarchy and not r.target]
+    if not chosen:
+        return []
+    grouped: dict[tuple[Configuration, str, int, str], list[Record]] = defaultdict(list)
+    for record in chosen:
+        grouped[(record.config, record.dataset, record.shots, record.classes)].append(record)
+    varied = _varied({c for c, _, _, _ in grouped})
+    order = {c: i for i, c in enumerate(_ordered({c for c, _, _, _ in grouped}))}
+    rows = []
+    for (config, dataset, shots, classes), runs in sorted(grouped.items(), key=lambda item: (
+            order[item[0][0]], item[0][1], item[0][2], item[0][3])):
+        values = [dict(r.hierarchy) for r in runs]
+        rows.append(([_label(config, varied, [r.tuned for r in runs if r.tuned]), dataset,
+                      f"{_shots(shots)}, {'base-to-novel' if classes == 'base' else classes}"],
+                     [Cell.over_seeds([v[name] for v in values]) for name, _ in HIERARCHY]))
+    return [Table("hierarchy", "Hierarchy diagnostics (share of images inside their category's cone, mean exterior "
+                  "angle Ξ and half-aperture ψ in rad, mean scaled radii, whether category < attribute < image)",
+                  ["method", "dataset", "setting"], [title for _, title in HIERARCHY], rows)]
+
+
 def report_tables(parsed: list[Record]) -> list[Table]:
-    return few_shot_tables(parsed) + base_to_novel_tables(parsed) + transfer_tables(parsed)
+    return (few_shot_tables(parsed) + base_to_novel_tables(parsed) + transfer_tables(parsed)
+            + hierarchy_tables(parsed))
 
 
 def _markdown(tables: list[Table]) -> str:

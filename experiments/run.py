@@ -164,6 +164,9 @@ def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data
         "batch_mode": result.batch_mode,
         "threads": torch.get_num_threads(),  # CPU float sums may round differently with another thread count
     }
+    diagnostics = method.diagnostics(train_data)
+    if diagnostics is not None:
+        metrics["hierarchy"] = diagnostics
     return RunOutcome(method, metrics, result, method.lifted_points(train_data))
 
 

@@ -234,3 +234,34 @@ def test_report_errors_name_the_file_and_what_is_expected(tmp_path: Path) -> Non
                 read(path)
             assert str(raised.value).startswith(str(path)) and message in str(raised.value)
             assert "\n" not in str(raised.value)
+
+
+def test_hierarchy_diagnostics_get_one_compact_table_of_means_over_seeds(tmp_path: Path) -> None:
+    """Rows with `hier.*` columns (LatHAdapter's diagnostics) make a `hierarchy` table: one row per configuration,
+    dataset and setting, each value the mean ± std over seeds; `radius_order` as the % of seeds where it holds; runs
+    without diagnostics (zero-shot) are not in it."""
+    share = {0.5: [10.0, 30.0], 1.0: [0.0, 0.0]}
+    order = {0.5: ["True", "False"], 1.0: ["True", "True"]}
+    radius = {0.5: [0.2, 0.4], 1.0: [0.3, 0.3]}
+    rows = [row(shots=16, seed=s, classes="base", acc_base=80.0, acc_novel=60.0,
+                **{"opt.curvature": c, "hier.train_in_cone": t, "hier.radius_order": o, "hier.radius_category": r})
+            for c in share for s, t, o, r in zip((1, 2), share[c], order[c], radius[c], strict=True)]
+    rows += [row("zeroshot", shots=16, classes="base", acc_base=70.0, acc_novel=65.0)]
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + ["hier.train_in_cone", "hier.radius_order",
+                                                         "hier.radius_category"], restval="")
+        writer.writeheader()
+        writer.writerows({"key": f"k{i}", **r} for i, r in enumerate(rows))
+    markdown = write_report(path, tmp_path / "report")["markdown"]
+    table = read_table(tmp_path / "report" / "hierarchy.csv")
+    assert set(table) == {"lathadapter curvature=0.5", "lathadapter curvature=1.0"}
+    for c in share:
+        line = table[f"lathadapter curvature={c}"]
+        assert line["setting"] == "16 shots, base-to-novel" and line["dataset"] == "caltech101"
+        assert float(line["train in cone % mean"]) == pytest.approx(statistics.fmean(share[c]))
+        assert float(line["train in cone % std"]) == pytest.approx(statistics.stdev(share[c]))
+        assert float(line["ρ' cat mean"]) == pytest.approx(statistics.fmean(radius[c]))
+        assert float(line["order holds % mean"]) == pytest.approx(100 * order[c].count("True") / len(order[c]))
+        assert line["test in cone % mean"] == ""  # not in the rows: no number
+    assert "Hierarchy diagnostics" in markdown

@@ -211,6 +211,12 @@ class Method(nn.Module):
         the method has none (only LatHAdapter lifts points into a ball)."""
         return None
 
+    def diagnostics(self, train_data: FewShotData) -> dict[str, Any] | None:
+        """Facts about the trained model worth recording with its metrics (`metrics.json`, results columns
+        `hier.*`), computed after training on its training view; None when the method has none (LatHAdapter reports
+        its hierarchy)."""
+        return None
+
     def _require_new_classes(self) -> None:
         if not self.scores_new_classes:
             raise NotApplicable(f"{self.name} cannot score classes it was not trained on")

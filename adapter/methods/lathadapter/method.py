@@ -10,10 +10,13 @@ point is a unit direction times a radius, so the fused twins compute every term 
 with one radius per kind (`radius=kind`) the category side (`text`) and the loss after the image product (`loss`)
 are autograd nodes with hand-written backward passes; with a radius per point (`radius=head|norm`) the loss is
 written over the radial distance and cone-angle nodes of `kernels.radial` with radius vectors (`fused`).
+Three reconstruction switches act around them: `centre` (on the inputs, so every form sees it), `hyp_metric=euclid`
+(added here to the fused forms, which run with λ_hyp = 0) and `cone_parent=image` (the reference alone).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -21,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix, vmapped
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix, normalize, vmapped
+from lathadapter.adapter.methods.lathadapter.diagnostics import hierarchy_diagnostics
 from lathadapter.adapter.methods.lathadapter.fused import fused_loss
 from lathadapter.adapter.methods.lathadapter.loss import lathadapter_loss
 from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
@@ -53,10 +57,22 @@ def kmeans(points: torch.Tensor, k: int, seed: int = 0, iterations: int = 50) ->
     return centres_t
 
 
-def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions) -> torch.Tensor:
-    """K × D prompts: k-means centres of the attribute-vocabulary features when the cache has enough of them."""
+def modality_means(data: FewShotData) -> tuple[torch.Tensor, torch.Tensor]:
+    """`centre=modality`'s means: the image mean over the few-shot train images, every view (clean and augmented),
+    and the text mean over the training classes' text features."""
+    dim = data.text_features.shape[1]
+    images = torch.cat([data.train_features.reshape(-1, dim), data.train_views.reshape(-1, dim)])
+    return images.mean(0), data.text_features.mean(0)
+
+
+def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions,
+                           text_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """K × D prompts: k-means centres of the attribute-vocabulary features when the cache has enough of them (text
+    features, so centred with the text mean under `centre=modality`)."""
     dim = data.text_features.shape[1]
     vocabulary = data.attribute_features
+    if text_mean is not None and len(vocabulary):
+        vocabulary = F.normalize(vocabulary - text_mean.to(vocabulary), dim=-1)
     if options.attr_init == "kmeans" and len(vocabulary) >= options.num_attributes:
         return kmeans(vocabulary, options.num_attributes).to(data.text_features.device)
     generator = torch.Generator().manual_seed(0)
@@ -70,9 +86,17 @@ class LatHAdapter(Method):
     def __init__(self, options: LatHAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         device, dim = data.text_features.device, data.text_features.shape[1]
+        text_mean = None
+        if options.centre == "modality":  # fixed at construction; novel classes' text takes the training text mean
+            image_mean, text_mean = modality_means(data)
+            self.register_buffer("image_mean", image_mean)
+            self.register_buffer("text_mean", text_mean)
+            self.text_features = self.centred_text(data.text_features)
+        if options.hyp_metric != "poincare" or options.cone_parent != "text":
+            self.stackable = False  # `stacked.masked_loss` implements neither variant
         self.visual_adapter = Adapter(dim, options.reduction).to(device)
         self.text_adapter = Adapter(dim, options.reduction).to(device)
-        self.attribute_prompts = nn.Parameter(init_attribute_prompts(data, options))
+        self.attribute_prompts = nn.Parameter(init_attribute_prompts(data, options, text_mean))
         self.beta = nn.Parameter(torch.tensor(options.beta, device=device))
         self.log_curvature = nn.Parameter(
             torch.tensor(math.log(options.curvature), device=device), requires_grad=options.learn_curvature
@@ -90,6 +114,14 @@ class LatHAdapter(Method):
     @property
     def curvature(self) -> torch.Tensor:
         return self.log_curvature.exp().clamp(*CURVATURE_RANGE)
+
+    def centred_images(self, features: torch.Tensor) -> torch.Tensor:
+        """Step 0 (`centre=modality`): `norm(x − mean image)`; the features unchanged with `centre=none`."""
+        return features if self.options.centre == "none" else normalize(features - self.image_mean)
+
+    def centred_text(self, text_features: torch.Tensor) -> torch.Tensor:
+        """Step 0 (`centre=modality`): `norm(t − mean training text)`, for training and novel classes alike."""
+        return text_features if self.options.centre == "none" else normalize(text_features - self.text_mean)
 
     def adapt_images(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 1 for images: `v_i = norm(z_i)` and `|z_i|`, z_i = (1 − α_v) x_i + α_v g_v(x_i)."""
@@ -154,8 +186,13 @@ class LatHAdapter(Method):
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of `reference.reference_loss`, through the fused twin of the configured radius (under vmap, for
-        stacked runs, through `stacked.masked_loss`)."""
+        stacked runs, through `stacked.masked_loss`). Every form gets the centred inputs (`centre`); with
+        `hyp_metric=euclid` the fused forms run without their Poincaré L_hyp and its Euclidean twin is added here."""
         o = self.options
+        features = self.centred_images(features)
+        euclid_twin = o.hyp_metric == "euclid" and o.impl == "fused" and not vmapped()
+        if euclid_twin:
+            o = dataclasses.replace(o, lambda_hyp=0.0)
         if vmapped():  # runs trained as one stacked model: the fixed-shape form (`stacked.masked_loss`)
             loss, parts = masked_loss(self, features, labels)
         elif o.impl == "reference":
@@ -184,6 +221,11 @@ class LatHAdapter(Method):
                     1 - (mixed * features).sum(-1) / torch.linalg.vector_norm(mixed, dim=-1)).mean()
                 loss = loss + o.lambda_anchor * anchor
                 parts["anchor"] = anchor.detach()
+            if euclid_twin:  # L_hyp's Euclidean twin CE(<v_i, p_c> / τ_h), from the fused path's image–class cosines
+                o = self.options
+                hyp = F.cross_entropy(image_cosines[:, :len(side.prototypes)] / self.log_tau_hyp.exp(), labels)
+                loss = loss + o.lambda_hyp * hyp
+                parts["hyp"] = hyp.detach()
         weights = {"hyp": o.lambda_hyp, "hier": o.lambda_hier, "anchor": o.lambda_anchor}
         return loss, {k: v for k, v in parts.items() if weights.get(k, 1) > 0}
 
@@ -201,10 +243,11 @@ class LatHAdapter(Method):
         self.eval()
         c = self.curvature
         chosen = list(range(min(classes, data.num_classes)))
-        side = self.text_side(data.text_features)
+        text = self.centred_text(data.text_features)
+        side = self.text_side(text)
         keep = torch.cat([torch.nonzero(data.test_labels == k).flatten()[:images_per_class] for k in chosen])
-        v, length = self.adapt_images(data.test_features[keep])
-        categories = (self.class_radii(data.text_features, side, c) / c.sqrt())[:, None] * side.prototypes
+        v, length = self.adapt_images(self.centred_images(data.test_features[keep]))
+        categories = (self.class_radii(text, side, c) / c.sqrt())[:, None] * side.prototypes
         return {
             "curvature": float(c),
             "class_names": [data.class_names[k] for k in chosen],
@@ -218,16 +261,31 @@ class LatHAdapter(Method):
     # --- inference (docs/method.md, step 7) ---
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        text = self.text_features if text_features is None else text_features
-        v, length = self.adapt_images(features)
+        euclid, hyper = self.scores(features, text_features, hyper=self.options.infer != "euclid")
+        if hyper is None:
+            return euclid
+        if self.options.infer == "hyper":
+            return hyper
+        return torch.softmax(euclid, dim=-1) + torch.softmax(hyper, dim=-1)
+
+    def scores(self, features: torch.Tensor, text_features: torch.Tensor | None = None, hyper: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Both scores of `infer`: the Euclidean logits `100 <v, p>` and (with `hyper`) the hyperbolic ones,
+        `−d(h^v, h^c) / τ_h`, or with `hyp_metric=euclid` their twin `<v, p> / τ_h`. Inputs are centred here."""
+        text = self.text_features if text_features is None else self.centred_text(text_features)
+        v, length = self.adapt_images(self.centred_images(features))
         side = self.text_side(text)
         cosines = v @ side.prototypes.t()
-        if self.options.infer == "euclid":
-            return LOGIT_SCALE * cosines
+        euclid = LOGIT_SCALE * cosines
+        if not hyper:
+            return euclid, None
+        if self.options.hyp_metric == "euclid":
+            return euclid, cosines * torch.exp(-self.log_tau_hyp)
         c = self.curvature
         distances = radial_distance(self.scaled_radii(IMAGE, v, length, c)[:, None],
                                     self.class_radii(text, side, c)[None, :], cosines, c)
-        hyper = self.hyperbolic_logits(distances)
-        if self.options.infer == "hyper":
-            return hyper
-        return torch.softmax(LOGIT_SCALE * cosines, dim=-1) + torch.softmax(hyper, dim=-1)
+        return euclid, self.hyperbolic_logits(distances)
+
+    def diagnostics(self, train_data: FewShotData) -> dict[str, Any]:
+        """The hierarchy's diagnostics of the trained model (`diagnostics.hierarchy_diagnostics`)."""
+        return hierarchy_diagnostics(self, train_data)

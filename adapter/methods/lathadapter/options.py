@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lathadapter.adapter.options import TrainOptions, option
+from lathadapter.adapter.options import OptionError, TrainOptions, option
 
 CURVATURE_RANGE = (0.1, 10.0)
 
@@ -48,3 +48,17 @@ class LatHAdapterOptions(TrainOptions):
                        choices=("fused", "reference"))
     infer: str = option("fused", "scores at inference: Euclidean logits, hyperbolic distances, or both fused",
                         choices=("euclid", "hyper", "fused"))
+    centre: str = option("none", "subtract each modality's mean before everything (image mean of the few-shot train "
+                         "views, text mean of the training classes; then renormalise), or leave features as they are",
+                         choices=("none", "modality"))
+    cone_parent: str = option("text", "parent of the category → image cone edges: the lifted text prototype, or the "
+                              "lifted image-side class centre of the batch (impl=reference only)",
+                              choices=("text", "image"))
+    hyp_metric: str = option("poincare", "L_hyp and hyperbolic inference by Poincaré distance, or their Euclidean "
+                             "twin <v, p> / τ_h (the ablation of the ball)", choices=("poincare", "euclid"))
+
+    def __post_init__(self) -> None:
+        # a loss variant the fused twins do not implement runs under the reference alone, never silently ignored
+        if self.impl == "fused" and self.cone_parent != "text":
+            raise OptionError(f"option cone_parent={self.cone_parent!r} of lathadapter is implemented by the "
+                              "reference loss only: add impl=reference")
