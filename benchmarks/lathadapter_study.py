@@ -1,104 +1,124 @@
-"""The study that sets LatHAdapter's defaults: a coordinate search over its options on CLIP-like synthetic worlds,
-choosing on few-shot validation accuracy only, with test accuracy reported once, after choosing.
+"""The study that sets LatHAdapter's defaults, second edition: a forward search over its options on four held-out
+CLIP-like worlds and the demo, choosing on validation scores that see unseen classes, comparing configurations by
+paired differences over worlds × seeds with an exact sign-flip test; test accuracy is read once, after choosing.
 
-    python benchmarks/lathadapter_study.py [--out benchmarks/.data/lathadapter-study]
+    python benchmarks/lathadapter_study.py [--out benchmarks/.data/lathadapter-study-2] [--jobs 2]
                                            [--save benchmarks/results/lathadapter_study.json]
 
-Worlds: two caches written by `cache.synthetic.write_clip_world` (40 classes, D = 128, 5 families; generator seeds
-7001 and 7002, which no test uses): `plain` (class text = its name part) and `attr` (class text = name part + its
-attributes' text directions). Contexts: few-shot with 4 and 16 shots (all classes; score: val accuracy) and
-base-to-novel with 16 shots (score: base val accuracy), seeds 1–3: 2 worlds × 3 contexts × 3 seeds = 18 runs per
-configuration. A configuration's score is the mean of those 18 val accuracies; its noise is the sample std over
-seeds of the per-seed means (each over the 6 world × context cells).
+Worlds: four caches of `cache.synthetic.write_clip_world` (40 classes, D = 128, 5 families; generator seeds 9401–9404,
+which no test and no earlier study uses): `plain-a`, `plain-b` (class text = its name part) and `attr-a`, `attr-b`
+(name part + its attributes' text directions); and the demo's cache (36 shape classes encoded by the bundled tiny
+CLIP, D = 64). Contexts, seeds 1–3:
+  - few-shot, 4 and 16 shots, all classes: the score is few-shot val accuracy;
+  - base-to-novel, 16 shots: the score is `val_hm` — the base classes split again into pseudo-base and pseudo-novel
+    halves, a copy trained on pseudo-base, the HM of both halves' val accuracy (base-class data only).
+A configuration's score in one (world, seed) is the mean of its three context scores: 15 paired values.
 
-Search (a full factorial is too big for a 2-core CPU):
-  pass 1: one option at a time around today's defaults (`OPTIONS` lists the values tried);
-  pass 2: a new centre, today's defaults with every option that moved in pass 1 (best value better than the
-          default by more than the noise) at its best value; each moved option is varied again around that centre.
-The choice, option by option, at the pass-2 centre: a moved option takes its best pass-2 value only when that value
-beats today's default (both with the other options at the centre) by more than the noise; otherwise it keeps today's
-default. The chosen configuration (today's defaults with those values) is then trained, and its val accuracy shown.
-Then, once, test accuracy of the chosen configuration, of today's defaults and of the tuned baselines
-(Tip-Adapter-F, TaskRes, GDA, LP++ and zero-shot, `--tune-preset lr` where they train, as
-benchmarks/baselines_study.py runs them) on the same worlds, seeds and contexts.
-
-Every run goes through the grid machinery (`experiments.grid`): one results folder, resumable (a rerun skips
-finished runs); a run's few-shot val accuracy (`tune_val_accuracy`, base classes only for base-to-novel) is added to
-its metrics as `study_val_accuracy`. Test accuracy is never read before the choice is made.
+Search (configurations compared by the mean of their 15 paired differences; a change is taken only when that mean
+is positive and the exact two-sided sign-flip test over the 15 pairs gives p < 0.05):
+  stage 1: the learning rate alone, around today's defaults;
+  stage 2: every other option, one at a time, around the stage-1 centre (today's values otherwise);
+  stage 3: forward selection: the options whose stage-2 value beat the centre (p < 0.05) are added one at a time,
+           largest gain first, each kept only when it beats the configuration without it (p < 0.05).
+Then, once: test accuracy of today's defaults, the chosen configuration, its Euclidean twin (`hyp_metric=euclid`)
+and the baselines (zero-shot, CLIP-Adapter, Tip-Adapter-F, TaskRes, GDA, LP++; `--tune-preset lr`, extended at an
+edge, chosen by the same scores) on the same worlds, seeds and contexts. Every run goes through the grid machinery
+(one results folder, resumable); hierarchy diagnostics come from each run's `metrics.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import multiprocessing
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lathadapter.adapter.evaluate import harmonic_mean
 from lathadapter.cache.store import FewShotData
 from lathadapter.cache.synthetic import write_clip_world
-from lathadapter.experiments.grid import GridRun, GridSpec, collect_rows, expand, iterate, prepare, run_grid
-from lathadapter.experiments.run import RunOutcome, tune_val_accuracy
+from lathadapter.demo.pipeline import build_demo_cache
+from lathadapter.experiments.grid import GridRun, GridSpec, collect_rows, expand, iterate, prepare
+from lathadapter.experiments.pool import run_grid_in_processes
+from lathadapter.experiments.run import RunOutcome, tune_val_score
 
 DATA = Path(__file__).parent / ".data"
 RESULTS = Path(__file__).parent / "results"
 SEEDS = [1, 2, 3]
-WORLDS = {"plain": (7001, False), "attr": (7002, True)}  # name: (generator seed, class text carries attributes)
+WORLDS = {"plain-a": (9401, False), "attr-a": (9402, True), "plain-b": (9403, False), "attr-b": (9404, True)}
 CONTEXTS = (("all", 4), ("all", 16), ("base", 16))  # (classes, shots)
 CLASSES = 40
-# The options searched and the values tried besides today's default (which is always tried too).
-OPTIONS: dict[str, list[Any]] = {
-    "lr": [0.003, 0.01],
-    "radius": ["norm", "kind"],
-    "lambda_hyp": [0.0, 1.0],
-    "lambda_hier": [0.0, 0.5],
-    "hier": ["triplet"],
-    "attr_proto": [False],
-    "num_attributes": [4, 8],
-    "lambda_anchor": [0.1, 1.0],
-}
-BASELINES = ["zeroshot", "tip-adapter-f", "taskres", "gda", "lp++"]
+ALPHA = 0.05  # the sign-flip test's level
 
 Config = dict[str, Any]
 
+# Today's defaults of the searched options (the study starts from them, whatever `LatHAdapterOptions` says now, so
+# that a rerun repeats it).
+TODAY: Config = {"lr": 0.01, "lambda_hyp": 0.5, "lambda_hier": 0.1, "hier": "cone", "radius": "kind",
+                 "num_attributes": 16, "lambda_anchor": 0.0, "attr_proto": True, "alpha_v": 0.2, "centre": "none",
+                 "cone_k": 0.1, "hyp_metric": "poincare", "cone_parent": "text"}
+LEARNING_RATES = [0.0003, 0.001, 0.003]
+# Stage 2: the values tried for each other option besides the centre's.
+OPTIONS: dict[str, list[Any]] = {
+    "lambda_hyp": [0.0, 1.0],
+    "lambda_hier": [0.0, 0.5],
+    "hier": ["triplet"],
+    "radius": ["head", "norm"],
+    "num_attributes": [8, 32],
+    "lambda_anchor": [0.1, 1.0],
+    "attr_proto": [False],
+    "alpha_v": [0.5],
+    "centre": ["modality"],
+    "cone_k": [0.3, 1.0],
+    "hyp_metric": ["euclid"],
+    "cone_parent": ["image"],
+}
+# Stage 2 also tries these switches together: the measured ways into the cones (benchmarks/hierarchy_switches.py:
+# a wide aperture alone admits about a third of the images, over image-side class centres nearly all).
+COMBINATIONS: list[Config] = [{"cone_parent": "image", "cone_k": 1.0}, {"centre": "modality", "cone_k": 1.0}]
+BASELINES = ["zeroshot", "clip-adapter", "tip-adapter-f", "taskres", "gda", "lp++"]
+DIAGNOSTICS = ("train_in_cone", "train_angle", "aperture", "radius_category", "radius_attribute", "radius_image",
+               "radius_order", "euclid_hyper_disagree")
 
-# The searched options' defaults before this study chose new ones (the study starts from them, whatever
-# `LatHAdapterOptions` says now, so that a rerun repeats it). Every other option is at its dataclass default.
-STARTING_DEFAULTS: Config = {"lr": 0.001, "radius": "head", "lambda_hyp": 0.5, "lambda_hier": 0.1, "hier": "cone",
-                             "attr_proto": True, "num_attributes": 16, "lambda_anchor": 0.0}
 
-
-def defaults() -> Config:
-    """The defaults the study starts from, "today's" in its tables: the values before the study."""
-    return dict(STARTING_DEFAULTS)
+def overrides(config: Config) -> Config:
+    """The options a run needs: `cone_parent=image` is implemented by the reference alone."""
+    return {**config, "impl": "reference"} if config.get("cone_parent") == "image" else dict(config)
 
 
 def worlds(folder: Path) -> dict[str, Path]:
-    """The study's two caches, written once (seeds 7001, 7002: no test uses them)."""
+    """The study's five caches, written once."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, (seed, text_attributes) in WORLDS.items():
-        path = folder / f"clip-{name}-{CLASSES}.h5"
+        path = folder / f"clip-{name}-{seed}.h5"
         if not path.exists():
             write_clip_world(path, num_classes=CLASSES, dim=128, families=5, text_attributes=text_attributes,
                              shots=(4, 16), seeds=tuple(SEEDS), seed=seed, name=f"study-{name}")
         paths[name] = path
+    demo = folder / "demo.h5"
+    if not demo.exists():
+        build_demo_cache(folder / "demo-data", demo, shots=(4, 16), seeds=tuple(SEEDS), progress=False)
+    paths["demo"] = demo
     return paths
 
 
-def with_val(grid_run: GridRun, outcome: RunOutcome, data: FewShotData) -> dict[str, Any]:
-    """The grid's `extra` metrics of every study run: its final model's few-shot val accuracy (base classes only for
-    base-to-novel), what the study chooses by."""
-    return {"study_val_accuracy": tune_val_accuracy(grid_run.config, outcome.method, data)}
+def with_score(grid_run: GridRun, outcome: RunOutcome, data: FewShotData) -> dict[str, Any]:
+    """The study's score of a run: few-shot val accuracy, or val_hm for base-to-novel (its own pseudo-base
+    training). The grid adds it to the run's metrics."""
+    score = "val_hm" if grid_run.config.classes == "base" else "val"
+    return {"study_score": tune_val_score(grid_run.config, outcome.method, data, score)}
 
 
 def config_runs(caches: dict[str, Path], config: Config) -> list[GridRun]:
-    """The 18 grid runs of one LatHAdapter configuration: worlds × contexts × seeds."""
-    options = {f"lathadapter.{k}": [v] for k, v in config.items()}
+    """The 45 grid runs of one configuration: worlds × contexts × seeds."""
+    options = {f"lathadapter.{k}": [v] for k, v in overrides(config).items()}
     runs = []
     for classes, shots in CONTEXTS:
         spec = GridSpec([str(p) for p in caches.values()], ["lathadapter"], [shots], SEEDS, [classes],
@@ -107,82 +127,70 @@ def config_runs(caches: dict[str, Path], config: Config) -> list[GridRun]:
     return runs
 
 
-def train(caches: dict[str, Path], configs: list[Config], out: Path) -> None:
-    """Train (or resume) every run of `configs` in the study's grid folder, one process, one after another."""
+def _train_part(caches: dict[str, Path], configs: list[Config], out: Path) -> None:
+    torch.set_num_threads(1)
     runs = [r for config in configs for r in config_runs(caches, config)]
-    for _ in iterate(runs, out, "cpu", progress=False, extra=with_val):
+    for _ in iterate(runs, out, "cpu", progress=False, extra=with_score):
         pass
 
 
-def metrics_of(caches: dict[str, Path], config: Config, out: Path) -> list[dict[str, Any]]:
-    """One record per run of `config`: world, context, seed, val accuracy and (read only after choosing) test."""
+def train(caches: dict[str, Path], configs: list[Config], out: Path, jobs: int) -> None:
+    """Train (or resume) every run of `configs` on `jobs` processes of one thread each (runs are locked, so the
+    processes never train one run twice)."""
+    if jobs <= 1:
+        _train_part(caches, configs, out)
+        return
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_train_part, args=(caches, configs[i::jobs], out)) for i in range(jobs)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            raise SystemExit(f"a study process failed (exit {process.exitcode})")
+    _train_part(caches, configs, out)  # whatever a process left (nothing, normally)
+
+
+def records(caches: dict[str, Path], config: Config, out: Path) -> list[dict[str, Any]]:
+    """One record per run of `config`: world, context, seed, score and (read only after choosing) test metrics."""
     names = {str(p): n for n, p in caches.items()}
     _, keyed = prepare(config_runs(caches, config), out)
-    records = []
+    found = []
     for item in keyed:
         metrics = json.loads((out / "runs" / item.key / "metrics.json").read_text())
         c = item.run.config
-        records.append({"world": names[item.run.cache], "classes": c.classes, "shots": c.shots, "seed": c.seed,
-                        "val": metrics["study_val_accuracy"], "accuracy": metrics["accuracy"], "hm": metrics["hm"],
-                        "seconds": metrics.get("wall_seconds")})
-    return records
+        found.append({"world": names[item.run.cache], "classes": c.classes, "shots": c.shots, "seed": c.seed,
+                      "score": metrics["study_score"], "metrics": metrics})
+    return found
 
 
-def cell(record: dict[str, Any]) -> str:
-    """A (world, context) column name."""
-    context = "b2n" if record["classes"] == "base" else f"{record['shots']}s"
-    return f"{record['world']}/{context}"
+def pairs(found: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
+    """The paired values: per (world, seed), the mean of the three context scores."""
+    cells: dict[tuple[str, int], list[float]] = {}
+    for r in found:
+        cells.setdefault((r["world"], r["seed"]), []).append(r["score"])
+    return {k: statistics.fmean(v) for k, v in sorted(cells.items())}
 
 
-def score(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean val accuracy per cell and overall; the noise: sample std over seeds of the per-seed means."""
-    cells: dict[str, list[float]] = {}
-    per_seed: dict[int, list[float]] = {}
-    for r in records:
-        cells.setdefault(cell(r), []).append(r["val"])
-        per_seed.setdefault(r["seed"], []).append(r["val"])
-    seed_means = [statistics.fmean(v) for v in per_seed.values()]
-    return {"cells": {k: statistics.fmean(v) for k, v in cells.items()}, "mean": statistics.fmean(seed_means),
-            "std": statistics.stdev(seed_means)}
+def sign_flip_p(differences: list[float]) -> float:
+    """Exact two-sided sign-flip (paired permutation) test of a zero mean difference: the share of the 2^n sign
+    patterns whose mean is at least as far from 0 as the observed one."""
+    d = np.asarray(differences, dtype=np.float64)
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
+    means = np.abs(signs @ d) / len(d)
+    return float(np.mean(means >= abs(d.mean()) - 1e-12))
 
 
-def label(config: Config, centre: Config) -> str:
-    """The options where `config` differs from `centre` (the centre itself: `centre`)."""
-    changed = [f"{k}={v}" for k, v in config.items() if v != centre[k]]
-    return ", ".join(changed) or "centre"
+def compare(a: dict[tuple[str, int], float], b: dict[tuple[str, int], float]) -> tuple[float, float]:
+    """(mean paired difference a − b, p of the sign-flip test)."""
+    differences = [a[k] - b[k] for k in b]
+    return statistics.fmean(differences), sign_flip_p(differences)
 
 
-def search_pass(caches: dict[str, Path], centre: Config, names: list[str], out: Path, title: str,
-                log: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Vary each option of `names` alone around `centre`; print the val table. Returns (scores by label, the best
-    value of each option with its gain over the centre and the noise)."""
-    configs = [dict(centre)]
-    for name in names:
-        values = [defaults()[name], *OPTIONS[name]]  # today's default too, where the centre has moved away from it
-        configs += [{**centre, name: v} for i, v in enumerate(values) if v != centre[name] and v not in values[:i]]
-    start = time.perf_counter()
-    train(caches, configs, out)
-    emit(log, f"\n## {title}: {len(configs)} configurations × 18 runs, {time.perf_counter() - start:.0f} s "
-              "(0 s: resumed)\n")
-    scores = {label(c, centre): {"config": c, **score(metrics_of(caches, c, out))} for c in configs}
-    columns = list(next(iter(scores.values()))["cells"])
-    emit(log, "Few-shot val accuracy (%) used for choosing (b2n: base val), mean over seeds 1–3; `mean ± std`: the "
-              "mean of the 18 runs ± the std over seeds of the per-seed means; Δ: against the centre.\n")
-    emit(log, "| configuration | " + " | ".join(columns) + " | mean ± std | Δ |")
-    emit(log, "| --- " * (len(columns) + 3) + "|")
-    base = scores["centre"]["mean"]
-    for key, s in scores.items():
-        emit(log, f"| {key} | " + " | ".join(f"{s['cells'][c]:.2f}" for c in columns)
-             + f" | {s['mean']:.2f} ± {s['std']:.2f} | {s['mean'] - base:+.2f} |")
-    best = {}
-    for name in names:
-        candidates = {k: s for k, s in scores.items() if k == "centre" or k.startswith(f"{name}=")}
-        winner = max(candidates, key=lambda k: candidates[k]["mean"])
-        w = candidates[winner]
-        noise = max(w["std"], scores["centre"]["std"])
-        best[name] = {"value": w["config"][name], "gain": w["mean"] - base, "noise": noise,
-                      "moved": winner != "centre" and w["mean"] - base > noise}
-    return scores, best
+def label(config: Config, reference: Config) -> str:
+    """The options where `config` differs from `reference`."""
+    changed = [f"{k}={v}" for k, v in config.items() if v != reference[k]]
+    return ", ".join(changed) or "(same)"
 
 
 def emit(log: list[str], line: str) -> None:
@@ -191,24 +199,79 @@ def emit(log: list[str], line: str) -> None:
     log.append(line)
 
 
-def test_table(caches: dict[str, Path], configs: dict[str, Config], baseline_out: Path, out: Path,
-               log: list[str]) -> dict[str, Any]:
-    """Test accuracy, read once after choosing: LatHAdapter configurations and the tuned baselines."""
-    table: dict[str, dict[str, list[float]]] = {}
-    names = {str(p): n for n, p in caches.items()}
+def context_means(found: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean score per context over worlds and seeds."""
+    cells: dict[str, list[float]] = {}
+    for r in found:
+        key = "b2n val_hm" if r["classes"] == "base" else f"{r['shots']}s val"
+        cells.setdefault(key, []).append(r["score"])
+    return {k: statistics.fmean(v) for k, v in cells.items()}
 
-    def add(row: str, world: str, key: str, value: float | None) -> None:
-        values = table.setdefault(row, {}).setdefault(f"{world}/{key}", [])
+
+def diagnostics(found: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean hierarchy diagnostics of the base-to-novel runs (train images; no accuracy)."""
+    values: dict[str, list[float]] = {}
+    for r in found:
+        if r["classes"] != "base":
+            continue
+        for name in DIAGNOSTICS:
+            value = (r["metrics"].get("hierarchy") or {}).get(name)
+            if value is not None:
+                values.setdefault(name, []).append(float(value))
+    return {k: statistics.fmean(v) for k, v in values.items()}
+
+
+def stage(caches: dict[str, Path], centre: Config, configs: list[Config], out: Path, jobs: int, title: str,
+          log: list[str]) -> dict[str, dict[str, Any]]:
+    """Train `configs` (the centre first) and print their scores against the centre with the paired test."""
+    start = time.perf_counter()
+    train(caches, configs, out, jobs)
+    emit(log, f"\n## {title}: {len(configs)} configurations × 45 runs, {time.perf_counter() - start:.0f} s "
+              "(0 s: resumed)\n")
+    emit(log, "Scores (%): few-shot val accuracy at 4 and 16 shots, base-to-novel val_hm, each the mean over 5 worlds "
+              "× 3 seeds; Δ: mean of the 15 paired differences (world × seed, mean of the contexts) against the "
+              "centre; p: exact sign-flip test. Diagnostics: base-to-novel runs' train images (share inside their "
+              "category's cone, exterior angle Ξ against half-aperture ψ in rad, scaled radii category / attribute "
+              "/ image, share of runs with category < attribute < image).\n")
+    emit(log, "| configuration | 4s val | 16s val | b2n val_hm | Δ | p | in cone | Ξ / ψ | radii c / a / i | order |")
+    emit(log, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    centre_pairs = pairs(records(caches, centre, out))
+    results = {}
+    for config in configs:
+        found = records(caches, config, out)
+        paired = pairs(found)
+        gain, p = compare(paired, centre_pairs) if config != centre else (0.0, 1.0)
+        means, diag = context_means(found), diagnostics(found)
+        name = "centre" if config == centre else label(config, centre)
+        results[name] = {"config": config, "contexts": means, "gain": gain, "p": p, "pairs": list(paired.values()),
+                         "diagnostics": diag}
+        radii = "/".join(f"{diag.get(k, float('nan')):.2f}" for k in ("radius_category", "radius_attribute",
+                                                                         "radius_image"))
+        emit(log, f"| {name} | {means['4s val']:.2f} | {means['16s val']:.2f} | {means['b2n val_hm']:.2f} | "
+                  f"{gain:+.2f} | {p:.3f} | {100 * diag.get('train_in_cone', float('nan')):.1f} % | "
+                  f"{diag.get('angle', float('nan')):.2f} / {diag.get('aperture', float('nan')):.2f} | {radii} | "
+                  f"{100 * diag.get('radius_order', float('nan')):.0f} % |")
+    return results
+
+
+def test_tables(caches: dict[str, Path], rows: dict[str, Config], baseline_out: Path, out: Path,
+                log: list[str]) -> dict[str, Any]:
+    """Test accuracy, read once after choosing: one table per world and one of the means over worlds."""
+    cells: dict[str, dict[str, dict[str, list[float]]]] = {}  # row → world → column → per-seed values
+
+    def add(row: str, world: str, column: str, value: Any) -> None:
         if value is not None and value != "":
-            values.append(float(value))
+            cells.setdefault(row, {}).setdefault(world, {}).setdefault(column, []).append(float(value))
 
-    for row, config in configs.items():
-        for r in metrics_of(caches, config, out):
+    for row, config in rows.items():
+        for r in records(caches, config, out):
+            m = r["metrics"]
             if r["classes"] == "all":
-                add(row, r["world"], f"{r['shots']}s", r["accuracy"]["all"])
+                add(row, r["world"], f"{r['shots']}s", m["accuracy"]["all"])
             else:
-                add(row, r["world"], "base", r["accuracy"]["base"])
-                add(row, r["world"], "novel", r["accuracy"]["novel"])
+                add(row, r["world"], "base", m["accuracy"]["base"])
+                add(row, r["world"], "novel", m["accuracy"]["novel"])
+    names = {str(p): n for n, p in caches.items()}
     for row in collect_rows(baseline_out):
         if row.get("tune.group") and not row.get("tune.selected"):
             continue
@@ -218,105 +281,112 @@ def test_table(caches: dict[str, Path], configs: dict[str, Config], baseline_out
         else:
             add(method, world, "base", row["acc_base"])
             add(method, world, "novel", row["acc_novel"])
-    columns = [f"{w}/{k}" for w in caches for k in ("4s", "16s", "base", "novel", "HM")]
-    emit(log, "\n## Test accuracy (%), read once after choosing: mean ± std over seeds 1–3 (HM of the means)\n")
-    emit(log, "| method | " + " | ".join(columns) + " |")
-    emit(log, "| --- " * (len(columns) + 1) + "|")
+    columns = ("4s", "16s", "base", "novel", "HM")
     summary: dict[str, Any] = {}
-    for row, cells in table.items():
-        texts, numbers = [], {}
-        for column in columns:
-            world, key = column.split("/")
-            if key == "HM":
-                base, novel = numbers.get(f"{world}/base"), numbers.get(f"{world}/novel")
-                value = harmonic_mean(base, novel) if base is not None and novel is not None else None
-                numbers[column] = value
-                texts.append("n/a" if value is None else f"{value:.2f}")
-                continue
-            values = cells.get(column, [])
-            if not values:
-                numbers[column] = None
-                texts.append("n/a")
-                continue
-            numbers[column] = statistics.fmean(values)
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            texts.append(f"{numbers[column]:.2f} ± {spread:.2f}")
-        summary[row] = numbers
-        emit(log, f"| {row} | " + " | ".join(texts) + " |")
+    for world in [*caches, "mean over worlds"]:
+        emit(log, f"\n### Test accuracy (%), {world}: mean ± std over seeds 1–3 (HM of the means)\n")
+        emit(log, "| method | " + " | ".join(columns) + " |")
+        emit(log, "| --- " * (len(columns) + 1) + "|")
+        for row, by_world in cells.items():
+            numbers: dict[str, float | None] = {}
+            texts = []
+            for column in columns:
+                if column == "HM":
+                    base, novel = numbers.get("base"), numbers.get("novel")
+                    value = harmonic_mean(base, novel) if base is not None and novel is not None else None
+                    numbers[column] = value
+                    texts.append("n/a" if value is None else f"{value:.2f}")
+                    continue
+                if world == "mean over worlds":
+                    means = [statistics.fmean(by_world[w][column]) for w in caches if by_world.get(w, {}).get(column)]
+                    numbers[column] = statistics.fmean(means) if len(means) == len(caches) else None
+                    texts.append("n/a" if numbers[column] is None else f"{numbers[column]:.2f}")
+                    continue
+                values = by_world.get(world, {}).get(column, [])
+                numbers[column] = statistics.fmean(values) if values else None
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                texts.append("n/a" if not values else f"{numbers[column]:.2f} ± {spread:.2f}")
+            summary.setdefault(row, {})[world] = numbers
+            emit(log, f"| {row} | " + " | ".join(texts) + " |")
     return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=DATA / "lathadapter-study")
+    parser.add_argument("--out", type=Path, default=DATA / "lathadapter-study-2")
+    parser.add_argument("--jobs", type=int, default=2, help="training processes of one thread each")
     parser.add_argument("--save", type=Path, default=RESULTS / "lathadapter_study.json")
     args = parser.parse_args()
     start = time.perf_counter()
     log: list[str] = []
-    emit(log, f"# benchmarks/lathadapter_study.py; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
-              f"worlds {', '.join(f'{n} (seed {s})' for n, (s, _) in WORLDS.items())}, {CLASSES} classes, D = 128")
+    emit(log, f"# benchmarks/lathadapter_study.py; torch {torch.__version__}, {args.jobs} process(es) × 1 thread; "
+              f"worlds {', '.join(f'{n} (seed {s})' for n, (s, _) in WORLDS.items())}, {CLASSES} classes, D = 128; "
+              "and the demo (36 classes, D = 64)")
     caches = worlds(args.out)
     grid = args.out / "grid"
-    old = defaults()
-    emit(log, f"today's defaults: {', '.join(f'{k}={v}' for k, v in old.items())}")
-    scores1, best1 = search_pass(caches, old, list(OPTIONS), grid, "Pass 1: one option at a time around today's "
-                                 "defaults", log)
-    moved = [name for name, b in best1.items() if b["moved"]]
-    emit(log, "\nPass 1 best values: " + "; ".join(
-        f"{n}={b['value']} ({b['gain']:+.2f}, noise {b['noise']:.2f}{', moved' if b['moved'] else ''})"
-        for n, b in best1.items()))
-    centre = {**old, **{name: best1[name]["value"] for name in moved}}
-    scores2: dict[str, Any] = {}
-    best2: dict[str, Any] = {}
-    chosen = dict(old)
-    pass2_best = dict(centre)
-    decisions: dict[str, Any] = {}
-    if moved:
-        scores2, best2 = search_pass(caches, centre, moved, grid, "Pass 2: the moved options around the new centre "
-                                     f"({label(centre, old)})", log)
-        pass2_best.update({n: b["value"] for n, b in best2.items() if b["moved"]})
-        emit(log, "\nPass 2 decisions: each moved option's best value at the centre against today's default, both "
-                  "with the other options at the centre (kept only when better by more than the noise)\n")
-        emit(log, "| option | today | best at the centre | val today | val best | gain | noise | default becomes |")
-        emit(log, "| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for name in moved:
-            value = best2[name]["value"]
-            at_old = scores2[label({**centre, name: old[name]}, centre)]
-            at_best = scores2[label({**centre, name: value}, centre)]
-            gain, noise = at_best["mean"] - at_old["mean"], max(at_best["std"], at_old["std"])
-            keep = value != old[name] and gain > noise
-            chosen[name] = value if keep else old[name]
-            decisions[name] = {"best": value, "gain": gain, "noise": noise, "default": chosen[name]}
-            emit(log, f"| {name} | {old[name]} | {value} | {at_old['mean']:.2f} ± {at_old['std']:.2f} | "
-                      f"{at_best['mean']:.2f} ± {at_best['std']:.2f} | {gain:+.2f} | {noise:.2f} | {chosen[name]} |")
-    train(caches, [chosen], grid)  # a combination pass 2 may not have trained yet
-    final = {"config": chosen, **score(metrics_of(caches, chosen, grid))}
-    best_point = {"config": pass2_best, **score(metrics_of(caches, pass2_best, grid))}
-    emit(log, f"\nBest single point of pass 2 (not the choice: it keeps moves within the noise): "
-              f"{label(pass2_best, old)}; val {best_point['mean']:.2f} ± {best_point['std']:.2f}")
-    reference = score(metrics_of(caches, old, grid))
-    what = label(chosen, old) if chosen != old else "today's defaults"
-    emit(log, f"\nChosen: {what}; val {final['mean']:.2f} ± {final['std']:.2f} "
-              f"against today's defaults {reference['mean']:.2f} ± {reference['std']:.2f}")
+    today = dict(TODAY)
+    emit(log, f"today's defaults: {', '.join(f'{k}={v}' for k, v in today.items())}")
+    # stage 1: the learning rate
+    configs = [today] + [{**today, "lr": lr} for lr in LEARNING_RATES]
+    stage1 = stage(caches, today, configs, grid, args.jobs, "Stage 1: the learning rate around today's defaults",
+                   log)
+    best_lr = max(stage1.values(), key=lambda s: s["gain"])
+    centre = dict(today)
+    if best_lr["gain"] > 0 and best_lr["p"] < ALPHA:
+        centre["lr"] = best_lr["config"]["lr"]
+    emit(log, f"\nStage-1 centre: lr = {centre['lr']}")
+    # stage 2: every other option alone around the centre
+    configs = [centre] + [{**centre, name: value} for name, values in OPTIONS.items() for value in values] + [
+        {**centre, **combination} for combination in COMBINATIONS]
+    stage2 = stage(caches, centre, configs, grid, args.jobs, f"Stage 2: one option at a time around lr = "
+                   f"{centre['lr']}", log)
+    # the best significant change of each option (a combination counts as one change of its own)
+    winners: dict[str, tuple[Config, float]] = {}
+    for name, result in stage2.items():
+        if name == "centre" or result["gain"] <= 0 or result["p"] >= ALPHA:
+            continue
+        change = {k: v for k, v in result["config"].items() if v != centre[k]}
+        option = "+".join(change)
+        if option not in winners or result["gain"] > winners[option][1]:
+            winners[option] = (change, result["gain"])
+    emit(log, "\nStage-2 changes better than the centre (p < 0.05): " + (", ".join(
+        f"{label({**centre, **c}, centre)} ({g:+.2f})" for c, g in winners.values()) or "none"))
+    # stage 3: forward selection, largest stage-2 gain first
+    chosen = dict(centre)
+    steps = []
+    for change, _ in sorted(winners.values(), key=lambda item: -item[1]):
+        candidate = {**chosen, **change}
+        if candidate == chosen:
+            continue
+        train(caches, [chosen, candidate], grid, args.jobs)
+        gain, p = compare(pairs(records(caches, candidate, grid)), pairs(records(caches, chosen, grid)))
+        kept = gain > 0 and p < ALPHA
+        what = label(candidate, chosen)
+        steps.append({"change": change, "gain": gain, "p": p, "kept": kept})
+        emit(log, f"stage 3: + {what}: {gain:+.2f} (p {p:.3f}) → {'kept' if kept else 'not kept'}")
+        if kept:
+            chosen = candidate
+    final = stage(caches, today, [today, chosen], grid, args.jobs, "The chosen configuration against today's "
+                  "defaults", log)
+    emit(log, f"\nChosen: {label(chosen, today)}")
+    # once: test accuracy, the baselines trained and tuned now
+    euclid = {**chosen, "hyp_metric": "euclid"}
+    train(caches, [euclid], grid, args.jobs)
     baseline_start = time.perf_counter()
     baseline_out = args.out / "baselines"
     for classes, shots in (("all", [4, 16]), ("base", [16])):
-        run_grid(GridSpec([str(p) for p in caches.values()], BASELINES, shots, SEEDS, [classes], tune_preset="lr"),
-                 baseline_out, "cpu", progress=False)
-    emit(log, f"\nBaselines (tune-preset lr where they train): {time.perf_counter() - baseline_start:.0f} s")
-    rows = {"lathadapter (today's defaults)": old, f"lathadapter (chosen: {label(chosen, old)})": chosen}
-    if chosen == old:
-        rows = {"lathadapter (today's defaults = chosen)": old}
-    if pass2_best not in (chosen, old):
-        rows[f"lathadapter (pass-2 best point, not chosen: {label(pass2_best, old)})"] = pass2_best
-    tests = test_table(caches, rows, baseline_out, grid, log)
+        run_grid_in_processes(GridSpec([str(p) for p in caches.values()], BASELINES, shots, SEEDS, [classes],
+                                       tune_preset="lr"), baseline_out, "cpu", args.jobs, False, 8)
+    emit(log, f"\nBaselines (--tune-preset lr where they train): {time.perf_counter() - baseline_start:.0f} s")
+    rows = {"LatHAdapter, today's defaults": today, f"LatHAdapter, chosen ({label(chosen, today)})": chosen}
+    if euclid != chosen:
+        rows["LatHAdapter, chosen, Euclidean twin (hyp_metric=euclid)"] = euclid
+    tests = test_tables(caches, rows, baseline_out, grid, log)
     emit(log, f"\nStudy wall time: {time.perf_counter() - start:.0f} s")
     args.save.parent.mkdir(parents=True, exist_ok=True)
-    args.save.write_text(json.dumps({"worlds": {n: {"seed": s, "text_attributes": t} for n, (s, t) in WORLDS.items()},
-                                     "old_defaults": old, "pass1": scores1, "best1": best1, "pass2": scores2,
-                                     "best2": best2, "decisions": decisions, "chosen": chosen,
-                                     "chosen_val": final, "pass2_best": best_point,
-                                     "old_val": reference, "test": tests}, indent=2, default=str))
+    args.save.write_text(json.dumps({"worlds": WORLDS, "today": today, "stage1": stage1, "stage2": stage2,
+                                     "stage3": steps, "chosen": chosen, "final": final, "test": tests},
+                                    indent=2, default=str))
     args.save.with_suffix(".txt").write_text("\n".join(log) + "\n")
 
 

@@ -28,10 +28,13 @@ ATTRIBUTES_FILE = f"attributes_{DATASET_NAME}.json"  # each image's family and a
 TEMPLATE = "a photo of a {}."
 IMAGE_SIZE = 48
 COUNTS: tuple[int, int, int] = (24, 4, 24)  # train, val, test images per class
+# More val images per class, drawn after all the others from a generator of their own (so every image of version 2
+# is unchanged): tuning scores the whole val split, 16 images a class, so that one image does not decide a choice.
+EXTRA_VAL = 12
 SEED = 2025
 # The demo world's version: raised whenever the dataset or the bundled model changes. It names the demo's folders, so
 # the outputs of an earlier world are left as they were and never mix with this one's (version 1: 12 shape classes).
-WORLD_VERSION = 2
+WORLD_VERSION = 3  # version 3: EXTRA_VAL more val images a class
 # Augmented training views that suit these images (random resized crop, then a horizontal flip with this chance):
 # the shapes keep clear of the borders, so crops of most of the area keep them whole, but a mirror image turns the
 # stripes and the arrows the other way, which the corpus never shows, and zero-shot on flipped views collapses.
@@ -80,6 +83,16 @@ def write_demo_dataset(folder: Path) -> Path:
                 records[relative] = {"family": FAMILY_OF[shape], "shape": shape, "colour": colour,
                                      "texture": texture, "background": sample.background}
                 index += 1
+    extra = random.Random(SEED + 1)
+    for label, (colour, texture, shape) in enumerate(CLASS_ATTRIBUTES):
+        name = CLASSES[label].replace(" ", "_")
+        for index in range(sum(COUNTS), sum(COUNTS) + EXTRA_VAL):
+            relative = f"images/{name}/{name}_{index:04d}.png"
+            sample = Sample(shape, colour, texture, "varied", extra.choice(SHIFT.backgrounds))
+            render_shifted(sample, extra, SHIFT, IMAGE_SIZE).save(folder / relative)
+            split["val"].append([relative, label, name])
+            records[relative] = {"family": FAMILY_OF[shape], "shape": shape, "colour": colour,
+                                 "texture": texture, "background": sample.background}
     path = folder / SPLIT_FILE
     path.write_text(json.dumps(split))
     (folder / ATTRIBUTES_FILE).write_text(json.dumps(records))

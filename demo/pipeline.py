@@ -57,12 +57,13 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
              methods: Sequence[str] | None = None, views: int = 10, tune: str | None = "lr",
              train_views: str = DEMO_TRAIN_VIEWS, workers: int | None = None, device: str = "cpu",
              progress: bool = True, log: Callable[[str], None] = print, batch_runs: int | None = None,
-             tune_score: str = "auto") -> dict[str, Any]:
+             tune_score: str = "auto", tune_set: str = "split") -> dict[str, Any]:
     """Build the demo cache under `folder`, run the few-shot and base-to-novel grids of `methods` (default: every
     method), each trained method's lr tuned on the few-shot val set (`tune`, a grid tuning preset; None: each
     method's own recipe as is), and write the report. `workers` and `batch_runs` as `grid --workers` and
     `--batch-runs` (None: chosen by the CPUs and the device); `tune_score` as `grid --tune-score` (auto: the
-    base-to-novel grid chooses by val_hm, the few-shot grid by val)."""
+    base-to-novel grid chooses by val_hm, the few-shot grid by val), on the demo's whole val split (`tune_set`,
+    16 images a class, where the few-shot val subsets hold 4)."""
     methods = list(methods) if methods is not None else method_names()
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -74,7 +75,7 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     grid_dir = folder / f"grid-{version}"
     cache = [str(built.path)]
     tick = time.perf_counter()
-    axes = {"tune_preset": tune, "train_views": [train_views], "tune_score": tune_score}
+    axes = {"tune_preset": tune, "train_views": [train_views], "tune_score": tune_score, "tune_set": tune_set}
     specs = [GridSpec(cache, list(methods), list(shots), list(seeds), ["all"], **axes),
              GridSpec(cache, list(methods), [16], list(seeds), ["base"], **axes)]
     runs = 0

@@ -49,6 +49,7 @@ from lathadapter.adapter.options import OptionError, changed_fields, parse_assig
 from lathadapter.cache.store import CacheError, CacheInfo, CacheReader, FewShotData
 from lathadapter.experiments.run import (
     TUNE_SCORES,
+    TUNE_SETS,
     RunConfig,
     RunOutcome,
     harmonic_mean,
@@ -58,6 +59,7 @@ from lathadapter.experiments.run import (
     run_together,
     save_run,
     scores_unseen_classes,
+    search_view,
     tune_val_accuracy,
     write_atomic,
 )
@@ -95,6 +97,7 @@ class GridSpec:
     tune: dict[str, list[Any]] = field(default_factory=dict)
     tune_preset: str | None = None  # a key of TUNE_PRESETS, e.g. "lr"
     tune_score: str = "auto"  # a TUNE_SCORE_CHOICES: what tuning chooses by (`resolve_score`)
+    tune_set: str = "fewshot"  # a run.TUNE_SETS: the val images that score reads (`run.search_view`)
     train_views: list[str] = field(default_factory=lambda: ["augmented"])  # what training draws from (TRAIN_VIEWS)
 
 
@@ -141,6 +144,7 @@ class Tuning:
     factor: float | None = None
     extra: tuple[Any, ...] | None = None
     origin: str | None = None
+    val_set: str = "fewshot"  # the val images the score reads (`run.TUNE_SETS`)
 
     @property
     def values(self) -> dict[str, Any]:
@@ -165,6 +169,8 @@ class Tuning:
                               else [self.names, self.candidates, "extension", self.extra])
         if self.score != "val":
             payload.append(self.score)
+        if self.val_set != "fewshot":
+            payload.append(self.val_set)
         return "|tune:" + self._digest(payload)
 
     def group(self, config: RunConfig, fingerprint: str) -> str:
@@ -174,6 +180,8 @@ class Tuning:
         payload = {**identity, "fingerprint": fingerprint, "tune": [self.names, self.candidates]}
         if self.score != "val":
             payload["score"] = self.score
+        if self.val_set != "fewshot":
+            payload["val_set"] = self.val_set
         return self._digest(payload)
 
     def record(self, group: str, config: RunConfig) -> dict[str, Any]:
@@ -185,6 +193,7 @@ class Tuning:
         if self.scaled:
             record["scaled"] = self.scaled  # the factors of the default the values were resolved from
         record["score"] = self.score
+        record["val_set"] = self.val_set
         if self.extension is not None:
             record["extension"] = {"factor": self.factor, "step": self.extension.step, "limit": self.extension.limit,
                                    "origin": self.origin}
@@ -227,7 +236,7 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         )
     as_list = lambda v: v if isinstance(v, list) else split_list(v)  # noqa: E731
     mappings = ("options", "tune")
-    spec = {k: as_list(v) for k, v in data.items() if k not in (*mappings, "tune_preset", "tune_score")}
+    spec = {k: as_list(v) for k, v in data.items() if k not in (*mappings, "tune_preset", "tune_score", "tune_set")}
     for key in mappings:
         values = data.get(key) or {}
         if not isinstance(values, dict):
@@ -242,6 +251,11 @@ def load_spec_file(path: Path) -> dict[str, Any]:
             raise OptionError(f"grid file {path}: tune_preset must be one name ({', '.join(TUNE_PRESETS)}); "
                               f"got a {type(preset).__name__}")
         spec["tune_preset"] = preset
+    val_set = data.get("tune_set")
+    if val_set is not None:
+        if val_set not in TUNE_SETS:
+            raise OptionError(f"grid file {path}: tune_set {val_set!r}: choose one of {', '.join(TUNE_SETS)}")
+        spec["tune_set"] = val_set
     score = data.get("tune_score")
     if score is not None:
         if score not in TUNE_SCORE_CHOICES:
@@ -385,13 +399,13 @@ def _preset_extensions(spec: GridSpec) -> dict[str, tuple[Extension, list[Any], 
 
 
 def _tuning(names: tuple[str, ...], typed: tuple[tuple[Any, ...], ...], index: int, score: str,
-            preset: tuple[Extension, list[Any], tuple[float, ...]] | None) -> Tuning:
+            preset: tuple[Extension, list[Any], tuple[float, ...]] | None, val_set: str = "fewshot") -> Tuning:
     """Candidate `index`'s `Tuning`, with its factor of the preset's option when a preset tunes the method."""
     if preset is None:
-        return Tuning(names, typed, index, score)
+        return Tuning(names, typed, index, score, val_set=val_set)
     extension, values, factors = preset
     factor = factors[values.index(typed[index][names.index(extension.name)])]
-    return Tuning(names, typed, index, score, extension, factor)
+    return Tuning(names, typed, index, score, extension, factor, val_set=val_set)
 
 
 def expand(spec: GridSpec) -> list[GridRun]:
@@ -406,6 +420,8 @@ def expand(spec: GridSpec) -> list[GridRun]:
     presets = _preset_extensions(spec)
     if spec.tune_score not in TUNE_SCORE_CHOICES:
         raise OptionError(f"--tune-score {spec.tune_score}: choose one of {', '.join(TUNE_SCORE_CHOICES)}")
+    if spec.tune_set not in TUNE_SETS:
+        raise OptionError(f"--tune-set {spec.tune_set}: choose one of {', '.join(TUNE_SETS)}")
     runs = []
     for cache, method, classes, text, select, train_views in itertools.product(
             spec.caches, spec.methods, spec.classes, spec.text, spec.select, spec.train_views):
@@ -421,7 +437,8 @@ def expand(spec: GridSpec) -> list[GridRun]:
                 for index, (options, _) in enumerate(candidates):
                     runs.append(GridRun(str(cache), RunConfig(method, int(shots), int(seed), classes, text, select,
                                                               options, train_views),
-                                        _tuning(names, typed, index, score, presets.get(method)) if names else None))
+                                        _tuning(names, typed, index, score, presets.get(method), spec.tune_set)
+                                        if names else None))
     return runs
 
 
@@ -462,6 +479,7 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
                     "tune.values": " ".join(f"{k}={v}" for k, v in tune["values"].items()),
                     "tune.index": tune["index"], "tune.candidates": tune["candidates"],
                     "tune.score": tune.get("score", "val"),  # grids before scores existed chose by val
+                    "tune.set": tune.get("val_set", "fewshot"),
                     "tune.val_score": metrics.get("tune_val_score", metrics.get("tune_val_accuracy")),
                     "tune.val_accuracy": metrics.get("tune_val_accuracy"),
                     "tune.pseudo_base": pseudo.get("base"), "tune.pseudo_novel": pseudo.get("novel"),
@@ -696,6 +714,12 @@ def check_tuning(runs: list[GridRun]) -> None:
         with CacheReader(cache) as reader:
             empty = sorted(p for p in pairs if len(reader.subset_rows(*p)[1]) == 0)
             classes = len(reader.info().class_names)
+            whole_val = reader.info().val_split
+        if any(r.cache == cache and r.tune is not None and r.tune.val_set == "split" for r in runs):
+            if not whole_val:
+                raise CacheError(f"--tune-set split scores on the whole val split, which {cache} does not hold; "
+                                 "rebuild it with `lathadapter cache build --val all`, or use --tune-set fewshot")
+            empty = []  # the whole val split is scored, not the few-shot val subsets
         if empty:
             problems.append(f"{cache} holds no few-shot val images for {_subsets_text(empty)}")
         # val_hm splits the training classes (base: the first ceil(C/2)) into two halves
@@ -914,7 +938,8 @@ def train_runs(grid_runs: list[GridRun], datas: list[FewShotData], extra: Evalua
         if extra is not None:
             outcome.metrics.update(extra(grid_run, outcome, data))
         if grid_run.tune is not None and group is not None:
-            val = tune_val_accuracy(c, outcome.method, data)
+            scored = search_view(data, grid_run.tune.val_set)  # the val images the score reads
+            val = tune_val_accuracy(c, outcome.method, scored)
             if val is None:  # base-to-novel with no val image of a base class: nothing to choose by
                 raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes} has no "
                                  "few-shot val images to choose the tuned value by; run it without tuning")
@@ -922,7 +947,7 @@ def train_runs(grid_runs: list[GridRun], datas: list[FewShotData], extra: Evalua
             outcome.metrics["tune_val_accuracy"] = val
             outcome.metrics["tune_val_score"] = val
             if grid_run.tune.score == "val_hm":  # one more training, alone, after the run's own
-                pseudo = pseudo_novel_accuracies(c, data)
+                pseudo = pseudo_novel_accuracies(c, scored)
                 hm = harmonic_mean(pseudo["base"], pseudo["novel"])
                 if hm is None:
                     raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes}: a "

@@ -56,6 +56,9 @@ EDGE_MARKS = {"high": "▲", "low": "▼"}
 SCORE_NOTES = {"val": "val: accuracy on the training classes' few-shot val set",
                "val_hm": "val_hm: the harmonic mean of the pseudo-base and pseudo-novel val accuracy of a copy trained "
                          "on the first half of the training classes (the base classes, for base-to-novel)"}
+SPLIT = " on the whole val split"  # a score's suffix when it read the cache's whole val split (`--tune-set split`)
+SPLIT_NOTE = ("on the whole val split: the cache's whole val split in place of the few-shot val subset "
+              "(--tune-set split)")
 EDGE_NOTE = ("▲ / ▼: the highest / lowest value tried, after the preset extended its grid as far as it may; the best "
              "value may lie beyond")
 EXPECTED = f"expected a {RESULTS} written by `lathadapter grid` or `protocol`"
@@ -162,7 +165,10 @@ def _choice(row: dict[str, str], tuned: dict[str, str]) -> Choice:
     """A kept candidate's tuned (option, value) pairs, the score that chose it and its edge mark, if any."""
     if not tuned:
         return ()
-    marks = ((SCORE, row.get("tune.score") or "val"),) + (((EDGE, row["tune.edge"]),) if row.get("tune.edge") else ())
+    score = row.get("tune.score") or "val"
+    if row.get("tune.set") == "split":
+        score += SPLIT
+    marks = ((SCORE, score),) + (((EDGE, row["tune.edge"]),) if row.get("tune.edge") else ())
     return tuple((name, row[c]) for c, name in tuned.items()) + marks
 
 
@@ -416,10 +422,12 @@ def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration
         marks = {(n, v) for row in chosen.values() for cell in row for choice in cell.choices for n, v in choice
                  if n in (SCORE, EDGE)}
         scores = sorted(v for n, v in marks if n == SCORE)
-        note = "; ".join([SCORE_NOTES.get(score, score) for score in scores] +
+        note = "; ".join(sorted({SCORE_NOTES.get(score.removesuffix(SPLIT), score) for score in scores})
+                         + ([SPLIT_NOTE] if any(score.endswith(SPLIT) for score in scores) else []) +
                          ([EDGE_NOTE] if any(n == EDGE for n, _ in marks) else [])) + "."
-        tables.append(Table(f"{name}_tuned", f"{title}: tuned values, chosen on the training classes' few-shot val "
-                            f"set by {'/'.join(scores)}", ["method"], chosen_columns or columns,
+        where = "val images" if any(score.endswith(SPLIT) for score in scores) else "few-shot val set"
+        tables.append(Table(f"{name}_tuned", f"{title}: tuned values, chosen on the training classes' {where} by "
+                            f"{'/'.join(scores)}", ["method"], chosen_columns or columns,
                             [([_label(c, varied)], chosen[c]) for c in configs if c in chosen], ("chosen",), note))
     return tables
 

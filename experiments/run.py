@@ -21,7 +21,7 @@ from lathadapter.adapter.evaluate import evaluate, harmonic_mean
 from lathadapter.adapter.methods.base import Method
 from lathadapter.adapter.options import OptionError, changed_fields
 from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS, TrainResult, train
-from lathadapter.cache.store import CacheReader, FewShotData, resolve_cache
+from lathadapter.cache.store import CacheError, CacheReader, FewShotData, resolve_cache
 from lathadapter.experiments.machine import resolve_device
 from lathadapter.version import __version__
 
@@ -183,6 +183,22 @@ def tune_val_accuracy(config: RunConfig, method: Method, data: FewShotData) -> f
 # What fair tuning chooses by (`--tune-score`): `val`, the trained run's accuracy on its few-shot val set; `val_hm`, the
 # HM of a pseudo-base/pseudo-novel split of the run's training classes (`pseudo_novel_accuracies`).
 TUNE_SCORES = ("val", "val_hm")
+# Which val images those scores read (`--tune-set`): `fewshot`, the run's few-shot val subset (CoOp: min(shots, 4) a
+# class); `split`, the cache's whole val split (a cache built with `--val all`), so that one image cannot decide.
+TUNE_SETS = ("fewshot", "split")
+
+
+def search_view(data: FewShotData, tune_set: str) -> FewShotData:
+    """`data` whose val set is the one tuning scores on (`TUNE_SETS`): itself, or with the cache's whole val split in
+    place of the few-shot val subset. Training never reads the val set, so only the scores change."""
+    if tune_set not in TUNE_SETS:
+        raise OptionError(f"--tune-set {tune_set}: choose one of {', '.join(TUNE_SETS)}")
+    if tune_set == "fewshot":
+        return data
+    if data.search_features is None or data.search_labels is None:
+        raise CacheError("--tune-set split scores on the whole val split, which this cache does not hold; rebuild "
+                         "it with `lathadapter cache build --val all`, or use --tune-set fewshot")
+    return dataclasses.replace(data, val_features=data.search_features, val_labels=data.search_labels)
 
 
 def blind(data: FewShotData) -> FewShotData:

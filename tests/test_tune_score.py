@@ -263,3 +263,49 @@ def test_worker_processes_extend_as_this_process_does(cache: Path, tmp_path: Pat
             for name in ("local", "pool")}
     assert rows["local"] == rows["pool"]
     assert any(r["tune.origin"] for r in read_rows(tmp_path / "pool"))  # this grid extends at least one group
+
+
+def test_tune_set_split_scores_on_the_whole_val_split(cache: Path, tmp_path: Path) -> None:
+    spec = GridSpec([str(cache)], ["clip-adapter"], [2], [1], ["all", "base"], options=TINY,
+                    tune={"lr": ["0.002", "0.2"]}, tune_set="split")
+    run_grid(spec, tmp_path / "g", "cpu", progress=False)
+    rows = read_rows(tmp_path / "g")
+    with CacheReader(cache) as reader:
+        data = reader.load(2, 1)
+    assert len(data.search_labels) > len(data.val_labels)  # the whole split is larger than the few-shot subset
+
+    def whole(classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole val split's images of `classes` (original labels), relabelled by position."""
+        keep = torch.isin(data.search_labels, torch.tensor(classes))
+        relabel = {c: i for i, c in enumerate(classes)}
+        return data.search_features[keep], torch.tensor([relabel[int(v)] for v in data.search_labels[keep]])
+
+    def trained(classes: list[int], lr: float) -> Any:
+        """The oracle: a copy trained here from the seed on `classes`."""
+        part = data.select_classes(classes)
+        torch.manual_seed(1)
+        copy = create_method("clip-adapter", part, epochs=1, min_steps=2, lr=lr)
+        train(copy, part, seed=1)
+        return copy
+
+    for row in rows:
+        assert row["tune.set"] == "split"
+        lr = float(row["opt.lr"])
+        if row["classes"] == "all":  # val: accuracy on every image of the val split
+            expected = evaluate(trained(list(range(CLASSES)), lr), *whole(list(range(CLASSES))))
+            assert float(row["tune.val_score"]) == pytest.approx(expected)
+        else:  # val_hm: a pseudo-base copy (labels 0, 1) scored on both halves' images of the whole split
+            copy = trained([0, 1], lr)
+            base = evaluate(copy, *whole([0, 1]))
+            novel = evaluate(copy, *whole([2, 3]), data.select_classes([2, 3]).text_features)
+            assert float(row["tune.val_score"]) == pytest.approx(2 * base * novel / (base + novel))
+    for classes in ("all", "base"):
+        group = [r for r in rows if r["classes"] == classes]
+        best = max(group, key=lambda r: (float(r["tune.val_score"]), -int(r["tune.index"])))
+        assert [r["key"] for r in group if r["tune.selected"] == "True"] == [best["key"]]
+    # a split group's keys differ from the few-shot group's
+    _, fewshot = prepare(expand(dataclasses.replace(spec, tune_set="fewshot")), tmp_path / "h")
+    _, split = prepare(expand(spec), tmp_path / "h")
+    assert all(a.key != b.key for a, b in zip(fewshot, split, strict=True))
+    with pytest.raises(OptionError, match="--tune-set whole: choose one of fewshot, split"):
+        expand(dataclasses.replace(spec, tune_set="whole"))
