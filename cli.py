@@ -3,6 +3,8 @@ once, into typed objects; a user's mistake ends in one `error:` line and exit co
 
 from __future__ import annotations
 
+import signal
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +54,23 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     typer.echo(f"warning: {message}", err=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, Slurm, a scheduler's stop), raised in the main thread as Ctrl-C's KeyboardInterrupt: the
+    command stops the same way, saving what is finished (exit code 143 instead of 130)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _interrupted(stop: KeyboardInterrupt, out: Path) -> None:
+    """End an interrupted grid, protocol or demo: one line with the runs finished under `out` (each is saved as it
+    finishes), and the exit code of the signal (130 Ctrl-C, 143 SIGTERM)."""
+    finished = sum(1 for _ in out.glob("**/runs/*/metrics.json")) if out.is_dir() else 0
+    typer.echo(f"interrupted: {finished} runs finished, rerun the same command to resume", err=True)
+    raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"lathadapter {__version__}")
@@ -65,6 +84,8 @@ def main_options(
 ) -> None:
     """Few-shot adaptation of CLIP-style models over a precomputed feature cache."""
     warnings.showwarning = _show_warning  # warnings are one line on stderr, like errors
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _fail(error: Exception) -> None:
@@ -488,6 +509,8 @@ def grid(
             summary = run_grid(GridSpec(**axes), out, resolve_device(device), batch_runs=batch_runs)
     except (ValueError, OSError) as error:
         _fail(error)
+    except KeyboardInterrupt as stop:
+        _interrupted(stop, out)
     _print_results(summary)
     typer.echo(f"grid: {summary['runs']} runs ({_counts(summary)}) in {summary['seconds']:.1f} s → "
                f"{summary['results']}")
@@ -538,6 +561,8 @@ def protocol(
                                train_views=train_views, batch_runs=batch_runs)
     except (ValueError, OSError) as error:
         _fail(error)
+    except KeyboardInterrupt as stop:
+        _interrupted(stop, out or Path("grids") / name)
     _print_results(summary)
     typer.echo(f"{name}: {summary['runs']} runs ({_counts(summary)}) → {summary['results']}")
 
@@ -592,6 +617,8 @@ def demo(
                           batch_runs=_batch_runs(batch_runs, device, "local"))
     except (ValueError, OSError) as error:
         _fail(error)
+    except KeyboardInterrupt as stop:
+        _interrupted(stop, out)
     typer.echo(result["markdown"])
     t = result["timings"]
     typer.echo(f"demo: {result['runs']} runs; cache build {t['cache_build']:.0f} s, grid {t['grid']:.0f} s, "
