@@ -3,6 +3,7 @@ once, into typed objects; a user's mistake ends in one `error:` line and exit co
 
 from __future__ import annotations
 
+import errno
 import signal
 import threading
 import warnings
@@ -88,10 +89,37 @@ def main_options(
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def _fail(error: Exception) -> None:
-    """Report a user error (bad input, missing file) without a traceback and exit non-zero."""
-    typer.echo(f"error: {error}", err=True)
+def _fail(error: Exception, out: Path | None = None) -> None:
+    """Report a user error (bad input, missing file) without a traceback and exit non-zero. With `out` (the command's
+    output path), an error writing under it names that path and the fix, not an internal lock or temporary file."""
+    typer.echo(f"error: {_write_error(error, out) or error}", err=True)
     raise typer.Exit(code=1)
+
+
+# Why a write fails, in a user's words, and what to do about it
+WRITE_ERRORS = {
+    errno.EROFS: "the file system is read-only; choose a writable --out",
+    errno.EACCES: "permission denied; choose a folder you may write to as --out",
+    errno.EPERM: "permission denied; choose a folder you may write to as --out",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another --out",
+    errno.EISDIR: "it is a folder, where a file is written; choose another --out",
+    errno.ENOSPC: "no space left on device; free some space and rerun the same command (finished work is kept)",
+    errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command (finished work is kept)",
+}
+
+
+def _write_error(error: Exception, out: Path | None) -> str | None:
+    """The one-line message of an OSError raised writing at or under `out` (also its lock and temporary files
+    beside it); None for any other error."""
+    if out is None or not isinstance(error, OSError) or error.errno not in WRITE_ERRORS:
+        return None
+    target = Path(out).absolute()
+    if error.filename is not None:
+        failed = Path(str(error.filename)).absolute()
+        beside = failed.parent == target.parent and failed.name.lstrip(".").startswith(target.name)
+        if not (beside or failed == target or target in failed.parents or failed in target.parents):
+            return None
+    return f"--out {out}: cannot write there: {WRITE_ERRORS[error.errno]}"
 
 
 def _progress():
@@ -185,7 +213,7 @@ def cache_build(
                                       seeds=_int_list("--seeds", seeds), device=device, workers=workers,
                                       force=force, progress=progress, log=lambda message: typer.echo(message, err=True))
         except (ValueError, OSError) as error:
-            _fail(error)
+            _fail(error, out or DEMO_CACHE)
         typer.echo(f"{result.path}: {result.status}")
         return
     if dataset is None:
@@ -199,7 +227,7 @@ def cache_build(
                        force=force, skip_bad=skip_bad, seed=seed, template=template, quick_gelu=quick_gelu,
                        progress=progress, log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out or Path("caches"))
     stats = result.stats
     rate = f" · {stats.images} images at {stats.images_per_second:.1f} images/s" if stats.images else ""
     typer.echo(f"{result.path}: {result.status}{rate}")
@@ -289,7 +317,7 @@ def cache_build_many(
                              log=None if backend == "ray" else
                              (lambda message: typer.echo(message, err=True)))
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out)
     for name, path, status in results:
         typer.echo(f"{name}: {path}: {status}")
 
@@ -334,7 +362,7 @@ def cache_subset(
     try:
         text = write_subset(path, shots, seed, out)
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out)
     if out is None:
         typer.echo(text)
     else:
@@ -380,7 +408,7 @@ def fit(
         with _progress() as progress:
             metrics = fit_config(config, cache, device=device, out=out, force=force, progress=progress)
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out)
     accuracy = ", ".join(f"{k} {_format_accuracy(v)}" for k, v in metrics["accuracy"].items())
     hm = f", HM {_format_accuracy(metrics['hm'])}" if classes == "base" else ""
     typer.echo(f"{method} · {metrics['dataset']} · {shots}-shot seed {seed} · {accuracy}{hm} · "
@@ -508,7 +536,7 @@ def grid(
         else:
             summary = run_grid(GridSpec(**axes), out, resolve_device(device), batch_runs=batch_runs)
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out)
     except KeyboardInterrupt as stop:
         _interrupted(stop, out)
     _print_results(summary)
@@ -560,7 +588,7 @@ def protocol(
                                tune_preset=tune_preset, backend=backend, ray=ray, workers=workers,
                                train_views=train_views, batch_runs=batch_runs)
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out or Path("grids") / name)
     except KeyboardInterrupt as stop:
         _interrupted(stop, out or Path("grids") / name)
     _print_results(summary)
@@ -582,7 +610,7 @@ def report(
     try:
         written = write_report(results, out, disk_run)
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out or results)
     typer.echo(written["markdown"])
     typer.echo(f"report: {written['report']}; plots: {', '.join(written['plots']) or 'none'}")
 
@@ -616,7 +644,7 @@ def demo(
                           device=resolve_device(device), log=lambda message: typer.echo(message, err=True),
                           batch_runs=_batch_runs(batch_runs, device, "local"))
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out)
     except KeyboardInterrupt as stop:
         _interrupted(stop, out)
     typer.echo(result["markdown"])
