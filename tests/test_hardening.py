@@ -199,3 +199,32 @@ def test_a_read_only_out_names_the_users_path(cache: Path, coop_dataset, tiny_cl
             assert ".lock" not in line and ".tmp" not in line
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+# --- A damaged cache file -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flipped(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cache with 2,000 bytes of its metadata flipped: HDF5 opens it and fails reading ("ran off end of input
+    buffer")."""
+    data = bytearray(cache.read_bytes())
+    for i in range(4000, 6000):
+        data[i] ^= 0x5A
+    path = tmp_path_factory.mktemp("flipped") / "flipped.h5"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("command", ["verify", "info", "fit", "grid"])
+def test_a_byte_flipped_cache_is_called_corrupt_by_name(flipped: Path, tmp_path: Path, command: str) -> None:
+    run = ["--cache", str(flipped), "--method", "zeroshot", "--shots", "1", "--device", "cpu", "--out",
+           str(tmp_path / "out")]
+    args = {"verify": ["cache", "verify", str(flipped)], "info": ["cache", "info", str(flipped)],
+            "fit": ["fit", *run], "grid": ["grid", *run, "--seeds", "1"]}[command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    text = result.output.strip().splitlines()
+    line = next(line for line in text if "corrupt" in line)
+    assert str(flipped) in line and "cache build" in line and "--force" in line
