@@ -8,7 +8,9 @@ import errno
 import fcntl
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -228,3 +230,36 @@ def test_a_byte_flipped_cache_is_called_corrupt_by_name(flipped: Path, tmp_path:
     text = result.output.strip().splitlines()
     line = next(line for line in text if "corrupt" in line)
     assert str(flipped) in line and "cache build" in line and "--force" in line
+
+
+# --- Ray ------------------------------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_ray_address_fails_at_once(cache: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).resolve().parents[2])),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lathadapter.cli", "grid", "--cache", str(cache), "--method", "zeroshot",
+               "--shots", "1", "--seeds", "1", "--device", "cpu", "--out", str(tmp_path / "g"), "--backend", "ray",
+               "--address", f"127.0.0.1:{port}"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)  # Ray alone: over 5 minutes
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --address 127.0.0.1:{port}: cannot reach"), done.stderr
+
+
+def test_check_reachable_passes_a_listening_port_and_leaves_other_forms_to_ray() -> None:
+    from lathadapter.experiments.ray_backend import RayBackendError, check_reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")
+        check_reachable(f"ray://127.0.0.1:{port}")
+    check_reachable("auto")
+    with pytest.raises(RayBackendError, match="cannot reach"):
+        check_reachable(f"ray://127.0.0.1:{port}")
