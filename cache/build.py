@@ -54,6 +54,7 @@ from lathadapter.cache.store import (
     write_rows,
 )
 from lathadapter.cache.templates import ensemble_templates, load_attributes, prompt
+from lathadapter.progress import progress_display
 
 __all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "VAL_CHOICES", "BuildError", "BuildResult", "build",
            "build_lock"]
@@ -267,9 +268,12 @@ def _recheck_encoded(f: h5py.File, split: str, chunk: int = 4096) -> int:
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description:<6}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]:>7.1f} images/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
+    """One bar per split on a terminal; plain lines in a log (`progress.LogProgress`)."""
+    return progress_display(lambda: Progress(
+        TextColumn("{task.description:<6}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>7.1f} images/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled), unit="images", template="{rate:.1f} images/s",
+        disable=not enabled)
 
 
 def _blocks(rows: np.ndarray, batch_size: int) -> list[list[int]]:

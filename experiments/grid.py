@@ -56,6 +56,7 @@ from lathadapter.experiments.run import (
     tune_val_accuracy,
     write_atomic,
 )
+from lathadapter.progress import progress_display
 
 RESULTS = "results.csv"
 # `--tune-preset NAME`: the option tuned and the factors applied to each method's own default of it, in tie-break
@@ -605,11 +606,14 @@ class DataCache:
 
 
 def grid_progress() -> Progress:
-    """The grid's progress bar, on stderr (stdout carries the results)."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("done {task.fields[done]} · skipped {task.fields[skipped]} · running elsewhere "
-                               "{task.fields[elsewhere]}"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))
+    """The grid's progress bar, on stderr (stdout carries the results); plain lines where stderr is not a terminal
+    (`progress.LogProgress`)."""
+    return progress_display(lambda: Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("done {task.fields[done]} · skipped {task.fields[skipped]} · running elsewhere "
+                   "{task.fields[elsewhere]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)),
+        unit="runs", template="done {done} · skipped {skipped} · running elsewhere {elsewhere}")
 
 
 Evaluator = Callable[[GridRun, RunOutcome, FewShotData], dict[str, Any]]
