@@ -43,7 +43,7 @@ BACKEND = typer.Option("local", help=BACKEND_HELP)
 ADDRESS = typer.Option(None, help=ADDRESS_HELP)
 TUNE = typer.Option([], "--tune", help=TUNE_HELP)
 TUNE_PRESET = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP)
-CHUNK_SIZE = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once).")
+CHUNK_SIZE = typer.Option(None, help="--backend ray: runs per Ray task (one cache each, opened once) [default: 8].")
 BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, as one stacked "
                           "model where the method allows, each with its own data, seed, options and optimiser "
                           "state; 1: every run alone. Default: by device (`machine.auto_batch_runs`).")
@@ -133,11 +133,20 @@ def _progress():
 
 
 def _int_list(option: str, text: str) -> list[int]:
+    """Comma-separated integers, each once (`1,,2` and `1,1` are mistakes, not lists); a usage error (exit 2)
+    otherwise."""
+    parts = [part.strip() for part in text.split(",")]
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in parts]
     except ValueError:
-        typer.echo(f"error: {option} {text!r}: expected comma-separated integers, e.g. 1,2,4,8,16", err=True)
+        empty = " (an empty item)" if "" in parts and len(parts) > 1 else ""
+        typer.echo(f"error: {option} {text!r}: expected comma-separated integers{empty}, e.g. 1,2,4,8,16", err=True)
         raise typer.Exit(code=2) from None
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        typer.echo(f"error: {option} {text!r}: {twice[0]} is given twice; give each value once", err=True)
+        raise typer.Exit(code=2)
+    return values
 
 
 CROP_SCALE = typer.Option(None, "--crop-scale", help="Random-resized-crop area range of the augmented views, LOW,HIGH "
@@ -433,26 +442,33 @@ def _batch_runs(batch_runs: int | None, device: str | None, backend: str) -> int
     return batch_runs
 
 
-def _ray_options(backend: str, address: str | None, chunk_size: int, gpus_per_chunk: float,
+DEFAULT_CHUNK_SIZE = 8
+
+
+def _ray_options(backend: str, address: str | None, chunk_size: int | None, gpus_per_chunk: float,
                  batch_runs: int | None = None):
     """The Ray options of `--backend ray` (checked, and Ray importable), None for the local backend."""
     from lathadapter.adapter.options import OptionError
 
-    if backend == "local":
-        return None
-    if backend != "ray":
+    if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")
+    if backend == "local":
+        for option, value in (("--address", address), ("--chunk-size", chunk_size)):
+            if value is not None:  # ignored without a word before
+                raise OptionError(f"{option} {value}: only for --backend ray; add --backend ray, or drop {option}")
+        return None
     from lathadapter.experiments.ray_backend import RayOptions, import_ray
 
     import_ray()
-    return RayOptions(address=address, chunk_size=chunk_size, gpu_fraction=gpus_per_chunk, batch_runs=batch_runs)
+    return RayOptions(address=address, chunk_size=chunk_size if chunk_size is not None else DEFAULT_CHUNK_SIZE,
+                      gpu_fraction=gpus_per_chunk, batch_runs=batch_runs)
 
 
 def _workers(workers: int | None, threads: int | None, ray, device: str | None) -> int | None:
     """`--workers`, checked (at least 1; more than one: the local backend, on the CPU); None (chosen by the grid's
     size and the free CPUs, `pool.auto_workers`) when not given, 1 with --threads or --backend ray."""
     from lathadapter.adapter.options import OptionError
-    from lathadapter.experiments.machine import resolve_device
+    from lathadapter.experiments.machine import available_cpus, resolve_device
     from lathadapter.experiments.pool import check_workers
 
     if ray is not None:
@@ -462,6 +478,14 @@ def _workers(workers: int | None, threads: int | None, ray, device: str | None) 
     if workers is None:
         return 1 if threads is not None else None
     check_workers(workers, resolve_device(device))
+    cpus = available_cpus()
+    if workers > cpus:  # --workers 8 on 2 cores spawned 8 (0.4 GB each) to share 2 CPUs
+        warnings.warn(f"--workers {workers}: this process may use {cpus} CPUs; starting {cpus} workers",
+                      stacklevel=2)
+        workers = cpus
+    if workers > 1 and threads is not None:
+        warnings.warn(f"--threads {threads} is not used with --workers {workers}: each worker trains with one torch "
+                      "thread", stacklevel=2)
     return workers
 
 
@@ -482,6 +506,8 @@ def grid(
     text: str | None = typer.Option(None, help="Comma-separated text features: coop, ensemble [default: coop]."),
     train_views: str | None = typer.Option(None, help="Comma-separated views training draws from: augmented, all "
                                            "[default: augmented]."),
+    select: str | None = typer.Option(None, help="Comma-separated models kept: last (epoch), val (best on the "
+                                      "few-shot val set) [default: last]."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
@@ -494,7 +520,7 @@ def grid(
     workers: int | None = WORKERS,
     backend: str = BACKEND,
     address: str | None = ADDRESS,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = CHUNK_SIZE,
     gpus_per_chunk: float = GPUS_PER_CHUNK,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
@@ -508,7 +534,8 @@ def grid(
     try:
         use_threads(threads)
         axes: dict = load_spec_file(config) if config else {}
-        for key, value in (("methods", method), ("classes", classes), ("text", text), ("train_views", train_views)):
+        for key, value in (("methods", method), ("classes", classes), ("text", text), ("train_views", train_views),
+                           ("select", select)):
             if value is not None:
                 axes[key] = split_list(value)
         for key, value in (("shots", shots), ("seeds", seeds)):
@@ -564,18 +591,21 @@ def protocol(
     workers: int | None = WORKERS,
     backend: str = BACKEND,
     address: str | None = ADDRESS,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = CHUNK_SIZE,
     gpus_per_chunk: float = GPUS_PER_CHUNK,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
     from lathadapter.adapter.catalog import method_names
-    from lathadapter.adapter.options import parse_assignments, split_list
+    from lathadapter.adapter.options import OptionError, parse_assignments, split_list
     from lathadapter.experiments.grid import parse_tune
     from lathadapter.experiments.machine import resolve_device, use_threads
     from lathadapter.experiments.protocols import run_protocol
 
     try:
+        if target and name in ("few-shot", "base-to-novel"):
+            raise OptionError(f"--target {target[0]}: {name} scores the source cache's own test set; targets are "
+                              "for cross-dataset and domain")
         use_threads(threads)
         batch_runs = _batch_runs(batch_runs, device, backend)
         ray = _ray_options(backend, address, chunk_size, gpus_per_chunk, batch_runs)
@@ -664,6 +694,9 @@ def list_(
     options with their defaults, valid values and meanings."""
     if what not in LISTS:
         _fail(ValueError(f"`lathadapter list {what}`: choose one of {', '.join(LISTS)}"))
+    if method is not None and what != "options":
+        _fail(ValueError(f"`lathadapter list {what} {method}`: only `list options` takes a method; run "
+                         f"`lathadapter list {what}`"))
     if what == "models":
         import open_clip
 

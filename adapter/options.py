@@ -165,6 +165,9 @@ def parse_assignments(assignments: list[str]) -> dict[str, list[str]]:
         name, sep, values = item.partition("=")
         if not sep or not name.strip() or not split_list(values):
             raise OptionError(f"--set expects name=value[,value...], got {item!r}")
+        if name.strip() in parsed:  # the last one silently won
+            raise OptionError(f"--set {item}: {name.strip()} is given twice; give every value in one "
+                              f"--set {name.strip()}=V1,V2,...")
         parsed[name.strip()] = split_list(values)
     return parsed
 

@@ -166,6 +166,25 @@ def build_lock(out: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+def shortfall_notes(splits: DatasetSplits, shots: Sequence[int]) -> list[str]:
+    """A note for each shot count above some class's train images: CoOp's sampler then takes all of that class's
+    images, so the "K-shot" subset holds fewer (a subset labelled 50 shots held 8 a class, silently)."""
+    if splits.test_only or not splits.train:
+        return []
+    counts: dict[int, int] = {}
+    for _, label, _ in splits.train:
+        counts[label] = counts.get(label, 0) + 1
+    poorest = min(counts, key=lambda label: (counts[label], label))
+    notes = []
+    for k in sorted(set(shots)):
+        short = [label for label, n in counts.items() if n < k]
+        if short:
+            notes.append(f"warning: --shots {k}: {len(short)} of {len(counts)} classes have fewer than {k} train "
+                         f"images (class {splits.class_names[poorest]!r} has {counts[poorest]}); their {k}-shot "
+                         "subsets hold all of their images, as CoOp's sampler does")
+    return notes
+
+
 def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int], full_train: bool,
                 val_all: bool = False,
                 ) -> tuple[dict[str, list[int]], dict[tuple[int, int], tuple[list[int], list[int]]]]:
@@ -420,7 +439,7 @@ def build(
     _check_options(shots, seeds, views, batch_size, workers, val)
     workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
-    notes = list(splits.notes)
+    notes = list(splits.notes) + shortfall_notes(splits, shots)
     out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
     _check_out(out)
     phrases = load_attributes(Path(attributes) if attributes is not None else None)

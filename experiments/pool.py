@@ -164,8 +164,8 @@ def run_in_processes(runs: list[GridRun], out: Path, device: str, workers: int |
     context = multiprocessing.get_context("spawn")
     with grid_progress() as bar, ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context,
                                                      initializer=init_worker, initargs=(os.getpid(),)) as pool:
-        task = bar.add_task(f"grid ({workers} workers)", total=len(keyed), completed=tally.counts["skipped"],
-                            **tally.counts, visible=progress)
+        task = bar.add_task(f"grid ({min(workers, len(chunks))} workers)", total=len(keyed),
+                            completed=tally.counts["skipped"], **tally.counts, visible=progress)
         futures = [pool.submit(work_chunk, os.path.abspath(chunk[0][1].run.cache), chunk, str(out), device,
                                extra_factory, batch_runs) for chunk in chunks]
         try:
