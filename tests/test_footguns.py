@@ -1,0 +1,109 @@
+"""Options that used to do nothing, or the wrong thing, without a word (exit 0): each is now refused in one line, or
+done with a one-line warning saying what is used instead."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+from lathadapter.experiments import machine
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_cache(tmp_path_factory.mktemp("foot") / "c.h5", num_classes=4, dim=8, shots=(1, 2),
+                                 seeds=(1,))
+
+
+def grid(cache: Path, out: Path, *extra: str):
+    return runner.invoke(app, ["grid", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--seeds", "1",
+                               "--device", "cpu", "--out", str(out), *extra])
+
+
+def refused(result, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in last, (fragment, last)
+
+
+@pytest.mark.parametrize(("extra", "code", "fragments"), [
+    (["--seeds", "1,1"], 2, ["--seeds '1,1'", "1 is given twice"]),
+    (["--shots", "1,,2"], 2, ["--shots '1,,2'", "empty item"]),
+    (["--set", "alpha=0.1", "--set", "alpha=0.2"], 1, ["alpha is given twice", "--set alpha=V1,V2"]),
+    (["--address", "127.0.0.1:6379"], 1, ["--address 127.0.0.1:6379: only for --backend ray"]),
+    (["--chunk-size", "3"], 1, ["--chunk-size 3: only for --backend ray"]),
+])
+def test_grid_refuses_options_that_would_be_ignored_or_repeated(cache: Path, tmp_path: Path, extra: list[str],
+                                                                 code: int, fragments: list[str]) -> None:
+    result = runner.invoke(app, ["grid", "--cache", str(cache), "--method", "tip-adapter", "--device", "cpu",
+                                 "--out", str(tmp_path / "g"), *(["--shots", "1"] if "--shots" not in extra else []),
+                                 *(["--seeds", "1"] if "--seeds" not in extra else []), *extra])
+    refused(result, code, *fragments)
+    assert not (tmp_path / "g").exists()
+
+
+def test_protocol_refuses_targets_where_none_are_scored(cache: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["protocol", "few-shot", "--cache", str(cache), "--target", str(cache), "--method",
+                                 "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out",
+                                 str(tmp_path / "p")])
+    refused(result, 1, f"--target {cache}: few-shot", "cross-dataset and domain")
+
+
+def test_list_refuses_an_argument_it_does_not_take() -> None:
+    refused(runner.invoke(app, ["list", "methods", "x"]), 1, "only `list options` takes a method")
+
+
+def test_too_many_threads_are_clamped_with_a_warning(cache: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine, "available_cpus", lambda: 2)
+    assert machine.use_threads(1) == 1
+    with pytest.warns(UserWarning, match="--threads 1000: this process may use 2 CPUs; using 2"):
+        assert machine.use_threads(1000) == 2
+
+
+def test_too_many_workers_are_clamped_with_a_warning(cache: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine, "available_cpus", lambda: 1)  # one CPU: one worker, which is this process
+    result = grid(cache, tmp_path / "g", "--workers", "8")
+    assert result.exit_code == 0, result.output
+    assert "warning: --workers 8: this process may use 1 CPUs; starting 1 workers" in result.output
+    assert "grid (8 workers)" not in result.output
+
+
+def test_threads_with_workers_are_reported_unused(cache: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from lathadapter.experiments import pool
+
+    monkeypatch.setattr(machine, "available_cpus", lambda: 4)
+    monkeypatch.setattr(pool, "run_grid_in_processes", lambda *a, **k: (_ for _ in ()).throw(ValueError("stop")))
+    result = grid(cache, tmp_path / "g", "--workers", "2", "--threads", "2")
+    assert "warning: --threads 2 is not used with --workers 2" in result.output
+
+
+def test_grid_takes_select(cache: Path, tmp_path: Path) -> None:
+    result = grid(cache, tmp_path / "g", "--select", "last,val")
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "g" / "results.csv").open() as f:
+        assert sorted(row["select"] for row in csv.DictReader(f)) == ["last", "val"]
+
+
+def test_a_build_with_more_shots_than_images_says_so(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """Each class of the test dataset has 20 train images: a 50-shot subset holds 20 a class (CoOp's sampler)."""
+    result = runner.invoke(app, ["cache", "build", "--dataset", f"split:{coop_dataset.split_file}", "--model",
+                                 str(tiny_clip.config), "--pretrained", str(tiny_clip.checkpoint), "--shots", "2,50",
+                                 "--seeds", "1", "--views", "1", "--workers", "0", "--device", "cpu", "--no-progress",
+                                 "--out", str(tmp_path / "c.h5")])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if line.startswith("warning: --shots")]
+    assert len(warned) == 1 and "--shots 50: 8 of 8 classes have fewer than 50 train images" in warned[0]
+    assert "has 20" in warned[0]
