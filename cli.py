@@ -44,9 +44,9 @@ ADDRESS = typer.Option(None, help=ADDRESS_HELP)
 TUNE = typer.Option([], "--tune", help=TUNE_HELP)
 TUNE_PRESET = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP)
 CHUNK_SIZE = typer.Option(None, help="--backend ray: runs per Ray task (one cache each, opened once) [default: 8].")
-BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, as one stacked "
-                          "model where the method allows, each with its own data, seed, options and optimiser "
-                          "state; 1: every run alone. Default: by device (`machine.auto_batch_runs`).")
+BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, each with its "
+                          "own data, seed, options and optimiser state: in lockstep on the CPU, as one stacked model "
+                          "on a GPU where the method allows; 1: every run alone. Default: 8 on the CPU, 32 on a GPU.")
 GPUS_PER_CHUNK = typer.Option(0.25, help="--backend ray: GPU fraction of each task when the cluster has GPUs "
                               "(0.25: four tasks share a GPU).")
 
@@ -524,8 +524,8 @@ def grid(
     gpus_per_chunk: float = GPUS_PER_CHUNK,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
-    """Run an ablation grid (cartesian product of the axes) in one process, or on a Ray cluster (--backend ray);
-    finished runs are skipped."""
+    """Run an ablation grid (cartesian product of the axes) in this process, on worker processes (--workers) or on a
+    Ray cluster (--backend ray); finished runs are skipped."""
     from lathadapter.adapter.options import parse_assignments, split_list
     from lathadapter.cache.store import resolve_cache
     from lathadapter.experiments.grid import GridSpec, load_spec_file, parse_tune, run_grid
@@ -724,9 +724,13 @@ def list_(
         rows = option_rows(method_class(method).Options)
     except ValueError as error:
         _fail(error)
-    width = max((len(row[0]) for row in rows), default=0)
-    for name, kind, default, valid, doc in rows:
-        typer.echo(f"{name:<{width}}  {kind:<5} {default:<8} {valid:<20} {doc}")
+    if not rows:
+        typer.echo(f"{method} has no options (it trains nothing; `lathadapter list methods` says which train)")
+        return
+    header = ("option", "type", "default", "valid values", "meaning")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        typer.echo("  ".join(f"{cell:<{width}}" for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4])
 
 
 def option_rows(options_cls: type) -> list[tuple[str, str, str, str, str]]:
@@ -740,7 +744,9 @@ def option_rows(options_cls: type) -> list[tuple[str, str, str, str, str]]:
     rows = []
     for f in dataclasses.fields(options_cls):
         kind = hints[f.name].__name__
-        default = str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
+        # None: the method's training recipe sets it (by dataset and recipe, docs/baselines.md)
+        default = ("recipe" if f.default is None else str(f.default).lower() if isinstance(f.default, bool)
+                   else str(f.default))
         valid = "true, false" if kind == "bool" else valid_values(f.metadata)
         rows.append((f.name, kind, default, valid, f.metadata.get("doc", "")))
     return rows

@@ -127,7 +127,8 @@ def build_options(cls: type, overrides: dict[str, Any], method: str) -> Any:
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise OptionError(
-            f"unknown option(s) {', '.join(unknown)} for method {method!r}; valid options: {', '.join(valid)}"
+            f"unknown option(s) {', '.join(unknown)} for method {method!r}; "
+            + (f"valid options: {', '.join(valid)}" if valid else f"{method} has no options (it trains nothing)")
         )
     options = cls(**{name: parse_value(name, hints[name], value) for name, value in overrides.items()})
     check_fields(options, method)

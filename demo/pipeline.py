@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.catalog import method_names
+from lathadapter.adapter.options import OptionError
 from lathadapter.cache.build import BuildResult, build
 from lathadapter.cache.encode import Augmentation
 from lathadapter.cache.store import DEFAULT_CACHE_DIR
@@ -24,7 +25,7 @@ from lathadapter.demo.dataset import (
     write_demo_dataset,
 )
 from lathadapter.demo.model import bundled_model
-from lathadapter.experiments.grid import GridSpec, run_grid
+from lathadapter.experiments.grid import TUNE_PRESETS, GridSpec, run_grid
 from lathadapter.experiments.machine import auto_batch_runs
 from lathadapter.experiments.pool import run_grid_in_processes
 from lathadapter.experiments.report import write_report
@@ -53,6 +54,21 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
                  force=force, progress=progress, log=log, val="all")  # the whole val split: Tip-Adapter's search set
 
 
+def check_demo_options(methods: Sequence[str], shots: Sequence[int], seeds: Sequence[int], tune: str | None) -> None:
+    """The demo's methods, shots, seeds and tuning preset, checked before anything is built: the same messages as
+    `grid` gives, naming the option the user typed."""
+    known = method_names()
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        raise OptionError(f"--method {','.join(unknown) or '(none)'}: unknown method; valid: {', '.join(known)}")
+    if not shots or min(shots) < 1:
+        raise OptionError(f"--shots {','.join(map(str, shots))}: shots per class must be at least 1 (e.g. 1,2,4,8,16)")
+    if not seeds:
+        raise OptionError("--seeds: give one or more seeds, e.g. 1,2,3")
+    if tune is not None and tune not in TUNE_PRESETS:
+        raise OptionError(f"--tune-preset {tune}: unknown preset; valid: {', '.join(TUNE_PRESETS)}, none")
+
+
 def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
              methods: Sequence[str] | None = None, views: int = 10, tune: str | None = "lr",
              train_views: str = DEMO_TRAIN_VIEWS, workers: int | None = None, device: str = "cpu",
@@ -63,6 +79,7 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     method's own recipe as is), and write the report. `workers` and `batch_runs` as `grid --workers` and
     `--batch-runs` (None: chosen by the CPUs and the device)."""
     methods = list(methods) if methods is not None else method_names()
+    check_demo_options(methods, shots, seeds, tune)  # before the ~20 s of building the data and the cache
     timings: dict[str, float] = {}
     start = time.perf_counter()
     shots = sorted(set(shots) | {16})  # base-to-novel uses the 16-shot subsets

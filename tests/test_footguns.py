@@ -107,3 +107,35 @@ def test_a_build_with_more_shots_than_images_says_so(coop_dataset, tiny_clip, tm
     warned = [line for line in result.output.splitlines() if line.startswith("warning: --shots")]
     assert len(warned) == 1 and "--shots 50: 8 of 8 classes have fewer than 50 train images" in warned[0]
     assert "has 20" in warned[0]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--method", "nope"], "--method nope: unknown method; valid: zeroshot"),
+    (["--tune-preset", "bogus"], "--tune-preset bogus: unknown preset; valid: lr, none"),
+    (["--shots", "0"], "--shots 0: shots per class must be at least 1"),
+])
+def test_demo_checks_its_options_before_building_anything(tmp_path: Path, args: list[str], fragment: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from lathadapter.demo import pipeline
+
+    monkeypatch.setattr(pipeline, "build_demo_cache", lambda *a, **k: pytest.fail("built before checking"))
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", *args])
+    refused(result, 1, fragment)
+    assert "0,16" not in result.output and not (tmp_path / "demo").exists()
+
+
+def test_list_options_has_a_header_and_says_recipe_and_none() -> None:
+    lines = runner.invoke(app, ["list", "options", "clip-adapter"]).output.splitlines()
+    assert lines[0].split() == ["option", "type", "default", "valid", "values", "meaning"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["lr"][2] == "recipe" and rows["epochs"][2] == "recipe"  # set by the training recipe, not None
+    assert "None" not in "\n".join(lines)
+    zeroshot = runner.invoke(app, ["list", "options", "zeroshot"])
+    assert zeroshot.exit_code == 0 and "zeroshot has no options" in zeroshot.output
+
+
+def test_an_option_given_to_a_method_without_options_says_it_has_none(cache: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--set",
+                                 "epochs=1", "--device", "cpu", "--out", str(tmp_path / "r")])
+    refused(result, 1, "unknown option(s) epochs for method 'zeroshot'", "zeroshot has no options")
+    assert "valid options: " not in result.output
