@@ -102,6 +102,7 @@ WRITE_ERRORS = {
     errno.EACCES: "permission denied; choose a folder you may write to as --out",
     errno.EPERM: "permission denied; choose a folder you may write to as --out",
     errno.ENOTDIR: "a part of the path is a file, not a folder; choose another --out",
+    errno.EEXIST: "a part of the path is a file, not a folder; choose another --out",  # mkdir over a file
     errno.EISDIR: "it is a folder, where a file is written; choose another --out",
     errno.ENOSPC: "no space left on device; free some space and rerun the same command (finished work is kept)",
     errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command (finished work is kept)",

@@ -536,13 +536,13 @@ def check_caches(runs: list[GridRun]) -> dict[str, CacheInfo]:
     for grid_run in runs:
         wanted.setdefault(grid_run.cache, set()).add((grid_run.config.shots, grid_run.config.seed))
     base = {r.cache for r in runs if r.config.classes == "base"}
-    infos, problems = {}, []
+    infos, problems, unreadable = {}, [], []
     for cache, pairs in wanted.items():
         try:
             with CacheReader(cache) as reader:
                 infos[cache] = info = reader.info()
         except CacheError as error:
-            problems.append(str(error))
+            unreadable.append(str(error))
             continue
         missing = sorted(pairs - set(info.subsets))
         if missing:
@@ -551,6 +551,9 @@ def check_caches(runs: list[GridRun]) -> dict[str, CacheInfo]:
                             "include them")
         if cache in base and len(info.class_names) < 2:
             problems.append(f"{cache}: classes=base needs at least 2 classes; it has {len(info.class_names)}")
+    if len(unreadable) == 1 and not problems:  # one missing or corrupt file: its own message, on one line
+        raise CacheError(unreadable[0])
+    problems = unreadable + problems
     if problems:
         raise CacheError("the grid asks for what its caches do not hold:\n  " + "\n  ".join(problems))
     return infos

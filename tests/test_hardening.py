@@ -171,7 +171,7 @@ def test_a_full_disk_while_saving_a_run_leaves_no_run_folder(cache: Path, tmp_pa
     assert folders == [], folders
 
 
-@pytest.mark.parametrize("command", ["fit", "grid", "protocol", "report", "subset"])
+@pytest.mark.parametrize("command", ["fit", "grid", "protocol", "report", "subset", "subset-beside"])
 def test_an_out_path_under_a_file_names_the_users_path(cache: Path, tmp_path: Path, command: str) -> None:
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "sub"
@@ -179,7 +179,8 @@ def test_an_out_path_under_a_file_names_the_users_path(cache: Path, tmp_path: Pa
     args = {"fit": ["fit", *run], "grid": ["grid", *run, "--seeds", "1"],
             "protocol": ["protocol", "few-shot", *run, "--seeds", "1"],
             "report": ["report", str(tmp_path / "file"), "--out", str(out)],
-            "subset": ["cache", "subset", str(cache), "--shots", "1", "--seed", "1", "--out", str(out / "s.json")]}
+            "subset": ["cache", "subset", str(cache), "--shots", "1", "--seed", "1", "--out", str(out / "s.json")],
+            "subset-beside": ["cache", "subset", str(cache), "--shots", "1", "--seed", "1", "--out", str(out)]}
     if command == "report":
         assert runner.invoke(app, ["grid", *run[:-1], str(tmp_path / "grid"), "--seeds", "1"]).exit_code == 0
         args["report"][1] = str(tmp_path / "grid")
@@ -227,9 +228,9 @@ def test_a_byte_flipped_cache_is_called_corrupt_by_name(flipped: Path, tmp_path:
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    text = result.output.strip().splitlines()
-    line = next(line for line in text if "corrupt" in line)
-    assert str(flipped) in line and "cache build" in line and "--force" in line
+    errors = [line for line in result.output.strip().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "the cache file is corrupt" in errors[0], result.output
+    assert str(flipped) in errors[0] and "cache build" in errors[0] and "--force" in errors[0]
 
 
 # --- Ray ------------------------------------------------------------------------------------------------------------
