@@ -64,11 +64,20 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def _interrupted(stop: KeyboardInterrupt, out: Path) -> None:
-    """End an interrupted grid, protocol or demo: one line with the runs finished under `out` (each is saved as it
-    finishes), and the exit code of the signal (130 Ctrl-C, 143 SIGTERM)."""
-    finished = sum(1 for _ in out.glob("**/runs/*/metrics.json")) if out.is_dir() else 0
-    typer.echo(f"interrupted: {finished} runs finished, rerun the same command to resume", err=True)
+def _stop_on_sigterm() -> None:
+    """In a command that saves what it finished when stopped (grid, protocol, demo, cache build): SIGTERM stops it as
+    Ctrl-C does. Other commands keep SIGTERM's default (end at once, exit 143)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _interrupted(stop: KeyboardInterrupt, out: Path | None, what: str | None = None) -> None:
+    """End an interrupted command: one line with the runs finished under `out` (each is saved as it finishes), or
+    `what` was kept, and the exit code of the signal (130 Ctrl-C, 143 SIGTERM)."""
+    if what is None:
+        finished = sum(1 for _ in out.glob("**/runs/*/metrics.json")) if out is not None and out.is_dir() else 0
+        what = f"{finished} runs finished"
+    typer.echo(f"interrupted: {what}, rerun the same command to resume", err=True)
     raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130)
 
 
@@ -85,8 +94,6 @@ def main_options(
 ) -> None:
     """Few-shot adaptation of CLIP-style models over a precomputed feature cache."""
     warnings.showwarning = _show_warning  # warnings are one line on stderr, like errors
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _fail(error: Exception, out: Path | None = None) -> None:
@@ -213,6 +220,7 @@ def cache_build(
     """
     from lathadapter.cache.build import build
 
+    _stop_on_sigterm()
     if dataset is None and root is None and model is None and pretrained is None:
         from lathadapter.demo.pipeline import DEMO_CACHE, build_demo_cache
 
@@ -224,6 +232,8 @@ def cache_build(
                                       force=force, progress=progress, log=lambda message: typer.echo(message, err=True))
         except (ValueError, OSError) as error:
             _fail(error, out or DEMO_CACHE)
+        except KeyboardInterrupt as stop:
+            _interrupted(stop, None, "the images encoded so far are kept in the cache's .tmp file")
         typer.echo(f"{result.path}: {result.status}")
         return
     if dataset is None:
@@ -238,6 +248,8 @@ def cache_build(
                        progress=progress, log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
         _fail(error, out or Path("caches"))
+    except KeyboardInterrupt as stop:
+        _interrupted(stop, None, "the images encoded so far are kept in the cache's .tmp file")
     stats = result.stats
     rate = f" · {stats.images} images at {stats.images_per_second:.1f} images/s" if stats.images else ""
     typer.echo(f"{result.path}: {result.status}{rate}")
@@ -532,6 +544,7 @@ def grid(
     from lathadapter.experiments.grid import GridSpec, load_spec_file, parse_tune, run_grid
     from lathadapter.experiments.machine import resolve_device, use_threads
 
+    _stop_on_sigterm()
     try:
         use_threads(threads)
         axes: dict = load_spec_file(config) if config else {}
@@ -603,6 +616,7 @@ def protocol(
     from lathadapter.experiments.machine import resolve_device, use_threads
     from lathadapter.experiments.protocols import run_protocol
 
+    _stop_on_sigterm()
     try:
         if target and name in ("few-shot", "base-to-novel"):
             raise OptionError(f"--target {target[0]}: {name} scores the source cache's own test set; targets are "
@@ -666,6 +680,7 @@ def demo(
     from lathadapter.demo.pipeline import run_demo
     from lathadapter.experiments.machine import resolve_device, use_threads
 
+    _stop_on_sigterm()
     try:
         use_threads(threads)
         workers = _workers(workers, threads, None, device)

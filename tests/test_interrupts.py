@@ -85,3 +85,22 @@ def test_a_stopped_worker_grid_leaves_no_process(cache: Path, tmp_path: Path, ho
         last = stderr.strip().splitlines()[-1]
         assert last.startswith("interrupted: ") and last.endswith("runs finished, rerun the same command to resume")
         assert time.monotonic() - sent < 5, f"{how}: the grid took over 5 s to stop"
+
+
+def test_sigterm_of_a_grid_in_this_process_keeps_the_finished_runs(cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid"
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", PACKAGE_PARENT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lathadapter.cli", "grid", "--cache", str(cache), "--method", "lathadapter",
+               "--shots", "1,2", "--seeds", "1,2,3", "--set", "epochs=300", "--device", "cpu", "--workers", "1",
+               "--batch-runs", "1", "--out", str(out)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("runs/*/metrics.json")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)  # at least one run finished
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr
+    finished = len(list(out.glob("runs/*/metrics.json")))
+    assert stderr.strip().splitlines()[-1] == (f"interrupted: {finished} runs finished, rerun the same command to "
+                                               "resume")
+    assert 1 <= finished < 6 and "Traceback" not in stderr
