@@ -13,7 +13,7 @@ from typing import Any
 
 from lathadapter.adapter.catalog import method_names
 from lathadapter.adapter.options import OptionError
-from lathadapter.cache.build import BuildResult, build
+from lathadapter.cache.build import BuildError, BuildResult, build
 from lathadapter.cache.encode import Augmentation
 from lathadapter.cache.store import DEFAULT_CACHE_DIR
 from lathadapter.demo.dataset import (
@@ -84,8 +84,16 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     start = time.perf_counter()
     shots = sorted(set(shots) | {16})  # base-to-novel uses the 16-shot subsets
     version = f"v{WORLD_VERSION}"  # an earlier world's data, cache and runs stay in their own folders
-    built = build_demo_cache(folder / f"data-{version}", folder / "caches" / f"demo_shapes_{version}.h5", views=views,
-                             shots=shots, seeds=seeds, device=device, progress=progress, log=log)
+    cache_path = folder / "caches" / f"demo_shapes_{version}.h5"
+    try:
+        built = build_demo_cache(folder / f"data-{version}", cache_path, views=views, shots=shots, seeds=seeds,
+                                 device=device, progress=progress, log=log)
+    except BuildError as error:  # the build's advice names `cache build --force`, which `demo` does not have
+        head, forced, _ = str(error).partition("; pass --force")
+        if not forced:
+            raise
+        raise BuildError(f"{head}; `demo` keeps the cache it built: give it another --out, or delete "
+                         f"{cache_path} to build it again") from None
     timings["cache_build"] = time.perf_counter() - start
     grid_dir = folder / f"grid-{version}"
     cache = [str(built.path)]

@@ -139,3 +139,17 @@ def test_an_option_given_to_a_method_without_options_says_it_has_none(cache: Pat
                                  "epochs=1", "--device", "cpu", "--out", str(tmp_path / "r")])
     refused(result, 1, "unknown option(s) epochs for method 'zeroshot'", "zeroshot has no options")
     assert "valid options: " not in result.output
+
+
+def test_demo_does_not_advise_a_force_it_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lathadapter.cache.build import BuildError
+    from lathadapter.demo import pipeline
+
+    def differs(data_dir: Path, out: Path, **kwargs) -> None:
+        raise BuildError(f"{out} is a cache built differently (differs in: views); pass --force to overwrite it, or "
+                         "choose another --out")
+
+    monkeypatch.setattr(pipeline, "build_demo_cache", differs)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--views", "3"])
+    refused(result, 1, "built differently (differs in: views)", "give it another --out, or delete")
+    assert "--force" not in result.output
