@@ -153,3 +153,17 @@ def test_demo_does_not_advise_a_force_it_lacks(tmp_path: Path, monkeypatch: pyte
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--views", "3"])
     refused(result, 1, "built differently (differs in: views)", "give it another --out, or delete")
     assert "--force" not in result.output
+
+
+def test_a_report_names_recipe_defaults_instead_of_an_empty_value(cache: Path, tmp_path: Path) -> None:
+    """Two clip-adapter configurations, lr 0.01 and the recipe's: the label of the second is not `lr=`."""
+    out = tmp_path / "g"
+    for extra in ([], ["--set", "lr=0.01"]):
+        result = runner.invoke(app, ["grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1",
+                                     "--seeds", "1", "--device", "cpu", "--out", str(out), "--set", "epochs=1",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    assert "clip-adapter lr=recipe" in report.output and "clip-adapter lr=0.01" in report.output
+    assert "lr= " not in report.output and "lr=|" not in report.output
