@@ -3,6 +3,9 @@ once, into typed objects; a user's mistake ends in one `error:` line and exit co
 
 from __future__ import annotations
 
+import errno
+import signal
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,16 +47,42 @@ ADDRESS = typer.Option(None, help=ADDRESS_HELP)
 TUNE = typer.Option([], "--tune", help=TUNE_HELP)
 TUNE_PRESET = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP)
 TUNE_SCORE = typer.Option(None, "--tune-score", help=TUNE_SCORE_HELP)
-CHUNK_SIZE = typer.Option(8, help="--backend ray: runs per Ray task (one cache each, opened once).")
-BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, as one stacked "
-                          "model where the method allows, each with its own data, seed, options and optimiser "
-                          "state; 1: every run alone. Default: by device (`machine.auto_batch_runs`).")
+CHUNK_SIZE = typer.Option(None, help="--backend ray: runs per Ray task (one cache each, opened once) [default: 8].")
+BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, each with its "
+                          "own data, seed, options and optimiser state: in lockstep on the CPU, as one stacked model "
+                          "on a GPU where the method allows; 1: every run alone. Default: 8 on the CPU, 32 on a GPU.")
 GPUS_PER_CHUNK = typer.Option(0.25, help="--backend ray: GPU fraction of each task when the cluster has GPUs "
                               "(0.25: four tasks share a GPU).")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     typer.echo(f"warning: {message}", err=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, Slurm, a scheduler's stop), raised in the main thread as Ctrl-C's KeyboardInterrupt: the
+    command stops the same way, saving what is finished (exit code 143 instead of 130)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _stop_on_sigterm() -> None:
+    """In a command that saves what it finished when stopped (grid, protocol, demo, cache build): SIGTERM stops it as
+    Ctrl-C does. Other commands keep SIGTERM's default (end at once, exit 143)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _interrupted(stop: KeyboardInterrupt, out: Path | None, what: str | None = None) -> None:
+    """End an interrupted command: one line with the runs finished under `out` (each is saved as it finishes), or
+    `what` was kept, and the exit code of the signal (130 Ctrl-C, 143 SIGTERM)."""
+    if what is None:
+        finished = sum(1 for _ in out.glob("**/runs/*/metrics.json")) if out is not None and out.is_dir() else 0
+        what = f"{finished} runs finished"
+    typer.echo(f"interrupted: {what}, rerun the same command to resume", err=True)
+    raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130)
 
 
 def _version(value: bool) -> None:
@@ -71,10 +100,38 @@ def main_options(
     warnings.showwarning = _show_warning  # warnings are one line on stderr, like errors
 
 
-def _fail(error: Exception) -> None:
-    """Report a user error (bad input, missing file) without a traceback and exit non-zero."""
-    typer.echo(f"error: {error}", err=True)
+def _fail(error: Exception, out: Path | None = None) -> None:
+    """Report a user error (bad input, missing file) without a traceback and exit non-zero. With `out` (the command's
+    output path), an error writing under it names that path and the fix, not an internal lock or temporary file."""
+    typer.echo(f"error: {_write_error(error, out) or error}", err=True)
     raise typer.Exit(code=1)
+
+
+# Why a write fails, in a user's words, and what to do about it
+WRITE_ERRORS = {
+    errno.EROFS: "the file system is read-only; choose a writable --out",
+    errno.EACCES: "permission denied; choose a folder you may write to as --out",
+    errno.EPERM: "permission denied; choose a folder you may write to as --out",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another --out",
+    errno.EEXIST: "a part of the path is a file, not a folder; choose another --out",  # mkdir over a file
+    errno.EISDIR: "it is a folder, where a file is written; choose another --out",
+    errno.ENOSPC: "no space left on device; free some space and rerun the same command (finished work is kept)",
+    errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command (finished work is kept)",
+}
+
+
+def _write_error(error: Exception, out: Path | None) -> str | None:
+    """The one-line message of an OSError raised writing at or under `out` (also its lock and temporary files
+    beside it); None for any other error."""
+    if out is None or not isinstance(error, OSError) or error.errno not in WRITE_ERRORS:
+        return None
+    target = Path(out).absolute()
+    if error.filename is not None:
+        failed = Path(str(error.filename)).absolute()
+        beside = failed.parent == target.parent and failed.name.lstrip(".").startswith(target.name)
+        if not (beside or failed == target or target in failed.parents or failed in target.parents):
+            return None
+    return f"--out {out}: cannot write there: {WRITE_ERRORS[error.errno]}"
 
 
 def _progress():
@@ -88,11 +145,20 @@ def _progress():
 
 
 def _int_list(option: str, text: str) -> list[int]:
+    """Comma-separated integers, each once (`1,,2` and `1,1` are mistakes, not lists); a usage error (exit 2)
+    otherwise."""
+    parts = [part.strip() for part in text.split(",")]
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in parts]
     except ValueError:
-        typer.echo(f"error: {option} {text!r}: expected comma-separated integers, e.g. 1,2,4,8,16", err=True)
+        empty = " (an empty item)" if "" in parts and len(parts) > 1 else ""
+        typer.echo(f"error: {option} {text!r}: expected comma-separated integers{empty}, e.g. 1,2,4,8,16", err=True)
         raise typer.Exit(code=2) from None
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        typer.echo(f"error: {option} {text!r}: {twice[0]} is given twice; give each value once", err=True)
+        raise typer.Exit(code=2)
+    return values
 
 
 CROP_SCALE = typer.Option(None, "--crop-scale", help="Random-resized-crop area range of the augmented views, LOW,HIGH "
@@ -158,6 +224,7 @@ def cache_build(
     """
     from lathadapter.cache.build import build
 
+    _stop_on_sigterm()
     if dataset is None and root is None and model is None and pretrained is None:
         from lathadapter.demo.pipeline import DEMO_CACHE, build_demo_cache
 
@@ -168,7 +235,9 @@ def cache_build(
                                       seeds=_int_list("--seeds", seeds), device=device, workers=workers,
                                       force=force, progress=progress, log=lambda message: typer.echo(message, err=True))
         except (ValueError, OSError) as error:
-            _fail(error)
+            _fail(error, out or DEMO_CACHE)
+        except KeyboardInterrupt as stop:
+            _interrupted(stop, None, "the images encoded so far are kept in the cache's .tmp file")
         typer.echo(f"{result.path}: {result.status}")
         return
     if dataset is None:
@@ -182,7 +251,9 @@ def cache_build(
                        force=force, skip_bad=skip_bad, seed=seed, template=template, quick_gelu=quick_gelu,
                        progress=progress, log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out or Path("caches"))
+    except KeyboardInterrupt as stop:
+        _interrupted(stop, None, "the images encoded so far are kept in the cache's .tmp file")
     stats = result.stats
     rate = f" · {stats.images} images at {stats.images_per_second:.1f} images/s" if stats.images else ""
     typer.echo(f"{result.path}: {result.status}{rate}")
@@ -272,7 +343,7 @@ def cache_build_many(
                              log=None if backend == "ray" else
                              (lambda message: typer.echo(message, err=True)))
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out)
     for name, path, status in results:
         typer.echo(f"{name}: {path}: {status}")
 
@@ -317,7 +388,7 @@ def cache_subset(
     try:
         text = write_subset(path, shots, seed, out)
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out)
     if out is None:
         typer.echo(text)
     else:
@@ -363,7 +434,7 @@ def fit(
         with _progress() as progress:
             metrics = fit_config(config, cache, device=device, out=out, force=force, progress=progress)
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out)
     accuracy = ", ".join(f"{k} {_format_accuracy(v)}" for k, v in metrics["accuracy"].items())
     hm = f", HM {_format_accuracy(metrics['hm'])}" if classes == "base" else ""
     typer.echo(f"{method} · {metrics['dataset']} · {shots}-shot seed {seed} · {accuracy}{hm} · "
@@ -388,26 +459,33 @@ def _batch_runs(batch_runs: int | None, device: str | None, backend: str) -> int
     return batch_runs
 
 
-def _ray_options(backend: str, address: str | None, chunk_size: int, gpus_per_chunk: float,
+DEFAULT_CHUNK_SIZE = 8
+
+
+def _ray_options(backend: str, address: str | None, chunk_size: int | None, gpus_per_chunk: float,
                  batch_runs: int | None = None):
     """The Ray options of `--backend ray` (checked, and Ray importable), None for the local backend."""
     from lathadapter.adapter.options import OptionError
 
-    if backend == "local":
-        return None
-    if backend != "ray":
+    if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")
+    if backend == "local":
+        for option, value in (("--address", address), ("--chunk-size", chunk_size)):
+            if value is not None:  # ignored without a word before
+                raise OptionError(f"{option} {value}: only for --backend ray; add --backend ray, or drop {option}")
+        return None
     from lathadapter.experiments.ray_backend import RayOptions, import_ray
 
     import_ray()
-    return RayOptions(address=address, chunk_size=chunk_size, gpu_fraction=gpus_per_chunk, batch_runs=batch_runs)
+    return RayOptions(address=address, chunk_size=chunk_size if chunk_size is not None else DEFAULT_CHUNK_SIZE,
+                      gpu_fraction=gpus_per_chunk, batch_runs=batch_runs)
 
 
 def _workers(workers: int | None, threads: int | None, ray, device: str | None) -> int | None:
     """`--workers`, checked (at least 1; more than one: the local backend, on the CPU); None (chosen by the grid's
     size and the free CPUs, `pool.auto_workers`) when not given, 1 with --threads or --backend ray."""
     from lathadapter.adapter.options import OptionError
-    from lathadapter.experiments.machine import resolve_device
+    from lathadapter.experiments.machine import available_cpus, resolve_device
     from lathadapter.experiments.pool import check_workers
 
     if ray is not None:
@@ -417,6 +495,14 @@ def _workers(workers: int | None, threads: int | None, ray, device: str | None) 
     if workers is None:
         return 1 if threads is not None else None
     check_workers(workers, resolve_device(device))
+    cpus = available_cpus()
+    if workers > cpus:  # --workers 8 on 2 cores spawned 8 (0.4 GB each) to share 2 CPUs
+        warnings.warn(f"--workers {workers}: this process may use {cpus} CPUs; starting {cpus} workers",
+                      stacklevel=2)
+        workers = cpus
+    if workers > 1 and threads is not None:
+        warnings.warn(f"--threads {threads} is not used with --workers {workers}: each worker trains with one torch "
+                      "thread", stacklevel=2)
     return workers
 
 
@@ -447,6 +533,8 @@ def grid(
     text: str | None = typer.Option(None, help="Comma-separated text features: coop, ensemble [default: coop]."),
     train_views: str | None = typer.Option(None, help="Comma-separated views training draws from: augmented, all "
                                            "[default: augmented]."),
+    select: str | None = typer.Option(None, help="Comma-separated models kept: last (epoch), val (best on the "
+                                      "few-shot val set) [default: last]."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
@@ -461,22 +549,24 @@ def grid(
     workers: int | None = WORKERS,
     backend: str = BACKEND,
     address: str | None = ADDRESS,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = CHUNK_SIZE,
     gpus_per_chunk: float = GPUS_PER_CHUNK,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
-    """Run an ablation grid (cartesian product of the axes) in one process, or on a Ray cluster (--backend ray);
-    finished runs are skipped."""
+    """Run an ablation grid (cartesian product of the axes) in this process, on worker processes (--workers) or on a
+    Ray cluster (--backend ray); finished runs are skipped."""
     from lathadapter.adapter.options import parse_assignments, split_list
     from lathadapter.cache.store import resolve_cache
     from lathadapter.experiments.grid import GridSpec, load_spec_file, parse_tune, run_grid
     from lathadapter.experiments.machine import resolve_device, use_threads
 
     tune_score = _tune_score(tune_score)
+    _stop_on_sigterm()
     try:
         use_threads(threads)
         axes: dict = load_spec_file(config) if config else {}
-        for key, value in (("methods", method), ("classes", classes), ("text", text), ("train_views", train_views)):
+        for key, value in (("methods", method), ("classes", classes), ("text", text), ("train_views", train_views),
+                           ("select", select)):
             if value is not None:
                 axes[key] = split_list(value)
         for key, value in (("shots", shots), ("seeds", seeds)):
@@ -506,7 +596,9 @@ def grid(
         else:
             summary = run_grid(GridSpec(**axes), out, resolve_device(device), batch_runs=batch_runs)
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out)
+    except KeyboardInterrupt as stop:
+        _interrupted(stop, out)
     _print_results(summary)
     typer.echo(f"grid: {summary['runs']} runs ({_counts(summary)}) in {summary['seconds']:.1f} s → "
                f"{summary['results']}")
@@ -533,19 +625,23 @@ def protocol(
     workers: int | None = WORKERS,
     backend: str = BACKEND,
     address: str | None = ADDRESS,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = CHUNK_SIZE,
     gpus_per_chunk: float = GPUS_PER_CHUNK,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
     from lathadapter.adapter.catalog import method_names
-    from lathadapter.adapter.options import parse_assignments, split_list
+    from lathadapter.adapter.options import OptionError, parse_assignments, split_list
     from lathadapter.experiments.grid import parse_tune
     from lathadapter.experiments.machine import resolve_device, use_threads
     from lathadapter.experiments.protocols import run_protocol
 
     tune_score = _tune_score(tune_score)
+    _stop_on_sigterm()
     try:
+        if target and name in ("few-shot", "base-to-novel"):
+            raise OptionError(f"--target {target[0]}: {name} scores the source cache's own test set; targets are "
+                              "for cross-dataset and domain")
         use_threads(threads)
         batch_runs = _batch_runs(batch_runs, device, backend)
         ray = _ray_options(backend, address, chunk_size, gpus_per_chunk, batch_runs)
@@ -558,7 +654,9 @@ def protocol(
                                tune_preset=tune_preset, backend=backend, ray=ray, workers=workers,
                                train_views=train_views, batch_runs=batch_runs, tune_score=tune_score or "auto")
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out or Path("grids") / name)
+    except KeyboardInterrupt as stop:
+        _interrupted(stop, out or Path("grids") / name)
     _print_results(summary)
     typer.echo(f"{name}: {summary['runs']} runs ({_counts(summary)}) → {summary['results']}")
 
@@ -578,7 +676,7 @@ def report(
     try:
         written = write_report(results, out, disk_run)
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out or results)
     typer.echo(written["markdown"])
     typer.echo(f"report: {written['report']}; plots: {', '.join(written['plots']) or 'none'}")
 
@@ -605,6 +703,7 @@ def demo(
     from lathadapter.experiments.machine import resolve_device, use_threads
 
     tune_score = _tune_score(tune_score)
+    _stop_on_sigterm()
     try:
         use_threads(threads)
         workers = _workers(workers, threads, None, device)
@@ -614,7 +713,9 @@ def demo(
                           device=resolve_device(device), log=lambda message: typer.echo(message, err=True),
                           batch_runs=_batch_runs(batch_runs, device, "local"), tune_score=tune_score or "auto")
     except (ValueError, OSError) as error:
-        _fail(error)
+        _fail(error, out)
+    except KeyboardInterrupt as stop:
+        _interrupted(stop, out)
     typer.echo(result["markdown"])
     t = result["timings"]
     typer.echo(f"demo: {result['runs']} runs; cache build {t['cache_build']:.0f} s, grid {t['grid']:.0f} s, "
@@ -632,6 +733,9 @@ def list_(
     options with their defaults, valid values and meanings."""
     if what not in LISTS:
         _fail(ValueError(f"`lathadapter list {what}`: choose one of {', '.join(LISTS)}"))
+    if method is not None and what != "options":
+        _fail(ValueError(f"`lathadapter list {what} {method}`: only `list options` takes a method; run "
+                         f"`lathadapter list {what}`"))
     if what == "models":
         import open_clip
 
@@ -659,9 +763,13 @@ def list_(
         rows = option_rows(method_class(method).Options)
     except ValueError as error:
         _fail(error)
-    width = max((len(row[0]) for row in rows), default=0)
-    for name, kind, default, valid, doc in rows:
-        typer.echo(f"{name:<{width}}  {kind:<5} {default:<8} {valid:<20} {doc}")
+    if not rows:
+        typer.echo(f"{method} has no options (it trains nothing; `lathadapter list methods` says which train)")
+        return
+    header = ("option", "type", "default", "valid values", "meaning")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        typer.echo("  ".join(f"{cell:<{width}}" for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4])
 
 
 def option_rows(options_cls: type) -> list[tuple[str, str, str, str, str]]:
@@ -675,7 +783,9 @@ def option_rows(options_cls: type) -> list[tuple[str, str, str, str, str]]:
     rows = []
     for f in dataclasses.fields(options_cls):
         kind = hints[f.name].__name__
-        default = str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
+        # None: the method's training recipe sets it (by dataset and recipe, docs/baselines.md)
+        default = ("recipe" if f.default is None else str(f.default).lower() if isinstance(f.default, bool)
+                   else str(f.default))
         valid = "true, false" if kind == "bool" else valid_values(f.metadata)
         rows.append((f.name, kind, default, valid, f.metadata.get("doc", "")))
     return rows

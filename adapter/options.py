@@ -127,7 +127,8 @@ def build_options(cls: type, overrides: dict[str, Any], method: str) -> Any:
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise OptionError(
-            f"unknown option(s) {', '.join(unknown)} for method {method!r}; valid options: {', '.join(valid)}"
+            f"unknown option(s) {', '.join(unknown)} for method {method!r}; "
+            + (f"valid options: {', '.join(valid)}" if valid else f"{method} has no options (it trains nothing)")
         )
     options = cls(**{name: parse_value(name, hints[name], value) for name, value in overrides.items()})
     check_fields(options, method)
@@ -165,6 +166,9 @@ def parse_assignments(assignments: list[str]) -> dict[str, list[str]]:
         name, sep, values = item.partition("=")
         if not sep or not name.strip() or not split_list(values):
             raise OptionError(f"--set expects name=value[,value...], got {item!r}")
+        if name.strip() in parsed:  # the last one silently won
+            raise OptionError(f"--set {item}: {name.strip()} is given twice; give every value in one "
+                              f"--set {name.strip()}=V1,V2,...")
         parsed[name.strip()] = split_list(values)
     return parsed
 

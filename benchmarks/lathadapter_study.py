@@ -19,7 +19,8 @@ is positive and the exact two-sided sign-flip test over the 15 pairs gives p < 0
   stage 1: the learning rate alone, around today's defaults;
   stage 2: every other option, one at a time, around the stage-1 centre (today's values otherwise);
   stage 3: forward selection: the options whose stage-2 value beat the centre (p < 0.05) are added one at a time,
-           largest gain first, each kept only when it beats the configuration without it (p < 0.05).
+           largest gain first, each kept only when it beats the configuration without it (p < 0.05);
+  stage 4: the learning rate again, around the stage-3 choice.
 Then, once: test accuracy of today's defaults, the chosen configuration, its Euclidean twin (`hyp_metric=euclid`)
 and the baselines (zero-shot, CLIP-Adapter, Tip-Adapter-F, TaskRes, GDA, LP++; `--tune-preset lr`, extended at an
 edge, chosen by the same scores) on the same worlds, seeds and contexts. Every run goes through the grid machinery
@@ -249,7 +250,7 @@ def stage(caches: dict[str, Path], centre: Config, configs: list[Config], out: P
                                                                          "radius_image"))
         emit(log, f"| {name} | {means['4s val']:.2f} | {means['16s val']:.2f} | {means['b2n val_hm']:.2f} | "
                   f"{gain:+.2f} | {p:.3f} | {100 * diag.get('train_in_cone', float('nan')):.1f} % | "
-                  f"{diag.get('angle', float('nan')):.2f} / {diag.get('aperture', float('nan')):.2f} | {radii} | "
+                  f"{diag.get('train_angle', float('nan')):.2f} / {diag.get('aperture', float('nan')):.2f} | {radii} | "
                   f"{100 * diag.get('radius_order', float('nan')):.0f} % |")
     return results
 
@@ -366,6 +367,13 @@ def main() -> None:
         emit(log, f"stage 3: + {what}: {gain:+.2f} (p {p:.3f}) → {'kept' if kept else 'not kept'}")
         if kept:
             chosen = candidate
+    # stage 4: the learning rate again, at the chosen configuration (the other options may have moved its optimum)
+    configs = [chosen] + [{**chosen, "lr": lr} for lr in [*LEARNING_RATES, TODAY["lr"]] if lr != chosen["lr"]]
+    stage4 = stage(caches, chosen, configs, grid, args.jobs, "Stage 4: the learning rate at the stage-3 choice", log)
+    best_lr = max(stage4.values(), key=lambda s: s["gain"])
+    if best_lr["gain"] > 0 and best_lr["p"] < ALPHA:
+        chosen = {**chosen, "lr": best_lr["config"]["lr"]}
+    emit(log, f"\nStage-4 learning rate: {chosen['lr']}")
     final = stage(caches, today, [today, chosen], grid, args.jobs, "The chosen configuration against today's "
                   "defaults", log)
     emit(log, f"\nChosen: {label(chosen, today)}")
@@ -385,7 +393,8 @@ def main() -> None:
     emit(log, f"\nStudy wall time: {time.perf_counter() - start:.0f} s")
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text(json.dumps({"worlds": WORLDS, "today": today, "stage1": stage1, "stage2": stage2,
-                                     "stage3": steps, "chosen": chosen, "final": final, "test": tests},
+                                     "stage3": steps, "stage4": stage4, "chosen": chosen, "final": final,
+                                     "test": tests},
                                     indent=2, default=str))
     args.save.with_suffix(".txt").write_text("\n".join(log) + "\n")
 

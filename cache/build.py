@@ -7,10 +7,13 @@ renamed into place. Rebuilding over a different cache needs `force`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +54,7 @@ from lathadapter.cache.store import (
     write_rows,
 )
 from lathadapter.cache.templates import ensemble_templates, load_attributes, prompt
+from lathadapter.progress import progress_display
 
 __all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "VAL_CHOICES", "BuildError", "BuildResult", "build",
            "build_lock"]
@@ -162,6 +166,25 @@ def build_lock(out: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+def shortfall_notes(splits: DatasetSplits, shots: Sequence[int]) -> list[str]:
+    """A note for each shot count above some class's train images: CoOp's sampler then takes all of that class's
+    images, so the "K-shot" subset holds fewer (a subset labelled 50 shots held 8 a class, silently)."""
+    if splits.test_only or not splits.train:
+        return []
+    counts: dict[int, int] = {}
+    for _, label, _ in splits.train:
+        counts[label] = counts.get(label, 0) + 1
+    poorest = min(counts, key=lambda label: (counts[label], label))
+    notes = []
+    for k in sorted(set(shots)):
+        short = [label for label, n in counts.items() if n < k]
+        if short:
+            notes.append(f"warning: --shots {k}: {len(short)} of {len(counts)} classes have fewer than {k} train "
+                         f"images (class {splits.class_names[poorest]!r} has {counts[poorest]}); their {k}-shot "
+                         "subsets hold all of their images, as CoOp's sampler does")
+    return notes
+
+
 def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int], full_train: bool,
                 val_all: bool = False,
                 ) -> tuple[dict[str, list[int]], dict[tuple[int, int], tuple[list[int], list[int]]]]:
@@ -264,9 +287,12 @@ def _recheck_encoded(f: h5py.File, split: str, chunk: int = 4096) -> int:
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description:<6}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]:>7.1f} images/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
+    """One bar per split on a terminal; plain lines in a log (`progress.LogProgress`)."""
+    return progress_display(lambda: Progress(
+        TextColumn("{task.description:<6}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>7.1f} images/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled), unit="images", template="{rate:.1f} images/s",
+        disable=not enabled)
 
 
 def _blocks(rows: np.ndarray, batch_size: int) -> list[list[int]]:
@@ -343,6 +369,39 @@ def _check_losses(f: h5py.File, temporary: Path) -> None:
                      "them again")
 
 
+SPACE_MARGIN = 1 << 20  # bytes beyond the datasets' own: HDF5's metadata, the final flush
+
+
+def disk_full(error: BaseException) -> bool:
+    """True for a write that failed because the disk is full (h5py reports it as a RuntimeError quoting errno 28)."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "errno = 28" in str(error) or (
+        "No space left on device" in str(error))
+
+
+def _check_room(f: h5py.File, temporary: Path, out: Path) -> None:
+    """Refuse, before encoding, a build whose datasets cannot fit in the free space of `out`'s disk (HDF5 allocates a
+    dataset's bytes on its first write, so the file grows while encoding)."""
+    sizes: list[int] = []
+    f.visititems(lambda _, item: sizes.append(item.size * item.dtype.itemsize)
+                 if isinstance(item, h5py.Dataset) and item.dtype.kind != "O" else None)
+    needed = sum(sizes) + SPACE_MARGIN - temporary.stat().st_size
+    free = shutil.disk_usage(temporary.parent).free
+    if needed > free:
+        raise BuildError(f"{out}: not enough free space in {out.parent}: the cache needs about "
+                         f"{needed / 2**20:.1f} MB more, {free / 2**20:.1f} MB are free; free some space, or choose "
+                         "another --out")
+
+
+def _close(f: h5py.File | None, flush: bool) -> None:
+    """Close the build's file; after a failed write without flushing (a second flush crashed h5py)."""
+    if f is None or not f.id.valid:
+        return
+    if flush:
+        f.flush()
+    with contextlib.suppress(OSError, RuntimeError):  # the write error is reported; the flushed part stays
+        f.close()
+
+
 def build(
     root: Path | str | None,
     dataset: str,
@@ -380,7 +439,7 @@ def build(
     _check_options(shots, seeds, views, batch_size, workers, val)
     workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
-    notes = list(splits.notes)
+    notes = list(splits.notes) + shortfall_notes(splits, shots)
     out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
     _check_out(out)
     phrases = load_attributes(Path(attributes) if attributes is not None else None)
@@ -443,12 +502,16 @@ def build(
                     + (f" ({retried} images skipped as unreadable tried again)" if retried else ""))
                 status = "resumed"
             else:
+                older = _stored_schema(temporary)
                 why = ("it was started with other settings" if stored is not None else
-                       "it is of an older cache schema" if _stored_schema(temporary) else "it is not readable")
+                       f"it is of an older cache schema ({older})" if older and older != SCHEMA_VERSION else
+                       "it is not readable (a write cut short, e.g. by a full disk)")
                 say(f"discarding {temporary}: {why}")
-        if f is None:
-            f = create(temporary, layout)
+        written = False  # a write failed: h5py must not flush again (it crashed the process on a full disk)
         try:
+            if f is None:
+                f = create(temporary, layout)
+            _check_room(f, temporary, out)
             tick = time.perf_counter()
             per_template = [encode_texts(clip, [prompt(t, name) for name in splits.class_names], return_norms=True)
                             for t in templates]
@@ -466,10 +529,15 @@ def build(
                                   augmentation)
             _check_losses(f, temporary)
             finalize(f, temporary, out)
+        except (OSError, RuntimeError) as error:
+            if not disk_full(error):
+                raise
+            written = True
+            raise BuildError(f"{out}: no space left on device in {out.parent} while writing the cache; what was "
+                             f"written is kept in {temporary}: free some space and rerun the same command (it resumes "
+                             "from that file where it is readable), or choose another --out") from None
         finally:
-            if f.id.valid:
-                f.flush()
-                f.close()
+            _close(f, flush=not written)
     if stats.skipped:
         say(f"skipped {stats.skipped} unreadable images (listed in the cache's `skipped`; left out of every subset "
             "and split)")

@@ -15,6 +15,7 @@ from lathadapter.cache.store import (
     SCHEMA_VERSION,
     SPLITS,
     CacheReader,
+    corrupt,
     fingerprint_of,
     skipped_losses,
 )
@@ -183,7 +184,16 @@ def verify(path: str | Path) -> list[str]:
     try:
         f = h5py.File(path, "r")
     except OSError as error:
-        return [f"{path} is not a readable HDF5 file ({error})"]
+        return [f"not a readable HDF5 file ({error}); if it is a cache, it is corrupt: rebuild it with "
+                f"`{REBUILD}`"]
+    try:
+        return _verify_open(f, path)
+    except (OSError, RuntimeError) as error:
+        return [str(corrupt(path, error, verify_hint=False)).removeprefix(f"{path}: ")]
+
+
+def _verify_open(f: h5py.File, path: Path) -> list[str]:
+    """`verify` of the opened file `f` (closed on return)."""
     problems: list[str] = []
     with f:
         version = int(f.attrs.get("schema_version", 0))

@@ -23,6 +23,7 @@ Schema (version 2; version 1 caches still load, without what version 2 added). R
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -48,6 +49,27 @@ _STR = h5py.string_dtype()
 
 class CacheError(ValueError):
     """A cache file is missing, incomplete, from another schema, or lacks what was asked of it."""
+
+
+def corrupt(path: Path, error: BaseException, verify_hint: bool = True) -> CacheError:
+    """The error for a cache file HDF5 cannot read (flipped bytes, a truncated copy): it names the file and the fix,
+    where h5py's own message ("ran off end of input buffer") names neither."""
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    check = f"check it with `lathadapter cache verify {path}` and " if verify_hint else ""
+    return CacheError(f"{path}: the cache file is corrupt (HDF5 cannot read it: {detail}); {check}rebuild it with "
+                      f"`{REBUILD}`")
+
+
+def _readable(method):
+    """A CacheReader method whose HDF5 read errors (OSError, RuntimeError) become `corrupt(path)`."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, RuntimeError) as error:
+            raise corrupt(self.path, error) from None
+
+    return guarded
 
 
 def resolve_cache(path: str | Path | None) -> Path:
@@ -367,7 +389,8 @@ class CacheReader:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as error:
-            raise CacheError(f"{self.path} is not a readable HDF5 cache ({error})") from error
+            raise CacheError(f"{self.path} is not a readable HDF5 cache ({error}); if it is one, it is corrupt: "
+                             f"rebuild it with `{REBUILD}`") from error
         version = int(self._file.attrs.get("schema_version", 0))
         if version not in READABLE_SCHEMAS:
             self._file.close()
@@ -607,6 +630,11 @@ class CacheReader:
             text_raw=self.text_raw(text),
         )
         return _to_device(data, device)
+
+
+# Every way in reads through these: a damaged file is one CacheError naming it (`corrupt`), never raw h5py text.
+for _name in ("__init__", "info", "text_features", "text_raw", "subset_rows", "load", "load_test"):
+    setattr(CacheReader, _name, _readable(getattr(CacheReader, _name)))
 
 
 def _to_device(data: FewShotData, device: str | torch.device) -> FewShotData:

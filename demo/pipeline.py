@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.catalog import method_names
-from lathadapter.cache.build import BuildResult, build
+from lathadapter.adapter.options import OptionError
+from lathadapter.cache.build import BuildError, BuildResult, build
 from lathadapter.cache.encode import Augmentation
 from lathadapter.cache.store import DEFAULT_CACHE_DIR
 from lathadapter.demo.dataset import (
@@ -24,7 +25,7 @@ from lathadapter.demo.dataset import (
     write_demo_dataset,
 )
 from lathadapter.demo.model import bundled_model
-from lathadapter.experiments.grid import GridSpec, run_grid
+from lathadapter.experiments.grid import TUNE_PRESETS, GridSpec, run_grid
 from lathadapter.experiments.machine import auto_batch_runs
 from lathadapter.experiments.pool import run_grid_in_processes
 from lathadapter.experiments.report import write_report
@@ -53,6 +54,21 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
                  force=force, progress=progress, log=log, val="all")  # the whole val split: Tip-Adapter's search set
 
 
+def check_demo_options(methods: Sequence[str], shots: Sequence[int], seeds: Sequence[int], tune: str | None) -> None:
+    """The demo's methods, shots, seeds and tuning preset, checked before anything is built: the same messages as
+    `grid` gives, naming the option the user typed."""
+    known = method_names()
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        raise OptionError(f"--method {','.join(unknown) or '(none)'}: unknown method; valid: {', '.join(known)}")
+    if not shots or min(shots) < 1:
+        raise OptionError(f"--shots {','.join(map(str, shots))}: shots per class must be at least 1 (e.g. 1,2,4,8,16)")
+    if not seeds:
+        raise OptionError("--seeds: give one or more seeds, e.g. 1,2,3")
+    if tune is not None and tune not in TUNE_PRESETS:
+        raise OptionError(f"--tune-preset {tune}: unknown preset; valid: {', '.join(TUNE_PRESETS)}, none")
+
+
 def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
              methods: Sequence[str] | None = None, views: int = 10, tune: str | None = "lr",
              train_views: str = DEMO_TRAIN_VIEWS, workers: int | None = None, device: str = "cpu",
@@ -65,12 +81,21 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     base-to-novel grid chooses by val_hm, the few-shot grid by val), on the demo's whole val split (`tune_set`,
     16 images a class, where the few-shot val subsets hold 4)."""
     methods = list(methods) if methods is not None else method_names()
+    check_demo_options(methods, shots, seeds, tune)  # before the ~20 s of building the data and the cache
     timings: dict[str, float] = {}
     start = time.perf_counter()
     shots = sorted(set(shots) | {16})  # base-to-novel uses the 16-shot subsets
     version = f"v{WORLD_VERSION}"  # an earlier world's data, cache and runs stay in their own folders
-    built = build_demo_cache(folder / f"data-{version}", folder / "caches" / f"demo_shapes_{version}.h5", views=views,
-                             shots=shots, seeds=seeds, device=device, progress=progress, log=log)
+    cache_path = folder / "caches" / f"demo_shapes_{version}.h5"
+    try:
+        built = build_demo_cache(folder / f"data-{version}", cache_path, views=views, shots=shots, seeds=seeds,
+                                 device=device, progress=progress, log=log)
+    except BuildError as error:  # the build's advice names `cache build --force`, which `demo` does not have
+        head, forced, _ = str(error).partition("; pass --force")
+        if not forced:
+            raise
+        raise BuildError(f"{head}; `demo` keeps the cache it built: give it another --out, or delete "
+                         f"{cache_path} to build it again") from None
     timings["cache_build"] = time.perf_counter() - start
     grid_dir = folder / f"grid-{version}"
     cache = [str(built.path)]

@@ -125,6 +125,7 @@ def save_streamed(out: Path, item: KeyedRun, info: CacheInfo, trained: Trained, 
         if not held:
             return "elsewhere"
         if (folder / "metrics.json").exists():
+            lock.unlink(missing_ok=True)  # safe while held (`grid.file_lock`); else left stale
             return "skipped"
         outcome = RunOutcome(Weights(trained.weights), trained.metrics, None, trained.points)  # type: ignore[arg-type]
         save_trained(out, item, info, trained.config, outcome, device)

@@ -32,6 +32,8 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import shutil
 import time
 import tomllib
 from collections import defaultdict
@@ -63,6 +65,7 @@ from lathadapter.experiments.run import (
     tune_val_accuracy,
     write_atomic,
 )
+from lathadapter.progress import progress_display
 
 RESULTS = "results.csv"
 # `--tune-preset NAME`: the option tuned and the factors applied to each method's own default of it, in tie-break
@@ -643,13 +646,48 @@ def as_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]
 def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive `flock` on `path` (created if missing) for the block; with `wait=False` the block gets False
     at once, holding nothing, when another process holds it. Closing the file releases the lock."""
-    with path.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
+    while True:
+        with path.open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            if not _same_file(f, path):
+                continue  # its holder removed it while we waited: the lock is the file at `path` now
+            yield True
             return
-        yield True
+
+
+def _same_file(f: Any, path: Path) -> bool:
+    """True when the open file `f` is still the file at `path`: a lock file removed by its holder (`sweep_stale`, a
+    finished run) may still be open in another process, whose lock on it then guards nothing."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def sweep_stale(out: Path) -> int:
+    """Remove what killed processes left in `out/runs`: lock files nobody holds (flock locks end with their process)
+    and the folders of runs they had not finished (no `metrics.json`; a rerun trains them afresh). Locks held by a
+    live process and the folders of finished runs stay. Returns how many lock files and folders were removed."""
+    runs = out / "runs"
+    removed = 0
+    names = {p.stem for p in runs.glob("*.lock")} | {p.name for p in runs.iterdir() if p.is_dir()}
+    for name in sorted(names):
+        lock, folder = runs / f"{name}.lock", runs / name
+        if (folder / "metrics.json").exists() and not lock.exists():
+            continue
+        with file_lock(lock, wait=False) as held:
+            if not held:
+                continue  # a live process trains or saves this run
+            if folder.is_dir() and not (folder / "metrics.json").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+            lock.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_results(out: Path) -> Path:
@@ -681,13 +719,13 @@ def check_caches(runs: list[GridRun]) -> dict[str, CacheInfo]:
     for grid_run in runs:
         wanted.setdefault(grid_run.cache, set()).add((grid_run.config.shots, grid_run.config.seed))
     base = {r.cache for r in runs if r.config.classes == "base"}
-    infos, problems = {}, []
+    infos, problems, unreadable = {}, [], []
     for cache, pairs in wanted.items():
         try:
             with CacheReader(cache) as reader:
                 infos[cache] = info = reader.info()
         except CacheError as error:
-            problems.append(str(error))
+            unreadable.append(str(error))
             continue
         missing = sorted(pairs - set(info.subsets))
         if missing:
@@ -696,6 +734,9 @@ def check_caches(runs: list[GridRun]) -> dict[str, CacheInfo]:
                             "include them")
         if cache in base and len(info.class_names) < 2:
             problems.append(f"{cache}: classes=base needs at least 2 classes; it has {len(info.class_names)}")
+    if len(unreadable) == 1 and not problems:  # one missing or corrupt file: its own message, on one line
+        raise CacheError(unreadable[0])
+    problems = unreadable + problems
     if problems:
         raise CacheError("the grid asks for what its caches do not hold:\n  " + "\n  ".join(problems))
     return infos
@@ -764,11 +805,14 @@ class DataCache:
 
 
 def grid_progress() -> Progress:
-    """The grid's progress bar, on stderr (stdout carries the results)."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("done {task.fields[done]} · skipped {task.fields[skipped]} · running elsewhere "
-                               "{task.fields[elsewhere]}"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))
+    """The grid's progress bar, on stderr (stdout carries the results); plain lines where stderr is not a terminal
+    (`progress.LogProgress`)."""
+    return progress_display(lambda: Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("done {task.fields[done]} · skipped {task.fields[skipped]} · running elsewhere "
+                   "{task.fields[elsewhere]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)),
+        unit="runs", template="done {done} · skipped {skipped} · running elsewhere {elsewhere}")
 
 
 Evaluator = Callable[[GridRun, RunOutcome, FewShotData], dict[str, Any]]
@@ -790,6 +834,7 @@ def prepare(runs: list[GridRun], out: Path, key_salt: str = "") -> tuple[dict[st
     infos = check_caches(runs)
     check_tuning(runs)
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    sweep_stale(out)
     return infos, [keyed_run(grid_run, infos[grid_run.cache].fingerprint + key_salt) for grid_run in runs]
 
 
@@ -983,6 +1028,7 @@ def _run_batch(batch: list[KeyedRun], infos: dict[str, CacheInfo], out: Path, da
                 states[i] = "elsewhere"
                 continue
             if (folder / "metrics.json").exists():  # finished by another process since the first look
+                (out / "runs" / f"{item.key}.lock").unlink(missing_ok=True)  # safe while held (`file_lock`)
                 continue
             todo.append(i)
         if not todo:

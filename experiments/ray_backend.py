@@ -18,9 +18,11 @@ tasks live in `cli.py`, which may import the cache builder.)
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -57,6 +59,8 @@ class RayBackendError(ValueError):
 
 def import_ray() -> Any:
     """The `ray` module, or RayMissingError with the install hint."""
+    # Ray's own INFO and WARNING lines (token auth, GCS retries) drowned the grid's output; read when Ray is imported
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         import ray
     except ImportError:
@@ -86,6 +90,24 @@ class RayOptions:
             raise OptionError(f"--gpus-per-chunk {self.gpu_fraction}: must be in (0, 1]")
 
 
+REACH_SECONDS = 10.0  # how long `check_reachable` waits for the cluster's port
+
+
+def check_reachable(address: str, timeout: float = REACH_SECONDS) -> None:
+    """Refuse at once a `--address HOST:PORT` (or ray://HOST:PORT) where nothing listens: Ray itself retried for over
+    5 minutes, printing GCS warnings. Other forms (auto, local) are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error)).lower()
+        raise RayBackendError(f"--address {address}: cannot reach a Ray cluster there ({reason}); check the head "
+                              "node's address (HEAD:6379) and that it runs (`ray start --head`), or leave --address "
+                              "out to start a local one") from None
+
+
 @contextlib.contextmanager
 def connect(options: RayOptions) -> Iterator[Any]:
     """Ray, initialised for the block: an existing connection is reused and left open; one made here is closed."""
@@ -93,8 +115,10 @@ def connect(options: RayOptions) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    kwargs = {"include_dashboard": False, "log_to_driver": True, **options.init_options}
+    kwargs = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.ERROR,
+              **options.init_options}
     if options.address is not None:
+        check_reachable(options.address)
         kwargs["address"] = options.address
         kwargs.pop("num_cpus", None)
         kwargs.pop("num_gpus", None)

@@ -371,7 +371,9 @@ def _label(config: Configuration, varied: dict[str, list[str]], choices: Iterabl
     """`lathadapter curvature=0.5`: the method and the settings that vary among its configurations, then the tuned
     values chosen (`lr=0.01 (tuned)`), if any."""
     shown = [c for c in varied.get(config.method, []) if config.value(c) != TUNED]
-    return " ".join([config.method] + [f"{_bare(c)}={config.value(c)}" for c in shown]) + _tuned_suffix(choices)
+    # an empty cell is an option left to the method's training recipe (`list options` says "recipe"), not a blank
+    return " ".join([config.method] + [f"{_bare(c)}={config.value(c) or 'recipe'}" for c in shown]) + \
+        _tuned_suffix(choices)
 
 
 def _config_choices(records: Iterable[Record]) -> dict[Configuration, list[Choice]]:

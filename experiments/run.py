@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,18 +309,32 @@ def run_record(config: RunConfig, key: str, cache: Path, fingerprint: str, finge
     }
 
 
+def torch_bytes(value: Any) -> bytes:
+    """`torch.save` of `value` in memory: written with `write_bytes`, a full disk is an OSError naming the file
+    (torch.save onto a file raised a bare RuntimeError "basic_ios::clear")."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
 def save_run(folder: Path, config: RunConfig, outcome: RunOutcome, cache: Path, fingerprint: str,
              fingerprint_fields: dict[str, Any], device: str, key: str | None = None) -> None:
     """Write `config.json`, `weights.pt`, `points.pt` (when the method exports lifted points) and `metrics.json`
     into `folder`, each file atomically and the metrics last (a run is finished once they exist)."""
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "config.json", run_record(config, key or config.key(fingerprint), cache, fingerprint,
-                                                  fingerprint_fields, device))
-    weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
-    write_atomic(folder / "weights.pt", lambda p: torch.save(weights, p))
-    if outcome.points is not None:
-        write_atomic(folder / "points.pt", lambda p: torch.save(outcome.points, p))
-    write_json(folder / "metrics.json", outcome.metrics)
+    try:
+        write_json(folder / "config.json", run_record(config, key or config.key(fingerprint), cache, fingerprint,
+                                                      fingerprint_fields, device))
+        weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
+        write_atomic(folder / "weights.pt", lambda p: p.write_bytes(torch_bytes(weights)))
+        if outcome.points is not None:
+            write_atomic(folder / "points.pt", lambda p: p.write_bytes(torch_bytes(outcome.points)))
+        write_json(folder / "metrics.json", outcome.metrics)
+    except OSError:  # e.g. a full disk: no half-written run folder
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def fit(cache_path: str | Path | None = None, method: str = "lathadapter", shots: int = 4, seed: int = 1, *,

@@ -14,10 +14,11 @@ SKIP = {"tests", "benchmarks", "build", "dist", ".venv", "docs"}
 # layer → the layers (or exact modules) it may import; a layer is the first folder below the package root
 ALLOWED = {
     "version": set(),
+    "progress": set(),  # progress display on stderr (a leaf)
     "kernels": {"kernels", "version"},
-    "cache": {"cache", "version"},
+    "cache": {"cache", "version", "progress"},
     "adapter": {"adapter", "kernels", "version", "cache.store"},
-    "experiments": {"experiments", "adapter", "kernels", "version", "cache.store"},
+    "experiments": {"experiments", "adapter", "kernels", "version", "cache.store", "progress"},
 }
 
 

@@ -1,0 +1,241 @@
+"""Replay the cases of issue 26 against the command line and print what a user sees: a table of case, exit code,
+whether a traceback was printed, and the first line of the message (error, warning or interruption).
+
+Everything runs on tiny synthetic caches in a temporary folder. Kills start a two-worker grid, signal its driver and
+count the driver's children still alive 5 s later. Full disks and read-only folders use small tmpfs mounts (root
+only; skipped otherwise); Ray's case needs Ray installed. About 3-4 minutes on 2 cores.
+
+    PYTHONPATH=... OMP_NUM_THREADS=1 python benchmarks/audit_cli.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = REPO / "tests" / "data" / "lathadapter-tiny-test.json"
+CLASSES = ["circle", "ring", "ellipse", "triangle", "square", "hexagon", "star", "cross"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+rows: list[tuple[str, str, str, str]] = []
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lathadapter.cli", *args]
+
+
+def message(text: str) -> str:
+    """The first line a user reads: an error, warning or interruption line, else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("error:", "warning:", "interrupted:")):
+            return line
+    return lines[-1] if lines else ""
+
+
+def record(case: str, code: int | str, output: str, note: str = "") -> None:
+    traceback = "yes" if "Traceback" in output else "no"
+    text = (note + " " if note else "") + message(output)
+    rows.append((case, str(code), traceback, text[:150] + ("…" if len(text) > 150 else "")))
+    print(f"  {case}: {code}", file=sys.stderr, flush=True)
+
+
+def run(case: str, *args: str, timeout: float = 120) -> None:
+    try:
+        done = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        record(case, "timeout", "", f"no answer within {timeout:.0f} s")
+        return
+    record(case, done.returncode, done.stderr + done.stdout)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            if f"PPid:\t{pid}\n" in status.read_text():
+                found.append(int(status.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_case(case: str, how: signal.Signals, cache: Path, out: Path) -> None:
+    """A two-worker grid, its driver signalled once the workers run; how many of its processes outlive it by 5 s."""
+    process = subprocess.Popen(cli("grid", "--cache", str(cache), "--method", "clip-adapter,lathadapter", "--shots",
+                                   "1,2", "--seeds", "1,2,3", "--set", "epochs=200", "--device", "cpu", "--workers",
+                                   "2", "--batch-runs", "1", "--out", str(out)),
+                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(children(process.pid)) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    kids = children(process.pid)
+    sent = time.monotonic()
+    if how == signal.SIGINT:
+        os.killpg(process.pid, how)  # Ctrl-C reaches the terminal's whole process group
+    else:
+        process.send_signal(how)
+    _, stderr = process.communicate(timeout=60)
+    stopped = time.monotonic() - sent
+    while any(alive(pid) for pid in kids) and time.monotonic() - sent < 5:
+        time.sleep(0.1)
+    left = [pid for pid in kids if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    record(case, process.returncode, stderr, f"[{len(left)} of {len(kids)} processes left after 5 s; driver "
+                                             f"stopped in {stopped:.1f} s]")
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[bool]:
+    """A tmpfs mounted at `folder` for the block (True), or False where mounting is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                                   capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True)
+
+
+def main() -> None:
+    from lathadapter.cache.synthetic import write_synthetic_cache
+    from lathadapter.demo.synthetic import write_coop_dataset
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        cache = write_synthetic_cache(tmp / "c.h5", num_classes=6, dim=16, views=2, shots=(1, 2), seeds=(1, 2, 3),
+                                      train_per_class=8, test_per_class=6, seed=0, name="src")
+        split = write_coop_dataset(tmp / "shapes", "Shapes", CLASSES, counts=(8, 4, 4), seed=0)
+        import open_clip
+        import torch
+
+        open_clip.add_model_config(TINY_MODEL)
+        torch.manual_seed(0)
+        torch.save(open_clip.create_model(TINY_MODEL.stem).state_dict(), tmp / "tiny.pt")
+        build = ["cache", "build", "--dataset", f"split:{split}", "--model", str(TINY_MODEL), "--pretrained",
+                 str(tmp / "tiny.pt"), "--shots", "1,2", "--seeds", "1", "--views", "2", "--workers", "0",
+                 "--device", "cpu", "--no-progress"]
+        grid = ["grid", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--seeds", "1", "--device",
+                "cpu"]
+        out = iter(range(10**6))
+
+        def fresh() -> str:
+            return str(tmp / f"out{next(out)}")
+
+        print("faults", file=sys.stderr)
+        kill_case("1 SIGKILL of a --workers 2 grid", signal.SIGKILL, cache, Path(fresh()))
+        kill_case("1 SIGTERM of a --workers 2 grid", signal.SIGTERM, cache, Path(fresh()))
+        kill_case("1 Ctrl-C (SIGINT) of a --workers 2 grid", signal.SIGINT, cache, Path(fresh()))
+        with tmpfs(tmp / "full", "size=64k") as mounted:
+            if mounted:
+                run("2 cache build onto a full disk", *build, "--out", str(tmp / "full" / "c.h5"))
+        with tmpfs(tmp / "full4k", "size=4k") as mounted:
+            if mounted:
+                run("6 fit onto a full disk", "fit", "--cache", str(cache), "--method", "clip-adapter", "--set",
+                    "epochs=1", "--shots", "1", "--device", "cpu", "--out", str(tmp / "full4k" / "r"))
+                left = sorted(p.name for p in (tmp / "full4k").rglob("*"))
+                rows[-1] = (*rows[-1][:3], f"[left: {left or 'nothing'}] {rows[-1][3]}")
+        with tmpfs(tmp / "ro", "ro,size=64k") as mounted:
+            if mounted:
+                run("6 grid --out on a read-only disk", *grid, "--out", str(tmp / "ro" / "g"))
+                run("6 cache build --out on a read-only disk", *build, "--out", str(tmp / "ro" / "c.h5"))
+        (tmp / "file").write_text("x")
+        run("6 grid --out under a file", *grid, "--out", str(tmp / "file" / "g"))
+        run("6 cache subset --out under a file", "cache", "subset", str(cache), "--shots", "1", "--seed", "1",
+            "--out", str(tmp / "file" / "s.json"))
+        data = bytearray(cache.read_bytes())
+        for i in range(4000, 6000):
+            data[i] ^= 0x5A
+        (tmp / "flipped.h5").write_bytes(bytes(data))
+        flipped = str(tmp / "flipped.h5")
+        run("3 cache verify of a byte-flipped cache", "cache", "verify", flipped)
+        run("3 cache info of a byte-flipped cache", "cache", "info", flipped)
+        run("3 fit on a byte-flipped cache", "fit", "--cache", flipped, "--method", "zeroshot", "--shots", "1",
+            "--device", "cpu", "--out", fresh())
+        run("3 grid on a byte-flipped cache", "grid", "--cache", flipped, "--method", "zeroshot", "--shots", "1",
+            "--seeds", "1", "--device", "cpu", "--out", fresh())
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            with socket.socket() as closed:
+                closed.bind(("127.0.0.1", 0))
+                port = closed.getsockname()[1]
+            began = time.monotonic()
+            run("4 --backend ray --address to a closed port", *grid, "--out", fresh(), "--backend", "ray",
+                "--address", f"127.0.0.1:{port}", timeout=60)
+            rows[-1] = (*rows[-1][:3], f"[{time.monotonic() - began:.0f} s] {rows[-1][3]}")
+        stale = Path(fresh())
+        run("5 grid (to leave runs)", "grid", "--cache", str(cache), "--method", "clip-adapter", "--set", "epochs=1",
+            "--shots", "1", "--seeds", "1,2", "--device", "cpu", "--out", str(stale))
+        runs = sorted(p for p in (stale / "runs").iterdir() if p.is_dir())
+        (stale / "runs" / f"{runs[0].name}.lock").touch()
+        (runs[1] / "metrics.json").unlink()
+        (stale / "runs" / f"{runs[1].name}.lock").touch()
+        run("5 rerun over stale locks and an unfinished run", "grid", "--cache", str(cache), "--method",
+            "clip-adapter", "--set", "epochs=1", "--shots", "1", "--seeds", "1,2", "--device", "cpu", "--out",
+            str(stale))
+        locks = len(list((stale / "runs").glob("*.lock")))
+        rows[-1] = (*rows[-1][:3], f"[{locks} lock files left] {rows[-1][3]}")
+
+        print("footguns", file=sys.stderr)
+        run("7 cache build --shots 50 with 8 images a class", *build[:8], "--shots", "50", "--seeds", "1",
+            "--views", "1", "--workers", "0", "--device", "cpu", "--no-progress", "--out", str(tmp / "s50.h5"))
+        run("8 --threads 1000", *grid, "--out", fresh(), "--threads", "1000")
+        run("8 --workers 64", *grid, "--out", fresh(), "--workers", "64")
+        run("8 --workers 2 --threads 2", *grid, "--out", fresh(), "--workers", "2", "--threads", "2")
+        run("9 --set lr=0.1 --set lr=0.2", *grid[:4], "lathadapter", *grid[5:], "--out", fresh(), "--set",
+            "lr=0.1", "--set", "lr=0.2")
+        run("9 --seeds 1,1", *grid[:7], "--seeds", "1,1", "--device", "cpu", "--out", fresh())
+        run("9 --shots 1,,2", *grid[:4], "zeroshot", "--shots", "1,,2", "--device", "cpu", "--out", fresh())
+        run("9 --address without --backend ray", *grid, "--out", fresh(), "--address", "127.0.0.1:6379")
+        run("9 --chunk-size on the local backend", *grid, "--out", fresh(), "--chunk-size", "3")
+        run("9 --target on few-shot", "protocol", "few-shot", "--cache", str(cache), "--target", str(cache),
+            "--method", "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out", fresh())
+        run("9 list methods x", "list", "methods", "x")
+        run("10 grid --select last,val", *grid, "--out", fresh(), "--select", "last,val")
+        run("10 --shots a,b", *grid[:4], "zeroshot", "--shots", "a,b", "--device", "cpu", "--out", fresh())
+        run("10 --shots 0", *grid[:4], "zeroshot", "--shots", "0", "--device", "cpu", "--out", fresh())
+
+        print("what a user sees", file=sys.stderr)
+        run("12 demo --method nope", "demo", "--out", fresh(), "--method", "nope")
+        run("12 demo --tune-preset bogus", "demo", "--out", fresh(), "--tune-preset", "bogus")
+        run("12 demo --shots 0", "demo", "--out", fresh(), "--shots", "0")
+        run("14 list options zeroshot", "list", "options", "zeroshot")
+        run("14 fit --set epochs=1 on zeroshot", "fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1",
+            "--set", "epochs=1", "--device", "cpu", "--out", fresh())
+        done = subprocess.run(cli("list", "options", "clip-adapter"), env=ENV, capture_output=True, text=True)
+        record("14 list options clip-adapter (first line)", done.returncode, done.stdout.splitlines()[0])
+        done = subprocess.run(cli(*grid, "--out", fresh()), env=ENV, capture_output=True, text=True)
+        lines = [line for line in done.stderr.splitlines() if line.startswith("grid")]
+        record("11 grid progress in a log (last line)", done.returncode, lines[-1] if lines else done.stderr)
+
+    width = max(len(row[0]) for row in rows)
+    print(f"| {'case':<{width}} | exit | traceback | message |")
+    print(f"| {'-' * width} | ---- | --------- | ------- |")
+    for case, code, traceback, text in rows:
+        print(f"| {case:<{width}} | {code:>4} | {traceback:<9} | {text} |")
+    print(f"\n{len(rows)} cases in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

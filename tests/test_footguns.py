@@ -1,0 +1,169 @@
+"""Options that used to do nothing, or the wrong thing, without a word (exit 0): each is now refused in one line, or
+done with a one-line warning saying what is used instead."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+from lathadapter.experiments import machine
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_cache(tmp_path_factory.mktemp("foot") / "c.h5", num_classes=4, dim=8, shots=(1, 2),
+                                 seeds=(1,))
+
+
+def grid(cache: Path, out: Path, *extra: str):
+    return runner.invoke(app, ["grid", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--seeds", "1",
+                               "--device", "cpu", "--out", str(out), *extra])
+
+
+def refused(result, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in last, (fragment, last)
+
+
+@pytest.mark.parametrize(("extra", "code", "fragments"), [
+    (["--seeds", "1,1"], 2, ["--seeds '1,1'", "1 is given twice"]),
+    (["--shots", "1,,2"], 2, ["--shots '1,,2'", "empty item"]),
+    (["--set", "alpha=0.1", "--set", "alpha=0.2"], 1, ["alpha is given twice", "--set alpha=V1,V2"]),
+    (["--address", "127.0.0.1:6379"], 1, ["--address 127.0.0.1:6379: only for --backend ray"]),
+    (["--chunk-size", "3"], 1, ["--chunk-size 3: only for --backend ray"]),
+])
+def test_grid_refuses_options_that_would_be_ignored_or_repeated(cache: Path, tmp_path: Path, extra: list[str],
+                                                                 code: int, fragments: list[str]) -> None:
+    result = runner.invoke(app, ["grid", "--cache", str(cache), "--method", "tip-adapter", "--device", "cpu",
+                                 "--out", str(tmp_path / "g"), *(["--shots", "1"] if "--shots" not in extra else []),
+                                 *(["--seeds", "1"] if "--seeds" not in extra else []), *extra])
+    refused(result, code, *fragments)
+    assert not (tmp_path / "g").exists()
+
+
+def test_protocol_refuses_targets_where_none_are_scored(cache: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["protocol", "few-shot", "--cache", str(cache), "--target", str(cache), "--method",
+                                 "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out",
+                                 str(tmp_path / "p")])
+    refused(result, 1, f"--target {cache}: few-shot", "cross-dataset and domain")
+
+
+def test_list_refuses_an_argument_it_does_not_take() -> None:
+    refused(runner.invoke(app, ["list", "methods", "x"]), 1, "only `list options` takes a method")
+
+
+def test_too_many_threads_are_clamped_with_a_warning(cache: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine, "available_cpus", lambda: 2)
+    assert machine.use_threads(1) == 1
+    with pytest.warns(UserWarning, match="--threads 1000: this process may use 2 CPUs; using 2"):
+        assert machine.use_threads(1000) == 2
+
+
+def test_too_many_workers_are_clamped_with_a_warning(cache: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine, "available_cpus", lambda: 1)  # one CPU: one worker, which is this process
+    result = grid(cache, tmp_path / "g", "--workers", "8")
+    assert result.exit_code == 0, result.output
+    assert "warning: --workers 8: this process may use 1 CPUs; starting 1 workers" in result.output
+    assert "grid (8 workers)" not in result.output
+
+
+def test_threads_with_workers_are_reported_unused(cache: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from lathadapter.experiments import pool
+
+    monkeypatch.setattr(machine, "available_cpus", lambda: 4)
+    monkeypatch.setattr(pool, "run_grid_in_processes", lambda *a, **k: (_ for _ in ()).throw(ValueError("stop")))
+    result = grid(cache, tmp_path / "g", "--workers", "2", "--threads", "2")
+    assert "warning: --threads 2 is not used with --workers 2" in result.output
+
+
+def test_grid_takes_select(cache: Path, tmp_path: Path) -> None:
+    result = grid(cache, tmp_path / "g", "--select", "last,val")
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "g" / "results.csv").open() as f:
+        assert sorted(row["select"] for row in csv.DictReader(f)) == ["last", "val"]
+
+
+def test_a_build_with_more_shots_than_images_says_so(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """Each class of the test dataset has 20 train images: a 50-shot subset holds 20 a class (CoOp's sampler)."""
+    result = runner.invoke(app, ["cache", "build", "--dataset", f"split:{coop_dataset.split_file}", "--model",
+                                 str(tiny_clip.config), "--pretrained", str(tiny_clip.checkpoint), "--shots", "2,50",
+                                 "--seeds", "1", "--views", "1", "--workers", "0", "--device", "cpu", "--no-progress",
+                                 "--out", str(tmp_path / "c.h5")])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if line.startswith("warning: --shots")]
+    assert len(warned) == 1 and "--shots 50: 8 of 8 classes have fewer than 50 train images" in warned[0]
+    assert "has 20" in warned[0]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--method", "nope"], "--method nope: unknown method; valid: zeroshot"),
+    (["--tune-preset", "bogus"], "--tune-preset bogus: unknown preset; valid: lr, none"),
+    (["--shots", "0"], "--shots 0: shots per class must be at least 1"),
+])
+def test_demo_checks_its_options_before_building_anything(tmp_path: Path, args: list[str], fragment: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from lathadapter.demo import pipeline
+
+    monkeypatch.setattr(pipeline, "build_demo_cache", lambda *a, **k: pytest.fail("built before checking"))
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", *args])
+    refused(result, 1, fragment)
+    assert "0,16" not in result.output and not (tmp_path / "demo").exists()
+
+
+def test_list_options_has_a_header_and_says_recipe_and_none() -> None:
+    lines = runner.invoke(app, ["list", "options", "clip-adapter"]).output.splitlines()
+    assert lines[0].split() == ["option", "type", "default", "valid", "values", "meaning"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["lr"][2] == "recipe" and rows["epochs"][2] == "recipe"  # set by the training recipe, not None
+    assert "None" not in "\n".join(lines)
+    zeroshot = runner.invoke(app, ["list", "options", "zeroshot"])
+    assert zeroshot.exit_code == 0 and "zeroshot has no options" in zeroshot.output
+
+
+def test_an_option_given_to_a_method_without_options_says_it_has_none(cache: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--set",
+                                 "epochs=1", "--device", "cpu", "--out", str(tmp_path / "r")])
+    refused(result, 1, "unknown option(s) epochs for method 'zeroshot'", "zeroshot has no options")
+    assert "valid options: " not in result.output
+
+
+def test_demo_does_not_advise_a_force_it_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lathadapter.cache.build import BuildError
+    from lathadapter.demo import pipeline
+
+    def differs(data_dir: Path, out: Path, **kwargs) -> None:
+        raise BuildError(f"{out} is a cache built differently (differs in: views); pass --force to overwrite it, or "
+                         "choose another --out")
+
+    monkeypatch.setattr(pipeline, "build_demo_cache", differs)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--views", "3"])
+    refused(result, 1, "built differently (differs in: views)", "give it another --out, or delete")
+    assert "--force" not in result.output
+
+
+def test_a_report_names_recipe_defaults_instead_of_an_empty_value(cache: Path, tmp_path: Path) -> None:
+    """Two clip-adapter configurations, lr 0.01 and the recipe's: the label of the second is not `lr=`."""
+    out = tmp_path / "g"
+    for extra in ([], ["--set", "lr=0.01"]):
+        result = runner.invoke(app, ["grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1",
+                                     "--seeds", "1", "--device", "cpu", "--out", str(out), "--set", "epochs=1",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    assert "clip-adapter lr=recipe" in report.output and "clip-adapter lr=0.01" in report.output
+    assert "lr= " not in report.output and "lr=|" not in report.output

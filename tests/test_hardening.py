@@ -1,0 +1,266 @@
+"""Faults end cleanly. What killed or concurrent processes leave in a grid folder is cleaned by the next grid (lock
+files nobody holds, folders of runs never finished; a lock a live process holds stays). A full disk, a read-only or a
+file `--out` ends in one line naming the user's path and the fix, keeping the previous state or a resumable `.tmp`."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+from typer.testing import CliRunner
+
+from lathadapter.cache import build as build_module
+from lathadapter.cache.store import SCHEMA_VERSION
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+from lathadapter.experiments import run as run_module
+from lathadapter.experiments.grid import GridSpec, file_lock, run_grid
+
+QUICK = {"epochs": ["1"], "min_steps": ["2"]}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_cache(tmp_path_factory.mktemp("hard") / "c.h5", num_classes=6, dim=16, views=2,
+                                 shots=(1, 2), seeds=(1, 2), train_per_class=8, test_per_class=6, seed=0)
+
+
+def test_stale_locks_and_unfinished_folders_are_taken_over_and_removed(cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid"
+    spec = GridSpec([str(cache)], ["clip-adapter"], [1, 2], [1, 2], options=QUICK)
+    assert run_grid(spec, out, progress=False)["done"] == 4
+    runs = out / "runs"
+    keys = sorted(p.name for p in runs.iterdir())
+    # What a race of two grids and a kill leave: locks of finished runs, and an unfinished run's folder and lock
+    for key in keys[:2]:
+        (runs / f"{key}.lock").touch()
+    (runs / keys[2] / "metrics.json").unlink()
+    (runs / f"{keys[2]}.lock").touch()
+    (runs / "0123456789abcdef").mkdir()  # a folder of a run of another grid, killed before its first file
+    (runs / "0123456789abcdef" / "config.json").write_text("{}")
+    # A run a live process trains: its lock is held (flock on another open file description)
+    (runs / keys[3] / "metrics.json").unlink()
+    with (runs / f"{keys[3]}.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        summary = run_grid(spec, out, progress=False)
+        assert (summary["done"], summary["skipped"], summary["elsewhere"]) == (1, 2, 1)
+        assert sorted(p.name for p in runs.iterdir()) == sorted([*keys, f"{keys[3]}.lock"])
+        assert (runs / keys[2] / "metrics.json").exists()
+    assert run_grid(spec, out, progress=False)["done"] == 1  # the lock released: the run is taken over
+    assert sorted(p.name for p in runs.iterdir()) == keys
+
+
+def test_a_lock_removed_by_its_holder_is_not_held_by_a_waiter(tmp_path: Path) -> None:
+    """A process waiting on a lock file its holder removes (a finished run, `sweep_stale`) locks the file now at the
+    path, not the removed one, which guards nothing."""
+    path = tmp_path / "run.lock"
+    holder = path.open("a")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+
+    def finish() -> None:
+        time.sleep(0.3)
+        path.unlink()
+        holder.close()  # releases the lock on the removed file
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    with file_lock(path) as held:  # opens the file before it is removed, waits for it
+        assert held
+        assert path.exists()
+        with path.open("a") as other, pytest.raises(BlockingIOError):  # the file at the path is the one locked
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    thread.join()
+
+
+# --- Full disks, read-only and file --out paths ---------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def _build_args(coop_dataset, tiny_clip, out: Path) -> list[str]:
+    return ["cache", "build", "--dataset", f"split:{coop_dataset.split_file}", "--model", str(tiny_clip.config),
+            "--pretrained", str(tiny_clip.checkpoint), "--shots", "1,2", "--seeds", "1", "--views", "2",
+            "--workers", "0", "--batch-size", "16", "--device", "cpu", "--no-progress", "--out", str(out)]
+
+
+def one_error_line(result, *fragments: str) -> str:
+    """The result ended in exit code 1 with one `error:` line (no traceback) holding every fragment."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in last, (fragment, last)
+    return last
+
+
+def test_a_full_disk_during_a_build_keeps_the_temporary_file_and_says_so(coop_dataset, tiny_clip, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """h5py reports ENOSPC as a RuntimeError quoting errno 28; flushing again crashed the process (exit 139)."""
+    out = tmp_path / "shapes.h5"
+    written = 0
+
+    def full_after_one_block(*args, **kwargs):
+        nonlocal written
+        if written:
+            raise RuntimeError("Can't write data (file write failed: ..., errno = 28, error message = 'No space left "
+                               "on device', ...)")
+        written += 1
+        return real_write_rows(*args, **kwargs)
+
+    real_write_rows = build_module.write_rows
+    monkeypatch.setattr(build_module, "write_rows", full_after_one_block)
+    line = one_error_line(runner.invoke(app, _build_args(coop_dataset, tiny_clip, out)), str(out),
+                          "no space left on device", f"{out}.tmp", "rerun the same command")
+    assert "lock" not in line
+    assert (tmp_path / "shapes.h5.tmp").exists() and not out.exists() and not (tmp_path / "shapes.h5.lock").exists()
+    monkeypatch.setattr(build_module, "write_rows", real_write_rows)
+    resumed = runner.invoke(app, _build_args(coop_dataset, tiny_clip, out))
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming the interrupted build" in resumed.output and f"{out}: resumed" in resumed.output
+
+
+def test_an_unreadable_temporary_file_is_not_called_an_older_schema(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    out = tmp_path / "shapes.h5"
+    with h5py.File(tmp_path / "shapes.h5.tmp", "w") as f:  # a write cut short: this schema, its fingerprint unreadable
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["fingerprint_json"] = '{"dataset": "sha'
+    result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, out))
+    assert result.exit_code == 0, result.output
+    assert "schema" not in result.output and "it is not readable" in result.output
+
+
+def test_a_build_larger_than_the_free_space_stops_before_encoding(coop_dataset, tiny_clip, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "shapes.h5"
+    monkeypatch.setattr(build_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    one_error_line(runner.invoke(app, _build_args(coop_dataset, tiny_clip, out)), f"{out}: not enough free space",
+                   "MB more", "choose another --out")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "grid"])
+def test_a_full_disk_while_saving_a_run_leaves_no_run_folder(cache: Path, tmp_path: Path, command: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    real = run_module.write_atomic
+
+    def full(path: Path, write) -> None:
+        if path.name == "weights.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path.with_name(".weights.pt.1.tmp")))
+        real(path, write)
+
+    monkeypatch.setattr(run_module, "write_atomic", full)
+    out = tmp_path / "out"
+    args = ["--cache", str(cache), "--method", "clip-adapter", "--shots", "1", "--device", "cpu", "--out", str(out),
+            "--set", "epochs=1"]
+    result = runner.invoke(app, [command, *args] if command == "fit" else [command, *args, "--seeds", "1"])
+    line = one_error_line(result, f"--out {out}: cannot write there: no space left on device", "rerun")
+    assert ".tmp" not in line
+    folders = [p for p in out.rglob("*") if p.is_dir() and p.name != "runs"]
+    assert folders == [], folders
+
+
+@pytest.mark.parametrize("command", ["fit", "grid", "protocol", "report", "subset", "subset-beside"])
+def test_an_out_path_under_a_file_names_the_users_path(cache: Path, tmp_path: Path, command: str) -> None:
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "sub"
+    run = ["--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--device", "cpu", "--out", str(out)]
+    args = {"fit": ["fit", *run], "grid": ["grid", *run, "--seeds", "1"],
+            "protocol": ["protocol", "few-shot", *run, "--seeds", "1"],
+            "report": ["report", str(tmp_path / "file"), "--out", str(out)],
+            "subset": ["cache", "subset", str(cache), "--shots", "1", "--seed", "1", "--out", str(out / "s.json")],
+            "subset-beside": ["cache", "subset", str(cache), "--shots", "1", "--seed", "1", "--out", str(out)]}
+    if command == "report":
+        assert runner.invoke(app, ["grid", *run[:-1], str(tmp_path / "grid"), "--seeds", "1"]).exit_code == 0
+        args["report"][1] = str(tmp_path / "grid")
+    line = one_error_line(runner.invoke(app, args[command]), "--out", str(out))
+    assert "Errno" not in line and ".tmp" not in line and ".lock" not in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a read-only tmpfs (root only)")
+def test_a_read_only_out_names_the_users_path(cache: Path, coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        run = ["--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--device", "cpu"]
+        for args, out in ((["grid", *run, "--seeds", "1"], folder / "g"), (["fit", *run], folder / "r"),
+                          (_build_args(coop_dataset, tiny_clip, folder / "c.h5")[:-2], folder / "c.h5")):
+            line = one_error_line(runner.invoke(app, [*args, "--out", str(out)]), f"--out {out}", "read-only")
+            assert ".lock" not in line and ".tmp" not in line
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+# --- A damaged cache file -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flipped(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cache with 2,000 bytes of its metadata flipped: HDF5 opens it and fails reading ("ran off end of input
+    buffer")."""
+    data = bytearray(cache.read_bytes())
+    for i in range(4000, 6000):
+        data[i] ^= 0x5A
+    path = tmp_path_factory.mktemp("flipped") / "flipped.h5"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("command", ["verify", "info", "fit", "grid"])
+def test_a_byte_flipped_cache_is_called_corrupt_by_name(flipped: Path, tmp_path: Path, command: str) -> None:
+    run = ["--cache", str(flipped), "--method", "zeroshot", "--shots", "1", "--device", "cpu", "--out",
+           str(tmp_path / "out")]
+    args = {"verify": ["cache", "verify", str(flipped)], "info": ["cache", "info", str(flipped)],
+            "fit": ["fit", *run], "grid": ["grid", *run, "--seeds", "1"]}[command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.output.strip().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "the cache file is corrupt" in errors[0], result.output
+    assert str(flipped) in errors[0] and "cache build" in errors[0] and "--force" in errors[0]
+
+
+# --- Ray ------------------------------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_ray_address_fails_at_once(cache: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).resolve().parents[2])),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lathadapter.cli", "grid", "--cache", str(cache), "--method", "zeroshot",
+               "--shots", "1", "--seeds", "1", "--device", "cpu", "--out", str(tmp_path / "g"), "--backend", "ray",
+               "--address", f"127.0.0.1:{port}"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)  # Ray alone: over 5 minutes
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --address 127.0.0.1:{port}: cannot reach"), done.stderr
+
+
+def test_check_reachable_passes_a_listening_port_and_leaves_other_forms_to_ray() -> None:
+    from lathadapter.experiments.ray_backend import RayBackendError, check_reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")
+        check_reachable(f"ray://127.0.0.1:{port}")
+    check_reachable("auto")
+    with pytest.raises(RayBackendError, match="cannot reach"):
+        check_reachable(f"ray://127.0.0.1:{port}")
