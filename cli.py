@@ -47,6 +47,9 @@ ADDRESS = typer.Option(None, help=ADDRESS_HELP)
 TUNE = typer.Option([], "--tune", help=TUNE_HELP)
 TUNE_PRESET = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP)
 TUNE_SCORE = typer.Option(None, "--tune-score", help=TUNE_SCORE_HELP)
+TUNE_SET = typer.Option(None, "--tune-set", help="The val images tuning scores: fewshot (the few-shot val subset, "
+                        "CoOp's protocol; the default, except in demo) or split (the cache's whole val split, "
+                        "`cache build --val all`).")
 CHUNK_SIZE = typer.Option(None, help="--backend ray: runs per Ray task (one cache each, opened once) [default: 8].")
 BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, each with its "
                           "own data, seed, options and optimiser state: in lockstep on the CPU, as one stacked model "
@@ -516,6 +519,16 @@ def _tune_score(value: str | None) -> str | None:
     return value
 
 
+def _tune_set(value: str | None) -> str | None:
+    """`--tune-set`, checked before any work: a value outside fewshot, split ends in one line, exit 2."""
+    from lathadapter.experiments.run import TUNE_SETS
+
+    if value is not None and value not in TUNE_SETS:
+        typer.echo(f"error: --tune-set {value}: choose one of {', '.join(TUNE_SETS)}", err=True)
+        raise typer.Exit(code=2)
+    return value
+
+
 def _print_results(summary: dict) -> None:
     """The result table of a finished grid or protocol, as `report` writes it."""
     from lathadapter.experiments.report import summary_markdown
@@ -539,9 +552,10 @@ def grid(
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
     tune_score: str | None = TUNE_SCORE,
+    tune_set: str | None = TUNE_SET,
     config: Path | None = typer.Option(None, help="YAML/TOML file of axes (keys: caches, methods, shots, seeds, "
                                        "classes, text, select, train_views, options, tune, tune_preset, "
-                                       "tune_score); "
+                                       "tune_score, tune_set); "
                                        "command-line axes override it."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
@@ -561,6 +575,7 @@ def grid(
     from lathadapter.experiments.machine import resolve_device, use_threads
 
     tune_score = _tune_score(tune_score)
+    tune_set = _tune_set(tune_set)
     _stop_on_sigterm()
     try:
         use_threads(threads)
@@ -580,6 +595,8 @@ def grid(
             axes["tune_preset"] = tune_preset
         if tune_score is not None:
             axes["tune_score"] = tune_score
+        if tune_set is not None:
+            axes["tune_set"] = tune_set
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
         batch_runs = _batch_runs(batch_runs, device, backend)
         ray = _ray_options(backend, address, chunk_size, gpus_per_chunk, batch_runs)
@@ -616,6 +633,7 @@ def protocol(
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
     tune_score: str | None = TUNE_SCORE,
+    tune_set: str | None = TUNE_SET,
     text: str = typer.Option("coop", help="Class text features: coop or ensemble."),
     train_views: str = typer.Option("augmented", help="Views training draws from: augmented, or all (and the clean "
                                     "view)."),
@@ -637,6 +655,7 @@ def protocol(
     from lathadapter.experiments.protocols import run_protocol
 
     tune_score = _tune_score(tune_score)
+    tune_set = _tune_set(tune_set)
     _stop_on_sigterm()
     try:
         if target and name in ("few-shot", "base-to-novel"):
@@ -652,7 +671,8 @@ def protocol(
                                _int_list("--shots", shots) if shots else None,
                                device if ray else resolve_device(device), tune=parse_tune(tune),
                                tune_preset=tune_preset, backend=backend, ray=ray, workers=workers,
-                               train_views=train_views, batch_runs=batch_runs, tune_score=tune_score or "auto")
+                               train_views=train_views, batch_runs=batch_runs, tune_score=tune_score or "auto",
+                               tune_set=tune_set or "fewshot")
     except (ValueError, OSError) as error:
         _fail(error, out or Path("grids") / name)
     except KeyboardInterrupt as stop:
@@ -690,6 +710,7 @@ def demo(
     views: int = typer.Option(10, help="Augmented views per train image."),
     tune_preset: str | None = typer.Option("lr", "--tune-preset", help=TUNE_PRESET_HELP + " none: no tuning."),
     tune_score: str | None = TUNE_SCORE,
+    tune_set: str | None = TUNE_SET,
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     threads: int | None = THREADS,
     workers: int | None = WORKERS,
@@ -703,6 +724,7 @@ def demo(
     from lathadapter.experiments.machine import resolve_device, use_threads
 
     tune_score = _tune_score(tune_score)
+    tune_set = _tune_set(tune_set)
     _stop_on_sigterm()
     try:
         use_threads(threads)
@@ -711,7 +733,8 @@ def demo(
                           methods=split_list(method) if method is not None else None, views=views,
                           tune=None if tune_preset == "none" else tune_preset, workers=workers,
                           device=resolve_device(device), log=lambda message: typer.echo(message, err=True),
-                          batch_runs=_batch_runs(batch_runs, device, "local"), tune_score=tune_score or "auto")
+                          batch_runs=_batch_runs(batch_runs, device, "local"), tune_score=tune_score or "auto",
+                          tune_set=tune_set or "split")
     except (ValueError, OSError) as error:
         _fail(error, out)
     except KeyboardInterrupt as stop:

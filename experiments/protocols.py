@@ -77,7 +77,7 @@ class Targets:
 def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: list[int],
                   options: dict[str, list[str]], text: str = "coop", shots: list[int] | None = None,
                   tune: dict[str, list[str]] | None = None, tune_preset: str | None = None,
-                  train_views: str = "augmented", tune_score: str = "auto") -> GridSpec:
+                  train_views: str = "augmented", tune_score: str = "auto", tune_set: str = "fewshot") -> GridSpec:
     """The grid axes a protocol fixes; `tune`, `tune_preset` and `tune_score` tune options as a grid does
     (`GridSpec`)."""
     if protocol not in PROTOCOLS:
@@ -85,7 +85,7 @@ def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: l
     if not caches:
         raise CacheError(f"protocol {protocol} needs at least one cache")
     tuning = {"tune": dict(tune or {}), "tune_preset": tune_preset, "train_views": [train_views],
-              "tune_score": tune_score}
+              "tune_score": tune_score, "tune_set": tune_set}
     if protocol == "few-shot":
         return GridSpec(caches, methods, shots or ALL_SHOTS, seeds, ["all"], [text], ["last"], options, **tuning)
     if protocol == "base-to-novel":
@@ -101,18 +101,19 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
                  progress: bool = True, tune: dict[str, list[str]] | None = None,
                  tune_preset: str | None = None, backend: str = "local", ray: Any = None,
                  workers: int | None = 1, train_views: str = "augmented", batch_runs: int = 1,
-                 tune_score: str = "auto") -> dict[str, Any]:
+                 tune_score: str = "auto", tune_set: str = "fewshot") -> dict[str, Any]:
     """Run (or resume) one protocol into `out`; its results table is `out/results.csv`. Returns the counts of runs
     done, skipped (finished before) and left to another process (elsewhere), as `run_grid` does. With `tune` or
     `tune_preset`, the tuned options are chosen per cell on the few-shot val set by `tune_score` (auto: the HM of
-    a pseudo-base/pseudo-novel split of the base classes for base-to-novel, val accuracy otherwise), a preset's grid
+    a pseudo-base/pseudo-novel split of the base classes for base-to-novel, val accuracy otherwise) over the val
+    images of `tune_set` (`run.TUNE_SETS`), a preset's grid
     extended past its edges (`grid.with_extensions`).
     `backend="ray"` trains on a Ray cluster as `run_grid` does (each worker loads the targets itself); `workers` > 1
     trains on that many local worker processes (`pool`; None: as many as `pool.auto_workers` chooses), which load the
     targets themselves too. `batch_runs` > 1 trains up to that many compatible runs together (`grid.batches`; on
     Ray, `ray.batch_runs`)."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views,
-                         tune_score)
+                         tune_score, tune_set)
     runs = expand(spec)
     if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")

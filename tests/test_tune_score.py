@@ -309,3 +309,17 @@ def test_tune_set_split_scores_on_the_whole_val_split(cache: Path, tmp_path: Pat
     assert all(a.key != b.key for a, b in zip(fewshot, split, strict=True))
     with pytest.raises(OptionError, match="--tune-set whole: choose one of fewshot, split"):
         expand(dataclasses.replace(spec, tune_set="whole"))
+
+
+def test_cli_tune_set(cache: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "2", "--seeds", "1",
+            "--set", "epochs=1", "--set", "min_steps=2", "--tune", "lr=0.002,0.02", "--device", "cpu",
+            "--workers", "1"]
+    result = runner.invoke(app, [*args, "--tune-set", "split", "--out", str(tmp_path / "g")])
+    assert result.exit_code == 0, result.output
+    assert {r["tune.set"] for r in read_rows(tmp_path / "g")} == {"split"}
+    assert "on the whole val split" in result.output
+    bad = runner.invoke(app, [*args, "--tune-set", "all", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and bad.output.strip() == "error: --tune-set all: choose one of fewshot, split"
+    assert not (tmp_path / "x").exists()
