@@ -1,8 +1,14 @@
-"""Time `cache build` with the tiny test model on this CPU: images/s with 0 and 2 decoding workers, and where the
-time goes (decoding images, making the views, encoding, writing).
+"""Time `cache build`: images/s for each count of decoding workers, and where the time goes (decoding images, making
+the views, encoding, writing). By default the tiny test model on this CPU; `--model ViT-B-16 --device cuda` times the
+one-time GPU pass with a randomly initialised ViT-B-16 (`--pretrained none`: no download, the same work per image).
 
-    python benchmarks/cache_build.py [--sizes 32,224] [--views 10] [--threads 1]
+    python benchmarks/cache_build.py [--sizes 32,224] [--views 10] [--threads 1] [--workers 0,2]
+        [--model CONFIG|NAME] [--pretrained PATH|none] [--device cpu|cuda] [--batch-size 32]
         [--out benchmarks/results/cache_build.json]
+
+images/s counts source images; passes/s counts encoder passes (a train image is encoded 1 + views times). The build's
+own split of its time says what bounds it: `load` is the time the encoder waited for decoded, transformed images
+(decoding bounds the build when it dominates), `encode` the model's forward passes.
 
 Datasets are generated shapes in the CoOp layout (PNG, one per image size) under benchmarks/.data/; every train image
 is encoded (`full_train`) as a clean view plus `--views` augmented views. Prints a table.
@@ -49,24 +55,40 @@ def checkpoint() -> Path:
     return path
 
 
-def end_to_end(split: Path, views: int, workers: int) -> dict[str, float]:
+def model_source(model: str, pretrained: str | None) -> tuple[str, str]:
+    """(model, pretrained) for `build` and `load_model`: the tiny test model's own checkpoint unless given."""
+    if pretrained is None:
+        pretrained = str(checkpoint()) if model == str(CONFIG) else "none"
+    return model, pretrained
+
+
+def encoder_passes(images: int, views: int) -> int:
+    """Encoder passes of a build of the generated dataset: train images 1 + views times, val and test once."""
+    train = COUNTS[0] * len(CLASSES)
+    return images + views * min(images, train)
+
+
+def end_to_end(split: Path, views: int, workers: int, source: tuple[str, str], device: str,
+               batch_size: int) -> dict[str, float]:
     """One full build into a scratch file: images/s over the image passes, and the build's own time split."""
     with tempfile.TemporaryDirectory() as scratch:
-        result = build(None, f"split:{split}", Path(scratch) / "bench.h5", model=str(CONFIG),
-                       pretrained=str(checkpoint()), shots=(1,), seeds=(1,), full_train=True, views=views,
-                       batch_size=32, workers=workers, device="cpu", progress=False, log=lambda message: None)
+        result = build(None, f"split:{split}", Path(scratch) / "bench.h5", model=source[0],
+                       pretrained=source[1], shots=(1,), seeds=(1,), full_train=True, views=views,
+                       batch_size=batch_size, workers=workers, device=device, progress=False,
+                       log=lambda message: None)
     stats = result.stats
     busy = stats.load_seconds + stats.encode_seconds + stats.write_seconds
-    return {"images": stats.images, "images_per_s": stats.images / busy, "wall_s": stats.total_seconds,
+    return {"images": stats.images, "images_per_s": stats.images / busy,
+            "passes_per_s": encoder_passes(stats.images, views) / busy, "wall_s": stats.total_seconds,
             "load_s": stats.load_seconds, "encode_s": stats.encode_seconds, "write_s": stats.write_seconds,
             "text_s": stats.text_seconds}
 
 
-def components(split: Path, views: int) -> dict[str, float]:
+def components(split: Path, views: int, source: tuple[str, str], device: str, batch_size: int) -> dict[str, float]:
     """Seconds per image for each stage, measured alone over the train images in the main process."""
     folder = split.parent
     paths = [p for p, _, _ in json.loads(split.read_text())["train"]]
-    clip = load_model(str(CONFIG), str(checkpoint()), device="cpu")
+    clip = load_model(*source, device=device)
     tick = time.perf_counter()
     images = []
     for path in paths:
@@ -80,10 +102,11 @@ def components(split: Path, views: int) -> dict[str, float]:
     augmented = torch.cat([augmented_views(image, views, view_seed(0, path), clip.image_size, clip.mean, clip.std)
                            for image, path in zip(images, paths, strict=True)])
     views_s = time.perf_counter() - tick
-    tick = time.perf_counter()
     pixels = torch.cat([clean, augmented])
-    for start in range(0, len(pixels), 32 * (views + 1)):
-        encode_images(clip, pixels[start:start + 32 * (views + 1)])
+    encode_images(clip, pixels[:batch_size])  # warm-up (CUDA kernels, cuDNN); encode_images reads back to the CPU
+    tick = time.perf_counter()
+    for start in range(0, len(pixels), batch_size * (views + 1)):
+        encode_images(clip, pixels[start:start + batch_size * (views + 1)])
     encode = time.perf_counter() - tick
     n = len(paths)
     return {"decode_ms": 1e3 * decode / n, "clean_view_ms": 1e3 * clean_s / n, "augmented_views_ms": 1e3 * views_s / n,
@@ -95,32 +118,46 @@ def main() -> None:
     parser.add_argument("--sizes", default="32,224", help="Image sizes (px) of the generated datasets.")
     parser.add_argument("--views", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is stable on a shared 2-core CPU).")
+    parser.add_argument("--workers", default="0,2", help="decoding worker counts to time, e.g. 0,8,15")
+    parser.add_argument("--model", default=str(CONFIG), help="open_clip model name or config JSON (default: the "
+                        "tiny test model)")
+    parser.add_argument("--pretrained", default=None, help="checkpoint path, or none for a random init (default: "
+                        "the tiny model's saved checkpoint; none for any other model)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32, help="source images per encoder batch")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cache_build.json")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
+    source = model_source(args.model, args.pretrained)
+    worker_counts = [int(w) for w in args.workers.split(",")]
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         split = dataset_for(size)
-        end_to_end(split, args.views, 0)  # warm-up: file cache, lazy imports
-        row: dict[str, object] = {"image_px": size, "views": args.views, "threads": args.threads}
-        for workers in (0, 2):
-            run = end_to_end(split, args.views, workers)
-            row[f"workers{workers}"] = run
-        row["per_image"] = components(split, args.views)
+        end_to_end(split, args.views, worker_counts[0], source, args.device, args.batch_size)  # warm-up
+        row: dict[str, object] = {"image_px": size, "views": args.views, "threads": args.threads,
+                                  "model": args.model, "device": args.device, "batch_size": args.batch_size}
+        for workers in worker_counts:
+            row[f"workers{workers}"] = end_to_end(split, args.views, workers, source, args.device, args.batch_size)
+        row["per_image"] = components(split, args.views, source, args.device, args.batch_size)
         rows.append(row)
 
-    print(f"\ncache build, tiny model (32 px input, ViT 2 layers), {len(CLASSES)} classes; train images with "
-          f"{args.views} augmented views, val and test clean only; torch threads {args.threads}, "
+    model = "tiny model (32 px input, ViT 2 layers)" if args.model == str(CONFIG) else \
+        f"{args.model} ({source[1]})"
+    where = f"CUDA {torch.cuda.get_device_name()}" if args.device == "cuda" else "CPU"
+    print(f"\ncache build, {model} on {where}, batches of {args.batch_size} images, {len(CLASSES)} classes; train "
+          f"images with {args.views} augmented views, val and test clean only; torch threads {args.threads}, "
           f"{os.cpu_count()} CPU cores\n")
-    print("| source images | images (train+val+test) | workers 0: images/s | workers 2: images/s | "
-          "load / encode / write (workers 0) |")
-    print("| --- | ---: | ---: | ---: | --- |")
+    print("| source images | images (train+val+test) | workers | images/s | passes/s | load / encode / write |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
     for row in rows:
-        w0, w2 = row["workers0"], row["workers2"]
-        busy = w0["load_s"] + w0["encode_s"] + w0["write_s"]
-        shares = " / ".join(f"{100 * w0[k] / busy:.0f}%" for k in ("load_s", "encode_s", "write_s"))
-        print(f"| {row['image_px']} px PNG | {w0['images']} | {w0['images_per_s']:.0f} | {w2['images_per_s']:.0f} "
-              f"| {shares} |")
+        for workers in worker_counts:
+            run = row[f"workers{workers}"]
+            busy = run["load_s"] + run["encode_s"] + run["write_s"]
+            shares = " / ".join(f"{100 * run[k] / busy:.0f}%" for k in ("load_s", "encode_s", "write_s"))
+            print(f"| {row['image_px']} px PNG | {run['images']} | {workers} | {run['images_per_s']:.0f} | "
+                  f"{run['passes_per_s']:.0f} | {shares} |")
     print("\nper train image, each stage alone (main process):\n")
     print("| source images | decode | clean view | augmented views | encode (1 + views) | decode share | "
           "decode + views share |")
@@ -131,6 +168,16 @@ def main() -> None:
         print(f"| {row['image_px']} px PNG | {c['decode_ms']:.2f} ms | {c['clean_view_ms']:.2f} ms | "
               f"{c['augmented_views_ms']:.2f} ms | {c['encode_ms']:.2f} ms | {100 * c['decode_ms'] / total:.0f}% | "
               f"{100 * (total - c['encode_ms']) / total:.0f}% |")
+    print("\nwhat bounds the build (train images/s): decoding and views on W workers at most W × 1000 / (decode + "
+          "clean view + augmented views ms); encoding at most 1000 / encode ms\n")
+    for row in rows:
+        c = row["per_image"]
+        prepare = c["decode_ms"] + c["clean_view_ms"] + c["augmented_views_ms"]
+        bounds = ", ".join(f"{w} workers {max(w, 1) * 1000 / prepare:.0f}" for w in worker_counts)
+        encode = 1000 / c["encode_ms"]
+        print(f"- {row['image_px']} px: decoding {bounds}; encoding {encode:.0f} "
+              f"({'encoding' if encode < max(worker_counts + [1]) * 1000 / prepare else 'decoding'} bounds it at "
+              f"{max(worker_counts)} workers)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
 

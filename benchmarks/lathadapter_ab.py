@@ -40,7 +40,7 @@ def export(ref: str, folder: Path) -> None:
         tar.extractall(target, filter="data")
     for path in target.rglob("*.py"):
         text = path.read_text()
-        text = re.sub(r"\blathadapter\.", "lathadapter_ref.", text)
+        text = re.sub(r"(?<![\w.])lathadapter\.", "lathadapter_ref.", text)  # not methods.lathadapter.
         path.write_text(text.replace("from lathadapter import", "from lathadapter_ref import"))
 
 

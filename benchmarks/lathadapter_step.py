@@ -2,7 +2,8 @@
 Caltech101-like and ImageNet-like caches of `benchmarks/fit.py`, for the loss's parts switched on one by one, for
 each radius (`radius=head|norm|kind`), for the plain reference (`impl=reference`, explicit lifted points), and for the
 step's matrix products alone (the same shapes, nothing else: the floor of any implementation of the method in
-float32). Peak memory is reported on CUDA.
+float32). On CUDA, where the loss stage runs as Triton kernels, two more rows force the PyTorch twins instead
+(kernels backend torch).
 
     python benchmarks/lathadapter_step.py [--only caltech|imagenet] [--steps 30] [--repeats 5] [--device cpu|cuda]
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from fit import cache_for  # benchmarks/ is the script directory
 
+from lathadapter import kernels
 from lathadapter.adapter.catalog import create_method
 from lathadapter.adapter.trainer import clear_grads  # importing it pays torch's one-time optimiser import
 from lathadapter.cache.store import CacheReader
@@ -30,18 +32,24 @@ from lathadapter.cache.store import CacheReader
 ROWS = {
     "adapters + prototypes + CE (lambda_hyp = lambda_hier = 0)": {"lambda_hyp": 0.0, "lambda_hier": 0.0},
     "+ hyperbolic CE (lambda_hier = 0)": {"lambda_hier": 0.0},
-    "full, hier = triplet": {"hier": "triplet"},
-    "full, hier = cone, radius = head (default)": {},
+    "full, hier = cone, radius = kind (default)": {},
+    "full, hier = triplet, radius = kind": {"hier": "triplet"},
+    "full, hier = cone, radius = head": {"radius": "head"},
     "full, hier = cone, radius = norm": {"radius": "norm"},
-    "full, hier = cone, radius = kind": {"radius": "kind"},
-    "full, hier = cone, radius = kind, hier = triplet": {"radius": "kind", "hier": "triplet"},
-    "reference (impl = reference), radius = head": {"impl": "reference"},
+    "reference (impl = reference), radius = kind": {"impl": "reference"},
+}
+# On CUDA the loss stage runs as Triton kernels (kernels backend auto); these rows force the PyTorch twins there
+CUDA_ROWS = {
+    "default, kernels = torch (loss.py's one node)": {"kernels": "torch"},
+    "radius = head, kernels = torch (fused.py's PyTorch twin)": {"radius": "head", "kernels": "torch"},
 }
 
 
 def method_step(data, options: dict) -> Callable[[torch.Generator], None]:
     """One training step of LatHAdapter on a random batch of 256 train features (drawn on the CPU, as the trainer
-    does, and moved to the data's device)."""
+    does, and moved to the data's device); the key `kernels` names a kernels backend for the step."""
+    options = dict(options)
+    backend = options.pop("kernels", None)
     method = create_method("lathadapter", data, **options)
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=True)
@@ -50,7 +58,11 @@ def method_step(data, options: dict) -> Callable[[torch.Generator], None]:
     def step(generator: torch.Generator) -> None:
         batch = torch.randint(len(data.train_labels), (256,), generator=generator).to(device)
         x, y = data.train_features[batch], data.train_labels[batch]
-        loss = method.loss(x, y)[0]
+        if backend is None:
+            loss = method.loss(x, y)[0]
+        else:
+            with kernels.backend(backend):
+                loss = method.loss(x, y)[0]
         clear_grads(params)  # as the trainer does
         loss.backward()
         optimizer.step()
@@ -121,7 +133,7 @@ def main() -> None:
     for name in args.only or ["caltech", "imagenet"]:
         with CacheReader(cache_for(name)) as reader:
             data = reader.load(16, 1, device=args.device)
-        rows = {label: method_step(data, options) for label, options in ROWS.items()}
+        rows = {label: method_step(data, options) for label, options in (ROWS | (CUDA_ROWS if cuda else {})).items()}
         rows["matrix products alone (floor)"] = matmul_floor(data)
         times = time_rows(rows, args.steps, args.repeats, args.device)
         print(f"\n{name}-like: {data.num_classes} classes, D = {data.text_features.shape[1]}")

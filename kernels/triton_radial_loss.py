@@ -1,5 +1,5 @@
 """LatHAdapter's loss stage after the cosine products, fused in Triton: the CUDA twin of
-`adapter.methods.lathadapter.fused.fused_loss` when every lifted point has its own radius.
+`adapter.methods.lathadapter.fused.fused_loss` for every `radius` (with `radius=kind` the radius vectors are constant).
 
 Every term is a function of two scaled radii and one direction cosine per pair (kernels/radial.py), so the loss reads
 three cosine matrices and three radius vectors:

@@ -1,5 +1,6 @@
 """The Triton twin of LatHAdapter's loss stage (kernels/triton_radial_loss.py) against `fused_loss` evaluated in
-float64 on the same float32 inputs: the loss, each part and the gradient w.r.t. every floating input.
+float64 on the same float32 inputs: the loss, each part and the gradient w.r.t. every floating input; and LatHAdapter
+under the kernels backend "triton" (every radius and hierarchy, the default fit) against `impl=reference`.
 
 The kernel cases need CUDA or the Triton interpreter (TRITON_INTERPRET=1 before
 triton is first imported; tests/conftest.py imports open_clip, which imports triton), so on a machine without a GPU
@@ -307,3 +308,95 @@ def test_half_precision_inputs() -> None:
         assert grad.dtype == half[name].dtype, name
         error = float((grad.double().cpu() - expected).abs().max())
         assert error <= 2 * step * float(expected.abs().max()), name
+
+
+# --- LatHAdapter through the Triton twin: every radius (one radius per kind is a constant radius vector) ---
+
+
+def lathadapter_case(options: dict, classes: int = 7, dim: int = 13, attributes: int = 5) -> tuple:
+    """A LatHAdapter of odd shapes on `DEVICE` with random radius heads, and a batch with six of its seven classes,
+    some twice; returns (method, data, x, y)."""
+    import torch.nn.functional as F
+
+    from lathadapter.adapter.catalog import create_method
+    from lathadapter.cache.store import FewShotData
+
+    generator = torch.Generator().manual_seed(0)
+    text = F.normalize(torch.randn(classes, dim, generator=generator), dim=-1)
+    labels = torch.arange(classes).repeat_interleave(3)
+    images = F.normalize(text[labels] + 0.7 * torch.randn(len(labels), dim, generator=generator), dim=-1)
+    vocabulary = F.normalize(torch.randn(9, dim, generator=generator), dim=-1)
+    text, labels, images, vocabulary = (t.to(DEVICE) for t in (text, labels, images, vocabulary))
+    data = FewShotData([str(c) for c in range(classes)], text, vocabulary, images, images.unsqueeze(1), labels,
+                       images, labels, images, labels, "t")
+    torch.manual_seed(1)
+    method = create_method("lathadapter", data, num_attributes=attributes, curvature=1.4, **options)
+    if method.options.radius == "head":  # radii that differ from point to point from the start
+        with torch.no_grad():
+            method.radius_weight.copy_(torch.randn(method.radius_weight.shape, generator=generator))
+    batch = torch.tensor([0, 2, 3, 5, 7, 8, 13, 14, 20], device=DEVICE)
+    return method, data, data.train_features[batch], data.train_labels[batch]
+
+
+def spy_on_the_triton_twin(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls of `radial_loss_triton` (fused.py imports it at each call)."""
+    from lathadapter.kernels import triton_radial_loss
+
+    calls: list[int] = []
+    real = triton_radial_loss.radial_loss_triton
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(triton_radial_loss, "radial_loss_triton", spy)
+    return calls
+
+
+RADII_AND_HIER = [(radius, hier) for radius in ("kind", "head", "norm") for hier in ("cone", "triplet")]
+
+
+@kernel_case
+@pytest.mark.parametrize(("radius", "hier"), RADII_AND_HIER, ids=[f"{r}-{h}" for r, h in RADII_AND_HIER])
+def test_lathadapter_through_the_triton_twin_equals_the_reference(radius: str, hier: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`impl=fused` under the kernels backend "triton" runs the Triton twin for every radius and equals
+    `impl=reference` (float32, the reference in plain autograd): the loss within 2e-4 relative and the gradient of
+    every trained parameter within 2e-3 relative or 5e-5 of its largest entry."""
+    import dataclasses
+
+    from lathadapter import kernels
+
+    method, _, x, y = lathadapter_case({"radius": radius, "hier": hier, "lambda_anchor": 0.2})
+    params = [p for p in method.parameters() if p.requires_grad]
+    calls = spy_on_the_triton_twin(monkeypatch)
+    results = []
+    for impl, backend in (("fused", "triton"), ("reference", "torch")):
+        method.options = dataclasses.replace(method.options, impl=impl)
+        with kernels.backend(backend):
+            loss, _ = method.loss(x, y)
+        results.append((loss, torch.autograd.grad(loss, params, materialize_grads=True)))
+    assert len(calls) == 1  # the fused form ran the Triton twin, the reference did not
+    (fused_loss, fused_grads), (reference_loss, reference_grads) = results
+    torch.testing.assert_close(fused_loss, reference_loss, rtol=2e-4, atol=2e-5)
+    names = [name for name, p in method.named_parameters() if p.requires_grad]
+    for name, g, e in zip(names, fused_grads, reference_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=2e-3, atol=5e-5 * (float(e.abs().max()) + 1e-12),
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+@kernel_case
+def test_a_default_fit_under_the_triton_backend_runs_the_triton_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default options (radius=kind, impl=fused) trained by the trainer under the kernels backend "triton": every
+    step's loss goes through the Triton twin, and the parameters move."""
+    from lathadapter import kernels
+    from lathadapter.adapter.trainer import train
+
+    method, data, _, _ = lathadapter_case({"epochs": 1, "min_steps": 3, "batch_size": 8})
+    assert method.options.radius == "kind" and method.options.impl == "fused"
+    before = method.log_scales.detach().clone()
+    calls = spy_on_the_triton_twin(monkeypatch)
+    with kernels.backend("triton"):
+        result = train(method, data, seed=0)
+    assert result.steps >= 3 and len(calls) == result.steps
+    assert not torch.equal(method.log_scales.detach(), before)

@@ -1,6 +1,8 @@
-"""LatHAdapter's loss after the cosine products when every lifted point has its own radius (`radius=head|norm`):
-the fused twins of `reference.reference_loss` — Triton kernels on CUDA (`kernels/triton_radial_loss.py`, under the
-kernels backend: `LATHADAPTER_KERNELS=torch` forces the PyTorch twin), the PyTorch twin below elsewhere.
+"""LatHAdapter's loss after the cosine products over radius vectors: the fused twins of `reference.reference_loss`
+— Triton kernels on CUDA (`kernels/triton_radial_loss.py`, under the kernels backend: `LATHADAPTER_KERNELS=torch`
+forces the PyTorch twin), the PyTorch twin below elsewhere. It serves `radius=head|norm` everywhere and, under
+Triton, `radius=kind` too (one radius per kind is a constant vector); on the CPU `radius=kind` takes `loss.py`'s
+one-node form, which steps 1.25× faster there than this twin with constant vectors.
 
 Every distance and cone angle between two lifted points is a function of their two radii and the cosine of their
 directions, so the loss takes the batch's cosine matrices — image–prototype [B, C], image–attribute [B, K],

@@ -34,6 +34,7 @@ from lathadapter.adapter.methods.lathadapter.stacked import masked_loss
 from lathadapter.adapter.methods.lathadapter.text import TextSide, text_side
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
+from lathadapter.kernels.dispatch import use_triton
 from lathadapter.kernels.radial import radial_distance, scaled_radius
 
 
@@ -202,7 +203,9 @@ class LatHAdapter(Method):
             # v = normalize(mixed) is folded into the one product of the images with prototypes and attributes
             mixed = mix(features, self.visual_adapter, o.alpha_v)
             image_cosines = cosines(mixed, torch.cat([side.prototypes, side.attributes]), unit_y=True)
-            if o.radius == "kind":  # every term from the cosines and the lift's scalars: one node
+            # radius=kind: the one-node form on the CPU (faster there than the radius-vector twin with constant
+            # vectors); under Triton, one radius per kind is a constant radius vector for the kernels
+            if o.radius == "kind" and not use_triton(image_cosines):
                 loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, side.class_attribute, side.weights,
                                                          self.log_scales, self.log_curvature, self.log_tau_hyp,
                                                          labels, o)

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The GPU check (issue 27, item 4) as one script: under 8 minutes on one H200, each stage under its own `timeout`,
+# the script going on past a stage that fails or runs out of time.
+#
+#   (a) the CUDA tests: tests/test_kernels_radial_loss.py with the Triton twins compiled for real, against the
+#       float64 PyTorch twin (`fused_loss`) and, through LatHAdapter, against `impl=reference` for every radius and
+#       hierarchy, in float32 on CUDA;
+#   (b) benchmarks/lathadapter_step.py --device cuda (the Triton path against the PyTorch twins, kernels=torch);
+#   (c) benchmarks/fit.py --device cuda --only caltech (LatHAdapter's fit, target <= 0.25 s; CLIP-Adapter as the
+#       same call's yardstick), then LatHAdapter again with LATHADAPTER_KERNELS=torch;
+#   (d) benchmarks/grid.py --device cuda with batched runs, stacked and lockstep (runs/min, target >= 2,000);
+#   (e) benchmarks/cache_build.py --device cuda with a randomly initialised ViT-B-16 (images/s, and whether decoding
+#       or encoding bounds it);
+#   (f) benchmarks/radial_loss.py --device cuda (the loss stage: Triton against the eager PyTorch twin and
+#       torch.compile of it, hier=cone; last, since compiling may take long: it gets what is left of the budget).
+#
+# Each stage's output goes to $OUT/<stage>_cuda.txt (at most 8 files come back from the device machine: 7 tables and
+# results_json.tar with the JSON files the scripts wrote under benchmarks/results/), and a copy to
+# benchmarks/results/<stage>_cuda.txt on the machine. $OUT/gpu_check.txt holds the machine, the versions and each
+# stage's exit status (124: out of time).
+#
+# The device machine's image has torch, triton, h5py and pytest but not open_clip: carry its wheels in .whl/
+# (open_clip_torch, ftfy, wcwidth; made here with the device README's pip-download recipe). The lead's call:
+#   run(command="bash benchmarks/gpu_check.sh", timeout_s=540, carry=[".whl"])
+# A dry run on the CPU with tiny sizes (checks the commands, not the speed): GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+BUDGET=${GPU_CHECK_SECONDS:-465}  # every stage ends by then; the call's timeout_s leaves the start and transfers
+OUT=${OUT:-$ROOT/runs/gpu_check}
+RESULTS=$ROOT/benchmarks/results
+PY=${PYTHON:-python3}
+mkdir -p "$OUT" "$RESULTS"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+
+# packages missing from the image, from the carried wheels
+SITE=""
+if compgen -G ".whl/*.whl" >/dev/null; then
+    SITE=/tmp/gpu_check_site
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+        || echo "installing the wheels of .whl/ failed"
+fi
+# the repository root is the package `lathadapter`: import it through a folder holding a link named so
+PACKAGE_DIR=$(mktemp -d)
+ln -s "$ROOT" "$PACKAGE_DIR/lathadapter"
+export PYTHONPATH="$PACKAGE_DIR${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
+
+SUMMARY=$OUT/gpu_check.txt
+{
+    echo "# benchmarks/gpu_check.sh on $(hostname), $(date -u '+%Y-%m-%d %H:%M UTC'), device $DEVICE, budget ${BUDGET}s"
+    echo "# commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$PY" -c "import sys, torch, triton, open_clip, h5py; print('python', sys.version.split()[0], '| torch',
+torch.__version__, '| triton', triton.__version__, '| open_clip', open_clip.__version__, '| h5py', h5py.__version__,
+'| cuda', torch.cuda.is_available(), '|', torch.get_num_threads(), 'threads')" 2>&1 | tail -n 1
+} > "$SUMMARY"
+cat "$SUMMARY"
+
+# stage FILE LIMIT COMMAND...: run COMMAND under `timeout`, within what is left of the budget, appending its output
+# to $OUT/FILE (and its copy under benchmarks/results/); a failure is recorded and the script goes on.
+stage() {
+    local file=$1 limit=$2
+    shift 2
+    local left=$((BUDGET - SECONDS - 5))
+    if ((left < 15)); then
+        echo "$file: skipped, the budget is spent: $*" | tee -a "$SUMMARY"
+        return
+    fi
+    ((limit > left)) && limit=$left
+    echo "=== $* (limit ${limit}s)" | tee -a "$OUT/$file"
+    local start=$SECONDS
+    timeout --signal=INT --kill-after=10 "$limit" "$@" >>"$OUT/$file" 2>&1
+    local rc=$?
+    echo "--- exit $rc after $((SECONDS - start)) s" >>"$OUT/$file"
+    echo "$file: exit $rc after $((SECONDS - start)) s (limit ${limit}s): $*" | tee -a "$SUMMARY"
+    tail -n 30 "$OUT/$file"
+    if [[ $DEVICE == cuda ]]; then cp "$OUT/$file" "$RESULTS/$file"; fi
+}
+
+if [[ $DEVICE == cuda ]]; then
+    # (a) the kernel cases and LatHAdapter through the Triton twin, compiled for CUDA (no interpreter)
+    stage kernel_tests_cuda.txt 130 env -u TRITON_INTERPRET "$PY" -m pytest -q -rs -p no:cacheprovider \
+        --durations=8 tests/test_kernels_radial_loss.py
+    # (b) where a step goes: the Triton path, and the PyTorch twins forced (kernels = torch)
+    stage lathadapter_step_cuda.txt 50 "$PY" benchmarks/lathadapter_step.py --device cuda --steps 30 --repeats 5
+    # (c) fits on the Caltech-like cache; then LatHAdapter with the PyTorch twin (loss.py) for comparison
+    stage fit_cuda.txt 50 "$PY" benchmarks/fit.py --device cuda --only caltech --methods lathadapter,clip-adapter \
+        --repeats 2
+    stage fit_cuda.txt 30 env LATHADAPTER_KERNELS=torch "$PY" benchmarks/fit.py --device cuda --only caltech \
+        --methods lathadapter --repeats 2 --out "$RESULTS/fit_kernels_torch_cuda.json"
+    # (d) a 3-method x 5-shot x 3-seed grid, every compatible run of a method trained together, stacked and lockstep
+    stage grid_cuda.txt 70 "$PY" benchmarks/grid.py --device cuda --batch-runs 45 --stack on,off \
+        --out "$RESULTS/grid_cuda.json"
+    # (e) the one-time GPU pass: a random ViT-B-16 over generated 224 px PNGs, 10 views per train image
+    stage cache_build_cuda.txt 70 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 --pretrained none \
+        --sizes 224 --views 10 --workers 0,8,15 --batch-size 64 --threads 4 --out "$RESULTS/cache_build_cuda.json"
+    # (f) the loss stage alone: Triton, eager PyTorch twin, torch.compile (dynamic=False: one compile per shape)
+    stage radial_loss_cuda.txt 120 "$PY" benchmarks/radial_loss.py --device cuda --hier cone \
+        --sizes 256x100x16,256x1000x16 --rounds 7 --calls 10 --out "$RESULTS/radial_loss_cuda.json"
+else  # a dry run of the same commands on the CPU with tiny sizes
+    stage kernel_tests_cuda.txt 300 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels_radial_loss.py
+    stage lathadapter_step_cuda.txt 120 "$PY" benchmarks/lathadapter_step.py --device cpu --only caltech \
+        --steps 2 --repeats 1 --out "$OUT/dry_step.json"
+    stage fit_cuda.txt 120 "$PY" benchmarks/fit.py --device cpu --only caltech --methods lathadapter --repeats 1 \
+        --out "$OUT/dry_fit.json"
+    stage fit_cuda.txt 120 env LATHADAPTER_KERNELS=torch "$PY" benchmarks/fit.py --device cpu --only caltech \
+        --methods lathadapter --repeats 1 --out "$OUT/dry_fit_torch.json"
+    stage grid_cuda.txt 200 "$PY" benchmarks/grid.py --device cpu --methods lathadapter --shots 1 --seeds 1,2 \
+        --batch-runs 2 --stack on,off --out "$OUT/dry_grid.json"
+    stage cache_build_cuda.txt 200 "$PY" benchmarks/cache_build.py --device cpu --sizes 32 --views 1 --workers 0,1 \
+        --batch-size 64 --threads 1 --out "$OUT/dry_cache_build.json"
+    stage radial_loss_cuda.txt 120 "$PY" benchmarks/radial_loss.py --device cpu --hier cone,triplet \
+        --sizes 16x10x4 --rounds 1 --calls 1 --out "$OUT/dry_radial_loss.json"
+fi
+
+# the JSON files the stages wrote, as one file (at most 8 files come back from $OUT)
+if [[ $DEVICE == cuda ]]; then (cd "$RESULTS" && tar -cf "$OUT/results_json.tar" ./*cuda*.json) || true; fi
+echo "total $SECONDS s" | tee -a "$SUMMARY"
+rm -rf "$PACKAGE_DIR"
