@@ -27,7 +27,8 @@ set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
-BUDGET=${GPU_CHECK_SECONDS:-465}  # every stage ends by then; the call's timeout_s leaves the start and transfers
+BUDGET=${GPU_CHECK_SECONDS:-465}
+STAGES=${GPU_CHECK_STAGES:-all}  # a rerun of some stages: their output files, e.g. "fit_cuda.txt grid_cuda.txt"  # every stage ends by then; the call's timeout_s leaves the start and transfers
 OUT=${OUT:-$ROOT/runs/gpu_check}
 RESULTS=$ROOT/benchmarks/results
 PY=${PYTHON:-python3}
@@ -62,6 +63,9 @@ cat "$SUMMARY"
 stage() {
     local file=$1 limit=$2
     shift 2
+    if [[ $STAGES != all && " $STAGES " != *" $file "* ]]; then
+        return
+    fi
     local left=$((BUDGET - SECONDS - 5))
     if ((left < 15)); then
         echo "$file: skipped, the budget is spent: $*" | tee -a "$SUMMARY"
@@ -90,7 +94,7 @@ if [[ $DEVICE == cuda ]]; then
     stage fit_cuda.txt 30 env LATHADAPTER_KERNELS=torch "$PY" benchmarks/fit.py --device cuda --only caltech \
         --methods lathadapter --repeats 2 --out "$RESULTS/fit_kernels_torch_cuda.json"
     # (d) a 3-method x 5-shot x 3-seed grid, every compatible run of a method trained together, stacked and lockstep
-    stage grid_cuda.txt 70 "$PY" benchmarks/grid.py --device cuda --batch-runs 45 --stack on,off \
+    stage grid_cuda.txt 150 "$PY" benchmarks/grid.py --device cuda --batch-runs 45 --stack on,off \
         --out "$RESULTS/grid_cuda.json"
     # (e) the one-time GPU pass: a random ViT-B-16 over generated 224 px PNGs, 10 views per train image
     stage cache_build_cuda.txt 70 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 --pretrained none \

@@ -249,7 +249,7 @@ def stage(caches: dict[str, Path], centre: Config, configs: list[Config], out: P
         radii = "/".join(f"{diag.get(k, float('nan')):.2f}" for k in ("radius_category", "radius_attribute",
                                                                          "radius_image"))
         emit(log, f"| {name} | {means['4s val']:.2f} | {means['16s val']:.2f} | {means['b2n val_hm']:.2f} | "
-                  f"{gain:+.2f} | {p:.3f} | {100 * diag.get('train_in_cone', float('nan')):.1f} % | "
+                  f"{gain:+.2f} | {p:.3f} | {diag.get('train_in_cone', float('nan')):.1f} % | "
                   f"{diag.get('train_angle', float('nan')):.2f} / {diag.get('aperture', float('nan')):.2f} | {radii} | "
                   f"{100 * diag.get('radius_order', float('nan')):.0f} % |")
     return results

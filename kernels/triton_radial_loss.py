@@ -193,7 +193,8 @@ def image_class_forward_kernel(
     rho_y = tl.load(rho_c_ptr + y, mask=rows_ok, other=0.5).to(tl.float32)
     d_label = tl.zeros([BLOCK_B], dtype=tl.float32)
     if NEED_D:
-        d_label, _, _, _ = distance_terms(rho_v, rho_y, s_label, inv_sqrt_c)
+        # discarded outputs are named apart: the GPU compiler refuses a name (`_`) re-bound in a loop to another shape
+        d_label, _a0, _a1, _a2 = distance_terms(rho_v, rho_y, s_label, inv_sqrt_c)
     max_ce = tl.full([BLOCK_B], NEG, dtype=tl.float32)
     sum_ce = tl.zeros([BLOCK_B], dtype=tl.float32)
     max_hyp = tl.full([BLOCK_B], NEG, dtype=tl.float32)
@@ -211,7 +212,7 @@ def image_class_forward_kernel(
         max_ce = new_max
         if NEED_D:
             rho_c = tl.load(rho_c_ptr + cols, mask=cols_ok, other=0.5).to(tl.float32)
-            dist, _, _, _ = distance_terms(rho_v[:, None], rho_c[None, :], s, inv_sqrt_c)
+            dist, _b0, _b1, _b2 = distance_terms(rho_v[:, None], rho_c[None, :], s, inv_sqrt_c)
             logits = tl.where(pair_ok, -dist * inv_tau, NEG)
             new_max = tl.maximum(max_hyp, tl.max(logits, axis=1))
             sum_hyp = sum_hyp * tl.exp(max_hyp - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
@@ -234,8 +235,8 @@ def image_class_forward_kernel(
     if HIER:
         parent, parent_grad = parent_terms(rho_y, inv_sqrt_c, cone_k, CONE)
         child_h, child_h_grad = origin_distance_terms(rho_v, inv_sqrt_c)
-        energy, _, _, _, _ = edge_terms(rho_y, rho_v, s_label, parent, parent_grad, child_h, child_h_grad, 1.0 / c,
-                                        cone_kappa, margin_radial, CONE)
+        energy, _c0, _c1, _c2, _c3 = edge_terms(rho_y, rho_v, s_label, parent, parent_grad, child_h, child_h_grad,
+                                                1.0 / c, cone_kappa, margin_radial, CONE)
         tl.store(stats_ptr + ACTIVE * B + rows, active_count, mask=rows_ok)
         tl.store(stats_ptr + SEPARATION * B + rows, hinges, mask=rows_ok)
         tl.store(stats_ptr + LABEL_EDGE * B + rows, energy, mask=rows_ok)
@@ -280,7 +281,7 @@ def image_class_backward_kernel(
         rho_y = tl.load(rho_c_ptr + y_safe, mask=rows_ok, other=0.5).to(tl.float32)
         parent, parent_grad = parent_terms(rho_y, inv_sqrt_c, cone_k, CONE)
         child_h, child_h_grad = origin_distance_terms(rho_v, inv_sqrt_c)
-        _, energy_cos, energy_p, energy_q, energy_c = edge_terms(
+        _f0, energy_cos, energy_p, energy_q, energy_c = edge_terms(
             rho_y, rho_v, s_label, parent, parent_grad, child_h, child_h_grad, 1.0 / c, cone_kappa, margin_radial,
             CONE)
         label_cos = edge_coef * energy_cos
@@ -353,9 +354,9 @@ def image_attribute_forward_kernel(
         a = tl.load(a_ptr + rows[:, None] * a_b + ks[None, :] * a_k, mask=pair_ok, other=0.0).to(tl.float32)
         rho_a = tl.load(rho_a_ptr + ks, mask=ks_ok, other=0.5).to(tl.float32)
         parent, parent_grad = parent_terms(rho_a, inv_sqrt_c, cone_k, CONE)
-        energy, _, _, _, _ = edge_terms(rho_a[None, :], rho_v[:, None], a, parent[None, :], parent_grad[None, :],
-                                        child_h[:, None], child_h_grad[:, None], 1.0 / c, cone_kappa, margin_radial,
-                                        CONE)
+        energy, _d0, _d1, _d2, _d3 = edge_terms(rho_a[None, :], rho_v[:, None], a, parent[None, :],
+                                                parent_grad[None, :], child_h[:, None], child_h_grad[:, None],
+                                                1.0 / c, cone_kappa, margin_radial, CONE)
         logits = tl.where(pair_ok, a * inv_tau_attr, NEG)
         new_max = tl.maximum(running_max, tl.max(logits, axis=1))
         scale = tl.exp(running_max - new_max)
@@ -437,9 +438,9 @@ def class_attribute_forward_kernel(
         weight = tl.load(w_ptr + category[:, None] * w_c + ks[None, :] * w_k, mask=pair_ok, other=0.0)
         rho_a = tl.load(rho_a_ptr + ks, mask=ks_ok, other=0.5).to(tl.float32)
         child_h, child_h_grad = origin_distance_terms(rho_a, inv_sqrt_c)
-        energy, _, _, _, _ = edge_terms(rho_p[:, None], rho_a[None, :], cosine.to(tl.float32), parent[:, None],
-                                        parent_grad[:, None], child_h[None, :], child_h_grad[None, :], 1.0 / c,
-                                        cone_kappa, margin_radial, CONE)
+        energy, _e0, _e1, _e2, _e3 = edge_terms(rho_p[:, None], rho_a[None, :], cosine.to(tl.float32),
+                                                parent[:, None], parent_grad[:, None], child_h[None, :],
+                                                child_h_grad[None, :], 1.0 / c, cone_kappa, margin_radial, CONE)
         total += tl.sum(tl.where(pair_ok, weight.to(tl.float32) * energy, 0.0), axis=1)
     tl.store(out_ptr + slots, total, mask=slots_ok)
 
