@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from lathadapter.adapter.methods.base import LOGIT_SCALE
 from lathadapter.adapter.methods.lathadapter.fused import fused_loss
 from lathadapter.adapter.methods.lathadapter.options import LatHAdapterOptions
+from lathadapter.kernels.dispatch import set_backend
 
 SIZES = [(256, 1000, 16), (256, 100, 16)]  # (B, C, K): ImageNet-like and Caltech-like
 DIM = 512
@@ -127,6 +128,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    # the eager and compiled rows are the PyTorch twin: on CUDA, `fused_loss` would otherwise dispatch to the Triton
+    # twin (the "triton" row calls it directly, whatever the backend)
+    set_backend("torch")
     variants = ("triton", "eager", "compile") if args.device == "cuda" else ("eager",)
     out = args.out or Path("runs/benchmarks") / f"radial_loss-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

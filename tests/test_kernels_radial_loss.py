@@ -235,12 +235,12 @@ def test_elementary_functions_added_for_the_loss() -> None:
     x = torch.cat([torch.linspace(-1, 1, 2001, dtype=torch.float64), 1 - near, -1 + near])
     x32 = x.float()
     complement = 1 - x32.double().abs()  # exact for float32 x
-    out = torch.empty_like(x32)
+    out = torch.empty_like(x32, device=DEVICE)
     elementary_kernel[(triton.cdiv(len(x), 1024),)](x32.to(DEVICE), complement.float().to(DEVICE), out, len(x),
                                                     FN=0, BLOCK=1024)
     assert float((out.double().cpu() - torch.acos(x32.double())).abs().max()) < 4e-7
     y = torch.cat([torch.linspace(-0.999, 0.999, 2001), torch.logspace(-9, -1, 40)])
-    out = torch.empty_like(y)
+    out = torch.empty_like(y, device=DEVICE)
     elementary_kernel[(triton.cdiv(len(y), 1024),)](y.to(DEVICE), y.to(DEVICE), out, len(y), FN=1, BLOCK=1024)
     truth = torch.atanh(y.double())
     assert float(((out.double().cpu() - truth).abs() / truth.abs().clamp_min(1e-30)).max()) < 3e-7
@@ -278,10 +278,10 @@ def test_other_scalars_and_strided_inputs(monkeypatch: pytest.MonkeyPatch) -> No
     scalars = {"logit_scale": 30.0, "lambda_hyp": 1.5, "lambda_hier": 2.0, "hier": "cone", "cone_k": 0.3,
                "cone_kappa": 0.5, "margin": 0.6, "margin_radial": 0.2, "tau_attr": 0.5}
     inputs, labels = make_inputs(23, 40, 33, seed=5, c=0.4, log_tau=0.3)
-    cosines = torch.cat([inputs["image_class"], inputs["image_attribute"]], dim=1)
-    inputs["image_class"], inputs["image_attribute"] = cosines[:, :40], cosines[:, 40:]
-    inputs["class_attribute"] = inputs["class_attribute"].t().contiguous().t()
-    leaves = {name: value.detach().to(DEVICE) for name, value in inputs.items()}
+    leaves = {name: value.detach().to(DEVICE) for name, value in inputs.items()}  # strided views made on the device
+    cosines = torch.cat([leaves["image_class"], leaves["image_attribute"]], dim=1)
+    leaves["image_class"], leaves["image_attribute"] = cosines[:, :40], cosines[:, 40:]
+    leaves["class_attribute"] = leaves["class_attribute"].t().contiguous().t()
     for name in ("image_class", "image_attribute", "class_attribute"):
         assert not leaves[name].is_contiguous()
     from lathadapter.kernels.triton_radial_loss import radial_loss_triton
