@@ -211,7 +211,8 @@ def test_text_side_equals_the_plain_formulas_in_value_and_gradient(attr_proto: b
     assert torch.autograd.gradcheck(lambda *x: loss(fused(*x)), leaves)
 
 
-TWIN_CASES = [{"radius": radius, "hier": hier, "attr_proto": attr_proto} for radius in ("kind", "head", "norm")
+TWIN_CASES = [{"radius": radius, "hier": hier, "attr_proto": attr_proto, "lambda_hier": 0.1}
+              for radius in ("kind", "head", "norm")
               for hier in ("cone", "triplet") for attr_proto in (True, False)]
 TWIN_CASES += [{"radius": "head", "lambda_hyp": 0.0}, {"radius": "norm", "lambda_hier": 0.0},
                {"radius": "head", "lambda_anchor": 0.5}, {"radius": "kind", "lambda_anchor": 0.5}]

@@ -227,11 +227,12 @@ def test_centre_modality_starts_attribute_prompts_from_the_centred_vocabulary() 
     assert (nearest_centred < nearest_raw).all()
 
 
-SWITCH_CASES = [{"radius": r, "hier": h, "hyp_metric": "euclid"} for r in ("kind", "head", "norm")
+SWITCH_CASES = [{"radius": r, "hier": h, "hyp_metric": "euclid", "lambda_hier": 0.1} for r in ("kind", "head", "norm")
                 for h in ("cone", "triplet")]
 SWITCH_CASES += [{"radius": "kind", "hyp_metric": "euclid", "lambda_hier": 0.0, "lambda_anchor": 0.3},
-                 {"radius": "head", "centre": "modality", "hyp_metric": "euclid"},
-                 {"radius": "kind", "centre": "modality"}, {"radius": "norm", "centre": "modality"}]
+                 {"radius": "head", "centre": "modality", "hyp_metric": "euclid", "lambda_hier": 0.1},
+                 {"radius": "kind", "centre": "modality", "lambda_hier": 0.1},
+                 {"radius": "norm", "centre": "modality", "lambda_hier": 0.1}]
 
 
 @pytest.mark.parametrize("options", SWITCH_CASES, ids=["-".join(f"{k}={v}" for k, v in o.items())

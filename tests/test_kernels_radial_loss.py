@@ -367,7 +367,7 @@ def test_lathadapter_through_the_triton_twin_equals_the_reference(radius: str, h
 
     from lathadapter import kernels
 
-    method, _, x, y = lathadapter_case({"radius": radius, "hier": hier, "lambda_anchor": 0.2})
+    method, _, x, y = lathadapter_case({"radius": radius, "hier": hier, "lambda_hier": 0.1, "lambda_anchor": 0.2})
     params = [p for p in method.parameters() if p.requires_grad]
     calls = spy_on_the_triton_twin(monkeypatch)
     results = []
