@@ -122,7 +122,7 @@ def test_losses_equal_a_direct_computation_of_the_equations(radius: str, hier: s
     data = make_data()
     torch.manual_seed(0)
     method = create_method("lathadapter", data, num_attributes=4, hier=hier, curvature=1.3, scale_img=0.9,
-                           radius=radius, impl=impl, lambda_anchor=0.3)
+                           radius=radius, impl=impl, lambda_anchor=0.3, lambda_hier=0.1)
     with torch.no_grad():
         method.beta.fill_(0.25)
     with_radius_heads(method)
@@ -141,7 +141,7 @@ def test_switches_remove_their_terms_and_gradients_reach_every_trained_part() ->
     method = create_method("lathadapter", data, num_attributes=4, lambda_hyp=0.0, lambda_hier=0.0)
     _, parts = method.loss(data.train_features, data.train_labels)
     assert set(parts) == {"ce"}
-    method = create_method("lathadapter", data, num_attributes=4)
+    method = create_method("lathadapter", data, num_attributes=4, lambda_hier=0.1)  # every term on
     loss, _ = method.loss(data.train_features, data.train_labels)
     loss.backward()
     for name, parameter in method.named_parameters():
@@ -314,7 +314,7 @@ def test_a_radius_per_point_makes_the_hyperbolic_scores_differ_from_the_euclidea
     disagreements = {}
     for radius in ("head", "kind"):
         torch.manual_seed(0)
-        method = create_method("lathadapter", data, radius=radius, epochs=5, min_steps=150, lr=1e-2)
+        method = create_method("lathadapter", data, radius=radius, epochs=5, min_steps=150, lr=1e-2, lambda_hier=0.1)
         train(method, data, seed=1)
         predictions = {}
         for infer in ("euclid", "hyper"):
