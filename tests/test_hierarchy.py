@@ -292,8 +292,9 @@ def test_cone_parent_image_with_one_image_per_class_puts_every_image_in_its_cone
     batch = torch.tensor([0, 3, 6, 9, 12, 15])  # one image of each of the six classes
     x, y = data.train_features[batch].double(), data.train_labels[batch]
     torch.manual_seed(0)
-    text_model = create_method("lathadapter", data, impl="reference", num_attributes=4).double()
-    image_model = create_method("lathadapter", data, impl="reference", num_attributes=4, cone_parent="image").double()
+    text_model = create_method("lathadapter", data, impl="reference", num_attributes=4, lambda_hier=0.1).double()
+    image_model = create_method("lathadapter", data, impl="reference", num_attributes=4, cone_parent="image",
+                                lambda_hier=0.1).double()
     image_model.load_state_dict(text_model.state_dict())
     _, text_parts = text_model.loss(x, y)
     _, image_parts = image_model.loss(x, y)
