@@ -11,9 +11,10 @@ CURVATURE_RANGE = (0.1, 10.0)
 
 @dataclass(frozen=True)
 class LatHAdapterOptions(TrainOptions):
-    """Defaults: `lr` and `radius` were chosen by benchmarks/lathadapter_study.py on few-shot validation accuracy
-    (docs/method.md, "The defaults study"); the study kept the other searched options (λ_hyp, λ_hier, hier,
-    attr_proto, K, λ_anchor) at their earlier values, and the rest are the reconstruction's unstudied guesses."""
+    """Defaults: `lr`, `radius` and `lambda_hier` were chosen by benchmarks/lathadapter_study.py on validation scores
+    that see unseen classes (docs/method.md, "The defaults study"); it kept the other searched options (λ_hyp, hier,
+    attr_proto, K, λ_anchor, α_v, centre, cone_k, cone_parent, hyp_metric) at their earlier values, and the rest are
+    the reconstruction's unstudied guesses."""
 
     lr: float = option(1e-2, "AdamW learning rate, the peak of the cosine schedule (LatHAdapter: chosen by the "
                        "defaults study; the shared TrainOptions default is 1e-3)", above=0)
