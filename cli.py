@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from lathadapter.adapter.options import OptionError, StateError
 from lathadapter.version import __version__
 
 if TYPE_CHECKING:  # imported where used: `--help` and `--version` stay fast
@@ -103,11 +104,19 @@ def main_options(
     warnings.showwarning = _show_warning  # warnings are one line on stderr, like errors
 
 
+# Exit codes by the kind of mistake: a usage mistake (`OptionError`: a bad value, name or combination of options) 2,
+# as typer's own parsing errors; a runtime failure (a missing or corrupt cache, a full or read-only disk, a finished run
+# in the way, a missing package: `StateError` and everything else) 1.
+USAGE, RUNTIME = 2, 1
+
+
 def _fail(error: Exception, out: Path | None = None) -> None:
-    """Report a user error (bad input, missing file) without a traceback and exit non-zero. With `out` (the command's
-    output path), an error writing under it names that path and the fix, not an internal lock or temporary file."""
+    """Report a user error (bad input, missing file) without a traceback and exit with its kind's code (`USAGE`,
+    `RUNTIME`). With `out` (the command's output path), an error writing under it names that path and the fix, not an
+    internal lock or temporary file."""
     typer.echo(f"error: {_write_error(error, out) or error}", err=True)
-    raise typer.Exit(code=1)
+    usage = isinstance(error, OptionError) and not isinstance(error, StateError)
+    raise typer.Exit(code=USAGE if usage else RUNTIME)
 
 
 # Why a write fails, in a user's words, and what to do about it
@@ -276,7 +285,6 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
     """Build `out/<dataset>.h5` for each dataset: one after another (local), or one Ray task each (ray; a whole GPU
     each when the cluster has GPUs). Each build resumes as `cache build` does; failures are reported together, after
     the other builds finished."""
-    from lathadapter.adapter.options import OptionError
 
     if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")
@@ -311,7 +319,7 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
                     cause = getattr(error, "cause", None) or error
                     problems.append(f"{dataset}: {cause}")
     if problems:
-        raise OptionError("cache builds failed:\n  " + "\n  ".join(problems))
+        raise StateError("cache builds failed:\n  " + "\n  ".join(problems))
     return results
 
 
@@ -421,7 +429,7 @@ def fit(
     threads: int | None = THREADS,
 ) -> None:
     """Train one method over a cache (no encoder runs), evaluate it and write a run directory."""
-    from lathadapter.adapter.options import OptionError, parse_assignments
+    from lathadapter.adapter.options import parse_assignments
     from lathadapter.experiments.machine import use_threads
     from lathadapter.experiments.run import RunConfig, fit_config
 
@@ -452,7 +460,6 @@ def _counts(summary: dict) -> str:
 def _batch_runs(batch_runs: int | None, device: str | None, backend: str) -> int | None:
     """`--batch-runs`, checked (at least 1), or the default for the device the runs train on (on Ray, None: chosen
     once the cluster's device is known)."""
-    from lathadapter.adapter.options import OptionError
     from lathadapter.experiments.machine import auto_batch_runs, resolve_device
 
     if batch_runs is None:
@@ -468,7 +475,6 @@ DEFAULT_CHUNK_SIZE = 8
 def _ray_options(backend: str, address: str | None, chunk_size: int | None, gpus_per_chunk: float,
                  batch_runs: int | None = None):
     """The Ray options of `--backend ray` (checked, and Ray importable), None for the local backend."""
-    from lathadapter.adapter.options import OptionError
 
     if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")
@@ -487,7 +493,6 @@ def _ray_options(backend: str, address: str | None, chunk_size: int | None, gpus
 def _workers(workers: int | None, threads: int | None, ray, device: str | None) -> int | None:
     """`--workers`, checked (at least 1; more than one: the local backend, on the CPU); None (chosen by the grid's
     size and the free CPUs, `pool.auto_workers`) when not given, 1 with --threads or --backend ray."""
-    from lathadapter.adapter.options import OptionError
     from lathadapter.experiments.machine import available_cpus, resolve_device
     from lathadapter.experiments.pool import check_workers
 
@@ -649,7 +654,7 @@ def protocol(
 ) -> None:
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
     from lathadapter.adapter.catalog import method_names
-    from lathadapter.adapter.options import OptionError, parse_assignments, split_list
+    from lathadapter.adapter.options import parse_assignments, split_list
     from lathadapter.experiments.grid import parse_tune
     from lathadapter.experiments.machine import resolve_device, use_threads
     from lathadapter.experiments.protocols import run_protocol
@@ -755,9 +760,9 @@ def list_(
     """List the methods, the dataset names of `cache build --dataset`, open_clip's model names, or a method's
     options with their defaults, valid values and meanings."""
     if what not in LISTS:
-        _fail(ValueError(f"`lathadapter list {what}`: choose one of {', '.join(LISTS)}"))
+        _fail(OptionError(f"`lathadapter list {what}`: choose one of {', '.join(LISTS)}"))
     if method is not None and what != "options":
-        _fail(ValueError(f"`lathadapter list {what} {method}`: only `list options` takes a method; run "
+        _fail(OptionError(f"`lathadapter list {what} {method}`: only `list options` takes a method; run "
                          f"`lathadapter list {what}`"))
     if what == "models":
         import open_clip
@@ -781,7 +786,7 @@ def list_(
             typer.echo(f"{name:<15} {notes}")
         return
     if method is None:
-        _fail(ValueError(f"`lathadapter list options METHOD`: name a method ({', '.join(method_names())})"))
+        _fail(OptionError(f"`lathadapter list options METHOD`: name a method ({', '.join(method_names())})"))
     try:
         rows = option_rows(method_class(method).Options)
     except ValueError as error:

@@ -16,7 +16,13 @@ from typing import Any
 
 
 class OptionError(ValueError):
-    """An unknown option name, or a value that does not parse as the option's type or lies outside its range."""
+    """A usage mistake: an unknown option name, a value that does not parse as the option's type or lies outside its
+    range, options that conflict. The command line exits 2 on it."""
+
+
+class StateError(OptionError):
+    """A well-formed command that the state of the machine refuses (a finished run in the way, a missing optional
+    package, a failed remote build): a runtime failure, so the command line exits 1, as for a bad cache or disk."""
 
 
 def option(default: Any, doc: str, *, least: float | None = None, above: float | None = None,

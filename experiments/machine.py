@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.options import OptionError, StateError
 
 
 def available_cpus() -> int:
@@ -93,8 +93,8 @@ def resolve_device(device: str | None) -> str:
     if name != "cuda" or (index and not index.isdigit()):
         raise OptionError(f"--device {device!r} is not a device lathadapter trains on; use cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise OptionError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
+        raise StateError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
     if index and int(index) >= torch.cuda.device_count():
-        raise OptionError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+        raise StateError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device

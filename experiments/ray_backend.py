@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.options import OptionError, StateError
 from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.experiments.chunks import Item, Tally, Trained, chunk_runs, pending_runs, train_chunk
 from lathadapter.experiments.grid import (
@@ -49,7 +49,7 @@ INSTALL_HINT = "--backend ray needs Ray, which is not installed: pip install 'la
 BACKENDS = ("local", "ray")
 
 
-class RayMissingError(OptionError):
+class RayMissingError(StateError):
     """`--backend ray` without Ray installed."""
 
 

@@ -21,7 +21,7 @@ from lathadapter.adapter.batched import Member, lockstep_key, train_together
 from lathadapter.adapter.catalog import build_method, make_options, method_class
 from lathadapter.adapter.evaluate import evaluate, harmonic_mean
 from lathadapter.adapter.methods.base import Method
-from lathadapter.adapter.options import OptionError, changed_fields
+from lathadapter.adapter.options import OptionError, StateError, changed_fields
 from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS, TrainResult, train
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData, resolve_cache
 from lathadapter.experiments.machine import resolve_device
@@ -360,9 +360,9 @@ def check_out(out: Path, folder: Path, force: bool) -> None:
     """Refuse, before any work, an output path that is a file and a run directory that is finished already."""
     for path in (out, *out.parents):
         if path.exists() and not path.is_dir():
-            raise OptionError(f"--out {out}: {path} is a file, not a folder; choose a folder for the run directories")
+            raise StateError(f"--out {out}: {path} is a file, not a folder; choose a folder for the run directories")
     if (folder / "metrics.json").exists() and not force:
-        raise OptionError(f"{folder} holds a finished run of this configuration (metrics.json); it is left as it is. "
+        raise StateError(f"{folder} holds a finished run of this configuration (metrics.json); it is left as it is. "
                           "Pass --force to train it again and overwrite it")
 
 

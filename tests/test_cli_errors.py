@@ -40,9 +40,12 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def assert_clean_error(result, *fragments: str) -> None:
+USAGE, RUNTIME = 2, 1  # the exit codes of a usage mistake and of a runtime failure (cli.USAGE, cli.RUNTIME)
+
+
+def assert_clean_error(result, *fragments: str, code: int = USAGE) -> None:
     output = result.output
-    assert result.exit_code == 1, output
+    assert result.exit_code == code, output
     assert "Traceback" not in output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = [line for line in output.splitlines() if line.strip()]
@@ -96,7 +99,8 @@ def test_bad_run_arguments_are_refused(cache: Path, tmp_path: Path, args: list[s
 def test_cuda_without_a_gpu_is_a_clear_error(cache: Path, tmp_path: Path, command: str) -> None:
     args = {"fit": ["fit", "--cache", str(cache)], "grid": ["grid", "--cache", str(cache), "--method", "zeroshot"],
             "protocol": ["protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot"]}[command]
-    assert_clean_error(invoke(*args, "--device", "cuda", "--out", str(tmp_path)), "no CUDA GPU", "--device cpu")
+    assert_clean_error(invoke(*args, "--device", "cuda", "--out", str(tmp_path)), "no CUDA GPU", "--device cpu",
+                       code=RUNTIME)
     with pytest.raises(OptionError, match="no CUDA GPU"):
         resolve_device("cuda:0")
 
@@ -105,7 +109,7 @@ def test_an_out_that_is_a_file_fails_before_training(cache: Path, tmp_path: Path
     target = tmp_path / "results.txt"
     target.write_text("mine\n")
     assert_clean_error(invoke("fit", "--cache", str(cache), "--shots", "1", "--out", str(target), *QUICK),
-                       "is a file")
+                       "is a file", code=RUNTIME)
     assert target.read_text() == "mine\n"
 
 
@@ -117,7 +121,7 @@ def test_a_finished_run_is_never_overwritten_without_force(cache: Path, tmp_path
         fit(cache, "clip-adapter", shots=1, out=tmp_path, device="cpu", epochs=1, min_steps=2)
     assert metrics_file.read_bytes() == before
     assert_clean_error(invoke("fit", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1", "--out",
-                              str(tmp_path), "--device", "cpu", *QUICK), "--force")
+                              str(tmp_path), "--device", "cpu", *QUICK), "--force", code=RUNTIME)
     result = invoke("fit", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1", "--out", str(tmp_path),
                     "--device", "cpu", "--force", *QUICK)
     assert result.exit_code == 0, result.output

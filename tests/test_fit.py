@@ -99,7 +99,7 @@ def test_cli_fit_prints_a_summary_and_fails_cleanly(cache: Path, tmp_path: Path)
     result = runner.invoke(app, ["fit", "--cache", str(cache), "--shots", "5"])
     assert result.exit_code == 1 and "holds:" in result.output
     result = runner.invoke(app, ["fit", "--cache", str(cache), "--set", "hier=tree"])
-    assert result.exit_code == 1 and "cone, triplet" in result.output
+    assert result.exit_code == 2 and "cone, triplet" in result.output
 
 
 def test_default_cache_is_the_one_in_the_default_folder(cache: Path, tmp_path: Path, monkeypatch) -> None:
@@ -135,4 +135,4 @@ def test_config_json_is_the_same_from_the_command_line_and_from_python(cache: Pa
 
 def test_fit_takes_one_value_per_option(cache: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["fit", "--cache", str(cache), "--out", str(tmp_path), "--set", "lr=0.1,0.2"])
-    assert result.exit_code == 1 and "one value per option" in result.output
+    assert result.exit_code == 2 and "one value per option" in result.output

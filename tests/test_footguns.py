@@ -39,9 +39,9 @@ def refused(result, code: int, *fragments: str) -> None:
 @pytest.mark.parametrize(("extra", "code", "fragments"), [
     (["--seeds", "1,1"], 2, ["--seeds '1,1'", "1 is given twice"]),
     (["--shots", "1,,2"], 2, ["--shots '1,,2'", "empty item"]),
-    (["--set", "alpha=0.1", "--set", "alpha=0.2"], 1, ["alpha is given twice", "--set alpha=V1,V2"]),
-    (["--address", "127.0.0.1:6379"], 1, ["--address 127.0.0.1:6379: only for --backend ray"]),
-    (["--chunk-size", "3"], 1, ["--chunk-size 3: only for --backend ray"]),
+    (["--set", "alpha=0.1", "--set", "alpha=0.2"], 2, ["alpha is given twice", "--set alpha=V1,V2"]),
+    (["--address", "127.0.0.1:6379"], 2, ["--address 127.0.0.1:6379: only for --backend ray"]),
+    (["--chunk-size", "3"], 2, ["--chunk-size 3: only for --backend ray"]),
 ])
 def test_grid_refuses_options_that_would_be_ignored_or_repeated(cache: Path, tmp_path: Path, extra: list[str],
                                                                  code: int, fragments: list[str]) -> None:
@@ -56,11 +56,11 @@ def test_protocol_refuses_targets_where_none_are_scored(cache: Path, tmp_path: P
     result = runner.invoke(app, ["protocol", "few-shot", "--cache", str(cache), "--target", str(cache), "--method",
                                  "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out",
                                  str(tmp_path / "p")])
-    refused(result, 1, f"--target {cache}: few-shot", "cross-dataset and domain")
+    refused(result, 2, f"--target {cache}: few-shot", "cross-dataset and domain")
 
 
 def test_list_refuses_an_argument_it_does_not_take() -> None:
-    refused(runner.invoke(app, ["list", "methods", "x"]), 1, "only `list options` takes a method")
+    refused(runner.invoke(app, ["list", "methods", "x"]), 2, "only `list options` takes a method")
 
 
 def test_too_many_threads_are_clamped_with_a_warning(cache: Path, tmp_path: Path,
@@ -120,7 +120,7 @@ def test_demo_checks_its_options_before_building_anything(tmp_path: Path, args: 
 
     monkeypatch.setattr(pipeline, "build_demo_cache", lambda *a, **k: pytest.fail("built before checking"))
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", *args])
-    refused(result, 1, fragment)
+    refused(result, 2, fragment)
     assert "0,16" not in result.output and not (tmp_path / "demo").exists()
 
 
@@ -137,7 +137,7 @@ def test_list_options_has_a_header_and_says_recipe_and_none() -> None:
 def test_an_option_given_to_a_method_without_options_says_it_has_none(cache: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--set",
                                  "epochs=1", "--device", "cpu", "--out", str(tmp_path / "r")])
-    refused(result, 1, "unknown option(s) epochs for method 'zeroshot'", "zeroshot has no options")
+    refused(result, 2, "unknown option(s) epochs for method 'zeroshot'", "zeroshot has no options")
     assert "valid options: " not in result.output
 
 

@@ -105,12 +105,12 @@ def test_cli_refuses_bad_worker_counts(cache: Path, tmp_path: Path) -> None:
     base = ["grid", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu",
             "--out", str(tmp_path / "grid")]
     result = runner.invoke(app, [*base, "--workers", "0"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "error: --workers 0: must be at least 1" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(app, ["protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot", "--seeds", "1",
                                  "--shots", "1", "--device", "cpu", "--out", str(tmp_path / "p"), "--workers", "-1"])
-    assert result.exit_code == 1 and "error: --workers -1: must be at least 1" in result.output
+    assert result.exit_code == 2 and "error: --workers -1: must be at least 1" in result.output
     assert not (tmp_path / "grid").exists() and not (tmp_path / "p").exists()
     result = runner.invoke(app, [*base, "--workers", "1"])  # one worker: this process, as without the option
     assert result.exit_code == 0, result.output

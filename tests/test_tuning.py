@@ -229,7 +229,7 @@ def test_an_unscoped_tune_name_that_methods_mean_differently_is_refused(cache: P
             expand(spec)
     result = CliRunner().invoke(app, ["grid", "--cache", str(cache), "--method", "tip-adapter,lathadapter",
                                       "--tune", "beta=0.5,1", "--out", "unused", "--device", "cpu"])
-    assert result.exit_code == 1 and "tip-adapter, lathadapter each have an option 'beta'" in result.output
+    assert result.exit_code == 2 and "tip-adapter, lathadapter each have an option 'beta'" in result.output
 
 
 def test_the_lr_preset_gives_each_trained_method_three_lrs_around_its_own_default(cache: Path,
@@ -319,4 +319,4 @@ def test_command_line_and_grid_files_take_tuning(cache: Path, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     assert "3 runs (3 run, 0 already done)" in result.output and "(tuned)" in result.output
     bad = runner.invoke(app, ["grid", "--cache", str(cache), "--tune", "lr", "--out", str(tmp_path / "x")])
-    assert bad.exit_code == 1 and "--tune expects name=value" in bad.output
+    assert bad.exit_code == 2 and "--tune expects name=value" in bad.output
