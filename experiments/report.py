@@ -26,6 +26,7 @@ without tuning are as before.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import statistics
@@ -399,7 +400,9 @@ def _ablation(name: str, title: str, configs: list[Configuration], setting: str,
     then the setting, so that consecutive rows differing only in `setting` form one ablation."""
     lead = [setting, *others]
     rows = sorted(configs, key=lambda c: [_sortable(c.value(s)) for s in [*others, setting]])
-    return Table(name, title, [_bare(s) for s in lead], columns, [([c.value(s) for s in lead], cells[c]) for c in rows])
+    # an empty value is the option left to the method's training recipe, as in the labels
+    return Table(name, title, [_bare(s) for s in lead], columns,
+                 [([c.value(s) or "recipe" for s in lead], cells[c]) for c in rows])
 
 
 def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration, list[Cell]],
@@ -557,9 +560,14 @@ def summary_markdown(path: Path) -> str:
     return _markdown(report_tables(records(load_results(path))))
 
 
+def outside_legend(ax: plt.Axes) -> None:
+    """The legend to the right of the axes, so that it never covers the data."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -575,7 +583,7 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
         configs = _ordered({c for d, c, _ in cells if d == dataset})
         varied = _varied(configs)
         choices = _config_choices(r for r in records if r.dataset == dataset and r.classes == "all" and not r.target)
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        fig, ax = plt.subplots(figsize=(9, 4))  # the legend sits right of the axes
         for config in configs:
             points = [(k, cells[(dataset, config, k)]) for k in shots if (dataset, config, k) in cells]
             points = [(k, c) for k, c in points if c.mean is not None]
@@ -588,7 +596,7 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
         ax.set_xticks(shots, [str(k) for k in shots])
         ax.set(xlabel="shots per class", ylabel="top-1 accuracy (%)", title=f"{dataset}: accuracy vs shots")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        outside_legend(ax)
         paths.append(_save(fig, folder / f"accuracy_vs_shots_{_slug(dataset)}.png"))
     return paths
 
@@ -605,7 +613,7 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
         varied = _varied(configs)
         choices = _config_choices(r for r in records if (r.dataset, r.shots, r.classes) == (dataset, shots, "base")
                                   and not r.target)
-        fig, ax = plt.subplots(figsize=(1.2 * len(configs) + 2.5, 4))
+        fig, ax = plt.subplots(figsize=(1.2 * len(configs) + 3.5, 4))
         width = 0.27
         for i, config in enumerate(configs):
             base, novel = cells[(dataset, config, shots)]
@@ -621,7 +629,7 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
         ax.bar(0, 0, color="tab:orange", label="novel")
         ax.bar(0, 0, color="tab:green", label="HM")
         ax.set(ylabel="top-1 accuracy (%)", title=f"{dataset}: base-to-novel, {_shots(shots)}")
-        ax.legend(fontsize=8)
+        outside_legend(ax)
         ax.grid(axis="y", alpha=0.3)
         name = f"base_novel_{_slug(dataset)}" + (f"_{shots}shot" if several_shots else "")
         paths.append(_save(fig, folder / f"{name}.png"))
@@ -655,21 +663,38 @@ def plot_poincare_disk(run_dir: Path, folder: Path) -> Path:
     ax.add_patch(plt.Circle((0, 0), 1, fill=False, color="black"))
     colours = plt.get_cmap("tab10")
     labels = points["image_labels"]
-    for i, name in enumerate(points["class_names"]):
+    names = points["class_names"]
+    for i, name in enumerate(names):
         pts = xy["images"][labels == i]
         ax.scatter(pts[:, 0], pts[:, 1], s=14, color=colours(i), alpha=0.6)
-        ax.scatter(*xy["categories"][i], s=180, marker="*", color=colours(i), edgecolor="black", label=name)
+        ax.scatter(*xy["categories"][i], s=120, marker="*", color=colours(i), edgecolor="black", alpha=0.85,
+                   label=f"{i + 1}: {name}", zorder=3)
+        # each star's number at its own angle around it: the numbers stay apart where stars coincide
+        angle = 2 * math.pi * i / max(len(names), 1)
+        ax.annotate(str(i + 1), xy["categories"][i].tolist(), xytext=(12 * math.cos(angle), 12 * math.sin(angle)),
+                    textcoords="offset points", ha="center", va="center", fontsize=8, color=colours(i),
+                    fontweight="bold", zorder=4)
         strongest = int(points["strongest_attribute"][i])
         ax.plot([xy["categories"][i, 0], xy["attributes"][strongest, 0]],
                 [xy["categories"][i, 1], xy["attributes"][strongest, 1]], color=colours(i), linewidth=0.8)
     ax.scatter(xy["attributes"][:, 0], xy["attributes"][:, 1], s=50, marker="^", color="grey",
                edgecolor="black", label="attribute prompts")
     ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), aspect="equal",
-           title=f"LatHAdapter in the Poincaré disk (c = {c:.2f})")
+           title=f"LatHAdapter in the Poincaré disk (c = {c:.2f})\n{disk_run_label(run_dir)}")
     ax.axis("off")
-    ax.legend(fontsize=7, loc="lower right")
+    outside_legend(ax)
     fig.text(0.02, 0.02, "radius = exact distance to the origin; angle = PCA of tangent vectors", fontsize=7)
     return _save(fig, folder / "poincare_disk.png")
+
+
+def disk_run_label(run_dir: Path) -> str:
+    """Which run the disk draws: its cache file, classes, shots, seed and run key (from its config.json)."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return f"run {run_dir.name}"
+    return (f"{Path(str(config.get('cache', '?'))).name}, {config.get('classes', '?')} classes, "
+            f"{config.get('shots', '?')} shots, seed {config.get('seed', '?')}, run {config.get('key', run_dir.name)}")
 
 
 def report_folder(path: Path) -> Path:

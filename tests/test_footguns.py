@@ -167,3 +167,43 @@ def test_a_report_names_recipe_defaults_instead_of_an_empty_value(cache: Path, t
     assert report.exit_code == 0, report.output
     assert "clip-adapter lr=recipe" in report.output and "clip-adapter lr=0.01" in report.output
     assert "lr= " not in report.output and "lr=|" not in report.output
+    # the ablation table of lr names the recipe's value too, never a blank cell
+    tables = sorted((out / "report").glob("*ablation*lr*.csv"))
+    assert tables, sorted(p.name for p in (out / "report").iterdir())
+    first_column = [line.split(",")[0] for line in tables[0].read_text().splitlines()[1:]]
+    assert sorted(first_column) == ["0.01", "recipe"], (tables[0], first_column)
+
+
+def test_plots_keep_the_legend_off_the_data_and_the_disk_names_its_run(tmp_path: Path) -> None:
+    """Legends lie outside the axes (`report.outside_legend`, which every plot uses); the Poincaré disk's title
+    names the run it draws and each class star's number sits at its own offset, so coinciding stars stay readable."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from lathadapter.experiments import report as report_module
+
+    captured = {}
+    saved = report_module._save
+    report_module._save = lambda fig, path: captured.setdefault(path.name, fig) and path
+    try:
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "config.json").write_text('{"key": "abc123", "cache": "/x/pets.h5", "classes": "all", "shots": 4, '
+                                         '"seed": 2}')
+        same = torch.tensor([0.3, 0.1, 0.0])
+        torch.save({"curvature": 1.0, "class_names": ["a", "b"], "categories": torch.stack([same, same]),
+                    "attributes": torch.tensor([[0.5, 0.0, 0.1], [0.0, 0.5, 0.2]]),
+                    "images": torch.tensor([[0.8, 0.1, 0.0], [0.7, 0.3, 0.1]]), "image_labels": torch.tensor([0, 1]),
+                    "strongest_attribute": torch.tensor([0, 1])}, run / "points.pt")
+        report_module.plot_poincare_disk(run, tmp_path)
+        fig = captured["poincare_disk.png"]
+        ax = fig.axes[0]
+        assert "pets.h5, all classes, 4 shots, seed 2, run abc123" in ax.get_title()
+        offsets = [a.xyann for a in ax.texts if a.get_text() in ("1", "2")]
+        assert len(offsets) == 2 and offsets[0] != offsets[1]
+        fig.canvas.draw()
+        legend = ax.get_legend().get_window_extent()
+        assert legend.x0 >= ax.get_window_extent().x1  # right of the disk, covering nothing
+        plt.close(fig)
+    finally:
+        report_module._save = saved
