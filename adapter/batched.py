@@ -18,42 +18,27 @@ the work of a step:
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lathadapter.adapter.evaluate import accuracy
 from lathadapter.adapter.methods.base import Method, ProtocolWarning
-from lathadapter.adapter.recipes import TrainRecipe, build_optimizer, build_scheduler
+from lathadapter.adapter.recipes import build_optimizer, build_scheduler
 from lathadapter.adapter.trainer import (
     SELECTIONS,
     TRAIN_VIEWS,
+    Lockstep,
+    Member,
+    Plan,
     TrainResult,
-    clear_grads,
-    epoch_batches,
+    optimise,
     synchronize,
     trainable,
-    training_views,
     view_count,
 )
-from lathadapter.cache.store import FewShotData
-
-
-@dataclass
-class Member:
-    """One run of a batch: its built method, its (training view of the) few-shot set and its seed."""
-
-    method: Method
-    data: FewShotData
-    seed: int
-
-
-Best = list[tuple[dict[str, Any] | None, float]]  # per member: the state kept and its val accuracy
 
 
 def lockstep_key(member: Member, select: str, train_views: str) -> tuple[Any, ...] | None:
@@ -133,11 +118,11 @@ def train_together(members: list[Member], select: str = "last", train_views: str
     rest = [i for key, indices in stacked.items() for i in indices if key is None or len(indices) == 1]
     for key, indices in stacked.items():
         if key is not None and len(indices) > 1:
-            _optimise_stacked([members[i] for i in indices], select, train_views, [results[i] for i in indices])
+            optimise([members[i] for i in indices], Stacked, select, train_views, [results[i] for i in indices])
             for i in indices:
                 results[i].batch_mode = "stacked"
     if rest:
-        _optimise_together([members[i] for i in rest], select, train_views, [results[i] for i in rest])
+        optimise([members[i] for i in rest], Lockstep, select, train_views, [results[i] for i in rest])
         for i in rest:
             results[i].batch_mode = "lockstep"
     for member, result in zip(members, results, strict=True):
@@ -151,97 +136,6 @@ def train_together(members: list[Member], select: str = "last", train_views: str
     return results
 
 
-@dataclass
-class _Plan:
-    """The steps members share (epochs, batch starts) and what each draws its batches from: its seed's generator and
-    its training rows with their view count."""
-
-    n: int
-    batch_size: int
-    epochs: int
-    starts: range
-    device: torch.device
-    generators: list[torch.Generator]
-    views: list[tuple[torch.Tensor, int]]
-
-    @staticmethod
-    def of(members: list[Member], recipe: TrainRecipe, train_views: str) -> _Plan:
-        data = members[0].data
-        n = len(data.train_labels)
-        starts = range(0, n, recipe.batch_size)[:recipe.steps_per_epoch(n)]  # drop_last leaves the last one out
-        return _Plan(n, recipe.batch_size, recipe.epochs_for(n), starts, data.train_labels.device,
-                     [torch.Generator().manual_seed(m.seed) for m in members],
-                     [training_views(m.data, train_views) for m in members])
-
-    def batches(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Each member's batches of the next epoch, drawn as `trainer.train` draws them."""
-        return [epoch_batches(g, self.n, v, self.starts, self.batch_size, self.device)
-                for g, (_, v) in zip(self.generators, self.views, strict=True)]
-
-
-def _optimise_together(members: list[Member], select: str, train_views: str, results: list[TrainResult]) -> None:
-    recipes = [m.method.train_recipe() for m in members]
-    plan = _Plan.of(members, recipes[0], train_views)
-    params = [trainable(m.method) for m in members]
-    every = [p for group in params for p in group]
-    optimizer = build_optimizer(list(zip(params, recipes, strict=True)))
-    scheduler = build_scheduler(optimizer, recipes, plan.epochs, len(plan.starts))
-    best: Best = [(None, -1.0)] * len(members)
-    for epoch in range(plan.epochs):
-        for member in members:
-            member.method.train()
-        batches = plan.batches()
-        for step in range(len(plan.starts)):
-            losses, parts = [], []
-            for member, (rows, _), run_batches in zip(members, plan.views, batches, strict=True):
-                batch, batch_rows = run_batches[step]
-                loss, part = member.method.loss(rows.index_select(0, batch_rows),
-                                                member.data.train_labels.index_select(0, batch))
-                losses.append(loss)
-                parts.append(part)
-            clear_grads(every)
-            sum(losses[1:], losses[0]).backward()  # each run's loss gets a gradient of exactly 1
-            optimizer.step()
-            scheduler.step()
-        _record(results, epoch, len(plan.starts), losses, parts)
-        if select == "val":
-            _keep_best(members, results, best, epoch)
-    _restore_best(members, results, best, plan.epochs)
-
-
-def _record(results: list[TrainResult], epoch: int, steps: int, losses: list[torch.Tensor],
-            parts: list[dict[str, torch.Tensor]]) -> None:
-    """An epoch's steps and each member's last-batch loss and its parts, as `trainer.train` records them."""
-    for result, loss, part in zip(results, losses, parts, strict=True):
-        result.steps += steps
-        result.history.append({"epoch": epoch + 1, "loss": float(loss.detach()),
-                               **{k: float(v) for k, v in part.items()}})
-
-
-def _keep_best(members: list[Member], results: list[TrainResult], best: Best, epoch: int) -> None:
-    """`select=val` after an epoch: each member with a val set keeps its state when its val accuracy is the best
-    so far (the first best epoch kept), as `trainer.train` does."""
-    for r, (member, result) in enumerate(zip(members, results, strict=True)):
-        if not len(member.data.val_labels):
-            continue
-        member.method.eval()
-        with torch.no_grad():
-            val_accuracy = accuracy(member.method.logits(member.data.val_features), member.data.val_labels)
-        if val_accuracy > best[r][1]:
-            best[r] = (copy.deepcopy(member.method.state_dict()), val_accuracy)
-            result.selected_epoch, result.val_accuracy = epoch + 1, val_accuracy
-
-
-def _restore_best(members: list[Member], results: list[TrainResult], best: Best, epochs: int) -> None:
-    """Load each member's kept state (else its last epoch is the one selected)."""
-    for (state, _), member, result in zip(best, members, results, strict=True):
-        result.epochs = epochs
-        if state is not None:
-            member.method.load_state_dict(state)
-        else:
-            result.selected_epoch = epochs
-
-
 class LossModule(torch.nn.Module):
     """The method's `loss` as a module's forward, which `torch.func.functional_call` calls."""
 
@@ -253,45 +147,34 @@ class LossModule(torch.nn.Module):
         return self.method.loss(features, labels)
 
 
-def _optimise_stacked(members: list[Member], select: str, train_views: str, results: list[TrainResult]) -> None:
+class Stacked:
     """The members' parameters stacked along a leading run dimension, the loss vmapped over it (batched matrix
     products), one optimiser over the stacked tensors (each element's update is elementwise, so each run's state is
-    its own), and the trained slices written back into each member's method."""
-    from torch.func import functional_call, stack_module_state, vmap
+    its own); `sync` writes each run's slice back into its member's method."""
 
-    recipe = members[0].method.train_recipe()
-    plan = _Plan.of(members, recipe, train_views)
-    modules = [LossModule(m.method) for m in members]
-    params, buffers = stack_module_state(modules)  # new leaves [R, ...]; requires_grad as the originals
-    trained = [p for p in params.values() if p.requires_grad]
-    optimizer = build_optimizer([(trained, recipe)])
-    scheduler = build_scheduler(optimizer, [recipe], plan.epochs, len(plan.starts))
-    loss_of = vmap(lambda p, b, x, y: functional_call(modules[0], (p, b), (x, y)))
-    labels = [m.data.train_labels for m in members]
-    best: Best = [(None, -1.0)] * len(members)
+    def __init__(self, members: list[Member], plan: Plan) -> None:
+        from torch.func import functional_call, stack_module_state, vmap
 
-    def write_back() -> None:
+        recipe = members[0].method.train_recipe()
+        self.modules = [LossModule(m.method) for m in members]
+        self.stacked, self.buffers = stack_module_state(self.modules)  # new leaves [R, ...]; requires_grad as before
+        self.params = [p for p in self.stacked.values() if p.requires_grad]
+        self.optimizer = build_optimizer([(self.params, recipe)])
+        self.scheduler = build_scheduler(self.optimizer, [recipe], plan.epochs, len(plan.starts))
+        self.rows = [rows for rows, _ in plan.views]
+        self.labels = [m.data.train_labels for m in members]
+        self.loss_of = vmap(lambda p, b, x, y: functional_call(self.modules[0], (p, b), (x, y)))
+
+    def losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        features = torch.stack([rows.index_select(0, batch_rows)
+                                for rows, (_, batch_rows) in zip(self.rows, batches, strict=True)])
+        targets = torch.stack([y.index_select(0, batch) for y, (batch, _) in zip(self.labels, batches, strict=True)])
+        losses, parts = self.loss_of(self.stacked, self.buffers, features, targets)
+        return losses.sum(), list(losses), [{k: v[r] for k, v in parts.items()} for r in range(len(self.modules))]
+
+    def sync(self) -> None:
         with torch.no_grad():
-            for r, module in enumerate(modules):
+            for r, module in enumerate(self.modules):
                 for name, param in module.named_parameters():
-                    param.copy_(params[name][r])
-
-    for epoch in range(plan.epochs):
-        batches = plan.batches()
-        for step in range(len(plan.starts)):
-            features = torch.stack([rows.index_select(0, run_batches[step][1])
-                                    for (rows, _), run_batches in zip(plan.views, batches, strict=True)])
-            targets = torch.stack([y.index_select(0, run_batches[step][0])
-                                   for y, run_batches in zip(labels, batches, strict=True)])
-            losses, parts = loss_of(params, buffers, features, targets)
-            clear_grads(trained)
-            losses.sum().backward()  # each run's loss gets a gradient of exactly 1
-            optimizer.step()
-            scheduler.step()
-        _record(results, epoch, len(plan.starts), list(losses), [{k: v[r] for k, v in parts.items()}
-                                                                 for r in range(len(members))])
-        if select == "val":
-            write_back()
-            _keep_best(members, results, best, epoch)
-    write_back()
-    _restore_best(members, results, best, plan.epochs)
+                    param.copy_(self.stacked[name][r])

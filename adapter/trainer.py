@@ -9,14 +9,16 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch._dynamo  # noqa: F401  (see below)
 
 from lathadapter.adapter.evaluate import accuracy
 from lathadapter.adapter.methods.base import Method, ProtocolWarning
+from lathadapter.adapter.recipes import build_optimizer, build_scheduler
 from lathadapter.cache.store import FewShotData
 
 # The first torch optimiser built in a process imports torch._dynamo (about 1.3 s on a 2-core CPU). Importing it with
@@ -90,10 +92,158 @@ def epoch_batches(generator: torch.Generator, n: int, num_views: int, starts: ra
     return [(order[start:start + batch_size], order_rows[start:start + batch_size]) for start in starts]
 
 
+@dataclass
+class Member:
+    """One run of a batch: its built method, its (training view of the) few-shot set and its seed."""
+
+    method: Method
+    data: FewShotData
+    seed: int
+
+
+class Step(Protocol):
+    """How a batch of members takes its optimiser steps: the parameters it updates, its optimiser and schedule, the
+    members' losses on one step's batches, and `sync`, which leaves each member's method holding its trained values
+    (before a val evaluation and at the end)."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """The sum of the members' losses on their batches (what is differentiated), each member's loss, its parts."""
+        ...
+
+    def sync(self) -> None:
+        ...
+
+
+class Lockstep:
+    """Each member runs its own forward pass on its own method; the losses are summed and differentiated in one
+    backward pass (the sum hands each loss a gradient of exactly 1), one optimiser call updates one parameter group
+    per member. A batch of one is `train`'s step, with the method's own optimiser and schedule."""
+
+    def __init__(self, members: list[Member], plan: Plan) -> None:
+        self.members = members
+        self.rows = [rows for rows, _ in plan.views]
+        groups = [trainable(m.method) for m in members]
+        self.params = [p for group in groups for p in group]
+        recipes = [m.method.train_recipe() for m in members]
+        steps_per_epoch = len(plan.starts)
+        if len(members) == 1:
+            method = members[0].method
+            self.optimizer = method.optimizer(groups[0], recipes[0])
+            self.scheduler = method.scheduler(self.optimizer, recipes[0], plan.epochs, steps_per_epoch)
+        else:
+            self.optimizer = build_optimizer(list(zip(groups, recipes, strict=True)))
+            self.scheduler = build_scheduler(self.optimizer, recipes, plan.epochs, steps_per_epoch)
+
+    def losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        losses, parts = [], []
+        for member, rows, (batch, batch_rows) in zip(self.members, self.rows, batches, strict=True):
+            loss, part = member.method.loss(rows.index_select(0, batch_rows),
+                                            member.data.train_labels.index_select(0, batch))
+            losses.append(loss)
+            parts.append(part)
+        return sum(losses[1:], losses[0]), losses, parts
+
+    def sync(self) -> None:
+        """The members' methods are what the optimiser updates: nothing to write back."""
+
+
+@dataclass
+class Plan:
+    """The steps a batch's members share (epochs, batch starts) and what each draws its batches from: its seed's
+    generator and its training rows with their view count."""
+
+    n: int
+    batch_size: int
+    epochs: int
+    starts: range
+    device: torch.device
+    generators: list[torch.Generator]
+    views: list[tuple[torch.Tensor, int]]
+
+    @staticmethod
+    def of(members: list[Member], train_views: str) -> Plan:
+        data = members[0].data
+        recipe = members[0].method.train_recipe()
+        n = len(data.train_labels)
+        if n == 0:
+            raise ValueError("the few-shot train set is empty")
+        starts = range(0, n, recipe.batch_size)[:recipe.steps_per_epoch(n)]  # drop_last leaves the last one out
+        return Plan(n, recipe.batch_size, recipe.epochs_for(n), starts, data.train_labels.device,
+                    [torch.Generator().manual_seed(m.seed) for m in members],  # CPU: the same draws on every device
+                    [training_views(m.data, train_views) for m in members])
+
+    def batches(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Each member's batches of the next epoch, drawn from its own generator."""
+        return [epoch_batches(g, self.n, v, self.starts, self.batch_size, self.device)
+                for g, (_, v) in zip(self.generators, self.views, strict=True)]
+
+
+def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Step], select: str, train_views: str,
+             results: list[TrainResult], progress=None) -> None:
+    """The training loop, for one run (a batch of one) or several trained together: each epoch draws every member's
+    batches from its own generator, takes the steps `make_step` builds (`Lockstep`, or `batched.Stacked`), records
+    each member's last-batch loss and its parts, and under `select="val"` keeps each member's first best epoch on its
+    few-shot val set; the kept states are loaded at the end."""
+    plan = Plan.of(members, train_views)
+    step = make_step(members, plan)
+    steps_per_epoch = len(plan.starts)
+    best: list[tuple[dict[str, Any] | None, float]] = [(None, -1.0)] * len(members)
+    task = (progress.add_task(f"train {members[0].method.name}", total=plan.epochs)
+            if progress is not None else None)
+    for epoch in range(plan.epochs):
+        for member in members:
+            member.method.train()
+        batches = plan.batches()
+        for index in range(steps_per_epoch):
+            total, losses, parts = step.losses([run_batches[index] for run_batches in batches])
+            clear_grads(step.params)
+            total.backward()
+            step.optimizer.step()
+            step.scheduler.step()
+        for result, loss, part in zip(results, losses, parts, strict=True):
+            result.steps += steps_per_epoch
+            result.history.append({"epoch": epoch + 1, "loss": float(loss.detach()),
+                                   **{k: float(v) for k, v in part.items()}})
+        if select == "val":
+            step.sync()
+            _keep_best(members, results, best, epoch)
+        if task is not None:
+            progress.update(task, advance=1)
+    step.sync()
+    for (state, _), member, result in zip(best, members, results, strict=True):
+        result.epochs = plan.epochs
+        if state is not None:
+            member.method.load_state_dict(state)
+        else:
+            result.selected_epoch = plan.epochs
+
+
+def _keep_best(members: list[Member], results: list[TrainResult], best: list[tuple[dict[str, Any] | None, float]],
+               epoch: int) -> None:
+    """`select=val` after an epoch: each member with a val set keeps its state when its val accuracy is the best
+    so far (the first best epoch kept)."""
+    for r, (member, result) in enumerate(zip(members, results, strict=True)):
+        if not len(member.data.val_labels):
+            continue
+        member.method.eval()
+        with torch.no_grad():
+            val_accuracy = accuracy(member.method.logits(member.data.val_features), member.data.val_labels)
+        if val_accuracy > best[r][1]:
+            best[r] = (copy.deepcopy(member.method.state_dict()), val_accuracy)
+            result.selected_epoch, result.val_accuracy = epoch + 1, val_accuracy
+
+
 def train(method: Method, data: FewShotData, seed: int, select: str = "last", progress=None,
           train_views: str = "augmented") -> TrainResult:
-    """Train `method` on `data`'s few-shot train set; `select="val"` keeps the epoch best on the few-shot val set;
-    `train_views="all"` draws each sample's view among its augmented views and its clean view."""
+    """Train `method` on `data`'s few-shot train set (`optimise` over a batch of one); `select="val"` keeps the epoch
+    best on the few-shot val set; `train_views="all"` draws each sample's view among its augmented views and its
+    clean view."""
     if select not in SELECTIONS:
         raise ValueError(f"select={select!r} is not valid; choose one of: {', '.join(SELECTIONS)}")
     if train_views not in TRAIN_VIEWS:
@@ -102,60 +252,14 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
     synchronize(device)
     start = time.perf_counter()
     result = TrainResult()
-    params = trainable(method)
     if select == "val" and len(data.val_labels) == 0 and method.trains:
         warnings.warn(f"{method.name}: --select val, but the cache has no few-shot val subset (as ImageNet's): the "
                       "last epoch is kept", ProtocolWarning, stacklevel=2)
-    if method.trains and params:
-        _optimise(method, data, params, seed, select, result, progress, train_views)
+    if method.trains and trainable(method):
+        optimise([Member(method, data, seed)], Lockstep, select, train_views, [result], progress)
     method.eval()
     with torch.no_grad():
         result.chosen = {**method.settings(), **method.after_training(data)}
     synchronize(device)  # the seconds cover finished work on an asynchronous device
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _optimise(method: Method, data: FewShotData, params: list[torch.nn.Parameter], seed: int, select: str,
-              result: TrainResult, progress, train_views: str = "augmented") -> None:
-    recipe = method.train_recipe()
-    device = data.train_labels.device
-    generator = torch.Generator().manual_seed(seed)  # CPU generator: the same draws on every device
-    n = len(data.train_labels)
-    if n == 0:
-        raise ValueError("the few-shot train set is empty")
-    rows, num_views = training_views(data, train_views)
-    batch_size = recipe.batch_size
-    steps_per_epoch = recipe.steps_per_epoch(n)
-    epochs = recipe.epochs_for(n)
-    starts = range(0, n, batch_size)[:steps_per_epoch]  # with drop_last, the last partial batch is left out
-    optimizer = method.optimizer(params, recipe)
-    scheduler = method.scheduler(optimizer, recipe, epochs, steps_per_epoch)
-    best_state, best_accuracy = None, -1.0
-    task = progress.add_task(f"train {method.name}", total=epochs) if progress is not None else None
-    for epoch in range(epochs):
-        method.train()
-        for batch, batch_rows in epoch_batches(generator, n, num_views, starts, batch_size, device):
-            features = rows.index_select(0, batch_rows)
-            loss, parts = method.loss(features, data.train_labels.index_select(0, batch))
-            clear_grads(params)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            result.steps += 1
-        last = {"epoch": epoch + 1, "loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
-        result.history.append(last)
-        if select == "val" and len(data.val_labels):
-            method.eval()
-            with torch.no_grad():
-                val_accuracy = accuracy(method.logits(data.val_features), data.val_labels)
-            if val_accuracy > best_accuracy:  # first best epoch kept
-                best_state, best_accuracy = copy.deepcopy(method.state_dict()), val_accuracy
-                result.selected_epoch, result.val_accuracy = epoch + 1, val_accuracy
-        if task is not None:
-            progress.update(task, advance=1)
-    result.epochs = epochs
-    if best_state is not None:
-        method.load_state_dict(best_state)
-    else:
-        result.selected_epoch = epochs
