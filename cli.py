@@ -115,7 +115,10 @@ def _fail(error: Exception, out: Path | None = None) -> None:
     `RUNTIME`). With `out` (the command's output path), an error writing under it names that path and the fix, not an
     internal lock or temporary file."""
     typer.echo(f"error: {_write_error(error, out) or error}", err=True)
-    usage = isinstance(error, OptionError) and not isinstance(error, StateError)
+    from lathadapter.cache.build import BuildOptionError  # `cache build`'s own option checks
+
+    usage = (isinstance(error, OptionError) and not isinstance(error, StateError)
+             or isinstance(error, BuildOptionError))
     raise typer.Exit(code=USAGE if usage else RUNTIME)
 
 

@@ -73,6 +73,10 @@ class BuildError(ValueError):
     without images, another build holds the output, or the output would overwrite a different cache."""
 
 
+class BuildOptionError(BuildError):
+    """A `cache build` option value outside its range or choices: a usage mistake (the CLI exits 2, not 1)."""
+
+
 @dataclass
 class BuildStats:
     """Where a build's time went: waiting for decoded and transformed images, encoding, writing."""
@@ -104,15 +108,16 @@ class BuildResult:
 def _check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int,
                    val: str = "subsets") -> None:
     if val not in VAL_CHOICES:
-        raise BuildError(f"--val {val!r} is not valid; choose subsets (the few-shot val subsets only) or all (the "
-                         "whole val split, Tip-Adapter's official search set)")
+        raise BuildOptionError(f"--val {val!r} is not valid; choose subsets (the few-shot val subsets only) or all "
+                               "(the whole val split, Tip-Adapter's official search set)")
     if not shots or any(int(k) < 1 for k in shots):
-        raise BuildError(f"--shots {','.join(map(str, shots))}: give one or more shot counts >= 1, e.g. 1,2,4,8,16")
+        raise BuildOptionError(f"--shots {','.join(map(str, shots))}: give one or more shot counts >= 1, "
+                               "e.g. 1,2,4,8,16")
     if not seeds:
-        raise BuildError("--seeds: give one or more seeds, e.g. 1,2,3")
+        raise BuildOptionError("--seeds: give one or more seeds, e.g. 1,2,3")
     for option, value, least in (("--views", views, 0), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value < least:
-            raise BuildError(f"{option} {value}: must be at least {least}")
+            raise BuildOptionError(f"{option} {value}: must be at least {least}")
 
 
 def available_cpus() -> int:

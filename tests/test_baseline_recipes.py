@@ -480,7 +480,7 @@ def test_val_all_holds_the_whole_val_split_as_the_search_set(val_all: Path, coop
     rows = dict(summary(val_all))
     assert rows["val"].startswith("the whole val split") and rows["schema"].startswith("2")
     bad = CliRunner().invoke(app, _build_args(coop_dataset, tiny_clip, tmp_path / "x.h5", "--val", "some"))
-    assert bad.exit_code == 1 and "--val 'some' is not valid" in bad.output
+    assert bad.exit_code == 2 and "--val 'some' is not valid" in bad.output
 
 
 def _as_schema_1(source: Path, target: Path) -> Path:
