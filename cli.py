@@ -104,9 +104,10 @@ def main_options(
     warnings.showwarning = _show_warning  # warnings are one line on stderr, like errors
 
 
-# Exit codes by the kind of mistake: a usage mistake (`OptionError`: a bad value, name or combination of options) 2,
-# as typer's own parsing errors; a runtime failure (a missing or corrupt cache, a full or read-only disk, a finished run
-# in the way, a missing package: `StateError` and everything else) 1.
+# Exit codes by the kind of mistake, carried by the error class (`exit_code`): a usage mistake (`OptionError`, a bad
+# value, name or combination of options; `cache build`'s `BuildOptionError`) 2, as typer's own parsing errors; a
+# runtime failure (a missing or corrupt cache, a full or read-only disk, a finished run in the way, a missing package:
+# `StateError` and every error without `exit_code`) 1.
 USAGE, RUNTIME = 2, 1
 
 
@@ -115,11 +116,7 @@ def _fail(error: Exception, out: Path | None = None) -> None:
     `RUNTIME`). With `out` (the command's output path), an error writing under it names that path and the fix, not an
     internal lock or temporary file."""
     typer.echo(f"error: {_write_error(error, out) or error}", err=True)
-    from lathadapter.cache.build import BuildOptionError  # `cache build`'s own option checks
-
-    usage = (isinstance(error, OptionError) and not isinstance(error, StateError)
-             or isinstance(error, BuildOptionError))
-    raise typer.Exit(code=USAGE if usage else RUNTIME)
+    raise typer.Exit(code=getattr(error, "exit_code", RUNTIME))
 
 
 # Why a write fails, in a user's words, and what to do about it
@@ -168,11 +165,11 @@ def _int_list(option: str, text: str) -> list[int]:
     except ValueError:
         empty = " (an empty item)" if "" in parts and len(parts) > 1 else ""
         typer.echo(f"error: {option} {text!r}: expected comma-separated integers{empty}, e.g. 1,2,4,8,16", err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=USAGE) from None
     twice = sorted({v for v in values if values.count(v) > 1})
     if twice:
         typer.echo(f"error: {option} {text!r}: {twice[0]} is given twice; give each value once", err=True)
-        raise typer.Exit(code=2)
+        raise typer.Exit(code=USAGE)
     return values
 
 
@@ -257,7 +254,7 @@ def cache_build(
         return
     if dataset is None:
         typer.echo("error: --dataset is required when --root, --model or --pretrained is given (see --help)", err=True)
-        raise typer.Exit(code=2)
+        raise typer.Exit(code=USAGE)
     try:
         result = build(root, dataset, out, model=model or "ViT-B-16", pretrained=pretrained or "openai",
                        shots=_int_list("--shots", shots), augmentation=_augmentation(crop_scale, crop_ratio, flip),
@@ -523,7 +520,7 @@ def _tune_score(value: str | None) -> str | None:
 
     if value is not None and value not in TUNE_SCORE_CHOICES:
         typer.echo(f"error: --tune-score {value}: choose one of {', '.join(TUNE_SCORE_CHOICES)}", err=True)
-        raise typer.Exit(code=2)
+        raise typer.Exit(code=USAGE)
     return value
 
 
@@ -533,7 +530,7 @@ def _tune_set(value: str | None) -> str | None:
 
     if value is not None and value not in TUNE_SETS:
         typer.echo(f"error: --tune-set {value}: choose one of {', '.join(TUNE_SETS)}", err=True)
-        raise typer.Exit(code=2)
+        raise typer.Exit(code=USAGE)
     return value
 
 

@@ -17,12 +17,16 @@ from typing import Any
 
 class OptionError(ValueError):
     """A usage mistake: an unknown option name, a value that does not parse as the option's type or lies outside its
-    range, options that conflict. The command line exits 2 on it."""
+    range, options that conflict. The command line exits with `exit_code`."""
+
+    exit_code = 2  # usage
 
 
 class StateError(OptionError):
     """A well-formed command that the state of the machine refuses (a finished run in the way, a missing optional
     package, a failed remote build): a runtime failure, so the command line exits 1, as for a bad cache or disk."""
+
+    exit_code = 1  # runtime
 
 
 def option(default: Any, doc: str, *, least: float | None = None, above: float | None = None,

@@ -76,6 +76,8 @@ class BuildError(ValueError):
 class BuildOptionError(BuildError):
     """A `cache build` option value outside its range or choices: a usage mistake (the CLI exits 2, not 1)."""
 
+    exit_code = 2  # usage, as `OptionError`
+
 
 @dataclass
 class BuildStats:
