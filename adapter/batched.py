@@ -30,6 +30,7 @@ from lathadapter.adapter.recipes import build_optimizer, build_scheduler
 from lathadapter.adapter.trainer import (
     SELECTIONS,
     TRAIN_VIEWS,
+    EagerStep,
     Lockstep,
     Member,
     Plan,
@@ -91,7 +92,7 @@ def stacks_on(device: torch.device) -> bool:
 
 
 def train_together(members: list[Member], select: str = "last", train_views: str = "augmented",
-                   stack: bool | None = None) -> list[TrainResult]:
+                   stack: bool | None = None, graphs: bool | None = None) -> list[TrainResult]:
     """Train the members together (their `lockstep_key`s equal; check with `lockstep_key` first) and return each
     one's `TrainResult`, as `trainer.train` would: with `stack` (default: `stacks_on` the device), those with equal
     `stack_key`s as one stacked model, the others in lockstep. `seconds` is the batch's wall time divided among its
@@ -118,11 +119,13 @@ def train_together(members: list[Member], select: str = "last", train_views: str
     rest = [i for key, indices in stacked.items() for i in indices if key is None or len(indices) == 1]
     for key, indices in stacked.items():
         if key is not None and len(indices) > 1:
-            optimise([members[i] for i in indices], Stacked, select, train_views, [results[i] for i in indices])
+            optimise([members[i] for i in indices], Stacked, select, train_views, [results[i] for i in indices],
+                     graphs=graphs)
             for i in indices:
                 results[i].batch_mode = "stacked"
     if rest:
-        optimise([members[i] for i in rest], Lockstep, select, train_views, [results[i] for i in rest])
+        optimise([members[i] for i in rest], Lockstep, select, train_views, [results[i] for i in rest],
+                 graphs=graphs)
         for i in rest:
             results[i].batch_mode = "lockstep"
     for member, result in zip(members, results, strict=True):
@@ -147,7 +150,7 @@ class LossModule(torch.nn.Module):
         return self.method.loss(features, labels)
 
 
-class Stacked:
+class Stacked(EagerStep):
     """The members' parameters stacked along a leading run dimension, the loss vmapped over it (batched matrix
     products), one optimiser over the stacked tensors (each element's update is elementwise, so each run's state is
     its own); `sync` writes each run's slice back into its member's method."""

@@ -17,6 +17,7 @@ import torch
 import torch._dynamo  # noqa: F401  (see below)
 
 from lathadapter.adapter.evaluate import accuracy
+from lathadapter.adapter.graphed import Graphed, graphable, graphs_on
 from lathadapter.adapter.methods.base import Method, ProtocolWarning
 from lathadapter.adapter.recipes import build_optimizer, build_scheduler
 from lathadapter.cache.store import FewShotData
@@ -43,6 +44,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     batch_runs: int = 1  # runs trained together with this one, itself included (`adapter.batched`)
     batch_mode: str = "alone"  # alone, lockstep (one loop, own forward passes) or stacked (one vmapped model)
+    cuda_graph: bool = False  # whether its steps were replayed from captured CUDA graphs (`adapter.graphed`)
 
 
 def synchronize(device: torch.device) -> None:
@@ -102,9 +104,19 @@ class Member:
 
 
 class Step(Protocol):
-    """How a batch of members takes its optimiser steps: the parameters it updates, its optimiser and schedule, the
-    members' losses on one step's batches, and `sync`, which leaves each member's method holding its trained values
-    (before a val evaluation and at the end)."""
+    """How a batch of members takes its optimiser steps: `take` one step on each member's batch (sample and row
+    indices) and return each member's loss and its parts; `sync` leaves each member's method holding its trained
+    values (before a val evaluation and at the end)."""
+
+    def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]: ...
+
+    def sync(self) -> None: ...
+
+
+class EagerStep:
+    """A step taken op by op: the members' summed loss (`losses`, what is differentiated), its backward, one
+    optimiser call and one scheduler call."""
 
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
@@ -112,14 +124,20 @@ class Step(Protocol):
 
     def losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
                ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        """The sum of the members' losses on their batches (what is differentiated), each member's loss, its parts."""
-        ...
+        """The sum of the members' losses on their batches, each member's loss, its parts."""
+        raise NotImplementedError
 
-    def sync(self) -> None:
-        ...
+    def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        total, losses, parts = self.losses(batches)
+        clear_grads(self.params)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return losses, parts
 
 
-class Lockstep:
+class Lockstep(EagerStep):
     """Each member runs its own forward pass on its own method; the losses are summed and differentiated in one
     backward pass (the sum hands each loss a gradient of exactly 1), one optimiser call updates one parameter group
     per member. A batch of one is `train`'s step, with the method's own optimiser and schedule."""
@@ -184,14 +202,18 @@ class Plan:
                 for g, (_, v) in zip(self.generators, self.views, strict=True)]
 
 
-def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Step], select: str, train_views: str,
-             results: list[TrainResult], progress=None) -> None:
+def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], EagerStep], select: str,
+             train_views: str, results: list[TrainResult], progress=None, graphs: bool | None = None) -> None:
     """The training loop, for one run (a batch of one) or several trained together: each epoch draws every member's
-    batches from its own generator, takes the steps `make_step` builds (`Lockstep`, or `batched.Stacked`), records
+    batches from its own generator, takes the steps `make_step` builds (`Lockstep`, or `batched.Stacked`; with
+    `graphs`, default `graphed.graphs_on` the device, replayed from CUDA graphs when the methods allow it), records
     each member's last-batch loss and its parts, and under `select="val"` keeps each member's first best epoch on its
     few-shot val set; the kept states are loaded at the end."""
     plan = Plan.of(members, train_views)
-    step = make_step(members, plan)
+    step: Step = make_step(members, plan)
+    methods = [m.method for m in members]
+    if (graphs_on(plan.device) if graphs is None else graphs) and graphable(methods):
+        step = Graphed(step, plan.epochs * len(plan.starts), methods, capture=plan.device.type == "cuda")
     steps_per_epoch = len(plan.starts)
     best: list[tuple[dict[str, Any] | None, float]] = [(None, -1.0)] * len(members)
     task = (progress.add_task(f"train {members[0].method.name}", total=plan.epochs)
@@ -201,11 +223,7 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], St
             member.method.train()
         batches = plan.batches()
         for index in range(steps_per_epoch):
-            total, losses, parts = step.losses([run_batches[index] for run_batches in batches])
-            clear_grads(step.params)
-            total.backward()
-            step.optimizer.step()
-            step.scheduler.step()
+            losses, parts = step.take([run_batches[index] for run_batches in batches])
         for result, loss, part in zip(results, losses, parts, strict=True):
             result.steps += steps_per_epoch
             result.history.append({"epoch": epoch + 1, "loss": float(loss.detach()),
@@ -218,6 +236,7 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], St
     step.sync()
     for (state, _), member, result in zip(best, members, results, strict=True):
         result.epochs = plan.epochs
+        result.cuda_graph = isinstance(step, Graphed) and bool(step.graphs)
         if state is not None:
             member.method.load_state_dict(state)
         else:
@@ -240,7 +259,7 @@ def _keep_best(members: list[Member], results: list[TrainResult], best: list[tup
 
 
 def train(method: Method, data: FewShotData, seed: int, select: str = "last", progress=None,
-          train_views: str = "augmented") -> TrainResult:
+          train_views: str = "augmented", graphs: bool | None = None) -> TrainResult:
     """Train `method` on `data`'s few-shot train set (`optimise` over a batch of one); `select="val"` keeps the epoch
     best on the few-shot val set; `train_views="all"` draws each sample's view among its augmented views and its
     clean view."""
@@ -256,7 +275,7 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
         warnings.warn(f"{method.name}: --select val, but the cache has no few-shot val subset (as ImageNet's): the "
                       "last epoch is kept", ProtocolWarning, stacklevel=2)
     if method.trains and trainable(method):
-        optimise([Member(method, data, seed)], Lockstep, select, train_views, [result], progress)
+        optimise([Member(method, data, seed)], Lockstep, select, train_views, [result], progress, graphs)
     method.eval()
     with torch.no_grad():
         result.chosen = {**method.settings(), **method.after_training(data)}

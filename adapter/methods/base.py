@@ -167,6 +167,9 @@ class Method(nn.Module):
     # Whether `loss` can be vmapped over runs stacked along a leading dimension (`adapter.batched`): no host reads,
     # no data-dependent shapes, custom autograd Functions with vmap rules.
     stackable: ClassVar[bool] = False
+    # Set on a method trained by a captured step (`adapter.graphed`): its `loss` then takes the same fixed-shape form
+    # as under vmap (no host reads, no data-dependent shapes), which a CUDA graph can capture.
+    fixed_shapes: bool = False
 
     def __init__(self, options: Any, data: FewShotData) -> None:
         super().__init__()

@@ -83,7 +83,7 @@ def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions,
 
 @register("lathadapter", LatHAdapterOptions)
 class LatHAdapter(Method):
-    stackable = True  # under vmap its loss is `stacked.masked_loss`
+    stackable = True  # under vmap (and in captured steps) its loss is `stacked.masked_loss`
     def __init__(self, options: LatHAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         device, dim = data.text_features.device, data.text_features.shape[1]
@@ -191,10 +191,10 @@ class LatHAdapter(Method):
         `hyp_metric=euclid` the fused forms run without their Poincaré L_hyp and its Euclidean twin is added here."""
         o = self.options
         features = self.centred_images(features)
-        euclid_twin = o.hyp_metric == "euclid" and o.impl == "fused" and not vmapped()
+        euclid_twin = o.hyp_metric == "euclid" and o.impl == "fused" and not (vmapped() or self.fixed_shapes)
         if euclid_twin:
             o = dataclasses.replace(o, lambda_hyp=0.0)
-        if vmapped():  # runs trained as one stacked model: the fixed-shape form (`stacked.masked_loss`)
+        if vmapped() or self.fixed_shapes:  # stacked runs, captured steps: the fixed-shape form (`stacked.masked_loss`)
             loss, parts = masked_loss(self, features, labels)
         elif o.impl == "reference":
             loss, parts = reference_loss(self, features, labels)

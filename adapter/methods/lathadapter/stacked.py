@@ -50,35 +50,40 @@ def masked_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     q = m + model.beta * m.norm(dim=-1, keepdim=True) * (w @ a) if o.attr_proto else m
     p = F.normalize(q, dim=-1)
     image_class = v @ p.t()  # [B, C]
-    # 5. scaled radii (the ball rescaled to curvature −1): ρ' = √c |exp0(ρ e)|
-    rho_img = model.scaled_radii(IMAGE, v, z.norm(dim=-1), c)
-    rho_attr = model.scaled_radii(ATTRIBUTE, a, model.attribute_prompts.norm(dim=-1), c)
-    rho_cat = model.scaled_radii(CATEGORY, p, q.norm(dim=-1), c)
-    # 6. losses
+    # 6. losses; a term whose weight is 0 is left out (a fixed choice of the options, as in the fused forms)
     ce = F.cross_entropy(LOGIT_SCALE * image_class, y)
-    aa, bb, _, uu = _invariants(rho_img[:, None], rho_cat[None, :], image_class)
-    d = distance_from_invariants(aa, bb, uu, one) / c.sqrt()  # [B, C]
-    hyp = F.cross_entropy(-d / model.log_tau_hyp.exp(), y)
-    num_classes = p.shape[0]
-    own = (y[:, None] == torch.arange(num_classes, device=y.device)).to(x.dtype)  # [B, C] one-hot
-    present = own.amax(0)  # [C]: the batch's categories
-    others = present[None, :] * (1 - own)
-    hinge = torch.relu(d.gather(1, y[:, None]) - d + o.margin)
-    separation = ((hinge * others).sum(1) / others.sum(1).clamp_min(1)).mean()
-    # the batch's tree: category y_i → image i (weight 1), category c → attribute k (w_ck, c present), attribute k →
-    # image i (r_ik)
-    class_attribute = p @ a.t()
-    edges = [(rho_cat.gather(0, y), rho_img, image_class.gather(1, y[:, None])[:, 0], torch.ones_like(rho_img)),
-             (rho_cat[:, None], rho_attr[None, :], class_attribute, w * present[:, None]),
-             (rho_attr[None, :], rho_img[:, None], image_attribute, r)]
-    weighted = x.new_zeros(())
-    for rho_p, rho_q, cosine, weight in edges:
-        if o.hier == "cone":
-            energy = cone_energy_from_invariants(*_invariants(rho_p, rho_q, cosine), one, o.cone_k, o.cone_kappa)
-        else:
-            energy = radial_centripetal_energy(rho_p, rho_q, c, o.margin_radial).expand_as(cosine)
-        weighted = weighted + (weight * energy).sum()
-    hier = weighted / sum(weight.sum() for _, _, _, weight in edges) + separation
-    anchor = (1 - (p * t).sum(-1)).mean() + (1 - (v * x).sum(-1)).mean()
+    hyp = hier = anchor = x.new_zeros(())
+    if o.lambda_hyp > 0 or o.lambda_hier > 0:
+        # 5. scaled radii (the ball rescaled to curvature −1): ρ' = √c |exp0(ρ e)|
+        rho_img = model.scaled_radii(IMAGE, v, z.norm(dim=-1), c)
+        rho_cat = model.scaled_radii(CATEGORY, p, q.norm(dim=-1), c)
+        aa, bb, _, uu = _invariants(rho_img[:, None], rho_cat[None, :], image_class)
+        d = distance_from_invariants(aa, bb, uu, one) / c.sqrt()  # [B, C]
+        hyp = F.cross_entropy(-d / model.log_tau_hyp.exp(), y)
+    if o.lambda_hier > 0:
+        rho_attr = model.scaled_radii(ATTRIBUTE, a, model.attribute_prompts.norm(dim=-1), c)
+        num_classes = p.shape[0]
+        own = (y[:, None] == torch.arange(num_classes, device=y.device)).to(x.dtype)  # [B, C] one-hot
+        present = own.amax(0)  # [C]: the batch's categories
+        others = present[None, :] * (1 - own)
+        hinge = torch.relu(d.gather(1, y[:, None]) - d + o.margin)
+        separation = ((hinge * others).sum(1) / others.sum(1).clamp_min(1)).mean()
+        # the batch's tree: category y_i → image i (weight 1), category c → attribute k (w_ck, c present),
+        # attribute k → image i (r_ik)
+        class_attribute = p @ a.t()
+        edges = [(rho_cat.gather(0, y), rho_img, image_class.gather(1, y[:, None])[:, 0], torch.ones_like(rho_img)),
+                 (rho_cat[:, None], rho_attr[None, :], class_attribute, w * present[:, None]),
+                 (rho_attr[None, :], rho_img[:, None], image_attribute, r)]
+        weighted = x.new_zeros(())
+        for rho_p, rho_q, cosine, weight in edges:
+            if o.hier == "cone":
+                energy = cone_energy_from_invariants(*_invariants(rho_p, rho_q, cosine), one, o.cone_k,
+                                                     o.cone_kappa)
+            else:
+                energy = radial_centripetal_energy(rho_p, rho_q, c, o.margin_radial).expand_as(cosine)
+            weighted = weighted + (weight * energy).sum()
+        hier = weighted / sum(weight.sum() for _, _, _, weight in edges) + separation
+    if o.lambda_anchor > 0:
+        anchor = (1 - (p * t).sum(-1)).mean() + (1 - (v * x).sum(-1)).mean()
     total = ce + o.lambda_hyp * hyp + o.lambda_hier * hier + o.lambda_anchor * anchor
     return total, {"ce": ce.detach(), "hyp": hyp.detach(), "hier": hier.detach(), "anchor": anchor.detach()}

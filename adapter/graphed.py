@@ -1,0 +1,153 @@
+"""A training step captured in a CUDA graph: forward, backward and optimiser update replayed as one launch.
+
+A small run's step on a GPU is launch overhead: a LatHAdapter step queues about two hundred kernels whose arithmetic
+takes a fraction of the time it takes Python and the driver to launch them. Captured once, the step is replayed with
+one call. What capture needs, and how this module provides it:
+
+- fixed shapes and no host reads: the method's loss takes its fixed-shape form (`Method.fixed_shapes`, the form
+  stacked runs vmap), which is why only `stackable` methods are captured;
+- the batch in place: each step's sample and row indices are copied into the captured index buffers;
+- the learning rate in place: the recipe's schedule is computed before training (`schedule_table`, the scheduler
+  itself stepped over the run) and each step copies its row into the optimiser's lr tensors; Adam and AdamW take a
+  tensor lr and keep their step count on the device (`capturable`), SGD does neither, so SGD recipes run uncaptured;
+- a warm-up: the first steps run uncaptured on a side stream (the optimiser's state and the libraries' workspaces
+  are created there), then each batch size (a full batch, the last short batch of an epoch) is captured once.
+
+Every step is the step `trainer` would take (within float rounding: the fixed-shape form sums in another order, the
+lr is a float32 tensor); without capture (on the CPU, or `capture=False`) the same code runs eagerly, which is how
+the tests check it here.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Protocol
+
+import torch
+
+from lathadapter.adapter.methods.base import Method
+
+GRAPHS_ENV = "LATHADAPTER_GRAPHS"  # auto (captured on CUDA), on (also uncaptured on the CPU), off
+GRAPHS_CHOICES = ("auto", "on", "off")
+CAPTURABLE_OPTIMIZERS = ("adamw", "adam")  # a tensor lr and the step count on the device
+WARMUP_STEPS = 3  # uncaptured steps before the first capture (PyTorch's whole-network capture recipe)
+
+
+def graphs_on(device: torch.device) -> bool:
+    """Whether steps that can be captured are (`Graphed`): $LATHADAPTER_GRAPHS `off`, `on` (on the CPU: the same
+    fixed-shape step without capture), else (`auto`) on CUDA only."""
+    choice = os.environ.get(GRAPHS_ENV, "auto")
+    if choice not in GRAPHS_CHOICES:
+        raise ValueError(f"environment variable {GRAPHS_ENV}={choice!r} is not valid; choose one of: "
+                         f"{', '.join(GRAPHS_CHOICES)}")
+    return choice == "on" or (choice == "auto" and device.type == "cuda")
+
+
+def graphable(methods: list[Method]) -> bool:
+    """Whether these methods' steps can be captured: a fixed-shape loss (`stackable`), the trainer's own optimiser
+    and schedule, and an optimiser that takes a tensor lr (Adam, AdamW)."""
+    return all(m.stackable and type(m).optimizer is Method.optimizer and type(m).scheduler is Method.scheduler
+               and m.train_recipe().optimizer in CAPTURABLE_OPTIMIZERS for m in methods)
+
+
+def schedule_table(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                   steps: int) -> list[list[float]]:
+    """Each parameter group's learning rate at each of `steps` optimiser steps: the scheduler stepped over the whole
+    run before training (as the trainer steps it, once after every optimiser step); the groups' lrs are then put
+    back to their first values."""
+    table = []
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": no optimiser step is taken here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            table.append([float(group["lr"]) for group in optimizer.param_groups])
+            scheduler.step()
+    for group, lr in zip(optimizer.param_groups, table[0] if table else [], strict=False):
+        group["lr"] = lr
+    return table
+
+
+class Inner(Protocol):
+    """The step a `Graphed` captures (`trainer.Lockstep`, `batched.Stacked`)."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]: ...
+
+    def sync(self) -> None: ...
+
+
+Outputs = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
+
+
+class Graphed:
+    """`inner`'s steps with the schedule precomputed and, with `capture`, replayed from CUDA graphs (one per batch
+    size) after `WARMUP_STEPS` uncaptured steps. `take` returns the members' losses and parts of the step taken."""
+
+    def __init__(self, inner: Inner, steps: int, methods: list[Method], capture: bool) -> None:
+        self.inner, self.params, self.capture = inner, inner.params, capture
+        for method in methods:
+            method.fixed_shapes = True
+        device = self.params[0].device
+        groups = inner.optimizer.param_groups
+        self.table = torch.tensor(schedule_table(inner.optimizer, inner.scheduler, steps), dtype=torch.float32,
+                                  device=device)  # [steps, groups]
+        self.lrs = [torch.tensor(float(group["lr"]), dtype=torch.float32, device=device) for group in groups]
+        for group, lr in zip(groups, self.lrs, strict=True):
+            group["lr"] = lr  # the optimiser reads this tensor at every step: `take` writes the schedule's value
+            if device.type == "cuda":
+                group["capturable"] = True  # captured or not: the same update kernels
+            elif group.get("foreach"):
+                group["foreach"] = False  # foreach Adam takes a tensor lr only when capturable (CUDA)
+        self.count = 0
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, Outputs]] = {}
+        self.side = torch.cuda.Stream(device) if capture else None
+
+    def _compute(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
+        """Forward, backward and update (the grads are None on entry: backward writes them)."""
+        total, losses, parts = self.inner.losses(batches)
+        total.backward()
+        self.inner.optimizer.step()
+        return losses, parts
+
+    def _eager(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
+        for param in self.params:
+            param.grad = None
+        if self.side is None:
+            return self._compute(batches)
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            outputs = self._compute(batches)
+        torch.cuda.current_stream().wait_stream(self.side)
+        return outputs
+
+    def _capture(self, indices: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Outputs]:
+        """A graph of one step reading its batches from `indices` [R, 2, b] (sample and row indices per member)."""
+        for param in self.params:
+            param.grad = None  # backward inside the capture allocates the grads the graph writes
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self._compute([(indices[r, 0], indices[r, 1]) for r in range(len(indices))])
+        return graph, indices, outputs
+
+    def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
+        """One optimiser step on each member's batch (sample indices, row indices)."""
+        row = self.table[self.count]
+        torch._foreach_copy_(self.lrs, list(row.unbind()))
+        self.count += 1
+        size = len(batches[0][0])
+        entry = self.graphs.get(size)
+        if entry is None and self.capture and self.count > WARMUP_STEPS:
+            entry = self.graphs[size] = self._capture(torch.stack([torch.stack(pair) for pair in batches]))
+        elif entry is not None:
+            entry[1].copy_(torch.stack([torch.stack(pair) for pair in batches]))
+        if entry is None:
+            return self._eager(batches)
+        entry[0].replay()
+        return entry[2]
+
+    def sync(self) -> None:
+        self.inner.sync()

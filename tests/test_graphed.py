@@ -1,0 +1,157 @@
+"""The captured training step (`adapter.graphed`): the schedule it precomputes is the recipe's cosine, re-stated here;
+its step (the fixed-shape loss, a tensor lr, the update) trains as the plain trainer does, within float rounding, on
+the CPU without capture and, on a CUDA device, captured (the same step bit for bit as uncaptured)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lathadapter.adapter.batched import Member, train_together
+from lathadapter.adapter.catalog import build_method, make_options
+from lathadapter.adapter.graphed import graphable, graphs_on, schedule_table
+from lathadapter.adapter.recipes import TrainRecipe, build_optimizer, build_scheduler
+from lathadapter.adapter.trainer import train
+from lathadapter.cache.store import CacheReader, FewShotData
+from lathadapter.cache.synthetic import write_synthetic_cache
+
+SHORT = {"epochs": "4", "min_steps": "0", "batch_size": "24"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("graphed")
+    return write_synthetic_cache(folder / "world.h5", num_classes=8, dim=16, views=3, shots=(4,), seeds=(1, 2),
+                                 train_per_class=16, test_per_class=6, seed=5, name="world")
+
+
+def _load(cache: Path, seed: int, device: str = "cpu") -> FewShotData:
+    with CacheReader(cache) as reader:
+        return reader.load(4, seed, device=device)
+
+
+def _build(method: str, data: FewShotData, seed: int, overrides: dict | None = None):
+    torch.manual_seed(seed)
+    return build_method(method, make_options(method, {**SHORT, **(overrides or {})}), data)
+
+
+def test_the_schedule_table_is_the_cosine_of_every_step() -> None:
+    """CosineAnnealingLR over T steps: lr_s = lr (1 + cos(π s / T)) / 2 for each group, stepped once per step."""
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    recipes = [TrainRecipe(lr=1e-2), TrainRecipe(lr=3e-4)]
+    optimizer = build_optimizer([([params[0]], recipes[0]), ([params[1]], recipes[1])])
+    scheduler = build_scheduler(optimizer, recipes, epochs=5, steps_per_epoch=4)
+    table = schedule_table(optimizer, scheduler, 20)
+    for s, row in enumerate(table):
+        for lr, recipe in zip(row, recipes, strict=True):
+            assert lr == pytest.approx(recipe.lr * (1 + math.cos(math.pi * s / 20)) / 2, rel=1e-12, abs=1e-15)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 3e-4]  # put back
+
+
+def test_only_fixed_shape_methods_with_a_tensor_lr_optimiser_are_captured(cache: Path) -> None:
+    data = _load(cache, 1)
+    assert graphable([_build("lathadapter", data, 1)])
+    assert graphable([_build("lathadapter", data, 1, {"radius": "head", "hier": "triplet"})])
+    assert not graphable([_build("lathadapter", data, 1, {"hyp_metric": "euclid"})])  # not a fixed-shape form
+    assert not graphable([_build("clip-adapter", data, 1)])  # its official recipe is SGD: no tensor lr
+    assert graphable([_build("clip-adapter", data, 1, {"recipe": "shared"})])
+
+
+def test_the_graphs_switch_reads_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LATHADAPTER_GRAPHS", raising=False)
+    assert not graphs_on(torch.device("cpu")) and graphs_on(torch.device("cuda"))
+    monkeypatch.setenv("LATHADAPTER_GRAPHS", "on")
+    assert graphs_on(torch.device("cpu"))
+    monkeypatch.setenv("LATHADAPTER_GRAPHS", "off")
+    assert not graphs_on(torch.device("cuda"))
+    monkeypatch.setenv("LATHADAPTER_GRAPHS", "always")
+    with pytest.raises(ValueError, match="LATHADAPTER_GRAPHS='always' is not valid; choose one of: auto, on, off"):
+        graphs_on(torch.device("cpu"))
+
+
+CASES = [("lathadapter", {}), ("lathadapter", {"lambda_hier": "0.5", "radius": "head", "lambda_anchor": "0.1"}),
+         ("lathadapter", {"lambda_hier": "0.5", "hier": "triplet"}),
+         ("taskres", {"recipe": "official"}), ("tip-adapter-f", {})]
+
+
+def _states_close(a: torch.nn.Module, b: torch.nn.Module, rtol: float, atol: float) -> None:
+    first, second = a.state_dict(), b.state_dict()
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=rtol, atol=atol, msg=lambda m, key=key: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("method,overrides", CASES, ids=[f"{m}-{len(o)}" for m, o in CASES])
+def test_the_graphed_step_trains_as_the_plain_trainer(cache: Path, method: str, overrides: dict) -> None:
+    """Uncaptured on the CPU (the same code that CUDA captures): every parameter after 4 epochs, the per-epoch
+    losses and the epoch `select=val` keeps equal the plain trainer's within float rounding (the fixed-shape loss
+    sums in another order; the lr is a float32 tensor)."""
+    data = _load(cache, 2)
+    plain, graphed = _build(method, data, 2, overrides), _build(method, data, 2, overrides)
+    expected = train(plain, data, seed=2, select="val", graphs=False)
+    got = train(graphed, data, seed=2, select="val", graphs=True)
+    assert graphed.fixed_shapes and not plain.fixed_shapes and not got.cuda_graph  # no capture on the CPU
+    assert (got.steps, got.epochs, got.selected_epoch) == (expected.steps, expected.epochs, expected.selected_epoch)
+    _states_close(plain, graphed, rtol=1e-4, atol=1e-6)
+    for want, have in zip(expected.history, got.history, strict=True):
+        assert have.keys() == want.keys()
+        for key in want:
+            assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+
+
+def test_stacked_runs_take_the_graphed_step_too(cache: Path) -> None:
+    """Two seeds stacked (vmapped) under the graphed step equal each run trained alone, within float rounding."""
+    datas = [_load(cache, 1), _load(cache, 2)]
+    alone = [_build("lathadapter", d, s) for d, s in zip(datas, (1, 2), strict=True)]
+    for method, d, s in zip(alone, datas, (1, 2), strict=True):
+        train(method, d, seed=s, graphs=False)
+    members = [Member(_build("lathadapter", d, s), d, s) for d, s in zip(datas, (1, 2), strict=True)]
+    results = train_together(members, stack=True, graphs=True)
+    assert [r.batch_mode for r in results] == ["stacked", "stacked"]
+    for plain, member in zip(alone, members, strict=True):
+        _states_close(plain, member.method, rtol=1e-4, atol=1e-6)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("method,overrides", CASES, ids=[f"{m}-{len(o)}" for m, o in CASES])
+def test_a_captured_step_is_the_uncaptured_step_bit_for_bit_on_cuda(cache: Path, method: str,
+                                                                     overrides: dict) -> None:
+    """On CUDA: replaying the captured graphs gives the uncaptured step's parameters exactly (the same kernels on the
+    same data), and both equal the plain trainer's within float rounding."""
+    from lathadapter.adapter.graphed import Graphed
+    from lathadapter.adapter.trainer import Lockstep, Plan, TrainResult, optimise
+
+    data = _load(cache, 2, "cuda")
+    models = [_build(method, data, 2, overrides) for _ in range(3)]
+    plain = train(models[0], data, seed=2, graphs=False)
+    captured = train(models[1], data, seed=2, graphs=True)
+    assert captured.cuda_graph and not plain.cuda_graph
+
+    def uncaptured(members: list[Member], plan: Plan) -> Graphed:
+        return Graphed(Lockstep(members, plan), plan.epochs * len(plan.starts), [m.method for m in members],
+                       capture=False)
+
+    result = TrainResult()
+    optimise([Member(models[2], data, 2)], uncaptured, "last", "augmented", [result], graphs=False)
+    first, second = models[1].state_dict(), models[2].state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    _states_close(models[0], models[1], rtol=1e-4, atol=1e-6)
+
+
+@cuda
+def test_stacked_runs_are_captured_on_cuda(cache: Path) -> None:
+    datas = [_load(cache, 1, "cuda"), _load(cache, 2, "cuda")]
+    alone = [_build("lathadapter", d, s) for d, s in zip(datas, (1, 2), strict=True)]
+    for method, d, s in zip(alone, datas, (1, 2), strict=True):
+        train(method, d, seed=s, graphs=False)
+    members = [Member(_build("lathadapter", d, s), d, s) for d, s in zip(datas, (1, 2), strict=True)]
+    results = train_together(members, stack=True, graphs=True)
+    assert all(r.cuda_graph and r.batch_mode == "stacked" for r in results)
+    for plain, member in zip(alone, members, strict=True):
+        _states_close(plain, member.method, rtol=1e-4, atol=1e-6)
