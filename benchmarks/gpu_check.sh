@@ -4,15 +4,15 @@
 #
 #   (a) the CUDA tests: tests/test_kernels_radial_loss.py with the Triton twins compiled for real, against the
 #       float64 PyTorch twin (`fused_loss`) and, through LatHAdapter, against `impl=reference` for every radius and
-#       hierarchy, in float32 on CUDA;
-#   (b) benchmarks/lathadapter_step.py --device cuda (the Triton path against the PyTorch twins, kernels=torch);
-#   (c) benchmarks/fit.py --device cuda --only caltech (LatHAdapter's fit, target <= 0.25 s; CLIP-Adapter as the
-#       same call's yardstick), then LatHAdapter again with LATHADAPTER_KERNELS=torch;
-#   (d) benchmarks/grid.py --device cuda with batched runs, stacked and lockstep (runs/min, target >= 2,000);
-#   (e) benchmarks/cache_build.py --device cuda with a randomly initialised ViT-B-16 (images/s, and whether decoding
-#       or encoding bounds it);
-#   (f) benchmarks/radial_loss.py --device cuda (the loss stage: Triton against the eager PyTorch twin and
+#       hierarchy, in float32 on CUDA; tests/test_graphed.py, the captured steps against the uncaptured ones;
+#   (b) benchmarks/lathadapter_step.py --device cuda (the Triton path, the PyTorch twins, the captured step);
+#   (c) benchmarks/fit.py --device cuda --only caltech (LatHAdapter's fit, target <= 0.25 s), captured (the
+#       default) and with LATHADAPTER_GRAPHS=off;
+#   (d) benchmarks/grid.py --device cuda with stacked, captured runs (runs/min, target >= 2,000), under cProfile;
+#   (e) benchmarks/radial_loss.py --device cuda (the loss stage: Triton against the eager PyTorch twin and
 #       torch.compile of it, hier=cone; last, since compiling may take long: it gets what is left of the budget).
+#   The one-time cache build (benchmarks/cache_build.py --device cuda, a random ViT-B-16) ran in stop 9's check
+#   (benchmarks/results/gpu_check_cuda.txt); GPU_CHECK_STAGES=cache_build_cuda.txt runs it again.
 #
 # Each stage's output goes to $OUT/<stage>_cuda.txt (at most 8 files come back from the device machine: 7 tables and
 # results_json.tar with the JSON files the scripts wrote under benchmarks/results/), and a copy to
@@ -83,35 +83,43 @@ stage() {
 }
 
 if [[ $DEVICE == cuda ]]; then
-    # (a) the kernel cases and LatHAdapter through the Triton twin, compiled for CUDA (no interpreter)
-    stage kernel_tests_cuda.txt 130 env -u TRITON_INTERPRET "$PY" -m pytest -q -rs -p no:cacheprovider \
-        --durations=8 tests/test_kernels_radial_loss.py
-    # (b) where a step goes: the Triton path, and the PyTorch twins forced (kernels = torch)
-    stage lathadapter_step_cuda.txt 50 "$PY" benchmarks/lathadapter_step.py --device cuda --steps 30 --repeats 5
-    # (c) fits on the Caltech-like cache; then LatHAdapter with the PyTorch twin (loss.py) for comparison
-    stage fit_cuda.txt 50 "$PY" benchmarks/fit.py --device cuda --only caltech --methods lathadapter,clip-adapter \
-        --repeats 2
-    stage fit_cuda.txt 30 env LATHADAPTER_KERNELS=torch "$PY" benchmarks/fit.py --device cuda --only caltech \
-        --methods lathadapter --repeats 2 --out "$RESULTS/fit_kernels_torch_cuda.json"
-    # (d) a 3-method x 5-shot x 3-seed grid, every compatible run of a method trained together, stacked and lockstep
-    stage grid_cuda.txt 150 "$PY" benchmarks/grid.py --device cuda --batch-runs 45 --stack on,off \
-        --out "$RESULTS/grid_cuda.json"
-    # (e) the one-time GPU pass: a random ViT-B-16 over generated 224 px PNGs, 10 views per train image
-    stage cache_build_cuda.txt 70 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 --pretrained none \
-        --sizes 224 --views 10 --workers 0,8,15 --batch-size 64 --threads 4 --out "$RESULTS/cache_build_cuda.json"
-    # (f) the loss stage alone: Triton, eager PyTorch twin, torch.compile (dynamic=False: one compile per shape)
-    stage radial_loss_cuda.txt 120 "$PY" benchmarks/radial_loss.py --device cuda --hier cone \
-        --sizes 256x100x16,256x1000x16 --rounds 7 --calls 10 --out "$RESULTS/radial_loss_cuda.json"
+    # (a) the kernel cases and LatHAdapter through the Triton twin, compiled for CUDA (no interpreter); the captured
+    #     steps against the uncaptured ones (bit for bit) and the plain trainer
+    stage kernel_tests_cuda.txt 110 env -u TRITON_INTERPRET "$PY" -m pytest -q -rs -p no:cacheprovider \
+        --durations=8 tests/test_kernels_radial_loss.py tests/test_graphed.py
+    # (b) where a step goes: the Triton path, the PyTorch twins forced (kernels = torch), the captured step
+    stage lathadapter_step_cuda.txt 50 "$PY" benchmarks/lathadapter_step.py --device cuda --only caltech \
+        --steps 30 --repeats 5
+    # (c) LatHAdapter's fit on the Caltech-like cache: captured steps (the default on CUDA), then uncaptured
+    #     (LATHADAPTER_GRAPHS=off: the Triton twin, op by op)
+    stage fit_cuda.txt 40 "$PY" benchmarks/fit.py --device cuda --only caltech --methods lathadapter --repeats 3
+    stage fit_cuda.txt 35 env LATHADAPTER_GRAPHS=off "$PY" benchmarks/fit.py --device cuda --only caltech \
+        --methods lathadapter --repeats 2 --out "$RESULTS/fit_uncaptured_cuda.json"
+    # (d) a 2-method x 5-shot x 3-seed grid, each method's runs stacked and captured; under cProfile, whose
+    #     cumulative table says where a grid's time goes
+    stage grid_cuda.txt 110 bash -c "$PY -m cProfile -o /tmp/grid.prof benchmarks/grid.py --device cuda \
+        --methods lathadapter,tip-adapter-f --batch-runs 15 --stack on --out $RESULTS/grid_cuda.json; rc=\$?; \
+        $PY -c \"import pstats; pstats.Stats('/tmp/grid.prof').sort_stats('cumtime').print_stats(70)\"; exit \$rc"
+    # (e) the loss stage alone: Triton, eager PyTorch twin, torch.compile (dynamic=False: one compile per shape)
+    if [[ $STAGES != all ]]; then
+        stage cache_build_cuda.txt 70 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 \
+            --pretrained none --sizes 224 --views 10 --workers 0,8,15 --batch-size 64 --threads 4 \
+            --out "$RESULTS/cache_build_cuda.json"
+    fi
+    stage radial_loss_cuda.txt 90 "$PY" benchmarks/radial_loss.py --device cuda --hier cone \
+        --sizes 256x100x16 --rounds 5 --calls 10 --out "$RESULTS/radial_loss_cuda.json"
 else  # a dry run of the same commands on the CPU with tiny sizes
-    stage kernel_tests_cuda.txt 300 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels_radial_loss.py
+    stage kernel_tests_cuda.txt 300 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels_radial_loss.py \
+        tests/test_graphed.py
     stage lathadapter_step_cuda.txt 120 "$PY" benchmarks/lathadapter_step.py --device cpu --only caltech \
         --steps 2 --repeats 1 --out "$OUT/dry_step.json"
     stage fit_cuda.txt 120 "$PY" benchmarks/fit.py --device cpu --only caltech --methods lathadapter --repeats 1 \
         --out "$OUT/dry_fit.json"
-    stage fit_cuda.txt 120 env LATHADAPTER_KERNELS=torch "$PY" benchmarks/fit.py --device cpu --only caltech \
-        --methods lathadapter --repeats 1 --out "$OUT/dry_fit_torch.json"
-    stage grid_cuda.txt 200 "$PY" benchmarks/grid.py --device cpu --methods lathadapter --shots 1 --seeds 1,2 \
-        --batch-runs 2 --stack on,off --out "$OUT/dry_grid.json"
+    stage fit_cuda.txt 120 env LATHADAPTER_GRAPHS=on "$PY" benchmarks/fit.py --device cpu --only caltech \
+        --methods lathadapter --repeats 1 --out "$OUT/dry_fit_graphed.json"
+    stage grid_cuda.txt 200 bash -c "$PY -m cProfile -o /tmp/grid.prof benchmarks/grid.py --device cpu \
+        --methods lathadapter --shots 1 --seeds 1,2 --batch-runs 2 --stack on --out $OUT/dry_grid.json; rc=\$?; \
+        $PY -c \"import pstats; pstats.Stats('/tmp/grid.prof').sort_stats('cumtime').print_stats(15)\"; exit \$rc"
     stage cache_build_cuda.txt 200 "$PY" benchmarks/cache_build.py --device cpu --sizes 32 --views 1 --workers 0,1 \
         --batch-size 64 --threads 1 --out "$OUT/dry_cache_build.json"
     stage radial_loss_cuda.txt 120 "$PY" benchmarks/radial_loss.py --device cpu --hier cone,triplet \

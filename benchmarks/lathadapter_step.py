@@ -3,7 +3,7 @@ Caltech101-like and ImageNet-like caches of `benchmarks/fit.py`, for the loss's 
 each radius (`radius=head|norm|kind`), for the plain reference (`impl=reference`, explicit lifted points), and for the
 step's matrix products alone (the same shapes, nothing else: the floor of any implementation of the method in
 float32). On CUDA, where the loss stage runs as Triton kernels, two more rows force the PyTorch twins instead
-(kernels backend torch).
+(kernels backend torch), and two take the step as the trainer does there, captured in a CUDA graph.
 
     python benchmarks/lathadapter_step.py [--only caltech|imagenet] [--steps 30] [--repeats 5] [--device cpu|cuda]
 
@@ -40,6 +40,8 @@ ROWS = {
 }
 # On CUDA the loss stage runs as Triton kernels (kernels backend auto); these rows force the PyTorch twins there
 CUDA_ROWS = {
+    "default, captured in a CUDA graph (stacked.py's fixed-shape form)": {"graph": True},
+    "radius = head, captured in a CUDA graph": {"radius": "head", "graph": True},
     "default, kernels = torch (loss.py's one node)": {"kernels": "torch"},
     "radius = head, kernels = torch (fused.py's PyTorch twin)": {"radius": "head", "kernels": "torch"},
 }
@@ -50,10 +52,13 @@ def method_step(data, options: dict) -> Callable[[torch.Generator], None]:
     does, and moved to the data's device); the key `kernels` names a kernels backend for the step."""
     options = dict(options)
     backend = options.pop("kernels", None)
+    graph = options.pop("graph", False)
     method = create_method("lathadapter", data, **options)
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=True)
     device = data.train_labels.device
+    if graph:
+        return graphed_step(method, params, optimizer, data)
 
     def step(generator: torch.Generator) -> None:
         batch = torch.randint(len(data.train_labels), (256,), generator=generator).to(device)
@@ -66,6 +71,34 @@ def method_step(data, options: dict) -> Callable[[torch.Generator], None]:
         clear_grads(params)  # as the trainer does
         loss.backward()
         optimizer.step()
+
+    return step
+
+
+def graphed_step(method, params, optimizer, data) -> Callable[[torch.Generator], None]:
+    """The same step as the trainer takes it on CUDA (`adapter.graphed.Graphed`): the fixed-shape loss, captured
+    after three uncaptured steps, replayed with the batch's indices copied in."""
+    from lathadapter.adapter.graphed import Graphed
+
+    class One:  # the trainer's Lockstep of one run, reduced to what Graphed calls
+        def __init__(self) -> None:
+            self.params, self.optimizer = params, optimizer
+            self.scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+        def losses(self, batches):
+            [(batch, rows)] = batches
+            loss, parts = method.loss(data.train_features.index_select(0, rows), data.train_labels[batch])
+            return loss, [loss], [parts]
+
+        def sync(self) -> None:
+            pass
+
+    step_of = Graphed(One(), 10_000, [method], capture=data.train_labels.is_cuda)
+    device = data.train_labels.device
+
+    def step(generator: torch.Generator) -> None:
+        batch = torch.randint(len(data.train_labels), (256,), generator=generator).to(device)
+        step_of.take([(batch, batch)])
 
     return step
 
