@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 
 from lathadapter.adapter.methods.base import Method
+from lathadapter.kernels.dispatch import get_backend
 
 GRAPHS_ENV = "LATHADAPTER_GRAPHS"  # auto (captured on CUDA), on (also uncaptured on the CPU), off
 GRAPHS_CHOICES = ("auto", "on", "off")
@@ -36,12 +37,13 @@ WARMUP_STEPS = 3  # uncaptured steps before the first capture (PyTorch's whole-n
 
 def graphs_on(device: torch.device) -> bool:
     """Whether steps that can be captured are (`Graphed`): $LATHADAPTER_GRAPHS `off`, `on` (on the CPU: the same
-    fixed-shape step without capture), else (`auto`) on CUDA only."""
+    fixed-shape step without capture), else (`auto`) on CUDA under the kernels backend `auto` — a backend named
+    explicitly (`triton`, `torch`) asks for that twin of the loss, op by op."""
     choice = os.environ.get(GRAPHS_ENV, "auto")
     if choice not in GRAPHS_CHOICES:
         raise ValueError(f"environment variable {GRAPHS_ENV}={choice!r} is not valid; choose one of: "
                          f"{', '.join(GRAPHS_CHOICES)}")
-    return choice == "on" or (choice == "auto" and device.type == "cuda")
+    return choice == "on" or (choice == "auto" and device.type == "cuda" and get_backend() == "auto")
 
 
 def graphable(methods: list[Method]) -> bool:
@@ -107,11 +109,13 @@ class Graphed:
         self.side = torch.cuda.Stream(device) if capture else None
 
     def _compute(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
-        """Forward, backward and update (the grads are None on entry: backward writes them)."""
+        """Forward, backward and update (the grads are None on entry: backward writes them). The losses come back
+        detached: a loss kept until the next step would keep its autograd graph, and so its parameters' gradient
+        accumulators, alive across streams."""
         total, losses, parts = self.inner.losses(batches)
         total.backward()
         self.inner.optimizer.step()
-        return losses, parts
+        return [loss.detach() for loss in losses], parts
 
     def _eager(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
         for param in self.params:
@@ -125,12 +129,13 @@ class Graphed:
         return outputs
 
     def _capture(self, indices: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Outputs]:
-        """A graph of one step reading its batches from `indices` [R, 2, b] (sample and row indices per member)."""
+        """A graph of one step reading its batches from `indices` [2R, b] (member r's sample indices in row 2r, its
+        row indices in row 2r + 1)."""
         for param in self.params:
             param.grad = None  # backward inside the capture allocates the grads the graph writes
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            outputs = self._compute([(indices[r, 0], indices[r, 1]) for r in range(len(indices))])
+            outputs = self._compute([(indices[r], indices[r + 1]) for r in range(0, len(indices), 2)])
         return graph, indices, outputs
 
     def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
@@ -141,9 +146,9 @@ class Graphed:
         size = len(batches[0][0])
         entry = self.graphs.get(size)
         if entry is None and self.capture and self.count > WARMUP_STEPS:
-            entry = self.graphs[size] = self._capture(torch.stack([torch.stack(pair) for pair in batches]))
+            entry = self.graphs[size] = self._capture(torch.stack([t for pair in batches for t in pair]))
         elif entry is not None:
-            entry[1].copy_(torch.stack([torch.stack(pair) for pair in batches]))
+            torch.stack([t for pair in batches for t in pair], out=entry[1])  # one copy into the captured buffer
         if entry is None:
             return self._eager(batches)
         entry[0].replay()

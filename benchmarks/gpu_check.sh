@@ -8,7 +8,8 @@
 #   (b) benchmarks/lathadapter_step.py --device cuda (the Triton path, the PyTorch twins, the captured step);
 #   (c) benchmarks/fit.py --device cuda --only caltech (LatHAdapter's fit, target <= 0.25 s), captured (the
 #       default) and with LATHADAPTER_GRAPHS=off;
-#   (d) benchmarks/grid.py --device cuda with stacked, captured runs (runs/min, target >= 2,000), under cProfile;
+#       benchmarks/fit_profile.py --device cuda: where a captured fit's time goes;
+#   (d) benchmarks/grid.py --device cuda with stacked, captured runs (runs/min, target >= 2,000);
 #   (e) benchmarks/radial_loss.py --device cuda (the loss stage: Triton against the eager PyTorch twin and
 #       torch.compile of it, hier=cone; last, since compiling may take long: it gets what is left of the budget).
 #   The one-time cache build (benchmarks/cache_build.py --device cuda, a random ViT-B-16) ran in stop 9's check
@@ -95,11 +96,11 @@ if [[ $DEVICE == cuda ]]; then
     stage fit_cuda.txt 40 "$PY" benchmarks/fit.py --device cuda --only caltech --methods lathadapter --repeats 3
     stage fit_cuda.txt 35 env LATHADAPTER_GRAPHS=off "$PY" benchmarks/fit.py --device cuda --only caltech \
         --methods lathadapter --repeats 2 --out "$RESULTS/fit_uncaptured_cuda.json"
-    # (d) a 2-method x 5-shot x 3-seed grid, each method's runs stacked and captured; under cProfile, whose
-    #     cumulative table says where a grid's time goes
-    stage grid_cuda.txt 110 bash -c "$PY -m cProfile -o /tmp/grid.prof benchmarks/grid.py --device cuda \
-        --methods lathadapter,tip-adapter-f --batch-runs 15 --stack on --out $RESULTS/grid_cuda.json; rc=\$?; \
-        $PY -c \"import pstats; pstats.Stats('/tmp/grid.prof').sort_stats('cumtime').print_stats(70)\"; exit \$rc"
+    # where the captured fit's time goes (cProfile of a third fit)
+    stage fit_profile_cuda.txt 40 "$PY" benchmarks/fit_profile.py --device cuda
+    # (d) a 3-method x 5-shot x 3-seed grid, each method's runs stacked and captured (one batch a method)
+    stage grid_cuda.txt 110 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
+        --batch-runs 45 --stack on --repeats 2 --out "$RESULTS/grid_cuda.json"
     # (e) the loss stage alone: Triton, eager PyTorch twin, torch.compile (dynamic=False: one compile per shape)
     if [[ $STAGES != all ]]; then
         stage cache_build_cuda.txt 70 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 \
@@ -117,9 +118,9 @@ else  # a dry run of the same commands on the CPU with tiny sizes
         --out "$OUT/dry_fit.json"
     stage fit_cuda.txt 120 env LATHADAPTER_GRAPHS=on "$PY" benchmarks/fit.py --device cpu --only caltech \
         --methods lathadapter --repeats 1 --out "$OUT/dry_fit_graphed.json"
-    stage grid_cuda.txt 200 bash -c "$PY -m cProfile -o /tmp/grid.prof benchmarks/grid.py --device cpu \
-        --methods lathadapter --shots 1 --seeds 1,2 --batch-runs 2 --stack on --out $OUT/dry_grid.json; rc=\$?; \
-        $PY -c \"import pstats; pstats.Stats('/tmp/grid.prof').sort_stats('cumtime').print_stats(15)\"; exit \$rc"
+    stage fit_profile_cuda.txt 120 "$PY" benchmarks/fit_profile.py --device cpu --lines 10
+    stage grid_cuda.txt 200 "$PY" benchmarks/grid.py --device cpu --methods lathadapter --shots 1 --seeds 1,2 \
+        --batch-runs 2 --stack on --out "$OUT/dry_grid.json"
     stage cache_build_cuda.txt 200 "$PY" benchmarks/cache_build.py --device cpu --sizes 32 --views 1 --workers 0,1 \
         --batch-size 64 --threads 1 --out "$OUT/dry_cache_build.json"
     stage radial_loss_cuda.txt 120 "$PY" benchmarks/radial_loss.py --device cpu --hier cone,triplet \

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lathadapter import kernels
 from lathadapter.adapter.batched import Member, train_together
 from lathadapter.adapter.catalog import build_method, make_options
 from lathadapter.adapter.graphed import graphable, graphs_on, schedule_table
@@ -62,7 +63,10 @@ def test_only_fixed_shape_methods_with_a_tensor_lr_optimiser_are_captured(cache:
 
 def test_the_graphs_switch_reads_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LATHADAPTER_GRAPHS", raising=False)
+    monkeypatch.delenv("LATHADAPTER_KERNELS", raising=False)
     assert not graphs_on(torch.device("cpu")) and graphs_on(torch.device("cuda"))
+    with kernels.backend("triton"):  # a kernels backend named explicitly: its twin, uncaptured
+        assert not graphs_on(torch.device("cuda"))
     monkeypatch.setenv("LATHADAPTER_GRAPHS", "on")
     assert graphs_on(torch.device("cpu"))
     monkeypatch.setenv("LATHADAPTER_GRAPHS", "off")
@@ -141,7 +145,7 @@ def test_a_captured_step_is_the_uncaptured_step_bit_for_bit_on_cuda(cache: Path,
     optimise([Member(models[2], data, 2)], uncaptured, "last", "augmented", [result], graphs=False)
     first, second = models[1].state_dict(), models[2].state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
-    _states_close(models[0], models[1], rtol=1e-4, atol=1e-6)
+    _states_close(models[0], models[1], rtol=1e-4, atol=1e-5)  # float32 on the GPU, against the Triton twin
 
 
 @cuda
@@ -154,4 +158,4 @@ def test_stacked_runs_are_captured_on_cuda(cache: Path) -> None:
     results = train_together(members, stack=True, graphs=True)
     assert all(r.cuda_graph and r.batch_mode == "stacked" for r in results)
     for plain, member in zip(alone, members, strict=True):
-        _states_close(plain, member.method, rtol=1e-4, atol=1e-6)
+        _states_close(plain, member.method, rtol=1e-4, atol=1e-5)
