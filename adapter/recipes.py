@@ -4,6 +4,7 @@ and the helpers that resolve a baseline's official per-dataset values (docs/base
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import typing
@@ -143,15 +144,19 @@ def training_values(recipe: TrainRecipe) -> dict[str, Any]:
     return {name: getattr(recipe, name) for name in TRAINING_NAMES}
 
 
+_type_hints = functools.cache(typing.get_type_hints)  # an options class's field types (0.3 ms a call uncached)
+
+
 def fill(options: Any, official: dict[str, Any], shared: dict[str, Any]) -> Any:
     """`options` with every option left at None set to the value of the recipe `options.recipe` names (`official` or
     `shared`, by option name), converted to the option's declared type; values set stay. Resolved options fill
     nothing."""
     values = official if options.recipe == "official" else shared
-    hints = typing.get_type_hints(type(options))
-    filled = {name: parse_value(name, hints[name], value) for name, value in values.items()
-              if getattr(options, name) is None}
-    return dataclasses.replace(options, **filled) if filled else options
+    missing = [name for name in values if getattr(options, name) is None]
+    if not missing:
+        return options
+    hints = _type_hints(type(options))
+    return dataclasses.replace(options, **{name: parse_value(name, hints[name], values[name]) for name in missing})
 
 
 def filled_by_recipe(requested: Any, resolved: Any) -> dict[str, Any]:
