@@ -21,6 +21,7 @@ from lathadapter.adapter.methods import (  # noqa: F401  (importing registers th
 # isort: on
 from lathadapter.adapter.methods.base import Method
 from lathadapter.adapter.options import OptionError, build_options, declaring_class
+from lathadapter.adapter.recipes import RecipeFacts
 from lathadapter.adapter.registry import registered
 from lathadapter.cache.store import FewShotData
 
@@ -61,12 +62,22 @@ def ambiguous_options(methods: list[str] | None = None) -> set[str]:
     return {option for option, classes in owners.items() if len(classes) > 1}
 
 
-def build_method(name: str, options: Any, data: FewShotData) -> Method:
-    """Method `name` for the classes and few-shot set of `data`, from its typed options."""
+def _checked(name: str, options: Any) -> type[Method]:
     cls = method_class(name)
     if type(options) is not cls.Options:
         raise OptionError(f"method {name!r} takes {cls.Options.__name__}, not {type(options).__name__}")
-    return cls(options, data)
+    return cls
+
+
+def resolve_options(name: str, options: Any, facts: RecipeFacts) -> Any:
+    """Method `name`'s typed options with every option left to its training recipe (None) set to the value the
+    recipe gives for `facts` (`RecipeFacts.of` the run's training view): what the run trains with. Builds nothing."""
+    return _checked(name, options).resolve(options, facts)
+
+
+def build_method(name: str, options: Any, data: FewShotData) -> Method:
+    """Method `name` for the classes and few-shot set of `data`, from its typed options."""
+    return _checked(name, options)(options, data)
 
 
 def create_method(name: str, data: FewShotData, **overrides: Any) -> Method:

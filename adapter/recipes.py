@@ -4,15 +4,17 @@ and the helpers that resolve a baseline's official per-dataset values (docs/base
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lathadapter.adapter.options import TrainOptions
-from lathadapter.cache.store import REBUILD, CacheError
+from lathadapter.adapter.options import TrainOptions, parse_value
+from lathadapter.cache.store import REBUILD, CacheError, FewShotData
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine-step", "cosine-epoch")
@@ -121,20 +123,54 @@ _DATASET_KEYS = {
 }
 
 
-def resolved(options: Any, name: str, official: Any, shared: Any) -> Any:
-    """The value option `name` takes: its own when set (not None), else the recipe's (`official` or `shared`)."""
-    value = getattr(options, name)
-    if value is not None:
-        return value
-    return official if options.recipe == "official" else shared
+@dataclass(frozen=True)
+class RecipeFacts:
+    """What the official recipes vary by: the cache's dataset name (keys the per-dataset tables through `dataset_key`)
+    and the few-shot subset's K of the run's training view (`FewShotData.shots`)."""
+
+    dataset: str
+    shots: int
+
+    @classmethod
+    def of(cls, data: FewShotData) -> RecipeFacts:
+        return cls(data.dataset, data.shots)
+
+
+TRAINING_NAMES = ("epochs", "min_steps", "batch_size", "lr", "weight_decay", "eps")  # TrainOptions' fields
+
+
+def training_values(recipe: TrainRecipe) -> dict[str, Any]:
+    """A recipe's values of the training options (`TrainOptions`' fields), by option name."""
+    return {name: getattr(recipe, name) for name in TRAINING_NAMES}
+
+
+_type_hints = functools.cache(typing.get_type_hints)  # an options class's field types (0.3 ms a call uncached)
+
+
+def fill(options: Any, official: dict[str, Any], shared: dict[str, Any]) -> Any:
+    """`options` with every option left at None set to the value of the recipe `options.recipe` names (`official` or
+    `shared`, by option name), converted to the option's declared type; values set stay. Resolved options fill
+    nothing."""
+    values = official if options.recipe == "official" else shared
+    missing = [name for name in values if getattr(options, name) is None]
+    if not missing:
+        return options
+    hints = _type_hints(type(options))
+    return dataclasses.replace(options, **{name: parse_value(name, hints[name], values[name]) for name in missing})
+
+
+def filled_by_recipe(requested: Any, resolved: Any) -> dict[str, Any]:
+    """The options a recipe filled: those left at None in `requested` and their values in `resolved`, by name."""
+    return {f.name: getattr(resolved, f.name) for f in dataclasses.fields(requested)
+            if getattr(requested, f.name) is None and getattr(resolved, f.name) is not None}
 
 
 def recipe_from(options: Any, official: TrainRecipe, shared: TrainRecipe | None = None) -> TrainRecipe:
     """The recipe `options.recipe` names (`official`, or `shared`: today's AdamW and cosine), with every training
-    option the user set (not None) replacing the recipe's value."""
+    option that is set (not None; all of them once resolved) replacing the recipe's value."""
     base = official if options.recipe == "official" else (shared or TrainRecipe())
-    names = ("epochs", "min_steps", "batch_size", "lr", "weight_decay", "eps")
-    return dataclasses.replace(base, **{n: getattr(options, n) for n in names if getattr(options, n) is not None})
+    return dataclasses.replace(base, **{n: getattr(options, n) for n in TRAINING_NAMES
+                                        if getattr(options, n) is not None})
 
 
 def require_raw(value: torch.Tensor | None, method: str, what: str) -> torch.Tensor:

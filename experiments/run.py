@@ -18,10 +18,11 @@ import torch
 from rich.progress import Progress
 
 from lathadapter.adapter.batched import Member, lockstep_key, train_together
-from lathadapter.adapter.catalog import build_method, make_options, method_class
+from lathadapter.adapter.catalog import build_method, make_options, method_class, resolve_options
 from lathadapter.adapter.evaluate import evaluate, harmonic_mean
 from lathadapter.adapter.methods.base import Method
 from lathadapter.adapter.options import OptionError, StateError, changed_fields
+from lathadapter.adapter.recipes import RecipeFacts, filled_by_recipe
 from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS, TrainResult, train
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData, resolve_cache
 from lathadapter.experiments.machine import resolve_device
@@ -106,11 +107,19 @@ def run(config: RunConfig, data: FewShotData, progress: Progress | None = None) 
     return evaluated(config, method, result, train_data, novel_data)
 
 
+def resolved_options(config: RunConfig, train_data: FewShotData) -> Any:
+    """The configuration's options with every option left to the method's training recipe (None) set to the value
+    the recipe gives on this training view (dataset, shots): what the run trains with. The run's key stays that of
+    the options as requested."""
+    return resolve_options(config.method, config.options, RecipeFacts.of(train_data))
+
+
 def build(config: RunConfig, train_data: FewShotData) -> Method:
-    """The configuration's method on its training view, initialised from the global generator seeded by the run's
-    seed (so the same run starts alike alone or trained together with others)."""
+    """The configuration's method on its training view, from its resolved options (`resolved_options`), initialised
+    from the global generator seeded by the run's seed (so the same run starts alike alone or trained together)."""
+    options = resolved_options(config, train_data)
     torch.manual_seed(config.seed)
-    return build_method(config.method, config.options, train_data)
+    return build_method(config.method, options, train_data)
 
 
 def run_together(configs: list[RunConfig], datas: list[FewShotData]) -> list[RunOutcome]:
@@ -161,6 +170,8 @@ def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data
         "selected_epoch": result.selected_epoch,
         "val_accuracy": result.val_accuracy,
         "chosen": result.chosen,
+        # the options the recipe filled and their values (written into config.json, not metrics.json: `save_run`)
+        "resolved": filled_by_recipe(config.options, method.options),
         "history": result.history,  # last-batch loss and its parts, per epoch
         "batch_runs": result.batch_runs,  # runs trained together, this one included (`grid --batch-runs`)
         "batch_mode": result.batch_mode,
@@ -265,14 +276,13 @@ def tune_val_score(config: RunConfig, method: Method | None, data: FewShotData, 
 
 def option_in_effect(config: RunConfig, data: FewShotData, name: str) -> Any:
     """The value option `name` takes in this run: its own when set; when left at None to the method's training recipe
-    (official recipes vary by dataset and shots), the recipe's, read from the method built on the run's training
-    view. Fair tuning's presets scale it."""
+    (official recipes vary by dataset and shots), the recipe's on the run's training view (`resolved_options`; no
+    method is built). Fair tuning's presets scale it."""
     value = getattr(config.options, name)
     if value is not None:
         return value
     train_data, _ = split_classes(data, config.classes)
-    recipe = getattr(build_method(config.method, config.options, train_data), "train_recipe", None)
-    value = getattr(recipe(), name, None) if recipe is not None else None
+    value = getattr(resolved_options(config, train_data), name)
     if value is None:
         raise OptionError(f"option {name} of {config.method} is left unset and its training recipe gives no value "
                           "to scale; set it, or tune it with explicit values (--tune)")
@@ -294,12 +304,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def run_record(config: RunConfig, key: str, cache: Path, fingerprint: str, fingerprint_fields: dict[str, Any],
-               device: str) -> dict[str, Any]:
-    """`config.json`: the full typed configuration, what differs from the method's defaults, and provenance."""
+               device: str, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`config.json`: the full typed configuration as requested (what the key hashes), what differs from the
+    method's defaults, the values the training recipe gave the options left to it (`resolved`), and provenance."""
     return {
         "key": key,
         **config.identity(),
         "overrides": changed_fields(config.options),
+        "resolved": resolved or {},
         "device": device,
         "cache": str(cache),
         "cache_fingerprint": fingerprint,
@@ -320,17 +332,20 @@ def torch_bytes(value: Any) -> bytes:
 def save_run(folder: Path, config: RunConfig, outcome: RunOutcome, cache: Path, fingerprint: str,
              fingerprint_fields: dict[str, Any], device: str, key: str | None = None) -> None:
     """Write `config.json`, `weights.pt`, `points.pt` (when the method exports lifted points) and `metrics.json`
-    into `folder`, each file atomically and the metrics last (a run is finished once they exist)."""
+    into `folder`, each file atomically and the metrics last (a run is finished once they exist). The metrics'
+    `resolved` (the options the recipe filled) goes into `config.json`."""
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    metrics = dict(outcome.metrics)
+    resolved = metrics.pop("resolved", None)
     try:
         write_json(folder / "config.json", run_record(config, key or config.key(fingerprint), cache, fingerprint,
-                                                      fingerprint_fields, device))
+                                                      fingerprint_fields, device, resolved))
         weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
         write_atomic(folder / "weights.pt", lambda p: p.write_bytes(torch_bytes(weights)))
         if outcome.points is not None:
             write_atomic(folder / "points.pt", lambda p: p.write_bytes(torch_bytes(outcome.points)))
-        write_json(folder / "metrics.json", outcome.metrics)
+        write_json(folder / "metrics.json", metrics)
     except OSError:  # e.g. a full disk: no half-written run folder
         if created:
             shutil.rmtree(folder, ignore_errors=True)

@@ -6,6 +6,7 @@ still loads while a method that needs its missing norms names the rebuild comman
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -21,8 +22,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import lathadapter
-from lathadapter.adapter.catalog import create_method
+from lathadapter.adapter.catalog import build_method, create_method, make_options, method_names, resolve_options
 from lathadapter.adapter.methods.base import ProtocolWarning
+from lathadapter.adapter.recipes import RecipeFacts
 from lathadapter.adapter.trainer import train
 from lathadapter.cache.build import BuildError, build
 from lathadapter.cache.encode import augmented_views, view_seed
@@ -30,6 +32,7 @@ from lathadapter.cache.inspection import summary, verify
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData, fingerprint_of
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
+from lathadapter.experiments.run import RunConfig, option_in_effect
 
 # ----------------------------------------------------------------------------------------------------------------
 # The official values, written out again from the official repositories (not imported from the package).
@@ -383,8 +386,129 @@ def test_fit_records_the_per_dataset_values_it_used(tmp_path: Path) -> None:
     assert metrics["chosen"]["recipe.epochs"] == 2 and metrics["chosen"]["recipe"] == "official"
     config = json.loads((Path(metrics["run_dir"]) / "config.json").read_text())
     assert config["options"]["recipe"] == "official" and config["options"]["alpha"] is None
+    # config.json holds the requested options (the key's) and the values the recipe filled, concrete
+    assert config["options"]["lr"] is None and config["options"]["epochs"] == 2
+    assert config["resolved"] == {"alpha": 1.0, "raw_text": True, "lr": 2e-3, "weight_decay": 5e-4, "eps": 1e-8,
+                                  "min_steps": 0, "batch_size": 256}
+    assert "resolved" not in json.loads((Path(metrics["run_dir"]) / "metrics.json").read_text())
     tip = lathadapter.fit(cache, "tip-adapter", shots=2, seed=1, out=None, device="cpu")
     assert tip["chosen"]["search_set"] == "split" and tip["chosen"]["recipe.search_beta_max"] == 50
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resolution before the run: every option left to the recipe gets the official table's value, no method built
+
+# (method, dataset, shots) → the official values, written out again from docs/baselines.md's tables
+OFFICIAL_RESOLVED = {
+    ("taskres", "imagenet", 16): {"lr": 2e-4, "weight_decay": 5e-4, "eps": 1e-8, "epochs": 200, "min_steps": 0,
+                                  "batch_size": 256, "alpha": 0.5, "raw_text": True},
+    ("taskres", "oxford_flowers", 2): {"lr": 2e-3, "weight_decay": 5e-4, "eps": 1e-8, "epochs": 100, "min_steps": 0,
+                                       "batch_size": 256, "alpha": 1.0, "raw_text": True},
+    ("clip-adapter", "caltech101", 1): {"lr": 2e-3, "weight_decay": 5e-4, "epochs": 50, "min_steps": 0,
+                                        "batch_size": 32, "final_relu": True},
+    ("clip-adapter", "dtd", 8): {"lr": 2e-3, "weight_decay": 5e-4, "epochs": 200, "min_steps": 0, "batch_size": 32,
+                                 "final_relu": True},
+    ("linear-probe", "dtd", 1): {"lr": 0.1, "weight_decay": 0.0, "epochs": 300, "min_steps": 0, "batch_size": 256,
+                                 "head": "cosine"},
+    ("linear-probe", "imagenet", 16): {"lr": 0.1, "weight_decay": 0.0, "epochs": 300, "min_steps": 0,
+                                       "batch_size": 256, "head": "cosine"},
+    ("tip-adapter", "caltech101", 4): {"alpha": 3.0, "beta": 1.0, "search_beta_max": 12.0, "search_alpha_max": 5.0,
+                                       "search_set": "split", "raw_keys": True},
+    ("tip-adapter", "oxford_flowers", 16): {"alpha": 10.0, "beta": 1.0, "search_beta_max": 50.0,
+                                            "search_alpha_max": 50.0, "search_set": "split", "raw_keys": True},
+    ("tip-adapter-f", "eurosat", 4): {"lr": 1e-3, "weight_decay": 0.01, "eps": 1e-4, "epochs": 100, "min_steps": 0,
+                                      "batch_size": 256, "alpha": 2.0, "search_beta_max": 12.0,
+                                      "search_alpha_max": 10.0},
+    ("tip-adapter-f", "fgvc_aircraft", 16): {"lr": 1e-3, "weight_decay": 0.01, "eps": 1e-4, "epochs": 20,
+                                             "min_steps": 0, "batch_size": 256, "alpha": 5.0,
+                                             "search_beta_max": 30.0, "search_alpha_max": 30.0},
+}
+# recipe=shared: AdamW lr 1e-3, weight decay 1e-4, eps 1e-8, 20 epochs, ≥ 300 steps, batch 256 (Tip-Adapter-F: eps
+# 1e-4, no minimum), with the forms of method.md's table
+SHARED_TRAINING = {"lr": 1e-3, "weight_decay": 1e-4, "eps": 1e-8, "epochs": 20, "min_steps": 300, "batch_size": 256}
+SHARED_RESOLVED = {
+    "taskres": {**SHARED_TRAINING, "alpha": 0.5, "raw_text": False},
+    "clip-adapter": {**SHARED_TRAINING, "final_relu": False},
+    "linear-probe": {**SHARED_TRAINING, "head": "affine"},
+    "tip-adapter": {"alpha": 1.0, "beta": 1.0, "search_beta_max": 7.0, "search_alpha_max": 3.0,
+                    "search_set": "subset", "raw_keys": False},
+    "tip-adapter-f": {**SHARED_TRAINING, "eps": 1e-4, "min_steps": 0, "alpha": 1.0, "beta": 1.0,
+                      "search_beta_max": 7.0, "search_alpha_max": 3.0, "search_set": "subset", "raw_keys": False},
+}
+
+
+def unset(options) -> list[str]:
+    return [name for name, value in dataclasses.asdict(options).items() if value is None]
+
+
+@pytest.mark.parametrize(("method", "dataset", "shots"), sorted(OFFICIAL_RESOLVED))
+def test_resolution_gives_the_official_tables_values(method: str, dataset: str, shots: int) -> None:
+    resolved = resolve_options(method, make_options(method), RecipeFacts(dataset, shots))
+    expected = OFFICIAL_RESOLVED[(method, dataset, shots)]
+    assert {name: getattr(resolved, name) for name in expected} == expected
+    assert unset(resolved) == []  # nothing is left to the method
+    for name in expected:  # typed as if set on the command line: 3.0, not 3
+        assert type(getattr(resolved, name)) is type(expected[name])
+    assert resolve_options(method, resolved, RecipeFacts("imagenet", 1)) == resolved  # set values stay
+    shared = resolve_options(method, make_options(method, {"recipe": "shared"}), RecipeFacts(dataset, shots))
+    assert {name: getattr(shared, name) for name in SHARED_RESOLVED[method]} == SHARED_RESOLVED[method]
+    assert unset(shared) == []
+
+
+@pytest.mark.parametrize(("method", "dataset", "shots"), sorted(OFFICIAL_RESOLVED))
+def test_a_method_built_from_resolved_options_trains_as_from_the_recipe(method: str, dataset: str,
+                                                                        shots: int) -> None:
+    data = few_shot(dataset, shots=shots)
+    for recipe in ("official", "shared"):
+        name, value = ("beta", 2.5) if method == "tip-adapter" else ("lr", 0.05)  # Tip-Adapter has no lr
+        requested = make_options(method, {"recipe": recipe, name: value})
+        resolved = resolve_options(method, requested, RecipeFacts.of(data))
+        assert getattr(resolved, name) == value  # a value set is never replaced
+        direct, from_resolved = build_method(method, requested, data), build_method(method, resolved, data)
+        assert direct.options == from_resolved.options == resolved
+        assert direct.settings() == from_resolved.settings()
+        if direct.trains:
+            assert direct.train_recipe() == from_resolved.train_recipe()
+
+
+def test_a_run_builds_its_method_from_resolved_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lathadapter.experiments.run as run_module
+
+    built = []
+
+    def recording(name, options, data):
+        built.append(options)
+        return build_method(name, options, data)
+
+    monkeypatch.setattr(run_module, "build_method", recording)
+    data = few_shot("eurosat", shots=2)
+    outcome = run_module.run(RunConfig.create("tip-adapter-f", 2, 1, overrides={"epochs": 1}), data)
+    (options,) = built
+    assert unset(options) == [] and options.epochs == 1 and options.alpha == 2.0  # EuroSAT's init_alpha
+    assert outcome.metrics["resolved"]["alpha"] == 2.0 and "epochs" not in outcome.metrics["resolved"]
+
+
+def test_methods_without_a_recipe_resolve_to_their_own_options() -> None:
+    for method in method_names():
+        options = make_options(method)
+        if "recipe" not in dataclasses.asdict(options):
+            assert resolve_options(method, options, RecipeFacts("imagenet", 16)) is options
+            assert unset(options) == []
+
+
+def test_tuning_reads_the_resolved_value_without_building_a_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lathadapter.experiments.run as run_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("option_in_effect built a method")
+
+    monkeypatch.setattr(run_module, "build_method", refuse)
+    data = few_shot("imagenet", classes=4, shots=8)
+    assert option_in_effect(RunConfig.create("taskres", 8, 1), data, "lr") == 2e-4  # TaskRes: ImageNet's lr
+    assert option_in_effect(RunConfig.create("taskres", 8, 1, overrides={"lr": 0.3}), data, "lr") == 0.3
+    # base-to-novel: the training view's shots (K of the base classes) and dataset decide
+    assert option_in_effect(RunConfig.create("clip-adapter", 8, 1, classes="base"), few_shot("dtd", shots=2),
+                            "epochs") == 100
 
 
 # ----------------------------------------------------------------------------------------------------------------

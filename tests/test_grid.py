@@ -30,6 +30,7 @@ from lathadapter.experiments.grid import (
 )
 from lathadapter.experiments.protocols import run_protocol
 from lathadapter.experiments.report import write_report
+from lathadapter.experiments.run import RunConfig
 
 QUICK = {"epochs": ["2"], "min_steps": ["0"]}
 
@@ -102,6 +103,31 @@ def test_resume_skips_exactly_the_finished_runs(caches: dict[str, Path], tmp_pat
     expected = {"opt.clip-adapter.alpha", option_column("clip-adapter", "epochs"), "acc_all", "train_seconds"}
     assert expected <= set(rows[0])
     assert "opt.alpha" not in rows[0]
+
+
+def test_run_keys_hash_the_requested_options_and_config_json_holds_the_resolved(caches: dict[str, Path],
+                                                                                tmp_path: Path) -> None:
+    # keys written before recipes were resolved ahead of the run: existing grids find their finished runs
+    fingerprint = "0123456789abcdef"
+    assert RunConfig.create("taskres", 4, 1).key(fingerprint) == "3161fa0df55e"
+    assert RunConfig.create("clip-adapter", 16, 2, classes="base", overrides={"epochs": 3}).key(fingerprint) == \
+        "82cd8f944654"
+    assert RunConfig.create("tip-adapter-f", 1, 3).key(fingerprint) == "b15bb20bfc88"
+    spec = GridSpec([str(caches["source"])], ["clip-adapter", "lathadapter"], [1], [1], options=QUICK)
+    run_grid(spec, tmp_path, progress=False)
+    with CacheReader(caches["source"]) as reader:
+        fingerprint = reader.info().fingerprint
+    for item in expand(spec):
+        config = json.loads((tmp_path / "runs" / item.config.key(fingerprint) / "config.json").read_text())
+        # the options as requested (what the key hashes): None for CLIP-Adapter's recipe lr, LatHAdapter's own 1e-2
+        assert config["options"]["lr"] == item.config.options.lr == (None if item.config.method == "clip-adapter"
+                                                                       else 1e-2)
+        if item.config.method == "clip-adapter":  # CoOp's rn50_ep50 (1 shot) with Dassl's defaults; epochs set
+            assert config["resolved"] == {"lr": 2e-3, "weight_decay": 5e-4, "eps": 1e-8, "batch_size": 32,
+                                          "final_relu": True}
+        else:
+            assert config["resolved"] == {}
+    assert run_grid(spec, tmp_path, progress=False)["skipped"] == 2
 
 
 def test_the_results_table_reads_a_run_again_when_its_files_change(caches: dict[str, Path], tmp_path: Path) -> None:

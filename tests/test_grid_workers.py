@@ -4,6 +4,7 @@ checks of the option."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
@@ -70,6 +71,15 @@ def test_two_workers_write_the_same_results_as_one_process(grids: dict[str, Path
     assert sorted(p.name for p in (grids["two"] / "runs").iterdir()) == sorted(keys)  # no lock left behind
     with (grids["two"] / "results.csv").open() as f:
         assert csv.DictReader(f).fieldnames == csv.DictReader((grids["one"] / "results.csv").open()).fieldnames
+
+
+def test_workers_record_the_values_the_recipe_filled_as_one_process(grids: dict[str, Path]) -> None:
+    for folder in sorted((grids["one"] / "runs").iterdir()):
+        one = json.loads((folder / "config.json").read_text())
+        two = json.loads((grids["two"] / "runs" / folder.name / "config.json").read_text())
+        assert two["resolved"] == one["resolved"]
+        if one["method"] == "clip-adapter":  # CoOp's lr with Dassl's defaults, concrete (the option is None)
+            assert one["options"]["lr"] is None and one["resolved"]["lr"] == 2e-3
 
 
 def test_a_resumed_worker_grid_trains_only_the_missing_runs(spec: GridSpec, grids: dict[str, Path],

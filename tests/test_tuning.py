@@ -249,6 +249,12 @@ def test_the_lr_preset_gives_each_trained_method_three_lrs_around_its_own_defaul
         # its own default: the lr its untuned run trained with (a recipe's, recorded in `chosen`, or the option)
         default = float(plain[method].get("chosen.recipe.lr") or plain[method]["opt.lr"])
         assert [float(r["opt.lr"]) for r in own] == pytest.approx([default, default / 10, default * 10])
+        # the untuned run's config.json holds the lr it trained with: the option's, or the one its recipe filled
+        config = json.loads((tmp_path / "plain" / "runs" / plain[method]["key"] / "config.json").read_text())
+        assert (config["options"]["lr"] or config["resolved"]["lr"]) == default
+        for r in own:  # a candidate's lr is set (the resolved value scaled): the recipe filled the rest
+            config = json.loads((tmp_path / "tuned" / "runs" / r["key"] / "config.json").read_text())
+            assert config["options"]["lr"] == float(r["opt.lr"]) and "lr" not in config["resolved"]
         assert len({r["tune.group"] for r in own}) == 1
         assert sum(r["tune.selected"] == "True" for r in own) == 1
     defaults = {m: make_options(m).lr for m in ("clip-adapter", "lathadapter")}

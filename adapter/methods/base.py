@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lathadapter.adapter.options import OptionError
-from lathadapter.adapter.recipes import TrainRecipe, build_optimizer, build_scheduler
+from lathadapter.adapter.recipes import RecipeFacts, TrainRecipe, build_optimizer, build_scheduler
 from lathadapter.cache.store import FewShotData
 
 NORM_EPS = 1e-12  # as F.normalize
@@ -173,8 +173,15 @@ class Method(nn.Module):
 
     def __init__(self, options: Any, data: FewShotData) -> None:
         super().__init__()
-        self.options = options
+        self.options = type(self).resolve(options, RecipeFacts.of(data))
         self.register_buffer("text_features", data.text_features.clone())
+
+    @classmethod
+    def resolve(cls, options: Any, facts: RecipeFacts) -> Any:
+        """`options` with every option left to the training recipe (None) set to the recipe's value for `facts`
+        (dataset, shots): what a run trains with. No method is built. Unchanged for a method without a recipe
+        (options that are set are never changed; resolving twice changes nothing)."""
+        return options
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError

@@ -16,7 +16,7 @@ import torch
 
 from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix
 from lathadapter.adapter.options import RecipeTrainOptions, option
-from lathadapter.adapter.recipes import TrainRecipe, dataset_key, recipe_from, resolved
+from lathadapter.adapter.recipes import RecipeFacts, TrainRecipe, dataset_key, fill, recipe_from, training_values
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
@@ -48,10 +48,17 @@ def official_recipe(dataset: str, shots: int) -> TrainRecipe:
 @register("clip-adapter", ClipAdapterOptions)
 class ClipAdapter(Method):
     stackable = True
+
+    @classmethod
+    def resolve(cls, options: ClipAdapterOptions, facts: RecipeFacts) -> ClipAdapterOptions:
+        official = {**training_values(official_recipe(facts.dataset, facts.shots)), "final_relu": True}
+        return fill(options, official, {**training_values(TrainRecipe()), "final_relu": False})
+
     def __init__(self, options: ClipAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
+        options = self.options  # resolved
         self.adapter = Adapter(data.text_features.shape[1], options.reduction).to(data.text_features.device)
-        self.final_relu = bool(resolved(options, "final_relu", True, False))
+        self.final_relu = options.final_relu
         self.recipe = recipe_from(options, official_recipe(data.dataset, data.shots))
 
     def train_recipe(self) -> TrainRecipe:

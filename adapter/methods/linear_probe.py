@@ -17,7 +17,7 @@ from torch import nn
 
 from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, cosines
 from lathadapter.adapter.options import RecipeTrainOptions, option
-from lathadapter.adapter.recipes import TrainRecipe, recipe_from, require_raw, resolved
+from lathadapter.adapter.recipes import RecipeFacts, TrainRecipe, fill, recipe_from, require_raw, training_values
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
@@ -39,9 +39,15 @@ class LinearProbe(Method):
     stackable = True
     scores_new_classes = False
 
+    @classmethod
+    def resolve(cls, options: LinearProbeOptions, facts: RecipeFacts) -> LinearProbeOptions:
+        return fill(options, {**training_values(OFFICIAL_RECIPE), "head": "cosine"},
+                    {**training_values(TrainRecipe()), "head": "affine"})
+
     def __init__(self, options: LinearProbeOptions, data: FewShotData) -> None:
         super().__init__(options, data)
-        self.head = str(resolved(options, "head", "cosine", "affine"))
+        options = self.options  # resolved
+        self.head = options.head
         if self.head == "cosine":
             raw = require_raw(data.text_raw, self.name, "the raw text features (ZS-LP starts from them)")
             self.weight = nn.Parameter(raw.clone())

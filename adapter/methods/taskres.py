@@ -17,7 +17,15 @@ from torch import nn
 
 from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, normalize
 from lathadapter.adapter.options import RecipeTrainOptions, option
-from lathadapter.adapter.recipes import TrainRecipe, dataset_key, recipe_from, require_raw, resolved
+from lathadapter.adapter.recipes import (
+    RecipeFacts,
+    TrainRecipe,
+    dataset_key,
+    fill,
+    recipe_from,
+    require_raw,
+    training_values,
+)
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
@@ -44,10 +52,17 @@ def official_recipe(dataset: str, shots: int) -> TrainRecipe:
 @register("taskres", TaskResOptions)
 class TaskRes(Method):
     stackable = True
+
+    @classmethod
+    def resolve(cls, options: TaskResOptions, facts: RecipeFacts) -> TaskResOptions:
+        official = {**training_values(official_recipe(facts.dataset, facts.shots)),
+                    "alpha": OFFICIAL_ALPHA.get(dataset_key(facts.dataset), 0.5), "raw_text": True}
+        return fill(options, official, {**training_values(TrainRecipe()), "alpha": 0.5, "raw_text": False})
+
     def __init__(self, options: TaskResOptions, data: FewShotData) -> None:
         super().__init__(options, data)
-        self.alpha = float(resolved(options, "alpha", OFFICIAL_ALPHA.get(dataset_key(data.dataset), 0.5), 0.5))
-        self.raw_text = bool(resolved(options, "raw_text", True, False))
+        options = self.options  # resolved
+        self.alpha, self.raw_text = options.alpha, options.raw_text
         base = require_raw(data.text_raw, self.name, "the raw text features (its base is the unnormalised text "
                            "feature)") if self.raw_text else data.text_features
         self.register_buffer("base_text", base.clone())

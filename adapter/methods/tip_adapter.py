@@ -23,7 +23,15 @@ from torch import nn
 
 from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, normalize
 from lathadapter.adapter.options import RecipeOptions, RecipeTrainOptions, option
-from lathadapter.adapter.recipes import TrainRecipe, dataset_key, recipe_from, require_raw, resolved
+from lathadapter.adapter.recipes import (
+    RecipeFacts,
+    TrainRecipe,
+    dataset_key,
+    fill,
+    recipe_from,
+    require_raw,
+    training_values,
+)
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
@@ -166,15 +174,24 @@ class TipAdapter(Method):
     scores_new_classes = False
     trains = False
 
+    @classmethod
+    def resolve(cls, options: TipAdapterOptions, facts: RecipeFacts) -> TipAdapterOptions:
+        config = official_config(facts.dataset)
+        official = {"alpha": config.init_alpha, "beta": 1.0, "search_alpha_max": config.alpha_max,
+                    "search_beta_max": config.beta_max, "search_set": "split", "raw_keys": True}
+        shared = {"alpha": 1.0, "beta": 1.0, "search_alpha_max": 3.0, "search_beta_max": 7.0, "search_set": "subset",
+                  "raw_keys": False}
+        if cls.trains:  # Tip-Adapter-F
+            official.update(training_values(official_f_recipe(facts.dataset)))
+            shared.update(training_values(SHARED_F_RECIPE))
+        return fill(options, official, shared)
+
     def __init__(self, options: TipAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
-        config = official_config(data.dataset)
-        self.init_alpha = float(resolved(options, "alpha", config.init_alpha, 1.0))
-        self.init_beta = float(resolved(options, "beta", 1.0, 1.0))
-        self.alpha_max = float(resolved(options, "search_alpha_max", config.alpha_max, 3.0))
-        self.beta_max = float(resolved(options, "search_beta_max", config.beta_max, 7.0))
-        self.search_set = str(resolved(options, "search_set", "split", "subset"))
-        self.raw_keys = bool(resolved(options, "raw_keys", True, False))
+        options = self.options  # resolved
+        self.init_alpha, self.init_beta = options.alpha, options.beta
+        self.alpha_max, self.beta_max = options.search_alpha_max, options.search_beta_max
+        self.search_set, self.raw_keys = options.search_set, options.raw_keys
         views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
         if self.raw_keys and data.train_views.shape[1] > 0:  # the official keys average the raw view features
             norms = require_raw(data.train_view_norms, self.name, "the raw norms of the augmented views (its keys "
