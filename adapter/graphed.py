@@ -9,7 +9,8 @@ one call. What capture needs, and how this module provides it:
 - the batch in place: each step's sample and row indices are copied into the captured index buffers;
 - the learning rate in place: the recipe's schedule is computed before training (`schedule_table`, the scheduler
   itself stepped over the run) and each step copies its row into the optimiser's lr tensors; Adam and AdamW take a
-  tensor lr and keep their step count on the device (`capturable`), SGD does neither, so SGD recipes run uncaptured;
+  tensor lr and keep their step count on the device (`capturable`), SGD takes a tensor lr in its fused form (one
+  kernel for every parameter, the same update as the per-tensor one within float rounding);
 - a warm-up: the first steps run uncaptured on a side stream (the optimiser's state and the libraries' workspaces
   are created there), then each batch size (a full batch, the last short batch of an epoch) is captured once.
 
@@ -31,7 +32,7 @@ from lathadapter.kernels.dispatch import get_backend
 
 GRAPHS_ENV = "LATHADAPTER_GRAPHS"  # auto (captured on CUDA), on (also uncaptured on the CPU), off
 GRAPHS_CHOICES = ("auto", "on", "off")
-CAPTURABLE_OPTIMIZERS = ("adamw", "adam")  # a tensor lr and the step count on the device
+CAPTURABLE_OPTIMIZERS = ("adamw", "adam", "sgd")  # with a tensor lr: Adam(W) capturable, SGD fused
 WARMUP_STEPS = 3  # uncaptured steps before the first capture (PyTorch's whole-network capture recipe)
 
 
@@ -48,7 +49,7 @@ def graphs_on(device: torch.device) -> bool:
 
 def graphable(methods: list[Method]) -> bool:
     """Whether these methods' steps can be captured: a fixed-shape loss (`stackable`), the trainer's own optimiser
-    and schedule, and an optimiser that takes a tensor lr (Adam, AdamW)."""
+    and schedule, and one of the recipe optimisers (each takes a tensor lr here)."""
     return all(m.stackable and type(m).optimizer is Method.optimizer and type(m).scheduler is Method.scheduler
                and m.train_recipe().optimizer in CAPTURABLE_OPTIMIZERS for m in methods)
 
@@ -100,7 +101,9 @@ class Graphed:
         self.lrs = [torch.tensor(float(group["lr"]), dtype=torch.float32, device=device) for group in groups]
         for group, lr in zip(groups, self.lrs, strict=True):
             group["lr"] = lr  # the optimiser reads this tensor at every step: `take` writes the schedule's value
-            if device.type == "cuda":
+            if isinstance(inner.optimizer, torch.optim.SGD):
+                group["fused"], group["foreach"] = True, False  # the SGD form that reads a tensor lr on the device
+            elif device.type == "cuda":
                 group["capturable"] = True  # captured or not: the same update kernels
             elif group.get("foreach"):
                 group["foreach"] = False  # foreach Adam takes a tensor lr only when capturable (CUDA)

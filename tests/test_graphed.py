@@ -52,13 +52,13 @@ def test_the_schedule_table_is_the_cosine_of_every_step() -> None:
     assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 3e-4]  # put back
 
 
-def test_only_fixed_shape_methods_with_a_tensor_lr_optimiser_are_captured(cache: Path) -> None:
+def test_only_fixed_shape_methods_with_the_trainers_optimiser_are_captured(cache: Path) -> None:
     data = _load(cache, 1)
     assert graphable([_build("lathadapter", data, 1)])
     assert graphable([_build("lathadapter", data, 1, {"radius": "head", "hier": "triplet"})])
     assert not graphable([_build("lathadapter", data, 1, {"hyp_metric": "euclid"})])  # not a fixed-shape form
-    assert not graphable([_build("clip-adapter", data, 1)])  # its official recipe is SGD: no tensor lr
-    assert graphable([_build("clip-adapter", data, 1, {"recipe": "shared"})])
+    assert graphable([_build("clip-adapter", data, 1)])  # official: SGD, fused with a tensor lr
+    assert not graphable([build_method("zeroshot", make_options("zeroshot", {}), data)])  # nothing to capture
 
 
 def test_the_graphs_switch_reads_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,7 +78,8 @@ def test_the_graphs_switch_reads_its_environment_variable(monkeypatch: pytest.Mo
 
 CASES = [("lathadapter", {}), ("lathadapter", {"lambda_hier": "0.5", "radius": "head", "lambda_anchor": "0.1"}),
          ("lathadapter", {"lambda_hier": "0.5", "hier": "triplet"}),
-         ("taskres", {"recipe": "official"}), ("tip-adapter-f", {})]
+         ("taskres", {"recipe": "official"}), ("tip-adapter-f", {}), ("clip-adapter", {}),
+         ("linear-probe", {"epochs": "6"})]
 
 
 def _states_close(a: torch.nn.Module, b: torch.nn.Module, rtol: float, atol: float) -> None:
