@@ -28,9 +28,10 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -403,6 +404,15 @@ class CacheReader:
             self._file.close()
             raise CacheError(f"{self.path} is an incomplete cache (its build did not finish); rerun the build")
         self._kept_rows: dict[str, np.ndarray] = {}
+        # What every subset shares (whole-split arrays, the test split, text and attribute features, and their
+        # copies on a device), read and checked once per reader: a grid loads many subsets through one reader.
+        self._shared: dict[tuple[str, ...], Any] = {}
+
+    def _once(self, key: tuple[str, ...], make: Callable[[], Any]) -> Any:
+        """`make()`, computed on the first call with `key` and kept for the reader's life (its file is read-only)."""
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
 
     def close(self) -> None:
         self._file.close()
@@ -528,15 +538,15 @@ class CacheReader:
                             torch.from_numpy(self._dataset("attributes/features")[()].astype(np.float32)))
 
     def _split(self, split: str, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean features and labels of `rows` (increasing) of `split`."""
-        features = self._dataset(f"splits/{split}/features")[()][rows]
-        labels = self._dataset(f"splits/{split}/labels")[()][rows]
-        features = self._finite(f"splits/{split}/features", torch.from_numpy(features.astype(np.float32)), rows)
-        return features, torch.from_numpy(labels.astype(np.int64))
+        """Clean features and labels of `rows` (increasing) of `split` (the whole split is read once)."""
+        whole_features, whole_labels = self._once(("split", split), lambda: (
+            self._dataset(f"splits/{split}/features")[()].astype(np.float32, copy=False),
+            self._dataset(f"splits/{split}/labels")[()].astype(np.int64, copy=False)))
+        features = self._finite(f"splits/{split}/features", torch.from_numpy(whole_features[rows]), rows)
+        return features, torch.from_numpy(whole_labels[rows])
 
     def _test(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.flatnonzero(self._kept("test"))
-        return self._split("test", rows)
+        return self._once(("test",), lambda: self._split("test", np.flatnonzero(self._kept("test"))))
 
     def subset_rows(self, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Row indices of the (`shots`, `seed`) subset into `splits/train` and `splits/val`, in Dassl's order, less
@@ -582,13 +592,14 @@ class CacheReader:
         val_features, val_labels = self._split("val", np.sort(val_rows))
         search_features = search_labels = None
         if self.holds_val_split and self._dataset("splits/val/labels").shape[0]:
-            search_features, search_labels = self._split("val", np.flatnonzero(self._kept("val")))
+            search_features, search_labels = self._once(("search",), lambda: self._split(
+                "val", np.flatnonzero(self._kept("val"))))
         test_features, test_labels = self._test()
         wnids = _strings(self._dataset("classes/wnids"))
         data = FewShotData(
             class_names=_strings(self._dataset("classes/names")),
-            text_features=self.text_features(text),
-            attribute_features=self._attribute_features(),
+            text_features=self._once(("text", text), lambda: self.text_features(text)),
+            attribute_features=self._once(("attributes",), self._attribute_features),
             train_features=train_features[inverse],
             train_views=views[inverse],
             train_labels=train_labels[inverse],
@@ -599,12 +610,23 @@ class CacheReader:
             fingerprint=self.fingerprint,
             wnids=wnids if any(wnids) else [],
             dataset=self._fingerprint_dataset(),
-            text_raw=self.text_raw(text),
+            text_raw=self._once(("text_raw", text), lambda: self.text_raw(text)),
             train_view_norms=view_norms,
             search_features=search_features,
             search_labels=search_labels,
         )
-        return _to_device(data, device)
+        return self._to_device(data, device, text)
+
+    def _to_device(self, data: FewShotData, device: str | torch.device, text: str) -> FewShotData:
+        """`data` on `device`; the tensors every subset shares are moved once (and shared by every load)."""
+        moved = {}
+        for name, value in vars(data).items():
+            if isinstance(value, torch.Tensor):
+                if name in SHARED_FIELDS:
+                    moved[name] = self._once(("device", name, text, str(device)), lambda v=value: v.to(device))
+                else:
+                    moved[name] = value.to(device)
+        return replace(data, **moved)
 
     def _fingerprint_dataset(self) -> str:
         return str(json.loads(self._file.attrs["fingerprint_json"]).get("dataset", ""))
@@ -635,6 +657,12 @@ class CacheReader:
 # Every way in reads through these: a damaged file is one CacheError naming it (`corrupt`), never raw h5py text.
 for _name in ("__init__", "info", "text_features", "text_raw", "subset_rows", "load", "load_test"):
     setattr(CacheReader, _name, _readable(getattr(CacheReader, _name)))
+
+
+# FewShotData fields that are the same for every subset of a cache (with one text choice): `CacheReader.load` shares
+# one copy of each between the subsets it loads (no caller writes into a loaded tensor).
+SHARED_FIELDS = frozenset({"text_features", "attribute_features", "test_features", "test_labels", "text_raw",
+                           "search_features", "search_labels"})
 
 
 def _to_device(data: FewShotData, device: str | torch.device) -> FewShotData:
