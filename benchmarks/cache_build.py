@@ -3,7 +3,7 @@ the views, encoding, writing). By default the tiny test model on this CPU; `--mo
 one-time GPU pass with a randomly initialised ViT-B-16 (`--pretrained none`: no download, the same work per image).
 
     python benchmarks/cache_build.py [--sizes 32,224] [--views 10] [--threads 1] [--workers 0,2]
-        [--model CONFIG|NAME] [--pretrained PATH|none] [--device cpu|cuda] [--batch-size 32]
+        [--model CONFIG|NAME] [--pretrained PATH|none] [--device cpu|cuda] [--batch-size 32] [--precision fp32]
         [--out benchmarks/results/cache_build.json]
 
 images/s counts source images; passes/s counts encoder passes (a train image is encoded 1 + views times). The build's
@@ -69,12 +69,12 @@ def encoder_passes(images: int, views: int) -> int:
 
 
 def end_to_end(split: Path, views: int, workers: int, source: tuple[str, str], device: str,
-               batch_size: int) -> dict[str, float]:
+               batch_size: int, precision: str = "fp32") -> dict[str, float]:
     """One full build into a scratch file: images/s over the image passes, and the build's own time split."""
     with tempfile.TemporaryDirectory() as scratch:
         result = build(None, f"split:{split}", Path(scratch) / "bench.h5", model=source[0],
                        pretrained=source[1], shots=(1,), seeds=(1,), full_train=True, views=views,
-                       batch_size=batch_size, workers=workers, device=device, progress=False,
+                       batch_size=batch_size, workers=workers, device=device, progress=False, precision=precision,
                        log=lambda message: None)
     stats = result.stats
     busy = stats.load_seconds + stats.encode_seconds + stats.write_seconds
@@ -84,11 +84,12 @@ def end_to_end(split: Path, views: int, workers: int, source: tuple[str, str], d
             "text_s": stats.text_seconds}
 
 
-def components(split: Path, views: int, source: tuple[str, str], device: str, batch_size: int) -> dict[str, float]:
+def components(split: Path, views: int, source: tuple[str, str], device: str, batch_size: int,
+               precision: str = "fp32") -> dict[str, float]:
     """Seconds per image for each stage, measured alone over the train images in the main process."""
     folder = split.parent
     paths = [p for p, _, _ in json.loads(split.read_text())["train"]]
-    clip = load_model(*source, device=device)
+    clip = load_model(*source, device=device, precision=precision)
     tick = time.perf_counter()
     images = []
     for path in paths:
@@ -125,6 +126,8 @@ def main() -> None:
                         "the tiny model's saved checkpoint; none for any other model)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch-size", type=int, default=32, help="source images per encoder batch")
+    parser.add_argument("--precision", default="fp32", help="the encoder's precision, as `cache build --precision`: "
+                        "fp32, fp16, bf16 or amp")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cache_build.json")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -135,18 +138,22 @@ def main() -> None:
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         split = dataset_for(size)
-        end_to_end(split, args.views, worker_counts[0], source, args.device, args.batch_size)  # warm-up
+        end_to_end(split, args.views, worker_counts[0], source, args.device, args.batch_size,
+                   args.precision)  # warm-up
         row: dict[str, object] = {"image_px": size, "views": args.views, "threads": args.threads,
-                                  "model": args.model, "device": args.device, "batch_size": args.batch_size}
+                                  "model": args.model, "device": args.device, "batch_size": args.batch_size,
+                                  "precision": args.precision}
         for workers in worker_counts:
-            row[f"workers{workers}"] = end_to_end(split, args.views, workers, source, args.device, args.batch_size)
-        row["per_image"] = components(split, args.views, source, args.device, args.batch_size)
+            row[f"workers{workers}"] = end_to_end(split, args.views, workers, source, args.device, args.batch_size,
+                                                  args.precision)
+        row["per_image"] = components(split, args.views, source, args.device, args.batch_size, args.precision)
         rows.append(row)
 
     model = "tiny model (32 px input, ViT 2 layers)" if args.model == str(CONFIG) else \
         f"{args.model} ({source[1]})"
     where = f"CUDA {torch.cuda.get_device_name()}" if args.device == "cuda" else "CPU"
-    print(f"\ncache build, {model} on {where}, batches of {args.batch_size} images, {len(CLASSES)} classes; train "
+    print(f"\ncache build, {model} in {args.precision} on {where}, batches of {args.batch_size} images, "
+          f"{len(CLASSES)} classes; train "
           f"images with {args.views} augmented views, val and test clean only; torch threads {args.threads}, "
           f"{os.cpu_count()} CPU cores\n")
     print("| source images | images (train+val+test) | workers | images/s | passes/s | load / encode / write |")

@@ -12,8 +12,9 @@
 #   (d) benchmarks/grid.py --device cuda with stacked, captured runs (runs/min, target >= 2,000);
 #   (e) benchmarks/radial_loss.py --device cuda (the loss stage: Triton against the eager PyTorch twin and
 #       torch.compile of it, hier=cone; last, since compiling may take long: it gets what is left of the budget).
-#   The one-time cache build (benchmarks/cache_build.py --device cuda, a random ViT-B-16) ran in stop 9's check
-#   (benchmarks/results/gpu_check_cuda.txt); GPU_CHECK_STAGES=cache_build_cuda.txt runs it again.
+#   The one-time cache build (benchmarks/cache_build.py --device cuda, a random ViT-B-16, 15 decoding workers, in
+#   $GPU_CHECK_PRECISION, default amp) runs when stages are named: GPU_CHECK_STAGES="... cache_build_cuda.txt"
+#   (stop 9's check measured it in fp32 with 0, 8 and 15 workers: benchmarks/results/gpu_check_cuda.txt).
 #
 # Each stage's output goes to $OUT/<stage>_cuda.txt (at most 8 files come back from the device machine: 7 tables and
 # results_json.tar with the JSON files the scripts wrote under benchmarks/results/), and a copy to
@@ -100,12 +101,12 @@ if [[ $DEVICE == cuda ]]; then
     stage fit_profile_cuda.txt 40 "$PY" benchmarks/fit_profile.py --device cuda
     # (d) a 3-method x 5-shot x 3-seed grid, each method's runs stacked and captured (one batch a method)
     stage grid_cuda.txt 110 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
-        --batch-runs 45 --stack on --repeats 2 --out "$RESULTS/grid_cuda.json"
+        --batch-runs 45 --stack on --out "$RESULTS/grid_cuda.json"
     # (e) the loss stage alone: Triton, eager PyTorch twin, torch.compile (dynamic=False: one compile per shape)
     if [[ $STAGES != all ]]; then
-        stage cache_build_cuda.txt 70 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 \
-            --pretrained none --sizes 224 --views 10 --workers 0,8,15 --batch-size 64 --threads 4 \
-            --out "$RESULTS/cache_build_cuda.json"
+        stage cache_build_cuda.txt 90 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 \
+            --pretrained none --sizes 224 --views 10 --workers 15 --batch-size 64 --threads 4 \
+            --precision "${GPU_CHECK_PRECISION:-amp}" --out "$RESULTS/cache_build_cuda.json"
     fi
     stage radial_loss_cuda.txt 90 "$PY" benchmarks/radial_loss.py --device cuda --hier cone \
         --sizes 256x100x16 --rounds 5 --calls 10 --out "$RESULTS/radial_loss_cuda.json"
