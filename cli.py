@@ -384,7 +384,7 @@ def fit(
     from lathadapter.experiments.run import RunConfig, fit_config
 
     try:
-        execution = Execution.parse(device, threads)
+        execution = Execution.parse(device, threads, workers=1, batch_runs=1)  # one run, in this process
         overrides = {}
         for name, values in parse_assignments(set_).items():
             if len(values) != 1:

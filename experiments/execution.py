@@ -13,7 +13,7 @@ from typing import Any
 
 from lathadapter.adapter.batched import STACK_CHOICES, STACK_ENV
 from lathadapter.adapter.options import OptionError
-from lathadapter.experiments.machine import auto_batch_runs, available_cpus, resolve_device, use_threads
+from lathadapter.experiments import machine
 from lathadapter.experiments.ray_cluster import import_ray
 from lathadapter.kernels.dispatch import BACKENDS as KERNELS
 from lathadapter.kernels.dispatch import get_backend
@@ -103,7 +103,7 @@ class Execution:
         present), `--batch-runs` by the device when not given, `--workers` as given (None: chosen per grid; 1 with
         `--threads`), clamped to this process's CPUs with a warning. Ray: Ray importable, the device and
         `--batch-runs` left to the cluster when not given, one driver process."""
-        chosen = use_threads(threads)
+        chosen = machine.use_threads(threads)
         if batch_runs is not None and batch_runs < 1:
             raise OptionError(f"--batch-runs {batch_runs}: must be at least 1 (1: every run alone)")
         if backend not in BACKENDS:
@@ -117,12 +117,12 @@ class Execution:
         for option, value in (("--address", address), ("--chunk-size", chunk_size)):
             if value is not None:  # ignored without a word before
                 raise OptionError(f"{option} {value}: only for --backend ray; add --backend ray, or drop {option}")
-        device = resolve_device(device)
+        device = machine.resolve_device(device)
         if workers is None:
             workers = 1 if threads is not None else None
         else:
             check_workers(workers, device)
-            cpus = available_cpus()
+            cpus = machine.available_cpus()
             if workers > cpus:  # --workers 8 on 2 cores spawned 8 (0.4 GB each) to share 2 CPUs
                 warnings.warn(f"--workers {workers}: this process may use {cpus} CPUs; starting {cpus} workers",
                               stacklevel=2)
@@ -130,7 +130,7 @@ class Execution:
             if workers > 1 and threads is not None:
                 warnings.warn(f"--threads {threads} is not used with --workers {workers}: each worker trains with "
                               "one torch thread", stacklevel=2)
-        return cls(device, chosen, workers, backend, RayOptions(), batch_runs or auto_batch_runs(device))
+        return cls(device, chosen, workers, backend, RayOptions(), batch_runs or machine.auto_batch_runs(device))
 
     def stacks(self, device: str) -> bool:
         """Whether runs that can stack do so on `device` (`stack`; auto: on CUDA, where a small run's step is kernel

@@ -11,6 +11,7 @@ time (`OUT/.results.lock`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -93,12 +94,15 @@ def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progres
     job = Job(out, keyed, infos, pending, execution, extra_factory)
     counts = dict.fromkeys(STATES, 0)
     counts["skipped"] = len(keyed) - len(pending)
-    with grid_progress() as bar:
-        task = bar.add_task(backend.label(job), total=len(keyed), completed=counts["skipped"], **counts,
-                            visible=progress)
+    bar = None
+    with contextlib.ExitStack() as shown:
         trained = backend.train(job)
         try:
             for events in trained:
+                if bar is None:  # the backend is ready (Ray: connected): the progress display starts
+                    bar = shown.enter_context(grid_progress())
+                    task = bar.add_task(backend.label(job), total=len(keyed), completed=counts["skipped"],
+                                        **counts, visible=progress)
                 for _, state in events:
                     counts[state] += 1
                     bar.update(task, advance=1, **counts)

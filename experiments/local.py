@@ -37,6 +37,7 @@ class InProcess:
         data_cache = DataCache(device)
         extra = job.extra_factory(device) if job.extra_factory is not None else None
         index_of = {id(item): index for index, item in job.pending}
+        yield []
         try:
             for batch in batches([item for _, item in job.pending], job.execution.batch_runs or 1):
                 states = train_batch(batch, job, data_cache, extra)
@@ -106,6 +107,7 @@ class WorkerProcesses:
             futures = [pool.submit(work_chunk, os.path.abspath(chunk[0][1].run.cache), chunk, str(job.out),
                                    job.execution, job.extra_factory) for chunk in chunks]
             try:
+                yield []
                 for future in as_completed(futures):
                     try:
                         results, error = future.result()

@@ -97,6 +97,7 @@ class OnRay:
             size = math.ceil(options.chunk_size / batch_runs) * batch_runs  # whole batches per chunk
             chunks = {submit(chunk): (chunk, 0) for chunk in chunk_runs(job.pending, size, batch_runs)}
             tally = Tally(job)
+            yield []
             while chunks:
                 ready, _ = ray.wait(list(chunks), num_returns=1)
                 generator = ready[0]

@@ -169,9 +169,9 @@ Events = list[tuple[int, str]]  # runs of a round (their indices in `Job.keyed`)
 
 
 class Backend(Protocol):
-    """How a round's pending runs get trained (this process, worker processes, a Ray cluster): `train` yields the
-    runs' states as they are saved, a batch or a run at a time; the driver (`launch`) counts them, shows progress and
-    rewrites `results.csv`."""
+    """How a round's pending runs get trained (this process, worker processes, a Ray cluster): `train` yields `[]`
+    once it is ready to train (Ray: connected and checked), then the runs' states as they are saved, a batch or a run
+    at a time; the driver (`launch`) counts them, shows progress and rewrites `results.csv`."""
 
     def label(self, job: Job) -> str:
         """The progress bar's description."""
