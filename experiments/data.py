@@ -13,6 +13,7 @@ from lathadapter.experiments.spec import GridRun
 def _subsets_text(pairs: list[tuple[int, int]]) -> str:
     return ", ".join(f"shots={k} seed={s}" for k, s in pairs)
 
+
 def check_caches(runs: list[GridRun]) -> dict[str, CacheInfo]:
     """Open each cache of the runs once and check that it holds what they ask for (their (shots, seed) subsets, two
     classes or more for base-to-novel) before anything runs; one error lists every problem. Returns each cache's
@@ -42,6 +43,7 @@ def check_caches(runs: list[GridRun]) -> dict[str, CacheInfo]:
     if problems:
         raise CacheError("the grid asks for what its caches do not hold:\n  " + "\n  ".join(problems))
     return infos
+
 
 def check_tuning(runs: list[GridRun]) -> None:
     """Tuning chooses on the few-shot val set: refuse, before anything runs, a tuned cache whose few-shot subsets
@@ -74,6 +76,7 @@ def check_tuning(runs: list[GridRun]) -> None:
         raise CacheError("tuning (--tune, --tune-preset) chooses each value on the few-shot val set, which these "
                          "caches lack (as ImageNet's):\n  " + "\n  ".join(problems) + "\n  run them without tuning, "
                          "or rebuild them with a val split")
+
 
 class DataCache:
     """Loads each cache file once and each (shots, seed, text) few-shot set once per cache."""

@@ -111,11 +111,11 @@ def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progres
                 for index, state in events:
                     yield keyed[index].run, state
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM raised as it (cli): every run saved so far is in the table
-            trained.close()
+            trained.close()  # worker processes are killed at once
             write_results(out)
             raise
         finally:
-            trained.close()
+            trained.close()  # also when the caller stops the round early
     write_results(out)
 
 
@@ -130,15 +130,13 @@ def grid_progress() -> Progress:
         unit="runs", template="done {done} · skipped {skipped} · running elsewhere {elsewhere}")
 
 
-
-
-def with_extensions(runs: list[GridRun], out: Path, train_round: Callable[[list[GridRun]], list[str]],
+def with_extensions(runs: list[GridRun], out: Path, train: Callable[[list[GridRun]], list[str]],
                     key_salt: str = "") -> tuple[list[GridRun], list[str]]:
-    """Run `runs` with `train_round` (a backend's resumable runner: each run's state), then, while a preset's tuning
+    """Run `runs` with `train` (a round: each run's state, `train_round`), then, while a preset's tuning
     group of this grid has chosen a value on an edge of its grid and may still grow (`pending_extensions`), a round
     of the extension candidates due, until none is. Finished extension candidates are skipped like any run; one
     already tried in this call (left to another process) is not tried again. Returns every run and its state."""
-    states = list(train_round(runs))
+    states = list(train(runs))
     every = list(runs)
     if not any(r.tune is not None and r.tune.extension is not None for r in runs):
         return every, states
@@ -162,9 +160,8 @@ def with_extensions(runs: list[GridRun], out: Path, train_round: Callable[[list[
                 states.append("skipped")
         if not due:
             return every, states
-        states += train_round(due)
+        states += train(due)
         every += due
-
 
 
 def summarize(runs: list[GridRun], states: list[str], seconds: float, out: Path) -> dict[str, Any]:

@@ -50,6 +50,7 @@ class GridSpec:
     tune_set: str = "fewshot"  # a run.TUNE_SETS: the val images that score reads (`run.search_view`)
     train_views: list[str] = field(default_factory=lambda: ["augmented"])  # what training draws from (TRAIN_VIEWS)
 
+
 @dataclass(frozen=True)
 class GridRun:
     """One point of the grid: a cache and a run configuration; `tune` when it is a candidate of a tuning group."""
@@ -57,6 +58,7 @@ class GridRun:
     cache: str
     config: RunConfig
     tune: Tuning | None = None
+
 
 def load_spec_file(path: Path) -> dict[str, Any]:
     """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, options...)."""
@@ -112,6 +114,7 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         spec["tune_score"] = score
     return spec
 
+
 def parse_tune(assignments: list[str]) -> dict[str, list[str]]:
     """`--tune [METHOD.]NAME=V1,V2,...` strings, parsed as `--set` axes are."""
     try:
@@ -119,12 +122,14 @@ def parse_tune(assignments: list[str]) -> dict[str, list[str]]:
     except OptionError as error:
         raise OptionError(str(error).replace("--set", "--tune", 1)) from None
 
+
 def _parse_error(error: Exception) -> str:
     """A parser's complaint on one line, with its line and column (TOML's message already has them)."""
     mark = getattr(error, "problem_mark", None)
     if isinstance(error, yaml.YAMLError) and mark is not None:
         return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {getattr(error, 'problem', error)}"
     return f"invalid {'YAML' if isinstance(error, yaml.YAMLError) else 'TOML'}: {error}"
+
 
 def _check_option_axes(spec: GridSpec, axes: dict[str, list[Any]] | None = None, flag: str = "--set") -> None:
     """Every option axis (`spec.options`, or `axes` given with `flag`, e.g. the tuned options) names a method of the
@@ -144,6 +149,7 @@ def _check_option_axes(spec: GridSpec, axes: dict[str, list[Any]] | None = None,
             scoped = " or ".join(f"{m}.{name}=..." for m in having)
             raise OptionError(f"{flag} {key}: {', '.join(having)} each have an option {name!r} of their own, with "
                               f"different meanings; scope it to one method: {scoped}")
+
 
 def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
     """The tuned options of the grid: `spec.tune` and, with `spec.tune_preset`, the preset's option of every method
@@ -179,6 +185,7 @@ def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
                               "--tune-preset); give it one role")
     return tune
 
+
 def _option_axes(method: str, options: dict[str, list[Any]], ordered: bool = True,
                  keys: bool = False) -> list[tuple[str, list[Any]]]:
     """The option axes that apply to `method`: its scoped ones and the unscoped ones it has (sorted by key, or in the
@@ -190,6 +197,7 @@ def _option_axes(method: str, options: dict[str, list[Any]], ordered: bool = Tru
         if (scope == method or not scope) and name in names:
             axes.append((key if keys else name, values))
     return axes
+
 
 def _candidates(method: str, fixed: dict[str, Any],
                 tuned: list[tuple[str, list[Any]]]) -> list[tuple[Any, tuple[Any, ...]]]:
@@ -210,6 +218,7 @@ def _candidates(method: str, fixed: dict[str, Any],
         candidates.append((options, typed))
     return candidates
 
+
 def _preset_extensions(spec: GridSpec) -> dict[str, tuple[Extension, list[Any], tuple[float, ...]]]:
     """Per method the preset tunes: its `Extension`, the preset's values of the option (as `tune_axes` gives them)
     and their factors, in order."""
@@ -224,6 +233,7 @@ def _preset_extensions(spec: GridSpec) -> dict[str, tuple[Extension, list[Any], 
             found[method] = (extension, [extension.value(f) for f in factors], factors)
     return found
 
+
 def _tuning(names: tuple[str, ...], typed: tuple[tuple[Any, ...], ...], index: int, score: str,
             preset: tuple[Extension, list[Any], tuple[float, ...]] | None, val_set: str = "fewshot") -> Tuning:
     """Candidate `index`'s `Tuning`, with its factor of the preset's option when a preset tunes the method."""
@@ -232,6 +242,7 @@ def _tuning(names: tuple[str, ...], typed: tuple[tuple[Any, ...], ...], index: i
     extension, values, factors = preset
     factor = factors[values.index(typed[index][names.index(extension.name)])]
     return Tuning(names, typed, index, score, extension, factor, val_set=val_set)
+
 
 def expand(spec: GridSpec) -> list[GridRun]:
     """The cartesian product of the axes, each method's options parsed and validated before anything runs; with
@@ -265,6 +276,7 @@ def expand(spec: GridSpec) -> list[GridRun]:
                                         _tuning(names, typed, index, score, presets.get(method), spec.tune_set)
                                         if names else None))
     return runs
+
 
 def extended(root: GridRun, origin: str, factor: float, index: int) -> GridRun:
     """The extension candidate of a preset's group: the original candidate `root` (key `origin`) with the preset's

@@ -22,17 +22,21 @@ from lathadapter.experiments.tuning import select_tuned
 
 RESULTS = "results.csv"
 
+
 class ResultsError(ValueError):
     """A results table or run directory that is missing, empty or malformed."""
+
 
 @functools.cache
 def _scoped_options() -> frozenset[str]:
     return frozenset(ambiguous_options())
 
+
 def option_column(method: str, name: str) -> str:
     """The results-table column of an option: `opt.NAME`, or `opt.METHOD.NAME` for a name that several methods
     declare with different meanings (so Tip-Adapter's β and LatHAdapter's β never share a column)."""
     return f"opt.{method}.{name}" if name in _scoped_options() else f"opt.{name}"
+
 
 def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """One results-table row: identity, what post-training searches chose (`chosen.NAME`, e.g. Tip-Adapter's α and
@@ -70,9 +74,11 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
     row.update({option_column(config["method"], k): v for k, v in sorted(config["options"].items())})
     return row
 
+
 def finished_runs(folder: Path) -> list[Path]:
     """The run directories directly under `folder` whose `metrics.json` exists (finished runs), sorted by name."""
     return sorted(path.parent for path in folder.glob("*/metrics.json"))
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
@@ -80,14 +86,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise ResultsError(f"{path}: expected the JSON file of a run directory ({error})") from None
 
+
 # Rows already read, per run directory, with the size, mtime and inode of its two files: a grid rewrites results.csv
 # after every run or batch, and re-reading every finished run's JSON each time made its rewrites quadratic (1.29 s
 # per rewrite at 2,000 runs against 0.14 s with the rows kept; benchmarks/results_table.py).
 _ROWS_READ: dict[Path, tuple[tuple[int, ...], list[dict[str, Any]]]] = {}
 
+
 def _stamp(folder: Path) -> tuple[int, ...]:
     stats = [(folder / name).stat() for name in ("config.json", "metrics.json")]
     return tuple(v for st in stats for v in (st.st_size, st.st_mtime_ns, st.st_ino))
+
 
 def _rows_of(folder: Path) -> list[dict[str, Any]]:
     """One run directory's rows (one per transfer target, else one), read again only when a file changed."""
@@ -107,14 +116,17 @@ def _rows_of(folder: Path) -> list[dict[str, Any]]:
         known = _ROWS_READ[folder] = (stamp, rows)
     return [dict(row) for row in known[1]]
 
+
 def run_rows(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
     """Results-table rows of run directories (`config.json` and `metrics.json`, as grids and `fit` write them),
     expanding per-target metrics to one row each."""
     return select_tuned([row for folder in run_dirs for row in _rows_of(folder.absolute())])
 
+
 def collect_rows(out: Path) -> list[dict[str, Any]]:
     """Rows of every finished run of the grid in `out` (its run directories `out/runs/<key>/`, sorted by key)."""
     return run_rows(finished_runs(out / "runs"))
+
 
 def as_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]]]:
     """The columns (in order of first appearance) and the rows as the CSV's strings: a value not applicable or a
@@ -123,6 +135,7 @@ def as_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]
     for row in rows:
         columns.extend(k for k in row if k not in columns)
     return columns, [{k: "" if row.get(k) is None else str(row[k]) for k in columns} for row in rows]
+
 
 @contextlib.contextmanager
 def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
@@ -140,6 +153,7 @@ def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
             yield True
             return
 
+
 def _same_file(f: Any, path: Path) -> bool:
     """True when the open file `f` is still the file at `path`: a lock file removed by its holder (`sweep_stale`, a
     finished run) may still be open in another process, whose lock on it then guards nothing."""
@@ -147,6 +161,7 @@ def _same_file(f: Any, path: Path) -> bool:
         return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
     except FileNotFoundError:
         return False
+
 
 def sweep_stale(out: Path) -> int:
     """Remove what killed processes left in `out/runs`: lock files nobody holds (flock locks end with their process)
@@ -168,6 +183,7 @@ def sweep_stale(out: Path) -> int:
             lock.unlink(missing_ok=True)
             removed += 1
     return removed
+
 
 def write_results(out: Path) -> Path:
     """Rewrite `out/results.csv` from the run directories, atomically and one process at a time: each rewrite reads

@@ -35,6 +35,7 @@ PRESET_EXTENSIONS: dict[str, tuple[float, int]] = {"lr": (10.0, 2)}
 # `--tune-score`: what tuning chooses by (`run.TUNE_SCORES`); auto: val_hm for base-to-novel cells, val otherwise.
 TUNE_SCORE_CHOICES = ("auto", *TUNE_SCORES)
 
+
 @dataclass(frozen=True)
 class Scaled:
     """A preset's candidate value: the method's own default of the option × `factor`. Used where that default is left
@@ -45,6 +46,7 @@ class Scaled:
 
     def __str__(self) -> str:
         return f"default×{self.factor:g}"
+
 
 @dataclass(frozen=True)
 class Extension:
@@ -59,6 +61,7 @@ class Extension:
     def value(self, factor: float) -> Any:
         """The option's value at `factor` × its default, as the preset's own candidates have it."""
         return Scaled(factor) if self.default is None else preset_value(self.default, factor)
+
 
 @dataclass(frozen=True)
 class Tuning:
@@ -131,9 +134,11 @@ class Tuning:
                                    "origin": self.origin}
         return record
 
+
 def preset_value(default: float, factor: float) -> float:
     """`default × factor` without binary noise (1e-3 × 0.1 is 0.0001, not 0.00010000000000000002)."""
     return float(f"{default * factor:.12g}")
+
 
 def resolve_score(requested: str, classes: str, method: str) -> str:
     """The score a tuning group of `method` chooses by: `requested` (`TUNE_SCORE_CHOICES`; auto: `val_hm` for
@@ -144,11 +149,13 @@ def resolve_score(requested: str, classes: str, method: str) -> str:
     score = ("val_hm" if classes == "base" else "val") if requested == "auto" else requested
     return score if score == "val" or scores_unseen_classes(method) else "val"
 
+
 def resolve_scaled(config: RunConfig, data: FewShotData, scaled: dict[str, float]) -> RunConfig:
     """`config` with each option of `scaled` set to the value it takes in this run (its recipe's) × its factor."""
     values = {name: preset_value(option_in_effect(config, data, name), f) for name, f in scaled.items()}
     options = make_options(config.method, {**changed_fields(config.options), **values})
     return dataclasses.replace(config, options=options)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -161,6 +168,7 @@ class Plan:
     edge: str = ""
     pending: tuple[str, float, int] | None = None
     joined: tuple[tuple[str, float, int], ...] = ()
+
 
 def _plan(candidates: dict[str, dict[str, Any]], originals: int) -> Plan:
     """Choose among a group's candidates (key → index, score, factor, step, limit, origin): the best score (ties: the
@@ -196,6 +204,7 @@ def _plan(candidates: dict[str, dict[str, Any]], originals: int) -> Plan:
         joined.append((origin, factor, originals + added[side]))
         added[side] += 1
 
+
 def tuning_plans(rows: list[dict[str, Any]]) -> dict[str, Plan]:
     """Each tuning group's `Plan`, from the results rows of its finished candidates (only their val scores, never
     test accuracy)."""
@@ -212,6 +221,7 @@ def tuning_plans(rows: list[dict[str, Any]]) -> dict[str, Plan]:
             originals[row["tune.group"]] = max(originals.get(row["tune.group"], 0), int(row["tune.candidates"]))
     return {group: _plan(candidates, originals[group]) for group, candidates in groups.items()}
 
+
 def select_tuned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mark each tuning candidate's rows `tune.selected`: True for the candidate its group keeps (`tuning_plans`: the
     best val score, ties the lowest index, i.e. the first value given; a preset's group extended past its edges),
@@ -224,6 +234,7 @@ def select_tuned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["tune.selected"] = row["key"] == plan.selected
             row["tune.edge"] = plan.edge if row["tune.selected"] else ""
     return rows
+
 
 def pending_extensions(rows: list[dict[str, Any]]) -> list[tuple[tuple[str, float, int], bool]]:
     """The extension candidates of the groups' plans, each (key of the original candidate extended, factor, index)
