@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import CacheError, CacheInfo, FewShotData
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.run import (
@@ -83,9 +82,7 @@ def batch_key(grid_run: GridRun) -> tuple[Any, ...]:
 def batches(keyed: list[KeyedRun], batch_runs: int) -> list[list[KeyedRun]]:
     """The runs cut into batches of at most `batch_runs` with one `batch_key` each: runs of one key in grid order,
     the keys in order of first appearance (runs with equal options next to each other, as they stack); with
-    `batch_runs=1`, every run alone in grid order."""
-    if batch_runs < 1:
-        raise OptionError(f"--batch-runs {batch_runs}: must be at least 1 (1: every run alone)")
+    `batch_runs=1`, every run alone in grid order (`Execution` checked it is at least 1)."""
     if batch_runs == 1:
         return [[item] for item in keyed]
     groups: dict[tuple[Any, ...], list[KeyedRun]] = {}
