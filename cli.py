@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from lathadapter.adapter.options import OptionError, StateError
+from lathadapter.adapter.options import OptionError
 from lathadapter.version import __version__
 
 if TYPE_CHECKING:  # imported where used: `--help` and `--version` stay fast
@@ -271,58 +271,6 @@ def cache_build(
     typer.echo(f"{result.path}: {result.status}{rate}")
 
 
-def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
-    """Build one dataset's cache (resumable, as `cache build`); returns (dataset, path, status). A Ray task of
-    `cache build-many`."""
-    from lathadapter.cache.build import build
-
-    result = build(dataset=dataset, **options)
-    return dataset, str(result.path), result.status
-
-
-def build_many(datasets: list[str], out: Path, backend: str = "local", address: str | None = None,
-               init_options: dict | None = None, **build_options) -> list[tuple[str, str, str]]:
-    """Build `out/<dataset>.h5` for each dataset: one after another (local), or one Ray task each (ray; a whole GPU
-    each when the cluster has GPUs). Each build resumes as `cache build` does; failures are reported together, after
-    the other builds finished."""
-
-    if backend not in ("local", "ray"):
-        raise OptionError(f"--backend {backend}: choose local or ray")
-    if not datasets:
-        raise OptionError("give at least one --dataset")
-    out.mkdir(parents=True, exist_ok=True)
-
-    def options(dataset: str) -> dict:
-        name = Path(dataset.partition(":")[2] if ":" in dataset else dataset).name
-        root = build_options.get("root")
-        return {**build_options, "root": None if root is None else str(Path(root).resolve()),
-                "out": str((out / f"{name}.h5").resolve())}
-
-    results, problems = [], []
-    if backend == "local":
-        for dataset in datasets:
-            try:
-                results.append(_build_one(dataset, options(dataset)))
-            except (ValueError, OSError) as error:
-                problems.append(f"{dataset}: {error}")
-    else:
-        from lathadapter.experiments.ray_backend import RayOptions, connect
-
-        with connect(RayOptions(address=address, init_options=init_options or {})) as ray:
-            gpus = ray.cluster_resources().get("GPU", 0)
-            task = ray.remote(_build_one).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)
-            refs = [(task.remote(dataset, {**options(dataset), "progress": False}), dataset) for dataset in datasets]
-            for ref, dataset in refs:
-                try:
-                    results.append(ray.get(ref))
-                except ray.exceptions.RayError as error:
-                    cause = getattr(error, "cause", None) or error
-                    problems.append(f"{dataset}: {cause}")
-    if problems:
-        raise StateError("cache builds failed:\n  " + "\n  ".join(problems))
-    return results
-
-
 @cache_app.command("build-many")
 def cache_build_many(
     dataset: list[str] = typer.Option(..., help="Dataset to build (repeatable), as `cache build --dataset`."),
@@ -344,8 +292,10 @@ def cache_build_many(
 ) -> None:
     """Build several datasets' caches (each resumable, as `cache build`), here or on a Ray cluster."""
     try:
+        from lathadapter.experiments.builds import build_many
+
         if backend == "ray":
-            from lathadapter.experiments.ray_backend import import_ray
+            from lathadapter.experiments.ray_cluster import import_ray
 
             import_ray()
         results = build_many(dataset, out, backend, address, root=root, model=model, pretrained=pretrained,
@@ -430,11 +380,11 @@ def fit(
 ) -> None:
     """Train one method over a cache (no encoder runs), evaluate it and write a run directory."""
     from lathadapter.adapter.options import parse_assignments
-    from lathadapter.experiments.machine import use_threads
+    from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.run import RunConfig, fit_config
 
     try:
-        use_threads(threads)
+        execution = Execution.parse(device, threads, workers=1, batch_runs=1)  # one run, in this process
         overrides = {}
         for name, values in parse_assignments(set_).items():
             if len(values) != 1:
@@ -443,7 +393,7 @@ def fit(
             overrides[name] = values[0]
         config = RunConfig.create(method, shots, seed, classes, text, select, overrides, train_views)
         with _progress() as progress:
-            metrics = fit_config(config, cache, device=device, out=out, force=force, progress=progress)
+            metrics = fit_config(config, cache, out=out, force=force, progress=progress, execution=execution)
     except (ValueError, OSError) as error:
         _fail(error, out)
     accuracy = ", ".join(f"{k} {_format_accuracy(v)}" for k, v in metrics["accuracy"].items())
@@ -457,66 +407,9 @@ def _counts(summary: dict) -> str:
     return f"{summary['done']} run, {summary['skipped']} already done{elsewhere}"
 
 
-def _batch_runs(batch_runs: int | None, device: str | None, backend: str) -> int | None:
-    """`--batch-runs`, checked (at least 1), or the default for the device the runs train on (on Ray, None: chosen
-    once the cluster's device is known)."""
-    from lathadapter.experiments.machine import auto_batch_runs, resolve_device
-
-    if batch_runs is None:
-        return None if backend == "ray" else auto_batch_runs(resolve_device(device))
-    if batch_runs < 1:
-        raise OptionError(f"--batch-runs {batch_runs}: must be at least 1 (1: every run alone)")
-    return batch_runs
-
-
-DEFAULT_CHUNK_SIZE = 8
-
-
-def _ray_options(backend: str, address: str | None, chunk_size: int | None, gpus_per_chunk: float,
-                 batch_runs: int | None = None):
-    """The Ray options of `--backend ray` (checked, and Ray importable), None for the local backend."""
-
-    if backend not in ("local", "ray"):
-        raise OptionError(f"--backend {backend}: choose local or ray")
-    if backend == "local":
-        for option, value in (("--address", address), ("--chunk-size", chunk_size)):
-            if value is not None:  # ignored without a word before
-                raise OptionError(f"{option} {value}: only for --backend ray; add --backend ray, or drop {option}")
-        return None
-    from lathadapter.experiments.ray_backend import RayOptions, import_ray
-
-    import_ray()
-    return RayOptions(address=address, chunk_size=chunk_size if chunk_size is not None else DEFAULT_CHUNK_SIZE,
-                      gpu_fraction=gpus_per_chunk, batch_runs=batch_runs)
-
-
-def _workers(workers: int | None, threads: int | None, ray, device: str | None) -> int | None:
-    """`--workers`, checked (at least 1; more than one: the local backend, on the CPU); None (chosen by the grid's
-    size and the free CPUs, `pool.auto_workers`) when not given, 1 with --threads or --backend ray."""
-    from lathadapter.experiments.machine import available_cpus, resolve_device
-    from lathadapter.experiments.pool import check_workers
-
-    if ray is not None:
-        if workers not in (None, 1):
-            raise OptionError(f"--workers {workers}: for the local backend; with --backend ray use --chunk-size")
-        return 1
-    if workers is None:
-        return 1 if threads is not None else None
-    check_workers(workers, resolve_device(device))
-    cpus = available_cpus()
-    if workers > cpus:  # --workers 8 on 2 cores spawned 8 (0.4 GB each) to share 2 CPUs
-        warnings.warn(f"--workers {workers}: this process may use {cpus} CPUs; starting {cpus} workers",
-                      stacklevel=2)
-        workers = cpus
-    if workers > 1 and threads is not None:
-        warnings.warn(f"--threads {threads} is not used with --workers {workers}: each worker trains with one torch "
-                      "thread", stacklevel=2)
-    return workers
-
-
 def _tune_score(value: str | None) -> str | None:
     """`--tune-score`, checked before any work: a value outside val, val_hm (or auto) ends in one line, exit 2."""
-    from lathadapter.experiments.grid import TUNE_SCORE_CHOICES
+    from lathadapter.experiments.tuning import TUNE_SCORE_CHOICES
 
     if value is not None and value not in TUNE_SCORE_CHOICES:
         typer.echo(f"error: --tune-score {value}: choose one of {', '.join(TUNE_SCORE_CHOICES)}", err=True)
@@ -576,14 +469,16 @@ def grid(
     Ray cluster (--backend ray); finished runs are skipped."""
     from lathadapter.adapter.options import parse_assignments, split_list
     from lathadapter.cache.store import resolve_cache
-    from lathadapter.experiments.grid import GridSpec, load_spec_file, parse_tune, run_grid
-    from lathadapter.experiments.machine import resolve_device, use_threads
+    from lathadapter.experiments.execution import Execution
+    from lathadapter.experiments.launch import launch
+    from lathadapter.experiments.spec import GridSpec, load_spec_file, parse_tune
 
     tune_score = _tune_score(tune_score)
     tune_set = _tune_set(tune_set)
     _stop_on_sigterm()
     try:
-        use_threads(threads)
+        execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
+                                    batch_runs)
         axes: dict = load_spec_file(config) if config else {}
         for key, value in (("methods", method), ("classes", classes), ("text", text), ("train_views", train_views),
                            ("select", select)):
@@ -603,20 +498,7 @@ def grid(
         if tune_set is not None:
             axes["tune_set"] = tune_set
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
-        batch_runs = _batch_runs(batch_runs, device, backend)
-        ray = _ray_options(backend, address, chunk_size, gpus_per_chunk, batch_runs)
-        workers = _workers(workers, threads, ray, device)
-        if ray is not None:
-            from lathadapter.experiments.ray_backend import run_grid_on_ray
-
-            summary = run_grid_on_ray(GridSpec(**axes), out, device, ray)
-        elif workers != 1:
-            from lathadapter.experiments.pool import run_grid_in_processes
-
-            summary = run_grid_in_processes(GridSpec(**axes), out, resolve_device(device), workers,
-                                            batch_runs=batch_runs)
-        else:
-            summary = run_grid(GridSpec(**axes), out, resolve_device(device), batch_runs=batch_runs)
+        summary = launch(GridSpec(**axes), out, execution)
     except (ValueError, OSError) as error:
         _fail(error, out)
     except KeyboardInterrupt as stop:
@@ -655,9 +537,9 @@ def protocol(
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
     from lathadapter.adapter.catalog import method_names
     from lathadapter.adapter.options import parse_assignments, split_list
-    from lathadapter.experiments.grid import parse_tune
-    from lathadapter.experiments.machine import resolve_device, use_threads
+    from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.protocols import run_protocol
+    from lathadapter.experiments.spec import parse_tune
 
     tune_score = _tune_score(tune_score)
     tune_set = _tune_set(tune_set)
@@ -666,18 +548,14 @@ def protocol(
         if target and name in ("few-shot", "base-to-novel"):
             raise OptionError(f"--target {target[0]}: {name} scores the source cache's own test set; targets are "
                               "for cross-dataset and domain")
-        use_threads(threads)
-        batch_runs = _batch_runs(batch_runs, device, backend)
-        ray = _ray_options(backend, address, chunk_size, gpus_per_chunk, batch_runs)
-        workers = _workers(workers, threads, ray, device)
+        execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
+                                    batch_runs)
         methods = split_list(method) if method is not None else method_names()
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
-                               _int_list("--shots", shots) if shots else None,
-                               device if ray else resolve_device(device), tune=parse_tune(tune),
-                               tune_preset=tune_preset, backend=backend, ray=ray, workers=workers,
-                               train_views=train_views, batch_runs=batch_runs, tune_score=tune_score or "auto",
-                               tune_set=tune_set or "fewshot")
+                               _int_list("--shots", shots) if shots else None, execution,
+                               tune=parse_tune(tune), tune_preset=tune_preset, train_views=train_views,
+                               tune_score=tune_score or "auto", tune_set=tune_set or "fewshot")
     except (ValueError, OSError) as error:
         _fail(error, out or Path("grids") / name)
     except KeyboardInterrupt as stop:
@@ -726,19 +604,17 @@ def demo(
     and the finished runs."""
     from lathadapter.adapter.options import split_list
     from lathadapter.demo.pipeline import run_demo
-    from lathadapter.experiments.machine import resolve_device, use_threads
+    from lathadapter.experiments.execution import Execution
 
     tune_score = _tune_score(tune_score)
     tune_set = _tune_set(tune_set)
     _stop_on_sigterm()
     try:
-        use_threads(threads)
-        workers = _workers(workers, threads, None, device)
+        execution = Execution.parse(device, threads, workers, batch_runs=batch_runs)
         result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
                           methods=split_list(method) if method is not None else None, views=views,
-                          tune=None if tune_preset == "none" else tune_preset, workers=workers,
-                          device=resolve_device(device), log=lambda message: typer.echo(message, err=True),
-                          batch_runs=_batch_runs(batch_runs, device, "local"), tune_score=tune_score or "auto",
+                          tune=None if tune_preset == "none" else tune_preset, execution=execution,
+                          log=lambda message: typer.echo(message, err=True), tune_score=tune_score or "auto",
                           tune_set=tune_set or "split")
     except (ValueError, OSError) as error:
         _fail(error, out)

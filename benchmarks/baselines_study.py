@@ -18,8 +18,9 @@ import torch
 
 from lathadapter.adapter.catalog import method_names
 from lathadapter.cache.synthetic import write_synthetic_cache
-from lathadapter.experiments.grid import GridSpec, run_grid
+from lathadapter.experiments.launch import launch
 from lathadapter.experiments.report import summary_markdown
+from lathadapter.experiments.spec import GridSpec
 
 DATA = Path(__file__).parent / ".data"
 SEEDS = [1, 2, 3]
@@ -41,8 +42,8 @@ def main() -> None:
         for classes, shots in (("all", [1, 4, 16]), ("base", [16])):
             start = time.perf_counter()
             folder = args.out / f"{label}-{classes}"
-            summary = run_grid(GridSpec([str(cache)], method_names(), shots, SEEDS, [classes], tune_preset=preset),
-                               folder, "cpu", progress=False)
+            summary = launch(GridSpec([str(cache)], method_names(), shots, SEEDS, [classes], tune_preset=preset),
+                             folder, progress=False)
             print(f"\n## {label}, classes={classes}: {summary['runs']} runs in {time.perf_counter() - start:.0f} s\n")
             print(summary_markdown(folder))
 

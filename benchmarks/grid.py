@@ -4,7 +4,8 @@ machine's CPUs (`--backend ray`: one CPU per chunk task, 8 runs per chunk), or b
 `--workers 1,2` runs the local backend once per count: 1 is one process with torch's threads, N > 1 is N worker
 processes with one thread each (`lathadapter grid --workers N`); `--batch-runs 1,8` runs each of those once per
 batch size (`lathadapter grid --batch-runs N`: up to N compatible runs trained together) and `--stack auto,on,off`
-once per stacking choice (LATHADAPTER_STACK: stacked models, or lockstep; `auto` stacks on CUDA only); `--repeats R`
+once per stacking choice (`Execution.stack`, as LATHADAPTER_STACK: stacked models, or lockstep; `auto` stacks on
+CUDA only); `--repeats R`
 alternates the configurations R times. `--device cuda` runs the local backend on the GPU (one process).
 
     python benchmarks/grid.py [--methods zeroshot,tip-adapter-f,lathadapter] [--backend local,ray] [--workers 1,2]
@@ -15,9 +16,7 @@ alternates the configurations R times. `--device cuda` runs the local backend on
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from lathadapter.adapter.batched import STACK_ENV
 from lathadapter.cache.synthetic import write_synthetic_cache
-from lathadapter.experiments.grid import GridSpec, run_grid
+from lathadapter.experiments.execution import Execution, RayOptions
+from lathadapter.experiments.launch import launch
+from lathadapter.experiments.spec import GridSpec
 
 DATA = Path(__file__).parent / ".data"
 
@@ -60,28 +60,22 @@ def main() -> None:
     rows = []
     for repeat in range(args.repeats):
         for backend, workers, batch_runs, stack in configs:
-            os.environ[STACK_ENV] = stack  # read where runs train: this process, its workers, local Ray workers
-            run = functools.partial(run_grid, batch_runs=batch_runs)
             threads = torch.get_num_threads()
             if backend == "ray":
-                from lathadapter.experiments.ray_backend import RayOptions, run_grid_on_ray
-
-                options = RayOptions(init_options={"include_dashboard": False, "log_to_driver": False},
-                                     batch_runs=batch_runs)
-                run = functools.partial(run_grid_on_ray, options=options)
+                options = RayOptions(init_options={"include_dashboard": False, "log_to_driver": False})
+                execution = Execution(device=args.device, backend="ray", ray=options, batch_runs=batch_runs,
+                                      stack=stack)
                 threads = 1
-            elif workers > 1:
-                from lathadapter.experiments.pool import run_grid_in_processes
-
-                run = functools.partial(run_grid_in_processes, workers=workers, batch_runs=batch_runs)
-                threads = 1
+            else:
+                execution = Execution(device=args.device, workers=workers, batch_runs=batch_runs, stack=stack)
+                threads = 1 if workers > 1 else threads
             folder = Path(tempfile.mkdtemp(prefix="grid-bench-"))
             try:
                 start = time.perf_counter()
-                summary = run(spec, folder, args.device)
+                summary = launch(spec, folder, execution)
                 seconds = time.perf_counter() - start
                 resumed = time.perf_counter()
-                again = run(spec, folder, args.device, progress=False)
+                again = launch(spec, folder, execution, progress=False)
                 resume_seconds = time.perf_counter() - resumed
             finally:
                 shutil.rmtree(folder)

@@ -45,9 +45,11 @@ from lathadapter.adapter.evaluate import harmonic_mean
 from lathadapter.cache.store import FewShotData
 from lathadapter.cache.synthetic import write_clip_world
 from lathadapter.demo.pipeline import build_demo_cache
-from lathadapter.experiments.grid import GridRun, GridSpec, collect_rows, expand, iterate, prepare
-from lathadapter.experiments.pool import run_grid_in_processes
+from lathadapter.experiments.execution import Execution
+from lathadapter.experiments.launch import launch, prepare, train_round
 from lathadapter.experiments.run import RunOutcome, tune_val_score
+from lathadapter.experiments.spec import GridRun, GridSpec, expand
+from lathadapter.experiments.table import collect_rows
 
 DATA = Path(__file__).parent / ".data"
 RESULTS = Path(__file__).parent / "results"
@@ -131,7 +133,7 @@ def config_runs(caches: dict[str, Path], config: Config) -> list[GridRun]:
 def _train_part(caches: dict[str, Path], configs: list[Config], out: Path) -> None:
     torch.set_num_threads(1)
     runs = [r for config in configs for r in config_runs(caches, config)]
-    for _ in iterate(runs, out, "cpu", progress=False, extra=with_score):
+    for _ in train_round(runs, out, Execution(), progress=False, extra_factory=lambda device: with_score):
         pass
 
 
@@ -383,8 +385,8 @@ def main() -> None:
     baseline_start = time.perf_counter()
     baseline_out = args.out / "baselines"
     for classes, shots in (("all", [4, 16]), ("base", [16])):
-        run_grid_in_processes(GridSpec([str(p) for p in caches.values()], BASELINES, shots, SEEDS, [classes],
-                                       tune_preset="lr"), baseline_out, "cpu", args.jobs, False, 8)
+        launch(GridSpec([str(p) for p in caches.values()], BASELINES, shots, SEEDS, [classes], tune_preset="lr"),
+               baseline_out, Execution(workers=args.jobs, batch_runs=8), progress=False)
     emit(log, f"\nBaselines (--tune-preset lr where they train): {time.perf_counter() - baseline_start:.0f} s")
     rows = {"LatHAdapter, today's defaults": today, f"LatHAdapter, chosen ({label(chosen, today)})": chosen}
     if euclid != chosen:

@@ -1,4 +1,4 @@
-"""Seconds per rewrite of a grid's results.csv (`grid.write_results`, run after every run or batch) with N finished
+"""Seconds per rewrite of a grid's results.csv (`table.write_results`, run after every run or batch) with N finished
 run directories: the first rewrite in a process (every run's JSON read), a rewrite after one more run finished
 (rows of the others kept from earlier rewrites), and that rewrite with nothing kept (as before rows were kept).
 
@@ -19,14 +19,16 @@ import time
 from pathlib import Path
 
 from lathadapter.cache.synthetic import write_synthetic_cache
-from lathadapter.experiments import grid
-from lathadapter.experiments.grid import GridSpec, run_grid, write_results
+from lathadapter.experiments import table
+from lathadapter.experiments.launch import launch
+from lathadapter.experiments.spec import GridSpec
+from lathadapter.experiments.table import write_results
 
 
 def one_run(folder: Path) -> Path:
     """The run directory of a one-run LatHAdapter grid on a small synthetic cache."""
     cache = write_synthetic_cache(folder / "tiny.h5", num_classes=6, dim=16, views=2, shots=(2,), seeds=(1,))
-    run_grid(GridSpec([str(cache)], ["lathadapter"], [2], [1]), folder / "grid", progress=False)
+    launch(GridSpec([str(cache)], ["lathadapter"], [2], [1]), folder / "grid", progress=False)
     return next((folder / "grid" / "runs").glob("*/metrics.json")).parent
 
 
@@ -59,11 +61,11 @@ def main() -> None:
             for repeat in range(args.repeats):
                 out = work / f"grid-{n}-{repeat}"
                 add_runs(out, source, 0, n - 1)
-                grid._ROWS_READ.clear()
+                table._ROWS_READ.clear()
                 first.append(timed_rewrite(out))
                 add_runs(out, source, n - 1, n)  # one more run finished
                 kept.append(timed_rewrite(out))
-                grid._ROWS_READ.clear()
+                table._ROWS_READ.clear()
                 read_all.append(timed_rewrite(out))
                 shutil.rmtree(out)
             rows.append((n, statistics.median(first), statistics.median(kept), statistics.median(read_all)))

@@ -25,10 +25,12 @@ from lathadapter.demo.dataset import (
     write_demo_dataset,
 )
 from lathadapter.demo.model import bundled_model
-from lathadapter.experiments.grid import TUNE_PRESETS, GridSpec, run_grid
+from lathadapter.experiments.execution import Execution
+from lathadapter.experiments.launch import launch
 from lathadapter.experiments.machine import auto_batch_runs
-from lathadapter.experiments.pool import run_grid_in_processes
 from lathadapter.experiments.report import write_report
+from lathadapter.experiments.spec import GridSpec
+from lathadapter.experiments.tuning import TUNE_PRESETS
 
 DEMO_DATA_DIR = Path("data") / f"demo-shapes-v{WORLD_VERSION}"  # where `cache build` writes the demo images
 DEMO_CACHE = DEFAULT_CACHE_DIR / "demo_shapes.h5"
@@ -71,15 +73,17 @@ def check_demo_options(methods: Sequence[str], shots: Sequence[int], seeds: Sequ
 
 def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
              methods: Sequence[str] | None = None, views: int = 10, tune: str | None = "lr",
-             train_views: str = DEMO_TRAIN_VIEWS, workers: int | None = None, device: str = "cpu",
-             progress: bool = True, log: Callable[[str], None] = print, batch_runs: int | None = None,
-             tune_score: str = "auto", tune_set: str = "split") -> dict[str, Any]:
+             train_views: str = DEMO_TRAIN_VIEWS, execution: Execution | None = None, progress: bool = True,
+             log: Callable[[str], None] = print, tune_score: str = "auto", tune_set: str = "split"
+             ) -> dict[str, Any]:
     """Build the demo cache under `folder`, run the few-shot and base-to-novel grids of `methods` (default: every
     method), each trained method's lr tuned on the few-shot val set (`tune`, a grid tuning preset; None: each
-    method's own recipe as is), and write the report. `workers` and `batch_runs` as `grid --workers` and
-    `--batch-runs` (None: chosen by the CPUs and the device); `tune_score` as `grid --tune-score` (auto: the
-    base-to-novel grid chooses by val_hm, the few-shot grid by val), on the demo's whole val split (`tune_set`,
-    16 images a class, where the few-shot val subsets hold 4)."""
+    method's own recipe as is), and write the report. `execution` as a grid's (default: on the CPU, worker
+    processes and runs trained together as the CPUs and the device choose); `tune_score` as `grid --tune-score`
+    (auto: the base-to-novel grid chooses by val_hm, the few-shot grid by val), on the demo's whole val split
+    (`tune_set`, 16 images a class, where the few-shot val subsets hold 4)."""
+    execution = execution or Execution(device="cpu", workers=None, batch_runs=auto_batch_runs("cpu"))
+    device = execution.device or "cpu"
     methods = list(methods) if methods is not None else method_names()
     check_demo_options(methods, shots, seeds, tune)  # before the ~20 s of building the data and the cache
     timings: dict[str, float] = {}
@@ -104,12 +108,8 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     specs = [GridSpec(cache, list(methods), list(shots), list(seeds), ["all"], **axes),
              GridSpec(cache, list(methods), [16], list(seeds), ["base"], **axes)]
     runs = 0
-    batch_runs = batch_runs or auto_batch_runs(device)
     for spec in specs:
-        if device == "cpu" and workers != 1:
-            runs += run_grid_in_processes(spec, grid_dir, device, workers, progress, batch_runs)["runs"]
-        else:
-            runs += run_grid(spec, grid_dir, device, progress, batch_runs)["runs"]
+        runs += launch(spec, grid_dir, execution, progress=progress)["runs"]
     timings["grid"] = time.perf_counter() - tick
     written = write_report(grid_dir / "results.csv", folder / "report")
     timings["total"] = time.perf_counter() - start

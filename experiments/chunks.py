@@ -2,10 +2,10 @@
 (worker processes of this machine, `pool`; a Ray cluster, `ray_backend`).
 
 The pending runs (no `metrics.json` yet) are grouped by cache, in grid order, and cut into chunks; a worker trains a
-chunk's runs in order with the same `grid.train_run` as the in-process backend, opening the cache once, and sends
-each trained run back (`Trained`: configuration, metrics, CPU weights, lifted points). The driver alone writes run
-directories (`save_streamed`, under the run's lock as `grid.iterate` does) and `results.csv` (`Tally`): same keys,
-same layout, same resume.
+chunk's runs in order with the same `training.train_runs` as the in-process backend, opening the cache once, and
+sends each trained run back (`Trained`: configuration, metrics, CPU weights, lifted points). The driver alone writes
+run directories (`save_streamed`, under the run's lock as the in-process backend does; `Tally`) and, as each comes
+back, `results.csv` (`launch`): same keys, same layout, same resume.
 """
 
 from __future__ import annotations
@@ -16,21 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lathadapter.cache.store import CacheInfo
-from lathadapter.experiments.grid import (
-    STATES,
-    DataCache,
-    Evaluator,
-    KeyedRun,
-    batches,
-    file_lock,
-    save_trained,
-    train_runs,
-    write_results,
-)
+from lathadapter.experiments.data import DataCache
+from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.run import RunConfig, RunOutcome
-
-Item = tuple[int, KeyedRun]  # a run's index in the grid, and the run
+from lathadapter.experiments.table import file_lock
+from lathadapter.experiments.training import Evaluator, Item, Job, KeyedRun, batches, save_trained, train_runs
 
 
 @dataclass
@@ -68,14 +58,9 @@ def to_cpu(value: Any) -> Any:
     return value
 
 
-def pending_runs(keyed: list[KeyedRun], out: Path) -> list[Item]:
-    """The runs of the grid without `metrics.json`, with their indices, in grid order."""
-    return [(i, item) for i, item in enumerate(keyed) if not (out / "runs" / item.key / "metrics.json").exists()]
-
-
 def chunk_runs(pending: list[Item], size: int, batch_runs: int = 1) -> list[list[Item]]:
     """Pending runs grouped by cache (in grid order), cut into chunks of at most `size`; with `batch_runs` > 1, the
-    runs of a cache in the order of `grid.batches`, so that a chunk holds runs that train together."""
+    runs of a cache in the order of `training.batches`, so that a chunk holds runs that train together."""
     by_cache: dict[str, list[Item]] = {}
     for index, item in pending:
         by_cache.setdefault(item.run.cache, []).append((index, item))
@@ -87,17 +72,18 @@ def chunk_runs(pending: list[Item], size: int, batch_runs: int = 1) -> list[list
     return [runs[i:i + size] for runs in by_cache.values() for i in range(0, len(runs), size)]
 
 
-def train_chunk(cache: str, items: list[Item], out: str, device: str,
-                extra_factory: Callable[[str], Evaluator] | None, batch_runs: int = 1) -> Iterator[Trained | int]:
-    """On a worker: train a chunk's runs of one cache, opening the cache once, up to `batch_runs` compatible runs
-    together (`grid.batches`); yields each trained run, or its index when it was finished meanwhile (by another
-    process, or before a resubmission). `extra_factory(device)` builds the evaluator that adds metrics (a protocol's
-    targets)."""
+def train_chunk(cache: str, items: list[Item], out: str, execution: Execution,
+                extra_factory: Callable[[str], Evaluator] | None) -> Iterator[Trained | int]:
+    """On a worker: train a chunk's runs of one cache on `execution.device`, opening the cache once, up to
+    `execution.batch_runs` compatible runs together (`training.batches`); yields each trained run, or its index when
+    it was finished meanwhile (by another process, or before a resubmission). `extra_factory(device)` builds the
+    evaluator that adds metrics (a protocol's targets)."""
+    device = execution.device or "cpu"
     data_cache = DataCache(device)
     extra = extra_factory(device) if extra_factory is not None else None
     index_of = {id(item): index for index, item in items}
     try:
-        for batch in batches([item for _, item in items], batch_runs):
+        for batch in batches([item for _, item in items], execution.batch_runs or 1):
             todo = []
             for item in batch:
                 if (Path(out) / "runs" / item.key / "metrics.json").exists():
@@ -107,7 +93,7 @@ def train_chunk(cache: str, items: list[Item], out: str, device: str,
             if not todo:
                 continue
             datas = [data_cache.load(cache, i.run.config.shots, i.run.config.seed, i.run.config.text) for i in todo]
-            trained = train_runs([i.run for i in todo], datas, extra, [i.group for i in todo])
+            trained = train_runs([i.run for i in todo], datas, execution, extra, [i.group for i in todo])
             for item, (config, outcome) in zip(todo, trained, strict=True):
                 weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
                 yield Trained(index_of[id(item)], config, outcome.metrics, weights, to_cpu(outcome.points),
@@ -116,46 +102,38 @@ def train_chunk(cache: str, items: list[Item], out: str, device: str,
         data_cache.close()
 
 
-def save_streamed(out: Path, item: KeyedRun, info: CacheInfo, trained: Trained, device: str) -> str:
+def save_streamed(job: Job, item: KeyedRun, trained: Trained) -> str:
     """Write a run sent back by a worker, under its lock as the in-process backend: "elsewhere" when another process
     holds the lock, "skipped" when it was finished meanwhile, else "done"."""
-    folder = out / "runs" / item.key
-    lock = out / "runs" / f"{item.key}.lock"
+    folder = job.out / "runs" / item.key
+    lock = job.out / "runs" / f"{item.key}.lock"
     with file_lock(lock, wait=False) as held:
         if not held:
             return "elsewhere"
         if (folder / "metrics.json").exists():
-            lock.unlink(missing_ok=True)  # safe while held (`grid.file_lock`); else left stale
+            lock.unlink(missing_ok=True)  # safe while held (`table.file_lock`); else left stale
             return "skipped"
         outcome = RunOutcome(Weights(trained.weights), trained.metrics, None, trained.points)  # type: ignore[arg-type]
-        save_trained(out, item, info, trained.config, outcome, device)
+        save_trained(job.out, item, job.infos[item.run.cache], trained.config, outcome, job.execution)
         lock.unlink()
     return "done"
 
 
 class Tally:
-    """The driver's bookkeeping: each run's state in grid order, the counts, the runs not yet back; `take` saves a
-    run sent back and rewrites `results.csv` after each one saved."""
+    """The driver's side of a chunked round: `take` saves a run sent back (or notes one finished meanwhile) and
+    returns its event for the driver; `unfinished` holds the pending runs not yet back (a lost chunk's are
+    resubmitted)."""
 
-    def __init__(self, out: Path, keyed: list[KeyedRun], infos: dict[str, CacheInfo], pending: list[Item],
-                 device: str) -> None:
-        self.out, self.keyed, self.infos, self.device = out, keyed, infos, device
-        self.states = ["skipped"] * len(keyed)
-        self.unfinished = {i for i, _ in pending}
-        self.counts = dict.fromkeys(STATES, 0)
-        self.counts["skipped"] = len(keyed) - len(pending)
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.unfinished = {i for i, _ in job.pending}
 
-    def take(self, result: Trained | int) -> str:
-        """Save a trained run (or note a run finished meanwhile, its index); returns its state."""
+    def take(self, result: Trained | int) -> list[tuple[int, str]]:
+        """Save a trained run (or note a run finished meanwhile, its index); returns [(its index, its state)]."""
         if isinstance(result, int):
             index, state = result, "skipped"
         else:
             index = result.index
-            item = self.keyed[index]
-            state = save_streamed(self.out, item, self.infos[item.run.cache], result, self.device)
+            state = save_streamed(self.job, self.job.keyed[index], result)
         self.unfinished.discard(index)
-        self.states[index] = state
-        self.counts[state] += 1
-        if state == "done":
-            write_results(self.out)
-        return state
+        return [(index, state)]

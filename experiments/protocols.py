@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.evaluate import evaluate, evaluate_mapped
-from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData
-from lathadapter.experiments.grid import RESULTS, STATES, GridRun, GridSpec, expand, iterate, with_extensions
+from lathadapter.experiments.execution import Execution
+from lathadapter.experiments.launch import launch
 from lathadapter.experiments.run import RunOutcome
+from lathadapter.experiments.spec import GridRun, GridSpec
 
 PROTOCOLS = ("few-shot", "base-to-novel", "cross-dataset", "domain")
 ALL_SHOTS = [1, 2, 4, 8, 16]
@@ -44,22 +45,29 @@ def class_mapping(source: FewShotData, target: FewShotData, target_path: str) ->
     return [lookup[key] for key in keys_target]
 
 
+def targets_salt(paths: list[str], mapped: bool) -> str:
+    """What the target caches add to each run key (a hash of their fingerprints, and whether classes are mapped): a
+    changed target set is a different run. Reads each cache's fingerprint only."""
+    if not paths:
+        raise CacheError("the protocol needs at least one --target cache")
+    fingerprints = []
+    for path in paths:
+        with CacheReader(path) as reader:
+            fingerprints.append(reader.fingerprint)
+    return "|" + hashlib.sha256("|".join(fingerprints).encode()).hexdigest()[:12] + ("m" if mapped else "")
+
+
 class Targets:
-    """Target caches' test sets, loaded once, and the evaluation of a trained method on each."""
+    """Target caches' test sets, loaded once where runs train, and the evaluation of a trained method on each."""
 
     def __init__(self, paths: list[str], device: str, mapped: bool) -> None:
-        if not paths:
-            raise CacheError("the protocol needs at least one --target cache")
         self.mapped = mapped
         self.sets: dict[str, FewShotData] = {}
         self.names: dict[str, str] = {}
-        fingerprints = []
         for path in paths:
             with CacheReader(path) as reader:
                 self.sets[path] = reader.load_test(device=device)
                 self.names[path] = str(reader.info().fields.get("dataset", Path(path).stem))
-                fingerprints.append(reader.fingerprint)
-        self.salt = "|" + hashlib.sha256("|".join(fingerprints).encode()).hexdigest()[:12] + ("m" if mapped else "")
 
     def __call__(self, grid_run: GridRun, outcome: RunOutcome, source: FewShotData) -> dict[str, Any]:
         targets: dict[str, float | None] = {}
@@ -97,53 +105,23 @@ def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: l
 
 def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str], seeds: list[int],
                  targets: list[str] | None = None, options: dict[str, list[str]] | None = None,
-                 text: str = "coop", shots: list[int] | None = None, device: str | None = "cpu",
+                 text: str = "coop", shots: list[int] | None = None, execution: Execution | None = None,
                  progress: bool = True, tune: dict[str, list[str]] | None = None,
-                 tune_preset: str | None = None, backend: str = "local", ray: Any = None,
-                 workers: int | None = 1, train_views: str = "augmented", batch_runs: int = 1,
-                 tune_score: str = "auto", tune_set: str = "fewshot") -> dict[str, Any]:
-    """Run (or resume) one protocol into `out`; its results table is `out/results.csv`. Returns the counts of runs
-    done, skipped (finished before) and left to another process (elsewhere), as `run_grid` does. With `tune` or
-    `tune_preset`, the tuned options are chosen per cell on the few-shot val set by `tune_score` (auto: the HM of
-    a pseudo-base/pseudo-novel split of the base classes for base-to-novel, val accuracy otherwise) over the val
-    images of `tune_set` (`run.TUNE_SETS`), a preset's grid
-    extended past its edges (`grid.with_extensions`).
-    `backend="ray"` trains on a Ray cluster as `run_grid` does (each worker loads the targets itself); `workers` > 1
-    trains on that many local worker processes (`pool`; None: as many as `pool.auto_workers` chooses), which load the
-    targets themselves too. `batch_runs` > 1 trains up to that many compatible runs together (`grid.batches`; on
-    Ray, `ray.batch_runs`)."""
+                 tune_preset: str | None = None, train_views: str = "augmented", tune_score: str = "auto",
+                 tune_set: str = "fewshot") -> dict[str, Any]:
+    """Run (or resume) one protocol into `out` under `execution` (`launch.launch`, as a grid); its results table is
+    `out/results.csv`. Returns the counts of runs done, skipped (finished before) and left to another process
+    (elsewhere), as a grid does. With `tune` or `tune_preset`, the tuned options are chosen per cell on the few-shot
+    val set by `tune_score` (auto: the HM of a pseudo-base/pseudo-novel split of the base classes for base-to-novel,
+    val accuracy otherwise) over the val images of `tune_set` (`run.TUNE_SETS`), a preset's grid extended past its
+    edges (`launch.with_extensions`). Cross-dataset and domain runs are scored on the `targets` too, which every
+    process that trains loads itself."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views,
                          tune_score, tune_set)
-    runs = expand(spec)
-    if backend not in ("local", "ray"):
-        raise OptionError(f"--backend {backend}: choose local or ray")
-    if workers != 1:
-        from lathadapter.experiments.pool import check_workers
-
-        if backend == "ray":
-            raise OptionError(f"--workers {workers}: for the local backend; with --backend ray use --chunk-size")
-        if workers is not None:
-            check_workers(workers, device or "cpu")
-    extra, salt, factory = None, "", None
+    salt, factory = "", None
     if protocol in ("cross-dataset", "domain"):
         mapped = protocol == "domain"
-        # The driver loads the targets once for their fingerprints (the key salt); workers load their own.
-        extra = Targets(list(targets or []), device if backend == "local" and workers == 1 else "cpu", mapped=mapped)
-        salt = extra.salt
+        salt = targets_salt(list(targets or []), mapped)
         factory = functools.partial(Targets, list(targets or []), mapped=mapped)
-
-    def train_round(todo: list[GridRun]) -> list[str]:
-        if backend == "ray":
-            from lathadapter.experiments.ray_backend import run_on_ray
-
-            return run_on_ray(todo, out, device, ray, progress=progress, extra_factory=factory, key_salt=salt)
-        if workers != 1:
-            from lathadapter.experiments.pool import run_in_processes
-
-            return run_in_processes(todo, out, device or "cpu", workers, progress=progress, extra_factory=factory,
-                                    key_salt=salt, batch_runs=batch_runs)
-        return [state for _, state in iterate(todo, out, device or "cpu", progress, extra, salt, batch_runs)]
-
-    runs, states = with_extensions(runs, out, train_round, salt)
-    return {"protocol": protocol, "runs": len(runs), **{state: states.count(state) for state in STATES},
-            "results": str(out / RESULTS)}
+    summary = launch(spec, out, execution, progress=progress, extra_factory=factory, key_salt=salt)
+    return {"protocol": protocol, **{k: v for k, v in summary.items() if k != "seconds"}}

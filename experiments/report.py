@@ -43,7 +43,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from lathadapter.adapter.catalog import method_names  # noqa: E402
-from lathadapter.experiments.grid import RESULTS, ResultsError, as_table, finished_runs, run_rows  # noqa: E402
+from lathadapter.experiments.table import RESULTS, ResultsError, as_table, finished_runs, run_rows  # noqa: E402
 
 # The columns the report reads; `opt.*` columns (every option) are read too.
 REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",

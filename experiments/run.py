@@ -25,7 +25,9 @@ from lathadapter.adapter.options import OptionError, StateError, changed_fields
 from lathadapter.adapter.recipes import RecipeFacts, filled_by_recipe
 from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS, TrainResult, train
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData, resolve_cache
+from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.machine import resolve_device
+from lathadapter.kernels.dispatch import backend as kernels_backend
 from lathadapter.version import __version__
 
 CLASS_PROTOCOLS = ("all", "base")
@@ -122,12 +124,13 @@ def build(config: RunConfig, train_data: FewShotData) -> Method:
     return build_method(config.method, options, train_data)
 
 
-def run_together(configs: list[RunConfig], datas: list[FewShotData]) -> list[RunOutcome]:
+def run_together(configs: list[RunConfig], datas: list[FewShotData], stack: bool | None = None
+                 ) -> list[RunOutcome]:
     """Train and evaluate several configurations, those that can (same method, samples and recipe steps:
     `batched.lockstep_key`) trained together in one loop (`batched.train_together`; as one stacked model where the
     method's loss vmaps), each with its own data, seed, options and optimiser state; the rest alone. Each outcome is
     `run`'s for that configuration, within float rounding (bit for bit when nothing is stacked), and its metrics say
-    how many runs trained together (`batch_runs`)."""
+    how many runs trained together (`batch_runs`). `stack`: as `batched.train_together`'s."""
     splits = [split_classes(data, c.classes) for c, data in zip(configs, datas, strict=True)]
     members = [Member(build(c, train_data), train_data, c.seed) for c, (train_data, _) in zip(configs, splits,
                                                                                                 strict=True)]
@@ -141,7 +144,7 @@ def run_together(configs: list[RunConfig], datas: list[FewShotData]) -> list[Run
             groups.setdefault(key, []).append(i)
     for indices in groups.values():
         c = configs[indices[0]]
-        trained = train_together([members[i] for i in indices], c.select, c.train_views)
+        trained = train_together([members[i] for i in indices], c.select, c.train_views, stack=stack)
         results.update(zip(indices, trained, strict=True))
     return [evaluated(c, member.method, results[i], train_data, novel_data)
             for i, (c, member, (train_data, novel_data)) in enumerate(zip(configs, members, splits, strict=True))]
@@ -304,10 +307,12 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def run_record(config: RunConfig, key: str, cache: Path, fingerprint: str, fingerprint_fields: dict[str, Any],
-               device: str, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+               device: str, resolved: dict[str, Any] | None = None, execution: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     """`config.json`: the full typed configuration as requested (what the key hashes), what differs from the
-    method's defaults, the values the training recipe gave the options left to it (`resolved`), and provenance."""
-    return {
+    method's defaults, the values the training recipe gave the options left to it (`resolved`), and provenance (with
+    `execution`, how the run trained: `Execution.record`)."""
+    record = {
         "key": key,
         **config.identity(),
         "overrides": changed_fields(config.options),
@@ -319,6 +324,9 @@ def run_record(config: RunConfig, key: str, cache: Path, fingerprint: str, finge
         "lathadapter_version": __version__,
         "torch_version": torch.__version__,
     }
+    if execution is not None:
+        record["execution"] = execution
+    return record
 
 
 def torch_bytes(value: Any) -> bytes:
@@ -330,7 +338,8 @@ def torch_bytes(value: Any) -> bytes:
 
 
 def save_run(folder: Path, config: RunConfig, outcome: RunOutcome, cache: Path, fingerprint: str,
-             fingerprint_fields: dict[str, Any], device: str, key: str | None = None) -> None:
+             fingerprint_fields: dict[str, Any], device: str, key: str | None = None,
+             execution: dict[str, Any] | None = None) -> None:
     """Write `config.json`, `weights.pt`, `points.pt` (when the method exports lifted points) and `metrics.json`
     into `folder`, each file atomically and the metrics last (a run is finished once they exist). The metrics'
     `resolved` (the options the recipe filled) goes into `config.json`."""
@@ -340,7 +349,7 @@ def save_run(folder: Path, config: RunConfig, outcome: RunOutcome, cache: Path, 
     resolved = metrics.pop("resolved", None)
     try:
         write_json(folder / "config.json", run_record(config, key or config.key(fingerprint), cache, fingerprint,
-                                                      fingerprint_fields, device, resolved))
+                                                      fingerprint_fields, device, resolved, execution))
         weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
         write_atomic(folder / "weights.pt", lambda p: p.write_bytes(torch_bytes(weights)))
         if outcome.points is not None:
@@ -382,10 +391,12 @@ def check_out(out: Path, folder: Path, force: bool) -> None:
 
 
 def fit_config(config: RunConfig, cache_path: str | Path | None = None, *, device: str | None = None,
-               out: str | Path | None = "runs", force: bool = False, progress: Progress | None = None
-               ) -> dict[str, Any]:
-    """`fit` of a configuration built already (the command line parses its options into one)."""
-    device = resolve_device(device)
+               out: str | Path | None = "runs", force: bool = False, progress: Progress | None = None,
+               execution: Execution | None = None) -> dict[str, Any]:
+    """`fit` of a configuration built already (the command line parses its options into one); `execution` (default:
+    `device`, and the process's kernels backend) is where it trains, recorded in `config.json`."""
+    execution = execution or Execution(device=resolve_device(device))
+    device = execution.device or "cpu"
     cache = resolve_cache(cache_path)
     with CacheReader(cache) as reader:
         info = reader.info()
@@ -395,11 +406,13 @@ def fit_config(config: RunConfig, cache_path: str | Path | None = None, *, devic
         if folder is not None:
             check_out(Path(out), folder, force)
         data = reader.load(config.shots, config.seed, text=config.text, device=device)
-    outcome = run(config, data, progress)
+    with kernels_backend(execution.kernels):
+        outcome = run(config, data, progress)
     metrics = {"method": config.method, "dataset": dataset, "shots": config.shots, "seed": config.seed,
                "classes": config.classes, **outcome.metrics}
     if folder is not None:
         outcome.metrics = metrics
-        save_run(folder, config, outcome, cache, info.fingerprint, info.fields, device, key)
+        record = execution.record(device, outcome.metrics.get("threads"), outcome.metrics.get("batch_mode"))
+        save_run(folder, config, outcome, cache, info.fingerprint, info.fields, device, key, record)
         metrics["run_dir"] = str(folder)
     return metrics

@@ -26,7 +26,8 @@ from lathadapter.adapter.methods.base import NotApplicable, ProtocolWarning
 from lathadapter.adapter.trainer import train
 from lathadapter.cache.store import FewShotData
 from lathadapter.cache.synthetic import write_synthetic_cache
-from lathadapter.experiments.grid import GridSpec, run_grid
+from lathadapter.experiments.launch import launch
+from lathadapter.experiments.spec import GridSpec
 
 GDA_ALPHAS = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
 
@@ -294,7 +295,7 @@ def test_fit_end_to_end_base_to_novel(cache: Path, tmp_path: Path, name: str) ->
 
 
 def test_grid_runs_both(cache: Path, tmp_path: Path) -> None:
-    summary = run_grid(GridSpec([str(cache)], ["zeroshot", "gda", "lp++"], [4], [1]), tmp_path, progress=False)
+    summary = launch(GridSpec([str(cache)], ["zeroshot", "gda", "lp++"], [4], [1]), tmp_path, progress=False)
     assert summary["runs"] == 3
     rows = {r["method"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
     assert set(rows) == {"zeroshot", "gda", "lp++"}

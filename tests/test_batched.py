@@ -16,12 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from lathadapter import kernels
 from lathadapter.adapter.batched import Member, lockstep_key, stack_key, train_together
 from lathadapter.adapter.catalog import build_method, make_options
 from lathadapter.adapter.trainer import train
 from lathadapter.cache.store import CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
-from lathadapter.experiments.grid import GridSpec, batches, expand, prepare, run_grid
+from lathadapter.experiments.execution import Execution
+from lathadapter.experiments.launch import launch, prepare
+from lathadapter.experiments.spec import GridSpec, expand
+from lathadapter.experiments.training import batches
 
 TRAINED = ("linear-probe", "clip-adapter", "taskres", "tip-adapter-f", "lathadapter")
 SHORT = {"epochs": "3", "min_steps": "0"}
@@ -132,19 +136,19 @@ def _metrics(out: Path) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("stack", ["on", "auto"])
-def test_a_batched_grid_gives_each_run_the_metrics_of_a_one_at_a_time_grid(cache: Path, tmp_path: Path, stack: str,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batched_grid_gives_each_run_the_metrics_of_a_one_at_a_time_grid(cache: Path, tmp_path: Path,
+                                                                            stack: str) -> None:
     """Every method, with an lr axis. Stacking on (as on a GPU): runs of one lr stack, the rest run in lockstep;
     on the CPU's default (`auto`) every batch runs in lockstep. Methods that do not train run alone. Tolerance:
     lockstep and alone are bit for bit (same accuracy, same loss history); stacked runs are within one test image
-    of accuracy and 1e-3 of the final loss."""
-    monkeypatch.setenv("LATHADAPTER_STACK", stack)
+    of accuracy and 1e-3 of the final loss. Each run's key is the same either way; its `config.json` records the
+    execution it trained under."""
     methods = ["zeroshot", "tip-adapter", "gda", "lp++", *TRAINED]
     options = {**{f"{m}.epochs": ["2"] for m in (*TRAINED, "lp++")}, **{f"{m}.min_steps": ["0"] for m in TRAINED},
                **{f"{m}.lr": ["0.001", "0.01"] for m in TRAINED}}
     spec = GridSpec([str(cache)], methods, [2, 4], [1, 2, 3], options=options, select=["val"])
-    one = run_grid(spec, tmp_path / "one", progress=False)
-    together = run_grid(spec, tmp_path / "together", progress=False, batch_runs=4)
+    one = launch(spec, tmp_path / "one", progress=False)
+    together = launch(spec, tmp_path / "together", Execution(batch_runs=4, stack=stack), progress=False)
     assert one["done"] == together["done"] == one["runs"]
     alone, batched = _metrics(tmp_path / "one"), _metrics(tmp_path / "together")
     assert alone.keys() == batched.keys()
@@ -170,23 +174,33 @@ def test_a_batched_grid_gives_each_run_the_metrics_of_a_one_at_a_time_grid(cache
     assert by_method["clip-adapter"] == by_method["lathadapter"] == ({"stacked", "lockstep"} if stack == "on"
                                                                      else {"lockstep"})
     assert by_method["zeroshot"] == by_method["gda"] == by_method["lp++"] == {"alone"}
+    for key, metrics in batched.items():
+        recorded = json.loads((tmp_path / "together" / "runs" / key / "config.json").read_text())["execution"]
+        assert recorded == {"device": "cpu", "threads": torch.get_num_threads(), "workers": 1, "backend": "local",
+                            "batch_runs": 4, "stack": "on" if stack == "on" else "off",
+                            "kernels": kernels.get_backend(), "batch_mode": metrics["batch_mode"]}
+        alone_record = json.loads((tmp_path / "one" / "runs" / key / "config.json").read_text())["execution"]
+        assert (alone_record["batch_runs"], alone_record["batch_mode"]) == (1, "alone")
 
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    import lathadapter.experiments.grid as grid
+    import lathadapter.experiments.local as local
+    from lathadapter.experiments.execution import Execution
+    from lathadapter.experiments.launch import launch
+    from lathadapter.experiments.spec import GridSpec
     saved = []
-    real_save = grid.save_trained
+    real_save = local.save_trained
     def save_then_die(*args, **kwargs):
         if len(saved) == 3:  # the second batch's second run: killed before it is saved
             os.kill(os.getpid(), signal.SIGKILL)
         real_save(*args, **kwargs)
         saved.append(args[1].key)
-    grid.save_trained = save_then_die
-    spec = grid.GridSpec([sys.argv[1]], ["lathadapter", "taskres"], [2, 4], [1, 2],
+    local.save_trained = save_then_die
+    spec = GridSpec([sys.argv[1]], ["lathadapter", "taskres"], [2, 4], [1, 2],
                          options={"epochs": ["2"], "min_steps": ["0"]})
-    grid.run_grid(spec, Path(sys.argv[2]), progress=False, batch_runs=2)
+    launch(spec, Path(sys.argv[2]), Execution(batch_runs=2), progress=False)
 """)
 
 
@@ -200,7 +214,7 @@ def test_resume_after_a_killed_batched_grid_skips_exactly_the_finished_runs(cach
     before = {key: (out / "runs" / key / "metrics.json").stat().st_mtime_ns for key in finished}
     spec = GridSpec([str(cache)], ["lathadapter", "taskres"], [2, 4], [1, 2], options={"epochs": ["2"],
                                                                                        "min_steps": ["0"]})
-    summary = run_grid(spec, out, progress=False, batch_runs=2)
+    summary = launch(spec, out, Execution(batch_runs=2), progress=False)
     assert (summary["runs"], summary["skipped"], summary["done"]) == (8, 3, 5)
     assert {key: (out / "runs" / key / "metrics.json").stat().st_mtime_ns for key in finished} == before
     assert len(_metrics(out)) == 8

@@ -82,10 +82,10 @@ def test_too_many_workers_are_clamped_with_a_warning(cache: Path, tmp_path: Path
 
 def test_threads_with_workers_are_reported_unused(cache: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from lathadapter.experiments import pool
+    from lathadapter.experiments import launch
 
     monkeypatch.setattr(machine, "available_cpus", lambda: 4)
-    monkeypatch.setattr(pool, "run_grid_in_processes", lambda *a, **k: (_ for _ in ()).throw(ValueError("stop")))
+    monkeypatch.setattr(launch, "launch", lambda *a, **k: (_ for _ in ()).throw(ValueError("stop")))
     result = grid(cache, tmp_path / "g", "--workers", "2", "--threads", "2")
     assert "warning: --threads 2 is not used with --workers 2" in result.output
 

@@ -19,18 +19,13 @@ from lathadapter.adapter.options import OptionError, parse_assignments
 from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
-from lathadapter.experiments.grid import (
-    GridSpec,
-    expand,
-    iterate,
-    load_spec_file,
-    option_column,
-    run_grid,
-    write_results,
-)
+from lathadapter.experiments.execution import Execution
+from lathadapter.experiments.launch import launch, train_round
 from lathadapter.experiments.protocols import run_protocol
 from lathadapter.experiments.report import write_report
 from lathadapter.experiments.run import RunConfig
+from lathadapter.experiments.spec import GridSpec, expand, load_spec_file
+from lathadapter.experiments.table import option_column, write_results
 
 QUICK = {"epochs": ["2"], "min_steps": ["0"]}
 
@@ -87,13 +82,13 @@ def test_grid_files_give_the_same_axes_as_the_command_line(tmp_path: Path) -> No
 def test_resume_skips_exactly_the_finished_runs(caches: dict[str, Path], tmp_path: Path) -> None:
     spec = GridSpec([str(caches["source"])], ["zeroshot", "clip-adapter"], [1, 2], [1, 2], options=QUICK)
     runs = expand(spec)
-    interrupted = iterate(runs, tmp_path, "cpu", progress=False)
+    interrupted = train_round(runs, tmp_path, Execution(), progress=False)
     for _ in range(3):  # the grid is interrupted after three runs
         next(interrupted)
     interrupted.close()
-    summary = run_grid(spec, tmp_path, progress=False)
+    summary = launch(spec, tmp_path, progress=False)
     assert (summary["runs"], summary["skipped"], summary["done"]) == (8, 3, 5)
-    again = run_grid(spec, tmp_path, progress=False)
+    again = launch(spec, tmp_path, progress=False)
     assert (again["skipped"], again["done"]) == (8, 0)
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -114,7 +109,7 @@ def test_run_keys_hash_the_requested_options_and_config_json_holds_the_resolved(
         "82cd8f944654"
     assert RunConfig.create("tip-adapter-f", 1, 3).key(fingerprint) == "b15bb20bfc88"
     spec = GridSpec([str(caches["source"])], ["clip-adapter", "lathadapter"], [1], [1], options=QUICK)
-    run_grid(spec, tmp_path, progress=False)
+    launch(spec, tmp_path, progress=False)
     with CacheReader(caches["source"]) as reader:
         fingerprint = reader.info().fingerprint
     for item in expand(spec):
@@ -127,14 +122,14 @@ def test_run_keys_hash_the_requested_options_and_config_json_holds_the_resolved(
                                           "final_relu": True}
         else:
             assert config["resolved"] == {}
-    assert run_grid(spec, tmp_path, progress=False)["skipped"] == 2
+    assert launch(spec, tmp_path, progress=False)["skipped"] == 2
 
 
 def test_the_results_table_reads_a_run_again_when_its_files_change(caches: dict[str, Path], tmp_path: Path) -> None:
     """Rewrites keep the rows of runs already read (a big grid's rewrites would be quadratic), yet a run directory
     whose files change, or that is removed, shows as it is now."""
     spec = GridSpec([str(caches["source"])], ["zeroshot"], [1, 2], [1], options={})
-    run_grid(spec, tmp_path, progress=False)
+    launch(spec, tmp_path, progress=False)
     folders = sorted((tmp_path / "runs").iterdir())
     metrics = json.loads((folders[0] / "metrics.json").read_text())
     metrics["accuracy"]["all"] = 12.5
@@ -163,7 +158,7 @@ def test_an_option_that_methods_mean_differently_must_be_scoped(caches: dict[str
                              "min_steps": ["1"], "tip-adapter.search": ["false"]})
     runs = expand(spec)
     assert {(r.config.method, r.config.options.beta) for r in runs} == {("tip-adapter", 2.0), ("lathadapter", 0.3)}
-    run_grid(spec, tmp_path, progress=False)
+    launch(spec, tmp_path, progress=False)
     with (tmp_path / "results.csv").open() as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
     assert "opt.beta" not in rows["lathadapter"]
@@ -175,7 +170,7 @@ def test_an_option_that_methods_mean_differently_must_be_scoped(caches: dict[str
 def test_report_cells_trace_back_to_the_results_table(caches: dict[str, Path], tmp_path: Path) -> None:
     spec = GridSpec([str(caches["source"]), str(caches["other"])], ["zeroshot", "lathadapter"], [1, 2], [1, 2],
                     options=QUICK)
-    run_grid(spec, tmp_path, progress=False)
+    launch(spec, tmp_path, progress=False)
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     written = write_report(tmp_path, tmp_path / "report")  # the grid folder, as well as its results.csv
@@ -284,7 +279,7 @@ def test_a_grid_checks_its_caches_before_the_first_run(caches: dict[str, Path], 
     # the caches hold shots 1, 2, 16 and seeds 1, 2
     spec = GridSpec([source, other, absent], ["zeroshot"], [1, 4], [1, 3])
     with pytest.raises(CacheError) as raised:
-        run_grid(spec, tmp_path / "g", progress=False)
+        launch(spec, tmp_path / "g", progress=False)
     lines = str(raised.value).splitlines()
     missing = "shots=1 seed=3, shots=4 seed=1, shots=4 seed=3"
     assert any(line.strip().startswith(f"{source} holds no few-shot subset for {missing}") for line in lines)
@@ -294,17 +289,17 @@ def test_a_grid_checks_its_caches_before_the_first_run(caches: dict[str, Path], 
     common = dict(dim=16, views=2, shots=(1,), seeds=(1,), train_per_class=4, test_per_class=2)
     one = write_synthetic_cache(tmp_path / "one.h5", num_classes=1, name="one", **common)
     with pytest.raises(CacheError, match="classes=base needs at least 2 classes; it has 1"):
-        run_grid(GridSpec([str(one)], ["zeroshot"], [1], [1], ["base"]), tmp_path / "g", progress=False)
+        launch(GridSpec([str(one)], ["zeroshot"], [1], [1], ["base"]), tmp_path / "g", progress=False)
     # selecting on the val set of a cache without one is a warning of the trainer, not an error of the grid
     no_val = write_synthetic_cache(tmp_path / "no_val.h5", num_classes=4, val_per_class=0, name="no_val", **common)
     with pytest.warns(UserWarning, match="no few-shot val subset"):
-        summary = run_grid(GridSpec([str(no_val)], ["clip-adapter"], [1], [1], select=["val"], options=QUICK),
+        summary = launch(GridSpec([str(no_val)], ["clip-adapter"], [1], [1], select=["val"], options=QUICK),
                            tmp_path / "g", progress=False)
     assert summary["done"] == 1
 
 
 def test_results_table_has_what_post_training_searches_chose(caches: dict[str, Path], tmp_path: Path) -> None:
-    run_grid(GridSpec([str(caches["source"])], ["zeroshot", "tip-adapter"], [2], [1]), tmp_path, progress=False)
+    launch(GridSpec([str(caches["source"])], ["zeroshot", "tip-adapter"], [2], [1]), tmp_path, progress=False)
     rows = {r["method"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
     chosen = json.loads((tmp_path / "runs" / rows["tip-adapter"]["key"] / "metrics.json").read_text())["chosen"]
     assert {"alpha", "beta", "val_accuracy"} <= set(chosen)
@@ -319,7 +314,7 @@ def test_results_table_has_what_post_training_searches_chose(caches: dict[str, P
 
 def test_grid_progress_goes_to_stderr(caches: dict[str, Path], tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    run_grid(GridSpec([str(caches["source"])], ["zeroshot"], [1], [1]), tmp_path, progress=True)
+    launch(GridSpec([str(caches["source"])], ["zeroshot"], [1], [1]), tmp_path, progress=True)
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "grid" in captured.err
@@ -328,7 +323,8 @@ def test_grid_progress_goes_to_stderr(caches: dict[str, Path], tmp_path: Path,
 GRID_PROCESS = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from lathadapter.experiments.grid import GridSpec, run_grid
+    from lathadapter.experiments.launch import launch
+    from lathadapter.experiments.spec import GridSpec
 
     cache, out, ready = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     (ready / sys.argv[4]).touch()
@@ -337,7 +333,7 @@ GRID_PROCESS = textwrap.dedent("""
         time.sleep(0.01)
     spec = GridSpec([cache], ["clip-adapter", "lathadapter"], [1, 2], [1, 2],
                     options={"epochs": ["1"], "min_steps": ["0"]})
-    print(json.dumps(run_grid(spec, out, progress=False)))
+    print(json.dumps(launch(spec, out, progress=False)))
 """)
 
 

@@ -15,9 +15,12 @@ from typer.testing import CliRunner
 
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
-from lathadapter.experiments.grid import GridSpec, expand, run_grid
-from lathadapter.experiments.pool import auto_workers, run_grid_in_processes, run_in_processes
+from lathadapter.experiments.execution import Execution
+from lathadapter.experiments.launch import launch, train_round
+from lathadapter.experiments.local import WorkerProcesses
+from lathadapter.experiments.pool import auto_workers
 from lathadapter.experiments.protocols import run_protocol
+from lathadapter.experiments.spec import GridSpec, expand
 
 # Columns that differ between two trainings of the same run
 TIMING = {"train_seconds", "eval_seconds", "wall_seconds"}
@@ -50,10 +53,10 @@ def grids(spec: GridSpec, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = run_grid(spec, folder / "one", "cpu", progress=False)
+        one = launch(spec, folder / "one", progress=False)
     finally:
         torch.set_num_threads(threads)
-    two = run_grid_in_processes(spec, folder / "two", "cpu", workers=2, progress=False)
+    two = launch(spec, folder / "two", Execution(workers=2), progress=False)
     assert (one["runs"], one["done"]) == (two["runs"], two["done"]) == (12, 12)
     return {"one": folder / "one", "two": folder / "two"}
 
@@ -86,11 +89,12 @@ def test_a_resumed_worker_grid_trains_only_the_missing_runs(spec: GridSpec, grid
                                                             tmp_path: Path) -> None:
     out = tmp_path / "grid"
     shutil.copytree(grids["two"], out)
-    assert run_grid_in_processes(spec, out, "cpu", workers=2, progress=False)["skipped"] == 12  # no worker started
+    assert launch(spec, out, Execution(workers=2), progress=False)["skipped"] == 12  # no worker started
     removed = sorted((out / "runs").iterdir())[:3]
     for folder in removed:
         shutil.rmtree(folder)
-    states = run_in_processes(expand(spec), out, "cpu", 2, progress=False, chunk_size=1)
+    states = [state for _, state in train_round(expand(spec), out, Execution(workers=2), progress=False,
+                                                backend=WorkerProcesses(2, chunk_size=1))]
     assert states.count("done") == 3 and states.count("skipped") == 9
     assert _rows(out) == _rows(grids["one"])
 
@@ -100,7 +104,7 @@ def test_runs_trained_together_on_workers_write_the_same_results_as_one_process(
                                                                                  tmp_path: Path) -> None:
     """`--batch-runs 2` on two workers: each worker trains a chunk's runs of one method and shots two at a time, in
     lockstep on the CPU (bit for bit as alone); only the batch columns differ from the one-process grid's."""
-    summary = run_grid_in_processes(spec, tmp_path / "batched", "cpu", workers=2, progress=False, batch_runs=2)
+    summary = launch(spec, tmp_path / "batched", Execution(workers=2, batch_runs=2), progress=False)
     assert summary["done"] == 12
     batch = {"batch_runs", "batch_mode"}
     rows = _rows(tmp_path / "batched")
@@ -138,7 +142,7 @@ def test_a_cross_dataset_protocol_on_workers_scores_the_targets_as_one_process(c
         one = run_protocol(*args, tmp_path / "one", **kwargs)
     finally:
         torch.set_num_threads(threads)
-    two = run_protocol(*args, tmp_path / "two", workers=2, **kwargs)
+    two = run_protocol(*args, tmp_path / "two", execution=Execution(workers=2), **kwargs)
     assert one["done"] == two["done"] == 8
     rows = _rows(tmp_path / "two")
     assert rows == _rows(tmp_path / "one") and {r["target"] for r in rows} == {"source", "other"}

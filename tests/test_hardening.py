@@ -24,7 +24,9 @@ from lathadapter.cache.store import SCHEMA_VERSION
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 from lathadapter.experiments import run as run_module
-from lathadapter.experiments.grid import GridSpec, file_lock, run_grid
+from lathadapter.experiments.launch import launch
+from lathadapter.experiments.spec import GridSpec
+from lathadapter.experiments.table import file_lock
 
 QUICK = {"epochs": ["1"], "min_steps": ["2"]}
 
@@ -38,7 +40,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_stale_locks_and_unfinished_folders_are_taken_over_and_removed(cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "grid"
     spec = GridSpec([str(cache)], ["clip-adapter"], [1, 2], [1, 2], options=QUICK)
-    assert run_grid(spec, out, progress=False)["done"] == 4
+    assert launch(spec, out, progress=False)["done"] == 4
     runs = out / "runs"
     keys = sorted(p.name for p in runs.iterdir())
     # What a race of two grids and a kill leave: locks of finished runs, and an unfinished run's folder and lock
@@ -52,11 +54,11 @@ def test_stale_locks_and_unfinished_folders_are_taken_over_and_removed(cache: Pa
     (runs / keys[3] / "metrics.json").unlink()
     with (runs / f"{keys[3]}.lock").open("a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        summary = run_grid(spec, out, progress=False)
+        summary = launch(spec, out, progress=False)
         assert (summary["done"], summary["skipped"], summary["elsewhere"]) == (1, 2, 1)
         assert sorted(p.name for p in runs.iterdir()) == sorted([*keys, f"{keys[3]}.lock"])
         assert (runs / keys[2] / "metrics.json").exists()
-    assert run_grid(spec, out, progress=False)["done"] == 1  # the lock released: the run is taken over
+    assert launch(spec, out, progress=False)["done"] == 1  # the lock released: the run is taken over
     assert sorted(p.name for p in runs.iterdir()) == keys
 
 
@@ -253,7 +255,7 @@ def test_an_unreachable_ray_address_fails_at_once(cache: Path, tmp_path: Path) -
 
 
 def test_check_reachable_passes_a_listening_port_and_leaves_other_forms_to_ray() -> None:
-    from lathadapter.experiments.ray_backend import RayBackendError, check_reachable
+    from lathadapter.experiments.ray_cluster import RayBackendError, check_reachable
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

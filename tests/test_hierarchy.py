@@ -18,8 +18,8 @@ from lathadapter.adapter.methods.lathadapter.diagnostics import in_cone, radius_
 from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import FewShotData
 from lathadapter.cache.synthetic import write_synthetic_cache
-from lathadapter.experiments.grid import run_rows
 from lathadapter.experiments.run import RunConfig, fit
+from lathadapter.experiments.table import run_rows
 
 
 def make_data(classes: int = 6, dim: int = 12, per_class: int = 3, attributes: int = 9) -> FewShotData:

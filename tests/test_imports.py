@@ -18,7 +18,24 @@ ALLOWED = {
     "kernels": {"kernels", "version"},
     "cache": {"cache", "version", "progress"},
     "adapter": {"adapter", "kernels", "version", "cache.store"},
-    "experiments": {"experiments", "adapter", "kernels", "version", "cache.store", "progress"},
+    # experiments/builds.py drives the cache builder for `cache build-many`
+    "experiments": {"experiments", "adapter", "kernels", "version", "cache.store", "cache.build", "progress"},
+}
+
+# experiments/ by job, lowest first: a module may import only modules of a lower rank (tests below)
+EXPERIMENT_RANKS = {
+    "machine": 0, "ray_cluster": 0,  # where a run computes; reaching Ray
+    "execution": 1,  # how runs train (Execution), parsed at the edge
+    "run": 2,  # one run and its folder
+    "tuning": 3,  # tuning records, presets and choice
+    "spec": 4, "table": 4,  # grid axes and expansion; results.csv, locks, stale sweep
+    "data": 5,  # cache checks, few-shot sets loaded once
+    "training": 6,  # keys, batches, the one training path, saving, the backend interface
+    "chunks": 7,  # runs in chunks trained elsewhere, saved by the driver
+    "pool": 8,  # worker-process mechanics
+    "local": 9, "ray_backend": 9,  # the backends
+    "launch": 10,  # the one driver
+    "protocols": 11, "builds": 11, "report": 11,  # protocols, cache builds, reports
 }
 
 
@@ -118,6 +135,43 @@ def test_the_package_has_no_import_cycle(graph: dict[str, set[str]]) -> None:
 
 def test_imports_run_downward_only(graph: dict[str, set[str]]) -> None:
     assert violations(graph) == []
+
+
+def experiment_violations(graph: dict[str, set[str]], ranks: dict[str, int]) -> list[str]:
+    """Edges among experiments/ modules that do not run to a lower rank, and modules without a rank."""
+    prefix = "lathadapter.experiments."
+    found = []
+    for source, targets in sorted(graph.items()):
+        if not source.startswith(prefix):
+            continue
+        name = source.removeprefix(prefix)
+        if name not in ranks:
+            found.append(f"{source} has no rank in EXPERIMENT_RANKS")
+            continue
+        for target in sorted(t for t in targets if t.startswith(prefix)):
+            other = target.removeprefix(prefix)
+            if other in ranks and ranks[other] >= ranks[name]:
+                found.append(f"{source} imports {target}")
+    return found
+
+
+def test_the_experiments_checker_finds_sideways_and_upward_imports() -> None:
+    graph = {"lathadapter.experiments.a": {"lathadapter.experiments.b"}, "lathadapter.experiments.b": set(),
+             "lathadapter.experiments.c": {"lathadapter.experiments.a"}, "lathadapter.experiments.d": set()}
+    assert experiment_violations(graph, {"a": 1, "b": 0, "c": 1}) == [
+        "lathadapter.experiments.c imports lathadapter.experiments.a", "lathadapter.experiments.d has no rank in "
+        "EXPERIMENT_RANKS"]
+    assert experiment_violations(graph, {"a": 1, "b": 0, "c": 2, "d": 0}) == []
+
+
+def test_experiments_modules_import_lower_jobs_only(graph: dict[str, set[str]]) -> None:
+    assert experiment_violations(graph, EXPERIMENT_RANKS) == []
+
+
+def test_each_experiments_module_says_its_job() -> None:
+    for path in sorted((ROOT / "experiments").glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc and len(doc) > 40, f"{path.name} has no docstring saying its job"
 
 
 def test_the_registry_is_a_leaf_and_only_the_catalog_loads_the_methods(graph: dict[str, set[str]]) -> None:

@@ -16,9 +16,13 @@ from typer.testing import CliRunner
 
 from lathadapter.cache.store import CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
-from lathadapter.cli import app, build_many
-from lathadapter.experiments.grid import GridSpec, expand, run_grid
+from lathadapter.cli import app
+from lathadapter.experiments.builds import build_many
+from lathadapter.experiments.execution import Execution, RayOptions
+from lathadapter.experiments.launch import launch, train_round
 from lathadapter.experiments.protocols import run_protocol
+from lathadapter.experiments.ray_backend import OnRay
+from lathadapter.experiments.spec import GridSpec, expand
 
 # Columns that differ between two trainings of the same run (timings) or between processes
 TIMING = {"train_seconds", "eval_seconds", "wall_seconds"}
@@ -40,22 +44,31 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                  train_per_class=8, test_per_class=6, seed=0, name="source")
 
 
+def on_ray(device: str | None, options: RayOptions | None = None) -> Execution:
+    """The execution of `--backend ray` (runs per chunk trained together: by the device, as by default)."""
+    return Execution(device=device, backend="ray", ray=options or RayOptions(), batch_runs=None)
+
+
+def on_ray_states(runs: list, out: Path, options: RayOptions, on_saved=None) -> list[str]:
+    """Each run's state after one round on Ray (CPU), `on_saved` called after each run saved."""
+    return [state for _, state in train_round(runs, out, on_ray("cpu", options), progress=False,
+                                              backend=OnRay(on_saved))]
+
+
 def _rows(out: Path) -> list[dict[str, str]]:
     with (out / "results.csv").open() as f:
         return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
 
 
 def test_ray_grid_writes_the_same_results_as_the_local_backend(cluster, cache: Path, tmp_path: Path) -> None:
-    from lathadapter.experiments.ray_backend import RayOptions, run_grid_on_ray
-
     spec = GridSpec([str(cache)], ["zeroshot", "clip-adapter"], [1, 2], [1, 2], options=QUICK)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a Ray task (num_cpus=1): the same float sums
     try:
-        local = run_grid(spec, tmp_path / "local", "cpu", progress=False)
+        local = launch(spec, tmp_path / "local", progress=False)
     finally:
         torch.set_num_threads(threads)
-    ray = run_grid_on_ray(spec, tmp_path / "ray", "cpu", RayOptions(chunk_size=3), progress=False)
+    ray = launch(spec, tmp_path / "ray", on_ray("cpu", RayOptions(chunk_size=3)), progress=False)
     assert (local["runs"], local["done"]) == (ray["runs"], ray["done"]) == (8, 8)
     # On the CPU, Ray tasks train up to 8 runs of one method and shots together, in lockstep (bit for bit as alone):
     # only the batch columns differ
@@ -70,13 +83,15 @@ def test_ray_grid_writes_the_same_results_as_the_local_backend(cluster, cache: P
     for key in ray_dirs:
         files = sorted(p.name for p in (tmp_path / "ray" / "runs" / key).iterdir())
         assert files == sorted(p.name for p in (tmp_path / "local" / "runs" / key).iterdir())
-    again = run_grid_on_ray(spec, tmp_path / "ray", None, RayOptions(), progress=False)
+    recorded = json.loads((tmp_path / "ray" / "runs" / ray_dirs[0] / "config.json").read_text())["execution"]
+    assert {k: recorded[k] for k in ("device", "backend", "workers", "batch_runs", "threads")} == {
+        "device": "cpu", "backend": "ray", "workers": 1, "batch_runs": 8, "threads": 1}  # settled on the cluster
+    assert recorded["ray"] == {"address": None, "chunk_size": 3, "gpus_per_chunk": 0.25}
+    again = launch(spec, tmp_path / "ray", on_ray(None), progress=False)
     assert (again["done"], again["skipped"]) == (0, 8)
 
 
 def test_ray_protocol_with_targets_matches_local(cluster, cache: Path, tmp_path: Path) -> None:
-    from lathadapter.experiments.ray_backend import RayOptions
-
     target = write_synthetic_cache(tmp_path / "target.h5", num_classes=5, dim=16, views=2, shots=(1,), seeds=(1,),
                                    train_per_class=4, test_per_class=4, seed=3, name="target")
     threads = torch.get_num_threads()
@@ -87,8 +102,7 @@ def test_ray_protocol_with_targets_matches_local(cluster, cache: Path, tmp_path:
     finally:
         torch.set_num_threads(threads)
     summary = run_protocol("cross-dataset", [str(cache)], tmp_path / "ray", ["zeroshot", "clip-adapter"], [1],
-                           [str(target)], QUICK, shots=[2], device=None, progress=False, backend="ray",
-                           ray=RayOptions())
+                           [str(target)], QUICK, shots=[2], execution=on_ray(None), progress=False)
     assert summary["done"] == 2
     assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
     assert {row["target"] for row in _rows(tmp_path / "ray")} == {"source", "target"}
@@ -122,7 +136,7 @@ def killer(killed: list[int]):
 
 
 def test_a_killed_worker_loses_only_its_unfinished_runs(cluster, cache: Path, tmp_path: Path) -> None:
-    from lathadapter.experiments.ray_backend import RayBackendError, RayOptions, run_on_ray
+    from lathadapter.experiments.ray_cluster import RayBackendError
 
     spec, out = _slow_spec(cache), tmp_path / "grid"
     runs = expand(spec)
@@ -130,12 +144,11 @@ def test_a_killed_worker_loses_only_its_unfinished_runs(cluster, cache: Path, tm
     kill_first = killer(killed)
 
     with pytest.raises(RayBackendError, match="rerun the grid") as error:
-        run_on_ray(runs, out, "cpu", RayOptions(chunk_size=len(runs), retries=0), progress=False,
-                   on_saved=kill_first)
+        on_ray_states(runs, out, RayOptions(chunk_size=len(runs), retries=0), kill_first)
     assert killed
     first = [p for p in (out / "runs").iterdir() if (p / "metrics.json").exists()]
     assert 1 <= len(first) < len(runs), str(error.value)
-    states = run_on_ray(runs, out, "cpu", RayOptions(chunk_size=len(runs)), progress=False)
+    states = on_ray_states(runs, out, RayOptions(chunk_size=len(runs)))
     # The rerun trains exactly the runs the kill lost: every run trained once in all.
     assert states.count("done") == len(runs) - len(first)
     assert states.count("skipped") == len(first)
@@ -143,21 +156,19 @@ def test_a_killed_worker_loses_only_its_unfinished_runs(cluster, cache: Path, tm
 
 
 def test_the_driver_resubmits_a_killed_chunk(cluster, cache: Path, tmp_path: Path) -> None:
-    from lathadapter.experiments.ray_backend import RayOptions, run_on_ray
-
     spec, out = _slow_spec(cache), tmp_path / "grid"
     runs = expand(spec)
     killed: list[int] = []
     kill_first = killer(killed)
 
-    states = run_on_ray(runs, out, "cpu", RayOptions(chunk_size=len(runs), retries=1), progress=False,
-                        on_saved=kill_first)
+    states = on_ray_states(runs, out, RayOptions(chunk_size=len(runs), retries=1), kill_first)
     assert killed and states.count("done") == len(runs)
     _check_each_run_once(out, len(runs))
 
 
 def test_caches_the_workers_cannot_see_fail_clearly(cluster, cache: Path, tmp_path: Path) -> None:
-    from lathadapter.experiments.ray_backend import RayBackendError, check_shared
+    from lathadapter.experiments.ray_backend import check_shared
+    from lathadapter.experiments.ray_cluster import RayBackendError
 
     (tmp_path / "out").mkdir()
     with pytest.raises(RayBackendError, match="is not visible from the Ray workers: put caches and --out on shared"):

@@ -19,10 +19,13 @@ from lathadapter.adapter.trainer import train
 from lathadapter.cache.store import CacheReader, FewShotData
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
-from lathadapter.experiments import grid
-from lathadapter.experiments.grid import GridSpec, expand, load_spec_file, prepare, run_grid
+from lathadapter.experiments import data as data_module
+from lathadapter.experiments import training
+from lathadapter.experiments.execution import Execution
+from lathadapter.experiments.launch import launch, prepare
 from lathadapter.experiments.report import EDGE_NOTE, summary_markdown
 from lathadapter.experiments.run import RunConfig, pseudo_split, tune_val_score
+from lathadapter.experiments.spec import GridSpec, expand, load_spec_file
 
 TINY = {"epochs": ["1"], "min_steps": ["2"]}
 CLASSES = 7  # base-to-novel: base = the first ceil(7/2) = 4 labels; their pseudo-base half the first 2 of those
@@ -158,15 +161,16 @@ def test_val_hm_tuning_keeps_the_best_hm_of_the_pseudo_halves(cache: Path, tmp_p
 def test_a_grid_poisoned_with_nan_test_features_scores_alike(cache: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     spec = GridSpec([str(cache)], ["clip-adapter"], [2], [1], ["base"], options=TINY, tune={"lr": ["0.002", "0.02"]})
-    run_grid(spec, tmp_path / "clean", progress=False)
-    load = grid.DataCache.load
+    launch(spec, tmp_path / "clean", progress=False)
+    load = data_module.DataCache.load
 
     def poisoned(self: Any, *args: Any) -> FewShotData:
         data = load(self, *args)
         return dataclasses.replace(data, test_features=torch.full_like(data.test_features, math.nan))
 
-    monkeypatch.setattr(grid.DataCache, "load", poisoned)
-    run_grid(spec, tmp_path / "poisoned", progress=False, batch_runs=2)  # trained in lockstep, pseudo copies alone
+    monkeypatch.setattr(data_module.DataCache, "load", poisoned)
+    # trained in lockstep, pseudo copies alone
+    launch(spec, tmp_path / "poisoned", Execution(batch_runs=2), progress=False)
     clean, dirty = read_rows(tmp_path / "clean"), read_rows(tmp_path / "poisoned")
     assert {r["batch_runs"] for r in dirty} == {"2"}
     for a, b in zip(clean, dirty, strict=True):
@@ -189,9 +193,9 @@ def lrs(rows: list[dict[str, str]], method: str) -> dict[float, dict[str, str]]:
 
 def test_the_lr_preset_extends_past_an_edge_and_keeps_the_optimum(cache: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(grid, "tune_val_accuracy", peaked(1.0))  # lathadapter's default is 1e-2: the best is ×100
+    monkeypatch.setattr(training, "tune_val_accuracy", peaked(1.0))  # lathadapter's default is 1e-2: the best is ×100
     spec = GridSpec([str(cache)], ["zeroshot", "lathadapter"], [2], [1], options=TINY, tune_preset="lr")
-    summary = run_grid(spec, tmp_path, progress=False)
+    summary = launch(spec, tmp_path, progress=False)
     assert summary["runs"] == summary["done"] == 1 + 3 + 2  # ×100 was best on an edge, so ×1000 was tried too
     rows = lrs(read_rows(tmp_path), "lathadapter")
     assert sorted(rows) == pytest.approx([1e-3, 1e-2, 1e-1, 1.0, 10.0])
@@ -203,19 +207,19 @@ def test_the_lr_preset_extends_past_an_edge_and_keeps_the_optimum(cache: Path, t
     # the originals keep the keys a grid without extensions gives them
     _, keyed = prepare(expand(spec), tmp_path)
     assert {k.key for k in keyed} == {r["key"] for r in read_rows(tmp_path) if r["tune.origin"] == ""}
-    again = run_grid(spec, tmp_path, progress=False)
+    again = launch(spec, tmp_path, progress=False)
     assert (again["runs"], again["skipped"], again["done"]) == (6, 6, 0)
     # an explicit --tune list is not extended
-    summary = run_grid(GridSpec([str(cache)], ["lathadapter"], [2], [1], options=TINY,
+    summary = launch(GridSpec([str(cache)], ["lathadapter"], [2], [1], options=TINY,
                                 tune={"lr": ["0.001", "0.01"]}), tmp_path / "explicit", progress=False)
     assert summary["runs"] == 2
 
 
 def test_the_extension_is_bounded_and_marks_the_edge(cache: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(grid, "tune_val_accuracy", peaked(1e-12))  # far below every grid
+    monkeypatch.setattr(training, "tune_val_accuracy", peaked(1e-12))  # far below every grid
     spec = GridSpec([str(cache)], ["clip-adapter"], [2], [1], options=TINY, tune_preset="lr")
-    summary = run_grid(spec, tmp_path, progress=False)
+    summary = launch(spec, tmp_path, progress=False)
     assert summary["runs"] == 3 + 2  # two extensions below, no more
     rows = lrs(read_rows(tmp_path), "clip-adapter")
     default = 2e-3  # CLIP-Adapter's official recipe (CoOp's SGD lr), a `Scaled` preset: resolved when it runs
@@ -236,27 +240,25 @@ def test_an_interrupted_extension_resumes_without_rerunning_anything(cache: Path
             raise KeyboardInterrupt
         return score(config, method, data)
 
-    monkeypatch.setattr(grid, "tune_val_accuracy", interrupted)
+    monkeypatch.setattr(training, "tune_val_accuracy", interrupted)
     spec = GridSpec([str(cache)], ["lathadapter"], [2], [1], options=TINY, tune_preset="lr")
     with pytest.raises(KeyboardInterrupt):
-        run_grid(spec, tmp_path, progress=False)
+        launch(spec, tmp_path, progress=False)
     rows = read_rows(tmp_path)
     assert len(rows) == 4 and not any(r["tune.selected"] == "True" for r in rows)  # an extension is due: no choice
     trained = []
-    monkeypatch.setattr(grid, "tune_val_accuracy", lambda c, m, d: trained.append(c.options.lr) or score(c, m, d))
-    summary = run_grid(spec, tmp_path, progress=False)
+    monkeypatch.setattr(training, "tune_val_accuracy", lambda c, m, d: trained.append(c.options.lr) or score(c, m, d))
+    summary = launch(spec, tmp_path, progress=False)
     assert (summary["runs"], summary["skipped"], summary["done"]) == (5, 4, 1) and trained == [10.0]
     rows = lrs(read_rows(tmp_path), "lathadapter")
     assert rows[10.0]["tune.selected"] == "True" and rows[10.0]["tune.edge"] == "high"
 
 
 def test_worker_processes_extend_as_this_process_does(cache: Path, tmp_path: Path) -> None:
-    from lathadapter.experiments.pool import run_grid_in_processes
-
     spec = GridSpec([str(cache)], ["clip-adapter", "lathadapter"], [2], [1], ["all", "base"], options=TINY,
                     tune_preset="lr")
-    local = run_grid(spec, tmp_path / "local", progress=False)
-    pooled = run_grid_in_processes(spec, tmp_path / "pool", "cpu", 2, progress=False, batch_runs=2)
+    local = launch(spec, tmp_path / "local", progress=False)
+    pooled = launch(spec, tmp_path / "pool", Execution(workers=2, batch_runs=2), progress=False)
     assert local["runs"] == pooled["runs"] == pooled["done"]
     columns = ("key", "tune.score", "tune.val_score", "tune.origin", "tune.selected", "tune.edge", "acc_all", "hm")
     rows = {name: sorted(tuple(r[c] for c in columns) for r in read_rows(tmp_path / name))
@@ -268,7 +270,7 @@ def test_worker_processes_extend_as_this_process_does(cache: Path, tmp_path: Pat
 def test_tune_set_split_scores_on_the_whole_val_split(cache: Path, tmp_path: Path) -> None:
     spec = GridSpec([str(cache)], ["clip-adapter"], [2], [1], ["all", "base"], options=TINY,
                     tune={"lr": ["0.002", "0.2"]}, tune_set="split")
-    run_grid(spec, tmp_path / "g", "cpu", progress=False)
+    launch(spec, tmp_path / "g", progress=False)
     rows = read_rows(tmp_path / "g")
     with CacheReader(cache) as reader:
         data = reader.load(2, 1)

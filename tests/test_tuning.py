@@ -19,10 +19,13 @@ from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
-from lathadapter.experiments import grid
-from lathadapter.experiments.grid import GridSpec, expand, iterate, load_spec_file, run_grid, select_tuned
+from lathadapter.experiments import training
+from lathadapter.experiments.execution import Execution
+from lathadapter.experiments.launch import launch, train_round
 from lathadapter.experiments.protocols import run_protocol
 from lathadapter.experiments.report import summary_markdown, write_report
+from lathadapter.experiments.spec import GridSpec, expand, load_spec_file
+from lathadapter.experiments.tuning import select_tuned
 
 TINY = {"epochs": ["1"], "min_steps": ["2"]}
 LRS = ["0.01", "0.0001", "0.1"]  # not sorted: ties keep the first given
@@ -65,7 +68,7 @@ def tuned_grid(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tuned_grid")
     spec = GridSpec([str(cache)], ["zeroshot", "clip-adapter", "lathadapter"], [1, 2], [1, 2], options=TINY,
                     tune={"lr": LRS})
-    summary = run_grid(spec, out, progress=False)
+    summary = launch(spec, out, progress=False)
     assert summary["runs"] == 4 + 2 * 4 * 3  # zeroshot once per cell; each trained method three times
     return out
 
@@ -102,10 +105,10 @@ def test_the_test_set_never_decides(cache: Path, tmp_path: Path, monkeypatch: py
     def inverted(config: Any, method: Any, data: Any) -> float:
         return 100.0 - evaluate(method, data.test_features, data.test_labels)
 
-    monkeypatch.setattr(grid, "tune_val_accuracy", inverted)
+    monkeypatch.setattr(training, "tune_val_accuracy", inverted)
     spec = GridSpec([str(cache)], ["clip-adapter", "lathadapter"], [1, 2], [1], options=TINY,
                     tune={"lr": ["0.0001", "0.1", "3"]})
-    run_grid(spec, tmp_path, progress=False)
+    launch(spec, tmp_path, progress=False)
     rows = {r["key"]: r for r in read_rows(tmp_path)}
     differs = 0
     for candidates in groups_of(tmp_path).values():
@@ -235,9 +238,9 @@ def test_an_unscoped_tune_name_that_methods_mean_differently_is_refused(cache: P
 def test_the_lr_preset_gives_each_trained_method_three_lrs_around_its_own_default(cache: Path,
                                                                                    tmp_path: Path) -> None:
     methods = ["zeroshot", "tip-adapter", "clip-adapter", "taskres", "lathadapter"]
-    run_grid(GridSpec([str(cache)], methods, [1], [1], options=TINY), tmp_path / "plain", progress=False)
+    launch(GridSpec([str(cache)], methods, [1], [1], options=TINY), tmp_path / "plain", progress=False)
     plain = {r["method"]: r for r in read_rows(tmp_path / "plain")}
-    summary = run_grid(GridSpec([str(cache)], methods, [1], [1], options=TINY, tune_preset="lr"), tmp_path / "tuned",
+    summary = launch(GridSpec([str(cache)], methods, [1], [1], options=TINY, tune_preset="lr"), tmp_path / "tuned",
                        progress=False)
     assert summary["runs"] == 2 + 3 * 3
     rows = read_rows(tmp_path / "tuned")
@@ -267,16 +270,16 @@ def test_a_rerun_skips_every_finished_candidate(cache: Path, tmp_path: Path) -> 
     spec = GridSpec([str(cache)], ["zeroshot", "lathadapter"], [1], [1, 2], options=TINY, tune={"lr": LRS})
     runs = expand(spec)
     assert len(runs) == 2 + 2 * 3
-    interrupted = iterate(runs, tmp_path, "cpu", progress=False)
+    interrupted = train_round(runs, tmp_path, Execution(), progress=False)
     for _ in range(4):  # zeroshot's two seeds, then two of the three candidates of (lathadapter, seed 1)
         next(interrupted)
     interrupted.close()
     rows = read_rows(tmp_path)
     assert sorted(r["tune.selected"] for r in rows) == ["", "", "False", "False"]  # an unfinished group keeps none
     assert "lathadapter" not in summary_markdown(tmp_path)
-    summary = run_grid(spec, tmp_path, progress=False)
+    summary = launch(spec, tmp_path, progress=False)
     assert (summary["runs"], summary["skipped"], summary["done"]) == (8, 4, 4)
-    again = run_grid(spec, tmp_path, progress=False)
+    again = launch(spec, tmp_path, progress=False)
     assert (again["skipped"], again["done"]) == (8, 0)
     rows = read_rows(tmp_path)
     assert len(rows) == 8 and sum(r["tune.selected"] == "True" for r in rows) == 2
@@ -285,7 +288,7 @@ def test_a_rerun_skips_every_finished_candidate(cache: Path, tmp_path: Path) -> 
 def test_tuning_refuses_a_cache_without_val_images_before_any_run(tmp_path: Path) -> None:
     no_val = write_synthetic_cache(tmp_path / "no_val.h5", num_classes=4, dim=16, views=2, shots=(1,), seeds=(1,),
                                    train_per_class=2, val_per_class=0, test_per_class=2, name="no_val")
-    for call in (lambda: run_grid(GridSpec([str(no_val)], ["lathadapter"], [1], [1], options=TINY,
+    for call in (lambda: launch(GridSpec([str(no_val)], ["lathadapter"], [1], [1], options=TINY,
                                            tune={"lr": LRS}), tmp_path / "g", progress=False),
                  lambda: run_protocol("few-shot", [str(no_val)], tmp_path / "g", ["zeroshot", "lathadapter"], [1],
                                       options=TINY, shots=[1], tune_preset="lr", progress=False)):

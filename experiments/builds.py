@@ -1,0 +1,57 @@
+"""Several datasets' caches built by one command (`cache build-many`): one `cache.build.build` after another, or one
+Ray task each. Each build resumes as `cache build` does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lathadapter.adapter.options import OptionError, StateError
+from lathadapter.cache.build import build
+from lathadapter.experiments.ray_cluster import connect
+
+
+def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
+    """Build one dataset's cache (resumable, as `cache build`); returns (dataset, path, status). A Ray task of
+    `cache build-many`."""
+    result = build(dataset=dataset, **options)
+    return dataset, str(result.path), result.status
+
+
+def build_many(datasets: list[str], out: Path, backend: str = "local", address: str | None = None,
+               init_options: dict | None = None, **build_options) -> list[tuple[str, str, str]]:
+    """Build `out/<dataset>.h5` for each dataset: one after another (local), or one Ray task each (ray; a whole GPU
+    each when the cluster has GPUs). Each build resumes as `cache build` does; failures are reported together, after
+    the other builds finished."""
+    if backend not in ("local", "ray"):
+        raise OptionError(f"--backend {backend}: choose local or ray")
+    if not datasets:
+        raise OptionError("give at least one --dataset")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def options(dataset: str) -> dict:
+        name = Path(dataset.partition(":")[2] if ":" in dataset else dataset).name
+        root = build_options.get("root")
+        return {**build_options, "root": None if root is None else str(Path(root).resolve()),
+                "out": str((out / f"{name}.h5").resolve())}
+
+    results, problems = [], []
+    if backend == "local":
+        for dataset in datasets:
+            try:
+                results.append(_build_one(dataset, options(dataset)))
+            except (ValueError, OSError) as error:
+                problems.append(f"{dataset}: {error}")
+    else:
+        with connect(address, init_options) as ray:
+            gpus = ray.cluster_resources().get("GPU", 0)
+            task = ray.remote(_build_one).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)
+            refs = [(task.remote(dataset, {**options(dataset), "progress": False}), dataset) for dataset in datasets]
+            for ref, dataset in refs:
+                try:
+                    results.append(ray.get(ref))
+                except ray.exceptions.RayError as error:
+                    cause = getattr(error, "cause", None) or error
+                    problems.append(f"{dataset}: {cause}")
+    if problems:
+        raise StateError("cache builds failed:\n  " + "\n  ".join(problems))
+    return results

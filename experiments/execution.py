@@ -1,0 +1,153 @@
+"""How runs train, as one typed object parsed once at the edge (`Execution.parse`, from the command line's raw
+values): the device, torch threads, worker processes, backend (this machine, or a Ray cluster and its options), runs
+trained together, stacking and the kernels backend. None of it changes what a run is (its key), only where and how
+fast it trains, within float rounding; each run's `config.json` records it under `execution` (`record`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from lathadapter.adapter.batched import STACK_CHOICES, STACK_ENV
+from lathadapter.adapter.options import OptionError
+from lathadapter.experiments import machine
+from lathadapter.experiments.ray_cluster import import_ray
+from lathadapter.kernels.dispatch import BACKENDS as KERNELS
+from lathadapter.kernels.dispatch import get_backend
+
+BACKENDS = ("local", "ray")
+DEFAULT_CHUNK_SIZE = 8
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How a grid runs on Ray: the cluster (`address`, None: a running one found by Ray, else a local one started
+    for the grid), runs per chunk task, the GPU fraction of each chunk task when the cluster has GPUs (several
+    chunks share a GPU), how many times the driver resubmits the unfinished runs of a chunk whose worker died, and
+    more `ray.init` keywords (tests: num_cpus)."""
+
+    address: str | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    gpus_per_chunk: float = 0.25
+    retries: int = 1
+    init_options: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise OptionError(f"--chunk-size {self.chunk_size}: must be at least 1")
+        if not 0 < self.gpus_per_chunk <= 1:
+            raise OptionError(f"--gpus-per-chunk {self.gpus_per_chunk}: must be in (0, 1]")
+
+
+def check_workers(workers: int, device: str) -> None:
+    """`--workers` is at least 1; more than one trains on the CPU only."""
+    if workers < 1:
+        raise OptionError(f"--workers {workers}: must be at least 1 (1: train in this process)")
+    if workers > 1 and device != "cpu":
+        raise OptionError(f"--workers {workers}: worker processes train on the CPU; use --device cpu, or --workers 1 "
+                          f"with --device {device}")
+
+
+def stack_from_environment() -> str:
+    """The default of `Execution.stack`: $LATHADAPTER_STACK (auto, on, off), else auto."""
+    choice = os.environ.get(STACK_ENV, "auto")
+    if choice not in STACK_CHOICES:
+        raise ValueError(f"environment variable {STACK_ENV}={choice!r} is not valid; choose one of: "
+                         f"{', '.join(STACK_CHOICES)}")
+    return choice
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where and how runs train. `device` None only on Ray (the cluster's: cuda when it has GPUs); `threads` None:
+    torch's as set; `workers` None: chosen per grid by its pending runs and the free CPUs (`pool.auto_workers`);
+    `batch_runs` None: by the device (`machine.auto_batch_runs`); `stack`: runs that can stack train as one stacked
+    model (auto: on CUDA only; `batched.train_together`); `kernels`: the kernels backend training runs under
+    (`kernels.dispatch`). `stack` and `kernels` default to $LATHADAPTER_STACK and the kernels backend in force
+    ($LATHADAPTER_KERNELS)."""
+
+    device: str | None = "cpu"
+    threads: int | None = None
+    workers: int | None = 1
+    backend: str = "local"
+    ray: RayOptions = field(default_factory=RayOptions)
+    batch_runs: int | None = 1
+    stack: str = field(default_factory=stack_from_environment)
+    kernels: str = field(default_factory=get_backend)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise OptionError(f"--backend {self.backend}: choose {' or '.join(BACKENDS)}")
+        if self.batch_runs is not None and self.batch_runs < 1:
+            raise OptionError(f"--batch-runs {self.batch_runs}: must be at least 1 (1: every run alone)")
+        if self.backend == "ray" and self.workers not in (None, 1):
+            raise OptionError(f"--workers {self.workers}: for the local backend; with --backend ray use --chunk-size")
+        if self.backend == "local" and self.workers is not None:
+            check_workers(self.workers, self.device or "cpu")
+        if self.backend == "local" and self.device is None:
+            raise OptionError("the local backend trains on a device named in advance (cpu, cuda, cuda:N)")
+        if self.stack not in STACK_CHOICES:
+            raise OptionError(f"stack={self.stack!r} is not valid; choose one of: {', '.join(STACK_CHOICES)}")
+        if self.kernels not in KERNELS:
+            raise OptionError(f"kernels={self.kernels!r} is not valid; choose one of: {', '.join(KERNELS)}")
+
+    @classmethod
+    def parse(cls, device: str | None = None, threads: int | None = None, workers: int | None = None,
+              backend: str = "local", address: str | None = None, chunk_size: int | None = None,
+              gpus_per_chunk: float = 0.25, batch_runs: int | None = None) -> Execution:
+        """The execution of a command's raw options (`--device`, `--threads`, ...), every one checked before any
+        work; torch's thread count is set here (`machine.use_threads`). Local: the device resolved (None: cuda when
+        present), `--batch-runs` by the device when not given, `--workers` as given (None: chosen per grid; 1 with
+        `--threads`), clamped to this process's CPUs with a warning. Ray: Ray importable, the device and
+        `--batch-runs` left to the cluster when not given, one driver process."""
+        chosen = machine.use_threads(threads)
+        if batch_runs is not None and batch_runs < 1:
+            raise OptionError(f"--batch-runs {batch_runs}: must be at least 1 (1: every run alone)")
+        if backend not in BACKENDS:
+            raise OptionError(f"--backend {backend}: choose {' or '.join(BACKENDS)}")
+        if backend == "ray":
+            import_ray()
+            if workers not in (None, 1):
+                raise OptionError(f"--workers {workers}: for the local backend; with --backend ray use --chunk-size")
+            ray = RayOptions(address, chunk_size if chunk_size is not None else DEFAULT_CHUNK_SIZE, gpus_per_chunk)
+            return cls(device, chosen, 1, backend, ray, batch_runs)
+        for option, value in (("--address", address), ("--chunk-size", chunk_size)):
+            if value is not None:  # ignored without a word before
+                raise OptionError(f"{option} {value}: only for --backend ray; add --backend ray, or drop {option}")
+        device = machine.resolve_device(device)
+        if workers is None:
+            workers = 1 if threads is not None else None
+        else:
+            check_workers(workers, device)
+            cpus = machine.available_cpus()
+            if workers > cpus:  # --workers 8 on 2 cores spawned 8 (0.4 GB each) to share 2 CPUs
+                warnings.warn(f"--workers {workers}: this process may use {cpus} CPUs; starting {cpus} workers",
+                              stacklevel=2)
+                workers = cpus
+            if workers > 1 and threads is not None:
+                warnings.warn(f"--threads {threads} is not used with --workers {workers}: each worker trains with "
+                              "one torch thread", stacklevel=2)
+        return cls(device, chosen, workers, backend, RayOptions(), batch_runs or machine.auto_batch_runs(device))
+
+    def stacks(self, device: str) -> bool:
+        """Whether runs that can stack do so on `device` (`stack`; auto: on CUDA, where a small run's step is kernel
+        launches and one stacked launch serves every run; not on the CPU, where benchmarks/grid.py measured stacked
+        runs slower than lockstep)."""
+        return self.stack == "on" or (self.stack == "auto" and device.startswith("cuda"))
+
+    def record(self, device: str, threads: int | None = None, batch_mode: str | None = None) -> dict[str, Any]:
+        """What a run's `config.json` keeps under `execution` (provenance only, never in the key): every field as
+        resolved for the run, which trained on `device` with `threads` torch threads (None: this process's), stack
+        `on` or `off`, and, when known, the `batch_mode` it trained in (alone, lockstep, stacked)."""
+        record: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "ray"}
+        record.update(device=device, threads=threads if threads is not None else self.threads,
+                      stack="on" if self.stacks(device) else "off")
+        if self.backend == "ray":
+            record["ray"] = {"address": self.ray.address, "chunk_size": self.ray.chunk_size,
+                             "gpus_per_chunk": self.ray.gpus_per_chunk}
+        if batch_mode is not None:
+            record["batch_mode"] = batch_mode
+        return record
