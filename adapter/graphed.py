@@ -36,15 +36,23 @@ CAPTURABLE_OPTIMIZERS = ("adamw", "adam", "sgd")  # with a tensor lr: Adam(W) ca
 WARMUP_STEPS = 3  # uncaptured steps before the first capture (PyTorch's whole-network capture recipe)
 
 
-def graphs_on(device: torch.device) -> bool:
-    """Whether steps that can be captured are (`Graphed`): $LATHADAPTER_GRAPHS `off`, `on` (on the CPU: the same
-    fixed-shape step without capture), else (`auto`) on CUDA under the kernels backend `auto` — a backend named
-    explicitly (`triton`, `torch`) asks for that twin of the loss, op by op."""
+def graphs_from_environment() -> str:
+    """$LATHADAPTER_GRAPHS (auto, on, off), else auto."""
     choice = os.environ.get(GRAPHS_ENV, "auto")
     if choice not in GRAPHS_CHOICES:
         raise ValueError(f"environment variable {GRAPHS_ENV}={choice!r} is not valid; choose one of: "
                          f"{', '.join(GRAPHS_CHOICES)}")
-    return choice == "on" or (choice == "auto" and device.type == "cuda" and get_backend() == "auto")
+    return choice
+
+
+def graphs_on(device: torch.device, choice: str | None = None, kernels: str | None = None) -> bool:
+    """Whether steps that can be captured are (`Graphed`) under `choice` (default $LATHADAPTER_GRAPHS) and the
+    kernels backend `kernels` (default the one in force): `off`; `on` (on the CPU: the same fixed-shape step without
+    capture); `auto`: on CUDA under the kernels backend `auto` — a backend named explicitly (`triton`, `torch`) asks
+    for that twin of the loss, op by op."""
+    choice = graphs_from_environment() if choice is None else choice
+    kernels = get_backend() if kernels is None else kernels
+    return choice == "on" or (choice == "auto" and device.type == "cuda" and kernels == "auto")
 
 
 def graphable(methods: list[Method]) -> bool:

@@ -11,7 +11,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from lathadapter.adapter.batched import STACK_CHOICES, STACK_ENV
+from lathadapter.adapter.graphed import GRAPHS_CHOICES, graphs_from_environment, graphs_on
 from lathadapter.adapter.options import OptionError
 from lathadapter.experiments import machine
 from lathadapter.experiments.ray_cluster import import_ray
@@ -66,8 +69,9 @@ class Execution:
     torch's as set; `workers` None: chosen per grid by its pending runs and the free CPUs (`pool.auto_workers`);
     `batch_runs` None: by the device (`machine.auto_batch_runs`); `stack`: runs that can stack train as one stacked
     model (auto: on CUDA only; `batched.train_together`); `kernels`: the kernels backend training runs under
-    (`kernels.dispatch`). `stack` and `kernels` default to $LATHADAPTER_STACK and the kernels backend in force
-    ($LATHADAPTER_KERNELS)."""
+    (`kernels.dispatch`); `graphs`: steps that can be captured replay from CUDA graphs (auto: on CUDA under the
+    kernels backend auto; `adapter.graphed`). `stack`, `kernels` and `graphs` default to $LATHADAPTER_STACK, the
+    kernels backend in force ($LATHADAPTER_KERNELS) and $LATHADAPTER_GRAPHS."""
 
     device: str | None = "cpu"
     threads: int | None = None
@@ -77,6 +81,7 @@ class Execution:
     batch_runs: int | None = 1
     stack: str = field(default_factory=stack_from_environment)
     kernels: str = field(default_factory=get_backend)
+    graphs: str = field(default_factory=graphs_from_environment)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -93,6 +98,8 @@ class Execution:
             raise OptionError(f"stack={self.stack!r} is not valid; choose one of: {', '.join(STACK_CHOICES)}")
         if self.kernels not in KERNELS:
             raise OptionError(f"kernels={self.kernels!r} is not valid; choose one of: {', '.join(KERNELS)}")
+        if self.graphs not in GRAPHS_CHOICES:
+            raise OptionError(f"graphs={self.graphs!r} is not valid; choose one of: {', '.join(GRAPHS_CHOICES)}")
 
     @classmethod
     def parse(cls, device: str | None = None, threads: int | None = None, workers: int | None = None,
@@ -138,13 +145,17 @@ class Execution:
         runs slower than lockstep)."""
         return self.stack == "on" or (self.stack == "auto" and device.startswith("cuda"))
 
+    def captures(self, device: str) -> bool:
+        """Whether steps that can be captured in CUDA graphs are, on `device` (`graphs`, `graphed.graphs_on`)."""
+        return graphs_on(torch.device(device), self.graphs, self.kernels)
+
     def record(self, device: str, threads: int | None = None, batch_mode: str | None = None) -> dict[str, Any]:
         """What a run's `config.json` keeps under `execution` (provenance only, never in the key): every field as
         resolved for the run, which trained on `device` with `threads` torch threads (None: this process's), stack
         `on` or `off`, and, when known, the `batch_mode` it trained in (alone, lockstep, stacked)."""
         record: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "ray"}
         record.update(device=device, threads=threads if threads is not None else self.threads,
-                      stack="on" if self.stacks(device) else "off")
+                      stack="on" if self.stacks(device) else "off", graphs="on" if self.captures(device) else "off")
         if self.backend == "ray":
             record["ray"] = {"address": self.ray.address, "chunk_size": self.ray.chunk_size,
                              "gpus_per_chunk": self.ray.gpus_per_chunk}

@@ -99,13 +99,14 @@ def split_classes(data: FewShotData, classes: str) -> tuple[FewShotData, FewShot
     return data.base_novel()
 
 
-def run(config: RunConfig, data: FewShotData, progress: Progress | None = None) -> RunOutcome:
+def run(config: RunConfig, data: FewShotData, progress: Progress | None = None, graphs: bool | None = None
+        ) -> RunOutcome:
     """Train and evaluate one configuration on an already loaded few-shot set (the grid calls this directly);
-    `progress` shows the epochs."""
+    `progress` shows the epochs; `graphs`: as `trainer.train`'s."""
     train_data, novel_data = split_classes(data, config.classes)
     method = build(config, train_data)
     result = train(method, train_data, seed=config.seed, select=config.select, progress=progress,
-                   train_views=config.train_views)
+                   train_views=config.train_views, graphs=graphs)
     return evaluated(config, method, result, train_data, novel_data)
 
 
@@ -124,13 +125,13 @@ def build(config: RunConfig, train_data: FewShotData) -> Method:
     return build_method(config.method, options, train_data)
 
 
-def run_together(configs: list[RunConfig], datas: list[FewShotData], stack: bool | None = None
-                 ) -> list[RunOutcome]:
+def run_together(configs: list[RunConfig], datas: list[FewShotData], stack: bool | None = None,
+                 graphs: bool | None = None) -> list[RunOutcome]:
     """Train and evaluate several configurations, those that can (same method, samples and recipe steps:
     `batched.lockstep_key`) trained together in one loop (`batched.train_together`; as one stacked model where the
     method's loss vmaps), each with its own data, seed, options and optimiser state; the rest alone. Each outcome is
     `run`'s for that configuration, within float rounding (bit for bit when nothing is stacked), and its metrics say
-    how many runs trained together (`batch_runs`). `stack`: as `batched.train_together`'s."""
+    how many runs trained together (`batch_runs`). `stack` and `graphs`: as `batched.train_together`'s."""
     splits = [split_classes(data, c.classes) for c, data in zip(configs, datas, strict=True)]
     members = [Member(build(c, train_data), train_data, c.seed) for c, (train_data, _) in zip(configs, splits,
                                                                                                 strict=True)]
@@ -139,12 +140,14 @@ def run_together(configs: list[RunConfig], datas: list[FewShotData], stack: bool
     for i, (c, member) in enumerate(zip(configs, members, strict=True)):
         key = lockstep_key(member, c.select, c.train_views)
         if key is None:  # nothing for the trainer to optimise
-            results[i] = train(member.method, member.data, c.seed, c.select, train_views=c.train_views)
+            results[i] = train(member.method, member.data, c.seed, c.select, train_views=c.train_views,
+                               graphs=graphs)
         else:
             groups.setdefault(key, []).append(i)
     for indices in groups.values():
         c = configs[indices[0]]
-        trained = train_together([members[i] for i in indices], c.select, c.train_views, stack=stack)
+        trained = train_together([members[i] for i in indices], c.select, c.train_views, stack=stack,
+                                 graphs=graphs)
         results.update(zip(indices, trained, strict=True))
     return [evaluated(c, member.method, results[i], train_data, novel_data)
             for i, (c, member, (train_data, novel_data)) in enumerate(zip(configs, members, splits, strict=True))]
@@ -178,6 +181,7 @@ def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data
         "history": result.history,  # last-batch loss and its parts, per epoch
         "batch_runs": result.batch_runs,  # runs trained together, this one included (`grid --batch-runs`)
         "batch_mode": result.batch_mode,
+        "cuda_graph": result.cuda_graph,  # steps replayed from captured CUDA graphs (`adapter.graphed`)
         "threads": torch.get_num_threads(),  # CPU float sums may round differently with another thread count
     }
     diagnostics = method.diagnostics(train_data)
@@ -407,7 +411,7 @@ def fit_config(config: RunConfig, cache_path: str | Path | None = None, *, devic
             check_out(Path(out), folder, force)
         data = reader.load(config.shots, config.seed, text=config.text, device=device)
     with kernels_backend(execution.kernels):
-        outcome = run(config, data, progress)
+        outcome = run(config, data, progress, graphs=execution.captures(device))
     metrics = {"method": config.method, "dataset": dataset, "shots": config.shots, "seed": config.seed,
                "classes": config.classes, **outcome.metrics}
     if folder is not None:

@@ -53,6 +53,7 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
         "eval_seconds": metrics.get("eval_seconds"), "trained_parameters": metrics.get("trained_parameters"),
         "steps": metrics.get("steps"),
         "batch_runs": metrics.get("batch_runs", 1), "batch_mode": metrics.get("batch_mode", "alone"),
+        "cuda_graph": metrics.get("cuda_graph", False),
     }
     row.update({f"chosen.{k}": v for k, v in sorted((metrics.get("chosen") or {}).items())})
     row.update({f"hier.{k}": v for k, v in (metrics.get("hierarchy") or {}).items()})

@@ -116,8 +116,9 @@ def train_runs(grid_runs: list[GridRun], datas: list[FewShotData], execution: Ex
                 c = resolve_scaled(c, data, grid_run.tune.scaled)
             configs.append(c)
         device = str(datas[0].train_labels.device)
-        outcomes = ([run(configs[0], datas[0])] if len(configs) == 1
-                    else run_together(configs, datas, stack=execution.stacks(device)))
+        graphs = execution.captures(device)
+        outcomes = ([run(configs[0], datas[0], graphs=graphs)] if len(configs) == 1
+                    else run_together(configs, datas, stack=execution.stacks(device), graphs=graphs))
         for grid_run, c, data, group, outcome in zip(grid_runs, configs, datas, groups, outcomes, strict=True):
             if extra is not None:
                 outcome.metrics.update(extra(grid_run, outcome, data))

@@ -83,28 +83,34 @@ def test_stacking_follows_the_setting_and_the_device(stack: str, device: str, st
     assert Execution(stack=stack).stacks(device) is stacks
 
 
-def test_training_receives_the_kernels_backend_and_stacking_as_arguments(cache: Path, tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[str, Any]] = []
+def test_training_receives_kernels_stacking_and_graphs_as_arguments(cache: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, Any, Any]] = []
     real_run, real_together = training.run, training.run_together
 
-    def run(*args: Any, **kwargs: Any) -> Any:
-        seen.append((kernels.get_backend(), None))
-        return real_run(*args, **kwargs)
+    def run(*args: Any, graphs: bool | None = None) -> Any:
+        seen.append((kernels.get_backend(), None, graphs))
+        return real_run(*args, graphs=graphs)
 
-    def run_together(*args: Any, stack: bool | None = None) -> Any:
-        seen.append((kernels.get_backend(), stack))
-        return real_together(*args, stack=stack)
+    def run_together(*args: Any, stack: bool | None = None, graphs: bool | None = None) -> Any:
+        seen.append((kernels.get_backend(), stack, graphs))
+        return real_together(*args, stack=stack, graphs=graphs)
 
     monkeypatch.setattr(training, "run", run)
     monkeypatch.setattr(training, "run_together", run_together)
     spec = GridSpec([str(cache)], ["clip-adapter"], [1], [1, 2], options=QUICK)
     with kernels.backend("auto"):
         launch(spec, tmp_path / "alone", Execution(kernels="torch"), progress=False)
-        launch(spec, tmp_path / "stacked", Execution(batch_runs=2, stack="on", kernels="torch"), progress=False)
-        launch(spec, tmp_path / "lockstep", Execution(batch_runs=2, stack="off", kernels="torch"), progress=False)
+        launch(spec, tmp_path / "stacked", Execution(batch_runs=2, stack="on", kernels="torch", graphs="on"),
+               progress=False)
+        launch(spec, tmp_path / "lockstep", Execution(batch_runs=2, stack="off", kernels="torch", graphs="off"),
+               progress=False)
         assert kernels.get_backend() == "auto"  # restored after training
-    assert seen == [("torch", None), ("torch", None), ("torch", True), ("torch", False)]
+    # graphs auto: on CUDA only (this CPU: off); on: the same fixed-shape step uncaptured on the CPU
+    assert seen == [("torch", None, False), ("torch", None, False), ("torch", True, True), ("torch", False, False)]
+    for folder in (tmp_path / "stacked" / "runs").iterdir():
+        if folder.is_dir():
+            assert _config(folder)["execution"]["graphs"] == "on"
 
 
 def _config(folder: Path) -> dict[str, Any]:
@@ -124,7 +130,7 @@ def test_execution_is_recorded_and_changes_no_run_key(cache: Path, tmp_path: Pat
         assert {k: v for k, v in a.items() if k != "execution"} == {k: v for k, v in b.items() if k != "execution"}
         assert a["execution"] == {"device": "cpu", "threads": torch.get_num_threads(), "workers": 1,
                                   "backend": "local", "batch_runs": 1, "stack": "off",
-                                  "kernels": kernels.get_backend(), "batch_mode": "alone"}
+                                  "kernels": kernels.get_backend(), "graphs": "off", "batch_mode": "alone"}
         assert {k: b["execution"][k] for k in ("batch_runs", "stack", "kernels")} == {
             "batch_runs": 2, "stack": "on", "kernels": "torch"}
         modes.add((b["method"], b["execution"]["batch_mode"]))
@@ -138,4 +144,4 @@ def test_fit_records_its_execution(cache: Path, tmp_path: Path) -> None:
     metrics = fit(cache, "clip-adapter", shots=1, seed=1, out=tmp_path, device="cpu", epochs=1, min_steps=2)
     assert _config(Path(metrics["run_dir"]))["execution"] == {
         "device": "cpu", "threads": torch.get_num_threads(), "workers": 1, "backend": "local", "batch_runs": 1,
-        "stack": "off", "kernels": kernels.get_backend(), "batch_mode": "alone"}
+        "stack": "off", "kernels": kernels.get_backend(), "graphs": "off", "batch_mode": "alone"}

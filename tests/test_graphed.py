@@ -71,6 +71,8 @@ def test_the_graphs_switch_reads_its_environment_variable(monkeypatch: pytest.Mo
     assert graphs_on(torch.device("cpu"))
     monkeypatch.setenv("LATHADAPTER_GRAPHS", "off")
     assert not graphs_on(torch.device("cuda"))
+    assert graphs_on(torch.device("cuda"), "auto", "auto") and not graphs_on(torch.device("cuda"), "auto", "torch")
+    assert graphs_on(torch.device("cpu"), "on", "torch") and not graphs_on(torch.device("cuda"), "off", "auto")
     monkeypatch.setenv("LATHADAPTER_GRAPHS", "always")
     with pytest.raises(ValueError, match="LATHADAPTER_GRAPHS='always' is not valid; choose one of: auto, on, off"):
         graphs_on(torch.device("cpu"))
