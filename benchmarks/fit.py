@@ -18,10 +18,12 @@ table adds each run's peak GPU memory (torch.cuda.max_memory_allocated). Results
 says otherwise.
 
 With --against REV each (cache, method) is trained by the code of commit REV ("old") and by the code this script
-imports ("new") in the same run: REV's tree is exported (`git archive`) into a temporary folder, and an old run is REV's
-own `benchmarks/fit.py --child` with PYTHONPATH on a folder whose `lathadapter` links to that tree. Each round runs
-every job old and new, in alternating order (old first in odd rounds, new first in even ones), so a slow spell of the
-shared machine slows both alike. The table gives the median train time of each and new/old as the ratio of the
+imports ("new") in the same run: REV's tree is exported (`git archive`) into a temporary folder, and an old run is this
+script's child with PYTHONPATH on a folder whose `lathadapter` links to that tree (the child calls only
+`experiments.run`'s RunConfig.create, run and train, which REV must have). Each round runs every job old and new, in
+alternating order (old first in odd rounds, new first in even ones), so a slow spell of the shared machine slows both
+alike. The table gives, for the trainer's wall-clock train seconds and for the CPU seconds of its call (which on a
+loaded machine leave out the time the run waited for a core), the median of each and new/old as the ratio of the
 medians and as the median of the rounds' paired ratios; results go to fit_against.json unless --out says otherwise.
 --threads N pins each child's intra-op threads (OMP_NUM_THREADS and MKL_NUM_THREADS in its environment).
 """
@@ -79,8 +81,18 @@ def gpu_peak_mb(device: str) -> float | None:
 def run_method(cache: Path, method: str, device: str = "cpu") -> dict:
     """Child process: load the cache once, train and evaluate one method, report times and peak RSS."""
     from lathadapter.cache.store import CacheReader
+    from lathadapter.experiments import run as run_module
     from lathadapter.experiments.run import RunConfig, run
 
+    train, cpu_seconds = run_module.train, []
+
+    def timed_train(*args, **kwargs):  # the CPU time of the trainer's call, beside its own wall-clock seconds
+        start = time.process_time()
+        result = train(*args, **kwargs)
+        cpu_seconds.append(time.process_time() - start)
+        return result
+
+    run_module.train = timed_train
     if device == "cuda":
         prepare_cuda()
     start = time.perf_counter()
@@ -95,6 +107,7 @@ def run_method(cache: Path, method: str, device: str = "cpu") -> dict:
     result = {
         "load_s": load_seconds,
         "train_s": outcome.metrics["train_seconds"],
+        "train_cpu_s": sum(cpu_seconds),
         "eval_s": outcome.metrics["eval_seconds"],
         "steps": outcome.metrics["steps"],
         "accuracy": outcome.metrics["accuracy"]["all"],
@@ -181,12 +194,12 @@ def child_env(threads: int | None, package_parent: Path | None = None) -> dict[s
     return env
 
 
-def child(args: list[str], env: dict[str, str] | None = None, script: Path = Path(__file__)) -> dict:
-    """Run `script --child ARGS` in a fresh process and return the JSON line it prints last."""
-    result = subprocess.run([sys.executable, str(script), "--child", *args], capture_output=True, text=True,
+def child(args: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run this script with `--child ARGS` in a fresh process and return the JSON line it prints last."""
+    result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
                             check=False, env=env)
     if result.returncode != 0:
-        raise RuntimeError(f"{script} --child {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+        raise RuntimeError(f"fit.py --child {' '.join(args)} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -220,41 +233,52 @@ def against(revision: str, caches: list[str], methods: list[str], repeats: int, 
     jobs = [(name, method) for name in caches for method in methods]
     times: dict[tuple[str, str], dict[str, list[dict]]] = {job: {"old": [], "new": []} for job in jobs}
     with tempfile.TemporaryDirectory(prefix="fit-against-") as folder:
-        old_packages = export_revision(revision, Path(folder))
-        old_script = old_packages / "lathadapter" / "benchmarks" / "fit.py"
-        variants = {"old": (old_script, child_env(threads, old_packages)), "new": (Path(__file__), child_env(threads))}
+        variants = {"old": child_env(threads, export_revision(revision, Path(folder))), "new": child_env(threads)}
         for round_ in range(repeats):
             order = ("old", "new") if round_ % 2 == 0 else ("new", "old")
             for job in jobs:
                 name, method = job
                 for variant in order:
-                    script, env = variants[variant]
-                    times[job][variant].append(child(["method", str(cache_for(name)), method, "cpu"], env, script))
-                print(f"  round {round_ + 1}/{repeats}: {name} {method} old {times[job]['old'][-1]['train_s']:.2f} s,"
-                      f" new {times[job]['new'][-1]['train_s']:.2f} s", file=sys.stderr, flush=True)
+                    times[job][variant].append(child(["method", str(cache_for(name)), method, "cpu"],
+                                                     variants[variant]))
+                last = {variant: runs[-1] for variant, runs in times[job].items()}
+                print(f"  round {round_ + 1}/{repeats}: {name} {method} old {last['old']['train_s']:.2f} s "
+                      f"({last['old']['train_cpu_s']:.2f} s CPU), new {last['new']['train_s']:.2f} s "
+                      f"({last['new']['train_cpu_s']:.2f} s CPU)", file=sys.stderr, flush=True)
     rows = [against_row(job, runs["old"], runs["new"]) for job, runs in times.items()]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"against": revision, "threads": threads, "repeats": repeats, "rows": rows}, indent=2))
-    header = (f"{'cache':<10} {'method':<30} {'old s':>7} {'new s':>7} {'new/old':>8} {'paired':>7} {'steps':>11} "
-              f"{'acc % old/new':>14}")
+    header = (f"{'cache':<8} {'method':<28} {'old s':>6} {'new s':>6} {'new/old':>7} {'paired':>6} | {'old cpu':>7} "
+              f"{'new cpu':>7} {'new/old':>7} {'paired':>6} | {'steps':>9} {'acc % old/new':>13}")
     print(header)
     print("-" * len(header))
-    for row in rows:
-        print(f"{row['cache']:<10} {row['method']:<30} {row['old_s']:7.2f} {row['new_s']:7.2f} {row['ratio']:8.3f} "
-              f"{row['paired_ratio']:7.3f} {row['old_steps']:>5}/{row['new_steps']:<5} "
-              f"{row['old_accuracy']:6.2f}/{row['new_accuracy']:<6.2f}")
+    for r in rows:
+        print(f"{r['cache']:<8} {r['method']:<28} {r['old_s']:6.2f} {r['new_s']:6.2f} {r['ratio']:7.3f} "
+              f"{r['paired_ratio']:6.3f} | {r['old_cpu_s']:7.2f} {r['new_cpu_s']:7.2f} {r['cpu_ratio']:7.3f} "
+              f"{r['cpu_paired_ratio']:6.3f} | {r['old_steps']:>4}/{r['new_steps']:<4} "
+              f"{r['old_accuracy']:6.2f}/{r['new_accuracy']:.2f}")
+
+
+def ratios(old: list[float], new: list[float]) -> tuple[float, float]:
+    """new/old as the ratio of the medians and as the median of the paired (same-round) ratios."""
+    paired = [n / o if o > 0 else math.nan for o, n in zip(old, new, strict=True)]
+    middle = statistics.median(old)
+    return (statistics.median(new) / middle if middle > 0 else math.nan), statistics.median(paired)
 
 
 def against_row(job: tuple[str, str], old: list[dict], new: list[dict]) -> dict:
-    """A row of the --against table: median train times, their ratio, the median of the rounds' paired ratios."""
+    """A row of the --against table: median wall-clock and CPU train seconds of old and new, and their ratios."""
     name, method = job
-    old_s, new_s = [run["train_s"] for run in old], [run["train_s"] for run in new]
-    paired = [n / o if o > 0 else math.nan for o, n in zip(old_s, new_s, strict=True)]
-    return {"cache": name, "method": method, "old_s": statistics.median(old_s), "new_s": statistics.median(new_s),
-            "ratio": statistics.median(new_s) / statistics.median(old_s) if statistics.median(old_s) > 0 else math.nan,
-            "paired_ratio": statistics.median(paired), "old_all": old_s, "new_all": new_s,
-            "old_steps": old[0]["steps"], "new_steps": new[0]["steps"],
-            "old_accuracy": old[0]["accuracy"], "new_accuracy": new[0]["accuracy"]}
+    row = {"cache": name, "method": method}
+    for key, suffix in (("train_s", "s"), ("train_cpu_s", "cpu_s")):
+        old_values, new_values = [run[key] for run in old], [run[key] for run in new]
+        ratio, paired = ratios(old_values, new_values)
+        prefix = "" if suffix == "s" else "cpu_"
+        row.update({f"old_{suffix}": statistics.median(old_values), f"new_{suffix}": statistics.median(new_values),
+                    f"{prefix}ratio": ratio, f"{prefix}paired_ratio": paired,
+                    f"old_{suffix}_all": old_values, f"new_{suffix}_all": new_values})
+    return {**row, "old_steps": old[0]["steps"], "new_steps": new[0]["steps"], "old_accuracy": old[0]["accuracy"],
+            "new_accuracy": new[0]["accuracy"]}
 
 
 def main() -> None:
