@@ -6,6 +6,7 @@ float32). On CUDA, where the loss stage runs as Triton kernels, two more rows fo
 (kernels backend torch), and two take the step as the trainer does there, captured in a CUDA graph.
 
     python benchmarks/lathadapter_step.py [--only caltech|imagenet] [--steps 30] [--repeats 5] [--device cpu|cuda]
+                                          [--clock wall|cpu]
 
 Each row is timed `repeats` times over `steps` steps, interleaved with the other rows so that a noisy machine slows
 them alike; the table gives the minimum and the median. With --device cuda the data and every tensor of a row live
@@ -29,15 +30,17 @@ from lathadapter.adapter.catalog import create_method
 from lathadapter.adapter.trainer import clear_grads  # importing it pays torch's one-time optimiser import
 from lathadapter.cache.store import CacheReader
 
+DEFAULT = "default: + hyperbolic CE (radius = kind, lambda_hier = 0)"
 ROWS = {
-    "adapters + prototypes + CE (lambda_hyp = lambda_hier = 0)": {"lambda_hyp": 0.0, "lambda_hier": 0.0},
-    "+ hyperbolic CE (lambda_hier = 0)": {"lambda_hier": 0.0},
-    "full, hier = cone, radius = kind (default)": {},
-    "full, hier = triplet, radius = kind": {"hier": "triplet"},
-    "full, hier = cone, radius = head": {"radius": "head"},
-    "full, hier = cone, radius = norm": {"radius": "norm"},
-    "reference (impl = reference), radius = kind": {"impl": "reference"},
+    "adapters + prototypes + CE (lambda_hyp = lambda_hier = 0)": {"lambda_hyp": 0.0},
+    DEFAULT: {},
+    "full (lambda_hier = 0.1), hier = cone, radius = kind": {"lambda_hier": 0.1},
+    "full (lambda_hier = 0.1), hier = triplet, radius = kind": {"lambda_hier": 0.1, "hier": "triplet"},
+    "full (lambda_hier = 0.1), hier = cone, radius = head": {"lambda_hier": 0.1, "radius": "head"},
+    "full (lambda_hier = 0.1), hier = cone, radius = norm": {"lambda_hier": 0.1, "radius": "norm"},
+    "reference (impl = reference), default options": {"impl": "reference"},
 }
+FLOOR = "matrix products alone (floor)"
 # On CUDA the loss stage runs as Triton kernels (kernels backend auto); these rows force the PyTorch twins there
 CUDA_ROWS = {
     "default, captured in a CUDA graph (stacked.py's fixed-shape form)": {"graph": True},
@@ -62,7 +65,7 @@ def method_step(data, options: dict) -> Callable[[torch.Generator], None]:
 
     def step(generator: torch.Generator) -> None:
         batch = torch.randint(len(data.train_labels), (256,), generator=generator).to(device)
-        x, y = data.train_features[batch], data.train_labels[batch]
+        x, y = data.train_features.index_select(0, batch), data.train_labels.index_select(0, batch)  # as the trainer
         if backend is None:
             loss = method.loss(x, y)[0]
         else:
@@ -124,14 +127,15 @@ def matmul_floor(data) -> Callable[[torch.Generator], None]:
     return step
 
 
-def time_rows(rows: dict[str, Callable], steps: int, repeats: int, device: str = "cpu") -> dict[str, list[float]]:
+def time_rows(rows: dict[str, Callable], steps: int, repeats: int, device: str = "cpu", cpu_clock: bool = False
+              ) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in rows}
     generator = torch.Generator().manual_seed(0)
 
     def clock() -> float:
         if device == "cuda":
             torch.cuda.synchronize()  # the timer reads finished GPU work (once per timed block, not per step)
-        return time.perf_counter()
+        return time.process_time() if cpu_clock else time.perf_counter()
 
     for step in rows.values():  # warm-up
         for _ in range(3):
@@ -151,6 +155,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time blocks by the wall clock or, on the CPU, by the process's CPU time (a loaded "
+                             "machine: with OMP_NUM_THREADS=1 the steps' own time)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default benchmarks/results/lathadapter_step.json, "
                              "lathadapter_step_cuda.json with --device cuda)")
@@ -158,23 +165,29 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     cuda = args.device == "cuda"
+    if cuda and args.clock == "cpu":
+        parser.error("--clock cpu times CPU work: use it with --device cpu")
     out = args.out or Path(__file__).parent / "results" / ("lathadapter_step_cuda.json" if cuda else
                                                            "lathadapter_step.json")
     where = f"CUDA {torch.cuda.get_device_name()}" if cuda else "CPU"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; ms per step (batch 256)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; ms per step (batch 256, "
+          f"{args.clock} clock)")
     results = []
     for name in args.only or ["caltech", "imagenet"]:
         with CacheReader(cache_for(name)) as reader:
             data = reader.load(16, 1, device=args.device)
         rows = {label: method_step(data, options) for label, options in (ROWS | (CUDA_ROWS if cuda else {})).items()}
-        rows["matrix products alone (floor)"] = matmul_floor(data)
-        times = time_rows(rows, args.steps, args.repeats, args.device)
+        rows[FLOOR] = matmul_floor(data)
+        times = time_rows(rows, args.steps, args.repeats, args.device, args.clock == "cpu")
         print(f"\n{name}-like: {data.num_classes} classes, D = {data.text_features.shape[1]}")
         print(f"{'step':<62} {'min ms':>8} {'median ms':>10}")
         for label, values in times.items():
             print(f"{label:<62} {min(values):8.2f} {statistics.median(values):10.2f}")
             results.append({"cache": name, "row": label, "min_ms": min(values),
                             "median_ms": statistics.median(values)})
+        floor = {"min": min(times[FLOOR]), "median": statistics.median(times[FLOOR])}
+        print(f"default step / floor: {min(times[DEFAULT]) / floor['min']:.2f}x (min), "
+              f"{statistics.median(times[DEFAULT]) / floor['median']:.2f}x (median)")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
 

@@ -47,6 +47,14 @@ def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.dot(x.reshape(-1), y.reshape(-1))
 
 
+def log1p(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + x) for x ≥ 0 as log(u) · x / (u − 1), u = 1 + x (Goldberg's correction of the rounding of u, within a
+    few ulps), and x where u rounds to 1: `torch.log1p` is not vectorised on the CPU and takes 3–5× as long."""
+    u = x + 1
+    below = u - 1
+    return torch.where(below == 0, x, torch.log(u).mul_(x).div_(below))
+
+
 def distance_forward(rho_a, rho_b, cosine: torch.Tensor, sqrt_c) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """d = arcosh(1 + δ) / √c with δ = 2W / ((1 − ρ_a²)(1 − ρ_b²)); returns d, δ and √(δ(δ + 2)) (clamped to eps),
     what `distance_backward` needs. Radii and √c are Python floats or tensors broadcasting against `cosine`.
@@ -55,7 +63,7 @@ def distance_forward(rho_a, rho_b, cosine: torch.Tensor, sqrt_c) -> tuple[torch.
     k = 2 / ((1 - rho_a * rho_a) * (1 - rho_b * rho_b))
     delta = (cosine.clamp(-1, 1) * (-2 * k * rho_a * rho_b)).add_(k * (rho_a * rho_a + rho_b * rho_b))
     root = (delta + 2).mul_(delta).sqrt_()
-    out = torch.log1p(delta + root).div_(sqrt_c)
+    out = log1p(delta + root).div_(sqrt_c)
     return out, delta, root.clamp_min_(machine_eps(cosine.dtype))
 
 

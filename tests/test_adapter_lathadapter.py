@@ -216,6 +216,9 @@ TWIN_CASES = [{"radius": radius, "hier": hier, "attr_proto": attr_proto, "lambda
               for hier in ("cone", "triplet") for attr_proto in (True, False)]
 TWIN_CASES += [{"radius": "head", "lambda_hyp": 0.0}, {"radius": "norm", "lambda_hier": 0.0},
                {"radius": "head", "lambda_anchor": 0.5}, {"radius": "kind", "lambda_anchor": 0.5}]
+# the default configuration (λ_hier = 0: the image product without the attribute columns) through each form
+TWIN_CASES += [{"radius": "kind", "lambda_hier": 0.0}, {"radius": "kind", "lambda_hier": 0.0, "attr_proto": False},
+               {"radius": "head", "lambda_hier": 0.0}]
 
 
 def twin_and_reference(options: dict, dtype: torch.dtype, classes: int = 7, dim: int = 13, attributes: int = 5):
@@ -344,6 +347,7 @@ LOSS_CASES = {
     "triplet": {"hier": "triplet", "margin_radial": 1.0},  # two of the three edge kinds inside the margin
     "ce-only": {"lambda_hyp": 0.0, "lambda_hier": 0.0},
     "hyp-only": {"lambda_hier": 0.0},
+    "hyp-only-prototype-columns": {"lambda_hier": 0.0, "columns": 5},  # [B, C] cosines, as the default step passes
     "hier-only": {"lambda_hyp": 0.0},
     "one-category": {"labels": [2, 2, 2, 2, 2, 2]},
     "curvature-clamped": {"log_curvature": math.log(20.0)},  # c = 10 at the clamp: no gradient to log c
@@ -360,12 +364,13 @@ def test_loss_backward_matches_finite_differences(case: dict) -> None:
 
     case = dict(case)
     labels = torch.tensor(case.pop("labels", [0, 2, 2, 3, 0, 4]))
+    columns = case.pop("columns", 5 + 3)  # image cosines with the 5 prototypes and the 3 attributes
     log_curvature = torch.tensor(case.pop("log_curvature", math.log(1.3)), dtype=torch.float64)
     options = {"lambda_hyp": 0.5, "lambda_hier": 0.7, "hier": "cone", "cone_k": 0.1, "cone_kappa": 1.0,
                "margin": 0.4, "margin_radial": 0.3, "tau_attr": 0.2, **case}
     generator = torch.Generator().manual_seed(3)
     cosine = lambda *shape: (torch.rand(*shape, generator=generator, dtype=torch.float64) * 1.8 - 0.9)  # noqa: E731
-    inputs = [cosine(6, 5 + 3), cosine(5, 3),
+    inputs = [cosine(6, columns), cosine(5, 3),
               torch.softmax(torch.randn(5, 3, generator=generator, dtype=torch.float64), 1),
               torch.tensor([0.3, 0.6, 1.0], dtype=torch.float64).log(), log_curvature,
               torch.tensor(math.log(0.5), dtype=torch.float64)]

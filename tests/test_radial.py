@@ -3,6 +3,8 @@ and gradients; its hand-written backward passes pass float64 gradcheck."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from torch.autograd import gradcheck
 from lathadapter.kernels import cone_energy, cone_exterior_angle, distance, expmap0, origin_distance
 from lathadapter.kernels.hierarchy import centripetal_energy
 from lathadapter.kernels.radial import (
+    log1p,
     radial_centripetal_energy,
     radial_cone_energy,
     radial_distance,
@@ -124,3 +127,15 @@ def test_degenerate_pairs_give_zero_angle_and_finite_gradients() -> None:
     assert float(angle.detach()) == 0.0 and float(same.detach()) == 0.0
     (angle + same).sum().backward()
     assert torch.isfinite(rho.grad).all() and torch.isfinite(cosine.grad).all()
+
+
+@pytest.mark.parametrize(("dtype", "ulps"), [(torch.float32, 2), (torch.float64, 3)])
+def test_the_vectorised_log1p_is_within_a_few_ulps_of_the_exact_value(dtype: torch.dtype, ulps: int) -> None:
+    """`radial.log1p` on x ≥ 0 from 1e-30 (where 1 + x rounds to 1) to 1e3 and at 0, against Python's `math.log1p` of
+    the same (rounded) inputs: relative error within a few units of the dtype's last place."""
+    x = torch.cat([torch.zeros(1, dtype=torch.float64), torch.logspace(-30, 3, 20001, dtype=torch.float64)]).to(dtype)
+    exact = torch.tensor([math.log1p(value) for value in x.tolist()], dtype=torch.float64)
+    got = log1p(x).double()
+    assert got[0] == 0
+    relative = ((got[1:] - exact[1:]).abs() / exact[1:]).max()
+    assert relative <= ulps * torch.finfo(dtype).eps

@@ -2,7 +2,8 @@
 — Triton kernels on CUDA (`kernels/triton_radial_loss.py`, under the kernels backend: `LATHADAPTER_KERNELS=torch`
 forces the PyTorch twin), the PyTorch twin below elsewhere. It serves `radius=head|norm` everywhere and, under
 Triton, `radius=kind` too (one radius per kind is a constant vector); on the CPU `radius=kind` takes `loss.py`'s
-one-node form, which steps 1.25× faster there than this twin with constant vectors.
+one-node form (a CPU step with this twin over constant vectors takes 1.1× as long, 1.2× with the hierarchy term:
+benchmarks/loss_forms.py).
 
 Every distance and cone angle between two lifted points is a function of their two radii and the cosine of their
 directions, so the loss takes the batch's cosine matrices — image–prototype [B, C], image–attribute [B, K],

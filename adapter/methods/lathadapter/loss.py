@@ -250,7 +250,9 @@ class _LatHAdapterLoss(torch.autograd.Function):
         else:
             scalar_grads = grad_class.new_zeros(5)
         grad_scales, grad_curvature, grad_tau = scalar_grads.split((3, 1, 1))
-        if grad_attribute is None:
+        if cosine_shape[1] == num_classes:  # no attribute columns (the hierarchy term is off)
+            grad_cosines = grad_class
+        elif grad_attribute is None:
             grad_cosines = grad_class.new_zeros(cosine_shape)
             grad_cosines[:, :num_classes] = grad_class
         else:
@@ -296,11 +298,15 @@ def lathadapter_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor,
     """`L_ce + λ_hyp L_hyp + λ_hier L_hier` of a batch and its detached parts `(L_ce, L_hyp, L_hier)` (docs/method.md
     step 6); a switched-off part is 0.
 
-    `image_cosines` [B, C + K] are the cosines of the adapted images with the prototypes, then the attributes;
-    `class_attribute` [C, K] the cosines <p_c, a_k> of the prototypes with the attributes and `class_weights` [C, K]
-    the associations w (both read by the cone energy alone); the log scales are of categories, attributes and images.
+    `image_cosines` [B, C + K] are the cosines of the adapted images with the prototypes, then the attributes (the
+    prototypes alone, [B, C], will do when λ_hier = 0); `class_attribute` [C, K] the cosines <p_c, a_k> of the
+    prototypes with the attributes and `class_weights` [C, K] the associations w (both read by the cone energy alone);
+    the log scales are of categories, attributes and images.
     """
-    present = torch.unique(labels)  # sorted categories of the batch
-    position = torch.searchsorted(present, labels)
+    if options.lambda_hier > 0:  # the batch's sorted categories and each label's position: the hierarchy term's
+        present = torch.unique(labels)
+        position = torch.searchsorted(present, labels)
+    else:
+        present = position = labels[:0]
     return _LatHAdapterLoss.apply(image_cosines, class_attribute, class_weights, log_scales, log_curvature, log_tau,
                                   labels, present, position, options)

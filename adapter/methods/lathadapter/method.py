@@ -81,6 +81,12 @@ def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions,
     return prompts.to(data.text_features.device)
 
 
+def one_node_form(options: LatHAdapterOptions, triton: bool) -> bool:
+    """Whether `loss.py`'s one-node form computes the loss after the image product: `radius=kind` off Triton (a
+    CPU step is faster with it than with `fused.py`'s twin over constant radius vectors; benchmarks/loss_forms.py)."""
+    return options.radius == "kind" and not triton
+
+
 @register("lathadapter", LatHAdapterOptions)
 class LatHAdapter(Method):
     stackable = True  # under vmap (and in captured steps) its loss is `stacked.masked_loss`
@@ -200,22 +206,28 @@ class LatHAdapter(Method):
             loss, parts = reference_loss(self, features, labels)
         else:
             side = self.text_side(self.text_features)
-            # v = normalize(mixed) is folded into the one product of the images with prototypes and attributes
             mixed = mix(features, self.visual_adapter, o.alpha_v)
-            image_cosines = cosines(mixed, torch.cat([side.prototypes, side.attributes]), unit_y=True)
+            triton = use_triton(mixed)
+            # v = normalize(mixed) is folded into the one product of the images with prototypes and attributes; the
+            # image–attribute cosines feed the hierarchy term alone, so without it (λ_hier = 0, the default) the
+            # PyTorch forms take the prototypes only (the Triton twin's kernels take both)
+            directions = torch.cat([side.prototypes, side.attributes]) if o.lambda_hier > 0 or triton \
+                else side.prototypes
+            image_cosines = cosines(mixed, directions, unit_y=True)
             # radius=kind: the one-node form on the CPU (faster there than the radius-vector twin with constant
             # vectors); under Triton, one radius per kind is a constant radius vector for the kernels
-            if o.radius == "kind" and not use_triton(image_cosines):
+            if one_node_form(o, triton):
                 loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, side.class_attribute, side.weights,
                                                          self.log_scales, self.log_curvature, self.log_tau_hyp,
                                                          labels, o)
             else:
                 c = self.curvature
                 length = torch.linalg.vector_norm(mixed, dim=-1)
+                units = mixed / length[:, None] if o.radius == "head" else mixed  # only the head reads directions
                 radii = (self.scaled_radii(CATEGORY, side.prototypes, self.prototype_lengths(self.text_features, side)
                                            if o.radius == "norm" else None, c),
                          self.scaled_radii(ATTRIBUTE, side.attributes, self.attribute_lengths(), c),
-                         self.scaled_radii(IMAGE, mixed / length[:, None], length, c))
+                         self.scaled_radii(IMAGE, units, length, c))
                 loss, (ce, hyp, hier) = fused_loss(image_cosines, side.class_attribute, side.weights, *radii, c,
                                                    self.log_tau_hyp, labels, o)
             parts = {"ce": ce, "hyp": hyp, "hier": hier}

@@ -45,6 +45,7 @@ class _TextSide(torch.autograd.Function):
         ctx.save_for_backward(text, first, second, attributes, prompt_length, hidden, unit, length, weights, beta,
                               prototypes, refined_length, gram, class_attribute)
         ctx.options = (ratio, tau, attr_proto)
+        ctx.set_materialize_grads(False)  # an output the loss does not read (<p_c, a_k> without the cone) gets None
         return prototypes, weights, class_attribute, attributes
 
     @staticmethod
