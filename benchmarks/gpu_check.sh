@@ -23,7 +23,7 @@
 #
 # The device machine's image has torch, triton, h5py and pytest but not open_clip: carry its wheels in .whl/
 # (open_clip_torch, ftfy, wcwidth; made here with the device README's pip-download recipe). The lead's call:
-#   run(command="bash benchmarks/gpu_check.sh", timeout_s=540, carry=[".whl"])
+#   run(command="bash benchmarks/gpu_check.sh", timeout_s=470, carry=[".whl"])
 # A dry run on the CPU with tiny sizes (checks the commands, not the speed): GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
