@@ -18,7 +18,6 @@ the work of a step:
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from lathadapter.adapter.methods.base import Method, ProtocolWarning
+from lathadapter.adapter.options import environment_choice
 from lathadapter.adapter.recipes import build_optimizer, build_scheduler
 from lathadapter.adapter.trainer import (
     SELECTIONS,
@@ -84,10 +84,7 @@ def stacks_on(device: torch.device) -> bool:
     a small run's step is kernel launches and one stacked launch serves every run, and not on the CPU, where
     benchmarks/grid.py measured stacked runs slower than lockstep (vmap's per-op dispatch and batched products cost
     more there than the per-op overhead they save)."""
-    choice = os.environ.get(STACK_ENV, "auto")
-    if choice not in STACK_CHOICES:
-        raise ValueError(f"environment variable {STACK_ENV}={choice!r} is not valid; choose one of: "
-                         f"{', '.join(STACK_CHOICES)}")
+    choice = environment_choice(STACK_ENV, STACK_CHOICES)
     return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 

@@ -21,13 +21,13 @@ the tests check it here.
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Protocol
 
 import torch
 
 from lathadapter.adapter.methods.base import Method
+from lathadapter.adapter.options import environment_choice
 from lathadapter.kernels.dispatch import get_backend
 
 GRAPHS_ENV = "LATHADAPTER_GRAPHS"  # auto (captured on CUDA), on (also uncaptured on the CPU), off
@@ -38,11 +38,7 @@ WARMUP_STEPS = 3  # uncaptured steps before the first capture (PyTorch's whole-n
 
 def graphs_from_environment() -> str:
     """$LATHADAPTER_GRAPHS (auto, on, off), else auto."""
-    choice = os.environ.get(GRAPHS_ENV, "auto")
-    if choice not in GRAPHS_CHOICES:
-        raise ValueError(f"environment variable {GRAPHS_ENV}={choice!r} is not valid; choose one of: "
-                         f"{', '.join(GRAPHS_CHOICES)}")
-    return choice
+    return environment_choice(GRAPHS_ENV, GRAPHS_CHOICES)
 
 
 def graphs_on(device: torch.device, choice: str | None = None, kernels: str | None = None) -> bool:

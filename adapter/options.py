@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -27,6 +28,16 @@ class StateError(OptionError):
     package, a failed remote build): a runtime failure, so the command line exits 1, as for a bad cache or disk."""
 
     exit_code = 1  # runtime
+
+
+def environment_choice(variable: str, choices: tuple[str, ...]) -> str:
+    """The value of environment variable `variable`, one of `choices` (unset: the first), or an error naming both:
+    the defaults of the execution switches ($LATHADAPTER_STACK, $LATHADAPTER_GRAPHS)."""
+    choice = os.environ.get(variable, choices[0])
+    if choice not in choices:
+        raise ValueError(f"environment variable {variable}={choice!r} is not valid; choose one of: "
+                         f"{', '.join(choices)}")
+    return choice
 
 
 def option(default: Any, doc: str, *, least: float | None = None, above: float | None = None,

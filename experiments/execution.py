@@ -6,7 +6,6 @@ fast it trains, within float rounding; each run's `config.json` records it under
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 
 from lathadapter.adapter.batched import STACK_CHOICES, STACK_ENV
 from lathadapter.adapter.graphed import GRAPHS_CHOICES, graphs_from_environment, graphs_on
-from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.options import OptionError, environment_choice
 from lathadapter.experiments import machine
 from lathadapter.experiments.ray_cluster import import_ray
 from lathadapter.kernels.dispatch import BACKENDS as KERNELS
@@ -56,11 +55,7 @@ def check_workers(workers: int, device: str) -> None:
 
 def stack_from_environment() -> str:
     """The default of `Execution.stack`: $LATHADAPTER_STACK (auto, on, off), else auto."""
-    choice = os.environ.get(STACK_ENV, "auto")
-    if choice not in STACK_CHOICES:
-        raise ValueError(f"environment variable {STACK_ENV}={choice!r} is not valid; choose one of: "
-                         f"{', '.join(STACK_CHOICES)}")
-    return choice
+    return environment_choice(STACK_ENV, STACK_CHOICES)
 
 
 @dataclass(frozen=True)
