@@ -210,10 +210,11 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
     each member's last-batch loss and its parts, and under `select="val"` keeps each member's first best epoch on its
     few-shot val set; the kept states are loaded at the end."""
     plan = Plan.of(members, train_views)
-    step: Step = make_step(members, plan)
+    eager = make_step(members, plan)
     methods = [m.method for m in members]
-    if (graphs_on(plan.device) if graphs is None else graphs) and graphable(methods):
-        step = Graphed(step, plan.epochs * len(plan.starts), methods, capture=plan.device.type == "cuda")
+    captured = (graphs_on(plan.device) if graphs is None else graphs) and graphable(methods)
+    step: Step = Graphed(eager, plan.epochs * len(plan.starts), methods, capture=plan.device.type == "cuda") \
+        if captured else eager
     steps_per_epoch = len(plan.starts)
     best: list[tuple[dict[str, Any] | None, float]] = [(None, -1.0)] * len(members)
     task = (progress.add_task(f"train {members[0].method.name}", total=plan.epochs)
