@@ -52,6 +52,20 @@ def test_the_schedule_table_is_the_cosine_of_every_step() -> None:
     assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 3e-4]  # put back
 
 
+def test_the_schedule_table_follows_dassls_warmup_then_cosine_by_epoch() -> None:
+    """`cosine-epoch` (CLIP-Adapter's official schedule): the constant warm-up lr in the first epoch, then
+    lr (1 + cos(π (e − 1) / E)) / 2 for epoch e, the same value for every step of an epoch."""
+    param = torch.nn.Parameter(torch.zeros(2))
+    recipe = TrainRecipe(optimizer="sgd", lr=2e-3, momentum=0.9, schedule="cosine-epoch", warmup_epochs=1,
+                         warmup_lr=1e-5)
+    optimizer = build_optimizer([([param], recipe)])
+    table = schedule_table(optimizer, build_scheduler(optimizer, [recipe], epochs=6, steps_per_epoch=3), 18)
+    for s, [lr] in enumerate(table):
+        epoch = s // 3
+        want = 1e-5 if epoch == 0 else 2e-3 * (1 + math.cos(math.pi * (epoch - 1) / 6)) / 2
+        assert lr == pytest.approx(want, rel=1e-12), s
+
+
 def test_only_fixed_shape_methods_with_the_trainers_optimiser_are_captured(cache: Path) -> None:
     data = _load(cache, 1)
     assert graphable([_build("lathadapter", data, 1)])
