@@ -79,12 +79,13 @@ STACK_ENV = "LATHADAPTER_STACK"  # auto (by device), on, off
 STACK_CHOICES = ("auto", "on", "off")
 
 
-def stacks_on(device: torch.device) -> bool:
-    """Whether runs that can stack do so on `device`: $LATHADAPTER_STACK `on` or `off`, else (`auto`) on CUDA, where
+def stacks_on(device: torch.device, choice: str | None = None) -> bool:
+    """Whether runs that can stack do so on `device` under `choice` (default $LATHADAPTER_STACK): `on`, `off`, or
+    (`auto`) on CUDA, where
     a small run's step is kernel launches and one stacked launch serves every run, and not on the CPU, where
     benchmarks/grid.py measured stacked runs slower than lockstep (vmap's per-op dispatch and batched products cost
     more there than the per-op overhead they save)."""
-    choice = environment_choice(STACK_ENV, STACK_CHOICES)
+    choice = environment_choice(STACK_ENV, STACK_CHOICES) if choice is None else choice
     return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lathadapter_study import clip_worlds  # benchmarks/ is the script directory
 
 from lathadapter.cache.store import CacheReader
-from lathadapter.cache.synthetic import write_clip_world
 from lathadapter.experiments.run import RunConfig, run, tune_val_accuracy
 
 HERE = Path(__file__).parent
@@ -58,15 +58,7 @@ TEST_KEYS_DROPPED = ("test_angle", "euclid_hyper_disagree")
 
 def worlds(folder: Path) -> dict[str, Path]:
     """The two caches, written once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, (seed, text_attributes) in WORLDS.items():
-        path = folder / f"clip-{name}-{seed}.h5"
-        if not path.exists():
-            write_clip_world(path, num_classes=40, dim=128, families=5, text_attributes=text_attributes,
-                             shots=(SHOTS,), seeds=SEEDS, seed=seed, name=f"switches-{name}")
-        paths[name] = path
-    return paths
+    return clip_worlds(folder, WORLDS, (SHOTS,), SEEDS, "switches")
 
 
 def measure(paths: dict[str, Path]) -> list[dict[str, Any]]:

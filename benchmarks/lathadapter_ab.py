@@ -46,6 +46,29 @@ def export(ref: str, folder: Path) -> None:
         path.write_text(text.replace("from lathadapter import", "from lathadapter_ref import"))
 
 
+def time_blocks(steps: dict[str, Callable[[], None]], rounds: int, block: int, clock: Callable[[], float]
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """Milliseconds per call of each step, timed in `rounds` blocks of `block` calls after 5 warm-up calls, the steps
+    alternating block by block (so a slow spell slows each alike): the minimum and the median over the blocks."""
+    times: dict[str, list[float]] = {key: [] for key in steps}
+    for step in steps.values():
+        for _ in range(5):
+            step()
+    for _ in range(rounds):
+        for key, step in steps.items():
+            start = clock()
+            for _ in range(block):
+                step()
+            times[key].append((clock() - start) / block * 1000)
+    return ({key: min(values) for key, values in times.items()},
+            {key: statistics.median(values) for key, values in times.items()})
+
+
+def ratio_text(low: dict[str, float], middle: dict[str, float], new: str, ref: str) -> str:
+    """`new/ref 0.950 (min), 0.970 (median)` of minimums `low` and medians `middle`."""
+    return (f"{new}/{ref} {low[new] / low[ref]:.3f} (min), {middle[new] / middle[ref]:.3f} (median)")
+
+
 def stepper(package: str, data, generator_seed: int = 0) -> Callable[[], None]:
     """One LatHAdapter step (forward, backward, fused AdamW) of `package` on a random batch of 256."""
     importlib.import_module(f"{package}.adapter.trainer")  # pays the one-time optimiser import
@@ -88,21 +111,10 @@ def main() -> None:
                 data = reader.load(16, 1)
             steps = {"ref": stepper("lathadapter_ref", data), "new": stepper("lathadapter", data)}
             block = 15 if name == "caltech" else 6
-            times: dict[str, list[float]] = {key: [] for key in steps}
-            for step in steps.values():  # warm-up
-                for _ in range(5):
-                    step()
-            for _ in range(args.rounds):
-                for key, step in steps.items():
-                    start = clock()
-                    for _ in range(block):
-                        step()
-                    times[key].append((clock() - start) / block * 1000)
-            low = {key: min(values) for key, values in times.items()}
-            middle = {key: statistics.median(values) for key, values in times.items()}
+            low, middle = time_blocks(steps, args.rounds, block, clock)
             print(f"{name}-like: ref {low['ref']:.2f} / {middle['ref']:.2f}, new {low['new']:.2f} / "
-                  f"{middle['new']:.2f} ms (min / median of {args.rounds} blocks of {block}); new/ref "
-                  f"{low['new'] / low['ref']:.3f} (min), {middle['new'] / middle['ref']:.3f} (median)", flush=True)
+                  f"{middle['new']:.2f} ms (min / median of {args.rounds} blocks of {block}); "
+                  f"{ratio_text(low, middle, 'new', 'ref')}", flush=True)
 
 
 if __name__ == "__main__":

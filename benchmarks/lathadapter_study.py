@@ -95,16 +95,24 @@ def overrides(config: Config) -> Config:
     return {**config, "impl": "reference"} if config.get("cone_parent") == "image" else dict(config)
 
 
-def worlds(folder: Path) -> dict[str, Path]:
-    """The study's five caches, written once."""
+def clip_worlds(folder: Path, worlds: dict[str, tuple[int, bool]], shots: tuple[int, ...], seeds: tuple[int, ...],
+                prefix: str) -> dict[str, Path]:
+    """CLIP-like caches of 40 classes (`write_clip_world`), one per name: (generator seed, class text carries
+    attributes), each written once under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, (seed, text_attributes) in WORLDS.items():
+    for name, (seed, text_attributes) in worlds.items():
         path = folder / f"clip-{name}-{seed}.h5"
         if not path.exists():
             write_clip_world(path, num_classes=CLASSES, dim=128, families=5, text_attributes=text_attributes,
-                             shots=(4, 16), seeds=tuple(SEEDS), seed=seed, name=f"study-{name}")
+                             shots=shots, seeds=seeds, seed=seed, name=f"{prefix}-{name}")
         paths[name] = path
+    return paths
+
+
+def worlds(folder: Path) -> dict[str, Path]:
+    """The study's five caches, written once."""
+    paths = clip_worlds(folder, WORLDS, (4, 16), tuple(SEEDS), "study")
     demo = folder / "demo.h5"
     if not demo.exists():
         build_demo_cache(folder / "demo-data", demo, shots=(4, 16), seeds=tuple(SEEDS), progress=False)

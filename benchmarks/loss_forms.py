@@ -14,12 +14,12 @@ times the process's CPU time (with OMP_NUM_THREADS=1, the step's own time on a l
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
 from fit import cache_for  # benchmarks/ is the script directory
+from lathadapter_ab import ratio_text, time_blocks
 
 from lathadapter.adapter.catalog import create_method
 from lathadapter.adapter.methods.lathadapter import method as lathadapter_method
@@ -70,21 +70,9 @@ def main() -> None:
         data = reader.load(16, 1)
     for label, options in CONFIGURATIONS.items():
         steps = {"loss.py": stepper(data, options, True), "fused.py": stepper(data, options, False)}
-        times: dict[str, list[float]] = {key: [] for key in steps}
-        for step in steps.values():  # warm-up
-            for _ in range(5):
-                step()
-        for _ in range(args.rounds):
-            for key, step in steps.items():
-                start = clock()
-                for _ in range(15):
-                    step()
-                times[key].append((clock() - start) / 15 * 1000)
-        low = {key: min(values) for key, values in times.items()}
-        middle = {key: statistics.median(values) for key, values in times.items()}
+        low, middle = time_blocks(steps, args.rounds, 15, clock)
         print(f"{label:<36} loss.py {low['loss.py']:.2f} / {middle['loss.py']:.2f}, fused.py {low['fused.py']:.2f} / "
-              f"{middle['fused.py']:.2f}; fused/loss {low['fused.py'] / low['loss.py']:.3f} (min), "
-              f"{middle['fused.py'] / middle['loss.py']:.3f} (median)", flush=True)
+              f"{middle['fused.py']:.2f}; {ratio_text(low, middle, 'fused.py', 'loss.py')}", flush=True)
 
 
 if __name__ == "__main__":

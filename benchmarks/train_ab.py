@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from fit import cache_for  # benchmarks/ is the script directory
-from lathadapter_ab import export
+from lathadapter_ab import export, ratio_text
 
 from lathadapter.cache.store import CacheReader
 
@@ -74,8 +74,8 @@ def main() -> None:
             low = {key: min(values) for key, values in times.items()}
             middle = {key: statistics.median(values) for key, values in times.items()}
             print(f"{method:<30} steps {steps['ref']}/{steps['new']}: ref {low['ref']:.3f} / {middle['ref']:.3f}, "
-                  f"new {low['new']:.3f} / {middle['new']:.3f} s; new/ref {low['new'] / low['ref']:.3f} (min), "
-                  f"{middle['new'] / middle['ref']:.3f} (median)", flush=True)
+                  f"new {low['new']:.3f} / {middle['new']:.3f} s; {ratio_text(low, middle, 'new', 'ref')}",
+                  flush=True)
 
 
 if __name__ == "__main__":

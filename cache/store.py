@@ -651,7 +651,7 @@ class CacheReader:
             dataset=self._fingerprint_dataset(),
             text_raw=self.text_raw(text),
         )
-        return _to_device(data, device)
+        return self._to_device(data, device, text)
 
 
 # Every way in reads through these: a damaged file is one CacheError naming it (`corrupt`), never raw h5py text.
@@ -663,8 +663,3 @@ for _name in ("__init__", "info", "text_features", "text_raw", "subset_rows", "l
 # one copy of each between the subsets it loads (no caller writes into a loaded tensor).
 SHARED_FIELDS = frozenset({"text_features", "attribute_features", "test_features", "test_labels", "text_raw",
                            "search_features", "search_labels"})
-
-
-def _to_device(data: FewShotData, device: str | torch.device) -> FewShotData:
-    moved = {k: v.to(device) for k, v in vars(data).items() if isinstance(v, torch.Tensor)}  # None stays None
-    return replace(data, **moved)

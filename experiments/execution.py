@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lathadapter.adapter.batched import STACK_CHOICES, STACK_ENV
+from lathadapter.adapter.batched import STACK_CHOICES, STACK_ENV, stacks_on
 from lathadapter.adapter.graphed import GRAPHS_CHOICES, graphs_from_environment, graphs_on
 from lathadapter.adapter.options import OptionError, environment_choice
 from lathadapter.experiments import machine
@@ -135,10 +135,8 @@ class Execution:
         return cls(device, chosen, workers, backend, RayOptions(), batch_runs or machine.auto_batch_runs(device))
 
     def stacks(self, device: str) -> bool:
-        """Whether runs that can stack do so on `device` (`stack`; auto: on CUDA, where a small run's step is kernel
-        launches and one stacked launch serves every run; not on the CPU, where benchmarks/grid.py measured stacked
-        runs slower than lockstep)."""
-        return self.stack == "on" or (self.stack == "auto" and device.startswith("cuda"))
+        """Whether runs that can stack do so on `device` (`stack`, `batched.stacks_on`)."""
+        return stacks_on(torch.device(device), self.stack)
 
     def captures(self, device: str) -> bool:
         """Whether steps that can be captured in CUDA graphs are, on `device` (`graphs`, `graphed.graphs_on`)."""
