@@ -27,9 +27,9 @@ app.add_typer(cache_app, name="cache")
 LISTS = ("methods", "datasets", "models", "options")
 BACKEND_HELP = ("local: train in this process; ray: on a Ray cluster (pip install 'lathadapter[ray]'; caches and "
                 "--out on storage every worker sees). This process alone writes the results either way.")
-WORKERS_HELP = ("Worker processes of one torch thread each, training the grid's pending runs on the CPU (1: this "
-                "process, with --threads threads). Default: the free CPUs, at most one per 4 pending runs; 1 on a "
-                "GPU or with --threads.")
+WORKERS_HELP = ("On the CPU: worker processes of one torch thread each, training the grid's pending runs (1: this "
+                "process, with --threads threads; default: the free CPUs, at most one per 4 pending runs; 1 with "
+                "--threads). On a GPU: trainer threads of this process, each on its own CUDA stream (default 4).")
 ADDRESS_HELP = ("--backend ray: the cluster's address, e.g. HEAD:6379 (default: a running cluster Ray finds, else a "
                 "local one started for the command).")
 TUNE_HELP = ("Tuned option [METHOD.]OPTION=V1,V2,... (repeatable): each value is trained, the one best on the "

@@ -12,7 +12,11 @@ one call. What capture needs, and how this module provides it:
   tensor lr and keep their step count on the device (`capturable`), SGD takes a tensor lr in its fused form (one
   kernel for every parameter, the same update as the per-tensor one within float rounding);
 - a warm-up: the first steps run uncaptured on a side stream (the optimiser's state and the libraries' workspaces
-  are created there), then each batch size (a full batch, the last short batch of an epoch) is captured once.
+  are created there), then each batch size (a full batch, the last short batch of an epoch) is captured once, on
+  that stream. The capture is `torch.cuda.graph`'s without its device-wide synchronisation and release of the
+  allocator's cached blocks (which the next allocations then get back from the driver, once per capture of every run
+  of a grid), and in the thread-local mode: other threads' runs go on training on their own streams meanwhile
+  (`experiments.local.InProcess`).
 
 Every step is the step `trainer` would take (within float rounding: the fixed-shape form sums in another order, the
 lr is a float32 tensor); without capture (on the CPU, or `capture=False`) the same code runs eagerly, which is how
@@ -141,8 +145,15 @@ class Graphed:
         for param in self.params:
             param.grad = None  # backward inside the capture allocates the grads the graph writes
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = self._compute([(indices[r], indices[r + 1]) for r in range(0, len(indices), 2)])
+        assert self.side is not None
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                outputs = self._compute([(indices[r], indices[r + 1]) for r in range(0, len(indices), 2)])
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(self.side)
         return graph, indices, outputs
 
     def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:

@@ -48,9 +48,11 @@ class TrainResult:
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on a CUDA device (a no-op elsewhere): timers read around it measure finished work."""
+    """Wait for the work queued on this thread's current CUDA stream (a no-op elsewhere): timers read around it
+    measure finished work. Not the whole device: other threads' runs train on their own streams meanwhile
+    (`experiments.local.InProcess`), and one of them may be capturing a graph."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
 
 
 def clear_grads(params: list[torch.nn.Parameter]) -> None:
@@ -219,22 +221,32 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
     best: list[tuple[dict[str, Any] | None, float]] = [(None, -1.0)] * len(members)
     task = (progress.add_task(f"train {members[0].method.name}", total=plan.epochs)
             if progress is not None else None)
+    recorded: list[torch.Tensor] = []  # each epoch's members' losses and parts, one row: read back after training
+    names: list[list[str]] = []
     for epoch in range(plan.epochs):
         for member in members:
             member.method.train()
         batches = plan.batches()
         for index in range(steps_per_epoch):
             losses, parts = step.take([run_batches[index] for run_batches in batches])
-        for result, loss, part in zip(results, losses, parts, strict=True):
+        # a copy (a captured step's outputs are overwritten by the next replay), kept on the device: reading it
+        # now would make the host wait for the device every epoch
+        names = [list(part) for part in parts]
+        recorded.append(torch.stack([value.detach() for loss, part in zip(losses, parts, strict=True)
+                                     for value in (loss, *part.values())]).to(torch.float64))
+        for result in results:
             result.steps += steps_per_epoch
-            result.history.append({"epoch": epoch + 1, "loss": float(loss.detach()),
-                                   **{k: float(v) for k, v in part.items()}})
         if select == "val":
             step.sync()
             _keep_best(members, results, best, epoch)
         if task is not None:
             progress.update(task, advance=1)
     step.sync()
+    for epoch, row in enumerate(torch.stack(recorded).tolist() if recorded else []):
+        values = iter(row)
+        for result, keys in zip(results, names, strict=True):
+            loss = next(values)
+            result.history.append({"epoch": epoch + 1, "loss": loss, **{k: next(values) for k in keys}})
     for (state, _), member, result in zip(best, members, results, strict=True):
         result.epochs = plan.epochs
         result.cuda_graph = isinstance(step, Graphed) and bool(step.graphs)

@@ -9,7 +9,8 @@
 #   (c) benchmarks/fit.py --device cuda --only caltech (LatHAdapter's fit, target <= 0.25 s), captured (the
 #       default) and with LATHADAPTER_GRAPHS=off;
 #       benchmarks/fit_profile.py --device cuda: where a captured fit's time goes;
-#   (d) benchmarks/grid.py --device cuda with stacked, captured runs (runs/min, target >= 2,000);
+#   (d) benchmarks/grid.py --device cuda with stacked, captured runs on 1, 4 and 8 trainer threads (runs/min, target
+#       >= 2,000);
 #   (e) benchmarks/radial_loss.py --device cuda (the loss stage: Triton against the eager PyTorch twin and
 #       torch.compile of it, hier=cone; last, since compiling may take long: it gets what is left of the budget).
 #   The one-time cache build (benchmarks/cache_build.py --device cuda, a random ViT-B-16, 15 decoding workers, in
@@ -99,9 +100,13 @@ if [[ $DEVICE == cuda ]]; then
         --methods lathadapter --repeats 2 --out "$RESULTS/fit_uncaptured_cuda.json"
     # where the captured fit's time goes (cProfile of a third fit)
     stage fit_profile_cuda.txt 40 "$PY" benchmarks/fit_profile.py --device cuda
-    # (d) a 3-method x 5-shot x 3-seed grid, each method's runs stacked and captured (one batch a method)
+    # (d) a 3-method x 5-shot x 3-seed grid, each method's runs of one shot count stacked and captured, on 1, 4 and
+    #     8 trainer threads (each on its own stream), after an untimed warm-up; then the same grid with 10 seeds
     stage grid_cuda.txt 110 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
-        --batch-runs 45 --stack on --out "$RESULTS/grid_cuda.json"
+        --batch-runs 45 --stack on --workers 1,4,8 --warmup --out "$RESULTS/grid_cuda.json"
+    stage grid_cuda.txt 90 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
+        --batch-runs 45 --stack on --workers 1,8 --seeds 1,2,3,4,5,6,7,8,9,10 --warmup \
+        --out "$RESULTS/grid_seeds10_cuda.json"
     # (e) the loss stage alone: Triton, eager PyTorch twin, torch.compile (dynamic=False: one compile per shape)
     if [[ $STAGES != all ]]; then
         stage cache_build_cuda.txt 90 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 \
@@ -121,7 +126,7 @@ else  # a dry run of the same commands on the CPU with tiny sizes
         --methods lathadapter --repeats 1 --out "$OUT/dry_fit_graphed.json"
     stage fit_profile_cuda.txt 120 "$PY" benchmarks/fit_profile.py --device cpu --lines 10
     stage grid_cuda.txt 200 "$PY" benchmarks/grid.py --device cpu --methods lathadapter --shots 1 --seeds 1,2 \
-        --batch-runs 2 --stack on --out "$OUT/dry_grid.json"
+        --batch-runs 2 --stack on --warmup --out "$OUT/dry_grid.json"
     stage cache_build_cuda.txt 200 "$PY" benchmarks/cache_build.py --device cpu --sizes 32 --views 1 --workers 0,1 \
         --batch-size 64 --threads 1 --out "$OUT/dry_cache_build.json"
     stage radial_loss_cuda.txt 120 "$PY" benchmarks/radial_loss.py --device cpu --hier cone,triplet \

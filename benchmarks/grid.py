@@ -6,7 +6,10 @@ processes with one thread each (`lathadapter grid --workers N`); `--batch-runs 1
 batch size (`lathadapter grid --batch-runs N`: up to N compatible runs trained together) and `--stack auto,on,off`
 once per stacking choice (`Execution.stack`, as LATHADAPTER_STACK: stacked models, or lockstep; `auto` stacks on
 CUDA only); `--repeats R`
-alternates the configurations R times. `--device cuda` runs the local backend on the GPU (one process).
+alternates the configurations R times. `--device cuda` runs the local backend on the GPU, in one process: there
+`--workers 1,4` is the number of trainer threads, each on its own CUDA stream. `--warmup` first trains the grid's
+first shot and seed once, untimed (the process's first CUDA work: context, libraries, kernel loading), so the rows
+compare configurations rather than who went first.
 
     python benchmarks/grid.py [--methods zeroshot,tip-adapter-f,lathadapter] [--backend local,ray] [--workers 1,2]
                               [--batch-runs 1,8] [--stack auto] [--repeats 1] [--shots 1,2,4,8,16] [--seeds 1,2,3]
@@ -43,6 +46,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternate the configurations this many times")
     parser.add_argument("--shots", default="1,2,4,8,16")
     parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--warmup", action="store_true", help="an untimed grid of the first shot and seed first")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "grid.json")
     args = parser.parse_args()
     cache = DATA / "caltech-grid.h5"
@@ -58,6 +62,15 @@ def main() -> None:
                for w in (args.workers.split(",") if backend == "local" else ["1"])
                for b in args.batch_runs.split(",") for stack in (args.stack.split(",") if b != "1" else ["auto"])]
     rows = []
+    if args.warmup:
+        folder = Path(tempfile.mkdtemp(prefix="grid-warmup-"))
+        try:
+            start = time.perf_counter()
+            launch(GridSpec([str(cache)], methods, shots[:1], seeds[:1]), folder,
+                   Execution(device=args.device, batch_runs=len(methods)), progress=False)
+            print(f"  warm-up (untimed): {time.perf_counter() - start:.1f} s", flush=True)
+        finally:
+            shutil.rmtree(folder)
     for repeat in range(args.repeats):
         for backend, workers, batch_runs, stack in configs:
             threads = torch.get_num_threads()
@@ -68,7 +81,7 @@ def main() -> None:
                 threads = 1
             else:
                 execution = Execution(device=args.device, workers=workers, batch_runs=batch_runs, stack=stack)
-                threads = 1 if workers > 1 else threads
+                threads = 1 if workers > 1 and args.device == "cpu" else threads
             folder = Path(tempfile.mkdtemp(prefix="grid-bench-"))
             try:
                 start = time.perf_counter()
@@ -91,8 +104,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.device}")
     print(f"{'grid':<{len(label)}} {'backend':>7} {'procs×threads':>13} {'batch':>5} {'stack':>5} {'runs':>5} "
           f"{'wall s':>8} {'runs/min':>9} {'resume s':>9}")
-    for row in rows:
-        shape = f"{row['workers']} × {row['threads']}"
+    for row in rows:  # on a GPU: one process, `workers` trainer threads (each on its own stream)
+        shape = f"{row['workers']} × {row['threads']}" if args.device == "cpu" else f"1 × {row['workers']} str"
         print(f"{label} {row['backend']:>7} {shape:>13} {row['batch_runs']:5d} {row['stack']:>5} {row['runs']:5d} "
               f"{row['seconds']:8.1f} {row['runs_per_minute']:9.1f} {row['resume_seconds']:9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

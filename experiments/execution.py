@@ -44,13 +44,10 @@ class RayOptions:
             raise OptionError(f"--gpus-per-chunk {self.gpus_per_chunk}: must be in (0, 1]")
 
 
-def check_workers(workers: int, device: str) -> None:
-    """`--workers` is at least 1; more than one trains on the CPU only."""
+def check_workers(workers: int) -> None:
+    """`--workers` is at least 1 (on the CPU, worker processes; on a GPU, trainer threads of this process)."""
     if workers < 1:
         raise OptionError(f"--workers {workers}: must be at least 1 (1: train in this process)")
-    if workers > 1 and device != "cpu":
-        raise OptionError(f"--workers {workers}: worker processes train on the CPU; use --device cpu, or --workers 1 "
-                          f"with --device {device}")
 
 
 def stack_from_environment() -> str:
@@ -61,7 +58,8 @@ def stack_from_environment() -> str:
 @dataclass(frozen=True)
 class Execution:
     """Where and how runs train. `device` None only on Ray (the cluster's: cuda when it has GPUs); `threads` None:
-    torch's as set; `workers` None: chosen per grid by its pending runs and the free CPUs (`pool.auto_workers`);
+    torch's as set; `workers`: on the CPU, worker processes (1: this process), on a GPU, trainer threads of this
+    process each on its own CUDA stream (`local.InProcess`), None: chosen per grid (`pool.auto_workers`);
     `batch_runs` None: by the device (`machine.auto_batch_runs`); `stack`: runs that can stack train as one stacked
     model (auto: on CUDA only; `batched.train_together`); `kernels`: the kernels backend training runs under
     (`kernels.dispatch`); `graphs`: steps that can be captured replay from CUDA graphs (auto: on CUDA under the
@@ -86,7 +84,7 @@ class Execution:
         if self.backend == "ray" and self.workers not in (None, 1):
             raise OptionError(f"--workers {self.workers}: for the local backend; with --backend ray use --chunk-size")
         if self.backend == "local" and self.workers is not None:
-            check_workers(self.workers, self.device or "cpu")
+            check_workers(self.workers)
         if self.backend == "local" and self.device is None:
             raise OptionError("the local backend trains on a device named in advance (cpu, cuda, cuda:N)")
         if self.stack not in STACK_CHOICES:
@@ -123,13 +121,13 @@ class Execution:
         if workers is None:
             workers = 1 if threads is not None else None
         else:
-            check_workers(workers, device)
+            check_workers(workers)
             cpus = machine.available_cpus()
-            if workers > cpus:  # --workers 8 on 2 cores spawned 8 (0.4 GB each) to share 2 CPUs
+            if workers > cpus and device == "cpu":  # --workers 8 on 2 cores spawned 8 (0.4 GB each) to share 2 CPUs
                 warnings.warn(f"--workers {workers}: this process may use {cpus} CPUs; starting {cpus} workers",
                               stacklevel=2)
                 workers = cpus
-            if workers > 1 and threads is not None:
+            if workers > 1 and threads is not None and device == "cpu":
                 warnings.warn(f"--threads {threads} is not used with --workers {workers}: each worker trains with "
                               "one torch thread", stacklevel=2)
         return cls(device, chosen, workers, backend, RayOptions(), batch_runs or machine.auto_batch_runs(device))

@@ -64,10 +64,14 @@ def prepare(runs: list[GridRun], out: Path, key_salt: str = "") -> tuple[dict[st
 
 
 def choose_backend(execution: Execution) -> Backend:
-    """The backend `execution` names (its `workers` settled): Ray, this process, or worker processes."""
+    """The backend `execution` names (its `workers` settled): Ray; on the CPU, this process or worker processes; on a
+    GPU, this process with `workers` trainer threads, each on its own CUDA stream."""
     if execution.backend == "ray":
         return OnRay()
-    return InProcess() if execution.workers == 1 else WorkerProcesses(execution.workers or 1)
+    workers = execution.workers or 1
+    if (execution.device or "cpu") != "cpu":
+        return InProcess(workers)
+    return InProcess() if workers == 1 else WorkerProcesses(workers)
 
 
 def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progress: bool = True,

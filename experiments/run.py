@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,12 +118,18 @@ def resolved_options(config: RunConfig, train_data: FewShotData) -> Any:
     return resolve_options(config.method, config.options, RecipeFacts.of(train_data))
 
 
+# Held while a method is seeded and built: the global generator is one for the process, and a grid's trainer threads
+# (`local.InProcess`) build their runs' methods at the same time.
+GLOBAL_GENERATOR = threading.Lock()
+
+
 def build(config: RunConfig, train_data: FewShotData) -> Method:
     """The configuration's method on its training view, from its resolved options (`resolved_options`), initialised
     from the global generator seeded by the run's seed (so the same run starts alike alone or trained together)."""
     options = resolved_options(config, train_data)
-    torch.manual_seed(config.seed)
-    return build_method(config.method, options, train_data)
+    with GLOBAL_GENERATOR:
+        torch.manual_seed(config.seed)
+        return build_method(config.method, options, train_data)
 
 
 def run_together(configs: list[RunConfig], datas: list[FewShotData], stack: bool | None = None,

@@ -55,8 +55,8 @@ def test_the_dataclass_checks_what_python_callers_give() -> None:
         Execution(stack="sometimes")
     with pytest.raises(OptionError, match="kernels='cuda' is not valid; choose one of: auto, triton, torch"):
         Execution(kernels="cuda")
-    with pytest.raises(OptionError, match="--workers 2: worker processes train on the CPU"):
-        Execution(device="cuda", workers=2)
+    with pytest.raises(OptionError, match="--workers 0: must be at least 1"):
+        Execution(device="cuda", workers=0)
     with pytest.raises(OptionError, match="--workers 2: for the local backend"):
         Execution(backend="ray", workers=2)
 

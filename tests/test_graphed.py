@@ -176,3 +176,27 @@ def test_stacked_runs_are_captured_on_cuda(cache: Path) -> None:
     assert all(r.cuda_graph and r.batch_mode == "stacked" for r in results)
     for plain, member in zip(alone, members, strict=True):
         _states_close(plain, member.method, rtol=1e-4, atol=1e-5)
+
+
+@cuda
+def test_trainer_threads_on_cuda_train_each_run_as_one_thread_does(cache: Path, tmp_path: Path) -> None:
+    """`--workers 3 --device cuda`: three trainer threads, each on its own stream, capturing while the others
+    replay; every run's row equals the one-thread grid's (the same kernels on the same data, only interleaved)."""
+    import csv
+
+    from lathadapter.experiments.execution import Execution
+    from lathadapter.experiments.launch import launch
+    from lathadapter.experiments.spec import GridSpec
+
+    spec = GridSpec([str(cache)], ["clip-adapter", "tip-adapter-f", "lathadapter"], [4], [1, 2],
+                    options={"epochs": ["5", "6"], "min_steps": ["0"]})  # 1 step an epoch: 3 warm-up, then replays
+    tables = []
+    for name, workers in (("one", 1), ("three", 3)):
+        summary = launch(spec, tmp_path / name, Execution(device="cuda", workers=workers, batch_runs=2),
+                         progress=False)
+        assert summary["done"] == 12
+        with (tmp_path / name / "results.csv").open() as f:
+            tables.append({row["key"]: {k: v for k, v in row.items() if not k.endswith("seconds")}
+                           for row in csv.DictReader(f)})
+    assert tables[0] == tables[1]
+    assert {row["cuda_graph"] for row in tables[0].values()} == {"True"}

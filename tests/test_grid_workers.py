@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
+from lathadapter.experiments import local
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.launch import launch, train_round
-from lathadapter.experiments.local import WorkerProcesses
-from lathadapter.experiments.pool import auto_workers
+from lathadapter.experiments.local import InProcess, WorkerProcesses
+from lathadapter.experiments.pool import GPU_TRAINERS, auto_workers
 from lathadapter.experiments.protocols import run_protocol
 from lathadapter.experiments.spec import GridSpec, expand
 
@@ -114,6 +115,56 @@ def test_runs_trained_together_on_workers_write_the_same_results_as_one_process(
     assert modes == {("zeroshot", "1", "alone"), ("clip-adapter", "2", "lockstep"), ("lathadapter", "2", "lockstep")}
 
 
+def _threaded_round(spec: GridSpec, out: Path, trainers: int, batch_runs: int = 1) -> list[str]:
+    """A grid round on `trainers` trainer threads of this process (what `--workers N` is on a GPU), here on the
+    CPU with one torch thread, as the one-process grid."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [state for _, state in train_round(expand(spec), out, Execution(batch_runs=batch_runs),
+                                                  progress=False, backend=InProcess(trainers))]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_trainer_threads_write_the_same_results_as_one_process(spec: GridSpec, grids: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    """Three trainer threads take the batches in turn (longest first): every run as in the one-process grid, each
+    saved once, no lock left behind; a second round skips them all."""
+    assert _threaded_round(spec, tmp_path / "three", 3) == ["done"] * 12
+    assert _rows(tmp_path / "three") == _rows(grids["one"])
+    assert sorted(p.name for p in (tmp_path / "three" / "runs").iterdir()) == sorted(
+        r["key"] for r in _rows(grids["one"]))
+    assert _threaded_round(spec, tmp_path / "three", 3) == ["skipped"] * 12
+    batched = tmp_path / "batched"
+    assert _threaded_round(spec, batched, 2, batch_runs=2) == ["done"] * 12
+    batch = {"batch_runs", "batch_mode"}
+    assert [{k: v for k, v in r.items() if k not in batch} for r in _rows(batched)] == [
+        {k: v for k, v in r.items() if k not in batch} for r in _rows(grids["one"])]
+
+
+def test_an_error_in_one_trainer_thread_stops_the_round_after_saving_the_others(
+        spec: GridSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that fails in one thread: the round raises its error once every thread has saved the batch it was
+    training, and no thread takes another batch; a rerun trains what is missing."""
+    train_batch = local.train_batch
+
+    def failing(batch, job, data_cache, extra):  # noqa: ANN001, ANN202
+        if batch[0].run.config.method == "clip-adapter" and batch[0].run.config.shots == 2:
+            raise ValueError("this run fails")
+        return train_batch(batch, job, data_cache, extra)
+
+    monkeypatch.setattr(local, "train_batch", failing)
+    with pytest.raises(ValueError, match="this run fails"):
+        _threaded_round(spec, tmp_path / "grid", 2)
+    saved = {p.parent.name for p in (tmp_path / "grid" / "runs").glob("*/metrics.json")}
+    assert 1 <= len(saved) < 12
+    assert not list((tmp_path / "grid" / "runs").glob("*.lock"))
+    monkeypatch.setattr(local, "train_batch", train_batch)
+    states = _threaded_round(spec, tmp_path / "grid", 2)
+    assert states.count("skipped") == len(saved) and states.count("done") == 12 - len(saved)
+
+
 def test_cli_refuses_bad_worker_counts(cache: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["grid", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu",
@@ -150,5 +201,5 @@ def test_a_cross_dataset_protocol_on_workers_scores_the_targets_as_one_process(c
 
 def test_the_default_worker_count_follows_the_grid_and_the_device() -> None:
     assert auto_workers(0, "cpu") == auto_workers(3, "cpu") == 1  # a small grid: this process, no worker to start
-    assert auto_workers(1000, "cuda") == 1
+    assert auto_workers(1000, "cuda") == auto_workers(2, "cuda") == GPU_TRAINERS  # threads of this process
     assert 1 <= auto_workers(1000, "cpu") <= (os.cpu_count() or 1)
