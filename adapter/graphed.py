@@ -11,7 +11,7 @@ one call. What capture needs, and how this module provides it:
   itself stepped over the run) and each step copies its row into the optimiser's lr tensors; Adam and AdamW take a
   tensor lr and keep their step count on the device (`capturable`), SGD takes a tensor lr in its fused form (one
   kernel for every parameter, the same update as the per-tensor one within float rounding);
-- a warm-up: the first steps run uncaptured on a side stream (the optimiser's state and the libraries' workspaces
+- a warm-up: the first step runs uncaptured on a side stream (the optimiser's state and the libraries' workspaces
   are created there), then each batch size (a full batch, the last short batch of an epoch) is captured once, on
   that stream. The capture is `torch.cuda.graph`'s without its device-wide synchronisation and release of the
   allocator's cached blocks (which the next allocations then get back from the driver, once per capture of every run
@@ -37,7 +37,10 @@ from lathadapter.kernels.dispatch import get_backend
 GRAPHS_ENV = "LATHADAPTER_GRAPHS"  # auto (captured on CUDA), on (also uncaptured on the CPU), off
 GRAPHS_CHOICES = ("auto", "on", "off")
 CAPTURABLE_OPTIMIZERS = ("adamw", "adam", "sgd")  # with a tensor lr: Adam(W) capturable, SGD fused
-WARMUP_STEPS = 3  # uncaptured steps before the first capture (PyTorch's whole-network capture recipe)
+# Uncaptured steps before the first capture: the first step creates the optimiser's state and the libraries' handles
+# and workspaces on the side stream (PyTorch's whole-network recipe takes 3; each costs a grid's every batch of runs
+# an eager step, and the CUDA tests hold the captured steps to the uncaptured ones with 1)
+WARMUP_STEPS = 1
 
 
 def graphs_from_environment() -> str:
@@ -96,10 +99,16 @@ Outputs = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
 
 class Graphed:
     """`inner`'s steps with the schedule precomputed and, with `capture`, replayed from CUDA graphs (one per batch
-    size) after `WARMUP_STEPS` uncaptured steps. `take` returns the members' losses and parts of the step taken."""
+    size) after `WARMUP_STEPS` uncaptured steps. `take` returns the members' losses and parts of the step taken.
 
-    def __init__(self, inner: Inner, steps: int, methods: list[Method], capture: bool) -> None:
-        self.inner, self.params, self.capture = inner, inner.params, capture
+    A full batch's step reads everything that changes from one step to the next on the device: its indices from the
+    epoch's index table (`begin_epoch` writes it once an epoch) at the step's position, its learning rates from the
+    schedule table at the step's number, and it advances both counters itself. Replaying it is then the host's only
+    work (a short last batch still copies its indices in): a captured step costs the host one launch, which is what
+    lets several trainer threads share one GPU."""
+
+    def __init__(self, inner: Inner, steps: int, methods: list[Method], capture: bool, batch_size: int) -> None:
+        self.inner, self.params, self.capture, self.batch_size = inner, inner.params, capture, batch_size
         for method in methods:
             method.fixed_shapes = True
         device = self.params[0].device
@@ -108,40 +117,65 @@ class Graphed:
                                   device=device)  # [steps, groups]
         self.lrs = [torch.tensor(float(group["lr"]), dtype=torch.float32, device=device) for group in groups]
         for group, lr in zip(groups, self.lrs, strict=True):
-            group["lr"] = lr  # the optimiser reads this tensor at every step: `take` writes the schedule's value
+            group["lr"] = lr  # the optimiser reads this tensor at every step: each step writes the schedule's value
             if isinstance(inner.optimizer, torch.optim.SGD):
                 group["fused"], group["foreach"] = True, False  # the SGD form that reads a tensor lr on the device
             elif device.type == "cuda":
                 group["capturable"] = True  # captured or not: the same update kernels
             elif group.get("foreach"):
                 group["foreach"] = False  # foreach Adam takes a tensor lr only when capturable (CUDA)
-        self.count = 0
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, Outputs]] = {}
+        self.count = 0  # steps taken (the host's count)
+        self.number = torch.zeros(1, dtype=torch.long, device=device)  # the step's row of `table` (the device's)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # the full batch's row of `epoch`
+        self.epoch: torch.Tensor | None = None  # [full batches, 2R, batch size]: member r's samples, rows in 2r, 2r + 1
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor | None, Outputs]] = {}
         self.side = torch.cuda.Stream(device) if capture else None
 
-    def _compute(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
-        """Forward, backward and update (the grads are None on entry: backward writes them). The losses come back
-        detached: a loss kept until the next step would keep its autograd graph, and so its parameters' gradient
-        accumulators, alive across streams."""
-        total, losses, parts = self.inner.losses(batches)
+    def begin_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Write the epoch's full batches (each member's batches, in step order) into the index table, in place."""
+        full = sum(len(batch) == self.batch_size for batch, _ in batches[0])
+        if not full:
+            return
+        table = torch.stack([torch.cat([pair[side] for pair in member[:full]]).view(full, self.batch_size)
+                             for member in batches for side in (0, 1)], dim=1)
+        if self.epoch is None:
+            self.epoch = table
+        else:
+            self.epoch.copy_(table)
+        self.position.zero_()
+
+    def _compute(self, indices: torch.Tensor) -> Outputs:
+        """One step on the batches of `indices` [2R, b] at the schedule's next lr: forward, backward and update (the
+        grads are None on entry: backward writes them). The losses come back detached: a loss kept until the next
+        step would keep its autograd graph, and so its parameters' gradient accumulators, alive across streams."""
+        torch._foreach_copy_(self.lrs, list(self.table.index_select(0, self.number)[0].unbind()))
+        self.number.add_(1)
+        total, losses, parts = self.inner.losses([(indices[r], indices[r + 1]) for r in range(0, len(indices), 2)])
         total.backward()
         self.inner.optimizer.step()
         return [loss.detach() for loss in losses], parts
 
-    def _eager(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
+    def _step(self, indices: torch.Tensor | None) -> Outputs:
+        """A step on `indices`, or (None) on the full batch at the epoch's position, which it advances."""
+        if indices is None:
+            assert self.epoch is not None
+            indices = self.epoch.index_select(0, self.position)[0]
+            self.position.add_(1)
+        return self._compute(indices)
+
+    def _eager(self, indices: torch.Tensor | None) -> Outputs:
         for param in self.params:
             param.grad = None
         if self.side is None:
-            return self._compute(batches)
+            return self._step(indices)
         self.side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.side):
-            outputs = self._compute(batches)
+            outputs = self._step(indices)
         torch.cuda.current_stream().wait_stream(self.side)
         return outputs
 
-    def _capture(self, indices: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Outputs]:
-        """A graph of one step reading its batches from `indices` [2R, b] (member r's sample indices in row 2r, its
-        row indices in row 2r + 1)."""
+    def _capture(self, indices: torch.Tensor | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor | None, Outputs]:
+        """A graph of one step (`_step`), reading a short batch's indices from the buffer `indices`."""
         for param in self.params:
             param.grad = None  # backward inside the capture allocates the grads the graph writes
         graph = torch.cuda.CUDAGraph()
@@ -150,25 +184,28 @@ class Graphed:
         with torch.cuda.stream(self.side):
             graph.capture_begin(capture_error_mode="thread_local")
             try:
-                outputs = self._compute([(indices[r], indices[r + 1]) for r in range(0, len(indices), 2)])
+                outputs = self._step(indices)
             finally:
                 graph.capture_end()
         torch.cuda.current_stream().wait_stream(self.side)
         return graph, indices, outputs
 
     def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
-        """One optimiser step on each member's batch (sample indices, row indices)."""
-        row = self.table[self.count]
-        torch._foreach_copy_(self.lrs, list(row.unbind()))
+        """One optimiser step on each member's batch (sample indices, row indices): a full batch is read from the
+        epoch's index table (the same indices, `begin_epoch`), a short one from `batches`."""
         self.count += 1
         size = len(batches[0][0])
+        full = size == self.batch_size and self.epoch is not None
         entry = self.graphs.get(size)
-        if entry is None and self.capture and self.count > WARMUP_STEPS:
-            entry = self.graphs[size] = self._capture(torch.stack([t for pair in batches for t in pair]))
-        elif entry is not None:
-            torch.stack([t for pair in batches for t in pair], out=entry[1])  # one copy into the captured buffer
         if entry is None:
-            return self._eager(batches)
+            indices = None if full else torch.stack([t for pair in batches for t in pair])
+            if self.capture and self.count > WARMUP_STEPS:
+                # a capture does not run the step: replay it, and the counters it advances, once captured
+                entry = self.graphs[size] = self._capture(indices)
+            else:
+                return self._eager(indices)
+        elif not full:
+            torch.stack([t for pair in batches for t in pair], out=entry[1])  # one copy into the captured buffer
         entry[0].replay()
         return entry[2]
 

@@ -106,9 +106,11 @@ class Member:
 
 
 class Step(Protocol):
-    """How a batch of members takes its optimiser steps: `take` one step on each member's batch (sample and row
-    indices) and return each member's loss and its parts; `sync` leaves each member's method holding its trained
-    values (before a val evaluation and at the end)."""
+    """How a batch of members takes its optimiser steps: `begin_epoch` sees every member's batches of the epoch
+    first, `take` one step on each member's batch (sample and row indices) and return each member's loss and its
+    parts; `sync` leaves each member's method holding its trained values (before a val evaluation and at the end)."""
+
+    def begin_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None: ...
 
     def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
              ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]: ...
@@ -128,6 +130,9 @@ class EagerStep:
                ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
         """The sum of the members' losses on their batches, each member's loss, its parts."""
         raise NotImplementedError
+
+    def begin_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Each member's batches of the epoch about to start (in step order): nothing to prepare here."""
 
     def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
              ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -215,8 +220,8 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
     eager = make_step(members, plan)
     methods = [m.method for m in members]
     captured = (graphs_on(plan.device) if graphs is None else graphs) and graphable(methods)
-    step: Step = Graphed(eager, plan.epochs * len(plan.starts), methods, capture=plan.device.type == "cuda") \
-        if captured else eager
+    step: Step = Graphed(eager, plan.epochs * len(plan.starts), methods, plan.device.type == "cuda",
+                         plan.batch_size) if captured else eager
     steps_per_epoch = len(plan.starts)
     best: list[tuple[dict[str, Any] | None, float]] = [(None, -1.0)] * len(members)
     task = (progress.add_task(f"train {members[0].method.name}", total=plan.epochs)
@@ -227,6 +232,7 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
         for member in members:
             member.method.train()
         batches = plan.batches()
+        step.begin_epoch(batches)
         for index in range(steps_per_epoch):
             losses, parts = step.take([run_batches[index] for run_batches in batches])
         # a copy (a captured step's outputs are overwritten by the next replay), kept on the device: reading it

@@ -9,8 +9,8 @@
 #   (c) benchmarks/fit.py --device cuda --only caltech (LatHAdapter's fit, target <= 0.25 s), captured (the
 #       default) and with LATHADAPTER_GRAPHS=off;
 #       benchmarks/fit_profile.py --device cuda: where a captured fit's time goes;
-#   (d) benchmarks/grid.py --device cuda with stacked, captured runs on 1, 4 and 8 trainer threads (runs/min, target
-#       >= 2,000);
+#   (d) benchmarks/grid.py --device cuda with stacked, captured runs on 1, 2, 4 and 8 trainer threads (runs/min,
+#       target >= 2,000), with 3 seeds and with 10, and a profile of one trainer's grid;
 #   (e) benchmarks/radial_loss.py --device cuda (the loss stage: Triton against the eager PyTorch twin and
 #       torch.compile of it, hier=cone; last, since compiling may take long: it gets what is left of the budget).
 #   The one-time cache build (benchmarks/cache_build.py --device cuda, a random ViT-B-16, 15 decoding workers, in
@@ -102,11 +102,15 @@ if [[ $DEVICE == cuda ]]; then
     stage fit_profile_cuda.txt 40 "$PY" benchmarks/fit_profile.py --device cuda
     # (d) a 3-method x 5-shot x 3-seed grid, each method's runs of one shot count stacked and captured, on 1, 4 and
     #     8 trainer threads (each on its own stream), after an untimed warm-up; then the same grid with 10 seeds
-    stage grid_cuda.txt 110 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
-        --batch-runs 45 --stack on --workers 1,4,8 --warmup --out "$RESULTS/grid_cuda.json"
-    stage grid_cuda.txt 90 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
-        --batch-runs 45 --stack on --workers 1,8 --seeds 1,2,3,4,5,6,7,8,9,10 --warmup \
+    stage grid_cuda.txt 100 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
+        --batch-runs 45 --stack on --workers 1,2,4,8 --warmup --out "$RESULTS/grid_cuda.json"
+    stage grid_cuda.txt 80 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
+        --batch-runs 45 --stack on --workers 1,4,8 --seeds 1,2,3,4,5,6,7,8,9,10 --warmup \
         --out "$RESULTS/grid_seeds10_cuda.json"
+    #     where one trainer's grid time goes (cProfile of the main thread)
+    stage grid_profile_cuda.txt 40 "$PY" benchmarks/grid.py --device cuda \
+        --methods clip-adapter,tip-adapter-f,lathadapter --batch-runs 45 --stack on --warmup --profile 30 \
+        --out "$RESULTS/grid_profile_cuda.json"
     # (e) the loss stage alone: Triton, eager PyTorch twin, torch.compile (dynamic=False: one compile per shape)
     if [[ $STAGES != all ]]; then
         stage cache_build_cuda.txt 90 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 \

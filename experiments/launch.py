@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,6 +64,12 @@ def prepare(runs: list[GridRun], out: Path, key_salt: str = "") -> tuple[dict[st
     return infos, [keyed_run(grid_run, infos[grid_run.cache].fingerprint + key_salt) for grid_run in runs]
 
 
+# While runs finish, `results.csv` is rewritten at most this often (seconds): each rewrite reads every finished run,
+# so rewriting after every batch made a grid of thousands of small runs quadratic. It is rewritten at the end, and
+# when the grid is interrupted, whatever the time.
+RESULTS_EVERY = 2.0
+
+
 def choose_backend(execution: Execution) -> Backend:
     """The backend `execution` names (its `workers` settled): Ray; on the CPU, this process or worker processes; on a
     GPU, this process with `workers` trainer threads, each on its own CUDA stream."""
@@ -80,8 +87,8 @@ def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progres
     """Check the caches, then train each unfinished run, yielding (run, "done" | "skipped" | "elsewhere"): the
     finished ones ("skipped") first, then the others as they are saved. "elsewhere": another process holds the run's
     lock and is training it. `execution.workers` None is settled here by the pending runs (`pool.auto_workers`);
-    `backend` (default: the execution's, `choose_backend`) trains them. `results.csv` is rewritten after each batch
-    (or run sent back) with a run done, and at the end."""
+    `backend` (default: the execution's, `choose_backend`) trains them. `results.csv` is rewritten as runs are saved
+    (at most every `RESULTS_EVERY` seconds), at the end, and when the round is interrupted."""
     out = out.resolve()
     infos, keyed = prepare(runs, out, key_salt)
     pending = pending_runs(keyed, out)
@@ -98,6 +105,7 @@ def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progres
     job = Job(out, keyed, infos, pending, execution, extra_factory)
     counts = dict.fromkeys(STATES, 0)
     counts["skipped"] = len(keyed) - len(pending)
+    written = -math.inf
     bar = None
     with contextlib.ExitStack() as shown:
         trained = backend.train(job)
@@ -110,17 +118,14 @@ def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progres
                 for _, state in events:
                     counts[state] += 1
                     bar.update(task, advance=1, **counts)
-                if any(state == "done" for _, state in events):
+                if any(state == "done" for _, state in events) and time.perf_counter() - written > RESULTS_EVERY:
                     write_results(out)
+                    written = time.perf_counter()
                 for index, state in events:
                     yield keyed[index].run, state
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM raised as it (cli): every run saved so far is in the table
+        finally:  # the end, Ctrl-C or SIGTERM raised as it (cli), an error, or the caller stopping the round early
             trained.close()  # worker processes are killed at once
-            write_results(out)
-            raise
-        finally:
-            trained.close()  # also when the caller stops the round early
-    write_results(out)
+            write_results(out)  # every run saved so far is in the table
 
 
 def grid_progress() -> Progress:

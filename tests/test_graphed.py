@@ -156,7 +156,7 @@ def test_a_captured_step_is_the_uncaptured_step_bit_for_bit_on_cuda(cache: Path,
 
     def uncaptured(members: list[Member], plan: Plan) -> Graphed:
         return Graphed(Lockstep(members, plan), plan.epochs * len(plan.starts), [m.method for m in members],
-                       capture=False)
+                       capture=False, batch_size=plan.batch_size)
 
     result = TrainResult()
     optimise([Member(models[2], data, 2)], uncaptured, "last", "augmented", [result], graphs=False)
