@@ -86,14 +86,20 @@ def training_views(data: FewShotData, train_views: str = "augmented") -> tuple[t
     return stacked.reshape(-1, stacked.shape[-1]), stacked.shape[1]
 
 
-def epoch_batches(generator: torch.Generator, n: int, num_views: int, starts: range, batch_size: int,
-                  device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch's batches: a random view per sample and a random order, drawn from `generator` (view first), cut
-    at `starts`; each batch as (sample indices, row indices into `training_views`' rows)."""
-    view = torch.randint(num_views, (n,), generator=generator).to(device)  # one random view per sample
-    order = torch.randperm(n, generator=generator).to(device)
-    order_rows = order * num_views + view[order]
-    return [(order[start:start + batch_size], order_rows[start:start + batch_size]) for start in starts]
+def epoch_order(generator: torch.Generator, n: int, num_views: int) -> torch.Tensor:
+    """One epoch's draws, on the CPU: a random view per sample and a random order, drawn from `generator` (view
+    first); returns [2, n]: the samples in order, and their rows in `training_views`' rows."""
+    view = torch.randint(num_views, (n,), generator=generator)  # one random view per sample
+    order = torch.randperm(n, generator=generator)
+    return torch.stack([order, order * num_views + view[order]])
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`; to CUDA through pinned memory without waiting: a copy from ordinary memory makes the
+    host wait for the device's queued work, which on a captured run's short steps was most of a grid's wall time."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -204,9 +210,13 @@ class Plan:
                     [training_views(m.data, train_views) for m in members])
 
     def batches(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Each member's batches of the next epoch, drawn from its own generator."""
-        return [epoch_batches(g, self.n, v, self.starts, self.batch_size, self.device)
-                for g, (_, v) in zip(self.generators, self.views, strict=True)]
+        """Each member's batches of the next epoch, drawn from its own generator (`epoch_order`, every member's in
+        one copy to the device), cut at `starts`; each batch as (sample indices, row indices)."""
+        orders = to_device(torch.stack([epoch_order(g, self.n, v)
+                                        for g, (_, v) in zip(self.generators, self.views, strict=True)]), self.device)
+        b = self.batch_size
+        return [[(samples[start:start + b], rows[start:start + b]) for start in self.starts]
+                for samples, rows in orders]
 
 
 def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], EagerStep], select: str,
@@ -228,9 +238,9 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
             if progress is not None else None)
     recorded: list[torch.Tensor] = []  # each epoch's members' losses and parts, one row: read back after training
     names: list[list[str]] = []
+    for member in members:
+        member.method.train()
     for epoch in range(plan.epochs):
-        for member in members:
-            member.method.train()
         batches = plan.batches()
         step.begin_epoch(batches)
         for index in range(steps_per_epoch):
@@ -245,6 +255,8 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
         if select == "val":
             step.sync()
             _keep_best(members, results, best, epoch)
+            for member in members:
+                member.method.train()  # the evaluation left it in eval mode
         if task is not None:
             progress.update(task, advance=1)
     step.sync()

@@ -139,6 +139,8 @@ def argmax_hits(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """`scores.argmax(-1) == labels` for scores [..., N, C] (overwritten) and labels [N], from maxima: a CPU argmax over
     a short last axis is about eight times slower than a max. The label's score must exceed every other class's; where
     it ties the best of them, argmax itself settles the row (it returns the first maximum)."""
+    if scores.is_cuda:  # argmax is fast there, and settles ties without the host reading `tied`
+        return scores.argmax(-1) == labels
     index = labels.reshape(-1, 1).expand(*scores.shape[:-1], 1)
     label_scores = scores.gather(-1, index)
     others = scores.scatter_(-1, index, float("-inf")).amax(-1, keepdim=True)
@@ -156,17 +158,18 @@ def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, key_label
 
     Returns (alpha, beta, accuracy in percent).
     """
-    best = (-1.0, float(alphas[0]), float(betas[0]))
     alpha_column = alphas.view(-1, 1, 1).to(zero_shot)
     shifted = affinity - 1  # exp(−β(1 − a)) = exp(β (a − 1)), the same floats
-    for beta in betas.tolist():
+    accuracies = []
+    beta_values = betas.tolist()
+    for beta in beta_values:
         cache = class_sums(torch.exp(shifted * beta), key_labels, zero_shot.shape[1], shots)
         scores = torch.addcmul(zero_shot, alpha_column, cache)  # [A, N, C]
-        accuracy = argmax_hits(scores, labels).float().mean(-1) * 100  # [A]
-        top = int(torch.argmax(accuracy))  # argmax returns the first maximum
-        if float(accuracy[top]) > best[0]:
-            best = (float(accuracy[top]), float(alphas[top]), beta)
-    return best[1], best[2], best[0]
+        accuracies.append(argmax_hits(scores, labels).float().mean(-1) * 100)  # [A]
+    table = torch.stack(accuracies).tolist()  # [B, A], read once: a read per β made the host wait for the device
+    # the first best in β-then-α order (max returns the first of equal maxima)
+    b, a = max(((b, a) for b in range(len(beta_values)) for a in range(len(table[b]))), key=lambda i: table[i[0]][i[1]])
+    return float(alphas[a]), beta_values[b], table[b][a]
 
 
 @register("tip-adapter", TipAdapterOptions)
