@@ -45,7 +45,7 @@ FLOOR = "matrix products alone (floor)"
 CUDA_ROWS = {
     "default, captured in a CUDA graph (stacked.py's fixed-shape form)": {"graph": True},
     "radius = head, captured in a CUDA graph": {"radius": "head", "graph": True},
-    "default, kernels = torch (loss.py's one node)": {"kernels": "torch"},
+    "default, kernels = torch (fused.py's PyTorch twin)": {"kernels": "torch"},
     "radius = head, kernels = torch (fused.py's PyTorch twin)": {"radius": "head", "kernels": "torch"},
 }
 

@@ -177,21 +177,40 @@ def exterior_angle_backward(grad: torch.Tensor, coefficients: tuple, saved: tupl
 
 
 class _ExteriorAngle(torch.autograd.Function):
-    """Ξ = arccos(N / √(W M)) of the cone at parent ρ_p u_p towards child ρ_q u_q; 0 where undefined."""
+    """Ξ = arccos(N / √(W M)) of the cone at parent ρ_p u_p towards child ρ_q u_q; 0 where undefined.
+
+    With two 0-d radii on the CPU (one radius per kind), the coefficients are Python floats (a dozen scalar tensor ops
+    each way cost more than the passes over the edges) and the radii's gradients come from six reductions.
+    """
 
     @staticmethod
     def forward(ctx, rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-        angle, saved = exterior_angle_forward(exterior_angle_coefficients(rho_p, rho_q), rho_p * rho_p, cosine)
+        scalars = (float(rho_p), float(rho_q)) if rho_p.dim() == rho_q.dim() == 0 and not rho_p.is_cuda else None
+        p, q = scalars if scalars is not None else (rho_p, rho_q)
+        angle, saved = exterior_angle_forward(exterior_angle_coefficients(p, q), p * p, cosine)
+        ctx.scalars = scalars
         ctx.save_for_backward(rho_p, rho_q, *saved)
         return angle
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rho_p, rho_q, *saved = ctx.saved_tensors
-        grad_cos, grad_p, grad_q = exterior_angle_backward(
-            grad, exterior_angle_coefficients(rho_p, rho_q), tuple(saved),
-            exterior_angle_coefficient_derivatives(rho_p, rho_q))
-        return _reduce(grad_p, rho_p), _reduce(grad_q, rho_q), grad_cos
+        if ctx.scalars is None:
+            grad_cos, grad_p, grad_q = exterior_angle_backward(
+                grad, exterior_angle_coefficients(rho_p, rho_q), tuple(saved),
+                exterior_angle_coefficient_derivatives(rho_p, rho_q))
+            return _reduce(grad_p, rho_p), _reduce(grad_q, rho_q), grad_cos
+        p, q = ctx.scalars
+        _, w1, _, _, _, n1 = exterior_angle_coefficients(p, q)
+        a, bw, bm = exterior_angle_pieces(grad, tuple(saved))
+        grad_cos = (a * n1).sub_((bw + bm).mul_(w1))  # a N_c − b_w W_c − b_m M_c, N_c = n1, W_c = M_c = w1
+        cosine = saved[0]
+        sums = torch.stack([a.sum(), _dot(a, cosine), bw.sum(), _dot(bw, cosine), bm.sum(), _dot(bm, cosine)])
+        # ∂/∂ρ = Σ a (dn0 + dn1 cos) − b_w (dw0 + dw1 cos) − b_m (dm0 + dm1 cos), for ρ_p then ρ_q
+        rows = [[dn0, dn1, -dw0, -dw1, -dm0, -dm1]
+                for dw0, dw1, dm0, dm1, dn0, dn1 in exterior_angle_coefficient_derivatives(p, q)]
+        grad_p, grad_q = torch.tensor(rows, dtype=sums.dtype) @ sums
+        return grad_p, grad_q, grad_cos
 
 
 def radial_distance(rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

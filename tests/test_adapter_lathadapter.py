@@ -356,11 +356,18 @@ LOSS_CASES = {
 
 @pytest.mark.parametrize("case", LOSS_CASES.values(), ids=LOSS_CASES.keys())
 def test_loss_backward_matches_finite_differences(case: dict) -> None:
-    """The hand-written backward of the fused loss against central differences in float64, w.r.t. the image
-    cosines, the category–attribute cosines, the association weights and the five scalars (lift scales, curvature,
-    temperature)."""
+    """The CPU twin of the loss after the image product (`fused_loss` over one 0-d radius per kind, as
+    `LatHAdapter.loss` calls it for `radius=kind`: its radial nodes' hand-written backward passes) against central
+    differences in float64, w.r.t. the image cosines, the category–attribute cosines, the association weights and
+    the five scalars (lift scales, curvature, temperature)."""
     from lathadapter.adapter.methods.lathadapter import CURVATURE_RANGE, LatHAdapterOptions
-    from lathadapter.adapter.methods.lathadapter.loss import lathadapter_loss
+    from lathadapter.adapter.methods.lathadapter.fused import fused_loss
+    from lathadapter.kernels.radial import scaled_radius
+
+    def lathadapter_loss(image_cosines, class_attribute, weights, log_scales, log_curvature, log_tau, labels, o):
+        c = log_curvature.exp().clamp(*CURVATURE_RANGE)
+        radii = scaled_radius(log_scales.exp(), c).unbind()
+        return fused_loss(image_cosines, class_attribute, weights, *radii, c, log_tau, labels, o)
 
     case = dict(case)
     labels = torch.tensor(case.pop("labels", [0, 2, 2, 3, 0, 4]))

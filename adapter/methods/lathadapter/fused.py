@@ -1,13 +1,12 @@
-"""LatHAdapter's loss after the cosine products over radius vectors: the fused twins of `reference.reference_loss`
-— Triton kernels on CUDA (`kernels/triton_radial_loss.py`, under the kernels backend: `LATHADAPTER_KERNELS=torch`
-forces the PyTorch twin), the PyTorch twin below elsewhere. It serves `radius=head|norm` everywhere and, under
-Triton, `radius=kind` too (one radius per kind is a constant vector); on the CPU `radius=kind` takes `loss.py`'s
-one-node form (a CPU step with this twin over constant vectors takes 1.1× as long, 1.2× with the hierarchy term:
-benchmarks/loss_forms.py).
+"""LatHAdapter's loss after the cosine products: the fused twins of `reference.reference_loss` for every radius —
+Triton kernels on CUDA (`kernels/triton_radial_loss.py`, under the kernels backend: `LATHADAPTER_KERNELS=torch`
+forces the PyTorch twin), the PyTorch twin below elsewhere (the one CPU twin). Radii come as vectors (`radius=head`,
+`norm`; under Triton also `kind`, one radius per kind as a constant vector) or, for `radius=kind` off Triton, as one
+0-d radius per kind, whose gradients the radial nodes reduce instead of spreading over the edges.
 
 Every distance and cone angle between two lifted points is a function of their two radii and the cosine of their
 directions, so the loss takes the batch's cosine matrices — image–prototype [B, C], image–attribute [B, K],
-prototype–attribute [C, K] — and the radius vectors, never [N, D] points. Distances and exterior angles are the
+prototype–attribute [C, K] — and the radii, never [N, D] points. Distances and exterior angles are the
 radial nodes of `kernels.radial`, whose hand-written backward passes give the gradients for the cosines and for
 radius vectors broadcast against them; the rest (softmaxes, hinges, weighted means) is ordinary autograd.
 """
@@ -31,6 +30,23 @@ def _edge_energy(o: LatHAdapterOptions, rho_parent: torch.Tensor, rho_child: tor
     return radial_centripetal_energy(rho_parent, rho_child, c, o.margin_radial)
 
 
+def _column(rho: torch.Tensor) -> torch.Tensor:
+    return rho[:, None] if rho.dim() else rho
+
+
+def _row(rho: torch.Tensor) -> torch.Tensor:
+    return rho[None, :] if rho.dim() else rho
+
+
+def _weighted_sum(energy: torch.Tensor, weights: torch.Tensor | None, rows: int) -> torch.Tensor:
+    """Σ over an edge set of weight · energy; the energy broadcasts against the weights (None: each 1). A 0-d energy
+    (a centripetal hinge between two 0-d radii) is the same on every edge, and each of the `rows` rows of weights
+    sums to 1 (or is one edge of weight 1): its sum is energy · rows, and the weights need not be computed."""
+    if energy.dim() == 0:
+        return energy * rows
+    return energy.sum() if weights is None else torch.sum(weights * energy)
+
+
 def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class_weights: torch.Tensor,
                rho_categories: torch.Tensor, rho_attributes: torch.Tensor, rho_images: torch.Tensor,
                c: torch.Tensor, log_tau: torch.Tensor, labels: torch.Tensor, o: LatHAdapterOptions
@@ -40,7 +56,7 @@ def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class
     (ρ' = √c |h| < 1) of categories [C], attributes [K] and images [B], the curvature and log τ_h."""
     num_classes = class_weights.shape[0]
     image_class, image_attribute = image_cosines[:, :num_classes], image_cosines[:, num_classes:]
-    if use_triton(image_cosines):
+    if use_triton(image_cosines):  # radius vectors (one radius per kind: constant ones)
         from lathadapter.kernels.triton_radial_loss import radial_loss_triton
 
         return radial_loss_triton(
@@ -52,26 +68,27 @@ def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class
     zero = image_cosines.new_zeros(())
     hyp = hier = zero
     if o.lambda_hyp > 0 or o.lambda_hier > 0:
-        distances = radial_distance(rho_images[:, None], rho_categories[None, :], image_class, c)  # [B, C]
+        # 0-d radii broadcast as they are (their gradients are two reductions); vectors as a column and a row
+        distances = radial_distance(_column(rho_images), _row(rho_categories), image_class, c)  # [B, C]
         hyp = F.cross_entropy(-distances / log_tau.exp(), labels)
     if o.lambda_hier > 0:
         present = torch.unique(labels)
         others = present[None, :] != labels[:, None]
         hinge = torch.relu(distances.gather(1, labels[:, None]) - distances[:, present] + o.margin)
         separation = (hinge * others).sum(1).div(others.sum(1).clamp_min(1)).mean()
-        r = torch.softmax(image_attribute / o.tau_attr, dim=-1)  # image → attribute [B, K]
-        batch, num_present, num_attributes = len(labels), len(present), r.shape[1]
-        # the batch's tree as one flat list of edges (one call of each radial node): category y_i → image i,
-        # category c → attribute k (the batch's categories), attribute k → image i
-        parents = torch.cat([rho_categories[labels], rho_categories[present].repeat_interleave(num_attributes),
-                             rho_attributes.repeat(batch)])
-        children = torch.cat([rho_images, rho_attributes.repeat(num_present),
-                              rho_images.repeat_interleave(num_attributes)])
-        edge_cosines = torch.cat([image_class.gather(1, labels[:, None])[:, 0], class_attribute[present].reshape(-1),
-                                  image_attribute.reshape(-1)])
-        weights = torch.cat([r.new_ones(batch), class_weights[present].reshape(-1), r.reshape(-1)])
+        # the batch's tree, one edge set at a time, radii broadcast against the set's cosines (a 0-d radius as it
+        # is): category y_i → image i [B], category c → attribute k [P, K] (the batch's categories), attribute k →
+        # image i [B, K]; each with its weights (1, w_ck, r_ik) and its rows (B, P, B)
+        scalar_hinges = o.hier == "triplet" and rho_categories.dim() == rho_attributes.dim() == rho_images.dim() == 0
+        r = None if scalar_hinges else torch.softmax(image_attribute / o.tau_attr, dim=-1)  # image → attribute
+        labelled = rho_categories[labels] if rho_categories.dim() else rho_categories
+        edges = ((labelled, rho_images, image_class.gather(1, labels[:, None])[:, 0], None, len(labels)),
+                 (_column(rho_categories[present] if rho_categories.dim() else rho_categories), _row(rho_attributes),
+                  class_attribute[present], class_weights[present], len(present)),
+                 (_row(rho_attributes), _column(rho_images), image_attribute, r, len(labels)))
+        energy = sum(_weighted_sum(_edge_energy(o, parent, child, cosine, c), weights, rows)
+                     for parent, child, cosine, weights, rows in edges)
         # each row of r and w sums to 1: the edge weights total B + P + B
-        energy = torch.dot(weights, _edge_energy(o, parents, children, edge_cosines, c))
-        hier = energy / (2 * batch + num_present) + separation
+        hier = energy / (2 * len(labels) + len(present)) + separation
     loss = ce + o.lambda_hyp * hyp + o.lambda_hier * hier
     return loss, (ce.detach(), hyp.detach(), hier.detach())

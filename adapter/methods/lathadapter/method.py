@@ -7,9 +7,10 @@ this project's reconstruction, and each of its choices is an option.
 
 The loss is defined by `reference.reference_loss` (explicit points, plain autograd; `impl=reference`). Every lifted
 point is a unit direction times a radius, so the fused twins compute every term from direction cosines and radii:
-with one radius per kind (`radius=kind`) the category side (`text`) and the loss after the image product (`loss`)
-are autograd nodes with hand-written backward passes; with a radius per point (`radius=head|norm`) the loss is
-written over the radial distance and cone-angle nodes of `kernels.radial` with radius vectors (`fused`).
+the category side is one autograd node with a hand-written backward pass (`text`), and the loss after the image
+product is written over the radial distance and cone-angle nodes of `kernels.radial` (`fused`: one 0-d radius per
+kind for `radius=kind`, radius vectors for `radius=head|norm`; Triton kernels on CUDA). Stacked runs and captured
+steps take its fixed-shape form (`stacked`).
 Three reconstruction switches act around them: `centre` (on the inputs, so every form sees it), `hyp_metric=euclid`
 (added here to the fused forms, which run with λ_hyp = 0) and `cone_parent=image` (the reference alone).
 """
@@ -27,7 +28,6 @@ from torch import nn
 from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix, normalize, vmapped
 from lathadapter.adapter.methods.lathadapter.diagnostics import hierarchy_diagnostics
 from lathadapter.adapter.methods.lathadapter.fused import fused_loss
-from lathadapter.adapter.methods.lathadapter.loss import lathadapter_loss
 from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
 from lathadapter.adapter.methods.lathadapter.reference import ATTRIBUTE, CATEGORY, IMAGE, reference_loss
 from lathadapter.adapter.methods.lathadapter.stacked import masked_loss
@@ -79,12 +79,6 @@ def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions,
     generator = torch.Generator().manual_seed(0)
     prompts = torch.randn(options.num_attributes, dim, generator=generator) / math.sqrt(dim)
     return prompts.to(data.text_features.device)
-
-
-def one_node_form(options: LatHAdapterOptions, triton: bool) -> bool:
-    """Whether `loss.py`'s one-node form computes the loss after the image product: `radius=kind` off Triton (a
-    CPU step is faster with it than with `fused.py`'s twin over constant radius vectors; benchmarks/loss_forms.py)."""
-    return options.radius == "kind" and not triton
 
 
 @register("lathadapter", LatHAdapterOptions)
@@ -209,27 +203,25 @@ class LatHAdapter(Method):
             mixed = mix(features, self.visual_adapter, o.alpha_v)
             triton = use_triton(mixed)
             # v = normalize(mixed) is folded into the one product of the images with prototypes and attributes; the
-            # image–attribute cosines feed the hierarchy term alone, so without it (λ_hier = 0, the default) the
-            # PyTorch forms take the prototypes only (the Triton twin's kernels take both)
-            directions = torch.cat([side.prototypes, side.attributes]) if o.lambda_hier > 0 or triton \
-                else side.prototypes
+            # image–attribute cosines feed the hierarchy term alone, and its centripetal hinge between one radius per
+            # kind not at all, so without them (λ_hier = 0, the default) the PyTorch twin takes the prototypes only
+            # (the Triton twin's kernels take both)
+            kind = o.radius == "kind" and not triton
+            attribute_cosines = triton or (o.lambda_hier > 0 and not (o.hier == "triplet" and kind))
+            directions = torch.cat([side.prototypes, side.attributes]) if attribute_cosines else side.prototypes
             image_cosines = cosines(mixed, directions, unit_y=True)
-            # radius=kind: the one-node form on the CPU (faster there than the radius-vector twin with constant
-            # vectors); under Triton, one radius per kind is a constant radius vector for the kernels
-            if one_node_form(o, triton):
-                loss, (ce, hyp, hier) = lathadapter_loss(image_cosines, side.class_attribute, side.weights,
-                                                         self.log_scales, self.log_curvature, self.log_tau_hyp,
-                                                         labels, o)
+            c = self.curvature
+            if kind:  # one 0-d radius per kind (under Triton: constant radius vectors)
+                radii = tuple(scaled_radius(self.log_scales.exp(), c).unbind())
             else:
-                c = self.curvature
                 length = torch.linalg.vector_norm(mixed, dim=-1)
                 units = mixed / length[:, None] if o.radius == "head" else mixed  # only the head reads directions
                 radii = (self.scaled_radii(CATEGORY, side.prototypes, self.prototype_lengths(self.text_features, side)
                                            if o.radius == "norm" else None, c),
                          self.scaled_radii(ATTRIBUTE, side.attributes, self.attribute_lengths(), c),
                          self.scaled_radii(IMAGE, units, length, c))
-                loss, (ce, hyp, hier) = fused_loss(image_cosines, side.class_attribute, side.weights, *radii, c,
-                                                   self.log_tau_hyp, labels, o)
+            loss, (ce, hyp, hier) = fused_loss(image_cosines, side.class_attribute, side.weights, *radii, c,
+                                               self.log_tau_hyp, labels, o)
             parts = {"ce": ce, "hyp": hyp, "hier": hier}
             if o.lambda_anchor > 0:  # L_anchor: (1 − <p_c, t_c>) over classes, (1 − <v_i, x_i>) over the batch
                 anchor = (1 - (side.prototypes * self.text_features).sum(-1)).mean() + (
