@@ -86,26 +86,38 @@ def distance_radius_coefficients(rho_a, rho_b) -> tuple:
 class _RadialDistance(torch.autograd.Function):
     """d = arcosh(1 + 2W / ((1 − ρ_a²)(1 − ρ_b²))) / √c over a tensor of cosines; ρ_a, ρ_b broadcast against it.
 
-    With 0-d radii (one radius per kind, the common case) their gradients come from two reductions.
+    With 0-d radii (one radius per kind, the common case) their gradients come from two reductions, and on the CPU
+    the radii and √c are Python floats (the scalar chain in tensor ops costs more than the passes over [B, C]).
     """
 
     @staticmethod
     def forward(ctx, rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        out, delta, root = distance_forward(rho_a, rho_b, cosine, c.sqrt())
+        if rho_a.dim() == rho_b.dim() == c.dim() == 0 and not rho_a.is_cuda:
+            ctx.scalars = a, b, sqrt_c = float(rho_a), float(rho_b), math.sqrt(float(c))
+        else:
+            ctx.scalars, (a, b, sqrt_c) = None, (rho_a, rho_b, c.sqrt())
+        out, delta, root = distance_forward(a, b, cosine, sqrt_c)
         ctx.save_for_backward(rho_a, rho_b, cosine, c, delta, root, out)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rho_a, rho_b, cosine, c, delta, root, out = ctx.saved_tensors
-        sqrt_c = c.sqrt()
+        if ctx.scalars is not None:
+            rho_a, rho_b, sqrt_c = ctx.scalars
+        else:
+            sqrt_c = c.sqrt()
         g, to_cos = distance_backward(grad, rho_a, rho_b, sqrt_c, root)
         grad_a = grad_b = grad_c = None
         if ctx.needs_input_grad[3]:
             grad_c = -_dot(grad, out) / (2 * c)  # at fixed radii, d ∝ 1/√c
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             a_a, b_a, a_b, b_b = distance_radius_coefficients(rho_a, rho_b)
-            if rho_a.dim() == 0 and rho_b.dim() == 0:  # one radius per kind: two reductions
+            if ctx.scalars is not None:  # two reductions, then floats
+                sums = torch.stack([g.sum(), _dot(g, delta)])
+                coefficients = torch.tensor([[a_a, b_a], [a_b, b_b]], dtype=sums.dtype) / sqrt_c
+                grad_a, grad_b = coefficients @ sums
+            elif rho_a.dim() == 0 and rho_b.dim() == 0:  # one radius per kind: two reductions
                 s0, s_delta = g.sum(), _dot(g, delta)
                 grad_a, grad_b = (a_a * s0 + b_a * s_delta) / sqrt_c, (a_b * s0 + b_b * s_delta) / sqrt_c
             else:

@@ -70,7 +70,7 @@ def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class
     if o.lambda_hyp > 0 or o.lambda_hier > 0:
         # 0-d radii broadcast as they are (their gradients are two reductions); vectors as a column and a row
         distances = radial_distance(_column(rho_images), _row(rho_categories), image_class, c)  # [B, C]
-        hyp = F.cross_entropy(-distances / log_tau.exp(), labels)
+        hyp = F.cross_entropy(distances * -torch.exp(-log_tau), labels)  # one pass over [B, C]: the scalar on 0-d
     if o.lambda_hier > 0:
         present = torch.unique(labels)
         others = present[None, :] != labels[:, None]
