@@ -65,9 +65,10 @@ class InProcess:
         threads = torch.get_num_threads()
 
         def work() -> None:
-            torch.set_num_threads(threads)  # a new thread starts with OpenMP's default count, not this thread's
-            trainer = Trainer(job)
+            trainer = None
             try:
+                torch.set_num_threads(threads)  # a new thread starts with OpenMP's default count, not this thread's
+                trainer = Trainer(job)
                 while not stop.is_set():
                     with taking:
                         batch = next(todo, None)
@@ -78,8 +79,9 @@ class InProcess:
                 stop.set()
                 finished.put(error)
             finally:
-                trainer.close()
-                finished.put(None)
+                if trainer is not None:
+                    trainer.close()
+                finished.put(None)  # this thread is done: the driver counts these
 
         workers = [threading.Thread(target=work, name=f"trainer-{i}", daemon=True)
                    for i in range(min(self.trainers, len(cut)))]
