@@ -39,6 +39,12 @@ def scaled_radius(scale: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.tanh(c.sqrt() * scale).clamp_max(1 - eps)
 
 
+def _host_scalars(*tensors: torch.Tensor) -> bool:
+    """Whether these are 0-d CPU tensors outside vmap (one radius per kind): the nodes then take them as Python
+    floats, whose scalar chain costs less than a dozen autograd ops on 0-d tensors."""
+    return all(t.dim() == 0 and not t.is_cuda and not torch._C._functorch.is_batchedtensor(t) for t in tensors)
+
+
 def _reduce(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return grad.sum_to_size(like.shape) if grad.shape != like.shape else grad
 
@@ -92,7 +98,7 @@ class _RadialDistance(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        if rho_a.dim() == rho_b.dim() == c.dim() == 0 and not rho_a.is_cuda:
+        if _host_scalars(rho_a, rho_b, c):
             ctx.scalars = a, b, sqrt_c = float(rho_a), float(rho_b), math.sqrt(float(c))
         else:
             ctx.scalars, (a, b, sqrt_c) = None, (rho_a, rho_b, c.sqrt())
@@ -197,7 +203,7 @@ class _ExteriorAngle(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-        scalars = (float(rho_p), float(rho_q)) if rho_p.dim() == rho_q.dim() == 0 and not rho_p.is_cuda else None
+        scalars = (float(rho_p), float(rho_q)) if _host_scalars(rho_p, rho_q) else None
         p, q = scalars if scalars is not None else (rho_p, rho_q)
         angle, saved = exterior_angle_forward(exterior_angle_coefficients(p, q), p * p, cosine)
         ctx.scalars = scalars
@@ -212,17 +218,47 @@ class _ExteriorAngle(torch.autograd.Function):
                 grad, exterior_angle_coefficients(rho_p, rho_q), tuple(saved),
                 exterior_angle_coefficient_derivatives(rho_p, rho_q))
             return _reduce(grad_p, rho_p), _reduce(grad_q, rho_q), grad_cos
-        p, q = ctx.scalars
-        _, w1, _, _, _, n1 = exterior_angle_coefficients(p, q)
-        a, bw, bm = exterior_angle_pieces(grad, tuple(saved))
-        grad_cos = (a * n1).sub_((bw + bm).mul_(w1))  # a N_c − b_w W_c − b_m M_c, N_c = n1, W_c = M_c = w1
-        cosine = saved[0]
-        sums = torch.stack([a.sum(), _dot(a, cosine), bw.sum(), _dot(bw, cosine), bm.sum(), _dot(bm, cosine)])
-        # ∂/∂ρ = Σ a (dn0 + dn1 cos) − b_w (dw0 + dw1 cos) − b_m (dm0 + dm1 cos), for ρ_p then ρ_q
-        rows = [[dn0, dn1, -dw0, -dw1, -dm0, -dm1]
-                for dw0, dw1, dm0, dm1, dn0, dn1 in exterior_angle_coefficient_derivatives(p, q)]
-        grad_p, grad_q = torch.tensor(rows, dtype=sums.dtype) @ sums
+        grad_p, grad_q, grad_cos = _scalar_angle_backward(grad, *ctx.scalars, tuple(saved))
         return grad_p, grad_q, grad_cos
+
+
+def _scalar_angle_backward(grad: torch.Tensor, p: float, q: float, saved: tuple, extra_p: float = 0.0) -> tuple:
+    """The exterior angle's backward for two radii given as Python floats: ∂/∂ρ_p and ∂/∂ρ_q (0-d, plus
+    `extra_p` · Σ grad for ρ_p) from six reductions, and ∂/∂cos."""
+    _, w1, _, _, _, n1 = exterior_angle_coefficients(p, q)
+    a, bw, bm = exterior_angle_pieces(grad, saved)
+    grad_cos = (a * n1).sub_((bw + bm).mul_(w1))  # a N_c − b_w W_c − b_m M_c, N_c = n1, W_c = M_c = w1
+    cosine = saved[0]
+    sums = torch.stack([a.sum(), _dot(a, cosine), bw.sum(), _dot(bw, cosine), bm.sum(), _dot(bm, cosine), grad.sum()])
+    # ∂/∂ρ = Σ a (dn0 + dn1 cos) − b_w (dw0 + dw1 cos) − b_m (dm0 + dm1 cos), for ρ_p then ρ_q
+    rows = [[dn0, dn1, -dw0, -dw1, -dm0, -dm1, extra]
+            for (dw0, dw1, dm0, dm1, dn0, dn1), extra in zip(exterior_angle_coefficient_derivatives(p, q),
+                                                             (extra_p, 0.0), strict=True)]
+    grad_p, grad_q = torch.tensor(rows, dtype=sums.dtype) @ sums
+    return grad_p, grad_q, grad_cos
+
+
+class _ConeEnergy(torch.autograd.Function):
+    """max(0, Ξ(p, q) − κ ψ(ρ_p)) for two 0-d radii on the CPU, as one node: the coefficients and ψ are Python
+    floats (`half_aperture`), so neither the angle's scalar chain nor ψ's is a dozen autograd ops."""
+
+    @staticmethod
+    def forward(ctx, rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor, K: float, kappa: float
+                ) -> torch.Tensor:
+        p, q = float(rho_p), float(rho_q)
+        psi, dpsi = half_aperture(p, K)
+        angle, saved = exterior_angle_forward(exterior_angle_coefficients(p, q), p * p, cosine)
+        energy = angle.sub_(kappa * psi).relu_()
+        ctx.floats = (p, q, -kappa * dpsi)
+        ctx.save_for_backward(energy, *saved)
+        return energy
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        energy, *saved = ctx.saved_tensors
+        p, q, threshold_slope = ctx.floats
+        grad_p, grad_q, grad_cos = _scalar_angle_backward(grad * (energy > 0), p, q, tuple(saved), threshold_slope)
+        return grad_p, grad_q, grad_cos, None, None
 
 
 def radial_distance(rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -252,6 +288,8 @@ def radial_cone_energy(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.T
                        kappa: float = 1.0) -> torch.Tensor:
     """Cone energy max(0, Ξ(p, q) − κ ψ(p)) for every entry of `cosine`; ψ depends on ρ_p only."""
     check_cone_options(K, kappa)
+    if _host_scalars(rho_p, rho_q):  # one radius per kind on the CPU: one node
+        return _ConeEnergy.apply(rho_p, rho_q, cosine, K, kappa)
     return torch.relu(radial_exterior_angle(rho_p, rho_q, cosine) - kappa * radial_half_aperture(rho_p, K))
 
 
@@ -263,4 +301,25 @@ def radial_origin_distance(rho: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 def radial_centripetal_energy(rho_p: torch.Tensor, rho_q: torch.Tensor, c: torch.Tensor,
                               margin: float = 0.1) -> torch.Tensor:
     """max(0, |p|_H − |q|_H + margin) for a parent and a child of scaled radii ρ_p, ρ_q: it depends on radii only."""
+    if _host_scalars(rho_p, rho_q, c):  # one radius per kind on the CPU: one node
+        return _CentripetalEnergy.apply(rho_p, rho_q, c, margin)
     return torch.relu(radial_origin_distance(rho_p, c) - radial_origin_distance(rho_q, c) + margin)
+
+
+class _CentripetalEnergy(torch.autograd.Function):
+    """max(0, |p|_H − |q|_H + m), |x|_H = 2 artanh(ρ)/√c, for 0-d radii and curvature, in Python floats: ∂/∂ρ =
+    ±2/(√c (1 − ρ²)) and ∂/∂c = −(|p|_H − |q|_H)/(2c) where the hinge is active."""
+
+    @staticmethod
+    def forward(ctx, rho_p: torch.Tensor, rho_q: torch.Tensor, c: torch.Tensor, margin: float) -> torch.Tensor:
+        p, q, c_value = float(rho_p), float(rho_q), float(c)
+        sqrt_c = math.sqrt(c_value)
+        origin_p, origin_q = 2 * math.atanh(p) / sqrt_c, 2 * math.atanh(q) / sqrt_c
+        value = origin_p - origin_q + margin
+        ctx.slopes = (2 / (sqrt_c * (1 - p * p)), -2 / (sqrt_c * (1 - q * q)),
+                      -(origin_p - origin_q) / (2 * c_value)) if value > 0 else (0.0, 0.0, 0.0)
+        return rho_p.new_tensor(max(value, 0.0))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (*(grad * slope for slope in ctx.slopes), None)

@@ -119,6 +119,51 @@ def test_float64_gradcheck_of_the_hand_written_backward(radii_shape: tuple[int, 
     assert gradcheck(radial_exterior_angle, (rho_b, rho_a, cosine))
 
 
+def test_the_cone_energy_of_two_scalar_radii_is_the_composed_one_and_passes_gradcheck() -> None:
+    """With two 0-d radii on the CPU the cone energy is one node (floats for the coefficients and ψ): its value and
+    gradients equal the energy composed of the exterior angle and ψ over radius vectors of one element each, and
+    float64 central differences."""
+    generator = torch.Generator().manual_seed(7)
+    uniform = lambda low, high: torch.rand(20, generator=generator, dtype=torch.float64) * (high - low) + low  # noqa: E731
+    # ψ(0.45) = 1.09 with K = 0.5: children near the parent's direction lie inside its cone (Ξ < 0.9), the rest
+    # outside (Ξ > 2)
+    cosine = torch.cat([uniform(0.97, 0.995), uniform(-0.9, 0.5)]).requires_grad_()
+    rho_p = torch.tensor(0.45, dtype=torch.float64, requires_grad=True)
+    rho_q = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    K, kappa = 0.5, 1.0
+    energy = radial_cone_energy(rho_p, rho_q, cosine, K, kappa)
+    composed = torch.relu(radial_exterior_angle(rho_p.view(1), rho_q.view(1), cosine)
+                          - kappa * torch.asin(K * (1 - rho_p * rho_p) / rho_p))  # ψ = arcsin(K (1 − ρ²)/ρ) < π/2
+    active = energy > 0
+    assert 0 < int(active.sum()) < len(cosine) and float(composed[~active].abs().max()) == 0.0
+    assert float(composed[active].abs().min()) > 1e-3  # no edge at the hinge's kink
+    torch.testing.assert_close(energy, composed, rtol=1e-12, atol=1e-12)
+    weights = torch.rand(40, generator=generator, dtype=torch.float64)
+    expected = torch.autograd.grad((composed * weights).sum(), (rho_p, rho_q, cosine))
+    actual = torch.autograd.grad((energy * weights).sum(), (rho_p, rho_q, cosine))
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    assert gradcheck(lambda p, q, x: radial_cone_energy(p, q, x, K, kappa), (rho_p, rho_q, cosine))
+
+
+@pytest.mark.parametrize("rho_q", [0.3, 0.8], ids=["active", "inactive"])
+def test_the_centripetal_hinge_of_scalar_radii_is_the_composed_one(rho_q: float) -> None:
+    """With 0-d radii and curvature on the CPU the centripetal hinge is one node of floats: its value and gradients
+    equal the hinge composed over one-element tensors, |x|_H = 2 artanh(ρ)/√c re-stated here, and float64 central
+    differences."""
+    rho_p = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    child = torch.tensor(rho_q, dtype=torch.float64, requires_grad=True)
+    c = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    energy = radial_centripetal_energy(rho_p, child, c, 0.2)
+    composed = torch.relu(2 * torch.atanh(rho_p.view(1)) / c.sqrt() - 2 * torch.atanh(child.view(1)) / c.sqrt() + 0.2)
+    assert energy.dim() == 0 and (float(energy) > 0) == (rho_q == 0.3)  # a parent farther out than its child
+    torch.testing.assert_close(energy, composed[0], rtol=1e-12, atol=0.0)
+    for a, e in zip(torch.autograd.grad(energy, (rho_p, child, c)), torch.autograd.grad(composed[0], (rho_p, child, c)),
+                    strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    assert gradcheck(lambda p, q, k: radial_centripetal_energy(p, q, k, 0.2), (rho_p, child, c))
+
+
 def test_degenerate_pairs_give_zero_angle_and_finite_gradients() -> None:
     rho = torch.tensor([0.0, 0.5], requires_grad=True)
     cosine = torch.tensor([0.3, 1.0], requires_grad=True)  # parent at the origin; child on the parent
