@@ -134,9 +134,9 @@ def test_the_cone_energy_of_two_scalar_radii_is_the_composed_one_and_passes_grad
     energy = radial_cone_energy(rho_p, rho_q, cosine, K, kappa)
     composed = torch.relu(radial_exterior_angle(rho_p.view(1), rho_q.view(1), cosine)
                           - kappa * torch.asin(K * (1 - rho_p * rho_p) / rho_p))  # ψ = arcsin(K (1 − ρ²)/ρ) < π/2
-    active = energy > 0
-    assert 0 < int(active.sum()) < len(cosine) and float(composed[~active].abs().max()) == 0.0
-    assert float(composed[active].abs().min()) > 1e-3  # no edge at the hinge's kink
+    active = energy.detach() > 0
+    assert 0 < int(active.sum()) < len(cosine) and float(composed.detach()[~active].abs().max()) == 0.0
+    assert float(composed.detach()[active].min()) > 1e-3  # no edge at the hinge's kink
     torch.testing.assert_close(energy, composed, rtol=1e-12, atol=1e-12)
     weights = torch.rand(40, generator=generator, dtype=torch.float64)
     expected = torch.autograd.grad((composed * weights).sum(), (rho_p, rho_q, cosine))
@@ -156,7 +156,7 @@ def test_the_centripetal_hinge_of_scalar_radii_is_the_composed_one(rho_q: float)
     c = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
     energy = radial_centripetal_energy(rho_p, child, c, 0.2)
     composed = torch.relu(2 * torch.atanh(rho_p.view(1)) / c.sqrt() - 2 * torch.atanh(child.view(1)) / c.sqrt() + 0.2)
-    assert energy.dim() == 0 and (float(energy) > 0) == (rho_q == 0.3)  # a parent farther out than its child
+    assert energy.dim() == 0 and (float(energy.detach()) > 0) == (rho_q == 0.3)  # a parent farther out than its child
     torch.testing.assert_close(energy, composed[0], rtol=1e-12, atol=0.0)
     for a, e in zip(torch.autograd.grad(energy, (rho_p, child, c)), torch.autograd.grad(composed[0], (rho_p, child, c)),
                     strict=True):
