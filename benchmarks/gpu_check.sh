@@ -96,7 +96,8 @@ if [[ $DEVICE == cuda ]]; then
         --steps 30 --repeats 5
     # (c) LatHAdapter's fit on the Caltech-like cache: captured steps (the default on CUDA), then uncaptured
     #     (LATHADAPTER_GRAPHS=off: the Triton twin, op by op)
-    stage fit_cuda.txt 40 "$PY" benchmarks/fit.py --device cuda --only caltech --methods lathadapter --repeats 3
+    # (each fit a fresh child process: stop 11's call 2 ran out of 40 s after two)
+    stage fit_cuda.txt 60 "$PY" benchmarks/fit.py --device cuda --only caltech --methods lathadapter --repeats 3
     stage fit_cuda.txt 35 env LATHADAPTER_GRAPHS=off "$PY" benchmarks/fit.py --device cuda --only caltech \
         --methods lathadapter --repeats 2 --out "$RESULTS/fit_uncaptured_cuda.json"
     # where the captured fit's time goes (cProfile of a third fit)
