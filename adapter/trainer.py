@@ -247,7 +247,7 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
             losses, parts = step.take([run_batches[index] for run_batches in batches])
         # a copy (a captured step's outputs are overwritten by the next replay), kept on the device: reading it
         # now would make the host wait for the device every epoch
-        names = [list(part) for part in parts]
+        names = names or [list(part) for part in parts]
         recorded.append(torch.stack([value.detach() for loss, part in zip(losses, parts, strict=True)
                                      for value in (loss, *part.values())]).to(torch.float64))
         for result in results:

@@ -119,11 +119,7 @@ class _RadialDistance(torch.autograd.Function):
             grad_c = -_dot(grad, out) / (2 * c)  # at fixed radii, d ∝ 1/√c
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             a_a, b_a, a_b, b_b = distance_radius_coefficients(rho_a, rho_b)
-            if ctx.scalars is not None:  # two reductions, then floats
-                sums = torch.stack([g.sum(), _dot(g, delta)])
-                coefficients = torch.tensor([[a_a, b_a], [a_b, b_b]], dtype=sums.dtype) / sqrt_c
-                grad_a, grad_b = coefficients @ sums
-            elif rho_a.dim() == 0 and rho_b.dim() == 0:  # one radius per kind: two reductions
+            if ctx.scalars is not None or rho_a.dim() == rho_b.dim() == 0:  # one radius per kind: two reductions
                 s0, s_delta = g.sum(), _dot(g, delta)
                 grad_a, grad_b = (a_a * s0 + b_a * s_delta) / sqrt_c, (a_b * s0 + b_b * s_delta) / sqrt_c
             else:
@@ -195,36 +191,26 @@ def exterior_angle_backward(grad: torch.Tensor, coefficients: tuple, saved: tupl
 
 
 class _ExteriorAngle(torch.autograd.Function):
-    """Ξ = arccos(N / √(W M)) of the cone at parent ρ_p u_p towards child ρ_q u_q; 0 where undefined.
-
-    With two 0-d radii on the CPU (one radius per kind), the coefficients are Python floats (a dozen scalar tensor ops
-    each way cost more than the passes over the edges) and the radii's gradients come from six reductions.
-    """
+    """Ξ = arccos(N / √(W M)) of the cone at parent ρ_p u_p towards child ρ_q u_q; 0 where undefined."""
 
     @staticmethod
     def forward(ctx, rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-        scalars = (float(rho_p), float(rho_q)) if _host_scalars(rho_p, rho_q) else None
-        p, q = scalars if scalars is not None else (rho_p, rho_q)
-        angle, saved = exterior_angle_forward(exterior_angle_coefficients(p, q), p * p, cosine)
-        ctx.scalars = scalars
+        angle, saved = exterior_angle_forward(exterior_angle_coefficients(rho_p, rho_q), rho_p * rho_p, cosine)
         ctx.save_for_backward(rho_p, rho_q, *saved)
         return angle
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rho_p, rho_q, *saved = ctx.saved_tensors
-        if ctx.scalars is None:
-            grad_cos, grad_p, grad_q = exterior_angle_backward(
-                grad, exterior_angle_coefficients(rho_p, rho_q), tuple(saved),
-                exterior_angle_coefficient_derivatives(rho_p, rho_q))
-            return _reduce(grad_p, rho_p), _reduce(grad_q, rho_q), grad_cos
-        grad_p, grad_q, grad_cos = _scalar_angle_backward(grad, *ctx.scalars, tuple(saved))
-        return grad_p, grad_q, grad_cos
+        grad_cos, grad_p, grad_q = exterior_angle_backward(
+            grad, exterior_angle_coefficients(rho_p, rho_q), tuple(saved),
+            exterior_angle_coefficient_derivatives(rho_p, rho_q))
+        return _reduce(grad_p, rho_p), _reduce(grad_q, rho_q), grad_cos
 
 
-def _scalar_angle_backward(grad: torch.Tensor, p: float, q: float, saved: tuple, extra_p: float = 0.0) -> tuple:
+def _scalar_angle_backward(grad: torch.Tensor, p: float, q: float, saved: tuple, extra_p: float) -> tuple:
     """The exterior angle's backward for two radii given as Python floats: ∂/∂ρ_p and ∂/∂ρ_q (0-d, plus
-    `extra_p` · Σ grad for ρ_p) from six reductions, and ∂/∂cos."""
+    `extra_p` · Σ grad for ρ_p) from seven reductions, and ∂/∂cos."""
     _, w1, _, _, _, n1 = exterior_angle_coefficients(p, q)
     a, bw, bm = exterior_angle_pieces(grad, saved)
     grad_cos = (a * n1).sub_((bw + bm).mul_(w1))  # a N_c − b_w W_c − b_m M_c, N_c = n1, W_c = M_c = w1

@@ -166,10 +166,11 @@ def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, key_label
         cache = class_sums(torch.exp(shifted * beta), key_labels, zero_shot.shape[1], shots)
         scores = torch.addcmul(zero_shot, alpha_column, cache)  # [A, N, C]
         accuracies.append(argmax_hits(scores, labels).float().mean(-1) * 100)  # [A]
-    table = torch.stack(accuracies).tolist()  # [B, A], read once: a read per β made the host wait for the device
-    # the first best in β-then-α order (max returns the first of equal maxima)
-    b, a = max(((b, a) for b in range(len(beta_values)) for a in range(len(table[b]))), key=lambda i: table[i[0]][i[1]])
-    return float(alphas[a]), beta_values[b], table[b][a]
+    # [B × A], β-major, read once: a read per β made the host wait for the device
+    flat = torch.stack(accuracies).view(-1).tolist()
+    best = flat.index(max(flat))  # the first best in β-then-α order
+    b, a = divmod(best, len(alphas))
+    return float(alphas[a]), beta_values[b], flat[best]
 
 
 @register("tip-adapter", TipAdapterOptions)

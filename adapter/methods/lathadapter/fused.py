@@ -30,6 +30,11 @@ def _edge_energy(o: LatHAdapterOptions, rho_parent: torch.Tensor, rho_child: tor
     return radial_centripetal_energy(rho_parent, rho_child, c, o.margin_radial)
 
 
+def _at(rho: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The radii of the points `index` picks: a 0-d radius is every point's."""
+    return rho[index] if rho.dim() else rho
+
+
 def _column(rho: torch.Tensor) -> torch.Tensor:
     return rho[:, None] if rho.dim() else rho
 
@@ -81,10 +86,10 @@ def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class
         # image i [B, K]; each with its weights (1, w_ck, r_ik) and its rows (B, P, B)
         scalar_hinges = o.hier == "triplet" and rho_categories.dim() == rho_attributes.dim() == rho_images.dim() == 0
         r = None if scalar_hinges else torch.softmax(image_attribute / o.tau_attr, dim=-1)  # image → attribute
-        labelled = rho_categories[labels] if rho_categories.dim() else rho_categories
-        edges = ((labelled, rho_images, image_class.gather(1, labels[:, None])[:, 0], None, len(labels)),
-                 (_column(rho_categories[present] if rho_categories.dim() else rho_categories), _row(rho_attributes),
-                  class_attribute[present], class_weights[present], len(present)),
+        edges = ((_at(rho_categories, labels), rho_images, image_class.gather(1, labels[:, None])[:, 0], None,
+                  len(labels)),
+                 (_column(_at(rho_categories, present)), _row(rho_attributes), class_attribute[present],
+                  class_weights[present], len(present)),
                  (_row(rho_attributes), _column(rho_images), image_attribute, r, len(labels)))
         energy = sum(_weighted_sum(_edge_energy(o, parent, child, cosine, c), weights, rows)
                      for parent, child, cosine, weights, rows in edges)
