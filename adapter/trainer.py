@@ -112,14 +112,12 @@ class Member:
 
 
 class Step(Protocol):
-    """How a batch of members takes its optimiser steps: `begin_epoch` sees every member's batches of the epoch
-    first, `take` one step on each member's batch (sample and row indices) and return each member's loss and its
-    parts; `sync` leaves each member's method holding its trained values (before a val evaluation and at the end)."""
+    """How a batch of members takes its optimiser steps: `run_epoch` takes an epoch's steps on every member's batches
+    (sample and row indices, in step order) and returns each member's loss and its parts at the last step; `sync`
+    leaves each member's method holding its trained values (before a val evaluation and at the end)."""
 
-    def begin_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None: ...
-
-    def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
-             ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]: ...
+    def run_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]
+                  ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]: ...
 
     def sync(self) -> None: ...
 
@@ -137,8 +135,12 @@ class EagerStep:
         """The sum of the members' losses on their batches, each member's loss, its parts."""
         raise NotImplementedError
 
-    def begin_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
-        """Each member's batches of the epoch about to start (in step order): nothing to prepare here."""
+    def run_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]
+                  ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """A step on each member's batches in turn (`take`)."""
+        for index in range(len(batches[0])):
+            outputs = self.take([member[index] for member in batches])
+        return outputs
 
     def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
              ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -241,10 +243,7 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
     for member in members:
         member.method.train()
     for epoch in range(plan.epochs):
-        batches = plan.batches()
-        step.begin_epoch(batches)
-        for index in range(steps_per_epoch):
-            losses, parts = step.take([run_batches[index] for run_batches in batches])
+        losses, parts = step.run_epoch(plan.batches())
         # a copy (a captured step's outputs are overwritten by the next replay), kept on the device: reading it
         # now would make the host wait for the device every epoch
         names = names or [list(part) for part in parts]
