@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from lathadapter.adapter.catalog import create_method, method_names
 from lathadapter.adapter.evaluate import evaluate
+from lathadapter.adapter.methods import tip_adapter
 from lathadapter.adapter.methods.base import NotApplicable
 from lathadapter.adapter.methods.tip_adapter import argmax_hits, search_grid
 from lathadapter.adapter.options import OptionError
@@ -121,7 +122,13 @@ def test_argmax_hits_equal_argmax_with_ties() -> None:
     torch.testing.assert_close(argmax_hits(untied.clone(), labels), untied.argmax(-1) == labels)
 
 
-def test_tip_adapter_search_picks_the_val_optimal_pair() -> None:
+@pytest.mark.parametrize("chunk", [None, 3 * 384, 1], ids=["one-chunk", "chunks-of-3-betas", "one-beta-a-chunk"])
+def test_tip_adapter_search_picks_the_val_optimal_pair(chunk: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The searched (α, β) and accuracy are the plain double loop's, whether the β values go in one chunk, in
+    chunks of 3 (10 β values: 3, 3, 3, 1; a β's largest tensor here is 6 α × 16 images × 4 classes) or one at a
+    time."""
+    if chunk is not None:
+        monkeypatch.setitem(tip_adapter.SEARCH_CHUNK, "cpu", chunk)
     generator = torch.Generator().manual_seed(3)
     classes, dim = 4, 8
     centres = F.normalize(torch.randn(classes, dim, generator=generator), dim=-1)
