@@ -12,9 +12,9 @@ one call. What capture needs, and how this module provides it:
   tensor lr and keep their step count on the device (`capturable`), SGD takes a tensor lr in its fused form (one
   kernel for every parameter, the same update as the per-tensor one within float rounding);
 - a warm-up: the first step runs uncaptured on a side stream (the optimiser's state and the libraries' workspaces
-  are created there); then an epoch's full batches are captured as one graph of consecutive steps (at most
-  `MAX_GRAPH_STEPS`; the first epoch's, which the warm-up step shortens, as a graph of their own) and its short last
-  batch as a graph of one step, each once, on that stream. A replay then costs the host one launch per epoch, not
+  are created there); then an epoch's full batches are captured as graphs of up to `MAX_GRAPH_STEPS` consecutive
+  steps (the first epoch's steps after the warm-up, up to a chunk's start, from a graph of one step) and its short
+  last batch as a graph of one step, each once, on that stream. A replay then costs the host one launch per epoch, not
   one per step: CLIP-Adapter's recipe takes 50 steps of batch 32 an epoch at 16 shots. The capture is
   `torch.cuda.graph`'s without its device-wide synchronisation and release of the allocator's cached blocks (which
   the next allocations then get back from the driver, once per capture of every run of a grid), and in the
@@ -235,13 +235,13 @@ class Graphed:
         full = sum(len(batch) == self.batch_size for batch, _ in batches[0])
         index = 0
         while index < full:
-            if not self.capture or self.count < WARMUP_STEPS:
-                outputs = self.take([member[index] for member in batches])
-                index += 1
-            else:
+            if index % MAX_GRAPH_STEPS == 0 and self.capture and self.count >= WARMUP_STEPS:
                 chunk = min(full - index, MAX_GRAPH_STEPS)
                 outputs = self._replay(chunk, None)
                 index += chunk
+            else:  # a warm-up step, or one of the first epoch's steps after it: one at a time up to a chunk's start
+                outputs = self.take([member[index] for member in batches])
+                index += 1
         if full < steps:
             outputs = self.take([member[full] for member in batches])
         return outputs

@@ -175,7 +175,8 @@ def test_an_epochs_full_steps_are_replayed_in_chunks_of_consecutive_steps(cache:
     optimise([Member(models[0], data, 2)], step_of(Graphed), "last", "augmented", [results[0]], graphs=False)
     optimise([Member(models[1], data, 2)], step_of(Chunked), "last", "augmented", [results[1]], graphs=False)
     epoch = [(3, True), (3, True), (1, False)]
-    assert replays == [(3, True), (2, True), (1, False)] + epoch + epoch  # the first epoch: 1 warm-up step, 3, 2
+    # the first epoch: 1 warm-up step, 2 steps one at a time up to the second chunk's start, a chunk of 3
+    assert replays == [(1, True), (1, True), (3, True), (1, False)] + epoch + epoch
     assert results[0].steps == results[1].steps == 21
     first, second = models[0].state_dict(), models[1].state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
