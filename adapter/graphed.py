@@ -6,19 +6,17 @@ one call. What capture needs, and how this module provides it:
 
 - fixed shapes and no host reads: the method's loss takes its fixed-shape form (`Method.fixed_shapes`, the form
   stacked runs vmap), which is why only `stackable` methods are captured;
-- the batch in place: each step's sample and row indices are copied into the captured index buffers;
+- the batch in place: a full batch's step reads its sample and row indices from the epoch's index table, a short
+  last batch's are copied into the captured index buffer;
 - the learning rate in place: the recipe's schedule is computed before training (`schedule_table`, the scheduler
   itself stepped over the run) and each step copies its row into the optimiser's lr tensors; Adam and AdamW take a
   tensor lr and keep their step count on the device (`capturable`), SGD takes a tensor lr in its fused form (one
   kernel for every parameter, the same update as the per-tensor one within float rounding);
 - a warm-up: the first step runs uncaptured on a side stream (the optimiser's state and the libraries' workspaces
-  are created there); then an epoch's full batches are captured as graphs of up to `MAX_GRAPH_STEPS` consecutive
-  steps (the first epoch's steps after the warm-up, up to a chunk's start, from a graph of one step) and its short
-  last batch as a graph of one step, each once, on that stream. A replay then costs the host one launch per epoch, not
-  one per step: CLIP-Adapter's recipe takes 50 steps of batch 32 an epoch at 16 shots. The capture is
-  `torch.cuda.graph`'s without its device-wide synchronisation and release of the allocator's cached blocks (which
-  the next allocations then get back from the driver, once per capture of every run of a grid), and in the
-  thread-local mode: other threads' runs go on training on their own streams meanwhile
+  are created there), then each batch size (a full batch, the last short batch of an epoch) is captured once, on
+  that stream. The capture is `torch.cuda.graph`'s without its device-wide synchronisation and release of the
+  allocator's cached blocks (which the next allocations then get back from the driver, once per capture of every run
+  of a grid), and in the thread-local mode: other threads' runs go on training on their own streams meanwhile
   (`experiments.local.InProcess`).
 
 Every step is the step `trainer` would take (within float rounding: the fixed-shape form sums in another order, the
@@ -44,9 +42,6 @@ CAPTURABLE_OPTIMIZERS = ("adamw", "adam", "sgd")  # with a tensor lr: Adam(W) ca
 # and workspaces on the side stream (PyTorch's whole-network recipe takes 3; each costs a grid's every batch of runs
 # an eager step, and the CUDA tests hold the captured steps to the uncaptured ones with 1)
 WARMUP_STEPS = 1
-# Full steps captured in one graph, replayed with one launch: an epoch's full batches up to this many (longer epochs
-# replay a few graphs). Capturing costs the host one eager step's Python per step captured, once a run.
-MAX_GRAPH_STEPS = 64
 
 
 def graphs_from_environment() -> str:
@@ -104,16 +99,18 @@ Outputs = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
 
 
 class Graphed:
-    """`inner`'s steps with the schedule precomputed and, with `capture`, replayed from CUDA graphs after
-    `WARMUP_STEPS` uncaptured steps: `run_epoch` takes an epoch's steps (its full batches from graphs of consecutive
-    steps, its short last batch from a graph of one), `take` one step; each returns the members' losses and parts of
-    the last step taken.
+    """`inner`'s steps with the schedule precomputed and, with `capture`, replayed from CUDA graphs (one per batch
+    size) after `WARMUP_STEPS` uncaptured steps. `run_epoch` takes an epoch's steps, `take` one step on given
+    batches; each returns the members' losses and parts of the last step taken.
 
     A full batch's step reads everything that changes from one step to the next on the device: its indices from the
-    epoch's index table (`begin_epoch` writes it once an epoch) at the step's position, its learning rates from the
-    schedule table at the step's number, and it advances both counters itself. Consecutive full steps are then one
-    graph, and replaying it the host's only work (a short last batch still copies its indices in): an epoch costs the
-    host a launch or two, which is what lets several trainer threads share one GPU."""
+    epoch's index table (written once an epoch, in one copy from the epoch's draws) at the step's position, its
+    learning rates from the schedule table at the step's number, and it advances both counters itself. Replaying it
+    is then the host's only work (a short last batch still copies its indices in): a captured step costs the host
+    one launch, which is what lets several trainer threads share one GPU.
+
+    (Graphs of an epoch's consecutive full steps, one launch an epoch, were measured on an H200 and lost: a graph's
+    launch costs the host in proportion to its kernels, and capturing more steps costs more; stop 12's notes.)"""
 
     def __init__(self, inner: Inner, steps: int, methods: list[Method], capture: bool, batch_size: int) -> None:
         self.inner, self.params, self.capture, self.batch_size = inner, inner.params, capture, batch_size
@@ -136,20 +133,17 @@ class Graphed:
         self.number = torch.zeros(1, dtype=torch.long, device=device)  # the step's row of `table` (the device's)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # the full batch's row of `epoch`
         self.epoch: torch.Tensor | None = None  # [full batches, 2R, batch size]: member r's samples, rows in 2r, 2r + 1
-        # by (steps, None): consecutive full steps read from the epoch's table; (1, batch size): a step with its
-        # index buffer
-        self.graphs: dict[tuple[int, int | None], tuple[torch.cuda.CUDAGraph, torch.Tensor | None, Outputs]] = {}
+        # by batch size (-1: the full batch read from `epoch`): graph, index buffer, outputs
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor | None, Outputs]] = {}
         self.side = torch.cuda.Stream(device) if capture else None
 
-    def begin_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
-        """Write the epoch's full batches (each member's batches, in step order) into the index table, in place."""
-        full = sum(len(batch) == self.batch_size for batch, _ in batches[0])
-        if not full:
-            return
-        table = torch.stack([torch.cat([pair[side] for pair in member[:full]]).view(full, self.batch_size)
-                             for member in batches for side in (0, 1)], dim=1)
+    def _write_epoch(self, orders: torch.Tensor, full: int) -> None:
+        """Write the first `full` batches of the epoch's draws `orders` [R, 2, n] into the index table
+        [full, 2R, batch size] (member r's samples in row 2r, their rows in 2r + 1), in place: one copy."""
+        runs, b = len(orders), self.batch_size
+        table = orders[:, :, :full * b].reshape(runs, 2, full, b).permute(2, 0, 1, 3).reshape(full, 2 * runs, b)
         if self.epoch is None:
-            self.epoch = table
+            self.epoch = table.contiguous()
         else:
             self.epoch.copy_(table)
         self.position.zero_()
@@ -184,66 +178,54 @@ class Graphed:
         torch.cuda.current_stream().wait_stream(self.side)
         return outputs
 
-    def _capture(self, indices: torch.Tensor | None, steps: int
-                 ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor | None, Outputs]:
-        """A graph of `steps` consecutive steps (`_step`): full batches read from the epoch's index table, or (with
-        `indices`, one step) a short batch read from the buffer `indices`. Its outputs are the last step's."""
+    def _capture(self, indices: torch.Tensor | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor | None, Outputs]:
+        """A graph of one step (`_step`), reading a short batch's indices from the buffer `indices`."""
+        for param in self.params:
+            param.grad = None  # backward inside the capture allocates the grads the graph writes
         graph = torch.cuda.CUDAGraph()
         assert self.side is not None
         self.side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.side):
             graph.capture_begin(capture_error_mode="thread_local")
             try:
-                for _ in range(steps):
-                    for param in self.params:
-                        param.grad = None  # each step's backward allocates the grads it writes (not accumulates)
-                    outputs = self._step(indices)
+                outputs = self._step(indices)
             finally:
                 graph.capture_end()
         torch.cuda.current_stream().wait_stream(self.side)
         return graph, indices, outputs
 
-    def _replay(self, steps: int, indices: torch.Tensor | None) -> Outputs:
-        """`steps` consecutive steps from their graph (captured on first use: a capture does not run the steps, so
-        they are replayed, and the counters they advance with them, once captured), reading a short batch's
-        `indices` through the graph's buffer."""
-        self.count += steps
-        key = (steps, None if indices is None else indices.shape[1])
+    def _take(self, indices: torch.Tensor | None) -> Outputs:
+        """One step: on the full batch at the epoch table's position (None), or on `indices` [2R, b]."""
+        self.count += 1
+        key = -1 if indices is None else indices.shape[1]  # the table's graph, or a graph reading its index buffer
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self.graphs[key] = self._capture(indices, steps)
+            if self.capture and self.count > WARMUP_STEPS:
+                # a capture does not run the step: replay it, and the counters it advances, once captured
+                entry = self.graphs[key] = self._capture(indices)
+            else:
+                return self._eager(indices)
         elif indices is not None:
             entry[1].copy_(indices)  # one copy into the captured buffer
         entry[0].replay()
         return entry[2]
 
     def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
-        """One optimiser step on each member's batch (sample indices, row indices): a full batch is read from the
-        epoch's index table (the same indices, `begin_epoch`), a short one from `batches`."""
-        full = len(batches[0][0]) == self.batch_size and self.epoch is not None
-        indices = None if full else torch.stack([t for pair in batches for t in pair])
-        if self.capture and self.count >= WARMUP_STEPS:
-            return self._replay(1, indices)
-        self.count += 1
-        return self._eager(indices)
+        """One optimiser step on each member's batch (sample indices, row indices), copied into the step."""
+        return self._take(torch.stack([t for pair in batches for t in pair]))
 
-    def run_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> Outputs:
-        """An epoch's steps on each member's batches (in step order): the full batches (all but a short last one)
-        from graphs of up to `MAX_GRAPH_STEPS` consecutive steps, after the warm-up's uncaptured steps."""
-        self.begin_epoch(batches)
-        steps = len(batches[0])
-        full = sum(len(batch) == self.batch_size for batch, _ in batches[0])
-        index = 0
-        while index < full:
-            if index % MAX_GRAPH_STEPS == 0 and self.capture and self.count >= WARMUP_STEPS:
-                chunk = min(full - index, MAX_GRAPH_STEPS)
-                outputs = self._replay(chunk, None)
-                index += chunk
-            else:  # a warm-up step, or one of the first epoch's steps after it: one at a time up to a chunk's start
-                outputs = self.take([member[index] for member in batches])
-                index += 1
-        if full < steps:
-            outputs = self.take([member[full] for member in batches])
+    def run_epoch(self, orders: torch.Tensor, starts: range) -> Outputs:
+        """An epoch's steps on its draws `orders` [R, 2, n] (each member's samples in order and their rows) cut at
+        `starts`: the full batches from the epoch's index table, a short last batch (up to n) copied in."""
+        n, b = orders.shape[-1], self.batch_size
+        full = sum(start + b <= n for start in starts)  # only the last batch can be short
+        if full:
+            self._write_epoch(orders, full)
+        for _ in range(full):
+            outputs = self._take(None)
+        if full < len(starts):
+            start = starts[full]
+            outputs = self._take(orders[:, :, start:].reshape(2 * len(orders), n - start))
         return outputs
 
     def sync(self) -> None:

@@ -112,11 +112,12 @@ class Member:
 
 
 class Step(Protocol):
-    """How a batch of members takes its optimiser steps: `run_epoch` takes an epoch's steps on every member's batches
-    (sample and row indices, in step order) and returns each member's loss and its parts at the last step; `sync`
-    leaves each member's method holding its trained values (before a val evaluation and at the end)."""
+    """How a batch of members takes its optimiser steps: `run_epoch` takes an epoch's steps on the epoch's draws
+    (`Plan.orders`: every member's samples in order and their rows) cut at `starts`, and returns each member's loss
+    and its parts at the last step; `sync` leaves each member's method holding its trained values (before a val
+    evaluation and at the end)."""
 
-    def run_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]
+    def run_epoch(self, orders: torch.Tensor, starts: range
                   ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]: ...
 
     def sync(self) -> None: ...
@@ -135,11 +136,13 @@ class EagerStep:
         """The sum of the members' losses on their batches, each member's loss, its parts."""
         raise NotImplementedError
 
-    def run_epoch(self, batches: list[list[tuple[torch.Tensor, torch.Tensor]]]
+    def run_epoch(self, orders: torch.Tensor, starts: range
                   ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        """A step on each member's batches in turn (`take`)."""
-        for index in range(len(batches[0])):
-            outputs = self.take([member[index] for member in batches])
+        """A step (`take`) on each batch of the epoch's draws `orders` [R, 2, n] in turn: member r's batch at `start`
+        is its samples `orders[r, 0, start:start + b]` and their rows `orders[r, 1, start:start + b]`."""
+        b = starts.step
+        for start in starts:
+            outputs = self.take([(order[0, start:start + b], order[1, start:start + b]) for order in orders])
         return outputs
 
     def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
@@ -211,14 +214,11 @@ class Plan:
                     [torch.Generator().manual_seed(m.seed) for m in members],  # CPU: the same draws on every device
                     [training_views(m.data, train_views) for m in members])
 
-    def batches(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Each member's batches of the next epoch, drawn from its own generator (`epoch_order`, every member's in
-        one copy to the device), cut at `starts`; each batch as (sample indices, row indices)."""
-        orders = to_device(torch.stack([epoch_order(g, self.n, v)
-                                        for g, (_, v) in zip(self.generators, self.views, strict=True)]), self.device)
-        b = self.batch_size
-        return [[(samples[start:start + b], rows[start:start + b]) for start in self.starts]
-                for samples, rows in orders]
+    def orders(self) -> torch.Tensor:
+        """The next epoch's draws [R, 2, n]: each member's from its own generator (`epoch_order`), every member's in
+        one copy to the device; a step cuts its batches at `starts`."""
+        return to_device(torch.stack([epoch_order(g, self.n, v)
+                                      for g, (_, v) in zip(self.generators, self.views, strict=True)]), self.device)
 
 
 def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], EagerStep], select: str,
@@ -243,7 +243,7 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
     for member in members:
         member.method.train()
     for epoch in range(plan.epochs):
-        losses, parts = step.run_epoch(plan.batches())
+        losses, parts = step.run_epoch(plan.orders(), plan.starts)
         # a copy (a captured step's outputs are overwritten by the next replay), kept on the device: reading it
         # now would make the host wait for the device every epoch
         names = names or [list(part) for part in parts]

@@ -1,10 +1,9 @@
 """Where one LatHAdapter fit's time goes: the Caltech-like cache of `benchmarks/fit.py` (16 shots), trained once to
 warm the device up, then again under cProfile; prints the fit's seconds and the functions of the package and of
 torch's optimiser and graph code by cumulative time. `--first` profiles the process's first fit instead (on a GPU:
-what a fresh process's fit pays once: kernel loading, workspaces, captures); `--graph-steps K` sets
-`adapter.graphed.MAX_GRAPH_STEPS` (full steps captured in one CUDA graph).
+what a fresh process's fit pays once: kernel loading, workspaces, captures).
 
-    python benchmarks/fit_profile.py [--device cpu|cuda] [--lines 35] [--first] [--graph-steps K]
+    python benchmarks/fit_profile.py [--device cpu|cuda] [--lines 35] [--first]
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import time
 import torch
 from fit import cache_for  # benchmarks/ is the script directory
 
-from lathadapter.adapter import graphed
 from lathadapter.adapter.catalog import create_method
 from lathadapter.adapter.trainer import synchronize, train
 from lathadapter.cache.store import CacheReader
@@ -29,10 +27,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--lines", type=int, default=35)
     parser.add_argument("--first", action="store_true", help="profile the first fit, not the third")
-    parser.add_argument("--graph-steps", type=int, default=None, help="adapter.graphed.MAX_GRAPH_STEPS")
     args = parser.parse_args()
-    if args.graph_steps is not None:
-        graphed.MAX_GRAPH_STEPS = args.graph_steps
     with CacheReader(cache_for("caltech")) as reader:
         data = reader.load(16, 1, device=args.device)
     device = torch.device(args.device)
@@ -52,7 +47,7 @@ def main() -> None:
         seconds.append(time.perf_counter() - start)
     print(f"torch {torch.__version__}, {args.device}: fit seconds {', '.join(f'{s:.3f}' for s in seconds)} "
           f"(the {'first' if args.first else 'last'} under cProfile); {result.steps} steps, captured "
-          f"{result.cuda_graph}, graph steps {graphed.MAX_GRAPH_STEPS}")
+          f"{result.cuda_graph}")
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("cumtime").print_stats(r"lathadapter|optim|graphs", args.lines)
     print(text.getvalue())

@@ -103,15 +103,13 @@ if [[ $DEVICE == cuda ]]; then
     # where the captured fit's time goes (cProfile of a third fit), and the first fit's (what a fresh process pays)
     stage fit_profile_cuda.txt 40 "$PY" benchmarks/fit_profile.py --device cuda
     stage fit_profile_cuda.txt 40 "$PY" benchmarks/fit_profile.py --device cuda --first
-    stage fit_profile_cuda.txt 40 "$PY" benchmarks/fit_profile.py --device cuda --graph-steps 1 --lines 12
     # (d) a 3-method x 5-shot x 3-seed grid, each method's runs of one shot count stacked and captured, on 1, 4 and
-    #     8 trainer threads (each on its own stream), with a graph per step and with an epoch's full steps in one
-    #     graph, after an untimed warm-up; then the same grid with 10 seeds
+    #     8 trainer threads (each on its own stream), after an untimed warm-up; then the same grid with 10 seeds
     stage grid_cuda.txt 100 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
-        --batch-runs 45 --stack on --workers "${GPU_CHECK_WORKERS:-1,4,8}" --graph-steps 1,64 --warmup \
+        --batch-runs 45 --stack on --workers "${GPU_CHECK_WORKERS:-1,4,8}" --warmup \
         --out "$RESULTS/grid_cuda.json"
     stage grid_cuda.txt 90 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
-        --batch-runs 45 --stack on --workers "${GPU_CHECK_WORKERS:-1,4,8}" --graph-steps 1,64 \
+        --batch-runs 45 --stack on --workers "${GPU_CHECK_WORKERS:-1,4,8}" \
         --seeds 1,2,3,4,5,6,7,8,9,10 --warmup --out "$RESULTS/grid_seeds10_cuda.json"
     #     where one trainer's grid time goes (cProfile of the main thread), 10 seeds
     stage grid_profile_cuda.txt 40 "$PY" benchmarks/grid.py --device cuda \

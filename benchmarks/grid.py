@@ -9,8 +9,7 @@ CUDA only); `--repeats R`
 alternates the configurations R times. `--device cuda` runs the local backend on the GPU, in one process: there
 `--workers 1,4` is the number of trainer threads, each on its own CUDA stream. `--warmup` first trains the grid's
 first shot and seed once, untimed (the process's first CUDA work: context, libraries, kernel loading), so the rows
-compare configurations rather than who went first. `--graph-steps 1,64` runs each configuration once per
-`adapter.graphed.MAX_GRAPH_STEPS` (full steps captured in one CUDA graph; 1: a graph per step).
+compare configurations rather than who went first.
 
     python benchmarks/grid.py [--methods zeroshot,tip-adapter-f,lathadapter] [--backend local,ray] [--workers 1,2]
                               [--batch-runs 1,8] [--stack auto] [--repeats 1] [--shots 1,2,4,8,16] [--seeds 1,2,3]
@@ -31,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from lathadapter.adapter import graphed
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.experiments.execution import Execution, RayOptions
 from lathadapter.experiments.launch import launch
@@ -51,8 +49,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternate the configurations this many times")
     parser.add_argument("--shots", default="1,2,4,8,16")
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--graph-steps", default="",
-                        help="values of adapter.graphed.MAX_GRAPH_STEPS, e.g. 1,64 (default: the code's)")
     parser.add_argument("--warmup", action="store_true", help="an untimed grid of the first shot and seed first")
     parser.add_argument("--profile", type=int, default=0, metavar="LINES",
                         help="print where this process's time went in the last configuration (cProfile of the "
@@ -70,11 +66,9 @@ def main() -> None:
         write_synthetic_cache(cache, num_classes=100, dim=512, train_per_class=20, val_per_class=6, views=10,
                               test_total=2465, families=10, num_attributes=64, seeds=tuple(range(1, last_seed + 1)))
     spec = GridSpec([str(cache)], methods, shots, seeds)
-    graph_steps = [int(v) for v in args.graph_steps.split(",")] if args.graph_steps else [graphed.MAX_GRAPH_STEPS]
-    configs = [(backend, int(w), int(b), stack, k) for backend in args.backend.split(",")
+    configs = [(backend, int(w), int(b), stack) for backend in args.backend.split(",")
                for w in (args.workers.split(",") if backend == "local" else ["1"])
-               for b in args.batch_runs.split(",") for stack in (args.stack.split(",") if b != "1" else ["auto"])
-               for k in graph_steps]
+               for b in args.batch_runs.split(",") for stack in (args.stack.split(",") if b != "1" else ["auto"])]
     rows = []
     if args.warmup:
         folder = Path(tempfile.mkdtemp(prefix="grid-warmup-"))
@@ -86,8 +80,7 @@ def main() -> None:
         finally:
             shutil.rmtree(folder)
     for repeat in range(args.repeats):
-        for backend, workers, batch_runs, stack, steps in configs:
-            graphed.MAX_GRAPH_STEPS = steps
+        for backend, workers, batch_runs, stack in configs:
             threads = torch.get_num_threads()
             if backend == "ray":
                 options = RayOptions(init_options={"include_dashboard": False, "log_to_driver": False})
@@ -99,8 +92,8 @@ def main() -> None:
                 threads = 1 if workers > 1 and args.device == "cpu" else threads
             folder = Path(tempfile.mkdtemp(prefix="grid-bench-"))
             try:
-                profile = cProfile.Profile() if args.profile and (backend, workers, batch_runs, stack, steps) \
-                    == configs[-1] and repeat == args.repeats - 1 else None
+                profile = cProfile.Profile() if args.profile and (backend, workers, batch_runs, stack) == configs[-1] \
+                    and repeat == args.repeats - 1 else None
                 start = time.perf_counter()
                 with profile or contextlib.nullcontext():
                     summary = launch(spec, folder, execution)
@@ -115,22 +108,21 @@ def main() -> None:
             finally:
                 shutil.rmtree(folder)
             rows.append({"backend": backend, "workers": workers, "threads": threads, "batch_runs": batch_runs,
-                         "stack": stack, "graph_steps": steps,
+                         "stack": stack,
                          "device": args.device, "repeat": repeat, "methods": methods, "shots": shots, "seeds": seeds,
                          "runs": summary["runs"], "seconds": seconds,
                          "runs_per_minute": 60 * summary["runs"] / seconds, "resume_seconds": resume_seconds,
                          "resume_skipped": again["skipped"]})
-            print(f"  repeat {repeat}: {backend} {workers} × {threads} batch {batch_runs} stack {stack} graph "
-                  f"steps {steps}: {seconds:.1f} s", flush=True)
+            print(f"  repeat {repeat}: {backend} {workers} × {threads} batch {batch_runs} stack {stack}: "
+                  f"{seconds:.1f} s", flush=True)
     label = f"{' × '.join(methods)} × {len(shots)} shots × {len(seeds)} seeds"
     print(f"torch {torch.__version__}, {args.device}")
     print(f"{'grid':<{len(label)}} {'backend':>7} {'procs×threads':>13} {'batch':>5} {'stack':>5} {'runs':>5} "
-          f"{'graph':>5} {'wall s':>8} {'runs/min':>9} {'resume s':>9}")
+          f"{'wall s':>8} {'runs/min':>9} {'resume s':>9}")
     for row in rows:  # on a GPU: one process, `workers` trainer threads (each on its own stream)
         shape = f"{row['workers']} × {row['threads']}" if args.device == "cpu" else f"1 × {row['workers']} str"
         print(f"{label} {row['backend']:>7} {shape:>13} {row['batch_runs']:5d} {row['stack']:>5} {row['runs']:5d} "
-              f"{row['graph_steps']:5d} {row['seconds']:8.1f} {row['runs_per_minute']:9.1f} "
-              f"{row['resume_seconds']:9.2f}")
+              f"{row['seconds']:8.1f} {row['runs_per_minute']:9.1f} {row['resume_seconds']:9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
 

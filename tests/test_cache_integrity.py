@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from test_cache_build import _dassl, _small_dataset  # written once for both files
 from typer.testing import CliRunner
 
@@ -221,6 +222,18 @@ def test_loading_refuses_non_finite_features(synthetic: Path, tmp_path: Path, na
     if name.startswith(("splits/test", "text", "attributes")):
         with CacheReader(broken) as reader, pytest.raises(CacheError, match=f"{name} row {row} holds non-finite"):
             reader.load_test()
+
+
+def test_the_finite_check_passes_finite_values_whose_sum_overflows(synthetic: Path) -> None:
+    """The check sums first (a finite sum: every value finite); a sum that overflows from finite values goes on to
+    the check value by value, which passes them, while an infinity hidden by its opposite is still found."""
+    big = torch.tensor([[3e38, 3e38], [1.0, 2.0]])
+    assert not torch.isfinite(big.sum())
+    with CacheReader(synthetic) as reader:
+        assert reader._finite("splits/train/features", big) is big
+        opposite = torch.tensor([[1.0, 2.0], [float("inf"), float("-inf")]])
+        with pytest.raises(CacheError, match="splits/train/features row 1 holds non-finite values"):
+            reader._finite("splits/train/features", opposite)
 
 
 def test_loading_a_damaged_file_says_what_is_missing(synthetic: Path, tmp_path: Path) -> None:
