@@ -9,8 +9,9 @@
 #   (c) benchmarks/fit.py --device cuda --only caltech (LatHAdapter's fit, target <= 0.25 s), captured (the
 #       default) and with LATHADAPTER_GRAPHS=off;
 #       benchmarks/fit_profile.py --device cuda: where a captured fit's time goes;
-#   (d) benchmarks/grid.py --device cuda with stacked, captured runs on 1, 2, 4 and 8 trainer threads (runs/min,
-#       target >= 2,000), with 3 seeds and with 10, and a profile of one trainer's grid;
+#   (d) benchmarks/grid.py --device cuda with stacked, captured runs on 1, 4 and 8 trainer threads (runs/min,
+#       target >= 2,000), with 3 seeds and with 10, and a profile of one trainer's grid; benchmarks/grid_processes.py:
+#       2 and 4 processes training the 10-seed grid at once, 4 trainer threads each;
 #   (e) benchmarks/radial_loss.py --device cuda (the loss stage: Triton against the eager PyTorch twin and
 #       torch.compile of it, hier=cone; last, since compiling may take long: it gets what is left of the budget).
 #   The one-time cache build (benchmarks/cache_build.py --device cuda, a random ViT-B-16, 15 decoding workers, in
@@ -115,6 +116,10 @@ if [[ $DEVICE == cuda ]]; then
     stage grid_profile_cuda.txt 40 "$PY" benchmarks/grid.py --device cuda \
         --methods clip-adapter,tip-adapter-f,lathadapter --batch-runs 45 --stack on --warmup --profile 30 \
         --seeds 1,2,3,4,5,6,7,8,9,10 --out "$RESULTS/grid_profile_cuda.json"
+    #     2 and 4 processes at once, each a copy of the 10-seed grid on 4 trainer threads: the aggregate rate
+    stage grid_processes_cuda.txt 110 "$PY" benchmarks/grid_processes.py --processes 2,4 --lead 15 --timeout 40 \
+        --out "$RESULTS/grid_processes_cuda.json" -- --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
+        --batch-runs 45 --stack on --workers 4 --seeds 1,2,3,4,5,6,7,8,9,10
     # (e) the loss stage alone: Triton, eager PyTorch twin, torch.compile (dynamic=False: one compile per shape)
     if [[ $STAGES != all ]]; then
         stage cache_build_cuda.txt 90 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 \

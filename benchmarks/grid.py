@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import csv
 import json
 import pstats
 import shutil
@@ -50,6 +51,9 @@ def main() -> None:
     parser.add_argument("--shots", default="1,2,4,8,16")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--warmup", action="store_true", help="an untimed grid of the first shot and seed first")
+    parser.add_argument("--start-at", type=float, default=None, metavar="UNIX_TIME",
+                        help="after the warm-up, wait until this time before the timed grids (benchmarks/"
+                             "grid_processes.py starts several copies together)")
     parser.add_argument("--profile", type=int, default=0, metavar="LINES",
                         help="print where this process's time went in the last configuration (cProfile of the "
                              "main thread: LINES functions by own time, then the package's by cumulative time)")
@@ -79,6 +83,8 @@ def main() -> None:
             print(f"  warm-up (untimed): {time.perf_counter() - start:.1f} s", flush=True)
         finally:
             shutil.rmtree(folder)
+    if args.start_at is not None:
+        time.sleep(max(0.0, args.start_at - time.time()))
     for repeat in range(args.repeats):
         for backend, workers, batch_runs, stack in configs:
             threads = torch.get_num_threads()
@@ -99,6 +105,7 @@ def main() -> None:
                     summary = launch(spec, folder, execution)
                 seconds = time.perf_counter() - start
                 if profile is not None:
+                    print_batches(folder / "results.csv")
                     pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
                     pstats.Stats(profile).sort_stats("cumulative").print_stats(r"/(adapter|experiments)/",
                                                                              args.profile)
@@ -112,6 +119,7 @@ def main() -> None:
                          "device": args.device, "repeat": repeat, "methods": methods, "shots": shots, "seeds": seeds,
                          "runs": summary["runs"], "seconds": seconds,
                          "runs_per_minute": 60 * summary["runs"] / seconds, "resume_seconds": resume_seconds,
+                         "started_at": time.time() - seconds - resume_seconds, "ended_at": time.time() - resume_seconds,
                          "resume_skipped": again["skipped"]})
             print(f"  repeat {repeat}: {backend} {workers} × {threads} batch {batch_runs} stack {stack}: "
                   f"{seconds:.1f} s", flush=True)
@@ -125,6 +133,21 @@ def main() -> None:
               f"{row['seconds']:8.1f} {row['runs_per_minute']:9.1f} {row['resume_seconds']:9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+
+
+def print_batches(results: Path) -> None:
+    """Each (method, shots) batch's training wall time (train_seconds is the batch's divided among its runs; it
+    includes the post-training search) and its runs' evaluation time: where a grid's critical path lies."""
+    with results.open() as f:
+        rows = list(csv.DictReader(f))
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], int(row["shots"])), []).append(row)
+    print(f"{'method':<16} {'shots':>5} {'runs':>4} {'steps':>6} {'train s':>8} {'eval s':>7}")
+    for (method, shots), members in sorted(groups.items()):
+        train = sum(float(r["train_seconds"]) for r in members)
+        evaluation = sum(float(r["eval_seconds"]) for r in members)
+        print(f"{method:<16} {shots:5d} {len(members):4d} {members[0]['steps']:>6} {train:8.3f} {evaluation:7.3f}")
 
 
 if __name__ == "__main__":
