@@ -148,10 +148,17 @@ class LossModule(torch.nn.Module):
         return self.method.loss(features, labels)
 
 
+# The members' training rows are joined into one tensor when it holds at most this many bytes: a batch is then one
+# gather for all members, not one per member (on a GPU each is a kernel of the step: 2R + 2 of CLIP-Adapter's ~90
+# with 10 runs stacked); larger sets (ImageNet's) are read member by member rather than copied.
+JOIN_BYTES = 1 << 30
+
+
 class Stacked(EagerStep):
     """The members' parameters stacked along a leading run dimension, the loss vmapped over it (batched matrix
     products), one optimiser over the stacked tensors (each element's update is elementwise, so each run's state is
-    its own); `sync` writes each run's slice back into its member's method."""
+    its own); `sync` writes each run's slice back into its member's method. A batch's features and labels are two
+    gathers from the members' rows and labels joined (`JOIN_BYTES`)."""
 
     def __init__(self, members: list[Member], plan: Plan) -> None:
         from torch.func import functional_call, stack_module_state, vmap
@@ -164,13 +171,28 @@ class Stacked(EagerStep):
         self.scheduler = build_scheduler(self.optimizer, [recipe], plan.epochs, len(plan.starts))
         self.rows = [rows for rows, _ in plan.views]
         self.labels = [m.data.train_labels for m in members]
+        self.joined: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if sum(rows.nbytes for rows in self.rows) <= JOIN_BYTES:
+            offsets = torch.arange(len(members), device=plan.device).unsqueeze(1)
+            self.joined = (torch.cat(self.rows), offsets * len(self.rows[0]),  # rows [R·M, D], member r's at r·M
+                           torch.cat(self.labels), offsets * len(self.labels[0]))
         self.loss_of = vmap(lambda p, b, x, y: functional_call(self.modules[0], (p, b), (x, y)))
 
     def losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
                ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        features = torch.stack([rows.index_select(0, batch_rows)
-                                for rows, (_, batch_rows) in zip(self.rows, batches, strict=True)])
-        targets = torch.stack([y.index_select(0, batch) for y, (batch, _) in zip(self.labels, batches, strict=True)])
+        return self.losses_of(torch.stack([t for pair in batches for t in pair]))
+
+    def losses_of(self, indices: torch.Tensor
+                  ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """`losses` on the batches of `indices` [2R, b] (member r's samples in row 2r, their rows in 2r + 1)."""
+        samples, rows = indices[0::2], indices[1::2]
+        if self.joined is not None:
+            joined_rows, row_offsets, joined_labels, label_offsets = self.joined
+            features = joined_rows.index_select(0, (rows + row_offsets).view(-1)).view(*rows.shape, -1)
+            targets = joined_labels.index_select(0, (samples + label_offsets).view(-1)).view(samples.shape)
+        else:
+            features = torch.stack([r.index_select(0, i) for r, i in zip(self.rows, rows, strict=True)])
+            targets = torch.stack([y.index_select(0, i) for y, i in zip(self.labels, samples, strict=True)])
         losses, parts = self.loss_of(self.stacked, self.buffers, features, targets)
         return losses.sum(), list(losses), [{k: v[r] for k, v in parts.items()} for r in range(len(self.modules))]
 

@@ -89,8 +89,9 @@ class Inner(Protocol):
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
-    def losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
-               ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]: ...
+    def losses_of(self, indices: torch.Tensor
+                  ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        ...
 
     def sync(self) -> None: ...
 
@@ -154,7 +155,7 @@ class Graphed:
         step would keep its autograd graph, and so its parameters' gradient accumulators, alive across streams."""
         torch._foreach_copy_(self.lrs, list(self.table.index_select(0, self.number)[0].unbind()))
         self.number.add_(1)
-        total, losses, parts = self.inner.losses([(indices[r], indices[r + 1]) for r in range(0, len(indices), 2)])
+        total, losses, parts = self.inner.losses_of(indices)
         total.backward()
         self.inner.optimizer.step()
         return [loss.detach() for loss in losses], parts

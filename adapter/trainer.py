@@ -136,6 +136,11 @@ class EagerStep:
         """The sum of the members' losses on their batches, each member's loss, its parts."""
         raise NotImplementedError
 
+    def losses_of(self, indices: torch.Tensor
+                  ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """`losses` on the batches of `indices` [2R, b]: member r's samples in row 2r, their rows in 2r + 1."""
+        return self.losses([(indices[r], indices[r + 1]) for r in range(0, len(indices), 2)])
+
     def run_epoch(self, orders: torch.Tensor, starts: range
                   ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
         """A step (`take`) on each batch of the epoch's draws `orders` [R, 2, n] in turn: member r's batch at `start`

@@ -88,8 +88,8 @@ def graphed_step(method, params, optimizer, data) -> Callable[[torch.Generator],
             self.params, self.optimizer = params, optimizer
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
-        def losses(self, batches):
-            [(batch, rows)] = batches
+        def losses_of(self, indices):
+            batch, rows = indices
             loss, parts = method.loss(data.train_features.index_select(0, rows), data.train_labels[batch])
             return loss, [loss], [parts]
 

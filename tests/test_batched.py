@@ -108,6 +108,24 @@ def test_stacked_runs_equal_each_alone_within_float_rounding(cache: Path, method
         assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("method", ["clip-adapter", "lathadapter"])
+def test_stacked_batches_read_member_by_member_equal_the_joined_read_bit_for_bit(
+        cache: Path, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch is gathered from the members' rows joined into one tensor, or (sets over JOIN_BYTES) from each
+    member's rows in turn: the same features and labels, so the same training to the last bit."""
+    from lathadapter.adapter import batched
+
+    datas = _load(cache, 4, (1, 2, 3))
+    trained = []
+    for join_bytes in (batched.JOIN_BYTES, 0):
+        monkeypatch.setattr(batched, "JOIN_BYTES", join_bytes)
+        members = [Member(_build(method, d, s), d, s) for d, s in zip(datas, (1, 2, 3), strict=True)]
+        train_together(members, stack=True)
+        trained.append(members)
+    for joined, apart in zip(*trained, strict=True):
+        assert _equal_states(joined.method, apart.method)
+
+
 def test_members_that_take_other_steps_are_refused(cache: Path) -> None:
     [small], [large] = _load(cache, 2, (1,)), _load(cache, 4, (1,))
     members = [Member(_build("taskres", small, 1), small, 1), Member(_build("taskres", large, 1), large, 1)]
