@@ -203,7 +203,8 @@ class Graphed:
         if entry is None:
             if self.capture and self.count > WARMUP_STEPS:
                 # a capture does not run the step: replay it, and the counters it advances, once captured
-                entry = self.graphs[key] = self._capture(indices)
+                # its own index buffer (`indices` may be a view of the run's draws)
+                entry = self.graphs[key] = self._capture(None if indices is None else indices.clone())
             else:
                 return self._eager(indices)
         elif indices is not None:

@@ -86,12 +86,17 @@ def training_views(data: FewShotData, train_views: str = "augmented") -> tuple[t
     return stacked.reshape(-1, stacked.shape[-1]), stacked.shape[1]
 
 
-def epoch_order(generator: torch.Generator, n: int, num_views: int) -> torch.Tensor:
-    """One epoch's draws, on the CPU: a random view per sample and a random order, drawn from `generator` (view
-    first); returns [2, n]: the samples in order, and their rows in `training_views`' rows."""
-    view = torch.randint(num_views, (n,), generator=generator)  # one random view per sample
-    order = torch.randperm(n, generator=generator)
-    return torch.stack([order, order * num_views + view[order]])
+def epoch_orders(generator: torch.Generator, n: int, num_views: int, epochs: int) -> torch.Tensor:
+    """Every epoch's draws, on the CPU: each epoch a random view per sample, then a random order, drawn from
+    `generator` (view first); returns [epochs, 2, n]: each epoch's samples in order, and their rows in
+    `training_views`' rows. Drawn before training (nothing else draws from the run's generator), the arithmetic
+    once for all epochs."""
+    views, orders = [], []
+    for _ in range(epochs):
+        views.append(torch.randint(num_views, (n,), generator=generator))  # one random view per sample
+        orders.append(torch.randperm(n, generator=generator))
+    view, order = torch.stack(views), torch.stack(orders)
+    return torch.stack([order, order * num_views + view.gather(1, order)], dim=1)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -113,7 +118,7 @@ class Member:
 
 class Step(Protocol):
     """How a batch of members takes its optimiser steps: `run_epoch` takes an epoch's steps on the epoch's draws
-    (`Plan.orders`: every member's samples in order and their rows) cut at `starts`, and returns each member's loss
+    (`Plan.draws`: every member's samples in order and their rows) cut at `starts`, and returns each member's loss
     and its parts at the last step; `sync` leaves each member's method holding its trained values (before a val
     evaluation and at the end)."""
 
@@ -219,20 +224,22 @@ class Plan:
                     [torch.Generator().manual_seed(m.seed) for m in members],  # CPU: the same draws on every device
                     [training_views(m.data, train_views) for m in members])
 
-    def orders(self) -> torch.Tensor:
-        """The next epoch's draws [R, 2, n]: each member's from its own generator (`epoch_order`), every member's in
-        one copy to the device; a step cuts its batches at `starts`."""
-        return to_device(torch.stack([epoch_order(g, self.n, v)
-                                      for g, (_, v) in zip(self.generators, self.views, strict=True)]), self.device)
+    def draws(self) -> torch.Tensor:
+        """Every epoch's draws [epochs, R, 2, n]: each member's from its own generator (`epoch_orders`), all in one
+        copy to the device; a step cuts an epoch's batches at `starts`."""
+        return to_device(torch.stack([epoch_orders(g, self.n, v, self.epochs)
+                                      for g, (_, v) in zip(self.generators, self.views, strict=True)], dim=1),
+                         self.device)
 
 
 def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], EagerStep], select: str,
              train_views: str, results: list[TrainResult], progress=None, graphs: bool | None = None) -> None:
-    """The training loop, for one run (a batch of one) or several trained together: each epoch draws every member's
-    batches from its own generator, takes the steps `make_step` builds (`Lockstep`, or `batched.Stacked`; with
-    `graphs`, default `graphed.graphs_on` the device, replayed from CUDA graphs when the methods allow it), records
-    each member's last-batch loss and its parts, and under `select="val"` keeps each member's first best epoch on its
-    few-shot val set; the kept states are loaded at the end."""
+    """The training loop, for one run (a batch of one) or several trained together: every member's batches of every
+    epoch are drawn first, each from its own generator (`Plan.draws`); each epoch takes the steps `make_step` builds
+    (`Lockstep`, or `batched.Stacked`; with `graphs`, default `graphed.graphs_on` the device, replayed from CUDA
+    graphs when the methods allow it), records each member's last-batch loss and its parts, and under
+    `select="val"` keeps each member's first best epoch on its few-shot val set; the kept states are loaded at the
+    end."""
     plan = Plan.of(members, train_views)
     eager = make_step(members, plan)
     methods = [m.method for m in members]
@@ -247,8 +254,9 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
     names: list[list[str]] = []
     for member in members:
         member.method.train()
+    draws = plan.draws()
     for epoch in range(plan.epochs):
-        losses, parts = step.run_epoch(plan.orders(), plan.starts)
+        losses, parts = step.run_epoch(draws[epoch], plan.starts)
         # a copy (a captured step's outputs are overwritten by the next replay), kept on the device: reading it
         # now would make the host wait for the device every epoch
         names = names or [list(part) for part in parts]

@@ -162,6 +162,19 @@ def test_attribute_prompts_start_at_kmeans_centres_of_the_vocabulary() -> None:
         assert torch.allclose(prompts[k], members.mean(0), atol=1e-5)
 
 
+def test_remembered_kmeans_centres_are_each_callers_own() -> None:
+    """k-means is remembered per input; a caller changing its centres (they become trained prompts) changes nothing
+    the next caller gets: Lloyd's fixed point still holds for it."""
+    from lathadapter.adapter.methods.lathadapter.method import kmeans
+
+    points = torch.randn(30, 4, generator=torch.Generator().manual_seed(2))
+    kmeans(points, 3).add_(10.0)
+    centres = kmeans(points, 3)
+    assignment = torch.cdist(points, centres).argmin(1)
+    for k in range(3):
+        assert torch.allclose(centres[k], points[assignment == k].mean(0), atol=1e-5)
+
+
 def test_novel_classes_get_their_own_prototypes_from_text() -> None:
     data = make_data()
     method = create_method("lathadapter", data, num_attributes=4, infer="euclid")

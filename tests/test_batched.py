@@ -53,6 +53,22 @@ def _equal_states(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.parametrize("n,views,epochs", [(7, 3, 5), (40, 1, 2), (1, 10, 3)])
+def test_every_epochs_draws_at_once_are_the_draws_of_one_epoch_after_another(n: int, views: int, epochs: int) -> None:
+    """The trainer's draws, restated one epoch at a time: a random view per sample, then a random order, from the run's
+    generator; a batch's rows are sample·V + its view."""
+    from lathadapter.adapter.trainer import epoch_orders
+
+    generator = torch.Generator().manual_seed(11)
+    expected = []
+    for _ in range(epochs):
+        view = torch.randint(views, (n,), generator=generator)
+        order = torch.randperm(n, generator=generator)
+        expected.append(torch.stack([order, torch.tensor([i * views + int(view[i]) for i in order.tolist()])]))
+    got = epoch_orders(torch.Generator().manual_seed(11), n, views, epochs)
+    assert got.shape == (epochs, 2, n) and torch.equal(got, torch.stack(expected))
+
+
 @pytest.mark.parametrize("method", TRAINED)
 def test_a_batch_of_one_is_the_plain_trainer_bit_for_bit(cache: Path, method: str) -> None:
     [data] = _load(cache, 4, (2,))
