@@ -111,7 +111,7 @@ class Graphed:
     one launch, which is what lets several trainer threads share one GPU.
 
     (Graphs of an epoch's consecutive full steps, one launch an epoch, were measured on an H200 and lost: a graph's
-    launch costs the host in proportion to its kernels, and capturing more steps costs more; stop 12's notes.)"""
+    launch costs the host in proportion to its kernels, and capturing more steps costs more; docs/architecture.md.)"""
 
     def __init__(self, inner: Inner, steps: int, methods: list[Method], capture: bool, batch_size: int) -> None:
         self.inner, self.params, self.capture, self.batch_size = inner, inner.params, capture, batch_size
@@ -202,7 +202,7 @@ class Graphed:
         entry = self.graphs.get(key)
         if entry is None:
             if self.capture and self.count > WARMUP_STEPS:
-                # a capture does not run the step: replay it, and the counters it advances, once captured
+                # a capture does not run the step: replay it, and the counters it advances, once captured; with
                 # its own index buffer (`indices` may be a view of the run's draws)
                 entry = self.graphs[key] = self._capture(None if indices is None else indices.clone())
             else:

@@ -99,11 +99,11 @@ if [[ $DEVICE == cuda ]]; then
     #     (LATHADAPTER_GRAPHS=off: the Triton twin, op by op)
     # (each fit a fresh child process: stop 11's call 2 ran out of 40 s after two)
     stage fit_cuda.txt 60 "$PY" benchmarks/fit.py --device cuda --only caltech --methods lathadapter --repeats 3
-    stage fit_cuda.txt 35 env LATHADAPTER_GRAPHS=off "$PY" benchmarks/fit.py --device cuda --only caltech \
+    stage fit_uncaptured_cuda.txt 35 env LATHADAPTER_GRAPHS=off "$PY" benchmarks/fit.py --device cuda --only caltech \
         --methods lathadapter --repeats 2 --out "$RESULTS/fit_uncaptured_cuda.json"
     # where the captured fit's time goes (cProfile of a third fit), and the first fit's (what a fresh process pays)
     stage fit_profile_cuda.txt 40 "$PY" benchmarks/fit_profile.py --device cuda
-    stage fit_profile_cuda.txt 40 "$PY" benchmarks/fit_profile.py --device cuda --first
+    stage fit_first_cuda.txt 40 "$PY" benchmarks/fit_profile.py --device cuda --first
     # (d) a 3-method x 5-shot x 3-seed grid, each method's runs of one shot count stacked and captured, on 1, 4 and
     #     8 trainer threads (each on its own stream), after an untimed warm-up; then the same grid with 10 seeds
     stage grid_cuda.txt 100 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
@@ -117,7 +117,8 @@ if [[ $DEVICE == cuda ]]; then
         --methods clip-adapter,tip-adapter-f,lathadapter --batch-runs 45 --stack on --warmup --profile 30 \
         --seeds 1,2,3,4,5,6,7,8,9,10 --out "$RESULTS/grid_profile_cuda.json"
     #     2 and 4 processes at once, each a copy of the 10-seed grid on 4 trainer threads: the aggregate rate
-    stage grid_processes_cuda.txt 110 "$PY" benchmarks/grid_processes.py --processes 2,4 --lead 15 --timeout 40 \
+    stage grid_processes_cuda.txt 110 "$PY" benchmarks/grid_processes.py --processes "${GPU_CHECK_PROCESSES:-2,4}" \
+        --lead 15 --timeout 40 \
         --out "$RESULTS/grid_processes_cuda.json" -- --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
         --batch-runs 45 --stack on --workers 4 --seeds 1,2,3,4,5,6,7,8,9,10
     # (e) the loss stage alone: Triton, eager PyTorch twin, torch.compile (dynamic=False: one compile per shape)
