@@ -18,10 +18,10 @@
 #   $GPU_CHECK_PRECISION, default amp) runs when stages are named: GPU_CHECK_STAGES="... cache_build_cuda.txt"
 #   (stop 9's check measured it in fp32 with 0, 8 and 15 workers: benchmarks/results/gpu_check_cuda.txt).
 #
-# Each stage's output goes to $OUT/<stage>_cuda.txt (at most 8 files come back from the device machine: 7 tables and
-# results_json.tar with the JSON files the scripts wrote under benchmarks/results/), and a copy to
-# benchmarks/results/<stage>_cuda.txt on the machine. $OUT/gpu_check.txt holds the machine, the versions and each
-# stage's exit status (124: out of time).
+# Each stage's output goes to $OUT/<stage>_cuda.txt and a copy to benchmarks/results/<stage>_cuda.txt on the
+# machine; at the end the tables and the JSON files the scripts wrote under benchmarks/results/ are packed into
+# $OUT/results.tar (at most 8 files come back from the device machine). $OUT/gpu_check.txt holds the machine, the
+# versions and each stage's exit status (124: out of time).
 #
 # The device machine's image has torch, triton, h5py and pytest but not open_clip: carry its wheels in .whl/
 # (open_clip_torch, ftfy, wcwidth; made here with the device README's pip-download recipe). The lead's call:
@@ -147,7 +147,11 @@ else  # a dry run of the same commands on the CPU with tiny sizes
         --sizes 16x10x4 --rounds 1 --calls 1 --out "$OUT/dry_radial_loss.json"
 fi
 
-# the JSON files the stages wrote, as one file (at most 8 files come back from $OUT)
-if [[ $DEVICE == cuda ]]; then (cd "$RESULTS" && tar -cf "$OUT/results_json.tar" ./*cuda*.json) || true; fi
+# the stages' tables and the JSON files they wrote, as one file: at most 8 files come back from the device machine,
+# and a full check writes more tables than that
+if [[ $DEVICE == cuda ]]; then
+    (cd "$OUT" && tar -cf results.tar ./*_cuda.txt -C "$RESULTS" $(cd "$RESULTS" && ls ./*cuda*.json)) \
+        && rm -f "$OUT"/*_cuda.txt
+fi
 echo "total $SECONDS s" | tee -a "$SUMMARY"
 rm -rf "$PACKAGE_DIR"
