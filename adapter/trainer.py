@@ -150,7 +150,7 @@ class EagerStep:
                   ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
         """A step (`take`) on each batch of the epoch's draws `orders` [R, 2, n] in turn: member r's batch at `start`
         is its samples `orders[r, 0, start:start + b]` and their rows `orders[r, 1, start:start + b]`."""
-        b = starts.step
+        b = starts.step  # the batch size: starts is range(0, n, b), cut at the epoch's steps
         for start in starts:
             outputs = self.take([(order[0, start:start + b], order[1, start:start + b]) for order in orders])
         return outputs

@@ -43,7 +43,7 @@ def kmeans(points: torch.Tensor, k: int, seed: int = 0, iterations: int = 50) ->
     """Lloyd's k-means with k-means++ seeding (deterministic for `seed`); returns the `k` centres. Remembered for the
     last few inputs: every run of a grid on one cache (any seed, shots) starts its prompts from the same vocabulary,
     and on a GPU grid's trainer threads the k-means was a tenth of the host's work per LatHAdapter run."""
-    points = points.float().cpu().contiguous()
+    points = points.detach().float().cpu().contiguous()
     key = (tuple(points.shape), points.numpy().tobytes(), k, seed, iterations)
     with _KMEANS_LOCK:
         centres = _KMEANS_CENTRES.get(key)
