@@ -100,10 +100,10 @@ def main() -> None:
             try:
                 profile = cProfile.Profile() if args.profile and (backend, workers, batch_runs, stack) == configs[-1] \
                     and repeat == args.repeats - 1 else None
-                start = time.perf_counter()
+                started_at, start = time.time(), time.perf_counter()
                 with profile or contextlib.nullcontext():
                     summary = launch(spec, folder, execution)
-                seconds = time.perf_counter() - start
+                seconds, ended_at = time.perf_counter() - start, time.time()
                 if profile is not None:
                     print_batches(folder / "results.csv")
                     pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
@@ -119,7 +119,7 @@ def main() -> None:
                          "device": args.device, "repeat": repeat, "methods": methods, "shots": shots, "seeds": seeds,
                          "runs": summary["runs"], "seconds": seconds,
                          "runs_per_minute": 60 * summary["runs"] / seconds, "resume_seconds": resume_seconds,
-                         "started_at": time.time() - seconds - resume_seconds, "ended_at": time.time() - resume_seconds,
+                         "started_at": started_at, "ended_at": ended_at,
                          "resume_skipped": again["skipped"]})
             print(f"  repeat {repeat}: {backend} {workers} × {threads} batch {batch_runs} stack {stack}: "
                   f"{seconds:.1f} s", flush=True)

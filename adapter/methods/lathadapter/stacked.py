@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, mix
+from lathadapter.adapter.methods.base import LOGIT_SCALE, mean_cross_entropy, mix
 from lathadapter.adapter.methods.lathadapter.reference import ATTRIBUTE, CATEGORY, IMAGE
 from lathadapter.kernels.cone import cone_energy_from_invariants
 from lathadapter.kernels.geometry import distance_from_invariants
@@ -51,7 +51,7 @@ def masked_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     p = F.normalize(q, dim=-1)
     image_class = v @ p.t()  # [B, C]
     # 6. losses; a term whose weight is 0 is left out (a fixed choice of the options, as in the fused forms)
-    ce = F.cross_entropy(LOGIT_SCALE * image_class, y)
+    ce = mean_cross_entropy(LOGIT_SCALE * image_class, y)
     hyp = hier = anchor = x.new_zeros(())
     if o.lambda_hyp > 0 or o.lambda_hier > 0:
         # 5. scaled radii (the ball rescaled to curvature −1): ρ' = √c |exp0(ρ e)|
@@ -59,7 +59,7 @@ def masked_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
         rho_cat = model.scaled_radii(CATEGORY, p, q.norm(dim=-1), c)
         aa, bb, _, uu = _invariants(rho_img[:, None], rho_cat[None, :], image_class)
         d = distance_from_invariants(aa, bb, uu, one) / c.sqrt()  # [B, C]
-        hyp = F.cross_entropy(-d / model.log_tau_hyp.exp(), y)
+        hyp = mean_cross_entropy(-d / model.log_tau_hyp.exp(), y)
     if o.lambda_hier > 0:
         rho_attr = model.scaled_radii(ATTRIBUTE, a, model.attribute_prompts.norm(dim=-1), c)
         num_classes = p.shape[0]
