@@ -80,7 +80,7 @@ def method_step(data, options: dict) -> Callable[[torch.Generator], None]:
 
 def graphed_step(method, params, optimizer, data) -> Callable[[torch.Generator], None]:
     """The same step as the trainer takes it on CUDA (`adapter.graphed.Graphed`): the fixed-shape loss, captured
-    after three uncaptured steps, replayed with the batch's indices copied in."""
+    after `WARMUP_STEPS` uncaptured steps, replayed with the batch's indices copied in."""
     from lathadapter.adapter.graphed import Graphed
 
     class One:  # the trainer's Lockstep of one run, reduced to what Graphed calls
