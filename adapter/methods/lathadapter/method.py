@@ -233,7 +233,7 @@ class LatHAdapter(Method):
             directions = torch.cat([side.prototypes, side.attributes]) if attribute_cosines else side.prototypes
             image_cosines = cosines(mixed, directions, unit_y=True)
             c = self.curvature
-            if kind:  # one 0-d radius per kind (under Triton: constant radius vectors)
+            if kind:  # one 0-d radius per kind (under Triton, `scaled_radii` below gives constant radius vectors)
                 radii = tuple(scaled_radius(self.log_scales.exp(), c).unbind())
             else:
                 length = torch.linalg.vector_norm(mixed, dim=-1)
