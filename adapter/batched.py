@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from lathadapter.adapter.graphed import batch_indices
 from lathadapter.adapter.methods.base import Method, ProtocolWarning
 from lathadapter.adapter.options import environment_choice
 from lathadapter.adapter.recipes import build_optimizer, build_scheduler
@@ -171,30 +172,44 @@ class Stacked(EagerStep):
         self.scheduler = build_scheduler(self.optimizer, [recipe], plan.epochs, len(plan.starts))
         self.rows = [rows for rows, _ in plan.views]
         self.labels = [m.data.train_labels for m in members]
-        self.joined: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.joined: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         if sum(rows.nbytes for rows in self.rows) <= JOIN_BYTES:
-            offsets = torch.arange(len(members), device=plan.device).unsqueeze(1)
-            self.joined = (torch.cat(self.rows), offsets * len(self.rows[0]),  # rows [R·M, D], member r's at r·M
-                           torch.cat(self.labels), offsets * len(self.labels[0]))
+            # rows [R·M, D] (member r's at r·M) and labels [R·N] (at r·N), and each member's offsets (samples, rows)
+            offsets = torch.arange(len(members), device=plan.device)[:, None, None] * torch.tensor(
+                [[len(self.labels[0])], [len(self.rows[0])]], device=plan.device)  # [R, 2, 1]
+            self.joined = (torch.cat(self.rows), torch.cat(self.labels), offsets)
         self.loss_of = vmap(lambda p, b, x, y: functional_call(self.modules[0], (p, b), (x, y)))
+        # the gradient of each member's loss in their sum: differentiating the losses [R] with it is the sum's
+        # backward without the sum and the seed's fill (two kernels of a captured step)
+        self.seed = torch.ones(len(members), device=plan.device)
 
     def losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
                ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        return self.losses_of(torch.stack([t for pair in batches for t in pair]))
+        return self.losses_of(batch_indices(batches))
+
+    def indexed(self, draws: torch.Tensor) -> torch.Tensor:
+        """The draws [..., R, 2, n] as indices into the joined rows and labels (each member's offsets added, once
+        per training rather than at every step), or as drawn when the rows are read member by member."""
+        return draws if self.joined is None else draws + self.joined[2]
 
     def losses_of(self, indices: torch.Tensor
                   ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        """`losses` on the batches of `indices` [2R, b] (member r's samples in row 2r, their rows in 2r + 1)."""
-        samples, rows = indices[0::2], indices[1::2]
+        """`losses` on the batches of `indices` [2, R, b] (the members' samples, then their rows; as `indexed`
+        gives them)."""
+        samples, rows = indices[0], indices[1]
         if self.joined is not None:
-            joined_rows, row_offsets, joined_labels, label_offsets = self.joined
-            features = joined_rows.index_select(0, (rows + row_offsets).view(-1)).view(*rows.shape, -1)
-            targets = joined_labels.index_select(0, (samples + label_offsets).view(-1)).view(samples.shape)
+            joined_rows, joined_labels, _ = self.joined
+            features = joined_rows.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)
+            targets = joined_labels.index_select(0, samples.reshape(-1)).view(samples.shape)
         else:
             features = torch.stack([r.index_select(0, i) for r, i in zip(self.rows, rows, strict=True)])
             targets = torch.stack([y.index_select(0, i) for y, i in zip(self.labels, samples, strict=True)])
         losses, parts = self.loss_of(self.stacked, self.buffers, features, targets)
-        return losses.sum(), list(losses), [{k: v[r] for k, v in parts.items()} for r in range(len(self.modules))]
+        return losses, list(losses), [{k: v[r] for k, v in parts.items()} for r in range(len(self.modules))]
+
+    def backward(self, total: torch.Tensor) -> None:
+        """`total` is the members' losses [R]: differentiate their sum."""
+        total.backward(self.seed)
 
     def sync(self) -> None:
         with torch.no_grad():

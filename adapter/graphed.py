@@ -82,6 +82,12 @@ def schedule_table(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_s
     return table
 
 
+def batch_indices(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The members' batches (sample indices, row indices) as one step's indices [2, R, b]: the samples of every
+    member, then their rows (each half contiguous, so a stacked step gathers either in one read)."""
+    return torch.stack([torch.stack([samples for samples, _ in batches]), torch.stack([rows for _, rows in batches])])
+
+
 class Inner(Protocol):
     """The step a `Graphed` captures (`trainer.Lockstep`, `batched.Stacked`)."""
 
@@ -92,6 +98,10 @@ class Inner(Protocol):
     def losses_of(self, indices: torch.Tensor
                   ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
         ...
+
+    def backward(self, total: torch.Tensor) -> None: ...
+
+    def indexed(self, draws: torch.Tensor) -> torch.Tensor: ...
 
     def sync(self) -> None: ...
 
@@ -131,42 +141,47 @@ class Graphed:
             elif group.get("foreach"):
                 group["foreach"] = False  # foreach Adam takes a tensor lr only when capturable (CUDA)
         self.count = 0  # steps taken (the host's count)
-        self.number = torch.zeros(1, dtype=torch.long, device=device)  # the step's row of `table` (the device's)
-        self.position = torch.zeros(1, dtype=torch.long, device=device)  # the full batch's row of `epoch`
-        self.epoch: torch.Tensor | None = None  # [full batches, 2R, batch size]: member r's samples, rows in 2r, 2r + 1
+        # the device's counters: the step's row of `table` and the full batch's row of `epoch` (one tensor: a full
+        # batch's step advances both in one kernel)
+        self.counters = torch.zeros(2, dtype=torch.long, device=device)
+        self.epoch: torch.Tensor | None = None  # [full batches, 2, R, batch size]: the members' samples, then rows
         # by batch size (-1: the full batch read from `epoch`): graph, index buffer, outputs
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor | None, Outputs]] = {}
         self.side = torch.cuda.Stream(device) if capture else None
 
     def _write_epoch(self, orders: torch.Tensor, full: int) -> None:
         """Write the first `full` batches of the epoch's draws `orders` [R, 2, n] into the index table
-        [full, 2R, batch size] (member r's samples in row 2r, their rows in 2r + 1), in place: one copy."""
+        [full, 2, R, batch size] (the members' samples, then their rows), in place: one copy."""
         runs, b = len(orders), self.batch_size
-        table = orders[:, :, :full * b].reshape(runs, 2, full, b).permute(2, 0, 1, 3).reshape(full, 2 * runs, b)
+        table = orders[:, :, :full * b].reshape(runs, 2, full, b).permute(2, 1, 0, 3)
         if self.epoch is None:
             self.epoch = table.contiguous()
         else:
             self.epoch.copy_(table)
-        self.position.zero_()
+        self.counters[1:].zero_()
 
-    def _compute(self, indices: torch.Tensor) -> Outputs:
-        """One step on the batches of `indices` [2R, b] at the schedule's next lr: forward, backward and update (the
-        grads are None on entry: backward writes them). The losses come back detached: a loss kept until the next
-        step would keep its autograd graph, and so its parameters' gradient accumulators, alive across streams."""
-        torch._foreach_copy_(self.lrs, list(self.table.index_select(0, self.number)[0].unbind()))
-        self.number.add_(1)
+    def _compute(self, indices: torch.Tensor, lrs: torch.Tensor) -> Outputs:
+        """One step on the batches of `indices` [2, R, b] at the learning rates `lrs` [groups]: forward, backward and
+        update (the grads are None on entry: backward writes them). The losses come back detached: a loss kept until
+        the next step would keep its autograd graph, and so its parameters' gradient accumulators, alive across
+        streams."""
+        torch._foreach_copy_(self.lrs, list(lrs.unbind()))
         total, losses, parts = self.inner.losses_of(indices)
-        total.backward()
+        self.inner.backward(total)
         self.inner.optimizer.step()
         return [loss.detach() for loss in losses], parts
 
     def _step(self, indices: torch.Tensor | None) -> Outputs:
-        """A step on `indices`, or (None) on the full batch at the epoch's position, which it advances."""
+        """A step on `indices`, or (None) on the full batch at the epoch's position, at the schedule's next learning
+        rates; it advances the counters (each read is queued before the add)."""
+        lrs = self.table.index_select(0, self.counters[:1])[0]
         if indices is None:
             assert self.epoch is not None
-            indices = self.epoch.index_select(0, self.position)[0]
-            self.position.add_(1)
-        return self._compute(indices)
+            indices = self.epoch.index_select(0, self.counters[1:])[0]
+            self.counters.add_(1)
+        else:
+            self.counters[:1].add_(1)
+        return self._compute(indices, lrs)
 
     def _eager(self, indices: torch.Tensor | None) -> Outputs:
         for param in self.params:
@@ -196,15 +211,16 @@ class Graphed:
         return graph, indices, outputs
 
     def _take(self, indices: torch.Tensor | None) -> Outputs:
-        """One step: on the full batch at the epoch table's position (None), or on `indices` [2R, b]."""
+        """One step: on the full batch at the epoch table's position (None), or on `indices` [2, R, b]."""
         self.count += 1
-        key = -1 if indices is None else indices.shape[1]  # the table's graph, or a graph reading its index buffer
+        key = -1 if indices is None else indices.shape[-1]  # the table's graph, or a graph reading its index buffer
         entry = self.graphs.get(key)
         if entry is None:
             if self.capture and self.count > WARMUP_STEPS:
                 # a capture does not run the step: replay it, and the counters it advances, once captured; with
-                # its own index buffer (`indices` may be a view of the run's draws)
-                entry = self.graphs[key] = self._capture(None if indices is None else indices.clone())
+                # its own contiguous index buffer (`indices` may be a view of the run's draws)
+                buffer = None if indices is None else indices.clone(memory_format=torch.contiguous_format)
+                entry = self.graphs[key] = self._capture(buffer)
             else:
                 return self._eager(indices)
         elif indices is not None:
@@ -214,7 +230,7 @@ class Graphed:
 
     def take(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
         """One optimiser step on each member's batch (sample indices, row indices), copied into the step."""
-        return self._take(torch.stack([t for pair in batches for t in pair]))
+        return self._take(batch_indices(batches))
 
     def run_epoch(self, orders: torch.Tensor, starts: range) -> Outputs:
         """An epoch's steps on its draws `orders` [R, 2, n] (each member's samples in order and their rows) cut at
@@ -227,8 +243,11 @@ class Graphed:
             outputs = self._take(None)
         if full < len(starts):
             start = starts[full]
-            outputs = self._take(orders[:, :, start:].reshape(2 * len(orders), n - start))
+            outputs = self._take(orders[:, :, start:].transpose(0, 1))
         return outputs
+
+    def indexed(self, draws: torch.Tensor) -> torch.Tensor:
+        return self.inner.indexed(draws)
 
     def sync(self) -> None:
         self.inner.sync()

@@ -117,10 +117,12 @@ class Member:
 
 
 class Step(Protocol):
-    """How a batch of members takes its optimiser steps: `run_epoch` takes an epoch's steps on the epoch's draws
-    (`Plan.draws`: every member's samples in order and their rows) cut at `starts`, and returns each member's loss
-    and its parts at the last step; `sync` leaves each member's method holding its trained values (before a val
-    evaluation and at the end)."""
+    """How a batch of members takes its optimiser steps: `indexed` turns the draws (`Plan.draws`: every member's
+    samples in order and their rows) into the indices the step reads, once per training; `run_epoch` takes an
+    epoch's steps on them cut at `starts`, and returns each member's loss and its parts at the last step; `sync`
+    leaves each member's method holding its trained values (before a val evaluation and at the end)."""
+
+    def indexed(self, draws: torch.Tensor) -> torch.Tensor: ...
 
     def run_epoch(self, orders: torch.Tensor, starts: range
                   ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]: ...
@@ -138,13 +140,23 @@ class EagerStep:
 
     def losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
                ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        """The sum of the members' losses on their batches, each member's loss, its parts."""
+        """What `backward` differentiates (the members' losses on their batches, summed or as one vector), each
+        member's loss, its parts."""
         raise NotImplementedError
+
+    def backward(self, total: torch.Tensor) -> None:
+        """Differentiate the sum of the members' losses, given `total` as `losses` returns it (here their sum)."""
+        total.backward()
+
+    def indexed(self, draws: torch.Tensor) -> torch.Tensor:
+        """The draws [..., R, 2, n] as the step's indices: here as drawn (each member's own samples and rows)."""
+        return draws
 
     def losses_of(self, indices: torch.Tensor
                   ) -> tuple[torch.Tensor, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        """`losses` on the batches of `indices` [2R, b]: member r's samples in row 2r, their rows in 2r + 1."""
-        return self.losses([(indices[r], indices[r + 1]) for r in range(0, len(indices), 2)])
+        """`losses` on the batches of `indices` [2, R, b]: the members' samples in `indices[0]`, their rows in
+        `indices[1]`."""
+        return self.losses(list(zip(indices[0], indices[1], strict=True)))
 
     def run_epoch(self, orders: torch.Tensor, starts: range
                   ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -159,7 +171,7 @@ class EagerStep:
              ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
         total, losses, parts = self.losses(batches)
         clear_grads(self.params)
-        total.backward()
+        self.backward(total)
         self.optimizer.step()
         self.scheduler.step()
         return losses, parts
@@ -254,7 +266,7 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
     names: list[list[str]] = []
     for member in members:
         member.method.train()
-    draws = plan.draws()
+    draws = step.indexed(plan.draws())
     for epoch in range(plan.epochs):
         losses, parts = step.run_epoch(draws[epoch], plan.starts)
         # a copy (a captured step's outputs are overwritten by the next replay), kept on the device: reading it

@@ -89,9 +89,12 @@ def graphed_step(method, params, optimizer, data) -> Callable[[torch.Generator],
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
         def losses_of(self, indices):
-            batch, rows = indices
+            batch, rows = indices[:, 0]  # [2, 1, b]: one member's samples and rows
             loss, parts = method.loss(data.train_features.index_select(0, rows), data.train_labels[batch])
             return loss, [loss], [parts]
+
+        def backward(self, total: torch.Tensor) -> None:
+            total.backward()
 
         def sync(self) -> None:
             pass

@@ -59,7 +59,7 @@ def step_operations(method: str, runs: int, shots: int) -> collections.Counter[s
     plan = Plan.of(members, "augmented")
     step = Graphed(Stacked(members, plan), plan.epochs * len(plan.starts), [m.method for m in members],
                    capture=False, batch_size=plan.batch_size)
-    draws = plan.draws()
+    draws = step.indexed(plan.draws())
     step.run_epoch(draws[0], plan.starts)  # the optimiser's state exists, as when a step is captured
     count = Count()
     if plan.n >= plan.batch_size:  # a full batch's step, read from the epoch's index table

@@ -68,6 +68,7 @@ class _NormalizeVmap(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(*output)
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # the length's gradient stays None, not a tensor of zeros (a kernel)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
@@ -141,6 +142,7 @@ class _CosinesVmap(torch.autograd.Function):
         out, x_length, y_length = output
         ctx.save_for_backward(inputs[0], inputs[1], x_length, y_length, out)
         ctx.mark_non_differentiable(*(t for t in (x_length, y_length) if t is not None))
+        ctx.set_materialize_grads(False)  # the lengths' gradients stay None, not tensors of zeros (kernels)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, *_: torch.Tensor):
