@@ -55,7 +55,10 @@ def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def log1p(x: torch.Tensor) -> torch.Tensor:
     """log(1 + x) for x ≥ 0 as log(u) · x / (u − 1), u = 1 + x (Goldberg's correction of the rounding of u, within a
-    few ulps), and x where u rounds to 1: `torch.log1p` is not vectorised on the CPU and takes 3–5× as long."""
+    few ulps), and x where u rounds to 1: `torch.log1p` is not vectorised on the CPU and takes 3–5× as long. On a
+    GPU, `torch.log1p` (one kernel, not seven)."""
+    if x.is_cuda:
+        return torch.log1p(x)
     u = x + 1
     below = u - 1
     return torch.where(below == 0, x, torch.log(u).mul_(x).div_(below))
@@ -250,6 +253,53 @@ class _ConeEnergy(torch.autograd.Function):
 def radial_distance(rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Poincaré distance between the points of scaled radii ρ_a, ρ_b whose directions have these cosines."""
     return _RadialDistance.apply(rho_a, rho_b, cosine, c)
+
+
+class _AffineArcosh(torch.autograd.Function):
+    """d = arcosh(1 + δ) / √c with δ = δ0 + δ1·cos affine in the cosine, its coefficients given (broadcasting
+    against the cosines), in the form `torch.func.vmap` takes (forward without ctx, `setup_context`, a generated vmap
+    rule) and with tensors only: the [B, C] work of `radial_distance_fixed`, about ten operations forward and as many
+    backward where autograd through the formula records some sixty (each a kernel on a GPU)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(intercept: torch.Tensor, slope: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        sqrt_c = c.sqrt()
+        delta = torch.addcmul(intercept, slope, cosine).clamp_min_(0)  # 0 up to rounding where the points meet
+        root = (delta + 2).mul_(delta).sqrt_()
+        out = log1p(delta + root).div_(sqrt_c)
+        return out, root.clamp_min_(machine_eps(cosine.dtype)).mul_(sqrt_c)  # √c · dd/dδ's denominator
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        out, scale = output
+        ctx.save_for_backward(*inputs, out, scale)
+        ctx.mark_non_differentiable(scale)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _: torch.Tensor | None):
+        if grad is None:  # nothing reached the distance (`set_materialize_grads(False)`)
+            return None, None, None, None
+        intercept, slope, cosine, c, out, scale = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        per_delta = grad / scale  # ∂L/∂δ = grad / (√c √(δ(δ + 2)))
+        return (_reduce(per_delta, intercept) if needs[0] else None,
+                _reduce(per_delta * cosine, slope) if needs[1] else None,
+                per_delta * slope if needs[2] else None,
+                -_dot(grad, out) / (2 * c) if needs[3] else None)  # at a fixed δ, d ∝ 1/√c
+
+
+def radial_distance_fixed(rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor
+                          ) -> torch.Tensor:
+    """`radial_distance` in the form stacked runs (under `torch.func.vmap`) and captured steps take: tensors only,
+    never a host read. δ = k(ρ_a² + ρ_b²) − 2kρ_aρ_b cos with k = 2/((1 − ρ_a²)(1 − ρ_b²)): its coefficients are
+    computed on the radii (0-d with one radius per kind) by autograd, the rest by `_AffineArcosh`."""
+    aa, bb = rho_a * rho_a, rho_b * rho_b
+    k = 2 / ((1 - aa) * (1 - bb))
+    return _AffineArcosh.apply(k * (aa + bb), -2 * k * rho_a * rho_b, cosine, c)[0]
 
 
 def radial_exterior_angle(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:

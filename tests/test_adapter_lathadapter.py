@@ -265,24 +265,33 @@ def test_the_cpu_fused_twin_equals_the_reference(options: dict, dtype: torch.dty
 
 @pytest.mark.parametrize("options", TWIN_CASES, ids=["-".join(f"{k}={v}" for k, v in o.items()) for o in TWIN_CASES])
 def test_the_stacked_runs_twin_equals_the_reference(options: dict) -> None:
-    """`stacked.masked_loss` (a class mask for the batch's categories, radial invariants, no host reads) against
+    """`stacked.masked_loss` (a class mask for the batch's categories, the radial distance, no host reads) against
     `impl=reference` in float64: loss and the gradient of every trained parameter; and under vmap over two stacked
-    copies of the model, each copy's loss is the reference's."""
+    copies of the model on two different batches, each copy's loss and gradients are the reference's on its batch."""
     method, x, y = twin_and_reference({**options, "impl": "reference"}, torch.float64)
+    names = [name for name, p in method.named_parameters() if p.requires_grad]
     params = [p for p in method.parameters() if p.requires_grad]
     reference, _ = method.loss(x, y)
     masked, _ = masked_loss(method, x, y)
     tol = {"rtol": 1e-9, "atol": 1e-11}
     torch.testing.assert_close(masked, reference, **tol)
-    for (name, _), g, e in zip((n for n in method.named_parameters() if n[1].requires_grad),
-                               torch.autograd.grad(masked, params, materialize_grads=True),
-                               torch.autograd.grad(reference, params, materialize_grads=True), strict=True):
+    reference_grads = torch.autograd.grad(reference, params, materialize_grads=True)
+    for name, g, e in zip(names, torch.autograd.grad(masked, params, materialize_grads=True), reference_grads,
+                          strict=True):
         torch.testing.assert_close(g, e, **tol, msg=lambda m, name=name: f"{name}: {m}")
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(11), dtype=x.dtype)
+    x2, y2 = F.normalize(x + 0.3 * noise, dim=-1), y.roll(1)
+    other, _ = method.loss(x2, y2)
+    other_grads = torch.autograd.grad(other, params, materialize_grads=True)
     module = LossModule(method)
-    params, buffers = torch.func.stack_module_state([module, module])
+    stacked_params, buffers = torch.func.stack_module_state([module, module])
     stacked, _ = torch.func.vmap(lambda p, b, x, y: torch.func.functional_call(module, (p, b), (x, y)))(
-        params, buffers, torch.stack([x, x]), torch.stack([y, y]))
-    torch.testing.assert_close(stacked, torch.stack([reference, reference]).detach(), **tol)
+        stacked_params, buffers, torch.stack([x, x2]), torch.stack([y, y2]))
+    torch.testing.assert_close(stacked, torch.stack([reference, other]).detach(), **tol)
+    leaves = [stacked_params[f"method.{name}"] for name in names]
+    for name, g, e0, e1 in zip(names, torch.autograd.grad(stacked.sum(), leaves, materialize_grads=True),
+                               reference_grads, other_grads, strict=True):
+        torch.testing.assert_close(g, torch.stack([e0, e1]), **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("radius", ["head", "norm"])

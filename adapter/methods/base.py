@@ -71,8 +71,8 @@ class _NormalizeVmap(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # the length's gradient stays None, not a tensor of zeros (a kernel)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
-        return normalize_backward(grad, *ctx.saved_tensors)
+    def backward(ctx, grad: torch.Tensor | None, _: torch.Tensor | None) -> torch.Tensor | None:
+        return None if grad is None else normalize_backward(grad, *ctx.saved_tensors)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +145,9 @@ class _CosinesVmap(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # the lengths' gradients stay None, not tensors of zeros (kernels)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, *_: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor | None, *_: torch.Tensor | None):
+        if grad is None:  # nothing reached the cosines (`set_materialize_grads(False)`)
+            return None, None, None
         return *cosines_backward(grad, *ctx.saved_tensors, ctx.needs_input_grad), None
 
 
