@@ -131,8 +131,10 @@ class Graphed:
         groups = inner.optimizer.param_groups
         self.table = torch.tensor(schedule_table(inner.optimizer, inner.scheduler, steps), dtype=torch.float32,
                                   device=device)  # [steps, groups]
-        self.lrs = [torch.tensor(float(group["lr"]), dtype=torch.float32, device=device) for group in groups]
-        for group, lr in zip(groups, self.lrs, strict=True):
+        # the step's learning rates [1, groups], one row of `table` written in place at every step; each group reads
+        # its element
+        self.lrs = torch.tensor([[float(group["lr"]) for group in groups]], dtype=torch.float32, device=device)
+        for group, lr in zip(groups, self.lrs[0].unbind(), strict=True):
             group["lr"] = lr  # the optimiser reads this tensor at every step: each step writes the schedule's value
             if isinstance(inner.optimizer, torch.optim.SGD):
                 group["fused"], group["foreach"] = True, False  # the SGD form that reads a tensor lr on the device
@@ -160,12 +162,11 @@ class Graphed:
             self.epoch.copy_(table)
         self.counters[1:].zero_()
 
-    def _compute(self, indices: torch.Tensor, lrs: torch.Tensor) -> Outputs:
-        """One step on the batches of `indices` [2, R, b] at the learning rates `lrs` [groups]: forward, backward and
-        update (the grads are None on entry: backward writes them). The losses come back detached: a loss kept until
+    def _compute(self, indices: torch.Tensor) -> Outputs:
+        """One step on the batches of `indices` [2, R, b]: forward, backward and update at the learning rates in
+        `lrs` (the grads are None on entry: backward writes them). The losses come back detached: a loss kept until
         the next step would keep its autograd graph, and so its parameters' gradient accumulators, alive across
         streams."""
-        torch._foreach_copy_(self.lrs, list(lrs.unbind()))
         total, losses, parts = self.inner.losses_of(indices)
         self.inner.backward(total)
         self.inner.optimizer.step()
@@ -174,14 +175,14 @@ class Graphed:
     def _step(self, indices: torch.Tensor | None) -> Outputs:
         """A step on `indices`, or (None) on the full batch at the epoch's position, at the schedule's next learning
         rates; it advances the counters (each read is queued before the add)."""
-        lrs = self.table.index_select(0, self.counters[:1])[0]
+        torch.index_select(self.table, 0, self.counters[:1], out=self.lrs)  # the step's learning rates
         if indices is None:
             assert self.epoch is not None
             indices = self.epoch.index_select(0, self.counters[1:])[0]
             self.counters.add_(1)
         else:
             self.counters[:1].add_(1)
-        return self._compute(indices, lrs)
+        return self._compute(indices)
 
     def _eager(self, indices: torch.Tensor | None) -> Outputs:
         for param in self.params:

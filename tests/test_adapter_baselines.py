@@ -201,6 +201,42 @@ def test_normalize_and_blend_match_the_plain_formulas_in_value_and_gradient() ->
         torch.testing.assert_close(a, e)
 
 
+@pytest.mark.parametrize("final_relu", [False, True], ids=["blend", "final-relu"])
+def test_the_fixed_shape_adapter_blend_is_the_plain_formula_and_vmaps(final_relu: bool) -> None:
+    """`adapter_mix` (stacked runs, captured steps) against the blend written out, (1 − α) x + α g(x) with
+    g(x) = relu(x W1ᵀ) W2ᵀ, or relu of it (CLIP-Adapter's final ReLU), in float64: the value, the gradients w.r.t. x,
+    W1 and W2, gradcheck; and vmapped over 3 stacked runs, each run's gradients are its own."""
+    from torch.func import vmap
+
+    from lathadapter.adapter.methods.base import adapter_mix
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 8, dtype=torch.float64, generator=generator).requires_grad_()
+    first = torch.randn(3, 8, dtype=torch.float64, generator=generator).requires_grad_()
+    second = torch.randn(8, 3, dtype=torch.float64, generator=generator).requires_grad_()
+    alpha = 0.3
+
+    def written_out(x, first, second):
+        adapted = torch.relu(x @ first.t()) @ second.t()
+        return (1 - alpha) * x + alpha * (torch.relu(adapted) if final_relu else adapted)
+
+    weights = torch.randn(6, 8, dtype=torch.float64, generator=generator)
+    expected, actual = written_out(x, first, second), adapter_mix(x, first, second, alpha, final_relu)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    for e, a in zip(torch.autograd.grad((weights * expected).sum(), (x, first, second)),
+                    torch.autograd.grad((weights * actual).sum(), (x, first, second)), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *t: adapter_mix(*t, alpha, final_relu), (x, first, second))
+    xs, firsts, seconds = (torch.stack([t.detach() * (1 + r) for r in range(3)]).requires_grad_()
+                           for t in (x, first, second))
+    stacked = vmap(lambda *t: adapter_mix(*t, alpha, final_relu))(xs, firsts, seconds)
+    got = torch.autograd.grad((weights * stacked).sum(), (xs, firsts, seconds))
+    for r in range(3):
+        want = torch.autograd.grad((weights * written_out(xs[r], firsts[r], seconds[r])).sum(), (xs, firsts, seconds))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g[r], w[r], rtol=1e-12, atol=1e-12)
+
+
 def test_cosines_equal_the_product_of_normalised_rows_with_their_gradients() -> None:
     from lathadapter.adapter.methods.base import cosines
 

@@ -200,9 +200,13 @@ class Method(nn.Module):
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss on a batch and its named parts (for logging); cross-entropy on the logits by default (in its
         fixed-shape form when stacked or captured)."""
-        cross_entropy = mean_cross_entropy if vmapped() or self.fixed_shapes else F.cross_entropy
+        cross_entropy = mean_cross_entropy if self.fixed_form() else F.cross_entropy
         loss = cross_entropy(self.logits(features), labels)
         return loss, {"ce": loss.detach()}
+
+    def fixed_form(self) -> bool:
+        """Whether the loss runs in its fixed-shape form: under vmap (stacked runs) or in a captured step."""
+        return self.fixed_shapes or vmapped()
 
     def after_training(self, data: FewShotData) -> dict[str, Any]:
         """Work done once training ends (e.g. hyper-parameter search on the few-shot val set); returns what it chose."""
@@ -268,10 +272,60 @@ def mix_with(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, ratio: 
     return hidden, torch.addmm(x, hidden, second.t(), beta=1 - ratio, alpha=ratio)
 
 
-def mix(x: torch.Tensor, adapter: Adapter, ratio: float) -> torch.Tensor:
-    """`(1 − α) x + α g(x)`, the residual blend before its renormalisation."""
+class _AdapterMix(torch.autograd.Function):
+    """`mix_with`'s blend `(1 − α) x + α g(x)` (with `final_relu`, CLIP-Adapter's `g(x) = relu(relu(x W1ᵀ) W2ᵀ)`) in
+    the form `torch.func.vmap` takes, for stacked runs and captured steps. Its backward takes each weight's gradient
+    as `gᵀ h` in the weight's own layout: autograd's transposed product is copied into it, one more kernel per layer
+    (with runs stacked, the batched product's layout no longer matches)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, ratio: float, final_relu: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hidden = torch.relu(x @ first.t())
+        adapted = hidden @ second.t()
+        if final_relu:
+            adapted = torch.relu(adapted)
+        return torch.lerp(x, adapted, ratio), hidden, adapted  # x + α (g(x) − x): one kernel for the blend
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, first, second, ctx.ratio, ctx.final_relu = inputs
+        _, hidden, adapted = output
+        ctx.save_for_backward(x, first, second, hidden, adapted)
+        ctx.mark_non_differentiable(hidden, adapted)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None, *_: torch.Tensor | None):
+        if grad is None:  # nothing reached the blend (`set_materialize_grads(False)`)
+            return None, None, None, None, None
+        x, first, second, hidden, adapted = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        adapted_grad = grad * ctx.ratio
+        if ctx.final_relu:
+            adapted_grad = torch.ops.aten.threshold_backward(adapted_grad, adapted, 0)
+        hidden_grad = torch.ops.aten.threshold_backward(adapted_grad @ second, hidden, 0)
+        return (torch.addmm(grad, hidden_grad, first, beta=1 - ctx.ratio) if needs[0] else None,
+                hidden_grad.t() @ x if needs[1] else None,
+                adapted_grad.t() @ hidden if needs[2] else None, None, None)
+
+
+def adapter_mix(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, ratio: float, final_relu: bool = False
+                ) -> torch.Tensor:
+    """`(1 − α) x + α g(x)` for rows x [N, D] in the fixed-shape form of stacked runs and captured steps
+    (`_AdapterMix`)."""
+    return _AdapterMix.apply(x, first, second, ratio, final_relu)[0]
+
+
+def mix(x: torch.Tensor, adapter: Adapter, ratio: float, fixed: bool = False) -> torch.Tensor:
+    """`(1 − α) x + α g(x)`, the residual blend before its renormalisation; `fixed`: in the form of stacked runs and
+    captured steps (`adapter_mix`), which it always takes under vmap."""
     first, _, second = adapter.net
     rows = x.reshape(-1, x.shape[-1])
+    if fixed or vmapped():
+        return adapter_mix(rows, first.weight, second.weight, ratio).reshape(x.shape)
     return mix_with(rows, first.weight, second.weight, ratio)[1].reshape(x.shape)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, adapter_mix, cosines, mix, normalize
 from lathadapter.adapter.options import RecipeTrainOptions, option
 from lathadapter.adapter.recipes import RecipeFacts, TrainRecipe, dataset_key, fill, recipe_from, training_values
 from lathadapter.adapter.registry import register
@@ -60,6 +60,9 @@ class ClipAdapter(Method):
         self.adapter = Adapter(data.text_features.shape[1], options.reduction).to(data.text_features.device)
         self.final_relu = options.final_relu
         self.recipe = recipe_from(options, official_recipe(data.dataset, data.shots))
+        # the class text features normalised once (as the official code does before training), which the
+        # fixed-shape form reads: its steps then take no norm of them (two kernels of a captured step); not saved
+        self.register_buffer("text_unit", normalize(self.text_features), persistent=False)
 
     def train_recipe(self) -> TrainRecipe:
         return self.recipe
@@ -69,6 +72,12 @@ class ClipAdapter(Method):
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         text = self.text_features if text_features is None else text_features
+        if self.fixed_form():  # stacked runs and captured steps
+            first, _, second = self.adapter.net
+            mixed = adapter_mix(features, first.weight, second.weight, self.options.alpha, self.final_relu)
+            if text_features is None:
+                return LOGIT_SCALE * cosines(mixed, self.text_unit, unit_y=True)
+            return LOGIT_SCALE * cosines(mixed, text)
         if not self.final_relu:
             return LOGIT_SCALE * cosines(mix(features, self.adapter, self.options.alpha), text)
         first, _, second = self.adapter.net

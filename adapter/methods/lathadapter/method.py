@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix, normalize, vmapped
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix, normalize
 from lathadapter.adapter.methods.lathadapter.diagnostics import hierarchy_diagnostics
 from lathadapter.adapter.methods.lathadapter.fused import fused_loss
 from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
@@ -213,10 +213,10 @@ class LatHAdapter(Method):
         `hyp_metric=euclid` the fused forms run without their Poincaré L_hyp and its Euclidean twin is added here."""
         o = self.options
         features = self.centred_images(features)
-        euclid_twin = o.hyp_metric == "euclid" and o.impl == "fused" and not (vmapped() or self.fixed_shapes)
+        euclid_twin = o.hyp_metric == "euclid" and o.impl == "fused" and not self.fixed_form()
         if euclid_twin:
             o = dataclasses.replace(o, lambda_hyp=0.0)
-        if vmapped() or self.fixed_shapes:  # stacked runs, captured steps: the fixed-shape form (`stacked.masked_loss`)
+        if self.fixed_form():  # stacked runs, captured steps: the fixed-shape form (`stacked.masked_loss`)
             loss, parts = masked_loss(self, features, labels)
         elif o.impl == "reference":
             loss, parts = reference_loss(self, features, labels)

@@ -65,8 +65,8 @@ def masked_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     choice of the options, as in the fused forms): each operation is a kernel of a captured step."""
     o, c, t = model.options, model.curvature, model.text_features
     # 1–3. adapters, attribute prompts, associations, refined prototypes
-    z = mix(x, model.visual_adapter, o.alpha_v)
-    m = mix(t, model.text_adapter, o.alpha_t)
+    z = mix(x, model.visual_adapter, o.alpha_v, fixed=True)
+    m = mix(t, model.text_adapter, o.alpha_t, fixed=True)
     v, u = normalize(z), normalize(m)
     a = normalize(model.attribute_prompts)
     w = torch.softmax(u @ a.t() / o.tau_attr, dim=-1)  # [C, K]
