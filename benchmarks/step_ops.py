@@ -5,9 +5,12 @@ the count times a few microseconds (stop 12: CLIP-Adapter's step of about 70 ker
 so the count is the CPU's view of what a GPU step costs.
 
     python benchmarks/step_ops.py [--methods clip-adapter,tip-adapter-f,lathadapter] [--runs 3,10] [--shots 16]
+                                  [--grid 1,2,4,8,16]
 
 Uses benchmarks/grid.py's 10-seed Caltech-like cache (made when missing). Prints a table: method, runs stacked,
-operations, and the most frequent ones.
+operations, and the most frequent ones. `--grid SHOTS` adds the kernels of benchmarks/grid.py's stacked batches
+(each method at each shot count: steps × operations per step, full and short batches apart), whose total is the
+CPU's estimate of the GPU work of one grid (a batch's kernels do not grow with its runs).
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ class Count(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def step_operations(method: str, runs: int, shots: int) -> collections.Counter[str]:
-    """The operations of one full-batch step of `runs` stacked runs of `method` (after one epoch of warm-up)."""
+def run_operations(method: str, runs: int, shots: int
+                   ) -> tuple[collections.Counter[str] | None, collections.Counter[str] | None, int, int]:
+    """The operations of one full-batch step and of one short-batch step of `runs` stacked runs of `method` (after
+    one epoch of warm-up; None where an epoch has no such step), and how many of each a training takes."""
     with CacheReader(CACHE) as reader:
         datas = [reader.load(shots, seed) for seed in range(1, runs + 1)]
     members = []
@@ -61,15 +66,26 @@ def step_operations(method: str, runs: int, shots: int) -> collections.Counter[s
                    capture=False, batch_size=plan.batch_size)
     draws = step.indexed(plan.draws())
     step.run_epoch(draws[0], plan.starts)  # the optimiser's state exists, as when a step is captured
-    count = Count()
-    if plan.n >= plan.batch_size:  # a full batch's step, read from the epoch's index table
-        step.run_epoch(draws[1][:, :, :plan.batch_size], range(0, plan.batch_size, plan.batch_size))
-        with count:
+    b = plan.batch_size
+    full = sum(start + b <= plan.n for start in plan.starts)
+    full_ops = short_ops = None
+    if full:  # a full batch's step, read from the epoch's index table
+        step._write_epoch(draws[1], full)
+        with Count() as full_ops:
             step._take(None)
-    else:  # the epoch's one short batch, copied in
-        with count:
-            step.run_epoch(draws[1], plan.starts)
-    return count.names
+    if full < len(plan.starts):  # the epoch's short last batch, copied in
+        with Count() as short_ops:
+            step._take(draws[1][:, :, plan.starts[full]:].transpose(0, 1))
+    return (full_ops.names if full_ops else None, short_ops.names if short_ops else None, plan.epochs * full,
+            plan.epochs * (len(plan.starts) - full))
+
+
+def step_operations(method: str, runs: int, shots: int) -> collections.Counter[str]:
+    """The operations of one step of `runs` stacked runs of `method`: a full batch's, else the short batch's."""
+    full, short, _, _ = run_operations(method, runs, shots)
+    result = full if full is not None else short
+    assert result is not None
+    return result
 
 
 def main() -> None:
@@ -77,6 +93,10 @@ def main() -> None:
     parser.add_argument("--methods", default="clip-adapter,tip-adapter-f,lathadapter")
     parser.add_argument("--runs", default="3,10")
     parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--grid", default="", metavar="SHOTS",
+                        help="also the kernels of benchmarks/grid.py's batches at these shots (e.g. 1,2,4,8,16): "
+                             "steps × operations per method and shot count, counted on 3 runs stacked (the count "
+                             "does not depend on the runs)")
     args = parser.parse_args()
     if not CACHE.exists():
         CACHE.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +111,20 @@ def main() -> None:
             names = step_operations(method, runs, args.shots)
             common = ", ".join(f"{name} {n}" for name, n in names.most_common(8))
             print(f"{method:<14} {runs:4d} {sum(names.values()):5d}  {common}", flush=True)
+    if args.grid:
+        print("\nkernels of one stacked batch of the grid (each step's operations; a batch's kernels do not grow "
+              "with its runs)")
+        print(f"{'method':<14} {'shots':>5} {'steps':>6} {'ops/step':>9} {'kernels':>9}")
+        total = 0
+        for method in args.methods.split(","):
+            for shots in (int(v) for v in args.grid.split(",")):
+                full, short, full_steps, short_steps = run_operations(method, 3, shots)
+                kernels = full_steps * sum((full or {}).values()) + short_steps * sum((short or {}).values())
+                per_step = "/".join(str(sum(c.values())) for c in (full, short) if c is not None)
+                total += kernels
+                print(f"{method:<14} {shots:5d} {full_steps + short_steps:6d} {per_step:>9} {kernels:9d}",
+                      flush=True)
+        print(f"{'total':<14} {'':>5} {'':>6} {'':>9} {total:9d}")
 
 
 if __name__ == "__main__":
