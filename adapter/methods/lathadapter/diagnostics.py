@@ -31,26 +31,45 @@ def image_centres(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return model.lift(CATEGORY, F.normalize(mean, dim=-1), mean.norm(dim=-1))
 
 
+def cone_statistics(parents: torch.Tensor, children: torch.Tensor, c: torch.Tensor, k: float, kappa: float
+                    ) -> torch.Tensor:
+    """[the share (0–1) of the pairs (parent_i, child_i) with cone energy E = 0, their mean exterior angle Ξ], on the
+    device (read back with the other diagnostics: one wait for the device, not one per number)."""
+    inside = cone_energy(parents, children, c, k, kappa) == 0
+    return torch.stack([inside.float().mean().to(children.dtype), cone_exterior_angle(parents, children, c).mean()])
+
+
 def in_cone(parents: torch.Tensor, children: torch.Tensor, c: torch.Tensor, k: float, kappa: float
             ) -> tuple[float, float]:
     """(% of the pairs (parent_i, child_i) with cone energy E = 0, the mean exterior angle Ξ in radians)."""
-    inside = cone_energy(parents, children, c, k, kappa) == 0
-    return 100.0 * float(inside.float().mean()), float(cone_exterior_angle(parents, children, c).mean())
+    share, angle = cone_statistics(parents, children, c, k, kappa).tolist()
+    return 100.0 * share, angle
+
+
+def mean_radii(categories: torch.Tensor, attributes: torch.Tensor, images: torch.Tensor, c: torch.Tensor
+               ) -> torch.Tensor:
+    """The mean scaled radius √c |h| of each kind's points [category, attribute, image], on the device."""
+    return torch.stack([c.sqrt() * points.norm(dim=-1).mean() for points in (categories, attributes, images)])
+
+
+def radius_summary_of(radii: list[float]) -> dict[str, Any]:
+    """The mean radii (`mean_radii`, read back) by kind, and whether they keep category < attribute < image."""
+    radius = dict(zip(("category", "attribute", "image"), radii, strict=True))
+    return {**{f"radius_{kind}": value for kind, value in radius.items()},
+            "radius_order": radius["category"] < radius["attribute"] < radius["image"]}
 
 
 def radius_summary(categories: torch.Tensor, attributes: torch.Tensor, images: torch.Tensor, c: torch.Tensor
                    ) -> dict[str, Any]:
     """Mean scaled radius √c |h| of each kind's points and whether the means keep category < attribute < image."""
-    radius = {kind: float(c.sqrt() * points.norm(dim=-1).mean())
-              for kind, points in (("category", categories), ("attribute", attributes), ("image", images))}
-    return {**{f"radius_{kind}": value for kind, value in radius.items()},
-            "radius_order": radius["category"] < radius["attribute"] < radius["image"]}
+    return radius_summary_of(mean_radii(categories, attributes, images, c).tolist())
 
 
 @torch.no_grad()
 def hierarchy_diagnostics(model: nn.Module, data: FewShotData) -> dict[str, Any]:
     """The diagnostics of a trained LatHAdapter `model` on its training view `data` (train and test images of the
-    training classes), with the run's own c, K (`cone_k`) and κ (`cone_kappa`)."""
+    training classes), with the run's own c, K (`cone_k`) and κ (`cone_kappa`); every number is computed on the
+    device and read back at once."""
     model.eval()
     o, c = model.options, model.curvature
 
@@ -66,18 +85,22 @@ def hierarchy_diagnostics(model: nn.Module, data: FewShotData) -> dict[str, Any]
     parents = categories if o.cone_parent == "text" else image_centres(model, v_train, data.train_labels,
                                                                          data.num_classes)
     attributes = model.lift(ATTRIBUTE, side.attributes, model.attribute_lengths())
-    train_share, train_angle = in_cone(parents[data.train_labels], train, c, o.cone_k, o.cone_kappa)
-    test_share, test_angle = in_cone(parents[data.test_labels], test, c, o.cone_k, o.cone_kappa)
-    disagree = 0
+    disagree = torch.zeros((), dtype=torch.long, device=test.device)
     for start in range(0, len(data.test_labels), CHUNK):
         euclid, hyper = model.scores(data.test_features[start:start + CHUNK])
-        disagree += int((euclid.argmax(-1) != hyper.argmax(-1)).sum())
+        disagree += (euclid.argmax(-1) != hyper.argmax(-1)).sum()
+    values = torch.cat([cone_statistics(parents[data.train_labels], train, c, o.cone_k, o.cone_kappa),
+                        cone_statistics(parents[data.test_labels], test, c, o.cone_k, o.cone_kappa),
+                        cone_half_aperture(parents, c, o.cone_k).mean()[None],
+                        mean_radii(categories, attributes, train, c),
+                        disagree[None].to(train.dtype)]).tolist()
+    (train_share, train_angle, test_share, test_angle, aperture), radii = values[:5], values[5:8]
     return {
-        "train_in_cone": train_share,
-        "test_in_cone": test_share,
+        "train_in_cone": 100.0 * train_share,
+        "test_in_cone": 100.0 * test_share,
         "train_angle": train_angle,
         "test_angle": test_angle,
-        "aperture": float(cone_half_aperture(parents, c, o.cone_k).mean()),
-        **radius_summary(categories, attributes, train, c),
-        "euclid_hyper_disagree": 100.0 * disagree / len(data.test_labels),
+        "aperture": aperture,
+        **radius_summary_of(radii),
+        "euclid_hyper_disagree": 100.0 * values[8] / len(data.test_labels),
     }
