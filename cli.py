@@ -679,11 +679,10 @@ def list_(
 def option_rows(options_cls: type) -> list[tuple[str, str, str, str, str]]:
     """(name, type, default, valid values, meaning) of each field of an options dataclass."""
     import dataclasses
-    import typing
 
-    from lathadapter.adapter.options import valid_values
+    from lathadapter.adapter.options import field_types, valid_values
 
-    hints = typing.get_type_hints(options_cls)
+    hints = field_types(options_cls)
     rows = []
     for f in dataclasses.fields(options_cls):
         kind = hints[f.name].__name__
