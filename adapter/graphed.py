@@ -85,7 +85,7 @@ def schedule_table(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_s
 def batch_indices(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """The members' batches (sample indices, row indices) as one step's indices [2, R, b]: the samples of every
     member, then their rows (each half contiguous, so a stacked step gathers either in one read)."""
-    return torch.stack([torch.stack([samples for samples, _ in batches]), torch.stack([rows for _, rows in batches])])
+    return torch.stack([samples for samples, _ in batches] + [rows for _, rows in batches]).view(2, len(batches), -1)
 
 
 class Inner(Protocol):

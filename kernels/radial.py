@@ -30,7 +30,7 @@ import math
 import torch
 
 from lathadapter.kernels.cone import check_cone_options, half_aperture_from_norm2
-from lathadapter.kernels.geometry import PROJECTION_EPS, artanh, machine_eps
+from lathadapter.kernels.geometry import PROJECTION_EPS, arcosh1p, artanh, machine_eps
 
 
 def scaled_radius(scale: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -289,14 +289,18 @@ class _AffineArcosh(torch.autograd.Function):
                 -_dot(grad, out) / (2 * c) if needs[3] else None)  # at a fixed δ, d ∝ 1/√c
 
 
-def radial_distance_fixed(rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor
-                          ) -> torch.Tensor:
+def radial_distance_fixed(rho_a: torch.Tensor, rho_b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor,
+                          node: bool = True) -> torch.Tensor:
     """`radial_distance` in the form stacked runs (under `torch.func.vmap`) and captured steps take: tensors only,
     never a host read. δ = k(ρ_a² + ρ_b²) − 2kρ_aρ_b cos with k = 2/((1 − ρ_a²)(1 − ρ_b²)): its coefficients are
-    computed on the radii (0-d with one radius per kind) by autograd, the rest by `_AffineArcosh`."""
+    computed on the radii (0-d with one radius per kind) by autograd, arcosh(1 + δ)/√c over the cosines by
+    `_AffineArcosh` (`node`: a captured step's form, fewer kernels) or by plain autograd (less host time a call)."""
     aa, bb = rho_a * rho_a, rho_b * rho_b
     k = 2 / ((1 - aa) * (1 - bb))
-    return _AffineArcosh.apply(k * (aa + bb), -2 * k * rho_a * rho_b, cosine, c)[0]
+    intercept, slope = k * (aa + bb), -2 * k * rho_a * rho_b
+    if node:
+        return _AffineArcosh.apply(intercept, slope, cosine, c)[0]
+    return arcosh1p(torch.addcmul(intercept, slope, cosine).clamp_min(0)) / c.sqrt()
 
 
 def radial_exterior_angle(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:

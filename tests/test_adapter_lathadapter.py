@@ -263,26 +263,29 @@ def test_the_cpu_fused_twin_equals_the_reference(options: dict, dtype: torch.dty
         torch.testing.assert_close(g, e, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("nodes", [True, False], ids=["captured", "stacked"])
 @pytest.mark.parametrize("options", TWIN_CASES, ids=["-".join(f"{k}={v}" for k, v in o.items()) for o in TWIN_CASES])
-def test_the_stacked_runs_twin_equals_the_reference(options: dict) -> None:
-    """`stacked.masked_loss` (a class mask for the batch's categories, the radial distance, no host reads) against
-    `impl=reference` in float64: loss and the gradient of every trained parameter; and under vmap over two stacked
-    copies of the model on two different batches, each copy's loss and gradients are the reference's on its batch."""
+def test_the_stacked_runs_twin_equals_the_reference(options: dict, nodes: bool) -> None:
+    """`stacked.masked_loss` (a class mask for the batch's categories, the radial distance, no host reads; with the
+    single nodes of a captured step, or in plain autograd) against `impl=reference` in float64: loss and the gradient
+    of every trained parameter; and under vmap over two stacked copies of the model on two different batches, each
+    copy's loss and gradients are the reference's on its batch."""
     method, x, y = twin_and_reference({**options, "impl": "reference"}, torch.float64)
     names = [name for name, p in method.named_parameters() if p.requires_grad]
     params = [p for p in method.parameters() if p.requires_grad]
-    reference, _ = method.loss(x, y)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(11), dtype=x.dtype)
+    x2, y2 = F.normalize(x + 0.3 * noise, dim=-1), y.roll(1)
+    reference, _ = method.loss(x, y)  # not fixed_shapes: `impl=reference` decides
+    other, _ = method.loss(x2, y2)
+    reference_grads = torch.autograd.grad(reference, params, materialize_grads=True)
+    other_grads = torch.autograd.grad(other, params, materialize_grads=True)
+    method.fixed_shapes = nodes
     masked, _ = masked_loss(method, x, y)
     tol = {"rtol": 1e-9, "atol": 1e-11}
     torch.testing.assert_close(masked, reference, **tol)
-    reference_grads = torch.autograd.grad(reference, params, materialize_grads=True)
     for name, g, e in zip(names, torch.autograd.grad(masked, params, materialize_grads=True), reference_grads,
                           strict=True):
         torch.testing.assert_close(g, e, **tol, msg=lambda m, name=name: f"{name}: {m}")
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(11), dtype=x.dtype)
-    x2, y2 = F.normalize(x + 0.3 * noise, dim=-1), y.roll(1)
-    other, _ = method.loss(x2, y2)
-    other_grads = torch.autograd.grad(other, params, materialize_grads=True)
     module = LossModule(method)
     stacked_params, buffers = torch.func.stack_module_state([module, module])
     stacked, _ = torch.func.vmap(lambda p, b, x, y: torch.func.functional_call(module, (p, b), (x, y)))(

@@ -120,11 +120,13 @@ def test_float64_gradcheck_of_the_hand_written_backward(radii_shape: tuple[int, 
     assert gradcheck(radial_exterior_angle, (rho_b, rho_a, cosine))
 
 
+@pytest.mark.parametrize("node", [True, False], ids=["node", "autograd"])
 @pytest.mark.parametrize("radii_shape", [(), (4, 1)], ids=["scalar-radii", "broadcast-radii"])
-def test_the_fixed_shape_distance_is_the_point_distance_and_passes_gradcheck(radii_shape: tuple[int, ...]) -> None:
-    """`radial_distance_fixed` (autograd on the radii, a hand-written backward for the [B, C] work) equals the
-    Poincaré distance of the lifted points ρ/√c · u in float64, in value and in the gradients w.r.t. the radii, the
-    curvature and the directions (tangentially), and passes float64 gradcheck."""
+def test_the_fixed_shape_distance_is_the_point_distance_and_passes_gradcheck(radii_shape: tuple[int, ...],
+                                                                             node: bool) -> None:
+    """`radial_distance_fixed` (autograd on the radii; the [B, C] work as a node with a hand-written backward, or in
+    plain autograd) equals the Poincaré distance of the lifted points ρ/√c · u in float64, in value and in the
+    gradients w.r.t. the radii, the curvature and the directions (tangentially), and passes float64 gradcheck."""
     generator = torch.Generator().manual_seed(5)
     u, v = directions(4, 6, 8, torch.float64), directions(5, 6, 9, torch.float64)
     rho_a = (torch.rand(radii_shape, generator=generator, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
@@ -132,7 +134,7 @@ def test_the_fixed_shape_distance_is_the_point_distance_and_passes_gradcheck(rad
     c = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
     u.requires_grad_()
     cosine = u @ v.t()
-    fixed = radial_distance_fixed(rho_a, rho_b, cosine, c)
+    fixed = radial_distance_fixed(rho_a, rho_b, cosine, c, node)
     points_a = (rho_a.expand(4, 1) / c.sqrt()) * u  # radius ρ/√c: scaled radius ρ
     points_b = (rho_b / c.sqrt()) * v
     expected = distance(points_a[:, None, :], points_b[None, :, :], c)
@@ -144,17 +146,18 @@ def test_the_fixed_shape_distance_is_the_point_distance_and_passes_gradcheck(rad
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(tangential(got[3], u), tangential(want[3], u), rtol=1e-9, atol=1e-11)
     cosine = (torch.rand(4, 5, generator=generator, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
-    assert gradcheck(radial_distance_fixed, (rho_a, rho_b, cosine, c))
+    assert gradcheck(lambda *t: radial_distance_fixed(*t, node), (rho_a, rho_b, cosine, c))
 
 
-def test_the_fixed_shape_distance_vmaps_over_stacked_runs() -> None:
+@pytest.mark.parametrize("node", [True, False], ids=["node", "autograd"])
+def test_the_fixed_shape_distance_vmaps_over_stacked_runs(node: bool) -> None:
     """Under `torch.func.vmap` over runs (each its own 0-d radii, cosines and curvature), each run's distance and
     gradients are those of the run alone."""
     generator = torch.Generator().manual_seed(6)
     rho = (torch.rand(3, 2, generator=generator, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
     cosine = (torch.rand(3, 4, 5, generator=generator, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
     c = torch.tensor([0.7, 1.3, 2.0], dtype=torch.float64, requires_grad=True)
-    stacked = torch.func.vmap(lambda r, cos, cc: radial_distance_fixed(r[0], r[1], cos, cc))(rho, cosine, c)
+    stacked = torch.func.vmap(lambda r, cos, cc: radial_distance_fixed(r[0], r[1], cos, cc, node))(rho, cosine, c)
     stacked_grads = torch.autograd.grad(stacked.square().sum(), (rho, cosine, c))
     for run in range(3):
         alone = radial_distance(rho[run, 0], rho[run, 1], cosine[run], c[run])

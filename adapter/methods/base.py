@@ -179,7 +179,10 @@ class Method(nn.Module):
     # no data-dependent shapes, custom autograd Functions with vmap rules.
     stackable: ClassVar[bool] = False
     # Set on a method trained by a captured step (`adapter.graphed`): its `loss` then takes the same fixed-shape form
-    # as under vmap (no host reads, no data-dependent shapes), which a CUDA graph can capture.
+    # as under vmap (no host reads, no data-dependent shapes), which a CUDA graph can capture, built of the nodes that
+    # launch the fewest kernels (vmappable Functions with hand-written backward passes: each costs more host time per
+    # call, about 0.5 ms under vmap on a 2-core CPU, which a captured step pays once, at its capture, and an uncaptured
+    # stacked step would pay at every step).
     fixed_shapes: bool = False
 
     def __init__(self, options: Any, data: FewShotData) -> None:
@@ -319,12 +322,12 @@ def adapter_mix(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, rati
     return _AdapterMix.apply(x, first, second, ratio, final_relu)[0]
 
 
-def mix(x: torch.Tensor, adapter: Adapter, ratio: float, fixed: bool = False) -> torch.Tensor:
-    """`(1 − α) x + α g(x)`, the residual blend before its renormalisation; `fixed`: in the form of stacked runs and
-    captured steps (`adapter_mix`), which it always takes under vmap."""
+def mix(x: torch.Tensor, adapter: Adapter, ratio: float, node: bool = False) -> torch.Tensor:
+    """`(1 − α) x + α g(x)`, the residual blend before its renormalisation; `node`: as one node (`adapter_mix`, a
+    captured step's form: fewer kernels, more host time per call)."""
     first, _, second = adapter.net
     rows = x.reshape(-1, x.shape[-1])
-    if fixed or vmapped():
+    if node:
         return adapter_mix(rows, first.weight, second.weight, ratio).reshape(x.shape)
     return mix_with(rows, first.weight, second.weight, ratio)[1].reshape(x.shape)
 

@@ -71,16 +71,19 @@ class ClipAdapter(Method):
         return {**self.recipe.record(), "recipe.final_relu": self.final_relu}
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        text = self.text_features if text_features is None else text_features
-        if self.fixed_form():  # stacked runs and captured steps
-            first, _, second = self.adapter.net
-            mixed = adapter_mix(features, first.weight, second.weight, self.options.alpha, self.final_relu)
-            if text_features is None:
-                return LOGIT_SCALE * cosines(mixed, self.text_unit, unit_y=True)
-            return LOGIT_SCALE * cosines(mixed, text)
-        if not self.final_relu:
-            return LOGIT_SCALE * cosines(mix(features, self.adapter, self.options.alpha), text)
+        if text_features is None and self.fixed_form():  # stacked runs, captured steps: the text normalised once
+            return LOGIT_SCALE * cosines(self.blended(features), self.text_unit, unit_y=True)
+        return LOGIT_SCALE * cosines(self.blended(features), self.text_features if text_features is None
+                                     else text_features)
+
+    def blended(self, features: torch.Tensor) -> torch.Tensor:
+        """`(1 − α) x + α g(x)`, with the official code's ReLU after the second layer under `final_relu`; in a
+        captured step as one node (`base.adapter_mix`: fewer kernels, more host time per call)."""
         first, _, second = self.adapter.net
-        adapted = torch.relu(torch.relu(features @ first.weight.t()) @ second.weight.t())
         alpha = self.options.alpha
-        return LOGIT_SCALE * cosines(torch.add(features * (1 - alpha), adapted, alpha=alpha), text)
+        if self.fixed_shapes:
+            return adapter_mix(features, first.weight, second.weight, alpha, self.final_relu)
+        if not self.final_relu:
+            return mix(features, self.adapter, alpha)
+        adapted = torch.relu(torch.relu(features @ first.weight.t()) @ second.weight.t())
+        return torch.add(features * (1 - alpha), adapted, alpha=alpha)

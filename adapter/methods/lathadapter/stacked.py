@@ -13,13 +13,17 @@ runs nor captured in a CUDA graph. Here every shape is fixed by B, C and K:
   the ball of curvature −1), in plain autograd.
 
 Each operation is a kernel of a captured step on a GPU, so the form spends few: a term whose weight is 0 is not
-computed, `radius=kind` takes one 0-d radius per kind, the normalisations take `base.normalize`'s two-term backward.
-`benchmarks/step_ops.py` counts them.
+computed, `radius=kind` takes one 0-d radius per kind, and in a captured step (`Method.fixed_shapes`) the adapters'
+blends, the normalisations and the distance are single nodes with hand-written backward passes
+(`base.adapter_mix`, `base.normalize`, `kernels.radial.radial_distance_fixed`), whose host time under vmap a capture
+pays once. Stacked runs that are not captured take plain autograd for those three, cheaper for the host at every
+step. `benchmarks/step_ops.py` counts the operations.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lathadapter.adapter.methods.base import LOGIT_SCALE, mean_cross_entropy, mix, normalize
@@ -64,14 +68,16 @@ def masked_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     `reference_loss`, whose steps it follows). A term whose weight is 0 is left out, and so is its part (a fixed
     choice of the options, as in the fused forms): each operation is a kernel of a captured step."""
     o, c, t = model.options, model.curvature, model.text_features
+    nodes = model.fixed_shapes  # a captured step: the nodes that launch the fewest kernels (`Method.fixed_shapes`)
+    unit = normalize if nodes else lambda rows: F.normalize(rows, dim=-1)
     # 1–3. adapters, attribute prompts, associations, refined prototypes
-    z = mix(x, model.visual_adapter, o.alpha_v, fixed=True)
-    m = mix(t, model.text_adapter, o.alpha_t, fixed=True)
-    v, u = normalize(z), normalize(m)
-    a = normalize(model.attribute_prompts)
+    z = mix(x, model.visual_adapter, o.alpha_v, node=nodes)
+    m = mix(t, model.text_adapter, o.alpha_t, node=nodes)
+    v, u = unit(z), unit(m)
+    a = unit(model.attribute_prompts)
     w = torch.softmax(u @ a.t() / o.tau_attr, dim=-1)  # [C, K]
     q = m + model.beta * m.norm(dim=-1, keepdim=True) * (w @ a) if o.attr_proto else m
-    p = normalize(q)
+    p = unit(q)
     image_class = v @ p.t()  # [B, C]
     # 6. losses
     ce = mean_cross_entropy(LOGIT_SCALE * image_class, y)
@@ -79,7 +85,7 @@ def masked_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     if o.lambda_hyp > 0 or o.lambda_hier > 0:
         # 5. scaled radii (the ball rescaled to curvature −1): ρ' = √c |exp0(ρ e)|
         rho_img, rho_cat, rho_attr = _radii(model, v, z, p, q, a, c)
-        d = radial_distance_fixed(_column(rho_img), _row(rho_cat), image_class, c)  # [B, C]
+        d = radial_distance_fixed(_column(rho_img), _row(rho_cat), image_class, c, node=nodes)  # [B, C]
         if o.lambda_hyp > 0:
             hyp = mean_cross_entropy(-d / model.log_tau_hyp.exp(), y)
             total, parts["hyp"] = total + o.lambda_hyp * hyp, hyp.detach()
