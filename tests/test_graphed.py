@@ -139,6 +139,99 @@ def test_stacked_runs_take_the_graphed_step_too(cache: Path) -> None:
         _states_close(plain, member.method, rtol=1e-4, atol=1e-6)
 
 
+class _StandIn:
+    """A CPU stand-in for a captured CUDA graph: its capture ran the step once already (a real capture runs nothing,
+    and `Graphed._take` replays right after capturing, so the first replay does nothing); every later replay runs the
+    captured step again, reading the same index buffer, table and counters, and writes its outputs into the captured
+    ones, as a replay overwrites them."""
+
+    def __init__(self, step, outputs) -> None:
+        self.step, self.outputs, self.fresh = step, outputs, True
+
+    def replay(self) -> None:
+        if self.fresh:
+            self.fresh = False
+            return
+        losses, parts = self.step()
+        for old, new in zip(self.outputs[0], losses, strict=True):
+            old.copy_(new)
+        for old, new in zip(self.outputs[1], parts, strict=True):
+            for key in old:
+                old[key].copy_(new[key])
+
+
+def _replayed(members: list[Member], plan, stacked: bool):
+    """`Graphed` taking its capture path (warm-up, one graph per batch size, the epoch table, the short batch's
+    buffer) with `_StandIn` for the CUDA graph."""
+    from lathadapter.adapter.batched import Stacked
+    from lathadapter.adapter.graphed import Graphed
+    from lathadapter.adapter.trainer import Lockstep
+
+    class Replayed(Graphed):
+        def _capture(self, indices):
+            def step():
+                for param in self.params:
+                    param.grad = None  # a replay writes the gradients; it never adds to them
+                return self._step(indices)
+
+            outputs = step()
+            return _StandIn(step, outputs), indices, outputs
+
+    inner = (Stacked if stacked else Lockstep)(members, plan)
+    step = Replayed(inner, plan.epochs * len(plan.starts), [m.method for m in members], capture=False,
+                    batch_size=plan.batch_size)
+    step.capture = True  # the capture path, with no CUDA stream: `_capture` above
+    return step
+
+
+BOOKKEEPING_CASES = [("lathadapter", {"batch_size": "5"}), ("clip-adapter", {"batch_size": "5"}),
+                     ("tip-adapter-f", {"batch_size": "5"})]
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["one-run", "stacked"])
+@pytest.mark.parametrize("method,overrides", BOOKKEEPING_CASES, ids=[m for m, _ in BOOKKEEPING_CASES])
+def test_the_capture_bookkeeping_replays_the_uncaptured_steps_on_the_cpu(cache: Path, method: str, overrides: dict,
+                                                                          stacked: bool) -> None:
+    """The captured path's bookkeeping on the CPU (graphs stood in for by `_StandIn`: a replay reruns the captured
+    step): several full batches an epoch and a short one (CLIP-Adapter's recipe drops it), one run or two stacked,
+    train every parameter bit for bit as the same step uncaptured, with the same loss history, and the graphs are one
+    per batch size."""
+    from lathadapter.adapter.batched import Stacked
+    from lathadapter.adapter.graphed import Graphed
+    from lathadapter.adapter.trainer import Lockstep, Plan, TrainResult, optimise
+
+    seeds = (1, 2) if stacked else (2,)
+    datas = [_load(cache, seed) for seed in seeds]
+
+    def uncaptured(members: list[Member], plan: Plan) -> Graphed:
+        inner = (Stacked if stacked else Lockstep)(members, plan)
+        return Graphed(inner, plan.epochs * len(plan.starts), [m.method for m in members], capture=False,
+                       batch_size=plan.batch_size)
+
+    def trained(make_step) -> tuple[list[Member], list[TrainResult], Graphed, Plan]:
+        members = [Member(_build(method, d, s, overrides), d, s) for d, s in zip(datas, seeds, strict=True)]
+        results = [TrainResult() for _ in members]
+        made: list[tuple[Graphed, Plan]] = []
+
+        def make(members: list[Member], plan: Plan) -> Graphed:
+            made.append((make_step(members, plan), plan))
+            return made[-1][0]
+
+        optimise(members, make, "last", "augmented", results, graphs=False)
+        return members, results, *made[0]
+
+    plain, plain_results, _, _ = trained(uncaptured)
+    replayed, replayed_results, step, plan = trained(lambda members, plan: _replayed(members, plan, stacked))
+    short = [plan.n - start for start in plan.starts if start + plan.batch_size > plan.n]
+    assert plan.n > 2 * plan.batch_size and sorted(step.graphs) == [-1, *short], "one graph per batch size"
+    assert step.count == plan.epochs * len(plan.starts)
+    for first, second in zip(plain, replayed, strict=True):
+        one, two = first.method.state_dict(), second.method.state_dict()
+        assert all(torch.equal(one[k], two[k]) for k in one)
+    for first, second in zip(plain_results, replayed_results, strict=True):
+        assert first.history == second.history
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
 
