@@ -277,7 +277,7 @@ class _AffineArcosh(torch.autograd.Function):
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, _: torch.Tensor | None):
+    def backward(ctx, grad: torch.Tensor | None, _: torch.Tensor | None):
         if grad is None:  # nothing reached the distance (`set_materialize_grads(False)`)
             return None, None, None, None
         intercept, slope, cosine, c, out, scale = ctx.saved_tensors

@@ -276,10 +276,10 @@ def mix_with(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, ratio: 
 
 
 class _AdapterMix(torch.autograd.Function):
-    """`mix_with`'s blend `(1 − α) x + α g(x)` (with `final_relu`, CLIP-Adapter's `g(x) = relu(relu(x W1ᵀ) W2ᵀ)`) in
-    the form `torch.func.vmap` takes, for stacked runs and captured steps. Its backward takes each weight's gradient
-    as `gᵀ h` in the weight's own layout: autograd's transposed product is copied into it, one more kernel per layer
-    (with runs stacked, the batched product's layout no longer matches)."""
+    """`mix_with`'s blend `(1 − α) x + α g(x)` (with `final_relu`, CLIP-Adapter's `g(x) = relu(relu(x W1ᵀ) W2ᵀ)`) as
+    one node, in the form `torch.func.vmap` takes: a captured step's form (`Method.fixed_shapes`), stacked or not. Its
+    backward takes each weight's gradient as `gᵀ h` in the weight's own layout, where autograd's transposed product is
+    copied into it (with runs stacked, the batched product's layout no longer matches): one kernel less per layer."""
 
     generate_vmap_rule = True
 
@@ -317,8 +317,7 @@ class _AdapterMix(torch.autograd.Function):
 
 def adapter_mix(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, ratio: float, final_relu: bool = False
                 ) -> torch.Tensor:
-    """`(1 − α) x + α g(x)` for rows x [N, D] in the fixed-shape form of stacked runs and captured steps
-    (`_AdapterMix`)."""
+    """`(1 − α) x + α g(x)` for rows x [N, D] as one node (`_AdapterMix`), a captured step's form."""
     return _AdapterMix.apply(x, first, second, ratio, final_relu)[0]
 
 
