@@ -45,6 +45,16 @@ def _host_scalars(*tensors: torch.Tensor) -> bool:
     return all(t.dim() == 0 and not t.is_cuda and not torch._C._functorch.is_batchedtensor(t) for t in tensors)
 
 
+def as_column(rho: torch.Tensor) -> torch.Tensor:
+    """Radii against the rows of a cosine matrix: a vector [N] as a column [N, 1]; a 0-d radius as it is."""
+    return rho[:, None] if rho.dim() else rho
+
+
+def as_row(rho: torch.Tensor) -> torch.Tensor:
+    """Radii against the columns of a cosine matrix: a vector [M] as a row [1, M]; a 0-d radius as it is."""
+    return rho[None, :] if rho.dim() else rho
+
+
 def _reduce(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return grad.sum_to_size(like.shape) if grad.shape != like.shape else grad
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lathadapter.adapter.methods.base import LOGIT_SCALE
 from lathadapter.adapter.methods.lathadapter.options import LatHAdapterOptions
 from lathadapter.kernels.dispatch import use_triton
-from lathadapter.kernels.radial import radial_centripetal_energy, radial_cone_energy, radial_distance
+from lathadapter.kernels.radial import as_column, as_row, radial_centripetal_energy, radial_cone_energy, radial_distance
 
 
 def _edge_energy(o: LatHAdapterOptions, rho_parent: torch.Tensor, rho_child: torch.Tensor, cosine: torch.Tensor,
@@ -33,14 +33,6 @@ def _edge_energy(o: LatHAdapterOptions, rho_parent: torch.Tensor, rho_child: tor
 def _at(rho: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The radii of the points `index` picks: a 0-d radius is every point's."""
     return rho[index] if rho.dim() else rho
-
-
-def _column(rho: torch.Tensor) -> torch.Tensor:
-    return rho[:, None] if rho.dim() else rho
-
-
-def _row(rho: torch.Tensor) -> torch.Tensor:
-    return rho[None, :] if rho.dim() else rho
 
 
 def _weighted_sum(energy: torch.Tensor, weights: torch.Tensor | None, rows: int) -> torch.Tensor:
@@ -74,7 +66,7 @@ def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class
     hyp = hier = zero
     if o.lambda_hyp > 0 or o.lambda_hier > 0:
         # 0-d radii broadcast as they are (their gradients are two reductions); vectors as a column and a row
-        distances = radial_distance(_column(rho_images), _row(rho_categories), image_class, c)  # [B, C]
+        distances = radial_distance(as_column(rho_images), as_row(rho_categories), image_class, c)  # [B, C]
         hyp = F.cross_entropy(distances * -torch.exp(-log_tau), labels)  # one pass over [B, C]: the scalar on 0-d
     if o.lambda_hier > 0:
         present = torch.unique(labels)
@@ -88,9 +80,9 @@ def fused_loss(image_cosines: torch.Tensor, class_attribute: torch.Tensor, class
         r = None if scalar_hinges else torch.softmax(image_attribute / o.tau_attr, dim=-1)  # image → attribute
         edges = ((_at(rho_categories, labels), rho_images, image_class.gather(1, labels[:, None])[:, 0], None,
                   len(labels)),
-                 (_column(_at(rho_categories, present)), _row(rho_attributes), class_attribute[present],
+                 (as_column(_at(rho_categories, present)), as_row(rho_attributes), class_attribute[present],
                   class_weights[present], len(present)),
-                 (_row(rho_attributes), _column(rho_images), image_attribute, r, len(labels)))
+                 (as_row(rho_attributes), as_column(rho_images), image_attribute, r, len(labels)))
         energy = sum(_weighted_sum(_edge_energy(o, parent, child, cosine, c), weights, rows)
                      for parent, child, cosine, weights, rows in edges)
         # each row of r and w sums to 1: the edge weights total B + P + B

@@ -29,7 +29,13 @@ from torch import nn
 from lathadapter.adapter.methods.base import LOGIT_SCALE, mean_cross_entropy, mix, normalize
 from lathadapter.adapter.methods.lathadapter.reference import ATTRIBUTE, CATEGORY, IMAGE
 from lathadapter.kernels.cone import cone_energy_from_invariants
-from lathadapter.kernels.radial import radial_centripetal_energy, radial_distance_fixed, scaled_radius
+from lathadapter.kernels.radial import (
+    as_column,
+    as_row,
+    radial_centripetal_energy,
+    radial_distance_fixed,
+    scaled_radius,
+)
 
 
 def _invariants(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torch.Tensor
@@ -55,14 +61,6 @@ def _radii(model: nn.Module, v: torch.Tensor, z: torch.Tensor, p: torch.Tensor, 
             model.scaled_radii(ATTRIBUTE, a, model.attribute_prompts.norm(dim=-1) if norm else None, c))
 
 
-def _column(rho: torch.Tensor) -> torch.Tensor:
-    return rho[:, None] if rho.dim() else rho
-
-
-def _row(rho: torch.Tensor) -> torch.Tensor:
-    return rho[None, :] if rho.dim() else rho
-
-
 def masked_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The total loss of a LatHAdapter `model` on images `x` [B, D] with labels `y` [B], and its parts (as
     `reference_loss`, whose steps it follows). A term whose weight is 0 is left out, and so is its part (a fixed
@@ -85,7 +83,7 @@ def masked_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     if o.lambda_hyp > 0 or o.lambda_hier > 0:
         # 5. scaled radii (the ball rescaled to curvature −1): ρ' = √c |exp0(ρ e)|
         rho_img, rho_cat, rho_attr = _radii(model, v, z, p, q, a, c)
-        d = radial_distance_fixed(_column(rho_img), _row(rho_cat), image_class, c, node=nodes)  # [B, C]
+        d = radial_distance_fixed(as_column(rho_img), as_row(rho_cat), image_class, c, node=nodes)  # [B, C]
         if o.lambda_hyp > 0:
             hyp = mean_cross_entropy(-d / model.log_tau_hyp.exp(), y)
             total, parts["hyp"] = total + o.lambda_hyp * hyp, hyp.detach()
