@@ -14,12 +14,25 @@ import torch
 import torch.nn.functional as F
 
 from lathadapter.adapter.catalog import create_method
-from lathadapter.adapter.methods.lathadapter.diagnostics import in_cone, radius_summary
+from lathadapter.adapter.methods.lathadapter.diagnostics import cone_statistics, mean_radii, radius_summary_of
 from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import FewShotData
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.experiments.run import RunConfig, fit
 from lathadapter.experiments.table import run_rows
+
+
+def in_cone(parents: torch.Tensor, children: torch.Tensor, c: torch.Tensor, k: float, kappa: float
+            ) -> tuple[float, float]:
+    """The diagnostics' (% of the pairs inside the cone, mean exterior angle), read back as they are."""
+    share, angle = cone_statistics(parents, children, c, k, kappa).tolist()
+    return 100.0 * share, angle
+
+
+def radius_summary(categories: torch.Tensor, attributes: torch.Tensor, images: torch.Tensor, c: torch.Tensor
+                   ) -> dict:
+    """The diagnostics' mean radii by kind and their order, read back as they are."""
+    return radius_summary_of(mean_radii(categories, attributes, images, c).tolist())
 
 
 def make_data(classes: int = 6, dim: int = 12, per_class: int = 3, attributes: int = 9) -> FewShotData:

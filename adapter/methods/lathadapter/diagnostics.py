@@ -39,13 +39,6 @@ def cone_statistics(parents: torch.Tensor, children: torch.Tensor, c: torch.Tens
     return torch.stack([inside.float().mean().to(children.dtype), cone_exterior_angle(parents, children, c).mean()])
 
 
-def in_cone(parents: torch.Tensor, children: torch.Tensor, c: torch.Tensor, k: float, kappa: float
-            ) -> tuple[float, float]:
-    """(% of the pairs (parent_i, child_i) with cone energy E = 0, the mean exterior angle Ξ in radians)."""
-    share, angle = cone_statistics(parents, children, c, k, kappa).tolist()
-    return 100.0 * share, angle
-
-
 def mean_radii(categories: torch.Tensor, attributes: torch.Tensor, images: torch.Tensor, c: torch.Tensor
                ) -> torch.Tensor:
     """The mean scaled radius √c |h| of each kind's points [category, attribute, image], on the device."""
@@ -57,12 +50,6 @@ def radius_summary_of(radii: list[float]) -> dict[str, Any]:
     radius = dict(zip(("category", "attribute", "image"), radii, strict=True))
     return {**{f"radius_{kind}": value for kind, value in radius.items()},
             "radius_order": radius["category"] < radius["attribute"] < radius["image"]}
-
-
-def radius_summary(categories: torch.Tensor, attributes: torch.Tensor, images: torch.Tensor, c: torch.Tensor
-                   ) -> dict[str, Any]:
-    """Mean scaled radius √c |h| of each kind's points and whether the means keep category < attribute < image."""
-    return radius_summary_of(mean_radii(categories, attributes, images, c).tolist())
 
 
 @torch.no_grad()
