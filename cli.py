@@ -27,9 +27,11 @@ app.add_typer(cache_app, name="cache")
 LISTS = ("methods", "datasets", "models", "options")
 BACKEND_HELP = ("local: train in this process; ray: on a Ray cluster (pip install 'lathadapter[ray]'; caches and "
                 "--out on storage every worker sees). This process alone writes the results either way.")
-WORKERS_HELP = ("On the CPU: worker processes of one torch thread each, training the grid's pending runs (1: this "
-                "process, with --threads threads; default: the free CPUs, at most one per 4 pending runs; 1 with "
-                "--threads). On a GPU: trainer threads of this process, each on its own CUDA stream (default 4).")
+WORKERS_HELP = ("Worker processes of one torch thread each, training the grid's pending runs (1: this process, with "
+                "--threads threads). Default on the CPU: the free CPUs, at most one per 4 pending runs (1 with "
+                "--threads); on a GPU: 1, this process with its --trainers.")
+TRAINERS_HELP = ("On a GPU: trainer threads of each process that trains, each on its own CUDA stream, so that several "
+                 "small runs' kernels share the GPU [default: 4 on a GPU; 1 on the CPU, the only valid value there].")
 ADDRESS_HELP = ("--backend ray: the cluster's address, e.g. HEAD:6379 (default: a running cluster Ray finds, else a "
                 "local one started for the command).")
 TUNE_HELP = ("Tuned option [METHOD.]OPTION=V1,V2,... (repeatable): each value is trained, the one best on the "
@@ -43,6 +45,7 @@ TUNE_SCORE_HELP = ("What tuning chooses by: val (few-shot val accuracy; base val
 # Options that `grid` and `protocol` (and, for threads, `fit` and `demo`) declare alike.
 THREADS = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process).")
 WORKERS = typer.Option(None, help=WORKERS_HELP)
+TRAINERS = typer.Option(None, help=TRAINERS_HELP)
 BACKEND = typer.Option("local", help=BACKEND_HELP)
 ADDRESS = typer.Option(None, help=ADDRESS_HELP)
 TUNE = typer.Option([], "--tune", help=TUNE_HELP)
@@ -384,7 +387,7 @@ def fit(
     from lathadapter.experiments.run import RunConfig, fit_config
 
     try:
-        execution = Execution.parse(device, threads, workers=1, batch_runs=1)  # one run, in this process
+        execution = Execution.parse(device, threads, workers=1, batch_runs=1, trainers=1)  # one run, in this process
         overrides = {}
         for name, values in parse_assignments(set_).items():
             if len(values) != 1:
@@ -459,6 +462,7 @@ def grid(
     out: Path = typer.Option(Path("grids/grid"), help="Grid folder: runs/, results.csv. Re-running resumes."),
     threads: int | None = THREADS,
     workers: int | None = WORKERS,
+    trainers: int | None = TRAINERS,
     backend: str = BACKEND,
     address: str | None = ADDRESS,
     chunk_size: int | None = CHUNK_SIZE,
@@ -478,7 +482,7 @@ def grid(
     _stop_on_sigterm()
     try:
         execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
-                                    batch_runs)
+                                    batch_runs, trainers)
         axes: dict = load_spec_file(config) if config else {}
         for key, value in (("methods", method), ("classes", classes), ("text", text), ("train_views", train_views),
                            ("select", select)):
@@ -528,6 +532,7 @@ def protocol(
     out: Path | None = typer.Option(None, help="Output folder (default: grids/<protocol>)."),
     threads: int | None = THREADS,
     workers: int | None = WORKERS,
+    trainers: int | None = TRAINERS,
     backend: str = BACKEND,
     address: str | None = ADDRESS,
     chunk_size: int | None = CHUNK_SIZE,
@@ -549,7 +554,7 @@ def protocol(
             raise OptionError(f"--target {target[0]}: {name} scores the source cache's own test set; targets are "
                               "for cross-dataset and domain")
         execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
-                                    batch_runs)
+                                    batch_runs, trainers)
         methods = split_list(method) if method is not None else method_names()
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
@@ -597,6 +602,7 @@ def demo(
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),
     threads: int | None = THREADS,
     workers: int | None = WORKERS,
+    trainers: int | None = TRAINERS,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel, each trained method's
@@ -610,7 +616,7 @@ def demo(
     tune_set = _tune_set(tune_set)
     _stop_on_sigterm()
     try:
-        execution = Execution.parse(device, threads, workers, batch_runs=batch_runs)
+        execution = Execution.parse(device, threads, workers, batch_runs=batch_runs, trainers=trainers)
         result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
                           methods=split_list(method) if method is not None else None, views=views,
                           tune=None if tune_preset == "none" else tune_preset, execution=execution,

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lathadapter.experiments.data import DataCache
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.run import RunConfig, RunOutcome
 from lathadapter.experiments.table import file_lock
+from lathadapter.experiments.trainers import Trainer, on_trainers
 from lathadapter.experiments.training import Evaluator, Item, Job, KeyedRun, batches, save_trained, train_runs
 
 
@@ -72,34 +72,52 @@ def chunk_runs(pending: list[Item], size: int, batch_runs: int = 1) -> list[list
     return [runs[i:i + size] for runs in by_cache.values() for i in range(0, len(runs), size)]
 
 
+def chunk_batches(pending: list[Item], batch_runs: int, per_chunk: int) -> list[list[Item]]:
+    """Pending runs cut into batches of one cache (`training.batches`), `per_chunk` whole batches a chunk, the
+    batches with most shots first, so that the chunks handed out last are short (a run's steps grow with its shots):
+    the chunks of worker processes with several trainer threads, each thread training one batch at a time."""
+    by_cache: dict[str, list[Item]] = {}
+    for index, item in pending:
+        by_cache.setdefault(item.run.cache, []).append((index, item))
+    chunks = []
+    for runs in by_cache.values():
+        position = {id(item): (index, item) for index, item in runs}
+        cut = sorted(batches([item for _, item in runs], batch_runs), key=lambda batch: -batch[0].run.config.shots)
+        chunks += [[position[id(item)] for batch in cut[i:i + per_chunk] for item in batch]
+                   for i in range(0, len(cut), per_chunk)]
+    return sorted(chunks, key=lambda chunk: -chunk[0][1].run.config.shots)
+
+
 def train_chunk(cache: str, items: list[Item], out: str, execution: Execution,
                 extra_factory: Callable[[str], Evaluator] | None) -> Iterator[Trained | int]:
-    """On a worker: train a chunk's runs of one cache on `execution.device`, opening the cache once, up to
-    `execution.batch_runs` compatible runs together (`training.batches`); yields each trained run, or its index when
-    it was finished meanwhile (by another process, or before a resubmission). `extra_factory(device)` builds the
-    evaluator that adds metrics (a protocol's targets)."""
-    device = execution.device or "cpu"
-    data_cache = DataCache(device)
-    extra = extra_factory(device) if extra_factory is not None else None
+    """On a worker: train a chunk's runs of one cache on `execution.device`, up to `execution.batch_runs` compatible
+    runs together (`training.batches`), on the execution's trainer threads (`trainers.on_trainers`), each
+    opening the cache once; yields each trained run, or its index when it was finished meanwhile (by another
+    process, or before a resubmission). `extra_factory(device)` builds the evaluator that adds metrics (a protocol's
+    targets)."""
     index_of = {id(item): index for index, item in items}
-    try:
-        for batch in batches([item for _, item in items], execution.batch_runs or 1):
-            todo = []
-            for item in batch:
-                if (Path(out) / "runs" / item.key / "metrics.json").exists():
-                    yield index_of[id(item)]
-                else:
-                    todo.append(item)
-            if not todo:
-                continue
-            datas = [data_cache.load(cache, i.run.config.shots, i.run.config.seed, i.run.config.text) for i in todo]
-            trained = train_runs([i.run for i in todo], datas, execution, extra, [i.group for i in todo])
-            for item, (config, outcome) in zip(todo, trained, strict=True):
-                weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
-                yield Trained(index_of[id(item)], config, outcome.metrics, weights, to_cpu(outcome.points),
-                              os.getpid())
-    finally:
-        data_cache.close()
+
+    def train(trainer: Trainer, batch: list[KeyedRun]) -> list[Trained | int]:
+        finished = [(Path(out) / "runs" / item.key / "metrics.json").exists() for item in batch]
+        sent: list[Trained | int] = [index_of[id(item)] for item, done in zip(batch, finished, strict=True) if done]
+        todo = [item for item, done in zip(batch, finished, strict=True) if not done]
+        if not todo:
+            return sent
+        datas = [trainer.data_cache.load(cache, i.run.config.shots, i.run.config.seed, i.run.config.text)
+                 for i in todo]
+        trained = train_runs([i.run for i in todo], datas, execution, trainer.extra, [i.group for i in todo])
+        for item, (config, outcome) in zip(todo, trained, strict=True):
+            weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
+            sent.append(Trained(index_of[id(item)], config, outcome.metrics, weights, to_cpu(outcome.points),
+                                os.getpid()))
+        return sent
+
+    device = execution.device or "cpu"
+    cut = batches([item for _, item in items], execution.batch_runs or 1)
+    for _, results in on_trainers(cut, execution.trainers_on(device), device, extra_factory, execution.kernels,
+                                  train):
+        for result in results:  # not `yield from`: Ray drives the generator with send(), which a list iterator lacks
+            yield result
 
 
 def save_streamed(job: Job, item: KeyedRun, trained: Trained) -> str:

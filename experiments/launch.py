@@ -71,14 +71,14 @@ RESULTS_EVERY = 2.0
 
 
 def choose_backend(execution: Execution) -> Backend:
-    """The backend `execution` names (its `workers` settled): Ray; on the CPU, this process or worker processes; on a
-    GPU, this process with `workers` trainer threads, each on its own CUDA stream."""
+    """The backend `execution` names (its `workers` settled): Ray; this process, or worker processes; either
+    training on the execution's trainer threads (on a GPU: each on its own CUDA stream)."""
     if execution.backend == "ray":
         return OnRay()
     workers = execution.workers or 1
-    if (execution.device or "cpu") != "cpu":
-        return InProcess(workers)
-    return InProcess() if workers == 1 else WorkerProcesses(workers)
+    if workers == 1:
+        return InProcess(execution.trainers_on(execution.device or "cpu"))
+    return WorkerProcesses(workers)
 
 
 def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progress: bool = True,

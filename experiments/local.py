@@ -14,29 +14,23 @@ import contextlib
 import math
 import multiprocessing
 import os
-import queue
-import threading
 from collections.abc import Generator
 from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
-import torch
-
-from lathadapter.experiments.chunks import Item, Tally, chunk_runs
+from lathadapter.experiments.chunks import Item, Tally, chunk_batches, chunk_runs
 from lathadapter.experiments.data import DataCache
 from lathadapter.experiments.pool import MAX_CHUNK, WorkerError, init_worker, stop_workers, work_chunk
 from lathadapter.experiments.table import file_lock
+from lathadapter.experiments.trainers import on_trainers
 from lathadapter.experiments.training import Evaluator, Events, Job, KeyedRun, batches, save_trained, train_runs
-from lathadapter.kernels.dispatch import backend as kernels_backend
 
 
 class InProcess:
     """Train in this process, a batch of up to `execution.batch_runs` compatible runs at a time (`training.batches`),
-    each cache opened once and each few-shot set loaded once (`data.DataCache`). With `trainers` > 1 (on a GPU:
-    `--workers N --device cuda`), that many threads take the batches in turn, each with its own data cache and, on
-    CUDA, its own stream: a small run's step is a chain of small kernels that leaves most of the GPU idle, and the
-    streams' kernels run side by side. Each run computes what it computes alone; only the order runs finish in
-    changes."""
+    each cache opened once and each few-shot set loaded once (`data.DataCache`); with `trainers` > 1 (on a GPU, the
+    default `pool.GPU_TRAINERS`), on that many trainer threads, each on its own CUDA stream (`trainers.on_trainers`).
+    Each run computes what it computes alone; only the order runs finish in changes."""
 
     def __init__(self, trainers: int = 1) -> None:
         self.trainers = trainers
@@ -48,82 +42,11 @@ class InProcess:
         index_of = {id(item): index for index, item in job.pending}
         cut = batches([item for _, item in job.pending], job.execution.batch_runs or 1)
         yield []
-        if self.trainers == 1 or len(cut) == 1:
-            trainer = Trainer(job)
-            try:
-                for batch in cut:
-                    states = trainer.train(batch)
-                    yield [(index_of[id(item)], state) for item, state in zip(batch, states, strict=True)]
-            finally:
-                trainer.close()
-            return
-        # the longest first (a run's steps grow with its shots), so the last batches to start are short ones
-        cut.sort(key=lambda batch: -batch[0].run.config.shots)
-        finished: queue.Queue[tuple[list[KeyedRun], list[str]] | BaseException | None] = queue.Queue()
-        todo = iter(cut)
-        taking, stop = threading.Lock(), threading.Event()
-        threads = torch.get_num_threads()
-
-        def work() -> None:
-            trainer = None
-            try:
-                torch.set_num_threads(threads)  # a new thread starts with OpenMP's default count, not this thread's
-                trainer = Trainer(job)
-                while not stop.is_set():
-                    with taking:
-                        batch = next(todo, None)
-                    if batch is None:
-                        break
-                    finished.put((batch, trainer.train(batch)))
-            except BaseException as error:  # noqa: BLE001 (handed to the driver, which raises it)
-                stop.set()
-                finished.put(error)
-            finally:
-                if trainer is not None:
-                    trainer.close()
-                finished.put(None)  # this thread is done: the driver counts these
-
-        workers = [threading.Thread(target=work, name=f"trainer-{i}", daemon=True)
-                   for i in range(min(self.trainers, len(cut)))]
-        with kernels_backend(job.execution.kernels):  # the threads' own settings of it then restore this one
-            for thread in workers:
-                thread.start()
-            running, error = len(workers), None
-            try:
-                while running:
-                    event = finished.get()
-                    if event is None:
-                        running -= 1
-                    elif isinstance(event, BaseException):
-                        error = error or event
-                    else:
-                        batch, states = event
-                        yield [(index_of[id(item)], state) for item, state in zip(batch, states, strict=True)]
-            finally:
-                stop.set()  # Ctrl-C or an error: no thread takes another batch; each saves the one it trains
-                for thread in workers:
-                    thread.join()
-        if error is not None:
-            raise error
-
-
-class Trainer:
-    """One trainer of `InProcess`: its data cache, its evaluator and, on CUDA when it is one of several threads, its
-    own stream (made current in the thread that builds it)."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        device = job.execution.device or "cpu"
-        if threading.current_thread() is not threading.main_thread() and torch.device(device).type == "cuda":
-            torch.cuda.set_stream(torch.cuda.Stream(device))
-        self.data_cache = DataCache(device)
-        self.extra = job.extra_factory(device) if job.extra_factory is not None else None
-
-    def train(self, batch: list[KeyedRun]) -> list[str]:
-        return train_batch(batch, self.job, self.data_cache, self.extra)
-
-    def close(self) -> None:
-        self.data_cache.close()
+        for batch, states in on_trainers(cut, self.trainers, job.execution.device or "cpu", job.extra_factory,
+                                         job.execution.kernels,
+                                         lambda trainer, batch: train_batch(batch, job, trainer.data_cache,
+                                                                            trainer.extra)):
+            yield [(index_of[id(item)], state) for item, state in zip(batch, states, strict=True)]
 
 
 def train_batch(batch: list[KeyedRun], job: Job, data_cache: DataCache, extra: Evaluator | None) -> list[str]:
@@ -159,10 +82,11 @@ def train_batch(batch: list[KeyedRun], job: Job, data_cache: DataCache, extra: E
 
 
 class WorkerProcesses:
-    """Train on `workers` spawned worker processes of one torch thread each (CPU only), chunks of at most
-    `chunk_size` runs of one cache (None: a few chunks per worker, at most `pool.MAX_CHUNK` runs), whole batches of
-    `execution.batch_runs` each. An error in a run stops the grid as in one process, after saving every run sent
-    back; Ctrl-C kills the workers at once."""
+    """Train on `workers` spawned worker processes of one torch thread each, chunks of at most `chunk_size` runs of
+    one cache (None: a few chunks per worker, at most `pool.MAX_CHUNK` runs), whole batches of `execution.batch_runs`
+    each. On a GPU each worker has its own CUDA context; with several trainer threads (the execution's), a chunk is as
+    many whole batches as a worker has trainers, the most shots first (`chunks.chunk_batches`). An error in a run stops
+    the grid as in one process, after saving every run sent back; Ctrl-C kills the workers at once."""
 
     def __init__(self, workers: int, chunk_size: int | None = None) -> None:
         self.workers = workers
@@ -170,6 +94,9 @@ class WorkerProcesses:
 
     def chunks(self, job: Job) -> list[list[Item]]:
         batch_runs = job.execution.batch_runs or 1
+        trainers = job.execution.trainers_on(job.execution.device or "cpu")
+        if trainers > 1 and self.chunk_size is None:
+            return chunk_batches(job.pending, batch_runs, trainers)
         size = self.chunk_size or max(1, min(MAX_CHUNK, math.ceil(len(job.pending) / (4 * self.workers))))
         size = math.ceil(size / batch_runs) * batch_runs  # whole batches per chunk
         return chunk_runs(job.pending, size, batch_runs)

@@ -1,7 +1,8 @@
 """The mechanics of local worker processes (`--workers N`, the `local.WorkerProcesses` backend): each worker of a
-`ProcessPoolExecutor` (started with "spawn": torch and fork do not mix; one torch thread, OMP_NUM_THREADS=1) trains a
-chunk (`work_chunk`: `chunks.train_chunk`) and sends back what saving needs; workers die with their driver
-(`die_with_parent`) and are killed at once when it stops (`stop_workers`); `auto_workers` is the default count.
+`ProcessPoolExecutor` (started with "spawn": torch and fork do not mix; one torch thread, OMP_NUM_THREADS=1; on a
+GPU, its own CUDA context and `--trainers` trainer threads) trains a chunk (`work_chunk`: `chunks.train_chunk`) and
+sends back what saving needs; workers die with their driver (`die_with_parent`) and are killed at once when it stops
+(`stop_workers`); `auto_workers` is the default count.
 
 Workers import this module before anything else, so it imports torch and the package's training code only inside
 functions: the initializer sets the thread count first.
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 # this many pending runs at most, and trains a smaller grid in this process.
 MIN_RUNS_PER_WORKER = 4
 MAX_CHUNK = 8  # runs per chunk at most; fewer when the grid is small, so every worker gets some
-# The default trainer threads on a GPU (`local.InProcess`), each training its batches on its own CUDA stream
-GPU_TRAINERS = 4
 
 
 class WorkerError(ValueError):
@@ -98,12 +97,12 @@ def work_chunk(cache: str, items: list[Item], out: str, execution: Execution,
 
 def auto_workers(pending: int, device: str) -> int:
     """The default worker count: on the CPU, the CPUs the load leaves free (`machine.default_threads`), at most one
-    per MIN_RUNS_PER_WORKER pending runs (1: this process, every thread); on a GPU, GPU_TRAINERS trainer threads.
-    Measured on 2 cores (benchmarks/grid.py --workers 1,2): 2 processes × 1 thread ran 1.4-1.7× the runs/min of 1
-    process × 2 threads."""
+    per MIN_RUNS_PER_WORKER pending runs (1: this process, every thread); on a GPU, this process and its trainer
+    threads (`Execution.trainers`): GPU worker processes are not yet measured against them. Measured on 2 cores
+    (benchmarks/grid.py --workers 1,2): 2 processes × 1 thread ran 1.4-1.7× the runs/min of 1 process × 2 threads."""
     from lathadapter.experiments.machine import default_threads
 
-    return max(1, min(default_threads(), pending // MIN_RUNS_PER_WORKER)) if device == "cpu" else GPU_TRAINERS
+    return max(1, min(default_threads(), pending // MIN_RUNS_PER_WORKER)) if device == "cpu" else 1
 
 
 def stop_workers(pool: ProcessPoolExecutor) -> None:

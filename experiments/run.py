@@ -406,7 +406,7 @@ def fit_config(config: RunConfig, cache_path: str | Path | None = None, *, devic
                execution: Execution | None = None) -> dict[str, Any]:
     """`fit` of a configuration built already (the command line parses its options into one); `execution` (default:
     `device`, and the process's kernels backend) is where it trains, recorded in `config.json`."""
-    execution = execution or Execution(device=resolve_device(device))
+    execution = execution or Execution(device=resolve_device(device), trainers=1)
     device = execution.device or "cpu"
     cache = resolve_cache(cache_path)
     with CacheReader(cache) as reader:

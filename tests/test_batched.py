@@ -225,8 +225,8 @@ def test_a_batched_grid_gives_each_run_the_metrics_of_a_one_at_a_time_grid(cache
     assert by_method["zeroshot"] == by_method["gda"] == by_method["lp++"] == {"alone"}
     for key, metrics in batched.items():
         recorded = json.loads((tmp_path / "together" / "runs" / key / "config.json").read_text())["execution"]
-        assert recorded == {"device": "cpu", "threads": torch.get_num_threads(), "workers": 1, "backend": "local",
-                            "batch_runs": 4, "stack": "on" if stack == "on" else "off",
+        assert recorded == {"device": "cpu", "threads": torch.get_num_threads(), "workers": 1, "trainers": 1,
+                            "backend": "local", "batch_runs": 4, "stack": "on" if stack == "on" else "off",
                             "kernels": kernels.get_backend(), "graphs": "off", "batch_mode": metrics["batch_mode"]}
         alone_record = json.loads((tmp_path / "one" / "runs" / key / "config.json").read_text())["execution"]
         assert (alone_record["batch_runs"], alone_record["batch_mode"]) == (1, "alone")

@@ -128,7 +128,7 @@ def test_execution_is_recorded_and_changes_no_run_key(cache: Path, tmp_path: Pat
         a, b = _config(tmp_path / "a" / "runs" / key), _config(tmp_path / "b" / "runs" / key)
         assert a["key"] == b["key"] == key
         assert {k: v for k, v in a.items() if k != "execution"} == {k: v for k, v in b.items() if k != "execution"}
-        assert a["execution"] == {"device": "cpu", "threads": torch.get_num_threads(), "workers": 1,
+        assert a["execution"] == {"device": "cpu", "threads": torch.get_num_threads(), "workers": 1, "trainers": 1,
                                   "backend": "local", "batch_runs": 1, "stack": "off",
                                   "kernels": kernels.get_backend(), "graphs": "off", "batch_mode": "alone"}
         assert {k: b["execution"][k] for k in ("batch_runs", "stack", "kernels")} == {
@@ -143,5 +143,5 @@ def test_execution_is_recorded_and_changes_no_run_key(cache: Path, tmp_path: Pat
 def test_fit_records_its_execution(cache: Path, tmp_path: Path) -> None:
     metrics = fit(cache, "clip-adapter", shots=1, seed=1, out=tmp_path, device="cpu", epochs=1, min_steps=2)
     assert _config(Path(metrics["run_dir"]))["execution"] == {
-        "device": "cpu", "threads": torch.get_num_threads(), "workers": 1, "backend": "local", "batch_runs": 1,
-        "stack": "off", "kernels": kernels.get_backend(), "graphs": "off", "batch_mode": "alone"}
+        "device": "cpu", "threads": torch.get_num_threads(), "workers": 1, "trainers": 1, "backend": "local",
+        "batch_runs": 1, "stack": "off", "kernels": kernels.get_backend(), "graphs": "off", "batch_mode": "alone"}

@@ -276,8 +276,9 @@ def test_stacked_runs_are_captured_on_cuda(cache: Path) -> None:
 
 @cuda
 def test_trainer_threads_on_cuda_train_each_run_as_one_thread_does(cache: Path, tmp_path: Path) -> None:
-    """`--workers 3 --device cuda`: three trainer threads, each on its own stream, capturing while the others
-    replay; every run's row equals the one-thread grid's (the same kernels on the same data, only interleaved)."""
+    """`--trainers 3 --device cuda`: three trainer threads, each on its own stream, capturing while the others
+    replay; and `--workers 2 --trainers 2`: two worker processes, each with its own CUDA context and two threads.
+    Every run's row equals the one-thread grid's (the same kernels on the same data, only interleaved)."""
     import csv
 
     from lathadapter.experiments.execution import Execution
@@ -287,12 +288,12 @@ def test_trainer_threads_on_cuda_train_each_run_as_one_thread_does(cache: Path, 
     spec = GridSpec([str(cache)], ["clip-adapter", "tip-adapter-f", "lathadapter"], [4], [1, 2],
                     options={"epochs": ["5", "6"], "min_steps": ["0"]})  # 1 step an epoch: 3 warm-up, then replays
     tables = []
-    for name, workers in (("one", 1), ("three", 3)):
-        summary = launch(spec, tmp_path / name, Execution(device="cuda", workers=workers, batch_runs=2),
-                         progress=False)
+    for name, workers, trainers in (("one", 1, 1), ("three", 1, 3), ("processes", 2, 2)):
+        summary = launch(spec, tmp_path / name, Execution(device="cuda", workers=workers, trainers=trainers,
+                                                          batch_runs=2), progress=False)
         assert summary["done"] == 12
         with (tmp_path / name / "results.csv").open() as f:
             tables.append({row["key"]: {k: v for k, v in row.items() if not k.endswith("seconds")}
                            for row in csv.DictReader(f)})
-    assert tables[0] == tables[1]
+    assert tables[0] == tables[1] == tables[2]
     assert {row["cuda_graph"] for row in tables[0].values()} == {"True"}

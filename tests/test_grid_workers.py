@@ -16,12 +16,15 @@ from typer.testing import CliRunner
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 from lathadapter.experiments import local
+from lathadapter.experiments.chunks import chunk_batches
 from lathadapter.experiments.execution import Execution
-from lathadapter.experiments.launch import launch, train_round
+from lathadapter.experiments.launch import choose_backend, launch, train_round
 from lathadapter.experiments.local import InProcess, WorkerProcesses
-from lathadapter.experiments.pool import GPU_TRAINERS, auto_workers
+from lathadapter.experiments.machine import GPU_TRAINERS
+from lathadapter.experiments.pool import auto_workers
 from lathadapter.experiments.protocols import run_protocol
 from lathadapter.experiments.spec import GridSpec, expand
+from lathadapter.experiments.training import keyed_run
 
 # Columns that differ between two trainings of the same run
 TIMING = {"train_seconds", "eval_seconds", "wall_seconds"}
@@ -115,8 +118,57 @@ def test_runs_trained_together_on_workers_write_the_same_results_as_one_process(
     assert modes == {("zeroshot", "1", "alone"), ("clip-adapter", "2", "lockstep"), ("lathadapter", "2", "lockstep")}
 
 
+def test_worker_processes_with_trainer_threads_write_the_same_results_as_one_process(
+        spec: GridSpec, grids: dict[str, Path], tmp_path: Path) -> None:
+    """`--workers 2 --trainers 2` (what fills a GPU from several processes; here on the CPU): each worker trains
+    chunks of two whole batches on two threads; every run as in the one-process grid, saved once by the driver."""
+    summary = launch(spec, tmp_path / "grid", Execution(workers=2, trainers=2, batch_runs=2), progress=False)
+    assert summary["done"] == 12
+    batch = {"batch_runs", "batch_mode"}
+    assert [{k: v for k, v in r.items() if k not in batch} for r in _rows(tmp_path / "grid")] == [
+        {k: v for k, v in r.items() if k not in batch} for r in _rows(grids["one"])]
+    assert sorted(p.name for p in (tmp_path / "grid" / "runs").iterdir()) == sorted(
+        r["key"] for r in _rows(grids["one"]))
+    execution = json.loads(next((tmp_path / "grid" / "runs").glob("*/config.json")).read_text())["execution"]
+    assert (execution["workers"], execution["trainers"], execution["batch_runs"]) == (2, 2, 2)
+
+
+def test_worker_chunks_for_trainer_threads_are_whole_batches_longest_first(spec: GridSpec, cache: Path,
+                                                                          tmp_path: Path) -> None:
+    """Two caches, 3 methods × 2 shots × 2 seeds each, batches of two runs: chunks of two whole batches of one
+    cache, the chunks with the most shots first, every run once."""
+    other = tmp_path / "copy.h5"
+    shutil.copyfile(cache, other)
+    runs = expand(GridSpec([str(cache), str(other)], spec.methods, spec.shots, spec.seeds, options=QUICK))
+    pending = [(i, keyed_run(r, "f")) for i, r in enumerate(runs)]
+    chunks = chunk_batches(pending, batch_runs=2, per_chunk=2)
+    assert sorted(i for chunk in chunks for i, _ in chunk) == list(range(len(runs)))
+    for chunk in chunks:
+        assert len({item.run.cache for _, item in chunk}) == 1 and len(chunk) <= 4
+        # whole batches: each (method, shots) pair of a chunk holds both of its seeds
+        pairs = [(item.run.config.method, item.run.config.shots) for _, item in chunk]
+        assert all(pairs.count(pair) == 2 for pair in pairs)
+    most = [max(item.run.config.shots for _, item in chunk) for chunk in chunks]
+    firsts = [chunk[0][1].run.config.shots for chunk in chunks]
+    assert most == firsts and firsts == sorted(firsts, reverse=True)
+    assert len(chunks) == 6  # 12 batches of two seeds, two a chunk
+
+
+def test_the_backend_follows_workers_and_trainers() -> None:
+    """One worker: this process, on the device's trainer threads (4 on a GPU, 1 on the CPU); more: processes."""
+    gpu = choose_backend(Execution(device="cuda", workers=1))
+    assert isinstance(gpu, InProcess) and gpu.trainers == GPU_TRAINERS == 4
+    assert choose_backend(Execution(device="cuda", workers=1, trainers=2)).trainers == 2
+    assert isinstance(choose_backend(Execution(device="cuda", workers=3)), WorkerProcesses)
+    cpu = choose_backend(Execution(device="cpu", workers=1))
+    assert isinstance(cpu, InProcess) and cpu.trainers == 1
+    record = Execution(device="cuda", workers=2).record("cuda")
+    assert (record["workers"], record["trainers"]) == (2, GPU_TRAINERS)
+    assert Execution(device="cpu").record("cpu")["trainers"] == 1
+
+
 def _threaded_round(spec: GridSpec, out: Path, trainers: int, batch_runs: int = 1) -> list[str]:
-    """A grid round on `trainers` trainer threads of this process (what `--workers N` is on a GPU), here on the
+    """A grid round on `trainers` trainer threads of this process (what `--trainers N` is on a GPU), here on the
     CPU with one torch thread, as the one-process grid."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -177,6 +229,10 @@ def test_cli_refuses_bad_worker_counts(cache: Path, tmp_path: Path) -> None:
                                  "--shots", "1", "--device", "cpu", "--out", str(tmp_path / "p"), "--workers", "-1"])
     assert result.exit_code == 2 and "error: --workers -1: must be at least 1" in result.output
     assert not (tmp_path / "grid").exists() and not (tmp_path / "p").exists()
+    result = runner.invoke(app, [*base, "--trainers", "2"])  # threads sharing the cores with torch's
+    assert result.exit_code == 2 and "error: --trainers 2: trainer threads share a GPU" in result.output
+    result = runner.invoke(app, [*base, "--trainers", "0"])
+    assert result.exit_code == 2 and "error: --trainers 0: must be at least 1" in result.output
     result = runner.invoke(app, [*base, "--workers", "1"])  # one worker: this process, as without the option
     assert result.exit_code == 0, result.output
     assert "1 runs (1 run, 0 already done)" in result.output
@@ -201,5 +257,5 @@ def test_a_cross_dataset_protocol_on_workers_scores_the_targets_as_one_process(c
 
 def test_the_default_worker_count_follows_the_grid_and_the_device() -> None:
     assert auto_workers(0, "cpu") == auto_workers(3, "cpu") == 1  # a small grid: this process, no worker to start
-    assert auto_workers(1000, "cuda") == auto_workers(2, "cuda") == GPU_TRAINERS  # threads of this process
+    assert auto_workers(1000, "cuda") == auto_workers(2, "cuda") == 1  # this process, with its trainer threads
     assert 1 <= auto_workers(1000, "cpu") <= (os.cpu_count() or 1)

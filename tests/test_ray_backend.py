@@ -84,8 +84,8 @@ def test_ray_grid_writes_the_same_results_as_the_local_backend(cluster, cache: P
         files = sorted(p.name for p in (tmp_path / "ray" / "runs" / key).iterdir())
         assert files == sorted(p.name for p in (tmp_path / "local" / "runs" / key).iterdir())
     recorded = json.loads((tmp_path / "ray" / "runs" / ray_dirs[0] / "config.json").read_text())["execution"]
-    assert {k: recorded[k] for k in ("device", "backend", "workers", "batch_runs", "threads")} == {
-        "device": "cpu", "backend": "ray", "workers": 1, "batch_runs": 8, "threads": 1}  # settled on the cluster
+    assert {k: recorded[k] for k in ("device", "backend", "workers", "trainers", "batch_runs", "threads")} == {
+        "device": "cpu", "backend": "ray", "workers": 1, "trainers": 1, "batch_runs": 8, "threads": 1}  # settled
     assert recorded["ray"] == {"address": None, "chunk_size": 3, "gpus_per_chunk": 0.25}
     again = launch(spec, tmp_path / "ray", on_ray(None), progress=False)
     assert (again["done"], again["skipped"]) == (0, 8)
