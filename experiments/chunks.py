@@ -116,7 +116,8 @@ def train_chunk(cache: str, items: list[Item], out: str, execution: Execution,
     cut = batches([item for _, item in items], execution.batch_runs or 1)
     for _, results in on_trainers(cut, execution.trainers_on(device), device, extra_factory, execution.kernels,
                                   train):
-        for result in results:  # not `yield from`: Ray drives the generator with send(), which a list iterator lacks
+        # not `yield from`: Ray drives the generator with send(), which a list's iterator lacks
+        for result in results:  # noqa: UP028
             yield result
 
 

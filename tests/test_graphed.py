@@ -139,6 +139,40 @@ def test_stacked_runs_take_the_graphed_step_too(cache: Path) -> None:
         _states_close(plain, member.method, rtol=1e-4, atol=1e-6)
 
 
+def test_impl_reference_trains_through_the_reference_even_where_steps_are_captured_or_stacked(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--set impl=reference` asks for the reference loss: a step that would be captured (graphs on) or stacked
+    (two seeds together) runs `reference_loss` at every step and never the fixed-shape form, and trains each run as
+    alone."""
+    from lathadapter.adapter.methods.lathadapter import method as lathadapter_method
+
+    calls = {"reference": 0, "masked": 0}
+    reference, masked = lathadapter_method.reference_loss, lathadapter_method.masked_loss
+
+    def counted(name, loss):  # noqa: ANN001, ANN202
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls[name] += 1
+            return loss(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(lathadapter_method, "reference_loss", counted("reference", reference))
+    monkeypatch.setattr(lathadapter_method, "masked_loss", counted("masked", masked))
+    overrides = {"impl": "reference", "epochs": "2", "min_steps": "0"}
+    datas = [_load(cache, 1), _load(cache, 2)]
+    alone = [_build("lathadapter", d, s, overrides) for d, s in zip(datas, (1, 2), strict=True)]
+    assert not graphable(alone)
+    steps = [train(m, d, seed=s, graphs=False).steps for m, d, s in zip(alone, datas, (1, 2), strict=True)]
+    graphed = train(_build("lathadapter", datas[0], 1, overrides), datas[0], seed=1, graphs=True)
+    assert not graphed.cuda_graph and graphed.steps == steps[0]
+    members = [Member(_build("lathadapter", d, s, overrides), d, s) for d, s in zip(datas, (1, 2), strict=True)]
+    results = train_together(members, stack=True, graphs=True)
+    assert [r.batch_mode for r in results] == ["lockstep", "lockstep"]
+    assert calls == {"reference": 2 * sum(steps) + steps[0], "masked": 0}
+    for plain, member in zip(alone, members, strict=True):  # lockstep: each run bit for bit as alone
+        for key, value in plain.state_dict().items():
+            assert torch.equal(value, member.method.state_dict()[key]), key
+
+
 class _StandIn:
     """A CPU stand-in for a captured CUDA graph: its capture ran the step once already (a real capture runs nothing,
     and `Graphed._take` replays right after capturing, so the first replay does nothing); every later replay runs the

@@ -105,7 +105,7 @@ def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions,
 
 @register("lathadapter", LatHAdapterOptions)
 class LatHAdapter(Method):
-    stackable = True  # under vmap (and in captured steps) its loss is `stacked.masked_loss`
+    stackable = True  # under vmap (and in captured steps) its loss is `stacked.masked_loss`; not with impl=reference
     def __init__(self, options: LatHAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         device, dim = data.text_features.device, data.text_features.shape[1]
@@ -115,8 +115,10 @@ class LatHAdapter(Method):
             self.register_buffer("image_mean", image_mean)
             self.register_buffer("text_mean", text_mean)
             self.text_features = self.centred_text(data.text_features)
-        if options.hyp_metric != "poincare" or options.cone_parent != "text":
-            self.stackable = False  # `stacked.masked_loss` implements neither variant
+        if options.impl == "reference" or options.hyp_metric != "poincare" or options.cone_parent != "text":
+            # `impl=reference` trains through the reference itself, so neither stacked nor captured (both take
+            # `stacked.masked_loss`); and the fixed-shape form implements neither variant
+            self.stackable = False
         self.visual_adapter = Adapter(dim, options.reduction).to(device)
         self.text_adapter = Adapter(dim, options.reduction).to(device)
         self.attribute_prompts = nn.Parameter(init_attribute_prompts(data, options, text_mean))
