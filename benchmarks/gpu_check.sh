@@ -10,8 +10,9 @@
 #       default) and with LATHADAPTER_GRAPHS=off;
 #       benchmarks/fit_profile.py --device cuda: where a captured fit's time goes;
 #   (d) benchmarks/grid.py --device cuda with stacked, captured runs on 1, 4 and 8 trainer threads (runs/min,
-#       target >= 2,000), with 3 seeds and with 10, and a profile of one trainer's grid; benchmarks/grid_processes.py:
-#       2 and 4 processes training the 10-seed grid at once, 4 trainer threads each;
+#       target >= 2,000), with 3 seeds and with 10, and a profile of one trainer's grid; the 10-seed grid on
+#       `grid --workers 2,4` worker processes (each with its own CUDA context, started inside the timed grid) of 1
+#       and 4 trainer threads;
 #   (e) benchmarks/radial_loss.py --device cuda (the loss stage: Triton against the eager PyTorch twin and
 #       torch.compile of it, hier=cone; last, since compiling may take long: it gets what is left of the budget).
 #   The one-time cache build (benchmarks/cache_build.py --device cuda, a random ViT-B-16, 15 decoding workers, in
@@ -107,20 +108,21 @@ if [[ $DEVICE == cuda ]]; then
     # (d) a 3-method x 5-shot x 3-seed grid, each method's runs of one shot count stacked and captured, on 1, 4 and
     #     8 trainer threads (each on its own stream), after an untimed warm-up; then the same grid with 10 seeds
     stage grid_cuda.txt 100 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
-        --batch-runs 45 --stack on --workers "${GPU_CHECK_WORKERS:-1,4,8}" --warmup \
+        --batch-runs 45 --stack on --trainers "${GPU_CHECK_TRAINERS:-1,4,8}" --warmup \
         --out "$RESULTS/grid_cuda.json"
     stage grid_cuda.txt 90 "$PY" benchmarks/grid.py --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
-        --batch-runs 45 --stack on --workers "${GPU_CHECK_WORKERS:-1,4,8}" \
+        --batch-runs 45 --stack on --trainers "${GPU_CHECK_TRAINERS:-1,4,8}" \
         --seeds 1,2,3,4,5,6,7,8,9,10 --warmup --out "$RESULTS/grid_seeds10_cuda.json"
     #     where one trainer's grid time goes (cProfile of the main thread), 10 seeds
     stage grid_profile_cuda.txt 40 "$PY" benchmarks/grid.py --device cuda \
         --methods clip-adapter,tip-adapter-f,lathadapter --batch-runs 45 --stack on --warmup --profile 30 \
         --seeds 1,2,3,4,5,6,7,8,9,10 --out "$RESULTS/grid_profile_cuda.json"
-    #     2 and 4 processes at once, each a copy of the 10-seed grid on 4 trainer threads: the aggregate rate
-    stage grid_processes_cuda.txt 110 "$PY" benchmarks/grid_processes.py --processes "${GPU_CHECK_PROCESSES:-2,4}" \
-        --lead 15 --timeout 40 \
-        --out "$RESULTS/grid_processes_cuda.json" -- --device cuda --methods clip-adapter,tip-adapter-f,lathadapter \
-        --batch-runs 45 --stack on --workers 4 --seeds 1,2,3,4,5,6,7,8,9,10
+    #     the 10-seed grid on 2 and 4 worker processes of `grid` (--workers), 1 and 4 trainer threads each; the
+    #     processes' start (interpreter, CUDA context, captures) is inside the timed grid, as `grid` pays it
+    stage grid_workers_cuda.txt 110 "$PY" benchmarks/grid.py --device cuda \
+        --methods clip-adapter,tip-adapter-f,lathadapter --batch-runs 45 --stack on \
+        --workers "${GPU_CHECK_WORKERS:-2,4}" --trainers 1,4 --seeds 1,2,3,4,5,6,7,8,9,10 --warmup \
+        --out "$RESULTS/grid_workers_cuda.json"
     # (e) the loss stage alone: Triton, eager PyTorch twin, torch.compile (dynamic=False: one compile per shape)
     if [[ $STAGES != all ]]; then
         stage cache_build_cuda.txt 90 "$PY" benchmarks/cache_build.py --device cuda --model ViT-B-16 \
@@ -141,6 +143,8 @@ else  # a dry run of the same commands on the CPU with tiny sizes
     stage fit_profile_cuda.txt 120 "$PY" benchmarks/fit_profile.py --device cpu --lines 10
     stage grid_cuda.txt 200 "$PY" benchmarks/grid.py --device cpu --methods lathadapter --shots 1 --seeds 1,2 \
         --batch-runs 2 --stack on --warmup --out "$OUT/dry_grid.json"
+    stage grid_workers_cuda.txt 200 "$PY" benchmarks/grid.py --device cpu --methods lathadapter --shots 1,2 \
+        --seeds 1,2 --batch-runs 2 --stack on --workers 2 --out "$OUT/dry_grid_workers.json"
     stage cache_build_cuda.txt 200 "$PY" benchmarks/cache_build.py --device cpu --sizes 32 --views 1 --workers 0,1 \
         --batch-size 64 --threads 1 --out "$OUT/dry_cache_build.json"
     stage radial_loss_cuda.txt 120 "$PY" benchmarks/radial_loss.py --device cpu --hier cone,triplet \

@@ -6,14 +6,16 @@ processes with one thread each (`lathadapter grid --workers N`); `--batch-runs 1
 batch size (`lathadapter grid --batch-runs N`: up to N compatible runs trained together) and `--stack auto,on,off`
 once per stacking choice (`Execution.stack`, as LATHADAPTER_STACK: stacked models, or lockstep; `auto` stacks on
 CUDA only); `--repeats R`
-alternates the configurations R times. `--device cuda` runs the local backend on the GPU, in one process: there
-`--workers 1,4` is the number of trainer threads, each on its own CUDA stream. `--warmup` first trains the grid's
-first shot and seed once, untimed (the process's first CUDA work: context, libraries, kernel loading), so the rows
-compare configurations rather than who went first.
+alternates the configurations R times. `--device cuda` runs the local backend on the GPU: `--trainers 1,4` runs it
+once per number of trainer threads of each process (each on its own CUDA stream; `lathadapter grid --trainers`),
+`--workers 1,2` once per number of processes (worker processes, each with its own CUDA context, started and warmed
+inside the timed grid, as `grid --workers` pays them). `--warmup` first trains the grid's first shot and seed once,
+untimed, in this process (its first CUDA work: context, libraries, kernel loading), so the rows compare
+configurations rather than who went first.
 
     python benchmarks/grid.py [--methods zeroshot,tip-adapter-f,lathadapter] [--backend local,ray] [--workers 1,2]
                               [--batch-runs 1,8] [--stack auto] [--repeats 1] [--shots 1,2,4,8,16] [--seeds 1,2,3]
-                              [--device cpu] [--out benchmarks/results/grid.json]
+                              [--device cpu] [--trainers auto] [--out benchmarks/results/grid.json]
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--batch-runs", default="1", help="runs trained together, e.g. 1,8")
     parser.add_argument("--stack", default="auto", help="LATHADAPTER_STACK values, e.g. auto,on")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trainers", default="auto", help="trainer threads of each process, e.g. 1,4 (a GPU; auto: "
+                        "the device's default)")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the configurations this many times")
     parser.add_argument("--shots", default="1,2,4,8,16")
     parser.add_argument("--seeds", default="1,2,3")
@@ -70,8 +74,9 @@ def main() -> None:
         write_synthetic_cache(cache, num_classes=100, dim=512, train_per_class=20, val_per_class=6, views=10,
                               test_total=2465, families=10, num_attributes=64, seeds=tuple(range(1, last_seed + 1)))
     spec = GridSpec([str(cache)], methods, shots, seeds)
-    configs = [(backend, int(w), int(b), stack) for backend in args.backend.split(",")
+    configs = [(backend, int(w), None if t == "auto" else int(t), int(b), stack) for backend in args.backend.split(",")
                for w in (args.workers.split(",") if backend == "local" else ["1"])
+               for t in args.trainers.split(",")
                for b in args.batch_runs.split(",") for stack in (args.stack.split(",") if b != "1" else ["auto"])]
     rows = []
     if args.warmup:
@@ -86,7 +91,7 @@ def main() -> None:
     if args.start_at is not None:
         time.sleep(max(0.0, args.start_at - time.time()))
     for repeat in range(args.repeats):
-        for backend, workers, batch_runs, stack in configs:
+        for backend, workers, trainers, batch_runs, stack in configs:
             threads = torch.get_num_threads()
             if backend == "ray":
                 options = RayOptions(init_options={"include_dashboard": False, "log_to_driver": False})
@@ -94,12 +99,14 @@ def main() -> None:
                                       stack=stack)
                 threads = 1
             else:
-                execution = Execution(device=args.device, workers=workers, batch_runs=batch_runs, stack=stack)
+                execution = Execution(device=args.device, workers=workers, trainers=trainers, batch_runs=batch_runs,
+                                      stack=stack)
                 threads = 1 if workers > 1 and args.device == "cpu" else threads
+            trainers = execution.trainers_on(args.device)
             folder = Path(tempfile.mkdtemp(prefix="grid-bench-"))
             try:
-                profile = cProfile.Profile() if args.profile and (backend, workers, batch_runs, stack) == configs[-1] \
-                    and repeat == args.repeats - 1 else None
+                profile = cProfile.Profile() if args.profile and repeat == args.repeats - 1 \
+                    and (backend, workers, execution.trainers, batch_runs, stack) == configs[-1] else None
                 started_at, start = time.time(), time.perf_counter()
                 with profile or contextlib.nullcontext():
                     summary = launch(spec, folder, execution)
@@ -114,21 +121,24 @@ def main() -> None:
                 resume_seconds = time.perf_counter() - resumed
             finally:
                 shutil.rmtree(folder)
-            rows.append({"backend": backend, "workers": workers, "threads": threads, "batch_runs": batch_runs,
+            rows.append({"backend": backend, "workers": workers, "trainers": trainers, "threads": threads,
+                         "batch_runs": batch_runs,
                          "stack": stack,
                          "device": args.device, "repeat": repeat, "methods": methods, "shots": shots, "seeds": seeds,
                          "runs": summary["runs"], "seconds": seconds,
                          "runs_per_minute": 60 * summary["runs"] / seconds, "resume_seconds": resume_seconds,
                          "started_at": started_at, "ended_at": ended_at,
                          "resume_skipped": again["skipped"]})
-            print(f"  repeat {repeat}: {backend} {workers} × {threads} batch {batch_runs} stack {stack}: "
+            print(f"  repeat {repeat}: {backend} {workers} × {threads if args.device == 'cpu' else trainers} batch "
+                  f"{batch_runs} stack {stack}: "
                   f"{seconds:.1f} s", flush=True)
     label = f"{' × '.join(methods)} × {len(shots)} shots × {len(seeds)} seeds"
     print(f"torch {torch.__version__}, {args.device}")
     print(f"{'grid':<{len(label)}} {'backend':>7} {'procs×threads':>13} {'batch':>5} {'stack':>5} {'runs':>5} "
           f"{'wall s':>8} {'runs/min':>9} {'resume s':>9}")
-    for row in rows:  # on a GPU: one process, `workers` trainer threads (each on its own stream)
-        shape = f"{row['workers']} × {row['threads']}" if args.device == "cpu" else f"1 × {row['workers']} str"
+    for row in rows:  # on a GPU: `workers` processes × `trainers` trainer threads (each on its own stream)
+        shape = (f"{row['workers']} × {row['threads']}" if args.device == "cpu"
+                 else f"{row['workers']} × {row['trainers']} str")
         print(f"{label} {row['backend']:>7} {shape:>13} {row['batch_runs']:5d} {row['stack']:>5} {row['runs']:5d} "
               f"{row['seconds']:8.1f} {row['runs_per_minute']:9.1f} {row['resume_seconds']:9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,13 @@
 """Several processes training grids on one GPU at once: P copies of `benchmarks/grid.py` (each its own process, with
 its own trainer threads, its own output folder), started together after each one's warm-up; the aggregate rate is
 P × runs over the span from the first start to the last end. Answers whether processes (each with its own Python
-interpreter, so its own GIL) add throughput on one GPU that threads of one process do not.
+interpreter, so its own GIL) add throughput on one GPU that threads of one process do not. (Stop 12's question, which
+`lathadapter grid --workers N` on a GPU now answers inside one command: `benchmarks/grid.py --workers 2,4`; this
+script times the copies after their warm-up, so without the processes' start.)
 
     python benchmarks/grid_processes.py [--processes 1,2,4] [--lead 20] [--timeout 120] -- GRID_ARGS...
 
-GRID_ARGS go to every copy (give one configuration: one --workers value, one --batch-runs value). Prints a line per
+GRID_ARGS go to every copy (give one configuration: one --trainers value, one --batch-runs value). Prints a line per
 count and writes benchmarks/results/grid_processes.json (or --out).
 """
 
@@ -61,7 +63,7 @@ def main() -> None:
                "latest_start_seconds": late, "copies": copies}
         rows.append(row)
         each = ", ".join(f"{c['seconds']:.1f}" for c in copies)
-        print(f"{count} processes × {copies[0]['workers']} trainer threads: {runs} runs in {span:.1f} s = "
+        print(f"{count} processes × {copies[0]['trainers']} trainer threads: {runs} runs in {span:.1f} s = "
               f"{row['runs_per_minute']:.0f} runs/min (each copy {each} s; the last started {late:.1f} s late)",
               flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
