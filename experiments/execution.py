@@ -113,7 +113,8 @@ class Execution:
         work; torch's thread count is set here (`machine.use_threads`). Local: the device resolved (None: cuda when
         present), `--batch-runs` and `--trainers` by the device when not given, `--workers` as given (None: chosen
         per grid; 1 with `--threads` on the CPU), clamped to this process's CPUs with a warning. Ray: Ray importable,
-        the device, `--batch-runs` and `--trainers` left to the cluster when not given, one driver process."""
+        the device and `--batch-runs` left to the cluster when not given, `--trainers` 1 a chunk task unless given
+        (several tasks share a GPU: `--gpus-per-chunk`), one driver process."""
         chosen = machine.use_threads(threads)
         if batch_runs is not None and batch_runs < 1:
             raise OptionError(f"--batch-runs {batch_runs}: must be at least 1 (1: every run alone)")

@@ -82,7 +82,8 @@ class OnRay:
                 device = "cuda" if gpus else "cpu"
             elif device.startswith("cuda") and not gpus:
                 raise OptionError(f"--device {device}: the Ray cluster has no GPU; use --device cpu")
-            execution = dataclasses.replace(job.execution, device=device,
+            # one trainer thread per chunk task unless --trainers says otherwise: several tasks share a GPU already
+            execution = dataclasses.replace(job.execution, device=device, trainers=job.execution.trainers or 1,
                                             batch_runs=job.execution.batch_runs or auto_batch_runs(device))
             job = dataclasses.replace(job, execution=execution)
             resources = {"num_cpus": 1, "num_gpus": options.gpus_per_chunk if device.startswith("cuda") else 0}
