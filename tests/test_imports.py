@@ -31,11 +31,12 @@ EXPERIMENT_RANKS = {
     "spec": 4, "table": 4,  # grid axes and expansion; results.csv, locks, stale sweep
     "data": 5,  # cache checks, few-shot sets loaded once
     "training": 6,  # keys, batches, the one training path, saving, the backend interface
-    "chunks": 7,  # runs in chunks trained elsewhere, saved by the driver
-    "pool": 8,  # worker-process mechanics
-    "local": 9, "ray_backend": 9,  # the backends
-    "launch": 10,  # the one driver
-    "protocols": 11, "builds": 11, "report": 11,  # protocols, cache builds, reports
+    "trainers": 7,  # trainer threads taking a process's batches
+    "chunks": 8,  # runs in chunks trained elsewhere, saved by the driver
+    "pool": 9,  # worker-process mechanics
+    "local": 10, "ray_backend": 10,  # the backends
+    "launch": 11,  # the one driver
+    "protocols": 12, "builds": 12, "report": 12,  # protocols, cache builds, reports
 }
 
 
