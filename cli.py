@@ -234,7 +234,7 @@ def cache_build(
 ) -> None:
     """Encode a CoOp-layout dataset with an open_clip model into a fingerprinted HDF5 cache.
 
-    With no --root and no --dataset, builds the bundled demo dataset (data/demo-shapes-v2/) with the bundled tiny model
+    With no --root and no --dataset, builds the bundled demo dataset (data/demo-shapes-v3/) with the bundled tiny model
     into caches/demo_shapes.h5.
     """
     from lathadapter.cache.build import build
@@ -605,9 +605,9 @@ def demo(
     trainers: int | None = TRAINERS,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
-    """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel, each trained method's
-    lr tuned on the few-shot val set: --tune-score), print the table and write the plots. Re-running reuses the cache
-    and the finished runs."""
+    """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel, the lr of each method
+    that has one tuned on the demo's whole val split: --tune-set split, scored by --tune-score), print the table and
+    write the plots. Re-running reuses the cache and the finished runs."""
     from lathadapter.adapter.options import split_list
     from lathadapter.demo.pipeline import run_demo
     from lathadapter.experiments.execution import Execution

@@ -1,8 +1,9 @@
 """Hyperbolic entailment cones (Ganea et al. 2018) in the ball of curvature −c, as PyTorch references.
 
 The unit-ball formulas are applied to √c p and √c q (which preserves angles). Every quantity is written in terms of
-the pair invariants |p|², |q|², <p, q − p> and |q − p|², so that the row-wise functions here, the pairwise reference
-and the Triton kernels share one formula, and close pairs keep their precision (see docs/method.md).
+the pair invariants |p|², |q|², <p, q − p> and |q − p|², so that the row-wise functions here and LatHAdapter's
+fixed-shape loss (`stacked.py`, through `cone_energy_from_invariants`) share one formula, and close pairs keep their
+precision (see docs/method.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""LatHAdapter (docs/method.md): its options (`options`), the method and its plain reference over explicit points
-(`method`), and the fused autograd nodes it trains with: the category side (`text`) and the loss after the image
-product (`loss`); `diagnostics` measures whether a trained model holds its hierarchy. Importing the package registers
-the method."""
+"""LatHAdapter (docs/method.md): its options (`options`), the method (`method`), the loss's definition by plain
+autograd over explicit points (`reference`), and the forms it trains with: the category side as one autograd node
+(`text`), the loss after the image product over the radial nodes and the Triton twin's entry (`fused`), and the
+fixed-shape loss of stacked runs and captured steps (`stacked`); `diagnostics` measures whether a trained model holds
+its hierarchy. Importing the package registers the method."""
 
 from lathadapter.adapter.methods.lathadapter.method import LatHAdapter
 from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
