@@ -37,12 +37,14 @@ def evaluate(method: Method, features: torch.Tensor, labels: torch.Tensor,
 @torch.no_grad()
 def evaluate_mapped(method: Method, features: torch.Tensor, labels: torch.Tensor, columns: list[int]) -> float:
     """Accuracy over a subset of the training classes: target class j is training class `columns[j]`
-    (domain generalisation onto ImageNet-A/R's 200 classes)."""
+    (domain generalisation onto ImageNet-A/R's 200 classes). The method scores those classes alone
+    (`Method.logits_over`): a softmax over the classes, as LatHAdapter's fused inference takes, runs over the subset,
+    as it does in a classifier built for the target's classes."""
     method.eval()
     index = torch.as_tensor(columns, device=features.device)
     correct = 0
     for start in range(0, len(labels), CHUNK):
-        scores = method.logits(features[start:start + CHUNK])[:, index]
+        scores = method.logits_over(features[start:start + CHUNK], index)
         correct += int((scores.argmax(dim=-1) == labels[start:start + CHUNK]).sum())
     return 100.0 * correct / len(labels)
 

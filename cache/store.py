@@ -494,6 +494,12 @@ class CacheReader:
         group = self._file.get("subsets", {})
         return sorted((int(group[k].attrs["shots"]), int(group[k].attrs["seed"])) for k in group)
 
+    def classes(self) -> tuple[list[str], list[str]]:
+        """The class names in label order and their wnids (empty when the cache has none), without loading a
+        split: what mapping one cache's classes onto another's reads."""
+        wnids = _strings(self._dataset("classes/wnids"))
+        return _strings(self._dataset("classes/names")), wnids if any(wnids) else []
+
     def info(self) -> CacheInfo:
         f = self._file
         return CacheInfo(
@@ -658,7 +664,7 @@ class CacheReader:
 
 
 # Every way in reads through these: a damaged file is one CacheError naming it (`corrupt`), never raw h5py text.
-for _name in ("__init__", "info", "text_features", "text_raw", "subset_rows", "load", "load_test"):
+for _name in ("__init__", "info", "classes", "text_features", "text_raw", "subset_rows", "load", "load_test"):
     setattr(CacheReader, _name, _readable(getattr(CacheReader, _name)))
 
 

@@ -3,20 +3,23 @@
 1. few-shot: all classes, shots 1/2/4/8/16, per dataset cache.
 2. base-to-novel: 16 shots on the base half, base / novel / HM per dataset cache.
 3. cross-dataset: fit on a source cache (16 shots, all classes), score each target's test set against the target's
-   own class names; methods tied to the source classes report not applicable.
+   own class names, with the run's `--text` features; methods tied to the source classes report not applicable.
 4. domain generalisation: fit on ImageNet, score ImageNet variants against the source classes their wnids (or
-   names) map to, so the 200-class -A and -R sets use the matching 200 columns.
+   names) map to, so the 200-class -A and -R sets use the matching 200 columns, scored as a 200-class classifier
+   (`Method.logits_over`); a name several classes share is refused, never mapped to one of them.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.evaluate import evaluate, evaluate_mapped
-from lathadapter.cache.store import CacheError, CacheReader, FewShotData
+from lathadapter.cache.store import REBUILD, CacheError, CacheReader, FewShotData
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.launch import launch
 from lathadapter.experiments.run import RunOutcome
@@ -30,13 +33,30 @@ def _name(text: str) -> str:
     return text.replace("_", " ").strip().lower()
 
 
-def class_mapping(source: FewShotData, target: FewShotData, target_path: str) -> list[int]:
-    """For each target class, the index of the same source class: by wnid when both caches have wnids, else by name."""
-    if source.wnids and target.wnids:
-        keys_source, keys_target, by = source.wnids, target.wnids, "wnid"
+def _shown(keys: list[str]) -> str:
+    return ", ".join(repr(key) for key in keys[:5]) + (" ..." if len(keys) > 5 else "")
+
+
+def map_classes(source: tuple[list[str], list[str]], target: tuple[list[str], list[str]], source_path: str,
+                target_path: str) -> list[int]:
+    """For each target class, the index of the same source class, from each cache's (class names, wnids): by wnid
+    when both caches have wnids, else by cleaned, lower-cased name. A key that names several classes (open_clip's
+    ImageNet names repeat "missile" and "sunglasses") is refused rather than mapped to one of them."""
+    (source_names, source_wnids), (target_names, target_wnids) = source, target
+    if source_wnids and target_wnids:
+        keys_source, keys_target, by = source_wnids, target_wnids, "wnid"
     else:
-        keys_source = [_name(n) for n in source.class_names]
-        keys_target, by = [_name(n) for n in target.class_names], "name"
+        keys_source = [_name(n) for n in source_names]
+        keys_target, by = [_name(n) for n in target_names], "name"
+    wanted = set(keys_target)
+    repeated = [(path, sorted(key for key, n in Counter(keys).items() if n > 1 and key in wanted))
+                for path, keys in ((target_path, keys_target), (source_path, keys_source))]
+    for path, keys in repeated:
+        if keys:
+            fix = ("build both caches with wnids (the imagenet dataset readers store them) so classes map by wnid"
+                   if by == "name" else f"the file is damaged; rebuild it with `{REBUILD}`")
+            raise CacheError(f"{target_path}: cannot map its classes onto the source {source_path} by {by}: "
+                             f"{path} has several classes with the {by} {_shown(keys)}; {fix}")
     lookup = {key: i for i, key in enumerate(keys_source)}
     missing = [key for key in keys_target if key not in lookup]
     if missing:
@@ -45,35 +65,84 @@ def class_mapping(source: FewShotData, target: FewShotData, target_path: str) ->
     return [lookup[key] for key in keys_target]
 
 
+def class_mapping(source: FewShotData, target: FewShotData, target_path: str,
+                  source_path: str = "source cache") -> list[int]:
+    """For each target class, the index of the same source class (`map_classes`)."""
+    return map_classes((source.class_names, source.wnids), (target.class_names, target.wnids), source_path,
+                       target_path)
+
+
+def check_mapping(source_path: str, target_paths: list[str]) -> None:
+    """Map every target's classes onto the source's (`map_classes`) before anything trains, so that a target that
+    cannot be mapped is refused at once; reads the class names and wnids only."""
+    with CacheReader(source_path) as reader:
+        source = reader.classes()
+    for path in target_paths:
+        with CacheReader(path) as reader:
+            map_classes(source, reader.classes(), source_path, path)
+
+
+# Bumped when how targets are scored changes, so that a rerun does not keep results scored the old way. v2: each run's
+# own text features (before: always coop), subset targets normalised over their own classes (before: LatHAdapter's
+# fused softmaxes over every source class).
+TARGET_SCORING = "2"
+
+
 def targets_salt(paths: list[str], mapped: bool) -> str:
-    """What the target caches add to each run key (a hash of their fingerprints, and whether classes are mapped): a
-    changed target set is a different run. Reads each cache's fingerprint only."""
+    """What the target caches add to each run key (a hash of their fingerprints, whether classes are mapped, and the
+    version of how targets are scored, `TARGET_SCORING`): a changed target set is a different run. Reads each cache's
+    fingerprint only."""
     if not paths:
         raise CacheError("the protocol needs at least one --target cache")
     fingerprints = []
     for path in paths:
         with CacheReader(path) as reader:
             fingerprints.append(reader.fingerprint)
-    return "|" + hashlib.sha256("|".join(fingerprints).encode()).hexdigest()[:12] + ("m" if mapped else "")
+    digest = hashlib.sha256("|".join(fingerprints).encode()).hexdigest()[:12]
+    return f"|{digest}{'m' if mapped else ''}|scoring{TARGET_SCORING}"
 
 
 class Targets:
-    """Target caches' test sets, loaded once where runs train, and the evaluation of a trained method on each."""
+    """Target caches' test sets, loaded once where runs train, and the evaluation of a trained method on each.
 
-    def __init__(self, paths: list[str], device: str, mapped: bool) -> None:
+    A cross-dataset target is scored against its own class text features of the run's `--text` (`coop` or
+    `ensemble`, as the source is): they are loaded per text value, once (`texts`: those loaded at once; another is
+    loaded when a run first asks for it), sharing the target's test features. A domain target is scored against the
+    source classes its classes map to (`class_mapping`), through the method's scores of those classes alone
+    (`evaluate_mapped`)."""
+
+    def __init__(self, paths: list[str], device: str, mapped: bool, texts: tuple[str, ...] | list[str] = ("coop",)
+                 ) -> None:
         self.mapped = mapped
-        self.sets: dict[str, FewShotData] = {}
+        self.device = device
+        self.paths = list(paths)
+        self.sets: dict[tuple[str, str], FewShotData] = {}
         self.names: dict[str, str] = {}
-        for path in paths:
+        for path in self.paths:
             with CacheReader(path) as reader:
-                self.sets[path] = reader.load_test(device=device)
                 self.names[path] = str(reader.info().fields.get("dataset", Path(path).stem))
+            for text in texts:
+                self.target(path, text)
+
+    def target(self, path: str, text: str) -> FewShotData:
+        """Target `path`'s test set with its class text features of `text`, loaded once per (path, text)."""
+        if (path, text) not in self.sets:
+            loaded = next((data for (p, _), data in self.sets.items() if p == path), None)
+            with CacheReader(path) as reader:
+                if loaded is None:
+                    self.sets[path, text] = reader.load_test(text=text, device=self.device)
+                else:  # the test features are shared; only the text differs
+                    raw = reader.text_raw(text)
+                    self.sets[path, text] = replace(loaded, text_features=reader.text_features(text).to(self.device),
+                                                    text_raw=None if raw is None else raw.to(self.device))
+        return self.sets[path, text]
 
     def __call__(self, grid_run: GridRun, outcome: RunOutcome, source: FewShotData) -> dict[str, Any]:
         targets: dict[str, float | None] = {}
-        for path, target in self.sets.items():
+        for path in self.paths:
+            target = self.target(path, grid_run.config.text)
             if self.mapped:
-                columns = class_mapping(source, target, path)
+                columns = class_mapping(source, target, path, grid_run.cache)
                 targets[self.names[path]] = evaluate_mapped(outcome.method, target.test_features,
                                                             target.test_labels, columns)
             else:
@@ -115,13 +184,16 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
     val set by `tune_score` (auto: the HM of a pseudo-base/pseudo-novel split of the base classes for base-to-novel,
     val accuracy otherwise) over the val images of `tune_set` (`run.TUNE_SETS`), a preset's grid extended past its
     edges (`launch.with_extensions`). Cross-dataset and domain runs are scored on the `targets` too, which every
-    process that trains loads itself."""
+    process that trains loads itself (`Targets`); a domain target whose classes cannot be mapped onto the source's is
+    refused before anything trains."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views,
                          tune_score, tune_set)
     salt, factory = "", None
     if protocol in ("cross-dataset", "domain"):
         mapped = protocol == "domain"
         salt = targets_salt(list(targets or []), mapped)
-        factory = functools.partial(Targets, list(targets or []), mapped=mapped)
+        if mapped:
+            check_mapping(caches[0], list(targets or []))
+        factory = functools.partial(Targets, list(targets or []), mapped=mapped, texts=tuple(spec.text))
     summary = launch(spec, out, execution, progress=progress, extra_factory=factory, key_salt=salt)
     return {"protocol": protocol, **{k: v for k, v in summary.items() if k != "seconds"}}

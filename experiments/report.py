@@ -19,7 +19,8 @@ label names the values chosen (`clip-adapter lr=0.01 (tuned)`; `lr=0.001/0.01 (t
 differently); a companion table `<table>_tuned` gives the value chosen in each cell (`lr=0.01`, or each value with
 its number of seeds, `lr=0.01 ×2, lr=0.001 ×1`), its title names the score that chose them (`tune.score`: val or
 val_hm) and, under it, a note says what the score is; a value still on an edge of a preset's grid after its
-extensions (`tune.edge`) is marked ▲ (highest tried) or ▼ (lowest tried), explained in the note. Tables of grids
+extensions, or the highest or lowest of an explicit grid of 3 or more numbers (`tune.edge`), is marked ▲ (highest
+tried) or ▼ (lowest tried), explained in the note. Tables of grids
 without tuning are as before.
 """
 
@@ -51,7 +52,7 @@ REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes
 SETTINGS = ("text", "select", "train_views")  # with the `opt.*` columns: what makes a configuration, besides the method
 TUNED = "tuned"  # a tuned option's value in a configuration: chosen per cell, so not what tells configurations apart
 # Marker pairs a kept run's `Choice` carries besides its options (never option names): the score that chose it and,
-# when the choice is still on an edge of a preset's grid after its extensions, which edge.
+# when the choice is still on an edge of a preset's grid after its extensions or of an explicit grid, which edge.
 SCORE, EDGE = "tune.score", "tune.edge"
 EDGE_MARKS = {"high": "▲", "low": "▼"}
 SCORE_NOTES = {"val": "val: accuracy on the training classes' few-shot val set",
@@ -60,8 +61,8 @@ SCORE_NOTES = {"val": "val: accuracy on the training classes' few-shot val set",
 SPLIT = " on the whole val split"  # a score's suffix when it read the cache's whole val split (`--tune-set split`)
 SPLIT_NOTE = ("on the whole val split: the cache's whole val split in place of the few-shot val subset "
               "(--tune-set split)")
-EDGE_NOTE = ("▲ / ▼: the highest / lowest value tried, after the preset extended its grid as far as it may; the best "
-             "value may lie beyond")
+EDGE_NOTE = ("▲ / ▼: the highest / lowest value tried (of a --tune-preset grid after it was extended as far as it "
+             "may; of a --tune grid of 3 or more numbers, as given); the best value may lie beyond")
 EXPECTED = f"expected a {RESULTS} written by `lathadapter grid` or `protocol`"
 
 

@@ -8,7 +8,9 @@ score (`tune_score`: that accuracy, or `val_hm`, the HM of a pseudo-base copy's 
 training classes, `run.pseudo_novel_accuracies`) in `metrics.json`; the results table marks, once every candidate of a
 group is finished, the one with the best score (ties: the first in the order given) `tune.selected`. A preset's group
 whose best value is on an edge of its grid grows by a step past it (`PRESET_EXTENSIONS`, `pending_extensions`; the
-driver trains them, `launch.with_extensions`) and chooses again. The test set never enters the choice.
+driver trains them, `launch.with_extensions`) and chooses again; a choice still on an edge is marked `tune.edge`, as is
+the highest (lowest) value of an explicit grid of at least `EXPLICIT_EDGE_VALUES` numbers over one option (never
+extended). The test set never enters the choice.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ TUNE_PRESETS: dict[str, tuple[str, tuple[float, ...]]] = {"lr": ("lr", (1.0, 0.1
 # A preset's extension (`Extension`): while a group chooses the top (bottom) value of its grid, one more candidate at
 # that value × step (÷ step) is trained, at most `limit` per side.
 PRESET_EXTENSIONS: dict[str, tuple[float, int]] = {"lr": (10.0, 2)}
+# An explicit `--tune` grid over one numeric option is never extended, but a choice of its highest (lowest) value is
+# marked as a preset's is (`tune.edge`), when the grid has at least this many values: with two, every choice is an
+# edge, and a mark that every cell carries says nothing.
+EXPLICIT_EDGE_VALUES = 3
 # `--tune-score`: what tuning chooses by (`run.TUNE_SCORES`); auto: val_hm for base-to-novel cells, val otherwise.
 TUNE_SCORE_CHOICES = ("auto", *TUNE_SCORES)
 
@@ -160,7 +166,8 @@ def resolve_scaled(config: RunConfig, data: FewShotData, scaled: dict[str, float
 @dataclass(frozen=True)
 class Plan:
     """A tuning group's state: the key of its kept candidate (None while one is missing), whether that choice is still
-    on an edge of a preset's grid after its extensions (`low`, `high`, or empty), and the extension candidate due
+    on an edge of a preset's grid after its extensions or on an edge of an explicit grid (`explicit_edge`) (`low`,
+    `high`, or empty), and the extension candidate due
     (the key of the original candidate it extends, its factor, its index), if any; `joined`: the extension
     candidates finished and considered, likewise."""
 
@@ -170,11 +177,21 @@ class Plan:
     joined: tuple[tuple[str, float, int], ...] = ()
 
 
+def explicit_edge(values: list[float | None], chosen: float | None) -> str:
+    """Where `chosen` lies in an explicit grid of one option's `values` (its candidates'): `high` (`low`) when it is
+    their largest (smallest) and the grid has at least `EXPLICIT_EDGE_VALUES` distinct numbers, else empty (a value
+    that is no number, such as `radius=head`, has no edge)."""
+    if chosen is None or any(v is None for v in values) or len(set(values)) < EXPLICIT_EDGE_VALUES:
+        return ""
+    return "high" if chosen == max(values) else "low" if chosen == min(values) else ""
+
+
 def _plan(candidates: dict[str, dict[str, Any]], originals: int) -> Plan:
-    """Choose among a group's candidates (key → index, score, factor, step, limit, origin): the best score (ties: the
-    lowest index) among the originals; then, in a preset's group, while the best is the highest (lowest) factor of
-    those considered and fewer than `limit` steps were added on that side, the candidate one step beyond it (same
-    other values, factor × step or ÷ step) joins, or is due when it has not run."""
+    """Choose among a group's candidates (key → index, score, factor, step, limit, origin, value): the best score
+    (ties: the lowest index) among the originals; then, in a preset's group, while the best is the highest (lowest)
+    factor of those considered and fewer than `limit` steps were added on that side, the candidate one step beyond it
+    (same other values, factor × step or ÷ step) joins, or is due when it has not run. An explicit grid is not
+    extended; its choice is marked by `explicit_edge` over its candidates' `value`s (None: not one numeric option)."""
     pool = {key: c for key, c in candidates.items() if c["index"] < originals}
     if len({c["index"] for c in pool.values()}) < originals:
         return Plan(None)
@@ -185,7 +202,7 @@ def _plan(candidates: dict[str, dict[str, Any]], originals: int) -> Plan:
                                           pool[key]["index"]))
         chosen = pool[best]
         if chosen["step"] is None:
-            return Plan(best)
+            return Plan(best, explicit_edge([c["value"] for c in pool.values()], chosen["value"]))
         done = tuple(joined)
         factors = [c["factor"] for c in pool.values()]
         side = ("" if max(factors) == min(factors) else "high" if chosen["factor"] == max(factors)
@@ -205,6 +222,20 @@ def _plan(candidates: dict[str, dict[str, Any]], originals: int) -> Plan:
         added[side] += 1
 
 
+def _single_value(row: dict[str, Any]) -> float | None:
+    """The candidate's value of its group's one tuned option as a finite number (`tune.values`: `NAME=VALUE`), or None
+    when the group tunes several options or the value is no number."""
+    names = str(row.get("tune.names") or "").split()
+    if len(names) != 1:
+        return None
+    name, _, text = str(row.get("tune.values") or "").partition("=")
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if name == names[0] and math.isfinite(value) else None
+
+
 def tuning_plans(rows: list[dict[str, Any]]) -> dict[str, Plan]:
     """Each tuning group's `Plan`, from the results rows of its finished candidates (only their val scores, never
     test accuracy)."""
@@ -217,7 +248,7 @@ def tuning_plans(rows: list[dict[str, Any]]) -> dict[str, Plan]:
             groups[row["tune.group"]][row["key"]] = {
                 "index": int(row["tune.index"]), "score": number(score), "factor": number(row.get("tune.factor")),
                 "step": number(row.get("tune.step")), "limit": int(number(row.get("tune.limit")) or 0),
-                "origin": row.get("tune.origin") or None}
+                "origin": row.get("tune.origin") or None, "value": _single_value(row)}
             originals[row["tune.group"]] = max(originals.get(row["tune.group"], 0), int(row["tune.candidates"]))
     return {group: _plan(candidates, originals[group]) for group, candidates in groups.items()}
 
@@ -225,8 +256,9 @@ def tuning_plans(rows: list[dict[str, Any]]) -> dict[str, Plan]:
 def select_tuned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mark each tuning candidate's rows `tune.selected`: True for the candidate its group keeps (`tuning_plans`: the
     best val score, ties the lowest index, i.e. the first value given; a preset's group extended past its edges),
-    False for the others, and `tune.edge` on the kept row. A group with candidates still unfinished or an extension
-    due selects none yet (its cells read as no run). Only val scores are read, never test accuracy."""
+    False for the others, and `tune.edge` on the kept row (a preset's choice still on an edge after its extensions, or
+    an explicit grid's highest or lowest value, `explicit_edge`). A group with candidates still unfinished or an
+    extension due selects none yet (its cells read as no run). Only val scores are read, never test accuracy."""
     plans = tuning_plans(rows)
     for row in rows:
         if row.get("tune.group"):

@@ -26,6 +26,7 @@ from lathadapter.experiments.launch import launch, prepare
 from lathadapter.experiments.report import EDGE_NOTE, summary_markdown
 from lathadapter.experiments.run import RunConfig, pseudo_split, tune_val_score
 from lathadapter.experiments.spec import GridSpec, expand, load_spec_file
+from lathadapter.experiments.tuning import select_tuned
 
 TINY = {"epochs": ["1"], "min_steps": ["2"]}
 CLASSES = 7  # base-to-novel: base = the first ceil(7/2) = 4 labels; their pseudo-base half the first 2 of those
@@ -229,6 +230,52 @@ def test_the_extension_is_bounded_and_marks_the_edge(cache: Path, tmp_path: Path
     assert all(r["tune.edge"] == "" for r in rows.values() if r is not kept)
     markdown = summary_markdown(tmp_path)
     assert f"lr={kept['opt.lr']} ▼" in markdown and EDGE_NOTE in markdown
+
+
+@pytest.mark.parametrize(("optimum", "kept_lr"), [(1.0, 0.1), (1e-12, 0.001), (0.01, 0.01)])
+def test_an_explicit_grid_marks_a_choice_at_its_edge_without_extending(
+        cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimum: float, kept_lr: float) -> None:
+    monkeypatch.setattr(training, "tune_val_accuracy", peaked(optimum))
+    grid = ["0.01", "0.001", "0.1"]  # not sorted: the edge is the value's place among the numbers, not in the list
+    summary = launch(GridSpec([str(cache)], ["lathadapter"], [2], [1], options=TINY, tune={"lr": grid}), tmp_path,
+                     progress=False)
+    assert summary["runs"] == summary["done"] == 3  # an explicit grid is never extended
+    rows = lrs(read_rows(tmp_path), "lathadapter")
+    (kept,) = [r for r in rows.values() if r["tune.selected"] == "True"]
+    assert float(kept["opt.lr"]) == pytest.approx(kept_lr)
+    values = [float(v) for v in grid]
+    expected = "high" if kept_lr == max(values) else "low" if kept_lr == min(values) else ""
+    assert kept["tune.edge"] == expected
+    assert all(r["tune.edge"] == "" for r in rows.values() if r is not kept)
+    markdown = summary_markdown(tmp_path)
+    mark = {"high": " ▲", "low": " ▼", "": ""}[expected]
+    assert f"| lathadapter | lr={kept['opt.lr']}{mark} |" in markdown
+    assert (EDGE_NOTE in markdown) == bool(expected)
+
+
+def test_only_explicit_grids_of_three_or_more_numbers_over_one_option_mark_an_edge() -> None:
+    def group(name: str, names: str, values: list[str], best: int) -> list[dict[str, str]]:
+        """A finished group as results.csv holds it (text): candidate `best` has the best val score."""
+        return [{"key": f"{name}{i}", "tune.group": name, "tune.index": str(i), "tune.candidates": str(len(values)),
+                 "tune.names": names, "tune.values": value, "tune.val_accuracy": "90" if i == best else "50",
+                 "tune.step": "", "tune.factor": ""} for i, value in enumerate(values)]
+
+    rows = select_tuned(
+        group("three_high", "lr", ["lr=0.01", "lr=0.001", "lr=0.1"], 2)
+        + group("three_low", "lr", ["lr=0.01", "lr=0.001", "lr=0.1"], 1)
+        + group("three_inner", "lr", ["lr=0.01", "lr=0.001", "lr=0.1"], 0)
+        + group("ints", "num_attributes", ["num_attributes=8", "num_attributes=16", "num_attributes=32",
+                                                 "num_attributes=4"], 3)
+        # two values: each is an edge, so neither is marked (a mark every cell carries says nothing)
+        + group("two", "lr", ["lr=0.001", "lr=0.01"], 1)
+        # no numbers: no order, no edge
+        + group("words", "radius", ["radius=head", "radius=norm", "radius=kind"], 2)
+        # two options: a product grid, not one option's range
+        + group("two_options", "lr alpha", ["lr=0.1 alpha=0.2", "lr=0.01 alpha=0.2", "lr=0.001 alpha=0.2"], 0))
+    edges = {r["tune.group"]: r["tune.edge"] for r in rows if r["tune.selected"]}
+    assert edges == {"three_high": "high", "three_low": "low", "three_inner": "", "ints": "low", "two": "",
+                     "words": "", "two_options": ""}
+    assert all(r["tune.edge"] == "" for r in rows if not r["tune.selected"])
 
 
 def test_an_interrupted_extension_resumes_without_rerunning_anything(cache: Path, tmp_path: Path,

@@ -154,12 +154,18 @@ def test_the_report_shows_only_the_kept_runs_and_names_the_chosen_values(tuned_g
     with (folder / "few_shot_tiny_tuned.csv").open(newline="") as f:
         chosen_table = {line["method"]: line for line in csv.DictReader(f)}
     assert set(chosen_table) == {"clip-adapter", "lathadapter"}  # untuned methods have no choices
+
+    def shown(lr: str) -> str:
+        """A kept lr as the table shows it: marked ▲ / ▼ when it is the largest / smallest of the 3-value grid."""
+        edge = " ▲" if float(lr) == max(map(float, LRS)) else " ▼" if float(lr) == min(map(float, LRS)) else ""
+        return f"lr={lr}{edge}"
+
     for method, line in chosen_table.items():
         for shots in (1, 2):
             kept = [r["opt.lr"] for r in rows if r["method"] == method and r["tune.selected"] == "True"
                     and r["shots"] == str(shots)]
             text = line[f"{shots} shot chosen"]
-            assert (text == f"lr={kept[0]}") if len(set(kept)) == 1 else all(f"lr={v} ×1" in text for v in kept)
+            assert (text == shown(kept[0])) if len(set(kept)) == 1 else all(f"{shown(v)} ×1" in text for v in kept)
     assert summary_markdown(tuned_grid) == written["markdown"]
 
 

@@ -169,7 +169,8 @@ class Method(nn.Module):
     """A few-shot method over cached features.
 
     `logits(features)` scores the training classes; `logits(features, text_features)` scores another class set
-    (novel or cross-dataset classes), or raises `NotApplicable` when `scores_new_classes` is false.
+    (novel or cross-dataset classes), or raises `NotApplicable` when `scores_new_classes` is false;
+    `logits_over(features, columns)` scores a subset of the training classes as a classifier of that subset.
     """
 
     name: ClassVar[str]
@@ -199,6 +200,13 @@ class Method(nn.Module):
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def logits_over(self, features: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """Scores of the training classes `columns` alone (column j: training class `columns[j]`), as a classifier of
+        those classes only gives them (domain generalisation onto ImageNet-A/R's 200 of 1000 classes): whatever a
+        method normalises over the classes is normalised over `columns` (LatHAdapter's fused softmaxes). A method
+        whose class scores do not depend on one another's, as every linear-logit method here, slices its logits."""
+        return self.logits(features)[:, columns]
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss on a batch and its named parts (for logging); cross-entropy on the logits by default (in its

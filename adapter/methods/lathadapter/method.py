@@ -292,7 +292,17 @@ class LatHAdapter(Method):
     # --- inference (docs/method.md, step 7) ---
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        euclid, hyper = self.scores(features, text_features, hyper=self.options.infer != "euclid")
+        return self.inferred(*self.scores(features, text_features, hyper=self.options.infer != "euclid"))
+
+    def logits_over(self, features: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """`logits` of the training classes `columns` alone: both scores are sliced before `fused` takes their
+        softmaxes, so each softmax runs over those classes, as in a classifier of the subset."""
+        euclid, hyper = self.scores(features, hyper=self.options.infer != "euclid")
+        return self.inferred(euclid[:, columns], None if hyper is None else hyper[:, columns])
+
+    def inferred(self, euclid: torch.Tensor, hyper: torch.Tensor | None) -> torch.Tensor:
+        """The scores of `infer` from both kinds (`scores`): `euclid`, `hyper`, or `fused`, the sum of their softmax
+        probabilities over the classes scored."""
         if hyper is None:
             return euclid
         if self.options.infer == "hyper":

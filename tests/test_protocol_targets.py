@@ -1,0 +1,133 @@
+"""How the cross-dataset and domain protocols score their targets: with the run's own text features, over the
+target's classes alone (before any softmax), and never through an ambiguous class mapping."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lathadapter.adapter.catalog import create_method
+from lathadapter.cache.store import CacheError, CacheReader
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+from lathadapter.experiments.protocols import map_classes, run_protocol
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((scores.argmax(dim=1) == labels).float().mean() * 100)
+
+
+def stored_test(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cache's stored test features, labels and per-template class text features [T, C, D], read with h5py."""
+    with h5py.File(path, "r") as f:
+        features = torch.from_numpy(f["splits/test/features"][()].astype(np.float32))
+        labels = torch.from_numpy(f["splits/test/labels"][()]).long()
+        per_template = torch.from_numpy(f["text/features"][()].astype(np.float32))
+    return features, labels, per_template
+
+
+def rows_of(out: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with (out / "results.csv").open(newline="") as f:
+        return {(r["method"], r["target"]): r for r in csv.DictReader(f)}
+
+
+def test_cross_dataset_targets_are_scored_with_the_runs_text_features(tmp_path: Path) -> None:
+    common = dict(dim=16, views=2, shots=(16,), seeds=(1,), train_per_class=16, val_per_class=2)
+    source = write_synthetic_cache(tmp_path / "source.h5", num_classes=6, seed=5, name="source", **common)
+    # a target whose zero-shot accuracy differs between the two text choices (checked below)
+    target = write_synthetic_cache(tmp_path / "target.h5", num_classes=12, seed=0, test_per_class=15, text_noise=0.6,
+                                   name="target", **common)
+    features, labels, per_template = stored_test(target)
+    assert len(per_template) == 2  # the CoOp template, then one more
+    oracle = {"coop": accuracy(features @ unit(per_template[0]).t(), labels),
+              # DATA.md: the mean of the normalised per-template features, normalised again
+              "ensemble": accuracy(features @ unit(unit(per_template).mean(dim=0)).t(), labels)}
+    assert oracle["coop"] != oracle["ensemble"]  # the world tells the two apart
+    for text in ("coop", "ensemble"):
+        run_protocol("cross-dataset", [str(source)], tmp_path / text, ["zeroshot"], [1], targets=[str(target)],
+                     text=text, progress=False)
+        rows = rows_of(tmp_path / text)
+        assert rows[("zeroshot", "target")]["text"] == text
+        assert float(rows[("zeroshot", "target")]["acc_all"]) == pytest.approx(oracle[text])
+
+
+def test_a_domain_target_on_a_class_subset_takes_the_fused_softmaxes_over_its_classes(tmp_path: Path) -> None:
+    keep = [20, 3, 7, 11, 15, 1]  # the target's classes: source classes of the same wnids, in this order
+    common = dict(dim=16, views=2, shots=(4,), seeds=(1,), train_per_class=6, val_per_class=2, test_per_class=15,
+                  image_noise=0.9, seed=1)
+    source = write_synthetic_cache(tmp_path / "source.h5", num_classes=24, name="source", **common)
+    target = write_synthetic_cache(tmp_path / "subset.h5", num_classes=24, keep_classes=keep, name="subset", **common)
+    out = tmp_path / "domain"
+    run_protocol("domain", [str(source)], out, ["lathadapter"], [1], targets=[str(target)], shots=[4],
+                 options={"epochs": ["2"], "min_steps": ["0"], "radius": ["norm"], "infer": ["fused"]},
+                 progress=False)
+    recorded = float(rows_of(out)[("lathadapter", "subset")]["acc_all"])
+    (folder,) = [d for d in (out / "runs").iterdir() if d.is_dir()]
+    config = json.loads((folder / "config.json").read_text())
+    with CacheReader(source) as reader:
+        data = reader.load(4, 1)
+    method = create_method("lathadapter", data, **config["overrides"])
+    method.load_state_dict(torch.load(folder / "weights.pt"))
+    method.eval()
+    assert method.options.infer == "fused"
+    features, labels, _ = stored_test(target)
+    columns = torch.tensor(keep)
+    with torch.no_grad():
+        euclid, hyper = method.scores(features)  # the method's two logit kinds over all 24 source classes
+        # a 6-way classifier of the target's classes: each kind's softmax over those 6 classes, then summed
+        oracle = torch.softmax(euclid[:, columns], dim=1) + torch.softmax(hyper[:, columns], dim=1)
+        over_all = (torch.softmax(euclid, dim=1) + torch.softmax(hyper, dim=1))[:, columns]  # the softmax over 24
+        assert (oracle.argmax(dim=1) != over_all.argmax(dim=1)).any()  # the world tells the two apart
+        assert torch.allclose(method.logits_over(features, columns), oracle, atol=1e-6)
+    assert recorded == pytest.approx(accuracy(oracle, labels))
+
+
+def rewrite_classes(path: Path, names: list[str], wnids: list[str]) -> None:
+    """Give a cache other class names and wnids (`""`: none), as a `folder:` or `split:` cache has."""
+    with h5py.File(path, "r+") as f:
+        for key, values in (("classes/names", names), ("classes/wnids", wnids)):
+            del f[key]
+            f.create_dataset(key, data=np.array(values, dtype=object), dtype=h5py.string_dtype())
+
+
+def test_mapping_by_name_refuses_names_that_several_classes_share(tmp_path: Path) -> None:
+    common = dict(dim=16, views=2, shots=(16,), seeds=(1,), train_per_class=16, val_per_class=2, test_per_class=3)
+    source = write_synthetic_cache(tmp_path / "source.h5", num_classes=6, name="source", **common)
+    target = write_synthetic_cache(tmp_path / "target.h5", num_classes=6, keep_classes=[4, 1], name="target",
+                                   **common)
+    # open_clip's ImageNet names repeat "missile" and "sunglasses"; "Sunglasses" cleans to the same name
+    names = ["tench", "missile", "sunglasses", "missile", "Sunglasses", "goldfish"]
+    rewrite_classes(source, names, [""] * 6)  # no wnids: classes map by name
+    rewrite_classes(target, ["Sunglasses", "missile"], ["n1", "n2"])
+    runner = CliRunner()
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["protocol", "domain", "--cache", str(source), "--target", str(target),
+                                 "--method", "zeroshot", "--seeds", "1", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(f"error: {target}: cannot map its classes onto the source {source} by name")
+    assert f"{source} has several classes with the name 'missile', 'sunglasses'" in message
+    assert "wnids" in message
+    assert not list(out.glob("runs/*/metrics.json"))  # refused before anything trained
+    # a duplicated name the target does not use is no ambiguity
+    source_keys = (names, [])
+    assert map_classes(source_keys, (["goldfish", "tench"], []), "s.h5", "t.h5") == [5, 0]
+    # two target classes with one name would share one source column
+    with pytest.raises(CacheError, match=r"t\.h5 has several classes with the name 'goldfish'; build both caches "
+                                         r"with wnids"):
+        map_classes(source_keys, (["goldfish", "Goldfish"], []), "s.h5", "t.h5")
+    # with wnids on both sides, names play no part
+    wnids = [f"n{i}" for i in range(6)]
+    assert map_classes((names, wnids), (["x", "y"], ["n3", "n1"]), "s.h5", "t.h5") == [3, 1]
