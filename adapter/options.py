@@ -100,6 +100,19 @@ class RecipeOptions:
                          "shared: the one recipe every trained baseline used before (AdamW, cosine)", choices=RECIPES)
 
 
+SEARCH_SETS = ("split", "subset")  # the val images a post-training search reads (`SearchSetOptions`)
+
+
+@dataclass(frozen=True)
+class SearchSetOptions(RecipeOptions):
+    """The `search_set` option of the baselines that choose values on val after training (Tip-Adapter, Tip-Adapter-F,
+    GDA), declared once so that every one of them shares it (`--set search_set=subset` means the same for each)."""
+
+    search_set: str = option(None, "split: the whole val split (a cache built with --val all; else the "
+                                          "few-shot val subset, with a warning); subset: the few-shot val subset "
+                                          "(default: the recipe's; official split, shared subset)", choices=SEARCH_SETS)
+
+
 @dataclass(frozen=True)
 class RecipeTrainOptions(TrainOptions, RecipeOptions):
     """`TrainOptions` of a baseline with a recipe: each left at None takes the recipe's value (official: the method's

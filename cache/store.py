@@ -312,6 +312,11 @@ class FewShotData:
     # The whole val split (a cache built with `--val all`: Tip-Adapter's official search set), else None.
     search_features: torch.Tensor | None = None
     search_labels: torch.Tensor | None = None
+    # The cache's templates (`[0]` the dataset's CoOp template) and the unnormalised class text feature of each,
+    # [T, C, D] (schema 2; None before), whatever `--text` says: for a recipe that fixes its own templates (TaskRes's
+    # official base). Empty and None for data built by hand.
+    templates: list[str] = field(default_factory=list)
+    template_raw: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -350,6 +355,7 @@ class FewShotData:
             wnids=[self.wnids[c] for c in classes] if self.wnids else [],
             text_raw=self.text_raw[classes] if self.text_raw is not None else None,
             train_view_norms=view_norms, search_features=search_features, search_labels=search_labels,
+            template_raw=self.template_raw[:, classes] if self.template_raw is not None else None,
         )
 
     def base_novel(self) -> tuple[FewShotData, FewShotData]:
@@ -531,15 +537,22 @@ class CacheReader:
 
     def text_raw(self, text: str = "coop") -> torch.Tensor | None:
         """The unnormalised class text features `[C, D]` (schema 2; None before): the CoOp template's raw feature
-        (`coop`) or the mean of the stored templates' raw features (`ensemble`, as TaskRes builds its ImageNet base)."""
+        (`coop`) or the mean of the stored templates' raw features (`ensemble`)."""
         if text not in ("coop", "ensemble"):
             raise CacheError(f"unknown text features {text!r}; valid: coop, ensemble")
+        raw = self.template_raw()
+        if raw is None:
+            return None
+        return raw[0] if text == "coop" else raw.mean(dim=0)
+
+    def template_raw(self) -> torch.Tensor | None:
+        """The unnormalised class text feature of every stored template, `[T, C, D]` in `text/templates`' order
+        (`unit × norm`; schema 2; None before)."""
         if not self.holds_norms:
             return None
         unit = torch.from_numpy(self._dataset("text/features")[()].astype(np.float32))
         norms = self._finite("text/norms", torch.from_numpy(self._dataset("text/norms")[()].astype(np.float32)))
-        raw = self._finite("text/features", unit) * norms.unsqueeze(-1)
-        return raw[0] if text == "coop" else raw.mean(dim=0)
+        return self._finite("text/features", unit) * norms.unsqueeze(-1)
 
     def _attribute_features(self) -> torch.Tensor:
         return self._finite("attributes/features",
@@ -623,6 +636,8 @@ class CacheReader:
             train_view_norms=view_norms,
             search_features=search_features,
             search_labels=search_labels,
+            templates=self._once(("templates",), lambda: _strings(self._dataset("text/templates"))),
+            template_raw=self._once(("template_raw",), self.template_raw),
         )
         return self._to_device(data, device, text)
 
@@ -659,16 +674,19 @@ class CacheReader:
             wnids=wnids if any(wnids) else [],
             dataset=self._fingerprint_dataset(),
             text_raw=self.text_raw(text),
+            templates=_strings(self._dataset("text/templates")),
+            template_raw=self.template_raw(),
         )
         return self._to_device(data, device, text)
 
 
 # Every way in reads through these: a damaged file is one CacheError naming it (`corrupt`), never raw h5py text.
-for _name in ("__init__", "info", "classes", "text_features", "text_raw", "subset_rows", "load", "load_test"):
+for _name in ("__init__", "info", "classes", "text_features", "text_raw", "template_raw", "subset_rows", "load",
+              "load_test"):
     setattr(CacheReader, _name, _readable(getattr(CacheReader, _name)))
 
 
 # FewShotData fields that are the same for every subset of a cache (with one text choice): `CacheReader.load` shares
 # one copy of each between the subsets it loads (no caller writes into a loaded tensor).
 SHARED_FIELDS = frozenset({"text_features", "attribute_features", "test_features", "test_labels", "text_raw",
-                           "search_features", "search_labels"})
+                           "search_features", "search_labels", "template_raw"})

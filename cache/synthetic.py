@@ -13,6 +13,8 @@ import numpy as np
 from lathadapter.cache.sampling import fewshot_indices
 from lathadapter.cache.store import SPLITS, CacheLayout, RawNorms, write_cache
 
+SYNTHETIC_TEMPLATES = ("a photo of a {}.", "itap of a {}.")  # what `write_synthetic_cache` stores by default
+
 
 def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -37,6 +39,7 @@ def write_synthetic_cache(
     keep_classes: list[int] | None = None,
     name: str = "synthetic",
     val_split: bool = True,
+    templates: tuple[str, ...] = SYNTHETIC_TEMPLATES,
 ) -> Path:
     """Write a complete cache at `path`; `test_total` spreads that many test images over the classes instead.
 
@@ -44,8 +47,13 @@ def write_synthetic_cache(
     classes as a full cache of the same `seed`: a domain-shift target such as ImageNet-A's 200-class subset.
     The cache is schema 2: every vector has a raw norm, drawn in CLIP's ranges (images about 9–12, text about 7–10)
     from a generator of its own, so the features are those of a cache written without norms. `val_split` records
-    that the val split written is the whole one (as `cache build --val all`), which it always is here.
+    that the val split written is the whole one (as `cache build --val all`), which it always is here. `templates`
+    names the stored text templates (`[0]` the CoOp template): the first two get the features and norms they always
+    had, any further one a perturbed copy of the first from a generator of its own (so the rest of the cache does
+    not change), as a built cache stores CoOp's template and the 7 of `cache.templates.ensemble_templates`.
     """
+    if len(templates) < 2:
+        raise ValueError("write_synthetic_cache stores at least two templates")
     rng = np.random.default_rng(seed)
     family_means = _normalize(rng.standard_normal((families, dim)))
     family_of = np.arange(num_classes) % families
@@ -72,6 +80,9 @@ def write_synthetic_cache(
     text = _normalize(centres + text_noise * rng.standard_normal((num_classes, dim)) / np.sqrt(dim) * 3 + text_gap)
     second = _normalize(text + 0.1 * rng.standard_normal(text.shape) / np.sqrt(dim))
     vocabulary = _normalize(attributes + 0.3 * rng.standard_normal(attributes.shape) / np.sqrt(dim) * 3 + text_gap)
+    extra = np.random.default_rng([seed, 8])  # the further templates' own stream
+    more = [_normalize(text + 0.1 * extra.standard_normal(text.shape) / np.sqrt(dim)) for _ in templates[2:]]
+    more_norms = [extra.uniform(7.0, 10.0, num_classes) for _ in templates[2:]]
     class_names = [f"class_{c:04d}" for c in range(num_classes)]
     wnids = [f"n{c:08d}" for c in range(num_classes)]
     if keep_classes is not None:
@@ -83,12 +94,14 @@ def write_synthetic_cache(
             features[split] = features[split][keep]
             labels[split] = np.array([lookup[c] for c in labels[split][keep]], dtype=np.int64)
         text, second, class_names = text[keep_classes], second[keep_classes], [class_names[c] for c in keep_classes]
+        more, more_norms = [m[keep_classes] for m in more], [n[keep_classes] for n in more_norms]
         wnids = [wnids[c] for c in keep_classes]
     scale = np.random.default_rng([seed, 7])  # the norms' own stream: the features above do not depend on it
     norms = RawNorms(
         splits={split: scale.uniform(9.0, 12.0, len(labels[split])) for split in SPLITS},
         augmented=scale.uniform(9.0, 12.0, augmented.shape[:2]),
-        text=scale.uniform(7.0, 10.0, (2, len(class_names))),
+        text=np.concatenate([scale.uniform(7.0, 10.0, (2, len(class_names))),
+                             np.reshape(more_norms, (-1, len(class_names)))]),
         attributes=scale.uniform(7.0, 10.0, num_attributes),
     )
     subsets = {
@@ -97,18 +110,19 @@ def write_synthetic_cache(
     layout = CacheLayout(
         fingerprint={"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
                      "train_per_class": train_per_class, "test": len(labels["test"]), "model": "synthetic",
-                     "keep_classes": keep_classes, "val": "all" if val_split else "subsets"},
+                     "keep_classes": keep_classes, "val": "all" if val_split else "subsets",
+                     **({} if tuple(templates) == SYNTHETIC_TEMPLATES else {"templates": list(templates)})},
         class_names=class_names,
         embed_dim=dim,
         views=views,
         paths={split: [f"{split}/{i:06d}.png" for i in range(len(ls))] for split, ls in labels.items()},
         labels={split: ls.tolist() for split, ls in labels.items()},
         subsets=subsets,
-        templates=["a photo of a {}.", "itap of a {}."],
+        templates=list(templates),
         attribute_phrases=[f"attribute {k}" for k in range(num_attributes)],
         wnids=wnids,
     )
-    write_cache(Path(path), layout, features, augmented, np.stack([text, second]), vocabulary, norms)
+    write_cache(Path(path), layout, features, augmented, np.stack([text, second, *more]), vocabulary, norms)
     return Path(path)
 
 

@@ -31,6 +31,7 @@ from lathadapter.cache.encode import augmented_views, view_seed
 from lathadapter.cache.inspection import summary, verify
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData, fingerprint_of
 from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cache.templates import ensemble_templates
 from lathadapter.cli import app
 from lathadapter.experiments.run import RunConfig, option_in_effect
 
@@ -246,6 +247,73 @@ def test_taskres_trains_with_coupled_adam_and_dassls_schedule() -> None:
     assert result.steps == 100 and set(seen["batches"]) == {8}  # fewer than 256 images: one batch of all
     assert seen["lrs"] == pytest.approx(dassl_epoch_lrs(2e-3, 100), rel=1e-6, abs=1e-12)
     assert (result.chosen["recipe.alpha"], result.chosen["recipe.raw_text"]) == (0.5, True)
+
+
+# trainers/imagenet_templates.py IMAGENET_TEMPLATES_SELECT and trainers/taskres.py CUSTOM_TEMPLATES, written out again
+TASKRES_SELECT = ["itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                  "a {} in a video game.", "art of the {}.", "a photo of the small {}."]
+TASKRES_CUSTOM = {"ImageNet": "a photo of a {}.", "Caltech101": "a photo of a {}."}
+# what `cache build` stores for ImageNet (and Caltech101: the same CoOp template): CoOp's template, then the 7
+STORED_TEMPLATES = ("a photo of a {}.", "itap of a {}.", "a bad photo of the {}.", "a origami {}.",
+                    "a photo of the large {}.", "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+
+
+def official_taskres_base(path: Path, dataset: str) -> torch.Tensor:
+    """`_get_base_text_features`, from the cache file itself: the raw `text_encoder` output of a template is its
+    stored unit feature times its stored norm; ImageNet's TEMPLATES are IMAGENET_TEMPLATES_SELECT + [the custom
+    template], every other dataset's the custom template alone; `torch.stack(text_embeddings).mean(1)`."""
+    with h5py.File(path, "r") as f:
+        names = [t.decode() if isinstance(t, bytes) else str(t) for t in f["text/templates"][()]]
+        unit = torch.from_numpy(f["text/features"][()].astype(np.float32))
+        norms = torch.from_numpy(f["text/norms"][()].astype(np.float32))
+    encoded = {name: unit[i] * norms[i][:, None] for i, name in enumerate(names)}  # [C, D] per template
+    templates = (list(TASKRES_SELECT) if dataset == "ImageNet" else []) + [TASKRES_CUSTOM[dataset]]
+    per_class = [torch.stack([encoded[t][c] for t in templates]) for c in range(unit.shape[1])]  # [T, D] each
+    return torch.stack(per_class).mean(1)
+
+
+def test_a_built_cache_stores_the_templates_of_taskres_imagenet_base() -> None:
+    assert ensemble_templates("a photo of a {}.") == list(STORED_TEMPLATES)
+    assert set(TASKRES_SELECT) <= set(STORED_TEMPLATES) and TASKRES_CUSTOM["ImageNet"] == STORED_TEMPLATES[0]
+
+
+@pytest.mark.parametrize(("dataset", "official_name", "kind"), [("imagenet", "ImageNet", "imagenet-select+coop"),
+                                                                 ("caltech101", "Caltech101", "coop")])
+def test_taskres_official_base_is_the_official_templates_whatever_the_text(tmp_path: Path, dataset: str,
+                                                                           official_name: str, kind: str) -> None:
+    path = write_synthetic_cache(tmp_path / f"{dataset}.h5", num_classes=6, dim=16, shots=(2,), seeds=(1,),
+                                 name=dataset, templates=STORED_TEMPLATES)
+    expected = official_taskres_base(path, official_name)
+    for text in ("coop", "ensemble"):
+        with CacheReader(path) as reader:
+            data = reader.load(2, 1, text=text)
+        if (dataset, text) in (("imagenet", "coop"), ("caltech101", "ensemble")):  # where --text alone was wrong
+            assert (expected - data.text_raw).abs().max() > 1e-2
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ProtocolWarning)  # every template is stored: nothing to warn about
+            method = create_method("taskres", data)
+        torch.testing.assert_close(method.base_text, expected, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():  # R = 0: CustomCLIP's logits with the base alone, normalised
+            torch.testing.assert_close(method.logits(data.test_features),
+                                       100 * data.test_features @ (expected / expected.norm(dim=-1, keepdim=True)).t(),
+                                       rtol=1e-4, atol=1e-4)
+        assert method.settings()["recipe.base_text"] == kind
+        shared = create_method("taskres", data, recipe="shared")  # the unit text feature of --text, as before
+        torch.testing.assert_close(shared.base_text, data.text_features, rtol=0, atol=0)
+        assert shared.settings()["recipe.base_text"] == "unit"
+    metrics = lathadapter.fit(path, "taskres", shots=2, seed=1, text="ensemble", out=None, device="cpu", epochs=1)
+    assert (metrics["chosen"]["recipe.base_text"], metrics["chosen"]["recipe.raw_text"]) == (kind, True)
+
+
+def test_taskres_imagenet_base_without_the_select_templates_is_the_coop_template_with_a_warning(tmp_path: Path) -> None:
+    path = write_synthetic_cache(tmp_path / "imagenet.h5", num_classes=6, dim=16, shots=(2,), seeds=(1,),
+                                 name="imagenet")  # stores "a photo of a {}." and "itap of a {}." only
+    with CacheReader(path) as reader:
+        data = reader.load(2, 1, text="ensemble")
+    with pytest.warns(ProtocolWarning, match=r"IMAGENET_TEMPLATES_SELECT.*'a bad photo of the \{\}\.'"):
+        method = create_method("taskres", data)
+    torch.testing.assert_close(method.base_text, official_taskres_base(path, "Caltech101"), rtol=0, atol=0)
+    assert method.settings()["recipe.base_text"] == "coop"
 
 
 # ----------------------------------------------------------------------------------------------------------------

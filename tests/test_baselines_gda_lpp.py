@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import lathadapter
-from lathadapter.adapter.catalog import create_method
+from lathadapter.adapter.catalog import create_method, make_options, resolve_options
 from lathadapter.adapter.evaluate import evaluate
 from lathadapter.adapter.methods.base import NotApplicable, ProtocolWarning
+from lathadapter.adapter.recipes import RecipeFacts
 from lathadapter.adapter.trainer import train
 from lathadapter.cache.store import FewShotData
 from lathadapter.cache.synthetic import write_synthetic_cache
@@ -33,9 +34,14 @@ GDA_ALPHAS = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
 
 
 def random_data(classes: int = 5, dim: int = 8, shots: int = 4, views: int = 3, val_per_class: int = 6,
-                test_per_class: int = 5, text_signal: float = 0.3, noise: float = 0.9, seed: int = 0) -> FewShotData:
+                test_per_class: int = 5, text_signal: float = 0.3, noise: float = 0.9, seed: int = 0,
+                val_split: bool = False) -> FewShotData:
     """Unit-norm float64 features around random class centres; the text features carry a weak share of the centres,
-    so that zero-shot is imperfect and the few-shot term matters."""
+    so that zero-shot is imperfect and the few-shot term matters.
+
+    The val draws (`val_per_class` a class) are the val set; with `val_split` they are the whole val split instead
+    (`search_features`, as a cache built with `--val all` holds it) and the val set is the few-shot val subset drawn
+    from it, as CoOp's sampling does: the first `min(shots, 4)` images of each class."""
     g = torch.Generator().manual_seed(seed)
 
     def unit(x: torch.Tensor) -> torch.Tensor:
@@ -54,8 +60,14 @@ def random_data(classes: int = 5, dim: int = 8, shots: int = 4, views: int = 3, 
                                                             dtype=torch.float64))
     val_x, val_y = draw(val_per_class)
     test_x, test_y = draw(test_per_class)
+    split_x = split_y = None
+    if val_split:
+        split_x, split_y = val_x, val_y
+        keep = (torch.arange(len(val_y)) % val_per_class) < min(shots, 4)  # rows are grouped by class
+        val_x, val_y = split_x[keep], split_y[keep]
     return FewShotData([f"c{i}" for i in range(classes)], text, torch.zeros(0, dim, dtype=torch.float64), train_x,
-                       train_views, train_y, val_x, val_y, test_x, test_y, "parity")
+                       train_views, train_y, val_x, val_y, test_x, test_y, "parity", search_features=split_x,
+                       search_labels=split_y)
 
 
 def official_cls_acc(output: torch.Tensor, target: torch.Tensor) -> float:
@@ -68,9 +80,14 @@ def official_cls_acc(output: torch.Tensor, target: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------------------- GDA
 
 
-def official_gda(data: FewShotData) -> dict:
+def official_gda(data: FewShotData, val: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """`main_few_shots.py::run`, step by step: every augmented view (the official `augment_epoch` passes over the
-    train loader, pass-major), class means, the KS-shrunk shared precision, W and b, the α search on val."""
+    train loader, pass-major), class means, the KS-shrunk shared precision, W and b, the α search on val.
+
+    The official `val_features` are `pre_load_features` of `val_loader` over `dataset.val`: the whole val split (the
+    dataset readers sample train only), here `data.search_features`; `val` replaces it (features, labels)."""
+    val_features, val_labels = val if val is not None else (data.search_features, data.search_labels)
+    assert val_features is not None, "the official search reads the whole val split"
     clip_weights = data.text_features.t()  # [D, C], as the official `clip_classifier` returns it
     num_views = data.train_views.shape[1]
     vecs = torch.cat([data.train_views[:, j] for j in range(num_views)])
@@ -85,8 +102,8 @@ def official_gda(data: FewShotData) -> dict:
     b = ps.log() - torch.einsum("nd, dc, nc -> n", mus, cov_inv, mus) / 2
     best_val_acc, best_alpha, accuracies = 0, 0.1, []
     for alpha in GDA_ALPHAS:
-        val_logits = 100.0 * data.val_features @ clip_weights + alpha * (data.val_features @ W + b)
-        acc = official_cls_acc(val_logits, data.val_labels)
+        val_logits = 100.0 * val_features @ clip_weights + alpha * (val_features @ W + b)
+        acc = official_cls_acc(val_logits, val_labels)
         accuracies.append(acc)
         if acc > best_val_acc:
             best_val_acc, best_alpha = acc, alpha
@@ -103,11 +120,14 @@ def official_gda(data: FewShotData) -> dict:
 ])
 def test_gda_equals_the_official_estimate_search_and_logits(text_signal: float, noise: float, shots: int, seed: int,
                                                             alpha: float) -> None:
-    data = random_data(shots=shots, val_per_class=20, text_signal=text_signal, noise=noise, seed=seed)
-    official = official_gda(data)
+    data = random_data(shots=shots, val_per_class=20, text_signal=text_signal, noise=noise, seed=seed, val_split=True)
+    official = official_gda(data)  # searched on the whole val split, as the official code does
     assert len(set(official["accuracies"])) > 1 and official["alpha"] == alpha, "the case must make α matter"
     method = create_method("gda", data)
-    chosen = train(method, data, seed=1).chosen
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProtocolWarning)  # the whole val split is there: nothing to warn about
+        chosen = train(method, data, seed=1).chosen
+    assert (chosen["search_set"], chosen["recipe.search_set"], chosen["recipe"]) == ("split", "split", "official")
     torch.testing.assert_close(method.weight, official["W"].t(), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(method.bias, official["b"], rtol=1e-9, atol=1e-9)
     assert chosen["alpha"] == official["alpha"] and chosen["views"] == data.train_views.shape[1]
@@ -116,24 +136,72 @@ def test_gda_equals_the_official_estimate_search_and_logits(text_signal: float, 
 
 
 def test_gda_without_val_keeps_the_official_start_and_warns() -> None:
-    data = random_data()
+    data = random_data()  # no whole val split, and (below) no few-shot val subset either: ImageNet's case
     data = replace(data, val_features=data.val_features[:0], val_labels=data.val_labels[:0])
     method = create_method("gda", data)
     with pytest.warns(ProtocolWarning, match="no few-shot val subset"):
         chosen = train(method, data, seed=1).chosen
     assert chosen["alpha"] == 0.1 and method.alpha == 0.1
-    official = official_gda(random_data())  # the estimate does not depend on the val set
+    whole = random_data()
+    official = official_gda(whole, val=(whole.val_features, whole.val_labels))  # W and b do not depend on val
     torch.testing.assert_close(method.weight, official["W"].t(), rtol=1e-9, atol=1e-9)
 
 
 def test_gda_without_augmented_views_uses_the_clean_view() -> None:
-    data = random_data()
+    data = random_data(val_split=True)
     clean = replace(data, train_views=data.train_features.unsqueeze(1))
     no_views = replace(data, train_views=torch.zeros(len(data.train_labels), 0, 8, dtype=torch.float64))
     expected, actual = create_method("gda", clean), create_method("gda", no_views)
     train(expected, clean, seed=1), train(actual, no_views, seed=1)
     torch.testing.assert_close(actual.weight, expected.weight)
     assert actual.alpha == expected.alpha
+
+
+@pytest.mark.parametrize(("shots", "seed", "text_signal", "split_alpha", "subset_alpha"), [
+    (1, 0, 1.0, 1.0, 0.0001),  # one val image a class in the subset
+    (2, 1, 2.0, 0.0001, 100.0),
+])
+def test_gda_searches_the_whole_val_split_by_default_and_falls_back_to_the_subset(
+        shots: int, seed: int, text_signal: float, split_alpha: float, subset_alpha: float) -> None:
+    data = random_data(shots=shots, val_per_class=20, text_signal=text_signal, noise=0.9, seed=seed, val_split=True)
+    subset = (data.val_features, data.val_labels)
+    assert (len(data.val_labels), len(data.search_labels)) == (5 * min(shots, 4), 5 * 20)
+    official, on_subset = official_gda(data), official_gda(data, val=subset)
+    assert (official["alpha"], on_subset["alpha"]) == (split_alpha, subset_alpha), "the set searched must matter"
+    # resolved before the run, as Tip-Adapter's: official (the default) the whole split, shared the subset
+    assert resolve_options("gda", make_options("gda"), RecipeFacts("caltech101", shots)).search_set == "split"
+    assert resolve_options("gda", make_options("gda", {"recipe": "shared"}),
+                           RecipeFacts("caltech101", shots)).search_set == "subset"
+
+    def search(case: FewShotData, **options) -> dict:
+        method = create_method("gda", case, **options)
+        chosen = train(method, case, seed=1).chosen
+        torch.testing.assert_close(method.logits(case.test_features),
+                                   100.0 * case.test_features @ case.text_features.t()
+                                   + chosen["alpha"] * (case.test_features @ official["W"] + official["b"]),
+                                   rtol=1e-9, atol=1e-7)
+        return chosen
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProtocolWarning)
+        chosen = search(data)
+        assert (chosen["alpha"], chosen["search_set"], chosen["recipe.search_set"]) == (split_alpha, "split", "split")
+        assert chosen["val_accuracy"] == pytest.approx(official["val_acc"])
+        for options in ({"recipe": "shared"}, {"search_set": "subset"}):  # the few-shot val subset, asked for
+            chosen = search(data, **options)
+            assert (chosen["alpha"], chosen["search_set"], chosen["recipe.search_set"]) == (subset_alpha, "subset",
+                                                                                           "subset")
+            assert chosen["val_accuracy"] == pytest.approx(on_subset["val_acc"])
+    # a cache without the whole val split (built with --val subsets): the subset, with Tip-Adapter's warning
+    no_split = replace(data, search_features=None, search_labels=None)
+    with pytest.warns(ProtocolWarning, match=r"whole val split.*few-shot val subset.*--val all --force") as caught:
+        chosen = search(no_split)
+    assert (chosen["alpha"], chosen["search_set"], chosen["recipe.search_set"]) == (subset_alpha, "subset", "split")
+    with pytest.warns(ProtocolWarning) as tip_caught:  # raw_keys off: random_data has no raw norms
+        train(create_method("tip-adapter", no_split, raw_keys=False), no_split, seed=1)
+    (gda_message,), (tip_message,) = [str(w.message) for w in caught], [str(w.message) for w in tip_caught]
+    assert gda_message.replace("gda: ", "", 1).replace("α is searched", "SEARCHED") == \
+        tip_message.replace("tip-adapter: ", "", 1).replace("α and β are searched", "SEARCHED")
 
 
 # ---------------------------------------------------------------------------------------------------------- LP++
@@ -259,7 +327,7 @@ def test_lpp_counts_its_trained_parameters_and_cannot_score_new_classes() -> Non
 
 @pytest.mark.parametrize("name", ["gda", "lp++"])
 def test_no_choice_sees_the_test_set(name: str) -> None:
-    data = random_data(seed=4)
+    data = random_data(seed=4, val_split=True)
     poisoned = replace(data, test_features=torch.full_like(data.test_features, float("nan")),
                        test_labels=torch.zeros_like(data.test_labels))
     chosen = []
@@ -292,6 +360,10 @@ def test_fit_end_to_end_base_to_novel(cache: Path, tmp_path: Path, name: str) ->
     assert {"weight", "bias"} <= set(weights)
     trained = 6 * 32 + 6 + 6 if name == "lp++" else 0
     assert metrics["trained_parameters"] == trained
+    if name == "gda":  # the synthetic cache holds the whole val split: the official search set, recorded
+        assert (metrics["chosen"]["search_set"], metrics["chosen"]["recipe.search_set"]) == ("split", "split")
+        config = json.loads((Path(metrics["run_dir"]) / "config.json").read_text())
+        assert config["options"]["search_set"] is None and config["resolved"] == {"search_set": "split"}
 
 
 def test_grid_runs_both(cache: Path, tmp_path: Path) -> None:

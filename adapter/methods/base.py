@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -163,6 +164,26 @@ class ProtocolWarning(UserWarning):
 
 class NotApplicable(RuntimeError):
     """The method cannot score classes it was not trained on (novel or cross-dataset classes)."""
+
+
+def search_set_data(data: FewShotData, search_set: str, method: str, searched: str
+                    ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The val images a search after training reads (option `search_set`, `SearchSetOptions`) and which set they are:
+    `split`, the cache's whole val split (`cache build --val all`; the official search set of Tip-Adapter and GDA),
+    or `subset`, the few-shot val subset; `none` when that subset is empty (ImageNet's). Asked for `split` on a cache
+    without it: the subset, with a `ProtocolWarning` that names the rebuild (`searched` says what the search sets,
+    as "α and β are searched"; the warning points at the caller's line)."""
+    subset = (data.val_features, data.val_labels, "subset" if len(data.val_labels) else "none")
+    if search_set == "subset":
+        return subset
+    if data.search_features is not None and data.search_labels is not None and len(data.search_labels):
+        return data.search_features, data.search_labels, "split"
+    if len(data.val_labels):
+        warnings.warn(f"{method}: the official search set is the whole val split, but this cache holds only the "
+                      f"few-shot val subsets: {searched} on the few-shot val subset ({len(data.val_labels)} "
+                      "images). Rebuild the cache with `lathadapter cache build ... --val all --force` to search as "
+                      "the official code does", ProtocolWarning, stacklevel=2)
+    return subset
 
 
 class Method(nn.Module):

@@ -10,16 +10,23 @@ then the grid search for α):
 - one shared covariance with the KS shrinkage: with `Z` the views centred on their class means (M rows) and
   `S = cov(Z)` (`torch.cov`, unbiased), `Σ⁻¹ = D · pinv((M − 1) S + tr(S) I)`;
 - uniform priors `p_c = 1/C`; the linear classifier `w_c = Σ⁻¹ μ_c`, `b_c = log p_c − ½ μ_cᵀ Σ⁻¹ μ_c`;
-- `ℓ = 100 x Tᵀ + α (x Wᵀ + b)`, α searched on the few-shot val set over the official list
-  `1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100`, keeping the first strictly better value, starting from accuracy 0 and the
-  option `alpha` (default 0.1, the official starting value), which stays when every value scores 0.
+- `ℓ = 100 x Tᵀ + α (x Wᵀ + b)`, α searched over the official list `1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100`, keeping
+  the first strictly better value, starting from accuracy 0 and the option `alpha` (default 0.1, the official
+  starting value), which stays when every value scores 0;
+- the search reads the whole val split (`val_loader` over `dataset.val`: the official dataset readers sample the
+  few-shot train set only), which the cache holds when built with `cache build --val all`. Option `search_set`, as
+  Tip-Adapter's: `split` (`recipe=official`, the default) the whole val split, or, on a cache without it, the
+  few-shot val subset with a `ProtocolWarning`; `subset` (`recipe=shared`, GDA's search before it had the option)
+  the few-shot val subset, `min(K, 4)` images a class. The run records the option under `chosen` as
+  `recipe.search_set` and the set searched as `search_set`.
 
 The estimation runs in `after_training` (the trainer calls it once; there is nothing else to train), so that a
 run's train time covers it. ImageNet: the official code searches α on the test set there (`val_features =
-test_features`). No choice here ever sees the test set: without a few-shot val subset α keeps its value (the official
-starting value 0.1) and a `ProtocolWarning` says so. Novel and cross-dataset classes are not scored (the official
-base-to-novel script, `main_base2new.py`, synthesises their classifiers from the train views nearest their text
-features, and estimates the base covariance as the mean of per-class covariances; neither is implemented).
+test_features`). No choice here ever sees the test set: without a val set (neither the whole split nor a few-shot
+subset: ImageNet's) α keeps its value (the official starting value 0.1) and a `ProtocolWarning` says so. Novel and
+cross-dataset classes are not scored (the official base-to-novel script, `main_base2new.py`, synthesises their
+classifiers from the train views nearest their text features, and estimates the base covariance as the mean of
+per-class covariances; neither is implemented).
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ from typing import Any
 
 import torch
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning
-from lathadapter.adapter.options import option
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, search_set_data
+from lathadapter.adapter.options import SearchSetOptions, option
+from lathadapter.adapter.recipes import RecipeFacts, fill
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
@@ -40,10 +48,13 @@ ALPHAS = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)  # the official search lis
 
 
 @dataclass(frozen=True)
-class GDAOptions:
+class GDAOptions(SearchSetOptions):
+    """`recipe` and `search_set` (shared with Tip-Adapter, `SearchSetOptions`: the recipe only picks the search
+    set), and GDA's own options."""
+
     alpha: float = option(0.1, "weight α of the GDA logits (the value before the search; the official start 0.1)",
                           least=0)
-    search: bool = option(True, "search α on the few-shot val set over the official list 1e-4 … 100")
+    search: bool = option(True, "search α on the val set (search_set) over the official list 1e-4 … 100")
 
 
 def class_means(vectors: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -78,8 +89,13 @@ class GDA(Method):
     scores_new_classes = False
     trains = False
 
+    @classmethod
+    def resolve(cls, options: GDAOptions, facts: RecipeFacts) -> GDAOptions:
+        return fill(options, {"search_set": "split"}, {"search_set": "subset"})
+
     def __init__(self, options: GDAOptions, data: FewShotData) -> None:
         super().__init__(options, data)
+        self.search_set = self.options.search_set  # resolved
         like = dict(dtype=data.text_features.dtype, device=data.text_features.device)
         # Estimated by `after_training` (so that a run's train time covers the estimation); zero until then.
         self.register_buffer("weight", torch.zeros(data.num_classes, data.text_features.shape[1], **like))  # [C, D]
@@ -108,24 +124,27 @@ class GDA(Method):
             self._require_new_classes()
         return LOGIT_SCALE * features @ self.text_features.t() + self.alpha * self.gda_logits(features)
 
+    def settings(self) -> dict[str, Any]:
+        return {"recipe": self.options.recipe, "recipe.search_set": self.search_set}
+
     @torch.no_grad()
     def after_training(self, data: FewShotData) -> dict[str, Any]:
         self.estimate(data)
         if not self.options.search:
             return {"alpha": self.alpha, "views": self.num_views, "search": "off"}
-        if len(data.val_labels) == 0:  # ImageNet: the official code searches on the test set, never done here
+        features, labels, where = search_set_data(data, self.search_set, self.name, "α is searched")
+        if where == "none":  # ImageNet: the official code searches on the test set, never done here
             warnings.warn(f"{self.name}: the cache has no few-shot val subset (as ImageNet's), so α is not searched "
                           f"and keeps its value α={self.alpha:g}", ProtocolWarning, stacklevel=2)
             return {"alpha": self.alpha, "views": self.num_views,
                     "search": "skipped: the cache has no val subset"}
-        features = data.val_features
         zero_shot = LOGIT_SCALE * features @ self.text_features.t()
         discriminant = self.gda_logits(features)
         best_hits, best_alpha = 0, self.alpha  # the official start: accuracy 0 and α = 0.1 (the default)
         for alpha in ALPHAS:
-            hits = int(((zero_shot + alpha * discriminant).argmax(-1) == data.val_labels).sum())
+            hits = int(((zero_shot + alpha * discriminant).argmax(-1) == labels).sum())
             if hits > best_hits:  # the first strictly better value is kept
                 best_hits, best_alpha = hits, alpha
         self.alpha = best_alpha
-        return {"alpha": self.alpha, "views": self.num_views,
-                "val_accuracy": 100.0 * best_hits / len(data.val_labels)}
+        return {"alpha": self.alpha, "views": self.num_views, "val_accuracy": 100.0 * best_hits / len(labels),
+                "search_set": where}

@@ -18,7 +18,11 @@ Follows the official code, github.com/FereshteShakeri/FewShot-CLIP-Strong-Baseli
   the α gradient summed over every epoch so far (the official loop never zeroes it: `optimizer.zero_grad()` clears
   W and b only);
 - after each epoch, accuracy on the few-shot val set; the parameters of the last epoch whose accuracy is at least
-  the best so far are kept (the official `acc_val >= best_acc`, from 0).
+  the best so far are kept (the official `acc_val >= best_acc`, from 0). The val set here is the run's few-shot val
+  subset, `min(K, 4)` images a class (docs/data.md's protocol, shared by every method); the official `main.py`
+  draws its own, K images a class from the val split (`generate_fewshot_dataset_(shots, split="val")`), so at 8 and
+  16 shots it selects on 8 or 16 images a class, here on 4. Unlike Tip-Adapter and GDA, LP++ does not read the
+  whole val split (`search_set`): the official code does not either.
 
 The gradients are written out (`softmax − onehot` over N) instead of taken by autograd; the tests hold them against
 the official loop run with autograd and `torch.optim.SGD`. The official loop runs in CLIP's float16; this one runs in

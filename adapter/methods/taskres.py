@@ -1,21 +1,32 @@
 """TaskRes (Yu et al.): a learned residual on the class text features, `ℓ = 100 <x, norm(t_c + α R_c)>`.
 
 `recipe=official` follows geekyutao/TaskRes (`trainers/taskres.py`, `configs/trainers/TaskRes/*.yaml`,
-`train_regular.sh`): the base `t_c` is the raw (unnormalised) text feature, `t̂_c |t_c|` (the cache's raw norms,
-schema 2), α = 0.5 (1.0 on Oxford Flowers), Adam with coupled weight decay 5e-4, lr 2e-3 (2e-4 on ImageNet), batch 256
-(the last partial batch dropped), 100 epochs for 1–4 shots and 200 for 8–16, Dassl's cosine per epoch after one epoch
-at 1e-5. `recipe=shared`: the unit text feature as base, α = 0.5 and the shared recipe. docs/baselines.md.
+`train_regular.sh`): the base `t_c` is the official base text (`raw_text` on), α = 0.5 (1.0 on Oxford Flowers), Adam
+with coupled weight decay 5e-4, lr 2e-3 (2e-4 on ImageNet), batch 256 (the last partial batch dropped), 100 epochs
+for 1–4 shots and 200 for 8–16, Dassl's cosine per epoch after one epoch at 1e-5. `recipe=shared`: the unit text
+feature of the run's `--text` as base, α = 0.5 and the shared recipe. docs/baselines.md.
+
+The official base text (`_get_base_text_features`) is made of raw (unnormalised) text features, whatever the run's
+`--text` (which the zero-shot fallback of novel classes still follows): on ImageNet the mean of the raw features of
+the 7 `IMAGENET_TEMPLATES_SELECT` templates and the CoOp template ("a photo of a {}."), in that order; on every other
+dataset the raw feature of the dataset's CoOp template alone. The cache stores all of them (`text/templates`: the
+CoOp template, then open_clip's 7 simple templates, the same 7; raw norms in schema 2), read as
+`FewShotData.templates`/`template_raw`. A cache that lacks one of the 7 (a synthetic one) gives ImageNet the CoOp
+template alone, with a `ProtocolWarning`; data built by hand without `template_raw` takes `text_raw` as the CoOp
+template's. The run records the base under `chosen` as `recipe.base_text`: `coop` (the CoOp template's raw feature),
+`imagenet-select+coop` (the 8-template mean), or `unit` (`raw_text` off: the unit feature of `--text`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, normalize
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, normalize
 from lathadapter.adapter.options import RecipeTrainOptions, option
 from lathadapter.adapter.recipes import (
     RecipeFacts,
@@ -31,14 +42,19 @@ from lathadapter.cache.store import FewShotData
 
 # train_regular.sh: RESIDUAL_SCALE per dataset (every other dataset 0.5)
 OFFICIAL_ALPHA = {"oxford_flowers": 1.0}
+# trainers/imagenet_templates.py: the templates `_get_base_text_features` puts before the CoOp template on ImageNet
+IMAGENET_TEMPLATES_SELECT = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                             "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
 
 
 @dataclass(frozen=True)
 class TaskResOptions(RecipeTrainOptions):
     alpha: float = option(None, "scale α of the task residual added to the class text features (default: the "
                                        "recipe's; official 0.5, 1.0 on Oxford Flowers; shared 0.5)", least=0)
-    raw_text: bool = option(None, "the base is the raw (unnormalised) text feature, not the unit one "
-                                         "(default: the recipe's; official on, shared off)")
+    raw_text: bool = option(None, "the base is the official base text (raw features of the official templates: "
+                                         "ImageNet the mean of the 7 select and the CoOp template, else the CoOp "
+                                         "template), not the unit text feature of --text (default: the recipe's; "
+                                         "official on, shared off)")
 
 
 def official_recipe(dataset: str, shots: int) -> TrainRecipe:
@@ -47,6 +63,25 @@ def official_recipe(dataset: str, shots: int) -> TrainRecipe:
     return TrainRecipe(name="official", optimizer="adam", lr=2e-4 if dataset_key(dataset) == "imagenet" else 2e-3,
                        weight_decay=5e-4, eps=1e-8, epochs=100 if shots <= 4 else 200, min_steps=0, batch_size=256,
                        drop_last=True, schedule="cosine-epoch", warmup_epochs=1, warmup_lr=1e-5)
+
+
+def official_base_text(data: FewShotData, method: str) -> tuple[torch.Tensor, str]:
+    """`_get_base_text_features`' base for `data`'s dataset from the cache's raw per-template features, and its name
+    for `chosen` (`coop` or `imagenet-select+coop`); see the module's docstring for the fallbacks."""
+    coop = require_raw(data.template_raw[0] if data.template_raw is not None else data.text_raw, method,
+                       "the raw text features (its base is the unnormalised text feature)")
+    if dataset_key(data.dataset) != "imagenet":
+        return coop, "coop"
+    missing = [t for t in IMAGENET_TEMPLATES_SELECT if t not in data.templates]
+    if data.template_raw is None or missing:
+        warnings.warn(f"{method}: the official ImageNet base text averages the raw features of the 7 "
+                      "IMAGENET_TEMPLATES_SELECT templates and the CoOp template, but this data lacks "
+                      f"{', '.join(repr(t) for t in missing) or 'the raw per-template features'}: the base is the "
+                      "CoOp template's raw feature alone (a cache built by `lathadapter cache build` stores them all)",
+                      ProtocolWarning, stacklevel=2)
+        return coop, "coop"
+    rows = [data.templates.index(t) for t in IMAGENET_TEMPLATES_SELECT] + [0]  # the official order: select, CoOp
+    return data.template_raw[rows].mean(dim=0), "imagenet-select+coop"
 
 
 @register("taskres", TaskResOptions)
@@ -63,8 +98,7 @@ class TaskRes(Method):
         super().__init__(options, data)
         options = self.options  # resolved
         self.alpha, self.raw_text = options.alpha, options.raw_text
-        base = require_raw(data.text_raw, self.name, "the raw text features (its base is the unnormalised text "
-                           "feature)") if self.raw_text else data.text_features
+        base, self.base_kind = official_base_text(data, self.name) if self.raw_text else (data.text_features, "unit")
         self.register_buffer("base_text", base.clone())
         self.residual = nn.Parameter(torch.zeros_like(data.text_features))
         self.recipe = recipe_from(options, official_recipe(data.dataset, data.shots))
@@ -73,7 +107,8 @@ class TaskRes(Method):
         return self.recipe
 
     def settings(self) -> dict[str, Any]:
-        return {**self.recipe.record(), "recipe.alpha": self.alpha, "recipe.raw_text": self.raw_text}
+        return {**self.recipe.record(), "recipe.alpha": self.alpha, "recipe.raw_text": self.raw_text,
+                "recipe.base_text": self.base_kind}
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is not None:  # novel classes have no residual: they fall back to t_c

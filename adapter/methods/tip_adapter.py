@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, normalize
-from lathadapter.adapter.options import RecipeOptions, RecipeTrainOptions, option
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, normalize, search_set_data
+from lathadapter.adapter.options import RecipeTrainOptions, SearchSetOptions, option
 from lathadapter.adapter.recipes import (
     RecipeFacts,
     TrainRecipe,
@@ -61,7 +61,6 @@ OFFICIAL_CONFIGS = {
     "ucf101": TipConfig(7, 3, 3, 20),
 }
 DEFAULT_CONFIG = OFFICIAL_CONFIGS["imagenet"]  # any other dataset: configs/imagenet.yaml's values
-SEARCH_SETS = ("split", "subset")
 
 
 def official_config(dataset: str) -> TipConfig:
@@ -69,7 +68,9 @@ def official_config(dataset: str) -> TipConfig:
 
 
 @dataclass(frozen=True)
-class TipAdapterOptions(RecipeOptions):
+class TipAdapterOptions(SearchSetOptions):
+    """`recipe` and `search_set` (shared with GDA, `SearchSetOptions`), and Tip-Adapter's own options."""
+
     alpha: float = option(None, "weight α of the cache logits before the search (default: the recipe's; "
                                        "official the dataset's init_alpha, shared 1.0)", least=0)
     beta: float = option(None, "sharpness β of the affinity before the search (default: 1.0)", least=0)
@@ -80,9 +81,6 @@ class TipAdapterOptions(RecipeOptions):
                                                  "the dataset's, shared 7)", above=0.1)
     search_alpha_steps: int = option(20, "α values in the search grid", least=1)
     search_beta_steps: int = option(200, "β values in the search grid", least=1)
-    search_set: str = option(None, "split: the whole val split (a cache built with --val all; else the "
-                                          "few-shot val subset, with a warning); subset: the few-shot val subset "
-                                          "(default: the recipe's; official split, shared subset)", choices=SEARCH_SETS)
     raw_keys: bool = option(None, "keys from the mean of the views' raw features, as the official cache model "
                                          "(off: the mean of the unit views; default: the recipe's, official on)")
 
@@ -235,24 +233,10 @@ class TipAdapter(Method):
         cache = cache_logits(features @ self.keys.t(), self.beta, self.key_labels, self.num_classes, self.shots)
         return LOGIT_SCALE * features @ self.text_features.t() + self.alpha * cache
 
-    def _search_data(self, data: FewShotData) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """The images α and β are searched on, and which set they are (`split`, `subset`; `none` when empty)."""
-        subset = (data.val_features, data.val_labels, "subset" if len(data.val_labels) else "none")
-        if self.search_set == "subset":
-            return subset
-        if data.search_features is not None and data.search_labels is not None and len(data.search_labels):
-            return data.search_features, data.search_labels, "split"
-        if len(data.val_labels):
-            warnings.warn(f"{self.name}: the official search set is the whole val split, but this cache holds only "
-                          f"the few-shot val subsets: α and β are searched on the few-shot val subset "
-                          f"({len(data.val_labels)} images). Rebuild the cache with `lathadapter cache build ... "
-                          "--val all --force` to search as the official code does", ProtocolWarning, stacklevel=2)
-        return subset
-
     def after_training(self, data: FewShotData) -> dict[str, Any]:
         if not self.options.search:
             return {"alpha": self.alpha, "beta": self.beta, "search": "off"}
-        features, labels, where = self._search_data(data)
+        features, labels, where = search_set_data(data, self.search_set, self.name, "α and β are searched")
         if where == "none":  # ImageNet has no val set; the test set is never used for this
             warnings.warn(f"{self.name}: the cache has no few-shot val subset (as ImageNet's), so α and β are not "
                           f"searched and keep their values α={self.alpha:g}, β={self.beta:g}", ProtocolWarning,
