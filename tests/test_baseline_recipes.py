@@ -222,6 +222,9 @@ def test_taskres_logits_start_from_the_raw_text_feature(dataset: str, alpha: flo
         shared.residual.copy_(residual)
         plain = 100 * data.test_features @ F.normalize(data.text_features + 0.5 * residual, dim=-1).t()
         torch.testing.assert_close(shared.logits(data.test_features), plain, atol=1e-4, rtol=1e-5)
+    raw_base = create_method("taskres", data, base_text="raw")  # the raw feature of --text (stop 13's official base)
+    torch.testing.assert_close(raw_base.base_text, raw, atol=1e-5, rtol=1e-5)
+    assert raw_base.settings()["recipe.base_text"] == "raw"
 
 
 @pytest.mark.parametrize(("dataset", "shots", "lr", "epochs"), [("dtd", 1, 2e-3, 100), ("dtd", 4, 2e-3, 100),
@@ -246,7 +249,7 @@ def test_taskres_trains_with_coupled_adam_and_dassls_schedule() -> None:
                                                                                        False)
     assert result.steps == 100 and set(seen["batches"]) == {8}  # fewer than 256 images: one batch of all
     assert seen["lrs"] == pytest.approx(dassl_epoch_lrs(2e-3, 100), rel=1e-6, abs=1e-12)
-    assert (result.chosen["recipe.alpha"], result.chosen["recipe.raw_text"]) == (0.5, True)
+    assert (result.chosen["recipe.alpha"], result.chosen["recipe.base_text"]) == (0.5, "coop")
 
 
 # trainers/imagenet_templates.py IMAGENET_TEMPLATES_SELECT and trainers/taskres.py CUSTOM_TEMPLATES, written out again
@@ -302,7 +305,7 @@ def test_taskres_official_base_is_the_official_templates_whatever_the_text(tmp_p
         torch.testing.assert_close(shared.base_text, data.text_features, rtol=0, atol=0)
         assert shared.settings()["recipe.base_text"] == "unit"
     metrics = lathadapter.fit(path, "taskres", shots=2, seed=1, text="ensemble", out=None, device="cpu", epochs=1)
-    assert (metrics["chosen"]["recipe.base_text"], metrics["chosen"]["recipe.raw_text"]) == (kind, True)
+    assert metrics["chosen"]["recipe.base_text"] == kind
 
 
 def test_taskres_imagenet_base_without_the_select_templates_is_the_coop_template_with_a_warning(tmp_path: Path) -> None:
@@ -456,7 +459,7 @@ def test_fit_records_the_per_dataset_values_it_used(tmp_path: Path) -> None:
     assert config["options"]["recipe"] == "official" and config["options"]["alpha"] is None
     # config.json holds the requested options (the key's) and the values the recipe filled, concrete
     assert config["options"]["lr"] is None and config["options"]["epochs"] == 2
-    assert config["resolved"] == {"alpha": 1.0, "raw_text": True, "lr": 2e-3, "weight_decay": 5e-4, "eps": 1e-8,
+    assert config["resolved"] == {"alpha": 1.0, "base_text": "official", "lr": 2e-3, "weight_decay": 5e-4, "eps": 1e-8,
                                   "min_steps": 0, "batch_size": 256}
     assert "resolved" not in json.loads((Path(metrics["run_dir"]) / "metrics.json").read_text())
     tip = lathadapter.fit(cache, "tip-adapter", shots=2, seed=1, out=None, device="cpu")
@@ -469,9 +472,9 @@ def test_fit_records_the_per_dataset_values_it_used(tmp_path: Path) -> None:
 # (method, dataset, shots) → the official values, written out again from docs/baselines.md's tables
 OFFICIAL_RESOLVED = {
     ("taskres", "imagenet", 16): {"lr": 2e-4, "weight_decay": 5e-4, "eps": 1e-8, "epochs": 200, "min_steps": 0,
-                                  "batch_size": 256, "alpha": 0.5, "raw_text": True},
+                                  "batch_size": 256, "alpha": 0.5, "base_text": "official"},
     ("taskres", "oxford_flowers", 2): {"lr": 2e-3, "weight_decay": 5e-4, "eps": 1e-8, "epochs": 100, "min_steps": 0,
-                                       "batch_size": 256, "alpha": 1.0, "raw_text": True},
+                                       "batch_size": 256, "alpha": 1.0, "base_text": "official"},
     ("clip-adapter", "caltech101", 1): {"lr": 2e-3, "weight_decay": 5e-4, "epochs": 50, "min_steps": 0,
                                         "batch_size": 32, "final_relu": True},
     ("clip-adapter", "dtd", 8): {"lr": 2e-3, "weight_decay": 5e-4, "epochs": 200, "min_steps": 0, "batch_size": 32,
@@ -495,7 +498,7 @@ OFFICIAL_RESOLVED = {
 # 1e-4, no minimum), with the forms of method.md's table
 SHARED_TRAINING = {"lr": 1e-3, "weight_decay": 1e-4, "eps": 1e-8, "epochs": 20, "min_steps": 300, "batch_size": 256}
 SHARED_RESOLVED = {
-    "taskres": {**SHARED_TRAINING, "alpha": 0.5, "raw_text": False},
+    "taskres": {**SHARED_TRAINING, "alpha": 0.5, "base_text": "unit"},
     "clip-adapter": {**SHARED_TRAINING, "final_relu": False},
     "linear-probe": {**SHARED_TRAINING, "head": "affine"},
     "tip-adapter": {"alpha": 1.0, "beta": 1.0, "search_beta_max": 7.0, "search_alpha_max": 3.0,

@@ -1,10 +1,11 @@
 """TaskRes (Yu et al.): a learned residual on the class text features, `ℓ = 100 <x, norm(t_c + α R_c)>`.
 
 `recipe=official` follows geekyutao/TaskRes (`trainers/taskres.py`, `configs/trainers/TaskRes/*.yaml`,
-`train_regular.sh`): the base `t_c` is the official base text (`raw_text` on), α = 0.5 (1.0 on Oxford Flowers), Adam
-with coupled weight decay 5e-4, lr 2e-3 (2e-4 on ImageNet), batch 256 (the last partial batch dropped), 100 epochs
-for 1–4 shots and 200 for 8–16, Dassl's cosine per epoch after one epoch at 1e-5. `recipe=shared`: the unit text
-feature of the run's `--text` as base, α = 0.5 and the shared recipe. docs/baselines.md.
+`train_regular.sh`): the base `t_c` is the official base text (`base_text=official`), α = 0.5 (1.0 on Oxford
+Flowers), Adam with coupled weight decay 5e-4, lr 2e-3 (2e-4 on ImageNet), batch 256 (the last partial batch
+dropped), 100 epochs for 1–4 shots and 200 for 8–16, Dassl's cosine per epoch after one epoch at 1e-5.
+`recipe=shared`: the unit text feature of the run's `--text` as base, α = 0.5 and the shared recipe.
+docs/baselines.md.
 
 The official base text (`_get_base_text_features`) is made of raw (unnormalised) text features, whatever the run's
 `--text` (which the zero-shot fallback of novel classes still follows): on ImageNet the mean of the raw features of
@@ -13,8 +14,10 @@ dataset the raw feature of the dataset's CoOp template alone. The cache stores a
 CoOp template, then open_clip's 7 simple templates, the same 7; raw norms in schema 2), read as
 `FewShotData.templates`/`template_raw`. A cache that lacks one of the 7 (a synthetic one) gives ImageNet the CoOp
 template alone, with a `ProtocolWarning`; data built by hand without `template_raw` takes `text_raw` as the CoOp
-template's. The run records the base under `chosen` as `recipe.base_text`: `coop` (the CoOp template's raw feature),
-`imagenet-select+coop` (the 8-template mean), or `unit` (`raw_text` off: the unit feature of `--text`).
+template's. `base_text=raw` is the raw feature of `--text` (the official recipe's base before stop 14, kept so that
+earlier results can be reproduced), `unit` its unit feature. The run records the base under `chosen` as
+`recipe.base_text`: `coop` (the CoOp template's raw feature), `imagenet-select+coop` (the 8-template mean), `raw` or
+`unit`. The option replaced stop 13's `raw_text`, so TaskRes runs of earlier grids have other keys and train again.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from lathadapter.cache.store import FewShotData
 # train_regular.sh: RESIDUAL_SCALE per dataset (every other dataset 0.5)
 OFFICIAL_ALPHA = {"oxford_flowers": 1.0}
 # trainers/imagenet_templates.py: the templates `_get_base_text_features` puts before the CoOp template on ImageNet
+BASE_TEXTS = ("official", "raw", "unit")  # TaskRes's base text `t_c` (`base_text`)
 IMAGENET_TEMPLATES_SELECT = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
                              "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
 
@@ -51,10 +55,10 @@ IMAGENET_TEMPLATES_SELECT = ("itap of a {}.", "a bad photo of the {}.", "a origa
 class TaskResOptions(RecipeTrainOptions):
     alpha: float = option(None, "scale α of the task residual added to the class text features (default: the "
                                        "recipe's; official 0.5, 1.0 on Oxford Flowers; shared 0.5)", least=0)
-    raw_text: bool = option(None, "the base is the official base text (raw features of the official templates: "
-                                         "ImageNet the mean of the 7 select and the CoOp template, else the CoOp "
-                                         "template), not the unit text feature of --text (default: the recipe's; "
-                                         "official on, shared off)")
+    base_text: str = option(None, "the base t_c: official (raw features of the official templates, whatever --text: "
+                                  "ImageNet the mean of the 7 select and the CoOp template, else the CoOp template), "
+                                  "raw (the raw feature of --text), unit (the unit feature of --text) (default: the "
+                                  "recipe's; official official, shared unit)", choices=BASE_TEXTS)
 
 
 def official_recipe(dataset: str, shots: int) -> TrainRecipe:
@@ -91,14 +95,19 @@ class TaskRes(Method):
     @classmethod
     def resolve(cls, options: TaskResOptions, facts: RecipeFacts) -> TaskResOptions:
         official = {**training_values(official_recipe(facts.dataset, facts.shots)),
-                    "alpha": OFFICIAL_ALPHA.get(dataset_key(facts.dataset), 0.5), "raw_text": True}
-        return fill(options, official, {**training_values(TrainRecipe()), "alpha": 0.5, "raw_text": False})
+                    "alpha": OFFICIAL_ALPHA.get(dataset_key(facts.dataset), 0.5), "base_text": "official"}
+        return fill(options, official, {**training_values(TrainRecipe()), "alpha": 0.5, "base_text": "unit"})
 
     def __init__(self, options: TaskResOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         options = self.options  # resolved
-        self.alpha, self.raw_text = options.alpha, options.raw_text
-        base, self.base_kind = official_base_text(data, self.name) if self.raw_text else (data.text_features, "unit")
+        self.alpha = options.alpha
+        if options.base_text == "official":
+            base, self.base_kind = official_base_text(data, self.name)
+        elif options.base_text == "raw":
+            base, self.base_kind = require_raw(data.text_raw, self.name, "the raw text features (base_text=raw)"), "raw"
+        else:
+            base, self.base_kind = data.text_features, "unit"
         self.register_buffer("base_text", base.clone())
         self.residual = nn.Parameter(torch.zeros_like(data.text_features))
         self.recipe = recipe_from(options, official_recipe(data.dataset, data.shots))
@@ -107,8 +116,7 @@ class TaskRes(Method):
         return self.recipe
 
     def settings(self) -> dict[str, Any]:
-        return {**self.recipe.record(), "recipe.alpha": self.alpha, "recipe.raw_text": self.raw_text,
-                "recipe.base_text": self.base_kind}
+        return {**self.recipe.record(), "recipe.alpha": self.alpha, "recipe.base_text": self.base_kind}
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is not None:  # novel classes have no residual: they fall back to t_c
