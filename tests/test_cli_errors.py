@@ -89,9 +89,13 @@ def test_bad_option_values_are_refused_before_any_work(cache: Path, tmp_path: Pa
     (["--classes", "novel"], "all, base"),
     (["--threads", "0"], "--threads 0"),
     (["--set", "lr=0.1,0.2"], "one value per option"),
+    (["--set", "epochs=1", "--set", "epochs=2"], "--set epochs=2: epochs is given twice; give it once"),
 ])
 def test_bad_run_arguments_are_refused(cache: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
-    assert_clean_error(invoke("fit", "--cache", str(cache), "--out", str(tmp_path), *args), fragment)
+    result = invoke("fit", "--cache", str(cache), "--out", str(tmp_path), *args)
+    assert_clean_error(result, fragment)
+    assert "V1,V2" not in result.output  # fit takes one value: no advice to give several
+    assert not any(tmp_path.iterdir())  # nothing was written
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
