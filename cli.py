@@ -58,8 +58,8 @@ CHUNK_SIZE = typer.Option(None, help="--backend ray: runs per Ray task (one cach
 BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, each with its "
                           "own data, seed, options and optimiser state: in lockstep on the CPU, as one stacked model "
                           "on a GPU where the method allows; 1: every run alone. Default: 8 on the CPU, 32 on a GPU.")
-GPUS_PER_CHUNK = typer.Option(0.25, help="--backend ray: GPU fraction of each task when the cluster has GPUs "
-                              "(0.25: four tasks share a GPU).")
+GPUS_PER_CHUNK = typer.Option(None, help="--backend ray: GPU fraction of each task when the cluster has GPUs, in "
+                              "(0, 1] [default: 0.25, four tasks share a GPU].")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -483,7 +483,7 @@ def grid(
     backend: str = BACKEND,
     address: str | None = ADDRESS,
     chunk_size: int | None = CHUNK_SIZE,
-    gpus_per_chunk: float = GPUS_PER_CHUNK,
+    gpus_per_chunk: float | None = GPUS_PER_CHUNK,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Run an ablation grid (cartesian product of the axes) in this process, on worker processes (--workers) or on a
@@ -554,7 +554,7 @@ def protocol(
     backend: str = BACKEND,
     address: str | None = ADDRESS,
     chunk_size: int | None = CHUNK_SIZE,
-    gpus_per_chunk: float = GPUS_PER_CHUNK,
+    gpus_per_chunk: float | None = GPUS_PER_CHUNK,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""

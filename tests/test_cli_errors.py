@@ -155,8 +155,9 @@ def test_help_keeps_bracketed_defaults_and_flags_take_no_value() -> None:
     text = CliRunner().invoke(app, ["cache", "build", "--help"], terminal_width=200).output
     assert "default: ViT-B-16" in text and "default: openai" in text
     assert "<bool>" not in text
-    assert "Comma-separated methods [default: lathadapter]" in CliRunner().invoke(
-        app, ["grid", "--help"], terminal_width=200).output
+    grid_help = CliRunner().invoke(app, ["grid", "--help"], terminal_width=200).output
+    assert "Comma-separated methods [default: lathadapter]" in grid_help
+    assert "[default: 0.25, four tasks share a GPU]" in grid_help  # --gpus-per-chunk: None until given
 
 
 def test_busy_cpus_reads_the_busy_share_of_proc_stat_and_falls_back_to_the_load_average(

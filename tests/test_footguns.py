@@ -65,11 +65,13 @@ def test_grid_refuses_options_that_would_be_ignored_or_repeated(cache: Path, tmp
     (["--method", "zeroshot", "--tune", "lr=0.001,0.01"], ["--tune lr: zeroshot has no options (training-free"]),
     (["--tune-preset", "bogus"], ["--tune-preset bogus: unknown preset; valid: lr, none"]),
     (["--set", "tip-adapter.alpha=0.5,-1"], ["--set tip-adapter.alpha: option alpha=-1.0 of tip-adapter is not valid"]),
+    (["--gpus-per-chunk", "0.5"], ["--gpus-per-chunk 0.5: only for --backend ray"]),
+    (["--backend", "ray", "--gpus-per-chunk", "2"], ["--gpus-per-chunk 2.0: must be in (0, 1]"]),
 ])
 def test_grid_refuses_empty_and_repeated_axes_before_anything_is_written(cache: Path, tmp_path: Path, extra: list[str],
                                                                          fragments: list[str]) -> None:
-    """Audit findings 2, 7 and 9: no traceback, no value given twice counted as work left to another process, no
-    empty `valid:`."""
+    """Audit findings 2, 7, 9 and 15: no traceback, no value given twice counted as work left to another process, no
+    empty `valid:`, no Ray option ignored without a word."""
     extra = [str(cache) if arg == "CACHE" else arg for arg in extra]
     result = runner.invoke(app, ["grid", "--cache", str(cache), "--method", "tip-adapter", "--shots", "1", "--seeds",
                                  "1", "--device", "cpu", "--out", str(tmp_path / "g"), *extra])
