@@ -82,14 +82,20 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def _interrupted(stop: KeyboardInterrupt, out: Path | None, what: str | None = None) -> None:
+def _interrupted(stop: KeyboardInterrupt, out: Path | None, what: str | None = None,
+                 advice: str = "rerun the same command to resume") -> None:
     """End an interrupted command: one line with the runs finished under `out` (each is saved as it finishes), or
-    `what` was kept, and the exit code of the signal (130 Ctrl-C, 143 SIGTERM)."""
+    `what` was kept, the `advice`, and the exit code of the signal (130 Ctrl-C, 143 SIGTERM)."""
     if what is None:
         finished = sum(1 for _ in out.glob("**/runs/*/metrics.json")) if out is not None and out.is_dir() else 0
-        what = f"{finished} runs finished"
-    typer.echo(f"interrupted: {what}, rerun the same command to resume", err=True)
+        what = f"{_plural(finished, 'run')} finished"
+    typer.echo(f"interrupted: {what}, {advice}", err=True)
     raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130)
+
+
+def _plural(count: int, noun: str) -> str:
+    """`1 run`, `4 runs`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _version(value: bool) -> None:
@@ -403,6 +409,7 @@ def fit(
     from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.run import RunConfig, fit_config
 
+    _stop_on_sigterm()
     try:
         execution = Execution.parse(device, threads, workers=1, batch_runs=1, trainers=1)  # one run, in this process
         overrides = {}
@@ -416,6 +423,8 @@ def fit(
             metrics = fit_config(config, cache, out=out, force=force, progress=progress, execution=execution)
     except (ValueError, OSError) as error:
         _fail(error, out)
+    except KeyboardInterrupt as stop:  # a run is saved only when it finishes: the rerun trains it from the start
+        _interrupted(stop, None, "the run did not finish", "rerun the same command to train it")
     accuracy = ", ".join(f"{k} {_format_accuracy(v)}" for k, v in metrics["accuracy"].items())
     hm = f", HM {_format_accuracy(metrics['hm'])}" if classes == "base" else ""
     typer.echo(f"{method} · {metrics['dataset']} · {shots}-shot seed {seed} · {accuracy}{hm} · "
@@ -423,8 +432,10 @@ def fit(
 
 
 def _counts(summary: dict) -> str:
+    """`4 runs (3 done now, 1 already done)`: a grid's or protocol's runs and what became of them."""
     elsewhere = f", {summary['elsewhere']} left to another process" if summary.get("elsewhere") else ""
-    return f"{summary['done']} run, {summary['skipped']} already done{elsewhere}"
+    return (f"{_plural(summary['runs'], 'run')} ({summary['done']} done now, {summary['skipped']} already done"
+            f"{elsewhere})")
 
 
 def _tune_score(value: str | None) -> str | None:
@@ -526,8 +537,7 @@ def grid(
         _fail(error, out)
     except KeyboardInterrupt as stop:
         _interrupted(stop, out)
-    typer.echo(f"grid: {summary['runs']} runs ({_counts(summary)}) in {summary['seconds']:.1f} s → "
-               f"{summary['results']}")
+    typer.echo(f"grid: {_counts(summary)} in {summary['seconds']:.1f} s → {summary['results']}")
 
 
 @app.command()
@@ -585,7 +595,7 @@ def protocol(
         _fail(error, out or Path("grids") / name)
     except KeyboardInterrupt as stop:
         _interrupted(stop, out or Path("grids") / name)
-    typer.echo(f"{name}: {summary['runs']} runs ({_counts(summary)}) → {summary['results']}")
+    typer.echo(f"{name}: {_counts(summary)} → {summary['results']}")
 
 
 @app.command()
@@ -611,7 +621,8 @@ def report(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the demo's data, cache, grid and report."),
-    shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot grid."),
+    shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot grid; 16 is always added (base-to-novel "
+                              "trains on 16 shots, and the few-shot grid and table include them too)."),
     seeds: str = typer.Option("1,2,3", help="Seeds."),
     method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
     views: int = typer.Option(10, help="Augmented views per train image."),
@@ -647,7 +658,7 @@ def demo(
         _interrupted(stop, out)
     typer.echo(result["markdown"])
     t = result["timings"]
-    typer.echo(f"demo: {result['runs']} runs; cache build {t['cache_build']:.0f} s, grid {t['grid']:.0f} s, "
+    typer.echo(f"demo: {_plural(result['runs'], 'run')}; cache build {t['cache_build']:.0f} s, grid {t['grid']:.0f} s, "
                f"total {t['total']:.0f} s")
     typer.echo(f"report: {result['report']}")
     typer.echo(f"plots: {', '.join(result['plots'])}")

@@ -158,6 +158,8 @@ def test_help_keeps_bracketed_defaults_and_flags_take_no_value() -> None:
     grid_help = CliRunner().invoke(app, ["grid", "--help"], terminal_width=200).output
     assert "Comma-separated methods [default: lathadapter]" in grid_help
     assert "[default: 0.25, four tasks share a GPU]" in grid_help  # --gpus-per-chunk: None until given
+    demo_help = " ".join(CliRunner().invoke(app, ["demo", "--help"], terminal_width=200).output.split())
+    assert "Shots of the few-shot grid; 16 is always added" in demo_help  # base-to-novel's 16 shots
 
 
 def test_busy_cpus_reads_the_busy_share_of_proc_stat_and_falls_back_to_the_load_average(

@@ -88,6 +88,20 @@ def test_protocol_refuses_an_empty_or_repeated_method(cache: Path, tmp_path: Pat
     assert not (tmp_path / "p").exists()
 
 
+def test_counts_and_labels_say_one_run_and_one_worker(cache: Path, tmp_path: Path) -> None:
+    from lathadapter.experiments.local import WorkerProcesses
+
+    result = grid(cache, tmp_path / "g", "--tune-preset", "none")  # `none` as in demo: no preset
+    assert result.exit_code == 0, result.output
+    assert "grid: 1 run (1 done now, 0 already done) in " in result.output
+    assert "grid: 1 runs" not in result.output and "(1 run," not in result.output
+    backend = WorkerProcesses(4)
+    backend.chunks = lambda job: [["one chunk"]]
+    assert backend.label(None) == "grid (1 worker)"
+    backend.chunks = lambda job: [["a"], ["b"]]
+    assert backend.label(None) == "grid (2 workers)"
+
+
 def test_protocol_refuses_targets_where_none_are_scored(cache: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["protocol", "few-shot", "--cache", str(cache), "--target", str(cache), "--method",
                                  "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out",

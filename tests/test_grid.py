@@ -182,9 +182,9 @@ def test_report_cells_trace_back_to_the_results_table(caches: dict[str, Path], t
               and r["shots"] == "2"]
     assert len(values) == 2
     mean, std = statistics.fmean(values), statistics.stdev(values)
-    assert float(table["lathadapter"]["2 shot mean"]) == pytest.approx(mean)
-    assert float(table["lathadapter"]["2 shot std"]) == pytest.approx(std)
-    assert table["lathadapter"]["2 shot n"] == "2"
+    assert float(table["lathadapter"]["2 shots mean"]) == pytest.approx(mean)
+    assert float(table["lathadapter"]["2 shots std"]) == pytest.approx(std)
+    assert table["lathadapter"]["2 shots n"] == "2"
     assert "| lathadapter |" in written["markdown"]
     assert f"{mean:.2f} ± {std:.2f}" in written["markdown"]
     with (tmp_path / "report" / "few_shot_average.csv").open() as f:
@@ -251,8 +251,8 @@ def test_cli_grid_and_report(caches: dict[str, Path], tmp_path: Path) -> None:
             "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "4 runs (4 run, 0 already done)" in result.output
-    assert "4 runs (0 run, 4 already done)" in runner.invoke(app, args).output
+    assert "4 runs (4 done now, 0 already done)" in result.output
+    assert "4 runs (0 done now, 4 already done)" in runner.invoke(app, args).output
     result = runner.invoke(app, ["report", str(tmp_path / "g" / "results.csv")])
     assert result.exit_code == 0, result.output
     assert "Few-shot accuracy" in result.output
@@ -353,6 +353,23 @@ def test_one_run_given_twice_is_refused_before_anything_is_written(caches: dict[
     with pytest.raises(OptionError, match="the grid has no runs: its methods is empty"):
         launch(GridSpec([source], [], [1], [1]), tmp_path / "g", progress=False)
     assert not (tmp_path / "g").exists()
+
+
+def test_epochs_and_search_columns_are_scoped_in_every_grid(caches: dict[str, Path], tmp_path: Path) -> None:
+    """A results column's name does not depend on the grid's methods: `epochs`, which LP++ declares on its own, is
+    `opt.METHOD.epochs` even in a grid without LP++ (where `--set epochs=` applies unscoped), as `search` is; the
+    shared training options are `opt.NAME` (docs/architecture.md, README)."""
+    assert option_column("lathadapter", "epochs") == "opt.lathadapter.epochs"
+    assert option_column("tip-adapter", "search") == "opt.tip-adapter.search"
+    assert option_column("lathadapter", "lr") == option_column("taskres", "lr") == "opt.lr"
+    result = CliRunner().invoke(app, ["grid", "--cache", str(caches["source"]), "--method", "lathadapter,taskres",
+                                      "--shots", "1", "--seeds", "1", "--set", "epochs=1", "--set", "min_steps=0",
+                                      "--device", "cpu", "--out", str(tmp_path / "g")])
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "g" / "results.csv").open() as f:
+        columns = next(csv.reader(f))
+    assert {"opt.lathadapter.epochs", "opt.taskres.epochs", "opt.min_steps"} <= set(columns)
+    assert "opt.epochs" not in columns
 
 
 def test_a_grid_checks_its_caches_before_the_first_run(caches: dict[str, Path], tmp_path: Path) -> None:
