@@ -58,8 +58,8 @@ CHUNK_SIZE = typer.Option(None, help="--backend ray: runs per Ray task (one cach
 BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, each with its "
                           "own data, seed, options and optimiser state: in lockstep on the CPU, as one stacked model "
                           "on a GPU where the method allows; 1: every run alone. Default: 8 on the CPU, 32 on a GPU.")
-GPUS_PER_CHUNK = typer.Option(0.25, help="--backend ray: GPU fraction of each task when the cluster has GPUs "
-                              "(0.25: four tasks share a GPU).")
+GPUS_PER_CHUNK = typer.Option(None, help="--backend ray: GPU fraction of each task when the cluster has GPUs, in "
+                              "(0, 1] [default: 0.25, four tasks share a GPU].")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -82,14 +82,20 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def _interrupted(stop: KeyboardInterrupt, out: Path | None, what: str | None = None) -> None:
+def _interrupted(stop: KeyboardInterrupt, out: Path | None, what: str | None = None,
+                 advice: str = "rerun the same command to resume") -> None:
     """End an interrupted command: one line with the runs finished under `out` (each is saved as it finishes), or
-    `what` was kept, and the exit code of the signal (130 Ctrl-C, 143 SIGTERM)."""
+    `what` was kept, the `advice`, and the exit code of the signal (130 Ctrl-C, 143 SIGTERM)."""
     if what is None:
         finished = sum(1 for _ in out.glob("**/runs/*/metrics.json")) if out is not None and out.is_dir() else 0
-        what = f"{finished} runs finished"
-    typer.echo(f"interrupted: {what}, rerun the same command to resume", err=True)
+        what = f"{_plural(finished, 'run')} finished"
+    typer.echo(f"interrupted: {what}, {advice}", err=True)
     raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130)
+
+
+def _plural(count: int, noun: str) -> str:
+    """`1 run`, `4 runs`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _version(value: bool) -> None:
@@ -169,11 +175,28 @@ def _int_list(option: str, text: str) -> list[int]:
         empty = " (an empty item)" if "" in parts and len(parts) > 1 else ""
         typer.echo(f"error: {option} {text!r}: expected comma-separated integers{empty}, e.g. 1,2,4,8,16", err=True)
         raise typer.Exit(code=USAGE) from None
-    twice = sorted({v for v in values if values.count(v) > 1})
+    _once(option, text, values)
+    return values
+
+
+def _str_list(option: str, text: str, example: str) -> list[str]:
+    """Comma-separated names, each once, as `_int_list`: no value, an empty item (`a,,b`) or a name given twice is a
+    usage error (exit 2) naming `option` and an `example`."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        problem = "an empty item; give comma-separated values" if any(parts) else "give one or more values"
+        typer.echo(f"error: {option} {text!r}: {problem}, e.g. {example}", err=True)
+        raise typer.Exit(code=USAGE)
+    _once(option, text, parts)
+    return parts
+
+
+def _once(option: str, text: str, values: list) -> None:
+    """Each value of a list option once: a value given twice would be one run listed twice."""
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
     if twice:
         typer.echo(f"error: {option} {text!r}: {twice[0]} is given twice; give each value once", err=True)
         raise typer.Exit(code=USAGE)
-    return values
 
 
 CROP_SCALE = typer.Option(None, "--crop-scale", help="Random-resized-crop area range of the augmented views, LOW,HIGH "
@@ -386,10 +409,11 @@ def fit(
     from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.run import RunConfig, fit_config
 
+    _stop_on_sigterm()
     try:
         execution = Execution.parse(device, threads, workers=1, batch_runs=1, trainers=1)  # one run, in this process
         overrides = {}
-        for name, values in parse_assignments(set_).items():
+        for name, values in parse_assignments(set_, once=True).items():
             if len(values) != 1:
                 raise OptionError(f"--set {name}={','.join(values)}: fit takes one value per option "
                                   "(`lathadapter grid` tries several)")
@@ -399,6 +423,8 @@ def fit(
             metrics = fit_config(config, cache, out=out, force=force, progress=progress, execution=execution)
     except (ValueError, OSError) as error:
         _fail(error, out)
+    except KeyboardInterrupt as stop:  # a run is saved only when it finishes: the rerun trains it from the start
+        _interrupted(stop, None, "the run did not finish", "rerun the same command to train it")
     accuracy = ", ".join(f"{k} {_format_accuracy(v)}" for k, v in metrics["accuracy"].items())
     hm = f", HM {_format_accuracy(metrics['hm'])}" if classes == "base" else ""
     typer.echo(f"{method} · {metrics['dataset']} · {shots}-shot seed {seed} · {accuracy}{hm} · "
@@ -406,8 +432,10 @@ def fit(
 
 
 def _counts(summary: dict) -> str:
+    """`4 runs (3 done now, 1 already done)`: a grid's or protocol's runs and what became of them."""
     elsewhere = f", {summary['elsewhere']} left to another process" if summary.get("elsewhere") else ""
-    return f"{summary['done']} run, {summary['skipped']} already done{elsewhere}"
+    return (f"{_plural(summary['runs'], 'run')} ({summary['done']} done now, {summary['skipped']} already done"
+            f"{elsewhere})")
 
 
 def _tune_score(value: str | None) -> str | None:
@@ -466,16 +494,16 @@ def grid(
     backend: str = BACKEND,
     address: str | None = ADDRESS,
     chunk_size: int | None = CHUNK_SIZE,
-    gpus_per_chunk: float = GPUS_PER_CHUNK,
+    gpus_per_chunk: float | None = GPUS_PER_CHUNK,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Run an ablation grid (cartesian product of the axes) in this process, on worker processes (--workers) or on a
     Ray cluster (--backend ray); finished runs are skipped."""
-    from lathadapter.adapter.options import parse_assignments, split_list
+    from lathadapter.adapter.options import parse_assignments
     from lathadapter.cache.store import resolve_cache
     from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.launch import launch
-    from lathadapter.experiments.spec import GridSpec, load_spec_file, parse_tune
+    from lathadapter.experiments.spec import GridSpec, load_spec_file, override, parse_preset, parse_tune
 
     tune_score = _tune_score(tune_score)
     tune_set = _tune_set(tune_set)
@@ -483,33 +511,33 @@ def grid(
     try:
         execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
                                     batch_runs, trainers)
-        axes: dict = load_spec_file(config) if config else {}
-        for key, value in (("methods", method), ("classes", classes), ("text", text), ("train_views", train_views),
-                           ("select", select)):
+        axes: dict = load_spec_file(config) if config else {}  # checked there, as the command line's below
+        for key, option, value, example in (("methods", "--method", method, "zeroshot,lathadapter"),
+                                            ("classes", "--classes", classes, "all,base"),
+                                            ("text", "--text", text, "coop,ensemble"),
+                                            ("train_views", "--train-views", train_views, "augmented,all"),
+                                            ("select", "--select", select, "last,val")):
             if value is not None:
-                axes[key] = split_list(value)
+                axes[key] = _str_list(option, value, example)
         for key, value in (("shots", shots), ("seeds", seeds)):
             if value is not None:
                 axes[key] = _int_list(f"--{key}", value)
-        axes["shots"] = [int(v) for v in axes.get("shots", [1, 2, 4, 8, 16])]
-        axes["seeds"] = [int(v) for v in axes.get("seeds", [1, 2, 3])]
-        axes["options"] = {**axes.get("options", {}), **parse_assignments(set_)}
-        axes["tune"] = {**axes.get("tune", {}), **parse_tune(tune)}
+        override(axes, "options", parse_assignments(set_))
+        override(axes, "tune", parse_tune(tune))
         if tune_preset is not None:
-            axes["tune_preset"] = tune_preset
+            axes["tune_preset"] = parse_preset(tune_preset)
         if tune_score is not None:
             axes["tune_score"] = tune_score
         if tune_set is not None:
             axes["tune_set"] = tune_set
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
         summary = launch(GridSpec(**axes), out, execution)
+        _print_results(summary)
     except (ValueError, OSError) as error:
         _fail(error, out)
     except KeyboardInterrupt as stop:
         _interrupted(stop, out)
-    _print_results(summary)
-    typer.echo(f"grid: {summary['runs']} runs ({_counts(summary)}) in {summary['seconds']:.1f} s → "
-               f"{summary['results']}")
+    typer.echo(f"grid: {_counts(summary)} in {summary['seconds']:.1f} s → {summary['results']}")
 
 
 @app.command()
@@ -536,15 +564,15 @@ def protocol(
     backend: str = BACKEND,
     address: str | None = ADDRESS,
     chunk_size: int | None = CHUNK_SIZE,
-    gpus_per_chunk: float = GPUS_PER_CHUNK,
+    gpus_per_chunk: float | None = GPUS_PER_CHUNK,
     batch_runs: int | None = BATCH_RUNS,
 ) -> None:
     """Run one of the field's four evaluation protocols over caches you have built (resumable)."""
     from lathadapter.adapter.catalog import method_names
-    from lathadapter.adapter.options import parse_assignments, split_list
+    from lathadapter.adapter.options import parse_assignments
     from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.protocols import run_protocol
-    from lathadapter.experiments.spec import parse_tune
+    from lathadapter.experiments.spec import parse_preset, parse_tune
 
     tune_score = _tune_score(tune_score)
     tune_set = _tune_set(tune_set)
@@ -555,18 +583,19 @@ def protocol(
                               "for cross-dataset and domain")
         execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
                                     batch_runs, trainers)
-        methods = split_list(method) if method is not None else method_names()
+        methods = _str_list("--method", method, "zeroshot,lathadapter") if method is not None else method_names()
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
                                _int_list("--shots", shots) if shots else None, execution,
-                               tune=parse_tune(tune), tune_preset=tune_preset, train_views=train_views,
+                               tune=parse_tune(tune), train_views=train_views,
+                               tune_preset=parse_preset(tune_preset) if tune_preset is not None else None,
                                tune_score=tune_score or "auto", tune_set=tune_set or "fewshot")
+        _print_results(summary)
     except (ValueError, OSError) as error:
         _fail(error, out or Path("grids") / name)
     except KeyboardInterrupt as stop:
         _interrupted(stop, out or Path("grids") / name)
-    _print_results(summary)
-    typer.echo(f"{name}: {summary['runs']} runs ({_counts(summary)}) → {summary['results']}")
+    typer.echo(f"{name}: {_counts(summary)} → {summary['results']}")
 
 
 @app.command()
@@ -592,7 +621,8 @@ def report(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the demo's data, cache, grid and report."),
-    shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot grid."),
+    shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot grid; 16 is always added (base-to-novel "
+                              "trains on 16 shots, and the few-shot grid and table include them too)."),
     seeds: str = typer.Option("1,2,3", help="Seeds."),
     method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
     views: int = typer.Option(10, help="Augmented views per train image."),
@@ -608,7 +638,6 @@ def demo(
     """Build the bundled demo dataset and cache, run the methods (few-shot and base-to-novel, the lr of each method
     that has one tuned on the demo's whole val split: --tune-set split, scored by --tune-score), print the table and
     write the plots. Re-running reuses the cache and the finished runs."""
-    from lathadapter.adapter.options import split_list
     from lathadapter.demo.pipeline import run_demo
     from lathadapter.experiments.execution import Execution
 
@@ -618,7 +647,8 @@ def demo(
     try:
         execution = Execution.parse(device, threads, workers, batch_runs=batch_runs, trainers=trainers)
         result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
-                          methods=split_list(method) if method is not None else None, views=views,
+                          methods=_str_list("--method", method, "zeroshot,lathadapter") if method is not None
+                          else None, views=views,
                           tune=None if tune_preset == "none" else tune_preset, execution=execution,
                           log=lambda message: typer.echo(message, err=True), tune_score=tune_score or "auto",
                           tune_set=tune_set or "split")
@@ -628,7 +658,7 @@ def demo(
         _interrupted(stop, out)
     typer.echo(result["markdown"])
     t = result["timings"]
-    typer.echo(f"demo: {result['runs']} runs; cache build {t['cache_build']:.0f} s, grid {t['grid']:.0f} s, "
+    typer.echo(f"demo: {_plural(result['runs'], 'run')}; cache build {t['cache_build']:.0f} s, grid {t['grid']:.0f} s, "
                f"total {t['total']:.0f} s")
     typer.echo(f"report: {result['report']}")
     typer.echo(f"plots: {', '.join(result['plots'])}")

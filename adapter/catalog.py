@@ -20,7 +20,14 @@ from lathadapter.adapter.methods import (  # noqa: F401  (importing registers th
 )
 # isort: on
 from lathadapter.adapter.methods.base import Method
-from lathadapter.adapter.options import OptionError, build_options, declaring_class
+from lathadapter.adapter.options import (
+    OptionError,
+    build_options,
+    check_field,
+    declaring_class,
+    field_types,
+    parse_value,
+)
 from lathadapter.adapter.recipes import RecipeFacts
 from lathadapter.adapter.registry import registered
 from lathadapter.cache.store import FewShotData
@@ -41,6 +48,14 @@ def method_class(name: str) -> type[Method]:
 def make_options(name: str, overrides: dict[str, Any] | None = None) -> Any:
     """The options dataclass of method `name` with `overrides` (strings or Python values) parsed and validated."""
     return build_options(method_class(name).Options, dict(overrides or {}), name)
+
+
+def check_value(name: str, option: str, value: Any) -> None:
+    """One value of option `option` of method `name`, alone: its type and range, as `make_options` checks them (not
+    the rules across options, which need the whole candidate)."""
+    cls = method_class(name).Options
+    field = next(f for f in dataclasses.fields(cls) if f.name == option)
+    check_field(field, parse_value(option, field_types(cls)[option], value), name)
 
 
 def option_names(name: str) -> list[str]:

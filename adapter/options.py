@@ -66,15 +66,20 @@ def check_fields(options: Any, method: str) -> None:
     """Every field of `options` against the range its metadata declares; the error names the option, the value and
     what would be valid."""
     for f in dataclasses.fields(options):
-        value, meta = getattr(options, f.name), f.metadata
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            continue
-        ok = value in meta["choices"] if "choices" in meta else isinstance(value, str) or (
-            math.isfinite(value) and ("least" not in meta or value >= meta["least"])
-            and ("above" not in meta or value > meta["above"]) and ("most" not in meta or value <= meta["most"]))
-        if not ok:
-            raise OptionError(f"option {f.name}={value!r} of {method} is not valid: it must be {valid_values(meta)}"
-                              + (f" — {meta['doc']}" if "doc" in meta else ""))
+        check_field(f, getattr(options, f.name), method)
+
+
+def check_field(f: dataclasses.Field, value: Any, method: str) -> None:
+    """One value of field `f` against the range its metadata declares (`check_fields`)."""
+    meta = f.metadata
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return
+    ok = value in meta["choices"] if "choices" in meta else isinstance(value, str) or (
+        math.isfinite(value) and ("least" not in meta or value >= meta["least"])
+        and ("above" not in meta or value > meta["above"]) and ("most" not in meta or value <= meta["most"]))
+    if not ok:
+        raise OptionError(f"option {f.name}={value!r} of {method} is not valid: it must be {valid_values(meta)}"
+                          + (f" — {meta['doc']}" if "doc" in meta else ""))
 
 
 @dataclass(frozen=True)
@@ -198,18 +203,22 @@ def split_list(text: str) -> list[str]:
     return [item.strip() for item in str(text).split(",") if item.strip()]
 
 
-def parse_assignments(assignments: list[str]) -> dict[str, list[str]]:
+def parse_assignments(assignments: list[str], flag: str = "--set", once: bool = False) -> dict[str, list[str]]:
     """`--set [METHOD.]NAME=V1[,V2...]` strings → {'[METHOD.]NAME': ['V1', 'V2', ...]} (values stay strings: each
-    method converts them to its own option types)."""
+    method converts them to its own option types); each name and each of its values given once. `flag` names the
+    option in messages (`--tune`); `once`: a command that takes one value per option (`fit`), whose advice for a name
+    given twice is to give it once."""
     parsed: dict[str, list[str]] = {}
     for item in assignments:
         name, sep, values = item.partition("=")
         if not sep or not name.strip() or not split_list(values):
-            raise OptionError(f"--set expects name=value[,value...], got {item!r}")
+            raise OptionError(f"{flag} expects name=value[,value...], got {item!r}")
         if name.strip() in parsed:  # the last one silently won
-            raise OptionError(f"--set {item}: {name.strip()} is given twice; give every value in one "
-                              f"--set {name.strip()}=V1,V2,...")
-        parsed[name.strip()] = split_list(values)
+            advice = "give it once" if once else f"give every value in one {flag} {name.strip()}=V1,V2,..."
+            raise OptionError(f"{flag} {item}: {name.strip()} is given twice; {advice}")
+        given = split_list(values)
+        twice = next((value for index, value in enumerate(given) if value in given[:index]), None)
+        if twice is not None:  # one run listed twice
+            raise OptionError(f"{flag} {item}: {twice} is given twice; give each value once")
+        parsed[name.strip()] = given
     return parsed
-
-

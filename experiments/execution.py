@@ -108,7 +108,8 @@ class Execution:
     @classmethod
     def parse(cls, device: str | None = None, threads: int | None = None, workers: int | None = None,
               backend: str = "local", address: str | None = None, chunk_size: int | None = None,
-              gpus_per_chunk: float = 0.25, batch_runs: int | None = None, trainers: int | None = None) -> Execution:
+              gpus_per_chunk: float | None = None, batch_runs: int | None = None,
+              trainers: int | None = None) -> Execution:
         """The execution of a command's raw options (`--device`, `--threads`, ...), every one checked before any
         work; torch's thread count is set here (`machine.use_threads`). Local: the device resolved (None: cuda when
         present), `--batch-runs` and `--trainers` by the device when not given, `--workers` as given (None: chosen
@@ -121,12 +122,14 @@ class Execution:
         if backend not in BACKENDS:
             raise OptionError(f"--backend {backend}: choose {' or '.join(BACKENDS)}")
         if backend == "ray":
-            import_ray()
             if workers not in (None, 1):
                 raise OptionError(f"--workers {workers}: for the local backend; with --backend ray use --chunk-size")
-            ray = RayOptions(address, chunk_size if chunk_size is not None else DEFAULT_CHUNK_SIZE, gpus_per_chunk)
+            ray = RayOptions(address, chunk_size if chunk_size is not None else DEFAULT_CHUNK_SIZE,
+                             gpus_per_chunk if gpus_per_chunk is not None else RayOptions.gpus_per_chunk)
+            import_ray()  # after the values are checked: a bad value is a mistake whether or not Ray is installed
             return cls(device, chosen, 1, trainers, backend, ray, batch_runs)
-        for option, value in (("--address", address), ("--chunk-size", chunk_size)):
+        for option, value in (("--address", address), ("--chunk-size", chunk_size),
+                              ("--gpus-per-chunk", gpus_per_chunk)):
             if value is not None:  # ignored without a word before
                 raise OptionError(f"{option} {value}: only for --backend ray; add --backend ray, or drop {option}")
         device = machine.resolve_device(device)

@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import CacheInfo
 from lathadapter.experiments.data import check_caches, check_tuning
 from lathadapter.experiments.execution import Execution
@@ -59,9 +60,25 @@ def prepare(runs: list[GridRun], out: Path, key_salt: str = "") -> tuple[dict[st
     and key every run."""
     infos = check_caches(runs)
     check_tuning(runs)
+    keyed = [keyed_run(grid_run, infos[grid_run.cache].fingerprint + key_salt) for grid_run in runs]
+    check_distinct(keyed)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     sweep_stale(out)
-    return infos, [keyed_run(grid_run, infos[grid_run.cache].fingerprint + key_salt) for grid_run in runs]
+    return infos, keyed
+
+
+def check_distinct(keyed: list[KeyedRun]) -> None:
+    """Refuse a grid that holds one run twice (a cache, method or value given twice, or two values that mean the
+    same, `lr=0.1,0.10`): its second copy would wait on the first's lock and be counted as left to another process."""
+    seen: dict[str, GridRun] = {}
+    for item in keyed:
+        first = seen.setdefault(item.key, item.run)
+        if first is not item.run:
+            c = item.run.config
+            where = item.run.cache if first.cache == item.run.cache else f"{first.cache} and {item.run.cache}"
+            raise OptionError(f"the grid holds one run twice ({c.method}, {c.shots}-shot seed {c.seed}, on "
+                              f"{where}): a cache, method or value is given twice, or two values mean the same; "
+                              "give each once")
 
 
 # While runs finish, `results.csv` is rewritten at most this often (seconds): each rewrite reads every finished run,

@@ -102,7 +102,8 @@ class WorkerProcesses:
         return chunk_runs(job.pending, size, batch_runs)
 
     def label(self, job: Job) -> str:
-        return f"grid ({min(self.workers, len(self.chunks(job)))} workers)"
+        workers = min(self.workers, len(self.chunks(job)))
+        return f"grid ({workers} worker{'s' if workers != 1 else ''})"
 
     def train(self, job: Job) -> Generator[Events, None, None]:
         chunks = self.chunks(job)

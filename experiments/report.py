@@ -465,7 +465,7 @@ def few_shot_tables(records: list[Record]) -> list[Table]:
         rows = {c: [cells.get((dataset, c, k), MISSING) for k in shots] for d, c, _ in cells if d == dataset}
         chosen = {c: [Chosen(tuned.get((dataset, c, k), ())) for k in shots] for c in rows}
         tables += _tables(f"few_shot_{_slug(dataset)}", f"Few-shot accuracy (%) on {dataset}",
-                          [f"{k} shot" for k in shots], rows, chosen)
+                          [_shots(k) for k in shots], rows, chosen)
     if len(datasets) > 1:
         shots = sorted({k for _, _, k in cells})
         rows = {c: [Cell.mean_of([cells.get((d, c, k), MISSING) for d in datasets]) for k in shots]
@@ -473,7 +473,7 @@ def few_shot_tables(records: list[Record]) -> list[Table]:
         chosen = {c: [Chosen(tuple(x for d in datasets for x in tuned.get((d, c, k), ()))) for k in shots]
                   for c in rows}
         tables += _tables("few_shot_average", f"Few-shot accuracy (%), average over {len(datasets)} datasets",
-                          [f"{k} shot" for k in shots], rows, chosen)
+                          [_shots(k) for k in shots], rows, chosen)
     return tables
 
 

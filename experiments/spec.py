@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from lathadapter.adapter.catalog import make_options, method_names, option_names, option_owner
+from lathadapter.adapter.catalog import check_value, make_options, method_names, option_names, option_owner
 from lathadapter.adapter.options import OptionError, changed_fields, parse_assignments, split_list
 from lathadapter.experiments.run import TUNE_SETS, RunConfig
 from lathadapter.experiments.tuning import (
@@ -49,6 +49,17 @@ class GridSpec:
     tune_score: str = "auto"  # a TUNE_SCORE_CHOICES: what tuning chooses by (`resolve_score`)
     tune_set: str = "fewshot"  # a run.TUNE_SETS: the val images that score reads (`run.search_view`)
     train_views: list[str] = field(default_factory=lambda: ["augmented"])  # what training draws from (TRAIN_VIEWS)
+    # Where an option or tuned axis was given when not on the command line, for messages: `options.NAME` or
+    # `tune.NAME` → the grid file (`load_spec_file`); not a grid-file key.
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+# The keys of a grid file: GridSpec's fields but `sources`
+FILE_KEYS = tuple(f.name for f in dataclasses.fields(GridSpec) if f.name != "sources")
+# The list axes, each given as a list (or a comma-separated string) of values, each once; shots and seeds integers
+LIST_AXES = ("caches", "methods", "shots", "seeds", "classes", "text", "select", "train_views")
+INTEGER_AXES = {"shots": "[1, 2, 4, 8, 16]", "seeds": "[1, 2, 3]"}
+NO_PRESET = "none"  # `--tune-preset none`, grid files' `tune_preset: none`: no preset (demo: no tuning)
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,10 @@ class GridRun:
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:
-    """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, options...)."""
+    """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, options...),
+    each checked as the command line checks the same values (lists not empty, each value once, shots and seeds
+    integers; option values read as the text `--set` would give, so `1` is true for a boolean as `--set NAME=1` is);
+    errors name the file and the key. `sources` records the file's option and tuned axes (`GridSpec.sources`)."""
     if not path.is_file():
         raise OptionError(f"grid file {path} does not exist")
     text = path.read_text()
@@ -74,7 +88,7 @@ def load_spec_file(path: Path) -> dict[str, Any]:
             raise OptionError(f"grid file {path}: expected a .yaml, .yml or .toml file")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
         raise OptionError(f"grid file {path}: {_parse_error(error)}") from None
-    valid = [f.name for f in dataclasses.fields(GridSpec)]
+    valid = list(FILE_KEYS)
     if data is None:  # an empty YAML file
         data = {}
     if not isinstance(data, dict):
@@ -85,23 +99,25 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         raise OptionError(
             f"grid file {path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(valid))}"
         )
-    as_list = lambda v: v if isinstance(v, list) else split_list(v)  # noqa: E731
-    mappings = ("options", "tune")
-    spec = {k: as_list(v) for k, v in data.items() if k not in (*mappings, "tune_preset", "tune_score", "tune_set")}
-    for key in mappings:
+    where = f"grid file {path}"
+    spec: dict[str, Any] = {key: _file_axis(where, key, value) for key, value in data.items() if key in LIST_AXES}
+    sources: dict[str, str] = {}
+    for key in ("options", "tune"):
         values = data.get(key) or {}
         if not isinstance(values, dict):
             raise OptionError(f"grid file {path}: {key} must be a mapping of [METHOD.]OPTION to values; "
                               f"got a {type(values).__name__}")
         if key in data:
-            spec[key] = {k: as_list(v) for k, v in values.items()}
+            spec[key] = {str(k): _file_values(where, f"{key} {k}", v) for k, v in values.items()}
+            sources.update({f"{key}.{k}": str(path) for k in spec[key]})
     spec.setdefault("options", {})
+    spec["sources"] = sources
     preset = data.get("tune_preset")
     if preset is not None:
         if not isinstance(preset, str):
-            raise OptionError(f"grid file {path}: tune_preset must be one name ({', '.join(TUNE_PRESETS)}); "
-                              f"got a {type(preset).__name__}")
-        spec["tune_preset"] = preset
+            raise OptionError(f"grid file {path}: tune_preset must be one name ({', '.join(TUNE_PRESETS)}, "
+                              f"{NO_PRESET}); got a {type(preset).__name__}")
+        spec["tune_preset"] = parse_preset(preset, f"{where}: tune_preset")
     val_set = data.get("tune_set")
     if val_set is not None:
         if val_set not in TUNE_SETS:
@@ -115,12 +131,83 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     return spec
 
 
+def _shown(value: Any) -> str:
+    """A grid file's value as its file spells it: `1.5`, `true`, `null`, `'one'`."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _once(where: str, values: list[Any], shown: Any = _shown) -> None:
+    """Each value of a list once (a value given twice would be one run listed twice)."""
+    for index, value in enumerate(values):
+        if value in values[:index]:
+            raise OptionError(f"{where}: {shown(value)} is given twice; give each value once")
+
+
+def _file_axis(where: str, key: str, value: Any) -> list[Any]:
+    """A grid file's list axis `key`: a list, or a comma-separated string as on the command line; not empty, each
+    value once, shots and seeds integers (`1.5`, `true` or `'one'` refused, as `--shots 1.5` is)."""
+    items = value if isinstance(value, list) else split_list(value)
+    example = INTEGER_AXES.get(key)
+    if not items:
+        raise OptionError(f"{where}: {key} is empty; give one or more values" + (f", e.g. {example}" if example
+                                                                                   else ""))
+    if example is not None:
+        items = [_integer(f"{where}: {key}", item, example) for item in items]
+    _once(f"{where}: {key}", items)
+    return items
+
+
+def _integer(where: str, value: Any, example: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        if isinstance(value, str):
+            return int(value.strip())
+    except ValueError:
+        pass
+    raise OptionError(f"{where} {_shown(value)}: expected integers, e.g. {example}")
+
+
+def _file_values(where: str, key: str, value: Any) -> list[str]:
+    """A grid file's values of option or tuned axis `key`, as the text the command line would give them (`true`,
+    `0.001`), so that the option's one parser reads them as it reads `--set`: not empty, each value once."""
+    items = value if isinstance(value, list) else split_list(value)
+    if not items:
+        raise OptionError(f"{where}: {key} is empty; give one or more values")
+    texts = []
+    for item in items:
+        if isinstance(item, bool):
+            texts.append(str(item).lower())
+        elif isinstance(item, int | float | str):
+            texts.append(str(item).strip())
+        else:
+            raise OptionError(f"{where}: {key}: {_shown(item)} is not a value; give a number, a word or true/false")
+    _once(f"{where}: {key}", texts, str)
+    return texts
+
+
+def parse_preset(value: str, where: str = "--tune-preset") -> str | None:
+    """A tuning preset's name (a key of TUNE_PRESETS), or None for `none`; else an error naming `where`."""
+    if value == NO_PRESET:
+        return None
+    if value not in TUNE_PRESETS:
+        raise OptionError(f"{where} {value}: unknown preset; valid: {', '.join(TUNE_PRESETS)}, {NO_PRESET}")
+    return value
+
+
+def override(axes: dict[str, Any], key: str, given: dict[str, list[Any]]) -> None:
+    """Command-line option or tuned axes `given` (`key`: options or tune) over those of a grid file in `axes`, name
+    by name: a name given on the command line is no longer the file's (`GridSpec.sources`)."""
+    axes[key] = {**axes.get(key, {}), **given}
+    for name in given:
+        axes.get("sources", {}).pop(f"{key}.{name}", None)
+
+
 def parse_tune(assignments: list[str]) -> dict[str, list[str]]:
     """`--tune [METHOD.]NAME=V1,V2,...` strings, parsed as `--set` axes are."""
-    try:
-        return parse_assignments(assignments)
-    except OptionError as error:
-        raise OptionError(str(error).replace("--set", "--tune", 1)) from None
+    return parse_assignments(assignments, flag="--tune")
 
 
 def _parse_error(error: Exception) -> str:
@@ -131,43 +218,60 @@ def _parse_error(error: Exception) -> str:
     return f"invalid {'YAML' if isinstance(error, yaml.YAMLError) else 'TOML'}: {error}"
 
 
-def _check_option_axes(spec: GridSpec, axes: dict[str, list[Any]] | None = None, flag: str = "--set") -> None:
-    """Every option axis (`spec.options`, or `axes` given with `flag`, e.g. the tuned options) names a method of the
-    grid that has it; an unscoped name must mean one thing for every method of the grid that has it (else the error
-    lists them and how to scope)."""
-    for key in spec.options if axes is None else axes:
+FLAGS = {"options": "--set", "tune": "--tune"}
+
+
+def _given(spec: GridSpec, kind: str, key: str) -> str:
+    """How the user gave option axis `key` of `kind` (options or tune), for messages: `--set KEY` (`--tune KEY`), or
+    the grid file and its key (`GridSpec.sources`)."""
+    source = spec.sources.get(f"{kind}.{key}")
+    return f"{FLAGS[kind]} {key}" if source is None else f"grid file {source}: {kind} {key}"
+
+
+def _check_option_axes(spec: GridSpec, kind: str = "options") -> None:
+    """Every option axis of `kind` (`spec.options`, or `spec.tune`) names a method of the grid that has it; an
+    unscoped name must mean one thing for every method of the grid that has it (else the error lists them and how to
+    scope). Errors name the option as the user gave it (`_given`)."""
+    for key in getattr(spec, kind):
+        where = _given(spec, kind, key)
         scope, _, name = key.rpartition(".")
         if scope and scope not in spec.methods:
-            raise OptionError(f"{flag} {key}: method {scope!r} is not in the grid's methods "
-                              f"({', '.join(spec.methods)})")
+            raise OptionError(f"{where}: method {scope!r} is not in the grid's methods ({', '.join(spec.methods)})")
         targets = [scope] if scope else spec.methods
         having = [m for m in targets if name in option_names(m)]
         if not having:
             valid = sorted({o for m in targets for o in option_names(m)})
-            raise OptionError(f"{flag} {key}: no method of the grid has option {name!r}; valid: {', '.join(valid)}")
+            if not valid:  # zeroshot: nothing to set
+                raise OptionError(f"{where}: {', '.join(targets)} {'has' if len(targets) == 1 else 'have'} no "
+                                  "options (training-free; `lathadapter list options METHOD` lists each method's)")
+            raise OptionError(f"{where}: no method of the grid has option {name!r}; valid: {', '.join(valid)}")
         if not scope and len({option_owner(m, name) for m in having}) > 1:
             scoped = " or ".join(f"{m}.{name}=..." for m in having)
-            raise OptionError(f"{flag} {key}: {', '.join(having)} each have an option {name!r} of their own, with "
+            raise OptionError(f"{where}: {', '.join(having)} each have an option {name!r} of their own, with "
                               f"different meanings; scope it to one method: {scoped}")
+        try:  # each value's type and range, so that the error names where it was given
+            for method, value in itertools.product(having, getattr(spec, kind)[key]):
+                check_value(method, name, value)
+        except OptionError as error:
+            raise OptionError(f"{where}: {error}") from None
 
 
 def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
     """The tuned options of the grid: `spec.tune` and, with `spec.tune_preset`, the preset's option of every method
     of the grid that has it, scoped to the method, over its own default × the preset's factors. All checked before
     anything runs: scoping as `--set` axes, and no option both a `--set` axis and tuned."""
-    _check_option_axes(spec, spec.tune, "--tune")
+    _check_option_axes(spec, "tune")
     tune = dict(spec.tune)
-    if spec.tune_preset is not None:
-        if spec.tune_preset not in TUNE_PRESETS:
-            raise OptionError(f"--tune-preset {spec.tune_preset}: unknown preset; valid: {', '.join(TUNE_PRESETS)}")
-        name, factors = TUNE_PRESETS[spec.tune_preset]
+    preset = parse_preset(spec.tune_preset) if spec.tune_preset is not None else None
+    if preset is not None:
+        name, factors = TUNE_PRESETS[preset]
         for method in spec.methods:
             if name not in option_names(method):
                 continue  # e.g. zeroshot and tip-adapter: nothing to tune, they run once
             given = [key for key, _ in _option_axes(method, spec.tune, keys=True) if key.rpartition(".")[2] == name]
             if given:
                 raise OptionError(f"--tune-preset {spec.tune_preset} tunes {name} of {method} already; drop "
-                                  f"--tune {given[0]}=... or the preset")
+                                  f"{_given(spec, 'tune', given[0])} or the preset")
             default = getattr(make_options(method), name)
             tune[f"{method}.{name}"] = ([Scaled(f) for f in factors] if default is None
                                         else [preset_value(default, f) for f in factors])
@@ -176,7 +280,7 @@ def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
         names = [key.rpartition(".")[2] for key in tuned]
         twice = [name for name in names if names.count(name) > 1]
         if twice:
-            keys = " and ".join(f"--tune {k}" for k, n in zip(tuned, names, strict=True) if n == twice[0])
+            keys = " and ".join(_given(spec, "tune", k) for k, n in zip(tuned, names, strict=True) if n == twice[0])
             raise OptionError(f"{keys} both tune {twice[0]} of {method}; give it once")
         fixed = {name for name, _ in _option_axes(method, spec.options)}
         both = sorted(fixed & set(names))
@@ -247,6 +351,9 @@ def _tuning(names: tuple[str, ...], typed: tuple[tuple[Any, ...], ...], index: i
 def expand(spec: GridSpec) -> list[GridRun]:
     """The cartesian product of the axes, each method's options parsed and validated before anything runs; with
     tuning, each point of the product is a tuning group of candidates (consecutive runs)."""
+    empty = [name for name in LIST_AXES if not getattr(spec, name)]
+    if empty:  # no run at all: a mistake, not an empty table
+        raise OptionError(f"the grid has no runs: its {empty[0]} is empty; give one or more")
     valid_methods = method_names()
     for method in spec.methods:
         if method not in valid_methods:

@@ -34,7 +34,9 @@ def _scoped_options() -> frozenset[str]:
 
 def option_column(method: str, name: str) -> str:
     """The results-table column of an option: `opt.NAME`, or `opt.METHOD.NAME` for a name that several methods
-    declare with different meanings (so Tip-Adapter's β and LatHAdapter's β never share a column)."""
+    declare with different meanings (so Tip-Adapter's β and LatHAdapter's β never share a column). Decided over every
+    registered method, not a grid's: a column's name never depends on the grid (LP++'s own `epochs` makes every
+    method's `opt.METHOD.epochs`, even in a grid without LP++, where `--set epochs=` applies unscoped)."""
     return f"opt.{method}.{name}" if name in _scoped_options() else f"opt.{name}"
 
 

@@ -89,9 +89,13 @@ def test_bad_option_values_are_refused_before_any_work(cache: Path, tmp_path: Pa
     (["--classes", "novel"], "all, base"),
     (["--threads", "0"], "--threads 0"),
     (["--set", "lr=0.1,0.2"], "one value per option"),
+    (["--set", "epochs=1", "--set", "epochs=2"], "--set epochs=2: epochs is given twice; give it once"),
 ])
 def test_bad_run_arguments_are_refused(cache: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
-    assert_clean_error(invoke("fit", "--cache", str(cache), "--out", str(tmp_path), *args), fragment)
+    result = invoke("fit", "--cache", str(cache), "--out", str(tmp_path), *args)
+    assert_clean_error(result, fragment)
+    assert "V1,V2" not in result.output  # fit takes one value: no advice to give several
+    assert not any(tmp_path.iterdir())  # nothing was written
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -151,8 +155,11 @@ def test_help_keeps_bracketed_defaults_and_flags_take_no_value() -> None:
     text = CliRunner().invoke(app, ["cache", "build", "--help"], terminal_width=200).output
     assert "default: ViT-B-16" in text and "default: openai" in text
     assert "<bool>" not in text
-    assert "Comma-separated methods [default: lathadapter]" in CliRunner().invoke(
-        app, ["grid", "--help"], terminal_width=200).output
+    grid_help = CliRunner().invoke(app, ["grid", "--help"], terminal_width=200).output
+    assert "Comma-separated methods [default: lathadapter]" in grid_help
+    assert "[default: 0.25, four tasks share a GPU]" in grid_help  # --gpus-per-chunk: None until given
+    demo_help = " ".join(CliRunner().invoke(app, ["demo", "--help"], terminal_width=200).output.split())
+    assert "Shots of the few-shot grid; 16 is always added" in demo_help  # base-to-novel's 16 shots
 
 
 def test_busy_cpus_reads_the_busy_share_of_proc_stat_and_falls_back_to_the_load_average(

@@ -34,6 +34,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ({"backend": "gpu"}, "--backend gpu: choose local or ray"),
     ({"address": "head:6379"}, "--address head:6379: only for --backend ray"),
     ({"chunk_size": 4}, "--chunk-size 4: only for --backend ray"),
+    ({"gpus_per_chunk": 0.5}, r"--gpus-per-chunk 0.5: only for --backend ray"),
+    ({"backend": "ray", "gpus_per_chunk": 0.0}, r"--gpus-per-chunk 0.0: must be in \(0, 1\]"),
+    ({"backend": "ray", "chunk_size": 0}, "--chunk-size 0: must be at least 1"),
     ({"workers": 0}, "--workers 0: must be at least 1"),
     ({"device": "tpu"}, "--device 'tpu' is not a device lathadapter trains on"),
 ])

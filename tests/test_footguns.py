@@ -52,6 +52,56 @@ def test_grid_refuses_options_that_would_be_ignored_or_repeated(cache: Path, tmp
     assert not (tmp_path / "g").exists()
 
 
+@pytest.mark.parametrize(("extra", "fragments"), [
+    (["--method", "zeroshot,zeroshot"], ["--method 'zeroshot,zeroshot': zeroshot is given twice"]),
+    (["--method", ""], ["--method '': give one or more values, e.g. zeroshot,lathadapter"]),
+    (["--method", "zeroshot,,tip-adapter"], ["--method 'zeroshot,,tip-adapter': an empty item"]),
+    (["--classes", "all,all"], ["--classes 'all,all': all is given twice"]),
+    (["--set", "alpha=0.1,0.1"], ["--set alpha=0.1,0.1: 0.1 is given twice; give each value once"]),
+    (["--tune", "alpha=0.1,0.1"], ["--tune alpha=0.1,0.1: 0.1 is given twice"]),
+    (["--set", "tip-adapter.alpha=0.1,0.10"], ["the grid holds one run twice (tip-adapter, 1-shot seed 1",
+                                                "two values mean the same"]),
+    (["--cache", "CACHE"], ["the grid holds one run twice (tip-adapter, 1-shot seed 1"]),
+    (["--method", "zeroshot", "--tune", "lr=0.001,0.01"], ["--tune lr: zeroshot has no options (training-free"]),
+    (["--tune-preset", "bogus"], ["--tune-preset bogus: unknown preset; valid: lr, none"]),
+    (["--set", "tip-adapter.alpha=0.5,-1"], ["--set tip-adapter.alpha: option alpha=-1.0 of tip-adapter is not valid"]),
+    (["--gpus-per-chunk", "0.5"], ["--gpus-per-chunk 0.5: only for --backend ray"]),
+    (["--backend", "ray", "--gpus-per-chunk", "2"], ["--gpus-per-chunk 2.0: must be in (0, 1]"]),
+])
+def test_grid_refuses_empty_and_repeated_axes_before_anything_is_written(cache: Path, tmp_path: Path, extra: list[str],
+                                                                         fragments: list[str]) -> None:
+    """Audit findings 2, 7, 9 and 15: no traceback, no value given twice counted as work left to another process, no
+    empty `valid:`, no Ray option ignored without a word."""
+    extra = [str(cache) if arg == "CACHE" else arg for arg in extra]
+    result = runner.invoke(app, ["grid", "--cache", str(cache), "--method", "tip-adapter", "--shots", "1", "--seeds",
+                                 "1", "--device", "cpu", "--out", str(tmp_path / "g"), *extra])
+    refused(result, 2, *fragments)
+    assert "valid: \n" not in result.output and not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize(("method", "fragment"), [("", "--method '': give one or more values"),
+                                                  ("zeroshot,zeroshot", "zeroshot is given twice")])
+def test_protocol_refuses_an_empty_or_repeated_method(cache: Path, tmp_path: Path, method: str, fragment: str) -> None:
+    result = runner.invoke(app, ["protocol", "few-shot", "--cache", str(cache), "--method", method, "--shots", "1",
+                                 "--seeds", "1", "--device", "cpu", "--out", str(tmp_path / "p")])
+    refused(result, 2, fragment)
+    assert not (tmp_path / "p").exists()
+
+
+def test_counts_and_labels_say_one_run_and_one_worker(cache: Path, tmp_path: Path) -> None:
+    from lathadapter.experiments.local import WorkerProcesses
+
+    result = grid(cache, tmp_path / "g", "--tune-preset", "none")  # `none` as in demo: no preset
+    assert result.exit_code == 0, result.output
+    assert "grid: 1 run (1 done now, 0 already done) in " in result.output
+    assert "grid: 1 runs" not in result.output and "(1 run," not in result.output
+    backend = WorkerProcesses(4)
+    backend.chunks = lambda job: [["one chunk"]]
+    assert backend.label(None) == "grid (1 worker)"
+    backend.chunks = lambda job: [["a"], ["b"]]
+    assert backend.label(None) == "grid (2 workers)"
+
+
 def test_protocol_refuses_targets_where_none_are_scored(cache: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["protocol", "few-shot", "--cache", str(cache), "--target", str(cache), "--method",
                                  "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out",
@@ -113,6 +163,7 @@ def test_a_build_with_more_shots_than_images_says_so(coop_dataset, tiny_clip, tm
     (["--method", "nope"], "--method nope: unknown method; valid: zeroshot"),
     (["--tune-preset", "bogus"], "--tune-preset bogus: unknown preset; valid: lr, none"),
     (["--shots", "0"], "--shots 0: shots per class must be at least 1"),
+    (["--method", "zeroshot,zeroshot"], "--method 'zeroshot,zeroshot': zeroshot is given twice"),
 ])
 def test_demo_checks_its_options_before_building_anything(tmp_path: Path, args: list[str], fragment: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -69,11 +69,12 @@ def test_grid_files_give_the_same_axes_as_the_command_line(tmp_path: Path) -> No
         'caches = ["a.h5"]\nmethods = ["zeroshot", "taskres"]\nshots = [1, 4]\nseeds = "1,2"\n'
         '[options]\n"taskres.alpha" = [0.25, 0.5]\n'
     )
-    expected = {"caches": ["a.h5"], "methods": ["zeroshot", "taskres"], "options": {"taskres.alpha": [0.25, 0.5]}}
+    # option values as the text `--set taskres.alpha=0.25,0.5` gives them, read by the same parser
+    expected = {"caches": ["a.h5"], "methods": ["zeroshot", "taskres"], "options": {"taskres.alpha": ["0.25", "0.5"]},
+                "shots": [1, 4], "seeds": [1, 2]}
     for name in ("grid.yaml", "grid.toml"):
         spec = load_spec_file(tmp_path / name)
         assert {k: spec[k] for k in expected} == expected
-        assert [int(v) for v in spec["shots"]] == [1, 4] and [int(v) for v in spec["seeds"]] == [1, 2]
     (tmp_path / "bad.yaml").write_text("method: zeroshot\n")
     with pytest.raises(OptionError, match="unknown keys method"):
         load_spec_file(tmp_path / "bad.yaml")
@@ -181,9 +182,9 @@ def test_report_cells_trace_back_to_the_results_table(caches: dict[str, Path], t
               and r["shots"] == "2"]
     assert len(values) == 2
     mean, std = statistics.fmean(values), statistics.stdev(values)
-    assert float(table["lathadapter"]["2 shot mean"]) == pytest.approx(mean)
-    assert float(table["lathadapter"]["2 shot std"]) == pytest.approx(std)
-    assert table["lathadapter"]["2 shot n"] == "2"
+    assert float(table["lathadapter"]["2 shots mean"]) == pytest.approx(mean)
+    assert float(table["lathadapter"]["2 shots std"]) == pytest.approx(std)
+    assert table["lathadapter"]["2 shots n"] == "2"
     assert "| lathadapter |" in written["markdown"]
     assert f"{mean:.2f} ± {std:.2f}" in written["markdown"]
     with (tmp_path / "report" / "few_shot_average.csv").open() as f:
@@ -250,8 +251,8 @@ def test_cli_grid_and_report(caches: dict[str, Path], tmp_path: Path) -> None:
             "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "4 runs (4 run, 0 already done)" in result.output
-    assert "4 runs (0 run, 4 already done)" in runner.invoke(app, args).output
+    assert "4 runs (4 done now, 0 already done)" in result.output
+    assert "4 runs (0 done now, 4 already done)" in runner.invoke(app, args).output
     result = runner.invoke(app, ["report", str(tmp_path / "g" / "results.csv")])
     assert result.exit_code == 0, result.output
     assert "Few-shot accuracy" in result.output
@@ -273,6 +274,102 @@ def test_grid_file_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
         with pytest.raises(OptionError, match=message) as raised:
             load_spec_file(tmp_path / name)
         assert "\n" not in str(raised.value)
+
+
+GRID_FILE_MISTAKES = [  # (the file after its caches line, the error after "error: grid file NAME: ")
+    ("methods: [zeroshot]\nshots: [1.5, 2.7]\nseeds: [1]\n", "shots 1.5: expected integers, e.g. [1, 2, 4, 8, 16]"),
+    ("methods: [zeroshot]\nshots: [true]\nseeds: [1]\n", "shots true: expected integers"),
+    ("methods: [zeroshot]\nshots: [1]\nseeds: [1.9]\n", "seeds 1.9: expected integers, e.g. [1, 2, 3]"),
+    ("methods: [zeroshot]\nshots: [one]\nseeds: [1]\n", "shots 'one': expected integers"),
+    ("methods: [zeroshot]\nshots: ['1,2']\nseeds: [1]\n", "shots '1,2': expected integers"),
+    ("methods: [zeroshot]\nshots: []\nseeds: [1]\n", "shots is empty; give one or more values"),
+    ("methods: []\nshots: [1]\nseeds: [1]\n", "methods is empty"),
+    ("methods: [lathadapter]\nshots: [1]\nseeds: [1]\noptions:\n  lr: []\n", "options lr is empty"),
+    ("methods: [lathadapter]\nshots: [1]\nseeds: [1]\ntune:\n  lr: []\n", "tune lr is empty"),
+    ("methods: [zeroshot, zeroshot]\nshots: [1]\nseeds: [1]\n", "methods: 'zeroshot' is given twice"),
+    ("methods: [zeroshot]\nshots: [1, '1']\nseeds: [1]\n", "shots: 1 is given twice; give each value once"),
+    ("methods: [lathadapter]\nshots: [1]\nseeds: [1]\noptions:\n  lr: [0.1, 0.1]\n", "options lr: 0.1 is given "
+     "twice"),
+    ("methods: [lathadapter]\nshots: [1]\nseeds: [1]\noptions:\n  lr: [null]\n", "options lr: null is not a "
+     "value"),
+    ("methods: [lathadapter]\nshots: [1]\nseeds: [1]\noptions:\n  lr: [abc]\n", "options lr: option lr='abc' is "
+     "not a valid float"),
+    ("methods: [lathadapter]\nshots: [1]\nseeds: [1]\ntune:\n  curvature: [1, 50]\n", "tune curvature: option "
+     "curvature=50.0 of lathadapter is not valid: it must be in [0.1, 10.0]"),
+    ("methods: [lathadapter]\nshots: [1]\nseeds: [1]\noptions:\n  lathadaptr.lr: [0.1]\n",
+     "options lathadaptr.lr: method 'lathadaptr' is not in the grid's methods (lathadapter)"),
+    ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\ntune:\n  lr: [0.1, 1]\n", "tune lr: zeroshot has no options"),
+    ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\ntune_preset: bogus\n", "tune_preset bogus: unknown preset; "
+     "valid: lr, none"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), GRID_FILE_MISTAKES, ids=[m.split(":")[0] for _, m in GRID_FILE_MISTAKES])
+def test_grid_file_values_are_checked_as_the_command_line_checks_them(caches: dict[str, Path], tmp_path: Path,
+                                                                       text: str, message: str) -> None:
+    """Not integers, empty lists, values given twice, options of no method: refused with the file and key named,
+    exit 2, before anything is written (the grid files of audit finding 1, 2, 7 and 8)."""
+    config = tmp_path / "g.yaml"
+    config.write_text(f"caches: [{caches['source']}]\n{text}")
+    result = CliRunner().invoke(app, ["grid", "--config", str(config), "--out", str(tmp_path / "out"), "--device",
+                                      "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: grid file {config}: {message}"), result.output
+    assert not (tmp_path / "out").exists()  # no lock, no results.csv
+
+
+def test_grid_file_values_mean_what_they_mean_on_the_command_line(tmp_path: Path) -> None:
+    """`attr_proto: [1]` is true as `--set attr_proto=1` is; numbers parse to the same typed options; a command-line
+    axis of the same name overrides the file's, and its errors then name the option, not the file."""
+    (tmp_path / "g.yaml").write_text("caches: [a.h5]\nmethods: [lathadapter]\nshots: [1]\nseeds: [1]\noptions:\n"
+                                     "  attr_proto: [1, false]\n  lr: [0.001, 1]\ntune_preset: none\n")
+    axes = load_spec_file(tmp_path / "g.yaml")
+    assert axes["tune_preset"] is None  # `none`: no preset, as `demo --tune-preset none`
+    from_file = expand(GridSpec(**axes))
+    from_cli = expand(GridSpec(["a.h5"], ["lathadapter"], [1], [1], options=parse_assignments(
+        ["attr_proto=1,false", "lr=0.001,1"])))
+    assert [r.config for r in from_file] == [r.config for r in from_cli]
+    assert {(r.config.options.attr_proto, r.config.options.lr) for r in from_file} == {
+        (True, 0.001), (True, 1.0), (False, 0.001), (False, 1.0)}
+    from lathadapter.experiments.spec import override
+
+    axes = load_spec_file(tmp_path / "g.yaml")
+    override(axes, "options", {"attr_proto": ["1"], "lathadaptr.lr": ["0.1"]})
+    with pytest.raises(OptionError, match=r"^--set lathadaptr\.lr: method 'lathadaptr' is not in the grid"):
+        expand(GridSpec(**axes))
+
+
+def test_one_run_given_twice_is_refused_before_anything_is_written(caches: dict[str, Path], tmp_path: Path) -> None:
+    """A cache given twice (under two spellings), or two values that parse to one, would be one run listed twice,
+    its copy counted as left to another process."""
+    source = str(caches["source"])
+    spellings = GridSpec([source, f"{Path(source).parent}/./{Path(source).name}"], ["zeroshot"], [1], [1])
+    with pytest.raises(OptionError, match="the grid holds one run twice .*zeroshot, 1-shot seed 1"):
+        launch(spellings, tmp_path / "g", progress=False)
+    same = GridSpec([source], ["lathadapter"], [1], [1], options={"lr": ["0.1", "0.10"]})
+    with pytest.raises(OptionError, match="two values mean the same"):
+        launch(same, tmp_path / "g", progress=False)
+    with pytest.raises(OptionError, match="the grid has no runs: its methods is empty"):
+        launch(GridSpec([source], [], [1], [1]), tmp_path / "g", progress=False)
+    assert not (tmp_path / "g").exists()
+
+
+def test_epochs_and_search_columns_are_scoped_in_every_grid(caches: dict[str, Path], tmp_path: Path) -> None:
+    """A results column's name does not depend on the grid's methods: `epochs`, which LP++ declares on its own, is
+    `opt.METHOD.epochs` even in a grid without LP++ (where `--set epochs=` applies unscoped), as `search` is; the
+    shared training options are `opt.NAME` (docs/architecture.md, README)."""
+    assert option_column("lathadapter", "epochs") == "opt.lathadapter.epochs"
+    assert option_column("tip-adapter", "search") == "opt.tip-adapter.search"
+    assert option_column("lathadapter", "lr") == option_column("taskres", "lr") == "opt.lr"
+    result = CliRunner().invoke(app, ["grid", "--cache", str(caches["source"]), "--method", "lathadapter,taskres",
+                                      "--shots", "1", "--seeds", "1", "--set", "epochs=1", "--set", "min_steps=0",
+                                      "--device", "cpu", "--out", str(tmp_path / "g")])
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "g" / "results.csv").open() as f:
+        columns = next(csv.reader(f))
+    assert {"opt.lathadapter.epochs", "opt.taskres.epochs", "opt.min_steps"} <= set(columns)
+    assert "opt.epochs" not in columns
 
 
 def test_a_grid_checks_its_caches_before_the_first_run(caches: dict[str, Path], tmp_path: Path) -> None:

@@ -235,7 +235,7 @@ def test_cli_refuses_bad_worker_counts(cache: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "error: --trainers 0: must be at least 1" in result.output
     result = runner.invoke(app, [*base, "--workers", "1"])  # one worker: this process, as without the option
     assert result.exit_code == 0, result.output
-    assert "1 runs (1 run, 0 already done)" in result.output
+    assert "1 run (1 done now, 0 already done)" in result.output
 
 
 def test_a_cross_dataset_protocol_on_workers_scores_the_targets_as_one_process(cache: Path, target: Path,

@@ -83,7 +83,7 @@ def test_a_stopped_worker_grid_leaves_no_process(cache: Path, tmp_path: Path, ho
     if how != "SIGKILL":
         assert "Traceback" not in stderr
         last = stderr.strip().splitlines()[-1]
-        assert last.startswith("interrupted: ") and last.endswith("runs finished, rerun the same command to resume")
+        assert last.startswith("interrupted: ") and last.endswith("finished, rerun the same command to resume")
         assert time.monotonic() - sent < 5, f"{how}: the grid took over 5 s to stop"
 
 
@@ -101,6 +101,39 @@ def test_sigterm_of_a_grid_in_this_process_keeps_the_finished_runs(cache: Path, 
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 143, stderr
     finished = len(list(out.glob("runs/*/metrics.json")))
-    assert stderr.strip().splitlines()[-1] == (f"interrupted: {finished} runs finished, rerun the same command to "
-                                               "resume")
+    runs = "1 run" if finished == 1 else f"{finished} runs"
+    assert stderr.strip().splitlines()[-1] == f"interrupted: {runs} finished, rerun the same command to resume"
     assert 1 <= finished < 6 and "Traceback" not in stderr
+
+
+def handles_sigterm(pid: int) -> bool:
+    """Whether process `pid` has installed a SIGTERM handler (/proc's SigCgt mask): `fit` has started."""
+    try:
+        caught = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(("how", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stopped_fit_says_so_in_one_line(cache: Path, tmp_path: Path, how: str, code: int) -> None:
+    """`fit` stopped by SIGTERM or Ctrl-C ends as `grid` does: one `interrupted:` line, exit 143 or 130 (audit
+    finding 18); a run is saved only when it finishes, so the rerun trains it."""
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", PACKAGE_PARENT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lathadapter.cli", "fit", "--cache", str(cache), "--method", "lathadapter",
+               "--shots", "2", "--set", "epochs=100000", "--device", "cpu", "--out", str(tmp_path / "runs")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not handles_sigterm(process.pid):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "fit did not start"
+        time.sleep(0.1)
+    time.sleep(1.0)  # training
+    process.send_signal(getattr(signal, how))
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert stderr.strip().splitlines()[-1] == "interrupted: the run did not finish, rerun the same command to train it"
+    assert not list((tmp_path / "runs").glob("*/metrics.json"))

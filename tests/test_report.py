@@ -64,6 +64,7 @@ def test_a_curvature_grid_is_reported_per_configuration(tmp_path: Path) -> None:
         values = [a for (c, _), a in accuracy.items() if c == curvature]
         assert f"| lathadapter curvature={curvature} | {seeds_text(values)} | — |" in markdown
     assert f"| zeroshot | {seeds_text([21.0, 22.0])} | 24.00 |" in markdown
+    assert "| method | 1 shot | 2 shots |" in markdown  # not "2 shot"
     table = read_table(tmp_path / "report" / "few_shot_caltech101.csv")
     assert list(table) == ["zeroshot", "lathadapter curvature=0.5", "lathadapter curvature=1.0",
                            "lathadapter curvature=2.0"]
@@ -73,7 +74,7 @@ def test_a_curvature_grid_is_reported_per_configuration(tmp_path: Path) -> None:
     assert float(two_seeds["1 shot mean"]) == pytest.approx(statistics.fmean([31.0, 32.5]))
     assert float(two_seeds["1 shot std"]) == pytest.approx(statistics.stdev([31.0, 32.5]))
     assert two_seeds["1 shot n"] == "2"
-    assert two_seeds["2 shot mean"] == two_seeds["2 shot std"] == two_seeds["2 shot n"] == ""  # no run
+    assert two_seeds["2 shots mean"] == two_seeds["2 shots std"] == two_seeds["2 shots n"] == ""  # no run
     ablation = read_table(tmp_path / "report" / "few_shot_caltech101_ablation_lathadapter_curvature.csv",
                           "curvature")
     assert list(ablation) == ["0.5", "1.0", "2.0"]

@@ -147,8 +147,9 @@ def test_the_report_shows_only_the_kept_runs_and_names_the_chosen_values(tuned_g
         assert label in table, list(table)
         for shots in (1, 2):
             values = [float(r["acc_all"]) for r in kept if r["shots"] == str(shots)]
-            assert float(table[label][f"{shots} shot mean"]) == pytest.approx(statistics.fmean(values))
-            assert table[label][f"{shots} shot n"] == "2"
+            column = "1 shot" if shots == 1 else f"{shots} shots"
+            assert float(table[label][f"{column} mean"]) == pytest.approx(statistics.fmean(values))
+            assert table[label][f"{column} n"] == "2"
         assert f"| {label} |" in written["markdown"]
     assert "zeroshot" in table
     with (folder / "few_shot_tiny_tuned.csv").open(newline="") as f:
@@ -164,7 +165,7 @@ def test_the_report_shows_only_the_kept_runs_and_names_the_chosen_values(tuned_g
         for shots in (1, 2):
             kept = [r["opt.lr"] for r in rows if r["method"] == method and r["tune.selected"] == "True"
                     and r["shots"] == str(shots)]
-            text = line[f"{shots} shot chosen"]
+            text = line["1 shot chosen" if shots == 1 else f"{shots} shots chosen"]
             assert (text == shown(kept[0])) if len(set(kept)) == 1 else all(f"{shown(v)} ×1" in text for v in kept)
     assert summary_markdown(tuned_grid) == written["markdown"]
 
@@ -323,15 +324,15 @@ def test_command_line_and_grid_files_take_tuning(cache: Path, tmp_path: Path) ->
             "--tune", "lathadapter.curvature=0.5,1", "--out", str(tmp_path / "g"), "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "5 runs (5 run, 0 already done)" in result.output  # zeroshot + 2 lrs × 2 curvatures
+    assert "5 runs (5 done now, 0 already done)" in result.output  # zeroshot + 2 lrs × 2 curvatures
     assert "(tuned)" in result.output and "tuned values, chosen" in result.output
     rows = read_rows(tmp_path / "g")
     assert {r["tune.names"] for r in rows if r["method"] == "lathadapter"} == {"lr curvature"}
-    assert "5 runs (0 run, 5 already done)" in runner.invoke(app, args).output
+    assert "5 runs (0 done now, 5 already done)" in runner.invoke(app, args).output
     result = runner.invoke(app, ["protocol", "few-shot", "--cache", str(cache), "--method", "lathadapter",
                                  "--seeds", "1", "--shots", "1", "--set", "epochs=1", "--set", "min_steps=2",
                                  "--tune-preset", "lr", "--out", str(tmp_path / "p"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "3 runs (3 run, 0 already done)" in result.output and "(tuned)" in result.output
+    assert "3 runs (3 done now, 0 already done)" in result.output and "(tuned)" in result.output
     bad = runner.invoke(app, ["grid", "--cache", str(cache), "--tune", "lr", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--tune expects name=value" in bad.output
