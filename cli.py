@@ -293,7 +293,8 @@ def cache_build_many(
     root: Path | None = typer.Option(None, help="Dataset root holding the CoOp-layout folders (docs/data.md)."),
     model: str = typer.Option("ViT-B-16", help="open_clip model name, or the path of a model-config JSON."),
     pretrained: str = typer.Option("openai", help="Pretrained tag, a local checkpoint or none."),
-    out: Path = typer.Option(Path("caches"), help="Folder of the caches: OUT/<dataset>.h5."),
+    out: Path = typer.Option(Path("caches"), help="Folder of the caches: OUT/<name>.h5, each dataset's name as "
+                             "`cache build` gives it (DemoShapes for split:.../split_zhou_DemoShapes.json)."),
     shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot subsets to hold."),
     seeds: str = typer.Option("1,2,3", help="Seeds of the few-shot subsets to hold."),
     views: int = typer.Option(10, help="Augmented views per train image."),

@@ -214,3 +214,32 @@ def test_the_demo_build_refuses_bad_values_and_options_it_cannot_use(demo_build:
     assert result.output.strip().startswith(f"error: {message}") and "\n" not in result.output.strip()
     assert demo_build == {} and not any(tmp_path.iterdir())  # refused before the demo data was written
 
+
+def test_build_many_names_caches_as_cache_build_does_and_refuses_two_on_one_file(coop_dataset, tiny_clip,
+                                                                                  tmp_path: Path) -> None:
+    common = ["--model", str(tiny_clip.config), "--pretrained", str(tiny_clip.checkpoint), "--shots", "1",
+              "--seeds", "1", "--views", "1", "--device", "cpu"]
+    out = tmp_path / "bm"
+    result = runner.invoke(app, ["cache", "build-many", "--dataset", f"split:{coop_dataset.split_file}", "--out",
+                                 str(out), *common])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out.iterdir()] == ["Shapes.h5"]  # split_zhou_Shapes.json: the dataset Shapes
+    for folder in ("fa/imgs", "fb/imgs", "Shapes"):
+        (tmp_path / folder).mkdir(parents=True)
+    cases = [
+        ([f"folder:{tmp_path / 'fa/imgs'}", f"folder:{tmp_path / 'fb/imgs'}"],
+         f"--dataset folder:{tmp_path / 'fa/imgs'} and --dataset folder:{tmp_path / 'fb/imgs'} would both be built "
+         f"into {tmp_path / 'bm2' / 'imgs.h5'}; build one of them with `lathadapter cache build --dataset ... --out "
+         "FILE` instead"),
+        ([f"split:{coop_dataset.split_file}", f"folder:{tmp_path / 'Shapes'}"],
+         f"--dataset split:{coop_dataset.split_file} and --dataset folder:{tmp_path / 'Shapes'} would both be built "
+         f"into {tmp_path / 'bm2' / 'Shapes.h5'}"),
+        (["dtd", "dtd"], "--dataset dtd is given twice; give each dataset once"),
+    ]
+    for datasets, message in cases:
+        result = runner.invoke(app, ["cache", "build-many", *[arg for d in datasets for arg in ("--dataset", d)],
+                                     "--out", str(tmp_path / "bm2"), *common])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().startswith(f"error: {message}") and "\n" not in result.output.strip()
+        assert not (tmp_path / "bm2").exists()  # refused before building anything
+
