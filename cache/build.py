@@ -42,6 +42,7 @@ from lathadapter.cache.encode import (
 from lathadapter.cache.sampling import fewshot_indices
 from lathadapter.cache.store import (
     DEFAULT_CACHE_DIR,
+    NORM_TOLERANCE,
     READABLE_SCHEMAS,
     SCHEMA_VERSION,
     SPLITS,
@@ -64,7 +65,6 @@ __all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "VAL_CHOICES",
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
 FLUSH_SECONDS = 10.0  # how often encoded rows are flushed to the temporary file (what a resume can reuse)
-NORM_TOLERANCE = 1e-2  # float16 unit vectors are within ~1e-3 of norm 1; a row outside this was not fully written
 LOSSES_LISTED = 5  # how many lost classes a failed `--skip-bad` build names
 # `--val`: the union of the few-shot val subsets, or the whole val split (Tip-Adapter's official search set)
 VAL_CHOICES = ("subsets", "all")

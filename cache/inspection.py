@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from lathadapter.cache.store import (
+    NORM_TOLERANCE,
     READABLE_SCHEMAS,
     REBUILD,
     SCHEMA_VERSION,
@@ -20,7 +21,6 @@ from lathadapter.cache.store import (
     skipped_losses,
 )
 
-NORM_TOLERANCE = 1e-2  # float16 storage keeps unit vectors within ~1e-3 of norm 1
 CHUNK_ROWS = 4096
 
 
