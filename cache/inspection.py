@@ -18,6 +18,7 @@ from lathadapter.cache.store import (
     CacheReader,
     corrupt,
     fingerprint_of,
+    folder_given,
     skipped_losses,
 )
 
@@ -179,6 +180,8 @@ def verify(path: str | Path) -> list[str]:
     dtypes, fingerprint, completeness, finite, non-zero, unit-norm rows, label and subset index bounds, and what
     `--skip-bad` left out (rows of skipped images must be zero; no split or class may have lost every image)."""
     path = Path(path)
+    if path.is_dir():
+        return [folder_given(path)]
     if not path.is_file():
         return [f"{path} does not exist"]
     try:

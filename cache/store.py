@@ -45,6 +45,7 @@ READABLE_SCHEMAS = (1, 2)  # what the reader accepts; version 1 lacks the raw no
 REBUILD = "lathadapter cache build ... --force"  # how to turn an older cache into the current schema
 DEFAULT_CACHE_DIR = Path("caches")  # where `cache build` writes and `fit` looks when no path is given
 SPLITS = ("train", "val", "test")
+FOLDER_LISTED = 10  # how many caches the error for a folder passed as a cache lists
 # How far from 1 the norm of a stored unit vector may be: float16 keeps each component within 2^-11 of its value, so a
 # unit vector within 5e-4 (real builds: 2e-4 at most, demo and synthetic caches, widths 64 to 512); further off, a row
 # was damaged or not fully written (the reader, `cache verify` and a resumed build all use this bound).
@@ -91,6 +92,16 @@ def resolve_cache(path: str | Path | None) -> Path:
         listed = "\n  ".join(str(p) for p in found)
         raise CacheError(f"several caches in {DEFAULT_CACHE_DIR}/; choose one with --cache PATH:\n  {listed}")
     return found[0]
+
+
+def folder_given(path: Path) -> str:
+    """What to say when a folder is given where a cache file is expected (`--cache caches/`): its caches."""
+    found = sorted(path.glob("*.h5"))
+    listed = ", ".join(str(p) for p in found[:FOLDER_LISTED]) + (
+        f" and {len(found) - FOLDER_LISTED} more" if len(found) > FOLDER_LISTED else "")
+    return f"{path} is a folder, not a cache file; " + (
+        f"pass one of its caches: {listed}" if found else
+        "it holds no *.h5 cache; pass a cache file, or build one with `lathadapter cache build`")
 
 
 def fingerprint_of(fields: dict[str, object]) -> str:
@@ -395,6 +406,8 @@ class CacheReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise CacheError(folder_given(self.path))
         if not self.path.is_file():
             raise CacheError(f"cache file {self.path} does not exist; build one with `lathadapter cache build`")
         try:

@@ -243,3 +243,20 @@ def test_build_many_names_caches_as_cache_build_does_and_refuses_two_on_one_file
         assert result.output.strip().startswith(f"error: {message}") and "\n" not in result.output.strip()
         assert not (tmp_path / "bm2").exists()  # refused before building anything
 
+
+def test_a_folder_given_as_a_cache_says_so_and_lists_its_caches(built: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "caches"
+    folder.mkdir()
+    commands = [["fit", "--cache", str(folder), "--device", "cpu", "--out", str(tmp_path / "runs")],
+                ["cache", "info", str(folder)], ["cache", "verify", str(folder)],
+                ["cache", "subset", str(folder), "--shots", "1", "--seed", "1"]]
+    for listed in ("it holds no *.h5 cache; pass a cache file, or build one with `lathadapter cache build`",
+                   f"pass one of its caches: {folder / 'a.h5'}, {folder / 'b.h5'}"):
+        for args in commands:
+            result = runner.invoke(app, args)
+            assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+            assert result.output.strip().endswith(f"{folder} is a folder, not a cache file; {listed}"), result.output
+            assert "\n" not in result.output.strip()
+        shutil.copy(built, folder / "a.h5")
+        shutil.copy(built, folder / "b.h5")
+    assert not (tmp_path / "runs").exists()
