@@ -132,6 +132,8 @@ WRITE_ERRORS = {
     errno.EISDIR: "it is a folder, where a file is written; choose another --out",
     errno.ENOSPC: "no space left on device; free some space and rerun the same command (finished work is kept)",
     errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command (finished work is kept)",
+    # a folder on the path vanished while writing, or the file system cannot create files there (/proc)
+    errno.ENOENT: "a folder on the path is missing or cannot hold new files; choose another --out",
 }
 
 
@@ -139,6 +141,8 @@ def _write_error(error: Exception, out: Path | None) -> str | None:
     """The one-line message of an OSError raised writing at or under `out` (also its lock and temporary files
     beside it); None for any other error."""
     if out is None or not isinstance(error, OSError) or error.errno not in WRITE_ERRORS:
+        return None
+    if error.errno == errno.ENOENT and error.filename is None:  # a missing input, not a write: its own message
         return None
     target = Path(out).absolute()
     if error.filename is not None:
