@@ -138,6 +138,8 @@ WRITE_ERRORS = {
     errno.EISDIR: "it is a folder, where a file is written; choose another --out",
     errno.ENOSPC: "no space left on device; free some space and rerun the same command (finished work is kept)",
     errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command (finished work is kept)",
+    # a folder on the path vanished while writing, or the file system cannot create files there (/proc)
+    errno.ENOENT: "a folder on the path is missing or cannot hold new files; choose another --out",
 }
 
 
@@ -145,6 +147,8 @@ def _write_error(error: Exception, out: Path | None) -> str | None:
     """The one-line message of an OSError raised writing at or under `out` (also its lock and temporary files
     beside it); None for any other error."""
     if out is None or not isinstance(error, OSError) or error.errno not in WRITE_ERRORS:
+        return None
+    if error.errno == errno.ENOENT and error.filename is None:  # a missing input, not a write: its own message
         return None
     target = Path(out).absolute()
     if error.filename is not None:
@@ -218,7 +222,8 @@ def _augmentation(crop_scale: str | None, crop_ratio: str | None, flip: float | 
         try:
             low, high = (float(part) for part in text.split(","))
         except ValueError:
-            raise ValueError(f"{option} {text!r}: expected two comma-separated numbers LOW,HIGH, e.g. 0.5,1") from None
+            raise OptionError(f"{option} {text!r}: expected two comma-separated numbers LOW,HIGH, e.g. 0.5,1"
+                              ) from None
         given[name] = (low, high)
     return Augmentation(**given)
 
@@ -240,8 +245,9 @@ def cache_build(
     crop_ratio: str | None = CROP_RATIO,
     flip: float | None = FLIP,
     full_train: bool = typer.Option(False, "--full-train", help="Encode the whole train split."),
-    val: str = typer.Option("subsets", help="Val images to encode: subsets (the few-shot val subsets) or all (the "
-                            "whole val split, Tip-Adapter's official search set)."),
+    val: str | None = typer.Option(None, help="Val images to encode: subsets (the few-shot val subsets) or all (the "
+                                   "whole val split, Tip-Adapter's official search set) [default: subsets; all for "
+                                   "the demo dataset]."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     precision: str = typer.Option("fp32", help="fp32, fp16, bf16 or amp."),
     batch_size: int = typer.Option(32, help="Images per batch (each with its augmented views)."),
@@ -258,20 +264,30 @@ def cache_build(
     """Encode a CoOp-layout dataset with an open_clip model into a fingerprinted HDF5 cache.
 
     With no --root and no --dataset, builds the bundled demo dataset (data/demo-shapes-v3/) with the bundled tiny model
-    into caches/demo_shapes.h5.
+    into caches/demo_shapes.h5; --quick-gelu does not apply to it (the tiny model is built as it was trained).
     """
     from lathadapter.cache.build import build
 
     _stop_on_sigterm()
     if dataset is None and root is None and model is None and pretrained is None:
+        from lathadapter.cache.build import check_options
         from lathadapter.demo.pipeline import DEMO_CACHE, build_demo_cache
 
-        typer.echo("no --dataset given: building the bundled demo dataset with the bundled tiny CLIP", err=True)
         try:
-            result = build_demo_cache(out=out or DEMO_CACHE, views=views, shots=_int_list("--shots", shots),
-                                      augmentation=_augmentation(crop_scale, crop_ratio, flip),
-                                      seeds=_int_list("--seeds", seeds), device=device, workers=workers,
-                                      force=force, progress=progress, log=lambda message: typer.echo(message, err=True))
+            if quick_gelu is not None:
+                raise OptionError(f"--{'' if quick_gelu else 'no-'}quick-gelu: not used for the bundled demo dataset "
+                                  "(its tiny model is built as it was trained); give --dataset, --model and "
+                                  "--pretrained to choose a model's activation")
+            # the demo path passes every other option to the build, each checked before the demo data is written
+            options = dict(views=views, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
+                           augmentation=_augmentation(crop_scale, crop_ratio, flip), device=device, workers=workers,
+                           val=val or "all", template=template, precision=precision, batch_size=batch_size,
+                           attributes=attributes, full_train=full_train, seed=seed, skip_bad=skip_bad, force=force)
+            check_options(options["shots"], options["seeds"], views, batch_size, workers, options["val"], precision,
+                          template)
+            typer.echo("no --dataset given: building the bundled demo dataset with the bundled tiny CLIP", err=True)
+            result = build_demo_cache(out=out or DEMO_CACHE, progress=progress,
+                                      log=lambda message: typer.echo(message, err=True), **options)
         except (ValueError, OSError) as error:
             _fail(error, out or DEMO_CACHE)
         except KeyboardInterrupt as stop:
@@ -285,7 +301,8 @@ def cache_build(
         result = build(root, dataset, out, model=model or "ViT-B-16", pretrained=pretrained or "openai",
                        shots=_int_list("--shots", shots), augmentation=_augmentation(crop_scale, crop_ratio, flip),
                        seeds=_int_list("--seeds", seeds), views=views, device=device, precision=precision,
-                       batch_size=batch_size, workers=workers, attributes=attributes, full_train=full_train, val=val,
+                       batch_size=batch_size, workers=workers, attributes=attributes, full_train=full_train,
+                       val=val or "subsets",
                        force=force, skip_bad=skip_bad, seed=seed, template=template, quick_gelu=quick_gelu,
                        progress=progress, log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
@@ -303,7 +320,8 @@ def cache_build_many(
     root: Path | None = typer.Option(None, help="Dataset root holding the CoOp-layout folders (docs/data.md)."),
     model: str = typer.Option("ViT-B-16", help="open_clip model name, or the path of a model-config JSON."),
     pretrained: str = typer.Option("openai", help="Pretrained tag, a local checkpoint or none."),
-    out: Path = typer.Option(Path("caches"), help="Folder of the caches: OUT/<dataset>.h5."),
+    out: Path = typer.Option(Path("caches"), help="Folder of the caches: OUT/<name>.h5, each dataset's name as "
+                             "`cache build` gives it (DemoShapes for split:.../split_zhou_DemoShapes.json)."),
     shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot subsets to hold."),
     seeds: str = typer.Option("1,2,3", help="Seeds of the few-shot subsets to hold."),
     views: int = typer.Option(10, help="Augmented views per train image."),

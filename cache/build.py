@@ -27,11 +27,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lathadapter.cache.datasets import DatasetSplits, load_dataset
+from lathadapter.cache.datasets import DatasetSplits, check_template, load_dataset
 from lathadapter.cache.encode import (
     Augmentation,
     ClipModel,
     ImageRows,
+    check_model,
+    check_precision,
     collate,
     encode_images,
     encode_texts,
@@ -40,6 +42,7 @@ from lathadapter.cache.encode import (
 from lathadapter.cache.sampling import fewshot_indices
 from lathadapter.cache.store import (
     DEFAULT_CACHE_DIR,
+    NORM_TOLERANCE,
     READABLE_SCHEMAS,
     SCHEMA_VERSION,
     SPLITS,
@@ -62,7 +65,6 @@ __all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "VAL_CHOICES",
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
 FLUSH_SECONDS = 10.0  # how often encoded rows are flushed to the temporary file (what a resume can reuse)
-NORM_TOLERANCE = 1e-2  # float16 unit vectors are within ~1e-3 of norm 1; a row outside this was not fully written
 LOSSES_LISTED = 5  # how many lost classes a failed `--skip-bad` build names
 # `--val`: the union of the few-shot val subsets, or the whole val split (Tip-Adapter's official search set)
 VAL_CHOICES = ("subsets", "all")
@@ -107,8 +109,12 @@ class BuildResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int,
-                   val: str = "subsets") -> None:
+def check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int,
+                  val: str = "subsets", precision: str = "fp32", template: str | None = None) -> None:
+    """Refuse option values outside their range or choices (`BuildOptionError`, `ModelOptionError`,
+    `DatasetOptionError`: usage mistakes), before anything is read, written or loaded."""
+    check_precision(precision)
+    check_template(template)
     if val not in VAL_CHOICES:
         raise BuildOptionError(f"--val {val!r} is not valid; choose subsets (the few-shot val subsets only) or all "
                                "(the whole val split, Tip-Adapter's official search set)")
@@ -443,7 +449,8 @@ def build(
     augmentation = augmentation if augmentation is not None else Augmentation()
     say = log or (lambda message: print(message, file=sys.stderr))
     started = time.perf_counter()
-    _check_options(shots, seeds, views, batch_size, workers, val)
+    check_options(shots, seeds, views, batch_size, workers, val, precision, template)
+    check_model(model, pretrained, precision)  # an unknown name or tag is refused before anything is written
     workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
     notes = list(splits.notes) + shortfall_notes(splits, shots)

@@ -24,6 +24,12 @@ class DatasetError(ValueError):
     """A dataset is missing, laid out differently from what its reader expects, or has inconsistent labels."""
 
 
+class DatasetOptionError(DatasetError):
+    """An unknown dataset name, a template without its `{}`, a missing `--root`: a usage mistake (the CLI exits 2)."""
+
+    exit_code = 2  # usage, as `OptionError`
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """One row of docs/data.md's table: where a dataset lives under the root and how its splits are defined."""
@@ -341,11 +347,28 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
                          splits["test"], _sha256_items(splits["train"], splits["val"], splits["test"]), notes=notes)
 
 
+def check_template(template: str | None) -> None:
+    """Refuse a `--template` without exactly one `{}` (where the class name goes)."""
+    if template is not None and template.count("{}") != 1:
+        raise DatasetOptionError(f"--template {template!r} must contain '{{}}' exactly once (where the class name "
+                                 "goes)")
+
+
+def dataset_name(dataset: str) -> str:
+    """The name `load_dataset` gives `dataset`, without reading it: a docs/data.md name as it is, `split:PATH` its
+    file's stem less `split_zhou_`, `folder:PATH` its folder's name. Its cache's default file is `<name>.h5`."""
+    if dataset.startswith("folder:"):
+        return Path(dataset.removeprefix("folder:")).name
+    if dataset.startswith("split:"):
+        path = Path(dataset.removeprefix("split:"))
+        return path.stem.removeprefix("split_zhou_") or path.stem  # split_zhou_Caltech101.json → Caltech101
+    return dataset
+
+
 def load_dataset(root: Path | None, dataset: str, template: str | None = None, seed: int = 0) -> DatasetSplits:
     """Read `dataset` (a docs/data.md name under `root`, `folder:PATH` or `split:PATH`); `template` overrides the
     prompt."""
-    if template is not None and template.count("{}") != 1:
-        raise DatasetError(f"--template {template!r} must contain '{{}}' exactly once (where the class name goes)")
+    check_template(template)
     if dataset.startswith("folder:"):
         splits = read_folder_tree(Path(dataset.removeprefix("folder:")), template or DEFAULT_TEMPLATE, seed)
     elif dataset.startswith("split:"):
@@ -354,12 +377,11 @@ def load_dataset(root: Path | None, dataset: str, template: str | None = None, s
             raise DatasetError(f"split:{path} does not exist; pass the path of a split_zhou-format JSON whose image "
                                "paths are relative to the file's folder")
         items, names = read_split_file(path)
-        name = path.stem.removeprefix("split_zhou_") or path.stem  # split_zhou_Caltech101.json → Caltech101
-        splits = DatasetSplits(name, "split-file", path.parent, "", names, DEFAULT_TEMPLATE, items["train"],
-                               items["val"], items["test"], _sha256_files(path))
+        splits = DatasetSplits(dataset_name(dataset), "split-file", path.parent, "", names, DEFAULT_TEMPLATE,
+                               items["train"], items["val"], items["test"], _sha256_files(path))
     elif dataset in DATASETS:
         if root is None:
-            raise DatasetError(f"--root is required for dataset {dataset!r}. Expected layout under the root:\n"
+            raise DatasetOptionError(f"--root is required for dataset {dataset!r}. Expected layout under the root:\n"
                                f"{layout_help(dataset)}")
         if not root.is_dir():
             raise DatasetError(f"--root {root} is not a folder. Expected layout under it:\n{layout_help(dataset)}")
@@ -368,8 +390,8 @@ def load_dataset(root: Path | None, dataset: str, template: str | None = None, s
                   "imagenet-variant": _imagenet_variant}[spec.kind]
         splits = reader(spec, root)
     else:
-        raise DatasetError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}, folder:PATH (a folder per "
-                           "class) or split:PATH (a split_zhou-format JSON)")
+        raise DatasetOptionError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}, folder:PATH (a folder "
+                                 "per class) or split:PATH (a split_zhou-format JSON)")
     if template is not None:
         splits.template = template
     return splits

@@ -30,11 +30,18 @@ CROP_RATIO = (3 / 4, 4 / 3)
 FLIP_PROBABILITY = 0.5
 
 
+class AugmentationError(ValueError):
+    """An augmentation range or probability outside its domain: a usage mistake (the CLI exits 2)."""
+
+    exit_code = 2  # usage, as `OptionError`
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """How a build draws each training image's augmented views: torchvision's RandomResizedCrop with these `crop_scale`
     (fraction of the area) and `crop_ratio` (aspect) ranges, bicubic, then a horizontal flip with probability `flip`.
-    Recorded in the cache fingerprint, so views drawn otherwise make another cache."""
+    Recorded in the cache fingerprint, so views drawn otherwise make another cache. A value outside its range is an
+    `AugmentationError` (a usage mistake)."""
 
     crop_scale: tuple[float, float] = CROP_SCALE
     crop_ratio: tuple[float, float] = CROP_RATIO
@@ -43,15 +50,15 @@ class Augmentation:
     def __post_init__(self) -> None:
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
-            raise ValueError(f"--crop-scale {low:g},{high:g}: need 0 < low ≤ high ≤ 1 (a fraction of the image's area; "
-                             f"the field's default is {CROP_SCALE[0]:g},{CROP_SCALE[1]:g})")
+            raise AugmentationError(f"--crop-scale {low:g},{high:g}: need 0 < low ≤ high ≤ 1 (a fraction of the "
+                                    f"image's area; the field's default is {CROP_SCALE[0]:g},{CROP_SCALE[1]:g})")
         low, high = self.crop_ratio
         if not 0 < low <= high or not math.isfinite(high):
-            raise ValueError(f"--crop-ratio {low:g},{high:g}: need 0 < low ≤ high (width / height; the field's default "
-                             "is 0.75,1.333)")
+            raise AugmentationError(f"--crop-ratio {low:g},{high:g}: need 0 < low ≤ high (width / height; the field's "
+                                    "default is 0.75,1.333)")
         if not 0 <= self.flip <= 1:
-            raise ValueError(f"--flip {self.flip:g}: a probability, between 0 and 1 (the field's default is "
-                             f"{FLIP_PROBABILITY:g})")
+            raise AugmentationError(f"--flip {self.flip:g}: a probability, between 0 and 1 (the field's default "
+                                    f"is {FLIP_PROBABILITY:g})")
 
     def fields(self) -> dict[str, object]:
         """The fingerprint entry: what a reader needs to redraw the views."""
@@ -61,6 +68,12 @@ class Augmentation:
 
 class ModelError(ValueError):
     """A model name, config file, checkpoint, precision or device that cannot be used."""
+
+
+class ModelOptionError(ModelError):
+    """A model name, pretrained tag or precision that does not exist: a usage mistake (the CLI exits 2, not 1)."""
+
+    exit_code = 2  # usage, as `OptionError`
 
 
 @dataclass
@@ -127,8 +140,8 @@ def resolve_model_name(model: str) -> tuple[str, dict[str, object] | None]:
     if model not in open_clip.list_models():
         close = difflib.get_close_matches(model, open_clip.list_models(), n=5)
         hint = f" Close names: {', '.join(close)}." if close else ""
-        raise ModelError(f"--model {model!r} is not an open_clip model name.{hint} Pass a name from "
-                         "`open_clip.list_models()` or the path of a model-config JSON.")
+        raise ModelOptionError(f"--model {model!r} is not an open_clip model name.{hint} Pass a name from "
+                               "`open_clip.list_models()` or the path of a model-config JSON.")
     return model, None
 
 
@@ -144,14 +157,42 @@ def _looks_like_openai(checkpoint: Path) -> bool:
         return False
 
 
+def pretrained_kind(name: str, pretrained: str) -> str:
+    """What `pretrained` names for open_clip model `name`: `none` (a random init), a checkpoint `file`, or a `tag` of
+    the model's; a missing checkpoint file (`ModelError`) or an unknown tag (`ModelOptionError`) is refused."""
+    if pretrained.lower() == "none":
+        return "none"
+    if Path(pretrained).is_file():
+        return "file"
+    if pretrained.endswith(CHECKPOINT_SUFFIXES) or os.sep in pretrained:
+        raise ModelError(f"--pretrained {pretrained}: checkpoint file does not exist")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        listed = ", ".join(tags) if tags else "none (pass a checkpoint file)"
+        raise ModelOptionError(f"--pretrained {pretrained!r} is not a pretrained tag of {name}; its tags: {listed}. "
+                               "A local file works too: --pretrained /path/to/checkpoint.{pt,bin,safetensors}")
+    return "tag"
+
+
+def check_model(model: str, pretrained: str, precision: str = "fp32") -> None:
+    """What `load_model` refuses before loading anything (the precision, the model name or config file, the
+    pretrained tag or checkpoint file), refused before a build writes anything."""
+    check_precision(precision)
+    pretrained_kind(resolve_model_name(model)[0], pretrained)
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ModelOptionError(f"--precision {precision!r} is not valid; valid: {', '.join(PRECISIONS)}")
+
+
 def load_model(model: str, pretrained: str, *, device: str | None = None, precision: str = "fp32",
                quick_gelu: bool | None = None, seed: int = 0) -> ClipModel:
     """Create an open_clip model from `model` (name or config JSON) and `pretrained` (tag, checkpoint path, `none`).
 
     OpenAI weights get QuickGELU (`quick_gelu=None` decides so automatically); `none` is a seeded random init.
     """
-    if precision not in PRECISIONS:
-        raise ModelError(f"--precision {precision!r} is not valid; valid: {', '.join(PRECISIONS)}")
+    check_model(model, pretrained, precision)
     target = resolve_device(device)
     name, config = resolve_model_name(model)
     fields: dict[str, object] = {"model": name, "open_clip_version": open_clip.__version__, "precision": precision}
@@ -161,21 +202,15 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
     base_quick_gelu = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
     checkpoint: str | None
     tag_quick_gelu = False
-    if pretrained.lower() == "none":
+    kind = pretrained_kind(name, pretrained)
+    if kind == "none":
         checkpoint, fields["pretrained"] = None, "none"
-    elif Path(pretrained).is_file():
+    elif kind == "file":
         checkpoint = pretrained
         fields["pretrained"] = "file"
         fields["checkpoint_sha256"] = sha256_file(Path(pretrained))
         tag_quick_gelu = _looks_like_openai(Path(pretrained))
-    elif pretrained.endswith(CHECKPOINT_SUFFIXES) or os.sep in pretrained:
-        raise ModelError(f"--pretrained {pretrained}: checkpoint file does not exist")
     else:
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            listed = ", ".join(tags) if tags else "none (pass a checkpoint file)"
-            raise ModelError(f"--pretrained {pretrained!r} is not a pretrained tag of {name}; its tags: {listed}. "
-                             "A local file works too: --pretrained /path/to/checkpoint.{pt,bin,safetensors}")
         checkpoint, fields["pretrained"] = pretrained, pretrained
         tag_quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
     wanted = tag_quick_gelu if quick_gelu is None else quick_gelu

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from lathadapter.cache.store import (
+    NORM_TOLERANCE,
     READABLE_SCHEMAS,
     REBUILD,
     SCHEMA_VERSION,
@@ -17,10 +18,10 @@ from lathadapter.cache.store import (
     CacheReader,
     corrupt,
     fingerprint_of,
+    folder_given,
     skipped_losses,
 )
 
-NORM_TOLERANCE = 1e-2  # float16 storage keeps unit vectors within ~1e-3 of norm 1
 CHUNK_ROWS = 4096
 
 
@@ -179,6 +180,8 @@ def verify(path: str | Path) -> list[str]:
     dtypes, fingerprint, completeness, finite, non-zero, unit-norm rows, label and subset index bounds, and what
     `--skip-bad` left out (rows of skipped images must be zero; no split or class may have lost every image)."""
     path = Path(path)
+    if path.is_dir():
+        return [folder_given(path)]
     if not path.is_file():
         return [f"{path} does not exist"]
     try:

@@ -45,6 +45,11 @@ READABLE_SCHEMAS = (1, 2)  # what the reader accepts; version 1 lacks the raw no
 REBUILD = "lathadapter cache build ... --force"  # how to turn an older cache into the current schema
 DEFAULT_CACHE_DIR = Path("caches")  # where `cache build` writes and `fit` looks when no path is given
 SPLITS = ("train", "val", "test")
+FOLDER_LISTED = 10  # how many caches the error for a folder passed as a cache lists
+# How far from 1 the norm of a stored unit vector may be: float16 keeps each component within 2^-11 of its value, so a
+# unit vector within 5e-4 (real builds: 2e-4 at most, demo and synthetic caches, widths 64 to 512); further off, a row
+# was damaged or not fully written (the reader, `cache verify` and a resumed build all use this bound).
+NORM_TOLERANCE = 1e-2
 _STR = h5py.string_dtype()
 
 
@@ -87,6 +92,16 @@ def resolve_cache(path: str | Path | None) -> Path:
         listed = "\n  ".join(str(p) for p in found)
         raise CacheError(f"several caches in {DEFAULT_CACHE_DIR}/; choose one with --cache PATH:\n  {listed}")
     return found[0]
+
+
+def folder_given(path: Path) -> str:
+    """What to say when a folder is given where a cache file is expected (`--cache caches/`): its caches."""
+    found = sorted(path.glob("*.h5"))
+    listed = ", ".join(str(p) for p in found[:FOLDER_LISTED]) + (
+        f" and {len(found) - FOLDER_LISTED} more" if len(found) > FOLDER_LISTED else "")
+    return f"{path} is a folder, not a cache file; " + (
+        f"pass one of its caches: {listed}" if found else
+        "it holds no *.h5 cache; pass a cache file, or build one with `lathadapter cache build`")
 
 
 def fingerprint_of(fields: dict[str, object]) -> str:
@@ -391,6 +406,8 @@ class CacheReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise CacheError(folder_given(self.path))
         if not self.path.is_file():
             raise CacheError(f"cache file {self.path} does not exist; build one with `lathadapter cache build`")
         try:
@@ -468,6 +485,27 @@ class CacheReader:
         raise CacheError(f"{self.path}: {name} row {row} holds non-finite values (NaN or infinity); the file is "
                          f"damaged. Run `lathadapter cache verify {self.path}` and rebuild it with `--force`")
 
+    def _unit(self, name: str, values: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+        """`values`, vectors stored L2-normalised along the last axis, as they are; or a CacheError naming the first
+        row (in the file, through `rows`) holding a vector whose norm is off 1 by `NORM_TOLERANCE` or more (a damaged
+        file, whose finite but wrong rows would train silently), or a NaN or infinity (`_finite`'s error). One norm
+        per vector, in bulk: a NaN or infinity makes its norm fail the bound too, so this check replaces the sum
+        `_finite` does."""
+        if not values.numel():
+            return values
+        off = (torch.linalg.vector_norm(values, dim=-1) - 1).abs()
+        if bool(off.max() < NORM_TOLERANCE):  # false for a NaN
+            return values
+        self._finite(name, values, rows)
+        per_row = off.reshape(len(values), -1)
+        position = int(torch.nonzero((per_row >= NORM_TOLERANCE).any(dim=1))[0, 0])
+        worst = int(per_row[position].argmax())
+        norm = float(torch.linalg.vector_norm(values[position].reshape(per_row.shape[1], -1)[worst]))
+        row = int(rows[position]) if rows is not None else position
+        raise CacheError(f"{self.path}: {name} row {row} is not unit norm (norm {norm:.4f}), though the cache stores "
+                         f"unit vectors; the file is damaged. Run `lathadapter cache verify {self.path}` and rebuild "
+                         "it with `--force`")
+
     def _kept(self, split: str) -> np.ndarray:
         """Whether each row of `split` is kept, i.e. not an image left out by `--skip-bad` (read once)."""
         if split not in self._kept_rows:
@@ -529,8 +567,8 @@ class CacheReader:
         """Class text features `[C, D]`: the CoOp template (`coop`) or the normalised template mean (`ensemble`)."""
         if text not in ("coop", "ensemble"):
             raise CacheError(f"unknown text features {text!r}; valid: coop, ensemble")
-        per_template = self._finite("text/features",
-                                    torch.from_numpy(self._dataset("text/features")[()].astype(np.float32)))
+        per_template = self._unit("text/features",
+                                  torch.from_numpy(self._dataset("text/features")[()].astype(np.float32)))
         if text == "coop":
             return _normalize(per_template[0])
         return _normalize(_normalize(per_template).mean(dim=0))
@@ -552,18 +590,18 @@ class CacheReader:
             return None
         unit = torch.from_numpy(self._dataset("text/features")[()].astype(np.float32))
         norms = self._finite("text/norms", torch.from_numpy(self._dataset("text/norms")[()].astype(np.float32)))
-        return self._finite("text/features", unit) * norms.unsqueeze(-1)
+        return self._unit("text/features", unit) * norms.unsqueeze(-1)
 
     def _attribute_features(self) -> torch.Tensor:
-        return self._finite("attributes/features",
-                            torch.from_numpy(self._dataset("attributes/features")[()].astype(np.float32)))
+        return self._unit("attributes/features",
+                          torch.from_numpy(self._dataset("attributes/features")[()].astype(np.float32)))
 
     def _split(self, split: str, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean features and labels of `rows` (increasing) of `split` (the whole split is read once)."""
         whole_features, whole_labels = self._once(("split", split), lambda: (
             self._dataset(f"splits/{split}/features")[()].astype(np.float32, copy=False),
             self._dataset(f"splits/{split}/labels")[()].astype(np.int64, copy=False)))
-        features = self._finite(f"splits/{split}/features", torch.from_numpy(whole_features[rows]), rows)
+        features = self._unit(f"splits/{split}/features", torch.from_numpy(whole_features[rows]), rows)
         return features, torch.from_numpy(whole_labels[rows])
 
     def _test(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -605,7 +643,7 @@ class CacheReader:
         inverse[order] = np.arange(len(order))
         train_features, train_labels = self._split("train", sorted_rows)
         # torch converts float16 to float32 in a third of numpy's time
-        views = self._finite("splits/train/augmented", torch.from_numpy(
+        views = self._unit("splits/train/augmented", torch.from_numpy(
             self._rows("splits/train/augmented", sorted_rows)).float(), sorted_rows)
         view_norms = None
         if self.holds_norms:

@@ -13,7 +13,7 @@ from typing import Any
 
 from lathadapter.adapter.catalog import method_names
 from lathadapter.adapter.options import OptionError
-from lathadapter.cache.build import BuildError, BuildResult, build
+from lathadapter.cache.build import BuildError, BuildResult, build, check_options
 from lathadapter.cache.encode import Augmentation
 from lathadapter.cache.store import DEFAULT_CACHE_DIR
 from lathadapter.demo.dataset import (
@@ -44,16 +44,21 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
                      augmentation: Augmentation | None = None,
                      shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
                      device: str | None = None, workers: int = 0, force: bool = False, progress: bool = True,
-                     log: Callable[[str], None] | None = None) -> BuildResult:
-    """Write the demo dataset (once) and encode it with the bundled model into `out`."""
+                     log: Callable[[str], None] | None = None, val: str = "all", template: str | None = None,
+                     precision: str = "fp32", batch_size: int = 32, **options: Any) -> BuildResult:
+    """Write the demo dataset (once) and encode it with the bundled model into `out`. `val` defaults to the whole
+    val split (Tip-Adapter's search set), `template` to the bundled model's; `options` are `cache.build.build`'s
+    other options (attributes, full_train, seed, skip_bad). Option values are checked before the dataset is
+    written."""
+    check_options(shots, seeds, views, batch_size, workers, val, precision, template)
     split = data_dir / SPLIT_FILE
     if not split.is_file():
         write_demo_dataset(data_dir)
     model = bundled_model()
     return build(None, f"split:{split}", out, model=str(model.config), pretrained=str(model.checkpoint),
-                 template=model.template, views=views, augmentation=augmentation or DEMO_AUGMENTATION,
-                 shots=shots, seeds=seeds, device=device, workers=workers,
-                 force=force, progress=progress, log=log, val="all")  # the whole val split: Tip-Adapter's search set
+                 template=template or model.template, views=views, augmentation=augmentation or DEMO_AUGMENTATION,
+                 shots=shots, seeds=seeds, device=device, workers=workers, force=force, progress=progress, log=log,
+                 val=val, precision=precision, batch_size=batch_size, **options)
 
 
 def check_demo_options(methods: Sequence[str], shots: Sequence[int], seeds: Sequence[int], tune: str | None) -> None:

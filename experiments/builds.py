@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lathadapter.adapter.options import OptionError, StateError
 from lathadapter.cache.build import build
+from lathadapter.cache.datasets import dataset_name
 from lathadapter.experiments.ray_cluster import connect
 
 
@@ -17,22 +18,38 @@ def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
     return dataset, str(result.path), result.status
 
 
+def cache_paths(datasets: list[str], out: Path) -> dict[str, Path]:
+    """Each dataset's cache, `out/<name>.h5` with the name `cache build` gives it (`datasets.dataset_name`: a
+    `split:` file's dataset name, a `folder:`'s folder name); two datasets that would share one file are refused."""
+    paths: dict[str, Path] = {}
+    for dataset in datasets:
+        path = out / f"{dataset_name(dataset)}.h5"
+        other = next((given for given, taken in paths.items() if taken == path), None)
+        if dataset in paths:
+            raise OptionError(f"--dataset {dataset} is given twice; give each dataset once")
+        if other is not None:
+            raise OptionError(f"--dataset {other} and --dataset {dataset} would both be built into {path}; build "
+                              f"one of them with `lathadapter cache build --dataset ... --out FILE` instead")
+        paths[dataset] = path
+    return paths
+
+
 def build_many(datasets: list[str], out: Path, backend: str = "local", address: str | None = None,
                init_options: dict | None = None, **build_options) -> list[tuple[str, str, str]]:
-    """Build `out/<dataset>.h5` for each dataset: one after another (local), or one Ray task each (ray; a whole GPU
-    each when the cluster has GPUs). Each build resumes as `cache build` does; failures are reported together, after
-    the other builds finished."""
+    """Build `out/<name>.h5` for each dataset (`cache_paths`): one after another (local), or one Ray task each (ray;
+    a whole GPU each when the cluster has GPUs). Each build resumes as `cache build` does; failures are reported
+    together, after the other builds finished."""
     if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")
     if not datasets:
         raise OptionError("give at least one --dataset")
+    paths = cache_paths(datasets, out)
     out.mkdir(parents=True, exist_ok=True)
 
     def options(dataset: str) -> dict:
-        name = Path(dataset.partition(":")[2] if ":" in dataset else dataset).name
         root = build_options.get("root")
         return {**build_options, "root": None if root is None else str(Path(root).resolve()),
-                "out": str((out / f"{name}.h5").resolve())}
+                "out": str(paths[dataset].resolve())}
 
     results, problems = [], []
     if backend == "local":

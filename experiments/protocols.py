@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.evaluate import evaluate, evaluate_mapped
+from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import REBUILD, CacheError, CacheReader, FewShotData
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.launch import launch
@@ -82,6 +83,48 @@ def check_mapping(source_path: str, target_paths: list[str]) -> None:
             map_classes(source, reader.classes(), source_path, path)
 
 
+# What identifies the encoder a cache's features come from (fingerprint fields, `cache.encode.load_model`), beside
+# the feature width: a transfer target's features must come from the source's encoder.
+ENCODER_FIELDS = ("model", "model_config", "pretrained", "checkpoint_sha256", "quick_gelu")
+
+
+def _encoder(fields: dict[str, Any], dim: int) -> dict[str, Any]:
+    return {**{key: fields.get(key) for key in ENCODER_FIELDS}, "quick_gelu": bool(fields.get("quick_gelu")),
+            "dim": dim}
+
+
+def _described(encoder: dict[str, Any]) -> str:
+    """An encoder in a few words: model, weights, QuickGELU, feature width."""
+    weights = encoder["pretrained"]
+    parts = ([f"checkpoint sha256 {str(encoder['checkpoint_sha256'])[:12]}"] if weights == "file" else
+             ["random weights"] if weights == "none" else [f"{weights} weights"] if weights else [])
+    parts += ["QuickGELU"] if encoder["quick_gelu"] else []
+    parts.append(f"dim {encoder['dim']}")
+    return f"{encoder['model'] or 'an unnamed model'} ({', '.join(parts)})"
+
+
+def check_encoders(source_path: str, target_paths: list[str]) -> None:
+    """Refuse, before anything trains, a target whose features another encoder made (model, weights, QuickGELU or
+    feature width other than the source's): a method fitted on one encoder's features scores another's as noise,
+    or fails on their width. Reads each cache's summary (`CacheInfo`: fingerprint fields, width) only."""
+
+    def encoder(path: str) -> dict[str, Any]:
+        with CacheReader(path) as reader:
+            info = reader.info()
+        return _encoder(info.fields, info.embed_dim)
+
+    source = encoder(source_path)
+    for path in target_paths:
+        target = encoder(path)
+        if target != source:
+            described = _described(target), _described(source)
+            differs = ", ".join(key for key in target if target[key] != source[key])
+            detail = f" (they differ in {differs})" if described[0] == described[1] else ""
+            raise OptionError(f"--target {path} was encoded by {described[0]}, the source {source_path} by "
+                              f"{described[1]}{detail}: a transfer target must use the source's encoder; build it "
+                              "with the source's --model and --pretrained")
+
+
 # Bumped when how targets are scored changes, so that a rerun does not keep results scored the old way. v2: each run's
 # own text features (before: always coop), subset targets normalised over their own classes (before: LatHAdapter's
 # fused softmaxes over every source class).
@@ -92,8 +135,6 @@ def targets_salt(paths: list[str], mapped: bool) -> str:
     """What the target caches add to each run key (a hash of their fingerprints, whether classes are mapped, and the
     version of how targets are scored, `TARGET_SCORING`): a changed target set is a different run. Reads each cache's
     fingerprint only."""
-    if not paths:
-        raise CacheError("the protocol needs at least one --target cache")
     fingerprints = []
     for path in paths:
         with CacheReader(path) as reader:
@@ -158,9 +199,9 @@ def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: l
     """The grid axes a protocol fixes; `tune`, `tune_preset` and `tune_score` tune options as a grid does
     (`GridSpec`)."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        raise OptionError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     if not caches:
-        raise CacheError(f"protocol {protocol} needs at least one cache")
+        raise OptionError(f"protocol {protocol} needs at least one --cache")
     tuning = {"tune": dict(tune or {}), "tune_preset": tune_preset, "train_views": [train_views],
               "tune_score": tune_score, "tune_set": tune_set}
     if protocol == "few-shot":
@@ -168,7 +209,8 @@ def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: l
     if protocol == "base-to-novel":
         return GridSpec(caches, methods, shots or [16], seeds, ["base"], [text], ["last"], options, **tuning)
     if len(caches) != 1:
-        raise CacheError(f"protocol {protocol} trains on one source cache; got {len(caches)}")
+        raise OptionError(f"protocol {protocol} trains on one source cache; got {len(caches)} --cache "
+                          f"({', '.join(caches)}): give one --cache and the others as --target")
     return GridSpec(caches, methods, shots or [16], seeds, ["all"], [text], ["last"], options, **tuning)
 
 
@@ -184,14 +226,19 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
     val set by `tune_score` (auto: the HM of a pseudo-base/pseudo-novel split of the base classes for base-to-novel,
     val accuracy otherwise) over the val images of `tune_set` (`run.TUNE_SETS`), a preset's grid extended past its
     edges (`launch.with_extensions`). Cross-dataset and domain runs are scored on the `targets` too, which every
-    process that trains loads itself (`Targets`); a domain target whose classes cannot be mapped onto the source's is
-    refused before anything trains."""
+    process that trains loads itself (`Targets`); a target encoded by another encoder than the source's
+    (`check_encoders`), or a domain target whose classes cannot be mapped onto the source's, is refused before
+    anything trains."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views,
                          tune_score, tune_set)
     salt, factory = "", None
     if protocol in ("cross-dataset", "domain"):
         mapped = protocol == "domain"
-        salt = targets_salt(list(targets or []), mapped)
+        if not targets:
+            raise OptionError(f"protocol {protocol} needs at least one --target cache (the datasets the source's runs "
+                              "are scored on)")
+        salt = targets_salt(list(targets), mapped)
+        check_encoders(caches[0], list(targets))
         if mapped:
             check_mapping(caches[0], list(targets or []))
         factory = functools.partial(Targets, list(targets or []), mapped=mapped, texts=tuple(spec.text))

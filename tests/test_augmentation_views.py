@@ -96,12 +96,13 @@ def test_a_build_without_augmented_views_trains_on_the_clean_view(coop_dataset, 
     ("--crop-scale", "0.9,0.5", "0 < low ≤ high ≤ 1"),
     ("--crop-ratio", "-1,2", "0 < low ≤ high"),
     ("--flip", "1.5", "a probability"),
+    ("--crop-scale", "abc", "expected two comma-separated numbers"),
 ])
 def test_bad_augmentation_options_fail_clearly(flag: str, value: str, message: str, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "lathadapter.cli", "cache", "build", "--dataset", "split:nowhere.json",
                "--out", str(tmp_path / "c.h5"), flag, value]
     result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode != 0
+    assert result.returncode == 2  # a usage mistake
     assert flag in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr
 

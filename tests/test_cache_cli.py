@@ -102,14 +102,14 @@ def test_user_errors_exit_with_a_message_and_no_traceback(coop_dataset, tiny_cli
     cases = [
         (["cache", "build", "--root", str(tmp_path), "--dataset", "oxford_pets"], 1,
          "oxford_pets/images/"),
-        (["cache", "build", "--root", str(tmp_path), "--dataset", "pets"], 1, "unknown dataset 'pets'"),
+        (["cache", "build", "--root", str(tmp_path), "--dataset", "pets"], 2, "unknown dataset 'pets'"),
         (["cache", "build", "--root", str(tmp_path)], 2, "--dataset is required"),
         (_build_args(coop_dataset, tiny_clip, "--shots", "one"), 2, "--shots 'one': expected comma-separated"),
         (_build_args(coop_dataset, tiny_clip, "--shots", "0"), 2, "shot counts >= 1"),
         (_build_args(coop_dataset, tiny_clip, "--views", "-1"), 2, "--views -1: must be at least 0"),
         (_build_args(coop_dataset, tiny_clip, "--attributes", str(tmp_path / "no.txt")), 1, "cannot be read"),
-        (_build_args(coop_dataset, tiny_clip, "--template", "photo"), 1, "must contain '{}' exactly once"),
-        (_build_args(coop_dataset, tiny_clip, "--precision", "fp8"), 1, "--precision 'fp8' is not valid"),
+        (_build_args(coop_dataset, tiny_clip, "--template", "photo"), 2, "must contain '{}' exactly once"),
+        (_build_args(coop_dataset, tiny_clip, "--precision", "fp8"), 2, "--precision 'fp8' is not valid"),
         (["cache", "info", str(tmp_path / "none.h5")], 1, "does not exist"),
     ]
     for args, code, message in cases:
@@ -130,3 +130,133 @@ def test_rebuild_over_another_cache_needs_force(built: Path, coop_dataset, tiny_
     assert other.exit_code == 1 and "differs in: seed" in other.output and "--force" in other.output
     forced = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out), "--seed", "5", "--force"))
     assert forced.exit_code == 0 and "built" in forced.output, forced.output
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--precision", "fp64"], "--precision 'fp64' is not valid; valid: fp32, fp16, bf16, amp"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--val", "some"], "--val 'some' is not valid; choose subsets"),
+    (["--model", "ViT-X-99"], "--model 'ViT-X-99' is not an open_clip model name"),
+    (["--model", "ViT-B-32", "--pretrained", "openaii"], "--pretrained 'openaii' is not a pretrained tag of ViT-B-32"),
+    (["--crop-scale", "1,0.5"], "--crop-scale 1,0.5: need 0 < low ≤ high ≤ 1"),
+    (["--crop-scale", "abc"], "--crop-scale 'abc': expected two comma-separated numbers"),
+    (["--flip", "2"], "--flip 2: a probability"),
+])
+def test_bad_build_values_are_usage_mistakes_refused_before_anything_is_written(coop_dataset, tiny_clip,
+                                                                                tmp_path: Path, extra: list[str],
+                                                                                message: str) -> None:
+    out = tmp_path / "new" / "c.h5"
+    result = runner.invoke(app, [*_build_args(coop_dataset, tiny_clip, "--out", str(out)), *extra])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith(f"error: {message}") and "\n" not in result.output.strip()
+    assert not (tmp_path / "new").exists()  # no folder, no lock, no .tmp
+
+
+def test_an_unknown_dataset_name_is_a_usage_mistake(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["cache", "build", "--root", str(tmp_path), "--dataset", "caltech", "--out",
+                                 str(tmp_path / "new" / "c.h5")])
+    assert result.exit_code == 2 and "unknown dataset 'caltech'; valid: imagenet, caltech101" in result.output
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.fixture
+def demo_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """`cache build` with no --dataset, its demo dataset and build recorded instead of done (in `tmp_path`)."""
+    from lathadapter.cache.build import BuildResult, BuildStats
+    from lathadapter.demo import pipeline
+
+    calls: dict = {}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline, "write_demo_dataset", lambda folder: calls.setdefault("written", folder))
+
+    def build(root, dataset, out, **options):
+        calls["build"] = options
+        return BuildResult(Path(out), "built", BuildStats())
+
+    monkeypatch.setattr(pipeline, "build", build)
+    return calls
+
+
+def test_the_demo_build_passes_its_options_through(demo_build: dict, tmp_path: Path) -> None:
+    from lathadapter.demo.model import bundled_model
+
+    result = runner.invoke(app, ["cache", "build", "--out", "d.h5", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    defaults = demo_build["build"]
+    assert (defaults["val"], defaults["template"], defaults["seed"]) == ("all", bundled_model().template, 0)
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("round\nstriped\n")
+    result = runner.invoke(app, ["cache", "build", "--out", "d.h5", "--seed", "5", "--template", "a {} shape.",
+                                 "--precision", "bf16", "--val", "subsets", "--batch-size", "7", "--full-train",
+                                 "--attributes", str(phrases), "--skip-bad", "--views", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    given = demo_build["build"]
+    assert {key: given[key] for key in ("seed", "template", "precision", "val", "batch_size", "full_train",
+                                        "attributes", "skip_bad", "views")} == {
+        "seed": 5, "template": "a {} shape.", "precision": "bf16", "val": "subsets", "batch_size": 7,
+        "full_train": True, "attributes": phrases, "skip_bad": True, "views": 2}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--precision", "fp64"], "--precision 'fp64' is not valid; valid: fp32, fp16, bf16, amp"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--val", "some"], "--val 'some' is not valid"),
+    (["--template", "photo"], "--template 'photo' must contain '{}' exactly once"),
+    (["--views", "-1"], "--views -1: must be at least 0"),
+    (["--flip", "2"], "--flip 2: a probability"),
+    (["--quick-gelu"], "--quick-gelu: not used for the bundled demo dataset"),
+    (["--no-quick-gelu"], "--no-quick-gelu: not used for the bundled demo dataset"),
+])
+def test_the_demo_build_refuses_bad_values_and_options_it_cannot_use(demo_build: dict, tmp_path: Path,
+                                                                     extra: list[str], message: str) -> None:
+    result = runner.invoke(app, ["cache", "build", "--out", "caches/d.h5", "--no-progress", *extra])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith(f"error: {message}") and "\n" not in result.output.strip()
+    assert demo_build == {} and not any(tmp_path.iterdir())  # refused before the demo data was written
+
+
+def test_build_many_names_caches_as_cache_build_does_and_refuses_two_on_one_file(coop_dataset, tiny_clip,
+                                                                                  tmp_path: Path) -> None:
+    common = ["--model", str(tiny_clip.config), "--pretrained", str(tiny_clip.checkpoint), "--shots", "1",
+              "--seeds", "1", "--views", "1", "--device", "cpu"]
+    out = tmp_path / "bm"
+    result = runner.invoke(app, ["cache", "build-many", "--dataset", f"split:{coop_dataset.split_file}", "--out",
+                                 str(out), *common])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out.iterdir()] == ["Shapes.h5"]  # split_zhou_Shapes.json: the dataset Shapes
+    for folder in ("fa/imgs", "fb/imgs", "Shapes"):
+        (tmp_path / folder).mkdir(parents=True)
+    cases = [
+        ([f"folder:{tmp_path / 'fa/imgs'}", f"folder:{tmp_path / 'fb/imgs'}"],
+         f"--dataset folder:{tmp_path / 'fa/imgs'} and --dataset folder:{tmp_path / 'fb/imgs'} would both be built "
+         f"into {tmp_path / 'bm2' / 'imgs.h5'}; build one of them with `lathadapter cache build --dataset ... --out "
+         "FILE` instead"),
+        ([f"split:{coop_dataset.split_file}", f"folder:{tmp_path / 'Shapes'}"],
+         f"--dataset split:{coop_dataset.split_file} and --dataset folder:{tmp_path / 'Shapes'} would both be built "
+         f"into {tmp_path / 'bm2' / 'Shapes.h5'}"),
+        (["dtd", "dtd"], "--dataset dtd is given twice; give each dataset once"),
+    ]
+    for datasets, message in cases:
+        result = runner.invoke(app, ["cache", "build-many", *[arg for d in datasets for arg in ("--dataset", d)],
+                                     "--out", str(tmp_path / "bm2"), *common])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().startswith(f"error: {message}") and "\n" not in result.output.strip()
+        assert not (tmp_path / "bm2").exists()  # refused before building anything
+
+
+def test_a_folder_given_as_a_cache_says_so_and_lists_its_caches(built: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "caches"
+    folder.mkdir()
+    commands = [["fit", "--cache", str(folder), "--device", "cpu", "--out", str(tmp_path / "runs")],
+                ["cache", "info", str(folder)], ["cache", "verify", str(folder)],
+                ["cache", "subset", str(folder), "--shots", "1", "--seed", "1"]]
+    for listed in ("it holds no *.h5 cache; pass a cache file, or build one with `lathadapter cache build`",
+                   f"pass one of its caches: {folder / 'a.h5'}, {folder / 'b.h5'}"):
+        for args in commands:
+            result = runner.invoke(app, args)
+            assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+            assert result.output.strip().endswith(f"{folder} is a folder, not a cache file; {listed}"), result.output
+            assert "\n" not in result.output.strip()
+        shutil.copy(built, folder / "a.h5")
+        shutil.copy(built, folder / "b.h5")
+    assert not (tmp_path / "runs").exists()

@@ -224,6 +224,69 @@ def test_loading_refuses_non_finite_features(synthetic: Path, tmp_path: Path, na
             reader.load_test()
 
 
+def _scale(name: str, index: tuple, factor: float):
+    """Multiply the vector at `index` of `name` by `factor`: finite values, off unit norm (a flipped exponent bit)."""
+    def damage(f: h5py.File) -> None:
+        data = f[name][()]
+        data[index] = data[index] * factor
+        f[name][...] = data
+    return damage
+
+
+@pytest.mark.parametrize(("name", "index", "row", "factor"), [
+    ("splits/train/features", None, None, 3.0),
+    ("splits/train/augmented", None, None, 0.5),
+    ("splits/val/features", None, None, 1.05),
+    ("splits/test/features", (7,), 7, 1000.0),
+    ("text/features", (1, 3), 1, 0.0),
+    ("attributes/features", (2,), 2, 2.0),
+])
+def test_loading_refuses_finite_rows_that_are_not_unit_norm(synthetic: Path, tmp_path: Path, name: str,
+                                                            index: tuple | None, row: int | None,
+                                                            factor: float) -> None:
+    if index is None:  # a row the subset holds: its second row, in the file's numbering
+        with h5py.File(synthetic, "r") as f:
+            row = int(f[f"subsets/shots_2_seed_1/{name.split('/')[1]}"][1])
+        index = (row, 1) if name.endswith("augmented") else (row,)
+    broken = _damaged(synthetic, tmp_path, _scale(name, index, factor))
+    with CacheReader(broken) as reader, pytest.raises(CacheError) as error:
+        reader.load(2, 1, text="ensemble")
+    message = str(error.value)
+    assert message.startswith(f"{broken}: {name} row {row} is not unit norm (norm "), message
+    norm = float(message.split("(norm ")[1].split(")")[0])
+    assert norm == pytest.approx(factor, rel=2e-3, abs=1e-4)  # the row's norm, as float16 stores it
+    assert f"lathadapter cache verify {broken}" in str(error.value) and "--force" in str(error.value)
+    if name.startswith(("splits/test", "text", "attributes")):
+        with CacheReader(broken) as reader, pytest.raises(CacheError, match=f"{name} row {row} is not unit norm"):
+            reader.load_test()
+    # from the command line: one line, exit 1 (a damaged cache is a runtime failure), no run written
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["fit", "--cache", str(broken), "--method", "zeroshot", "--shots", "2", "--device",
+                                 "cpu", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: {broken}: {name} row {row} is not unit norm")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_norm_check_passes_what_float16_storage_keeps_and_names_a_non_finite_row_as_such(synthetic: Path
+                                                                                             ) -> None:
+    """Every unit vector a build stores in float16 is within 2^-11 of norm 1 (real builds: 2e-4 at most), far inside
+    `NORM_TOLERANCE`; a NaN or an infinity fails the norm check too, and is named as non-finite."""
+    rng = np.random.default_rng(0)
+    for dim in (4, 64, 1024):
+        vectors = rng.standard_normal((2000, dim)) * rng.uniform(1e-3, 1e3, (2000, 1))
+        unit = torch.from_numpy((vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16))
+        assert float((torch.linalg.vector_norm(unit.float(), dim=-1) - 1).abs().max()) < 1e-3
+        with CacheReader(synthetic) as reader:
+            assert reader._unit("splits/test/features", unit.float()) is not None
+    with CacheReader(synthetic) as reader:
+        values = torch.tensor([[0.6, 0.8], [3.0, 4.0], [float("nan"), 0.0]])
+        with pytest.raises(CacheError, match="splits/test/features row 2 holds non-finite values"):
+            reader._unit("splits/test/features", values)
+        with pytest.raises(CacheError, match=r"splits/test/features row 5 is not unit norm \(norm 5.0000\)"):
+            reader._unit("splits/test/features", values[:2], np.array([4, 5]))
+
+
 def test_the_finite_check_passes_finite_values_whose_sum_overflows(synthetic: Path) -> None:
     """The check sums first (a finite sum: every value finite); a sum that overflows from finite values goes on to
     the check value by value, which passes them, while an infinity hidden by its opposite is still found."""

@@ -190,6 +190,23 @@ def test_an_out_path_under_a_file_names_the_users_path(cache: Path, tmp_path: Pa
     assert "Errno" not in line and ".tmp" not in line and ".lock" not in line
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+@pytest.mark.parametrize("command", ["fit", "grid", "report", "subset"])
+def test_an_out_where_no_file_can_be_created_names_the_users_path(cache: Path, tmp_path: Path, command: str) -> None:
+    """ENOENT while writing (a folder that cannot hold new files, or vanished meanwhile): the user's --out, not the
+    temporary file's name nor a raw errno."""
+    out = Path("/proc") / f"lathadapter-{os.getpid()}"
+    run = ["--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--device", "cpu", "--out", str(out)]
+    args = {"fit": ["fit", *run], "grid": ["grid", *run, "--seeds", "1"],
+            "report": ["report", str(tmp_path / "grid"), "--out", str(out)],
+            "subset": ["cache", "subset", str(cache), "--shots", "1", "--seed", "1", "--out", str(out)]}[command]
+    if command == "report":
+        assert runner.invoke(app, ["grid", *run[:-1], str(tmp_path / "grid"), "--seeds", "1"]).exit_code == 0
+    line = one_error_line(runner.invoke(app, args), f"--out {out}: cannot write there: a folder on the path is "
+                          "missing or cannot hold new files; choose another --out")
+    assert "Errno" not in line and ".tmp" not in line and ".lock" not in line
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a read-only tmpfs (root only)")
 def test_a_read_only_out_names_the_users_path(cache: Path, coop_dataset, tiny_clip, tmp_path: Path) -> None:
     folder = tmp_path / "ro"

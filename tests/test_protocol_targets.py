@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from lathadapter.adapter.catalog import create_method
+from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
@@ -131,3 +132,68 @@ def test_mapping_by_name_refuses_names_that_several_classes_share(tmp_path: Path
     # with wnids on both sides, names play no part
     wnids = [f"n{i}" for i in range(6)]
     assert map_classes((names, wnids), (["x", "y"], ["n3", "n1"]), "s.h5", "t.h5") == [3, 1]
+
+
+def set_encoder(path: Path, **fields: object) -> None:
+    """Give a cache's fingerprint other encoder fields (model, pretrained, checkpoint_sha256, ...), as a cache built
+    with another --model or --pretrained has."""
+    with h5py.File(path, "r+") as f:
+        f.attrs["fingerprint_json"] = json.dumps({**json.loads(f.attrs["fingerprint_json"]), **fields})
+
+
+@pytest.mark.parametrize("protocol", ["cross-dataset", "domain"])
+def test_a_target_from_another_encoder_is_refused_before_anything_trains(tmp_path: Path, protocol: str) -> None:
+    common = dict(views=2, shots=(16,), seeds=(1,), train_per_class=16, val_per_class=2, test_per_class=3)
+    source = write_synthetic_cache(tmp_path / "source.h5", num_classes=6, dim=16, name="source", **common)
+    narrow = write_synthetic_cache(tmp_path / "narrow.h5", num_classes=6, dim=8, name="narrow", **common)
+    other = write_synthetic_cache(tmp_path / "other.h5", num_classes=6, dim=16, name="other", **common)
+    set_encoder(other, model="ViT-B-16", pretrained="file", checkpoint_sha256="ab" * 32)
+    same = write_synthetic_cache(tmp_path / "same.h5", num_classes=6, dim=16, name="same", **common)
+    runner = CliRunner()
+    for target, encoders in (
+            (narrow, f"was encoded by synthetic (dim 8), the source {source} by synthetic (dim 16)"),
+            (other, f"was encoded by ViT-B-16 (checkpoint sha256 {'ab' * 6}, dim 16), the source {source} by "
+                    "synthetic (dim 16)")):
+        out = tmp_path / f"out-{target.stem}"
+        # the target after a good one: every target is checked before the first run trains
+        result = runner.invoke(app, ["protocol", protocol, "--cache", str(source), "--target", str(same), "--target",
+                                     str(target), "--method", "zeroshot,clip-adapter", "--seeds", "1", "--device",
+                                     "cpu", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0] == (f"error: --target {target} {encoders}: a transfer target must use "
+                                                "the source's encoder; build it with the source's --model and "
+                                                "--pretrained"), result.output
+        assert not out.exists()  # nothing written: no results.csv, no runs, no lock
+    # fields the short description leaves out are named
+    set_encoder(other, model="synthetic", pretrained=None, checkpoint_sha256=None, quick_gelu=False,
+                model_config={"embed_dim": 16})
+    with pytest.raises(OptionError, match=r"\(they differ in model_config\): a transfer target must use"):
+        run_protocol(protocol, [str(source)], tmp_path / "api", ["zeroshot"], [1], targets=[str(other)],
+                     progress=False)
+    assert not (tmp_path / "api").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["fewshot", "--cache", "{source}"], "unknown protocol 'fewshot'; valid: few-shot, base-to-novel, cross-dataset, "
+                                         "domain"),
+    (["cross-dataset", "--cache", "{source}"], "protocol cross-dataset needs at least one --target cache (the "
+                                               "datasets the source's runs are scored on)"),
+    (["domain", "--cache", "{source}"], "protocol domain needs at least one --target cache (the datasets the "
+                                        "source's runs are scored on)"),
+    (["cross-dataset", "--cache", "{source}", "--cache", "{other}", "--target", "{other}"],
+     "protocol cross-dataset trains on one source cache; got 2 --cache ({source}, {other}): give one --cache and the "
+     "others as --target"),
+])
+def test_protocol_usage_mistakes_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    common = dict(num_classes=4, dim=8, views=2, shots=(16,), seeds=(1,), train_per_class=16, val_per_class=2,
+                  test_per_class=3)
+    paths = {"source": str(write_synthetic_cache(tmp_path / "source.h5", name="source", **common)),
+             "other": str(write_synthetic_cache(tmp_path / "other.h5", name="other", **common))}
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["protocol", *[arg.format(**paths) for arg in args], "--method", "zeroshot",
+                                      "--seeds", "1", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: {message.format(**paths)}"
+    assert not out.exists()

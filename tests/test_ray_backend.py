@@ -183,7 +183,8 @@ def test_build_many_builds_one_cache_per_dataset_on_ray(cluster, coop_dataset, t
     dataset = f"split:{coop_dataset.split_file}"
     results = build_many([dataset], tmp_path / "caches", "ray", **options)
     [(name, path, status)] = results
-    assert name == dataset and Path(path) == (tmp_path / "caches" / f"{coop_dataset.split_file.name}.h5").resolve()
+    # named as `cache build` names it: split_zhou_Shapes.json holds the dataset Shapes
+    assert name == dataset and Path(path) == (tmp_path / "caches" / "Shapes.h5").resolve()
     with CacheReader(path) as reader:
         assert reader.info().subsets == [(1, 1)]
     # Resumable as `cache build`: the local backend finds it complete.
