@@ -308,6 +308,29 @@ def test_taskres_official_base_is_the_official_templates_whatever_the_text(tmp_p
     assert metrics["chosen"]["recipe.base_text"] == kind
 
 
+@pytest.mark.parametrize(("dataset", "official_name", "kind"), [("imagenet", "ImageNet", "imagenet-select+coop"),
+                                                                 ("caltech101", "Caltech101", "coop")])
+def test_zs_lp_starts_from_clap_s_base_text_whatever_the_text(tmp_path: Path, dataset: str, official_name: str,
+                                                              kind: str) -> None:
+    """CLAP's ZS-LP (`AdapterMethod`, INIT "ZS") starts its prototypes from `_get_base_text_features`, the same
+    function as TaskRes's: the official base whatever --text; `base_text=raw` the raw feature of --text (the
+    official start before stop 14), the shared recipe the unit feature."""
+    path = write_synthetic_cache(tmp_path / f"{dataset}.h5", num_classes=6, dim=16, shots=(2,), seeds=(1,),
+                                 name=dataset, templates=STORED_TEMPLATES)
+    expected = official_taskres_base(path, official_name)
+    for text in ("coop", "ensemble"):
+        with CacheReader(path) as reader:
+            data = reader.load(2, 1, text=text)
+        method = create_method("linear-probe", data)
+        torch.testing.assert_close(method.weight.detach(), expected, rtol=1e-5, atol=1e-5)
+        assert method.bias is None and method.settings()["recipe.base_text"] == kind
+        raw = create_method("linear-probe", data, base_text="raw")
+        torch.testing.assert_close(raw.weight.detach(), data.text_raw, rtol=0, atol=0)
+        shared = create_method("linear-probe", data, recipe="shared")
+        torch.testing.assert_close(shared.weight.detach(), data.text_features, rtol=0, atol=0)
+        assert shared.settings()["recipe.base_text"] == "unit"
+
+
 def test_taskres_imagenet_base_without_the_select_templates_is_the_coop_template_with_a_warning(tmp_path: Path) -> None:
     path = write_synthetic_cache(tmp_path / "imagenet.h5", num_classes=6, dim=16, shots=(2,), seeds=(1,),
                                  name="imagenet")  # stores "a photo of a {}." and "itap of a {}." only
@@ -480,9 +503,9 @@ OFFICIAL_RESOLVED = {
     ("clip-adapter", "dtd", 8): {"lr": 2e-3, "weight_decay": 5e-4, "epochs": 200, "min_steps": 0, "batch_size": 32,
                                  "final_relu": True},
     ("linear-probe", "dtd", 1): {"lr": 0.1, "weight_decay": 0.0, "epochs": 300, "min_steps": 0, "batch_size": 256,
-                                 "head": "cosine"},
+                                 "head": "cosine", "base_text": "official"},
     ("linear-probe", "imagenet", 16): {"lr": 0.1, "weight_decay": 0.0, "epochs": 300, "min_steps": 0,
-                                       "batch_size": 256, "head": "cosine"},
+                                       "batch_size": 256, "head": "cosine", "base_text": "official"},
     ("tip-adapter", "caltech101", 4): {"alpha": 3.0, "beta": 1.0, "search_beta_max": 12.0, "search_alpha_max": 5.0,
                                        "search_set": "split", "raw_keys": True},
     ("tip-adapter", "oxford_flowers", 16): {"alpha": 10.0, "beta": 1.0, "search_beta_max": 50.0,
@@ -500,7 +523,7 @@ SHARED_TRAINING = {"lr": 1e-3, "weight_decay": 1e-4, "eps": 1e-8, "epochs": 20, 
 SHARED_RESOLVED = {
     "taskres": {**SHARED_TRAINING, "alpha": 0.5, "base_text": "unit"},
     "clip-adapter": {**SHARED_TRAINING, "final_relu": False},
-    "linear-probe": {**SHARED_TRAINING, "head": "affine"},
+    "linear-probe": {**SHARED_TRAINING, "head": "affine", "base_text": "unit"},
     "tip-adapter": {"alpha": 1.0, "beta": 1.0, "search_beta_max": 7.0, "search_alpha_max": 3.0,
                     "search_set": "subset", "raw_keys": False},
     "tip-adapter-f": {**SHARED_TRAINING, "eps": 1e-4, "min_steps": 0, "alpha": 1.0, "beta": 1.0,

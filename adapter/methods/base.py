@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lathadapter.adapter.options import OptionError
-from lathadapter.adapter.recipes import RecipeFacts, TrainRecipe, build_optimizer, build_scheduler
+from lathadapter.adapter.recipes import (
+    RecipeFacts,
+    TrainRecipe,
+    build_optimizer,
+    build_scheduler,
+    dataset_key,
+    require_raw,
+)
 from lathadapter.cache.store import FewShotData
 
 NORM_EPS = 1e-12  # as F.normalize
@@ -184,6 +191,46 @@ def search_set_data(data: FewShotData, search_set: str, method: str, searched: s
                       "images). Rebuild the cache with `lathadapter cache build ... --val all --force` to search as "
                       "the official code does", ProtocolWarning, stacklevel=2)
     return subset
+
+
+# The base text of TaskRes and ZS-LP (`base_text`): `official`, the official `_get_base_text_features` (TaskRes's, and
+# CLAP's copy of it for ZS-LP), whatever `--text`; `raw`, the raw feature of `--text`; `unit`, its unit feature.
+BASE_TEXTS = ("official", "raw", "unit")
+# trainers/imagenet_templates.py: the templates `_get_base_text_features` puts before the CoOp template on ImageNet
+IMAGENET_TEMPLATES_SELECT = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                             "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+
+
+def base_text(data: FewShotData, kind: str, method: str) -> tuple[torch.Tensor, str]:
+    """The class text features [C, D] a method starts from (`kind`, one of `BASE_TEXTS`) and what they are, for
+    `chosen`: `coop` or `imagenet-select+coop` (official), `raw`, `unit`."""
+    if kind == "official":
+        return official_base_text(data, method)
+    if kind == "raw":
+        return require_raw(data.text_raw, method, "the raw text features (base_text=raw)"), "raw"
+    return data.text_features, "unit"
+
+
+def official_base_text(data: FewShotData, method: str) -> tuple[torch.Tensor, str]:
+    """`_get_base_text_features`' base for `data`'s dataset from the cache's raw per-template features, and its name
+    for `chosen` (`coop` or `imagenet-select+coop`): on ImageNet the mean of the raw features of the 7
+    `IMAGENET_TEMPLATES_SELECT` templates and the CoOp template, elsewhere the CoOp template's; a cache lacking one
+    of the 7 gives ImageNet the CoOp template alone, with a `ProtocolWarning`."""
+    coop = require_raw(data.template_raw[0] if data.template_raw is not None else data.text_raw, method,
+                       "the raw text features (its base is the unnormalised text feature)")
+    if dataset_key(data.dataset) != "imagenet":
+        return coop, "coop"
+    missing = [t for t in IMAGENET_TEMPLATES_SELECT if t not in data.templates]
+    if data.template_raw is None or missing:
+        warnings.warn(f"{method}: the official ImageNet base text averages the raw features of the 7 "
+                      "IMAGENET_TEMPLATES_SELECT templates and the CoOp template, but this data lacks "
+                      f"{', '.join(repr(t) for t in missing) or 'the raw per-template features'}: the base is the "
+                      "CoOp template's raw feature alone (a cache built by `lathadapter cache build` stores them all)",
+                      ProtocolWarning, stacklevel=4)  # the method building itself
+        return coop, "coop"
+    rows = [data.templates.index(t) for t in IMAGENET_TEMPLATES_SELECT] + [0]  # the official order: select, CoOp
+    return data.template_raw[rows].mean(dim=0), "imagenet-select+coop"
+
 
 
 class Method(nn.Module):

@@ -2,9 +2,12 @@
 
 `recipe=official` follows ZS-LP as CLAP (Silva-Rodriguez et al., jusiro/CLAP: `trainers/adapters.py`, `forward_lp`;
 `configs/trainers/SGD_lr1e-1_B256_ep300.yaml`) runs it: a cosine classifier `ℓ = 100 <x, W_c / |W_c|>` without bias,
-`W₀` = the raw (unnormalised) class text features (the cache's raw norms, schema 2), SGD lr 0.1, momentum 0.9, no
-weight decay, batch 256 (the last partial batch dropped), 300 epochs, Dassl's cosine per epoch after one epoch at
-1e-5. `recipe=shared`: the affine head `ℓ = 100 x Wᵀ + b`, `W₀ = T` (unit), `b₀ = 0`, and the shared recipe.
+`W₀` = the official base text (`base_text=official`: CLAP's `_get_base_text_features`, TaskRes's function: raw
+features of the CoOp template, on ImageNet averaged with the 7 `IMAGENET_TEMPLATES_SELECT` ones, whatever `--text`;
+`methods.base.base_text`), SGD lr 0.1, momentum 0.9, no weight decay, batch 256 (the last partial batch dropped),
+300 epochs, Dassl's cosine per epoch after one epoch at 1e-5. `recipe=shared`: the affine head `ℓ = 100 x Wᵀ + b`,
+`W₀ = T` (`base_text=unit`), `b₀ = 0`, and the shared recipe. Before stop 14 the official `W₀` was the raw feature of
+`--text` (`base_text=raw`); the option changed the keys of linear-probe runs, so earlier ones train again.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, cosines
+from lathadapter.adapter.methods.base import BASE_TEXTS, LOGIT_SCALE, Method, base_text, cosines
 from lathadapter.adapter.options import RecipeTrainOptions, option
-from lathadapter.adapter.recipes import RecipeFacts, TrainRecipe, fill, recipe_from, require_raw, training_values
+from lathadapter.adapter.recipes import RecipeFacts, TrainRecipe, fill, recipe_from, training_values
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
@@ -29,9 +32,12 @@ OFFICIAL_RECIPE = TrainRecipe(name="official", optimizer="sgd", lr=0.1, weight_d
 
 @dataclass(frozen=True)
 class LinearProbeOptions(RecipeTrainOptions):
-    head: str = option(None, "cosine: 100 <x, W_c/|W_c|>, no bias, W₀ the raw text features; affine: "
-                                    "100 x Wᵀ + b, W₀ the unit text features (default: the recipe's; official "
-                                    "cosine, shared affine)", choices=HEADS)
+    head: str = option(None, "cosine: 100 <x, W_c/|W_c|>, no bias; affine: 100 x Wᵀ + b, b₀ = 0 (default: the "
+                                    "recipe's; official cosine, shared affine)", choices=HEADS)
+    base_text: str = option(None, "W₀: official (raw features of the official templates, whatever --text: ImageNet "
+                                  "the mean of the 7 select and the CoOp template, else the CoOp template), raw (the "
+                                  "raw feature of --text), unit (the unit feature of --text) (default: the recipe's; "
+                                  "official official, shared unit)", choices=BASE_TEXTS)
 
 
 @register("linear-probe", LinearProbeOptions)
@@ -41,19 +47,18 @@ class LinearProbe(Method):
 
     @classmethod
     def resolve(cls, options: LinearProbeOptions, facts: RecipeFacts) -> LinearProbeOptions:
-        return fill(options, {**training_values(OFFICIAL_RECIPE), "head": "cosine"},
-                    {**training_values(TrainRecipe()), "head": "affine"})
+        return fill(options, {**training_values(OFFICIAL_RECIPE), "head": "cosine", "base_text": "official"},
+                    {**training_values(TrainRecipe()), "head": "affine", "base_text": "unit"})
 
     def __init__(self, options: LinearProbeOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         options = self.options  # resolved
         self.head = options.head
+        start, self.base_kind = base_text(data, options.base_text, self.name)
+        self.weight = nn.Parameter(start.clone())
         if self.head == "cosine":
-            raw = require_raw(data.text_raw, self.name, "the raw text features (ZS-LP starts from them)")
-            self.weight = nn.Parameter(raw.clone())
             self.register_parameter("bias", None)
         else:
-            self.weight = nn.Parameter(data.text_features.clone())
             self.bias = nn.Parameter(torch.zeros(data.num_classes, device=data.text_features.device))
         self.recipe = recipe_from(options, OFFICIAL_RECIPE)
 
@@ -61,7 +66,7 @@ class LinearProbe(Method):
         return self.recipe
 
     def settings(self) -> dict[str, Any]:
-        return {**self.recipe.record(), "recipe.head": self.head}
+        return {**self.recipe.record(), "recipe.head": self.head, "recipe.base_text": self.base_kind}
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is not None:

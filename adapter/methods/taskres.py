@@ -22,14 +22,13 @@ earlier results can be reproduced), `unit` its unit feature. The run records the
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, normalize
+from lathadapter.adapter.methods.base import BASE_TEXTS, LOGIT_SCALE, Method, base_text, normalize
 from lathadapter.adapter.options import RecipeTrainOptions, option
 from lathadapter.adapter.recipes import (
     RecipeFacts,
@@ -37,7 +36,6 @@ from lathadapter.adapter.recipes import (
     dataset_key,
     fill,
     recipe_from,
-    require_raw,
     training_values,
 )
 from lathadapter.adapter.registry import register
@@ -45,10 +43,6 @@ from lathadapter.cache.store import FewShotData
 
 # train_regular.sh: RESIDUAL_SCALE per dataset (every other dataset 0.5)
 OFFICIAL_ALPHA = {"oxford_flowers": 1.0}
-# trainers/imagenet_templates.py: the templates `_get_base_text_features` puts before the CoOp template on ImageNet
-BASE_TEXTS = ("official", "raw", "unit")  # TaskRes's base text `t_c` (`base_text`)
-IMAGENET_TEMPLATES_SELECT = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
-                             "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
 
 
 @dataclass(frozen=True)
@@ -69,25 +63,6 @@ def official_recipe(dataset: str, shots: int) -> TrainRecipe:
                        drop_last=True, schedule="cosine-epoch", warmup_epochs=1, warmup_lr=1e-5)
 
 
-def official_base_text(data: FewShotData, method: str) -> tuple[torch.Tensor, str]:
-    """`_get_base_text_features`' base for `data`'s dataset from the cache's raw per-template features, and its name
-    for `chosen` (`coop` or `imagenet-select+coop`); see the module's docstring for the fallbacks."""
-    coop = require_raw(data.template_raw[0] if data.template_raw is not None else data.text_raw, method,
-                       "the raw text features (its base is the unnormalised text feature)")
-    if dataset_key(data.dataset) != "imagenet":
-        return coop, "coop"
-    missing = [t for t in IMAGENET_TEMPLATES_SELECT if t not in data.templates]
-    if data.template_raw is None or missing:
-        warnings.warn(f"{method}: the official ImageNet base text averages the raw features of the 7 "
-                      "IMAGENET_TEMPLATES_SELECT templates and the CoOp template, but this data lacks "
-                      f"{', '.join(repr(t) for t in missing) or 'the raw per-template features'}: the base is the "
-                      "CoOp template's raw feature alone (a cache built by `lathadapter cache build` stores them all)",
-                      ProtocolWarning, stacklevel=2)
-        return coop, "coop"
-    rows = [data.templates.index(t) for t in IMAGENET_TEMPLATES_SELECT] + [0]  # the official order: select, CoOp
-    return data.template_raw[rows].mean(dim=0), "imagenet-select+coop"
-
-
 @register("taskres", TaskResOptions)
 class TaskRes(Method):
     stackable = True
@@ -102,12 +77,7 @@ class TaskRes(Method):
         super().__init__(options, data)
         options = self.options  # resolved
         self.alpha = options.alpha
-        if options.base_text == "official":
-            base, self.base_kind = official_base_text(data, self.name)
-        elif options.base_text == "raw":
-            base, self.base_kind = require_raw(data.text_raw, self.name, "the raw text features (base_text=raw)"), "raw"
-        else:
-            base, self.base_kind = data.text_features, "unit"
+        base, self.base_kind = base_text(data, options.base_text, self.name)
         self.register_buffer("base_text", base.clone())
         self.residual = nn.Parameter(torch.zeros_like(data.text_features))
         self.recipe = recipe_from(options, official_recipe(data.dataset, data.shots))
