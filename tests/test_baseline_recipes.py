@@ -275,6 +275,15 @@ def official_taskres_base(path: Path, dataset: str) -> torch.Tensor:
     return torch.stack(per_class).mean(1)
 
 
+def loads_by_text(path: Path) -> list[tuple[str, FewShotData]]:
+    """The 2-shot seed-1 set of `path` under each `--text`."""
+    loads = []
+    for text in ("coop", "ensemble"):
+        with CacheReader(path) as reader:
+            loads.append((text, reader.load(2, 1, text=text)))
+    return loads
+
+
 def test_a_built_cache_stores_the_templates_of_taskres_imagenet_base() -> None:
     assert ensemble_templates("a photo of a {}.") == list(STORED_TEMPLATES)
     assert set(TASKRES_SELECT) <= set(STORED_TEMPLATES) and TASKRES_CUSTOM["ImageNet"] == STORED_TEMPLATES[0]
@@ -287,9 +296,7 @@ def test_taskres_official_base_is_the_official_templates_whatever_the_text(tmp_p
     path = write_synthetic_cache(tmp_path / f"{dataset}.h5", num_classes=6, dim=16, shots=(2,), seeds=(1,),
                                  name=dataset, templates=STORED_TEMPLATES)
     expected = official_taskres_base(path, official_name)
-    for text in ("coop", "ensemble"):
-        with CacheReader(path) as reader:
-            data = reader.load(2, 1, text=text)
+    for text, data in loads_by_text(path):
         if (dataset, text) in (("imagenet", "coop"), ("caltech101", "ensemble")):  # where --text alone was wrong
             assert (expected - data.text_raw).abs().max() > 1e-2
         with warnings.catch_warnings():
@@ -318,9 +325,7 @@ def test_zs_lp_starts_from_clap_s_base_text_whatever_the_text(tmp_path: Path, da
     path = write_synthetic_cache(tmp_path / f"{dataset}.h5", num_classes=6, dim=16, shots=(2,), seeds=(1,),
                                  name=dataset, templates=STORED_TEMPLATES)
     expected = official_taskres_base(path, official_name)
-    for text in ("coop", "ensemble"):
-        with CacheReader(path) as reader:
-            data = reader.load(2, 1, text=text)
+    for _, data in loads_by_text(path):
         method = create_method("linear-probe", data)
         torch.testing.assert_close(method.weight.detach(), expected, rtol=1e-5, atol=1e-5)
         assert method.bias is None and method.settings()["recipe.base_text"] == kind
