@@ -284,7 +284,7 @@ def cache_build(
                            val=val or "all", template=template, precision=precision, batch_size=batch_size,
                            attributes=attributes, full_train=full_train, seed=seed, skip_bad=skip_bad, force=force)
             check_options(options["shots"], options["seeds"], views, batch_size, workers, options["val"], precision,
-                          template)
+                          template, device)
             typer.echo("no --dataset given: building the bundled demo dataset with the bundled tiny CLIP", err=True)
             result = build_demo_cache(out=out or DEMO_CACHE, progress=progress,
                                       log=lambda message: typer.echo(message, err=True), **options)

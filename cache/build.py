@@ -38,6 +38,7 @@ from lathadapter.cache.encode import (
     encode_images,
     encode_texts,
     load_model,
+    resolve_device,
 )
 from lathadapter.cache.sampling import fewshot_indices
 from lathadapter.cache.store import (
@@ -110,9 +111,12 @@ class BuildResult:
 
 
 def check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int,
-                  val: str = "subsets", precision: str = "fp32", template: str | None = None) -> None:
+                  val: str = "subsets", precision: str = "fp32", template: str | None = None,
+                  device: str | None = None) -> None:
     """Refuse option values outside their range or choices (`BuildOptionError`, `ModelOptionError`,
-    `DatasetOptionError`: usage mistakes), before anything is read, written or loaded."""
+    `DatasetOptionError`: usage mistakes) and a device this machine lacks (`ModelError`), before anything is read,
+    written or loaded."""
+    resolve_device(device)
     check_precision(precision)
     check_template(template)
     if val not in VAL_CHOICES:
@@ -449,7 +453,7 @@ def build(
     augmentation = augmentation if augmentation is not None else Augmentation()
     say = log or (lambda message: print(message, file=sys.stderr))
     started = time.perf_counter()
-    check_options(shots, seeds, views, batch_size, workers, val, precision, template)
+    check_options(shots, seeds, views, batch_size, workers, val, precision, template, device)
     check_model(model, pretrained, precision)  # an unknown name or tag is refused before anything is written
     workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)

@@ -71,7 +71,8 @@ class ModelError(ValueError):
 
 
 class ModelOptionError(ModelError):
-    """A model name, pretrained tag or precision that does not exist: a usage mistake (the CLI exits 2, not 1)."""
+    """A model name, pretrained tag, precision or device name that does not exist: a usage mistake (the CLI exits 2,
+    not 1)."""
 
     exit_code = 2  # usage, as `OptionError`
 
@@ -251,7 +252,7 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         target = torch.device(device)
     except RuntimeError as error:
-        raise ModelError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from error
+        raise ModelOptionError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from error
     if target.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     return target

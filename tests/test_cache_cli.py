@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lathadapter.cache.sampling import fewshot_indices
@@ -141,6 +142,7 @@ def test_rebuild_over_another_cache_needs_force(built: Path, coop_dataset, tiny_
     (["--crop-scale", "1,0.5"], "--crop-scale 1,0.5: need 0 < low ≤ high ≤ 1"),
     (["--crop-scale", "abc"], "--crop-scale 'abc': expected two comma-separated numbers"),
     (["--flip", "2"], "--flip 2: a probability"),
+    (["--device", "gpu"], "--device 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1)"),
 ])
 def test_bad_build_values_are_usage_mistakes_refused_before_anything_is_written(coop_dataset, tiny_clip,
                                                                                 tmp_path: Path, extra: list[str],
@@ -206,6 +208,7 @@ def test_the_demo_build_passes_its_options_through(demo_build: dict, tmp_path: P
     (["--flip", "2"], "--flip 2: a probability"),
     (["--quick-gelu"], "--quick-gelu: not used for the bundled demo dataset"),
     (["--no-quick-gelu"], "--no-quick-gelu: not used for the bundled demo dataset"),
+    (["--device", "gpu"], "--device 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1)"),
 ])
 def test_the_demo_build_refuses_bad_values_and_options_it_cannot_use(demo_build: dict, tmp_path: Path,
                                                                      extra: list[str], message: str) -> None:
@@ -213,6 +216,15 @@ def test_the_demo_build_refuses_bad_values_and_options_it_cannot_use(demo_build:
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith(f"error: {message}") and "\n" not in result.output.strip()
     assert demo_build == {} and not any(tmp_path.iterdir())  # refused before the demo data was written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_the_demo_data_is_written(demo_build: dict,
+                                                                                 tmp_path: Path) -> None:
+    result = runner.invoke(app, ["cache", "build", "--out", "caches/d.h5", "--no-progress", "--device", "cuda"])
+    assert result.exit_code == 1, result.output  # a runtime failure (no GPU here), not a usage mistake
+    assert result.output.strip() == "error: --device cuda: CUDA is not available on this machine; use --device cpu"
+    assert demo_build == {} and not any(tmp_path.iterdir())
 
 
 def test_build_many_names_caches_as_cache_build_does_and_refuses_two_on_one_file(coop_dataset, tiny_clip,
