@@ -108,14 +108,23 @@ class RecipeOptions:
 SEARCH_SETS = ("split", "subset")  # the val images a post-training search reads (`SearchSetOptions`)
 
 
+# The text of a zero-shot term `100 x Tᵀ` (Tip-Adapter(-F), GDA, LP++: `base_text`, `methods.base.zero_shot_base_text`)
+ZERO_SHOT_BASE_TEXTS = ("official", "unit")
+BASE_TEXT_DOC = ("the zero-shot term's class text: official (on ImageNet the normalised mean of the 7 simple "
+                 "templates the official code uses, whatever --text; elsewhere --text's), unit (--text's everywhere)")
+
+
 @dataclass(frozen=True)
 class SearchSetOptions(RecipeOptions):
     """The `search_set` option of the baselines that choose values on val after training (Tip-Adapter, Tip-Adapter-F,
-    GDA), declared once so that every one of them shares it (`--set search_set=subset` means the same for each)."""
+    GDA), declared once so that every one of them shares it (`--set search_set=subset` means the same for each), and
+    the text of their zero-shot term (`base_text`)."""
 
     search_set: str = option(None, "split: the whole val split (a cache built with --val all; else the "
                                           "few-shot val subset, with a warning); subset: the few-shot val subset "
                                           "(default: the recipe's; official split, shared subset)", choices=SEARCH_SETS)
+    base_text: str = option(None, BASE_TEXT_DOC + " (default: the recipe's; official official, shared unit)",
+                            choices=ZERO_SHOT_BASE_TEXTS)
 
 
 @dataclass(frozen=True)

@@ -336,6 +336,41 @@ def test_zs_lp_starts_from_clap_s_base_text_whatever_the_text(tmp_path: Path, da
         assert shared.settings()["recipe.base_text"] == "unit"
 
 
+def official_tip_classifier(path: Path) -> torch.Tensor:
+    """Tip-Adapter's `clip_classifier` over its ImageNet `imagenet_templates` (the 7 simple templates; ICLR24's GDA
+    and LP++ reuse it), from the cache file: each template's stored unit feature, their mean, normalised."""
+    with h5py.File(path, "r") as f:
+        names = [t.decode() if isinstance(t, bytes) else str(t) for t in f["text/templates"][()]]
+        unit = torch.from_numpy(f["text/features"][()].astype(np.float32))
+    embeddings = torch.stack([unit[names.index(t)] for t in TASKRES_SELECT])  # [7, C, D]
+    mean = embeddings.mean(dim=0)
+    return mean / mean.norm(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("method", ["tip-adapter", "tip-adapter-f", "gda", "lp++"])
+def test_the_zero_shot_term_on_imagenet_is_the_official_classifier_whatever_the_text(tmp_path: Path,
+                                                                                      method: str) -> None:
+    """On ImageNet the official code scores zero-shot with the 7 simple templates alone (no CoOp template), whatever
+    --text; elsewhere its one template is CoOp's, so --text's features are kept; `base_text=unit` keeps them
+    everywhere."""
+    imagenet = write_synthetic_cache(tmp_path / "imagenet.h5", num_classes=6, dim=16, shots=(2,), seeds=(1,),
+                                     name="imagenet", templates=STORED_TEMPLATES)
+    caltech = write_synthetic_cache(tmp_path / "caltech101.h5", num_classes=6, dim=16, shots=(2,), seeds=(1,),
+                                    name="caltech101", templates=STORED_TEMPLATES)
+    expected = official_tip_classifier(imagenet)
+    for text, data in loads_by_text(imagenet):
+        assert (expected - data.text_features).abs().max() > 1e-3  # neither --text gives it (tolerance below: 1e-5)
+        built = create_method(method, data)
+        torch.testing.assert_close(built.text_features, expected, rtol=1e-4, atol=1e-5)  # via the raw features
+        assert built.settings()["recipe.base_text"] == "imagenet-select", text
+        unit = create_method(method, data, base_text="unit")
+        torch.testing.assert_close(unit.text_features, data.text_features, rtol=0, atol=0)
+    for _, data in loads_by_text(caltech):
+        built = create_method(method, data)
+        torch.testing.assert_close(built.text_features, data.text_features, rtol=0, atol=0)
+        assert built.settings()["recipe.base_text"] == "unit"
+
+
 def test_taskres_imagenet_base_without_the_select_templates_is_the_coop_template_with_a_warning(tmp_path: Path) -> None:
     path = write_synthetic_cache(tmp_path / "imagenet.h5", num_classes=6, dim=16, shots=(2,), seeds=(1,),
                                  name="imagenet")  # stores "a photo of a {}." and "itap of a {}." only

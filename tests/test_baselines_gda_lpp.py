@@ -363,7 +363,8 @@ def test_fit_end_to_end_base_to_novel(cache: Path, tmp_path: Path, name: str) ->
     if name == "gda":  # the synthetic cache holds the whole val split: the official search set, recorded
         assert (metrics["chosen"]["search_set"], metrics["chosen"]["recipe.search_set"]) == ("split", "split")
         config = json.loads((Path(metrics["run_dir"]) / "config.json").read_text())
-        assert config["options"]["search_set"] is None and config["resolved"] == {"search_set": "split"}
+        assert config["options"]["search_set"] is None
+        assert config["resolved"] == {"search_set": "split", "base_text": "official"}
 
 
 def test_grid_runs_both(cache: Path, tmp_path: Path) -> None:

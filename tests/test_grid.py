@@ -105,11 +105,12 @@ def test_run_keys_hash_the_requested_options_and_config_json_holds_the_resolved(
                                                                                 tmp_path: Path) -> None:
     # keys written before recipes were resolved ahead of the run: existing grids find their finished runs
     fingerprint = "0123456789abcdef"
-    # (TaskRes's changed on purpose at stop 14: `base_text` replaced `raw_text`, as the official base changed)
+    # (TaskRes's and Tip-Adapter-F's changed on purpose at stop 14: `base_text` replaced TaskRes's `raw_text`, as
+    # the official base changed; Tip-Adapter(-F), GDA and LP++ took `base_text`, their official ImageNet classifier)
     assert RunConfig.create("taskres", 4, 1).key(fingerprint) == "9b1d7d6a375a"
     assert RunConfig.create("clip-adapter", 16, 2, classes="base", overrides={"epochs": 3}).key(fingerprint) == \
         "82cd8f944654"
-    assert RunConfig.create("tip-adapter-f", 1, 3).key(fingerprint) == "b15bb20bfc88"
+    assert RunConfig.create("tip-adapter-f", 1, 3).key(fingerprint) == "ff8b0b417ae9"
     spec = GridSpec([str(caches["source"])], ["clip-adapter", "lathadapter"], [1], [1], options=QUICK)
     launch(spec, tmp_path, progress=False)
     with CacheReader(caches["source"]) as reader:

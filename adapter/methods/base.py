@@ -211,6 +211,28 @@ def base_text(data: FewShotData, kind: str, method: str) -> tuple[torch.Tensor, 
     return data.text_features, "unit"
 
 
+def zero_shot_base_text(data: FewShotData, kind: str, method: str) -> tuple[torch.Tensor, str]:
+    """The unit class text features [C, D] of a zero-shot term `100 x Tᵀ` (Tip-Adapter, Tip-Adapter-F, GDA, LP++:
+    option `base_text`, one of `options.ZERO_SHOT_BASE_TEXTS`) and what they are, for `chosen`. `official`: on
+    ImageNet the official code's classifier whatever `--text` (Tip-Adapter's `clip_classifier` over
+    `imagenet_templates`, which ICLR24 and LP++ reuse): the normalised mean of the unit features of the 7 simple
+    templates, without CoOp's (`imagenet-select`); elsewhere `--text`'s features, as the official one template a
+    dataset is CoOp's (`--text coop`). `unit`: `--text`'s features everywhere. A cache lacking one of the 7 gives
+    ImageNet `--text`'s features, with a `ProtocolWarning`."""
+    if kind == "unit" or dataset_key(data.dataset) != "imagenet":
+        return data.text_features, "unit"
+    missing = [t for t in IMAGENET_TEMPLATES_SELECT if t not in data.templates]
+    if data.template_raw is None or missing:
+        warnings.warn(f"{method}: the official ImageNet text classifier averages the 7 simple templates "
+                      "(IMAGENET_TEMPLATES_SELECT), but this data lacks "
+                      f"{', '.join(repr(t) for t in missing) or 'the per-template features'}: it uses the features "
+                      "of --text (a cache built by `lathadapter cache build` stores them all)", ProtocolWarning,
+                      stacklevel=3)
+        return data.text_features, "unit"
+    rows = [data.templates.index(t) for t in IMAGENET_TEMPLATES_SELECT]
+    return normalize(normalize(data.template_raw[rows]).mean(dim=0)), "imagenet-select"
+
+
 def official_base_text(data: FewShotData, method: str) -> tuple[torch.Tensor, str]:
     """`_get_base_text_features`' base for `data`'s dataset from the cache's raw per-template features, and its name
     for `chosen` (`coop` or `imagenet-select+coop`): on ImageNet the mean of the raw features of the 7

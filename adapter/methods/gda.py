@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, search_set_data
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, search_set_data, zero_shot_base_text
 from lathadapter.adapter.options import SearchSetOptions, option
 from lathadapter.adapter.recipes import RecipeFacts, fill
 from lathadapter.adapter.registry import register
@@ -91,11 +91,14 @@ class GDA(Method):
 
     @classmethod
     def resolve(cls, options: GDAOptions, facts: RecipeFacts) -> GDAOptions:
-        return fill(options, {"search_set": "split"}, {"search_set": "subset"})
+        return fill(options, {"search_set": "split", "base_text": "official"},
+                    {"search_set": "subset", "base_text": "unit"})
 
     def __init__(self, options: GDAOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         self.search_set = self.options.search_set  # resolved
+        text, self.base_kind = zero_shot_base_text(data, self.options.base_text, self.name)
+        self.text_features = text.clone()  # the zero-shot term's classifier (`base_text`)
         like = dict(dtype=data.text_features.dtype, device=data.text_features.device)
         # Estimated by `after_training` (so that a run's train time covers the estimation); zero until then.
         self.register_buffer("weight", torch.zeros(data.num_classes, data.text_features.shape[1], **like))  # [C, D]
@@ -125,7 +128,8 @@ class GDA(Method):
         return LOGIT_SCALE * features @ self.text_features.t() + self.alpha * self.gda_logits(features)
 
     def settings(self) -> dict[str, Any]:
-        return {"recipe": self.options.recipe, "recipe.search_set": self.search_set}
+        return {"recipe": self.options.recipe, "recipe.search_set": self.search_set,
+                "recipe.base_text": self.base_kind}
 
     @torch.no_grad()
     def after_training(self, data: FewShotData) -> dict[str, Any]:

@@ -42,8 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import Method, ProtocolWarning
-from lathadapter.adapter.options import option
+from lathadapter.adapter.methods.base import Method, ProtocolWarning, zero_shot_base_text
+from lathadapter.adapter.options import BASE_TEXT_DOC, ZERO_SHOT_BASE_TEXTS, option
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
@@ -55,6 +55,7 @@ ALPHA_INIT_SCALE = 250.0  # `calculate_init_alpha`'s constant
 @dataclass(frozen=True)
 class LPPlusPlusOptions:
     epochs: int = option(300, "full-batch epochs of the official loop (its train_epoch 300)", least=1)
+    base_text: str = option("official", BASE_TEXT_DOC, choices=ZERO_SHOT_BASE_TEXTS)
 
 
 def train_rows(data: FewShotData) -> torch.Tensor:
@@ -94,6 +95,8 @@ class LPPlusPlus(Method):
 
     def __init__(self, options: LPPlusPlusOptions, data: FewShotData) -> None:
         super().__init__(options, data)
+        text, self.base_kind = zero_shot_base_text(data, self.options.base_text, self.name)
+        self.text_features = text.clone()  # the text classifier T (`base_text`)
         features = train_rows(data)
         dim, num_classes = features.shape[1], data.num_classes
         like = dict(dtype=features.dtype, device=features.device)
@@ -102,7 +105,7 @@ class LPPlusPlus(Method):
         linear = nn.Linear(dim, num_classes)
         self.weight = nn.Parameter(class_sums(features, data.train_labels, num_classes), requires_grad=False)
         self.bias = nn.Parameter(linear.bias.detach().to(**like), requires_grad=False)
-        self.alpha_init = initial_alpha(features @ data.text_features.t(), data.train_labels, num_classes)
+        self.alpha_init = initial_alpha(features @ self.text_features.t(), data.train_labels, num_classes)
         self.alpha = nn.Parameter(torch.full((num_classes,), self.alpha_init, **like), requires_grad=False)
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,6 +113,9 @@ class LPPlusPlus(Method):
             self._require_new_classes()
         scores = torch.addmm(self.bias, features, self.weight.t())
         return scores.addcmul_(features @ self.text_features.t(), self.alpha)
+
+    def settings(self) -> dict[str, Any]:
+        return {"recipe.base_text": self.base_kind}
 
     def after_training(self, data: FewShotData) -> dict[str, Any]:
         features, labels = train_rows(data), data.train_labels

@@ -21,7 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, normalize, search_set_data
+from lathadapter.adapter.methods.base import (
+    LOGIT_SCALE,
+    Method,
+    ProtocolWarning,
+    normalize,
+    search_set_data,
+    zero_shot_base_text,
+)
 from lathadapter.adapter.options import RecipeTrainOptions, SearchSetOptions, option
 from lathadapter.adapter.recipes import (
     RecipeFacts,
@@ -191,9 +198,10 @@ class TipAdapter(Method):
     def resolve(cls, options: TipAdapterOptions, facts: RecipeFacts) -> TipAdapterOptions:
         config = official_config(facts.dataset)
         official = {"alpha": config.init_alpha, "beta": 1.0, "search_alpha_max": config.alpha_max,
-                    "search_beta_max": config.beta_max, "search_set": "split", "raw_keys": True}
+                    "search_beta_max": config.beta_max, "search_set": "split", "raw_keys": True,
+                    "base_text": "official"}
         shared = {"alpha": 1.0, "beta": 1.0, "search_alpha_max": 3.0, "search_beta_max": 7.0, "search_set": "subset",
-                  "raw_keys": False}
+                  "raw_keys": False, "base_text": "unit"}
         if cls.trains:  # Tip-Adapter-F
             official.update(training_values(official_f_recipe(facts.dataset)))
             shared.update(training_values(SHARED_F_RECIPE))
@@ -205,6 +213,8 @@ class TipAdapter(Method):
         self.init_alpha, self.init_beta = options.alpha, options.beta
         self.alpha_max, self.beta_max = options.search_alpha_max, options.search_beta_max
         self.search_set, self.raw_keys = options.search_set, options.raw_keys
+        text, self.base_kind = zero_shot_base_text(data, options.base_text, self.name)
+        self.text_features = text.clone()  # the zero-shot term's classifier (`base_text`)
         views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
         if self.raw_keys and data.train_views.shape[1] > 0:  # the official keys average the raw view features
             norms = require_raw(data.train_view_norms, self.name, "the raw norms of the augmented views (its keys "
@@ -225,7 +235,8 @@ class TipAdapter(Method):
         return {**(self.recipe.record() if self.trains else {"recipe": self.options.recipe}),
                 "recipe.alpha": self.init_alpha, "recipe.beta": self.init_beta,
                 "recipe.search_alpha_max": self.alpha_max, "recipe.search_beta_max": self.beta_max,
-                "recipe.search_set": self.search_set, "recipe.raw_keys": self.raw_keys}
+                "recipe.search_set": self.search_set, "recipe.raw_keys": self.raw_keys,
+                "recipe.base_text": self.base_kind}
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is not None:
