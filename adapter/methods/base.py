@@ -211,6 +211,20 @@ def base_text(data: FewShotData, kind: str, method: str) -> tuple[torch.Tensor, 
     return data.text_features, "unit"
 
 
+def imagenet_select_rows(data: FewShotData, method: str, purpose: str, lacking: str, instead: str,
+                         stacklevel: int) -> list[int] | None:
+    """The rows of `data.template_raw` holding the 7 `IMAGENET_TEMPLATES_SELECT` templates, in their order; None,
+    with a `ProtocolWarning` (`purpose`, what is `lacking`, what is used `instead`; it points `stacklevel` frames up,
+    at the method building itself), when the data lacks one of them or the per-template features."""
+    missing = [t for t in IMAGENET_TEMPLATES_SELECT if t not in data.templates]
+    if data.template_raw is None or missing:
+        warnings.warn(f"{method}: {purpose}, but this data lacks {', '.join(repr(t) for t in missing) or lacking}: "
+                      f"{instead} (a cache built by `lathadapter cache build` stores them all)", ProtocolWarning,
+                      stacklevel=stacklevel + 1)
+        return None
+    return [data.templates.index(t) for t in IMAGENET_TEMPLATES_SELECT]
+
+
 def zero_shot_base_text(data: FewShotData, kind: str, method: str) -> tuple[torch.Tensor, str]:
     """The unit class text features [C, D] of a zero-shot term `100 x Tᵀ` (Tip-Adapter, Tip-Adapter-F, GDA, LP++:
     option `base_text`, one of `options.ZERO_SHOT_BASE_TEXTS`) and what they are, for `chosen`. `official`: on
@@ -221,15 +235,11 @@ def zero_shot_base_text(data: FewShotData, kind: str, method: str) -> tuple[torc
     ImageNet `--text`'s features, with a `ProtocolWarning`."""
     if kind == "unit" or dataset_key(data.dataset) != "imagenet":
         return data.text_features, "unit"
-    missing = [t for t in IMAGENET_TEMPLATES_SELECT if t not in data.templates]
-    if data.template_raw is None or missing:
-        warnings.warn(f"{method}: the official ImageNet text classifier averages the 7 simple templates "
-                      "(IMAGENET_TEMPLATES_SELECT), but this data lacks "
-                      f"{', '.join(repr(t) for t in missing) or 'the per-template features'}: it uses the features "
-                      "of --text (a cache built by `lathadapter cache build` stores them all)", ProtocolWarning,
-                      stacklevel=3)
+    rows = imagenet_select_rows(data, method, "the official ImageNet text classifier averages the 7 simple templates "
+                                "(IMAGENET_TEMPLATES_SELECT)", "the per-template features",
+                                "it uses the features of --text", stacklevel=3)
+    if rows is None:
         return data.text_features, "unit"
-    rows = [data.templates.index(t) for t in IMAGENET_TEMPLATES_SELECT]
     return normalize(normalize(data.template_raw[rows]).mean(dim=0)), "imagenet-select"
 
 
@@ -242,17 +252,13 @@ def official_base_text(data: FewShotData, method: str) -> tuple[torch.Tensor, st
                        "the raw text features (its base is the unnormalised text feature)")
     if dataset_key(data.dataset) != "imagenet":
         return coop, "coop"
-    missing = [t for t in IMAGENET_TEMPLATES_SELECT if t not in data.templates]
-    if data.template_raw is None or missing:
-        warnings.warn(f"{method}: the official ImageNet base text averages the raw features of the 7 "
-                      "IMAGENET_TEMPLATES_SELECT templates and the CoOp template, but this data lacks "
-                      f"{', '.join(repr(t) for t in missing) or 'the raw per-template features'}: the base is the "
-                      "CoOp template's raw feature alone (a cache built by `lathadapter cache build` stores them all)",
-                      ProtocolWarning, stacklevel=4)  # the method building itself
+    rows = imagenet_select_rows(data, method, "the official ImageNet base text averages the raw features of the 7 "
+                                "IMAGENET_TEMPLATES_SELECT templates and the CoOp template",
+                                "the raw per-template features", "the base is the CoOp template's raw feature alone",
+                                stacklevel=4)
+    if rows is None:
         return coop, "coop"
-    rows = [data.templates.index(t) for t in IMAGENET_TEMPLATES_SELECT] + [0]  # the official order: select, CoOp
-    return data.template_raw[rows].mean(dim=0), "imagenet-select+coop"
-
+    return data.template_raw[rows + [0]].mean(dim=0), "imagenet-select+coop"  # the official order: select, CoOp
 
 
 class Method(nn.Module):
