@@ -58,33 +58,35 @@ def to_cpu(value: Any) -> Any:
     return value
 
 
-def chunk_runs(pending: list[Item], size: int, batch_runs: int = 1) -> list[list[Item]]:
-    """Pending runs grouped by cache (in grid order), cut into chunks of at most `size`; with `batch_runs` > 1, the
-    runs of a cache in the order of `training.batches`, so that a chunk holds runs that train together."""
+def cache_batches(pending: list[Item], batch_runs: int) -> list[list[list[Item]]]:
+    """Each cache's pending runs (caches in grid order) cut into the batches that train together
+    (`training.batches`; with `batch_runs` 1, every run alone in grid order), each run with its index."""
     by_cache: dict[str, list[Item]] = {}
     for index, item in pending:
         by_cache.setdefault(item.run.cache, []).append((index, item))
-    if batch_runs > 1:
-        for cache, runs in by_cache.items():
-            position = {id(item): (index, item) for index, item in runs}
-            by_cache[cache] = [position[id(item)] for batch in batches([item for _, item in runs], batch_runs)
-                               for item in batch]
-    return [runs[i:i + size] for runs in by_cache.values() for i in range(0, len(runs), size)]
+    cut = []
+    for runs in by_cache.values():
+        position = {id(item): (index, item) for index, item in runs}
+        cut.append([[position[id(item)] for item in batch] for batch in batches([item for _, item in runs],
+                                                                                  batch_runs)])
+    return cut
+
+
+def chunk_runs(pending: list[Item], size: int, batch_runs: int = 1) -> list[list[Item]]:
+    """Pending runs grouped by cache (in grid order), cut into chunks of at most `size`; with `batch_runs` > 1, the
+    runs of a cache in the order of `training.batches`, so that a chunk holds runs that train together."""
+    per_cache = [[item for batch in cut for item in batch] for cut in cache_batches(pending, batch_runs)]
+    return [runs[i:i + size] for runs in per_cache for i in range(0, len(runs), size)]
 
 
 def chunk_batches(pending: list[Item], batch_runs: int, per_chunk: int) -> list[list[Item]]:
     """Pending runs cut into batches of one cache (`training.batches`), `per_chunk` whole batches a chunk, the
     batches with most shots first, so that the chunks handed out last are short (a run's steps grow with its shots):
     the chunks of worker processes with several trainer threads, each thread training one batch at a time."""
-    by_cache: dict[str, list[Item]] = {}
-    for index, item in pending:
-        by_cache.setdefault(item.run.cache, []).append((index, item))
     chunks = []
-    for runs in by_cache.values():
-        position = {id(item): (index, item) for index, item in runs}
-        cut = sorted(batches([item for _, item in runs], batch_runs), key=lambda batch: -batch[0].run.config.shots)
-        chunks += [[position[id(item)] for batch in cut[i:i + per_chunk] for item in batch]
-                   for i in range(0, len(cut), per_chunk)]
+    for cut in cache_batches(pending, batch_runs):
+        cut = sorted(cut, key=lambda batch: -batch[0][1].run.config.shots)
+        chunks += [[item for batch in cut[i:i + per_chunk] for item in batch] for i in range(0, len(cut), per_chunk)]
     return sorted(chunks, key=lambda chunk: -chunk[0][1].run.config.shots)
 
 
