@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,9 +334,9 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
             images = [f"{name}/{image}" for image in _images_in(path / name)]
             rng.shuffle(images)
             n_train, n_val = round(len(images) * FOLDER_SPLIT[0]), round(len(images) * FOLDER_SPLIT[1])
-            if len(images) - n_train - n_val < 1:
+            if min(n_train, n_val, len(images) - n_train - n_val) < 1:
                 raise DatasetError(f"folder:{path}: class folder {name!r} has {len(images)} images; "
-                                   "a 50/20/30 split needs at least 3")
+                                   "a 50/20/30 split needs at least 4 (one or more each for train, val and test)")
             for split, chunk in (("train", images[:n_train]), ("val", images[n_train:n_train + n_val]),
                                  ("test", images[n_train + n_val:])):
                 splits[split].extend((p, label, name) for p in sorted(chunk))
@@ -343,7 +344,7 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
     if not classes or not any(splits.values()):
         raise DatasetError(f"folder:{path} has no class folders with images ({', '.join(IMAGE_SUFFIXES)}). Expected "
                            "PATH/<class>/<image> or PATH/train/<class>/<image> and PATH/test/<class>/<image>")
-    return DatasetSplits(path.name, "folder", path, "", classes, template, splits["train"], splits["val"],
+    return DatasetSplits(folder_name(path), "folder", path, "", classes, template, splits["train"], splits["val"],
                          splits["test"], _sha256_items(splits["train"], splits["val"], splits["test"]), notes=notes)
 
 
@@ -354,11 +355,17 @@ def check_template(template: str | None) -> None:
                                  "goes)")
 
 
+def folder_name(path: Path) -> str:
+    """A `folder:PATH` dataset's name: the folder's own name, also for `.`, `..` or a trailing slash (`folder:.`
+    in `shapes/` is `shapes`, not an empty name and a cache file called `.h5`); symbolic links are kept as named."""
+    return Path(os.path.abspath(path)).name or "folder"
+
+
 def dataset_name(dataset: str) -> str:
     """The name `load_dataset` gives `dataset`, without reading it: a docs/data.md name as it is, `split:PATH` its
     file's stem less `split_zhou_`, `folder:PATH` its folder's name. Its cache's default file is `<name>.h5`."""
     if dataset.startswith("folder:"):
-        return Path(dataset.removeprefix("folder:")).name
+        return folder_name(Path(dataset.removeprefix("folder:")))
     if dataset.startswith("split:"):
         path = Path(dataset.removeprefix("split:"))
         return path.stem.removeprefix("split_zhou_") or path.stem  # split_zhou_Caltech101.json → Caltech101

@@ -9,7 +9,7 @@ import open_clip
 import pytest
 from PIL import Image
 
-from lathadapter.cache.datasets import DATASETS, DatasetError, load_dataset, read_split_file
+from lathadapter.cache.datasets import DATASETS, DatasetError, dataset_name, load_dataset, read_split_file
 from lathadapter.cache.templates import ensemble_templates, load_attributes, prompt
 
 
@@ -208,6 +208,23 @@ def test_folder_tree_with_split_folders(tmp_path: Path) -> None:
     assert data.val == [] and len(data.test) == 4
 
 
+def test_folder_dataset_names_its_folder_when_given_as_dot_or_with_a_trailing_slash(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """`folder:.` from inside the folder, `folder:..` from a class folder and `folder:pets/` all name the dataset
+    `pets`, as the folder is called, and its default cache `pets.h5` (not an empty name and `.h5`)."""
+    for cls in ("dog", "cat"):
+        for i in range(4):
+            _image(tmp_path / "pets" / cls / f"{i}.png")
+    monkeypatch.chdir(tmp_path / "pets")
+    assert load_dataset(None, "folder:.").name == "pets" and dataset_name("folder:.") == "pets"
+    monkeypatch.chdir(tmp_path / "pets" / "dog")
+    assert load_dataset(None, "folder:..").name == "pets" and dataset_name("folder:..") == "pets"
+    monkeypatch.chdir(tmp_path)
+    assert load_dataset(None, "folder:pets/").name == "pets" and dataset_name("folder:pets/") == "pets"
+    (tmp_path / "link").symlink_to(tmp_path / "pets")
+    assert dataset_name("folder:link") == "link" == load_dataset(None, "folder:link").name
+
+
 def test_folder_tree_without_splits_is_split_per_class_with_a_seed(tmp_path: Path) -> None:
     for cls in ("dog", "cat"):
         for i in range(10):
@@ -222,6 +239,15 @@ def test_folder_tree_without_splits_is_split_per_class_with_a_seed(tmp_path: Pat
     assert every == sorted(f"{c}/{i}.png" for c in ("dog", "cat") for i in range(10))
     with pytest.raises(DatasetError, match="does not exist"):
         load_dataset(None, f"folder:{tmp_path / 'nothing'}")
+    # 4 images split 2/1/1; 3 would leave no test image (round(1.5) = 2 train, 1 val) and 2 no val image
+    for count in (3, 2):
+        for i in range(count):
+            _image(tmp_path / f"few{count}" / "owl" / f"{i}.png")
+        with pytest.raises(DatasetError, match=f"'owl' has {count} images; a 50/20/30 split needs at least 4"):
+            load_dataset(None, f"folder:{tmp_path / f'few{count}'}")
+    _image(tmp_path / "few3" / "owl" / "3.png")
+    four = load_dataset(None, f"folder:{tmp_path / 'few3'}")
+    assert [len(four.train), len(four.val), len(four.test)] == [2, 1, 1]
 
 
 def test_template_ensemble_and_attribute_vocabulary(tmp_path: Path) -> None:
