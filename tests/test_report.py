@@ -266,3 +266,68 @@ def test_hierarchy_diagnostics_get_one_compact_table_of_means_over_seeds(tmp_pat
         assert float(line["order holds % mean"]) == pytest.approx(100 * order[c].count("True") / len(order[c]))
         assert line["test in cone % mean"] == ""  # not in the rows: no number
     assert "Hierarchy diagnostics" in markdown
+
+
+TUNED_COLUMNS = ["key", "cache", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select",
+                 "target", "acc_all", "acc_base", "acc_novel", "opt.lr", "tune.group", "tune.names", "tune.values",
+                 "tune.score", "tune.set", "tune.selected"]
+
+
+def tuned_row(key: str, seed: int, score: str, lr: float, base: float, novel: float, selected: bool = True
+              ) -> dict[str, Any]:
+    """A kept (or not kept) base-to-novel CLIP-Adapter tuning candidate, chosen by `score`."""
+    return {"key": key, "cache": "c.h5", "dataset": "caltech101", "fingerprint": FP, "method": "clip-adapter",
+            "shots": 16, "seed": seed, "classes": "base", "text": "coop", "select": "last", "target": "",
+            "acc_base": base, "acc_novel": novel, "opt.lr": lr, "tune.group": f"{score}{seed}", "tune.names": "lr",
+            "tune.values": f"lr={lr}", "tune.score": score, "tune.set": "fewshot", "tune.selected": selected}
+
+
+def write_tuned(path: Path, rows: list[dict[str, Any]]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TUNED_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_runs_kept_by_different_tuning_scores_are_different_configurations(tmp_path: Path) -> None:
+    """Two protocol runs into one folder, one tuned by val and one by val_hm, keep a run per seed each: the report
+    shows them as two rows, each a mean over its own two seeds (n = 2), never one row pooling four runs as seeds."""
+    base = {"val": [90.0, 86.0], "val_hm": [88.0, 84.0]}
+    novel = {"val": [60.0, 64.0], "val_hm": [70.0, 72.0]}
+    rows = [tuned_row(f"{score}{seed}", seed, score, 0.01, b, n)
+            for score in base for seed, b, n in zip((1, 2), base[score], novel[score], strict=True)]
+    rows += [tuned_row(f"x{score}{seed}", seed, score, 0.1, 10.0, 10.0, selected=False)
+             for score in base for seed in (1, 2)]
+    write_report(write_tuned(tmp_path / "results.csv", rows), tmp_path / "report")
+    table = read_table(tmp_path / "report" / "base_to_novel.csv")
+    assert set(table) == {"clip-adapter score=val lr=0.01 (tuned)", "clip-adapter score=val_hm lr=0.01 (tuned)"}
+    for score in base:
+        line = table[f"clip-adapter score={score} lr=0.01 (tuned)"]
+        assert line["caltech101 base n"] == line["caltech101 novel n"] == "2"
+        assert float(line["caltech101 base mean"]) == pytest.approx(statistics.fmean(base[score]))
+        assert float(line["caltech101 novel std"]) == pytest.approx(statistics.stdev(novel[score]))
+        mb, mn = statistics.fmean(base[score]), statistics.fmean(novel[score])
+        assert float(line["caltech101 HM mean"]) == pytest.approx(2 * mb * mn / (mb + mn))
+
+
+def test_a_cell_with_one_seed_twice_is_refused_naming_both_runs(tmp_path: Path) -> None:
+    """Two kept runs of one configuration and seed (two tuning grids of one score into one folder, other transfer
+    targets) would count that seed twice: mean 80 over seeds 1, 1, 2 is not the mean over seeds 1 and 2 (75)."""
+    rows = [tuned_row("first", 1, "val", 0.01, 70.0, 60.0), tuned_row("again", 1, "val", 0.01, 90.0, 60.0),
+            tuned_row("other", 2, "val", 0.01, 80.0, 60.0)]
+    for read in (summary_markdown, write_report):
+        with pytest.raises(ValueError) as raised:
+            read(write_tuned(tmp_path / "results.csv", rows))
+        message = str(raised.value)
+        assert message.startswith(str(tmp_path / "results.csv")) and "\n" not in message
+        assert "first" in message and "again" in message and "same seed 1" in message
+    transfer = [row(shots=16, seed=1, target=t, acc_all=50.0) for t in ("source", "pets")]
+    transfer += [{**row(shots=16, seed=1, target="source", acc_all=50.0), "key": "rerun"}]
+    path = tmp_path / "transfer.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows([{"key": "k0", **transfer[0]}, {"key": "k0", **transfer[1]}, transfer[2]])
+    with pytest.raises(ValueError, match="runs k0 and rerun .* target source"):
+        summary_markdown(path)
