@@ -12,7 +12,8 @@ other settings form one ablation. A dataset name with several cache fingerprints
 base-to-novel HM comes from the mean base and mean novel accuracies, as papers report it. Plots draw one line or bar
 group per configuration, with error bars over seeds.
 
-Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable) or `—` (no run); each CSV has
+Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable) or `—` (no run), with `(n=2)` after a
+cell over fewer seeds than the fullest cell of its table (a run missing or failed); each CSV has
 `<column> mean`, `<column> std` and `<column> n` (seeds) columns, empty where there is no number.
 
 Tuned grids (`tune.*` columns): only each tuning group's kept run (`tune.selected`, chosen on the few-shot val set)
@@ -333,7 +334,8 @@ class Table:
         header = self.lead + self.columns
         lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(" --- " for _ in header) + "|"]
-        lines += ["| " + " | ".join(lead + [c.text() for c in cells]) + " |" for lead, cells in self.rows]
+        most = max((c.n for _, cells in self.rows for c in cells if isinstance(c, Cell) and c.n), default=0)
+        lines += ["| " + " | ".join(lead + [_shown(c, most) for c in cells]) + " |" for lead, cells in self.rows]
         if self.note:
             lines += ["", self.note]
         return "\n".join(lines) + "\n"
@@ -345,6 +347,13 @@ class Table:
             writer.writerow(self.lead + [f"{c} {part}" for c in self.columns for part in self.parts])
             writer.writerows(lead + [x for cell in cells for x in cell.numbers()] for lead, cells in self.rows)
         return path
+
+
+def _shown(cell: Cell | Chosen, most: int) -> str:
+    """A markdown cell: its text, and `(n=2)` when it is a mean over fewer seeds than the table's fullest cell (a run
+    missing or failed), so that it does not read as the others do."""
+    short = isinstance(cell, Cell) and cell.n is not None and cell.n < most
+    return cell.text() + (f" (n={cell.n})" if short else "")
 
 
 def _slug(text: str) -> str:

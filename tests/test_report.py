@@ -46,9 +46,11 @@ def read_table(path: Path, lead: str | list[str] = "method") -> dict[Any, dict[s
     return {(line[lead] if isinstance(lead, str) else tuple(line[c] for c in lead)): line for line in lines}
 
 
-def seeds_text(values: list[float]) -> str:
+def seeds_text(values: list[float], most: int = 0) -> str:
+    """A markdown cell over `values` (seeds), marked `(n=k)` when its table's fullest cell has `most` > k seeds."""
     mean = statistics.fmean(values)
-    return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+    text = f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+    return text + (f" (n={len(values)})" if len(values) < most else "")
 
 
 def test_a_curvature_grid_is_reported_per_configuration(tmp_path: Path) -> None:
@@ -62,8 +64,8 @@ def test_a_curvature_grid_is_reported_per_configuration(tmp_path: Path) -> None:
     assert "30.33" not in markdown
     for curvature in (0.5, 1.0, 2.0):
         values = [a for (c, _), a in accuracy.items() if c == curvature]
-        assert f"| lathadapter curvature={curvature} | {seeds_text(values)} | — |" in markdown
-    assert f"| zeroshot | {seeds_text([21.0, 22.0])} | 24.00 |" in markdown
+        assert f"| lathadapter curvature={curvature} | {seeds_text(values, 2)} | — |" in markdown
+    assert f"| zeroshot | {seeds_text([21.0, 22.0], 2)} | 24.00 (n=1) |" in markdown
     assert "| method | 1 shot | 2 shots |" in markdown  # not "2 shot"
     table = read_table(tmp_path / "report" / "few_shot_caltech101.csv")
     assert list(table) == ["zeroshot", "lathadapter curvature=0.5", "lathadapter curvature=1.0",
@@ -93,7 +95,7 @@ def test_each_varied_setting_labels_rows_and_gets_an_ablation_table(tmp_path: Pa
     markdown = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")["markdown"]
     for (curvature, beta), values in expected.items():
         assert f"| lathadapter curvature={curvature} beta={beta} | {seeds_text(values)} |" in markdown
-    assert "| zeroshot text=coop | 30.00 |" in markdown and "| zeroshot text=ensemble | 33.00 |" in markdown
+    assert "| zeroshot text=coop | 30.00 (n=1) |" in markdown and "| zeroshot text=ensemble | 33.00 (n=1) |" in markdown
     folder = tmp_path / "report"
     ablation = read_table(folder / "few_shot_caltech101_ablation_lathadapter_beta.csv", ["beta", "curvature"])
     # consecutive rows with the same curvature form one ablation of beta
@@ -145,7 +147,7 @@ def test_base_to_novel_hm_comes_from_each_configurations_mean_base_and_novel(tmp
     tip = table["tip-adapter"]
     assert float(tip["caltech101 base mean"]) == 75.0
     assert tip["caltech101 novel mean"] == tip["caltech101 HM mean"] == ""
-    assert "| tip-adapter | 75.00 | n/a | n/a |" in markdown
+    assert "| tip-adapter | 75.00 (n=1) | n/a | n/a |" in markdown  # one seed where the others have two
     assert "16 shots on base classes" in markdown
 
 
@@ -331,3 +333,17 @@ def test_a_cell_with_one_seed_twice_is_refused_naming_both_runs(tmp_path: Path) 
         writer.writerows([{"key": "k0", **transfer[0]}, {"key": "k0", **transfer[1]}, transfer[2]])
     with pytest.raises(ValueError, match="runs k0 and rerun .* target source"):
         summary_markdown(path)
+
+
+def test_a_cell_over_fewer_seeds_than_its_table_says_how_many(tmp_path: Path) -> None:
+    """One failed or unfinished run leaves a cell over two seeds where the others have three: its markdown says
+    `(n=2)`, the full cells say nothing more, and a one-seed cell in a table of one-seed cells stays bare."""
+    values = {"zeroshot": [20.0, 20.0, 20.0], "lathadapter": [50.0, 54.0]}
+    rows = [row(method, seed=s, acc_all=v) for method, vs in values.items() for s, v in enumerate(vs, 1)]
+    markdown = summary_markdown(write_rows(tmp_path / "results.csv", rows))
+    assert f"| zeroshot | {statistics.fmean(values['zeroshot']):.2f} ± 0.00 |" in markdown
+    mean, std = statistics.fmean(values["lathadapter"]), statistics.stdev(values["lathadapter"])
+    assert f"| lathadapter | {mean:.2f} ± {std:.2f} (n=2) |" in markdown
+    alone = summary_markdown(write_rows(tmp_path / "one" / "results.csv", [row(acc_all=40.0), row("zeroshot",
+                                                                                                    acc_all=30.0)]))
+    assert "| lathadapter | 40.00 |" in alone and "| zeroshot | 30.00 |" in alone
