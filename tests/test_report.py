@@ -347,3 +347,50 @@ def test_a_cell_over_fewer_seeds_than_its_table_says_how_many(tmp_path: Path) ->
     alone = summary_markdown(write_rows(tmp_path / "one" / "results.csv", [row(acc_all=40.0), row("zeroshot",
                                                                                                     acc_all=30.0)]))
     assert "| lathadapter | 40.00 |" in alone and "| zeroshot | 30.00 |" in alone
+
+
+def test_a_protocols_tables_restate_from_its_results_csv(tmp_path: Path) -> None:
+    """End to end: base-to-novel on two caches, two seeds; every cell of base_to_novel.csv recomputed from
+    results.csv by the formulas the docs state: mean and sample std (n − 1) over seeds, HM of the mean base and mean
+    novel, the average over datasets the mean of per-dataset means and its HM from the average base and novel; a
+    configuration without runs on one dataset has no average (never an average over the datasets it has)."""
+    from lathadapter.experiments.protocols import run_protocol
+
+    common = dict(num_classes=6, dim=16, views=2, shots=(16,), seeds=(1, 2), train_per_class=16, val_per_class=2,
+                  test_per_class=7)
+    caches = [str(write_synthetic_cache(tmp_path / f"{name}.h5", name=name, seed=seed, **common))
+              for name, seed in (("alpha", 1), ("beta", 2))]
+    out = tmp_path / "b2n"
+    run_protocol("base-to-novel", caches, out, ["zeroshot", "clip-adapter"], [1, 2], progress=False,
+                 options={"clip-adapter.epochs": ["2"]})
+    run_protocol("base-to-novel", caches[:1], out, ["taskres"], [1, 2], progress=False,
+                 options={"taskres.epochs": ["2"]})
+    with (out / "results.csv").open(newline="") as f:
+        results = list(csv.DictReader(f))
+    write_report(out, tmp_path / "report")
+    table = read_table(tmp_path / "report" / "base_to_novel.csv")
+    assert set(table) == {"zeroshot", "clip-adapter", "taskres"}
+    for method, line in table.items():
+        means = {}
+        for dataset in ("alpha", "beta"):
+            runs = [r for r in results if r["method"] == method and r["dataset"] == dataset]
+            if not runs:
+                assert line[f"{dataset} base mean"] == line[f"{dataset} HM mean"] == ""
+                continue
+            assert sorted(int(r["seed"]) for r in runs) == [1, 2]
+            for part in ("base", "novel"):
+                values = [float(r[f"acc_{part}"]) for r in runs]
+                assert float(line[f"{dataset} {part} mean"]) == pytest.approx(statistics.fmean(values))
+                assert float(line[f"{dataset} {part} std"]) == pytest.approx(statistics.stdev(values), abs=1e-9)
+                assert line[f"{dataset} {part} n"] == "2"
+                means[dataset, part] = statistics.fmean(values)
+            b, n = means[dataset, "base"], means[dataset, "novel"]
+            assert float(line[f"{dataset} HM mean"]) == pytest.approx(2 * b * n / (b + n))
+        if len(means) < 4:  # taskres ran on alpha only
+            assert line["Average base mean"] == line["Average HM mean"] == ""
+            continue
+        b = statistics.fmean([means["alpha", "base"], means["beta", "base"]])
+        n = statistics.fmean([means["alpha", "novel"], means["beta", "novel"]])
+        assert float(line["Average base mean"]) == pytest.approx(b)
+        assert float(line["Average novel mean"]) == pytest.approx(n)
+        assert float(line["Average HM mean"]) == pytest.approx(2 * b * n / (b + n))
