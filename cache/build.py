@@ -202,6 +202,22 @@ def shortfall_notes(splits: DatasetSplits, shots: Sequence[int]) -> list[str]:
     return notes
 
 
+def overlap_notes(splits: DatasetSplits) -> list[str]:
+    """A warning for each pair of splits that share an image path: a test image also in train or val reaches
+    training, tuning or `--select val`, and its test accuracy is no longer held out. Split files are never
+    regenerated (docs/data.md), so this warns rather than refuses; the fix is in the split source."""
+    paths = {name: {path for path, _, _ in items} for name, items in
+             (("train", splits.train), ("val", splits.val), ("test", splits.test))}
+    notes = []
+    for first, second in (("train", "test"), ("val", "test"), ("train", "val")):
+        shared = sorted(paths[first] & paths[second])
+        if shared:
+            notes.append(f"warning: {len(shared)} images are in both the {first} and the {second} split of "
+                         f"{splits.name} (e.g. {shared[0]!r}): the {second} split is not held out from the {first} "
+                         "split; check the split source")
+    return notes
+
+
 def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int], full_train: bool,
                 val_all: bool = False,
                 ) -> tuple[dict[str, list[int]], dict[tuple[int, int], tuple[list[int], list[int]]]]:
@@ -457,7 +473,7 @@ def build(
     check_model(model, pretrained, precision)  # an unknown name or tag is refused before anything is written
     workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
-    notes = list(splits.notes) + shortfall_notes(splits, shots)
+    notes = list(splits.notes) + shortfall_notes(splits, shots) + overlap_notes(splits)
     out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
     _check_out(out)
     phrases = load_attributes(Path(attributes) if attributes is not None else None)

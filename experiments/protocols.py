@@ -83,6 +83,28 @@ def check_mapping(source_path: str, target_paths: list[str]) -> None:
             map_classes(source, reader.classes(), source_path, path)
 
 
+def target_name(path: str) -> str:
+    """A target's column in the results (`target`): its cache's dataset name (fingerprint field), else the file's
+    stem."""
+    with CacheReader(path) as reader:
+        return str(reader.info().fields.get("dataset", Path(path).stem))
+
+
+def check_target_names(paths: list[str]) -> None:
+    """Refuse, before anything trains, two targets of one dataset name (one column each: the second would overwrite
+    the first, and the average over targets would cover one) and a target named `source` (the source's own column)."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        name = target_name(path)
+        if name == "source":
+            raise OptionError(f"--target {path}: its dataset name is 'source', the column of the source cache's own "
+                              "test set; rebuild it under another --dataset name")
+        if name in seen:
+            raise OptionError(f"--target {path} and --target {seen[name]} are both dataset {name!r}; each target is "
+                              "one column, named by its dataset: give each dataset once")
+        seen[name] = path
+
+
 # What identifies the encoder a cache's features come from (fingerprint fields, `cache.encode.load_model`), beside
 # the feature width: a transfer target's features must come from the source's encoder.
 ENCODER_FIELDS = ("model", "model_config", "pretrained", "checkpoint_sha256", "quick_gelu")
@@ -160,8 +182,7 @@ class Targets:
         self.sets: dict[tuple[str, str], FewShotData] = {}
         self.names: dict[str, str] = {}
         for path in self.paths:
-            with CacheReader(path) as reader:
-                self.names[path] = str(reader.info().fields.get("dataset", Path(path).stem))
+            self.names[path] = target_name(path)
             for text in texts:
                 self.target(path, text)
 
@@ -227,8 +248,8 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
     val accuracy otherwise) over the val images of `tune_set` (`run.TUNE_SETS`), a preset's grid extended past its
     edges (`launch.with_extensions`). Cross-dataset and domain runs are scored on the `targets` too, which every
     process that trains loads itself (`Targets`); a target encoded by another encoder than the source's
-    (`check_encoders`), or a domain target whose classes cannot be mapped onto the source's, is refused before
-    anything trains."""
+    (`check_encoders`), two targets of one dataset name (`check_target_names`), or a domain target whose classes
+    cannot be mapped onto the source's, is refused before anything trains."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views,
                          tune_score, tune_set)
     salt, factory = "", None
@@ -237,6 +258,7 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
         if not targets:
             raise OptionError(f"protocol {protocol} needs at least one --target cache (the datasets the source's runs "
                               "are scored on)")
+        check_target_names(list(targets))
         salt = targets_salt(list(targets), mapped)
         check_encoders(caches[0], list(targets))
         if mapped:

@@ -2,20 +2,24 @@
 
 A table row is one configuration: a method with its settings (text features, model selection and every option);
 a cell is that configuration's mean ± sample std (n − 1) over seeds on one dataset cache at one number of shots.
-Configurations are never pooled. When settings vary among one method's rows, each configuration has its own row,
-labelled by what varies (`lathadapter curvature=0.5`), and each varied setting gets an ablation table of that
-method: every configuration, the setting's value first and the other varied settings beside it, sorted so that
-consecutive rows with the same other settings form one ablation. A dataset name with several cache fingerprints is
-several datasets, labelled `caltech101 (fp 1a2b3c4d)`. Averages over datasets or targets are means of a
-configuration's per-dataset means; base-to-novel HM comes from the mean base and mean novel accuracies, as papers
-report it. Plots draw one line or bar group per configuration, with error bars over seeds.
+Configurations are never pooled, and a cell takes one run per seed: two runs of one configuration and seed (another
+tuning grid, other transfer targets, e.g. two protocol runs into one folder) are refused, naming both. When
+settings vary among one method's rows, each configuration has its own row, labelled by what varies
+(`lathadapter curvature=0.5`), and each varied setting gets an ablation table of that method: every configuration,
+the setting's value first and the other varied settings beside it, sorted so that consecutive rows with the same
+other settings form one ablation. A dataset name with several cache fingerprints is several datasets, labelled
+`caltech101 (fp 1a2b3c4d)`. Averages over datasets or targets are means of a configuration's per-dataset means;
+base-to-novel HM comes from the mean base and mean novel accuracies, as papers report it. Plots draw one line or bar
+group per configuration, with error bars over seeds.
 
-Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable) or `—` (no run); each CSV has
+Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable) or `—` (no run), with `(n=2)` after a
+cell over fewer seeds than the fullest cell of its table (a run missing or failed); each CSV has
 `<column> mean`, `<column> std` and `<column> n` (seeds) columns, empty where there is no number.
 
 Tuned grids (`tune.*` columns): only each tuning group's kept run (`tune.selected`, chosen on the few-shot val set)
-enters the tables. A tuned option is not a configuration axis: its value reads `tuned` in the configuration, and the
-label names the values chosen (`clip-adapter lr=0.01 (tuned)`; `lr=0.001/0.01 (tuned)` when cells chose
+enters the tables. A tuned option is not a configuration axis: its value reads `tuned` in the configuration (the
+score and val images that chose it, `tune.score` and `tune.set`, are settings: `score=val_hm` in a label where they
+vary), and the label names the values chosen (`clip-adapter lr=0.01 (tuned)`; `lr=0.001/0.01 (tuned)` when cells chose
 differently); a companion table `<table>_tuned` gives the value chosen in each cell (`lr=0.01`, or each value with
 its number of seeds, `lr=0.01 ×2, lr=0.001 ×1`), its title names the score that chose them (`tune.score`: val or
 val_hm) and, under it, a note says what the score is; a value still on an edge of a preset's grid after its
@@ -50,6 +54,9 @@ from lathadapter.experiments.table import RESULTS, ResultsError, as_table, finis
 REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
             "acc_all", "acc_base", "acc_novel")
 SETTINGS = ("text", "select", "train_views")  # with the `opt.*` columns: what makes a configuration, besides the method
+# A tuned run's score and val images (`--tune-score`, `--tune-set`) are settings too: runs kept by different scores are
+# different configurations, never seeds of one (columns a grid without tuning lacks read as empty).
+TUNE_SETTINGS = ("tune.score", "tune.set")
 TUNED = "tuned"  # a tuned option's value in a configuration: chosen per cell, so not what tells configurations apart
 # Marker pairs a kept run's `Choice` carries besides its options (never option names): the score that chose it and,
 # when the choice is still on an edge of a preset's grid after its extensions or of an explicit grid, which edge.
@@ -136,6 +143,8 @@ class Record:
     acc_novel: float | None
     tuned: Choice = ()
     hierarchy: tuple[tuple[str, float | None], ...] = ()  # the run's `hier.*` diagnostics (LatHAdapter), by name
+    seed: int = 0
+    key: str = ""  # the run's key (its run directory)
 
 
 def _number(text: str) -> float | None:
@@ -193,7 +202,9 @@ def _hierarchy(row: dict[str, str]) -> tuple[tuple[str, float | None], ...]:
 def records(results: Results) -> list[Record]:
     """The rows as typed records; a malformed number names its row. Of a tuned grid, only each group's kept run
     (`tune.selected`) is read, its tuned options set to `tuned` in its configuration and kept in `Record.tuned`."""
-    columns = list(SETTINGS) + sorted({c for row in results.rows for c in row if c.startswith("opt.")})
+    present = {c for row in results.rows for c in row}
+    columns = list(SETTINGS) + [c for c in TUNE_SETTINGS if c in present] + sorted(
+        c for c in present if c.startswith("opt."))
     labels = dataset_labels(results.rows)
     parsed = []
     for i, row in enumerate(results.rows, 1):
@@ -205,10 +216,30 @@ def records(results: Results) -> list[Record]:
             parsed.append(Record(labels[(row["dataset"], row["fingerprint"])], Configuration(row["method"], settings),
                                  int(row["shots"]), row["classes"], row["target"],
                                  _number(row["acc_all"]), _number(row["acc_base"]), _number(row["acc_novel"]),
-                                 _choice(row, tuned), _hierarchy(row)))
+                                 _choice(row, tuned), _hierarchy(row), int(row["seed"]), row["key"]))
         except ValueError as error:
             raise ResultsError(f"{results.source}: row {i}: {error}") from None
+    check_one_run_per_seed(parsed, results.source)
     return parsed
+
+
+def check_one_run_per_seed(parsed: list[Record], source: Path) -> None:
+    """Refuse two runs of one configuration and seed in one cell (dataset, shots, classes, target): a cell is a mean
+    over seeds, and a seed counted twice would weigh one draw double and inflate n. Such runs differ in what no
+    column shows (another tuning grid, another set of transfer targets, an older scoring), e.g. two protocol runs
+    into one folder."""
+    seen: dict[tuple[Any, ...], str] = {}
+    for r in parsed:
+        cell = (r.dataset, r.config, r.shots, r.classes, r.target, r.seed)
+        if cell in seen and seen[cell] != r.key:
+            where = f"{r.dataset}, {_shots(r.shots)}, classes={r.classes}" + (f", target {r.target}"
+                                                                             if r.target else "")
+            raise ResultsError(f"{source}: runs {seen[cell]} and {r.key} are the same configuration of "
+                               f"{r.config.method} ({where}) with the same seed {r.seed}; a cell takes one run per "
+                               "seed. They differ "
+                               "in what the table does not show (another tuning grid, other transfer targets): "
+                               "report them from separate folders")
+        seen.setdefault(cell, r.key)
 
 
 @dataclass(frozen=True)
@@ -303,7 +334,8 @@ class Table:
         header = self.lead + self.columns
         lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(" --- " for _ in header) + "|"]
-        lines += ["| " + " | ".join(lead + [c.text() for c in cells]) + " |" for lead, cells in self.rows]
+        most = max((c.n for _, cells in self.rows for c in cells if isinstance(c, Cell) and c.n), default=0)
+        lines += ["| " + " | ".join(lead + [_shown(c, most) for c in cells]) + " |" for lead, cells in self.rows]
         if self.note:
             lines += ["", self.note]
         return "\n".join(lines) + "\n"
@@ -315,6 +347,13 @@ class Table:
             writer.writerow(self.lead + [f"{c} {part}" for c in self.columns for part in self.parts])
             writer.writerows(lead + [x for cell in cells for x in cell.numbers()] for lead, cells in self.rows)
         return path
+
+
+def _shown(cell: Cell | Chosen, most: int) -> str:
+    """A markdown cell: its text, and `(n=2)` when it is a mean over fewer seeds than the table's fullest cell (a run
+    missing or failed), so that it does not read as the others do."""
+    short = isinstance(cell, Cell) and cell.n is not None and cell.n < most
+    return cell.text() + (f" (n={cell.n})" if short else "")
 
 
 def _slug(text: str) -> str:

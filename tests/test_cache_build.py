@@ -328,3 +328,24 @@ def test_imagenet_build_has_train_subsets_only_and_keeps_wnids(coop_dataset, tin
             reader.load(2, 1)
     assert test.wnids == ["n01440764", "n01484850"] and sorted(set(test.test_labels.tolist())) == [0, 1]
     assert verify(rendition) == []
+
+
+def test_a_split_source_whose_test_images_are_also_train_or_val_images_is_warned_about(coop_dataset, tiny_clip,
+                                                                                       tmp_path: Path) -> None:
+    """An image in both val and test reaches tuning and `--select val`, so its test accuracy is not held out; the
+    build says so (a warning, since official split files are never regenerated), counting the shared paths."""
+    split_file = _small_dataset(coop_dataset, tmp_path / "small")
+    split = json.loads(split_file.read_text())
+    assert build(None, f"split:{split_file}", tmp_path / "clean.h5",
+                 **_options(tiny_clip, shots=(1,), seeds=(1,))).notes == []
+    split["test"] += [split["val"][0], split["val"][1], split["train"][0]]
+    split_file.write_text(json.dumps(split))
+    said: list[str] = []
+    result = build(None, f"split:{split_file}", tmp_path / "leaky.h5",
+                   **_options(tiny_clip, shots=(1,), seeds=(1,), log=said.append))
+    expected = [f"warning: 1 images are in both the train and the test split of Small (e.g. {split['train'][0][0]!r})",
+                f"warning: 2 images are in both the val and the test split of Small (e.g. "
+                f"{min(split['val'][0][0], split['val'][1][0])!r})"]
+    leaks = [note for note in result.notes if "images are in both" in note]
+    assert [note.split(": the")[0] for note in leaks] == expected
+    assert all(note in said for note in leaks)

@@ -197,3 +197,27 @@ def test_protocol_usage_mistakes_exit_2(tmp_path: Path, args: list[str], message
     assert result.exit_code == 2, result.output
     assert result.output.strip() == f"error: {message.format(**paths)}"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("protocol", ["cross-dataset", "domain"])
+def test_two_targets_of_one_dataset_name_are_refused_before_anything_trains(tmp_path: Path, protocol: str) -> None:
+    """Targets are keyed by dataset name: two of one name used to make one column (the later overwrote the earlier),
+    so 'Average (targets)' averaged one target where two were given."""
+    common = dict(num_classes=4, dim=8, views=2, shots=(16,), seeds=(1,), train_per_class=16, val_per_class=2,
+                  test_per_class=3)
+    source = write_synthetic_cache(tmp_path / "source.h5", name="source-set", **common)
+    first = write_synthetic_cache(tmp_path / "first.h5", name="sketch", seed=3, **common)
+    second = write_synthetic_cache(tmp_path / "second.h5", name="sketch", seed=4, **common)
+    named_source = write_synthetic_cache(tmp_path / "named.h5", name="source", **common)
+    for targets, message in (
+            ([first, second], f"--target {second} and --target {first} are both dataset 'sketch'; each target is one "
+                              "column, named by its dataset: give each dataset once"),
+            ([named_source], f"--target {named_source}: its dataset name is 'source', the column of the source "
+                             "cache's own test set; rebuild it under another --dataset name")):
+        out = tmp_path / f"out-{len(targets)}"
+        result = CliRunner().invoke(app, ["protocol", protocol, "--cache", str(source),
+                                          *[arg for t in targets for arg in ("--target", str(t))],
+                                          "--method", "zeroshot", "--seeds", "1", "--device", "cpu", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == f"error: {message}"
+        assert not out.exists()

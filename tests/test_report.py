@@ -46,9 +46,11 @@ def read_table(path: Path, lead: str | list[str] = "method") -> dict[Any, dict[s
     return {(line[lead] if isinstance(lead, str) else tuple(line[c] for c in lead)): line for line in lines}
 
 
-def seeds_text(values: list[float]) -> str:
+def seeds_text(values: list[float], most: int = 0) -> str:
+    """A markdown cell over `values` (seeds), marked `(n=k)` when its table's fullest cell has `most` > k seeds."""
     mean = statistics.fmean(values)
-    return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+    text = f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+    return text + (f" (n={len(values)})" if len(values) < most else "")
 
 
 def test_a_curvature_grid_is_reported_per_configuration(tmp_path: Path) -> None:
@@ -62,8 +64,8 @@ def test_a_curvature_grid_is_reported_per_configuration(tmp_path: Path) -> None:
     assert "30.33" not in markdown
     for curvature in (0.5, 1.0, 2.0):
         values = [a for (c, _), a in accuracy.items() if c == curvature]
-        assert f"| lathadapter curvature={curvature} | {seeds_text(values)} | — |" in markdown
-    assert f"| zeroshot | {seeds_text([21.0, 22.0])} | 24.00 |" in markdown
+        assert f"| lathadapter curvature={curvature} | {seeds_text(values, 2)} | — |" in markdown
+    assert f"| zeroshot | {seeds_text([21.0, 22.0], 2)} | 24.00 (n=1) |" in markdown
     assert "| method | 1 shot | 2 shots |" in markdown  # not "2 shot"
     table = read_table(tmp_path / "report" / "few_shot_caltech101.csv")
     assert list(table) == ["zeroshot", "lathadapter curvature=0.5", "lathadapter curvature=1.0",
@@ -93,7 +95,7 @@ def test_each_varied_setting_labels_rows_and_gets_an_ablation_table(tmp_path: Pa
     markdown = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")["markdown"]
     for (curvature, beta), values in expected.items():
         assert f"| lathadapter curvature={curvature} beta={beta} | {seeds_text(values)} |" in markdown
-    assert "| zeroshot text=coop | 30.00 |" in markdown and "| zeroshot text=ensemble | 33.00 |" in markdown
+    assert "| zeroshot text=coop | 30.00 (n=1) |" in markdown and "| zeroshot text=ensemble | 33.00 (n=1) |" in markdown
     folder = tmp_path / "report"
     ablation = read_table(folder / "few_shot_caltech101_ablation_lathadapter_beta.csv", ["beta", "curvature"])
     # consecutive rows with the same curvature form one ablation of beta
@@ -145,7 +147,7 @@ def test_base_to_novel_hm_comes_from_each_configurations_mean_base_and_novel(tmp
     tip = table["tip-adapter"]
     assert float(tip["caltech101 base mean"]) == 75.0
     assert tip["caltech101 novel mean"] == tip["caltech101 HM mean"] == ""
-    assert "| tip-adapter | 75.00 | n/a | n/a |" in markdown
+    assert "| tip-adapter | 75.00 (n=1) | n/a | n/a |" in markdown  # one seed where the others have two
     assert "16 shots on base classes" in markdown
 
 
@@ -266,3 +268,129 @@ def test_hierarchy_diagnostics_get_one_compact_table_of_means_over_seeds(tmp_pat
         assert float(line["order holds % mean"]) == pytest.approx(100 * order[c].count("True") / len(order[c]))
         assert line["test in cone % mean"] == ""  # not in the rows: no number
     assert "Hierarchy diagnostics" in markdown
+
+
+TUNED_COLUMNS = ["key", "cache", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select",
+                 "target", "acc_all", "acc_base", "acc_novel", "opt.lr", "tune.group", "tune.names", "tune.values",
+                 "tune.score", "tune.set", "tune.selected"]
+
+
+def tuned_row(key: str, seed: int, score: str, lr: float, base: float, novel: float, selected: bool = True
+              ) -> dict[str, Any]:
+    """A kept (or not kept) base-to-novel CLIP-Adapter tuning candidate, chosen by `score`."""
+    return {"key": key, "cache": "c.h5", "dataset": "caltech101", "fingerprint": FP, "method": "clip-adapter",
+            "shots": 16, "seed": seed, "classes": "base", "text": "coop", "select": "last", "target": "",
+            "acc_base": base, "acc_novel": novel, "opt.lr": lr, "tune.group": f"{score}{seed}", "tune.names": "lr",
+            "tune.values": f"lr={lr}", "tune.score": score, "tune.set": "fewshot", "tune.selected": selected}
+
+
+def write_tuned(path: Path, rows: list[dict[str, Any]]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TUNED_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_runs_kept_by_different_tuning_scores_are_different_configurations(tmp_path: Path) -> None:
+    """Two protocol runs into one folder, one tuned by val and one by val_hm, keep a run per seed each: the report
+    shows them as two rows, each a mean over its own two seeds (n = 2), never one row pooling four runs as seeds."""
+    base = {"val": [90.0, 86.0], "val_hm": [88.0, 84.0]}
+    novel = {"val": [60.0, 64.0], "val_hm": [70.0, 72.0]}
+    rows = [tuned_row(f"{score}{seed}", seed, score, 0.01, b, n)
+            for score in base for seed, b, n in zip((1, 2), base[score], novel[score], strict=True)]
+    rows += [tuned_row(f"x{score}{seed}", seed, score, 0.1, 10.0, 10.0, selected=False)
+             for score in base for seed in (1, 2)]
+    write_report(write_tuned(tmp_path / "results.csv", rows), tmp_path / "report")
+    table = read_table(tmp_path / "report" / "base_to_novel.csv")
+    assert set(table) == {"clip-adapter score=val lr=0.01 (tuned)", "clip-adapter score=val_hm lr=0.01 (tuned)"}
+    for score in base:
+        line = table[f"clip-adapter score={score} lr=0.01 (tuned)"]
+        assert line["caltech101 base n"] == line["caltech101 novel n"] == "2"
+        assert float(line["caltech101 base mean"]) == pytest.approx(statistics.fmean(base[score]))
+        assert float(line["caltech101 novel std"]) == pytest.approx(statistics.stdev(novel[score]))
+        mb, mn = statistics.fmean(base[score]), statistics.fmean(novel[score])
+        assert float(line["caltech101 HM mean"]) == pytest.approx(2 * mb * mn / (mb + mn))
+
+
+def test_a_cell_with_one_seed_twice_is_refused_naming_both_runs(tmp_path: Path) -> None:
+    """Two kept runs of one configuration and seed (two tuning grids of one score into one folder, other transfer
+    targets) would count that seed twice: mean 80 over seeds 1, 1, 2 is not the mean over seeds 1 and 2 (75)."""
+    rows = [tuned_row("first", 1, "val", 0.01, 70.0, 60.0), tuned_row("again", 1, "val", 0.01, 90.0, 60.0),
+            tuned_row("other", 2, "val", 0.01, 80.0, 60.0)]
+    for read in (summary_markdown, write_report):
+        with pytest.raises(ValueError) as raised:
+            read(write_tuned(tmp_path / "results.csv", rows))
+        message = str(raised.value)
+        assert message.startswith(str(tmp_path / "results.csv")) and "\n" not in message
+        assert "first" in message and "again" in message and "same seed 1" in message
+    transfer = [row(shots=16, seed=1, target=t, acc_all=50.0) for t in ("source", "pets")]
+    transfer += [{**row(shots=16, seed=1, target="source", acc_all=50.0), "key": "rerun"}]
+    path = tmp_path / "transfer.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows([{"key": "k0", **transfer[0]}, {"key": "k0", **transfer[1]}, transfer[2]])
+    with pytest.raises(ValueError, match="runs k0 and rerun .* target source"):
+        summary_markdown(path)
+
+
+def test_a_cell_over_fewer_seeds_than_its_table_says_how_many(tmp_path: Path) -> None:
+    """One failed or unfinished run leaves a cell over two seeds where the others have three: its markdown says
+    `(n=2)`, the full cells say nothing more, and a one-seed cell in a table of one-seed cells stays bare."""
+    values = {"zeroshot": [20.0, 20.0, 20.0], "lathadapter": [50.0, 54.0]}
+    rows = [row(method, seed=s, acc_all=v) for method, vs in values.items() for s, v in enumerate(vs, 1)]
+    markdown = summary_markdown(write_rows(tmp_path / "results.csv", rows))
+    assert f"| zeroshot | {statistics.fmean(values['zeroshot']):.2f} ± 0.00 |" in markdown
+    mean, std = statistics.fmean(values["lathadapter"]), statistics.stdev(values["lathadapter"])
+    assert f"| lathadapter | {mean:.2f} ± {std:.2f} (n=2) |" in markdown
+    alone = summary_markdown(write_rows(tmp_path / "one" / "results.csv", [row(acc_all=40.0), row("zeroshot",
+                                                                                                    acc_all=30.0)]))
+    assert "| lathadapter | 40.00 |" in alone and "| zeroshot | 30.00 |" in alone
+
+
+def test_a_protocols_tables_restate_from_its_results_csv(tmp_path: Path) -> None:
+    """End to end: base-to-novel on two caches, two seeds; every cell of base_to_novel.csv recomputed from
+    results.csv by the formulas the docs state: mean and sample std (n − 1) over seeds, HM of the mean base and mean
+    novel, the average over datasets the mean of per-dataset means and its HM from the average base and novel; a
+    configuration without runs on one dataset has no average (never an average over the datasets it has)."""
+    from lathadapter.experiments.protocols import run_protocol
+
+    common = dict(num_classes=6, dim=16, views=2, shots=(16,), seeds=(1, 2), train_per_class=16, val_per_class=2,
+                  test_per_class=7)
+    caches = [str(write_synthetic_cache(tmp_path / f"{name}.h5", name=name, seed=seed, **common))
+              for name, seed in (("alpha", 1), ("beta", 2))]
+    out = tmp_path / "b2n"
+    run_protocol("base-to-novel", caches, out, ["zeroshot", "clip-adapter"], [1, 2], progress=False,
+                 options={"clip-adapter.epochs": ["2"]})
+    run_protocol("base-to-novel", caches[:1], out, ["taskres"], [1, 2], progress=False,
+                 options={"taskres.epochs": ["2"]})
+    with (out / "results.csv").open(newline="") as f:
+        results = list(csv.DictReader(f))
+    write_report(out, tmp_path / "report")
+    table = read_table(tmp_path / "report" / "base_to_novel.csv")
+    assert set(table) == {"zeroshot", "clip-adapter", "taskres"}
+    for method, line in table.items():
+        means = {}
+        for dataset in ("alpha", "beta"):
+            runs = [r for r in results if r["method"] == method and r["dataset"] == dataset]
+            if not runs:
+                assert line[f"{dataset} base mean"] == line[f"{dataset} HM mean"] == ""
+                continue
+            assert sorted(int(r["seed"]) for r in runs) == [1, 2]
+            for part in ("base", "novel"):
+                values = [float(r[f"acc_{part}"]) for r in runs]
+                assert float(line[f"{dataset} {part} mean"]) == pytest.approx(statistics.fmean(values))
+                assert float(line[f"{dataset} {part} std"]) == pytest.approx(statistics.stdev(values), abs=1e-9)
+                assert line[f"{dataset} {part} n"] == "2"
+                means[dataset, part] = statistics.fmean(values)
+            b, n = means[dataset, "base"], means[dataset, "novel"]
+            assert float(line[f"{dataset} HM mean"]) == pytest.approx(2 * b * n / (b + n))
+        if len(means) < 4:  # taskres ran on alpha only
+            assert line["Average base mean"] == line["Average HM mean"] == ""
+            continue
+        b = statistics.fmean([means["alpha", "base"], means["beta", "base"]])
+        n = statistics.fmean([means["alpha", "novel"], means["beta", "novel"]])
+        assert float(line["Average base mean"]) == pytest.approx(b)
+        assert float(line["Average novel mean"]) == pytest.approx(n)
+        assert float(line["Average HM mean"]) == pytest.approx(2 * b * n / (b + n))
