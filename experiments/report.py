@@ -236,9 +236,9 @@ def check_one_run_per_seed(parsed: list[Record], source: Path) -> None:
                                                                              if r.target else "")
             raise ResultsError(f"{source}: runs {seen[cell]} and {r.key} are the same configuration of "
                                f"{r.config.method} ({where}) with the same seed {r.seed}; a cell takes one run per "
-                               "seed. They differ "
-                               "in what the table does not show (another tuning grid, other transfer targets): "
-                               "report them from separate folders")
+                               "seed. They differ in what the table does not show (another tuning grid, other "
+                               "transfer targets, a run from before a version that changed its key): report them from "
+                               f"separate folders, or remove the run directory you do not want (runs/{r.key})")
         seen.setdefault(cell, r.key)
 
 
