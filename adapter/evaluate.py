@@ -16,6 +16,15 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((scores.argmax(dim=-1) == labels).float().mean() * 100)
 
 
+def checked(method: Method, scores: torch.Tensor) -> torch.Tensor:
+    """`scores` of `method`, refused when any is NaN: the argmax of NaN scores is class 0, not a prediction, and its
+    accuracy must never be reported."""
+    if bool(torch.isnan(scores).any()):
+        raise ValueError(f"{method.name} gave NaN scores at evaluation, so no accuracy is reported; check its options "
+                         "for values that overflow")
+    return scores
+
+
 @torch.no_grad()
 def evaluate(method: Method, features: torch.Tensor, labels: torch.Tensor,
              text_features: torch.Tensor | None = None) -> float | None:
@@ -27,7 +36,7 @@ def evaluate(method: Method, features: torch.Tensor, labels: torch.Tensor,
     correct = 0
     try:
         for start in range(0, len(labels), CHUNK):
-            scores = method.logits(features[start:start + CHUNK], text_features)
+            scores = checked(method, method.logits(features[start:start + CHUNK], text_features))
             correct += int((scores.argmax(dim=-1) == labels[start:start + CHUNK]).sum())
     except NotApplicable:
         return None
@@ -44,7 +53,7 @@ def evaluate_mapped(method: Method, features: torch.Tensor, labels: torch.Tensor
     index = torch.as_tensor(columns, device=features.device)
     correct = 0
     for start in range(0, len(labels), CHUNK):
-        scores = method.logits_over(features[start:start + CHUNK], index)
+        scores = checked(method, method.logits_over(features[start:start + CHUNK], index))
         correct += int((scores.argmax(dim=-1) == labels[start:start + CHUNK]).sum())
     return 100.0 * correct / len(labels)
 

@@ -7,6 +7,7 @@ No DataLoader and no encoder: every tensor is already on the device. Determinist
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -19,7 +20,8 @@ import torch._dynamo  # noqa: F401  (see below)
 from lathadapter.adapter.evaluate import accuracy
 from lathadapter.adapter.graphed import Graphed, graphable, graphs_on
 from lathadapter.adapter.methods.base import Method, ProtocolWarning
-from lathadapter.adapter.recipes import build_optimizer, build_scheduler
+from lathadapter.adapter.options import OptionError, changed_fields
+from lathadapter.adapter.recipes import TRAINING_NAMES, build_optimizer, build_scheduler
 from lathadapter.cache.store import FewShotData
 
 # The first torch optimiser built in a process imports torch._dynamo (about 1.3 s on a 2-core CPU). Importing it with
@@ -45,6 +47,31 @@ class TrainResult:
     batch_runs: int = 1  # runs trained together with this one, itself included (`adapter.batched`)
     batch_mode: str = "alone"  # alone, lockstep (one loop, own forward passes) or stacked (one vmapped model)
     cuda_graph: bool = False  # whether its steps were replayed from captured CUDA graphs (`adapter.graphed`)
+
+
+class DivergedError(OptionError):
+    """Training left a run's loss or parameters NaN or infinite: its accuracy would be a broken model's (argmax of
+    NaN scores is class 0), so the run stops with a usage error naming the options it was trained with."""
+
+
+def check_finite(method: Method, result: TrainResult) -> None:
+    """Raise `DivergedError` when a trained parameter of `method` or a loss `result` recorded up to the kept epoch
+    (`select=val` may keep one from before a divergence) is not finite."""
+    kept = [row for row in result.history if row["epoch"] <= (result.selected_epoch or result.epochs)]
+    bad = next((row for row in kept if not all(map(math.isfinite, row.values()))), None)
+    if bad is None and all(bool(torch.isfinite(p).all()) for p in trainable(method)):
+        return
+    where = (f"its loss was {bad['loss']:g} at epoch {bad['epoch']} of {result.epochs}" if bad is not None
+             else "its trained parameters hold NaN or infinite values")
+    raise DivergedError(f"{method.name} diverged in training: {where} ({described_options(method.options)}); a "
+                        "smaller lr, or milder values of the options named, keeps it finite")
+
+
+def described_options(options: Any) -> str:
+    """`lr=…` and the method's own options away from their defaults (the recipe's other training values left out),
+    for a message about a run."""
+    own = {k: v for k, v in changed_fields(options).items() if k not in TRAINING_NAMES}
+    return ", ".join(f"{k}={v!r}" for k, v in {"lr": getattr(options, "lr", None), **own}.items() if v is not None)
 
 
 def synchronize(device: torch.device) -> None:
@@ -296,6 +323,7 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
             member.method.load_state_dict(state)
         else:
             result.selected_epoch = plan.epochs
+        check_finite(member.method, result)
 
 
 def _keep_best(members: list[Member], results: list[TrainResult], best: list[tuple[dict[str, Any] | None, float]],

@@ -99,6 +99,38 @@ def distance_radius_coefficients(rho_a, rho_b) -> tuple:
     return k * squares / rho_a, 2 * rho_a / alpha + 1 / rho_a, -k * squares / rho_b, 2 * rho_b / beta + 1 / rho_b
 
 
+# Below this scaled radius the gradients of `distance_radius_coefficients` divide by (nearly) zero: the radii's
+# gradients are then taken in the direct form, ∂δ/∂ρ_a = (2ρ_a/α) δ + 2k (ρ_a − ρ_b cos), one more reduction.
+SMALL_RADIUS = 1e-3
+
+
+def distance_radius_grads(g: torch.Tensor, delta: torch.Tensor, cosine: torch.Tensor, rho_a, rho_b, sqrt_c
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂L/∂ρ_a and ∂L/∂ρ_b given `g` = grad · √c ∂d/∂δ: from Σ g and Σ g δ (`distance_radius_coefficients`) where both
+    radii are at least SMALL_RADIUS, else in the direct form, finite at ρ = 0. 0-d radii (Python floats or tensors:
+    one radius per kind) get sums; radius tensors broadcasting against the cosines are reduced to their shapes."""
+    host = not isinstance(rho_a, torch.Tensor)
+    if host and min(rho_a, rho_b) >= SMALL_RADIUS:  # the common case: two reductions, no direct form
+        a_a, b_a, a_b, b_b = distance_radius_coefficients(rho_a, rho_b)
+        s0, s_delta = g.sum(), _dot(g, delta)
+        return (a_a * s0 + b_a * s_delta) / sqrt_c, (a_b * s0 + b_b * s_delta) / sqrt_c
+    alpha, beta = 1 - rho_a * rho_a, 1 - rho_b * rho_b
+    k = 2 / (alpha * beta)
+    cosine = cosine.clamp(-1, 1)
+    direct_a = 2 * rho_a / alpha * delta + 2 * k * (rho_a - rho_b * cosine)
+    direct_b = 2 * rho_b / beta * delta + 2 * k * (rho_b - rho_a * cosine)
+    if host:
+        return _dot(g, direct_a) / sqrt_c, _dot(g, direct_b) / sqrt_c
+    a_a, b_a, a_b, b_b = distance_radius_coefficients(rho_a, rho_b)  # inf or NaN at ρ = 0: not selected there
+    small = torch.minimum(rho_a, rho_b) < SMALL_RADIUS
+    if rho_a.dim() == rho_b.dim() == 0:
+        s0, s_delta = g.sum(), _dot(g, delta)
+        return (torch.where(small, _dot(g, direct_a), a_a * s0 + b_a * s_delta) / sqrt_c,
+                torch.where(small, _dot(g, direct_b), a_b * s0 + b_b * s_delta) / sqrt_c)
+    return (_reduce(g * torch.where(small, direct_a, a_a + b_a * delta), rho_a) / sqrt_c,
+            _reduce(g * torch.where(small, direct_b, a_b + b_b * delta), rho_b) / sqrt_c)
+
+
 class _RadialDistance(torch.autograd.Function):
     """d = arcosh(1 + 2W / ((1 − ρ_a²)(1 − ρ_b²))) / √c over a tensor of cosines; ρ_a, ρ_b broadcast against it.
 
@@ -128,13 +160,7 @@ class _RadialDistance(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             grad_c = -_dot(grad, out) / (2 * c)  # at fixed radii, d ∝ 1/√c
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            a_a, b_a, a_b, b_b = distance_radius_coefficients(rho_a, rho_b)
-            if ctx.scalars is not None or rho_a.dim() == rho_b.dim() == 0:  # one radius per kind: two reductions
-                s0, s_delta = g.sum(), _dot(g, delta)
-                grad_a, grad_b = (a_a * s0 + b_a * s_delta) / sqrt_c, (a_b * s0 + b_b * s_delta) / sqrt_c
-            else:
-                grad_a = _reduce(g * (a_a + b_a * delta), rho_a) / sqrt_c
-                grad_b = _reduce(g * (a_b + b_b * delta), rho_b) / sqrt_c
+            grad_a, grad_b = distance_radius_grads(g, delta, cosine, rho_a, rho_b, sqrt_c)
         return grad_a, grad_b, g * to_cos if ctx.needs_input_grad[2] else None, grad_c
 
 
@@ -320,6 +346,8 @@ def radial_exterior_angle(rho_p: torch.Tensor, rho_q: torch.Tensor, cosine: torc
 
 def half_aperture(rho: float, K: float) -> tuple[float, float]:
     """`radial_half_aperture` of one Python float radius, and its derivative dψ/dρ (0 where the min is 1)."""
+    if rho <= 0:  # at the origin: the min is 1
+        return math.pi / 2, 0.0
     x = K * (1 - rho * rho) / rho
     if x >= 1:
         return math.pi / 2, 0.0

@@ -217,3 +217,35 @@ def test_fit_reports_its_epochs_to_a_progress_display(cache: Path) -> None:
         fit_config(config, cache, device="cpu", out=None, progress=progress)
         (task,) = progress.tasks
     assert task.total == 3 and task.completed == 3
+
+
+DIVERGING = [("clip-adapter", ["lr=1e30"], "lr=1e+30"), ("lathadapter", ["lr=1e6", "radius=head"], "lr=1000000.0"),
+             ("lathadapter", ["lr=1e6"], "lr=1000000.0")]
+
+
+@pytest.mark.parametrize(("method", "assignments", "named"), DIVERGING,
+                         ids=["clip-adapter", "lathadapter-head", "lathadapter-kind"])
+def test_a_run_whose_training_diverges_is_an_error_naming_its_lr_never_an_accuracy(
+        cache: Path, tmp_path: Path, method: str, assignments: list[str], named: str) -> None:
+    """A NaN model predicts class 0 for every image (argmax of NaN): that chance-level number once landed in
+    metrics.json as the run's accuracy. Now the run stops with one line naming lr, exit 2, and writes no run folder.
+    (`radius=kind` at lr=1e6 drove a radius to exactly 0, where the radial distance's backward divided by zero.)"""
+    sets = [part for assignment in assignments for part in ("--set", assignment)]
+    result = invoke("fit", "--cache", str(cache), "--method", method, "--shots", "2", "--out", str(tmp_path),
+                    "--device", "cpu", *sets, "--set", "epochs=3", "--set", "min_steps=0")
+    assert_clean_error(result, f"{method} diverged", "loss was nan", named)
+    assert not list(tmp_path.glob("*/metrics.json"))
+
+
+def test_nan_scores_are_never_an_accuracy() -> None:
+    """`evaluate` refuses NaN scores (a method that trains nothing, as GDA, has no training loss to check)."""
+    from lathadapter.adapter.evaluate import evaluate
+
+    class Broken(torch.nn.Module):
+        name, options = "broken", None
+
+        def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+            return torch.full((len(features), 3), float("nan"))
+
+    with pytest.raises(ValueError, match="broken gave NaN scores"):
+        evaluate(Broken(), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))

@@ -13,6 +13,7 @@ from torch.autograd import gradcheck
 from lathadapter.kernels import cone_energy, cone_exterior_angle, distance, expmap0, origin_distance
 from lathadapter.kernels.hierarchy import centripetal_energy
 from lathadapter.kernels.radial import (
+    half_aperture,
     log1p,
     radial_centripetal_energy,
     radial_cone_energy,
@@ -232,3 +233,41 @@ def test_the_vectorised_log1p_is_within_a_few_ulps_of_the_exact_value(dtype: tor
     assert got[0] == 0
     relative = ((got[1:] - exact[1:]).abs() / exact[1:]).max()
     assert relative <= ulps * torch.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("radii_shape", [(), (4, 1)], ids=["scalar-radii", "broadcast-radii"])
+@pytest.mark.parametrize(("rho_a", "rho_b"), [(0.0, 0.4), (0.4, 0.0), (1e-6, 0.4), (5e-4, 3e-4), (2e-3, 0.7)])
+def test_radius_gradients_at_and_near_the_origin_match_finite_differences(radii_shape: tuple[int, ...], rho_a: float,
+                                                                          rho_b: float) -> None:
+    """At ρ = 0 the two-reduction form of the radii's gradients divides by ρ (a ZeroDivisionError with one radius per
+    kind, NaN with vectors; lr=1e6 reached it): against float64 finite differences (one-sided at 0) of the distance
+    restated as arcosh(1 + δ), δ = 2W/((1 − ρ_a²)(1 − ρ_b²)), W = (ρ_a − ρ_b)² + 2ρ_aρ_b(1 − cos)."""
+    generator = torch.Generator().manual_seed(5)
+    cosine = torch.rand(4, 3, generator=generator, dtype=torch.float64) * 1.8 - 0.9
+    weights = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    c = 1.3
+
+    def restated(a: float, b: float) -> float:
+        w = (a - b) ** 2 + 2 * a * b * (1 - cosine)
+        delta = 2 * w / ((1 - a * a) * (1 - b * b))  # arcosh(1 + δ) as log1p: 1 + δ would round away small δ
+        return float((weights * torch.log1p(delta + torch.sqrt(delta * (delta + 2))) / math.sqrt(c)).sum())
+
+    def derivative(a: float, b: float, along: int) -> float:
+        h = 1e-7
+        step = (h, 0.0) if along == 0 else (0.0, h)
+        at = a if along == 0 else b
+        if at == 0:
+            return (restated(a + step[0], b + step[1]) - restated(a, b)) / h
+        return (restated(a + step[0], b + step[1]) - restated(a - step[0], b - step[1])) / (2 * h)
+
+    a = torch.full(radii_shape, rho_a, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(rho_b, dtype=torch.float64, requires_grad=True)
+    value = (weights * radial_distance(a, b, cosine, torch.tensor(c, dtype=torch.float64))).sum()
+    grad_a, grad_b = torch.autograd.grad(value, (a, b))
+    assert float(value) == pytest.approx(restated(rho_a, rho_b), rel=1e-12)
+    assert float(grad_a.sum()) == pytest.approx(derivative(rho_a, rho_b, 0), rel=1e-6, abs=1e-6)
+    assert float(grad_b) == pytest.approx(derivative(rho_a, rho_b, 1), rel=1e-6, abs=1e-6)
+
+
+def test_the_half_aperture_of_a_float_radius_at_the_origin_is_a_right_angle() -> None:
+    assert half_aperture(0.0, 0.1) == (math.pi / 2, 0.0)
