@@ -130,7 +130,8 @@ def train_together(members: list[Member], select: str = "last", train_views: str
     for member, result in zip(members, results, strict=True):
         member.method.eval()
         with torch.no_grad():
-            result.chosen = {**member.method.settings(), **member.method.after_training(member.data)}
+            result.chosen = {**member.method.settings(),
+                             **({} if result.diverged else member.method.after_training(member.data))}
     synchronize(device)
     seconds = (time.perf_counter() - start) / len(members)
     for result in results:

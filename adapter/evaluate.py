@@ -16,12 +16,16 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((scores.argmax(dim=-1) == labels).float().mean() * 100)
 
 
+class NaNScores(ValueError):
+    """A method scored NaN at evaluation: the argmax of NaN scores is class 0, not a prediction."""
+
+
 def checked(method: Method, scores: torch.Tensor) -> torch.Tensor:
-    """`scores` of `method`, refused when any is NaN: the argmax of NaN scores is class 0, not a prediction, and its
-    accuracy must never be reported."""
+    """`scores` of `method`, refused (`NaNScores`) when any is NaN: such an accuracy must never be reported (a run
+    then counts as diverged, `experiments.run.evaluated`)."""
     if bool(torch.isnan(scores).any()):
-        raise ValueError(f"{method.name} gave NaN scores at evaluation, so no accuracy is reported; check its options "
-                         "for values that overflow")
+        raise NaNScores(f"{method.name} gave NaN scores at evaluation, so no accuracy is reported; check its options "
+                        "for values that overflow")
     return scores
 
 

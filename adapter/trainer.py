@@ -47,24 +47,26 @@ class TrainResult:
     batch_runs: int = 1  # runs trained together with this one, itself included (`adapter.batched`)
     batch_mode: str = "alone"  # alone, lockstep (one loop, own forward passes) or stacked (one vmapped model)
     cuda_graph: bool = False  # whether its steps were replayed from captured CUDA graphs (`adapter.graphed`)
+    diverged: str | None = None  # why the run diverged (`divergence`), else None: it then has no accuracy
 
 
 class DivergedError(OptionError):
     """Training left a run's loss or parameters NaN or infinite: its accuracy would be a broken model's (argmax of
-    NaN scores is class 0), so the run stops with a usage error naming the options it was trained with."""
+    NaN scores is class 0), so `fit` stops with a usage error naming the options it was trained with (a grid keeps
+    the run as diverged instead, `TrainResult.diverged`)."""
 
 
-def check_finite(method: Method, result: TrainResult) -> None:
-    """Raise `DivergedError` when a trained parameter of `method` or a loss `result` recorded up to the kept epoch
-    (`select=val` may keep one from before a divergence) is not finite."""
+def divergence(method: Method, result: TrainResult) -> str | None:
+    """Why `method` diverged, when a trained parameter or a loss `result` recorded up to the kept epoch (`select=val`
+    may keep one from before a divergence) is not finite; else None."""
     kept = [row for row in result.history if row["epoch"] <= (result.selected_epoch or result.epochs)]
     bad = next((row for row in kept if not all(map(math.isfinite, row.values()))), None)
     if bad is None and all(bool(torch.isfinite(p).all()) for p in trainable(method)):
-        return
+        return None
     where = (f"its loss was {bad['loss']:g} at epoch {bad['epoch']} of {result.epochs}" if bad is not None
              else "its trained parameters hold NaN or infinite values")
-    raise DivergedError(f"{method.name} diverged in training: {where} ({described_options(method.options)}); a "
-                        "smaller lr, or milder values of the options named, keeps it finite")
+    return (f"{method.name} diverged in training: {where} ({described_options(method.options)}); a smaller lr, or "
+            "milder values of the options named, keeps it finite")
 
 
 def described_options(options: Any) -> str:
@@ -323,7 +325,7 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
             member.method.load_state_dict(state)
         else:
             result.selected_epoch = plan.epochs
-        check_finite(member.method, result)
+        result.diverged = divergence(member.method, result)
 
 
 def _keep_best(members: list[Member], results: list[TrainResult], best: list[tuple[dict[str, Any] | None, float]],
@@ -360,8 +362,8 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
     if method.trains and trainable(method):
         optimise([Member(method, data, seed)], Lockstep, select, train_views, [result], progress, graphs)
     method.eval()
-    with torch.no_grad():
-        result.chosen = {**method.settings(), **method.after_training(data)}
+    with torch.no_grad():  # a diverged run's searches would score NaN
+        result.chosen = {**method.settings(), **({} if result.diverged else method.after_training(data))}
     synchronize(device)  # the seconds cover finished work on an asynchronous device
     result.seconds = time.perf_counter() - start
     return result

@@ -201,6 +201,8 @@ class Targets:
 
     def __call__(self, grid_run: GridRun, outcome: RunOutcome, source: FewShotData) -> dict[str, Any]:
         targets: dict[str, float | None] = {}
+        if outcome.metrics["diverged"] is not None:  # no accuracy on any target either
+            return {"targets": {"source": None, **{self.names[path]: None for path in self.paths}}}
         for path in self.paths:
             target = self.target(path, grid_run.config.text)
             if self.mapped:

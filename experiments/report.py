@@ -12,8 +12,9 @@ other settings form one ablation. A dataset name with several cache fingerprints
 base-to-novel HM comes from the mean base and mean novel accuracies, as papers report it. Plots draw one line or bar
 group per configuration, with error bars over seeds.
 
-Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable) or `—` (no run), with `(n=2)` after a
-cell over fewer seeds than the fullest cell of its table (a run missing or failed); each CSV has
+Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable), `diverged` (every seed's training
+diverged: no accuracy; such runs are listed under the tables) or `—` (no run), with `(n=2)` after a cell over fewer
+seeds than the fullest cell of its table (a run missing, failed or diverged); each CSV has
 `<column> mean`, `<column> std` and `<column> n` (seeds) columns, empty where there is no number.
 
 Tuned grids (`tune.*` columns): only each tuning group's kept run (`tune.selected`, chosen on the few-shot val set)
@@ -145,6 +146,7 @@ class Record:
     hierarchy: tuple[tuple[str, float | None], ...] = ()  # the run's `hier.*` diagnostics (LatHAdapter), by name
     seed: int = 0
     key: str = ""  # the run's key (its run directory)
+    diverged: bool = False  # training diverged: no accuracy; its cell is over the other seeds (`diverged_note`)
 
 
 def _number(text: str) -> float | None:
@@ -216,11 +218,27 @@ def records(results: Results) -> list[Record]:
             parsed.append(Record(labels[(row["dataset"], row["fingerprint"])], Configuration(row["method"], settings),
                                  int(row["shots"]), row["classes"], row["target"],
                                  _number(row["acc_all"]), _number(row["acc_base"]), _number(row["acc_novel"]),
-                                 _choice(row, tuned), _hierarchy(row), int(row["seed"]), row["key"]))
+                                 _choice(row, tuned), _hierarchy(row), int(row["seed"]), row["key"],
+                                 bool(row.get("diverged"))))
         except ValueError as error:
             raise ResultsError(f"{results.source}: row {i}: {error}") from None
     check_one_run_per_seed(parsed, results.source)
     return parsed
+
+
+def diverged_note(results: Results) -> str:
+    """Markdown listing the runs whose training diverged (NaN or infinite loss, parameters or scores; `diverged`
+    column), which the tables leave out (a cell over fewer seeds then reads `(n=k)`); a tuning candidate not kept is
+    not listed. Empty when there are none."""
+    runs = {row["key"]: row for row in results.rows  # a transfer run has a row per target: listed once
+            if row.get("diverged") and row.get("tune.selected", "").lower() != "false"}
+    if not runs:
+        return ""
+    lines = [f"- {row['method']}, {row['dataset']}, {_shots(int(row['shots']))}, seed {row['seed']}, classes="
+             f"{row['classes']} (run {key}): {row['diverged']}" for key, row in runs.items()]
+    many = len(runs) != 1
+    return (f"### Diverged runs\n\n{len(runs)} run{'s' if many else ''} diverged in training and "
+            f"{'are' if many else 'is'} left out of the tables:\n\n" + "\n".join(lines) + "\n")
 
 
 def check_one_run_per_seed(parsed: list[Record], source: Path) -> None:
@@ -251,18 +269,20 @@ class Cell:
     std: float | None = None
     n: int | None = None
     missing: bool = False
+    diverged: bool = False  # every seed's run diverged in training (no accuracy)
 
     @classmethod
-    def over_seeds(cls, values: list[float | None]) -> Cell:
+    def over_seeds(cls, values: list[float | None], diverged: int = 0) -> Cell:
+        """Over the seeds' `values` (None: not applicable), `diverged` more runs having no accuracy at all."""
         known = [v for v in values if v is not None]
         if not known:
-            return cls()
+            return cls(diverged=diverged > 0)
         return cls(statistics.fmean(known), statistics.stdev(known) if len(known) > 1 else None, len(known))
 
     @classmethod
     def mean_of(cls, cells: list[Cell]) -> Cell:
         """The mean of the cells' means (an average over datasets or targets)."""
-        if not cells or any(c.missing for c in cells):
+        if not cells or any(c.missing or c.diverged for c in cells):
             return MISSING
         if any(c.mean is None for c in cells):
             return cls()
@@ -271,7 +291,7 @@ class Cell:
     @classmethod
     def hm(cls, base: Cell, novel: Cell) -> Cell:
         """The harmonic mean of a mean base and a mean novel accuracy."""
-        if base.missing or novel.missing:
+        if base.missing or novel.missing or base.diverged or novel.diverged:
             return MISSING
         if base.mean is None or novel.mean is None:
             return cls()
@@ -280,6 +300,8 @@ class Cell:
     def text(self) -> str:
         if self.missing:
             return "—"
+        if self.diverged:
+            return "diverged"
         if self.mean is None:
             return "n/a"
         return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
@@ -312,10 +334,16 @@ class Chosen:
 
 
 def _over_seeds(records: list[Record], key: Callable[[Record], tuple], metric: str) -> dict[tuple, Cell]:
+    """`metric`'s cell over seeds by `key`; a diverged run has no value and is counted apart (`Cell.over_seeds`)."""
     grouped: dict[tuple, list[float | None]] = defaultdict(list)
+    diverged: Counter[tuple] = Counter()
     for record in records:
-        grouped[key(record)].append(getattr(record, metric))
-    return {k: Cell.over_seeds(values) for k, values in grouped.items()}
+        if record.diverged:
+            diverged[key(record)] += 1
+            grouped.setdefault(key(record), [])
+        else:
+            grouped[key(record)].append(getattr(record, metric))
+    return {k: Cell.over_seeds(values, diverged[k]) for k, values in grouped.items()}
 
 
 @dataclass
@@ -596,8 +624,14 @@ def _markdown(tables: list[Table]) -> str:
 
 def summary_markdown(path: Path) -> str:
     """The markdown of the report's tables for a results.csv, a grid folder or a folder of run directories; writes
-    nothing (what `grid` and `protocol` print when they finish)."""
-    return _markdown(report_tables(records(load_results(path))))
+    nothing (what `grid` and `protocol` print when they finish), and the runs that diverged."""
+    return tables_markdown(load_results(path))
+
+
+def tables_markdown(results: Results) -> str:
+    """The tables' markdown of `results`, then the list of runs that diverged and are left out of them."""
+    note = diverged_note(results)
+    return _markdown(report_tables(records(results))) + (f"\n{note}" if note else "")
 
 
 def outside_legend(ax: plt.Axes) -> None:
@@ -662,7 +696,7 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
                 if cell.mean is not None:
                     ax.bar(i + (j - 1) * width, cell.mean, width, yerr=cell.std, capsize=3, color=colour)
                 else:
-                    ax.text(i + (j - 1) * width, 1, "n/a", ha="center", rotation=90, fontsize=7)
+                    ax.text(i + (j - 1) * width, 1, cell.text(), ha="center", rotation=90, fontsize=7)
         ax.set_xticks(range(len(configs)), [_label(c, varied, choices.get(c, [])) for c in configs], rotation=20,
                       fontsize=8)
         ax.bar(0, 0, color="tab:blue", label="base")
@@ -765,10 +799,11 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     disk_run = disk_run or _disk_run(results)
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))
-    markdown = _markdown(tables)
+    markdown = _markdown(tables) + (f"\n{note}" if (note := diverged_note(results)) else "")
     (out / "report.md").write_text(
         f"# Results\n\nFrom `{results.source}` ({len(results.rows)} rows). Each table row is one configuration; "
-        "cells are mean ± sample std over seeds (one seed: no ±); n/a: not applicable; —: no run.\n\n"
+        "cells are mean ± sample std over seeds (one seed: no ±); n/a: not applicable; diverged: no seed's training "
+        "stayed finite; —: no run.\n\n"
         f"{markdown}\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
     )
     csvs = [t.write_csv(out) for t in tables]

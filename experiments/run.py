@@ -20,11 +20,11 @@ from rich.progress import Progress
 
 from lathadapter.adapter.batched import Member, lockstep_key, train_together
 from lathadapter.adapter.catalog import build_method, make_options, method_class, resolve_options
-from lathadapter.adapter.evaluate import evaluate, harmonic_mean
+from lathadapter.adapter.evaluate import NaNScores, evaluate, harmonic_mean
 from lathadapter.adapter.methods.base import Method
 from lathadapter.adapter.options import OptionError, StateError, changed_fields
 from lathadapter.adapter.recipes import RecipeFacts, filled_by_recipe
-from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS, TrainResult, train
+from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS, DivergedError, TrainResult, train
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData, resolve_cache
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.machine import resolve_device
@@ -162,19 +162,21 @@ def run_together(configs: list[RunConfig], datas: list[FewShotData], stack: bool
 
 def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data: FewShotData,
               novel_data: FewShotData | None) -> RunOutcome:
-    """A trained method's outcome: test accuracy (base and novel for base-to-novel), training facts, lifted points."""
+    """A trained method's outcome: test accuracy (base and novel for base-to-novel), training facts, lifted points.
+    A diverged run (NaN or infinite loss or parameters, or NaN scores) has no accuracy (None) and says why in
+    `diverged`."""
     start = time.perf_counter()
-    if novel_data is None:
-        accuracy: dict[str, float | None] = {"all": evaluate(method, train_data.test_features, train_data.test_labels)}
-        hm = None
-    else:
-        base = evaluate(method, train_data.test_features, train_data.test_labels)
-        novel = evaluate(method, novel_data.test_features, novel_data.test_labels, novel_data.text_features)
-        accuracy = {"base": base, "novel": novel}
-        hm = harmonic_mean(base, novel)
+    diverged = result.diverged
+    accuracy: dict[str, float | None] = {"all": None} if novel_data is None else {"base": None, "novel": None}
+    if diverged is None:
+        try:
+            accuracy = test_accuracy(method, train_data, novel_data)
+        except NaNScores as error:
+            diverged = str(error)
     metrics = {
         "accuracy": accuracy,
-        "hm": hm,
+        "hm": harmonic_mean(accuracy.get("base"), accuracy.get("novel")),
+        "diverged": diverged,
         "train_seconds": result.seconds,
         "eval_seconds": time.perf_counter() - start,
         "trained_parameters": sum(p.numel() for p in method.parameters() if p.requires_grad) if method.trains else 0,
@@ -191,10 +193,21 @@ def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data
         "cuda_graph": result.cuda_graph,  # steps replayed from captured CUDA graphs (`adapter.graphed`)
         "threads": torch.get_num_threads(),  # CPU float sums may round differently with another thread count
     }
+    if diverged is not None:
+        return RunOutcome(method, metrics, result, None)
     diagnostics = method.diagnostics(train_data)
     if diagnostics is not None:
         metrics["hierarchy"] = diagnostics
     return RunOutcome(method, metrics, result, method.lifted_points(train_data))
+
+
+def test_accuracy(method: Method, train_data: FewShotData, novel_data: FewShotData | None) -> dict[str, float | None]:
+    """Test accuracy (%) over the training classes (`all`), or `base` and `novel` for base-to-novel (novel images
+    against the novel classes' text features only)."""
+    if novel_data is None:
+        return {"all": evaluate(method, train_data.test_features, train_data.test_labels)}
+    return {"base": evaluate(method, train_data.test_features, train_data.test_labels),
+            "novel": evaluate(method, novel_data.test_features, novel_data.test_labels, novel_data.text_features)}
 
 
 def tune_val_accuracy(config: RunConfig, method: Method, data: FewShotData) -> float | None:
@@ -247,14 +260,16 @@ def pseudo_split(config: RunConfig, data: FewShotData) -> tuple[FewShotData, Few
     return train_data.base_novel()
 
 
-def pseudo_novel_accuracies(config: RunConfig, data: FewShotData) -> dict[str, float | None]:
+def pseudo_novel_accuracies(config: RunConfig, data: FewShotData) -> dict[str, Any]:
     """A fresh copy of the run's method (same configuration and seed) trained on the pseudo-base half of its training
     classes (`pseudo_split`), and its val accuracy (%) on each half: `base` against the pseudo-base classes, `novel`
     against the pseudo-novel classes' text features only, as novel classes are scored. None where a half has no val
     image or the method cannot score unseen classes. One training; never reads the test set."""
     pseudo_base, pseudo_novel = pseudo_split(config, data)
     method = build(config, pseudo_base)
-    train(method, pseudo_base, seed=config.seed, select=config.select, train_views=config.train_views)
+    result = train(method, pseudo_base, seed=config.seed, select=config.select, train_views=config.train_views)
+    if result.diverged is not None:  # no score: a tuning group keeps it only when every candidate diverged
+        return {"base": None, "novel": None, "diverged": result.diverged}
     base = (evaluate(method, pseudo_base.val_features, pseudo_base.val_labels)
             if len(pseudo_base.val_labels) else None)
     novel = (evaluate(method, pseudo_novel.val_features, pseudo_novel.val_labels, pseudo_novel.text_features)
@@ -419,6 +434,8 @@ def fit_config(config: RunConfig, cache_path: str | Path | None = None, *, devic
         data = reader.load(config.shots, config.seed, text=config.text, device=device)
     with kernels_backend(execution.kernels):
         outcome = run(config, data, progress, graphs=execution.captures(device))
+    if outcome.metrics["diverged"] is not None:  # no accuracy to report, and no run directory written
+        raise DivergedError(outcome.metrics["diverged"])
     metrics = {"method": config.method, "dataset": dataset, "shots": config.shots, "seed": config.seed,
                "classes": config.classes, **outcome.metrics}
     if folder is not None:

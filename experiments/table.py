@@ -56,6 +56,7 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
         "steps": metrics.get("steps"),
         "batch_runs": metrics.get("batch_runs", 1), "batch_mode": metrics.get("batch_mode", "alone"),
         "cuda_graph": metrics.get("cuda_graph", False),
+        "diverged": metrics.get("diverged"),  # why a run diverged (then no accuracy), else empty
     }
     row.update({f"chosen.{k}": v for k, v in sorted((metrics.get("chosen") or {}).items())})
     row.update({f"hier.{k}": v for k, v in (metrics.get("hierarchy") or {}).items()})

@@ -134,18 +134,23 @@ def add_tuning_scores(grid_run: GridRun, c: RunConfig, data: FewShotData, group:
     """Add a tuning candidate's record and val scores to its metrics (`val_hm`: one more training, alone, after the
     run's own); only val images are read."""
     assert grid_run.tune is not None
+    outcome.metrics["tune"] = grid_run.tune.record(group, c)
+    if outcome.metrics["diverged"] is not None:  # no score: its group never keeps it unless every candidate diverged
+        outcome.metrics["tune_val_accuracy"] = outcome.metrics["tune_val_score"] = None
+        return
     scored = search_view(data, grid_run.tune.val_set)  # the val images the score reads
     val = tune_val_accuracy(c, outcome.method, scored)
     if val is None:  # base-to-novel with no val image of a base class: nothing to choose by
         raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes} has no "
                          "few-shot val images to choose the tuned value by; run it without tuning")
-    outcome.metrics["tune"] = grid_run.tune.record(group, c)
     outcome.metrics["tune_val_accuracy"] = val
     outcome.metrics["tune_val_score"] = val
     if grid_run.tune.score == "val_hm":
         pseudo = pseudo_novel_accuracies(c, scored)
         hm = harmonic_mean(pseudo["base"], pseudo["novel"])
-        if hm is None:
+        if pseudo.get("diverged"):
+            outcome.metrics["tune_diverged"] = pseudo["diverged"]  # the pseudo-base copy: no score
+        elif hm is None:
             raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes}: a "
                              "pseudo-novel half of the training classes has no few-shot val image; use "
                              "--tune-score val")

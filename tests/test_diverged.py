@@ -1,0 +1,121 @@
+"""A run whose training diverges (NaN or infinite loss or parameters) has no accuracy: `fit` refuses it (exit 2, in
+tests/test_cli_errors.py), a grid keeps it as diverged and goes on, tuning never keeps it over a finite candidate,
+runs trained beside it are untouched, and reports leave it out of their tables and list it."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lathadapter.cache.store import CacheReader
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+from lathadapter.experiments.report import write_report
+from lathadapter.experiments.run import RunConfig, run, run_together
+
+SHORT = {"epochs": 3, "min_steps": 0}
+DIVERGING_LR = 1e30  # CLIP-Adapter's residual blows up to NaN within the first epoch (tests/test_cli_errors.py)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_cache(tmp_path_factory.mktemp("diverged") / "syn.h5", num_classes=6, dim=16, views=2,
+                                 shots=(2,), seeds=(1, 2), train_per_class=4, val_per_class=3, test_per_class=4)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("stack", [False, True], ids=["lockstep", "stacked"])
+def test_a_run_that_diverges_beside_others_leaves_them_as_they_train_alone(cache: Path, stack: bool) -> None:
+    """Trained together (lockstep, or one stacked LatHAdapter model: members differ in seed and data only), a run
+    whose training images are NaN diverges and has no accuracy; its batchmate's accuracy equals its run alone."""
+    with CacheReader(cache) as reader:
+        poisoned, data = reader.load(2, 1), reader.load(2, 2)
+    poisoned = dataclasses.replace(poisoned, train_features=torch.full_like(poisoned.train_features, math.nan),
+                                   train_views=torch.full_like(poisoned.train_views, math.nan))
+    bad, good = (RunConfig.create("lathadapter", 2, seed, overrides=SHORT) for seed in (1, 2))
+    together = run_together([bad, good], [poisoned, data], stack=stack)
+    alone = run(good, data)
+    assert together[0].metrics["diverged"].startswith("lathadapter diverged in training: its loss was nan")
+    assert together[0].metrics["accuracy"] == {"all": None} and together[0].points is None
+    assert together[1].metrics["diverged"] is None and alone.metrics["diverged"] is None
+    assert together[1].metrics["batch_mode"] == ("stacked" if stack else "lockstep")
+    if stack:  # one vmapped model: equal within float rounding (docs/architecture.md)
+        assert together[1].metrics["accuracy"]["all"] == pytest.approx(alone.metrics["accuracy"]["all"], abs=1e-9)
+    else:
+        assert together[1].metrics["accuracy"] == alone.metrics["accuracy"]
+        for name, value in alone.method.state_dict().items():
+            assert value.equal(together[1].method.state_dict()[name]), name
+
+
+def test_a_grid_keeps_a_diverged_run_goes_on_and_lists_it(cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid"
+    args = ["grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "2", "--seeds", "1,2",
+            "--set", f"lr={DIVERGING_LR:g},0.001", "--set", "epochs=3", "--set", "min_steps=0", "--device", "cpu",
+            "--out", str(out)]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    rows = read_rows(out / "results.csv")
+    diverged = [r for r in rows if float(r["opt.lr"]) == DIVERGING_LR]
+    finite = [r for r in rows if float(r["opt.lr"]) == 0.001]
+    assert len(diverged) == len(finite) == 2
+    assert all(r["acc_all"] == "" and r["diverged"].startswith("clip-adapter diverged in training") for r in diverged)
+    assert all(r["diverged"] == "" and 0 <= float(r["acc_all"]) <= 100 for r in finite)
+    assert "### Diverged runs" in first.output and "2 runs diverged in training and are left out" in first.output
+    again = invoke(*args)  # a diverged run is finished: a rerun does not train it again
+    assert again.exit_code == 0 and "0 done now, 4 already done" in again.output, again.output
+    markdown = write_report(out, tmp_path / "report")["markdown"]
+    table = [line for line in markdown.splitlines() if line.startswith("| clip-adapter")]
+    assert len(table) == 2  # one row per lr; the diverged configuration's cell says so
+    (cell,) = [line for line in table if "lr=1e+30" in line]
+    assert cell.rstrip(" |").endswith("| diverged")
+
+
+def test_tuning_never_keeps_a_diverged_candidate_over_a_finite_one(cache: Path, tmp_path: Path) -> None:
+    """The diverged candidate has no val score; the finite one is kept, whatever the order of values."""
+    out = tmp_path / "tuned"
+    result = invoke("grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "2", "--seeds", "1",
+                    "--tune", f"lr={DIVERGING_LR:g},0.001", "--set", "epochs=3", "--set", "min_steps=0",
+                    "--device", "cpu", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rows = {float(r["opt.lr"]): r for r in read_rows(out / "results.csv")}
+    assert rows[DIVERGING_LR]["tune.val_score"] == "" and rows[DIVERGING_LR]["tune.selected"] == "False"
+    assert rows[0.001]["tune.selected"] == "True" and math.isfinite(float(rows[0.001]["tune.val_score"]))
+    assert "Diverged runs" not in result.output  # a candidate not kept is not reported
+
+
+def test_a_report_leaves_a_diverged_seed_out_of_its_cell_and_lists_it(tmp_path: Path) -> None:
+    """Hand-written results: seed 2 of 3 diverged, so the cell is the mean of seeds 1 and 3 marked (n=2)."""
+    columns = ["key", "cache", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select",
+               "target", "acc_all", "acc_base", "acc_novel", "hm", "diverged", "opt.lr"]
+    common = {"cache": "c.h5", "dataset": "caltech101", "fingerprint": "fp", "method": "clip-adapter", "shots": 4,
+              "classes": "all", "text": "coop", "select": "last", "target": "", "opt.lr": 0.001}
+    rows = [{**common, "key": "k1", "seed": 1, "acc_all": 70.0}, {**common, "key": "k2", "seed": 2, "acc_all": "",
+             "diverged": "clip-adapter diverged in training: its loss was nan at epoch 2 of 3 (lr=0.001)"},
+            {**common, "key": "k3", "seed": 3, "acc_all": 74.0},
+            {**common, "key": "z1", "method": "zeroshot", "seed": 1, "acc_all": 60.0, "opt.lr": ""},
+            {**common, "key": "z2", "method": "zeroshot", "seed": 2, "acc_all": 60.0, "opt.lr": ""},
+            {**common, "key": "z3", "method": "zeroshot", "seed": 3, "acc_all": 60.0, "opt.lr": ""}]
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    markdown = write_report(path, tmp_path / "report")["markdown"]
+    mean, std = (70.0 + 74.0) / 2, math.sqrt(((70.0 - 72.0) ** 2 + (74.0 - 72.0) ** 2) / 1)
+    assert f"| {mean:.2f} ± {std:.2f} (n=2) |" in markdown
+    assert "1 run diverged in training and is left out of the tables" in markdown
+    assert "- clip-adapter, caltech101, 4 shots, seed 2, classes=all (run k2): clip-adapter diverged" in markdown
