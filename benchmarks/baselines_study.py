@@ -2,7 +2,7 @@
 fair tuning (`--tune-preset lr`: every trained method's own lr × 1, 0.1, 10, chosen on few-shot val): few-shot
 (1, 4, 16 shots, all classes) and base-to-novel (16 shots), mean ± std over seeds 1–3.
 
-    python benchmarks/baselines_study.py [--classes 40] [--out benchmarks/.data/baselines-study]
+    python benchmarks/baselines_study.py [--classes 40] [--out benchmarks/.data/baselines-study] [--grids tuned-base]
 
 Prints the report's tables for both grids (they resume: a rerun skips finished runs). The world is synthetic: the
 numbers compare methods on one controlled hierarchy, not on the field's datasets.
@@ -24,13 +24,18 @@ from lathadapter.experiments.spec import GridSpec
 
 DATA = Path(__file__).parent / ".data"
 SEEDS = [1, 2, 3]
+GRIDS = ("official-all", "official-base", "tuned-all", "tuned-base")  # recipe × class protocol
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, default=40)
     parser.add_argument("--out", type=Path, default=DATA / "baselines-study")
+    parser.add_argument("--grids", default=",".join(GRIDS), help=f"comma-separated grids to run, of {', '.join(GRIDS)}")
     args = parser.parse_args()
+    chosen = args.grids.split(",")
+    if unknown := sorted(set(chosen) - set(GRIDS)):
+        parser.error(f"--grids {','.join(unknown)}: choose among {', '.join(GRIDS)}")
     cache = DATA / f"study-world-{args.classes}.h5"
     if not cache.exists():
         DATA.mkdir(parents=True, exist_ok=True)
@@ -40,6 +45,8 @@ def main() -> None:
           "D = 128; every method at its defaults (baselines: recipe=official)")
     for label, preset in (("official", None), ("tuned", "lr")):
         for classes, shots in (("all", [1, 4, 16]), ("base", [16])):
+            if f"{label}-{classes}" not in chosen:
+                continue
             start = time.perf_counter()
             folder = args.out / f"{label}-{classes}"
             summary = launch(GridSpec([str(cache)], method_names(), shots, SEEDS, [classes], tune_preset=preset),
