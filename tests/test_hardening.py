@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -131,6 +132,48 @@ def test_a_full_disk_during_a_build_keeps_the_temporary_file_and_says_so(coop_da
     resumed = runner.invoke(app, _build_args(coop_dataset, tiny_clip, out))
     assert resumed.exit_code == 0, resumed.output
     assert "resuming the interrupted build" in resumed.output and f"{out}: resumed" in resumed.output
+
+
+def test_rows_whose_write_was_lost_are_never_moved_into_place_as_a_complete_cache(
+        coop_dataset, tiny_clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """h5py drops the error of a write HDF5 buffered and flushed when the dataset closed: on a full tmpfs a build
+    moved into place a cache marked complete whose test rows were all zero (and a rerun called it up to date). A
+    lost write (rows flagged encoded, features all zero) ends in one line; the rerun resumes and encodes them."""
+    out = tmp_path / "shapes.h5"
+    real_write_rows = build_module.write_rows
+
+    def lost_test_rows(f, split, rows, features, *args, **kwargs):
+        real_write_rows(f, split, rows, features, *args, **kwargs)
+        if split == "test":  # the flags reached the disk, the features did not
+            f["splits/test/features"][rows] = np.zeros((len(rows), features.shape[1]), dtype=np.float16)
+
+    monkeypatch.setattr(build_module, "write_rows", lost_test_rows)
+    one_error_line(runner.invoke(app, _build_args(coop_dataset, tiny_clip, out)), f"{out}.tmp",
+                   "test rows did not reach the disk", "rerun the build")
+    assert not out.exists() and (tmp_path / "shapes.h5.tmp").exists()
+    monkeypatch.setattr(build_module, "write_rows", real_write_rows)
+    resumed = runner.invoke(app, _build_args(coop_dataset, tiny_clip, out))
+    assert resumed.exit_code == 0 and f"{out}: resumed" in resumed.output, resumed.output
+    with h5py.File(out, "r") as f:
+        norms = (f["splits/test/features"][:].astype("float32") ** 2).sum(axis=1) ** 0.5
+        assert bool(f.attrs["complete"]) and abs(norms - 1).max() < 1e-2
+
+
+@pytest.mark.parametrize(("quoted", "said"), [(27, "file too large"), (5, "input/output error")])
+def test_other_write_failures_during_a_build_end_in_one_line(coop_dataset, tiny_clip, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, quoted: int,
+                                                            said: str) -> None:
+    """A file over `ulimit -f` (EFBIG) or a failing disk (EIO), as h5py reports them: one line naming the cache and
+    the problem, the `.tmp` kept; before, only errno 28 was caught and h5py flushed again (exit 139)."""
+    out = tmp_path / "shapes.h5"
+
+    def failing(*args, **kwargs):
+        raise RuntimeError(f"Can't write data (file write failed: ..., errno = {quoted}, error message = '...')")
+
+    monkeypatch.setattr(build_module, "write_rows", failing)
+    one_error_line(runner.invoke(app, _build_args(coop_dataset, tiny_clip, out)), str(out), said,
+                   f"{out}.tmp", "rerun the same command")
+    assert (tmp_path / "shapes.h5.tmp").exists() and not out.exists()
 
 
 def test_an_unreadable_temporary_file_is_not_called_an_older_schema(coop_dataset, tiny_clip, tmp_path: Path) -> None:
