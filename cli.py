@@ -138,6 +138,9 @@ WRITE_ERRORS = {
     errno.EISDIR: "it is a folder, where a file is written; choose another --out",
     errno.ENOSPC: "no space left on device; free some space and rerun the same command (finished work is kept)",
     errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command (finished work is kept)",
+    errno.EFBIG: "file too large for the file system or the process's file size limit (ulimit -f); raise the limit or "
+                 "choose another --out",
+    errno.EIO: "input/output error (a failing disk or network file system); check it or choose another --out",
     # a folder on the path vanished while writing, or the file system cannot create files there (/proc)
     errno.ENOENT: "a folder on the path is missing or cannot hold new files; choose another --out",
 }

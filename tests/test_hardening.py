@@ -216,6 +216,23 @@ def test_a_full_disk_while_saving_a_run_leaves_no_run_folder(cache: Path, tmp_pa
     assert folders == [], folders
 
 
+@pytest.mark.parametrize(("code", "said"), [(errno.EFBIG, "file too large"), (errno.EIO, "input/output error"),
+                                            (errno.ENOSPC, "no space left on device")])
+def test_a_write_error_without_a_file_name_names_the_users_path(cache: Path, tmp_path: Path, code: int, said: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """write(2) errors carry no file name (`ulimit -f` gives a bare "[Errno 27] File too large"): the run's
+    atomic write names its file, and the command says which --out and what to do, in one line."""
+
+    def failing(self: Path, data: bytes) -> int:
+        raise OSError(code, os.strerror(code))  # as a failed write(2): no file name
+
+    monkeypatch.setattr(Path, "write_bytes", failing)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["fit", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1",
+                                 "--device", "cpu", "--out", str(out), "--set", "epochs=1"])
+    one_error_line(result, f"--out {out}: cannot write there: {said}")
+
+
 @pytest.mark.parametrize("command", ["fit", "grid", "protocol", "report", "subset", "subset-beside"])
 def test_an_out_path_under_a_file_names_the_users_path(cache: Path, tmp_path: Path, command: str) -> None:
     (tmp_path / "file").write_text("x")
