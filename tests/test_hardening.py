@@ -4,6 +4,7 @@ file `--out` ends in one line naming the user's path and the fix, keeping the pr
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
 import os
@@ -61,6 +62,34 @@ def test_stale_locks_and_unfinished_folders_are_taken_over_and_removed(cache: Pa
         assert (runs / keys[2] / "metrics.json").exists()
     assert launch(spec, out, progress=False)["done"] == 1  # the lock released: the run is taken over
     assert sorted(p.name for p in runs.iterdir()) == keys
+
+
+@pytest.mark.parametrize(("damage", "file"), [("", "metrics.json"), ("[1]", "metrics.json"),
+                                             (None, "config.json")])
+def test_a_damaged_finished_run_is_refused_before_training_and_named_with_the_fix(
+        cache: Path, tmp_path: Path, damage: str | None, file: str) -> None:
+    """A finished run whose metrics.json is empty or not an object, or whose config.json is gone: the grid stops
+    before training anything, in one line naming the file and the fix (before: after each first batch, with no fix,
+    or an AttributeError traceback); once the folder is deleted, the rerun trains it and the table is whole."""
+    out = tmp_path / "grid"
+    args = ["grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1,2", "--seeds", "1,2",
+            "--device", "cpu", "--set", "epochs=1", "--set", "min_steps=2", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    with (out / "results.csv").open() as f:
+        expected = sorted((r["key"], r["acc_all"]) for r in csv.DictReader(f))
+    runs = out / "runs"
+    damaged, missing = sorted(p for p in runs.iterdir())[:2]
+    if damage is None:
+        (damaged / file).unlink()
+    else:
+        (damaged / file).write_text(damage)
+    shutil.rmtree(missing)
+    line = one_error_line(runner.invoke(app, args), str(damaged), "delete it and rerun")
+    assert "Traceback" not in line and not missing.exists()  # nothing trained
+    shutil.rmtree(damaged)
+    assert runner.invoke(app, args).exit_code == 0
+    with (out / "results.csv").open() as f:
+        assert sorted((r["key"], r["acc_all"]) for r in csv.DictReader(f)) == expected
 
 
 def test_a_lock_removed_by_its_holder_is_not_held_by_a_waiter(tmp_path: Path) -> None:
