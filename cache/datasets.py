@@ -160,7 +160,7 @@ def read_split_file(path: Path, prefix: str = "") -> tuple[dict[str, list[Item]]
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DatasetError(f"{path} is not a readable split file ({error})") from error
-    if not isinstance(data, dict) or any(key not in data for key in ("train", "val", "test")):
+    if not isinstance(data, dict) or any(not isinstance(data.get(key), list) for key in ("train", "val", "test")):
         raise DatasetError(f"{path}: a split file is a JSON object with keys train, val and test, each a list of "
                            '[relative_path, label, classname], e.g. ["Faces/image_0274.jpg", 0, "face"]')
     splits: dict[str, list[Item]] = {}

@@ -80,6 +80,10 @@ def test_bad_split_files_and_names_are_named(tmp_path: Path) -> None:
     path.write_text(json.dumps({"train": [["x.jpg", 0, "a"]], "val": []}))
     with pytest.raises(DatasetError, match="keys train, val and test"):
         read_split_file(path)
+    for value in (5, None, {"x.jpg": 0}, "x.jpg"):  # a split that is not a list (5 raised a TypeError)
+        path.write_text(json.dumps({"train": value, "val": [], "test": []}))
+        with pytest.raises(DatasetError, match="each a list of"):
+            read_split_file(path)
     path.write_text(json.dumps({"train": [["x.jpg", "0", "a"]], "val": [], "test": []}))
     with pytest.raises(DatasetError, match=r"train\[0\]"):
         read_split_file(path)
