@@ -328,3 +328,29 @@ def test_imagenet_build_has_train_subsets_only_and_keeps_wnids(coop_dataset, tin
             reader.load(2, 1)
     assert test.wnids == ["n01440764", "n01484850"] and sorted(set(test.test_labels.tolist())) == [0, 1]
     assert verify(rendition) == []
+
+
+def test_a_16_bit_image_is_encoded_as_its_8_bit_reading(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """A 16-bit grayscale PNG holding v × 257 encodes exactly as the 8-bit image holding v (its top 8 bits); Pillow's
+    convert("RGB") clipped it to pure white, silently."""
+    folders = {}
+    for bits in (8, 16):
+        folder = tmp_path / f"gray{bits}"
+        shutil.copytree(coop_dataset.folder, folder)
+        for image_path in sorted(folder.rglob("*.png"))[::4]:
+            gray = np.asarray(Image.open(image_path).convert("L"))
+            if bits == 8:
+                Image.fromarray(gray, mode="L").save(image_path)
+            else:
+                wide = Image.fromarray(gray.astype(np.uint16) * 257)
+                assert wide.mode.startswith("I") and np.asarray(wide).max() > 255
+                wide.save(image_path)
+        folders[bits] = folder
+    arrays = {}
+    for bits, folder in folders.items():
+        out = tmp_path / f"c{bits}.h5"
+        build(None, f"split:{folder / coop_dataset.split_file.name}", out, **_options(tiny_clip))
+        arrays[bits] = {k: v for k, v in _arrays(out).items() if k.startswith("splits/") and "paths" not in k}
+    assert arrays[8].keys() == arrays[16].keys() and any("features" in k for k in arrays[8])
+    for name, value in arrays[8].items():
+        assert np.array_equal(value, arrays[16][name]), name
