@@ -4,8 +4,8 @@ thread each (`WorkerProcesses`, `--workers N`; the pool's mechanics are `pool`'s
 In this process, each batch of runs trains while this process holds their lock files (`OUT/runs/<key>.lock`; a run
 another process holds is left to it, "elsewhere") and is saved before the locks are let go. On workers, the pending
 runs are cut into chunks of one cache (`chunks.chunk_runs`, as on Ray); each chunk trains in a worker with the shared
-`training.train_runs` (`chunks.train_chunk`) and sends its runs back; this process alone saves them, under their
-locks: same keys, same layout, same resume.
+`training.train_runs` (`chunks.train_chunk`, each run under its lock file, so another grid process leaves it alone)
+and sends its runs back; this process alone saves them, under their locks: same keys, same layout, same resume.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lathadapter.experiments.chunks import Trained
+    from lathadapter.experiments.chunks import Elsewhere, Trained
     from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.training import Evaluator, Item
 
@@ -86,7 +86,7 @@ def work_chunk(cache: str, items: list[Item], out: str, execution: Execution,
     the error that stopped the chunk, if any, so the runs trained before it are still saved (`unpack`)."""
     from lathadapter.experiments.chunks import train_chunk
 
-    results: list[Trained | int] = []
+    results: list[Trained | Elsewhere | int] = []
     error: BaseException | None = None
     try:
         for result in train_chunk(cache, items, out, execution, extra_factory):
@@ -106,7 +106,7 @@ def pack(value: Any) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def unpack(packed: bytes) -> tuple[list[Trained | int], BaseException | None]:
+def unpack(packed: bytes) -> tuple[list[Trained | Elsewhere | int], BaseException | None]:
     """What `work_chunk` sent back: the chunk's results and the error that stopped it, if any."""
     return pickle.loads(packed)
 

@@ -91,3 +91,34 @@ def test_a_full_disk_in_the_driver_stops_the_workers_at_once(cache: Path, tmp_pa
     assert len(list(trained.iterdir())) <= 4  # the chunk saved, the one running, those queued: not all 12
     assert not list((tmp_path / "out" / "runs").glob("*/metrics.json"))
 
+
+
+def test_two_worker_grids_on_one_folder_train_each_run_once(cache: Path, tmp_path: Path) -> None:
+    """Two grid processes with worker processes share one folder: a worker trains a run only under its lock, as one
+    process does, so each run is trained once (before, both trained every run and one of them threw its copy away)
+    and the table is that of one grid."""
+    import threading
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    spec = GridSpec([str(cache)], ["clip-adapter", "lathadapter"], [1, 2], [1, 2, 3], options={"epochs": ["20"]})
+    out = tmp_path / "shared"
+    summaries: list[dict] = []
+
+    def grid() -> None:
+        rounds = train_round(expand(spec), out, Execution(workers=2, batch_runs=1), progress=False,
+                             extra_factory=functools.partial(marking_evaluator, str(trained)),
+                             backend=WorkerProcesses(2, chunk_size=1))
+        states = [state for _, state in rounds]
+        summaries.append({state: states.count(state) for state in ("done", "skipped", "elsewhere")})
+
+    threads = [threading.Thread(target=grid) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(s["done"] for s in summaries) == 12, summaries
+    markers = sorted(p.name.split("-", 1)[1] for p in trained.iterdir())  # method-shots-seed of each training
+    assert len(markers) - len(set(markers)) <= 2, markers  # a run is trained again only in the instant between a
+    assert len(set(markers)) == 12  # worker letting its lock go and the driver saving it
+    assert len(list((out / "runs").glob("*/metrics.json"))) == 12
