@@ -351,8 +351,7 @@ def cache_build_many(
         results = build_many(dataset, out, backend, address, root=root, model=model, pretrained=pretrained,
                              shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds), views=views,
                              augmentation=_augmentation(crop_scale, crop_ratio, flip), device=device, val=val,
-                             skip_bad=skip_bad, log=None if backend == "ray" else
-                             (lambda message: typer.echo(message, err=True)))
+                             skip_bad=skip_bad, log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
         _fail(error, out)
     except KeyboardInterrupt as stop:
