@@ -446,7 +446,11 @@ class CacheReader:
         except OSError as error:
             raise CacheError(f"{self.path} is not a readable HDF5 cache ({error}); if it is one, it is corrupt: "
                              f"rebuild it with `{REBUILD}`") from error
-        version = int(self._file.attrs.get("schema_version", 0))
+        if "schema_version" not in self._file.attrs:
+            self._file.close()
+            raise CacheError(f"{self.path} is an HDF5 file but not a lathadapter cache (it has no schema_version); "
+                             "pass a file written by `lathadapter cache build`")
+        version = int(self._file.attrs["schema_version"])
         if version not in READABLE_SCHEMAS:
             self._file.close()
             raise CacheError(
