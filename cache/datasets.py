@@ -128,14 +128,25 @@ def _sha256_items(*lists: list[Item]) -> str:
     return hashlib.sha256(json.dumps(lists).encode()).hexdigest()
 
 
+def _utf8(path: Path) -> str:
+    """`path.name`, refused when it is not UTF-8 (Python decodes such bytes to surrogates, which the cache's
+    HDF5 strings and JSON cannot hold: the build failed on "'utf-8' codec can't encode character '\\udce9'")."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(f"{path.parent / ascii(path.name)[1:-1]}: the name is not UTF-8; rename it (e.g. "
+                           "`convmv -f latin1 -t utf8 --notest -r FOLDER`)") from None
+    return path.name
+
+
 def _images_in(folder: Path) -> list[str]:
     """Image file names in `folder`, hidden files skipped, sorted (so listings do not depend on the filesystem)."""
-    return sorted(p.name for p in folder.iterdir()
+    return sorted(_utf8(p) for p in folder.iterdir()
                   if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _subfolders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(_utf8(p) for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _class_names(items_by_split: dict[str, list[Item]], source: Path) -> list[str]:

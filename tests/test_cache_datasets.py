@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import open_clip
@@ -210,6 +211,22 @@ def test_folder_tree_with_split_folders(tmp_path: Path) -> None:
     assert data.name == "pets" and data.class_names == ["cat", "dog"]
     assert data.train[0] == ("train/cat/0.png", 0, "cat") and len(data.train) == 6
     assert data.val == [] and len(data.test) == 4
+
+
+@pytest.mark.parametrize("where", ["class", "image"])
+def test_a_name_that_is_not_utf8_is_named_with_the_fix(tmp_path: Path, where: str) -> None:
+    """A class folder or image named in Latin-1 (b"caf\\xe9"): one DatasetError naming it; before, the build ended in
+    "'utf-8' codec can't encode character '\\udce9'", naming nothing. UTF-8 names with accents and spaces load."""
+    root = os.fsencode(tmp_path / "pets")
+    for cls in (b"dog", "naïve café".encode()):
+        for i in range(4):
+            _image(Path(os.fsdecode(os.path.join(root, cls, b"%d.png" % i))))
+    assert load_dataset(None, f"folder:{tmp_path / 'pets'}").class_names == ["dog", "naïve café"]
+    bad = os.path.join(root, b"caf\xe9", b"0.png") if where == "class" else os.path.join(root, b"dog", b"\xe9.png")
+    _image(Path(os.fsdecode(bad)))
+    with pytest.raises(DatasetError, match="the name is not UTF-8; rename it") as error:
+        load_dataset(None, f"folder:{tmp_path / 'pets'}")
+    assert ("caf" if where == "class" else "dog") in str(error.value)
 
 
 def test_folder_tree_without_splits_is_split_per_class_with_a_seed(tmp_path: Path) -> None:
