@@ -354,3 +354,17 @@ def test_a_16_bit_image_is_encoded_as_its_8_bit_reading(coop_dataset, tiny_clip,
     assert arrays[8].keys() == arrays[16].keys() and any("features" in k for k in arrays[8])
     for name, value in arrays[8].items():
         assert np.array_equal(value, arrays[16][name]), name
+
+
+def test_32_bit_integer_images_read_as_8_or_16_bit_by_their_values() -> None:
+    """Mode I holding 0..255 reads as those 8-bit values (as Pillow's convert does), holding v × 257 as v; values
+    above 16 bits and float images are unreadable (ValueError, skipped with --skip-bad)."""
+    from lathadapter.cache.encode import as_rgb
+
+    values = (np.arange(64).reshape(8, 8) * 4).astype(np.int32)
+    for stored in (values, values * 257):
+        rgb = np.asarray(as_rgb(Image.fromarray(stored, mode="I")))
+        assert rgb.shape == (8, 8, 3) and (rgb == values[..., None]).all()
+    for unreadable in (Image.fromarray(values * 65536, mode="I"), Image.fromarray(values.astype(np.float32), mode="F")):
+        with pytest.raises(ValueError, match="save it as 8 or 16 bits"):
+            as_rgb(unreadable)
