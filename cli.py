@@ -58,6 +58,7 @@ CHUNK_SIZE = typer.Option(None, help="--backend ray: runs per Ray task (one cach
 BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, each with its "
                           "own data, seed, options and optimiser state: in lockstep on the CPU, as one stacked model "
                           "on a GPU where the method allows; 1: every run alone. Default: 8 on the CPU, 32 on a GPU.")
+SKIP_BAD = typer.Option(False, "--skip-bad", help="Leave unreadable images out (listed in the cache).")
 GPUS_PER_CHUNK = typer.Option(None, help="--backend ray: GPU fraction of each task when the cluster has GPUs, in "
                               "(0, 1] [default: 0.25, four tasks share a GPU].")
 
@@ -76,8 +77,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _stop_on_sigterm() -> None:
-    """In a command that saves what it finished when stopped (grid, protocol, demo, cache build): SIGTERM stops it as
-    Ctrl-C does. Other commands keep SIGTERM's default (end at once, exit 143)."""
+    """In a command that saves what it finished when stopped (grid, protocol, demo, cache build, build-many): SIGTERM
+    stops it as Ctrl-C does. Other commands keep SIGTERM's default (end at once, exit 143)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
 
@@ -138,6 +139,9 @@ WRITE_ERRORS = {
     errno.EISDIR: "it is a folder, where a file is written; choose another --out",
     errno.ENOSPC: "no space left on device; free some space and rerun the same command (finished work is kept)",
     errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command (finished work is kept)",
+    errno.EFBIG: "file too large for the file system or the process's file size limit (ulimit -f); raise the limit or "
+                 "choose another --out",
+    errno.EIO: "input/output error (a failing disk or network file system); check it or choose another --out",
     # a folder on the path vanished while writing, or the file system cannot create files there (/proc)
     errno.ENOENT: "a folder on the path is missing or cannot hold new files; choose another --out",
 }
@@ -258,7 +262,7 @@ def cache_build(
     quick_gelu: bool | None = typer.Option(None, "--quick-gelu/--no-quick-gelu",
                                            help="Force QuickGELU on or off (default: on for OpenAI weights)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache built with a different fingerprint."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave unreadable images out (listed in the cache)."),
+    skip_bad: bool = SKIP_BAD,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Encode a CoOp-layout dataset with an open_clip model into a fingerprinted HDF5 cache.
@@ -333,8 +337,10 @@ def cache_build_many(
     backend: str = typer.Option("local", help="local: one build after another; ray: one Ray task per dataset (a GPU "
                                 "each when the cluster has GPUs; root and --out on shared storage)."),
     address: str | None = ADDRESS,
+    skip_bad: bool = SKIP_BAD,
 ) -> None:
     """Build several datasets' caches (each resumable, as `cache build`), here or on a Ray cluster."""
+    _stop_on_sigterm()
     try:
         from lathadapter.experiments.builds import build_many
 
@@ -345,10 +351,11 @@ def cache_build_many(
         results = build_many(dataset, out, backend, address, root=root, model=model, pretrained=pretrained,
                              shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds), views=views,
                              augmentation=_augmentation(crop_scale, crop_ratio, flip), device=device, val=val,
-                             log=None if backend == "ray" else
-                             (lambda message: typer.echo(message, err=True)))
+                             skip_bad=skip_bad, log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
         _fail(error, out)
+    except KeyboardInterrupt as stop:
+        _interrupted(stop, None, "the caches built are kept, and the images encoded so far in each .tmp file")
     for name, path, status in results:
         typer.echo(f"{name}: {path}: {status}")
 

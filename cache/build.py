@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -43,7 +44,6 @@ from lathadapter.cache.encode import (
 from lathadapter.cache.sampling import fewshot_indices
 from lathadapter.cache.store import (
     DEFAULT_CACHE_DIR,
-    NORM_TOLERANCE,
     READABLE_SCHEMAS,
     SCHEMA_VERSION,
     SPLITS,
@@ -55,6 +55,7 @@ from lathadapter.cache.store import (
     missing_rows,
     skipped_losses,
     skipped_mask,
+    unwritten_rows,
     write_rows,
 )
 from lathadapter.cache.templates import ensemble_templates, load_attributes, prompt
@@ -297,26 +298,15 @@ def _retry_skipped(f: h5py.File) -> int:
     return count
 
 
-def _recheck_encoded(f: h5py.File, split: str, chunk: int = 4096) -> int:
+def _recheck_encoded(f: h5py.File, split: str) -> int:
     """Unmark rows flagged encoded whose stored vectors are not unit norm, or whose raw norms are not positive (a
-    write cut short); returns how many."""
-    group = f[f"splits/{split}"]
-    encoded = group["encoded"][:]
-    bad = 0
-    for start in range(0, len(encoded), chunk):
-        stop = min(start + chunk, len(encoded))
-        norms = np.linalg.norm(group["features"][start:stop].astype(np.float32), axis=-1)
-        ok = (np.abs(norms - 1) < NORM_TOLERANCE) & (group["norms"][start:stop] > 0)
-        if split == "train" and group["augmented"].shape[1]:
-            views = np.linalg.norm(group["augmented"][start:stop].astype(np.float32), axis=-1)
-            ok &= (np.abs(views - 1) < NORM_TOLERANCE).all(axis=1)
-            ok &= (group["augmented_norms"][start:stop] > 0).all(axis=1)
-        for offset in np.flatnonzero(encoded[start:stop] & ~ok):
-            encoded[start + offset] = False
-            bad += 1
-    if bad:
-        group["encoded"][:] = encoded
-    return bad
+    write cut short: `store.unwritten_rows`); returns how many."""
+    bad = unwritten_rows(f, split)
+    if len(bad):
+        encoded = f[f"splits/{split}/encoded"][:]
+        encoded[bad] = False
+        f[f"splits/{split}/encoded"][:] = encoded
+    return len(bad)
 
 
 def _progress(enabled: bool) -> Progress:
@@ -405,10 +395,23 @@ def _check_losses(f: h5py.File, temporary: Path) -> None:
 SPACE_MARGIN = 1 << 20  # bytes beyond the datasets' own: HDF5's metadata, the final flush
 
 
-def disk_full(error: BaseException) -> bool:
-    """True for a write that failed because the disk is full (h5py reports it as a RuntimeError quoting errno 28)."""
-    return getattr(error, "errno", None) == errno.ENOSPC or "errno = 28" in str(error) or (
-        "No space left on device" in str(error))
+# Write failures a build reports in one line, keeping its temporary file: a full disk or quota, a file over the
+# file system's or the process's size limit (`ulimit -f`), a failing disk. After any of them h5py must not flush the
+# file again: that crashed the process (exit 139, EFBIG as ENOSPC).
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+SPACE_FAILURES = (errno.ENOSPC, errno.EDQUOT)  # freeing space is the fix
+
+
+def write_failure(error: BaseException) -> int | None:
+    """The errno of a write that failed for one of `WRITE_FAILURES` (h5py reports it as a RuntimeError quoting
+    `errno = N`), else None."""
+    code = getattr(error, "errno", None)
+    if code in WRITE_FAILURES:
+        return code
+    quoted = re.search(r"errno = (\d+)", str(error))
+    if quoted and int(quoted.group(1)) in WRITE_FAILURES:
+        return int(quoted.group(1))
+    return errno.ENOSPC if "No space left on device" in str(error) else None
 
 
 def _check_room(f: h5py.File, temporary: Path, out: Path) -> None:
@@ -564,12 +567,14 @@ def build(
             _check_losses(f, temporary)
             finalize(f, temporary, out)
         except (OSError, RuntimeError) as error:
-            if not disk_full(error):
+            code = write_failure(error)
+            if code is None:
                 raise
             written = True
-            raise BuildError(f"{out}: no space left on device in {out.parent} while writing the cache; what was "
-                             f"written is kept in {temporary}: free some space and rerun the same command (it resumes "
-                             "from that file where it is readable), or choose another --out") from None
+            fix = "free some space" if code in SPACE_FAILURES else "fix that"
+            raise BuildError(f"{out}: {os.strerror(code).lower()} in {out.parent} while writing the cache; what was "
+                             f"written is kept in {temporary}: {fix} and rerun the same command (it resumes from that "
+                             "file where it is readable), or choose another --out") from None
         finally:
             _close(f, flush=not written)
     if stats.skipped:

@@ -129,14 +129,25 @@ def _sha256_items(*lists: list[Item]) -> str:
     return hashlib.sha256(json.dumps(lists).encode()).hexdigest()
 
 
+def _utf8(path: Path) -> str:
+    """`path.name`, refused when it is not UTF-8 (Python decodes such bytes to surrogates, which the cache's
+    HDF5 strings and JSON cannot hold: the build failed on "'utf-8' codec can't encode character '\\udce9'")."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(f"{path.parent / ascii(path.name)[1:-1]}: the name is not UTF-8; rename it (e.g. "
+                           "`convmv -f latin1 -t utf8 --notest -r FOLDER`)") from None
+    return path.name
+
+
 def _images_in(folder: Path) -> list[str]:
     """Image file names in `folder`, hidden files skipped, sorted (so listings do not depend on the filesystem)."""
-    return sorted(p.name for p in folder.iterdir()
+    return sorted(_utf8(p) for p in folder.iterdir()
                   if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _subfolders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(_utf8(p) for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _class_names(items_by_split: dict[str, list[Item]], source: Path) -> list[str]:
@@ -161,7 +172,7 @@ def read_split_file(path: Path, prefix: str = "") -> tuple[dict[str, list[Item]]
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DatasetError(f"{path} is not a readable split file ({error})") from error
-    if not isinstance(data, dict) or any(key not in data for key in ("train", "val", "test")):
+    if not isinstance(data, dict) or any(not isinstance(data.get(key), list) for key in ("train", "val", "test")):
         raise DatasetError(f"{path}: a split file is a JSON object with keys train, val and test, each a list of "
                            '[relative_path, label, classname], e.g. ["Faces/image_0274.jpg", 0, "face"]')
     splits: dict[str, list[Item]] = {}

@@ -318,6 +318,24 @@ class LoadedItem:
     error: str | None = None
 
 
+def as_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of `image`, as the field's loaders make (`convert("RGB")`), except that a 16-bit grayscale
+    image keeps its top 8 bits: Pillow's conversion clips its values at 255, so a 16-bit PNG became pure white. A
+    32-bit integer image (mode I) is read as 8-bit when its values fit, else as 16-bit; one with values outside
+    0..65535, or a float image, has no 8-bit reading: ValueError (an unreadable image, skipped with --skip-bad)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"a 32-bit image (mode {image.mode}) with values outside 0..65535: save it as 8 or "
+                             "16 bits")
+        if image.mode == "I" and (values.size == 0 or values.max() <= 255):
+            return image.convert("RGB")  # 8-bit values held in 32 bits: Pillow reads them right
+        return Image.fromarray((values.astype(np.uint32) >> 8).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "F":
+        raise ValueError("a floating-point image (mode F): save it as 8 or 16 bits")
+    return image.convert("RGB")
+
+
 class ImageRows(torch.utils.data.Dataset):
     """The rows of one split to encode: decodes each image and makes its clean and augmented views."""
 
@@ -337,7 +355,7 @@ class ImageRows(torch.utils.data.Dataset):
         path = self.paths[row]
         try:
             with Image.open(self.folder / path) as opened:
-                image = opened.convert("RGB")
+                image = as_rgb(opened)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             return LoadedItem(row, None, None, f"{type(error).__name__}: {error}")
         clean = self.preprocess(image)

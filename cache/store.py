@@ -243,15 +243,46 @@ def missing_rows(f: h5py.File, split: str) -> np.ndarray:
     return np.flatnonzero(~f[f"splits/{split}/encoded"][:])
 
 
+def unwritten_rows(f: h5py.File, split: str, chunk: int = 4096) -> np.ndarray:
+    """Rows of `split` flagged encoded (not skipped by `--skip-bad`) whose stored vectors are not unit norm or whose
+    raw norms are not positive: a write cut short, or lost (h5py drops the error of a write that HDF5 buffered and
+    flushed when the dataset closed: a full disk left all-zero rows flagged encoded)."""
+    group = f[f"splits/{split}"]
+    encoded = group["encoded"][:] & ~skipped_mask(f, split)
+    bad = []
+    for start in range(0, len(encoded), chunk):
+        stop = min(start + chunk, len(encoded))
+        norms = np.linalg.norm(group["features"][start:stop].astype(np.float32), axis=-1)
+        ok = (np.abs(norms - 1) < NORM_TOLERANCE) & (group["norms"][start:stop] > 0)
+        if split == "train" and group["augmented"].shape[1]:
+            views = np.linalg.norm(group["augmented"][start:stop].astype(np.float32), axis=-1)
+            ok &= (np.abs(views - 1) < NORM_TOLERANCE).all(axis=1)
+            ok &= (group["augmented_norms"][start:stop] > 0).all(axis=1)
+        bad.append(start + np.flatnonzero(encoded[start:stop] & ~ok))
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
 def finalize(f: h5py.File, temporary: Path, final: Path) -> None:
-    """Check that everything is encoded, mark the cache complete, close it and move it into place atomically."""
+    """Check that everything is encoded, close the file, read it back (a write HDF5 buffered can fail unseen when
+    the file is closed: `unwritten_rows`), mark it complete and move it into place atomically."""
     for split in SPLITS:
         left = len(missing_rows(f, split))
         if left:
             raise CacheError(f"{temporary}: {left} {split} rows are not encoded; the cache is incomplete")
-    f.attrs["complete"] = True
     f.flush()
     f.close()
+    with h5py.File(temporary, "r") as written:
+        lost = {split: len(unwritten_rows(written, split)) for split in SPLITS}
+    if any(lost.values()):
+        raise CacheError(f"{temporary}: {', '.join(f'{n} {s}' for s, n in lost.items() if n)} rows did not reach the "
+                         "disk (a full disk or a write error); free some space and rerun the build: it resumes from "
+                         "this file and encodes those rows again")
+    with h5py.File(temporary, "r+") as written:
+        written.attrs["complete"] = True
+    with h5py.File(temporary, "r") as written:
+        if not bool(written.attrs.get("complete", False)):
+            raise CacheError(f"{temporary}: marking the cache complete did not reach the disk (a full disk or a "
+                             "write error); free some space and rerun the build")
     os.replace(temporary, final)
 
 
@@ -415,7 +446,11 @@ class CacheReader:
         except OSError as error:
             raise CacheError(f"{self.path} is not a readable HDF5 cache ({error}); if it is one, it is corrupt: "
                              f"rebuild it with `{REBUILD}`") from error
-        version = int(self._file.attrs.get("schema_version", 0))
+        if "schema_version" not in self._file.attrs:
+            self._file.close()
+            raise CacheError(f"{self.path} is an HDF5 file but not a lathadapter cache (it has no schema_version); "
+                             "pass a file written by `lathadapter cache build`")
+        version = int(self._file.attrs["schema_version"])
         if version not in READABLE_SCHEMAS:
             self._file.close()
             raise CacheError(

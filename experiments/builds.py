@@ -59,16 +59,26 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
             except (ValueError, OSError) as error:
                 problems.append(f"{dataset}: {error}")
     else:
+        say = build_options.get("log")  # this process's: a task's builds print on their worker (no bars)
         with connect(address, init_options) as ray:
             gpus = ray.cluster_resources().get("GPU", 0)
             task = ray.remote(_build_one).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)
-            refs = [(task.remote(dataset, {**options(dataset), "progress": False}), dataset) for dataset in datasets]
-            for ref, dataset in refs:
+            refs = {task.remote(dataset, {**options(dataset), "progress": False, "log": None}): dataset
+                    for dataset in datasets}
+            built: dict[str, tuple[str, str, str]] = {}
+            while refs:  # a line as each build ends: the progress of builds that print nothing here
+                [ref], _ = ray.wait(list(refs), num_returns=1)
+                dataset = refs.pop(ref)
                 try:
-                    results.append(ray.get(ref))
+                    built[dataset] = ray.get(ref)
+                    line = f"{dataset}: {built[dataset][2]}"
                 except ray.exceptions.RayError as error:
                     cause = getattr(error, "cause", None) or error
                     problems.append(f"{dataset}: {cause}")
+                    line = f"{dataset}: failed"
+                if say is not None:
+                    say(f"{line} ({len(built) + len(problems)}/{len(datasets)} builds ended)")
+            results = [built[dataset] for dataset in datasets if dataset in built]
     if problems:
         raise StateError("cache builds failed:\n  " + "\n  ".join(problems))
     return results

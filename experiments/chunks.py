@@ -10,6 +10,7 @@ back, `results.csv` (`launch`): same keys, same layout, same resume.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,13 @@ class Trained:
     weights: dict[str, Any]
     points: Any
     pid: int
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """What a worker sends back for a run another process holds the lock of (it trains it): its index."""
+
+    index: int
 
 
 class Weights:
@@ -91,23 +99,34 @@ def chunk_batches(pending: list[Item], batch_runs: int, per_chunk: int) -> list[
 
 
 def train_chunk(cache: str, items: list[Item], out: str, execution: Execution,
-                extra_factory: Callable[[str], Evaluator] | None) -> Iterator[Trained | int]:
+                extra_factory: Callable[[str], Evaluator] | None) -> Iterator[Trained | Elsewhere | int]:
     """On a worker: train a chunk's runs of one cache on `execution.device`, up to `execution.batch_runs` compatible
     runs together (`training.batches`), on the execution's trainer threads (`trainers.on_trainers`), each
-    opening the cache once; yields each trained run, or its index when it was finished meanwhile (by another
-    process, or before a resubmission). `extra_factory(device)` builds the evaluator that adds metrics (a protocol's
+    opening the cache once; each run trains under its lock file, as in one process; yields each trained run, its
+    index when it was finished meanwhile (by another process, or before a resubmission), or `Elsewhere` when another
+    process holds its lock. `extra_factory(device)` builds the evaluator that adds metrics (a protocol's
     targets)."""
     index_of = {id(item): index for index, item in items}
+    runs = Path(out) / "runs"
 
-    def train(trainer: Trainer, batch: list[KeyedRun]) -> list[Trained | int]:
-        finished = [(Path(out) / "runs" / item.key / "metrics.json").exists() for item in batch]
-        sent: list[Trained | int] = [index_of[id(item)] for item, done in zip(batch, finished, strict=True) if done]
-        todo = [item for item, done in zip(batch, finished, strict=True) if not done]
-        if not todo:
-            return sent
-        datas = [trainer.data_cache.load(cache, i.run.config.shots, i.run.config.seed, i.run.config.text)
-                 for i in todo]
-        trained = train_runs([i.run for i in todo], datas, execution, trainer.extra, [i.group for i in todo])
+    def train(trainer: Trainer, batch: list[KeyedRun]) -> list[Trained | Elsewhere | int]:
+        sent: list[Trained | Elsewhere | int] = []
+        todo = []
+        with contextlib.ExitStack() as held:  # each run trains under its lock, as in one process; the driver
+            for item in batch:  # saves it under the lock again once this batch has let them go
+                if (runs / item.key / "metrics.json").exists():
+                    sent.append(index_of[id(item)])
+                elif not held.enter_context(file_lock(runs / f"{item.key}.lock", wait=False)):
+                    sent.append(Elsewhere(index_of[id(item)]))  # another grid process trains it
+                elif (runs / item.key / "metrics.json").exists():  # finished since the first look
+                    sent.append(index_of[id(item)])
+                else:
+                    todo.append(item)
+            if not todo:
+                return sent
+            datas = [trainer.data_cache.load(cache, i.run.config.shots, i.run.config.seed, i.run.config.text)
+                     for i in todo]
+            trained = train_runs([i.run for i in todo], datas, execution, trainer.extra, [i.group for i in todo])
         for item, (config, outcome) in zip(todo, trained, strict=True):
             weights = {k: v.detach().cpu() for k, v in outcome.method.state_dict().items()}
             sent.append(Trained(index_of[id(item)], config, outcome.metrics, weights, to_cpu(outcome.points),
@@ -149,10 +168,13 @@ class Tally:
         self.job = job
         self.unfinished = {i for i, _ in job.pending}
 
-    def take(self, result: Trained | int) -> list[tuple[int, str]]:
-        """Save a trained run (or note a run finished meanwhile, its index); returns [(its index, its state)]."""
+    def take(self, result: Trained | Elsewhere | int) -> list[tuple[int, str]]:
+        """Save a trained run (or note a run finished meanwhile, its index, or one another process trains);
+        returns [(its index, its state)]."""
         if isinstance(result, int):
             index, state = result, "skipped"
+        elif isinstance(result, Elsewhere):
+            index, state = result.index, "elsewhere"
         else:
             index = result.index
             state = save_streamed(self.job, self.job.keyed[index], result)

@@ -57,13 +57,14 @@ def launch(spec: GridSpec, out: Path, execution: Execution | None = None, *, pro
 
 def prepare(runs: list[GridRun], out: Path, key_salt: str = "") -> tuple[dict[str, CacheInfo], list[KeyedRun]]:
     """Check the caches and tuning before anything runs, create `out/runs`, sweep what dead processes left there,
-    and key every run."""
+    read the finished runs (a damaged one is refused before any training), and key every run."""
     infos = check_caches(runs)
     check_tuning(runs)
     keyed = [keyed_run(grid_run, infos[grid_run.cache].fingerprint + key_salt) for grid_run in runs]
     check_distinct(keyed)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     sweep_stale(out)
+    collect_rows(out)  # a damaged finished run fails here, before any training (its rows are kept for the rewrites)
     return infos, keyed
 
 

@@ -4,8 +4,8 @@ thread each (`WorkerProcesses`, `--workers N`; the pool's mechanics are `pool`'s
 In this process, each batch of runs trains while this process holds their lock files (`OUT/runs/<key>.lock`; a run
 another process holds is left to it, "elsewhere") and is saved before the locks are let go. On workers, the pending
 runs are cut into chunks of one cache (`chunks.chunk_runs`, as on Ray); each chunk trains in a worker with the shared
-`training.train_runs` (`chunks.train_chunk`) and sends its runs back; this process alone saves them, under their
-locks: same keys, same layout, same resume.
+`training.train_runs` (`chunks.train_chunk`, each run under its lock file, so another grid process leaves it alone)
+and sends its runs back; this process alone saves them, under their locks: same keys, same layout, same resume.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from lathadapter.experiments.chunks import Item, Tally, chunk_batches, chunk_runs
 from lathadapter.experiments.data import DataCache
-from lathadapter.experiments.pool import MAX_CHUNK, WorkerError, init_worker, stop_workers, work_chunk
+from lathadapter.experiments.pool import MAX_CHUNK, WorkerError, init_worker, stop_workers, unpack, work_chunk
 from lathadapter.experiments.table import file_lock
 from lathadapter.experiments.trainers import on_trainers
 from lathadapter.experiments.training import Evaluator, Events, Job, KeyedRun, batches, save_trained, train_runs
@@ -86,7 +86,8 @@ class WorkerProcesses:
     one cache (None: a few chunks per worker, at most `pool.MAX_CHUNK` runs), whole batches of `execution.batch_runs`
     each. On a GPU each worker has its own CUDA context; with several trainer threads (the execution's), a chunk is as
     many whole batches as a worker has trainers, the most shots first (`chunks.chunk_batches`). An error in a run stops
-    the grid as in one process, after saving every run sent back; Ctrl-C kills the workers at once."""
+    the grid as in one process, after saving every run sent back; Ctrl-C, SIGTERM or a failed save (a full disk)
+    kills the workers at once."""
 
     def __init__(self, workers: int, chunk_size: int | None = None) -> None:
         self.workers = workers
@@ -118,7 +119,7 @@ class WorkerProcesses:
                 yield []
                 for future in as_completed(futures):
                     try:
-                        results, error = future.result()
+                        results, error = unpack(future.result())
                     except CancelledError:
                         continue
                     except BrokenProcessPool as broken:
@@ -130,8 +131,8 @@ class WorkerProcesses:
                         errors.append(error)
                         for other in futures:
                             other.cancel()  # chunks not started; those running finish and are saved
-            except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C, SIGTERM raised as it (cli), or the round abandoned
-                stop_workers(pool)
+            except BaseException:  # Ctrl-C, SIGTERM raised as it (cli), the round abandoned, or saving failed (a
+                stop_workers(pool)  # full disk): the workers stop now, not after training every chunk left
                 raise
         if errors:
             raise errors[0]

@@ -20,10 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lathadapter.experiments.chunks import Trained
+    from lathadapter.experiments.chunks import Elsewhere, Trained
     from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.training import Evaluator, Item
 
@@ -81,18 +81,34 @@ def _picklable(error: BaseException) -> BaseException:
 
 
 def work_chunk(cache: str, items: list[Item], out: str, execution: Execution,
-               extra_factory: Callable[[str], Evaluator] | None) -> tuple[list[Trained | int], BaseException | None]:
-    """In a worker: train one chunk; returns what came of each run trained (or found finished) and the error that
-    stopped the chunk, if any, so the runs trained before it are still saved."""
+               extra_factory: Callable[[str], Evaluator] | None) -> bytes:
+    """In a worker: train one chunk; returns, packed (`pack`), what came of each run trained (or found finished) and
+    the error that stopped the chunk, if any, so the runs trained before it are still saved (`unpack`)."""
     from lathadapter.experiments.chunks import train_chunk
 
-    results: list[Trained | int] = []
+    results: list[Trained | Elsewhere | int] = []
+    error: BaseException | None = None
     try:
         for result in train_chunk(cache, items, out, execution, extra_factory):
             results.append(result)
-    except Exception as error:  # noqa: BLE001 — sent back, raised by the driver
-        return results, _picklable(error)
-    return results, None
+    except Exception as raised:  # noqa: BLE001 — sent back, raised by the driver
+        error = _picklable(raised)
+    try:
+        return pack((results, error))
+    except Exception as raised:  # noqa: BLE001 — the runs cannot be sent: the driver says why
+        return pack(([], _picklable(raised)))
+
+
+def pack(value: Any) -> bytes:
+    """`value` pickled with its tensors' bytes inside: the pool's own pickler (torch's reductions) moves tensors to
+    shared memory (/dev/shm, 64 MB in a Docker container by default), where a chunk's weights that did not fit failed
+    with a traceback ("unable to allocate shared memory") and lost the chunk."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(packed: bytes) -> tuple[list[Trained | Elsewhere | int], BaseException | None]:
+    """What `work_chunk` sent back: the chunk's results and the error that stopped it, if any."""
+    return pickle.loads(packed)
 
 
 def auto_workers(pending: int, device: str) -> int:

@@ -49,6 +49,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from lathadapter.adapter.catalog import method_names  # noqa: E402
+from lathadapter.experiments.run import write_atomic  # noqa: E402
 from lathadapter.experiments.table import RESULTS, ResultsError, as_table, finished_runs, run_rows  # noqa: E402
 
 # The columns the report reads; `opt.*` columns (every option) are read too.
@@ -370,10 +371,14 @@ class Table:
 
     def write_csv(self, folder: Path) -> Path:
         path = folder / f"{self.name}.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.lead + [f"{c} {part}" for c in self.columns for part in self.parts])
-            writer.writerows(lead + [x for cell in cells for x in cell.numbers()] for lead, cells in self.rows)
+
+        def write(temporary: Path) -> None:
+            with temporary.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(self.lead + [f"{c} {part}" for c in self.columns for part in self.parts])
+                writer.writerows(lead + [x for cell in cells for x in cell.numbers()] for lead, cells in self.rows)
+
+        write_atomic(path, write)
         return path
 
 
@@ -640,9 +645,13 @@ def outside_legend(ax: plt.Axes) -> None:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
+    """Save a plot atomically (a full disk keeps the previous plot whole) and close it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda temporary: fig.savefig(temporary, format=path.suffix.lstrip("."), dpi=120,
+                                                         bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -800,12 +809,11 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))
     markdown = _markdown(tables) + (f"\n{note}" if (note := diverged_note(results)) else "")
-    (out / "report.md").write_text(
-        f"# Results\n\nFrom `{results.source}` ({len(results.rows)} rows). Each table row is one configuration; "
-        "cells are mean ± sample std over seeds (one seed: no ±); n/a: not applicable; diverged: no seed's training "
-        "stayed finite; —: no run.\n\n"
-        f"{markdown}\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
-    )
     csvs = [t.write_csv(out) for t in tables]
+    text = (f"# Results\n\nFrom `{results.source}` ({len(results.rows)} rows). Each table row is one configuration; "
+            "cells are mean ± sample std over seeds (one seed: no ±); n/a: not applicable; diverged: no seed's "
+            "training stayed finite; —: no run.\n\n"
+            f"{markdown}\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots))
+    write_atomic(out / "report.md", lambda temporary: temporary.write_text(text))  # last: the report is whole
     return {"markdown": markdown, "tables": [str(p) for p in csvs], "plots": [str(p) for p in plots],
             "report": str(out / "report.md")}

@@ -319,11 +319,17 @@ def option_in_effect(config: RunConfig, data: FewShotData, name: str) -> Any:
 
 
 def write_atomic(path: Path, write: Any) -> None:
-    """Call `write(temporary_path)`, then move the file into place: readers never see half a file."""
+    """Call `write(temporary_path)`, then move the file into place: readers never see half a file. A failed write
+    names `path` (a write(2) error carries no file name: a full disk or `ulimit -f` said only "[Errno 27] File too
+    large")."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         write(temporary)
         os.replace(temporary, path)
+    except OSError as error:
+        if error.filename is not None or not error.errno:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -84,11 +84,20 @@ def finished_runs(folder: Path) -> list[Path]:
     return sorted(path.parent for path in folder.glob("*/metrics.json"))
 
 
+# What to do about a finished run's folder whose files cannot be read (damaged by hand, a crash of the machine)
+DAMAGED = ("; the run folder is damaged: delete it and rerun the command that wrote it (a grid trains that run "
+           "again)")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise ResultsError(f"{path}: expected the JSON file of a run directory ({error})") from None
+        raise ResultsError(f"{path}: expected the JSON file of a run directory ({error}){DAMAGED}") from None
+    if not isinstance(value, dict):
+        raise ResultsError(f"{path}: expected the JSON object of a run directory, not {type(value).__name__}"
+                           f"{DAMAGED}")
+    return value
 
 
 # Rows already read, per run directory, with the size, mtime and inode of its two files: a grid rewrites results.csv
@@ -107,7 +116,7 @@ def _rows_of(folder: Path) -> list[dict[str, Any]]:
     try:
         stamp = _stamp(folder)
     except OSError as error:
-        raise ResultsError(f"{folder}: expected the JSON files of a run directory ({error})") from None
+        raise ResultsError(f"{folder}: expected the JSON files of a run directory ({error}){DAMAGED}") from None
     known = _ROWS_READ.get(folder)
     if known is None or known[0] != stamp:
         config, metrics = _read_json(folder / "config.json"), _read_json(folder / "metrics.json")

@@ -349,3 +349,43 @@ def test_a_split_source_whose_test_images_are_also_train_or_val_images_is_warned
     leaks = [note for note in result.notes if "images are in both" in note]
     assert [note.split(": the")[0] for note in leaks] == expected
     assert all(note in said for note in leaks)
+
+
+def test_a_16_bit_image_is_encoded_as_its_8_bit_reading(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """A 16-bit grayscale PNG holding v × 257 encodes exactly as the 8-bit image holding v (its top 8 bits); Pillow's
+    convert("RGB") clipped it to pure white, silently."""
+    folders = {}
+    for bits in (8, 16):
+        folder = tmp_path / f"gray{bits}"
+        shutil.copytree(coop_dataset.folder, folder)
+        for image_path in sorted(folder.rglob("*.png"))[::4]:
+            gray = np.asarray(Image.open(image_path).convert("L"))
+            if bits == 8:
+                Image.fromarray(gray, mode="L").save(image_path)
+            else:
+                wide = Image.fromarray(gray.astype(np.uint16) * 257)
+                assert wide.mode.startswith("I") and np.asarray(wide).max() > 255
+                wide.save(image_path)
+        folders[bits] = folder
+    arrays = {}
+    for bits, folder in folders.items():
+        out = tmp_path / f"c{bits}.h5"
+        build(None, f"split:{folder / coop_dataset.split_file.name}", out, **_options(tiny_clip))
+        arrays[bits] = {k: v for k, v in _arrays(out).items() if k.startswith("splits/") and "paths" not in k}
+    assert arrays[8].keys() == arrays[16].keys() and any("features" in k for k in arrays[8])
+    for name, value in arrays[8].items():
+        assert np.array_equal(value, arrays[16][name]), name
+
+
+def test_32_bit_integer_images_read_as_8_or_16_bit_by_their_values() -> None:
+    """Mode I holding 0..255 reads as those 8-bit values (as Pillow's convert does), holding v × 257 as v; values
+    above 16 bits and float images are unreadable (ValueError, skipped with --skip-bad)."""
+    from lathadapter.cache.encode import as_rgb
+
+    values = (np.arange(64).reshape(8, 8) * 4).astype(np.int32)
+    for stored in (values, values * 257):
+        rgb = np.asarray(as_rgb(Image.fromarray(stored, mode="I")))
+        assert rgb.shape == (8, 8, 3) and (rgb == values[..., None]).all()
+    for unreadable in (Image.fromarray(values * 65536, mode="I"), Image.fromarray(values.astype(np.float32), mode="F")):
+        with pytest.raises(ValueError, match="save it as 8 or 16 bits"):
+            as_rgb(unreadable)

@@ -272,3 +272,34 @@ def test_a_folder_given_as_a_cache_says_so_and_lists_its_caches(built: Path, tmp
         shutil.copy(built, folder / "a.h5")
         shutil.copy(built, folder / "b.h5")
     assert not (tmp_path / "runs").exists()
+
+
+def test_build_many_takes_skip_bad_as_its_error_advises_and_stops_on_sigterm_in_one_line(
+        coop_dataset, tiny_clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreadable image stops build-many with the advice to pass --skip-bad, which it now takes (the cache then
+    lists the image as skipped); SIGTERM ends it as `cache build`: one line, exit 143 (was the bare signal)."""
+    from lathadapter import cli
+    from lathadapter.experiments import builds
+
+    folder = tmp_path / "shapes"
+    shutil.copytree(coop_dataset.folder, folder)
+    split = json.loads(coop_dataset.split_file.read_text())
+    bad = split["test"][0][0]
+    (folder / bad).write_bytes(b"")  # a zero-byte image
+    args = ["cache", "build-many", "--dataset", f"split:{folder / coop_dataset.split_file.name}", "--out",
+            str(tmp_path / "bm"), "--model", str(tiny_clip.config), "--pretrained", str(tiny_clip.checkpoint),
+            "--shots", "1", "--seeds", "1", "--views", "1", "--device", "cpu"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "--skip-bad" in refused.output, refused.output
+    built = runner.invoke(app, [*args, "--skip-bad"])
+    assert built.exit_code == 0, built.output
+    with h5py.File(tmp_path / "bm" / "Shapes.h5", "r") as f:
+        assert list(f["skipped"].asstr()[()]) == [bad]
+
+    def terminated(*args: object, **kwargs: object) -> None:
+        raise cli.Terminated()
+
+    monkeypatch.setattr(builds, "build_many", terminated)
+    stopped = runner.invoke(app, args)
+    assert stopped.exit_code == 143, stopped.output
+    assert stopped.output.strip().splitlines()[-1].startswith("interrupted: the caches built are kept")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import open_clip
@@ -80,6 +81,10 @@ def test_bad_split_files_and_names_are_named(tmp_path: Path) -> None:
     path.write_text(json.dumps({"train": [["x.jpg", 0, "a"]], "val": []}))
     with pytest.raises(DatasetError, match="keys train, val and test"):
         read_split_file(path)
+    for value in (5, None, {"x.jpg": 0}, "x.jpg"):  # a split that is not a list (5 raised a TypeError)
+        path.write_text(json.dumps({"train": value, "val": [], "test": []}))
+        with pytest.raises(DatasetError, match="each a list of"):
+            read_split_file(path)
     path.write_text(json.dumps({"train": [["x.jpg", "0", "a"]], "val": [], "test": []}))
     with pytest.raises(DatasetError, match=r"train\[0\]"):
         read_split_file(path)
@@ -223,6 +228,22 @@ def test_folder_dataset_names_its_folder_when_given_as_dot_or_with_a_trailing_sl
     assert load_dataset(None, "folder:pets/").name == "pets" and dataset_name("folder:pets/") == "pets"
     (tmp_path / "link").symlink_to(tmp_path / "pets")
     assert dataset_name("folder:link") == "link" == load_dataset(None, "folder:link").name
+
+
+@pytest.mark.parametrize("where", ["class", "image"])
+def test_a_name_that_is_not_utf8_is_named_with_the_fix(tmp_path: Path, where: str) -> None:
+    """A class folder or image named in Latin-1 (b"caf\\xe9"): one DatasetError naming it; before, the build ended in
+    "'utf-8' codec can't encode character '\\udce9'", naming nothing. UTF-8 names with accents and spaces load."""
+    root = os.fsencode(tmp_path / "pets")
+    for cls in (b"dog", "naïve café".encode()):
+        for i in range(4):
+            _image(Path(os.fsdecode(os.path.join(root, cls, b"%d.png" % i))))
+    assert load_dataset(None, f"folder:{tmp_path / 'pets'}").class_names == ["dog", "naïve café"]
+    bad = os.path.join(root, b"caf\xe9", b"0.png") if where == "class" else os.path.join(root, b"dog", b"\xe9.png")
+    _image(Path(os.fsdecode(bad)))
+    with pytest.raises(DatasetError, match="the name is not UTF-8; rename it") as error:
+        load_dataset(None, f"folder:{tmp_path / 'pets'}")
+    assert ("caf" if where == "class" else "dog") in str(error.value)
 
 
 def test_folder_tree_without_splits_is_split_per_class_with_a_seed(tmp_path: Path) -> None:

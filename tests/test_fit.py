@@ -87,6 +87,11 @@ def test_clear_errors(cache: Path, tmp_path: Path) -> None:
         f.attrs["schema_version"] = 0
     with pytest.raises(CacheError, match="schema version 0.*--force"):
         fit(old, "zeroshot", out=None)
+    other = tmp_path / "other.h5"  # another program's HDF5 file (was called "cache schema version 0")
+    with h5py.File(other, "w") as f:
+        f["x"] = [1, 2]
+    with pytest.raises(CacheError, match="an HDF5 file but not a lathadapter cache"):
+        fit(other, "zeroshot", out=None)
 
 
 def test_cli_fit_prints_a_summary_and_fails_cleanly(cache: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ file `--out` ends in one line naming the user's path and the fix, keeping the pr
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
 import os
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -60,6 +62,34 @@ def test_stale_locks_and_unfinished_folders_are_taken_over_and_removed(cache: Pa
         assert (runs / keys[2] / "metrics.json").exists()
     assert launch(spec, out, progress=False)["done"] == 1  # the lock released: the run is taken over
     assert sorted(p.name for p in runs.iterdir()) == keys
+
+
+@pytest.mark.parametrize(("damage", "file"), [("", "metrics.json"), ("[1]", "metrics.json"),
+                                             (None, "config.json")])
+def test_a_damaged_finished_run_is_refused_before_training_and_named_with_the_fix(
+        cache: Path, tmp_path: Path, damage: str | None, file: str) -> None:
+    """A finished run whose metrics.json is empty or not an object, or whose config.json is gone: the grid stops
+    before training anything, in one line naming the file and the fix (before: after each first batch, with no fix,
+    or an AttributeError traceback); once the folder is deleted, the rerun trains it and the table is whole."""
+    out = tmp_path / "grid"
+    args = ["grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1,2", "--seeds", "1,2",
+            "--device", "cpu", "--set", "epochs=1", "--set", "min_steps=2", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    with (out / "results.csv").open() as f:
+        expected = sorted((r["key"], r["acc_all"]) for r in csv.DictReader(f))
+    runs = out / "runs"
+    damaged, missing = sorted(p for p in runs.iterdir())[:2]
+    if damage is None:
+        (damaged / file).unlink()
+    else:
+        (damaged / file).write_text(damage)
+    shutil.rmtree(missing)
+    line = one_error_line(runner.invoke(app, args), str(damaged), "delete it and rerun")
+    assert "Traceback" not in line and not missing.exists()  # nothing trained
+    shutil.rmtree(damaged)
+    assert runner.invoke(app, args).exit_code == 0
+    with (out / "results.csv").open() as f:
+        assert sorted((r["key"], r["acc_all"]) for r in csv.DictReader(f)) == expected
 
 
 def test_a_lock_removed_by_its_holder_is_not_held_by_a_waiter(tmp_path: Path) -> None:
@@ -133,6 +163,48 @@ def test_a_full_disk_during_a_build_keeps_the_temporary_file_and_says_so(coop_da
     assert "resuming the interrupted build" in resumed.output and f"{out}: resumed" in resumed.output
 
 
+def test_rows_whose_write_was_lost_are_never_moved_into_place_as_a_complete_cache(
+        coop_dataset, tiny_clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """h5py drops the error of a write HDF5 buffered and flushed when the dataset closed: on a full tmpfs a build
+    moved into place a cache marked complete whose test rows were all zero (and a rerun called it up to date). A
+    lost write (rows flagged encoded, features all zero) ends in one line; the rerun resumes and encodes them."""
+    out = tmp_path / "shapes.h5"
+    real_write_rows = build_module.write_rows
+
+    def lost_test_rows(f, split, rows, features, *args, **kwargs):
+        real_write_rows(f, split, rows, features, *args, **kwargs)
+        if split == "test":  # the flags reached the disk, the features did not
+            f["splits/test/features"][rows] = np.zeros((len(rows), features.shape[1]), dtype=np.float16)
+
+    monkeypatch.setattr(build_module, "write_rows", lost_test_rows)
+    one_error_line(runner.invoke(app, _build_args(coop_dataset, tiny_clip, out)), f"{out}.tmp",
+                   "test rows did not reach the disk", "rerun the build")
+    assert not out.exists() and (tmp_path / "shapes.h5.tmp").exists()
+    monkeypatch.setattr(build_module, "write_rows", real_write_rows)
+    resumed = runner.invoke(app, _build_args(coop_dataset, tiny_clip, out))
+    assert resumed.exit_code == 0 and f"{out}: resumed" in resumed.output, resumed.output
+    with h5py.File(out, "r") as f:
+        norms = (f["splits/test/features"][:].astype("float32") ** 2).sum(axis=1) ** 0.5
+        assert bool(f.attrs["complete"]) and abs(norms - 1).max() < 1e-2
+
+
+@pytest.mark.parametrize(("quoted", "said"), [(27, "file too large"), (5, "input/output error")])
+def test_other_write_failures_during_a_build_end_in_one_line(coop_dataset, tiny_clip, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, quoted: int,
+                                                            said: str) -> None:
+    """A file over `ulimit -f` (EFBIG) or a failing disk (EIO), as h5py reports them: one line naming the cache and
+    the problem, the `.tmp` kept; before, only errno 28 was caught and h5py flushed again (exit 139)."""
+    out = tmp_path / "shapes.h5"
+
+    def failing(*args, **kwargs):
+        raise RuntimeError(f"Can't write data (file write failed: ..., errno = {quoted}, error message = '...')")
+
+    monkeypatch.setattr(build_module, "write_rows", failing)
+    one_error_line(runner.invoke(app, _build_args(coop_dataset, tiny_clip, out)), str(out), said,
+                   f"{out}.tmp", "rerun the same command")
+    assert (tmp_path / "shapes.h5.tmp").exists() and not out.exists()
+
+
 def test_an_unreadable_temporary_file_is_not_called_an_older_schema(coop_dataset, tiny_clip, tmp_path: Path) -> None:
     out = tmp_path / "shapes.h5"
     with h5py.File(tmp_path / "shapes.h5.tmp", "w") as f:  # a write cut short: this schema, its fingerprint unreadable
@@ -171,6 +243,23 @@ def test_a_full_disk_while_saving_a_run_leaves_no_run_folder(cache: Path, tmp_pa
     assert ".tmp" not in line
     folders = [p for p in out.rglob("*") if p.is_dir() and p.name != "runs"]
     assert folders == [], folders
+
+
+@pytest.mark.parametrize(("code", "said"), [(errno.EFBIG, "file too large"), (errno.EIO, "input/output error"),
+                                            (errno.ENOSPC, "no space left on device")])
+def test_a_write_error_without_a_file_name_names_the_users_path(cache: Path, tmp_path: Path, code: int, said: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """write(2) errors carry no file name (`ulimit -f` gives a bare "[Errno 27] File too large"): the run's
+    atomic write names its file, and the command says which --out and what to do, in one line."""
+
+    def failing(self: Path, data: bytes) -> int:
+        raise OSError(code, os.strerror(code))  # as a failed write(2): no file name
+
+    monkeypatch.setattr(Path, "write_bytes", failing)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["fit", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1",
+                                 "--device", "cpu", "--out", str(out), "--set", "epochs=1"])
+    one_error_line(result, f"--out {out}: cannot write there: {said}")
 
 
 @pytest.mark.parametrize("command", ["fit", "grid", "protocol", "report", "subset", "subset-beside"])

@@ -181,8 +181,10 @@ def test_build_many_builds_one_cache_per_dataset_on_ray(cluster, coop_dataset, t
     options = dict(root=None, model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=[1],
                    seeds=[1], views=1, device="cpu", val="subsets", workers=0)
     dataset = f"split:{coop_dataset.split_file}"
-    results = build_many([dataset], tmp_path / "caches", "ray", **options)
+    lines: list[str] = []
+    results = build_many([dataset], tmp_path / "caches", "ray", log=lines.append, **options)
     [(name, path, status)] = results
+    assert lines == [f"{dataset}: built (1/1 builds ended)"]  # the driver's progress: a line as each build ends
     # named as `cache build` names it: split_zhou_Shapes.json holds the dataset Shapes
     assert name == dataset and Path(path) == (tmp_path / "caches" / "Shapes.h5").resolve()
     with CacheReader(path) as reader:

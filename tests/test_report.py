@@ -394,3 +394,46 @@ def test_a_protocols_tables_restate_from_its_results_csv(tmp_path: Path) -> None
         assert float(line["Average base mean"]) == pytest.approx(b)
         assert float(line["Average novel mean"]) == pytest.approx(n)
         assert float(line["Average HM mean"]) == pytest.approx(2 * b * n / (b + n))
+
+
+def test_a_full_disk_while_reporting_keeps_the_previous_report_whole(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every report file is written atomically: a write cut short by a full disk (here, half the bytes, then
+    ENOSPC) leaves each earlier file byte for byte as it was and no temporary file; the CLI says so in one line."""
+    import errno
+
+    import matplotlib.figure
+    from typer.testing import CliRunner
+
+    from lathadapter.cli import app
+
+    rows = [row(seed=s, shots=k, acc_all=30.0 + s + k) for s in (1, 2) for k in (1, 2)]
+    results = write_rows(tmp_path / "results.csv", rows)
+    out = tmp_path / "report"
+    write_report(results, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"report.md", "few_shot_caltech101.csv", "accuracy_vs_shots_caltech101.png"} <= set(before)
+    write_rows(results, [row(seed=s, shots=k, acc_all=50.0 + s + k) for s in (1, 2) for k in (1, 2)])
+
+    def half_then_full(figure: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def text_half_then_full(self: Path, data: str, *args: Any, **kwargs: Any) -> int:
+        with open(self, "w") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fresh = tmp_path / "fresh"
+    write_report(results, fresh)  # the new report, whole
+    for target, name, fake in ((matplotlib.figure.Figure, "savefig", half_then_full),
+                               (Path, "write_text", text_half_then_full)):
+        with monkeypatch.context() as patch:
+            patch.setattr(target, name, fake)
+            result = CliRunner().invoke(app, ["report", str(results), "--out", str(out)])
+        assert result.exit_code == 1, (result.output, result.exception)
+        assert result.output.strip().splitlines()[-1].startswith(f"error: --out {out}: cannot write there: no space")
+        assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporary file left
+        for file in out.iterdir():  # each file whole: as it was, or as the new report has it
+            assert file.read_bytes() in (before[file.name], (fresh / file.name).read_bytes()), (name, file.name)
+        assert (out / "report.md").read_bytes() == before["report.md"]  # written last, so it never ran or failed
