@@ -21,7 +21,16 @@ from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.run import RunConfig, RunOutcome
 from lathadapter.experiments.table import file_lock
 from lathadapter.experiments.trainers import Trainer, on_trainers
-from lathadapter.experiments.training import Evaluator, Item, Job, KeyedRun, batches, save_trained, train_runs
+from lathadapter.experiments.training import (
+    Evaluator,
+    Item,
+    Job,
+    KeyedRun,
+    batches,
+    claim_runs,
+    save_trained,
+    train_runs,
+)
 
 
 @dataclass
@@ -110,18 +119,14 @@ def train_chunk(cache: str, items: list[Item], out: str, execution: Execution,
     runs = Path(out) / "runs"
 
     def train(trainer: Trainer, batch: list[KeyedRun]) -> list[Trained | Elsewhere | int]:
-        sent: list[Trained | Elsewhere | int] = []
-        todo = []
-        with contextlib.ExitStack() as held:  # each run trains under its lock, as in one process; the driver
-            for item in batch:  # saves it under the lock again once this batch has let them go
-                if (runs / item.key / "metrics.json").exists():
-                    sent.append(index_of[id(item)])
-                elif not held.enter_context(file_lock(runs / f"{item.key}.lock", wait=False)):
-                    sent.append(Elsewhere(index_of[id(item)]))  # another grid process trains it
-                elif (runs / item.key / "metrics.json").exists():  # finished since the first look
-                    sent.append(index_of[id(item)])
-                else:
-                    todo.append(item)
+        # each run trains under its lock, as in one process; the driver saves it under the lock again once this
+        # batch has let them go
+        with contextlib.ExitStack() as held:
+            claimed = claim_runs(batch, runs, held)
+            sent: list[Trained | Elsewhere | int] = [
+                Elsewhere(index_of[id(item)]) if state == "elsewhere" else index_of[id(item)]
+                for item, state in zip(batch, claimed, strict=True) if state is not None]
+            todo = [item for item, state in zip(batch, claimed, strict=True) if state is None]
             if not todo:
                 return sent
             datas = [trainer.data_cache.load(cache, i.run.config.shots, i.run.config.seed, i.run.config.text)

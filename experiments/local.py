@@ -21,9 +21,17 @@ from concurrent.futures.process import BrokenProcessPool
 from lathadapter.experiments.chunks import Item, Tally, chunk_batches, chunk_runs
 from lathadapter.experiments.data import DataCache
 from lathadapter.experiments.pool import MAX_CHUNK, WorkerError, init_worker, stop_workers, unpack, work_chunk
-from lathadapter.experiments.table import file_lock
 from lathadapter.experiments.trainers import on_trainers
-from lathadapter.experiments.training import Evaluator, Events, Job, KeyedRun, batches, save_trained, train_runs
+from lathadapter.experiments.training import (
+    Evaluator,
+    Events,
+    Job,
+    KeyedRun,
+    batches,
+    claim_runs,
+    save_trained,
+    train_runs,
+)
 
 
 class InProcess:
@@ -53,20 +61,10 @@ def train_batch(batch: list[KeyedRun], job: Job, data_cache: DataCache, extra: E
     """Train and save a batch's runs, each unless it is finished or another process holds its lock; returns each
     run's state. The locks of the runs trained are held until each is saved (its metrics written last)."""
     runs = job.out / "runs"
-    states = ["skipped"] * len(batch)
-    todo = []
-    with contextlib.ExitStack() as stack:
-        for i, item in enumerate(batch):
-            folder = runs / item.key
-            if (folder / "metrics.json").exists():
-                continue
-            if not stack.enter_context(file_lock(runs / f"{item.key}.lock", wait=False)):
-                states[i] = "elsewhere"
-                continue
-            if (folder / "metrics.json").exists():  # finished by another process since the first look
-                (runs / f"{item.key}.lock").unlink(missing_ok=True)  # safe while held (`table.file_lock`)
-                continue
-            todo.append(i)
+    with contextlib.ExitStack() as held:
+        claimed = claim_runs(batch, runs, held)
+        states = [state or "skipped" for state in claimed]  # "done" once saved
+        todo = [i for i, state in enumerate(claimed) if state is None]
         if not todo:
             return states
         items = [batch[i] for i in todo]

@@ -4,6 +4,7 @@ saving of a trained run's folder (`save_trained`), and what a backend is handed 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from lathadapter.experiments.run import (
     tune_val_accuracy,
 )
 from lathadapter.experiments.spec import GridRun
+from lathadapter.experiments.table import file_lock
 from lathadapter.experiments.tuning import resolve_scaled
 from lathadapter.kernels.dispatch import backend as kernels_backend
 
@@ -70,6 +72,24 @@ def keyed_run(grid_run: GridRun, fingerprint: str) -> KeyedRun:
 def pending_runs(keyed: list[KeyedRun], out: Path) -> list[Item]:
     """The runs without `metrics.json`, with their indices, in grid order."""
     return [(i, item) for i, item in enumerate(keyed) if not (out / "runs" / item.key / "metrics.json").exists()]
+
+
+def claim_runs(batch: list[KeyedRun], runs: Path, held: contextlib.ExitStack) -> list[str | None]:
+    """Take the lock file of each of `batch`'s runs that is not finished, held on `held` until it closes (the run
+    trains and is saved under it); returns each run's state: "skipped" (finished, before or since the first look),
+    "elsewhere" (another process holds its lock: it trains the run) or None (locked here: to train)."""
+    states: list[str | None] = []
+    for item in batch:
+        if (runs / item.key / "metrics.json").exists():
+            states.append("skipped")
+        elif not held.enter_context(file_lock(runs / f"{item.key}.lock", wait=False)):
+            states.append("elsewhere")
+        elif (runs / item.key / "metrics.json").exists():  # finished by another process since the first look
+            (runs / f"{item.key}.lock").unlink(missing_ok=True)  # safe while held (`table.file_lock`)
+            states.append("skipped")
+        else:
+            states.append(None)
+    return states
 
 
 def batch_key(grid_run: GridRun) -> tuple[Any, ...]:
