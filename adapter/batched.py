@@ -36,6 +36,7 @@ from lathadapter.adapter.trainer import (
     Member,
     Plan,
     TrainResult,
+    finish,
     optimise,
     synchronize,
     trainable,
@@ -128,10 +129,7 @@ def train_together(members: list[Member], select: str = "last", train_views: str
         for i in rest:
             results[i].batch_mode = "lockstep"
     for member, result in zip(members, results, strict=True):
-        member.method.eval()
-        with torch.no_grad():
-            result.chosen = {**member.method.settings(),
-                             **({} if result.diverged else member.method.after_training(member.data))}
+        finish(member.method, member.data, result)
     synchronize(device)
     seconds = (time.perf_counter() - start) / len(members)
     for result in results:

@@ -76,6 +76,14 @@ def described_options(options: Any) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in {"lr": getattr(options, "lr", None), **own}.items() if v is not None)
 
 
+def finish(method: Method, data: FewShotData, result: TrainResult) -> None:
+    """After training: `method` in eval mode, and `result.chosen` its settings and what its post-training searches
+    chose (`after_training`), which a diverged run skips (they would score NaN)."""
+    method.eval()
+    with torch.no_grad():
+        result.chosen = {**method.settings(), **({} if result.diverged else method.after_training(data))}
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the work queued on this thread's current CUDA stream (a no-op elsewhere): timers read around it
     measure finished work. Not the whole device: other threads' runs train on their own streams meanwhile
@@ -361,9 +369,7 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
                       "last epoch is kept", ProtocolWarning, stacklevel=2)
     if method.trains and trainable(method):
         optimise([Member(method, data, seed)], Lockstep, select, train_views, [result], progress, graphs)
-    method.eval()
-    with torch.no_grad():  # a diverged run's searches would score NaN
-        result.chosen = {**method.settings(), **({} if result.diverged else method.after_training(data))}
+    finish(method, data, result)
     synchronize(device)  # the seconds cover finished work on an asynchronous device
     result.seconds = time.perf_counter() - start
     return result
