@@ -273,11 +273,12 @@ class Cell:
     diverged: bool = False  # every seed's run diverged in training (no accuracy)
 
     @classmethod
-    def over_seeds(cls, values: list[float | None], diverged: int = 0) -> Cell:
-        """Over the seeds' `values` (None: not applicable), `diverged` more runs having no accuracy at all."""
+    def over_seeds(cls, values: list[float | None], diverged: bool = False) -> Cell:
+        """Over the seeds' `values` (None: not applicable); `diverged`: more runs of the cell diverged, with no
+        accuracy at all (the cell reads `diverged` when no value is left)."""
         known = [v for v in values if v is not None]
         if not known:
-            return cls(diverged=diverged > 0)
+            return cls(diverged=diverged)
         return cls(statistics.fmean(known), statistics.stdev(known) if len(known) > 1 else None, len(known))
 
     @classmethod
@@ -337,14 +338,14 @@ class Chosen:
 def _over_seeds(records: list[Record], key: Callable[[Record], tuple], metric: str) -> dict[tuple, Cell]:
     """`metric`'s cell over seeds by `key`; a diverged run has no value and is counted apart (`Cell.over_seeds`)."""
     grouped: dict[tuple, list[float | None]] = defaultdict(list)
-    diverged: Counter[tuple] = Counter()
+    diverged: set[tuple] = set()
     for record in records:
         if record.diverged:
-            diverged[key(record)] += 1
+            diverged.add(key(record))
             grouped.setdefault(key(record), [])
         else:
             grouped[key(record)].append(getattr(record, metric))
-    return {k: Cell.over_seeds(values, diverged[k]) for k, values in grouped.items()}
+    return {k: Cell.over_seeds(values, k in diverged) for k, values in grouped.items()}
 
 
 @dataclass
@@ -630,13 +631,14 @@ def _markdown(tables: list[Table]) -> str:
 def summary_markdown(path: Path) -> str:
     """The markdown of the report's tables for a results.csv, a grid folder or a folder of run directories; writes
     nothing (what `grid` and `protocol` print when they finish), and the runs that diverged."""
-    return tables_markdown(load_results(path))
+    results = load_results(path)
+    return tables_markdown(report_tables(records(results)), results)
 
 
-def tables_markdown(results: Results) -> str:
-    """The tables' markdown of `results`, then the list of runs that diverged and are left out of them."""
+def tables_markdown(tables: list[Table], results: Results) -> str:
+    """The markdown of the `tables` of `results`, then the list of runs that diverged and are left out of them."""
     note = diverged_note(results)
-    return _markdown(report_tables(records(results))) + (f"\n{note}" if note else "")
+    return _markdown(tables) + (f"\n{note}" if note else "")
 
 
 def outside_legend(ax: plt.Axes) -> None:
@@ -808,7 +810,7 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     disk_run = disk_run or _disk_run(results)
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))
-    markdown = _markdown(tables) + (f"\n{note}" if (note := diverged_note(results)) else "")
+    markdown = tables_markdown(tables, results)
     csvs = [t.write_csv(out) for t in tables]
     text = (f"# Results\n\nFrom `{results.source}` ({len(results.rows)} rows). Each table row is one configuration; "
             "cells are mean ± sample std over seeds (one seed: no ±); n/a: not applicable; diverged: no seed's "
