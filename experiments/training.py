@@ -168,9 +168,7 @@ def add_tuning_scores(grid_run: GridRun, c: RunConfig, data: FewShotData, group:
     if grid_run.tune.score == "val_hm":
         pseudo = pseudo_novel_accuracies(c, scored)
         hm = harmonic_mean(pseudo["base"], pseudo["novel"])
-        if pseudo.get("diverged"):
-            outcome.metrics["tune_diverged"] = pseudo["diverged"]  # the pseudo-base copy: no score
-        elif hm is None:
+        if hm is None and not pseudo.get("diverged"):  # a diverged pseudo-base copy has no score (`tune_pseudo`)
             raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes}: a "
                              "pseudo-novel half of the training classes has no few-shot val image; use "
                              "--tune-score val")
