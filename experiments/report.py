@@ -292,9 +292,12 @@ class Cell:
 
     @classmethod
     def hm(cls, base: Cell, novel: Cell) -> Cell:
-        """The harmonic mean of a mean base and a mean novel accuracy."""
-        if base.missing or novel.missing or base.diverged or novel.diverged:
+        """The harmonic mean of a mean base and a mean novel accuracy; `diverged` where either side's every seed
+        diverged (never `—`, which says there is no run)."""
+        if base.missing or novel.missing:
             return MISSING
+        if base.diverged or novel.diverged:
+            return cls(diverged=True)
         if base.mean is None or novel.mean is None:
             return cls()
         return cls(2 * base.mean * novel.mean / max(base.mean + novel.mean, 1e-12))

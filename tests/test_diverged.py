@@ -119,3 +119,24 @@ def test_a_report_leaves_a_diverged_seed_out_of_its_cell_and_lists_it(tmp_path: 
     assert f"| {mean:.2f} ± {std:.2f} (n=2) |" in markdown
     assert "1 run diverged in training and is left out of the tables" in markdown
     assert "- clip-adapter, caltech101, 4 shots, seed 2, classes=all (run k2): clip-adapter diverged" in markdown
+
+
+def test_a_base_to_novel_cell_whose_every_seed_diverged_reads_diverged_in_its_hm_too(tmp_path: Path) -> None:
+    """Both seeds of CLIP-Adapter's base-to-novel run diverged: base, novel and HM read `diverged` (the HM once read
+    `—`, which the report's legend calls "no run"); zero-shot's row is the HM of its means, 2BN/(B + N)."""
+    columns = ["key", "cache", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select",
+               "target", "acc_all", "acc_base", "acc_novel", "hm", "diverged"]
+    common = {"cache": "c.h5", "dataset": "caltech101", "fingerprint": "fp", "shots": 16, "classes": "base",
+              "text": "coop", "select": "last", "target": ""}
+    rows = [{**common, "key": f"c{s}", "method": "clip-adapter", "seed": s, "diverged": "clip-adapter diverged"}
+            for s in (1, 2)]
+    rows += [{**common, "key": f"z{s}", "method": "zeroshot", "seed": s, "acc_base": 80.0, "acc_novel": 60.0}
+             for s in (1, 2)]
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    markdown = write_report(path, tmp_path / "report")["markdown"]
+    assert "| clip-adapter | diverged | diverged | diverged |" in markdown
+    assert f"| zeroshot | 80.00 ± 0.00 | 60.00 ± 0.00 | {2 * 80 * 60 / (80 + 60):.2f} |" in markdown
