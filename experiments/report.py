@@ -235,7 +235,9 @@ def diverged_note(results: Results) -> str:
             if row.get("diverged") and row.get("tune.selected", "").lower() != "false"}
     if not runs:
         return ""
-    lines = [f"- {row['method']}, {row['dataset']}, {_shots(int(row['shots']))}, seed {row['seed']}, classes="
+    labels = dataset_labels(results.rows)  # as the tables name the dataset: `caltech101 (fp 1a2b3c4d)`
+    lines = [f"- {row['method']}, {labels[row['dataset'], row['fingerprint']]}, {_shots(int(row['shots']))}, seed "
+             f"{row['seed']}, classes="
              f"{row['classes']} (run {key}): {row['diverged']}" for key, row in runs.items()]
     many = len(runs) != 1
     return (f"### Diverged runs\n\n{len(runs)} run{'s' if many else ''} diverged in training and "

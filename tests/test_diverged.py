@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from lathadapter.cache.store import CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
-from lathadapter.experiments.report import write_report
+from lathadapter.experiments.report import summary_markdown, write_report
 from lathadapter.experiments.run import RunConfig, run, run_together
 
 SHORT = {"epochs": 3, "min_steps": 0}
@@ -119,6 +119,14 @@ def test_a_report_leaves_a_diverged_seed_out_of_its_cell_and_lists_it(tmp_path: 
     assert f"| {mean:.2f} ± {std:.2f} (n=2) |" in markdown
     assert "1 run diverged in training and is left out of the tables" in markdown
     assert "- clip-adapter, caltech101, 4 shots, seed 2, classes=all (run k2): clip-adapter diverged" in markdown
+    other = [{**r, "key": f"{r['key']}b", "fingerprint": "ab12cd34ef"} for r in rows]  # a second cache of one name
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows + other)
+    listed = [line for line in summary_markdown(path).splitlines() if line.startswith("- ")]
+    assert listed == [f"- clip-adapter, caltech101 (fp {fp}), 4 shots, seed 2, classes=all (run {key}): "
+                      f"{rows[1]['diverged']}" for fp, key in (("fp", "k2"), ("ab12cd34", "k2b"))]
 
 
 def test_a_base_to_novel_cell_whose_every_seed_diverged_reads_diverged_in_its_hm_too(tmp_path: Path) -> None:
