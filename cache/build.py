@@ -398,8 +398,12 @@ SPACE_MARGIN = 1 << 20  # bytes beyond the datasets' own: HDF5's metadata, the f
 # Write failures a build reports in one line, keeping its temporary file: a full disk or quota, a file over the
 # file system's or the process's size limit (`ulimit -f`), a failing disk. After any of them h5py must not flush the
 # file again: that crashed the process (exit 139, EFBIG as ENOSPC).
-WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
-SPACE_FAILURES = (errno.ENOSPC, errno.EDQUOT)  # freeing space is the fix
+WRITE_FAILURES = {  # errno → what to do before rerunning (as `cli.WRITE_ERRORS` advises for other writes)
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space",
+    errno.EFBIG: "raise the file size limit (ulimit -f)",
+    errno.EIO: "check the disk",
+}
 
 
 def write_failure(error: BaseException) -> int | None:
@@ -571,10 +575,9 @@ def build(
             if code is None:
                 raise
             written = True
-            fix = "free some space" if code in SPACE_FAILURES else "fix that"
             raise BuildError(f"{out}: {os.strerror(code).lower()} in {out.parent} while writing the cache; what was "
-                             f"written is kept in {temporary}: {fix} and rerun the same command (it resumes from that "
-                             "file where it is readable), or choose another --out") from None
+                             f"written is kept in {temporary}: {WRITE_FAILURES[code]} and rerun the same command (it "
+                             "resumes from that file where it is readable), or choose another --out") from None
         finally:
             _close(f, flush=not written)
     if stats.skipped:

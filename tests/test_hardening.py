@@ -188,12 +188,13 @@ def test_rows_whose_write_was_lost_are_never_moved_into_place_as_a_complete_cach
         assert bool(f.attrs["complete"]) and abs(norms - 1).max() < 1e-2
 
 
-@pytest.mark.parametrize(("quoted", "said"), [(27, "file too large"), (5, "input/output error")])
+@pytest.mark.parametrize(("quoted", "said", "fix"), [(27, "file too large", "raise the file size limit (ulimit -f)"),
+                                                      (5, "input/output error", "check the disk")])
 def test_other_write_failures_during_a_build_end_in_one_line(coop_dataset, tiny_clip, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch, quoted: int,
-                                                            said: str) -> None:
-    """A file over `ulimit -f` (EFBIG) or a failing disk (EIO), as h5py reports them: one line naming the cache and
-    the problem, the `.tmp` kept; before, only errno 28 was caught and h5py flushed again (exit 139)."""
+                                                            said: str, fix: str) -> None:
+    """A file over `ulimit -f` (EFBIG) or a failing disk (EIO), as h5py reports them: one line naming the cache, the
+    problem and what to do, the `.tmp` kept; before, only errno 28 was caught and h5py flushed again (exit 139)."""
     out = tmp_path / "shapes.h5"
 
     def failing(*args, **kwargs):
@@ -201,7 +202,7 @@ def test_other_write_failures_during_a_build_end_in_one_line(coop_dataset, tiny_
 
     monkeypatch.setattr(build_module, "write_rows", failing)
     one_error_line(runner.invoke(app, _build_args(coop_dataset, tiny_clip, out)), str(out), said,
-                   f"{out}.tmp", "rerun the same command")
+                   f"{out}.tmp", f"{fix} and rerun the same command")
     assert (tmp_path / "shapes.h5.tmp").exists() and not out.exists()
 
 
