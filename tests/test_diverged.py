@@ -85,7 +85,8 @@ def test_a_grid_keeps_a_diverged_run_goes_on_and_lists_it(cache: Path, tmp_path:
 
 
 def test_tuning_never_keeps_a_diverged_candidate_over_a_finite_one(cache: Path, tmp_path: Path) -> None:
-    """The diverged candidate has no val score; the finite one is kept, whatever the order of values."""
+    """The diverged candidate has no val score; the finite one is kept, though the diverged one is given first (the
+    tie-break order, which would keep it were a missing score a tie)."""
     out = tmp_path / "tuned"
     result = invoke("grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "2", "--seeds", "1",
                     "--tune", f"lr={DIVERGING_LR:g},0.001", "--set", "epochs=3", "--set", "min_steps=0",

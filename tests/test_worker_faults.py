@@ -92,11 +92,10 @@ def test_a_full_disk_in_the_driver_stops_the_workers_at_once(cache: Path, tmp_pa
     assert not list((tmp_path / "out" / "runs").glob("*/metrics.json"))
 
 
-
 def test_two_worker_grids_on_one_folder_train_each_run_once(cache: Path, tmp_path: Path) -> None:
     """Two grid processes with worker processes share one folder: a worker trains a run only under its lock, as one
-    process does, so each run is trained once (before, both trained every run and one of them threw its copy away)
-    and the table is that of one grid."""
+    process does, so each run is saved once and trained once but in a narrow race (at most 2 retrainings here;
+    before, both trained every run and one of them threw its copy away), and the table is that of one grid."""
     import threading
 
     trained = tmp_path / "trained"
