@@ -115,9 +115,9 @@ class LatHAdapter(Method):
             self.register_buffer("image_mean", image_mean)
             self.register_buffer("text_mean", text_mean)
             self.text_features = self.centred_text(data.text_features)
-        if options.impl == "reference" or options.hyp_metric != "poincare" or options.cone_parent != "text":
+        if options.impl == "reference" or options.hyp_metric != "poincare" or options.reference_only():
             # `impl=reference` trains through the reference itself, so neither stacked nor captured (both take
-            # `stacked.masked_loss`); and the fixed-shape form implements neither variant
+            # `stacked.masked_loss`); and the fixed-shape form implements neither variant (`REFERENCE_ONLY`)
             self.stackable = False
         self.visual_adapter = Adapter(dim, options.reduction).to(device)
         self.text_adapter = Adapter(dim, options.reduction).to(device)
