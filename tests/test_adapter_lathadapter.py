@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from lathadapter.adapter.batched import LossModule
 from lathadapter.adapter.catalog import create_method
+from lathadapter.adapter.methods.base import ProtocolWarning
 from lathadapter.adapter.methods.lathadapter.options import REFERENCE_ONLY, LatHAdapterOptions
 from lathadapter.adapter.methods.lathadapter.stacked import masked_loss
 from lathadapter.adapter.options import OptionError, TrainOptions
@@ -162,6 +164,20 @@ def test_attribute_prompts_start_at_kmeans_centres_of_the_vocabulary() -> None:
         members = data.attribute_features[assignment == k]
         assert len(members) > 0
         assert torch.allclose(prompts[k], members.mean(0), atol=1e-5)
+
+
+def test_a_vocabulary_shorter_than_the_prompts_is_said_and_the_prompts_start_at_random() -> None:
+    """attr_init=kmeans over a vocabulary of fewer phrases than prompts cannot take k-means centres: a
+    ProtocolWarning names both counts and the fix, and the prompts are attr_init=random's (same values)."""
+    data = make_data(attributes=3)
+    with pytest.warns(ProtocolWarning, match=r"num_attributes=4 attribute phrases, but the cache holds 3.*"
+                                             r"--set num_attributes=3"):
+        short = create_method("lathadapter", data, num_attributes=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProtocolWarning)  # enough phrases, or random asked for: nothing to say
+        create_method("lathadapter", data, num_attributes=3)
+        random = create_method("lathadapter", data, num_attributes=4, attr_init="random")
+    assert torch.equal(short.attribute_prompts, random.attribute_prompts)
 
 
 def test_remembered_kmeans_centres_are_each_callers_own() -> None:
