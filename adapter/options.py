@@ -41,13 +41,27 @@ def environment_choice(variable: str, choices: tuple[str, ...]) -> str:
     return choice
 
 
+_NEW = object()  # `option(before=...)` not given: the option is part of every run key
+
+
 def option(default: Any, doc: str, *, least: float | None = None, above: float | None = None,
-           most: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+           most: float | None = None, choices: tuple[str, ...] | None = None, before: Any = _NEW) -> Any:
     """A field of an options dataclass with its one-line meaning (`lathadapter list options`) and its valid values:
-    `least` ≤ value, `above` < value, value ≤ `most`, or one of `choices`. Numbers must also be finite."""
+    `least` ≤ value, `above` < value, value ≤ `most`, or one of `choices`. Numbers must also be finite. `before`:
+    for an option added to a method that already has finished runs, the value that trains exactly as the code did
+    before the option existed; a run with that value keeps the key it had then (`unkeyed`), so grids resume."""
     check = {"least": least, "above": above, "most": most, "choices": choices}
     metadata = {"doc": doc, **{k: v for k, v in check.items() if v is not None}}
+    if before is not _NEW:
+        metadata["before"] = before
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def unkeyed(options: Any) -> set[str]:
+    """The fields of `options` at the value they declare as `before` (`option`): left out of run keys and tuning
+    group ids, which then stay those of runs trained before the option existed."""
+    return {f.name for f in dataclasses.fields(options)
+            if "before" in f.metadata and getattr(options, f.name) == f.metadata["before"]}
 
 
 def valid_values(meta: typing.Mapping[str, Any]) -> str:

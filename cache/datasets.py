@@ -192,6 +192,20 @@ def read_split_file(path: Path, prefix: str = "") -> tuple[dict[str, list[Item]]
     return splits, _class_names(splits, path)
 
 
+def split_image_dir(path: Path) -> str:
+    """The folder a `split:PATH` JSON's image paths are relative to, inside the JSON's folder: "" (the folder
+    itself) when it holds the first listed image, else the one subfolder that does, as in CoOp's layout
+    (`oxford_pets/split_zhou_OxfordPets.json` beside `images/`). Several or none: "" (the build then names the
+    missing image)."""
+    items, _ = read_split_file(path)
+    first = (items["train"] or items["test"])[0][0]
+    folder = path.parent
+    if (folder / first).is_file():
+        return ""
+    holding = [name for name in _subfolders(folder) if (folder / name / first).is_file()]
+    return holding[0] if len(holding) == 1 else ""
+
+
 def _split_dataset(spec: DatasetSpec, root: Path) -> DatasetSplits:
     folder = root / spec.folder
     if not folder.is_dir():
@@ -394,8 +408,9 @@ def load_dataset(root: Path | None, dataset: str, template: str | None = None, s
         if not path.is_file():
             raise DatasetError(f"split:{path} does not exist; pass the path of a split_zhou-format JSON whose image "
                                "paths are relative to the file's folder")
-        items, names = read_split_file(path)
-        splits = DatasetSplits(dataset_name(dataset), "split-file", path.parent, "", names, DEFAULT_TEMPLATE,
+        image_dir = split_image_dir(path)
+        items, names = read_split_file(path, image_dir)
+        splits = DatasetSplits(dataset_name(dataset), "split-file", path.parent, image_dir, names, DEFAULT_TEMPLATE,
                                items["train"], items["val"], items["test"], _sha256_files(path))
     elif dataset in DATASETS:
         if root is None:

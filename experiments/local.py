@@ -20,7 +20,15 @@ from concurrent.futures.process import BrokenProcessPool
 
 from lathadapter.experiments.chunks import Item, Tally, chunk_batches, chunk_runs
 from lathadapter.experiments.data import DataCache
-from lathadapter.experiments.pool import MAX_CHUNK, WorkerError, init_worker, stop_workers, unpack, work_chunk
+from lathadapter.experiments.pool import (
+    MAX_CHUNK,
+    WorkerError,
+    init_worker,
+    script_hint,
+    stop_workers,
+    unpack,
+    work_chunk,
+)
 from lathadapter.experiments.trainers import on_trainers
 from lathadapter.experiments.training import (
     Evaluator,
@@ -122,7 +130,8 @@ class WorkerProcesses:
                         continue
                     except BrokenProcessPool as broken:
                         results, error = [], WorkerError(f"a worker process died ({broken}); the finished runs are "
-                                                         "saved, rerun the grid to complete the rest")
+                                                         "saved, rerun the grid to complete the rest"
+                                                         + script_hint())
                     for result in results:
                         yield tally.take(result)
                     if error is not None:

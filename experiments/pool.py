@@ -37,6 +37,17 @@ class WorkerError(ValueError):
     """A worker process died (killed, out of memory): the runs it had not sent back are lost."""
 
 
+def script_hint() -> str:
+    """When the driver runs a Python script of the user's (`launch` from Python), the likeliest reason a spawned
+    worker died at its start: each worker imports that script, which starts the grid again unless guarded."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not main.endswith(".py") or os.path.abspath(main).startswith(package + os.sep):
+        return ""
+    return (f"; {main} starts worker processes, and each imports it: start the grid under "
+            "`if __name__ == \"__main__\":` there")
+
+
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a Linux process gets when its parent dies
 PARENT_POLL_SECONDS = 0.5
 

@@ -22,7 +22,7 @@ from lathadapter.adapter.batched import Member, lockstep_key, train_together
 from lathadapter.adapter.catalog import build_method, make_options, method_class, resolve_options
 from lathadapter.adapter.evaluate import NaNScores, evaluate, harmonic_mean
 from lathadapter.adapter.methods.base import Method
-from lathadapter.adapter.options import OptionError, StateError, changed_fields
+from lathadapter.adapter.options import OptionError, StateError, changed_fields, unkeyed
 from lathadapter.adapter.recipes import RecipeFacts, filled_by_recipe
 from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS, DivergedError, TrainResult, train
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData, resolve_cache
@@ -75,11 +75,19 @@ class RunConfig:
         return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"},
                 "options": dataclasses.asdict(self.options)}
 
+    def keyed(self) -> dict[str, Any]:
+        """`identity` less what runs trained before a setting existed did not hash (`train_views=augmented`, an
+        option at its `before` value: `options.unkeyed`): what run keys and tuning group ids hash."""
+        identity = self.identity()
+        if self.train_views == "augmented":  # as before the setting existed: earlier grids' runs keep their keys
+            del identity["train_views"]
+        left_out = unkeyed(self.options)
+        identity["options"] = {k: v for k, v in identity["options"].items() if k not in left_out}
+        return identity
+
     def key(self, fingerprint: str) -> str:
         """A hash of the full configuration and the cache fingerprint: the run's identity in grids."""
-        payload = {**self.identity(), "fingerprint": fingerprint}
-        if self.train_views == "augmented":  # as before the setting existed: earlier grids' runs keep their keys
-            del payload["train_views"]
+        payload = {**self.keyed(), "fingerprint": fingerprint}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lathadapter.adapter.catalog import make_options
-from lathadapter.adapter.options import OptionError, changed_fields
+from lathadapter.adapter.options import OptionError, changed_fields, unkeyed
 from lathadapter.cache.store import FewShotData
 from lathadapter.experiments.run import TUNE_SCORES, RunConfig, option_in_effect, scores_unseen_classes
 
@@ -116,8 +116,9 @@ class Tuning:
 
     def group(self, config: RunConfig, fingerprint: str) -> str:
         """The group id: the configuration without the tuned options, the (salted) fingerprint and the budget."""
-        identity = config.identity()
-        identity["options"] = {k: v for k, v in identity["options"].items() if k not in self.names}
+        identity = config.identity()  # options at their `before` value left out, as in run keys (`options.unkeyed`)
+        left_out = set(self.names) | unkeyed(config.options)
+        identity["options"] = {k: v for k, v in identity["options"].items() if k not in left_out}
         payload = {**identity, "fingerprint": fingerprint, "tune": [self.names, self.candidates]}
         if self.score != "val":
             payload["score"] = self.score

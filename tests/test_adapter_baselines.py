@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lathadapter.adapter.catalog import create_method, method_names
+from lathadapter.adapter.catalog import ambiguous_options, create_method, method_names
 from lathadapter.adapter.evaluate import evaluate
 from lathadapter.adapter.methods import tip_adapter
 from lathadapter.adapter.methods.base import NotApplicable
@@ -47,6 +49,17 @@ def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
         create_method("taskres", few_shot(), alpha=0.5, gamma=1.0)
     with pytest.raises(OptionError, match="not a valid float"):
         create_method("taskres", few_shot(), alpha="big")
+
+
+def test_the_always_scoped_option_names_are_the_ones_the_readme_names() -> None:
+    """The option names that several registered methods declare separately, whose results columns are always
+    `opt.METHOD.NAME`: README lists them. A new method declaring a name that one method alone declared before renames
+    that method's column (`opt.NAME` → `opt.METHOD.NAME`) in every results.csv written afterwards, so it must show
+    here and in README (docs/architecture.md, 'Adding a method')."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    named = re.search(r"depend on the grid: (.*?) are always scoped", readme, re.S)
+    assert named is not None
+    assert ambiguous_options() == set(re.findall(r"`([a-z_+]+)`", named.group(1)))
 
 
 def test_zeroshot_is_100_times_the_cosine() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -13,7 +14,10 @@ import torch.nn.functional as F
 
 from lathadapter.adapter.batched import LossModule
 from lathadapter.adapter.catalog import create_method
+from lathadapter.adapter.methods.base import ProtocolWarning
+from lathadapter.adapter.methods.lathadapter.options import REFERENCE_ONLY, LatHAdapterOptions
 from lathadapter.adapter.methods.lathadapter.stacked import masked_loss
+from lathadapter.adapter.options import OptionError, TrainOptions
 from lathadapter.cache.store import FewShotData
 
 
@@ -162,6 +166,20 @@ def test_attribute_prompts_start_at_kmeans_centres_of_the_vocabulary() -> None:
         assert torch.allclose(prompts[k], members.mean(0), atol=1e-5)
 
 
+def test_a_vocabulary_shorter_than_the_prompts_is_said_and_the_prompts_start_at_random() -> None:
+    """attr_init=kmeans over a vocabulary of fewer phrases than prompts cannot take k-means centres: a
+    ProtocolWarning names both counts and the fix, and the prompts are attr_init=random's (same values)."""
+    data = make_data(attributes=3)
+    with pytest.warns(ProtocolWarning, match=r"num_attributes=4 attribute phrases, but the cache holds 3.*"
+                                             r"--set num_attributes=3"):
+        short = create_method("lathadapter", data, num_attributes=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProtocolWarning)  # enough phrases, or random asked for: nothing to say
+        create_method("lathadapter", data, num_attributes=3)
+        random = create_method("lathadapter", data, num_attributes=4, attr_init="random")
+    assert torch.equal(short.attribute_prompts, random.attribute_prompts)
+
+
 def test_remembered_kmeans_centres_are_each_callers_own() -> None:
     """k-means is remembered per input; a caller changing its centres (they become trained prompts) changes nothing
     the next caller gets: Lloyd's fixed point still holds for it."""
@@ -232,16 +250,65 @@ TWIN_CASES += [{"radius": "head", "lambda_hyp": 0.0}, {"radius": "norm", "lambda
 # the default configuration (λ_hier = 0: the image product without the attribute columns) through each form
 TWIN_CASES += [{"radius": "kind", "lambda_hier": 0.0}, {"radius": "kind", "lambda_hier": 0.0, "attr_proto": False},
                {"radius": "head", "lambda_hier": 0.0}]
+# Every loss option off its default at once (each value unlike any default): a twin that read a constant instead of
+# the option, or left it out, differs from the reference here. `test_every_loss_option_is_checked_off_its_default`
+# holds a new option to this list (or to REFERENCE_ONLY).
+OFF_DEFAULTS = {"reduction": 3, "alpha_v": 0.35, "alpha_t": 0.3, "attr_init": "random", "tau_attr": 0.11, "beta": 0.25,
+                "learn_curvature": False, "scale_cat": 0.4, "scale_attr": 0.5, "scale_img": 0.9, "tau_hyp": 0.09,
+                "cone_k": 0.23, "cone_kappa": 0.8, "margin": 0.27, "margin_radial": 0.9, "lambda_hyp": 0.7,
+                "lambda_hier": 0.3, "lambda_anchor": 0.4}
+TWIN_CASES += [{"radius": radius, "hier": hier, **OFF_DEFAULTS} for radius, hier in (("head", "cone"),
+                                                                                      ("kind", "triplet"))]
+TWIN_BASE = {"num_attributes": 5, "curvature": 1.4}  # every twin comparison's, off their defaults too
 
 
-def twin_and_reference(options: dict, dtype: torch.dtype, classes: int = 7, dim: int = 13, attributes: int = 5):
+def twin_and_reference(options: dict, dtype: torch.dtype, classes: int = 7, dim: int = 13):
     """A method of odd shapes with a batch, in `dtype`; returns (method, x, y)."""
     data = make_data(classes=classes, dim=dim, per_class=3, attributes=9)
     torch.manual_seed(1)
-    method = create_method("lathadapter", data, num_attributes=attributes, curvature=1.4, **options).to(dtype)
+    method = create_method("lathadapter", data, **{**TWIN_BASE, **options}).to(dtype)
     with_radius_heads(method)
     batch = torch.tensor([0, 2, 3, 5, 7, 8, 13, 14, 20])  # six of the seven classes, some twice
     return method, data.train_features[batch].to(dtype), data.train_labels[batch]
+
+
+# LatHAdapter's options that no twin comparison here sets off its default, each with where it is checked instead
+NOT_TWIN_CASES = {
+    "impl": "the form compared",
+    "infer": "inference, not the loss (test_hierarchy.py, the scores)",
+    "radius": "every value is in TWIN_CASES; its default is too",
+    "attr_proto": "both values are in TWIN_CASES",
+    "hier": "both values are in TWIN_CASES",
+    "hyp_metric": "added around the fused form by LatHAdapter.loss: test_hierarchy.py's SWITCH_CASES",
+    "centre": "acts on the inputs before every form: test_hierarchy.py's SWITCH_CASES",
+}
+
+
+def test_every_loss_option_is_checked_off_its_default_through_the_twins() -> None:
+    """A LatHAdapter option that a twin could ignore unseen: one that no `TWIN_CASES` entry (compared through the CPU
+    fused twin and the stacked twin) sets off its default, and that is neither a training option, nor reference-only
+    (`REFERENCE_ONLY`, refused under impl=fused), nor listed in `NOT_TWIN_CASES` with where it is checked."""
+    defaults = LatHAdapterOptions()
+    varied = {name for case in [*TWIN_CASES, TWIN_BASE] for name, value in case.items()
+              if value != getattr(defaults, name)}
+    exempt = {f.name for f in dataclasses.fields(TrainOptions)} | set(REFERENCE_ONLY) | set(NOT_TWIN_CASES)
+    unchecked = [f.name for f in dataclasses.fields(LatHAdapterOptions) if f.name not in varied | exempt]
+    assert not unchecked, (f"LatHAdapter options {unchecked} are never set off their defaults in TWIN_CASES: add them "
+                           "to OFF_DEFAULTS once every form implements them, or to REFERENCE_ONLY (docs/method.md, "
+                           "'Adding an option')")
+
+
+def test_a_reference_only_option_is_refused_under_fused_and_never_stacked() -> None:
+    """Each `REFERENCE_ONLY` option off the twins' value: a one-line usage error naming it and impl=reference under
+    impl=fused; under impl=reference a model that neither stacks nor captures."""
+    data = make_data()
+    for name, value in REFERENCE_ONLY.items():
+        field = next(f for f in dataclasses.fields(LatHAdapterOptions) if f.name == name)
+        other = next(choice for choice in field.metadata["choices"] if choice != value)
+        with pytest.raises(OptionError, match=f"option {name}={other!r} of lathadapter .* add impl=reference"):
+            create_method("lathadapter", data, **{name: other})
+        assert not create_method("lathadapter", data, impl="reference", **{name: other}).stackable
+        assert create_method("lathadapter", data, **{name: value}).stackable
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
@@ -436,7 +503,8 @@ def compare_triton_twin_with_reference(options: dict) -> None:
 
 
 TRITON_TWIN_CASES = [{"radius": "head"}, {"radius": "norm", "hier": "triplet"}, {"radius": "head", "attr_proto": False,
-                                                                               "lambda_anchor": 0.5}]
+                                                                               "lambda_anchor": 0.5},
+                     {"radius": "norm", "hier": "cone", **OFF_DEFAULTS}]
 
 
 def test_the_triton_twin_equals_the_reference_in_the_interpreter() -> None:

@@ -114,6 +114,22 @@ def test_split_path_form_reads_paths_relative_to_the_file(coop_dataset) -> None:
     assert load_dataset(None, f"split:{coop_dataset.split_file}").template == "a photo of a {}."
 
 
+@pytest.mark.parametrize("name", ["oxford_pets", "oxford_flowers", "eurosat"])
+def test_split_path_form_reads_a_coop_folder_whose_images_lie_in_a_subfolder(tmp_path: Path, name: str) -> None:
+    """A CoOp-layout folder given as `split:` (its JSON's paths relative to `images/`, `jpg/`, `2750/`): every item
+    names a file that exists, found under the one subfolder that holds the images, as the named reader finds them."""
+    split = _split_layout(tmp_path, name)
+    spec = DATASETS[name]
+    data = load_dataset(None, f"split:{tmp_path / spec.folder / spec.split_file}")
+    assert data.image_dir == spec.image_dir and data.folder == tmp_path / spec.folder
+    for part in ("train", "val", "test"):
+        assert [(p.removeprefix(f"{spec.image_dir}/"), label, c) for p, label, c in getattr(data, part)] == [
+            tuple(item) for item in split[part]]
+        assert all((data.folder / p).is_file() for p, _, _ in getattr(data, part))
+    (tmp_path / spec.folder / "copy" / spec.image_dir).mkdir(parents=True)  # a second subfolder without the images
+    assert load_dataset(None, f"split:{tmp_path / spec.folder / spec.split_file}").image_dir == spec.image_dir
+
+
 def test_aircraft_labels_are_variant_lines_and_items_keep_file_order(tmp_path: Path) -> None:
     folder = tmp_path / "fgvc_aircraft"
     variants = ["707-320", "A300B4", "F-16A/B"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -15,7 +16,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from lathadapter.adapter.options import OptionError, parse_assignments
+from lathadapter.adapter.catalog import method_class
+from lathadapter.adapter.options import OptionError, option, parse_assignments
 from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
@@ -99,6 +101,38 @@ def test_resume_skips_exactly_the_finished_runs(caches: dict[str, Path], tmp_pat
     expected = {"opt.clip-adapter.alpha", option_column("clip-adapter", "epochs"), "acc_all", "train_seconds"}
     assert expected <= set(rows[0])
     assert "opt.alpha" not in rows[0]
+
+
+def test_an_option_added_at_its_before_value_keeps_the_keys_and_groups_of_earlier_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LatHAdapter option added later with `option(..., before=V)`: runs at V keep the run key and tuning group id
+    they had before it existed (pinned literals: LatHAdapter's default run, and its lr-tuning group, before the
+    option); another value, or the option without `before`, gives new ones."""
+    fingerprint = "0123456789abcdef"
+    spec = GridSpec(["a.h5"], ["lathadapter"], [4], [1], tune={"lr": ["0.01", "0.1"]})
+
+    def keys() -> tuple[str, str]:
+        plain = RunConfig.create("lathadapter", 4, 1).key(fingerprint)
+        candidate = expand(spec)[0]
+        return plain, candidate.tune.group(candidate.config, fingerprint)
+
+    before = ("ad0a4d6342f7", "64e1cfd79bc6")
+    assert keys() == before
+    lathadapter = method_class("lathadapter")
+
+    @dataclasses.dataclass(frozen=True)
+    class Added(lathadapter.Options):
+        lambda_new: float = option(1.0, "a weight added later; 1 trains as before it existed", least=0, before=1.0)
+
+    @dataclasses.dataclass(frozen=True)
+    class AddedWithoutBefore(lathadapter.Options):
+        lambda_new: float = option(1.0, "a weight added later", least=0)
+
+    monkeypatch.setattr(lathadapter, "Options", Added)
+    assert keys() == before
+    assert RunConfig.create("lathadapter", 4, 1, overrides={"lambda_new": 0.5}).key(fingerprint) != before[0]
+    monkeypatch.setattr(lathadapter, "Options", AddedWithoutBefore)
+    assert keys()[0] != before[0] and keys()[1] != before[1]
 
 
 def test_run_keys_hash_the_requested_options_and_config_json_holds_the_resolved(caches: dict[str, Path],

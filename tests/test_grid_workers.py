@@ -259,3 +259,29 @@ def test_the_default_worker_count_follows_the_grid_and_the_device() -> None:
     assert auto_workers(0, "cpu") == auto_workers(3, "cpu") == 1  # a small grid: this process, no worker to start
     assert auto_workers(1000, "cuda") == auto_workers(2, "cuda") == 1  # this process, with its trainer threads
     assert 1 <= auto_workers(1000, "cpu") <= (os.cpu_count() or 1)
+
+
+def test_an_unguarded_script_whose_workers_die_is_told_to_guard_its_grid(cache: Path, tmp_path: Path) -> None:
+    """A script that calls `launch` on worker processes at its top level: each spawned worker imports it and dies
+    starting the grid again; the driver's one error says which script and that `if __name__ == "__main__":` is the
+    fix (the same script guarded trains every run)."""
+    import subprocess
+    import sys
+
+    body = (f"from pathlib import Path\nfrom lathadapter.experiments.execution import Execution\n"
+            f"from lathadapter.experiments.launch import launch\nfrom lathadapter.experiments.spec import GridSpec\n"
+            f"spec = GridSpec([{str(cache)!r}], ['zeroshot'], [1, 2], [1, 2])\n")
+    run = "launch(spec, Path({out!r}), Execution(workers=2), progress=False)\n"
+    script = tmp_path / "unguarded.py"
+    script.write_text(body + run.format(out=str(tmp_path / "a")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    failed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert failed.returncode != 0
+    last = failed.stderr.strip().splitlines()[-1]
+    assert "a worker process died" in last and f"{script} starts worker processes" in last, last
+    assert 'if __name__ == "__main__":' in last, last
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text(body + "if __name__ == '__main__':\n    " + run.format(out=str(tmp_path / "b")))
+    done = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "b" / "runs").glob("*/metrics.json"))) == 4

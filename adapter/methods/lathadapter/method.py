@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix, normalize
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, ProtocolWarning, cosines, mix, normalize
 from lathadapter.adapter.methods.lathadapter.diagnostics import hierarchy_diagnostics
 from lathadapter.adapter.methods.lathadapter.fused import fused_loss
 from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
@@ -98,6 +99,11 @@ def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions,
         vocabulary = F.normalize(vocabulary - text_mean.to(vocabulary), dim=-1)
     if options.attr_init == "kmeans" and len(vocabulary) >= options.num_attributes:
         return kmeans(vocabulary, options.num_attributes).to(data.text_features.device)
+    if options.attr_init == "kmeans":  # never silently: the vocabulary the cache was built with goes unused
+        warnings.warn(f"lathadapter: attr_init=kmeans needs at least num_attributes={options.num_attributes} "
+                      f"attribute phrases, but the cache holds {len(vocabulary)}: the prompts start at random "
+                      "(N(0, 1/D)), as with attr_init=random. Build the cache with a longer --attributes file, or "
+                      f"pass --set num_attributes={len(vocabulary) or 1}", ProtocolWarning, stacklevel=3)
     generator = torch.Generator().manual_seed(0)
     prompts = torch.randn(options.num_attributes, dim, generator=generator) / math.sqrt(dim)
     return prompts.to(data.text_features.device)
@@ -115,9 +121,9 @@ class LatHAdapter(Method):
             self.register_buffer("image_mean", image_mean)
             self.register_buffer("text_mean", text_mean)
             self.text_features = self.centred_text(data.text_features)
-        if options.impl == "reference" or options.hyp_metric != "poincare" or options.cone_parent != "text":
+        if options.impl == "reference" or options.hyp_metric != "poincare" or options.reference_only():
             # `impl=reference` trains through the reference itself, so neither stacked nor captured (both take
-            # `stacked.masked_loss`); and the fixed-shape form implements neither variant
+            # `stacked.masked_loss`); and the fixed-shape form implements neither variant (`REFERENCE_ONLY`)
             self.stackable = False
         self.visual_adapter = Adapter(dim, options.reduction).to(device)
         self.text_adapter = Adapter(dim, options.reduction).to(device)
