@@ -33,6 +33,15 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
+def write_rows(path: Path, columns: list[str], rows: list[dict]) -> Path:
+    """A results table written by hand: `columns`, empty where a row has no value."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -110,21 +119,14 @@ def test_a_report_leaves_a_diverged_seed_out_of_its_cell_and_lists_it(tmp_path: 
             {**common, "key": "z1", "method": "zeroshot", "seed": 1, "acc_all": 60.0, "opt.lr": ""},
             {**common, "key": "z2", "method": "zeroshot", "seed": 2, "acc_all": 60.0, "opt.lr": ""},
             {**common, "key": "z3", "method": "zeroshot", "seed": 3, "acc_all": 60.0, "opt.lr": ""}]
-    path = tmp_path / "results.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_rows(tmp_path / "results.csv", columns, rows)
     markdown = write_report(path, tmp_path / "report")["markdown"]
     mean, std = (70.0 + 74.0) / 2, math.sqrt(((70.0 - 72.0) ** 2 + (74.0 - 72.0) ** 2) / 1)
     assert f"| {mean:.2f} ± {std:.2f} (n=2) |" in markdown
     assert "1 run diverged in training and is left out of the tables" in markdown
     assert "- clip-adapter, caltech101, 4 shots, seed 2, classes=all (run k2): clip-adapter diverged" in markdown
     other = [{**r, "key": f"{r['key']}b", "fingerprint": "ab12cd34ef"} for r in rows]  # a second cache of one name
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows + other)
+    write_rows(path, columns, rows + other)
     listed = [line for line in summary_markdown(path).splitlines() if line.startswith("- ")]
     assert listed == [f"- clip-adapter, caltech101 (fp {fp}), 4 shots, seed 2, classes=all (run {key}): "
                       f"{rows[1]['diverged']}" for fp, key in (("fp", "k2"), ("ab12cd34", "k2b"))]
@@ -141,11 +143,7 @@ def test_a_base_to_novel_cell_whose_every_seed_diverged_reads_diverged_in_its_hm
             for s in (1, 2)]
     rows += [{**common, "key": f"z{s}", "method": "zeroshot", "seed": s, "acc_base": 80.0, "acc_novel": 60.0}
              for s in (1, 2)]
-    path = tmp_path / "results.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_rows(tmp_path / "results.csv", columns, rows)
     markdown = write_report(path, tmp_path / "report")["markdown"]
     assert "| clip-adapter | diverged | diverged | diverged |" in markdown
     assert f"| zeroshot | 80.00 ± 0.00 | 60.00 ± 0.00 | {2 * 80 * 60 / (80 + 60):.2f} |" in markdown
