@@ -37,6 +37,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def with_ctrl_c() -> None:
+    """A child's SIGINT back to its default before it starts: a shell's background job (`cmd &`, e.g. a CI script
+    run so) starts with SIGINT ignored, children inherit that and Python then never raises KeyboardInterrupt, so the
+    Ctrl-C these tests send would go unheard."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
     try:
@@ -53,7 +60,7 @@ def start_grid(cache: Path, out: Path) -> tuple[subprocess.Popen, list[int]]:
                "clip-adapter,lathadapter", "--shots", "1,2", "--seeds", "1,2,3", "--set", "epochs=200",
                "--device", "cpu", "--workers", "2", "--batch-runs", "1", "--out", str(out)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=with_ctrl_c)
     deadline = time.monotonic() + 120
     while len(children(process.pid)) < 3:
         assert process.poll() is None, process.communicate()
@@ -124,7 +131,8 @@ def test_a_stopped_fit_says_so_in_one_line(cache: Path, tmp_path: Path, how: str
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", PACKAGE_PARENT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "lathadapter.cli", "fit", "--cache", str(cache), "--method", "lathadapter",
                "--shots", "2", "--set", "epochs=100000", "--device", "cpu", "--out", str(tmp_path / "runs")]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=with_ctrl_c)
     deadline = time.monotonic() + 120
     while not handles_sigterm(process.pid):
         assert process.poll() is None, process.communicate()
