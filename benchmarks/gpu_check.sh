@@ -5,6 +5,7 @@
 #   (a) the CUDA tests: tests/test_kernels_radial_loss.py with the Triton twins compiled for real, against the
 #       float64 PyTorch twin (`fused_loss`) and, through LatHAdapter, against `impl=reference` for every radius and
 #       hierarchy, in float32 on CUDA; tests/test_graphed.py, the captured steps against the uncaptured ones;
+#       tests/test_diverged.py, a run diverging beside another in one stacked, captured CUDA batch;
 #   (b) benchmarks/lathadapter_step.py --device cuda (the Triton path, the PyTorch twins, the captured step);
 #   (c) benchmarks/fit.py --device cuda --only caltech (LatHAdapter's fit, target <= 0.25 s), captured (the
 #       default) and with LATHADAPTER_GRAPHS=off;
@@ -92,7 +93,7 @@ if [[ $DEVICE == cuda ]]; then
     #     steps against the uncaptured ones (bit for bit) and the plain trainer
     # shellcheck disable=SC2086  # GPU_CHECK_TESTS: the test files, split on spaces
     stage kernel_tests_cuda.txt 110 env -u TRITON_INTERPRET "$PY" -m pytest -q -rs -p no:cacheprovider \
-        --durations=8 ${GPU_CHECK_TESTS:-tests/test_kernels_radial_loss.py tests/test_graphed.py}
+        --durations=8 ${GPU_CHECK_TESTS:-tests/test_kernels_radial_loss.py tests/test_graphed.py tests/test_diverged.py}
     # (b) where a step goes: the Triton path, the PyTorch twins forced (kernels = torch), the captured step
     stage lathadapter_step_cuda.txt 50 "$PY" benchmarks/lathadapter_step.py --device cuda --only caltech \
         --steps 30 --repeats 5

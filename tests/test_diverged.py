@@ -47,12 +47,18 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("stack", [False, True], ids=["lockstep", "stacked"])
-def test_a_run_that_diverges_beside_others_leaves_them_as_they_train_alone(cache: Path, stack: bool) -> None:
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh)")
+
+
+@pytest.mark.parametrize(("stack", "device"), [(False, "cpu"), (True, "cpu"),
+                                               pytest.param(True, "cuda", marks=CUDA)],
+                         ids=["lockstep", "stacked", "stacked-captured-cuda"])
+def test_a_run_that_diverges_beside_others_leaves_them_as_they_train_alone(cache: Path, stack: bool,
+                                                                           device: str) -> None:
     """Trained together (lockstep, or one stacked LatHAdapter model: members differ in seed and data only), a run
     whose training images are NaN diverges and has no accuracy; its batchmate's accuracy equals its run alone."""
-    with CacheReader(cache) as reader:
-        poisoned, data = reader.load(2, 1), reader.load(2, 2)
+    with CacheReader(cache) as reader:  # on CUDA the steps are captured as graphs (the default there)
+        poisoned, data = reader.load(2, 1, device=device), reader.load(2, 2, device=device)
     poisoned = dataclasses.replace(poisoned, train_features=torch.full_like(poisoned.train_features, math.nan),
                                    train_views=torch.full_like(poisoned.train_views, math.nan))
     bad, good = (RunConfig.create("lathadapter", 2, seed, overrides=SHORT) for seed in (1, 2))
@@ -62,8 +68,10 @@ def test_a_run_that_diverges_beside_others_leaves_them_as_they_train_alone(cache
     assert together[0].metrics["accuracy"] == {"all": None} and together[0].points is None
     assert together[1].metrics["diverged"] is None and alone.metrics["diverged"] is None
     assert together[1].metrics["batch_mode"] == ("stacked" if stack else "lockstep")
-    if stack:  # one vmapped model: equal within float rounding (docs/architecture.md)
-        assert together[1].metrics["accuracy"]["all"] == pytest.approx(alone.metrics["accuracy"]["all"], abs=1e-9)
+    if stack:  # one vmapped model: equal within float rounding (docs/architecture.md), which on CUDA may flip one
+        # test image's prediction
+        image = 100 / len(data.test_labels) if device == "cuda" else 1e-9
+        assert together[1].metrics["accuracy"]["all"] == pytest.approx(alone.metrics["accuracy"]["all"], abs=image)
     else:
         assert together[1].metrics["accuracy"] == alone.metrics["accuracy"]
         for name, value in alone.method.state_dict().items():
