@@ -14,8 +14,9 @@ group per configuration, with error bars over seeds.
 
 Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable), `diverged` (every seed's training
 diverged: no accuracy; such runs are listed under the tables) or `—` (no run), with `(n=2)` after a cell over fewer
-seeds than the fullest cell of its table (a run missing, failed or diverged); each CSV has
-`<column> mean`, `<column> std` and `<column> n` (seeds) columns, empty where there is no number.
+seeds than the fullest cell of its table (a run missing, failed or diverged), and after an average or HM of such a
+cell; each CSV has `<column> mean`, `<column> std` and `<column> n` (seeds) columns, empty where there is no number
+(an average's or HM's n is empty).
 
 Tuned grids (`tune.*` columns): only each tuning group's kept run (`tune.selected`, chosen on the few-shot val set)
 enters the tables. A tuned option is not a configuration axis: its value reads `tuned` in the configuration (the
@@ -266,13 +267,20 @@ def check_one_run_per_seed(parsed: list[Record], source: Path) -> None:
 @dataclass(frozen=True)
 class Cell:
     """A table cell: a mean with its sample std (n − 1) over n seeds (no std for one seed), a derived mean (an
-    average or HM: no std, no n), not applicable (no mean), or no run at all (missing)."""
+    average or HM: no std, no n, but the fewest seeds of the cells it derives from), not applicable (no mean), or no
+    run at all (missing)."""
 
     mean: float | None = None
     std: float | None = None
     n: int | None = None
     missing: bool = False
     diverged: bool = False  # every seed's run diverged in training (no accuracy)
+    fewest: int | None = None  # a derived cell: the fewest seeds of a cell it derives from (`(n=2)` in markdown)
+
+    @property
+    def seeds(self) -> int | None:
+        """The seeds this cell rests on: its own n, or a derived cell's `fewest`."""
+        return self.n if self.n is not None else self.fewest
 
     @classmethod
     def over_seeds(cls, values: list[float | None], diverged: bool = False) -> Cell:
@@ -290,7 +298,7 @@ class Cell:
             return MISSING
         if any(c.mean is None for c in cells):
             return cls()
-        return cls(statistics.fmean(c.mean for c in cells if c.mean is not None))
+        return cls(statistics.fmean(c.mean for c in cells if c.mean is not None), fewest=_fewest(cells))
 
     @classmethod
     def hm(cls, base: Cell, novel: Cell) -> Cell:
@@ -302,7 +310,7 @@ class Cell:
             return cls(diverged=True)
         if base.mean is None or novel.mean is None:
             return cls()
-        return cls(2 * base.mean * novel.mean / max(base.mean + novel.mean, 1e-12))
+        return cls(2 * base.mean * novel.mean / max(base.mean + novel.mean, 1e-12), fewest=_fewest([base, novel]))
 
     def text(self) -> str:
         if self.missing:
@@ -319,6 +327,11 @@ class Cell:
 
 
 MISSING = Cell(missing=True)
+
+
+def _fewest(cells: list[Cell]) -> int | None:
+    """The fewest seeds any of `cells` rests on (None when none says)."""
+    return min((c.seeds for c in cells if c.seeds is not None), default=None)
 
 
 @dataclass(frozen=True)
@@ -390,9 +403,9 @@ class Table:
 
 def _shown(cell: Cell | Chosen, most: int) -> str:
     """A markdown cell: its text, and `(n=2)` when it is a mean over fewer seeds than the table's fullest cell (a run
-    missing or failed), so that it does not read as the others do."""
-    short = isinstance(cell, Cell) and cell.n is not None and cell.n < most
-    return cell.text() + (f" (n={cell.n})" if short else "")
+    missing, failed or diverged), or an average or HM of such a cell, so that it does not read as the others do."""
+    seeds = cell.seeds if isinstance(cell, Cell) and cell.mean is not None else None
+    return cell.text() + (f" (n={seeds})" if seeds is not None and seeds < most else "")
 
 
 def _slug(text: str) -> str:

@@ -437,3 +437,34 @@ def test_a_full_disk_while_reporting_keeps_the_previous_report_whole(tmp_path: P
         for file in out.iterdir():  # each file whole: as it was, or as the new report has it
             assert file.read_bytes() in (before[file.name], (fresh / file.name).read_bytes()), (name, file.name)
         assert (out / "report.md").read_bytes() == before["report.md"]  # written last, so it never ran or failed
+
+
+def test_an_average_or_hm_of_a_cell_over_fewer_seeds_says_how_many(tmp_path: Path) -> None:
+    """Base-to-novel on two datasets, one lathadapter run missing on the second: that dataset's base, novel and HM
+    cells, and the average's base, novel and HM, read `(n=2)`; the first dataset's full cells and zero-shot's do not.
+    Every number is restated here: mean over seeds, HM of the mean base and mean novel, average of the datasets'
+    means."""
+    accuracy = {("a", 1): (80.0, 60.0), ("a", 2): (82.0, 62.0), ("a", 3): (84.0, 58.0),
+                ("b", 1): (70.0, 50.0), ("b", 2): (74.0, 54.0)}  # ("b", 3) is missing
+    rows = [row(seed=seed, classes="base", dataset=d, cache=f"{d}.h5", acc_base=b, acc_novel=n)
+            for (d, seed), (b, n) in accuracy.items()]
+    rows += [row("zeroshot", seed=s, classes="base", dataset=d, cache=f"{d}.h5", acc_base=60.0, acc_novel=65.0)
+             for d in ("a", "b") for s in (1, 2, 3)]
+    markdown = summary_markdown(write_rows(tmp_path / "results.csv", rows))
+
+    def hm(b: float, n: float) -> float:
+        return 2 * b * n / (b + n)
+
+    base = {d: statistics.fmean(v[0] for (x, _), v in accuracy.items() if x == d) for d in ("a", "b")}
+    novel = {d: statistics.fmean(v[1] for (x, _), v in accuracy.items() if x == d) for d in ("a", "b")}
+    spread = {d: [statistics.stdev(v[i] for (x, _), v in accuracy.items() if x == d) for i in (0, 1)]
+              for d in ("a", "b")}
+    average = (statistics.fmean(base.values()), statistics.fmean(novel.values()))
+    cells = [f"{base['a']:.2f} ± {spread['a'][0]:.2f}", f"{novel['a']:.2f} ± {spread['a'][1]:.2f}",
+             f"{hm(base['a'], novel['a']):.2f}",
+             f"{base['b']:.2f} ± {spread['b'][0]:.2f} (n=2)", f"{novel['b']:.2f} ± {spread['b'][1]:.2f} (n=2)",
+             f"{hm(base['b'], novel['b']):.2f} (n=2)",
+             f"{average[0]:.2f} (n=2)", f"{average[1]:.2f} (n=2)", f"{hm(*average):.2f} (n=2)"]
+    assert "| lathadapter | " + " | ".join(cells) + " |" in markdown, markdown
+    full = ["60.00 ± 0.00", "65.00 ± 0.00", f"{hm(60.0, 65.0):.2f}"] * 2 + ["60.00", "65.00", f"{hm(60.0, 65.0):.2f}"]
+    assert "| zeroshot | " + " | ".join(full) + " |" in markdown, markdown
