@@ -209,6 +209,15 @@ def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data
     return RunOutcome(method, metrics, result, method.lifted_points(train_data))
 
 
+def as_diverged(outcome: RunOutcome, trained: dict[str, Any], reason: str) -> RunOutcome:
+    """`outcome` counted as diverged (`reason`) after it scored NaN past its test set (on val or a transfer target):
+    the metrics it had when trained (`trained`) with no accuracy, HM, diagnostics or lifted points, as `evaluated`
+    gives a run whose test scores are NaN."""
+    metrics = {**trained, "accuracy": dict.fromkeys(trained["accuracy"]), "hm": None, "diverged": reason}
+    metrics.pop("hierarchy", None)
+    return RunOutcome(outcome.method, metrics, outcome.train, None)
+
+
 def test_accuracy(method: Method, train_data: FewShotData, novel_data: FewShotData | None) -> dict[str, float | None]:
     """Test accuracy (%) over the training classes (`all`), or `base` and `novel` for base-to-novel (novel images
     against the novel classes' text features only)."""
@@ -278,10 +287,13 @@ def pseudo_novel_accuracies(config: RunConfig, data: FewShotData) -> dict[str, A
     result = train(method, pseudo_base, seed=config.seed, select=config.select, train_views=config.train_views)
     if result.diverged is not None:  # no score: a tuning group keeps it only when every candidate diverged
         return {"base": None, "novel": None, "diverged": result.diverged}
-    base = (evaluate(method, pseudo_base.val_features, pseudo_base.val_labels)
-            if len(pseudo_base.val_labels) else None)
-    novel = (evaluate(method, pseudo_novel.val_features, pseudo_novel.val_labels, pseudo_novel.text_features)
-             if len(pseudo_novel.val_labels) else None)
+    try:
+        base = (evaluate(method, pseudo_base.val_features, pseudo_base.val_labels)
+                if len(pseudo_base.val_labels) else None)
+        novel = (evaluate(method, pseudo_novel.val_features, pseudo_novel.val_labels, pseudo_novel.text_features)
+                 if len(pseudo_novel.val_labels) else None)
+    except NaNScores as error:  # a finite training whose scores overflow: no score either
+        return {"base": None, "novel": None, "diverged": str(error)}
     return {"base": base, "novel": novel}
 
 

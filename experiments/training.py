@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from lathadapter.adapter.evaluate import NaNScores
 from lathadapter.cache.store import CacheError, CacheInfo, FewShotData
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.run import (
     RunConfig,
     RunOutcome,
+    as_diverged,
     harmonic_mean,
     pseudo_novel_accuracies,
     run,
@@ -139,15 +141,36 @@ def train_runs(grid_runs: list[GridRun], datas: list[FewShotData], execution: Ex
         graphs = execution.captures(device)
         outcomes = ([run(configs[0], datas[0], graphs=graphs)] if len(configs) == 1
                     else run_together(configs, datas, stack=execution.stacks(device), graphs=graphs))
-        for grid_run, c, data, group, outcome in zip(grid_runs, configs, datas, groups, outcomes, strict=True):
-            if extra is not None:
-                outcome.metrics.update(extra(grid_run, outcome, data))
-            if grid_run.tune is not None and group is not None:
-                add_tuning_scores(grid_run, c, data, group, outcome)
+        outcomes = [scored(grid_run, c, data, group, outcome, extra)
+                    for grid_run, c, data, group, outcome in zip(grid_runs, configs, datas, groups, outcomes,
+                                                                 strict=True)]
     seconds = (time.perf_counter() - start) / len(outcomes)
     for outcome in outcomes:
         outcome.metrics["wall_seconds"] = seconds
     return list(zip(configs, outcomes, strict=True))
+
+
+def scored(grid_run: GridRun, c: RunConfig, data: FewShotData, group: str | None, outcome: RunOutcome,
+           extra: Evaluator | None) -> RunOutcome:
+    """`outcome` with `extra`'s metrics and, for a tuning candidate, its tuning record and val scores. A run that
+    scores NaN there, its training and test scores finite, is kept as diverged (`run.as_diverged`) rather than
+    stopping the grid."""
+    trained = dict(outcome.metrics)
+    try:
+        add_scores(grid_run, c, data, group, outcome, extra)
+    except NaNScores as error:
+        outcome = as_diverged(outcome, trained, str(error))
+        add_scores(grid_run, c, data, group, outcome, extra)  # a diverged run's: no score is read
+    return outcome
+
+
+def add_scores(grid_run: GridRun, c: RunConfig, data: FewShotData, group: str | None, outcome: RunOutcome,
+               extra: Evaluator | None) -> None:
+    """Add `extra`'s metrics and a tuning candidate's record and val scores to `outcome`'s metrics."""
+    if extra is not None:
+        outcome.metrics.update(extra(grid_run, outcome, data))
+    if grid_run.tune is not None and group is not None:
+        add_tuning_scores(grid_run, c, data, group, outcome)
 
 
 def add_tuning_scores(grid_run: GridRun, c: RunConfig, data: FewShotData, group: str, outcome: RunOutcome) -> None:

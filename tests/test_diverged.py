@@ -155,3 +155,57 @@ def test_a_base_to_novel_cell_whose_every_seed_diverged_reads_diverged_in_its_hm
     markdown = write_report(path, tmp_path / "report")["markdown"]
     assert "| clip-adapter | diverged | diverged | diverged |" in markdown
     assert f"| zeroshot | 80.00 ± 0.00 | 60.00 ± 0.00 | {2 * 80 * 60 / (80 + 60):.2f} |" in markdown
+
+
+def test_a_run_that_scores_nan_on_val_with_a_finite_training_is_kept_as_diverged(
+        cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores that overflow past the test set (R could not reach them with real options, so the fault is injected:
+    the val score of lr=0.01 raises NaNScores as `evaluate.checked` does) mark that run diverged, without test
+    accuracy, and the grid goes on: the other candidate is kept and the exit code is 0."""
+    from lathadapter.adapter.evaluate import NaNScores
+    from lathadapter.experiments import training
+
+    honest = training.tune_val_accuracy
+
+    def overflowing(config: RunConfig, method, data):  # noqa: ANN001, ANN202 - the patched function's signature
+        if config.options.lr == 0.01:
+            raise NaNScores("clip-adapter gave NaN scores at evaluation (injected)")
+        return honest(config, method, data)
+
+    monkeypatch.setattr(training, "tune_val_accuracy", overflowing)
+    out = tmp_path / "tuned"
+    result = invoke("grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "2", "--seeds", "1",
+                    "--tune", "lr=0.01,0.001", "--set", "epochs=3", "--set", "min_steps=0", "--device", "cpu",
+                    "--workers", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rows = {float(r["opt.lr"]): r for r in read_rows(out / "results.csv")}
+    assert rows[0.01]["diverged"] == "clip-adapter gave NaN scores at evaluation (injected)"
+    assert rows[0.01]["acc_all"] == "" and rows[0.01]["tune.val_score"] == "" and rows[0.01]["tune.selected"] == "False"
+    assert rows[0.001]["diverged"] == "" and rows[0.001]["tune.selected"] == "True"
+    assert 0 <= float(rows[0.001]["acc_all"]) <= 100
+
+
+def test_a_pseudo_base_copy_that_scores_nan_gives_its_candidate_no_val_hm(
+        cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`val_hm`'s pseudo-base copy scoring NaN on the pseudo-novel classes (injected: the evaluation against novel
+    class texts raises NaNScores) leaves that candidate without a score; the run itself keeps its test accuracy and
+    the grid ends with exit 0."""
+    from lathadapter.adapter.evaluate import NaNScores
+    from lathadapter.experiments import run as run_module
+
+    honest = run_module.evaluate
+
+    def overflowing(method, features, labels, text_features=None):  # noqa: ANN001, ANN202
+        if text_features is not None:  # only the pseudo-novel half passes class texts in a few-shot grid
+            raise NaNScores("lathadapter gave NaN scores at evaluation (injected)")
+        return honest(method, features, labels, text_features)
+
+    monkeypatch.setattr(run_module, "evaluate", overflowing)
+    out = tmp_path / "hm"
+    result = invoke("grid", "--cache", str(cache), "--method", "lathadapter", "--shots", "2", "--seeds", "1",
+                    "--tune", "lr=0.01,0.001", "--tune-score", "val_hm", "--set", "epochs=3", "--set", "min_steps=0",
+                    "--device", "cpu", "--workers", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == 2 and all(r["diverged"] == "" and 0 <= float(r["acc_all"]) <= 100 for r in rows)
+    assert all(r["tune.val_score"] == "" for r in rows)
