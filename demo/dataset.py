@@ -94,7 +94,7 @@ def write_demo_dataset(folder: Path) -> Path:
             records[relative] = {"family": FAMILY_OF[shape], "shape": shape, "colour": colour,
                                  "texture": texture, "background": sample.background}
     split["val"].sort(key=lambda item: item[1])  # grouped by class in label order, as the split files are
-    path = folder / SPLIT_FILE
-    path.write_text(json.dumps(split))
     (folder / ATTRIBUTES_FILE).write_text(json.dumps(records))
+    path = folder / SPLIT_FILE  # last: a split file says the images and attributes are there
+    path.write_text(json.dumps(split))
     return path

@@ -6,6 +6,10 @@ whole pipeline (`run_demo`): few-shot and base-to-novel grids of zero-shot, the 
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +21,7 @@ from lathadapter.cache.build import BuildError, BuildResult, build, check_option
 from lathadapter.cache.encode import Augmentation
 from lathadapter.cache.store import DEFAULT_CACHE_DIR
 from lathadapter.demo.dataset import (
+    ATTRIBUTES_FILE,
     SPLIT_FILE,
     VIEW_CROP_RATIO,
     VIEW_CROP_SCALE,
@@ -51,14 +56,45 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
     other options (attributes, full_train, seed, skip_bad). Option values are checked before the dataset is
     written."""
     check_options(shots, seeds, views, batch_size, workers, val, precision, template)
-    split = data_dir / SPLIT_FILE
-    if not split.is_file():
-        write_demo_dataset(data_dir)
+    split = demo_dataset(data_dir)
     model = bundled_model()
     return build(None, f"split:{split}", out, model=str(model.config), pretrained=str(model.checkpoint),
                  template=template or model.template, views=views, augmentation=augmentation or DEMO_AUGMENTATION,
                  shots=shots, seeds=seeds, device=device, workers=workers, force=force, progress=progress, log=log,
                  val=val, precision=precision, batch_size=batch_size, **options)
+
+
+def demo_dataset(data_dir: Path) -> Path:
+    """The split file of the demo dataset in `data_dir`, written first when it is not there whole. It is written into a
+    temporary folder beside `data_dir` and moved into place in one step, so that a kill or a full disk never leaves a
+    half-written dataset that a rerun would take as whole, and two builds at once do not write over each other's
+    files; a damaged one (an older version's interrupted write) is written again."""
+    split = data_dir / SPLIT_FILE
+    if _whole(data_dir):
+        return split
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.", dir=data_dir.parent))
+    try:
+        write_demo_dataset(temporary / "dataset")
+        if data_dir.exists() and not _whole(data_dir):
+            data_dir.rename(temporary / "damaged")  # removed with the temporary folder
+        try:
+            os.replace(temporary / "dataset", data_dir)
+        except OSError:
+            if not _whole(data_dir):  # not another build's dataset moved into place first
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return split
+
+
+def _whole(data_dir: Path) -> bool:
+    """Whether `data_dir` holds a demo dataset written to the end: its attribute file and a readable split file."""
+    try:
+        json.loads((data_dir / SPLIT_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (data_dir / ATTRIBUTES_FILE).is_file()
 
 
 def check_demo_options(methods: Sequence[str], shots: Sequence[int], seeds: Sequence[int], tune: str | None) -> None:

@@ -51,3 +51,48 @@ def test_demo_writes_the_table_and_the_plots(tmp_path: Path) -> None:
     assert {"accuracy_vs_shots_DemoShapes.png", "base_novel_DemoShapes.png", "poincare_disk.png"} <= names
     assert all(Path(p).stat().st_size > 10_000 for p in result["plots"])
     assert (tmp_path / "caches" / "demo_shapes.h5").read_bytes() == b"the first world's cache"  # left as it was
+
+
+def test_the_demo_dataset_is_moved_into_place_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    """A write cut short (a full disk: the dataset writer fails after its first file) leaves no dataset folder and no
+    temporary one, so the rerun writes it again; a damaged folder from an older version (a truncated split file) is
+    written again; a whole one is kept as it is. The writer is replaced by a small one: what is checked is the
+    folder's life, not the images."""
+    import errno
+    import json
+
+    from lathadapter.demo import pipeline
+    from lathadapter.demo.dataset import ATTRIBUTES_FILE, SPLIT_FILE
+
+    calls = []
+
+    def writer(fail: bool):
+        def write(folder: Path) -> Path:
+            calls.append(folder)
+            folder.mkdir(parents=True)
+            (folder / ATTRIBUTES_FILE).write_text("{}")
+            if fail:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            (folder / SPLIT_FILE).write_text(json.dumps({"train": [], "val": [], "test": []}))
+            return folder / SPLIT_FILE
+        return write
+
+    data_dir = tmp_path / "data" / "demo"
+    monkeypatch.setattr(pipeline, "write_demo_dataset", writer(fail=True))
+    try:
+        pipeline.demo_dataset(data_dir)
+    except OSError as error:
+        assert error.errno == errno.ENOSPC
+    else:
+        raise AssertionError("the failed write was not reported")
+    assert list((tmp_path / "data").iterdir()) == []  # neither the dataset nor a temporary folder
+
+    data_dir.mkdir()
+    (data_dir / SPLIT_FILE).write_text('{"train": [["images/a')  # an older version's write cut short
+    monkeypatch.setattr(pipeline, "write_demo_dataset", writer(fail=False))
+    split = pipeline.demo_dataset(data_dir)
+    assert json.loads(split.read_text()) == {"train": [], "val": [], "test": []}
+    assert (data_dir / ATTRIBUTES_FILE).is_file() and [p.name for p in (tmp_path / "data").iterdir()] == ["demo"]
+
+    written = len(calls)
+    assert pipeline.demo_dataset(data_dir) == split and len(calls) == written  # whole: not written again
