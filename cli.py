@@ -4,7 +4,9 @@ once, into typed objects; a user's mistake ends in one `error:` line and exit co
 from __future__ import annotations
 
 import errno
+import os
 import signal
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -756,8 +758,17 @@ def option_rows(options_cls: type) -> list[tuple[str, str, str, str, str]]:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A process whose cache write failed (a full disk) ends at once after its error line,
+    with the command's exit code: HDF5's exit handler would crash on the file ids whose flush failed (exit 139)."""
+    try:
+        app()
+    except SystemExit as end:
+        build = sys.modules.get("lathadapter.cache.build")  # imported only by commands that build caches
+        if build is not None and build.write_failed():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(end.code if isinstance(end.code, int) else RUNTIME)
+        raise
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -329,7 +330,9 @@ def _blocks(rows: np.ndarray, batch_size: int) -> list[list[int]]:
 
 def _encode_split(f: h5py.File, split: str, splits: DatasetSplits, clip: ClipModel, views: int, seed: int,
                   batch_size: int, workers: int, skip_bad: bool, progress: Progress, stats: BuildStats,
-                  augmentation: Augmentation) -> None:
+                  augmentation: Augmentation, lost: LostWrites) -> None:
+    """Encode the rows of `split` not yet encoded, in blocks, writing each block (and stopping at the first write
+    h5py could only report as it freed a dataset: `lost`)."""
     paths = list(f[f"splits/{split}/paths"].asstr()[()])
     todo = missing_rows(f, split)
     task = progress.add_task(split, total=len(paths), completed=len(paths) - len(todo), rate=0.0)
@@ -365,6 +368,7 @@ def _encode_split(f: h5py.File, split: str, splits: DatasetSplits, clip: ClipMod
             augmented = features[len(good):].reshape(len(good), views, features.shape[1]) if train else None
             augmented_norms = norms[len(good):].reshape(len(good), views) if train else None
             write_rows(f, split, rows, clean, augmented, norms[:len(good)], augmented_norms)
+            lost.check()
             stats.write_seconds += time.perf_counter() - tick
         if bad:
             mark_skipped(f, split, np.array([item.row for item in bad]), [paths[item.row] for item in bad])
@@ -416,6 +420,53 @@ def write_failure(error: BaseException) -> int | None:
     if quoted and int(quoted.group(1)) in WRITE_FAILURES:
         return int(quoted.group(1))
     return errno.ENOSPC if "No space left on device" in str(error) else None
+
+
+class LostWrites:
+    """Write failures h5py can only print: HDF5 writes rows it buffered when a dataset object is freed, and h5py
+    prints that error through `sys.excepthook` and `sys.unraisablehook` and goes on (two tracebacks each, while the
+    build went on encoding). Installed as both hooks during a build (`install`), it keeps the first such failure for
+    `check` to raise, so that the build stops with its one error line, and prints none of them; any other error goes
+    to the previous hooks."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.previous = (sys.excepthook, sys.unraisablehook)
+
+    def install(self) -> None:
+        sys.excepthook, sys.unraisablehook = self.excepthook, self.unraisablehook
+
+    def uninstall(self) -> None:
+        sys.excepthook, sys.unraisablehook = self.previous
+
+    def kept(self, value: BaseException | None) -> bool:
+        """Whether `value` is a write failure, now kept (the first one) rather than printed."""
+        if value is None or write_failure(value) is None:
+            return False
+        self.error = self.error or value
+        return True
+
+    def excepthook(self, kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+        if not self.kept(value):
+            self.previous[0](kind, value, traceback)
+
+    def unraisablehook(self, unraisable: Any) -> None:
+        if not self.kept(unraisable.exc_value):
+            self.previous[1](unraisable)
+
+    def check(self) -> None:
+        """Raise the first write failure h5py did not raise, if any."""
+        if self.error is not None:
+            raise self.error
+
+
+_FAILED_WRITES: list[Path] = []  # the caches this process failed to write (`write_failed`)
+
+
+def write_failed() -> bool:
+    """Whether a cache write of this process failed. HDF5's exit handler may then crash the process (exit 139) on the
+    file ids whose flush failed, after the error line: the command line ends such a process at once (`cli.main`)."""
+    return bool(_FAILED_WRITES)
 
 
 def _check_room(f: h5py.File, temporary: Path, out: Path) -> None:
@@ -549,6 +600,8 @@ def build(
                        "it is not readable (a write cut short, e.g. by a full disk)")
                 say(f"discarding {temporary}: {why}")
         written = False  # a write failed: h5py must not flush again (it crashed the process on a full disk)
+        lost = LostWrites()
+        lost.install()
         try:
             if f is None:
                 f = create(temporary, layout)
@@ -567,7 +620,7 @@ def build(
             with _progress(progress) as bars:
                 for split in SPLITS:
                     _encode_split(f, split, splits, clip, views, seed, batch_size, workers, skip_bad, bars, stats,
-                                  augmentation)
+                                  augmentation, lost)
             _check_losses(f, temporary)
             finalize(f, temporary, out)
         except (OSError, RuntimeError) as error:
@@ -575,11 +628,14 @@ def build(
             if code is None:
                 raise
             written = True
+            _FAILED_WRITES.append(temporary)  # the hooks stay: h5py frees the failed ids up to the process's end
             raise BuildError(f"{out}: {os.strerror(code).lower()} in {out.parent} while writing the cache; what was "
                              f"written is kept in {temporary}: {WRITE_FAILURES[code]} and rerun the same command (it "
                              "resumes from that file where it is readable), or choose another --out") from None
         finally:
             _close(f, flush=not written)
+            if not written:
+                lost.uninstall()
     if stats.skipped:
         say(f"skipped {stats.skipped} unreadable images (listed in the cache's `skipped`; left out of every subset "
             "and split)")

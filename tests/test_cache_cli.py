@@ -169,7 +169,7 @@ def demo_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
     calls: dict = {}
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(pipeline, "write_demo_dataset", lambda folder: calls.setdefault("written", folder))
+    monkeypatch.setattr(pipeline, "demo_dataset", lambda folder: calls.setdefault("written", folder) / "split.json")
 
     def build(root, dataset, out, **options):
         calls["build"] = options

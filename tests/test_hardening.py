@@ -206,6 +206,41 @@ def test_other_write_failures_during_a_build_end_in_one_line(coop_dataset, tiny_
     assert (tmp_path / "shapes.h5.tmp").exists() and not out.exists()
 
 
+def test_a_build_over_the_file_size_limit_ends_in_one_line_and_exit_1_not_a_crash(coop_dataset, tiny_clip,
+                                                                                     tmp_path: Path) -> None:
+    """A real `ulimit -f` (RLIMIT_FSIZE, SIGXFSZ ignored) at half the cache's size, in a process of its own: HDF5's
+    failed flushes, which h5py only printed (a traceback each, while the build went on encoding), stop the build
+    with its one error line, and the process exits 1; before, HDF5's exit handler crashed it (exit 139). The rerun
+    without the limit builds a cache `cache verify` passes."""
+    import resource
+    import signal
+
+    whole = tmp_path / "whole.h5"
+    hooks = (sys.excepthook, sys.unraisablehook)
+    assert runner.invoke(app, _build_args(coop_dataset, tiny_clip, whole)).exit_code == 0
+    assert (sys.excepthook, sys.unraisablehook) == hooks  # a build that wrote everything leaves them as they were
+    limit = whole.stat().st_size // 2
+    out = tmp_path / "shapes.h5"
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).resolve().parents[2])),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "lathadapter.cli", *_build_args(coop_dataset, tiny_clip, out)],
+                          env=env, capture_output=True, text=True, timeout=300, preexec_fn=limited)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "file too large" in errors[0] and f"{out}.tmp" in errors[0], done.stderr
+    assert not out.exists()
+    rerun = runner.invoke(app, _build_args(coop_dataset, tiny_clip, out))
+    assert rerun.exit_code == 0, rerun.output
+    verified = runner.invoke(app, ["cache", "verify", str(out)])
+    assert verified.exit_code == 0 and "ok" in verified.output, verified.output
+
+
 def test_an_unreadable_temporary_file_is_not_called_an_older_schema(coop_dataset, tiny_clip, tmp_path: Path) -> None:
     out = tmp_path / "shapes.h5"
     with h5py.File(tmp_path / "shapes.h5.tmp", "w") as f:  # a write cut short: this schema, its fingerprint unreadable
