@@ -221,3 +221,27 @@ def test_two_targets_of_one_dataset_name_are_refused_before_anything_trains(tmp_
         assert result.exit_code == 2, result.output
         assert result.output.strip() == f"error: {message}"
         assert not out.exists()
+
+
+def test_a_run_that_scores_nan_on_a_target_is_kept_as_diverged(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores on a transfer target that overflow (injected: the target's evaluation raises NaNScores as
+    `evaluate.checked` does) leave that run without any accuracy, source included, marked diverged, and the protocol
+    ends normally instead of stopping (exit 1)."""
+    from lathadapter.adapter.evaluate import NaNScores
+    from lathadapter.experiments import protocols
+
+    def overflowing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise NaNScores("zeroshot gave NaN scores at evaluation (injected)")
+
+    common = dict(dim=16, views=2, shots=(1,), seeds=(1,), train_per_class=4, val_per_class=2, test_per_class=3)
+    source = write_synthetic_cache(tmp_path / "source.h5", num_classes=4, seed=5, name="source", **common)
+    target = write_synthetic_cache(tmp_path / "target.h5", num_classes=5, seed=0, name="target", **common)
+    monkeypatch.setattr(protocols, "evaluate", overflowing)
+    out = tmp_path / "cross"
+    run_protocol("cross-dataset", [str(source)], out, ["zeroshot"], [1], targets=[str(target)], shots=[1],
+                 progress=False)
+    rows = rows_of(out)
+    assert set(rows) == {("zeroshot", "source"), ("zeroshot", "target")}
+    assert all(r["acc_all"] == "" and r["diverged"] == "zeroshot gave NaN scores at evaluation (injected)"
+               for r in rows.values()), rows
