@@ -198,14 +198,14 @@ def test_tip_adapter_cache_is_the_one_hot_product_for_any_key_order(labels: list
     assert torch.allclose(method.logits(test_x), expected, atol=1e-5)
 
 
-def test_normalize_and_blend_match_the_plain_formulas_in_value_and_gradient() -> None:
-    from lathadapter.adapter.methods.base import Adapter, blend, normalize
+def test_normalize_and_mix_match_the_plain_formulas_in_value_and_gradient() -> None:
+    from lathadapter.adapter.methods.base import Adapter, mix, normalize
 
     x = torch.randn(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).requires_grad_()
     assert torch.autograd.gradcheck(normalize, (x,))
     adapter = Adapter(8, 2).double()
     plain = F.normalize(0.7 * x + 0.3 * adapter(x), dim=-1)
-    ours = blend(x, adapter, 0.3)
+    ours = normalize(mix(x, adapter, 0.3))  # the renormalised blend, as CLIP-Adapter and LatHAdapter use it
     torch.testing.assert_close(ours, plain)
     weights = torch.randn(6, 8, dtype=torch.float64)
     expected = torch.autograd.grad((weights * plain).sum(), [x, *adapter.parameters()])
