@@ -85,7 +85,7 @@ class Tuning:
     factor: float | None = None
     extra: tuple[Any, ...] | None = None
     origin: str | None = None
-    val_set: str = "fewshot"  # the val images the score reads (`run.TUNE_SETS`)
+    tune_set: str = "fewshot"  # the val images the score reads (`run.TUNE_SETS`); stored as `val_set`
 
     @property
     def values(self) -> dict[str, Any]:
@@ -110,8 +110,8 @@ class Tuning:
                               else [self.names, self.candidates, "extension", self.extra])
         if self.score != "val":
             payload.append(self.score)
-        if self.val_set != "fewshot":
-            payload.append(self.val_set)
+        if self.tune_set != "fewshot":
+            payload.append(self.tune_set)
         return "|tune:" + self._digest(payload)
 
     def group(self, config: RunConfig, fingerprint: str) -> str:
@@ -122,8 +122,8 @@ class Tuning:
         payload = {**identity, "fingerprint": fingerprint, "tune": [self.names, self.candidates]}
         if self.score != "val":
             payload["score"] = self.score
-        if self.val_set != "fewshot":
-            payload["val_set"] = self.val_set
+        if self.tune_set != "fewshot":
+            payload["val_set"] = self.tune_set  # the stored name: group ids of earlier grids stay
         return self._digest(payload)
 
     def record(self, group: str, config: RunConfig) -> dict[str, Any]:
@@ -135,7 +135,7 @@ class Tuning:
         if self.scaled:
             record["scaled"] = self.scaled  # the factors of the default the values were resolved from
         record["score"] = self.score
-        record["val_set"] = self.val_set
+        record["val_set"] = self.tune_set  # metrics.json's name (results.csv: `tune.set`)
         if self.extension is not None:
             record["extension"] = {"factor": self.factor, "step": self.extension.step, "limit": self.extension.limit,
                                    "origin": self.origin}
