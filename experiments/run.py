@@ -285,7 +285,7 @@ def pseudo_novel_accuracies(config: RunConfig, data: FewShotData) -> dict[str, A
     return {"base": base, "novel": novel}
 
 
-def scores_unseen_classes(method: str) -> bool:
+def scores_new_classes(method: str) -> bool:
     """Whether `method` can score classes it was not trained on (else its novel accuracy is not applicable)."""
     return bool(method_class(method).scores_new_classes)
 
@@ -300,7 +300,7 @@ def tune_val_score(config: RunConfig, method: Method | None, data: FewShotData, 
     if score not in TUNE_SCORES:
         raise OptionError(f"--tune-score {score}: choose one of {', '.join(TUNE_SCORES)}")
     if score == "val_hm":
-        if not scores_unseen_classes(config.method):
+        if not scores_new_classes(config.method):
             return None
         accuracies = pseudo_novel_accuracies(config, data)
         return harmonic_mean(accuracies["base"], accuracies["novel"])

@@ -26,7 +26,7 @@ from typing import Any
 from lathadapter.adapter.catalog import make_options
 from lathadapter.adapter.options import OptionError, changed_fields, unkeyed
 from lathadapter.cache.store import FewShotData
-from lathadapter.experiments.run import TUNE_SCORES, RunConfig, option_in_effect, scores_unseen_classes
+from lathadapter.experiments.run import TUNE_SCORES, RunConfig, option_in_effect, scores_new_classes
 
 # `--tune-preset NAME`: the option tuned and the factors applied to each method's own default of it, in tie-break
 # order (the default first: a tie on the val set keeps the method's own value).
@@ -154,7 +154,7 @@ def resolve_score(requested: str, classes: str, method: str) -> str:
     if requested not in TUNE_SCORE_CHOICES:
         raise OptionError(f"--tune-score {requested}: choose one of {', '.join(TUNE_SCORE_CHOICES)}")
     score = ("val_hm" if classes == "base" else "val") if requested == "auto" else requested
-    return score if score == "val" or scores_unseen_classes(method) else "val"
+    return score if score == "val" or scores_new_classes(method) else "val"
 
 
 def resolve_scaled(config: RunConfig, data: FewShotData, scaled: dict[str, float]) -> RunConfig:
