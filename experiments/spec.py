@@ -43,7 +43,8 @@ class GridSpec:
     text: list[str] = field(default_factory=lambda: ["coop"])
     select: list[str] = field(default_factory=lambda: ["last"])
     options: dict[str, list[Any]] = field(default_factory=dict)
-    # Tuned options, keyed as `options`: every value is trained and the best on the few-shot val set kept.
+    # Tuned options, keyed as `options`: every value is trained and the best by `tune_score` on the val images of
+    # `tune_set` kept.
     tune: dict[str, list[Any]] = field(default_factory=dict)
     tune_preset: str | None = None  # a key of TUNE_PRESETS, e.g. "lr"
     tune_score: str = "auto"  # a TUNE_SCORE_CHOICES: what tuning chooses by (`resolve_score`)

@@ -3,7 +3,7 @@ each group keeps (`select_tuned`), from val scores only.
 
 Every value (or combination) of the tuned options is an ordinary run, a *candidate*; the candidates of one (cache,
 method, shots, seed, classes, text, select, other options) cell form a *tuning group*. Each candidate records its
-group, its accuracy on the few-shot val set (`tune_val_accuracy`, base classes only for base-to-novel) and the group's
+group, its val accuracy (`tune_val_accuracy`: on `--tune-set`, base classes only for base-to-novel) and the group's
 score (`tune_score`: that accuracy, or `val_hm`, the HM of a pseudo-base copy's val accuracy on two halves of the
 training classes, `run.pseudo_novel_accuracies`) in `metrics.json`; the results table marks, once every candidate of a
 group is finished, the one with the best score (ties: the first in the order given) `tune.selected`. A preset's group
