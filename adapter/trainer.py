@@ -103,7 +103,7 @@ def clear_grads(params: list[torch.nn.Parameter]) -> None:
 
 def view_count(data: FewShotData, train_views: str = "augmented") -> int:
     """V of `training_views` without building its rows."""
-    augmented = data.train_views.shape[1]
+    augmented = data.train_augmented.shape[1]
     return 1 if augmented == 0 else augmented + (train_views == "all")
 
 
@@ -116,7 +116,7 @@ def training_views(data: FewShotData, train_views: str = "augmented") -> tuple[t
     """The rows training draws from, `[N·V, D]` (sample i's view j is row i·V + j, so a batch is one index_select),
     and V: the augmented views (the clean view when the cache has none); `train_views="all"` puts the clean view
     first."""
-    augmented = data.train_views
+    augmented = data.train_augmented
     if augmented.shape[1] == 0:
         stacked = data.train_features.unsqueeze(1)
     elif train_views == "all":
