@@ -44,7 +44,8 @@ TUNE_SCORE_HELP = ("What tuning chooses by: val (val accuracy; base classes' for
                    "more training per candidate). Default auto: val_hm for base-to-novel (classes=base), else val.")
 
 # Options that `grid` and `protocol` (and, for threads, `fit` and `demo`) declare alike.
-THREADS = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process).")
+THREADS = typer.Option(None, help="CPU threads for torch (default: OMP_NUM_THREADS when set, else the CPUs of "
+                       "this process that other work leaves free).")
 WORKERS = typer.Option(None, help=WORKERS_HELP)
 TRAINERS = typer.Option(None, help=TRAINERS_HELP)
 BACKEND = typer.Option("local", help=BACKEND_HELP)
