@@ -36,16 +36,18 @@ TRAINERS_HELP = ("On a GPU: trainer threads of each process that trains, each on
                  "small runs' kernels share the GPU [default: 4 on a GPU; 1 on the CPU, the only valid value there].")
 ADDRESS_HELP = ("--backend ray: the cluster's address, e.g. HEAD:6379 (default: a running cluster Ray finds, else a "
                 "local one started for the command).")
-TUNE_HELP = ("Tuned option [METHOD.]OPTION=V1,V2,... (repeatable): each value is trained, the one best on the "
-             "few-shot val set (base val for base-to-novel) is kept per cell and reported; never the test set.")
+TUNE_HELP = ("Tuned option [METHOD.]OPTION=V1,V2,... (repeatable): each value is trained, the one best by "
+             "--tune-score on the val images of --tune-set is kept per cell and reported; never the test set.")
 TUNE_PRESET_HELP = ("lr: tune every trained method's lr over its own default × 1, 0.1, 10 (a tie keeps the default; "
-                    "methods without lr run once); a choice on an edge adds ×10 beyond it (÷10 below), twice at most.")
-TUNE_SCORE_HELP = ("What tuning chooses by: val (few-shot val accuracy; base val for base-to-novel) or val_hm (HM of "
+                    "methods without lr run once); a choice on an edge adds ×10 beyond it (÷10 below), twice at most. "
+                    "none: no tuning.")
+TUNE_SCORE_HELP = ("What tuning chooses by: val (val accuracy; base classes' for base-to-novel) or val_hm (HM of "
                    "pseudo-base and pseudo-novel val accuracy of a copy trained on half the training classes; one "
                    "more training per candidate). Default auto: val_hm for base-to-novel (classes=base), else val.")
 
 # Options that `grid` and `protocol` (and, for threads, `fit` and `demo`) declare alike.
-THREADS = typer.Option(None, help="CPU threads for torch (default: the free CPUs of this process).")
+THREADS = typer.Option(None, help="CPU threads for torch (default: OMP_NUM_THREADS when set, else the CPUs of "
+                       "this process that other work leaves free).")
 WORKERS = typer.Option(None, help=WORKERS_HELP)
 TRAINERS = typer.Option(None, help=TRAINERS_HELP)
 BACKEND = typer.Option("local", help=BACKEND_HELP)
@@ -653,7 +655,7 @@ def demo(
     seeds: str = typer.Option("1,2,3", help="Seeds."),
     method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
     views: int = typer.Option(10, help="Augmented views per train image."),
-    tune_preset: str | None = typer.Option("lr", "--tune-preset", help=TUNE_PRESET_HELP + " none: no tuning."),
+    tune_preset: str | None = typer.Option("lr", "--tune-preset", help=TUNE_PRESET_HELP),
     tune_score: str | None = TUNE_SCORE,
     tune_set: str | None = TUNE_SET,
     device: str | None = typer.Option(None, help="Device (default: cuda when available)."),

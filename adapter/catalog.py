@@ -67,11 +67,11 @@ def option_owner(name: str, option: str) -> type:
     return declaring_class(method_class(name).Options, option)
 
 
-def ambiguous_options(methods: list[str] | None = None) -> set[str]:
-    """Option names that several of `methods` (default: every method) declare separately, with different meanings
-    (Tip-Adapter's β and LatHAdapter's β): unscoped, such a name cannot say which it means."""
+def ambiguous_options() -> set[str]:
+    """Option names that several methods declare separately, with different meanings (Tip-Adapter's β and
+    LatHAdapter's β): unscoped, such a name cannot say which it means."""
     owners: dict[str, set[type]] = {}
-    for method in methods if methods is not None else method_names():
+    for method in method_names():
         for option in option_names(method):
             owners.setdefault(option, set()).add(option_owner(method, option))
     return {option for option, classes in owners.items() if len(classes) > 1}

@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch._dynamo  # noqa: F401  (see below)
@@ -23,6 +23,9 @@ from lathadapter.adapter.methods.base import Method, ProtocolWarning
 from lathadapter.adapter.options import OptionError, changed_fields
 from lathadapter.adapter.recipes import TRAINING_NAMES, build_optimizer, build_scheduler
 from lathadapter.cache.store import FewShotData
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 # The first torch optimiser built in a process imports torch._dynamo (about 1.3 s on a 2-core CPU). Importing it with
 # this module keeps that one-time cost out of the first run's train_seconds, so a grid's runs are timed alike.
@@ -100,7 +103,7 @@ def clear_grads(params: list[torch.nn.Parameter]) -> None:
 
 def view_count(data: FewShotData, train_views: str = "augmented") -> int:
     """V of `training_views` without building its rows."""
-    augmented = data.train_views.shape[1]
+    augmented = data.train_augmented.shape[1]
     return 1 if augmented == 0 else augmented + (train_views == "all")
 
 
@@ -113,7 +116,7 @@ def training_views(data: FewShotData, train_views: str = "augmented") -> tuple[t
     """The rows training draws from, `[N·V, D]` (sample i's view j is row i·V + j, so a batch is one index_select),
     and V: the augmented views (the clean view when the cache has none); `train_views="all"` puts the clean view
     first."""
-    augmented = data.train_views
+    augmented = data.train_augmented
     if augmented.shape[1] == 0:
         stacked = data.train_features.unsqueeze(1)
     elif train_views == "all":
@@ -282,7 +285,8 @@ class Plan:
 
 
 def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], EagerStep], select: str,
-             train_views: str, results: list[TrainResult], progress=None, graphs: bool | None = None) -> None:
+             train_views: str, results: list[TrainResult], progress: Progress | None = None,
+             graphs: bool | None = None) -> None:
     """The training loop, for one run (a batch of one) or several trained together: every member's batches of every
     epoch are drawn first, each from its own generator (`Plan.draws`); each epoch takes the steps `make_step` builds
     (`Lockstep`, or `batched.Stacked`; with `graphs`, default `graphed.graphs_on` the device, replayed from CUDA
@@ -351,7 +355,7 @@ def _keep_best(members: list[Member], results: list[TrainResult], best: list[tup
             result.selected_epoch, result.val_accuracy = epoch + 1, val_accuracy
 
 
-def train(method: Method, data: FewShotData, seed: int, select: str = "last", progress=None,
+def train(method: Method, data: FewShotData, seed: int, select: str = "last", progress: Progress | None = None,
           train_views: str = "augmented", graphs: bool | None = None) -> TrainResult:
     """Train `method` on `data`'s few-shot train set (`optimise` over a batch of one); `select="val"` keeps the epoch
     best on the few-shot val set; `train_views="all"` draws each sample's view among its augmented views and its

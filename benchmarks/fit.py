@@ -132,7 +132,7 @@ def run_official_style(cache: Path, device: str = "cpu") -> dict:
     with CacheReader(cache) as reader:
         data = reader.load(16, 1)
         rows = reader.file["subsets/shots_16_seed_1/train"][()]
-    keys = F.normalize(data.train_views.mean(1), dim=-1).to(device)
+    keys = F.normalize(data.train_augmented.mean(1), dim=-1).to(device)
     values = F.one_hot(data.train_labels).float().to(device)
     text_features = data.text_features.to(device)
 

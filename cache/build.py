@@ -493,6 +493,45 @@ def _close(f: h5py.File | None, flush: bool) -> None:
         f.close()
 
 
+def _up_to_date(out: Path, fields: dict[str, object]) -> bool:
+    """Whether the existing cache at `out` is complete with the fingerprint `fields` (False: incomplete, so rebuilt);
+    a cache of another fingerprint or schema, or another file, is a BuildError: only --force overwrites it."""
+    stored, complete = _stored_fingerprint(out)
+    if stored is None and _stored_schema(out):
+        raise BuildError(f"{out} is a cache of schema version {_stored_schema(out)}, which stores no raw "
+                         f"feature norms; pass --force to rebuild it as schema {SCHEMA_VERSION}, or choose "
+                         "another --out")
+    if stored is None:
+        raise BuildError(f"{out} exists and is not a lathadapter cache; pass --force to overwrite it, or "
+                         "choose another --out")
+    if stored != fields:
+        differs = ", ".join(_differences(stored, fields))
+        raise BuildError(f"{out} is a cache built differently (differs in: {differs}); pass --force to "
+                         "overwrite it, or choose another --out")
+    return complete
+
+
+def _resumed(temporary: Path, fields: dict[str, object], say: Callable[[str], None]) -> h5py.File | None:
+    """The interrupted build's `temporary` file, open for writing with its unfinished rows to encode again, when it
+    has the fingerprint `fields`; None (and why, said) when it is to be discarded and written anew."""
+    stored, _ = _stored_fingerprint(temporary)
+    if stored != fields:
+        older = _stored_schema(temporary)
+        why = ("it was started with other settings" if stored is not None else
+               f"it is of an older cache schema ({older})" if older and older != SCHEMA_VERSION else
+               "it is not readable (a write cut short, e.g. by a full disk)")
+        say(f"discarding {temporary}: {why}")
+        return None
+    f = h5py.File(temporary, "r+")
+    retried = _retry_skipped(f)
+    redo = sum(_recheck_encoded(f, split) for split in SPLITS)
+    left = sum(len(missing_rows(f, split)) for split in SPLITS)
+    say(f"resuming the interrupted build in {temporary}: {left} images left to encode"
+        + (f" ({redo} partly written rows redone)" if redo else "")
+        + (f" ({retried} images skipped as unreadable tried again)" if retried else ""))
+    return f
+
+
 def build(
     root: Path | str | None,
     dataset: str,
@@ -548,22 +587,9 @@ def build(
                               augmentation)
         stats = BuildStats()
 
-        if out.exists() and not force:
-            stored, complete = _stored_fingerprint(out)
-            if stored is None and _stored_schema(out):
-                raise BuildError(f"{out} is a cache of schema version {_stored_schema(out)}, which stores no raw "
-                                 f"feature norms; pass --force to rebuild it as schema {SCHEMA_VERSION}, or choose "
-                                 "another --out")
-            if stored is None:
-                raise BuildError(f"{out} exists and is not a lathadapter cache; pass --force to overwrite it, or "
-                                 "choose another --out")
-            if stored != fields:
-                differs = ", ".join(_differences(stored, fields))
-                raise BuildError(f"{out} is a cache built differently (differs in: {differs}); pass --force to "
-                                 "overwrite it, or choose another --out")
-            if complete:
-                say(f"{out} is up to date (same fingerprint {fingerprint_of(fields)})")
-                return BuildResult(out, "up to date", stats, notes)
+        if out.exists() and not force and _up_to_date(out, fields):
+            say(f"{out} is up to date (same fingerprint {fingerprint_of(fields)})")
+            return BuildResult(out, "up to date", stats, notes)
 
         indices, subsets = plan_layout(splits, shots, seeds, full_train, val_all=val == "all")
         items = {"train": splits.train, "val": splits.val, "test": splits.test}
@@ -580,25 +606,8 @@ def build(
             wnids=splits.wnids,
         )
         temporary = out.with_name(out.name + ".tmp")
-        status = "built"
-        f = None
-        if temporary.exists():
-            stored, _ = _stored_fingerprint(temporary)
-            if stored == fields:
-                f = h5py.File(temporary, "r+")
-                retried = _retry_skipped(f)
-                redo = sum(_recheck_encoded(f, split) for split in SPLITS)
-                left = sum(len(missing_rows(f, split)) for split in SPLITS)
-                say(f"resuming the interrupted build in {temporary}: {left} images left to encode"
-                    + (f" ({redo} partly written rows redone)" if redo else "")
-                    + (f" ({retried} images skipped as unreadable tried again)" if retried else ""))
-                status = "resumed"
-            else:
-                older = _stored_schema(temporary)
-                why = ("it was started with other settings" if stored is not None else
-                       f"it is of an older cache schema ({older})" if older and older != SCHEMA_VERSION else
-                       "it is not readable (a write cut short, e.g. by a full disk)")
-                say(f"discarding {temporary}: {why}")
+        f = _resumed(temporary, fields, say) if temporary.exists() else None
+        status = "built" if f is None else "resumed"
         written = False  # a write failed: h5py must not flush again (it crashed the process on a full disk)
         lost = LostWrites()
         lost.install()

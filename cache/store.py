@@ -342,7 +342,7 @@ class FewShotData:
     text_features: torch.Tensor  # [C, D]
     attribute_features: torch.Tensor  # [A, D], A may be 0
     train_features: torch.Tensor  # [N, D] clean view
-    train_views: torch.Tensor  # [N, V, D] augmented views
+    train_augmented: torch.Tensor  # [N, V, D] augmented views (HDF5 `splits/train/augmented`)
     train_labels: torch.Tensor  # [N]
     val_features: torch.Tensor
     val_labels: torch.Tensor
@@ -354,7 +354,7 @@ class FewShotData:
     # The unnormalised class text features [C, D] (schema 2): the CoOp template's raw feature (`--text coop`) or the
     # mean of the stored templates' raw features (`--text ensemble`); None when the cache lacks the raw norms.
     text_raw: torch.Tensor | None = None
-    train_view_norms: torch.Tensor | None = None  # [N, V] raw norms of the augmented views (schema 2), else None
+    train_augmented_norms: torch.Tensor | None = None  # [N, V] raw norms of the augmented views (schema 2), else None
     # The whole val split (a cache built with `--val all`: Tip-Adapter's official search set), else None.
     search_features: torch.Tensor | None = None
     search_labels: torch.Tensor | None = None
@@ -384,10 +384,11 @@ class FewShotData:
             return features[keep], lookup[labels[keep]]
 
         train_features, train_labels = pick(self.train_features, self.train_labels)
-        train_views, _ = pick(self.train_views, self.train_labels)
+        train_augmented, _ = pick(self.train_augmented, self.train_labels)
         val_features, val_labels = pick(self.val_features, self.val_labels)
         test_features, test_labels = pick(self.test_features, self.test_labels)
-        view_norms = pick(self.train_view_norms, self.train_labels)[0] if self.train_view_norms is not None else None
+        view_norms = (pick(self.train_augmented_norms, self.train_labels)[0] if self.train_augmented_norms is not None
+                      else None)
         search_features, search_labels = (pick(self.search_features, self.search_labels)
                                           if self.search_features is not None and self.search_labels is not None
                                           else (None, None))
@@ -395,12 +396,12 @@ class FewShotData:
             self,
             class_names=[self.class_names[c] for c in classes],
             text_features=self.text_features[classes],
-            train_features=train_features, train_views=train_views, train_labels=train_labels,
+            train_features=train_features, train_augmented=train_augmented, train_labels=train_labels,
             val_features=val_features, val_labels=val_labels,
             test_features=test_features, test_labels=test_labels,
             wnids=[self.wnids[c] for c in classes] if self.wnids else [],
             text_raw=self.text_raw[classes] if self.text_raw is not None else None,
-            train_view_norms=view_norms, search_features=search_features, search_labels=search_labels,
+            train_augmented_norms=view_norms, search_features=search_features, search_labels=search_labels,
             template_raw=self.template_raw[:, classes] if self.template_raw is not None else None,
         )
 
@@ -696,7 +697,7 @@ class CacheReader:
             text_features=self._once(("text", text), lambda: self.text_features(text)),
             attribute_features=self._once(("attributes",), self._attribute_features),
             train_features=train_features[inverse],
-            train_views=views[inverse],
+            train_augmented=views[inverse],
             train_labels=train_labels[inverse],
             val_features=val_features,
             val_labels=val_labels,
@@ -706,7 +707,7 @@ class CacheReader:
             wnids=wnids if any(wnids) else [],
             dataset=self._fingerprint_dataset(),
             text_raw=self._once(("text_raw", text), lambda: self.text_raw(text)),
-            train_view_norms=view_norms,
+            train_augmented_norms=view_norms,
             search_features=search_features,
             search_labels=search_labels,
             templates=self._once(("templates",), lambda: _strings(self._dataset("text/templates"))),
@@ -740,7 +741,7 @@ class CacheReader:
             class_names=_strings(self._dataset("classes/names")),
             text_features=self.text_features(text),
             attribute_features=self._attribute_features(),
-            train_features=empty, train_views=torch.zeros(0, int(f.attrs["views"]), dim), train_labels=no_labels,
+            train_features=empty, train_augmented=torch.zeros(0, int(f.attrs["views"]), dim), train_labels=no_labels,
             val_features=empty, val_labels=no_labels,
             test_features=test_features, test_labels=test_labels,
             fingerprint=self.fingerprint,

@@ -119,7 +119,7 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
              ) -> dict[str, Any]:
     """Build the demo cache under `folder`, run the few-shot and base-to-novel grids of `methods` (default: every
     method; the few-shot grid over `shots` and 16, the shots base-to-novel trains on), each trained method's lr tuned
-    on the few-shot val set (`tune`, a grid tuning preset; None: each method's own recipe as is), and write the
+    on val images (`tune`, a grid tuning preset; None: each method's own recipe as is), and write the
     report. `execution` as a grid's (default: on the CPU, worker
     processes and runs trained together as the CPUs and the device choose); `tune_score` as `grid --tune-score`
     (auto: the base-to-novel grid chooses by val_hm, the few-shot grid by val), on the demo's whole val split

@@ -171,18 +171,15 @@ def write_coop_dataset(
     counts: tuple[int, int, int] = (12, 4, 6),
     seed: int = 0,
     image_size: int = 32,
-    attributes: bool = False,
 ) -> Path:
     """Write a dataset in the CoOp layout: `folder/images/<class>/*.png` and `folder/split_zhou_<name>.json`.
 
     `counts` are the train, val and test images per class. Split entries are `[relative_path, label, classname]`,
     grouped by class in label order, paths relative to `folder` (as in CoOp's split files). Returns the split path.
-    With `attributes`, also writes `folder/attributes_<name>.json`: each image's family and attribute values by path.
     """
     rng = random.Random(seed)
     folder = Path(folder)
     split: dict[str, list[list[object]]] = {"train": [], "val": [], "test": []}
-    records: dict[str, dict[str, str]] = {}
     for label, shape in enumerate(classes):
         if shape not in FAMILY_OF:
             raise ValueError(f"unknown class {shape!r}; valid classes: {', '.join(SHAPES)}")
@@ -195,13 +192,9 @@ def write_coop_dataset(
                 sample = random_sample(shape, rng)
                 render(sample, rng, image_size).save(folder / relative)
                 split[part].append([relative, label, shape.replace(" ", "_")])
-                records[relative] = {"family": FAMILY_OF[shape], "colour": sample.colour, "texture": sample.texture,
-                                     "size": sample.size, "background": sample.background}
                 index += 1
     path = folder / f"split_zhou_{name}.json"
     path.write_text(json.dumps(split))
-    if attributes:
-        (folder / f"attributes_{name}.json").write_text(json.dumps(records))
     return path
 
 

@@ -4,6 +4,7 @@ Ray task each. Each build resumes as `cache build` does."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lathadapter.adapter.options import OptionError, StateError
 from lathadapter.cache.build import build
@@ -35,7 +36,7 @@ def cache_paths(datasets: list[str], out: Path) -> dict[str, Path]:
 
 
 def build_many(datasets: list[str], out: Path, backend: str = "local", address: str | None = None,
-               init_options: dict | None = None, **build_options) -> list[tuple[str, str, str]]:
+               init_options: dict | None = None, **build_options: Any) -> list[tuple[str, str, str]]:
     """Build `out/<name>.h5` for each dataset (`cache_paths`): one after another (local), or one Ray task each (ray;
     a whole GPU each when the cluster has GPUs). Each build resumes as `cache build` does; failures are reported
     together, after the other builds finished."""

@@ -59,7 +59,7 @@ def check_tuning(runs: list[GridRun]) -> None:
             empty = sorted(p for p in pairs if len(reader.subset_rows(*p)[1]) == 0)
             classes = len(reader.info().class_names)
             whole_val = reader.info().val_split
-        if any(r.cache == cache and r.tune is not None and r.tune.val_set == "split" for r in runs):
+        if any(r.cache == cache and r.tune is not None and r.tune.tune_set == "split" for r in runs):
             if not whole_val:
                 raise CacheError(f"--tune-set split scores on the whole val split, which {cache} does not hold; "
                                  "rebuild it with `lathadapter cache build --val all`, or use --tune-set fewshot")

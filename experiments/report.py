@@ -18,7 +18,7 @@ seeds than the fullest cell of its table (a run missing, failed or diverged), an
 cell; each CSV has `<column> mean`, `<column> std` and `<column> n` (seeds) columns, empty where there is no number
 (an average's or HM's n is empty).
 
-Tuned grids (`tune.*` columns): only each tuning group's kept run (`tune.selected`, chosen on the few-shot val set)
+Tuned grids (`tune.*` columns): only each tuning group's kept run (`tune.selected`, chosen on val images only)
 enters the tables. A tuned option is not a configuration axis: its value reads `tuned` in the configuration (the
 score and val images that chose it, `tune.score` and `tune.set`, are settings: `score=val_hm` in a label where they
 vary), and the label names the values chosen (`clip-adapter lr=0.01 (tuned)`; `lr=0.001/0.01 (tuned)` when cells chose

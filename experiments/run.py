@@ -228,9 +228,10 @@ def test_accuracy(method: Method, train_data: FewShotData, novel_data: FewShotDa
 
 
 def tune_val_accuracy(config: RunConfig, method: Method, data: FewShotData) -> float | None:
-    """The trained `method`'s accuracy (%) on the run's few-shot val set, whatever `select` kept: what fair tuning
-    chooses by. It is the training view's val set (`split_classes`), so base-to-novel uses the base classes' val
-    images only; None when that set is empty (ImageNet has no few-shot val subset). Never reads the test set."""
+    """The trained `method`'s accuracy (%) on `data`'s val set (the few-shot val subset, or the whole val split that
+    `search_view` put in its place), whatever `select` kept: what fair tuning chooses by. It is the training view's
+    val set (`split_classes`), so base-to-novel uses the base classes' val images only; None when that set is empty
+    (ImageNet has no few-shot val subset). Never reads the test set."""
     train_data, _ = split_classes(blind(data), config.classes)
     if len(train_data.val_labels) == 0:
         return None
@@ -297,14 +298,14 @@ def pseudo_novel_accuracies(config: RunConfig, data: FewShotData) -> dict[str, A
     return {"base": base, "novel": novel}
 
 
-def scores_unseen_classes(method: str) -> bool:
+def scores_new_classes(method: str) -> bool:
     """Whether `method` can score classes it was not trained on (else its novel accuracy is not applicable)."""
     return bool(method_class(method).scores_new_classes)
 
 
 def tune_val_score(config: RunConfig, method: Method | None, data: FewShotData, score: str = "val"
                    ) -> float | None:
-    """The score fair tuning chooses by (`TUNE_SCORES`), from the few-shot val set only: `val` is
+    """The score fair tuning chooses by (`TUNE_SCORES`), from `data`'s val set only (as `tune_val_accuracy`): `val` is
     `tune_val_accuracy` of the trained `method` (None: trained here, as `run` would); `val_hm` trains a pseudo-base
     copy itself (`pseudo_novel_accuracies`, one training; `method` is not used) and returns the HM of its
     pseudo-base and pseudo-novel val accuracy, None where a half has no val image or the method cannot score unseen
@@ -312,7 +313,7 @@ def tune_val_score(config: RunConfig, method: Method | None, data: FewShotData, 
     if score not in TUNE_SCORES:
         raise OptionError(f"--tune-score {score}: choose one of {', '.join(TUNE_SCORES)}")
     if score == "val_hm":
-        if not scores_unseen_classes(config.method):
+        if not scores_new_classes(config.method):
             return None
         accuracies = pseudo_novel_accuracies(config, data)
         return harmonic_mean(accuracies["base"], accuracies["novel"])

@@ -43,7 +43,8 @@ class GridSpec:
     text: list[str] = field(default_factory=lambda: ["coop"])
     select: list[str] = field(default_factory=lambda: ["last"])
     options: dict[str, list[Any]] = field(default_factory=dict)
-    # Tuned options, keyed as `options`: every value is trained and the best on the few-shot val set kept.
+    # Tuned options, keyed as `options`: every value is trained and the best by `tune_score` on the val images of
+    # `tune_set` kept.
     tune: dict[str, list[Any]] = field(default_factory=dict)
     tune_preset: str | None = None  # a key of TUNE_PRESETS, e.g. "lr"
     tune_score: str = "auto"  # a TUNE_SCORE_CHOICES: what tuning chooses by (`resolve_score`)
@@ -118,11 +119,11 @@ def load_spec_file(path: Path) -> dict[str, Any]:
             raise OptionError(f"grid file {path}: tune_preset must be one name ({', '.join(TUNE_PRESETS)}, "
                               f"{NO_PRESET}); got a {type(preset).__name__}")
         spec["tune_preset"] = parse_preset(preset, f"{where}: tune_preset")
-    val_set = data.get("tune_set")
-    if val_set is not None:
-        if val_set not in TUNE_SETS:
-            raise OptionError(f"grid file {path}: tune_set {val_set!r}: choose one of {', '.join(TUNE_SETS)}")
-        spec["tune_set"] = val_set
+    tune_set = data.get("tune_set")
+    if tune_set is not None:
+        if tune_set not in TUNE_SETS:
+            raise OptionError(f"grid file {path}: tune_set {tune_set!r}: choose one of {', '.join(TUNE_SETS)}")
+        spec["tune_set"] = tune_set
     score = data.get("tune_score")
     if score is not None:
         if score not in TUNE_SCORE_CHOICES:
@@ -339,13 +340,13 @@ def _preset_extensions(spec: GridSpec) -> dict[str, tuple[Extension, list[Any], 
 
 
 def _tuning(names: tuple[str, ...], typed: tuple[tuple[Any, ...], ...], index: int, score: str,
-            preset: tuple[Extension, list[Any], tuple[float, ...]] | None, val_set: str = "fewshot") -> Tuning:
+            preset: tuple[Extension, list[Any], tuple[float, ...]] | None, tune_set: str = "fewshot") -> Tuning:
     """Candidate `index`'s `Tuning`, with its factor of the preset's option when a preset tunes the method."""
     if preset is None:
-        return Tuning(names, typed, index, score, val_set=val_set)
+        return Tuning(names, typed, index, score, tune_set=tune_set)
     extension, values, factors = preset
     factor = factors[values.index(typed[index][names.index(extension.name)])]
-    return Tuning(names, typed, index, score, extension, factor, val_set=val_set)
+    return Tuning(names, typed, index, score, extension, factor, tune_set=tune_set)
 
 
 def expand(spec: GridSpec) -> list[GridRun]:

@@ -41,8 +41,9 @@ def option_column(method: str, name: str) -> str:
 
 
 def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    """One results-table row: identity, what post-training searches chose (`chosen.NAME`, e.g. Tip-Adapter's α and
-    β), the hierarchy diagnostics (`hier.NAME`, LatHAdapter), every option (prefixed `opt.`), and the metrics."""
+    """One results-table row: identity, the method's settings and what its post-training searches chose
+    (`chosen.NAME`: a baseline's recipe values `chosen.recipe.NAME`, Tip-Adapter's α and β), the hierarchy
+    diagnostics (`hier.NAME`, LatHAdapter), every option (prefixed `opt.`), and the metrics."""
     accuracy = metrics.get("accuracy", {})
     row = {
         "key": config["key"], "cache": config["cache"], "dataset": config["cache_fields"].get("dataset", ""),

@@ -181,7 +181,7 @@ def add_tuning_scores(grid_run: GridRun, c: RunConfig, data: FewShotData, group:
     if outcome.metrics["diverged"] is not None:  # no score: its group never keeps it unless every candidate diverged
         outcome.metrics["tune_val_accuracy"] = outcome.metrics["tune_val_score"] = None
         return
-    scored = search_view(data, grid_run.tune.val_set)  # the val images the score reads
+    scored = search_view(data, grid_run.tune.tune_set)  # the val images the score reads
     val = tune_val_accuracy(c, outcome.method, scored)
     if val is None:  # base-to-novel with no val image of a base class: nothing to choose by
         raise CacheError(f"{grid_run.cache}: shots={c.shots} seed={c.seed} classes={c.classes} has no "

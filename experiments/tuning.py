@@ -3,7 +3,7 @@ each group keeps (`select_tuned`), from val scores only.
 
 Every value (or combination) of the tuned options is an ordinary run, a *candidate*; the candidates of one (cache,
 method, shots, seed, classes, text, select, other options) cell form a *tuning group*. Each candidate records its
-group, its accuracy on the few-shot val set (`tune_val_accuracy`, base classes only for base-to-novel) and the group's
+group, its val accuracy (`tune_val_accuracy`: on `--tune-set`, base classes only for base-to-novel) and the group's
 score (`tune_score`: that accuracy, or `val_hm`, the HM of a pseudo-base copy's val accuracy on two halves of the
 training classes, `run.pseudo_novel_accuracies`) in `metrics.json`; the results table marks, once every candidate of a
 group is finished, the one with the best score (ties: the first in the order given) `tune.selected`. A preset's group
@@ -26,7 +26,7 @@ from typing import Any
 from lathadapter.adapter.catalog import make_options
 from lathadapter.adapter.options import OptionError, changed_fields, unkeyed
 from lathadapter.cache.store import FewShotData
-from lathadapter.experiments.run import TUNE_SCORES, RunConfig, option_in_effect, scores_unseen_classes
+from lathadapter.experiments.run import TUNE_SCORES, RunConfig, option_in_effect, scores_new_classes
 
 # `--tune-preset NAME`: the option tuned and the factors applied to each method's own default of it, in tie-break
 # order (the default first: a tie on the val set keeps the method's own value).
@@ -85,7 +85,7 @@ class Tuning:
     factor: float | None = None
     extra: tuple[Any, ...] | None = None
     origin: str | None = None
-    val_set: str = "fewshot"  # the val images the score reads (`run.TUNE_SETS`)
+    tune_set: str = "fewshot"  # the val images the score reads (`run.TUNE_SETS`); stored as `val_set`
 
     @property
     def values(self) -> dict[str, Any]:
@@ -110,8 +110,8 @@ class Tuning:
                               else [self.names, self.candidates, "extension", self.extra])
         if self.score != "val":
             payload.append(self.score)
-        if self.val_set != "fewshot":
-            payload.append(self.val_set)
+        if self.tune_set != "fewshot":
+            payload.append(self.tune_set)
         return "|tune:" + self._digest(payload)
 
     def group(self, config: RunConfig, fingerprint: str) -> str:
@@ -122,8 +122,8 @@ class Tuning:
         payload = {**identity, "fingerprint": fingerprint, "tune": [self.names, self.candidates]}
         if self.score != "val":
             payload["score"] = self.score
-        if self.val_set != "fewshot":
-            payload["val_set"] = self.val_set
+        if self.tune_set != "fewshot":
+            payload["val_set"] = self.tune_set  # the stored name: group ids of earlier grids stay
         return self._digest(payload)
 
     def record(self, group: str, config: RunConfig) -> dict[str, Any]:
@@ -135,7 +135,7 @@ class Tuning:
         if self.scaled:
             record["scaled"] = self.scaled  # the factors of the default the values were resolved from
         record["score"] = self.score
-        record["val_set"] = self.val_set
+        record["val_set"] = self.tune_set  # metrics.json's name (results.csv: `tune.set`)
         if self.extension is not None:
             record["extension"] = {"factor": self.factor, "step": self.extension.step, "limit": self.extension.limit,
                                    "origin": self.origin}
@@ -154,7 +154,7 @@ def resolve_score(requested: str, classes: str, method: str) -> str:
     if requested not in TUNE_SCORE_CHOICES:
         raise OptionError(f"--tune-score {requested}: choose one of {', '.join(TUNE_SCORE_CHOICES)}")
     score = ("val_hm" if classes == "base" else "val") if requested == "auto" else requested
-    return score if score == "val" or scores_unseen_classes(method) else "val"
+    return score if score == "val" or scores_new_classes(method) else "val"
 
 
 def resolve_scaled(config: RunConfig, data: FewShotData, scaled: dict[str, float]) -> RunConfig:

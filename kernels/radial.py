@@ -32,6 +32,9 @@ import torch
 from lathadapter.kernels.cone import check_cone_options, half_aperture_from_norm2
 from lathadapter.kernels.geometry import PROJECTION_EPS, arcosh1p, artanh, machine_eps
 
+# A radius (or √c, or a coefficient of the cosine): a Python float, or a tensor broadcasting against the cosines
+Scalar = float | torch.Tensor
+
 
 def scaled_radius(scale: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """ρ = √c·|exp0(scale·u)| for unit u, projected to at most 1 − ε (elementwise over `scale`)."""
@@ -71,7 +74,8 @@ def log1p(x: torch.Tensor) -> torch.Tensor:
     return torch.where(below == 0, x, torch.log(u).mul_(x).div_(below))
 
 
-def distance_forward(rho_a, rho_b, cosine: torch.Tensor, sqrt_c) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def distance_forward(rho_a: Scalar, rho_b: Scalar, cosine: torch.Tensor, sqrt_c: Scalar
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """d = arcosh(1 + δ) / √c with δ = 2W / ((1 − ρ_a²)(1 − ρ_b²)); returns d, δ and √(δ(δ + 2)) (clamped to eps),
     what `distance_backward` needs. Radii and √c are Python floats or tensors broadcasting against `cosine`.
 
@@ -83,13 +87,14 @@ def distance_forward(rho_a, rho_b, cosine: torch.Tensor, sqrt_c) -> tuple[torch.
     return out, delta, root.clamp_min_(machine_eps(cosine.dtype))
 
 
-def distance_backward(grad: torch.Tensor, rho_a, rho_b, sqrt_c, root: torch.Tensor) -> tuple:
+def distance_backward(grad: torch.Tensor, rho_a: Scalar, rho_b: Scalar, sqrt_c: Scalar, root: torch.Tensor
+                      ) -> tuple:
     """`g` = grad · √c ∂d/∂δ and `to_cos`, with ∂L/∂cos = g · to_cos (∂δ/∂cos = −2kρ_aρ_b, k = 2/(αβ))."""
     k = 2 / ((1 - rho_a * rho_a) * (1 - rho_b * rho_b))
     return grad / root, -2 * k * rho_a * rho_b / sqrt_c
 
 
-def distance_radius_coefficients(rho_a, rho_b) -> tuple:
+def distance_radius_coefficients(rho_a: Scalar, rho_b: Scalar) -> tuple:
     """(A_a, B_a, A_b, B_b) with ∂δ/∂ρ_a = A_a + B_a δ at a fixed cosine (symmetrically for ρ_b): writing the
     cosine through δ, which is affine in it, gives A_a = k (ρ_a² − ρ_b²)/ρ_a and B_a = 2ρ_a/α + 1/ρ_a. So the radii's
     gradients need only Σ g and Σ g δ: ∂L/∂ρ_a = (A_a Σg + B_a Σgδ)/√c."""
@@ -104,8 +109,8 @@ def distance_radius_coefficients(rho_a, rho_b) -> tuple:
 SMALL_RADIUS = 1e-3
 
 
-def distance_radius_grads(g: torch.Tensor, delta: torch.Tensor, cosine: torch.Tensor, rho_a, rho_b, sqrt_c
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def distance_radius_grads(g: torch.Tensor, delta: torch.Tensor, cosine: torch.Tensor, rho_a: Scalar, rho_b: Scalar,
+                          sqrt_c: Scalar) -> tuple[torch.Tensor, torch.Tensor]:
     """∂L/∂ρ_a and ∂L/∂ρ_b given `g` = grad · √c ∂d/∂δ: from Σ g and Σ g δ (`distance_radius_coefficients`) where both
     radii are at least SMALL_RADIUS, else in the direct form, finite at ρ = 0. 0-d radii (Python floats or tensors:
     one radius per kind) get sums; radius tensors broadcasting against the cosines are reduced to their shapes."""
@@ -164,14 +169,14 @@ class _RadialDistance(torch.autograd.Function):
         return grad_a, grad_b, g * to_cos if ctx.needs_input_grad[2] else None, grad_c
 
 
-def exterior_angle_coefficients(rho_p, rho_q) -> tuple:
+def exterior_angle_coefficients(rho_p: Scalar, rho_q: Scalar) -> tuple:
     """W, M and N of the exterior angle are affine in the cosine: W = w0 + w1 cos, M = m0 + m1 cos, N = n0 + n1 cos.
     Returns (w0, w1, m0, m1, n0, n1) for Python floats or tensors of radii."""
     pp, qq, pq = rho_p * rho_p, rho_q * rho_q, rho_p * rho_q
     return pp + qq, -2 * pq, 1 + pq * pq, -2 * pq, -rho_p * (1 + qq), rho_q * (1 + pp)
 
 
-def exterior_angle_coefficient_derivatives(rho_p, rho_q) -> tuple[tuple, tuple]:
+def exterior_angle_coefficient_derivatives(rho_p: Scalar, rho_q: Scalar) -> tuple[tuple, tuple]:
     """∂/∂ρ_p and ∂/∂ρ_q of (w0, w1, m0, m1, n0, n1)."""
     pq = rho_p * rho_q
     return ((2 * rho_p, -2 * rho_q, 2 * pq * rho_q, -2 * rho_q, -(1 + rho_q * rho_q), 2 * pq),
@@ -183,7 +188,7 @@ def _affine(c0, c1, x: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(c0, c1, x) if isinstance(c0, torch.Tensor) else (x * c1).add_(c0)
 
 
-def exterior_angle_forward(coefficients: tuple, pp, cosine: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+def exterior_angle_forward(coefficients: tuple, pp: Scalar, cosine: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """Ξ = arccos(N / √(W M)) from the coefficients of `exterior_angle_coefficients` and ρ_p² (`pp`); 0 where it is
     undefined (|P| |u| √M < eps: parent at the origin, child at the parent). Returns Ξ and what the backward needs."""
     w0, w1, m0, m1, n0, n1 = coefficients
@@ -207,14 +212,15 @@ def exterior_angle_pieces(grad: torch.Tensor, saved: tuple) -> tuple[torch.Tenso
     return gx * inverse_root, half_gx_x / w.clamp_min(eps * eps), half_gx_x / m
 
 
-def exterior_angle_cosine_grad(pieces: tuple, w1, n1) -> torch.Tensor:
+def exterior_angle_cosine_grad(pieces: tuple, w1: Scalar, n1: Scalar) -> torch.Tensor:
     """∂/∂cos of Σ grad·Ξ from the `exterior_angle_pieces`: a N_c − b_w W_c − b_m M_c with N_c = n1 and
     W_c = M_c = w1 (= m1 = −2ρ_pρ_q)."""
     a, bw, bm = pieces
     return torch.addcmul(a * n1, bw + bm, w1, value=-1)
 
 
-def exterior_angle_backward(grad: torch.Tensor, coefficients: tuple, saved: tuple, derivatives: tuple[tuple, tuple]):
+def exterior_angle_backward(grad: torch.Tensor, coefficients: tuple, saved: tuple, derivatives: tuple[tuple, tuple]
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Elementwise gradients of Σ grad·Ξ w.r.t. the cosine, ρ_p and ρ_q (unreduced), given the coefficients'
     `derivatives` w.r.t. the radii."""
     _, w1, _, _, _, n1 = coefficients

@@ -1,7 +1,7 @@
 """Elementary functions for the Triton kernels, built from sqrt, log and polynomials only.
 
-The Triton interpreter has no libdevice, and the GPU's fast log is inaccurate near 1, so log1p, asin and acos are
-written out here; all work in float32 and are accurate to a few ulp.
+The Triton interpreter has no libdevice, and the GPU's fast log is inaccurate near 1, so log1p, asin, artanh and
+acos (from x and 1 − |x|) are written out here; all work in float32 and are accurate to a few ulp.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _asin_core(s, z):
 
 @triton.jit
 def _asin_reduced(x):
-    """(|x| > 1/2, asin(√((1 − |x|)/2)) there, else asin(|x|)): the range reduction asin and acos share."""
+    """(|x| > 1/2, asin(√((1 − |x|)/2)) there, else asin(|x|)): asin's range reduction."""
     a = tl.abs(x)
     big = a > 0.5
     z = tl.where(big, 0.5 * (1.0 - a), a * a)
@@ -59,14 +59,6 @@ def asin(x):
     big, p = _asin_reduced(x)
     r = tl.where(big, -2.0 * p + HALF_PI, p)
     return tl.where(x < 0, -r, r)
-
-
-@triton.jit
-def acos(x):
-    """acos on [−1, 1]; near ±1 it is 2 asin(√((1 ∓ x)/2)) (or π minus that), keeping small angles accurate."""
-    big, p = _asin_reduced(x)
-    middle = tl.where(x < 0, p, -p) + HALF_PI
-    return tl.where(big, tl.where(x > 0, 2.0 * p, -2.0 * p + PI), middle)
 
 
 @triton.jit

@@ -30,13 +30,13 @@ def few_shot(dim: int = 2, classes: int = 2, views: int = 2, seed: int = 0) -> F
     text = torch.eye(classes, dim)
     labels = torch.arange(classes).repeat_interleave(2)
     train = F.normalize(text[labels] + 0.3 * torch.randn(len(labels), dim, generator=generator), dim=-1)
-    train_views = F.normalize(train.unsqueeze(1) + 0.1 * torch.randn(len(labels), views, dim, generator=generator),
+    train_augmented = F.normalize(train.unsqueeze(1) + 0.1 * torch.randn(len(labels), views, dim, generator=generator),
                               dim=-1)
     test = F.normalize(text[labels] + 0.5 * torch.randn(len(labels), dim, generator=generator), dim=-1)
     return FewShotData(
         class_names=[f"c{i}" for i in range(classes)], text_features=text, attribute_features=torch.zeros(0, dim),
-        train_features=train, train_views=train_views, train_labels=labels, val_features=test, val_labels=labels,
-        test_features=test, test_labels=labels, fingerprint="test",
+        train_features=train, train_augmented=train_augmented, train_labels=labels, val_features=test,
+        val_labels=labels, test_features=test, test_labels=labels, fingerprint="test",
     )
 
 
@@ -108,7 +108,7 @@ def test_linear_probe_starts_at_zero_shot_and_cannot_score_new_classes() -> None
 def test_tip_adapter_logits_follow_the_formula() -> None:
     data = few_shot(views=3)
     method = create_method("tip-adapter", data, alpha=2.0, beta=3.0, search=False, **SHARED)
-    keys = F.normalize(data.train_views.mean(dim=1), dim=-1)
+    keys = F.normalize(data.train_augmented.mean(dim=1), dim=-1)
     values = F.one_hot(data.train_labels, 2).float()
     x = data.test_features
     expected = 100 * x @ data.text_features.t() + 2.0 * torch.exp(-3.0 * (1 - x @ keys.t())) @ values
@@ -198,14 +198,14 @@ def test_tip_adapter_cache_is_the_one_hot_product_for_any_key_order(labels: list
     assert torch.allclose(method.logits(test_x), expected, atol=1e-5)
 
 
-def test_normalize_and_blend_match_the_plain_formulas_in_value_and_gradient() -> None:
-    from lathadapter.adapter.methods.base import Adapter, blend, normalize
+def test_normalize_and_mix_match_the_plain_formulas_in_value_and_gradient() -> None:
+    from lathadapter.adapter.methods.base import Adapter, mix, normalize
 
     x = torch.randn(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).requires_grad_()
     assert torch.autograd.gradcheck(normalize, (x,))
     adapter = Adapter(8, 2).double()
     plain = F.normalize(0.7 * x + 0.3 * adapter(x), dim=-1)
-    ours = blend(x, adapter, 0.3)
+    ours = normalize(mix(x, adapter, 0.3))  # the renormalised blend, as CLIP-Adapter and LatHAdapter use it
     torch.testing.assert_close(ours, plain)
     weights = torch.randn(6, 8, dtype=torch.float64)
     expected = torch.autograd.grad((weights * plain).sum(), [x, *adapter.parameters()])

@@ -73,7 +73,8 @@ def test_augmentation_is_in_the_fingerprint_and_the_default_fingerprint_is_uncha
     assert not np.allclose(default_views, gentle_views, atol=1e-2)
     # the gentle views stay closer to the clean view than the field's crops of these small shapes
     with CacheReader(default) as a, CacheReader(gentle) as b:
-        near = [float((d.train_views * d.train_features[:, None]).sum(-1).mean()) for d in (a.load(1, 1), b.load(1, 1))]
+        near = [float((d.train_augmented * d.train_features[:, None]).sum(-1).mean())
+                for d in (a.load(1, 1), b.load(1, 1))]
     assert near[1] > near[0]
 
 
@@ -84,7 +85,7 @@ def test_a_build_without_augmented_views_trains_on_the_clean_view(coop_dataset, 
                 batch_size=32, full_train=True, progress=False, log=lambda message: None).path
     with CacheReader(out) as reader:
         data = reader.load(1, 1)
-    assert data.train_views.shape == (len(data.train_labels), 0, data.train_features.shape[1])
+    assert data.train_augmented.shape == (len(data.train_labels), 0, data.train_features.shape[1])
     rows, count = training_views(data, "augmented")
     assert count == 1 and torch.equal(rows, data.train_features)
     assert verify(out) == []
@@ -116,15 +117,15 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_views_all_puts_the_clean_view_first_among_each_samples_views(cache: Path) -> None:
     with CacheReader(cache) as reader:
         data = reader.load(4, 1)
-    n, v, d = data.train_views.shape
+    n, v, d = data.train_augmented.shape
     rows, count = training_views(data, "all")
     assert count == v + 1 and rows.shape == (n * (v + 1), d)
     for i in range(n):
         assert torch.equal(rows[i * (v + 1)], data.train_features[i].to(rows.dtype))
         for j in range(v):
-            assert torch.equal(rows[i * (v + 1) + 1 + j], data.train_views[i, j])
+            assert torch.equal(rows[i * (v + 1) + 1 + j], data.train_augmented[i, j])
     rows, count = training_views(data, "augmented")
-    assert count == v and torch.equal(rows, data.train_views.reshape(n * v, d))
+    assert count == v and torch.equal(rows, data.train_augmented.reshape(n * v, d))
 
 
 def test_views_is_recorded_per_run_and_the_default_keeps_earlier_keys(cache: Path, tmp_path: Path) -> None:

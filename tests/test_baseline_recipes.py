@@ -56,18 +56,19 @@ def few_shot(dataset: str = "caltech101", classes: int = 4, dim: int = 8, shots:
         return F.normalize(centres[of] + noise * torch.randn(len(of), dim, generator=g), dim=-1)
 
     train_x = images(labels, 0.8)
-    train_views = F.normalize(train_x.unsqueeze(1) + 0.4 * torch.randn(len(labels), views, dim, generator=g), dim=-1)
+    noise = 0.4 * torch.randn(len(labels), views, dim, generator=g)
+    train_augmented = F.normalize(train_x.unsqueeze(1) + noise, dim=-1)
     view_norms = 9 + 3 * torch.rand(len(labels), views, generator=g)
     val_labels = torch.arange(classes).repeat_interleave(min(shots, 4))
     split_labels = torch.arange(classes).repeat_interleave(12)
     test_labels = torch.arange(classes).repeat_interleave(10)
     split_x = images(split_labels, 1.0)
     return FewShotData(
-        [f"c{i}" for i in range(classes)], text, torch.zeros(0, dim), train_x, train_views, labels,
+        [f"c{i}" for i in range(classes)], text, torch.zeros(0, dim), train_x, train_augmented, labels,
         images(val_labels, 1.0), val_labels, images(test_labels, 1.0), test_labels, "test",
         dataset=dataset,
         text_raw=text * text_norms[:, None] if norms else None,
-        train_view_norms=view_norms if norms else None,
+        train_augmented_norms=view_norms if norms else None,
         search_features=split_x if val_split else None,
         search_labels=split_labels if val_split else None,
     )
@@ -388,7 +389,7 @@ def test_taskres_imagenet_base_without_the_select_templates_is_the_coop_template
 
 def official_keys(data: FewShotData) -> torch.Tensor:
     """utils.py build_cache_model: the raw encode_image outputs of every augment epoch, averaged, then normalised."""
-    raw = data.train_views * data.train_view_norms.unsqueeze(-1)
+    raw = data.train_augmented * data.train_augmented_norms.unsqueeze(-1)
     keys = raw.mean(dim=1)
     return keys / keys.norm(dim=-1, keepdim=True)
 
@@ -721,7 +722,7 @@ def test_val_all_holds_the_whole_val_split_as_the_search_set(val_all: Path, coop
     assert data.search_labels.tolist() == [label for _, label, _ in split["val"]]
     torch.testing.assert_close(data.text_raw, unit[0] * norms[0][:, None])
     torch.testing.assert_close(ensemble.text_raw, (unit * norms[..., None]).mean(dim=0))
-    assert data.train_view_norms.shape == data.train_views.shape[:2]
+    assert data.train_augmented_norms.shape == data.train_augmented.shape[:2]
     # the few-shot val subset is the one a default build holds: same images, same order
     default = tmp_path / "default.h5"
     build(None, f"split:{coop_dataset.split_file}", default, model=str(tiny_clip.config),
@@ -763,7 +764,7 @@ def test_a_schema_1_cache_loads_and_a_method_needing_norms_names_the_rebuild(val
     with CacheReader(old) as reader:
         data = reader.load(2, 1)
         assert reader.info().schema_version == 1 and not reader.holds_norms
-    assert data.text_raw is None and data.train_view_norms is None and data.search_features is None
+    assert data.text_raw is None and data.train_augmented_norms is None and data.search_features is None
     assert lathadapter.fit(old, "zeroshot", shots=2, seed=1, out=None, device="cpu")["accuracy"]["all"] is not None
     for method in ("taskres", "tip-adapter", "linear-probe"):
         short = {} if method == "tip-adapter" else {"epochs": 1}

@@ -56,7 +56,7 @@ def random_data(classes: int = 5, dim: int = 8, shots: int = 4, views: int = 3, 
         return unit(centres[labels] + noise * torch.randn(len(labels), dim, generator=g, dtype=torch.float64)), labels
 
     train_x, train_y = draw(shots)
-    train_views = unit(train_x[:, None] + 0.4 * torch.randn(len(train_y), views, dim, generator=g,
+    train_augmented = unit(train_x[:, None] + 0.4 * torch.randn(len(train_y), views, dim, generator=g,
                                                             dtype=torch.float64))
     val_x, val_y = draw(val_per_class)
     test_x, test_y = draw(test_per_class)
@@ -66,7 +66,7 @@ def random_data(classes: int = 5, dim: int = 8, shots: int = 4, views: int = 3, 
         keep = (torch.arange(len(val_y)) % val_per_class) < min(shots, 4)  # rows are grouped by class
         val_x, val_y = split_x[keep], split_y[keep]
     return FewShotData([f"c{i}" for i in range(classes)], text, torch.zeros(0, dim, dtype=torch.float64), train_x,
-                       train_views, train_y, val_x, val_y, test_x, test_y, "parity", search_features=split_x,
+                       train_augmented, train_y, val_x, val_y, test_x, test_y, "parity", search_features=split_x,
                        search_labels=split_y)
 
 
@@ -89,8 +89,8 @@ def official_gda(data: FewShotData, val: tuple[torch.Tensor, torch.Tensor] | Non
     val_features, val_labels = val if val is not None else (data.search_features, data.search_labels)
     assert val_features is not None, "the official search reads the whole val split"
     clip_weights = data.text_features.t()  # [D, C], as the official `clip_classifier` returns it
-    num_views = data.train_views.shape[1]
-    vecs = torch.cat([data.train_views[:, j] for j in range(num_views)])
+    num_views = data.train_augmented.shape[1]
+    vecs = torch.cat([data.train_augmented[:, j] for j in range(num_views)])
     labels = torch.cat([data.train_labels for _ in range(num_views)])
     mus = torch.cat([vecs[labels == i].mean(dim=0, keepdim=True) for i in range(clip_weights.shape[1])])
     center_vecs = torch.cat([vecs[labels == i] - mus[i].unsqueeze(0) for i in range(clip_weights.shape[1])])
@@ -130,7 +130,7 @@ def test_gda_equals_the_official_estimate_search_and_logits(text_signal: float, 
     assert (chosen["search_set"], chosen["recipe.search_set"], chosen["recipe"]) == ("split", "split", "official")
     torch.testing.assert_close(method.weight, official["W"].t(), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(method.bias, official["b"], rtol=1e-9, atol=1e-9)
-    assert chosen["alpha"] == official["alpha"] and chosen["views"] == data.train_views.shape[1]
+    assert chosen["alpha"] == official["alpha"] and chosen["views"] == data.train_augmented.shape[1]
     assert chosen["val_accuracy"] == pytest.approx(official["val_acc"])
     torch.testing.assert_close(method.logits(data.test_features), official["test_logits"], rtol=1e-9, atol=1e-7)
 
@@ -149,8 +149,8 @@ def test_gda_without_val_keeps_the_official_start_and_warns() -> None:
 
 def test_gda_without_augmented_views_uses_the_clean_view() -> None:
     data = random_data(val_split=True)
-    clean = replace(data, train_views=data.train_features.unsqueeze(1))
-    no_views = replace(data, train_views=torch.zeros(len(data.train_labels), 0, 8, dtype=torch.float64))
+    clean = replace(data, train_augmented=data.train_features.unsqueeze(1))
+    no_views = replace(data, train_augmented=torch.zeros(len(data.train_labels), 0, 8, dtype=torch.float64))
     expected, actual = create_method("gda", clean), create_method("gda", no_views)
     train(expected, clean, seed=1), train(actual, no_views, seed=1)
     torch.testing.assert_close(actual.weight, expected.weight)
@@ -211,7 +211,7 @@ def official_lpp(data: FewShotData, shots: int, seed: int, epochs: int = 300) ->
     """`LinearProbe_P2.forward` and its helpers, step by step, with autograd and torch.optim.SGD. The train features
     are one pass of the augmented train loader (the cache's view 0); the one-hot matrices, float16 in the official
     code (0/1, exact), are in the features' dtype because `bmm` needs one dtype."""
-    features, labels = data.train_views[:, 0], data.train_labels
+    features, labels = data.train_augmented[:, 0], data.train_labels
     text_weights = data.text_features.t()  # [D, C]
     val_features, val_labels = data.val_features, data.val_labels
     test_features = data.test_features

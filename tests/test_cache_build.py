@@ -287,7 +287,7 @@ def test_full_train_encodes_the_whole_train_split(coop_dataset, tiny_clip, tmp_p
     with CacheReader(out) as reader:
         assert reader.file["splits/train/paths"].asstr()[()].tolist() == [p for p, _, _ in split["train"]]
         data = reader.load(2, 1)
-    assert data.train_features.shape[0] == 6 and data.train_views.shape[1:] == (VIEWS, 32)
+    assert data.train_features.shape[0] == 6 and data.train_augmented.shape[1:] == (VIEWS, 32)
 
 
 def _imagenet_tree(coop_dataset, root: Path, variant: bool = False) -> None:

@@ -72,7 +72,7 @@ def test_skipped_images_leave_every_subset_and_split(coop_dataset, tiny_clip, tm
     assert data.train_labels.tolist().count(train[0][1]) == SHOTS - 1, "that class keeps its other shot"
     assert sorted(data.val_labels.tolist()) == sorted(label for _, label, _ in exported["val"])
     assert data.test_labels.tolist() == target.test_labels.tolist() == [label for _, label, _ in test]
-    for features in (data.train_features, data.train_views, data.val_features, data.test_features,
+    for features in (data.train_features, data.train_augmented, data.val_features, data.test_features,
                      target.test_features):
         assert bool((features.norm(dim=-1) > 0.99).all()), "no zero feature of a skipped image is loaded"
 

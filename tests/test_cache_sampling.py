@@ -85,5 +85,5 @@ def test_base_and_novel_halves_are_relabelled_from_zero(tmp_path: Path) -> None:
     assert torch.equal(novel_data.text_features, data.text_features[3:])
     base_data = data.select_classes(base)
     assert torch.equal(base_data.train_labels, data.train_labels[data.train_labels < 3])
-    assert torch.equal(base_data.train_views, data.train_views[data.train_labels < 3])
+    assert torch.equal(base_data.train_augmented, data.train_augmented[data.train_labels < 3])
     assert sorted(set(base_data.val_labels.tolist())) == [0, 1, 2]

@@ -60,7 +60,7 @@ def test_a_run_that_diverges_beside_others_leaves_them_as_they_train_alone(cache
     with CacheReader(cache) as reader:  # on CUDA the steps are captured as graphs (the default there)
         poisoned, data = reader.load(2, 1, device=device), reader.load(2, 2, device=device)
     poisoned = dataclasses.replace(poisoned, train_features=torch.full_like(poisoned.train_features, math.nan),
-                                   train_views=torch.full_like(poisoned.train_views, math.nan))
+                                   train_augmented=torch.full_like(poisoned.train_augmented, math.nan))
     bad, good = (RunConfig.create("lathadapter", 2, seed, overrides=SHORT) for seed in (1, 2))
     together = run_together([bad, good], [poisoned, data], stack=stack)
     alone = run(good, data)

@@ -203,7 +203,7 @@ def test_centre_modality_equals_the_plain_model_on_centred_renormalised_features
     classes): same loss (every impl), same logits for the training and for novel classes, same lifted points."""
     data = make_data()
     dim = data.text_features.shape[1]
-    image_mean = torch.cat([data.train_features, data.train_views.reshape(-1, dim)]).mean(0)
+    image_mean = torch.cat([data.train_features, data.train_augmented.reshape(-1, dim)]).mean(0)
     text_mean = data.text_features.mean(0)
     centred_text = F.normalize(data.text_features - text_mean, dim=-1)
     novel_text = F.normalize(torch.randn(4, dim, generator=torch.Generator().manual_seed(5)), dim=-1)

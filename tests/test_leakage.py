@@ -53,7 +53,7 @@ def held_out_replaced(data: FewShotData) -> FewShotData:
         data, test_features=noise_like(data.test_features, g),
         test_labels=data.test_labels[torch.randperm(len(data.test_labels), generator=g)],
         train_features=novel_rows(data.train_features, data.train_labels),
-        train_views=novel_rows(data.train_views, data.train_labels),
+        train_augmented=novel_rows(data.train_augmented, data.train_labels),
         val_features=novel_rows(data.val_features, data.val_labels),
         search_features=novel_rows(data.search_features, data.search_labels), text_features=text,
         text_raw=text_raw, template_raw=template_raw)

@@ -97,9 +97,9 @@ def digest(path: Path) -> str:
     """A hash of everything a fit reads from a cache: features, views, labels, norms, text, attributes, names."""
     data = load(path, 4, 2)
     h = hashlib.sha256()
-    for t in (data.text_features, data.attribute_features, data.train_features, data.train_views,
+    for t in (data.text_features, data.attribute_features, data.train_features, data.train_augmented,
               data.train_labels, data.val_features, data.val_labels, data.test_features, data.test_labels,
-              data.text_raw, data.train_view_norms):
+              data.text_raw, data.train_augmented_norms):
         assert t is not None
         h.update(t.numpy().astype(np.float32 if t.is_floating_point() else np.int64).tobytes())
     h.update("|".join(data.class_names).encode())

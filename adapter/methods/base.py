@@ -433,8 +433,3 @@ def mix(x: torch.Tensor, adapter: Adapter, ratio: float, node: bool = False) -> 
     if node:
         return adapter_mix(rows, first.weight, second.weight, ratio).reshape(x.shape)
     return mix_with(rows, first.weight, second.weight, ratio)[1].reshape(x.shape)
-
-
-def blend(x: torch.Tensor, adapter: Adapter, ratio: float) -> torch.Tensor:
-    """Residual blend of a feature with its adapted version, renormalised: `norm((1 − α) x + α g(x))`."""
-    return normalize(mix(x, adapter, ratio))

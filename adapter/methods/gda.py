@@ -108,7 +108,7 @@ class GDA(Method):
 
     def estimate(self, data: FewShotData) -> None:
         """The class means, the shared shrunk precision and the discriminant's `W`, `b` from the train views."""
-        views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
+        views = data.train_augmented if data.train_augmented.shape[1] > 0 else data.train_features.unsqueeze(1)
         self.num_views = views.shape[1]
         vectors = views.reshape(-1, views.shape[-1])  # image i's view j is row i·V + j
         labels = data.train_labels.repeat_interleave(self.num_views)

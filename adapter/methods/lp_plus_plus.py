@@ -61,7 +61,7 @@ class LPPlusPlusOptions:
 def train_rows(data: FewShotData) -> torch.Tensor:
     """One augmented view per train image, as one pass of the official train loader gives (view 0; the clean view
     when the cache has no augmented views)."""
-    return data.train_views[:, 0].contiguous() if data.train_views.shape[1] > 0 else data.train_features
+    return data.train_augmented[:, 0].contiguous() if data.train_augmented.shape[1] > 0 else data.train_features
 
 
 def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -215,9 +215,9 @@ class TipAdapter(Method):
         self.search_set, self.raw_keys = options.search_set, options.raw_keys
         text, self.base_kind = zero_shot_base_text(data, options.base_text, self.name)
         self.text_features = text.clone()  # the zero-shot term's classifier (`base_text`)
-        views = data.train_views if data.train_views.shape[1] > 0 else data.train_features.unsqueeze(1)
-        if self.raw_keys and data.train_views.shape[1] > 0:  # the official keys average the raw view features
-            norms = require_raw(data.train_view_norms, self.name, "the raw norms of the augmented views (its keys "
+        views = data.train_augmented if data.train_augmented.shape[1] > 0 else data.train_features.unsqueeze(1)
+        if self.raw_keys and data.train_augmented.shape[1] > 0:  # the official keys average the raw view features
+            norms = require_raw(data.train_augmented_norms, self.name, "the raw norms of the augmented views (its keys "
                                 "are the normalised mean of the views' raw features)")
             views = views * norms.unsqueeze(-1)
         order, self.shots = group_by_class(data.train_labels, data.num_classes)  # key order does not change ℓ

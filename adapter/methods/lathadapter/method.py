@@ -85,7 +85,7 @@ def modality_means(data: FewShotData) -> tuple[torch.Tensor, torch.Tensor]:
     """`centre=modality`'s means: the image mean over the few-shot train images, every view (clean and augmented),
     and the text mean over the training classes' text features."""
     dim = data.text_features.shape[1]
-    images = torch.cat([data.train_features.reshape(-1, dim), data.train_views.reshape(-1, dim)])
+    images = torch.cat([data.train_features.reshape(-1, dim), data.train_augmented.reshape(-1, dim)])
     return images.mean(0), data.text_features.mean(0)
 
 
