@@ -141,7 +141,7 @@ def train_runs(grid_runs: list[GridRun], datas: list[FewShotData], execution: Ex
         graphs = execution.captures(device)
         outcomes = ([run(configs[0], datas[0], graphs=graphs)] if len(configs) == 1
                     else run_together(configs, datas, stack=execution.stacks(device), graphs=graphs))
-        outcomes = [scored(grid_run, c, data, group, outcome, extra)
+        outcomes = [scored_outcome(grid_run, c, data, group, outcome, extra)
                     for grid_run, c, data, group, outcome in zip(grid_runs, configs, datas, groups, outcomes,
                                                                  strict=True)]
     seconds = (time.perf_counter() - start) / len(outcomes)
@@ -150,8 +150,8 @@ def train_runs(grid_runs: list[GridRun], datas: list[FewShotData], execution: Ex
     return list(zip(configs, outcomes, strict=True))
 
 
-def scored(grid_run: GridRun, c: RunConfig, data: FewShotData, group: str | None, outcome: RunOutcome,
-           extra: Evaluator | None) -> RunOutcome:
+def scored_outcome(grid_run: GridRun, c: RunConfig, data: FewShotData, group: str | None, outcome: RunOutcome,
+                   extra: Evaluator | None) -> RunOutcome:
     """`outcome` with `extra`'s metrics and, for a tuning candidate, its tuning record and val scores. A run that
     scores NaN there, its training and test scores finite, is kept as diverged (`run.as_diverged`) rather than
     stopping the grid."""
