@@ -384,8 +384,8 @@ def cache_verify(path: Path = typer.Argument(..., help="Cache file.")) -> None:
     from lathadapter.cache.inspection import verify
 
     problems = verify(path)
-    for problem in problems:
-        typer.echo(f"error: {path}: {problem}", err=True)
+    for problem in problems:  # named once: a problem of the whole file (missing, a folder) names it itself
+        typer.echo(f"error: {problem if str(path) in problem else f'{path}: {problem}'}", err=True)
     if problems:
         raise typer.Exit(code=1)
     typer.echo(f"{path}: ok")

@@ -183,7 +183,7 @@ def verify(path: str | Path) -> list[str]:
     if path.is_dir():
         return [folder_given(path)]
     if not path.is_file():
-        return [f"{path} does not exist"]
+        return [f"cache file {path} does not exist; build one with `lathadapter cache build`"]
     try:
         f = h5py.File(path, "r")
     except OSError as error:

@@ -113,6 +113,10 @@ def test_user_errors_exit_with_a_message_and_no_traceback(coop_dataset, tiny_cli
         (_build_args(coop_dataset, tiny_clip, "--precision", "fp8"), 2, "--precision 'fp8' is not valid"),
         (["cache", "info", str(tmp_path / "none.h5")], 1, "does not exist"),
     ]
+    for command in ("info", "verify"):  # the path named once
+        result = runner.invoke(app, ["cache", command, str(tmp_path / "none.h5")])
+        assert result.exit_code == 1 and result.output.strip() == (
+            f"error: cache file {tmp_path / 'none.h5'} does not exist; build one with `lathadapter cache build`")
     for args, code, message in cases:
         result = runner.invoke(app, args)
         assert result.exit_code == code and message in result.output, (args, result.output)
@@ -267,7 +271,7 @@ def test_a_folder_given_as_a_cache_says_so_and_lists_its_caches(built: Path, tmp
         for args in commands:
             result = runner.invoke(app, args)
             assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-            assert result.output.strip().endswith(f"{folder} is a folder, not a cache file; {listed}"), result.output
+            assert result.output.strip() == f"error: {folder} is a folder, not a cache file; {listed}", result.output
             assert "\n" not in result.output.strip()
         shutil.copy(built, folder / "a.h5")
         shutil.copy(built, folder / "b.h5")
