@@ -155,3 +155,27 @@ def test_a_base_to_novel_cell_whose_every_seed_diverged_reads_diverged_in_its_hm
     markdown = write_report(path, tmp_path / "report")["markdown"]
     assert "| clip-adapter | diverged | diverged | diverged |" in markdown
     assert f"| zeroshot | 80.00 ± 0.00 | 60.00 ± 0.00 | {2 * 80 * 60 / (80 + 60):.2f} |" in markdown
+
+
+def test_an_average_over_datasets_with_a_diverged_cell_reads_diverged(tmp_path: Path) -> None:
+    """CLIP-Adapter's every seed diverged on dtd and trained on caltech101: its dtd cells and the Average columns
+    over both datasets read `diverged` (the average once read `—`, "no run"); zero-shot's average is the mean of its
+    per-dataset means, its HM that of the mean base and novel."""
+    columns = ["key", "cache", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select",
+               "target", "acc_all", "acc_base", "acc_novel", "hm", "diverged"]
+    rows = []
+    for dataset, zero_shot, adapter in (("caltech101", (80.0, 60.0), (85.0, 50.0)), ("dtd", (70.0, 40.0), None)):
+        common = {"cache": f"{dataset}.h5", "dataset": dataset, "fingerprint": f"fp{dataset}", "shots": 16,
+                  "classes": "base", "text": "coop", "select": "last", "target": ""}
+        for seed in (1, 2):
+            rows.append({**common, "key": f"z{dataset}{seed}", "method": "zeroshot", "seed": seed,
+                         "acc_base": zero_shot[0], "acc_novel": zero_shot[1]})
+            rows.append({**common, "key": f"c{dataset}{seed}", "method": "clip-adapter", "seed": seed,
+                         **({"diverged": "clip-adapter diverged"} if adapter is None
+                            else {"acc_base": adapter[0], "acc_novel": adapter[1]})})
+    markdown = write_report(write_rows(tmp_path / "results.csv", columns, rows), tmp_path / "report")["markdown"]
+    hm = 2 * 85.0 * 50.0 / (85.0 + 50.0)
+    assert (f"| clip-adapter | 85.00 ± 0.00 | 50.00 ± 0.00 | {hm:.2f} | diverged | diverged | diverged | diverged | "
+            "diverged | diverged |") in markdown
+    base, novel = (80.0 + 70.0) / 2, (60.0 + 40.0) / 2
+    assert f"| {base:.2f} | {novel:.2f} | {2 * base * novel / (base + novel):.2f} |" in markdown
