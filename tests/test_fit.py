@@ -30,7 +30,8 @@ def test_lathadapter_beats_zero_shot_on_base_classes(cache: Path, tmp_path: Path
     zero_shot = fit(cache, "zeroshot", shots=16, seed=1, classes="base", out=None, device="cpu")
     adapted = fit(cache, "lathadapter", shots=16, seed=1, classes="base", out=None, device="cpu")  # 300 steps
     assert adapted["accuracy"]["base"] > zero_shot["accuracy"]["base"] + 5
-    assert adapted["accuracy"]["novel"] is not None and adapted["hm"] is not None
+    base, novel = adapted["accuracy"]["base"], adapted["accuracy"]["novel"]
+    assert novel is not None and adapted["hm"] == pytest.approx(2 * base * novel / (base + novel))
 
 
 def test_same_seed_gives_identical_metrics_and_a_complete_run_directory(cache: Path, tmp_path: Path) -> None:
