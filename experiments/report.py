@@ -13,10 +13,10 @@ base-to-novel HM comes from the mean base and mean novel accuracies, as papers r
 group per configuration, with error bars over seeds.
 
 Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable), `diverged` (every seed's training
-diverged: no accuracy; such runs are listed under the tables) or `—` (no run), with `(n=2)` after a cell over fewer
-seeds than the fullest cell of its table (a run missing, failed or diverged), and after an average or HM of such a
-cell; each CSV has `<column> mean`, `<column> std` and `<column> n` (seeds) columns, empty where there is no number
-(an average's or HM's n is empty).
+diverged, or an average or HM over such a cell: no accuracy; such runs are listed under the tables) or `—` (no
+run), with `(n=2)` after a cell over fewer seeds than the fullest cell of its table (a run missing, failed or
+diverged), and after an average or HM of such a cell; each CSV has `<column> mean`, `<column> std` and `<column> n`
+(seeds) columns, empty where there is no number (an average's or HM's n is empty).
 
 Tuned grids (`tune.*` columns): only each tuning group's kept run (`tune.selected`, chosen on val images only)
 enters the tables. A tuned option is not a configuration axis: its value reads `tuned` in the configuration (the
@@ -293,9 +293,12 @@ class Cell:
 
     @classmethod
     def mean_of(cls, cells: list[Cell]) -> Cell:
-        """The mean of the cells' means (an average over datasets or targets)."""
-        if not cells or any(c.missing or c.diverged for c in cells):
+        """The mean of the cells' means (an average over datasets or targets); `—` where a cell has no run, and
+        `diverged` where one's every seed diverged (never `—`, which says there is no run)."""
+        if not cells or any(c.missing for c in cells):
             return MISSING
+        if any(c.diverged for c in cells):
+            return cls(diverged=True)
         if any(c.mean is None for c in cells):
             return cls()
         return cls(statistics.fmean(c.mean for c in cells if c.mean is not None), fewest=_fewest(cells))

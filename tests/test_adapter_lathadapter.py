@@ -39,8 +39,11 @@ def ball_distance(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def exp0(v: torch.Tensor, c: float) -> torch.Tensor:
+    """exp0(v), projected into the ball as float32 points are: at most (1 − 4e-3)/√c from the origin."""
     n = v.norm(dim=-1, keepdim=True)
-    return torch.tanh(math.sqrt(c) * n) * v / (math.sqrt(c) * n)
+    h = torch.tanh(math.sqrt(c) * n) * v / (math.sqrt(c) * n)
+    edge = (1 - 4e-3) / math.sqrt(c)
+    return torch.where(h.norm(dim=-1, keepdim=True) > edge, h / h.norm(dim=-1, keepdim=True) * edge, h)
 
 
 def origin(x: torch.Tensor, c: float) -> torch.Tensor:
@@ -56,7 +59,10 @@ def cone(p: torch.Tensor, q: torch.Tensor, c: float, k: float, kappa: float) -> 
 
 
 @torch.no_grad()
-def oracle_losses(method, x: torch.Tensor, y: torch.Tensor, hier: str) -> dict[str, float]:
+def oracle_points(method, x: torch.Tensor, text: torch.Tensor | None = None) -> dict[str, torch.Tensor | float]:
+    """Steps 1–5 of docs/method.md in float64 for images `x` and class text features `text` (default: the
+    method's): the inputs x, t, the adapted images v, the attributes a, the associations r, w, the prototypes p, the
+    lifted points hv, ha, hc, every image–class distance, and c, τ_h."""
     o = method.options
     d = lambda t: t.detach().double()  # noqa: E731
     c = float(method.curvature.detach())
@@ -64,7 +70,7 @@ def oracle_losses(method, x: torch.Tensor, y: torch.Tensor, hier: str) -> dict[s
     tau_h = float(method.log_tau_hyp.exp())
     gv = lambda t: method.visual_adapter(t.float()).double()  # noqa: E731
     gt = lambda t: method.text_adapter(t.float()).double()  # noqa: E731
-    x, t = d(x), d(method.text_features)
+    x, t = d(x), d(method.text_features if text is None else text)
     z, m = (1 - o.alpha_v) * x + o.alpha_v * d(gv(x)), (1 - o.alpha_t) * t + o.alpha_t * d(gt(t))
     v, u = F.normalize(z, dim=-1), F.normalize(m, dim=-1)
     a = F.normalize(d(method.attribute_prompts), dim=-1)
@@ -72,7 +78,6 @@ def oracle_losses(method, x: torch.Tensor, y: torch.Tensor, hier: str) -> dict[s
     w = torch.softmax(u @ a.t() / o.tau_attr, dim=-1)
     q = m + float(method.beta) * m.norm(dim=-1, keepdim=True) * (w @ a) if o.attr_proto else m
     p = F.normalize(q, dim=-1)
-    ce = F.cross_entropy(100 * v @ p.t(), y)
 
     def radius(kind: int, e: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:  # step 5, one row per point
         if o.radius == "kind":
@@ -85,6 +90,17 @@ def oracle_losses(method, x: torch.Tensor, y: torch.Tensor, hier: str) -> dict[s
     hv, ha = exp0(radius(2, v, z) * v, c), exp0(radius(1, a, d(method.attribute_prompts)) * a, c)
     hc = exp0(radius(0, p, q) * p, c)
     dist = torch.stack([torch.stack([ball_distance(hv[i], hc[j], c) for j in range(len(hc))]) for i in range(len(hv))])
+    return {"x": x, "t": t, "v": v, "a": a, "r": r, "w": w, "p": p, "hv": hv, "ha": ha, "hc": hc, "dist": dist,
+            "c": c, "tau_h": tau_h}
+
+
+@torch.no_grad()
+def oracle_losses(method, x: torch.Tensor, y: torch.Tensor, hier: str) -> dict[str, float]:
+    o = method.options
+    pt = oracle_points(method, x)
+    x, t, v, a, r, w, p = (pt[k] for k in ("x", "t", "v", "a", "r", "w", "p"))
+    hv, ha, hc, dist, c, tau_h = (pt[k] for k in ("hv", "ha", "hc", "dist", "c", "tau_h"))
+    ce = F.cross_entropy(100 * v @ p.t(), y)
     hyp = F.cross_entropy(-dist / tau_h, y)
     present = sorted(set(y.tolist()))
     edges = [(hc[int(y[i])], hv[i], 1.0) for i in range(len(y))]
@@ -139,6 +155,44 @@ def test_losses_equal_a_direct_computation_of_the_equations(radius: str, hier: s
     assert float(parts["hier"]) == pytest.approx(expected["hier"], rel=1e-3, abs=1e-4)
     assert float(loss.detach()) == pytest.approx(expected["total"], rel=1e-3, abs=1e-4)
 
+
+
+INFERENCES = [(radius, infer) for radius in ("kind", "head", "norm") for infer in ("euclid", "hyper", "fused")]
+
+
+@pytest.mark.parametrize(("radius", "infer"), INFERENCES, ids=[f"{r}-{i}" for r, i in INFERENCES])
+def test_inference_scores_equal_a_direct_computation(radius: str, infer: str) -> None:
+    """docs/method.md, step 7, restated in float64: `euclid` scores 100 <v, p_c>, `hyper` −d(h^v, h^c) / τ_h, `fused`
+    the sum of both softmaxes; for the training classes and for novel class text. The curvature, the category and
+    image scales and τ_h are off their defaults and apart, so that a swapped one shows."""
+    data = make_data()
+    torch.manual_seed(0)
+    method = create_method("lathadapter", data, num_attributes=4, curvature=1.7, scale_cat=0.4, scale_img=1.3,
+                           tau_hyp=0.2, radius=radius, infer=infer)
+    with torch.no_grad():
+        method.beta.fill_(0.25)
+    with_radius_heads(method)
+    novel = F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(3)), dim=-1)
+    for text in (None, novel):
+        points = oracle_points(method, data.test_features, text)
+        euclid, hyper = 100 * points["v"] @ points["p"].t(), -points["dist"] / points["tau_h"]
+        expected = {"euclid": euclid, "hyper": hyper,
+                    "fused": torch.softmax(euclid, dim=-1) + torch.softmax(hyper, dim=-1)}[infer]
+        with torch.no_grad():
+            scores = method.logits(data.test_features, text)
+        torch.testing.assert_close(scores.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_radius_heads_start_every_radius_at_its_kinds_scale() -> None:
+    """docs/method.md: the heads start at w = 0, b = log(e − 1), so softplus(b) = 1 and every radius is s_kind."""
+    data = make_data()
+    scales = (0.4, 0.7, 1.3)  # categories, attributes, images
+    method = create_method("lathadapter", data, num_attributes=4, radius="head", scale_cat=scales[0],
+                           scale_attr=scales[1], scale_img=scales[2])
+    units = F.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(5)), dim=-1)
+    with torch.no_grad():
+        for kind, scale in enumerate(scales):
+            torch.testing.assert_close(method.radius(kind, units, None), torch.full((6,), scale), rtol=1e-6, atol=0)
 
 def test_switches_remove_their_terms_and_gradients_reach_every_trained_part() -> None:
     data = make_data()

@@ -40,7 +40,9 @@ from lathadapter.experiments.run import RunConfig, option_in_effect
 
 # gaopengcuhk/Tip-Adapter configs/<dataset>.yaml: search_scale [β_max, α_max], init_alpha, train_epoch
 TIP_YAML = {"caltech101": (12, 5, 3, 20), "oxford_flowers": (50, 50, 10, 20), "fgvc_aircraft": (30, 30, 5, 20),
-            "stanford_cars": (20, 10, 3, 20), "eurosat": (12, 10, 2, 100), "imagenet": (7, 3, 1.17, 20)}
+            "stanford_cars": (20, 10, 3, 20), "eurosat": (12, 10, 2, 100), "imagenet": (7, 3, 1.17, 20),
+            "dtd": (13, 13, 2, 20), "food101": (10, 10, 1.17, 20), "oxford_pets": (7, 3, 1.17, 20),
+            "sun397": (12, 10, 1.17, 20), "ucf101": (7, 3, 3, 20)}
 
 
 def few_shot(dataset: str = "caltech101", classes: int = 4, dim: int = 8, shots: int = 4, views: int = 3,
@@ -435,6 +437,17 @@ def test_tip_adapter_searches_the_dataset_grid_on_the_whole_val_split(dataset: s
     with torch.no_grad():
         torch.testing.assert_close(method.logits(data.test_features), expected, atol=1e-3, rtol=1e-5)
 
+
+
+@pytest.mark.parametrize("dataset", sorted(TIP_YAML))
+def test_tip_adapter_takes_each_datasets_official_config(dataset: str) -> None:
+    """Each of the eleven configs/<dataset>.yaml: the search ranges, init_alpha (init_beta 1) and, for Tip-Adapter-F,
+    train_epoch."""
+    beta_max, alpha_max, init_alpha, epochs = TIP_YAML[dataset]
+    data = few_shot(dataset)
+    tip = create_method("tip-adapter", data)
+    assert (tip.beta_max, tip.alpha_max, tip.init_alpha, tip.init_beta) == (beta_max, alpha_max, init_alpha, 1.0)
+    assert create_method("tip-adapter-f", data).recipe.epochs == epochs
 
 def test_tip_adapter_without_the_val_split_searches_the_subset_and_warns() -> None:
     data = few_shot("fgvc_aircraft", val_split=False)

@@ -209,3 +209,27 @@ def test_a_pseudo_base_copy_that_scores_nan_gives_its_candidate_no_val_hm(
     rows = read_rows(out / "results.csv")
     assert len(rows) == 2 and all(r["diverged"] == "" and 0 <= float(r["acc_all"]) <= 100 for r in rows)
     assert all(r["tune.val_score"] == "" for r in rows)
+
+
+def test_an_average_over_datasets_with_a_diverged_cell_reads_diverged(tmp_path: Path) -> None:
+    """CLIP-Adapter's every seed diverged on dtd and trained on caltech101: its dtd cells and the Average columns
+    over both datasets read `diverged` (the average once read `—`, "no run"); zero-shot's average is the mean of its
+    per-dataset means, its HM that of the mean base and novel."""
+    columns = ["key", "cache", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select",
+               "target", "acc_all", "acc_base", "acc_novel", "hm", "diverged"]
+    rows = []
+    for dataset, zero_shot, adapter in (("caltech101", (80.0, 60.0), (85.0, 50.0)), ("dtd", (70.0, 40.0), None)):
+        common = {"cache": f"{dataset}.h5", "dataset": dataset, "fingerprint": f"fp{dataset}", "shots": 16,
+                  "classes": "base", "text": "coop", "select": "last", "target": ""}
+        for seed in (1, 2):
+            rows.append({**common, "key": f"z{dataset}{seed}", "method": "zeroshot", "seed": seed,
+                         "acc_base": zero_shot[0], "acc_novel": zero_shot[1]})
+            rows.append({**common, "key": f"c{dataset}{seed}", "method": "clip-adapter", "seed": seed,
+                         **({"diverged": "clip-adapter diverged"} if adapter is None
+                            else {"acc_base": adapter[0], "acc_novel": adapter[1]})})
+    markdown = write_report(write_rows(tmp_path / "results.csv", columns, rows), tmp_path / "report")["markdown"]
+    hm = 2 * 85.0 * 50.0 / (85.0 + 50.0)
+    assert (f"| clip-adapter | 85.00 ± 0.00 | 50.00 ± 0.00 | {hm:.2f} | diverged | diverged | diverged | diverged | "
+            "diverged | diverged |") in markdown
+    base, novel = (80.0 + 70.0) / 2, (60.0 + 40.0) / 2
+    assert f"| {base:.2f} | {novel:.2f} | {2 * base * novel / (base + novel):.2f} |" in markdown

@@ -30,7 +30,8 @@ def test_lathadapter_beats_zero_shot_on_base_classes(cache: Path, tmp_path: Path
     zero_shot = fit(cache, "zeroshot", shots=16, seed=1, classes="base", out=None, device="cpu")
     adapted = fit(cache, "lathadapter", shots=16, seed=1, classes="base", out=None, device="cpu")  # 300 steps
     assert adapted["accuracy"]["base"] > zero_shot["accuracy"]["base"] + 5
-    assert adapted["accuracy"]["novel"] is not None and adapted["hm"] is not None
+    base, novel = adapted["accuracy"]["base"], adapted["accuracy"]["novel"]
+    assert novel is not None and adapted["hm"] == pytest.approx(2 * base * novel / (base + novel))
 
 
 def test_same_seed_gives_identical_metrics_and_a_complete_run_directory(cache: Path, tmp_path: Path) -> None:
@@ -141,3 +142,34 @@ def test_config_json_is_the_same_from_the_command_line_and_from_python(cache: Pa
 def test_fit_takes_one_value_per_option(cache: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["fit", "--cache", str(cache), "--out", str(tmp_path), "--set", "lr=0.1,0.2"])
     assert result.exit_code == 2 and "one value per option" in result.output
+
+
+def test_select_val_keeps_the_first_epoch_of_the_best_val_accuracy(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`select=val` keeps the first epoch whose few-shot val accuracy is the best: a later epoch that ties it does not
+    replace it. Every epoch's val scores are recorded here, with their accuracy restated; the kept model's val scores
+    must be those of that first best epoch."""
+    from lathadapter.adapter import trainer
+    from lathadapter.adapter.catalog import create_method
+
+    path = write_synthetic_cache(tmp_path / "c.h5", num_classes=20, dim=32, shots=(4,), seeds=(1,))
+    data = CacheReader(path).load(4, 1)
+    seen: list[tuple[float, torch.Tensor]] = []  # (val accuracy %, val scores) after each epoch
+    real = trainer.accuracy
+
+    def recording(scores: torch.Tensor, labels: torch.Tensor) -> float:
+        seen.append((100.0 * float((scores.argmax(-1) == labels).double().mean()), scores.detach().clone()))
+        return real(scores, labels)
+
+    monkeypatch.setattr(trainer, "accuracy", recording)
+    torch.manual_seed(0)
+    method = create_method("lathadapter", data, epochs=8, min_steps=0, lr=1e-2)
+    result = trainer.train(method, data, seed=1, select="val")
+    accuracies = [value for value, _ in seen]
+    best = max(accuracies)
+    first = accuracies.index(best)
+    assert len(seen) == 8 and accuracies.count(best) > 1  # the world has a later epoch that ties the best
+    assert (result.selected_epoch, result.val_accuracy) == (first + 1, best)
+    with torch.no_grad():
+        method.eval()
+        torch.testing.assert_close(method.logits(data.val_features), seen[first][1], rtol=0, atol=0)

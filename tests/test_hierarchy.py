@@ -97,6 +97,27 @@ def test_the_aperture_decides_which_of_the_hand_made_images_are_inside() -> None
     assert all(ganea_angle(category, q, 1.0) > psi for q in outside)
 
 
+
+def test_the_cone_boundary_is_sharp_a_ten_thousandth_of_a_radian_decides() -> None:
+    """Images whose exterior angle Ξ (Ganea's formula, solved for by bisection) is κψ ∓ 1e-4 rad: the first is
+    inside, the second outside; no tolerance widens the cone."""
+    c, k, kappa = 1.7, 0.1, 1.0
+    category = planar(0.3, 0.0, c)
+    psi = ganea_aperture(category, c, k)
+
+    def at_angle(target: float) -> torch.Tensor:
+        """The image at scaled radius 0.8 whose Ξ from the category is `target` (Ξ grows with the planar angle)."""
+        low, high = 0.0, math.pi / 2
+        for _ in range(80):
+            middle = (low + high) / 2
+            low, high = (middle, high) if ganea_angle(category, planar(0.8, middle, c), c) < target else (low, middle)
+        return planar(0.8, (low + high) / 2, c)
+
+    children = torch.stack([at_angle(kappa * psi - 1e-4), at_angle(kappa * psi + 1e-4)])
+    curvature = torch.tensor(c, dtype=torch.float64)
+    assert in_cone(category.expand_as(children[:1]), children[:1], curvature, k, kappa)[0] == 100.0
+    assert in_cone(category.expand_as(children[1:]), children[1:], curvature, k, kappa)[0] == 0.0
+
 def test_radius_summary_and_order_on_hand_made_points() -> None:
     c = torch.tensor(4.0, dtype=torch.float64)
     kinds = {"category": [0.1, 0.3], "attribute": [0.5, 0.5, 0.2], "image": [0.9, 0.7]}
