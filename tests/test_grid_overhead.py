@@ -3,6 +3,8 @@ its time however many runs finish, and the table's layout is the one the rows gi
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Generator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.experiments import launch as launch_module
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.spec import GridSpec, expand
-from lathadapter.experiments.table import as_table
+from lathadapter.experiments.table import as_table, collect_rows
 from lathadapter.experiments.training import Job
 
 TRAIN_SECONDS = 0.01  # each simulated run's training
@@ -89,3 +91,19 @@ def test_table_columns_in_order_of_first_appearance() -> None:
                      {"key": "b", "acc": "3", "opt.lr": "", "hier.x": "2", "tune.group": ""},
                      {"key": "c", "acc": "", "opt.lr": "0.1", "hier.x": "", "tune.group": "g"}]
 
+
+
+def test_results_csv_is_what_csv_dictwriter_writes_of_the_rows(tmp_path: Path) -> None:
+    """`write_results` writes plain lists; the bytes are those the standard library's `csv.DictWriter` (what it used
+    before) writes of the same columns and rows."""
+    cache = write_synthetic_cache(tmp_path / "tiny.h5", num_classes=3, dim=8, views=1, shots=(1, 2), seeds=(1, 2))
+    out = tmp_path / "grid"
+    launch_module.launch(GridSpec([str(cache)], ["zeroshot", "linear-probe"], [1, 2], [1, 2],
+                                  options={"linear-probe.epochs": ["1"], "min_steps": ["0"]}), out, progress=False)
+    columns, rows = as_table(collect_rows(out))
+    expected = io.StringIO(newline="")
+    writer = csv.DictWriter(expected, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    assert (out / "results.csv").read_bytes() == expected.getvalue().encode()
+    assert len(rows) == 8  # 2 methods × 2 shots × 2 seeds
