@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import importlib
 import json
 import resource
@@ -115,6 +116,10 @@ def measure(package: str, cache: Path, runs: int, workers: int, out: Path, clock
     seconds["resume"], summary = timed(lambda: module["launch"].launch(grid, out, chosen, progress=False), clock)
     assert summary["skipped"] == runs, summary
     seconds["report"], _ = timed(lambda: module["report"].write_report(out, out / "report"), clock)
+    # the rows this version keeps for its rewrites would slow the other version's grid (more objects for the garbage
+    # collector: the second grid in a process was up to 1.6x slower outside training with the same code)
+    module["table"]._ROWS_READ.clear()
+    gc.collect()
     return seconds, run_keys
 
 
@@ -135,8 +140,7 @@ def main() -> None:
     parser.add_argument("--workers-sizes", default="100",
                         help="grid sizes with more than 1 worker (each pool pays its workers' start-up)")
     parser.add_argument("--rounds", type=int, default=2,
-                        help="alternating rounds (2: each version first once; whichever runs second in a process was "
-                             "up to 1.6x slower outside training with the same code)")
+                        help="alternating rounds (2: each version first once)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="cpu: this process's CPU time where the grid runs in it (workers 1), less moved by "
                              "other load; wall: the wall clock (always with worker processes)")

@@ -87,8 +87,9 @@ def check_distinct(keyed: list[KeyedRun]) -> None:
 # when the grid is interrupted, whatever the time.
 RESULTS_EVERY = 2.0
 # ... and never sooner than this many times the last rewrite's own seconds after it: a rewrite grows with the finished
-# runs (0.1 s per 1,000 on 2 cores), so a fixed interval alone spent 30 % of an 8,000-run grid's wall time rewriting
-# (and half of it for 20,000 runs); so the rewrites take at most 1/(1 + RESULTS_SPACING) of the grid's time.
+# runs (0.05-0.1 s per 1,000 on 2 cores), so with the fixed interval alone the rewrites took 3.6 s of the 21 s of CPU
+# of an 8,000-run grid of cheap runs (benchmarks/grid_overhead.py), a share growing towards half with more runs; so
+# they take at most 1/(1 + RESULTS_SPACING) of the grid's time.
 RESULTS_SPACING = 9.0
 
 
