@@ -86,6 +86,16 @@ def check_distinct(keyed: list[KeyedRun]) -> None:
 # so rewriting after every batch made a grid of thousands of small runs quadratic. It is rewritten at the end, and
 # when the grid is interrupted, whatever the time.
 RESULTS_EVERY = 2.0
+# ... and never sooner than this many times the last rewrite's own seconds after it: a rewrite grows with the finished
+# runs (0.05-0.1 s per 1,000 on 2 cores), so with the fixed interval alone the rewrites took 3.6 s of the 21 s of CPU
+# of an 8,000-run grid of cheap runs (benchmarks/grid_overhead.py), a share growing towards half with more runs; so
+# they take at most 1/(1 + RESULTS_SPACING) of the grid's time.
+RESULTS_SPACING = 9.0
+
+
+def next_rewrite(started: float, ended: float) -> float:
+    """When the next periodic rewrite of `results.csv` is due, after one that ran from `started` to `ended`."""
+    return ended + max(RESULTS_EVERY, RESULTS_SPACING * (ended - started))
 
 
 def choose_backend(execution: Execution) -> Backend:
@@ -106,7 +116,7 @@ def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progres
     finished ones ("skipped") first, then the others as they are saved. "elsewhere": another process holds the run's
     lock and is training it. `execution.workers` None is settled here by the pending runs (`pool.auto_workers`);
     `backend` (default: the execution's, `choose_backend`) trains them. `results.csv` is rewritten as runs are saved
-    (at most every `RESULTS_EVERY` seconds), at the end, and when the round is interrupted."""
+    (at most every `RESULTS_EVERY` seconds, `next_rewrite`), at the end, and when the round is interrupted."""
     out = out.resolve()
     infos, keyed = prepare(runs, out, key_salt)
     pending = pending_runs(keyed, out)
@@ -123,7 +133,7 @@ def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progres
     job = Job(out, keyed, infos, pending, execution, extra_factory)
     counts = dict.fromkeys(STATES, 0)
     counts["skipped"] = len(keyed) - len(pending)
-    written = -math.inf
+    due = -math.inf  # the first run saved rewrites the table at once
     bar = None
     with contextlib.ExitStack() as shown:
         trained = backend.train(job)
@@ -136,9 +146,10 @@ def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progres
                 for _, state in events:
                     counts[state] += 1
                     bar.update(task, advance=1, **counts)
-                if any(state == "done" for _, state in events) and time.perf_counter() - written > RESULTS_EVERY:
+                if any(state == "done" for _, state in events) and time.perf_counter() >= due:
+                    started = time.perf_counter()
                     write_results(out)
-                    written = time.perf_counter()
+                    due = next_rewrite(started, time.perf_counter())
                 for index, state in events:
                     yield keyed[index].run, state
         finally:  # the end, Ctrl-C or SIGTERM raised as it (cli), an error, or the caller stopping the round early

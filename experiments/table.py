@@ -145,10 +145,10 @@ def collect_rows(out: Path) -> list[dict[str, Any]]:
 def as_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]]]:
     """The columns (in order of first appearance) and the rows as the CSV's strings: a value not applicable or a
     column a row lacks is empty."""
-    columns: list[str] = []
+    columns: dict[str, None] = {}  # a dict keeps first-appearance order and finds a column in O(1)
     for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    return columns, [{k: "" if row.get(k) is None else str(row[k]) for k in columns} for row in rows]
+        columns.update(dict.fromkeys(row))
+    return list(columns), [{k: "" if row.get(k) is None else str(row[k]) for k in columns} for row in rows]
 
 
 @contextlib.contextmanager
@@ -207,10 +207,10 @@ def write_results(out: Path) -> Path:
         columns, rows = as_table(collect_rows(out))
 
         def write(temporary: Path) -> None:
-            with temporary.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
+            with temporary.open("w", newline="") as f:  # the rows hold every column (`as_table`): plain lists
+                writer = csv.writer(f)
+                writer.writerow(columns)
+                writer.writerows([row[k] for k in columns] for row in rows)
 
         write_atomic(path, write)
     return path
