@@ -38,6 +38,7 @@ from lathadapter.adapter.trainer import (
     TrainResult,
     finish,
     optimise,
+    optimiser_imports,
     synchronize,
     trainable,
     view_count,
@@ -110,6 +111,7 @@ def train_together(members: list[Member], select: str = "last", train_views: str
                       "ImageNet's): the last epoch is kept", ProtocolWarning, stacklevel=2)
     device = members[0].data.train_labels.device
     stack = stacks_on(device) if stack is None else stack
+    optimiser_imports()
     synchronize(device)
     start = time.perf_counter()
     results = [TrainResult(batch_runs=len(members)) for _ in members]

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-import torch._dynamo  # noqa: F401  (see below)
 
 from lathadapter.adapter.evaluate import accuracy
 from lathadapter.adapter.graphed import Graphed, graphable, graphs_on
@@ -27,8 +26,12 @@ from lathadapter.cache.store import FewShotData
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-# The first torch optimiser built in a process imports torch._dynamo (about 1.3 s on a 2-core CPU). Importing it with
-# this module keeps that one-time cost out of the first run's train_seconds, so a grid's runs are timed alike.
+
+def optimiser_imports() -> None:
+    """Import what the first torch optimiser built in a process imports (torch._dynamo, 1.3-2.3 s on a 2-core CPU)
+    before a training's clock starts, so that a grid's first run is timed as the others are; a process that trains
+    nothing (a report, the rerun of a finished grid) never pays it."""
+    import torch._dynamo  # noqa: F401
 
 SELECTIONS = ("last", "val")
 # The views training draws from: the cached augmented views (Tip-Adapter's and the field's habit), or those and the
@@ -365,6 +368,7 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
     if train_views not in TRAIN_VIEWS:
         raise ValueError(f"train_views={train_views!r} is not valid; choose one of: {', '.join(TRAIN_VIEWS)}")
     device = data.train_labels.device
+    optimiser_imports()
     synchronize(device)
     start = time.perf_counter()
     result = TrainResult()
