@@ -27,7 +27,11 @@ import torch
 from fit import cache_for  # benchmarks/ is the script directory
 from lathadapter_ab import export, ratio_text
 
-from lathadapter.cache.store import CacheReader
+
+def loaded(package: str, cache: Path):
+    """The 16-shot seed-1 set of `cache` as `package`'s code loads it (its `FewShotData`, whose fields may differ)."""
+    with importlib.import_module(f"{package}.cache.store").CacheReader(cache) as reader:
+        return reader.load(16, 1)
 
 
 def trainer(package: str, data, method: str, clock: Callable[[], float]) -> Callable[[], tuple[float, int]]:
@@ -58,14 +62,14 @@ def main() -> None:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; seconds per training ({args.clock} "
           f"clock, min / median of {args.rounds} alternating rounds); ref = {args.ref}, new = working tree")
-    with CacheReader(cache_for("caltech")) as reader:
-        data = reader.load(16, 1)
+    cache = cache_for("caltech")
     with tempfile.TemporaryDirectory() as folder:
         export(args.ref, Path(folder))
         sys.path.insert(0, folder)
+        packages = {"ref": "lathadapter_ref", "new": "lathadapter"}
+        data = {key: loaded(package, cache) for key, package in packages.items()}
         for method in args.methods.split(","):
-            runs = {key: trainer(package, data, method, clock)
-                    for key, package in (("ref", "lathadapter_ref"), ("new", "lathadapter"))}
+            runs = {key: trainer(package, data[key], method, clock) for key, package in packages.items()}
             times: dict[str, list[float]] = {key: [] for key in runs}
             steps = {key: run()[1] for key, run in runs.items()}  # warm-up
             for round_ in range(args.rounds):
