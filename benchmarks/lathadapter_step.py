@@ -27,7 +27,7 @@ from fit import cache_for  # benchmarks/ is the script directory
 
 from lathadapter import kernels
 from lathadapter.adapter.catalog import create_method
-from lathadapter.adapter.trainer import clear_grads  # importing it pays torch's one-time optimiser import
+from lathadapter.adapter.trainer import clear_grads  # the first optimiser built (before timing) pays torch._dynamo
 from lathadapter.cache.store import CacheReader
 
 DEFAULT = "default: + hyperbolic CE (radius = kind, lambda_hier = 0)"
