@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lathadapter.adapter.evaluate import NaNScores
+from lathadapter.adapter.trainer import optimiser_imports
 from lathadapter.cache.store import CacheError, CacheInfo, FewShotData
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.run import (
@@ -128,6 +129,7 @@ def train_runs(grid_runs: list[GridRun], datas: list[FewShotData], execution: Ex
     trained (a tuning candidate's `Scaled` values resolved) and its outcome, whose metrics hold `extra`'s, the tuning
     record and val scores (`groups`: each candidate's group id) and `wall_seconds`, the batch's wall time divided
     among its runs."""
+    optimiser_imports()  # a process's first training imports torch._dynamo: not in the first batch's wall_seconds
     start = time.perf_counter()
     groups = groups or [None] * len(grid_runs)
     with kernels_backend(execution.kernels):
