@@ -33,6 +33,7 @@ def optimiser_imports() -> None:
     nothing (a report, the rerun of a finished grid) never pays it."""
     import torch._dynamo  # noqa: F401
 
+
 SELECTIONS = ("last", "val")
 # The views training draws from: the cached augmented views (Tip-Adapter's and the field's habit), or those and the
 # clean view together (for worlds where augmentation loses what the class is).

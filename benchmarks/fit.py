@@ -363,5 +363,6 @@ def summary(job: tuple[str, str, str], runs: list[dict]) -> dict:
             **min(runs, key=lambda run: run["train_s"]),
             "train_s_median": statistics.median(train_seconds), "train_s_all": train_seconds}
 
+
 if __name__ == "__main__":
     main()

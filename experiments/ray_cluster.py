@@ -53,7 +53,6 @@ def check_reachable(address: str, timeout: float = REACH_SECONDS) -> None:
                               "out to start a local one") from None
 
 
-
 @contextlib.contextmanager
 def connect(address: str | None = None, init_options: dict[str, Any] | None = None) -> Iterator[Any]:
     """Ray, initialised for the block: an existing connection is reused and left open; one made here is closed.

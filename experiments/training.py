@@ -118,8 +118,6 @@ def batches(keyed: list[KeyedRun], batch_runs: int) -> list[list[KeyedRun]]:
     return cut
 
 
-
-
 def train_runs(grid_runs: list[GridRun], datas: list[FewShotData], execution: Execution,
                extra: Evaluator | None = None, groups: list[str | None] | None = None
                ) -> list[tuple[RunConfig, RunOutcome]]:

@@ -156,7 +156,6 @@ def test_losses_equal_a_direct_computation_of_the_equations(radius: str, hier: s
     assert float(loss.detach()) == pytest.approx(expected["total"], rel=1e-3, abs=1e-4)
 
 
-
 INFERENCES = [(radius, infer) for radius in ("kind", "head", "norm") for infer in ("euclid", "hyper", "fused")]
 
 
@@ -193,6 +192,7 @@ def test_radius_heads_start_every_radius_at_its_kinds_scale() -> None:
     with torch.no_grad():
         for kind, scale in enumerate(scales):
             torch.testing.assert_close(method.radius(kind, units, None), torch.full((6,), scale), rtol=1e-6, atol=0)
+
 
 def test_switches_remove_their_terms_and_gradients_reach_every_trained_part() -> None:
     data = make_data()

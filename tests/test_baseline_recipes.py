@@ -438,7 +438,6 @@ def test_tip_adapter_searches_the_dataset_grid_on_the_whole_val_split(dataset: s
         torch.testing.assert_close(method.logits(data.test_features), expected, atol=1e-3, rtol=1e-5)
 
 
-
 @pytest.mark.parametrize("dataset", sorted(TIP_YAML))
 def test_tip_adapter_takes_each_datasets_official_config(dataset: str) -> None:
     """Each of the eleven configs/<dataset>.yaml: the search ranges, init_alpha (init_beta 1) and, for Tip-Adapter-F,
@@ -448,6 +447,7 @@ def test_tip_adapter_takes_each_datasets_official_config(dataset: str) -> None:
     tip = create_method("tip-adapter", data)
     assert (tip.beta_max, tip.alpha_max, tip.init_alpha, tip.init_beta) == (beta_max, alpha_max, init_alpha, 1.0)
     assert create_method("tip-adapter-f", data).recipe.epochs == epochs
+
 
 def test_tip_adapter_without_the_val_split_searches_the_subset_and_warns() -> None:
     data = few_shot("fgvc_aircraft", val_split=False)

@@ -31,7 +31,6 @@ SHOTS, SEEDS, VIEWS, BATCH = (1, 2), (1, 2), 2, 8
 ATOL = 2e-3  # float16 storage of unit vectors
 
 
-
 def _options(tiny_clip, **overrides: object) -> dict[str, object]:
     options: dict[str, object] = dict(model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=SHOTS,
                                       seeds=SEEDS, views=VIEWS, batch_size=BATCH, workers=0, device="cpu",

@@ -17,7 +17,6 @@ from lathadapter.cli import app
 runner = CliRunner()
 
 
-
 def _build_args(coop_dataset, tiny_clip, *extra: str) -> list[str]:
     return ["cache", "build", "--dataset", f"split:{coop_dataset.split_file}", "--model", str(tiny_clip.config),
             "--pretrained", str(tiny_clip.checkpoint), "--shots", "1,2", "--seeds", "1", "--views", "2",

@@ -92,7 +92,6 @@ def test_table_columns_in_order_of_first_appearance() -> None:
                      {"key": "c", "acc": "", "opt.lr": "0.1", "hier.x": "", "tune.group": "g"}]
 
 
-
 def test_results_csv_is_what_csv_dictwriter_writes_of_the_rows(tmp_path: Path) -> None:
     """`write_results` writes plain lists; the bytes are those the standard library's `csv.DictWriter` (what it used
     before) writes of the same columns and rows."""

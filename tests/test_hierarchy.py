@@ -97,7 +97,6 @@ def test_the_aperture_decides_which_of_the_hand_made_images_are_inside() -> None
     assert all(ganea_angle(category, q, 1.0) > psi for q in outside)
 
 
-
 def test_the_cone_boundary_is_sharp_a_ten_thousandth_of_a_radian_decides() -> None:
     """Images whose exterior angle Ξ (Ganea's formula, solved for by bisection) is κψ ∓ 1e-4 rad: the first is
     inside, the second outside; no tolerance widens the cone."""
@@ -117,6 +116,7 @@ def test_the_cone_boundary_is_sharp_a_ten_thousandth_of_a_radian_decides() -> No
     curvature = torch.tensor(c, dtype=torch.float64)
     assert in_cone(category.expand_as(children[:1]), children[:1], curvature, k, kappa)[0] == 100.0
     assert in_cone(category.expand_as(children[1:]), children[1:], curvature, k, kappa)[0] == 0.0
+
 
 def test_radius_summary_and_order_on_hand_made_points() -> None:
     c = torch.tensor(4.0, dtype=torch.float64)

@@ -151,7 +151,6 @@ def test_base_to_novel_hm_comes_from_each_configurations_mean_base_and_novel(tmp
     assert "16 shots on base classes" in markdown
 
 
-
 def test_few_shot_tables_hold_only_all_class_runs(tmp_path: Path) -> None:
     """A 1-shot few-shot run beside a 16-shot base-to-novel run of another method: the few-shot table has the 1-shot
     column and the few-shot run's row alone; the base-to-novel run is in its own table."""
@@ -163,6 +162,7 @@ def test_few_shot_tables_hold_only_all_class_runs(tmp_path: Path) -> None:
     assert list(lines[0]) == ["method", "1 shot mean", "1 shot std", "1 shot n"]
     assert float(lines[0]["1 shot mean"]) == 40.0
     assert float(read_table(tmp_path / "report" / "base_to_novel.csv")["tip-adapter"]["caltech101 base mean"]) == 75.0
+
 
 def test_transfer_table_is_per_configuration(tmp_path: Path) -> None:
     accuracy = {0.5: {"source": [70.0, 72.0], "pets": [40.0, 44.0], "dtd": [30.0, 31.0]},

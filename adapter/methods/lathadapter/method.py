@@ -112,6 +112,7 @@ def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions,
 @register("lathadapter", LatHAdapterOptions)
 class LatHAdapter(Method):
     stackable = True  # under vmap (and in captured steps) its loss is `stacked.masked_loss`; not with impl=reference
+
     def __init__(self, options: LatHAdapterOptions, data: FewShotData) -> None:
         super().__init__(options, data)
         device, dim = data.text_features.device, data.text_features.shape[1]
