@@ -201,9 +201,12 @@ def sweep_stale(out: Path) -> int:
 
 def write_results(out: Path) -> Path:
     """Rewrite `out/results.csv` from the run directories, atomically and one process at a time: each rewrite reads
-    every finished run, so the last one leaves the table complete."""
+    every finished run, so the last one leaves the table complete. A temporary file of an earlier rewrite is removed:
+    under the lock no other process writes one, so it was left by a killed rewrite (SIGKILL)."""
     path = out / RESULTS
     with file_lock(out / ".results.lock"):
+        for left in out.glob(f".{RESULTS}.*.tmp"):
+            left.unlink(missing_ok=True)
         columns, rows = as_table(collect_rows(out))
 
         def write(temporary: Path) -> None:

@@ -92,6 +92,22 @@ def test_a_damaged_finished_run_is_refused_before_training_and_named_with_the_fi
         assert sorted((r["key"], r["acc_all"]) for r in csv.DictReader(f)) == expected
 
 
+def test_a_killed_rewrites_temporary_table_is_removed_by_the_next_rewrite(cache: Path, tmp_path: Path) -> None:
+    """A SIGKILL during a rewrite of results.csv leaves its hidden temporary file. The next rewrite, under the lock
+    every rewrite holds, removes it; the table it writes is read back whole."""
+    out = tmp_path / "grid"
+    spec = GridSpec([str(cache)], ["zeroshot"], [1], [1, 2], options={})
+    assert launch(spec, out, progress=False)["done"] == 2
+    left = out / ".results.csv.4242.deadbeef.tmp"
+    left.write_text("key,method\nhalf")  # what the killed rewrite had written
+    other = out / ".results.lock.tmp"  # not a temporary table: kept
+    other.write_text("")
+    assert launch(spec, out, progress=False)["skipped"] == 2  # the rerun rewrites the table
+    assert not left.exists() and other.exists()
+    with (out / "results.csv").open(newline="") as f:
+        assert sorted(row["seed"] for row in csv.DictReader(f)) == ["1", "2"]
+
+
 def test_a_lock_removed_by_its_holder_is_not_held_by_a_waiter(tmp_path: Path) -> None:
     """A process waiting on a lock file its holder removes (a finished run, `sweep_stale`) locks the file now at the
     path, not the removed one, which guards nothing."""
