@@ -119,7 +119,13 @@ class RecipeOptions:
                          "shared: the one recipe every trained baseline used before (AdamW, cosine)", choices=RECIPES)
 
 
-SEARCH_SETS = ("split", "subset")  # the val images a post-training search reads (`SearchSetOptions`)
+# The val images a choice made on val after training reads (`SearchSetOption`): the whole val split, the few-shot
+# val subset (CoOp: min(K, 4) a class), or LP++'s own K-shot val set (`sampling.val_shots_indices`).
+SEARCH_SETS = ("split", "subset", "shots")
+SEARCH_SET_DOC = ("the val images chosen on after training: split, the whole val split; shots, K images a class drawn "
+                  "as LP++'s official code draws its val set (both need a cache built with --val all; else the "
+                  "few-shot val subset, with a warning where it differs); subset, the few-shot val subset, min(K, 4) "
+                  "a class")
 
 
 # The text of a zero-shot term `100 x Tᵀ` (Tip-Adapter(-F), GDA, LP++: `base_text`, `methods.base.zero_shot_base_text`)
@@ -129,14 +135,20 @@ BASE_TEXT_DOC = ("the zero-shot term's class text: official (on ImageNet the nor
 
 
 @dataclass(frozen=True)
-class SearchSetOptions(RecipeOptions):
-    """The `search_set` option of the baselines that choose values on val after training (Tip-Adapter, Tip-Adapter-F,
-    GDA), declared once so that every one of them shares it (`--set search_set=subset` means the same for each), and
-    the text of their zero-shot term (`base_text`)."""
+class SearchSetOption:
+    """The `search_set` option of the baselines that choose values or an epoch on val after training (Tip-Adapter,
+    Tip-Adapter-F, GDA, LP++), declared once so that every one of them shares it (`--set search_set=subset` means the
+    same for each; a method may give it another default, as LP++ does)."""
 
-    search_set: str = option(None, "split: the whole val split (a cache built with --val all; else the "
-                                          "few-shot val subset, with a warning); subset: the few-shot val subset "
-                                          "(default: the recipe's; official split, shared subset)", choices=SEARCH_SETS)
+    search_set: str = option(None, SEARCH_SET_DOC + " (default: the recipe's; official split, shared subset)",
+                             choices=SEARCH_SETS)
+
+
+@dataclass(frozen=True)
+class SearchSetOptions(SearchSetOption, RecipeOptions):
+    """`recipe` and `search_set` of the baselines that search values on val after training (Tip-Adapter,
+    Tip-Adapter-F, GDA), and the text of their zero-shot term (`base_text`)."""
+
     base_text: str = option(None, BASE_TEXT_DOC + " (default: the recipe's; official official, shared unit)",
                             choices=ZERO_SHOT_BASE_TEXTS)
 

@@ -27,6 +27,15 @@ SEEDS = [1, 2, 3]
 GRIDS = ("official-all", "official-base", "tuned-all", "tuned-base")  # recipe × class protocol
 
 
+def study_world(cache: Path, classes: int) -> Path:
+    """The study's synthetic world of `classes` classes at `cache`, written once."""
+    if not cache.exists():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_synthetic_cache(cache, num_classes=classes, dim=128, shots=(1, 4, 16), seeds=tuple(SEEDS),
+                              families=max(4, classes // 8), seed=200, name="study")
+    return cache
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, default=40)
@@ -36,11 +45,7 @@ def main() -> None:
     chosen = args.grids.split(",")
     if unknown := sorted(set(chosen) - set(GRIDS)):
         parser.error(f"--grids {','.join(unknown)}: choose among {', '.join(GRIDS)}")
-    cache = DATA / f"study-world-{args.classes}.h5"
-    if not cache.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
-        write_synthetic_cache(cache, num_classes=args.classes, dim=128, shots=(1, 4, 16), seeds=tuple(SEEDS),
-                              families=max(4, args.classes // 8), seed=200, name="study")
+    cache = study_world(DATA / f"study-world-{args.classes}.h5", args.classes)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; synthetic world of {args.classes} classes, "
           "D = 128; every method at its defaults (baselines: recipe=official)")
     for label, preset in (("official", None), ("tuned", "lr")):

@@ -42,7 +42,7 @@ from lathadapter.cache.encode import (
     load_model,
     resolve_device,
 )
-from lathadapter.cache.sampling import fewshot_indices
+from lathadapter.cache.sampling import fewshot_indices, val_shots_indices
 from lathadapter.cache.store import (
     DEFAULT_CACHE_DIR,
     READABLE_SCHEMAS,
@@ -222,12 +222,14 @@ def overlap_notes(splits: DatasetSplits) -> list[str]:
 
 def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int], full_train: bool,
                 val_all: bool = False,
-                ) -> tuple[dict[str, list[int]], dict[tuple[int, int], tuple[list[int], list[int]]]]:
-    """Which train and val items the cache holds (indices into the split lists, sorted) and each few-shot subset as
-    rows of those, in Dassl's order. Train holds the union of the subsets, or everything with `full_train`; val the
-    union of the val subsets, or everything with `val_all`."""
+                ) -> tuple[dict[str, list[int]], dict[tuple[int, int], tuple[list[int], list[int]]],
+                           dict[tuple[int, int], list[int]]]:
+    """Which train and val items the cache holds (indices into the split lists, sorted), each few-shot subset as
+    rows of those, in Dassl's order, and with `val_all` LP++'s own K-shot val set of each (`val_shots_indices`).
+    Train holds the union of the subsets, or everything with `full_train`; val the union of the val subsets, or
+    everything with `val_all`."""
     if splits.test_only:
-        return {"train": [], "val": [], "test": list(range(len(splits.test)))}, {}
+        return {"train": [], "val": [], "test": list(range(len(splits.test)))}, {}, {}
     train_labels = [label for _, label, _ in splits.train]
     val_labels = [label for _, label, _ in splits.val] if splits.val_subsets else None
     draws = {(k, s): fewshot_indices(train_labels, val_labels, k, s) for k in shots for s in seeds}
@@ -236,7 +238,9 @@ def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int
     train_row = {index: row for row, index in enumerate(train)}
     val_row = {index: row for row, index in enumerate(val)}
     subsets = {key: ([train_row[i] for i in t], [val_row[i] for i in v]) for key, (t, v) in draws.items()}
-    return {"train": train, "val": val, "test": list(range(len(splits.test)))}, subsets
+    val_shots = ({key: val_shots_indices(train_labels, val_labels, *key) for key in draws}  # val rows = indices
+                 if val_all and val_labels else {})
+    return {"train": train, "val": val, "test": list(range(len(splits.test)))}, subsets, val_shots
 
 
 def _fingerprint(splits: DatasetSplits, clip: ClipModel, templates: list[str], phrases: list[str], views: int,
@@ -591,7 +595,7 @@ def build(
             say(f"{out} is up to date (same fingerprint {fingerprint_of(fields)})")
             return BuildResult(out, "up to date", stats, notes)
 
-        indices, subsets = plan_layout(splits, shots, seeds, full_train, val_all=val == "all")
+        indices, subsets, val_shots = plan_layout(splits, shots, seeds, full_train, val_all=val == "all")
         items = {"train": splits.train, "val": splits.val, "test": splits.test}
         layout = CacheLayout(
             fingerprint=fields,
@@ -604,6 +608,7 @@ def build(
             templates=templates,
             attribute_phrases=phrases,
             wnids=splits.wnids,
+            val_shots=val_shots,
         )
         temporary = out.with_name(out.name + ".tmp")
         f = _resumed(temporary, fields, say) if temporary.exists() else None

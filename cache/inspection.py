@@ -143,16 +143,19 @@ def _expect(problems: list[str], f: h5py.File, name: str, shape: tuple[int, ...]
 
 
 def _check_subsets(problems: list[str], f: h5py.File, counts: dict[str, int], labels: dict[str, np.ndarray]) -> bool:
-    """Subset rows within their split, without repeats, at most `shots` (`min(shots, 4)` for val) per class; returns
-    whether every subset's rows are usable. `labels` holds the splits whose labels are sound."""
+    """Subset rows within their split, without repeats, at most `shots` (`min(shots, 4)` for val) per class, and
+    LP++'s `val_shots` where present (K a class, repeats allowed); returns whether every subset's rows are usable.
+    `labels` holds the splits whose labels are sound."""
     usable = True
     for key, group in f.get("subsets", {}).items():
         shots = int(group.attrs.get("shots", 0))
-        for split, cap in (("train", shots), ("val", min(shots, 4))):
-            data = group.get(split)
+        for name, split, cap in (("train", "train", shots), ("val", "val", min(shots, 4)), ("val_shots", "val", shots)):
+            data = group.get(name)
+            if name == "val_shots" and data is None:  # optional: only `--val all` caches hold it
+                continue
             if not isinstance(data, h5py.Dataset) or data.ndim != 1 or data.dtype.kind not in "iu":
-                problems.append(f"missing dataset subsets/{key}/{split}" if data is None else
-                                f"subsets/{key}/{split}: not a list of row indices")
+                problems.append(f"missing dataset subsets/{key}/{name}" if data is None else
+                                f"subsets/{key}/{name}: not a list of row indices")
                 usable = False
                 continue
             rows = data[()]
@@ -161,16 +164,16 @@ def _check_subsets(problems: list[str], f: h5py.File, counts: dict[str, int], la
                 continue
             outside = rows[(rows < 0) | (rows >= counts[split])]
             if len(outside):
-                problems.append(f"subsets/{key}/{split}: row indices outside 0..{counts[split] - 1} "
+                problems.append(f"subsets/{key}/{name}: row indices outside 0..{counts[split] - 1} "
                                 f"(row {int(outside[0])})")
                 usable = False
                 continue
-            if len(np.unique(rows)) != len(rows):
-                problems.append(f"subsets/{key}/{split}: repeated rows")
+            if name != "val_shots" and len(np.unique(rows)) != len(rows):
+                problems.append(f"subsets/{key}/{name}: repeated rows")
             if split in labels:
                 per_class = Counter(labels[split][rows].tolist())
                 if per_class and max(per_class.values()) > cap:
-                    problems.append(f"subsets/{key}/{split}: a class has {max(per_class.values())} images, "
+                    problems.append(f"subsets/{key}/{name}: a class has {max(per_class.values())} images, "
                                     f"above {cap}")
     return usable
 

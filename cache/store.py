@@ -13,7 +13,9 @@ Schema (version 2; version 1 caches still load, without what version 2 added). R
 - Version 2 adds the raw (pre-normalisation) norm of every stored vector, float32: `splits/{train,val,test}/norms`
   `[N]`, `splits/train/augmented_norms` `[N, V]`, `text/norms` `[T, C]`, `attributes/norms` `[A]` (0 for the rows
   of skipped images), so that a method can rebuild the unnormalised features (`unit * norm`).
-- `subsets/shots_{K}_seed_{S}/{train,val}` int64 row indices into `splits/train` and `splits/val`.
+- `subsets/shots_{K}_seed_{S}/{train,val}` int64 row indices into `splits/train` and `splits/val`; with the whole
+  val split (`--val all`) also `val_shots`, LP++'s own K-shot val set (`sampling.val_shots_indices`: K rows a class,
+  which repeat for a class with fewer val images; absent from caches built before it existed).
 - `text/templates` `[T]` str (templates[0] is the dataset's CoOp template); `text/features` `[T, C, D]` float16
   (L2-normalised).
 - `attributes/phrases` `[A]` str; `attributes/features` `[A, D]` float16 (A may be 0).
@@ -128,6 +130,7 @@ class CacheLayout:
     templates: list[str]
     attribute_phrases: list[str] = field(default_factory=list)
     wnids: list[str] | None = None
+    val_shots: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # LP++'s val sets (`--val all` only)
 
 
 def create(path: Path, layout: CacheLayout) -> h5py.File:
@@ -159,6 +162,8 @@ def create(path: Path, layout: CacheLayout) -> h5py.File:
         group = f.create_group(f"subsets/{subset_key(shots, seed)}")
         group.create_dataset("train", data=np.asarray(train_rows, dtype=np.int64))
         group.create_dataset("val", data=np.asarray(val_rows, dtype=np.int64))
+        if (shots, seed) in layout.val_shots:
+            group.create_dataset("val_shots", data=np.asarray(layout.val_shots[shots, seed], dtype=np.int64))
         group.attrs["shots"], group.attrs["seed"] = shots, seed
     f.create_dataset("text/templates", data=np.array(layout.templates, dtype=object), dtype=_STR)
     f.create_dataset("text/features", shape=(len(layout.templates), num_classes, dim), dtype=np.float16)
@@ -358,6 +363,9 @@ class FewShotData:
     # The whole val split (a cache built with `--val all`: Tip-Adapter's official search set), else None.
     search_features: torch.Tensor | None = None
     search_labels: torch.Tensor | None = None
+    # LP++'s own K-shot val set (HDF5 `subsets/…/val_shots`, `--val all` caches), else None.
+    val_shots_features: torch.Tensor | None = None
+    val_shots_labels: torch.Tensor | None = None
     # The cache's templates (`[0]` the dataset's CoOp template) and the unnormalised class text feature of each,
     # [T, C, D] (schema 2; None before), whatever `--text` says: for a recipe that fixes its own templates (TaskRes's
     # official base). Empty and None for data built by hand.
@@ -389,9 +397,12 @@ class FewShotData:
         test_features, test_labels = pick(self.test_features, self.test_labels)
         view_norms = (pick(self.train_augmented_norms, self.train_labels)[0] if self.train_augmented_norms is not None
                       else None)
-        search_features, search_labels = (pick(self.search_features, self.search_labels)
-                                          if self.search_features is not None and self.search_labels is not None
-                                          else (None, None))
+        def pick_optional(features: torch.Tensor | None, labels: torch.Tensor | None
+                          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            return pick(features, labels) if features is not None and labels is not None else (None, None)
+
+        search_features, search_labels = pick_optional(self.search_features, self.search_labels)
+        val_shots_features, val_shots_labels = pick_optional(self.val_shots_features, self.val_shots_labels)
         return replace(
             self,
             class_names=[self.class_names[c] for c in classes],
@@ -402,6 +413,7 @@ class FewShotData:
             wnids=[self.wnids[c] for c in classes] if self.wnids else [],
             text_raw=self.text_raw[classes] if self.text_raw is not None else None,
             train_augmented_norms=view_norms, search_features=search_features, search_labels=search_labels,
+            val_shots_features=val_shots_features, val_shots_labels=val_shots_labels,
             template_raw=self.template_raw[:, classes] if self.template_raw is not None else None,
         )
 
@@ -658,17 +670,24 @@ class CacheReader:
                 f"{self.path} holds no few-shot subset with shots={shots} seed={seed}; it holds: {held}. "
                 "Rebuild the cache with `--shots`/`--seeds` that include it."
             )
-        kept = []
-        for split in ("train", "val"):
-            rows = self._dataset(f"{key}/{split}")[()]
-            count = self._dataset(f"splits/{split}/labels").shape[0]
-            outside = rows[(rows < 0) | (rows >= count)]
-            if len(outside):
-                raise CacheError(f"{self.path}: {key}/{split} holds row {int(outside[0])}, outside splits/{split} "
-                                 f"(rows 0..{count - 1}); the file is damaged. Run `lathadapter cache verify "
-                                 f"{self.path}` and rebuild it with `--force`")
-            kept.append(rows[self._kept(split)[rows]])
-        return kept[0], kept[1]
+        return self._rows_in(f"{key}/train", "train"), self._rows_in(f"{key}/val", "val")
+
+    def val_shots_rows(self, shots: int, seed: int) -> np.ndarray | None:
+        """Row indices into `splits/val` of LP++'s own K-shot val set for (`shots`, `seed`), less skipped images;
+        None when the cache does not hold it (built without `--val all`, or before it was stored)."""
+        name = f"subsets/{subset_key(shots, seed)}/val_shots"
+        return self._rows_in(name, "val") if name in self._file else None
+
+    def _rows_in(self, name: str, split: str) -> np.ndarray:
+        """The row indices dataset `name` holds into `splits/{split}`, checked in range, less skipped images."""
+        rows = self._dataset(name)[()]
+        count = self._dataset(f"splits/{split}/labels").shape[0]
+        outside = rows[(rows < 0) | (rows >= count)]
+        if len(outside):
+            raise CacheError(f"{self.path}: {name} holds row {int(outside[0])}, outside splits/{split} "
+                             f"(rows 0..{count - 1}); the file is damaged. Run `lathadapter cache verify "
+                             f"{self.path}` and rebuild it with `--force`")
+        return rows[self._kept(split)[rows]]
 
     def load(self, shots: int, seed: int, *, text: str = "coop", device: str | torch.device = "cpu") -> FewShotData:
         """Load one few-shot subset's train/val tensors, the whole test split and the text features, once."""
@@ -690,6 +709,9 @@ class CacheReader:
         if self.holds_val_split and self._dataset("splits/val/labels").shape[0]:
             search_features, search_labels = self._once(("search",), lambda: self._split(
                 "val", np.flatnonzero(self._kept("val"))))
+        val_shots_rows = self.val_shots_rows(shots, seed)
+        val_shots_features, val_shots_labels = (self._split("val", np.sort(val_shots_rows))
+                                                if val_shots_rows is not None else (None, None))
         test_features, test_labels = self._test()
         wnids = _strings(self._dataset("classes/wnids"))
         data = FewShotData(
@@ -710,6 +732,8 @@ class CacheReader:
             train_augmented_norms=view_norms,
             search_features=search_features,
             search_labels=search_labels,
+            val_shots_features=val_shots_features,
+            val_shots_labels=val_shots_labels,
             templates=self._once(("templates",), lambda: _strings(self._dataset("text/templates"))),
             template_raw=self._once(("template_raw",), self.template_raw),
         )

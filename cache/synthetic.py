@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lathadapter.cache.sampling import fewshot_indices
+from lathadapter.cache.sampling import fewshot_indices, val_shots_indices
 from lathadapter.cache.store import SPLITS, CacheLayout, RawNorms, write_cache
 
 SYNTHETIC_TEMPLATES = ("a photo of a {}.", "itap of a {}.")  # what `write_synthetic_cache` stores by default
@@ -107,6 +107,8 @@ def write_synthetic_cache(
     subsets = {
         (k, s): fewshot_indices(labels["train"].tolist(), labels["val"].tolist(), k, s) for k in shots for s in seeds
     }
+    val_shots = ({key: val_shots_indices(labels["train"].tolist(), labels["val"].tolist(), *key) for key in subsets}
+                 if val_split else {})
     layout = CacheLayout(
         fingerprint={"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
                      "train_per_class": train_per_class, "test": len(labels["test"]), "model": "synthetic",
@@ -121,6 +123,7 @@ def write_synthetic_cache(
         templates=list(templates),
         attribute_phrases=[f"attribute {k}" for k in range(num_attributes)],
         wnids=wnids,
+        val_shots=val_shots,
     )
     write_cache(Path(path), layout, features, augmented, np.stack([text, second, *more]), vocabulary, norms)
     return Path(path)
@@ -274,6 +277,7 @@ def write_clip_world(
     subsets = {
         (k, s): fewshot_indices(labels["train"].tolist(), labels["val"].tolist(), k, s) for k in shots for s in seeds
     }
+    val_shots = {key: val_shots_indices(labels["train"].tolist(), labels["val"].tolist(), *key) for key in subsets}
     layout = CacheLayout(
         fingerprint={"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
                      "families": families, "text_attributes": text_attributes, "train_per_class": train_per_class,
@@ -287,6 +291,7 @@ def write_clip_world(
         templates=["a photo of a {}.", "itap of a {}."],
         attribute_phrases=list(ATTRIBUTE_WORDS),
         wnids=[f"s{c:08d}" for c in range(num_classes)],
+        val_shots=val_shots,
     )
     write_cache(Path(path), layout, features, augmented, np.stack([text, second]), vocabulary, norms)
     return Path(path)

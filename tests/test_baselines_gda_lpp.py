@@ -300,6 +300,49 @@ def test_lpp_equals_the_official_loop(classes: int, dim: int, shots: int, noise:
     torch.testing.assert_close(method.logits(data.test_features), official["test_logits"], rtol=1e-8, atol=1e-6)
 
 
+def test_lpp_chooses_its_epoch_on_its_own_k_shot_val_set() -> None:
+    """The official `main.py` chooses on K val images a class (its own draw, `val_shots`), not on CoOp's min(K, 4):
+    each `search_set` equals the official loop run with that val set."""
+    data = random_data(classes=6, dim=32, shots=8, val_per_class=10, noise=1.2, seed=0, val_split=True)
+    assert data.search_labels is not None and data.search_features is not None
+    # LP++'s own val set: 8 of each class's 10 split images, one of them twice (as its sampler repeats images)
+    rows = torch.tensor([10 * c + i for c in range(6) for i in (1, 2, 3, 5, 6, 8, 9, 9)])
+    data = replace(data, val_shots_features=data.search_features[rows], val_shots_labels=data.search_labels[rows])
+    sets = {"shots": (data.val_shots_features, data.val_shots_labels), "subset": (data.val_features, data.val_labels),
+            "split": (data.search_features, data.search_labels)}
+    epochs = set()
+    for search_set, (val_x, val_y) in sets.items():
+        official = official_lpp(replace(data, val_features=val_x, val_labels=val_y), 8, seed=7)
+        epochs.add(official["best_epoch"])
+        torch.manual_seed(7)
+        method = create_method("lp++", data, **({} if search_set == "shots" else {"search_set": search_set}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ProtocolWarning)
+            chosen = train(method, data, seed=1).chosen
+        assert (chosen["search_set"], chosen["selected_epoch"]) == (search_set, official["best_epoch"] + 1)
+        assert chosen["val_accuracy"] == pytest.approx(official["val_acc"])
+        torch.testing.assert_close(method.logits(data.test_features), official["test_logits"], rtol=1e-8, atol=1e-6)
+    assert len(epochs) == 3, "the three val sets must choose different epochs for this test to tell them apart"
+
+
+@pytest.mark.parametrize("shots", [4, 8])
+def test_lpp_without_its_val_set_chooses_on_the_subset_and_warns_where_that_differs(shots: int) -> None:
+    data = random_data(classes=5, dim=16, shots=shots, val_per_class=6, seed=5)
+    assert data.val_shots_features is None
+    official = official_lpp(data, shots, seed=3, epochs=40)
+    torch.manual_seed(3)
+    method = create_method("lp++", data, epochs=40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = train(method, data, seed=1).chosen
+    said = [str(w.message) for w in caught if issubclass(w.category, ProtocolWarning)]
+    if shots <= 4:  # the few-shot val subset is the official draw itself: no warning
+        assert said == []
+    else:
+        assert len(said) == 1 and "8 val images a class" in said[0] and "--val all --force" in said[0]
+    assert (chosen["search_set"], chosen["selected_epoch"]) == ("subset", official["best_epoch"] + 1)
+
+
 def test_lpp_without_val_keeps_the_last_epoch_and_warns() -> None:
     data = random_data(seed=3)
     official = official_lpp(data, 4, seed=9, epochs=25)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 
-from lathadapter.cache.sampling import base_novel_classes, fewshot_indices
+from lathadapter.cache.build import build
+from lathadapter.cache.inspection import verify
+from lathadapter.cache.sampling import base_novel_classes, fewshot_indices, val_shots_indices
 from lathadapter.cache.store import CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 
@@ -50,6 +54,85 @@ def test_subsets_equal_dassl_on_grouped_and_unordered_lists(shots: int, seed: in
         train_rows, val_rows = fewshot_indices(train_labels, val_labels, shots, seed)
         assert [train[i] for i in train_rows] == expected_train
         assert [val[i] for i in val_rows] == expected_val
+
+
+def lpp_official_val(train: list[tuple[str, int]], val: list[tuple[str, int]], shots: int, seed: int
+                     ) -> list[tuple[str, int]]:
+    """LP++'s `main.py` for task `seed - 1`: `random.seed(seed)`, `generate_fewshot_dataset_(shots, "train")`, then
+    `(shots, "val")`, with its `generate_fewshot_dataset` (`repeat=True`: a class with fewer items than `shots` is
+    drawn with `random.choices`)."""
+    random.seed(seed)
+
+    def generate(source: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        tracker: defaultdict[int, list[tuple[str, int]]] = defaultdict(list)
+        for item in source:
+            tracker[item[1]].append(item)
+        dataset: list[tuple[str, int]] = []
+        for items in tracker.values():
+            dataset.extend(random.sample(items, shots) if len(items) >= shots else random.choices(items, k=shots))
+        return dataset
+
+    generate(train)
+    return generate(val)
+
+
+@pytest.mark.parametrize("shots", [1, 4, 8, 16])
+@pytest.mark.parametrize("seed", [1, 3])
+def test_lpp_val_set_equals_the_official_draw(shots: int, seed: int) -> None:
+    rng = random.Random(7)
+    # Some classes have fewer than 8 or 16 train or val images: the official sampler repeats them, which also moves
+    # the stream for the classes after them.
+    train_labels = [c for c in range(6) for _ in range(rng.randint(5, 24))]
+    rng.shuffle(train_labels)
+    val_labels = [c for c in range(6) for _ in range(rng.randint(3, 20))]
+    train, val = _items(train_labels, "train"), _items(val_labels, "val")
+    rows = val_shots_indices(train_labels, val_labels, shots, seed)
+    assert [val[i] for i in rows] == lpp_official_val(train, val, shots, seed)
+    assert len(rows) == 6 * shots
+    if shots > 4:
+        assert len(set(rows)) < len(rows), "a class with fewer val images than shots repeats some"
+
+
+@pytest.mark.parametrize("shots", [1, 2, 4])
+def test_lpp_val_set_is_coops_val_subset_when_every_class_has_enough(shots: int) -> None:
+    """At K ≤ 4, with K train and val images in every class, both samplers draw alike: LP++'s val set is CoOp's."""
+    train_labels = [c for c in range(5) for _ in range(12)]
+    val_labels = [c for c in range(5) for _ in range(6)]
+    for seed in (1, 2, 3):
+        assert val_shots_indices(train_labels, val_labels, shots, seed) == \
+            fewshot_indices(train_labels, val_labels, shots, seed)[1]
+
+
+def test_a_val_all_build_stores_lpps_val_set_as_drawn_officially(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """`cache build --val all` stores, per subset, LP++'s own K-shot val set (`val_shots`): read back with h5py and
+    mapped to paths, it is the official draw from the split file (6 val images a class, so at K = 8 some repeat)."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    train = [(path, label) for path, label, _ in split["train"]]
+    val = [(path, label) for path, label, _ in split["val"]]
+    out = tmp_path / "all.h5"
+    options = dict(model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=(2, 8), seeds=(1, 2),
+                   views=1, batch_size=16, workers=0, device="cpu", progress=False, log=lambda message: None)
+    build(None, f"split:{coop_dataset.split_file}", out, val="all", **options)
+    with h5py.File(out, "r") as f:
+        paths = f["splits/val/paths"].asstr()[()].tolist()
+        labels = f["splits/val/labels"][()].tolist()
+        for shots, seed in ((2, 1), (8, 1), (8, 2)):
+            rows = f[f"subsets/shots_{shots}_seed_{seed}/val_shots"][()].tolist()
+            assert [(paths[r], labels[r]) for r in rows] == lpp_official_val(train, val, shots, seed)
+    assert verify(out) == []
+    with CacheReader(out) as reader:
+        data = reader.load(8, 2)
+    expected = lpp_official_val(train, val, 8, 2)
+    assert data.val_shots_labels is not None and data.val_shots_features is not None
+    assert sorted(data.val_shots_labels.tolist()) == sorted(label for _, label in expected)
+    assert data.val_shots_features.shape == (len(expected), 32)
+    assert len(data.val_labels) == 4 * len(set(labels))  # CoOp's val subset: min(K, 4) a class
+    subsets_only = tmp_path / "subsets.h5"
+    build(None, f"split:{coop_dataset.split_file}", subsets_only, **options)
+    with h5py.File(subsets_only, "r") as f:
+        assert "val_shots" not in f["subsets/shots_8_seed_1"]
+    with CacheReader(subsets_only) as reader:
+        assert reader.load(8, 1).val_shots_features is None
 
 
 def test_imagenet_draws_no_val_subset_and_each_shot_count_is_its_own_draw() -> None:

@@ -32,8 +32,8 @@ def noise_like(features: torch.Tensor, generator: torch.Generator) -> torch.Tens
 
 
 def held_out_replaced(data: FewShotData) -> FewShotData:
-    """`data` with its test images and labels, and the novel classes' train, view, val and val-split images and
-    text features, replaced by noise (the base classes' data untouched)."""
+    """`data` with its test images and labels, and the novel classes' train, view, val, val-split and LP++ val
+    images and text features, replaced by noise (the base classes' data untouched)."""
     g = torch.Generator().manual_seed(7)
     novel = math.ceil(CLASSES / 2)
 
@@ -45,6 +45,7 @@ def held_out_replaced(data: FewShotData) -> FewShotData:
     text = data.text_features.clone()
     text[novel:] = noise_like(text[novel:], g)
     assert data.search_features is not None and data.search_labels is not None
+    assert data.val_shots_features is not None and data.val_shots_labels is not None
     assert data.text_raw is not None and data.template_raw is not None
     text_raw, template_raw = data.text_raw.clone(), data.template_raw.clone()
     text_raw[novel:] = 9.0 * noise_like(text_raw[novel:], g)
@@ -55,7 +56,8 @@ def held_out_replaced(data: FewShotData) -> FewShotData:
         train_features=novel_rows(data.train_features, data.train_labels),
         train_augmented=novel_rows(data.train_augmented, data.train_labels),
         val_features=novel_rows(data.val_features, data.val_labels),
-        search_features=novel_rows(data.search_features, data.search_labels), text_features=text,
+        search_features=novel_rows(data.search_features, data.search_labels),
+        val_shots_features=novel_rows(data.val_shots_features, data.val_shots_labels), text_features=text,
         text_raw=text_raw, template_raw=template_raw)
 
 

@@ -175,21 +175,28 @@ class NotApplicable(RuntimeError):
 
 def search_set_data(data: FewShotData, search_set: str, method: str, searched: str
                     ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The val images a search after training reads (option `search_set`, `SearchSetOptions`) and which set they are:
-    `split`, the cache's whole val split (`cache build --val all`; the official search set of Tip-Adapter and GDA),
-    or `subset`, the few-shot val subset; `none` when that subset is empty (ImageNet's). Asked for `split` on a cache
-    without it: the subset, with a `ProtocolWarning` that names the rebuild (`searched` says what the search sets,
-    as "α and β are searched"; the warning points at the caller's line)."""
+    """The val images a choice made after training reads (option `search_set`, `SEARCH_SETS`) and which set they are:
+    `split`, the cache's whole val split (`cache build --val all`; the official search set of Tip-Adapter and GDA);
+    `shots`, LP++'s own K-shot val set (stored with the whole split); `subset`, the few-shot val subset; `none` when
+    that subset is empty (ImageNet's). Asked for a set the cache lacks: the subset, with a `ProtocolWarning` that
+    names the rebuild (`searched` says what is chosen, as "α and β are searched"; the warning points at the caller's
+    line) — none for `shots` at K ≤ 4, where the subset is the same draw (docs/baselines.md)."""
     subset = (data.val_features, data.val_labels, "subset" if len(data.val_labels) else "none")
     if search_set == "subset":
         return subset
-    if data.search_features is not None and data.search_labels is not None and len(data.search_labels):
+    if search_set == "split" and data.search_features is not None and data.search_labels is not None \
+            and len(data.search_labels):
         return data.search_features, data.search_labels, "split"
-    if len(data.val_labels):
-        warnings.warn(f"{method}: the official search set is the whole val split, but this cache holds only the "
-                      f"few-shot val subsets: {searched} on the few-shot val subset ({len(data.val_labels)} "
-                      "images). Rebuild the cache with `lathadapter cache build ... --val all --force` to search as "
-                      "the official code does", ProtocolWarning, stacklevel=2)
+    if search_set == "shots" and data.val_shots_features is not None and data.val_shots_labels is not None \
+            and len(data.val_shots_labels):
+        return data.val_shots_features, data.val_shots_labels, "shots"
+    if len(data.val_labels) and (search_set == "split" or data.shots > 4):
+        wanted = ("the whole val split" if search_set == "split" else
+                  f"{data.shots} val images a class drawn from the whole val split")
+        warnings.warn(f"{method}: the official code reads {wanted}, but this cache holds only the few-shot val "
+                      f"subsets: {searched} on the few-shot val subset ({len(data.val_labels)} images). Rebuild the "
+                      "cache with `lathadapter cache build ... --val all --force` to choose as the official code "
+                      "does", ProtocolWarning, stacklevel=2)
     return subset
 
 

@@ -17,12 +17,14 @@ Follows the official code, github.com/FereshteShakeri/FewShot-CLIP-Strong-Baseli
   (momentum 0.9) on W and b, and every 10th epoch a plain gradient step on α, `α ← α − lr_α · g_α`, where g_α is
   the α gradient summed over every epoch so far (the official loop never zeroes it: `optimizer.zero_grad()` clears
   W and b only);
-- after each epoch, accuracy on the few-shot val set; the parameters of the last epoch whose accuracy is at least
-  the best so far are kept (the official `acc_val >= best_acc`, from 0). The val set here is the run's few-shot val
-  subset, `min(K, 4)` images a class (docs/data.md's protocol, shared by every method); the official `main.py`
-  draws its own, K images a class from the val split (`generate_fewshot_dataset_(shots, split="val")`), so at 8 and
-  16 shots it selects on 8 or 16 images a class, here on 4. Unlike Tip-Adapter and GDA, LP++ does not read the
-  whole val split (`search_set`): the official code does not either.
+- after each epoch, accuracy on a val set; the parameters of the last epoch whose accuracy is at least the best so
+  far are kept (the official `acc_val >= best_acc`, from 0). The official `main.py` draws its own val set, K images
+  a class from the val split (`generate_fewshot_dataset_(shots, split="val")`, right after the train draw from the
+  same stream, with a sampler that repeats the images of a class that has fewer than K). Option `search_set`:
+  `shots` (default) is that set, drawn the same way at build time (`cache.sampling.val_shots_indices`) and stored
+  by `cache build --val all`; on a cache without it the run's few-shot val subset (`min(K, 4)` a class, the same
+  draw at K ≤ 4) is used, with a `ProtocolWarning` at K > 4. `subset` and `split` (the whole val split) are there
+  to measure the difference; the set read is recorded as `search_set`.
 
 The gradients are written out (`softmax − onehot` over N) instead of taken by autograd; the tests hold them against
 the official loop run with autograd and `torch.optim.SGD`. The official loop runs in CLIP's float16; this one runs in
@@ -42,8 +44,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import Method, ProtocolWarning, zero_shot_base_text
-from lathadapter.adapter.options import BASE_TEXT_DOC, ZERO_SHOT_BASE_TEXTS, option
+from lathadapter.adapter.methods.base import Method, ProtocolWarning, search_set_data, zero_shot_base_text
+from lathadapter.adapter.options import (
+    BASE_TEXT_DOC,
+    SEARCH_SET_DOC,
+    SEARCH_SETS,
+    ZERO_SHOT_BASE_TEXTS,
+    SearchSetOption,
+    option,
+)
 from lathadapter.adapter.registry import register
 from lathadapter.cache.store import FewShotData
 
@@ -53,9 +62,11 @@ ALPHA_INIT_SCALE = 250.0  # `calculate_init_alpha`'s constant
 
 
 @dataclass(frozen=True)
-class LPPlusPlusOptions:
+class LPPlusPlusOptions(SearchSetOption):
     epochs: int = option(300, "full-batch epochs of the official loop (its train_epoch 300)", least=1)
     base_text: str = option("official", BASE_TEXT_DOC, choices=ZERO_SHOT_BASE_TEXTS)
+    # `SearchSetOption`'s option (one meaning for every method), with the official code's set as default
+    search_set: str = option("shots", SEARCH_SET_DOC + " (default: shots, the official code's)", choices=SEARCH_SETS)
 
 
 def train_rows(data: FewShotData) -> torch.Tensor:
@@ -124,11 +135,13 @@ class LPPlusPlus(Method):
             raise ValueError("the few-shot train set is empty")
         text_logits = features @ self.text_features.t()  # [N, C], fixed
         lr_w, lr_alpha = step_sizes(features, text_logits)
-        has_val = len(data.val_labels) > 0
+        val_features, val_labels, search_set = search_set_data(data, self.options.search_set, self.name,
+                                                               "the epoch is chosen")
+        has_val = search_set != "none"
         if not has_val:
             warnings.warn(f"{self.name}: the cache has no few-shot val subset (as ImageNet's), so no epoch is chosen "
                           f"on it: the last of {self.options.epochs} is kept", ProtocolWarning, stacklevel=2)
-        val_text = data.val_features @ self.text_features.t() if has_val else None
+        val_text = val_features @ self.text_features.t() if has_val else None
         weight, bias, alpha = (p.detach().clone() for p in (self.weight, self.bias, self.alpha))
         rows = torch.arange(n, device=labels.device)
         alpha_grad = torch.zeros_like(alpha)  # accumulated over every epoch, as the official loop's α.grad
@@ -152,8 +165,8 @@ class LPPlusPlus(Method):
             if epoch % ALPHA_EVERY == 0:
                 alpha = alpha.add(alpha_grad, alpha=-lr_alpha)
             if has_val:
-                val_scores = torch.addmm(bias, data.val_features, weight.t()).addcmul_(val_text, alpha)
-                hits = int((val_scores.argmax(1) == data.val_labels).sum())
+                val_scores = torch.addmm(bias, val_features, weight.t()).addcmul_(val_text, alpha)
+                hits = int((val_scores.argmax(1) == val_labels).sum())
                 if hits >= best_hits:  # the last best epoch is kept
                     best_hits, best_epoch, best = hits, epoch, (weight, bias, alpha)
         with torch.no_grad():
@@ -164,7 +177,8 @@ class LPPlusPlus(Method):
         return {
             "epochs": self.options.epochs,
             "selected_epoch": best_epoch,
-            "val_accuracy": 100.0 * best_hits / len(data.val_labels) if has_val else None,
+            "val_accuracy": 100.0 * best_hits / len(val_labels) if has_val else None,
+            "search_set": search_set,
             "lr_w": lr_w,
             "lr_alpha": lr_alpha,
             "alpha_init": self.alpha_init,
