@@ -8,9 +8,9 @@ classes.
 
     python benchmarks/lpp_val_set.py [--data benchmarks/.data/lpp-val-set] [--save benchmarks/results/lpp_val_set.json]
 
-Every world holds 6 val images a class, so at 16 shots the official draw repeats images (its sampler draws a class
-with fewer than K with replacement) and weighs each of the 6 by how often it was drawn; the field's datasets mostly
-hold 16 or more val images a class.
+The synthetic worlds hold 6 val images a class, so at 16 shots the official draw repeats images (its sampler draws a
+class with fewer than K with replacement) and weighs each of the 6 by how often it was drawn; the demo's holds 16, so
+at 16 shots the draw is its whole val split. At K ≤ 4 the draw is CoOp's val subset itself.
 """
 
 from __future__ import annotations
