@@ -63,8 +63,10 @@ def summary(path: str | Path) -> list[tuple[str, str]]:
         ("views", f"{info.views} augmented views per train image (seed {fields.get('seed', '?')})"),
         ("subsets", f"{len(info.subsets)}: shots {_ranges(shots)} × seeds {_ranges(seeds)}"
                     + (" · whole train split" if fields.get("full_train") else "")),
-        ("val", "the whole val split (Tip-Adapter's official search set)" if info.val_split
-         else "the few-shot val subsets only"),
+        ("val", ("the whole val split (Tip-Adapter's and GDA's official search set)"
+                 + (" · LP++'s K-shot val sets" if info.val_shots else
+                    f" · no LP++ K-shot val sets (written before they were stored: `{REBUILD}`)"))
+         if info.val_split else "the few-shot val subsets only"),
         ("schema", f"{info.schema_version} · raw feature norms stored" if info.schema_version >= 2 else
          f"{info.schema_version} · no raw feature norms (the official recipes of TaskRes, Tip-Adapter and ZS-LP "
          f"need them: `{REBUILD}`)"),

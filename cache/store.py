@@ -441,6 +441,7 @@ class CacheInfo:
     size_bytes: int
     schema_version: int = SCHEMA_VERSION  # 1: no raw norms (rebuild with --force for the official recipes)
     val_split: bool = False  # the cache holds the whole val split (`cache build --val all`)
+    val_shots: bool = False  # its subsets hold LP++'s own K-shot val sets (`--val all` caches built since stop 17)
 
 
 class CacheReader:
@@ -609,6 +610,7 @@ class CacheReader:
             size_bytes=self.path.stat().st_size,
             schema_version=self.schema_version,
             val_split=self.holds_val_split,
+            val_shots=any("val_shots" in group for group in f.get("subsets", {}).values()),
         )
 
     def text_features(self, text: str = "coop") -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from lathadapter.cache.build import build
-from lathadapter.cache.inspection import verify
+from lathadapter.cache.inspection import summary, verify
 from lathadapter.cache.sampling import base_novel_classes, fewshot_indices, val_shots_indices
 from lathadapter.cache.store import CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
@@ -127,6 +128,16 @@ def test_a_val_all_build_stores_lpps_val_set_as_drawn_officially(coop_dataset, t
     assert sorted(data.val_shots_labels.tolist()) == sorted(label for _, label in expected)
     assert data.val_shots_features.shape == (len(expected), 32)
     assert len(data.val_labels) == 4 * len(set(labels))  # CoOp's val subset: min(K, 4) a class
+    assert dict(summary(out))["val"].endswith("· LP++'s K-shot val sets")
+    # a --val all cache written before LP++'s val sets were stored: loads without them, and `cache info` says so
+    older = tmp_path / "older.h5"
+    shutil.copy(out, older)
+    with h5py.File(older, "r+") as f:
+        for group in f["subsets"].values():
+            del group["val_shots"]
+    with CacheReader(older) as reader:
+        assert reader.load(8, 1).val_shots_features is None
+    assert "no LP++ K-shot val sets" in dict(summary(older))["val"] and verify(older) == []
     subsets_only = tmp_path / "subsets.h5"
     build(None, f"split:{coop_dataset.split_file}", subsets_only, **options)
     with h5py.File(subsets_only, "r") as f:
