@@ -98,15 +98,16 @@ def next_rewrite(started: float, ended: float) -> float:
     return ended + max(RESULTS_EVERY, RESULTS_SPACING * (ended - started))
 
 
-def choose_backend(execution: Execution) -> Backend:
+def choose_backend(execution: Execution, auto: bool = False) -> Backend:
     """The backend `execution` names (its `workers` settled): Ray; this process, or worker processes; either
-    training on the execution's trainer threads (on a GPU: each on its own CUDA stream)."""
+    training on the execution's trainer threads (on a GPU: each on its own CUDA stream). `auto`: the worker count
+    was chosen here, so this process trains too while the workers start (`WorkerProcesses.while_starting`)."""
     if execution.backend == "ray":
         return OnRay()
     workers = execution.workers or 1
     if workers == 1:
         return InProcess(execution.trainers_on(execution.device or "cpu"))
-    return WorkerProcesses(workers)
+    return WorkerProcesses(workers, while_starting=auto)
 
 
 def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progress: bool = True,
@@ -127,9 +128,10 @@ def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progres
     if not pending:
         write_results(out)
         return
-    if execution.backend == "local" and execution.workers is None:
+    auto = execution.backend == "local" and execution.workers is None
+    if auto:
         execution = dataclasses.replace(execution, workers=auto_workers(len(pending), execution.device or "cpu"))
-    backend = backend or choose_backend(execution)
+    backend = backend or choose_backend(execution, auto)
     job = Job(out, keyed, infos, pending, execution, extra_factory)
     counts = dict.fromkeys(STATES, 0)
     counts["skipped"] = len(keyed) - len(pending)

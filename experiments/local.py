@@ -11,11 +11,13 @@ and sends its runs back; this process alone saves them, under their locks: same 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Generator
-from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from lathadapter.experiments.chunks import Item, Tally, chunk_batches, chunk_runs
@@ -28,8 +30,9 @@ from lathadapter.experiments.pool import (
     stop_workers,
     unpack,
     work_chunk,
+    worker_up,
 )
-from lathadapter.experiments.trainers import on_trainers
+from lathadapter.experiments.trainers import Trainer, on_trainers
 from lathadapter.experiments.training import (
     Evaluator,
     Events,
@@ -93,11 +96,17 @@ class WorkerProcesses:
     each. On a GPU each worker has its own CUDA context; with several trainer threads (the execution's), a chunk is as
     many whole batches as a worker has trainers, the most shots first (`chunks.chunk_batches`). An error in a run stops
     the grid as in one process, after saving every run sent back; Ctrl-C, SIGTERM or a failed save (a full disk)
-    kills the workers at once."""
+    kills the workers at once.
 
-    def __init__(self, workers: int, chunk_size: int | None = None) -> None:
+    `while_starting` (the automatic worker count): this process trains batches too until every worker is up (a
+    worker's start, a fresh interpreter importing torch, takes seconds), and a worker takes a chunk only once it is
+    up; a grid done before then never waits for a worker. Without it, a grid of 100 runs of a few milliseconds each
+    took 23.5 s on 2 workers against 0.7 s in one process (2 cores, loaded)."""
+
+    def __init__(self, workers: int, chunk_size: int | None = None, while_starting: bool = False) -> None:
         self.workers = workers
         self.chunk_size = chunk_size
+        self.while_starting = while_starting
 
     def chunks(self, job: Job) -> list[list[Item]]:
         batch_runs = job.execution.batch_runs or 1
@@ -117,29 +126,86 @@ class WorkerProcesses:
         tally = Tally(job)
         errors: list[BaseException] = []
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(self.workers, len(chunks)), mp_context=context, initializer=init_worker,
-                                 initargs=(os.getpid(),)) as pool:
-            futures = [pool.submit(work_chunk, os.path.abspath(chunk[0][1].run.cache), chunk, str(job.out),
-                                   job.execution, job.extra_factory) for chunk in chunks]
+        size = min(self.workers, len(chunks))
+        with ProcessPoolExecutor(size, mp_context=context, initializer=init_worker, initargs=(os.getpid(),)) as pool:
             try:
                 yield []
-                for future in as_completed(futures):
-                    try:
-                        results, error = unpack(future.result())
-                    except CancelledError:
-                        continue
-                    except BrokenProcessPool as broken:
-                        results, error = [], WorkerError(f"a worker process died ({broken}); the finished runs are "
-                                                         "saved, rerun the grid to complete the rest"
-                                                         + script_hint())
-                    for result in results:
-                        yield tally.take(result)
-                    if error is not None:
-                        errors.append(error)
-                        for other in futures:
-                            other.cancel()  # chunks not started; those running finish and are saved
+                if self.while_starting:
+                    yield from self._while_starting(job, pool, size, deque(chunks), tally, errors)
+                else:
+                    futures = [_submit(pool, job, chunk) for chunk in chunks]
+                    for future in as_completed(futures):
+                        yield from _sent_back(future, tally, errors)
+                        if errors:
+                            for other in futures:
+                                other.cancel()  # chunks not started; those running finish and are saved
             except BaseException:  # Ctrl-C, SIGTERM raised as it (cli), the round abandoned, or saving failed (a
                 stop_workers(pool)  # full disk): the workers stop now, not after training every chunk left
                 raise
         if errors:
             raise errors[0]
+
+    def _while_starting(self, job: Job, pool: ProcessPoolExecutor, size: int, todo: deque[list[Item]], tally: Tally,
+                        errors: list[BaseException]) -> Generator[Events, None, None]:
+        """Hand chunks to the workers of `pool` (`size` of them) that are up (each `worker_up` answered says one more
+        is), and train a batch here while some are not; once every chunk is done, those still starting are killed."""
+        starting = {pool.submit(worker_up) for _ in range(size)}
+        running: set[Future[bytes]] = set()
+        up = 0
+        trainer: Trainer | None = None
+        try:
+            while todo or running:
+                for future in [f for f in starting if f.done()]:
+                    starting.discard(future)
+                    up += 1
+                for future in [f for f in running if f.done()]:
+                    running.discard(future)
+                    yield from _sent_back(future, tally, errors)
+                if errors:
+                    todo.clear()  # as in one process: no new chunk; those running finish and are saved
+                while todo and len(running) < up:
+                    running.add(_submit(pool, job, todo.popleft()))
+                if todo and starting:  # a worker is still starting: this process trains the next batch
+                    trainer = trainer or Trainer(job.execution.device or "cpu", job.extra_factory)
+                    yield _train_here(job, todo, trainer)
+                elif running or (todo and starting):
+                    wait(starting | running, return_when=FIRST_COMPLETED)
+        finally:
+            if trainer is not None:
+                trainer.close()
+        if starting:
+            stop_workers(pool)  # not needed after all: leaving the pool must not wait for them to start
+
+
+def _submit(pool: ProcessPoolExecutor, job: Job, chunk: list[Item]) -> Future[bytes]:
+    return pool.submit(work_chunk, os.path.abspath(chunk[0][1].run.cache), chunk, str(job.out), job.execution,
+                       job.extra_factory)
+
+
+def _sent_back(future: Future[bytes], tally: Tally, errors: list[BaseException]) -> Generator[Events, None, None]:
+    """Save the runs a finished chunk sent back, yielding their events; its error (or a dead worker's) is added to
+    `errors`."""
+    try:
+        results, error = unpack(future.result())
+    except CancelledError:
+        return
+    except BrokenProcessPool as broken:
+        results, error = [], WorkerError(f"a worker process died ({broken}); the finished runs are saved, rerun the "
+                                         "grid to complete the rest" + script_hint())
+    for result in results:
+        yield tally.take(result)
+    if error is not None:
+        errors.append(error)
+
+
+def _train_here(job: Job, todo: deque[list[Item]], trainer: Trainer) -> Events:
+    """Train and save in this process the first batch of the next chunk (its runs' `config.json` record `workers` 1,
+    where they trained); the chunk's other runs go back first in line. Returns the batch's events."""
+    chunk = todo.popleft()
+    index_of = {id(item): index for index, item in chunk}
+    batch, *rest = batches([item for _, item in chunk], job.execution.batch_runs or 1)
+    if rest:
+        todo.appendleft([(index_of[id(item)], item) for part in rest for item in part])
+    here = dataclasses.replace(job, execution=dataclasses.replace(job.execution, workers=1))
+    states = train_batch(batch, here, trainer.data_cache, trainer.extra)
+    return [(index_of[id(item)], state) for item, state in zip(batch, states, strict=True)]

@@ -110,6 +110,11 @@ def work_chunk(cache: str, items: list[Item], out: str, execution: Execution,
         return pack(([], _picklable(raised)))
 
 
+def worker_up() -> None:
+    """Answered by a worker once it has started and imported the training code: the driver may hand it a chunk."""
+    import lathadapter.experiments.chunks  # noqa: F401 — what `work_chunk` imports first
+
+
 def pack(value: Any) -> bytes:
     """`value` pickled with its tensors' bytes inside: the pool's own pickler (torch's reductions) moves tensors to
     shared memory (/dev/shm, 64 MB in a Docker container by default), where a chunk's weights that did not fit failed
