@@ -490,7 +490,7 @@ def _tune_set(value: str | None) -> str | None:
 
 def _print_results(summary: dict) -> None:
     """The result table of a finished grid or protocol, as `report` writes it."""
-    from lathadapter.experiments.report import summary_markdown
+    from lathadapter.experiments.report_tables import summary_markdown
 
     typer.echo(summary_markdown(Path(summary["results"])))
 

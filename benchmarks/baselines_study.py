@@ -19,7 +19,7 @@ import torch
 from lathadapter.adapter.catalog import method_names
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.experiments.launch import launch
-from lathadapter.experiments.report import summary_markdown
+from lathadapter.experiments.report_tables import summary_markdown
 from lathadapter.experiments.spec import GridSpec
 
 DATA = Path(__file__).parent / ".data"

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from lathadapter.cache.store import CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
-from lathadapter.experiments.report import summary_markdown, write_report
+from lathadapter.experiments.report import write_report
+from lathadapter.experiments.report_tables import summary_markdown
 from lathadapter.experiments.run import RunConfig, run, run_together
 
 SHORT = {"epochs": 3, "min_steps": 0}

@@ -226,16 +226,16 @@ def test_a_report_names_recipe_defaults_instead_of_an_empty_value(cache: Path, t
 
 
 def test_plots_keep_the_legend_off_the_data_and_the_disk_names_its_run(tmp_path: Path) -> None:
-    """Legends lie outside the axes (`report.outside_legend`, which every plot uses); the Poincaré disk's title
+    """Legends lie outside the axes (`plots.outside_legend`, which every plot uses); the Poincaré disk's title
     names the run it draws and each class star's number sits at its own offset, so coinciding stars stay readable."""
     import matplotlib.pyplot as plt
     import torch
 
-    from lathadapter.experiments import report as report_module
+    from lathadapter.experiments import plots
 
     captured = {}
-    saved = report_module._save
-    report_module._save = lambda fig, path: captured.setdefault(path.name, fig) and path
+    saved = plots._save
+    plots._save = lambda fig, path: captured.setdefault(path.name, fig) and path
     try:
         run = tmp_path / "run"
         run.mkdir()
@@ -246,7 +246,7 @@ def test_plots_keep_the_legend_off_the_data_and_the_disk_names_its_run(tmp_path:
                     "attributes": torch.tensor([[0.5, 0.0, 0.1], [0.0, 0.5, 0.2]]),
                     "images": torch.tensor([[0.8, 0.1, 0.0], [0.7, 0.3, 0.1]]), "image_labels": torch.tensor([0, 1]),
                     "strongest_attribute": torch.tensor([0, 1])}, run / "points.pt")
-        report_module.plot_poincare_disk(run, tmp_path)
+        plots.plot_poincare_disk(run, tmp_path)
         fig = captured["poincare_disk.png"]
         ax = fig.axes[0]
         assert "pets.h5, all classes, 4 shots, seed 2, run abc123" in ax.get_title()
@@ -257,4 +257,4 @@ def test_plots_keep_the_legend_off_the_data_and_the_disk_names_its_run(tmp_path:
         assert legend.x0 >= ax.get_window_extent().x1  # right of the disk, covering nothing
         plt.close(fig)
     finally:
-        report_module._save = saved
+        plots._save = saved

@@ -37,7 +37,11 @@ EXPERIMENT_RANKS = {
     "pool": 9,  # worker-process mechanics
     "local": 10, "ray_backend": 10,  # the backends
     "launch": 11,  # the one driver
-    "protocols": 12, "builds": 12, "report": 12,  # protocols, cache builds, reports
+    "protocols": 12, "builds": 12,  # protocols, cache builds
+    "records": 12,  # a results table read back as typed records, for reports
+    "cells": 13,  # a report's cells over seeds and configuration labels
+    "report_tables": 14, "plots": 14,  # a report's tables (markdown, CSV) and plots (matplotlib)
+    "report": 15,  # the report folder: tables and plots written together
 }
 
 

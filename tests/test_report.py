@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from lathadapter.cache.synthetic import write_synthetic_cache
-from lathadapter.experiments import report
-from lathadapter.experiments.report import summary_markdown, write_report
+from lathadapter.experiments import plots
+from lathadapter.experiments.report import write_report
+from lathadapter.experiments.report_tables import summary_markdown
 from lathadapter.experiments.run import fit
 
 COLUMNS = ["key", "cache", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
@@ -188,8 +189,8 @@ def test_plots_draw_one_line_per_configuration_with_spread_over_seeds(tmp_path: 
     rows = [row(shots=k, seed=s, acc_all=v, **{"opt.curvature": c})
             for (c, k), values in accuracy.items() for s, v in zip((1, 2, 3), values, strict=True)]
     figures = []
-    save = report._save
-    monkeypatch.setattr(report, "_save", lambda fig, path: (figures.append(fig.axes[0]), save(fig, path))[1])
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig.axes[0]), save(fig, path))[1])
     write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
     (ax,) = figures
     lines = {container.get_label(): container for container in ax.containers}

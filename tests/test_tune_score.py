@@ -22,7 +22,7 @@ from lathadapter.experiments import data as data_module
 from lathadapter.experiments import training
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.launch import launch, prepare
-from lathadapter.experiments.report import EDGE_NOTE, summary_markdown
+from lathadapter.experiments.report_tables import EDGE_NOTE, summary_markdown
 from lathadapter.experiments.run import RunConfig, pseudo_split, tune_val_score
 from lathadapter.experiments.spec import GridSpec, expand, load_spec_file
 from lathadapter.experiments.tuning import select_tuned

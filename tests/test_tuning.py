@@ -22,7 +22,8 @@ from lathadapter.experiments import training
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.launch import launch, train_round
 from lathadapter.experiments.protocols import run_protocol
-from lathadapter.experiments.report import summary_markdown, write_report
+from lathadapter.experiments.report import write_report
+from lathadapter.experiments.report_tables import summary_markdown
 from lathadapter.experiments.spec import GridSpec, expand, load_spec_file
 from lathadapter.experiments.tuning import select_tuned
 

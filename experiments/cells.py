@@ -1,0 +1,176 @@
+"""A report's cells and how it names configurations, shared by its tables and plots: a configuration's mean ±
+sample std (n − 1) over seeds on one dataset at one number of shots (`Cell`; few-shot and base-to-novel cells of the
+records: `few_shot_cells`, `base_novel_cells`), the configurations in the catalog's order (`ordered_configs`) and
+their labels, which name the settings that vary among one method's configurations and the tuned values chosen
+(`config_label`: `lathadapter curvature=0.5`, `clip-adapter lr=0.01 (tuned)`)."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from lathadapter.adapter.catalog import method_names
+from lathadapter.experiments.records import EDGE, SCORE, TUNED, Choice, Configuration, Record
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table cell: a mean with its sample std (n − 1) over n seeds (no std for one seed), a derived mean (an
+    average or HM: no std, no n, but the fewest seeds of the cells it derives from), not applicable (no mean), or no
+    run at all (missing)."""
+
+    mean: float | None = None
+    std: float | None = None
+    n: int | None = None
+    missing: bool = False
+    diverged: bool = False  # every seed's run diverged in training (no accuracy)
+    fewest: int | None = None  # a derived cell: the fewest seeds of a cell it derives from (`(n=2)` in markdown)
+
+    @property
+    def seeds(self) -> int | None:
+        """The seeds this cell rests on: its own n, or a derived cell's `fewest`."""
+        return self.n if self.n is not None else self.fewest
+
+    @classmethod
+    def over_seeds(cls, values: list[float | None], diverged: bool = False) -> Cell:
+        """Over the seeds' `values` (None: not applicable); `diverged`: more runs of the cell diverged, with no
+        accuracy at all (the cell reads `diverged` when no value is left)."""
+        known = [v for v in values if v is not None]
+        if not known:
+            return cls(diverged=diverged)
+        return cls(statistics.fmean(known), statistics.stdev(known) if len(known) > 1 else None, len(known))
+
+    @classmethod
+    def mean_of(cls, cells: list[Cell]) -> Cell:
+        """The mean of the cells' means (an average over datasets or targets); `—` where a cell has no run, and
+        `diverged` where one's every seed diverged (never `—`, which says there is no run)."""
+        if not cells or any(c.missing for c in cells):
+            return MISSING
+        if any(c.diverged for c in cells):
+            return cls(diverged=True)
+        if any(c.mean is None for c in cells):
+            return cls()
+        return cls(statistics.fmean(c.mean for c in cells if c.mean is not None), fewest=_fewest(cells))
+
+    @classmethod
+    def hm(cls, base: Cell, novel: Cell) -> Cell:
+        """The harmonic mean of a mean base and a mean novel accuracy; `diverged` where either side's every seed
+        diverged (never `—`, which says there is no run)."""
+        if base.missing or novel.missing:
+            return MISSING
+        if base.diverged or novel.diverged:
+            return cls(diverged=True)
+        if base.mean is None or novel.mean is None:
+            return cls()
+        return cls(2 * base.mean * novel.mean / max(base.mean + novel.mean, 1e-12), fewest=_fewest([base, novel]))
+
+    def text(self) -> str:
+        if self.missing:
+            return "—"
+        if self.diverged:
+            return "diverged"
+        if self.mean is None:
+            return "n/a"
+        return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+
+    def numbers(self) -> list[str]:
+        """Mean, std and n for a CSV, empty where there is none."""
+        return ["" if v is None else str(v) for v in (self.mean, self.std, self.n)]
+
+
+MISSING = Cell(missing=True)
+
+
+def _fewest(cells: list[Cell]) -> int | None:
+    """The fewest seeds any of `cells` rests on (None when none says)."""
+    return min((c.seeds for c in cells if c.seeds is not None), default=None)
+
+
+def cells_over_seeds(records: list[Record], key: Callable[[Record], tuple], metric: str) -> dict[tuple, Cell]:
+    """`metric`'s cell over seeds by `key`; a diverged run has no value and is counted apart (`Cell.over_seeds`)."""
+    grouped: dict[tuple, list[float | None]] = defaultdict(list)
+    diverged: set[tuple] = set()
+    for record in records:
+        if record.diverged:
+            diverged.add(key(record))
+            grouped.setdefault(key(record), [])
+        else:
+            grouped[key(record)].append(getattr(record, metric))
+    return {k: Cell.over_seeds(values, k in diverged) for k, values in grouped.items()}
+
+
+def cell_of(record: Record) -> tuple[str, Configuration, int]:
+    """The cell a record falls in: (dataset, configuration, shots)."""
+    return record.dataset, record.config, record.shots
+
+
+def few_shot_cells(records: list[Record]) -> dict[tuple[str, Configuration, int], Cell]:
+    """Few-shot accuracy over seeds by (dataset, configuration, shots): all classes, no transfer targets."""
+    return cells_over_seeds([r for r in records if r.classes == "all" and not r.target], cell_of, "acc_all")
+
+
+def base_novel_cells(records: list[Record]) -> dict[tuple[str, Configuration, int], tuple[Cell, Cell]]:
+    """Base and novel accuracy over seeds by (dataset, configuration, shots) of the base-to-novel runs."""
+    chosen = [r for r in records if r.classes == "base" and not r.target]
+    base, novel = cells_over_seeds(chosen, cell_of, "acc_base"), cells_over_seeds(chosen, cell_of, "acc_novel")
+    return {k: (base[k], novel[k]) for k in base}
+
+
+def slug(text: str) -> str:
+    """A label as part of a file name: `caltech101 (fp 1a2b3c4d)` → `caltech101_fp_1a2b3c4d`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def setting_name(column: str) -> str:
+    """A setting's name in labels: `opt.lathadapter.curvature` → `curvature`, `text` → `text`."""
+    return column.rsplit(".", 1)[-1]
+
+
+def sortable(value: str) -> tuple[int, float, str]:
+    """Numbers by value, before other text."""
+    try:
+        return 0, float(value), ""
+    except ValueError:
+        return 1, 0.0, value
+
+
+def ordered_configs(configs: Iterable[Configuration]) -> list[Configuration]:
+    """Methods in the catalog's order (zero-shot first, LatHAdapter last; unknown names after), then settings."""
+    order = method_names()
+    return sorted(configs, key=lambda c: (order.index(c.method) if c.method in order else len(order), c.method,
+                                          [sortable(v) for _, v in c.settings]))
+
+
+def varied_settings(configs: Iterable[Configuration]) -> dict[str, list[str]]:
+    """For each method, the setting columns whose value differs among its configurations."""
+    values: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for config in configs:
+        for column, value in config.settings:
+            values[config.method][column].add(value)
+    return {method: [c for c, seen in columns.items() if len(seen) > 1] for method, columns in values.items()}
+
+
+def _tuned_suffix(choices: Iterable[Choice]) -> str:
+    """` lr=0.01 (tuned)`: each tuned option with the values its kept runs chose (`0.001/0.01` when they differ; not
+    `|`, which would split a markdown cell); empty for an untuned configuration."""
+    values: dict[str, set[str]] = defaultdict(set)
+    for choice in choices:
+        for name, value in choice:
+            if name not in (SCORE, EDGE):
+                values[name].add(value)
+    if not values:
+        return ""
+    return " " + " ".join(f"{name}={'/'.join(sorted(seen, key=sortable))}" for name, seen in values.items()) + \
+        " (tuned)"
+
+
+def config_label(config: Configuration, varied: dict[str, list[str]], choices: Iterable[Choice] = ()) -> str:
+    """`lathadapter curvature=0.5`: the method and the settings that vary among its configurations, then the tuned
+    values chosen (`lr=0.01 (tuned)`), if any."""
+    shown = [c for c in varied.get(config.method, []) if config.value(c) != TUNED]
+    # an empty cell is an option left to the method's training recipe (`list options` says "recipe"), not a blank
+    return " ".join([config.method] + [f"{setting_name(c)}={config.value(c) or 'recipe'}" for c in shown]) + \
+        _tuned_suffix(choices)

@@ -1,0 +1,205 @@
+"""A results table read back for a report: a results.csv, a grid folder or run directories (`load_results`), its
+rows parsed into typed records (`Record`: a configuration, i.e. a method with its settings, on one dataset at one
+number of shots and seed), of a tuned grid only each group's kept run; two runs of one configuration and seed in one
+cell are refused, naming both (`check_one_run_per_seed`). A dataset name with several cache fingerprints is several
+datasets, labelled `caltech101 (fp 1a2b3c4d)` (`dataset_labels`)."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lathadapter.experiments.table import RESULTS, ResultsError, as_table, finished_runs, run_rows
+
+# The columns the report reads; `opt.*` columns (every option) are read too.
+REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
+            "acc_all", "acc_base", "acc_novel")
+SETTINGS = ("text", "select", "train_views")  # with the `opt.*` columns: what makes a configuration, besides the method
+# A tuned run's score and val images (`--tune-score`, `--tune-set`) are settings too: runs kept by different scores are
+# different configurations, never seeds of one (columns a grid without tuning lacks read as empty).
+TUNE_SETTINGS = ("tune.score", "tune.set")
+TUNED = "tuned"  # a tuned option's value in a configuration: chosen per cell, so not what tells configurations apart
+# Marker pairs a kept run's `Choice` carries besides its options (never option names): the score that chose it and,
+# when the choice is still on an edge of a preset's grid after its extensions or of an explicit grid, which edge.
+SCORE, EDGE = "tune.score", "tune.edge"
+SPLIT = " on the whole val split"  # a score's suffix when it read the cache's whole val split (`--tune-set split`)
+EXPECTED = f"expected a {RESULTS} written by `lathadapter grid` or `protocol`"
+
+
+@dataclass
+class Results:
+    """A results table's rows (as the CSV's strings), where they were read, and the run directories by run key."""
+
+    source: Path
+    rows: list[dict[str, str]]
+    run_dirs: dict[str, Path]
+
+
+def load_results(path: Path) -> Results:
+    """Read a results.csv, a grid folder's results.csv, or run directories (one, a folder of them as `fit --out`
+    writes, or a grid folder's `runs/`), whose rows are built as a grid builds them."""
+    if not path.exists():
+        raise ResultsError(f"{path} does not exist; expected a {RESULTS}, a grid folder or a folder of "
+                           "`lathadapter fit` run directories")
+    if path.is_dir() and not (path / RESULTS).is_file():
+        dirs = [path] if (path / "metrics.json").is_file() else finished_runs(path) or finished_runs(path / "runs")
+        if not dirs:
+            raise ResultsError(f"{path} holds neither a {RESULTS} nor run directories (folders with config.json and "
+                               "metrics.json)")
+        # a grid's run directory is named by its key; `fit` ends the name with `-<key>`
+        return Results(path, as_table(run_rows(dirs))[1], {d.name.rsplit("-", 1)[-1]: d for d in dirs})
+    table = path / RESULTS if path.is_dir() else path
+    try:
+        with table.open(newline="") as f:
+            reader = csv.DictReader(f, restval="")
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ResultsError(f"{table} is not a CSV file ({error}); {EXPECTED}") from None
+    if not columns:
+        raise ResultsError(f"{table} is empty; {EXPECTED}")
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise ResultsError(f"{table} lacks the columns {', '.join(missing)}; {EXPECTED}")
+    if not rows:
+        raise ResultsError(f"{table} has a header but no rows; {EXPECTED}")
+    return Results(table, rows, {d.name: d for d in finished_runs(table.parent / "runs")})
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What a table row stands for: a method and its settings, (column, value) for text, select and every option
+    column of the table (empty where the method has no such option). Seeds vary within it."""
+
+    method: str
+    settings: tuple[tuple[str, str], ...]
+
+    def value(self, column: str) -> str:
+        return dict(self.settings)[column]
+
+
+Choice = tuple[tuple[str, str], ...]  # a kept candidate's (option, value) pairs, then SCORE/EDGE; () if untuned
+
+
+@dataclass(frozen=True)
+class Record:
+    """One results row, parsed: the dataset's label, the configuration, shots, class protocol, transfer target and
+    accuracies (None: not applicable); rows that differ only in their seed make one cell."""
+
+    dataset: str
+    config: Configuration
+    shots: int
+    classes: str
+    target: str
+    acc_all: float | None
+    acc_base: float | None
+    acc_novel: float | None
+    tuned: Choice = ()
+    hierarchy: tuple[tuple[str, float | None], ...] = ()  # the run's `hier.*` diagnostics (LatHAdapter), by name
+    seed: int = 0
+    key: str = ""  # the run's key (its run directory)
+    diverged: bool = False  # training diverged: no accuracy; its cell is over the other seeds (`diverged_note`)
+
+
+def _number(text: str) -> float | None:
+    return None if text == "" else float(text)
+
+
+def dataset_labels(rows: list[dict[str, str]]) -> dict[tuple[str, str], str]:
+    """(dataset, fingerprint) → the dataset's label: its name, with the fingerprint's first 8 hex digits when the
+    name has several fingerprints among the rows (different caches are reported apart)."""
+    fingerprints: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        fingerprints[row["dataset"]].add(row["fingerprint"])
+    return {(name, fp): name if len(fps) == 1 else f"{name} (fp {fp[:8]})"
+            for name, fps in fingerprints.items() for fp in fps}
+
+
+def _tuned_columns(row: dict[str, str], columns: list[str]) -> dict[str, str]:
+    """A tuning candidate's tuned option columns (`opt.NAME` or `opt.METHOD.NAME`) → option name."""
+    found = {}
+    for name in row.get("tune.names", "").split():
+        for column in (f"opt.{row['method']}.{name}", f"opt.{name}"):
+            if column in columns and row.get(column, "") != "":
+                found[column] = name
+                break
+    return found
+
+
+def _choice(row: dict[str, str], tuned: dict[str, str]) -> Choice:
+    """A kept candidate's tuned (option, value) pairs, the score that chose it and its edge mark, if any."""
+    if not tuned:
+        return ()
+    score = row.get("tune.score") or "val"
+    if row.get("tune.set") == "split":
+        score += SPLIT
+    marks = ((SCORE, score),) + (((EDGE, row["tune.edge"]),) if row.get("tune.edge") else ())
+    return tuple((name, row[c]) for c, name in tuned.items()) + marks
+
+
+# The hierarchy diagnostics the report shows (`hier.NAME` columns) and their headings; shares in %, angles in rad.
+HIERARCHY = (("train_in_cone", "train in cone %"), ("test_in_cone", "test in cone %"), ("train_angle", "Ξ train"),
+             ("aperture", "ψ"), ("radius_category", "ρ' cat"), ("radius_attribute", "ρ' attr"),
+             ("radius_image", "ρ' img"), ("radius_order", "order holds %"),
+             ("euclid_hyper_disagree", "euclid ≠ hyper %"))
+
+
+def _hierarchy(row: dict[str, str]) -> tuple[tuple[str, float | None], ...]:
+    """A row's shown diagnostics as numbers (`radius_order`: 100 when it holds, else 0); () without any."""
+    if not any(row.get(f"hier.{name}", "") != "" for name, _ in HIERARCHY):
+        return ()
+    flags = {"true": 100.0, "false": 0.0}
+    return tuple((name, flags.get(row.get(f"hier.{name}", "").lower()) if name == "radius_order"
+                  else _number(row.get(f"hier.{name}", ""))) for name, _ in HIERARCHY)
+
+
+def records(results: Results) -> list[Record]:
+    """The rows as typed records; a malformed number names its row. Of a tuned grid, only each group's kept run
+    (`tune.selected`) is read, its tuned options set to `tuned` in its configuration and kept in `Record.tuned`."""
+    present = {c for row in results.rows for c in row}
+    columns = list(SETTINGS) + [c for c in TUNE_SETTINGS if c in present] + sorted(
+        c for c in present if c.startswith("opt."))
+    labels = dataset_labels(results.rows)
+    parsed = []
+    for i, row in enumerate(results.rows, 1):
+        if row.get("tune.selected", "").lower() == "false":
+            continue  # a candidate not kept (or a group not finished yet): never in a table
+        tuned = _tuned_columns(row, columns)
+        settings = tuple((c, TUNED if c in tuned else row.get(c, "")) for c in columns)
+        try:
+            parsed.append(Record(labels[(row["dataset"], row["fingerprint"])], Configuration(row["method"], settings),
+                                 int(row["shots"]), row["classes"], row["target"],
+                                 _number(row["acc_all"]), _number(row["acc_base"]), _number(row["acc_novel"]),
+                                 _choice(row, tuned), _hierarchy(row), int(row["seed"]), row["key"],
+                                 bool(row.get("diverged"))))
+        except ValueError as error:
+            raise ResultsError(f"{results.source}: row {i}: {error}") from None
+    check_one_run_per_seed(parsed, results.source)
+    return parsed
+
+
+def check_one_run_per_seed(parsed: list[Record], source: Path) -> None:
+    """Refuse two runs of one configuration and seed in one cell (dataset, shots, classes, target): a cell is a mean
+    over seeds, and a seed counted twice would weigh one draw double and inflate n. Such runs differ in what no
+    column shows (another tuning grid, another set of transfer targets, an older scoring), e.g. two protocol runs
+    into one folder."""
+    seen: dict[tuple[Any, ...], str] = {}
+    for r in parsed:
+        cell = (r.dataset, r.config, r.shots, r.classes, r.target, r.seed)
+        if cell in seen and seen[cell] != r.key:
+            where = f"{r.dataset}, {shots_label(r.shots)}, classes={r.classes}" + (f", target {r.target}"
+                                                                                  if r.target else "")
+            raise ResultsError(f"{source}: runs {seen[cell]} and {r.key} are the same configuration of "
+                               f"{r.config.method} ({where}) with the same seed {r.seed}; a cell takes one run per "
+                               "seed. They differ in what the table does not show (another tuning grid, other "
+                               "transfer targets, a run from before a version that changed its key): report them from "
+                               f"separate folders, or remove the run directory you do not want (runs/{r.key})")
+        seen.setdefault(cell, r.key)
+
+
+def shots_label(k: int) -> str:
+    """`1 shot`, `4 shots`: a number of shots in titles, labels and messages."""
+    return f"{k} shot" if k == 1 else f"{k} shots"
