@@ -6,11 +6,15 @@ No DataLoader and no encoder: every tensor is already on the device. Determinist
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,8 +34,31 @@ if TYPE_CHECKING:
 def optimiser_imports() -> None:
     """Import what the first torch optimiser built in a process imports (torch._dynamo, 1.3-2.3 s on a 2-core CPU)
     before a training's clock starts, so that a grid's first run is timed as the others are; a process that trains
-    nothing (a report, the rerun of a finished grid) never pays it."""
-    import torch._dynamo  # noqa: F401
+    nothing (a report, the rerun of a finished grid) never pays it. Ctrl-C and SIGTERM wait for the import's end
+    (`signals_deferred`)."""
+    if "torch._dynamo" in sys.modules:
+        return
+    with signals_deferred(signal.SIGINT, signal.SIGTERM):
+        import torch._dynamo  # noqa: F401
+
+
+@contextlib.contextmanager
+def signals_deferred(*signums: int) -> Iterator[None]:
+    """Hold the signals `signums` while the block runs, then deliver them (in the main thread; elsewhere, as they
+    come). A Ctrl-C inside torch._dynamo's import broke it half-way: `fit` then ended in a RuntimeError traceback
+    ("Error calling __set_name__ ..."), was killed by the signal after saying it was interrupted, or trained on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)  # its own handler runs now, as if it had come just after the block
 
 
 SELECTIONS = ("last", "val")

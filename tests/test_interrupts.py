@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lathadapter.adapter.trainer import signals_deferred
 from lathadapter.cache.synthetic import write_synthetic_cache
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[1].parent)
@@ -145,3 +146,26 @@ def test_a_stopped_fit_says_so_in_one_line(cache: Path, tmp_path: Path, how: str
     assert "Traceback" not in stderr and stdout == ""
     assert stderr.strip().splitlines()[-1] == "interrupted: the run did not finish, rerun the same command to train it"
     assert not list((tmp_path / "runs").glob("*/metrics.json"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_deferred_block_comes_after_it(signum: int) -> None:
+    """`signals_deferred` (around torch._dynamo's import, where a Ctrl-C broke torch half-way): a signal sent inside
+    the block does not interrupt it; the signal's own handler runs once the block is done, and the handlers in place
+    before are back."""
+    raised: list[str] = []
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    before = signal.signal(signum, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt, match=f"signal {signum}"), signals_deferred(signal.SIGINT,
+                                                                                          signal.SIGTERM):
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # the handler would run here, at the next bytecode
+            raised.append("the block ran to its end")
+        assert raised == ["the block ran to its end"]
+        assert signal.getsignal(signum) is handler
+    finally:
+        signal.signal(signum, before)
