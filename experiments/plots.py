@@ -127,13 +127,19 @@ def disk_coordinates(points: torch.Tensor, curvature: float, basis: torch.Tensor
     return radius * direction
 
 
-def plot_poincare_disk(run_dir: Path, folder: Path) -> Path:
-    """A trained LatHAdapter's categories, attribute prompts and sample images of a few classes, on the disk, from
-    the lifted points the run saved (`points.pt`)."""
+def disk_points(run_dir: Path) -> Path:
+    """The lifted points a LatHAdapter run saved (`points.pt`), which the disk picture draws; a ValueError names the
+    folder when there are none."""
     path = run_dir / "points.pt"
     if not path.is_file():
         raise ValueError(f"{run_dir} has no points.pt; the disk picture needs a lathadapter run directory")
-    points = torch.load(path)
+    return path
+
+
+def plot_poincare_disk(run_dir: Path, folder: Path) -> Path:
+    """A trained LatHAdapter's categories, attribute prompts and sample images of a few classes, on the disk, from
+    the lifted points the run saved (`points.pt`)."""
+    points = torch.load(disk_points(run_dir))
     c = points["curvature"]
     categories, attributes, images = points["categories"], points["attributes"], points["images"]
     # The 2-D basis: principal directions of the tangent vectors of the points shown.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lathadapter.experiments.plots import plot_accuracy_vs_shots, plot_base_novel, plot_poincare_disk
+from lathadapter.experiments.plots import disk_points, plot_accuracy_vs_shots, plot_base_novel, plot_poincare_disk
 from lathadapter.experiments.records import Results, load_results, records
 from lathadapter.experiments.report_tables import report_tables, tables_markdown
 from lathadapter.experiments.run import write_atomic
@@ -34,6 +34,8 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     """Write `report.md`, one CSV per table and the plots into `out` (default: `report_folder(source)`) from a
     results.csv, a grid folder or a folder of run directories; returns the paths and the tables' markdown."""
     results = load_results(source)
+    if disk_run is not None:
+        disk_points(disk_run)  # a wrong --disk-run fails before any file is written
     out = out or report_folder(source)
     out.mkdir(parents=True, exist_ok=True)
     parsed = records(results)

@@ -224,6 +224,14 @@ def test_a_folder_of_fit_runs_is_reported_like_a_grid(tmp_path: Path) -> None:
     assert "| lathadapter |" in summary_markdown(one)  # one run directory
 
 
+def test_a_disk_run_without_points_fails_before_the_report_writes_anything(tmp_path: Path) -> None:
+    results = write_rows(tmp_path / "results.csv", [row(seed=1, acc_all=50.0), row(seed=2, acc_all=53.0)])
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ValueError, match=r"run has no points\.pt; the disk picture needs a lathadapter run"):
+        write_report(results, tmp_path / "report", tmp_path / "run")
+    assert not (tmp_path / "report").exists()  # before: the accuracy plots were written, then the error
+
+
 def test_summary_markdown_writes_nothing(tmp_path: Path) -> None:
     results = write_rows(tmp_path / "results.csv", [row(seed=1, acc_all=50.0), row(seed=2, acc_all=53.0)])
     markdown = summary_markdown(tmp_path)
