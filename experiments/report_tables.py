@@ -26,8 +26,7 @@ differently); a companion table `<table>_tuned` gives the value chosen in each c
 its number of seeds, `lr=0.01 ×2, lr=0.001 ×1`), its title names the score that chose them (`tune.score`: val or
 val_hm) and, under it, a note says what the score is; a value still on an edge of a preset's grid after its
 extensions, or the highest or lowest of an explicit grid of 3 or more numbers (`tune.edge`), is marked ▲ (highest
-tried) or ▼ (lowest tried), explained in the note. Tables of grids
-without tuning are as before.
+tried) or ▼ (lowest tried), explained in the note.
 """
 
 from __future__ import annotations
