@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from lathadapter.adapter.evaluate import harmonic_mean
-from lathadapter.cache.store import FewShotData
+from lathadapter.cache.store import CacheReader, FewShotData
 from lathadapter.cache.synthetic import write_clip_world
 from lathadapter.demo.pipeline import build_demo_cache
 from lathadapter.experiments.execution import Execution
@@ -334,6 +334,10 @@ def main() -> None:
               f"worlds {', '.join(f'{n} (seed {s})' for n, (s, _) in WORLDS.items())}, {CLASSES} classes, D = 128; "
               "and the demo (36 classes, D = 64)")
     caches = worlds(args.out)
+    for name, path in caches.items():  # which worlds were read: a cache left in --out from an older pass is reused
+        with CacheReader(path) as reader:
+            info = reader.info()
+        emit(log, f"{name}: {path.name}, fingerprint {info.fingerprint}, {info.counts['val']} val images")
     grid = args.out / "grid"
     today = dict(TODAY)
     emit(log, f"today's defaults: {', '.join(f'{k}={v}' for k, v in today.items())}")
