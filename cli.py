@@ -30,9 +30,9 @@ LISTS = ("methods", "datasets", "models", "options")
 BACKEND_HELP = ("local: train in this process; ray: on a Ray cluster (pip install 'lathadapter[ray]'; caches and "
                 "--out on storage every worker sees). This process alone writes the results either way.")
 WORKERS_HELP = ("Worker processes of one torch thread each, training the grid's pending runs (1: this process, with "
-                "--threads threads). Default on the CPU: the free CPUs, at most one per 4 pending runs, this process "
-                "training too until they are up, so a grid done sooner never waits for them (1 with --threads); on a "
-                "GPU: 1, this process with its --trainers.")
+                "--threads threads). Default on the CPU: the free CPUs, at most one per 4 pending runs, started once "
+                "the runs this process trains first show that they pay for their start (1 with --threads); on a GPU: "
+                "1, this process with its --trainers.")
 TRAINERS_HELP = ("On a GPU: trainer threads of each process that trains, each on its own CUDA stream, so that several "
                  "small runs' kernels share the GPU [default: 4 on a GPU; 1 on the CPU, the only valid value there].")
 ADDRESS_HELP = ("--backend ray: the cluster's address, e.g. HEAD:6379 (default: a running cluster Ray finds, else a "

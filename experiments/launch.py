@@ -101,13 +101,13 @@ def next_rewrite(started: float, ended: float) -> float:
 def choose_backend(execution: Execution, auto: bool = False) -> Backend:
     """The backend `execution` names (its `workers` settled): Ray; this process, or worker processes; either
     training on the execution's trainer threads (on a GPU: each on its own CUDA stream). `auto`: the worker count
-    was chosen here, so this process trains too while the workers start (`WorkerProcesses.while_starting`)."""
+    was chosen here, so the workers start only once they pay (`WorkerProcesses.probe`)."""
     if execution.backend == "ray":
         return OnRay()
     workers = execution.workers or 1
     if workers == 1:
         return InProcess(execution.trainers_on(execution.device or "cpu"))
-    return WorkerProcesses(workers, while_starting=auto)
+    return WorkerProcesses(workers, probe=auto)
 
 
 def train_round(runs: list[GridRun], out: Path, execution: Execution, *, progress: bool = True,

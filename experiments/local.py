@@ -15,11 +15,13 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import time
 from collections import deque
 from collections.abc import Generator
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
+from lathadapter.adapter.trainer import optimiser_imports
 from lathadapter.experiments.chunks import Item, Tally, chunk_batches, chunk_runs
 from lathadapter.experiments.data import DataCache
 from lathadapter.experiments.pool import (
@@ -30,7 +32,7 @@ from lathadapter.experiments.pool import (
     stop_workers,
     unpack,
     work_chunk,
-    worker_up,
+    workers_pay,
 )
 from lathadapter.experiments.trainers import Trainer, on_trainers
 from lathadapter.experiments.training import (
@@ -98,15 +100,15 @@ class WorkerProcesses:
     the grid as in one process, after saving every run sent back; Ctrl-C, SIGTERM or a failed save (a full disk)
     kills the workers at once.
 
-    `while_starting` (the automatic worker count): this process trains batches too until every worker is up (a
-    worker's start, a fresh interpreter importing torch, takes seconds), and a worker takes a chunk only once it is
-    up; a grid done before then never waits for a worker. Without it, a grid of 100 runs of a few milliseconds each
-    took 23.5 s on 2 workers against 0.7 s in one process (2 cores, loaded)."""
+    `probe` (the automatic worker count): this process trains batches itself, from both ends of the grid, and
+    starts the workers only once the runs left would take it longer than their start (`pool.workers_pay`, from the
+    seconds its runs took); they train the rest. A grid of cheap runs never starts one (100 runs of a few
+    milliseconds: 6.4 s on 2 workers, 4.5 s in one process; benchmarks/grid_auto_workers.py)."""
 
-    def __init__(self, workers: int, chunk_size: int | None = None, while_starting: bool = False) -> None:
+    def __init__(self, workers: int, chunk_size: int | None = None, probe: bool = False) -> None:
         self.workers = workers
         self.chunk_size = chunk_size
-        self.while_starting = while_starting
+        self.probe = probe
 
     def chunks(self, job: Job) -> list[list[Item]]:
         batch_runs = job.execution.batch_runs or 1
@@ -122,59 +124,50 @@ class WorkerProcesses:
         return f"grid ({workers} worker{'s' if workers != 1 else ''})"
 
     def train(self, job: Job) -> Generator[Events, None, None]:
-        chunks = self.chunks(job)
+        todo = deque(self.chunks(job))
         tally = Tally(job)
         errors: list[BaseException] = []
+        yield []
+        if self.probe:
+            yield from _until_workers_pay(job, todo, self.workers)
+            if not todo:
+                return
         context = multiprocessing.get_context("spawn")
-        size = min(self.workers, len(chunks))
-        with ProcessPoolExecutor(size, mp_context=context, initializer=init_worker, initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(min(self.workers, len(todo)), mp_context=context, initializer=init_worker,
+                                 initargs=(os.getpid(),)) as pool:
+            futures = [_submit(pool, job, chunk) for chunk in todo]
             try:
-                yield []
-                if self.while_starting:
-                    yield from self._while_starting(job, pool, size, deque(chunks), tally, errors)
-                else:
-                    futures = [_submit(pool, job, chunk) for chunk in chunks]
-                    for future in as_completed(futures):
-                        yield from _sent_back(future, tally, errors)
-                        if errors:
-                            for other in futures:
-                                other.cancel()  # chunks not started; those running finish and are saved
+                for future in as_completed(futures):
+                    yield from _sent_back(future, tally, errors)
+                    if errors:
+                        for other in futures:
+                            other.cancel()  # chunks not started; those running finish and are saved
             except BaseException:  # Ctrl-C, SIGTERM raised as it (cli), the round abandoned, or saving failed (a
                 stop_workers(pool)  # full disk): the workers stop now, not after training every chunk left
                 raise
         if errors:
             raise errors[0]
 
-    def _while_starting(self, job: Job, pool: ProcessPoolExecutor, size: int, todo: deque[list[Item]], tally: Tally,
-                        errors: list[BaseException]) -> Generator[Events, None, None]:
-        """Hand chunks to the workers of `pool` (`size` of them) that are up (each `worker_up` answered says one more
-        is), and train a batch here while some are not; once every chunk is done, those still starting are killed."""
-        starting = {pool.submit(worker_up) for _ in range(size)}
-        running: set[Future[bytes]] = set()
-        up = 0
-        trainer: Trainer | None = None
-        try:
-            while todo or running:
-                for future in [f for f in starting if f.done()]:
-                    starting.discard(future)
-                    up += 1
-                for future in [f for f in running if f.done()]:
-                    running.discard(future)
-                    yield from _sent_back(future, tally, errors)
-                if errors:
-                    todo.clear()  # as in one process: no new chunk; those running finish and are saved
-                while todo and len(running) < up:
-                    running.add(_submit(pool, job, todo.popleft()))
-                if todo and starting:  # a worker is still starting: this process trains the next batch
-                    trainer = trainer or Trainer(job.execution.device or "cpu", job.extra_factory)
-                    yield _train_here(job, todo, trainer)
-                elif running or (todo and starting):
-                    wait(starting | running, return_when=FIRST_COMPLETED)
-        finally:
-            if trainer is not None:
-                trainer.close()
-        if starting:
-            stop_workers(pool)  # not needed after all: leaving the pool must not wait for them to start
+
+def _until_workers_pay(job: Job, todo: deque[list[Item]], workers: int) -> Generator[Events, None, None]:
+    """Train here, batch by batch, until the runs left would take longer here than `workers` workers need to start
+    (`pool.workers_pay`, from the seconds the runs trained here took, this process's one-time imports done first);
+    returns with the chunks left, none when workers never paid. The batches come from both ends of the grid in turn,
+    so that the estimate sees its cheap and its costly runs early (a grid's methods, and shots, come in order;
+    results do not depend on the order runs train in)."""
+    optimiser_imports()
+    trainer = Trainer(job.execution.device or "cpu", job.extra_factory)
+    runs, seconds, back = 0, 0.0, False
+    try:
+        while todo:
+            start = time.perf_counter()
+            events = _train_here(job, todo, trainer, back)
+            runs, seconds, back = runs + len(events), seconds + time.perf_counter() - start, not back
+            yield events
+            if workers_pay(sum(len(chunk) for chunk in todo) * seconds / max(runs, 1), workers):
+                return
+    finally:
+        trainer.close()
 
 
 def _submit(pool: ProcessPoolExecutor, job: Job, chunk: list[Item]) -> Future[bytes]:
@@ -198,14 +191,19 @@ def _sent_back(future: Future[bytes], tally: Tally, errors: list[BaseException])
         errors.append(error)
 
 
-def _train_here(job: Job, todo: deque[list[Item]], trainer: Trainer) -> Events:
-    """Train and save in this process the first batch of the next chunk (its runs' `config.json` record `workers` 1,
-    where they trained); the chunk's other runs go back first in line. Returns the batch's events."""
-    chunk = todo.popleft()
+def _train_here(job: Job, todo: deque[list[Item]], trainer: Trainer, back: bool = False) -> Events:
+    """Train and save in this process the first batch of the next chunk, or of the last with `back` (its runs'
+    `config.json` record `workers` 1, where they trained); the chunk's other runs go back where it was. Returns the
+    batch's events."""
+    chunk = todo.pop() if back else todo.popleft()
     index_of = {id(item): index for index, item in chunk}
     batch, *rest = batches([item for _, item in chunk], job.execution.batch_runs or 1)
     if rest:
-        todo.appendleft([(index_of[id(item)], item) for part in rest for item in part])
+        left = [(index_of[id(item)], item) for part in rest for item in part]
+        if back:
+            todo.append(left)
+        else:
+            todo.appendleft(left)
     here = dataclasses.replace(job, execution=dataclasses.replace(job.execution, workers=1))
     states = train_batch(batch, here, trainer.data_cache, trainer.extra)
     return [(index_of[id(item)], state) for item, state in zip(batch, states, strict=True)]

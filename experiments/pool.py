@@ -110,11 +110,6 @@ def work_chunk(cache: str, items: list[Item], out: str, execution: Execution,
         return pack(([], _picklable(raised)))
 
 
-def worker_up() -> None:
-    """Answered by a worker once it has started and imported the training code: the driver may hand it a chunk."""
-    import lathadapter.experiments.chunks  # noqa: F401 — what `work_chunk` imports first
-
-
 def pack(value: Any) -> bytes:
     """`value` pickled with its tensors' bytes inside: the pool's own pickler (torch's reductions) moves tensors to
     shared memory (/dev/shm, 64 MB in a Docker container by default), where a chunk's weights that did not fit failed
@@ -135,6 +130,18 @@ def auto_workers(pending: int, device: str) -> int:
     from lathadapter.experiments.machine import default_threads
 
     return max(1, min(default_threads(), pending // MIN_RUNS_PER_WORKER)) if device == "cpu" else 1
+
+
+# What starting one worker costs, measured on 2 cores (seconds): a spawned interpreter importing torch and the
+# package (3.9 s with the machine loaded), then torch._dynamo's one-time import (1.3-2.3 s).
+WORKER_START_SECONDS = 5.0
+
+
+def workers_pay(seconds_left: float, workers: int) -> bool:
+    """Whether `workers` worker processes finish sooner than this process alone, which would take `seconds_left`:
+    each costs `WORKER_START_SECONDS` to start, so they pay when `seconds_left` > W / (W − 1) starts (2 workers: 10
+    s): W workers then take T / W + S against T here."""
+    return workers > 1 and seconds_left > WORKER_START_SECONDS * workers / (workers - 1)
 
 
 def stop_workers(pool: ProcessPoolExecutor) -> None:

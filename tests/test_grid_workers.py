@@ -9,8 +9,6 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections import deque
-from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -20,16 +18,15 @@ from typer.testing import CliRunner
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 from lathadapter.experiments import local
-from lathadapter.experiments.chunks import Tally, chunk_batches
+from lathadapter.experiments.chunks import chunk_batches
 from lathadapter.experiments.execution import Execution
-from lathadapter.experiments.launch import choose_backend, launch, prepare, train_round
+from lathadapter.experiments.launch import choose_backend, launch, train_round
 from lathadapter.experiments.local import InProcess, WorkerProcesses
 from lathadapter.experiments.machine import GPU_TRAINERS
-from lathadapter.experiments.pool import auto_workers, worker_up
+from lathadapter.experiments.pool import WORKER_START_SECONDS, auto_workers, workers_pay
 from lathadapter.experiments.protocols import run_protocol
 from lathadapter.experiments.spec import GridSpec, expand
-from lathadapter.experiments.table import write_results
-from lathadapter.experiments.training import Job, keyed_run, pending_runs
+from lathadapter.experiments.training import keyed_run
 
 # Columns that differ between two trainings of the same run
 TIMING = {"train_seconds", "eval_seconds", "wall_seconds"}
@@ -292,76 +289,15 @@ def test_an_unguarded_script_whose_workers_die_is_told_to_guard_its_grid(cache: 
     assert len(list((tmp_path / "b" / "runs").glob("*/metrics.json"))) == 4
 
 
-class StartingPool:
-    """A stand-in for the worker pool of `WorkerProcesses.while_starting`, whose workers come up when the test says:
-    each `worker_up` stays pending until `come_up`; a chunk handed out trains at once, in this process, as a worker
-    would train it (`work_chunk`)."""
-
-    def __init__(self) -> None:
-        self.starting: list[Future] = []
-        self.chunks: list[list[int]] = []
-        self.shut_down = False
-        self._processes: dict = {}  # what `stop_workers` kills
-
-    def submit(self, function, *args) -> Future:
-        future: Future = Future()
-        if function is worker_up:
-            self.starting.append(future)
-        else:
-            self.chunks.append([index for index, _ in args[1]])
-            future.set_result(function(*args))
-        return future
-
-    def come_up(self) -> None:
-        next(f for f in self.starting if not f.done()).set_result(None)
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        self.shut_down = True
-
-
-def test_while_its_workers_start_the_grid_process_trains_and_then_hands_them_the_rest(
-        spec: GridSpec, grids: dict[str, Path], tmp_path: Path) -> None:
-    """The automatic worker count: this process trains batches while no worker is up, hands chunks to the workers
-    once they are, and does not wait for a worker still starting when the grid is done; every run is trained once
-    and the table equals one process's (one torch thread there, as in each worker)."""
-    out = tmp_path / "auto"
-    infos, keyed = prepare(expand(spec), out)
-    job = Job(out, keyed, infos, pending_runs(keyed, out), Execution(workers=2, batch_runs=2))
-    backend = WorkerProcesses(2, chunk_size=4, while_starting=True)
-    pool = StartingPool()
-    events: list[tuple[int, str]] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trained = backend._while_starting(job, pool, 2, deque(backend.chunks(job)), Tally(job), [])
-        events += next(trained) + next(trained)  # two batches trained here: no worker is up
-        assert len(pool.starting) == 2 and pool.chunks == []
-        pool.come_up()  # one worker is up: the chunks left go to it, one at a time; the other never comes up
-        for batch in trained:
-            events += batch
-    finally:
-        torch.set_num_threads(threads)
-    assert sorted(i for i, _ in events) == list(range(12)) and {s for _, s in events} == {"done"}
-    by_worker = {index for chunk in pool.chunks for index in chunk}
-    here = set(range(12)) - by_worker
-    assert {i for i, _ in events[:4]} <= here and by_worker  # both trained, each run once
-    assert pool.shut_down  # the worker still starting is stopped, not waited for
-    recorded = {i: json.loads((out / "runs" / keyed[i].key / "config.json").read_text())["execution"]["workers"]
-                for i in range(12)}
-    assert {i for i, workers in recorded.items() if workers == 1} == here  # where each trained
-    write_results(out)
-    batch = {"batch_runs", "batch_mode"}  # two runs at a time here (lockstep, bit for bit as alone)
-    assert [{k: v for k, v in r.items() if k not in batch} for r in _rows(out)] == [
-        {k: v for k, v in r.items() if k not in batch} for r in _rows(grids["one"])]
-
-
 def test_the_automatic_worker_count_on_real_processes_trains_every_run_once(
         spec: GridSpec, grids: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two spawned workers chosen automatically (as on 2 free CPUs): the round ends, whoever trained each run, with
-    every run saved once, no lock left, the one-process table, and no worker left running."""
+    """Two spawned workers chosen automatically (as on 2 free CPUs), paying after the first batch: this process
+    trains that batch, the workers the rest; every run saved once, no lock left, the one-process table, and no
+    worker left running."""
     import lathadapter.experiments.launch as launch_module
 
     monkeypatch.setattr(launch_module, "auto_workers", lambda pending, device: 2)
+    monkeypatch.setattr(local, "workers_pay", lambda seconds_left, workers: True)  # started after one batch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -370,8 +306,39 @@ def test_the_automatic_worker_count_on_real_processes_trains_every_run_once(
         torch.set_num_threads(threads)
     assert (summary["runs"], summary["done"]) == (12, 12)
     assert _rows(tmp_path / "auto") == _rows(grids["one"])
+    where = [json.loads(p.read_text())["execution"]["workers"] for p in (tmp_path / "auto").glob("runs/*/config.json")]
+    assert sorted(where) == [1] + [2] * 11  # the first batch (one run: batch_runs 1) here, the rest on workers
     assert not list((tmp_path / "auto" / "runs").glob("*.lock"))
     deadline = time.monotonic() + 30  # killed at the round's end; the kernel reaps them a moment later
     while multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not multiprocessing.active_children()
+
+
+def test_workers_pay_when_the_runs_left_outlast_their_start() -> None:
+    """W workers, each starting in S seconds while this process trains on, finish sooner than this process alone
+    when the time left T > S · W / (W − 1)."""
+    for workers in (2, 4, 8):
+        bound = WORKER_START_SECONDS * workers / (workers - 1)
+        assert workers_pay(bound * 1.01, workers) and not workers_pay(bound * 0.99, workers)
+    assert not workers_pay(1e6, 1)
+
+
+def test_a_grid_whose_workers_would_not_pay_never_starts_them(spec: GridSpec, grids: dict[str, Path],
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lathadapter.experiments.launch as launch_module
+
+    monkeypatch.setattr(launch_module, "auto_workers", lambda pending, device: 2)
+    monkeypatch.setattr(local, "workers_pay", lambda seconds_left, workers: False)
+    started = []
+    monkeypatch.setattr(local, "ProcessPoolExecutor", lambda *args, **kwargs: started.append(args))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = launch(spec, tmp_path / "here", Execution(workers=None), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["done"] == 12 and started == []
+    assert _rows(tmp_path / "here") == _rows(grids["one"])
+    assert {json.loads(p.read_text())["execution"]["workers"] for p in (tmp_path / "here").glob("runs/*/config.json")
+            } == {1}
