@@ -4,12 +4,12 @@ fresh process each time (imports and worker start-ups included), on grids of che
     python benchmarks/grid_auto_workers.py [--rounds 2] [--grids cheap-100,cheap-500,demo-75]
 
 Variants: `--workers 1` (this process), `--workers 2` (two worker processes; this process only saves), and no
-`--workers` (auto: on 2 free CPUs two workers, started once the runs this process trains first show that they
-pay, `WorkerProcesses.probe`). Grids: `cheap-N`, N linear-probe runs of one epoch on a 4-class, 8-dim synthetic cache (a few
-milliseconds each); `demo-75`, five trained methods × shots 1-16 × seeds 1-3 on the demo's cache (36 classes, 10
-views). Each variant runs in a fresh output folder; the variants alternate their order between rounds. Prints the
-wall seconds (min over rounds), auto's ratio to each, and how many runs of auto's grid this process trained
-(`config.json`'s `execution.workers` 1). Run it with OMP_NUM_THREADS unset on a machine left otherwise idle.
+`--workers` (auto: on 2 free CPUs two workers, started once the runs this process trains first show that they pay,
+`WorkerProcesses.probe`). Grids: `cheap-N`, N linear-probe runs of one epoch on a 4-class, 8-dim synthetic
+cache (a few milliseconds each); `demo-75`, five trained methods × shots 1-16 × seeds 1-3 on the demo's cache (36
+classes, 10 views). Each variant runs in a fresh output folder; the variants alternate their order between rounds.
+Prints the wall seconds (min over rounds), auto's ratio to each, and how many runs of auto's grid this process
+trained (`config.json`'s `execution.workers` 1). Run it with OMP_NUM_THREADS unset on a machine left otherwise idle.
 """
 
 from __future__ import annotations
