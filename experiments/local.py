@@ -21,6 +21,8 @@ from collections.abc import Generator
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
+import torch
+
 from lathadapter.adapter.trainer import optimiser_imports
 from lathadapter.experiments.chunks import Item, Tally, chunk_batches, chunk_runs
 from lathadapter.experiments.data import DataCache
@@ -158,6 +160,8 @@ def _until_workers_pay(job: Job, todo: deque[list[Item]], workers: int) -> Gener
     optimiser_imports()
     trainer = Trainer(job.execution.device or "cpu", job.extra_factory)
     runs, seconds, back = 0, 0.0, False
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: a run's float sums, so its results, do not depend on where it trained
     try:
         while todo:
             start = time.perf_counter()
@@ -167,6 +171,7 @@ def _until_workers_pay(job: Job, todo: deque[list[Item]], workers: int) -> Gener
             if workers_pay(sum(len(chunk) for chunk in todo) * seconds / max(runs, 1), workers):
                 return
     finally:
+        torch.set_num_threads(threads)
         trainer.close()
 
 

@@ -299,15 +299,16 @@ def test_the_automatic_worker_count_on_real_processes_trains_every_run_once(
     monkeypatch.setattr(launch_module, "auto_workers", lambda pending, device: 2)
     monkeypatch.setattr(local, "workers_pay", lambda seconds_left, workers: True)  # started after one batch
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)  # this process's; each run trains on one thread wherever it trains
     try:
         summary = launch(spec, tmp_path / "auto", Execution(workers=None), progress=False)
     finally:
         torch.set_num_threads(threads)
     assert (summary["runs"], summary["done"]) == (12, 12)
     assert _rows(tmp_path / "auto") == _rows(grids["one"])
-    where = [json.loads(p.read_text())["execution"]["workers"] for p in (tmp_path / "auto").glob("runs/*/config.json")]
-    assert sorted(where) == [1] + [2] * 11  # the first batch (one run: batch_runs 1) here, the rest on workers
+    recorded = [json.loads(p.read_text())["execution"] for p in (tmp_path / "auto").glob("runs/*/config.json")]
+    assert sorted(e["workers"] for e in recorded) == [1] + [2] * 11  # the first batch (one run) here, the rest on
+    assert {e["threads"] for e in recorded} == {1}  # workers; one thread each, as the one-process table's
     assert not list((tmp_path / "auto" / "runs").glob("*.lock"))
     deadline = time.monotonic() + 30  # killed at the round's end; the kernel reaps them a moment later
     while multiprocessing.active_children() and time.monotonic() < deadline:
@@ -333,12 +334,12 @@ def test_a_grid_whose_workers_would_not_pay_never_starts_them(spec: GridSpec, gr
     started = []
     monkeypatch.setattr(local, "ProcessPoolExecutor", lambda *args, **kwargs: started.append(args))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)  # this process's; each run trains on one thread wherever it trains
     try:
         summary = launch(spec, tmp_path / "here", Execution(workers=None), progress=False)
     finally:
         torch.set_num_threads(threads)
     assert summary["done"] == 12 and started == []
     assert _rows(tmp_path / "here") == _rows(grids["one"])
-    assert {json.loads(p.read_text())["execution"]["workers"] for p in (tmp_path / "here").glob("runs/*/config.json")
-            } == {1}
+    recorded = [json.loads(p.read_text())["execution"] for p in (tmp_path / "here").glob("runs/*/config.json")]
+    assert {(e["workers"], e["threads"]) for e in recorded} == {(1, 1)}
