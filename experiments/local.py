@@ -104,8 +104,9 @@ class WorkerProcesses:
 
     `probe` (the automatic worker count): this process trains batches itself, from both ends of the grid, and
     starts the workers only once the runs left would take it longer than their start (`pool.workers_pay`, from the
-    seconds its runs took); they train the rest. A grid of cheap runs never starts one (100 runs of a few
-    milliseconds: 6.4 s on 2 workers, 4.5 s in one process; benchmarks/grid_auto_workers.py)."""
+    seconds its runs took, on one thread as in each worker); they train the rest. A grid of cheap runs never starts
+    one (100 runs of a few milliseconds: 4.0 s, against 5.9 s on 2 workers from the start and 3.9 s in one process;
+    benchmarks/grid_auto_workers.py)."""
 
     def __init__(self, workers: int, chunk_size: int | None = None, probe: bool = False) -> None:
         self.workers = workers
