@@ -11,12 +11,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from lathadapter.experiments.cells import (  # noqa: E402
+from lathadapter.experiments.cells import (
     Cell,
     base_novel_cells,
     config_label,
@@ -25,23 +25,27 @@ from lathadapter.experiments.cells import (  # noqa: E402
     slug,
     varied_settings,
 )
-from lathadapter.experiments.records import Choice, Configuration, Record, shots_label  # noqa: E402
-from lathadapter.experiments.run import write_atomic  # noqa: E402
+from lathadapter.experiments.records import Choice, Configuration, Record, shots_label
+from lathadapter.experiments.run import write_atomic
 
 
-def outside_legend(ax: plt.Axes) -> None:
+def outside_legend(ax: Axes) -> None:
     """The legend to the right of the axes, so that it never covers the data."""
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    """Save a plot atomically (a full disk keeps the previous plot whole) and close it."""
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    """A figure of its own, outside pyplot: drawing a report neither switches the matplotlib backend of the process
+    that asks for it (a notebook's) nor leaves figures open in it."""
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Save a plot atomically (a full disk keeps the previous plot whole)."""
     fig.tight_layout()
-    try:
-        write_atomic(path, lambda temporary: fig.savefig(temporary, format=path.suffix.lstrip("."), dpi=120,
-                                                         bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+    write_atomic(path, lambda temporary: fig.savefig(temporary, format=path.suffix.lstrip("."), dpi=120,
+                                                     bbox_inches="tight"))
     return path
 
 
@@ -65,7 +69,7 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
         configs = ordered_configs({c for d, c, _ in cells if d == dataset})
         varied = varied_settings(configs)
         choices = _config_choices(r for r in records if r.dataset == dataset and r.classes == "all" and not r.target)
-        fig, ax = plt.subplots(figsize=(9, 4))  # the legend sits right of the axes
+        fig, ax = _figure(9, 4)  # the legend sits right of the axes
         for config in configs:
             points = [(k, cells[(dataset, config, k)]) for k in shots if (dataset, config, k) in cells]
             points = [(k, c) for k, c in points if c.mean is not None]
@@ -95,7 +99,7 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
         varied = varied_settings(configs)
         choices = _config_choices(r for r in records if (r.dataset, r.shots, r.classes) == (dataset, shots, "base")
                                   and not r.target)
-        fig, ax = plt.subplots(figsize=(1.2 * len(configs) + 3.5, 4))
+        fig, ax = _figure(1.2 * len(configs) + 3.5, 4)
         width = 0.27
         for i, config in enumerate(configs):
             base, novel = cells[(dataset, config, shots)]
@@ -147,9 +151,9 @@ def plot_poincare_disk(run_dir: Path, folder: Path) -> Path:
     basis = torch.linalg.svd(tangent - tangent.mean(0), full_matrices=False).Vh[:2].t()
     xy = {name: disk_coordinates(p, c, basis) for name, p in
           (("categories", categories), ("attributes", attributes), ("images", images))}
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.add_patch(plt.Circle((0, 0), 1, fill=False, color="black"))
-    colours = plt.get_cmap("tab10")
+    fig, ax = _figure(6, 6)
+    ax.add_patch(Circle((0, 0), 1, fill=False, color="black"))
+    colours = matplotlib.colormaps["tab10"]
     labels = points["image_labels"]
     names = points["class_names"]
     for i, name in enumerate(names):

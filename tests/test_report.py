@@ -490,3 +490,20 @@ def test_an_average_or_hm_of_a_cell_over_fewer_seeds_says_how_many(tmp_path: Pat
     assert "| lathadapter | " + " | ".join(cells) + " |" in markdown, markdown
     full = ["60.00 ± 0.00", "65.00 ± 0.00", f"{hm(60.0, 65.0):.2f}"] * 2 + ["60.00", "65.00", f"{hm(60.0, 65.0):.2f}"]
     assert "| zeroshot | " + " | ".join(full) + " |" in markdown, markdown
+
+
+def test_a_report_leaves_the_callers_matplotlib_backend_alone(tmp_path: Path) -> None:
+    """A notebook that draws a report keeps its own backend (plots.py switched every importer to Agg) and is left no
+    open pyplot figure."""
+    import subprocess
+    import sys
+
+    results = write_rows(tmp_path / "results.csv", [row(shots=k, seed=s, acc_all=50.0 + k + s) for k in (1, 4)
+                                                    for s in (1, 2)])
+    script = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+              "from pathlib import Path\nfrom lathadapter.experiments.report import write_report\n"
+              f"written = write_report(Path({str(results)!r}))\n"
+              "print(matplotlib.get_backend(), len(plt.get_fignums()), len(written['plots']))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["svg", "0", "1"]
