@@ -289,24 +289,29 @@ def test_an_unguarded_script_whose_workers_die_is_told_to_guard_its_grid(cache: 
     assert len(list((tmp_path / "b" / "runs").glob("*/metrics.json"))) == 4
 
 
-def test_the_automatic_worker_count_on_real_processes_trains_every_run_once(
-        spec: GridSpec, grids: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two spawned workers chosen automatically (as on 2 free CPUs), paying after the first batch: this process
-    trains that batch, the workers the rest; every run saved once, no lock left, the one-process table, and no
-    worker left running."""
+def _auto_grid(spec: GridSpec, out: Path, monkeypatch: pytest.MonkeyPatch, pay: bool) -> list[dict]:
+    """The grid with its worker count chosen automatically (two, as on 2 free CPUs) and `workers_pay` answering
+    `pay`, from a process of two torch threads; every run done; each run's recorded execution."""
     import lathadapter.experiments.launch as launch_module
 
     monkeypatch.setattr(launch_module, "auto_workers", lambda pending, device: 2)
-    monkeypatch.setattr(local, "workers_pay", lambda seconds_left, workers: True)  # started after one batch
+    monkeypatch.setattr(local, "workers_pay", lambda seconds_left, workers: pay)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # this process's; each run trains on one thread wherever it trains
     try:
-        summary = launch(spec, tmp_path / "auto", Execution(workers=None), progress=False)
+        summary = launch(spec, out, Execution(workers=None), progress=False)
     finally:
         torch.set_num_threads(threads)
     assert (summary["runs"], summary["done"]) == (12, 12)
+    return [json.loads(p.read_text())["execution"] for p in out.glob("runs/*/config.json")]
+
+
+def test_the_automatic_worker_count_on_real_processes_trains_every_run_once(
+        spec: GridSpec, grids: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two spawned workers chosen automatically, paying after the first batch: this process trains that batch, the
+    workers the rest; every run saved once, no lock left, the one-process table, and no worker left running."""
+    recorded = _auto_grid(spec, tmp_path / "auto", monkeypatch, pay=True)
     assert _rows(tmp_path / "auto") == _rows(grids["one"])
-    recorded = [json.loads(p.read_text())["execution"] for p in (tmp_path / "auto").glob("runs/*/config.json")]
     assert sorted(e["workers"] for e in recorded) == [1] + [2] * 11  # the first batch (one run) here, the rest on
     assert {e["threads"] for e in recorded} == {1}  # workers; one thread each, as the one-process table's
     assert not list((tmp_path / "auto" / "runs").glob("*.lock"))
@@ -317,8 +322,8 @@ def test_the_automatic_worker_count_on_real_processes_trains_every_run_once(
 
 
 def test_workers_pay_when_the_runs_left_outlast_their_start() -> None:
-    """W workers, each starting in S seconds while this process trains on, finish sooner than this process alone
-    when the time left T > S · W / (W − 1)."""
+    """W workers, each S seconds to start, finish sooner than this process alone (T seconds) when
+    T / W + S < T, i.e. T > S · W / (W − 1)."""
     for workers in (2, 4, 8):
         bound = WORKER_START_SECONDS * workers / (workers - 1)
         assert workers_pay(bound * 1.01, workers) and not workers_pay(bound * 0.99, workers)
@@ -327,19 +332,9 @@ def test_workers_pay_when_the_runs_left_outlast_their_start() -> None:
 
 def test_a_grid_whose_workers_would_not_pay_never_starts_them(spec: GridSpec, grids: dict[str, Path],
                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lathadapter.experiments.launch as launch_module
-
-    monkeypatch.setattr(launch_module, "auto_workers", lambda pending, device: 2)
-    monkeypatch.setattr(local, "workers_pay", lambda seconds_left, workers: False)
     started = []
     monkeypatch.setattr(local, "ProcessPoolExecutor", lambda *args, **kwargs: started.append(args))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # this process's; each run trains on one thread wherever it trains
-    try:
-        summary = launch(spec, tmp_path / "here", Execution(workers=None), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    assert summary["done"] == 12 and started == []
+    recorded = _auto_grid(spec, tmp_path / "here", monkeypatch, pay=False)
+    assert started == []
     assert _rows(tmp_path / "here") == _rows(grids["one"])
-    recorded = [json.loads(p.read_text())["execution"] for p in (tmp_path / "here").glob("runs/*/config.json")]
     assert {(e["workers"], e["threads"]) for e in recorded} == {(1, 1)}
