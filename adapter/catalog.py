@@ -16,6 +16,7 @@ from lathadapter.adapter.methods import (  # noqa: F401  (importing registers th
     taskres,
     gda,
     lp_plus_plus,
+    clap,
     lathadapter,
 )
 # isort: on
