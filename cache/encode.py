@@ -23,6 +23,7 @@ from torchvision.transforms import InterpolationMode
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+CAUSE_CHARS = 200  # of a checkpoint's load error quoted in `ModelError`
 # Augmented training views (Tip-Adapter): random resized crop, bicubic, then a horizontal flip half of the time.
 # These defaults are the field's, made for 224-pixel photographs; `Augmentation` sets others per build.
 CROP_SCALE = (0.5, 1.0)
@@ -229,12 +230,16 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
             name, pretrained=checkpoint, precision="fp32" if precision == "amp" else precision, device=target,
             force_quick_gelu=force)
     except RuntimeError as error:
-        if is_tag:
-            where = "no network and not in the local Hugging Face cache" if offline else str(error)
-            raise ModelError(f"cannot load pretrained weights {pretrained!r} for {name} ({where}). Download the "
-                             "checkpoint elsewhere and pass --pretrained /path/to/checkpoint.{pt,bin,safetensors}"
-                             ) from error
-        raise ModelError(f"cannot load {name} with --pretrained {pretrained} ({error})") from error
+        if not is_tag:
+            raise _checkpoint_error(name, pretrained, error) from error
+        where = "no network and not in the local Hugging Face cache" if offline else str(error)
+        raise ModelError(f"cannot load pretrained weights {pretrained!r} for {name} ({where}). Download the "
+                         "checkpoint elsewhere and pass --pretrained /path/to/checkpoint.{pt,bin,safetensors}"
+                         ) from error
+    except Exception as error:  # open_clip's checkpoint loading raises whatever torch.load, safetensors or its
+        if is_tag:              # own shape asserts raise: an unpickling error, EOFError, AssertionError, ...
+            raise
+        raise _checkpoint_error(name, pretrained, error) from error
     built.eval()
     cfg = dict(built.visual.preprocess_cfg)
     size = cfg["size"]
@@ -243,6 +248,16 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
     embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
     return ClipModel(built, preprocess, open_clip.get_tokenizer(name), target, precision, embed_dim, image_size,
                      tuple(cfg["mean"]), tuple(cfg["std"]), fields, notes)
+
+
+def _checkpoint_error(name: str, pretrained: str, error: Exception) -> ModelError:
+    """One line for a checkpoint file open_clip cannot load as `name`'s weights (a checkpoint of another model, a
+    damaged or foreign file): the cause cut to its first words (a state-dict mismatch lists hundreds of keys)."""
+    cause = " ".join(f"{type(error).__name__}: {error}".split()) if str(error) else type(error).__name__
+    cause = cause if len(cause) <= CAUSE_CHARS else cause[:CAUSE_CHARS] + " …"
+    return ModelError(f"--pretrained {pretrained}: cannot load it as the weights of --model {name} ({cause}); pass "
+                      "the --model the checkpoint was trained as (an open_clip name from `lathadapter list models`, "
+                      "or a model-config JSON), or a checkpoint of this model")
 
 
 def resolve_device(device: str | None) -> torch.device:

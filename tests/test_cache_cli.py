@@ -125,6 +125,32 @@ def test_user_errors_exit_with_a_message_and_no_traceback(coop_dataset, tiny_cli
     assert result.exit_code == 1 and "split_zhou_OxfordPets.json not found" in result.output
 
 
+def test_a_checkpoint_that_is_not_the_models_weights_is_one_error_line(coop_dataset, tiny_clip,
+                                                                      tmp_path: Path) -> None:
+    """A checkpoint of another model (a wider text tower), an empty file and a foreign file each end in one line
+    naming --pretrained and --model, exit 1, before anything is written; they were a traceback (open_clip's assert),
+    click's bare "Aborted!" (EOFError) and an unpickling traceback."""
+    wider = tmp_path / "wider.json"
+    config = json.loads(tiny_clip.config.read_text())
+    config["text_cfg"]["width"] = 32
+    wider.write_text(json.dumps(config))
+    empty, foreign = tmp_path / "empty.pt", tmp_path / "foreign.pt"
+    empty.write_bytes(b"")
+    foreign.write_bytes(b"\xff\xd8\xff\xe0 not a checkpoint" * 40)
+    out = tmp_path / "c.h5"
+    for model, checkpoint in ((wider, tiny_clip.checkpoint), (tiny_clip.config, empty),
+                              (tiny_clip.config, foreign)):
+        args = _build_args(coop_dataset, tiny_clip, "--out", str(out))
+        args[args.index("--model") + 1], args[args.index("--pretrained") + 1] = str(model), str(checkpoint)
+        result = runner.invoke(app, args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"error: --pretrained {checkpoint}: cannot load it as the weights of --model "
+                                   f"{model.stem} ("), result.output
+        assert lines[0].endswith("or a checkpoint of this model") and len(lines[0]) < 600, result.output
+        assert not out.exists() and not out.with_name(out.name + ".tmp").exists()
+
+
 def test_rebuild_over_another_cache_needs_force(built: Path, coop_dataset, tiny_clip, tmp_path: Path) -> None:
     out = tmp_path / "copy.h5"
     shutil.copy(built, out)
