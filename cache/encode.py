@@ -9,7 +9,7 @@ import math
 import os
 import socket
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,10 +408,10 @@ def encode_images(clip: ClipModel, pixels: torch.Tensor, return_norms: bool = Fa
 
 
 @torch.no_grad()
-def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256, return_norms: bool = False
-                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256, return_norms: bool = False,
+                 on_batch: Callable[[int], None] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised text features `[N, D]` (float32, on the CPU) of `texts`, in batches; with `return_norms`, also
-    the norms `[N]` of the unnormalised features."""
+    the norms `[N]` of the unnormalised features. `on_batch(n)` follows each batch of n texts (progress)."""
     out, norms = [], []
     for start in range(0, len(texts), batch_size):
         tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(clip.device)
@@ -419,6 +419,8 @@ def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256, r
             features = clip.model.encode_text(tokens).float()
         out.append((features / features.norm(dim=-1, keepdim=True)).cpu())
         norms.append(features.norm(dim=-1).cpu())
+        if on_batch is not None:
+            on_batch(len(tokens))
     unit = torch.cat(out) if out else torch.zeros(0, clip.embed_dim)
     if not return_norms:
         return unit
