@@ -261,6 +261,22 @@ def test_report_errors_name_the_file_and_what_is_expected(tmp_path: Path) -> Non
             assert "\n" not in str(raised.value)
 
 
+def test_a_report_folder_that_cannot_be_written_is_named_also_when_it_is_the_default(tmp_path: Path) -> None:
+    """`report GRID` writes GRID/report/: when that cannot be written (a read-only grid folder, here a file in the
+    way), the error names GRID/report, the folder written, not GRID as an --out the user never gave."""
+    from typer.testing import CliRunner
+
+    from lathadapter.cli import app
+
+    grid = tmp_path / "grid"
+    write_rows(grid / "results.csv", [row(seed=1)])
+    (grid / "report").write_text("in the way")
+    result = CliRunner().invoke(app, ["report", str(grid)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip() == (f"error: --out {grid / 'report'}: cannot write there: a part of the path is a "
+                                     "file, not a folder; choose another --out")
+
+
 def test_hierarchy_diagnostics_get_one_compact_table_of_means_over_seeds(tmp_path: Path) -> None:
     """Rows with `hier.*` columns (LatHAdapter's diagnostics) make a `hierarchy` table: one row per configuration,
     dataset and setting, each value the mean ± std over seeds; `radius_order` as the % of seeds where it holds; runs
