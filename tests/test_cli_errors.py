@@ -121,7 +121,7 @@ def test_a_finished_run_is_never_overwritten_without_force(cache: Path, tmp_path
     first = fit(cache, "clip-adapter", shots=1, out=tmp_path, device="cpu", epochs=1, min_steps=2)
     metrics_file = Path(first["run_dir"]) / "metrics.json"
     before = metrics_file.read_bytes()
-    with pytest.raises(OptionError, match="finished run.*--force"):
+    with pytest.raises(OptionError, match=r"finished run.*--force \(in Python: force=True\)"):  # README's cell twice
         fit(cache, "clip-adapter", shots=1, out=tmp_path, device="cpu", epochs=1, min_steps=2)
     assert metrics_file.read_bytes() == before
     assert_clean_error(invoke("fit", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1", "--out",
