@@ -52,6 +52,8 @@ def test_info_summarises_the_cache(built: Path, coop_dataset) -> None:
     train, val = (len(set().union(*(draw[i] for draw in draws))) for i in (0, 1))
     assert f"train {train} · val {val} · test 64" in result.output
     assert "2: shots 1,2 × seeds 1" in result.output
+    # the views' crops and flips, here the field's defaults (scale 0.5-1, ratio 3/4-4/3, flip 1/2)
+    assert "2 augmented views per train image (seed 0): crop scale 0.5–1, ratio 0.75–1.33, flip 0.5" in result.output
     assert "161 phrases" in result.output and "KiB" in result.output
 
 
