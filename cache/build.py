@@ -141,10 +141,11 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an output path that cannot become a cache file, before a model is loaded or an image encoded."""
+def _check_out(out: Path, name: str) -> None:
+    """Refuse an output path that cannot become a cache file, before a model is loaded or an image encoded; a folder
+    is answered with the path of dataset `name`'s cache in it."""
     if out.is_dir():
-        raise BuildError(f"--out {out} is a folder; give the cache file's path, e.g. {out / 'cache.h5'}")
+        raise BuildError(f"--out {out} is a folder; give the cache file's path, e.g. {out / f'{name}.h5'}")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -599,7 +600,7 @@ def build(
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
     notes = list(splits.notes) + shortfall_notes(splits, shots) + overlap_notes(splits)
     out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
-    _check_out(out)
+    _check_out(out, splits.name)
     phrases = load_attributes(Path(attributes) if attributes is not None else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     with build_lock(out):

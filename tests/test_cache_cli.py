@@ -113,6 +113,8 @@ def test_user_errors_exit_with_a_message_and_no_traceback(coop_dataset, tiny_cli
         (_build_args(coop_dataset, tiny_clip, "--template", "photo"), 2, "must contain '{}' exactly once"),
         (_build_args(coop_dataset, tiny_clip, "--precision", "fp8"), 2, "--precision 'fp8' is not valid"),
         (["cache", "info", str(tmp_path / "none.h5")], 1, "does not exist"),
+        (_build_args(coop_dataset, tiny_clip, "--out", str(tmp_path)), 1,  # a folder: the dataset's file in it
+         f"--out {tmp_path} is a folder; give the cache file's path, e.g. {tmp_path / 'Shapes.h5'}"),
     ]
     for command in ("info", "verify"):  # the path named once
         result = runner.invoke(app, ["cache", command, str(tmp_path / "none.h5")])
