@@ -33,8 +33,8 @@ def check_caches(runs: list[GridRun]) -> dict[str, CacheInfo]:
         missing = sorted(pairs - set(info.subsets))
         if missing:
             problems.append(f"{cache} holds no few-shot subset for {_subsets_text(missing)} (it holds: "
-                            f"{_subsets_text(info.subsets) or 'none'}); rebuild it with `--shots`/`--seeds` that "
-                            "include them")
+                            f"{_subsets_text(info.subsets) or 'none'}); rebuild it with `cache build --shots/--seeds` "
+                            "that include them, or ask this command for --shots/--seeds it holds")
         if cache in base and len(info.class_names) < 2:
             problems.append(f"{cache}: classes=base needs at least 2 classes; it has {len(info.class_names)}")
     if len(unreadable) == 1 and not problems:  # one missing or corrupt file: its own message, on one line

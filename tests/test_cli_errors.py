@@ -132,6 +132,21 @@ def test_a_finished_run_is_never_overwritten_without_force(cache: Path, tmp_path
     assert json.loads(metrics_file.read_text())["train_seconds"] != json.loads(before)["train_seconds"]
 
 
+def test_a_protocol_over_a_cache_without_its_shots_names_both_ways_out(cache: Path, tmp_path: Path) -> None:
+    """`protocol few-shot` asks for shots 1-16 × seeds 1-3; a cache built with fewer (here shots 1,2 × seed 1) is
+    refused before anything trains, naming what it lacks, what it holds and both fixes: a rebuild, or fewer shots."""
+    result = invoke("protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot", "--out",
+                    str(tmp_path / "p"), "--device", "cpu")
+    assert result.exit_code == RUNTIME and "Traceback" not in result.output, result.output
+    assert f"{cache} holds no few-shot subset for shots=1 seed=2" in result.output
+    assert "(it holds: shots=1 seed=1, shots=2 seed=1)" in result.output
+    assert "or ask this command for --shots/--seeds it holds" in result.output
+    assert not (tmp_path / "p" / "runs").exists()
+    done = invoke("protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot", "--shots", "1,2", "--seeds",
+                  "1", "--out", str(tmp_path / "p"), "--device", "cpu")
+    assert done.exit_code == 0, done.output  # the advice works
+
+
 def test_version_and_lists() -> None:
     from lathadapter.version import __version__
 
