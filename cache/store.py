@@ -59,6 +59,12 @@ class CacheError(ValueError):
     """A cache file is missing, incomplete, from another schema, or lacks what was asked of it."""
 
 
+class CacheChoiceError(CacheError):
+    """No `--cache` given where several caches could be meant: a usage mistake (the CLI exits 2, as `OptionError`)."""
+
+    exit_code = 2
+
+
 def corrupt(path: Path, error: BaseException, verify_hint: bool = True) -> CacheError:
     """The error for a cache file HDF5 cannot read (flipped bytes, a truncated copy): it names the file and the fix,
     where h5py's own message ("ran off end of input buffer") names neither."""
@@ -91,8 +97,9 @@ def resolve_cache(path: str | Path | None) -> Path:
             "or pass --cache PATH"
         )
     if len(found) > 1:
-        listed = "\n  ".join(str(p) for p in found)
-        raise CacheError(f"several caches in {DEFAULT_CACHE_DIR}/; choose one with --cache PATH:\n  {listed}")
+        listed = ", ".join(str(p) for p in found[:FOLDER_LISTED]) + (
+            f" and {len(found) - FOLDER_LISTED} more" if len(found) > FOLDER_LISTED else "")
+        raise CacheChoiceError(f"several caches in {DEFAULT_CACHE_DIR}/ ({listed}); choose one with --cache PATH")
     return found[0]
 
 

@@ -147,6 +147,20 @@ def test_a_protocol_over_a_cache_without_its_shots_names_both_ways_out(cache: Pa
     assert done.exit_code == 0, done.output  # the advice works
 
 
+def test_several_caches_and_no_cache_option_is_one_usage_line_naming_them(cache: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lathadapter fit --shots 4` picks the one cache under caches/; with several it asks for --cache in one line
+    (it was a list over several lines, exit 1) naming each: a missing option, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "caches").mkdir()
+    for name in ("dtd", "oxford_pets"):
+        (tmp_path / "caches" / f"{name}.h5").write_bytes(cache.read_bytes())
+    assert_clean_error(invoke("fit", "--shots", "1", "--device", "cpu", *QUICK),
+                       "several caches in caches/ (caches/dtd.h5, caches/oxford_pets.h5); choose one with --cache PATH",
+                       code=USAGE)
+    assert len(invoke("fit", "--shots", "1", "--device", "cpu", *QUICK).output.strip().splitlines()) == 1
+
+
 def test_version_and_lists() -> None:
     from lathadapter.version import __version__
 
