@@ -5,12 +5,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 import os
 import socket
 import zipfile
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,9 +227,10 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
     if checkpoint is None:
         torch.manual_seed(seed)
     try:
-        built, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=checkpoint, precision="fp32" if precision == "amp" else precision, device=target,
-            force_quick_gelu=force)
+        with _held_log_records():
+            built, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=checkpoint, precision="fp32" if precision == "amp" else precision, device=target,
+                force_quick_gelu=force)
     except RuntimeError as error:
         if not is_tag:
             raise _checkpoint_error(name, pretrained, error) from error
@@ -248,6 +250,33 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
     embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
     return ClipModel(built, preprocess, open_clip.get_tokenizer(name), target, precision, embed_dim, image_size,
                      tuple(cfg["mean"]), tuple(cfg["std"]), fields, notes)
+
+
+class _Held(logging.Handler):
+    """Keeps the log records it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def _held_log_records() -> Iterator[None]:
+    """Hold what is logged (open_clip logs through the root logger) while a model loads, and pass it on only when
+    the load succeeds: a failed load ends in our own one-line error, which open_clip's "ERROR:root:Failed to
+    download weights ..." line preceded."""
+    root, held = logging.getLogger(), _Held()
+    handlers = root.handlers[:]
+    root.handlers[:] = [held]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+    for record in held.records:  # reached only when the load did not raise
+        root.handle(record)
 
 
 def _checkpoint_error(name: str, pretrained: str, error: Exception) -> ModelError:
