@@ -103,6 +103,12 @@ def resolve_cache(path: str | Path | None) -> Path:
     return found[0]
 
 
+def test_only_message(path: str | Path, dataset: str) -> str:
+    """What to say when a test-only cache (the ImageNet variants) is given where runs train: how it is used."""
+    return (f"{path} holds only a test split ({dataset} has no train split), so no few-shot subsets: use it as a "
+            "--target of the cross-dataset or domain protocols, not for fit, grid or a protocol's --cache")
+
+
 def folder_given(path: Path) -> str:
     """What to say when a folder is given where a cache file is expected (`--cache caches/`): its caches."""
     found = sorted(path.glob("*.h5"))
@@ -668,10 +674,7 @@ class CacheReader:
         """Row indices of the (`shots`, `seed`) subset into `splits/train` and `splits/val`, in Dassl's order, less
         the images left out by `--skip-bad` (so a class may have fewer than `shots` of them)."""
         if self.test_only:
-            raise CacheError(
-                f"{self.path} holds only a test split ({self.dataset_name} has no train split), so no few-shot "
-                "subsets: use it as a --target of the cross-dataset or domain protocols, not for fit"
-            )
+            raise CacheError(test_only_message(self.path, self.dataset_name))
         key = f"subsets/{subset_key(shots, seed)}"
         if key not in self._file:
             held = ", ".join(f"shots={k} seed={s}" for k, s in self.subsets()) or "none"
