@@ -230,6 +230,8 @@ def test_a_disk_run_without_points_fails_before_the_report_writes_anything(tmp_p
     with pytest.raises(ValueError, match=r"run has no points\.pt; the disk picture needs a lathadapter run"):
         write_report(results, tmp_path / "report", tmp_path / "run")
     assert not (tmp_path / "report").exists()  # before: the accuracy plots were written, then the error
+    with pytest.raises(ValueError, match=r"typo does not exist; the disk picture needs a lathadapter run"):
+        write_report(results, tmp_path / "report", tmp_path / "typo")  # was: "typo has no points.pt"
 
 
 def test_summary_markdown_writes_nothing(tmp_path: Path) -> None:
