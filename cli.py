@@ -638,12 +638,12 @@ def report(
                                          "(default: the table's last lathadapter run)."),
 ) -> None:
     """Write paper-style tables (markdown, CSV) and plots: one row per configuration, mean ± std over seeds."""
-    from lathadapter.experiments.report import write_report
+    from lathadapter.experiments.report import report_folder, write_report
 
     try:
         written = write_report(results, out, disk_run)
     except (ValueError, OSError) as error:
-        _fail(error, out or results)
+        _fail(error, out or report_folder(results))  # a write error names the folder written, the default's too
     typer.echo(written["markdown"])
     typer.echo(f"report: {written['report']}; plots: {', '.join(written['plots']) or 'none'}")
 

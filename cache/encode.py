@@ -5,12 +5,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 import os
 import socket
 import zipfile
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torchvision.transforms import InterpolationMode
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+CAUSE_CHARS = 200  # of a checkpoint's load error quoted in `ModelError`
 # Augmented training views (Tip-Adapter): random resized crop, bicubic, then a horizontal flip half of the time.
 # These defaults are the field's, made for 224-pixel photographs; `Augmentation` sets others per build.
 CROP_SCALE = (0.5, 1.0)
@@ -225,16 +227,21 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
     if checkpoint is None:
         torch.manual_seed(seed)
     try:
-        built, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=checkpoint, precision="fp32" if precision == "amp" else precision, device=target,
-            force_quick_gelu=force)
+        with _held_log_records():
+            built, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=checkpoint, precision="fp32" if precision == "amp" else precision, device=target,
+                force_quick_gelu=force)
     except RuntimeError as error:
-        if is_tag:
-            where = "no network and not in the local Hugging Face cache" if offline else str(error)
-            raise ModelError(f"cannot load pretrained weights {pretrained!r} for {name} ({where}). Download the "
-                             "checkpoint elsewhere and pass --pretrained /path/to/checkpoint.{pt,bin,safetensors}"
-                             ) from error
-        raise ModelError(f"cannot load {name} with --pretrained {pretrained} ({error})") from error
+        if not is_tag:
+            raise _checkpoint_error(name, pretrained, error) from error
+        where = "no network and not in the local Hugging Face cache" if offline else str(error)
+        raise ModelError(f"cannot load pretrained weights {pretrained!r} for {name} ({where}). Download the "
+                         "checkpoint elsewhere and pass --pretrained /path/to/checkpoint.{pt,bin,safetensors}"
+                         ) from error
+    except Exception as error:  # open_clip's checkpoint loading raises whatever torch.load, safetensors or its
+        if is_tag:              # own shape asserts raise: an unpickling error, EOFError, AssertionError, ...
+            raise
+        raise _checkpoint_error(name, pretrained, error) from error
     built.eval()
     cfg = dict(built.visual.preprocess_cfg)
     size = cfg["size"]
@@ -243,6 +250,43 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
     embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
     return ClipModel(built, preprocess, open_clip.get_tokenizer(name), target, precision, embed_dim, image_size,
                      tuple(cfg["mean"]), tuple(cfg["std"]), fields, notes)
+
+
+class _Held(logging.Handler):
+    """Keeps the log records it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def _held_log_records() -> Iterator[None]:
+    """Hold what is logged (open_clip logs through the root logger) while a model loads, and pass it on only when
+    the load succeeds: a failed load ends in our own one-line error, which open_clip's "ERROR:root:Failed to
+    download weights ..." line preceded."""
+    root, held = logging.getLogger(), _Held()
+    handlers = root.handlers[:]
+    root.handlers[:] = [held]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+    for record in held.records:  # reached only when the load did not raise
+        root.handle(record)
+
+
+def _checkpoint_error(name: str, pretrained: str, error: Exception) -> ModelError:
+    """One line for a checkpoint file open_clip cannot load as `name`'s weights (a checkpoint of another model, a
+    damaged or foreign file): the cause cut to its first words (a state-dict mismatch lists hundreds of keys)."""
+    cause = " ".join(f"{type(error).__name__}: {error}".split()) if str(error) else type(error).__name__
+    cause = cause if len(cause) <= CAUSE_CHARS else cause[:CAUSE_CHARS] + " …"
+    return ModelError(f"--pretrained {pretrained}: cannot load it as the weights of --model {name} ({cause}); pass "
+                      "the --model the checkpoint was trained as (an open_clip name from `lathadapter list models`, "
+                      "or a model-config JSON), or a checkpoint of this model")
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -393,10 +437,10 @@ def encode_images(clip: ClipModel, pixels: torch.Tensor, return_norms: bool = Fa
 
 
 @torch.no_grad()
-def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256, return_norms: bool = False
-                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256, return_norms: bool = False,
+                 on_batch: Callable[[int], None] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised text features `[N, D]` (float32, on the CPU) of `texts`, in batches; with `return_norms`, also
-    the norms `[N]` of the unnormalised features."""
+    the norms `[N]` of the unnormalised features. `on_batch(n)` follows each batch of n texts (progress)."""
     out, norms = [], []
     for start in range(0, len(texts), batch_size):
         tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(clip.device)
@@ -404,6 +448,8 @@ def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256, r
             features = clip.model.encode_text(tokens).float()
         out.append((features / features.norm(dim=-1, keepdim=True)).cpu())
         norms.append(features.norm(dim=-1).cpu())
+        if on_batch is not None:
+            on_batch(len(tokens))
     unit = torch.cat(out) if out else torch.zeros(0, clip.embed_dim)
     if not return_norms:
         return unit

@@ -38,6 +38,15 @@ def _ranges(values: list[int]) -> str:
     return ",".join(str(v) for v in values) if values else "-"
 
 
+def _augmentation(fields: object) -> str:
+    """How the views were drawn (`--crop-scale`, `--crop-ratio`, `--flip`), from the fingerprint's `augmentation`."""
+    if not isinstance(fields, dict) or not {"crop_scale", "crop_ratio", "hflip"} <= fields.keys():
+        return ""
+    (scale_low, scale_high), (ratio_low, ratio_high) = fields["crop_scale"], fields["crop_ratio"]
+    return (f": crop scale {scale_low:g}–{scale_high:g}, ratio {ratio_low:.3g}–{ratio_high:.3g}, "
+            f"flip {fields['hflip']:g}")
+
+
 def summary(path: str | Path) -> list[tuple[str, str]]:
     """The rows `cache info` prints: provenance, sizes, few-shot subsets and the file size."""
     with CacheReader(path) as reader:
@@ -60,7 +69,8 @@ def summary(path: str | Path) -> list[tuple[str, str]]:
         ("image size", str(size)),
         ("features", f"dim {info.embed_dim} · float16 · L2-normalised"),
         ("images", " · ".join(f"{split} {count}" for split, count in info.counts.items())),
-        ("views", f"{info.views} augmented views per train image (seed {fields.get('seed', '?')})"),
+        ("views", f"{info.views} augmented views per train image (seed {fields.get('seed', '?')})"
+                  + (_augmentation(fields.get("augmentation")) if info.views else "")),
         ("subsets", f"{len(info.subsets)}: shots {_ranges(shots)} × seeds {_ranges(seeds)}"
                     + (" · whole train split" if fields.get("full_train") else "")),
         ("val", ("the whole val split (Tip-Adapter's and GDA's official search set)"

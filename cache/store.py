@@ -59,6 +59,12 @@ class CacheError(ValueError):
     """A cache file is missing, incomplete, from another schema, or lacks what was asked of it."""
 
 
+class CacheChoiceError(CacheError):
+    """No `--cache` given where several caches could be meant: a usage mistake (the CLI exits 2, as `OptionError`)."""
+
+    exit_code = 2
+
+
 def corrupt(path: Path, error: BaseException, verify_hint: bool = True) -> CacheError:
     """The error for a cache file HDF5 cannot read (flipped bytes, a truncated copy): it names the file and the fix,
     where h5py's own message ("ran off end of input buffer") names neither."""
@@ -91,9 +97,16 @@ def resolve_cache(path: str | Path | None) -> Path:
             "or pass --cache PATH"
         )
     if len(found) > 1:
-        listed = "\n  ".join(str(p) for p in found)
-        raise CacheError(f"several caches in {DEFAULT_CACHE_DIR}/; choose one with --cache PATH:\n  {listed}")
+        listed = ", ".join(str(p) for p in found[:FOLDER_LISTED]) + (
+            f" and {len(found) - FOLDER_LISTED} more" if len(found) > FOLDER_LISTED else "")
+        raise CacheChoiceError(f"several caches in {DEFAULT_CACHE_DIR}/ ({listed}); choose one with --cache PATH")
     return found[0]
+
+
+def test_only_message(path: str | Path, dataset: str) -> str:
+    """What to say when a test-only cache (the ImageNet variants) is given where runs train: how it is used."""
+    return (f"{path} holds only a test split ({dataset} has no train split), so no few-shot subsets: use it as a "
+            "--target of the cross-dataset or domain protocols, not for fit, grid or a protocol's --cache")
 
 
 def folder_given(path: Path) -> str:
@@ -661,10 +674,7 @@ class CacheReader:
         """Row indices of the (`shots`, `seed`) subset into `splits/train` and `splits/val`, in Dassl's order, less
         the images left out by `--skip-bad` (so a class may have fewer than `shots` of them)."""
         if self.test_only:
-            raise CacheError(
-                f"{self.path} holds only a test split ({self.dataset_name} has no train split), so no few-shot "
-                "subsets: use it as a --target of the cross-dataset or domain protocols, not for fit"
-            )
+            raise CacheError(test_only_message(self.path, self.dataset_name))
         key = f"subsets/{subset_key(shots, seed)}"
         if key not in self._file:
             held = ", ".join(f"shots={k} seed={s}" for k, s in self.subsets()) or "none"

@@ -4,9 +4,10 @@ process trains on, each loaded once (`DataCache`)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from lathadapter.adapter.options import OptionError
-from lathadapter.cache.store import CacheError, CacheInfo, CacheReader, FewShotData
+from lathadapter.cache.store import CacheError, CacheInfo, CacheReader, FewShotData, test_only_message
 from lathadapter.experiments.spec import GridRun
 
 
@@ -31,10 +32,12 @@ def check_caches(runs: list[GridRun]) -> dict[str, CacheInfo]:
             unreadable.append(str(error))
             continue
         missing = sorted(pairs - set(info.subsets))
-        if missing:
+        if missing and info.counts["train"] == 0 and not info.subsets:  # a test-only cache: no rebuild gives subsets
+            problems.append(test_only_message(cache, str(info.fields.get("dataset", Path(cache).stem))))
+        elif missing:
             problems.append(f"{cache} holds no few-shot subset for {_subsets_text(missing)} (it holds: "
-                            f"{_subsets_text(info.subsets) or 'none'}); rebuild it with `--shots`/`--seeds` that "
-                            "include them")
+                            f"{_subsets_text(info.subsets) or 'none'}); rebuild it with `cache build --shots/--seeds` "
+                            "that include them, or ask this command for --shots/--seeds it holds")
         if cache in base and len(info.class_names) < 2:
             problems.append(f"{cache}: classes=base needs at least 2 classes; it has {len(info.class_names)}")
     if len(unreadable) == 1 and not problems:  # one missing or corrupt file: its own message, on one line

@@ -136,7 +136,9 @@ def disk_points(run_dir: Path) -> Path:
     folder when there are none."""
     path = run_dir / "points.pt"
     if not path.is_file():
-        raise ValueError(f"{run_dir} has no points.pt; the disk picture needs a lathadapter run directory")
+        problem = "has no points.pt" if run_dir.is_dir() else "does not exist"
+        raise ValueError(f"{run_dir} {problem}; the disk picture needs a lathadapter run directory (one holding "
+                         "points.pt)")
     return path
 
 

@@ -44,8 +44,8 @@ def script_hint() -> str:
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not main.endswith(".py") or os.path.abspath(main).startswith(package + os.sep):
         return ""
-    return (f"; {main} starts worker processes, and each imports it: start the grid under "
-            "`if __name__ == \"__main__\":` there")
+    return (f"; {main} starts worker processes, and each imports it, running its top-level code again: keep the "
+            "script's work (fit, launch, run_protocol, ...) under `if __name__ == \"__main__\":` there")
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a Linux process gets when its parent dies

@@ -61,8 +61,10 @@ def map_classes(source: tuple[list[str], list[str]], target: tuple[list[str], li
     lookup = {key: i for i, key in enumerate(keys_source)}
     missing = [key for key in keys_target if key not in lookup]
     if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise CacheError(f"{target_path}: {len(missing)} classes have no source class with the same {by}: {shown}")
+        raise OptionError(f"--target {target_path}: {len(missing)} of its {len(keys_target)} classes have no class "
+                          f"with the same {by} in the source {source_path}: {_shown(missing)}; a domain target "
+                          "holds the source's classes (all or some), matched by wnid, else by name: score a dataset "
+                          "of other classes with `protocol cross-dataset`")
     return [lookup[key] for key in keys_target]
 
 

@@ -440,7 +440,7 @@ def check_out(out: Path, folder: Path, force: bool) -> None:
             raise StateError(f"--out {out}: {path} is a file, not a folder; choose a folder for the run directories")
     if (folder / "metrics.json").exists() and not force:
         raise StateError(f"{folder} holds a finished run of this configuration (metrics.json); it is left as it is. "
-                          "Pass --force to train it again and overwrite it")
+                          "Pass --force (in Python: force=True) to train it again and overwrite it")
 
 
 def fit_config(config: RunConfig, cache_path: str | Path | None = None, *, device: str | None = None,

@@ -52,6 +52,8 @@ def test_info_summarises_the_cache(built: Path, coop_dataset) -> None:
     train, val = (len(set().union(*(draw[i] for draw in draws))) for i in (0, 1))
     assert f"train {train} · val {val} · test 64" in result.output
     assert "2: shots 1,2 × seeds 1" in result.output
+    # the views' crops and flips, here the field's defaults (scale 0.5-1, ratio 3/4-4/3, flip 1/2)
+    assert "2 augmented views per train image (seed 0): crop scale 0.5–1, ratio 0.75–1.33, flip 0.5" in result.output
     assert "161 phrases" in result.output and "KiB" in result.output
 
 
@@ -111,6 +113,8 @@ def test_user_errors_exit_with_a_message_and_no_traceback(coop_dataset, tiny_cli
         (_build_args(coop_dataset, tiny_clip, "--template", "photo"), 2, "must contain '{}' exactly once"),
         (_build_args(coop_dataset, tiny_clip, "--precision", "fp8"), 2, "--precision 'fp8' is not valid"),
         (["cache", "info", str(tmp_path / "none.h5")], 1, "does not exist"),
+        (_build_args(coop_dataset, tiny_clip, "--out", str(tmp_path)), 1,  # a folder: the dataset's file in it
+         f"--out {tmp_path} is a folder; give the cache file's path, e.g. {tmp_path / 'Shapes.h5'}"),
     ]
     for command in ("info", "verify"):  # the path named once
         result = runner.invoke(app, ["cache", command, str(tmp_path / "none.h5")])
@@ -123,6 +127,48 @@ def test_user_errors_exit_with_a_message_and_no_traceback(coop_dataset, tiny_cli
     (tmp_path / "oxford_pets").mkdir()
     result = runner.invoke(app, ["cache", "build", "--root", str(tmp_path), "--dataset", "oxford_pets"])
     assert result.exit_code == 1 and "split_zhou_OxfordPets.json not found" in result.output
+
+
+def test_a_checkpoint_that_is_not_the_models_weights_is_one_error_line(coop_dataset, tiny_clip,
+                                                                      tmp_path: Path) -> None:
+    """A checkpoint of another model (a wider text tower), an empty file and a foreign file each end in one line
+    naming --pretrained and --model, exit 1, before anything is written; they were a traceback (open_clip's assert),
+    click's bare "Aborted!" (EOFError) and an unpickling traceback."""
+    wider = tmp_path / "wider.json"
+    config = json.loads(tiny_clip.config.read_text())
+    config["text_cfg"]["width"] = 32
+    wider.write_text(json.dumps(config))
+    empty, foreign = tmp_path / "empty.pt", tmp_path / "foreign.pt"
+    empty.write_bytes(b"")
+    foreign.write_bytes(b"\xff\xd8\xff\xe0 not a checkpoint" * 40)
+    out = tmp_path / "c.h5"
+    for model, checkpoint in ((wider, tiny_clip.checkpoint), (tiny_clip.config, empty),
+                              (tiny_clip.config, foreign)):
+        args = _build_args(coop_dataset, tiny_clip, "--out", str(out))
+        args[args.index("--model") + 1], args[args.index("--pretrained") + 1] = str(model), str(checkpoint)
+        result = runner.invoke(app, args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"error: --pretrained {checkpoint}: cannot load it as the weights of --model "
+                                   f"{model.stem} ("), result.output
+        assert lines[0].endswith("or a checkpoint of this model") and len(lines[0]) < 600, result.output
+        assert not out.exists() and not out.with_name(out.name + ".tmp").exists()
+
+
+def test_the_text_encoding_shows_progress_before_the_images(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """The prompts and attribute phrases are encoded first, as a task of their own: on a CPU a ViT-B-16 takes about
+    0.1 s a prompt (minutes for ImageNet), which sat silent before the first image line."""
+    out = tmp_path / "c.h5"
+    args = _build_args(coop_dataset, tiny_clip, "--out", str(out))
+    args.remove("--no-progress")
+    result = runner.invoke(app, args)  # stderr is not a terminal here: plain progress lines
+    assert result.exit_code == 0, result.output
+    with h5py.File(out) as f:
+        prompts = len(f["text/templates"]) * len(f["classes/names"]) + len(f["attributes/phrases"])
+    lines = result.output.splitlines()
+    first, last = (next(i for i, line in enumerate(lines) if line.startswith(f"text: {done}/{prompts} prompts "))
+                   for done in (0, prompts))
+    assert first < last < next(i for i, line in enumerate(lines) if line.startswith("train: 0/")), result.output
 
 
 def test_rebuild_over_another_cache_needs_force(built: Path, coop_dataset, tiny_clip, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -35,6 +36,20 @@ def test_named_tag_without_network_fails_fast_and_says_how_to_pass_a_file(offlin
     assert "--pretrained /path/to/checkpoint.{pt,bin,safetensors}" in str(error.value)
     assert "no network" in str(error.value)
     assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.HF_HUB_OFFLINE is True
+
+
+def test_a_failed_load_is_reported_in_our_line_alone_and_a_good_ones_log_passes(offline_hub, tiny_clip,
+                                                                                 caplog: pytest.LogCaptureFixture
+                                                                                 ) -> None:
+    """open_clip logs "Failed to download weights ..." at ERROR before it raises; the build reports the failure in
+    its own line, so that record is dropped (the README promises one `error:` line). A load that succeeds passes
+    open_clip's records on (here its warning that `none` leaves the weights random)."""
+    with caplog.at_level(logging.WARNING), pytest.raises(ModelError, match="no network"):
+        load_model("ViT-B-32", "openai", device="cpu")
+    assert not caplog.records, [record.getMessage() for record in caplog.records]
+    with caplog.at_level(logging.WARNING):
+        load_model(str(tiny_clip.config), "none", device="cpu")
+    assert any("No pretrained weights loaded" in record.getMessage() for record in caplog.records)
 
 
 def test_offline_mode_is_left_alone_when_the_user_set_it(monkeypatch: pytest.MonkeyPatch) -> None:

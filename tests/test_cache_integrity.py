@@ -323,6 +323,16 @@ def test_a_test_only_cache_says_it_is_a_target_not_for_fit(tmp_path: Path) -> No
         with pytest.raises(CacheError, match="holds only a test split .imagenet_a has no train split.*--target of "
                                              "the cross-dataset or domain protocols, not for fit"):
             reader.load(16, 1)
+    # given as a protocol's source, it is named as such, not as a cache to rebuild with more shots
+    from typer.testing import CliRunner
+
+    from lathadapter.cli import app
+
+    result = CliRunner().invoke(app, ["protocol", "cross-dataset", "--cache", str(path), "--target", str(path),
+                                      "--method", "zeroshot", "--out", str(tmp_path / "p"), "--device", "cpu"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"{path} holds only a test split (imagenet_a has no train split)" in result.output
+    assert "rebuild" not in result.output and "a protocol's --cache" in result.output
 
 
 # one builder per output; the output path is checked before any model is loaded

@@ -121,7 +121,7 @@ def test_a_finished_run_is_never_overwritten_without_force(cache: Path, tmp_path
     first = fit(cache, "clip-adapter", shots=1, out=tmp_path, device="cpu", epochs=1, min_steps=2)
     metrics_file = Path(first["run_dir"]) / "metrics.json"
     before = metrics_file.read_bytes()
-    with pytest.raises(OptionError, match="finished run.*--force"):
+    with pytest.raises(OptionError, match=r"finished run.*--force \(in Python: force=True\)"):  # README's cell twice
         fit(cache, "clip-adapter", shots=1, out=tmp_path, device="cpu", epochs=1, min_steps=2)
     assert metrics_file.read_bytes() == before
     assert_clean_error(invoke("fit", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1", "--out",
@@ -130,6 +130,35 @@ def test_a_finished_run_is_never_overwritten_without_force(cache: Path, tmp_path
                     "--device", "cpu", "--force", *QUICK)
     assert result.exit_code == 0, result.output
     assert json.loads(metrics_file.read_text())["train_seconds"] != json.loads(before)["train_seconds"]
+
+
+def test_a_protocol_over_a_cache_without_its_shots_names_both_ways_out(cache: Path, tmp_path: Path) -> None:
+    """`protocol few-shot` asks for shots 1-16 × seeds 1-3; a cache built with fewer (here shots 1,2 × seed 1) is
+    refused before anything trains, naming what it lacks, what it holds and both fixes: a rebuild, or fewer shots."""
+    result = invoke("protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot", "--out",
+                    str(tmp_path / "p"), "--device", "cpu")
+    assert result.exit_code == RUNTIME and "Traceback" not in result.output, result.output
+    assert f"{cache} holds no few-shot subset for shots=1 seed=2" in result.output
+    assert "(it holds: shots=1 seed=1, shots=2 seed=1)" in result.output
+    assert "or ask this command for --shots/--seeds it holds" in result.output
+    assert not (tmp_path / "p" / "runs").exists()
+    done = invoke("protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot", "--shots", "1,2", "--seeds",
+                  "1", "--out", str(tmp_path / "p"), "--device", "cpu")
+    assert done.exit_code == 0, done.output  # the advice works
+
+
+def test_several_caches_and_no_cache_option_is_one_usage_line_naming_them(cache: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lathadapter fit --shots 4` picks the one cache under caches/; with several it asks for --cache in one line
+    (it was a list over several lines, exit 1) naming each: a missing option, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "caches").mkdir()
+    for name in ("dtd", "oxford_pets"):
+        (tmp_path / "caches" / f"{name}.h5").write_bytes(cache.read_bytes())
+    assert_clean_error(invoke("fit", "--shots", "1", "--device", "cpu", *QUICK),
+                       "several caches in caches/ (caches/dtd.h5, caches/oxford_pets.h5); choose one with --cache PATH",
+                       code=USAGE)
+    assert len(invoke("fit", "--shots", "1", "--device", "cpu", *QUICK).output.strip().splitlines()) == 1
 
 
 def test_version_and_lists() -> None:

@@ -281,7 +281,7 @@ def test_an_unguarded_script_whose_workers_die_is_told_to_guard_its_grid(cache: 
     assert failed.returncode != 0
     last = failed.stderr.strip().splitlines()[-1]
     assert "a worker process died" in last and f"{script} starts worker processes" in last, last
-    assert 'if __name__ == "__main__":' in last, last
+    assert 'if __name__ == "__main__":' in last and "top-level code" in last, last
     guarded = tmp_path / "guarded.py"
     guarded.write_text(body + "if __name__ == '__main__':\n    " + run.format(out=str(tmp_path / "b")))
     done = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, env=env, timeout=300)

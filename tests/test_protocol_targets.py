@@ -134,6 +134,25 @@ def test_mapping_by_name_refuses_names_that_several_classes_share(tmp_path: Path
     assert map_classes((names, wnids), (["x", "y"], ["n3", "n1"]), "s.h5", "t.h5") == [3, 1]
 
 
+def test_a_domain_target_with_classes_the_source_lacks_is_a_usage_mistake(tmp_path: Path) -> None:
+    """A dataset of other classes given to `protocol domain` (a cross-dataset target): exit 2, one line naming the
+    target, the classes it cannot map and the protocol that takes it; it was exit 1 and named no way out."""
+    common = dict(dim=16, views=2, shots=(16,), seeds=(1,), train_per_class=16, val_per_class=2, test_per_class=3)
+    source = write_synthetic_cache(tmp_path / "source.h5", num_classes=4, name="source", **common)
+    target = write_synthetic_cache(tmp_path / "target.h5", num_classes=3, name="target", **common)
+    rewrite_classes(source, ["tench", "goldfish", "shark", "ray"], [""] * 4)
+    rewrite_classes(target, ["goldfish", "red thing", "blue_thing"], [""] * 3)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["protocol", "domain", "--cache", str(source), "--target", str(target),
+                                      "--method", "zeroshot", "--seeds", "1", "--device", "cpu", "--out", str(out)])
+    message = result.output.strip()
+    assert result.exit_code == 2 and "\n" not in message and "Traceback" not in message, result.output
+    assert message.startswith(f"error: --target {target}: 2 of its 3 classes have no class with the same name in "
+                              f"the source {source}: 'red thing', 'blue thing'; "), message
+    assert message.endswith("`protocol cross-dataset`")
+    assert not list(out.glob("runs/*/metrics.json"))  # refused before anything trained
+
+
 def set_encoder(path: Path, **fields: object) -> None:
     """Give a cache's fingerprint other encoder fields (model, pretrained, checkpoint_sha256, ...), as a cache built
     with another --model or --pretrained has."""

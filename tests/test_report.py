@@ -230,6 +230,8 @@ def test_a_disk_run_without_points_fails_before_the_report_writes_anything(tmp_p
     with pytest.raises(ValueError, match=r"run has no points\.pt; the disk picture needs a lathadapter run"):
         write_report(results, tmp_path / "report", tmp_path / "run")
     assert not (tmp_path / "report").exists()  # before: the accuracy plots were written, then the error
+    with pytest.raises(ValueError, match=r"typo does not exist; the disk picture needs a lathadapter run"):
+        write_report(results, tmp_path / "report", tmp_path / "typo")  # was: "typo has no points.pt"
 
 
 def test_summary_markdown_writes_nothing(tmp_path: Path) -> None:
@@ -259,6 +261,22 @@ def test_report_errors_name_the_file_and_what_is_expected(tmp_path: Path) -> Non
                 read(path)
             assert str(raised.value).startswith(str(path)) and message in str(raised.value)
             assert "\n" not in str(raised.value)
+
+
+def test_a_report_folder_that_cannot_be_written_is_named_also_when_it_is_the_default(tmp_path: Path) -> None:
+    """`report GRID` writes GRID/report/: when that cannot be written (a read-only grid folder, here a file in the
+    way), the error names GRID/report, the folder written, not GRID as an --out the user never gave."""
+    from typer.testing import CliRunner
+
+    from lathadapter.cli import app
+
+    grid = tmp_path / "grid"
+    write_rows(grid / "results.csv", [row(seed=1)])
+    (grid / "report").write_text("in the way")
+    result = CliRunner().invoke(app, ["report", str(grid)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip() == (f"error: --out {grid / 'report'}: cannot write there: a part of the path is a "
+                                     "file, not a folder; choose another --out")
 
 
 def test_hierarchy_diagnostics_get_one_compact_table_of_means_over_seeds(tmp_path: Path) -> None:
