@@ -35,7 +35,7 @@ def calibration(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, 
     correct = (prediction == labels).double()
     edges = torch.linspace(0, 1, BINS + 1, dtype=torch.float64)
     ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
         inside = (confidence > low) & (confidence <= high)
         if inside.any():
             ece += inside.double().mean().item() * abs(confidence[inside].mean().item() - correct[inside].mean().item())

@@ -155,9 +155,9 @@ def _check_out(out: Path, name: str) -> None:
 
 
 def _check_images_exist(splits: DatasetSplits, indices: dict[str, list[int]]) -> None:
-    """Refuse, before the model loads, a build whose split source lists images that are not there, naming how many
-    and the first few: encoding met them one at a time, the test split's last, after the train views' minutes or
-    hours. One stat a listed image (Food-101's 30,300 test images: well under a second on a local disk)."""
+    """Refuse, before any image is encoded, a build whose split source lists images that are not there, naming how
+    many and the first few: encoding met them one at a time, the test split's last, after the train views' minutes
+    or hours. One stat a listed image (Food-101's 30,300 test images: well under a second on a local disk)."""
     items = {"train": splits.train, "val": splits.val, "test": splits.test}
     missing = [items[split][i][0] for split in SPLITS for i in indices[split]
                if not (splits.folder / items[split][i][0]).is_file()]
@@ -617,8 +617,6 @@ def build(
     out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
     _check_out(out, splits.name)
     indices, subsets, val_shots = plan_layout(splits, shots, seeds, full_train, val_all=val == "all")
-    if not skip_bad:
-        _check_images_exist(splits, indices)
     phrases = load_attributes(Path(attributes) if attributes is not None else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     with build_lock(out):
@@ -636,6 +634,8 @@ def build(
         if out.exists() and not force and _up_to_date(out, fields):
             say(f"{out} is up to date (same fingerprint {fingerprint_of(fields)})")
             return BuildResult(out, "up to date", stats, notes)
+        if not skip_bad:  # after that check: a cache stays up to date once its images are deleted (ImageNet's)
+            _check_images_exist(splits, indices)
 
         items = {"train": splits.train, "val": splits.val, "test": splits.test}
         layout = CacheLayout(

@@ -272,10 +272,18 @@ def test_unreadable_image_stops_the_build_unless_skip_bad(coop_dataset, tiny_cli
         paths = list(reader.file["splits/test/paths"].asstr()[()])
         assert not reader.file["splits/test/features"][paths.index(bad)].any()
         assert reader.load_test().test_labels.shape[0] == len(paths) - 1, "the reader drops the skipped image"
-    # a listed image that is not there is refused before the model loads, whichever split lists it (encoding met it
+    # a listed image that is not there is refused before any is encoded, whichever split lists it (encoding met it
     # only when it got there: the test split's after every train view); --skip-bad skips it as unreadable
     missing = tmp_path / "missing.h5"
+    whole = tmp_path / "whole.h5"  # built while every image was there
+    (tmp_path / "small" / bad).write_bytes((coop_dataset.folder / bad).read_bytes())
+    assert build(None, f"split:{split_file}", whole, **options).status == "built"
     (tmp_path / "small" / bad).unlink()
+    # a cache built before its images were deleted (ImageNet's, to free the disk) is still up to date; rebuilding it
+    # needs them
+    assert build(None, f"split:{split_file}", whole, **options).status == "up to date"
+    with pytest.raises(BuildError, match="1 of the images the split source lists are missing"):
+        build(None, f"split:{split_file}", whole, force=True, **options)
     with pytest.raises(BuildError) as raised:
         build(None, f"split:{split_file}", missing, **options)
     assert str(raised.value) == (f"1 of the images the split source lists are missing under {tmp_path / 'small'}: "
