@@ -53,14 +53,16 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
                 "out": str(paths[dataset].resolve())}
 
     results, problems = [], []
+    say = build_options.get("log")  # this process's: a local build's lines follow a line naming its dataset
     if backend == "local":
-        for dataset in datasets:
+        for number, dataset in enumerate(datasets, 1):
+            if say is not None:
+                say(f"{dataset} ({number}/{len(datasets)}): building {paths[dataset]}")
             try:
                 results.append(_build_one(dataset, options(dataset)))
             except (ValueError, OSError) as error:
                 problems.append(f"{dataset}: {error}")
-    else:
-        say = build_options.get("log")  # this process's: a task's builds print on their worker (no bars)
+    else:  # a task's builds print on their worker (no bars): a line here as each ends
         with connect(address, init_options) as ray:
             gpus = ray.cluster_resources().get("GPU", 0)
             task = ray.remote(_build_one).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)

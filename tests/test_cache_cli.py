@@ -285,6 +285,9 @@ def test_build_many_names_caches_as_cache_build_does_and_refuses_two_on_one_file
                                  str(out), *common])
     assert result.exit_code == 0, result.output
     assert [p.name for p in out.iterdir()] == ["Shapes.h5"]  # split_zhou_Shapes.json: the dataset Shapes
+    # each build's progress lines follow a line naming its dataset (the builds' own lines do not)
+    announce = f"split:{coop_dataset.split_file} (1/1): building {out / 'Shapes.h5'}"
+    assert announce in result.output and result.output.index(announce) < result.output.index("train"), result.output
     for folder in ("fa/imgs", "fb/imgs", "Shapes"):
         (tmp_path / folder).mkdir(parents=True)
     cases = [
