@@ -367,6 +367,11 @@ def test_grid_file_values_mean_what_they_mean_on_the_command_line(tmp_path: Path
     assert [r.config for r in from_file] == [r.config for r in from_cli]
     assert {(r.config.options.attr_proto, r.config.options.lr) for r in from_file} == {
         (True, 0.001), (True, 1.0), (False, 0.001), (False, 1.0)}
+    # a single value is a list of one (README), as `--shots 4` is
+    (tmp_path / "one.yaml").write_text("caches: a.h5\nmethods: lathadapter\nshots: 4\nseeds: 2\noptions:\n"
+                                       "  lr: 0.001\n")
+    assert [(r.config.shots, r.config.seed, r.config.options.lr) for r in expand(GridSpec(
+        **load_spec_file(tmp_path / "one.yaml")))] == [(4, 2, 0.001)]
     from lathadapter.experiments.spec import override
 
     axes = load_spec_file(tmp_path / "g.yaml")
