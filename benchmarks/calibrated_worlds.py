@@ -14,7 +14,8 @@ test or study uses. Contexts, seeds 1–3: few-shot 4 and 16 shots, base-to-nove
   - test, read once after that: zero-shot, those five configurations, the study's baselines with `--tune-preset lr`
     plus ZS-LP and CLAP (tuned), and CLAP untuned; per world and the mean over worlds.
 Every run goes through the grid machinery (`launch`, one folder per kind of run, resumable); the calibration table of
-the worlds (and of their uncalibrated twins: the same images, text_signal None) is printed first.
+the worlds (and of their uncalibrated twins: the same images, text_signal None) is printed first. `--twins` runs the
+control: everything the same on the uncalibrated twins (results `calibrated_worlds_twins.txt`, `.json`).
 """
 
 from __future__ import annotations
@@ -142,29 +143,34 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DATA / "calibrated-worlds")
     parser.add_argument("--jobs", type=int, default=2, help="grid workers of one thread each")
     parser.add_argument("--save", type=Path, default=RESULTS / "calibrated_worlds.json")
+    parser.add_argument("--twins", action="store_true", help="the control: the same on the uncalibrated twins "
+                        "(text_signal None), into OUT/uncalibrated and SAVE's name + _twins")
     args = parser.parse_args()
+    if args.twins:
+        args.save = args.save.with_name(f"{args.save.stem}_twins{args.save.suffix}")
     torch.set_num_threads(1)
     start = time.perf_counter()
     log: list[str] = []
     emit(log, f"# benchmarks/calibrated_worlds.py; torch {torch.__version__}, {args.jobs} worker(s) × 1 thread; "
               f"worlds {', '.join(f'{n} (seed {s})' for n, (s, _) in WORLDS.items())}, 40 classes, D = 128, "
               f"{TEST_PER_CLASS} test images a class")
-    caches = calibrated_worlds(args.out)
+    caches = calibrated_worlds(args.out, calibrated=not args.twins)
+    runs = args.out / "uncalibrated" if args.twins else args.out
     for name, path in caches.items():
         with CacheReader(path) as reader:
             info = reader.info()
         emit(log, f"{name}: {path.name}, fingerprint {info.fingerprint}")
     calibration_table(args.out, log)
-    grid = args.out / "grid"
+    grid = runs / "grid"
     train_lathadapter(caches, [DEFAULTS, *VARIANTS.values()], grid, args.jobs)
     emit(log, f"\nLatHAdapter runs: {time.perf_counter() - start:.0f} s since the start")
     val = val_table(caches, grid, log)
     baseline_start = time.perf_counter()
-    train_baselines(caches, args.out / "baselines", args.jobs, tune=True)
-    train_baselines(caches, args.out / "untuned", args.jobs, tune=False)
+    train_baselines(caches, runs / "baselines", args.jobs, tune=True)
+    train_baselines(caches, runs / "untuned", args.jobs, tune=False)
     emit(log, f"\nBaselines: {time.perf_counter() - baseline_start:.0f} s")
     rows = {"LatHAdapter, today's defaults": DEFAULTS, **{f"LatHAdapter, {n}": c for n, c in VARIANTS.items()}}
-    tests = test_tables(caches, rows, args.out / "baselines", grid, log, {" (untuned)": args.out / "untuned"})
+    tests = test_tables(caches, rows, runs / "baselines", grid, log, {" (untuned)": runs / "untuned"})
     emit(log, f"\nWall time: {time.perf_counter() - start:.0f} s")
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text(json.dumps({"worlds": WORLDS, "text_signal": TEXT_SIGNAL, "defaults": DEFAULTS,
