@@ -96,16 +96,16 @@ def overrides(config: Config) -> Config:
 
 
 def clip_worlds(folder: Path, worlds: dict[str, tuple[int, bool]], shots: tuple[int, ...], seeds: tuple[int, ...],
-                prefix: str) -> dict[str, Path]:
+                prefix: str, **options: Any) -> dict[str, Path]:
     """CLIP-like caches of 40 classes (`write_clip_world`), one per name: (generator seed, class text carries
-    attributes), each written once under `folder`."""
+    attributes), each written once under `folder`; `options` go to `write_clip_world` as they are."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, (seed, text_attributes) in worlds.items():
         path = folder / f"clip-{name}-{seed}.h5"
         if not path.exists():
             write_clip_world(path, num_classes=CLASSES, dim=128, families=5, text_attributes=text_attributes,
-                             shots=shots, seeds=seeds, seed=seed, name=f"{prefix}-{name}")
+                             shots=shots, seeds=seeds, seed=seed, name=f"{prefix}-{name}", **options)
         paths[name] = path
     return paths
 
@@ -266,8 +266,9 @@ def stage(caches: dict[str, Path], centre: Config, configs: list[Config], out: P
 
 
 def test_tables(caches: dict[str, Path], rows: dict[str, Config], baseline_out: Path, out: Path,
-                log: list[str]) -> dict[str, Any]:
-    """Test accuracy, read once after choosing: one table per world and one of the means over worlds."""
+                log: list[str], more_baselines: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Test accuracy, read once after choosing: one table per world and one of the means over worlds.
+    `more_baselines` maps a row suffix to another baselines' folder (its rows are "<method><suffix>")."""
     cells: dict[str, dict[str, dict[str, list[float]]]] = {}  # row → world → column → per-seed values
 
     def add(row: str, world: str, column: str, value: Any) -> None:
@@ -283,10 +284,11 @@ def test_tables(caches: dict[str, Path], rows: dict[str, Config], baseline_out: 
                 add(row, r["world"], "base", m["accuracy"]["base"])
                 add(row, r["world"], "novel", m["accuracy"]["novel"])
     names = {str(p): n for n, p in caches.items()}
-    for row in collect_rows(baseline_out):
+    folders = [(baseline_out, ""), *[(folder, suffix) for suffix, folder in (more_baselines or {}).items()]]
+    for row, suffix in [(row, suffix) for folder, suffix in folders for row in collect_rows(folder)]:
         if row.get("tune.group") and not row.get("tune.selected"):
             continue
-        method, world = row["method"], names[row["cache"]]
+        method, world = f"{row['method']}{suffix}", names[row["cache"]]
         if row["classes"] == "all":
             add(method, world, f"{row['shots']}s", row["acc_all"])
         else:

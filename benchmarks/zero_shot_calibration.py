@@ -2,8 +2,11 @@
 confidence, expected calibration error (ECE, 15 equal-width confidence bins) and the mean probability of the true
 class, on each world's test split, with CLIP's logit scale 100 and the CoOp template's text features.
 
-    python benchmarks/zero_shot_calibration.py [--data benchmarks/.data/lpp-val-set] [--save
-                                                benchmarks/results/zero_shot_calibration.txt]
+    python benchmarks/zero_shot_calibration.py [--data benchmarks/.data/lpp-val-set]
+        [--calibrated benchmarks/.data/calibrated-worlds] [--save benchmarks/results/zero_shot_calibration.txt]
+
+The worlds: the defaults study's five (benchmarks/lathadapter_study.py), and benchmarks/calibrated_worlds.py's four
+(`write_clip_world(text_signal=...)`) with their uncalibrated twins (text_signal None: the same images and seeds).
 
 Methods that read zero-shot probabilities (CLAP's multipliers are the per-class mean probability of the true class)
 behave as the worlds' calibration makes them: a world whose zero-shot softmax is overconfident gives them near 0-or-1
@@ -43,15 +46,10 @@ def calibration(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, 
             "p_true": probabilities.gather(1, labels[:, None]).mean().item()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DATA / "lpp-val-set", help="where the worlds are (written once)")
-    parser.add_argument("--save", type=Path, default=RESULTS / "zero_shot_calibration.txt")
-    args = parser.parse_args()
-    lines = [f"# benchmarks/zero_shot_calibration.py; zero-shot (logit scale {LOGIT_SCALE:.0f}), test split, "
-             f"ECE over {BINS} bins", "", "| world | accuracy | mean confidence | ECE | mean p(true class) |",
-             "| --- | --- | --- | --- | --- |"]
-    for name, path in worlds(args.data).items():
+def calibration_rows(worlds: dict[str, Path]) -> list[str]:
+    """A markdown table of each world's zero-shot calibration on its test split."""
+    lines = ["| world | accuracy | mean confidence | ECE | mean p(true class) |", "| --- | --- | --- | --- | --- |"]
+    for name, path in worlds.items():
         with CacheReader(path) as reader:
             data = reader.load(*reader.info().subsets[0])  # any subset: the test split and the text are shared
         images = F.normalize(data.test_features.double(), dim=-1)
@@ -59,6 +57,25 @@ def main() -> None:
         found = calibration((LOGIT_SCALE * images @ text.T).softmax(dim=1), data.test_labels)
         lines.append(f"| {name} | {100 * found['accuracy']:.2f} | {100 * found['confidence']:.2f} | "
                      f"{100 * found['ece']:.2f} | {100 * found['p_true']:.2f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA / "lpp-val-set", help="where the worlds are (written once)")
+    parser.add_argument("--calibrated", type=Path, default=DATA / "calibrated-worlds",
+                        help="where benchmarks/calibrated_worlds.py's worlds are (written once)")
+    parser.add_argument("--save", type=Path, default=RESULTS / "zero_shot_calibration.txt")
+    args = parser.parse_args()
+    from calibrated_worlds import TEXT_SIGNAL, WORLDS, calibrated_worlds  # here: that script imports this one
+
+    signal = {name: TEXT_SIGNAL[text_attributes] for name, (_, text_attributes) in WORLDS.items()}
+    found = {**worlds(args.data),
+             **{f"{n} (text_signal None)": p for n, p in calibrated_worlds(args.calibrated, calibrated=False).items()},
+             **{f"{n} (text_signal {signal[n]})": p for n, p in calibrated_worlds(args.calibrated).items()}}
+    lines = [f"# benchmarks/zero_shot_calibration.py; zero-shot (logit scale {LOGIT_SCALE:.0f}), test split, "
+             f"ECE over {BINS} bins; the defaults study's worlds, then benchmarks/calibrated_worlds.py's, each "
+             "after its uncalibrated twin (the same images)", "", *calibration_rows(found)]
     print("\n".join(lines))
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text("\n".join(lines) + "\n")

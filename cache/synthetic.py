@@ -166,6 +166,20 @@ def _partner(rng: np.random.Generator, directions: np.ndarray, agreement: np.nda
     return _normalize(agreement * directions + np.sqrt(1 - np.square(agreement)) * private)
 
 
+TEXT_SIGNAL = 0.45  # `write_clip_world`'s share of a text feature that is its own: 0.35 name or word, 0.1 noise
+
+
+def _text_weights(text_signal: float | None) -> tuple[float, float, float, float]:
+    """Weights of a text feature's common direction, its name (or word) part and its noise, and the second
+    template's perturbation: the own parts share `text_signal` in their original 0.35 : 0.1 ratio, and the second
+    template moves the own part as much relative to its size (None: the original weights, bit for bit)."""
+    if text_signal is None:
+        return float(np.sqrt(0.55)), float(np.sqrt(0.35)), float(np.sqrt(0.1)), 0.3
+    shrink = text_signal / TEXT_SIGNAL
+    return (float(np.sqrt(1 - text_signal)), float(np.sqrt(0.35 * shrink)), float(np.sqrt(0.1 * shrink)),
+            0.3 * float(np.sqrt(shrink)))
+
+
 def write_clip_world(
     path: Path,
     num_classes: int = 40,
@@ -180,6 +194,7 @@ def write_clip_world(
     seeds: tuple[int, ...] = (1, 2, 3),
     seed: int = 0,
     name: str = "clipworld",
+    text_signal: float | None = None,
 ) -> Path:
     """Write a synthetic cache shaped like CLIP ViT-B/16 features of a fine-grained dataset, at `path`.
 
@@ -197,9 +212,16 @@ def write_clip_world(
     `text_attributes` a class's text is its name part plus its attributes' text directions (as fine-grained names
     carry attribute words), otherwise the name part alone. The attribute vocabulary holds the attribute words' text
     features (phrases "red", "spotted", …), so LatHAdapter's attribute prompts start from them.
+
+    `text_signal` is the share of a text feature's squared norm that is its own (name, attributes, noise), the
+    common text direction holding the rest: None keeps the original 0.45, whose image–text cosines differ between
+    classes by so much that CLIP's logit scale 100 makes zero-shot far more confident than right (ECE 19–35 points);
+    a smaller share shrinks every such difference alike (the argmax barely moves), e.g. 0.05 for a CLIP-like ECE.
     """
     if families < 1 or families > len(FAMILIES):
         raise ValueError(f"families must be 1..{len(FAMILIES)}")
+    if text_signal is not None and not 0 < text_signal <= 1:
+        raise ValueError("text_signal must be in (0, 1]")
     rng = np.random.default_rng([seed, 1801])
     family_of = np.arange(num_classes) % families
     # Attribute triplets (colour, pattern, shape): distinct within a family, so every class name is unique.
@@ -261,11 +283,11 @@ def write_clip_world(
     if text_attributes:
         semantic = semantic + 0.4 * attribute_text[class_attributes].sum(axis=1)
     text_noise = rng.standard_normal((2, num_classes, dim)) / np.sqrt(dim)
-    text = _normalize(np.sqrt(0.55) * common_text + np.sqrt(0.35) * _normalize(semantic)
-                      + np.sqrt(0.1) * text_noise[0])
-    second = _normalize(text + 0.3 * text_noise[1])
-    vocabulary = _normalize(np.sqrt(0.55) * common_text + np.sqrt(0.35) * attribute_text
-                            + np.sqrt(0.1) * rng.standard_normal((num_attributes, dim)) / np.sqrt(dim))
+    common, own, own_noise, template_noise = _text_weights(text_signal)
+    text = _normalize(common * common_text + own * _normalize(semantic) + own_noise * text_noise[0])
+    second = _normalize(text + template_noise * text_noise[1])
+    vocabulary = _normalize(common * common_text + own * attribute_text
+                            + own_noise * rng.standard_normal((num_attributes, dim)) / np.sqrt(dim))
 
     scale = np.random.default_rng([seed, 1802])
     norms = RawNorms(
@@ -281,7 +303,8 @@ def write_clip_world(
     layout = CacheLayout(
         fingerprint={"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
                      "families": families, "text_attributes": text_attributes, "train_per_class": train_per_class,
-                     "test": len(labels["test"]), "model": "synthetic-clip", "val": "all"},
+                     "test": len(labels["test"]), "model": "synthetic-clip", "val": "all",
+                     **({} if text_signal is None else {"text_signal": text_signal})},
         class_names=class_names,
         embed_dim=dim,
         views=views,
