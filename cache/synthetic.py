@@ -221,7 +221,7 @@ def write_clip_world(
     if families < 1 or families > len(FAMILIES):
         raise ValueError(f"families must be 1..{len(FAMILIES)}")
     if text_signal is not None and not 0 < text_signal <= 1:
-        raise ValueError("text_signal must be in (0, 1]")
+        raise ValueError(f"text_signal={text_signal!r} is not valid; give a share in (0, 1] (None: the original 0.45)")
     rng = np.random.default_rng([seed, 1801])
     family_of = np.arange(num_classes) % families
     # Attribute triplets (colour, pattern, shape): distinct within a family, so every class name is unique.
