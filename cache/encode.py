@@ -231,17 +231,20 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
             built, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=checkpoint, precision="fp32" if precision == "amp" else precision, device=target,
                 force_quick_gelu=force)
-    except RuntimeError as error:
-        if not is_tag:
+    except torch.cuda.OutOfMemoryError as error:  # building the model, whatever its weights: not a checkpoint's fault
+        raise ModelError(f"--device {target}: out of memory building {name} ({_cause(error)}); free the device's "
+                         "memory or pass --device cpu") from error
+    except Exception as error:  # open_clip's checkpoint loading raises whatever torch.load, safetensors or its
+        if kind == "file":      # own shape asserts raise: an unpickling error, EOFError, AssertionError, ...
             raise _checkpoint_error(name, pretrained, error) from error
+        if kind == "none":  # a random init: no checkpoint to blame
+            raise ModelError(f"cannot build --model {name} with --pretrained none ({_cause(error)})") from error
+        if not isinstance(error, RuntimeError):
+            raise
         where = "no network and not in the local Hugging Face cache" if offline else str(error)
         raise ModelError(f"cannot load pretrained weights {pretrained!r} for {name} ({where}). Download the "
                          "checkpoint elsewhere and pass --pretrained /path/to/checkpoint.{pt,bin,safetensors}"
                          ) from error
-    except Exception as error:  # open_clip's checkpoint loading raises whatever torch.load, safetensors or its
-        if is_tag:              # own shape asserts raise: an unpickling error, EOFError, AssertionError, ...
-            raise
-        raise _checkpoint_error(name, pretrained, error) from error
     built.eval()
     cfg = dict(built.visual.preprocess_cfg)
     size = cfg["size"]
@@ -279,14 +282,19 @@ def _held_log_records() -> Iterator[None]:
         root.handle(record)
 
 
+def _cause(error: Exception) -> str:
+    """`error` as one line of at most `CAUSE_CHARS` characters, its type first (a state-dict mismatch lists hundreds
+    of keys over many lines)."""
+    cause = " ".join(f"{type(error).__name__}: {error}".split()) if str(error) else type(error).__name__
+    return cause if len(cause) <= CAUSE_CHARS else cause[:CAUSE_CHARS] + " …"
+
+
 def _checkpoint_error(name: str, pretrained: str, error: Exception) -> ModelError:
     """One line for a checkpoint file open_clip cannot load as `name`'s weights (a checkpoint of another model, a
     damaged or foreign file): the cause cut to its first words (a state-dict mismatch lists hundreds of keys)."""
-    cause = " ".join(f"{type(error).__name__}: {error}".split()) if str(error) else type(error).__name__
-    cause = cause if len(cause) <= CAUSE_CHARS else cause[:CAUSE_CHARS] + " …"
-    return ModelError(f"--pretrained {pretrained}: cannot load it as the weights of --model {name} ({cause}); pass "
-                      "the --model the checkpoint was trained as (an open_clip name from `lathadapter list models`, "
-                      "or a model-config JSON), or a checkpoint of this model")
+    return ModelError(f"--pretrained {pretrained}: cannot load it as the weights of --model {name} "
+                      f"({_cause(error)}); pass the --model the checkpoint was trained as (an open_clip name from "
+                      "`lathadapter list models`, or a model-config JSON), or a checkpoint of this model")
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -138,3 +138,31 @@ def test_bad_model_options_are_named(tiny_clip, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="CUDA is not available on this machine; use --device cpu"):
             load_model(str(tiny_clip.config), "none", device="cuda")
+
+
+def test_a_failure_to_build_the_model_is_not_blamed_on_a_checkpoint(tiny_clip, monkeypatch: pytest.MonkeyPatch
+                                                                    ) -> None:
+    """Running out of device memory while the model is built is said as such, whatever --pretrained is; with
+    --pretrained none (a random init) there is no checkpoint to blame. Both said 'cannot load it as the weights of
+    --model ...; pass the --model the checkpoint was trained as'."""
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", out_of_memory)
+    for pretrained in (str(tiny_clip.checkpoint), "none"):
+        with pytest.raises(ModelError) as raised:
+            load_model(str(tiny_clip.config), pretrained, device="cpu")
+        assert str(raised.value) == (f"--device cpu: out of memory building {tiny_clip.name} (OutOfMemoryError: "
+                                     "CUDA out of memory. Tried to allocate 1.50 GiB); free the device's memory or "
+                                     "pass --device cpu")
+
+    def bad_config(*args: object, **kwargs: object) -> None:
+        raise ValueError("vision_cfg: layers must be positive")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", bad_config)
+    with pytest.raises(ModelError) as raised:
+        load_model(str(tiny_clip.config), "none", device="cpu")
+    assert str(raised.value) == (f"cannot build --model {tiny_clip.name} with --pretrained none (ValueError: "
+                                 "vision_cfg: layers must be positive)")
+    with pytest.raises(ModelError, match="cannot load it as the weights of --model"):  # a checkpoint: its fault
+        load_model(str(tiny_clip.config), str(tiny_clip.checkpoint), device="cpu")
