@@ -31,6 +31,7 @@ import torch
 from lathadapter.adapter.methods.linear_probe import LinearProbe, LinearProbeOptions
 from lathadapter.adapter.options import option
 from lathadapter.adapter.registry import register
+from lathadapter.adapter.trainer import training_views
 from lathadapter.cache.store import FewShotData
 
 # The official CONSTRAINT values whose dissimilarity is l2 and whose multipliers stay fixed (`init_lagrangian_
@@ -52,10 +53,8 @@ class ClapOptions(LinearProbeOptions):
 def support_views(data: FewShotData) -> tuple[torch.Tensor, torch.Tensor]:
     """The support set's views the multipliers are computed on, [M, D], and their labels: every cached augmented view
     of every train image (the clean view when the cache has none)."""
-    augmented = data.train_augmented
-    if augmented.shape[1] == 0:
-        return data.train_features, data.train_labels
-    return augmented.reshape(-1, augmented.shape[-1]), data.train_labels.repeat_interleave(augmented.shape[1])
+    rows, views = training_views(data, "augmented")  # the trainer's rows: image i's view j at row i·V + j
+    return rows, data.train_labels.repeat_interleave(views)
 
 
 def multipliers(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
