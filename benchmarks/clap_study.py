@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,16 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lathadapter_study import DATA, RESULTS, SEEDS, worlds  # noqa: E402 — the study's worlds, written once
+from lathadapter_study import DATA, RESULTS, SEEDS, emit, test_tables, worlds  # noqa: E402 — the study's worlds and tables
 
 from lathadapter.cache.store import CacheReader  # noqa: E402
 from lathadapter.experiments.execution import Execution  # noqa: E402
 from lathadapter.experiments.launch import launch  # noqa: E402
 from lathadapter.experiments.spec import GridSpec  # noqa: E402
-from lathadapter.experiments.table import collect_rows  # noqa: E402
 
 CONTEXTS = (("all", (4, 16)), ("base", (16,)))
-COLUMNS = ("4s", "16s", "base")
 UNTUNED = ["zeroshot", "linear-probe", "clap", "lathadapter"]
 TUNED = ["linear-probe", "clap"]
 
@@ -47,43 +44,6 @@ def train(caches: dict[str, Path], methods: list[str], out: Path, jobs: int, tun
     return time.perf_counter() - start
 
 
-def cells(caches: dict[str, Path], out: Path, suffix: str) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """row → world → column → per-seed test accuracy, from `out`'s results table (a tuned group's selected run)."""
-    names = {str(p): n for n, p in caches.items()}
-    table: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for row in collect_rows(out):
-        if row.get("tune.group") and not row.get("tune.selected"):
-            continue
-        column = f"{row['shots']}s" if row["classes"] == "all" else "base"
-        value = row["acc_all"] if row["classes"] == "all" else row["acc_base"]
-        if value in (None, ""):
-            continue
-        by_world = table.setdefault(f"{row['method']}{suffix}", {}).setdefault(names[row["cache"]], {})
-        by_world.setdefault(column, []).append(float(value))
-    return table
-
-
-def render(table: dict[str, dict[str, dict[str, list[float]]]], caches: dict[str, Path]) -> list[str]:
-    """A markdown table per world (mean ± std over seeds) and one of the means over worlds."""
-    lines = []
-    for world in [*caches, "mean over worlds"]:
-        lines += ["", f"### {world}: test accuracy (%)" + ("" if world.startswith("mean") else ", mean ± std, seeds "
-                                                          "1-3"), "", "| method | " + " | ".join(COLUMNS) + " |",
-                  "| --- " * (len(COLUMNS) + 1) + "|"]
-        for row, by_world in table.items():
-            texts = []
-            for column in COLUMNS:
-                if world == "mean over worlds":
-                    means = [statistics.fmean(by_world[w][column]) for w in caches if by_world.get(w, {}).get(column)]
-                    texts.append(f"{statistics.fmean(means):.2f}" if len(means) == len(caches) else "n/a")
-                    continue
-                values = by_world.get(world, {}).get(column, [])
-                texts.append(f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1
-                             else "n/a")
-            lines.append(f"| {row} | " + " | ".join(texts) + " |")
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA / "lpp-val-set", help="where the worlds are (written once)")
@@ -93,17 +53,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     caches = worlds(args.data)
-    lines = [f"# benchmarks/clap_study.py; torch {torch.__version__}, {args.jobs} process(es) × 1 thread"]
+    lines: list[str] = []
+    emit(lines, f"# benchmarks/clap_study.py; torch {torch.__version__}, {args.jobs} process(es) × 1 thread")
     for name, path in caches.items():
         with CacheReader(path) as reader:
             info = reader.info()
-        lines.append(f"{name}: {path.name}, fingerprint {info.fingerprint}, {info.counts['val']} val images")
+        emit(lines, f"{name}: {path.name}, fingerprint {info.fingerprint}, {info.counts['val']} val images")
     seconds = {"untuned": train(caches, UNTUNED, args.out / "untuned", args.jobs, tune=False),
                "tuned": train(caches, TUNED, args.out / "tuned", args.jobs, tune=True)}
-    table = {**cells(caches, args.out / "untuned", ""), **cells(caches, args.out / "tuned", " (lr tuned on val)")}
-    lines += render(table, caches)
-    lines.append(f"\nwall seconds: untuned {seconds['untuned']:.0f}, tuned {seconds['tuned']:.0f} (a rerun resumes)")
-    print("\n".join(lines))
+    # the study's tables: every method of the untuned folder by its name, the tuned folder's with a suffix
+    table = test_tables(caches, {}, args.out / "untuned", args.out, lines,
+                        {" (lr tuned on val)": args.out / "tuned"})
+    emit(lines, f"\nwall seconds: untuned {seconds['untuned']:.0f}, tuned {seconds['tuned']:.0f} (a rerun resumes)")
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text(json.dumps({"table": table, "seconds": seconds}, indent=1) + "\n")
     args.save.with_suffix(".txt").write_text("\n".join(lines) + "\n")
