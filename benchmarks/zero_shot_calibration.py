@@ -35,19 +35,24 @@ BINS = 15
 LOGIT_SCALE = 100.0
 
 
+def bins(probabilities: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, float, float]]:
+    """(share of the images, mean top-1 confidence, accuracy) of each non-empty bin of `BINS` equal-width bins of the
+    top-1 confidence."""
+    confidence, prediction = probabilities.max(dim=1)
+    correct = (prediction == labels).double()
+    edges = torch.linspace(0, 1, BINS + 1, dtype=torch.float64)
+    return [(inside.double().mean().item(), confidence[inside].mean().item(), correct[inside].mean().item())
+            for low, high in zip(edges[:-1], edges[1:], strict=True)
+            if (inside := (confidence > low) & (confidence <= high)).any()]
+
+
 def calibration(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Accuracy, mean confidence, ECE over `BINS` equal-width bins of the top-1 confidence, mean true-class
     probability."""
     confidence, prediction = probabilities.max(dim=1)
-    correct = (prediction == labels).double()
-    edges = torch.linspace(0, 1, BINS + 1, dtype=torch.float64)
-    ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
-        inside = (confidence > low) & (confidence <= high)
-        if inside.any():
-            ece += inside.double().mean().item() * abs(confidence[inside].mean().item() - correct[inside].mean().item())
-    return {"accuracy": correct.mean().item(), "confidence": confidence.mean().item(), "ece": ece,
-            "p_true": probabilities.gather(1, labels[:, None]).mean().item()}
+    ece = sum(share * abs(mean - accuracy) for share, mean, accuracy in bins(probabilities, labels))
+    return {"accuracy": (prediction == labels).double().mean().item(), "confidence": confidence.mean().item(),
+            "ece": ece, "p_true": probabilities.gather(1, labels[:, None]).mean().item()}
 
 
 def zero_shot_probabilities(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,18 +62,6 @@ def zero_shot_probabilities(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     images = F.normalize(data.test_features.double(), dim=-1)
     text = F.normalize(data.text_features.double(), dim=-1)
     return (LOGIT_SCALE * images @ text.T).softmax(dim=1), data.test_labels
-
-
-def reliability(probabilities: torch.Tensor, labels: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Mean confidence and accuracy of each non-empty bin of the top-1 confidence (the points of a reliability
-    diagram)."""
-    confidence, prediction = probabilities.max(dim=1)
-    correct = (prediction == labels).double()
-    edges = torch.linspace(0, 1, BINS + 1, dtype=torch.float64)
-    points = [(confidence[inside].mean().item(), correct[inside].mean().item())
-              for low, high in zip(edges[:-1], edges[1:], strict=True)
-              if (inside := (confidence > low) & (confidence <= high)).any()]
-    return [c for c, _ in points], [a for _, a in points]
 
 
 def plot(panels: dict[str, dict[str, Path]], path: Path) -> None:
@@ -82,8 +75,9 @@ def plot(panels: dict[str, dict[str, Path]], path: Path) -> None:
         for name, world in group.items():
             probabilities, labels = zero_shot_probabilities(world)
             ece = calibration(probabilities, labels)["ece"]
-            x, y = reliability(probabilities, labels)
-            axes.plot(x, y, marker="o", markersize=3, label=f"{name} (ECE {100 * ece:.1f})")
+            points = bins(probabilities, labels)
+            axes.plot([c for _, c, _ in points], [a for _, _, a in points], marker="o", markersize=3,
+                      label=f"{name} (ECE {100 * ece:.1f})")
         axes.set(title=title, xlabel="mean top-1 confidence in the bin", ylabel="accuracy in the bin", xlim=(0, 1),
                  ylim=(0, 1))
         axes.legend(fontsize=7, loc="upper left")
