@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 import lathadapter
 from lathadapter.adapter.catalog import create_method, make_options, resolve_options
 from lathadapter.adapter.evaluate import evaluate
+from lathadapter.adapter.methods import clap as clap_module
 from lathadapter.adapter.methods.base import NotApplicable
 from lathadapter.adapter.methods.clap import multipliers
 from lathadapter.adapter.recipes import RecipeFacts
@@ -172,9 +173,13 @@ def test_the_multipliers_by_hand() -> None:
     torch.testing.assert_close(multipliers(logits, labels, "l2-constant"), torch.full((2,), 0.6, dtype=torch.float64))
 
 
-def test_the_multipliers_read_every_augmented_view_at_the_zero_shot_start() -> None:
+@pytest.mark.parametrize("chunk_rows", [8192, 7])
+def test_the_multipliers_read_every_augmented_view_at_the_zero_shot_start(chunk_rows: int,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """α from the start's logits, 100 x̂ T̂ᵀ (W₀ the raw base: its direction is the text's), over every cached
-    augmented view; the clean view when the cache has none."""
+    augmented view; the clean view when the cache has none. The 60 views in one product, or in chunks of 7 (the
+    last one short), give the same α."""
+    monkeypatch.setattr(clap_module, "CHUNK_ROWS", chunk_rows)
     data = clap_data(classes=4, shots=3, views=5, seed=2)
     method = create_method("clap", data)
     views = data.train_augmented.reshape(-1, data.train_augmented.shape[-1])

@@ -57,21 +57,33 @@ def support_views(data: FewShotData) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, data.train_labels.repeat_interleave(views)
 
 
-def multipliers(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """The multipliers α [C] of constraint `kind` from the zero-shot logits [M, C] of the support views and their
-    labels [M] (`CONSTRAINTS`); a class without a view gets α_c = 0 (l2)."""
-    num_classes = logits.shape[1]
+CHUNK_ROWS = 8192  # support views per zero-shot product: ImageNet's 160k views × 1000 classes in 33 MB pieces
+
+
+def true_class_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The softmax probability [M] each view's logits [M, C] give its own class."""
+    return logits.softmax(-1).gather(1, labels[:, None]).squeeze(1)
+
+
+def class_multipliers(true_class: torch.Tensor, labels: torch.Tensor, num_classes: int, kind: str) -> torch.Tensor:
+    """The multipliers α [C] of constraint `kind` (`CONSTRAINTS`) from each support view's probability of its own
+    class [M] and its label [M]; a class without a view gets α_c = 0 (l2)."""
     if kind == "l2-balanced":
-        return torch.ones(num_classes, dtype=logits.dtype, device=logits.device)
-    true_class = logits.softmax(-1).gather(1, labels[:, None]).squeeze(1)
-    sums = torch.zeros(num_classes, dtype=logits.dtype, device=logits.device).index_add_(0, labels, true_class)
-    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(logits.dtype)
+        return torch.ones(num_classes, dtype=true_class.dtype, device=true_class.device)
+    sums = torch.zeros(num_classes, dtype=true_class.dtype, device=true_class.device).index_add_(0, labels, true_class)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(true_class.dtype)
     alpha = sums / counts
     if kind == "l2-corrected":
         return alpha * (num_classes / alpha.sum())
     if kind == "l2-constant":
         return alpha.mean().expand(num_classes).clone()
     return alpha
+
+
+def multipliers(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """The multipliers α [C] of constraint `kind` from the zero-shot logits [M, C] of the support views and their
+    labels [M]."""
+    return class_multipliers(true_class_probability(logits, labels), labels, logits.shape[1], kind)
 
 
 @register("clap", ClapOptions)
@@ -84,9 +96,12 @@ class Clap(LinearProbe):
         self.constraint = self.options.constraint
         self.register_buffer("base", self.weight.detach().clone())
         views, labels = support_views(data)
-        with torch.no_grad():  # the start's logits: zero-shot (W = T)
-            zero_shot = self.logits(views)
-        self.register_buffer("multipliers", multipliers(zero_shot, labels, self.constraint))
+        with torch.no_grad():  # the start's logits (zero-shot: W = T), a chunk of views at a time
+            true_class = torch.cat([true_class_probability(self.logits(views[i:i + CHUNK_ROWS]),
+                                                           labels[i:i + CHUNK_ROWS])
+                                    for i in range(0, len(views), CHUNK_ROWS)])
+        self.register_buffer("multipliers", class_multipliers(true_class, labels, self.weight.shape[0],
+                                                              self.constraint))
 
     def penalty(self) -> torch.Tensor:
         """`mean_c α_c |W_c − T_c|²` (`zero_shot_constraint` with the l2 dissimilarity)."""
