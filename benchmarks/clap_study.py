@@ -1,14 +1,17 @@
-"""CLAP against ZS-LP (the linear probe it constrains), zero-shot and LatHAdapter on the defaults study's five worlds
+"""A baseline against the one it builds on, zero-shot and LatHAdapter on the defaults study's five worlds
 (benchmarks/lathadapter_study.py: four CLIP-like synthetic worlds and the demo's), seeds 1-3, in the study's contexts:
-few-shot 4 and 16 shots, and base-to-novel 16 shots (base accuracy: neither probe can score novel classes).
+few-shot 4 and 16 shots, and base-to-novel 16 shots. By default CLAP against ZS-LP (base accuracy: neither probe can
+score novel classes); `--untuned` and `--tuned` name other methods (a later baseline's study, with its own --out and
+--save).
 
     python benchmarks/clap_study.py [--data benchmarks/.data/lpp-val-set] [--out benchmarks/.data/clap-study]
                                     [--jobs 2] [--save benchmarks/results/clap_study.json]
+                                    [--untuned zeroshot,linear-probe,clap,lathadapter] [--tuned linear-probe,clap]
 
-Each probe twice: at its official recipe (lr 0.1, no validation: CLAP's protocol) and with `--tune-preset lr` (the
-official lr × 1, 0.1, 10, extended at an edge, chosen on the few-shot val subset), as every other baseline of the
-study's table was. LatHAdapter at its defaults. Test accuracy, read once; every run goes through the grid machinery
-(resumable).
+The `--tuned` methods run twice: at their official recipe (CLAP's: lr 0.1, no validation) and with `--tune-preset lr`
+(the official lr × 1, 0.1, 10, extended at an edge, chosen on the few-shot val subset), as every other baseline of
+the study's table was. LatHAdapter at its defaults. Test accuracy, read once; every run goes through the grid
+machinery (resumable).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DATA / "clap-study", help="the grids' folder (resumable)")
     parser.add_argument("--jobs", type=int, default=2, help="training processes of one thread each")
     parser.add_argument("--save", type=Path, default=RESULTS / "clap_study.json")
+    parser.add_argument("--untuned", default=",".join(UNTUNED), help="methods at their official recipes")
+    parser.add_argument("--tuned", default=",".join(TUNED), help="methods also run with --tune-preset lr")
     args = parser.parse_args()
     torch.set_num_threads(1)
     caches = worlds(args.data)
@@ -59,11 +64,12 @@ def main() -> None:
         with CacheReader(path) as reader:
             info = reader.info()
         emit(lines, f"{name}: {path.name}, fingerprint {info.fingerprint}, {info.counts['val']} val images")
-    seconds = {"untuned": train(caches, UNTUNED, args.out / "untuned", args.jobs, tune=False),
-               "tuned": train(caches, TUNED, args.out / "tuned", args.jobs, tune=True)}
+    untuned, tuned = args.untuned.split(","), [m for m in args.tuned.split(",") if m]
+    seconds = {"untuned": train(caches, untuned, args.out / "untuned", args.jobs, tune=False),
+               "tuned": train(caches, tuned, args.out / "tuned", args.jobs, tune=True) if tuned else 0.0}
     # the study's tables: every method of the untuned folder by its name, the tuned folder's with a suffix
     table = test_tables(caches, {}, args.out / "untuned", args.out, lines,
-                        {" (lr tuned on val)": args.out / "tuned"})
+                        {" (lr tuned on val)": args.out / "tuned"} if tuned else {})
     emit(lines, f"\nwall seconds: untuned {seconds['untuned']:.0f}, tuned {seconds['tuned']:.0f} (a rerun resumes)")
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text(json.dumps({"table": table, "seconds": seconds}, indent=1) + "\n")
