@@ -52,7 +52,6 @@ from lathadapter.adapter.methods.base import (
 from lathadapter.adapter.methods.tip_adapter import (
     SEARCH_CHUNK,
     TipAdapterOptions,
-    argmax_hits,
     cache_keys,
     class_sums,
     group_by_class,
@@ -196,32 +195,64 @@ def gamma_grid(maximum: float, steps: int) -> torch.Tensor:
     return torch.arange(steps, dtype=torch.float64).mul(maximum / steps).float()
 
 
+def weighted_class_sums(sharp: torch.Tensor, key_weights: torch.Tensor, key_labels: torch.Tensor, num_classes: int,
+                        shots: int | None) -> torch.Tensor:
+    """`sharp (L ⊙ w_g)` for sharp [B, N, keys] and every row w_g of key_weights [G, keys]: [B, G, N, C]. With the
+    keys grouped by class (`shots`), one batched product per class, [B·N, shots] @ [shots, G], which never builds
+    the [B, G, N, keys] products."""
+    if shots is None:
+        return class_sums(sharp[:, None] * key_weights[:, None, :], key_labels, num_classes, None)
+    b, n, _ = sharp.shape
+    per_class = sharp.reshape(b * n, num_classes, shots).transpose(0, 1)  # [C, B·N, shots]
+    weights = key_weights.t().reshape(num_classes, shots, -1)  # [C, shots, G]
+    return torch.bmm(per_class, weights).view(num_classes, b, n, -1).permute(1, 3, 2, 0).contiguous()  # [B, G, N, C]
+
+
+def alpha_intervals(zero_shot: torch.Tensor, cache: torch.Tensor, labels: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row n of `zero_shot + α cache` (cache [..., N, C]) the open interval (lo, hi) of α > 0 in which its
+    label's score exceeds every other class's: class j bounds α by −u_j / v_j, u = z_y − z_j, v = c_y − c_j (below
+    where v_j > 0, above where v_j < 0; never a hit where v_j = 0 and u_j ≤ 0). Ties between scores, where argmax
+    picks the first class, are read as misses."""
+    index = labels[:, None]
+    # u; +inf in the label's own column (where v = 0), which then bounds nothing: −inf / 0 = −inf
+    margin = (zero_shot.gather(1, index) - zero_shot).scatter_(1, index, float("inf"))  # [N, C]
+    slope = cache.gather(-1, index.expand(*cache.shape[:-1], 1)) - cache  # v [..., N, C]
+    bound = -margin / slope
+    lo = bound.masked_fill(slope <= 0, float("-inf")).amax(-1)
+    hi = bound.masked_fill_(slope >= 0, float("inf")).amin(-1)
+    never = ((slope == 0) & (margin <= 0)).any(-1)
+    return lo, torch.where(never, float("-inf"), hi)
+
+
 def search_cells(zero_shot: torch.Tensor, affinity: torch.Tensor, key_weights: torch.Tensor, key_labels: torch.Tensor,
                  labels: torch.Tensor, alphas: torch.Tensor, betas: torch.Tensor, shots: int | None
                  ) -> tuple[int, int, int, float]:
     """The cell maximising accuracy of `zero_shot + α exp(−β(1 − affinity)) (L ⊙ w_g)` over β (outer), α, then the
     rows g of `key_weights` [G, keys] (inner), first strictly better from accuracy 0, as main.py's loops: the indices
-    (β, α, g), or (-1, -1, -1) when no cell scores, and the accuracy (%). The β values go in chunks, every (α, g)
-    of a chunk at once."""
-    (n, keys), num_classes, cells = affinity.shape, zero_shot.shape[1], len(alphas) * len(key_weights)
-    alpha_column = alphas.view(-1, 1, 1, 1).to(zero_shot)  # [A, 1, 1, 1]
-    beta_column = betas.view(-1, 1, 1, 1).to(zero_shot)  # [B, 1, 1, 1]
-    weights = key_weights.to(zero_shot)[:, None, :]  # [G, 1, keys]
+    (β, α, g), or (-1, -1, -1) when no cell scores, and the accuracy (%). Each (β, g) gives every row the interval
+    of α where it is right (`alpha_intervals`), so the α values cost a comparison each, not a pass over [N, C]; the
+    β values go in chunks."""
+    (n, keys), num_classes = affinity.shape, zero_shot.shape[1]
+    alpha_row = alphas.to(zero_shot)
+    beta_column = betas.view(-1, 1, 1).to(zero_shot)  # [B, 1, 1]
+    weights = key_weights.to(zero_shot)
     shifted = affinity - 1
     budget = SEARCH_CHUNK["cuda" if zero_shot.is_cuda else "cpu"]
-    chunk = max(1, budget // max(len(key_weights) * n * keys, cells * n * num_classes))
+    chunk = max(1, budget // max(n * keys, len(weights) * n * max(num_classes, len(alphas))))
     accuracies = []
     for start in range(0, len(betas), chunk):
-        sharp = torch.exp(shifted * beta_column[start:start + chunk])  # [Bc, 1, N, keys]
-        cache = class_sums(sharp * weights, key_labels, num_classes, shots)  # [Bc, G, N, C]
-        scores = torch.addcmul(zero_shot, alpha_column, cache.unsqueeze(1))  # [Bc, A, G, N, C]
-        accuracies.append(argmax_hits(scores, labels).float().mean(-1) * 100)  # [Bc, A, G]
-    flat = torch.cat(accuracies).view(-1).tolist()  # β-major, then α, then g
+        sharp = torch.exp(shifted * beta_column[start:start + chunk])  # [Bc, N, keys]
+        cache = weighted_class_sums(sharp, weights, key_labels, num_classes, shots)  # [Bc, G, N, C]
+        lo, hi = alpha_intervals(zero_shot, cache, labels)  # [Bc, G, N]
+        hits = (alpha_row > lo[..., None]) & (alpha_row < hi[..., None])  # [Bc, G, N, A]
+        accuracies.append(hits.float().mean(-2).transpose(1, 2) * 100)  # [Bc, A, G]
+    flat = torch.cat(accuracies).reshape(-1).tolist()  # β-major, then α, then g
     best = max(flat)
     if best <= 0:
         return -1, -1, -1, 0.0
-    b, rest = divmod(flat.index(best), cells)
-    a, g = divmod(rest, len(key_weights))
+    b, rest = divmod(flat.index(best), len(alphas) * len(weights))
+    a, g = divmod(rest, len(weights))
     return b, a, g, best
 
 
