@@ -336,7 +336,11 @@ def test_the_official_and_shared_values() -> None:
     assert (shared.lr, shared.eps, shared.weight_decay, shared.epochs, shared.min_steps, shared.alpha,
             shared.search_alpha_max, shared.search_beta_max, shared.search_set, shared.raw_keys,
             shared.base_text) == (1e-3, 1e-8, 1e-4, 20, 300, 1.0, 3.0, 7.0, "subset", False, "unit")
-    assert not hasattr(shared, "gamma")
+    assert not hasattr(shared, "gamma") and (shared.w_sim, shared.w_var, shared.feat_share) == (0.2, 0.8, 500 / 1024)
+    shared = resolve_options("ape", make_options("ape", {"recipe": "shared"}), RecipeFacts("eurosat", 4))
+    assert (shared.alpha, shared.search_gamma_max, shared.search_gamma_steps, shared.feat_share, shared.w_sim,
+            shared.w_var, shared.criterion_cache, shared.search_set) == (1.0, 1.0, 20, 500 / 1024, 0.7, 0.3, True,
+                                                                         "subset")
 
 
 def test_novel_classes_are_not_scored() -> None:

@@ -109,8 +109,8 @@ OFFICIAL_CONFIGS = {
 }
 DEFAULT_CONFIG = OFFICIAL_CONFIGS["imagenet"]  # any other dataset: configs/imagenet.yaml's values
 W_TRAINING = (0.2, 0.8)  # every config's `w_training`
-# recipe=shared: Tip-Adapter's shared α = β = 1 and 7/3 grid, the most common γ grid (γ_max 1, 20 steps), the
-# default config's channel share and criterion weights
+# recipe=shared: Tip-Adapter's shared α = β = 1 and 7/3 grid, the most common γ grid (γ_max 1, 20 steps); with the
+# default config's (imagenet.yaml's) channel share 500/1024 and criterion weights, whatever the dataset
 SHARED = {"alpha": 1.0, "beta": 1.0, "search_alpha_max": 3.0, "search_beta_max": 7.0, "search_gamma_max": 1.0,
           "search_gamma_steps": 20, "search_set": "subset", "raw_keys": False, "base_text": "unit"}
 
@@ -264,13 +264,16 @@ class ApeBase(Method):
     @classmethod
     def resolve(cls, options: Any, facts: RecipeFacts) -> Any:
         config = official_config(facts.dataset)
-        w_sim, w_var = config.w_free if not cls.trains else W_TRAINING
+
+        def weights(source: ApeConfig) -> dict[str, Any]:  # APE-T's `w_training` is every config's
+            w_sim, w_var = W_TRAINING if cls.trains else source.w_free
+            return {"w_sim": w_sim, "w_var": w_var, "criterion_cache": not cls.trains}
+
         feat = config.feat_train if cls.trains else config.feat_free
-        method = {"w_sim": w_sim, "w_var": w_var, "criterion_cache": not cls.trains}
-        official = {**method, "alpha": config.init_alpha, "beta": 1.0, "search_alpha_max": config.alpha_max,
+        official = {**weights(config), "alpha": config.init_alpha, "beta": 1.0, "search_alpha_max": config.alpha_max,
                     "search_beta_max": config.beta_max, "search_set": "split", "raw_keys": True,
                     "base_text": "official", "feat_share": feat / OFFICIAL_WIDTH}
-        shared = {**method, **SHARED, "feat_share": DEFAULT_CONFIG.feat_train / OFFICIAL_WIDTH}
+        shared = {**weights(DEFAULT_CONFIG), **SHARED, "feat_share": DEFAULT_CONFIG.feat_train / OFFICIAL_WIDTH}
         if cls.trains:
             official.update(training_values(official_t_recipe(facts)))
             shared.update(training_values(TrainRecipe()))
