@@ -27,7 +27,7 @@ from lathadapter.experiments.launch import launch, prepare
 from lathadapter.experiments.spec import GridSpec, expand
 from lathadapter.experiments.training import batches
 
-TRAINED = ("linear-probe", "clip-adapter", "taskres", "tip-adapter-f", "clap", "lathadapter")
+TRAINED = ("linear-probe", "clip-adapter", "taskres", "tip-adapter-f", "clap", "ape-t", "lathadapter")
 SHORT = {"epochs": "3", "min_steps": "0"}
 
 
@@ -192,7 +192,7 @@ def test_a_batched_grid_gives_each_run_the_metrics_of_a_one_at_a_time_grid(cache
     lockstep and alone are bit for bit (same accuracy, same loss history); stacked runs are within one test image
     of accuracy and 1e-3 of the final loss. Each run's key is the same either way; its `config.json` records the
     execution it trained under."""
-    methods = ["zeroshot", "tip-adapter", "gda", "lp++", *TRAINED]
+    methods = ["zeroshot", "tip-adapter", "gda", "lp++", "ape", *TRAINED]
     options = {**{f"{m}.epochs": ["2"] for m in (*TRAINED, "lp++")}, **{f"{m}.min_steps": ["0"] for m in TRAINED},
                **{f"{m}.lr": ["0.001", "0.01"] for m in TRAINED}}
     spec = GridSpec([str(cache)], methods, [2, 4], [1, 2, 3], options=options, select=["val"])
@@ -222,7 +222,7 @@ def test_a_batched_grid_gives_each_run_the_metrics_of_a_one_at_a_time_grid(cache
     # 3 seeds of one lr stack, the batch's 4th member (another lr) trains in lockstep
     assert by_method["clip-adapter"] == by_method["lathadapter"] == ({"stacked", "lockstep"} if stack == "on"
                                                                      else {"lockstep"})
-    assert by_method["zeroshot"] == by_method["gda"] == by_method["lp++"] == {"alone"}
+    assert by_method["zeroshot"] == by_method["gda"] == by_method["lp++"] == by_method["ape"] == {"alone"}
     for key, metrics in batched.items():
         recorded = json.loads((tmp_path / "together" / "runs" / key / "config.json").read_text())["execution"]
         assert recorded == {"device": "cpu", "threads": torch.get_num_threads(), "workers": 1, "trainers": 1,

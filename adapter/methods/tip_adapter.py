@@ -113,6 +113,19 @@ def search_grid(maximum: float, steps: int) -> torch.Tensor:
     return torch.arange(steps, dtype=torch.float64).mul((maximum - 0.1) / steps).add(0.1).float()
 
 
+def cache_keys(data: FewShotData, raw_keys: bool, method: str) -> torch.Tensor:
+    """The cache keys [N, D], in the train set's order: each image's views averaged and normalised; `raw_keys`, the
+    mean of the views' raw features, as the official `build_cache_model` (Tip-Adapter) and `extract_few_shot_feature`
+    (APE) make them (needs the cache's raw norms); else the mean of the unit views. No augmented views: the clean
+    view."""
+    views = data.train_augmented if data.train_augmented.shape[1] > 0 else data.train_features.unsqueeze(1)
+    if raw_keys and data.train_augmented.shape[1] > 0:  # the official keys average the raw view features
+        norms = require_raw(data.train_augmented_norms, method, "the raw norms of the augmented views (its keys "
+                            "are the normalised mean of the views' raw features)")
+        views = views * norms.unsqueeze(-1)
+    return normalize(views.mean(dim=1))
+
+
 def cache_logits(affinity: torch.Tensor, beta: float, key_labels: torch.Tensor, num_classes: int,
                  shots: int | None = None) -> torch.Tensor:
     """`exp(−β(1 − affinity)) L` with L the one-hot values (see `class_sums`)."""
@@ -215,13 +228,8 @@ class TipAdapter(Method):
         self.search_set, self.raw_keys = options.search_set, options.raw_keys
         text, self.base_kind = zero_shot_base_text(data, options.base_text, self.name)
         self.text_features = text.clone()  # the zero-shot term's classifier (`base_text`)
-        views = data.train_augmented if data.train_augmented.shape[1] > 0 else data.train_features.unsqueeze(1)
-        if self.raw_keys and data.train_augmented.shape[1] > 0:  # the official keys average the raw view features
-            norms = require_raw(data.train_augmented_norms, self.name, "the raw norms of the augmented views (its keys "
-                                "are the normalised mean of the views' raw features)")
-            views = views * norms.unsqueeze(-1)
         order, self.shots = group_by_class(data.train_labels, data.num_classes)  # key order does not change ℓ
-        self.keys = nn.Parameter(normalize(views[order].mean(dim=1)), requires_grad=self.trains)
+        self.keys = nn.Parameter(cache_keys(data, self.raw_keys, self.name)[order], requires_grad=self.trains)
         self.register_buffer("key_labels", data.train_labels[order].clone())  # the one-hot values L, as labels
         self.num_classes = data.num_classes
         self.alpha, self.beta = self.init_alpha, self.init_beta
