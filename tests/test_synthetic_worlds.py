@@ -25,7 +25,7 @@ def load(path: Path, shots: int = 4, seed: int = 1) -> FewShotData:
 
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FewShotData]:
-    """A plain and an attributes-in-text world of 20 classes (generator seeds 11 and 12; the study uses 7001–7002)."""
+    """A plain and an attributes-in-text world of 20 classes (generator seeds 11 and 12; the study uses 9401–9404)."""
     folder = tmp_path_factory.mktemp("worlds")
     return {name: load(write_clip_world(folder / f"{name}.h5", num_classes=20, dim=96, families=4,
                                         text_attributes=name == "attr", shots=(4,), seeds=(1,), seed=seed))
