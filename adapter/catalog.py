@@ -17,6 +17,7 @@ from lathadapter.adapter.methods import (  # noqa: F401  (importing registers th
     gda,
     lp_plus_plus,
     clap,
+    cross_modal,
     lathadapter,
 )
 # isort: on
