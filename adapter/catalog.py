@@ -18,6 +18,7 @@ from lathadapter.adapter.methods import (  # noqa: F401  (importing registers th
     lp_plus_plus,
     clap,
     ape,
+    cross_modal,
     lathadapter,
 )
 # isort: on

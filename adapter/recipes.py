@@ -15,7 +15,7 @@ from lathadapter.adapter.options import TrainOptions, field_types, parse_value
 from lathadapter.cache.store import REBUILD, CacheError, FewShotData
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine-step", "cosine-epoch")
+SCHEDULES = ("cosine-step", "cosine-epoch", "warmup-cosine-step")
 SHARED_TRAINING = {f.name: f.default for f in dataclasses.fields(TrainOptions)}  # the shared recipe's values
 
 
@@ -29,6 +29,8 @@ class TrainRecipe:
     - `cosine-step`: `CosineAnnealingLR` stepped after every optimiser step over the whole run (Tip-Adapter-F; the
       shared recipe). `cosine-epoch`: Dassl's schedule, a constant `warmup_lr` for the first `warmup_epochs` epochs,
       then `lr (1 + cos(π (e − warmup_epochs) / epochs)) / 2` for epoch e, changed once per epoch.
+      `warmup-cosine-step` (cross-modal's official `build_lr_scheduler`): step 0 at `warmup_lr`, step k < `warmup_steps`
+      at `lr k / warmup_steps`, then `lr (1 + cos(π (k − warmup_steps) / S)) / 2` over the run's S steps.
     - Epochs run = `max(epochs, ceil(min_steps / steps per epoch))`. Steps per epoch: `ceil(N / batch_size)`, or with
       `drop_last` (Dassl's train loader) `N // batch_size` when `N >= batch_size`, else one batch of all N.
     """
@@ -46,6 +48,7 @@ class TrainRecipe:
     schedule: str = "cosine-step"
     warmup_epochs: int = 0
     warmup_lr: float = 1e-5
+    warmup_steps: int = 0  # read by `warmup-cosine-step` only
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS or self.schedule not in SCHEDULES:
@@ -65,9 +68,17 @@ class TrainRecipe:
             return self.warmup_lr
         return self.lr * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / epochs)) / 2
 
+    def lr_factor_at_step(self, step: int, steps: int) -> float:
+        """The learning rate of (0-based) optimiser `step` of `steps` under `warmup-cosine-step`, over `lr`."""
+        if step < self.warmup_steps:
+            return self.warmup_lr / self.lr if step == 0 else step / self.warmup_steps
+        return (1 + math.cos(math.pi * (step - self.warmup_steps) / steps)) / 2
+
     def record(self) -> dict[str, Any]:
-        """The recipe as flat values for a run's `chosen` (`recipe.NAME`)."""
-        values = {f"recipe.{f.name}": getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
+        """The recipe as flat values for a run's `chosen` (`recipe.NAME`); `warmup_steps` only for the schedule that
+        reads it (the other recipes' records stay as they were)."""
+        values = {f"recipe.{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "name" and (f.name != "warmup_steps" or self.schedule == "warmup-cosine-step")}
         return {"recipe": self.name, **values}
 
 
@@ -96,12 +107,17 @@ def build_optimizer(groups: list[tuple[list[torch.nn.Parameter], TrainRecipe]]) 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipes: list[TrainRecipe], epochs: int, steps_per_epoch: int
                     ) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning-rate schedule the recipes name (one per parameter group, one kind), stepped after every optimiser
-    step: `CosineAnnealingLR` decays each group from its own lr; `cosine-epoch` is a `LambdaLR` per group."""
+    step: `CosineAnnealingLR` decays each group from its own lr; `cosine-epoch` and `warmup-cosine-step` are a
+    `LambdaLR` per group."""
     kinds = {recipe.schedule for recipe in recipes}
     if len(kinds) > 1:
         raise ValueError(f"runs trained together must use one schedule; got {', '.join(sorted(kinds))}")
     if recipes[0].schedule == "cosine-step":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    if recipes[0].schedule == "warmup-cosine-step":
+        steps = epochs * steps_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [lambda step, r=r: r.lr_factor_at_step(step, steps) for r in recipes])
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, [lambda step, r=r: r.lr_at_epoch(step // steps_per_epoch, epochs) / r.lr for r in recipes])
 

@@ -42,7 +42,7 @@ def few_shot(dim: int = 2, classes: int = 2, views: int = 2, seed: int = 0) -> F
 
 def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
     assert set(method_names()) == {"zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f",
-                                   "taskres", "gda", "lp++", "clap", "ape", "ape-t", "lathadapter"}
+                                   "taskres", "gda", "lp++", "clap", "ape", "ape-t", "cross-modal", "lathadapter"}
     with pytest.raises(OptionError, match="valid methods: .*zeroshot"):
         create_method("coop", few_shot())
     with pytest.raises(OptionError, match="valid options: .*alpha"):

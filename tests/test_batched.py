@@ -27,7 +27,7 @@ from lathadapter.experiments.launch import launch, prepare
 from lathadapter.experiments.spec import GridSpec, expand
 from lathadapter.experiments.training import batches
 
-TRAINED = ("linear-probe", "clip-adapter", "taskres", "tip-adapter-f", "clap", "ape-t", "lathadapter")
+TRAINED = ("linear-probe", "clip-adapter", "taskres", "tip-adapter-f", "clap", "ape-t", "cross-modal", "lathadapter")
 SHORT = {"epochs": "3", "min_steps": "0"}
 
 

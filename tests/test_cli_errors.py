@@ -168,7 +168,7 @@ def test_version_and_lists() -> None:
     assert result.exit_code == 0 and result.output.strip() == f"lathadapter {__version__}"
     methods = [line.split()[0] for line in invoke("list", "methods").output.splitlines()]
     assert methods == ["zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f", "taskres",
-                       "gda", "lp++", "clap", "ape", "ape-t", "lathadapter"]
+                       "gda", "lp++", "clap", "ape", "ape-t", "cross-modal", "lathadapter"]
     datasets = invoke("list", "datasets").output
     assert "caltech101" in datasets and "imagenet_r" in datasets and "split:PATH" in datasets
     assert "ViT-B-16" in invoke("list", "models").output.split()

@@ -1,0 +1,316 @@
+"""Cross-modal linear probing (`cross-modal`) equals an independent re-statement of its official training
+(github.com/linzhiqiu/cross_modal_adaptation at ac9077e: `train.py`'s `main` and `train`, `engine/model/head.py`,
+`engine/model/logit.py`, `engine/optimizer/*.py`), written here as the official code runs it — autograd,
+`torch.optim.AdamW`, torch's cosine scheduler under the official warm-up, a torch `DataLoader` of the text samples
+concatenated to each image batch — on identical float64 features; its batch composition equals a hand-checked
+example; and it runs through `fit`, grids with the lr preset, the few-shot protocol and the command line."""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from typer.testing import CliRunner
+
+import lathadapter
+from lathadapter.adapter.catalog import create_method, make_options, resolve_options
+from lathadapter.adapter.evaluate import evaluate
+from lathadapter.adapter.methods.base import IMAGENET_TEMPLATES_SELECT, NotApplicable
+from lathadapter.adapter.recipes import RecipeFacts
+from lathadapter.adapter.trainer import epoch_orders, train
+from lathadapter.cache.store import FewShotData
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+from lathadapter.experiments.launch import launch
+from lathadapter.experiments.protocols import run_protocol
+from lathadapter.experiments.spec import GridSpec
+
+SELECT = list(IMAGENET_TEMPLATES_SELECT)
+
+
+def cross_modal_data(classes: int = 6, dim: int = 8, shots: int = 4, templates: int = 1, dataset: str = "dtd",
+                     seed: int = 0) -> FewShotData:
+    """Unit float64 image features around random class centres, one augmented view each, and `templates` raw text
+    features a class (`template_raw`, the CoOp template first) of various norms; with 8 templates named as the cache
+    names them (CoOp's, then the 7 select ones), on ImageNet the official samples are the last 7."""
+    g = torch.Generator().manual_seed(seed)
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+    centres = unit(torch.randn(classes, dim, generator=g, dtype=torch.float64))
+    raw = (centres + 0.9 * torch.randn(templates, classes, dim, generator=g, dtype=torch.float64)) * (
+        5 + 5 * torch.rand(templates, classes, 1, generator=g, dtype=torch.float64))
+
+    def draw(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(classes).repeat_interleave(per_class)
+        return unit(centres[labels] + 0.8 * torch.randn(len(labels), dim, generator=g, dtype=torch.float64)), labels
+
+    train_x, train_y = draw(shots)
+    augmented = unit(train_x[:, None] + 0.3 * torch.randn(len(train_y), 1, dim, generator=g, dtype=torch.float64))
+    val_x, val_y = draw(2)
+    test_x, test_y = draw(10)
+    names = ["a photo of a {}.", *SELECT][:templates]
+    return FewShotData([f"c{i}" for i in range(classes)], unit(raw[0]), torch.zeros(0, dim, dtype=torch.float64),
+                       train_x, augmented, train_y, val_x, val_y, test_x, test_y, "cross-modal-parity",
+                       dataset=dataset, text_raw=raw[0], templates=names, template_raw=raw)
+
+
+def official_lrs(lr: float, iters: int, warmup_iter: int = 50, warmup_min_lr: float = 1e-5) -> list[float]:
+    """Each iteration's lr under `build_lr_scheduler(optimizer, "cosine", 50, iters, "linear", 1e-5)`: a
+    LinearWarmupScheduler around torch's CosineAnnealingLR(T_max=iters), stepped after every optimiser step. The
+    wrapper's logic around torch's own scheduler: iteration 0 at the warm-up lr, iteration k ≤ 50 at lr·k/50, then
+    the successor stepped from where the warm-up left the lr."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    successor = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(iters))
+    group = optimizer.param_groups[0]
+    group["lr"], last_epoch = warmup_min_lr, 0  # the wrapper's initial step
+    lrs = []
+    for _ in range(iters):
+        lrs.append(group["lr"])
+        if last_epoch >= warmup_iter:
+            with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": no step is taken here
+                warnings.simplefilter("ignore", UserWarning)
+                successor.step()
+        else:
+            last_epoch += 1
+            group["lr"] = successor.get_last_lr()[0] if last_epoch >= warmup_iter else lr * last_epoch / warmup_iter
+    return lrs
+
+
+def official_cross_modal(text_raw: torch.Tensor, image_batches: list[tuple[torch.Tensor, torch.Tensor]],
+                         test: torch.Tensor, lr: float, wd: float, text_batch: int, seed: int,
+                         cross_modal: bool = True) -> dict:
+    """`train.py`'s `main` and `train` for one grid point, restated: `text_raw` [C, T, D] the text features of
+    `hand_crafted` (one per class and template, class by class, as `extract_text_features` stores them);
+    `image_batches` each iteration's image batch (the image loader's); the text loader is a torch DataLoader
+    (shuffle, drop_last), iterated anew when exhausted, from the global generator seeded with `seed` once the head
+    is built (as `create_method` is called under that seed: the loops draw the same permutations)."""
+    classes, templates, dim = text_raw.shape
+    text_features = text_raw.reshape(-1, dim)
+    text_labels = torch.arange(classes).repeat_interleave(templates)
+    # make_classifier_head / get_zero_shot_weights: per class the mean of the raw features, normalised; no bias
+    head = nn.Linear(dim, classes, bias=False).to(torch.float64)
+    head.weight.data = F.normalize(text_raw.mean(dim=1), dim=1)
+    scale = torch.tensor([4.60517], dtype=torch.float64).exp()  # LogitHead, not learnable
+
+    def logit_head(x: torch.Tensor) -> torch.Tensor:
+        return head(F.normalize(x, dim=1)) * scale
+
+    optimizer = torch.optim.AdamW([{"params": head.parameters()}], lr=lr, weight_decay=wd, betas=(0.9, 0.999))
+    lrs = official_lrs(lr, len(image_batches))
+    text_loader = DataLoader(TensorDataset(text_features, text_labels), batch_size=text_batch, shuffle=True,
+                             drop_last=True) if cross_modal else None
+    torch.manual_seed(seed)
+    text_iter = iter(text_loader) if text_loader is not None else None
+    losses = []
+    for i, (image, image_label) in enumerate(image_batches):
+        for group in optimizer.param_groups:
+            group["lr"] = lrs[i]
+        feature, label = image, image_label
+        if text_iter is not None:
+            try:
+                text, text_label = next(text_iter)
+            except StopIteration:
+                text_iter = iter(text_loader)
+                text, text_label = next(text_iter)
+            feature, label = torch.cat([image, text], dim=0), torch.cat([image_label, text_label], dim=0)
+        loss = torch.nn.CrossEntropyLoss()(logit_head(feature), label)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        return {"weight": head.weight.detach().clone(), "losses": losses, "logits": logit_head(test)}
+
+
+def trainer_image_batches(data: FewShotData, seed: int, batch: int, epochs: int) -> list[tuple[torch.Tensor, ...]]:
+    """The trainer's image batches (`epoch_orders`: each epoch a random order of the images' one view; the last
+    partial batch dropped): the image loader of both loops (not the official sampling, docs/baselines.md)."""
+    n = len(data.train_labels)
+    draws = epoch_orders(torch.Generator().manual_seed(seed), n, 1, epochs)
+    rows = data.train_augmented[:, 0]
+    return [(rows[draws[e, 1, s:s + batch]], data.train_labels[draws[e, 0, s:s + batch]])
+            for e in range(epochs) for s in range(0, n - batch + 1, batch)]
+
+
+CASES = [  # dataset, classes, shots, templates, batch (images = texts), lr, weight decay, steps
+    ("dtd", 6, 4, 1, 4, 1e-1, 0.0, 120),  # 6 batches an epoch; a text pass is 1 batch (6 // 4), 2 left out
+    ("eurosat", 5, 3, 1, 2, 5e-2, 1e-2, 91),  # 7 batches of 2 of 15 images; 2 text batches a pass, 91 steps
+    ("imagenet", 4, 2, 8, 4, 1e-3, 1e-4, 64),  # 28 text samples (7 a class), 7 text batches a pass
+]
+
+
+@pytest.mark.parametrize(("dataset", "classes", "shots", "templates", "batch", "lr", "wd", "steps"), CASES)
+def test_cross_modal_equals_the_official_loop(dataset: str, classes: int, shots: int, templates: int, batch: int,
+                                              lr: float, wd: float, steps: int) -> None:
+    data = cross_modal_data(classes=classes, shots=shots, templates=templates, dataset=dataset, seed=classes)
+    n = len(data.train_labels)
+    torch.manual_seed(7)
+    method = create_method("cross-modal", data, batch_size=batch, lr=lr, weight_decay=wd, min_steps=steps)
+    result = train(method, data, seed=3)
+    epochs = math.ceil(steps / (n // batch))
+    assert result.steps == epochs * (n // batch) == steps
+    text_raw = data.template_raw[1:] if dataset == "imagenet" else data.template_raw[:1]
+    official = official_cross_modal(text_raw.transpose(0, 1), trainer_image_batches(data, 3, batch, epochs),
+                                    data.test_features, lr, wd, batch, seed=7)
+    per_epoch = official["losses"][n // batch - 1::n // batch]  # the trainer records each epoch's last batch
+    assert [row["loss"] for row in result.history] == pytest.approx(per_epoch, rel=1e-8, abs=1e-10)
+    torch.testing.assert_close(method.weight.detach(), official["weight"], rtol=1e-8, atol=1e-8)
+    with torch.no_grad():
+        torch.testing.assert_close(method.logits(data.test_features), official["logits"], rtol=1e-8, atol=1e-7)
+    # the oracle's text samples matter: the same loop on the images alone ends elsewhere
+    alone = official_cross_modal(text_raw.transpose(0, 1), trainer_image_batches(data, 3, batch, epochs),
+                                 data.test_features, lr, wd, batch, seed=7, cross_modal=False)
+    assert (alone["weight"] - official["weight"]).abs().max() > 1e-2
+
+
+def test_text_samples_false_is_the_official_uni_modal_loop() -> None:
+    """`text_samples=false`: the whole step is images (`--modality uni_modal`), from the same start."""
+    data = cross_modal_data(classes=5, shots=4, seed=2)
+    method = create_method("cross-modal", data, batch_size=4, min_steps=60, text_samples=False)
+    result = train(method, data, seed=1)
+    official = official_cross_modal(data.template_raw[:1].transpose(0, 1), trainer_image_batches(data, 1, 4, 12),
+                                    data.test_features, 1e-3, 0.0, 4, seed=0, cross_modal=False)
+    assert result.steps == 60 and method.settings()["cross-modal.text_batch"] == 0
+    torch.testing.assert_close(method.weight.detach(), official["weight"], rtol=1e-8, atol=1e-8)
+
+
+def test_the_schedule_is_the_official_warm_up_and_cosine() -> None:
+    """The lr of every step of a 12,800-step run (32 images: 8 batches an epoch, 1,600 epochs; a count that does
+    not divide 12,800 rounds the run up to whole epochs) against torch's CosineAnnealingLR behind the official
+    warm-up."""
+    data = cross_modal_data(classes=8, shots=4)
+    method = create_method("cross-modal", data)
+    recipe = method.train_recipe()
+    steps = recipe.epochs_for(32) * recipe.steps_per_epoch(32)
+    assert recipe.epochs_for(24) * recipe.steps_per_epoch(24) == 12804  # 2134 epochs of 6
+    assert steps == 12800 and recipe.batch_size == 4 and recipe.drop_last
+    params = [torch.zeros(1, requires_grad=True)]
+    optimizer = method.optimizer(params, recipe)
+    scheduler = method.scheduler(optimizer, recipe, recipe.epochs_for(32), recipe.steps_per_epoch(32))
+    ours = []
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": no step is taken here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            ours.append(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+    expected = official_lrs(1e-3, 12800)
+    assert ours[:3] == pytest.approx([1e-5, 1e-3 / 50, 2e-3 / 50], rel=1e-12)
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+def test_a_step_s_batch_by_hand() -> None:
+    """5 classes, one template: 5 text samples in batches of 2, so a pass is 2 batches of a permutation, its fifth
+    sample left out. Under seed 0 the passes are [1 4 | 2 3 | (0 left out)], [2 3 | 4 0 | (1)], then [2 4 ...] (the
+    DataLoader's own draws, checked below); the first step is images 0 and 1 (class 0) with the texts of classes 1
+    and 4, labels [0, 0, 1, 4], and its loss the mean of those 4 terms."""
+    data = cross_modal_data(classes=5, shots=2, seed=4)
+    torch.manual_seed(0)
+    method = create_method("cross-modal", data, batch_size=2, min_steps=4)
+    assert method.text_order.tolist() == [[1, 4], [2, 3], [2, 3], [4, 0], [2, 4]]  # 1 epoch of 5 batches: 5 steps
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.arange(5)), batch_size=2, shuffle=True, drop_last=True)
+    passes = [[batch.tolist() for (batch,) in loader] for _ in range(2)]
+    assert passes == [[[1, 4], [2, 3]], [[2, 3], [4, 0]]]
+    images, labels = data.train_augmented[:2, 0], data.train_labels[:2]
+    assert labels.tolist() == [0, 0]
+    w = F.normalize(data.template_raw[0], dim=-1)  # W₀ and the text samples: the unit CoOp features
+    batch = torch.stack([images[0], images[1], w[1], w[4]])
+    with torch.no_grad():
+        loss, _ = method.loss(images, labels)
+        terms = -torch.log_softmax(math.exp(4.60517) * batch @ w.t(), -1)[torch.arange(4), torch.tensor([0, 0, 1, 4])]
+    assert float(loss) == pytest.approx(float(terms.mean()), rel=1e-12)
+    assert int(method.text_step) == 1  # the next step reads the next batch of texts
+    assert set(method.state_dict()) == {"weight", "text_features"}  # the kept (select=val) states: no text order
+
+
+def test_imagenet_samples_and_start_are_the_select_templates() -> None:
+    """On ImageNet: 7 samples a class (the select templates, not the CoOp one), W₀ their normalised raw mean."""
+    data = cross_modal_data(classes=3, templates=8, dataset="imagenet")
+    method = create_method("cross-modal", data)
+    select = data.template_raw[1:]  # [7, C, D]
+    torch.testing.assert_close(method.weight.detach(), F.normalize(select.mean(0), dim=-1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(method.text_samples, F.normalize(select.transpose(0, 1), dim=-1).reshape(21, -1))
+    assert method.text_labels.tolist() == [c for c in range(3) for _ in range(7)]
+    assert method.settings()["recipe.texts"] == "imagenet-select"
+    dtd = create_method("cross-modal", cross_modal_data(classes=3, templates=8, dataset="dtd"))
+    assert dtd.settings()["recipe.texts"] == "coop" and len(dtd.text_samples) == 3
+
+
+def test_resolution_shared_recipe_and_novel_classes() -> None:
+    official = resolve_options("cross-modal", make_options("cross-modal"), RecipeFacts("imagenet", 16))
+    assert (official.lr, official.weight_decay, official.batch_size, official.min_steps, official.epochs,
+            official.classifier, official.texts, official.text_samples, official.text_batch) == (
+        1e-3, 0.0, 4, 12800, 1, "linear", "hand-crafted", True, 0)
+    data = cross_modal_data(classes=4, shots=2, seed=1)
+    shared = create_method("cross-modal", data, recipe="shared")
+    assert shared.train_recipe().optimizer == "adamw" and shared.train_recipe().schedule == "cosine-step"
+    assert shared.settings()["cross-modal.text_batch"] == 4  # the 8 images of a step of 256, texts at most all 4
+    torch.testing.assert_close(shared.weight.detach(), data.text_features)
+    with torch.no_grad():
+        torch.testing.assert_close(shared.logits(data.test_features),
+                                   100 * data.test_features @ data.text_features.t())
+    with pytest.raises(NotApplicable):
+        shared.logits(data.test_features, data.text_features)
+    assert evaluate(shared, data.test_features, data.test_labels, data.text_features) is None
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cross-modal") / "synthetic.h5"
+    return write_synthetic_cache(path, num_classes=8, dim=16, views=3, shots=(2, 4), seeds=(1,))
+
+
+def test_fit_and_base_to_novel(cache: Path, tmp_path: Path) -> None:
+    metrics = lathadapter.fit(cache, method="cross-modal", shots=4, seed=1, out=tmp_path, device="cpu",
+                              min_steps=400)
+    assert metrics["accuracy"]["all"] > 100 / 8 + 20
+    assert metrics["chosen"]["recipe.min_steps"] == 400 and metrics["chosen"]["cross-modal.text_batch"] == 4
+    base = lathadapter.fit(cache, method="cross-modal", shots=4, seed=1, classes="base", out=None, device="cpu",
+                           min_steps=200)
+    assert base["accuracy"]["novel"] is None and base["hm"] is None and base["accuracy"]["base"] > 100 / 4
+
+
+def test_base_to_novel_text_samples_are_the_base_classes(cache: Path) -> None:
+    from lathadapter.cache.store import CacheReader
+
+    with CacheReader(cache) as reader:
+        data = reader.load(4, 1).select_classes([0, 2, 4, 6])
+    method = create_method("cross-modal", data, min_steps=10)
+    assert method.text_labels.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(method.text_samples, F.normalize(data.template_raw[0], dim=-1))
+
+
+def test_grid_with_the_lr_preset_and_the_few_shot_protocol(cache: Path, tmp_path: Path) -> None:
+    launch(GridSpec([str(cache)], ["cross-modal"], [2], [1], options={"min_steps": ["100"]}, tune_preset="lr"),
+           tmp_path / "grid", progress=False)
+    rows = list(csv.DictReader((tmp_path / "grid" / "results.csv").open()))
+    assert sorted(float(r["chosen.recipe.lr"]) for r in rows) == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert sum(r["tune.selected"] == "True" for r in rows) == 1
+    run_protocol("few-shot", [str(cache)], tmp_path / "protocol", ["cross-modal"], [1], shots=[2],
+                 options={"min_steps": ["50"], "text_samples": ["false"]}, progress=False)
+    (row,) = csv.DictReader((tmp_path / "protocol" / "results.csv").open())
+    assert row["method"] == "cross-modal" and float(row["acc_all"]) > 0 and row["opt.text_samples"] == "False"
+
+
+def test_cli_lists_cross_modal_and_rejects_a_bad_text_batch(cache: Path) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(app, ["list", "methods"])
+    assert listed.exit_code == 0 and "cross-modal" in [line.split()[0] for line in listed.output.splitlines()]
+    assert "text_samples" in runner.invoke(app, ["list", "options", "cross-modal"]).output
+    result = runner.invoke(app, ["fit", "--cache", str(cache), "--method", "cross-modal", "--shots", "2", "--device",
+                                 "cpu", "--set", "text_batch=9"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "text_batch=9" in lines[0] and "1..8" in lines[0]
