@@ -12,7 +12,8 @@ test or study uses. Contexts, seeds 1–3: few-shot 4 and 16 shots, base-to-nove
     today's defaults (lr 1e-2, λ_hier 0) against (a) λ_hier 0.1 with `hier=cone` (the earlier default), (b)
     `hier=triplet` with λ_hier 0.1, (c) lr 1e-3, (d) its Euclidean twin `hyp_metric=euclid`;
   - test, read once after that: zero-shot, those five configurations, the study's baselines with `--tune-preset lr`
-    plus ZS-LP and CLAP (tuned), and CLAP untuned; per world and the mean over worlds.
+    plus ZS-LP, CLAP, APE, APE-T and cross-modal linear probing (tuned; APE has no lr), and CLAP untuned; per world
+    and the mean over worlds.
 Every run goes through the grid machinery (`launch`, one folder per kind of run, resumable); the calibration table of
 the worlds (and of their uncalibrated twins: the same images, text_signal None) is printed first. `--twins` runs the
 control: everything the same on the uncalibrated twins (results `calibrated_worlds_twins.txt`, `.json`).
@@ -68,7 +69,8 @@ VARIANTS: dict[str, Config] = {
     "(c) lr 1e-3": {**DEFAULTS, "lr": 0.001},
     "(d) hyp_metric=euclid (Euclidean twin)": {**DEFAULTS, "hyp_metric": "euclid"},
 }
-BASELINES = ["zeroshot", "clip-adapter", "tip-adapter-f", "taskres", "gda", "lp++", "linear-probe", "clap"]
+BASELINES = ["zeroshot", "clip-adapter", "tip-adapter-f", "taskres", "gda", "lp++", "linear-probe", "clap", "ape",
+             "ape-t", "cross-modal"]
 
 
 def calibrated_worlds(folder: Path, calibrated: bool = True) -> dict[str, Path]:
