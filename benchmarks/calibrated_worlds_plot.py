@@ -20,7 +20,8 @@ COLUMNS = {"4s": "4 shots", "16s": "16 shots", "base": "base-to-novel: base"}
 ROWS = {"zeroshot": "zero-shot", "LatHAdapter, today's defaults": "LatHAdapter",
         "LatHAdapter, (d) hyp_metric=euclid (Euclidean twin)": "LatHAdapter, Euclidean twin", "gda": "GDA",
         "linear-probe": "ZS-LP", "clip-adapter": "CLIP-Adapter", "taskres": "TaskRes", "lp++": "LP++",
-        "tip-adapter-f": "Tip-Adapter-F", "clap": "CLAP"}
+        "tip-adapter-f": "Tip-Adapter-F", "clap": "CLAP", "ape": "APE", "ape-t": "APE-T",
+        "cross-modal": "cross-modal LP"}
 
 
 def means(path: Path) -> dict[str, dict[str, float]]:
