@@ -30,7 +30,10 @@ class TrainRecipe:
       shared recipe). `cosine-epoch`: Dassl's schedule, a constant `warmup_lr` for the first `warmup_epochs` epochs,
       then `lr (1 + cos(π (e − warmup_epochs) / epochs)) / 2` for epoch e, changed once per epoch.
       `warmup-cosine-step` (cross-modal's official `build_lr_scheduler`): step 0 at `warmup_lr`, step k < `warmup_steps`
-      at `lr k / warmup_steps`, then `lr (1 + cos(π (k − warmup_steps) / S)) / 2` over the run's S steps.
+      at `lr k / warmup_steps`, then `lr (1 + cos(π (k − warmup_steps) / H)) / 2` over the horizon H =
+      `max(min_steps, epochs × steps per epoch)` (the official run's `max_iter` iterations), and 0 from step H on:
+      the steps that whole epochs add beyond H leave the parameters as they are (AdamW at lr 0), so the run ends
+      where the official one, of exactly `max_iter` iterations, ends.
     - Epochs run = `max(epochs, ceil(min_steps / steps per epoch))`. Steps per epoch: `ceil(N / batch_size)`, or with
       `drop_last` (Dassl's train loader) `N // batch_size` when `N >= batch_size`, else one batch of all N.
     """
@@ -68,11 +71,19 @@ class TrainRecipe:
             return self.warmup_lr
         return self.lr * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / epochs)) / 2
 
-    def lr_factor_at_step(self, step: int, steps: int) -> float:
-        """The learning rate of (0-based) optimiser `step` of `steps` under `warmup-cosine-step`, over `lr`."""
+    def horizon(self, steps_per_epoch: int) -> int:
+        """The steps `warmup-cosine-step` spans: `max(min_steps, epochs × steps_per_epoch)`, the official run's
+        iteration count, which the trainer's whole epochs may exceed."""
+        return max(self.min_steps, self.epochs * steps_per_epoch)
+
+    def lr_factor_at_step(self, step: int, horizon: int) -> float:
+        """The learning rate of (0-based) optimiser `step` under `warmup-cosine-step` over `horizon` steps (`horizon`),
+        over `lr`; 0 from step `horizon` on."""
+        if step >= horizon:
+            return 0.0
         if step < self.warmup_steps:
             return self.warmup_lr / self.lr if step == 0 else step / self.warmup_steps
-        return (1 + math.cos(math.pi * (step - self.warmup_steps) / steps)) / 2
+        return (1 + math.cos(math.pi * (step - self.warmup_steps) / horizon)) / 2
 
     def record(self) -> dict[str, Any]:
         """The recipe as flat values for a run's `chosen` (`recipe.NAME`); `warmup_steps` only for the schedule that
@@ -115,9 +126,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipes: list[TrainRecipe]
     if recipes[0].schedule == "cosine-step":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     if recipes[0].schedule == "warmup-cosine-step":
-        steps = epochs * steps_per_epoch
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, [lambda step, r=r: r.lr_factor_at_step(step, steps) for r in recipes])
+            optimizer, [lambda step, r=r: r.lr_factor_at_step(step, r.horizon(steps_per_epoch)) for r in recipes])
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, [lambda step, r=r: r.lr_at_epoch(step // steps_per_epoch, epochs) / r.lr for r in recipes])
 

@@ -18,8 +18,10 @@ from typer.testing import CliRunner
 import lathadapter
 from lathadapter.adapter.catalog import create_method, make_options, resolve_options
 from lathadapter.adapter.evaluate import evaluate
+from lathadapter.adapter.methods import ape as ape_module
 from lathadapter.adapter.methods.ape import criterion
 from lathadapter.adapter.methods.base import NotApplicable, ProtocolWarning
+from lathadapter.adapter.methods.tip_adapter import class_sums
 from lathadapter.adapter.recipes import RecipeFacts
 from lathadapter.adapter.trainer import train
 from lathadapter.cache.store import FewShotData
@@ -206,6 +208,50 @@ def test_ape_search_keeps_the_official_loops_cell(seed: int) -> None:
     assert best > accuracy(100 * data.val_features @ data.text_features.t(), data.val_labels)  # the cache helped
 
 
+def test_ape_search_with_unequal_shots_keeps_the_loops_cell_within_the_chunk_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Classes with 3, 2, 3, 1 and 3 keys (a class with fewer images than K): the keys cannot be reshaped by class,
+    and the search sums them per class with an index sum. It picks the loops' cell, and no sum reads more than one
+    [β chunk, N, keys] block: the [β chunk, γ values, N, keys] products are G times the chunk budget (gigabytes for
+    20 γ values of a whole val split against thousands of keys)."""
+    data = ape_data(classes=5, seed=11)
+    keep = torch.ones(len(data.train_labels), dtype=torch.bool)
+    for label, drop in ((1, 1), (3, 2)):
+        keep[torch.nonzero(data.train_labels == label).squeeze(1)[:drop]] = False
+    fields = {"train_features": data.train_features[keep], "train_augmented": data.train_augmented[keep],
+              "train_labels": data.train_labels[keep], "train_augmented_norms": data.train_augmented_norms[keep]}
+    uneven = FewShotData(**{**data.__dict__, **fields})
+    model = create_method("ape", uneven, search_set="subset", search_beta_max=9.0, search_beta_steps=6,
+                          search_alpha_max=6.0, search_alpha_steps=5, search_gamma_max=2.0, search_gamma_steps=4)
+    assert model.shots is None
+    largest = []
+
+    def recording(weights: torch.Tensor, *args: object) -> torch.Tensor:
+        largest.append(weights.numel())
+        return class_sums(weights, *args)
+
+    monkeypatch.setattr(ape_module, "class_sums", recording)
+    chosen = train(model, uneven, seed=1).chosen
+    alpha, beta, gamma, best = official_search(uneven, model.channels, (9.0, 6.0, 2.0), (6, 5, 4))
+    assert (chosen["alpha"], chosen["beta"], chosen["gamma"]) == pytest.approx((alpha, beta, gamma), rel=1e-6)
+    assert chosen["val_accuracy"] == pytest.approx(best, abs=1e-4)
+    assert 0 < max(largest) <= 6 * len(uneven.val_labels) * len(uneven.train_labels)  # at most all 6 β at once
+
+
+def test_the_alpha_intervals_by_hand_read_ties_as_misses() -> None:
+    """Scores z + α c of three rows, α in (0.5, 1, 2). Row 0 (label 0): z = (1, 1, 0), c = (0.5, 0.5, 0): class 1
+    ties the label at every α, never a hit. Row 1 (label 1): z = (0, 1, 0), c = (1, 0, 0): class 0 catches up at
+    α = 1 (scores (1, 1, 0)), so a hit at 0.5 only. Row 2 (label 2): z = (0, 0, 2), c = (0, 1, 0): class 1 ties at
+    α = 2, hits at 0.5 and 1. A tie is a miss whichever class comes first (the official `cls_acc` reads `topk`,
+    whose choice among equal scores torch does not fix)."""
+    zero_shot = torch.tensor([[1.0, 1, 0], [0, 1, 0], [0, 0, 2]])
+    cache = torch.tensor([[0.5, 0.5, 0], [1, 0, 0], [0, 1, 0]])
+    lo, hi = ape_module.alpha_intervals(zero_shot, cache, torch.tensor([0, 1, 2]))
+    alphas = torch.tensor([0.5, 1.0, 2.0])
+    hits = (alphas > lo[:, None]) & (alphas < hi[:, None])
+    assert hits.tolist() == [[False, False, False], [True, False, False], [True, True, False]]
+
+
 def test_ape_search_that_finds_nothing_keeps_zero() -> None:
     """Every cell at accuracy 0 (a val set of wrong labels): the loops' start, α = β = γ = 0 (zero-shot)."""
     data = ape_data(classes=2, seed=7)
@@ -332,6 +378,12 @@ def test_the_official_and_shared_values() -> None:
         t = resolve_options("ape-t", make_options("ape-t"), RecipeFacts("food101", shots))
         assert (t.lr, t.eps, t.weight_decay, t.epochs, t.min_steps, t.batch_size, t.alpha, t.feat_share, t.w_sim,
                 t.w_var, t.criterion_cache) == (1e-4, eps, 0.1, 30, 0, 256, 0.8, 900 / 1024, 0.2, 0.8, False)
+    # main.py's loader and scheduler: batch 256, the last partial batch kept (`build_data_loader`, drop_last=False),
+    # CosineAnnealingLR over epochs × len(loader), stepped after every batch
+    recipe = create_method("ape-t", ape_data(dataset="food101")).train_recipe()
+    assert (recipe.batch_size, recipe.drop_last, recipe.schedule, recipe.optimizer) == (256, False, "cosine-step",
+                                                                                       "adamw")
+    assert recipe.steps_per_epoch(600) == 3  # 256 + 256 + 88
     shared = resolve_options("ape-t", make_options("ape-t", {"recipe": "shared"}), RecipeFacts("food101", 1))
     assert (shared.lr, shared.eps, shared.weight_decay, shared.epochs, shared.min_steps, shared.alpha,
             shared.search_alpha_max, shared.search_beta_max, shared.search_set, shared.raw_keys,

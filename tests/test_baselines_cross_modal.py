@@ -172,6 +172,22 @@ def test_cross_modal_equals_the_official_loop(dataset: str, classes: int, shots:
     assert (alone["weight"] - official["weight"]).abs().max() > 1e-2
 
 
+def test_a_run_of_whole_epochs_beyond_the_official_iterations_ends_where_the_official_one_ends() -> None:
+    """The official run is `max_iter` iterations; the trainer runs whole epochs: 24 images in batches of 4 are 6
+    steps an epoch, so 100 iterations take 17 epochs, 102 steps. W after them is the official loop's after exactly
+    100 iterations (its cosine over 100), the 2 steps beyond at lr 0 (on ImageNet at 16 shots the same rounding is
+    16,000 steps for the official 12,800)."""
+    data = cross_modal_data(classes=6, shots=4, seed=6)
+    torch.manual_seed(5)
+    method = create_method("cross-modal", data, batch_size=4, lr=5e-2, weight_decay=1e-2, min_steps=100)
+    result = train(method, data, seed=2)
+    assert result.steps == 102
+    official = official_cross_modal(data.template_raw[:1].transpose(0, 1),
+                                    trainer_image_batches(data, 2, 4, 17)[:100], data.test_features, 5e-2, 1e-2, 4,
+                                    seed=5)
+    torch.testing.assert_close(method.weight.detach(), official["weight"], rtol=1e-8, atol=1e-8)
+
+
 def test_text_samples_false_is_the_official_uni_modal_loop() -> None:
     """`text_samples=false`: the whole step is images (`--modality uni_modal`), from the same start."""
     data = cross_modal_data(classes=5, shots=4, seed=2)
@@ -191,7 +207,7 @@ def test_the_schedule_is_the_official_warm_up_and_cosine() -> None:
     method = create_method("cross-modal", data)
     recipe = method.train_recipe()
     steps = recipe.epochs_for(32) * recipe.steps_per_epoch(32)
-    assert recipe.epochs_for(24) * recipe.steps_per_epoch(24) == 12804  # 2134 epochs of 6
+    assert recipe.epochs_for(24) * recipe.steps_per_epoch(24) == 12804  # 2134 epochs of 6: 4 steps at lr 0 (below)
     assert steps == 12800 and recipe.batch_size == 4 and recipe.drop_last
     params = [torch.zeros(1, requires_grad=True)]
     optimizer = method.optimizer(params, recipe)
@@ -205,6 +221,15 @@ def test_the_schedule_is_the_official_warm_up_and_cosine() -> None:
     expected = official_lrs(1e-3, 12800)
     assert ours[:3] == pytest.approx([1e-5, 1e-3 / 50, 2e-3 / 50], rel=1e-12)
     assert ours == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    # 24 images: 12,804 steps, the official 12,800 and 4 more at lr 0
+    scheduler = method.scheduler(optimizer, recipe, recipe.epochs_for(24), recipe.steps_per_epoch(24))
+    ours = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(12804):
+            ours.append(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+    assert ours[:12800] == pytest.approx(expected, rel=1e-9, abs=1e-15) and ours[12800:] == [0.0] * 4
 
 
 def test_a_step_s_batch_by_hand() -> None:

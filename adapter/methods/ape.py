@@ -198,10 +198,11 @@ def gamma_grid(maximum: float, steps: int) -> torch.Tensor:
 def weighted_class_sums(sharp: torch.Tensor, key_weights: torch.Tensor, key_labels: torch.Tensor, num_classes: int,
                         shots: int | None) -> torch.Tensor:
     """`sharp (L ⊙ w_g)` for sharp [B, N, keys] and every row w_g of key_weights [G, keys]: [B, G, N, C]. With the
-    keys grouped by class (`shots`), one batched product per class, [B·N, shots] @ [shots, G], which never builds
-    the [B, G, N, keys] products."""
+    keys grouped by class (`shots`), one batched product per class, [B·N, shots] @ [shots, G]; else one index sum per
+    row w_g. Neither builds the [B, G, N, keys] products (G times the search's chunk budget: 20 γ values of a whole
+    val split read against thousands of keys are gigabytes)."""
     if shots is None:
-        return class_sums(sharp[:, None] * key_weights[:, None, :], key_labels, num_classes, None)
+        return torch.stack([class_sums(sharp * weights, key_labels, num_classes, None) for weights in key_weights], 1)
     b, n, _ = sharp.shape
     per_class = sharp.reshape(b * n, num_classes, shots).transpose(0, 1)  # [C, B·N, shots]
     weights = key_weights.t().reshape(num_classes, shots, -1)  # [C, shots, G]

@@ -21,15 +21,17 @@ cross-modal linear-probing command runs it (`train.py --modality cross_modal --c
 - the optimiser and schedule (`engine/optimizer/default.py`, `HYPER_DICT["linear"]`; `optim.py`; `scheduler.py`):
   AdamW (β 0.9, 0.999), lr ∈ {1e-3, 1e-4}, weight decay ∈ {0, 1e-2, 1e-4}, batch ∈ {8, 32} (halved between the two
   modalities), 12,800 iterations, 50 warm-up steps (the first at 1e-5, then linear) and a cosine over 12,800
-  (`warmup-cosine-step`). The defaults are lr 1e-3, no weight decay and batch 8 (4 + 4: batch 32 needs more than 16
-  classes, `get_valid_batch_sizes`); the official grid over the three is a `--tune` grid.
+  (`warmup-cosine-step`; the steps that the trainer's whole epochs add beyond 12,800 run at lr 0). The defaults are
+  lr 1e-3, no weight decay and batch 8 (4 + 4: batch 32 needs more than 16 classes, `get_valid_batch_sizes`); the
+  official grid over the three is a `--tune` grid.
 
 Not here: the few-shot val search (`train.py` keeps the best of every 100th iteration's checkpoints, `eval.py` the
 best grid point per seed) is the protocol's (`--select val`, per epoch; `--tune`), not the method's; the official
 pool of images is the centre crop and its mirror (`--image-augmentation flip`), the trainer's is one cached view per
 image an epoch (`--train-views all` adds the clean view); the partial fine-tuning of the encoders and the WiSE-FT
 head are out of reach of cached features. Novel classes are not scored, as for `linear-probe`. `text_samples=false`
-trains the same head on the images alone (the official `--modality uni_modal`: the whole batch images).
+trains the same head on the same image batches alone (the official `--modality uni_modal` fills the whole batch of 8
+with images: `batch_size=8` for it).
 `recipe=shared`: ZS-LP's shared form (`100 x Wᵀ + b`, W₀ = T, b₀ = 0, the unit features of `--text` as the text
 samples) and the shared recipe. docs/baselines.md.
 """
@@ -77,8 +79,8 @@ class CrossModalOptions(RecipeTrainOptions):
                               "ones, 7 samples a class, W₀ their normalised raw mean; elsewhere the CoOp template), "
                               "unit (the unit feature of --text) (default: the recipe's; official hand-crafted, "
                               "shared unit)", choices=TEXTS)
-    text_samples: bool = option(True, "train on the class text features as extra samples (false: images only, the "
-                                      "official uni_modal ablation)")
+    text_samples: bool = option(True, "train on the class text features as extra samples (false: the same image "
+                                      "batches alone; the official uni_modal ablation takes batch_size=8)")
     text_batch: int = option(0, "text samples per step (0: as many as the step's images, at most all of them)",
                              least=0)
 
