@@ -56,6 +56,10 @@ def main() -> None:
     parser.add_argument("--untuned", default=",".join(UNTUNED), help="methods at their official recipes")
     parser.add_argument("--tuned", default=",".join(TUNED), help="methods also run with --tune-preset lr")
     args = parser.parse_args()
+    untuned, tuned = args.untuned.split(","), [m for m in args.tuned.split(",") if m]
+    if (untuned, tuned) != (UNTUNED, TUNED) and args.save == RESULTS / "clap_study.json":
+        parser.error("--untuned/--tuned name other methods than CLAP's study: give --save a file of their own "
+                     "(benchmarks/results/clap_study.json holds CLAP's)")
     torch.set_num_threads(1)
     caches = worlds(args.data)
     lines: list[str] = []
@@ -64,7 +68,6 @@ def main() -> None:
         with CacheReader(path) as reader:
             info = reader.info()
         emit(lines, f"{name}: {path.name}, fingerprint {info.fingerprint}, {info.counts['val']} val images")
-    untuned, tuned = args.untuned.split(","), [m for m in args.tuned.split(",") if m]
     seconds = {"untuned": train(caches, untuned, args.out / "untuned", args.jobs, tune=False),
                "tuned": train(caches, tuned, args.out / "tuned", args.jobs, tune=True) if tuned else 0.0}
     # the study's tables: every method of the untuned folder by its name, the tuned folder's with a suffix
