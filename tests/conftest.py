@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny open_clip model loaded from a checkpoint file, and small CoOp-layout datasets on disk."""
+"""Shared fixtures: a tiny open_clip model loaded from a checkpoint file, small CoOp-layout datasets on disk, and the
+small synthetic cache the baselines' end-to-end tests run on."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import open_clip
 import pytest
 import torch
 
+from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.demo.synthetic import write_coop_dataset
 
 # The test problems are tiny: one thread avoids OpenMP's spin-wait overhead, which on a loaded 2-core machine makes
@@ -66,3 +68,11 @@ def coop_dataset(tmp_path_factory: pytest.TempPathFactory) -> CoopDataset:
     folder = tmp_path_factory.mktemp("shapes")
     split = write_coop_dataset(folder, "Shapes", TEST_CLASSES, counts=(20, 6, 8), seed=0)
     return CoopDataset(folder, split, [c.replace(" ", "_") for c in TEST_CLASSES])
+
+
+@pytest.fixture(scope="session")
+def baseline_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic cache of 8 classes (D = 16, 3 views, shots 2 and 4, seed 1) that the baselines' fit, grid, protocol
+    and CLI tests read (never write)."""
+    return write_synthetic_cache(tmp_path_factory.mktemp("baselines") / "synthetic.h5", num_classes=8, dim=16, views=3,
+                                 shots=(2, 4), seeds=(1,))

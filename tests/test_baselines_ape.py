@@ -25,7 +25,6 @@ from lathadapter.adapter.methods.tip_adapter import class_sums
 from lathadapter.adapter.recipes import RecipeFacts
 from lathadapter.adapter.trainer import train
 from lathadapter.cache.store import FewShotData
-from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 from lathadapter.experiments.launch import launch
 from lathadapter.experiments.spec import GridSpec
@@ -407,18 +406,13 @@ def test_novel_classes_are_not_scored() -> None:
 # ----------------------------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ape") / "synthetic.h5"
-    return write_synthetic_cache(path, num_classes=8, dim=16, views=3, shots=(2, 4), seeds=(1,))
-
-
-def test_fit_grid_and_base_to_novel(cache: Path, tmp_path: Path) -> None:
-    metrics = lathadapter.fit(cache, method="ape", shots=4, seed=1, out=tmp_path, device="cpu")
+def test_fit_grid_and_base_to_novel(baseline_cache: Path, tmp_path: Path) -> None:
+    metrics = lathadapter.fit(baseline_cache, method="ape", shots=4, seed=1, out=tmp_path, device="cpu")
     assert metrics["accuracy"]["all"] > 100 / 8 + 20 and math.isfinite(metrics["chosen"]["gamma"])
-    base = lathadapter.fit(cache, method="ape-t", shots=4, seed=1, classes="base", out=None, device="cpu", epochs=5)
+    base = lathadapter.fit(baseline_cache, method="ape-t", shots=4, seed=1, classes="base", out=None, device="cpu",
+                           epochs=5)
     assert base["accuracy"]["novel"] is None and base["hm"] is None and base["accuracy"]["base"] > 100 / 4
-    launch(GridSpec([str(cache)], ["tip-adapter", "ape", "ape-t"], [2], [1], options={"ape-t.epochs": ["3"]},
+    launch(GridSpec([str(baseline_cache)], ["tip-adapter", "ape", "ape-t"], [2], [1], options={"ape-t.epochs": ["3"]},
                     tune_preset="lr"), tmp_path / "grid", progress=False)
     rows = list(csv.DictReader((tmp_path / "grid" / "results.csv").open()))
     lrs = sorted(float(r["chosen.recipe.lr"]) for r in rows if r["method"] == "ape-t")
@@ -426,14 +420,14 @@ def test_fit_grid_and_base_to_novel(cache: Path, tmp_path: Path) -> None:
     assert sum(r["method"] == "ape" for r in rows) == 1 and all(float(r["acc_all"]) > 0 for r in rows)
 
 
-def test_cli_lists_both_and_rejects_a_bad_share(cache: Path) -> None:
+def test_cli_lists_both_and_rejects_a_bad_share(baseline_cache: Path) -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["list", "methods"])
     names = [line.split()[0] for line in listed.output.splitlines() if line.strip()]
     assert listed.exit_code == 0 and "ape" in names and "ape-t" in names
     assert "feat_share" in runner.invoke(app, ["list", "options", "ape"]).output
-    result = runner.invoke(app, ["fit", "--cache", str(cache), "--method", "ape", "--shots", "2", "--device", "cpu",
-                                 "--set", "feat_share=1.5"])
+    result = runner.invoke(app, ["fit", "--cache", str(baseline_cache), "--method", "ape", "--shots", "2", "--device",
+                                 "cpu", "--set", "feat_share=1.5"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "feat_share" in lines[0] and "1" in lines[0]

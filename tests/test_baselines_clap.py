@@ -28,7 +28,6 @@ from lathadapter.adapter.methods.clap import multipliers
 from lathadapter.adapter.recipes import RecipeFacts
 from lathadapter.adapter.trainer import epoch_orders, train
 from lathadapter.cache.store import FewShotData
-from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 from lathadapter.experiments.launch import launch
 from lathadapter.experiments.protocols import run_protocol
@@ -228,42 +227,37 @@ def test_clap_resolves_to_the_official_recipe() -> None:
 # ----------------------------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("clap") / "synthetic.h5"
-    return write_synthetic_cache(path, num_classes=8, dim=16, views=3, shots=(2, 4), seeds=(1,))
-
-
-def test_fit_and_base_to_novel(cache: Path, tmp_path: Path) -> None:
-    metrics = lathadapter.fit(cache, method="clap", shots=4, seed=1, out=tmp_path, device="cpu", epochs=20)
+def test_fit_and_base_to_novel(baseline_cache: Path, tmp_path: Path) -> None:
+    metrics = lathadapter.fit(baseline_cache, method="clap", shots=4, seed=1, out=tmp_path, device="cpu", epochs=20)
     assert metrics["accuracy"]["all"] > 100 / 8 + 20
     assert metrics["chosen"]["recipe.epochs"] == 20 and 0 < metrics["chosen"]["clap.alpha_min"] <= 1
-    base = lathadapter.fit(cache, method="clap", shots=4, seed=1, classes="base", out=None, device="cpu", epochs=20)
+    base = lathadapter.fit(baseline_cache, method="clap", shots=4, seed=1, classes="base", out=None, device="cpu",
+                           epochs=20)
     assert base["accuracy"]["novel"] is None and base["hm"] is None and base["accuracy"]["base"] > 100 / 4
 
 
-def test_grid_with_the_lr_preset_and_the_few_shot_protocol(cache: Path, tmp_path: Path) -> None:
-    launch(GridSpec([str(cache)], ["zeroshot", "linear-probe", "clap"], [2], [1], options={"epochs": ["5"]},
+def test_grid_with_the_lr_preset_and_the_few_shot_protocol(baseline_cache: Path, tmp_path: Path) -> None:
+    launch(GridSpec([str(baseline_cache)], ["zeroshot", "linear-probe", "clap"], [2], [1], options={"epochs": ["5"]},
                     tune_preset="lr"), tmp_path / "grid", progress=False)
     rows = list(csv.DictReader((tmp_path / "grid" / "results.csv").open()))
     lrs = sorted(float(r["chosen.recipe.lr"]) for r in rows if r["method"] == "clap")
     assert lrs == pytest.approx([0.01, 0.1, 1.0])  # the official 0.1 × 0.1, 1, 10
     assert sum(r["tune.selected"] == "True" for r in rows if r["method"] == "clap") == 1
     assert {r["opt.constraint"] for r in rows if r["method"] == "clap"} == {"l2"}
-    run_protocol("few-shot", [str(cache)], tmp_path / "protocol", ["clap"], [1], shots=[2],
+    run_protocol("few-shot", [str(baseline_cache)], tmp_path / "protocol", ["clap"], [1], shots=[2],
                  options={"epochs": ["3"]}, progress=False)
     (row,) = csv.DictReader((tmp_path / "protocol" / "results.csv").open())
     assert row["method"] == "clap" and float(row["acc_all"]) > 0 and row["opt.constraint"] == "l2"
 
 
-def test_cli_lists_clap_and_rejects_a_bad_constraint(cache: Path) -> None:
+def test_cli_lists_clap_and_rejects_a_bad_constraint(baseline_cache: Path) -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["list", "methods"])
     assert listed.exit_code == 0 and "clap" in [line.split()[0] for line in listed.output.splitlines()]
     options = runner.invoke(app, ["list", "options", "clap"]).output
     assert "constraint" in options and "l2-balanced" in options
-    result = runner.invoke(app, ["fit", "--cache", str(cache), "--method", "clap", "--shots", "2", "--device", "cpu",
-                                 "--set", "constraint=cosine"])
+    result = runner.invoke(app, ["fit", "--cache", str(baseline_cache), "--method", "clap", "--shots", "2", "--device",
+                                 "cpu", "--set", "constraint=cosine"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "constraint" in lines[0] and "l2" in lines[0]

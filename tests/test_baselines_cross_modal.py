@@ -26,7 +26,6 @@ from lathadapter.adapter.methods.base import IMAGENET_TEMPLATES_SELECT, NotAppli
 from lathadapter.adapter.recipes import RecipeFacts
 from lathadapter.adapter.trainer import epoch_orders, train
 from lathadapter.cache.store import FewShotData
-from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 from lathadapter.experiments.launch import launch
 from lathadapter.experiments.protocols import run_protocol
@@ -291,51 +290,45 @@ def test_resolution_shared_recipe_and_novel_classes() -> None:
 # ----------------------------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cross-modal") / "synthetic.h5"
-    return write_synthetic_cache(path, num_classes=8, dim=16, views=3, shots=(2, 4), seeds=(1,))
-
-
-def test_fit_and_base_to_novel(cache: Path, tmp_path: Path) -> None:
-    metrics = lathadapter.fit(cache, method="cross-modal", shots=4, seed=1, out=tmp_path, device="cpu",
+def test_fit_and_base_to_novel(baseline_cache: Path, tmp_path: Path) -> None:
+    metrics = lathadapter.fit(baseline_cache, method="cross-modal", shots=4, seed=1, out=tmp_path, device="cpu",
                               min_steps=400)
     assert metrics["accuracy"]["all"] > 100 / 8 + 20
     assert metrics["chosen"]["recipe.min_steps"] == 400 and metrics["chosen"]["cross-modal.text_batch"] == 4
-    base = lathadapter.fit(cache, method="cross-modal", shots=4, seed=1, classes="base", out=None, device="cpu",
-                           min_steps=200)
+    base = lathadapter.fit(baseline_cache, method="cross-modal", shots=4, seed=1, classes="base", out=None,
+                           device="cpu", min_steps=200)
     assert base["accuracy"]["novel"] is None and base["hm"] is None and base["accuracy"]["base"] > 100 / 4
 
 
-def test_base_to_novel_text_samples_are_the_base_classes(cache: Path) -> None:
+def test_base_to_novel_text_samples_are_the_base_classes(baseline_cache: Path) -> None:
     from lathadapter.cache.store import CacheReader
 
-    with CacheReader(cache) as reader:
+    with CacheReader(baseline_cache) as reader:
         data = reader.load(4, 1).select_classes([0, 2, 4, 6])
     method = create_method("cross-modal", data, min_steps=10)
     assert method.text_labels.tolist() == [0, 1, 2, 3]
     torch.testing.assert_close(method.text_samples, F.normalize(data.template_raw[0], dim=-1))
 
 
-def test_grid_with_the_lr_preset_and_the_few_shot_protocol(cache: Path, tmp_path: Path) -> None:
-    launch(GridSpec([str(cache)], ["cross-modal"], [2], [1], options={"min_steps": ["100"]}, tune_preset="lr"),
+def test_grid_with_the_lr_preset_and_the_few_shot_protocol(baseline_cache: Path, tmp_path: Path) -> None:
+    launch(GridSpec([str(baseline_cache)], ["cross-modal"], [2], [1], options={"min_steps": ["100"]}, tune_preset="lr"),
            tmp_path / "grid", progress=False)
     rows = list(csv.DictReader((tmp_path / "grid" / "results.csv").open()))
     assert sorted(float(r["chosen.recipe.lr"]) for r in rows) == pytest.approx([1e-4, 1e-3, 1e-2])
     assert sum(r["tune.selected"] == "True" for r in rows) == 1
-    run_protocol("few-shot", [str(cache)], tmp_path / "protocol", ["cross-modal"], [1], shots=[2],
+    run_protocol("few-shot", [str(baseline_cache)], tmp_path / "protocol", ["cross-modal"], [1], shots=[2],
                  options={"min_steps": ["50"], "text_samples": ["false"]}, progress=False)
     (row,) = csv.DictReader((tmp_path / "protocol" / "results.csv").open())
     assert row["method"] == "cross-modal" and float(row["acc_all"]) > 0 and row["opt.text_samples"] == "False"
 
 
-def test_cli_lists_cross_modal_and_rejects_a_bad_text_batch(cache: Path) -> None:
+def test_cli_lists_cross_modal_and_rejects_a_bad_text_batch(baseline_cache: Path) -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["list", "methods"])
     assert listed.exit_code == 0 and "cross-modal" in [line.split()[0] for line in listed.output.splitlines()]
     assert "text_samples" in runner.invoke(app, ["list", "options", "cross-modal"]).output
-    result = runner.invoke(app, ["fit", "--cache", str(cache), "--method", "cross-modal", "--shots", "2", "--device",
-                                 "cpu", "--set", "text_batch=9"])
+    result = runner.invoke(app, ["fit", "--cache", str(baseline_cache), "--method", "cross-modal", "--shots", "2",
+                                 "--device", "cpu", "--set", "text_batch=9"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "text_batch=9" in lines[0] and "1..8" in lines[0]
