@@ -226,12 +226,33 @@ def test_a_vocabulary_shorter_than_the_prompts_is_said_and_the_prompts_start_at_
     data = make_data(attributes=3)
     with pytest.warns(ProtocolWarning, match=r"num_attributes=4 attribute phrases, but the cache holds 3.*"
                                              r"--set num_attributes=3"):
+        torch.manual_seed(3)
         short = create_method("lathadapter", data, num_attributes=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ProtocolWarning)  # enough phrases, or random asked for: nothing to say
         create_method("lathadapter", data, num_attributes=3)
+        torch.manual_seed(3)
         random = create_method("lathadapter", data, num_attributes=4, attr_init="random")
     assert torch.equal(short.attribute_prompts, random.attribute_prompts)
+
+
+def test_random_prompts_are_each_runs_seeds_draws() -> None:
+    """attr_init=random draws N(0, 1/D) prompts from the generator the run seeds: the same seed starts from the same
+    prompts, another seed from others (so seeds vary the start, as the baselines' random inits do)."""
+    from lathadapter.experiments.run import RunConfig, build
+
+    data = make_data(dim=16)
+
+    def prompts(seed: int) -> torch.Tensor:
+        config = RunConfig.create("lathadapter", 3, seed, overrides={"attr_init": "random", "num_attributes": 64})
+        return build(config, data).attribute_prompts.detach()
+
+    first, second, again = prompts(1), prompts(2), prompts(1)
+    assert torch.equal(first, again)
+    assert (first - second).abs().min() > 0
+    for draws in (first, second):  # 1,024 draws: the sample std within 10 % of 1/√D (a 4.5-sigma band)
+        assert abs(draws.std().item() * math.sqrt(16) - 1) < 0.1
+        assert abs(draws.mean().item()) < 0.1 / math.sqrt(16)
 
 
 def test_remembered_kmeans_centres_are_each_callers_own() -> None:

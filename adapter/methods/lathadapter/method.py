@@ -92,7 +92,7 @@ def modality_means(data: FewShotData) -> tuple[torch.Tensor, torch.Tensor]:
 def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions,
                            text_mean: torch.Tensor | None = None) -> torch.Tensor:
     """K × D prompts: k-means centres of the attribute-vocabulary features when the cache has enough of them (text
-    features, so centred with the text mean under `centre=modality`)."""
+    features, so centred with the text mean under `centre=modality`); otherwise N(0, 1/D) draws of the run's seed."""
     dim = data.text_features.shape[1]
     vocabulary = data.attribute_features
     if text_mean is not None and len(vocabulary):
@@ -104,8 +104,8 @@ def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions,
                       f"attribute phrases, but the cache holds {len(vocabulary)}: the prompts start at random "
                       "(N(0, 1/D)), as with attr_init=random. Build the cache with a longer --attributes file, or "
                       f"pass --set num_attributes={len(vocabulary) or 1}", ProtocolWarning, stacklevel=3)
-    generator = torch.Generator().manual_seed(0)
-    prompts = torch.randn(options.num_attributes, dim, generator=generator) / math.sqrt(dim)
+    # the global generator, which the run seeds (`experiments.run.build`): each seed starts from its own prompts
+    prompts = torch.randn(options.num_attributes, dim) / math.sqrt(dim)
     return prompts.to(data.text_features.device)
 
 
