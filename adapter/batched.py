@@ -19,13 +19,12 @@ the work of a step:
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import torch
 
 from lathadapter.adapter.graphed import batch_indices
-from lathadapter.adapter.methods.base import Method, ProtocolWarning
+from lathadapter.adapter.methods.base import Method, warn_no_val_subset
 from lathadapter.adapter.options import environment_choice
 from lathadapter.adapter.recipes import build_optimizer, build_scheduler
 from lathadapter.adapter.trainer import (
@@ -107,8 +106,7 @@ def train_together(members: list[Member], select: str = "last", train_views: str
         raise ValueError("runs trained together must share method, samples, views and the recipe's steps "
                          "(`lockstep_key`); train the others alone")
     if select == "val" and any(len(m.data.val_labels) == 0 for m in members):
-        warnings.warn(f"{members[0].method.name}: --select val, but the cache has no few-shot val subset (as "
-                      "ImageNet's): the last epoch is kept", ProtocolWarning, stacklevel=2)
+        warn_no_val_subset(members[0].method.name, ": the last epoch is kept", stacklevel=2, select_val=True)
     device = members[0].data.train_labels.device
     stack = stacks_on(device) if stack is None else stack
     optimiser_imports()

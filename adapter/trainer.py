@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,7 +21,7 @@ import torch
 
 from lathadapter.adapter.evaluate import accuracy
 from lathadapter.adapter.graphed import Graphed, graphable, graphs_on
-from lathadapter.adapter.methods.base import Method, ProtocolWarning
+from lathadapter.adapter.methods.base import Method, warn_no_val_subset
 from lathadapter.adapter.options import OptionError, changed_fields
 from lathadapter.adapter.recipes import TRAINING_NAMES, build_optimizer, build_scheduler
 from lathadapter.cache.store import FewShotData
@@ -401,8 +400,7 @@ def train(method: Method, data: FewShotData, seed: int, select: str = "last", pr
     start = time.perf_counter()
     result = TrainResult()
     if select == "val" and len(data.val_labels) == 0 and method.trains:
-        warnings.warn(f"{method.name}: --select val, but the cache has no few-shot val subset (as ImageNet's): the "
-                      "last epoch is kept", ProtocolWarning, stacklevel=2)
+        warn_no_val_subset(method.name, ": the last epoch is kept", stacklevel=2, select_val=True)
     if method.trains and trainable(method):
         optimise([Member(method, data, seed)], Lockstep, select, train_views, [result], progress, graphs)
     finish(method, data, result)

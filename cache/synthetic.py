@@ -97,36 +97,54 @@ def write_synthetic_cache(
         more, more_norms = [m[keep_classes] for m in more], [n[keep_classes] for n in more_norms]
         wnids = [wnids[c] for c in keep_classes]
     scale = np.random.default_rng([seed, 7])  # the norms' own stream: the features above do not depend on it
-    norms = RawNorms(
+    norms = _raw_norms(scale, labels, augmented, len(class_names), num_attributes, more_norms)
+    layout = _layout(
+        {"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
+         "train_per_class": train_per_class, "test": len(labels["test"]), "model": "synthetic",
+         "keep_classes": keep_classes, "val": "all" if val_split else "subsets",
+         **({} if tuple(templates) == SYNTHETIC_TEMPLATES else {"templates": list(templates)})},
+        class_names, dim, views, labels, shots, seeds, list(templates),
+        [f"attribute {k}" for k in range(num_attributes)], wnids, val_split)
+    write_cache(Path(path), layout, features, augmented, np.stack([text, second, *more]), vocabulary, norms)
+    return Path(path)
+
+
+def _raw_norms(scale: np.random.Generator, labels: dict[str, np.ndarray], augmented: np.ndarray, num_classes: int,
+               num_attributes: int, more_text: list[np.ndarray] | None = None) -> RawNorms:
+    """Raw norms in CLIP's ranges (images 9–12, text 7–10) drawn from `scale`, a generator of their own: each split's
+    images, the augmented views, the first two templates' text, the attributes; further templates' text as given."""
+    return RawNorms(
         splits={split: scale.uniform(9.0, 12.0, len(labels[split])) for split in SPLITS},
         augmented=scale.uniform(9.0, 12.0, augmented.shape[:2]),
-        text=np.concatenate([scale.uniform(7.0, 10.0, (2, len(class_names))),
-                             np.reshape(more_norms, (-1, len(class_names)))]),
+        text=np.concatenate([scale.uniform(7.0, 10.0, (2, num_classes)),
+                             np.reshape(more_text or [], (-1, num_classes))]),
         attributes=scale.uniform(7.0, 10.0, num_attributes),
     )
+
+
+def _layout(fingerprint: dict[str, object], class_names: list[str], dim: int, views: int,
+            labels: dict[str, np.ndarray], shots: tuple[int, ...], seeds: tuple[int, ...], templates: list[str],
+            attribute_phrases: list[str], wnids: list[str], val_split: bool) -> CacheLayout:
+    """A synthetic cache's layout: placeholder image paths, CoOp's few-shot subset of every (shots, seed) drawn as a
+    built cache draws them and, with `val_split` (the whole val split written), LP++'s K-shot val set of each."""
     subsets = {
         (k, s): fewshot_indices(labels["train"].tolist(), labels["val"].tolist(), k, s) for k in shots for s in seeds
     }
     val_shots = ({key: val_shots_indices(labels["train"].tolist(), labels["val"].tolist(), *key) for key in subsets}
                  if val_split else {})
-    layout = CacheLayout(
-        fingerprint={"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
-                     "train_per_class": train_per_class, "test": len(labels["test"]), "model": "synthetic",
-                     "keep_classes": keep_classes, "val": "all" if val_split else "subsets",
-                     **({} if tuple(templates) == SYNTHETIC_TEMPLATES else {"templates": list(templates)})},
+    return CacheLayout(
+        fingerprint=fingerprint,
         class_names=class_names,
         embed_dim=dim,
         views=views,
         paths={split: [f"{split}/{i:06d}.png" for i in range(len(ls))] for split, ls in labels.items()},
         labels={split: ls.tolist() for split, ls in labels.items()},
         subsets=subsets,
-        templates=list(templates),
-        attribute_phrases=[f"attribute {k}" for k in range(num_attributes)],
+        templates=templates,
+        attribute_phrases=attribute_phrases,
         wnids=wnids,
         val_shots=val_shots,
     )
-    write_cache(Path(path), layout, features, augmented, np.stack([text, second, *more]), vocabulary, norms)
-    return Path(path)
 
 
 # The CLIP-like worlds (`write_clip_world`): families with the nouns that end their class names, and the attribute
@@ -290,31 +308,13 @@ def write_clip_world(
                             + own_noise * rng.standard_normal((num_attributes, dim)) / np.sqrt(dim))
 
     scale = np.random.default_rng([seed, 1802])
-    norms = RawNorms(
-        splits={split: scale.uniform(9.0, 12.0, len(labels[split])) for split in SPLITS},
-        augmented=scale.uniform(9.0, 12.0, augmented.shape[:2]),
-        text=scale.uniform(7.0, 10.0, (2, num_classes)),
-        attributes=scale.uniform(7.0, 10.0, num_attributes),
-    )
-    subsets = {
-        (k, s): fewshot_indices(labels["train"].tolist(), labels["val"].tolist(), k, s) for k in shots for s in seeds
-    }
-    val_shots = {key: val_shots_indices(labels["train"].tolist(), labels["val"].tolist(), *key) for key in subsets}
-    layout = CacheLayout(
-        fingerprint={"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
-                     "families": families, "text_attributes": text_attributes, "train_per_class": train_per_class,
-                     "test": len(labels["test"]), "model": "synthetic-clip", "val": "all",
-                     **({} if text_signal is None else {"text_signal": text_signal})},
-        class_names=class_names,
-        embed_dim=dim,
-        views=views,
-        paths={split: [f"{split}/{i:06d}.png" for i in range(len(ls))] for split, ls in labels.items()},
-        labels={split: ls.tolist() for split, ls in labels.items()},
-        subsets=subsets,
-        templates=["a photo of a {}.", "itap of a {}."],
-        attribute_phrases=list(ATTRIBUTE_WORDS),
-        wnids=[f"s{c:08d}" for c in range(num_classes)],
-        val_shots=val_shots,
-    )
+    norms = _raw_norms(scale, labels, augmented, num_classes, num_attributes)
+    layout = _layout(
+        {"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
+         "families": families, "text_attributes": text_attributes, "train_per_class": train_per_class,
+         "test": len(labels["test"]), "model": "synthetic-clip", "val": "all",
+         **({} if text_signal is None else {"text_signal": text_signal})},
+        class_names, dim, views, labels, shots, seeds, ["a photo of a {}.", "itap of a {}."], list(ATTRIBUTE_WORDS),
+        [f"s{c:08d}" for c in range(num_classes)], val_split=True)
     write_cache(Path(path), layout, features, augmented, np.stack([text, second]), vocabulary, norms)
     return Path(path)

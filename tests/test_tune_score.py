@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import read_rows, top1
 from typer.testing import CliRunner
 
 from lathadapter.adapter.catalog import create_method
@@ -31,14 +31,6 @@ TINY = {"epochs": ["1"], "min_steps": ["2"]}
 CLASSES = 7  # base-to-novel: base = the first ceil(7/2) = 4 labels; their pseudo-base half the first 2 of those
 
 
-@torch.no_grad()
-def top1(method: Any, features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor | None = None) -> float:
-    """Top-1 accuracy (%) restated, the oracle of the recorded scores: the share of rows whose highest score is their
-    label's."""
-    method.eval()
-    return 100.0 * float((method.logits(features, text).argmax(dim=-1) == labels).double().mean())
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tune_score_caches")
@@ -50,11 +42,6 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def data(cache: Path) -> FewShotData:
     with CacheReader(cache) as reader:
         return reader.load(2, 1)
-
-
-def read_rows(out: Path) -> list[dict[str, str]]:
-    with (out / "results.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def rows_with(data: FewShotData, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

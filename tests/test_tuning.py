@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import read_rows, top1
 from typer.testing import CliRunner
 
 from lathadapter.adapter.catalog import create_method, make_options
@@ -31,24 +32,11 @@ TINY = {"epochs": ["1"], "min_steps": ["2"]}
 LRS = ["0.01", "0.0001", "0.1"]  # not sorted: ties keep the first given
 
 
-@torch.no_grad()
-def top1(method: Any, features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor | None = None) -> float:
-    """Top-1 accuracy (%) restated, the oracle of the recorded scores: the share of rows whose highest score is their
-    label's."""
-    method.eval()
-    return 100.0 * float((method.logits(features, text).argmax(dim=-1) == labels).double().mean())
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tuning_caches")
     return write_synthetic_cache(folder / "tiny.h5", num_classes=6, dim=16, views=2, shots=(1, 2), seeds=(1, 2),
                                  train_per_class=4, val_per_class=4, test_per_class=6, name="tiny")
-
-
-def read_rows(out: Path) -> list[dict[str, str]]:
-    with (out / "results.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def run_files(out: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -33,7 +33,6 @@ Both are tied to the training classes: novel classes are not scored (n/a), as fo
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +43,9 @@ from torch import nn
 from lathadapter.adapter.methods.base import (
     LOGIT_SCALE,
     Method,
-    ProtocolWarning,
     normalize,
     search_set_data,
+    warn_no_val_subset,
     zero_shot_base_text,
 )
 from lathadapter.adapter.methods.tip_adapter import (
@@ -308,9 +307,8 @@ class ApeBase(Method):
         features, labels, where = search_set_data(data, self.options.search_set, self.name,
                                                   "the hyper-parameters are searched")
         if where == "none":  # ImageNet has no val set; the test set is never used for this
-            warnings.warn(f"{self.name}: the cache has no few-shot val subset (as ImageNet's), so its "
-                          f"hyper-parameters are not searched and keep their values α={self.alpha:g}, "
-                          f"β={self.beta:g}", ProtocolWarning, stacklevel=3)
+            warn_no_val_subset(self.name, f", so its hyper-parameters are not searched and keep their values "
+                               f"α={self.alpha:g}, β={self.beta:g}", stacklevel=3)
             return None
         return features, labels, where
 

@@ -200,6 +200,15 @@ def search_set_data(data: FewShotData, search_set: str, method: str, searched: s
     return subset
 
 
+def warn_no_val_subset(method: str, consequence: str, stacklevel: int, select_val: bool = False) -> None:
+    """Say (`ProtocolWarning`) that the cache has no few-shot val subset (ImageNet's has none) and what `method` does
+    instead (`consequence`, from its punctuation on: ", so α is not searched ..."): the test set never stands in.
+    `select_val` names `--select val` as what asked for one; `stacklevel` is the caller's, as for `warnings.warn`."""
+    asked = "--select val, but " if select_val else ""
+    warnings.warn(f"{method}: {asked}the cache has no few-shot val subset (as ImageNet's){consequence}",
+                  ProtocolWarning, stacklevel=stacklevel + 1)
+
+
 # The base text of TaskRes and ZS-LP (`base_text`): `official`, the official `_get_base_text_features` (TaskRes's, and
 # CLAP's copy of it for ZS-LP), whatever `--text`; `raw`, the raw feature of `--text`; `unit`, its unit feature.
 BASE_TEXTS = ("official", "raw", "unit")

@@ -32,13 +32,18 @@ per-class covariances; neither is implemented).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Method, ProtocolWarning, search_set_data, zero_shot_base_text
+from lathadapter.adapter.methods.base import (
+    LOGIT_SCALE,
+    Method,
+    search_set_data,
+    warn_no_val_subset,
+    zero_shot_base_text,
+)
 from lathadapter.adapter.options import SearchSetOptions, option
 from lathadapter.adapter.recipes import RecipeFacts, fill
 from lathadapter.adapter.registry import register
@@ -138,8 +143,7 @@ class GDA(Method):
             return {"alpha": self.alpha, "views": self.num_views, "search": "off"}
         features, labels, where = search_set_data(data, self.search_set, self.name, "α is searched")
         if where == "none":  # ImageNet: the official code searches on the test set, never done here
-            warnings.warn(f"{self.name}: the cache has no few-shot val subset (as ImageNet's), so α is not searched "
-                          f"and keeps its value α={self.alpha:g}", ProtocolWarning, stacklevel=2)
+            warn_no_val_subset(self.name, f", so α is not searched and keeps its value α={self.alpha:g}", stacklevel=2)
             return {"alpha": self.alpha, "views": self.num_views,
                     "search": "skipped: the cache has no val subset"}
         zero_shot = LOGIT_SCALE * features @ self.text_features.t()

@@ -37,14 +37,13 @@ for some, the official loop runs in `after_training`, and they are then marked t
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from lathadapter.adapter.methods.base import Method, ProtocolWarning, search_set_data, zero_shot_base_text
+from lathadapter.adapter.methods.base import Method, search_set_data, warn_no_val_subset, zero_shot_base_text
 from lathadapter.adapter.options import (
     BASE_TEXT_DOC,
     SEARCH_SET_DOC,
@@ -139,8 +138,8 @@ class LPPlusPlus(Method):
                                                                "the epoch is chosen")
         has_val = search_set != "none"
         if not has_val:
-            warnings.warn(f"{self.name}: the cache has no few-shot val subset (as ImageNet's), so no epoch is chosen "
-                          f"on it: the last of {self.options.epochs} is kept", ProtocolWarning, stacklevel=2)
+            warn_no_val_subset(self.name, f", so no epoch is chosen on it: the last of {self.options.epochs} is kept",
+                               stacklevel=2)
         val_text = val_features @ self.text_features.t() if has_val else None
         weight, bias, alpha = (p.detach().clone() for p in (self.weight, self.bias, self.alpha))
         rows = torch.arange(n, device=labels.device)

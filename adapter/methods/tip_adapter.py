@@ -14,7 +14,6 @@ keys from the unit views, the few-shot val subset, and the shared AdamW recipe w
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +23,9 @@ from torch import nn
 from lathadapter.adapter.methods.base import (
     LOGIT_SCALE,
     Method,
-    ProtocolWarning,
     normalize,
     search_set_data,
+    warn_no_val_subset,
     zero_shot_base_text,
 )
 from lathadapter.adapter.options import RecipeTrainOptions, SearchSetOptions, option
@@ -257,9 +256,8 @@ class TipAdapter(Method):
             return {"alpha": self.alpha, "beta": self.beta, "search": "off"}
         features, labels, where = search_set_data(data, self.search_set, self.name, "α and β are searched")
         if where == "none":  # ImageNet has no val set; the test set is never used for this
-            warnings.warn(f"{self.name}: the cache has no few-shot val subset (as ImageNet's), so α and β are not "
-                          f"searched and keep their values α={self.alpha:g}, β={self.beta:g}", ProtocolWarning,
-                          stacklevel=2)
+            warn_no_val_subset(self.name, f", so α and β are not searched and keep their values α={self.alpha:g}, "
+                               f"β={self.beta:g}", stacklevel=2)
             return {"alpha": self.alpha, "beta": self.beta, "search": "skipped: the cache has no val subset"}
         with torch.no_grad():
             self.alpha, self.beta, accuracy = search_alpha_beta(
