@@ -84,7 +84,8 @@ OFFICIAL_ADAPTER_RECIPE = dataclasses.replace(OFFICIAL_RECIPE, lr=1e-4)
 
 @dataclass(frozen=True)
 class CrossModalOptions(RecipeTrainOptions):
-    """The training values (`batch_size`: the images of a step), the classifier, the texts and their share."""
+    """The training values (`batch_size`: the images of a step), the classifier and its start, the texts and their
+    share."""
 
     # not `head`: linear-probe's option of that name has other values, and a second declaration would rename its
     # results column (`catalog.ambiguous_options`)
@@ -153,8 +154,9 @@ def text_order(samples: int, batch: int, steps: int) -> torch.Tensor:
 
 @register("cross-modal", CrossModalOptions)
 class CrossModal(Method):
-    """The linear head and its text samples. The text order is a buffer and the step a device counter that `loss`
-    advances, so that a stacked (vmapped) or captured step draws its texts without a host read."""
+    """The head (linear, affine, or the adapter and the linear head) and its text samples. The text order is a
+    buffer and the step a device counter that `loss` advances, so that a stacked (vmapped) or captured step draws its
+    texts without a host read."""
 
     stackable = True
     scores_new_classes = False
