@@ -96,10 +96,10 @@ class CrossModalOptions(RecipeTrainOptions):
     init: str = option("zeroshot", "W₀: zeroshot (the class text of `texts`), random (torch's nn.Linear default "
                                    "U(−1/√D, 1/√D), drawn from the run's seed; b₀ = 0)", choices=INITS,
                        before="zeroshot")
-    texts: str = option(None, "the text samples and W₀: hand-crafted (the official templates: ImageNet's 7 select "
-                              "ones, 7 samples a class, W₀ their normalised raw mean; elsewhere the CoOp template), "
-                              "unit (the unit feature of --text) (default: the recipe's; official hand-crafted, "
-                              "shared unit)", choices=TEXTS)
+    texts: str = option(None, "the text samples and W₀ (init=zeroshot): hand-crafted (the official templates: "
+                              "ImageNet's 7 select ones, 7 samples a class, W₀ their normalised raw mean; elsewhere "
+                              "the CoOp template), unit (the unit feature of --text) (default: the recipe's; official "
+                              "hand-crafted, shared unit)", choices=TEXTS)
     text_samples: bool = option(True, "train on the class text features as extra samples (false: the same image "
                                       "batches alone; the official uni_modal ablation takes batch_size=8)")
     text_batch: int = option(0, "text samples per step (0: as many as the step's images, at most all of them)",
