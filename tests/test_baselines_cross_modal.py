@@ -23,6 +23,7 @@ import lathadapter
 from lathadapter.adapter.catalog import create_method, make_options, resolve_options
 from lathadapter.adapter.evaluate import evaluate
 from lathadapter.adapter.methods.base import IMAGENET_TEMPLATES_SELECT, NotApplicable
+from lathadapter.adapter.options import OptionError, unkeyed
 from lathadapter.adapter.recipes import RecipeFacts
 from lathadapter.adapter.trainer import epoch_orders, train
 from lathadapter.cache.store import FewShotData
@@ -84,30 +85,49 @@ def official_lrs(lr: float, iters: int, warmup_iter: int = 50, warmup_min_lr: fl
     return lrs
 
 
+class OfficialAdapter(nn.Module):
+    """`engine/model/head.py`'s `Adapter(c_in, reduction=4, residual_ratio=0.2)`, restated: two bias-free linear
+    layers D → D/4 → D, a ReLU after each, blended with its input 0.2 : 0.8."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(dim, dim // 4, bias=False), nn.ReLU(),
+                                nn.Linear(dim // 4, dim, bias=False), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.2 * self.fc(x) + (1 - 0.2) * x
+
+
 def official_cross_modal(text_raw: torch.Tensor, image_batches: list[tuple[torch.Tensor, torch.Tensor]],
                          test: torch.Tensor, lr: float, wd: float, text_batch: int, seed: int,
-                         cross_modal: bool = True) -> dict:
+                         cross_modal: bool = True, head_kind: str = "linear", init: str = "zeroshot") -> dict:
     """`train.py`'s `main` and `train` for one grid point, restated: `text_raw` [C, T, D] the text features of
     `hand_crafted` (one per class and template, class by class, as `extract_text_features` stores them);
     `image_batches` each iteration's image batch (the image loader's); the text loader is a torch DataLoader
     (shuffle, drop_last), iterated anew when exhausted, from the global generator seeded with `seed` once the head
-    is built (as `create_method` is called under that seed: the loops draw the same permutations)."""
+    is built (as `create_method` is called under that seed: the loops draw the same permutations). `head_kind`,
+    `init`: `--classifier_head`, `--classifier_init`; the random values (W under `random`, then the adapter's
+    layers) are torch's default `nn.Linear` init in float32 drawn under `seed` in `make_classifier_head`'s order
+    (the W that `zeroshot` overwrites is not drawn, as in `cross-modal`)."""
     classes, templates, dim = text_raw.shape
     text_features = text_raw.reshape(-1, dim)
     text_labels = torch.arange(classes).repeat_interleave(templates)
-    # make_classifier_head / get_zero_shot_weights: per class the mean of the raw features, normalised; no bias
-    head = nn.Linear(dim, classes, bias=False).to(torch.float64)
-    head.weight.data = F.normalize(text_raw.mean(dim=1), dim=1)
+    overwritten = nn.Linear(dim, classes, bias=False)  # zeroshot's W, built before the seed: its draws unused
+    torch.manual_seed(seed)
+    linear = (nn.Linear(dim, classes, bias=False) if init == "random" else overwritten).to(torch.float64)
+    adapter = OfficialAdapter(dim).to(torch.float64) if head_kind == "adapter" else None
+    if init == "zeroshot":  # get_zero_shot_weights: per class the mean of the raw features, normalised
+        linear.weight.data = F.normalize(text_raw.mean(dim=1), dim=1)
+    head = linear if adapter is None else nn.Sequential(adapter, linear)
     scale = torch.tensor([4.60517], dtype=torch.float64).exp()  # LogitHead, not learnable
 
-    def logit_head(x: torch.Tensor) -> torch.Tensor:
+    def logit_head(x: torch.Tensor) -> torch.Tensor:  # LogitHead.forward: normalise, the head, the scale
         return head(F.normalize(x, dim=1)) * scale
 
     optimizer = torch.optim.AdamW([{"params": head.parameters()}], lr=lr, weight_decay=wd, betas=(0.9, 0.999))
     lrs = official_lrs(lr, len(image_batches))
     text_loader = DataLoader(TensorDataset(text_features, text_labels), batch_size=text_batch, shuffle=True,
                              drop_last=True) if cross_modal else None
-    torch.manual_seed(seed)
     text_iter = iter(text_loader) if text_loader is not None else None
     losses = []
     for i, (image, image_label) in enumerate(image_batches):
@@ -127,7 +147,9 @@ def official_cross_modal(text_raw: torch.Tensor, image_batches: list[tuple[torch
         optimizer.step()
         losses.append(loss.item())
     with torch.no_grad():
-        return {"weight": head.weight.detach().clone(), "losses": losses, "logits": logit_head(test)}
+        return {"weight": linear.weight.detach().clone(), "losses": losses, "logits": logit_head(test),
+                "adapter": None if adapter is None else [adapter.fc[0].weight.detach().clone(),
+                                                         adapter.fc[2].weight.detach().clone()]}
 
 
 def trainer_image_batches(data: FewShotData, seed: int, batch: int, epochs: int) -> list[tuple[torch.Tensor, ...]]:
@@ -196,6 +218,113 @@ def test_text_samples_false_is_the_official_uni_modal_loop() -> None:
                                     data.test_features, 1e-3, 0.0, 4, seed=0, cross_modal=False)
     assert result.steps == 60 and method.settings()["cross-modal.text_batch"] == 0
     torch.testing.assert_close(method.weight.detach(), official["weight"], rtol=1e-8, atol=1e-8)
+
+
+HEADS = [  # dataset, classes, dim, shots, templates, batch, lr, weight decay, steps, classifier, init
+    ("dtd", 6, 16, 4, 1, 4, 1e-2, 1e-3, 60, "adapter", "zeroshot"),  # 6 batches an epoch, 10 epochs
+    ("imagenet", 4, 16, 2, 8, 4, 5e-3, 1e-5, 40, "adapter", "random"),  # 28 text samples, 7 text batches a pass
+    ("eurosat", 5, 8, 3, 1, 2, 5e-2, 1e-2, 42, "linear", "random"),  # 7 batches of 2, 6 epochs
+]
+
+
+@pytest.mark.parametrize(("dataset", "classes", "dim", "shots", "templates", "batch", "lr", "wd", "steps",
+                          "classifier", "init"), HEADS)
+def test_the_adapter_and_the_random_start_equal_the_official_loop(dataset: str, classes: int, dim: int, shots: int,
+                                                                   templates: int, batch: int, lr: float, wd: float,
+                                                                   steps: int, classifier: str, init: str) -> None:
+    """`classifier=adapter` (`--classifier_head adapter`) and `init=random` (`--classifier_init random`) against
+    the official loop with its `Adapter` in front of the linear head and torch's default `nn.Linear` start: the
+    per-epoch losses, W, the adapter's layers and the test logits, in float64, within 1e-8."""
+    data = cross_modal_data(classes=classes, dim=dim, shots=shots, templates=templates, dataset=dataset, seed=dim)
+    n = len(data.train_labels)
+    torch.manual_seed(11)
+    method = create_method("cross-modal", data, batch_size=batch, lr=lr, weight_decay=wd, min_steps=steps,
+                           classifier=classifier, init=init)
+    result = train(method, data, seed=4)
+    epochs = steps // (n // batch)
+    assert result.steps == steps and method.settings()["recipe.init"] == init
+    text_raw = data.template_raw[1:] if dataset == "imagenet" else data.template_raw[:1]
+    official = official_cross_modal(text_raw.transpose(0, 1), trainer_image_batches(data, 4, batch, epochs),
+                                    data.test_features, lr, wd, batch, seed=11, head_kind=classifier, init=init)
+    per_epoch = official["losses"][n // batch - 1::n // batch]
+    assert [row["loss"] for row in result.history] == pytest.approx(per_epoch, rel=1e-8, abs=1e-10)
+    torch.testing.assert_close(method.weight.detach(), official["weight"], rtol=1e-8, atol=1e-8)
+    if classifier == "adapter":
+        ours = [method.adapter.net[0].weight.detach(), method.adapter.net[2].weight.detach()]
+        for layer, (mine, theirs) in enumerate(zip(ours, official["adapter"], strict=True)):
+            torch.testing.assert_close(mine, theirs, rtol=1e-8, atol=1e-8, msg=lambda m, i=layer: f"layer {i}: {m}")
+    with torch.no_grad():
+        torch.testing.assert_close(method.logits(data.test_features), official["logits"], rtol=1e-8, atol=1e-7)
+
+
+def test_the_random_start_is_torchs_linear_default_drawn_from_the_run_seed() -> None:
+    """`init=random`: W is what `nn.Linear(D, C, bias=False)` draws under the run's seed (U(−1/√D, 1/√D)), then the
+    adapter's layers what `nn.Linear(D, D/4)` and `nn.Linear(D/4, D)` draw after it; the same seed draws the same
+    start, another seed another; under `recipe=shared` b₀ = 0."""
+    data = cross_modal_data(classes=50, dim=64, shots=1)
+    bound = 1 / math.sqrt(64)
+
+    def built(seed: int, **options) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return create_method("cross-modal", data, **{"init": "random", **options})
+
+    first, again, other = built(3), built(3), built(4)
+    w = first.weight.detach()
+    assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound  # 3,200 draws: P(all under 0.99 bound) ≈ 1e-14
+    assert abs(float(w.mean())) < 0.05 * bound and float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.03)
+    assert torch.equal(w, again.weight.detach()) and not torch.equal(w, other.weight.detach())
+    torch.manual_seed(3)
+    linear, down, up = nn.Linear(64, 50, bias=False), nn.Linear(64, 16, bias=False), nn.Linear(16, 64, bias=False)
+    assert torch.equal(w, linear.weight.detach().double())
+    adapter = built(3, classifier="adapter")
+    assert torch.equal(adapter.weight.detach(), w)
+    assert torch.equal(adapter.adapter.net[0].weight.detach(), down.weight.detach().double())
+    assert torch.equal(adapter.adapter.net[2].weight.detach(), up.weight.detach().double())
+    shared = built(3, recipe="shared")
+    assert torch.equal(shared.weight.detach(), w) and torch.equal(shared.bias.detach(), torch.zeros(50).double())
+    assert first.settings()["recipe.init"] == "random" and built(3, init="zeroshot").settings()["recipe.init"] == (
+        "zeroshot")
+
+
+def test_the_adapter_s_logits_by_hand() -> None:
+    """`classifier=adapter`: `e^4.60517 (0.8 x̂ + 0.2 relu(relu(x̂ A₁ᵀ) A₂ᵀ)) Wᵀ`, the input normalised before the
+    adapter and nothing renormalised after it (`LogitHead`: normalise, then `Sequential(adapter, linear)`), on
+    trained weights and inputs of other norms than 1."""
+    data = cross_modal_data(classes=5, dim=16, shots=2, seed=3)
+    torch.manual_seed(1)
+    method = create_method("cross-modal", data, classifier="adapter", lr=1e-2, min_steps=30)
+    train(method, data, seed=1)
+    a1, a2, w = (method.adapter.net[0].weight.detach(), method.adapter.net[2].weight.detach(),
+                 method.weight.detach())
+    x = data.test_features * torch.linspace(0.5, 3.0, len(data.test_features), dtype=torch.float64)[:, None]
+    unit = x / x.pow(2).sum(1, keepdim=True).sqrt()
+    blended = 0.8 * unit + 0.2 * (unit @ a1.t()).clamp(min=0).matmul(a2.t()).clamp(min=0)
+    with torch.no_grad():
+        got = method.logits(x)
+    torch.testing.assert_close(got, math.exp(4.60517) * blended @ w.t(), rtol=1e-12, atol=1e-10)
+    renormalised = math.exp(4.60517) * (blended / blended.norm(dim=1, keepdim=True)) @ w.t()
+    assert (got - renormalised).abs().max() > 1e-3  # the check tells the two orders apart
+
+
+def test_the_adapter_takes_its_official_values_and_bad_choices_are_refused() -> None:
+    """`classifier=adapter` under `recipe=official`: `HYPER_DICT["adapter"]`'s first values (lr 1e-4, weight decay
+    0, batch 8 = 4 images + 4 texts, 12,800 iterations); a value set wins; `recipe=shared` keeps the shared values.
+    `init` at its default keeps the run keys of before it existed; other values are refused with the choices."""
+    facts = RecipeFacts("dtd", 4)
+    adapter = resolve_options("cross-modal", make_options("cross-modal", {"classifier": "adapter"}), facts)
+    assert (adapter.lr, adapter.weight_decay, adapter.batch_size, adapter.min_steps, adapter.epochs,
+            adapter.init) == (1e-4, 0.0, 4, 12800, 1, "zeroshot")
+    assert resolve_options("cross-modal", make_options("cross-modal", {"classifier": "adapter", "lr": "1e-5"}),
+                           facts).lr == 1e-5
+    assert resolve_options("cross-modal", make_options("cross-modal", {"classifier": "adapter", "recipe": "shared"}),
+                           facts).lr == 1e-3
+    assert "init" in unkeyed(make_options("cross-modal")) and "init" not in unkeyed(
+        make_options("cross-modal", {"init": "random"}))
+    refused = (("init", "kaiming", "zeroshot, random"), ("classifier", "mlp", "linear, affine, adapter"))
+    for name, value, valid in refused:
+        with pytest.raises(OptionError, match=f"option {name}='{value}' of cross-modal is not valid: it must be one "
+                                              f"of: {valid}"):
+            make_options("cross-modal", {name: value})
 
 
 def test_the_schedule_is_the_official_warm_up_and_cosine() -> None:
@@ -322,7 +451,7 @@ def test_grid_with_the_lr_preset_and_the_few_shot_protocol(baseline_cache: Path,
     assert row["method"] == "cross-modal" and float(row["acc_all"]) > 0 and row["opt.text_samples"] == "False"
 
 
-def test_cli_lists_cross_modal_and_rejects_a_bad_text_batch(baseline_cache: Path) -> None:
+def test_cli_lists_cross_modal_and_rejects_a_bad_text_batch_and_init(baseline_cache: Path) -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["list", "methods"])
     assert listed.exit_code == 0 and "cross-modal" in [line.split()[0] for line in listed.output.splitlines()]
@@ -332,3 +461,7 @@ def test_cli_lists_cross_modal_and_rejects_a_bad_text_batch(baseline_cache: Path
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "text_batch=9" in lines[0] and "1..8" in lines[0]
+    result = runner.invoke(app, ["fit", "--cache", str(baseline_cache), "--method", "cross-modal", "--shots", "2",
+                                 "--device", "cpu", "--set", "init=kaiming"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "init='kaiming'" in lines[0] and "zeroshot, random" in lines[0]

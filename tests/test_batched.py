@@ -139,6 +139,33 @@ def test_stacked_runs_equal_each_alone_within_float_rounding(cache: Path, method
         assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-6)
 
 
+CROSS_MODAL_STARTS = [{"init": "random"}, {"classifier": "adapter"}, {"classifier": "adapter", "init": "random"}]
+
+
+@pytest.mark.parametrize("overrides", CROSS_MODAL_STARTS, ids=["-".join(o.values()) for o in CROSS_MODAL_STARTS])
+def test_cross_modal_s_random_starts_train_alike_alone_in_a_batch_of_one_and_stacked(cache: Path,
+                                                                                     overrides: dict) -> None:
+    """cross-modal's random values (W under init=random, the adapter's layers) are drawn from each run's seed when
+    it is built: each seed its own start, and the same run equal alone and in a batch of one (bit for bit) and
+    stacked with other seeds (within float rounding, as above)."""
+    datas = _load(cache, 4, (1, 2, 3))
+    starts = [_build("cross-modal", d, s, overrides).state_dict() for d, s in zip(datas, (1, 2, 3), strict=True)]
+    random = [k for k in starts[0] if k.startswith("adapter") or (k == "weight" and "init" in overrides)]
+    assert random and all(not torch.equal(starts[0][k], starts[i][k]) for k in random for i in (1, 2))
+    alone = [_build("cross-modal", d, s, overrides) for d, s in zip(datas, (1, 2, 3), strict=True)]
+    expected = [train(m, d, seed=s, select="val") for m, d, s in zip(alone, datas, (1, 2, 3), strict=True)]
+    [one] = train_together([Member(single := _build("cross-modal", datas[0], 1, overrides), datas[0], 1)],
+                           select="val")
+    assert one.batch_mode == "lockstep" and _equal_states(alone[0], single) and one.history == expected[0].history
+    members = [Member(_build("cross-modal", d, s, overrides), d, s) for d, s in zip(datas, (1, 2, 3), strict=True)]
+    results = train_together(members, select="val", stack=True)
+    for plain, member, want, got in zip(alone, members, expected, results, strict=True):
+        assert got.batch_mode == "stacked" and got.selected_epoch == want.selected_epoch
+        first, second = plain.state_dict(), member.method.state_dict()
+        for name in first:
+            assert torch.allclose(first[name], second[name], rtol=0, atol=1e-4), name
+
+
 @pytest.mark.parametrize("method", ["clip-adapter", "lathadapter"])
 def test_stacked_batches_read_member_by_member_equal_the_joined_read_bit_for_bit(
         cache: Path, method: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -96,7 +96,8 @@ CASES = [("lathadapter", {}), ("lathadapter", {"lambda_hier": "0.5", "radius": "
          ("lathadapter", {"lambda_hier": "0.5", "hier": "triplet"}),
          ("taskres", {"recipe": "official"}), ("tip-adapter-f", {}), ("clip-adapter", {}),
          ("linear-probe", {"epochs": "6"}), ("clap", {"epochs": "6"}), ("ape-t", {"epochs": "6", "lr": "0.01"}),
-         ("cross-modal", {"min_steps": "40"}),
+         ("cross-modal", {"min_steps": "40"}), ("cross-modal", {"min_steps": "40", "classifier": "adapter",
+                                                                "init": "random", "lr": "0.01"}),
          # several full batches an epoch: 32 samples in 6 batches of 5 and one of 2; in 8 of 4 (CLIP-Adapter's
          # recipe drops a short last batch)
          ("lathadapter", {"batch_size": "5", "lambda_hier": "0.5"}), ("clip-adapter", {"batch_size": "4"})]
