@@ -1,5 +1,5 @@
-"""A report's plots (matplotlib, PNG, each written atomically): accuracy against shots and base / novel / HM bars, one
-line or bar group per configuration with error bars over seeds, and a LatHAdapter run's Poincaré disk. The only
+"""A report's plots (matplotlib, PNG, each written atomically): accuracy against shots and base / novel / HM dots, one
+line or row per configuration with error bars over seeds, and a LatHAdapter run's Poincaré disk. The only
 module that imports matplotlib, so that the tables (`report_tables`, what `grid` and `protocol` print) do without it."""
 
 from __future__ import annotations
@@ -49,6 +49,21 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+# Line styles of the accuracy-against-shots plot: the ten tab10 colours, then again with other markers and dashes, so
+# that no two configurations of a plot look alike however many there are (a grid of 13 methods had three colours twice)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+DASHES = ("-", "--", "-.", ":")
+
+
+def line_style(index: int) -> dict[str, str]:
+    """The colour, marker and line style of a plot's `index`-th line: each pass over the ten colours takes the next
+    marker and dash, so the triple is unique for every index below 80."""
+    colours = matplotlib.colormaps["tab10"].colors
+    cycle = index // len(colours)
+    return {"color": matplotlib.colors.to_hex(colours[index % len(colours)]), "marker": MARKERS[cycle % len(MARKERS)],
+            "linestyle": DASHES[cycle % len(DASHES)]}
+
+
 def _config_choices(records: Iterable[Record]) -> dict[Configuration, list[Choice]]:
     """Each configuration's kept tuning choices among `records`."""
     choices: dict[Configuration, list[Choice]] = defaultdict(list)
@@ -70,12 +85,12 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
         varied = varied_settings(configs)
         choices = _config_choices(r for r in records if r.dataset == dataset and r.classes == "all" and not r.target)
         fig, ax = _figure(9, 4)  # the legend sits right of the axes
-        for config in configs:
+        for index, config in enumerate(configs):
             points = [(k, cells[(dataset, config, k)]) for k in shots if (dataset, config, k) in cells]
             points = [(k, c) for k, c in points if c.mean is not None]
             if points:
                 ax.errorbar([k for k, _ in points], [c.mean for _, c in points],
-                            yerr=[c.std or 0.0 for _, c in points], marker="o", capsize=3,
+                            yerr=[c.std or 0.0 for _, c in points], capsize=3, **line_style(index),
                             label=config_label(config, varied, choices.get(config, [])),
                             linewidth=2.5 if config.method == "lathadapter" else 1.5)
         ax.set_xscale("log", base=2)
@@ -87,9 +102,14 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
     return paths
 
 
+# The base-to-novel plot's three scores: a marker and colour each, drawn as dots on one row per configuration
+SCORES = (("base", "o", "tab:blue"), ("novel", "s", "tab:orange"), ("HM", "D", "tab:green"))
+
+
 def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
-    """Per dataset (and number of shots, when there are several): base, novel and HM bars per configuration, error
-    bars the std over seeds."""
+    """Per dataset (and number of shots, when there are several): a row per configuration with its base, novel and
+    HM accuracy as dots, error bars the std over seeds; a method that cannot score novel classes says so in its row.
+    Dots rather than bars, so that the axis can span the scores alone and their differences stay visible."""
     cells = base_novel_cells(records)
     blocks = sorted({(d, k) for d, _, k in cells})
     several_shots = len({k for _, k in blocks}) > 1
@@ -99,24 +119,29 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
         varied = varied_settings(configs)
         choices = _config_choices(r for r in records if (r.dataset, r.shots, r.classes) == (dataset, shots, "base")
                                   and not r.target)
-        fig, ax = _figure(1.2 * len(configs) + 3.5, 4)
-        width = 0.27
+        fig, ax = _figure(9, 0.4 * len(configs) + 1.4)
+        shown: list[float] = []
         for i, config in enumerate(configs):
             base, novel = cells[(dataset, config, shots)]
-            for j, (cell, colour) in enumerate(((base, "tab:blue"), (novel, "tab:orange"),
-                                                (Cell.hm(base, novel), "tab:green"))):
-                if cell.mean is not None:
-                    ax.bar(i + (j - 1) * width, cell.mean, width, yerr=cell.std, capsize=3, color=colour)
-                else:
-                    ax.text(i + (j - 1) * width, 1, cell.text(), ha="center", rotation=90, fontsize=7)
-        ax.set_xticks(range(len(configs)), [config_label(c, varied, choices.get(c, [])) for c in configs], rotation=20,
-                      fontsize=8)
-        ax.bar(0, 0, color="tab:blue", label="base")
-        ax.bar(0, 0, color="tab:orange", label="novel")
-        ax.bar(0, 0, color="tab:green", label="HM")
-        ax.set(ylabel="top-1 accuracy (%)", title=f"{dataset}: base-to-novel, {shots_label(shots)}")
+            missing = []
+            for (score, marker, colour), cell, offset in zip(SCORES, (base, novel, Cell.hm(base, novel)),
+                                                             (-0.2, 0.0, 0.2), strict=True):
+                if cell.mean is None:
+                    missing.append(f"{score} {cell.text()}")
+                    continue
+                ax.errorbar(cell.mean, i + offset, xerr=cell.std or 0.0, fmt=marker, color=colour, capsize=2,
+                            markersize=6, label=score if score not in ax.get_legend_handles_labels()[1] else None)
+                shown.append(cell.mean)
+            if missing:
+                ax.annotate(", ".join(missing), (0.0, i), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                            textcoords="offset points", ha="left", va="center", fontsize=7, color="grey")
+        ax.set_yticks(range(len(configs)), [config_label(c, varied, choices.get(c, [])) for c in configs], fontsize=8)
+        ax.set_ylim(len(configs) - 0.5, -0.5)
+        if shown:
+            ax.set_xlim(max(0.0, min(shown) - 8), min(100.0, max(shown) + 3))
+        ax.set(xlabel="top-1 accuracy (%)", title=f"{dataset}: base-to-novel, {shots_label(shots)}")
         outside_legend(ax)
-        ax.grid(axis="y", alpha=0.3)
+        ax.grid(axis="x", alpha=0.3)
         name = f"base_novel_{slug(dataset)}" + (f"_{shots}shot" if several_shots else "")
         paths.append(_save(fig, folder / f"{name}.png"))
     return paths

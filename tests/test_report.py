@@ -152,6 +152,38 @@ def test_base_to_novel_hm_comes_from_each_configurations_mean_base_and_novel(tmp
     assert "16 shots on base classes" in markdown
 
 
+def test_the_base_to_novel_plot_puts_each_score_of_each_configuration_at_its_mean(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One row per configuration: its base, novel and HM dots at the means over seeds (HM of the two means), error
+    bars the stds over seeds; a method that scores no novel class has its base dot alone and says n/a in its row."""
+    base = {0.5: [70.0, 74.0], 1.0: [80.0, 81.0]}
+    novel = {0.5: [60.0, 66.0], 1.0: [50.0, 58.0]}
+    rows = [row(shots=16, seed=s, classes="base", acc_base=b, acc_novel=n, **{"opt.curvature": c})
+            for c in base for s, b, n in zip((1, 2), base[c], novel[c], strict=True)]
+    rows += [row("tip-adapter", shots=16, classes="base", acc_base=75.0)]
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig.axes[0]), save(fig, path))[1])
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    ax = next(a for a in figures if "base-to-novel" in a.get_title())
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    dots: dict[tuple[str, str], tuple[float, float]] = {}  # (row, marker) -> (x, half the error bar)
+    for container in ax.containers:
+        line, _, (bars,) = container.lines
+        ((x,), (y,)) = line.get_data()
+        (low, _), (high, _) = bars.get_segments()[0]
+        dots[(labels[round(y)], line.get_marker())] = (x, (high - low) / 2)
+    for c in base:
+        mb, mn = statistics.fmean(base[c]), statistics.fmean(novel[c])
+        name = f"lathadapter curvature={c}"
+        assert dots[(name, "o")] == pytest.approx((mb, statistics.stdev(base[c])))
+        assert dots[(name, "s")] == pytest.approx((mn, statistics.stdev(novel[c])))
+        assert dots[(name, "D")][0] == pytest.approx(2 * mb * mn / (mb + mn))
+    assert dots[("tip-adapter", "o")] == (75.0, 0.0)
+    assert ("tip-adapter", "s") not in dots and ("tip-adapter", "D") not in dots
+    assert "novel n/a, HM n/a" in [t.get_text() for t in ax.texts]
+
+
 def test_few_shot_tables_hold_only_all_class_runs(tmp_path: Path) -> None:
     """A 1-shot few-shot run beside a 16-shot base-to-novel run of another method: the few-shot table has the 1-shot
     column and the few-shot run's row alone; the base-to-novel run is in its own table."""
@@ -201,6 +233,24 @@ def test_plots_draw_one_line_per_configuration_with_spread_over_seeds(tmp_path: 
             (_, low), (_, high) = segment
             assert (high + low) / 2 == pytest.approx(statistics.fmean(accuracy[(c, k)]))
             assert (high - low) / 2 == pytest.approx(statistics.stdev(accuracy[(c, k)]))
+
+
+def test_no_two_lines_of_a_plot_look_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid of 23 configurations (more than the ten tab10 colours, twice over): every line of the accuracy plot has
+    its own (colour, marker, line style), so no two configurations can be mistaken for each other."""
+    rows = [row(shots=k, seed=1, acc_all=40 + c + k, **{"opt.curvature": 0.1 * (c + 1)})
+            for c in range(23) for k in (1, 2)]
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig.axes[0]), save(fig, path))[1])
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    (ax,) = figures
+    styles = set()
+    for container in ax.containers:
+        line = container.lines[0]
+        styles.add((line.get_color(), line.get_marker(), line.get_linestyle()))
+    assert len(ax.containers) == 23
+    assert len(styles) == 23
 
 
 def test_a_folder_of_fit_runs_is_reported_like_a_grid(tmp_path: Path) -> None:
