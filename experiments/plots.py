@@ -1,6 +1,7 @@
 """A report's plots (matplotlib, PNG, each written atomically): accuracy against shots and base / novel / HM dots, one
-line or row per configuration with error bars over seeds, and a LatHAdapter run's Poincaré disk. The only
-module that imports matplotlib, so that the tables (`report_tables`, what `grid` and `protocol` print) do without it."""
+line or row per configuration with error bars over seeds, accuracy against each setting an ablation table ablates,
+and a LatHAdapter run's Poincaré disk. The only module that imports matplotlib, so that the tables (`report_tables`,
+what `grid` and `protocol` print) do without it."""
 
 from __future__ import annotations
 
@@ -17,15 +18,18 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 from lathadapter.experiments.cells import (
+    MISSING,
     Cell,
     base_novel_cells,
     config_label,
     few_shot_cells,
     ordered_configs,
+    setting_name,
     slug,
+    sortable,
     varied_settings,
 )
-from lathadapter.experiments.records import Choice, Configuration, Record, shots_label
+from lathadapter.experiments.records import TUNED, Choice, Configuration, Record, shots_label
 from lathadapter.experiments.run import write_atomic
 
 
@@ -144,6 +148,110 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
         ax.grid(axis="x", alpha=0.3)
         name = f"base_novel_{slug(dataset)}" + (f"_{shots}shot" if several_shots else "")
         paths.append(_save(fig, folder / f"{name}.png"))
+    return paths
+
+
+# One line of an ablation plot: its part (a number of shots; base, novel or HM), its label and its cells by the
+# setting's value (the ablation table's cells)
+AblationLine = tuple[str, str, dict[str, Cell]]
+
+
+def _ablation_lines(configs: list[Configuration], setting: str, others: list[str],
+                    cells: dict[Configuration, list[Cell]], parts: list[str]) -> list[AblationLine]:
+    """Per combination of the `others` settings' values and per part (a column of `cells`): the configurations'
+    cells by `setting`'s value, in the ablation table's order. A tuned value is no point of the setting's axis (it
+    reads `tuned`, chosen per cell), so it draws none."""
+    lines: dict[tuple[str, ...], list[dict[str, Cell]]] = {}
+    for config in sorted(configs, key=lambda c: [sortable(c.value(s)) for s in [*others, setting]]):
+        if config.value(setting) == TUNED:
+            continue
+        row = lines.setdefault(tuple(config.value(s) for s in others), [{} for _ in parts])
+        for by_value, cell in zip(row, cells[config], strict=True):
+            by_value[config.value(setting)] = cell
+    return [(part, ", ".join([part] + [f"{setting_name(s)}={v or 'recipe'}" for s, v in zip(others, values,
+                                                                                              strict=True)]), by_value)
+            for values, row in lines.items() for part, by_value in zip(parts, row, strict=True)]
+
+
+def _numeric(value: str) -> bool:
+    return sortable(value)[0] == 0 and math.isfinite(float(value))
+
+
+def _plot_ablation(lines: list[AblationLine], setting: str, title: str, path: Path) -> Path | None:
+    """Accuracy against `setting`, a line per `AblationLine` with error bars the std over seeds: numbers on a numeric
+    axis (logarithmic when positive and spanning 10× or more), other values (`recipe`: left to the method's recipe)
+    as evenly spaced categories in the ablation table's order. A part with no number anywhere (novel and HM of a
+    method that scores no novel class) draws no line and is named in the title; fewer than two values scored: no
+    plot."""
+    values = sorted({v for _, _, cells in lines for v, c in cells.items() if c.mean is not None}, key=sortable)
+    if len(values) < 2:
+        return None
+    numeric = all(_numeric(v) for v in values)
+    position = {v: float(v) if numeric else float(i) for i, v in enumerate(values)}
+    fig, ax = _figure(9, 4)
+    drawn = 0
+    for _, label, cells in lines:
+        points = [(position[v], cells[v]) for v in values if v in cells and cells[v].mean is not None]
+        if points:
+            ax.errorbar([x for x, _ in points], [c.mean for _, c in points], yerr=[c.std or 0.0 for _, c in points],
+                        capsize=3, label=label, **line_style(drawn))
+            drawn += 1
+    if numeric and position[values[0]] > 0 and position[values[-1]] >= 10 * position[values[0]]:
+        ax.set_xscale("log")
+    ax.set_xticks([position[v] for v in values], [v or "recipe" for v in values])
+    ax.set_xticks([], minor=True)  # a log axis's own ticks would label values the grid did not run
+    if not numeric:
+        ax.set_xlim(-0.5, len(values) - 0.5)
+    scored = {part for part, _, cells in lines if any(c.mean is not None for c in cells.values())}
+    unscored: dict[str, set[str]] = {}  # a part with no number: why (n/a, diverged; no run at all says nothing)
+    for part, _, cells in lines:
+        if part not in scored:
+            unscored.setdefault(part, set()).update(c.text() for c in cells.values() if not c.missing)
+    notes = [f"{part} {'/'.join(sorted(texts))}" for part, texts in unscored.items() if texts]
+    if notes:
+        title += "\n" + ", ".join(notes)
+    ax.set(xlabel=setting_name(setting), ylabel="top-1 accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    outside_legend(ax)
+    return _save(fig, path)
+
+
+def _method_ablations(cells: dict[Configuration, list[Cell]], parts: list[str], title: str, name: str,
+                      folder: Path) -> list[Path]:
+    """The ablation plots of one block of cells (a column per part): one per method and setting varied among its
+    configurations, named `<name>_<method>_<setting>.png`."""
+    configs = ordered_configs(cells)
+    paths = []
+    for method, settings in varied_settings(configs).items():
+        own = [c for c in configs if c.method == method]
+        for setting in settings:
+            lines = _ablation_lines(own, setting, [s for s in settings if s != setting], cells, parts)
+            path = _plot_ablation(lines, setting, f"{title}{method}, ablation of {setting_name(setting)}",
+                                  folder / f"{name}_{slug(method)}_{setting_name(setting)}.png")
+            paths += [path] if path is not None else []
+    return paths
+
+
+def plot_ablations(records: list[Record], folder: Path) -> list[Path]:
+    """Per dataset, method and setting that varies among the method's configurations (what gets an ablation table):
+    accuracy against the setting, from the ablation table's cells. Few-shot: a line per number of shots;
+    base-to-novel (per dataset and shots): base, novel and HM lines (HM of the means). Another varied setting of the
+    method splits each line by its values."""
+    paths = []
+    few = few_shot_cells(records)
+    for dataset in sorted({d for d, _, _ in few}):
+        shots = sorted({k for d, _, k in few if d == dataset})
+        cells = {c: [few.get((dataset, c, k), MISSING) for k in shots] for d, c, _ in few if d == dataset}
+        paths += _method_ablations(cells, [shots_label(k) for k in shots], f"{dataset}: ",
+                                   f"ablation_{slug(dataset)}", folder)
+    pairs = base_novel_cells(records)
+    blocks = sorted({(d, k) for d, _, k in pairs})
+    several_shots = len({k for _, k in blocks}) > 1
+    for dataset, shots in blocks:
+        cells = {c: [b, n, Cell.hm(b, n)] for (d, c, k), (b, n) in pairs.items() if (d, k) == (dataset, shots)}
+        name = f"ablation_base_novel_{slug(dataset)}" + (f"_{shots}shot" if several_shots else "")
+        paths += _method_ablations(cells, [score for score, _, _ in SCORES],
+                                   f"{dataset}: base-to-novel, {shots_label(shots)}, ", name, folder)
     return paths
 
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lathadapter.experiments.plots import disk_points, plot_accuracy_vs_shots, plot_base_novel, plot_poincare_disk
+from lathadapter.experiments.plots import (
+    disk_points,
+    plot_ablations,
+    plot_accuracy_vs_shots,
+    plot_base_novel,
+    plot_poincare_disk,
+)
 from lathadapter.experiments.records import Results, load_results, records
 from lathadapter.experiments.report_tables import report_tables, tables_markdown
 from lathadapter.experiments.run import write_atomic
@@ -40,7 +46,7 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     out.mkdir(parents=True, exist_ok=True)
     parsed = records(results)
     tables = report_tables(parsed)
-    plots = plot_accuracy_vs_shots(parsed, out) + plot_base_novel(parsed, out)
+    plots = plot_accuracy_vs_shots(parsed, out) + plot_base_novel(parsed, out) + plot_ablations(parsed, out)
     disk_run = disk_run or _disk_run(results)
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from matplotlib.axes import Axes
 
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.experiments import plots
@@ -32,10 +33,10 @@ def row(method: str = "lathadapter", seed: int = 1, shots: int = 1, **values: An
             "seed": seed, "classes": "all", "text": "coop", "select": "last", "target": "", **options, **values}
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+def write_rows(path: Path, rows: list[dict[str, Any]], columns: list[str] = COLUMNS) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows({"key": f"k{i}", **r} for i, r in enumerate(rows))
     return path
@@ -45,6 +46,25 @@ def read_table(path: Path, lead: str | list[str] = "method") -> dict[Any, dict[s
     with path.open(newline="") as f:
         lines = list(csv.DictReader(f))
     return {(line[lead] if isinstance(lead, str) else tuple(line[c] for c in lead)): line for line in lines}
+
+
+def capture_plots(monkeypatch: pytest.MonkeyPatch) -> dict[str, Axes]:
+    """The axes of each plot a report saves, by file name; `plots._save` still writes the file."""
+    figures: dict[str, Axes] = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.setdefault(path.name, fig.axes[0]),
+                                                           save(fig, path))[1])
+    return figures
+
+
+def drawn_lines(ax: Axes) -> dict[str, list[tuple[float, float, float]]]:
+    """Each line of a plot with error bars: its label → (x, y, half the error bar) per point."""
+    lines = {}
+    for container in ax.containers:
+        line, _, (bars,) = container.lines
+        halves = [(high - low) / 2 for (_, low), (_, high) in bars.get_segments()]
+        lines[container.get_label()] = list(zip(*line.get_data(), halves, strict=True))
+    return lines
 
 
 def seeds_text(values: list[float], most: int = 0) -> str:
@@ -161,11 +181,9 @@ def test_the_base_to_novel_plot_puts_each_score_of_each_configuration_at_its_mea
     rows = [row(shots=16, seed=s, classes="base", acc_base=b, acc_novel=n, **{"opt.curvature": c})
             for c in base for s, b, n in zip((1, 2), base[c], novel[c], strict=True)]
     rows += [row("tip-adapter", shots=16, classes="base", acc_base=75.0)]
-    figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig.axes[0]), save(fig, path))[1])
+    figures = capture_plots(monkeypatch)
     write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
-    ax = next(a for a in figures if "base-to-novel" in a.get_title())
+    ax = figures["base_novel_caltech101.png"]
     labels = [t.get_text() for t in ax.get_yticklabels()]
     dots: dict[tuple[str, str], tuple[float, float]] = {}  # (row, marker) -> (x, half the error bar)
     for container in ax.containers:
@@ -220,11 +238,9 @@ def test_plots_draw_one_line_per_configuration_with_spread_over_seeds(tmp_path: 
     accuracy = {(c, k): [30 + 10 * c + k + s * c for s in (1, 2, 3)] for c in (0.5, 2.0) for k in (1, 2)}
     rows = [row(shots=k, seed=s, acc_all=v, **{"opt.curvature": c})
             for (c, k), values in accuracy.items() for s, v in zip((1, 2, 3), values, strict=True)]
-    figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig.axes[0]), save(fig, path))[1])
+    figures = capture_plots(monkeypatch)
     write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
-    (ax,) = figures
+    ax = figures["accuracy_vs_shots_caltech101.png"]  # beside it, the curvature's ablation plot
     lines = {container.get_label(): container for container in ax.containers}
     assert sorted(lines) == ["lathadapter curvature=0.5", "lathadapter curvature=2.0"]
     for c in (0.5, 2.0):
@@ -240,17 +256,146 @@ def test_no_two_lines_of_a_plot_look_alike(tmp_path: Path, monkeypatch: pytest.M
     its own (colour, marker, line style), so no two configurations can be mistaken for each other."""
     rows = [row(shots=k, seed=1, acc_all=40 + c + k, **{"opt.curvature": 0.1 * (c + 1)})
             for c in range(23) for k in (1, 2)]
-    figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig.axes[0]), save(fig, path))[1])
+    figures = capture_plots(monkeypatch)
     write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
-    (ax,) = figures
+    ax = figures["accuracy_vs_shots_caltech101.png"]  # beside it, the curvature's ablation plot
     styles = set()
     for container in ax.containers:
         line = container.lines[0]
         styles.add((line.get_color(), line.get_marker(), line.get_linestyle()))
     assert len(ax.containers) == 23
     assert len(styles) == 23
+
+
+def test_an_ablation_plot_draws_accuracy_against_the_setting_a_line_per_number_of_shots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--set curvature=0.5,1,2` × 2 shots × 3 seeds: accuracy against the curvature, in numeric order on a linear axis
+    (2 / 0.5 < 10), a line per number of shots, each point the mean over seeds and its error bar the sample std;
+    zero-shot, with one value of everything, gets no ablation plot."""
+    accuracy = {(c, k): [30 + 5 * c + 3 * k + s * s * c for s in (1, 2, 3)] for c in (2.0, 0.5, 1.0) for k in (1, 2)}
+    rows = [row(shots=k, seed=s, acc_all=v, **{"opt.curvature": c})
+            for (c, k), values in accuracy.items() for s, v in zip((1, 2, 3), values, strict=True)]
+    rows += [row("zeroshot", shots=k, acc_all=20.0) for k in (1, 2)]
+    figures = capture_plots(monkeypatch)
+    written = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    name = "ablation_caltech101_lathadapter_curvature.png"
+    assert set(figures) == {"accuracy_vs_shots_caltech101.png", name}
+    assert str(tmp_path / "report" / name) in written["plots"]
+    assert f"![{Path(name).stem}]({name})" in (tmp_path / "report" / "report.md").read_text()
+    ax = figures[name]
+    assert ax.get_xscale() == "linear"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "1.0", "2.0"]  # as the tables label them
+    assert list(ax.get_xticks()) == [0.5, 1.0, 2.0]
+    lines = drawn_lines(ax)
+    assert list(lines) == ["1 shot", "2 shots"]
+    for k, label in ((1, "1 shot"), (2, "2 shots")):
+        assert [x for x, _, _ in lines[label]] == [0.5, 1.0, 2.0]
+        for c, (_, y, half) in zip((0.5, 1.0, 2.0), lines[label], strict=True):
+            assert y == pytest.approx(statistics.fmean(accuracy[(c, k)]))
+            assert half == pytest.approx(statistics.stdev(accuracy[(c, k)]))
+
+
+def test_an_ablation_plot_of_words_has_a_category_each_in_the_tables_order(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hier=triplet,cone` and one run left to the recipe (an empty value): evenly spaced categories in the order of
+    the ablation table (`recipe` first, then by name), each point at its mean."""
+    accuracy = {"triplet": [50.0, 54.0], "cone": [60.0, 61.0], "": [40.0, 46.0]}
+    rows = [row(seed=s, acc_all=v, **{"opt.lathadapter.hier": h})
+            for h, values in accuracy.items() for s, v in zip((1, 2), values, strict=True)]
+    figures = capture_plots(monkeypatch)
+    write_report(write_rows(tmp_path / "results.csv", rows, COLUMNS + ["opt.lathadapter.hier"]), tmp_path / "report")
+    ax = figures["ablation_caltech101_lathadapter_hier.png"]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["recipe", "cone", "triplet"]
+    table = read_table(tmp_path / "report" / "few_shot_caltech101_ablation_lathadapter_hier.csv", "hier")
+    assert list(table) == ticks
+    (points,) = drawn_lines(ax).values()
+    for i, (value, (x, y, half)) in enumerate(zip(("", "cone", "triplet"), points, strict=True)):
+        assert (x, y, half) == pytest.approx((i, statistics.fmean(accuracy[value]), statistics.stdev(accuracy[value])))
+
+
+def test_an_ablation_over_ten_times_its_smallest_value_has_a_log_axis(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epochs 5, 20, 50 (50 ≥ 10 × 5): a log axis, ticked at the values run and at no other."""
+    rows = [row(seed=1, acc_all=40.0 + e / 10, **{"opt.epochs": e}) for e in (50, 5, 20)]
+    figures = capture_plots(monkeypatch)
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    ax = figures["ablation_caltech101_lathadapter_epochs.png"]
+    assert ax.get_xscale() == "log"
+    assert list(ax.get_xticks()) == [5, 20, 50] and list(ax.get_xticks(minor=True)) == []
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["5", "20", "50"]
+    (points,) = drawn_lines(ax).values()
+    assert points == [(e, 40.0 + e / 10, 0.0) for e in (5, 20, 50)]
+
+
+def test_a_second_varied_setting_splits_the_ablation_into_a_line_per_combination(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """curvature × beta × 2 shots: the curvature's plot has a line per (shots, beta), the beta's a line per (shots,
+    curvature), each labelled by what it holds fixed, in its own style, at the means over seeds."""
+    shots_labels = {1: "1 shot", 4: "4 shots"}
+    accuracy = {(c, b, k): [20 + 10 * c + 7 * b + 2 * k + s for s in (1, 3)]
+                for c in (0.5, 2.0) for b in (0.3, 1.0) for k in (1, 4)}
+    rows = [row(shots=k, seed=s, acc_all=v, **{"opt.curvature": c, "opt.lathadapter.beta": b})
+            for (c, b, k), values in accuracy.items() for s, v in zip((1, 2), values, strict=True)]
+    figures = capture_plots(monkeypatch)
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    curvature = drawn_lines(figures["ablation_caltech101_lathadapter_curvature.png"])
+    assert list(curvature) == ["1 shot, beta=0.3", "4 shots, beta=0.3", "1 shot, beta=1.0", "4 shots, beta=1.0"]
+    for b in (0.3, 1.0):
+        for k in (1, 4):
+            points = curvature[f"{shots_labels[k]}, beta={b}"]
+            assert [x for x, _, _ in points] == [0.5, 2.0]
+            means = [statistics.fmean(accuracy[(c, b, k)]) for c in (0.5, 2.0)]
+            assert [y for _, y, _ in points] == pytest.approx(means)
+    beta = drawn_lines(figures["ablation_caltech101_lathadapter_beta.png"])
+    assert set(beta) == {f"{shots_labels[k]}, curvature={c}" for k in (1, 4) for c in (0.5, 2.0)}
+    assert beta["4 shots, curvature=2.0"][0][1] == pytest.approx(statistics.fmean(accuracy[(2.0, 0.3, 4)]))
+    for ax in (figures["ablation_caltech101_lathadapter_curvature.png"],
+               figures["ablation_caltech101_lathadapter_beta.png"]):
+        styles = {(c.lines[0].get_color(), c.lines[0].get_marker(), c.lines[0].get_linestyle()) for c in ax.containers}
+        assert len(styles) == len(ax.containers) == 4
+
+
+def test_a_base_to_novel_ablation_draws_base_novel_and_hm_of_the_means(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Base-to-novel over three curvatures: base, novel and HM lines, HM = 2·b·n / (b + n) of the mean base and mean
+    novel (no error bar); a linear probe ablating its epochs scores no novel class: its plot draws base alone and its
+    title says novel and HM are n/a."""
+    base = {0.5: [70.0, 74.0], 1.0: [80.0, 81.0], 2.0: [78.0, 70.0]}
+    novel = {0.5: [60.0, 66.0], 1.0: [50.0, 58.0], 2.0: [62.0, 63.0]}
+    rows = [row(shots=16, seed=s, classes="base", acc_base=b, acc_novel=n, **{"opt.curvature": c})
+            for c in base for s, b, n in zip((1, 2), base[c], novel[c], strict=True)]
+    rows += [row("linear-probe", shots=16, classes="base", acc_base=60.0 + e, **{"opt.epochs": e}) for e in (1, 2)]
+    figures = capture_plots(monkeypatch)
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    assert set(figures) == {"base_novel_caltech101.png", "ablation_base_novel_caltech101_lathadapter_curvature.png",
+                            "ablation_base_novel_caltech101_linear-probe_epochs.png"}
+    lines = drawn_lines(figures["ablation_base_novel_caltech101_lathadapter_curvature.png"])
+    assert list(lines) == ["base", "novel", "HM"]
+    for i, c in enumerate((0.5, 1.0, 2.0)):
+        mb, mn = statistics.fmean(base[c]), statistics.fmean(novel[c])
+        assert lines["base"][i] == pytest.approx((c, mb, statistics.stdev(base[c])))
+        assert lines["novel"][i] == pytest.approx((c, mn, statistics.stdev(novel[c])))
+        assert lines["HM"][i] == pytest.approx((c, 2 * mb * mn / (mb + mn), 0.0))
+    probe = figures["ablation_base_novel_caltech101_linear-probe_epochs.png"]
+    assert drawn_lines(probe) == {"base": [(1.0, 61.0, 0.0), (2.0, 62.0, 0.0)]}
+    assert "novel n/a, HM n/a" in probe.get_title()
+
+
+def test_no_ablation_plot_without_two_values_of_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One value of everything, or an option tuned (its values are candidates, not an ablation: it reads `tuned`):
+    no ablation plot, as no ablation table."""
+    rows = [row(shots=k, seed=s, acc_all=40.0 + s + k) for k in (1, 2) for s in (1, 2)]
+    figures = capture_plots(monkeypatch)
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "plain")
+    assert set(figures) == {"accuracy_vs_shots_caltech101.png"}
+    figures.clear()
+    tuned = [tuned_row("a", 1, "val", 0.01, 80.0, 60.0), tuned_row("b", 2, "val", 0.001, 82.0, 61.0),
+             tuned_row("x", 1, "val", 0.001, 70.0, 50.0, selected=False),
+             tuned_row("y", 2, "val", 0.01, 71.0, 52.0, selected=False)]
+    write_report(write_tuned(tmp_path / "results.csv", tuned), tmp_path / "tuned")
+    assert set(figures) == {"base_novel_caltech101.png"}
+    assert not list((tmp_path / "tuned").glob("*ablation*"))
 
 
 def test_a_folder_of_fit_runs_is_reported_like_a_grid(tmp_path: Path) -> None:
