@@ -9,6 +9,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -151,26 +152,38 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
     return paths
 
 
-# One line of an ablation plot: its part (a number of shots; base, novel or HM), its label and its cells by the
-# setting's value (the ablation table's cells)
-AblationLine = tuple[str, str, dict[str, Cell]]
+@dataclass(frozen=True)
+class AblationLine:
+    """One line of an ablation plot: its part (a number of shots; base, novel or HM), label, cells by the setting's
+    value (the ablation table's cells) and the index of its `line_style`."""
+
+    part: str
+    label: str
+    cells: dict[str, Cell]
+    style: int
 
 
 def _ablation_lines(configs: list[Configuration], setting: str, others: list[str],
                     cells: dict[Configuration, list[Cell]], parts: list[str]) -> list[AblationLine]:
     """Per combination of the `others` settings' values and per part (a column of `cells`): the configurations'
     cells by `setting`'s value, in the ablation table's order. A tuned value is no point of the setting's axis (it
-    reads `tuned`, chosen per cell), so it draws none."""
-    lines: dict[tuple[str, ...], list[dict[str, Cell]]] = {}
+    reads `tuned`, chosen per cell), so it draws none. With several combinations, a line's colour says its
+    combination and its marker and dash its part; with one, each part has its colour."""
+    combinations: dict[tuple[str, ...], list[dict[str, Cell]]] = {}
     for config in sorted(configs, key=lambda c: [sortable(c.value(s)) for s in [*others, setting]]):
         if config.value(setting) == TUNED:
             continue
-        row = lines.setdefault(tuple(config.value(s) for s in others), [{} for _ in parts])
+        row = combinations.setdefault(tuple(config.value(s) for s in others), [{} for _ in parts])
         for by_value, cell in zip(row, cells[config], strict=True):
             by_value[config.value(setting)] = cell
-    return [(part, ", ".join([part] + [f"{setting_name(s)}={v or 'recipe'}" for s, v in zip(others, values,
-                                                                                              strict=True)]), by_value)
-            for values, row in lines.items() for part, by_value in zip(parts, row, strict=True)]
+    # several combinations: each part takes the next pass over the ten colours (so its own marker and dash)
+    stride = 10 * math.ceil(len(combinations) / 10) if len(combinations) > 1 else 1
+    lines = []
+    for j, (values, row) in enumerate(combinations.items()):
+        fixed = [f"{setting_name(s)}={v or 'recipe'}" for s, v in zip(others, values, strict=True)]
+        lines += [AblationLine(part, ", ".join([part, *fixed]), by_value, j + stride * p)
+                  for p, (part, by_value) in enumerate(zip(parts, row, strict=True))]
+    return lines
 
 
 def _numeric(value: str) -> bool:
@@ -183,30 +196,28 @@ def _plot_ablation(lines: list[AblationLine], setting: str, title: str, path: Pa
     as evenly spaced categories in the ablation table's order. A part with no number anywhere (novel and HM of a
     method that scores no novel class) draws no line and is named in the title; fewer than two values scored: no
     plot."""
-    values = sorted({v for _, _, cells in lines for v, c in cells.items() if c.mean is not None}, key=sortable)
+    values = sorted({v for line in lines for v, c in line.cells.items() if c.mean is not None}, key=sortable)
     if len(values) < 2:
         return None
     numeric = all(_numeric(v) for v in values)
     position = {v: float(v) if numeric else float(i) for i, v in enumerate(values)}
     fig, ax = _figure(9, 4)
-    drawn = 0
-    for _, label, cells in lines:
-        points = [(position[v], cells[v]) for v in values if v in cells and cells[v].mean is not None]
+    for line in lines:
+        points = [(position[v], line.cells[v]) for v in values if v in line.cells and line.cells[v].mean is not None]
         if points:
             ax.errorbar([x for x, _ in points], [c.mean for _, c in points], yerr=[c.std or 0.0 for _, c in points],
-                        capsize=3, label=label, **line_style(drawn))
-            drawn += 1
+                        capsize=3, label=line.label, **line_style(line.style))
     if numeric and position[values[0]] > 0 and position[values[-1]] >= 10 * position[values[0]]:
         ax.set_xscale("log")
     ax.set_xticks([position[v] for v in values], [v or "recipe" for v in values])
     ax.set_xticks([], minor=True)  # a log axis's own ticks would label values the grid did not run
     if not numeric:
         ax.set_xlim(-0.5, len(values) - 0.5)
-    scored = {part for part, _, cells in lines if any(c.mean is not None for c in cells.values())}
+    scored = {line.part for line in lines if any(c.mean is not None for c in line.cells.values())}
     unscored: dict[str, set[str]] = {}  # a part with no number: why (n/a, diverged; no run at all says nothing)
-    for part, _, cells in lines:
-        if part not in scored:
-            unscored.setdefault(part, set()).update(c.text() for c in cells.values() if not c.missing)
+    for line in lines:
+        if line.part not in scored:
+            unscored.setdefault(line.part, set()).update(c.text() for c in line.cells.values() if not c.missing)
     notes = [f"{part} {'/'.join(sorted(texts))}" for part, texts in unscored.items() if texts]
     if notes:
         title += "\n" + ", ".join(notes)

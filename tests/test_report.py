@@ -352,8 +352,15 @@ def test_a_second_varied_setting_splits_the_ablation_into_a_line_per_combination
     assert beta["4 shots, curvature=2.0"][0][1] == pytest.approx(statistics.fmean(accuracy[(2.0, 0.3, 4)]))
     for ax in (figures["ablation_caltech101_lathadapter_curvature.png"],
                figures["ablation_caltech101_lathadapter_beta.png"]):
-        styles = {(c.lines[0].get_color(), c.lines[0].get_marker(), c.lines[0].get_linestyle()) for c in ax.containers}
-        assert len(styles) == len(ax.containers) == 4
+        styles = {c.get_label(): (c.lines[0].get_color(), c.lines[0].get_marker(), c.lines[0].get_linestyle())
+                  for c in ax.containers}
+        assert len(set(styles.values())) == len(styles) == 4
+        # a colour per combination of the other setting, a marker and dash per number of shots
+        for a in styles:
+            for b in styles:
+                same_shots, same_other = a.split(", ")[0] == b.split(", ")[0], a.split(", ")[1] == b.split(", ")[1]
+                assert (styles[a][0] == styles[b][0]) == same_other, (a, b)
+                assert (styles[a][1:] == styles[b][1:]) == same_shots, (a, b)
 
 
 def test_a_base_to_novel_ablation_draws_base_novel_and_hm_of_the_means(tmp_path: Path,
