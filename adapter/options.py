@@ -64,6 +64,12 @@ def unkeyed(options: Any) -> set[str]:
             if "before" in f.metadata and getattr(options, f.name) == f.metadata["before"]}
 
 
+def before_values(options_class: type) -> dict[str, Any]:
+    """The options of `options_class` that declare a `before` value (`option`), with it: how a run saved before such
+    an option existed trained."""
+    return {f.name: f.metadata["before"] for f in dataclasses.fields(options_class) if "before" in f.metadata}
+
+
 def valid_values(meta: typing.Mapping[str, Any]) -> str:
     """The valid values a field's metadata allows, in words ('> 0', 'in [0, 1]', 'one of: cone, triplet')."""
     if "choices" in meta:

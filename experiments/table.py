@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lathadapter.adapter.catalog import ambiguous_options
+from lathadapter.adapter.catalog import ambiguous_options, method_class, method_names
+from lathadapter.adapter.options import before_values
 from lathadapter.experiments.run import write_atomic
 from lathadapter.experiments.tuning import select_tuned
 
@@ -38,6 +39,14 @@ def option_column(method: str, name: str) -> str:
     registered method, not a grid's: a column's name never depends on the grid (LP++'s own `epochs` makes every
     method's `opt.METHOD.epochs`, even in a grid without LP++, where `--set epochs=` applies unscoped)."""
     return f"opt.{method}.{name}" if name in _scoped_options() else f"opt.{name}"
+
+
+def saved_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A run's options as its config.json holds them, and each option added to the method since (declared with
+    `before`) at that value, with which the run trained and kept its key: it reads as the same run saved now."""
+    if method not in method_names():
+        return options
+    return {**before_values(method_class(method).Options), **options}
 
 
 def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +85,8 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
                     "tune.factor": extension.get("factor"), "tune.step": extension.get("step"),
                     "tune.limit": extension.get("limit"), "tune.origin": extension.get("origin"),
                     "tune.selected": None, "tune.edge": None})
-    row.update({option_column(config["method"], k): v for k, v in sorted(config["options"].items())})
+    options = saved_options(config["method"], config["options"])
+    row.update({option_column(config["method"], k): v for k, v in sorted(options.items())})
     return row
 
 

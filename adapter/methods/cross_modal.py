@@ -212,8 +212,9 @@ class CrossModal(Method):
         return self.recipe
 
     def settings(self) -> dict[str, Any]:
-        return {**self.recipe.record(), "recipe.classifier": self.classifier, "recipe.init": self.init,
-                "recipe.texts": self.texts_kind, "cross-modal.text_batch": self.text_batch}
+        # `init` is never the recipe's to fill: its column is `opt.init` alone (one name per concept)
+        return {**self.recipe.record(), "recipe.classifier": self.classifier, "recipe.texts": self.texts_kind,
+                "cross-modal.text_batch": self.text_batch}
 
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is not None:
