@@ -35,8 +35,10 @@ from lathadapter.experiments.run import write_atomic
 
 
 def outside_legend(ax: Axes) -> None:
-    """The legend to the right of the axes, so that it never covers the data."""
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    """The legend to the right of the axes, so that it never covers the data; none where nothing is drawn (a block
+    whose every cell diverged)."""
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _figure(width: float, height: float) -> tuple[Figure, Axes]:
@@ -136,14 +138,14 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
                     continue
                 ax.errorbar(cell.mean, i + offset, xerr=cell.std or 0.0, fmt=marker, color=colour, capsize=2,
                             markersize=6, label=score if score not in ax.get_legend_handles_labels()[1] else None)
-                shown.append(cell.mean)
+                shown += [cell.mean - (cell.std or 0.0), cell.mean + (cell.std or 0.0)]
             if missing:
                 ax.annotate(", ".join(missing), (0.0, i), xycoords=("axes fraction", "data"), xytext=(4, 0),
                             textcoords="offset points", ha="left", va="center", fontsize=7, color="grey")
         ax.set_yticks(range(len(configs)), [config_label(c, varied, choices.get(c, [])) for c in configs], fontsize=8)
         ax.set_ylim(len(configs) - 0.5, -0.5)
         if shown:
-            ax.set_xlim(max(0.0, min(shown) - 8), min(100.0, max(shown) + 3))
+            ax.set_xlim(max(0.0, min(shown) - 8), min(100.0, max(shown)) + 3)  # every error bar whole
         ax.set(xlabel="top-1 accuracy (%)", title=f"{dataset}: base-to-novel, {shots_label(shots)}")
         outside_legend(ax)
         ax.grid(axis="x", alpha=0.3)

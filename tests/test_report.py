@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,33 @@ def test_the_base_to_novel_plot_puts_each_score_of_each_configuration_at_its_mea
     assert dots[("tip-adapter", "o")] == (75.0, 0.0)
     assert ("tip-adapter", "s") not in dots and ("tip-adapter", "D") not in dots
     assert "novel n/a, HM n/a" in [t.get_text() for t in ax.texts]
+
+
+def test_the_base_to_novel_plot_shows_every_error_bar_whole_and_no_empty_legend(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds far apart (base 30 / 90, novel 90 / 30): the axis spans mean ± std of every score, not the means alone;
+    a block whose every run diverged draws no dot and no legend (matplotlib warns of an empty one)."""
+    rows = [row(shots=16, seed=s, classes="base", acc_base=b, acc_novel=n)
+            for s, b, n in ((1, 30.0, 90.0), (2, 90.0, 30.0))]
+    plotted = capture_plots(monkeypatch)
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    low, high = plotted["base_novel_caltech101.png"].get_xlim()
+    std = statistics.stdev([30.0, 90.0])
+    assert low <= 60.0 - std and high >= 60.0 + std
+    columns = [*COLUMNS, "diverged"]
+    diverged = [{"key": f"d{s}", **row(shots=16, seed=s, classes="base", acc_base="", acc_novel=""),
+                 "diverged": "lathadapter diverged in training: its loss was nan at epoch 1 of 20"} for s in (1, 2)]
+    path = tmp_path / "diverged" / "results.csv"
+    path.parent.mkdir()
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(diverged)
+    plotted.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_report(path, tmp_path / "diverged" / "report")
+    assert plotted["base_novel_caltech101.png"].get_legend() is None
 
 
 def test_few_shot_tables_hold_only_all_class_runs(tmp_path: Path) -> None:
