@@ -1,8 +1,9 @@
 """A report's cells and how it names configurations, shared by its tables and plots: a configuration's mean ±
-sample std (n − 1) over seeds on one dataset at one number of shots (`Cell`; few-shot and base-to-novel cells of the
-records: `few_shot_cells`, `base_novel_cells`), the configurations in the catalog's order (`ordered_configs`) and
-their labels, which name the settings that vary among one method's configurations and the tuned values chosen
-(`config_label`: `lathadapter curvature=0.5`, `clip-adapter lr=0.01 (tuned)`)."""
+sample std (n − 1) over seeds on one dataset at one number of shots (`Cell`; the records' few-shot cells and their
+average over datasets, base-to-novel and transfer cells: `few_shot_cells`, `few_shot_average`, `base_novel_cells`,
+`transfer_cells`), the configurations in the catalog's order (`ordered_configs`) and their labels, which name the
+settings that vary among one method's configurations and the tuned values chosen (`config_label`:
+`lathadapter curvature=0.5`, `clip-adapter lr=0.01 (tuned)`)."""
 
 from __future__ import annotations
 
@@ -112,11 +113,36 @@ def few_shot_cells(records: list[Record]) -> dict[tuple[str, Configuration, int]
     return cells_over_seeds([r for r in records if r.classes == "all" and not r.target], cell_of, "acc_all")
 
 
+def few_shot_average(cells: dict[tuple[str, Configuration, int], Cell]) -> dict[tuple[Configuration, int], Cell]:
+    """The average over the datasets of `few_shot_cells` by (configuration, shots), at every number of shots of any
+    dataset: the mean of the configuration's per-dataset means (`Cell.mean_of`; `—` where a dataset has no run)."""
+    datasets = sorted({d for d, _, _ in cells})
+    shots = sorted({k for _, _, k in cells})
+    return {(c, k): Cell.mean_of([cells.get((d, c, k), MISSING) for d in datasets]) for _, c, _ in cells
+            for k in shots}
+
+
 def base_novel_cells(records: list[Record]) -> dict[tuple[str, Configuration, int], tuple[Cell, Cell]]:
     """Base and novel accuracy over seeds by (dataset, configuration, shots) of the base-to-novel runs."""
     chosen = [r for r in records if r.classes == "base" and not r.target]
     base, novel = cells_over_seeds(chosen, cell_of, "acc_base"), cells_over_seeds(chosen, cell_of, "acc_novel")
     return {k: (base[k], novel[k]) for k in base}
+
+
+def transfer_cells(records: list[Record]) -> dict[tuple[str, int], tuple[list[str], dict[Configuration, list[Cell]]]]:
+    """Per (source dataset, shots) of the transfer runs: the targets, and each configuration's cells over seeds on the
+    source test set, each target and the average over targets (`Cell.mean_of`)."""
+    cells = cells_over_seeds([r for r in records if r.target], lambda r: (r.dataset, r.shots, r.config, r.target),
+                             "acc_all")
+    blocks = {}
+    for source, shots in sorted({(d, k) for d, k, _, _ in cells}):
+        targets = sorted({t for d, k, _, t in cells if (d, k) == (source, shots)} - {"source"})
+        rows = {}
+        for config in {c for d, k, c, _ in cells if (d, k) == (source, shots)}:
+            values = [cells.get((source, shots, config, t), MISSING) for t in targets]
+            rows[config] = [cells.get((source, shots, config, "source"), MISSING), *values, Cell.mean_of(values)]
+        blocks[(source, shots)] = (targets, rows)
+    return blocks
 
 
 def slug(text: str) -> str:

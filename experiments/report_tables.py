@@ -43,13 +43,14 @@ from lathadapter.experiments.cells import (
     Cell,
     base_novel_cells,
     cell_of,
-    cells_over_seeds,
     config_label,
+    few_shot_average,
     few_shot_cells,
     ordered_configs,
     setting_name,
     slug,
     sortable,
+    transfer_cells,
     varied_settings,
 )
 from lathadapter.experiments.records import (
@@ -205,8 +206,8 @@ def few_shot_tables(records: list[Record]) -> list[Table]:
                           [shots_label(k) for k in shots], rows, chosen)
     if len(datasets) > 1:
         shots = sorted({k for _, _, k in cells})
-        rows = {c: [Cell.mean_of([cells.get((d, c, k), MISSING) for d in datasets]) for k in shots]
-                for _, c, _ in cells}
+        average = few_shot_average(cells)
+        rows = {c: [average[(c, k)] for k in shots] for _, c, _ in cells}
         chosen = {c: [Chosen(tuple(x for d in datasets for x in tuned.get((d, c, k), ()))) for k in shots]
                   for c in rows}
         tables += _tables("few_shot_average", f"Few-shot accuracy (%), average over {len(datasets)} datasets",
@@ -241,18 +242,11 @@ def base_to_novel_tables(records: list[Record]) -> list[Table]:
 def transfer_tables(records: list[Record]) -> list[Table]:
     """Cross-dataset or domain-generalisation results per source dataset and shots: configurations × (source test
     set, each target, the average over targets)."""
-    chosen = [r for r in records if r.target]
-    cells = cells_over_seeds(chosen, lambda r: (r.dataset, r.shots, r.config, r.target), "acc_all")
     # one choice per run, the same for all its targets: read from its `source` row
-    tuned = _choices_by([r for r in chosen if r.target == "source"], lambda r: (r.dataset, r.shots, r.config))
-    blocks = sorted({(d, k) for d, k, _, _ in cells})
+    tuned = _choices_by([r for r in records if r.target == "source"], lambda r: (r.dataset, r.shots, r.config))
+    blocks = transfer_cells(records)
     tables = []
-    for source, shots in blocks:
-        targets = sorted({t for d, k, _, t in cells if (d, k) == (source, shots)} - {"source"})
-        rows = {}
-        for config in {c for d, k, c, _ in cells if (d, k) == (source, shots)}:
-            values = [cells.get((source, shots, config, t), MISSING) for t in targets]
-            rows[config] = [cells.get((source, shots, config, "source"), MISSING), *values, Cell.mean_of(values)]
+    for (source, shots), (targets, rows) in blocks.items():
         name = "transfer" if len(blocks) == 1 else f"transfer_{slug(source)}_{shots}shot"
         title = f"Transfer from {source}, {shots_label(shots)} (%): source test set and targets"
         tables += _tables(name, title, ["source", *targets, "Average (targets)"], rows,
