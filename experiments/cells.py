@@ -129,6 +129,9 @@ def base_novel_cells(records: list[Record]) -> dict[tuple[str, Configuration, in
     return {k: (base[k], novel[k]) for k in base}
 
 
+TARGETS_AVERAGE = "Average (targets)"  # the transfer table's last column, its plot's last dot
+
+
 def transfer_cells(records: list[Record]) -> dict[tuple[str, int], tuple[list[str], dict[Configuration, list[Cell]]]]:
     """Per (source dataset, shots) of the transfer runs: the targets, and each configuration's cells over seeds on the
     source test set, each target and the average over targets (`Cell.mean_of`)."""

@@ -20,14 +20,17 @@ from matplotlib.patches import Circle
 
 from lathadapter.experiments.cells import (
     MISSING,
+    TARGETS_AVERAGE,
     Cell,
     base_novel_cells,
     config_label,
+    few_shot_average,
     few_shot_cells,
     ordered_configs,
     setting_name,
     slug,
     sortable,
+    transfer_cells,
     varied_settings,
 )
 from lathadapter.experiments.records import TUNED, Choice, Configuration, Record, shots_label
@@ -80,32 +83,54 @@ def _config_choices(records: Iterable[Record]) -> dict[Configuration, list[Choic
     return choices
 
 
+def _plot_shots(shots: list[int], rows: dict[Configuration, list[Cell]], labels: dict[Configuration, str],
+                title: str, path: Path) -> Path:
+    """Accuracy against shots, one line per configuration of `rows` (its cells by `shots`, in `rows`' order;
+    LatHAdapter's thicker): error bars the std over seeds, none on a line whose cells have no std (an average over
+    datasets); a cell with no mean (no run, n/a, diverged) draws no point."""
+    fig, ax = _figure(9, 4)  # the legend sits right of the axes
+    for index, (config, cells) in enumerate(rows.items()):
+        points = [(k, c) for k, c in zip(shots, cells, strict=True) if c.mean is not None]
+        if points:
+            spread = [c.std or 0.0 for _, c in points] if any(c.std is not None for _, c in points) else None
+            ax.errorbar([k for k, _ in points], [c.mean for _, c in points], yerr=spread, capsize=3,
+                        **line_style(index), label=labels[config],
+                        linewidth=2.5 if config.method == "lathadapter" else 1.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.set(xlabel="shots per class", ylabel="top-1 accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    outside_legend(ax)
+    return _save(fig, path)
+
+
 def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
-    """Per dataset with two numbers of shots or more: one line per configuration, error bars the std over seeds."""
+    """Per dataset with two numbers of shots or more: one line per configuration, error bars the std over seeds; with
+    several datasets, their average (the average table's cells, no error bars) where it has two numbers of shots."""
     cells = few_shot_cells(records)
+    few_shot = [r for r in records if r.classes == "all" and not r.target]
     paths = []
-    for dataset in sorted({d for d, _, _ in cells}):
+    datasets = sorted({d for d, _, _ in cells})
+    for dataset in datasets:
         shots = sorted({k for d, _, k in cells if d == dataset})
         if len(shots) < 2:
             continue
         configs = ordered_configs({c for d, c, _ in cells if d == dataset})
         varied = varied_settings(configs)
-        choices = _config_choices(r for r in records if r.dataset == dataset and r.classes == "all" and not r.target)
-        fig, ax = _figure(9, 4)  # the legend sits right of the axes
-        for index, config in enumerate(configs):
-            points = [(k, cells[(dataset, config, k)]) for k in shots if (dataset, config, k) in cells]
-            points = [(k, c) for k, c in points if c.mean is not None]
-            if points:
-                ax.errorbar([k for k, _ in points], [c.mean for _, c in points],
-                            yerr=[c.std or 0.0 for _, c in points], capsize=3, **line_style(index),
-                            label=config_label(config, varied, choices.get(config, [])),
-                            linewidth=2.5 if config.method == "lathadapter" else 1.5)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(shots, [str(k) for k in shots])
-        ax.set(xlabel="shots per class", ylabel="top-1 accuracy (%)", title=f"{dataset}: accuracy vs shots")
-        ax.grid(alpha=0.3)
-        outside_legend(ax)
-        paths.append(_save(fig, folder / f"accuracy_vs_shots_{slug(dataset)}.png"))
+        choices = _config_choices(r for r in few_shot if r.dataset == dataset)
+        paths.append(_plot_shots(shots, {c: [cells.get((dataset, c, k), MISSING) for k in shots] for c in configs},
+                                 {c: config_label(c, varied, choices.get(c, [])) for c in configs},
+                                 f"{dataset}: accuracy vs shots", folder / f"accuracy_vs_shots_{slug(dataset)}.png"))
+    average = few_shot_average(cells)
+    shots = sorted({k for (_, k), cell in average.items() if cell.mean is not None})  # a point somewhere
+    if len(datasets) > 1 and len(shots) > 1:
+        configs = ordered_configs({c for c, _ in average})
+        varied = varied_settings(configs)
+        choices = _config_choices(few_shot)  # as the average table: each dataset's choices
+        paths.append(_plot_shots(shots, {c: [average[(c, k)] for k in shots] for c in configs},
+                                 {c: config_label(c, varied, choices.get(c, [])) for c in configs},
+                                 f"Average over {len(datasets)} datasets: accuracy vs shots",
+                                 folder / "accuracy_vs_shots_average.png"))
     return paths
 
 
@@ -150,6 +175,66 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
         outside_legend(ax)
         ax.grid(axis="x", alpha=0.3)
         name = f"base_novel_{slug(dataset)}" + (f"_{shots}shot" if several_shots else "")
+        paths.append(_save(fig, folder / f"{name}.png"))
+    return paths
+
+
+def _dot_style(index: int) -> dict[str, str]:
+    """The colour and marker of a dot plot's `index`-th column: both step at once, so the pair is unique for every
+    index below 40."""
+    colours = matplotlib.colormaps["tab10"].colors
+    return {"color": matplotlib.colors.to_hex(colours[index % len(colours)]), "marker": MARKERS[index % len(MARKERS)]}
+
+
+def _missing_note(missing: dict[str, str], targets: list[str]) -> str:
+    """A transfer row's columns with no number and why (`dtd n/a`); `targets n/a` where every target and their
+    average read alike (a method that scores no other class set), so the note stays short."""
+    if set(targets) <= set(missing) and len({missing[t] for t in [*targets, TARGETS_AVERAGE]}) == 1:
+        rest = [f"{column} {text}" for column, text in missing.items() if column not in [*targets, TARGETS_AVERAGE]]
+        return ", ".join([*rest, f"targets {missing[TARGETS_AVERAGE]}"])
+    return ", ".join(f"{column} {text}" for column, text in missing.items())
+
+
+def plot_transfer(records: list[Record], folder: Path) -> list[Path]:
+    """Per source dataset and shots of the transfer runs: a row per configuration with its accuracy on the source
+    test set, each target and the average over targets as dots (the transfer table's cells), error bars the std over
+    seeds; a cell with no number is named in its row. Named as the tables are: `transfer_<source>`, with
+    `_<k>shot` when the tables name the block by its shots."""
+    blocks = transfer_cells(records)
+    paths = []
+    for (source, shots), (targets, rows) in blocks.items():
+        columns = ["source", *targets, TARGETS_AVERAGE]
+        configs = ordered_configs(rows)
+        varied = varied_settings(configs)
+        choices = _config_choices(r for r in records if (r.dataset, r.shots, r.target) == (source, shots, "source"))
+        row_height = max(0.4, 0.12 * len(columns))  # room for each column's dot
+        fig, ax = _figure(9, row_height * len(configs) + 1.4)
+        offsets = [0.3 * (2 * j / (len(columns) - 1) - 1) for j in range(len(columns))]
+        shown: list[float] = []
+        for i, config in enumerate(configs):
+            missing: dict[str, str] = {}  # column → its text
+            for j, (column, cell, offset) in enumerate(zip(columns, rows[config], offsets, strict=True)):
+                if cell.mean is None:
+                    missing[column] = cell.text()
+                    continue
+                ax.errorbar(cell.mean, i + offset, xerr=cell.std, fmt=_dot_style(j)["marker"], capsize=2,
+                            color=_dot_style(j)["color"], markersize=6,
+                            label=column if column not in ax.get_legend_handles_labels()[1] else None)
+                shown += [cell.mean - (cell.std or 0.0), cell.mean + (cell.std or 0.0)]
+            if missing:
+                ax.annotate(_missing_note(missing, targets), (0.0, i), xycoords=("axes fraction", "data"),
+                            xytext=(4, 0), textcoords="offset points", ha="left", va="center", fontsize=7,
+                            color="grey")
+            if i:
+                ax.axhline(i - 0.5, color="grey", linewidth=0.5, alpha=0.4)  # a row's dots spread over its height
+        ax.set_yticks(range(len(configs)), [config_label(c, varied, choices.get(c, [])) for c in configs], fontsize=8)
+        ax.set_ylim(len(configs) - 0.5, -0.5)
+        if shown:
+            ax.set_xlim(max(0.0, min(shown) - 8), min(100.0, max(shown)) + 3)  # every error bar whole
+        ax.set(xlabel="top-1 accuracy (%)", title=f"Transfer from {source}, {shots_label(shots)}")
+        outside_legend(ax)
+        ax.grid(axis="x", alpha=0.3)
+        name = f"transfer_{slug(source)}" + (f"_{shots}shot" if len(blocks) > 1 else "")
         paths.append(_save(fig, folder / f"{name}.png"))
     return paths
 

@@ -14,6 +14,7 @@ from lathadapter.experiments.plots import (
     plot_accuracy_vs_shots,
     plot_base_novel,
     plot_poincare_disk,
+    plot_transfer,
 )
 from lathadapter.experiments.records import Results, load_results, records
 from lathadapter.experiments.report_tables import report_tables, tables_markdown
@@ -46,7 +47,8 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     out.mkdir(parents=True, exist_ok=True)
     parsed = records(results)
     tables = report_tables(parsed)
-    plots = plot_accuracy_vs_shots(parsed, out) + plot_base_novel(parsed, out) + plot_ablations(parsed, out)
+    plots = (plot_accuracy_vs_shots(parsed, out) + plot_base_novel(parsed, out) + plot_transfer(parsed, out)
+             + plot_ablations(parsed, out))
     disk_run = disk_run or _disk_run(results)
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))

@@ -40,6 +40,7 @@ from typing import Any
 
 from lathadapter.experiments.cells import (
     MISSING,
+    TARGETS_AVERAGE,
     Cell,
     base_novel_cells,
     cell_of,
@@ -249,7 +250,7 @@ def transfer_tables(records: list[Record]) -> list[Table]:
     for (source, shots), (targets, rows) in blocks.items():
         name = "transfer" if len(blocks) == 1 else f"transfer_{slug(source)}_{shots}shot"
         title = f"Transfer from {source}, {shots_label(shots)} (%): source test set and targets"
-        tables += _tables(name, title, ["source", *targets, "Average (targets)"], rows,
+        tables += _tables(name, title, ["source", *targets, TARGETS_AVERAGE], rows,
                           {c: [Chosen(tuned.get((source, shots, c), ()))] for c in rows}, [source])
     return tables
 
