@@ -180,8 +180,8 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
 
 
 def _dot_style(index: int) -> dict[str, str]:
-    """The colour and marker of a dot plot's `index`-th column: both step at once, so the pair is unique for every
-    index below 40."""
+    """The colour and marker of a transfer plot's `index`-th dataset (the source, then each target): both step at
+    once, so the pair is unique for every index below 40."""
     colours = matplotlib.colormaps["tab10"].colors
     return {"color": matplotlib.colors.to_hex(colours[index % len(colours)]), "marker": MARKERS[index % len(MARKERS)]}
 
@@ -217,8 +217,10 @@ def plot_transfer(records: list[Record], folder: Path) -> list[Path]:
                 if cell.mean is None:
                     missing[column] = cell.text()
                     continue
-                ax.errorbar(cell.mean, i + offset, xerr=cell.std, fmt=_dot_style(j)["marker"], capsize=2,
-                            color=_dot_style(j)["color"], markersize=6,
+                # the average over targets in black, apart from the tab10 colours of the datasets
+                style = {"color": "black", "marker": "D"} if column == TARGETS_AVERAGE else _dot_style(j)
+                ax.errorbar(cell.mean, i + offset, xerr=cell.std, fmt=style["marker"], color=style["color"],
+                            capsize=2, markersize=6,
                             label=column if column not in ax.get_legend_handles_labels()[1] else None)
                 shown += [cell.mean - (cell.std or 0.0), cell.mean + (cell.std or 0.0)]
             if missing:
