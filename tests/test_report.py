@@ -295,6 +295,94 @@ def test_no_two_lines_of_a_plot_look_alike(tmp_path: Path, monkeypatch: pytest.M
     assert len(styles) == 23
 
 
+def test_the_average_plot_draws_each_configurations_mean_over_datasets_of_its_seed_means(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two datasets × 2 shots × 3 seeds: a line per configuration, each point the mean over the datasets of the
+    configuration's mean over seeds, no error bars (an average has no std over seeds); a configuration with no run
+    on one dataset at 2 shots has no point there; one dataset: no average plot."""
+    accuracy = {(d, c, k): [20 + 10 * c + d * k + s * s for s in (1, 2, 3)]
+                for d in (1, 2) for c in (0.5, 2.0) for k in (1, 2)}
+    names = {1: "caltech101", 2: "pets"}
+    rows = [row(shots=k, seed=s, acc_all=v, dataset=names[d], **{"opt.curvature": c})
+            for (d, c, k), values in accuracy.items() for s, v in zip((1, 2, 3), values, strict=True)]
+    tip = {("caltech101", 1): [50.0, 54.0], ("pets", 1): [60.0, 61.0], ("caltech101", 2): [70.0, 72.0]}
+    rows += [row("tip-adapter", shots=k, seed=s, acc_all=v, dataset=d)
+             for (d, k), values in tip.items() for s, v in zip((1, 2), values, strict=True)]
+    figures = capture_plots(monkeypatch)
+    written = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    assert str(tmp_path / "report" / "accuracy_vs_shots_average.png") in written["plots"]
+    ax = figures["accuracy_vs_shots_average.png"]
+    assert "2 datasets" in ax.get_title()
+    lines = {container.get_label(): container for container in ax.containers}
+    assert sorted(lines) == ["lathadapter curvature=0.5", "lathadapter curvature=2.0", "tip-adapter"]
+    for c in (0.5, 2.0):
+        expected = [statistics.fmean(statistics.fmean(accuracy[(d, c, k)]) for d in (1, 2)) for k in (1, 2)]
+        line = lines[f"lathadapter curvature={c}"]
+        assert list(line.lines[0].get_xdata()) == [1, 2]
+        assert list(line.lines[0].get_ydata()) == pytest.approx(expected)
+        assert not line.has_yerr and line.lines[2] == ()  # no error bars
+    (x,), (y,) = lines["tip-adapter"].lines[0].get_data()  # 2 shots: no run on pets, no point
+    assert (x, y) == (1, pytest.approx(statistics.fmean([statistics.fmean(tip[("caltech101", 1)]),
+                                                         statistics.fmean(tip[("pets", 1)])])))
+    figures.clear()
+    write_report(write_rows(tmp_path / "one" / "results.csv", [r for r in rows if r["dataset"] == "caltech101"]),
+                 tmp_path / "one" / "report")
+    assert "accuracy_vs_shots_caltech101.png" in figures and "accuracy_vs_shots_average.png" not in figures
+
+
+def transfer_rows(accuracy: dict[float, dict[str, list[float]]], shots: int = 16) -> list[dict[str, Any]]:
+    """Transfer rows of LatHAdapter at each curvature of `accuracy` (its values by target, one per seed) and a linear
+    probe that scores its source alone."""
+    rows = [row(shots=shots, seed=s, target=t, acc_all=a, **{"opt.curvature": c})
+            for c, targets in accuracy.items() for t, values in targets.items()
+            for s, a in zip((1, 2), values, strict=True)]
+    return rows + [row("linear-probe", shots=shots, target="source", acc_all=68.0),
+                   row("linear-probe", shots=shots, target="pets"), row("linear-probe", shots=shots, target="dtd")]
+
+
+def test_the_transfer_plot_puts_each_dataset_of_each_configuration_at_its_mean(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row per configuration: a dot at the mean over seeds on the source and each target, error bar the std, and
+    one at the mean of the target means without one; a method that scores no target has its source dot alone and
+    says n/a in its row; the axis spans every mean ± std. Several shots: a plot per shots."""
+    accuracy = {0.5: {"source": [70.0, 72.0], "pets": [40.0, 44.0], "dtd": [30.0, 31.0]},
+                1.0: {"source": [75.0, 71.0], "pets": [50.0, 52.0], "dtd": [20.0, 28.0]}}
+    figures = capture_plots(monkeypatch)
+    written = write_report(write_rows(tmp_path / "results.csv", transfer_rows(accuracy)), tmp_path / "report")
+    assert str(tmp_path / "report" / "transfer_caltech101.png") in written["plots"]
+    ax = figures["transfer_caltech101.png"]
+    handles, names = ax.get_legend_handles_labels()
+    column = {(h.lines[0].get_marker(), h.lines[0].get_color()): name for h, name in zip(handles, names, strict=True)}
+    assert sorted(column.values()) == ["Average (targets)", "dtd", "pets", "source"]  # a marker and colour each
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    dots: dict[tuple[str, str], tuple[float, float | None]] = {}  # (row, column) -> (x, half the error bar)
+    for container in ax.containers:
+        line, _, bars = container.lines
+        ((x,), (y,)) = line.get_data()
+        half = None
+        if bars:
+            (low, _), (high, _) = bars[0].get_segments()[0]
+            half = (high - low) / 2
+        dots[(labels[round(y)], column[(line.get_marker(), line.get_color())])] = (x, half)
+    for c, targets in accuracy.items():
+        name = f"lathadapter curvature={c}"
+        for target, values in targets.items():
+            assert dots[(name, target)] == pytest.approx((statistics.fmean(values), statistics.stdev(values)))
+        mean = statistics.fmean([statistics.fmean(targets["pets"]), statistics.fmean(targets["dtd"])])
+        assert dots[(name, "Average (targets)")] == (pytest.approx(mean), None)
+    assert {k: v for k, v in dots.items() if k[0] == "linear-probe"} == {("linear-probe", "source"): (68.0, None)}
+    assert "targets n/a" in [t.get_text() for t in ax.texts]
+    low, high = ax.get_xlim()
+    for targets in accuracy.values():
+        for values in targets.values():
+            assert low <= statistics.fmean(values) - statistics.stdev(values)
+            assert high >= statistics.fmean(values) + statistics.stdev(values)
+    figures.clear()
+    rows = transfer_rows(accuracy, 4) + transfer_rows(accuracy, 16)
+    write_report(write_rows(tmp_path / "shots" / "results.csv", rows), tmp_path / "shots" / "report")
+    assert {"transfer_caltech101_4shot.png", "transfer_caltech101_16shot.png"} <= set(figures)
+
+
 def test_an_ablation_plot_draws_accuracy_against_the_setting_a_line_per_number_of_shots(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--set curvature=0.5,1,2` × 2 shots × 3 seeds: accuracy against the curvature, in numeric order on a linear axis
