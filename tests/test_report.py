@@ -344,7 +344,8 @@ def test_the_transfer_plot_puts_each_dataset_of_each_configuration_at_its_mean(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A row per configuration: a dot at the mean over seeds on the source and each target, error bar the std, and
     one at the mean of the target means without one; a method that scores no target has its source dot alone and
-    says n/a in its row; the axis spans every mean ± std. Several shots: a plot per shots."""
+    says n/a in its row; the axis spans every mean ± std. Several shots: a plot per shots. A block whose every run
+    diverged draws no dot and no legend."""
     accuracy = {0.5: {"source": [70.0, 72.0], "pets": [40.0, 44.0], "dtd": [30.0, 31.0]},
                 1.0: {"source": [75.0, 71.0], "pets": [50.0, 52.0], "dtd": [20.0, 28.0]}}
     figures = capture_plots(monkeypatch)
@@ -381,6 +382,15 @@ def test_the_transfer_plot_puts_each_dataset_of_each_configuration_at_its_mean(
     rows = transfer_rows(accuracy, 4) + transfer_rows(accuracy, 16)
     write_report(write_rows(tmp_path / "shots" / "results.csv", rows), tmp_path / "shots" / "report")
     assert {"transfer_caltech101_4shot.png", "transfer_caltech101_16shot.png"} <= set(figures)
+    figures.clear()  # every run diverged: no dot, no legend (matplotlib warns of an empty one), each cell noted
+    diverged = [{**row(shots=16, seed=1, target=t, acc_all=""), "diverged": "loss was nan"} for t in ("source", "pets")]
+    path = write_rows(tmp_path / "diverged" / "results.csv", diverged, [*COLUMNS, "diverged"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_report(path, tmp_path / "diverged" / "report")
+    ax = figures["transfer_caltech101.png"]
+    assert ax.get_legend() is None and not ax.containers
+    assert [t.get_text() for t in ax.texts] == ["source diverged, targets diverged"]
 
 
 def test_an_ablation_plot_draws_accuracy_against_the_setting_a_line_per_number_of_shots(
