@@ -1,6 +1,7 @@
-"""A report's plots (matplotlib, PNG, each written atomically): accuracy against shots and base / novel / HM dots, one
-line or row per configuration with error bars over seeds, accuracy against each setting an ablation table ablates,
-and a LatHAdapter run's Poincaré disk. The only module that imports matplotlib, so that the tables (`report_tables`,
+"""A report's plots (matplotlib, PNG, each written atomically): accuracy against shots (per dataset and averaged over
+datasets), base / novel / HM dots and transfer dots (source, each target, their average), one line or row per
+configuration with error bars over seeds, accuracy against each setting an ablation table ablates, and a LatHAdapter
+run's Poincaré disk. The only module that imports matplotlib, so that the tables (`report_tables`,
 what `grid` and `protocol` print) do without it."""
 
 from __future__ import annotations
