@@ -449,3 +449,15 @@ def mix(x: torch.Tensor, adapter: Adapter, ratio: float, node: bool = False) -> 
     if node:
         return adapter_mix(rows, first.weight, second.weight, ratio).reshape(x.shape)
     return mix_with(rows, first.weight, second.weight, ratio)[1].reshape(x.shape)
+
+
+def blend(x: torch.Tensor, adapter: Adapter, ratio: float, final_relu: bool, node: bool) -> torch.Tensor:
+    """`(1 − α) x + α g(x)` for rows x, with `final_relu` a ReLU after g's second layer (CLIP-Adapter's official
+    code, the cross-modal adapter); `node`: as one node (`adapter_mix`, a captured step's form)."""
+    first, _, second = adapter.net
+    if node:
+        return adapter_mix(x, first.weight, second.weight, ratio, final_relu)
+    if not final_relu:
+        return mix(x, adapter, ratio)
+    adapted = torch.relu(torch.relu(x @ first.weight.t()) @ second.weight.t())
+    return torch.add(x * (1 - ratio), adapted, alpha=ratio)

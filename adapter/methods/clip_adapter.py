@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, adapter_mix, cosines, mix, normalize
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, blend, cosines, normalize
 from lathadapter.adapter.options import RecipeTrainOptions, option
 from lathadapter.adapter.recipes import RecipeFacts, TrainRecipe, dataset_key, fill, recipe_from, training_values
 from lathadapter.adapter.registry import register
@@ -79,11 +79,4 @@ class ClipAdapter(Method):
     def blended(self, features: torch.Tensor) -> torch.Tensor:
         """`(1 − α) x + α g(x)`, with the official code's ReLU after the second layer under `final_relu`; in a
         captured step as one node (`base.adapter_mix`: fewer kernels, more host time per call)."""
-        first, _, second = self.adapter.net
-        alpha = self.options.alpha
-        if self.fixed_shapes:
-            return adapter_mix(features, first.weight, second.weight, alpha, self.final_relu)
-        if not self.final_relu:
-            return mix(features, self.adapter, alpha)
-        adapted = torch.relu(torch.relu(features @ first.weight.t()) @ second.weight.t())
-        return torch.add(features * (1 - alpha), adapted, alpha=alpha)
+        return blend(features, self.adapter, self.options.alpha, self.final_relu, self.fixed_shapes)

@@ -60,7 +60,7 @@ from lathadapter.adapter.methods.base import (
     LOGIT_SCALE,
     Adapter,
     Method,
-    adapter_mix,
+    blend,
     imagenet_select_rows,
     mean_cross_entropy,
     normalize,
@@ -227,11 +227,7 @@ class CrossModal(Method):
     def adapted(self, x: torch.Tensor) -> torch.Tensor:
         """The official `Adapter` on rows x: `(1 − 0.2) x + 0.2 relu(relu(x A₁ᵀ) A₂ᵀ)`; in a captured step as one
         node (`base.adapter_mix`)."""
-        first, _, second = self.adapter.net
-        if self.fixed_shapes:
-            return adapter_mix(x, first.weight, second.weight, ADAPTER_RATIO, True)
-        adapted = torch.relu(torch.relu(x @ first.weight.t()) @ second.weight.t())
-        return torch.add(x * (1 - ADAPTER_RATIO), adapted, alpha=ADAPTER_RATIO)
+        return blend(x, self.adapter, ADAPTER_RATIO, final_relu=True, node=self.fixed_shapes)
 
     def text_batch_now(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This step's text samples and labels; advances the step counter (in place, on the device)."""
