@@ -255,10 +255,11 @@ class AblationLine:
 
 def _ablation_lines(configs: list[Configuration], setting: str, others: list[str],
                     cells: dict[Configuration, list[Cell]], parts: list[str]) -> list[AblationLine]:
-    """Per combination of the `others` settings' values and per part (a column of `cells`): the configurations'
-    cells by `setting`'s value, in the ablation table's order. A tuned value is no point of the setting's axis (it
-    reads `tuned`, chosen per cell), so it draws none. With several combinations, a line's colour says its
-    combination and its marker and dash its part; with one, each part has its colour."""
+    """Per combination of the `others` settings' values run at two values of `setting` or more, and per part (a
+    column of `cells`): the configurations' cells by `setting`'s value, in the ablation table's order. A tuned value
+    is no point of the setting's axis (it reads `tuned`, chosen per cell), so it draws none. With several
+    combinations, a line's colour says its combination and its marker and dash its part; with one, each part has its
+    colour."""
     combinations: dict[tuple[str, ...], list[dict[str, Cell]]] = {}
     for config in sorted(configs, key=lambda c: [sortable(c.value(s)) for s in [*others, setting]]):
         if config.value(setting) == TUNED:
@@ -266,6 +267,9 @@ def _ablation_lines(configs: list[Configuration], setting: str, others: list[str
         row = combinations.setdefault(tuple(config.value(s) for s in others), [{} for _ in parts])
         for by_value, cell in zip(row, cells[config], strict=True):
             by_value[config.value(setting)] = cell
+    # a combination run at one value of the setting ablates nothing (in a one-at-a-time sweep, every other
+    # setting's own ablation): it would be a lone point with a legend entry each
+    combinations = {values: row for values, row in combinations.items() if len(row[0]) > 1}
     # several combinations: each part takes the next pass over the ten colours (so its own marker and dash)
     stride = 10 * math.ceil(len(combinations) / 10) if len(combinations) > 1 else 1
     lines = []
@@ -317,34 +321,45 @@ def _plot_ablation(lines: list[AblationLine], setting: str, title: str, path: Pa
     return _save(fig, path)
 
 
+# An ablation plot of more lines is left out, its table alone holding the cells: a grid varying a dozen settings
+# together split each ablation into hundreds of lines, seconds a plot and a legend thousands of pixels tall
+MOST_ABLATION_LINES = 40
+
+
 def _method_ablations(cells: dict[Configuration, list[Cell]], parts: list[str], title: str, name: str,
-                      folder: Path) -> list[Path]:
+                      folder: Path, crowded: list[str]) -> list[Path]:
     """The ablation plots of one block of cells (a column per part): one per method and setting varied among its
-    configurations, named `<name>_<method>_<setting>.png`."""
+    configurations, named `<name>_<method>_<setting>.png`; one of over `MOST_ABLATION_LINES` lines is not drawn but
+    named in `crowded`."""
     configs = ordered_configs(cells)
     paths = []
     for method, settings in varied_settings(configs).items():
         own = [c for c in configs if c.method == method]
         for setting in settings:
             lines = _ablation_lines(own, setting, [s for s in settings if s != setting], cells, parts)
+            stem = f"{name}_{slug(method)}_{setting_name(setting)}"
+            if len(lines) > MOST_ABLATION_LINES:
+                crowded.append(f"{stem} ({len(lines)} lines)")
+                continue
             path = _plot_ablation(lines, setting, f"{title}{method}, ablation of {setting_name(setting)}",
-                                  folder / f"{name}_{slug(method)}_{setting_name(setting)}.png")
+                                  folder / f"{stem}.png")
             paths += [path] if path is not None else []
     return paths
 
 
-def plot_ablations(records: list[Record], folder: Path) -> list[Path]:
+def plot_ablations(records: list[Record], folder: Path) -> tuple[list[Path], list[str]]:
     """Per dataset, method and setting that varies among the method's configurations (what gets an ablation table):
     accuracy against the setting, from the ablation table's cells. Few-shot: a line per number of shots;
     base-to-novel (per dataset and shots): base, novel and HM lines (HM of the means). Another varied setting of the
-    method splits each line by its values."""
-    paths = []
+    method splits each line by its values. Returns the plots and the ablations left out for too many lines."""
+    paths: list[Path] = []
+    crowded: list[str] = []
     few = few_shot_cells(records)
     for dataset in sorted({d for d, _, _ in few}):
         shots = sorted({k for d, _, k in few if d == dataset})
         cells = {c: [few.get((dataset, c, k), MISSING) for k in shots] for d, c, _ in few if d == dataset}
         paths += _method_ablations(cells, [shots_label(k) for k in shots], f"{dataset}: ",
-                                   f"ablation_{slug(dataset)}", folder)
+                                   f"ablation_{slug(dataset)}", folder, crowded)
     pairs = base_novel_cells(records)
     blocks = sorted({(d, k) for d, _, k in pairs})
     several_shots = len({k for _, k in blocks}) > 1
@@ -352,8 +367,8 @@ def plot_ablations(records: list[Record], folder: Path) -> list[Path]:
         cells = {c: [b, n, Cell.hm(b, n)] for (d, c, k), (b, n) in pairs.items() if (d, k) == (dataset, shots)}
         name = f"ablation_base_novel_{slug(dataset)}" + (f"_{shots}shot" if several_shots else "")
         paths += _method_ablations(cells, [score for score, _, _ in SCORES],
-                                   f"{dataset}: base-to-novel, {shots_label(shots)}, ", name, folder)
-    return paths
+                                   f"{dataset}: base-to-novel, {shots_label(shots)}, ", name, folder, crowded)
+    return paths, crowded
 
 
 def disk_coordinates(points: torch.Tensor, curvature: float, basis: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,8 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     out.mkdir(parents=True, exist_ok=True)
     parsed = records(results)
     tables = report_tables(parsed)
-    plots = (plot_accuracy_vs_shots(parsed, out) + plot_base_novel(parsed, out) + plot_transfer(parsed, out)
-             + plot_ablations(parsed, out))
+    ablations, crowded = plot_ablations(parsed, out)
+    plots = plot_accuracy_vs_shots(parsed, out) + plot_base_novel(parsed, out) + plot_transfer(parsed, out) + ablations
     disk_run = disk_run or _disk_run(results)
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))
@@ -57,7 +57,9 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     text = (f"# Results\n\nFrom `{results.source}` ({len(results.rows)} rows). Each table row is one configuration; "
             "cells are mean ± sample std over seeds (one seed: no ±); n/a: not applicable; diverged: no seed's "
             "training stayed finite; —: no run.\n\n"
-            f"{markdown}\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots))
+            f"{markdown}\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
+            + (f"\nAblation plots left out for their many lines (`plots.MOST_ABLATION_LINES`; their ablation tables "
+               f"hold every cell): {', '.join(crowded)}.\n" if crowded else ""))
     write_atomic(out / "report.md", lambda temporary: temporary.write_text(text))  # last: the report is whole
     return {"markdown": markdown, "tables": [str(p) for p in csvs], "plots": [str(p) for p in plots],
             "report": str(out / "report.md")}

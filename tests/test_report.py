@@ -853,3 +853,39 @@ def test_a_report_leaves_the_callers_matplotlib_backend_alone(tmp_path: Path) ->
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["svg", "0", "1"]
+
+
+def test_a_one_at_a_time_sweep_draws_each_ablation_without_the_other_settings_lone_points(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """curvature 0.5, 1, 2 at beta 0.5 and beta 0.3, 1.0 at curvature 1 (one setting varied at a time), 2 shots: the
+    curvature's plot has a line per number of shots at beta=0.5 through the three curvatures, and none for the beta
+    values run at one curvature alone; the beta's plot likewise."""
+    configs = [(0.5, 0.5), (1.0, 0.5), (2.0, 0.5), (1.0, 0.3), (1.0, 1.0)]
+    accuracy = {(c, b, k): [30 + 10 * c + 5 * b + k + s for s in (1, 2)] for c, b in configs for k in (1, 4)}
+    rows = [row(shots=k, seed=s, acc_all=v, **{"opt.curvature": c, "opt.lathadapter.beta": b})
+            for (c, b, k), values in accuracy.items() for s, v in zip((1, 2), values, strict=True)]
+    figures = capture_plots(monkeypatch)
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    curvature = drawn_lines(figures["ablation_caltech101_lathadapter_curvature.png"])
+    assert sorted(curvature) == ["1 shot, beta=0.5", "4 shots, beta=0.5"]
+    points = curvature["4 shots, beta=0.5"]
+    assert [x for x, _, _ in points] == [0.5, 1.0, 2.0]
+    assert [y for _, y, _ in points] == pytest.approx([statistics.fmean(accuracy[(c, 0.5, 4)]) for c in (0.5, 1, 2)])
+    beta = drawn_lines(figures["ablation_caltech101_lathadapter_beta.png"])
+    assert sorted(beta) == ["1 shot, curvature=1.0", "4 shots, curvature=1.0"]
+    assert [x for x, _, _ in beta["1 shot, curvature=1.0"]] == [0.3, 0.5, 1.0]
+
+
+def test_an_ablation_of_too_many_lines_is_named_in_the_report_not_drawn(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ablation plot of more lines than `MOST_ABLATION_LINES` (here 3: 2 shots × 2 betas = 4 lines) is not drawn;
+    report.md names it with its number of lines, and its ablation table is still written."""
+    monkeypatch.setattr(plots, "MOST_ABLATION_LINES", 3)
+    rows = [row(shots=k, seed=1, acc_all=40 + c + b + k, **{"opt.curvature": c, "opt.lathadapter.beta": b})
+            for c in (0.5, 2.0) for b in (0.3, 1.0) for k in (1, 4)]
+    written = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    assert [Path(p).name for p in written["plots"]] == ["accuracy_vs_shots_caltech101.png"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "ablation_caltech101_lathadapter_curvature (4 lines)" in report
+    assert "ablation_caltech101_lathadapter_beta (4 lines)" in report
+    assert (tmp_path / "report" / "few_shot_caltech101_ablation_lathadapter_curvature.csv").is_file()
