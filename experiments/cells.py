@@ -153,6 +153,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
+AVERAGE = "average"  # the few-shot average over datasets in file names: few_shot_average, accuracy_vs_shots_average
+
+
+def dataset_slug(dataset: str) -> str:
+    """`slug(dataset)` for a file of one dataset beside the average over datasets: a dataset named `average` (a
+    `folder:…/average`) is `average_dataset`, so that neither file overwrites the other."""
+    name = slug(dataset)
+    return f"{name}_dataset" if name.lower() == AVERAGE else name
+
+
 def setting_name(column: str) -> str:
     """A setting's name in labels: `opt.lathadapter.curvature` → `curvature`, `text` → `text`."""
     return column.rsplit(".", 1)[-1]

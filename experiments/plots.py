@@ -20,11 +20,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 from lathadapter.experiments.cells import (
+    AVERAGE,
     MISSING,
     TARGETS_AVERAGE,
     Cell,
     base_novel_cells,
     config_label,
+    dataset_slug,
     few_shot_average,
     few_shot_cells,
     ordered_configs,
@@ -121,7 +123,8 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
         choices = _config_choices(r for r in few_shot if r.dataset == dataset)
         paths.append(_plot_shots(shots, {c: [cells.get((dataset, c, k), MISSING) for k in shots] for c in configs},
                                  {c: config_label(c, varied, choices.get(c, [])) for c in configs},
-                                 f"{dataset}: accuracy vs shots", folder / f"accuracy_vs_shots_{slug(dataset)}.png"))
+                                 f"{dataset}: accuracy vs shots",
+                                 folder / f"accuracy_vs_shots_{dataset_slug(dataset)}.png"))
     average = few_shot_average(cells)
     shots = sorted({k for (_, k), cell in average.items() if cell.mean is not None})  # a point somewhere
     if len(datasets) > 1 and len(shots) > 1:
@@ -131,7 +134,7 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
         paths.append(_plot_shots(shots, {c: [average[(c, k)] for k in shots] for c in configs},
                                  {c: config_label(c, varied, choices.get(c, [])) for c in configs},
                                  f"Average over {len(datasets)} datasets: accuracy vs shots",
-                                 folder / "accuracy_vs_shots_average.png"))
+                                 folder / f"accuracy_vs_shots_{AVERAGE}.png"))
     return paths
 
 

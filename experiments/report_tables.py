@@ -39,12 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from lathadapter.experiments.cells import (
+    AVERAGE,
     MISSING,
     TARGETS_AVERAGE,
     Cell,
     base_novel_cells,
     cell_of,
     config_label,
+    dataset_slug,
     few_shot_average,
     few_shot_cells,
     ordered_configs,
@@ -203,7 +205,7 @@ def few_shot_tables(records: list[Record]) -> list[Table]:
         shots = sorted({k for d, _, k in cells if d == dataset})
         rows = {c: [cells.get((dataset, c, k), MISSING) for k in shots] for d, c, _ in cells if d == dataset}
         chosen = {c: [Chosen(tuned.get((dataset, c, k), ())) for k in shots] for c in rows}
-        tables += _tables(f"few_shot_{slug(dataset)}", f"Few-shot accuracy (%) on {dataset}",
+        tables += _tables(f"few_shot_{dataset_slug(dataset)}", f"Few-shot accuracy (%) on {dataset}",
                           [shots_label(k) for k in shots], rows, chosen)
     if len(datasets) > 1:
         shots = sorted({k for _, _, k in cells})
@@ -211,7 +213,7 @@ def few_shot_tables(records: list[Record]) -> list[Table]:
         rows = {c: [average[(c, k)] for k in shots] for _, c, _ in cells}
         chosen = {c: [Chosen(tuple(x for d in datasets for x in tuned.get((d, c, k), ()))) for k in shots]
                   for c in rows}
-        tables += _tables("few_shot_average", f"Few-shot accuracy (%), average over {len(datasets)} datasets",
+        tables += _tables(f"few_shot_{AVERAGE}", f"Few-shot accuracy (%), average over {len(datasets)} datasets",
                           [shots_label(k) for k in shots], rows, chosen)
     return tables
 

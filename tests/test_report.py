@@ -889,3 +889,28 @@ def test_an_ablation_of_too_many_lines_is_named_in_the_report_not_drawn(tmp_path
     assert "ablation_caltech101_lathadapter_curvature (4 lines)" in report
     assert "ablation_caltech101_lathadapter_beta (4 lines)" in report
     assert (tmp_path / "report" / "few_shot_caltech101_ablation_lathadapter_curvature.csv").is_file()
+
+
+def test_a_dataset_named_average_keeps_its_files_beside_the_average_over_datasets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Datasets `average` (a `folder:…/average`) and `pets`, 2 shots: the dataset's table and plot are
+    `few_shot_average_dataset` and `accuracy_vs_shots_average_dataset.png`, its own numbers; `few_shot_average` and
+    `accuracy_vs_shots_average.png` stay the mean over both datasets."""
+    accuracy = {(d, k): 30.0 + 20 * (d == "pets") + k for d in ("average", "pets") for k in (1, 2)}
+    rows = [row(shots=k, acc_all=a, dataset=d) for (d, k), a in accuracy.items()]
+    figures = capture_plots(monkeypatch)
+    written = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    assert {"accuracy_vs_shots_average.png", "accuracy_vs_shots_average_dataset.png",
+            "accuracy_vs_shots_pets.png"} <= {Path(p).name for p in written["plots"]}
+    own = figures["accuracy_vs_shots_average_dataset.png"]
+    assert own.get_title() == "average: accuracy vs shots"
+    (line,) = own.containers
+    assert list(line.lines[0].get_ydata()) == [accuracy[("average", k)] for k in (1, 2)]
+    (line,) = figures["accuracy_vs_shots_average.png"].containers
+    means = [statistics.fmean([accuracy[("average", k)], accuracy[("pets", k)]]) for k in (1, 2)]
+    assert list(line.lines[0].get_ydata()) == pytest.approx(means)
+    table = read_table(tmp_path / "report" / "few_shot_average.csv")["lathadapter"]
+    assert [float(table[f"{label} mean"]) for label in ("1 shot", "2 shots")] == pytest.approx(means)
+    table = read_table(tmp_path / "report" / "few_shot_average_dataset.csv")["lathadapter"]
+    assert [float(table[f"{label} mean"]) for label in ("1 shot", "2 shots")] == [accuracy[("average", k)]
+                                                                               for k in (1, 2)]
