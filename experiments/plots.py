@@ -202,8 +202,8 @@ def _missing_note(missing: dict[str, str], targets: list[str]) -> str:
 def plot_transfer(records: list[Record], folder: Path) -> list[Path]:
     """Per source dataset and shots of the transfer runs: a row per configuration with its accuracy on the source
     test set, each target and the average over targets as dots (the transfer table's cells), error bars the std over
-    seeds; a cell with no number is named in its row. Named as the tables are: `transfer_<source>`, with
-    `_<k>shot` when the tables name the block by its shots."""
+    seeds; a cell with no number is named in its row. Named `transfer_<source>`, with `_<k>shot` when there are
+    several blocks (as the tables name them then; the tables' one block is `transfer`)."""
     blocks = transfer_cells(records)
     paths = []
     for (source, shots), (targets, rows) in blocks.items():
