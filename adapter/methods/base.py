@@ -441,23 +441,16 @@ def adapter_mix(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, rati
     return _AdapterMix.apply(x, first, second, ratio, final_relu)[0]
 
 
-def mix(x: torch.Tensor, adapter: Adapter, ratio: float, node: bool = False) -> torch.Tensor:
-    """`(1 − α) x + α g(x)`, the residual blend before its renormalisation; `node`: as one node (`adapter_mix`, a
-    captured step's form: fewer kernels, more host time per call)."""
+def mix(x: torch.Tensor, adapter: Adapter, ratio: float, node: bool = False, final_relu: bool = False
+        ) -> torch.Tensor:
+    """`(1 − α) x + α g(x)`, the residual blend before its renormalisation; `final_relu`: a ReLU after g's second
+    layer (CLIP-Adapter's official code, the cross-modal adapter); `node`: as one node (`adapter_mix`, a captured
+    step's form: fewer kernels, more host time per call)."""
     first, _, second = adapter.net
     rows = x.reshape(-1, x.shape[-1])
     if node:
-        return adapter_mix(rows, first.weight, second.weight, ratio).reshape(x.shape)
-    return mix_with(rows, first.weight, second.weight, ratio)[1].reshape(x.shape)
-
-
-def blend(x: torch.Tensor, adapter: Adapter, ratio: float, final_relu: bool, node: bool) -> torch.Tensor:
-    """`(1 − α) x + α g(x)` for rows x, with `final_relu` a ReLU after g's second layer (CLIP-Adapter's official
-    code, the cross-modal adapter); `node`: as one node (`adapter_mix`, a captured step's form)."""
-    first, _, second = adapter.net
-    if node:
-        return adapter_mix(x, first.weight, second.weight, ratio, final_relu)
+        return adapter_mix(rows, first.weight, second.weight, ratio, final_relu).reshape(x.shape)
     if not final_relu:
-        return mix(x, adapter, ratio)
-    adapted = torch.relu(torch.relu(x @ first.weight.t()) @ second.weight.t())
-    return torch.add(x * (1 - ratio), adapted, alpha=ratio)
+        return mix_with(rows, first.weight, second.weight, ratio)[1].reshape(x.shape)
+    adapted = torch.relu(torch.relu(rows @ first.weight.t()) @ second.weight.t())
+    return torch.add(rows * (1 - ratio), adapted, alpha=ratio).reshape(x.shape)

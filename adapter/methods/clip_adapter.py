@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, blend, cosines, normalize
+from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, cosines, mix, normalize
 from lathadapter.adapter.options import RecipeTrainOptions, option
 from lathadapter.adapter.recipes import RecipeFacts, TrainRecipe, dataset_key, fill, recipe_from, training_values
 from lathadapter.adapter.registry import register
@@ -79,4 +79,4 @@ class ClipAdapter(Method):
     def blended(self, features: torch.Tensor) -> torch.Tensor:
         """`(1 − α) x + α g(x)`, with the official code's ReLU after the second layer under `final_relu`; in a
         captured step as one node (`base.adapter_mix`: fewer kernels, more host time per call)."""
-        return blend(features, self.adapter, self.options.alpha, self.final_relu, self.fixed_shapes)
+        return mix(features, self.adapter, self.options.alpha, node=self.fixed_shapes, final_relu=self.final_relu)

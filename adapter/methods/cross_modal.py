@@ -60,9 +60,9 @@ from lathadapter.adapter.methods.base import (
     LOGIT_SCALE,
     Adapter,
     Method,
-    blend,
     imagenet_select_rows,
     mean_cross_entropy,
+    mix,
     normalize,
 )
 from lathadapter.adapter.options import OptionError, RecipeTrainOptions, option
@@ -227,7 +227,7 @@ class CrossModal(Method):
     def adapted(self, x: torch.Tensor) -> torch.Tensor:
         """The official `Adapter` on rows x: `(1 − 0.2) x + 0.2 relu(relu(x A₁ᵀ) A₂ᵀ)`; in a captured step as one
         node (`base.adapter_mix`)."""
-        return blend(x, self.adapter, ADAPTER_RATIO, final_relu=True, node=self.fixed_shapes)
+        return mix(x, self.adapter, ADAPTER_RATIO, node=self.fixed_shapes, final_relu=True)
 
     def text_batch_now(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This step's text samples and labels; advances the step counter (in place, on the device)."""
