@@ -115,8 +115,8 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
     paths = []
     datasets = sorted({d for d, _, _ in cells})
     for dataset in datasets:
-        shots = sorted({k for d, _, k in cells if d == dataset})
-        if len(shots) < 2:
+        shots = sorted({k for (d, _, k), cell in cells.items() if d == dataset and cell.mean is not None})
+        if len(shots) < 2:  # fewer than two numbers of shots with a point (every run diverged, say): no plot
             continue
         configs = ordered_configs({c for d, c, _ in cells if d == dataset})
         varied = varied_settings(configs)

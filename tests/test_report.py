@@ -531,6 +531,25 @@ def test_no_ablation_plot_without_two_values_of_a_setting(tmp_path: Path, monkey
     assert not list((tmp_path / "tuned").glob("*ablation*"))
 
 
+def test_a_dataset_whose_every_run_diverged_gets_no_empty_accuracy_plot(tmp_path: Path) -> None:
+    """caltech101 scored at 1 and 2 shots, dtd's every run diverged: caltech101's plot is drawn, dtd's is not (it would
+    be an empty frame), and the average over datasets has no point either."""
+    columns = [*COLUMNS, "diverged"]
+    rows = [{"key": f"c{k}{s}", **row(shots=k, seed=s, acc_all=50.0 + k + s)} for k in (1, 2) for s in (1, 2)]
+    rows += [{"key": f"d{k}{s}", **row(shots=k, seed=s, acc_all=""), "cache": "dtd.h5", "dataset": "dtd",
+              "diverged": "lathadapter diverged in training: its loss was nan at epoch 1 of 20"}
+             for k in (1, 2) for s in (1, 2)]
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    written = write_report(path, tmp_path / "report")
+    names = {Path(p).name for p in written["plots"]}
+    assert "accuracy_vs_shots_caltech101.png" in names
+    assert "accuracy_vs_shots_dtd.png" not in names and "accuracy_vs_shots_average.png" not in names
+
+
 def test_a_folder_of_fit_runs_is_reported_like_a_grid(tmp_path: Path) -> None:
     cache = write_synthetic_cache(tmp_path / "shapes.h5", num_classes=6, dim=16, views=2, shots=(1,), seeds=(1, 2),
                                   train_per_class=4, test_per_class=6, name="shapes")
