@@ -138,6 +138,24 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
     return paths
 
 
+def _row_note(ax: Axes, row: int, text: str) -> None:
+    """A grey note at the left of a row of a row-per-configuration plot: what it has no number for."""
+    ax.annotate(text, (0.0, row), xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points",
+                ha="left", va="center", fontsize=7, color="grey")
+
+
+def _finish_rows(ax: Axes, labels: list[str], shown: list[float], title: str) -> None:
+    """A row-per-configuration dot plot's frame: the rows top to bottom, an accuracy axis spanning every dot's
+    mean ± std (every error bar whole), the legend outside."""
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    if shown:
+        ax.set_xlim(max(0.0, min(shown) - 8), min(100.0, max(shown)) + 3)
+    ax.set(xlabel="top-1 accuracy (%)", title=title)
+    outside_legend(ax)
+    ax.grid(axis="x", alpha=0.3)
+
+
 # The base-to-novel plot's three scores: a marker and colour each, drawn as dots on one row per configuration
 SCORES = (("base", "o", "tab:blue"), ("novel", "s", "tab:orange"), ("HM", "D", "tab:green"))
 
@@ -169,15 +187,9 @@ def plot_base_novel(records: list[Record], folder: Path) -> list[Path]:
                             markersize=6, label=score if score not in ax.get_legend_handles_labels()[1] else None)
                 shown += [cell.mean - (cell.std or 0.0), cell.mean + (cell.std or 0.0)]
             if missing:
-                ax.annotate(", ".join(missing), (0.0, i), xycoords=("axes fraction", "data"), xytext=(4, 0),
-                            textcoords="offset points", ha="left", va="center", fontsize=7, color="grey")
-        ax.set_yticks(range(len(configs)), [config_label(c, varied, choices.get(c, [])) for c in configs], fontsize=8)
-        ax.set_ylim(len(configs) - 0.5, -0.5)
-        if shown:
-            ax.set_xlim(max(0.0, min(shown) - 8), min(100.0, max(shown)) + 3)  # every error bar whole
-        ax.set(xlabel="top-1 accuracy (%)", title=f"{dataset}: base-to-novel, {shots_label(shots)}")
-        outside_legend(ax)
-        ax.grid(axis="x", alpha=0.3)
+                _row_note(ax, i, ", ".join(missing))
+        _finish_rows(ax, [config_label(c, varied, choices.get(c, [])) for c in configs], shown,
+                     f"{dataset}: base-to-novel, {shots_label(shots)}")
         name = f"base_novel_{slug(dataset)}" + (f"_{shots}shot" if several_shots else "")
         paths.append(_save(fig, folder / f"{name}.png"))
     return paths
@@ -228,18 +240,11 @@ def plot_transfer(records: list[Record], folder: Path) -> list[Path]:
                             label=column if column not in ax.get_legend_handles_labels()[1] else None)
                 shown += [cell.mean - (cell.std or 0.0), cell.mean + (cell.std or 0.0)]
             if missing:
-                ax.annotate(_missing_note(missing, targets), (0.0, i), xycoords=("axes fraction", "data"),
-                            xytext=(4, 0), textcoords="offset points", ha="left", va="center", fontsize=7,
-                            color="grey")
+                _row_note(ax, i, _missing_note(missing, targets))
             if i:
                 ax.axhline(i - 0.5, color="grey", linewidth=0.5, alpha=0.4)  # a row's dots spread over its height
-        ax.set_yticks(range(len(configs)), [config_label(c, varied, choices.get(c, [])) for c in configs], fontsize=8)
-        ax.set_ylim(len(configs) - 0.5, -0.5)
-        if shown:
-            ax.set_xlim(max(0.0, min(shown) - 8), min(100.0, max(shown)) + 3)  # every error bar whole
-        ax.set(xlabel="top-1 accuracy (%)", title=f"Transfer from {source}, {shots_label(shots)}")
-        outside_legend(ax)
-        ax.grid(axis="x", alpha=0.3)
+        _finish_rows(ax, [config_label(c, varied, choices.get(c, [])) for c in configs], shown,
+                     f"Transfer from {source}, {shots_label(shots)}")
         name = f"transfer_{slug(source)}" + (f"_{shots}shot" if len(blocks) > 1 else "")
         paths.append(_save(fig, folder / f"{name}.png"))
     return paths
