@@ -252,7 +252,8 @@ def plot_transfer(records: list[Record], folder: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class AblationLine:
-    """One line of an ablation plot: its part (a number of shots; base, novel or HM), label, cells by the setting's
+    """One line of an ablation plot: its part (a number of shots; base, novel or HM; the source, a target or the
+    average over targets), label, cells by the setting's
     value (the ablation table's cells) and the index of its `line_style`."""
 
     part: str
@@ -358,8 +359,10 @@ def _method_ablations(cells: dict[Configuration, list[Cell]], parts: list[str], 
 def plot_ablations(records: list[Record], folder: Path) -> tuple[list[Path], list[str]]:
     """Per dataset, method and setting that varies among the method's configurations (what gets an ablation table):
     accuracy against the setting, from the ablation table's cells. Few-shot: a line per number of shots;
-    base-to-novel (per dataset and shots): base, novel and HM lines (HM of the means). Another varied setting of the
-    method splits each line by its values. Returns the plots and the ablations left out for too many lines."""
+    base-to-novel (per dataset and shots): base, novel and HM lines (HM of the means); transfer (per source and
+    shots, as the transfer tables): a line for the source test set, each target and their average. Another varied
+    setting of the method splits each line by its values. Returns the plots and the ablations left out for too many
+    lines."""
     paths: list[Path] = []
     crowded: list[str] = []
     few = few_shot_cells(records)
@@ -376,6 +379,11 @@ def plot_ablations(records: list[Record], folder: Path) -> tuple[list[Path], lis
         name = f"ablation_base_novel_{slug(dataset)}" + (f"_{shots}shot" if several_shots else "")
         paths += _method_ablations(cells, [score for score, _, _ in SCORES],
                                    f"{dataset}: base-to-novel, {shots_label(shots)}, ", name, folder, crowded)
+    transfer = transfer_cells(records)
+    for (source, shots), (targets, rows) in transfer.items():
+        name = f"ablation_transfer_{slug(source)}" + (f"_{shots}shot" if len(transfer) > 1 else "")
+        paths += _method_ablations(rows, ["source", *targets, TARGETS_AVERAGE],
+                                   f"transfer from {source}, {shots_label(shots)}, ", name, folder, crowded)
     return paths, crowded
 
 

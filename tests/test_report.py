@@ -515,6 +515,32 @@ def test_a_base_to_novel_ablation_draws_base_novel_and_hm_of_the_means(tmp_path:
     assert "novel n/a, HM n/a" in probe.get_title()
 
 
+def test_a_transfer_ablation_draws_the_source_each_target_and_their_average(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transfer over two curvatures (what the transfer table's ablation table holds): a line for the source test set,
+    each target and the average over targets (the mean of the target means, no error bar), each point the mean over
+    seeds with the std as its error bar; the linear probe, one configuration, gets no ablation plot. Several shots: a
+    plot per shots, named as the transfer plots are."""
+    accuracy = {0.5: {"source": [70.0, 72.0], "pets": [40.0, 44.0], "dtd": [30.0, 31.0]},
+                1.0: {"source": [75.0, 71.0], "pets": [50.0, 52.0], "dtd": [20.0, 28.0]}}
+    figures = capture_plots(monkeypatch)
+    write_report(write_rows(tmp_path / "results.csv", transfer_rows(accuracy)), tmp_path / "report")
+    name = "ablation_transfer_caltech101_lathadapter_curvature.png"
+    assert set(figures) == {"transfer_caltech101.png", name}
+    lines = drawn_lines(figures[name])
+    assert sorted(lines) == ["Average (targets)", "dtd", "pets", "source"]
+    for i, (c, targets) in enumerate(sorted(accuracy.items())):
+        for target, values in targets.items():
+            assert lines[target][i] == pytest.approx((c, statistics.fmean(values), statistics.stdev(values)))
+        mean = statistics.fmean([statistics.fmean(targets["pets"]), statistics.fmean(targets["dtd"])])
+        assert lines["Average (targets)"][i] == pytest.approx((c, mean, 0.0))
+    assert "transfer from caltech101, 16 shots" in figures[name].get_title()
+    figures.clear()
+    rows = transfer_rows(accuracy, 4) + transfer_rows(accuracy, 16)
+    write_report(write_rows(tmp_path / "shots" / "results.csv", rows), tmp_path / "shots" / "report")
+    assert {f"ablation_transfer_caltech101_{k}shot_lathadapter_curvature.png" for k in (4, 16)} <= set(figures)
+
+
 def test_no_ablation_plot_without_two_values_of_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One value of everything, or an option tuned (its values are candidates, not an ablation: it reads `tuned`):
     no ablation plot, as no ablation table."""
