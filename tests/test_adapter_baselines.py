@@ -51,13 +51,13 @@ def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
         create_method("taskres", few_shot(), alpha="big")
 
 
-def test_the_always_scoped_option_names_are_the_ones_the_readme_names() -> None:
+def test_the_always_scoped_option_names_are_the_ones_the_usage_page_names() -> None:
     """The option names that several registered methods declare separately, whose results columns are always
-    `opt.METHOD.NAME`: README lists them. A new method declaring a name that one method alone declared before renames
-    that method's column (`opt.NAME` → `opt.METHOD.NAME`) in every results.csv written afterwards, so it must show
-    here and in README (docs/architecture.md, 'Adding a method')."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    named = re.search(r"depend on the grid: (.*?) are always scoped", readme, re.S)
+    `opt.METHOD.NAME`: docs/usage.md lists them. A new method declaring a name that one method alone declared before
+    renames that method's column (`opt.NAME` → `opt.METHOD.NAME`) in every results.csv written afterwards, so it must
+    show here and in docs/usage.md (docs/architecture.md, 'Adding a method')."""
+    usage = (Path(__file__).parents[1] / "docs" / "usage.md").read_text()
+    named = re.search(r"depend on the grid: (.*?) are always scoped", usage, re.S)
     assert named is not None
     assert ambiguous_options() == set(re.findall(r"`([a-z_+]+)`", named.group(1)))
 

@@ -42,7 +42,7 @@ def test_a_failed_load_is_reported_in_our_line_alone_and_a_good_ones_log_passes(
                                                                                  caplog: pytest.LogCaptureFixture
                                                                                  ) -> None:
     """open_clip logs "Failed to download weights ..." at ERROR before it raises; the build reports the failure in
-    its own line, so that record is dropped (the README promises one `error:` line). A load that succeeds passes
+    its own line, so that record is dropped (docs/usage.md promises one `error:` line). A load that succeeds passes
     open_clip's records on (here its warning that `none` leaves the weights random)."""
     with caplog.at_level(logging.WARNING), pytest.raises(ModelError, match="no network"):
         load_model("ViT-B-32", "openai", device="cpu")

@@ -367,7 +367,7 @@ def test_grid_file_values_mean_what_they_mean_on_the_command_line(tmp_path: Path
     assert [r.config for r in from_file] == [r.config for r in from_cli]
     assert {(r.config.options.attr_proto, r.config.options.lr) for r in from_file} == {
         (True, 0.001), (True, 1.0), (False, 0.001), (False, 1.0)}
-    # a single value is a list of one (README), as `--shots 4` is
+    # a single value is a list of one (docs/usage.md), as `--shots 4` is
     (tmp_path / "one.yaml").write_text("caches: a.h5\nmethods: lathadapter\nshots: 4\nseeds: 2\noptions:\n"
                                        "  lr: 0.001\n")
     assert [(r.config.shots, r.config.seed, r.config.options.lr) for r in expand(GridSpec(
@@ -398,7 +398,7 @@ def test_one_run_given_twice_is_refused_before_anything_is_written(caches: dict[
 def test_epochs_and_search_columns_are_scoped_in_every_grid(caches: dict[str, Path], tmp_path: Path) -> None:
     """A results column's name does not depend on the grid's methods: `epochs`, which LP++ declares on its own, is
     `opt.METHOD.epochs` even in a grid without LP++ (where `--set epochs=` applies unscoped), as `search` is; the
-    shared training options are `opt.NAME` (docs/architecture.md, README)."""
+    shared training options are `opt.NAME` (docs/architecture.md, docs/usage.md)."""
     assert option_column("lathadapter", "epochs") == "opt.lathadapter.epochs"
     assert option_column("tip-adapter", "search") == "opt.tip-adapter.search"
     assert option_column("lathadapter", "lr") == option_column("taskres", "lr") == "opt.lr"
