@@ -1,5 +1,5 @@
-"""A report's paper-style tables (markdown and CSV) from a results table, a grid folder or a folder of `fit`
-runs, and their markdown, which `grid` and `protocol` print (`summary_markdown`).
+"""A report's paper-style tables (markdown and CSV; their LaTeX: `report_latex`) from a results table, a grid folder
+or a folder of `fit` runs, and their markdown, which `grid` and `protocol` print (`summary_markdown`).
 
 A table row is one configuration: a method with its settings (text features, model selection and every option);
 a cell is that configuration's mean ± sample std (n − 1) over seeds on one dataset cache at one number of shots.
