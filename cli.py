@@ -637,7 +637,7 @@ def report(
     disk_run: Path | None = typer.Option(None, help="LatHAdapter run directory for the Poincaré-disk picture "
                                          "(default: the table's last lathadapter run)."),
 ) -> None:
-    """Write paper-style tables (markdown, CSV) and plots: one row per configuration, mean ± std over seeds."""
+    """Write paper-style tables (markdown, CSV, LaTeX) and plots: one row per configuration, mean ± std over seeds."""
     from lathadapter.experiments.report import report_folder, write_report
 
     try:

@@ -1,7 +1,8 @@
-"""A report folder: `report.md`, one CSV per table and the plots, from a results.csv, a grid folder or a folder of
-`fit` runs (`write_report`, what `lathadapter report` runs), every file written atomically and `report.md` last. Its
-parts, lowest first: `records` (the results read back), `cells` (cells over seeds, configuration labels),
-`report_tables` (the tables, markdown and CSV) and `plots`."""
+"""A report folder: `report.md`, a CSV and a LaTeX file per table and the plots, from a results.csv, a grid folder
+or a folder of `fit` runs (`write_report`, what `lathadapter report` runs), every file written atomically and
+`report.md` last. Its parts, lowest first: `records` (the results read back), `cells` (cells over seeds,
+configuration labels), `report_tables` (the tables, markdown and CSV), `report_latex` (each table as LaTeX) and
+`plots`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from lathadapter.experiments.plots import (
     plot_transfer,
 )
 from lathadapter.experiments.records import Results, load_results, records
+from lathadapter.experiments.report_latex import write_latex
 from lathadapter.experiments.report_tables import report_tables, tables_markdown
 from lathadapter.experiments.run import write_atomic
 
@@ -38,8 +40,9 @@ def _disk_run(results: Results) -> Path | None:
 
 
 def write_report(source: Path, out: Path | None = None, disk_run: Path | None = None) -> dict[str, Any]:
-    """Write `report.md`, one CSV per table and the plots into `out` (default: `report_folder(source)`) from a
-    results.csv, a grid folder or a folder of run directories; returns the paths and the tables' markdown."""
+    """Write `report.md`, a CSV and a LaTeX file per table and the plots into `out` (default:
+    `report_folder(source)`) from a results.csv, a grid folder or a folder of run directories; returns the paths and
+    the tables' markdown."""
     results = load_results(source)
     if disk_run is not None:
         disk_points(disk_run)  # a wrong --disk-run fails before any file is written
@@ -54,12 +57,14 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
         plots.append(plot_poincare_disk(disk_run, out))
     markdown = tables_markdown(tables, results)
     csvs = [t.write_csv(out) for t in tables]
+    latex = [write_latex(t, out, str(results.source)) for t in tables]
     text = (f"# Results\n\nFrom `{results.source}` ({len(results.rows)} rows). Each table row is one configuration; "
             "cells are mean ± sample std over seeds (one seed: no ±); n/a: not applicable; diverged: no seed's "
-            "training stayed finite; —: no run.\n\n"
+            "training stayed finite; —: no run. Each table is also a CSV of numbers (`<table>.csv`) and a LaTeX table "
+            "(`<table>.tex`, booktabs; bold: a column's best mean among configurations).\n\n"
             f"{markdown}\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
             + (f"\nAblation plots left out for their many lines (`plots.MOST_ABLATION_LINES`; their ablation tables "
                f"hold every cell): {', '.join(crowded)}.\n" if crowded else ""))
     write_atomic(out / "report.md", lambda temporary: temporary.write_text(text))  # last: the report is whole
-    return {"markdown": markdown, "tables": [str(p) for p in csvs], "plots": [str(p) for p in plots],
-            "report": str(out / "report.md")}
+    return {"markdown": markdown, "tables": [str(p) for p in csvs], "latex": [str(p) for p in latex],
+            "plots": [str(p) for p in plots], "report": str(out / "report.md")}

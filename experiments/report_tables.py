@@ -1,5 +1,5 @@
-"""A report's paper-style tables (markdown and CSV) from a results table, a grid folder or a folder of `fit`
-runs, and their markdown, which `grid` and `protocol` print (`summary_markdown`).
+"""A report's paper-style tables (markdown and CSV; their LaTeX: `report_latex`) from a results table, a grid folder
+or a folder of `fit` runs, and their markdown, which `grid` and `protocol` print (`summary_markdown`).
 
 A table row is one configuration: a method with its settings (text features, model selection and every option);
 a cell is that configuration's mean ± sample std (n − 1) over seeds on one dataset cache at one number of shots.
@@ -112,16 +112,21 @@ class Table:
     rows: list[tuple[list[str], list[Any]]]  # Cell, or Chosen in a `_tuned` table
     parts: tuple[str, ...] = ("mean", "std", "n")  # what each cell is in the CSV
     note: str = ""  # a line under the table (a `_tuned` table: the score and the edge marks)
+    bold_best: bool = False  # rows are configurations compared column by column: LaTeX bolds each column's best mean
 
     def markdown(self) -> str:
         header = self.lead + self.columns
         lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(" --- " for _ in header) + "|"]
-        most = max((c.n for _, cells in self.rows for c in cells if isinstance(c, Cell) and c.n), default=0)
+        most = self.most_seeds()
         lines += ["| " + " | ".join(lead + [_shown(c, most) for c in cells]) + " |" for lead, cells in self.rows]
         if self.note:
             lines += ["", self.note]
         return "\n".join(lines) + "\n"
+
+    def most_seeds(self) -> int:
+        """The seeds of the table's fullest cell (0 without any), against which `fewer_seeds` marks a cell."""
+        return max((c.n for _, cells in self.rows for c in cells if isinstance(c, Cell) and c.n), default=0)
 
     def write_csv(self, folder: Path) -> Path:
         path = folder / f"{self.name}.csv"
@@ -136,11 +141,17 @@ class Table:
         return path
 
 
-def _shown(cell: Cell | Chosen, most: int) -> str:
-    """A markdown cell: its text, and `(n=2)` when it is a mean over fewer seeds than the table's fullest cell (a run
-    missing, failed or diverged), or an average or HM of such a cell, so that it does not read as the others do."""
+def fewer_seeds(cell: Cell | Chosen, most: int) -> int | None:
+    """The seeds of a mean over fewer seeds than the table's fullest cell (`most`; a run missing, failed or diverged),
+    or of an average or HM of such a cell, so that it does not read as the others do; None for any other cell."""
     seeds = cell.seeds if isinstance(cell, Cell) and cell.mean is not None else None
-    return cell.text() + (f" (n={seeds})" if seeds is not None and seeds < most else "")
+    return seeds if seeds is not None and seeds < most else None
+
+
+def _shown(cell: Cell | Chosen, most: int) -> str:
+    """A markdown cell: its text, and `(n=2)` after it when it rests on fewer seeds (`fewer_seeds`)."""
+    seeds = fewer_seeds(cell, most)
+    return cell.text() + (f" (n={seeds})" if seeds is not None else "")
 
 
 def _choices_by(records: Iterable[Record], key: Callable[[Record], tuple]) -> dict[tuple, tuple[Choice, ...]]:
@@ -173,7 +184,7 @@ def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration
     varied = varied_settings(configs)
     chosen = {c: row for c, row in (chosen or {}).items() if any(cell.choices for cell in row)}
     labels = {c: config_label(c, varied, [x for cell in chosen.get(c, []) for x in cell.choices]) for c in configs}
-    tables = [Table(name, title, ["method"], columns, [([labels[c]], cells[c]) for c in configs])]
+    tables = [Table(name, title, ["method"], columns, [([labels[c]], cells[c]) for c in configs], bold_best=True)]
     for method, settings in varied.items():
         own = [c for c in configs if c.method == method]
         for setting in settings:

@@ -41,7 +41,8 @@ EXPERIMENT_RANKS = {
     "records": 12,  # a results table read back as typed records, for reports
     "cells": 13,  # a report's cells over seeds and configuration labels
     "report_tables": 14, "plots": 14,  # a report's tables (markdown, CSV) and plots (matplotlib)
-    "report": 15,  # the report folder: tables and plots written together
+    "report_latex": 15,  # each report table as a LaTeX table float
+    "report": 16,  # the report folder: tables and plots written together
 }
 
 
