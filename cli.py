@@ -645,7 +645,8 @@ def report(
     except (ValueError, OSError) as error:
         _fail(error, out or report_folder(results))  # a write error names the folder written, the default's too
     typer.echo(written["markdown"])
-    typer.echo(f"report: {written['report']}; plots: {', '.join(written['plots']) or 'none'}")
+    typer.echo(f"report: {written['report']}; {len(written['tables'])} tables beside it, each as CSV and LaTeX "
+               f"(.csv, .tex); plots: {', '.join(written['plots']) or 'none'}")
 
 
 @app.command()
