@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from lathadapter.adapter.catalog import method_names
-from lathadapter.experiments.records import EDGE, SCORE, TUNED, Choice, Configuration, Record
+from lathadapter.experiments.records import EDGE, SCORE, TUNE_SETTINGS, TUNED, Choice, Configuration, Record
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,17 @@ def setting_name(column: str) -> str:
     return column.rsplit(".", 1)[-1]
 
 
+UNTUNED = "untuned"  # an empty `tune.score` or `tune.set`: a run of no tuning group, shown beside tuned ones
+
+
+def shown_value(column: str, value: str) -> str:
+    """A setting's value as labels, ablation tables and plots show it: an empty option is left to the method's
+    training recipe (`recipe`, as `list options` says); an empty tuning score or val set is an untuned run."""
+    if value:
+        return value
+    return UNTUNED if column in TUNE_SETTINGS else "recipe"
+
+
 def sortable(value: str) -> tuple[int, float, str]:
     """Numbers by value, before other text."""
     try:
@@ -210,6 +221,5 @@ def config_label(config: Configuration, varied: dict[str, list[str]], choices: I
     """`lathadapter curvature=0.5`: the method and the settings that vary among its configurations, then the tuned
     values chosen (`lr=0.01 (tuned)`), if any."""
     shown = [c for c in varied.get(config.method, []) if config.value(c) != TUNED]
-    # an empty cell is an option left to the method's training recipe (`list options` says "recipe"), not a blank
-    return " ".join([config.method] + [f"{setting_name(c)}={config.value(c) or 'recipe'}" for c in shown]) + \
+    return " ".join([config.method] + [f"{setting_name(c)}={shown_value(c, config.value(c))}" for c in shown]) + \
         _tuned_suffix(choices)

@@ -31,6 +31,7 @@ from lathadapter.experiments.cells import (
     few_shot_cells,
     ordered_configs,
     setting_name,
+    shown_value,
     slug,
     sortable,
     transfer_cells,
@@ -283,7 +284,7 @@ def _ablation_lines(configs: list[Configuration], setting: str, others: list[str
     stride = 10 * math.ceil(len(combinations) / 10) if len(combinations) > 1 else 1
     lines = []
     for j, (values, row) in enumerate(combinations.items()):
-        fixed = [f"{setting_name(s)}={v or 'recipe'}" for s, v in zip(others, values, strict=True)]
+        fixed = [f"{setting_name(s)}={shown_value(s, v)}" for s, v in zip(others, values, strict=True)]
         lines += [AblationLine(part, ", ".join([part, *fixed]), by_value, j + stride * p)
                   for p, (part, by_value) in enumerate(zip(parts, row, strict=True))]
     return lines
@@ -312,7 +313,7 @@ def _plot_ablation(lines: list[AblationLine], setting: str, title: str, path: Pa
                         capsize=3, label=line.label, **line_style(line.style))
     if numeric and position[values[0]] > 0 and position[values[-1]] >= 10 * position[values[0]]:
         ax.set_xscale("log")
-    ax.set_xticks([position[v] for v in values], [v or "recipe" for v in values])
+    ax.set_xticks([position[v] for v in values], [shown_value(setting, v) for v in values])
     ax.set_xticks([], minor=True)  # a log axis's own ticks would label values the grid did not run
     if not numeric:
         ax.set_xlim(-0.5, len(values) - 0.5)

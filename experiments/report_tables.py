@@ -51,6 +51,7 @@ from lathadapter.experiments.cells import (
     few_shot_cells,
     ordered_configs,
     setting_name,
+    shown_value,
     slug,
     sortable,
     transfer_cells,
@@ -168,9 +169,8 @@ def _ablation(name: str, title: str, configs: list[Configuration], setting: str,
     then the setting, so that consecutive rows differing only in `setting` form one ablation."""
     lead = [setting, *others]
     rows = sorted(configs, key=lambda c: [sortable(c.value(s)) for s in [*others, setting]])
-    # an empty value is the option left to the method's training recipe, as in the labels
     return Table(name, title, [setting_name(s) for s in lead], columns,
-                 [([c.value(s) or "recipe" for s in lead], cells[c]) for c in rows])
+                 [([shown_value(s, c.value(s)) for s in lead], cells[c]) for c in rows])
 
 
 def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration, list[Cell]],

@@ -959,3 +959,24 @@ def test_a_dataset_named_average_keeps_its_files_beside_the_average_over_dataset
     table = read_table(tmp_path / "report" / "few_shot_average_dataset.csv")["lathadapter"]
     assert [float(table[f"{label} mean"]) for label in ("1 shot", "2 shots")] == [accuracy[("average", k)]
                                                                                for k in (1, 2)]
+
+
+def test_an_untuned_run_beside_tuned_ones_reads_untuned_not_recipe(tmp_path: Path) -> None:
+    """A plain grid and a tuned grid in one folder: the plain run has no tuning score nor val set (empty `tune.score`
+    and `tune.set`). Its label and ablation tables say `untuned` there; `recipe` is for an option left to the
+    method's training recipe (its lr here), never for how a run was tuned (`score=recipe` read as a score)."""
+    plain = {"key": "plain", "cache": "c.h5", "dataset": "caltech101", "fingerprint": FP, "method": "clip-adapter",
+             "shots": 16, "seed": 1, "classes": "all", "text": "coop", "select": "last", "target": "",
+             "acc_all": 50.0, "opt.lr": ""}
+    rows = [plain, {**plain, "key": "plain4", "shots": 4, "acc_all": 45.0}]
+    rows += [{**tuned_row(f"t{k}", 1, "val", 0.01, 0.0, 0.0), "classes": "all", "acc_all": 60.0, "acc_base": "",
+              "acc_novel": "", "shots": k, "tune.group": f"g{k}"} for k in (4, 16)]
+    write_report(write_tuned(tmp_path / "results.csv", rows), tmp_path / "report")
+    table = read_table(tmp_path / "report" / "few_shot_caltech101.csv")
+    assert set(table) == {"clip-adapter score=untuned set=untuned lr=recipe",
+                          "clip-adapter score=val set=fewshot lr=0.01 (tuned)"}
+    for setting, tuned in (("score", "val"), ("set", "fewshot")):
+        ablation = read_table(tmp_path / "report" / f"few_shot_caltech101_ablation_clip-adapter_{setting}.csv",
+                              setting)
+        assert set(ablation) == {"untuned", tuned}
+        assert ablation["untuned"]["lr"] == "recipe"
