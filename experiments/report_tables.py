@@ -21,12 +21,13 @@ diverged), and after an average or HM of such a cell; each CSV has `<column> mea
 Tuned grids (`tune.*` columns): only each tuning group's kept run (`tune.selected`, chosen on val images only)
 enters the tables. A tuned option is not a configuration axis: its value reads `tuned` in the configuration (the
 score and val images that chose it, `tune.score` and `tune.set`, are settings: `score=val_hm` in a label where they
-vary, `score=untuned` for a run of no tuning group beside tuned ones), and the label names the values chosen (`clip-adapter lr=0.01 (tuned)`; `lr=0.001/0.01 (tuned)` when cells chose
-differently); a companion table `<table>_tuned` gives the value chosen in each cell (`lr=0.01`, or each value with
-its number of seeds, `lr=0.01 ×2, lr=0.001 ×1`), its title names the score that chose them (`tune.score`: val or
-val_hm) and, under it, a note says what the score is; a value still on an edge of a preset's grid after its
-extensions, or the highest or lowest of an explicit grid of 3 or more numbers (`tune.edge`), is marked ▲ (highest
-tried) or ▼ (lowest tried), explained in the note.
+vary, `score=untuned` for a run of no tuning group beside tuned ones), and the label names the values chosen
+(`clip-adapter lr=0.01 (tuned)`; `lr=0.001/0.01 (tuned)` when cells chose differently); a companion table
+`<table>_tuned` gives the value chosen in each cell (`lr=0.01`, or each value with its number of seeds, `lr=0.01 ×2,
+lr=0.001 ×1`), its title names the score that chose them (`tune.score`: val or val_hm) and, under it, a note says
+what the score is; a value still on an edge of a preset's grid after its extensions, or the highest or lowest of an
+explicit grid of 3 or more numbers (`tune.edge`), is marked ▲ (highest tried) or ▼ (lowest tried), explained in the
+note.
 """
 
 from __future__ import annotations
