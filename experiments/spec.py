@@ -79,14 +79,15 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     errors name the file and the key. `sources` records the file's option and tuned axes (`GridSpec.sources`)."""
     if not path.is_file():
         raise OptionError(f"grid file {path} does not exist")
-    text = path.read_text()
+    if path.suffix not in (".toml", ".yaml", ".yml"):  # before reading: a cache given as --config is binary
+        raise OptionError(f"grid file {path}: expected a .yaml, .yml or .toml file")
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        else:
-            raise OptionError(f"grid file {path}: expected a .yaml, .yml or .toml file")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise OptionError(f"grid file {path}: cannot read it as UTF-8 text (byte 0x{error.object[error.start]:02x} "
+                          f"at position {error.start}); save it as UTF-8") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
         raise OptionError(f"grid file {path}: {_parse_error(error)}") from None
     valid = list(FILE_KEYS)

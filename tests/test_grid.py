@@ -309,6 +309,14 @@ def test_grid_file_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
         with pytest.raises(OptionError, match=message) as raised:
             load_spec_file(tmp_path / name)
         assert "\n" not in str(raised.value)
+    # a cache given as --config by mistake (binary), and a grid file saved in Latin-1: named, not a bare codec error
+    binary = {"cache.h5": (b"\x89HDF\r\n\x1a\n\x00\x00", r"cache\.h5: expected a \.yaml, \.yml or \.toml file"),
+              "latin.yaml": ("caches: [caf\u00e9.h5]\n".encode("latin-1"),
+                             r"latin\.yaml: cannot read it as UTF-8 text \(byte 0xe9 at position 12\)")}
+    for name, (data, message) in binary.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(OptionError, match=f"grid file .*{message}"):
+            load_spec_file(tmp_path / name)
 
 
 GRID_FILE_MISTAKES = [  # (the file after its caches line, the error after "error: grid file NAME: ")
