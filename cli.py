@@ -488,6 +488,18 @@ def _tune_set(value: str | None) -> str | None:
     return value
 
 
+def _check_tuned(tune_score: str | None, tune_set: str | None, tuned: bool) -> None:
+    """`--tune-score` and `--tune-set` say how tuned values are chosen: when nothing is tuned (no --tune,
+    --tune-preset or grid file `tune`), a value other than the default would change nothing, so it is refused rather
+    than silently unused."""
+    given = [f"{flag} {value}" for flag, value, default in (("--tune-score", tune_score, "auto"),
+                                                           ("--tune-set", tune_set, "fewshot"))
+             if value is not None and value != default]
+    if given and not tuned:
+        raise OptionError(f"{' and '.join(given)}: nothing is tuned; add --tune [METHOD.]OPTION=V1,V2,... or "
+                          f"--tune-preset lr, or drop {'them' if len(given) > 1 else 'it'}")
+
+
 def _print_results(summary: dict) -> None:
     """The result table of a finished grid or protocol, as `report` writes it."""
     from lathadapter.experiments.report_tables import summary_markdown
@@ -560,6 +572,7 @@ def grid(
             axes["tune_score"] = tune_score
         if tune_set is not None:
             axes["tune_set"] = tune_set
+        _check_tuned(tune_score, tune_set, bool(axes.get("tune")) or axes.get("tune_preset") is not None)
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
         summary = launch(GridSpec(**axes), out, execution)
         _print_results(summary)
@@ -614,11 +627,12 @@ def protocol(
         execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
                                     batch_runs, trainers)
         methods = _str_list("--method", method, "zeroshot,lathadapter") if method is not None else method_names()
+        tuned, preset = parse_tune(tune), parse_preset(tune_preset) if tune_preset is not None else None
+        _check_tuned(tune_score, tune_set, bool(tuned) or preset is not None)
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
                                _int_list("--shots", shots) if shots else None, execution,
-                               tune=parse_tune(tune), train_views=train_views,
-                               tune_preset=parse_preset(tune_preset) if tune_preset is not None else None,
+                               tune=tuned, train_views=train_views, tune_preset=preset,
                                tune_score=tune_score or "auto", tune_set=tune_set or "fewshot")
         _print_results(summary)
     except (ValueError, OSError) as error:

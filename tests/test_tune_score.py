@@ -380,3 +380,30 @@ def test_cli_tune_set(cache: Path, tmp_path: Path) -> None:
     bad = runner.invoke(app, [*args, "--tune-set", "all", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and bad.output.strip() == "error: --tune-set all: choose one of fewshot, split"
     assert not (tmp_path / "x").exists()
+
+
+def test_a_tuning_score_or_set_with_nothing_tuned_is_refused_not_ignored(cache: Path, tmp_path: Path) -> None:
+    """`--tune-score val_hm` or `--tune-set split` choose how tuned values are chosen; without `--tune` or
+    `--tune-preset` (or a grid file's `tune`) nothing is tuned, so they would change nothing: one usage line naming
+    them, before any run. The defaults given explicitly (auto, fewshot) change nothing and pass."""
+    runner = CliRunner()
+    grid = ["grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "2", "--seeds", "1",
+            "--set", "epochs=1", "--set", "min_steps=2", "--device", "cpu", "--workers", "1"]
+    protocol = ["protocol", "base-to-novel", "--cache", str(cache), "--method", "clip-adapter", "--shots", "2",
+                "--seeds", "1", "--set", "epochs=1", "--device", "cpu", "--workers", "1"]
+    for args in (grid, protocol):
+        for flags, named in ((["--tune-score", "val_hm"], "--tune-score val_hm"),
+                             (["--tune-set", "split"], "--tune-set split"),
+                             (["--tune-score", "val", "--tune-set", "split"], "--tune-score val and --tune-set split"),
+                             (["--tune-preset", "none", "--tune-score", "val_hm"], "--tune-score val_hm")):
+            result = runner.invoke(app, [*args, *flags, "--out", str(tmp_path / "x")])
+            assert result.exit_code == 2, result.output
+            assert result.output.strip().startswith(f"error: {named}: nothing is tuned; add --tune"), result.output
+            assert not (tmp_path / "x").exists()
+    (tmp_path / "g.yaml").write_text("tune:\n  lr: [0.002, 0.02]\n")
+    tuned = runner.invoke(app, [*grid, "--config", str(tmp_path / "g.yaml"), "--tune-score", "val", "--out",
+                                str(tmp_path / "g")])
+    assert tuned.exit_code == 0, tuned.output
+    assert {r["tune.score"] for r in read_rows(tmp_path / "g")} == {"val"}
+    plain = runner.invoke(app, [*grid, "--tune-score", "auto", "--tune-set", "fewshot", "--out", str(tmp_path / "p")])
+    assert plain.exit_code == 0, plain.output
