@@ -659,8 +659,9 @@ def report(
     except (ValueError, OSError) as error:
         _fail(error, out or report_folder(results))  # a write error names the folder written, the default's too
     typer.echo(written["markdown"])
-    typer.echo(f"report: {written['report']}; {len(written['tables'])} tables beside it, each as CSV and LaTeX "
-               f"(.csv, .tex); plots: {', '.join(written['plots']) or 'none'}")
+    tables = len(written["tables"])
+    typer.echo(f"report: {written['report']}; {tables} table{'s' if tables != 1 else ''} beside it, each as CSV and "
+               f"LaTeX (.csv, .tex); plots: {', '.join(written['plots']) or 'none'}")
 
 
 @app.command()
