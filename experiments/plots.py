@@ -69,6 +69,11 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 DASHES = ("-", "--", "-.", ":")
 
 
+# An accuracy-against-shots plot of more configurations than there are distinct line styles is left out (two of its
+# lines would look alike), its tables alone holding the cells
+MOST_SHOTS_LINES = 10 * len(MARKERS)
+
+
 def line_style(index: int) -> dict[str, str]:
     """The colour, marker and line style of a plot's `index`-th line: each pass over the ten colours takes the next
     marker and dash, so the triple is unique for every index below 80."""
@@ -108,18 +113,22 @@ def _plot_shots(shots: list[int], rows: dict[Configuration, list[Cell]], labels:
     return _save(fig, path)
 
 
-def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
+def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> tuple[list[Path], list[str]]:
     """Per dataset with two numbers of shots or more: one line per configuration, error bars the std over seeds; with
-    several datasets, their average (the average table's cells, no error bars) where it has two numbers of shots."""
+    several datasets, their average (the average table's cells, no error bars) where it has two numbers of shots.
+    Returns the plots and those left out for having more configurations than `MOST_SHOTS_LINES`."""
     cells = few_shot_cells(records)
     few_shot = [r for r in records if r.classes == "all" and not r.target]
-    paths = []
+    paths, crowded = [], []
     datasets = sorted({d for d, _, _ in cells})
     for dataset in datasets:
         shots = sorted({k for (d, _, k), cell in cells.items() if d == dataset and cell.mean is not None})
         if len(shots) < 2:  # fewer than two numbers of shots with a point (every run diverged, say): no plot
             continue
         configs = ordered_configs({c for d, c, _ in cells if d == dataset})
+        if len(configs) > MOST_SHOTS_LINES:
+            crowded.append(f"accuracy_vs_shots_{dataset_slug(dataset)} ({len(configs)} lines)")
+            continue
         varied = varied_settings(configs)
         choices = _config_choices(r for r in few_shot if r.dataset == dataset)
         paths.append(_plot_shots(shots, {c: [cells.get((dataset, c, k), MISSING) for k in shots] for c in configs},
@@ -128,15 +137,17 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> list[Path]:
                                  folder / f"accuracy_vs_shots_{dataset_slug(dataset)}.png"))
     average = few_shot_average(cells)
     shots = sorted({k for (_, k), cell in average.items() if cell.mean is not None})  # a point somewhere
-    if len(datasets) > 1 and len(shots) > 1:
-        configs = ordered_configs({c for c, _ in average})
+    configs = ordered_configs({c for c, _ in average})
+    if len(datasets) > 1 and len(shots) > 1 and len(configs) > MOST_SHOTS_LINES:
+        crowded.append(f"accuracy_vs_shots_{AVERAGE} ({len(configs)} lines)")
+    elif len(datasets) > 1 and len(shots) > 1:
         varied = varied_settings(configs)
         choices = _config_choices(few_shot)  # as the average table: each dataset's choices
         paths.append(_plot_shots(shots, {c: [average[(c, k)] for k in shots] for c in configs},
                                  {c: config_label(c, varied, choices.get(c, [])) for c in configs},
                                  f"Average over {len(datasets)} datasets: accuracy vs shots",
                                  folder / f"accuracy_vs_shots_{AVERAGE}.png"))
-    return paths
+    return paths, crowded
 
 
 def _row_note(ax: Axes, row: int, text: str) -> None:

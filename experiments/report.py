@@ -50,8 +50,9 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     out.mkdir(parents=True, exist_ok=True)
     parsed = records(results)
     tables = report_tables(parsed)
+    shots_plots, crowded_shots = plot_accuracy_vs_shots(parsed, out)
     ablations, crowded = plot_ablations(parsed, out)
-    plots = plot_accuracy_vs_shots(parsed, out) + plot_base_novel(parsed, out) + plot_transfer(parsed, out) + ablations
+    plots = shots_plots + plot_base_novel(parsed, out) + plot_transfer(parsed, out) + ablations
     disk_run = disk_run or _disk_run(results)
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))
@@ -63,6 +64,9 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
             "training stayed finite; —: no run. Each table is also a CSV of numbers (`<table>.csv`) and a LaTeX table "
             "(`<table>.tex`, booktabs; bold: a column's best mean among configurations).\n\n"
             f"{markdown}\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
+            + (f"\nAccuracy-against-shots plots left out for having more lines than there are distinct line "
+               f"styles (`plots.MOST_SHOTS_LINES`; their tables hold every cell): {', '.join(crowded_shots)}.\n"
+               if crowded_shots else "")
             + (f"\nAblation plots left out for their many lines (`plots.MOST_ABLATION_LINES`; their ablation tables "
                f"hold every cell): {', '.join(crowded)}.\n" if crowded else ""))
     write_atomic(out / "report.md", lambda temporary: temporary.write_text(text))  # last: the report is whole

@@ -936,6 +936,35 @@ def test_an_ablation_of_too_many_lines_is_named_in_the_report_not_drawn(tmp_path
     assert (tmp_path / "report" / "few_shot_caltech101_ablation_lathadapter_curvature.csv").is_file()
 
 
+def test_an_accuracy_plot_of_more_configurations_than_line_styles_is_named_not_drawn(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More configurations than distinct line styles (`MOST_SHOTS_LINES`, here 2; three curvatures): the accuracy
+    plots of the dataset and of the average over datasets are not drawn, report.md names them with their number of
+    lines, and the tables keep every configuration; at 3 they are drawn."""
+    rows = [row(shots=k, acc_all=40 + c + k, dataset=d, **{"opt.curvature": c})
+            for d in ("caltech101", "pets") for c in (0.5, 1.0, 2.0) for k in (1, 4)]
+    path = write_rows(tmp_path / "results.csv", rows)
+    monkeypatch.setattr(plots, "MOST_SHOTS_LINES", 2)
+    written = write_report(path, tmp_path / "report")
+    assert not [p for p in written["plots"] if Path(p).name.startswith("accuracy_vs_shots")]
+    report = (tmp_path / "report" / "report.md").read_text()
+    for name in ("accuracy_vs_shots_caltech101", "accuracy_vs_shots_pets", "accuracy_vs_shots_average"):
+        assert f"{name} (3 lines)" in report
+    assert len(read_table(tmp_path / "report" / "few_shot_average.csv")) == 3
+    monkeypatch.setattr(plots, "MOST_SHOTS_LINES", 3)
+    written = write_report(path, tmp_path / "report3")
+    assert {Path(p).name for p in written["plots"] if Path(p).name.startswith("accuracy_vs_shots")} == {
+        "accuracy_vs_shots_caltech101.png", "accuracy_vs_shots_pets.png", "accuracy_vs_shots_average.png"}
+    assert "left out" not in (tmp_path / "report3" / "report.md").read_text()
+
+
+def test_line_styles_are_distinct_up_to_the_accuracy_plots_limit() -> None:
+    """Each of the first `MOST_SHOTS_LINES` lines has its own (colour, marker, dash), so a plot drawn never shows two
+    configurations alike."""
+    styles = {tuple(plots.line_style(i).values()) for i in range(plots.MOST_SHOTS_LINES)}
+    assert len(styles) == plots.MOST_SHOTS_LINES
+
+
 def test_a_dataset_named_average_keeps_its_files_beside_the_average_over_datasets(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Datasets `average` (a `folder:…/average`) and `pets`, 2 shots: the dataset's table and plot are
