@@ -15,6 +15,7 @@ from pathlib import Path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_TEMPLATE = "a photo of a {}."
+TEMPLATE_MARK = "\x00"  # what `check_template` fills a template with, to find where the class name lands
 # CoOp's proportions for datasets without a split file (its `read_and_split_data`): the rest is test.
 FOLDER_SPLIT = (0.5, 0.2)
 
@@ -374,10 +375,18 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
 
 
 def check_template(template: str | None) -> None:
-    """Refuse a `--template` without exactly one `{}` (where the class name goes)."""
-    if template is not None and template.count("{}") != 1:
+    """Refuse a `--template` that `str.format` (how prompts are filled, as CoOp fills them) cannot fill with the class
+    name exactly once: no `{}`, several, a `{{}}` (a literal `{}`: every class's prompt the same), or another field
+    or a lone brace (`{style}`, `{`), which failed only after the model had loaded."""
+    if template is None:
+        return
+    try:
+        filled = template.format(TEMPLATE_MARK)
+    except (IndexError, KeyError, ValueError):
+        filled = ""
+    if template.count("{}") != 1 or filled.count(TEMPLATE_MARK) != 1:
         raise DatasetOptionError(f"--template {template!r} must contain '{{}}' exactly once (where the class name "
-                                 "goes)")
+                                 "goes), and any other brace doubled ('{{' or '}}' for a literal one)")
 
 
 def folder_name(path: Path) -> str:

@@ -302,3 +302,12 @@ def test_template_ensemble_and_attribute_vocabulary(tmp_path: Path) -> None:
         load_attributes(custom)
     with pytest.raises(ValueError, match="cannot be read"):
         load_attributes(tmp_path / "missing.txt")
+
+
+def test_a_template_may_hold_doubled_braces_beside_its_slot(tmp_path: Path) -> None:
+    """Templates are filled with `str.format`, as CoOp fills them: `{{`/`}}` are literal braces, `{}` the name."""
+    for name in ("owl", "sea_lion"):
+        for i in range(4):
+            _image(tmp_path / "two" / name / f"{i}.png")
+    splits = load_dataset(None, f"folder:{tmp_path / 'two'}", template="a {} {{logo}}.")
+    assert prompt(splits.template, "sea_lion") == "a sea lion {logo}."
