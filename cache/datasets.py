@@ -339,14 +339,21 @@ def _imagenet_variant(spec: DatasetSpec, root: Path) -> DatasetSplits:
 
 
 def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
-    """A folder-per-class tree: `train/`, `val/`, `test/` subfolders of class folders when present, else one tree
-    split per class 50/20/30 (CoOp's proportions) with a seeded shuffle. Labels follow sorted class folder names."""
+    """A folder-per-class tree: `train/`, `val/`, `test/` subfolders of class folders when present (train/ and test/
+    both, or refused), else one tree split per class 50/20/30 (CoOp's proportions) with a seeded shuffle. Labels
+    follow sorted class folder names."""
     if not path.is_dir():
         raise DatasetError(f"folder:{path} does not exist. Expected either PATH/<class>/<image> or "
                            "PATH/train/<class>/<image>, PATH/test/<class>/<image> (and optionally PATH/val/...)")
     splits: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        parts = [s for s in ("train", "val", "test") if (path / s).is_dir()]
+    parts = [s for s in ("train", "val", "test") if (path / s).is_dir() and _subfolders(path / s)]
+    if parts and not {"train", "test"} <= set(parts):  # not class folders named "train" or "val"
+        lacks = "train" if "train" not in parts else "test"
+        has = " and ".join(f"{s}/" for s in parts)
+        raise DatasetError(f"folder:{path} has {has} but no {lacks}/ of class folders: split folders need train/ "
+                           f"and test/ (val/ optional), each of class folders; rename the one that holds the {lacks} "
+                           f"images to {lacks}/")
+    if parts:
         classes = sorted(set().union(*(_subfolders(path / s) for s in parts)))
         label_of = {c: i for i, c in enumerate(classes)}
         for split in parts:
