@@ -219,10 +219,11 @@ def build_lock(out: Path) -> Iterator[Path]:
 
 def shortfall_notes(splits: DatasetSplits, shots: Sequence[int]) -> list[str]:
     """A note for each shot count above some class's train images: CoOp's sampler then takes all of that class's
-    images, so the "K-shot" subset holds fewer (a subset labelled 50 shots held 8 a class, silently)."""
+    images, so the "K-shot" subset holds fewer (a subset labelled 50 shots held 8 a class, silently). A class the
+    split source lists without train images (in val or test alone) counts, with 0."""
     if splits.test_only or not splits.train:
         return []
-    counts: dict[int, int] = {}
+    counts = dict.fromkeys(range(len(splits.class_names)), 0)
     for _, label, _ in splits.train:
         counts[label] = counts.get(label, 0) + 1
     poorest = min(counts, key=lambda label: (counts[label], label))

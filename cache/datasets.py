@@ -15,6 +15,7 @@ from pathlib import Path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_TEMPLATE = "a photo of a {}."
+TEMPLATE_MARK = "\x00"  # what `check_template` fills a template with, to find where the class name lands
 # CoOp's proportions for datasets without a split file (its `read_and_split_data`): the rest is test.
 FOLDER_SPLIT = (0.5, 0.2)
 
@@ -338,14 +339,21 @@ def _imagenet_variant(spec: DatasetSpec, root: Path) -> DatasetSplits:
 
 
 def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
-    """A folder-per-class tree: `train/`, `val/`, `test/` subfolders of class folders when present, else one tree
-    split per class 50/20/30 (CoOp's proportions) with a seeded shuffle. Labels follow sorted class folder names."""
+    """A folder-per-class tree: `train/`, `val/`, `test/` subfolders of class folders when present (train/ and test/
+    both, or refused), else one tree split per class 50/20/30 (CoOp's proportions) with a seeded shuffle. Labels
+    follow sorted class folder names."""
     if not path.is_dir():
         raise DatasetError(f"folder:{path} does not exist. Expected either PATH/<class>/<image> or "
                            "PATH/train/<class>/<image>, PATH/test/<class>/<image> (and optionally PATH/val/...)")
     splits: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        parts = [s for s in ("train", "val", "test") if (path / s).is_dir()]
+    parts = [s for s in ("train", "val", "test") if (path / s).is_dir() and _subfolders(path / s)]
+    if parts and not {"train", "test"} <= set(parts):  # not class folders named "train" or "val"
+        lacks = "train" if "train" not in parts else "test"
+        has = " and ".join(f"{s}/" for s in parts)
+        raise DatasetError(f"folder:{path} has {has} but no {lacks}/ of class folders: split folders need train/ "
+                           f"and test/ (val/ optional), each of class folders; rename the one that holds the {lacks} "
+                           f"images to {lacks}/")
+    if parts:
         classes = sorted(set().union(*(_subfolders(path / s) for s in parts)))
         label_of = {c: i for i, c in enumerate(classes)}
         for split in parts:
@@ -374,10 +382,18 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
 
 
 def check_template(template: str | None) -> None:
-    """Refuse a `--template` without exactly one `{}` (where the class name goes)."""
-    if template is not None and template.count("{}") != 1:
+    """Refuse a `--template` that `str.format` (how prompts are filled, as CoOp fills them) cannot fill with the class
+    name exactly once: no `{}`, several, a `{{}}` (a literal `{}`: every class's prompt the same), or another field
+    or a lone brace (`{style}`, `{`), which failed only after the model had loaded."""
+    if template is None:
+        return
+    try:
+        filled = template.format(TEMPLATE_MARK)
+    except (IndexError, KeyError, ValueError):
+        filled = ""
+    if template.count("{}") != 1 or filled.count(TEMPLATE_MARK) != 1:
         raise DatasetOptionError(f"--template {template!r} must contain '{{}}' exactly once (where the class name "
-                                 "goes)")
+                                 "goes), and any other brace doubled ('{{' or '}}' for a literal one)")
 
 
 def folder_name(path: Path) -> str:

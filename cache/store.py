@@ -74,6 +74,17 @@ def corrupt(path: Path, error: BaseException, verify_hint: bool = True) -> Cache
                       f"`{REBUILD}`")
 
 
+def lock_failure(path: Path, error: BaseException) -> CacheError | None:
+    """The error for a cache that HDF5 could not lock to open (another process has it open for writing, or its file
+    system has no file locks), which is no sign of damage; None for any other error."""
+    if "unable to lock file" not in str(error):
+        return None
+    detail = str(error).splitlines()[0]
+    return CacheError(f"{path}: HDF5 cannot lock it to open it ({detail}): another process has it open for writing "
+                      "(wait for it to close the file), or its file system has no file locks (set "
+                      "HDF5_USE_FILE_LOCKING=FALSE); the file itself may well be sound")
+
+
 def _readable(method):
     """A CacheReader method whose HDF5 read errors (OSError, RuntimeError) become `corrupt(path)`."""
     @functools.wraps(method)
@@ -471,6 +482,9 @@ class CacheReader:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as error:
+            locked = lock_failure(self.path, error)
+            if locked is not None:
+                raise locked from error
             raise CacheError(f"{self.path} is not a readable HDF5 cache ({error}); if it is one, it is corrupt: "
                              f"rebuild it with `{REBUILD}`") from error
         if "schema_version" not in self._file.attrs:

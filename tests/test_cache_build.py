@@ -442,3 +442,19 @@ def test_the_missing_image_check_stats_concurrently_and_names_them_in_split_orde
     assert str(raised.value).startswith(f"4 of the images the split source lists are missing under {tmp_path}: "
                                         f"{gone[0]}, {gone[1]}, {gone[2]} ...; ")
     assert peak[0] > 1, "the stats ran one at a time"
+
+
+def test_a_class_without_train_images_is_counted_in_the_shortfall_warning(tmp_path: Path) -> None:
+    """A split source may list a class in test alone (a `folder:` tree whose test/ has a class train/ lacks): no
+    few-shot subset holds it, which the warning says at every shot count; it counted only the classes in train
+    ("2 of 2 classes", nothing at 1 shot)."""
+    from lathadapter.cache.build import shortfall_notes
+    from lathadapter.cache.datasets import DatasetSplits
+
+    train = [(f"{name}/{i}.png", label, name) for label, name in enumerate("ab") for i in range(3)]
+    test = [(f"{name}/t{i}.png", label, name) for label, name in enumerate("abc") for i in range(2)]
+    splits = DatasetSplits("abc", "folder", tmp_path, "", ["a", "b", "c"], "a photo of a {}.", train, [], test, "")
+    notes = shortfall_notes(splits, [1, 2, 4])
+    assert [note.split(";")[0] for note in notes] == [
+        f"warning: --shots {k}: {n} of 3 classes have fewer than {k} train images (class 'c' has 0)"
+        for k, n in ((1, 1), (2, 1), (4, 3))]

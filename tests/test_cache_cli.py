@@ -253,6 +253,11 @@ def test_the_demo_build_passes_its_options_through(demo_build: dict, tmp_path: P
     (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--val", "some"], "--val 'some' is not valid"),
     (["--template", "photo"], "--template 'photo' must contain '{}' exactly once"),
+    # str.format, as CoOp fills its templates, reads other braces: '{{}}' is a literal '{}' (every class's prompt the
+    # same: chance zero-shot), '{style}' a KeyError after the model loaded, a lone '{' a ValueError naming no option
+    (["--template", "a photo of a {{}}."], "--template 'a photo of a {{}}.' must contain '{}' exactly once"),
+    (["--template", "a {} with {style}."], "--template 'a {} with {style}.' must contain '{}' exactly once"),
+    (["--template", "a {} {"], "--template 'a {} {' must contain '{}' exactly once"),
     (["--views", "-1"], "--views -1: must be at least 0"),
     (["--flip", "2"], "--flip 2: a probability"),
     (["--quick-gelu"], "--quick-gelu: not used for the bundled demo dataset"),

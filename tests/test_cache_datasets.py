@@ -229,6 +229,21 @@ def test_folder_tree_with_split_folders(tmp_path: Path) -> None:
     assert data.val == [] and len(data.test) == 4
 
 
+
+@pytest.mark.parametrize("parts", [("train", "val"), ("train",), ("val", "test")])
+def test_split_folders_without_train_or_test_are_named(tmp_path: Path, parts: tuple[str, ...]) -> None:
+    """A tree of split folders lacking train/ or test/ (an ImageFolder's train/ and val/) is refused by what it has
+    and lacks; it was read as class folders named 'train' and 'val' ("class folder 'train' has 0 images")."""
+    for part in parts:
+        for cls in ("dog", "cat"):
+            for i in range(5):
+                _image(tmp_path / "pets" / part / cls / f"{i}.png")
+    lacks = [part for part in ("train", "test") if part not in parts]
+    has = " and ".join(f"{part}/" for part in parts)
+    with pytest.raises(DatasetError, match=rf"pets has {has} but no {lacks[0]}/ of class folders: split folders "
+                                           r"need train/ and test/ \(val/ optional\)"):
+        load_dataset(None, f"folder:{tmp_path / 'pets'}")
+
 def test_folder_dataset_names_its_folder_when_given_as_dot_or_with_a_trailing_slash(tmp_path: Path,
                                                                                      monkeypatch) -> None:
     """`folder:.` from inside the folder, `folder:..` from a class folder and `folder:pets/` all name the dataset
@@ -302,3 +317,12 @@ def test_template_ensemble_and_attribute_vocabulary(tmp_path: Path) -> None:
         load_attributes(custom)
     with pytest.raises(ValueError, match="cannot be read"):
         load_attributes(tmp_path / "missing.txt")
+
+
+def test_a_template_may_hold_doubled_braces_beside_its_slot(tmp_path: Path) -> None:
+    """Templates are filled with `str.format`, as CoOp fills them: `{{`/`}}` are literal braces, `{}` the name."""
+    for name in ("owl", "sea_lion"):
+        for i in range(4):
+            _image(tmp_path / "two" / name / f"{i}.png")
+    splits = load_dataset(None, f"folder:{tmp_path / 'two'}", template="a {} {{logo}}.")
+    assert prompt(splits.template, "sea_lion") == "a sea lion {logo}."

@@ -402,3 +402,27 @@ def test_workers_are_capped_at_the_available_cpus(coop_dataset, tiny_clip, tmp_p
         result = build(None, f"split:{split_file}", tmp_path / "small.h5", **_options(tiny_clip, workers=3))
     assert result.status == "built"
     assert [str(w.message) for w in caught if "worker" in str(w.message)] == []
+
+
+def test_a_cache_another_process_holds_for_writing_is_not_called_corrupt(tmp_path: Path) -> None:
+    """HDF5 locks a file it opens; a cache another process has open for writing (or one on a file system without
+    locks) fails to open with 'unable to lock file'. That was called corrupt, with a rebuild (hours for ImageNet) as
+    the fix; the message names the lock and what to do instead."""
+    import fcntl
+
+    path = write_synthetic_cache(tmp_path / "s.h5", num_classes=3, dim=8, train_per_class=2, val_per_class=1,
+                                 test_per_class=2, views=1, shots=(1,), seeds=(1,))
+    holder = os.open(path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as HDF5 in a process writing the file holds it
+    try:
+        with pytest.raises(CacheError) as raised:
+            CacheReader(path)
+        problems = verify(path)
+        result = runner.invoke(app, ["cache", "info", str(path)])
+    finally:
+        os.close(holder)
+    for message in (str(raised.value), *problems, result.output):
+        assert "HDF5 cannot lock it to open it" in message and "HDF5_USE_FILE_LOCKING=FALSE" in message, message
+        assert "corrupt" not in message and "--force" not in message, message
+    assert len(problems) == 1 and result.exit_code == 1
+    CacheReader(path).close()  # the lock released, it reads
