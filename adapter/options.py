@@ -98,7 +98,10 @@ def check_field(f: dataclasses.Field, value: Any, method: str) -> None:
         math.isfinite(value) and ("least" not in meta or value >= meta["least"])
         and ("above" not in meta or value > meta["above"]) and ("most" not in meta or value <= meta["most"]))
     if not ok:
-        raise OptionError(f"option {f.name}={value!r} of {method} is not valid: it must be {valid_values(meta)}"
+        rule = valid_values(meta)
+        if not isinstance(value, str) and not math.isfinite(value) and "finite" not in rule:
+            rule = f"finite and {rule}"  # `lr=inf` is > 0: say what it breaks, not a range it satisfies
+        raise OptionError(f"option {f.name}={value!r} of {method} is not valid: it must be {rule}"
                           + (f" — {meta['doc']}" if "doc" in meta else ""))
 
 

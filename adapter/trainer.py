@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import signal
 import sys
@@ -22,8 +23,8 @@ import torch
 from lathadapter.adapter.evaluate import accuracy
 from lathadapter.adapter.graphed import Graphed, graphable, graphs_on
 from lathadapter.adapter.methods.base import Method, warn_no_val_subset
-from lathadapter.adapter.options import OptionError, changed_fields
-from lathadapter.adapter.recipes import TRAINING_NAMES, build_optimizer, build_scheduler
+from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.recipes import RecipeFacts, build_optimizer, build_scheduler
 from lathadapter.cache.store import FewShotData
 
 if TYPE_CHECKING:
@@ -89,24 +90,30 @@ class DivergedError(OptionError):
     the run as diverged instead, `TrainResult.diverged`)."""
 
 
-def divergence(method: Method, result: TrainResult) -> str | None:
-    """Why `method` diverged, when a trained parameter or a loss `result` recorded up to the kept epoch (`select=val`
-    may keep one from before a divergence) is not finite; else None."""
+def divergence(method: Method, result: TrainResult, data: FewShotData) -> str | None:
+    """Why `method` (trained on `data`) diverged, when a trained parameter or a loss `result` recorded up to the kept
+    epoch (`select=val` may keep one from before a divergence) is not finite; else None."""
     kept = [row for row in result.history if row["epoch"] <= (result.selected_epoch or result.epochs)]
     bad = next((row for row in kept if not all(map(math.isfinite, row.values()))), None)
     if bad is None and all(bool(torch.isfinite(p).all()) for p in trainable(method)):
         return None
     where = (f"its loss was {bad['loss']:g} at epoch {bad['epoch']} of {result.epochs}" if bad is not None
              else "its trained parameters hold NaN or infinite values")
-    return (f"{method.name} diverged in training: {where} ({described_options(method.options)}); a smaller lr, or "
-            "milder values of the options named, keeps it finite")
+    return (f"{method.name} diverged in training: {where} ({described_options(method, RecipeFacts.of(data))}); a "
+            "smaller lr, or milder values of the options named, keeps it finite")
 
 
-def described_options(options: Any) -> str:
-    """`lr=…` and the method's own options away from their defaults (the recipe's other training values left out),
-    for a message about a run."""
-    own = {k: v for k, v in changed_fields(options).items() if k not in TRAINING_NAMES}
-    return ", ".join(f"{k}={v!r}" for k, v in {"lr": getattr(options, "lr", None), **own}.items() if v is not None)
+def described_options(method: Method, facts: RecipeFacts) -> str:
+    """`lr=…` and the options `method` was given away from what its defaults resolve to for `facts` (under its
+    `recipe`): what the user set, training values included; the values a recipe filled in are left out. For a
+    message about a run."""
+    options = method.options
+    defaults = type(options)()
+    recipe = {"recipe": options.recipe} if hasattr(options, "recipe") else {}
+    own = type(method).resolve(dataclasses.replace(defaults, **recipe), facts)
+    given = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+             if f.name != "lr" and getattr(options, f.name) != getattr(defaults if f.name == "recipe" else own, f.name)}
+    return ", ".join(f"{k}={v!r}" for k, v in {"lr": getattr(options, "lr", None), **given}.items() if v is not None)
 
 
 def finish(method: Method, data: FewShotData, result: TrainResult) -> None:
@@ -367,7 +374,7 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
             member.method.load_state_dict(state)
         else:
             result.selected_epoch = plan.epochs
-        result.diverged = divergence(member.method, result)
+        result.diverged = divergence(member.method, result, member.data)
 
 
 def _keep_best(members: list[Member], results: list[TrainResult], best: list[tuple[dict[str, Any] | None, float]],

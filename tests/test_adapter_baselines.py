@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lathadapter.adapter.catalog import ambiguous_options, create_method, method_names
+from lathadapter.adapter.catalog import ambiguous_options, create_method, make_options, method_names
 from lathadapter.adapter.evaluate import evaluate
 from lathadapter.adapter.methods import tip_adapter
 from lathadapter.adapter.methods.base import NotApplicable
@@ -49,6 +49,17 @@ def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
         create_method("taskres", few_shot(), alpha=0.5, gamma=1.0)
     with pytest.raises(OptionError, match="not a valid float"):
         create_method("taskres", few_shot(), alpha="big")
+
+
+@pytest.mark.parametrize(("method", "assignment", "rule"), [
+    ("taskres", "lr=inf", "finite and > 0"), ("lathadapter", "weight_decay=inf", "finite and >= 0"),
+    ("lathadapter", "alpha_v=nan", "finite and in [0, 1]"), ("lathadapter", "beta=-inf", "any finite number")])
+def test_a_value_that_is_not_finite_is_refused_as_not_finite(method: str, assignment: str, rule: str) -> None:
+    """`lr=inf` is > 0: the message must name what it breaks (finiteness), not a range it satisfies."""
+    name, value = assignment.split("=")
+    with pytest.raises(OptionError, match=re.escape(f"option {name}={float(value)!r} of {method} is not valid: it "
+                                                    f"must be {rule} — ")):
+        make_options(method, {name: value})
 
 
 def test_the_always_scoped_option_names_are_the_ones_the_usage_page_names() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import warnings
 
 import pytest
@@ -234,6 +235,21 @@ def test_a_vocabulary_shorter_than_the_prompts_is_said_and_the_prompts_start_at_
         torch.manual_seed(3)
         random = create_method("lathadapter", data, num_attributes=4, attr_init="random")
     assert torch.equal(short.attribute_prompts, random.attribute_prompts)
+
+
+@pytest.mark.parametrize("phrases", [0, 3])
+def test_the_advice_of_the_short_vocabulary_warning_silences_it(phrases: int) -> None:
+    """Each `--set NAME=VALUE` the warning advises, applied, trains without the warning: a cache with no attribute
+    phrases at all cannot take k-means centres for any num_attributes."""
+    data = make_data(attributes=phrases)
+    with pytest.warns(ProtocolWarning, match="attr_init=kmeans needs") as caught:
+        create_method("lathadapter", data, num_attributes=4)
+    advice = re.findall(r"--set (\w+)=(\w+)", str(caught[0].message))
+    assert advice
+    for name, value in advice:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ProtocolWarning)
+            create_method("lathadapter", data, **{"num_attributes": 4, name: value})
 
 
 def test_random_prompts_are_each_runs_seeds_draws() -> None:

@@ -438,6 +438,27 @@ def test_tip_adapter_searches_the_dataset_grid_on_the_whole_val_split(dataset: s
         torch.testing.assert_close(method.logits(data.test_features), expected, atol=1e-3, rtol=1e-5)
 
 
+def test_tip_adapter_keeps_zero_alpha_and_beta_when_no_pair_scores() -> None:
+    """search_hp starts from best_acc = 0 with best_beta = best_alpha = 0 and keeps a pair only when it is strictly
+    better: on val images that every pair misclassifies it returns α = β = 0 (zero-shot CLIP), not the grid's first
+    pair."""
+    data = few_shot("caltech101", classes=2)
+    data.text_features = torch.eye(2, 8)
+    data.train_augmented = F.normalize(torch.eye(2, 8)[data.train_labels][:, None] + 0.05 * data.train_augmented,
+                                       dim=-1)  # every key near its class's text
+    data.search_features, data.search_labels = torch.eye(2, 8), torch.tensor([1, 0])  # each labelled as the other
+    beta, alpha = official_search(TIP_YAML["caltech101"], official_keys(data), data.train_labels,
+                                  data.search_features, data.search_labels, data.text_features)
+    assert (alpha, beta) == (0.0, 0.0)
+    for name in ("tip-adapter", "tip-adapter-f"):
+        method = create_method(name, data)
+        chosen = train(method, data, seed=1).chosen
+        assert (chosen["alpha"], chosen["beta"], chosen["val_accuracy"]) == (0.0, 0.0, 0.0), name
+        with torch.no_grad():  # the cache term weighs 0: zero-shot CLIP's logits
+            zero_shot = 100 * data.test_features @ torch.eye(2, 8).t()
+            torch.testing.assert_close(method.logits(data.test_features), zero_shot)
+
+
 @pytest.mark.parametrize("dataset", sorted(TIP_YAML))
 def test_tip_adapter_takes_each_datasets_official_config(dataset: str) -> None:
     """Each of the eleven configs/<dataset>.yaml: the search ranges, init_alpha (init_beta 1) and, for Tip-Adapter-F,

@@ -266,6 +266,20 @@ def test_a_run_whose_training_diverges_is_an_error_naming_its_lr_never_an_accura
     assert not list(tmp_path.glob("*/metrics.json"))
 
 
+@pytest.mark.parametrize("method", ["lathadapter", "tip-adapter-f"])
+def test_a_diverged_run_names_the_options_it_was_given_not_the_values_its_recipe_filled(
+        cache: Path, tmp_path: Path, method: str) -> None:
+    """weight_decay=1e6 at the default lr blows the parameters up: the message names it (it once named lr alone), and
+    none of the values the recipe filled in and the user never set (Tip-Adapter-F's search ranges, α, β, ...)."""
+    result = invoke("fit", "--cache", str(cache), "--method", method, "--shots", "2", "--out", str(tmp_path),
+                    "--device", "cpu", "--set", "weight_decay=1e6", "--set", "epochs=3", "--set", "min_steps=0")
+    assert_clean_error(result, f"{method} diverged", "weight_decay=1000000.0")
+    named = result.output.split(" diverged in training: ")[1].split("); a smaller lr")[0].split(" (", 1)[1]
+    names = [item.split("=")[0] for item in named.split(", ")]
+    # the options given (min_steps=0 is Tip-Adapter-F's recipe value, so it may be left out), lr first
+    assert names[0] == "lr" and "weight_decay" in names and set(names) <= {"lr", "epochs", "min_steps", "weight_decay"}
+
+
 def test_nan_scores_are_never_an_accuracy() -> None:
     """`evaluate` refuses NaN scores (a method that trains nothing, as GDA, has no training loss to check)."""
     from lathadapter.adapter.evaluate import evaluate

@@ -2,7 +2,8 @@
 
 `ℓ = 100 x Tᵀ + α exp(−β (1 − x Fᵀ)) L`, keys F = normalised mean of each train image's augmented views, values L =
 one-hot labels. α and β are searched after training over the original's grid (β in 0.1..β_max, α in 0.1..α_max,
-first best kept). Tip-Adapter-F also trains F. Both are tied to the training classes.
+first best kept; α = β = 0 when no pair scores, as the original's search starts). Tip-Adapter-F also trains F.
+Both are tied to the training classes.
 
 `recipe=official` follows gaopengcuhk/Tip-Adapter (`configs/<dataset>.yaml`, `main.py`, `utils.py`): the dataset's
 search ranges and initial α (β starts at 1), keys from the mean of the views' raw (unnormalised) features (the
@@ -177,9 +178,10 @@ SEARCH_CHUNK = {"cuda": 1 << 25, "cpu": 1 << 20}
 def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, key_labels: torch.Tensor,
                       labels: torch.Tensor, alphas: torch.Tensor, betas: torch.Tensor,
                       shots: int | None = None) -> tuple[float, float, float]:
-    """The (α, β) maximising accuracy of `zero_shot + α exp(−β(1 − affinity)) L`; first best in β-then-α order.
-    The β values go in chunks of the grid, every (β, α) of a chunk at once (each score is the same float
-    arithmetic as one β at a time).
+    """The (α, β) maximising accuracy of `zero_shot + α exp(−β(1 − affinity)) L`; first best in β-then-α order,
+    from the official start (accuracy 0 at α = β = 0, which stay when no pair scores: zero-shot CLIP). The β values
+    go in chunks of the grid, every (β, α) of a chunk at once (each score is the same float arithmetic as one β at a
+    time).
 
     Returns (alpha, beta, accuracy in percent).
     """
@@ -197,6 +199,8 @@ def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, key_label
     # [B × A], β-major, read once: a read per β made the host wait for the device
     flat = torch.cat(accuracies).view(-1).tolist()
     best = flat.index(max(flat))  # the first best in β-then-α order
+    if flat[best] <= 0:  # no pair beats search_hp's start (accuracy 0, α = β = 0): it stays
+        return 0.0, 0.0, 0.0
     b, a = divmod(best, len(alphas))
     return float(alphas[a]), float(betas[b]), flat[best]
 

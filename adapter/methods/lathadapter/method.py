@@ -100,10 +100,12 @@ def init_attribute_prompts(data: FewShotData, options: LatHAdapterOptions,
     if options.attr_init == "kmeans" and len(vocabulary) >= options.num_attributes:
         return kmeans(vocabulary, options.num_attributes).to(data.text_features.device)
     if options.attr_init == "kmeans":  # never silently: the vocabulary the cache was built with goes unused
+        # fewer prompts fit a short vocabulary; none fit an empty one, where only attr_init=random says what happens
+        fix = f"--set num_attributes={len(vocabulary)}" if len(vocabulary) else "--set attr_init=random"
         warnings.warn(f"lathadapter: attr_init=kmeans needs at least num_attributes={options.num_attributes} "
                       f"attribute phrases, but the cache holds {len(vocabulary)}: the prompts start at random "
                       "(N(0, 1/D)), as with attr_init=random. Build the cache with a longer --attributes file, or "
-                      f"pass --set num_attributes={len(vocabulary) or 1}", ProtocolWarning, stacklevel=3)
+                      f"pass {fix}", ProtocolWarning, stacklevel=3)
     # the global generator, which the run seeds (`experiments.run.build`): each seed starts from its own prompts
     prompts = torch.randn(options.num_attributes, dim) / math.sqrt(dim)
     return prompts.to(data.text_features.device)
