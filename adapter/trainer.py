@@ -380,13 +380,17 @@ def optimise(members: list[Member], make_step: Callable[[list[Member], Plan], Ea
 def _keep_best(members: list[Member], results: list[TrainResult], best: list[tuple[dict[str, Any] | None, float]],
                epoch: int) -> None:
     """`select=val` after an epoch: each member with a val set keeps its state when its val accuracy is the best
-    so far (the first best epoch kept)."""
+    so far (the first best epoch kept). An epoch whose val scores are not all finite is never kept: their argmax
+    reads class 0, a chance-level accuracy that could beat earlier epochs and leave a NaN model to be tested."""
     for r, (member, result) in enumerate(zip(members, results, strict=True)):
         if not len(member.data.val_labels):
             continue
         member.method.eval()
         with torch.no_grad():
-            val_accuracy = accuracy(member.method.logits(member.data.val_features), member.data.val_labels)
+            scores = member.method.logits(member.data.val_features)
+        if not bool(torch.isfinite(scores).all()):
+            continue
+        val_accuracy = accuracy(scores, member.data.val_labels)
         if val_accuracy > best[r][1]:
             best[r] = (copy.deepcopy(member.method.state_dict()), val_accuracy)
             result.selected_epoch, result.val_accuracy = epoch + 1, val_accuracy

@@ -234,3 +234,35 @@ def test_an_average_over_datasets_with_a_diverged_cell_reads_diverged(tmp_path: 
             "diverged | diverged |") in markdown
     base, novel = (80.0 + 70.0) / 2, (60.0 + 40.0) / 2
     assert f"| {base:.2f} | {novel:.2f} | {2 * base * novel / (base + novel):.2f} |" in markdown
+
+
+def test_select_val_never_keeps_an_epoch_whose_val_scores_are_not_finite() -> None:
+    """`select=val`: an epoch whose val scores hold NaN reads class 0 by argmax — here every val label, 100% — yet
+    it is never kept as the best epoch (the run would then be tested with a NaN model); the next epoch with finite
+    scores is, at its own accuracy (3 of 4 val images scored right: 75%)."""
+    from types import SimpleNamespace
+
+    from lathadapter.adapter.trainer import Member, TrainResult, _keep_best
+
+    class Scores:  # a method reduced to what the selection reads: its val scores and its state
+        def __init__(self, scores: torch.Tensor) -> None:
+            self.scores = scores
+
+        def eval(self) -> None:
+            pass
+
+        def logits(self, features: torch.Tensor) -> torch.Tensor:
+            return self.scores
+
+        def state_dict(self) -> dict[str, torch.Tensor]:
+            return {"scores": self.scores.clone()}
+
+    data = SimpleNamespace(val_labels=torch.zeros(4, dtype=torch.long), val_features=torch.zeros(4, 2))
+    nan = torch.tensor([[float("nan"), 0.0]] * 4)
+    finite = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    result, best = TrainResult(), [(None, -1.0)]
+    _keep_best([Member(Scores(nan), data, 1)], [result], best, epoch=0)  # type: ignore[arg-type]
+    assert best[0] == (None, -1.0) and result.selected_epoch is None
+    _keep_best([Member(Scores(finite), data, 1)], [result], best, epoch=1)  # type: ignore[arg-type]
+    assert best[0][1] == 75.0 and torch.equal(best[0][0]["scores"], finite)
+    assert (result.selected_epoch, result.val_accuracy) == (2, 75.0)
