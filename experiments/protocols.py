@@ -281,7 +281,8 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
     (auto: the HM of a pseudo-base/pseudo-novel split of the base classes for base-to-novel,
     val accuracy otherwise) over the val images of `tune_set` (`run.TUNE_SETS`), a preset's grid extended past its
     edges (`launch.with_extensions`). Cross-dataset and domain runs are scored on the `targets` too, which every
-    process that trains loads itself (`Targets`); a target encoded by another encoder than the source's
+    process that trains loads itself (`Targets`), keyed in the order `target_order` fixes (any order given resumes
+    `out`); a target encoded by another encoder than the source's
     (`check_encoders`), two targets of one dataset name (`check_target_names`), or a domain target whose classes
     cannot be mapped onto the source's, is refused before anything trains."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views,
