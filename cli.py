@@ -204,6 +204,21 @@ def _str_list(option: str, text: str, example: str) -> list[str]:
     return parts
 
 
+def _choices(option: str, values: list[str]) -> list[str]:
+    """Values of `--classes`, `--text`, `--select` or `--train-views`, checked before any work: one outside its
+    choices ends in one line naming the flag, exit 2 (as `--tune-score` does)."""
+    from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS
+    from lathadapter.experiments.run import CLASS_PROTOCOLS, TEXT_FEATURES
+
+    valid = {"--classes": CLASS_PROTOCOLS, "--text": TEXT_FEATURES, "--select": SELECTIONS,
+             "--train-views": TRAIN_VIEWS}[option]
+    for value in values:
+        if value not in valid:
+            typer.echo(f"error: {option} {value}: choose one of {', '.join(valid)}", err=True)
+            raise typer.Exit(code=USAGE)
+    return values
+
+
 def _once(option: str, text: str, values: list) -> None:
     """Each value of a list option once: a value given twice would be one run listed twice."""
     twice = [v for i, v in enumerate(values) if v in values[:i]]
@@ -448,6 +463,9 @@ def fit(
                 raise OptionError(f"--set {name}={','.join(values)}: fit takes one value per option "
                                   "(`lathadapter grid` tries several)")
             overrides[name] = values[0]
+        for option, value in (("--classes", classes), ("--text", text), ("--select", select),
+                              ("--train-views", train_views)):
+            _choices(option, [value])
         config = RunConfig.create(method, shots, seed, classes, text, select, overrides, train_views)
         with _progress() as progress:
             metrics = fit_config(config, cache, out=out, force=force, progress=progress, execution=execution)
@@ -488,16 +506,19 @@ def _tune_set(value: str | None) -> str | None:
     return value
 
 
-def _check_tuned(tune_score: str | None, tune_set: str | None, tuned: bool) -> None:
+def _check_tuned(tune_score: str | None, tune_set: str | None, tuned: bool, demo: bool = False) -> None:
     """`--tune-score` and `--tune-set` say how tuned values are chosen: when nothing is tuned (no --tune,
     --tune-preset or grid file `tune`), a value other than the default would change nothing, so it is refused rather
-    than silently unused."""
+    than silently unused. In the demo nothing is tuned only under an explicit `--tune-preset none`, and any value
+    given beside it is refused (its --tune-set default, split, differs from the grid's)."""
     given = [f"{flag} {value}" for flag, value, default in (("--tune-score", tune_score, "auto"),
                                                            ("--tune-set", tune_set, "fewshot"))
-             if value is not None and value != default]
+             if value is not None and (demo or value != default)]
     if given and not tuned:
-        raise OptionError(f"{' and '.join(given)}: nothing is tuned; add --tune [METHOD.]OPTION=V1,V2,... or "
-                          f"--tune-preset lr, or drop {'them' if len(given) > 1 else 'it'}")
+        tune = "--tune-preset lr (the demo's default)" if demo else ("--tune [METHOD.]OPTION=V1,V2,... or "
+                                                                     "--tune-preset lr")
+        raise OptionError(f"{' and '.join(given)}: nothing is tuned; add {tune}, or drop "
+                          f"{'them' if len(given) > 1 else 'it'}")
 
 
 def _print_results(summary: dict) -> None:
@@ -561,6 +582,8 @@ def grid(
                                             ("select", "--select", select, "last,val")):
             if value is not None:
                 axes[key] = _str_list(option, value, example)
+                if key != "methods":
+                    _choices(option, axes[key])
         for key, value in (("shots", shots), ("seeds", seeds)):
             if value is not None:
                 axes[key] = _int_list(f"--{key}", value)
@@ -627,11 +650,13 @@ def protocol(
         execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
                                     batch_runs, trainers)
         methods = _str_list("--method", method, "zeroshot,lathadapter") if method is not None else method_names()
+        _choices("--text", [text])
+        _choices("--train-views", [train_views])
         tuned, preset = parse_tune(tune), parse_preset(tune_preset) if tune_preset is not None else None
         _check_tuned(tune_score, tune_set, bool(tuned) or preset is not None)
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
-                               _int_list("--shots", shots) if shots else None, execution,
+                               _int_list("--shots", shots) if shots is not None else None, execution,
                                tune=tuned, train_views=train_views, tune_preset=preset,
                                tune_score=tune_score or "auto", tune_set=tune_set or "fewshot")
         _print_results(summary)
@@ -691,6 +716,7 @@ def demo(
     tune_set = _tune_set(tune_set)
     _stop_on_sigterm()
     try:
+        _check_tuned(tune_score, tune_set, tune_preset != "none", demo=True)
         execution = Execution.parse(device, threads, workers, batch_runs=batch_runs, trainers=trainers)
         result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
                           methods=_str_list("--method", method, "zeroshot,lathadapter") if method is not None

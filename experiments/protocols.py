@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.launch import launch
 from lathadapter.experiments.run import RunOutcome
 from lathadapter.experiments.spec import GridRun, GridSpec
+from lathadapter.experiments.table import finished_runs
 
 PROTOCOLS = ("few-shot", "base-to-novel", "cross-dataset", "domain")
 ALL_SHOTS = [1, 2, 4, 8, 16]
@@ -156,15 +158,43 @@ TARGET_SCORING = "2"
 
 
 def targets_salt(paths: list[str], mapped: bool) -> str:
-    """What the target caches add to each run key (a hash of their fingerprints, whether classes are mapped, and the
-    version of how targets are scored, `TARGET_SCORING`): a changed target set is a different run. Reads each cache's
-    fingerprint only."""
+    """What the target caches add to each run key (a hash of their fingerprints in the order of `paths`, whether
+    classes are mapped, and the version of how targets are scored, `TARGET_SCORING`): a changed target set is a
+    different run, and `target_order` fixes the order. Reads each cache's fingerprint only."""
     fingerprints = []
     for path in paths:
         with CacheReader(path) as reader:
             fingerprints.append(reader.fingerprint)
     digest = hashlib.sha256("|".join(fingerprints).encode()).hexdigest()[:12]
     return f"|{digest}{'m' if mapped else ''}|scoring{TARGET_SCORING}"
+
+
+def _scored_targets(folder: Path, fingerprint: str) -> tuple[str, ...] | None:
+    """The target names a finished run of the source `fingerprint` scored, in the order its `metrics.json` lists them
+    (the order its key hashed them in); None for a run of another source, no transfer run, or unreadable files (the
+    results table names those)."""
+    try:
+        scored = json.loads((folder / "metrics.json").read_text()).get("targets")
+        if not isinstance(scored, dict) or json.loads((folder / "config.json").read_text()).get(
+                "cache_fingerprint") != fingerprint:
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tuple(name for name in scored if name != "source")
+
+
+def target_order(paths: list[str], source: str, out: Path) -> list[str]:
+    """The targets in the order their fingerprints are hashed (`targets_salt`), so that any order of `--target`
+    names the same runs: the order the folder's finished transfer runs of this source over the same dataset names
+    were keyed with (the most common, should several be there), else sorted by dataset name (the report's column
+    order). A folder keyed in the order given before this rule existed thus resumes in any order."""
+    names = {target_name(path): path for path in paths}
+    with CacheReader(source) as reader:
+        fingerprint = reader.fingerprint
+    orders = Counter(scored for folder in finished_runs(out / "runs")
+                     if set(scored := _scored_targets(folder, fingerprint) or ()) == set(names))
+    order = orders.most_common(1)[0][0] if orders else sorted(names)
+    return [names[name] for name in order]
 
 
 class Targets:
@@ -251,7 +281,8 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
     (auto: the HM of a pseudo-base/pseudo-novel split of the base classes for base-to-novel,
     val accuracy otherwise) over the val images of `tune_set` (`run.TUNE_SETS`), a preset's grid extended past its
     edges (`launch.with_extensions`). Cross-dataset and domain runs are scored on the `targets` too, which every
-    process that trains loads itself (`Targets`); a target encoded by another encoder than the source's
+    process that trains loads itself (`Targets`), keyed in the order `target_order` fixes (any order given resumes
+    `out`); a target encoded by another encoder than the source's
     (`check_encoders`), two targets of one dataset name (`check_target_names`), or a domain target whose classes
     cannot be mapped onto the source's, is refused before anything trains."""
     spec = protocol_spec(protocol, caches, methods, seeds, options or {}, text, shots, tune, tune_preset, train_views,
@@ -263,10 +294,11 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
             raise OptionError(f"protocol {protocol} needs at least one --target cache (the datasets the source's runs "
                               "are scored on)")
         check_target_names(list(targets))
-        salt = targets_salt(list(targets), mapped)
-        check_encoders(caches[0], list(targets))
+        targets = target_order(list(targets), caches[0], out)
+        salt = targets_salt(targets, mapped)
+        check_encoders(caches[0], targets)
         if mapped:
-            check_mapping(caches[0], list(targets or []))
-        factory = functools.partial(Targets, list(targets or []), mapped=mapped, texts=tuple(spec.text))
+            check_mapping(caches[0], targets)
+        factory = functools.partial(Targets, targets, mapped=mapped, texts=tuple(spec.text))
     summary = launch(spec, out, execution, progress=progress, extra_factory=factory, key_salt=salt)
     return {"protocol": protocol, **{k: v for k, v in summary.items() if k != "seconds"}}

@@ -98,6 +98,27 @@ def test_bad_run_arguments_are_refused(cache: Path, tmp_path: Path, args: list[s
     assert not any(tmp_path.iterdir())  # nothing was written
 
 
+@pytest.mark.parametrize("args", [
+    ["fit", "--text", "foo"], ["grid", "--text", "coop,foo"], ["protocol", "few-shot", "--text", "foo"],
+    ["fit", "--select", "best"], ["grid", "--select", "last,best"],
+    ["grid", "--classes", "novel"], ["grid", "--train-views", "clean"], ["protocol", "few-shot", "--train-views", "x"],
+    ["protocol", "few-shot", "--shots", ""], ["grid", "--shots", ""],
+], ids=lambda args: " ".join(args))
+def test_a_value_outside_a_flags_choices_names_the_flag(cache: Path, tmp_path: Path, args: list[str]) -> None:
+    """`--text foo` was refused as `text='foo' is not valid` (the configuration's field, not the flag); an empty
+    `protocol --shots` fell back to the protocol's shots instead of being refused as grid refuses it."""
+    flag, value = args[-2], args[-1].split(",")[-1]
+    message = {"--text": "choose one of coop, ensemble", "--select": "choose one of last, val",
+               "--classes": "choose one of all, base", "--train-views": "choose one of augmented, all",
+               "--shots": "expected comma-separated integers, e.g. 1,2,4,8,16"}[flag]
+    shown = repr(value) if flag == "--shots" else value
+    result = invoke(*args, "--method", "zeroshot", "--cache", str(cache), "--device", "cpu", "--out",
+                    str(tmp_path / "out"))
+    assert result.exit_code == USAGE, result.output
+    assert result.output.strip() == f"error: {flag} {shown}: {message}"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 @pytest.mark.parametrize("command", ["fit", "grid", "protocol"])
 def test_cuda_without_a_gpu_is_a_clear_error(cache: Path, tmp_path: Path, command: str) -> None:

@@ -264,3 +264,68 @@ def test_a_run_that_scores_nan_on_a_target_is_kept_as_diverged(tmp_path: Path,
     assert set(rows) == {("zeroshot", "source"), ("zeroshot", "target")}
     assert all(r["acc_all"] == "" and r["diverged"] == "zeroshot gave NaN scores at evaluation (injected)"
                for r in rows.values()), rows
+
+
+@pytest.fixture
+def transfer(tmp_path: Path) -> dict[str, str]:
+    """A source and three targets; `pets` sorts after `dtd`, so [pets, dtd] is not the dataset-name order."""
+    common = dict(dim=8, views=2, shots=(1,), seeds=(1, 2), train_per_class=4, val_per_class=2, test_per_class=3)
+    return {name: str(write_synthetic_cache(tmp_path / f"{name}.h5", num_classes=4 + i, seed=i, name=name, **common))
+            for i, name in enumerate(("source", "pets", "dtd", "eurosat"))}
+
+
+def cross(caches: dict[str, str], out: Path, *targets: str) -> dict:
+    return run_protocol("cross-dataset", [caches["source"]], out, ["zeroshot", "linear-probe"], [1, 2],
+                        targets=[caches[t] for t in targets], shots=[1], options={"epochs": ["1"]}, progress=False)
+
+
+def run_keys(out: Path) -> set[str]:
+    return {d.name for d in (out / "runs").iterdir() if d.is_dir()}
+
+
+def test_targets_in_another_order_resume_the_same_runs(transfer: dict[str, str], tmp_path: Path) -> None:
+    """Each target is scored on its own, so the order of `--target` is no part of a run: a rerun in another order
+    skips every run (it retrained them all, and the folder then held each run twice and could not be reported), and
+    two new folders given the targets in either order hold the same run keys."""
+    from lathadapter.experiments.report import write_report
+
+    first = cross(transfer, tmp_path / "p", "pets", "dtd")
+    assert (first["runs"], first["done"]) == (4, 4)
+    again = cross(transfer, tmp_path / "p", "dtd", "pets")
+    assert (again["runs"], again["done"], again["skipped"]) == (4, 0, 4)
+    cross(transfer, tmp_path / "q", "dtd", "pets")
+    assert run_keys(tmp_path / "p") == run_keys(tmp_path / "q")
+    assert len(run_keys(tmp_path / "p")) == 4
+    write_report(tmp_path / "p")
+    assert {t for _, t in rows_of(tmp_path / "p")} == {"source", "pets", "dtd"}
+
+
+def test_a_folder_keyed_in_the_order_given_resumes_in_any_order(transfer: dict[str, str], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder written before the order was fixed hashed the targets in the order given, here [pets, dtd] (not the
+    dataset-name order a new folder uses): its runs keep their keys, and a rerun in either order trains nothing."""
+    from lathadapter.experiments import protocols
+    from lathadapter.experiments.report import write_report
+
+    with monkeypatch.context() as patched:  # the order as given, as before the fix
+        patched.setattr(protocols, "target_order", lambda paths, source, out: list(paths))
+        cross(transfer, tmp_path / "old", "pets", "dtd")
+    cross(transfer, tmp_path / "new", "pets", "dtd")
+    assert run_keys(tmp_path / "old").isdisjoint(run_keys(tmp_path / "new"))  # the old keys are not the new ones
+    old = run_keys(tmp_path / "old")
+    for order in (("dtd", "pets"), ("pets", "dtd")):
+        summary = cross(transfer, tmp_path / "old", *order)
+        assert (summary["done"], summary["skipped"]) == (0, 4), order
+    assert run_keys(tmp_path / "old") == old
+    write_report(tmp_path / "old")
+
+
+def test_another_target_set_is_other_runs(transfer: dict[str, str], tmp_path: Path) -> None:
+    """A folder's order is adopted for the same target set only: another set (one more target, one fewer) trains
+    its own runs, as before."""
+    cross(transfer, tmp_path / "p", "pets", "dtd")
+    first = run_keys(tmp_path / "p")
+    for targets in (("eurosat", "dtd", "pets"), ("dtd",)):
+        summary = cross(transfer, tmp_path / "p", *targets)
+        assert (summary["done"], summary["skipped"]) == (4, 0), targets
+    assert len(run_keys(tmp_path / "p")) == 12 and first < run_keys(tmp_path / "p")

@@ -407,3 +407,31 @@ def test_a_tuning_score_or_set_with_nothing_tuned_is_refused_not_ignored(cache: 
     assert {r["tune.score"] for r in read_rows(tmp_path / "g")} == {"val"}
     plain = runner.invoke(app, [*grid, "--tune-score", "auto", "--tune-set", "fewshot", "--out", str(tmp_path / "p")])
     assert plain.exit_code == 0, plain.output
+
+
+def test_the_demo_with_nothing_tuned_refuses_a_tuning_score_or_set(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`demo --tune-preset none` tunes nothing, so a --tune-score or --tune-set beside it would change nothing (it
+    was silently unused): one usage line before any work. The demo's own default (--tune-set split) trips nothing."""
+    from lathadapter.demo import pipeline
+
+    calls: list[dict[str, Any]] = []
+
+    def recorded(out: Path, **kwargs: Any) -> None:  # the demo's options as passed, then stop before any work
+        calls.append(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_demo", recorded)
+    runner = CliRunner()
+    for flags, named in ((["--tune-score", "val_hm"], "--tune-score val_hm"),
+                         (["--tune-set", "split"], "--tune-set split"),
+                         (["--tune-set", "fewshot", "--tune-score", "val"], "--tune-score val and --tune-set fewshot")):
+        result = runner.invoke(app, ["demo", "--tune-preset", "none", *flags, "--out", str(tmp_path / "d")])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (f"error: {named}: nothing is tuned; add --tune-preset lr (the demo's "
+                                         f"default), or drop {'them' if ' and ' in named else 'it'}")
+    assert not calls and not (tmp_path / "d").exists()
+    for flags in ([], ["--tune-preset", "none"], ["--tune-set", "fewshot", "--tune-score", "val_hm"]):
+        runner.invoke(app, ["demo", *flags, "--out", str(tmp_path / "d")])  # reaches the demo (stubbed: stops at once)
+    assert [(c["tune"], c["tune_score"], c["tune_set"]) for c in calls] == [
+        ("lr", "auto", "split"), (None, "auto", "split"), ("lr", "val_hm", "fewshot")]
