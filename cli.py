@@ -506,21 +506,6 @@ def _tune_set(value: str | None) -> str | None:
     return value
 
 
-def _check_tuned(tune_score: str | None, tune_set: str | None, tuned: bool, demo: bool = False) -> None:
-    """`--tune-score` and `--tune-set` say how tuned values are chosen: when nothing is tuned (no --tune,
-    --tune-preset or grid file `tune`), a value other than the default would change nothing, so it is refused rather
-    than silently unused. In the demo nothing is tuned only under an explicit `--tune-preset none`, and any value
-    given beside it is refused (its --tune-set default, split, differs from the grid's)."""
-    given = [f"{flag} {value}" for flag, value, default in (("--tune-score", tune_score, "auto"),
-                                                           ("--tune-set", tune_set, "fewshot"))
-             if value is not None and (demo or value != default)]
-    if given and not tuned:
-        tune = "--tune-preset lr (the demo's default)" if demo else ("--tune [METHOD.]OPTION=V1,V2,... or "
-                                                                     "--tune-preset lr")
-        raise OptionError(f"{' and '.join(given)}: nothing is tuned; add {tune}, or drop "
-                          f"{'them' if len(given) > 1 else 'it'}")
-
-
 def _print_results(summary: dict) -> None:
     """The result table of a finished grid or protocol, as `report` writes it."""
     from lathadapter.experiments.report_tables import summary_markdown
@@ -595,7 +580,6 @@ def grid(
             axes["tune_score"] = tune_score
         if tune_set is not None:
             axes["tune_set"] = tune_set
-        _check_tuned(tune_score, tune_set, bool(axes.get("tune")) or axes.get("tune_preset") is not None)
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
         summary = launch(GridSpec(**axes), out, execution)
         _print_results(summary)
@@ -652,12 +636,11 @@ def protocol(
         methods = _str_list("--method", method, "zeroshot,lathadapter") if method is not None else method_names()
         _choices("--text", [text])
         _choices("--train-views", [train_views])
-        tuned, preset = parse_tune(tune), parse_preset(tune_preset) if tune_preset is not None else None
-        _check_tuned(tune_score, tune_set, bool(tuned) or preset is not None)
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
                                _int_list("--shots", shots) if shots is not None else None, execution,
-                               tune=tuned, train_views=train_views, tune_preset=preset,
+                               tune=parse_tune(tune), train_views=train_views,
+                               tune_preset=parse_preset(tune_preset) if tune_preset is not None else None,
                                tune_score=tune_score or "auto", tune_set=tune_set or "fewshot")
         _print_results(summary)
     except (ValueError, OSError) as error:
@@ -711,12 +694,15 @@ def demo(
     write the plots. Re-running reuses the cache and the finished runs."""
     from lathadapter.demo.pipeline import run_demo
     from lathadapter.experiments.execution import Execution
+    from lathadapter.experiments.spec import NO_PRESET, refuse_untuned
 
     tune_score = _tune_score(tune_score)
     tune_set = _tune_set(tune_set)
     _stop_on_sigterm()
     try:
-        _check_tuned(tune_score, tune_set, tune_preset != "none", demo=True)
+        if tune_preset == NO_PRESET:  # nothing tuned: any --tune-score or --tune-set given would change nothing
+            refuse_untuned({flag: value for flag, value in (("--tune-score", tune_score), ("--tune-set", tune_set))
+                            if value is not None}, "--tune-preset lr (the demo's default)")
         execution = Execution.parse(device, threads, workers, batch_runs=batch_runs, trainers=trainers)
         result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
                           methods=_str_list("--method", method, "zeroshot,lathadapter") if method is not None

@@ -146,7 +146,9 @@ def run_demo(folder: Path, *, shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Se
     grid_dir = folder / f"grid-{version}"
     cache = [str(built.path)]
     tick = time.perf_counter()
-    axes = {"tune_preset": tune, "train_views": [train_views], "tune_score": tune_score, "tune_set": tune_set}
+    axes = {"tune_preset": tune, "train_views": [train_views]}
+    if tune is not None:  # how tuned values are chosen: nothing to choose without tuning (`spec.refuse_untuned`)
+        axes |= {"tune_score": tune_score, "tune_set": tune_set}
     specs = [GridSpec(cache, list(methods), list(shots), list(seeds), ["all"], **axes),
              GridSpec(cache, list(methods), [16], list(seeds), ["base"], **axes)]
     runs = 0

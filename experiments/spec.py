@@ -199,6 +199,14 @@ def parse_preset(value: str, where: str = "--tune-preset") -> str | None:
     return value
 
 
+def refuse_untuned(given: dict[str, str], fix: str) -> None:
+    """`--tune-score` and `--tune-set` say how tuned values are chosen: values of them (flag → value) `given` where
+    nothing is tuned would change nothing, so they are refused rather than silently unused; `fix` says what tunes."""
+    if given:
+        named = " and ".join(f"{flag} {value}" for flag, value in given.items())
+        raise OptionError(f"{named}: nothing is tuned; add {fix}, or drop {'them' if len(given) > 1 else 'it'}")
+
+
 def override(axes: dict[str, Any], key: str, given: dict[str, list[Any]]) -> None:
     """Command-line option or tuned axes `given` (`key`: options or tune) over those of a grid file in `axes`, name
     by name: a name given on the command line is no longer the file's (`GridSpec.sources`)."""
@@ -367,6 +375,10 @@ def expand(spec: GridSpec) -> list[GridRun]:
         raise OptionError(f"--tune-score {spec.tune_score}: choose one of {', '.join(TUNE_SCORE_CHOICES)}")
     if spec.tune_set not in TUNE_SETS:
         raise OptionError(f"--tune-set {spec.tune_set}: choose one of {', '.join(TUNE_SETS)}")
+    if not spec.tune and spec.tune_preset in (None, NO_PRESET):  # a preset tunes, even where no method has its option
+        refuse_untuned({flag: value for flag, value, default in (("--tune-score", spec.tune_score, GridSpec.tune_score),
+                                                                 ("--tune-set", spec.tune_set, GridSpec.tune_set))
+                        if value != default}, "--tune [METHOD.]OPTION=V1,V2,... or --tune-preset lr")
     runs = []
     for cache, method, classes, text, select, train_views in itertools.product(
             spec.caches, spec.methods, spec.classes, spec.text, spec.select, spec.train_views):

@@ -435,3 +435,23 @@ def test_the_demo_with_nothing_tuned_refuses_a_tuning_score_or_set(tmp_path: Pat
         runner.invoke(app, ["demo", *flags, "--out", str(tmp_path / "d")])  # reaches the demo (stubbed: stops at once)
     assert [(c["tune"], c["tune_score"], c["tune_set"]) for c in calls] == [
         ("lr", "auto", "split"), (None, "auto", "split"), ("lr", "val_hm", "fewshot")]
+
+
+def test_a_grid_files_tuning_score_or_set_with_nothing_tuned_is_refused(cache: Path, tmp_path: Path) -> None:
+    """The rule of the flags holds wherever the grid's axes come from: a grid file's `tune_score` or `tune_set`
+    without anything tuned, or a `GridSpec` built so in Python, would change nothing and is refused before any run;
+    with the file's `tune` it is used."""
+    (tmp_path / "score.yaml").write_text(f"caches: [{cache}]\nmethods: [clip-adapter]\ntune_score: val_hm\n")
+    (tmp_path / "set.yaml").write_text(f"caches: [{cache}]\nmethods: [clip-adapter]\ntune_set: split\n")
+    runner = CliRunner()
+    for name, named in (("score", "--tune-score val_hm"), ("set", "--tune-set split")):
+        result = runner.invoke(app, ["grid", "--config", str(tmp_path / f"{name}.yaml"), "--shots", "2", "--seeds",
+                                     "1", "--device", "cpu", "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().startswith(f"error: {named}: nothing is tuned; add --tune"), result.output
+        assert not (tmp_path / "x").exists()
+    with pytest.raises(OptionError, match="--tune-score val and --tune-set split: nothing is tuned"):
+        expand(GridSpec([str(cache)], ["clip-adapter"], [2], [1], tune_score="val", tune_set="split"))
+    tuned = GridSpec([str(cache)], ["clip-adapter"], [2], [1], tune={"lr": ["0.01", "0.1"]}, tune_score="val",
+                     tune_set="split")
+    assert {run.tune.score for run in expand(tuned)} == {"val"}
