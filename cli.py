@@ -204,19 +204,19 @@ def _str_list(option: str, text: str, example: str) -> list[str]:
     return parts
 
 
-def _choices(option: str, values: list[str]) -> list[str]:
-    """Values of `--classes`, `--text`, `--select` or `--train-views`, checked before any work: one outside its
-    choices ends in one line naming the flag, exit 2 (as `--tune-score` does)."""
+def _choice(option: str, value: str | None) -> str | None:
+    """A value of `--classes`, `--text`, `--select`, `--train-views`, `--tune-score` or `--tune-set` (None: not
+    given), checked before any work: one outside its choices ends in one line naming the flag, exit 2."""
     from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS
-    from lathadapter.experiments.run import CLASS_PROTOCOLS, TEXT_FEATURES
+    from lathadapter.experiments.run import CLASS_PROTOCOLS, TEXT_FEATURES, TUNE_SETS
+    from lathadapter.experiments.tuning import TUNE_SCORE_CHOICES
 
     valid = {"--classes": CLASS_PROTOCOLS, "--text": TEXT_FEATURES, "--select": SELECTIONS,
-             "--train-views": TRAIN_VIEWS}[option]
-    for value in values:
-        if value not in valid:
-            typer.echo(f"error: {option} {value}: choose one of {', '.join(valid)}", err=True)
-            raise typer.Exit(code=USAGE)
-    return values
+             "--train-views": TRAIN_VIEWS, "--tune-score": TUNE_SCORE_CHOICES, "--tune-set": TUNE_SETS}[option]
+    if value is not None and value not in valid:
+        typer.echo(f"error: {option} {value}: choose one of {', '.join(valid)}", err=True)
+        raise typer.Exit(code=USAGE)
+    return value
 
 
 def _once(option: str, text: str, values: list) -> None:
@@ -465,7 +465,7 @@ def fit(
             overrides[name] = values[0]
         for option, value in (("--classes", classes), ("--text", text), ("--select", select),
                               ("--train-views", train_views)):
-            _choices(option, [value])
+            _choice(option, value)
         config = RunConfig.create(method, shots, seed, classes, text, select, overrides, train_views)
         with _progress() as progress:
             metrics = fit_config(config, cache, out=out, force=force, progress=progress, execution=execution)
@@ -484,26 +484,6 @@ def _counts(summary: dict) -> str:
     elsewhere = f", {summary['elsewhere']} left to another process" if summary.get("elsewhere") else ""
     return (f"{_plural(summary['runs'], 'run')} ({summary['done']} done now, {summary['skipped']} already done"
             f"{elsewhere})")
-
-
-def _tune_score(value: str | None) -> str | None:
-    """`--tune-score`, checked before any work: a value outside val, val_hm (or auto) ends in one line, exit 2."""
-    from lathadapter.experiments.tuning import TUNE_SCORE_CHOICES
-
-    if value is not None and value not in TUNE_SCORE_CHOICES:
-        typer.echo(f"error: --tune-score {value}: choose one of {', '.join(TUNE_SCORE_CHOICES)}", err=True)
-        raise typer.Exit(code=USAGE)
-    return value
-
-
-def _tune_set(value: str | None) -> str | None:
-    """`--tune-set`, checked before any work: a value outside fewshot, split ends in one line, exit 2."""
-    from lathadapter.experiments.run import TUNE_SETS
-
-    if value is not None and value not in TUNE_SETS:
-        typer.echo(f"error: --tune-set {value}: choose one of {', '.join(TUNE_SETS)}", err=True)
-        raise typer.Exit(code=USAGE)
-    return value
 
 
 def _print_results(summary: dict) -> None:
@@ -553,8 +533,7 @@ def grid(
     from lathadapter.experiments.launch import launch
     from lathadapter.experiments.spec import GridSpec, load_spec_file, override, parse_preset, parse_tune
 
-    tune_score = _tune_score(tune_score)
-    tune_set = _tune_set(tune_set)
+    tune_score, tune_set = _choice("--tune-score", tune_score), _choice("--tune-set", tune_set)
     _stop_on_sigterm()
     try:
         execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
@@ -568,7 +547,8 @@ def grid(
             if value is not None:
                 axes[key] = _str_list(option, value, example)
                 if key != "methods":
-                    _choices(option, axes[key])
+                    for item in axes[key]:
+                        _choice(option, item)
         for key, value in (("shots", shots), ("seeds", seeds)):
             if value is not None:
                 axes[key] = _int_list(f"--{key}", value)
@@ -624,8 +604,7 @@ def protocol(
     from lathadapter.experiments.protocols import run_protocol
     from lathadapter.experiments.spec import parse_preset, parse_tune
 
-    tune_score = _tune_score(tune_score)
-    tune_set = _tune_set(tune_set)
+    tune_score, tune_set = _choice("--tune-score", tune_score), _choice("--tune-set", tune_set)
     _stop_on_sigterm()
     try:
         if target and name in ("few-shot", "base-to-novel"):
@@ -634,8 +613,8 @@ def protocol(
         execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
                                     batch_runs, trainers)
         methods = _str_list("--method", method, "zeroshot,lathadapter") if method is not None else method_names()
-        _choices("--text", [text])
-        _choices("--train-views", [train_views])
+        _choice("--text", text)
+        _choice("--train-views", train_views)
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
                                _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
                                _int_list("--shots", shots) if shots is not None else None, execution,
@@ -696,8 +675,7 @@ def demo(
     from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.spec import NO_PRESET, refuse_untuned
 
-    tune_score = _tune_score(tune_score)
-    tune_set = _tune_set(tune_set)
+    tune_score, tune_set = _choice("--tune-score", tune_score), _choice("--tune-set", tune_set)
     _stop_on_sigterm()
     try:
         if tune_preset == NO_PRESET:  # nothing tuned: any --tune-score or --tune-set given would change nothing
