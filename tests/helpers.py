@@ -1,4 +1,5 @@
-"""Helpers that several test files share: an oracle restated once, and a reader of what a grid writes."""
+"""Helpers that several test files share: an oracle restated once, a reader of what a grid writes, and a results
+table written by hand for reports."""
 
 from __future__ import annotations
 
@@ -21,3 +22,14 @@ def read_rows(out: Path) -> list[dict[str, str]]:
     """The rows of a grid folder's `results.csv`, as text."""
     with (out / "results.csv").open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """A results table written by hand, as a report reads it: `columns`, empty where a row has no value, each row
+    keyed `k0`, `k1`, ... unless it gives its own `key`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows({"key": f"k{i}", **r} for i, r in enumerate(rows))
+    return path

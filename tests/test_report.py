@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 from matplotlib.axes import Axes
 
@@ -35,12 +36,7 @@ def row(method: str = "lathadapter", seed: int = 1, shots: int = 1, **values: An
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]], columns: list[str] = COLUMNS) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows({"key": f"k{i}", **r} for i, r in enumerate(rows))
-    return path
+    return helpers.write_rows(path, rows, columns)
 
 
 def read_table(path: Path, lead: str | list[str] = "method") -> dict[Any, dict[str, str]]:

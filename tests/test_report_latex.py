@@ -4,11 +4,12 @@ configurations), never from the code under test."""
 
 from __future__ import annotations
 
-import csv
 import re
 import statistics
 from pathlib import Path
 from typing import Any
+
+import helpers
 
 from lathadapter.experiments.report import write_report
 from lathadapter.experiments.report_latex import escape
@@ -37,12 +38,7 @@ def row(method: str, seed: int = 1, shots: int = 1, **values: Any) -> dict[str, 
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
-        writer.writeheader()
-        writer.writerows({"key": f"k{i}", **r} for i, r in enumerate(rows))
-    return path
+    return helpers.write_rows(path, rows, COLUMNS)
 
 
 def grid_rows() -> list[dict[str, Any]]:
