@@ -225,7 +225,7 @@ def shortfall_notes(splits: DatasetSplits, shots: Sequence[int]) -> list[str]:
         return []
     counts = dict.fromkeys(range(len(splits.class_names)), 0)
     for _, label, _ in splits.train:
-        counts[label] = counts.get(label, 0) + 1
+        counts[label] += 1
     poorest = min(counts, key=lambda label: (counts[label], label))
     notes = []
     for k in sorted(set(shots)):

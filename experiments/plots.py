@@ -137,10 +137,12 @@ def plot_accuracy_vs_shots(records: list[Record], folder: Path) -> tuple[list[Pa
                                  folder / f"accuracy_vs_shots_{dataset_slug(dataset)}.png"))
     average = few_shot_average(cells)
     shots = sorted({k for (_, k), cell in average.items() if cell.mean is not None})  # a point somewhere
+    if len(datasets) < 2 or len(shots) < 2:
+        return paths, crowded
     configs = ordered_configs({c for c, _ in average})
-    if len(datasets) > 1 and len(shots) > 1 and len(configs) > MOST_SHOTS_LINES:
+    if len(configs) > MOST_SHOTS_LINES:
         crowded.append(f"accuracy_vs_shots_{AVERAGE} ({len(configs)} lines)")
-    elif len(datasets) > 1 and len(shots) > 1:
+    else:
         varied = varied_settings(configs)
         choices = _config_choices(few_shot)  # as the average table: each dataset's choices
         paths.append(_plot_shots(shots, {c: [average[(c, k)] for k in shots] for c in configs},
