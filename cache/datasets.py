@@ -10,12 +10,12 @@ import hashlib
 import json
 import os
 import random
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_TEMPLATE = "a photo of a {}."
-TEMPLATE_MARK = "\x00"  # what `check_template` fills a template with, to find where the class name lands
 # CoOp's proportions for datasets without a split file (its `read_and_split_data`): the rest is test.
 FOLDER_SPLIT = (0.5, 0.2)
 
@@ -387,11 +387,12 @@ def check_template(template: str | None) -> None:
     or a lone brace (`{style}`, `{`), which failed only after the model had loaded."""
     if template is None:
         return
-    try:
-        filled = template.format(TEMPLATE_MARK)
-    except (IndexError, KeyError, ValueError):
-        filled = ""
-    if template.count("{}") != 1 or filled.count(TEMPLATE_MARK) != 1:
+    try:  # each replacement field as (name, format spec, conversion): the class name's slot is a bare `{}`
+        slots = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                 if name is not None]
+    except ValueError:  # a lone brace
+        slots = []
+    if slots != [("", "", None)]:
         raise DatasetOptionError(f"--template {template!r} must contain '{{}}' exactly once (where the class name "
                                  "goes), and any other brace doubled ('{{' or '}}' for a literal one)")
 

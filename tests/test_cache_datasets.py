@@ -326,3 +326,5 @@ def test_a_template_may_hold_doubled_braces_beside_its_slot(tmp_path: Path) -> N
             _image(tmp_path / "two" / name / f"{i}.png")
     splits = load_dataset(None, f"folder:{tmp_path / 'two'}", template="a {} {{logo}}.")
     assert prompt(splits.template, "sea_lion") == "a sea lion {logo}."
+    splits = load_dataset(None, f"folder:{tmp_path / 'two'}", template="{{}} a {}.")  # a literal '{}' beside it
+    assert prompt(splits.template, "owl") == "{} a owl."
