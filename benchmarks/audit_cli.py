@@ -57,6 +57,14 @@ def run(case: str, *args: str, timeout: float = 120) -> None:
     record(case, done.returncode, done.stderr + done.stdout)
 
 
+def run_counts(case: str, *args: str) -> None:
+    """A grid or protocol that should succeed: its line of run counts (done now, already done)."""
+    done = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True)
+    output = done.stderr + done.stdout
+    counts = [line for line in output.splitlines() if "already done" in line]
+    record(case, done.returncode, counts[-1] if counts and "Traceback" not in output else output)
+
+
 def children(pid: int) -> list[int]:
     found = []
     for status in Path("/proc").glob("[0-9]*/status"):
@@ -223,6 +231,22 @@ def main() -> None:
         run("14 list options zeroshot", "list", "options", "zeroshot")
         run("14 fit --set epochs=1 on zeroshot", "fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1",
             "--set", "epochs=1", "--device", "cpu", "--out", fresh())
+        print("stop 21's reviews", file=sys.stderr)
+        run("15 cache build --template 'a photo of a {{}}.'", *build, "--template", "a photo of a {{}}.", "--out",
+            str(tmp / "t1.h5"))
+        run("15 cache build --template 'a {} with {style}.'", *build, "--template", "a {} with {style}.", "--out",
+            str(tmp / "t2.h5"))
+        run("15 grid --config CACHE.h5", "grid", "--config", str(cache), "--out", fresh())
+        run("15 grid --tune-score val_hm, nothing tuned", *grid, "--out", fresh(), "--tune-score", "val_hm")
+        run("15 protocol --text foo", "protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot",
+            "--shots", "1", "--seeds", "1", "--text", "foo", "--device", "cpu", "--out", fresh())
+        targets = [str(write_synthetic_cache(tmp / f"{name}.h5", num_classes=4, dim=16, views=2, shots=(1,),
+                                             seeds=(1,), train_per_class=4, test_per_class=4, seed=i, name=name))
+                   for i, name in enumerate(("tgta", "tgtb"), start=1)]
+        cross = ["protocol", "cross-dataset", "--cache", str(cache), "--method", "zeroshot,clip-adapter", "--set",
+                 "epochs=1", "--shots", "1", "--seeds", "1,2", "--device", "cpu", "--out", fresh()]
+        run_counts("16 cross-dataset --target A --target B", *cross, "--target", targets[0], "--target", targets[1])
+        run_counts("16 its rerun with --target B --target A", *cross, "--target", targets[1], "--target", targets[0])
         done = subprocess.run(cli("list", "options", "clip-adapter"), env=ENV, capture_output=True, text=True)
         record("14 list options clip-adapter (first line)", done.returncode, done.stdout.splitlines()[0])
         done = subprocess.run(cli(*grid, "--out", fresh()), env=ENV, capture_output=True, text=True)
