@@ -176,17 +176,17 @@ def _ablation(name: str, title: str, configs: list[Configuration], setting: str,
 
 def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration, list[Cell]],
             chosen: dict[Configuration, list[Chosen]] | None = None,
-            chosen_columns: list[str] | None = None) -> list[Table]:
+            chosen_columns: list[str] | None = None, ablations: bool = True) -> list[Table]:
     """A block of results as a table with one row per configuration and, for each setting that varies among one
-    method's configurations, that method's ablation table of the setting. With tuning (`chosen`: the values the kept
-    runs chose, per column of `chosen_columns`, default `columns`), labels name the chosen values and a `_tuned`
-    table gives them per cell."""
+    method's configurations, that method's ablation table of the setting (unless `ablations` is off: a block whose
+    cells other tables already ablate). With tuning (`chosen`: the values the kept runs chose, per column of
+    `chosen_columns`, default `columns`), labels name the chosen values and a `_tuned` table gives them per cell."""
     configs = ordered_configs(cells)
     varied = varied_settings(configs)
     chosen = {c: row for c, row in (chosen or {}).items() if any(cell.choices for cell in row)}
     labels = {c: config_label(c, varied, [x for cell in chosen.get(c, []) for x in cell.choices]) for c in configs}
     tables = [Table(name, title, ["method"], columns, [([labels[c]], cells[c]) for c in configs], bold_best=True)]
-    for method, settings in varied.items():
+    for method, settings in varied.items() if ablations else ():
         own = [c for c in configs if c.method == method]
         for setting in settings:
             tables.append(_ablation(f"{name}_ablation_{slug(method)}_{setting_name(setting)}",
@@ -208,7 +208,9 @@ def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration
 
 
 def few_shot_tables(records: list[Record]) -> list[Table]:
-    """Per dataset: configurations × shots; with several datasets, also the average over datasets."""
+    """Per dataset: configurations × shots; with several datasets, also the average over datasets, and per number of
+    shots the papers' main table, configurations × (each dataset, their average), whose ablations the per-dataset
+    tables already give."""
     cells = few_shot_cells(records)
     tuned = _choices_by([r for r in records if r.classes == "all" and not r.target], cell_of)
     datasets = sorted({d for d, _, _ in cells})
@@ -227,6 +229,11 @@ def few_shot_tables(records: list[Record]) -> list[Table]:
                   for c in rows}
         tables += _tables(f"few_shot_{AVERAGE}", f"Few-shot accuracy (%), average over {len(datasets)} datasets",
                           [shots_label(k) for k in shots], rows, chosen)
+        for k in shots:  # the papers' main table: a column per dataset and their average, at one number of shots
+            rows = {c: [cells.get((d, c, k), MISSING) for d in datasets] + [average[(c, k)]] for _, c, _ in cells}
+            chosen = {c: [Chosen(tuned.get((d, c, k), ())) for d in datasets] for c in rows}
+            tables += _tables(f"few_shot_datasets_{k}shot", f"Few-shot accuracy (%), {shots_label(k)}: each dataset "
+                              "and their average", [*datasets, "Average"], rows, chosen, datasets, ablations=False)
     return tables
 
 

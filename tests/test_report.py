@@ -145,6 +145,37 @@ def test_two_caches_of_one_dataset_name_are_reported_apart(tmp_path: Path) -> No
     assert average["1 shot std"] == ""  # an average over datasets has no spread over seeds
 
 
+def test_several_datasets_get_the_papers_main_table_per_number_of_shots(tmp_path: Path) -> None:
+    """Two datasets × two curvatures × 1 and 4 shots × 2 seeds, `pets` missing at 4 shots for curvature 2: per number
+    of shots a table of configurations × (each dataset, the average of the dataset means), each cell the mean and
+    std over seeds; the average of a configuration missing a dataset is no number; no ablation table of its own (the
+    per-dataset tables ablate the same cells)."""
+    accuracy = {(d, c, k): [30 + 10 * (d == "pets") + 5 * c + k + s for s in (1, 2)]
+                for d in ("caltech101", "pets") for c in (0.5, 2.0) for k in (1, 4)}
+    del accuracy[("pets", 2.0, 4)]
+    rows = [row(shots=k, seed=s, acc_all=v, dataset=d, **{"opt.curvature": c})
+            for (d, c, k), values in accuracy.items() for s, v in zip((1, 2), values, strict=True)]
+    markdown = write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")["markdown"]
+    assert "### Few-shot accuracy (%), 4 shots: each dataset and their average" in markdown
+    for k in (1, 4):
+        table = read_table(tmp_path / "report" / f"few_shot_datasets_{k}shot.csv")
+        for c in (0.5, 2.0):
+            line = table[f"lathadapter curvature={c}"]
+            means = []
+            for d in ("caltech101", "pets"):
+                values = accuracy.get((d, c, k))
+                if values is None:
+                    assert line[f"{d} mean"] == "" and line["Average mean"] == ""
+                    continue
+                means.append(statistics.fmean(values))
+                assert float(line[f"{d} mean"]) == pytest.approx(means[-1])
+                assert float(line[f"{d} std"]) == pytest.approx(statistics.stdev(values))
+            if len(means) == 2:
+                assert float(line["Average mean"]) == pytest.approx(statistics.fmean(means))
+    assert not list((tmp_path / "report").glob("few_shot_datasets_*ablation*"))
+    assert (tmp_path / "report" / "few_shot_pets_ablation_lathadapter_curvature.csv").is_file()
+
+
 def test_base_to_novel_hm_comes_from_each_configurations_mean_base_and_novel(tmp_path: Path) -> None:
     base = {0.5: [70.0, 74.0], 1.0: [80.0, 81.0]}
     novel = {0.5: [60.0, 66.0], 1.0: [50.0, 58.0]}
