@@ -111,18 +111,17 @@ OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}
 
 
 def unread_options(given: dict[str, Any], recipe: TrainRecipe) -> str | None:
-    """What to say when training options the user set (`given`, by name) are fields `recipe` does not read (as `eps`
-    under SGD): they change the run's key and its records but not its training. None when every one is read."""
+    """What to say when training options the user set (`given`, by name) are fields `recipe` does not read: they
+    change the run's key and its records but not its training. None when every one is read. Of the training options
+    (`TRAINING_NAMES`) only `eps` is read by some optimisers and not others; every schedule reads those it reads."""
     unread = {name: value for name, value in given.items() if name in TRAINING_NAMES and name not in recipe.reads()}
     if not unread:
         return None
     optimizer = OPTIMIZER_NAMES[recipe.optimizer]
-    readers = [f"{optimizer} reads {', '.join(OPTIMIZER_READS[recipe.optimizer])}"]
-    if any(name not in {n for fields in OPTIMIZER_READS.values() for n in fields} for name in unread):
-        readers.append(f"the {recipe.schedule} schedule reads {', '.join(SCHEDULE_READS[recipe.schedule]) or 'none'}")
     values = ", ".join(f"{name}={value!r}" for name, value in unread.items())
     return (f"trains with {optimizer} and the {recipe.schedule} schedule: {values} "
-            f"{'has' if len(unread) == 1 else 'have'} no effect there ({'; '.join(readers)})")
+            f"{'has' if len(unread) == 1 else 'have'} no effect there ({optimizer} reads "
+            f"{', '.join(OPTIMIZER_READS[recipe.optimizer])})")
 
 
 def build_optimizer(groups: list[tuple[list[torch.nn.Parameter], TrainRecipe]]) -> torch.optim.Optimizer:
