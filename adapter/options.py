@@ -175,7 +175,7 @@ class RecipeTrainOptions(TrainOptions, RecipeOptions):
     batch_size: int = option(None, "samples per optimiser step (default: the recipe's)", least=1)
     lr: float = option(None, "peak learning rate (default: the recipe's)", above=0)
     weight_decay: float = option(None, "weight decay (default: the recipe's)", least=0)
-    eps: float = option(None, "Adam/AdamW epsilon (default: the recipe's)", above=0)
+    eps: float = option(None, "Adam/AdamW epsilon, not read by SGD (default: the recipe's)", above=0)
 
 
 def parse_value(name: str, kind: Any, value: Any) -> Any:

@@ -85,12 +85,43 @@ class TrainRecipe:
             return self.warmup_lr / self.lr if step == 0 else step / self.warmup_steps
         return (1 + math.cos(math.pi * (step - self.warmup_steps) / horizon)) / 2
 
+    def reads(self) -> set[str]:
+        """The fields its training reads (`RECIPE_READS`, `OPTIMIZER_READS`, `SCHEDULE_READS`); the others change
+        nothing in it."""
+        return {*RECIPE_READS, *OPTIMIZER_READS[self.optimizer], *SCHEDULE_READS[self.schedule]}
+
     def record(self) -> dict[str, Any]:
         """The recipe as flat values for a run's `chosen` (`recipe.NAME`); `warmup_steps` only for the schedule that
         reads it (the other recipes' records stay as they were)."""
         values = {f"recipe.{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name != "name" and (f.name != "warmup_steps" or self.schedule == "warmup-cosine-step")}
         return {"recipe": self.name, **values}
+
+
+# The recipe fields training reads, restated from the code: every recipe's from the trainer's plan (`epochs_for`,
+# `steps_per_epoch`); each optimiser's from `build_optimizer`; each schedule's from `build_scheduler` (`cosine-step`
+# decays from the optimiser's lr over the plan's steps and reads nothing more). A field outside a recipe's three sets
+# (`TrainRecipe.reads`) changes nothing in its training: `tests/test_unread_options.py` trains with two values of each.
+RECIPE_READS = ("epochs", "min_steps", "batch_size", "drop_last")
+OPTIMIZER_READS = {"adamw": ("lr", "weight_decay", "eps"), "adam": ("lr", "weight_decay", "eps"),
+                   "sgd": ("lr", "momentum", "weight_decay")}
+SCHEDULE_READS = {"cosine-step": (), "cosine-epoch": ("lr", "warmup_epochs", "warmup_lr"),
+                  "warmup-cosine-step": ("lr", "epochs", "min_steps", "warmup_steps", "warmup_lr")}
+OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}
+
+
+def unread_options(given: dict[str, Any], recipe: TrainRecipe) -> str | None:
+    """What to say when training options the user set (`given`, by name) are fields `recipe` does not read: they
+    change the run's key and its records but not its training. None when every one is read. Of the training options
+    (`TRAINING_NAMES`) only `eps` is read by some optimisers and not others; every schedule reads those it reads."""
+    unread = {name: value for name, value in given.items() if name in TRAINING_NAMES and name not in recipe.reads()}
+    if not unread:
+        return None
+    optimizer = OPTIMIZER_NAMES[recipe.optimizer]
+    values = ", ".join(f"{name}={value!r}" for name, value in unread.items())
+    return (f"trains with {optimizer} and the {recipe.schedule} schedule: {values} "
+            f"{'has' if len(unread) == 1 else 'have'} no effect there ({optimizer} reads "
+            f"{', '.join(OPTIMIZER_READS[recipe.optimizer])})")
 
 
 def build_optimizer(groups: list[tuple[list[torch.nn.Parameter], TrainRecipe]]) -> torch.optim.Optimizer:

@@ -21,7 +21,7 @@ from rich.progress import Progress
 from lathadapter.adapter.batched import Member, lockstep_key, train_together
 from lathadapter.adapter.catalog import build_method, make_options, method_class, resolve_options
 from lathadapter.adapter.evaluate import NaNScores, evaluate, harmonic_mean
-from lathadapter.adapter.methods.base import Method
+from lathadapter.adapter.methods.base import Method, warn_unread_options
 from lathadapter.adapter.options import OptionError, StateError, changed_fields, unkeyed
 from lathadapter.adapter.recipes import RecipeFacts, filled_by_recipe
 from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS, DivergedError, TrainResult, train
@@ -133,11 +133,15 @@ GLOBAL_GENERATOR = threading.Lock()
 
 def build(config: RunConfig, train_data: FewShotData) -> Method:
     """The configuration's method on its training view, from its resolved options (`resolved_options`), initialised
-    from the global generator seeded by the run's seed (so the same run starts alike alone or trained together)."""
+    from the global generator seeded by the run's seed (so the same run starts alike alone or trained together); a
+    `ProtocolWarning` names the training options set that its recipe does not read (once a process for the same
+    text: Python's default warning filter, so a grid says it once, not once a run)."""
     options = resolved_options(config, train_data)
     with GLOBAL_GENERATOR:
         torch.manual_seed(config.seed)
-        return build_method(config.method, options, train_data)
+        method = build_method(config.method, options, train_data)
+    warn_unread_options(method, changed_fields(config.options), stacklevel=2)
+    return method
 
 
 def run_together(configs: list[RunConfig], datas: list[FewShotData], stack: bool | None = None,

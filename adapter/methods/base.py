@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.options import OptionError, TrainOptions
 from lathadapter.adapter.recipes import (
     RecipeFacts,
     TrainRecipe,
@@ -17,6 +17,7 @@ from lathadapter.adapter.recipes import (
     build_scheduler,
     dataset_key,
     require_raw,
+    unread_options,
 )
 from lathadapter.cache.store import FewShotData
 
@@ -207,6 +208,18 @@ def warn_no_val_subset(method: str, consequence: str, stacklevel: int, select_va
     asked = "--select val, but " if select_val else ""
     warnings.warn(f"{method}: {asked}the cache has no few-shot val subset (as ImageNet's){consequence}",
                   ProtocolWarning, stacklevel=stacklevel + 1)
+
+
+def warn_unread_options(method: Method, given: dict[str, Any], stacklevel: int) -> None:
+    """Say (`ProtocolWarning`) which training options the user set (`given`, the run's `overrides`) the recipe
+    `method` trains with does not read (`recipes.unread_options`; as `eps` under SGD): a warning, not an error, so that
+    an unscoped `--set eps=…` stays valid in a grid of methods with different optimisers. `stacklevel`: the caller's."""
+    if not (method.trains and isinstance(method.options, TrainOptions)):  # LP++ trains by its own loop
+        return
+    said = unread_options(given, method.train_recipe())
+    if said is not None:
+        recipe = f" (recipe={method.options.recipe})" if hasattr(method.options, "recipe") else ""
+        warnings.warn(f"{method.name}{recipe} {said}", ProtocolWarning, stacklevel=stacklevel + 1)
 
 
 # The base text of TaskRes and ZS-LP (`base_text`): `official`, the official `_get_base_text_features` (TaskRes's, and
