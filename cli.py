@@ -259,7 +259,7 @@ def cache_build(
                                        "folder:PATH (a folder per class) or split:PATH (a split_zhou JSON)."),
     model: str | None = typer.Option(None, help="open_clip model name, or the path of a model-config JSON "
                                      "[default: ViT-B-16; the bundled tiny model for the demo dataset]."),
-    pretrained: str | None = typer.Option(None, help="Pretrained tag, a local checkpoint (.pt/.bin/.safetensors) "
+    pretrained: str | None = typer.Option(None, help="Pretrained tag, a local checkpoint (.pt/.pth/.bin/.safetensors) "
                                           "or none [default: openai; the bundled weights for the demo dataset]."),
     out: Path | None = typer.Option(None, help="Cache file (default: caches/<dataset>.h5)."),
     shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot subsets to hold."),

@@ -137,7 +137,8 @@ SEARCH_SET_DOC = ("the val images chosen on after training: split, the whole val
                   "a class")
 
 
-# The text of a zero-shot term `100 x Tᵀ` (Tip-Adapter(-F), GDA, LP++: `base_text`, `methods.base.zero_shot_base_text`)
+# The text of a zero-shot term `100 x Tᵀ` (Tip-Adapter(-F), GDA, LP++, APE(-T): `base_text`,
+# `methods.base.zero_shot_base_text`)
 ZERO_SHOT_BASE_TEXTS = ("official", "unit")
 BASE_TEXT_DOC = ("the zero-shot term's class text: official (on ImageNet the normalised mean of the 7 simple "
                  "templates the official code uses, whatever --text; elsewhere --text's), unit (--text's everywhere)")

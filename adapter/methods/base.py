@@ -255,7 +255,7 @@ def imagenet_select_rows(data: FewShotData, method: str, purpose: str, lacking: 
 
 
 def zero_shot_base_text(data: FewShotData, kind: str, method: str) -> tuple[torch.Tensor, str]:
-    """The unit class text features [C, D] of a zero-shot term `100 x Tᵀ` (Tip-Adapter, Tip-Adapter-F, GDA, LP++:
+    """The unit class text features [C, D] of a zero-shot term `100 x Tᵀ` (Tip-Adapter(-F), GDA, LP++, APE(-T):
     option `base_text`, one of `options.ZERO_SHOT_BASE_TEXTS`) and what they are, for `chosen`. `official`: on
     ImageNet the official code's classifier whatever `--text` (Tip-Adapter's `clip_classifier` over
     `imagenet_templates`, which ICLR24 and LP++ reuse): the normalised mean of the unit features of the 7 simple
