@@ -3,6 +3,7 @@ that page describes; tests/test_baseline_recipes.py holds the official recipes);
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -12,8 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lathadapter.adapter import evaluate as evaluate_module
 from lathadapter.adapter.catalog import ambiguous_options, create_method, make_options, method_names
-from lathadapter.adapter.evaluate import evaluate
+from lathadapter.adapter.evaluate import evaluate, evaluate_mapped
 from lathadapter.adapter.methods import tip_adapter
 from lathadapter.adapter.methods.base import NotApplicable
 from lathadapter.adapter.methods.tip_adapter import argmax_hits, search_grid
@@ -114,6 +116,29 @@ def test_linear_probe_starts_at_zero_shot_and_cannot_score_new_classes() -> None
     with pytest.raises(NotApplicable):
         method.logits(x, data.text_features)
     assert evaluate(method, x, data.test_labels, data.text_features) is None
+
+
+def test_accuracy_over_several_chunks_is_the_share_of_rows_whose_top_score_is_their_label(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evaluate` and `evaluate_mapped` score the test rows in chunks (`CHUNK`); with chunks of 3 rows over 10 rows
+    (the last one partial), the accuracy is still that of every row: 100 × the share of rows whose highest zero-shot
+    score 100 <x, t_c> (over all classes, or over the mapped `columns`) is their label's, restated here."""
+    generator = torch.Generator().manual_seed(4)
+    text = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)
+    x = F.normalize(torch.randn(10, 8, generator=generator), dim=-1)
+    data = dataclasses.replace(few_shot(dim=8, classes=5), text_features=text)
+    method = create_method("zeroshot", data)
+    monkeypatch.setattr(evaluate_module, "CHUNK", 3)
+    top = (x @ text.t()).argmax(-1)
+    # rows 1, 5 and 8 wrong (70 %); row 9, alone in the last chunk, right: a chunk left out or misread shows
+    labels = torch.where(torch.isin(torch.arange(10), torch.tensor([1, 5, 8])), (top + 1) % 5, top)
+    assert evaluate(method, x, labels) == pytest.approx(100.0 * float((top == labels).double().mean()))
+    assert evaluate(method, x, labels) == pytest.approx(70.0)
+    columns = [3, 0, 4]  # target class j is training class columns[j]
+    mapped_top = (x @ text[columns].t()).argmax(-1)
+    wrong = torch.isin(torch.arange(10), torch.tensor([0, 3, 6]))  # 70 %, row 9 right
+    mapped_labels = torch.where(wrong, (mapped_top + 1) % 3, mapped_top)
+    assert evaluate_mapped(method, x, mapped_labels, columns) == pytest.approx(70.0)
 
 
 def test_tip_adapter_logits_follow_the_formula() -> None:

@@ -181,3 +181,22 @@ def test_base_and_novel_halves_are_relabelled_from_zero(tmp_path: Path) -> None:
     assert torch.equal(base_data.train_labels, data.train_labels[data.train_labels < 3])
     assert torch.equal(base_data.train_augmented, data.train_augmented[data.train_labels < 3])
     assert sorted(set(base_data.val_labels.tolist())) == [0, 1, 2]
+    # every per-sample and per-class field, against rows picked here one by one; [4, 1]: relabelled in the order given
+    assert data.text_raw is not None and data.template_raw is not None and data.search_labels is not None
+    for classes in (base, novel, [4, 1]):
+        picked = data.select_classes(classes)
+        for features, labels in (("train_features", "train_labels"), ("train_augmented", "train_labels"),
+                                 ("train_augmented_norms", "train_labels"), ("val_features", "val_labels"),
+                                 ("test_features", "test_labels"), ("search_features", "search_labels"),
+                                 ("val_shots_features", "val_shots_labels")):
+            source, source_labels = getattr(data, features), getattr(data, labels).tolist()
+            rows = [i for i, label in enumerate(source_labels) if label in classes]
+            assert rows, features
+            torch.testing.assert_close(getattr(picked, features), source[rows], rtol=0, atol=0, msg=features)
+            assert getattr(picked, labels).tolist() == [classes.index(source_labels[i]) for i in rows], labels
+        assert picked.class_names == [data.class_names[c] for c in classes]
+        assert picked.wnids == [data.wnids[c] for c in classes]
+        for name, expected in (("text_features", data.text_features[classes]), ("text_raw", data.text_raw[classes]),
+                               ("template_raw", data.template_raw[:, classes])):
+            torch.testing.assert_close(getattr(picked, name), expected, rtol=0, atol=0, msg=name)
+        assert picked.attribute_features is data.attribute_features and picked.templates == data.templates

@@ -347,6 +347,50 @@ def test_cone_parent_image_with_one_image_per_class_puts_every_image_in_its_cone
     assert sum(energies) > 0.1  # the text edges were far from their cones
 
 
+def test_cone_parent_image_parents_each_image_at_the_mean_direction_of_its_class_in_the_batch() -> None:
+    """Several images of a class in the batch: the parent of image i is e_c = norm(Σ_{j: y_j = c} v_j) over the
+    batch's images of its class, lifted as a category (radius=kind: scaled radius tanh(√c s_cat)). Only the
+    category → image edges differ from `cone_parent=text`, so L_hier differs by (Σ_i E(h^c_{y_i}, h^v_i) −
+    Σ_i E(e_{y_i}, h^v_i)) / (total weight), each E re-computed here from Ganea's formulas on points placed from the
+    adapters' plain formulas (attr_proto off: p_c = norm(m_c))."""
+    data = make_data()
+    batch = torch.tensor([0, 1, 2, 3, 5, 9, 12, 13])  # classes 0 ×3, 1 ×2, 3 ×1, 4 ×2
+    x, y = data.train_features[batch].double(), data.train_labels[batch]
+    torch.manual_seed(0)
+    options = dict(impl="reference", num_attributes=4, lambda_hier=0.1, attr_proto=False, curvature=1.6,
+                   scale_cat=0.5, scale_img=1.2)
+    text_model = create_method("lathadapter", data, **options).double()
+    image_model = create_method("lathadapter", data, cone_parent="image", **options).double()
+    image_model.load_state_dict(text_model.state_dict())
+    _, text_parts = text_model.loss(x, y)
+    _, image_parts = image_model.loss(x, y)
+    o = text_model.options
+
+    def adapted(features: torch.Tensor, adapter: torch.nn.Module, alpha: float) -> torch.Tensor:
+        first, _, second = adapter.net
+        return F.normalize((1 - alpha) * features + alpha * torch.relu(features @ first.weight.t()) @
+                           second.weight.t(), dim=-1)
+
+    c, k, kappa = 1.6, o.cone_k, o.cone_kappa
+    with torch.no_grad():
+        v = adapted(x, text_model.visual_adapter, o.alpha_v)
+        p = adapted(data.text_features.double(), text_model.text_adapter, o.alpha_t)
+    h_v = math.tanh(math.sqrt(c) * 1.2) / math.sqrt(c) * v
+    h_c = math.tanh(math.sqrt(c) * 0.5) / math.sqrt(c) * p
+    centres = {int(label): F.normalize(v[y == label].sum(0), dim=-1) for label in torch.unique(y)}
+    e = torch.stack([math.tanh(math.sqrt(c) * 0.5) / math.sqrt(c) * centres[int(label)] for label in y])
+
+    def energy(parent: torch.Tensor, child: torch.Tensor) -> float:
+        return max(0.0, ganea_angle(parent, child, c) - kappa * ganea_aperture(parent, c, k))
+
+    text_edges = sum(energy(h_c[int(y[i])], h_v[i]) for i in range(len(y)))
+    image_edges = sum(energy(e[i], h_v[i]) for i in range(len(y)))
+    total_weight = 2 * len(y) + len(torch.unique(y))
+    assert float(text_parts["hier"] - image_parts["hier"]) == pytest.approx(
+        (text_edges - image_edges) / total_weight, rel=1e-6, abs=1e-9)
+    assert image_edges > 0.01  # the class centres are not the images' own directions: some lie outside their cones
+
+
 def test_variants_the_stacked_twin_lacks_do_not_stack() -> None:
     data = make_data()
     assert create_method("lathadapter", data).stackable
