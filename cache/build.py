@@ -703,7 +703,7 @@ def build(
             if not written:
                 lost.uninstall()
     if stats.skipped:
-        say(f"skipped {stats.skipped} unreadable images (listed in the cache's `skipped`; left out of every subset "
-            "and split)")
+        say(f"skipped {stats.skipped} unreadable image{'s' if stats.skipped != 1 else ''} (listed in the cache's "
+            "`skipped`; left out of every subset and split)")
     stats.total_seconds = time.perf_counter() - started
     return BuildResult(out, status, stats, notes)

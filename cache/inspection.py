@@ -83,7 +83,8 @@ def summary(path: str | Path) -> list[tuple[str, str]]:
          f"need them: `{REBUILD}`)"),
         ("templates", f"{len(info.templates)} (CoOp: {info.templates[0]!r})" if info.templates else "0"),
         ("attributes", f"{info.attribute_count} phrases"),
-        ("skipped", f"{len(info.skipped)} unreadable images" if info.skipped else "none"),
+        ("skipped", (f"{len(info.skipped)} unreadable image{'s' if len(info.skipped) != 1 else ''}" if info.skipped
+                     else "none")),
     ]
 
 
