@@ -8,6 +8,9 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from lathadapter.experiments.spec import GridSpec, expand
 # Columns that differ between two trainings of the same run (timings) or between processes
 TIMING = {"train_seconds", "eval_seconds", "wall_seconds"}
 QUICK = {"epochs": ["1"], "min_steps": ["2"]}
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[1].parent)
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +216,74 @@ def test_backend_ray_without_ray_prints_the_install_hint(cache: Path, tmp_path: 
         assert "pip install 'lathadapter[ray]'" in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, their children, ...), read from /proc."""
+    parents: dict[int, int] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(line for line in status.read_text().splitlines() if line.startswith("PPid:"))
+        except (OSError, StopIteration):
+            continue
+        parents[int(status.parent.name)] = int(ppid.split()[1])
+    found, todo = set(), [pid]
+    while todo:
+        pid = todo.pop()
+        below = {child for child, parent in parents.items() if parent == pid} - found
+        found |= below
+        todo += below
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(("how", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stopped_ray_grid_says_so_and_shuts_its_cluster_down(cache: Path, tmp_path: Path, how: str,
+                                                                code: int) -> None:
+    """SIGTERM (Slurm, `timeout`) or Ctrl-C of `grid --backend ray` mid-grid: one `interrupted:` line, exit 143 or
+    130, the local cluster it started gone with it, and a rerun (on the local backend: the same keys) completes the
+    grid. Ray's own SIGTERM handler (a stack dump, then abort: exit 134) once replaced the command's."""
+    out = tmp_path / "grid"
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", PACKAGE_PARENT), "OMP_NUM_THREADS": "1",
+           "RAY_ADDRESS": ""}
+    command = [sys.executable, "-m", "lathadapter.cli", "grid", "--cache", str(cache), "--method", "clip-adapter",
+               "--shots", "1,2", "--seeds", "1,2", "--set", "epochs=1", "--set", "min_steps=1500", "--device", "cpu",
+               "--batch-runs", "1", "--out", str(out)]
+    process = subprocess.Popen([*command, "--backend", "ray", "--chunk-size", "1"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not list(out.glob("runs/*/metrics.json")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no run finished"
+        time.sleep(0.1)
+    cluster_processes = descendants(process.pid)
+    if how == "SIGINT":
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+    else:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    sent = time.monotonic()
+    while any(alive(pid) for pid in cluster_processes) and time.monotonic() - sent < 10:
+        time.sleep(0.2)
+    left = [pid for pid in cluster_processes if alive(pid)]
+    for pid in left:  # leave the machine clean even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert process.returncode == code, stderr
+    finished = len(list(out.glob("runs/*/metrics.json")))
+    runs = "1 run" if finished == 1 else f"{finished} runs"
+    assert stderr.strip().splitlines()[-1] == f"interrupted: {runs} finished, rerun the same command to resume"
+    assert "Traceback" not in stderr and "SIGTERM received" not in stderr
+    assert not left, f"{how}: Ray processes {left} outlived the command"
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"({4 - finished} done now, {finished} already done)" in rerun.stdout
+    _check_each_run_once(out, 4)
