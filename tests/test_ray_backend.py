@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import csv
+import functools
 import json
 import os
 import signal
@@ -111,6 +112,35 @@ def test_ray_protocol_with_targets_matches_local(cluster, cache: Path, tmp_path:
     assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
     assert {row["target"] for row in _rows(tmp_path / "ray")} == {"source", "target"}
 
+
+
+def test_ray_protocol_finds_targets_given_relative_to_the_command(cluster, cache: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `--target` relative to the command's folder is found by Ray workers started elsewhere (a cluster's nodes:
+    here the workers of the cluster this process started before changing folder); it was sent to them as given."""
+    write_synthetic_cache(tmp_path / "target.h5", num_classes=5, dim=16, views=2, shots=(1,), seeds=(1,),
+                          train_per_class=4, test_per_class=4, seed=3, name="target")
+    monkeypatch.chdir(tmp_path)
+    summary = run_protocol("cross-dataset", [str(cache)], Path("ray"), ["zeroshot"], [1], ["target.h5"], {},
+                           shots=[1], execution=on_ray("cpu"), progress=False)
+    assert summary["done"] == 1
+    assert {row["target"] for row in _rows(tmp_path / "ray")} == {"source", "target"}
+
+
+def test_targets_the_workers_cannot_see_fail_clearly_before_training(cluster, cache: Path, tmp_path: Path) -> None:
+    """The storage probe opens the protocol's targets too, as the chunk tasks will (`Targets`): a target the workers
+    cannot open is refused at start, not reported after the runs as lost with their workers."""
+    from lathadapter.experiments.protocols import Targets
+    from lathadapter.experiments.ray_backend import check_shared
+    from lathadapter.experiments.ray_cluster import RayBackendError
+
+    target = write_synthetic_cache(tmp_path / "target.h5", num_classes=5, dim=16, views=2, shots=(1,), seeds=(1,),
+                                   train_per_class=4, test_per_class=4, seed=3, name="target")
+    (tmp_path / "out").mkdir()
+    check_shared(cluster, [str(cache)], tmp_path / "out", functools.partial(Targets, [str(target)], mapped=False))
+    gone = functools.partial(Targets, [str(tmp_path / "gone.h5")], mapped=False)
+    with pytest.raises(RayBackendError, match=r"target caches .*gone\.h5.* not visible from the Ray workers: put"):
+        check_shared(cluster, [str(cache)], tmp_path / "out", gone)
 
 def _slow_spec(cache: Path) -> GridSpec:
     # Each clip-adapter run trains many steps (~0.3-1 s): a chunk of 4 is still training when its first run is back.
