@@ -11,7 +11,7 @@ A worker killed mid-chunk loses only its unfinished runs; the driver resubmits t
 a rerun of the grid completes whatever is still missing.
 
 Caches and the output folder must be on storage every worker sees (a shared file system): one probe task checks, at
-start, that it can open every cache and see the output folder.
+start, that it can open every cache (a protocol's targets too) and see the output folder.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.experiments.chunks import Item, Tally, Trained, chunk_runs, train_chunk
 from lathadapter.experiments.machine import auto_batch_runs
 from lathadapter.experiments.ray_cluster import RayBackendError, connect
-from lathadapter.experiments.training import Events, Job
+from lathadapter.experiments.training import Evaluator, Events, Job
 
 
-def _probe(caches: list[str], out: str, token: str) -> list[str]:
-    """On a worker: the caches it cannot open and whether it sees the output folder (the token file the driver
-    wrote)."""
+def _probe(caches: list[str], out: str, token: str, extra_factory: Callable[[str], Evaluator] | None) -> list[str]:
+    """On a worker: the caches it cannot open, whether it sees the output folder (the token file the driver wrote),
+    and whether it can build the evaluator that adds metrics (a protocol's targets, opened as the chunk tasks will)."""
     problems = []
     for path in caches:
         try:
@@ -45,15 +45,23 @@ def _probe(caches: list[str], out: str, token: str) -> list[str]:
                             f"storage ({error})")
     if not (Path(out) / token).is_file():
         problems.append(f"--out {out} is not visible from the Ray workers: put caches and --out on shared storage")
+    if extra_factory is not None:
+        try:
+            extra_factory("cpu")
+        except (CacheError, OSError) as error:
+            problems.append("the protocol's target caches are not visible from the Ray workers: put caches and --out "
+                            f"on shared storage ({error})")
     return problems
 
 
-def check_shared(ray: Any, caches: list[str], out: Path) -> None:
-    """Fail clearly unless a Ray worker can open every cache and see `out` (one probe task)."""
+def check_shared(ray: Any, caches: list[str], out: Path,
+                 extra_factory: Callable[[str], Evaluator] | None = None) -> None:
+    """Fail clearly unless a Ray worker can open every cache, see `out` and build `extra_factory`'s evaluator (one
+    probe task)."""
     token = f".ray-probe-{secrets.token_hex(6)}"
     (out / token).write_text(str(os.getpid()))
     try:
-        problems = ray.get(ray.remote(_probe).options(num_cpus=0).remote(caches, str(out), token))
+        problems = ray.get(ray.remote(_probe).options(num_cpus=0).remote(caches, str(out), token, extra_factory))
     finally:
         (out / token).unlink(missing_ok=True)
     if problems:
@@ -87,7 +95,8 @@ class OnRay:
                                             batch_runs=job.execution.batch_runs or auto_batch_runs(device))
             job = dataclasses.replace(job, execution=execution)
             resources = {"num_cpus": 1, "num_gpus": options.gpus_per_chunk if device.startswith("cuda") else 0}
-            check_shared(ray, sorted({os.path.abspath(item.run.cache) for _, item in job.pending}), job.out)
+            check_shared(ray, sorted({os.path.abspath(item.run.cache) for _, item in job.pending}), job.out,
+                         job.extra_factory)
             task = ray.remote(train_chunk).options(max_retries=0, **resources)
 
             def submit(chunk: list[Item]) -> Any:

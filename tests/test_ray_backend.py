@@ -139,7 +139,7 @@ def test_targets_the_workers_cannot_see_fail_clearly_before_training(cluster, ca
     (tmp_path / "out").mkdir()
     check_shared(cluster, [str(cache)], tmp_path / "out", functools.partial(Targets, [str(target)], mapped=False))
     gone = functools.partial(Targets, [str(tmp_path / "gone.h5")], mapped=False)
-    with pytest.raises(RayBackendError, match=r"target caches .*gone\.h5.* not visible from the Ray workers: put"):
+    with pytest.raises(RayBackendError, match=r"target caches are not visible from the Ray workers: put .*gone\.h5"):
         check_shared(cluster, [str(cache)], tmp_path / "out", gone)
 
 def _slow_spec(cache: Path) -> GridSpec:
