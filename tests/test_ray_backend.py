@@ -200,6 +200,24 @@ def test_the_driver_resubmits_a_killed_chunk(cluster, cache: Path, tmp_path: Pat
     _check_each_run_once(out, len(runs))
 
 
+def test_an_error_raised_in_a_chunk_task_stops_the_grid_with_its_message(cluster, cache: Path, tmp_path: Path) -> None:
+    """A chunk task that raises (the code's own error, not a lost worker) ends the grid with that error, as the local
+    backend does: it is neither resubmitted nor reported as runs lost with their workers, its message hidden."""
+    from lathadapter.experiments.ray_cluster import RayBackendError
+
+    def failing(device: str):  # pickled by value to the workers: a closure
+        def evaluate(grid_run, outcome, data):
+            raise ValueError("the evaluator failed: target classes do not match")
+        return evaluate
+
+    spec = GridSpec([str(cache)], ["zeroshot"], [1], [1, 2])
+    with pytest.raises(ValueError) as error:
+        launch(spec, tmp_path / "grid", on_ray("cpu", RayOptions(chunk_size=1)), progress=False,
+               extra_factory=failing)
+    assert not isinstance(error.value, RayBackendError)
+    assert str(error.value) == "the evaluator failed: target classes do not match"
+    assert not list((tmp_path / "grid" / "runs").glob("*/metrics.json"))
+
 def test_caches_the_workers_cannot_see_fail_clearly(cluster, cache: Path, tmp_path: Path) -> None:
     from lathadapter.experiments.ray_backend import check_shared
     from lathadapter.experiments.ray_cluster import RayBackendError
