@@ -8,7 +8,8 @@ run (configuration, metrics, CPU weights, lifted points) as soon as it is done. 
 the run directories (`chunks.save_streamed`, under the run's lock as the local backends) and `results.csv`, as each
 run streams back: same keys, same layout, same resume.
 A worker killed mid-chunk loses only its unfinished runs; the driver resubmits them (`RayOptions.retries` times), and
-a rerun of the grid completes whatever is still missing.
+a rerun of the grid completes whatever is still missing. An error a chunk task raises stops the grid with it, as on the
+local backend.
 
 Caches and the output folder must be on storage every worker sees (a shared file system): one probe task checks, at
 start, that it can open every cache (a protocol's targets too) and see the output folder.
@@ -68,6 +69,15 @@ def check_shared(ray: Any, caches: list[str], out: Path,
         raise RayBackendError("\n  ".join(problems))
 
 
+def task_error(ray: Any, error: Any) -> Exception:
+    """The exception a chunk task raised (`RayTaskError.cause`), as the local backend would raise it; when it did not
+    come back (Ray could not pickle it), a RayBackendError with Ray's account of it."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+        return cause
+    return RayBackendError(f"a Ray chunk task failed: {error}")
+
+
 class OnRay:
     """Train on a Ray cluster (`execution.ray`: its address, runs per chunk task, GPU share of a task, retries),
     chunks of one cache each; the device (None: cuda when the cluster has GPUs) and `batch_runs` (None: by that
@@ -117,7 +127,9 @@ class OnRay:
                 except StopIteration:
                     del chunks[generator]
                     continue
-                except ray.exceptions.RayError as error:
+                except ray.exceptions.RayTaskError as error:  # the task's code raised: the grid stops, as locally
+                    raise task_error(ray, error) from None
+                except ray.exceptions.RayError as error:  # the worker or its node died: resubmitted
                     del chunks[generator]
                     left = [(i, item) for i, item in chunk if i in tally.unfinished]
                     if left and tries < options.retries:
