@@ -246,6 +246,22 @@ def test_build_many_builds_one_cache_per_dataset_on_ray(cluster, coop_dataset, t
     assert (status, again) == ("built", "up to date")
 
 
+
+def test_build_many_on_ray_finds_paths_given_relative_to_the_command(cluster, coop_dataset, tiny_clip, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `split:` dataset, a `--model` config and a `--pretrained` checkpoint given relative to the command's folder
+    are found by Ray workers started elsewhere (a cluster's nodes: here the workers of the cluster this process
+    started before changing folder); they were sent to them as given. The result names the dataset as given."""
+    monkeypatch.chdir(tmp_path)
+    dataset = f"split:{os.path.relpath(coop_dataset.split_file)}"
+    options = dict(root=None, model=os.path.relpath(tiny_clip.config), pretrained=os.path.relpath(tiny_clip.checkpoint),
+                   shots=[1], seeds=[1], views=1, device="cpu", val="subsets", workers=0)
+    [(name, path, status)] = build_many([dataset], Path("caches"), "ray", **options)
+    assert (name, Path(path), status) == (dataset, tmp_path / "caches" / "Shapes.h5", "built")
+    # the same cache as a local build of the same relative arguments: nothing to rebuild
+    [(_, _, again)] = build_many([dataset], Path("caches"), "local", **options)
+    assert again == "up to date"
+
 def test_backend_ray_without_ray_prints_the_install_hint(cache: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     real_import = builtins.__import__
