@@ -4,6 +4,7 @@ local backend, faults that lose only unfinished runs, the storage probe, and the
 from __future__ import annotations
 
 import builtins
+import contextlib
 import csv
 import functools
 import json
@@ -23,10 +24,11 @@ from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 from lathadapter.experiments.builds import build_many
 from lathadapter.experiments.execution import Execution, RayOptions
-from lathadapter.experiments.launch import launch, train_round
+from lathadapter.experiments.launch import launch, prepare, train_round
 from lathadapter.experiments.protocols import run_protocol
 from lathadapter.experiments.ray_backend import OnRay
 from lathadapter.experiments.spec import GridSpec, expand
+from lathadapter.experiments.table import file_lock
 
 # Columns that differ between two trainings of the same run (timings) or between processes
 TIMING = {"train_seconds", "eval_seconds", "wall_seconds"}
@@ -217,6 +219,27 @@ def test_an_error_raised_in_a_chunk_task_stops_the_grid_with_its_message(cluster
     assert not isinstance(error.value, RayBackendError)
     assert str(error.value) == "the evaluator failed: target classes do not match"
     assert not list((tmp_path / "grid" / "runs").glob("*/metrics.json"))
+
+def test_a_round_stopped_early_cancels_its_chunk_tasks(cluster, cache: Path, tmp_path: Path) -> None:
+    """A round stopped early on a cluster that outlives it (Ctrl-C in a notebook connected to a cluster) ends its
+    chunk tasks: they no longer train runs nobody will save, under locks that kept a rerun off them ("elsewhere")."""
+    spec = GridSpec([str(cache)], ["clip-adapter"], [1, 2], [1, 2], options={"epochs": ["1"], "min_steps": ["3000"]})
+    runs, out = expand(spec), tmp_path / "grid"
+    execution = Execution(device="cpu", backend="ray", ray=RayOptions(chunk_size=len(runs)), batch_runs=1)
+
+    def stop(trained) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        list(train_round(runs, out, execution, progress=False, backend=OnRay(stop)))
+    # no task trains (and so locks) a run any longer: this process takes every unsaved run's lock at once
+    keys = [item.key for item in prepare(runs, out)[1] if not (out / "runs" / item.key / "metrics.json").exists()]
+    assert len(keys) == len(runs) - 1
+    with contextlib.ExitStack() as held:
+        assert all(held.enter_context(file_lock(out / "runs" / f"{key}.lock", wait=False)) for key in keys)
+    states = [state for _, state in train_round(runs, out, execution, progress=False)]
+    assert sorted(states) == ["done"] * (len(runs) - 1) + ["skipped"]
+    _check_each_run_once(out, len(runs))
 
 def test_caches_the_workers_cannot_see_fail_clearly(cluster, cache: Path, tmp_path: Path) -> None:
     from lathadapter.experiments.ray_backend import check_shared
