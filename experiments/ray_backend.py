@@ -9,7 +9,7 @@ the run directories (`chunks.save_streamed`, under the run's lock as the local b
 run streams back: same keys, same layout, same resume.
 A worker killed mid-chunk loses only its unfinished runs; the driver resubmits them (`RayOptions.retries` times), and
 a rerun of the grid completes whatever is still missing. An error a chunk task raises stops the grid with it, as on the
-local backend.
+local backend; a round stopped early (Ctrl-C, an error) cancels its chunk tasks, also on a cluster that outlives it.
 
 Caches and the output folder must be on storage every worker sees (a shared file system): one probe task checks, at
 start, that it can open every cache (a protocol's targets too) and see the output folder.
@@ -78,6 +78,20 @@ def task_error(ray: Any, error: Any) -> Exception:
     return RayBackendError(f"a Ray chunk task failed: {error}")
 
 
+# How long a round stopped early waits for its cancelled chunk tasks to end (`end_tasks`)
+END_SECONDS = 30.0
+
+
+def end_tasks(ray: Any, generators: list[Any]) -> None:
+    """Cancel the chunk tasks of a round stopped early and wait (at most `END_SECONDS`) until they have ended: on a
+    cluster that outlives the round (a notebook's) they trained on, holding run locks, for results nobody saves."""
+    for generator in generators:
+        ray.cancel(generator, force=True)
+    if generators:
+        ray.wait([generator.completed() for generator in generators], num_returns=len(generators),
+                 timeout=END_SECONDS)
+
+
 class OnRay:
     """Train on a Ray cluster (`execution.ray`: its address, runs per chunk task, GPU share of a task, retries),
     chunks of one cache each; the device (None: cuda when the cluster has GPUs) and `batch_runs` (None: by that
@@ -117,30 +131,33 @@ class OnRay:
             size = math.ceil(options.chunk_size / batch_runs) * batch_runs  # whole batches per chunk
             chunks = {submit(chunk): (chunk, 0) for chunk in chunk_runs(job.pending, size, batch_runs)}
             tally = Tally(job)
-            yield []
-            while chunks:
-                ready, _ = ray.wait(list(chunks), num_returns=1)
-                generator = ready[0]
-                chunk, tries = chunks[generator]
-                try:
-                    result = ray.get(next(generator))
-                except StopIteration:
-                    del chunks[generator]
-                    continue
-                except ray.exceptions.RayTaskError as error:  # the task's code raised: the grid stops, as locally
-                    raise task_error(ray, error) from None
-                except ray.exceptions.RayError as error:  # the worker or its node died: resubmitted
-                    del chunks[generator]
-                    left = [(i, item) for i, item in chunk if i in tally.unfinished]
-                    if left and tries < options.retries:
-                        chunks[submit(left)] = (left, tries + 1)
-                    elif left:
-                        lost.append(f"{len(left)} run(s) of {chunk[0][1].run.cache}: {type(error).__name__}: "
-                                    f"{str(error).splitlines()[0] if str(error) else ''}")
-                    continue
-                yield tally.take(result)
-                if self.on_saved is not None and not isinstance(result, int):
-                    self.on_saved(result)
+            try:
+                yield []
+                while chunks:
+                    ready, _ = ray.wait(list(chunks), num_returns=1)
+                    generator = ready[0]
+                    chunk, tries = chunks[generator]
+                    try:
+                        result = ray.get(next(generator))
+                    except StopIteration:
+                        del chunks[generator]
+                        continue
+                    except ray.exceptions.RayTaskError as error:  # the task's code raised: the grid stops, as locally
+                        raise task_error(ray, error) from None
+                    except ray.exceptions.RayError as error:  # the worker or its node died: resubmitted
+                        del chunks[generator]
+                        left = [(i, item) for i, item in chunk if i in tally.unfinished]
+                        if left and tries < options.retries:
+                            chunks[submit(left)] = (left, tries + 1)
+                        elif left:
+                            lost.append(f"{len(left)} run(s) of {chunk[0][1].run.cache}: {type(error).__name__}: "
+                                        f"{str(error).splitlines()[0] if str(error) else ''}")
+                        continue
+                    yield tally.take(result)
+                    if self.on_saved is not None and not isinstance(result, int):
+                        self.on_saved(result)
+            finally:  # stopped early (Ctrl-C, an error): its tasks end with it
+                end_tasks(ray, list(chunks))
         if lost:
             raise RayBackendError(f"{len(tally.unfinished)} run(s) were lost with their Ray workers; the finished "
                                   "runs are saved, rerun the grid to complete the rest:\n  " + "\n  ".join(lost))
