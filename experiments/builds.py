@@ -3,6 +3,7 @@ Ray task each. Each build resumes as `cache build` does."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,21 @@ def cache_paths(datasets: list[str], out: Path) -> dict[str, Path]:
                               f"one of them with `lathadapter cache build --dataset ... --out FILE` instead")
         paths[dataset] = path
     return paths
+
+
+def for_workers(dataset: str, options: dict) -> tuple[str, dict]:
+    """`dataset` and build `options` as a Ray task needs them: the paths in them (a `split:` or `folder:` dataset, a
+    `--model` config file, a `--pretrained` checkpoint file) absolute, for a task runs in its node's folder, not the
+    command's. Names and tags are left as they are; absolute paths change no fingerprint (`cache.encode`)."""
+    for kind in ("split:", "folder:"):
+        if dataset.startswith(kind):
+            dataset = kind + os.path.abspath(dataset.removeprefix(kind))
+    options = dict(options)
+    for key in ("model", "pretrained"):
+        value = options.get(key)
+        if isinstance(value, str) and (Path(value).is_file() or value.endswith(".json")):
+            options[key] = os.path.abspath(value)
+    return dataset, options
 
 
 def build_many(datasets: list[str], out: Path, backend: str = "local", address: str | None = None,
@@ -66,14 +82,14 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
         with connect(address, init_options) as ray:
             gpus = ray.cluster_resources().get("GPU", 0)
             task = ray.remote(_build_one).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)
-            refs = {task.remote(dataset, {**options(dataset), "progress": False, "log": None}): dataset
+            refs = {task.remote(*for_workers(dataset, {**options(dataset), "progress": False, "log": None})): dataset
                     for dataset in datasets}
             built: dict[str, tuple[str, str, str]] = {}
             while refs:  # a line as each build ends: the progress of builds that print nothing here
                 [ref], _ = ray.wait(list(refs), num_returns=1)
                 dataset = refs.pop(ref)
                 try:
-                    built[dataset] = ray.get(ref)
+                    built[dataset] = (dataset, *ray.get(ref)[1:])  # named as given
                     line = f"{dataset}: {built[dataset][2]}"
                 except ray.exceptions.RayError as error:
                     cause = getattr(error, "cause", None) or error

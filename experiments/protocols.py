@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -299,6 +300,8 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
         check_encoders(caches[0], targets)
         if mapped:
             check_mapping(caches[0], targets)
-        factory = functools.partial(Targets, targets, mapped=mapped, texts=tuple(spec.text))
+        # absolute: loaded where the runs train, maybe in another folder (`--backend ray`: a cluster's nodes)
+        factory = functools.partial(Targets, [os.path.abspath(t) for t in targets], mapped=mapped,
+                                    texts=tuple(spec.text))
     summary = launch(spec, out, execution, progress=progress, extra_factory=factory, key_salt=salt)
     return {"protocol": protocol, **{k: v for k, v in summary.items() if k != "seconds"}}

@@ -8,10 +8,11 @@ run (configuration, metrics, CPU weights, lifted points) as soon as it is done. 
 the run directories (`chunks.save_streamed`, under the run's lock as the local backends) and `results.csv`, as each
 run streams back: same keys, same layout, same resume.
 A worker killed mid-chunk loses only its unfinished runs; the driver resubmits them (`RayOptions.retries` times), and
-a rerun of the grid completes whatever is still missing.
+a rerun of the grid completes whatever is still missing. An error a chunk task raises stops the grid with it, as on the
+local backend; a round stopped early (Ctrl-C, an error) cancels its chunk tasks, also on a cluster that outlives it.
 
 Caches and the output folder must be on storage every worker sees (a shared file system): one probe task checks, at
-start, that it can open every cache and see the output folder.
+start, that it can open every cache (a protocol's targets too) and see the output folder.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.experiments.chunks import Item, Tally, Trained, chunk_runs, train_chunk
 from lathadapter.experiments.machine import auto_batch_runs
 from lathadapter.experiments.ray_cluster import RayBackendError, connect
-from lathadapter.experiments.training import Events, Job
+from lathadapter.experiments.training import Evaluator, Events, Job
 
 
-def _probe(caches: list[str], out: str, token: str) -> list[str]:
-    """On a worker: the caches it cannot open and whether it sees the output folder (the token file the driver
-    wrote)."""
+def _probe(caches: list[str], out: str, token: str, extra_factory: Callable[[str], Evaluator] | None) -> list[str]:
+    """On a worker: the caches it cannot open, whether it sees the output folder (the token file the driver wrote),
+    and whether it can build the evaluator that adds metrics (a protocol's targets, opened as the chunk tasks will)."""
     problems = []
     for path in caches:
         try:
@@ -45,19 +46,50 @@ def _probe(caches: list[str], out: str, token: str) -> list[str]:
                             f"storage ({error})")
     if not (Path(out) / token).is_file():
         problems.append(f"--out {out} is not visible from the Ray workers: put caches and --out on shared storage")
+    if extra_factory is not None:
+        try:
+            extra_factory("cpu")
+        except (CacheError, OSError) as error:
+            problems.append("the protocol's target caches are not visible from the Ray workers: put caches and --out "
+                            f"on shared storage ({error})")
     return problems
 
 
-def check_shared(ray: Any, caches: list[str], out: Path) -> None:
-    """Fail clearly unless a Ray worker can open every cache and see `out` (one probe task)."""
+def check_shared(ray: Any, caches: list[str], out: Path,
+                 extra_factory: Callable[[str], Evaluator] | None = None) -> None:
+    """Fail clearly unless a Ray worker can open every cache, see `out` and build `extra_factory`'s evaluator (one
+    probe task)."""
     token = f".ray-probe-{secrets.token_hex(6)}"
     (out / token).write_text(str(os.getpid()))
     try:
-        problems = ray.get(ray.remote(_probe).options(num_cpus=0).remote(caches, str(out), token))
+        problems = ray.get(ray.remote(_probe).options(num_cpus=0).remote(caches, str(out), token, extra_factory))
     finally:
         (out / token).unlink(missing_ok=True)
     if problems:
         raise RayBackendError("\n  ".join(problems))
+
+
+def task_error(ray: Any, error: Any) -> Exception:
+    """The exception a chunk task raised (`RayTaskError.cause`), as the local backend would raise it; when it did not
+    come back (Ray could not pickle it), a RayBackendError with Ray's account of it."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+        return cause
+    return RayBackendError(f"a Ray chunk task failed: {error}")
+
+
+# How long a round stopped early waits for its cancelled chunk tasks to end (`end_tasks`)
+END_SECONDS = 30.0
+
+
+def end_tasks(ray: Any, generators: list[Any]) -> None:
+    """Cancel the chunk tasks of a round stopped early and wait (at most `END_SECONDS`) until they have ended: on a
+    cluster that outlives the round (a notebook's) they trained on, holding run locks, for results nobody saves."""
+    for generator in generators:
+        ray.cancel(generator, force=True)
+    if generators:
+        ray.wait([generator.completed() for generator in generators], num_returns=len(generators),
+                 timeout=END_SECONDS)
 
 
 class OnRay:
@@ -87,7 +119,8 @@ class OnRay:
                                             batch_runs=job.execution.batch_runs or auto_batch_runs(device))
             job = dataclasses.replace(job, execution=execution)
             resources = {"num_cpus": 1, "num_gpus": options.gpus_per_chunk if device.startswith("cuda") else 0}
-            check_shared(ray, sorted({os.path.abspath(item.run.cache) for _, item in job.pending}), job.out)
+            check_shared(ray, sorted({os.path.abspath(item.run.cache) for _, item in job.pending}), job.out,
+                         job.extra_factory)
             task = ray.remote(train_chunk).options(max_retries=0, **resources)
 
             def submit(chunk: list[Item]) -> Any:
@@ -98,28 +131,33 @@ class OnRay:
             size = math.ceil(options.chunk_size / batch_runs) * batch_runs  # whole batches per chunk
             chunks = {submit(chunk): (chunk, 0) for chunk in chunk_runs(job.pending, size, batch_runs)}
             tally = Tally(job)
-            yield []
-            while chunks:
-                ready, _ = ray.wait(list(chunks), num_returns=1)
-                generator = ready[0]
-                chunk, tries = chunks[generator]
-                try:
-                    result = ray.get(next(generator))
-                except StopIteration:
-                    del chunks[generator]
-                    continue
-                except ray.exceptions.RayError as error:
-                    del chunks[generator]
-                    left = [(i, item) for i, item in chunk if i in tally.unfinished]
-                    if left and tries < options.retries:
-                        chunks[submit(left)] = (left, tries + 1)
-                    elif left:
-                        lost.append(f"{len(left)} run(s) of {chunk[0][1].run.cache}: {type(error).__name__}: "
-                                    f"{str(error).splitlines()[0] if str(error) else ''}")
-                    continue
-                yield tally.take(result)
-                if self.on_saved is not None and not isinstance(result, int):
-                    self.on_saved(result)
+            try:
+                yield []
+                while chunks:
+                    ready, _ = ray.wait(list(chunks), num_returns=1)
+                    generator = ready[0]
+                    chunk, tries = chunks[generator]
+                    try:
+                        result = ray.get(next(generator))
+                    except StopIteration:
+                        del chunks[generator]
+                        continue
+                    except ray.exceptions.RayTaskError as error:  # the task's code raised: the grid stops, as locally
+                        raise task_error(ray, error) from None
+                    except ray.exceptions.RayError as error:  # the worker or its node died: resubmitted
+                        del chunks[generator]
+                        left = [(i, item) for i, item in chunk if i in tally.unfinished]
+                        if left and tries < options.retries:
+                            chunks[submit(left)] = (left, tries + 1)
+                        elif left:
+                            lost.append(f"{len(left)} run(s) of {chunk[0][1].run.cache}: {type(error).__name__}: "
+                                        f"{str(error).splitlines()[0] if str(error) else ''}")
+                        continue
+                    yield tally.take(result)
+                    if self.on_saved is not None and not isinstance(result, int):
+                        self.on_saved(result)
+            finally:  # stopped early (Ctrl-C, an error): its tasks end with it
+                end_tasks(ray, list(chunks))
         if lost:
             raise RayBackendError(f"{len(tally.unfinished)} run(s) were lost with their Ray workers; the finished "
                                   "runs are saved, rerun the grid to complete the rest:\n  " + "\n  ".join(lost))

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from lathadapter.adapter.options import StateError
@@ -53,6 +55,29 @@ def check_reachable(address: str, timeout: float = REACH_SECONDS) -> None:
                               "out to start a local one") from None
 
 
+def keep_sigterm(raised: list[BaseException]) -> Callable[[], None]:
+    """A call, for after `ray.init`, that puts back this process's SIGTERM handler, noting in `raised` what it raises.
+    `ray.init` replaces it (a stack dump, then abort or exit 15), and Ray turns what a handler raises inside `ray.wait`
+    into a plain KeyboardInterrupt: a command stopped by SIGTERM lost its `interrupted:` line and exit 143. Without a
+    handler of its own (SIG_DFL) the process keeps Ray's, which exits through `connect`'s shutdown."""
+    if threading.current_thread() is not threading.main_thread():  # no handler can be set there
+        return lambda: None
+    handler = signal.getsignal(signal.SIGTERM)
+    if not callable(handler):
+        if handler == signal.SIG_IGN:
+            return lambda: signal.signal(signal.SIGTERM, handler)
+        return lambda: signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))  # Ray's, over its C one
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        try:
+            handler(signum, frame)
+        except BaseException as error:
+            raised.append(error)
+            raise
+
+    return lambda: signal.signal(signal.SIGTERM, on_sigterm)
+
+
 @contextlib.contextmanager
 def connect(address: str | None = None, init_options: dict[str, Any] | None = None) -> Iterator[Any]:
     """Ray, initialised for the block: an existing connection is reused and left open; one made here is closed.
@@ -68,11 +93,19 @@ def connect(address: str | None = None, init_options: dict[str, Any] | None = No
         kwargs["address"] = address
         kwargs.pop("num_cpus", None)
         kwargs.pop("num_gpus", None)
+    raised: list[BaseException] = []
+    restore = keep_sigterm(raised)
     try:
         ray.init(**kwargs)
     except ConnectionError as error:
         raise RayBackendError(f"cannot connect to the Ray cluster at {address}: {error}") from None
+    finally:
+        restore()
     try:
         yield ray
+    except KeyboardInterrupt as stop:
+        if raised and stop is not raised[-1]:  # the SIGTERM handler's own exception (the cli's: exit 143)
+            raise raised[-1] from None
+        raise
     finally:
         ray.shutdown()

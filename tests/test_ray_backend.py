@@ -4,10 +4,15 @@ local backend, faults that lose only unfinished runs, the storage probe, and the
 from __future__ import annotations
 
 import builtins
+import contextlib
 import csv
+import functools
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,14 +24,16 @@ from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 from lathadapter.experiments.builds import build_many
 from lathadapter.experiments.execution import Execution, RayOptions
-from lathadapter.experiments.launch import launch, train_round
+from lathadapter.experiments.launch import launch, prepare, train_round
 from lathadapter.experiments.protocols import run_protocol
 from lathadapter.experiments.ray_backend import OnRay
 from lathadapter.experiments.spec import GridSpec, expand
+from lathadapter.experiments.table import file_lock
 
 # Columns that differ between two trainings of the same run (timings) or between processes
 TIMING = {"train_seconds", "eval_seconds", "wall_seconds"}
 QUICK = {"epochs": ["1"], "min_steps": ["2"]}
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[1].parent)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +115,35 @@ def test_ray_protocol_with_targets_matches_local(cluster, cache: Path, tmp_path:
     assert {row["target"] for row in _rows(tmp_path / "ray")} == {"source", "target"}
 
 
+
+def test_ray_protocol_finds_targets_given_relative_to_the_command(cluster, cache: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `--target` relative to the command's folder is found by Ray workers started elsewhere (a cluster's nodes:
+    here the workers of the cluster this process started before changing folder); it was sent to them as given."""
+    write_synthetic_cache(tmp_path / "target.h5", num_classes=5, dim=16, views=2, shots=(1,), seeds=(1,),
+                          train_per_class=4, test_per_class=4, seed=3, name="target")
+    monkeypatch.chdir(tmp_path)
+    summary = run_protocol("cross-dataset", [str(cache)], Path("ray"), ["zeroshot"], [1], ["target.h5"], {},
+                           shots=[1], execution=on_ray("cpu"), progress=False)
+    assert summary["done"] == 1
+    assert {row["target"] for row in _rows(tmp_path / "ray")} == {"source", "target"}
+
+
+def test_targets_the_workers_cannot_see_fail_clearly_before_training(cluster, cache: Path, tmp_path: Path) -> None:
+    """The storage probe opens the protocol's targets too, as the chunk tasks will (`Targets`): a target the workers
+    cannot open is refused at start, not reported after the runs as lost with their workers."""
+    from lathadapter.experiments.protocols import Targets
+    from lathadapter.experiments.ray_backend import check_shared
+    from lathadapter.experiments.ray_cluster import RayBackendError
+
+    target = write_synthetic_cache(tmp_path / "target.h5", num_classes=5, dim=16, views=2, shots=(1,), seeds=(1,),
+                                   train_per_class=4, test_per_class=4, seed=3, name="target")
+    (tmp_path / "out").mkdir()
+    check_shared(cluster, [str(cache)], tmp_path / "out", functools.partial(Targets, [str(target)], mapped=False))
+    gone = functools.partial(Targets, [str(tmp_path / "gone.h5")], mapped=False)
+    with pytest.raises(RayBackendError, match=r"target caches are not visible from the Ray workers: put .*gone\.h5"):
+        check_shared(cluster, [str(cache)], tmp_path / "out", gone)
+
 def _slow_spec(cache: Path) -> GridSpec:
     # Each clip-adapter run trains many steps (~0.3-1 s): a chunk of 4 is still training when its first run is back.
     return GridSpec([str(cache)], ["clip-adapter"], [1, 2], [1, 2], options={"epochs": ["1"], "min_steps": ["600"]})
@@ -166,6 +202,45 @@ def test_the_driver_resubmits_a_killed_chunk(cluster, cache: Path, tmp_path: Pat
     _check_each_run_once(out, len(runs))
 
 
+def test_an_error_raised_in_a_chunk_task_stops_the_grid_with_its_message(cluster, cache: Path, tmp_path: Path) -> None:
+    """A chunk task that raises (the code's own error, not a lost worker) ends the grid with that error, as the local
+    backend does: it is neither resubmitted nor reported as runs lost with their workers, its message hidden."""
+    from lathadapter.experiments.ray_cluster import RayBackendError
+
+    def failing(device: str):  # pickled by value to the workers: a closure
+        def evaluate(grid_run, outcome, data):
+            raise ValueError("the evaluator failed: target classes do not match")
+        return evaluate
+
+    spec = GridSpec([str(cache)], ["zeroshot"], [1], [1, 2])
+    with pytest.raises(ValueError) as error:
+        launch(spec, tmp_path / "grid", on_ray("cpu", RayOptions(chunk_size=1)), progress=False,
+               extra_factory=failing)
+    assert not isinstance(error.value, RayBackendError)
+    assert str(error.value) == "the evaluator failed: target classes do not match"
+    assert not list((tmp_path / "grid" / "runs").glob("*/metrics.json"))
+
+def test_a_round_stopped_early_cancels_its_chunk_tasks(cluster, cache: Path, tmp_path: Path) -> None:
+    """A round stopped early on a cluster that outlives it (Ctrl-C in a notebook connected to a cluster) ends its
+    chunk tasks: they no longer train runs nobody will save, under locks that kept a rerun off them ("elsewhere")."""
+    spec = GridSpec([str(cache)], ["clip-adapter"], [1, 2], [1, 2], options={"epochs": ["1"], "min_steps": ["3000"]})
+    runs, out = expand(spec), tmp_path / "grid"
+    execution = Execution(device="cpu", backend="ray", ray=RayOptions(chunk_size=len(runs)), batch_runs=1)
+
+    def stop(trained) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        list(train_round(runs, out, execution, progress=False, backend=OnRay(stop)))
+    # no task trains (and so locks) a run any longer: this process takes every unsaved run's lock at once
+    keys = [item.key for item in prepare(runs, out)[1] if not (out / "runs" / item.key / "metrics.json").exists()]
+    assert len(keys) == len(runs) - 1
+    with contextlib.ExitStack() as held:
+        assert all(held.enter_context(file_lock(out / "runs" / f"{key}.lock", wait=False)) for key in keys)
+    states = [state for _, state in train_round(runs, out, execution, progress=False)]
+    assert sorted(states) == ["done"] * (len(runs) - 1) + ["skipped"]
+    _check_each_run_once(out, len(runs))
+
 def test_caches_the_workers_cannot_see_fail_clearly(cluster, cache: Path, tmp_path: Path) -> None:
     from lathadapter.experiments.ray_backend import check_shared
     from lathadapter.experiments.ray_cluster import RayBackendError
@@ -194,6 +269,22 @@ def test_build_many_builds_one_cache_per_dataset_on_ray(cluster, coop_dataset, t
     assert (status, again) == ("built", "up to date")
 
 
+
+def test_build_many_on_ray_finds_paths_given_relative_to_the_command(cluster, coop_dataset, tiny_clip, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `split:` dataset, a `--model` config and a `--pretrained` checkpoint given relative to the command's folder
+    are found by Ray workers started elsewhere (a cluster's nodes: here the workers of the cluster this process
+    started before changing folder); they were sent to them as given. The result names the dataset as given."""
+    monkeypatch.chdir(tmp_path)
+    dataset = f"split:{os.path.relpath(coop_dataset.split_file)}"
+    options = dict(root=None, model=os.path.relpath(tiny_clip.config), pretrained=os.path.relpath(tiny_clip.checkpoint),
+                   shots=[1], seeds=[1], views=1, device="cpu", val="subsets", workers=0)
+    [(name, path, status)] = build_many([dataset], Path("caches"), "ray", **options)
+    assert (name, Path(path), status) == (dataset, tmp_path / "caches" / "Shapes.h5", "built")
+    # the same cache as a local build of the same relative arguments: nothing to rebuild
+    [(_, _, again)] = build_many([dataset], Path("caches"), "local", **options)
+    assert again == "up to date"
+
 def test_backend_ray_without_ray_prints_the_install_hint(cache: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     real_import = builtins.__import__
@@ -212,3 +303,74 @@ def test_backend_ray_without_ray_prints_the_install_hint(cache: Path, tmp_path: 
         assert "pip install 'lathadapter[ray]'" in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, their children, ...), read from /proc."""
+    parents: dict[int, int] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(line for line in status.read_text().splitlines() if line.startswith("PPid:"))
+        except (OSError, StopIteration):
+            continue
+        parents[int(status.parent.name)] = int(ppid.split()[1])
+    found, todo = set(), [pid]
+    while todo:
+        pid = todo.pop()
+        below = {child for child, parent in parents.items() if parent == pid} - found
+        found |= below
+        todo += below
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(("how", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stopped_ray_grid_says_so_and_shuts_its_cluster_down(cache: Path, tmp_path: Path, how: str,
+                                                                code: int) -> None:
+    """SIGTERM (Slurm, `timeout`) or Ctrl-C of `grid --backend ray` mid-grid: one `interrupted:` line, exit 143 or
+    130, the local cluster it started gone with it, and a rerun (on the local backend: the same keys) completes the
+    grid. Ray's own SIGTERM handler (a stack dump, then abort: exit 134) once replaced the command's."""
+    out = tmp_path / "grid"
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", PACKAGE_PARENT), "OMP_NUM_THREADS": "1",
+           "RAY_ADDRESS": ""}
+    command = [sys.executable, "-m", "lathadapter.cli", "grid", "--cache", str(cache), "--method", "clip-adapter",
+               "--shots", "1,2", "--seeds", "1,2", "--set", "epochs=1", "--set", "min_steps=1500", "--device", "cpu",
+               "--batch-runs", "1", "--out", str(out)]
+    process = subprocess.Popen([*command, "--backend", "ray", "--chunk-size", "1"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not list(out.glob("runs/*/metrics.json")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no run finished"
+        time.sleep(0.1)
+    cluster_processes = descendants(process.pid)
+    if how == "SIGINT":
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+    else:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    sent = time.monotonic()
+    while any(alive(pid) for pid in cluster_processes) and time.monotonic() - sent < 10:
+        time.sleep(0.2)
+    left = [pid for pid in cluster_processes if alive(pid)]
+    for pid in left:  # leave the machine clean even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert process.returncode == code, stderr
+    finished = len(list(out.glob("runs/*/metrics.json")))
+    runs = "1 run" if finished == 1 else f"{finished} runs"
+    assert stderr.strip().splitlines()[-1] == f"interrupted: {runs} finished, rerun the same command to resume"
+    assert "Traceback" not in stderr and "SIGTERM received" not in stderr
+    assert not left, f"{how}: Ray processes {left} outlived the command"
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"({4 - finished} done now, {finished} already done)" in rerun.stdout
+    _check_each_run_once(out, 4)
