@@ -59,7 +59,8 @@ TUNE_SCORE = typer.Option(None, "--tune-score", help=TUNE_SCORE_HELP)
 TUNE_SET = typer.Option(None, "--tune-set", help="The val images tuning scores: fewshot (the few-shot val subset, "
                         "CoOp's protocol; the default, except in demo) or split (the cache's whole val split, "
                         "`cache build --val all`).")
-CHUNK_SIZE = typer.Option(None, help="--backend ray: runs per Ray task (one cache each, opened once) [default: 8].")
+CHUNK_SIZE = typer.Option(None, help="--backend ray: runs per Ray task (one cache each, opened once), rounded up to "
+                          "whole --batch-runs batches [default: 8].")
 BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, each with its "
                           "own data, seed, options and optimiser state: in lockstep on the CPU, as one stacked model "
                           "on a GPU where the method allows; 1: every run alone. Default: 8 on the CPU, 32 on a GPU.")
