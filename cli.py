@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from lathadapter.adapter.options import OptionError
+from lathadapter.progress import show_warning
 from lathadapter.version import __version__
 
 if TYPE_CHECKING:  # imported where used: `--help` and `--version` stay fast
@@ -69,10 +70,6 @@ GPUS_PER_CHUNK = typer.Option(None, help="--backend ray: GPU fraction of each ta
                               "(0, 1] [default: 0.25, four tasks share a GPU].")
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    typer.echo(f"warning: {message}", err=True)
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`timeout`, Slurm, a scheduler's stop), raised in the main thread as Ctrl-C's KeyboardInterrupt: the
     command stops the same way, saving what is finished (exit code 143 instead of 130)."""
@@ -117,7 +114,7 @@ def main_options(
                                  help="Print the version and exit."),
 ) -> None:
     """Few-shot adaptation of CLIP-style models over a precomputed feature cache."""
-    warnings.showwarning = _show_warning  # warnings are one line on stderr, like errors
+    warnings.showwarning = show_warning  # warnings are one line on stderr, like errors
 
 
 # Exit codes by the kind of mistake, carried by the error class (`exit_code`): a usage mistake (`OptionError`, a bad

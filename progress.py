@@ -1,4 +1,5 @@
-"""Progress on stderr: a rich bar on a terminal; where stderr is a log (Slurm, nohup, CI), plain lines instead.
+"""Progress and warnings on stderr: a rich bar on a terminal; where stderr is a log (Slurm, nohup, CI), plain lines
+instead; a warning as one `warning: …` line (`show_warning`), in the command and in its worker processes.
 
 Rich draws nothing to a log until the end, and then one bar cut at 80 columns; a long cluster job's log stayed empty
 for hours. `LogProgress` prints one line per task when it starts, then whenever both LINE_SECONDS have passed and
@@ -101,3 +102,10 @@ def stderr_is_terminal() -> bool:
 def progress_display(bar: Callable[[], Any], unit: str = "", template: str = "", disable: bool = False) -> Any:
     """`bar()` (a rich Progress) on a terminal, else a `LogProgress` printing plain lines."""
     return bar() if stderr_is_terminal() else LogProgress(unit, template, disable)
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:
+    """`warnings.showwarning` of the command and of its worker processes: a warning is one `warning: …` line on
+    stderr, as an error is one `error: …` line (Python's own shows the file, line and source of the call)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,10 @@ def die_with_parent(parent: int) -> None:
 
 def init_worker(parent: int | None = None) -> None:
     """In each worker, before torch is imported: one OpenMP thread, one torch thread; Ctrl-C ignored (the driver
-    stops the workers); the worker ends with the driver `parent`."""
+    stops the workers); the worker ends with the driver `parent`; its warnings are one line each, as the command's."""
+    from lathadapter.progress import show_warning
+
+    warnings.showwarning = show_warning
     os.environ["OMP_NUM_THREADS"] = "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent is not None:

@@ -338,3 +338,19 @@ def test_a_grid_whose_workers_would_not_pay_never_starts_them(spec: GridSpec, gr
     assert started == []
     assert _rows(tmp_path / "here") == _rows(grids["one"])
     assert {(e["workers"], e["threads"]) for e in recorded} == {(1, 1)}
+
+
+def test_a_workers_warning_is_one_line_as_the_commands(cache: Path, tmp_path: Path,
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    """A warning raised in a worker process (here `eps` under CLIP-Adapter's SGD, said where each run is built) is one
+    `warning: …` line on stderr, as the command's own warnings are, not Python's `file:line: ProtocolWarning:` and the
+    source line of the call."""
+    result = CliRunner().invoke(app, ["grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1,2",
+                                      "--seeds", "1,2", "--set", "epochs=1", "--set", "min_steps=2", "--set",
+                                      "eps=1e-6", "--device", "cpu", "--workers", "2", "--batch-runs", "1",
+                                      "--out", str(tmp_path / "g")])
+    assert result.exit_code == 0, result.output
+    err = capfd.readouterr().err  # the workers write to the process's stderr, which the runner does not capture
+    said = [line for line in err.splitlines() if "eps=1e-06 has no effect" in line]
+    assert said and all(line.startswith("warning: clip-adapter (recipe=official) trains with SGD") for line in said)
+    assert "ProtocolWarning" not in err and "warnings.warn(" not in err
