@@ -43,6 +43,7 @@ from torch import nn
 from lathadapter.adapter.methods.base import (
     LOGIT_SCALE,
     Method,
+    Searched,
     normalize,
     search_set_data,
     warn_no_val_subset,
@@ -256,7 +257,7 @@ def search_cells(zero_shot: torch.Tensor, affinity: torch.Tensor, key_weights: t
     return b, a, g, best
 
 
-class ApeBase(Method):
+class ApeBase(Searched, Method):
     """What APE and APE-T share: the cache (keys grouped by class), the zero-shot text, the refined channels."""
 
     scores_new_classes = False
@@ -316,6 +317,7 @@ class ApeBase(Method):
 @register("ape", ApeOptions)
 class Ape(ApeBase):
     trains = False
+    searched = ("alpha", "beta", "gamma")  # chosen on val by `after_training`
 
     def __init__(self, options: ApeOptions, data: FewShotData) -> None:
         super().__init__(options, data)
@@ -366,6 +368,7 @@ class Ape(ApeBase):
 @register("ape-t", ApeTOptions)
 class ApeT(ApeBase):
     stackable = True
+    searched = ("alpha", "beta")  # chosen on val by `after_training`
 
     def __init__(self, options: ApeTOptions, data: FewShotData) -> None:
         super().__init__(options, data)

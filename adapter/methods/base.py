@@ -385,6 +385,24 @@ class Method(nn.Module):
             raise NotApplicable(f"{self.name} cannot score classes it was not trained on")
 
 
+class Searched:
+    """Mixin (before `Method`) of a method whose `after_training` search sets plain numbers that `logits` reads (the
+    attribute names in `searched`, as Tip-Adapter's α and β): they are saved in its state dict as `_extra_state`, a
+    float64 tensor, so that `load_state_dict` of a saved run restores the model that was scored, not its start."""
+
+    searched: ClassVar[tuple[str, ...]] = ()
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor([float(getattr(self, name)) for name in self.searched], dtype=torch.float64)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        values = state.tolist()
+        if len(values) != len(self.searched):
+            raise ValueError(f"the saved searched values {values} do not match {', '.join(self.searched)}")
+        for name, value in zip(self.searched, values, strict=True):
+            setattr(self, name, value)
+
+
 class Adapter(nn.Module):
     """The CLIP-Adapter bottleneck `D → D/r → D` with a ReLU between and no bias."""
 

@@ -40,6 +40,7 @@ import torch
 from lathadapter.adapter.methods.base import (
     LOGIT_SCALE,
     Method,
+    Searched,
     search_set_data,
     warn_no_val_subset,
     zero_shot_base_text,
@@ -90,9 +91,10 @@ def shrunk_solve(centred: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
 
 
 @register("gda", GDAOptions)
-class GDA(Method):
+class GDA(Searched, Method):
     scores_new_classes = False
     trains = False
+    searched = ("alpha",)  # chosen on val by `after_training`
 
     @classmethod
     def resolve(cls, options: GDAOptions, facts: RecipeFacts) -> GDAOptions:

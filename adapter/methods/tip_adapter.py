@@ -24,6 +24,7 @@ from torch import nn
 from lathadapter.adapter.methods.base import (
     LOGIT_SCALE,
     Method,
+    Searched,
     normalize,
     search_set_data,
     warn_no_val_subset,
@@ -206,9 +207,10 @@ def search_alpha_beta(zero_shot: torch.Tensor, affinity: torch.Tensor, key_label
 
 
 @register("tip-adapter", TipAdapterOptions)
-class TipAdapter(Method):
+class TipAdapter(Searched, Method):
     scores_new_classes = False
     trains = False
+    searched = ("alpha", "beta")  # chosen on val by `after_training`
 
     @classmethod
     def resolve(cls, options: TipAdapterOptions, facts: RecipeFacts) -> TipAdapterOptions:
