@@ -66,6 +66,7 @@ BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and rec
                           "own data, seed, options and optimiser state: in lockstep on the CPU, as one stacked model "
                           "on a GPU where the method allows; 1: every run alone. Default: 8 on the CPU, 32 on a GPU.")
 SKIP_BAD = typer.Option(False, "--skip-bad", help="Leave unreadable images out (listed in the cache).")
+INSPECT_SHOWN = 5  # `inspect`: the worst and the best classes printed (at most half the classes each)
 GPUS_PER_CHUNK = typer.Option(None, help="--backend ray: GPU fraction of each task when the cluster has GPUs, in "
                               "(0, 1] [default: 0.25, four tasks share a GPU].")
 
@@ -647,6 +648,42 @@ def report(
     tables = len(written["tables"])
     typer.echo(f"report: {written['report']}; {tables} table{'s' if tables != 1 else ''} beside it, each as CSV and "
                f"LaTeX (.csv, .tex); plots: {', '.join(written['plots']) or 'none'}")
+
+
+@app.command()
+def inspect(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (`fit`'s, or a grid's runs/<key>/)."),
+    cache: Path | None = typer.Option(None, help="The run's cache file, when it moved from the path its config.json "
+                                      "records (its fingerprint must be the run's)."),
+    device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
+    out: Path | None = typer.Option(None, help="CSV file to write the per-class accuracy to (columns classes, label, "
+                                    "class, correct, count, accuracy)."),
+) -> None:
+    """Load a trained run back and score its test images per class: the accuracy (checked against its metrics.json),
+    the worst and best classes, and optionally a per-class CSV."""
+    from lathadapter.experiments.trained import load, per_class_rows, ranked, write_per_class
+
+    try:
+        run = load(run_dir, cache, device)
+        c = run.config
+        typer.echo(f"{c.method} · {run.data.dataset} · {c.shots}-shot seed {c.seed} · classes {c.classes} · {run_dir}")
+        for part in run.parts:
+            accuracy, recorded = run.accuracy(part), run.metrics["accuracy"].get(part)
+            same = "as metrics.json" if accuracy == recorded else \
+                f"metrics.json records {_format_accuracy(recorded)}: the loaded model does not score as the run did"
+            typer.echo(f"{part}: {_format_accuracy(accuracy)} ({same})")
+            if accuracy is None:
+                continue
+            classes = ranked(run.per_class_accuracy(part))
+            shown = min(INSPECT_SHOWN, max(1, len(classes) // 2))
+            for label, picked in (("worst", classes[:shown]), ("best", classes[::-1][:shown])):
+                typer.echo(f"  {label}: " + ", ".join(f"{k.name} {_format_accuracy(k.accuracy)} ({k.correct}/{k.count})"
+                                                     for k in picked))
+        if out is not None:
+            write_per_class(out, per_class_rows(run))
+            typer.echo(f"wrote {out}", err=True)
+    except (ValueError, OSError) as error:
+        _fail(error, out)
 
 
 @app.command()

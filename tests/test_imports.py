@@ -28,6 +28,7 @@ EXPERIMENT_RANKS = {
     "machine": 0, "ray_cluster": 0,  # where a run computes; reaching Ray
     "execution": 1,  # how runs train (Execution), parsed at the edge
     "run": 2,  # one run and its folder
+    "trained": 3,  # a run directory loaded back (`load`)
     "tuning": 3,  # tuning records, presets and choice
     "spec": 4, "table": 4,  # grid axes and expansion; results.csv, locks, stale sweep
     "data": 5,  # cache checks, few-shot sets loaded once

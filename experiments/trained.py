@@ -1,0 +1,256 @@
+"""A finished run directory loaded back (`load`): its configuration, its trained method on the cache it trained on,
+and what a researcher asks of it after the fact: logits, predictions, per-class accuracy, the confusion matrix."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lathadapter.adapter.catalog import build_method, make_options, method_class
+from lathadapter.adapter.evaluate import CHUNK
+from lathadapter.adapter.methods.base import Method, NotApplicable
+from lathadapter.adapter.options import OptionError, StateError, before_values
+from lathadapter.cache.store import CacheReader, FewShotData
+from lathadapter.experiments.machine import resolve_device
+from lathadapter.experiments.run import GLOBAL_GENERATOR, RunConfig, split_classes, write_atomic
+
+RUN_FILES = ("config.json", "metrics.json", "weights.pt")
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """One class's test images: how many, how many the run classified right, and the accuracy (%; None: no image)."""
+
+    label: int
+    name: str
+    correct: int
+    count: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return 100.0 * self.correct / self.count if self.count else None
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A trained run as it was scored: its configuration, its method (weights loaded, eval mode), the training view
+    of its few-shot set (`data`: the base classes, relabelled from 0, for base-to-novel), the novel view (`novel`,
+    base-to-novel only), its `metrics.json` and `config.json` as read. Features are the cache's (unit vectors)."""
+
+    folder: Path
+    config: RunConfig
+    method: Method
+    data: FewShotData
+    novel: FewShotData | None
+    metrics: dict[str, Any]
+    record: dict[str, Any]
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes the run was trained on, in label order."""
+        return self.data.class_names
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The class sets the run was scored on, as `metrics.json`'s `accuracy` names them: `all`, or `base` and
+        `novel`."""
+        return ("all",) if self.novel is None else ("base", "novel")
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        """The method's scores [N, C] of `features` [N, D] against its training classes, or against `text_features`
+        [C', D] (novel classes; `NotApplicable` for a method that cannot score them), in the chunks evaluation
+        takes."""
+        device = self.data.text_features.device
+        features = features.to(device)
+        text_features = None if text_features is None else text_features.to(device)
+        chunks = [self.method.logits(features[start:start + CHUNK], text_features)
+                  for start in range(0, max(len(features), 1), CHUNK)]  # no image: scores [0, C] all the same
+        return torch.cat(chunks)
+
+    def predict(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        """The predicted label of each row of `features` (the argmax of `logits`)."""
+        return self.logits(features, text_features).argmax(dim=-1)
+
+    def test_set(self, part: str | None = None) -> tuple[torch.Tensor, torch.Tensor, FewShotData]:
+        """The test features and labels of class set `part` (one of `parts`; default the first) and its view."""
+        part = part or self.parts[0]
+        if part not in self.parts:
+            raise OptionError(f"class set {part!r}: run {self.folder.name} was scored on {', '.join(self.parts)}")
+        view = self.novel if part == "novel" else self.data
+        assert view is not None
+        return view.test_features, view.test_labels, view
+
+    def confusion(self, part: str | None = None) -> torch.Tensor:
+        """The confusion matrix [C, C] (int64, on the CPU) of the test images of `part`: row = true class, column =
+        predicted class, over that set's classes in label order."""
+        features, labels, view = self.test_set(part)
+        text = view.text_features if view is self.novel else None
+        predicted = self.predict(features, text).cpu()
+        size = view.num_classes
+        return torch.bincount(labels.cpu() * size + predicted, minlength=size * size).reshape(size, size)
+
+    def per_class_accuracy(self, part: str | None = None) -> list[ClassAccuracy]:
+        """Each class's test accuracy over class set `part` (`parts`; default the first), in label order: the
+        diagonal of `confusion` over its row sums."""
+        matrix = self.confusion(part)
+        names = self.test_set(part)[2].class_names
+        return [ClassAccuracy(c, names[c], int(matrix[c, c]), int(matrix[c].sum())) for c in range(len(names))]
+
+    def accuracy(self, part: str | None = None) -> float | None:
+        """Test accuracy (%) over `part` as `metrics.json` records it (correct / images); None where the method
+        cannot score novel classes."""
+        try:
+            matrix = self.confusion(part)
+        except NotApplicable:
+            return None
+        return 100.0 * int(matrix.trace()) / int(matrix.sum())
+
+
+def load(run_dir: str | Path, cache: str | Path | None = None, device: str | None = None) -> TrainedRun:
+    """Load a finished run directory (a `fit` run's, or a grid's `runs/<key>/`) back as it was scored: its
+    configuration rebuilt from `config.json` (checked against the run's key), its method built on the few-shot set
+    it trained on, with the recipe values it trained with and `weights.pt` loaded. `cache`: the cache file, when it
+    moved from the path `config.json` records (its fingerprint must be the run's); `device` as `fit`'s."""
+    folder = Path(run_dir)
+    record, metrics = read_run(folder)
+    config = run_config(folder, record)
+    path = Path(cache) if cache is not None else Path(record["cache"])
+    if not path.is_file():
+        hint = "" if cache is not None else "; pass the moved file as cache= (--cache PATH)"
+        raise OptionError(f"run {folder} was trained on cache {path}, which is not a file{hint}")
+    check_key(folder, record, metrics, config)
+    device = resolve_device(device)
+    with CacheReader(path) as reader:
+        if reader.fingerprint != record["cache_fingerprint"]:
+            raise OptionError(f"cache {path} (fingerprint {reader.fingerprint}) is not the cache run {folder} was "
+                              f"trained on (fingerprint {record['cache_fingerprint']}, {record['cache']})")
+        data = reader.load(config.shots, config.seed, text=config.text, device=device)
+    train_data, novel = split_classes(data, config.classes)
+    method = trained_method(folder, config, record, metrics, train_data)
+    return TrainedRun(folder, config, method, train_data, novel, metrics, record)
+
+
+def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`config.json` and `metrics.json` of a finished run that did not diverge; a clear error otherwise."""
+    if not folder.is_dir():
+        raise OptionError(f"run directory {folder} does not exist (or is not a folder)")
+    missing = [name for name in RUN_FILES if not (folder / name).is_file()]
+    if missing:
+        raise OptionError(f"{folder} is not a finished run directory: it has no {', '.join(missing)} (a run is "
+                          f"finished once it holds {', '.join(RUN_FILES)})")
+    try:
+        record = json.loads((folder / "config.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError) as error:
+        raise OptionError(f"{folder}: unreadable run files ({error})") from None
+    if metrics.get("diverged") is not None:
+        raise OptionError(f"run {folder} diverged ({metrics['diverged']}): it has no trained model to load")
+    return record, metrics
+
+
+def run_config(folder: Path, record: dict[str, Any]) -> RunConfig:
+    """The run's configuration from `config.json`: every option as recorded (an option added since, declared with
+    `before`, at that value, with which the run trained); an option this version does not know is an error."""
+    try:
+        options = {**before_values(method_class(record["method"]).Options), **record["options"]}
+        options = {name: value for name, value in options.items() if value is not None}  # None: the recipe's
+        fields = {f.name: record[f.name] for f in dataclasses.fields(RunConfig)
+                  if f.name in record and f.name != "options"}
+        return RunConfig(**fields, options=make_options(record["method"], options))
+    except (KeyError, TypeError) as error:
+        raise OptionError(f"{folder}/config.json lacks {error} or holds a malformed value") from None
+    except OptionError as error:
+        raise StateError(f"run {folder} was written by lathadapter {record.get('lathadapter_version', '?')}, whose "
+                         f"options this version cannot read: {error}") from None
+
+
+def salted(metrics: dict[str, Any]) -> bool:
+    """Whether the grid salted the run's key beyond its configuration and cache (a tuning candidate's key hashes its
+    group's candidates; a transfer run's, the targets' fingerprints), which the run directory alone cannot rebuild."""
+    return "tune" in metrics or "targets" in metrics
+
+
+def check_key(folder: Path, record: dict[str, Any], metrics: dict[str, Any], config: RunConfig) -> None:
+    """Refuse a run whose configuration, as this version reads it, is not the one its key hashed (a run written by
+    a version whose options changed). A salted key (`salted`) is not recomputed: there, every option the key hashes
+    must be one `config.json` records (an option added since without a `before` value changes the key)."""
+    if salted(metrics):
+        hashed = set(config.keyed()["options"])
+        unrecorded = sorted(hashed - set(record["options"]))
+        if unrecorded:
+            raise StateError(f"run {folder} was written by lathadapter {record.get('lathadapter_version', '?')}, "
+                             f"before option(s) {', '.join(unrecorded)} existed; this version cannot rebuild its "
+                             "configuration")
+        return
+    key = config.key(record["cache_fingerprint"])
+    if key != record.get("key"):
+        raise StateError(f"run {folder} has key {record.get('key')}, but its config.json read by this version keys "
+                         f"as {key} (written by lathadapter {record.get('lathadapter_version', '?')}, whose options "
+                         "differ); load it with that version")
+
+
+def trained_method(folder: Path, config: RunConfig, record: dict[str, Any], metrics: dict[str, Any],
+                   train_data: FewShotData) -> Method:
+    """The run's method on its training view with the options it trained with (those left to the recipe at the
+    values `config.json`'s `resolved` records) and `weights.pt` loaded, in eval mode. Searched values (α, β) of a
+    run saved before they were in the state dict are taken from its `chosen`."""
+    requested = {name: value for name, value in dataclasses.asdict(config.options).items() if value is not None}
+    options = make_options(config.method, {**requested, **record.get("resolved", {})})
+    with GLOBAL_GENERATOR:  # nothing random survives the loaded weights; seeded as `run.build` for the rest
+        torch.manual_seed(config.seed)
+        method = build_method(config.method, options, train_data)
+    try:
+        weights = torch.load(folder / "weights.pt", map_location=train_data.text_features.device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise StateError(f"{folder}/weights.pt is not a readable state dict ({error})") from None
+    searched = getattr(method, "searched", ())
+    if searched and "_extra_state" not in weights:  # saved before the searched values were in the state dict
+        chosen = metrics.get("chosen") or {}
+        if all(name in chosen for name in searched):
+            weights["_extra_state"] = torch.tensor([chosen[name] for name in searched], dtype=torch.float64)
+    try:
+        method.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise StateError(f"{folder}/weights.pt does not fit {config.method} built from its config.json: "
+                         f"{' '.join(line.strip() for line in first)}") from None
+    return method.eval()
+
+
+def ranked(classes: list[ClassAccuracy]) -> list[ClassAccuracy]:
+    """The classes that have test images, worst first (ties in label order)."""
+    return sorted((c for c in classes if c.count), key=lambda c: (c.correct / c.count, c.label))
+
+
+CSV_COLUMNS = ("classes", "label", "class", "correct", "count", "accuracy")
+
+
+def per_class_rows(run: TrainedRun) -> list[dict[str, Any]]:
+    """Every class set's per-class accuracy as rows (`CSV_COLUMNS`); a set the method cannot score is left out."""
+    rows = []
+    for part in run.parts:
+        try:
+            classes = run.per_class_accuracy(part)
+        except NotApplicable:
+            continue
+        rows.extend({"classes": part, "label": c.label, "class": c.name, "correct": c.correct, "count": c.count,
+                     "accuracy": "" if c.accuracy is None else f"{c.accuracy:.4f}"} for c in classes)
+    return rows
+
+
+def write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
+    """`rows` as a CSV file (`CSV_COLUMNS`), written atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, lambda p: p.write_text(text.getvalue()))
