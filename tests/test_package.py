@@ -62,19 +62,20 @@ def test_coop_dataset_split_file_matches_the_images(coop_dataset) -> None:
 
 
 def test_the_python_functions_the_readme_names_exist() -> None:
-    """README: `import lathadapter` exports `fit`; every dotted `lathadapter.…` name it and docs/usage.md (its Python
-    API section) give is importable (audit finding 18: it claimed every operation at the top level)."""
+    """README: `import lathadapter` exports `fit` and `load`; every dotted `lathadapter.…` name it and docs/usage.md
+    (its Python API section) give is importable (audit finding 18: it claimed every operation at the top level)."""
     import importlib
     import re
     from pathlib import Path
 
     import lathadapter
 
-    assert lathadapter.__all__ == ["__version__", "fit"] and callable(lathadapter.fit)
+    assert lathadapter.__all__ == ["__version__", "fit", "load"] and callable(lathadapter.fit)
+    assert callable(lathadapter.load)
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     usage = (root / "docs" / "usage.md").read_text()
-    assert "`fit` is also a Python function, the one `import lathadapter` exports" in readme
+    assert "the two functions `import lathadapter` exports" in readme
     names = re.findall(r"`(lathadapter(?:\.\w+)+)`", readme + usage)
     for documented in ("lathadapter.experiments.launch.launch", "lathadapter.experiments.report.write_report"):
         assert documented in names
