@@ -73,7 +73,7 @@ class TrainedRun:
         features = features.to(device)
         text_features = None if text_features is None else text_features.to(device)
         chunks = [self.method.logits(features[start:start + CHUNK], text_features)
-                  for start in range(0, max(len(features), 1), CHUNK)]  # no image: scores [0, C] all the same
+                  for start in range(0, max(len(features), 1), CHUNK)]  # no row: one empty chunk, [0, C]
         return torch.cat(chunks)
 
     def predict(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -107,12 +107,12 @@ class TrainedRun:
 
     def accuracy(self, part: str | None = None) -> float | None:
         """Test accuracy (%) over `part` as `metrics.json` records it (correct / images); None where the method
-        cannot score novel classes."""
+        cannot score novel classes (or the part has no test image)."""
         try:
             matrix = self.confusion(part)
         except NotApplicable:
             return None
-        return 100.0 * int(matrix.trace()) / int(matrix.sum())
+        return 100.0 * int(matrix.trace()) / int(matrix.sum()) if int(matrix.sum()) else None
 
 
 def load(run_dir: str | Path, cache: str | Path | None = None, device: str | None = None) -> TrainedRun:
