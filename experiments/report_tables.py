@@ -327,7 +327,7 @@ def calibration_tables(records: list[Record]) -> list[Table]:
     dataset (and their average over datasets), × (dataset × base / novel) per number of shots, × (source, targets,
     their average) per source and shots. A run saved before ECE was recorded is left out (`Record.ece_recorded`:
     a cell with no other run reads `—`); none at all without any run that recorded it."""
-    if not any(r.ece_recorded() and not r.diverged for r in records):
+    if all(v is None for r in records for v in (r.ece_all, r.ece_base, r.ece_novel)):
         return []
     known = [r for r in records if r.ece_recorded()]
     unrecorded = len({r.key for r in records if not r.ece_recorded()})
