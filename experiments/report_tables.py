@@ -10,7 +10,8 @@ settings vary among one method's rows, each configuration has its own row, label
 the setting's value first and the other varied settings beside it, sorted so that consecutive rows with the same
 other settings form one ablation. A dataset name with several cache fingerprints is several datasets, labelled
 `caltech101 (fp 1a2b3c4d)`. Averages over datasets or targets are means of a configuration's per-dataset means;
-base-to-novel HM comes from the mean base and mean novel accuracies, as papers report it.
+base-to-novel HM comes from the mean base and mean novel accuracies, as papers report it. After these tables, their
+calibration twins (`calibration_tables`, `ece_<table>`): the same cells of ECE, lower is better.
 
 Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable), `diverged` (every seed's training
 diverged, or an average or HM over such a cell: no accuracy; such runs are listed under the tables) or `—` (no

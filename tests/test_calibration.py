@@ -251,3 +251,20 @@ def test_report_ece_cells_are_mean_and_std_over_seeds_and_old_runs_are_left_out(
     tex = (tmp_path / "report" / "ece_few_shot_caltech101.tex").read_text()
     assert re.search(r"\\textbf\{7\.00 \$\\pm\$ 2\.65\}", tex)  # lathadapter's 4-shot mean, the lowest
     assert r"\textbf{23.00" not in tex
+
+
+def test_an_infinite_score_has_no_probabilities_and_is_refused_as_nan_scores() -> None:
+    """A +inf score's softmax is NaN: neither an ECE nor the accuracy beside it is reported (`NaNScores`, whence the
+    run counts as diverged), as for NaN scores."""
+    from lathadapter.adapter.evaluate import NaNScores
+    from lathadapter.adapter.methods.base import Method
+
+    class Infinite(torch.nn.Module):
+        name, options = "infinite", None
+        probabilities = Method.probabilities
+
+        def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+            return torch.tensor([[float("inf"), 0.0]]).expand(len(features), 2)
+
+    with pytest.raises(NaNScores, match="infinite gave infinite scores"):
+        evaluate(Infinite(), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
