@@ -474,7 +474,8 @@ def fit(
         _interrupted(stop, None, "the run did not finish", "rerun the same command to train it")
     accuracy = ", ".join(f"{k} {_format_accuracy(v)}" for k, v in metrics["accuracy"].items())
     hm = f", HM {_format_accuracy(metrics['hm'])}" if classes == "base" else ""
-    typer.echo(f"{method} · {metrics['dataset']} · {shots}-shot seed {seed} · {accuracy}{hm} · "
+    ece = ", ".join(f"{k} {_format_accuracy(v)}" for k, v in metrics["ece"].items())
+    typer.echo(f"{method} · {metrics['dataset']} · {shots}-shot seed {seed} · {accuracy}{hm} · ECE {ece} · "
                f"train {metrics['train_seconds']:.2f} s, eval {metrics['eval_seconds']:.2f} s → {metrics['run_dir']}")
 
 

@@ -1,12 +1,16 @@
-"""Top-1 accuracy of a method on cached test features, in chunks so large test sets fit in memory."""
+"""Top-1 accuracy and calibration (ECE) of a method on cached test features, both from one pass in chunks so that
+large test sets fit in memory."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from lathadapter.adapter.methods.base import Method, NotApplicable
 
 CHUNK = 8192
+ECE_BINS = 15  # equal-width bins of the top-1 confidence over (0, 1], as Guo et al. (2017) bin it
 
 
 def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -29,37 +33,79 @@ def checked(method: Method, scores: torch.Tensor) -> torch.Tensor:
     return scores
 
 
+@dataclass(frozen=True)
+class Scores:
+    """A method's top-1 accuracy and expected calibration error on one test set, both in percent."""
+
+    accuracy: float
+    ece: float
+
+
+class Tally:
+    """Per confidence bin (`ECE_BINS`): the images, the right predictions and the sum of top-1 confidences, added up
+    chunk by chunk. The confidences are float32 and their sums float64, which hold them exactly (at 1,000 classes, up
+    to a million images in one bin), so any chunking gives the whole set's numbers bit for bit."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.images = torch.zeros(ECE_BINS, dtype=torch.int64, device=device)
+        self.correct = torch.zeros(ECE_BINS, dtype=torch.int64, device=device)
+        self.confidence = torch.zeros(ECE_BINS, dtype=torch.float64, device=device)
+        self.upper = torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float32, device=device)[1:]
+
+    def add(self, method: Method, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count a chunk's `scores` (checked already) against its `labels`: the prediction is the top score, its
+        confidence the method's probability of it (`Method.probabilities`)."""
+        confidence = method.probabilities(scores.float()).amax(dim=-1)
+        right = (scores.argmax(dim=-1) == labels).long()
+        # bin b holds confidences in (b / B, (b + 1) / B]; a confidence rounded above 1 stays in the last bin
+        bins = torch.bucketize(confidence, self.upper).clamp_(max=ECE_BINS - 1)
+        self.images.index_add_(0, bins, torch.ones_like(bins))
+        self.correct.index_add_(0, bins, right)
+        self.confidence.index_add_(0, bins, confidence.double())
+
+    def scores(self, method: Method) -> Scores:
+        """Accuracy and ECE = Σ_b (n_b / n) |acc_b − conf_b| = Σ_b |correct_b − confidence_b| / n, in percent."""
+        n = int(self.images.sum())
+        if n == 0:
+            raise ValueError("no samples to evaluate")
+        ece = float((self.correct.double() - self.confidence).abs().sum()) / n
+        if ece != ece:  # NaN: a +inf score has no softmax
+            raise NaNScores(f"{method.name} gave infinite scores at evaluation, whose probabilities are NaN, so no "
+                            "accuracy is reported; check its options for values that overflow")
+        return Scores(100.0 * int(self.correct.sum()) / n, 100.0 * ece)
+
+
 @torch.no_grad()
 def evaluate(method: Method, features: torch.Tensor, labels: torch.Tensor,
-             text_features: torch.Tensor | None = None) -> float | None:
-    """Accuracy on (`features`, `labels`) against the training classes, or against `text_features`' classes.
+             text_features: torch.Tensor | None = None) -> Scores | None:
+    """Accuracy and ECE on (`features`, `labels`) against the training classes, or against `text_features'` classes.
 
     Returns None (not applicable) when the method cannot score those classes.
     """
     method.eval()
-    correct = 0
+    tally = Tally(features.device)
     try:
         for start in range(0, len(labels), CHUNK):
             scores = checked(method, method.logits(features[start:start + CHUNK], text_features))
-            correct += int((scores.argmax(dim=-1) == labels[start:start + CHUNK]).sum())
+            tally.add(method, scores, labels[start:start + CHUNK])
     except NotApplicable:
         return None
-    return 100.0 * correct / len(labels)
+    return tally.scores(method)
 
 
 @torch.no_grad()
-def evaluate_mapped(method: Method, features: torch.Tensor, labels: torch.Tensor, columns: list[int]) -> float:
-    """Accuracy over a subset of the training classes: target class j is training class `columns[j]`
+def evaluate_mapped(method: Method, features: torch.Tensor, labels: torch.Tensor, columns: list[int]) -> Scores:
+    """Accuracy and ECE over a subset of the training classes: target class j is training class `columns[j]`
     (domain generalisation onto ImageNet-A/R's 200 classes). The method scores those classes alone
-    (`Method.logits_over`): a softmax over the classes, as LatHAdapter's fused inference takes, runs over the subset,
-    as it does in a classifier built for the target's classes."""
+    (`Method.logits_over`): a softmax over the classes, as LatHAdapter's fused inference and the ECE take, runs over
+    the subset, as it does in a classifier built for the target's classes."""
     method.eval()
     index = torch.as_tensor(columns, device=features.device)
-    correct = 0
+    tally = Tally(features.device)
     for start in range(0, len(labels), CHUNK):
         scores = checked(method, method.logits_over(features[start:start + CHUNK], index))
-        correct += int((scores.argmax(dim=-1) == labels[start:start + CHUNK]).sum())
-    return 100.0 * correct / len(labels)
+        tally.add(method, scores, labels[start:start + CHUNK])
+    return tally.scores(method)
 
 
 def harmonic_mean(base: float | None, novel: float | None) -> float | None:

@@ -59,7 +59,7 @@ def timed(method: str, datas: list, mode: str, device: str) -> tuple[float, list
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / len(datas)
-    return seconds, [evaluate(m, d.test_features, d.test_labels) for m, d in zip(models, datas, strict=True)]
+    return seconds, [evaluate(m, d.test_features, d.test_labels).accuracy for m, d in zip(models, datas, strict=True)]
 
 
 def main() -> None:

@@ -108,9 +108,10 @@ def cell_of(record: Record) -> tuple[str, Configuration, int]:
     return record.dataset, record.config, record.shots
 
 
-def few_shot_cells(records: list[Record]) -> dict[tuple[str, Configuration, int], Cell]:
-    """Few-shot accuracy over seeds by (dataset, configuration, shots): all classes, no transfer targets."""
-    return cells_over_seeds([r for r in records if r.classes == "all" and not r.target], cell_of, "acc_all")
+def few_shot_cells(records: list[Record], metric: str = "acc_all") -> dict[tuple[str, Configuration, int], Cell]:
+    """Few-shot accuracy (or `metric`: `ece_all`) over seeds by (dataset, configuration, shots): all classes, no
+    transfer targets."""
+    return cells_over_seeds([r for r in records if r.classes == "all" and not r.target], cell_of, metric)
 
 
 def few_shot_average(cells: dict[tuple[str, Configuration, int], Cell]) -> dict[tuple[Configuration, int], Cell]:
@@ -122,21 +123,26 @@ def few_shot_average(cells: dict[tuple[str, Configuration, int], Cell]) -> dict[
             for k in shots}
 
 
-def base_novel_cells(records: list[Record]) -> dict[tuple[str, Configuration, int], tuple[Cell, Cell]]:
-    """Base and novel accuracy over seeds by (dataset, configuration, shots) of the base-to-novel runs."""
+def base_novel_cells(records: list[Record], metric: str = "acc"
+                     ) -> dict[tuple[str, Configuration, int], tuple[Cell, Cell]]:
+    """Base and novel accuracy (or `metric`: `ece`) over seeds by (dataset, configuration, shots) of the
+    base-to-novel runs."""
     chosen = [r for r in records if r.classes == "base" and not r.target]
-    base, novel = cells_over_seeds(chosen, cell_of, "acc_base"), cells_over_seeds(chosen, cell_of, "acc_novel")
+    base = cells_over_seeds(chosen, cell_of, f"{metric}_base")
+    novel = cells_over_seeds(chosen, cell_of, f"{metric}_novel")
     return {k: (base[k], novel[k]) for k in base}
 
 
 TARGETS_AVERAGE = "Average (targets)"  # the transfer table's last column, its plot's last dot
 
 
-def transfer_cells(records: list[Record]) -> dict[tuple[str, int], tuple[list[str], dict[Configuration, list[Cell]]]]:
-    """Per (source dataset, shots) of the transfer runs: the targets, and each configuration's cells over seeds on the
-    source test set, each target and the average over targets (`Cell.mean_of`)."""
+def transfer_cells(records: list[Record], metric: str = "acc_all"
+                   ) -> dict[tuple[str, int], tuple[list[str], dict[Configuration, list[Cell]]]]:
+    """Per (source dataset, shots) of the transfer runs: the targets, and each configuration's cells over seeds of
+    accuracy (or `metric`: `ece_all`) on the source test set, each target and the average over targets
+    (`Cell.mean_of`)."""
     cells = cells_over_seeds([r for r in records if r.target], lambda r: (r.dataset, r.shots, r.config, r.target),
-                             "acc_all")
+                             metric)
     blocks = {}
     for source, shots in sorted({(d, k) for d, k, _, _ in cells}):
         targets = sorted({t for d, k, _, t in cells if (d, k) == (source, shots)} - {"source"})

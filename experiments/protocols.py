@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lathadapter.adapter.evaluate import evaluate, evaluate_mapped
+from lathadapter.adapter.evaluate import Scores, evaluate, evaluate_mapped
 from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import REBUILD, CacheError, CacheReader, FewShotData
 from lathadapter.experiments.execution import Execution
@@ -233,19 +233,24 @@ class Targets:
         return self.sets[path, text]
 
     def __call__(self, grid_run: GridRun, outcome: RunOutcome, source: FewShotData) -> dict[str, Any]:
-        targets: dict[str, float | None] = {}
+        """The run's accuracy (`targets`) and ECE (`targets_ece`) on its source test set and on each target."""
         if outcome.metrics["diverged"] is not None:  # no accuracy on any target either
-            return {"targets": {"source": None, **{self.names[path]: None for path in self.paths}}}
+            nothing = {"source": None, **{self.names[path]: None for path in self.paths}}
+            return {"targets": nothing, "targets_ece": dict(nothing)}
+        scored: dict[str, Scores | None] = {}
         for path in self.paths:
             target = self.target(path, grid_run.config.text)
             if self.mapped:
                 columns = class_mapping(source, target, path, grid_run.cache)
-                targets[self.names[path]] = evaluate_mapped(outcome.method, target.test_features,
-                                                            target.test_labels, columns)
+                scored[self.names[path]] = evaluate_mapped(outcome.method, target.test_features, target.test_labels,
+                                                           columns)
             else:
-                targets[self.names[path]] = evaluate(outcome.method, target.test_features, target.test_labels,
-                                                     target.text_features)
-        return {"targets": {"source": outcome.metrics["accuracy"]["all"], **targets}}
+                scored[self.names[path]] = evaluate(outcome.method, target.test_features, target.test_labels,
+                                                    target.text_features)
+        return {"targets": {"source": outcome.metrics["accuracy"]["all"],
+                            **{name: None if s is None else s.accuracy for name, s in scored.items()}},
+                "targets_ece": {"source": outcome.metrics["ece"]["all"],
+                                **{name: None if s is None else s.ece for name, s in scored.items()}}}
 
 
 def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: list[int],

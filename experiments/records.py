@@ -17,6 +17,7 @@ from lathadapter.experiments.table import RESULTS, ResultsError, as_table, finis
 # The columns the report reads; `opt.*` columns (every option) are read too.
 REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
             "acc_all", "acc_base", "acc_novel")
+ECE = ("ece_all", "ece_base", "ece_novel")  # read where present: a table from before ECE was recorded lacks them
 SETTINGS = ("text", "select", "train_views")  # with the `opt.*` columns: what makes a configuration, besides the method
 # A tuned run's score and val images (`--tune-score`, `--tune-set`) are settings too: runs kept by different scores are
 # different configurations, never seeds of one (columns a grid without tuning lacks read as empty).
@@ -86,8 +87,9 @@ Choice = tuple[tuple[str, str], ...]  # a kept candidate's (option, value) pairs
 
 @dataclass(frozen=True)
 class Record:
-    """One results row, parsed: the dataset's label, the configuration, shots, class protocol, transfer target and
-    accuracies (None: not applicable); rows that differ only in their seed make one cell."""
+    """One results row, parsed: the dataset's label, the configuration, shots, class protocol, transfer target,
+    accuracies and ECEs (None: not applicable, or an ECE not recorded); rows that differ only in their seed make one
+    cell."""
 
     dataset: str
     config: Configuration
@@ -102,6 +104,15 @@ class Record:
     seed: int = 0
     key: str = ""  # the run's key (its run directory)
     diverged: bool = False  # training diverged: no accuracy; its cell is over the other seeds (`diverged_note`)
+    ece_all: float | None = None
+    ece_base: float | None = None
+    ece_novel: float | None = None
+
+    def ece_recorded(self) -> bool:
+        """Whether the run's ECE is known: recorded, or not applicable as its accuracy is (none), or diverged. A run
+        saved before ECE was recorded has an accuracy and no ECE: no calibration cell counts it."""
+        return (self.diverged or any(v is not None for v in (self.ece_all, self.ece_base, self.ece_novel))
+                or all(v is None for v in (self.acc_all, self.acc_base, self.acc_novel)))
 
 
 def _number(text: str) -> float | None:
@@ -174,7 +185,7 @@ def records(results: Results) -> list[Record]:
                                  int(row["shots"]), row["classes"], row["target"],
                                  _number(row["acc_all"]), _number(row["acc_base"]), _number(row["acc_novel"]),
                                  _choice(row, tuned), _hierarchy(row), int(row["seed"]), row["key"],
-                                 bool(row.get("diverged"))))
+                                 bool(row.get("diverged")), *(_number(row.get(c, "")) for c in ECE)))
         except ValueError as error:
             raise ResultsError(f"{results.source}: row {i}: {error}") from None
     check_one_run_per_seed(parsed, results.source)

@@ -6,9 +6,9 @@ Cells read as in the markdown, in LaTeX: `30.33 $\pm$ 1.15` (one seed: `30.33`),
 and `\textsuperscript{n=2}` where the markdown writes `(n=2)` (the same rule, `report_tables.fewer_seeds`), explained
 under the table. In a table of configurations (`Table.bold_best`; not an ablation, `_tuned` or hierarchy table) the
 best mean of each value column is bold, as papers mark it, averages and HM included (columns like the others): the
-highest mean as shown to two decimals, so that cells reading alike are all bold, and only where two rows or more have
-a number in the column; n/a, diverged and missing cells never are. Every text from the data (labels, dataset names,
-option values, titles, notes) goes through `escape`.
+highest mean as shown to two decimals (the lowest in an ECE table, `Table.lower_better`), so that cells reading alike
+are all bold, and only where two rows or more have a number in the column; n/a, diverged and missing cells never
+are. Every text from the data (labels, dataset names, option values, titles, notes) goes through `escape`.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def _shown_mean(cell: Cell | Chosen) -> float | None:
     return float(f"{cell.mean:.2f}") if isinstance(cell, Cell) and cell.mean is not None else None
 
 
-def _best(column: list[Cell | Chosen]) -> float | None:
-    """The highest shown mean of a column where two cells or more have one, else None."""
+def _best(column: list[Cell | Chosen], lower: bool = False) -> float | None:
+    """The highest shown mean of a column (`lower`: the lowest) where two cells or more have one, else None."""
     means = [m for m in map(_shown_mean, column) if m is not None]
-    return max(means) if len(means) > 1 else None
+    return (min(means) if lower else max(means)) if len(means) > 1 else None
 
 
 def _cell(cell: Cell | Chosen, best: float | None, most: int) -> str:
@@ -62,7 +62,7 @@ def latex(table: Table, source: str) -> str:
     """`table` as a LaTeX `table` float, its first line a comment naming `source` (the report's results) and the
     package it needs."""
     most = table.most_seeds()
-    best = [_best([cells[i] for _, cells in table.rows]) if table.bold_best else None
+    best = [_best([cells[i] for _, cells in table.rows], table.lower_better) if table.bold_best else None
             for i in range(len(table.columns))]
     rows = [[escape(text) for text in lead] + [_cell(c, b, most) for c, b in zip(cells, best, strict=True)]
             for lead, cells in table.rows]

@@ -10,7 +10,8 @@ settings vary among one method's rows, each configuration has its own row, label
 the setting's value first and the other varied settings beside it, sorted so that consecutive rows with the same
 other settings form one ablation. A dataset name with several cache fingerprints is several datasets, labelled
 `caltech101 (fp 1a2b3c4d)`. Averages over datasets or targets are means of a configuration's per-dataset means;
-base-to-novel HM comes from the mean base and mean novel accuracies, as papers report it.
+base-to-novel HM comes from the mean base and mean novel accuracies, as papers report it. After these tables, their
+calibration twins (`calibration_tables`, `ece_<table>`): the same cells of ECE, lower is better.
 
 Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable), `diverged` (every seed's training
 diverged, or an average or HM over such a cell: no accuracy; such runs are listed under the tables) or `—` (no
@@ -115,6 +116,7 @@ class Table:
     parts: tuple[str, ...] = ("mean", "std", "n")  # what each cell is in the CSV
     note: str = ""  # a line under the table (a `_tuned` table: the score and the edge marks)
     bold_best: bool = False  # rows are configurations compared column by column: LaTeX bolds each column's best mean
+    lower_better: bool = False  # the best mean is the lowest (ECE), not the highest (accuracy)
 
     def markdown(self) -> str:
         header = self.lead + self.columns
@@ -184,7 +186,7 @@ def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration
     configs = ordered_configs(cells)
     varied = varied_settings(configs)
     chosen = {c: row for c, row in (chosen or {}).items() if any(cell.choices for cell in row)}
-    labels = {c: config_label(c, varied, [x for cell in chosen.get(c, []) for x in cell.choices]) for c in configs}
+    labels = _labels(configs, varied, chosen)
     tables = [Table(name, title, ["method"], columns, [([labels[c]], cells[c]) for c in configs], bold_best=True)]
     for method, settings in varied.items() if ablations else ():
         own = [c for c in configs if c.method == method]
@@ -205,6 +207,12 @@ def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration
                             [([config_label(c, varied)], chosen[c]) for c in configs if c in chosen], ("chosen",),
                             note))
     return tables
+
+
+def _labels(configs: list[Configuration], varied: dict[str, list[str]], chosen: dict[Configuration, list[Chosen]]
+            ) -> dict[Configuration, str]:
+    """Each configuration's row label, naming the tuned values its kept runs chose (`config_label`)."""
+    return {c: config_label(c, varied, [x for cell in chosen.get(c, []) for x in cell.choices]) for c in configs}
 
 
 def few_shot_tables(records: list[Record]) -> list[Table]:
@@ -299,9 +307,83 @@ def hierarchy_tables(records: list[Record]) -> list[Table]:
                   ["method", "dataset", "setting"], [title for _, title in HIERARCHY], rows)]
 
 
+ECE_NOTE = ("ECE: expected calibration error (%), the test images binned by top-1 confidence (15 equal-width bins), "
+            "the image-weighted mean of |accuracy − mean confidence| over the bins; lower is better (bold in LaTeX: "
+            "the lowest mean).")
+
+
+def _calibration_table(name: str, title: str, columns: list[str], cells: dict[Configuration, list[Cell]],
+                       chosen: dict[Configuration, list[Chosen]], note: str = ECE_NOTE) -> Table:
+    """A block of ECE cells, one row per configuration labelled as in its accuracy table; no ablation or `_tuned`
+    companions (the accuracy tables give them)."""
+    configs = ordered_configs(cells)
+    chosen = {c: row for c, row in chosen.items() if any(cell.choices for cell in row)}
+    labels = _labels(configs, varied_settings(configs), chosen)
+    return Table(name, title, ["method"], columns, [([labels[c]], cells[c]) for c in configs], note=note,
+                 bold_best=True, lower_better=True)
+
+
+def calibration_tables(records: list[Record]) -> list[Table]:
+    """The few-shot, base-to-novel and transfer tables' ECE twins, `ece_<table>`: configurations × shots per
+    dataset (and their average over datasets), × (dataset × base / novel) per number of shots, × (source, targets,
+    their average) per source and shots. A run saved before ECE was recorded is left out (`Record.ece_recorded`:
+    a cell with no other run reads `—`); none at all without any run that recorded it."""
+    if all(v is None for r in records for v in (r.ece_all, r.ece_base, r.ece_novel)):
+        return []
+    known = [r for r in records if r.ece_recorded()]
+    unrecorded = len({r.key for r in records if not r.ece_recorded()})
+    note = ECE_NOTE + (f" —: no run, or only runs saved before ECE was recorded ({unrecorded} "
+                       f"run{'s' if unrecorded > 1 else ''} left out)." if unrecorded else "")
+    tables = []
+    cells = few_shot_cells(known, "ece_all")
+    tuned = _choices_by([r for r in known if r.classes == "all" and not r.target], cell_of)
+    datasets = sorted({d for d, _, _ in cells})
+    for dataset in datasets:
+        shots = sorted({k for d, _, k in cells if d == dataset})
+        rows = {c: [cells.get((dataset, c, k), MISSING) for k in shots] for d, c, _ in cells if d == dataset}
+        chosen = {c: [Chosen(tuned.get((dataset, c, k), ())) for k in shots] for c in rows}
+        tables.append(_calibration_table(f"ece_few_shot_{dataset_slug(dataset)}", f"Few-shot ECE (%) on {dataset}",
+                                         [shots_label(k) for k in shots], rows, chosen, note))
+    if len(datasets) > 1:
+        shots = sorted({k for _, _, k in cells})
+        average = few_shot_average(cells)
+        rows = {c: [average[(c, k)] for k in shots] for _, c, _ in cells}
+        chosen = {c: [Chosen(tuple(x for d in datasets for x in tuned.get((d, c, k), ()))) for k in shots]
+                  for c in rows}
+        tables.append(_calibration_table(f"ece_few_shot_{AVERAGE}", "Few-shot ECE (%), average over "
+                                         f"{len(datasets)} datasets", [shots_label(k) for k in shots], rows, chosen,
+                                         note))
+    pairs_by = base_novel_cells(known, "ece")
+    tuned = _choices_by([r for r in known if r.classes == "base" and not r.target], cell_of)
+    all_shots = sorted({k for _, _, k in pairs_by})
+    for shots in all_shots:
+        datasets = sorted({d for d, _, k in pairs_by if k == shots})
+        average = ["Average"] if len(datasets) > 1 else []
+        rows, chosen = {}, {}
+        for config in {c for _, c, k in pairs_by if k == shots}:
+            pairs = [pairs_by.get((d, config, shots), (MISSING, MISSING)) for d in datasets]
+            if average:
+                pairs.append((Cell.mean_of([b for b, _ in pairs]), Cell.mean_of([n for _, n in pairs])))
+            rows[config] = [cell for pair in pairs for cell in pair]
+            chosen[config] = [Chosen(tuned.get((d, config, shots), ())) for d in datasets]
+        name = "ece_base_to_novel" if len(all_shots) == 1 else f"ece_base_to_novel_{shots}shot"
+        tables.append(_calibration_table(name, f"Base-to-novel ECE (%): {shots_label(shots)} on base classes",
+                                         [f"{d} {part}" for d in datasets + average for part in ("base", "novel")],
+                                         rows, chosen, note))
+    tuned = _choices_by([r for r in known if r.target == "source"], lambda r: (r.dataset, r.shots, r.config))
+    blocks = transfer_cells(known, "ece_all")
+    for (source, shots), (targets, rows) in blocks.items():
+        name = "ece_transfer" if len(blocks) == 1 else f"ece_transfer_{slug(source)}_{shots}shot"
+        tables.append(_calibration_table(name, f"Transfer ECE from {source}, {shots_label(shots)} (%): source test "
+                                         "set and targets", ["source", *targets, TARGETS_AVERAGE], rows,
+                                         {c: [Chosen(tuned.get((source, shots, c), ()))] for c in rows}, note))
+    return tables
+
+
 def report_tables(parsed: list[Record]) -> list[Table]:
+    """The report's tables in order: few-shot, base-to-novel, transfer, hierarchy, then the calibration (ECE) ones."""
     return (few_shot_tables(parsed) + base_to_novel_tables(parsed) + transfer_tables(parsed)
-            + hierarchy_tables(parsed))
+            + hierarchy_tables(parsed) + calibration_tables(parsed))
 
 
 def _markdown(tables: list[Table]) -> str:

@@ -20,7 +20,7 @@ from rich.progress import Progress
 
 from lathadapter.adapter.batched import Member, lockstep_key, train_together
 from lathadapter.adapter.catalog import build_method, make_options, method_class, resolve_options
-from lathadapter.adapter.evaluate import NaNScores, evaluate, harmonic_mean
+from lathadapter.adapter.evaluate import NaNScores, Scores, evaluate, harmonic_mean
 from lathadapter.adapter.methods.base import Method, warn_unread_options
 from lathadapter.adapter.options import OptionError, StateError, changed_fields, unkeyed
 from lathadapter.adapter.recipes import RecipeFacts, filled_by_recipe
@@ -174,19 +174,21 @@ def run_together(configs: list[RunConfig], datas: list[FewShotData], stack: bool
 
 def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data: FewShotData,
               novel_data: FewShotData | None) -> RunOutcome:
-    """A trained method's outcome: test accuracy (base and novel for base-to-novel), training facts, lifted points.
-    A diverged run (NaN or infinite loss or parameters, or NaN scores) has no accuracy (None) and says why in
-    `diverged`."""
+    """A trained method's outcome: test accuracy and ECE (base and novel for base-to-novel), training facts, lifted
+    points. A diverged run (NaN or infinite loss or parameters, or NaN scores) has no accuracy or ECE (None) and says
+    why in `diverged`."""
     start = time.perf_counter()
     diverged = result.diverged
-    accuracy: dict[str, float | None] = {"all": None} if novel_data is None else {"base": None, "novel": None}
+    scores: dict[str, Scores | None] = {"all": None} if novel_data is None else {"base": None, "novel": None}
     if diverged is None:
         try:
-            accuracy = test_accuracy(method, train_data, novel_data)
+            scores = test_scores(method, train_data, novel_data)
         except NaNScores as error:
             diverged = str(error)
+    accuracy = {k: None if s is None else s.accuracy for k, s in scores.items()}
     metrics = {
         "accuracy": accuracy,
+        "ece": {k: None if s is None else s.ece for k, s in scores.items()},
         "hm": harmonic_mean(accuracy.get("base"), accuracy.get("novel")),
         "diverged": diverged,
         "train_seconds": result.seconds,
@@ -215,16 +217,18 @@ def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data
 
 def as_diverged(outcome: RunOutcome, trained: dict[str, Any], reason: str) -> RunOutcome:
     """`outcome` counted as diverged (`reason`) after it scored NaN past its test set (on val or a transfer target):
-    the metrics it had when trained (`trained`) with no accuracy, HM, diagnostics or lifted points, as `evaluated`
+    the metrics it had when trained (`trained`) with no accuracy, ECE, HM, diagnostics or lifted points, as `evaluated`
     gives a run whose test scores are NaN."""
-    metrics = {**trained, "accuracy": dict.fromkeys(trained["accuracy"]), "hm": None, "diverged": reason}
+    metrics = {**trained, "accuracy": dict.fromkeys(trained["accuracy"]), "ece": dict.fromkeys(trained["accuracy"]),
+               "hm": None, "diverged": reason}
     metrics.pop("hierarchy", None)
     return RunOutcome(outcome.method, metrics, outcome.train, None)
 
 
-def test_accuracy(method: Method, train_data: FewShotData, novel_data: FewShotData | None) -> dict[str, float | None]:
-    """Test accuracy (%) over the training classes (`all`), or `base` and `novel` for base-to-novel (novel images
-    against the novel classes' text features only)."""
+def test_scores(method: Method, train_data: FewShotData, novel_data: FewShotData | None
+                ) -> dict[str, Scores | None]:
+    """Test accuracy and ECE (%) over the training classes (`all`), or `base` and `novel` for base-to-novel (novel
+    images against the novel classes' text features only)."""
     if novel_data is None:
         return {"all": evaluate(method, train_data.test_features, train_data.test_labels)}
     return {"base": evaluate(method, train_data.test_features, train_data.test_labels),
@@ -239,7 +243,14 @@ def tune_val_accuracy(config: RunConfig, method: Method, data: FewShotData) -> f
     train_data, _ = split_classes(blind(data), config.classes)
     if len(train_data.val_labels) == 0:
         return None
-    return evaluate(method, train_data.val_features, train_data.val_labels)
+    return accuracy_on(method, train_data.val_features, train_data.val_labels)
+
+
+def accuracy_on(method: Method, features: torch.Tensor, labels: torch.Tensor,
+                text_features: torch.Tensor | None = None) -> float | None:
+    """`evaluate`'s accuracy alone (None: not applicable), what tuning scores by."""
+    scores = evaluate(method, features, labels, text_features)
+    return None if scores is None else scores.accuracy
 
 
 # What fair tuning chooses by (`--tune-score`): `val`, the trained run's accuracy on its few-shot val set; `val_hm`, the
@@ -293,9 +304,9 @@ def pseudo_novel_accuracies(config: RunConfig, data: FewShotData) -> dict[str, A
     if result.diverged is not None:  # no score: a tuning group keeps it only when every candidate diverged
         return {"base": None, "novel": None, "diverged": result.diverged}
     try:
-        base = (evaluate(method, pseudo_base.val_features, pseudo_base.val_labels)
+        base = (accuracy_on(method, pseudo_base.val_features, pseudo_base.val_labels)
                 if len(pseudo_base.val_labels) else None)
-        novel = (evaluate(method, pseudo_novel.val_features, pseudo_novel.val_labels, pseudo_novel.text_features)
+        novel = (accuracy_on(method, pseudo_novel.val_features, pseudo_novel.val_labels, pseudo_novel.text_features)
                  if len(pseudo_novel.val_labels) else None)
     except NaNScores as error:  # a finite training whose scores overflow: no score either
         return {"base": None, "novel": None, "diverged": str(error)}

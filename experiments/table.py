@@ -52,8 +52,10 @@ def saved_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
 def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """One results-table row: identity, the method's settings and what its post-training searches chose
     (`chosen.NAME`: a baseline's recipe values `chosen.recipe.NAME`, Tip-Adapter's α and β), the hierarchy
-    diagnostics (`hier.NAME`, LatHAdapter), every option (prefixed `opt.`), and the metrics."""
+    diagnostics (`hier.NAME`, LatHAdapter), every option (prefixed `opt.`), and the metrics (accuracy `acc_*`, then
+    ECE `ece_*` with the same suffixes)."""
     accuracy = metrics.get("accuracy", {})
+    ece = metrics.get("ece") or {}  # a run saved before ECE was recorded has none: empty cells
     row = {
         "key": config["key"], "cache": config["cache"], "dataset": config["cache_fields"].get("dataset", ""),
         "fingerprint": config["cache_fingerprint"], "method": config["method"], "shots": config["shots"],
@@ -61,6 +63,7 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
         "train_views": config.get("train_views", "augmented"),
         "target": metrics.get("target", ""),
         "acc_all": accuracy.get("all"), "acc_base": accuracy.get("base"), "acc_novel": accuracy.get("novel"),
+        "ece_all": ece.get("all"), "ece_base": ece.get("base"), "ece_novel": ece.get("novel"),
         "hm": metrics.get("hm"), "train_seconds": metrics.get("train_seconds"),
         "eval_seconds": metrics.get("eval_seconds"), "trained_parameters": metrics.get("trained_parameters"),
         "steps": metrics.get("steps"),
@@ -133,7 +136,9 @@ def _rows_of(folder: Path) -> list[dict[str, Any]]:
         config, metrics = _read_json(folder / "config.json"), _read_json(folder / "metrics.json")
         targets = metrics.get("targets")
         if targets:
-            rows = [results_row(config, {**metrics, "accuracy": {"all": accuracy}, "target": name})
+            eces = metrics.get("targets_ece") or {}
+            rows = [results_row(config, {**metrics, "accuracy": {"all": accuracy}, "ece": {"all": eces.get(name)},
+                                         "target": name})
                     for name, accuracy in sorted(targets.items())]
         else:
             rows = [results_row(config, metrics)]

@@ -132,13 +132,13 @@ def test_accuracy_over_several_chunks_is_the_share_of_rows_whose_top_score_is_th
     top = (x @ text.t()).argmax(-1)
     # rows 1, 5 and 8 wrong (70 %); row 9, alone in the last chunk, right: a chunk left out or misread shows
     labels = torch.where(torch.isin(torch.arange(10), torch.tensor([1, 5, 8])), (top + 1) % 5, top)
-    assert evaluate(method, x, labels) == pytest.approx(100.0 * float((top == labels).double().mean()))
-    assert evaluate(method, x, labels) == pytest.approx(70.0)
+    assert evaluate(method, x, labels).accuracy == pytest.approx(100.0 * float((top == labels).double().mean()))
+    assert evaluate(method, x, labels).accuracy == pytest.approx(70.0)
     columns = [3, 0, 4]  # target class j is training class columns[j]
     mapped_top = (x @ text[columns].t()).argmax(-1)
     wrong = torch.isin(torch.arange(10), torch.tensor([0, 3, 6]))  # 70 %, row 9 right
     mapped_labels = torch.where(wrong, (mapped_top + 1) % 3, mapped_top)
-    assert evaluate_mapped(method, x, mapped_labels, columns) == pytest.approx(70.0)
+    assert evaluate_mapped(method, x, mapped_labels, columns).accuracy == pytest.approx(70.0)
 
 
 def test_tip_adapter_logits_follow_the_formula() -> None:

@@ -96,10 +96,13 @@ def test_a_grid_keeps_a_diverged_run_goes_on_and_lists_it(cache: Path, tmp_path:
     again = invoke(*args)  # a diverged run is finished: a rerun does not train it again
     assert again.exit_code == 0 and "0 done now, 4 already done" in again.output, again.output
     markdown = write_report(out, tmp_path / "report")["markdown"]
-    table = [line for line in markdown.splitlines() if line.startswith("| clip-adapter")]
-    assert len(table) == 2  # one row per lr; the diverged configuration's cell says so
-    (cell,) = [line for line in table if "lr=1e+30" in line]
-    assert cell.rstrip(" |").endswith("| diverged")
+    parts = markdown.split("### Few-shot ECE")
+    assert len(parts) == 2
+    for part in parts:  # the accuracy tables, then the ECE table: alike
+        table = [line for line in part.splitlines() if line.startswith("| clip-adapter")]
+        assert len(table) == 2  # one row per lr; the diverged configuration's cell says so
+        (cell,) = [line for line in table if "lr=1e+30" in line]
+        assert cell.rstrip(" |").endswith("| diverged")
 
 
 def test_tuning_never_keeps_a_diverged_candidate_over_a_finite_one(cache: Path, tmp_path: Path) -> None:

@@ -326,6 +326,11 @@ class Method(nn.Module):
     def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """The class probabilities of `scores` that `logits` gave, whose top one is a prediction's confidence (the
+        ECE, `evaluate`): their softmax, as the training cross-entropy (or the official classifier) takes them."""
+        return torch.softmax(scores, dim=-1)
+
     def logits_over(self, features: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """Scores of the training classes `columns` alone (column j: training class `columns[j]`), as a classifier of
         those classes only gives them (domain generalisation onto ImageNet-A/R's 200 of 1000 classes): whatever a

@@ -318,6 +318,13 @@ class LatHAdapter(Method):
             return hyper
         return torch.softmax(euclid, dim=-1) + torch.softmax(hyper, dim=-1)
 
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """`infer=fused` scores are already the sum of two softmaxes: their mean, the fused class probabilities;
+        `euclid` and `hyper` scores are the logits of their cross-entropy terms, softmaxed."""
+        if self.options.infer == "fused":
+            return scores / 2
+        return torch.softmax(scores, dim=-1)
+
     def scores(self, features: torch.Tensor, text_features: torch.Tensor | None = None, hyper: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Both scores of `infer`: the Euclidean logits `100 <v, p>` and (with `hyper`) the hyperbolic ones,
