@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from lathadapter.adapter.catalog import build_method, make_options, method_class
-from lathadapter.adapter.evaluate import CHUNK
+from lathadapter.adapter.evaluate import CHUNK, Scores, evaluate
 from lathadapter.adapter.methods.base import Method, NotApplicable
 from lathadapter.adapter.options import OptionError, StateError, before_values
 from lathadapter.cache.store import CacheReader, FewShotData
@@ -104,6 +104,14 @@ class TrainedRun:
         matrix = self.confusion(part)
         names = self.test_set(part)[2].class_names
         return [ClassAccuracy(c, names[c], int(matrix[c, c]), int(matrix[c].sum())) for c in range(len(names))]
+
+    def scores(self, part: str | None = None) -> Scores | None:
+        """Test accuracy and ECE (%) over `part` as the run was evaluated (`adapter.evaluate`); None where the method
+        cannot score novel classes or the part has no test image."""
+        features, labels, view = self.test_set(part)
+        if len(labels) == 0:
+            return None
+        return evaluate(self.method, features, labels, view.text_features if view is self.novel else None)
 
     def accuracy(self, part: str | None = None) -> float | None:
         """Test accuracy (%) over `part` as `metrics.json` records it (correct / images); None where the method

@@ -221,11 +221,20 @@ def test_inspect_prints_the_accuracy_the_extremes_and_writes_the_csv(baseline_ca
     csv_path = tmp_path / "per_class.csv"
     result = CliRunner().invoke(app, ["inspect", metrics["run_dir"], "--out", str(csv_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert f"all: {metrics['accuracy']['all']:.2f}% (as metrics.json)" in result.output
+    # ECE restated: 15 equal-width bins of the top-1 softmax probability, |right − confidence| summed over bins / n
+    features, labels, names = stored_test(baseline_cache)
+    logits = lathadapter.load(metrics["run_dir"]).logits(torch.from_numpy(features)).double()
+    confidence, predicted = torch.softmax(logits, dim=-1).max(dim=-1)
+    bins = np.minimum(np.ceil(confidence.numpy() * 15).astype(int) - 1, 14)
+    right = predicted.numpy() == labels
+    ece = 100 * sum(abs(right[bins == b].sum() - confidence.numpy()[bins == b].sum()) for b in range(15)) / len(labels)
+    line = next(x for x in result.output.splitlines() if x.startswith("all: "))
+    assert line.startswith(f"all: {metrics['accuracy']['all']:.2f}% (as metrics.json), ECE ")
+    assert float(line.split("ECE ")[1].split()[0]) == pytest.approx(ece, abs=0.006)
+    assert "(metrics.json:" not in line  # the recomputed ECE equals the recorded one
     assert "  worst: " in result.output and "  best: " in result.output
     with csv_path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    features, labels, names = stored_test(baseline_cache)
     predicted = lathadapter.load(metrics["run_dir"]).predict(torch.from_numpy(features)).numpy()
     correct, counts = per_label(predicted, labels, len(names))
     assert [(r["classes"], r["class"], int(r["correct"]), int(r["count"])) for r in rows] == [
