@@ -257,13 +257,18 @@ def _small_dataset(coop_dataset, folder: Path) -> Path:
 
 
 def test_unreadable_image_stops_the_build_unless_skip_bad(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """An image cut short after its header opens, so only decoding it finds it: the build stops there, naming it and
+    keeping its `.tmp` (not a cache), which --skip-bad resumes."""
     split_file = _small_dataset(coop_dataset, tmp_path / "small")
     bad = json.loads(split_file.read_text())["test"][1][0]
-    (tmp_path / "small" / bad).write_bytes(b"\x89PNG truncated")
+    whole_bytes = (tmp_path / "small" / bad).read_bytes()
+    (tmp_path / "small" / bad).write_bytes(whole_bytes[:len(whole_bytes) // 2])
     out = tmp_path / "small.h5"
     options = _options(tiny_clip, shots=(1,), seeds=(1,))
-    with pytest.raises(BuildError, match=f"cannot read image {tmp_path / 'small' / bad}.*--skip-bad"):
+    with pytest.raises(BuildError, match=f"cannot read image {tmp_path / 'small' / bad} \\(OSError: .*truncated.*"
+                                         "--skip-bad"):
         build(None, f"split:{split_file}", out, **options)
+    assert not out.exists() and out.with_name(out.name + ".tmp").exists()
     result = build(None, f"split:{split_file}", out, skip_bad=True, **options)
     assert result.status == "resumed" and result.stats.skipped == 1
     assert verify(out) == []
@@ -282,13 +287,13 @@ def test_unreadable_image_stops_the_build_unless_skip_bad(coop_dataset, tiny_cli
     # a cache built before its images were deleted (ImageNet's, to free the disk) is still up to date; rebuilding it
     # needs them
     assert build(None, f"split:{split_file}", whole, **options).status == "up to date"
-    with pytest.raises(BuildError, match="1 of the images the split source lists are missing"):
+    with pytest.raises(BuildError, match="1 of the images listed by the split file .* are missing"):
         build(None, f"split:{split_file}", whole, force=True, **options)
     with pytest.raises(BuildError) as raised:
         build(None, f"split:{split_file}", missing, **options)
-    assert str(raised.value) == (f"1 of the images the split source lists are missing under {tmp_path / 'small'}: "
-                                 f"{bad}; fix the split source or restore the images, or pass --skip-bad to leave "
-                                 "them out (they are listed in the cache)")
+    assert str(raised.value) == (f"1 of the images listed by the split file {split_file} are missing under "
+                                 f"{tmp_path / 'small'}: {bad}; fix the split source or restore the images, or pass "
+                                 "--skip-bad to leave them out (they are listed in the cache)")
     assert not missing.exists() and not missing.with_name(missing.name + ".tmp").exists()
     assert build(None, f"split:{split_file}", missing, skip_bad=True, **options).stats.skipped == 1
 
@@ -438,8 +443,8 @@ def test_the_missing_image_check_stats_concurrently_and_names_them_in_split_orde
     splits = SimpleNamespace(folder=tmp_path, **{s: [(n, 0, "c") for n in listed] for s, listed in names.items()})
     indices = {split: list(range(40)) for split in names}
     with pytest.raises(BuildError) as raised:
-        build_module._check_images_exist(splits, indices)
-    assert str(raised.value).startswith(f"4 of the images the split source lists are missing under {tmp_path}: "
+        build_module._check_images(splits, indices, "x.json")
+    assert str(raised.value).startswith(f"4 of the images listed by x.json are missing under {tmp_path}: "
                                         f"{gone[0]}, {gone[1]}, {gone[2]} ...; ")
     assert peak[0] > 1, "the stats ran one at a time"
 
