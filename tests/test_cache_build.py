@@ -396,6 +396,44 @@ def test_a_16_bit_image_is_encoded_as_its_8_bit_reading(coop_dataset, tiny_clip,
         assert np.array_equal(value, arrays[16][name]), name
 
 
+def test_every_mode_reaches_the_encoder_as_the_fields_loaders_read_it_and_exif_orientation_is_not_applied(
+        tiny_clip, tmp_path: Path) -> None:
+    """Grayscale, palette (with a transparent entry), CMYK and half-transparent RGBA files are read as Dassl's
+    `read_image` and torchvision's `pil_loader` read them: `convert("RGB")` when loaded, then open_clip's preprocess.
+    open_clip's preprocess converts only after resizing: applied to the file as it is, it resizes RGBA with
+    premultiplied alpha, which turns the transparent half black. A photo's EXIF orientation is not applied, as
+    none of open_clip, CLIP, Dassl or ImageFolder applies it: the stored pixels are encoded."""
+    from PIL import ImageOps
+
+    from lathadapter.cache.encode import ImageRows
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (30, 48, 3), dtype=np.uint8))
+    rgba = np.asarray(photo.convert("RGBA")).copy()
+    rgba[15:, :, 3] = 0
+    palette = photo.convert("P")
+    palette.info["transparency"] = 3
+    files = {"gray.png": photo.convert("L"), "palette.png": palette, "cmyk.jpg": photo.convert("CMYK"),
+             "rgba.png": Image.fromarray(rgba)}
+    for name, image in files.items():
+        image.save(tmp_path / name)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: shown rotated 90° clockwise
+    photo.save(tmp_path / "exif.jpg", exif=exif)
+    paths = [*files, "exif.jpg"]
+    rows = ImageRows(tmp_path, paths, range(len(paths)), tiny_clip.preprocess, 0, 0, (32, 32), (0, 0, 0), (1, 1, 1))
+    for row, path in enumerate(paths):
+        with Image.open(tmp_path / path) as opened:
+            expected = tiny_clip.preprocess(opened.convert("RGB"))
+        assert torch.equal(rows[row].clean, expected), path
+    with Image.open(tmp_path / "rgba.png") as opened:
+        unconverted = tiny_clip.preprocess(opened)
+    assert unconverted[:, 20:].mean() < rows[paths.index("rgba.png")].clean[:, 20:].mean() - 1, "not black there"
+    with Image.open(tmp_path / "exif.jpg") as opened:
+        turned = tiny_clip.preprocess(ImageOps.exif_transpose(opened).convert("RGB"))
+    assert not torch.allclose(rows[paths.index("exif.jpg")].clean, turned, atol=0.1)
+
+
 def test_32_bit_integer_images_read_as_8_or_16_bit_by_their_values() -> None:
     """Mode I holding 0..255 reads as those 8-bit values (as Pillow's convert does), holding v × 257 as v; values
     above 16 bits and float images are unreadable (ValueError, skipped with --skip-bad)."""
