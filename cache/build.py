@@ -31,7 +31,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lathadapter.cache.datasets import DatasetSplits, check_template, load_dataset
+from lathadapter.cache.datasets import DATASETS, DatasetSplits, check_template, load_dataset
 from lathadapter.cache.encode import (
     Augmentation,
     ClipModel,
@@ -41,6 +41,7 @@ from lathadapter.cache.encode import (
     collate,
     encode_images,
     encode_texts,
+    image_problem,
     load_model,
     resolve_device,
 )
@@ -70,8 +71,8 @@ __all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "VAL_CHOICES",
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
 FLUSH_SECONDS = 10.0  # how often encoded rows are flushed to the temporary file (what a resume can reuse)
-MISSING_LISTED = 3  # missing images named in the error before any is encoded
-STAT_THREADS = 16  # concurrent stats of the missing-image check (each a round trip on a network file system)
+MISSING_LISTED = 3  # missing or unreadable images named in the error before any is encoded
+STAT_THREADS = 16  # concurrent checks of the listed images (each a round trip on a network file system)
 LOSSES_LISTED = 5  # how many lost classes a failed `--skip-bad` build names
 # `--val`: the union of the few-shot val subsets, or the whole val split (Tip-Adapter's official search set)
 VAL_CHOICES = ("subsets", "all")
@@ -162,26 +163,54 @@ def _is_file(path: str) -> bool:
     return os.path.isfile(path)
 
 
-def _check_images_exist(splits: DatasetSplits, indices: dict[str, list[int]]) -> None:
-    """Refuse, before any image is encoded, a build whose split source lists images that are not there, naming how
-    many and the first few (in split order): encoding met them one at a time, the test split's last, after the train
-    views' minutes or hours. One stat a listed image, `STAT_THREADS` at a time: serial stats take ~6 µs each on a
-    local disk (8 s for ImageNet's 1.33M) but a network round trip each (~0.5 ms: minutes) on NFS."""
+def split_source(dataset: str, splits: DatasetSplits) -> str:
+    """What lists `dataset`'s images, for an error about them: its split file, or the dataset (a folder listing)."""
+    spec = DATASETS.get(dataset)
+    if dataset.startswith("split:"):
+        return f"the split file {dataset.removeprefix('split:')}"
+    if spec is not None and spec.kind == "split":
+        return f"the split file {splits.folder / spec.split_file}"
+    if spec is not None and spec.kind == "aircraft":
+        return f"{splits.folder}/images_variant_<split>.txt"
+    return dataset
+
+
+def _check_images(splits: DatasetSplits, indices: dict[str, list[int]], source: str) -> None:
+    """Refuse, before any image is encoded, a build whose `source` lists images that are not there or that Pillow
+    cannot open (an empty file, `Thumbs.db` or macOS's `._photo.jpg` in a split file), naming how many and the first
+    few (in split order): encoding met them one at a time, the test split's last, after the train views' minutes or
+    hours. A stat and a header read a listed image, `STAT_THREADS` at a time: 0.5-1 s per 10k JPEGs on a local
+    disk, but a network round trip each (~0.5 ms: minutes for ImageNet's 1.33M one at a time) on NFS. A file cut
+    short after its header passes (decoding each image here would double the build's decoding); the build stops
+    at it, naming it, and a rerun resumes."""
     items = {"train": splits.train, "val": splits.val, "test": splits.test}
     paths = [items[split][i][0] for split in SPLITS for i in indices[split]]
     size = max(1, math.ceil(len(paths) / (4 * STAT_THREADS)))
     chunks = [paths[start:start + size] for start in range(0, len(paths), size)]
 
-    def absent(chunk: list[str]) -> list[str]:
-        return [path for path in chunk if not _is_file(os.path.join(splits.folder, path))]
+    def problems(chunk: list[str]) -> list[tuple[str, str | None]]:
+        found = []
+        for path in chunk:
+            full = os.path.join(splits.folder, path)
+            if not _is_file(full):
+                found.append((path, None))  # missing
+            elif (problem := image_problem(Path(full))) is not None:
+                found.append((path, problem))
+        return found
 
     with ThreadPoolExecutor(STAT_THREADS) as pool:
-        missing = [path for found in pool.map(absent, chunks) for path in found]
+        found = [problem for chunk in pool.map(problems, chunks) for problem in chunk]
+    missing = [path for path, problem in found if problem is None]
     if missing:
         shown = ", ".join(missing[:MISSING_LISTED]) + (" ..." if len(missing) > MISSING_LISTED else "")
-        raise BuildError(f"{len(missing)} of the images the split source lists are missing under {splits.folder}: "
+        raise BuildError(f"{len(missing)} of the images listed by {source} are missing under {splits.folder}: "
                          f"{shown}; fix the split source or restore the images, or pass --skip-bad to leave them "
                          "out (they are listed in the cache)")
+    if found:
+        shown = ", ".join(f"{splits.folder / path} ({problem})" for path, problem in found[:MISSING_LISTED])
+        raise BuildError(f"{len(found)} of the images listed by {source} cannot be read: {shown}"
+                         f"{' ...' if len(found) > MISSING_LISTED else ''}; fix or remove them, or pass --skip-bad "
+                         "to leave them out (they are listed in the cache)")
 
 
 @contextmanager
@@ -652,7 +681,7 @@ def build(
             say(f"{out} is up to date (same fingerprint {fingerprint_of(fields)})")
             return BuildResult(out, "up to date", stats, notes)
         if not skip_bad:  # after that check: a cache stays up to date once its images are deleted (ImageNet's)
-            _check_images_exist(splits, indices)
+            _check_images(splits, indices, split_source(dataset, splits))
 
         items = {"train": splits.train, "val": splits.val, "test": splits.test}
         layout = CacheLayout(

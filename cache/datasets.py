@@ -14,7 +14,9 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# What a folder of images holds, as torchvision's `ImageFolder` takes it (its IMG_EXTENSIONS, in any case)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+OTHERS_LISTED = 3  # entries of class folders that are not images, named in the warning that counts them
 DEFAULT_TEMPLATE = "a photo of a {}."
 # CoOp's proportions for datasets without a split file (its `read_and_split_data`): the rest is test.
 FOLDER_SPLIT = (0.5, 0.2)
@@ -141,10 +143,34 @@ def _utf8(path: Path) -> str:
     return path.name
 
 
+def _is_image(path: Path) -> bool:
+    """An image file by its name: not hidden (`.DS_Store`, macOS's `._photo.jpg`), an image suffix in any case, and a
+    file (a symbolic link to one counts, as `ImageFolder` reads through it)."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
 def _images_in(folder: Path) -> list[str]:
-    """Image file names in `folder`, hidden files skipped, sorted (so listings do not depend on the filesystem)."""
-    return sorted(_utf8(p) for p in folder.iterdir()
-                  if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image file names in `folder`, sorted (so listings do not depend on the filesystem)."""
+    return sorted(_utf8(p) for p in folder.iterdir() if _is_image(p))
+
+
+def _not_images(folder: Path) -> list[Path]:
+    """What `_images_in` leaves out of `folder` besides hidden files: other files (`notes.txt`, `Thumbs.db`),
+    subfolders, broken links."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not _is_image(p))
+
+
+def _others_note(path: Path, class_folders: list[Path]) -> list[str]:
+    """A warning counting the entries of a `folder:` tree's class folders that are not read as images, naming a few:
+    they were left out silently, a subfolder of images among them."""
+    others = [p for folder in class_folders for p in _not_images(folder)]
+    if not others:
+        return []
+    shown = ", ".join((p.relative_to(path).as_posix() + ("/" if p.is_dir() else "")).encode("utf-8", "backslashreplace")
+                      .decode() for p in others[:OTHERS_LISTED])  # a name that is not UTF-8 printed, not a crash
+    return [f"warning: folder:{path}: left out {len(others)} entries of class folders that are not images: {shown}"
+            f"{' ...' if len(others) > OTHERS_LISTED else ''} (images are {', '.join(IMAGE_SUFFIXES)} files, in any "
+            "case, directly in a class folder)"]
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -360,8 +386,10 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
             splits[split] = _folder_items(path, path / split, _subfolders(path / split), label_of,
                                           {c: c for c in classes})
         notes = [f"folder:{path}: splits from its {', '.join(parts)} folders"]
+        class_folders = [path / split / name for split in parts for name in _subfolders(path / split)]
     else:
         classes = _subfolders(path)
+        class_folders = [path / name for name in classes]
         rng = random.Random(seed)
         for label, name in enumerate(classes):
             images = [f"{name}/{image}" for image in _images_in(path / name)]
@@ -374,6 +402,7 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
                                  ("test", images[n_train + n_val:])):
                 splits[split].extend((p, label, name) for p in sorted(chunk))
         notes = [f"folder:{path}: split 50/20/30 per class with seed {seed}"]
+    notes += _others_note(path, class_folders)
     if not classes or not any(splits.values()):
         raise DatasetError(f"folder:{path} has no class folders with images ({', '.join(IMAGE_SUFFIXES)}). Expected "
                            "PATH/<class>/<image> or PATH/train/<class>/<image> and PATH/test/<class>/<image>")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -388,6 +389,30 @@ def as_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # what Pillow raises on a file it cannot read
+
+
+def unreadable_reason(path: Path, error: BaseException) -> str:
+    """Why `path` is not an image, in a few words (Pillow's "cannot identify image file '<the path again>'" for
+    an empty file, a text file or macOS's `._photo.jpg`)."""
+    if isinstance(error, Image.UnidentifiedImageError):
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                return "an empty file"
+        return "not an image file Pillow can read"
+    return f"{type(error).__name__}: {error}"
+
+
+def image_problem(path: Path) -> str | None:
+    """Why Pillow cannot open `path` as an image, from its header alone (40-60 µs a JPEG; decoding it takes 0.1-1 ms),
+    or None. A file cut short after its header passes: only decoding finds it."""
+    try:
+        with Image.open(path):
+            return None
+    except UNREADABLE as error:
+        return unreadable_reason(path, error)
+
+
 class ImageRows(torch.utils.data.Dataset):
     """The rows of one split to encode: decodes each image and makes its clean and augmented views."""
 
@@ -408,8 +433,8 @@ class ImageRows(torch.utils.data.Dataset):
         try:
             with Image.open(self.folder / path) as opened:
                 image = as_rgb(opened)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            return LoadedItem(row, None, None, f"{type(error).__name__}: {error}")
+        except UNREADABLE as error:
+            return LoadedItem(row, None, None, unreadable_reason(self.folder / path, error))
         clean = self.preprocess(image)
         views = augmented_views(image, self.views, view_seed(self.seed, path), self.size, self.mean, self.std,
                                 self.augmentation) if self.views else None

@@ -257,13 +257,18 @@ def _small_dataset(coop_dataset, folder: Path) -> Path:
 
 
 def test_unreadable_image_stops_the_build_unless_skip_bad(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """An image cut short after its header opens, so only decoding it finds it: the build stops there, naming it and
+    keeping its `.tmp` (not a cache), which --skip-bad resumes."""
     split_file = _small_dataset(coop_dataset, tmp_path / "small")
     bad = json.loads(split_file.read_text())["test"][1][0]
-    (tmp_path / "small" / bad).write_bytes(b"\x89PNG truncated")
+    whole_bytes = (tmp_path / "small" / bad).read_bytes()
+    (tmp_path / "small" / bad).write_bytes(whole_bytes[:len(whole_bytes) // 2])
     out = tmp_path / "small.h5"
     options = _options(tiny_clip, shots=(1,), seeds=(1,))
-    with pytest.raises(BuildError, match=f"cannot read image {tmp_path / 'small' / bad}.*--skip-bad"):
+    with pytest.raises(BuildError, match=f"cannot read image {tmp_path / 'small' / bad} \\(OSError: .*truncated.*"
+                                         "--skip-bad"):
         build(None, f"split:{split_file}", out, **options)
+    assert not out.exists() and out.with_name(out.name + ".tmp").exists()
     result = build(None, f"split:{split_file}", out, skip_bad=True, **options)
     assert result.status == "resumed" and result.stats.skipped == 1
     assert verify(out) == []
@@ -282,13 +287,13 @@ def test_unreadable_image_stops_the_build_unless_skip_bad(coop_dataset, tiny_cli
     # a cache built before its images were deleted (ImageNet's, to free the disk) is still up to date; rebuilding it
     # needs them
     assert build(None, f"split:{split_file}", whole, **options).status == "up to date"
-    with pytest.raises(BuildError, match="1 of the images the split source lists are missing"):
+    with pytest.raises(BuildError, match="1 of the images listed by the split file .* are missing"):
         build(None, f"split:{split_file}", whole, force=True, **options)
     with pytest.raises(BuildError) as raised:
         build(None, f"split:{split_file}", missing, **options)
-    assert str(raised.value) == (f"1 of the images the split source lists are missing under {tmp_path / 'small'}: "
-                                 f"{bad}; fix the split source or restore the images, or pass --skip-bad to leave "
-                                 "them out (they are listed in the cache)")
+    assert str(raised.value) == (f"1 of the images listed by the split file {split_file} are missing under "
+                                 f"{tmp_path / 'small'}: {bad}; fix the split source or restore the images, or pass "
+                                 "--skip-bad to leave them out (they are listed in the cache)")
     assert not missing.exists() and not missing.with_name(missing.name + ".tmp").exists()
     assert build(None, f"split:{split_file}", missing, skip_bad=True, **options).stats.skipped == 1
 
@@ -391,6 +396,44 @@ def test_a_16_bit_image_is_encoded_as_its_8_bit_reading(coop_dataset, tiny_clip,
         assert np.array_equal(value, arrays[16][name]), name
 
 
+def test_every_mode_reaches_the_encoder_as_the_fields_loaders_read_it_and_exif_orientation_is_not_applied(
+        tiny_clip, tmp_path: Path) -> None:
+    """Grayscale, palette (with a transparent entry), CMYK and half-transparent RGBA files are read as Dassl's
+    `read_image` and torchvision's `pil_loader` read them: `convert("RGB")` when loaded, then open_clip's preprocess.
+    open_clip's preprocess converts only after resizing: applied to the file as it is, it resizes RGBA with
+    premultiplied alpha, which turns the transparent half black. A photo's EXIF orientation is not applied, as
+    none of open_clip, CLIP, Dassl or ImageFolder applies it: the stored pixels are encoded."""
+    from PIL import ImageOps
+
+    from lathadapter.cache.encode import ImageRows
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (30, 48, 3), dtype=np.uint8))
+    rgba = np.asarray(photo.convert("RGBA")).copy()
+    rgba[15:, :, 3] = 0
+    palette = photo.convert("P")
+    palette.info["transparency"] = 3
+    files = {"gray.png": photo.convert("L"), "palette.png": palette, "cmyk.jpg": photo.convert("CMYK"),
+             "rgba.png": Image.fromarray(rgba)}
+    for name, image in files.items():
+        image.save(tmp_path / name)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: shown rotated 90° clockwise
+    photo.save(tmp_path / "exif.jpg", exif=exif)
+    paths = [*files, "exif.jpg"]
+    rows = ImageRows(tmp_path, paths, range(len(paths)), tiny_clip.preprocess, 0, 0, (32, 32), (0, 0, 0), (1, 1, 1))
+    for row, path in enumerate(paths):
+        with Image.open(tmp_path / path) as opened:
+            expected = tiny_clip.preprocess(opened.convert("RGB"))
+        assert torch.equal(rows[row].clean, expected), path
+    with Image.open(tmp_path / "rgba.png") as opened:
+        unconverted = tiny_clip.preprocess(opened)
+    assert unconverted[:, 20:].mean() < rows[paths.index("rgba.png")].clean[:, 20:].mean() - 1, "not black there"
+    with Image.open(tmp_path / "exif.jpg") as opened:
+        turned = tiny_clip.preprocess(ImageOps.exif_transpose(opened).convert("RGB"))
+    assert not torch.allclose(rows[paths.index("exif.jpg")].clean, turned, atol=0.1)
+
+
 def test_32_bit_integer_images_read_as_8_or_16_bit_by_their_values() -> None:
     """Mode I holding 0..255 reads as those 8-bit values (as Pillow's convert does), holding v × 257 as v; values
     above 16 bits and float images are unreadable (ValueError, skipped with --skip-bad)."""
@@ -438,8 +481,8 @@ def test_the_missing_image_check_stats_concurrently_and_names_them_in_split_orde
     splits = SimpleNamespace(folder=tmp_path, **{s: [(n, 0, "c") for n in listed] for s, listed in names.items()})
     indices = {split: list(range(40)) for split in names}
     with pytest.raises(BuildError) as raised:
-        build_module._check_images_exist(splits, indices)
-    assert str(raised.value).startswith(f"4 of the images the split source lists are missing under {tmp_path}: "
+        build_module._check_images(splits, indices, "x.json")
+    assert str(raised.value).startswith(f"4 of the images listed by x.json are missing under {tmp_path}: "
                                         f"{gone[0]}, {gone[1]}, {gone[2]} ...; ")
     assert peak[0] > 1, "the stats ran one at a time"
 

@@ -129,6 +129,38 @@ def test_user_errors_exit_with_a_message_and_no_traceback(coop_dataset, tiny_cli
     assert result.exit_code == 1 and "split_zhou_OxfordPets.json not found" in result.output
 
 
+def test_files_that_are_not_images_are_named_before_any_image_is_encoded(coop_dataset, tiny_clip,
+                                                                         tmp_path: Path) -> None:
+    """A split file listing an empty file, macOS's AppleDouble `._` file, `Thumbs.db` and a text file: one error line
+    counting them and naming the first three (in split order) with why, exit 1, no traceback, and no `.tmp` that a
+    rerun would take for a started build. They failed one at a time as the encoder met them (the test split's last),
+    each after a `.tmp` was written."""
+    folder = tmp_path / "data"
+    shutil.copytree(coop_dataset.folder, folder)
+    split_file = folder / coop_dataset.split_file.name
+    split = json.loads(split_file.read_text())
+    image = Path(split["test"][0][0])
+    litter = {"empty.jpg": b"", f"._{image.name}": b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X",
+              "Thumbs.db": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "notes.txt": b"taken on holiday"}
+    for name, content in litter.items():
+        (folder / image.parent / name).write_bytes(content)
+        split["test"].append([(image.parent / name).as_posix(), 0, split["test"][0][2]])
+    split_file.write_text(json.dumps(split))
+    out = tmp_path / "c.h5"
+    args = _build_args(coop_dataset, tiny_clip, "--out", str(out))
+    args[args.index("--dataset") + 1] = f"split:{split_file}"
+    result = runner.invoke(app, args)
+    named = [f"{folder / image.parent / name} ({why})" for name, why in (
+        ("empty.jpg", "an empty file"), (f"._{image.name}", "not an image file Pillow can read"),
+        ("Thumbs.db", "not an image file Pillow can read"))]
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"error: 4 of the images listed by the split file {split_file} cannot be read: {', '.join(named)} ...; " \
+           "fix or remove them, or pass --skip-bad to leave them out (they are listed in the cache)\n" in result.output
+    assert not out.exists() and not out.with_name("c.h5.tmp").exists()
+    result = runner.invoke(app, [*args, "--skip-bad"])
+    assert result.exit_code == 0 and "skipped 4 unreadable images" in result.output, result.output
+
+
 def test_a_checkpoint_that_is_not_the_models_weights_is_one_error_line(coop_dataset, tiny_clip,
                                                                       tmp_path: Path) -> None:
     """A checkpoint of another model (a wider text tower), an empty file and a foreign file each end in one line

@@ -230,6 +230,40 @@ def test_folder_tree_with_split_folders(tmp_path: Path) -> None:
 
 
 
+def test_a_folder_tree_reads_the_images_imagefolder_reads_less_hidden_files_and_warns_of_the_rest(
+        tmp_path: Path) -> None:
+    """A class folder as real ones are: upper-case suffixes, .ppm/.pgm/.webp/.tif, a linked image, macOS litter, a
+    GIF, text files, a subfolder of images. What is read is what torchvision's ImageFolder reads (its extensions, in
+    any case, through links), less hidden files (`._photo.jpg` is AppleDouble metadata, not a JPEG) and nested
+    folders; the rest is counted in one warning. GIF and .ppm/.pgm had the other answer, and the rest was silent."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    tree = tmp_path / "pets"
+    for part in ("train", "test"):
+        for cls in ("cat", "dog"):
+            _image(tree / part / cls / "0.png")
+    cat = tree / "train" / "cat"
+    for name in ("UP.JPG", "UP.JPEG", "UP.PNG", "a.ppm", "a.pgm", "a.webp", "a.tif", "a.tiff", "a.bmp", "a.gif"):
+        _image(cat / name)
+    (cat / "link.jpg").symlink_to(tree / "train" / "dog" / "0.png")
+    (cat / "broken.jpg").symlink_to(tree / "nowhere.jpg")
+    (cat / "._UP.JPG").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (cat / ".DS_Store").write_bytes(b"Bud1")
+    (cat / "notes.txt").write_text("not an image")
+    (cat / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    _image(cat / "nested" / "deep.jpg")
+    data = load_dataset(None, f"folder:{tree}")
+    read = {path for path, label, _ in data.train if label == 0}
+    imagefolder = {f"train/cat/{p.name}" for p in cat.iterdir()  # less the broken link, which its loader fails on
+                   if has_file_allowed_extension(p.name, IMG_EXTENSIONS) and p.is_file()}
+    assert read == imagefolder - {"train/cat/._UP.JPG"}
+    assert {"train/cat/UP.JPG", "train/cat/a.ppm", "train/cat/link.jpg"} <= read and "train/cat/a.gif" not in read
+    warnings = [note for note in data.notes if note.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"warning: folder:{tree}: left out 5 entries of class folders that are not images: train/cat/Thumbs.db, "
+        "train/cat/a.gif, train/cat/broken.jpg ...")
+
+
 @pytest.mark.parametrize("parts", [("train", "val"), ("train",), ("val", "test")])
 def test_split_folders_without_train_or_test_are_named(tmp_path: Path, parts: tuple[str, ...]) -> None:
     """A tree of split folders lacking train/ or test/ (an ImageFolder's train/ and val/) is refused by what it has
