@@ -14,8 +14,9 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# What a folder of images holds, as torchvision's `ImageFolder` takes it (its IMG_EXTENSIONS, in any case)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# What a folder of images holds: torchvision's `ImageFolder` extensions (IMG_EXTENSIONS), in any case, and `.gif`,
+# which this reader took before (Pillow reads it; leaving it out would shrink existing trees' datasets)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 OTHERS_LISTED = 3  # entries of class folders that are not images, named in the warning that counts them
 DEFAULT_TEMPLATE = "a photo of a {}."
 # CoOp's proportions for datasets without a split file (its `read_and_split_data`): the rest is test.
