@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from lathadapter.adapter.options import OptionError, StateError
-from lathadapter.progress import show_warning
 
 INSTALL_HINT = "--backend ray needs Ray, which is not installed: pip install 'lathadapter[ray]'"
 
@@ -28,11 +27,9 @@ class RayBackendError(ValueError):
     """The Ray cluster cannot run the grid (storage not shared, a chunk lost for good)."""
 
 
-# Ray's settings read when it is imported (a user's own values win): the workers' lines on stderr as they wrote them,
-# without Ray's `(task pid=…)` prefix or its folding of the same line from several workers (a warning is one line
-# `warning: …`, as the command's); and how long the command waits for a cluster's GCS to answer (Ray: 30 s a try).
-# RAY_BACKEND_LOG_LEVEL is left alone: setting it made every Ray process say so on stderr.
-RAY_SETTINGS = {"RAY_DISABLE_WORKER_LOG_PREFIX": "1", "RAY_DEDUP_LOGS": "0", "RAY_py_gcs_connect_timeout_s": "10"}
+# Read by Ray when it is imported (a user's own value wins): how long the command waits for a cluster's GCS to
+# answer (Ray: 30 s a try). RAY_BACKEND_LOG_LEVEL is left alone: set, it made every Ray process say so on stderr.
+RAY_SETTINGS = {"RAY_py_gcs_connect_timeout_s": "10"}
 
 
 def import_ray() -> Any:
@@ -46,10 +43,20 @@ def import_ray() -> Any:
     return ray
 
 
-def one_line_warnings() -> None:
-    """On a Ray worker, first thing in a task: each warning one `warning: …` line on stderr, which Ray passes on to
-    the command's, as the command's own (`progress.show_warning`), not Python's file, line and source."""
-    warnings.showwarning = show_warning
+def relayed(caught: list[warnings.WarningMessage]) -> list[Warning]:
+    """The warnings a Ray task `caught` on its worker (emptied), to send to the command, which shows them as its own
+    (`show_relayed`): the worker's stderr reaches the command late or, once the command has ended, never."""
+    messages = []
+    while caught:  # one at a time: a trainer thread may be adding one
+        warned = caught.pop(0)
+        messages.append(warned.message if isinstance(warned.message, Warning) else warned.category(warned.message))
+    return messages
+
+
+def show_relayed(messages: list[Warning]) -> None:
+    """Show the warnings a Ray task sent back: one `warning: …` line each, each text once, as the command's own."""
+    for message in messages:
+        warnings.warn(message, stacklevel=1)
 
 
 REACH_SECONDS = 10.0  # how long `check_reachable` waits for the cluster's port and its answer
