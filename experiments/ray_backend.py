@@ -6,7 +6,8 @@ chunk is one Ray task (a streaming generator, `chunks.train_chunk`, shared with 
 once and trains its runs in order with the same `training.train_runs` as the local backends, yielding each trained
 run (configuration, metrics, CPU weights, lifted points) as soon as it is done. The driver, this process, alone writes
 the run directories (`chunks.save_streamed`, under the run's lock as the local backends) and `results.csv`, as each
-run streams back: same keys, same layout, same resume.
+run streams back: same keys, same layout, same resume. Warnings a chunk task raises stream back too (`Warned`), shown
+by the driver as its own.
 A worker killed mid-chunk loses only its unfinished runs; the driver resubmits them (`RayOptions.retries` times), and
 a rerun of the grid completes whatever is still missing. An error a chunk task raises stops the grid with it, as on the
 local backend; a round stopped early (Ctrl-C, an error) cancels its chunk tasks, also on a cluster that outlives it.
