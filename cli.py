@@ -36,8 +36,9 @@ WORKERS_HELP = ("Worker processes of one torch thread each, training the grid's 
                 "1, this process with its --trainers.")
 TRAINERS_HELP = ("On a GPU: trainer threads of each process that trains, each on its own CUDA stream, so that several "
                  "small runs' kernels share the GPU [default: 4 on a GPU; 1 on the CPU, the only valid value there].")
-ADDRESS_HELP = ("--backend ray: the cluster's address, e.g. HEAD:6379 (default: a running cluster Ray finds, else a "
-                "local one started for the command).")
+ADDRESS_HELP = ("--backend ray: the cluster's address HOST:PORT, as `ray start --head` printed it (port 6379 unless "
+                "its --port said otherwise), or auto (a cluster started on this machine); not ray:// (Ray Client). "
+                "Default: a running cluster Ray finds, else a local one started for the command.")
 TUNE_HELP = ("Tuned option [METHOD.]OPTION=V1,V2,... (repeatable): each value is trained, the one best by "
              "--tune-score on the val images of --tune-set is kept per cell and reported; never the test set.")
 TUNE_PRESET_HELP = ("lr: tune every trained method's lr over its own default × 1, 0.1, 10 (a tie keeps the default; "
@@ -68,7 +69,8 @@ BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and rec
 SKIP_BAD = typer.Option(False, "--skip-bad", help="Leave unreadable images out (listed in the cache).")
 INSPECT_SHOWN = 5  # `inspect`: the worst and the best classes printed (at most half the classes each)
 GPUS_PER_CHUNK = typer.Option(None, help="--backend ray: GPU fraction of each task when the cluster has GPUs, in "
-                              "(0, 1] [default: 0.25, four tasks share a GPU].")
+                              "(0, 1] [default: 0.25, four tasks share a GPU]; without GPUs (or with --device cpu) "
+                              "tasks train on one CPU each and it has no effect, with a warning.")
 
 
 class Terminated(KeyboardInterrupt):

@@ -4,13 +4,14 @@ Ray task each. Each build resumes as `cache build` does."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.options import OptionError, StateError
 from lathadapter.cache.build import build
 from lathadapter.cache.datasets import dataset_name
-from lathadapter.experiments.ray_cluster import connect
+from lathadapter.experiments.ray_cluster import check_address, connect, relayed, show_relayed
 
 
 def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
@@ -18,6 +19,13 @@ def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
     `cache build-many`."""
     result = build(dataset=dataset, **options)
     return dataset, str(result.path), result.status
+
+
+def _build_on_ray(dataset: str, options: dict) -> tuple[str, str, str, list[Warning]]:
+    """`_build_one` as a Ray task, with the warnings it raised on its worker, for the command to show
+    (`ray_cluster.relayed`)."""
+    with warnings.catch_warnings(record=True) as caught:
+        return (*_build_one(dataset, options), relayed(caught))
 
 
 def cache_paths(datasets: list[str], out: Path) -> dict[str, Path]:
@@ -60,6 +68,7 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
         raise OptionError(f"--backend {backend}: choose local or ray")
     if not datasets:
         raise OptionError("give at least one --dataset")
+    check_address(address)
     paths = cache_paths(datasets, out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -81,7 +90,7 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
     else:  # a task's builds print on their worker (no bars): a line here as each ends
         with connect(address, init_options) as ray:
             gpus = ray.cluster_resources().get("GPU", 0)
-            task = ray.remote(_build_one).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)
+            task = ray.remote(_build_on_ray).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)
             refs = {task.remote(*for_workers(dataset, {**options(dataset), "progress": False, "log": None})): dataset
                     for dataset in datasets}
             built: dict[str, tuple[str, str, str]] = {}
@@ -89,7 +98,9 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
                 [ref], _ = ray.wait(list(refs), num_returns=1)
                 dataset = refs.pop(ref)
                 try:
-                    built[dataset] = (dataset, *ray.get(ref)[1:])  # named as given
+                    _, path, status, messages = ray.get(ref)
+                    show_relayed(messages)
+                    built[dataset] = (dataset, path, status)  # named as given
                     line = f"{dataset}: {built[dataset][2]}"
                 except ray.exceptions.RayError as error:
                     cause = getattr(error, "cause", None) or error

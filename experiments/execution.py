@@ -17,31 +17,33 @@ from lathadapter.adapter.batched import STACK_CHOICES, STACK_ENV, stacks_on
 from lathadapter.adapter.graphed import GRAPHS_CHOICES, graphs_from_environment, graphs_on
 from lathadapter.adapter.options import OptionError, environment_choice
 from lathadapter.experiments import machine
-from lathadapter.experiments.ray_cluster import import_ray
+from lathadapter.experiments.ray_cluster import check_address, import_ray
 from lathadapter.kernels.dispatch import BACKENDS as KERNELS
 from lathadapter.kernels.dispatch import get_backend
 
 BACKENDS = ("local", "ray")
 DEFAULT_CHUNK_SIZE = 8
+DEFAULT_GPUS_PER_CHUNK = 0.25  # four chunk tasks share a GPU
 
 
 @dataclass(frozen=True)
 class RayOptions:
     """How a grid runs on Ray: the cluster (`address`, None: a running one found by Ray, else a local one started
-    for the grid), runs per chunk task, the GPU fraction of each chunk task when the cluster has GPUs (several
-    chunks share a GPU), how many times the driver resubmits the unfinished runs of a chunk whose worker died, and
-    more `ray.init` keywords (tests: num_cpus)."""
+    for the grid), runs per chunk task, the GPU fraction of each chunk task when it trains on a GPU (several chunks
+    share a GPU; None: `DEFAULT_GPUS_PER_CHUNK`, settled once connected), how many times the driver resubmits the
+    unfinished runs of a chunk whose worker died, and more `ray.init` keywords (tests: num_cpus)."""
 
     address: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    gpus_per_chunk: float = 0.25
+    gpus_per_chunk: float | None = None
     retries: int = 1
     init_options: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        check_address(self.address)
         if self.chunk_size < 1:
             raise OptionError(f"--chunk-size {self.chunk_size}: must be at least 1")
-        if not 0 < self.gpus_per_chunk <= 1:
+        if self.gpus_per_chunk is not None and not 0 < self.gpus_per_chunk <= 1:
             raise OptionError(f"--gpus-per-chunk {self.gpus_per_chunk}: must be in (0, 1]")
 
 
@@ -124,8 +126,10 @@ class Execution:
         if backend == "ray":
             if workers not in (None, 1):
                 raise OptionError(f"--workers {workers}: for the local backend; with --backend ray use --chunk-size")
-            ray = RayOptions(address, chunk_size if chunk_size is not None else DEFAULT_CHUNK_SIZE,
-                             gpus_per_chunk if gpus_per_chunk is not None else RayOptions.gpus_per_chunk)
+            ray = RayOptions(address, chunk_size if chunk_size is not None else DEFAULT_CHUNK_SIZE, gpus_per_chunk)
+            if gpus_per_chunk is not None and device == "cpu":
+                warnings.warn(f"--gpus-per-chunk {gpus_per_chunk} has no effect with --device cpu: chunk tasks "
+                              "train on the CPU", stacklevel=2)
             import_ray()  # after the values are checked: a bad value is a mistake whether or not Ray is installed
             return cls(device, chosen, 1, trainers, backend, ray, batch_runs)
         for option, value in (("--address", address), ("--chunk-size", chunk_size),

@@ -6,7 +6,8 @@ chunk is one Ray task (a streaming generator, `chunks.train_chunk`, shared with 
 once and trains its runs in order with the same `training.train_runs` as the local backends, yielding each trained
 run (configuration, metrics, CPU weights, lifted points) as soon as it is done. The driver, this process, alone writes
 the run directories (`chunks.save_streamed`, under the run's lock as the local backends) and `results.csv`, as each
-run streams back: same keys, same layout, same resume.
+run streams back: same keys, same layout, same resume. Warnings a chunk task raises stream back too (`Warned`), shown
+by the driver as its own.
 A worker killed mid-chunk loses only its unfinished runs; the driver resubmits them (`RayOptions.retries` times), and
 a rerun of the grid completes whatever is still missing. An error a chunk task raises stops the grid with it, as on the
 local backend; a round stopped early (Ctrl-C, an error) cancels its chunk tasks, also on a cluster that outlives it.
@@ -21,16 +22,19 @@ import dataclasses
 import math
 import os
 import secrets
-from collections.abc import Callable, Generator
+import warnings
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import CacheError, CacheReader
-from lathadapter.experiments.chunks import Item, Tally, Trained, chunk_runs, train_chunk
+from lathadapter.experiments.chunks import Elsewhere, Item, Tally, Trained, chunk_runs, train_chunk
+from lathadapter.experiments.execution import DEFAULT_GPUS_PER_CHUNK, Execution
 from lathadapter.experiments.machine import auto_batch_runs
-from lathadapter.experiments.ray_cluster import RayBackendError, connect
+from lathadapter.experiments.ray_cluster import RayBackendError, connect, relayed, show_relayed
 from lathadapter.experiments.training import Evaluator, Events, Job
+from lathadapter.version import __version__
 
 
 def _probe(caches: list[str], out: str, token: str, extra_factory: Callable[[str], Evaluator] | None) -> list[str]:
@@ -55,6 +59,25 @@ def _probe(caches: list[str], out: str, token: str, extra_factory: Callable[[str
     return problems
 
 
+@dataclasses.dataclass(frozen=True)
+class Warned:
+    """Warnings a chunk task caught on its worker, sent back between its runs (`ray_cluster.relayed`)."""
+
+    messages: list[Warning]
+
+
+def _chunk_task(cache: str, items: list[Item], out: str, execution: Execution,
+                extra_factory: Callable[[str], Evaluator] | None) -> Iterator[Trained | Elsewhere | int | Warned]:
+    """A chunk task: `chunks.train_chunk` on a Ray worker, the warnings it raises sent back before each result."""
+    with warnings.catch_warnings(record=True) as caught:
+        for result in train_chunk(cache, items, out, execution, extra_factory):
+            if caught:
+                yield Warned(relayed(caught))
+            yield result
+        if caught:
+            yield Warned(relayed(caught))
+
+
 def check_shared(ray: Any, caches: list[str], out: Path,
                  extra_factory: Callable[[str], Evaluator] | None = None) -> None:
     """Fail clearly unless a Ray worker can open every cache, see `out` and build `extra_factory`'s evaluator (one
@@ -63,16 +86,27 @@ def check_shared(ray: Any, caches: list[str], out: Path,
     (out / token).write_text(str(os.getpid()))
     try:
         problems = ray.get(ray.remote(_probe).options(num_cpus=0).remote(caches, str(out), token, extra_factory))
+    except ray.exceptions.RayTaskError as error:
+        raise task_error(ray, error) from None
     finally:
         (out / token).unlink(missing_ok=True)
     if problems:
         raise RayBackendError("\n  ".join(problems))
 
 
+# Ray's account of a task whose worker could not load its function (lathadapter missing there, or another version)
+IMPORT_FAILED = "failed to import on the worker"
+
+
 def task_error(ray: Any, error: Any) -> Exception:
-    """The exception a chunk task raised (`RayTaskError.cause`), as the local backend would raise it; when it did not
-    come back (Ray could not pickle it), a RayBackendError with Ray's account of it."""
+    """The exception a task raised (`RayTaskError.cause`), as the local backend would raise it; a RayBackendError
+    when its worker could not load lathadapter's code, or when the exception did not come back (Ray could not pickle
+    it), with Ray's account of it."""
     cause = getattr(error, "cause", None)
+    if isinstance(cause, RuntimeError) and IMPORT_FAILED in str(cause):
+        reason = str(cause).strip().splitlines()[-1]
+        return RayBackendError(f"the Ray workers cannot load lathadapter's tasks ({reason}); install lathadapter "
+                               f"{__version__}, as here, on every node of the cluster")
     if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
         return cause
     return RayBackendError(f"a Ray chunk task failed: {error}")
@@ -114,14 +148,19 @@ class OnRay:
                 device = "cuda" if gpus else "cpu"
             elif device.startswith("cuda") and not gpus:
                 raise OptionError(f"--device {device}: the Ray cluster has no GPU; use --device cpu")
+            if options.gpus_per_chunk is not None and not gpus and job.execution.device is None:
+                warnings.warn(f"--gpus-per-chunk {options.gpus_per_chunk} has no effect: the Ray cluster has no GPU, "
+                              "chunk tasks train on the CPU", stacklevel=2)
+            options = dataclasses.replace(options, gpus_per_chunk=options.gpus_per_chunk or DEFAULT_GPUS_PER_CHUNK)
             # one trainer thread per chunk task unless --trainers says otherwise: several tasks share a GPU already
             execution = dataclasses.replace(job.execution, device=device, trainers=job.execution.trainers or 1,
-                                            batch_runs=job.execution.batch_runs or auto_batch_runs(device))
+                                            batch_runs=job.execution.batch_runs or auto_batch_runs(device),
+                                            ray=options)
             job = dataclasses.replace(job, execution=execution)
             resources = {"num_cpus": 1, "num_gpus": options.gpus_per_chunk if device.startswith("cuda") else 0}
             check_shared(ray, sorted({os.path.abspath(item.run.cache) for _, item in job.pending}), job.out,
                          job.extra_factory)
-            task = ray.remote(train_chunk).options(max_retries=0, **resources)
+            task = ray.remote(_chunk_task).options(max_retries=0, **resources)
 
             def submit(chunk: list[Item]) -> Any:
                 return task.remote(os.path.abspath(chunk[0][1].run.cache), chunk, str(job.out), execution,
@@ -152,6 +191,9 @@ class OnRay:
                         elif left:
                             lost.append(f"{len(left)} run(s) of {chunk[0][1].run.cache}: {type(error).__name__}: "
                                         f"{str(error).splitlines()[0] if str(error) else ''}")
+                        continue
+                    if isinstance(result, Warned):
+                        show_relayed(result.messages)
                         continue
                     yield tally.take(result)
                     if self.on_saved is not None and not isinstance(result, int):

@@ -10,10 +10,11 @@ import os
 import signal
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from lathadapter.adapter.options import StateError
+from lathadapter.adapter.options import OptionError, StateError
 
 INSTALL_HINT = "--backend ray needs Ray, which is not installed: pip install 'lathadapter[ray]'"
 
@@ -26,10 +27,15 @@ class RayBackendError(ValueError):
     """The Ray cluster cannot run the grid (storage not shared, a chunk lost for good)."""
 
 
+# Read by Ray when it is imported (a user's own value wins): how long the command waits for a cluster's GCS to
+# answer (Ray: 30 s a try). RAY_BACKEND_LOG_LEVEL is left alone: set, it made every Ray process say so on stderr.
+RAY_SETTINGS = {"RAY_py_gcs_connect_timeout_s": "10"}
+
+
 def import_ray() -> Any:
     """The `ray` module, or RayMissingError with the install hint."""
-    # Ray's own INFO and WARNING lines (token auth, GCS retries) drowned the grid's output; read when Ray is imported
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    for name, value in RAY_SETTINGS.items():
+        os.environ.setdefault(name, value)
     try:
         import ray
     except ImportError:
@@ -37,22 +43,78 @@ def import_ray() -> Any:
     return ray
 
 
-REACH_SECONDS = 10.0  # how long `check_reachable` waits for the cluster's port
+def relayed(caught: list[warnings.WarningMessage]) -> list[Warning]:
+    """The warnings a Ray task `caught` on its worker (emptied), to send to the command, which shows them as its own
+    (`show_relayed`): the worker's stderr reaches the command late or, once the command has ended, never."""
+    messages = []
+    while caught:  # one at a time: a trainer thread may be adding one
+        warned = caught.pop(0)
+        messages.append(warned.message if isinstance(warned.message, Warning) else warned.category(warned.message))
+    return messages
+
+
+def show_relayed(messages: list[Warning]) -> None:
+    """Show the warnings a Ray task sent back: one `warning: …` line each, each text once, as the command's own."""
+    for message in messages:
+        warnings.warn(message, stacklevel=1)
+
+
+REACH_SECONDS = 10.0  # how long `check_reachable` waits for the cluster's port and its answer
+ADDRESS_HINT = ("give the address `ray start --head` printed (HEAD:6379 unless its --port said otherwise), auto for a "
+                "cluster started on this machine, or leave --address out to start a local one")
+# What an HTTP/2 client sends first (RFC 9113 §3.4: the preface, then a SETTINGS frame, here empty), and the frame
+# type a server answers with first: a Ray cluster's GCS speaks gRPC, over HTTP/2
+HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+SETTINGS_FRAME = 4
+
+
+def check_address(address: str | None) -> None:
+    """Refuse a Ray Client address (ray://HOST:PORT): chunk tasks stream their runs back as Ray generators, which Ray
+    Client does not carry, and the command reads and writes caches and run folders at paths every node shares."""
+    if address is not None and address.startswith("ray://"):
+        raise OptionError(f"--address {address}: Ray Client (ray://) is not supported; give the cluster's own "
+                          "address, --address HOST:6379 (the address `ray start --head` printed), from a machine "
+                          "that reaches every node")
+
+
+def _answer(connection: socket.socket, size: int) -> bytes:
+    """Up to `size` bytes the server sends, fewer when it closes first."""
+    answer = b""
+    while len(answer) < size:
+        part = connection.recv(size - len(answer))
+        if not part:
+            break
+        answer += part
+    return answer
 
 
 def check_reachable(address: str, timeout: float = REACH_SECONDS) -> None:
-    """Refuse at once a `--address HOST:PORT` (or ray://HOST:PORT) where nothing listens: Ray itself retried for over
-    5 minutes, printing GCS warnings. Other forms (auto, local) are left to Ray."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    """Refuse at once a `--address HOST:PORT` where no Ray cluster answers: nothing listens, or a server that does
+    not speak gRPC as a cluster's GCS does (a plain TCP or HTTP server: the dashboard's port, say). Ray itself
+    retried for minutes, printing GCS warnings. Other forms (auto, local) are left to Ray, as is a cluster that
+    speaks TLS (RAY_USE_TLS)."""
+    host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as error:
         reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error)).lower()
-        raise RayBackendError(f"--address {address}: cannot reach a Ray cluster there ({reason}); check the head "
-                              "node's address (HEAD:6379) and that it runs (`ray start --head`), or leave --address "
-                              "out to start a local one") from None
+        raise RayBackendError(f"--address {address}: cannot reach a Ray cluster there ({reason}); "
+                              f"{ADDRESS_HINT}") from None
+    with connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        try:
+            connection.sendall(HTTP2_HELLO)
+            answer = _answer(connection, 9)
+        except OSError as error:
+            answer, reason = b"", "timed out" if isinstance(error, TimeoutError) else "closed the connection"
+        else:
+            reason = "closed the connection" if len(answer) < 9 else "not gRPC"
+    if len(answer) < 9 or answer[3] != SETTINGS_FRAME:
+        raise RayBackendError(f"--address {address}: a server listens there but is not a Ray cluster ({reason}); "
+                              f"{ADDRESS_HINT}")
 
 
 def keep_sigterm(raised: list[BaseException]) -> Callable[[], None]:
@@ -78,6 +140,35 @@ def keep_sigterm(raised: list[BaseException]) -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, on_sigterm)
 
 
+GCS_TRIES = "RAY_gcs_server_port_wait_time_s"  # how many times `ray.init` asks a cluster's GCS, a second apart
+
+
+@contextlib.contextmanager
+def one_try(given: bool) -> Iterator[None]:
+    """For the block, when an address is `given`: `ray.init` asks the cluster's GCS once (a user's own
+    RAY_gcs_server_port_wait_time_s wins), not 20 times over 10 minutes, since a GCS that is up answers at once."""
+    if not given or GCS_TRIES in os.environ:
+        yield
+        return
+    os.environ[GCS_TRIES] = "1"
+    try:
+        yield
+    finally:
+        del os.environ[GCS_TRIES]
+
+
+def connection_error(address: str | None, error: ConnectionError) -> RayBackendError:
+    """What `ray.init` failing to connect to `address` means, and what to check: its token, or its address."""
+    if address is None:
+        return RayBackendError(f"cannot start or reach a Ray cluster: {error}")
+    cause = f"{error.__cause__ or ''}"
+    if "InvalidAuthToken" in cause or "Unauthenticated" in cause:
+        return RayBackendError(f"--address {address}: the Ray cluster there asks for its token; export "
+                               "RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token (or "
+                               "RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN)")
+    return RayBackendError(f"--address {address}: no Ray cluster answered there ({error}); {ADDRESS_HINT}")
+
+
 @contextlib.contextmanager
 def connect(address: str | None = None, init_options: dict[str, Any] | None = None) -> Iterator[Any]:
     """Ray, initialised for the block: an existing connection is reused and left open; one made here is closed.
@@ -96,9 +187,10 @@ def connect(address: str | None = None, init_options: dict[str, Any] | None = No
     raised: list[BaseException] = []
     restore = keep_sigterm(raised)
     try:
-        ray.init(**kwargs)
+        with one_try(address is not None):
+            ray.init(**kwargs)
     except ConnectionError as error:
-        raise RayBackendError(f"cannot connect to the Ray cluster at {address}: {error}") from None
+        raise connection_error(address, error) from None
     finally:
         restore()
     try:

@@ -45,6 +45,14 @@ def test_parse_refuses_bad_options_in_one_line(options: dict[str, Any], message:
         Execution.parse(**options)
 
 
+def test_gpus_per_chunk_with_device_cpu_is_said_to_have_no_effect() -> None:
+    pytest.importorskip("ray")
+    with pytest.warns(UserWarning, match=r"--gpus-per-chunk 0.5 has no effect with --device cpu: chunk tasks train "
+                      "on the CPU"):
+        execution = Execution.parse(device="cpu", backend="ray", gpus_per_chunk=0.5)
+    assert execution.ray.gpus_per_chunk == 0.5
+
+
 def test_parse_settles_the_local_defaults() -> None:
     execution = Execution.parse(device="cpu")
     assert (execution.device, execution.backend, execution.workers, execution.batch_runs) == ("cpu", "local", None, 8)

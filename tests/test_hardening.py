@@ -4,6 +4,7 @@ file `--out` ends in one line naming the user's path and the fix, keeping the pr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import fcntl
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -396,31 +398,84 @@ def test_a_byte_flipped_cache_is_called_corrupt_by_name(flipped: Path, tmp_path:
 # --- Ray ------------------------------------------------------------------------------------------------------------
 
 
-def test_an_unreachable_ray_address_fails_at_once(cache: Path, tmp_path: Path) -> None:
-    pytest.importorskip("ray")
-    with socket.socket() as closed:  # a port nothing listens on
+# What a server at --address sends back to an HTTP/2 client (RFC 9113 §3.4): a Ray cluster's GCS, a gRPC server,
+# answers the client's preface with a SETTINGS frame (9-byte header: length 0, type 4, no flags, stream 0)
+SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP_ANSWER = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+
+
+@contextlib.contextmanager
+def listening(answer: bytes | None) -> Iterator[int]:
+    """A server on a free port of this machine, for the block: each connection it accepts is closed at once (None),
+    or gets `answer` and is then held open, saying nothing more. Yields the port."""
+    server = socket.create_server(("", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:  # closed: the block ended
+                return
+            if answer is None:
+                connection.close()
+            else:
+                connection.sendall(answer)
+                held.append(connection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+
+
+def free_port() -> int:
+    """A port nothing listens on."""
+    with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+        return closed.getsockname()[1]
+
+
+@pytest.mark.parametrize("server", ["nothing", "closes", "http2"])
+def test_an_address_where_no_ray_cluster_answers_fails_in_bounded_time(cache: Path, tmp_path: Path,
+                                                                      server: str) -> None:
+    """`--address` where nothing listens, where a server accepts and closes, or where an HTTP/2 server answers but
+    never as a cluster's GCS: `error: --address …` naming what to give instead, exit 1, no traceback. Ray alone
+    retried for minutes (20 tries of 40 s); the timeout is the failure mode."""
+    pytest.importorskip("ray")
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).resolve().parents[2])),
-           "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "lathadapter.cli", "grid", "--cache", str(cache), "--method", "zeroshot",
-               "--shots", "1", "--seeds", "1", "--device", "cpu", "--out", str(tmp_path / "g"), "--backend", "ray",
-               "--address", f"127.0.0.1:{port}"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)  # Ray alone: over 5 minutes
+           "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+    answer = {"nothing": None, "closes": None, "http2": SETTINGS}[server]
+    with contextlib.ExitStack() as stack:
+        port = free_port() if server == "nothing" else stack.enter_context(listening(answer))
+        command = [sys.executable, "-m", "lathadapter.cli", "grid", "--cache", str(cache), "--method", "zeroshot",
+                   "--shots", "1", "--seeds", "1", "--device", "cpu", "--out", str(tmp_path / "g"), "--backend",
+                   "ray", "--address", f"127.0.0.1:{port}"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: --address 127.0.0.1:{port}: cannot reach"), done.stderr
+    assert lines[-1].startswith(f"error: --address 127.0.0.1:{port}: "), done.stderr
+    assert "`ray start --head` printed (HEAD:6379" in lines[-1] and "auto" in lines[-1]
+    if server != "http2":  # refused before Ray is asked: Ray's own lines (GCS retries) never start
+        assert len(lines) == 1, done.stderr
 
 
-def test_check_reachable_passes_a_listening_port_and_leaves_other_forms_to_ray() -> None:
+@pytest.mark.parametrize(("answer", "refused"), [(None, "closed the connection"), (HTTP_ANSWER, "not gRPC"),
+                                                 (SETTINGS, None)])
+def test_check_reachable_passes_only_a_server_that_answers_as_grpc(answer: bytes | None, refused: str | None) -> None:
     from lathadapter.experiments.ray_cluster import RayBackendError, check_reachable
 
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        check_reachable(f"127.0.0.1:{port}")
-        check_reachable(f"ray://127.0.0.1:{port}")
+    with listening(answer) as port:
+        if refused is None:
+            check_reachable(f"127.0.0.1:{port}", timeout=5)
+        else:
+            with pytest.raises(RayBackendError, match=f"a server listens there but is not a Ray cluster .{refused}"):
+                check_reachable(f"127.0.0.1:{port}", timeout=5)
     check_reachable("auto")
     with pytest.raises(RayBackendError, match="cannot reach"):
-        check_reachable(f"ray://127.0.0.1:{port}")
+        check_reachable(f"127.0.0.1:{free_port()}")

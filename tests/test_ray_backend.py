@@ -305,6 +305,61 @@ def test_backend_ray_without_ray_prints_the_install_hint(cache: Path, tmp_path: 
     assert not (tmp_path / "out" / "runs").exists()
 
 
+def test_a_ray_grid_says_on_stderr_only_its_own_lines(cache: Path, tmp_path: Path) -> None:
+    """A Ray grid's stderr holds the command's lines only: its progress, and its warnings as one `warning: …` line
+    each, those of the chunk tasks too (the ignored eps of a run trained on a worker), without Ray's prefix; here
+    `--gpus-per-chunk` on a cluster without GPUs, said once. Ray once added a line from each of its processes
+    (`Set ray log level …`), and the workers' warnings came as Python's `file:line: ProtocolWarning:` and the
+    source line, behind `(train_chunk pid=…)`."""
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", PACKAGE_PARENT), "OMP_NUM_THREADS": "1",
+           "RAY_ADDRESS": "", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "lathadapter.cli", "grid", "--cache", str(cache), "--method", "clip-adapter",
+               "--shots", "1", "--seeds", "1", "--set", "epochs=1", "--set", "min_steps=2", "--set", "eps=1e-6",
+               "--out", str(tmp_path / "grid"), "--backend", "ray", "--gpus-per-chunk", "0.5"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert all(line.startswith(("warning: ", "grid (ray): ")) for line in lines), done.stderr
+    warned = [line for line in lines if line.startswith("warning: ")]
+    assert warned.count("warning: --gpus-per-chunk 0.5 has no effect: the Ray cluster has no GPU, chunk tasks train "
+                        "on the CPU") == 1, done.stderr
+    assert any(line.startswith("warning: clip-adapter (recipe=official) trains with SGD") and "eps=1e-06" in line
+               for line in warned), done.stderr
+
+
+def test_a_ray_client_address_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Ray Client (`ray://`) cannot carry the chunk tasks' streamed runs: refused before any work, naming the
+    address form to give instead, by every command that takes --address."""
+    for command in (["grid", "--cache", str(tmp_path / "c.h5"), "--method", "zeroshot", "--shots", "1", "--seeds",
+                     "1"], ["cache", "build-many", "--dataset", "dtd"]):
+        result = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "out"), "--backend", "ray",
+                                          "--address", "ray://head:10001"])
+        assert result.exit_code == 2, result.output
+        [line] = result.output.strip().splitlines()
+        assert line.startswith("error: --address ray://head:10001: Ray Client (ray://) is not supported"), line
+        assert "--address HOST:6379" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_that_cannot_load_lathadapter_fail_in_one_line(cluster, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task whose worker cannot import its function (there, another lathadapter or none; here a module only
+    this process can import) ends in a RayBackendError that says to install the same lathadapter on every node,
+    not in Ray's RuntimeError (a traceback)."""
+    from lathadapter.experiments.ray_backend import task_error
+    from lathadapter.experiments.ray_cluster import RayBackendError
+
+    (tmp_path / "driver_only_tasks.py").write_text("def probe():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import driver_only_tasks
+
+    with pytest.raises(cluster.exceptions.RayTaskError) as raised:
+        cluster.get(cluster.remote(driver_only_tasks.probe).remote())
+    error = task_error(cluster, raised.value)
+    assert isinstance(error, RayBackendError)
+    assert "No module named 'driver_only_tasks'" in str(error) and "on every node of the cluster" in str(error)
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below `pid` (children, their children, ...), read from /proc."""
     parents: dict[int, int] = {}
