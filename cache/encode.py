@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -21,6 +21,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
+
+from lathadapter.cache.text import read_json
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -131,9 +133,12 @@ def resolve_model_name(model: str) -> tuple[str, dict[str, object] | None]:
         if not path.is_file():
             raise ModelError(f"--model {model}: model-config file does not exist")
         try:
-            config = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            config = read_json(path, f"--model {model}", ModelError)
+        except OSError as error:
             raise ModelError(f"--model {model} is not a readable JSON model config ({error})") from error
+        if path.read_bytes().startswith(codecs.BOM_UTF8):  # open_clip registers the file by reading it again
+            raise ModelError(f"--model {model} starts with a UTF-8 byte-order mark, which open_clip cannot read; save "
+                             "it as UTF-8 without one")
         missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
         if missing:
             raise ModelError(f"--model {model}: an open_clip model config needs embed_dim, vision_cfg and text_cfg; "

@@ -203,6 +203,25 @@ def test_bad_build_values_are_usage_mistakes_refused_before_anything_is_written(
     assert not (tmp_path / "new").exists()  # no folder, no lock, no .tmp
 
 
+def test_a_split_file_that_is_not_utf8_is_one_error_line_before_anything_is_written(coop_dataset, tiny_clip,
+                                                                                       tmp_path: Path) -> None:
+    """A Latin-1 split file: the file, its line and byte, and the fix, in one line (exit 1: the data, not an option,
+    is at fault); it was the codec's message in parentheses."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    split["test"][0][2] = split["train"][0][2] = "cercle_é"  # a class renamed in Latin-1
+    latin = tmp_path / "split_zhou_Latin.json"
+    text = json.dumps(split, ensure_ascii=False)
+    latin.write_bytes(text.encode("latin-1"))
+    out = tmp_path / "new" / "c.h5"
+    args = _build_args(coop_dataset, tiny_clip, "--out", str(out))
+    args[args.index(f"split:{coop_dataset.split_file}")] = f"split:{latin}"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and result.output == (
+        f"error: {latin}: line 1: byte 0xe9 at offset {text.index('é')} is not UTF-8; save the file as UTF-8 (e.g. "
+        "`iconv -f latin1 -t utf-8`)\n")
+    assert not (tmp_path / "new").exists()
+
+
 def test_an_unknown_dataset_name_is_a_usage_mistake(tmp_path: Path) -> None:
     result = runner.invoke(app, ["cache", "build", "--root", str(tmp_path), "--dataset", "caltech", "--out",
                                  str(tmp_path / "new" / "c.h5")])

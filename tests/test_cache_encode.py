@@ -125,6 +125,19 @@ def test_bad_model_options_are_named(tiny_clip, tmp_path: Path) -> None:
     broken.write_text('{"embed_dim": 32}')
     with pytest.raises(ModelError, match="missing vision_cfg, text_cfg"):
         load_model(str(broken), "none", device="cpu")
+    broken.write_text('{"embed_dim": 32,\n "vision_cfg": }')
+    with pytest.raises(ModelError, match=f"^--model {broken}: invalid JSON at line 2, column 16: Expecting value$"):
+        load_model(str(broken), "none", device="cpu")
+    latin = '{"embed_dim": 32, "name": "modèle"}'
+    broken.write_bytes(latin.encode("latin-1"))  # one byte a character
+    with pytest.raises(ModelError, match=f"^--model {broken}: line 1: byte 0xe8 at offset {latin.index('è')} is not "
+                                         "UTF-8"):
+        load_model(str(broken), "none", device="cpu")
+    bom = tmp_path / "bom.json"  # a UTF-8 byte-order mark: open_clip's own reading of the file failed on it
+    bom.write_text("\ufeff" + tiny_clip.config.read_text(), encoding="utf-8")
+    with pytest.raises(ModelError, match=f"^--model {bom} starts with a UTF-8 byte-order mark, which open_clip cannot "
+                                         "read; save it as UTF-8 without one$"):
+        load_model(str(bom), "none", device="cpu")
     with pytest.raises(ModelError, match="model-config file does not exist"):
         load_model(str(tmp_path / "nothing.json"), "none", device="cpu")
     with pytest.raises(ModelError, match="--precision 'fp64' is not valid; valid: fp32, fp16, bf16, amp"):
