@@ -31,7 +31,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lathadapter.cache.datasets import DatasetSplits, check_template, load_dataset
+from lathadapter.cache.datasets import DatasetSplits, check_template, load_dataset, reads_root, unread_root
 from lathadapter.cache.encode import (
     Augmentation,
     ClipModel,
@@ -631,6 +631,8 @@ def build(
     workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
     notes = list(splits.notes) + shortfall_notes(splits, shots) + overlap_notes(splits)
+    if root is not None and not reads_root(dataset):
+        notes.insert(0, unread_root(Path(root), [dataset]))
     out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
     _check_out(out, splits.name)
     indices, subsets, val_shots = plan_layout(splits, shots, seeds, full_train, val_all=val == "all")

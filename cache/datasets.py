@@ -416,6 +416,19 @@ def dataset_name(dataset: str) -> str:
     return dataset
 
 
+def reads_root(dataset: str) -> bool:
+    """Whether `dataset` is read under `--root`: a docs/data.md name is; `folder:PATH` and `split:PATH` name their own
+    path (a relative one from the current folder, never from the root)."""
+    return not dataset.startswith(("folder:", "split:"))
+
+
+def unread_root(root: Path, datasets: list[str]) -> str:
+    """The warning for a `--root` that none of `datasets` reads: it would otherwise be ignored silently."""
+    given = f"--dataset {datasets[0]} gives its own" if len(datasets) == 1 else "every --dataset is a folder: or split:"
+    return (f"warning: --root {root} is not read: {given} path (a relative one is read from the current folder, not "
+            "from --root)")
+
+
 def load_dataset(root: Path | None, dataset: str, template: str | None = None, seed: int = 0) -> DatasetSplits:
     """Read `dataset` (a docs/data.md name under `root`, `folder:PATH` or `split:PATH`); `template` overrides the
     prompt."""

@@ -332,6 +332,30 @@ def test_build_many_names_caches_as_cache_build_does_and_refuses_two_on_one_file
         assert not (tmp_path / "bm2").exists()  # refused before building anything
 
 
+def test_a_root_that_no_dataset_reads_is_a_warning(built: Path, coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """`--root` with a `split:`/`folder:` dataset was ignored silently; `build-many` warns once, and only when none of
+    its datasets reads the root (a named one beside them does)."""
+    warning = (f"warning: --root {tmp_path} is not read: --dataset split:{coop_dataset.split_file} gives its own "
+               "path (a relative one is read from the current folder, not from --root)")
+    result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(built), "--root", str(tmp_path)))
+    assert result.exit_code == 0 and "up to date" in result.output, result.output
+    assert result.output.splitlines().count(warning) == 1
+    shutil.copy(built, tmp_path / "Shapes.h5")  # up to date for build-many's options below
+    many = ["cache", "build-many", "--model", str(tiny_clip.config), "--pretrained", str(tiny_clip.checkpoint),
+            "--shots", "1,2", "--seeds", "1", "--views", "2", "--device", "cpu", "--out", str(tmp_path), "--root",
+            str(tmp_path), "--dataset", f"split:{coop_dataset.split_file}"]
+    result = runner.invoke(app, many)
+    assert result.exit_code == 0 and "Shapes.h5: up to date" in result.output, result.output
+    assert [line for line in result.output.splitlines() if "warning" in line] == [warning]  # once, not per build
+    result = runner.invoke(app, [*many, "--dataset", f"folder:{tmp_path / 'none'}"])  # missing: refused, after it
+    assert result.exit_code == 1 and result.output.startswith(
+        f"warning: --root {tmp_path} is not read: every --dataset is a folder: or split: path (a relative one is read "
+        "from the current folder, not from --root)\n"), result.output
+    result = runner.invoke(app, [*many, "--dataset", "oxford_pets"])  # read under the root (and missing there)
+    assert result.exit_code == 1 and "oxford_pets: oxford_pets: " in result.output, result.output
+    assert "warning" not in result.output
+
+
 def test_a_folder_given_as_a_cache_says_so_and_lists_its_caches(built: Path, tmp_path: Path) -> None:
     folder = tmp_path / "caches"
     folder.mkdir()
