@@ -278,7 +278,8 @@ def cache_build(
     template: str | None = typer.Option(None, help="Prompt template overriding the dataset's, e.g. 'a photo of a {}.'"),
     seed: int = typer.Option(0, help="Seed of the augmented views (and of folder: splits)."),
     quick_gelu: bool | None = typer.Option(None, "--quick-gelu/--no-quick-gelu",
-                                           help="Force QuickGELU on or off (default: on for OpenAI weights)."),
+                                           help="Force QuickGELU on or off (default: on for weights trained with it, "
+                                                "as OpenAI's)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache built with a different fingerprint."),
     skip_bad: bool = SKIP_BAD,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),

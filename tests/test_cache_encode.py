@@ -100,6 +100,29 @@ def test_a_folder_named_openai_does_not_decide_quick_gelu(tiny_clip, tmp_path: P
     assert not isinstance(clip.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
 
 
+# open_clip's pretrained.py: the hf_hub repository of ViT-B-16's `openai` and `metaclip_400m` tags, both marked
+# quick_gelu=True, and of `laion2b_s34b_b88k` (GELU).
+@pytest.mark.parametrize(("repository", "quick"), [("timm/vit_base_patch16_clip_224.openai", True),
+                                                   ("timm/vit_base_patch16_clip_224.metaclip_400m", True),
+                                                   ("laion/CLIP-ViT-B-16-laion2B-s34B-b88K", False)])
+@pytest.mark.parametrize("under", ["snapshots/0123abcd", "blobs"])
+def test_a_checkpoint_in_the_hugging_face_cache_gets_its_repositorys_activation(tiny_clip, tmp_path: Path,
+                                                                                 repository: str, quick: bool,
+                                                                                 under: str) -> None:
+    """open_clip's hub copy of OpenAI's ViT-B-16 lies in `models--timm--vit_base_patch16_clip_224.openai/snapshots/
+    <revision>/open_clip_pytorch_model.bin`: passed as --pretrained it was built with GELU, silently."""
+    folder = tmp_path / "hub" / f"models--{repository.replace('/', '--')}" / under
+    folder.mkdir(parents=True)
+    checkpoint = folder / "open_clip_pytorch_model.bin"
+    shutil.copy(tiny_clip.checkpoint, checkpoint)
+    clip = load_model(str(tiny_clip.config), str(checkpoint), device="cpu")
+    assert clip.fields["quick_gelu"] is quick
+    assert isinstance(clip.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU) is quick
+    assert clip.notes == ([f"{checkpoint} is open_clip's {repository} from the Hugging Face cache, trained with "
+                           f"QuickGELU: building {tiny_clip.name} with QuickGELU (as {tiny_clip.name}-quickgelu); "
+                           "pass --no-quick-gelu to keep GELU"] if quick else [])
+
+
 def test_model_config_json_is_registered_and_recorded(tiny_clip) -> None:
     clip = load_model(str(tiny_clip.config), "none", device="cpu", seed=3)
     again = load_model(str(tiny_clip.config), "none", device="cpu", seed=3)
