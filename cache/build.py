@@ -56,6 +56,7 @@ from lathadapter.cache.store import (
     fingerprint_of,
     mark_skipped,
     missing_rows,
+    seed_error,
     skipped_losses,
     skipped_mask,
     unwritten_rows,
@@ -118,7 +119,7 @@ class BuildResult:
 
 def check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int,
                   val: str = "subsets", precision: str = "fp32", template: str | None = None,
-                  device: str | None = None) -> None:
+                  device: str | None = None, seed: int = 0) -> None:
     """Refuse option values outside their range or choices (`BuildOptionError`, `ModelOptionError`,
     `DatasetOptionError`: usage mistakes) and a device this machine lacks (`ModelError`), before anything is read,
     written or loaded."""
@@ -133,6 +134,9 @@ def check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_
                                "e.g. 1,2,4,8,16")
     if not seeds:
         raise BuildOptionError("--seeds: give one or more seeds, e.g. 1,2,3")
+    for option, values in (("--seeds", seeds), ("--seed", [seed])):
+        if problem := seed_error(option, values):
+            raise BuildOptionError(problem)
     for option, value, least in (("--views", views, 0), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value < least:
             raise BuildOptionError(f"{option} {value}: must be at least {least}")
@@ -626,7 +630,7 @@ def build(
     augmentation = augmentation if augmentation is not None else Augmentation()
     say = log or (lambda message: print(message, file=sys.stderr))
     started = time.perf_counter()
-    check_options(shots, seeds, views, batch_size, workers, val, precision, template, device)
+    check_options(shots, seeds, views, batch_size, workers, val, precision, template, device, seed)
     check_model(model, pretrained, precision)  # an unknown name or tag is refused before anything is written
     workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)

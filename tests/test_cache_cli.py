@@ -192,6 +192,9 @@ def test_rebuild_over_another_cache_needs_force(built: Path, coop_dataset, tiny_
     (["--crop-scale", "abc"], "--crop-scale 'abc': expected two comma-separated numbers"),
     (["--flip", "2"], "--flip 2: a probability"),
     (["--device", "gpu"], "--device 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1)"),
+    (["--seeds", "-1"], "--seeds -1: a seed is an integer from 0 to 4294967295"),  # built, and fit on, before
+    (["--seeds", "1,4294967296"], "--seeds 4294967296: a seed is an integer from 0 to 4294967295"),
+    (["--seed", "-1"], "--seed -1: a seed is an integer from 0 to 4294967295"),
 ])
 def test_bad_build_values_are_usage_mistakes_refused_before_anything_is_written(coop_dataset, tiny_clip,
                                                                                 tmp_path: Path, extra: list[str],
