@@ -31,7 +31,14 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lathadapter.cache.datasets import DatasetSplits, check_template, load_dataset, reads_root, unread_root
+from lathadapter.cache.datasets import (
+    DatasetError,
+    DatasetSplits,
+    check_template,
+    load_dataset,
+    reads_root,
+    unread_root,
+)
 from lathadapter.cache.encode import (
     Augmentation,
     ClipModel,
@@ -219,6 +226,21 @@ def build_lock(out: Path) -> Iterator[Path]:
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
+
+
+def check_test_split(splits: DatasetSplits, dataset: str) -> None:
+    """Refuse, before the model loads, a dataset whose test split is empty or lacks a class: a run on its cache trained
+    and then divided by zero test images (its accuracy, or the novel half's in base-to-novel)."""
+    present = {label for _, label, _ in splits.test}
+    absent = [name for label, name in enumerate(splits.class_names) if label not in present]
+    if not splits.test:
+        raise DatasetError(f"--dataset {dataset}: its test split is empty; every class needs test images (a split "
+                           "file's \"test\" list, a folder: tree's test/<class>/ images)")
+    if absent:
+        shown = ", ".join(map(repr, absent[:MISSING_LISTED])) + (" ..." if len(absent) > MISSING_LISTED else "")
+        raise DatasetError(f"--dataset {dataset}: its test split has no image of {len(absent)} of "
+                           f"{len(splits.class_names)} classes ({shown}); every class needs test images (a split "
+                           "file's \"test\" list, a folder: tree's test/<class>/ images)")
 
 
 def shortfall_notes(splits: DatasetSplits, shots: Sequence[int]) -> list[str]:
@@ -634,6 +656,7 @@ def build(
     check_model(model, pretrained, precision)  # an unknown name or tag is refused before anything is written
     workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
+    check_test_split(splits, dataset)
     notes = list(splits.notes) + shortfall_notes(splits, shots) + overlap_notes(splits)
     if root is not None and not reads_root(dataset):
         notes.insert(0, unread_root(Path(root), [dataset]))

@@ -457,6 +457,9 @@ class FewShotData:
 
     def base_novel(self) -> tuple[FewShotData, FewShotData]:
         """The base and the novel half of the classes (docs/data.md's rule), each relabelled from 0."""
+        if self.num_classes < 2:  # no novel half: its accuracy was an index error
+            raise CacheError(f"--classes base splits the classes into a base and a novel half and needs at least 2; "
+                             f"this cache has {self.num_classes}: use --classes all")
         base, novel = base_novel_classes(range(self.num_classes))
         return self.select_classes(base), self.select_classes(novel)
 

@@ -225,6 +225,38 @@ def test_a_split_file_that_is_not_utf8_is_one_error_line_before_anything_is_writ
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("case", ["empty test list", "a class without test images", "empty test class folders"])
+def test_a_dataset_whose_test_split_lacks_images_is_refused_before_anything_is_written(coop_dataset, tiny_clip,
+                                                                                      tmp_path: Path,
+                                                                                      case: str) -> None:
+    """Such a cache built, and `fit` on it ended in a ZeroDivisionError traceback after training (its accuracy over
+    no test images, or the novel half's in base-to-novel)."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    if case == "empty test class folders":  # a folder: tree whose test/<class>/ folders hold no image
+        tree = tmp_path / "tree"
+        for path, _, name in split["train"]:
+            (tree / "train" / name).mkdir(parents=True, exist_ok=True)
+            (tree / "test" / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(coop_dataset.folder / path, tree / "train" / name)
+        dataset, missing = f"folder:{tree}", "its test split is empty"
+    else:
+        last = coop_dataset.classes[-1]
+        split["test"] = [] if case == "empty test list" else [item for item in split["test"] if item[2] != last]
+        path = tmp_path / f"split_zhou_{case.replace(' ', '_')}.json"  # refused before its images are looked for
+        path.write_text(json.dumps(split))
+        dataset = f"split:{path}"
+        missing = ("its test split is empty" if case == "empty test list" else
+                   f"its test split has no image of 1 of {len(coop_dataset.classes)} classes ({last!r})")
+    out = tmp_path / "new" / "c.h5"
+    args = _build_args(coop_dataset, tiny_clip, "--out", str(out))
+    args[args.index(f"split:{coop_dataset.split_file}")] = dataset
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and result.output == (
+        f"error: --dataset {dataset}: {missing}; every class needs test images (a split file's \"test\" list, a "
+        "folder: tree's test/<class>/ images)\n"), result.output
+    assert not (tmp_path / "new").exists()
+
+
 def test_an_unknown_dataset_name_is_a_usage_mistake(tmp_path: Path) -> None:
     result = runner.invoke(app, ["cache", "build", "--root", str(tmp_path), "--dataset", "caltech", "--out",
                                  str(tmp_path / "new" / "c.h5")])

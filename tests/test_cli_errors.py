@@ -121,6 +121,18 @@ def test_a_seed_numpy_cannot_take_is_refused_naming_its_flag(cache: Path, tmp_pa
     assert not any(tmp_path.iterdir())
 
 
+def test_base_to_novel_on_one_class_is_refused_before_training(tmp_path: Path) -> None:
+    """One class has no novel half: fit trained and then failed in an IndexError traceback."""
+    cache = write_synthetic_cache(tmp_path / "one.h5", num_classes=1, dim=8, shots=(1,), seeds=(1,))
+    result = invoke("fit", "--cache", str(cache), "--method", "tip-adapter", "--shots", "1", "--classes", "base",
+                    "--out", str(tmp_path / "runs"))
+    assert_clean_error(result, "--classes base splits the classes into a base and a novel half and needs at least 2; "
+                       "this cache has 1: use --classes all", code=RUNTIME)
+    assert not (tmp_path / "runs").exists()
+    done = invoke("fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--out", str(tmp_path / "r"))
+    assert done.exit_code == 0 and "100.00%" in done.output, done.output  # one class: all of it
+
+
 def test_seeds_zero_and_numpys_largest_train(tmp_path: Path) -> None:
     cache = write_synthetic_cache(tmp_path / "ends.h5", num_classes=3, dim=8, shots=(1,), seeds=(0, 2**32 - 1))
     for seed in (0, 2**32 - 1):
