@@ -193,6 +193,18 @@ def _int_list(option: str, text: str) -> list[int]:
     return values
 
 
+def _seeds(option: str, text: str) -> list[int]:
+    """Comma-separated seeds, as `_int_list`, each in NumPy's seed range (`cache.store.seed_error`); a usage error
+    (exit 2) naming `option` otherwise."""
+    from lathadapter.cache.store import seed_error
+
+    values = _int_list(option, text)
+    if problem := seed_error(option, values):
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(code=USAGE)
+    return values
+
+
 def _str_list(option: str, text: str, example: str) -> list[str]:
     """Comma-separated names, each once, as `_int_list`: no value, an empty item (`a,,b`) or a name given twice is a
     usage error (exit 2) naming `option` and an `example`."""
@@ -281,7 +293,8 @@ def cache_build(
     template: str | None = typer.Option(None, help="Prompt template overriding the dataset's, e.g. 'a photo of a {}.'"),
     seed: int = typer.Option(0, help="Seed of the augmented views (and of folder: splits)."),
     quick_gelu: bool | None = typer.Option(None, "--quick-gelu/--no-quick-gelu",
-                                           help="Force QuickGELU on or off (default: on for OpenAI weights)."),
+                                           help="Force QuickGELU on or off (default: on for weights trained with it, "
+                                                "as OpenAI's)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache built with a different fingerprint."),
     skip_bad: bool = SKIP_BAD,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -304,12 +317,12 @@ def cache_build(
                                   "(its tiny model is built as it was trained); give --dataset, --model and "
                                   "--pretrained to choose a model's activation")
             # the demo path passes every other option to the build, each checked before the demo data is written
-            options = dict(views=views, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
+            options = dict(views=views, shots=_int_list("--shots", shots), seeds=_seeds("--seeds", seeds),
                            augmentation=_augmentation(crop_scale, crop_ratio, flip), device=device, workers=workers,
                            val=val or "all", template=template, precision=precision, batch_size=batch_size,
                            attributes=attributes, full_train=full_train, seed=seed, skip_bad=skip_bad, force=force)
             check_options(options["shots"], options["seeds"], views, batch_size, workers, options["val"], precision,
-                          template, device)
+                          template, device, seed)
             typer.echo("no --dataset given: building the bundled demo dataset with the bundled tiny CLIP", err=True)
             result = build_demo_cache(out=out or DEMO_CACHE, progress=progress,
                                       log=lambda message: typer.echo(message, err=True), **options)
@@ -325,7 +338,7 @@ def cache_build(
     try:
         result = build(root, dataset, out, model=model or "ViT-B-16", pretrained=pretrained or "openai",
                        shots=_int_list("--shots", shots), augmentation=_augmentation(crop_scale, crop_ratio, flip),
-                       seeds=_int_list("--seeds", seeds), views=views, device=device, precision=precision,
+                       seeds=_seeds("--seeds", seeds), views=views, device=device, precision=precision,
                        batch_size=batch_size, workers=workers, attributes=attributes, full_train=full_train,
                        val=val or "subsets",
                        force=force, skip_bad=skip_bad, seed=seed, template=template, quick_gelu=quick_gelu,
@@ -370,7 +383,7 @@ def cache_build_many(
 
             import_ray()
         results = build_many(dataset, out, backend, address, root=root, model=model, pretrained=pretrained,
-                             shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds), views=views,
+                             shots=_int_list("--shots", shots), seeds=_seeds("--seeds", seeds), views=views,
                              augmentation=_augmentation(crop_scale, crop_ratio, flip), device=device, val=val,
                              skip_bad=skip_bad, log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
@@ -452,6 +465,7 @@ def fit(
 ) -> None:
     """Train one method over a cache (no encoder runs), evaluate it and write a run directory."""
     from lathadapter.adapter.options import parse_assignments
+    from lathadapter.cache.store import seed_error
     from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.run import RunConfig, fit_config
 
@@ -467,6 +481,8 @@ def fit(
         for option, value in (("--classes", classes), ("--text", text), ("--select", select),
                               ("--train-views", train_views)):
             _choice(option, value)
+        if problem := seed_error("--seed", [seed]):
+            raise OptionError(problem)
         config = RunConfig.create(method, shots, seed, classes, text, select, overrides, train_views)
         with _progress() as progress:
             metrics = fit_config(config, cache, out=out, force=force, progress=progress, execution=execution)
@@ -551,9 +567,10 @@ def grid(
                 if key != "methods":
                     for item in axes[key]:
                         _choice(option, item)
-        for key, value in (("shots", shots), ("seeds", seeds)):
-            if value is not None:
-                axes[key] = _int_list(f"--{key}", value)
+        if shots is not None:
+            axes["shots"] = _int_list("--shots", shots)
+        if seeds is not None:
+            axes["seeds"] = _seeds("--seeds", seeds)
         override(axes, "options", parse_assignments(set_))
         override(axes, "tune", parse_tune(tune))
         if tune_preset is not None:
@@ -618,7 +635,7 @@ def protocol(
         _choice("--text", text)
         _choice("--train-views", train_views)
         summary = run_protocol(name, list(cache), out or Path("grids") / name, methods,
-                               _int_list("--seeds", seeds), list(target), parse_assignments(set_), text,
+                               _seeds("--seeds", seeds), list(target), parse_assignments(set_), text,
                                _int_list("--shots", shots) if shots is not None else None, execution,
                                tune=parse_tune(tune), train_views=train_views,
                                tune_preset=parse_preset(tune_preset) if tune_preset is not None else None,
@@ -723,7 +740,7 @@ def demo(
             refuse_untuned({flag: value for flag, value in (("--tune-score", tune_score), ("--tune-set", tune_set))
                             if value is not None}, "--tune-preset lr (the demo's default)")
         execution = Execution.parse(device, threads, workers, batch_runs=batch_runs, trainers=trainers)
-        result = run_demo(out, shots=_int_list("--shots", shots), seeds=_int_list("--seeds", seeds),
+        result = run_demo(out, shots=_int_list("--shots", shots), seeds=_seeds("--seeds", seeds),
                           methods=_str_list("--method", method, "zeroshot,lathadapter") if method is not None
                           else None, views=views,
                           tune=None if tune_preset == "none" else tune_preset, execution=execution,

@@ -31,7 +31,15 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lathadapter.cache.datasets import DATASETS, DatasetSplits, check_template, load_dataset
+from lathadapter.cache.datasets import (
+    DATASETS,
+    DatasetError,
+    DatasetSplits,
+    check_template,
+    load_dataset,
+    reads_root,
+    unread_root,
+)
 from lathadapter.cache.encode import (
     Augmentation,
     ClipModel,
@@ -57,6 +65,7 @@ from lathadapter.cache.store import (
     fingerprint_of,
     mark_skipped,
     missing_rows,
+    seed_error,
     skipped_losses,
     skipped_mask,
     unwritten_rows,
@@ -119,7 +128,7 @@ class BuildResult:
 
 def check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int,
                   val: str = "subsets", precision: str = "fp32", template: str | None = None,
-                  device: str | None = None) -> None:
+                  device: str | None = None, seed: int = 0) -> None:
     """Refuse option values outside their range or choices (`BuildOptionError`, `ModelOptionError`,
     `DatasetOptionError`: usage mistakes) and a device this machine lacks (`ModelError`), before anything is read,
     written or loaded."""
@@ -134,6 +143,9 @@ def check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_
                                "e.g. 1,2,4,8,16")
     if not seeds:
         raise BuildOptionError("--seeds: give one or more seeds, e.g. 1,2,3")
+    for option, values in (("--seeds", seeds), ("--seed", [seed])):
+        if problem := seed_error(option, values):
+            raise BuildOptionError(problem)
     for option, value, least in (("--views", views, 0), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value < least:
             raise BuildOptionError(f"{option} {value}: must be at least {least}")
@@ -244,6 +256,21 @@ def build_lock(out: Path) -> Iterator[Path]:
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
+
+
+def check_test_split(splits: DatasetSplits, dataset: str) -> None:
+    """Refuse, before the model loads, a dataset whose test split is empty or lacks a class: a run on its cache trained
+    and then divided by zero test images (its accuracy, or the novel half's in base-to-novel)."""
+    present = {label for _, label, _ in splits.test}
+    absent = [name for label, name in enumerate(splits.class_names) if label not in present]
+    if not splits.test:
+        raise DatasetError(f"--dataset {dataset}: its test split is empty; every class needs test images (a split "
+                           "file's \"test\" list, a folder: tree's test/<class>/ images)")
+    if absent:
+        shown = ", ".join(map(repr, absent[:MISSING_LISTED])) + (" ..." if len(absent) > MISSING_LISTED else "")
+        raise DatasetError(f"--dataset {dataset}: its test split has no image of {len(absent)} of "
+                           f"{len(splits.class_names)} classes ({shown}); every class needs test images (a split "
+                           "file's \"test\" list, a folder: tree's test/<class>/ images)")
 
 
 def shortfall_notes(splits: DatasetSplits, shots: Sequence[int]) -> list[str]:
@@ -655,11 +682,14 @@ def build(
     augmentation = augmentation if augmentation is not None else Augmentation()
     say = log or (lambda message: print(message, file=sys.stderr))
     started = time.perf_counter()
-    check_options(shots, seeds, views, batch_size, workers, val, precision, template, device)
+    check_options(shots, seeds, views, batch_size, workers, val, precision, template, device, seed)
     check_model(model, pretrained, precision)  # an unknown name or tag is refused before anything is written
     workers = min(workers, available_cpus())
     splits = load_dataset(Path(root) if root is not None else None, dataset, template, seed)
+    check_test_split(splits, dataset)
     notes = list(splits.notes) + shortfall_notes(splits, shots) + overlap_notes(splits)
+    if root is not None and not reads_root(dataset):
+        notes.insert(0, unread_root(Path(root), [dataset]))
     out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
     _check_out(out, splits.name)
     indices, subsets, val_shots = plan_layout(splits, shots, seeds, full_train, val_all=val == "all")

@@ -14,6 +14,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lathadapter.cache.text import read_json, read_text
+
 # What a folder of images holds: torchvision's `ImageFolder` extensions (IMG_EXTENSIONS), in any case, and `.gif`,
 # which this reader took before (Pillow reads it; leaving it out would shrink existing trees' datasets)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -197,8 +199,8 @@ def _class_names(items_by_split: dict[str, list[Item]], source: Path) -> list[st
 def read_split_file(path: Path, prefix: str = "") -> tuple[dict[str, list[Item]], list[str]]:
     """Read a `split_zhou` JSON: its train/val/test items (paths prefixed by `prefix`) and the class names."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = read_json(path, str(path), DatasetError)
+    except OSError as error:
         raise DatasetError(f"{path} is not a readable split file ({error})") from error
     if not isinstance(data, dict) or any(not isinstance(data.get(key), list) for key in ("train", "val", "test")):
         raise DatasetError(f"{path}: a split file is a JSON object with keys train, val and test, each a list of "
@@ -255,12 +257,12 @@ def _aircraft(spec: DatasetSpec, root: Path) -> DatasetSplits:
     for path in [folder, folder / "images", *files]:
         if not path.exists():
             raise _missing(spec.name, root, path)
-    names = [line.strip() for line in files[0].read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in read_text(files[0], str(files[0]), DatasetError).splitlines() if line.strip()]
     label_of = {name: label for label, name in enumerate(names)}
     splits: dict[str, list[Item]] = {}
     for split, path in zip(("train", "val", "test"), files[1:], strict=True):
         items: list[Item] = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, line in enumerate(read_text(path, str(path), DatasetError).splitlines(), start=1):
             if not line.strip():
                 continue
             image, _, name = line.strip().partition(" ")
@@ -275,7 +277,7 @@ def _aircraft(spec: DatasetSpec, root: Path) -> DatasetSplits:
 def read_classnames(path: Path) -> dict[str, str]:
     """An ImageNet `classnames.txt`: `<wnid> <class name>` per line, in file order."""
     names: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, str(path), DatasetError).splitlines(), start=1):
         if not line.strip():
             continue
         wnid, _, name = line.strip().partition(" ")
@@ -442,6 +444,19 @@ def dataset_name(dataset: str) -> str:
         path = Path(dataset.removeprefix("split:"))
         return path.stem.removeprefix("split_zhou_") or path.stem  # split_zhou_Caltech101.json → Caltech101
     return dataset
+
+
+def reads_root(dataset: str) -> bool:
+    """Whether `dataset` is read under `--root`: a docs/data.md name is; `folder:PATH` and `split:PATH` name their own
+    path (a relative one from the current folder, never from the root)."""
+    return not dataset.startswith(("folder:", "split:"))
+
+
+def unread_root(root: Path, datasets: list[str]) -> str:
+    """The warning for a `--root` that none of `datasets` reads: it would otherwise be ignored silently."""
+    given = f"--dataset {datasets[0]} gives its own" if len(datasets) == 1 else "every --dataset is a folder: or split:"
+    return (f"warning: --root {root} is not read: {given} path (a relative one is read from the current folder, not "
+            "from --root)")
 
 
 def load_dataset(root: Path | None, dataset: str, template: str | None = None, seed: int = 0) -> DatasetSplits:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import difflib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -22,6 +22,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
+
+from lathadapter.cache.text import read_json
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -132,9 +134,12 @@ def resolve_model_name(model: str) -> tuple[str, dict[str, object] | None]:
         if not path.is_file():
             raise ModelError(f"--model {model}: model-config file does not exist")
         try:
-            config = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            config = read_json(path, f"--model {model}", ModelError)
+        except OSError as error:
             raise ModelError(f"--model {model} is not a readable JSON model config ({error})") from error
+        if path.read_bytes().startswith(codecs.BOM_UTF8):  # open_clip registers the file by reading it again
+            raise ModelError(f"--model {model} starts with a UTF-8 byte-order mark, which open_clip cannot read; save "
+                             "it as UTF-8 without one")
         missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
         if missing:
             raise ModelError(f"--model {model}: an open_clip model config needs embed_dim, vision_cfg and text_cfg; "
@@ -149,16 +154,45 @@ def resolve_model_name(model: str) -> tuple[str, dict[str, object] | None]:
     return model, None
 
 
-def _looks_like_openai(checkpoint: Path) -> bool:
-    """A checkpoint file of OpenAI weights: its file name says so, or it is a TorchScript archive (OpenAI's own .pt
-    files). Only the file itself decides: the folders above it say nothing about the weights."""
+def hub_repository(checkpoint: Path) -> str | None:
+    """The Hugging Face repository a checkpoint file was downloaded from when it lies in the hub's cache
+    (`models--<owner>--<name>/snapshots/<revision>/<file>`, or its `blobs/`), else None. The hub forbids `--` in
+    repository names, so the folder's name maps back to one repository."""
+    for folder in Path(os.path.abspath(checkpoint)).parents:
+        if folder.name.startswith("models--"):
+            return folder.name.removeprefix("models--").replace("--", "/")
+    return None
+
+
+def hub_quick_gelu() -> dict[str, bool]:
+    """Whether the weights of each Hugging Face repository that open_clip's pretrained tags download from (their
+    `hf_hub`, e.g. `timm/vit_base_patch16_clip_224.openai`) were trained with QuickGELU, as open_clip's tag says."""
+    table: dict[str, bool] = {}
+    for model, tag in open_clip.list_pretrained():
+        config = open_clip.get_pretrained_cfg(model, tag)
+        if config.get("hf_hub"):
+            repository = "/".join(config["hf_hub"].strip("/").split("/")[:2])
+            table[repository] = table.get(repository, False) or bool(config.get("quick_gelu", False))
+    return table
+
+
+def quick_gelu_weights(checkpoint: Path) -> str | None:
+    """Why checkpoint file `checkpoint` holds weights trained with QuickGELU, or None: its file name says OpenAI, it is
+    a TorchScript archive (OpenAI's own .pt files), or it lies in the Hugging Face cache of a repository that open_clip
+    downloads QuickGELU weights from (OpenAI's, MetaCLIP's, DFN's: the `open_clip_pytorch_model.bin` of
+    `models--timm--vit_base_patch16_clip_224.openai` was built with GELU). Other folders above the file say nothing."""
     if "openai" in checkpoint.name.lower():
-        return True
+        return "holds OpenAI weights"
+    repository = hub_repository(checkpoint)
+    if repository is not None and hub_quick_gelu().get(repository, False):
+        return f"is open_clip's {repository} from the Hugging Face cache"
     try:
         with zipfile.ZipFile(checkpoint) as archive:
-            return any(name.endswith("constants.pkl") for name in archive.namelist())
+            if any(name.endswith("constants.pkl") for name in archive.namelist()):
+                return "holds OpenAI weights (a TorchScript archive)"
     except (zipfile.BadZipFile, OSError):
-        return False
+        pass
+    return None
 
 
 def pretrained_kind(name: str, pretrained: str) -> str:
@@ -194,7 +228,8 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
                quick_gelu: bool | None = None, seed: int = 0) -> ClipModel:
     """Create an open_clip model from `model` (name or config JSON) and `pretrained` (tag, checkpoint path, `none`).
 
-    OpenAI weights get QuickGELU (`quick_gelu=None` decides so automatically); `none` is a seeded random init.
+    Weights trained with QuickGELU (OpenAI's; `quick_gelu_weights`) get it (`quick_gelu=None` decides so
+    automatically); `none` is a seeded random init.
     """
     check_model(model, pretrained, precision)
     target = resolve_device(device)
@@ -205,7 +240,7 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
     notes: list[str] = []
     base_quick_gelu = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
     checkpoint: str | None
-    tag_quick_gelu = False
+    why: str | None = None  # why the weights were trained with QuickGELU
     kind = pretrained_kind(name, pretrained)
     if kind == "none":
         checkpoint, fields["pretrained"] = None, "none"
@@ -213,15 +248,16 @@ def load_model(model: str, pretrained: str, *, device: str | None = None, precis
         checkpoint = pretrained
         fields["pretrained"] = "file"
         fields["checkpoint_sha256"] = sha256_file(Path(pretrained))
-        tag_quick_gelu = _looks_like_openai(Path(pretrained))
+        why = quick_gelu_weights(Path(pretrained))
     else:
         checkpoint, fields["pretrained"] = pretrained, pretrained
-        tag_quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
-    wanted = tag_quick_gelu if quick_gelu is None else quick_gelu
+        if open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False):
+            why = "holds OpenAI weights" if pretrained == "openai" else f"is open_clip's {name} {pretrained} tag"
+    wanted = why is not None if quick_gelu is None else quick_gelu
     force = wanted and not base_quick_gelu
     if quick_gelu is None and force:
-        notes.append(f"{pretrained} holds OpenAI weights, trained with QuickGELU: building {name} with QuickGELU "
-                     f"(as {name}-quickgelu); pass --no-quick-gelu to keep GELU")
+        notes.append(f"{pretrained} {why}, trained with QuickGELU: building {name} with QuickGELU (as "
+                     f"{name}-quickgelu); pass --no-quick-gelu to keep GELU")
     fields["quick_gelu"] = base_quick_gelu or force
     is_tag = fields["pretrained"] not in ("file", "none")
     offline = go_offline_without_network() if is_tag else False

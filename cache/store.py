@@ -135,6 +135,20 @@ def fingerprint_of(fields: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Seeds of few-shot subsets and runs: NumPy's seed range, as CoOp seeds Python, NumPy and torch with the one seed (and
+# a negative one there means "no seed"); a seed outside it could not be set alike in the field's code.
+SEED_LIMIT = 2**32
+
+
+def seed_error(option: str, seeds: Sequence[int]) -> str | None:
+    """The usage error for the first of `seeds`, given as `option`, outside 0..SEED_LIMIT − 1; None when all are in."""
+    outside = [seed for seed in seeds if not 0 <= seed < SEED_LIMIT]
+    if not outside:
+        return None
+    return (f"{option} {outside[0]}: a seed is an integer from 0 to {SEED_LIMIT - 1} (NumPy's seed range; the "
+            "papers' are 1,2,3)")
+
+
 def subset_key(shots: int, seed: int) -> str:
     """HDF5 group name of a few-shot subset."""
     return f"shots_{shots}_seed_{seed}"
@@ -443,6 +457,9 @@ class FewShotData:
 
     def base_novel(self) -> tuple[FewShotData, FewShotData]:
         """The base and the novel half of the classes (docs/data.md's rule), each relabelled from 0."""
+        if self.num_classes < 2:  # no novel half: its accuracy was an index error
+            raise CacheError(f"--classes base splits the classes into a base and a novel half and needs at least 2; "
+                             f"this cache has {self.num_classes}: use --classes all")
         base, novel = base_novel_classes(range(self.num_classes))
         return self.select_classes(base), self.select_classes(novel)
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from open_clip import SIMPLE_IMAGENET_TEMPLATES
 
+from lathadapter.cache.text import read_text
+
 ATTRIBUTES_FILE = Path(__file__).with_name("attributes.txt")
 
 
@@ -24,8 +26,8 @@ def load_attributes(path: Path | None = None) -> list[str]:
     """Attribute phrases, one per line (blank lines and `#` comments skipped); the shipped list when `path` is None."""
     source = ATTRIBUTES_FILE if path is None else Path(path)
     try:
-        text = source.read_text()
-    except (OSError, UnicodeDecodeError) as error:
+        text = read_text(source, f"--attributes {source}")
+    except OSError as error:
         raise ValueError(f"--attributes {source} cannot be read ({error}); pass a text file with one phrase "
                          "per line") from error
     phrases: list[str] = []

@@ -55,7 +55,7 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
     val split (Tip-Adapter's search set), `template` to the bundled model's; `options` are `cache.build.build`'s
     other options (attributes, full_train, seed, skip_bad). Option values are checked before the dataset is
     written."""
-    check_options(shots, seeds, views, batch_size, workers, val, precision, template)
+    check_options(shots, seeds, views, batch_size, workers, val, precision, template, seed=options.get("seed", 0))
     split = demo_dataset(data_dir)
     model = bundled_model()
     return build(None, f"split:{split}", out, model=str(model.config), pretrained=str(model.checkpoint),

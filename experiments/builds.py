@@ -4,14 +4,19 @@ Ray task each. Each build resumes as `cache build` does."""
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.options import OptionError, StateError
 from lathadapter.cache.build import build
-from lathadapter.cache.datasets import dataset_name
+from lathadapter.cache.datasets import dataset_name, reads_root, unread_root
 from lathadapter.experiments.ray_cluster import check_address, connect, relayed, show_relayed
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
@@ -72,13 +77,16 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
     paths = cache_paths(datasets, out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def options(dataset: str) -> dict:
-        root = build_options.get("root")
-        return {**build_options, "root": None if root is None else str(Path(root).resolve()),
+    root = build_options.get("root")
+
+    def options(dataset: str) -> dict:  # the root only to the datasets that read it: no build warns it is unread
+        return {**build_options, "root": None if root is None or not reads_root(dataset) else str(Path(root).resolve()),
                 "out": str(paths[dataset].resolve())}
 
     results, problems = [], []
     say = build_options.get("log")  # this process's: a local build's lines follow a line naming its dataset
+    if root is not None and not any(reads_root(dataset) for dataset in datasets):
+        (say or _stderr)(unread_root(Path(root), datasets))
     if backend == "local":
         for number, dataset in enumerate(datasets, 1):
             if say is not None:

@@ -16,6 +16,7 @@ import yaml
 
 from lathadapter.adapter.catalog import check_value, make_options, method_names, option_names, option_owner
 from lathadapter.adapter.options import OptionError, changed_fields, parse_assignments, split_list
+from lathadapter.cache.store import seed_error
 from lathadapter.experiments.run import TUNE_SETS, RunConfig
 from lathadapter.experiments.tuning import (
     PRESET_EXTENSIONS,
@@ -157,6 +158,8 @@ def _file_axis(where: str, key: str, value: Any) -> list[Any]:
                                                                                    else ""))
     if example is not None:
         items = [_integer(f"{where}: {key}", item, example) for item in items]
+    if key == "seeds" and (problem := seed_error(f"{where}: seeds", items)):
+        raise OptionError(problem)
     _once(f"{where}: {key}", items)
     return items
 

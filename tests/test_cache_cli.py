@@ -224,6 +224,9 @@ def test_rebuild_over_another_cache_needs_force(built: Path, coop_dataset, tiny_
     (["--crop-scale", "abc"], "--crop-scale 'abc': expected two comma-separated numbers"),
     (["--flip", "2"], "--flip 2: a probability"),
     (["--device", "gpu"], "--device 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1)"),
+    (["--seeds", "-1"], "--seeds -1: a seed is an integer from 0 to 4294967295"),  # built, and fit on, before
+    (["--seeds", "1,4294967296"], "--seeds 4294967296: a seed is an integer from 0 to 4294967295"),
+    (["--seed", "-1"], "--seed -1: a seed is an integer from 0 to 4294967295"),
 ])
 def test_bad_build_values_are_usage_mistakes_refused_before_anything_is_written(coop_dataset, tiny_clip,
                                                                                 tmp_path: Path, extra: list[str],
@@ -233,6 +236,57 @@ def test_bad_build_values_are_usage_mistakes_refused_before_anything_is_written(
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith(f"error: {message}") and "\n" not in result.output.strip()
     assert not (tmp_path / "new").exists()  # no folder, no lock, no .tmp
+
+
+def test_a_split_file_that_is_not_utf8_is_one_error_line_before_anything_is_written(coop_dataset, tiny_clip,
+                                                                                       tmp_path: Path) -> None:
+    """A Latin-1 split file: the file, its line and byte, and the fix, in one line (exit 1: the data, not an option,
+    is at fault); it was the codec's message in parentheses."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    split["test"][0][2] = split["train"][0][2] = "cercle_é"  # a class renamed in Latin-1
+    latin = tmp_path / "split_zhou_Latin.json"
+    text = json.dumps(split, ensure_ascii=False)
+    latin.write_bytes(text.encode("latin-1"))
+    out = tmp_path / "new" / "c.h5"
+    args = _build_args(coop_dataset, tiny_clip, "--out", str(out))
+    args[args.index(f"split:{coop_dataset.split_file}")] = f"split:{latin}"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and result.output == (
+        f"error: {latin}: line 1: byte 0xe9 at offset {text.index('é')} is not UTF-8; save the file as UTF-8 (e.g. "
+        "`iconv -f latin1 -t utf-8`)\n")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("case", ["empty test list", "a class without test images", "empty test class folders"])
+def test_a_dataset_whose_test_split_lacks_images_is_refused_before_anything_is_written(coop_dataset, tiny_clip,
+                                                                                      tmp_path: Path,
+                                                                                      case: str) -> None:
+    """Such a cache built, and `fit` on it ended in a ZeroDivisionError traceback after training (its accuracy over
+    no test images, or the novel half's in base-to-novel)."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    if case == "empty test class folders":  # a folder: tree whose test/<class>/ folders hold no image
+        tree = tmp_path / "tree"
+        for path, _, name in split["train"]:
+            (tree / "train" / name).mkdir(parents=True, exist_ok=True)
+            (tree / "test" / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(coop_dataset.folder / path, tree / "train" / name)
+        dataset, missing = f"folder:{tree}", "its test split is empty"
+    else:
+        last = coop_dataset.classes[-1]
+        split["test"] = [] if case == "empty test list" else [item for item in split["test"] if item[2] != last]
+        path = tmp_path / f"split_zhou_{case.replace(' ', '_')}.json"  # refused before its images are looked for
+        path.write_text(json.dumps(split))
+        dataset = f"split:{path}"
+        missing = ("its test split is empty" if case == "empty test list" else
+                   f"its test split has no image of 1 of {len(coop_dataset.classes)} classes ({last!r})")
+    out = tmp_path / "new" / "c.h5"
+    args = _build_args(coop_dataset, tiny_clip, "--out", str(out))
+    args[args.index(f"split:{coop_dataset.split_file}")] = dataset
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and result.output == (
+        f"error: --dataset {dataset}: {missing}; every class needs test images (a split file's \"test\" list, a "
+        "folder: tree's test/<class>/ images)\n"), result.output
+    assert not (tmp_path / "new").exists()
 
 
 def test_an_unknown_dataset_name_is_a_usage_mistake(tmp_path: Path) -> None:
@@ -343,6 +397,30 @@ def test_build_many_names_caches_as_cache_build_does_and_refuses_two_on_one_file
         assert result.exit_code == 2, result.output
         assert result.output.strip().startswith(f"error: {message}") and "\n" not in result.output.strip()
         assert not (tmp_path / "bm2").exists()  # refused before building anything
+
+
+def test_a_root_that_no_dataset_reads_is_a_warning(built: Path, coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """`--root` with a `split:`/`folder:` dataset was ignored silently; `build-many` warns once, and only when none of
+    its datasets reads the root (a named one beside them does)."""
+    warning = (f"warning: --root {tmp_path} is not read: --dataset split:{coop_dataset.split_file} gives its own "
+               "path (a relative one is read from the current folder, not from --root)")
+    result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(built), "--root", str(tmp_path)))
+    assert result.exit_code == 0 and "up to date" in result.output, result.output
+    assert result.output.splitlines().count(warning) == 1
+    shutil.copy(built, tmp_path / "Shapes.h5")  # up to date for build-many's options below
+    many = ["cache", "build-many", "--model", str(tiny_clip.config), "--pretrained", str(tiny_clip.checkpoint),
+            "--shots", "1,2", "--seeds", "1", "--views", "2", "--device", "cpu", "--out", str(tmp_path), "--root",
+            str(tmp_path), "--dataset", f"split:{coop_dataset.split_file}"]
+    result = runner.invoke(app, many)
+    assert result.exit_code == 0 and "Shapes.h5: up to date" in result.output, result.output
+    assert [line for line in result.output.splitlines() if "warning" in line] == [warning]  # once, not per build
+    result = runner.invoke(app, [*many, "--dataset", f"folder:{tmp_path / 'none'}"])  # missing: refused, after it
+    assert result.exit_code == 1 and result.output.startswith(
+        f"warning: --root {tmp_path} is not read: every --dataset is a folder: or split: path (a relative one is read "
+        "from the current folder, not from --root)\n"), result.output
+    result = runner.invoke(app, [*many, "--dataset", "oxford_pets"])  # read under the root (and missing there)
+    assert result.exit_code == 1 and "oxford_pets: oxford_pets: " in result.output, result.output
+    assert "warning" not in result.output
 
 
 def test_a_folder_given_as_a_cache_says_so_and_lists_its_caches(built: Path, tmp_path: Path) -> None:

@@ -94,13 +94,103 @@ def test_bad_split_files_and_names_are_named(tmp_path: Path) -> None:
     path.write_text(json.dumps({"train": [["x.jpg", 0, "a"], ["y.jpg", 2, "b"]], "val": [], "test": []}))
     with pytest.raises(DatasetError, match=r"missing \[1\]"):
         read_split_file(path)
-    path.write_text("{not json")
-    with pytest.raises(DatasetError, match="not a readable split file"):
+    path.write_text('{"train": [],\n "val": [,]}')  # the position as the JSON parser gives it, 1-based
+    with pytest.raises(DatasetError, match=r"s.json: invalid JSON at line 2, column 10: Expecting value$"):
         read_split_file(path)
     with pytest.raises(DatasetError, match="unknown dataset 'caltech'.*caltech101"):
         load_dataset(tmp_path, "caltech")
     with pytest.raises(DatasetError, match="exactly once"):
         load_dataset(tmp_path, "split:" + str(path), template="a photo")
+
+
+def _aircraft_layout(root: Path, variants: list[str]) -> Path:
+    """An FGVCAircraft folder of one image per split and variant; returns the folder."""
+    folder = root / "fgvc_aircraft"
+    (folder / "images").mkdir(parents=True)
+    (folder / "variants.txt").write_text("".join(f"{v}\n" for v in variants))
+    for part in ("train", "val", "test"):
+        (folder / f"images_variant_{part}.txt").write_text("".join(f"{part}{i} {v}\n" for i, v in enumerate(variants)))
+    return folder
+
+
+def _imagenet_sketch_layout(root: Path, names: dict[str, str]) -> Path:
+    """An ImageNet-Sketch folder of one image per class; returns its `classnames.txt`."""
+    _classnames(root / "imagenet-sketch", names)
+    for wnid in names:
+        _image(root / "imagenet-sketch" / "images" / wnid / "s.JPEG")
+    return root / "imagenet-sketch" / "classnames.txt"
+
+
+def _latin1_file(path: Path, lines: list[str]) -> tuple[int, int]:
+    """Rewrite `path` as Latin-1 `lines`; returns the 1-based line and the byte offset of its first non-ASCII byte,
+    counted here from the lines themselves."""
+    text = "".join(f"{line}\n" for line in lines)
+    path.write_bytes(text.encode("latin-1"))
+    first = next(i for i, char in enumerate(text) if ord(char) > 127)
+    return text[:first].count("\n") + 1, first  # Latin-1 is one byte a character
+
+
+@pytest.mark.parametrize("reader", ["split", "aircraft variants", "aircraft images", "classnames", "attributes"])
+def test_a_text_file_that_is_not_utf8_is_named_with_its_line_and_byte(tmp_path: Path, reader: str) -> None:
+    """A Latin-1 file (a class name with an accent) was a raw UnicodeDecodeError (or a traceback); the error names the
+    file, the line and the byte and says to save it as UTF-8."""
+    if reader == "split":
+        split = {"train": [["a.jpg", 0, "cafe"]], "val": [], "test": [["b.jpg", 0, "café"]]}
+        path = tmp_path / "split_zhou_Cafe.json"
+        line, offset = _latin1_file(path, json.dumps(split, ensure_ascii=False, indent=1).splitlines())
+        read = lambda: load_dataset(None, f"split:{path}")  # noqa: E731
+    elif reader.startswith("aircraft"):
+        folder = _aircraft_layout(tmp_path, ["707-320", "A300B4"])
+        if reader == "aircraft variants":
+            path = folder / "variants.txt"
+            line, offset = _latin1_file(path, ["707-320", "A300B4", "Fokker 100 é"])
+        else:
+            path = folder / "images_variant_test.txt"
+            line, offset = _latin1_file(path, ["test0 707-320", "test1 Ä300B4"])
+        read = lambda: load_dataset(tmp_path, "fgvc_aircraft")  # noqa: E731
+    elif reader == "classnames":
+        path = _imagenet_sketch_layout(tmp_path, {"n01": "tench", "n02": "goldfish"})
+        line, offset = _latin1_file(path, ["n01 tench", "n02 poisson rouge à nageoires"])
+        read = lambda: load_dataset(tmp_path, "imagenet_sketch")  # noqa: E731
+    else:
+        path = tmp_path / "attributes.txt"
+        line, offset = _latin1_file(path, ["red", "# colours", "café au lait"])
+        read = lambda: load_attributes(path)  # noqa: E731
+    with pytest.raises(ValueError) as caught:
+        read()
+    assert str(caught.value).endswith(f"{path}: line {line}: byte 0x{path.read_bytes()[offset]:02x} at offset "
+                                      f"{offset} is not UTF-8; save the file as UTF-8 (e.g. `iconv -f latin1 -t "
+                                      "utf-8`)")
+    assert reader == "attributes" or isinstance(caught.value, DatasetError)
+
+
+def test_a_utf16_text_file_is_named_as_utf16(tmp_path: Path) -> None:
+    path = tmp_path / "split_zhou_Wide.json"
+    path.write_text(json.dumps({"train": [["a.jpg", 0, "a"]], "val": [], "test": []}), encoding="utf-16")
+    with pytest.raises(DatasetError, match=r"line 1: byte 0xff at offset 0 is not UTF-8 \(the file is UTF-16\); "
+                                           r"save the file as UTF-8 \(e.g. `iconv -f utf-16 -t utf-8`\)"):
+        load_dataset(None, f"split:{path}")
+
+
+def test_a_utf8_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    """Windows editors start UTF-8 files with a BOM: it was a JSON error in a split file, and the first line's value
+    in the others (a phrase "\\ufeffred", a wnid that matched no folder, a variant no line named)."""
+    bom = "\ufeff"
+    split = {"train": [["a.jpg", 0, "owl"]], "val": [], "test": [["b.jpg", 0, "owl"]]}
+    path = tmp_path / "split_zhou_Bom.json"
+    path.write_text(bom + json.dumps(split), encoding="utf-8")
+    assert load_dataset(None, f"split:{path}").class_names == ["owl"]
+    attributes = tmp_path / "attributes.txt"
+    attributes.write_text(f"{bom}red\nblue\n", encoding="utf-8")
+    assert load_attributes(attributes) == ["red", "blue"]
+    classnames = _imagenet_sketch_layout(tmp_path, {"n01": "tench", "n02": "goldfish"})
+    classnames.write_text(f"{bom}n01 tench\nn02 goldfish\n", encoding="utf-8")
+    assert load_dataset(tmp_path, "imagenet_sketch").wnids == ["n01", "n02"]
+    folder = _aircraft_layout(tmp_path, ["707-320", "A300B4"])
+    for name in ("variants.txt", "images_variant_train.txt"):
+        (folder / name).write_text(bom + (folder / name).read_text(), encoding="utf-8")
+    aircraft = load_dataset(tmp_path, "fgvc_aircraft")
+    assert aircraft.class_names == ["707-320", "A300B4"] and aircraft.train[0] == ("images/train0.jpg", 0, "707-320")
 
 
 def test_split_path_form_reads_paths_relative_to_the_file(coop_dataset) -> None:

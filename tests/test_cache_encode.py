@@ -100,6 +100,29 @@ def test_a_folder_named_openai_does_not_decide_quick_gelu(tiny_clip, tmp_path: P
     assert not isinstance(clip.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
 
 
+# open_clip's pretrained.py: the hf_hub repository of ViT-B-16's `openai` and `metaclip_400m` tags, both marked
+# quick_gelu=True, and of `laion2b_s34b_b88k` (GELU).
+@pytest.mark.parametrize(("repository", "quick"), [("timm/vit_base_patch16_clip_224.openai", True),
+                                                   ("timm/vit_base_patch16_clip_224.metaclip_400m", True),
+                                                   ("laion/CLIP-ViT-B-16-laion2B-s34B-b88K", False)])
+@pytest.mark.parametrize("under", ["snapshots/0123abcd", "blobs"])
+def test_a_checkpoint_in_the_hugging_face_cache_gets_its_repositorys_activation(tiny_clip, tmp_path: Path,
+                                                                                 repository: str, quick: bool,
+                                                                                 under: str) -> None:
+    """open_clip's hub copy of OpenAI's ViT-B-16 lies in `models--timm--vit_base_patch16_clip_224.openai/snapshots/
+    <revision>/open_clip_pytorch_model.bin`: passed as --pretrained it was built with GELU, silently."""
+    folder = tmp_path / "hub" / f"models--{repository.replace('/', '--')}" / under
+    folder.mkdir(parents=True)
+    checkpoint = folder / "open_clip_pytorch_model.bin"
+    shutil.copy(tiny_clip.checkpoint, checkpoint)
+    clip = load_model(str(tiny_clip.config), str(checkpoint), device="cpu")
+    assert clip.fields["quick_gelu"] is quick
+    assert isinstance(clip.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU) is quick
+    assert clip.notes == ([f"{checkpoint} is open_clip's {repository} from the Hugging Face cache, trained with "
+                           f"QuickGELU: building {tiny_clip.name} with QuickGELU (as {tiny_clip.name}-quickgelu); "
+                           "pass --no-quick-gelu to keep GELU"] if quick else [])
+
+
 def test_model_config_json_is_registered_and_recorded(tiny_clip) -> None:
     clip = load_model(str(tiny_clip.config), "none", device="cpu", seed=3)
     again = load_model(str(tiny_clip.config), "none", device="cpu", seed=3)
@@ -125,6 +148,19 @@ def test_bad_model_options_are_named(tiny_clip, tmp_path: Path) -> None:
     broken.write_text('{"embed_dim": 32}')
     with pytest.raises(ModelError, match="missing vision_cfg, text_cfg"):
         load_model(str(broken), "none", device="cpu")
+    broken.write_text('{"embed_dim": 32,\n "vision_cfg": }')
+    with pytest.raises(ModelError, match=f"^--model {broken}: invalid JSON at line 2, column 16: Expecting value$"):
+        load_model(str(broken), "none", device="cpu")
+    latin = '{"embed_dim": 32, "name": "modèle"}'
+    broken.write_bytes(latin.encode("latin-1"))  # one byte a character
+    with pytest.raises(ModelError, match=f"^--model {broken}: line 1: byte 0xe8 at offset {latin.index('è')} is not "
+                                         "UTF-8"):
+        load_model(str(broken), "none", device="cpu")
+    bom = tmp_path / "bom.json"  # a UTF-8 byte-order mark: open_clip's own reading of the file failed on it
+    bom.write_text("\ufeff" + tiny_clip.config.read_text(), encoding="utf-8")
+    with pytest.raises(ModelError, match=f"^--model {bom} starts with a UTF-8 byte-order mark, which open_clip cannot "
+                                         "read; save it as UTF-8 without one$"):
+        load_model(str(bom), "none", device="cpu")
     with pytest.raises(ModelError, match="model-config file does not exist"):
         load_model(str(tmp_path / "nothing.json"), "none", device="cpu")
     with pytest.raises(ModelError, match="--precision 'fp64' is not valid; valid: fp32, fp16, bf16, amp"):

@@ -98,6 +98,49 @@ def test_bad_run_arguments_are_refused(cache: Path, tmp_path: Path, args: list[s
     assert not any(tmp_path.iterdir())  # nothing was written
 
 
+SEED_MISTAKES = [["fit", "--seed", "-1"], ["fit", "--seed", "4294967296"], ["grid", "--seeds", "-1,2"],
+                 ["protocol", "few-shot", "--seeds", "1,4294967296"], ["demo", "--seeds", "-1"]]
+
+
+@pytest.mark.parametrize("args", SEED_MISTAKES, ids=lambda args: " ".join(args))
+def test_a_seed_numpy_cannot_take_is_refused_naming_its_flag(cache: Path, tmp_path: Path, args: list[str]) -> None:
+    """CoOp seeds Python, NumPy and torch with a run's seed; -1 and 2**32 were accepted (NumPy refuses both), each
+    trained and recorded as a run (seed -1's folder `...-seed-1-...`)."""
+    import numpy as np
+
+    for seed in (-1, 2**32):
+        with pytest.raises(ValueError):
+            np.random.seed(seed)
+    np.random.seed(2**32 - 1)  # the range's ends, NumPy's
+    np.random.seed(0)
+    flag, value = args[-2], args[-1]
+    bad = next(v for v in value.split(",") if not 0 <= int(v) <= 2**32 - 1)
+    where = ["--cache", str(cache)] if args[0] != "demo" else []
+    result = invoke(*args, *where, "--out", str(tmp_path / "out"))
+    assert_clean_error(result, f"{flag} {bad}: a seed is an integer from 0 to {2**32 - 1}")
+    assert not any(tmp_path.iterdir())
+
+
+def test_base_to_novel_on_one_class_is_refused_before_training(tmp_path: Path) -> None:
+    """One class has no novel half: fit trained and then failed in an IndexError traceback."""
+    cache = write_synthetic_cache(tmp_path / "one.h5", num_classes=1, dim=8, shots=(1,), seeds=(1,))
+    result = invoke("fit", "--cache", str(cache), "--method", "tip-adapter", "--shots", "1", "--classes", "base",
+                    "--out", str(tmp_path / "runs"))
+    assert_clean_error(result, "--classes base splits the classes into a base and a novel half and needs at least 2; "
+                       "this cache has 1: use --classes all", code=RUNTIME)
+    assert not (tmp_path / "runs").exists()
+    done = invoke("fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--out", str(tmp_path / "r"))
+    assert done.exit_code == 0 and "100.00%" in done.output, done.output  # one class: all of it
+
+
+def test_seeds_zero_and_numpys_largest_train(tmp_path: Path) -> None:
+    cache = write_synthetic_cache(tmp_path / "ends.h5", num_classes=3, dim=8, shots=(1,), seeds=(0, 2**32 - 1))
+    for seed in (0, 2**32 - 1):
+        result = invoke("fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--seed", str(seed),
+                        "--out", str(tmp_path / "runs"))
+        assert result.exit_code == 0 and f"seed {seed}" in result.output, result.output
+
+
 @pytest.mark.parametrize("args", [
     ["fit", "--text", "foo"], ["grid", "--text", "coop,foo"], ["protocol", "few-shot", "--text", "foo"],
     ["fit", "--select", "best"], ["grid", "--select", "last,best"],

@@ -323,6 +323,7 @@ GRID_FILE_MISTAKES = [  # (the file after its caches line, the error after "erro
     ("methods: [zeroshot]\nshots: [1.5, 2.7]\nseeds: [1]\n", "shots 1.5: expected integers, e.g. [1, 2, 4, 8, 16]"),
     ("methods: [zeroshot]\nshots: [true]\nseeds: [1]\n", "shots true: expected integers"),
     ("methods: [zeroshot]\nshots: [1]\nseeds: [1.9]\n", "seeds 1.9: expected integers, e.g. [1, 2, 3]"),
+    ("methods: [zeroshot]\nshots: [1]\nseeds: [1, -1]\n", "seeds -1: a seed is an integer from 0 to 4294967295"),
     ("methods: [zeroshot]\nshots: [one]\nseeds: [1]\n", "shots 'one': expected integers"),
     ("methods: [zeroshot]\nshots: ['1,2']\nseeds: [1]\n", "shots '1,2': expected integers"),
     ("methods: [zeroshot]\nshots: []\nseeds: [1]\n", "shots is empty; give one or more values"),
