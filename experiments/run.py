@@ -25,7 +25,7 @@ from lathadapter.adapter.methods.base import Method, warn_unread_options
 from lathadapter.adapter.options import OptionError, StateError, changed_fields, unkeyed
 from lathadapter.adapter.recipes import RecipeFacts, filled_by_recipe
 from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS, DivergedError, TrainResult, train
-from lathadapter.cache.store import CacheError, CacheReader, FewShotData, resolve_cache
+from lathadapter.cache.store import CacheError, CacheReader, FewShotData, resolve_cache, seed_error
 from lathadapter.experiments.execution import Execution
 from lathadapter.experiments.machine import resolve_device
 from lathadapter.kernels.dispatch import backend as kernels_backend
@@ -52,6 +52,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.shots < 1:
             raise OptionError(f"--shots {self.shots}: shots per class must be at least 1 (papers use 1, 2, 4, 8, 16)")
+        if problem := seed_error("--seed", [self.seed]):  # the Python API's too (`fit(seed=-1)`)
+            raise OptionError(problem)
         for name, value, valid in (("classes", self.classes, CLASS_PROTOCOLS), ("text", self.text, TEXT_FEATURES),
                                    ("select", self.select, SELECTIONS), ("train_views", self.train_views, TRAIN_VIEWS)):
             if value not in valid:

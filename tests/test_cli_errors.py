@@ -356,3 +356,13 @@ def test_nan_scores_are_never_an_accuracy() -> None:
 
     with pytest.raises(ValueError, match="broken gave NaN scores"):
         evaluate(Broken(), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+
+
+def test_the_python_api_refuses_a_seed_numpy_cannot_take(cache: Path, tmp_path: Path) -> None:
+    """`lathadapter.fit(seed=-1)` trained and wrote `...-seed-1-...` as the command line did; NumPy refuses the seed."""
+    import lathadapter
+
+    for seed in (-1, 2**32):
+        with pytest.raises(OptionError, match=f"--seed {seed}: a seed is an integer from 0 to {2**32 - 1}"):
+            lathadapter.fit(cache, "zeroshot", shots=1, seed=seed, out=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
