@@ -11,6 +11,7 @@ only; skipped otherwise); Ray's case needs Ray installed. About 3-4 minutes on 2
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -247,6 +248,30 @@ def main() -> None:
                  "epochs=1", "--shots", "1", "--seeds", "1,2", "--device", "cpu", "--out", fresh()]
         run_counts("16 cross-dataset --target A --target B", *cross, "--target", targets[0], "--target", targets[1])
         run_counts("16 its rerun with --target B --target A", *cross, "--target", targets[1], "--target", targets[0])
+        print("stop 22's inputs", file=sys.stderr)
+        text = split.read_text()
+        first = CLASSES[0]  # a class name with an accent, saved as Latin-1 (an editor's "Western" encoding)
+        (split.parent / "split_zhou_Latin.json").write_bytes(text.replace(f'"{first}"', f'"{first}\u00e9"')
+                                                           .encode("latin-1"))
+        run("17 cache build of a split file in Latin-1", *build[:2], "--dataset",
+            f"split:{split.parent / 'split_zhou_Latin.json'}", *build[4:], "--out", str(tmp / "l1.h5"))
+        no_test = json.loads(text) | {"test": []}
+        (split.parent / "split_zhou_NoTest.json").write_text(json.dumps(no_test))
+        run("17 cache build of a split file with no test images", *build[:2], "--dataset",
+            f"split:{split.parent / 'split_zhou_NoTest.json'}", *build[4:], "--out", str(tmp / "nt.h5"))
+        empty = json.loads(text)
+        (split.parent / "empty.png").write_bytes(b"")
+        empty["test"][0][0] = "empty.png"
+        (split.parent / "split_zhou_Empty.json").write_text(json.dumps(empty))
+        run("17 cache build of a split listing an empty image file", *build[:2], "--dataset",
+            f"split:{split.parent / 'split_zhou_Empty.json'}", *build[4:], "--out", str(tmp / "ei.h5"))
+        run("17 cache build --seeds -1", *build[:10], "--seeds", "-1", *build[12:], "--out", str(tmp / "m1.h5"))
+        run("17 fit --seed -1", "fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--seed", "-1",
+            "--device", "cpu", "--out", fresh())
+        run("17 cache build --root with split:", *build, "--root", str(tmp), "--out", str(tmp / "root.h5"))
+        run("17 inspect of a folder that is not a run", "inspect", str(tmp))
+        run("17 grid --backend ray --address ray://host:10001", *grid, "--out", fresh(), "--backend", "ray",
+            "--address", "ray://127.0.0.1:10001")
         done = subprocess.run(cli("list", "options", "clip-adapter"), env=ENV, capture_output=True, text=True)
         record("14 list options clip-adapter (first line)", done.returncode, done.stdout.splitlines()[0])
         done = subprocess.run(cli(*grid, "--out", fresh()), env=ENV, capture_output=True, text=True)
