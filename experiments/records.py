@@ -222,8 +222,9 @@ def shots_label(k: int) -> str:
 
 def run_reliability(results: Results, keys: Iterable[str]) -> dict[str, dict[str, Reliability]]:
     """Run key → part (`all`, `base`, `novel`) → the test set's confidence bins, from metrics.json's `reliability` of
-    each of the runs `keys` whose directory is known. A run saved before the bins were recorded, a part not applicable,
-    a run diverged and a metrics.json unreadable give none: the diagrams leave them out, as the tables need them not."""
+    each of the runs `keys` whose directory is known. A run saved before the bins were recorded, a part not
+    applicable, a diverged run and an unreadable metrics.json give none: the reliability diagrams leave them out (the
+    tables read the results table alone)."""
     found: dict[str, dict[str, Reliability]] = {}
     for key in sorted(set(keys)):
         folder = results.run_dirs.get(key)
