@@ -1,9 +1,12 @@
-"""Top-1 accuracy and calibration (ECE) of a method on cached test features, both from one pass in chunks so that
-large test sets fit in memory."""
+"""Top-1 accuracy and calibration (ECE, and the per-bin tallies of its reliability diagram) of a method on cached test
+features, all from one pass in chunks so that large test sets fit in memory."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,11 +37,52 @@ def checked(method: Method, scores: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class Reliability:
+    """A reliability diagram's numbers (Guo et al., 2017, Fig. 1): per confidence bin (`ECE_BINS`), the images, the
+    right predictions and the sum of their top-1 confidences. Runs pool by adding them up (`pooled`); `record()` is
+    what metrics.json's `reliability` holds."""
+
+    images: tuple[int, ...]
+    correct: tuple[int, ...]
+    confidence: tuple[float, ...]
+
+    def record(self) -> dict[str, list[Any]]:
+        return {"images": list(self.images), "correct": list(self.correct), "confidence": list(self.confidence)}
+
+    @classmethod
+    def read(cls, record: Any) -> Reliability | None:
+        """A `record()` read back from JSON; None for anything else (not applicable, or not `ECE_BINS` bins)."""
+        try:
+            read = cls(*(tuple(record[name]) for name in ("images", "correct", "confidence")))
+        except (TypeError, KeyError):
+            return None
+        return read if all(len(tally) == ECE_BINS for tally in (read.images, read.correct, read.confidence)) else None
+
+    @classmethod
+    def pooled(cls, tallies: Iterable[Reliability]) -> Reliability:
+        """The bins of several runs' test images together (seeds of one configuration): their tallies summed."""
+        tallies = list(tallies)
+        return cls(*(tuple(sum(column) for column in zip(*(getattr(t, name) for t in tallies), strict=True))
+                     for name in ("images", "correct", "confidence")))
+
+    def accuracy(self) -> float:
+        """Top-1 accuracy (%) over every bin."""
+        return 100.0 * sum(self.correct) / sum(self.images)
+
+    def ece(self) -> float:
+        """ECE (%) of these bins, `Tally.scores`' formula: Σ_b |correct_b − confidence_b| / n."""
+        return 100.0 * math.fsum(abs(c - s) for c, s in zip(self.correct, self.confidence, strict=True)) / sum(
+            self.images)
+
+
+@dataclass(frozen=True)
 class Scores:
-    """A method's top-1 accuracy and expected calibration error on one test set, both in percent."""
+    """A method's top-1 accuracy and expected calibration error on one test set, both in percent, and the bins the
+    ECE reads."""
 
     accuracy: float
     ece: float
+    reliability: Reliability
 
 
 class Tally:
@@ -72,7 +116,9 @@ class Tally:
         if ece != ece:  # NaN: a +inf score has no softmax
             raise NaNScores(f"{method.name} gave infinite scores at evaluation, whose probabilities are NaN, so no "
                             "accuracy is reported; check its options for values that overflow")
-        return Scores(100.0 * int(self.correct.sum()) / n, 100.0 * ece)
+        reliability = Reliability(tuple(self.images.tolist()), tuple(self.correct.tolist()),
+                                  tuple(self.confidence.tolist()))
+        return Scores(100.0 * int(self.correct.sum()) / n, 100.0 * ece, reliability)
 
 
 @torch.no_grad()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
+from lathadapter.adapter.evaluate import ECE_BINS, Reliability
 from lathadapter.experiments.cells import (
     AVERAGE,
     MISSING,
@@ -400,6 +402,128 @@ def plot_ablations(records: list[Record], folder: Path) -> tuple[list[Path], lis
                                    f"transfer from {source}, {shots_label(shots)}, ", name, folder, crowded)
     return paths, crowded
 
+
+# A reliability figure's panels: five a row; a figure of more configurations than five rows is left out (named in
+# report.md), its ECE table alone holding the cells
+RELIABILITY_COLUMNS = 5
+MOST_RELIABILITY_PANELS = 5 * RELIABILITY_COLUMNS
+IMAGES_STRIP = 20.0  # the height, in the accuracy axis's %, of the strip under a panel's bars: the share of images
+
+
+@dataclass(frozen=True)
+class ReliabilityPanel:
+    """One configuration's panel: its label (its accuracy table's row), its seeds' bins summed and how many seeds."""
+
+    label: str
+    bins: Reliability
+    seeds: int
+
+
+def _reliability_panels(records: list[Record], reliability: dict[str, dict[str, Reliability]], classes: str,
+                        part: str, scope: Callable[[str, int], tuple]
+                        ) -> dict[tuple[str, int], list[ReliabilityPanel]]:
+    """Per (dataset, shots) of the runs of `classes` (no transfer target): a panel per configuration of which some
+    seed's run recorded bins of `part`, in the catalog's order, labelled as its accuracy table's row, the table of
+    the blocks of one `scope(dataset, shots)` (the settings varied and tuned values chosen there)."""
+    chosen = [r for r in records if r.classes == classes and not r.target]
+    scoped: dict[tuple, list[Record]] = defaultdict(list)
+    runs: dict[tuple[str, int], dict[Configuration, list[Reliability]]] = defaultdict(lambda: defaultdict(list))
+    for record in chosen:
+        scoped[scope(record.dataset, record.shots)].append(record)
+        bins = reliability.get(record.key, {}).get(part)
+        if bins is not None:
+            runs[(record.dataset, record.shots)][record.config].append(bins)
+    panels = {}
+    for (dataset, shots), by_config in sorted(runs.items()):
+        table = scoped[scope(dataset, shots)]
+        varied, choices = varied_settings({r.config for r in table}), _config_choices(table)
+        panels[(dataset, shots)] = [ReliabilityPanel(config_label(c, varied, choices.get(c, [])),
+                                                     Reliability.pooled(by_config[c]), len(by_config[c]))
+                                    for c in ordered_configs(by_config)]
+    return panels
+
+
+def _reliability_panel(ax: Axes, panel: ReliabilityPanel) -> None:
+    """A reliability diagram: per bin with images, its accuracy as a bar and the gap to its mean confidence hatched
+    (red), the diagonal of perfect calibration, and under the axis a grey strip of each bin's share of the images
+    (the tallest bin at the strip's height); the title gives the pooled ECE and accuracy."""
+    bins, width = panel.bins, 100.0 / ECE_BINS
+    filled = [b for b, n in enumerate(bins.images) if n]
+    centres = [(b + 0.5) * width for b in filled]
+    accuracy = [100.0 * bins.correct[b] / bins.images[b] for b in filled]
+    confidence = [100.0 * bins.confidence[b] / bins.images[b] for b in filled]
+    ax.bar(centres, accuracy, width=width, color="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy")
+    ax.bar(centres, [c - a for a, c in zip(accuracy, confidence, strict=True)], bottom=accuracy, width=width,
+           facecolor=(1.0, 0.0, 0.0, 0.2), edgecolor="tab:red", linewidth=0.5, hatch="///",
+           label="gap to mean confidence")
+    ax.plot([0, 100], [0, 100], linestyle="--", color="grey", linewidth=1.0, label="perfect calibration")
+    shares = [bins.images[b] / sum(bins.images) for b in filled]
+    ax.bar(centres, [IMAGES_STRIP * share / max(shares) for share in shares], bottom=-IMAGES_STRIP - 2, width=width,
+           color="grey", alpha=0.6, label="share of images")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.annotate(f"images (tallest bin {100 * max(shares):.0f} %)", (0.02, -IMAGES_STRIP - 1), fontsize=6,
+                color="dimgrey", va="bottom", xycoords=("axes fraction", "data"))
+    ax.set(xlim=(0, 100), ylim=(-IMAGES_STRIP - 2, 100))
+    ax.set_xticks(range(0, 101, 20))
+    ax.set_yticks(range(0, 101, 25))
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    seeds = f"{panel.seeds} seeds pooled" if panel.seeds > 1 else "1 seed"
+    ax.set_title(f"{textwrap.fill(panel.label, 45)}\nECE {bins.ece():.2f}, accuracy {bins.accuracy():.2f} ({seeds})",
+                 fontsize=8)
+
+
+def _plot_reliability(panels: list[ReliabilityPanel], title: str, path: Path) -> Path:
+    """Small multiples of reliability diagrams, `RELIABILITY_COLUMNS` a row, the axes' labels and numbers on the
+    outer panels alone (every panel's axes are the same; fewer texts also draw faster)."""
+    columns = min(len(panels), RELIABILITY_COLUMNS)
+    rows = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(2.7 * columns, 2.5 * rows + 0.5))  # outside pyplot, as `_figure`
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for i, (ax, panel) in enumerate(zip(axes, panels, strict=False)):
+        _reliability_panel(ax, panel)
+        bottom, left = i + columns >= len(panels), i % columns == 0  # no panel below; the first column
+        ax.tick_params(labelbottom=bottom, labelleft=left)
+        if bottom:
+            ax.set_xlabel("top-1 confidence (%)", fontsize=8)
+        if left:
+            ax.set_ylabel("accuracy (%)", fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    if len(axes) > len(panels):  # the legend in the last free slot, else over the first panel's empty top left
+        axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center")
+    else:
+        axes[0].legend(fontsize=6, loc="upper left")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_reliability(records: list[Record], reliability: dict[str, dict[str, Reliability]], folder: Path
+                     ) -> tuple[list[Path], list[str]]:
+    """Reliability diagrams from the runs' recorded bins (`reliability`: run key → part → bins), a panel per
+    configuration, its seeds' bins summed: per dataset and shots of the few-shot runs
+    (`reliability_<dataset>_<k>shot.png`, labels as the dataset's few-shot table), and of the base-to-novel runs
+    one figure for the base and one for the novel classes (`reliability_base_novel_<dataset>_<k>shot_<part>.png`,
+    labels as the base-to-novel table of those shots). A configuration without bins has no panel, a block without
+    any no figure. Returns the figures and those left out for more than `MOST_RELIABILITY_PANELS` panels."""
+    paths, crowded = [], []
+    figures = [(block, "all", panels) for block, panels in
+               _reliability_panels(records, reliability, "all", "all", lambda d, k: (d,)).items()]
+    for part in ("base", "novel"):
+        figures += [(block, part, panels) for block, panels in
+                    _reliability_panels(records, reliability, "base", part, lambda d, k: (k,)).items()]
+    for (dataset, shots), part, panels in figures:
+        if part == "all":
+            name, title = f"reliability_{slug(dataset)}_{shots}shot", f"{dataset}, {shots_label(shots)}"
+        else:
+            name = f"reliability_base_novel_{slug(dataset)}_{shots}shot_{part}"
+            title = f"{dataset}, base-to-novel, {shots_label(shots)}, {part} classes"
+        if len(panels) > MOST_RELIABILITY_PANELS:
+            crowded.append(f"{name} ({len(panels)} panels)")
+            continue
+        paths.append(_plot_reliability(panels, f"{title}: reliability (accuracy against confidence per bin)",
+                                       folder / f"{name}.png"))
+    return paths, crowded
 
 def disk_coordinates(points: torch.Tensor, curvature: float, basis: torch.Tensor) -> torch.Tensor:
     """Map ball points to the unit disk: keep each point's distance to the origin exactly (its depth in the

@@ -233,10 +233,11 @@ class Targets:
         return self.sets[path, text]
 
     def __call__(self, grid_run: GridRun, outcome: RunOutcome, source: FewShotData) -> dict[str, Any]:
-        """The run's accuracy (`targets`) and ECE (`targets_ece`) on its source test set and on each target."""
+        """The run's accuracy (`targets`), ECE (`targets_ece`) and the ECE's bins (`targets_reliability`) on its source
+        test set and on each target."""
         if outcome.metrics["diverged"] is not None:  # no accuracy on any target either
             nothing = {"source": None, **{self.names[path]: None for path in self.paths}}
-            return {"targets": nothing, "targets_ece": dict(nothing)}
+            return {"targets": nothing, "targets_ece": dict(nothing), "targets_reliability": dict(nothing)}
         scored: dict[str, Scores | None] = {}
         for path in self.paths:
             target = self.target(path, grid_run.config.text)
@@ -250,7 +251,10 @@ class Targets:
         return {"targets": {"source": outcome.metrics["accuracy"]["all"],
                             **{name: None if s is None else s.accuracy for name, s in scored.items()}},
                 "targets_ece": {"source": outcome.metrics["ece"]["all"],
-                                **{name: None if s is None else s.ece for name, s in scored.items()}}}
+                                **{name: None if s is None else s.ece for name, s in scored.items()}},
+                "targets_reliability": {"source": outcome.metrics["reliability"]["all"],
+                                        **{name: None if s is None else s.reliability.record()
+                                           for name, s in scored.items()}}}
 
 
 def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: list[int],

@@ -2,16 +2,20 @@
 rows parsed into typed records (`Record`: a configuration, i.e. a method with its settings, on one dataset at one
 number of shots and seed), of a tuned grid only each group's kept run; two runs of one configuration and seed in one
 cell are refused, naming both (`check_one_run_per_seed`). A dataset name with several cache fingerprints is several
-datasets, labelled `caltech101 (fp 1a2b3c4d)` (`dataset_labels`)."""
+datasets, labelled `caltech101 (fp 1a2b3c4d)` (`dataset_labels`). The reliability diagrams' bins, which no results
+column holds, are read from the run directories' metrics.json (`run_reliability`)."""
 
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lathadapter.adapter.evaluate import Reliability
 from lathadapter.experiments.table import RESULTS, ResultsError, as_table, finished_runs, run_rows
 
 # The columns the report reads; `opt.*` columns (every option) are read too.
@@ -214,3 +218,23 @@ def check_one_run_per_seed(parsed: list[Record], source: Path) -> None:
 def shots_label(k: int) -> str:
     """`1 shot`, `4 shots`: a number of shots in titles, labels and messages."""
     return f"{k} shot" if k == 1 else f"{k} shots"
+
+
+def run_reliability(results: Results, keys: Iterable[str]) -> dict[str, dict[str, Reliability]]:
+    """Run key → part (`all`, `base`, `novel`) → the test set's confidence bins, from metrics.json's `reliability` of
+    each of the runs `keys` whose directory is known. A run saved before the bins were recorded, a part not
+    applicable, a diverged run and an unreadable metrics.json give none: the reliability diagrams leave them out (the
+    tables read the results table alone)."""
+    found: dict[str, dict[str, Reliability]] = {}
+    for key in sorted(set(keys)):
+        folder = results.run_dirs.get(key)
+        if folder is None:
+            continue
+        try:
+            recorded = json.loads((folder / "metrics.json").read_text()).get("reliability")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(recorded, dict):
+            parts = {part: Reliability.read(bins) for part, bins in recorded.items()}
+            found[key] = {part: bins for part, bins in parts.items() if bins is not None}
+    return found

@@ -15,9 +15,10 @@ from lathadapter.experiments.plots import (
     plot_accuracy_vs_shots,
     plot_base_novel,
     plot_poincare_disk,
+    plot_reliability,
     plot_transfer,
 )
-from lathadapter.experiments.records import Results, load_results, records
+from lathadapter.experiments.records import Results, load_results, records, run_reliability
 from lathadapter.experiments.report_latex import write_latex
 from lathadapter.experiments.report_tables import report_tables, tables_markdown
 from lathadapter.experiments.run import write_atomic
@@ -52,7 +53,9 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     tables = report_tables(parsed)
     shots_plots, crowded_shots = plot_accuracy_vs_shots(parsed, out)
     ablations, crowded = plot_ablations(parsed, out)
-    plots = shots_plots + plot_base_novel(parsed, out) + plot_transfer(parsed, out) + ablations
+    bins = run_reliability(results, (r.key for r in parsed if not r.target))  # no results column holds them
+    reliability, crowded_reliability = plot_reliability(parsed, bins, out)
+    plots = shots_plots + plot_base_novel(parsed, out) + plot_transfer(parsed, out) + ablations + reliability
     disk_run = disk_run or _disk_run(results)
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))
@@ -68,7 +71,10 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
                f"styles (`plots.MOST_SHOTS_LINES`; their tables hold every cell): {', '.join(crowded_shots)}.\n"
                if crowded_shots else "")
             + (f"\nAblation plots left out for their many lines (`plots.MOST_ABLATION_LINES`; their ablation tables "
-               f"hold every cell): {', '.join(crowded)}.\n" if crowded else ""))
+               f"hold every cell): {', '.join(crowded)}.\n" if crowded else "")
+            + (f"\nReliability diagrams left out for their many configurations (`plots.MOST_RELIABILITY_PANELS` "
+               f"panels; their ECE tables hold every cell): {', '.join(crowded_reliability)}.\n"
+               if crowded_reliability else ""))
     write_atomic(out / "report.md", lambda temporary: temporary.write_text(text))  # last: the report is whole
     return {"markdown": markdown, "tables": [str(p) for p in csvs], "latex": [str(p) for p in latex],
             "plots": [str(p) for p in plots], "report": str(out / "report.md")}

@@ -176,9 +176,9 @@ def run_together(configs: list[RunConfig], datas: list[FewShotData], stack: bool
 
 def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data: FewShotData,
               novel_data: FewShotData | None) -> RunOutcome:
-    """A trained method's outcome: test accuracy and ECE (base and novel for base-to-novel), training facts, lifted
-    points. A diverged run (NaN or infinite loss or parameters, or NaN scores) has no accuracy or ECE (None) and says
-    why in `diverged`."""
+    """A trained method's outcome: test accuracy, ECE and its bins (`reliability`; base and novel for base-to-novel),
+    training facts, lifted points. A diverged run (NaN or infinite loss or parameters, or NaN scores) has no accuracy
+    or ECE (None) and says why in `diverged`."""
     start = time.perf_counter()
     diverged = result.diverged
     scores: dict[str, Scores | None] = {"all": None} if novel_data is None else {"base": None, "novel": None}
@@ -191,6 +191,7 @@ def evaluated(config: RunConfig, method: Method, result: TrainResult, train_data
     metrics = {
         "accuracy": accuracy,
         "ece": {k: None if s is None else s.ece for k, s in scores.items()},
+        "reliability": {k: None if s is None else s.reliability.record() for k, s in scores.items()},
         "hm": harmonic_mean(accuracy.get("base"), accuracy.get("novel")),
         "diverged": diverged,
         "train_seconds": result.seconds,
@@ -222,7 +223,7 @@ def as_diverged(outcome: RunOutcome, trained: dict[str, Any], reason: str) -> Ru
     the metrics it had when trained (`trained`) with no accuracy, ECE, HM, diagnostics or lifted points, as `evaluated`
     gives a run whose test scores are NaN."""
     metrics = {**trained, "accuracy": dict.fromkeys(trained["accuracy"]), "ece": dict.fromkeys(trained["accuracy"]),
-               "hm": None, "diverged": reason}
+               "reliability": dict.fromkeys(trained["accuracy"]), "hm": None, "diverged": reason}
     metrics.pop("hierarchy", None)
     return RunOutcome(outcome.method, metrics, outcome.train, None)
 

@@ -146,12 +146,14 @@ def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def strip_ece(out: Path) -> int:
-    """Rewrite every run's metrics.json as a run saved before ECE was recorded wrote it; returns how many."""
+    """Rewrite every run's metrics.json as a run saved before ECE (and its bins) was recorded wrote it; returns how
+    many."""
     folders = sorted((out / "runs").glob("*/metrics.json"))
     for path in folders:
         metrics = json.loads(path.read_text())
-        del metrics["ece"]
+        del metrics["ece"], metrics["reliability"]
         metrics.pop("targets_ece", None)
+        metrics.pop("targets_reliability", None)
         path.write_text(json.dumps(metrics, indent=2) + "\n")
     return len(folders)
 
@@ -197,6 +199,7 @@ def test_results_and_report_carry_ece_and_runs_saved_before_it_are_empty(baselin
     write_report(tmp_path, tmp_path / "old_report")
     old = (tmp_path / "old_report" / "report.md").read_text()
     assert "ECE" not in old and not (tmp_path / "old_report" / "ece_base_to_novel.csv").exists()
+    assert not list((tmp_path / "old_report").glob("reliability*")) and "reliability" not in old
     assert old.split("![")[0].rstrip("\n") == accuracy_tables.rstrip("\n")
     assert report["latex"]
 
