@@ -1,0 +1,65 @@
+"""Behaviours that a mutation campaign (stop 22) found untested: each test here fails on a mutant that the rest of
+the suite let pass, and checks the code against an independent oracle (the split file, the official formula or rule
+restated, a documented constant)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import h5py
+import open_clip
+import pytest
+
+from lathadapter.cache.build import build
+from lathadapter.cache.subset import export_subset
+from lathadapter.cache.templates import ensemble_templates, load_attributes
+
+# ------------------------------------------------------------------------------------------------------ cache
+
+
+def test_a_subset_of_a_dataset_in_a_subfolder_lists_the_split_files_own_paths(coop_dataset, tiny_clip,
+                                                                               tmp_path: Path) -> None:
+    """A split file whose paths are relative to a subfolder (CoOp's `oxford_pets/images/`) is stored with that
+    prefix; `cache subset` gives the paths back as the split file writes them, and the cache's fingerprint."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    (tmp_path / "data").symlink_to(coop_dataset.folder, target_is_directory=True)
+    split_file = tmp_path / "split.json"  # beside `data/`, whose `images/...` the paths name
+    split_file.write_text(json.dumps(split))
+    out = tmp_path / "c.h5"
+    build(None, f"split:{split_file}", out, model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint),
+          shots=(2,), seeds=(1,), views=1, batch_size=16, workers=0, device="cpu", progress=False,
+          log=lambda message: None)
+    with h5py.File(out, "r") as f:  # the prefix is really there: the stored paths name the subfolder
+        assert all(p.startswith("data/images/") for p in f["splits/train/paths"].asstr()[()])
+        fingerprint = str(f.attrs["fingerprint"])
+    exported = export_subset(out, 2, 1)
+    random.seed(1)  # Dassl's draw, restated: per class in first-appearance order, `random.sample` of 2, then val
+
+    def draw(items: list[list[object]], k: int) -> list[list[object]]:
+        groups: defaultdict[int, list[list[object]]] = defaultdict(list)
+        for item in items:
+            groups[int(item[1])].append(item)
+        return [x for group in groups.values() for x in (random.sample(group, k) if len(group) >= k else group)]
+
+    train, val = draw(split["train"], 2), draw(split["val"], 2)
+    assert (exported["train"], exported["val"]) == (train, val)
+    assert (exported["image_dir"], exported["cache_fingerprint"]) == ("data", fingerprint)
+
+
+def test_a_coop_template_that_is_one_of_the_simple_templates_is_stored_once() -> None:
+    """The ensemble is the CoOp template, then open_clip's 7 simple templates without it: a template given twice
+    would weigh twice in the ensemble's mean."""
+    simple = [t("{}") for t in open_clip.SIMPLE_IMAGENET_TEMPLATES]
+    assert len(simple) == 7 and "itap of a {}." in simple
+    assert ensemble_templates("itap of a {}.") == ["itap of a {}."] + [t for t in simple if t != "itap of a {}."]
+    assert len(ensemble_templates("art of the {}.")) == 7
+
+
+def test_an_attribute_file_of_comments_and_blank_lines_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "attrs.txt"
+    empty.write_text("# colours\n\n   # nothing else\n")
+    with pytest.raises(ValueError, match=r"attrs.txt has no phrases; write one attribute phrase per line"):
+        load_attributes(empty)
