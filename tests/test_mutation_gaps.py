@@ -13,9 +13,12 @@ import h5py
 import open_clip
 import pytest
 
+from lathadapter.adapter.options import OptionError
 from lathadapter.cache.build import build
 from lathadapter.cache.subset import export_subset
 from lathadapter.cache.templates import ensemble_templates, load_attributes
+from lathadapter.experiments.spec import GridSpec, expand, load_spec_file, override
+from lathadapter.experiments.tuning import preset_value, select_tuned
 
 # ------------------------------------------------------------------------------------------------------ cache
 
@@ -63,3 +66,38 @@ def test_an_attribute_file_of_comments_and_blank_lines_is_refused(tmp_path: Path
     empty.write_text("# colours\n\n   # nothing else\n")
     with pytest.raises(ValueError, match=r"attrs.txt has no phrases; write one attribute phrase per line"):
         load_attributes(empty)
+
+
+# ------------------------------------------------------------------------------------------------ experiments
+
+
+def test_a_candidate_without_a_val_score_never_wins_over_one_with_a_score() -> None:
+    """A diverged candidate records no val score (None, or an empty cell in results.csv): it ranks below every
+    scored candidate, whatever its place in the tie-break order."""
+    def row(key: str, index: int, score: object) -> dict[str, object]:
+        return {"key": key, "tune.group": "g", "tune.index": index, "tune.candidates": 3, "tune.val_accuracy": score}
+
+    for missing in (None, ""):
+        rows = select_tuned([row("a", 0, missing), row("b", 1, 0.0), row("c", 2, missing)])
+        assert {r["key"]: r["tune.selected"] for r in rows} == {"a": False, "b": True, "c": False}
+
+
+def test_preset_values_are_the_decimal_products() -> None:
+    """A preset's value is the default × the factor as a decimal, and so is an extension's factor (0.1 × 0.1 is
+    0.01, not 0.010000000000000002): the run `--set lr=0.003` names, the factor a resumed grid finds again."""
+    assert (0.1 * 0.1, 0.0003 * 10.0) != (0.01, 0.003)  # the binary products the rounding removes
+    assert (preset_value(0.1, 0.1), preset_value(0.0003, 10.0), preset_value(0.0003, 0.1)) == (0.01, 0.003, 3e-5)
+    assert [preset_value(1e-3, f) for f in (1.0, 0.1, 10.0)] == [0.001, 0.0001, 0.01]
+
+
+def test_an_option_of_a_grid_file_given_again_on_the_command_line_is_named_as_the_command_line_gives_it(
+        tmp_path: Path) -> None:
+    """`--set lr=...` over a grid file's `options: lr`: an error in the value names `--set lr`, where the user typed
+    it, not the file."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text("methods: [clip-adapter]\noptions:\n  lr: [0.01]\n")
+    axes = load_spec_file(grid)
+    override(axes, "options", {"lr": ["fast"]})
+    with pytest.raises(OptionError) as raised:
+        expand(GridSpec(caches=["x.h5"], **axes))
+    assert str(raised.value).startswith("--set lr: ") and "grid file" not in str(raised.value)
