@@ -5,16 +5,25 @@ restated, a documented constant)."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
 import open_clip
 import pytest
+import torch
+from test_baseline_recipes import few_shot, trace  # the small data sets and the trainer trace, written once
+from test_baselines_gda_lpp import GDA_ALPHAS, random_data
 
+from lathadapter.adapter.catalog import create_method
 from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.recipes import dataset_key
+from lathadapter.adapter.trainer import train
 from lathadapter.cache.build import build
+from lathadapter.cache.store import FewShotData
 from lathadapter.cache.subset import export_subset
 from lathadapter.cache.templates import ensemble_templates, load_attributes
 from lathadapter.experiments.spec import GridSpec, expand, load_spec_file, override
@@ -101,3 +110,80 @@ def test_an_option_of_a_grid_file_given_again_on_the_command_line_is_named_as_th
     with pytest.raises(OptionError) as raised:
         expand(GridSpec(caches=["x.h5"], **axes))
     assert str(raised.value).startswith("--set lr: ") and "grid file" not in str(raised.value)
+
+
+# -------------------------------------------------------------------------------------------------- baselines
+
+
+def test_taskres_drops_the_last_partial_batch_once_there_are_256_images() -> None:
+    """Dassl's train loader drops the last batch when the set holds at least BATCH_SIZE (256) images: 20 classes ×
+    16 shots = 320 images train one batch of 256 an epoch, 200 epochs at 16 shots (adam_lr2e-3_B256_ep200)."""
+    data = few_shot("food101", classes=20, shots=16, dim=8)
+    assert len(data.train_labels) == 320
+    method = create_method("taskres", data)
+    seen = trace(method)
+    result = train(method, data, seed=1)
+    assert (result.steps, set(seen["batches"])) == (200 * (320 // 256), {256})
+
+
+def _official_gda_classifier(data: FewShotData) -> tuple[torch.Tensor, torch.Tensor]:
+    """`main_few_shots.py::run`'s W [D, C] and b [C] (every view, class means, KS-shrunk pinv), in float64."""
+    views = data.train_augmented.shape[1]
+    vecs = torch.cat([data.train_augmented[:, j] for j in range(views)])
+    labels = data.train_labels.repeat(views)
+    classes = data.num_classes
+    mus = torch.stack([vecs[labels == c].mean(0) for c in range(classes)])
+    centred = torch.cat([vecs[labels == c] - mus[c] for c in range(classes)])
+    cov = centred.T.cov()
+    dim = centred.shape[1]
+    precision = dim * torch.linalg.pinv((len(centred) - 1) * cov + cov.trace() * torch.eye(dim, dtype=cov.dtype))
+    weight = (mus @ precision).T
+    bias = math.log(1 / classes) - 0.5 * ((mus @ precision) * mus).sum(-1)
+    return weight, bias
+
+
+@pytest.mark.parametrize("start", [0.1, 5.0])
+def test_gda_keeps_its_starting_alpha_when_no_value_scores_on_val(start: float) -> None:
+    """The official search starts from accuracy 0 and keeps the first strictly better α: a val set on which every α
+    of the list scores 0 leaves α at its start (the option `alpha`, the official 0.1 by default)."""
+    data = random_data(classes=5, shots=4, val_per_class=6, text_signal=1.0, noise=0.9, seed=3)
+    weight, bias = _official_gda_classifier(data)
+    zero_shot = 100 * data.val_features @ data.text_features.T
+    predicted = [set() for _ in range(len(data.val_labels))]
+    for alpha in GDA_ALPHAS:
+        for row, c in enumerate((zero_shot + alpha * (data.val_features @ weight + bias)).argmax(1).tolist()):
+            predicted[row].add(c)
+    wrong = [min(set(range(5)) - seen) for seen in predicted]  # a class no α predicts for the row
+    data = replace(data, val_labels=torch.tensor(wrong))
+    method = create_method("gda", data, search_set="subset", alpha=start)
+    chosen = train(method, data, seed=1).chosen
+    assert (chosen["alpha"], chosen["val_accuracy"]) == (start, 0.0)
+
+
+def test_lpp_initial_alpha_is_the_mean_of_the_class_means_when_classes_are_unequal() -> None:
+    """`calculate_init_alpha`: 250 · the mean over classes of each class's mean <f_i, t_c> (`compute_centroids_alpha`
+    divides by the class's count), not the mean over all images, which differs when classes have unequal counts (a
+    class with fewer train images than K is drawn whole)."""
+    data = random_data(classes=4, shots=6, text_signal=1.0, seed=4)
+    keep = torch.tensor([label != 0 or index % 6 < 2 for index, label in enumerate(data.train_labels.tolist())])
+    data = replace(data, train_features=data.train_features[keep], train_augmented=data.train_augmented[keep],
+                   train_labels=data.train_labels[keep])  # class 0: 2 images, the others 6
+    features = data.train_augmented[:, 0]
+    per_class = [float((features[data.train_labels == c] @ data.text_features[c]).mean()) for c in range(4)]
+    expected = 250 * sum(per_class) / 4
+    pooled = 250 * float((features * data.text_features[data.train_labels]).sum(-1).mean())
+    assert abs(expected - pooled) > 1e-3, "the case must tell the two means apart"
+    assert create_method("lp++", data).alpha_init == pytest.approx(expected, rel=1e-12)
+
+
+# The dataset names of Dassl's classes (CoOp's split files) and of the official config files (Tip-Adapter's and
+# APE's `configs/fgvc.yaml`), and the key of the official per-dataset tables each one reads.
+NAMES = [("Caltech101", "caltech101"), ("OxfordPets", "oxford_pets"), ("StanfordCars", "stanford_cars"),
+         ("OxfordFlowers", "oxford_flowers"), ("Food101", "food101"), ("FGVCAircraft", "fgvc_aircraft"),
+         ("fgvc", "fgvc_aircraft"), ("SUN397", "sun397"), ("DescribableTextures", "dtd"), ("EuroSAT", "eurosat"),
+         ("UCF101", "ucf101"), ("ImageNet", "imagenet"), ("oxford_pets", "oxford_pets"), ("my_set", "my_set")]
+
+
+@pytest.mark.parametrize(("name", "key"), NAMES)
+def test_dataset_names_key_the_official_tables(name: str, key: str) -> None:
+    assert dataset_key(name) == key
