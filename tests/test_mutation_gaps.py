@@ -28,6 +28,8 @@ from lathadapter.cache.subset import export_subset
 from lathadapter.cache.templates import ensemble_templates, load_attributes
 from lathadapter.experiments.spec import GridSpec, expand, load_spec_file, override
 from lathadapter.experiments.tuning import preset_value, select_tuned
+from lathadapter.kernels.cone import cone_energy, cone_exterior_angle, safe_arccos, safe_arcsin
+from lathadapter.kernels.geometry import safe_sqrt
 
 # ------------------------------------------------------------------------------------------------------ cache
 
@@ -187,3 +189,43 @@ NAMES = [("Caltech101", "caltech101"), ("OxfordPets", "oxford_pets"), ("Stanford
 @pytest.mark.parametrize(("name", "key"), NAMES)
 def test_dataset_names_key_the_official_tables(name: str, key: str) -> None:
     assert dataset_key(name) == key
+
+
+# ------------------------------------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_pair_apart_by_rounding_only_is_in_the_cone_with_finite_gradients(dtype: torch.dtype) -> None:
+    """q one float step from p (|√c p| |√c (q − p)| below eps): Ξ is undefined there, and read as 0, as at q = p, not
+    as the π that the rounding of a step towards the origin would give, which would charge a pair that coincides up
+    to rounding the largest cone energy."""
+    p = torch.tensor([[0.3, 0.4]], dtype=dtype, requires_grad=True)
+    q = p.detach().clone()
+    q[0, 0] = torch.nextafter(q[0, 0], torch.tensor(0.0, dtype=dtype))  # a step towards the origin
+    q.requires_grad_()
+    assert not torch.equal(p, q) and float(((p - q).norm() * p.norm()).detach()) < torch.finfo(dtype).eps
+    angle, energy = cone_exterior_angle(p, q, 1.0), cone_energy(p, q, 1.0)
+    assert float(angle.detach()) == 0.0 and float(energy.detach()) == 0.0
+    grads = torch.autograd.grad((angle + energy).sum(), (p, q))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_the_safe_arcsin_and_arccos_are_exact_with_finite_gradients_at_plus_and_minus_one() -> None:
+    x = torch.tensor([-1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    arcsin, arccos = safe_arcsin(x), safe_arccos(x)
+    assert arcsin.tolist() == [-math.pi / 2, math.pi / 2] and arccos.tolist() == [math.pi, 0.0]
+    for value in (arcsin, arccos):
+        (grad,) = torch.autograd.grad(value.sum(), x)
+        assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_safe_sqrt_is_linear_below_eps_squared(dtype: torch.dtype) -> None:
+    """√z above eps², z / eps below (docs/method.md's stable forms): at z = eps²/4 the value is eps/4 (√z would be
+    eps/2) and the slope 1/eps (√z's would grow without bound towards 0); √z itself above."""
+    eps = torch.finfo(dtype).eps
+    z = torch.tensor([eps * eps / 4, 4 * eps * eps, 0.25], dtype=dtype, requires_grad=True)
+    value = safe_sqrt(z)
+    torch.testing.assert_close(value, torch.tensor([eps / 4, 2 * eps, 0.5], dtype=dtype), rtol=1e-6, atol=0)
+    (grad,) = torch.autograd.grad(value.sum(), z)
+    torch.testing.assert_close(grad, torch.tensor([1 / eps, 1 / (4 * eps), 1.0], dtype=dtype), rtol=1e-6, atol=0)
