@@ -143,7 +143,7 @@ class Tuning:
 
 
 def preset_value(default: float, factor: float) -> float:
-    """`default × factor` without binary noise (1e-3 × 0.1 is 0.0001, not 0.00010000000000000002)."""
+    """`default × factor` without binary noise (1e-4 × 3 is 0.0003, not 0.00030000000000000003)."""
     return float(f"{default * factor:.12g}")
 
 
