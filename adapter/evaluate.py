@@ -94,15 +94,15 @@ class Tally:
         self.images = torch.zeros(ECE_BINS, dtype=torch.int64, device=device)
         self.correct = torch.zeros(ECE_BINS, dtype=torch.int64, device=device)
         self.confidence = torch.zeros(ECE_BINS, dtype=torch.float64, device=device)
-        self.upper = torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float32, device=device)[1:]
 
     def add(self, method: Method, scores: torch.Tensor, labels: torch.Tensor) -> None:
         """Count a chunk's `scores` (checked already) against its `labels`: the prediction is the top score, its
         confidence the method's probability of it (`Method.probabilities`)."""
         confidence = method.probabilities(scores.float()).amax(dim=-1)
         right = (scores.argmax(dim=-1) == labels).long()
-        # bin b holds confidences in (b / B, (b + 1) / B]; a confidence rounded above 1 stays in the last bin
-        bins = torch.bucketize(confidence, self.upper).clamp_(max=ECE_BINS - 1)
+        # bin b holds confidences in (b / B, (b + 1) / B], compared exactly: a float32 times B is exact in float64
+        # (float32 edges from linspace miss k / B by an ulp either way); one rounded above 1 stays in the last bin
+        bins = (confidence.double() * ECE_BINS).ceil_().long().sub_(1).clamp_(0, ECE_BINS - 1)  # NaN: some bin
         self.images.index_add_(0, bins, torch.ones_like(bins))
         self.correct.index_add_(0, bins, right)
         self.confidence.index_add_(0, bins, confidence.double())

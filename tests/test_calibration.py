@@ -271,3 +271,31 @@ def test_an_infinite_score_has_no_probabilities_and_is_refused_as_nan_scores() -
 
     with pytest.raises(NaNScores, match="infinite gave infinite scores"):
         evaluate(Infinite(), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+
+
+def test_confidences_next_to_a_bin_edge_fall_in_the_bin_their_exact_value_is_in() -> None:
+    """Bin b is (b/15, (b+1)/15] of the confidence's exact value: float32 confidences at and one ulp either side of
+    each edge k/15 (none of which float32 holds exactly, but 1) are binned as exact rational arithmetic bins them;
+    1.0 is in the last bin, and so is a confidence rounded above 1."""
+    from fractions import Fraction
+
+    class Given(torch.nn.Module):  # scores (c, 0) whose probabilities are the scores themselves: confidence c
+        name, options = "given", None
+
+        def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+            return scores
+
+        def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+            return torch.stack([features[:, 0], torch.zeros(len(features))], dim=1)
+
+    edges = np.float32([k / 15 for k in range(1, 16)])
+    confidences = np.concatenate([edges, np.nextafter(edges, np.float32(0)), np.nextafter(edges, np.float32(2))])
+    expected = [0] * 15
+    for c in confidences:
+        exact = Fraction(float(c))  # a float32 held exactly
+        expected[min(next(b for b in range(15) if exact <= Fraction(b + 1, 15)) if exact <= 1 else 14, 14)] += 1
+    features = torch.from_numpy(confidences)[:, None]
+    found = evaluate(Given(), features, torch.zeros(len(features), dtype=torch.long))
+    assert list(found.reliability.images) == expected
+    rounded_edges = np.bincount(np.minimum(np.searchsorted(edges, confidences), 14), minlength=15)
+    assert list(rounded_edges) != expected  # binning against float32 edges would put some elsewhere
