@@ -326,17 +326,18 @@ def _calibration_table(name: str, title: str, columns: list[str], cells: dict[Co
 def calibration_tables(records: list[Record]) -> list[Table]:
     """The few-shot, base-to-novel and transfer tables' ECE twins, `ece_<table>`: configurations × shots per
     dataset (and their average over datasets), × (dataset × base / novel) per number of shots, × (source, targets,
-    their average) per source and shots. A run saved before ECE was recorded is left out (`Record.ece_recorded`:
-    a cell with no other run reads `—`); none at all without any run that recorded it."""
+    their average) per source and shots; the accuracy tables' rows, columns and labels. A run saved before ECE was
+    recorded has none (`Record.ece_recorded`: a cell with no other run reads `—`); a table without any ECE is left
+    out, and so are all without any run that recorded it."""
     if all(v is None for r in records for v in (r.ece_all, r.ece_base, r.ece_novel)):
         return []
-    known = [r for r in records if r.ece_recorded()]
-    unrecorded = len({r.key for r in records if not r.ece_recorded()})
+    recorded = Record.ece_recorded
+    unrecorded = len({r.key for r in records if not recorded(r)})
     note = ECE_NOTE + (f" —: no run, or only runs saved before ECE was recorded ({unrecorded} "
                        f"run{'s' if unrecorded > 1 else ''} left out)." if unrecorded else "")
     tables = []
-    cells = few_shot_cells(known, "ece_all")
-    tuned = _choices_by([r for r in known if r.classes == "all" and not r.target], cell_of)
+    cells = few_shot_cells(records, "ece_all", recorded)
+    tuned = _choices_by([r for r in records if r.classes == "all" and not r.target], cell_of)
     datasets = sorted({d for d, _, _ in cells})
     for dataset in datasets:
         shots = sorted({k for d, _, k in cells if d == dataset})
@@ -353,8 +354,8 @@ def calibration_tables(records: list[Record]) -> list[Table]:
         tables.append(_calibration_table(f"ece_few_shot_{AVERAGE}", "Few-shot ECE (%), average over "
                                          f"{len(datasets)} datasets", [shots_label(k) for k in shots], rows, chosen,
                                          note))
-    pairs_by = base_novel_cells(known, "ece")
-    tuned = _choices_by([r for r in known if r.classes == "base" and not r.target], cell_of)
+    pairs_by = base_novel_cells(records, "ece", recorded)
+    tuned = _choices_by([r for r in records if r.classes == "base" and not r.target], cell_of)
     all_shots = sorted({k for _, _, k in pairs_by})
     for shots in all_shots:
         datasets = sorted({d for d, _, k in pairs_by if k == shots})
@@ -370,14 +371,14 @@ def calibration_tables(records: list[Record]) -> list[Table]:
         tables.append(_calibration_table(name, f"Base-to-novel ECE (%): {shots_label(shots)} on base classes",
                                          [f"{d} {part}" for d in datasets + average for part in ("base", "novel")],
                                          rows, chosen, note))
-    tuned = _choices_by([r for r in known if r.target == "source"], lambda r: (r.dataset, r.shots, r.config))
-    blocks = transfer_cells(known, "ece_all")
+    tuned = _choices_by([r for r in records if r.target == "source"], lambda r: (r.dataset, r.shots, r.config))
+    blocks = transfer_cells(records, "ece_all", recorded)
     for (source, shots), (targets, rows) in blocks.items():
         name = "ece_transfer" if len(blocks) == 1 else f"ece_transfer_{slug(source)}_{shots}shot"
         tables.append(_calibration_table(name, f"Transfer ECE from {source}, {shots_label(shots)} (%): source test "
                                          "set and targets", ["source", *targets, TARGETS_AVERAGE], rows,
                                          {c: [Chosen(tuned.get((source, shots, c), ()))] for c in rows}, note))
-    return tables
+    return [t for t in tables if any(not cell.missing for _, cells in t.rows for cell in cells)]
 
 
 def report_tables(parsed: list[Record]) -> list[Table]:

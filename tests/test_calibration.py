@@ -299,3 +299,28 @@ def test_confidences_next_to_a_bin_edge_fall_in_the_bin_their_exact_value_is_in(
     assert list(found.reliability.images) == expected
     rounded_edges = np.bincount(np.minimum(np.searchsorted(edges, confidences), 14), minlength=15)
     assert list(rounded_edges) != expected  # binning against float32 edges would put some elsewhere
+
+
+def test_ece_tables_keep_the_accuracy_tables_rows_and_labels_beside_runs_saved_before_ece(tmp_path: Path) -> None:
+    """A grid resumed with a new configuration: lathadapter at curvature 0.5 trained before ECE was recorded (an
+    accuracy, no ECE), at curvature 1.0 after. The ECE table has the accuracy table's rows, labelled alike
+    (`curvature=1.0`, not a bare `lathadapter`), the old configuration's cell `—`; a dataset of old runs alone has
+    no ECE table."""
+    columns = [*COLUMNS, "opt.curvature"]
+    rows = [row("zeroshot", s, 4, acc_all=50.0, ece_all=20.0 + s) for s in (1, 2)]
+    rows += [row("lathadapter", s, 4, acc_all=70.0, **{"opt.curvature": 0.5}) for s in (1, 2)]  # before ECE
+    rows += [row("lathadapter", s, 4, acc_all=71.0, ece_all=5.0 + s, **{"opt.curvature": 1.0}) for s in (1, 2)]
+    rows += [{**row("zeroshot", 1, 4, acc_all=40.0), "dataset": "dtd", "cache": "dtd.h5"}]  # before ECE
+    helpers.write_rows(tmp_path / "results.csv", rows, columns)
+    write_report(tmp_path / "results.csv", tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+
+    def table_rows(title: str) -> dict[str, list[str]]:
+        lines = text.split(f"### {title}\n")[1].strip().split("\n\n")[0].splitlines()[2:]
+        return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+
+    accuracy = table_rows("Few-shot accuracy (%) on caltech101")
+    ece = table_rows("Few-shot ECE (%) on caltech101")
+    assert list(ece) == list(accuracy) == ["zeroshot", "lathadapter curvature=0.5", "lathadapter curvature=1.0"]
+    assert ece["lathadapter curvature=0.5"] == ["—"] and ece["lathadapter curvature=1.0"] == ["6.50 ± 0.71"]
+    assert "Few-shot accuracy (%) on dtd" in text and "ECE (%) on dtd" not in text
