@@ -237,8 +237,9 @@ def test_a_batched_grid_gives_each_run_the_metrics_of_a_one_at_a_time_grid(cache
         if got["batch_mode"] == "stacked":
             assert abs(got["accuracy"]["all"] - expected["accuracy"]["all"]) <= one_image + 1e-9, key
             assert got["history"][-1]["loss"] == pytest.approx(expected["history"][-1]["loss"], rel=1e-3, abs=1e-5)
-        else:
+        else:  # the ECE and its bins too, from the same chunked pass over the same model
             assert got["accuracy"] == expected["accuracy"], key
+            assert (got["ece"], got["reliability"]) == (expected["ece"], expected["reliability"]), key
             assert got["history"] == expected["history"], key
         assert got["steps"] == expected["steps"] and got["chosen"].keys() == expected["chosen"].keys()
     assert modes == ({"alone", "lockstep", "stacked"} if stack == "on" else {"alone", "lockstep"})
