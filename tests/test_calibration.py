@@ -82,6 +82,25 @@ def test_ece_over_chunks_is_the_restated_whole_set_ece(monkeypatch: pytest.Monke
     assert mapped.ece == pytest.approx(ece_oracle(softmax(scores[:, columns]), mapped_labels.numpy()), abs=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by benchmarks/gpu_check.sh)")
+def test_ece_and_bins_on_cuda_are_the_restated_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tally of `evaluate` on CUDA tensors (bins, index_add_ on the device) against the numpy restatement, over
+    chunks, and for a subset of the classes."""
+    generator = torch.Generator().manual_seed(5)
+    text = torch.eye(5)
+    test = 0.03 * torch.randn(61, 5, generator=generator)
+    labels = torch.randint(0, 5, (61,), generator=generator)
+    method = create_method("zeroshot", zero_shot_data(text.cuda(), test.cuda(), labels.cuda()))
+    scores = 100.0 * test.double().numpy() @ text.double().numpy().T
+    monkeypatch.setattr(evaluate_module, "CHUNK", 7)
+    on_cuda = evaluate(method, test.cuda(), labels.cuda())
+    assert on_cuda.ece == pytest.approx(ece_oracle(softmax(scores), labels.numpy()), abs=1e-4)
+    assert on_cuda.accuracy == pytest.approx(100.0 * np.mean(scores.argmax(1) == labels.numpy()))
+    mapped = evaluate_mapped(method, test.cuda(), labels.remainder(3).cuda(), [3, 0, 4])
+    assert mapped.ece == pytest.approx(ece_oracle(softmax(scores[:, [3, 0, 4]]), labels.remainder(3).numpy()),
+                                       abs=1e-4)
+
+
 def test_ece_of_five_images_worked_out_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two classes, scores (ℓ, 0): the top-1 confidence is sigmoid(|ℓ|). Confidences 0.9 (right), 0.9 (wrong), 0.7
     (right), 0.55 (wrong), 0.95 (right) fall in bins 13, 13, 10, 8 and 14 of 15: ECE = 2/5 · |0.5 − 0.9| + 1/5 ·
