@@ -355,6 +355,23 @@ def test_a_folder_tree_reads_the_images_imagefolder_reads_less_hidden_files_and_
         "train/cat/broken.jpg, train/cat/nested/ ...")
 
 
+def test_a_folder_tree_is_listed_without_a_stat_per_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing a `folder:` tree (every `cache build`, an up-to-date one too) takes each entry's type from the directory
+    listing: a stat per image is a network round trip on NFS, and the listing of images and then of what is not an
+    image made two per image (1.8× the listing's time on a local disk). Links are still followed (one stat each)."""
+    tree = tmp_path / "pets"
+    for cls in ("cat", "dog"):
+        for i in range(12):
+            _image(tree / cls / f"{i}.png")
+    (tree / "cat" / "link.jpg").symlink_to(tree / "dog" / "0.png")
+    stats: list[str] = []
+    stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *args, **kwargs: stats.append(str(path)) or stat(path, *args, **kwargs))
+    data = load_dataset(None, f"folder:{tree}")
+    assert len(data.train) + len(data.val) + len(data.test) == 25
+    assert not [path for path in stats if path.endswith(".png")]
+
+
 @pytest.mark.parametrize("parts", [("train", "val"), ("train",), ("val", "test")])
 def test_split_folders_without_train_or_test_are_named(tmp_path: Path, parts: tuple[str, ...]) -> None:
     """A tree of split folders lacking train/ or test/ (an ImageFolder's train/ and val/) is refused by what it has
