@@ -366,7 +366,7 @@ def test_a_folder_tree_is_listed_without_a_stat_per_image(tmp_path: Path, monkey
     (tree / "cat" / "link.jpg").symlink_to(tree / "dog" / "0.png")
     stats: list[str] = []
     stat = os.stat
-    monkeypatch.setattr(os, "stat", lambda path, *args, **kwargs: stats.append(str(path)) or stat(path, *args, **kwargs))
+    monkeypatch.setattr(os, "stat", lambda path, *args, **kw: stats.append(str(path)) or stat(path, *args, **kw))
     data = load_dataset(None, f"folder:{tree}")
     assert len(data.train) + len(data.val) + len(data.test) == 25
     assert not [path for path in stats if path.endswith(".png")]
