@@ -150,9 +150,13 @@ def _is_image(entry: os.DirEntry[str]) -> bool:
     """An image file by its name: not hidden (`.DS_Store`, macOS's `._photo.jpg`), an image suffix in any case, and a
     file (a symbolic link to one counts, as `ImageFolder` reads through it). The type comes with the directory
     listing: no stat an image (a round trip each on NFS), so a tree is listed twice (images, then the rest) in the
-    time a stat each took once."""
-    return (not entry.name.startswith(".") and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
-            and entry.is_file())
+    time a stat each took once. A link that loops is no file (`is_file` raises for it, unlike `Path.is_file`)."""
+    if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+        return False
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _images_in(folder: Path) -> list[str]:

@@ -364,12 +364,16 @@ def test_a_folder_tree_is_listed_without_a_stat_per_image(tmp_path: Path, monkey
         for i in range(12):
             _image(tree / cls / f"{i}.png")
     (tree / "cat" / "link.jpg").symlink_to(tree / "dog" / "0.png")
+    (tree / "cat" / "loop.jpg").symlink_to(tree / "cat" / "loop.jpg")  # left out with a warning, not an OSError
     stats: list[str] = []
     stat = os.stat
     monkeypatch.setattr(os, "stat", lambda path, *args, **kw: stats.append(str(path)) or stat(path, *args, **kw))
     data = load_dataset(None, f"folder:{tree}")
     assert len(data.train) + len(data.val) + len(data.test) == 25
     assert not [path for path in stats if path.endswith(".png")]
+    assert [note for note in data.notes if note.startswith("warning:")] == [
+        f"warning: folder:{tree}: left out 1 entries of class folders that are not images: cat/loop.jpg (images are "
+        ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp, .gif files, in any case, directly in a class folder)"]
 
 
 @pytest.mark.parametrize("parts", [("train", "val"), ("train",), ("val", "test")])
