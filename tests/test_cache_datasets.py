@@ -172,6 +172,18 @@ def test_a_utf16_text_file_is_named_as_utf16(tmp_path: Path) -> None:
         load_dataset(None, f"split:{path}")
 
 
+def test_a_byte_that_is_not_utf8_after_a_byte_order_mark_is_named_where_it_lies(tmp_path: Path) -> None:
+    """A file saved with a BOM whose later lines are Latin-1 (an editor's 'UTF-8 with BOM' applied to part of it):
+    the byte and offset named are the file's own; the error named the byte 3 before it (utf-8-sig counts from after
+    the mark)."""
+    path = tmp_path / "attributes.txt"
+    data = b"\xef\xbb\xbfred\n# colours\ncaf\xe9 au lait\n"
+    path.write_bytes(data)
+    offset = data.index(b"\xe9")
+    with pytest.raises(ValueError, match=f"^--attributes {path}: line 3: byte 0xe9 at offset {offset} is not UTF-8;"):
+        load_attributes(path)
+
+
 def test_a_utf8_byte_order_mark_is_ignored(tmp_path: Path) -> None:
     """Windows editors start UTF-8 files with a BOM: it was a JSON error in a split file, and the first line's value
     in the others (a phrase "\\ufeffred", a wnid that matched no folder, a variant no line named)."""
