@@ -429,9 +429,12 @@ def cache_subset(
     out: Path | None = typer.Option(None, help="JSON file to write (default: print to stdout)."),
 ) -> None:
     """Write one few-shot subset as portable JSON: train and val lists of (relative path, label, class name)."""
+    from lathadapter.cache.store import seed_error
     from lathadapter.cache.subset import write_subset
 
     try:
+        if problem := seed_error("--seed", [seed]):  # no build draws it ("rebuild with --seeds that include it")
+            raise OptionError(problem)
         text = write_subset(path, shots, seed, out)
     except (ValueError, OSError) as error:
         _fail(error, out)

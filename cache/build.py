@@ -375,6 +375,23 @@ def _stored_schema(path: Path) -> int:
         return 0
 
 
+def _left_to_encode(temporary: Path, fields: dict[str, object],
+                    indices: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The rows of `indices` a build still has to read: all of them, less those an interrupted build's `temporary`
+    file of the same fingerprint holds encoded (its skipped images are tried again), so a resumed build checks
+    only the images it will decode, not ImageNet's 1.33M again, and not one deleted since it was encoded."""
+    stored, _ = _stored_fingerprint(temporary)
+    if stored != fields:
+        return indices
+    try:
+        with h5py.File(temporary, "r") as f:
+            return {split: [indices[split][row] for row in
+                            np.flatnonzero(~f[f"splits/{split}/encoded"][:] | skipped_mask(f, split))]
+                    for split in SPLITS}
+    except (OSError, KeyError):  # unreadable: discarded and written anew
+        return indices
+
+
 def _differences(old: dict[str, object], new: dict[str, object]) -> list[str]:
     return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
 
@@ -710,8 +727,9 @@ def build(
         if out.exists() and not force and _up_to_date(out, fields):
             say(f"{out} is up to date (same fingerprint {fingerprint_of(fields)})")
             return BuildResult(out, "up to date", stats, notes)
+        temporary = out.with_name(out.name + ".tmp")
         if not skip_bad:  # after that check: a cache stays up to date once its images are deleted (ImageNet's)
-            _check_images(splits, indices, split_source(dataset, splits))
+            _check_images(splits, _left_to_encode(temporary, fields, indices), split_source(dataset, splits))
 
         items = {"train": splits.train, "val": splits.val, "test": splits.test}
         layout = CacheLayout(
@@ -727,7 +745,6 @@ def build(
             wnids=splits.wnids,
             val_shots=val_shots,
         )
-        temporary = out.with_name(out.name + ".tmp")
         f = _resumed(temporary, fields, say) if temporary.exists() else None
         status = "built" if f is None else "resumed"
         written = False  # a write failed: h5py must not flush again (it crashed the process on a full disk)

@@ -146,21 +146,30 @@ def _utf8(path: Path) -> str:
     return path.name
 
 
-def _is_image(path: Path) -> bool:
+def _is_image(entry: os.DirEntry[str]) -> bool:
     """An image file by its name: not hidden (`.DS_Store`, macOS's `._photo.jpg`), an image suffix in any case, and a
-    file (a symbolic link to one counts, as `ImageFolder` reads through it)."""
-    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    file (a symbolic link to one counts, as `ImageFolder` reads through it). The type comes with the directory
+    listing: no stat an image (a round trip each on NFS), so a tree is listed twice (images, then the rest) in the
+    time a stat each took once. A link that loops is no file (`is_file` raises for it, unlike `Path.is_file`)."""
+    if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+        return False
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _images_in(folder: Path) -> list[str]:
     """Image file names in `folder`, sorted (so listings do not depend on the filesystem)."""
-    return sorted(_utf8(p) for p in folder.iterdir() if _is_image(p))
+    with os.scandir(folder) as entries:
+        return sorted(_utf8(Path(entry.path)) for entry in entries if _is_image(entry))
 
 
 def _not_images(folder: Path) -> list[Path]:
     """What `_images_in` leaves out of `folder` besides hidden files: other files (`notes.txt`, `Thumbs.db`),
     subfolders, broken links."""
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not _is_image(p))
+    with os.scandir(folder) as entries:
+        return sorted(Path(entry.path) for entry in entries if not entry.name.startswith(".") and not _is_image(entry))
 
 
 def _others_note(path: Path, class_folders: list[Path]) -> list[str]:

@@ -4,6 +4,7 @@ where it goes wrong."""
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,18 @@ UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # what Windows' "Unicode" (UTF-16) fil
 
 
 def read_text(path: Path, label: str, error: type[Exception] = ValueError) -> str:
-    """`path`'s text decoded as UTF-8 (`utf-8-sig`: Windows editors' leading BOM is dropped, not read as part of the
+    """`path`'s text decoded as UTF-8 (Windows editors' leading BOM is dropped, not read as part of the
     first line); another encoding (Latin-1, UTF-16) is an `error` naming `label`, the line and the byte."""
     data = path.read_bytes()
+    mark = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as problem:
-        line = data.count(b"\n", 0, problem.start) + 1
+        return data[mark:].decode("utf-8")
+    except UnicodeDecodeError as problem:  # its offsets count from after the mark (utf-8-sig's did too)
+        start = mark + problem.start
+        line = data.count(b"\n", 0, start) + 1
         source = "utf-16" if data.startswith(UTF16_MARKS) else "latin1"
         found = " (the file is UTF-16)" if source == "utf-16" else ""
-        raise error(f"{label}: line {line}: byte 0x{data[problem.start]:02x} at offset {problem.start} is not UTF-8"
+        raise error(f"{label}: line {line}: byte 0x{data[start]:02x} at offset {start} is not UTF-8"
                     f"{found}; save the file as UTF-8 (e.g. `iconv -f {source} -t utf-8`)") from None
 
 

@@ -17,6 +17,7 @@ import yaml
 from lathadapter.adapter.catalog import check_value, make_options, method_names, option_names, option_owner
 from lathadapter.adapter.options import OptionError, changed_fields, parse_assignments, split_list
 from lathadapter.cache.store import seed_error
+from lathadapter.cache.text import read_text
 from lathadapter.experiments.run import TUNE_SETS, RunConfig
 from lathadapter.experiments.tuning import (
     PRESET_EXTENSIONS,
@@ -82,11 +83,7 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         raise OptionError(f"grid file {path} does not exist")
     if path.suffix not in (".toml", ".yaml", ".yml"):  # before reading: a cache given as --config is binary
         raise OptionError(f"grid file {path}: expected a .yaml, .yml or .toml file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise OptionError(f"grid file {path}: cannot read it as UTF-8 text (byte 0x{error.object[error.start]:02x} "
-                          f"at position {error.start}); save it as UTF-8") from None
+    text = read_text(path, f"grid file {path}", OptionError)  # a leading BOM dropped: TOML refused it at 1:1
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:

@@ -186,6 +186,39 @@ def test_resume_after_a_failure_encodes_only_the_missing_rows(reference: Path, c
     _assert_same_cache(reference, out)
 
 
+def test_a_resumed_build_checks_only_the_images_it_has_left(coop_dataset, tiny_clip, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The up-front image check of a resumed build reads the images not yet encoded, not those its `.tmp` holds (all
+    1.33M of ImageNet's again), and does not refuse one deleted after it was encoded."""
+    split_file = _small_dataset(coop_dataset, tmp_path / "small")
+    out, options = tmp_path / "small.h5", _options(tiny_clip, shots=(1,), seeds=(1,), batch_size=2)
+    original = build_module.encode_images
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("device lost")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "encode_images", failing)
+    with pytest.raises(RuntimeError, match="device lost"):
+        build(None, f"split:{split_file}", out, **options)
+    monkeypatch.setattr(build_module, "encode_images", original)
+    with h5py.File(out.with_name("small.h5.tmp"), "r") as f:
+        left = {str(path) for split in ("train", "val", "test") for path, done in
+                zip(f[f"splits/{split}/paths"].asstr()[()], f[f"splits/{split}/encoded"][()], strict=True) if not done}
+        encoded = [path for path in f["splits/train/paths"].asstr()[()] if path not in left]
+    assert left and encoded
+    (tmp_path / "small" / encoded[0]).unlink()  # deleted after it was encoded: not needed again
+    checked: list[str] = []
+    problem = build_module.image_problem
+    monkeypatch.setattr(build_module, "image_problem", lambda path: checked.append(path) or problem(path))
+    result = build(None, f"split:{split_file}", out, **options)
+    assert result.status == "resumed" and result.stats.images == len(left)
+    assert sorted(checked) == sorted(tmp_path / "small" / path for path in left)
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 import lathadapter.cache.build as b

@@ -98,6 +98,12 @@ def test_subset_writes_portable_json(built: Path, coop_dataset, tmp_path: Path) 
     assert json.loads(printed.stdout) == subset
     missing = runner.invoke(app, ["cache", "subset", str(built), "--shots", "4", "--seed", "1"])
     assert missing.exit_code == 1 and "holds no few-shot subset with shots=4 seed=1" in missing.output
+    # a seed no build can draw is the usage error of every seed flag (exit 2), not "rebuild with --seeds that include
+    # it", which the build then refuses
+    for seed in (-1, 2**32):
+        refused = runner.invoke(app, ["cache", "subset", str(built), "--shots", "2", "--seed", str(seed)])
+        assert refused.exit_code == 2, refused.output
+        assert refused.output.startswith(f"error: --seed {seed}: a seed is an integer from 0 to {2**32 - 1}")
 
 
 def test_user_errors_exit_with_a_message_and_no_traceback(coop_dataset, tiny_clip, tmp_path: Path) -> None:

@@ -312,11 +312,18 @@ def test_grid_file_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
     # a cache given as --config by mistake (binary), and a grid file saved in Latin-1: named, not a bare codec error
     binary = {"cache.h5": (b"\x89HDF\r\n\x1a\n\x00\x00", r"cache\.h5: expected a \.yaml, \.yml or \.toml file"),
               "latin.yaml": ("caches: [caf\u00e9.h5]\n".encode("latin-1"),
-                             r"latin\.yaml: cannot read it as UTF-8 text \(byte 0xe9 at position 12\)")}
+                             r"latin\.yaml: line 1: byte 0xe9 at offset 12 is not UTF-8; save the file as UTF-8")}
     for name, (data, message) in binary.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(OptionError, match=f"grid file .*{message}"):
             load_spec_file(tmp_path / name)
+    # a byte-order mark (Windows editors write one) is not part of the file's first key, in TOML as in YAML (TOML's
+    # parser refused it: "Invalid statement (at line 1, column 1)")
+    for name, text in (("bom.toml", 'methods = ["zeroshot"]\nseeds = [0]\n'),
+                       ("bom.yaml", "methods: [zeroshot]\nseeds: [0]\n")):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+        axes = load_spec_file(tmp_path / name)
+        assert (axes["methods"], axes["seeds"]) == (["zeroshot"], [0])
 
 
 GRID_FILE_MISTAKES = [  # (the file after its caches line, the error after "error: grid file NAME: ")
