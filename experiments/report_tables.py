@@ -11,7 +11,8 @@ the setting's value first and the other varied settings beside it, sorted so tha
 other settings form one ablation. A dataset name with several cache fingerprints is several datasets, labelled
 `caltech101 (fp 1a2b3c4d)`. Averages over datasets or targets are means of a configuration's per-dataset means;
 base-to-novel HM comes from the mean base and mean novel accuracies, as papers report it. After these tables, their
-calibration twins (`calibration_tables`, `ece_<table>`): the same cells of ECE, lower is better.
+calibration twins (`calibration_tables`, `ece_<table>`): the same cells of ECE, lower is better, from the same builder
+of each kind (its `Metric`), without HM, ablation, `_tuned` or main tables.
 
 Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable), `diverged` (every seed's training
 diverged, or an average or HM over such a cell: no accuracy; such runs are listed under the tables) or `—` (no
@@ -36,7 +37,7 @@ from __future__ import annotations
 import csv
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from lathadapter.experiments.cells import (
     MISSING,
     TARGETS_AVERAGE,
     Cell,
+    Recorded,
     base_novel_cells,
     cell_of,
     config_label,
@@ -176,18 +178,42 @@ def _ablation(name: str, title: str, configs: list[Configuration], setting: str,
                  [([shown_value(s, c.value(s)) for s in lead], cells[c]) for c in rows])
 
 
+@dataclass(frozen=True)
+class Metric:
+    """What a table kind reports: accuracy, or ECE in the accuracy tables' twins. One builder per kind takes it, so
+    that a twin has its accuracy table's rows, columns and labels by construction."""
+
+    field: str  # the records' `<field>_all`, `<field>_base`, `<field>_novel`
+    prefix: str  # before each table's name: `ece_few_shot_caltech101`
+    few_shot: str  # the heads of the three kinds' titles
+    base_to_novel: str
+    transfer: str
+    recorded: Recorded = None  # the runs that recorded it (`cells_over_seeds`); None: all
+    hm: bool = True  # base-to-novel's HM beside base and novel (of accuracies, as papers report it)
+    companions: bool = True  # ablation and `_tuned` tables and the papers' main table (a twin's are its accuracy's)
+    lower_better: bool = False  # the best mean is the lowest, bold in LaTeX
+    note: str = ""  # a line under each table
+
+
+ACCURACY = Metric("acc", "", "Few-shot accuracy", "Base-to-novel generalisation", "Transfer")
+
+
 def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration, list[Cell]],
-            chosen: dict[Configuration, list[Chosen]] | None = None,
-            chosen_columns: list[str] | None = None, ablations: bool = True) -> list[Table]:
-    """A block of results as a table with one row per configuration and, for each setting that varies among one
-    method's configurations, that method's ablation table of the setting (unless `ablations` is off: a block whose
-    cells other tables already ablate). With tuning (`chosen`: the values the kept runs chose, per column of
-    `chosen_columns`, default `columns`), labels name the chosen values and a `_tuned` table gives them per cell."""
+            chosen: dict[Configuration, list[Chosen]], chosen_columns: list[str] | None = None,
+            metric: Metric = ACCURACY, ablations: bool = True) -> list[Table]:
+    """A block of results as a table with one row per configuration and, with the `metric`'s companions, for each
+    setting that varies among one method's configurations, that method's ablation table of the setting (unless
+    `ablations` is off: a block whose cells other tables already ablate). With tuning (`chosen`: the values the kept
+    runs chose, per column of `chosen_columns`, default `columns`), labels name the chosen values and, with the
+    companions, a `_tuned` table gives them per cell."""
     configs = ordered_configs(cells)
     varied = varied_settings(configs)
-    chosen = {c: row for c, row in (chosen or {}).items() if any(cell.choices for cell in row)}
+    chosen = {c: row for c, row in chosen.items() if any(cell.choices for cell in row)}
     labels = _labels(configs, varied, chosen)
-    tables = [Table(name, title, ["method"], columns, [([labels[c]], cells[c]) for c in configs], bold_best=True)]
+    tables = [Table(name, title, ["method"], columns, [([labels[c]], cells[c]) for c in configs], note=metric.note,
+                    bold_best=True, lower_better=metric.lower_better)]
+    if not metric.companions:
+        return tables
     for method, settings in varied.items() if ablations else ():
         own = [c for c in configs if c.method == method]
         for setting in settings:
@@ -215,42 +241,44 @@ def _labels(configs: list[Configuration], varied: dict[str, list[str]], chosen: 
     return {c: config_label(c, varied, [x for cell in chosen.get(c, []) for x in cell.choices]) for c in configs}
 
 
-def few_shot_tables(records: list[Record]) -> list[Table]:
-    """Per dataset: configurations × shots; with several datasets, also the average over datasets, and per number of
-    shots the papers' main table, configurations × (each dataset, their average), whose ablations the per-dataset
-    tables already give."""
-    cells = few_shot_cells(records)
+def few_shot_tables(records: list[Record], metric: Metric = ACCURACY) -> list[Table]:
+    """Per dataset: configurations × shots; with several datasets, also the average over datasets, and (with the
+    metric's companions) per number of shots the papers' main table, configurations × (each dataset, their average),
+    whose ablations the per-dataset tables already give."""
+    cells = few_shot_cells(records, f"{metric.field}_all", metric.recorded)
     tuned = _choices_by([r for r in records if r.classes == "all" and not r.target], cell_of)
     datasets = sorted({d for d, _, _ in cells})
+    name, head = f"{metric.prefix}few_shot", metric.few_shot
     tables = []
     for dataset in datasets:
         shots = sorted({k for d, _, k in cells if d == dataset})
         rows = {c: [cells.get((dataset, c, k), MISSING) for k in shots] for d, c, _ in cells if d == dataset}
         chosen = {c: [Chosen(tuned.get((dataset, c, k), ())) for k in shots] for c in rows}
-        tables += _tables(f"few_shot_{dataset_slug(dataset)}", f"Few-shot accuracy (%) on {dataset}",
-                          [shots_label(k) for k in shots], rows, chosen)
+        tables += _tables(f"{name}_{dataset_slug(dataset)}", f"{head} (%) on {dataset}",
+                          [shots_label(k) for k in shots], rows, chosen, metric=metric)
     if len(datasets) > 1:
         shots = sorted({k for _, _, k in cells})
         average = few_shot_average(cells)
         rows = {c: [average[(c, k)] for k in shots] for _, c, _ in cells}
         chosen = {c: [Chosen(tuple(x for d in datasets for x in tuned.get((d, c, k), ()))) for k in shots]
                   for c in rows}
-        tables += _tables(f"few_shot_{AVERAGE}", f"Few-shot accuracy (%), average over {len(datasets)} datasets",
-                          [shots_label(k) for k in shots], rows, chosen)
-        for k in shots:  # the papers' main table: a column per dataset and their average, at one number of shots
+        tables += _tables(f"{name}_{AVERAGE}", f"{head} (%), average over {len(datasets)} datasets",
+                          [shots_label(k) for k in shots], rows, chosen, metric=metric)
+        for k in shots if metric.companions else ():  # the main table: a column per dataset and their average
             rows = {c: [cells.get((d, c, k), MISSING) for d in datasets] + [average[(c, k)]] for _, c, _ in cells}
             chosen = {c: [Chosen(tuned.get((d, c, k), ())) for d in datasets] for c in rows}
-            tables += _tables(f"few_shot_datasets_{k}shot", f"Few-shot accuracy (%), {shots_label(k)}: each dataset "
-                              "and their average", [*datasets, "Average"], rows, chosen, datasets, ablations=False)
+            tables += _tables(f"{name}_datasets_{k}shot", f"{head} (%), {shots_label(k)}: each dataset and their "
+                              "average", [*datasets, "Average"], rows, chosen, datasets, metric, ablations=False)
     return tables
 
 
-def base_to_novel_tables(records: list[Record]) -> list[Table]:
-    """Per number of shots: configurations × (dataset × base / novel / HM), with the average over datasets when
-    there are several (its HM from the average base and novel)."""
-    cells = base_novel_cells(records)
+def base_to_novel_tables(records: list[Record], metric: Metric = ACCURACY) -> list[Table]:
+    """Per number of shots: configurations × (dataset × base / novel / HM, no HM without the metric's `hm`), with
+    the average over datasets when there are several (its HM from the average base and novel)."""
+    cells = base_novel_cells(records, metric.field, metric.recorded)
     tuned = _choices_by([r for r in records if r.classes == "base" and not r.target], cell_of)
     all_shots = sorted({k for _, _, k in cells})
+    parts = ("base", "novel", "HM") if metric.hm else ("base", "novel")
     tables = []
     for shots in all_shots:
         datasets = sorted({d for d, _, k in cells if k == shots})
@@ -260,27 +288,27 @@ def base_to_novel_tables(records: list[Record]) -> list[Table]:
             pairs = [cells.get((d, config, shots), (MISSING, MISSING)) for d in datasets]
             if average:
                 pairs.append((Cell.mean_of([b for b, _ in pairs]), Cell.mean_of([n for _, n in pairs])))
-            rows[config] = [cell for b, n in pairs for cell in (b, n, Cell.hm(b, n))]
+            rows[config] = [cell for b, n in pairs for cell in ((b, n, Cell.hm(b, n)) if metric.hm else (b, n))]
             chosen[config] = [Chosen(tuned.get((d, config, shots), ())) for d in datasets]
-        name = "base_to_novel" if len(all_shots) == 1 else f"base_to_novel_{shots}shot"
-        tables += _tables(name, f"Base-to-novel generalisation (%): {shots_label(shots)} on base classes",
-                          [f"{d} {part}" for d in datasets + average for part in ("base", "novel", "HM")], rows,
-                          chosen, datasets)  # one choice per dataset, made on its base classes
+        name = f"{metric.prefix}base_to_novel" + ("" if len(all_shots) == 1 else f"_{shots}shot")
+        tables += _tables(name, f"{metric.base_to_novel} (%): {shots_label(shots)} on base classes",
+                          [f"{d} {part}" for d in datasets + average for part in parts], rows,
+                          chosen, datasets, metric)  # one choice per dataset, made on its base classes
     return tables
 
 
-def transfer_tables(records: list[Record]) -> list[Table]:
+def transfer_tables(records: list[Record], metric: Metric = ACCURACY) -> list[Table]:
     """Cross-dataset or domain-generalisation results per source dataset and shots: configurations × (source test
     set, each target, the average over targets)."""
     # one choice per run, the same for all its targets: read from its `source` row
     tuned = _choices_by([r for r in records if r.target == "source"], lambda r: (r.dataset, r.shots, r.config))
-    blocks = transfer_cells(records)
+    blocks = transfer_cells(records, f"{metric.field}_all", metric.recorded)
     tables = []
     for (source, shots), (targets, rows) in blocks.items():
-        name = "transfer" if len(blocks) == 1 else f"transfer_{slug(source)}_{shots}shot"
-        title = f"Transfer from {source}, {shots_label(shots)} (%): source test set and targets"
+        name = f"{metric.prefix}transfer" + ("" if len(blocks) == 1 else f"_{slug(source)}_{shots}shot")
+        title = f"{metric.transfer} from {source}, {shots_label(shots)} (%): source test set and targets"
         tables += _tables(name, title, ["source", *targets, TARGETS_AVERAGE], rows,
-                          {c: [Chosen(tuned.get((source, shots, c), ()))] for c in rows}, [source])
+                          {c: [Chosen(tuned.get((source, shots, c), ()))] for c in rows}, [source], metric)
     return tables
 
 
@@ -310,74 +338,21 @@ def hierarchy_tables(records: list[Record]) -> list[Table]:
 ECE_NOTE = ("ECE: expected calibration error (%), the test images binned by top-1 confidence (15 equal-width bins), "
             "the image-weighted mean of |accuracy − mean confidence| over the bins; lower is better (bold in LaTeX: "
             "the lowest mean).")
-
-
-def _calibration_table(name: str, title: str, columns: list[str], cells: dict[Configuration, list[Cell]],
-                       chosen: dict[Configuration, list[Chosen]], note: str = ECE_NOTE) -> Table:
-    """A block of ECE cells, one row per configuration labelled as in its accuracy table; no ablation or `_tuned`
-    companions (the accuracy tables give them)."""
-    configs = ordered_configs(cells)
-    chosen = {c: row for c, row in chosen.items() if any(cell.choices for cell in row)}
-    labels = _labels(configs, varied_settings(configs), chosen)
-    return Table(name, title, ["method"], columns, [([labels[c]], cells[c]) for c in configs], note=note,
-                 bold_best=True, lower_better=True)
+ECE = Metric("ece", "ece_", "Few-shot ECE", "Base-to-novel ECE", "Transfer ECE", Record.ece_recorded, hm=False,
+             companions=False, lower_better=True, note=ECE_NOTE)
 
 
 def calibration_tables(records: list[Record]) -> list[Table]:
-    """The few-shot, base-to-novel and transfer tables' ECE twins, `ece_<table>`: configurations × shots per
-    dataset (and their average over datasets), × (dataset × base / novel) per number of shots, × (source, targets,
-    their average) per source and shots; the accuracy tables' rows, columns and labels. A run saved before ECE was
-    recorded has none (`Record.ece_recorded`: a cell with no other run reads `—`); a table without any ECE is left
-    out, and so are all without any run that recorded it."""
+    """The few-shot, base-to-novel and transfer tables' ECE twins, `ece_<table>`: the accuracy tables' rows, columns
+    and labels, without base-to-novel's HM. A run saved before ECE was recorded has none (`Record.ece_recorded`: a
+    cell with no other run reads `—`, and the note counts such runs); a table without any ECE is left out, and so are
+    all without any run that recorded it."""
     if all(v is None for r in records for v in (r.ece_all, r.ece_base, r.ece_novel)):
         return []
-    recorded = Record.ece_recorded
-    unrecorded = len({r.key for r in records if not recorded(r)})
-    note = ECE_NOTE + (f" —: no run, or only runs saved before ECE was recorded ({unrecorded} "
-                       f"run{'s' if unrecorded > 1 else ''} left out)." if unrecorded else "")
-    tables = []
-    cells = few_shot_cells(records, "ece_all", recorded)
-    tuned = _choices_by([r for r in records if r.classes == "all" and not r.target], cell_of)
-    datasets = sorted({d for d, _, _ in cells})
-    for dataset in datasets:
-        shots = sorted({k for d, _, k in cells if d == dataset})
-        rows = {c: [cells.get((dataset, c, k), MISSING) for k in shots] for d, c, _ in cells if d == dataset}
-        chosen = {c: [Chosen(tuned.get((dataset, c, k), ())) for k in shots] for c in rows}
-        tables.append(_calibration_table(f"ece_few_shot_{dataset_slug(dataset)}", f"Few-shot ECE (%) on {dataset}",
-                                         [shots_label(k) for k in shots], rows, chosen, note))
-    if len(datasets) > 1:
-        shots = sorted({k for _, _, k in cells})
-        average = few_shot_average(cells)
-        rows = {c: [average[(c, k)] for k in shots] for _, c, _ in cells}
-        chosen = {c: [Chosen(tuple(x for d in datasets for x in tuned.get((d, c, k), ()))) for k in shots]
-                  for c in rows}
-        tables.append(_calibration_table(f"ece_few_shot_{AVERAGE}", "Few-shot ECE (%), average over "
-                                         f"{len(datasets)} datasets", [shots_label(k) for k in shots], rows, chosen,
-                                         note))
-    pairs_by = base_novel_cells(records, "ece", recorded)
-    tuned = _choices_by([r for r in records if r.classes == "base" and not r.target], cell_of)
-    all_shots = sorted({k for _, _, k in pairs_by})
-    for shots in all_shots:
-        datasets = sorted({d for d, _, k in pairs_by if k == shots})
-        average = ["Average"] if len(datasets) > 1 else []
-        rows, chosen = {}, {}
-        for config in {c for _, c, k in pairs_by if k == shots}:
-            pairs = [pairs_by.get((d, config, shots), (MISSING, MISSING)) for d in datasets]
-            if average:
-                pairs.append((Cell.mean_of([b for b, _ in pairs]), Cell.mean_of([n for _, n in pairs])))
-            rows[config] = [cell for pair in pairs for cell in pair]
-            chosen[config] = [Chosen(tuned.get((d, config, shots), ())) for d in datasets]
-        name = "ece_base_to_novel" if len(all_shots) == 1 else f"ece_base_to_novel_{shots}shot"
-        tables.append(_calibration_table(name, f"Base-to-novel ECE (%): {shots_label(shots)} on base classes",
-                                         [f"{d} {part}" for d in datasets + average for part in ("base", "novel")],
-                                         rows, chosen, note))
-    tuned = _choices_by([r for r in records if r.target == "source"], lambda r: (r.dataset, r.shots, r.config))
-    blocks = transfer_cells(records, "ece_all", recorded)
-    for (source, shots), (targets, rows) in blocks.items():
-        name = "ece_transfer" if len(blocks) == 1 else f"ece_transfer_{slug(source)}_{shots}shot"
-        tables.append(_calibration_table(name, f"Transfer ECE from {source}, {shots_label(shots)} (%): source test "
-                                         "set and targets", ["source", *targets, TARGETS_AVERAGE], rows,
-                                         {c: [Chosen(tuned.get((source, shots, c), ()))] for c in rows}, note))
+    unrecorded = len({r.key for r in records if not Record.ece_recorded(r)})
+    ece = replace(ECE, note=ECE_NOTE + (f" —: no run, or only runs saved before ECE was recorded ({unrecorded} "
+                                        f"run{'s' if unrecorded > 1 else ''} left out)." if unrecorded else ""))
+    tables = few_shot_tables(records, ece) + base_to_novel_tables(records, ece) + transfer_tables(records, ece)
     return [t for t in tables if any(not cell.missing for _, cells in t.rows for cell in cells)]
 
 
