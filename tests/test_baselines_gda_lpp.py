@@ -298,6 +298,9 @@ def test_lpp_equals_the_official_loop(classes: int, dim: int, shots: int, noise:
     torch.testing.assert_close(method.bias, official["bias"], rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(method.alpha, official["alpha"], rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(method.logits(data.test_features), official["test_logits"], rtol=1e-8, atol=1e-6)
+    # the probabilities the ECE bins: the softmax of the official test logits, with no scale or temperature added
+    torch.testing.assert_close(method.probabilities(method.logits(data.test_features)),
+                               torch.softmax(official["test_logits"], dim=1), rtol=1e-8, atol=1e-8)
 
 
 def test_lpp_chooses_its_epoch_on_its_own_k_shot_val_set() -> None:
