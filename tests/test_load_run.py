@@ -152,6 +152,9 @@ def test_a_moved_cache_is_given_as_cache_and_another_cache_is_refused(baseline_c
     with pytest.raises(OptionError, match=f"trained on cache {trained_on}, which is not a file; pass the moved file "
                                           r"as cache= \(--cache PATH\)"):
         lathadapter.load(metrics["run_dir"])
+    with pytest.raises(OptionError) as error:  # a wrong --cache is named as given, not as the run's own cache
+        lathadapter.load(metrics["run_dir"], cache=tmp_path / "typo.h5")
+    assert str(error.value) == f"cache {tmp_path / 'typo.h5'} (given for run {metrics['run_dir']}) is not a file"
     assert lathadapter.load(metrics["run_dir"], cache=moved).accuracy() == metrics["accuracy"]["all"]
     other = write_synthetic_cache(tmp_path / "other.h5", num_classes=8, dim=16, views=3, shots=(4,), seeds=(1,),
                                   seed=7)
