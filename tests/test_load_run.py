@@ -245,6 +245,18 @@ def test_inspect_prints_the_accuracy_the_extremes_and_writes_the_csv(baseline_ca
     assert [float(r["accuracy"]) for r in rows] == pytest.approx(list(100.0 * correct / counts), abs=1e-4)
 
 
+def test_inspect_says_when_a_run_saved_before_ece_has_none_recorded(finished: Path, tmp_path: Path) -> None:
+    folder = spoiled(finished, tmp_path)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items()
+                                                     if k not in ("ece", "reliability")}))
+    result = CliRunner().invoke(app, ["inspect", str(folder), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("all: "))
+    assert line == (f"all: {metrics['accuracy']['all']:.2f}% (as metrics.json), ECE {metrics['ece']['all']:.2f} "
+                    "(metrics.json: none, saved before ECE)")
+
+
 def test_inspect_errors_are_one_line_with_exit_code_2(finished: Path, tmp_path: Path, baseline_cache: Path) -> None:
     other = write_synthetic_cache(tmp_path / "other.h5", num_classes=8, dim=16, views=3, shots=(2,), seeds=(1,),
                                   seed=7)
