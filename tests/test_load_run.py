@@ -165,6 +165,20 @@ def test_a_moved_cache_is_given_as_cache_and_another_cache_is_refused(baseline_c
                                 f"was trained on (fingerprint {CacheReader(moved).fingerprint}, {trained_on})")
 
 
+def test_a_relative_cache_path_is_named_as_read_from_the_current_folder(baseline_cache: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "caches").mkdir()
+    shutil.copy(baseline_cache, tmp_path / "caches" / "c.h5")
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / fit(Path("caches/c.h5"), "zeroshot", Path("runs"))["run_dir"]
+    monkeypatch.chdir(tmp_path / "runs")  # config.json's "caches/c.h5" is not a file from here
+    with pytest.raises(OptionError) as error:
+        lathadapter.load(run_dir)
+    assert str(error.value) == (f"run {run_dir} was trained on cache caches/c.h5, which is not a file from this folder "
+                                "(config.json records the path as given, relative to the folder the run was trained "
+                                "from); pass the moved file as cache= (--cache PATH)")
+
+
 def test_a_run_saved_before_searched_values_were_in_its_weights_takes_them_from_chosen(baseline_cache: Path,
                                                                                       tmp_path: Path) -> None:
     metrics = fit(baseline_cache, "ape", tmp_path)
