@@ -132,9 +132,13 @@ def load(run_dir: str | Path, cache: str | Path | None = None, device: str | Non
     record, metrics = read_run(folder)
     config = run_config(folder, record)
     path = Path(cache) if cache is not None else Path(record["cache"])
+    if cache is not None and not path.is_file():
+        raise OptionError(f"cache {path} (given for run {folder}) is not a file")
     if not path.is_file():
-        hint = "" if cache is not None else "; pass the moved file as cache= (--cache PATH)"
-        raise OptionError(f"run {folder} was trained on cache {path}, which is not a file{hint}")
+        where = "" if path.is_absolute() else " from this folder (config.json records the path as given, relative to " \
+            "the folder the run was trained from)"
+        raise OptionError(f"run {folder} was trained on cache {path}, which is not a file{where}; pass the moved file "
+                          "as cache= (--cache PATH)")
     check_key(folder, record, metrics, config)
     device = resolve_device(device)
     with CacheReader(path) as reader:

@@ -18,8 +18,8 @@ ALLOWED = {
     "kernels": {"kernels", "version"},
     "cache": {"cache", "version", "progress"},
     "adapter": {"adapter", "kernels", "version", "cache.store"},
-    # experiments/builds.py drives the cache builder for `cache build-many`, naming each cache as it does; grid files
-    # are read as the build's text files are (cache.text, a leaf: UTF-8, a BOM dropped, one-line errors)
+    # experiments/builds.py drives the cache builder for `cache build-many`, naming each cache as it does;
+    # experiments/spec.py reads grid files as the build reads its text files (cache.text, a leaf)
     "experiments": {"experiments", "adapter", "kernels", "version", "cache.store", "cache.build", "cache.datasets",
                     "cache.text", "progress"},
 }

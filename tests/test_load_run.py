@@ -152,6 +152,9 @@ def test_a_moved_cache_is_given_as_cache_and_another_cache_is_refused(baseline_c
     with pytest.raises(OptionError, match=f"trained on cache {trained_on}, which is not a file; pass the moved file "
                                           r"as cache= \(--cache PATH\)"):
         lathadapter.load(metrics["run_dir"])
+    with pytest.raises(OptionError) as error:  # a wrong --cache is named as given, not as the run's own cache
+        lathadapter.load(metrics["run_dir"], cache=tmp_path / "typo.h5")
+    assert str(error.value) == f"cache {tmp_path / 'typo.h5'} (given for run {metrics['run_dir']}) is not a file"
     assert lathadapter.load(metrics["run_dir"], cache=moved).accuracy() == metrics["accuracy"]["all"]
     other = write_synthetic_cache(tmp_path / "other.h5", num_classes=8, dim=16, views=3, shots=(4,), seeds=(1,),
                                   seed=7)
@@ -160,6 +163,20 @@ def test_a_moved_cache_is_given_as_cache_and_another_cache_is_refused(baseline_c
         lathadapter.load(metrics["run_dir"], cache=other)
     assert str(error.value) == (f"cache {other} (fingerprint {fingerprint}) is not the cache run {metrics['run_dir']} "
                                 f"was trained on (fingerprint {CacheReader(moved).fingerprint}, {trained_on})")
+
+
+def test_a_relative_cache_path_is_named_as_read_from_the_current_folder(baseline_cache: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "caches").mkdir()
+    shutil.copy(baseline_cache, tmp_path / "caches" / "c.h5")
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / fit(Path("caches/c.h5"), "zeroshot", Path("runs"))["run_dir"]
+    monkeypatch.chdir(tmp_path / "runs")  # config.json's "caches/c.h5" is not a file from here
+    with pytest.raises(OptionError) as error:
+        lathadapter.load(run_dir)
+    assert str(error.value) == (f"run {run_dir} was trained on cache caches/c.h5, which is not a file from this folder "
+                                "(config.json records the path as given, relative to the folder the run was trained "
+                                "from); pass the moved file as cache= (--cache PATH)")
 
 
 def test_a_run_saved_before_searched_values_were_in_its_weights_takes_them_from_chosen(baseline_cache: Path,
@@ -240,6 +257,18 @@ def test_inspect_prints_the_accuracy_the_extremes_and_writes_the_csv(baseline_ca
     assert [(r["classes"], r["class"], int(r["correct"]), int(r["count"])) for r in rows] == [
         ("all", names[i], int(correct[i]), int(counts[i])) for i in range(len(names))]
     assert [float(r["accuracy"]) for r in rows] == pytest.approx(list(100.0 * correct / counts), abs=1e-4)
+
+
+def test_inspect_says_when_a_run_saved_before_ece_has_none_recorded(finished: Path, tmp_path: Path) -> None:
+    folder = spoiled(finished, tmp_path)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items()
+                                                     if k not in ("ece", "reliability")}))
+    result = CliRunner().invoke(app, ["inspect", str(folder), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("all: "))
+    assert line == (f"all: {metrics['accuracy']['all']:.2f}% (as metrics.json), ECE {metrics['ece']['all']:.2f} "
+                    "(metrics.json: none, saved before ECE)")
 
 
 def test_inspect_errors_are_one_line_with_exit_code_2(finished: Path, tmp_path: Path, baseline_cache: Path) -> None:
