@@ -695,9 +695,9 @@ def inspect(
             same = "as metrics.json" if accuracy == recorded else \
                 f"metrics.json records {_format_accuracy(recorded)}: the loaded model does not score as the run did"
             scores, recorded_ece = run.scores(part), (run.metrics.get("ece") or {}).get(part)
-            ece = "" if scores is None else f", ECE {scores.ece:.2f}" + (
+            ece = "" if scores is None else f", ECE {scores.ece:.2f}%" + (
                 "" if recorded_ece == scores.ece else " (metrics.json: none, saved before ECE)"
-                if recorded_ece is None else f" (metrics.json: {recorded_ece:.2f})")
+                if recorded_ece is None else f" (metrics.json: {recorded_ece:.2f}%)")
             typer.echo(f"{part}: {_format_accuracy(accuracy)} ({same}){ece}")
             if accuracy is None:
                 continue
