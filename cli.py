@@ -67,7 +67,6 @@ BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and rec
                           "own data, seed, options and optimiser state: in lockstep on the CPU, as one stacked model "
                           "on a GPU where the method allows; 1: every run alone. Default: 8 on the CPU, 32 on a GPU.")
 SKIP_BAD = typer.Option(False, "--skip-bad", help="Leave unreadable images out (listed in the cache).")
-INSPECT_SHOWN = 5  # `inspect`: the worst and the best classes printed (at most half the classes each)
 GPUS_PER_CHUNK = typer.Option(None, help="--backend ray: GPU fraction of each task when the cluster has GPUs, in "
                               "(0, 1] [default: 0.25, four tasks share a GPU]; without GPUs (or with --device cpu) "
                               "tasks train on one CPU each and it has no effect, with a warning.")
@@ -671,6 +670,9 @@ def report(
     tables = len(written["tables"])
     typer.echo(f"report: {written['report']}; {tables} table{'s' if tables != 1 else ''} beside it, each as CSV and "
                f"LaTeX (.csv, .tex); plots: {', '.join(written['plots']) or 'none'}")
+
+
+INSPECT_SHOWN = 5  # `inspect`: the worst and the best classes printed (at most half the classes each)
 
 
 @app.command()

@@ -124,7 +124,7 @@ class Tally:
 @torch.no_grad()
 def evaluate(method: Method, features: torch.Tensor, labels: torch.Tensor,
              text_features: torch.Tensor | None = None) -> Scores | None:
-    """Accuracy and ECE on (`features`, `labels`) against the training classes, or against `text_features'` classes.
+    """Accuracy and ECE on (`features`, `labels`) against the training classes, or against `text_features`' classes.
 
     Returns None (not applicable) when the method cannot score those classes.
     """

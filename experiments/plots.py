@@ -525,6 +525,7 @@ def plot_reliability(records: list[Record], reliability: dict[str, dict[str, Rel
                                        folder / f"{name}.png"))
     return paths, crowded
 
+
 def disk_coordinates(points: torch.Tensor, curvature: float, basis: torch.Tensor) -> torch.Tensor:
     """Map ball points to the unit disk: keep each point's distance to the origin exactly (its depth in the
     hierarchy) and take its direction from the projection of its tangent vector at 0 onto a 2-D `basis`."""

@@ -127,24 +127,25 @@ def load(run_dir: str | Path, cache: str | Path | None = None, device: str | Non
     """Load a finished run directory (a `fit` run's, or a grid's `runs/<key>/`) back as it was scored: its
     configuration rebuilt from `config.json` (checked against the run's key), its method built on the few-shot set
     it trained on, with the recipe values it trained with and `weights.pt` loaded. `cache`: the cache file, when it
-    moved from the path `config.json` records (its fingerprint must be the run's); `device` as `fit`'s."""
+    moved from the path `config.json` records (its fingerprint must be the run's); `device` as `fit`'s. A run or cache
+    that cannot be loaded is a `StateError` (runtime: `inspect` exits 1, as for a missing or corrupt cache)."""
     folder = Path(run_dir)
     record, metrics = read_run(folder)
     config = run_config(folder, record)
     path = Path(cache) if cache is not None else Path(record["cache"])
     if cache is not None and not path.is_file():
-        raise OptionError(f"cache {path} (given for run {folder}) is not a file")
+        raise StateError(f"cache {path} (given for run {folder}) is not a file")
     if not path.is_file():
         where = "" if path.is_absolute() else " from this folder (config.json records the path as given, relative to " \
             "the folder the run was trained from)"
-        raise OptionError(f"run {folder} was trained on cache {path}, which is not a file{where}; pass the moved file "
-                          "as cache= (--cache PATH)")
+        raise StateError(f"run {folder} was trained on cache {path}, which is not a file{where}; pass the moved file "
+                         "as cache= (--cache PATH)")
     check_key(folder, record, metrics, config)
     device = resolve_device(device)
     with CacheReader(path) as reader:
         if reader.fingerprint != record["cache_fingerprint"]:
-            raise OptionError(f"cache {path} (fingerprint {reader.fingerprint}) is not the cache run {folder} was "
-                              f"trained on (fingerprint {record['cache_fingerprint']}, {record['cache']})")
+            raise StateError(f"cache {path} (fingerprint {reader.fingerprint}) is not the cache run {folder} was "
+                             f"trained on (fingerprint {record['cache_fingerprint']}, {record['cache']})")
         data = reader.load(config.shots, config.seed, text=config.text, device=device)
     train_data, novel = split_classes(data, config.classes)
     method = trained_method(folder, config, record, metrics, train_data)
@@ -154,18 +155,18 @@ def load(run_dir: str | Path, cache: str | Path | None = None, device: str | Non
 def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """`config.json` and `metrics.json` of a finished run that did not diverge; a clear error otherwise."""
     if not folder.is_dir():
-        raise OptionError(f"run directory {folder} does not exist (or is not a folder)")
+        raise StateError(f"run directory {folder} does not exist (or is not a folder)")
     missing = [name for name in RUN_FILES if not (folder / name).is_file()]
     if missing:
-        raise OptionError(f"{folder} is not a finished run directory: it has no {', '.join(missing)} (a run is "
-                          f"finished once it holds {', '.join(RUN_FILES)})")
+        raise StateError(f"{folder} is not a finished run directory: it has no {', '.join(missing)} (a run is "
+                         f"finished once it holds {', '.join(RUN_FILES)})")
     try:
         record = json.loads((folder / "config.json").read_text())
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError) as error:
-        raise OptionError(f"{folder}: unreadable run files ({error})") from None
+        raise StateError(f"{folder}: unreadable run files ({error})") from None
     if metrics.get("diverged") is not None:
-        raise OptionError(f"run {folder} diverged ({metrics['diverged']}): it has no trained model to load")
+        raise StateError(f"run {folder} diverged ({metrics['diverged']}): it has no trained model to load")
     return record, metrics
 
 
@@ -179,7 +180,7 @@ def run_config(folder: Path, record: dict[str, Any]) -> RunConfig:
                   if f.name in record and f.name != "options"}
         return RunConfig(**fields, options=make_options(record["method"], options))
     except (KeyError, TypeError) as error:
-        raise OptionError(f"{folder}/config.json lacks {error} or holds a malformed value") from None
+        raise StateError(f"{folder}/config.json lacks {error} or holds a malformed value") from None
     except OptionError as error:
         raise StateError(f"run {folder} was written by lathadapter {record.get('lathadapter_version', '?')}, whose "
                          f"options this version cannot read: {error}") from None

@@ -271,16 +271,25 @@ def test_inspect_says_when_a_run_saved_before_ece_has_none_recorded(finished: Pa
                     "(metrics.json: none, saved before ECE)")
 
 
-def test_inspect_errors_are_one_line_with_exit_code_2(finished: Path, tmp_path: Path, baseline_cache: Path) -> None:
+def test_inspect_errors_are_one_line_with_exit_code_1(finished: Path, tmp_path: Path, baseline_cache: Path) -> None:
+    # a run or cache that is missing, unfinished, corrupt or another is a runtime failure (docs/usage.md: exit 1, as
+    # `fit` with a missing cache and `report` of a folder without runs), not a usage mistake
     other = write_synthetic_cache(tmp_path / "other.h5", num_classes=8, dim=16, views=3, shots=(2,), seeds=(1,),
                                   seed=7)
     folder = spoiled(finished, tmp_path)
     (folder / "weights.pt").unlink()
+    corrupt, diverged = spoiled(finished, tmp_path / "corrupt"), spoiled(finished, tmp_path / "diverged")
+    (corrupt / "metrics.json").write_text("{")
+    metrics = json.loads((diverged / "metrics.json").read_text())
+    (diverged / "metrics.json").write_text(json.dumps({**metrics, "diverged": "loss is NaN at step 3"}))
     for args, fragment in ((["inspect", str(finished), "--cache", str(other)], f"is not the cache run {finished}"),
+                           (["inspect", str(finished), "--cache", str(tmp_path / "typo.h5")], "is not a file"),
                            (["inspect", str(folder)], "it has no weights.pt"),
+                           (["inspect", str(corrupt)], "unreadable run files"),
+                           (["inspect", str(diverged)], "it has no trained model to load"),
                            (["inspect", str(tmp_path / "nowhere")], "does not exist")):
         result = CliRunner().invoke(app, args)
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == 1, result.output
         assert "Traceback" not in result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
         lines = [line for line in result.output.splitlines() if line.strip()]
