@@ -93,7 +93,7 @@ if [[ $DEVICE == cuda ]]; then
     #     steps against the uncaptured ones (bit for bit) and the plain trainer
     # shellcheck disable=SC2086  # GPU_CHECK_TESTS: the test files, split on spaces
     stage kernel_tests_cuda.txt 110 env -u TRITON_INTERPRET "$PY" -m pytest -q -rs -p no:cacheprovider \
-        --durations=8 ${GPU_CHECK_TESTS:-tests/test_kernels_radial_loss.py tests/test_graphed.py tests/test_diverged.py tests/test_calibration.py}
+        --durations=8 ${GPU_CHECK_TESTS:-tests/test_kernels_radial_loss.py tests/test_graphed.py tests/test_diverged.py tests/test_calibration.py::test_ece_and_bins_on_cuda_are_the_restated_ones}
     # (b) where a step goes: the Triton path, the PyTorch twins forced (kernels = torch), the captured step
     stage lathadapter_step_cuda.txt 50 "$PY" benchmarks/lathadapter_step.py --device cuda --only caltech \
         --steps 30 --repeats 5
