@@ -160,19 +160,24 @@ def test_fingerprint_records_how_the_cache_was_made(reference: Path, coop_datase
     assert fields["dataset"] == "Shapes"  # split_zhou_Shapes.json
 
 
-def test_resume_after_a_failure_encodes_only_the_missing_rows(reference: Path, coop_dataset, tiny_clip,
-                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "shapes.h5"
+def _failing_at(call: int, encode):
+    """`encode` that raises "device lost" at its `call`-th call (a build killed part-way), and encodes otherwise."""
     calls = {"n": 0}
-    original = build_module.encode_images
 
     def failing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == call:
             raise RuntimeError("device lost")
-        return original(*args, **kwargs)
+        return encode(*args, **kwargs)
 
-    monkeypatch.setattr(build_module, "encode_images", failing)
+    return failing
+
+
+def test_resume_after_a_failure_encodes_only_the_missing_rows(reference: Path, coop_dataset, tiny_clip,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "shapes.h5"
+    original = build_module.encode_images
+    monkeypatch.setattr(build_module, "encode_images", _failing_at(4, original))
     with pytest.raises(RuntimeError, match="device lost"):
         _build(coop_dataset, tiny_clip, out)
     temporary = out.with_name("shapes.h5.tmp")
@@ -193,15 +198,7 @@ def test_a_resumed_build_checks_only_the_images_it_has_left(coop_dataset, tiny_c
     split_file = _small_dataset(coop_dataset, tmp_path / "small")
     out, options = tmp_path / "small.h5", _options(tiny_clip, shots=(1,), seeds=(1,), batch_size=2)
     original = build_module.encode_images
-    calls = {"n": 0}
-
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("device lost")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(build_module, "encode_images", failing)
+    monkeypatch.setattr(build_module, "encode_images", _failing_at(3, original))
     with pytest.raises(RuntimeError, match="device lost"):
         build(None, f"split:{split_file}", out, **options)
     monkeypatch.setattr(build_module, "encode_images", original)
