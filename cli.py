@@ -692,24 +692,27 @@ def inspect(
         run = load(run_dir, cache, device)
         c = run.config
         typer.echo(f"{c.method} · {run.data.dataset} · {c.shots}-shot seed {c.seed} · classes {c.classes} · {run_dir}")
+        per_class = {}  # the parts the method scores: each part's test images are scored twice, not more
         for part in run.parts:
-            accuracy, recorded = run.accuracy(part), run.metrics["accuracy"].get(part)
+            scores = run.scores(part)  # accuracy and ECE as evaluation computes them
+            accuracy, recorded = None if scores is None else scores.accuracy, run.metrics["accuracy"].get(part)
             same = "as metrics.json" if accuracy == recorded else \
                 f"metrics.json records {_format_accuracy(recorded)}: the loaded model does not score as the run did"
-            scores, recorded_ece = run.scores(part), (run.metrics.get("ece") or {}).get(part)
+            recorded_ece = (run.metrics.get("ece") or {}).get(part)
             ece = "" if scores is None else f", ECE {scores.ece:.2f}%" + (
                 "" if recorded_ece == scores.ece else " (metrics.json: none, saved before ECE)"
                 if recorded_ece is None else f" (metrics.json: {recorded_ece:.2f}%)")
             typer.echo(f"{part}: {_format_accuracy(accuracy)} ({same}){ece}")
             if accuracy is None:
                 continue
-            classes = ranked(run.per_class_accuracy(part))
+            per_class[part] = run.per_class_accuracy(part)
+            classes = ranked(per_class[part])
             shown = min(INSPECT_SHOWN, max(1, len(classes) // 2))
             for label, picked in (("worst", classes[:shown]), ("best", classes[::-1][:shown])):
                 typer.echo(f"  {label}: " + ", ".join(f"{k.name} {_format_accuracy(k.accuracy)} ({k.correct}/{k.count})"
                                                      for k in picked))
         if out is not None:
-            write_per_class(out, per_class_rows(run))
+            write_per_class(out, per_class_rows(per_class))
             typer.echo(f"wrote {out}", err=True)
     except (ValueError, OSError) as error:
         _fail(error, out)

@@ -247,17 +247,12 @@ def ranked(classes: list[ClassAccuracy]) -> list[ClassAccuracy]:
 CSV_COLUMNS = ("classes", "label", "class", "correct", "count", "accuracy")
 
 
-def per_class_rows(run: TrainedRun) -> list[dict[str, Any]]:
-    """Every class set's per-class accuracy as rows (`CSV_COLUMNS`); a set the method cannot score is left out."""
-    rows = []
-    for part in run.parts:
-        try:
-            classes = run.per_class_accuracy(part)
-        except NotApplicable:
-            continue
-        rows.extend({"classes": part, "label": c.label, "class": c.name, "correct": c.correct, "count": c.count,
-                     "accuracy": "" if c.accuracy is None else f"{c.accuracy:.4f}"} for c in classes)
-    return rows
+def per_class_rows(per_class: dict[str, list[ClassAccuracy]]) -> list[dict[str, Any]]:
+    """Each class set's per-class accuracy (`TrainedRun.per_class_accuracy` by part; a set the method cannot score
+    left out) as rows (`CSV_COLUMNS`)."""
+    return [{"classes": part, "label": c.label, "class": c.name, "correct": c.correct, "count": c.count,
+             "accuracy": "" if c.accuracy is None else f"{c.accuracy:.4f}"}
+            for part, classes in per_class.items() for c in classes]
 
 
 def write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
