@@ -467,7 +467,6 @@ def fit(
 ) -> None:
     """Train one method over a cache (no encoder runs), evaluate it and write a run directory."""
     from lathadapter.adapter.options import parse_assignments
-    from lathadapter.cache.store import seed_error
     from lathadapter.experiments.execution import Execution
     from lathadapter.experiments.run import RunConfig, fit_config
 
@@ -483,9 +482,7 @@ def fit(
         for option, value in (("--classes", classes), ("--text", text), ("--select", select),
                               ("--train-views", train_views)):
             _choice(option, value)
-        if problem := seed_error("--seed", [seed]):
-            raise OptionError(problem)
-        config = RunConfig.create(method, shots, seed, classes, text, select, overrides, train_views)
+        config = RunConfig.create(method, shots, seed, classes, text, select, overrides, train_views)  # checks seed
         with _progress() as progress:
             metrics = fit_config(config, cache, out=out, force=force, progress=progress, execution=execution)
     except (ValueError, OSError) as error:
