@@ -677,37 +677,49 @@ def inspect(
     run_dir: Path = typer.Argument(..., help="A finished run directory (`fit`'s, or a grid's runs/<key>/)."),
     cache: Path | None = typer.Option(None, help="The run's cache file, when it moved from the path its config.json "
                                       "records (its fingerprint must be the run's)."),
+    target: list[Path] = typer.Option([], help="A transfer run's target cache to score as its protocol did (its "
+                                      "fingerprint must be the one metrics.json records for its dataset); repeat "
+                                      "for several."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     out: Path | None = typer.Option(None, help="CSV file to write the per-class accuracy to (columns classes, label, "
-                                    "class, correct, count, accuracy)."),
+                                    "class, correct, count, accuracy, target)."),
 ) -> None:
-    """Load a trained run back and score its test images per class: the accuracy (checked against its metrics.json),
-    the worst and best classes, and optionally a per-class CSV."""
+    """Load a trained run back and score its test images per class: the accuracy and ECE (checked against its
+    metrics.json), the worst and best classes, and optionally a per-class CSV; a transfer run's targets too, with
+    --target."""
     from lathadapter.experiments.trained import load, per_class_rows, ranked, write_per_class
 
     try:
-        run = load(run_dir, cache, device)
+        run = load(run_dir, cache, device, targets=list(target))
         c = run.config
         typer.echo(f"{c.method} · {run.data.dataset} · {c.shots}-shot seed {c.seed} · classes {c.classes} · {run_dir}")
-        per_class = {}  # the parts the method scores: each part's test images are scored twice, not more
-        for part in run.parts:
-            scores = run.scores(part)  # accuracy and ECE as evaluation computes them
-            accuracy, recorded = None if scores is None else scores.accuracy, run.metrics["accuracy"].get(part)
+        recorded_targets = [name for name in run.metrics.get("targets") or {} if name != "source"]
+        own = "source" if recorded_targets else ""  # a transfer run's own test set: the results table's `source`
+        sets = [(part, None, part, run.metrics["accuracy"].get(part), (run.metrics.get("ece") or {}).get(part))
+                for part in run.parts]
+        sets += [(None, name, f"target {name}", run.metrics["targets"].get(name),
+                  (run.metrics.get("targets_ece") or {}).get(name)) for name in run.targets]
+        per_class = {}  # the sets the method scores: each set's test images are scored twice, not more
+        for part, name, label, recorded, recorded_ece in sets:
+            scores = run.scores(part, name)  # accuracy and ECE as evaluation (a target: its protocol) computes them
+            accuracy = None if scores is None else scores.accuracy
             same = "as metrics.json" if accuracy == recorded else \
                 f"metrics.json records {_format_accuracy(recorded)}: the loaded model does not score as the run did"
-            recorded_ece = (run.metrics.get("ece") or {}).get(part)
             ece = "" if scores is None else f", ECE {scores.ece:.2f}%" + (
                 "" if recorded_ece == scores.ece else " (metrics.json: none, saved before ECE)"
                 if recorded_ece is None else f" (metrics.json: {recorded_ece:.2f}%)")
-            typer.echo(f"{part}: {_format_accuracy(accuracy)} ({same}){ece}")
+            typer.echo(f"{label}: {_format_accuracy(accuracy)} ({same}){ece}")
             if accuracy is None:
                 continue
-            per_class[part] = run.per_class_accuracy(part)
-            classes = ranked(per_class[part])
+            per_class[(part or "all", name or own)] = run.per_class_accuracy(part, name)
+            classes = ranked(per_class[(part or "all", name or own)])
             shown = min(INSPECT_SHOWN, max(1, len(classes) // 2))
-            for label, picked in (("worst", classes[:shown]), ("best", classes[::-1][:shown])):
-                typer.echo(f"  {label}: " + ", ".join(f"{k.name} {_format_accuracy(k.accuracy)} ({k.correct}/{k.count})"
-                                                     for k in picked))
+            for side, picked in (("worst", classes[:shown]), ("best", classes[::-1][:shown])):
+                typer.echo(f"  {side}: " + ", ".join(f"{k.name} {_format_accuracy(k.accuracy)} ({k.correct}/{k.count})"
+                                                    for k in picked))
+        if recorded_targets and not run.targets:
+            typer.echo(f"targets: metrics.json records {', '.join(recorded_targets)}; --target PATH (a cache of "
+                       "each) scores them")
         if out is not None:
             write_per_class(out, per_class_rows(per_class))
             typer.echo(f"wrote {out}", err=True)

@@ -419,27 +419,29 @@ class ReliabilityPanel:
     seeds: int
 
 
-def _reliability_panels(records: list[Record], reliability: dict[str, dict[str, Reliability]], classes: str,
-                        part: str, scope: Callable[[str, int], tuple]
-                        ) -> dict[tuple[str, int], list[ReliabilityPanel]]:
-    """Per (dataset, shots) of the runs of `classes` (no transfer target): a panel per configuration of which some
-    seed's run recorded bins of `part`, in the catalog's order, labelled as its accuracy table's row, the table of
-    the blocks of one `scope(dataset, shots)` (the settings varied and tuned values chosen there)."""
-    chosen = [r for r in records if r.classes == classes and not r.target]
+def _reliability_panels(records: list[Record], reliability: dict[str, dict[str, Reliability]],
+                        part: Callable[[Record], str], block: Callable[[Record], tuple],
+                        scope: Callable[[Record], tuple]) -> dict[tuple, list[ReliabilityPanel]]:
+    """Per `block` of `records` (a figure): a panel per configuration of which some seed's run recorded bins of
+    `part(record)`, in the catalog's order, labelled as its accuracy table's row, the table of the records of one
+    `scope` (the settings varied there, and the tuned values chosen: a transfer run's once, from its source row)."""
     scoped: dict[tuple, list[Record]] = defaultdict(list)
-    runs: dict[tuple[str, int], dict[Configuration, list[Reliability]]] = defaultdict(lambda: defaultdict(list))
-    for record in chosen:
-        scoped[scope(record.dataset, record.shots)].append(record)
-        bins = reliability.get(record.key, {}).get(part)
+    scopes: dict[tuple, tuple] = {}
+    runs: dict[tuple, dict[Configuration, list[Reliability]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        scoped[scope(record)].append(record)
+        scopes[block(record)] = scope(record)
+        bins = reliability.get(record.key, {}).get(part(record))
         if bins is not None:
-            runs[(record.dataset, record.shots)][record.config].append(bins)
+            runs[block(record)][record.config].append(bins)
     panels = {}
-    for (dataset, shots), by_config in sorted(runs.items()):
-        table = scoped[scope(dataset, shots)]
-        varied, choices = varied_settings({r.config for r in table}), _config_choices(table)
-        panels[(dataset, shots)] = [ReliabilityPanel(config_label(c, varied, choices.get(c, [])),
-                                                     Reliability.pooled(by_config[c]), len(by_config[c]))
-                                    for c in ordered_configs(by_config)]
+    for key, by_config in sorted(runs.items()):
+        table = scoped[scopes[key]]
+        varied = varied_settings({r.config for r in table})
+        choices = _config_choices(r for r in table if r.target in ("", "source"))
+        panels[key] = [ReliabilityPanel(config_label(c, varied, choices.get(c, [])),
+                                        Reliability.pooled(by_config[c]), len(by_config[c]))
+                       for c in ordered_configs(by_config)]
     return panels
 
 
@@ -500,24 +502,36 @@ def _plot_reliability(panels: list[ReliabilityPanel], title: str, path: Path) ->
 
 def plot_reliability(records: list[Record], reliability: dict[str, dict[str, Reliability]], folder: Path
                      ) -> tuple[list[Path], list[str]]:
-    """Reliability diagrams from the runs' recorded bins (`reliability`: run key → part → bins), a panel per
-    configuration, its seeds' bins summed: per dataset and shots of the few-shot runs
-    (`reliability_<dataset>_<k>shot.png`, labels as the dataset's few-shot table), and of the base-to-novel runs
-    one figure for the base and one for the novel classes (`reliability_base_novel_<dataset>_<k>shot_<part>.png`,
-    labels as the base-to-novel table of those shots). A configuration without bins has no panel, a block without
-    any no figure. Returns the figures and those left out for more than `MOST_RELIABILITY_PANELS` panels."""
-    paths, crowded = [], []
-    figures = [(block, "all", panels) for block, panels in
-               _reliability_panels(records, reliability, "all", "all", lambda d, k: (d,)).items()]
+    """Reliability diagrams from the runs' recorded bins (`reliability`: run key → part → bins, a transfer run's
+    parts its results rows' `target`s), a panel per configuration, its seeds' bins summed: per dataset and shots of
+    the few-shot runs (`reliability_<dataset>_<k>shot.png`, labels as the dataset's few-shot table), of the
+    base-to-novel runs one figure for the base and one for the novel classes
+    (`reliability_base_novel_<dataset>_<k>shot_<part>.png`, labels as the base-to-novel table of those shots), and
+    of the transfer runs per source dataset and shots one figure for the source test set and one per target
+    (`reliability_transfer_<source>_<k>shot_<target>.png`, `_source` for the source's; labels as the transfer
+    table). A configuration without bins has no panel, a block without any no figure. Returns the figures and those
+    left out for more than `MOST_RELIABILITY_PANELS` panels."""
+    figures = []  # (file name, title, panels)
+    few_shot = [r for r in records if r.classes == "all" and not r.target]
+    for (dataset, shots), panels in _reliability_panels(few_shot, reliability, lambda r: "all",
+                                                        lambda r: (r.dataset, r.shots), lambda r: (r.dataset,)).items():
+        figures.append((f"reliability_{slug(dataset)}_{shots}shot", f"{dataset}, {shots_label(shots)}", panels))
+    base = [r for r in records if r.classes == "base" and not r.target]
     for part in ("base", "novel"):
-        figures += [(block, part, panels) for block, panels in
-                    _reliability_panels(records, reliability, "base", part, lambda d, k: (k,)).items()]
-    for (dataset, shots), part, panels in figures:
-        if part == "all":
-            name, title = f"reliability_{slug(dataset)}_{shots}shot", f"{dataset}, {shots_label(shots)}"
-        else:
-            name = f"reliability_base_novel_{slug(dataset)}_{shots}shot_{part}"
-            title = f"{dataset}, base-to-novel, {shots_label(shots)}, {part} classes"
+        for (dataset, shots), panels in _reliability_panels(base, reliability, lambda r, p=part: p,
+                                                            lambda r: (r.dataset, r.shots),
+                                                            lambda r: (r.shots,)).items():
+            figures.append((f"reliability_base_novel_{slug(dataset)}_{shots}shot_{part}",
+                            f"{dataset}, base-to-novel, {shots_label(shots)}, {part} classes", panels))
+    transfer = _reliability_panels([r for r in records if r.target], reliability, lambda r: r.target,
+                                   lambda r: (r.dataset, r.shots, r.target), lambda r: (r.dataset, r.shots))
+    # each block's source test set first, then its targets in the transfer table's order
+    for dataset, shots, target in sorted(transfer, key=lambda b: (b[0], b[1], b[2] != "source", b[2])):
+        tested = "source test set" if target == "source" else f"target {target}"
+        figures.append((f"reliability_transfer_{slug(dataset)}_{shots}shot_{slug(target)}",
+                        f"Transfer from {dataset}, {shots_label(shots)}, {tested}", transfer[(dataset, shots, target)]))
+    paths, crowded = [], []
+    for name, title, panels in figures:
         if len(panels) > MOST_RELIABILITY_PANELS:
             crowded.append(f"{name} ({len(panels)} panels)")
             continue

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.evaluate import Scores, evaluate, evaluate_mapped
+from lathadapter.adapter.methods.base import Method
 from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import REBUILD, CacheError, CacheReader, FewShotData
 from lathadapter.experiments.execution import Execution
@@ -214,8 +215,11 @@ class Targets:
         self.paths = list(paths)
         self.sets: dict[tuple[str, str], FewShotData] = {}
         self.names: dict[str, str] = {}
+        self.fingerprints: dict[str, str] = {}
         for path in self.paths:
             self.names[path] = target_name(path)
+            with CacheReader(path) as reader:
+                self.fingerprints[path] = reader.fingerprint
             for text in texts:
                 self.target(path, text)
 
@@ -232,29 +236,42 @@ class Targets:
                                                     text_raw=None if raw is None else raw.to(self.device))
         return self.sets[path, text]
 
+    def columns(self, path: str, source: FewShotData, text: str, source_path: str) -> list[int] | None:
+        """The source classes target `path`'s classes map to (a domain target: `class_mapping`); None for a
+        cross-dataset target, scored against its own classes' text features."""
+        return class_mapping(source, self.target(path, text), path, source_path) if self.mapped else None
+
+    def scores(self, path: str, method: Method, source: FewShotData, text: str, source_path: str) -> Scores | None:
+        """`method`'s accuracy, ECE and bins on target `path`'s test set, its classes those of `text`: against the
+        source classes they map to (domain, `evaluate_mapped`) or their own text features (cross-dataset); None where
+        the method cannot score them. `source`: the run's few-shot set, from the cache at `source_path`."""
+        target = self.target(path, text)
+        columns = self.columns(path, source, text, source_path)
+        if columns is not None:
+            return evaluate_mapped(method, target.test_features, target.test_labels, columns)
+        return evaluate(method, target.test_features, target.test_labels, target.text_features)
+
     def __call__(self, grid_run: GridRun, outcome: RunOutcome, source: FewShotData) -> dict[str, Any]:
         """The run's accuracy (`targets`), ECE (`targets_ece`) and the ECE's bins (`targets_reliability`) on its source
-        test set and on each target."""
+        test set and on each target; each target's cache fingerprint (`targets_fingerprint`) and path
+        (`targets_cache`), and the `protocol` (what `trained.load` checks and scores a target by)."""
+        provenance = {"protocol": "domain" if self.mapped else "cross-dataset",
+                      "targets_fingerprint": {self.names[path]: self.fingerprints[path] for path in self.paths},
+                      "targets_cache": {self.names[path]: path for path in self.paths}}
         if outcome.metrics["diverged"] is not None:  # no accuracy on any target either
             nothing = {"source": None, **{self.names[path]: None for path in self.paths}}
-            return {"targets": nothing, "targets_ece": dict(nothing), "targets_reliability": dict(nothing)}
-        scored: dict[str, Scores | None] = {}
-        for path in self.paths:
-            target = self.target(path, grid_run.config.text)
-            if self.mapped:
-                columns = class_mapping(source, target, path, grid_run.cache)
-                scored[self.names[path]] = evaluate_mapped(outcome.method, target.test_features, target.test_labels,
-                                                           columns)
-            else:
-                scored[self.names[path]] = evaluate(outcome.method, target.test_features, target.test_labels,
-                                                    target.text_features)
+            return {"targets": nothing, "targets_ece": dict(nothing), "targets_reliability": dict(nothing),
+                    **provenance}
+        scored = {self.names[path]: self.scores(path, outcome.method, source, grid_run.config.text, grid_run.cache)
+                  for path in self.paths}
         return {"targets": {"source": outcome.metrics["accuracy"]["all"],
                             **{name: None if s is None else s.accuracy for name, s in scored.items()}},
                 "targets_ece": {"source": outcome.metrics["ece"]["all"],
                                 **{name: None if s is None else s.ece for name, s in scored.items()}},
                 "targets_reliability": {"source": outcome.metrics["reliability"]["all"],
                                         **{name: None if s is None else s.reliability.record()
-                                           for name, s in scored.items()}}}
+                                           for name, s in scored.items()}},
+                **provenance}
 
 
 def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: list[int],

@@ -221,17 +221,19 @@ def shots_label(k: int) -> str:
 
 
 def run_reliability(results: Results, keys: Iterable[str]) -> dict[str, dict[str, Reliability]]:
-    """Run key → part (`all`, `base`, `novel`) → the test set's confidence bins, from metrics.json's `reliability` of
-    each of the runs `keys` whose directory is known. A run saved before the bins were recorded, a part not
-    applicable, a diverged run and an unreadable metrics.json give none: the reliability diagrams leave them out (the
-    tables read the results table alone)."""
+    """Run key → part → the test set's confidence bins, from metrics.json of each of the runs `keys` whose directory
+    is known: `reliability`'s parts (`all`, `base`, `novel`), or for a transfer run `targets_reliability`'s (`source`
+    and each target: its results rows' `target`). A run saved before the bins were recorded, a part not applicable, a
+    diverged run and an unreadable metrics.json give none: the reliability diagrams leave them out (the tables read
+    the results table alone)."""
     found: dict[str, dict[str, Reliability]] = {}
     for key in sorted(set(keys)):
         folder = results.run_dirs.get(key)
         if folder is None:
             continue
         try:
-            recorded = json.loads((folder / "metrics.json").read_text()).get("reliability")
+            metrics = json.loads((folder / "metrics.json").read_text())
+            recorded = metrics.get("targets_reliability") if metrics.get("targets") else metrics.get("reliability")
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(recorded, dict):

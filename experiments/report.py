@@ -53,7 +53,7 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     tables = report_tables(parsed)
     shots_plots, crowded_shots = plot_accuracy_vs_shots(parsed, out)
     ablations, crowded = plot_ablations(parsed, out)
-    bins = run_reliability(results, (r.key for r in parsed if not r.target))  # no results column holds them
+    bins = run_reliability(results, (r.key for r in parsed))  # no results column holds them
     reliability, crowded_reliability = plot_reliability(parsed, bins, out)
     plots = shots_plots + plot_base_novel(parsed, out) + plot_transfer(parsed, out) + ablations + reliability
     disk_run = disk_run or _disk_run(results)

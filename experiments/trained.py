@@ -1,5 +1,6 @@
-"""A finished run directory loaded back (`load`): its configuration, its trained method on the cache it trained on,
-and what a researcher asks of it after the fact: logits, predictions, per-class accuracy, the confusion matrix."""
+"""A finished run directory loaded back (`load`): its configuration, its trained method on the cache it trained on
+(and a transfer run's target caches, scored as its protocol scored them), and what a researcher asks of it after the
+fact: logits, predictions, per-class accuracy, the confusion matrix."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from lathadapter.adapter.methods.base import Method, NotApplicable
 from lathadapter.adapter.options import OptionError, StateError, before_values
 from lathadapter.cache.store import CacheReader, FewShotData
 from lathadapter.experiments.machine import resolve_device
+from lathadapter.experiments.protocols import Targets, check_target_names, target_name
 from lathadapter.experiments.run import GLOBAL_GENERATOR, RunConfig, split_classes, write_atomic
 
 RUN_FILES = ("config.json", "metrics.json", "weights.pt")
@@ -43,7 +45,8 @@ class ClassAccuracy:
 class TrainedRun:
     """A trained run as it was scored: its configuration, its method (weights loaded, eval mode), the training view
     of its few-shot set (`data`: the base classes, relabelled from 0, for base-to-novel), the novel view (`novel`,
-    base-to-novel only), its `metrics.json` and `config.json` as read. Features are the cache's (unit vectors)."""
+    base-to-novel only), its `metrics.json` and `config.json` as read, and a transfer run's target caches given to
+`load` (`transfer`; None: none). Features are the cache's (unit vectors)."""
 
     folder: Path
     config: RunConfig
@@ -52,6 +55,7 @@ class TrainedRun:
     novel: FewShotData | None
     metrics: dict[str, Any]
     record: dict[str, Any]
+    transfer: Targets | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -64,24 +68,38 @@ class TrainedRun:
         `novel`."""
         return ("all",) if self.novel is None else ("base", "novel")
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The target datasets given to `load` (a transfer run's), by dataset name as `metrics.json`'s `targets`
+        names them, in the order given."""
+        return () if self.transfer is None else tuple(self.transfer.names.values())
+
     @torch.no_grad()
-    def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        """The method's scores [N, C] of `features` [N, D] against its training classes, or against `text_features`
-        [C', D] (novel classes; `NotApplicable` for a method that cannot score them), in the chunks evaluation
-        takes."""
+    def logits(self, features: torch.Tensor, text_features: torch.Tensor | None = None,
+               columns: list[int] | None = None) -> torch.Tensor:
+        """The method's scores [N, C] of `features` [N, D] against its training classes, against `text_features`
+        [C', D] (novel or cross-dataset classes; `NotApplicable` for a method that cannot score them), or over the
+        training classes `columns` alone (a domain target's, `Method.logits_over`), in the chunks evaluation takes."""
         device = self.data.text_features.device
         features = features.to(device)
         text_features = None if text_features is None else text_features.to(device)
-        chunks = [self.method.logits(features[start:start + CHUNK], text_features)
+        index = None if columns is None else torch.as_tensor(columns, device=device)
+        chunks = [self.method.logits(features[start:start + CHUNK], text_features) if index is None
+                  else self.method.logits_over(features[start:start + CHUNK], index)
                   for start in range(0, max(len(features), 1), CHUNK)]  # no row: one empty chunk, [0, C]
         return torch.cat(chunks)
 
-    def predict(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+    def predict(self, features: torch.Tensor, text_features: torch.Tensor | None = None,
+                columns: list[int] | None = None) -> torch.Tensor:
         """The predicted label of each row of `features` (the argmax of `logits`)."""
-        return self.logits(features, text_features).argmax(dim=-1)
+        return self.logits(features, text_features, columns).argmax(dim=-1)
 
-    def test_set(self, part: str | None = None) -> tuple[torch.Tensor, torch.Tensor, FewShotData]:
-        """The test features and labels of class set `part` (one of `parts`; default the first) and its view."""
+    def test_set(self, part: str | None = None, target: str | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, FewShotData]:
+        """The test features and labels of class set `part` (one of `parts`; default the first), or of the loaded
+        target dataset `target` (one of `targets`), and its view."""
+        if target is not None:
+            return self._target(target, part)
         part = part or self.parts[0]
         if part not in self.parts:
             raise OptionError(f"class set {part!r}: run {self.folder.name} was scored on {', '.join(self.parts)}")
@@ -89,46 +107,80 @@ class TrainedRun:
         assert view is not None
         return view.test_features, view.test_labels, view
 
-    def confusion(self, part: str | None = None) -> torch.Tensor:
-        """The confusion matrix [C, C] (int64, on the CPU) of the test images of `part`: row = true class, column =
-        predicted class, over that set's classes in label order."""
-        features, labels, view = self.test_set(part)
-        text = view.text_features if view is self.novel else None
-        predicted = self.predict(features, text).cpu()
+    def _target(self, target: str, part: str | None) -> tuple[torch.Tensor, torch.Tensor, FewShotData]:
+        """`test_set` of a loaded target: its test set with its classes' text features of the run's `--text`."""
+        if part is not None:
+            raise OptionError(f"class set {part!r} and target {target!r}: give one (a target is scored on its classes)")
+        if target not in self.targets:
+            loaded = ", ".join(self.targets) or "none (load(..., targets=[PATH]); inspect --target PATH)"
+            raise OptionError(f"target {target!r}: the targets loaded for run {self.folder.name} are {loaded}")
+        assert self.transfer is not None
+        view = self.transfer.target(self._target_path(target), self.config.text)
+        return view.test_features, view.test_labels, view
+
+    def _target_path(self, target: str) -> str:
+        assert self.transfer is not None
+        return next(path for path, name in self.transfer.names.items() if name == target)
+
+    def against(self, part: str | None = None, target: str | None = None
+                ) -> tuple[torch.Tensor | None, list[int] | None]:
+        """What the test images of `part` or `target` are scored against, as `logits`' `text_features` and `columns`:
+        the training classes (None, None), the novel classes' or a cross-dataset target's text features, or the source
+        classes a domain target's classes map to (`protocols.Targets.columns`)."""
+        view = self.test_set(part, target)[2]
+        if target is not None:
+            assert self.transfer is not None
+            columns = self.transfer.columns(self._target_path(target), self.data, self.config.text,
+                                            self.record["cache"])
+            return (view.text_features if columns is None else None), columns
+        return (view.text_features if view is self.novel else None), None
+
+    def confusion(self, part: str | None = None, target: str | None = None) -> torch.Tensor:
+        """The confusion matrix [C, C] (int64, on the CPU) of the test images of `part` or `target`: row = true
+        class, column = predicted class, over that set's classes in label order."""
+        features, labels, view = self.test_set(part, target)
+        predicted = self.predict(features, *self.against(part, target)).cpu()
         size = view.num_classes
         return torch.bincount(labels.cpu() * size + predicted, minlength=size * size).reshape(size, size)
 
-    def per_class_accuracy(self, part: str | None = None) -> list[ClassAccuracy]:
-        """Each class's test accuracy over class set `part` (`parts`; default the first), in label order: the
-        diagonal of `confusion` over its row sums."""
-        matrix = self.confusion(part)
-        names = self.test_set(part)[2].class_names
+    def per_class_accuracy(self, part: str | None = None, target: str | None = None) -> list[ClassAccuracy]:
+        """Each class's test accuracy over class set `part` (`parts`; default the first) or loaded target `target`
+        (`targets`), in label order: the diagonal of `confusion` over its row sums."""
+        matrix = self.confusion(part, target)
+        names = self.test_set(part, target)[2].class_names
         return [ClassAccuracy(c, names[c], int(matrix[c, c]), int(matrix[c].sum())) for c in range(len(names))]
 
-    def scores(self, part: str | None = None) -> Scores | None:
-        """Test accuracy and ECE (%) over `part` as the run was evaluated (`adapter.evaluate`); None where the method
-        cannot score novel classes or the part has no test image."""
-        features, labels, view = self.test_set(part)
+    def scores(self, part: str | None = None, target: str | None = None) -> Scores | None:
+        """Test accuracy and ECE (%) over `part` as the run was evaluated (`adapter.evaluate`), or over `target` as
+        its protocol scored it (`protocols.Targets.scores`); None where the method cannot score those classes or the
+        set has no test image."""
+        features, labels, view = self.test_set(part, target)
         if len(labels) == 0:
             return None
+        if target is not None:
+            assert self.transfer is not None
+            return self.transfer.scores(self._target_path(target), self.method, self.data, self.config.text,
+                                        self.record["cache"])
         return evaluate(self.method, features, labels, view.text_features if view is self.novel else None)
 
-    def accuracy(self, part: str | None = None) -> float | None:
-        """Test accuracy (%) over `part` as `metrics.json` records it (correct / images); None where the method
-        cannot score novel classes (or the part has no test image)."""
+    def accuracy(self, part: str | None = None, target: str | None = None) -> float | None:
+        """Test accuracy (%) over `part` or `target` as `metrics.json` records it (correct / images); None where the
+        method cannot score those classes (or the set has no test image)."""
         try:
-            matrix = self.confusion(part)
+            matrix = self.confusion(part, target)
         except NotApplicable:
             return None
         return 100.0 * int(matrix.trace()) / int(matrix.sum()) if int(matrix.sum()) else None
 
 
-def load(run_dir: str | Path, cache: str | Path | None = None, device: str | None = None) -> TrainedRun:
+def load(run_dir: str | Path, cache: str | Path | None = None, device: str | None = None,
+         targets: list[str | Path] | None = None) -> TrainedRun:
     """Load a finished run directory (a `fit` run's, or a grid's `runs/<key>/`) back as it was scored: its
     configuration rebuilt from `config.json` (checked against the run's key), its method built on the few-shot set
     it trained on, with the recipe values it trained with and `weights.pt` loaded. `cache`: the cache file, when it
-    moved from the path `config.json` records (its fingerprint must be the run's); `device` as `fit`'s. A run or cache
-    that cannot be loaded is a `StateError` (runtime: `inspect` exits 1, as for a missing or corrupt cache)."""
+    moved from the path `config.json` records (its fingerprint must be the run's); `device` as `fit`'s; `targets`: a
+    transfer run's target caches to score (`load_targets`). A run or cache that cannot be loaded is a `StateError`
+    (runtime: `inspect` exits 1, as for a missing or corrupt cache)."""
     folder = Path(run_dir)
     record, metrics = read_run(folder)
     config = run_config(folder, record)
@@ -147,9 +199,39 @@ def load(run_dir: str | Path, cache: str | Path | None = None, device: str | Non
             raise StateError(f"cache {path} (fingerprint {reader.fingerprint}) is not the cache run {folder} was "
                              f"trained on (fingerprint {record['cache_fingerprint']}, {record['cache']})")
         data = reader.load(config.shots, config.seed, text=config.text, device=device)
+    transfer = load_targets(folder, metrics, [str(t) for t in targets], device, config.text) if targets else None
     train_data, novel = split_classes(data, config.classes)
     method = trained_method(folder, config, record, metrics, train_data)
-    return TrainedRun(folder, config, method, train_data, novel, metrics, record)
+    return TrainedRun(folder, config, method, train_data, novel, metrics, record, transfer)
+
+
+def load_targets(folder: Path, metrics: dict[str, Any], paths: list[str], device: str, text: str) -> Targets:
+    """Target caches `paths` of transfer run `folder`, loaded as its protocol loaded them (`protocols.Targets`, the
+    run's `text` features), each refused unless its dataset is one `metrics.json`'s `targets` records and its
+    fingerprint the one recorded for it (`targets_fingerprint`)."""
+    recorded = [name for name in metrics.get("targets") or {} if name != "source"]
+    if not recorded:
+        raise StateError(f"run {folder} is no transfer run (its metrics.json records no targets); --target scores the "
+                         "target caches of a cross-dataset or domain protocol's run")
+    fingerprints, caches = metrics.get("targets_fingerprint"), metrics.get("targets_cache") or {}
+    if not isinstance(fingerprints, dict):
+        raise StateError(f"run {folder} was saved before metrics.json recorded its targets' fingerprints (lathadapter "
+                         "before stop 23), so a target cache cannot be checked against it; rerun its protocol into "
+                         "a new folder to score targets with --target")
+    for path in paths:
+        if not Path(path).is_file():
+            raise StateError(f"target cache {path} (given for run {folder}) is not a file")
+        name = target_name(path)
+        if name not in recorded:
+            raise StateError(f"target cache {path} is dataset {name!r}; run {folder} was scored on targets "
+                             f"{', '.join(recorded)} (metrics.json)")
+        with CacheReader(path) as reader:
+            fingerprint = reader.fingerprint
+        if fingerprint != fingerprints.get(name):
+            raise StateError(f"target cache {path} (fingerprint {fingerprint}) is not the {name} cache run {folder} "
+                             f"was scored on (fingerprint {fingerprints.get(name)}, {caches.get(name, '?')})")
+    check_target_names(paths)
+    return Targets(paths, device, mapped=metrics.get("protocol") == "domain", texts=(text,))
 
 
 def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -244,15 +326,17 @@ def ranked(classes: list[ClassAccuracy]) -> list[ClassAccuracy]:
     return sorted((c for c in classes if c.count), key=lambda c: (c.correct / c.count, c.label))
 
 
-CSV_COLUMNS = ("classes", "label", "class", "correct", "count", "accuracy")
+# `classes`: the class set (`all`, `base`, `novel`; a target's: `all`, its own classes); `target`: as results.csv's,
+# empty for a run without targets, `source` for a transfer run's own test set, else the target's dataset
+CSV_COLUMNS = ("classes", "label", "class", "correct", "count", "accuracy", "target")
 
 
-def per_class_rows(per_class: dict[str, list[ClassAccuracy]]) -> list[dict[str, Any]]:
-    """Each class set's per-class accuracy (`TrainedRun.per_class_accuracy` by part; a set the method cannot score
-    left out) as rows (`CSV_COLUMNS`)."""
+def per_class_rows(per_class: dict[tuple[str, str], list[ClassAccuracy]]) -> list[dict[str, Any]]:
+    """Each test set's per-class accuracy (`TrainedRun.per_class_accuracy`, by class set and target; a set the
+    method cannot score left out) as rows (`CSV_COLUMNS`)."""
     return [{"classes": part, "label": c.label, "class": c.name, "correct": c.correct, "count": c.count,
-             "accuracy": "" if c.accuracy is None else f"{c.accuracy:.4f}"}
-            for part, classes in per_class.items() for c in classes]
+             "accuracy": "" if c.accuracy is None else f"{c.accuracy:.4f}", "target": target}
+            for (part, target), classes in per_class.items() for c in classes]
 
 
 def write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:

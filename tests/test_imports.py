@@ -29,7 +29,6 @@ EXPERIMENT_RANKS = {
     "machine": 0, "ray_cluster": 0,  # where a run computes; reaching Ray
     "execution": 1,  # how runs train (Execution), parsed at the edge
     "run": 2,  # one run and its folder
-    "trained": 3,  # a run directory loaded back (`load`)
     "tuning": 3,  # tuning records, presets and choice
     "spec": 4, "table": 4,  # grid axes and expansion; results.csv, locks, stale sweep
     "data": 5,  # cache checks, few-shot sets loaded once
@@ -41,6 +40,7 @@ EXPERIMENT_RANKS = {
     "launch": 11,  # the one driver
     "protocols": 12, "builds": 12,  # protocols, cache builds
     "records": 12,  # a results table read back as typed records, for reports
+    "trained": 13,  # a run directory loaded back (`load`), a transfer run's targets scored as its protocol's
     "cells": 13,  # a report's cells over seeds and configuration labels
     "report_tables": 14, "plots": 14,  # a report's tables (markdown, CSV) and plots (matplotlib)
     "report_latex": 15,  # each report table as a LaTeX table float
