@@ -163,6 +163,51 @@ def test_runs_without_bins_or_without_run_directories_give_no_figure(tmp_path: P
     assert not [p for p in write_report(alone)["plots"] if "reliability" in p]
 
 
+TARGETS = ["pets", "dtd"]
+
+
+def write_transfer_grid(folder: Path, runs: list[tuple[str, str, int, dict[str, Any] | None]]) -> Path:
+    """A transfer grid written by hand: per run (key, method, seed, its `targets_reliability`: target → bins, None: a
+    run saved before they were recorded), a results row per target of `TARGETS` and the source, and its metrics.json."""
+    rows = []
+    for key, method, seed, bins in runs:
+        (folder / "runs" / key).mkdir(parents=True)
+        metrics = {"accuracy": {"all": 70.0}, "targets": dict.fromkeys(["source", *TARGETS], 70.0)}
+        (folder / "runs" / key / "metrics.json").write_text(json.dumps(
+            metrics | ({} if bins is None else {"targets_reliability": bins})))
+        rows += [run_row(key, method, seed, target=target, acc_all=70.0) for target in ["source", *TARGETS]]
+    return helpers.write_rows(folder / "results.csv", rows, COLUMNS)
+
+
+def test_transfer_runs_draw_the_source_and_each_target_from_their_recorded_bins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transfer runs: a figure for the source test set, then one per target, each a panel per configuration over its
+    seeds' `targets_reliability` bins; clip-adapter's two seeds pool as SEED_1 worked out. A target no run has bins
+    of (the method cannot score its classes: null) and a run saved before the bins (zero-shot) draw nothing."""
+    zero = tallies({12: (5, 3, 4.1), 14: (5, 5, 4.9)})  # ECE 12 %, accuracy 80 %
+    folder = tmp_path / "grid"
+    write_transfer_grid(folder, [("a1", "clip-adapter", 1, {"source": SEED_1, "pets": zero, "dtd": None}),
+                                 ("a2", "clip-adapter", 2, {"source": SEED_2, "pets": zero, "dtd": None}),
+                                 ("z1", "zeroshot", 1, None)])
+    figures = capture_figures(monkeypatch)
+    written = write_report(folder)
+    names = ["reliability_transfer_caltech101_4shot_source.png", "reliability_transfer_caltech101_4shot_pets.png"]
+    assert [Path(p).name for p in written["plots"] if Path(p).name.startswith("reliability")] == names
+    for name in names:
+        assert (folder / "report" / name).stat().st_size > 10_000
+        assert f"![{name[:-4]}]({name})" in (folder / "report" / "report.md").read_text()
+    source = panels(figures[names[0]])
+    assert list(source) == ["clip-adapter"]
+    assert source["clip-adapter"]["accuracy"] == pytest.approx({centre(9): 50.0, centre(10): 50.0,
+                                                                centre(13): 70.0, centre(14): 87.5})
+    assert "ECE 12.25, accuracy 77.50 (2 seeds pooled)" in source["clip-adapter"]["title"]
+    pets = panels(figures[names[1]])["clip-adapter"]
+    assert pets["accuracy"] == pytest.approx({centre(12): 60.0, centre(14): 100.0})
+    assert pets["gap to"] == pytest.approx({centre(12): 82.0, centre(14): 98.0})
+    assert "ECE 12.00, accuracy 80.00 (2 seeds pooled)" in pets["title"]
+    assert "Transfer from caltech101, 4 shots, target pets" in figures[names[1]].get_suptitle()
+
+
 def test_the_same_runs_draw_the_same_bytes(tmp_path: Path) -> None:
     """Drawn twice, a reliability figure is the same file, byte for byte."""
     folder = tmp_path / "grid"
