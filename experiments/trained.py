@@ -46,7 +46,7 @@ class TrainedRun:
     """A trained run as it was scored: its configuration, its method (weights loaded, eval mode), the training view
     of its few-shot set (`data`: the base classes, relabelled from 0, for base-to-novel), the novel view (`novel`,
     base-to-novel only), its `metrics.json` and `config.json` as read, and a transfer run's target caches given to
-`load` (`transfer`; None: none). Features are the cache's (unit vectors)."""
+    `load` (`transfer`; None: none). Features are the cache's (unit vectors)."""
 
     folder: Path
     config: RunConfig
