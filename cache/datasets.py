@@ -20,7 +20,7 @@ from lathadapter.cache.text import read_json, read_text
 # What a folder of images holds: torchvision's `ImageFolder` extensions (IMG_EXTENSIONS), in any case, and `.gif`,
 # which this reader took before (Pillow reads it; leaving it out would shrink existing trees' datasets)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-OTHERS_LISTED = 3  # entries of class folders that are not images, named in the warning that counts them
+OTHERS_LISTED = 3  # files of class folders that are not images (and loops), named in the warning that counts them
 DEFAULT_TEMPLATE = "a photo of a {}."
 # CoOp's proportions for datasets without a split file (its `read_and_split_data`): the rest is test.
 FOLDER_SPLIT = (0.5, 0.2)
