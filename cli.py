@@ -82,7 +82,8 @@ def repeated_option(command: Command, args: list[str], interspersed: bool = True
             return f"{option} and {max(param.secondary_opts, key=len)} both given: give one"
         values = list(dict.fromkeys(value for _, value in uses))
         times = "twice" if len(uses) == 2 else f"{len(uses)} times"
-        advice = (f"give several values comma-separated, {option} {','.join(values)}" if param.metavar == LIST
+        items = dict.fromkeys(item.strip() for value in values for item in value.split(","))  # each once
+        advice = (f"give several values comma-separated, {option} {','.join(items)}" if param.metavar == LIST
                   else "give it once")
         return f"{option} given {times} ({', '.join(values)}): {advice}"
     return None

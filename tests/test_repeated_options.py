@@ -45,7 +45,8 @@ REPEATS = [
      f"--seeds given twice (1, 2): {LIST_ADVICE}, --seeds 1,2"),
     (["demo", "--method", "zeroshot", "--method", "gda"],
      f"--method given twice (zeroshot, gda): {LIST_ADVICE}, --method zeroshot,gda"),
-    (["cache", "build", "--shots", "1", "--shots", "2"], f"--shots given twice (1, 2): {LIST_ADVICE}, --shots 1,2"),
+    (["cache", "build", "--shots", "1,2", "--shots", "2,4"],  # the values' items merged, each once
+     f"--shots given twice (1,2, 2,4): {LIST_ADVICE}, --shots 1,2,4"),
     (["fit", "--cache", "{cache}", "--device", "cpu", "--device", "cuda"],
      "--device given twice (cpu, cuda): give it once"),
     (["fit", "--cache", "{cache}", "--shots", "1", "--shots", "2"], "--shots given twice (1, 2): give it once"),
