@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+import typer.core
 
 from lathadapter.adapter.options import OptionError
 from lathadapter.progress import show_warning
@@ -21,11 +22,98 @@ from lathadapter.version import __version__
 if TYPE_CHECKING:  # imported where used: `--help` and `--version` stay fast
     from lathadapter.cache.encode import Augmentation
 
+Option = typer.core.TyperOption  # typer's own copy of click's classes (typer._click), not the `click` package
+Command = typer.core.TyperCommand | typer.core.TyperGroup
+LIST = "LIST"  # the metavar of an option that takes comma-separated values (`--shots 1,2,4`), once
+
+
+def given_options(command: Command, args: list[str], interspersed: bool = True) -> dict[Option, list[tuple[str, str]]]:
+    """Each option of `command` that `args` give, with (the name as typed, its value) each time it is given, read
+    as click reads them: `--opt value`, `--opt=value`, short options alone or in a cluster (`-ab`), a flag's
+    value on or off (`--x`, `--no-x`), nothing after `--`, and with `interspersed` False (a group) nothing after
+    the first argument."""
+    named = {name: param for param in command.params if isinstance(param, Option)
+             for name in (*param.opts, *param.secondary_opts)}
+    given: dict[Option, list[tuple[str, str]]] = {}
+    rest = list(args)
+
+    def take(name: str, param: Option, attached: str | None) -> None:
+        if param.is_flag:
+            value = "off" if name in param.secondary_opts else "on"
+        elif attached is not None:
+            value = attached
+        elif len(rest) >= param.nargs:  # else click reports the missing value
+            value = " ".join(rest[:param.nargs])
+            del rest[:param.nargs]
+        else:
+            return
+        given.setdefault(param, []).append((name, value))
+
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--" or (not interspersed and not arg.startswith("-")):
+            break
+        if not arg.startswith("-") or arg == "-":
+            continue
+        name, equals, value = arg.partition("=")
+        if name in named:
+            take(name, named[name], value if equals else None)
+        elif not arg.startswith("--"):  # a cluster of short options, the first taking a value ends it
+            for i, letter in enumerate(arg[1:], start=2):
+                param = named.get(f"-{letter}")
+                if param is None:
+                    break  # unknown: click names it
+                take(f"-{letter}", param, None if param.is_flag else arg[i:] or None)
+                if not param.is_flag:
+                    break
+    return given
+
+
+def repeated_option(command: Command, args: list[str], interspersed: bool = True) -> str | None:
+    """Why `args` give one of `command`'s single-valued options more than once with different values, or None: click
+    would keep the last value silently (`--method a --method b` ran b alone). The same value again (`--force
+    --force`) is harmless; `--x` and `--no-x` together contradict each other. Repeatable options (typed `list[...]`,
+    `--set`, `--cache`) accumulate."""
+    for param, uses in given_options(command, args, interspersed).items():
+        if param.multiple or param.count or len({value for _, value in uses}) < 2:
+            continue
+        option = max(param.opts, key=len)
+        if param.is_flag:
+            return f"{option} and {max(param.secondary_opts, key=len)} both given: give one"
+        values = list(dict.fromkeys(value for _, value in uses))
+        times = "twice" if len(uses) == 2 else f"{len(uses)} times"
+        items = dict.fromkeys(item.strip() for value in values for item in value.split(","))  # each once
+        advice = (f"give several values comma-separated, {option} {','.join(items)}" if param.metavar == LIST
+                  else "give it once")
+        return f"{option} given {times} ({', '.join(values)}): {advice}"
+    return None
+
+
+class Commands(typer.core.TyperGroup):
+    """The command groups (`lathadapter`, `lathadapter cache`): before a command reads its options, a single-valued
+    option given twice with different values is a usage error (`repeated_option`), in every command alike."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        _refuse_repeats(self, args, interspersed=False)  # the group's own options end at its command's name
+        return super().parse_args(ctx, args)
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None and not isinstance(command, typer.core.TyperGroup):  # a group checks itself
+            _refuse_repeats(command, rest)
+        return name, command, rest
+
+
+def _refuse_repeats(command: Command, args: list[str], interspersed: bool = True) -> None:
+    if problem := repeated_option(command, args, interspersed):
+        _fail(OptionError(problem))
+
+
 # rich_markup_mode=None: help texts are printed as written ("[default: …]" is not read as markup and lost)
-app = typer.Typer(help="Few-shot adaptation of CLIP-style models over a precomputed feature cache.",
+app = typer.Typer(help="Few-shot adaptation of CLIP-style models over a precomputed feature cache.", cls=Commands,
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 cache_app = typer.Typer(help="Build and inspect HDF5 feature caches (one encoder pass over a dataset).",
-                        no_args_is_help=True, rich_markup_mode=None)
+                        cls=Commands, no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
 LISTS = ("methods", "datasets", "models", "options")
 BACKEND_HELP = ("local: train in this process; ray: on a Ray cluster (pip install 'lathadapter[ray]'; caches and "
@@ -274,8 +362,8 @@ def cache_build(
     pretrained: str | None = typer.Option(None, help="Pretrained tag, a local checkpoint (.pt/.pth/.bin/.safetensors) "
                                           "or none [default: openai; the bundled weights for the demo dataset]."),
     out: Path | None = typer.Option(None, help="Cache file (default: caches/<dataset>.h5)."),
-    shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot subsets to hold."),
-    seeds: str = typer.Option("1,2,3", help="Seeds of the few-shot subsets to hold."),
+    shots: str = typer.Option("1,2,4,8,16", metavar=LIST, help="Shots of the few-shot subsets to hold."),
+    seeds: str = typer.Option("1,2,3", metavar=LIST, help="Seeds of the few-shot subsets to hold."),
     views: int = typer.Option(10, help="Augmented views per train image."),
     crop_scale: str | None = CROP_SCALE,
     crop_ratio: str | None = CROP_RATIO,
@@ -359,8 +447,8 @@ def cache_build_many(
     pretrained: str = typer.Option("openai", help="Pretrained tag, a local checkpoint or none."),
     out: Path = typer.Option(Path("caches"), help="Folder of the caches: OUT/<name>.h5, each dataset's name as "
                              "`cache build` gives it (DemoShapes for split:.../split_zhou_DemoShapes.json)."),
-    shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot subsets to hold."),
-    seeds: str = typer.Option("1,2,3", help="Seeds of the few-shot subsets to hold."),
+    shots: str = typer.Option("1,2,4,8,16", metavar=LIST, help="Shots of the few-shot subsets to hold."),
+    seeds: str = typer.Option("1,2,3", metavar=LIST, help="Seeds of the few-shot subsets to hold."),
     views: int = typer.Option(10, help="Augmented views per train image."),
     crop_scale: str | None = CROP_SCALE,
     crop_ratio: str | None = CROP_RATIO,
@@ -513,15 +601,17 @@ def _print_results(summary: dict) -> None:
 @app.command()
 def grid(
     cache: list[str] = typer.Option([], help="Cache file(s) (repeatable; default: the one cache under caches/)."),
-    method: str | None = typer.Option(None, help="Comma-separated methods [default: lathadapter]."),
-    shots: str | None = typer.Option(None, help="Comma-separated shots [default: 1,2,4,8,16]."),
-    seeds: str | None = typer.Option(None, help="Comma-separated seeds [default: 1,2,3]."),
-    classes: str | None = typer.Option(None, help="Comma-separated class protocols: all, base [default: all]."),
-    text: str | None = typer.Option(None, help="Comma-separated text features: coop, ensemble [default: coop]."),
-    train_views: str | None = typer.Option(None, help="Comma-separated views training draws from: augmented, all "
-                                           "[default: augmented]."),
-    select: str | None = typer.Option(None, help="Comma-separated models kept: last (epoch), val (best on the "
-                                      "few-shot val set) [default: last]."),
+    method: str | None = typer.Option(None, metavar=LIST, help="Comma-separated methods [default: lathadapter]."),
+    shots: str | None = typer.Option(None, metavar=LIST, help="Comma-separated shots [default: 1,2,4,8,16]."),
+    seeds: str | None = typer.Option(None, metavar=LIST, help="Comma-separated seeds [default: 1,2,3]."),
+    classes: str | None = typer.Option(None, metavar=LIST, help="Comma-separated class protocols: all, base "
+                                       "[default: all]."),
+    text: str | None = typer.Option(None, metavar=LIST, help="Comma-separated text features: coop, ensemble "
+                                    "[default: coop]."),
+    train_views: str | None = typer.Option(None, metavar=LIST, help="Comma-separated views training draws from: "
+                                           "augmented, all [default: augmented]."),
+    select: str | None = typer.Option(None, metavar=LIST, help="Comma-separated models kept: last (epoch), val (best "
+                                      "on the few-shot val set) [default: last]."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
@@ -593,9 +683,10 @@ def protocol(
     name: str = typer.Argument(..., help="few-shot | base-to-novel | cross-dataset | domain"),
     cache: list[str] = typer.Option(..., help="Dataset cache(s); for cross-dataset and domain, the source cache."),
     target: list[str] = typer.Option([], help="Target cache(s) (cross-dataset, domain)."),
-    method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
-    seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
-    shots: str | None = typer.Option(None, help="Override the protocol's shots (default 1,2,4,8,16 or 16)."),
+    method: str | None = typer.Option(None, metavar=LIST, help="Comma-separated methods (default: every method)."),
+    seeds: str = typer.Option("1,2,3", metavar=LIST, help="Comma-separated seeds."),
+    shots: str | None = typer.Option(None, metavar=LIST, help="Override the protocol's shots (default 1,2,4,8,16 or "
+                                     "16)."),
     set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
@@ -730,10 +821,10 @@ def inspect(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the demo's data, cache, grid and report."),
-    shots: str = typer.Option("1,2,4,8,16", help="Shots of the few-shot grid; 16 is always added (base-to-novel "
-                              "trains on 16 shots, and the few-shot grid and table include them too)."),
-    seeds: str = typer.Option("1,2,3", help="Seeds."),
-    method: str | None = typer.Option(None, help="Comma-separated methods (default: every method)."),
+    shots: str = typer.Option("1,2,4,8,16", metavar=LIST, help="Shots of the few-shot grid; 16 is always added "
+                              "(base-to-novel trains on 16 shots, and the few-shot grid and table include them too)."),
+    seeds: str = typer.Option("1,2,3", metavar=LIST, help="Seeds."),
+    method: str | None = typer.Option(None, metavar=LIST, help="Comma-separated methods (default: every method)."),
     views: int = typer.Option(10, help="Augmented views per train image."),
     tune_preset: str | None = typer.Option("lr", "--tune-preset", help=TUNE_PRESET_HELP),
     tune_score: str | None = TUNE_SCORE,

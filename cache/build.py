@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -43,6 +45,7 @@ from lathadapter.cache.datasets import (
 from lathadapter.cache.encode import (
     Augmentation,
     ClipModel,
+    DecodeWarnings,
     ImageRows,
     check_model,
     check_precision,
@@ -210,7 +213,10 @@ def _check_images(splits: DatasetSplits, indices: dict[str, list[int]], source: 
                 found.append((path, problem))
         return found
 
-    with ThreadPoolExecutor(STAT_THREADS) as pool:
+    # a header over Pillow's size limit warns without naming the file: decoding it names it (`DecodeWarnings`). The
+    # filter is set here, in this thread alone: `warnings.catch_warnings` is not thread-safe before Python 3.14
+    with warnings.catch_warnings(), ThreadPoolExecutor(STAT_THREADS) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         found = [problem for chunk in pool.map(problems, chunks) for problem in chunk]
     missing = [path for path, problem in found if problem is None]
     if missing:
@@ -463,9 +469,9 @@ def _blocks(rows: np.ndarray, batch_size: int) -> list[list[int]]:
 
 def _encode_split(f: h5py.File, split: str, splits: DatasetSplits, clip: ClipModel, views: int, seed: int,
                   batch_size: int, workers: int, skip_bad: bool, progress: Progress, stats: BuildStats,
-                  augmentation: Augmentation, lost: LostWrites) -> None:
+                  augmentation: Augmentation, lost: LostWrites, decoded: DecodeWarnings) -> None:
     """Encode the rows of `split` not yet encoded, in blocks, writing each block (and stopping at the first write
-    h5py could only report as it freed a dataset: `lost`)."""
+    h5py could only report as it freed a dataset: `lost`); what decoding warned of goes to `decoded`."""
     paths = list(f[f"splits/{split}/paths"].asstr()[()])
     todo = missing_rows(f, split)
     task = progress.add_task(split, total=len(paths), completed=len(paths) - len(todo), rate=0.0)
@@ -486,6 +492,8 @@ def _encode_split(f: h5py.File, split: str, splits: DatasetSplits, clip: ClipMod
             raise BuildError(f"cannot read image {splits.folder / paths[item.row]} ({item.error}). Fix or remove it, "
                              "or pass --skip-bad to leave such images out (they are listed in the cache)")
         good = [item for item in items if item.error is None]
+        for item in good:
+            decoded.add(paths[item.row], item.warnings)
         if good:
             tick = time.perf_counter()
             pixels = [torch.stack([item.clean for item in good])]
@@ -759,10 +767,15 @@ def build(
                 _encode_text(f, clip, templates, splits.class_names, phrases, bars)
             f.flush()
             stats.text_seconds = time.perf_counter() - tick
-            with _progress(progress) as bars:
-                for split in SPLITS:
-                    _encode_split(f, split, splits, clip, views, seed, batch_size, workers, skip_bad, bars, stats,
-                                  augmentation, lost)
+            decoded = DecodeWarnings()
+            try:
+                with _progress(progress) as bars:
+                    for split in SPLITS:
+                        _encode_split(f, split, splits, clip, views, seed, batch_size, workers, skip_bad, bars,
+                                      stats, augmentation, lost, decoded)
+            finally:  # also when a build stops: what was decoded is encoded, and kept
+                for line in decoded.lines():
+                    say(line)
             _check_losses(f, temporary)
             finalize(f, temporary, out)
         except (OSError, RuntimeError) as error:

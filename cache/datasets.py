@@ -11,6 +11,7 @@ import json
 import os
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from lathadapter.cache.text import read_json, read_text
 # What a folder of images holds: torchvision's `ImageFolder` extensions (IMG_EXTENSIONS), in any case, and `.gif`,
 # which this reader took before (Pillow reads it; leaving it out would shrink existing trees' datasets)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-OTHERS_LISTED = 3  # entries of class folders that are not images, named in the warning that counts them
+OTHERS_LISTED = 3  # files of class folders that are not images (and loops), named in the warning that counts them
 DEFAULT_TEMPLATE = "a photo of a {}."
 # CoOp's proportions for datasets without a split file (its `read_and_split_data`): the rest is test.
 FOLDER_SPLIT = (0.5, 0.2)
@@ -165,24 +166,79 @@ def _images_in(folder: Path) -> list[str]:
         return sorted(_utf8(Path(entry.path)) for entry in entries if _is_image(entry))
 
 
-def _not_images(folder: Path) -> list[Path]:
-    """What `_images_in` leaves out of `folder` besides hidden files: other files (`notes.txt`, `Thumbs.db`),
-    subfolders, broken links."""
-    with os.scandir(folder) as entries:
-        return sorted(Path(entry.path) for entry in entries if not entry.name.startswith(".") and not _is_image(entry))
+@dataclass(frozen=True)
+class ClassTree:
+    """What a `folder:` tree's class folder holds at any depth: its images, as paths relative to it in torchvision
+    ImageFolder's order, and what is left out of them (other files, broken links; links to a folder above them)."""
+
+    images: list[str]
+    others: list[Path]  # files that are not images, broken links
+    loops: list[Path]  # links to a folder that holds them, not followed (ImageFolder follows them ~40 levels deep)
 
 
-def _others_note(path: Path, class_folders: list[Path]) -> list[str]:
-    """A warning counting the entries of a `folder:` tree's class folders that are not read as images, naming a few:
-    they were left out silently, a subfolder of images among them."""
-    others = [p for folder in class_folders for p in _not_images(folder)]
-    if not others:
-        return []
-    shown = ", ".join((p.relative_to(path).as_posix() + ("/" if p.is_dir() else "")).encode("utf-8", "backslashreplace")
-                      .decode() for p in others[:OTHERS_LISTED])  # a name that is not UTF-8 printed, not a crash
-    return [f"warning: folder:{path}: left out {len(others)} entries of class folders that are not images: {shown}"
-            f"{' ...' if len(others) > OTHERS_LISTED else ''} (images are {', '.join(IMAGE_SUFFIXES)} files, in any "
-            "case, directly in a class folder)"]
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """A folder, or a link to one (followed, as `os.walk(followlinks=True)` does); a broken or looping link is not."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def class_tree(folder: Path) -> ClassTree:
+    """The images under `folder` at any depth, as torchvision's ImageFolder lists them (`make_dataset`: the folders
+    of `os.walk(folder, followlinks=True)` sorted by path, then each one's files by name), less hidden files and
+    folders. A linked folder is read through, except a link back to a folder above it: the loop is cut there."""
+    listed: list[tuple[str, str, list[str]]] = []  # (folder's path below `folder`, its prefix, its images)
+    others: list[Path] = []
+    loops: list[Path] = []
+    pending = [("", folder, (os.path.realpath(folder),))]
+    while pending:
+        below, path, above = pending.pop()  # `above`: the real paths of the folders from `folder` down to `path`
+        images = []
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if _is_dir(entry):  # the real path without a syscall unless it is a link
+                    real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(above[-1], entry.name)
+                    if real in above:
+                        loops.append(Path(entry.path))
+                    else:
+                        name = _utf8(Path(entry.path))
+                        pending.append((f"{below}/{name}" if below else name, Path(entry.path), (*above, real)))
+                elif _is_image(entry):
+                    images.append(_utf8(Path(entry.path)))
+                else:
+                    others.append(Path(entry.path))
+        listed.append((below, f"{below}/" if below else "", images))
+    return ClassTree([prefix + name for _, prefix, names in sorted(listed) for name in sorted(names)],
+                     sorted(others), sorted(loops))
+
+
+def _count(things: list, noun: str) -> str:
+    """`1 file`, `4 files`."""
+    return f"{len(things)} {noun}{'' if len(things) == 1 else 's'}"
+
+
+def _others_note(path: Path, trees: list[ClassTree]) -> list[str]:
+    """Warnings counting what a `folder:` tree's class folders hold that is not read, naming a few: files that are
+    not images (they were left out silently), links to a folder above them (a loop, not followed)."""
+    def named(paths: list[Path]) -> str:  # a name that is not UTF-8 printed, not a crash
+        return ", ".join((p.relative_to(path).as_posix() + ("/" if p.is_dir() else "")).encode(
+            "utf-8", "backslashreplace").decode() for p in paths[:OTHERS_LISTED]) + (
+            " ..." if len(paths) > OTHERS_LISTED else "")
+
+    others = [p for tree in trees for p in tree.others]
+    loops = [p for tree in trees for p in tree.loops]
+    notes = []
+    if others:
+        notes.append(f"warning: folder:{path}: left out {_count(others, 'file')} of class folders that are not "
+                     f"images: {named(others)} (images are {', '.join(IMAGE_SUFFIXES)} files, in any case, at any "
+                     "depth)")
+    if loops:
+        notes.append(f"warning: folder:{path}: did not follow {_count(loops, 'link')} to a folder that holds it (a "
+                     f"loop): {named(loops)}")
+    return notes
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -308,12 +364,14 @@ def imagenet_classnames(wnids: list[str], where: Path) -> dict[str, str]:
 
 
 def _folder_items(folder: Path, split_dir: Path, class_dirs: list[str], label_of: dict[str, int],
-                  name_of: dict[str, str]) -> list[Item]:
+                  name_of: dict[str, str], images: Callable[[Path], list[str]] = _images_in) -> list[Item]:
+    """The items of class folders under `split_dir`, each class folder's `images` (ImageNet's: the files directly in
+    it, as CoOp lists them; a `folder:` tree's: at any depth)."""
     items: list[Item] = []
     for class_dir in class_dirs:
         relative = (split_dir / class_dir).relative_to(folder).as_posix()
         items.extend((f"{relative}/{image}", label_of[class_dir], name_of[class_dir])
-                     for image in _images_in(split_dir / class_dir))
+                     for image in images(split_dir / class_dir))
     return items
 
 
@@ -394,17 +452,18 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
     if parts:
         classes = sorted(set().union(*(_subfolders(path / s) for s in parts)))
         label_of = {c: i for i, c in enumerate(classes)}
+        trees = {path / split / name: class_tree(path / split / name) for split in parts
+                 for name in _subfolders(path / split)}
         for split in parts:
             splits[split] = _folder_items(path, path / split, _subfolders(path / split), label_of,
-                                          {c: c for c in classes})
+                                          {c: c for c in classes}, lambda folder: trees[folder].images)
         notes = [f"folder:{path}: splits from its {', '.join(parts)} folders"]
-        class_folders = [path / split / name for split in parts for name in _subfolders(path / split)]
     else:
         classes = _subfolders(path)
-        class_folders = [path / name for name in classes]
+        trees = {path / name: class_tree(path / name) for name in classes}
         rng = random.Random(seed)
         for label, name in enumerate(classes):
-            images = [f"{name}/{image}" for image in _images_in(path / name)]
+            images = [f"{name}/{image}" for image in trees[path / name].images]
             rng.shuffle(images)
             n_train, n_val = round(len(images) * FOLDER_SPLIT[0]), round(len(images) * FOLDER_SPLIT[1])
             if min(n_train, n_val, len(images) - n_train - n_val) < 1:
@@ -414,7 +473,7 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
                                  ("test", images[n_train + n_val:])):
                 splits[split].extend((p, label, name) for p in sorted(chunk))
         notes = [f"folder:{path}: split 50/20/30 per class with seed {seed}"]
-    notes += _others_note(path, class_folders)
+    notes += _others_note(path, list(trees.values()))
     if not classes or not any(splits.values()):
         raise DatasetError(f"folder:{path} has no class folders with images ({', '.join(IMAGE_SUFFIXES)}). Expected "
                            "PATH/<class>/<image> or PATH/train/<class>/<image> and PATH/test/<class>/<image>")

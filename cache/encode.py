@@ -9,7 +9,9 @@ import hashlib
 import logging
 import math
 import os
+import re
 import socket
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -405,6 +407,7 @@ class LoadedItem:
     clean: torch.Tensor | None
     views: torch.Tensor | None
     error: str | None = None
+    warnings: tuple[str, ...] = ()  # what Pillow warned reading it (`decode`)
 
 
 def as_rgb(image: Image.Image) -> Image.Image:
@@ -423,6 +426,48 @@ def as_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "F":
         raise ValueError("a floating-point image (mode F): save it as 8 or 16 bits")
     return image.convert("RGB")
+
+
+def decode(path: Path) -> tuple[Image.Image, tuple[str, ...]]:
+    """`path` read as 8-bit RGB (`as_rgb`), and the warnings reading it raised (`DecompressionBombWarning`, Pillow's
+    palette with bytes transparency), whose text does not name the file: the build names it (`DecodeWarnings`).
+    `warnings.catch_warnings` is not thread-safe before Python 3.14; decoding runs in one thread a process (the
+    DataLoader's worker processes, or the main thread with `--workers 0`), so no other thread's warning is caught."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # each image's, not once a process
+        with Image.open(path) as opened:
+            image = as_rgb(opened)
+    return image, tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+
+
+WARNINGS_LISTED = 3  # images named in a warning that several raised
+
+
+class DecodeWarnings:
+    """The warnings decoding raised, each with the images that raised it (relative to the dataset folder), once a
+    (warning, image): one line a kind of warning, counting its images and naming the first few, so a dataset of
+    10,000 palette PNGs says so in one line. Kinds differ in their text less its numbers (an image's size)."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, dict[str, str]] = {}  # text less numbers → {image: its warning}
+
+    def add(self, path: str, messages: Sequence[str]) -> None:
+        for message in messages:
+            self.kinds.setdefault(re.sub(r"\d+", "#", message), {}).setdefault(path, message)
+
+    def lines(self) -> list[str]:
+        lines = []
+        for images in self.kinds.values():
+            paths = list(images)
+            if len(paths) == 1:
+                lines.append(f"warning: {paths[0]}: {images[paths[0]]}")
+                continue
+            parts = zip(*(re.split(r"(\d+)", message) for message in images.values()), strict=True)
+            text = "".join(part[0] if len(set(part)) == 1 else "N" for part in parts)  # numbers that differ: N
+            shown = ", ".join(paths[:WARNINGS_LISTED])
+            lines.append(f"warning: {len(paths)} images: {text} ("
+                         + (f"first {WARNINGS_LISTED}: {shown} ...)" if len(paths) > WARNINGS_LISTED else f"{shown})"))
+        return lines
 
 
 UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # what Pillow raises on a file it cannot read
@@ -467,14 +512,13 @@ class ImageRows(torch.utils.data.Dataset):
         row = self.rows[index]
         path = self.paths[row]
         try:
-            with Image.open(self.folder / path) as opened:
-                image = as_rgb(opened)
+            image, warned = decode(self.folder / path)
         except UNREADABLE as error:
             return LoadedItem(row, None, None, unreadable_reason(self.folder / path, error))
         clean = self.preprocess(image)
         views = augmented_views(image, self.views, view_seed(self.seed, path), self.size, self.mean, self.std,
                                 self.augmentation) if self.views else None
-        return LoadedItem(row, clean, views)
+        return LoadedItem(row, clean, views, warnings=warned)
 
 
 def collate(items: list[LoadedItem]) -> list[LoadedItem]:

@@ -18,9 +18,12 @@ runner = CliRunner()
 
 
 def _build_args(coop_dataset, tiny_clip, *extra: str) -> list[str]:
-    return ["cache", "build", "--dataset", f"split:{coop_dataset.split_file}", "--model", str(tiny_clip.config),
-            "--pretrained", str(tiny_clip.checkpoint), "--shots", "1,2", "--seeds", "1", "--views", "2",
-            "--workers", "0", "--batch-size", "16", "--device", "cpu", "--no-progress", *extra]
+    """A quick build of the test dataset; an option in `extra` replaces the default's (an option is given once)."""
+    defaults = {"--dataset": f"split:{coop_dataset.split_file}", "--model": str(tiny_clip.config),
+                "--pretrained": str(tiny_clip.checkpoint), "--shots": "1,2", "--seeds": "1", "--views": "2",
+                "--workers": "0", "--batch-size": "16", "--device": "cpu"}
+    kept = [arg for option, value in defaults.items() if option not in extra for arg in (option, value)]
+    return ["cache", "build", *kept, "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +241,7 @@ def test_bad_build_values_are_usage_mistakes_refused_before_anything_is_written(
                                                                                 tmp_path: Path, extra: list[str],
                                                                                 message: str) -> None:
     out = tmp_path / "new" / "c.h5"
-    result = runner.invoke(app, [*_build_args(coop_dataset, tiny_clip, "--out", str(out)), *extra])
+    result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out), *extra))
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith(f"error: {message}") and "\n" not in result.output.strip()
     assert not (tmp_path / "new").exists()  # no folder, no lock, no .tmp

@@ -336,9 +336,9 @@ def test_a_folder_tree_reads_the_images_imagefolder_reads_less_hidden_files_and_
         tmp_path: Path) -> None:
     """A class folder as real ones are: upper-case suffixes, .ppm/.pgm/.webp/.tif, a linked image, macOS litter, a
     GIF, text files, a subfolder of images. What is read is what torchvision's ImageFolder reads (its extensions, in
-    any case, through links) and GIFs (read before; Pillow reads them), less hidden files (`._photo.jpg` is AppleDouble
-    metadata, not a JPEG) and nested folders; the rest is counted in one warning. .ppm/.pgm were left out, and the
-    rest was silent."""
+    any case, through links, in subfolders) and GIFs (read before; Pillow reads them), less hidden files
+    (`._photo.jpg` is AppleDouble metadata, not a JPEG); the rest is counted in one warning. .ppm/.pgm and subfolders
+    were left out, and the rest was silent."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
     tree = tmp_path / "pets"
@@ -359,12 +359,12 @@ def test_a_folder_tree_reads_the_images_imagefolder_reads_less_hidden_files_and_
     read = {path for path, label, _ in data.train if label == 0}
     imagefolder = {f"train/cat/{p.name}" for p in cat.iterdir()  # less the broken link, which its loader fails on
                    if has_file_allowed_extension(p.name, (*IMG_EXTENSIONS, ".gif")) and p.is_file()}
-    assert read == imagefolder - {"train/cat/._UP.JPG"}
+    assert read == imagefolder - {"train/cat/._UP.JPG"} | {"train/cat/nested/deep.jpg"}
     assert {"train/cat/UP.JPG", "train/cat/a.ppm", "train/cat/link.jpg"} <= read and "train/cat/a.gif" in read
     warnings = [note for note in data.notes if note.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith(
-        f"warning: folder:{tree}: left out 4 entries of class folders that are not images: train/cat/Thumbs.db, "
-        "train/cat/broken.jpg, train/cat/nested/ ...")
+        f"warning: folder:{tree}: left out 3 files of class folders that are not images: train/cat/Thumbs.db, "
+        "train/cat/broken.jpg, train/cat/notes.txt (")
 
 
 def test_a_folder_tree_is_listed_without_a_stat_per_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -384,8 +384,8 @@ def test_a_folder_tree_is_listed_without_a_stat_per_image(tmp_path: Path, monkey
     assert len(data.train) + len(data.val) + len(data.test) == 25
     assert not [path for path in stats if path.endswith(".png")]
     assert [note for note in data.notes if note.startswith("warning:")] == [
-        f"warning: folder:{tree}: left out 1 entries of class folders that are not images: cat/loop.jpg (images are "
-        ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp, .gif files, in any case, directly in a class folder)"]
+        f"warning: folder:{tree}: left out 1 file of class folders that are not images: cat/loop.jpg (images are "
+        ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp, .gif files, in any case, at any depth)"]
 
 
 @pytest.mark.parametrize("parts", [("train", "val"), ("train",), ("val", "test")])
@@ -486,3 +486,73 @@ def test_a_template_may_hold_doubled_braces_beside_its_slot(tmp_path: Path) -> N
     assert prompt(splits.template, "sea_lion") == "a sea lion {logo}."
     splits = load_dataset(None, f"folder:{tmp_path / 'two'}", template="{{}} a {}.")  # a literal '{}' beside it
     assert prompt(splits.template, "owl") == "{} a owl."
+
+
+def _nested_tree(root: Path, outside: Path) -> None:
+    """Class folders with images at several depths, folder names whose sorted order is not the walk's (`a-b` sorts
+    between `a` and `a/c` as a path), mixed-case suffixes, a linked folder and files that are not images."""
+    for part in ("train", "test"):
+        for cls in ("cat", "dog"):
+            _image(root / part / cls / "top.png")
+    cat = root / "train" / "cat"
+    for name in ("Z.JPG", "a/y.PNG", "a/c/deep.webp", "a-b/k.jpeg", "a-b/notes.txt", "a/c/e/f/g.bmp", "b c/h.tif"):
+        if name.endswith(".txt"):
+            (cat / name).write_text("not an image")
+        else:
+            _image(cat / name)
+    _image(outside / "linked.png")
+    _image(outside / "inner" / "more.jpg")
+    (cat / "a" / "shared").symlink_to(outside, target_is_directory=True)
+    (root / "test" / "dog" / "readme.md").write_text("not an image")
+
+
+def test_a_folder_tree_lists_nested_images_as_imagefolder_does(tmp_path: Path) -> None:
+    """Images at any depth under a class folder, in torchvision ImageFolder's order (its `samples`, the oracle): a
+    tree built for ImageFolder gives the same image list. Subfolders were left out with a warning."""
+    from torchvision.datasets import ImageFolder
+
+    tree = tmp_path / "pets"
+    _nested_tree(tree, tmp_path / "elsewhere")
+    data = load_dataset(None, f"folder:{tree}")
+    for part, items in (("train", data.train), ("test", data.test)):
+        oracle = ImageFolder(str(tree / part)).samples
+        assert [(path, label) for path, label, _ in items] == [
+            (Path(path).relative_to(tree).as_posix(), label) for path, label in oracle]
+    assert "train/cat/a/shared/inner/more.jpg" in [path for path, _, _ in data.train]
+    assert [note for note in data.notes if note.startswith("warning:")] == [
+        f"warning: folder:{tree}: left out 2 files of class folders that are not images: train/cat/a-b/notes.txt, "
+        "test/dog/readme.md (images are .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp, .gif files, in any "
+        "case, at any depth)"]
+
+
+def test_a_folder_tree_without_split_folders_splits_its_nested_images(tmp_path: Path) -> None:
+    """The 50/20/30 form splits every image under each class folder: train, val and test together hold
+    ImageFolder's images, each once."""
+    from torchvision.datasets import ImageFolder
+
+    _nested_tree(tmp_path / "data", tmp_path / "elsewhere")
+    tree = tmp_path / "data" / "train"  # cat: 10 images at several depths, dog: 1 and 3 more beside it
+    for i in range(3):
+        _image(tree / "dog" / "more" / f"{i}.png")
+    data = load_dataset(None, f"folder:{tree}")
+    read = sorted((path, label) for path, label, _ in data.train + data.val + data.test)
+    oracle = ImageFolder(str(tree)).samples
+    assert read == sorted((Path(path).relative_to(tree).as_posix(), label) for path, label in oracle)
+
+
+def test_a_link_back_to_a_folder_above_is_not_followed(tmp_path: Path) -> None:
+    """A link to a folder that holds it is a loop (ImageFolder follows it about 40 levels deep, listing each image as
+    often): it is not followed, with a warning naming it, and the images read are the tree's without it."""
+    from torchvision.datasets import ImageFolder
+
+    tree = tmp_path / "pets"
+    _nested_tree(tree, tmp_path / "elsewhere")
+    oracle = ImageFolder(str(tree / "train")).samples  # before the loops
+    cat = tree / "train" / "cat"
+    (cat / "a" / "c" / "up").symlink_to(cat / "a", target_is_directory=True)
+    (cat / "self").symlink_to(cat, target_is_directory=True)
+    data = load_dataset(None, f"folder:{tree}")
+    assert [(path, label) for path, label, _ in data.train] == [
+        (Path(path).relative_to(tree).as_posix(), label) for path, label in oracle]
+    assert f"warning: folder:{tree}: did not follow 2 links to a folder that holds it (a loop): " \
+           "train/cat/a/c/up/, train/cat/self/" in data.notes

@@ -161,7 +161,7 @@ def test_val_hm_tuning_keeps_the_best_hm_of_the_pseudo_halves(cache: Path, tmp_p
     assert [r for r in probe if r["tune.selected"] == "True"] == [
         max(probe, key=lambda r: (float(r["tune.val_accuracy"]), -int(r["tune.index"])))]
     assert "few-shot val set by val/val_hm" in result.output and "val_hm: the harmonic mean" in result.output
-    bad = runner.invoke(app, [*args[:-8], "--tune-score", "foo", "--out", str(tmp_path / "x")])
+    bad = runner.invoke(app, [*args[:-10], "--tune-score", "foo", "--out", str(tmp_path / "x")])  # given once
     assert bad.exit_code == 2 and bad.output.strip() == "error: --tune-score foo: choose one of auto, val, val_hm"
     assert not (tmp_path / "x").exists()
 
