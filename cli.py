@@ -214,11 +214,11 @@ def main_options(
 USAGE, RUNTIME = 2, 1
 
 
-def _fail(error: Exception, out: Path | None = None) -> None:
+def _fail(error: Exception, out: Path | None = None, flag: str = "--out") -> None:
     """Report a user error (bad input, missing file) without a traceback and exit with its kind's code (`USAGE`,
-    `RUNTIME`). With `out` (the command's output path), an error writing under it names that path and the fix, not an
-    internal lock or temporary file."""
-    typer.echo(f"error: {_write_error(error, out) or error}", err=True)
+    `RUNTIME`). With `out` (the command's output path, option `flag`), an error writing under it names that path and
+    the fix, not an internal lock or temporary file."""
+    typer.echo(f"error: {_write_error(error, out, flag) or error}", err=True)
     raise typer.Exit(code=getattr(error, "exit_code", RUNTIME))
 
 
@@ -240,9 +240,9 @@ WRITE_ERRORS = {
 }
 
 
-def _write_error(error: Exception, out: Path | None) -> str | None:
-    """The one-line message of an OSError raised writing at or under `out` (also its lock and temporary files
-    beside it); None for any other error."""
+def _write_error(error: Exception, out: Path | None, flag: str = "--out") -> str | None:
+    """The one-line message of an OSError raised writing at or under `out` (option `flag`; also its lock and
+    temporary files beside it); None for any other error."""
     if out is None or not isinstance(error, OSError) or error.errno not in WRITE_ERRORS:
         return None
     if error.errno == errno.ENOENT and error.filename is None:  # a missing input, not a write: its own message
@@ -253,7 +253,7 @@ def _write_error(error: Exception, out: Path | None) -> str | None:
         beside = failed.parent == target.parent and failed.name.lstrip(".").startswith(target.name)
         if not (beside or failed == target or target in failed.parents or failed in target.parents):
             return None
-    return f"--out {out}: cannot write there: {WRITE_ERRORS[error.errno]}"
+    return f"{flag} {out}: cannot write there: {WRITE_ERRORS[error.errno].replace('--out', flag)}"
 
 
 def _progress():
@@ -774,13 +774,18 @@ def inspect(
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     out: Path | None = typer.Option(None, help="CSV file to write the per-class accuracy to (columns classes, label, "
                                     "class, correct, count, accuracy, target)."),
+    plots: Path | None = typer.Option(None, help="Folder to draw the run's plots in: reliability.png (a panel per "
+                                      "test set) and confusion_<set>.png (each test set's confusion matrix)."),
 ) -> None:
     """Load a trained run back and score its test images per class: the accuracy and ECE (checked against its
-    metrics.json), the worst and best classes, and optionally a per-class CSV; a transfer run's targets too, with
-    --target."""
-    from lathadapter.experiments.trained import load, per_class_rows, ranked, write_per_class
+    metrics.json), the worst and best classes, and optionally a per-class CSV and plots; a transfer run's targets
+    too, with --target."""
+    from lathadapter.experiments.cells import slug
+    from lathadapter.experiments.trained import class_accuracies, load, per_class_rows, ranked, write_per_class
 
     try:
+        if plots is not None:
+            plots.mkdir(parents=True, exist_ok=True)
         run = load(run_dir, cache, device, targets=list(target))
         c = run.config
         typer.echo(f"{c.method} · {run.data.dataset} · {c.shots}-shot seed {c.seed} · classes {c.classes} · {run_dir}")
@@ -791,6 +796,7 @@ def inspect(
         sets += [(None, name, f"target {name}", run.metrics["targets"].get(name),
                   (run.metrics.get("targets_ece") or {}).get(name)) for name in run.targets]
         per_class = {}  # the sets the method scores: each set's test images are scored twice, not more
+        reliability, drawn = [], []  # the sets' bins, and the confusion matrices drawn (`--plots`)
         for part, name, label, recorded, recorded_ece in sets:
             scores = run.scores(part, name)  # accuracy and ECE as evaluation (a target: its protocol) computes them
             accuracy = None if scores is None else scores.accuracy
@@ -802,8 +808,15 @@ def inspect(
             typer.echo(f"{label}: {_format_accuracy(accuracy)} ({same}){ece}")
             if accuracy is None:
                 continue
-            per_class[(part or "all", name or own)] = run.per_class_accuracy(part, name)
+            matrix, names = run.confusion(part, name), run.test_set(part, name)[2].class_names
+            per_class[(part or "all", name or own)] = class_accuracies(matrix, names)
             classes = ranked(per_class[(part or "all", name or own)])
+            if plots is not None:
+                from lathadapter.experiments.plots import plot_confusion
+
+                reliability.append((label, scores.reliability))
+                drawn.append(plot_confusion(matrix, names, f"{c.method} · {label}: accuracy {accuracy:.2f}%",
+                                            plots / f"confusion_{part or 'target_' + slug(name or '')}.png"))
             shown = min(INSPECT_SHOWN, max(1, len(classes) // 2))
             for side, picked in (("worst", classes[:shown]), ("best", classes[::-1][:shown])):
                 typer.echo(f"  {side}: " + ", ".join(f"{k.name} {_format_accuracy(k.accuracy)} ({k.correct}/{k.count})"
@@ -814,8 +827,16 @@ def inspect(
         if out is not None:
             write_per_class(out, per_class_rows(per_class))
             typer.echo(f"wrote {out}", err=True)
+        if reliability:
+            from lathadapter.experiments.plots import plot_run_reliability
+
+            drawn.insert(0, plot_run_reliability(reliability, f"{c.method} · {run.data.dataset} · {c.shots}-shot "
+                                                 f"seed {c.seed}", plots / "reliability.png"))
+            typer.echo(f"plots: {', '.join(str(path) for path in drawn)}", err=True)
     except (ValueError, OSError) as error:
-        _fail(error, out)
+        flag, path = next(((flag, path) for flag, path in (("--plots", plots), ("--out", out))
+                           if _write_error(error, path, flag)), ("--out", out))
+        _fail(error, path, flag)
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """A report's plots (matplotlib, PNG, each written atomically): accuracy against shots (per dataset and averaged over
 datasets), base / novel / HM dots and transfer dots (source, each target, their average), one line or row per
-configuration with error bars over seeds, accuracy against each setting an ablation table ablates, and a LatHAdapter
-run's Poincaré disk. The only module that imports matplotlib, so that the tables (`report_tables`,
+configuration with error bars over seeds, accuracy against each setting an ablation table ablates, reliability
+diagrams, a LatHAdapter run's Poincaré disk, and one run's reliability and confusion matrices (`inspect --plots`).
+The only module that imports matplotlib, so that the tables (`report_tables`,
 what `grid` and `protocol` print) do without it."""
 
 from __future__ import annotations
@@ -492,10 +493,11 @@ def _plot_reliability(panels: list[ReliabilityPanel], title: str, path: Path) ->
             ax.set_ylabel("accuracy (%)", fontsize=8)
     for ax in axes[len(panels):]:
         ax.axis("off")
-    if len(axes) > len(panels):  # the legend in the last free slot, else over the first panel's empty top left
+    if len(axes) > len(panels):  # the legend in the last free slot, else under the panels: never over a bar
         axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center")
     else:
-        axes[0].legend(fontsize=6, loc="upper left")
+        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="upper center", ncol=2,
+                   bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -538,6 +540,42 @@ def plot_reliability(records: list[Record], reliability: dict[str, dict[str, Rel
         paths.append(_plot_reliability(panels, f"{title}: reliability (accuracy against confidence per bin)",
                                        folder / f"{name}.png"))
     return paths, crowded
+
+
+def plot_run_reliability(sets: list[tuple[str, Reliability]], title: str, path: Path) -> Path:
+    """One run's reliability diagrams, a panel per test set it was scored on (`sets`: label, bins), as a report's."""
+    return _plot_reliability([ReliabilityPanel(label, bins, 1) for label, bins in sets],
+                             f"{title}: reliability (accuracy against confidence per bin)", path)
+
+
+# A confusion matrix of more classes than this has its class names left out of the axes, which would be unreadable:
+# its ticks number the labels, as the per-class CSV does
+CONFUSION_NAMED = 40
+NAME_CHARACTERS = 24  # a longer class name is cut there on a confusion matrix's axes
+
+
+def confusion_shares(matrix: torch.Tensor) -> torch.Tensor:
+    """A confusion matrix [C, C] (rows true, columns predicted) as the share (%) of each true class's test images;
+    a class without test images is a row of zeros."""
+    counts = matrix.double()
+    return 100.0 * counts / counts.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def plot_confusion(matrix: torch.Tensor, class_names: list[str], title: str, path: Path) -> Path:
+    """A confusion matrix as a heat map of `confusion_shares` (the diagonal: each class's accuracy), the class names
+    on both axes up to `CONFUSION_NAMED` classes, labels numbered beyond."""
+    size = len(class_names)
+    side = min(max(4.0, 0.22 * size + 2.0), 16.0)
+    fig, ax = _figure(side + 1.2, side)
+    shown = ax.imshow(confusion_shares(matrix).numpy(), cmap="Blues", vmin=0.0, vmax=100.0, interpolation="nearest")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="% of the true class's test images")
+    if size <= CONFUSION_NAMED:
+        names = [name if len(name) <= NAME_CHARACTERS else name[:NAME_CHARACTERS - 1] + "…" for name in class_names]
+        ax.set_xticks(range(size), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(size), names, fontsize=7)
+    ax.set(xlabel="predicted class" + ("" if size <= CONFUSION_NAMED else " (label)"),
+           ylabel="true class" + ("" if size <= CONFUSION_NAMED else " (label)"), title=title)
+    return _save(fig, path)
 
 
 def disk_coordinates(points: torch.Tensor, curvature: float, basis: torch.Tensor) -> torch.Tensor:

@@ -146,9 +146,7 @@ class TrainedRun:
     def per_class_accuracy(self, part: str | None = None, target: str | None = None) -> list[ClassAccuracy]:
         """Each class's test accuracy over class set `part` (`parts`; default the first) or loaded target `target`
         (`targets`), in label order: the diagonal of `confusion` over its row sums."""
-        matrix = self.confusion(part, target)
-        names = self.test_set(part, target)[2].class_names
-        return [ClassAccuracy(c, names[c], int(matrix[c, c]), int(matrix[c].sum())) for c in range(len(names))]
+        return class_accuracies(self.confusion(part, target), self.test_set(part, target)[2].class_names)
 
     def scores(self, part: str | None = None, target: str | None = None) -> Scores | None:
         """Test accuracy and ECE (%) over `part` as the run was evaluated (`adapter.evaluate`), or over `target` as
@@ -319,6 +317,12 @@ def trained_method(folder: Path, config: RunConfig, record: dict[str, Any], metr
         raise StateError(f"{folder}/weights.pt does not fit {config.method} built from its config.json: "
                          f"{' '.join(line.strip() for line in first)}") from None
     return method.eval()
+
+
+def class_accuracies(matrix: torch.Tensor, names: list[str]) -> list[ClassAccuracy]:
+    """Each class's accuracy from a confusion matrix (rows true, columns predicted) over classes `names`, in label
+    order: its diagonal over its row sums."""
+    return [ClassAccuracy(c, names[c], int(matrix[c, c]), int(matrix[c].sum())) for c in range(len(names))]
 
 
 def ranked(classes: list[ClassAccuracy]) -> list[ClassAccuracy]:

@@ -294,3 +294,49 @@ def test_inspect_errors_are_one_line_with_exit_code_1(finished: Path, tmp_path: 
         assert result.exception is None or isinstance(result.exception, SystemExit)
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
+
+
+def test_inspect_plots_the_reliability_and_each_sets_confusion_matrix(baseline_cache: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.axes
+
+    shown: list[np.ndarray] = []  # what each confusion heat map draws
+    imshow = matplotlib.axes.Axes.imshow
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow",
+                        lambda self, data, *args, **kwargs: (shown.append(np.asarray(data)),
+                                                             imshow(self, data, *args, **kwargs))[1])
+    metrics = fit(baseline_cache, "clip-adapter", tmp_path, classes="base")
+    plots = tmp_path / "plots"
+    result = CliRunner().invoke(app, ["inspect", metrics["run_dir"], "--plots", str(plots), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    names = ["reliability.png", "confusion_base.png", "confusion_novel.png"]
+    assert sorted(p.name for p in plots.iterdir()) == sorted(names)
+    assert all((plots / name).read_bytes().startswith(b"\x89PNG") for name in names)
+    assert f"plots: {', '.join(str(plots / name) for name in names)}" in result.output
+    # restated: base classes are the first ceil(C/2) labels, novel the rest relabelled from 0; each row of a heat map
+    # is the share (%) of that true class's test images predicted as each class, counted here in numpy
+    features, labels, _ = stored_test(baseline_cache)
+    run = lathadapter.load(metrics["run_dir"])
+    half = math.ceil(8 / 2)
+    for drawn, novel in zip(shown, (False, True), strict=True):
+        keep = labels >= half if novel else labels < half
+        truth = labels[keep] - (half if novel else 0)
+        text = run.novel.text_features if novel else None
+        predicted = run.predict(torch.from_numpy(features[keep]), text).numpy()
+        counts = np.zeros((half, half))
+        np.add.at(counts, (truth, predicted), 1)
+        assert drawn == pytest.approx(100 * counts / counts.sum(axis=1, keepdims=True))
+    # a --plots path that cannot be a folder names the option, as --out does
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    result = CliRunner().invoke(app, ["inspect", metrics["run_dir"], "--plots", str(blocked)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"error: --plots {blocked}: cannot write there: a part of the path is a file, "
+                                     "not a folder; choose another --plots")
+
+
+def test_confusion_shares_are_each_true_class_split_in_percent() -> None:
+    from lathadapter.experiments.plots import confusion_shares
+
+    matrix = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
+    assert confusion_shares(matrix).tolist() == [[75.0, 25.0, 0.0], [0.0, 0.0, 0.0], [25.0, 25.0, 50.0]]
