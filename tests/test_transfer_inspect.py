@@ -50,11 +50,13 @@ def test_inspect_scores_each_target_as_metrics_json_records(tmp_path: Path, prot
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["protocol"] == protocol
     csv_path = tmp_path / "per_class.csv"
-    args = ["inspect", str(folder), "--out", str(csv_path), "--device", "cpu"]
+    args = ["inspect", str(folder), "--out", str(csv_path), "--device", "cpu", "--plots", str(tmp_path / "plots")]
     for path in targets.values():
         args += ["--target", str(path)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
+        ["reliability.png", "confusion_all.png", *(f"confusion_target_{name.lower()}.png" for name in targets)])
     lines = result.output.splitlines()
     for name in targets:
         line = next(x for x in lines if x.startswith(f"target {name}: "))
