@@ -839,6 +839,56 @@ def inspect(
         _fail(error, path, flag)
 
 
+COMPARE_SHOWN = 5  # `compare`: the classes with the largest differences printed, either way
+
+
+def _p_value(p: float) -> str:
+    return "< 1e-300" if p < 1e-300 else f"= {p:.3g}"
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="Run A: a finished run directory (`fit`'s, or a grid's runs/<key>/)."),
+    run_b: Path = typer.Argument(..., help="Run B: a finished run directory on the same cache and class set."),
+    cache: Path | None = typer.Option(None, help="The runs' cache file, when it moved from the path their "
+                                      "config.json records (its fingerprint must be theirs)."),
+    device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
+    out: Path | None = typer.Option(None, help="CSV file to write the per-class comparison to (columns classes, "
+                                    "label, class, count, correct_a, correct_b, accuracy_a, accuracy_b, difference)."),
+) -> None:
+    """Compare two runs on the same test images, image by image: each run's accuracy, the difference, the images
+    only one got right (b, c), the exact McNemar p and its verdict at 0.05, and the classes that differ most."""
+    from lathadapter.experiments.compare import ALPHA, compare_runs, load_pair, run_label, write_comparison
+
+    try:
+        a, b = load_pair(run_a, run_b, cache, device)
+        typer.echo(f"A: {run_label(a, b)} · {run_a}")
+        typer.echo(f"B: {run_label(b, a)} · {run_b}")
+        compared = compare_runs(a, b)
+        for part, comparison in compared.items():
+            if comparison is None:
+                unable = [r.config.method for r in (a, b) if not r.method.scores_new_classes]
+                typer.echo(f"{part}: n/a ({' and '.join(dict.fromkeys(unable))} cannot score these classes)")
+                continue
+            t = comparison.table
+            verdict = f"significant at {ALPHA:g}" if t.significant else f"not significant at {ALPHA:g}"
+            typer.echo(f"{part} ({_plural(t.images, 'test image')}): A {_format_accuracy(t.accuracy_a)}, B "
+                       f"{_format_accuracy(t.accuracy_b)}, A − B {t.difference or 0:+.2f} points; only A right b = "
+                       f"{t.only_a}, only B right c = {t.only_b}; exact McNemar p {_p_value(t.p)}: {verdict}")
+            differing = sorted((k for k in comparison.classes if k.difference), key=lambda k: (-abs(k.difference),
+                                                                                               k.label))
+            for side, picked in (("A better", [k for k in differing if k.difference > 0]),
+                                 ("B better", [k for k in differing if k.difference < 0])):
+                typer.echo(f"  {side}: " + (", ".join(f"{k.name} {k.difference:+.2f} ({k.correct_a}/{k.count} vs "
+                                                      f"{k.correct_b}/{k.count})" for k in picked[:COMPARE_SHOWN])
+                                            or "no class"))
+        if out is not None:
+            write_comparison(out, compared)
+            typer.echo(f"wrote {out}", err=True)
+    except (ValueError, OSError) as error:
+        _fail(error, out)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the demo's data, cache, grid and report."),

@@ -41,6 +41,7 @@ EXPERIMENT_RANKS = {
     "protocols": 12, "builds": 12,  # protocols, cache builds
     "records": 12,  # a results table read back as typed records, for reports
     "trained": 13,  # a run directory loaded back (`load`), a transfer run's targets scored as its protocol's
+    "compare": 14,  # two runs on the same test images: paired table, exact McNemar p, per-class differences
     "cells": 13,  # a report's cells over seeds and configuration labels
     "report_tables": 14, "plots": 14,  # a report's tables (markdown, CSV) and plots (matplotlib)
     "report_latex": 15,  # each report table as a LaTeX table float
