@@ -870,11 +870,11 @@ def compare(
                 unable = [r.config.method for r in (a, b) if not r.method.scores_new_classes]
                 typer.echo(f"{part}: n/a ({' and '.join(dict.fromkeys(unable))} cannot score these classes)")
                 continue
-            t = comparison.table
-            verdict = f"significant at {ALPHA:g}" if t.significant else f"not significant at {ALPHA:g}"
+            t, p = comparison.table, comparison.table.p
+            verdict = f"significant at {ALPHA:g}" if p < ALPHA else f"not significant at {ALPHA:g}"
             typer.echo(f"{part} ({_plural(t.images, 'test image')}): A {_format_accuracy(t.accuracy_a)}, B "
                        f"{_format_accuracy(t.accuracy_b)}, A − B {t.difference or 0:+.2f} points; only A right b = "
-                       f"{t.only_a}, only B right c = {t.only_b}; exact McNemar p {_p_value(t.p)}: {verdict}")
+                       f"{t.only_a}, only B right c = {t.only_b}; exact McNemar p {_p_value(p)}: {verdict}")
             differing = sorted((k for k in comparison.classes if k.difference), key=lambda k: (-abs(k.difference),
                                                                                                k.label))
             for side, picked in (("A better", [k for k in differing if k.difference > 0]),

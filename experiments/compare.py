@@ -128,13 +128,14 @@ class OverSeeds:
 def check_same_test_images(folder_a: Path, record_a: dict[str, Any], folder_b: Path, record_b: dict[str, Any]
                            ) -> None:
     """Refuse two runs (`config.json` records) whose test images are not the same: other caches or class sets."""
-    if record_a["cache_fingerprint"] != record_b["cache_fingerprint"]:
+    fingerprints = record_a.get("cache_fingerprint"), record_b.get("cache_fingerprint")
+    if fingerprints[0] != fingerprints[1]:
         raise StateError(f"runs {folder_a} and {folder_b} were trained on different caches (fingerprints "
-                         f"{record_a['cache_fingerprint']} and {record_b['cache_fingerprint']}): their test images "
-                         "differ")
-    if record_a["classes"] != record_b["classes"]:
-        raise StateError(f"runs {folder_a} (classes {record_a['classes']}) and {folder_b} (classes "
-                         f"{record_b['classes']}) were scored on different class sets: compare runs of one --classes")
+                         f"{fingerprints[0]} and {fingerprints[1]}): their test images differ")
+    classes = record_a.get("classes"), record_b.get("classes")
+    if classes[0] != classes[1]:
+        raise StateError(f"runs {folder_a} (classes {classes[0]}) and {folder_b} (classes {classes[1]}) were scored "
+                         "on different class sets: compare runs of one --classes")
 
 
 def right(run: TrainedRun, part: str) -> tuple[torch.Tensor, torch.Tensor, list[str]] | None:
