@@ -217,7 +217,10 @@ USAGE, RUNTIME = 2, 1
 def _fail(error: Exception, out: Path | None = None, flag: str = "--out") -> None:
     """Report a user error (bad input, missing file) without a traceback and exit with its kind's code (`USAGE`,
     `RUNTIME`). With `out` (the command's output path, option `flag`), an error writing under it names that path and
-    the fix, not an internal lock or temporary file."""
+    the fix, not an internal lock or temporary file. A closed standard output (`| head`) is no error: click ends
+    the command quietly, exit 1."""
+    if isinstance(error, BrokenPipeError):
+        raise error
     typer.echo(f"error: {_write_error(error, out, flag) or error}", err=True)
     raise typer.Exit(code=getattr(error, "exit_code", RUNTIME))
 

@@ -189,17 +189,20 @@ def over_seeds(pairs: list[tuple[TrainedRun, TrainedRun]], part: str | None = No
 
 def run_label(run: TrainedRun, other: TrainedRun) -> str:
     """`clip-adapter · 4-shot seed 1 · key 15bc3b638229 · lr=0.01`: the run's method, shots, seed and key, then the
-    settings (text, select, train views, options) whose value differs from the other run's."""
+    settings (text, select, train views; options, when both runs are of one method: another method's options of
+    the same name need not mean the same) whose value differs from the other run's."""
     c = run.config
-    mine, theirs = settings(run.record), settings(other.record)
+    same_method = c.method == other.config.method
+    mine, theirs = settings(run.record, same_method), settings(other.record, same_method)
     differing = [f"{name}={value}" for name, value in mine.items() if name in theirs and theirs[name] != value]
     return " · ".join([c.method, f"{c.shots}-shot seed {c.seed}", f"key {run.record.get('key', '?')}", *differing])
 
 
-def settings(record: dict[str, Any]) -> dict[str, Any]:
-    """A run's settings as `config.json` records them: text, select, train views and each option (None: the
-    recipe's value)."""
-    options = {name: "recipe" if value is None else value for name, value in record.get("options", {}).items()}
+def settings(record: dict[str, Any], options: bool = True) -> dict[str, Any]:
+    """A run's settings as `config.json` records them: text, select, train views and, with `options`, each option
+    (None: the recipe's value)."""
+    options = {name: "recipe" if value is None else value
+               for name, value in (record.get("options", {}) if options else {}).items()}
     return {name: record[name] for name in ("text", "select", "train_views") if name in record} | options
 
 

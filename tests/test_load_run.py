@@ -340,3 +340,16 @@ def test_confusion_shares_are_each_true_class_split_in_percent() -> None:
 
     matrix = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
     assert confusion_shares(matrix).tolist() == [[75.0, 25.0, 0.0], [0.0, 0.0, 0.0], [25.0, 25.0, 50.0]]
+
+
+def test_inspect_into_a_closed_pipe_ends_quietly(finished: Path) -> None:
+    # `lathadapter inspect RUN | head -1`: the reader closes the pipe; the command ends without an error line
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "lathadapter.cli", "inspect", str(finished), "--device", "cpu"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    process.stdout.close()  # before the first line is written: every write fails with EPIPE
+    _, stderr = process.communicate(timeout=120)
+    assert stderr.decode() == "" and process.returncode == 1
