@@ -272,6 +272,27 @@ def main() -> None:
         run("17 inspect of a folder that is not a run", "inspect", str(tmp))
         run("17 grid --backend ray --address ray://host:10001", *grid, "--out", fresh(), "--backend", "ray",
             "--address", "ray://127.0.0.1:10001")
+        run("23 grid --method zeroshot --method clip-adapter", *grid, "--method", "clip-adapter", "--out", fresh())
+        run("23 cache build --progress --no-progress", *build, "--progress", "--out", str(tmp / "pp.h5"))
+        fitted = fresh()
+        run("23 fit (a run for the next cases)", "fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1",
+            "--device", "cpu", "--out", fitted)
+        run_dir = str(next(Path(fitted).iterdir()))
+        (tmp / "a-file").write_text("")
+        run("23 inspect --plots onto a file", "inspect", run_dir, "--plots", str(tmp / "a-file"))
+        run("23 inspect --target of a run without targets", "inspect", run_dir, "--target", str(cache))
+        other = write_synthetic_cache(tmp / "o.h5", num_classes=6, dim=16, views=2, shots=(1,), seeds=(1,),
+                                      train_per_class=8, test_per_class=6, seed=1, name="other")
+        elsewhere = fresh()
+        subprocess.run(cli("fit", "--cache", str(other), "--method", "zeroshot", "--shots", "1", "--device", "cpu",
+                           "--out", elsewhere), env=ENV, capture_output=True)
+        run("23 compare runs of two caches", "compare", run_dir, str(next(Path(elsewhere).iterdir())))
+        run("23 compare a run with itself", "compare", run_dir, run_dir)
+        piped = subprocess.Popen(cli("inspect", run_dir), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert piped.stdout is not None
+        piped.stdout.close()
+        _, said = piped.communicate(timeout=120)
+        record("23 inspect into a closed pipe (| head)", piped.returncode, said.decode() or "(stderr empty)")
         done = subprocess.run(cli("list", "options", "clip-adapter"), env=ENV, capture_output=True, text=True)
         record("14 list options clip-adapter (first line)", done.returncode, done.stdout.splitlines()[0])
         done = subprocess.run(cli(*grid, "--out", fresh()), env=ENV, capture_output=True, text=True)
