@@ -20,7 +20,7 @@ from test_cache_build import _build
 from lathadapter.adapter.catalog import create_method
 from lathadapter.adapter.evaluate import ECE_BINS, Reliability
 from lathadapter.adapter.options import OptionError
-from lathadapter.adapter.trainer import train
+from lathadapter.adapter.trainer import TrainResult, divergence, train
 from lathadapter.cache.build import BuildError
 from lathadapter.cache.store import CacheReader, FewShotData
 from lathadapter.experiments.records import load_results, records
@@ -106,6 +106,27 @@ def test_select_val_keeps_the_first_epoch_when_every_epoch_scores_zero_on_val() 
     with torch.no_grad():
         assert bool((method.logits(images).argmax(1) != wrong).all())  # 0 % on val, as at every epoch
     assert (result.epochs, result.selected_epoch, result.val_accuracy) == (3, 1, 0.0)
+
+
+@pytest.mark.parametrize(("bad_epoch", "kept", "diverged"), [(3, None, True), (2, 2, True), (3, 2, False)],
+                         ids=["last-epoch-kept-by-select-last", "kept-epoch", "after-the-kept-epoch"])
+def test_a_non_finite_loss_up_to_and_at_the_kept_epoch_makes_the_run_diverged(bad_epoch: int, kept: int | None,
+                                                                               diverged: bool) -> None:
+    """A run diverged when a loss recorded at an epoch up to the kept one, that epoch included (the last under
+    select=last), is not finite, though its parameters are; one after the kept epoch (select=val kept an earlier
+    one) is not held against it."""
+    classes = 2
+    text = torch.eye(classes, 4)
+    labels = torch.arange(classes)
+    data = FewShotData(["a", "b"], text, torch.zeros(0, 4), text, text.unsqueeze(1), labels, text, labels, text,
+                       labels, "t")
+    method = create_method("linear-probe", data, recipe="shared")  # finite parameters
+    history = [{"epoch": e, "loss": float("nan") if e == bad_epoch else 0.5} for e in (1, 2, 3)]
+    why = divergence(method, TrainResult(epochs=3, selected_epoch=kept, history=history), data)
+    if diverged:
+        assert why is not None and f"its loss was nan at epoch {bad_epoch} of 3" in why
+    else:
+        assert why is None
 
 
 # ----------------------------------------------------------------------------------------------------- geometry
