@@ -4,8 +4,10 @@ rule restated, float64 finite differences)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from test_cache_build import _build
 
 from lathadapter.adapter.catalog import create_method
 from lathadapter.adapter.evaluate import ECE_BINS, Reliability
-from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.methods.lathadapter.options import LatHAdapterOptions
+from lathadapter.adapter.options import OptionError, TrainOptions
 from lathadapter.adapter.trainer import TrainResult, divergence, train
 from lathadapter.cache.build import BuildError
 from lathadapter.cache.store import CacheReader, FewShotData
@@ -74,6 +77,35 @@ def test_lathadapter_inference_adapts_images_with_alpha_v_and_text_with_alpha_t(
     with torch.no_grad():
         scores = method.logits(data.test_features)
     torch.testing.assert_close(scores.double(), 100 * points["v"] @ points["p"].t(), rtol=1e-4, atol=1e-4)
+
+
+def _documented(value: str) -> object:
+    """A default as docs/method.md's options table writes it: `word`, true/false, or a number."""
+    value = value.strip().strip("`")
+    if value in ("true", "false"):
+        return value == "true"
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def test_lathadapter_defaults_are_those_docs_method_md_lists() -> None:
+    """docs/method.md's table of LatHAdapter's options gives each option's default (lr is documented apart): every
+    option of LatHAdapterOptions beyond the shared training options is listed, at the value it defaults to."""
+    text = (Path(__file__).parents[1] / "docs" / "method.md").read_text(encoding="utf-8")
+    table = text.split("### Options (`LatHAdapterOptions`", 1)[1].split("\n\n")[1]  # the heading, then the table
+    documented: dict[str, object] = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        names = re.findall(r"`(\w+)`", cells[0]) if len(cells) == 3 else []
+        values = cells[1].split(", ") if names else []
+        if names and len(names) == len(values):
+            documented.update(zip(names, map(_documented, values), strict=True))
+    shared = {f.name for f in dataclasses.fields(TrainOptions)}
+    defaults = {f.name: f.default for f in dataclasses.fields(LatHAdapterOptions) if f.name not in shared}
+    assert set(documented) == set(defaults)
+    assert documented == defaults
 
 
 # ------------------------------------------------------------------------------------------- evaluation, training
