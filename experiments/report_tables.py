@@ -12,7 +12,8 @@ other settings form one ablation. A dataset name with several cache fingerprints
 `caltech101 (fp 1a2b3c4d)`. Averages over datasets or targets are means of a configuration's per-dataset means;
 base-to-novel HM comes from the mean base and mean novel accuracies, as papers report it. After these tables, their
 calibration twins (`calibration_tables`, `ece_<table>`): the same cells of ECE, lower is better, from the same builder
-of each kind (its `Metric`), without HM, ablation, `_tuned` or main tables.
+of each kind (its `Metric`), without HM, ablation, `_tuned` or main tables. The per-seed companions (`report_seeds`)
+come from the same builders too, each cell one seed's run (`Metric.seed`).
 
 Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable), `diverged` (every seed's training
 diverged, or an average or HM over such a cell: no accuracy; such runs are listed under the tables) or `—` (no
