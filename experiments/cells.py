@@ -93,11 +93,15 @@ def _fewest(cells: list[Cell]) -> int | None:
 Recorded = Callable[[Record], bool] | None  # whether a run recorded the metric (`Record.ece_recorded`); None: all did
 
 
-def cells_over_seeds(records: list[Record], key: Callable[[Record], tuple], metric: str, recorded: Recorded = None
-                     ) -> dict[tuple, Cell]:
+def cells_over_seeds(records: list[Record], key: Callable[[Record], tuple], metric: str, recorded: Recorded = None,
+                     seed: int | None = None) -> dict[tuple, Cell]:
     """`metric`'s cell over seeds by `key`; a diverged run has no value and is counted apart (`Cell.over_seeds`). A
     run that did not record the metric (`recorded`) has no value either: a cell of such runs alone is `—`, so that
-    the table keeps the accuracy table's rows and columns."""
+    the table keeps the accuracy table's rows and columns. With `seed`, each cell over all seeds holds that seed's
+    run alone (`—` where it has none), so that a seed's table has the rows and columns of the table over seeds."""
+    if seed is not None:
+        alone = cells_over_seeds([r for r in records if r.seed == seed], key, metric, recorded)
+        return {k: alone.get(k, MISSING) for k in cells_over_seeds(records, key, metric, recorded)}
     grouped: dict[tuple, list[float | None]] = defaultdict(list)
     diverged: set[tuple] = set()
     unrecorded: set[tuple] = set()
@@ -118,11 +122,12 @@ def cell_of(record: Record) -> tuple[str, Configuration, int]:
     return record.dataset, record.config, record.shots
 
 
-def few_shot_cells(records: list[Record], metric: str = "acc_all", recorded: Recorded = None
+def few_shot_cells(records: list[Record], metric: str = "acc_all", recorded: Recorded = None, seed: int | None = None
                    ) -> dict[tuple[str, Configuration, int], Cell]:
-    """Few-shot accuracy (or `metric`: `ece_all`, of the runs `recorded`) over seeds by (dataset, configuration,
-    shots): all classes, no transfer targets."""
-    return cells_over_seeds([r for r in records if r.classes == "all" and not r.target], cell_of, metric, recorded)
+    """Few-shot accuracy (or `metric`: `ece_all`, of the runs `recorded`) over seeds (or of one `seed`'s run,
+    `cells_over_seeds`) by (dataset, configuration, shots): all classes, no transfer targets."""
+    return cells_over_seeds([r for r in records if r.classes == "all" and not r.target], cell_of, metric, recorded,
+                            seed)
 
 
 def few_shot_average(cells: dict[tuple[str, Configuration, int], Cell]) -> dict[tuple[Configuration, int], Cell]:
@@ -134,26 +139,26 @@ def few_shot_average(cells: dict[tuple[str, Configuration, int], Cell]) -> dict[
             for k in shots}
 
 
-def base_novel_cells(records: list[Record], metric: str = "acc", recorded: Recorded = None
+def base_novel_cells(records: list[Record], metric: str = "acc", recorded: Recorded = None, seed: int | None = None
                      ) -> dict[tuple[str, Configuration, int], tuple[Cell, Cell]]:
-    """Base and novel accuracy (or `metric`: `ece`, of the runs `recorded`) over seeds by (dataset, configuration,
-    shots) of the base-to-novel runs."""
+    """Base and novel accuracy (or `metric`: `ece`, of the runs `recorded`) over seeds (or of one `seed`'s run) by
+    (dataset, configuration, shots) of the base-to-novel runs."""
     chosen = [r for r in records if r.classes == "base" and not r.target]
-    base = cells_over_seeds(chosen, cell_of, f"{metric}_base", recorded)
-    novel = cells_over_seeds(chosen, cell_of, f"{metric}_novel", recorded)
+    base = cells_over_seeds(chosen, cell_of, f"{metric}_base", recorded, seed)
+    novel = cells_over_seeds(chosen, cell_of, f"{metric}_novel", recorded, seed)
     return {k: (base[k], novel[k]) for k in base}
 
 
 TARGETS_AVERAGE = "Average (targets)"  # the transfer table's last column, its plot's last dot
 
 
-def transfer_cells(records: list[Record], metric: str = "acc_all", recorded: Recorded = None
+def transfer_cells(records: list[Record], metric: str = "acc_all", recorded: Recorded = None, seed: int | None = None
                    ) -> dict[tuple[str, int], tuple[list[str], dict[Configuration, list[Cell]]]]:
-    """Per (source dataset, shots) of the transfer runs: the targets, and each configuration's cells over seeds of
-    accuracy (or `metric`: `ece_all`, of the runs `recorded`) on the source test set, each target and the average
-    over targets (`Cell.mean_of`)."""
+    """Per (source dataset, shots) of the transfer runs: the targets, and each configuration's cells over seeds (or
+    of one `seed`'s run) of accuracy (or `metric`: `ece_all`, of the runs `recorded`) on the source test set, each
+    target and the average over targets (`Cell.mean_of`)."""
     cells = cells_over_seeds([r for r in records if r.target], lambda r: (r.dataset, r.shots, r.config, r.target),
-                             metric, recorded)
+                             metric, recorded, seed)
     blocks = {}
     for source, shots in sorted({(d, k) for d, k, _, _ in cells}):
         targets = sorted({t for d, k, _, t in cells if (d, k) == (source, shots)} - {"source"})

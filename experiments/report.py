@@ -1,8 +1,8 @@
 """A report folder: `report.md`, a CSV and a LaTeX file per table and the plots, from a results.csv, a grid folder
 or a folder of `fit` runs (`write_report`, what `lathadapter report` runs), every file written atomically and
 `report.md` last. Its parts, lowest first: `records` (the results read back), `cells` (cells over seeds,
-configuration labels), `report_tables` (the tables, markdown and CSV), `report_latex` (each table as LaTeX) and
-`plots`."""
+configuration labels), `report_tables` (the tables, markdown and CSV), `report_latex` (each table as LaTeX),
+`report_seeds` (the per-seed tables, in a last section of `report.md`) and `plots`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from lathadapter.experiments.plots import (
 )
 from lathadapter.experiments.records import Results, load_results, records, run_reliability
 from lathadapter.experiments.report_latex import write_latex
+from lathadapter.experiments.report_seeds import seed_tables, seeds_markdown
 from lathadapter.experiments.report_tables import report_tables, tables_markdown
 from lathadapter.experiments.run import write_atomic
 
@@ -51,6 +52,7 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     out.mkdir(parents=True, exist_ok=True)
     parsed = records(results)
     tables = report_tables(parsed)
+    per_seed = seed_tables(parsed)
     shots_plots, crowded_shots = plot_accuracy_vs_shots(parsed, out)
     ablations, crowded = plot_ablations(parsed, out)
     bins = run_reliability(results, (r.key for r in parsed))  # no results column holds them
@@ -60,8 +62,8 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     if disk_run is not None:
         plots.append(plot_poincare_disk(disk_run, out))
     markdown = tables_markdown(tables, results)
-    csvs = [t.write_csv(out) for t in tables]
-    latex = [write_latex(t, out, str(results.source)) for t in tables]
+    csvs = [t.write_csv(out) for t in tables + per_seed]
+    latex = [write_latex(t, out, str(results.source)) for t in tables + per_seed]
     text = (f"# Results\n\nFrom `{results.source}` ({len(results.rows)} rows). Each table row is one configuration; "
             "cells are mean ± sample std over seeds (one seed: no ±); n/a: not applicable; diverged: no seed's "
             "training stayed finite; —: no run. Each table is also a CSV of numbers (`<table>.csv`) and a LaTeX table "
@@ -74,7 +76,8 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
                f"hold every cell): {', '.join(crowded)}.\n" if crowded else "")
             + (f"\nReliability diagrams left out for their many configurations (`plots.MOST_RELIABILITY_PANELS` "
                f"panels; their ECE tables hold every cell): {', '.join(crowded_reliability)}.\n"
-               if crowded_reliability else ""))
+               if crowded_reliability else "")
+            + seeds_markdown(per_seed))  # last, after the text it had before it
     write_atomic(out / "report.md", lambda temporary: temporary.write_text(text))  # last: the report is whole
     return {"markdown": markdown, "tables": [str(p) for p in csvs], "latex": [str(p) for p in latex],
             "plots": [str(p) for p in plots], "report": str(out / "report.md")}

@@ -12,7 +12,8 @@ other settings form one ablation. A dataset name with several cache fingerprints
 `caltech101 (fp 1a2b3c4d)`. Averages over datasets or targets are means of a configuration's per-dataset means;
 base-to-novel HM comes from the mean base and mean novel accuracies, as papers report it. After these tables, their
 calibration twins (`calibration_tables`, `ece_<table>`): the same cells of ECE, lower is better, from the same builder
-of each kind (its `Metric`), without HM, ablation, `_tuned` or main tables.
+of each kind (its `Metric`), without HM, ablation, `_tuned` or main tables. The per-seed companions (`report_seeds`)
+come from the same builders too, each cell one seed's run (`Metric.seed`).
 
 Markdown cells read `30.33 ± 1.15` (one seed: `30.33`), `n/a` (not applicable), `diverged` (every seed's training
 diverged, or an average or HM over such a cell: no accuracy; such runs are listed under the tables) or `—` (no
@@ -114,8 +115,8 @@ class Table:
     title: str
     lead: list[str]
     columns: list[str]
-    rows: list[tuple[list[str], list[Any]]]  # Cell, or Chosen in a `_tuned` table
-    parts: tuple[str, ...] = ("mean", "std", "n")  # what each cell is in the CSV
+    rows: list[tuple[list[str], list[Any]]]  # Cell; Chosen in a `_tuned` table, a run's value in a `_seeds` one
+    parts: tuple[str, ...] = ("mean", "std", "n")  # what each cell is in the CSV (`""`: one number, the column's name)
     note: str = ""  # a line under the table (a `_tuned` table: the score and the edge marks)
     bold_best: bool = False  # rows are configurations compared column by column: LaTeX bolds each column's best mean
     lower_better: bool = False  # the best mean is the lowest (ECE), not the highest (accuracy)
@@ -140,7 +141,7 @@ class Table:
         def write(temporary: Path) -> None:
             with temporary.open("w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(self.lead + [f"{c} {part}" for c in self.columns for part in self.parts])
+                writer.writerow(self.lead + [f"{c} {part}" if part else c for c in self.columns for part in self.parts])
                 writer.writerows(lead + [x for cell in cells for x in cell.numbers()] for lead, cells in self.rows)
 
         write_atomic(path, write)
@@ -193,6 +194,7 @@ class Metric:
     companions: bool = True  # ablation and `_tuned` tables and the papers' main table (a twin's are its accuracy's)
     lower_better: bool = False  # the best mean is the lowest, bold in LaTeX
     note: str = ""  # a line under each table
+    seed: int | None = None  # each cell that seed's run alone (`cells_over_seeds`, the `_seeds` tables); None: all
 
 
 ACCURACY = Metric("acc", "", "Few-shot accuracy", "Base-to-novel generalisation", "Transfer")
@@ -245,7 +247,7 @@ def few_shot_tables(records: list[Record], metric: Metric = ACCURACY) -> list[Ta
     """Per dataset: configurations × shots; with several datasets, also the average over datasets, and (with the
     metric's companions) per number of shots the papers' main table, configurations × (each dataset, their average),
     whose ablations the per-dataset tables already give."""
-    cells = few_shot_cells(records, f"{metric.field}_all", metric.recorded)
+    cells = few_shot_cells(records, f"{metric.field}_all", metric.recorded, metric.seed)
     tuned = _choices_by([r for r in records if r.classes == "all" and not r.target], cell_of)
     datasets = sorted({d for d, _, _ in cells})
     name, head = f"{metric.prefix}few_shot", metric.few_shot
@@ -275,7 +277,7 @@ def few_shot_tables(records: list[Record], metric: Metric = ACCURACY) -> list[Ta
 def base_to_novel_tables(records: list[Record], metric: Metric = ACCURACY) -> list[Table]:
     """Per number of shots: configurations × (dataset × base / novel / HM, no HM without the metric's `hm`), with
     the average over datasets when there are several (its HM from the average base and novel)."""
-    cells = base_novel_cells(records, metric.field, metric.recorded)
+    cells = base_novel_cells(records, metric.field, metric.recorded, metric.seed)
     tuned = _choices_by([r for r in records if r.classes == "base" and not r.target], cell_of)
     all_shots = sorted({k for _, _, k in cells})
     parts = ("base", "novel", "HM") if metric.hm else ("base", "novel")
@@ -302,7 +304,7 @@ def transfer_tables(records: list[Record], metric: Metric = ACCURACY) -> list[Ta
     set, each target, the average over targets)."""
     # one choice per run, the same for all its targets: read from its `source` row
     tuned = _choices_by([r for r in records if r.target == "source"], lambda r: (r.dataset, r.shots, r.config))
-    blocks = transfer_cells(records, f"{metric.field}_all", metric.recorded)
+    blocks = transfer_cells(records, f"{metric.field}_all", metric.recorded, metric.seed)
     tables = []
     for (source, shots), (targets, rows) in blocks.items():
         name = f"{metric.prefix}transfer" + ("" if len(blocks) == 1 else f"_{slug(source)}_{shots}shot")

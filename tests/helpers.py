@@ -1,9 +1,10 @@
-"""Helpers that several test files share: an oracle restated once, a reader of what a grid writes, and a results
-table written by hand for reports."""
+"""Helpers that several test files share: an oracle restated once, a reader of what a grid writes, a results
+table written by hand for reports, and a reader of a report's LaTeX table that checks its structure."""
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +34,37 @@ def write_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pa
         writer.writeheader()
         writer.writerows({"key": f"k{i}", **r} for i, r in enumerate(rows))
     return path
+
+
+def unescaped(char: str, line: str) -> int:
+    return len(re.findall(rf"(?<!\\){re.escape(char)}", line))
+
+
+def braces_balance(text: str) -> bool:
+    depth = 0
+    for char in re.sub(r"(?<!\\)\\[{}]", "", text):  # `\{` and `\}` are escaped text, not groups
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def read_tex(path: Path) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """The file's lines, its header cells and its rows (label → cells), as `read_tex_rows` checks them."""
+    lines, header, rows = read_tex_rows(path)
+    return lines, header, {cells[0]: cells[1:] for cells in rows}
+
+
+def read_tex_rows(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
+    """The file's lines, its header cells and its rows' cells, checking that braces balance and that every row of
+    the tabular has one unescaped `&` fewer than it has columns and ends with `\\`."""
+    text = path.read_text(encoding="utf-8")
+    assert braces_balance(text), path.name
+    lines = text.splitlines()
+    spec = re.fullmatch(r"\\begin\{tabular\}\{([lr]+)\}", lines[lines.index(r"\toprule") - 1]).group(1)
+    header, *body = [lines[lines.index(r"\toprule") + 1]] + \
+        lines[lines.index(r"\midrule") + 1: lines.index(r"\bottomrule")]
+    for line in [header, *body]:
+        assert line.endswith(r" \\") and unescaped("&", line) == len(spec) - 1, line
+    cells = [[c.strip() for c in re.split(r"(?<!\\)&", line.removesuffix(r" \\"))] for line in [header, *body]]
+    return lines, cells[0], cells[1:]

@@ -44,7 +44,7 @@ EXPERIMENT_RANKS = {
     "compare": 14,  # two runs on the same test images: paired table, exact McNemar p, per-class differences
     "cells": 13,  # a report's cells over seeds and configuration labels
     "report_tables": 14, "plots": 14,  # a report's tables (markdown, CSV) and plots (matplotlib)
-    "report_latex": 15,  # each report table as a LaTeX table float
+    "report_latex": 15, "report_seeds": 15,  # each report table as a LaTeX table float; the per-seed tables
     "report": 16,  # the report folder: tables and plots written together
 }
 

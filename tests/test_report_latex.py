@@ -4,7 +4,6 @@ configurations), never from the code under test."""
 
 from __future__ import annotations
 
-import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -51,34 +50,6 @@ def grid_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def unescaped(char: str, line: str) -> int:
-    return len(re.findall(rf"(?<!\\){re.escape(char)}", line))
-
-
-def braces_balance(text: str) -> bool:
-    depth = 0
-    for char in re.sub(r"(?<!\\)\\[{}]", "", text):  # `\{` and `\}` are escaped text, not groups
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if depth < 0:
-            return False
-    return depth == 0
-
-
-def read_tex(path: Path) -> tuple[list[str], list[str], dict[str, list[str]]]:
-    """The file's lines, its header cells and its rows (label → cells), checking that every row of the tabular has
-    one unescaped `&` fewer than it has columns and ends with `\\`."""
-    text = path.read_text(encoding="utf-8")
-    assert braces_balance(text), path.name
-    lines = text.splitlines()
-    spec = re.fullmatch(r"\\begin\{tabular\}\{([lr]+)\}", lines[lines.index(r"\toprule") - 1]).group(1)
-    header, *body = [lines[lines.index(r"\toprule") + 1]] + \
-        lines[lines.index(r"\midrule") + 1: lines.index(r"\bottomrule")]
-    for line in [header, *body]:
-        assert line.endswith(r" \\") and unescaped("&", line) == len(spec) - 1, line
-    cells = [[c.strip() for c in re.split(r"(?<!\\)&", line.removesuffix(r" \\"))] for line in [header, *body]]
-    return lines, cells[0], {c[0]: c[1:] for c in cells[1:]}
-
-
 def expected_cell(values: list[float], bold: bool, most: int) -> str:
     """A cell restated: mean ± sample std to two decimals (one seed: the mean), bold when it is its column's best,
     `n=k` after it when it rests on fewer seeds than the table's fullest cell."""
@@ -98,10 +69,10 @@ def test_each_table_gets_a_latex_file_with_its_cells_and_each_columns_best_mean_
     written = write_report(write_rows(tmp_path / "results.csv", grid_rows()), tmp_path / "report")
     out = tmp_path / "report"
     assert sorted(written["latex"]) == sorted(str(out / f"{Path(p).stem}.tex") for p in written["tables"])
-    assert {p.stem for p in out.glob("*.tex")} == {p.stem for p in out.glob("*.csv")} == {"few_shot_caltech101",
-                                                                                          "base_to_novel"}
+    assert {p.stem for p in out.glob("*.tex")} == {p.stem for p in out.glob("*.csv")} == {
+        "few_shot_caltech101", "base_to_novel", "few_shot_caltech101_seeds", "base_to_novel_seeds"}
 
-    lines, header, rows = read_tex(out / "few_shot_caltech101.tex")
+    lines, header, rows = helpers.read_tex(out / "few_shot_caltech101.tex")
     assert lines[0].startswith("%") and str(tmp_path / "results.csv") in lines[0] and r"{booktabs}" in lines[0]
     assert lines[1:5] == [r"\begin{table}[t]\centering", r"\caption{Few-shot accuracy (\%) on caltech101}",
                           r"\label{tab:few_shot_caltech101}", r"\begin{tabular}{lrrr}"]
@@ -124,7 +95,7 @@ def test_each_table_gets_a_latex_file_with_its_cells_and_each_columns_best_mean_
     assert sum(r"\textbf" in cell for cells in rows.values() for cell in cells) == 3  # the tie at 1 shot, then 63.50
     assert r"{\footnotesize n=k: a mean over k seeds" in "\n".join(lines)
 
-    _, header, rows = read_tex(out / "base_to_novel.tex")
+    _, header, rows = helpers.read_tex(out / "base_to_novel.tex")
     assert header == ["method", "caltech101 base", "caltech101 novel", "caltech101 HM"]
     base = {m: statistics.mean(b for b, _ in pairs) for m, pairs in BASE_NOVEL.items()}
     novel = {m: statistics.mean(n for _, n in pairs) if pairs[0][1] is not None else None
@@ -183,9 +154,9 @@ def test_data_text_is_escaped_and_ablation_and_tuned_tables_have_no_bold(tmp_pat
         for seed, lr, edge in ((1, 0.01, "high"), (2, 0.01, "high"), (3, 0.001, ""))]
     write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
     out = tmp_path / "report"
-    tables = {p.stem: read_tex(p) for p in out.glob("*.tex")}
+    tables = {p.stem: helpers.read_tex(p) for p in out.glob("*.tex")}
     assert set(tables) == {"few_shot_oxford_pets", "few_shot_oxford_pets_ablation_lathadapter_beta",
-                           "few_shot_oxford_pets_tuned"}
+                           "few_shot_oxford_pets_tuned", "few_shot_oxford_pets_seeds"}
     label = r"lathadapter beta=a\_b\%\&\#\$\{\}\textasciitilde{}\textasciicircum{}\textbackslash{}"
     lines, _, main = tables["few_shot_oxford_pets"]
     assert r"\caption{Few-shot accuracy (\%) on oxford\_pets}" in lines
