@@ -49,6 +49,12 @@ def test_inspect_scores_each_target_as_metrics_json_records(tmp_path: Path, prot
     folder, targets = transfer_run(tmp_path, protocol)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["protocol"] == protocol
+    fingerprints = {}
+    for name, path in targets.items():
+        with CacheReader(path) as reader:
+            fingerprints[name] = reader.fingerprint
+    assert (metrics["targets_fingerprint"], metrics["targets_cache"]) == (
+        fingerprints, {name: str(path) for name, path in targets.items()})
     csv_path = tmp_path / "per_class.csv"
     args = ["inspect", str(folder), "--out", str(csv_path), "--device", "cpu", "--plots", str(tmp_path / "plots")]
     for path in targets.values():
