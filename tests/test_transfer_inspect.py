@@ -145,3 +145,15 @@ def test_a_wrong_target_cache_is_refused_in_one_line_with_exit_1(tmp_path: Path,
         assert len(lines) == 1 and lines[0].startswith(message), result.output
     with pytest.raises(StateError, match="is not the pets cache run"):
         lathadapter.load(folder, device="cpu", targets=[impostor])
+
+
+def test_load_imports_the_protocols_only_for_targets() -> None:
+    """`lathadapter.load` of a plain run does without `protocols` and the grid driver it imports (75-90 ms)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lathadapter; lathadapter.load; "
+            "print(sorted(m for m in ('lathadapter.experiments.protocols', 'lathadapter.experiments.launch') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
