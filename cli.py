@@ -224,21 +224,21 @@ def _fail(error: Exception, out: Path | None = None, flag: str = "--out") -> Non
     raise typer.Exit(code=getattr(error, "exit_code", RUNTIME))
 
 
-# Why a write fails, in a user's words, and what to do about it
+# Why a write fails, in a user's words, and what to do about it ({flag}: the option naming the path, --out or --plots)
 WRITE_ERRORS = {
-    errno.EROFS: "the file system is read-only; choose a writable --out",
-    errno.EACCES: "permission denied; choose a folder you may write to as --out",
-    errno.EPERM: "permission denied; choose a folder you may write to as --out",
-    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another --out",
-    errno.EEXIST: "a part of the path is a file, not a folder; choose another --out",  # mkdir over a file
-    errno.EISDIR: "it is a folder, where a file is written; choose another --out",
+    errno.EROFS: "the file system is read-only; choose a writable {flag}",
+    errno.EACCES: "permission denied; choose a folder you may write to as {flag}",
+    errno.EPERM: "permission denied; choose a folder you may write to as {flag}",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another {flag}",
+    errno.EEXIST: "a part of the path is a file, not a folder; choose another {flag}",  # mkdir over a file
+    errno.EISDIR: "it is a folder, where a file is written; choose another {flag}",
     errno.ENOSPC: "no space left on device; free some space and rerun the same command (finished work is kept)",
     errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command (finished work is kept)",
     errno.EFBIG: "file too large for the file system or the process's file size limit (ulimit -f); raise the limit or "
-                 "choose another --out",
-    errno.EIO: "input/output error (a failing disk or network file system); check it or choose another --out",
+                 "choose another {flag}",
+    errno.EIO: "input/output error (a failing disk or network file system); check it or choose another {flag}",
     # a folder on the path vanished while writing, or the file system cannot create files there (/proc)
-    errno.ENOENT: "a folder on the path is missing or cannot hold new files; choose another --out",
+    errno.ENOENT: "a folder on the path is missing or cannot hold new files; choose another {flag}",
 }
 
 
@@ -255,7 +255,7 @@ def _write_error(error: Exception, out: Path | None, flag: str = "--out") -> str
         beside = failed.parent == target.parent and failed.name.lstrip(".").startswith(target.name)
         if not (beside or failed == target or target in failed.parents or failed in target.parents):
             return None
-    return f"{flag} {out}: cannot write there: {WRITE_ERRORS[error.errno].replace('--out', flag)}"
+    return f"{flag} {out}: cannot write there: {WRITE_ERRORS[error.errno].format(flag=flag)}"
 
 
 def _progress():
