@@ -27,14 +27,13 @@ Command = typer.core.TyperCommand | typer.core.TyperGroup
 LIST = "LIST"  # the metavar of an option that takes comma-separated values (`--shots 1,2,4`), once
 
 
-def given_options(command: Command, args: list[str], interspersed: bool = True) -> dict[Option, list[tuple[str, str]]]:
-    """Each option of `command` that `args` give, with (the name as typed, its value) each time it is given, read
-    as click reads them: `--opt value`, `--opt=value`, short options alone or in a cluster (`-ab`), a flag's
-    value on or off (`--x`, `--no-x`), nothing after `--`, and with `interspersed` False (a group) nothing after
-    the first argument."""
+def given_options(command: Command, args: list[str], interspersed: bool = True) -> dict[Option, list[str]]:
+    """Each option of `command` that `args` give, with its value each time it is given, read as click reads them:
+    `--opt value`, `--opt=value`, short options alone or in a cluster (`-ab`), a flag's value on or off (`--x`,
+    `--no-x`), nothing after `--`, and with `interspersed` False (a group) nothing after the first argument."""
     named = {name: param for param in command.params if isinstance(param, Option)
              for name in (*param.opts, *param.secondary_opts)}
-    given: dict[Option, list[tuple[str, str]]] = {}
+    given: dict[Option, list[str]] = {}
     rest = list(args)
 
     def take(name: str, param: Option, attached: str | None) -> None:
@@ -47,7 +46,7 @@ def given_options(command: Command, args: list[str], interspersed: bool = True) 
             del rest[:param.nargs]
         else:
             return
-        given.setdefault(param, []).append((name, value))
+        given.setdefault(param, []).append(value)
 
     while rest:
         arg = rest.pop(0)
@@ -75,12 +74,12 @@ def repeated_option(command: Command, args: list[str], interspersed: bool = True
     --force`) is harmless; `--x` and `--no-x` together contradict each other. Repeatable options (typed `list[...]`,
     `--set`, `--cache`) accumulate."""
     for param, uses in given_options(command, args, interspersed).items():
-        if param.multiple or param.count or len({value for _, value in uses}) < 2:
+        values = list(dict.fromkeys(uses))  # each once, in the order given
+        if param.multiple or param.count or len(values) < 2:
             continue
         option = max(param.opts, key=len)
         if param.is_flag:
             return f"{option} and {max(param.secondary_opts, key=len)} both given: give one"
-        values = list(dict.fromkeys(value for _, value in uses))
         times = "twice" if len(uses) == 2 else f"{len(uses)} times"
         items = dict.fromkeys(item.strip() for value in values for item in value.split(","))  # each once
         advice = (f"give several values comma-separated, {option} {','.join(items)}" if param.metavar == LIST
@@ -225,21 +224,21 @@ def _fail(error: Exception, out: Path | None = None, flag: str = "--out") -> Non
     raise typer.Exit(code=getattr(error, "exit_code", RUNTIME))
 
 
-# Why a write fails, in a user's words, and what to do about it
+# Why a write fails, in a user's words, and what to do about it ({flag}: the option naming the path, --out or --plots)
 WRITE_ERRORS = {
-    errno.EROFS: "the file system is read-only; choose a writable --out",
-    errno.EACCES: "permission denied; choose a folder you may write to as --out",
-    errno.EPERM: "permission denied; choose a folder you may write to as --out",
-    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another --out",
-    errno.EEXIST: "a part of the path is a file, not a folder; choose another --out",  # mkdir over a file
-    errno.EISDIR: "it is a folder, where a file is written; choose another --out",
+    errno.EROFS: "the file system is read-only; choose a writable {flag}",
+    errno.EACCES: "permission denied; choose a folder you may write to as {flag}",
+    errno.EPERM: "permission denied; choose a folder you may write to as {flag}",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another {flag}",
+    errno.EEXIST: "a part of the path is a file, not a folder; choose another {flag}",  # mkdir over a file
+    errno.EISDIR: "it is a folder, where a file is written; choose another {flag}",
     errno.ENOSPC: "no space left on device; free some space and rerun the same command (finished work is kept)",
     errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command (finished work is kept)",
     errno.EFBIG: "file too large for the file system or the process's file size limit (ulimit -f); raise the limit or "
-                 "choose another --out",
-    errno.EIO: "input/output error (a failing disk or network file system); check it or choose another --out",
+                 "choose another {flag}",
+    errno.EIO: "input/output error (a failing disk or network file system); check it or choose another {flag}",
     # a folder on the path vanished while writing, or the file system cannot create files there (/proc)
-    errno.ENOENT: "a folder on the path is missing or cannot hold new files; choose another --out",
+    errno.ENOENT: "a folder on the path is missing or cannot hold new files; choose another {flag}",
 }
 
 
@@ -256,7 +255,7 @@ def _write_error(error: Exception, out: Path | None, flag: str = "--out") -> str
         beside = failed.parent == target.parent and failed.name.lstrip(".").startswith(target.name)
         if not (beside or failed == target or target in failed.parents or failed in target.parents):
             return None
-    return f"{flag} {out}: cannot write there: {WRITE_ERRORS[error.errno].replace('--out', flag)}"
+    return f"{flag} {out}: cannot write there: {WRITE_ERRORS[error.errno].format(flag=flag)}"
 
 
 def _progress():

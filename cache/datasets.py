@@ -188,7 +188,7 @@ def class_tree(folder: Path) -> ClassTree:
     """The images under `folder` at any depth, as torchvision's ImageFolder lists them (`make_dataset`: the folders
     of `os.walk(folder, followlinks=True)` sorted by path, then each one's files by name), less hidden files and
     folders. A linked folder is read through, except a link back to a folder above it: the loop is cut there."""
-    listed: list[tuple[str, str, list[str]]] = []  # (folder's path below `folder`, its prefix, its images)
+    listed: list[tuple[str, list[str]]] = []  # (folder's path below `folder`, its images)
     others: list[Path] = []
     loops: list[Path] = []
     pending = [("", folder, (os.path.realpath(folder),))]
@@ -210,9 +210,9 @@ def class_tree(folder: Path) -> ClassTree:
                     images.append(_utf8(Path(entry.path)))
                 else:
                     others.append(Path(entry.path))
-        listed.append((below, f"{below}/" if below else "", images))
-    return ClassTree([prefix + name for _, prefix, names in sorted(listed) for name in sorted(names)],
-                     sorted(others), sorted(loops))
+        listed.append((below, images))
+    paths = [f"{below}/{name}" if below else name for below, names in sorted(listed) for name in sorted(names)]
+    return ClassTree(paths, sorted(others), sorted(loops))
 
 
 def _count(things: list, noun: str) -> str:

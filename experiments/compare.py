@@ -62,11 +62,6 @@ class PairedTable:
     def p(self) -> float:
         return mcnemar_p(self.only_a, self.only_b)
 
-    @property
-    def significant(self) -> bool:
-        """Whether p < `ALPHA`."""
-        return self.p < ALPHA
-
 
 @dataclass(frozen=True)
 class ClassComparison:

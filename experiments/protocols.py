@@ -215,11 +215,8 @@ class Targets:
         self.paths = list(paths)
         self.sets: dict[tuple[str, str], FewShotData] = {}
         self.names: dict[str, str] = {}
-        self.fingerprints: dict[str, str] = {}
         for path in self.paths:
             self.names[path] = target_name(path)
-            with CacheReader(path) as reader:
-                self.fingerprints[path] = reader.fingerprint
             for text in texts:
                 self.target(path, text)
 
@@ -256,7 +253,8 @@ class Targets:
         test set and on each target; each target's cache fingerprint (`targets_fingerprint`) and path
         (`targets_cache`), and the `protocol` (what `trained.load` checks and scores a target by)."""
         provenance = {"protocol": "domain" if self.mapped else "cross-dataset",
-                      "targets_fingerprint": {self.names[path]: self.fingerprints[path] for path in self.paths},
+                      "targets_fingerprint": {self.names[path]: self.target(path, grid_run.config.text).fingerprint
+                                              for path in self.paths},
                       "targets_cache": {self.names[path]: path for path in self.paths}}
         if outcome.metrics["diverged"] is not None:  # no accuracy on any target either
             nothing = {"source": None, **{self.names[path]: None for path in self.paths}}

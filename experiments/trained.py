@@ -11,7 +11,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,8 +21,10 @@ from lathadapter.adapter.methods.base import Method, NotApplicable
 from lathadapter.adapter.options import OptionError, StateError, before_values
 from lathadapter.cache.store import CacheReader, FewShotData
 from lathadapter.experiments.machine import resolve_device
-from lathadapter.experiments.protocols import Targets, check_target_names, target_name
 from lathadapter.experiments.run import GLOBAL_GENERATOR, RunConfig, split_classes, write_atomic
+
+if TYPE_CHECKING:  # imported in `load_targets` alone: the grid driver (`launch`) comes with it, 75-90 ms of import
+    from lathadapter.experiments.protocols import Targets
 
 RUN_FILES = ("config.json", "metrics.json", "weights.pt")
 
@@ -207,6 +209,8 @@ def load_targets(folder: Path, metrics: dict[str, Any], paths: list[str], device
     """Target caches `paths` of transfer run `folder`, loaded as its protocol loaded them (`protocols.Targets`, the
     run's `text` features), each refused unless its dataset is one `metrics.json`'s `targets` records and its
     fingerprint the one recorded for it (`targets_fingerprint`)."""
+    from lathadapter.experiments.protocols import Targets, check_target_names, target_name
+
     recorded = [name for name in metrics.get("targets") or {} if name != "source"]
     if not recorded:
         raise StateError(f"run {folder} is no transfer run (its metrics.json records no targets); --target scores the "

@@ -49,6 +49,12 @@ def test_inspect_scores_each_target_as_metrics_json_records(tmp_path: Path, prot
     folder, targets = transfer_run(tmp_path, protocol)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["protocol"] == protocol
+    fingerprints = {}
+    for name, path in targets.items():
+        with CacheReader(path) as reader:
+            fingerprints[name] = reader.fingerprint
+    assert (metrics["targets_fingerprint"], metrics["targets_cache"]) == (
+        fingerprints, {name: str(path) for name, path in targets.items()})
     csv_path = tmp_path / "per_class.csv"
     args = ["inspect", str(folder), "--out", str(csv_path), "--device", "cpu", "--plots", str(tmp_path / "plots")]
     for path in targets.values():
@@ -139,3 +145,15 @@ def test_a_wrong_target_cache_is_refused_in_one_line_with_exit_1(tmp_path: Path,
         assert len(lines) == 1 and lines[0].startswith(message), result.output
     with pytest.raises(StateError, match="is not the pets cache run"):
         lathadapter.load(folder, device="cpu", targets=[impostor])
+
+
+def test_load_imports_the_protocols_only_for_targets() -> None:
+    """`lathadapter.load` of a plain run does without `protocols` and the grid driver it imports (75-90 ms)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lathadapter; lathadapter.load; "
+            "print(sorted(m for m in ('lathadapter.experiments.protocols', 'lathadapter.experiments.launch') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
