@@ -786,9 +786,9 @@ def inspect(
     from lathadapter.experiments.trained import class_accuracies, load, per_class_rows, ranked, write_per_class
 
     try:
-        if plots is not None:
-            plots.mkdir(parents=True, exist_ok=True)
         run = load(run_dir, cache, device, targets=list(target))
+        if plots is not None:  # before any scoring; after loading, so a run that cannot be loaded leaves no folder
+            plots.mkdir(parents=True, exist_ok=True)
         c = run.config
         typer.echo(f"{c.method} · {run.data.dataset} · {c.shots}-shot seed {c.seed} · classes {c.classes} · {run_dir}")
         recorded_targets = [name for name in run.metrics.get("targets") or {} if name != "source"]
