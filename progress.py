@@ -1,5 +1,7 @@
 """Progress and warnings on stderr: a rich bar on a terminal; where stderr is a log (Slurm, nohup, CI), plain lines
-instead; a warning as one `warning: …` line (`show_warning`), in the command and in its worker processes.
+instead; a warning as one `warning: …` line (`show_warning`), in the command and in its worker processes, and the
+warnings of worker processes and Ray tasks sent back to the command, each text shown once (`relayed`,
+`show_relayed`).
 
 Rich draws nothing to a log until the end, and then one bar cut at 80 columns; a long cluster job's log stayed empty
 for hours. `LogProgress` prints one line per task when it starts, then whenever both LINE_SECONDS have passed and
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,3 +112,24 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
     """`warnings.showwarning` of the command and of its worker processes: a warning is one `warning: …` line on
     stderr, as an error is one `error: …` line (Python's own shows the file, line and source of the call)."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def relayed(caught: list[warnings.WarningMessage]) -> list[Warning]:
+    """The warnings a worker process or Ray task `caught` (emptied), to send to the command, which shows them as its
+    own (`show_relayed`): a worker's stderr reaches the command late or, once the command has ended, never, and each
+    worker would print a warning every run raises once more."""
+    messages = []
+    while caught:  # one at a time: a trainer thread may be adding one
+        warned = caught.pop(0)
+        messages.append(warned.message if isinstance(warned.message, Warning) else warned.category(warned.message))
+    return messages
+
+
+def show_relayed(messages: list[Warning], shown: set[str]) -> None:
+    """Show warnings sent back from workers as the command's own (one `warning: …` line each, through the command's
+    filters), each text once: `shown` holds the texts a command (a grid, a set of builds) has shown."""
+    for message in messages:
+        text = f"{type(message).__name__}: {message}"
+        if text not in shown:
+            shown.add(text)
+            warnings.warn(message, stacklevel=1)

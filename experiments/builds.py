@@ -12,7 +12,8 @@ from typing import Any
 from lathadapter.adapter.options import OptionError, StateError
 from lathadapter.cache.build import build
 from lathadapter.cache.datasets import dataset_name, reads_root, unread_root
-from lathadapter.experiments.ray_cluster import check_address, connect, relayed, show_relayed
+from lathadapter.experiments.ray_cluster import check_address, connect
+from lathadapter.progress import relayed, show_relayed
 
 
 def _stderr(message: str) -> None:
@@ -28,7 +29,7 @@ def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
 
 def _build_on_ray(dataset: str, options: dict) -> tuple[str, str, str, list[Warning]]:
     """`_build_one` as a Ray task, with the warnings it raised on its worker, for the command to show
-    (`ray_cluster.relayed`)."""
+    (`progress.relayed`)."""
     with warnings.catch_warnings(record=True) as caught:
         return (*_build_one(dataset, options), relayed(caught))
 
@@ -96,6 +97,7 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
             except (ValueError, OSError) as error:
                 problems.append(f"{dataset}: {error}")
     else:  # a task's builds print on their worker (no bars): a line here as each ends
+        shown: set[str] = set()  # the texts of the warnings the tasks sent back, each shown once
         with connect(address, init_options) as ray:
             gpus = ray.cluster_resources().get("GPU", 0)
             task = ray.remote(_build_on_ray).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)
@@ -107,7 +109,7 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
                 dataset = refs.pop(ref)
                 try:
                     _, path, status, messages = ray.get(ref)
-                    show_relayed(messages)
+                    show_relayed(messages, shown)
                     built[dataset] = (dataset, path, status)  # named as given
                     line = f"{dataset}: {built[dataset][2]}"
                 except ray.exceptions.RayError as error:

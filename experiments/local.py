@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Generator
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, as_completed
@@ -47,6 +48,7 @@ from lathadapter.experiments.training import (
     save_trained,
     train_runs,
 )
+from lathadapter.progress import relayed, show_relayed
 
 
 class InProcess:
@@ -130,9 +132,10 @@ class WorkerProcesses:
         todo = deque(self.chunks(job))
         tally = Tally(job)
         errors: list[BaseException] = []
+        shown: set[str] = set()  # the warnings' texts shown: each once, whichever process raised it
         yield []
         if self.probe:
-            yield from _until_workers_pay(job, todo, self.workers)
+            yield from _until_workers_pay(job, todo, self.workers, shown)
             if not todo:
                 return
         context = multiprocessing.get_context("spawn")
@@ -141,7 +144,7 @@ class WorkerProcesses:
             futures = [_submit(pool, job, chunk) for chunk in todo]
             try:
                 for future in as_completed(futures):
-                    yield from _sent_back(future, tally, errors)
+                    yield from _sent_back(future, tally, errors, shown)
                     if errors:
                         for other in futures:
                             other.cancel()  # chunks not started; those running finish and are saved
@@ -152,12 +155,14 @@ class WorkerProcesses:
             raise errors[0]
 
 
-def _until_workers_pay(job: Job, todo: deque[list[Item]], workers: int) -> Generator[Events, None, None]:
+def _until_workers_pay(job: Job, todo: deque[list[Item]], workers: int, shown: set[str]
+                       ) -> Generator[Events, None, None]:
     """Train here, batch by batch, until the runs left would take longer here than `workers` workers need to start
     (`pool.workers_pay`, from the seconds the runs trained here took, this process's one-time imports done first);
     returns with the chunks left, none when workers never paid. The batches come from both ends of the grid in turn,
     so that the estimate sees its cheap and its costly runs early (a grid's methods, and shots, come in order;
-    results do not depend on the order runs train in)."""
+    results do not depend on the order runs train in). Warnings are shown as the workers' are, each text once
+    (`shown`)."""
     optimiser_imports()
     trainer = Trainer(job.execution.device or "cpu", job.extra_factory)
     runs, seconds, back = 0, 0.0, False
@@ -166,7 +171,9 @@ def _until_workers_pay(job: Job, todo: deque[list[Item]], workers: int) -> Gener
     try:
         while todo:
             start = time.perf_counter()
-            events = _train_here(job, todo, trainer, back)
+            with warnings.catch_warnings(record=True) as caught:
+                events = _train_here(job, todo, trainer, back)
+            show_relayed(relayed(caught), shown)
             runs, seconds, back = runs + len(events), seconds + time.perf_counter() - start, not back
             yield events
             if workers_pay(sum(len(chunk) for chunk in todo) * seconds / max(runs, 1), workers):
@@ -181,16 +188,18 @@ def _submit(pool: ProcessPoolExecutor, job: Job, chunk: list[Item]) -> Future[by
                        job.extra_factory)
 
 
-def _sent_back(future: Future[bytes], tally: Tally, errors: list[BaseException]) -> Generator[Events, None, None]:
-    """Save the runs a finished chunk sent back, yielding their events; its error (or a dead worker's) is added to
-    `errors`."""
+def _sent_back(future: Future[bytes], tally: Tally, errors: list[BaseException], shown: set[str]
+               ) -> Generator[Events, None, None]:
+    """Save the runs a finished chunk sent back, yielding their events, and show its warnings (each text once:
+    `shown`); its error (or a dead worker's) is added to `errors`."""
     try:
-        results, error = unpack(future.result())
+        results, error, messages = unpack(future.result())
     except CancelledError:
         return
     except BrokenProcessPool as broken:
-        results, error = [], WorkerError(f"a worker process died ({broken}); the finished runs are saved, rerun the "
-                                         "grid to complete the rest" + script_hint())
+        results, error, messages = [], WorkerError(f"a worker process died ({broken}); the finished runs are saved, "
+                                                   "rerun the grid to complete the rest" + script_hint()), []
+    show_relayed(messages, shown)
     for result in results:
         yield tally.take(result)
     if error is not None:

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from lathadapter.progress import relayed, show_warning
+
 if TYPE_CHECKING:
     from lathadapter.experiments.chunks import Elsewhere, Trained
     from lathadapter.experiments.execution import Execution
@@ -73,8 +75,8 @@ def die_with_parent(parent: int) -> None:
 
 def init_worker(parent: int | None = None) -> None:
     """In each worker, before torch is imported: one OpenMP thread, one torch thread; Ctrl-C ignored (the driver
-    stops the workers); the worker ends with the driver `parent`; its warnings are one line each, as the command's."""
-    from lathadapter.progress import show_warning
+    stops the workers); the worker ends with the driver `parent`; its warnings outside a chunk (a chunk's are sent
+    back) are one line each, as the command's."""
 
     warnings.showwarning = show_warning
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -97,21 +99,24 @@ def _picklable(error: BaseException) -> BaseException:
 
 def work_chunk(cache: str, items: list[Item], out: str, execution: Execution,
                extra_factory: Callable[[str], Evaluator] | None) -> bytes:
-    """In a worker: train one chunk; returns, packed (`pack`), what came of each run trained (or found finished) and
-    the error that stopped the chunk, if any, so the runs trained before it are still saved (`unpack`)."""
+    """In a worker: train one chunk; returns, packed (`pack`), what came of each run trained (or found finished),
+    the error that stopped the chunk, if any, so the runs trained before it are still saved, and the warnings it
+    raised, which the driver shows once for all workers (`unpack`, `progress.show_relayed`)."""
     from lathadapter.experiments.chunks import train_chunk
 
     results: list[Trained | Elsewhere | int] = []
     error: BaseException | None = None
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            for result in train_chunk(cache, items, out, execution, extra_factory):
+                results.append(result)
+        except Exception as raised:  # noqa: BLE001 — sent back, raised by the driver
+            error = _picklable(raised)
+    messages = relayed(caught)
     try:
-        for result in train_chunk(cache, items, out, execution, extra_factory):
-            results.append(result)
-    except Exception as raised:  # noqa: BLE001 — sent back, raised by the driver
-        error = _picklable(raised)
-    try:
-        return pack((results, error))
+        return pack((results, error, messages))
     except Exception as raised:  # noqa: BLE001 — the runs cannot be sent: the driver says why
-        return pack(([], _picklable(raised)))
+        return pack(([], _picklable(raised), messages))
 
 
 def pack(value: Any) -> bytes:
@@ -121,8 +126,8 @@ def pack(value: Any) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def unpack(packed: bytes) -> tuple[list[Trained | Elsewhere | int], BaseException | None]:
-    """What `work_chunk` sent back: the chunk's results and the error that stopped it, if any."""
+def unpack(packed: bytes) -> tuple[list[Trained | Elsewhere | int], BaseException | None, list[Warning]]:
+    """What `work_chunk` sent back: the chunk's results, the error that stopped it, if any, and its warnings."""
     return pickle.loads(packed)
 
 

@@ -32,8 +32,9 @@ from lathadapter.cache.store import CacheError, CacheReader
 from lathadapter.experiments.chunks import Elsewhere, Item, Tally, Trained, chunk_runs, train_chunk
 from lathadapter.experiments.execution import DEFAULT_GPUS_PER_CHUNK, Execution
 from lathadapter.experiments.machine import auto_batch_runs
-from lathadapter.experiments.ray_cluster import RayBackendError, connect, relayed, show_relayed
+from lathadapter.experiments.ray_cluster import RayBackendError, connect
 from lathadapter.experiments.training import Evaluator, Events, Job
+from lathadapter.progress import relayed, show_relayed
 from lathadapter.version import __version__
 
 
@@ -61,7 +62,7 @@ def _probe(caches: list[str], out: str, token: str, extra_factory: Callable[[str
 
 @dataclasses.dataclass(frozen=True)
 class Warned:
-    """Warnings a chunk task caught on its worker, sent back between its runs (`ray_cluster.relayed`)."""
+    """Warnings a chunk task caught on its worker, sent back between its runs (`progress.relayed`)."""
 
     messages: list[Warning]
 
@@ -141,6 +142,7 @@ class OnRay:
     def train(self, job: Job) -> Generator[Events, None, None]:
         options = job.execution.ray
         lost: list[str] = []
+        shown: set[str] = set()  # the texts of the warnings the tasks sent back, each shown once
         with connect(options.address, options.init_options) as ray:
             gpus = ray.cluster_resources().get("GPU", 0)
             device = job.execution.device
@@ -193,7 +195,7 @@ class OnRay:
                                         f"{str(error).splitlines()[0] if str(error) else ''}")
                         continue
                     if isinstance(result, Warned):
-                        show_relayed(result.messages)
+                        show_relayed(result.messages, shown)
                         continue
                     yield tally.take(result)
                     if self.on_saved is not None and not isinstance(result, int):

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,22 +40,6 @@ def import_ray() -> Any:
     except ImportError:
         raise RayMissingError(INSTALL_HINT) from None
     return ray
-
-
-def relayed(caught: list[warnings.WarningMessage]) -> list[Warning]:
-    """The warnings a Ray task `caught` on its worker (emptied), to send to the command, which shows them as its own
-    (`show_relayed`): the worker's stderr reaches the command late or, once the command has ended, never."""
-    messages = []
-    while caught:  # one at a time: a trainer thread may be adding one
-        warned = caught.pop(0)
-        messages.append(warned.message if isinstance(warned.message, Warning) else warned.category(warned.message))
-    return messages
-
-
-def show_relayed(messages: list[Warning]) -> None:
-    """Show the warnings a Ray task sent back: one `warning: …` line each, each text once, as the command's own."""
-    for message in messages:
-        warnings.warn(message, stacklevel=1)
 
 
 REACH_SECONDS = 10.0  # how long `check_reachable` waits for the cluster's port and its answer

@@ -342,15 +342,29 @@ def test_a_grid_whose_workers_would_not_pay_never_starts_them(spec: GridSpec, gr
 
 def test_a_workers_warning_is_one_line_as_the_commands(cache: Path, tmp_path: Path,
                                                        capfd: pytest.CaptureFixture[str]) -> None:
-    """A warning raised in a worker process (here `eps` under CLIP-Adapter's SGD, said where each run is built) is one
-    `warning: …` line on stderr, as the command's own warnings are, not Python's `file:line: ProtocolWarning:` and the
-    source line of the call."""
+    """A warning raised in worker processes (here `eps` under CLIP-Adapter's SGD, said where each run is built) is one
+    `warning: …` line on stderr, once for all workers, as the command's own warnings are, not Python's `file:line:
+    ProtocolWarning:` and the source line of the call."""
     result = CliRunner().invoke(app, ["grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "1,2",
                                       "--seeds", "1,2", "--set", "epochs=1", "--set", "min_steps=2", "--set",
                                       "eps=1e-6", "--device", "cpu", "--workers", "2", "--batch-runs", "1",
                                       "--out", str(tmp_path / "g")])
     assert result.exit_code == 0, result.output
-    err = capfd.readouterr().err  # the workers write to the process's stderr, which the runner does not capture
+    # the workers' own stderr is the process's, which the runner does not capture: the warning must not be there
+    err = result.output + capfd.readouterr().err
     said = [line for line in err.splitlines() if "eps=1e-06 has no effect" in line]
-    assert said and all(line.startswith("warning: clip-adapter (recipe=official) trains with SGD") for line in said)
+    assert len(said) == 1 and said[0].startswith("warning: clip-adapter (recipe=official) trains with SGD")
     assert "ProtocolWarning" not in err and "warnings.warn(" not in err
+
+
+def test_a_warning_every_worker_raises_is_shown_once(cache: Path, tmp_path: Path, capfd: pytest.CaptureFixture,
+                                                     recwarn: pytest.WarningsRecorder) -> None:
+    # each run asks for more k-means attribute phrases than the cache holds: every worker's runs warn; each worker
+    # printed its own line, so a grid on N workers said it N times
+    spec = GridSpec([str(cache)], ["lathadapter"], [1, 2], [1, 2],
+                    options={**QUICK, "attr_init": ["kmeans"], "num_attributes": ["64"]})
+    result = launch(spec, tmp_path / "grid", Execution(workers=2, batch_runs=1), progress=False)
+    assert (result["runs"], result["done"]) == (4, 4)
+    shown = [str(w.message) for w in recwarn if "attr_init=kmeans" in str(w.message)]
+    assert len(shown) == 1 and "num_attributes=64" in shown[0]
+    assert "attr_init=kmeans" not in capfd.readouterr().err  # no worker printed it itself

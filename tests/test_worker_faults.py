@@ -54,7 +54,7 @@ def test_a_chunk_is_sent_back_without_shared_memory(cache: Path, tmp_path: Path,
     assert torch.Tensor in reducers
     monkeypatch.setattr(ForkingPickler, "_extra_reducers", reducers)
     sent = bytes(ForkingPickler.dumps(packed))
-    results, error = unpack(ForkingPickler.loads(sent))
+    results, error, _ = unpack(ForkingPickler.loads(sent))
     assert error is None and len(results) == 1
     assert saved.name == keyed[0].key
     assert results[0].weights.keys() == expected.keys()
