@@ -27,11 +27,13 @@ def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
     return dataset, str(result.path), result.status
 
 
-def _build_on_ray(dataset: str, options: dict) -> tuple[str, str, str, list[Warning]]:
-    """`_build_one` as a Ray task, with the warnings it raised on its worker, for the command to show
-    (`progress.relayed`)."""
+def _build_on_ray(dataset: str, options: dict) -> tuple[str, str, str, list[Warning], list[str]]:
+    """`_build_one` as a Ray task, with the warnings it raised and the lines it said on its worker (notes, what it
+    left out or skipped), for the command to show (`progress.relayed`): Ray forwards a worker's stderr late, or never
+    once the command has ended."""
+    lines: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
-        return (*_build_one(dataset, options), relayed(caught))
+        return (*_build_one(dataset, {**options, "log": lines.append}), relayed(caught), lines)
 
 
 def cache_paths(datasets: list[str], out: Path) -> dict[str, Path]:
@@ -96,19 +98,20 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
                 results.append(_build_one(dataset, options(dataset)))
             except (ValueError, OSError) as error:
                 problems.append(f"{dataset}: {error}")
-    else:  # a task's builds print on their worker (no bars): a line here as each ends
+    else:  # a task's builds say nothing on their worker (no bars): here, as each ends, a line and what it said
         shown: set[str] = set()  # the texts of the warnings the tasks sent back, each shown once
         with connect(address, init_options) as ray:
             gpus = ray.cluster_resources().get("GPU", 0)
             task = ray.remote(_build_on_ray).options(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)
             refs = {task.remote(*for_workers(dataset, {**options(dataset), "progress": False, "log": None})): dataset
-                    for dataset in datasets}
+                    for dataset in datasets}  # the task says its lines to a list it sends back
             built: dict[str, tuple[str, str, str]] = {}
             while refs:  # a line as each build ends: the progress of builds that print nothing here
                 [ref], _ = ray.wait(list(refs), num_returns=1)
                 dataset = refs.pop(ref)
+                said: list[str] = []
                 try:
-                    _, path, status, messages = ray.get(ref)
+                    _, path, status, messages, said = ray.get(ref)
                     show_relayed(messages, shown)
                     built[dataset] = (dataset, path, status)  # named as given
                     line = f"{dataset}: {built[dataset][2]}"
@@ -118,6 +121,8 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
                     line = f"{dataset}: failed"
                 if say is not None:
                     say(f"{line} ({len(built) + len(problems)}/{len(datasets)} builds ended)")
+                for text in said:  # what the build said on its worker, as a local build says it here
+                    (say or _stderr)(text)
             results = [built[dataset] for dataset in datasets if dataset in built]
     if problems:
         raise StateError("cache builds failed:\n  " + "\n  ".join(problems))

@@ -284,6 +284,12 @@ def test_build_many_on_ray_finds_paths_given_relative_to_the_command(cluster, co
     # the same cache as a local build of the same relative arguments: nothing to rebuild
     [(_, _, again)] = build_many([dataset], Path("caches"), "local", **options)
     assert again == "up to date"
+    # what a build says on its worker reaches the command (it went to the worker's stderr, late or never)
+    said: list[str] = []
+    [(_, _, again)] = build_many([dataset], Path("caches"), "ray", **options, log=said.append)
+    assert again == "up to date"
+    assert said[0] == f"{dataset}: up to date (1/1 builds ended)"
+    assert said[1].startswith(f"{tmp_path / 'caches' / 'Shapes.h5'} is up to date (same fingerprint ")
 
 def test_backend_ray_without_ray_prints_the_install_hint(cache: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
