@@ -4,8 +4,8 @@
 The pending runs (no `metrics.json` yet) are grouped by cache, in grid order, and cut into chunks; a worker trains a
 chunk's runs in order with the same `training.train_runs` as the in-process backend, opening the cache once, and
 sends each trained run back (`Trained`: configuration, metrics, CPU weights, lifted points). The driver alone writes
-run directories (`save_streamed`, under the run's lock as the in-process backend does; `Tally`) and, as each comes
-back, `results.csv` (`launch`): same keys, same layout, same resume.
+run directories (`save_streamed`, under the run's lock as the in-process backend does; `Collector`) and, as each
+comes back, `results.csv` (`launch`): same keys, same layout, same resume.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def save_streamed(job: Job, item: KeyedRun, trained: Trained) -> str:
     return "done"
 
 
-class Tally:
+class Collector:
     """The driver's side of a chunked round: `take` saves a run sent back (or notes one finished meanwhile) and
     returns its event for the driver; `unfinished` holds the pending runs not yet back (a lost chunk's are
     resubmitted)."""

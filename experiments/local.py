@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from lathadapter.adapter.trainer import optimiser_imports
-from lathadapter.experiments.chunks import Item, Tally, chunk_batches, chunk_runs
+from lathadapter.experiments.chunks import Collector, Item, chunk_batches, chunk_runs
 from lathadapter.experiments.data import DataCache
 from lathadapter.experiments.pool import (
     MAX_CHUNK,
@@ -130,7 +130,7 @@ class WorkerProcesses:
 
     def train(self, job: Job) -> Generator[Events, None, None]:
         todo = deque(self.chunks(job))
-        tally = Tally(job)
+        collector = Collector(job)
         errors: list[BaseException] = []
         shown: set[str] = set()  # the warnings' texts shown: each once, whichever process raised it
         yield []
@@ -144,7 +144,7 @@ class WorkerProcesses:
             futures = [_submit(pool, job, chunk) for chunk in todo]
             try:
                 for future in as_completed(futures):
-                    yield from _sent_back(future, tally, errors, shown)
+                    yield from _sent_back(future, collector, errors, shown)
                     if errors:
                         for other in futures:
                             other.cancel()  # chunks not started; those running finish and are saved
@@ -188,7 +188,7 @@ def _submit(pool: ProcessPoolExecutor, job: Job, chunk: list[Item]) -> Future[by
                        job.extra_factory)
 
 
-def _sent_back(future: Future[bytes], tally: Tally, errors: list[BaseException], shown: set[str]
+def _sent_back(future: Future[bytes], collector: Collector, errors: list[BaseException], shown: set[str]
                ) -> Generator[Events, None, None]:
     """Save the runs a finished chunk sent back, yielding their events, and show its warnings (each text once:
     `shown`); its error (or a dead worker's) is added to `errors`."""
@@ -201,7 +201,7 @@ def _sent_back(future: Future[bytes], tally: Tally, errors: list[BaseException],
                                                    "rerun the grid to complete the rest" + script_hint()), []
     show_relayed(messages, shown)
     for result in results:
-        yield tally.take(result)
+        yield collector.take(result)
     if error is not None:
         errors.append(error)
 

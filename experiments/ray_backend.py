@@ -29,7 +29,7 @@ from typing import Any
 
 from lathadapter.adapter.options import OptionError
 from lathadapter.cache.store import CacheError, CacheReader
-from lathadapter.experiments.chunks import Elsewhere, Item, Tally, Trained, chunk_runs, train_chunk
+from lathadapter.experiments.chunks import Collector, Elsewhere, Item, Trained, chunk_runs, train_chunk
 from lathadapter.experiments.execution import DEFAULT_GPUS_PER_CHUNK, Execution
 from lathadapter.experiments.machine import auto_batch_runs
 from lathadapter.experiments.ray_cluster import RayBackendError, connect
@@ -171,7 +171,7 @@ class OnRay:
             batch_runs = execution.batch_runs or 1
             size = math.ceil(options.chunk_size / batch_runs) * batch_runs  # whole batches per chunk
             chunks = {submit(chunk): (chunk, 0) for chunk in chunk_runs(job.pending, size, batch_runs)}
-            tally = Tally(job)
+            collector = Collector(job)
             try:
                 yield []
                 while chunks:
@@ -187,7 +187,7 @@ class OnRay:
                         raise task_error(ray, error) from None
                     except ray.exceptions.RayError as error:  # the worker or its node died: resubmitted
                         del chunks[generator]
-                        left = [(i, item) for i, item in chunk if i in tally.unfinished]
+                        left = [(i, item) for i, item in chunk if i in collector.unfinished]
                         if left and tries < options.retries:
                             chunks[submit(left)] = (left, tries + 1)
                         elif left:
@@ -197,11 +197,11 @@ class OnRay:
                     if isinstance(result, Warned):
                         show_relayed(result.messages, shown)
                         continue
-                    yield tally.take(result)
+                    yield collector.take(result)
                     if self.on_saved is not None and not isinstance(result, int):
                         self.on_saved(result)
             finally:  # stopped early (Ctrl-C, an error): its tasks end with it
                 end_tasks(ray, list(chunks))
         if lost:
-            raise RayBackendError(f"{len(tally.unfinished)} run(s) were lost with their Ray workers; the finished "
+            raise RayBackendError(f"{len(collector.unfinished)} run(s) were lost with their Ray workers; the finished "
                                   "runs are saved, rerun the grid to complete the rest:\n  " + "\n  ".join(lost))
