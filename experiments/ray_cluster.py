@@ -51,11 +51,29 @@ HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 
 SETTINGS_FRAME = 4
 
 
-def check_address(address: str | None) -> None:
-    """Refuse a Ray Client address (ray://HOST:PORT): chunk tasks stream their runs back as Ray generators, which Ray
-    Client does not carry, and the command reads and writes caches and run folders at paths every node shares."""
+def given_address(address: str | None) -> tuple[str | None, str]:
+    """The cluster address a command connects to and where it comes from: `--address`, else the environment's
+    RAY_ADDRESS (which `ray.init` reads; a cluster job's script may export it), else None: a cluster Ray finds
+    running, or a local one."""
+    if address is not None:
+        return address, "--address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+
+
+def address_hint(source: str) -> str:
+    """What to give instead of an address where no cluster answers, by where it came from (`given_address`)."""
+    if source == "RAY_ADDRESS":
+        return ("set RAY_ADDRESS to the address `ray start --head` printed (HEAD:6379 unless its --port said "
+                "otherwise), or unset it to start a local cluster")
+    return ADDRESS_HINT
+
+
+def check_address(address: str | None, source: str = "--address") -> None:
+    """Refuse a Ray Client address (ray://HOST:PORT; `source`: `--address` or RAY_ADDRESS): chunk tasks stream their
+    runs back as Ray generators, which Ray Client does not carry, and the command reads and writes caches and run
+    folders at paths every node shares."""
     if address is not None and address.startswith("ray://"):
-        raise OptionError(f"--address {address}: Ray Client (ray://) is not supported; give the cluster's own "
+        raise OptionError(f"{source} {address}: Ray Client (ray://) is not supported; give the cluster's own "
                           "address, --address HOST:6379 (the address `ray start --head` printed), from a machine "
                           "that reaches every node")
 
@@ -71,11 +89,11 @@ def _answer(connection: socket.socket, size: int) -> bytes:
     return answer
 
 
-def check_reachable(address: str, timeout: float = REACH_SECONDS) -> None:
-    """Refuse at once a `--address HOST:PORT` where no Ray cluster answers: nothing listens, or a server that does
-    not speak gRPC as a cluster's GCS does (a plain TCP or HTTP server: the dashboard's port, say). Ray itself
-    retried for minutes, printing GCS warnings. Other forms (auto, local) are left to Ray, as is a cluster that
-    speaks TLS (RAY_USE_TLS)."""
+def check_reachable(address: str, timeout: float = REACH_SECONDS, source: str = "--address") -> None:
+    """Refuse at once a `--address HOST:PORT` (or RAY_ADDRESS's: `source`) where no Ray cluster answers: nothing
+    listens, or a server that does not speak gRPC as a cluster's GCS does (a plain TCP or HTTP server: the dashboard's
+    port, say). Ray itself retried for minutes, printing GCS warnings. Other forms (auto, local) are left to Ray, as
+    is a cluster that speaks TLS (RAY_USE_TLS)."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         return
@@ -83,8 +101,8 @@ def check_reachable(address: str, timeout: float = REACH_SECONDS) -> None:
         connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as error:
         reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error)).lower()
-        raise RayBackendError(f"--address {address}: cannot reach a Ray cluster there ({reason}); "
-                              f"{ADDRESS_HINT}") from None
+        raise RayBackendError(f"{source} {address}: cannot reach a Ray cluster there ({reason}); "
+                              f"{address_hint(source)}") from None
     with connection:
         if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
             return
@@ -96,8 +114,8 @@ def check_reachable(address: str, timeout: float = REACH_SECONDS) -> None:
         else:
             reason = "closed the connection" if len(answer) < 9 else "not gRPC"
     if len(answer) < 9 or answer[3] != SETTINGS_FRAME:
-        raise RayBackendError(f"--address {address}: a server listens there but is not a Ray cluster ({reason}); "
-                              f"{ADDRESS_HINT}")
+        raise RayBackendError(f"{source} {address}: a server listens there but is not a Ray cluster ({reason}); "
+                              f"{address_hint(source)}")
 
 
 def keep_sigterm(raised: list[BaseException]) -> Callable[[], None]:
@@ -140,30 +158,34 @@ def one_try(given: bool) -> Iterator[None]:
         del os.environ[GCS_TRIES]
 
 
-def connection_error(address: str | None, error: ConnectionError) -> RayBackendError:
-    """What `ray.init` failing to connect to `address` means, and what to check: its token, or its address."""
+def connection_error(address: str | None, error: ConnectionError, source: str = "--address") -> RayBackendError:
+    """What `ray.init` failing to connect to `address` (given as `source`) means, and what to check: its token, or
+    its address."""
     if address is None:
         return RayBackendError(f"cannot start or reach a Ray cluster: {error}")
     cause = f"{error.__cause__ or ''}"
     if "InvalidAuthToken" in cause or "Unauthenticated" in cause:
-        return RayBackendError(f"--address {address}: the Ray cluster there asks for its token; export "
+        return RayBackendError(f"{source} {address}: the Ray cluster there asks for its token; export "
                                "RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token (or "
                                "RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN)")
-    return RayBackendError(f"--address {address}: no Ray cluster answered there ({error}); {ADDRESS_HINT}")
+    return RayBackendError(f"{source} {address}: no Ray cluster answered there ({error}); {address_hint(source)}")
 
 
 @contextlib.contextmanager
 def connect(address: str | None = None, init_options: dict[str, Any] | None = None) -> Iterator[Any]:
     """Ray, initialised for the block: an existing connection is reused and left open; one made here is closed.
-    `address` None: a running cluster Ray finds, else a local one; `init_options`: more `ray.init` keywords."""
+    `address` None: RAY_ADDRESS's cluster (`given_address`), else a running cluster Ray finds, else a local one;
+    `init_options`: more `ray.init` keywords."""
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
     kwargs = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.ERROR,
               **(init_options or {})}
+    address, source = given_address(address)
     if address is not None:
-        check_reachable(address)
+        check_address(address, source)  # `--address` was checked as it was parsed: RAY_ADDRESS's here
+        check_reachable(address, source=source)
         kwargs["address"] = address
         kwargs.pop("num_cpus", None)
         kwargs.pop("num_gpus", None)
@@ -173,7 +195,7 @@ def connect(address: str | None = None, init_options: dict[str, Any] | None = No
         with one_try(address is not None):
             ray.init(**kwargs)
     except ConnectionError as error:
-        raise connection_error(address, error) from None
+        raise connection_error(address, error, source) from None
     finally:
         restore()
     try:
