@@ -777,7 +777,8 @@ def inspect(
     out: Path | None = typer.Option(None, help="CSV file to write the per-class accuracy to (columns classes, label, "
                                     "class, correct, count, accuracy, target)."),
     plots: Path | None = typer.Option(None, help="Folder to draw the run's plots in: reliability.png (a panel per "
-                                      "test set) and confusion_<set>.png (each test set's confusion matrix)."),
+                                      "test set), confusion_<set>.png (each test set's confusion matrix) and, for "
+                                      "a LatHAdapter run, poincare_disk.png."),
 ) -> None:
     """Load a trained run back and score its test images per class: the accuracy and ECE (checked against its
     metrics.json), the worst and best classes, and optionally a per-class CSV and plots; a transfer run's targets
@@ -830,10 +831,12 @@ def inspect(
             write_per_class(out, per_class_rows(per_class))
             typer.echo(f"wrote {out}", err=True)
         if reliability:
-            from lathadapter.experiments.plots import plot_run_reliability
+            from lathadapter.experiments.plots import plot_poincare_disk, plot_run_reliability
 
             drawn.insert(0, plot_run_reliability(reliability, f"{c.method} · {run.data.dataset} · {c.shots}-shot "
                                                  f"seed {c.seed}", plots / "reliability.png"))
+            if (run.folder / "points.pt").is_file():  # a LatHAdapter run: its lifted points, as a report draws them
+                drawn.append(plot_poincare_disk(run.folder, plots))
             typer.echo(f"plots: {', '.join(str(path) for path in drawn)}", err=True)
     except (ValueError, OSError) as error:
         flag, path = next(((flag, path) for flag, path in (("--plots", plots), ("--out", out))

@@ -326,6 +326,12 @@ def test_inspect_plots_the_reliability_and_each_sets_confusion_matrix(baseline_c
         counts = np.zeros((half, half))
         np.add.at(counts, (truth, predicted), 1)
         assert drawn == pytest.approx(100 * counts / counts.sum(axis=1, keepdims=True))
+    # a LatHAdapter run also gets its Poincaré disk, as a report draws it (its lifted points, points.pt)
+    lathadapter_run = fit(baseline_cache, "lathadapter", tmp_path / "hyperbolic")["run_dir"]
+    result = CliRunner().invoke(app, ["inspect", lathadapter_run, "--plots", str(tmp_path / "disk"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["confusion_all.png", "poincare_disk.png",
+                                                                     "reliability.png"]
     # a --plots path that cannot be a folder names the option, as --out does
     blocked = tmp_path / "file"
     blocked.write_text("")
