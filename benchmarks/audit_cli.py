@@ -292,7 +292,7 @@ def main() -> None:
         assert piped.stdout is not None
         piped.stdout.close()
         _, said = piped.communicate(timeout=120)
-        record("23 inspect into a closed pipe (| head)", piped.returncode, said.decode() or "(stderr empty)")
+        record("23 inspect into a closed pipe (head -1)", piped.returncode, said.decode() or "(stderr empty)")
         done = subprocess.run(cli("list", "options", "clip-adapter"), env=ENV, capture_output=True, text=True)
         record("14 list options clip-adapter (first line)", done.returncode, done.stdout.splitlines()[0])
         done = subprocess.run(cli(*grid, "--out", fresh()), env=ENV, capture_output=True, text=True)
