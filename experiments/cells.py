@@ -99,9 +99,9 @@ def cells_over_seeds(records: list[Record], key: Callable[[Record], tuple], metr
     run that did not record the metric (`recorded`) has no value either: a cell of such runs alone is `—`, so that
     the table keeps the accuracy table's rows and columns. With `seed`, each cell over all seeds holds that seed's
     run alone (`—` where it has none), so that a seed's table has the rows and columns of the table over seeds."""
-    if seed is not None:
+    if seed is not None:  # the cells over all seeds are those of the keys of all runs
         alone = cells_over_seeds([r for r in records if r.seed == seed], key, metric, recorded)
-        return {k: alone.get(k, MISSING) for k in cells_over_seeds(records, key, metric, recorded)}
+        return {k: alone.get(k, MISSING) for k in dict.fromkeys(map(key, records))}
     grouped: dict[tuple, list[float | None]] = defaultdict(list)
     diverged: set[tuple] = set()
     unrecorded: set[tuple] = set()
