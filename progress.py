@@ -11,6 +11,7 @@ ends.
 
 from __future__ import annotations
 
+import pickle
 import sys
 import time
 import warnings
@@ -121,8 +122,20 @@ def relayed(caught: list[warnings.WarningMessage]) -> list[Warning]:
     messages = []
     while caught:  # one at a time: a trainer thread may be adding one
         warned = caught.pop(0)
-        messages.append(warned.message if isinstance(warned.message, Warning) else warned.category(warned.message))
+        messages.append(_crossing(warned.message if isinstance(warned.message, Warning)
+                                  else warned.category(warned.message)))
     return messages
+
+
+def _crossing(message: Warning) -> Warning:
+    """`message` if it crosses to the command intact (pickled and back), else its nearest built-in category with its
+    text: a category whose constructor takes other arguments, or one holding a lock, would fail to cross and take the
+    runs sent with it along."""
+    try:
+        pickle.loads(pickle.dumps(message))
+    except Exception:  # noqa: BLE001 — any failure to round-trip
+        return next(c for c in type(message).__mro__ if c.__module__ == "builtins")(str(message))
+    return message
 
 
 def show_relayed(messages: list[Warning], shown: set[str]) -> None:

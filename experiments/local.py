@@ -190,8 +190,9 @@ def _submit(pool: ProcessPoolExecutor, job: Job, chunk: list[Item]) -> Future[by
 
 def _sent_back(future: Future[bytes], collector: Collector, errors: list[BaseException], shown: set[str]
                ) -> Generator[Events, None, None]:
-    """Save the runs a finished chunk sent back, yielding their events, and show its warnings (each text once:
-    `shown`); its error (or a dead worker's) is added to `errors`."""
+    """Save the runs a finished chunk sent back, yielding their events, then show its warnings (each text once:
+    `shown`; after the runs are saved, which a warning the command's filters make an error must not lose); its error
+    (or a dead worker's) is added to `errors`."""
     try:
         results, error, messages = unpack(future.result())
     except CancelledError:
@@ -199,9 +200,9 @@ def _sent_back(future: Future[bytes], collector: Collector, errors: list[BaseExc
     except BrokenProcessPool as broken:
         results, error, messages = [], WorkerError(f"a worker process died ({broken}); the finished runs are saved, "
                                                    "rerun the grid to complete the rest" + script_hint()), []
-    show_relayed(messages, shown)
     for result in results:
         yield collector.take(result)
+    show_relayed(messages, shown)
     if error is not None:
         errors.append(error)
 

@@ -1,11 +1,13 @@
 """Faults around local worker processes (`--workers N`): what a worker sends back never goes through shared memory
-(a container's small /dev/shm), and a save that fails in the driver (a full disk) stops the workers at once."""
+(a container's small /dev/shm), a save that fails in the driver (a full disk) stops the workers at once, and a
+chunk's warnings reach the driver without costing its runs."""
 
 from __future__ import annotations
 
 import errno
 import functools
 import os
+import warnings
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
@@ -121,3 +123,49 @@ def test_two_worker_grids_on_one_folder_train_each_run_once(cache: Path, tmp_pat
     assert len(markers) - len(set(markers)) <= 2, markers  # a run is trained again only in the instant between a
     assert len(set(markers)) == 12  # worker letting its lock go and the driver saving it
     assert len(list((out / "runs").glob("*/metrics.json"))) == 12
+
+
+class OddWarning(UserWarning):
+    """A warning whose constructor takes other arguments than its text: it pickles, but cannot be rebuilt from its
+    pickle (`BaseException.__reduce__` gives back the text alone)."""
+
+    def __init__(self, name: str, value: float) -> None:
+        super().__init__(f"{name}={value} is odd")
+
+
+def warning_evaluator(warning: str, device: str):  # noqa: ANN201 — an Evaluator
+    """Builds, in a worker, an evaluator that warns once per run: a plain UserWarning or an `OddWarning`."""
+
+    def warn(grid_run, outcome, data) -> dict:  # noqa: ANN001
+        warnings.warn(OddWarning("lr", 0.5) if warning == "odd" else UserWarning(f"{grid_run.config.method} scored"),
+                      stacklevel=1)
+        return {}
+
+    return warn
+
+
+def test_a_warning_that_cannot_be_rebuilt_comes_back_as_its_built_in_category_with_the_runs(cache: Path,
+                                                                                           tmp_path: Path) -> None:
+    """A chunk whose runs raise a warning the driver could not unpickle sends it back as its nearest built-in
+    category with the same text; before, unpickling the chunk failed in the driver and its runs were lost."""
+    out = tmp_path / "worker"
+    _, keyed = prepare(expand(GridSpec([str(cache)], ["clip-adapter"], [1], [1], options=QUICK)), out)
+    packed = work_chunk(str(cache), pending_runs(keyed, out), str(out), Execution(workers=1, batch_runs=1),
+                        functools.partial(warning_evaluator, "odd"))
+    results, error, messages = unpack(packed)
+    assert error is None and len(results) == 1
+    assert [(type(m), str(m)) for m in messages] == [(UserWarning, "lr=0.5 is odd")]
+
+
+def test_a_workers_warning_the_command_makes_an_error_is_raised_once_its_runs_are_saved(cache: Path,
+                                                                                       tmp_path: Path) -> None:
+    """Under a filter that makes warnings errors in the command (set by a program, which spawned workers do not
+    inherit), a warning sent back with a chunk is raised after the chunk's runs are saved, not before."""
+    spec = GridSpec([str(cache)], ["clip-adapter"], [1, 2], [1], options=QUICK)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="clip-adapter scored"):
+            list(train_round(expand(spec), tmp_path / "out", Execution(workers=1, batch_runs=1), progress=False,
+                             extra_factory=functools.partial(warning_evaluator, "plain"),
+                             backend=WorkerProcesses(1, chunk_size=2)))  # one chunk of both runs
+    assert len(list((tmp_path / "out" / "runs").glob("*/metrics.json"))) == 2
