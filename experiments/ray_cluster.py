@@ -52,12 +52,13 @@ SETTINGS_FRAME = 4
 
 
 def given_address(address: str | None) -> tuple[str | None, str]:
-    """The cluster address a command connects to and where it comes from: `--address`, else the environment's
-    RAY_ADDRESS (which `ray.init` reads; a cluster job's script may export it), else None: a cluster Ray finds
-    running, or a local one."""
-    if address is not None:
-        return address, "--address"
-    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+    """The cluster address a command connects to and where it comes from, as `ray.init` chooses it: the environment's
+    RAY_ADDRESS (a cluster job's script may export it) where `--address` is not given or is auto, else `--address`;
+    None: a cluster Ray finds running, or a local one."""
+    exported = os.environ.get("RAY_ADDRESS")
+    if exported and address in (None, "auto"):
+        return exported, "RAY_ADDRESS"
+    return address, "--address"
 
 
 def address_hint(source: str) -> str:

@@ -481,22 +481,23 @@ def test_check_reachable_passes_only_a_server_that_answers_as_grpc(answer: bytes
         check_reachable(f"127.0.0.1:{free_port()}")
 
 
-@pytest.mark.parametrize("exported", ["closed", "ray-client"])
+@pytest.mark.parametrize("exported", ["closed", "ray-client", "closed, --address auto"])
 def test_a_ray_address_exported_where_no_cluster_answers_fails_in_one_line(cache: Path, tmp_path: Path,
                                                                            exported: str) -> None:
-    """RAY_ADDRESS (which `ray.init` reads when `--address` is not given; a cluster job's script may export it) gets
-    the checks `--address` gets, and the message names it: before, a closed port was retried for minutes."""
+    """RAY_ADDRESS (which `ray.init` reads when `--address` is not given or is auto; a cluster job's script may export
+    it) gets the checks `--address` gets, and the message names it: before, a closed port was retried for minutes."""
     pytest.importorskip("ray")
     port = free_port()
-    address = f"127.0.0.1:{port}" if exported == "closed" else f"ray://127.0.0.1:{port}"
+    address = f"127.0.0.1:{port}" if exported.startswith("closed") else f"ray://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).resolve().parents[2])),
            "OMP_NUM_THREADS": "1", "RAY_ADDRESS": address}
     command = [sys.executable, "-m", "lathadapter.cli", "grid", "--cache", str(cache), "--method", "zeroshot",
-               "--shots", "1", "--seeds", "1", "--device", "cpu", "--out", str(tmp_path / "g"), "--backend", "ray"]
+               "--shots", "1", "--seeds", "1", "--device", "cpu", "--out", str(tmp_path / "g"), "--backend", "ray",
+               *(["--address", "auto"] if exported.endswith("auto") else [])]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     lines = done.stderr.strip().splitlines()
     assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr
-    if exported == "closed":
+    if exported.startswith("closed"):
         assert done.returncode == 1
         assert lines[0].startswith(f"error: RAY_ADDRESS {address}: cannot reach a Ray cluster there (")
         assert lines[0].endswith("or unset it to start a local cluster")
