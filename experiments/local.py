@@ -171,9 +171,11 @@ def _until_workers_pay(job: Job, todo: deque[list[Item]], workers: int, shown: s
     try:
         while todo:
             start = time.perf_counter()
-            with warnings.catch_warnings(record=True) as caught:
-                events = _train_here(job, todo, trainer, back)
-            show_relayed(relayed(caught), shown)
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    events = _train_here(job, todo, trainer, back)
+            finally:  # also those raised before a run's error, which come before it as they did
+                show_relayed(relayed(caught), shown)
             runs, seconds, back = runs + len(events), seconds + time.perf_counter() - start, not back
             yield events
             if workers_pay(sum(len(chunk) for chunk in todo) * seconds / max(runs, 1), workers):

@@ -134,11 +134,14 @@ class OddWarning(UserWarning):
 
 
 def warning_evaluator(warning: str, device: str):  # noqa: ANN201 — an Evaluator
-    """Builds, in a worker, an evaluator that warns once per run: a plain UserWarning or an `OddWarning`."""
+    """Builds, in a worker, an evaluator that warns once per run: a plain UserWarning or an `OddWarning`, or a plain
+    one and then fails (`failing`)."""
 
     def warn(grid_run, outcome, data) -> dict:  # noqa: ANN001
         warnings.warn(OddWarning("lr", 0.5) if warning == "odd" else UserWarning(f"{grid_run.config.method} scored"),
                       stacklevel=1)
+        if warning == "failing":
+            raise RuntimeError("scoring failed")
         return {}
 
     return warn
@@ -169,3 +172,13 @@ def test_a_workers_warning_the_command_makes_an_error_is_raised_once_its_runs_ar
                              extra_factory=functools.partial(warning_evaluator, "plain"),
                              backend=WorkerProcesses(1, chunk_size=2)))  # one chunk of both runs
     assert len(list((tmp_path / "out" / "runs").glob("*/metrics.json"))) == 2
+
+
+def test_a_warning_before_an_error_in_the_runs_trained_here_is_still_shown(cache: Path, tmp_path: Path) -> None:
+    """The automatic worker count trains a first batch in the driver, its warnings caught to be shown once a grid: a
+    run that warns, then fails, shows its warning before the error, as in one process (it was dropped)."""
+    spec = GridSpec([str(cache)], ["clip-adapter"], [1, 2], [1], options=QUICK)
+    with pytest.warns(UserWarning, match="clip-adapter scored"), pytest.raises(RuntimeError, match="scoring failed"):
+        list(train_round(expand(spec), tmp_path / "out", Execution(workers=1, batch_runs=1), progress=False,
+                         extra_factory=functools.partial(warning_evaluator, "failing"),
+                         backend=WorkerProcesses(2, probe=True)))  # fails in the first batch, trained here
