@@ -142,7 +142,7 @@ WORKERS = typer.Option(None, help=WORKERS_HELP)
 TRAINERS = typer.Option(None, help=TRAINERS_HELP)
 BACKEND = typer.Option("local", help=BACKEND_HELP)
 ADDRESS = typer.Option(None, help=ADDRESS_HELP)
-TUNE = typer.Option([], "--tune", help=TUNE_HELP)
+TUNE = typer.Option([], "--tune", metavar="<[method.]name=values>", help=TUNE_HELP)
 TUNE_PRESET = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP)
 TUNE_SCORE = typer.Option(None, "--tune-score", help=TUNE_SCORE_HELP)
 TUNE_SET = typer.Option(None, "--tune-set", help="The val images tuning scores: fewshot (the few-shot val subset, "
@@ -443,7 +443,8 @@ def cache_build(
 
 @cache_app.command("build-many")
 def cache_build_many(
-    dataset: list[str] = typer.Option(..., help="Dataset to build (repeatable), as `cache build --dataset`."),
+    dataset: list[str] = typer.Option(..., metavar="<dataset>",
+                                      help="Dataset to build (repeatable), as `cache build --dataset`."),
     root: Path | None = typer.Option(None, help="Dataset root holding the CoOp-layout folders (docs/data.md)."),
     model: str = typer.Option("ViT-B-16", help="open_clip model name, or the path of a model-config JSON."),
     pretrained: str = typer.Option("openai", help="Pretrained tag, a local checkpoint or none."),
@@ -550,7 +551,7 @@ def fit(
                                     "views) or all (those and the clean view)."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     out: Path = typer.Option(Path("runs"), help="Folder that receives the run directory."),
-    set_: list[str] = typer.Option([], "--set", help="Method option NAME=VALUE (repeatable; "
+    set_: list[str] = typer.Option([], "--set", metavar="<name=value>", help="Method option NAME=VALUE (repeatable; "
                                    "`lathadapter list options METHOD` lists them)."),
     force: bool = typer.Option(False, "--force", help="Train again and overwrite a finished run directory."),
     threads: int | None = THREADS,
@@ -602,7 +603,8 @@ def _print_results(summary: dict) -> None:
 
 @app.command()
 def grid(
-    cache: list[str] = typer.Option([], help="Cache file(s) (repeatable; default: the one cache under caches/)."),
+    cache: list[str] = typer.Option([], metavar="<path>",
+                                    help="Cache file(s) (repeatable; default: the one cache under caches/)."),
     method: str | None = typer.Option(None, metavar=LIST, help="Comma-separated methods [default: lathadapter]."),
     shots: str | None = typer.Option(None, metavar=LIST, help="Comma-separated shots [default: 1,2,4,8,16]."),
     seeds: str | None = typer.Option(None, metavar=LIST, help="Comma-separated seeds [default: 1,2,3]."),
@@ -614,7 +616,8 @@ def grid(
                                            "augmented, all [default: augmented]."),
     select: str | None = typer.Option(None, metavar=LIST, help="Comma-separated models kept: last (epoch), val (best "
                                       "on the few-shot val set) [default: last]."),
-    set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", metavar="<[method.]name=values>",
+                              help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
     tune_score: str | None = TUNE_SCORE,
@@ -683,13 +686,15 @@ def grid(
 @app.command()
 def protocol(
     name: str = typer.Argument(..., help="few-shot | base-to-novel | cross-dataset | domain"),
-    cache: list[str] = typer.Option(..., help="Dataset cache(s); for cross-dataset and domain, the source cache."),
-    target: list[str] = typer.Option([], help="Target cache(s) (cross-dataset, domain)."),
+    cache: list[str] = typer.Option(..., metavar="<path>",
+                                    help="Dataset cache(s); for cross-dataset and domain, the source cache."),
+    target: list[str] = typer.Option([], metavar="<path>", help="Target cache(s) (cross-dataset, domain)."),
     method: str | None = typer.Option(None, metavar=LIST, help="Comma-separated methods (default: every method)."),
     seeds: str = typer.Option("1,2,3", metavar=LIST, help="Comma-separated seeds."),
     shots: str | None = typer.Option(None, metavar=LIST, help="Override the protocol's shots (default 1,2,4,8,16 or "
                                      "16)."),
-    set_: list[str] = typer.Option([], "--set", help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", metavar="<[method.]name=values>",
+                              help="Axis [METHOD.]OPTION=V1,V2,... (repeatable)."),
     tune: list[str] = TUNE,
     tune_preset: str | None = TUNE_PRESET,
     tune_score: str | None = TUNE_SCORE,
@@ -770,9 +775,9 @@ def inspect(
     run_dir: Path = typer.Argument(..., help="A finished run directory (`fit`'s, or a grid's runs/<key>/)."),
     cache: Path | None = typer.Option(None, help="The run's cache file, when it moved from the path its config.json "
                                       "records (its fingerprint must be the run's)."),
-    target: list[Path] = typer.Option([], help="A transfer run's target cache to score as its protocol did (its "
-                                      "fingerprint must be the one metrics.json records for its dataset); repeat "
-                                      "for several."),
+    target: list[Path] = typer.Option([], metavar="<path>", help="A transfer run's target cache to score as its "
+                                      "protocol did (its fingerprint must be the one metrics.json records for its "
+                                      "dataset); repeat for several."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     out: Path | None = typer.Option(None, help="CSV file to write the per-class accuracy to (columns classes, label, "
                                     "class, correct, count, accuracy, target)."),
