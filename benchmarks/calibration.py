@@ -1,6 +1,8 @@
 """Calibration beside accuracy: every method at its defaults (untuned; the baselines at their official recipes) on the
-demo cache, 4 and 16 shots, seeds 1–3; test accuracy, ECE (15 bins, as every run records it) and the mean top-1
-confidence, in percent, mean ± std over seeds. Confidence above accuracy: over-confident; below: under-confident.
+demo cache, 4 and 16 shots, seeds 1–3; test accuracy, ECE (15 bins, as every run records it), the test ECE after
+temperature scaling (Guo et al. 2017: one T per run, fitted by NLL on its few-shot val subset) with that T, and the
+mean top-1 confidence, in percent, mean ± std over seeds. Confidence above accuracy: over-confident; below:
+under-confident. ECE after scaling tells what a method's calibration is beyond one temperature.
 
     OMP_NUM_THREADS=1 python benchmarks/calibration.py [--cache demo-output/caches/demo_shapes_v3.h5]
         [--out benchmarks/.data/calibration] [--workers 2] [--save benchmarks/results/calibration.txt]
@@ -8,8 +10,9 @@ confidence, in percent, mean ± std over seeds. Confidence above accuracy: over-
         [--workers 2] [--save benchmarks/results/calibration_worlds.txt]
 
 The demo cache is the one `lathadapter demo` (`make demo`) writes. The grid resumes: a rerun skips finished runs.
-The mean confidence is not a run's record: it is added here to each run's metrics.json (`confidence`) by the grid's
-evaluator hook, with the probabilities the ECE bins (`Method.probabilities`).
+The mean confidence and the temperature-scaled ECE are not a run's record: the grid's evaluator hook adds them here to
+each run's metrics.json (`confidence`, `ts_ece`, `temperature`), with the probabilities the ECE bins
+(`Method.probabilities`); the scaling divides their logarithm by T, which for a softmax is its logits divided by T.
 
 `--worlds`: the same on eight worlds instead of the demo, the defaults study's four held-out CLIP-like worlds
 (benchmarks/lathadapter_study.py, zero-shot over-confident) and the four whose zero-shot is calibrated
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 import time
@@ -37,6 +41,7 @@ from calibrated_worlds import calibrated_worlds  # noqa: E402 — the four calib
 from lathadapter_study import WORLDS, clip_worlds  # noqa: E402 — the defaults study's held-out worlds
 
 from lathadapter.adapter.catalog import method_names  # noqa: E402
+from lathadapter.adapter.evaluate import Tally  # noqa: E402
 from lathadapter.experiments.execution import Execution  # noqa: E402
 from lathadapter.experiments.launch import launch, prepare  # noqa: E402
 from lathadapter.experiments.run import RunOutcome  # noqa: E402
@@ -52,14 +57,61 @@ INFERS = ["euclid", "hyper"]  # LatHAdapter's single-softmax scorings, beside it
 GROUPS = ("uncalibrated", "calibrated")  # the worlds' zero-shot: over-confident (the defaults study's) or calibrated
 
 
+def log_probabilities(method: Any, features: torch.Tensor) -> torch.Tensor:
+    """log of the method's class probabilities (`Method.probabilities`), computed in float64 and floored at 1e-300."""
+    return method.probabilities(method.logits(features).double()).clamp_min(1e-300).log()
+
+
+def fit_inverse_temperature(log_p: torch.Tensor, labels: torch.Tensor) -> float:
+    """β = 1/T minimising the mean NLL of softmax(β log p) on (`log_p`, `labels`) (Guo et al. 2017's temperature
+    scaling, on log-probabilities so that a fused score is scaled as a softmax's logits are). The NLL is convex in β,
+    so unimodal in log β: a golden-section search over β in [1e-3, 1e3], 200 steps, float64."""
+    def nll(log_beta: float) -> float:
+        z = log_p * math.exp(log_beta)
+        return float((torch.logsumexp(z, dim=-1) - z.gather(1, labels[:, None]).squeeze(1)).mean())
+    low, high, ratio = math.log(1e-3), math.log(1e3), (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = nll(a), nll(b)
+    for _ in range(200):
+        if fa <= fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = nll(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = nll(b)
+    return math.exp((low + high) / 2)
+
+
+class Probabilities:
+    """What `Tally` asks of a method when the scores it is given are already class probabilities."""
+
+    name = "temperature-scaled"
+
+    @staticmethod
+    def probabilities(scores: torch.Tensor) -> torch.Tensor:
+        return scores
+
+
 @torch.no_grad()
 def add_confidence(grid_run: GridRun, outcome: RunOutcome, data: Any) -> dict[str, Any]:
-    """The run's mean top-1 confidence (%) on its test set (None for a diverged run)."""
+    """The run's mean top-1 confidence (%) on its test set, and its test ECE (%) after temperature scaling fitted on
+    its few-shot val subset with the temperature T (all None for a diverged run or a cache without val images)."""
     if outcome.metrics["diverged"] is not None:
-        return {"confidence": None}
+        return {"confidence": None, "ts_ece": None, "temperature": None}
     method = outcome.method.eval()
     scores = method.logits(data.test_features)
-    return {"confidence": 100.0 * float(method.probabilities(scores.float()).amax(dim=-1).double().mean())}
+    found: dict[str, Any] = {
+        "confidence": 100.0 * float(method.probabilities(scores.float()).amax(dim=-1).double().mean()),
+        "ts_ece": None, "temperature": None}
+    if len(data.val_labels):
+        beta = fit_inverse_temperature(log_probabilities(method, data.val_features), data.val_labels)
+        tally = Tally(data.test_features.device)
+        tally.add(Probabilities(), torch.softmax(beta * log_probabilities(method, data.test_features), dim=-1),
+                  data.test_labels)
+        found |= {"ts_ece": tally.scores(Probabilities()).ece, "temperature": 1.0 / beta}
+    return found
 
 
 def confidence_evaluator(device: str) -> Any:
@@ -72,7 +124,8 @@ def spread(values: list[float]) -> str:
 
 
 def table(out: Path) -> str:
-    """Method × shots: accuracy, ECE, mean confidence and confidence − accuracy, mean ± std over seeds."""
+    """Method × shots: accuracy, ECE, ECE after temperature scaling on val and its T, mean confidence and
+    confidence − accuracy, mean ± std over seeds."""
     with (out / "results.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     cells: dict[tuple[str, int], dict[str, list[float]]] = {}
@@ -80,17 +133,20 @@ def table(out: Path) -> str:
         metrics = json.loads((out / "runs" / row["key"] / "metrics.json").read_text())
         if row["acc_all"] == "":
             continue
-        cell = cells.setdefault((row["method"], int(row["shots"])), {"acc": [], "ece": [], "conf": [], "gap": []})
+        cell = cells.setdefault((row["method"], int(row["shots"])),
+                                {"acc": [], "ece": [], "ts": [], "t": [], "conf": [], "gap": []})
         cell["acc"].append(float(row["acc_all"]))
         cell["ece"].append(float(row["ece_all"]))
+        cell["ts"].append(metrics["ts_ece"])
+        cell["t"].append(metrics["temperature"])
         cell["conf"].append(metrics["confidence"])
         cell["gap"].append(metrics["confidence"] - float(row["acc_all"]))
-    lines = ["| method | shots | accuracy | ECE | mean confidence | confidence − accuracy |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| method | shots | accuracy | ECE | ECE after TS | T | mean confidence | confidence − accuracy |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     order = method_names()
     for (method, shots), cell in sorted(cells.items(), key=lambda item: (order.index(item[0][0]), item[0][1])):
-        lines.append(f"| {method} | {shots} | " + " | ".join(spread(cell[k]) for k in ("acc", "ece", "conf", "gap"))
-                     + " |")
+        lines.append(f"| {method} | {shots} | "
+                     + " | ".join(spread(cell[k]) for k in ("acc", "ece", "ts", "t", "conf", "gap")) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,8 +171,8 @@ def row_name(method: str, options: Any) -> str:
 
 def world_cells(worlds: dict[str, tuple[str, Path]], spec: GridSpec, out: Path
                 ) -> dict[tuple[str, str, int], dict[str, list[float]]]:
-    """(world, row, shots) → accuracy, ECE, mean confidence and confidence − accuracy of each seed's run (a diverged
-    run has none and is left out)."""
+    """(world, row, shots) → accuracy, ECE, ECE after temperature scaling, mean confidence and confidence − accuracy
+    of each seed's run (a diverged run has none and is left out)."""
     names = {str(p): n for n, (_, p) in worlds.items()}
     _, keyed = prepare(expand(spec), out)
     cells: dict[tuple[str, str, int], dict[str, list[float]]] = {}
@@ -124,11 +180,12 @@ def world_cells(worlds: dict[str, tuple[str, Path]], spec: GridSpec, out: Path
         metrics = json.loads((out / "runs" / item.key / "metrics.json").read_text())
         c = item.run.config
         cell = cells.setdefault((names[item.run.cache], row_name(c.method, c.options), c.shots),
-                                {"acc": [], "ece": [], "conf": [], "gap": []})
+                                {"acc": [], "ece": [], "ts": [], "conf": [], "gap": []})
         if metrics["accuracy"]["all"] is None:
             continue
         cell["acc"].append(metrics["accuracy"]["all"])
         cell["ece"].append(metrics["ece"]["all"])
+        cell["ts"].append(metrics["ts_ece"])
         cell["conf"].append(metrics["confidence"])
         cell["gap"].append(metrics["confidence"] - metrics["accuracy"]["all"])
     return cells
@@ -141,29 +198,32 @@ def rows() -> list[str]:
 
 def world_tables(worlds: dict[str, tuple[str, Path]], cells: dict[tuple[str, str, int], dict[str, list[float]]]
                  ) -> str:
-    """One table a world: rows × shots, accuracy, ECE and confidence − accuracy, mean ± std over seeds."""
-    heads = [f"{s}s {k}" for s in SHOTS for k in ("accuracy", "ECE", "conf − acc")]
+    """One table a world: rows × shots, accuracy, ECE, ECE after temperature scaling and confidence − accuracy, mean
+    ± std over seeds."""
+    heads = [f"{s}s {k}" for s in SHOTS for k in ("accuracy", "ECE", "ECE after TS", "conf − acc")]
     text = []
     for world, (group, path) in worlds.items():
         text += [f"\n## {world} ({group} zero-shot; {path.name})\n",
                  "| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
         for row in rows():
             text.append(f"| {row} | " + " | ".join(spread(cells[world, row, s][k]) if cells[world, row, s][k] else "—"
-                                                  for s in SHOTS for k in ("acc", "ece", "gap")) + " |")
+                                                  for s in SHOTS for k in ("acc", "ece", "ts", "gap")) + " |")
     return "\n".join(text) + "\n"
 
 
-def mean_ece(worlds: list[str], row: str, shots: int, cells: dict[tuple[str, str, int], dict[str, list[float]]]
-             ) -> float:
-    """`row`'s ECE at `shots`, the mean over `worlds` of each world's mean over seeds."""
-    return statistics.fmean(statistics.fmean(cells[w, row, shots]["ece"]) for w in worlds)
+def mean_ece(worlds: list[str], row: str, shots: int, cells: dict[tuple[str, str, int], dict[str, list[float]]],
+             key: str = "ece") -> float:
+    """`row`'s ECE (`key="ts"`: after temperature scaling) at `shots`, the mean over `worlds` of each world's mean
+    over seeds."""
+    return statistics.fmean(statistics.fmean(cells[w, row, shots][key]) for w in worlds)
 
 
 def summary_table(worlds: dict[str, tuple[str, Path]], cells: dict[tuple[str, str, int], dict[str, list[float]]]
             ) -> tuple[str, dict[str, Any]]:
     """Per row and group of worlds × shots: the mean ECE over the group's four worlds, its rank among the methods
     (an `infer` variant ranked in LatHAdapter's place), on how many of the worlds its ECE is the lowest of the
-    methods, and on how many its mean confidence is above its accuracy (over-confident)."""
+    methods, and on how many its mean confidence is above its accuracy (over-confident); then the same mean, rank
+    and lowest of the ECE after temperature scaling on val."""
     groups = {g: [w for w, (group, _) in worlds.items() if group == g] for g in GROUPS}
     columns = [(g, s) for g in GROUPS for s in SHOTS]
     others = [m for m in method_names() if m != "lathadapter"]
@@ -172,18 +232,27 @@ def summary_table(worlds: dict[str, tuple[str, Path]], cells: dict[tuple[str, st
         rivals = [*others, row if row.startswith("lathadapter") else "lathadapter"]
         found[row] = {}
         for g, s in columns:
-            ece = {r: mean_ece(groups[g], r, s, cells) for r in rivals}
-            lowest = sum(min(rivals, key=lambda r, w=w: statistics.fmean(cells[w, r, s]["ece"])) == row
-                         for w in groups[g])
-            over = sum(statistics.fmean(cells[w, row, s]["gap"]) > 0 for w in groups[g])
-            found[row][f"{g} {s}s"] = {"ece": ece[row], "rank": sorted(ece.values()).index(ece[row]) + 1,
-                                       "lowest": lowest, "over": over}
+            cell: dict[str, Any] = {}
+            for key, prefix in (("ece", ""), ("ts", "ts_")):
+                ece = {r: mean_ece(groups[g], r, s, cells, key) for r in rivals}
+                lowest = sum(min(rivals, key=lambda r, w=w: statistics.fmean(cells[w, r, s][key])) == row
+                             for w in groups[g])
+                cell |= {f"{prefix}ece": ece[row], f"{prefix}rank": sorted(ece.values()).index(ece[row]) + 1,
+                         f"{prefix}lowest": lowest}
+            cell["over"] = sum(statistics.fmean(cells[w, row, s]["gap"]) > 0 for w in groups[g])
+            found[row][f"{g} {s}s"] = cell
     heads = [f"{g} {s}s" for g, s in columns]
     lines = ["\n## Summary: mean ECE over each group's four worlds (rank among the 13 methods; worlds where it is the "
              "lowest; worlds where it is over-confident)\n",
              "| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
     for row, cols in found.items():
         lines.append(f"| {row} | " + " | ".join(f"{c['ece']:.2f} (#{c['rank']}; {c['lowest']}/4; {c['over']}/4)"
+                                               for c in cols.values()) + " |")
+    lines += ["\n## Summary after temperature scaling (T fitted per run on its few-shot val subset): mean ECE over "
+              "each group's four worlds (rank among the 13 methods; worlds where it is the lowest)\n",
+              "| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
+    for row, cols in found.items():
+        lines.append(f"| {row} | " + " | ".join(f"{c['ts_ece']:.2f} (#{c['ts_rank']}; {c['ts_lowest']}/4)"
                                                for c in cols.values()) + " |")
     return "\n".join(lines) + "\n", found
 
