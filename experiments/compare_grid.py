@@ -152,7 +152,9 @@ def select(chosen: Sequence[Record], selector: Selector) -> list[Record]:
     that leaves none, is refused in one line listing the names, or the values the name has among the runs left."""
     names = _names(chosen)
     for i, (name, given) in enumerate(selector.conditions):
-        if name not in names and name.rpartition(".")[2] not in names:
+        method = name.rpartition(".")[0]
+        known = method in ("", "tune") or any(r.config.method == method for r in chosen)
+        if not known or (name not in names and name.rpartition(".")[2] not in names):
             raise OptionError(f"{selector.flag} {selector.text}: no setting or option {name!r} in the table; choose "
                               f"among {', '.join(names)}")
         left = [r for r in chosen if (value := _value(name, r)) is not None and _same(given, value)]

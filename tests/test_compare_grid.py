@@ -174,6 +174,11 @@ def test_a_selector_that_matches_nothing_lists_what_the_table_has(tmp_path: Path
     assert line.endswith("lambda_hier has the values 0.0, 0.1 among the runs with method=lathadapter")
     line = one_error_line(invoke(table, "--a", "beta=1", "--b", "lambda_hier=0.1"), 2)
     assert "no setting or option 'beta'" in line and "method, text, select" in line and "lambda_hier, lr" in line
+    line = one_error_line(invoke(table, "--a", "clip-adapter.lambda_hier=0", "--b", "lambda_hier=0.1"), 2)
+    assert "no setting or option 'clip-adapter.lambda_hier'" in line
+    scoped = compare_configurations([table], Selector.parse("--a", "lathadapter.lambda_hier=0.00"),
+                                    Selector.parse("--b", "method=lathadapter,lambda_hier=1e-1"))
+    assert (scoped.labels_a, scoped.labels_b) == (("lathadapter lambda_hier=0.0",), ("lathadapter lambda_hier=0.1",))
     line = one_error_line(invoke(table, "--a", "method", "--b", "lambda_hier=0.1"), 2)
     assert "--a 'method': expected name=value" in line
 
