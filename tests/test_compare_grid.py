@@ -284,7 +284,7 @@ def test_refusals_are_one_line_with_the_exit_code_of_their_kind(tmp_path: Path) 
             ([table, tmp_path / "nowhere.csv", "--a", "lambda_hier=0", "--b", "lambda_hier=0.1"], "does not exist",
              1),
             ([tmp_path / "bad.csv", table], "lacks the columns", 1),
-            ([table, "--a", "lambda_hier=0", "--a", "lambda_hier=0.1", "--b", "lr=0.001"], "--a", 2)):
+            ([table, "--a", "lambda_hier=0", "--a", "lambda_hier=0.1", "--b", "lr=0.001"], "--a given twice", 2)):
         assert fragment in one_error_line(invoke(*args), code)
 
 
