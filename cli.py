@@ -20,7 +20,10 @@ from lathadapter.progress import show_warning
 from lathadapter.version import __version__
 
 if TYPE_CHECKING:  # imported where used: `--help` and `--version` stay fast
+    from collections.abc import Iterable
+
     from lathadapter.cache.encode import Augmentation
+    from lathadapter.experiments.compare_grid import PartComparison
 
 Option = typer.core.TyperOption  # typer's own copy of click's classes (typer._click), not the `click` package
 Command = typer.core.TyperCommand | typer.core.TyperGroup
@@ -856,18 +859,53 @@ def _p_value(p: float) -> str:
     return "< 1e-300" if p < 1e-300 else f"= {p:.3g}"
 
 
+COMPARE_FORMS = ("Two run directories: compare them image by image. Otherwise each path is a SOURCE as `report` "
+                 "reads it (a grid folder, a results.csv, a folder of `fit` runs), their rows pooled: compare "
+                 "configuration --a with --b across datasets (without --a/--b, two sources: every run of the first "
+                 "against every run of the second).")
+SELECTOR_HELP = ("Configuration {side}: NAME=VALUE[,NAME=VALUE...] over the results table: method, text, select, "
+                 "train_views, tune.score, tune.set, or an option as --set spells it (lambda_hier=0, "
+                 "lathadapter.lambda_hier=0).")
+
+
 @app.command()
 def compare(
-    run_a: Path = typer.Argument(..., help="Run A: a finished run directory (`fit`'s, or a grid's runs/<key>/)."),
-    run_b: Path = typer.Argument(..., help="Run B: a finished run directory on the same cache and class set."),
-    cache: Path | None = typer.Option(None, help="The runs' cache file, when it moved from the path their "
+    runs: list[Path] = typer.Argument(..., metavar="PATH", help=COMPARE_FORMS),
+    a: str | None = typer.Option(None, "--a", metavar="<name=value,...>", help=SELECTOR_HELP.format(side="A")),
+    b: str | None = typer.Option(None, "--b", metavar="<name=value,...>", help=SELECTOR_HELP.format(side="B")),
+    cache: Path | None = typer.Option(None, help="Two runs: their cache file, when it moved from the path their "
                                       "config.json records (its fingerprint must be theirs)."),
-    device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
-    out: Path | None = typer.Option(None, help="CSV file to write the per-class comparison to (columns classes, "
-                                    "label, class, count, correct_a, correct_b, accuracy_a, accuracy_b, difference)."),
+    device: str | None = typer.Option(None, help="Two runs: device (default: cuda when available, else cpu)."),
+    out: Path | None = typer.Option(None, help="CSV file. Two runs: the per-class comparison (columns classes, "
+                                    "label, class, count, correct_a, correct_b, accuracy_a, accuracy_b, difference). "
+                                    "Across datasets: a row per part, shots, dataset and seed (columns part, shots, "
+                                    "dataset, target, seed, acc_a, acc_b, difference, mean_a, mean_b, "
+                                    "mean_difference)."),
+    plot: Path | None = typer.Option(None, help="Across datasets: a PNG of A − B per dataset, a panel per part and "
+                                     "shots (each seed a dot, the seed mean a diamond), titled with the Wilcoxon p."),
 ) -> None:
     """Compare two runs on the same test images, image by image: each run's accuracy, the difference, the images
-    only one got right (b, c), the exact McNemar p and its verdict at 0.05, and the classes that differ most."""
+    only one got right (b, c), the exact McNemar p and its verdict at 0.05, and the classes that differ most. Or
+    compare two configurations across the datasets of a grid, from the recorded accuracies: per part and shots each
+    dataset's seed means, wins/ties/losses and the exact Wilcoxon signed-rank p over datasets with its verdict at
+    0.05."""
+    from lathadapter.experiments.compare_grid import is_run_directory
+
+    if len(runs) == 2 and a is None and b is None and all(is_run_directory(path) for path in runs):
+        if plot is not None:
+            _fail(OptionError("--plot draws a comparison across datasets: give sources (grid folders, results.csv) "
+                              "or --a/--b, not two run directories"))
+        _compare_runs(runs[0], runs[1], cache, device, out)
+    else:
+        given = [flag for flag, value in (("--cache", cache), ("--device", device)) if value is not None]
+        if given:
+            _fail(OptionError(f"{' and '.join(given)}: only for two run directories compared image by image; across "
+                              "datasets compare reads the recorded accuracies"))
+        _compare_configurations(runs, a, b, out, plot)
+
+
+def _compare_runs(run_a: Path, run_b: Path, cache: Path | None, device: str | None, out: Path | None) -> None:
+    """`compare RUN_A RUN_B`: two runs on the same test images, image by image."""
     from lathadapter.experiments.compare import ALPHA, compare_runs, load_pair, run_label, write_comparison
 
     try:
@@ -897,6 +935,78 @@ def compare(
             typer.echo(f"wrote {out}", err=True)
     except (ValueError, OSError) as error:
         _fail(error, out)
+
+
+
+def _compare_configurations(sources: list[Path], a: str | None, b: str | None, out: Path | None,
+                            plot: Path | None) -> None:
+    """`compare SOURCE... --a ... --b ...`: two configurations across datasets, from the recorded accuracies."""
+    from lathadapter.experiments.compare_grid import ALPHA, Selector, compare_configurations, write_cells
+    from lathadapter.experiments.records import shots_label
+
+    try:
+        selectors = [None if text is None else Selector.parse(flag, text) for flag, text in (("--a", a), ("--b", b))]
+        compared = compare_configurations(sources, *selectors)
+        for side, labels, text, source in (("A", compared.labels_a, a, sources[0]),
+                                           ("B", compared.labels_b, b, sources[-1])):
+            typer.echo(f"{side}: {'; '.join(labels) or 'no run'} · {f'--{side.lower()} {text}' if text else source}")
+        if compared.only_a or compared.only_b:
+            unpaired = [f"{_plural(len(runs), 'run')} of {side} alone ({', '.join(runs[:3])}"
+                        f"{', ...' if len(runs) > 3 else ''})" for side, runs in (("A", compared.only_a),
+                                                                                   ("B", compared.only_b)) if runs]
+            typer.echo(f"unpaired, left out: {'; '.join(unpaired)}")
+        if not compared.parts:
+            typer.echo("no dataset, shots and seed where both A and B have a run: nothing to compare")
+        for part in compared.parts:
+            typer.echo(f"{part.part}, {shots_label(part.shots)}:")
+            for d in part.datasets:
+                if d.difference is None:
+                    typer.echo(f"  {d.label}: n/a (A {_accuracies(s.a for s in d.seeds)}, B "
+                               f"{_accuracies(s.b for s in d.seeds)})")
+                    continue
+                typer.echo(f"  {d.label}: A {d.mean_a:.2f}, B {d.mean_b:.2f}, A − B {d.shown:+.2f}; seeds A better "
+                           f"{d.a_better}, B better {d.b_better} of {len(d.paired)}")
+            typer.echo(f"  {_over_datasets(part, ALPHA)}")
+        if out is not None:
+            write_cells(out, compared)
+            typer.echo(f"wrote {out}", err=True)
+        if plot is not None:
+            from lathadapter.experiments.plots import plot_comparison
+
+            plot_comparison(compared, plot)
+            typer.echo(f"wrote {plot}", err=True)
+    except (ValueError, OSError) as error:
+        flag, path = next(((flag, path) for flag, path in (("--plot", plot), ("--out", out))
+                           if _write_error(error, path, flag)), ("--out", out))
+        _fail(error, path, flag)
+
+
+def _accuracies(values: Iterable[float | None]) -> str:
+    """A dataset's seeds' accuracies where A − B has no value: `n/a`, or the values (a side with some seeds)."""
+    known = [f"{v:.2f}" for v in values if v is not None]
+    return "/".join(known) if known else "n/a"
+
+
+def _over_datasets(part: PartComparison, alpha: float) -> str:
+    """The summary line of one part and shots across datasets: mean A − B, wins/ties/losses, the Wilcoxon test."""
+    compared = part.compared
+    if not compared:
+        return "no dataset where both have an accuracy: nothing to test"
+    wins, ties, losses = part.wins_ties_losses
+    line = f"over {_plural(len(compared), 'dataset')}: mean A − B {part.mean_difference:+.2f}; wins/ties/losses of A " \
+           f"{wins}/{ties}/{losses}"
+    test = part.test
+    if test is None:
+        return f"{line}; one dataset: no test across datasets (compare RUN_A RUN_B tests a pair of runs image by image)"
+    if test.n == 0:
+        return f"{line}; every difference is 0.00: the signed-rank test has nothing to rank (p = 1)"
+    verdict = f"significant at {alpha:g}" if test.p < alpha else f"not significant at {alpha:g}"
+    line += f"; exact Wilcoxon signed-rank p {_p_value(test.p)} (n = {test.n}, W+ = {test.w_plus:g}, W− = " \
+            f"{test.w_minus:g}): {verdict}"
+    if test.smallest_p >= alpha:
+        line += f" (with {test.n} nonzero differences the smallest possible p is {test.smallest_p:.3g}: it can never " \
+                f"reach {alpha:g})"
+    return line
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """A report's plots (matplotlib, PNG, each written atomically): accuracy against shots (per dataset and averaged over
 datasets), base / novel / HM dots and transfer dots (source, each target, their average), one line or row per
 configuration with error bars over seeds, accuracy against each setting an ablation table ablates, reliability
-diagrams, a LatHAdapter run's Poincaré disk, and one run's reliability and confusion matrices (`inspect --plots`).
+diagrams, a LatHAdapter run's Poincaré disk, one run's reliability and confusion matrices (`inspect --plots`), and
+two configurations' differences across datasets (`compare --plot`).
 The only module that imports matplotlib, so that the tables (`report_tables`,
 what `grid` and `protocol` print) do without it."""
 
@@ -40,6 +41,7 @@ from lathadapter.experiments.cells import (
     transfer_cells,
     varied_settings,
 )
+from lathadapter.experiments.compare_grid import GridComparison, PartComparison
 from lathadapter.experiments.records import TUNED, Choice, Configuration, Record, shots_label
 from lathadapter.experiments.run import write_atomic
 
@@ -645,3 +647,50 @@ def disk_run_label(run_dir: Path) -> str:
         return f"run {run_dir.name}"
     return (f"{Path(str(config.get('cache', '?'))).name}, {config.get('classes', '?')} classes, "
             f"{config.get('shots', '?')} shots, seed {config.get('seed', '?')}, run {config.get('key', run_dir.name)}")
+
+
+COMPARISON_COLUMNS = 3  # a `compare --plot` figure's panels a row
+
+
+def _comparison_panel(ax: Axes, part: PartComparison) -> None:
+    """One part and shots of a comparison: a row per dataset, A − B of each seed as a dot and of the seed means as a
+    diamond, the zero line; a dataset without a difference (`n/a`) says so in its row."""
+    labels = [d.label for d in part.datasets]
+    for i, d in enumerate(part.datasets):
+        if d.difference is None:
+            _row_note(ax, i, "n/a")
+            continue
+        first = d is part.compared[0]  # one legend entry each
+        ax.plot([s.difference for s in d.paired], [i] * len(d.paired), "o", color="tab:blue", alpha=0.6,
+                markersize=4, label="seed" if first else None)
+        ax.plot([d.difference], [i], "D", color="black", markersize=6, label="seed mean" if first else None)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    test = part.test
+    tested = ("one dataset: no test" if test is None else "every difference 0" if test.n == 0 else
+              f"Wilcoxon p = {test.p:.3g} (n = {test.n})")
+    ax.set_title(f"{part.part}, {shots_label(part.shots)}: {tested}", fontsize=9)
+    ax.set_xlabel("A − B (points)", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def plot_comparison(compared: GridComparison, path: Path) -> Path:
+    """`compare --plot`: configuration A against B, a panel per part and shots (`_comparison_panel`),
+    `COMPARISON_COLUMNS` a row, titled with A's and B's labels; the legend under the panels."""
+    parts = compared.parts
+    columns = max(1, min(len(parts), COMPARISON_COLUMNS))
+    rows = max(1, math.ceil(len(parts) / columns))
+    most = max((len(p.datasets) for p in parts), default=1)
+    fig = Figure(figsize=(4.2 * columns, (0.3 * most + 1.4) * rows + 0.6))  # outside pyplot, as `_figure`
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, part in zip(axes, parts, strict=False):
+        _comparison_panel(ax, part)
+    for ax in axes[len(parts):]:
+        ax.axis("off")
+    handles = axes[0].get_legend_handles_labels() if parts else ([], [])
+    if handles[1]:
+        fig.legend(*handles, fontsize=8, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 0.0))
+    title = f"A − B: A = {'; '.join(compared.labels_a)}, B = {'; '.join(compared.labels_b)}"
+    fig.suptitle("\n".join(textwrap.wrap(title, 40 * columns)), fontsize=10)
+    return _save(fig, path)

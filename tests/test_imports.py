@@ -42,8 +42,10 @@ EXPERIMENT_RANKS = {
     "records": 12,  # a results table read back as typed records, for reports
     "trained": 13,  # a run directory loaded back (`load`), a transfer run's targets scored as its protocol's
     "compare": 14,  # two runs on the same test images: paired table, exact McNemar p, per-class differences
+    "compare_grid": 14,  # two configurations across datasets: paired seeds, wins/ties/losses, Wilcoxon signed-rank
     "cells": 13,  # a report's cells over seeds and configuration labels
-    "report_tables": 14, "plots": 14,  # a report's tables (markdown, CSV) and plots (matplotlib)
+    "report_tables": 14,  # a report's tables (markdown, CSV)
+    "plots": 15,  # a report's plots and `compare --plot` (matplotlib)
     "report_latex": 15, "report_seeds": 15,  # each report table as a LaTeX table float; the per-seed tables
     "report": 16,  # the report folder: tables and plots written together
 }
