@@ -937,7 +937,6 @@ def _compare_runs(run_a: Path, run_b: Path, cache: Path | None, device: str | No
         _fail(error, out)
 
 
-
 def _compare_configurations(sources: list[Path], a: str | None, b: str | None, out: Path | None,
                             plot: Path | None) -> None:
     """`compare SOURCE... --a ... --b ...`: two configurations across datasets, from the recorded accuracies."""
