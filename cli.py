@@ -792,9 +792,18 @@ def inspect(
     metrics.json), the worst and best classes, and optionally a per-class CSV and plots; a transfer run's targets
     too, with --target."""
     from lathadapter.experiments.cells import slug
-    from lathadapter.experiments.trained import class_accuracies, load, per_class_rows, ranked, write_per_class
+    from lathadapter.experiments.trained import (
+        check_per_class_out,
+        class_accuracies,
+        load,
+        per_class_rows,
+        ranked,
+        write_per_class,
+    )
 
     try:
+        if out is not None:
+            check_per_class_out(out)
         run = load(run_dir, cache, device, targets=list(target))
         if plots is not None:  # before any scoring; after loading, so a run that cannot be loaded leaves no folder
             plots.mkdir(parents=True, exist_ok=True)

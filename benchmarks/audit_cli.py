@@ -3,7 +3,7 @@ whether a traceback was printed, and the first line of the message (error, warni
 
 Everything runs on tiny synthetic caches in a temporary folder. Kills start a two-worker grid, signal its driver and
 count the driver's children still alive 5 s later. Full disks and read-only folders use small tmpfs mounts (root
-only; skipped otherwise); Ray's case needs Ray installed. About 3-4 minutes on 2 cores.
+only; skipped otherwise); Ray's cases need Ray installed. About 3-4 minutes on 2 cores.
 
     PYTHONPATH=... OMP_NUM_THREADS=1 python benchmarks/audit_cli.py
 """
@@ -76,6 +76,7 @@ def children(pid: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
+    # tests/helpers.py's `alive` restated: a benchmark imports the package and other benchmarks, never the tests
     try:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
     except (OSError, IndexError):
@@ -184,8 +185,9 @@ def main() -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
-            pass
+            ray_installed = False
         else:
+            ray_installed = True
             with socket.socket() as closed:
                 closed.bind(("127.0.0.1", 0))
                 port = closed.getsockname()[1]
@@ -293,6 +295,24 @@ def main() -> None:
         piped.stdout.close()
         _, said = piped.communicate(timeout=120)
         record("23 inspect into a closed pipe (head -1)", piped.returncode, said.decode() or "(stderr empty)")
+        print("stop 24's inputs", file=sys.stderr)
+        run("24 inspect --out onto the run's own metrics.json", "inspect", run_dir, "--out",
+            str(Path(run_dir) / "metrics.json"))
+        tree = tmp / "tree"
+        for part in ("train", "test"):
+            for path, _, name in json.loads(text)[part]:
+                (tree / part / name).mkdir(parents=True, exist_ok=True)
+                (tree / part / name / Path(path).name).write_bytes((split.parent / path).read_bytes())
+        (tree / "train" / first / "up").symlink_to(tree / "train", target_is_directory=True)
+        run("24 cache build of a folder: tree linking its split folder", *build[:2], "--dataset", f"folder:{tree}",
+            *build[4:], "--out", str(tmp / "tree.h5"))
+        (tree / "train" / first / "up").unlink()
+        (tree / "train" / first / "notes.txt").write_text("not an image")
+        (tree / "test" / first / "empty.png").write_bytes(b"")
+        if ray_installed:
+            run("24 build-many --backend ray of a failing build", "cache", "build-many", "--dataset",
+                f"folder:{tree}", *build[4:8], "--shots", "1", "--seeds", "1", "--views", "1", "--device", "cpu",
+                "--backend", "ray", "--out", fresh(), timeout=180)
         done = subprocess.run(cli("list", "options", "clip-adapter"), env=ENV, capture_output=True, text=True)
         record("14 list options clip-adapter (first line)", done.returncode, done.stdout.splitlines()[0])
         done = subprocess.run(cli(*grid, "--out", fresh()), env=ENV, capture_output=True, text=True)

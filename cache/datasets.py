@@ -184,10 +184,18 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+def _holds(real: str, chain: tuple[str, ...]) -> bool:
+    """Whether the folder at real path `real` is one of `chain` (the real paths of the folders walked down to a
+    link) or above one of them: following a link there would walk into the link again."""
+    inside = real.rstrip(os.sep) + os.sep
+    return any(path == real or path.startswith(inside) for path in chain)
+
+
 def class_tree(folder: Path) -> ClassTree:
     """The images under `folder` at any depth, as torchvision's ImageFolder lists them (`make_dataset`: the folders
     of `os.walk(folder, followlinks=True)` sorted by path, then each one's files by name), less hidden files and
-    folders. A linked folder is read through, except a link back to a folder above it: the loop is cut there."""
+    folders. A linked folder is read through, except a link back to a folder that holds it (the class folder, one
+    below it, or one above it: the split folder, the tree): the loop is cut there."""
     listed: list[tuple[str, list[str]]] = []  # (folder's path below `folder`, its images)
     others: list[Path] = []
     loops: list[Path] = []
@@ -201,7 +209,7 @@ def class_tree(folder: Path) -> ClassTree:
                     continue
                 if _is_dir(entry):  # the real path without a syscall unless it is a link
                     real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(above[-1], entry.name)
-                    if real in above:
+                    if _holds(real, above):
                         loops.append(Path(entry.path))
                     else:
                         name = _utf8(Path(entry.path))

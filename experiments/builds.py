@@ -21,19 +21,23 @@ def _stderr(message: str) -> None:
 
 
 def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
-    """Build one dataset's cache (resumable, as `cache build`); returns (dataset, path, status). A Ray task of
-    `cache build-many`."""
+    """Build one dataset's cache (resumable, as `cache build`); returns (dataset, path, status)."""
     result = build(dataset=dataset, **options)
     return dataset, str(result.path), result.status
 
 
-def _build_on_ray(dataset: str, options: dict) -> tuple[str, str, str, list[Warning], list[str]]:
-    """`_build_one` as a Ray task, with the warnings it raised and the lines it said on its worker (notes, what it
-    left out or skipped), for the command to show (`progress.relayed`): Ray forwards a worker's stderr late, or never
-    once the command has ended."""
+def _build_on_ray(dataset: str, options: dict) -> tuple[str, str, list[Warning], list[str], str | None]:
+    """`_build_one` as a Ray task: (path, status, the warnings it raised, the lines it said on its worker (notes,
+    what it left out or skipped), its error's text or None), for the command to show (`progress.relayed`): Ray
+    forwards a worker's stderr late, or never once the command has ended. A failed build returns its error with what
+    it said before failing, which a raised error would lose."""
     lines: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
-        return (*_build_one(dataset, {**options, "log": lines.append}), relayed(caught), lines)
+        try:
+            _, path, status = _build_one(dataset, {**options, "log": lines.append})
+        except Exception as error:  # noqa: BLE001 — any failure, as Ray would report it, with the lines said
+            return "", "", relayed(caught), lines, str(error)
+        return path, status, relayed(caught), lines, None
 
 
 def cache_paths(datasets: list[str], out: Path) -> dict[str, Path]:
@@ -111,13 +115,15 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
                 dataset = refs.pop(ref)
                 said: list[str] = []
                 try:
-                    _, path, status, messages, said = ray.get(ref)
+                    path, status, messages, said, failure = ray.get(ref)
                     show_relayed(messages, shown)
+                except ray.exceptions.RayError as error:  # the task did not return: its worker died, ...
+                    failure = str(getattr(error, "cause", None) or error)
+                if failure is None:
                     built[dataset] = (dataset, path, status)  # named as given
-                    line = f"{dataset}: {built[dataset][2]}"
-                except ray.exceptions.RayError as error:
-                    cause = getattr(error, "cause", None) or error
-                    problems.append(f"{dataset}: {cause}")
+                    line = f"{dataset}: {status}"
+                else:
+                    problems.append(f"{dataset}: {failure}")
                     line = f"{dataset}: failed"
                 if say is not None:
                     say(f"{line} ({len(built) + len(problems)}/{len(datasets)} builds ended)")

@@ -347,6 +347,19 @@ def per_class_rows(per_class: dict[tuple[str, str], list[ClassAccuracy]]) -> lis
             for (part, target), classes in per_class.items() for c in classes]
 
 
+def check_per_class_out(path: Path) -> None:
+    """Refuse an `--out` that is an existing file other than a per-class CSV (its header `classes,label,class,...`):
+    a run's own `metrics.json` or a grid's `results.csv` given by mistake was overwritten, and the work lost."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # nothing there, or not writable as a file
+        return
+    if not first.startswith(",".join(CSV_COLUMNS[:6]).encode()):
+        raise OptionError(f"--out {path}: the file exists and is not a per-class CSV, which --out writes (header "
+                          f"{','.join(CSV_COLUMNS)}); choose another --out, or delete the file first")
+
+
 def write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
     """`rows` as a CSV file (`CSV_COLUMNS`), written atomically."""
     text = io.StringIO()

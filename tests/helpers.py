@@ -1,5 +1,6 @@
 """Helpers that several test files share: an oracle restated once, a reader of what a grid writes, a results
-table written by hand for reports, and a reader of a report's LaTeX table that checks its structure."""
+table written by hand for reports, a reader of a report's LaTeX table that checks its structure, and whether a
+process still runs."""
 
 from __future__ import annotations
 
@@ -68,3 +69,12 @@ def read_tex_rows(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
         assert line.endswith(r" \\") and unescaped("&", line) == len(spec) - 1, line
     cells = [[c.strip() for c in re.split(r"(?<!\\)&", line.removesuffix(r" \\"))] for line in [header, *body]]
     return lines, cells[0], cells[1:]
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (read from /proc): whether a stopped command's processes outlive
+    it."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

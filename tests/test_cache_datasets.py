@@ -556,3 +556,22 @@ def test_a_link_back_to_a_folder_above_is_not_followed(tmp_path: Path) -> None:
         (Path(path).relative_to(tree).as_posix(), label) for path, label in oracle]
     assert f"warning: folder:{tree}: did not follow 2 links to a folder that holds it (a loop): " \
            "train/cat/a/c/up/, train/cat/self/" in data.notes
+
+
+def test_a_link_to_a_folder_above_the_class_folder_is_not_followed(tmp_path: Path) -> None:
+    """A link in a class folder to the split folder, the tree or a folder above it holds the link too (a loop): it
+    was followed, so every other class's images (and, through the tree, the test images) were read as that class's
+    train images, and only the links met inside were named."""
+    from torchvision.datasets import ImageFolder
+
+    tree = tmp_path / "pets"
+    _nested_tree(tree, tmp_path / "elsewhere")
+    oracle = ImageFolder(str(tree / "train")).samples  # before the links
+    cat = tree / "train" / "cat"
+    for name, target in (("split", tree / "train"), ("tree", tree), ("outside", tmp_path)):
+        (cat / "a" / name).symlink_to(target, target_is_directory=True)
+    data = load_dataset(None, f"folder:{tree}")
+    assert [(path, label) for path, label, _ in data.train] == [
+        (Path(path).relative_to(tree).as_posix(), label) for path, label in oracle]
+    assert f"warning: folder:{tree}: did not follow 3 links to a folder that holds it (a loop): " \
+           "train/cat/a/outside/, train/cat/a/split/, train/cat/a/tree/" in data.notes

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import alive
 
 from lathadapter.adapter.trainer import signals_deferred
 from lathadapter.cache.synthetic import write_synthetic_cache
@@ -43,15 +44,6 @@ def with_ctrl_c() -> None:
     run so) starts with SIGINT ignored, children inherit that and Python then never raises KeyboardInterrupt, so the
     Ctrl-C these tests send would go unheard."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def start_grid(cache: Path, out: Path) -> tuple[subprocess.Popen, list[int]]:

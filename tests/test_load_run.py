@@ -296,6 +296,24 @@ def test_inspect_errors_are_one_line_with_exit_code_1(finished: Path, tmp_path: 
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
 
 
+def test_inspect_out_overwrites_no_file_but_its_own_csv(finished: Path, tmp_path: Path) -> None:
+    """`--out` naming the run's own metrics.json (or a grid's results.csv) overwrote it with the per-class CSV: the
+    run was lost. An existing file that is not a per-class CSV is refused in one line and left as it was; a CSV the
+    command wrote before is written again."""
+    folder = spoiled(finished, tmp_path)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    result = CliRunner().invoke(app, ["inspect", str(folder), "--out", str(folder / "metrics.json")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: --out {folder / 'metrics.json'}: the file exists"), lines
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    again = tmp_path / "per_class.csv"
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["inspect", str(folder), "--out", str(again)])
+        assert result.exit_code == 0, result.output
+        assert again.read_text().startswith("classes,label,class,correct,count,accuracy,target\n")
+
+
 def test_inspect_plots_the_reliability_and_each_sets_confusion_matrix(baseline_cache: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.axes

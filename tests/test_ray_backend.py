@@ -9,6 +9,7 @@ import csv
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import alive
 from typer.testing import CliRunner
 
+from lathadapter.adapter.options import StateError
 from lathadapter.cache.store import CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
@@ -291,6 +294,31 @@ def test_build_many_on_ray_finds_paths_given_relative_to_the_command(cluster, co
     assert said[0] == f"{dataset}: up to date (1/1 builds ended)"
     assert said[1].startswith(f"{tmp_path / 'caches' / 'Shapes.h5'} is up to date (same fingerprint ")
 
+def test_a_build_failing_on_ray_still_says_what_it_said_before(cluster, coop_dataset, tiny_clip,
+                                                                tmp_path: Path) -> None:
+    """A Ray build that fails (an empty image) after saying a line (a file of a `folder:` tree left out) sends that
+    line back with its error, as a local build prints it before failing: the raised error lost it."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    tree = tmp_path / "tree"
+    for part in ("train", "test"):
+        for path, _, name in split[part]:
+            (tree / part / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(coop_dataset.folder / path, tree / part / name)
+    first = split["train"][0][2]
+    (tree / "train" / first / "notes.txt").write_text("taken on holiday")
+    (tree / "test" / first / "empty.png").write_bytes(b"")
+    options = dict(root=None, model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=[1],
+                   seeds=[1], views=1, device="cpu", val="subsets", workers=0)
+    dataset = f"folder:{tree}"
+    lines: list[str] = []
+    with pytest.raises(StateError, match=r"cache builds failed:\n  folder:.*empty\.png"):
+        build_many([dataset], tmp_path / "caches", "ray", log=lines.append, **options)
+    assert lines[0] == f"{dataset}: failed (1/1 builds ended)"
+    [warned] = [line for line in lines if line.startswith("warning:")]
+    assert warned.startswith(f"warning: folder:{tree}: left out 1 file of class folders that are not images: "
+                             f"train/{first}/notes.txt (")
+
+
 def test_backend_ray_without_ray_prints_the_install_hint(cache: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     real_import = builtins.__import__
@@ -382,14 +410,6 @@ def descendants(pid: int) -> set[int]:
         found |= below
         todo += below
     return found
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
