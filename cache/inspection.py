@@ -19,7 +19,7 @@ from lathadapter.cache.store import (
     corrupt,
     fingerprint_of,
     folder_given,
-    lock_failure,
+    open_failure,
     skipped_losses,
 )
 
@@ -204,9 +204,9 @@ def verify(path: str | Path) -> list[str]:
     try:
         f = h5py.File(path, "r")
     except OSError as error:
-        locked = lock_failure(path, error)
-        if locked is not None:
-            return [str(locked)]
+        unopened = open_failure(path, error)
+        if unopened is not None:
+            return [str(unopened)]
         return [f"not a readable HDF5 file ({error}); if it is a cache, it is corrupt: rebuild it with "
                 f"`{REBUILD}`"]
     try:

@@ -74,9 +74,13 @@ def corrupt(path: Path, error: BaseException, verify_hint: bool = True) -> Cache
                       f"`{REBUILD}`")
 
 
-def lock_failure(path: Path, error: BaseException) -> CacheError | None:
-    """The error for a cache that HDF5 could not lock to open (another process has it open for writing, or its file
-    system has no file locks), which is no sign of damage; None for any other error."""
+def open_failure(path: Path, error: BaseException) -> CacheError | None:
+    """The error for a cache that HDF5 could not open for a reason that is no sign of damage: this user may not read
+    it (a shared cache of another user; rebuilding it would be for nothing), or HDF5 could not lock it (another
+    process has it open for writing, or its file system has no file locks); None for any other error."""
+    if isinstance(error, PermissionError):
+        return CacheError(f"{path}: permission denied: this user may not read it (the file itself may well be sound); "
+                          "ask its owner for read access, or copy it somewhere readable")
     if "unable to lock file" not in str(error):
         return None
     detail = str(error).splitlines()[0]
@@ -499,9 +503,9 @@ class CacheReader:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as error:
-            locked = lock_failure(self.path, error)
-            if locked is not None:
-                raise locked from error
+            unopened = open_failure(self.path, error)
+            if unopened is not None:
+                raise unopened from error
             raise CacheError(f"{self.path} is not a readable HDF5 cache ({error}); if it is one, it is corrupt: "
                              f"rebuild it with `{REBUILD}`") from error
         if "schema_version" not in self._file.attrs:

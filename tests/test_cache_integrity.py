@@ -426,3 +426,27 @@ def test_a_cache_another_process_holds_for_writing_is_not_called_corrupt(tmp_pat
         assert "corrupt" not in message and "--force" not in message, message
     assert len(problems) == 1 and result.exit_code == 1
     CacheReader(path).close()  # the lock released, it reads
+
+
+def test_a_cache_this_user_may_not_read_is_not_called_corrupt(tmp_path: Path) -> None:
+    """A cache of another user (a shared cluster folder) that this user may not read was called corrupt, with a
+    rebuild as the fix; the message says permission denied and what to do. The oracle is the OS: a plain `open` of the
+    same file raises PermissionError (as root, a chmod 000 file reads, so /proc/1/mem stands in)."""
+    path = write_synthetic_cache(tmp_path / "s.h5", num_classes=3, dim=8, train_per_class=2, val_per_class=1,
+                                 test_per_class=2, views=1, shots=(1,), seeds=(1,))
+    path.chmod(0)
+    denied = path if os.geteuid() != 0 else Path("/proc/1/mem")
+    try:
+        open(denied, "rb").close()
+    except PermissionError:
+        pass
+    else:
+        pytest.skip(f"{denied} is readable by this user: no unreadable file to try")
+    with pytest.raises(CacheError) as raised:
+        CacheReader(denied)
+    problems = verify(denied)
+    result = runner.invoke(app, ["cache", "info", str(denied)])
+    for message in (str(raised.value), *problems, result.output):
+        assert "permission denied" in message and "read access" in message, message
+        assert "corrupt" not in message and "rebuild" not in message, message
+    assert len(problems) == 1 and result.exit_code == 1
