@@ -789,8 +789,8 @@ def inspect(
                                       "a LatHAdapter run, poincare_disk.png."),
 ) -> None:
     """Load a trained run back and score its test images per class: the accuracy and ECE (checked against its
-    metrics.json), the worst and best classes, and optionally a per-class CSV and plots; a transfer run's targets
-    too, with --target."""
+    metrics.json), the ECE after a temperature fitted on its val images, the worst and best classes, and optionally a
+    per-class CSV and plots; a transfer run's targets too, with --target."""
     from lathadapter.experiments.cells import slug
     from lathadapter.experiments.trained import (
         check_per_class_out,
@@ -828,6 +828,10 @@ def inspect(
             typer.echo(f"{label}: {_format_accuracy(accuracy)} ({same}){ece}")
             if accuracy is None:
                 continue
+            scaled = run.temperature_scaled(part, name)
+            typer.echo("  after temperature scaling: " + ("no val image to fit a temperature on" if scaled is None else
+                       f"ECE {scaled.scores.ece:.2f}% (T = {scaled.temperature:.3g}, fitted on "
+                       f"{_plural(scaled.val_images, 'val image')})"))
             matrix, names = run.confusion(part, name), run.test_set(part, name)[2].class_names
             per_class[(part or "all", name or own)] = class_accuracies(matrix, names)
             classes = ranked(per_class[(part or "all", name or own)])

@@ -98,8 +98,11 @@ class Tally:
     def add(self, method: Method, scores: torch.Tensor, labels: torch.Tensor) -> None:
         """Count a chunk's `scores` (checked already) against its `labels`: the prediction is the top score, its
         confidence the method's probability of it (`Method.probabilities`)."""
-        confidence = method.probabilities(scores.float()).amax(dim=-1)
-        right = (scores.argmax(dim=-1) == labels).long()
+        self.add_confidences(method.probabilities(scores.float()).amax(dim=-1), scores.argmax(dim=-1) == labels)
+
+    def add_confidences(self, confidence: torch.Tensor, right: torch.Tensor) -> None:
+        """Count a chunk's predictions by their top-1 `confidence` and whether each is `right` (bool)."""
+        right = right.long()
         # bin b holds confidences in (b / B, (b + 1) / B], compared exactly: a float32 times B is exact in float64
         # (float32 edges from linspace miss k / B by an ulp either way); one rounded above 1 stays in the last bin
         bins = (confidence.double() * ECE_BINS).ceil_().long().sub_(1).clamp_(0, ECE_BINS - 1)  # NaN: some bin

@@ -12,7 +12,8 @@ under-confident. ECE after scaling tells what a method's calibration is beyond o
 The demo cache is the one `lathadapter demo` (`make demo`) writes. The grid resumes: a rerun skips finished runs.
 The mean confidence and the temperature-scaled ECE are not a run's record: the grid's evaluator hook adds them here to
 each run's metrics.json (`confidence`, `ts_ece`, `temperature`), with the probabilities the ECE bins
-(`Method.probabilities`); the scaling divides their logarithm by T, which for a softmax is its logits divided by T.
+(`Method.probabilities`); the scaling (`adapter.temperature`, as `lathadapter inspect` prints it) divides their
+logarithm by T, which for a softmax is its logits divided by T.
 
 `--worlds`: the same on eight worlds instead of the demo, the defaults study's four held-out CLIP-like worlds
 (benchmarks/lathadapter_study.py, zero-shot over-confident) and the four whose zero-shot is calibrated
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import statistics
 import sys
 import time
@@ -41,7 +41,7 @@ from calibrated_worlds import calibrated_worlds  # noqa: E402 — the four calib
 from lathadapter_study import WORLDS, clip_worlds  # noqa: E402 — the defaults study's held-out worlds
 
 from lathadapter.adapter.catalog import method_names  # noqa: E402
-from lathadapter.adapter.evaluate import Tally  # noqa: E402
+from lathadapter.adapter.temperature import temperature_scaled  # noqa: E402
 from lathadapter.experiments.execution import Execution  # noqa: E402
 from lathadapter.experiments.launch import launch, prepare  # noqa: E402
 from lathadapter.experiments.run import RunOutcome  # noqa: E402
@@ -57,43 +57,6 @@ INFERS = ["euclid", "hyper"]  # LatHAdapter's single-softmax scorings, beside it
 GROUPS = ("uncalibrated", "calibrated")  # the worlds' zero-shot: over-confident (the defaults study's) or calibrated
 
 
-def log_probabilities(method: Any, features: torch.Tensor) -> torch.Tensor:
-    """log of the method's class probabilities (`Method.probabilities`), computed in float64 and floored at 1e-300."""
-    return method.probabilities(method.logits(features).double()).clamp_min(1e-300).log()
-
-
-def fit_inverse_temperature(log_p: torch.Tensor, labels: torch.Tensor) -> float:
-    """β = 1/T minimising the mean NLL of softmax(β log p) on (`log_p`, `labels`) (Guo et al. 2017's temperature
-    scaling, on log-probabilities so that a fused score is scaled as a softmax's logits are). The NLL is convex in β,
-    so unimodal in log β: a golden-section search over β in [1e-3, 1e3], 200 steps, float64."""
-    def nll(log_beta: float) -> float:
-        z = log_p * math.exp(log_beta)
-        return float((torch.logsumexp(z, dim=-1) - z.gather(1, labels[:, None]).squeeze(1)).mean())
-    low, high, ratio = math.log(1e-3), math.log(1e3), (math.sqrt(5) - 1) / 2
-    a, b = high - ratio * (high - low), low + ratio * (high - low)
-    fa, fb = nll(a), nll(b)
-    for _ in range(200):
-        if fa <= fb:
-            high, b, fb = b, a, fa
-            a = high - ratio * (high - low)
-            fa = nll(a)
-        else:
-            low, a, fa = a, b, fb
-            b = low + ratio * (high - low)
-            fb = nll(b)
-    return math.exp((low + high) / 2)
-
-
-class Probabilities:
-    """What `Tally` asks of a method when the scores it is given are already class probabilities."""
-
-    name = "temperature-scaled"
-
-    @staticmethod
-    def probabilities(scores: torch.Tensor) -> torch.Tensor:
-        return scores
-
-
 @torch.no_grad()
 def add_confidence(grid_run: GridRun, outcome: RunOutcome, data: Any) -> dict[str, Any]:
     """The run's mean top-1 confidence (%) on its test set, and its test ECE (%) after temperature scaling fitted on
@@ -105,12 +68,9 @@ def add_confidence(grid_run: GridRun, outcome: RunOutcome, data: Any) -> dict[st
     found: dict[str, Any] = {
         "confidence": 100.0 * float(method.probabilities(scores.float()).amax(dim=-1).double().mean()),
         "ts_ece": None, "temperature": None}
-    if len(data.val_labels):
-        beta = fit_inverse_temperature(log_probabilities(method, data.val_features), data.val_labels)
-        tally = Tally(data.test_features.device)
-        tally.add(Probabilities(), torch.softmax(beta * log_probabilities(method, data.test_features), dim=-1),
-                  data.test_labels)
-        found |= {"ts_ece": tally.scores(Probabilities()).ece, "temperature": 1.0 / beta}
+    scaled = temperature_scaled(method, method.logits(data.val_features), data.val_labels, scores, data.test_labels)
+    if scaled is not None:
+        found |= {"ts_ece": scaled.scores.ece, "temperature": scaled.temperature}
     return found
 
 

@@ -19,6 +19,7 @@ from lathadapter.adapter.catalog import build_method, make_options, method_class
 from lathadapter.adapter.evaluate import CHUNK, Scores, evaluate
 from lathadapter.adapter.methods.base import Method, NotApplicable
 from lathadapter.adapter.options import OptionError, StateError, before_values
+from lathadapter.adapter.temperature import TemperatureScaled, temperature_scaled
 from lathadapter.cache.store import CacheReader, FewShotData
 from lathadapter.experiments.machine import resolve_device
 from lathadapter.experiments.run import GLOBAL_GENERATOR, RunConfig, split_classes, write_atomic
@@ -144,6 +145,19 @@ class TrainedRun:
         predicted = self.predict(features, *self.against(part, target)).cpu()
         size = view.num_classes
         return torch.bincount(labels.cpu() * size + predicted, minlength=size * size).reshape(size, size)
+
+    def temperature_scaled(self, part: str | None = None, target: str | None = None) -> TemperatureScaled | None:
+        """Test accuracy and ECE of class set `part` or loaded target `target` after post-hoc temperature scaling
+        (`adapter.temperature`): T fitted on the run's few-shot val images, of its training classes (the base
+        classes for base-to-novel, the source's for a transfer run); None where the method cannot score the set, or
+        without val or test images."""
+        features, labels, _ = self.test_set(part, target)
+        try:
+            test_scores = self.logits(features, *self.against(part, target))
+        except NotApplicable:
+            return None
+        return temperature_scaled(self.method, self.logits(self.data.val_features), self.data.val_labels,
+                                  test_scores, labels)
 
     def per_class_accuracy(self, part: str | None = None, target: str | None = None) -> list[ClassAccuracy]:
         """Each class's test accuracy over class set `part` (`parts`; default the first) or loaded target `target`

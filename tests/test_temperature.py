@@ -1,0 +1,115 @@
+"""Post-hoc temperature scaling (`adapter.temperature`, `TrainedRun.temperature_scaled`, `inspect`'s line): the
+fitted T against a brute-force search of the NLL restated in numpy, the scaled ECE against its bins restated in numpy,
+and a softmax method's scaling against its logits divided by T."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import lathadapter
+from lathadapter.adapter.temperature import T_RANGE, fit_temperature, log_probabilities
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+
+BINS = 15
+
+
+def nll(log_p: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean NLL of softmax(log_p / T), restated in float64 numpy."""
+    z = log_p / temperature
+    top = z.max(axis=1, keepdims=True)
+    log_sum = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+    return float(np.mean(log_sum - z[np.arange(len(labels)), labels]))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def ece(probabilities: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> float:
+    """ECE (%) over 15 equal-width bins (b/15, (b+1)/15] of the top-1 confidence, restated."""
+    confidence = probabilities.max(axis=1)
+    bins = np.clip(np.ceil(confidence * BINS).astype(int) - 1, 0, BINS - 1)
+    right = predicted == labels
+    return 100.0 * sum(abs(right[bins == b].sum() - confidence[bins == b].sum()) for b in range(BINS)) / len(labels)
+
+
+@pytest.mark.parametrize("true_temperature", [0.3, 1.0, 4.0])
+def test_the_fitted_temperature_minimises_the_nll(true_temperature: float) -> None:
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(3000, 12)) * 3
+    labels = np.array([rng.choice(12, p=p) for p in softmax(logits / true_temperature)])
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    fitted = fit_temperature(torch.from_numpy(log_p), torch.from_numpy(labels))
+    grid = np.exp(np.linspace(math.log(T_RANGE[0]), math.log(T_RANGE[1]), 20001))
+    values = np.array([nll(log_p, labels, t) for t in grid])
+    best = int(values.argmin())
+    assert grid[best - 1] <= fitted <= grid[best + 1]
+    assert nll(log_p, labels, fitted) <= values[best] + 1e-12
+    assert fitted == pytest.approx(true_temperature, rel=0.15)  # 3,000 labels drawn at that temperature
+
+
+def test_a_softmax_method_is_scaled_as_its_logits_divided_by_t(baseline_cache: Path, tmp_path: Path) -> None:
+    run = lathadapter.load(lathadapter.fit(baseline_cache, "clip-adapter", 4, 1, out=tmp_path, device="cpu",
+                                           epochs=2)["run_dir"])
+    scores = run.logits(run.data.test_features)
+    for temperature in (0.5, 3.0, 40.0):
+        scaled = torch.softmax(log_probabilities(run.method, scores) / temperature, dim=-1).numpy()
+        assert np.allclose(scaled, softmax(scores.double().numpy() / temperature), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("method", "classes"), [("lathadapter", "all"), ("linear-probe", "all"),
+                                                 ("lathadapter", "base")])
+def test_the_scaled_ece_restated(baseline_cache: Path, tmp_path: Path, method: str, classes: str) -> None:
+    """T fitted on the run's val images (base classes for base-to-novel) and applied to each test set; LatHAdapter's
+    fused scores are the sum of two softmaxes, so its probabilities are their half (docs/baselines.md)."""
+    options = {"epochs": 2, "min_steps": 0} if method == "lathadapter" else {"epochs": 2}
+    run = lathadapter.load(lathadapter.fit(baseline_cache, method, 4, 1, classes=classes, out=tmp_path,
+                                           device="cpu", **options)["run_dir"])
+
+    def probabilities(scores: torch.Tensor) -> np.ndarray:
+        s = scores.double().numpy()
+        return s / 2 if method == "lathadapter" else softmax(s)
+
+    val_log_p = np.log(np.maximum(probabilities(run.logits(run.data.val_features)), 1e-300))
+    val_labels = run.data.val_labels.numpy()
+    for part in run.parts:
+        scaled = run.temperature_scaled(part)
+        assert scaled is not None and scaled.val_images == len(val_labels)
+        t = scaled.temperature
+        assert nll(val_log_p, val_labels, t) <= min(nll(val_log_p, val_labels, t * 1.001),
+                                                    nll(val_log_p, val_labels, t / 1.001))
+        features, labels, _ = run.test_set(part)
+        scores = run.logits(features, *run.against(part))
+        log_p = np.log(np.maximum(probabilities(scores), 1e-300))
+        expected = ece(softmax(log_p / t), scores.numpy().argmax(axis=1), labels.numpy())
+        assert scaled.scores.ece == pytest.approx(expected, abs=1e-9)
+        assert scaled.scores.accuracy == run.scores(part).accuracy  # scaling keeps every prediction
+
+
+def test_inspect_prints_the_scaled_ece_or_says_there_is_no_val_image(baseline_cache: Path, tmp_path: Path) -> None:
+    run_dir = lathadapter.fit(baseline_cache, "linear-probe", 4, 1, out=tmp_path / "a", device="cpu",
+                              epochs=2)["run_dir"]
+    result = CliRunner().invoke(app, ["inspect", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    scaled = lathadapter.load(run_dir).temperature_scaled()
+    line = re.search(r"after temperature scaling: ECE ([\d.]+)% \(T = ([\d.e+-]+), fitted on (\d+) val images\)",
+                     result.output)
+    assert line is not None, result.output
+    assert (float(line[1]), float(line[2]), int(line[3])) == (round(scaled.scores.ece, 2),
+                                                             float(f"{scaled.temperature:.3g}"), scaled.val_images)
+    no_val = write_synthetic_cache(tmp_path / "no_val.h5", num_classes=4, dim=8, views=1, shots=(4,), seeds=(1,),
+                                   val_per_class=0)
+    run_dir = lathadapter.fit(no_val, "linear-probe", 4, 1, out=tmp_path / "b", device="cpu", epochs=2)["run_dir"]
+    result = CliRunner().invoke(app, ["inspect", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "after temperature scaling: no val image to fit a temperature on" in result.output
+    assert lathadapter.load(run_dir).temperature_scaled() is None
