@@ -883,7 +883,7 @@ SELECTOR_HELP = ("Configuration {side}: NAME=VALUE[,NAME=VALUE...] over the resu
 
 @app.command()
 def compare(
-    runs: list[Path] = typer.Argument(..., metavar="PATH", help=COMPARE_FORMS),
+    runs: list[Path] = typer.Argument(..., metavar="path", help=COMPARE_FORMS),
     a: str | None = typer.Option(None, "--a", metavar="<name=value,...>", help=SELECTOR_HELP.format(side="A")),
     b: str | None = typer.Option(None, "--b", metavar="<name=value,...>", help=SELECTOR_HELP.format(side="B")),
     cache: Path | None = typer.Option(None, help="Two runs: their cache file, when it moved from the path their "
