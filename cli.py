@@ -919,9 +919,13 @@ def compare(
 
 def _compare_runs(run_a: Path, run_b: Path, cache: Path | None, device: str | None, out: Path | None) -> None:
     """`compare RUN_A RUN_B`: two runs on the same test images, image by image."""
-    from lathadapter.experiments.compare import ALPHA, compare_runs, load_pair, run_label, write_comparison
+    from lathadapter.experiments.compare import ALPHA, CSV_COLUMNS, compare_runs, load_pair, run_label, write_comparison
+    from lathadapter.experiments.run import check_replaceable
 
     try:
+        if out is not None:
+            check_replaceable(out, "--out", ",".join(CSV_COLUMNS[:4]).encode(),
+                              f"a per-class comparison CSV (header {','.join(CSV_COLUMNS)})")
         a, b = load_pair(run_a, run_b, cache, device)
         typer.echo(f"A: {run_label(a, b)} · {run_a}")
         typer.echo(f"B: {run_label(b, a)} · {run_b}")
@@ -953,10 +957,22 @@ def _compare_runs(run_a: Path, run_b: Path, cache: Path | None, device: str | No
 def _compare_configurations(sources: list[Path], a: str | None, b: str | None, out: Path | None,
                             plot: Path | None) -> None:
     """`compare SOURCE... --a ... --b ...`: two configurations across datasets, from the recorded accuracies."""
-    from lathadapter.experiments.compare_grid import ALPHA, Selector, compare_configurations, write_cells
+    from lathadapter.experiments.compare_grid import (
+        ALPHA,
+        CSV_COLUMNS,
+        Selector,
+        compare_configurations,
+        write_cells,
+    )
     from lathadapter.experiments.records import shots_label
+    from lathadapter.experiments.run import check_replaceable
 
     try:
+        if out is not None:
+            check_replaceable(out, "--out", ",".join(CSV_COLUMNS[:3]).encode(),
+                              f"a comparison CSV (header {','.join(CSV_COLUMNS)})")
+        if plot is not None:
+            check_replaceable(plot, "--plot", b"\x89PNG", "a PNG image")
         selectors = [None if text is None else Selector.parse(flag, text) for flag, text in (("--a", a), ("--b", b))]
         compared = compare_configurations(sources, *selectors)
         for side, labels, text, source in (("A", compared.labels_a, a, sources[0]),

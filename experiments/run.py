@@ -373,6 +373,20 @@ def write_atomic(path: Path, write: Any) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def check_replaceable(path: Path, flag: str, starts: bytes, what: str) -> None:
+    """Refuse an output file `path` (given as `flag`) that exists, is not empty and does not start as the files that
+    option writes do (`starts`, `what` they are): a run's metrics.json or a grid's results.csv given by mistake was
+    overwritten, and the work lost. A file the option wrote before is written again."""
+    try:
+        with path.open("rb") as f:
+            first = f.read(len(starts))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # nothing there, or not a file to replace
+        return
+    if first and first != starts:
+        raise OptionError(f"{flag} {path}: the file exists and is not {what}, which {flag} writes; choose another "
+                          f"{flag}, or delete the file first")
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_atomic(path, lambda p: p.write_text(json.dumps(payload, indent=2, default=str) + "\n"))
 

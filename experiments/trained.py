@@ -22,7 +22,7 @@ from lathadapter.adapter.options import OptionError, StateError, before_values
 from lathadapter.adapter.temperature import TemperatureScaled, temperature_scaled
 from lathadapter.cache.store import CacheReader, FewShotData
 from lathadapter.experiments.machine import resolve_device
-from lathadapter.experiments.run import GLOBAL_GENERATOR, RunConfig, split_classes, write_atomic
+from lathadapter.experiments.run import GLOBAL_GENERATOR, RunConfig, check_replaceable, split_classes, write_atomic
 
 if TYPE_CHECKING:  # imported in `load_targets` alone: the grid driver (`launch`) comes with it, 75-90 ms of import
     from lathadapter.experiments.protocols import Targets
@@ -362,16 +362,10 @@ def per_class_rows(per_class: dict[tuple[str, str], list[ClassAccuracy]]) -> lis
 
 
 def check_per_class_out(path: Path) -> None:
-    """Refuse an `--out` that is an existing file other than a per-class CSV (its header `classes,label,class,...`):
-    a run's own `metrics.json` or a grid's `results.csv` given by mistake was overwritten, and the work lost."""
-    try:
-        with path.open("rb") as f:
-            first = f.readline()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # nothing there, or not writable as a file
-        return
-    if not first.startswith(",".join(CSV_COLUMNS[:6]).encode()):
-        raise OptionError(f"--out {path}: the file exists and is not a per-class CSV, which --out writes (header "
-                          f"{','.join(CSV_COLUMNS)}); choose another --out, or delete the file first")
+    """Refuse an `--out` that is an existing file other than a per-class CSV (`check_replaceable`; its header's first
+    six columns, as the CSV had before it gained `target`)."""
+    check_replaceable(path, "--out", ",".join(CSV_COLUMNS[:6]).encode(),
+                      f"a per-class CSV (header {','.join(CSV_COLUMNS)})")
 
 
 def write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:

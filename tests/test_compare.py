@@ -184,3 +184,13 @@ def test_compare_refuses_other_test_images_and_missing_runs_in_one_line(runs: di
         assert result.exception is None or isinstance(result.exception, SystemExit)
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
+
+
+def test_the_per_class_csv_never_replaces_another_file(runs: dict) -> None:
+    """`--out RUN_A/metrics.json` replaced the run's record with the per-class CSV; it is refused, the file kept."""
+    a, b = runs[("clip-adapter", 1)], runs[("zeroshot", 1)]
+    metrics = Path(a["run_dir"]) / "metrics.json"
+    before = metrics.read_bytes()
+    result = CliRunner().invoke(app, ["compare", a["run_dir"], b["run_dir"], "--out", str(metrics)])
+    assert result.exit_code == 2 and metrics.read_bytes() == before
+    assert result.output.startswith(f"error: --out {metrics}: the file exists and is not a per-class comparison CSV")

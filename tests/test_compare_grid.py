@@ -307,3 +307,20 @@ def test_two_folders_of_fit_runs_compare_across_their_datasets(tmp_path: Path) -
     expected = sorted(metrics[("zeroshot", c.name)]["accuracy"]["all"] - metrics[("clip-adapter", c.name)]
                       ["accuracy"]["all"] for c in caches)
     assert sorted(float(w["difference"]) for w in written) == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_output_that_is_another_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """`--out` and `--plot` given a grid's results.csv (or a run's metrics.json) by mistake replaced it; such a file
+    is refused and its bytes kept, while an empty file, or one the option wrote before, is written again."""
+    table = write(tmp_path / "results.csv", grid_rows())
+    before = table.read_bytes()
+    selectors = ("--a", "lambda_hier=0", "--b", "lambda_hier=0.1")
+    for flag in ("--out", "--plot"):
+        line = one_error_line(invoke(table, *selectors, flag, table), 2)
+        assert f"{flag} {table}: the file exists and is not" in line
+        assert table.read_bytes() == before
+    out, plot = tmp_path / "cells.csv", tmp_path / "diff.png"
+    out.touch()
+    for _ in range(2):  # empty, then its own
+        assert invoke(table, *selectors, "--out", out, "--plot", plot).exit_code == 0
+    assert out.read_text().startswith("part,shots,dataset,") and plot.read_bytes()[:4] == b"\x89PNG"
