@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lathadapter.adapter.catalog import method_names, option_names
+from lathadapter.adapter.evaluate import harmonic_mean
 from lathadapter.adapter.options import OptionError
 from lathadapter.experiments.cells import config_label, shown_value, sortable, varied_settings
 from lathadapter.experiments.records import (
@@ -322,8 +323,7 @@ def _parts(record: Record) -> list[tuple[str, float | None]]:
         return [("source" if record.target == "source" else "target", record.acc_all)]
     if record.classes == "base":
         base, novel = record.acc_base, record.acc_novel
-        hm = None if base is None or novel is None else 2 * base * novel / max(base + novel, 1e-12)
-        return [("base", base), ("novel", novel), ("hm", hm)]
+        return [("base", base), ("novel", novel), ("hm", harmonic_mean(base, novel))]
     return [("all", record.acc_all)]
 
 

@@ -324,3 +324,22 @@ def test_an_output_that_is_another_file_is_refused_and_left_as_it_was(tmp_path: 
     for _ in range(2):  # empty, then its own
         assert invoke(table, *selectors, "--out", out, "--plot", plot).exit_code == 0
     assert out.read_text().startswith("part,shots,dataset,") and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_hm_part_is_each_seeds_harmonic_mean_of_base_and_novel(tmp_path: Path) -> None:
+    """Base-to-novel: `hm` pairs each seed's 2BN / (B + N) of A with B's, restated here."""
+    accuracy = {("caltech101", 1): ((80.0, 60.0), (78.0, 66.0)), ("caltech101", 2): ((82.0, 58.0), (79.0, 64.0)),
+                ("dtd", 1): ((55.0, 0.0), (50.0, 40.0)), ("dtd", 2): ((0.0, 0.0), (52.0, 41.0))}
+    rows = [row(d, s, "", lam=lam, classes="base", acc_base=base, acc_novel=novel)
+            for (d, s), sides in accuracy.items() for lam, (base, novel) in zip(("0.0", "0.1"), sides, strict=True)]
+    compared = compare_configurations([write(tmp_path / "results.csv", rows)], Selector.parse("--a", "lambda_hier=0"),
+                                      Selector.parse("--b", "lambda_hier=0.1"))
+    (hm,) = [p for p in compared.parts if p.part == "hm"]
+
+    def harmonic(base: float, novel: float) -> float:
+        return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+    found = {(d.dataset, s.seed, side): value for d in hm.datasets for s in d.seeds
+             for side, value in (("a", s.a), ("b", s.b))}
+    assert found == pytest.approx({(*key, side): harmonic(*sides[i]) for key, sides in accuracy.items()
+                                   for i, side in enumerate("ab")})
