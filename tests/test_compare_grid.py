@@ -176,6 +176,8 @@ def test_a_selector_that_matches_nothing_lists_what_the_table_has(tmp_path: Path
     assert "no setting or option 'beta'" in line and "method, text, select" in line and "lambda_hier, lr" in line
     line = one_error_line(invoke(table, "--a", "clip-adapter.lambda_hier=0", "--b", "lambda_hier=0.1"), 2)
     assert "no setting or option 'clip-adapter.lambda_hier'" in line
+    line = one_error_line(invoke(table, "--a", "tune.lr=0.001", "--b", "lambda_hier=0.1"), 2)
+    assert "no setting or option 'tune.lr'" in line
     scoped = compare_configurations([table], Selector.parse("--a", "lathadapter.lambda_hier=0.00"),
                                     Selector.parse("--b", "method=lathadapter,lambda_hier=1e-1"))
     assert (scoped.labels_a, scoped.labels_b) == (("lathadapter lambda_hier=0.0",), ("lathadapter lambda_hier=0.1",))
@@ -343,3 +345,21 @@ def test_the_hm_part_is_each_seeds_harmonic_mean_of_base_and_novel(tmp_path: Pat
              for side, value in (("a", s.a), ("b", s.b))}
     assert found == pytest.approx({(*key, side): harmonic(*sides[i]) for key, sides in accuracy.items()
                                    for i, side in enumerate("ab")})
+
+
+@pytest.mark.parametrize(("on", "off"), [("true", "false"), ("1", "0"), ("on", "off"), ("Yes", "no")])
+def test_a_boolean_option_is_selected_by_any_spelling_set_takes(tmp_path: Path, on: str, off: str) -> None:
+    """results.csv writes a boolean option as Python's True/False; a selector's value is read as `--set` reads it
+    (true/false, yes/no, on/off, 1/0), so `attr_proto=0` picks the runs `--set attr_proto=0` trained."""
+    rows = [row(d, s, 70.0 + s + flag, lam="0.1") | {"opt.attr_proto": str(flag == 1)}
+            for d in ("caltech101", "dtd") for s in (1, 2) for flag in (1, 0)]
+    for r in rows:
+        r["key"] += r["opt.attr_proto"]
+    table = helpers.write_rows(tmp_path / "results.csv", rows, [*COLUMNS, "opt.attr_proto"])
+    compared = compare_configurations([table], Selector.parse("--a", f"attr_proto={on}"),
+                                      Selector.parse("--b", f"attr_proto={off}"))
+    assert (compared.labels_a, compared.labels_b) == (("lathadapter attr_proto=True",),
+                                                      ("lathadapter attr_proto=False",))
+    assert [d.difference for p in compared.parts for d in p.datasets] == [1.0, 1.0]
+    line = one_error_line(invoke(table, "--a", "attr_proto=2", "--b", f"attr_proto={off}"), 2)
+    assert line.endswith("attr_proto=2 matches no run; attr_proto has the values False, True")
