@@ -894,8 +894,9 @@ def compare(
                                     "Across datasets: a row per part, shots, dataset and seed (columns part, shots, "
                                     "dataset, target, seed, acc_a, acc_b, difference, mean_a, mean_b, "
                                     "mean_difference)."),
-    plot: Path | None = typer.Option(None, help="Across datasets: a PNG of A − B per dataset, a panel per part and "
-                                     "shots (each seed a dot, the seed mean a diamond), titled with the Wilcoxon p."),
+    plot: Path | None = typer.Option(None, help="Across datasets: a .png file of A − B per dataset, a panel per part "
+                                     "and shots (each seed a dot, the seed mean a diamond), titled with the Wilcoxon "
+                                     "p."),
 ) -> None:
     """Compare two runs on the same test images, image by image: each run's accuracy, the difference, the images
     only one got right (b, c), the exact McNemar p and its verdict at 0.05, and the classes that differ most. Or
@@ -972,6 +973,8 @@ def _compare_configurations(sources: list[Path], a: str | None, b: str | None, o
             check_replaceable(out, "--out", ",".join(CSV_COLUMNS[:3]).encode(),
                               f"a comparison CSV (header {','.join(CSV_COLUMNS)})")
         if plot is not None:
+            if plot.suffix.lower() != ".png":  # the format is the suffix's, and only a PNG is ever replaced
+                raise OptionError(f"--plot {plot}: expected a .png file name (the plot is a PNG image)")
             check_replaceable(plot, "--plot", b"\x89PNG", "a PNG image")
         selectors = [None if text is None else Selector.parse(flag, text) for flag, text in (("--a", a), ("--b", b))]
         compared = compare_configurations(sources, *selectors)

@@ -283,6 +283,10 @@ def test_refusals_are_one_line_with_the_exit_code_of_their_kind(tmp_path: Path) 
             ([table, "--a", "lambda_hier=0", "--b", "lambda_hier=0.1", "--device", "cpu"], "--device: only for two "
              "run directories", 2),
             ([tmp_path / "run_a", tmp_path / "run_b", "--plot", tmp_path / "p.png"], "--plot draws a comparison", 2),
+            ([table, "--a", "lambda_hier=0", "--b", "lambda_hier=0.1", "--plot", tmp_path / "diff.pdf"],
+             f"--plot {tmp_path / 'diff.pdf'}: expected a .png file name", 2),
+            ([table, "--a", "lambda_hier=0", "--b", "lambda_hier=0.1", "--plot", tmp_path],
+             f"--plot {tmp_path}: expected a .png file name", 2),
             ([table, tmp_path / "nowhere.csv", "--a", "lambda_hier=0", "--b", "lambda_hier=0.1"], "does not exist",
              1),
             ([tmp_path / "bad.csv", table], "lacks the columns", 1),
