@@ -974,9 +974,9 @@ def _compare_configurations(sources: list[Path], a: str | None, b: str | None, o
             check_replaceable(out, "--out", ",".join(CSV_COLUMNS[:3]).encode(),
                               f"a comparison CSV (header {','.join(CSV_COLUMNS)})")
         if plot is not None:
+            check_replaceable(plot, "--plot", b"\x89PNG", "a PNG image")
             if plot.suffix.lower() != ".png":  # the format is the suffix's, and only a PNG is ever replaced
                 raise OptionError(f"--plot {plot}: expected a .png file name (the plot is a PNG image)")
-            check_replaceable(plot, "--plot", b"\x89PNG", "a PNG image")
         selectors = [None if text is None else Selector.parse(flag, text) for flag, text in (("--a", a), ("--b", b))]
         compared = compare_configurations(sources, *selectors)
         for side, labels, text, source in (("A", compared.labels_a, a, sources[0]),
