@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from lathadapter.adapter.catalog import method_names, option_names
-from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.evaluate import harmonic_mean
+from lathadapter.adapter.options import OptionError, parse_value
 from lathadapter.experiments.cells import config_label, shown_value, sortable, varied_settings
 from lathadapter.experiments.records import (
     SETTINGS,
@@ -34,7 +35,6 @@ from lathadapter.experiments.run import write_atomic
 
 ALPHA = 0.05  # the level the verdict is stated at
 PARTS = ("all", "base", "novel", "hm", "source", "target")  # few-shot; base-to-novel; a transfer run's source, targets
-BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -127,12 +127,16 @@ def _value(name: str, record: Record) -> str | None:
     return None
 
 
-def _same(given: str, value: str) -> bool:
-    """Whether a selector's value names a table value: the same text, number or truth value."""
+def _same(name: str, given: str, value: str) -> bool:
+    """Whether a selector's value names a table value: the same text, number or truth value (a boolean option's
+    `True`/`False`, given as `--set` reads it: true/false, yes/no, on/off, 1/0)."""
     if given == value:
         return True
-    if given.lower() in BOOLEANS and value.lower() in BOOLEANS:
-        return BOOLEANS[given.lower()] == BOOLEANS[value.lower()]
+    if value.lower() in ("true", "false"):
+        try:
+            return parse_value(name, bool, given) == (value.lower() == "true")
+        except OptionError:
+            return False
     try:
         return float(given) == float(value)
     except ValueError:
@@ -152,12 +156,11 @@ def select(chosen: Sequence[Record], selector: Selector) -> list[Record]:
     that leaves none, is refused in one line listing the names, or the values the name has among the runs left."""
     names = _names(chosen)
     for i, (name, given) in enumerate(selector.conditions):
-        method = name.rpartition(".")[0]
-        known = method in ("", "tune") or any(r.config.method == method for r in chosen)
-        if not known or (name not in names and name.rpartition(".")[2] not in names):
+        method, _, option = name.rpartition(".")  # `METHOD.NAME`: an option of a method among the runs
+        if name not in names and not (option in names and any(r.config.method == method for r in chosen)):
             raise OptionError(f"{selector.flag} {selector.text}: no setting or option {name!r} in the table; choose "
                               f"among {', '.join(names)}")
-        left = [r for r in chosen if (value := _value(name, r)) is not None and _same(given, value)]
+        left = [r for r in chosen if (value := _value(name, r)) is not None and _same(name, given, value)]
         if not left:
             values = sorted({v for r in chosen if (v := _value(name, r)) is not None}, key=sortable)
             among = f" among the runs with {Selector('', selector.conditions[:i]).text}" if i else ""
@@ -322,8 +325,7 @@ def _parts(record: Record) -> list[tuple[str, float | None]]:
         return [("source" if record.target == "source" else "target", record.acc_all)]
     if record.classes == "base":
         base, novel = record.acc_base, record.acc_novel
-        hm = None if base is None or novel is None else 2 * base * novel / max(base + novel, 1e-12)
-        return [("base", base), ("novel", novel), ("hm", hm)]
+        return [("base", base), ("novel", novel), ("hm", harmonic_mean(base, novel))]
     return [("all", record.acc_all)]
 
 

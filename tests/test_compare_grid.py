@@ -176,6 +176,8 @@ def test_a_selector_that_matches_nothing_lists_what_the_table_has(tmp_path: Path
     assert "no setting or option 'beta'" in line and "method, text, select" in line and "lambda_hier, lr" in line
     line = one_error_line(invoke(table, "--a", "clip-adapter.lambda_hier=0", "--b", "lambda_hier=0.1"), 2)
     assert "no setting or option 'clip-adapter.lambda_hier'" in line
+    line = one_error_line(invoke(table, "--a", "tune.lr=0.001", "--b", "lambda_hier=0.1"), 2)
+    assert "no setting or option 'tune.lr'" in line
     scoped = compare_configurations([table], Selector.parse("--a", "lathadapter.lambda_hier=0.00"),
                                     Selector.parse("--b", "method=lathadapter,lambda_hier=1e-1"))
     assert (scoped.labels_a, scoped.labels_b) == (("lathadapter lambda_hier=0.0",), ("lathadapter lambda_hier=0.1",))
@@ -281,6 +283,10 @@ def test_refusals_are_one_line_with_the_exit_code_of_their_kind(tmp_path: Path) 
             ([table, "--a", "lambda_hier=0", "--b", "lambda_hier=0.1", "--device", "cpu"], "--device: only for two "
              "run directories", 2),
             ([tmp_path / "run_a", tmp_path / "run_b", "--plot", tmp_path / "p.png"], "--plot draws a comparison", 2),
+            ([table, "--a", "lambda_hier=0", "--b", "lambda_hier=0.1", "--plot", tmp_path / "diff.pdf"],
+             f"--plot {tmp_path / 'diff.pdf'}: expected a .png file name", 2),
+            ([table, "--a", "lambda_hier=0", "--b", "lambda_hier=0.1", "--plot", tmp_path],
+             f"--plot {tmp_path}: expected a .png file name", 2),
             ([table, tmp_path / "nowhere.csv", "--a", "lambda_hier=0", "--b", "lambda_hier=0.1"], "does not exist",
              1),
             ([tmp_path / "bad.csv", table], "lacks the columns", 1),
@@ -324,3 +330,40 @@ def test_an_output_that_is_another_file_is_refused_and_left_as_it_was(tmp_path: 
     for _ in range(2):  # empty, then its own
         assert invoke(table, *selectors, "--out", out, "--plot", plot).exit_code == 0
     assert out.read_text().startswith("part,shots,dataset,") and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_hm_part_is_each_seeds_harmonic_mean_of_base_and_novel(tmp_path: Path) -> None:
+    """Base-to-novel: `hm` pairs each seed's 2BN / (B + N) of A with B's, restated here."""
+    accuracy = {("caltech101", 1): ((80.0, 60.0), (78.0, 66.0)), ("caltech101", 2): ((82.0, 58.0), (79.0, 64.0)),
+                ("dtd", 1): ((55.0, 0.0), (50.0, 40.0)), ("dtd", 2): ((0.0, 0.0), (52.0, 41.0))}
+    rows = [row(d, s, "", lam=lam, classes="base", acc_base=base, acc_novel=novel)
+            for (d, s), sides in accuracy.items() for lam, (base, novel) in zip(("0.0", "0.1"), sides, strict=True)]
+    compared = compare_configurations([write(tmp_path / "results.csv", rows)], Selector.parse("--a", "lambda_hier=0"),
+                                      Selector.parse("--b", "lambda_hier=0.1"))
+    (hm,) = [p for p in compared.parts if p.part == "hm"]
+
+    def harmonic(base: float, novel: float) -> float:
+        return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+    found = {(d.dataset, s.seed, side): value for d in hm.datasets for s in d.seeds
+             for side, value in (("a", s.a), ("b", s.b))}
+    assert found == pytest.approx({(*key, side): harmonic(*sides[i]) for key, sides in accuracy.items()
+                                   for i, side in enumerate("ab")})
+
+
+@pytest.mark.parametrize(("on", "off"), [("true", "false"), ("1", "0"), ("on", "off"), ("Yes", "no")])
+def test_a_boolean_option_is_selected_by_any_spelling_set_takes(tmp_path: Path, on: str, off: str) -> None:
+    """results.csv writes a boolean option as Python's True/False; a selector's value is read as `--set` reads it
+    (true/false, yes/no, on/off, 1/0), so `attr_proto=0` picks the runs `--set attr_proto=0` trained."""
+    rows = [row(d, s, 70.0 + s + flag, lam="0.1") | {"opt.attr_proto": str(flag == 1)}
+            for d in ("caltech101", "dtd") for s in (1, 2) for flag in (1, 0)]
+    for r in rows:
+        r["key"] += r["opt.attr_proto"]
+    table = helpers.write_rows(tmp_path / "results.csv", rows, [*COLUMNS, "opt.attr_proto"])
+    compared = compare_configurations([table], Selector.parse("--a", f"attr_proto={on}"),
+                                      Selector.parse("--b", f"attr_proto={off}"))
+    assert (compared.labels_a, compared.labels_b) == (("lathadapter attr_proto=True",),
+                                                      ("lathadapter attr_proto=False",))
+    assert [d.difference for p in compared.parts for d in p.datasets] == [1.0, 1.0]
+    line = one_error_line(invoke(table, "--a", "attr_proto=2", "--b", f"attr_proto={off}"), 2)
+    assert line.endswith("attr_proto=2 matches no run; attr_proto has the values False, True")

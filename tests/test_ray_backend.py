@@ -294,6 +294,7 @@ def test_build_many_on_ray_finds_paths_given_relative_to_the_command(cluster, co
     assert said[0] == f"{dataset}: up to date (1/1 builds ended)"
     assert said[1].startswith(f"{tmp_path / 'caches' / 'Shapes.h5'} is up to date (same fingerprint ")
 
+
 def test_a_build_failing_on_ray_still_says_what_it_said_before(cluster, coop_dataset, tiny_clip,
                                                                 tmp_path: Path) -> None:
     """A Ray build that fails (an empty image) after saying a line (a file of a `folder:` tree left out) sends that
