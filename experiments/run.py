@@ -377,11 +377,10 @@ def check_replaceable(path: Path, flag: str, starts: bytes, what: str) -> None:
     """Refuse an output file `path` (given as `flag`) that exists, is not empty and does not start as the files that
     option writes do (`starts`, `what` they are): a run's metrics.json or a grid's results.csv given by mistake was
     overwritten, and the work lost. A file the option wrote before is written again."""
-    try:
-        with path.open("rb") as f:
-            first = f.read(len(starts))
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # nothing there, or not a file to replace
+    if not path.is_file():  # nothing there, or no regular file to replace (a folder; a FIFO would block a read)
         return
+    with path.open("rb") as f:
+        first = f.read(len(starts))
     if first and first != starts:
         raise OptionError(f"{flag} {path}: the file exists and is not {what}, which {flag} writes; choose another "
                           f"{flag}, or delete the file first")
