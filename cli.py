@@ -832,7 +832,9 @@ def inspect(
             scaled = run.temperature_scaled(part, name)
             typer.echo("  after temperature scaling: " + ("no val image to fit a temperature on" if scaled is None else
                        f"ECE {scaled.scores.ece:.2f}% (T = {scaled.temperature:.3g}, fitted on "
-                       f"{_plural(scaled.val_images, 'val image')})"))
+                       f"{_plural(scaled.val_images, 'val image')}"
+                       + ("; the end of the range searched: the val images do not bound T" if scaled.at_edge else "")
+                       + ")"))
             matrix, names = run.confusion(part, name), run.test_set(part, name)[2].class_names
             per_class[(part or "all", name or own)] = class_accuracies(matrix, names)
             classes = ranked(per_class[(part or "all", name or own)])

@@ -57,6 +57,12 @@ class TemperatureScaled:
     val_images: int
     scores: Scores
 
+    @property
+    def at_edge(self) -> bool:
+        """Whether T is at an end of `T_RANGE`: the val NLL falls on towards it (every val image right, for T → 0),
+        so the val images do not bound T."""
+        return not T_RANGE[0] * 1.001 < self.temperature < T_RANGE[1] / 1.001
+
 
 def temperature_scaled(method: Method, val_scores: torch.Tensor, val_labels: torch.Tensor,
                        test_scores: torch.Tensor, test_labels: torch.Tensor) -> TemperatureScaled | None:

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 import lathadapter
-from lathadapter.adapter.temperature import T_RANGE, fit_temperature, log_probabilities
+from lathadapter.adapter.temperature import T_RANGE, TemperatureScaled, fit_temperature, log_probabilities
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 
@@ -113,3 +113,16 @@ def test_inspect_prints_the_scaled_ece_or_says_there_is_no_val_image(baseline_ca
     assert result.exit_code == 0, result.output
     assert "after temperature scaling: no val image to fit a temperature on" in result.output
     assert lathadapter.load(run_dir).temperature_scaled() is None
+
+
+def test_a_val_set_that_does_not_bound_t_leaves_it_at_the_edge() -> None:
+    """Every val image right: the NLL of softmax(log p / T) falls as T → 0 (each term tends to 0 from above), so the
+    fit ends at the range's low end, which `at_edge` says."""
+    log_p = np.log(softmax(np.array([[3.0, 1.0, 0.0], [0.5, 2.0, 1.0], [0.0, 0.2, 4.0]])))
+    labels = np.array([0, 1, 2])
+    grid = np.exp(np.linspace(math.log(T_RANGE[0]), math.log(T_RANGE[1]), 2001))
+    assert all(np.diff([nll(log_p, labels, t) for t in grid]) >= 0)  # the restated NLL rises with T
+    fitted = fit_temperature(torch.from_numpy(log_p), torch.from_numpy(labels))
+    assert fitted == pytest.approx(T_RANGE[0], rel=1e-3)
+    assert TemperatureScaled(fitted, 3, None).at_edge  # type: ignore[arg-type]
+    assert not TemperatureScaled(1.0, 3, None).at_edge  # type: ignore[arg-type]
