@@ -7,6 +7,7 @@ GPU `test_triton_cases_in_the_interpreter` reruns them in a child pytest process
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -14,15 +15,24 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from test_kernels_radial_loss import SCALARS, make_inputs, oracle
 
-from lathadapter.cache.datasets import DatasetError, read_split_file, split_image_dir
-from lathadapter.cache.store import FewShotData
+import lathadapter
+from lathadapter.adapter import batched
+from lathadapter.adapter.batched import Member, lockstep_key, train_together
+from lathadapter.adapter.catalog import build_method, make_options
+from lathadapter.cache.datasets import DatasetError, load_dataset, read_split_file, split_image_dir
+from lathadapter.cache.store import CacheError, CacheReader, FewShotData
+from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.experiments.protocols import Targets, targets_salt
 from lathadapter.experiments.records import Configuration, Record, ResultsError, check_one_run_per_seed
-from lathadapter.experiments.trained import ClassAccuracy, class_accuracies, ranked
+from lathadapter.experiments.trained import ClassAccuracy, class_accuracies, per_class_rows, ranked
 from lathadapter.kernels.radial import radial_distance
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
@@ -56,6 +66,28 @@ def test_the_radius_gradients_at_a_point_on_itself_are_zero_not_nan() -> None:
         assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
 
 
+
+def test_a_cosine_past_plus_or_minus_one_gets_no_gradient_as_the_forward_clamps_it() -> None:
+    """The distance is that of the cosine clamped to [−1, 1]: past either end it does not change with the cosine,
+    so its gradient there is 0 (the Triton twin's); the radii's and c's are those at the clamped cosine. Oracle:
+    float64 autograd of arcosh(1 + δ(clamp(cos)))/√c, δ = 2(ρ_a² + ρ_b² − 2ρ_aρ_b cos)/((1 − ρ_a²)(1 − ρ_b²))."""
+    def leaves() -> list[torch.Tensor]:
+        values = (0.5, 0.7, [[1 + 1e-12, -1 - 1e-12, 0.3]], 1.3)
+        return [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in values]
+
+    def formula(a: torch.Tensor, b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        delta = 2 * (a * a + b * b - 2 * a * b * cosine.clamp(-1, 1)) / ((1 - a * a) * (1 - b * b))
+        return torch.acosh(1 + delta) / c.sqrt()
+
+    weights = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    twin, plain = leaves(), leaves()
+    got = torch.autograd.grad((weights * radial_distance(*twin)).sum(), twin)
+    expected = torch.autograd.grad((weights * formula(*plain)).sum(), plain)
+    assert got[2][0, :2].tolist() == [0.0, 0.0] and float(got[2][0, 2]) != 0.0
+    for grad, truth in zip(got, expected, strict=True):
+        torch.testing.assert_close(grad, truth, rtol=1e-9, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------- the Triton twin
 
 
@@ -69,7 +101,7 @@ def test_triton_cases_in_the_interpreter() -> None:
     output = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, output
     passed = re.search(r"(\d+) passed", result.stdout)
-    assert passed and int(passed.group(1)) == 2, output
+    assert passed and int(passed.group(1)) == 3, output
 
 
 def _twin_grads(inputs: dict[str, torch.Tensor], labels: torch.Tensor, scalars: dict, scale: float = 1.0) -> list:
@@ -107,6 +139,21 @@ def test_triton_twin_gives_a_parent_at_the_origin_no_cone_angle() -> None:
     leaves = {name: value.to(DEVICE) for name, value in inputs.items()}
     _, parts = radial_loss_triton(*leaves.values(), labels.to(DEVICE), **scalars)
     assert math.isclose(float(parts[2]), float(true_parts[2]), rel_tol=1e-5)
+
+
+
+@triton_case
+def test_triton_twin_gives_no_gradient_to_a_cosine_rounded_past_one() -> None:
+    """Float32 cosines one ulp past ±1 (unit vectors' rounding): every gradient as float64 `fused_loss`'s, whose
+    distance gives such a cosine none (the forward clamps it); the hierarchy's cone energy on, so its angle's too."""
+    inputs, labels = make_inputs(5, 3, 2, seed=1)
+    labels[:] = torch.tensor([0, 1, 2, 0, 1])
+    inputs["image_class"][0, 1] = 1 + 2**-23
+    inputs["image_class"][1, 0] = -1 - 2**-23
+    _, _, truth = oracle(inputs, labels, SCALARS)
+    for grad, expected in zip(_twin_grads(inputs, labels, SCALARS), truth, strict=True):
+        expected = torch.zeros_like(grad) if expected is None else expected.detach()
+        assert float((grad - expected).abs().max()) <= 5e-5 * float(expected.abs().max()) + 1e-12
 
 
 # ------------------------------------------------------------------------------------------------ trained runs
@@ -170,3 +217,137 @@ def test_the_image_folder_of_a_split_file_is_the_one_subfolder_holding_its_first
     (tmp_path / "copy" / "x").mkdir(parents=True)
     (tmp_path / "copy" / "x" / "1.jpg").write_bytes(b"")
     assert split_image_dir(split) == ""
+
+
+# ------------------------------------------------------------------------------------------ M2: wider survivors
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 classes, D = 8, 2 views, 4 shots (16 train rows), seed 1."""
+    return write_synthetic_cache(tmp_path_factory.mktemp("gaps3") / "small.h5", num_classes=4, dim=8, views=2,
+                                 shots=(4,), seeds=(1,))
+
+
+def _few_shot(cache: Path) -> FewShotData:
+    with CacheReader(cache) as reader:
+        return reader.load(4, 1)
+
+
+def test_runs_of_other_batch_sizes_and_equal_steps_are_not_trained_together(small_cache: Path) -> None:
+    """Lockstep members share the batch size (`lockstep_key`'s rule): on 16 rows, batches of 6 and of 7 both take 2
+    steps an epoch (drop_last), yet draw other rows, so the batch takes one size for all and would train one wrong."""
+    data = _few_shot(small_cache)
+    members = [Member(build_method("clip-adapter", make_options("clip-adapter", {
+        "epochs": "2", "min_steps": "0", "batch_size": size}), data), data, 1) for size in ("6", "7")]
+    assert [m.method.train_recipe().steps_per_epoch(16) for m in members] == [2, 2]
+    assert lockstep_key(members[0], "last", "augmented") != lockstep_key(members[1], "last", "augmented")
+    with pytest.raises(ValueError, match="train the others alone"):
+        train_together(members)
+
+
+def test_a_run_with_nothing_to_train_is_refused_by_train_together(small_cache: Path) -> None:
+    """`lockstep_key` is None for a method the trainer has nothing to optimise: it trains alone, even by itself."""
+    data = _few_shot(small_cache)
+    member = Member(build_method("zeroshot", make_options("zeroshot", {}), data), data, 1)
+    assert lockstep_key(member, "last", "augmented") is None
+    with pytest.raises(ValueError, match="train the others alone"):
+        train_together([member])
+
+
+def test_a_batch_s_wall_time_is_divided_among_its_members(small_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each member's `seconds` is the batch's wall time over its number of members (a fake clock: 6 s for 3)."""
+    data = _few_shot(small_cache)
+    clock = itertools.chain([10.0], itertools.repeat(16.0))
+    monkeypatch.setattr(batched, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    members = [Member(build_method("clip-adapter", make_options("clip-adapter", {"epochs": "1", "min_steps": "0"}),
+                                   data), data, seed) for seed in (1, 2, 3)]
+    assert [r.seconds for r in train_together(members, stack=False)] == [2.0, 2.0, 2.0]
+
+
+def test_a_domain_and_a_cross_dataset_run_over_one_target_are_different_runs(small_cache: Path) -> None:
+    """The targets' salt of a run key records whether classes are mapped (domain) or not (cross-dataset)."""
+    assert targets_salt([str(small_cache)], True) != targets_salt([str(small_cache)], False)
+
+
+def test_a_target_loaded_for_a_second_text_has_that_text_s_class_features(small_cache: Path) -> None:
+    """A cross-dataset target loaded for `coop` then `ensemble` shares its test features; its class features are
+    each text's: the first template, or the normalised mean of the normalised templates (restated from the file)."""
+    with h5py.File(small_cache, "r") as f:
+        templates = torch.from_numpy(f["text/features"][()].astype(np.float64))
+    unit = templates / templates.norm(dim=-1, keepdim=True)
+    mean = unit.mean(dim=0)
+    expected = {"coop": unit[0], "ensemble": mean / mean.norm(dim=-1, keepdim=True)}
+    targets = Targets([str(small_cache)], "cpu", mapped=False, texts=("coop", "ensemble"))
+    for text, features in expected.items():
+        torch.testing.assert_close(targets.target(str(small_cache), text).text_features.double(), features,
+                                   rtol=0, atol=1e-6)
+
+
+def test_a_transfer_run_records_its_source_ece_as_its_ece() -> None:
+    """`targets_ece`'s `source` is the run's own test-set ECE, `targets`' its accuracy (no target: the source only)."""
+    outcome = SimpleNamespace(method=None, metrics={"diverged": None, "accuracy": {"all": 81.25}, "ece": {"all": 4.5},
+                                                    "reliability": {"all": None}})
+    scored = Targets([], "cpu", mapped=False)(SimpleNamespace(config=SimpleNamespace(text="coop")), outcome, None)
+    assert (scored["targets"], scored["targets_ece"]) == ({"source": 81.25}, {"source": 4.5})
+
+
+def test_a_loaded_run_scores_no_rows_as_an_empty_matrix(baseline_cache: Path, tmp_path: Path) -> None:
+    """Zero feature rows give zero score rows over the run's classes (8), and no prediction."""
+    run = lathadapter.load(lathadapter.fit(baseline_cache, "zeroshot", 2, 1, out=tmp_path, device="cpu")["run_dir"])
+    assert run.logits(torch.zeros(0, 16)).shape == (0, 8)
+    assert run.predict(torch.zeros(0, 16)).shape == (0,)
+
+
+def test_the_per_class_csv_keeps_the_accuracy_to_within_a_ten_thousandth() -> None:
+    """The CSV's accuracy is 100 · correct / count (1 of 3: 33.33…%) to 1e-4, finer than the 2 decimals printed."""
+    [row] = per_class_rows({("all", ""): [ClassAccuracy(0, "a", 1, 3)]})
+    assert abs(float(row["accuracy"]) - 100 / 3) <= 1e-4
+
+
+def _edited(cache: Path, tmp_path: Path, name: str, value: np.ndarray) -> Path:
+    """A copy of `cache` with dataset `name` replaced by `value`."""
+    copy = tmp_path / cache.name
+    copy.write_bytes(cache.read_bytes())
+    with h5py.File(copy, "r+") as f:
+        dtype = h5py.string_dtype() if value.dtype.kind in "OSU" else value.dtype
+        del f[name]
+        f.create_dataset(name, data=value, dtype=dtype)
+    return copy
+
+
+def test_a_negative_subset_row_is_refused_not_read_from_the_end(small_cache: Path, tmp_path: Path) -> None:
+    """Row −1 is no row of the split (numpy would read the last one): the file is damaged, named in one error."""
+    with h5py.File(small_cache, "r") as f:
+        rows = f["subsets/shots_4_seed_1/train"][()]
+    rows[1] = -1
+    broken = _edited(small_cache, tmp_path, "subsets/shots_4_seed_1/train", rows)
+    with CacheReader(broken) as reader, pytest.raises(CacheError, match=r"holds row -1, outside splits/train"):
+        reader.load(4, 1)
+
+
+def test_the_search_set_leaves_out_the_val_images_skipped_as_bad(small_cache: Path, tmp_path: Path) -> None:
+    """`--val all`'s search set is the whole val split less the images `--skip-bad` left out (by path)."""
+    with h5py.File(small_cache, "r") as f:
+        paths = f["splits/val/paths"].asstr()[()]
+        features = f["splits/val/features"][()].astype(np.float32)
+    copy = _edited(small_cache, tmp_path, "skipped", np.array([paths[2]], dtype=object))
+    with CacheReader(copy) as reader:
+        data = reader.load(4, 1)
+    kept = [i for i in range(len(paths)) if i != 2]
+    assert data.search_features is not None and len(data.search_features) == len(paths) - 1
+    assert torch.equal(data.search_features, torch.from_numpy(features[kept]))
+
+
+def test_the_warning_on_files_that_are_not_images_names_three_then_dots(tmp_path: Path) -> None:
+    """Four such files are counted, the first three (sorted) named, the rest `...`."""
+    tree = tmp_path / "tree"
+    for part in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tree / part / cls).mkdir(parents=True)
+            (tree / part / cls / "0.png").write_bytes(b"")
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        (tree / "train" / "cat" / name).write_text("not an image")
+    [warning] = [note for note in load_dataset(None, f"folder:{tree}").notes if note.startswith("warning:")]
+    assert warning.startswith(f"warning: folder:{tree}: left out 4 files of class folders that are not images: "
+                              "train/cat/a.txt, train/cat/b.txt, train/cat/c.txt ... (")
