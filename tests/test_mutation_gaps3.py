@@ -7,6 +7,7 @@ GPU `test_triton_cases_in_the_interpreter` reruns them in a child pytest process
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import math
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from test_kernels_radial_loss import SCALARS, make_inputs, oracle
+from typer.testing import CliRunner
 
 import lathadapter
 from lathadapter.adapter import batched
@@ -30,8 +32,11 @@ from lathadapter.adapter.catalog import build_method, make_options
 from lathadapter.cache.datasets import DatasetError, load_dataset, read_split_file, split_image_dir
 from lathadapter.cache.store import CacheError, CacheReader, FewShotData
 from lathadapter.cache.synthetic import write_synthetic_cache
+from lathadapter.cli import app
+from lathadapter.experiments.launch import launch
 from lathadapter.experiments.protocols import Targets, targets_salt
 from lathadapter.experiments.records import Configuration, Record, ResultsError, check_one_run_per_seed
+from lathadapter.experiments.spec import GridSpec
 from lathadapter.experiments.trained import ClassAccuracy, class_accuracies, per_class_rows, ranked
 from lathadapter.kernels.radial import radial_distance
 
@@ -224,9 +229,9 @@ def test_the_image_folder_of_a_split_file_is_the_one_subfolder_holding_its_first
 
 @pytest.fixture(scope="module")
 def small_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 classes, D = 8, 2 views, 4 shots (16 train rows), seed 1."""
+    """4 classes, D = 8, 2 views, 4 shots (16 train rows), seeds 1 and 2."""
     return write_synthetic_cache(tmp_path_factory.mktemp("gaps3") / "small.h5", num_classes=4, dim=8, views=2,
-                                 shots=(4,), seeds=(1,))
+                                 shots=(4,), seeds=(1, 2))
 
 
 def _few_shot(cache: Path) -> FewShotData:
@@ -351,3 +356,41 @@ def test_the_warning_on_files_that_are_not_images_names_three_then_dots(tmp_path
     [warning] = [note for note in load_dataset(None, f"folder:{tree}").notes if note.startswith("warning:")]
     assert warning.startswith(f"warning: folder:{tree}: left out 4 files of class folders that are not images: "
                               "train/cat/a.txt, train/cat/b.txt, train/cat/c.txt ... (")
+
+
+# -------------------------------------------------------------------------------------------------- grid driver
+
+
+def _zeroshot_grid(cache: Path, seeds: list[int]) -> GridSpec:
+    return GridSpec([str(cache)], ["zeroshot"], [4], seeds)
+
+
+def test_a_changed_key_salt_makes_the_same_grid_new_runs(small_cache: Path, tmp_path: Path) -> None:
+    """`key_salt` (a protocol's targets) joins each cache fingerprint in the run keys: another salt, other runs."""
+    first = launch(_zeroshot_grid(small_cache, [1]), tmp_path, progress=False, key_salt="|a")
+    again = launch(_zeroshot_grid(small_cache, [1]), tmp_path, progress=False, key_salt="|b")
+    assert (first["done"], again["done"], again["skipped"]) == (1, 1, 0)
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_a_grid_with_every_run_finished_writes_its_results_table_again(small_cache: Path, tmp_path: Path) -> None:
+    """A resumed grid that has nothing left to train still writes `results.csv` (here deleted in between)."""
+    launch(_zeroshot_grid(small_cache, [1]), tmp_path, progress=False)
+    (tmp_path / "results.csv").unlink()
+    assert launch(_zeroshot_grid(small_cache, [1]), tmp_path, progress=False)["skipped"] == 1
+    with (tmp_path / "results.csv").open(newline="") as f:
+        assert len(list(csv.DictReader(f))) == 1
+
+
+def test_a_resumed_grid_s_progress_counts_its_finished_runs_as_skipped(small_cache: Path, tmp_path: Path) -> None:
+    """Progress lines (stderr not a terminal) start at the runs finished before, counted as skipped."""
+    def grid(seeds: str) -> list[str]:
+        result = CliRunner().invoke(app, ["grid", "--cache", str(small_cache), "--method", "zeroshot", "--shots", "4",
+                                          "--seeds", seeds, "--device", "cpu", "--out", str(tmp_path / "g")])
+        assert result.exit_code == 0, result.output
+        return [line for line in result.output.splitlines() if line.startswith("grid: ") and "/2 runs (" in line]
+
+    grid("1")
+    lines = grid("1,2")
+    assert lines[0].startswith("grid: 1/2 runs (50%) · done 0 · skipped 1 · running elsewhere 0")
+    assert lines[-1].startswith("grid: 2/2 runs (100%) · done 1 · skipped 1")
