@@ -166,10 +166,7 @@ class _RadialDistance(torch.autograd.Function):
             grad_c = -_dot(grad, out) / (2 * c)  # at fixed radii, d ∝ 1/√c
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             grad_a, grad_b = distance_radius_grads(g, delta, cosine, rho_a, rho_b, sqrt_c)
-        grad_cos = None
-        if ctx.needs_input_grad[2]:  # 0 where the forward clamps the cosine (rounding past ±1): its true derivative
-            grad_cos = (g * to_cos).masked_fill_(cosine.abs() > 1, 0.0)
-        return grad_a, grad_b, grad_cos, grad_c
+        return grad_a, grad_b, g * to_cos if ctx.needs_input_grad[2] else None, grad_c
 
 
 def exterior_angle_coefficients(rho_p: Scalar, rho_q: Scalar) -> tuple:

@@ -72,27 +72,6 @@ def test_the_radius_gradients_at_a_point_on_itself_are_zero_not_nan() -> None:
 
 
 
-def test_a_cosine_past_plus_or_minus_one_gets_no_gradient_as_the_forward_clamps_it() -> None:
-    """The distance is that of the cosine clamped to [−1, 1]: past either end it does not change with the cosine,
-    so its gradient there is 0 (the Triton twin's); the radii's and c's are those at the clamped cosine. Oracle:
-    float64 autograd of arcosh(1 + δ(clamp(cos)))/√c, δ = 2(ρ_a² + ρ_b² − 2ρ_aρ_b cos)/((1 − ρ_a²)(1 − ρ_b²))."""
-    def leaves() -> list[torch.Tensor]:
-        values = (0.5, 0.7, [[1 + 1e-12, -1 - 1e-12, 0.3]], 1.3)
-        return [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in values]
-
-    def formula(a: torch.Tensor, b: torch.Tensor, cosine: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        delta = 2 * (a * a + b * b - 2 * a * b * cosine.clamp(-1, 1)) / ((1 - a * a) * (1 - b * b))
-        return torch.acosh(1 + delta) / c.sqrt()
-
-    weights = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
-    twin, plain = leaves(), leaves()
-    got = torch.autograd.grad((weights * radial_distance(*twin)).sum(), twin)
-    expected = torch.autograd.grad((weights * formula(*plain)).sum(), plain)
-    assert got[2][0, :2].tolist() == [0.0, 0.0] and float(got[2][0, 2]) != 0.0
-    for grad, truth in zip(got, expected, strict=True):
-        torch.testing.assert_close(grad, truth, rtol=1e-9, atol=1e-12)
-
-
 # ------------------------------------------------------------------------------------------- the Triton twin
 
 
@@ -106,7 +85,7 @@ def test_triton_cases_in_the_interpreter() -> None:
     output = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, output
     passed = re.search(r"(\d+) passed", result.stdout)
-    assert passed and int(passed.group(1)) == 3, output
+    assert passed and int(passed.group(1)) == 2, output
 
 
 def _twin_grads(inputs: dict[str, torch.Tensor], labels: torch.Tensor, scalars: dict, scale: float = 1.0) -> list:
@@ -145,20 +124,6 @@ def test_triton_twin_gives_a_parent_at_the_origin_no_cone_angle() -> None:
     _, parts = radial_loss_triton(*leaves.values(), labels.to(DEVICE), **scalars)
     assert math.isclose(float(parts[2]), float(true_parts[2]), rel_tol=1e-5)
 
-
-
-@triton_case
-def test_triton_twin_gives_no_gradient_to_a_cosine_rounded_past_one() -> None:
-    """Float32 cosines one ulp past ±1 (unit vectors' rounding): every gradient as float64 `fused_loss`'s, whose
-    distance gives such a cosine none (the forward clamps it); the hierarchy's cone energy on, so its angle's too."""
-    inputs, labels = make_inputs(5, 3, 2, seed=1)
-    labels[:] = torch.tensor([0, 1, 2, 0, 1])
-    inputs["image_class"][0, 1] = 1 + 2**-23
-    inputs["image_class"][1, 0] = -1 - 2**-23
-    _, _, truth = oracle(inputs, labels, SCALARS)
-    for grad, expected in zip(_twin_grads(inputs, labels, SCALARS), truth, strict=True):
-        expected = torch.zeros_like(grad) if expected is None else expected.detach()
-        assert float((grad - expected).abs().max()) <= 5e-5 * float(expected.abs().max()) + 1e-12
 
 
 # ------------------------------------------------------------------------------------------------ trained runs
