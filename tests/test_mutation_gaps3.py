@@ -359,3 +359,22 @@ def test_a_resumed_grid_s_progress_counts_its_finished_runs_as_skipped(small_cac
     lines = grid("1,2")
     assert lines[0].startswith("grid: 1/2 runs (50%) · done 0 · skipped 1 · running elsewhere 0")
     assert lines[-1].startswith("grid: 2/2 runs (100%) · done 1 · skipped 1")
+
+
+def test_worker_chunks_are_a_few_per_worker_and_whole_batches(small_cache: Path, tmp_path: Path) -> None:
+    """Without a chunk size, a chunk is ⌈pending / (4 workers)⌉ runs of one cache (4 chunks a worker), rounded up to
+    whole batches of `batch_runs` (runs trained together stay in one chunk). 16 taskres runs (8 lr × seeds 1, 2)."""
+    from lathadapter.experiments.execution import Execution
+    from lathadapter.experiments.launch import prepare
+    from lathadapter.experiments.local import WorkerProcesses
+    from lathadapter.experiments.spec import expand
+    from lathadapter.experiments.training import Job, pending_runs
+
+    lrs = [str(0.001 * (i + 1)) for i in range(8)]
+    spec = GridSpec([str(small_cache)], ["taskres"], [4], [1, 2], options={"taskres.lr": lrs})
+    infos, keyed = prepare(expand(spec), tmp_path)
+    pending = pending_runs(keyed, tmp_path)
+    assert len(pending) == 16
+    for batch_runs, sizes in ((1, [2] * 8), (3, [3] * 5 + [1])):
+        job = Job(tmp_path, keyed, infos, pending, Execution(workers=2, batch_runs=batch_runs))
+        assert [len(chunk) for chunk in WorkerProcesses(2).chunks(job)] == sizes
