@@ -378,3 +378,25 @@ def test_worker_chunks_are_a_few_per_worker_and_whole_batches(small_cache: Path,
     for batch_runs, sizes in ((1, [2] * 8), (3, [3] * 5 + [1])):
         job = Job(tmp_path, keyed, infos, pending, Execution(workers=2, batch_runs=batch_runs))
         assert [len(chunk) for chunk in WorkerProcesses(2).chunks(job)] == sizes
+
+
+def test_the_worker_count_probe_trains_batches_from_both_ends_of_the_grid(small_cache: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before workers start (`--workers` automatic), this process trains batches from the grid's front and back in
+    turn, so its estimate sees the cheap and the costly runs early: here the first run, then the last."""
+    from collections import deque
+
+    from lathadapter.experiments import local
+    from lathadapter.experiments.execution import Execution
+    from lathadapter.experiments.launch import prepare
+    from lathadapter.experiments.spec import expand
+    from lathadapter.experiments.training import Job, pending_runs
+
+    spec = GridSpec([str(small_cache)], ["zeroshot", "tip-adapter"], [4], [1, 2])
+    infos, keyed = prepare(expand(spec), tmp_path)
+    job = Job(tmp_path, keyed, infos, pending_runs(keyed, tmp_path), Execution(workers=2))
+    todo = deque(local.WorkerProcesses(2).chunks(job))
+    answers = iter([False, True])
+    monkeypatch.setattr(local, "workers_pay", lambda seconds_left, workers: next(answers))
+    trained = [index for events in local._until_workers_pay(job, todo, 2, set()) for index, _ in events]
+    assert trained == [0, 3]
