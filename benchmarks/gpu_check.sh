@@ -14,8 +14,9 @@
 #       target >= 2,000), with 3 seeds and with 10, and a profile of one trainer's grid; the 10-seed grid on
 #       `grid --workers 2,4` worker processes (each with its own CUDA context, started inside the timed grid) of 1
 #       and 4 trainer threads;
-#   (e) benchmarks/radial_loss.py --device cuda (the loss stage: Triton against the eager PyTorch twin and
-#       torch.compile of it, hier=cone; last, since compiling may take long: it gets what is left of the budget).
+#   (e) benchmarks/radial_loss.py --device cuda (the loss stage: Triton, with tiles of 16, 8 and 4 images, against
+#       the eager PyTorch twin and torch.compile of it, hier=cone, Caltech- and ImageNet-like; last, since compiling
+#       may take long: it gets what is left of the budget).
 #   The one-time cache build (benchmarks/cache_build.py --device cuda, a random ViT-B-16, 15 decoding workers, in
 #   $GPU_CHECK_PRECISION, default amp) runs when stages are named: GPU_CHECK_STAGES="... cache_build_cuda.txt"
 #   (stop 9's check measured it in fp32 with 0, 8 and 15 workers: benchmarks/results/gpu_check_cuda.txt).
@@ -131,7 +132,7 @@ if [[ $DEVICE == cuda ]]; then
             --precision "${GPU_CHECK_PRECISION:-amp}" --out "$RESULTS/cache_build_cuda.json"
     fi
     stage radial_loss_cuda.txt 90 "$PY" benchmarks/radial_loss.py --device cuda --hier cone \
-        --sizes 256x100x16 --rounds 5 --calls 10 --out "$RESULTS/radial_loss_cuda.json"
+        --sizes 256x100x16,256x1000x16 --row-tiles 16,8,4 --rounds 5 --calls 10 --out "$RESULTS/radial_loss_cuda.json"
 else  # a dry run of the same commands on the CPU with tiny sizes
     stage kernel_tests_cuda.txt 300 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels_radial_loss.py \
         tests/test_graphed.py

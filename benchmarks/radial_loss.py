@@ -2,11 +2,16 @@
 and under torch.compile. Prints ms per forward+backward (min and median over rounds) and peak memory.
 
     python benchmarks/radial_loss.py --device cuda    # triton, eager and compile rows
+    python benchmarks/radial_loss.py --device cuda --row-tiles 16,8,4
+                                                      # the Triton twin also with tiles of 8 and 4 images (more
+                                                      # programs: B = 256 in tiles of 16 fills 16 of 132 SMs)
     python benchmarks/radial_loss.py                  # CPU: the eager row only (Triton needs CUDA; torch.compile of
                                                       # the CPU path is not what training on the CPU runs)
 
 Every variant takes the same leaves — image cosines [B, C + K], category–attribute cosines and weights [C, K], radius
 vectors, c and log τ_h — and each round times every variant once, in turn, so a slow spell slows them all alike.
+Each Triton row also gives its largest gradient difference from the eager twin's, relative to the eager gradient's
+largest entry (float32 both).
 """
 
 from __future__ import annotations
@@ -77,6 +82,31 @@ def loss_function(variant: str, options: LatHAdapterOptions) -> Callable[..., to
     return triton_twin
 
 
+def row_tiler() -> Callable[[int], None]:
+    """A setter of the images (and present categories) each Triton program tiles; 16 is the kernels' own choice."""
+    from lathadapter.kernels import triton_radial_loss
+
+    own = triton_radial_loss.loss_block_sizes
+
+    def use(rows: int) -> None:
+        triton_radial_loss.loss_block_sizes = (
+            own if rows == 16 else lambda attributes: {**own(attributes), "BLOCK_B": rows, "BLOCK_P": rows})
+
+    return use
+
+
+def gradients(fn: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    leaves = [inputs[name].detach().requires_grad_() for name in NAMES]
+    grads = torch.autograd.grad(fn(*leaves, inputs["labels"]), leaves, allow_unused=True)
+    return [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads, strict=True)]
+
+
+def relative_difference(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """max over the leaves of max |g − g_ref| / max |g_ref|."""
+    return max(float((g - r).abs().max()) / max(float(r.abs().max()), 1e-30)
+               for g, r in zip(grads, reference, strict=True))
+
+
 def step(fn: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor]) -> None:
     """One forward + backward from fresh leaves."""
     leaves = [inputs[name].detach().requires_grad_() for name in NAMES]
@@ -123,6 +153,8 @@ def main() -> None:
     parser.add_argument("--hier", default="cone,triplet", help="comma-separated hier options (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=10, help="calls per variant and round")
+    parser.add_argument("--row-tiles", default="16", help="comma-separated images per Triton program, each a "
+                        "Triton row on CUDA (default: %(default)s, the kernels' own)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default runs/benchmarks/radial_loss-<device>.json)")
     args = parser.parse_args()
@@ -131,7 +163,10 @@ def main() -> None:
     # the eager and compiled rows are the PyTorch twin: on CUDA, `fused_loss` would otherwise dispatch to the Triton
     # twin (the "triton" row calls it directly, whatever the backend)
     set_backend("torch")
-    variants = ("triton", "eager", "compile") if args.device == "cuda" else ("eager",)
+    tiles = {("triton" if rows == 16 else f"triton, {rows} rows"): rows
+             for rows in (int(value) for value in args.row_tiles.split(","))}
+    variants = (*tiles, "eager", "compile") if args.device == "cuda" else ("eager",)
+    use_row_tile = row_tiler() if args.device == "cuda" else None
     out = args.out or Path("runs/benchmarks") / f"radial_loss-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
@@ -140,30 +175,41 @@ def main() -> None:
     if args.device == "cpu":
         print("on the CPU only the eager row runs: the Triton twin needs CUDA (or the slow interpreter), and "
               "torch.compile rows are measured on CUDA")
-    print("| B × C × K | hier | path | fwd+bwd ms (min) | fwd+bwd ms (median) | peak MiB |")
-    print("|---|---|---|---:|---:|---:|")
+    print("| B × C × K | hier | path | fwd+bwd ms (min) | fwd+bwd ms (median) | peak MiB | max rel. Δgrad vs eager |")
+    print("|---|---|---|---:|---:|---:|---:|")
     rows = []
     for batch, classes, attributes in (tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")):
         inputs = make_inputs(batch, classes, attributes, args.device)
         for hier in args.hier.split(","):
             options = LatHAdapterOptions(hier=hier)
             functions = {variant: loss_function(variant, options) for variant in variants}
-            for fn in functions.values():  # warm-up: compilation, autotuning, the allocator
+            reference = gradients(functions["eager"], inputs)
+            difference: dict[str, float] = {}
+            for variant, fn in functions.items():  # warm-up: compilation, autotuning, the allocator
+                if use_row_tile is not None and variant in tiles:
+                    use_row_tile(tiles[variant])
                 for _ in range(3):
                     step(fn, inputs)
+                if variant in tiles:
+                    difference[variant] = relative_difference(gradients(fn, inputs), reference)
             times: dict[str, list[float]] = {variant: [] for variant in variants}
             for _ in range(args.rounds):
                 for variant, fn in functions.items():
+                    if use_row_tile is not None and variant in tiles:
+                        use_row_tile(tiles[variant])
                     times[variant].append(timed(fn, inputs, args.device, args.calls))
             for variant, fn in functions.items():
+                if use_row_tile is not None and variant in tiles:
+                    use_row_tile(tiles[variant])
                 peak = peak_bytes(fn, inputs, args.device)
                 row = {"B": batch, "C": classes, "K": attributes, "hier": hier, "path": variant,
                        "min_ms": min(times[variant]), "median_ms": statistics.median(times[variant]),
-                       "peak_bytes": peak}
+                       "peak_bytes": peak, "max_relative_grad_difference": difference.get(variant)}
                 rows.append(row)
                 out.write_text(json.dumps(rows, indent=2))
+                shown = f"{difference[variant]:.1e}" if variant in difference else ""
                 print(f"| {batch} × {classes} × {attributes} | {hier} | {variant} | {row['min_ms']:.3f} | "
-                      f"{row['median_ms']:.3f} | {peak / 2**20:.2f} |", flush=True)
+                      f"{row['median_ms']:.3f} | {peak / 2**20:.2f} | {shown} |", flush=True)
     print(f"wrote {out}")
 
 
