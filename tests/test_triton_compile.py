@@ -1,7 +1,7 @@
 """The Triton twin compiled for real GPUs on a machine without one (kernels/triton_compile.py): every launch of a loss
 call, forward and backward, builds for the H100/H200 (sm_90) and the A100 (sm_80) with the launches and the
 specialisation the options imply, and no kernel spills registers to local memory. A kernel the interpreter runs but
-the GPU compiler refuses (stop 12's bug: `_` re-bound in a loop to another shape) is caught, naming the kernel.
+the GPU compiler refuses (commit 37bcced's bug: `_` re-bound in a loop to another shape) is caught, naming the kernel.
 """
 
 from __future__ import annotations
