@@ -54,8 +54,8 @@ def _compiler_api() -> tuple[type, type, Callable, Callable]:
         from triton.compiler import ASTSource, make_backend
         from triton.runtime.jit import JITFunction, create_function_from_signature
     except ImportError as error:  # another triton than constraints.txt's
-        raise RuntimeError(f"compiling without a GPU needs the compiler API of triton 3.6 to 3.8, not triton {triton.__version__} "
-                           f"({error})") from None
+        raise RuntimeError(f"compiling without a GPU needs the compiler API of triton 3.6 to 3.8, not triton "
+                           f"{triton.__version__} ({error})") from None
     if not isinstance(triton_radial_loss.image_class_forward_kernel, JITFunction):
         raise RuntimeError("the Triton kernels were imported under TRITON_INTERPRET=1: they are interpreted, not "
                            "compiled; run without it")
