@@ -979,6 +979,9 @@ def _compare_configurations(sources: list[Path], a: str | None, b: str | None, o
             check_replaceable(plot, "--plot", b"\x89PNG", "a PNG image")
             if plot.suffix.lower() != ".png":  # the format is the suffix's, and only a PNG is ever replaced
                 raise OptionError(f"--plot {plot}: expected a .png file name (the plot is a PNG image)")
+            if out is not None and out.resolve() == plot.resolve():  # the plot would replace the CSV just written
+                raise OptionError(f"--out {out} and --plot {plot} are the same file; give the CSV and the plot each "
+                                  "its own (--out cells.csv --plot diff.png)")
         selectors = [None if text is None else Selector.parse(flag, text) for flag, text in (("--a", a), ("--b", b))]
         compared = compare_configurations(sources, *selectors)
         for side, labels, text, source in (("A", compared.labels_a, a, sources[0]),

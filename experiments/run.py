@@ -376,8 +376,12 @@ def write_atomic(path: Path, write: Any) -> None:
 def check_replaceable(path: Path, flag: str, starts: bytes, what: str) -> None:
     """Refuse an output file `path` (given as `flag`) that exists, is not empty and does not start as the files that
     option writes do (`starts`, `what` they are): a run's metrics.json or a grid's results.csv given by mistake was
-    overwritten, and the work lost. A file the option wrote before is written again."""
-    if not path.is_file():  # nothing there, or no regular file to replace (a folder; a FIFO would block a read)
+    overwritten, and the work lost. A file the option wrote before is written again. A folder (`.`, or `''`, which
+    reads as `.`) is refused before any work, not after it."""
+    if path.is_dir():
+        raise OptionError(f"{flag} {path}: cannot write there: it is a folder, where a file is written; choose a file "
+                          f"name as {flag}")
+    if not path.is_file():  # nothing there, or no regular file to replace (a FIFO would block a read)
         return
     with path.open("rb") as f:
         first = f.read(len(starts))
