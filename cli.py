@@ -791,6 +791,7 @@ def inspect(
     """Load a trained run back and score its test images per class: the accuracy and ECE (checked against its
     metrics.json), the ECE after a temperature fitted on its val images, the worst and best classes, and optionally a
     per-class CSV and plots; a transfer run's targets too, with --target."""
+    from lathadapter.adapter.evaluate import NaNScores
     from lathadapter.experiments.cells import slug
     from lathadapter.experiments.trained import (
         check_per_class_out,
@@ -829,10 +830,15 @@ def inspect(
             typer.echo(f"{label}: {_format_accuracy(accuracy)} ({same}){ece}")
             if accuracy is None:
                 continue
-            scaled = run.temperature_scaled(part, name)
-            typer.echo("  after temperature scaling: " + ("no val image to fit a temperature on" if scaled is None else
+            try:
+                scaled, failed = run.temperature_scaled(part, name), ""
+            except NaNScores as error:  # the val images' scores are NaN where the test set's are not: no T
+                scaled, failed = None, f"none: {error}"
+            fitted_on = " of the source's classes" if name else " of the base classes" if run.novel is not None else ""
+            typer.echo("  after temperature scaling: " + ((failed or "no val image to fit a temperature on")
+                                                          if scaled is None else
                        f"ECE {scaled.scores.ece:.2f}% (T = {scaled.temperature:.3g}, fitted on "
-                       f"{_plural(scaled.val_images, 'val image')}"
+                       f"{_plural(scaled.val_images, 'val image')}{fitted_on}"
                        + ("; the end of the range searched: the val images do not bound T" if scaled.at_edge else "")
                        + ")"))
             matrix, names = run.confusion(part, name), run.test_set(part, name)[2].class_names
@@ -979,6 +985,9 @@ def _compare_configurations(sources: list[Path], a: str | None, b: str | None, o
             check_replaceable(plot, "--plot", b"\x89PNG", "a PNG image")
             if plot.suffix.lower() != ".png":  # the format is the suffix's, and only a PNG is ever replaced
                 raise OptionError(f"--plot {plot}: expected a .png file name (the plot is a PNG image)")
+            if out is not None and out.resolve() == plot.resolve():  # the plot would replace the CSV just written
+                raise OptionError(f"--out {out} and --plot {plot} are the same file; give the CSV and the plot each "
+                                  "its own (--out cells.csv --plot diff.png)")
         selectors = [None if text is None else Selector.parse(flag, text) for flag, text in (("--a", a), ("--b", b))]
         compared = compare_configurations(sources, *selectors)
         for side, labels, text, source in (("A", compared.labels_a, a, sources[0]),

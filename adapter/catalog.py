@@ -43,7 +43,7 @@ def method_names() -> list[str]:
 
 def method_class(name: str) -> type[Method]:
     methods = registered()
-    if name not in methods:
+    if not isinstance(name, str) or name not in methods:
         raise OptionError(f"unknown method {name!r}; valid methods: {', '.join(methods)}")
     return methods[name]
 

@@ -258,6 +258,9 @@ def parse_assignments(assignments: list[str], flag: str = "--set", once: bool = 
         name, sep, values = item.partition("=")
         if not sep or not name.strip() or not split_list(values):
             raise OptionError(f"{flag} expects name=value[,value...], got {item!r}")
+        if not all(value.strip() for value in values.split(",")):  # `lr=0.1,,0.2`, `lr=0.1,`: a mistake, as in --shots
+            raise OptionError(f"{flag} {item}: an empty item; give comma-separated values, e.g. "
+                              f"{name.strip()}=V1,V2")
         if name.strip() in parsed:  # the last one silently won
             advice = "give it once" if once else f"give every value in one {flag} {name.strip()}=V1,V2,..."
             raise OptionError(f"{flag} {item}: {name.strip()} is given twice; {advice}")

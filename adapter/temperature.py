@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lathadapter.adapter.evaluate import Scores, Tally
+from lathadapter.adapter.evaluate import NaNScores, Scores, Tally
 from lathadapter.adapter.methods.base import Method
 
 T_RANGE = (1e-3, 1e3)  # the temperatures searched
@@ -67,11 +67,18 @@ class TemperatureScaled:
 def temperature_scaled(method: Method, val_scores: torch.Tensor, val_labels: torch.Tensor,
                        test_scores: torch.Tensor, test_labels: torch.Tensor) -> TemperatureScaled | None:
     """Fit T on the method's val scores (`logits` over its training classes) and score the test scores with their
-    probabilities scaled by it, binned as every ECE here (`Tally`); None without val or test images."""
+    probabilities scaled by it, binned as every ECE here (`Tally`); None without val or test images. NaN or infinite
+    scores (NaN probabilities) are refused (`NaNScores`): the search would end at the top of `T_RANGE`, a T that
+    no image chose."""
     if len(val_labels) == 0 or len(test_labels) == 0:
         return None
-    temperature = fit_temperature(log_probabilities(method, val_scores), val_labels.to(val_scores.device))
-    scaled = torch.softmax(log_probabilities(method, test_scores) / temperature, dim=-1)
+    val_log_p, test_log_p = log_probabilities(method, val_scores), log_probabilities(method, test_scores)
+    for images, log_p in (("val", val_log_p), ("test", test_log_p)):
+        if bool(torch.isnan(log_p).any()):
+            raise NaNScores(f"{method.name} gave NaN or infinite scores on its {images} images, so no temperature is "
+                            "fitted")
+    temperature = fit_temperature(val_log_p, val_labels.to(val_scores.device))
+    scaled = torch.softmax(test_log_p / temperature, dim=-1)
     tally = Tally(test_scores.device)
     tally.add_confidences(scaled.amax(dim=-1), test_scores.argmax(dim=-1) == test_labels.to(test_scores.device))
     return TemperatureScaled(temperature, len(val_labels), tally.scores(method))

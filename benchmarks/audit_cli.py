@@ -5,7 +5,8 @@ Everything runs on tiny synthetic caches in a temporary folder. Kills start a tw
 count the driver's children still alive 5 s later. Full disks and read-only folders use small tmpfs mounts (root
 only; skipped otherwise); Ray's cases need Ray installed. About 3-4 minutes on 2 cores.
 
-    PYTHONPATH=... OMP_NUM_THREADS=1 python benchmarks/audit_cli.py
+    PYTHONPATH=... OMP_NUM_THREADS=1 python benchmarks/audit_cli.py        # every case
+    PYTHONPATH=... OMP_NUM_THREADS=1 python benchmarks/audit_cli.py 25     # stop 25's cases alone
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -318,7 +319,57 @@ def main() -> None:
         done = subprocess.run(cli(*grid, "--out", fresh()), env=ENV, capture_output=True, text=True)
         lines = [line for line in done.stderr.splitlines() if line.startswith("grid")]
         record("11 grid progress in a log (last line)", done.returncode, lines[-1] if lines else done.stderr)
+        stop25(tmp, cache, fresh)
 
+    report(start)
+
+
+def stop25(tmp: Path, cache: Path, fresh: Callable[[], str]) -> None:
+    """Stop 25's audit: `compare` across grids, the temperature line of `inspect`, `--tune` lists."""
+    from lathadapter.cache.synthetic import write_synthetic_cache
+
+    print("stop 25's inputs", file=sys.stderr)
+    second = write_synthetic_cache(tmp / "c25.h5", num_classes=6, dim=16, views=2, shots=(1,), seeds=(1, 2),
+                                   train_per_class=8, test_per_class=6, seed=25, name="second")
+    grid, other = Path(fresh()), Path(fresh())
+    subprocess.run(cli("grid", "--cache", str(cache), "--cache", str(second), "--method", "zeroshot,clip-adapter",
+                       "--set", "epochs=2", "--shots", "1", "--seeds", "1,2", "--device", "cpu", "--out", str(grid)),
+                   env=ENV, capture_output=True)
+    subprocess.run(cli("grid", "--cache", str(cache), "--method", "zeroshot,clip-adapter,tip-adapter", "--set",
+                       "clip-adapter.epochs=2", "--shots", "1", "--seeds", "1,2", "--device", "cpu", "--out",
+                       str(other)), env=ENV, capture_output=True)
+    lines = (grid / "results.csv").read_text().splitlines()  # a table of an older version: no train_views column
+    index = lines[0].split(",").index("train_views")
+    older = tmp / "older" / "results.csv"
+    older.parent.mkdir()
+    older.write_text("".join(",".join(v for i, v in enumerate(line.split(",")) if i != index) + "\n"
+                             for line in lines))
+    picks = ("--a", "method=clip-adapter", "--b", "method=zeroshot")
+    run("25 compare --a/--b over a grid and one of other methods (summary)", "compare", str(grid), str(other), *picks)
+    done = subprocess.run(cli("compare", str(older), str(other), *picks), env=ENV, capture_output=True, text=True)
+    record("25 compare --a/--b over an older results.csv and a grid (A's line)", done.returncode,
+           done.stderr + (done.stdout.splitlines() or [""])[0])
+    run("25 compare GRID GRID/runs (one grid as both sources)", "compare", str(grid), str(grid / "runs"))
+    run("25 compare --out x.png --plot x.png", "compare", str(grid), *picks, "--out", str(tmp / "x.png"), "--plot",
+        str(tmp / "x.png"))
+    run("25 compare --out . (a folder)", "compare", str(grid), *picks, "--out", ".")
+    run("25 grid --tune lr=0.1,,0.2", "grid", "--cache", str(cache), "--method", "clip-adapter", "--tune",
+        "lr=0.1,,0.2", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out", fresh())
+    fitted = Path(fresh())
+    subprocess.run(cli("fit", "--cache", str(cache), "--method", "zeroshot", "--classes", "base", "--shots", "2",
+                       "--device", "cpu", "--out", str(fitted)), env=ENV, capture_output=True)
+    done = subprocess.run(cli("inspect", str(next(fitted.iterdir()))), env=ENV, capture_output=True, text=True)
+    scaled = [line.strip() for line in done.stdout.splitlines() if "temperature" in line]
+    record("25 inspect of a base-to-novel run (novel's temperature line)", done.returncode,
+           done.stderr + (scaled[-1] if scaled else done.stdout))
+    probe = ("import lathadapter\ntry:\n    lathadapter.fit(" + repr(str(cache)) + ", 'zeroshot', shots='1', "
+             "out=None)\nexcept ValueError as e:\n    print('error:', e)")
+    done = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True)
+    record("25 lathadapter.fit(shots='1') in Python", done.returncode, done.stderr + done.stdout)
+
+
+def report(start: float) -> None:
+    """The table of every case recorded, then their count and time."""
     width = max(len(row[0]) for row in rows)
     print(f"| {'case':<{width}} | exit | traceback | message |")
     print(f"| {'-' * width} | ---- | --------- | ------- |")
@@ -327,5 +378,19 @@ def main() -> None:
     print(f"\n{len(rows)} cases in {time.perf_counter() - start:.0f} s")
 
 
+def only_stop25() -> None:
+    """`audit_cli.py 25`: stop 25's cases alone, on a cache of their own (about 40 s)."""
+    from lathadapter.cache.synthetic import write_synthetic_cache
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        cache = write_synthetic_cache(tmp / "c.h5", num_classes=6, dim=16, views=2, shots=(1, 2), seeds=(1, 2, 3),
+                                      train_per_class=8, test_per_class=6, seed=0, name="src")
+        out = iter(range(10**6))
+        stop25(tmp, cache, lambda: str(tmp / f"out{next(out)}"))
+    report(start)
+
+
 if __name__ == "__main__":
-    main()
+    only_stop25() if sys.argv[1:] == ["25"] else main()

@@ -29,6 +29,7 @@ from lathadapter.experiments.records import (
     dataset_labels,
     load_results,
     records,
+    setting_columns,
     shots_label,
 )
 from lathadapter.experiments.run import write_atomic
@@ -172,12 +173,15 @@ def select(chosen: Sequence[Record], selector: Selector) -> list[Record]:
 
 def _pooled(loaded: Sequence[Results]) -> list[list[Record]]:
     """Each source's records (each parsed and checked alone, so that an error names its file and row), their datasets
-    labelled over all sources' rows: a dataset name with several fingerprints among them is several datasets."""
+    labelled over all sources' rows (a dataset name with several fingerprints among them is several datasets) and
+    their configurations over all sources' setting columns (a table of other methods, or of an older version, has
+    other columns: its runs are still the same configuration, and a run read from two tables counts once)."""
     labels = dataset_labels([row for results in loaded for row in results.rows])
+    columns = setting_columns({c for results in loaded for row in results.rows for c in row})
     parsed = []
     for results in loaded:
         own = {label: key for key, label in dataset_labels(results.rows).items()}
-        parsed.append([replace(r, dataset=labels[own[r.dataset]]) for r in records(results)])
+        parsed.append([replace(r, dataset=labels[own[r.dataset]]) for r in records(results, columns)])
     return parsed
 
 
@@ -335,6 +339,15 @@ def _run_name(cell: CellKey, seed: int) -> str:
     return f"{dataset} {classes} {shots_label(shots)} seed {seed}" + (f" → {target}" if target else "")
 
 
+def _same_runs(first: Results, second: Results) -> set[str]:
+    """The run keys two sources read from the same place: every key when both are one results.csv, else the keys
+    whose run directory is one folder in both (a grid folder and its `runs/`)."""
+    if first.source.is_file() and first.source.resolve() == second.source.resolve():
+        return {row["key"] for row in first.rows}
+    return {key for key, folder in first.run_dirs.items()
+            if key in second.run_dirs and second.run_dirs[key].resolve() == folder.resolve()}
+
+
 def compare_configurations(sources: Sequence[Path], a: Selector | None = None, b: Selector | None = None
                            ) -> GridComparison:
     """Configuration A against B over the pooled runs of `sources` (what `report` reads: results.csv, grid folders,
@@ -347,6 +360,12 @@ def compare_configurations(sources: Sequence[Path], a: Selector | None = None, b
             raise OptionError(f"without --a/--b, compare takes two sources (A's runs, then B's), not {len(sources)}: "
                               "pick A and B among the runs with --a NAME=VALUE and --b NAME=VALUE")
         sides = [(parsed[0], f"source {sources[0]}"), (parsed[1], f"source {sources[1]}")]
+        same = sorted(_same_runs(*loaded) & {r.key for r in parsed[0]} & {r.key for r in parsed[1]})
+        if same:
+            raise OptionError(f"source {sources[0]} and source {sources[1]} hold the same {len(same)} runs ("
+                              f"{', '.join(same[:3])}{', ...' if len(same) > 3 else ''}): each run would be "
+                              "compared with itself. Give two grids (A's, then B's), or pick A and B within one "
+                              "with --a NAME=VALUE and --b NAME=VALUE")
     elif a is None or b is None:
         raise OptionError("--a and --b go together: give both, each picking one configuration (NAME=VALUE,...)")
     else:

@@ -171,19 +171,41 @@ def _hierarchy(row: dict[str, str]) -> tuple[tuple[str, float | None], ...]:
                   else _number(row.get(f"hier.{name}", ""))) for name, _ in HIERARCHY)
 
 
-def records(results: Results) -> list[Record]:
-    """The rows as typed records; a malformed number names its row. Of a tuned grid, only each group's kept run
-    (`tune.selected`) is read, its tuned options set to `tuned` in its configuration and kept in `Record.tuned`."""
-    present = {c for row in results.rows for c in row}
-    columns = list(SETTINGS) + [c for c in TUNE_SETTINGS if c in present] + sorted(
+def setting_columns(present: Iterable[str]) -> list[str]:
+    """The columns besides the method that make a configuration, among the columns `present`: the settings, the
+    tuning settings a table has, then every option column."""
+    present = set(present)
+    return list(SETTINGS) + [c for c in TUNE_SETTINGS if c in present] + sorted(
         c for c in present if c.startswith("opt."))
+
+
+def _setting(row: dict[str, str], column: str) -> str:
+    """A row's value of setting `column`; where its table lacks the column (written before the setting existed, or
+    read beside tables of other methods), the value its run had: `train_views` augmented, a tuning candidate's score
+    and val set those of before they were chosen (val, fewshot), an option the table has no column for none."""
+    if column in row:
+        return row[column]
+    if column == "train_views":
+        return "augmented"
+    if column in TUNE_SETTINGS and row.get("tune.group"):
+        return {"tune.score": "val", "tune.set": "fewshot"}[column]
+    return ""
+
+
+def records(results: Results, columns: list[str] | None = None) -> list[Record]:
+    """The rows as typed records; a malformed number names its row. Of a tuned grid, only each group's kept run
+    (`tune.selected`) is read, its tuned options set to `tuned` in its configuration and kept in `Record.tuned`.
+    `columns`: the setting columns of every configuration (`setting_columns`; default the table's own), so that
+    tables with other columns (other methods, an older version) read one configuration alike."""
+    if columns is None:
+        columns = setting_columns({c for row in results.rows for c in row})
     labels = dataset_labels(results.rows)
     parsed = []
     for i, row in enumerate(results.rows, 1):
         if row.get("tune.selected", "").lower() == "false":
             continue  # a candidate not kept (or a group not finished yet): never in a table
         tuned = _tuned_columns(row, columns)
-        settings = tuple((c, TUNED if c in tuned else row.get(c, "")) for c in columns)
+        settings = tuple((c, TUNED if c in tuned else _setting(row, c)) for c in columns)
         try:
             parsed.append(Record(labels[(row["dataset"], row["fingerprint"])], Configuration(row["method"], settings),
                                  int(row["shots"]), row["classes"], row["target"],

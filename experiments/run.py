@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import numbers
 import os
 import secrets
 import shutil
@@ -19,7 +20,14 @@ import torch
 from rich.progress import Progress
 
 from lathadapter.adapter.batched import Member, lockstep_key, train_together
-from lathadapter.adapter.catalog import build_method, make_options, method_class, resolve_options
+from lathadapter.adapter.catalog import (
+    build_method,
+    make_options,
+    method_class,
+    method_names,
+    option_names,
+    resolve_options,
+)
 from lathadapter.adapter.evaluate import NaNScores, Scores, evaluate, harmonic_mean
 from lathadapter.adapter.methods.base import Method, warn_unread_options
 from lathadapter.adapter.options import OptionError, StateError, changed_fields, unkeyed
@@ -33,6 +41,16 @@ from lathadapter.version import __version__
 
 CLASS_PROTOCOLS = ("all", "base")
 TEXT_FEATURES = ("coop", "ensemble")
+
+
+def _integer(name: str, value: Any, what: str) -> int:
+    """`value` of field `name` (`what` it is) as an int, a NumPy integer too; a string, float, bool or list (the
+    Python API's mistakes, which failed deep in a comparison or found no few-shot set) refused naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        grid = "; several values are a grid's axis (experiments.spec.GridSpec)" if isinstance(
+            value, list | tuple | set | range) else ""
+        raise OptionError(f"{name}={value!r}: expected an integer, {what}{grid}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,8 @@ class RunConfig:
     train_views: str = "augmented"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "shots", _integer("shots", self.shots, "the shots per class, e.g. 4"))
+        object.__setattr__(self, "seed", _integer("seed", self.seed, "the few-shot set's seed, e.g. 1"))
         if self.shots < 1:
             raise OptionError(f"--shots {self.shots}: shots per class must be at least 1 (papers use 1, 2, 4, 8, 16)")
         if problem := seed_error("--seed", [self.seed]):  # the Python API's too (`fit(seed=-1)`)
@@ -376,8 +396,12 @@ def write_atomic(path: Path, write: Any) -> None:
 def check_replaceable(path: Path, flag: str, starts: bytes, what: str) -> None:
     """Refuse an output file `path` (given as `flag`) that exists, is not empty and does not start as the files that
     option writes do (`starts`, `what` they are): a run's metrics.json or a grid's results.csv given by mistake was
-    overwritten, and the work lost. A file the option wrote before is written again."""
-    if not path.is_file():  # nothing there, or no regular file to replace (a folder; a FIFO would block a read)
+    overwritten, and the work lost. A file the option wrote before is written again. A folder (`.`, or `''`, which
+    reads as `.`) is refused before any work, not after it."""
+    if path.is_dir():
+        raise OptionError(f"{flag} {path}: cannot write there: it is a folder, where a file is written; choose a file "
+                          f"name as {flag}")
+    if not path.is_file():  # nothing there, or no regular file to replace (a FIFO would block a read)
         return
     with path.open("rb") as f:
         first = f.read(len(starts))
@@ -455,8 +479,31 @@ def fit(cache_path: str | Path | None = None, method: str = "lathadapter", shots
     `out/<dataset>-<method>-<classes>-<shots>shot-seed<seed>-<key>/`; the metrics gain `run_dir`. A finished run
     directory is never overwritten unless `force`.
     """
+    check_fit_arguments(cache_path, method, out, force, options)
     config = RunConfig.create(method, shots, seed, classes, text, select, options, train_views)
     return fit_config(config, cache_path, device=device, out=out, force=force)
+
+
+FIT_ARGUMENTS = ("cache_path", "method", "shots", "seed", "classes", "text", "select", "train_views", "device", "out",
+                 "force")
+
+
+def check_fit_arguments(cache_path: Any, method: Any, out: Any, force: Any, options: dict[str, Any]) -> None:
+    """`fit`'s own arguments checked where pathlib or a truth test would take them silently or fail without naming
+    them: the paths, `force` (`force="no"` overwrote a finished run) and a keyword that is neither an argument of
+    `fit` nor an option of `method` (`cache=` read as an option of the method)."""
+    for name, value in (("cache_path", cache_path), ("out", out)):
+        if value is not None and not isinstance(value, str | os.PathLike):
+            raise OptionError(f"{name}={value!r}: expected a path (str or pathlib.Path) or None")
+    if not isinstance(force, bool):
+        raise OptionError(f"force={force!r}: expected True or False")
+    if isinstance(method, str) and method in method_names():
+        valid = option_names(method)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise OptionError(f"fit(): unknown keyword(s) {', '.join(unknown)}: neither an argument of fit "
+                              f"({', '.join(FIT_ARGUMENTS)}) nor an option of {method} "
+                              f"({'valid options: ' + ', '.join(valid) if valid else 'it has none'})")
 
 
 def run_folder(out: Path, dataset: str, config: RunConfig, key: str) -> Path:

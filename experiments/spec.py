@@ -326,7 +326,8 @@ def _candidates(method: str, fixed: dict[str, Any],
         options = make_options(method, {**fixed, **{n: v for n, v in given.items() if not isinstance(v, Scaled)}})
         typed = tuple(v if isinstance(v, Scaled) else getattr(options, n) for n, v in given.items())
         if typed in seen:
-            raise OptionError(f"--tune {' '.join(names)} of {method}: the values {seen[typed]} and {values} are the "
+            shown = [" ".join(f"{n}={v}" for n, v in zip(names, given, strict=True)) for given in (seen[typed], values)]
+            raise OptionError(f"--tune {' '.join(names)} of {method}: the values {shown[0]} and {shown[1]} are the "
                               "same candidate; give each value once")
         seen[typed] = values
         candidates.append((options, typed))

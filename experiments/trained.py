@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,11 @@ class TrainedRun:
         [C', D] (novel or cross-dataset classes; `NotApplicable` for a method that cannot score them), or over the
         training classes `columns` alone (a domain target's, `Method.logits_over`), in the chunks evaluation takes."""
         device = self.data.text_features.device
-        features = features.to(device)
+        features = torch.as_tensor(features, device=device)
+        dim = self.data.text_features.shape[1]
+        if features.dim() != 2 or features.shape[1] != dim:
+            raise OptionError(f"features of shape {list(features.shape)}: expected [N, {dim}], N unit feature vectors "
+                              "of the run's cache")
         text_features = None if text_features is None else text_features.to(device)
         index = None if columns is None else torch.as_tensor(columns, device=device)
         chunks = [self.method.logits(features[start:start + CHUNK], text_features) if index is None
@@ -195,6 +200,7 @@ def load(run_dir: str | Path, cache: str | Path | None = None, device: str | Non
     moved from the path `config.json` records (its fingerprint must be the run's); `device` as `fit`'s; `targets`: a
     transfer run's target caches to score (`load_targets`). A run or cache that cannot be loaded is a `StateError`
     (runtime: `inspect` exits 1, as for a missing or corrupt cache)."""
+    check_load_arguments(run_dir, cache, targets)
     folder = Path(run_dir)
     record, metrics = read_run(folder)
     config = run_config(folder, record)
@@ -217,6 +223,19 @@ def load(run_dir: str | Path, cache: str | Path | None = None, device: str | Non
     train_data, novel = split_classes(data, config.classes)
     method = trained_method(folder, config, record, metrics, train_data)
     return TrainedRun(folder, config, method, train_data, novel, metrics, record, transfer)
+
+
+def check_load_arguments(run_dir: Any, cache: Any, targets: Any) -> None:
+    """`load`'s paths checked where pathlib would fail without naming them, and `targets` a list: one path given
+    alone was read letter by letter (`target cache t ... is not a file`)."""
+    for name, value in (("run_dir", run_dir), ("cache", cache)):
+        if not isinstance(value, str | os.PathLike) and (name == "run_dir" or value is not None):
+            raise OptionError(f"{name}={value!r}: expected a path (str or pathlib.Path)"
+                              + (" or None" if name == "cache" else ""))
+    if isinstance(targets, str | os.PathLike) or not (targets is None or isinstance(targets, list | tuple) and all(
+            isinstance(t, str | os.PathLike) for t in targets)):
+        raise OptionError(f"targets={targets!r}: expected a list of target cache paths, e.g. "
+                          "targets=['caches/dtd.h5'], or None")
 
 
 def load_targets(folder: Path, metrics: dict[str, Any], paths: list[str], device: str, text: str) -> Targets:

@@ -286,7 +286,7 @@ def test_refusals_are_one_line_with_the_exit_code_of_their_kind(tmp_path: Path) 
             ([table, "--a", "lambda_hier=0", "--b", "lambda_hier=0.1", "--plot", tmp_path / "diff.pdf"],
              f"--plot {tmp_path / 'diff.pdf'}: expected a .png file name", 2),
             ([table, "--a", "lambda_hier=0", "--b", "lambda_hier=0.1", "--plot", tmp_path],
-             f"--plot {tmp_path}: expected a .png file name", 2),
+             f"--plot {tmp_path}: cannot write there: it is a folder", 2),
             ([table, tmp_path / "nowhere.csv", "--a", "lambda_hier=0", "--b", "lambda_hier=0.1"], "does not exist",
              1),
             ([tmp_path / "bad.csv", table], "lacks the columns", 1),
@@ -367,3 +367,81 @@ def test_a_boolean_option_is_selected_by_any_spelling_set_takes(tmp_path: Path, 
     assert [d.difference for p in compared.parts for d in p.datasets] == [1.0, 1.0]
     line = one_error_line(invoke(table, "--a", "attr_proto=2", "--b", f"attr_proto={off}"), 2)
     assert line.endswith("attr_proto=2 matches no run; attr_proto has the values False, True")
+
+
+def test_tables_of_other_columns_read_one_configuration_and_each_run_once(tmp_path: Path) -> None:
+    """An older table (no `train_views` column: its runs trained on the augmented views) pooled with a newer one that
+    also has another method's option column: LatHAdapter's runs in both are one configuration per lambda_hier, and the
+    runs both tables hold (caltech101, eurosat) count once; each dataset's difference is GRID's, restated."""
+    rows = grid_rows()
+    old = write(tmp_path / "old" / "results.csv", [r for r in rows if r["dataset"] in ("caltech101", "dtd", "eurosat")])
+    new = helpers.write_rows(tmp_path / "new" / "results.csv",
+                             [r | {"train_views": "augmented"} for r in rows if r["dataset"] != "dtd"],
+                             [*COLUMNS, "train_views", "opt.clip-adapter.alpha"])
+    compared = compare_configurations([old, new], Selector.parse("--a", "lambda_hier=0"),
+                                      Selector.parse("--b", "lambda_hier=0.1"))
+    assert (compared.labels_a, compared.labels_b) == (("lathadapter lambda_hier=0.0",),
+                                                      ("lathadapter lambda_hier=0.1",))
+    (part,) = compared.parts
+    assert {d.dataset: [s.seed for s in d.seeds] for d in part.datasets} == {d: [1, 2, 3] for d in GRID}
+    assert {d.dataset: d.difference for d in part.datasets} == pytest.approx(
+        {d: statistics.fmean(a) - statistics.fmean(b) for d, (a, b) in GRID.items()})
+    result = invoke(old, new, "--a", "method=lathadapter,lambda_hier=0", "--b", "lambda_hier=0.1")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("A: lathadapter lambda_hier=0.0 · --a")
+
+
+def test_a_tuned_table_from_before_tune_score_is_the_configuration_tuned_by_val(tmp_path: Path) -> None:
+    """A tuned table written before `tune.score` and `tune.set` were columns chose by val on the few-shot val set:
+    pooled with a newer tuned table, its kept runs are the same configuration as the newer ones'."""
+    def tuned(dataset: str, seed: int, acc: float, lr: str, kept: bool, **extra: str) -> dict[str, Any]:
+        return row(dataset, seed, acc, **{"opt.lr": lr, "tune.group": f"{dataset}-{seed}", "tune.names": "lr",
+                                          "tune.selected": str(kept), **extra}) | {"key": f"{dataset}-{seed}-{lr}"}
+
+    tune = ["tune.group", "tune.names", "tune.selected"]
+    old = helpers.write_rows(tmp_path / "old.csv", [tuned(d, s, 70.0 + s, lr, lr == "0.01") for d in ("dtd", "pets")
+                                                    for s in (1, 2) for lr in ("0.01", "0.1")], [*COLUMNS, *tune])
+    new = helpers.write_rows(tmp_path / "new.csv",
+                             [tuned(d, s, 60.0 + s, lr, lr == "0.1", **{"tune.score": "val", "tune.set": "fewshot"})
+                              for d in ("eurosat", "cars") for s in (1, 2) for lr in ("0.01", "0.1")],
+                             [*COLUMNS, *tune, "tune.score", "tune.set"])
+    untuned = write(tmp_path / "untuned.csv", [row(d, s, 65.0, method="linear-probe")
+                                               for d in ("dtd", "pets", "eurosat", "cars") for s in (1, 2)])
+    compared = compare_configurations([old, new, untuned], Selector.parse("--a", "method=lathadapter"),
+                                      Selector.parse("--b", "method=linear-probe"))
+    assert compared.labels_a == ("lathadapter lr=0.01/0.1 (tuned)",)
+    (part,) = compared.parts
+    assert {d.dataset: d.difference for d in part.datasets} == pytest.approx(
+        {"dtd": 71.5 - 65, "pets": 71.5 - 65, "eurosat": 61.5 - 65, "cars": 61.5 - 65})
+
+
+def test_one_grid_given_as_both_sources_is_refused(tmp_path: Path) -> None:
+    """Without --a/--b, a grid against itself (the folder twice, or the folder and its results.csv or runs/) paired
+    each run with itself: every difference 0 and p = 1, as if A and B were equal. Refused in one line, exit 2; two
+    grids holding runs of the same key are still compared (the same configuration, trained by another version)."""
+    caches = [write_synthetic_cache(tmp_path / f"{name}.h5", num_classes=6, dim=16, views=2, shots=(1,), seeds=(1,),
+                                    seed=i) for i, name in enumerate(("one", "two"))]
+    for folder in ("first", "second"):
+        for cache in caches:
+            lathadapter.fit(cache, "zeroshot", 1, 1, out=tmp_path / folder / "runs", device="cpu")
+    grid = tmp_path / "first"
+    for second in (grid, grid / "runs", grid / "runs" / ".." / "runs"):
+        line = one_error_line(invoke(grid, second), 2)
+        assert f"source {grid} and source {second} hold the same 2 runs" in line and "--a NAME=VALUE" in line
+    result = invoke(grid, tmp_path / "second")
+    assert result.exit_code == 0, result.output
+    assert "over 2 datasets: mean A − B +0.00" in result.output
+
+
+def test_an_output_folder_or_one_file_for_both_outputs_is_refused_before_any_work(tmp_path: Path) -> None:
+    """`--out .` (or `--out ''`, which reads as `.`) failed with an internal message after the comparison printed;
+    `--out x.png --plot x.png` kept only the plot. Both refused first, in one line, exit 2, nothing written."""
+    table = write(tmp_path / "results.csv", grid_rows())
+    selectors = ("--a", "lambda_hier=0", "--b", "lambda_hier=0.1")
+    for flag, value in (("--out", tmp_path), ("--out", ""), ("--plot", tmp_path / "figures.png")):
+        (tmp_path / "figures.png").mkdir(exist_ok=True)
+        line = one_error_line(invoke(table, *selectors, flag, value), 2)
+        assert "it is a folder, where a file is written" in line and line.startswith(f"error: {flag} ")
+    line = one_error_line(invoke(table, *selectors, "--out", tmp_path / "x.png", "--plot", tmp_path / "x.png"), 2)
+    assert "are the same file" in line
+    assert not (tmp_path / "x.png").exists()

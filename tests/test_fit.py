@@ -173,3 +173,43 @@ def test_select_val_keeps_the_first_epoch_of_the_best_val_accuracy(tmp_path: Pat
     with torch.no_grad():
         method.eval()
         torch.testing.assert_close(method.logits(data.val_features), seen[first][1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"shots": "4"}, r"^shots='4': expected an integer, the shots per class"),
+    ({"shots": [1, 4]}, r"^shots=\[1, 4\]: expected an integer.*several values are a grid's axis"),
+    ({"shots": 4.0}, r"^shots=4\.0: expected an integer"),
+    ({"shots": True}, r"^shots=True: expected an integer"),
+    ({"seed": "1"}, r"^seed='1': expected an integer, the few-shot set's seed"),
+    ({"seed": None}, r"^seed=None: expected an integer"),
+    ({"cache_path": 3}, r"^cache_path=3: expected a path"),
+    ({"out": 5}, r"^out=5: expected a path"),
+    ({"force": "no"}, r"^force='no': expected True or False"),
+    ({"cache": "x.h5"}, r"^fit\(\): unknown keyword\(s\) cache: neither an argument of fit \(cache_path, method, "),
+    ({"method": ["zeroshot"]}, r"^unknown method \['zeroshot'\]; valid methods: zeroshot, "),
+])
+def test_python_api_mistakes_name_the_argument_and_what_is_valid(cache: Path, tmp_path: Path,
+                                                                 arguments: dict, message: str) -> None:
+    """`fit`'s mistakes of type failed inside a comparison (`'<' not supported between 'str' and 'int'`), pathlib
+    (`expected str, bytes or os.PathLike object`) or the cache (`no few-shot subset with shots=4.0`), or were taken
+    silently (`force="no"` is true: a finished run was trained again over itself); each is now an `OptionError`
+    naming the argument, before any work, and a finished run in the way is left as it is."""
+    finished = Path(fit(cache, "zeroshot", shots=1, seed=1, out=tmp_path, device="cpu")["run_dir"])
+    before = {name: (finished / name).read_bytes() for name in ("config.json", "metrics.json")}
+    given = {"cache_path": cache, "method": "zeroshot", "shots": 1, "seed": 1, "out": tmp_path, "device": "cpu",
+             **arguments}
+    with pytest.raises(OptionError, match=message):
+        fit(**given)
+    assert {name: (finished / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [finished.name]
+
+
+def test_numpy_integers_are_the_same_run_as_python_integers(cache: Path, tmp_path: Path) -> None:
+    """Shots and seed read from a NumPy array are integers: the run is the one plain ints give (key, folder, config)."""
+    import numpy as np
+
+    plain = fit(cache, "zeroshot", shots=4, seed=2, out=tmp_path / "a", device="cpu")
+    numpy = fit(cache, "zeroshot", shots=np.int64(4), seed=np.int32(2), out=tmp_path / "b", device="cpu")
+    assert Path(plain["run_dir"]).name == Path(numpy["run_dir"]).name
+    config = json.loads((Path(numpy["run_dir"]) / "config.json").read_text())
+    assert (config["shots"], config["seed"]) == (4, 2) and numpy["accuracy"] == plain["accuracy"]

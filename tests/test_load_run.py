@@ -377,3 +377,25 @@ def test_inspect_into_a_closed_pipe_ends_quietly(finished: Path) -> None:
     process.stdout.close()  # before the first line is written: every write fails with EPIPE
     _, stderr = process.communicate(timeout=120)
     assert stderr.decode() == "" and process.returncode == 1
+
+
+def test_python_api_mistakes_of_load_name_the_argument(finished: Path) -> None:
+    """`load(3)` and `load(run, cache=5)` failed in pathlib without naming the argument; `targets="dtd.h5"`, one path
+    where a list goes, was read letter by letter (`target cache d ... is not a file`); features of another width
+    failed in a matrix product. Each is an `OptionError` naming the argument and what is valid."""
+    for arguments, message in (({"run_dir": 3}, r"^run_dir=3: expected a path"),
+                               ({"run_dir": finished, "cache": 5}, r"^cache=5: expected a path"),
+                               ({"run_dir": finished, "targets": "dtd.h5"},
+                                r"^targets='dtd\.h5': expected a list of target cache paths"),
+                               ({"run_dir": finished, "targets": [finished / "x.h5", 2]}, r"^targets=\[")):
+        with pytest.raises(OptionError, match=message):
+            lathadapter.load(**arguments)
+    run = lathadapter.load(finished, device="cpu")
+    dim = run.data.text_features.shape[1]
+    features = torch.nn.functional.normalize(torch.randn(5, dim), dim=-1)
+    expected = 100 * features @ run.data.text_features.cpu().t()  # zero-shot: CLIP's logit scale times the cosine
+    assert torch.allclose(run.logits(features.tolist()), expected, atol=1e-4)
+    for shape in ((5, dim + 1), (dim,)):
+        with pytest.raises(OptionError, match=rf"^features of shape \[{', '.join(map(str, shape))}\]: expected "
+                                              rf"\[N, {dim}\]"):
+            run.logits(torch.zeros(shape))

@@ -126,3 +126,37 @@ def test_a_val_set_that_does_not_bound_t_leaves_it_at_the_edge() -> None:
     assert fitted == pytest.approx(T_RANGE[0], rel=1e-3)
     assert TemperatureScaled(fitted, 3, None).at_edge  # type: ignore[arg-type]
     assert not TemperatureScaled(1.0, 3, None).at_edge  # type: ignore[arg-type]
+
+
+def test_nan_or_infinite_scores_fit_no_temperature(baseline_cache: Path, tmp_path: Path) -> None:
+    """NaN val scores made every NLL NaN, so the search ran to the top of the range and reported T = 1000 as if the
+    val images did not bound it; an infinite score gives NaN probabilities alike. Refused (`NaNScores`), and
+    `inspect` says so on the line instead of a T."""
+    from lathadapter.adapter.evaluate import NaNScores
+    from lathadapter.adapter.temperature import temperature_scaled
+
+    run_dir = lathadapter.fit(baseline_cache, "zeroshot", 4, 1, out=tmp_path, device="cpu")["run_dir"]
+    run = lathadapter.load(run_dir, device="cpu")
+    val = run.logits(run.data.val_features)
+    test, labels, _ = run.test_set()
+    test_scores = run.logits(test)
+    for spoiled in (float("nan"), float("inf")):
+        broken_val, broken_test = val.clone(), test_scores.clone()
+        broken_val[0, 0] = broken_test[-1, 1] = spoiled
+        for images, args in (("val", (broken_val, run.data.val_labels, test_scores, labels)),
+                             ("test", (val, run.data.val_labels, broken_test, labels))):
+            with pytest.raises(NaNScores, match=f"gave NaN or infinite scores on its {images} images"):
+                temperature_scaled(run.method, *args)
+
+
+def test_inspect_names_the_classes_whose_val_images_fit_t(baseline_cache: Path, tmp_path: Path) -> None:
+    """Base-to-novel: T is fitted on the base classes' val images alone (the novel classes have none a run may see),
+    and applied to the novel test set too; the line says so, with the count of base val images (4 a class here)."""
+    run_dir = lathadapter.fit(baseline_cache, "zeroshot", 4, 1, classes="base", out=tmp_path, device="cpu")["run_dir"]
+    run = lathadapter.load(run_dir)
+    result = CliRunner().invoke(app, ["inspect", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "after temperature scaling" in line]
+    base_val = 4 * len(run.class_names)  # CoOp's min(shots, 4) = 4 val images of each base class
+    assert len(lines) == 2 and all(line.endswith(f"fitted on {base_val} val images of the base classes)")
+                                   for line in lines), result.output

@@ -69,6 +69,11 @@ def test_inspect_scores_each_target_as_metrics_json_records(tmp_path: Path, prot
         assert line == (f"target {name}: {metrics['targets'][name]:.2f}% (as metrics.json), "
                         f"ECE {metrics['targets_ece'][name]:.2f}%")
     assert not any(x.startswith("targets: metrics.json records") for x in lines)  # every target was scored
+    # T is fitted on the source's few-shot val images (12 classes × 2: the cache's val_per_class) for every test set;
+    # a target's line says whose
+    scaled = [x for x in lines if "after temperature scaling" in x]
+    assert len(scaled) == 1 + len(targets) and scaled[0].endswith("fitted on 24 val images)")
+    assert all(x.endswith("fitted on 24 val images of the source's classes)") for x in scaled[1:]), scaled
 
     run = lathadapter.load(folder, device="cpu", targets=list(targets.values()))
     assert run.targets == tuple(targets)
