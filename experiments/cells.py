@@ -225,6 +225,23 @@ def varied_settings(configs: Iterable[Configuration]) -> dict[str, list[str]]:
     return {method: [c for c, seen in columns.items() if len(seen) > 1] for method, columns in values.items()}
 
 
+def ablation_groups(configs: Iterable[Configuration], settings: list[str]) -> list[list[str]]:
+    """One method's varied `settings` grouped where they vary together (each one's values fix the others' over
+    `configs`, as a tuned and an untuned grid's `tune.score`, `tune.set` and `lr`), in `settings`' order: each group
+    is one ablation, led by its first setting, whose table and plot would otherwise be repeated per setting."""
+    configs = list(configs)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for setting in settings:
+        first: dict[str, int] = {}  # the partition of the configurations by the setting's value, as a key
+        groups.setdefault(tuple(first.setdefault(c.value(setting), len(first)) for c in configs), []).append(setting)
+    return list(groups.values())
+
+
+def covarying(group: list[str]) -> str:
+    """An ablation title's note of the settings that vary with its lead (`ablation_groups`); empty for none."""
+    return f" (with {', '.join(setting_name(s) for s in group[1:])}, varying with it)" if len(group) > 1 else ""
+
+
 def _tuned_suffix(choices: Iterable[Choice]) -> str:
     """` lr=0.01 (tuned)`: each tuned option with the values its kept runs chose (`0.001/0.01` when they differ; not
     `|`, which would split a markdown cell); empty for an untuned configuration."""

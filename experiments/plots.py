@@ -28,8 +28,10 @@ from lathadapter.experiments.cells import (
     MISSING,
     TARGETS_AVERAGE,
     Cell,
+    ablation_groups,
     base_novel_cells,
     config_label,
+    covarying,
     dataset_slug,
     few_shot_average,
     few_shot_cells,
@@ -363,14 +365,15 @@ def _method_ablations(cells: dict[Configuration, list[Cell]], parts: list[str], 
     paths = []
     for method, settings in varied_settings(configs).items():
         own = [c for c in configs if c.method == method]
-        for setting in settings:
-            lines = _ablation_lines(own, setting, [s for s in settings if s != setting], cells, parts)
+        for group in ablation_groups(own, settings):
+            setting = group[0]
+            lines = _ablation_lines(own, setting, [s for s in settings if s not in group], cells, parts)
             stem = f"{name}_{slug(method)}_{setting_name(setting)}"
             if len(lines) > MOST_ABLATION_LINES:
                 crowded.append(f"{stem} ({len(lines)} lines)")
                 continue
-            path = _plot_ablation(lines, setting, f"{title}{method}, ablation of {setting_name(setting)}",
-                                  folder / f"{stem}.png")
+            path = _plot_ablation(lines, setting, f"{title}{method}, ablation of {setting_name(setting)}"
+                                  f"{covarying(group)}", folder / f"{stem}.png")
             paths += [path] if path is not None else []
     return paths
 

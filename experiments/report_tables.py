@@ -48,9 +48,11 @@ from lathadapter.experiments.cells import (
     TARGETS_AVERAGE,
     Cell,
     Recorded,
+    ablation_groups,
     base_novel_cells,
     cell_of,
     config_label,
+    covarying,
     dataset_slug,
     few_shot_average,
     few_shot_cells,
@@ -169,12 +171,13 @@ def _choices_by(records: Iterable[Record], key: Callable[[Record], tuple]) -> di
     return {k: tuple(v) for k, v in grouped.items()}
 
 
-def _ablation(name: str, title: str, configs: list[Configuration], setting: str, others: list[str],
+def _ablation(name: str, title: str, configs: list[Configuration], group: list[str], others: list[str],
               columns: list[str], cells: dict[Configuration, list[Cell]]) -> Table:
-    """One method's configurations with `setting` first and the `others` that vary beside it; sorted by the others,
-    then the setting, so that consecutive rows differing only in `setting` form one ablation."""
-    lead = [setting, *others]
-    rows = sorted(configs, key=lambda c: [sortable(c.value(s)) for s in [*others, setting]])
+    """One method's configurations with the `group` of settings that vary together first (`ablation_groups`) and the
+    `others` that vary beside it; sorted by the others, then the group, so that consecutive rows differing only in
+    the group form one ablation."""
+    lead = [*group, *others]
+    rows = sorted(configs, key=lambda c: [sortable(c.value(s)) for s in [*others, *group]])
     return Table(name, title, [setting_name(s) for s in lead], columns,
                  [([shown_value(s, c.value(s)) for s in lead], cells[c]) for c in rows])
 
@@ -218,10 +221,10 @@ def _tables(name: str, title: str, columns: list[str], cells: dict[Configuration
         return tables
     for method, settings in varied.items() if ablations else ():
         own = [c for c in configs if c.method == method]
-        for setting in settings:
-            tables.append(_ablation(f"{name}_ablation_{slug(method)}_{setting_name(setting)}",
-                                    f"{title}: {method}, ablation of {setting_name(setting)}", own, setting,
-                                    [s for s in settings if s != setting], columns, cells))
+        for group in ablation_groups(own, settings):
+            tables.append(_ablation(f"{name}_ablation_{slug(method)}_{setting_name(group[0])}",
+                                    f"{title}: {method}, ablation of {setting_name(group[0])}{covarying(group)}",
+                                    own, group, [s for s in settings if s not in group], columns, cells))
     if chosen:
         marks = {(n, v) for row in chosen.values() for cell in row for choice in cell.choices for n, v in choice
                  if n in (SCORE, EDGE)}

@@ -127,6 +127,37 @@ def test_each_varied_setting_labels_rows_and_gets_an_ablation_table(tmp_path: Pa
     assert float(text["ensemble"]["1 shot mean"]) == 33.0
 
 
+def test_settings_that_vary_together_share_one_ablation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Curvature and beta vary together (0.5 with 0.3, 1.0 with 1.0; as a tuned and an untuned grid's tune.score,
+    tune.set and lr do), epochs across them: one ablation table and plot of curvature naming beta, whose columns hold
+    both, none of beta; epochs keeps its own."""
+    rows, expected = [], {}
+    for curvature, beta in ((0.5, 0.3), (1.0, 1.0)):
+        for epochs in (10, 20):
+            values = [40 + 10 * curvature + epochs / 10 + seed for seed in (1, 2)]
+            expected[(curvature, beta, epochs)] = values
+            rows += [row(seed=s, acc_all=v, **{"opt.curvature": curvature, "opt.lathadapter.beta": beta,
+                                                "opt.epochs": epochs}) for s, v in zip((1, 2), values, strict=True)]
+    figures = capture_plots(monkeypatch)
+    write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
+    folder = tmp_path / "report"
+    ablations = sorted(p.name for p in folder.glob("few_shot_caltech101_ablation_*.csv"))
+    assert ablations == ["few_shot_caltech101_ablation_lathadapter_curvature.csv",
+                         "few_shot_caltech101_ablation_lathadapter_epochs.csv"]
+    table = read_table(folder / ablations[0], ["curvature", "beta", "epochs"])
+    # sorted by the setting beside the group (epochs), then the group
+    assert list(table) == [("0.5", "0.3", "10"), ("1.0", "1.0", "10"), ("0.5", "0.3", "20"), ("1.0", "1.0", "20")]
+    for (curvature, beta, epochs), line in table.items():
+        values = expected[(float(curvature), float(beta), int(epochs))]
+        assert float(line["1 shot mean"]) == pytest.approx(statistics.fmean(values))
+    markdown = (folder / "report.md").read_text()
+    assert "lathadapter, ablation of curvature (with beta, varying with it)" in markdown
+    assert "ablation of beta" not in markdown
+    assert sorted(name for name in figures if name.startswith("ablation_")) == [
+        "ablation_caltech101_lathadapter_curvature.png", "ablation_caltech101_lathadapter_epochs.png"]
+    assert "(with beta, varying with it)" in figures["ablation_caltech101_lathadapter_curvature.png"].get_title()
+
+
 def test_two_caches_of_one_dataset_name_are_reported_apart(tmp_path: Path) -> None:
     other = "9f8e7d6c5b4a3921"
     rows = [row(seed=1, acc_all=40.0), row(seed=2, acc_all=42.0),
@@ -1031,8 +1062,10 @@ def test_an_untuned_run_beside_tuned_ones_reads_untuned_not_recipe(tmp_path: Pat
     table = read_table(tmp_path / "report" / "few_shot_caltech101.csv")
     assert set(table) == {"clip-adapter score=untuned set=untuned lr=recipe",
                           "clip-adapter score=val set=fewshot lr=0.01 (tuned)"}
-    for setting, tuned in (("score", "val"), ("set", "fewshot")):
-        ablation = read_table(tmp_path / "report" / f"few_shot_caltech101_ablation_clip-adapter_{setting}.csv",
-                              setting)
-        assert set(ablation) == {"untuned", tuned}
-        assert ablation["untuned"]["lr"] == "recipe"
+    # score, set and lr vary together: one ablation table, led by score, with the other two beside it
+    assert sorted(p.name for p in (tmp_path / "report").glob("few_shot_caltech101_ablation_*.csv")) == [
+        "few_shot_caltech101_ablation_clip-adapter_score.csv"]
+    ablation = read_table(tmp_path / "report" / "few_shot_caltech101_ablation_clip-adapter_score.csv",
+                          ["score", "set"])
+    assert set(ablation) == {("untuned", "untuned"), ("val", "fewshot")}
+    assert ablation[("untuned", "untuned")]["lr"] == "recipe"
