@@ -1047,8 +1047,8 @@ def _over_datasets(part: PartComparison, alpha: float) -> str:
     line += f"; exact Wilcoxon signed-rank p {_p_value(test.p)} (n = {test.n}, W+ = {test.w_plus:g}, W− = " \
             f"{test.w_minus:g}): {verdict}"
     if test.smallest_p >= alpha:
-        line += f" (with {test.n} nonzero differences the smallest possible p is {test.smallest_p:.3g}: it can never " \
-                f"reach {alpha:g})"
+        line += f" (with {_plural(test.n, 'nonzero difference')} the smallest possible p is " \
+                f"{test.smallest_p:.3g}: it can never reach {alpha:g})"
     return line
 
 

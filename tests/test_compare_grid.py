@@ -445,3 +445,13 @@ def test_an_output_folder_or_one_file_for_both_outputs_is_refused_before_any_wor
     line = one_error_line(invoke(table, *selectors, "--out", tmp_path / "x.png", "--plot", tmp_path / "x.png"), 2)
     assert "are the same file" in line
     assert not (tmp_path / "x.png").exists()
+
+
+def test_one_nonzero_difference_is_named_in_the_singular(tmp_path: Path) -> None:
+    """Two targets, one tied: n = 1 after the zero is dropped, and two sign assignments make the smallest p 1."""
+    accuracy = {"source": (70.0, 69.0), "dtd": (45.0, 45.0), "pets": (88.0, 88.5)}
+    rows = [row("imagenet", 1, value, lam, shots=16, target=target)
+            for target, sides in accuracy.items() for lam, value in zip(("0.0", "0.1"), sides, strict=True)]
+    result = invoke(write(tmp_path / "results.csv", rows), "--a", "lambda_hier=0", "--b", "lambda_hier=0.1")
+    assert result.exit_code == 0, result.output
+    assert "with 1 nonzero difference the smallest possible p is 1: it can never reach 0.05" in result.output
