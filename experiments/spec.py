@@ -259,8 +259,13 @@ def _check_option_axes(spec: GridSpec, kind: str = "options") -> None:
             scoped = " or ".join(f"{m}.{name}=..." for m in having)
             raise OptionError(f"{where}: {', '.join(having)} each have an option {name!r} of their own, with "
                               f"different meanings; scope it to one method: {scoped}")
+        values = getattr(spec, kind)[key]
+        if kind == "tune" and len(values) == 1:  # a one-candidate group trained it once and labelled it `tuned`
+            raise OptionError(f"{where}: one value ({values[0]}) leaves nothing to choose; tune two or more "
+                              f"({name}=V1,V2), or fix it as an option (--set {name}={values[0]}; a grid file's "
+                              "options)")
         try:  # each value's type and range, so that the error names where it was given
-            for method, value in itertools.product(having, getattr(spec, kind)[key]):
+            for method, value in itertools.product(having, values):
                 check_value(method, name, value)
         except OptionError as error:
             raise OptionError(f"{where}: {error}") from None

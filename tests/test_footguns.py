@@ -59,6 +59,8 @@ def test_grid_refuses_options_that_would_be_ignored_or_repeated(cache: Path, tmp
     (["--classes", "all,all"], ["--classes 'all,all': all is given twice"]),
     (["--set", "alpha=0.1,0.1"], ["--set alpha=0.1,0.1: 0.1 is given twice; give each value once"]),
     (["--tune", "alpha=0.1,0.1"], ["--tune alpha=0.1,0.1: 0.1 is given twice"]),
+    (["--tune", "alpha=0.1"], ["--tune alpha: one value (0.1) leaves nothing to choose; tune two or more "
+                               "(alpha=V1,V2), or fix it as an option (--set alpha=0.1"]),
     (["--set", "tip-adapter.alpha=0.1,,0.2"], ["--set tip-adapter.alpha=0.1,,0.2: an empty item"]),
     (["--tune", "alpha=0.1,"], ["--tune alpha=0.1,: an empty item; give comma-separated values, e.g. alpha=V1,V2"]),
     (["--tune", "alpha=0.1,1e-1"], ["--tune alpha of tip-adapter: the values alpha=0.1 and alpha=1e-1 are the same "

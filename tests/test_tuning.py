@@ -225,9 +225,11 @@ def test_an_unscoped_tune_name_that_methods_mean_differently_is_refused(cache: P
                                                                             tune={"lr": ["0.1", "1"]}),
         r"are the same candidate": GridSpec(caches, ["lathadapter"], tune={"lr": ["0.01", "1e-2"]}),
         r"--tune lr and --tune lathadapter\.lr both tune lr": GridSpec(caches, ["lathadapter"],
-                                                                       tune={"lr": ["1"], "lathadapter.lr": ["2"]}),
-        r"--tune-preset lr tunes lr of lathadapter already": GridSpec(caches, ["lathadapter"], tune={"lr": ["1"]},
-                                                                       tune_preset="lr"),
+                                                                       tune={"lr": ["1", "3"],
+                                                                             "lathadapter.lr": ["2", "4"]}),
+        r"--tune-preset lr tunes lr of lathadapter already": GridSpec(caches, ["lathadapter"],
+                                                                       tune={"lr": ["1", "3"]}, tune_preset="lr"),
+        r"--tune lr: one value \(1\) leaves nothing to choose": GridSpec(caches, ["lathadapter"], tune={"lr": ["1"]}),
         "unknown preset": GridSpec(caches, ["lathadapter"], tune_preset="everything"),
     }
     for message, spec in refusals.items():
