@@ -35,8 +35,9 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def ece(probabilities: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> float:
-    """ECE (%) over 15 equal-width bins (b/15, (b+1)/15] of the top-1 confidence, restated."""
-    confidence = probabilities.max(axis=1)
+    """ECE (%) over 15 equal-width bins (b/15, (b+1)/15] of the top-1 confidence in float32 (every ECE bins the
+    float32 confidence, exactly: a float32 times 15 is exact in float64), restated."""
+    confidence = probabilities.max(axis=1).astype(np.float32).astype(np.float64)
     bins = np.clip(np.ceil(confidence * BINS).astype(int) - 1, 0, BINS - 1)
     right = predicted == labels
     return 100.0 * sum(abs(right[bins == b].sum() - confidence[bins == b].sum()) for b in range(BINS)) / len(labels)
@@ -160,3 +161,21 @@ def test_inspect_names_the_classes_whose_val_images_fit_t(baseline_cache: Path, 
     base_val = 4 * len(run.class_names)  # CoOp's min(shots, 4) = 4 val images of each base class
     assert len(lines) == 2 and all(line.endswith(f"fitted on {base_val} val images of the base classes)")
                                    for line in lines), result.output
+
+
+def test_scaled_confidences_are_binned_in_float32_as_every_ece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five equal logits at T = 1: the scaled confidence is 0.2 in float64, float32's 0.2 (3e-9 above 3/15) when
+    binned as every ECE here, so bin 3 of (b/15, (b + 1)/15]; binned in float64, 0.2 × 15 rounds to 3.0 and it went
+    one bin low (helper M4's finding)."""
+    from types import SimpleNamespace
+
+    from lathadapter.adapter import temperature
+
+    assert float(torch.tensor(0.2, dtype=torch.float32)) > 3 / 15  # the float32 value is above the edge
+    monkeypatch.setattr(temperature, "fit_temperature", lambda log_p, labels: 1.0)
+    method = SimpleNamespace(name="stub", probabilities=lambda scores: torch.softmax(scores, dim=-1))
+    scores, labels = torch.zeros(1, 5), torch.tensor([0])
+    scaled = temperature.temperature_scaled(method, scores, labels, scores, labels)  # type: ignore[arg-type]
+    assert scaled is not None and scaled.temperature == 1.0
+    images = scaled.scores.reliability.images
+    assert sum(images) == 1 and images[3] == 1, images
