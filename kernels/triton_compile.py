@@ -38,6 +38,7 @@ class CompiledKernel:
 
     kernel: str
     constexprs: dict[str, object]
+    specialization: dict[str, tuple[str, object]]  # each argument's (type, what the launch specialised it on)
     arch: str
     num_warps: int
     registers: int
@@ -96,6 +97,7 @@ class Compiler:
         options, signature, constexprs, attrs = function._pack_args(self.backend, kwargs, bound, specialization,
                                                                     options)
         named = {function.arg_names[path[0]]: value for path, value in constexprs.items()}
+        specialised = {name: tuple(pair) for name, pair in zip(function.arg_names, specialization, strict=True)}
         started = time.perf_counter()
         try:
             kernel = triton.compile(self.ast_source(function, signature, constexprs, attrs), target=self.target,
@@ -105,8 +107,8 @@ class Compiler:
                                      f"{str(error).strip()}") from error
         seconds = time.perf_counter() - started
         registers, spill_stores, spill_loads = ptxas_resources(kernel.asm["ptx"], ARCHITECTURES[self.arch])
-        return CompiledKernel(function.__name__, named, self.arch, kernel.metadata.num_warps, registers, spill_stores,
-                              spill_loads, kernel.metadata.shared, len(kernel.asm["cubin"]), seconds)
+        return CompiledKernel(function.__name__, named, specialised, self.arch, kernel.metadata.num_warps, registers,
+                              spill_stores, spill_loads, kernel.metadata.shared, len(kernel.asm["cubin"]), seconds)
 
 
 class _Compiling:
@@ -143,7 +145,9 @@ def compiling_launches(arch: str) -> Iterator[list[CompiledKernel]]:
 def loss_launches(arch: str, *, batch: int, classes: int, attributes: int, dtype: torch.dtype, lambda_hyp: float,
                   lambda_hier: float, hier: str, seed: int = 0) -> list[CompiledKernel]:
     """Compile the launches of one `TritonRadialLoss` forward and backward on CPU tensors of these shapes and dtype
-    (the host code runs as on a GPU; the kernels compile for `arch` instead of running)."""
+    (the host code runs as on a GPU; the kernels compile for `arch` instead of running). The image cosines are one
+    [B, C + K] product split into views, as `fused_loss` passes them: a launch specialises on their row stride C + K
+    and on the attribute view's address (C elements past the product's), not on a separate matrix's."""
     generator = torch.Generator().manual_seed(seed)
 
     def leaf(*shape: int, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
@@ -152,9 +156,10 @@ def loss_launches(arch: str, *, batch: int, classes: int, attributes: int, dtype
 
     labels = torch.randint(0, classes, (batch,), generator=generator)
     scalars = triton_radial_loss.LossScalars(100.0, lambda_hyp, lambda_hier, hier, 0.1, 1.0, 0.1, 0.1, 0.07)
+    image_cosines = leaf(batch, classes + attributes)
     with compiling_launches(arch) as compiled:
         total, *_ = triton_radial_loss.TritonRadialLoss.apply(
-            leaf(batch, classes), leaf(batch, attributes), leaf(classes, attributes),
+            image_cosines[:, :classes], image_cosines[:, classes:], leaf(classes, attributes),
             leaf(classes, attributes, low=0.0), leaf(classes, low=0.05, high=0.95),
             leaf(attributes, low=0.05, high=0.95), leaf(batch, low=0.05, high=0.95), leaf(low=1.0, high=1.0),
             leaf(low=-1.5, high=-1.5), labels, torch.unique(labels), scalars)

@@ -80,6 +80,34 @@ def test_finer_row_tiles_compile(rows: int, monkeypatch: pytest.MonkeyPatch) -> 
         assert (kernel.spill_store_bytes, kernel.spill_load_bytes) == (0, 0), kernel
 
 
+def test_the_image_cosines_specialise_as_the_views_of_one_product_a_launch_gets() -> None:
+    """`fused_loss` passes the image–class and image–attribute cosines as views of one [B, C + K] product: their row
+    stride is C + K and the attribute view starts C elements in. Triton's rule restated (a pointer is specialised on
+    a 16-byte-aligned address, an integer on a multiple of 16 or on 1): in bfloat16 with C = 100, K = 16 the
+    attribute view starts 200 bytes in and rows are 116 apart, neither specialised, where a matrix of its own (16
+    columns, its own allocation) would be both."""
+    batch, classes, attributes = 256, 100, 16
+    compiled = loss_launches("sm_90", batch=batch, classes=classes, attributes=attributes, dtype=torch.bfloat16,
+                             lambda_hyp=0.5, lambda_hier=0.1, hier="cone")
+
+    def specialised(value: int) -> str:
+        return "D" if value % 16 == 0 else ""
+
+    stride = specialised(classes + attributes)
+    attribute_start = specialised(classes * torch.finfo(torch.bfloat16).bits // 8)
+    assert (stride, attribute_start) == ("", "")
+    expected = {"image_class": {"s_ptr": ("*bf16", "D"), "s_b": ("i32", stride), "s_c": ("constexpr", 1)},
+                "image_attribute": {"a_ptr": ("*bf16", attribute_start), "a_b": ("i32", stride),
+                                    "a_k": ("constexpr", 1)}}
+    seen = 0
+    for kernel in compiled:
+        for prefix, arguments in expected.items():
+            if kernel.kernel.startswith(prefix):
+                assert {name: kernel.specialization[name] for name in arguments} == arguments, kernel.kernel
+                seen += 1
+    assert seen == 4  # the forward and backward kernel of each
+
+
 @triton.jit
 def _pair(x):
     return x, x * 2.0
