@@ -96,6 +96,8 @@ def resolve_device(device: str | None) -> str:
     """`device`, checked: `cpu`, `cuda` or `cuda:N` on a machine that has that GPU; None picks cuda when present."""
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str):  # the Python API's `device=0` failed in str.partition
+        raise OptionError(f"device={device!r}: expected 'cpu', 'cuda', 'cuda:N' or None")
     name, _, index = device.partition(":")
     if name == "cpu" and not index:
         return device

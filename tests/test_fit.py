@@ -185,6 +185,7 @@ def test_select_val_keeps_the_first_epoch_of_the_best_val_accuracy(tmp_path: Pat
     ({"cache_path": 3}, r"^cache_path=3: expected a path"),
     ({"out": 5}, r"^out=5: expected a path"),
     ({"force": "no"}, r"^force='no': expected True or False"),
+    ({"device": 0}, r"^device=0: expected 'cpu', 'cuda', 'cuda:N' or None"),
     ({"cache": "x.h5"}, r"^fit\(\): unknown keyword\(s\) cache: neither an argument of fit \(cache_path, method, "),
     ({"method": ["zeroshot"]}, r"^unknown method \['zeroshot'\]; valid methods: zeroshot, "),
 ])

@@ -387,7 +387,8 @@ def test_python_api_mistakes_of_load_name_the_argument(finished: Path) -> None:
                                ({"run_dir": finished, "cache": 5}, r"^cache=5: expected a path"),
                                ({"run_dir": finished, "targets": "dtd.h5"},
                                 r"^targets='dtd\.h5': expected a list of target cache paths"),
-                               ({"run_dir": finished, "targets": [finished / "x.h5", 2]}, r"^targets=\[")):
+                               ({"run_dir": finished, "targets": [finished / "x.h5", 2]}, r"^targets=\["),
+                               ({"run_dir": finished, "device": 0}, r"^device=0: expected 'cpu', 'cuda'")):
         with pytest.raises(OptionError, match=message):
             lathadapter.load(**arguments)
     run = lathadapter.load(finished, device="cpu")
