@@ -228,13 +228,15 @@ def varied_settings(configs: Iterable[Configuration]) -> dict[str, list[str]]:
 def ablation_groups(configs: Iterable[Configuration], settings: list[str]) -> list[list[str]]:
     """One method's varied `settings` grouped where they vary together (each one's values fix the others' over
     `configs`, as a tuned and an untuned grid's `tune.score`, `tune.set` and `lr`), in `settings`' order: each group
-    is one ablation, led by its first setting, whose table and plot would otherwise be repeated per setting."""
+    is one ablation, whose table and plot would otherwise be repeated per setting. It is led by its first setting
+    that no configuration tuned: a tuned value is no point of a plot's axis, and a lead tuned in one of two
+    configurations would leave the plot one point, where a companion has two."""
     configs = list(configs)
     groups: dict[tuple[int, ...], list[str]] = {}
     for setting in settings:
         first: dict[str, int] = {}  # the partition of the configurations by the setting's value, as a key
         groups.setdefault(tuple(first.setdefault(c.value(setting), len(first)) for c in configs), []).append(setting)
-    return list(groups.values())
+    return [sorted(group, key=lambda s: any(c.value(s) == TUNED for c in configs)) for group in groups.values()]
 
 
 def covarying(group: list[str]) -> str:

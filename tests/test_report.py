@@ -158,6 +158,36 @@ def test_settings_that_vary_together_share_one_ablation(tmp_path: Path, monkeypa
     assert "(with beta, varying with it)" in figures["ablation_caltech101_lathadapter_curvature.png"].get_title()
 
 
+def test_settings_varying_together_are_led_by_one_no_configuration_tuned(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two tuned grids in one folder: one tunes alpha at lr 0.01, the other epochs at lr 0.1 and alpha 0.5. alpha,
+    epochs and lr vary together; a tuned value is no point of the axis, so led by alpha (first by name) the plot
+    had one point and was left out. Led by lr, the one none tuned: a plot of two points, each its seeds' mean."""
+    columns = [*TUNED_COLUMNS, "opt.clip-adapter.alpha", "opt.clip-adapter.epochs"]
+    accuracy = {"alpha": (60.0, 62.0), "epochs": (50.0, 54.0)}
+    fixed = {"alpha": {"opt.clip-adapter.epochs": 20, "opt.lr": 0.01, "opt.clip-adapter.alpha": 0.2},
+             "epochs": {"opt.clip-adapter.epochs": 40, "opt.lr": 0.1, "opt.clip-adapter.alpha": 0.5}}
+    rows = [{"key": f"{tuned}{seed}", "cache": "c.h5", "dataset": "caltech101", "fingerprint": FP,
+             "method": "clip-adapter", "shots": 16, "seed": seed, "classes": "all", "text": "coop", "select": "last",
+             "target": "", "acc_all": value, **fixed[tuned], "tune.group": f"{tuned}{seed}", "tune.names": tuned,
+             "tune.values": f"{tuned}={fixed[tuned]['opt.clip-adapter.' + tuned]}", "tune.score": "val",
+             "tune.set": "fewshot", "tune.selected": True}
+            for tuned, values in accuracy.items() for seed, value in zip((1, 2), values, strict=True)]
+    figures = capture_plots(monkeypatch)
+    write_report(helpers.write_rows(tmp_path / "results.csv", rows, columns), tmp_path / "report")
+    folder = tmp_path / "report"
+    assert [p.name for p in folder.glob("few_shot_caltech101_ablation_*.csv")] == [
+        "few_shot_caltech101_ablation_clip-adapter_lr.csv"]
+    table = read_table(folder / "few_shot_caltech101_ablation_clip-adapter_lr.csv", ["lr", "alpha", "epochs"])
+    assert set(table) == {("0.01", "tuned", "20"), ("0.1", "0.5", "tuned")}
+    axes = figures["ablation_caltech101_clip-adapter_lr.png"]
+    assert "ablation of lr (with alpha, epochs, varying with it)" in axes.get_title()
+    assert [tick.get_text() for tick in axes.get_xticklabels()] == ["0.01", "0.1"]
+    (line,) = axes.get_lines()[:1]
+    assert list(line.get_xdata()) == [0.01, 0.1]
+    assert list(line.get_ydata()) == [statistics.fmean(accuracy["alpha"]), statistics.fmean(accuracy["epochs"])]
+
+
 def test_two_caches_of_one_dataset_name_are_reported_apart(tmp_path: Path) -> None:
     other = "9f8e7d6c5b4a3921"
     rows = [row(seed=1, acc_all=40.0), row(seed=2, acc_all=42.0),
