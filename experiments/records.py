@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.evaluate import Reliability
-from lathadapter.experiments.table import RESULTS, ResultsError, as_table, finished_runs, run_rows
+from lathadapter.experiments.table import RESULTS, SAVED_BEFORE, ResultsError, as_table, finished_runs, run_rows
 
 # The columns the report reads; `opt.*` columns (every option) are read too.
 REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
@@ -181,14 +181,12 @@ def setting_columns(present: Iterable[str]) -> list[str]:
 
 def _setting(row: dict[str, str], column: str) -> str:
     """A row's value of setting `column`; where its table lacks the column (written before the setting existed, or
-    read beside tables of other methods), the value its run had: `train_views` augmented, a tuning candidate's score
-    and val set those of before they were chosen (val, fewshot), an option the table has no column for none."""
+    read beside tables of other methods), the value its run had (`table.SAVED_BEFORE`; a tuning setting a tuning
+    candidate's only), an option the table has no column for none."""
     if column in row:
         return row[column]
-    if column == "train_views":
-        return "augmented"
-    if column in TUNE_SETTINGS and row.get("tune.group"):
-        return {"tune.score": "val", "tune.set": "fewshot"}[column]
+    if column == "train_views" or column in TUNE_SETTINGS and row.get("tune.group"):
+        return SAVED_BEFORE[column]
     return ""
 
 

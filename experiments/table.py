@@ -49,6 +49,12 @@ def saved_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     return {**before_values(method_class(method).Options), **options}
 
 
+# The settings' values of a run saved before they existed (what it did: trained on augmented views, a tuning candidate
+# scored by val on the few-shot val set), read alike from its folder (`results_row`) and from a table written
+# without the column (`records`); the tuning ones are a tuning candidate's only.
+SAVED_BEFORE = {"train_views": "augmented", "tune.score": "val", "tune.set": "fewshot"}
+
+
 def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """One results-table row: identity, the method's settings and what its post-training searches chose
     (`chosen.NAME`: a baseline's recipe values `chosen.recipe.NAME`, Tip-Adapter's α and β), the hierarchy
@@ -60,7 +66,7 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
         "key": config["key"], "cache": config["cache"], "dataset": config["cache_fields"].get("dataset", ""),
         "fingerprint": config["cache_fingerprint"], "method": config["method"], "shots": config["shots"],
         "seed": config["seed"], "classes": config["classes"], "text": config["text"], "select": config["select"],
-        "train_views": config.get("train_views", "augmented"),
+        "train_views": config.get("train_views", SAVED_BEFORE["train_views"]),
         "target": metrics.get("target", ""),
         "acc_all": accuracy.get("all"), "acc_base": accuracy.get("base"), "acc_novel": accuracy.get("novel"),
         "ece_all": ece.get("all"), "ece_base": ece.get("base"), "ece_novel": ece.get("novel"),
@@ -80,8 +86,8 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
         row.update({"tune.group": tune["group"], "tune.names": " ".join(tune["names"]),
                     "tune.values": " ".join(f"{k}={v}" for k, v in tune["values"].items()),
                     "tune.index": tune["index"], "tune.candidates": tune["candidates"],
-                    "tune.score": tune.get("score", "val"),  # grids before scores existed chose by val
-                    "tune.set": tune.get("val_set", "fewshot"),
+                    "tune.score": tune.get("score", SAVED_BEFORE["tune.score"]),
+                    "tune.set": tune.get("val_set", SAVED_BEFORE["tune.set"]),
                     "tune.val_score": metrics.get("tune_val_score", metrics.get("tune_val_accuracy")),
                     "tune.val_accuracy": metrics.get("tune_val_accuracy"),
                     "tune.pseudo_base": pseudo.get("base"), "tune.pseudo_novel": pseudo.get("novel"),
