@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import io
 import json
 import numbers
@@ -484,10 +485,6 @@ def fit(cache_path: str | Path | None = None, method: str = "lathadapter", shots
     return fit_config(config, cache_path, device=device, out=out, force=force)
 
 
-FIT_ARGUMENTS = ("cache_path", "method", "shots", "seed", "classes", "text", "select", "train_views", "device", "out",
-                 "force")
-
-
 def check_fit_arguments(cache_path: Any, method: Any, out: Any, force: Any, options: dict[str, Any]) -> None:
     """`fit`'s own arguments checked where pathlib or a truth test would take them silently or fail without naming
     them: the paths, `force` (`force="no"` overwrote a finished run) and a keyword that is neither an argument of
@@ -501,8 +498,9 @@ def check_fit_arguments(cache_path: Any, method: Any, out: Any, force: Any, opti
         valid = option_names(method)
         unknown = sorted(set(options) - set(valid))
         if unknown:
+            arguments = [name for name, p in inspect.signature(fit).parameters.items() if p.kind != p.VAR_KEYWORD]
             raise OptionError(f"fit(): unknown keyword(s) {', '.join(unknown)}: neither an argument of fit "
-                              f"({', '.join(FIT_ARGUMENTS)}) nor an option of {method} "
+                              f"({', '.join(arguments)}) nor an option of {method} "
                               f"({'valid options: ' + ', '.join(valid) if valid else 'it has none'})")
 
 
