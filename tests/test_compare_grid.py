@@ -99,6 +99,12 @@ def grid_rows(grid: dict[str, tuple[list[float], list[float]]] = GRID) -> list[d
             for seed, value in enumerate(values, 1)]
 
 
+def transfer_rows(accuracy: dict[str, tuple[float, float]]) -> list[dict[str, Any]]:
+    """ImageNet's 16-shot seed-1 transfer rows: each target's (or the source's) accuracy at lambda_hier 0 and 0.1."""
+    return [row("imagenet", 1, value, lam, shots=16, target=target)
+            for target, sides in accuracy.items() for lam, value in zip(("0.0", "0.1"), sides, strict=True)]
+
+
 def write(path: Path, rows: list[dict[str, Any]]) -> Path:
     return helpers.write_rows(path, rows, COLUMNS)
 
@@ -246,9 +252,8 @@ def test_a_table_given_twice_counts_each_run_once(tmp_path: Path) -> None:
 
 def test_transfer_targets_are_the_datasets_of_the_target_part(tmp_path: Path) -> None:
     accuracy = {"source": (70.0, 69.0), "dtd": (45.0, 44.0), "pets": (88.0, 88.5)}
-    rows = [row("imagenet", 1, value, lam, shots=16, target=target)
-            for target, sides in accuracy.items() for lam, value in zip(("0.0", "0.1"), sides, strict=True)]
-    result = invoke(write(tmp_path / "results.csv", rows), "--a", "lambda_hier=0", "--b", "lambda_hier=0.1")
+    result = invoke(write(tmp_path / "results.csv", transfer_rows(accuracy)), "--a", "lambda_hier=0", "--b",
+                    "lambda_hier=0.1")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     start = lines.index("target, 16 shots:")
@@ -450,8 +455,7 @@ def test_an_output_folder_or_one_file_for_both_outputs_is_refused_before_any_wor
 def test_one_nonzero_difference_is_named_in_the_singular(tmp_path: Path) -> None:
     """Two targets, one tied: n = 1 after the zero is dropped, and two sign assignments make the smallest p 1."""
     accuracy = {"source": (70.0, 69.0), "dtd": (45.0, 45.0), "pets": (88.0, 88.5)}
-    rows = [row("imagenet", 1, value, lam, shots=16, target=target)
-            for target, sides in accuracy.items() for lam, value in zip(("0.0", "0.1"), sides, strict=True)]
-    result = invoke(write(tmp_path / "results.csv", rows), "--a", "lambda_hier=0", "--b", "lambda_hier=0.1")
+    result = invoke(write(tmp_path / "results.csv", transfer_rows(accuracy)), "--a", "lambda_hier=0", "--b",
+                    "lambda_hier=0.1")
     assert result.exit_code == 0, result.output
     assert "with 1 nonzero difference the smallest possible p is 1: it can never reach 0.05" in result.output
