@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import tempfile
 import time
@@ -33,13 +34,6 @@ CONFIGURATIONS = {  # name: (lambda_hyp, lambda_hier, hier)
 SMS = {"sm_80": "A100: 108 SMs", "sm_90": "H100 SXM and H200: 132 SMs"}
 SM_REGISTERS = 65536
 WARP_ALLOCATION = 256  # registers are allocated to a warp in units of 256
-
-
-def programs(kernel: str, batch: int, present: int, block: dict[str, object]) -> int:
-    """The launch grid: one program per BLOCK_B images, or per BLOCK_P present categories."""
-    if kernel.startswith("class_attribute"):
-        return -(-present // int(block["BLOCK_P"]))
-    return -(-batch // int(block["BLOCK_B"]))
 
 
 def blocks_per_sm(registers: int, num_warps: int) -> int:
@@ -80,8 +74,6 @@ def main() -> None:
             own_sizes if rows == 16 else lambda k, rows=rows: {**own_sizes(k), "BLOCK_B": rows, "BLOCK_P": rows})
         compiled = loss_launches(arch, batch=BATCH, classes=classes, attributes=attributes, dtype=dtype,
                                  lambda_hyp=lambda_hyp, lambda_hier=lambda_hier, hier=hier)
-        labels = torch.randint(0, classes, (BATCH,), generator=torch.Generator().manual_seed(0))
-        present = len(torch.unique(labels))
         for kernel in compiled:
             key = (arch, kernel.kernel, tuple(kernel.constexprs.items()))
             seconds = "–" if key in seen else f"{kernel.seconds:.2f}"
@@ -91,7 +83,7 @@ def main() -> None:
                 f"| {arch} | {shape} ({classes}, {attributes}) | {name} | {kernel.kernel.removesuffix('_kernel')} "
                 f"| {tile} | {kernel.num_warps} | {kernel.registers} | {kernel.spill_store_bytes}/"
                 f"{kernel.spill_load_bytes} | {kernel.shared_bytes} | "
-                f"{programs(kernel.kernel, BATCH, present, kernel.constexprs)} | "
+                f"{math.prod(kernel.grid)} | "
                 f"{blocks_per_sm(kernel.registers, kernel.num_warps)} | {seconds} |")
             print(lines[-1], flush=True)
     triton_radial_loss.loss_block_sizes = own_sizes

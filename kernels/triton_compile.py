@@ -9,6 +9,7 @@ each kernel's registers, spills and shared memory. Needs the compiler API of tri
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import tempfile
@@ -47,6 +48,7 @@ class CompiledKernel:
     shared_bytes: int
     cubin_bytes: int
     seconds: float
+    grid: tuple[int, ...] = ()  # the launch grid (programs per axis), when compiled from a launch
 
 
 def _compiler_api() -> tuple[type, type, Callable, Callable]:
@@ -118,11 +120,12 @@ class _Compiling:
                  compiled: list[CompiledKernel]) -> None:
         self.function, self.compiler, self.compiled = function, compiler, compiled
 
-    def __getitem__(self, grid: object) -> Callable[..., None]:
-        return self.launch
+    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
+        def launch(*args: object, **kwargs: object) -> None:
+            compiled = self.compiler.compile(self.function, *args, **kwargs)
+            self.compiled.append(dataclasses.replace(compiled, grid=tuple(int(n) for n in grid)))
 
-    def launch(self, *args: object, **kwargs: object) -> None:
-        self.compiled.append(self.compiler.compile(self.function, *args, **kwargs))
+        return launch
 
 
 @contextmanager

@@ -78,6 +78,11 @@ def test_finer_row_tiles_compile(rows: int, monkeypatch: pytest.MonkeyPatch) -> 
     for kernel in compiled:
         assert kernel.constexprs.get("BLOCK_B", kernel.constexprs.get("BLOCK_P")) == rows
         assert (kernel.spill_store_bytes, kernel.spill_load_bytes) == (0, 0), kernel
+        # a program per tile: of the 256 images, or of the batch's categories (at most the 100 classes)
+        if kernel.kernel.startswith("class_attribute"):
+            assert len(kernel.grid) == 1 and 1 <= kernel.grid[0] <= -(-100 // rows)
+        else:
+            assert kernel.grid == (256 // rows,)
 
 
 def test_the_image_cosines_specialise_as_the_views_of_one_product_a_launch_gets() -> None:
