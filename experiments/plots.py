@@ -21,6 +21,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
+from matplotlib.text import Text
 
 from lathadapter.adapter.evaluate import ECE_BINS, Reliability
 from lathadapter.experiments.cells import (
@@ -63,7 +64,10 @@ def _figure(width: float, height: float) -> tuple[Figure, Axes]:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    """Save a plot atomically (a full disk keeps the previous plot whole)."""
+    """Save a plot atomically (a full disk keeps the previous plot whole). Every text is drawn as written: a `$` in
+    a class, dataset or option name is no mathtext, which would misdraw it or fail to parse."""
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     fig.tight_layout()
     write_atomic(path, lambda temporary: fig.savefig(temporary, format=path.suffix.lstrip("."), dpi=120,
                                                      bbox_inches="tight"))

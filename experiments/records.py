@@ -123,6 +123,16 @@ def _number(text: str) -> float | None:
     return None if text == "" else float(text)
 
 
+def _percent(row: dict[str, str], column: str) -> float | None:
+    """An accuracy or ECE column's number: empty (none), else a finite percentage in [0, 100]; a NaN, infinite or
+    out-of-range value (a table edited by hand) is a ValueError naming the column, not a cell computed from it."""
+    value = _number(row.get(column, ""))
+    if value is not None and not 0.0 <= value <= 100.0:  # NaN fails both comparisons
+        raise ValueError(f"{column} is {row[column]}, not a percentage in [0, 100] (a run that diverged has it empty "
+                         "and its reason in the diverged column)")
+    return value
+
+
 def dataset_labels(rows: list[dict[str, str]]) -> dict[tuple[str, str], str]:
     """(dataset, fingerprint) → the dataset's label: its name, with the fingerprint's first 8 hex digits when the
     name has several fingerprints among the rows (different caches are reported apart)."""
@@ -207,9 +217,9 @@ def records(results: Results, columns: list[str] | None = None) -> list[Record]:
         try:
             parsed.append(Record(labels[(row["dataset"], row["fingerprint"])], Configuration(row["method"], settings),
                                  int(row["shots"]), row["classes"], row["target"],
-                                 _number(row["acc_all"]), _number(row["acc_base"]), _number(row["acc_novel"]),
+                                 *(_percent(row, c) for c in ("acc_all", "acc_base", "acc_novel")),
                                  _choice(row, tuned), _hierarchy(row), int(row["seed"]), row["key"],
-                                 bool(row.get("diverged")), *(_number(row.get(c, "")) for c in ECE)))
+                                 bool(row.get("diverged")), *(_percent(row, c) for c in ECE)))
         except ValueError as error:
             raise ResultsError(f"{results.source}: row {i}: {error}") from None
     check_one_run_per_seed(parsed, results.source)

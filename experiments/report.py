@@ -48,9 +48,9 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
     results = load_results(source)
     if disk_run is not None:
         disk_points(disk_run)  # a wrong --disk-run fails before any file is written
+    parsed = records(results)  # a malformed table fails before the folder is made
     out = out or report_folder(source)
     out.mkdir(parents=True, exist_ok=True)
-    parsed = records(results)
     tables = report_tables(parsed)
     per_seed = seed_tables(parsed)
     shots_plots, crowded_shots = plot_accuracy_vs_shots(parsed, out)

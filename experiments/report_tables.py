@@ -125,10 +125,9 @@ class Table:
 
     def markdown(self) -> str:
         header = self.lead + self.columns
-        lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |",
-                 "|" + "|".join(" --- " for _ in header) + "|"]
+        lines = [f"### {self.title}", "", _markdown_row(header), "|" + "|".join(" --- " for _ in header) + "|"]
         most = self.most_seeds()
-        lines += ["| " + " | ".join(lead + [_shown(c, most) for c in cells]) + " |" for lead, cells in self.rows]
+        lines += [_markdown_row(lead + [_shown(c, most) for c in cells]) for lead, cells in self.rows]
         if self.note:
             lines += ["", self.note]
         return "\n".join(lines) + "\n"
@@ -148,6 +147,11 @@ class Table:
 
         write_atomic(path, write)
         return path
+
+
+def _markdown_row(texts: list[str]) -> str:
+    """A markdown table row; a `|` in a text (a dataset or option value) is escaped, not a column border."""
+    return "| " + " | ".join(text.replace("|", "\\|") for text in texts) + " |"
 
 
 def fewer_seeds(cell: Cell | Chosen, most: int) -> int | None:

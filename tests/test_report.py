@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import helpers
 import pytest
+import torch
 from matplotlib.axes import Axes
 
 from lathadapter.cache.synthetic import write_synthetic_cache
@@ -22,6 +24,7 @@ from lathadapter.experiments import plots
 from lathadapter.experiments.report import write_report
 from lathadapter.experiments.report_tables import summary_markdown
 from lathadapter.experiments.run import fit
+from lathadapter.experiments.table import ResultsError
 
 COLUMNS = ["key", "cache", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
            "acc_all", "acc_base", "acc_novel", "hm", "opt.epochs", "opt.curvature", "opt.lathadapter.beta"]
@@ -1099,3 +1102,36 @@ def test_an_untuned_run_beside_tuned_ones_reads_untuned_not_recipe(tmp_path: Pat
                           ["score", "set"])
     assert set(ablation) == {("untuned", "untuned"), ("val", "fewshot")}
     assert ablation[("untuned", "untuned")]["lr"] == "recipe"
+
+
+def test_a_pipe_in_a_dataset_name_is_escaped_in_the_markdown_tables(tmp_path: Path) -> None:
+    """A markdown row's cells are split on unescaped `|`: a dataset named `a|b` keeps the main table's 4 columns."""
+    rows = [row(seed=1, acc_all=50.0, dataset="a|b"), row(seed=1, acc_all=40.0, dataset="c")]
+    markdown = write_report(write_rows(tmp_path / "results.csv", rows))["markdown"]
+    header = next(line for line in markdown.splitlines() if line.startswith("| method | a"))
+    cells = [c.strip() for c in re.split(r"(?<!\\)\|", header)[1:-1]]
+    assert cells == ["method", r"a\|b", "c", "Average"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "150"])
+def test_an_accuracy_that_is_no_percentage_is_refused_naming_row_and_column(tmp_path: Path, value: str) -> None:
+    """A hand-edited accuracy of NaN, infinity or outside [0, 100] is no cell to average: the report refuses it
+    naming the table, the row and the column, instead of failing inside statistics or printing a mean of it."""
+    path = write_rows(tmp_path / "results.csv", [row(seed=1, acc_all=50.0), row(seed=2, acc_all=value)])
+    with pytest.raises(ResultsError, match=rf"results\.csv: row 2: acc_all is {value}, not a percentage in \[0, 100\]"):
+        write_report(path)
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_dollar_sign_in_a_class_name_is_drawn_as_written(tmp_path: Path) -> None:
+    """matplotlib reads text between two `$` as mathtext: `a $^$ b` failed to parse and `US$ 5$` lost its signs.
+    Every text of a saved plot is drawn as written."""
+    names = ["a $^$ b", "US$ 5$ note"]
+    captured: list[Axes] = []
+    save = plots._save
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "_save", lambda fig, path: (captured.append(fig.axes[0]), save(fig, path))[1])
+        plots.plot_confusion(torch.eye(2, dtype=torch.long), names, "US$ 5$", tmp_path / "confusion.png")
+    assert (tmp_path / "confusion.png").is_file()
+    labels = captured[0].get_xticklabels()
+    assert [t.get_text() for t in labels] == names and not any(t.get_parse_math() for t in labels)
