@@ -7,14 +7,13 @@ settings that vary among one method's configurations and the tuned values chosen
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from lathadapter.adapter.catalog import method_names
-from lathadapter.experiments.records import EDGE, SCORE, TUNE_SETTINGS, TUNED, Choice, Configuration, Record
+from lathadapter.experiments.records import EDGE, SCORE, TUNE_SETTINGS, TUNED, Choice, Configuration, Record, slug
 
 
 @dataclass(frozen=True)
@@ -168,11 +167,6 @@ def transfer_cells(records: list[Record], metric: str = "acc_all", recorded: Rec
             rows[config] = [cells.get((source, shots, config, "source"), MISSING), *values, Cell.mean_of(values)]
         blocks[(source, shots)] = (targets, rows)
     return blocks
-
-
-def slug(text: str) -> str:
-    """A label as part of a file name: `caltech101 (fp 1a2b3c4d)` → `caltech101_fp_1a2b3c4d`."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
 AVERAGE = "average"  # the few-shot average over datasets in file names: few_shot_average, accuracy_vs_shots_average

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -135,12 +136,21 @@ def _percent(row: dict[str, str], column: str) -> float | None:
 
 def dataset_labels(rows: list[dict[str, str]]) -> dict[tuple[str, str], str]:
     """(dataset, fingerprint) → the dataset's label: its name, with the fingerprint's first 8 hex digits when the
-    name has several fingerprints among the rows (different caches are reported apart)."""
+    name has several fingerprints among the rows (different caches are reported apart) or shares its `slug` with
+    another name (so that neither's tables and plots overwrite the other's files)."""
     fingerprints: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         fingerprints[row["dataset"]].add(row["fingerprint"])
-    return {(name, fp): name if len(fps) == 1 else f"{name} (fp {fp[:8]})"
+    slugs: dict[str, set[str]] = defaultdict(set)  # names that would share a file name (`a b`, `a|b`): labelled apart
+    for name in fingerprints:
+        slugs[slug(name)].add(name)
+    return {(name, fp): name if len(fps) == 1 and len(slugs[slug(name)]) == 1 else f"{name} (fp {fp[:8]})"
             for name, fps in fingerprints.items() for fp in fps}
+
+
+def slug(text: str) -> str:
+    """A label as part of a file name: `caltech101 (fp 1a2b3c4d)` → `caltech101_fp_1a2b3c4d`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
 def _tuned_columns(row: dict[str, str], columns: list[str]) -> dict[str, str]:

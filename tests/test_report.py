@@ -1135,3 +1135,17 @@ def test_a_dollar_sign_in_a_class_name_is_drawn_as_written(tmp_path: Path) -> No
     assert (tmp_path / "confusion.png").is_file()
     labels = captured[0].get_xticklabels()
     assert [t.get_text() for t in labels] == names and not any(t.get_parse_math() for t in labels)
+
+
+def test_datasets_whose_names_share_a_file_name_are_labelled_apart(tmp_path: Path) -> None:
+    """`a b` and `a|b` both slug to `a_b`: each is labelled with its cache's fingerprint, as two caches of one name
+    are, so that each has its own table file and plot instead of one overwriting the other."""
+    other = "9f8e7d6c5b4a3928"
+    rows = [row(seed=1, shots=k, acc_all=50.0 + k, dataset="a b") for k in (1, 2)]
+    rows += [row(seed=1, shots=k, acc_all=30.0 + k, dataset="a|b", fingerprint=other) for k in (1, 2)]
+    write_report(write_rows(tmp_path / "results.csv", rows))
+    report = tmp_path / "report"
+    assert read_table(report / f"few_shot_a_b_fp_{FP[:8]}.csv")["lathadapter"]["1 shot mean"] == "51.0"
+    assert read_table(report / f"few_shot_a_b_fp_{other[:8]}.csv")["lathadapter"]["1 shot mean"] == "31.0"
+    assert {p.name for p in report.glob("accuracy_vs_shots_a_b*.png")} == {
+        f"accuracy_vs_shots_a_b_fp_{FP[:8]}.png", f"accuracy_vs_shots_a_b_fp_{other[:8]}.png"}
