@@ -6,6 +6,7 @@ configuration labels), `report_tables` (the tables, markdown and CSV), `report_l
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,24 @@ def _disk_run(results: Results) -> Path | None:
         if row["method"] == "lathadapter" and folder is not None and (folder / "points.pt").is_file():
             return folder
     return None
+
+
+WRITTEN = ".report_files.json"  # in a report folder: the files its last report wrote
+
+
+def _forget_stale(out: Path, written: list[Path]) -> None:
+    """Remove the files an earlier report into `out` wrote (its `WRITTEN` list) that this one did not (a dataset or
+    configuration no longer in the results: their tables and plots would look current), then record this report's.
+    Only names an earlier report recorded are removed; a folder's other files stay."""
+    names = sorted({p.name for p in written})
+    try:
+        earlier = json.loads((out / WRITTEN).read_text())
+    except (OSError, ValueError):
+        earlier = []  # no earlier report here (or one from before the list was kept)
+    for name in set(earlier if isinstance(earlier, list) else []) - set(names):
+        if isinstance(name, str) and name == Path(name).name and (out / name).is_file():
+            (out / name).unlink()
+    write_atomic(out / WRITTEN, lambda temporary: temporary.write_text(json.dumps(names, indent=1)))
 
 
 def write_report(source: Path, out: Path | None = None, disk_run: Path | None = None) -> dict[str, Any]:
@@ -79,5 +98,6 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
                if crowded_reliability else "")
             + seeds_markdown(per_seed))  # last, after the text it had before it
     write_atomic(out / "report.md", lambda temporary: temporary.write_text(text))  # last: the report is whole
+    _forget_stale(out, [*csvs, *latex, *plots, out / "report.md"])
     return {"markdown": markdown, "tables": [str(p) for p in csvs], "latex": [str(p) for p in latex],
             "plots": [str(p) for p in plots], "report": str(out / "report.md")}

@@ -191,6 +191,22 @@ def test_settings_varying_together_are_led_by_one_no_configuration_tuned(tmp_pat
     assert list(line.get_ydata()) == [statistics.fmean(accuracy["alpha"]), statistics.fmean(accuracy["epochs"])]
 
 
+def test_a_report_into_a_used_folder_leaves_no_file_of_the_earlier_one(tmp_path: Path) -> None:
+    """Two datasets reported, then one into the same folder: the other dataset's tables and plots and the average's
+    were left looking current (helper V's finding). The folder now holds what a report into an empty folder would,
+    and a file of the user's own stays."""
+    one = [row(seed=s, shots=k, acc_all=40.0 + s + k) for s in (1, 2) for k in (1, 2)]
+    two = one + [{**r, "dataset": "pets", "fingerprint": "9" * 16} for r in one]
+    used, fresh = tmp_path / "used", tmp_path / "fresh"
+    write_report(write_rows(tmp_path / "two.csv", two), used)
+    assert any("pets" in p.name for p in used.iterdir()) and (used / "few_shot_average.csv").is_file()
+    (used / "notes.txt").write_text("mine")
+    write_report(write_rows(tmp_path / "one.csv", one), used)
+    write_report(write_rows(tmp_path / "one.csv", one), fresh)
+    assert sorted(p.name for p in used.iterdir()) == sorted([p.name for p in fresh.iterdir()] + ["notes.txt"])
+    assert (used / "notes.txt").read_text() == "mine"
+
+
 def test_two_caches_of_one_dataset_name_are_reported_apart(tmp_path: Path) -> None:
     other = "9f8e7d6c5b4a3921"
     rows = [row(seed=1, acc_all=40.0), row(seed=2, acc_all=42.0),
