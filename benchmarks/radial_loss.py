@@ -58,8 +58,9 @@ def make_inputs(batch: int, classes: int, attributes: int, device: str, seed: in
     return {name: value.to(device) for name, value in inputs.items()}
 
 
-def loss_function(variant: str, options: LatHAdapterOptions) -> Callable[..., torch.Tensor]:
-    """The loss stage as a function of the leaves (NAMES) and the labels, on the given path."""
+def loss_function(variant: str, options: LatHAdapterOptions, rows: int = 16) -> Callable[..., torch.Tensor]:
+    """The loss stage as a function of the leaves (NAMES) and the labels, on the given path; the Triton twin's
+    programs tile `rows` images (its backward as its forward)."""
 
     def eager(image_cosines, class_attribute, class_weights, rho_c, rho_a, rho_v, c, log_tau, labels):
         return fused_loss(image_cosines, class_attribute, class_weights, rho_c, rho_a, rho_v, c, log_tau, labels,
@@ -69,30 +70,19 @@ def loss_function(variant: str, options: LatHAdapterOptions) -> Callable[..., to
         return eager
     if variant == "compile":
         return torch.compile(eager, dynamic=False)
-    from lathadapter.kernels.triton_radial_loss import radial_loss_triton
+    from lathadapter.kernels.triton_radial_loss import radial_loss_triton, row_tile
 
     def triton_twin(image_cosines, class_attribute, class_weights, rho_c, rho_a, rho_v, c, log_tau, labels):
         classes = class_weights.shape[0]
-        return radial_loss_triton(
-            image_cosines[:, :classes], image_cosines[:, classes:], class_attribute, class_weights, rho_c, rho_a,
-            rho_v, c, log_tau, labels, logit_scale=LOGIT_SCALE, lambda_hyp=options.lambda_hyp,
-            lambda_hier=options.lambda_hier, hier=options.hier, cone_k=options.cone_k, cone_kappa=options.cone_kappa,
-            margin=options.margin, margin_radial=options.margin_radial, tau_attr=options.tau_attr)[0]
+        with row_tile(rows):
+            return radial_loss_triton(
+                image_cosines[:, :classes], image_cosines[:, classes:], class_attribute, class_weights, rho_c, rho_a,
+                rho_v, c, log_tau, labels, logit_scale=LOGIT_SCALE, lambda_hyp=options.lambda_hyp,
+                lambda_hier=options.lambda_hier, hier=options.hier, cone_k=options.cone_k,
+                cone_kappa=options.cone_kappa, margin=options.margin, margin_radial=options.margin_radial,
+                tau_attr=options.tau_attr)[0]
 
     return triton_twin
-
-
-def row_tiler() -> Callable[[int], None]:
-    """A setter of the images (and present categories) each Triton program tiles; 16 is the kernels' own choice."""
-    from lathadapter.kernels import triton_radial_loss
-
-    own = triton_radial_loss.loss_block_sizes
-
-    def use(rows: int) -> None:
-        triton_radial_loss.loss_block_sizes = (
-            own if rows == 16 else lambda attributes: {**own(attributes), "BLOCK_B": rows, "BLOCK_P": rows})
-
-    return use
 
 
 def gradients(fn: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -166,7 +156,6 @@ def main() -> None:
     tiles = {("triton" if rows == 16 else f"triton, {rows} rows"): rows
              for rows in (int(value) for value in args.row_tiles.split(","))}
     variants = (*tiles, "eager", "compile") if args.device == "cuda" else ("eager",)
-    use_row_tile = row_tiler() if args.device == "cuda" else None
     out = args.out or Path("runs/benchmarks") / f"radial_loss-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
@@ -182,12 +171,10 @@ def main() -> None:
         inputs = make_inputs(batch, classes, attributes, args.device)
         for hier in args.hier.split(","):
             options = LatHAdapterOptions(hier=hier)
-            functions = {variant: loss_function(variant, options) for variant in variants}
+            functions = {variant: loss_function(variant, options, tiles.get(variant, 16)) for variant in variants}
             reference = gradients(functions["eager"], inputs)
             difference: dict[str, float] = {}
             for variant, fn in functions.items():  # warm-up: compilation, autotuning, the allocator
-                if use_row_tile is not None and variant in tiles:
-                    use_row_tile(tiles[variant])
                 for _ in range(3):
                     step(fn, inputs)
                 if variant in tiles:
@@ -195,12 +182,8 @@ def main() -> None:
             times: dict[str, list[float]] = {variant: [] for variant in variants}
             for _ in range(args.rounds):
                 for variant, fn in functions.items():
-                    if use_row_tile is not None and variant in tiles:
-                        use_row_tile(tiles[variant])
                     times[variant].append(timed(fn, inputs, args.device, args.calls))
             for variant, fn in functions.items():
-                if use_row_tile is not None and variant in tiles:
-                    use_row_tile(tiles[variant])
                 peak = peak_bytes(fn, inputs, args.device)
                 row = {"B": batch, "C": classes, "K": attributes, "hier": hier, "path": variant,
                        "min_ms": min(times[variant]), "median_ms": statistics.median(times[variant]),

@@ -55,8 +55,6 @@ def main() -> None:
     from lathadapter.kernels import triton_radial_loss
     from lathadapter.kernels.triton_compile import loss_launches
 
-    own_sizes = triton_radial_loss.loss_block_sizes
-
     dtype = getattr(torch, args.dtype)
     lines = [f"# benchmarks/triton_compile.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: triton "
              f"{triton.__version__}, {args.dtype}, batch {BATCH}, compiled on the CPU (no GPU); blocks/SM = the "
@@ -70,10 +68,9 @@ def main() -> None:
     row_tiles = [int(value) for value in args.row_tiles.split(",")]
     for arch, rows, (shape, (classes, attributes)), (name, (lambda_hyp, lambda_hier, hier)) in itertools.product(
             args.arch.split(","), row_tiles, SHAPES.items(), CONFIGURATIONS.items()):
-        triton_radial_loss.loss_block_sizes = (
-            own_sizes if rows == 16 else lambda k, rows=rows: {**own_sizes(k), "BLOCK_B": rows, "BLOCK_P": rows})
-        compiled = loss_launches(arch, batch=BATCH, classes=classes, attributes=attributes, dtype=dtype,
-                                 lambda_hyp=lambda_hyp, lambda_hier=lambda_hier, hier=hier)
+        with triton_radial_loss.row_tile(rows):
+            compiled = loss_launches(arch, batch=BATCH, classes=classes, attributes=attributes, dtype=dtype,
+                                     lambda_hyp=lambda_hyp, lambda_hier=lambda_hier, hier=hier)
         for kernel in compiled:
             key = (arch, kernel.kernel, tuple(kernel.constexprs.items()))
             seconds = "–" if key in seen else f"{kernel.seconds:.2f}"
@@ -86,7 +83,6 @@ def main() -> None:
                 f"{math.prod(kernel.grid)} | "
                 f"{blocks_per_sm(kernel.registers, kernel.num_warps)} | {seconds} |")
             print(lines[-1], flush=True)
-    triton_radial_loss.loss_block_sizes = own_sizes
     lines.append(f"\n{len(lines) - 4} launches compiled in {time.perf_counter() - started:.0f} s (–: the same "
                  "specialisation as a row above, from Triton's cache). "
                  + "; ".join(f"{arch}: {SMS.get(arch, '?')}" for arch in args.arch.split(",")) + ".")

@@ -25,6 +25,9 @@ the cosine's is set to 0, as the reference masks it).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -170,6 +173,94 @@ def edge_terms(rho_p, rho_q, cosine, parent, parent_grad, child_h, child_h_grad,
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# tiles: what the forward and backward kernel of one matrix both read
+
+
+@triton.jit
+def program_block(n, BLOCK: tl.constexpr):
+    """This program's block of BLOCK rows out of n: the program id, the row indices and which of them exist."""
+    pid = tl.program_id(0)
+    index = pid * BLOCK + tl.arange(0, BLOCK)
+    return pid, index, index < n
+
+
+@triton.jit
+def column_block(start, n, rows_ok, BLOCK: tl.constexpr):
+    """The BLOCK columns out of n from `start`, which of them exist, and which of their pairs with the rows do."""
+    cols = start + tl.arange(0, BLOCK)
+    cols_ok = cols < n
+    return cols, cols_ok, rows_ok[:, None] & cols_ok[None, :]
+
+
+@triton.jit
+def load_pairs(ptr, row_stride, col_stride, rows, cols, pair_ok):
+    """The [rows, cols] entries of a strided matrix in float32, 0 outside the pairs that exist."""
+    return tl.load(ptr + rows[:, None] * row_stride + cols[None, :] * col_stride, mask=pair_ok,
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_radii(ptr, index, ok):
+    """Scaled radii in float32; 0.5 (inside the ball, so every term stays finite) where the index does not exist."""
+    return tl.load(ptr + index, mask=ok, other=0.5).to(tl.float32)
+
+
+@triton.jit
+def curvature(c_ptr):
+    """The curvature c (0-d, any float dtype) in float32 and 1/√c."""
+    c = tl.load(c_ptr).to(tl.float32)
+    return c, 1.0 / tl.sqrt_rn(c)
+
+
+@triton.jit
+def separation_pairs(present_ptr, cols, cols_ok, pair_ok, y):
+    """The pairs (image i, category c) of the separation hinge: c present in the batch and not i's label y_i."""
+    present = tl.load(present_ptr + cols, mask=cols_ok, other=0) != 0
+    return pair_ok & present[None, :] & (cols[None, :] != y[:, None])
+
+
+@triton.jit
+def image_children(rho_v_ptr, rows, rows_ok, inv_sqrt_c):
+    """The rows' images as the children of the edges attribute → image: their radii, |v|_H and d|v|_H/dρ_v."""
+    rho_v = load_radii(rho_v_ptr, rows, rows_ok)
+    child_h, child_h_grad = origin_distance_terms(rho_v, inv_sqrt_c)
+    return rho_v, child_h, child_h_grad
+
+
+@triton.jit
+def image_attribute_pairs(a_ptr, a_b, a_k, rho_a_ptr, rows, rows_ok, rho_v, child_h, child_h_grad, c, inv_sqrt_c,
+                          start, K, cone_k, cone_kappa, margin_radial, CONE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The tile of the rows' images with the BLOCK_K attributes from `start`: the attributes, which exist, which
+    pairs do, the cosines, and the edges attribute k → image i (`edge_terms`'s energy and derivatives)."""
+    ks, ks_ok, pair_ok = column_block(start, K, rows_ok, BLOCK_K)
+    a = load_pairs(a_ptr, a_b, a_k, rows, ks, pair_ok)
+    rho_a = load_radii(rho_a_ptr, ks, ks_ok)
+    parent, parent_grad = parent_terms(rho_a, inv_sqrt_c, cone_k, CONE)
+    energy, energy_cos, energy_p, energy_q, energy_c = edge_terms(
+        rho_a[None, :], rho_v[:, None], a, parent[None, :], parent_grad[None, :], child_h[:, None],
+        child_h_grad[:, None], 1.0 / c, cone_kappa, margin_radial, CONE)
+    return ks, ks_ok, pair_ok, a, energy, energy_cos, energy_p, energy_q, energy_c
+
+
+@triton.jit
+def class_attribute_pairs(q_ptr, q_c, q_k, w_ptr, w_c, w_k, rho_a_ptr, category, slots_ok, rho_p, parent,
+                          parent_grad, c, inv_sqrt_c, start, K, cone_kappa, margin_radial, CONE: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+    """The tile of the slots' categories with the BLOCK_K attributes from `start`: the attributes, which exist,
+    which pairs do, the weights w_ck, and the edges category c → attribute k (`edge_terms`'s energy and
+    derivatives; `parent` is the categories' `parent_terms`)."""
+    ks, ks_ok, pair_ok = column_block(start, K, slots_ok, BLOCK_K)
+    cosine = load_pairs(q_ptr, q_c, q_k, category, ks, pair_ok)
+    weight = load_pairs(w_ptr, w_c, w_k, category, ks, pair_ok)
+    rho_a = load_radii(rho_a_ptr, ks, ks_ok)
+    child_h, child_h_grad = origin_distance_terms(rho_a, inv_sqrt_c)
+    energy, energy_cos, energy_p, energy_q, energy_c = edge_terms(
+        rho_p[:, None], rho_a[None, :], cosine, parent[:, None], parent_grad[:, None], child_h[None, :],
+        child_h_grad[None, :], 1.0 / c, cone_kappa, margin_radial, CONE)
+    return ks, ks_ok, pair_ok, weight, energy, energy_cos, energy_p, energy_q, energy_c
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # image–class [B, C]
 
 
@@ -181,16 +272,13 @@ def image_class_forward_kernel(
 ):
     """Per image: both logsumexps (online), the label distance, the separation hinges' sum and count and the label
     edge's energy, in one pass over its row of cosines."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    rows_ok = rows < B
-    c = tl.load(c_ptr).to(tl.float32)
-    inv_sqrt_c = 1.0 / tl.sqrt_rn(c)
+    pid, rows, rows_ok = program_block(B, BLOCK_B)
+    c, inv_sqrt_c = curvature(c_ptr)
     inv_tau = tl.exp(-tl.load(log_tau_ptr).to(tl.float32))
     y = tl.load(labels_ptr + rows, mask=rows_ok, other=0)
     s_label = tl.load(s_ptr + rows * s_b + y * s_c, mask=rows_ok, other=0.0).to(tl.float32)
-    rho_v = tl.load(rho_v_ptr + rows, mask=rows_ok, other=0.5).to(tl.float32)
-    rho_y = tl.load(rho_c_ptr + y, mask=rows_ok, other=0.5).to(tl.float32)
+    rho_v = load_radii(rho_v_ptr, rows, rows_ok)
+    rho_y = load_radii(rho_c_ptr, y, rows_ok)
     d_label = tl.zeros([BLOCK_B], dtype=tl.float32)
     if NEED_D:
         # discarded outputs are named apart: the GPU compiler refuses a name (`_`) re-bound in a loop to another shape
@@ -202,24 +290,21 @@ def image_class_forward_kernel(
     hinges = tl.zeros([BLOCK_B], dtype=tl.float32)
     active_count = tl.zeros([BLOCK_B], dtype=tl.float32)
     for start in range(0, C, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C)
-        cols_ok = cols < C
-        pair_ok = rows_ok[:, None] & cols_ok[None, :]
-        s = tl.load(s_ptr + rows[:, None] * s_b + cols[None, :] * s_c, mask=pair_ok, other=0.0).to(tl.float32)
+        cols, cols_ok, pair_ok = column_block(start, C, rows_ok, BLOCK_C)
+        s = load_pairs(s_ptr, s_b, s_c, rows, cols, pair_ok)
         logits = tl.where(pair_ok, logit_scale * s, NEG)
         new_max = tl.maximum(max_ce, tl.max(logits, axis=1))
         sum_ce = sum_ce * tl.exp(max_ce - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
         max_ce = new_max
         if NEED_D:
-            rho_c = tl.load(rho_c_ptr + cols, mask=cols_ok, other=0.5).to(tl.float32)
+            rho_c = load_radii(rho_c_ptr, cols, cols_ok)
             dist, _b0, _b1, _b2 = distance_terms(rho_v[:, None], rho_c[None, :], s, inv_sqrt_c)
             logits = tl.where(pair_ok, -dist * inv_tau, NEG)
             new_max = tl.maximum(max_hyp, tl.max(logits, axis=1))
             sum_hyp = sum_hyp * tl.exp(max_hyp - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
             max_hyp = new_max
             if HIER:
-                present = tl.load(present_ptr + cols, mask=cols_ok, other=0) != 0
-                eligible = pair_ok & present[None, :] & (cols[None, :] != y[:, None])
+                eligible = separation_pairs(present_ptr, cols, cols_ok, pair_ok, y)
                 hinge = d_label[:, None] - dist + margin
                 active = eligible & (hinge > 0.0)
                 hinges += tl.sum(tl.where(active, hinge, 0.0), axis=1)
@@ -252,19 +337,16 @@ def image_class_backward_kernel(
 ):
     """For a block of images: ∂L/∂cos_ic (written), Σ_c ∂L/∂ρ_v (row sums), the block's Σ_i ∂L/∂ρ_c (a row of the
     partial buffer) and its shares of ∂L/∂c and ∂L/∂log τ_h, recomputing the softmaxes and distances."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    rows_ok = rows < B
+    pid, rows, rows_ok = program_block(B, BLOCK_B)
     upstream = tl.load(upstream_ptr).to(tl.float32)
-    c = tl.load(c_ptr).to(tl.float32)
-    inv_sqrt_c = 1.0 / tl.sqrt_rn(c)
+    c, inv_sqrt_c = curvature(c_ptr)
     inv_tau = tl.exp(-tl.load(log_tau_ptr).to(tl.float32))
     ce_coef = ce_coef * upstream
     hyp_coef = hyp_coef * upstream * inv_tau
     separation_coef = separation_coef * upstream
     edge_coef = edge_coef * upstream
     y = tl.load(labels_ptr + rows, mask=rows_ok, other=-1)
-    rho_v = tl.load(rho_v_ptr + rows, mask=rows_ok, other=0.5).to(tl.float32)
+    rho_v = load_radii(rho_v_ptr, rows, rows_ok)
     lse_ce = tl.load(stats_ptr + LSE_CE * B + rows, mask=rows_ok, other=0.0)
     lse_hyp = tl.load(stats_ptr + LSE_HYP * B + rows, mask=rows_ok, other=0.0)
     d_label = tl.load(stats_ptr + LABEL_DISTANCE * B + rows, mask=rows_ok, other=0.0)
@@ -278,7 +360,7 @@ def image_class_backward_kernel(
     if HIER:  # the label edge y_i → i: its cosine and parent gradients land in the tile's label column
         y_safe = tl.where(rows_ok, y, 0)
         s_label = tl.load(s_ptr + rows * s_b + y_safe * s_c, mask=rows_ok, other=0.0).to(tl.float32)
-        rho_y = tl.load(rho_c_ptr + y_safe, mask=rows_ok, other=0.5).to(tl.float32)
+        rho_y = load_radii(rho_c_ptr, y_safe, rows_ok)
         parent, parent_grad = parent_terms(rho_y, inv_sqrt_c, cone_k, CONE)
         child_h, child_h_grad = origin_distance_terms(rho_v, inv_sqrt_c)
         _f0, energy_cos, energy_p, energy_q, energy_c = edge_terms(
@@ -289,16 +371,14 @@ def image_class_backward_kernel(
         grad_v += edge_coef * energy_q
         c_label = edge_coef * energy_c
     for start in range(0, C, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C)
-        cols_ok = cols < C
-        pair_ok = rows_ok[:, None] & cols_ok[None, :]
+        cols, cols_ok, pair_ok = column_block(start, C, rows_ok, BLOCK_C)
         is_label = cols[None, :] == y[:, None]
         label = is_label.to(tl.float32)
-        s = tl.load(s_ptr + rows[:, None] * s_b + cols[None, :] * s_c, mask=pair_ok, other=0.0).to(tl.float32)
+        s = load_pairs(s_ptr, s_b, s_c, rows, cols, pair_ok)
         grad = ce_coef * (tl.exp(logit_scale * s - lse_ce[:, None]) - label)
         grad_c_col = tl.zeros([BLOCK_C], dtype=tl.float32)
         if NEED_D:
-            rho_c = tl.load(rho_c_ptr + cols, mask=cols_ok, other=0.5).to(tl.float32)
+            rho_c = load_radii(rho_c_ptr, cols, cols_ok)
             dist, dist_cos, dist_v, dist_c = distance_terms(rho_v[:, None], rho_c[None, :], s, inv_sqrt_c)
             g = tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.float32)  # ∂L/∂d
             if HYP_GRAD:
@@ -306,8 +386,7 @@ def image_class_backward_kernel(
                 tau_sum += tl.sum(g_hyp * dist, axis=1)
                 g += g_hyp
             if HIER:
-                present = tl.load(present_ptr + cols, mask=cols_ok, other=0) != 0
-                eligible = pair_ok & present[None, :] & (cols[None, :] != y[:, None])
+                eligible = separation_pairs(present_ptr, cols, cols_ok, pair_ok, y)
                 active = eligible & (d_label[:, None] - dist + margin > 0.0)
                 g += separation_coef * (label * active_count[:, None] - active.to(tl.float32))
             g = tl.where(pair_ok, g, 0.0)
@@ -337,26 +416,16 @@ def image_attribute_forward_kernel(
     CONE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Per image: logsumexp_k cos_ik/τ_a and Σ_k r_ik E(a_k → i), with an online softmax over its row."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    rows_ok = rows < B
-    c = tl.load(c_ptr).to(tl.float32)
-    inv_sqrt_c = 1.0 / tl.sqrt_rn(c)
-    rho_v = tl.load(rho_v_ptr + rows, mask=rows_ok, other=0.5).to(tl.float32)
-    child_h, child_h_grad = origin_distance_terms(rho_v, inv_sqrt_c)
+    pid, rows, rows_ok = program_block(B, BLOCK_B)
+    c, inv_sqrt_c = curvature(c_ptr)
+    rho_v, child_h, child_h_grad = image_children(rho_v_ptr, rows, rows_ok, inv_sqrt_c)
     running_max = tl.full([BLOCK_B], NEG, dtype=tl.float32)
     total = tl.zeros([BLOCK_B], dtype=tl.float32)
     weighted = tl.zeros([BLOCK_B], dtype=tl.float32)
     for start in range(0, K, BLOCK_K):
-        ks = start + tl.arange(0, BLOCK_K)
-        ks_ok = ks < K
-        pair_ok = rows_ok[:, None] & ks_ok[None, :]
-        a = tl.load(a_ptr + rows[:, None] * a_b + ks[None, :] * a_k, mask=pair_ok, other=0.0).to(tl.float32)
-        rho_a = tl.load(rho_a_ptr + ks, mask=ks_ok, other=0.5).to(tl.float32)
-        parent, parent_grad = parent_terms(rho_a, inv_sqrt_c, cone_k, CONE)
-        energy, _d0, _d1, _d2, _d3 = edge_terms(rho_a[None, :], rho_v[:, None], a, parent[None, :],
-                                                parent_grad[None, :], child_h[:, None], child_h_grad[:, None],
-                                                1.0 / c, cone_kappa, margin_radial, CONE)
+        _d0, _d1, pair_ok, a, energy, _d2, _d3, _d4, _d5 = image_attribute_pairs(
+            a_ptr, a_b, a_k, rho_a_ptr, rows, rows_ok, rho_v, child_h, child_h_grad, c, inv_sqrt_c, start, K, cone_k,
+            cone_kappa, margin_radial, CONE, BLOCK_K)
         logits = tl.where(pair_ok, a * inv_tau_attr, NEG)
         new_max = tl.maximum(running_max, tl.max(logits, axis=1))
         scale = tl.exp(running_max - new_max)
@@ -377,28 +446,18 @@ def image_attribute_backward_kernel(
 ):
     """For a block of images: ∂L/∂cos_ik of Σ r_ik E_ik (through E and through the softmax r), added to the rows'
     ∂L/∂ρ_v, the block's Σ_i ∂L/∂ρ_a (a row of the partial buffer) and its share of ∂L/∂c."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    rows_ok = rows < B
+    pid, rows, rows_ok = program_block(B, BLOCK_B)
     coef = edge_coef * tl.load(upstream_ptr).to(tl.float32)
-    c = tl.load(c_ptr).to(tl.float32)
-    inv_sqrt_c = 1.0 / tl.sqrt_rn(c)
-    rho_v = tl.load(rho_v_ptr + rows, mask=rows_ok, other=0.5).to(tl.float32)
-    child_h, child_h_grad = origin_distance_terms(rho_v, inv_sqrt_c)
+    c, inv_sqrt_c = curvature(c_ptr)
+    rho_v, child_h, child_h_grad = image_children(rho_v_ptr, rows, rows_ok, inv_sqrt_c)
     lse = tl.load(stats_ptr + LSE_ATTR * B + rows, mask=rows_ok, other=0.0)
     mean_energy = tl.load(stats_ptr + ATTR_EDGES * B + rows, mask=rows_ok, other=0.0)
     grad_v = tl.zeros([BLOCK_B], dtype=tl.float32)
     c_sum = tl.zeros([BLOCK_B], dtype=tl.float32)
     for start in range(0, K, BLOCK_K):
-        ks = start + tl.arange(0, BLOCK_K)
-        ks_ok = ks < K
-        pair_ok = rows_ok[:, None] & ks_ok[None, :]
-        a = tl.load(a_ptr + rows[:, None] * a_b + ks[None, :] * a_k, mask=pair_ok, other=0.0).to(tl.float32)
-        rho_a = tl.load(rho_a_ptr + ks, mask=ks_ok, other=0.5).to(tl.float32)
-        parent, parent_grad = parent_terms(rho_a, inv_sqrt_c, cone_k, CONE)
-        energy, energy_cos, energy_p, energy_q, energy_c = edge_terms(
-            rho_a[None, :], rho_v[:, None], a, parent[None, :], parent_grad[None, :], child_h[:, None],
-            child_h_grad[:, None], 1.0 / c, cone_kappa, margin_radial, CONE)
+        ks, ks_ok, pair_ok, a, energy, energy_cos, energy_p, energy_q, energy_c = image_attribute_pairs(
+            a_ptr, a_b, a_k, rho_a_ptr, rows, rows_ok, rho_v, child_h, child_h_grad, c, inv_sqrt_c, start, K, cone_k,
+            cone_kappa, margin_radial, CONE, BLOCK_K)
         r = tl.where(pair_ok, coef * tl.exp(a * inv_tau_attr - lse[:, None]), 0.0)
         grad = r * (energy_cos + inv_tau_attr * (energy - mean_energy[:, None]))
         tl.store(grad_a_ptr + rows[:, None] * K + ks[None, :], grad.to(grad_a_ptr.dtype.element_ty), mask=pair_ok)
@@ -421,27 +480,17 @@ def class_attribute_forward_kernel(
     CONE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Per present category c: Σ_k w_ck E(c → a_k)."""
-    pid = tl.program_id(0)
-    slots = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    slots_ok = slots < P
+    pid, slots, slots_ok = program_block(P, BLOCK_P)
     category = tl.load(present_index_ptr + slots, mask=slots_ok, other=0)
-    c = tl.load(c_ptr).to(tl.float32)
-    inv_sqrt_c = 1.0 / tl.sqrt_rn(c)
-    rho_p = tl.load(rho_c_ptr + category, mask=slots_ok, other=0.5).to(tl.float32)
+    c, inv_sqrt_c = curvature(c_ptr)
+    rho_p = load_radii(rho_c_ptr, category, slots_ok)
     parent, parent_grad = parent_terms(rho_p, inv_sqrt_c, cone_k, CONE)
     total = tl.zeros([BLOCK_P], dtype=tl.float32)
     for start in range(0, K, BLOCK_K):
-        ks = start + tl.arange(0, BLOCK_K)
-        ks_ok = ks < K
-        pair_ok = slots_ok[:, None] & ks_ok[None, :]
-        cosine = tl.load(q_ptr + category[:, None] * q_c + ks[None, :] * q_k, mask=pair_ok, other=0.0)
-        weight = tl.load(w_ptr + category[:, None] * w_c + ks[None, :] * w_k, mask=pair_ok, other=0.0)
-        rho_a = tl.load(rho_a_ptr + ks, mask=ks_ok, other=0.5).to(tl.float32)
-        child_h, child_h_grad = origin_distance_terms(rho_a, inv_sqrt_c)
-        energy, _e0, _e1, _e2, _e3 = edge_terms(rho_p[:, None], rho_a[None, :], cosine.to(tl.float32),
-                                                parent[:, None], parent_grad[:, None], child_h[None, :],
-                                                child_h_grad[None, :], 1.0 / c, cone_kappa, margin_radial, CONE)
-        total += tl.sum(tl.where(pair_ok, weight.to(tl.float32) * energy, 0.0), axis=1)
+        _e0, _e1, pair_ok, weight, energy, _e2, _e3, _e4, _e5 = class_attribute_pairs(
+            q_ptr, q_c, q_k, w_ptr, w_c, w_k, rho_a_ptr, category, slots_ok, rho_p, parent, parent_grad, c,
+            inv_sqrt_c, start, K, cone_kappa, margin_radial, CONE, BLOCK_K)
+        total += tl.sum(tl.where(pair_ok, weight * energy, 0.0), axis=1)
     tl.store(out_ptr + slots, total, mask=slots_ok)
 
 
@@ -454,29 +503,19 @@ def class_attribute_backward_kernel(
 ):
     """For a block of present categories: ∂L/∂cos_ck and ∂L/∂w_ck (rows of the zeroed [C, K] gradients), Σ_k ∂L/∂ρ_c
     per category, the block's Σ_c ∂L/∂ρ_a (a row of the partial buffer) and its share of ∂L/∂c."""
-    pid = tl.program_id(0)
-    slots = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    slots_ok = slots < P
+    pid, slots, slots_ok = program_block(P, BLOCK_P)
     category = tl.load(present_index_ptr + slots, mask=slots_ok, other=0)
     coef = edge_coef * tl.load(upstream_ptr).to(tl.float32)
-    c = tl.load(c_ptr).to(tl.float32)
-    inv_sqrt_c = 1.0 / tl.sqrt_rn(c)
-    rho_p = tl.load(rho_c_ptr + category, mask=slots_ok, other=0.5).to(tl.float32)
+    c, inv_sqrt_c = curvature(c_ptr)
+    rho_p = load_radii(rho_c_ptr, category, slots_ok)
     parent, parent_grad = parent_terms(rho_p, inv_sqrt_c, cone_k, CONE)
     grad_p = tl.zeros([BLOCK_P], dtype=tl.float32)
     c_sum = tl.zeros([BLOCK_P], dtype=tl.float32)
     for start in range(0, K, BLOCK_K):
-        ks = start + tl.arange(0, BLOCK_K)
-        ks_ok = ks < K
-        pair_ok = slots_ok[:, None] & ks_ok[None, :]
-        cosine = tl.load(q_ptr + category[:, None] * q_c + ks[None, :] * q_k, mask=pair_ok, other=0.0)
-        weight = tl.load(w_ptr + category[:, None] * w_c + ks[None, :] * w_k, mask=pair_ok, other=0.0)
-        weight = tl.where(pair_ok, coef * weight.to(tl.float32), 0.0)
-        rho_a = tl.load(rho_a_ptr + ks, mask=ks_ok, other=0.5).to(tl.float32)
-        child_h, child_h_grad = origin_distance_terms(rho_a, inv_sqrt_c)
-        energy, energy_cos, energy_p, energy_q, energy_c = edge_terms(
-            rho_p[:, None], rho_a[None, :], cosine.to(tl.float32), parent[:, None], parent_grad[:, None],
-            child_h[None, :], child_h_grad[None, :], 1.0 / c, cone_kappa, margin_radial, CONE)
+        ks, ks_ok, pair_ok, weight, energy, energy_cos, energy_p, energy_q, energy_c = class_attribute_pairs(
+            q_ptr, q_c, q_k, w_ptr, w_c, w_k, rho_a_ptr, category, slots_ok, rho_p, parent, parent_grad, c,
+            inv_sqrt_c, start, K, cone_kappa, margin_radial, CONE, BLOCK_K)
+        weight = tl.where(pair_ok, coef * weight, 0.0)
         offsets = category[:, None] * K + ks[None, :]
         if CONE:  # the centripetal hinge does not depend on the cosine
             tl.store(grad_q_ptr + offsets, (weight * energy_cos).to(grad_q_ptr.dtype.element_ty), mask=pair_ok)
@@ -506,14 +545,39 @@ class LossScalars:
     margin_radial: float
     tau_attr: float
 
+    def terms(self) -> tuple[bool, bool, bool]:
+        """Which terms the kernels compute: the distances (for hyp or hier), the hierarchy term, the cone energy
+        (else the triplet's hinge)."""
+        return self.lambda_hyp > 0 or self.lambda_hier > 0, self.lambda_hier > 0, self.hier == "cone"
+
+
+ROW_TILE = 16  # images (and present categories) per program
+_row_tile: ContextVar[int] = ContextVar("row_tile", default=ROW_TILE)
+
+
+@contextmanager
+def row_tile(rows: int) -> Iterator[None]:
+    """Loss calls started inside the block tile `rows` images (and present categories) a program instead of
+    `ROW_TILE`, forward and backward: the finer tiles benchmarks/radial_loss.py --row-tiles times and the tests
+    check (more programs, the same loss and gradients)."""
+    if rows < 1 or rows & (rows - 1):
+        raise ValueError(f"row tile {rows}: a power of two (Triton's block sizes are)")
+    token = _row_tile.set(rows)
+    try:
+        yield
+    finally:
+        _row_tile.reset(token)
+
 
 def loss_block_sizes(num_attributes: int) -> dict[str, int]:
     """Tile sizes: 16 × 16 in the interpreter (so small test shapes cross block edges); on the GPU 16 images × 64
-    categories per image–class tile and up to 64 attributes per image–attribute and category–attribute tile."""
+    categories per image–class tile and up to 64 attributes per image–attribute and category–attribute tile. The
+    images and present categories a tile takes are `row_tile`'s inside its block."""
+    rows = _row_tile.get()
     if INTERPRETED:
-        return {"BLOCK_B": 16, "BLOCK_C": 16, "BLOCK_K": 16, "BLOCK_P": 16, "num_warps": 1}
-    return {"BLOCK_B": 16, "BLOCK_C": 64, "BLOCK_K": min(64, max(16, triton.next_power_of_2(num_attributes))),
-            "BLOCK_P": 16, "num_warps": 4}
+        return {"BLOCK_B": rows, "BLOCK_C": 16, "BLOCK_K": 16, "BLOCK_P": rows, "num_warps": 1}
+    return {"BLOCK_B": rows, "BLOCK_C": 64, "BLOCK_K": min(64, max(16, triton.next_power_of_2(num_attributes))),
+            "BLOCK_P": rows, "num_warps": 4}
 
 
 class TritonRadialLoss(torch.autograd.Function):
@@ -528,9 +592,7 @@ class TritonRadialLoss(torch.autograd.Function):
         batch, num_classes = image_class.shape
         num_attributes = image_attribute.shape[1]
         num_present = present.numel()
-        need_d = scalars.lambda_hyp > 0 or scalars.lambda_hier > 0
-        hier_on = scalars.lambda_hier > 0
-        cone = scalars.hier == "cone"
+        need_d, hier_on, cone = scalars.terms()
         blocks = loss_block_sizes(num_attributes)
         device = image_class.device
         present_mask = torch.zeros(num_classes, dtype=torch.int8, device=device)
@@ -568,6 +630,7 @@ class TritonRadialLoss(torch.autograd.Function):
                               rho_attributes, rho_images, c, log_tau, labels, present, present_mask, stats,
                               attribute_stats)
         ctx.scalars = scalars
+        ctx.blocks = blocks  # the backward tiles as the forward did, wherever autograd runs it
         dtype = image_class.dtype
         parts = (ce.to(dtype), hyp.to(dtype), hier.to(dtype))
         ctx.mark_non_differentiable(*parts)
@@ -582,10 +645,8 @@ class TritonRadialLoss(torch.autograd.Function):
         batch, num_classes = image_class.shape
         num_attributes = image_attribute.shape[1]
         num_present = present.numel()
-        need_d = scalars.lambda_hyp > 0 or scalars.lambda_hier > 0
-        hier_on = scalars.lambda_hier > 0
-        cone = scalars.hier == "cone"
-        blocks = loss_block_sizes(num_attributes)
+        need_d, hier_on, cone = scalars.terms()
+        blocks = ctx.blocks
         device = image_class.device
         upstream = grad_total.detach().float().reshape(())
         row_blocks = triton.cdiv(batch, blocks["BLOCK_B"])

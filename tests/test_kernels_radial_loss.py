@@ -263,16 +263,14 @@ def test_switched_off_terms(lambdas: tuple[float, float]) -> None:
 
 @kernel_case
 @pytest.mark.parametrize("hier", ["cone", "triplet"])
-def test_finer_row_tiles(hier: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finer_row_tiles(hier: str) -> None:
     """Tiles of 4 images (and 4 present categories) instead of 16, the variant benchmarks/radial_loss.py --row-tiles
     times on a GPU: more programs, more partial rows for the host to sum, the same loss and gradients."""
-    from lathadapter.kernels import triton_radial_loss
+    from lathadapter.kernels.triton_radial_loss import row_tile
 
-    sizes = triton_radial_loss.loss_block_sizes
-    monkeypatch.setattr(triton_radial_loss, "loss_block_sizes",
-                        lambda attributes: {**sizes(attributes), "BLOCK_B": 4, "BLOCK_P": 4})
     inputs, labels = make_inputs(37, 53, 17, seed=8)
-    compare(inputs, labels, {**SCALARS, "hier": hier})
+    with row_tile(4):
+        compare(inputs, labels, {**SCALARS, "hier": hier})
 
 
 @kernel_case

@@ -65,15 +65,13 @@ def test_every_launch_compiles_without_spills(arch: str, dtype: torch.dtype, cla
 
 
 @pytest.mark.parametrize("rows", [8, 4])
-def test_finer_row_tiles_compile(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finer_row_tiles_compile(rows: int) -> None:
     """The tiles benchmarks/radial_loss.py --row-tiles times on a GPU build too, with as many programs as tiles."""
-    from lathadapter.kernels import triton_radial_loss
+    from lathadapter.kernels.triton_radial_loss import row_tile
 
-    sizes = triton_radial_loss.loss_block_sizes
-    monkeypatch.setattr(triton_radial_loss, "loss_block_sizes",
-                        lambda attributes: {**sizes(attributes), "BLOCK_B": rows, "BLOCK_P": rows})
-    compiled = loss_launches("sm_90", batch=256, classes=100, attributes=16, dtype=torch.float32, lambda_hyp=0.5,
-                             lambda_hier=0.1, hier="cone")
+    with row_tile(rows):
+        compiled = loss_launches("sm_90", batch=256, classes=100, attributes=16, dtype=torch.float32,
+                                 lambda_hyp=0.5, lambda_hier=0.1, hier="cone")
     assert [kernel.kernel for kernel in compiled] == FORWARD + BACKWARD
     for kernel in compiled:
         assert kernel.constexprs.get("BLOCK_B", kernel.constexprs.get("BLOCK_P")) == rows
