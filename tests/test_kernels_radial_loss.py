@@ -273,6 +273,21 @@ def test_finer_row_tiles(hier: str) -> None:
         compare(inputs, labels, {**SCALARS, "hier": hier})
 
 
+def test_row_tile_holds_inside_its_block_only_and_is_a_power_of_two() -> None:
+    """Triton's block sizes are powers of two; the images and present categories a program tiles return to 16 when
+    the block ends, also when it raises."""
+    from lathadapter.kernels.triton_radial_loss import loss_block_sizes, row_tile
+
+    with row_tile(4):
+        assert (loss_block_sizes(16)["BLOCK_B"], loss_block_sizes(16)["BLOCK_P"]) == (4, 4)
+    with pytest.raises(KeyError), row_tile(8):
+        raise KeyError("stop")
+    assert (loss_block_sizes(16)["BLOCK_B"], loss_block_sizes(16)["BLOCK_P"]) == (16, 16)
+    for rows in (0, 12):
+        with pytest.raises(ValueError, match=f"row tile {rows}: a power of two"), row_tile(rows):
+            pass
+
+
 @kernel_case
 def test_one_present_category_has_no_separation() -> None:
     inputs, labels = make_inputs(19, 21, 5, seed=4, labels=torch.full((19,), 7))
