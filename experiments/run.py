@@ -470,7 +470,7 @@ def save_run(folder: Path, config: RunConfig, outcome: RunOutcome, cache: Path, 
         raise
 
 
-def fit(cache_path: str | Path | None = None, method: str = "lathadapter", shots: int = 4, seed: int = 1, *,
+def fit(cache: str | Path | None = None, method: str = "lathadapter", shots: int = 4, seed: int = 1, *,
         classes: str = "all", text: str = "coop", select: str = "last", train_views: str = "augmented",
         device: str | None = None, out: str | Path | None = "runs", force: bool = False, **options: Any
         ) -> dict[str, Any]:
@@ -478,18 +478,23 @@ def fit(cache_path: str | Path | None = None, method: str = "lathadapter", shots
 
     `options` are the method's options (`lathadapter list options METHOD`). With `out`, the run is written to
     `out/<dataset>-<method>-<classes>-<shots>shot-seed<seed>-<key>/`; the metrics gain `run_dir`. A finished run
-    directory is never overwritten unless `force`.
+    directory is never overwritten unless `force`. `cache` is the cache file, as `--cache` and `load`'s `cache`
+    name it (`cache_path=`, its earlier name, is still taken).
     """
-    check_fit_arguments(cache_path, method, out, force, options)
+    if "cache_path" in options:  # the keyword's name before stop 26: scripts written then still run
+        if cache is not None:
+            raise OptionError("fit(): cache and cache_path name one argument (the cache file); give cache alone")
+        cache = options.pop("cache_path")
+    check_fit_arguments(cache, method, out, force, options)
     config = RunConfig.create(method, shots, seed, classes, text, select, options, train_views)
-    return fit_config(config, cache_path, device=device, out=out, force=force)
+    return fit_config(config, cache, device=device, out=out, force=force)
 
 
-def check_fit_arguments(cache_path: Any, method: Any, out: Any, force: Any, options: dict[str, Any]) -> None:
+def check_fit_arguments(cache: Any, method: Any, out: Any, force: Any, options: dict[str, Any]) -> None:
     """`fit`'s own arguments checked where pathlib or a truth test would take them silently or fail without naming
     them: the paths, `force` (`force="no"` overwrote a finished run) and a keyword that is neither an argument of
-    `fit` nor an option of `method` (`cache=` read as an option of the method)."""
-    for name, value in (("cache_path", cache_path), ("out", out)):
+    `fit` nor an option of `method` (a misspelt argument read as an option of the method)."""
+    for name, value in (("cache", cache), ("out", out)):
         if value is not None and not isinstance(value, str | os.PathLike):
             raise OptionError(f"{name}={value!r}: expected a path (str or pathlib.Path) or None")
     if not isinstance(force, bool):

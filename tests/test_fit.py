@@ -182,11 +182,12 @@ def test_select_val_keeps_the_first_epoch_of_the_best_val_accuracy(tmp_path: Pat
     ({"shots": True}, r"^shots=True: expected an integer"),
     ({"seed": "1"}, r"^seed='1': expected an integer, the few-shot set's seed"),
     ({"seed": None}, r"^seed=None: expected an integer"),
-    ({"cache_path": 3}, r"^cache_path=3: expected a path"),
+    ({"cache": 3}, r"^cache=3: expected a path"),
     ({"out": 5}, r"^out=5: expected a path"),
     ({"force": "no"}, r"^force='no': expected True or False"),
     ({"device": 0}, r"^device=0: expected 'cpu', 'cuda', 'cuda:N' or None"),
-    ({"cache": "x.h5"}, r"^fit\(\): unknown keyword\(s\) cache: neither an argument of fit \(cache_path, method, "),
+    ({"cache_file": "x.h5"}, r"^fit\(\): unknown keyword\(s\) cache_file: neither an argument of fit \(cache, method, "),
+    ({"cache_path": "x.h5"}, r"^fit\(\): cache and cache_path name one argument \(the cache file\); give cache alone$"),
     ({"method": ["zeroshot"]}, r"^unknown method \['zeroshot'\]; valid methods: zeroshot, "),
 ])
 def test_python_api_mistakes_name_the_argument_and_what_is_valid(cache: Path, tmp_path: Path,
@@ -197,12 +198,21 @@ def test_python_api_mistakes_name_the_argument_and_what_is_valid(cache: Path, tm
     naming the argument, before any work, and a finished run in the way is left as it is."""
     finished = Path(fit(cache, "zeroshot", shots=1, seed=1, out=tmp_path, device="cpu")["run_dir"])
     before = {name: (finished / name).read_bytes() for name in ("config.json", "metrics.json")}
-    given = {"cache_path": cache, "method": "zeroshot", "shots": 1, "seed": 1, "out": tmp_path, "device": "cpu",
+    given = {"cache": cache, "method": "zeroshot", "shots": 1, "seed": 1, "out": tmp_path, "device": "cpu",
              **arguments}
     with pytest.raises(OptionError, match=message):
         fit(**given)
     assert {name: (finished / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [finished.name]
+
+
+def test_cache_path_the_earlier_keyword_names_the_same_cache_as_cache(cache: Path, tmp_path: Path) -> None:
+    """`fit(cache=...)` names the cache file as `--cache` and `load(..., cache=...)` do; `cache_path=`, the keyword's
+    earlier name, trains the same run (one folder, the same key and metrics)."""
+    named = fit(cache=cache, method="zeroshot", shots=1, seed=1, out=tmp_path / "a", device="cpu")
+    earlier = fit(cache_path=cache, method="zeroshot", shots=1, seed=1, out=tmp_path / "b", device="cpu")
+    assert Path(named["run_dir"]).name == Path(earlier["run_dir"]).name
+    assert named["accuracy"] == earlier["accuracy"]
 
 
 def test_numpy_integers_are_the_same_run_as_python_integers(cache: Path, tmp_path: Path) -> None:
