@@ -186,7 +186,7 @@ def test_select_val_keeps_the_first_epoch_of_the_best_val_accuracy(tmp_path: Pat
     ({"out": 5}, r"^out=5: expected a path"),
     ({"force": "no"}, r"^force='no': expected True or False"),
     ({"device": 0}, r"^device=0: expected 'cpu', 'cuda', 'cuda:N' or None"),
-    ({"cache_file": "x.h5"}, r"^fit\(\): unknown keyword\(s\) cache_file: neither an argument of fit \(cache, method, "),
+    ({"cache_file": "x.h5"}, r"^fit\(\): unknown keyword\(s\) cache_file: neither an argument of fit \(cache, "),
     ({"cache_path": "x.h5"}, r"^fit\(\): cache and cache_path name one argument \(the cache file\); give cache alone$"),
     ({"method": ["zeroshot"]}, r"^unknown method \['zeroshot'\]; valid methods: zeroshot, "),
 ])
