@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import textwrap
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -63,14 +65,36 @@ def _figure(width: float, height: float) -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
+# matplotlib's warning for a character its fonts lack, once per character and drawing pass (as 3.6 to 3.11 word it)
+MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font\(s\) (.+?)\.?$")
+
+
 def _save(fig: Figure, path: Path) -> Path:
     """Save a plot atomically (a full disk keeps the previous plot whole). Every text is drawn as written: a `$` in
-    a class, dataset or option name is no mathtext, which would misdraw it or fail to parse."""
+    a class, dataset or option name is no mathtext, which would misdraw it or fail to parse. Characters the fonts
+    lack (CJK class names) are one warning naming the plot, not one per character and drawing pass."""
     for text in fig.findobj(Text):
         text.set_parse_math(False)
-    fig.tight_layout()
-    write_atomic(path, lambda temporary: fig.savefig(temporary, format=path.suffix.lstrip("."), dpi=120,
-                                                     bbox_inches="tight"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        write_atomic(path, lambda temporary: fig.savefig(temporary, format=path.suffix.lstrip("."), dpi=120,
+                                                         bbox_inches="tight"))
+    missing: dict[str, str] = {}  # character → the fonts that lack it
+    others: dict[str, Warning | str] = {}  # any other warning, once
+    for warned in caught:
+        match = MISSING_GLYPH.match(str(warned.message))
+        if match:
+            missing.setdefault(chr(int(match.group(1))), match.group(2))
+        else:
+            others.setdefault(str(warned.message), warned.message)
+    for message in others.values():
+        warnings.warn(message, stacklevel=2)
+    if missing:
+        fonts = ", ".join(sorted(set(missing.values())))
+        warnings.warn(f"{path.name}: the font ({fonts}) has no glyph for {' '.join(missing)}, drawn as boxes; a font "
+                      f"that has them, listed after it in matplotlib's font.family, draws them (a matplotlibrc line "
+                      f"`font.family: {fonts}, Noto Sans CJK JP`)", stacklevel=2)
     return path
 
 
@@ -561,6 +585,12 @@ def plot_run_reliability(sets: list[tuple[str, Reliability]], title: str, path: 
 # its ticks number the labels, as the per-class CSV does
 CONFUSION_NAMED = 40
 NAME_CHARACTERS = 24  # a longer class name is cut there on a confusion matrix's axes
+LEGEND_NAME_CHARACTERS = 40  # and there in the Poincaré disk's legend, which a long name would stretch across the page
+
+
+def shortened(name: str, limit: int) -> str:
+    """`name` cut to `limit` characters, the last an ellipsis, where it is longer."""
+    return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
 def confusion_shares(matrix: torch.Tensor) -> torch.Tensor:
@@ -579,7 +609,7 @@ def plot_confusion(matrix: torch.Tensor, class_names: list[str], title: str, pat
     shown = ax.imshow(confusion_shares(matrix).numpy(), cmap="Blues", vmin=0.0, vmax=100.0, interpolation="nearest")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="% of the true class's test images")
     if size <= CONFUSION_NAMED:
-        names = [name if len(name) <= NAME_CHARACTERS else name[:NAME_CHARACTERS - 1] + "…" for name in class_names]
+        names = [shortened(name, NAME_CHARACTERS) for name in class_names]
         ax.set_xticks(range(size), names, rotation=90, fontsize=7)
         ax.set_yticks(range(size), names, fontsize=7)
     ax.set(xlabel="predicted class" + ("" if size <= CONFUSION_NAMED else " (label)"),
@@ -609,7 +639,7 @@ def disk_points(run_dir: Path) -> Path:
 
 def plot_poincare_disk(run_dir: Path, folder: Path) -> Path:
     """A trained LatHAdapter's categories, attribute prompts and sample images of a few classes, on the disk, from
-    the lifted points the run saved (`points.pt`)."""
+    the lifted points the run saved (`points.pt`); the legend names each class (cut at `LEGEND_NAME_CHARACTERS`)."""
     points = torch.load(disk_points(run_dir))
     c = points["curvature"]
     categories, attributes, images = points["categories"], points["attributes"], points["images"]
@@ -627,7 +657,7 @@ def plot_poincare_disk(run_dir: Path, folder: Path) -> Path:
         pts = xy["images"][labels == i]
         ax.scatter(pts[:, 0], pts[:, 1], s=14, color=colours(i), alpha=0.6)
         ax.scatter(*xy["categories"][i], s=120, marker="*", color=colours(i), edgecolor="black", alpha=0.85,
-                   label=f"{i + 1}: {name}", zorder=3)
+                   label=f"{i + 1}: {shortened(name, LEGEND_NAME_CHARACTERS)}", zorder=3)
         # each star's number at its own angle around it: the numbers stay apart where stars coincide
         angle = 2 * math.pi * i / max(len(names), 1)
         ax.annotate(str(i + 1), xy["categories"][i].tolist(), xytext=(12 * math.cos(angle), 12 * math.sin(angle)),
