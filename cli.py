@@ -3,6 +3,7 @@ once, into typed objects; a user's mistake ends in one `error:` line and exit co
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -802,11 +803,13 @@ def inspect(
         write_per_class,
     )
 
+    made: list[Path] = []  # the folders --plots made, removed again when the run fails before drawing in them
     try:
         if out is not None:
             check_per_class_out(out)
         run = load(run_dir, cache, device, targets=list(target))
         if plots is not None:  # before any scoring; after loading, so a run that cannot be loaded leaves no folder
+            made = [folder for folder in (plots, *plots.parents) if not folder.exists()]
             plots.mkdir(parents=True, exist_ok=True)
         c = run.config
         typer.echo(f"{c.method} · {run.data.dataset} · {c.shots}-shot seed {c.seed} · classes {c.classes} · {run_dir}")
@@ -869,6 +872,9 @@ def inspect(
                 drawn.append(plot_poincare_disk(run.folder, plots))
             typer.echo(f"plots: {', '.join(str(path) for path in drawn)}", err=True)
     except (ValueError, OSError) as error:
+        for folder in made:  # innermost first; one holding a file (a plot drawn before the failure) stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         flag, path = next(((flag, path) for flag, path in (("--plots", plots), ("--out", out))
                            if _write_error(error, path, flag)), ("--out", out))
         _fail(error, path, flag)

@@ -296,6 +296,23 @@ def test_inspect_errors_are_one_line_with_exit_code_1(finished: Path, tmp_path: 
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
 
 
+def test_inspect_plots_that_fail_to_score_leave_no_folder_behind(finished: Path, tmp_path: Path) -> None:
+    """A run whose loaded model scores NaN (weights.pt filled with NaN) fails in one line; the --plots folders it
+    made for the plots (two levels here) are removed again, not left empty; a folder that was there stays."""
+    folder = spoiled(finished, tmp_path)
+    weights = torch.load(folder / "weights.pt")
+    torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
+               folder / "weights.pt")
+    there = tmp_path / "there"
+    there.mkdir()
+    for plots, kept in ((tmp_path / "new" / "plots", False), (there, True)):
+        result = CliRunner().invoke(app, ["inspect", str(folder), "--plots", str(plots), "--device", "cpu"])
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.output.splitlines() if line.startswith(("error", "Traceback"))]
+        assert len(lines) == 1 and "NaN scores" in lines[0], result.output
+        assert (tmp_path / "new").exists() is False and plots.is_dir() is kept
+
+
 def test_inspect_out_overwrites_no_file_but_its_own_csv(finished: Path, tmp_path: Path) -> None:
     """`--out` naming the run's own metrics.json (or a grid's results.csv) overwrote it with the per-class CSV: the
     run was lost. An existing file that is not a per-class CSV is refused in one line and left as it was; a CSV the
