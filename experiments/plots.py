@@ -480,9 +480,10 @@ def _reliability_panels(records: list[Record], reliability: dict[str, dict[str, 
 
 
 def _reliability_panel(ax: Axes, panel: ReliabilityPanel) -> None:
-    """A reliability diagram: per bin with images, its accuracy as a bar and the gap to its mean confidence hatched
-    (red), the diagonal of perfect calibration, and under the axis a grey strip of each bin's share of the images
-    (the tallest bin at the strip's height); the title gives the pooled ECE and accuracy."""
+    """A reliability diagram on a frame's axes (`_reliability_frame`): per bin with images, its accuracy as a bar
+    and the gap to its mean confidence hatched (red), the diagonal of perfect calibration, and under the axis a grey
+    strip of each bin's share of the images (the tallest bin at the strip's height); the title gives the pooled ECE
+    and accuracy."""
     bins, width = panel.bins, 100.0 / ECE_BINS
     filled = [b for b, n in enumerate(bins.images) if n]
     centres = [(b + 0.5) * width for b in filled]
@@ -499,33 +500,63 @@ def _reliability_panel(ax: Axes, panel: ReliabilityPanel) -> None:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.annotate(f"images (tallest bin {100 * max(shares):.0f} %)", (0.02, -IMAGES_STRIP - 1), fontsize=6,
                 color="dimgrey", va="bottom", xycoords=("axes fraction", "data"))
-    ax.set(xlim=(0, 100), ylim=(-IMAGES_STRIP - 2, 100))
-    ax.set_xticks(range(0, 101, 20))
-    ax.set_yticks(range(0, 101, 25))
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
     seeds = f"{panel.seeds} seeds pooled" if panel.seeds > 1 else "1 seed"
     ax.set_title(f"{textwrap.fill(panel.label, 45)}\nECE {bins.ece():.2f}, accuracy {bins.accuracy():.2f} ({seeds})",
                  fontsize=8)
 
 
-def _plot_reliability(panels: list[ReliabilityPanel], title: str, path: Path) -> Path:
-    """Small multiples of reliability diagrams, `RELIABILITY_COLUMNS` a row, the axes' labels and numbers on the
-    outer panels alone (every panel's axes are the same; fewer texts also draw faster)."""
-    columns = min(len(panels), RELIABILITY_COLUMNS)
-    rows = math.ceil(len(panels) / columns)
+def _reliability_frame(count: int) -> tuple[Figure, list[Axes]]:
+    """An empty figure for `count` reliability diagrams, `RELIABILITY_COLUMNS` a row: each panel's axes (limits,
+    ticks, grid), their labels and numbers on the outer panels alone (every panel's axes are the same; fewer texts
+    also draw faster), the slots left over turned off."""
+    columns = min(count, RELIABILITY_COLUMNS)
+    rows = math.ceil(count / columns)
     fig = Figure(figsize=(2.7 * columns, 2.5 * rows + 0.5))  # outside pyplot, as `_figure`
-    axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for i, (ax, panel) in enumerate(zip(axes, panels, strict=False)):
-        _reliability_panel(ax, panel)
-        bottom, left = i + columns >= len(panels), i % columns == 0  # no panel below; the first column
+    axes = list(fig.subplots(rows, columns, squeeze=False).ravel())
+    for i, ax in enumerate(axes[:count]):
+        ax.set(xlim=(0, 100), ylim=(-IMAGES_STRIP - 2, 100))
+        ax.set_xticks(range(0, 101, 20))
+        ax.set_yticks(range(0, 101, 25))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        bottom, left = i + columns >= count, i % columns == 0  # no panel below; the first column
         ax.tick_params(labelbottom=bottom, labelleft=left)
         if bottom:
             ax.set_xlabel("top-1 confidence (%)", fontsize=8)
         if left:
             ax.set_ylabel("accuracy (%)", fontsize=8)
-    for ax in axes[len(panels):]:
+    for ax in axes[count:]:
         ax.axis("off")
+    return fig, axes
+
+
+def _cleared(fig: Figure, axes: list[Axes]) -> tuple[Figure, list[Axes]]:
+    """A drawn reliability figure back to its frame: its diagrams and legend taken off (titles are set anew)."""
+    for ax in axes:
+        for artist in [*ax.patches, *ax.lines, *ax.texts]:
+            artist.remove()
+        ax.containers.clear()
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    for legend in list(fig.legends):
+        legend.remove()
+    return fig, axes
+
+
+# A report's reliability figures by their number of panels: a figure of as many panels as one drawn before is drawn
+# on its frame, cleared (building the axes took a fifth of a figure's time, and a dataset's figures per number of
+# shots have as many panels; the file is byte for byte the one a new figure gives)
+Frames = dict[int, tuple[Figure, list[Axes]]]
+
+
+def _plot_reliability(panels: list[ReliabilityPanel], title: str, path: Path, frames: Frames | None = None) -> Path:
+    """Small multiples of reliability diagrams (`_reliability_frame`), the legend in a free slot or under the
+    panels, drawn on `frames`' frame of as many panels where there is one (and kept there for the next)."""
+    frames = {} if frames is None else frames
+    fig, axes = _cleared(*frames[len(panels)]) if len(panels) in frames else _reliability_frame(len(panels))
+    frames[len(panels)] = fig, axes
+    for ax, panel in zip(axes, panels, strict=False):
+        _reliability_panel(ax, panel)
     if len(axes) > len(panels):  # the legend in the last free slot, else under the panels: never over a bar
         axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center")
     else:
@@ -566,12 +597,13 @@ def plot_reliability(records: list[Record], reliability: dict[str, dict[str, Rel
         figures.append((f"reliability_transfer_{slug(dataset)}_{shots}shot_{slug(target)}",
                         f"Transfer from {dataset}, {shots_label(shots)}, {tested}", transfer[(dataset, shots, target)]))
     paths, crowded = [], []
+    frames: Frames = {}
     for name, title, panels in figures:
         if len(panels) > MOST_RELIABILITY_PANELS:
             crowded.append(f"{name} ({len(panels)} panels)")
             continue
         paths.append(_plot_reliability(panels, f"{title}: reliability (accuracy against confidence per bin)",
-                                       folder / f"{name}.png"))
+                                       folder / f"{name}.png", frames))
     return paths, crowded
 
 
