@@ -793,7 +793,7 @@ def inspect(
     metrics.json), the ECE after a temperature fitted on its val images, the worst and best classes, and optionally a
     per-class CSV and plots; a transfer run's targets too, with --target."""
     from lathadapter.adapter.evaluate import NaNScores
-    from lathadapter.experiments.cells import slug
+    from lathadapter.experiments.records import distinct_slugs
     from lathadapter.experiments.trained import (
         check_per_class_out,
         class_accuracies,
@@ -851,8 +851,9 @@ def inspect(
                 from lathadapter.experiments.plots import plot_confusion
 
                 reliability.append((label, scores.reliability))
+                files = distinct_slugs(run.targets)  # targets `a b` and `a|b`: a file each
                 drawn.append(plot_confusion(matrix, names, f"{c.method} · {label}: accuracy {accuracy:.2f}%",
-                                            plots / f"confusion_{part or 'target_' + slug(name or '')}.png"))
+                                            plots / f"confusion_{part or 'target_' + files[name or '']}.png"))
             shown = min(INSPECT_SHOWN, max(1, len(classes) // 2))
             for side, picked in (("worst", classes[:shown]), ("best", classes[::-1][:shown])):
                 typer.echo(f"  {side}: " + ", ".join(f"{k.name} {_format_accuracy(k.accuracy)} ({k.correct}/{k.count})"

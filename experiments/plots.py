@@ -47,7 +47,7 @@ from lathadapter.experiments.cells import (
     varied_settings,
 )
 from lathadapter.experiments.compare_grid import GridComparison, PartComparison
-from lathadapter.experiments.records import TUNED, Choice, Configuration, Record, shots_label
+from lathadapter.experiments.records import TUNED, Choice, Configuration, Record, distinct_slugs, shots_label
 from lathadapter.experiments.run import write_atomic
 
 
@@ -574,9 +574,9 @@ def plot_reliability(records: list[Record], reliability: dict[str, dict[str, Rel
     base-to-novel runs one figure for the base and one for the novel classes
     (`reliability_base_novel_<dataset>_<k>shot_<part>.png`, labels as the base-to-novel table of those shots), and
     of the transfer runs per source dataset and shots one figure for the source test set and one per target
-    (`reliability_transfer_<source>_<k>shot_<target>.png`, `_source` for the source's; labels as the transfer
-    table). A configuration without bins has no panel, a block without any no figure. Returns the figures and those
-    left out for more than `MOST_RELIABILITY_PANELS` panels."""
+    (`reliability_transfer_<source>_<k>shot_<target>.png`, `_source` for the source's, `distinct_slugs`; labels as
+    the transfer table). A configuration without bins has no panel, a block without any no figure. Returns the
+    figures and those left out for more than `MOST_RELIABILITY_PANELS` panels."""
     figures = []  # (file name, title, panels)
     few_shot = [r for r in records if r.classes == "all" and not r.target]
     for (dataset, shots), panels in _reliability_panels(few_shot, reliability, lambda r: "all",
@@ -592,9 +592,10 @@ def plot_reliability(records: list[Record], reliability: dict[str, dict[str, Rel
     transfer = _reliability_panels([r for r in records if r.target], reliability, lambda r: r.target,
                                    lambda r: (r.dataset, r.shots, r.target), lambda r: (r.dataset, r.shots))
     # each block's source test set first, then its targets in the transfer table's order
+    files = distinct_slugs(["source", *sorted({target for _, _, target in transfer})])  # `a b`, `a|b`: two files
     for dataset, shots, target in sorted(transfer, key=lambda b: (b[0], b[1], b[2] != "source", b[2])):
         tested = "source test set" if target == "source" else f"target {target}"
-        figures.append((f"reliability_transfer_{slug(dataset)}_{shots}shot_{slug(target)}",
+        figures.append((f"reliability_transfer_{slug(dataset)}_{shots}shot_{files[target]}",
                         f"Transfer from {dataset}, {shots_label(shots)}, {tested}", transfer[(dataset, shots, target)]))
     paths, crowded = [], []
     frames: Frames = {}
