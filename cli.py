@@ -794,7 +794,9 @@ def inspect(
     per-class CSV and plots; a transfer run's targets too, with --target."""
     from lathadapter.adapter.evaluate import NaNScores
     from lathadapter.experiments.records import distinct_slugs
+    from lathadapter.experiments.run import forget_stale
     from lathadapter.experiments.trained import (
+        PLOTS_WRITTEN,
         check_per_class_out,
         class_accuracies,
         load,
@@ -872,6 +874,8 @@ def inspect(
             if (run.folder / "points.pt").is_file():  # a LatHAdapter run: its lifted points, as a report draws them
                 drawn.append(plot_poincare_disk(run.folder, plots))
             typer.echo(f"plots: {', '.join(str(path) for path in drawn)}", err=True)
+        if plots is not None:  # an earlier inspect's plots not drawn again (another run's, a target's) go
+            forget_stale(plots, drawn, PLOTS_WRITTEN)
     except (ValueError, OSError) as error:
         for folder in made:  # innermost first; one holding a file (a plot drawn before the failure) stays
             with contextlib.suppress(OSError):

@@ -65,7 +65,8 @@ def test_inspect_scores_each_target_as_metrics_json_records(tmp_path: Path, prot
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
-        ["reliability.png", "confusion_all.png", *(f"confusion_target_{name.lower()}.png" for name in targets)])
+        [".inspect_plots.json", "reliability.png", "confusion_all.png",
+         *(f"confusion_target_{name.lower()}.png" for name in targets)])
     lines = result.output.splitlines()
     for name in targets:
         line = next(x for x in lines if x.startswith(f"target {name}: "))
