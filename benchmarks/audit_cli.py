@@ -380,8 +380,8 @@ def stop26(tmp: Path, cache: Path, fresh: Callable[[], str]) -> None:
 
     print("stop 26's inputs", file=sys.stderr)
 
-    def inspect(case: str, run_dir: Path, *extra: str) -> None:
-        plots = Path(fresh())
+    def inspect(case: str, run_dir: Path, *extra: str, plots: Path | None = None) -> None:
+        plots = plots or Path(fresh())
         done = subprocess.run(cli("inspect", str(run_dir), "--device", "cpu", "--plots", str(plots), *extra), env=ENV,
                               capture_output=True, text=True)
         drawn = sorted(p.name for p in plots.iterdir()) if plots.is_dir() else "no folder"
@@ -393,6 +393,7 @@ def stop26(tmp: Path, cache: Path, fresh: Callable[[], str]) -> None:
 
     target = write_synthetic_cache(tmp / "t26.h5", num_classes=4, dim=16, views=2, shots=(1,), seeds=(1,),
                                    train_per_class=4, test_per_class=4, seed=26, name="tgt26")
+    shared = Path(fresh())  # the plots of each protocol's run, then of the base-to-novel run again, in one folder
     for protocol, method, extra in (("few-shot", "lathadapter", []), ("base-to-novel", "clip-adapter", []),
                                     ("cross-dataset", "lathadapter", ["--target", str(target)])):
         out = Path(fresh())
@@ -401,6 +402,20 @@ def stop26(tmp: Path, cache: Path, fresh: Callable[[], str]) -> None:
                        env=ENV, capture_output=True)
         inspect(f"26 inspect --plots of a {protocol} {method} run" + (" --target" if extra else ""), only_run(out),
                 *extra)
+        subprocess.run(cli("inspect", str(only_run(out)), "--plots", str(shared), *extra), env=ENV,
+                       capture_output=True)
+        if protocol == "base-to-novel":
+            again = only_run(out)
+    inspect("26 inspect --plots into a folder used by other runs' inspect", again, plots=shared)
+    slugged = [str(write_synthetic_cache(tmp / f"s26_{i}.h5", num_classes=3 + i, dim=16, views=2, shots=(1,),
+                                         seeds=(1,), train_per_class=4, test_per_class=4, seed=30 + i, name=name))
+               for i, name in enumerate(("a b", "a|b"))]
+    out = Path(fresh())
+    subprocess.run(cli("protocol", "cross-dataset", "--cache", str(cache), "--target", slugged[0], "--target",
+                       slugged[1], "--method", "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out",
+                       str(out)), env=ENV, capture_output=True)
+    inspect("26 inspect --plots of a run of targets 'a b' and 'a|b'", only_run(out), "--target", slugged[0],
+            "--target", slugged[1])
     many = write_synthetic_cache(tmp / "m26.h5", num_classes=50, dim=16, views=1, shots=(1,), seeds=(1,),
                                  train_per_class=2, test_per_class=3, seed=0, name="many")
     out = Path(fresh())
