@@ -3,6 +3,7 @@ once, into typed objects; a user's mistake ends in one `error:` line and exit co
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -792,8 +793,10 @@ def inspect(
     metrics.json), the ECE after a temperature fitted on its val images, the worst and best classes, and optionally a
     per-class CSV and plots; a transfer run's targets too, with --target."""
     from lathadapter.adapter.evaluate import NaNScores
-    from lathadapter.experiments.cells import slug
+    from lathadapter.experiments.records import distinct_slugs
+    from lathadapter.experiments.run import forget_stale
     from lathadapter.experiments.trained import (
+        PLOTS_WRITTEN,
         check_per_class_out,
         class_accuracies,
         load,
@@ -802,11 +805,13 @@ def inspect(
         write_per_class,
     )
 
+    made: list[Path] = []  # the folders --plots made, removed again when the run fails before drawing in them
     try:
         if out is not None:
             check_per_class_out(out)
         run = load(run_dir, cache, device, targets=list(target))
         if plots is not None:  # before any scoring; after loading, so a run that cannot be loaded leaves no folder
+            made = [folder for folder in (plots, *plots.parents) if not folder.exists()]
             plots.mkdir(parents=True, exist_ok=True)
         c = run.config
         typer.echo(f"{c.method} · {run.data.dataset} · {c.shots}-shot seed {c.seed} · classes {c.classes} · {run_dir}")
@@ -848,8 +853,9 @@ def inspect(
                 from lathadapter.experiments.plots import plot_confusion
 
                 reliability.append((label, scores.reliability))
+                files = distinct_slugs(run.targets)  # targets `a b` and `a|b`: a file each
                 drawn.append(plot_confusion(matrix, names, f"{c.method} · {label}: accuracy {accuracy:.2f}%",
-                                            plots / f"confusion_{part or 'target_' + slug(name or '')}.png"))
+                                            plots / f"confusion_{part or 'target_' + files[name or '']}.png"))
             shown = min(INSPECT_SHOWN, max(1, len(classes) // 2))
             for side, picked in (("worst", classes[:shown]), ("best", classes[::-1][:shown])):
                 typer.echo(f"  {side}: " + ", ".join(f"{k.name} {_format_accuracy(k.accuracy)} ({k.correct}/{k.count})"
@@ -868,7 +874,12 @@ def inspect(
             if (run.folder / "points.pt").is_file():  # a LatHAdapter run: its lifted points, as a report draws them
                 drawn.append(plot_poincare_disk(run.folder, plots))
             typer.echo(f"plots: {', '.join(str(path) for path in drawn)}", err=True)
+        if plots is not None:  # an earlier inspect's plots not drawn again (another run's, a target's) go
+            forget_stale(plots, drawn, PLOTS_WRITTEN)
     except (ValueError, OSError) as error:
+        for folder in made:  # innermost first; one holding a file (a plot drawn before the failure) stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         flag, path = next(((flag, path) for flag, path in (("--plots", plots), ("--out", out))
                            if _write_error(error, path, flag)), ("--out", out))
         _fail(error, path, flag)

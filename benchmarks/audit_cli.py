@@ -7,6 +7,7 @@ only; skipped otherwise); Ray's cases need Ray installed. About 3-4 minutes on 2
 
     PYTHONPATH=... OMP_NUM_THREADS=1 python benchmarks/audit_cli.py        # every case
     PYTHONPATH=... OMP_NUM_THREADS=1 python benchmarks/audit_cli.py 25     # stop 25's cases alone
+    PYTHONPATH=... OMP_NUM_THREADS=1 python benchmarks/audit_cli.py 26     # stop 26's cases alone
 """
 
 from __future__ import annotations
@@ -320,6 +321,7 @@ def main() -> None:
         lines = [line for line in done.stderr.splitlines() if line.startswith("grid")]
         record("11 grid progress in a log (last line)", done.returncode, lines[-1] if lines else done.stderr)
         stop25(tmp, cache, fresh)
+        stop26(tmp, cache, fresh)
 
     report(start)
 
@@ -368,6 +370,90 @@ def stop25(tmp: Path, cache: Path, fresh: Callable[[], str]) -> None:
     record("25 lathadapter.fit(shots='1') in Python", done.returncode, done.stderr + done.stdout)
 
 
+def stop26(tmp: Path, cache: Path, fresh: Callable[[], str]) -> None:
+    """Stop 26's audit: `inspect --plots` of each protocol's runs and of awkward ones, `report`'s plots."""
+    import open_clip
+    import torch
+
+    from lathadapter.cache.synthetic import write_synthetic_cache
+    from lathadapter.demo.synthetic import write_coop_dataset
+
+    print("stop 26's inputs", file=sys.stderr)
+
+    def inspect(case: str, run_dir: Path, *extra: str, plots: Path | None = None) -> None:
+        plots = plots or Path(fresh())
+        done = subprocess.run(cli("inspect", str(run_dir), "--device", "cpu", "--plots", str(plots), *extra), env=ENV,
+                              capture_output=True, text=True)
+        drawn = sorted(p.name for p in plots.iterdir()) if plots.is_dir() else "no folder"
+        warned = sum(line.startswith("warning:") for line in done.stderr.splitlines())
+        record(case, done.returncode, done.stderr, f"[plots: {drawn}; {warned} warning lines]")
+
+    def only_run(folder: Path) -> Path:
+        return next(p for p in (folder / "runs" if (folder / "runs").is_dir() else folder).iterdir() if p.is_dir())
+
+    target = write_synthetic_cache(tmp / "t26.h5", num_classes=4, dim=16, views=2, shots=(1,), seeds=(1,),
+                                   train_per_class=4, test_per_class=4, seed=26, name="tgt26")
+    shared = Path(fresh())  # the plots of each protocol's run, then of the base-to-novel run again, in one folder
+    for protocol, method, extra in (("few-shot", "lathadapter", []), ("base-to-novel", "clip-adapter", []),
+                                    ("cross-dataset", "lathadapter", ["--target", str(target)])):
+        out = Path(fresh())
+        subprocess.run(cli("protocol", protocol, "--cache", str(cache), *extra, "--method", method, "--set",
+                           "epochs=2", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out", str(out)),
+                       env=ENV, capture_output=True)
+        inspect(f"26 inspect --plots of a {protocol} {method} run" + (" --target" if extra else ""), only_run(out),
+                *extra)
+        subprocess.run(cli("inspect", str(only_run(out)), "--plots", str(shared), *extra), env=ENV,
+                       capture_output=True)
+        if protocol == "base-to-novel":
+            again = only_run(out)
+    inspect("26 inspect --plots into a folder used by other runs' inspect", again, plots=shared)
+    slugged = [str(write_synthetic_cache(tmp / f"s26_{i}.h5", num_classes=3 + i, dim=16, views=2, shots=(1,),
+                                         seeds=(1,), train_per_class=4, test_per_class=4, seed=30 + i, name=name))
+               for i, name in enumerate(("a b", "a|b"))]
+    out = Path(fresh())
+    subprocess.run(cli("protocol", "cross-dataset", "--cache", str(cache), "--target", slugged[0], "--target",
+                       slugged[1], "--method", "zeroshot", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out",
+                       str(out)), env=ENV, capture_output=True)
+    inspect("26 inspect --plots of a run of targets 'a b' and 'a|b'", only_run(out), "--target", slugged[0],
+            "--target", slugged[1])
+    many = write_synthetic_cache(tmp / "m26.h5", num_classes=50, dim=16, views=1, shots=(1,), seeds=(1,),
+                                 train_per_class=2, test_per_class=3, seed=0, name="many")
+    out = Path(fresh())
+    subprocess.run(cli("fit", "--cache", str(many), "--method", "zeroshot", "--shots", "1", "--device", "cpu", "--out",
+                       str(out)), env=ENV, capture_output=True)
+    inspect("26 inspect --plots of a 50-class run (labels numbered)", only_run(out))
+    weights = torch.load(only_run(out) / "weights.pt")
+    torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
+               only_run(out) / "weights.pt")
+    inspect("26 inspect --plots of a run whose weights are NaN", only_run(out))
+    out = Path(fresh())
+    subprocess.run(cli("grid", "--cache", str(cache), "--method", "clip-adapter", "--set", "lr=1e30", "--set",
+                       "epochs=3", "--shots", "1", "--seeds", "1", "--device", "cpu", "--out", str(out)),
+                   env=ENV, capture_output=True)
+    inspect("26 inspect --plots of a diverged run", only_run(out))
+    names = ["日本語の円", "a $x^2$ ring", "cost $5 and $6", "🐱 cat", "x" * 200]
+    split = write_coop_dataset(tmp / "names26", "Names", CLASSES[:len(names)], counts=(4, 2, 3), seed=0)
+    data = json.loads(split.read_text())
+    for part in data.values():
+        for item in part:
+            item[2] = names[item[1]]
+    split.write_text(json.dumps(data, ensure_ascii=False))
+    open_clip.add_model_config(TINY_MODEL)
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(TINY_MODEL.stem).state_dict(), tmp / "tiny26.pt")
+    subprocess.run(cli("cache", "build", "--dataset", f"split:{split}", "--model", str(TINY_MODEL), "--pretrained",
+                       str(tmp / "tiny26.pt"), "--shots", "1", "--seeds", "1", "--views", "1", "--workers", "0",
+                       "--device", "cpu", "--no-progress", "--out", str(tmp / "n26.h5")), env=ENV, capture_output=True)
+    out = Path(fresh())
+    subprocess.run(cli("fit", "--cache", str(tmp / "n26.h5"), "--method", "lathadapter", "--set", "epochs=2",
+                       "--shots", "1", "--device", "cpu", "--out", str(out)), env=ENV, capture_output=True)
+    inspect("26 inspect --plots, class names CJK, $, emoji, 200 characters", only_run(out))
+    done = subprocess.run(cli("report", str(out)), env=ENV, capture_output=True, text=True)
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    record("26 report of that run (its plots' warnings)", done.returncode, done.stderr,
+           f"[{len(warned)} warning lines]")
+
+
 def report(start: float) -> None:
     """The table of every case recorded, then their count and time."""
     width = max(len(row[0]) for row in rows)
@@ -376,6 +462,20 @@ def report(start: float) -> None:
     for case, code, traceback, text in rows:
         print(f"| {case:<{width}} | {code:>4} | {traceback:<9} | {text} |")
     print(f"\n{len(rows)} cases in {time.perf_counter() - start:.0f} s")
+
+
+def only_stop26() -> None:
+    """`audit_cli.py 26`: stop 26's cases alone, on a cache of their own (about a minute)."""
+    from lathadapter.cache.synthetic import write_synthetic_cache
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        cache = write_synthetic_cache(tmp / "c.h5", num_classes=6, dim=16, views=2, shots=(1, 2), seeds=(1, 2, 3),
+                                      train_per_class=8, test_per_class=6, seed=0, name="src")
+        out = iter(range(10**6))
+        stop26(tmp, cache, lambda: str(tmp / f"out{next(out)}"))
+    report(start)
 
 
 def only_stop25() -> None:
@@ -393,4 +493,4 @@ def only_stop25() -> None:
 
 
 if __name__ == "__main__":
-    only_stop25() if sys.argv[1:] == ["25"] else main()
+    {"25": only_stop25, "26": only_stop26}.get(" ".join(sys.argv[1:]), main)()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import textwrap
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -45,7 +47,7 @@ from lathadapter.experiments.cells import (
     varied_settings,
 )
 from lathadapter.experiments.compare_grid import GridComparison, PartComparison
-from lathadapter.experiments.records import TUNED, Choice, Configuration, Record, shots_label
+from lathadapter.experiments.records import TUNED, Choice, Configuration, Record, distinct_slugs, shots_label
 from lathadapter.experiments.run import write_atomic
 
 
@@ -63,14 +65,36 @@ def _figure(width: float, height: float) -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
+# matplotlib's warning for a character its fonts lack, once per character and drawing pass (as 3.6 to 3.11 word it)
+MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font\(s\) (.+?)\.?$")
+
+
 def _save(fig: Figure, path: Path) -> Path:
     """Save a plot atomically (a full disk keeps the previous plot whole). Every text is drawn as written: a `$` in
-    a class, dataset or option name is no mathtext, which would misdraw it or fail to parse."""
+    a class, dataset or option name is no mathtext, which would misdraw it or fail to parse. Characters the fonts
+    lack (CJK class names) are one warning naming the plot, not one per character and drawing pass."""
     for text in fig.findobj(Text):
         text.set_parse_math(False)
-    fig.tight_layout()
-    write_atomic(path, lambda temporary: fig.savefig(temporary, format=path.suffix.lstrip("."), dpi=120,
-                                                     bbox_inches="tight"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        write_atomic(path, lambda temporary: fig.savefig(temporary, format=path.suffix.lstrip("."), dpi=120,
+                                                         bbox_inches="tight"))
+    missing: dict[str, str] = {}  # character → the fonts that lack it
+    others: dict[str, Warning | str] = {}  # any other warning, once
+    for warned in caught:
+        match = MISSING_GLYPH.match(str(warned.message))
+        if match:
+            missing.setdefault(chr(int(match.group(1))), match.group(2))
+        else:
+            others.setdefault(str(warned.message), warned.message)
+    for message in others.values():
+        warnings.warn(message, stacklevel=2)
+    if missing:
+        fonts = ", ".join(sorted(set(missing.values())))
+        warnings.warn(f"{path.name}: the font ({fonts}) has no glyph for {' '.join(missing)}, drawn as boxes; a font "
+                      f"that has them, listed after it in matplotlib's font.family, draws them (a matplotlibrc line "
+                      f"`font.family: {fonts}, Noto Sans CJK JP`)", stacklevel=2)
     return path
 
 
@@ -456,9 +480,10 @@ def _reliability_panels(records: list[Record], reliability: dict[str, dict[str, 
 
 
 def _reliability_panel(ax: Axes, panel: ReliabilityPanel) -> None:
-    """A reliability diagram: per bin with images, its accuracy as a bar and the gap to its mean confidence hatched
-    (red), the diagonal of perfect calibration, and under the axis a grey strip of each bin's share of the images
-    (the tallest bin at the strip's height); the title gives the pooled ECE and accuracy."""
+    """A reliability diagram on a frame's axes (`_reliability_frame`): per bin with images, its accuracy as a bar
+    and the gap to its mean confidence hatched (red), the diagonal of perfect calibration, and under the axis a grey
+    strip of each bin's share of the images (the tallest bin at the strip's height); the title gives the pooled ECE
+    and accuracy."""
     bins, width = panel.bins, 100.0 / ECE_BINS
     filled = [b for b, n in enumerate(bins.images) if n]
     centres = [(b + 0.5) * width for b in filled]
@@ -475,33 +500,63 @@ def _reliability_panel(ax: Axes, panel: ReliabilityPanel) -> None:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.annotate(f"images (tallest bin {100 * max(shares):.0f} %)", (0.02, -IMAGES_STRIP - 1), fontsize=6,
                 color="dimgrey", va="bottom", xycoords=("axes fraction", "data"))
-    ax.set(xlim=(0, 100), ylim=(-IMAGES_STRIP - 2, 100))
-    ax.set_xticks(range(0, 101, 20))
-    ax.set_yticks(range(0, 101, 25))
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
     seeds = f"{panel.seeds} seeds pooled" if panel.seeds > 1 else "1 seed"
     ax.set_title(f"{textwrap.fill(panel.label, 45)}\nECE {bins.ece():.2f}, accuracy {bins.accuracy():.2f} ({seeds})",
                  fontsize=8)
 
 
-def _plot_reliability(panels: list[ReliabilityPanel], title: str, path: Path) -> Path:
-    """Small multiples of reliability diagrams, `RELIABILITY_COLUMNS` a row, the axes' labels and numbers on the
-    outer panels alone (every panel's axes are the same; fewer texts also draw faster)."""
-    columns = min(len(panels), RELIABILITY_COLUMNS)
-    rows = math.ceil(len(panels) / columns)
+def _reliability_frame(count: int) -> tuple[Figure, list[Axes]]:
+    """An empty figure for `count` reliability diagrams, `RELIABILITY_COLUMNS` a row: each panel's axes (limits,
+    ticks, grid), their labels and numbers on the outer panels alone (every panel's axes are the same; fewer texts
+    also draw faster), the slots left over turned off."""
+    columns = min(count, RELIABILITY_COLUMNS)
+    rows = math.ceil(count / columns)
     fig = Figure(figsize=(2.7 * columns, 2.5 * rows + 0.5))  # outside pyplot, as `_figure`
-    axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for i, (ax, panel) in enumerate(zip(axes, panels, strict=False)):
-        _reliability_panel(ax, panel)
-        bottom, left = i + columns >= len(panels), i % columns == 0  # no panel below; the first column
+    axes = list(fig.subplots(rows, columns, squeeze=False).ravel())
+    for i, ax in enumerate(axes[:count]):
+        ax.set(xlim=(0, 100), ylim=(-IMAGES_STRIP - 2, 100))
+        ax.set_xticks(range(0, 101, 20))
+        ax.set_yticks(range(0, 101, 25))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        bottom, left = i + columns >= count, i % columns == 0  # no panel below; the first column
         ax.tick_params(labelbottom=bottom, labelleft=left)
         if bottom:
             ax.set_xlabel("top-1 confidence (%)", fontsize=8)
         if left:
             ax.set_ylabel("accuracy (%)", fontsize=8)
-    for ax in axes[len(panels):]:
+    for ax in axes[count:]:
         ax.axis("off")
+    return fig, axes
+
+
+def _cleared(fig: Figure, axes: list[Axes]) -> tuple[Figure, list[Axes]]:
+    """A drawn reliability figure back to its frame: its diagrams and legend taken off (titles are set anew)."""
+    for ax in axes:
+        for artist in [*ax.patches, *ax.lines, *ax.texts]:
+            artist.remove()
+        ax.containers.clear()
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    for legend in list(fig.legends):
+        legend.remove()
+    return fig, axes
+
+
+# A report's reliability figures by their number of panels: a figure of as many panels as one drawn before is drawn
+# on its frame, cleared (building the axes took a fifth of a figure's time, and a dataset's figures per number of
+# shots have as many panels; the file is byte for byte the one a new figure gives)
+Frames = dict[int, tuple[Figure, list[Axes]]]
+
+
+def _plot_reliability(panels: list[ReliabilityPanel], title: str, path: Path, frames: Frames | None = None) -> Path:
+    """Small multiples of reliability diagrams (`_reliability_frame`), the legend in a free slot or under the
+    panels, drawn on `frames`' frame of as many panels where there is one (and kept there for the next)."""
+    frames = {} if frames is None else frames
+    fig, axes = _cleared(*frames[len(panels)]) if len(panels) in frames else _reliability_frame(len(panels))
+    frames[len(panels)] = fig, axes
+    for ax, panel in zip(axes, panels, strict=False):
+        _reliability_panel(ax, panel)
     if len(axes) > len(panels):  # the legend in the last free slot, else under the panels: never over a bar
         axes[-1].legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center")
     else:
@@ -519,9 +574,9 @@ def plot_reliability(records: list[Record], reliability: dict[str, dict[str, Rel
     base-to-novel runs one figure for the base and one for the novel classes
     (`reliability_base_novel_<dataset>_<k>shot_<part>.png`, labels as the base-to-novel table of those shots), and
     of the transfer runs per source dataset and shots one figure for the source test set and one per target
-    (`reliability_transfer_<source>_<k>shot_<target>.png`, `_source` for the source's; labels as the transfer
-    table). A configuration without bins has no panel, a block without any no figure. Returns the figures and those
-    left out for more than `MOST_RELIABILITY_PANELS` panels."""
+    (`reliability_transfer_<source>_<k>shot_<target>.png`, `_source` for the source's, `distinct_slugs`; labels as
+    the transfer table). A configuration without bins has no panel, a block without any no figure. Returns the
+    figures and those left out for more than `MOST_RELIABILITY_PANELS` panels."""
     figures = []  # (file name, title, panels)
     few_shot = [r for r in records if r.classes == "all" and not r.target]
     for (dataset, shots), panels in _reliability_panels(few_shot, reliability, lambda r: "all",
@@ -537,17 +592,19 @@ def plot_reliability(records: list[Record], reliability: dict[str, dict[str, Rel
     transfer = _reliability_panels([r for r in records if r.target], reliability, lambda r: r.target,
                                    lambda r: (r.dataset, r.shots, r.target), lambda r: (r.dataset, r.shots))
     # each block's source test set first, then its targets in the transfer table's order
+    files = distinct_slugs(["source", *sorted({target for _, _, target in transfer})])  # `a b`, `a|b`: two files
     for dataset, shots, target in sorted(transfer, key=lambda b: (b[0], b[1], b[2] != "source", b[2])):
         tested = "source test set" if target == "source" else f"target {target}"
-        figures.append((f"reliability_transfer_{slug(dataset)}_{shots}shot_{slug(target)}",
+        figures.append((f"reliability_transfer_{slug(dataset)}_{shots}shot_{files[target]}",
                         f"Transfer from {dataset}, {shots_label(shots)}, {tested}", transfer[(dataset, shots, target)]))
     paths, crowded = [], []
+    frames: Frames = {}
     for name, title, panels in figures:
         if len(panels) > MOST_RELIABILITY_PANELS:
             crowded.append(f"{name} ({len(panels)} panels)")
             continue
         paths.append(_plot_reliability(panels, f"{title}: reliability (accuracy against confidence per bin)",
-                                       folder / f"{name}.png"))
+                                       folder / f"{name}.png", frames))
     return paths, crowded
 
 
@@ -561,6 +618,12 @@ def plot_run_reliability(sets: list[tuple[str, Reliability]], title: str, path: 
 # its ticks number the labels, as the per-class CSV does
 CONFUSION_NAMED = 40
 NAME_CHARACTERS = 24  # a longer class name is cut there on a confusion matrix's axes
+LEGEND_NAME_CHARACTERS = 40  # and there in the Poincaré disk's legend, which a long name would stretch across the page
+
+
+def shortened(name: str, limit: int) -> str:
+    """`name` cut to `limit` characters, the last an ellipsis, where it is longer."""
+    return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
 def confusion_shares(matrix: torch.Tensor) -> torch.Tensor:
@@ -579,7 +642,7 @@ def plot_confusion(matrix: torch.Tensor, class_names: list[str], title: str, pat
     shown = ax.imshow(confusion_shares(matrix).numpy(), cmap="Blues", vmin=0.0, vmax=100.0, interpolation="nearest")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="% of the true class's test images")
     if size <= CONFUSION_NAMED:
-        names = [name if len(name) <= NAME_CHARACTERS else name[:NAME_CHARACTERS - 1] + "…" for name in class_names]
+        names = [shortened(name, NAME_CHARACTERS) for name in class_names]
         ax.set_xticks(range(size), names, rotation=90, fontsize=7)
         ax.set_yticks(range(size), names, fontsize=7)
     ax.set(xlabel="predicted class" + ("" if size <= CONFUSION_NAMED else " (label)"),
@@ -609,7 +672,7 @@ def disk_points(run_dir: Path) -> Path:
 
 def plot_poincare_disk(run_dir: Path, folder: Path) -> Path:
     """A trained LatHAdapter's categories, attribute prompts and sample images of a few classes, on the disk, from
-    the lifted points the run saved (`points.pt`)."""
+    the lifted points the run saved (`points.pt`); the legend names each class (cut at `LEGEND_NAME_CHARACTERS`)."""
     points = torch.load(disk_points(run_dir))
     c = points["curvature"]
     categories, attributes, images = points["categories"], points["attributes"], points["images"]
@@ -627,7 +690,7 @@ def plot_poincare_disk(run_dir: Path, folder: Path) -> Path:
         pts = xy["images"][labels == i]
         ax.scatter(pts[:, 0], pts[:, 1], s=14, color=colours(i), alpha=0.6)
         ax.scatter(*xy["categories"][i], s=120, marker="*", color=colours(i), edgecolor="black", alpha=0.85,
-                   label=f"{i + 1}: {name}", zorder=3)
+                   label=f"{i + 1}: {shortened(name, LEGEND_NAME_CHARACTERS)}", zorder=3)
         # each star's number at its own angle around it: the numbers stay apart where stars coincide
         angle = 2 * math.pi * i / max(len(names), 1)
         ax.annotate(str(i + 1), xy["categories"][i].tolist(), xytext=(12 * math.cos(angle), 12 * math.sin(angle)),

@@ -8,6 +8,7 @@ column holds, are read from the run directories' metrics.json (`run_reliability`
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -151,6 +152,17 @@ def dataset_labels(rows: list[dict[str, str]]) -> dict[tuple[str, str], str]:
 def slug(text: str) -> str:
     """A label as part of a file name: `caltech101 (fp 1a2b3c4d)` → `caltech101_fp_1a2b3c4d`."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def distinct_slugs(names: Iterable[str]) -> dict[str, str]:
+    """Each name's `slug`, those of names that share one (targets `a b` and `a|b` → `a_b`) followed by the first 6
+    hex digits of the name's SHA-1, so that neither's file overwrites the other's (stable from run to run)."""
+    names = list(dict.fromkeys(names))
+    shared = defaultdict(list)
+    for name in names:
+        shared[slug(name)].append(name)
+    return {name: slug(name) if len(shared[slug(name)]) == 1 else
+            f"{slug(name)}_{hashlib.sha1(name.encode()).hexdigest()[:6]}" for name in names}
 
 
 def _tuned_columns(row: dict[str, str], columns: list[str]) -> dict[str, str]:

@@ -6,7 +6,6 @@ configuration labels), `report_tables` (the tables, markdown and CSV), `report_l
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from lathadapter.experiments.records import Results, load_results, records, run_
 from lathadapter.experiments.report_latex import write_latex
 from lathadapter.experiments.report_seeds import seed_tables, seeds_markdown
 from lathadapter.experiments.report_tables import report_tables, tables_markdown
-from lathadapter.experiments.run import write_atomic
+from lathadapter.experiments.run import forget_stale, write_atomic
 
 
 def report_folder(path: Path) -> Path:
@@ -42,22 +41,7 @@ def _disk_run(results: Results) -> Path | None:
     return None
 
 
-WRITTEN = ".report_files.json"  # in a report folder: the files its last report wrote
-
-
-def _forget_stale(out: Path, written: list[Path]) -> None:
-    """Remove the files an earlier report into `out` wrote (its `WRITTEN` list) that this one did not (a dataset or
-    configuration no longer in the results: their tables and plots would look current), then record this report's.
-    Only names an earlier report recorded are removed; a folder's other files stay."""
-    names = sorted({p.name for p in written})
-    try:
-        earlier = json.loads((out / WRITTEN).read_text())
-    except (OSError, ValueError):
-        earlier = []  # no earlier report here (or one from before the list was kept)
-    for name in set(earlier if isinstance(earlier, list) else []) - set(names):
-        if isinstance(name, str) and name == Path(name).name and (out / name).is_file():
-            (out / name).unlink()
-    write_atomic(out / WRITTEN, lambda temporary: temporary.write_text(json.dumps(names, indent=1)))
+WRITTEN = ".report_files.json"  # in a report folder: the files its last report wrote (`forget_stale`)
 
 
 def write_report(source: Path, out: Path | None = None, disk_run: Path | None = None) -> dict[str, Any]:
@@ -98,6 +82,6 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
                if crowded_reliability else "")
             + seeds_markdown(per_seed))  # last, after the text it had before it
     write_atomic(out / "report.md", lambda temporary: temporary.write_text(text))  # last: the report is whole
-    _forget_stale(out, [*csvs, *latex, *plots, out / "report.md"])
+    forget_stale(out, [*csvs, *latex, *plots, out / "report.md"], WRITTEN)
     return {"markdown": markdown, "tables": [str(p) for p in csvs], "latex": [str(p) for p in latex],
             "plots": [str(p) for p in plots], "report": str(out / "report.md")}

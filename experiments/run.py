@@ -394,6 +394,22 @@ def write_atomic(path: Path, write: Any) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def forget_stale(folder: Path, written: list[Path], listing: str) -> None:
+    """Remove the files an earlier command into `folder` wrote (its `listing` file, a JSON list of names) that this
+    one did not (`written`): a dataset no longer in a report's results, a target not given to `inspect` again, another
+    run's plots, which would look current. Then record this one's. Only names the list holds are removed; a folder's
+    other files stay."""
+    names = sorted({p.name for p in written})
+    try:
+        earlier = json.loads((folder / listing).read_text())
+    except (OSError, ValueError):
+        earlier = []  # nothing written here before (or before the list was kept)
+    for name in set(earlier if isinstance(earlier, list) else []) - set(names):
+        if isinstance(name, str) and name == Path(name).name and (folder / name).is_file():
+            (folder / name).unlink()
+    write_atomic(folder / listing, lambda temporary: temporary.write_text(json.dumps(names, indent=1)))
+
+
 def check_replaceable(path: Path, flag: str, starts: bytes, what: str) -> None:
     """Refuse an output file `path` (given as `flag`) that exists, is not empty and does not start as the files that
     option writes do (`starts`, `what` they are): a run's metrics.json or a grid's results.csv given by mistake was

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # imported in `load_targets` alone: the grid driver (`launch`
     from lathadapter.experiments.protocols import Targets
 
 RUN_FILES = ("config.json", "metrics.json", "weights.pt")
+PLOTS_WRITTEN = ".inspect_plots.json"  # in an `inspect --plots` folder: the plots the last inspect drew there
 
 
 @dataclass(frozen=True)

@@ -296,6 +296,23 @@ def test_inspect_errors_are_one_line_with_exit_code_1(finished: Path, tmp_path: 
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
 
 
+def test_inspect_plots_that_fail_to_score_leave_no_folder_behind(finished: Path, tmp_path: Path) -> None:
+    """A run whose loaded model scores NaN (weights.pt filled with NaN) fails in one line; the --plots folders it
+    made for the plots (two levels here) are removed again, not left empty; a folder that was there stays."""
+    folder = spoiled(finished, tmp_path)
+    weights = torch.load(folder / "weights.pt")
+    torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
+               folder / "weights.pt")
+    there = tmp_path / "there"
+    there.mkdir()
+    for plots, kept in ((tmp_path / "new" / "plots", False), (there, True)):
+        result = CliRunner().invoke(app, ["inspect", str(folder), "--plots", str(plots), "--device", "cpu"])
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.output.splitlines() if line.startswith(("error", "Traceback"))]
+        assert len(lines) == 1 and "NaN scores" in lines[0], result.output
+        assert (tmp_path / "new").exists() is False and plots.is_dir() is kept
+
+
 def test_inspect_out_overwrites_no_file_but_its_own_csv(finished: Path, tmp_path: Path) -> None:
     """`--out` naming the run's own metrics.json (or a grid's results.csv) overwrote it with the per-class CSV: the
     run was lost. An existing file that is not a per-class CSV is refused in one line and left as it was; a CSV the
@@ -328,7 +345,7 @@ def test_inspect_plots_the_reliability_and_each_sets_confusion_matrix(baseline_c
     result = CliRunner().invoke(app, ["inspect", metrics["run_dir"], "--plots", str(plots), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     names = ["reliability.png", "confusion_base.png", "confusion_novel.png"]
-    assert sorted(p.name for p in plots.iterdir()) == sorted(names)
+    assert sorted(p.name for p in plots.iterdir()) == sorted([*names, ".inspect_plots.json"])
     assert all((plots / name).read_bytes().startswith(b"\x89PNG") for name in names)
     assert f"plots: {', '.join(str(plots / name) for name in names)}" in result.output
     # restated: base classes are the first ceil(C/2) labels, novel the rest relabelled from 0; each row of a heat map
@@ -348,8 +365,16 @@ def test_inspect_plots_the_reliability_and_each_sets_confusion_matrix(baseline_c
     lathadapter_run = fit(baseline_cache, "lathadapter", tmp_path / "hyperbolic")["run_dir"]
     result = CliRunner().invoke(app, ["inspect", lathadapter_run, "--plots", str(tmp_path / "disk"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["confusion_all.png", "poincare_disk.png",
-                                                                     "reliability.png"]
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == [".inspect_plots.json", "confusion_all.png",
+                                                                     "poincare_disk.png", "reliability.png"]
+    # another run's plots into that folder: the disk of the LatHAdapter run and its `all` matrix, which would look
+    # like this run's, are removed (the folder's list of what the last inspect drew); a file of the user's stays
+    (tmp_path / "disk" / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["inspect", metrics["run_dir"], "--plots", str(tmp_path / "disk")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == sorted([*names, ".inspect_plots.json",
+                                                                            "notes.txt"])
+    assert json.loads((tmp_path / "disk" / ".inspect_plots.json").read_text()) == sorted(names)
     # a --plots path that cannot be a folder names the option, as --out does
     blocked = tmp_path / "file"
     blocked.write_text("")

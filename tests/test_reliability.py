@@ -5,6 +5,7 @@ configuration over its seeds' summed bins, against per-bin accuracy, confidence 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,12 @@ def write_grid(folder: Path, runs: list[tuple[dict[str, Any], dict[str, Any] | N
 
 
 def capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Figure]:
-    """Each figure a report saves, by file name; `plots._save` still writes the file."""
+    """Each figure a report saves, by file name, as it was saved (a copy: the next figure of as many panels is drawn
+    on the same one); `plots._save` still writes the file."""
     figures: dict[str, Figure] = {}
     save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.setdefault(path.name, fig), save(fig, path))[1])
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (
+        figures.setdefault(path.name, pickle.loads(pickle.dumps(fig))), save(fig, path))[1])
     return figures
 
 
@@ -115,6 +118,22 @@ def test_a_panel_pools_its_seeds_bins_as_worked_out_by_hand(tmp_path: Path, monk
     assert drawn["zeroshot"]["gap to"] == pytest.approx({centre(12): 82.0, centre(14): 98.0})
     report = (folder / "report" / "report.md").read_text()
     assert "![reliability_caltech101_4shot](reliability_caltech101_4shot.png)" in report
+
+
+def test_a_figure_drawn_on_a_reused_frame_is_the_file_a_new_figure_gives(tmp_path: Path) -> None:
+    """A report draws a figure of as many panels as one before it on that figure's frame, cleared: the 4-shot
+    figure drawn after the 2-shot one (five panels, the legend under them) is byte for byte the one a report of the
+    4-shot runs alone draws, so nothing of the 2-shot figure is left on it."""
+    methods = ["zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "lathadapter"]
+    runs = [(run_row(f"{m}{k}", m, 1, shots=k), {"all": SEED_1 if (i + k) % 2 else SEED_2})
+            for i, m in enumerate(methods) for k in (2, 4)]
+    write_grid(tmp_path / "both", runs)
+    write_grid(tmp_path / "alone", [(row, bins) for row, bins in runs if row["shots"] == 4])
+    for name in ("both", "alone"):
+        write_report(tmp_path / name)
+    drawn = (tmp_path / "both" / "report" / "reliability_caltech101_4shot.png").read_bytes()
+    assert drawn == (tmp_path / "alone" / "report" / "reliability_caltech101_4shot.png").read_bytes()
+    assert drawn != (tmp_path / "both" / "report" / "reliability_caltech101_2shot.png").read_bytes()
 
 
 def test_base_to_novel_draws_base_and_novel_figures_and_labels_as_its_table(tmp_path: Path,

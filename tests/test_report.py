@@ -1153,6 +1153,54 @@ def test_a_dollar_sign_in_a_class_name_is_drawn_as_written(tmp_path: Path) -> No
     assert [t.get_text() for t in labels] == names and not any(t.get_parse_math() for t in labels)
 
 
+def test_characters_the_font_lacks_are_one_warning_naming_the_plot(tmp_path: Path) -> None:
+    """A CJK class name: matplotlib warned once per character and drawing pass (ten lines for one five-character
+    name on one confusion matrix). The plot warns once, naming its file and each character the font has no glyph
+    for, as the font's own character map says."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    names = ["日本語の円", "café crème", "cat 🐱 日"]
+    charmap = FT2Font(font_manager.findfont("DejaVu Sans")).get_charmap()
+    lacking = list(dict.fromkeys(c for name in names for c in name if ord(c) not in charmap))
+    assert lacking and "é" not in lacking
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots.plot_confusion(torch.eye(3, dtype=torch.long), names, "glyphs", tmp_path / "confusion.png")
+    assert (tmp_path / "confusion.png").read_bytes().startswith(b"\x89PNG")
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"confusion.png: the font (DejaVu Sans) has no glyph for {' '.join(lacking)}, drawn "
+                              "as boxes")
+
+
+def test_a_long_class_name_is_cut_in_the_disk_legend(tmp_path: Path) -> None:
+    """A 200-character class name stretched the Poincaré disk's legend, and so the picture, to 2130 pixels wide
+    (and tight_layout gave up, warning); the legend cuts it at `LEGEND_NAME_CHARACTERS`, as the confusion matrix's
+    axes cut names."""
+    import matplotlib.image
+
+    run = tmp_path / "run"
+    run.mkdir()
+    long = "x" * 150 + " very long name " + "y" * 50
+    torch.save({"curvature": 1.0, "class_names": [long, "b"], "categories": torch.tensor([[0.3, 0.1, 0.0],
+                                                                                           [0.0, 0.2, 0.1]]),
+                "attributes": torch.tensor([[0.5, 0.0, 0.1], [0.0, 0.5, 0.2]]),
+                "images": torch.tensor([[0.8, 0.1, 0.0], [0.7, 0.3, 0.1]]), "image_labels": torch.tensor([0, 1]),
+                "strongest_attribute": torch.tensor([0, 1])}, run / "points.pt")
+    captured: list[Axes] = []
+    save = plots._save
+    with warnings.catch_warnings(record=True) as caught, pytest.MonkeyPatch.context() as patch:
+        warnings.simplefilter("always")
+        patch.setattr(plots, "_save", lambda fig, path: (captured.append(fig.axes[0]), save(fig, path))[1])
+        plots.plot_poincare_disk(run, tmp_path)
+    legend = [t.get_text() for t in captured[0].get_legend().get_texts()]
+    assert legend == ["1: " + "x" * 39 + "…", "2: b", "attribute prompts"]
+    assert not [str(w.message) for w in caught]
+    height, width, _ = matplotlib.image.imread(tmp_path / "poincare_disk.png").shape
+    assert width < 1.5 * height  # the disk (720 px at 6 in) and a legend of short lines beside it
+
+
 def test_datasets_whose_names_share_a_file_name_are_labelled_apart(tmp_path: Path) -> None:
     """`a b` and `a|b` both slug to `a_b`: each is labelled with its cache's fingerprint, as two caches of one name
     are, so that each has its own table file and plot instead of one overwriting the other."""

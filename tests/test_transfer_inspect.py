@@ -5,6 +5,7 @@ when the run trained, and each target's test set read apart from the loaded run.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from lathadapter.adapter.options import StateError
 from lathadapter.cache.store import CacheReader
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
+from lathadapter.experiments import plots
 from lathadapter.experiments.protocols import run_protocol
+from lathadapter.experiments.report import write_report
 
 COMMON = dict(dim=16, views=2, shots=(4,), seeds=(1,), train_per_class=6, val_per_class=2, test_per_class=5, seed=1)
 KEEP = [9, 2, 5, 0, 7]  # the domain target's classes: source classes of the same wnids, in this order
@@ -62,7 +65,8 @@ def test_inspect_scores_each_target_as_metrics_json_records(tmp_path: Path, prot
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
-        ["reliability.png", "confusion_all.png", *(f"confusion_target_{name.lower()}.png" for name in targets)])
+        [".inspect_plots.json", "reliability.png", "confusion_all.png",
+         *(f"confusion_target_{name.lower()}.png" for name in targets)])
     lines = result.output.splitlines()
     for name in targets:
         line = next(x for x in lines if x.startswith(f"target {name}: "))
@@ -162,3 +166,32 @@ def test_load_imports_the_protocols_only_for_targets() -> None:
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_targets_whose_names_share_a_file_name_get_a_file_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Targets `a b` and `a|b` both slug to `a_b`: `inspect --plots`' confusion matrices and the report's reliability
+    figures of the two were one file, the second overwriting the first. Each has its own, its name followed by the
+    first 6 hex digits of the target's SHA-1, and draws its own target."""
+    source = write_synthetic_cache(tmp_path / "source.h5", num_classes=6, name="source", **COMMON)
+    targets = {name: write_synthetic_cache(tmp_path / f"t{i}.h5", num_classes=3 + i, name=name,
+                                           **{**COMMON, "seed": 3 + i}) for i, name in enumerate(("a b", "a|b"))}
+    out = tmp_path / "grid"
+    run_protocol("cross-dataset", [str(source)], out, ["zeroshot"], [1], targets=[str(t) for t in targets.values()],
+                 shots=[4], progress=False)
+    (folder,) = [d for d in (out / "runs").iterdir() if d.is_dir()]
+    titles: dict[str, str] = {}  # file name → the figure's title and its first axes' title, as saved
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (
+        titles.setdefault(path.name, f"{fig.get_suptitle()} | {fig.axes[0].get_title()}"), save(fig, path))[1])
+    args = ["inspect", str(folder), "--plots", str(tmp_path / "plots"), "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, *(a for t in targets.values() for a in ("--target", str(t)))])
+    assert result.exit_code == 0, result.output
+    write_report(out)
+    files = {name: "a_b_" + hashlib.sha1(name.encode()).hexdigest()[:6] for name in targets}
+    assert len(set(files.values())) == 2
+    for name, file in files.items():
+        assert f"target {name}: accuracy" in titles[f"confusion_target_{file}.png"]
+        assert (tmp_path / "plots" / f"confusion_target_{file}.png").is_file()
+        assert f"target {name}: reliability" in titles[f"reliability_transfer_source_4shot_{file}.png"]
+        assert (out / "report" / f"reliability_transfer_source_4shot_{file}.png").is_file()
+
