@@ -3,7 +3,6 @@ once, into typed objects; a user's mistake ends in one `error:` line and exit co
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
@@ -771,9 +770,6 @@ def report(
                f"LaTeX (.csv, .tex); plots: {', '.join(written['plots']) or 'none'}")
 
 
-INSPECT_SHOWN = 5  # `inspect`: the worst and the best classes printed (at most half the classes each)
-
-
 @app.command()
 def inspect(
     run_dir: Path = typer.Argument(..., help="A finished run directory (`fit`'s, or a grid's runs/<key>/)."),
@@ -792,94 +788,12 @@ def inspect(
     """Load a trained run back and score its test images per class: the accuracy and ECE (checked against its
     metrics.json), the ECE after a temperature fitted on its val images, the worst and best classes, and optionally a
     per-class CSV and plots; a transfer run's targets too, with --target."""
-    from lathadapter.adapter.evaluate import NaNScores
-    from lathadapter.experiments.records import distinct_slugs
-    from lathadapter.experiments.run import forget_stale
-    from lathadapter.experiments.trained import (
-        PLOTS_WRITTEN,
-        check_per_class_out,
-        class_accuracies,
-        load,
-        per_class_rows,
-        ranked,
-        write_per_class,
-    )
+    from lathadapter.experiments.inspection import inspect_run
 
-    made: list[Path] = []  # the folders --plots made, removed again when the run fails before drawing in them
     try:
-        if out is not None:
-            check_per_class_out(out)
-        run = load(run_dir, cache, device, targets=list(target))
-        if plots is not None:  # before any scoring; after loading, so a run that cannot be loaded leaves no folder
-            made = [folder for folder in (plots, *plots.parents) if not folder.exists()]
-            plots.mkdir(parents=True, exist_ok=True)
-        c = run.config
-        typer.echo(f"{c.method} · {run.data.dataset} · {c.shots}-shot seed {c.seed} · classes {c.classes} · {run_dir}")
-        recorded_targets = [name for name in run.metrics.get("targets") or {} if name != "source"]
-        own = "source" if recorded_targets else ""  # a transfer run's own test set: the results table's `source`
-        sets = [(part, None, part, run.metrics["accuracy"].get(part), (run.metrics.get("ece") or {}).get(part))
-                for part in run.parts]
-        sets += [(None, name, f"target {name}", run.metrics["targets"].get(name),
-                  (run.metrics.get("targets_ece") or {}).get(name)) for name in run.targets]
-        per_class = {}  # the sets the method scores: each set's test images are scored three times (evaluation, the
-        # temperature-scaled ECE, the confusion matrix), each a few hundredths of a second on 3,000 images
-        reliability, drawn = [], []  # the sets' bins, and the confusion matrices drawn (`--plots`)
-        for part, name, label, recorded, recorded_ece in sets:
-            scores = run.scores(part, name)  # accuracy and ECE as evaluation (a target: its protocol) computes them
-            accuracy = None if scores is None else scores.accuracy
-            same = "as metrics.json" if accuracy == recorded else \
-                f"metrics.json records {_format_accuracy(recorded)}: the loaded model does not score as the run did"
-            ece = "" if scores is None else f", ECE {scores.ece:.2f}%" + (
-                "" if recorded_ece == scores.ece else " (metrics.json: none, saved before ECE)"
-                if recorded_ece is None else f" (metrics.json: {recorded_ece:.2f}%)")
-            typer.echo(f"{label}: {_format_accuracy(accuracy)} ({same}){ece}")
-            if accuracy is None:
-                continue
-            try:
-                scaled, failed = run.temperature_scaled(part, name), ""
-            except NaNScores as error:  # the val images' scores are NaN where the test set's are not: no T
-                scaled, failed = None, f"none: {error}"
-            fitted_on = " of the source's classes" if name else " of the base classes" if run.novel is not None else ""
-            typer.echo("  after temperature scaling: " + ((failed or "no val image to fit a temperature on")
-                                                          if scaled is None else
-                       f"ECE {scaled.scores.ece:.2f}% (T = {scaled.temperature:.3g}, fitted on "
-                       f"{_plural(scaled.val_images, 'val image')}{fitted_on}"
-                       + ("; the end of the range searched: the val images do not bound T" if scaled.at_edge else "")
-                       + ")"))
-            matrix, names = run.confusion(part, name), run.test_set(part, name)[2].class_names
-            per_class[(part or "all", name or own)] = class_accuracies(matrix, names)
-            classes = ranked(per_class[(part or "all", name or own)])
-            if plots is not None:
-                from lathadapter.experiments.plots import plot_confusion
-
-                reliability.append((label, scores.reliability))
-                files = distinct_slugs(run.targets)  # targets `a b` and `a|b`: a file each
-                drawn.append(plot_confusion(matrix, names, f"{c.method} · {label}: accuracy {accuracy:.2f}%",
-                                            plots / f"confusion_{part or 'target_' + files[name or '']}.png"))
-            shown = min(INSPECT_SHOWN, max(1, len(classes) // 2))
-            for side, picked in (("worst", classes[:shown]), ("best", classes[::-1][:shown])):
-                typer.echo(f"  {side}: " + ", ".join(f"{k.name} {_format_accuracy(k.accuracy)} ({k.correct}/{k.count})"
-                                                    for k in picked))
-        if recorded_targets and not run.targets:
-            typer.echo(f"targets: metrics.json records {', '.join(recorded_targets)}; --target PATH (a cache of "
-                       "each) scores them")
-        if out is not None:
-            write_per_class(out, per_class_rows(per_class))
-            typer.echo(f"wrote {out}", err=True)
-        if reliability:
-            from lathadapter.experiments.plots import plot_poincare_disk, plot_run_reliability
-
-            drawn.insert(0, plot_run_reliability(reliability, f"{c.method} · {run.data.dataset} · {c.shots}-shot "
-                                                 f"seed {c.seed}", plots / "reliability.png"))
-            if (run.folder / "points.pt").is_file():  # a LatHAdapter run: its lifted points, as a report draws them
-                drawn.append(plot_poincare_disk(run.folder, plots))
-            typer.echo(f"plots: {', '.join(str(path) for path in drawn)}", err=True)
-        if plots is not None:  # an earlier inspect's plots not drawn again (another run's, a target's) go
-            forget_stale(plots, drawn, PLOTS_WRITTEN)
+        inspect_run(run_dir, cache, device, list(target), out, plots, echo=typer.echo,
+                    note=lambda text: typer.echo(text, err=True))
     except (ValueError, OSError) as error:
-        for folder in made:  # innermost first; one holding a file (a plot drawn before the failure) stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
         flag, path = next(((flag, path) for flag, path in (("--plots", plots), ("--out", out))
                            if _write_error(error, path, flag)), ("--out", out))
         _fail(error, path, flag)
