@@ -20,10 +20,7 @@ from lathadapter.progress import show_warning
 from lathadapter.version import __version__
 
 if TYPE_CHECKING:  # imported where used: `--help` and `--version` stay fast
-    from collections.abc import Iterable
-
     from lathadapter.cache.encode import Augmentation
-    from lathadapter.experiments.compare_grid import PartComparison
 
 Option = typer.core.TyperOption  # typer's own copy of click's classes (typer._click), not the `click` package
 Command = typer.core.TyperCommand | typer.core.TyperGroup
@@ -799,13 +796,6 @@ def inspect(
         _fail(error, path, flag)
 
 
-COMPARE_SHOWN = 5  # `compare`: the classes with the largest differences printed, either way
-
-
-def _p_value(p: float) -> str:
-    return "< 1e-300" if p < 1e-300 else f"= {p:.3g}"
-
-
 COMPARE_FORMS = ("Two run directories: compare them image by image. Otherwise each path is a SOURCE as `report` "
                  "reads it (a grid folder, a results.csv, a folder of `fit` runs), their rows pooled: compare "
                  "configuration --a with --b across datasets (without --a/--b, two sources: every run of the first "
@@ -854,37 +844,11 @@ def compare(
 
 def _compare_runs(run_a: Path, run_b: Path, cache: Path | None, device: str | None, out: Path | None) -> None:
     """`compare RUN_A RUN_B`: two runs on the same test images, image by image."""
-    from lathadapter.experiments.compare import ALPHA, CSV_COLUMNS, compare_runs, load_pair, run_label, write_comparison
-    from lathadapter.experiments.run import check_replaceable
+    from lathadapter.experiments.comparison import compare_two_runs
 
     try:
-        if out is not None:
-            check_replaceable(out, "--out", ",".join(CSV_COLUMNS[:4]).encode(),
-                              f"a per-class comparison CSV (header {','.join(CSV_COLUMNS)})")
-        a, b = load_pair(run_a, run_b, cache, device)
-        typer.echo(f"A: {run_label(a, b)} · {run_a}")
-        typer.echo(f"B: {run_label(b, a)} · {run_b}")
-        compared = compare_runs(a, b)
-        for part, comparison in compared.items():
-            if comparison is None:
-                unable = [r.config.method for r in (a, b) if not r.method.scores_new_classes]
-                typer.echo(f"{part}: n/a ({' and '.join(dict.fromkeys(unable))} cannot score these classes)")
-                continue
-            t, p = comparison.table, comparison.table.p
-            verdict = f"significant at {ALPHA:g}" if p < ALPHA else f"not significant at {ALPHA:g}"
-            typer.echo(f"{part} ({_plural(t.images, 'test image')}): A {_format_accuracy(t.accuracy_a)}, B "
-                       f"{_format_accuracy(t.accuracy_b)}, A − B {t.difference or 0:+.2f} points; only A right b = "
-                       f"{t.only_a}, only B right c = {t.only_b}; exact McNemar p {_p_value(p)}: {verdict}")
-            differing = sorted((k for k in comparison.classes if k.difference), key=lambda k: (-abs(k.difference),
-                                                                                               k.label))
-            for side, picked in (("A better", [k for k in differing if k.difference > 0]),
-                                 ("B better", [k for k in differing if k.difference < 0])):
-                typer.echo(f"  {side}: " + (", ".join(f"{k.name} {k.difference:+.2f} ({k.correct_a}/{k.count} vs "
-                                                      f"{k.correct_b}/{k.count})" for k in picked[:COMPARE_SHOWN])
-                                            or "no class"))
-        if out is not None:
-            write_comparison(out, compared)
-            typer.echo(f"wrote {out}", err=True)
+        compare_two_runs(run_a, run_b, cache, device, out, echo=typer.echo,
+                         note=lambda text: typer.echo(text, err=True))
     except (ValueError, OSError) as error:
         _fail(error, out)
 
@@ -892,89 +856,15 @@ def _compare_runs(run_a: Path, run_b: Path, cache: Path | None, device: str | No
 def _compare_configurations(sources: list[Path], a: str | None, b: str | None, out: Path | None,
                             plot: Path | None) -> None:
     """`compare SOURCE... --a ... --b ...`: two configurations across datasets, from the recorded accuracies."""
-    from lathadapter.experiments.compare_grid import (
-        ALPHA,
-        CSV_COLUMNS,
-        Selector,
-        compare_configurations,
-        write_cells,
-    )
-    from lathadapter.experiments.records import shots_label
-    from lathadapter.experiments.run import check_replaceable
+    from lathadapter.experiments.comparison import compare_two_configurations
 
     try:
-        if out is not None:
-            check_replaceable(out, "--out", ",".join(CSV_COLUMNS[:3]).encode(),
-                              f"a comparison CSV (header {','.join(CSV_COLUMNS)})")
-        if plot is not None:
-            check_replaceable(plot, "--plot", b"\x89PNG", "a PNG image")
-            if plot.suffix.lower() != ".png":  # the format is the suffix's, and only a PNG is ever replaced
-                raise OptionError(f"--plot {plot}: expected a .png file name (the plot is a PNG image)")
-            if out is not None and out.resolve() == plot.resolve():  # the plot would replace the CSV just written
-                raise OptionError(f"--out {out} and --plot {plot} are the same file; give the CSV and the plot each "
-                                  "its own (--out cells.csv --plot diff.png)")
-        selectors = [None if text is None else Selector.parse(flag, text) for flag, text in (("--a", a), ("--b", b))]
-        compared = compare_configurations(sources, *selectors)
-        for side, labels, text, source in (("A", compared.labels_a, a, sources[0]),
-                                           ("B", compared.labels_b, b, sources[-1])):
-            typer.echo(f"{side}: {'; '.join(labels) or 'no run'} · {f'--{side.lower()} {text}' if text else source}")
-        if compared.only_a or compared.only_b:
-            unpaired = [f"{_plural(len(runs), 'run')} of {side} alone ({', '.join(runs[:3])}"
-                        f"{', ...' if len(runs) > 3 else ''})" for side, runs in (("A", compared.only_a),
-                                                                                   ("B", compared.only_b)) if runs]
-            typer.echo(f"unpaired, left out: {'; '.join(unpaired)}")
-        if not compared.parts:
-            typer.echo("no dataset, shots and seed where both A and B have a run: nothing to compare")
-        for part in compared.parts:
-            typer.echo(f"{part.part}, {shots_label(part.shots)}:")
-            for d in part.datasets:
-                if d.difference is None:
-                    typer.echo(f"  {d.label}: n/a (A {_accuracies(s.a for s in d.seeds)}, B "
-                               f"{_accuracies(s.b for s in d.seeds)})")
-                    continue
-                typer.echo(f"  {d.label}: A {d.mean_a:.2f}, B {d.mean_b:.2f}, A − B {d.shown:+.2f}; seeds A better "
-                           f"{d.a_better}, B better {d.b_better} of {len(d.paired)}")
-            typer.echo(f"  {_over_datasets(part, ALPHA)}")
-        if out is not None:
-            write_cells(out, compared)
-            typer.echo(f"wrote {out}", err=True)
-        if plot is not None:
-            from lathadapter.experiments.plots import plot_comparison
-
-            plot_comparison(compared, plot)
-            typer.echo(f"wrote {plot}", err=True)
+        compare_two_configurations(sources, a, b, out, plot, echo=typer.echo,
+                                   note=lambda text: typer.echo(text, err=True))
     except (ValueError, OSError) as error:
         flag, path = next(((flag, path) for flag, path in (("--plot", plot), ("--out", out))
                            if _write_error(error, path, flag)), ("--out", out))
         _fail(error, path, flag)
-
-
-def _accuracies(values: Iterable[float | None]) -> str:
-    """A dataset's seeds' accuracies where A − B has no value: `n/a`, or the values (a side with some seeds)."""
-    known = [f"{v:.2f}" for v in values if v is not None]
-    return "/".join(known) if known else "n/a"
-
-
-def _over_datasets(part: PartComparison, alpha: float) -> str:
-    """The summary line of one part and shots across datasets: mean A − B, wins/ties/losses, the Wilcoxon test."""
-    compared = part.compared
-    if not compared:
-        return "no dataset where both have an accuracy: nothing to test"
-    wins, ties, losses = part.wins_ties_losses
-    line = f"over {_plural(len(compared), 'dataset')}: mean A − B {part.mean_difference:+.2f}; wins/ties/losses of A " \
-           f"{wins}/{ties}/{losses}"
-    test = part.test
-    if test is None:
-        return f"{line}; one dataset: no test across datasets (compare RUN_A RUN_B tests a pair of runs image by image)"
-    if test.n == 0:
-        return f"{line}; every difference is 0.00: the signed-rank test has nothing to rank (p = 1)"
-    verdict = f"significant at {alpha:g}" if test.p < alpha else f"not significant at {alpha:g}"
-    line += f"; exact Wilcoxon signed-rank p {_p_value(test.p)} (n = {test.n}, W+ = {test.w_plus:g}, W− = " \
-            f"{test.w_minus:g}): {verdict}"
-    if test.smallest_p >= alpha:
-        line += f" (with {_plural(test.n, 'nonzero difference')} the smallest possible p is " \
-                f"{test.smallest_p:.3g}: it can never reach {alpha:g})"
-    return line
 
 
 @app.command()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lathadapter.adapter.evaluate import NaNScores
-from lathadapter.experiments.records import distinct_slugs
+from lathadapter.experiments.records import distinct_slugs, percent, plural
 from lathadapter.experiments.run import forget_stale
 from lathadapter.experiments.trained import (
     PLOTS_WRITTEN,
@@ -25,15 +25,6 @@ from lathadapter.experiments.trained import (
 SHOWN = 5  # the worst and the best classes printed (at most half the classes each)
 
 Echo = Callable[[str], None]
-
-
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}%"
-
-
-def plural(count: int, noun: str) -> str:
-    """`1 val image`, `12 val images`."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def inspect_run(run_dir: Path, cache: Path | None, device: str | None, targets: list[Path], out: Path | None,

@@ -269,7 +269,17 @@ def check_one_run_per_seed(parsed: list[Record], source: Path) -> None:
 
 def shots_label(k: int) -> str:
     """`1 shot`, `4 shots`: a number of shots in titles, labels and messages."""
-    return f"{k} shot" if k == 1 else f"{k} shots"
+    return plural(k, "shot")
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 run`, `12 val images`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def percent(value: float | None) -> str:
+    """An accuracy as the commands print it: `81.25%`, or `n/a`."""
+    return "n/a" if value is None else f"{value:.2f}%"
 
 
 def run_reliability(results: Results, keys: Iterable[str]) -> dict[str, dict[str, Reliability]]:

@@ -49,6 +49,7 @@ EXPERIMENT_RANKS = {
     "report_latex": 15, "report_seeds": 15,  # each report table as a LaTeX table float; the per-seed tables
     "report": 16,  # the report folder: tables and plots written together
     "inspection": 16,  # `inspect`: a run loaded back, scored set by set, its per-class CSV and plots
+    "comparison": 16,  # `compare`'s two forms as the command prints them, with their CSV and plot
 }
 
 
