@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import torch
@@ -72,24 +73,28 @@ MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font\(s\) (.+?)\.?$")
 def _save(fig: Figure, path: Path) -> Path:
     """Save a plot atomically (a full disk keeps the previous plot whole). Every text is drawn as written: a `$` in
     a class, dataset or option name is no mathtext, which would misdraw it or fail to parse. Characters the fonts
-    lack (CJK class names) are one warning naming the plot, not one per character and drawing pass."""
+    lack (CJK class names) are one warning naming the plot, not one per character and drawing pass; any other
+    warning is left to the filters in force (an error stops the save), from where it was raised. Plots are drawn in
+    one thread (`warnings.catch_warnings` is not thread-safe before Python 3.14)."""
     for text in fig.findobj(Text):
         text.set_parse_math(False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fig.tight_layout()
-        write_atomic(path, lambda temporary: fig.savefig(temporary, format=path.suffix.lstrip("."), dpi=120,
-                                                         bbox_inches="tight"))
     missing: dict[str, str] = {}  # character → the fonts that lack it
-    others: dict[str, Warning | str] = {}  # any other warning, once
-    for warned in caught:
-        match = MISSING_GLYPH.match(str(warned.message))
+    show = warnings.showwarning
+
+    def gather(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+               line: str | None = None) -> None:
+        match = MISSING_GLYPH.match(str(message))
         if match:
             missing.setdefault(chr(int(match.group(1))), match.group(2))
         else:
-            others.setdefault(str(warned.message), warned.message)
-    for message in others.values():
-        warnings.warn(message, stacklevel=2)
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", MISSING_GLYPH.pattern)  # each character's, not once a process
+        warnings.showwarning = gather
+        fig.tight_layout()
+        write_atomic(path, lambda temporary: fig.savefig(temporary, format=path.suffix.lstrip("."), dpi=120,
+                                                         bbox_inches="tight"))
     if missing:
         fonts = ", ".join(sorted(set(missing.values())))
         warnings.warn(f"{path.name}: the font ({fonts}) has no glyph for {' '.join(missing)}, drawn as boxes; a font "

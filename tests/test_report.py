@@ -1174,6 +1174,34 @@ def test_characters_the_font_lacks_are_one_warning_naming_the_plot(tmp_path: Pat
                               "as boxes")
 
 
+def test_other_warnings_of_a_save_keep_their_origin_and_the_filters_in_force(tmp_path: Path) -> None:
+    """Only the glyph warnings are gathered: another warning raised while a plot is drawn comes from where it was
+    raised (a filter by module still matches it), and a filter that makes it an error stops the save there, leaving
+    no file, as the same drawing outside `_save` would."""
+    import inspect
+
+    from matplotlib.artist import Artist
+
+    class Warns(Artist):
+        def draw(self, renderer: Any) -> None:
+            warnings.warn("drawn", RuntimeWarning, stacklevel=1)
+
+    fig, _ = plots._figure(2, 2)
+    fig.add_artist(Warns())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots._save(fig, tmp_path / "shown.png")
+    draw = inspect.unwrap(Warns.draw)  # matplotlib wraps a subclass's draw
+    raised_at = (__file__, draw.__code__.co_firstlineno + 1)  # the line of `warnings.warn` in `draw`
+    assert caught and {(str(w.message), w.category, (w.filename, w.lineno)) for w in caught} == {
+        ("drawn", RuntimeWarning, raised_at)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning, match="^drawn$"):
+            plots._save(fig, tmp_path / "stopped.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shown.png"]
+
+
 def test_a_long_class_name_is_cut_in_the_disk_legend(tmp_path: Path) -> None:
     """A 200-character class name stretched the Poincaré disk's legend, and so the picture, to 2130 pixels wide
     (and tight_layout gave up, warning); the legend cuts it at `LEGEND_NAME_CHARACTERS`, as the confusion matrix's
