@@ -273,6 +273,64 @@ def test_finer_row_tiles(hier: str) -> None:
         compare(inputs, labels, {**SCALARS, "hier": hier})
 
 
+@kernel_case
+def test_the_backward_tiles_as_its_forward_wherever_autograd_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forward inside `row_tile(4)`, the backward after the block in a thread of its own (where autograd runs a
+    CUDA backward, and where the block's setting is not seen): the backward kernels still take 4 images and 4
+    present categories a program, as many programs as the forward's, and give the gradients of a backward inside."""
+    import threading
+
+    from lathadapter.kernels import triton_radial_loss
+    from lathadapter.kernels.triton_radial_loss import loss_block_sizes, radial_loss_triton, row_tile
+
+    launches: dict[str, tuple[int, int]] = {}  # kernel → (programs, rows a program)
+
+    class Recorded:
+        def __init__(self, name: str, kernel) -> None:
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid: tuple[int]):
+            def launch(*args, **kwargs):
+                launches[self.name] = (grid[0], kwargs.get("BLOCK_B", kwargs.get("BLOCK_P")))
+                return self.kernel[grid](*args, **kwargs)
+
+            return launch
+
+    for name in [n for n in dir(triton_radial_loss) if n.endswith("_kernel")]:
+        monkeypatch.setattr(triton_radial_loss, name, Recorded(name, getattr(triton_radial_loss, name)))
+    inputs, labels = make_inputs(37, 53, 17, seed=8)
+    present = len(labels.unique())
+
+    def gradients(inside: bool) -> tuple[torch.Tensor, ...]:
+        leaves = [value.detach().to(DEVICE).requires_grad_() for value in inputs.values()]
+        with row_tile(4):
+            loss, _ = radial_loss_triton(*leaves, labels.to(DEVICE), **SCALARS)
+            if inside:
+                return torch.autograd.grad(loss, leaves, allow_unused=True)
+        found: list = []
+        seen: list[int] = []
+
+        def backward() -> None:
+            seen.append(loss_block_sizes(17)["BLOCK_B"])
+            found.extend(torch.autograd.grad(loss, leaves, allow_unused=True))
+
+        thread = threading.Thread(target=backward)
+        thread.start()
+        thread.join()
+        assert seen == [16]  # the thread does not see the block's tile
+        return tuple(found)
+
+    expected = gradients(inside=True)
+    launches.clear()
+    for grad, want in zip(gradients(inside=False), expected, strict=True):
+        assert (grad is None and want is None) or torch.equal(grad, want)
+    rows, categories = -(-37 // 4), -(-present // 4)
+    assert launches == {"image_class_forward_kernel": (rows, 4), "image_attribute_forward_kernel": (rows, 4),
+                        "class_attribute_forward_kernel": (categories, 4), "image_class_backward_kernel": (rows, 4),
+                        "image_attribute_backward_kernel": (rows, 4),
+                        "class_attribute_backward_kernel": (categories, 4)}
+
+
 def test_row_tile_holds_inside_its_block_only_and_is_a_power_of_two() -> None:
     """Triton's block sizes are powers of two; the images and present categories a program tiles return to 16 when
     the block ends, also when it raises."""
