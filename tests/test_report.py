@@ -207,6 +207,27 @@ def test_a_report_into_a_used_folder_leaves_no_file_of_the_earlier_one(tmp_path:
     assert (used / "notes.txt").read_text() == "mine"
 
 
+def test_a_folders_list_of_written_files_removes_nothing_outside_the_folder(tmp_path: Path) -> None:
+    """`forget_stale` (report's and `inspect --plots`') removes only the plain files of the folder its list names:
+    a list edited to name a path elsewhere (`../`, absolute, in a subfolder), a folder, or that is no JSON list
+    removes nothing but what it names in the folder; the list then holds this command's files."""
+    from lathadapter.experiments.run import forget_stale
+
+    folder, sub = tmp_path / "plots", tmp_path / "plots" / "sub"
+    sub.mkdir(parents=True)
+    kept = [tmp_path / "outside.png", sub / "inner.png", folder / "drawn.png"]
+    for path in [*kept, folder / "stale.png"]:
+        path.write_text("x")
+    listed = ["../outside.png", str(tmp_path / "outside.png"), "sub/inner.png", "sub", "..", "", 3, "stale.png"]
+    (folder / "list.json").write_text(json.dumps(listed))
+    forget_stale(folder, [folder / "drawn.png"], "list.json")
+    assert all(path.is_file() for path in kept) and sub.is_dir() and not (folder / "stale.png").exists()
+    assert json.loads((folder / "list.json").read_text()) == ["drawn.png"]
+    (folder / "list.json").write_text(json.dumps({"drawn.png": 1}))
+    forget_stale(folder, [], "list.json")
+    assert (folder / "drawn.png").is_file() and json.loads((folder / "list.json").read_text()) == []
+
+
 def test_two_caches_of_one_dataset_name_are_reported_apart(tmp_path: Path) -> None:
     other = "9f8e7d6c5b4a3921"
     rows = [row(seed=1, acc_all=40.0), row(seed=2, acc_all=42.0),
