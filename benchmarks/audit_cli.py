@@ -464,8 +464,8 @@ def report(start: float) -> None:
     print(f"\n{len(rows)} cases in {time.perf_counter() - start:.0f} s")
 
 
-def only_stop26() -> None:
-    """`audit_cli.py 26`: stop 26's cases alone, on a cache of their own (about a minute)."""
+def only_stop(cases: Callable[[Path, Path, Callable[[], str]], None]) -> None:
+    """`audit_cli.py 25` or `26`: one stop's cases alone, on a cache of their own (40 s to a minute)."""
     from lathadapter.cache.synthetic import write_synthetic_cache
 
     start = time.perf_counter()
@@ -474,23 +474,9 @@ def only_stop26() -> None:
         cache = write_synthetic_cache(tmp / "c.h5", num_classes=6, dim=16, views=2, shots=(1, 2), seeds=(1, 2, 3),
                                       train_per_class=8, test_per_class=6, seed=0, name="src")
         out = iter(range(10**6))
-        stop26(tmp, cache, lambda: str(tmp / f"out{next(out)}"))
-    report(start)
-
-
-def only_stop25() -> None:
-    """`audit_cli.py 25`: stop 25's cases alone, on a cache of their own (about 40 s)."""
-    from lathadapter.cache.synthetic import write_synthetic_cache
-
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as name:
-        tmp = Path(name)
-        cache = write_synthetic_cache(tmp / "c.h5", num_classes=6, dim=16, views=2, shots=(1, 2), seeds=(1, 2, 3),
-                                      train_per_class=8, test_per_class=6, seed=0, name="src")
-        out = iter(range(10**6))
-        stop25(tmp, cache, lambda: str(tmp / f"out{next(out)}"))
+        cases(tmp, cache, lambda: str(tmp / f"out{next(out)}"))
     report(start)
 
 
 if __name__ == "__main__":
-    {"25": only_stop25, "26": only_stop26}.get(" ".join(sys.argv[1:]), main)()
+    {"25": lambda: only_stop(stop25), "26": lambda: only_stop(stop26)}.get(" ".join(sys.argv[1:]), main)()
