@@ -9,18 +9,21 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import helpers
 import pytest
 import torch
 
 from lathadapter.adapter.catalog import make_options
 from lathadapter.adapter.methods.ape import search_cells
-from lathadapter.adapter.options import OptionError, environment_choice
+from lathadapter.adapter.options import OptionError, changed_fields, environment_choice
 from lathadapter.experiments import machine, pool
+from lathadapter.experiments import run as runs
 from lathadapter.experiments.cells import (
     MISSING,
     Cell,
@@ -32,7 +35,16 @@ from lathadapter.experiments.cells import (
 )
 from lathadapter.experiments.chunks import Collector, to_cpu
 from lathadapter.experiments.records import Configuration, Record
-from lathadapter.experiments.run import RunConfig, check_out, check_replaceable, write_atomic
+from lathadapter.experiments.report import write_report
+from lathadapter.experiments.run import (
+    RunConfig,
+    RunOutcome,
+    check_out,
+    check_replaceable,
+    run_folder,
+    save_run,
+    write_atomic,
+)
 from lathadapter.experiments.spec import GridSpec, expand, extended, load_spec_file
 from lathadapter.progress import LogProgress, relayed, show_relayed
 
@@ -99,6 +111,57 @@ def test_tuned_values_in_a_label_are_in_numeric_order() -> None:
     config = Configuration("clip-adapter", (("opt.lr", "tuned"),))
     label = config_label(config, {"clip-adapter": ["opt.lr"]}, [(("lr", "10"),), (("lr", "9"),)])
     assert label == "clip-adapter lr=9/10 (tuned)"
+
+
+# ------------------------------------------------------------------------------------------ a report's files
+
+COLUMNS = ["key", "cache", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
+           "acc_all", "acc_base", "acc_novel", "ece_all", "opt.lr"]
+
+
+def results(path: Path, eces: dict[str, list[float]]) -> Path:
+    """Two configurations of clip-adapter (lr), one seed each at 1 shot, with their accuracies and ECEs."""
+    rows = [{"key": f"k{lr}-{seed}", "cache": "d.h5", "dataset": "d", "fingerprint": "f" * 16, "method": "clip-adapter",
+             "shots": 1, "seed": seed, "classes": "all", "text": "coop", "select": "last", "target": "",
+             "acc_all": 50.0, "ece_all": ece, "opt.lr": lr} for lr, values in eces.items()
+            for seed, ece in enumerate(values, 1)]
+    return helpers.write_rows(path, rows, COLUMNS)
+
+
+def test_a_report_removes_only_files_of_its_own_folder_an_earlier_list_names(tmp_path: Path) -> None:
+    """`.report_files.json` names files of the report folder: a name with a folder in it (edited by hand, or
+    another folder's list copied) removes nothing outside the report's own files."""
+    out = tmp_path / "report"
+    source = results(tmp_path / "results.csv", {"0.1": [5.0], "0.01": [7.0]})
+    write_report(source, out)
+    (tmp_path / "outside.txt").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "inner.txt").write_text("mine")
+    listed = json.loads((out / ".report_files.json").read_text())
+    (out / ".report_files.json").write_text(json.dumps([*listed, "../outside.txt", "sub/inner.txt"]))
+    write_report(source, out)
+    assert (tmp_path / "outside.txt").read_text() == "mine" and (out / "sub" / "inner.txt").read_text() == "mine"
+
+
+def test_the_ece_tables_latex_bolds_the_lowest_ece(tmp_path: Path) -> None:
+    """Lower is better for ECE (`Table.lower_better`): its best mean, the one in bold, is the lowest."""
+    out = tmp_path / "report"
+    write_report(results(tmp_path / "results.csv", {"0.1": [5.0], "0.01": [7.0]}), out)
+    (tex,) = [p for p in out.glob("*.tex") if "ece" in p.name and "seed" not in p.name]
+    bold = [line for line in tex.read_text().splitlines() if "textbf" in line]
+    assert len(bold) == 1 and "5.00" in bold[0] and "7.00" not in bold[0]
+
+
+def test_a_results_path_with_a_line_break_stays_inside_the_latex_comment(tmp_path: Path) -> None:
+    """The first line of a `.tex` names the results in a `%` comment: a line break in that path would leave the rest
+    of it as LaTeX text."""
+    folder = tmp_path / "a\nb"
+    folder.mkdir()
+    out = tmp_path / "report"
+    write_report(results(folder / "results.csv", {"0.1": [5.0], "0.01": [7.0]}), out)
+    for tex in out.glob("*.tex"):
+        lines = tex.read_text().splitlines()
+        assert lines[0].startswith("%") and lines[1].startswith("\\begin{table}"), tex.name
 
 
 # ------------------------------------------------------------------------------------------ grid files and expansion
@@ -198,6 +261,39 @@ def test_a_script_inside_the_package_gets_no_guard_hint(monkeypatch: pytest.Monk
     assert "/elsewhere/train.py" in pool.script_hint()
 
 
+class Unpicklable(Exception):
+    def __init__(self, text: str, extra: int) -> None:
+        super().__init__(text)
+        self.extra = extra
+
+
+def test_an_error_that_cannot_cross_to_the_driver_keeps_its_type_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's error that cannot be unpickled is sent back as a RuntimeError naming its type and message."""
+    from lathadapter.experiments import chunks
+
+    def failing(*args: object) -> list[object]:
+        raise Unpicklable("the chunk broke", 1)
+
+    monkeypatch.setattr(chunks, "train_chunk", failing)
+    _, error, _ = pool.unpack(pool.work_chunk("c.h5", [], "out", None, None))  # type: ignore[arg-type]
+    assert type(error) is RuntimeError and str(error) == "Unpicklable: the chunk broke"
+
+
+def test_val_hm_refuses_a_training_view_of_one_class(tmp_path: Path) -> None:
+    """`--tune-score val_hm` splits the training classes in two: a base-to-novel run of a 2-class dataset trains on
+    one base class, which cannot be split."""
+    from lathadapter.cache.store import CacheReader
+    from lathadapter.cache.synthetic import write_synthetic_cache
+    from lathadapter.experiments.run import pseudo_split
+
+    cache = write_synthetic_cache(tmp_path / "c.h5", num_classes=2, dim=8, shots=(1,), seeds=(1,))
+    with CacheReader(cache) as reader:
+        data = reader.load(1, 1)
+    with pytest.raises(OptionError, match="leaves 1"):
+        pseudo_split(RunConfig("clip-adapter", 1, 1, classes="base"), data)
+    assert [d.num_classes for d in pseudo_split(RunConfig("clip-adapter", 1, 1), data)] == [1, 1]
+
+
 # ------------------------------------------------------------------------------------------ runs and atomic writes
 
 
@@ -263,6 +359,32 @@ def test_force_trains_a_finished_run_again(tmp_path: Path) -> None:
     check_out(tmp_path / "runs", folder, force=True)
 
 
+def test_a_run_directory_names_dataset_method_classes_shots_seed_and_key() -> None:
+    """docs/architecture.md: `OUT/<dataset>-<method>-<classes>-<shots>shot-seed<seed>-<key>/` (a base-to-novel run
+    and an all-class run of one seed in folders of their own names)."""
+    config = RunConfig("zeroshot", 4, 2, classes="base")
+    assert run_folder(Path("out"), "dtd", config, "abc") == Path("out/dtd-zeroshot-base-4shot-seed2-abc")
+
+
+def test_a_failed_save_into_an_existing_folder_leaves_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """`save_run` on a full disk removes a run folder it made, never one that was there (`--force` over a finished
+    run keeps its files)."""
+    def full(value: object) -> bytes:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "torch_bytes", full)
+    outcome = RunOutcome(SimpleNamespace(state_dict=dict), {"accuracy": 1.0}, None)  # type: ignore[arg-type]
+    config = RunConfig("zeroshot", 1, 1)
+    kept, made = tmp_path / "kept", tmp_path / "made"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for folder in (kept, made):
+        with pytest.raises(OSError):
+            save_run(folder, config, outcome, tmp_path / "c.h5", "fp", {}, "cpu")
+    assert (kept / "notes.txt").read_text() == "mine" and not made.exists()
+
+
 # ------------------------------------------------------------------------------------------ option parsing
 
 
@@ -272,6 +394,25 @@ def test_option_ranges_refuse_their_edges_where_open(name: str, value: str) -> N
     """`lr` > 0 (0 refused), `batch_size` ≥ 1, `weight_decay` ≥ 0, and every number finite."""
     with pytest.raises(OptionError, match=f"option {name}="):
         make_options("lathadapter", {name: value})
+
+
+@pytest.mark.parametrize(("name", "value", "rule"), [("lr", "0", "> 0"), ("batch_size", "0", ">= 1"),
+                                                     ("lr", "inf", "finite and > 0"), ("alpha_v", "1.5", "in [0, 1]"),
+                                                     ("alpha_v", "nan", "finite and in [0, 1]")])
+def test_a_refused_value_says_the_valid_range(name: str, value: str, rule: str) -> None:
+    with pytest.raises(OptionError, match=rf"it must be {re.escape(rule)} "):
+        make_options("lathadapter", {name: value})
+
+
+def test_a_closed_upper_edge_is_valid() -> None:
+    """`alpha_v` in [0, 1]: 1 is valid."""
+    assert make_options("lathadapter", {"alpha_v": "1"}).alpha_v == 1.0
+
+
+def test_the_changed_fields_are_those_set() -> None:
+    """`changed_fields` (config.json's `overrides`): the options a user set, not every option."""
+    epochs = make_options("lathadapter").epochs  # set to its default: not a change
+    assert changed_fields(make_options("lathadapter", {"lr": "0.123", "epochs": str(epochs)})) == {"lr": 0.123}
 
 
 @pytest.mark.parametrize(("text", "value"), [("yes", True), ("on", True), ("no", False), ("off", False)])
@@ -327,9 +468,10 @@ def test_a_task_that_reaches_its_total_prints_its_last_line_once_without_eta(cap
         task = progress.add_task("grid", total=4)
         clock.now = 1.0
         progress.update(task, advance=4)
-    lines = capsys.readouterr().err.strip().splitlines()
+        lines = capsys.readouterr().err.strip().splitlines()  # at the update that reached it, not on exit
     assert [line.split(" · ")[0] for line in lines] == ["grid: 0/4 (0%)", "grid: 4/4 (100%)"]
     assert "ETA" not in lines[-1]
+    assert capsys.readouterr().err == ""
 
 
 def test_an_unfinished_task_without_progress_prints_nothing_more_on_exit(capsys: pytest.CaptureFixture[str]) -> None:
