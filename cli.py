@@ -747,10 +747,11 @@ def protocol(
 
 @app.command()
 def report(
-    results: Path = typer.Argument(..., help="A results.csv written by `grid` or `protocol`, a grid folder, or a "
-                                   "folder of `fit` run directories."),
+    results: list[Path] = typer.Argument(..., metavar="results", help="A results.csv written by `grid` or "
+                                         "`protocol`, a grid folder, or a folder of `fit` run directories; several "
+                                         "(the folders of several protocols) make one report, their rows pooled."),
     out: Path | None = typer.Option(None, help="Report folder (default: report/ inside the folder, or beside the "
-                                    "results.csv)."),
+                                    "results.csv; needed for several sources)."),
     disk_run: Path | None = typer.Option(None, help="LatHAdapter run directory for the Poincaré-disk picture "
                                          "(default: the table's last lathadapter run)."),
 ) -> None:
@@ -760,7 +761,7 @@ def report(
     try:
         written = write_report(results, out, disk_run)
     except (ValueError, OSError) as error:
-        _fail(error, out or report_folder(results))  # a write error names the folder written, the default's too
+        _fail(error, out or report_folder(results[0]))  # a write error names the folder written, the default's too
     typer.echo(written["markdown"])
     tables = len(written["tables"])
     typer.echo(f"report: {written['report']}; {tables} table{'s' if tables != 1 else ''} beside it, each as CSV and "

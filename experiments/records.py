@@ -38,11 +38,34 @@ EXPECTED = f"expected a {RESULTS} written by `lathadapter grid` or `protocol`"
 
 @dataclass
 class Results:
-    """A results table's rows (as the CSV's strings), where they were read, and the run directories by run key."""
+    """A results table's rows (as the CSV's strings), where they were read (`source`, and `also` for the further
+    sources of a `merged` table), and the run directories by run key."""
 
     source: Path
     rows: list[dict[str, str]]
     run_dirs: dict[str, Path]
+    also: tuple[Path, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """Where the rows were read, as messages and reports name it: `grids/few-shot`, or `a, b` for several."""
+        return ", ".join(str(path) for path in (self.source, *self.also))
+
+
+def merged(loaded: list[Results]) -> Results:
+    """Several sources as one table (`report A B`): their rows in order, a run read from two of them (its key and
+    target) once, and their run directories. Their columns may differ (other methods, an older version): `records`
+    reads a column a row lacks as the value its run had."""
+    seen: set[tuple[str, str]] = set()
+    rows = []
+    for results in loaded:
+        for row in results.rows:
+            run = (row["key"], row.get("target", ""))  # a transfer run has a row per target
+            if run not in seen:
+                seen.add(run)
+                rows.append(row)
+    run_dirs = {key: folder for results in loaded for key, folder in results.run_dirs.items()}
+    return Results(loaded[0].source, rows, run_dirs, tuple(r.source for r in loaded[1:]))
 
 
 def load_results(path: Path) -> Results:
@@ -243,12 +266,12 @@ def records(results: Results, columns: list[str] | None = None) -> list[Record]:
                                  _choice(row, tuned), _hierarchy(row), int(row["seed"]), row["key"],
                                  bool(row.get("diverged")), *(_percent(row, c) for c in ECE)))
         except ValueError as error:
-            raise ResultsError(f"{results.source}: row {i}: {error}") from None
-    check_one_run_per_seed(parsed, results.source)
+            raise ResultsError(f"{results.label}: row {i}: {error}") from None
+    check_one_run_per_seed(parsed, results.label)
     return parsed
 
 
-def check_one_run_per_seed(parsed: list[Record], source: Path) -> None:
+def check_one_run_per_seed(parsed: list[Record], source: Path | str) -> None:
     """Refuse two runs of one configuration and seed in one cell (dataset, shots, classes, target): a cell is a mean
     over seeds, and a seed counted twice would weigh one draw double and inflate n. Such runs differ in what no
     column shows (another tuning grid, another set of transfer targets, an older scoring), e.g. two protocol runs

@@ -1,14 +1,15 @@
 """A report folder: `report.md`, a CSV and a LaTeX file per table and the plots, from a results.csv, a grid folder
-or a folder of `fit` runs (`write_report`, what `lathadapter report` runs), every file written atomically and
-`report.md` last. Its parts, lowest first: `records` (the results read back), `cells` (cells over seeds,
-configuration labels), `report_tables` (the tables, markdown and CSV), `report_latex` (each table as LaTeX),
-`report_seeds` (the per-seed tables, in a last section of `report.md`) and `plots`."""
+or a folder of `fit` runs, or several of them as one table (`write_report`, what `lathadapter report` runs), every
+file written atomically and `report.md` last. Its parts, lowest first: `records` (the results read back), `cells`
+(cells over seeds, configuration labels), `report_tables` (the tables, markdown and CSV), `report_latex` (each table
+as LaTeX), `report_seeds` (the per-seed tables, in a last section of `report.md`) and `plots`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from lathadapter.adapter.options import OptionError
 from lathadapter.experiments.plots import (
     disk_points,
     plot_ablations,
@@ -18,7 +19,7 @@ from lathadapter.experiments.plots import (
     plot_reliability,
     plot_transfer,
 )
-from lathadapter.experiments.records import Results, load_results, records, run_reliability
+from lathadapter.experiments.records import Results, load_results, merged, records, run_reliability
 from lathadapter.experiments.report_latex import write_latex
 from lathadapter.experiments.report_seeds import seed_tables, seeds_markdown
 from lathadapter.experiments.report_tables import report_tables, tables_markdown
@@ -44,15 +45,26 @@ def _disk_run(results: Results) -> Path | None:
 WRITTEN = ".report_files.json"  # in a report folder: the files its last report wrote (`forget_stale`)
 
 
-def write_report(source: Path, out: Path | None = None, disk_run: Path | None = None) -> dict[str, Any]:
+def write_report(source: Path | list[Path], out: Path | None = None, disk_run: Path | None = None
+                 ) -> dict[str, Any]:
     """Write `report.md`, a CSV and a LaTeX file per table and the plots into `out` (default:
-    `report_folder(source)`) from a results.csv, a grid folder or a folder of run directories; returns the paths and
-    the tables' markdown."""
-    results = load_results(source)
+    `report_folder(source)`) from a results.csv, a grid folder or a folder of run directories, or from several of
+    them as one table (`records.merged`: the folders of several protocols, say; then `out` is needed); returns the
+    paths and the tables' markdown."""
+    sources = [source] if isinstance(source, str | Path) else list(source)
+    if not sources:
+        raise OptionError("no results to report: give a results.csv, a grid folder or a folder of `fit` runs")
+    if len(sources) > 1 and out is None:
+        raise OptionError(f"--out: a report of {len(sources)} sources has no default folder; give one, e.g. "
+                          "--out report")
+    loaded = [load_results(Path(path)) for path in sources]
     if disk_run is not None:
         disk_points(disk_run)  # a wrong --disk-run fails before any file is written
-    parsed = records(results)  # a malformed table fails before the folder is made
-    out = out or report_folder(source)
+    # a malformed table fails before the folder is made, its error naming its own file and row
+    each = [records(results) for results in loaded]
+    results = loaded[0] if len(loaded) == 1 else merged(loaded)
+    parsed = each[0] if len(loaded) == 1 else records(results)  # configurations alike across the sources' columns
+    out = out or report_folder(Path(sources[0]))
     out.mkdir(parents=True, exist_ok=True)
     tables = report_tables(parsed)
     per_seed = seed_tables(parsed)
@@ -66,8 +78,9 @@ def write_report(source: Path, out: Path | None = None, disk_run: Path | None = 
         plots.append(plot_poincare_disk(disk_run, out))
     markdown = tables_markdown(tables, results)
     csvs = [t.write_csv(out) for t in tables + per_seed]
-    latex = [write_latex(t, out, str(results.source)) for t in tables + per_seed]
-    text = (f"# Results\n\nFrom `{results.source}` ({len(results.rows)} rows). Each table row is one configuration; "
+    latex = [write_latex(t, out, results.label) for t in tables + per_seed]
+    origin = ", ".join(f"`{path}`" for path in (results.source, *results.also))
+    text = (f"# Results\n\nFrom {origin} ({len(results.rows)} rows). Each table row is one configuration; "
             "cells are mean ± sample std over seeds (one seed: no ±); n/a: not applicable; diverged: no seed's "
             "training stayed finite; —: no run. Each table is also a CSV of numbers (`<table>.csv`) and a LaTeX table "
             "(`<table>.tex`, booktabs; bold: a column's best mean among configurations).\n\n"

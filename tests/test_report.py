@@ -1262,3 +1262,43 @@ def test_datasets_whose_names_share_a_file_name_are_labelled_apart(tmp_path: Pat
     assert read_table(report / f"few_shot_a_b_fp_{other[:8]}.csv")["lathadapter"]["1 shot mean"] == "31.0"
     assert {p.name for p in report.glob("accuracy_vs_shots_a_b*.png")} == {
         f"accuracy_vs_shots_a_b_fp_{FP[:8]}.png", f"accuracy_vs_shots_a_b_fp_{other[:8]}.png"}
+
+
+def test_several_sources_make_the_report_of_one_folder_holding_all_their_runs(tmp_path: Path) -> None:
+    """`report A B --out R`: the few-shot grid in A and the base-to-novel grid in B (as two protocols write them)
+    give the report that one folder holding both grids' runs gives (the oracle: the one-source report, as the demo
+    writes it), file for file and table for table; a run read from two sources (the same grid given twice) counts
+    once; several sources without --out are refused in one line."""
+    from typer.testing import CliRunner
+
+    from lathadapter.cli import app
+    from lathadapter.experiments.execution import Execution
+    from lathadapter.experiments.launch import launch
+    from lathadapter.experiments.spec import GridSpec
+
+    cache = write_synthetic_cache(tmp_path / "shapes.h5", num_classes=6, dim=16, views=2, shots=(1, 2), seeds=(1, 2),
+                                  train_per_class=4, test_per_class=6, name="shapes")
+    specs = {"few-shot": GridSpec([str(cache)], ["zeroshot", "lathadapter"], [1, 2], [1, 2], ["all"],
+                                  options={"lathadapter.epochs": [1]}),
+             "base-to-novel": GridSpec([str(cache)], ["zeroshot", "lathadapter"], [2], [1, 2], ["base"],
+                                       options={"lathadapter.epochs": [1]})}
+    execution = Execution(device="cpu")
+    for name, spec in specs.items():
+        launch(spec, tmp_path / name, execution, progress=False)
+        launch(spec, tmp_path / "both", execution, progress=False)  # one folder, as the demo runs its two grids
+    oracle = write_report(tmp_path / "both", tmp_path / "one")
+    pooled = write_report([tmp_path / "few-shot", tmp_path / "base-to-novel"], tmp_path / "two")
+    assert pooled["markdown"] == oracle["markdown"]
+    assert "base-to-novel" in pooled["markdown"].lower() and "| lathadapter |" in pooled["markdown"]
+    names = sorted(Path(p).name for p in oracle["tables"] + oracle["plots"])
+    assert sorted(Path(p).name for p in pooled["tables"] + pooled["plots"]) == names
+    for table in oracle["tables"]:
+        assert (tmp_path / "two" / Path(table).name).read_text() == Path(table).read_text()
+    head = (tmp_path / "two" / "report.md").read_text().splitlines()[2]
+    assert head.startswith(f"From `{tmp_path / 'few-shot' / 'results.csv'}`, `{tmp_path / 'base-to-novel'}")
+    twice = write_report([tmp_path / "few-shot", tmp_path / "few-shot" / "results.csv"], tmp_path / "twice")
+    assert twice["markdown"] == write_report(tmp_path / "few-shot", tmp_path / "once")["markdown"]
+    refused = CliRunner().invoke(app, ["report", str(tmp_path / "few-shot"), str(tmp_path / "base-to-novel")])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert refused.output.strip() == ("error: --out: a report of 2 sources has no default folder; give one, e.g. "
+                                      "--out report")
