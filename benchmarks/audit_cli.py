@@ -452,6 +452,21 @@ def stop26(tmp: Path, cache: Path, fresh: Callable[[], str]) -> None:
     warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     record("26 report of that run (its plots' warnings)", done.returncode, done.stderr,
            f"[{len(warned)} warning lines]")
+    grids = [Path(fresh()), Path(fresh())]
+    for grid, classes in zip(grids, ("all", "base"), strict=True):
+        subprocess.run(cli("grid", "--cache", str(cache), "--method", "zeroshot", "--classes", classes, "--shots",
+                           "2", "--seeds", "1", "--device", "cpu", "--out", str(grid)), env=ENV, capture_output=True)
+    done = subprocess.run(cli("report", *map(str, grids)), env=ENV, capture_output=True, text=True)
+    record("26 report GRID_A GRID_B without --out", done.returncode, done.stderr + done.stdout)
+    report_folder = Path(fresh())
+    done = subprocess.run(cli("report", *map(str, grids), "--out", str(report_folder)), env=ENV, capture_output=True,
+                          text=True)
+    tables = sorted(p.name for p in report_folder.glob("*.csv")) if report_folder.is_dir() else "no folder"
+    record("26 report GRID_A GRID_B --out R (few-shot and base-to-novel)", done.returncode, done.stderr,
+           f"[tables: {tables}]")
+    done = subprocess.run(cli("report", str(grids[0]), fresh(), "--out", fresh()), env=ENV, capture_output=True,
+                          text=True)
+    record("26 report GRID and a missing source", done.returncode, done.stderr + done.stdout)
 
 
 def report(start: float) -> None:

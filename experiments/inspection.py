@@ -61,7 +61,13 @@ def _report(run: TrainedRun, run_dir: Path, out: Path | None, plots: Path | None
     # temperature-scaled ECE, the confusion matrix), each a few hundredths of a second on 3,000 images
     reliability, drawn = [], []  # the sets' bins, and the confusion matrices drawn (`--plots`)
     for part, name, label, recorded, recorded_ece in sets:
-        scores = run.scores(part, name)  # accuracy and ECE as evaluation (a target: its protocol) computes them
+        try:  # accuracy and ECE as evaluation (a target: its protocol) computes them
+            scores = run.scores(part, name)
+        except NaNScores:  # a run that diverged is refused when loaded: what it saved has changed since
+            raise NaNScores(f"{run_dir}: the loaded {c.method} gives NaN or infinite scores on {label}, where "
+                            f"metrics.json records {percent(recorded)}: its weights.pt (or its cache) is not what the "
+                            "run saved; train it again (fit --force, or delete the run directory and rerun its grid)"
+                            ) from None
         accuracy = None if scores is None else scores.accuracy
         same = "as metrics.json" if accuracy == recorded else \
             f"metrics.json records {percent(recorded)}: the loaded model does not score as the run did"

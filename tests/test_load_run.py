@@ -309,7 +309,8 @@ def test_inspect_plots_that_fail_to_score_leave_no_folder_behind(finished: Path,
         result = CliRunner().invoke(app, ["inspect", str(folder), "--plots", str(plots), "--device", "cpu"])
         assert result.exit_code == 1, result.output
         lines = [line for line in result.output.splitlines() if line.startswith(("error", "Traceback"))]
-        assert len(lines) == 1 and "NaN scores" in lines[0], result.output
+        assert len(lines) == 1 and "gives NaN or infinite scores on all, where metrics.json records" in lines[0] \
+            and "weights.pt (or its cache) is not what the run saved" in lines[0], result.output
         assert (tmp_path / "new").exists() is False and plots.is_dir() is kept
 
 
