@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lathadapter.adapter.graphed import batch_indices, graphable
 from lathadapter.adapter.methods.base import (
@@ -22,9 +25,21 @@ from lathadapter.adapter.methods.base import (
     search_set_data,
     warn_no_val_subset,
 )
-from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.options import OptionError, StateError
 from lathadapter.adapter.recipes import TrainRecipe, build_optimizer, build_scheduler, dataset_key
+from lathadapter.cache.build import BuildOptionError, check_options, overlap_notes, shortfall_notes
+from lathadapter.cache.datasets import DatasetSplits
+from lathadapter.cache.encode import Augmentation, AugmentationError, as_rgb, augmented_views, crop_params
 from lathadapter.cache.store import FewShotData
+from lathadapter.experiments.compare import (
+    Comparison,
+    OverSeeds,
+    PairedTable,
+    compare_runs,
+    over_seeds,
+    run_label,
+    settings,
+)
 
 # ------------------------------------------------------------------------------------------ the captured step
 
@@ -176,3 +191,123 @@ def test_the_blend_with_a_final_relu_is_one_minus_ratio_x_plus_ratio_g_of_x() ->
     for node in (False, True):
         got = mix(x, adapter, ratio, node=node, final_relu=True)
         torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ compare
+
+
+def fake_run(seed: int, right: dict[str, list[bool]], labels: dict[str, list[int]] | None = None,
+             method: str = "tip-adapter", options: dict | None = None, folder: str = "A") -> SimpleNamespace:
+    """A loaded run as `compare` reads it: on each part, which test images (labels 0/1) it classifies right."""
+    labels = labels or {part: [i % 2 for i in range(len(r))] for part, r in right.items()}
+
+    def test_set(part: str) -> tuple[torch.Tensor, torch.Tensor, SimpleNamespace]:
+        return torch.tensor([[float(i)] for i in range(len(labels[part]))]), torch.tensor(labels[part]), \
+            SimpleNamespace(class_names=["a", "b"])
+
+    def predict(features: torch.Tensor, part: str) -> torch.Tensor:
+        truth = torch.tensor(labels[part])
+        return torch.where(torch.tensor(right[part]), truth, 1 - truth)
+
+    record = {"cache_fingerprint": "f", "classes": "base", "key": f"key{seed}", "options": options or {}}
+    return SimpleNamespace(folder=Path(folder), record=record, parts=list(right), test_set=test_set,
+                           against=lambda part: (part,), predict=predict,
+                           config=SimpleNamespace(seed=seed, method=method, shots=4))
+
+
+def test_over_seeds_refuses_one_seed_paired_twice() -> None:
+    a, b = fake_run(1, {"base": [True, False]}), fake_run(1, {"base": [True, True]}, folder="B")
+    with pytest.raises(OptionError, match="one pair per seed"):
+        over_seeds([(a, b), (a, b)])
+
+
+def test_over_seeds_compares_the_part_asked_for() -> None:
+    right = {"base": [True, True, True, True], "novel": [True, False, False, False]}
+    other = {"base": [True, True, True, True], "novel": [True, True, True, True]}
+    compared = over_seeds([(fake_run(1, right), fake_run(1, other, folder="B"))], part="novel")
+    assert compared.mean_difference == pytest.approx(100.0 * (0 - 3) / 4)
+
+
+def test_the_mean_difference_over_seeds_leaves_out_seeds_without_images() -> None:
+    empty, half = Comparison(PairedTable(0, 0, 0, 0), ()), Comparison(PairedTable(1, 1, 0, 0), ())
+    assert OverSeeds({1: empty, 2: half}).mean_difference == pytest.approx(50.0)
+    assert OverSeeds({1: empty}).mean_difference is None
+
+
+def test_runs_with_the_same_classes_but_other_test_labels_are_refused() -> None:
+    a = fake_run(1, {"base": [True, True]}, labels={"base": [0, 1]})
+    b = fake_run(1, {"base": [True, True]}, labels={"base": [1, 0]}, folder="B")
+    with pytest.raises(StateError, match="different base test labels"):
+        compare_runs(a, b)
+
+
+def test_a_run_label_lists_the_settings_both_runs_have_that_differ() -> None:
+    """Options compared only between runs of one method, only where both runs name them; None reads `recipe`."""
+    assert settings({"text": "coop", "options": {"lr": None, "alpha": 1}}) == {"text": "coop", "lr": "recipe",
+                                                                              "alpha": 1}
+    a = fake_run(1, {"base": [True]}, options={"lr": None, "alpha": 1, "beta": 2})
+    b = fake_run(1, {"base": [True]}, options={"lr": 0.1, "alpha": 1}, folder="B")
+    assert run_label(a, b) == "tip-adapter · 4-shot seed 1 · key key1 · lr=recipe"
+    c = fake_run(1, {"base": [True]}, method="clip-adapter", options={"lr": 0.1}, folder="C")
+    assert run_label(a, c) == "tip-adapter · 4-shot seed 1 · key key1"
+
+
+# ------------------------------------------------------------------------------------------ augmented views
+
+
+@pytest.mark.parametrize(("scale", "ratio"), [((0.5, 1.5), (0.75, 4 / 3)), ((0.5, 1.0), (0.75, math.inf))])
+def test_a_crop_scale_above_one_or_an_infinite_ratio_is_refused(scale: tuple, ratio: tuple) -> None:
+    with pytest.raises(AugmentationError):
+        Augmentation(crop_scale=scale, crop_ratio=ratio)
+
+
+@pytest.mark.parametrize(("width", "height", "expected"), [
+    (1000, 10, (0, (1000 - round(10 * 4 / 3)) // 2, 10, round(10 * 4 / 3))),  # too wide: the widest ratio's crop
+    (10, 1000, ((1000 - round(10 / (3 / 4))) // 2, 0, round(10 / (3 / 4)), 10)),  # too tall: the narrowest's
+])
+def test_a_crop_that_fails_every_draw_is_the_central_crop_at_the_nearest_ratio(width: int, height: int,
+                                                                               expected: tuple) -> None:
+    """torchvision's RandomResizedCrop fallback: a centred crop (i, j, h, w) clamped to the ratio range; with a
+    scale of at least 0.9 no 10-try draw fits a 100:1 image, so the fallback is always taken."""
+    augmentation = Augmentation(crop_scale=(0.9, 1.0))
+    assert crop_params(width, height, torch.Generator().manual_seed(0), augmentation) == expected
+
+
+def test_no_views_is_an_empty_stack() -> None:
+    image = Image.new("RGB", (8, 8))
+    assert augmented_views(image, 0, 0, (4, 4), (0.5,) * 3, (0.5,) * 3).shape == (0, 3, 4, 4)
+
+
+def test_32_bit_images_of_8_bit_values_keep_them_and_16_bit_ones_keep_their_high_byte() -> None:
+    eight = Image.fromarray(np.full((2, 2), 255, dtype=np.int32), mode="I")
+    assert np.asarray(as_rgb(eight))[0, 0].tolist() == [255, 255, 255]
+    sixteen = Image.fromarray(np.array([[65535, 512]], dtype=np.int32), mode="I")
+    assert np.asarray(as_rgb(sixteen))[0].tolist() == [[255] * 3, [2] * 3]
+
+
+# ------------------------------------------------------------------------------------------ the build's checks
+
+
+@pytest.mark.parametrize(("shots", "batch_size", "option"), [([0], 1, "--shots"), ([1], 0, "--batch-size")])
+def test_shots_and_batch_size_below_one_are_refused(shots: list[int], batch_size: int, option: str) -> None:
+    with pytest.raises(BuildOptionError, match=option):
+        check_options(shots, [1], views=0, batch_size=batch_size, workers=0)
+
+
+def splits(train: list[tuple[str, int, str]], val: list | None = None, test: list | None = None) -> DatasetSplits:
+    return DatasetSplits("d", "folder", Path("."), "", ["a", "b", "c"], "a photo of a {}.", train, val or [],
+                         test or [], "0")
+
+
+def test_a_shortfall_note_is_for_classes_below_k_and_names_the_poorest_lowest_label() -> None:
+    """Class 0 and 2 hold 2 train images, class 1 holds 3: no note at K=2; at K=3, two short classes, the poorest
+    named being the lower label of the tie (class 'a')."""
+    train = [(f"{c}{i}", c, "abc"[c]) for c, n in enumerate((2, 3, 2)) for i in range(n)]
+    assert shortfall_notes(splits(train), [2]) == []
+    (note,) = shortfall_notes(splits(train), [3])
+    assert "2 of 3 classes have fewer than 3" in note and "class 'a' has 2" in note
+
+
+def test_an_image_in_both_train_and_val_is_noted() -> None:
+    (note,) = overlap_notes(splits([("x", 0, "a")], val=[("x", 0, "a")], test=[("y", 0, "a")]))
+    assert "both the train and the val split" in note
