@@ -6,6 +6,7 @@ formula restated, a hand-built input with a known answer)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -160,8 +161,9 @@ def test_the_search_set_warnings_point_at_the_caller_s_line() -> None:
         warn_no_val_subset("m", ", so α is not searched", stacklevel=2, select_val=True)
 
     with pytest.warns(ProtocolWarning, match=r"m: --select val, but the cache has no few-shot val subset") as caught:
-        method_code()  # stacklevel 2 from the method's code: this line
-    assert Path(caught[0].filename) == Path(__file__)
+        line = inspect.currentframe().f_lineno + 1
+        method_code()  # stacklevel 2 from the method's code: this line, not the method's
+    assert (Path(caught[0].filename), caught[0].lineno) == (Path(__file__), line)
 
 
 def test_saved_searched_values_must_match_the_searched_names_in_number() -> None:
