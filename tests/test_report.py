@@ -1302,3 +1302,39 @@ def test_several_sources_make_the_report_of_one_folder_holding_all_their_runs(tm
     assert refused.exit_code == 2 and "Traceback" not in refused.output
     assert refused.output.strip() == ("error: --out: a report of 2 sources has no default folder; give one, e.g. "
                                       "--out report")
+
+
+def test_the_disk_is_drawn_from_the_tables_last_kept_lathadapter_run(tmp_path: Path) -> None:
+    """The Poincaré disk of a report without --disk-run is the last LatHAdapter run in the table's row order whose
+    group kept it (a tuning candidate not kept is never drawn, even as the last row; a run of another method
+    neither): the oracle is the disk drawn directly from that run's folder, byte for byte (the campaign's open
+    gap p01–p03)."""
+    from lathadapter.experiments.execution import Execution
+    from lathadapter.experiments.launch import launch
+    from lathadapter.experiments.spec import GridSpec
+
+    cache = write_synthetic_cache(tmp_path / "shapes.h5", num_classes=6, dim=16, views=2, shots=(1,), seeds=(1, 2),
+                                  train_per_class=4, test_per_class=6, name="shapes")
+    grid = tmp_path / "grid"
+    spec = GridSpec([str(cache)], ["lathadapter", "zeroshot"], [1], [1, 2], ["all"],
+                    options={"lathadapter.epochs": [1]}, tune={"lathadapter.lr": [1e-3, 1e-2]})
+    launch(spec, grid, Execution(device="cpu"), progress=False)
+    with (grid / "results.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns, rows = reader.fieldnames, list(reader)
+    ours = [r for r in rows if r["method"] == "lathadapter"]
+    kept = [r for r in ours if r["tune.selected"].lower() == "true"]
+    dropped = [r for r in ours if r["tune.selected"].lower() == "false"]
+    assert len(kept) == 2 and len(dropped) == 2
+    # the order the rule reads: a kept run, then the other kept one, then a dropped candidate, then zero-shot last
+    order = [kept[1], kept[0], dropped[0], *[r for r in rows if r["method"] == "zeroshot"]]
+    helpers.write_rows(grid / "results.csv", order, columns)
+    written = write_report(grid, tmp_path / "report")
+    disk = next(Path(p) for p in written["plots"] if Path(p).name == "poincare_disk.png")
+    for folder in ("direct", *(r["key"] for r in ours)):
+        (tmp_path / folder).mkdir()
+    expected = plots.plot_poincare_disk(grid / "runs" / kept[0]["key"], tmp_path / "direct")
+    assert disk.read_bytes() == expected.read_bytes()
+    for other in (kept[1], dropped[0]):  # the disks the rule does not pick differ from it
+        assert plots.plot_poincare_disk(grid / "runs" / other["key"], tmp_path / other["key"]).read_bytes() \
+            != expected.read_bytes()
