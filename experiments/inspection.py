@@ -56,7 +56,9 @@ def _report(run: TrainedRun, run_dir: Path, out: Path | None, plots: Path | None
             for part in run.parts]
     sets += [(None, name, f"target {name}", run.metrics["targets"].get(name),
               (run.metrics.get("targets_ece") or {}).get(name)) for name in run.targets]
-    files = distinct_slugs(run.targets)  # targets `a b` and `a|b`: a file each
+    # targets `a b` and `a|b`: a file each, named over every target the run records, as a report names them, so
+    # that `--target` of one of them alone names its file as when both are given
+    files = distinct_slugs(["source", *recorded_targets, *run.targets])
     per_class = {}  # the sets the method scores: each set's test images are scored three times (evaluation, the
     # temperature-scaled ECE, the confusion matrix), each a few hundredths of a second on 3,000 images
     reliability, drawn = [], []  # the sets' bins, and the confusion matrices drawn (`--plots`)

@@ -194,4 +194,12 @@ def test_targets_whose_names_share_a_file_name_get_a_file_each(tmp_path: Path, m
         assert (tmp_path / "plots" / f"confusion_target_{file}.png").is_file()
         assert f"target {name}: reliability" in titles[f"reliability_transfer_source_4shot_{file}.png"]
         assert (out / "report" / f"reliability_transfer_source_4shot_{file}.png").is_file()
+    # one target given alone: its file is named as when both are given (and as the report names it)
+    titles.clear()
+    name, cache = "a b", targets["a b"]
+    result = CliRunner().invoke(app, [*args[:3], str(tmp_path / "one"), *args[4:], "--target", str(cache)])
+    assert result.exit_code == 0, result.output
+    assert f"target {name}: accuracy" in titles[f"confusion_target_{files[name]}.png"]
+    drawn = sorted(p.name for p in (tmp_path / "one").glob("confusion_target_*"))
+    assert drawn == [f"confusion_target_{files[name]}.png"]
 
