@@ -113,7 +113,7 @@ def test_a_val_all_build_stores_lpps_val_set_as_drawn_officially(coop_dataset, t
     out = tmp_path / "all.h5"
     options = dict(model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=(2, 8), seeds=(1, 2),
                    views=1, batch_size=16, workers=0, device="cpu", progress=False, log=lambda message: None)
-    build(None, f"split:{coop_dataset.split_file}", out, val="all", **options)
+    build(None, f"split:{coop_dataset.split_file}", out, val="split", **options)
     with h5py.File(out, "r") as f:
         paths = f["splits/val/paths"].asstr()[()].tolist()
         labels = f["splits/val/labels"][()].tolist()
