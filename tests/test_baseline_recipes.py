@@ -1,7 +1,7 @@
 """Each baseline under `recipe=official` equals an independent re-statement of its official code (docs/baselines.md),
 on identical small features: logits, searched choices, optimiser, learning rate at every step, epochs and batches.
 `recipe=shared` keeps the recipe every trained baseline used before (tests/test_pinned_metrics.py pins its metrics).
-The cache's schema 2 (raw norms, `--val all`) is checked on a real build with the tiny model, and a schema-1 cache
+The cache's schema 2 (raw norms, `--val split`) is checked on a real build with the tiny model, and a schema-1 cache
 still loads while a method that needs its missing norms names the rebuild command."""
 
 from __future__ import annotations
@@ -472,7 +472,7 @@ def test_tip_adapter_takes_each_datasets_official_config(dataset: str) -> None:
 
 def test_tip_adapter_without_the_val_split_searches_the_subset_and_warns() -> None:
     data = few_shot("fgvc_aircraft", val_split=False)
-    with pytest.warns(ProtocolWarning, match=r"whole val split.*few-shot val subset.*--val all --force"):
+    with pytest.warns(ProtocolWarning, match=r"whole val split.*few-shot val subset.*--val split --force"):
         chosen = train(create_method("tip-adapter", data), data, seed=1).chosen
     assert chosen["search_set"] == "subset"
     no_val = few_shot("imagenet", val_split=False)
