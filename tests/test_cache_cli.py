@@ -217,6 +217,10 @@ def test_rebuild_over_another_cache_needs_force(built: Path, coop_dataset, tiny_
     shutil.copy(built, out)
     same = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out)))
     assert same.exit_code == 0 and "up to date" in same.output, same.output
+    for val in ("subset", "subsets"):  # the default's name, and its name before stop 27: the same fingerprint
+        same = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out), "--val", val))
+        assert same.exit_code == 0 and "up to date" in same.output, same.output
+    assert "note: --val subsets is now called subset" in same.stderr
     other = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out), "--seed", "5"))
     assert other.exit_code == 1 and "differs in: seed" in other.output and "--force" in other.output
     forced = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out), "--seed", "5", "--force"))
