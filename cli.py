@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 import typer.core
 
-from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.options import OptionError, respelled
 from lathadapter.progress import show_warning
 from lathadapter.version import __version__
 
@@ -145,9 +145,9 @@ ADDRESS = typer.Option(None, help=ADDRESS_HELP)
 TUNE = typer.Option([], "--tune", metavar="<[method.]name=values>", help=TUNE_HELP)
 TUNE_PRESET = typer.Option(None, "--tune-preset", help=TUNE_PRESET_HELP)
 TUNE_SCORE = typer.Option(None, "--tune-score", help=TUNE_SCORE_HELP)
-TUNE_SET = typer.Option(None, "--tune-set", help="The val images tuning scores: fewshot (the few-shot val subset, "
+TUNE_SET = typer.Option(None, "--tune-set", help="The val images tuning scores: subset (the few-shot val subset, "
                         "CoOp's protocol; the default, except in demo) or split (the cache's whole val split, "
-                        "`cache build --val all`).")
+                        "`cache build --val split`).")
 CHUNK_SIZE = typer.Option(None, help="--backend ray: runs per Ray task (one cache each, opened once), rounded up to "
                           "whole --batch-runs batches [default: 8].")
 BATCH_RUNS = typer.Option(None, help="Compatible runs (one method, shots and recipe) trained together, each with its "
@@ -211,6 +211,11 @@ def main_options(
 # runtime failure (a missing or corrupt cache, a full or read-only disk, a finished run in the way, a missing package:
 # `StateError` and every error without `exit_code`) 1.
 USAGE, RUNTIME = 2, 1
+
+
+def _note(message: str) -> None:
+    """One line for the user on stderr (an old option value's new name), apart from the command's output."""
+    typer.echo(message, err=True)
 
 
 def _fail(error: Exception, out: Path | None = None, flag: str = "--out") -> None:
@@ -308,13 +313,16 @@ def _str_list(option: str, text: str, example: str) -> list[str]:
 
 def _choice(option: str, value: str | None) -> str | None:
     """A value of `--classes`, `--text`, `--select`, `--train-views`, `--tune-score` or `--tune-set` (None: not
-    given), checked before any work: one outside its choices ends in one line naming the flag, exit 2."""
+    given), checked before any work: one outside its choices ends in one line naming the flag, exit 2; an old name
+    (`--tune-set fewshot`) is read as its new one, with a note."""
     from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS
-    from lathadapter.experiments.run import CLASS_PROTOCOLS, TEXT_FEATURES, TUNE_SETS
+    from lathadapter.experiments.run import CLASS_PROTOCOLS, TEXT_FEATURES, TUNE_SETS, TUNE_SETS_BEFORE
     from lathadapter.experiments.tuning import TUNE_SCORE_CHOICES
 
     valid = {"--classes": CLASS_PROTOCOLS, "--text": TEXT_FEATURES, "--select": SELECTIONS,
              "--train-views": TRAIN_VIEWS, "--tune-score": TUNE_SCORE_CHOICES, "--tune-set": TUNE_SETS}[option]
+    if value is not None and option == "--tune-set":
+        value = respelled(option, value, TUNE_SETS_BEFORE, _note)
     if value is not None and value not in valid:
         typer.echo(f"error: {option} {value}: choose one of {', '.join(valid)}", err=True)
         raise typer.Exit(code=USAGE)
@@ -371,8 +379,8 @@ def cache_build(
     crop_ratio: str | None = CROP_RATIO,
     flip: float | None = FLIP,
     full_train: bool = typer.Option(False, "--full-train", help="Encode the whole train split."),
-    val: str | None = typer.Option(None, help="Val images to encode: subsets (the few-shot val subsets) or all (the "
-                                   "whole val split, Tip-Adapter's official search set) [default: subsets; all for "
+    val: str | None = typer.Option(None, help="Val images to encode: subset (the few-shot val subsets) or split (the "
+                                   "whole val split, Tip-Adapter's official search set) [default: subset; split for "
                                    "the demo dataset]."),
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
     precision: str = typer.Option("fp32", help="fp32, fp16, bf16 or amp."),
@@ -393,9 +401,10 @@ def cache_build(
     With no --root and no --dataset, builds the bundled demo dataset (data/demo-shapes-v3/) with the bundled tiny model
     into caches/demo_shapes.h5; --quick-gelu does not apply to it (the tiny model is built as it was trained).
     """
-    from lathadapter.cache.build import build
+    from lathadapter.cache.build import VAL_BEFORE, build
 
     _stop_on_sigterm()
+    val = respelled("--val", val, VAL_BEFORE, _note) if val is not None else None
     if dataset is None and root is None and model is None and pretrained is None:
         from lathadapter.cache.build import check_options
         from lathadapter.demo.pipeline import DEMO_CACHE, build_demo_cache
@@ -408,7 +417,7 @@ def cache_build(
             # the demo path passes every other option to the build, each checked before the demo data is written
             options = dict(views=views, shots=_int_list("--shots", shots), seeds=_seeds("--seeds", seeds),
                            augmentation=_augmentation(crop_scale, crop_ratio, flip), device=device, workers=workers,
-                           val=val or "all", template=template, precision=precision, batch_size=batch_size,
+                           val=val or "split", template=template, precision=precision, batch_size=batch_size,
                            attributes=attributes, full_train=full_train, seed=seed, skip_bad=skip_bad, force=force)
             check_options(options["shots"], options["seeds"], views, batch_size, workers, options["val"], precision,
                           template, device, seed)
@@ -429,7 +438,7 @@ def cache_build(
                        shots=_int_list("--shots", shots), augmentation=_augmentation(crop_scale, crop_ratio, flip),
                        seeds=_seeds("--seeds", seeds), views=views, device=device, precision=precision,
                        batch_size=batch_size, workers=workers, attributes=attributes, full_train=full_train,
-                       val=val or "subsets",
+                       val=val or "subset",
                        force=force, skip_bad=skip_bad, seed=seed, template=template, quick_gelu=quick_gelu,
                        progress=progress, log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
@@ -457,7 +466,7 @@ def cache_build_many(
     crop_ratio: str | None = CROP_RATIO,
     flip: float | None = FLIP,
     device: str | None = typer.Option(None, help="Device (default: cuda when available, else cpu)."),
-    val: str = typer.Option("subsets", help="Val images to encode: subsets or all (as `cache build --val`)."),
+    val: str = typer.Option("subset", help="Val images to encode: subset or split (as `cache build --val`)."),
     backend: str = typer.Option("local", help="local: one build after another; ray: one Ray task per dataset (a GPU "
                                 "each when the cluster has GPUs; root and --out on shared storage)."),
     address: str | None = ADDRESS,
@@ -465,6 +474,9 @@ def cache_build_many(
 ) -> None:
     """Build several datasets' caches (each resumable, as `cache build`), here or on a Ray cluster."""
     _stop_on_sigterm()
+    from lathadapter.cache.build import VAL_BEFORE
+
+    val = respelled("--val", val, VAL_BEFORE, _note)
     try:
         from lathadapter.experiments.builds import build_many
 
@@ -736,7 +748,7 @@ def protocol(
                                _int_list("--shots", shots) if shots is not None else None, execution,
                                tune=parse_tune(tune), train_views=train_views,
                                tune_preset=parse_preset(tune_preset) if tune_preset is not None else None,
-                               tune_score=tune_score or "auto", tune_set=tune_set or "fewshot")
+                               tune_score=tune_score or "auto", tune_set=tune_set or "subset")
         _print_results(summary)
     except (ValueError, OSError) as error:
         _fail(error, out or Path("grids") / name)

@@ -13,6 +13,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,15 @@ def environment_choice(variable: str, choices: tuple[str, ...]) -> str:
         raise ValueError(f"environment variable {variable}={choice!r} is not valid; choose one of: "
                          f"{', '.join(choices)}")
     return choice
+
+
+def respelled(where: str, value: str, renamed: dict[str, str], say: Callable[[str], None]) -> str:
+    """`value` in its current spelling: one renamed since (`renamed`: old → new, still accepted where a user types it)
+    becomes the new name, and `say` gets one line naming it, `where` being how the user gave it (`--tune-set`)."""
+    if value not in renamed:
+        return value
+    say(f"note: {where} {value} is now called {renamed[value]}; the old name still works")
+    return renamed[value]
 
 
 _NEW = object()  # `option(before=...)` not given: the option is part of every run key
@@ -132,7 +142,7 @@ class RecipeOptions:
 # val subset (CoOp: min(K, 4) a class), or LP++'s own K-shot val set (`sampling.val_shots_indices`).
 SEARCH_SETS = ("split", "subset", "shots")
 SEARCH_SET_DOC = ("the val images chosen on after training: split, the whole val split; shots, K images a class drawn "
-                  "as LP++'s official code draws its val set (both need a cache built with --val all; else the "
+                  "as LP++'s official code draws its val set (both need a cache built with --val split; else the "
                   "few-shot val subset, with a warning where it differs); subset, the few-shot val subset, min(K, 4) "
                   "a class")
 

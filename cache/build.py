@@ -59,6 +59,7 @@ from lathadapter.cache.encode import (
 from lathadapter.cache.sampling import fewshot_indices, val_shots_indices
 from lathadapter.cache.store import (
     DEFAULT_CACHE_DIR,
+    FINGERPRINT_VAL,
     READABLE_SCHEMAS,
     SCHEMA_VERSION,
     SPLITS,
@@ -86,8 +87,10 @@ FLUSH_SECONDS = 10.0  # how often encoded rows are flushed to the temporary file
 MISSING_LISTED = 3  # missing or unreadable images named in the error before any is encoded
 STAT_THREADS = 16  # concurrent checks of the listed images (each a round trip on a network file system)
 LOSSES_LISTED = 5  # how many lost classes a failed `--skip-bad` build names
-# `--val`: the union of the few-shot val subsets, or the whole val split (Tip-Adapter's official search set)
-VAL_CHOICES = ("subsets", "all")
+# `--val`: the union of the few-shot val subsets, or the whole val split (Tip-Adapter's official search set); the
+# fingerprint spells them as the option did before stop 27 (`FINGERPRINT_VAL`), and those old names are still read.
+VAL_CHOICES = ("subset", "split")
+VAL_BEFORE = {old: new for new, old in FINGERPRINT_VAL.items()}
 
 
 class BuildError(ValueError):
@@ -129,8 +132,18 @@ class BuildResult:
     notes: list[str] = field(default_factory=list)
 
 
+def val_choice(val: str) -> str:
+    """`--val`'s value as `VAL_CHOICES` names it (an old name, `VAL_BEFORE`, read as its new one), else a
+    BuildOptionError naming the choices."""
+    val = VAL_BEFORE.get(val, val)
+    if val not in VAL_CHOICES:
+        raise BuildOptionError(f"--val {val!r} is not valid; choose subset (the few-shot val subsets only) or split "
+                               "(the whole val split, Tip-Adapter's official search set)")
+    return val
+
+
 def check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int,
-                  val: str = "subsets", precision: str = "fp32", template: str | None = None,
+                  val: str = "subset", precision: str = "fp32", template: str | None = None,
                   device: str | None = None, seed: int = 0) -> None:
     """Refuse option values outside their range or choices (`BuildOptionError`, `ModelOptionError`,
     `DatasetOptionError`: usage mistakes) and a device this machine lacks (`ModelError`), before anything is read,
@@ -138,9 +151,7 @@ def check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_
     resolve_device(device)
     check_precision(precision)
     check_template(template)
-    if val not in VAL_CHOICES:
-        raise BuildOptionError(f"--val {val!r} is not valid; choose subsets (the few-shot val subsets only) or all "
-                               "(the whole val split, Tip-Adapter's official search set)")
+    val_choice(val)
     if not shots or any(int(k) < 1 for k in shots):
         raise BuildOptionError(f"--shots {','.join(map(str, shots))}: give one or more shot counts >= 1, "
                                "e.g. 1,2,4,8,16")
@@ -340,7 +351,7 @@ def plan_layout(splits: DatasetSplits, shots: Sequence[int], seeds: Sequence[int
 
 def _fingerprint(splits: DatasetSplits, clip: ClipModel, templates: list[str], phrases: list[str], views: int,
                  seed: int, shots: Sequence[int], seeds: Sequence[int], full_train: bool,
-                 val: str = "subsets", augmentation: Augmentation = Augmentation()) -> dict[str, object]:
+                 val: str = "subset", augmentation: Augmentation = Augmentation()) -> dict[str, object]:
     return {
         **clip.fields,
         "augmentation": augmentation.fields(),
@@ -355,7 +366,7 @@ def _fingerprint(splits: DatasetSplits, clip: ClipModel, templates: list[str], p
         "shots": [] if splits.test_only else sorted(set(shots)),
         "seeds": [] if splits.test_only else sorted(set(seeds)),
         "full_train": full_train and not splits.test_only,
-        "val": "subsets" if splits.test_only else val,
+        "val": FINGERPRINT_VAL["subset" if splits.test_only else val],
     }
 
 
@@ -690,7 +701,7 @@ def build(
     workers: int = 4,
     attributes: Path | str | None = None,
     full_train: bool = False,
-    val: str = "subsets",
+    val: str = "subset",
     force: bool = False,
     skip_bad: bool = False,
     seed: int = 0,
@@ -702,11 +713,12 @@ def build(
     """Encode `dataset` with an open_clip model into an HDF5 cache at `out` (default `caches/<dataset>.h5`).
 
     `workers` is capped at the CPUs available to the process: more decoding processes than CPUs only add overhead.
-    `val="all"` encodes the whole val split (Tip-Adapter's official search set), not only the few-shot subsets'.
+    `val="split"` encodes the whole val split (Tip-Adapter's official search set), not only the few-shot subsets'.
     `augmentation` draws the training views (default: the field's crop scale 0.5–1, ratio 3/4–4/3, flip ½)."""
     augmentation = augmentation if augmentation is not None else Augmentation()
     say = log or (lambda message: print(message, file=sys.stderr))
     started = time.perf_counter()
+    val = val_choice(val)  # an old name (`VAL_BEFORE`) still read
     check_options(shots, seeds, views, batch_size, workers, val, precision, template, device, seed)
     check_model(model, pretrained, precision)  # an unknown name or tag is refused before anything is written
     workers = min(workers, available_cpus())
@@ -717,7 +729,7 @@ def build(
         notes.insert(0, unread_root(Path(root), [dataset]))
     out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
     _check_out(out, splits.name)
-    indices, subsets, val_shots = plan_layout(splits, shots, seeds, full_train, val_all=val == "all")
+    indices, subsets, val_shots = plan_layout(splits, shots, seeds, full_train, val_all=val == "split")
     phrases = load_attributes(Path(attributes) if attributes is not None else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     with build_lock(out):

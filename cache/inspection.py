@@ -74,10 +74,10 @@ def summary(path: str | Path) -> list[tuple[str, str]]:
                   + (_augmentation(fields.get("augmentation")) if info.views else "")),
         ("subsets", f"{len(info.subsets)}: shots {_ranges(shots)} × seeds {_ranges(seeds)}"
                     + (" · whole train split" if fields.get("full_train") else "")),
-        ("val", ("the whole val split (Tip-Adapter's and GDA's official search set)"
+        ("val", ("split: the whole val split (Tip-Adapter's and GDA's official search set)"
                  + (" · LP++'s K-shot val sets" if info.val_shots else
                     f" · no LP++ K-shot val sets (written before they were stored: `{REBUILD}`)"))
-         if info.val_split else "the few-shot val subsets only"),
+         if info.val_split else "subset: the few-shot val subsets only"),
         ("schema", f"{info.schema_version} · raw feature norms stored" if info.schema_version >= 2 else
          f"{info.schema_version} · no raw feature norms (the official recipes of TaskRes, Tip-Adapter and ZS-LP "
          f"need them: `{REBUILD}`)"),
@@ -165,7 +165,7 @@ def _check_subsets(problems: list[str], f: h5py.File, counts: dict[str, int], la
         shots = int(group.attrs.get("shots", 0))
         for name, split, cap in (("train", "train", shots), ("val", "val", min(shots, 4)), ("val_shots", "val", shots)):
             data = group.get(name)
-            if name == "val_shots" and data is None:  # optional: only `--val all` caches hold it
+            if name == "val_shots" and data is None:  # optional: only `--val split` caches hold it
                 continue
             if not isinstance(data, h5py.Dataset) or data.ndim != 1 or data.dtype.kind not in "iu":
                 problems.append(f"missing dataset subsets/{key}/{name}" if data is None else

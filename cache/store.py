@@ -9,12 +9,12 @@ Schema (version 2; version 1 caches still load, without what version 2 added). R
   `features` `[N, D]` float16 (clean view, L2-normalised), `encoded` `[N]` bool (for resuming);
   `splits/train/augmented` `[N, V, D]` float16 (augmented views, L2-normalised).
   `train` holds the union of the few-shot train subsets (or the whole split), `val` the union of the val subsets
-  (or the whole split: fingerprint field `val` = "all").
+  (or the whole split, `--val split`: fingerprint field `val` = "all", `FINGERPRINT_VAL`).
 - Version 2 adds the raw (pre-normalisation) norm of every stored vector, float32: `splits/{train,val,test}/norms`
   `[N]`, `splits/train/augmented_norms` `[N, V]`, `text/norms` `[T, C]`, `attributes/norms` `[A]` (0 for the rows
   of skipped images), so that a method can rebuild the unnormalised features (`unit * norm`).
 - `subsets/shots_{K}_seed_{S}/{train,val}` int64 row indices into `splits/train` and `splits/val`; with the whole
-  val split (`--val all`) also `val_shots`, LP++'s own K-shot val set (`sampling.val_shots_indices`: K rows a class,
+  val split (`--val split`) also `val_shots`, LP++'s own K-shot val set (`sampling.val_shots_indices`: K rows a class,
   which repeat for a class with fewer val images; absent from caches built before it existed).
 - `text/templates` `[T]` str (templates[0] is the dataset's CoOp template); `text/features` `[T, C, D]` float16
   (L2-normalised).
@@ -47,6 +47,9 @@ READABLE_SCHEMAS = (1, 2)  # what the reader accepts; version 1 lacks the raw no
 REBUILD = "lathadapter cache build ... --force"  # how to turn an older cache into the current schema
 DEFAULT_CACHE_DIR = Path("caches")  # where `cache build` writes and `fit` looks when no path is given
 SPLITS = ("train", "val", "test")
+# The fingerprint's spelling of `cache build --val` (field `val`): the names the option had before stop 27, kept so
+# that every cache keeps its fingerprint; users read and type `subset` and `split`.
+FINGERPRINT_VAL = {"subset": "subsets", "split": "all"}
 FOLDER_LISTED = 10  # how many caches the error for a folder passed as a cache lists
 # How far from 1 the norm of a stored unit vector may be: float16 keeps each component within 2^-11 of its value, so a
 # unit vector within 5e-4 (real builds: 2e-4 at most, demo and synthetic caches, widths 64 to 512); further off, a row
@@ -172,7 +175,7 @@ class CacheLayout:
     templates: list[str]
     attribute_phrases: list[str] = field(default_factory=list)
     wnids: list[str] | None = None
-    val_shots: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # LP++'s val sets (`--val all` only)
+    val_shots: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # LP++'s val sets (`--val split` only)
 
 
 def create(path: Path, layout: CacheLayout) -> h5py.File:
@@ -402,10 +405,10 @@ class FewShotData:
     # mean of the stored templates' raw features (`--text ensemble`); None when the cache lacks the raw norms.
     text_raw: torch.Tensor | None = None
     train_augmented_norms: torch.Tensor | None = None  # [N, V] raw norms of the augmented views (schema 2), else None
-    # The whole val split (a cache built with `--val all`: Tip-Adapter's official search set), else None.
+    # The whole val split (a cache built with `--val split`: Tip-Adapter's official search set), else None.
     search_features: torch.Tensor | None = None
     search_labels: torch.Tensor | None = None
-    # LP++'s own K-shot val set (HDF5 `subsets/…/val_shots`, `--val all` caches), else None.
+    # LP++'s own K-shot val set (HDF5 `subsets/…/val_shots`, `--val split` caches), else None.
     val_shots_features: torch.Tensor | None = None
     val_shots_labels: torch.Tensor | None = None
     # The cache's templates (`[0]` the dataset's CoOp template) and the unnormalised class text feature of each,
@@ -485,8 +488,8 @@ class CacheInfo:
     skipped: list[str]
     size_bytes: int
     schema_version: int = SCHEMA_VERSION  # 1: no raw norms (rebuild with --force for the official recipes)
-    val_split: bool = False  # the cache holds the whole val split (`cache build --val all`)
-    val_shots: bool = False  # its subsets hold LP++'s own K-shot val sets (`--val all` caches built since stop 17)
+    val_split: bool = False  # the cache holds the whole val split (`cache build --val split`)
+    val_shots: bool = False  # its subsets hold LP++'s own K-shot val sets (`--val split` caches built since stop 17)
 
 
 class CacheReader:
@@ -622,8 +625,8 @@ class CacheReader:
 
     @property
     def holds_val_split(self) -> bool:
-        """Whether `splits/val` is the whole val split (`cache build --val all`), not only the few-shot subsets'."""
-        return json.loads(self._file.attrs["fingerprint_json"]).get("val") == "all"
+        """Whether `splits/val` is the whole val split (`cache build --val split`), not only the few-shot subsets'."""
+        return json.loads(self._file.attrs["fingerprint_json"]).get("val") == FINGERPRINT_VAL["split"]
 
     @property
     def test_only(self) -> bool:
@@ -721,7 +724,7 @@ class CacheReader:
 
     def val_shots_rows(self, shots: int, seed: int) -> np.ndarray | None:
         """Row indices into `splits/val` of LP++'s own K-shot val set for (`shots`, `seed`), less skipped images;
-        None when the cache does not hold it (built without `--val all`, or before it was stored)."""
+        None when the cache does not hold it (built without `--val split`, or before it was stored)."""
         name = f"subsets/{subset_key(shots, seed)}/val_shots"
         return self._rows_in(name, "val") if name in self._file else None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from lathadapter.cache.sampling import fewshot_indices, val_shots_indices
-from lathadapter.cache.store import SPLITS, CacheLayout, RawNorms, write_cache
+from lathadapter.cache.store import FINGERPRINT_VAL, SPLITS, CacheLayout, RawNorms, write_cache
 
 SYNTHETIC_TEMPLATES = ("a photo of a {}.", "itap of a {}.")  # what `write_synthetic_cache` stores by default
 
@@ -47,7 +47,7 @@ def write_synthetic_cache(
     classes as a full cache of the same `seed`: a domain-shift target such as ImageNet-A's 200-class subset.
     The cache is schema 2: every vector has a raw norm, drawn in CLIP's ranges (images about 9–12, text about 7–10)
     from a generator of its own, so the features are those of a cache written without norms. `val_split` records
-    that the val split written is the whole one (as `cache build --val all`), which it always is here. `templates`
+    that the val split written is the whole one (as `cache build --val split`), which it always is here. `templates`
     names the stored text templates (`[0]` the CoOp template): the first two get the features and norms they always
     had, any further one a perturbed copy of the first from a generator of its own (so the rest of the cache does
     not change), as a built cache stores CoOp's template and the 7 of `cache.templates.ensemble_templates`.
@@ -101,7 +101,7 @@ def write_synthetic_cache(
     layout = _layout(
         {"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
          "train_per_class": train_per_class, "test": len(labels["test"]), "model": "synthetic",
-         "keep_classes": keep_classes, "val": "all" if val_split else "subsets",
+         "keep_classes": keep_classes, "val": FINGERPRINT_VAL["split" if val_split else "subset"],
          **({} if tuple(templates) == SYNTHETIC_TEMPLATES else {"templates": list(templates)})},
         class_names, dim, views, labels, shots, seeds, list(templates),
         [f"attribute {k}" for k in range(num_attributes)], wnids, val_split)
@@ -312,7 +312,7 @@ def write_clip_world(
     layout = _layout(
         {"dataset": name, "num_classes": num_classes, "dim": dim, "views": views, "seed": seed,
          "families": families, "text_attributes": text_attributes, "train_per_class": train_per_class,
-         "test": len(labels["test"]), "model": "synthetic-clip", "val": "all",
+         "test": len(labels["test"]), "model": "synthetic-clip", "val": FINGERPRINT_VAL["split"],
          **({} if text_signal is None else {"text_signal": text_signal})},
         class_names, dim, views, labels, shots, seeds, ["a photo of a {}.", "itap of a {}."], list(ATTRIBUTE_WORDS),
         [f"s{c:08d}" for c in range(num_classes)], val_split=True)

@@ -49,7 +49,7 @@ def build_demo_cache(data_dir: Path = DEMO_DATA_DIR, out: Path = DEMO_CACHE, *, 
                      augmentation: Augmentation | None = None,
                      shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
                      device: str | None = None, workers: int = 0, force: bool = False, progress: bool = True,
-                     log: Callable[[str], None] | None = None, val: str = "all", template: str | None = None,
+                     log: Callable[[str], None] | None = None, val: str = "split", template: str | None = None,
                      precision: str = "fp32", batch_size: int = 32, **options: Any) -> BuildResult:
     """Write the demo dataset (once) and encode it with the bundled model into `out`. `val` defaults to the whole
     val split (Tip-Adapter's search set), `template` to the bundled model's; `options` are `cache.build.build`'s

@@ -65,7 +65,7 @@ def check_tuning(runs: list[GridRun]) -> None:
         if any(r.cache == cache and r.tune is not None and r.tune.tune_set == "split" for r in runs):
             if not whole_val:
                 raise CacheError(f"--tune-set split scores on the whole val split, which {cache} does not hold; "
-                                 "rebuild it with `lathadapter cache build --val all`, or use --tune-set fewshot")
+                                 "rebuild it with `lathadapter cache build --val split`, or use --tune-set subset")
             empty = []  # the whole val split is scored, not the few-shot val subsets
         if empty:
             problems.append(f"{cache} holds no few-shot val images for {_subsets_text(empty)}")

@@ -275,7 +275,7 @@ class Targets:
 def protocol_spec(protocol: str, caches: list[str], methods: list[str], seeds: list[int],
                   options: dict[str, list[str]], text: str = "coop", shots: list[int] | None = None,
                   tune: dict[str, list[str]] | None = None, tune_preset: str | None = None,
-                  train_views: str = "augmented", tune_score: str = "auto", tune_set: str = "fewshot") -> GridSpec:
+                  train_views: str = "augmented", tune_score: str = "auto", tune_set: str = "subset") -> GridSpec:
     """The grid axes a protocol fixes; `tune`, `tune_preset` and `tune_score` tune options as a grid does
     (`GridSpec`)."""
     if protocol not in PROTOCOLS:
@@ -299,7 +299,7 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
                  text: str = "coop", shots: list[int] | None = None, execution: Execution | None = None,
                  progress: bool = True, tune: dict[str, list[str]] | None = None,
                  tune_preset: str | None = None, train_views: str = "augmented", tune_score: str = "auto",
-                 tune_set: str = "fewshot") -> dict[str, Any]:
+                 tune_set: str = "subset") -> dict[str, Any]:
     """Run (or resume) one protocol into `out` under `execution` (`launch.launch`, as a grid); its results table is
     `out/results.csv`. Returns the counts of runs done, skipped (finished before) and left to another process
     (elsewhere), as a grid does. With `tune` or `tune_preset`, the tuned options are chosen per cell by `tune_score`

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from lathadapter.adapter.evaluate import Reliability
-from lathadapter.experiments.table import RESULTS, SAVED_BEFORE, ResultsError, as_table, finished_runs, run_rows
+from lathadapter.experiments.table import (
+    RESULTS,
+    SAVED_BEFORE,
+    ResultsError,
+    as_table,
+    finished_runs,
+    run_rows,
+    tune_set_read,
+)
 
 # The columns the report reads; `opt.*` columns (every option) are read too.
 REQUIRED = ("key", "dataset", "fingerprint", "method", "shots", "seed", "classes", "text", "select", "target",
@@ -96,6 +104,9 @@ def load_results(path: Path) -> Results:
         raise ResultsError(f"{table} lacks the columns {', '.join(missing)}; {EXPECTED}")
     if not rows:
         raise ResultsError(f"{table} has a header but no rows; {EXPECTED}")
+    for row in rows:  # a table written before stop 27 says `fewshot`: one setting with the new rows' `subset`
+        if row.get("tune.set"):
+            row["tune.set"] = tune_set_read(row["tune.set"])
     return Results(table, rows, {d.name: d for d in finished_runs(table.parent / "runs")})
 
 

@@ -280,9 +280,12 @@ def accuracy_on(method: Method, features: torch.Tensor, labels: torch.Tensor,
 # What fair tuning chooses by (`--tune-score`): `val`, the trained run's accuracy on its few-shot val set; `val_hm`, the
 # HM of a pseudo-base/pseudo-novel split of the run's training classes (`pseudo_novel_accuracies`).
 TUNE_SCORES = ("val", "val_hm")
-# Which val images those scores read (`--tune-set`): `fewshot`, the run's few-shot val subset (CoOp: min(shots, 4) a
-# class); `split`, the cache's whole val split (a cache built with `--val all`), so that one image cannot decide.
-TUNE_SETS = ("fewshot", "split")
+# Which val images those scores read (`--tune-set`): `subset`, the run's few-shot val subset (CoOp: min(shots, 4) a
+# class); `split`, the cache's whole val split (a cache built with `--val split`), so that one image cannot decide.
+# The names `cache build --val` and the baselines' `search_set` give them; `fewshot`, its name before stop 27, is
+# still read (command line, grid files, results tables and metrics.json written before).
+TUNE_SETS = ("subset", "split")
+TUNE_SETS_BEFORE = {"fewshot": "subset"}
 
 
 def search_view(data: FewShotData, tune_set: str) -> FewShotData:
@@ -290,11 +293,11 @@ def search_view(data: FewShotData, tune_set: str) -> FewShotData:
     place of the few-shot val subset. Training never reads the val set, so only the scores change."""
     if tune_set not in TUNE_SETS:
         raise OptionError(f"--tune-set {tune_set}: choose one of {', '.join(TUNE_SETS)}")
-    if tune_set == "fewshot":
+    if tune_set == "subset":
         return data
     if data.search_features is None or data.search_labels is None:
         raise CacheError("--tune-set split scores on the whole val split, which this cache does not hold; rebuild "
-                         "it with `lathadapter cache build --val all`, or use --tune-set fewshot")
+                         "it with `lathadapter cache build --val split`, or use --tune-set subset")
     return dataclasses.replace(data, val_features=data.search_features, val_labels=data.search_labels)
 
 

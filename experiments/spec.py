@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,10 @@ from typing import Any
 import yaml
 
 from lathadapter.adapter.catalog import check_value, make_options, method_names, option_names, option_owner
-from lathadapter.adapter.options import OptionError, changed_fields, parse_assignments, split_list
+from lathadapter.adapter.options import OptionError, changed_fields, parse_assignments, respelled, split_list
 from lathadapter.cache.store import seed_error
 from lathadapter.cache.text import read_text
-from lathadapter.experiments.run import TUNE_SETS, RunConfig
+from lathadapter.experiments.run import TUNE_SETS, TUNE_SETS_BEFORE, RunConfig
 from lathadapter.experiments.tuning import (
     PRESET_EXTENSIONS,
     TUNE_PRESETS,
@@ -50,7 +52,7 @@ class GridSpec:
     tune: dict[str, list[Any]] = field(default_factory=dict)
     tune_preset: str | None = None  # a key of TUNE_PRESETS, e.g. "lr"
     tune_score: str = "auto"  # a TUNE_SCORE_CHOICES: what tuning chooses by (`resolve_score`)
-    tune_set: str = "fewshot"  # a run.TUNE_SETS: the val images that score reads (`run.search_view`)
+    tune_set: str = "subset"  # a run.TUNE_SETS: the val images that score reads (`run.search_view`)
     train_views: list[str] = field(default_factory=lambda: ["augmented"])  # what training draws from (TRAIN_VIEWS)
     # Where an option or tuned axis was given when not on the command line, for messages: `options.NAME` or
     # `tune.NAME` → the grid file (`load_spec_file`); not a grid-file key.
@@ -74,11 +76,17 @@ class GridRun:
     tune: Tuning | None = None
 
 
-def load_spec_file(path: Path) -> dict[str, Any]:
+def _stderr(message: str) -> None:
+    """A note for the user, one line on stderr (where `load_spec_file`'s go unless its caller takes them)."""
+    print(message, file=sys.stderr)
+
+
+def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, options...),
     each checked as the command line checks the same values (lists not empty, each value once, shots and seeds
     integers; option values read as the text `--set` would give, so `1` is true for a boolean as `--set NAME=1` is);
-    errors name the file and the key. `sources` records the file's option and tuned axes (`GridSpec.sources`)."""
+    errors name the file and the key. `sources` records the file's option and tuned axes (`GridSpec.sources`). An
+    old value name (`tune_set: fewshot`) is read as its new one, and `say` gets a line naming it."""
     if not path.is_file():
         raise OptionError(f"grid file {path} does not exist")
     if path.suffix not in (".toml", ".yaml", ".yml"):  # before reading: a cache given as --config is binary
@@ -120,6 +128,8 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         spec["tune_preset"] = parse_preset(preset, f"{where}: tune_preset")
     tune_set = data.get("tune_set")
     if tune_set is not None:
+        if isinstance(tune_set, str):
+            tune_set = respelled(f"grid file {path}: tune_set", tune_set, TUNE_SETS_BEFORE, say)
         if tune_set not in TUNE_SETS:
             raise OptionError(f"grid file {path}: tune_set {tune_set!r}: choose one of {', '.join(TUNE_SETS)}")
         spec["tune_set"] = tune_set
@@ -355,7 +365,7 @@ def _preset_extensions(spec: GridSpec) -> dict[str, tuple[Extension, list[Any], 
 
 
 def _tuning(names: tuple[str, ...], typed: tuple[tuple[Any, ...], ...], index: int, score: str,
-            preset: tuple[Extension, list[Any], tuple[float, ...]] | None, tune_set: str = "fewshot") -> Tuning:
+            preset: tuple[Extension, list[Any], tuple[float, ...]] | None, tune_set: str = "subset") -> Tuning:
     """Candidate `index`'s `Tuning`, with its factor of the preset's option when a preset tunes the method."""
     if preset is None:
         return Tuning(names, typed, index, score, tune_set=tune_set)
@@ -379,11 +389,12 @@ def expand(spec: GridSpec) -> list[GridRun]:
     presets = _preset_extensions(spec)
     if spec.tune_score not in TUNE_SCORE_CHOICES:
         raise OptionError(f"--tune-score {spec.tune_score}: choose one of {', '.join(TUNE_SCORE_CHOICES)}")
-    if spec.tune_set not in TUNE_SETS:
+    tune_set = TUNE_SETS_BEFORE.get(spec.tune_set, spec.tune_set)  # a Python caller's old name (the CLI's: noted)
+    if tune_set not in TUNE_SETS:
         raise OptionError(f"--tune-set {spec.tune_set}: choose one of {', '.join(TUNE_SETS)}")
     if not spec.tune and spec.tune_preset in (None, NO_PRESET):  # a preset tunes, even where no method has its option
         refuse_untuned({flag: value for flag, value, default in (("--tune-score", spec.tune_score, GridSpec.tune_score),
-                                                                 ("--tune-set", spec.tune_set, GridSpec.tune_set))
+                                                                 ("--tune-set", tune_set, GridSpec.tune_set))
                         if value != default}, "--tune [METHOD.]OPTION=V1,V2,... or --tune-preset lr")
     runs = []
     for cache, method, classes, text, select, train_views in itertools.product(
@@ -400,7 +411,7 @@ def expand(spec: GridSpec) -> list[GridRun]:
                 for index, (options, _) in enumerate(candidates):
                     runs.append(GridRun(str(cache), RunConfig(method, int(shots), int(seed), classes, text, select,
                                                               options, train_views),
-                                        _tuning(names, typed, index, score, presets.get(method), spec.tune_set)
+                                        _tuning(names, typed, index, score, presets.get(method), tune_set)
                                         if names else None))
     return runs
 

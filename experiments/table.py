@@ -18,7 +18,7 @@ from typing import Any
 
 from lathadapter.adapter.catalog import ambiguous_options, method_class, method_names
 from lathadapter.adapter.options import before_values
-from lathadapter.experiments.run import write_atomic
+from lathadapter.experiments.run import TUNE_SETS_BEFORE, write_atomic
 from lathadapter.experiments.tuning import select_tuned
 
 RESULTS = "results.csv"
@@ -52,7 +52,13 @@ def saved_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
 # The settings' values of a run saved before they existed (what it did: trained on augmented views, a tuning candidate
 # scored by val on the few-shot val set), read alike from its folder (`results_row`) and from a table written
 # without the column (`records`); the tuning ones are a tuning candidate's only.
-SAVED_BEFORE = {"train_views": "augmented", "tune.score": "val", "tune.set": "fewshot"}
+SAVED_BEFORE = {"train_views": "augmented", "tune.score": "val", "tune.set": "subset"}
+
+
+def tune_set_read(value: str) -> str:
+    """A stored `tune.set` (metrics.json's `set`, a results table's column) in its current name: `fewshot`, written
+    before stop 27, is `subset` (`run.TUNE_SETS_BEFORE`), so old and new rows are one setting."""
+    return TUNE_SETS_BEFORE.get(value, value)
 
 
 def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +93,7 @@ def results_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
                     "tune.values": " ".join(f"{k}={v}" for k, v in tune["values"].items()),
                     "tune.index": tune["index"], "tune.candidates": tune["candidates"],
                     "tune.score": tune.get("score", SAVED_BEFORE["tune.score"]),
-                    "tune.set": tune.get("val_set", SAVED_BEFORE["tune.set"]),
+                    "tune.set": tune_set_read(tune.get("set", tune.get("val_set", SAVED_BEFORE["tune.set"]))),
                     "tune.val_score": metrics.get("tune_val_score", metrics.get("tune_val_accuracy")),
                     "tune.val_accuracy": metrics.get("tune_val_accuracy"),
                     "tune.pseudo_base": pseudo.get("base"), "tune.pseudo_novel": pseudo.get("novel"),

@@ -85,7 +85,7 @@ class Tuning:
     factor: float | None = None
     extra: tuple[Any, ...] | None = None
     origin: str | None = None
-    tune_set: str = "fewshot"  # the val images the score reads (`run.TUNE_SETS`); stored as `val_set`
+    tune_set: str = "subset"  # the val images the score reads (`run.TUNE_SETS`); metrics.json's `set`
 
     @property
     def values(self) -> dict[str, Any]:
@@ -105,12 +105,13 @@ class Tuning:
         a candidate of another budget, so every finished run directory belongs to exactly one group; its own values
         are in it too (two `Scaled` candidates have the same options until they are resolved). An extension
         candidate's salt has its own values instead of an index (the same key whichever round adds it); a score other
-        than `val` joins it (so the keys of `val` groups are those of grids before scores existed)."""
+        than `val` joins it (so the keys of `val` groups are those of grids before scores existed), and a `tune_set`
+        other than `subset` (its value, `split`, as every earlier grid hashed it)."""
         payload: list[Any] = ([self.names, self.candidates, self.index] if self.extra is None
                               else [self.names, self.candidates, "extension", self.extra])
         if self.score != "val":
             payload.append(self.score)
-        if self.tune_set != "fewshot":
+        if self.tune_set != "subset":
             payload.append(self.tune_set)
         return "|tune:" + self._digest(payload)
 
@@ -122,8 +123,8 @@ class Tuning:
         payload = {**identity, "fingerprint": fingerprint, "tune": [self.names, self.candidates]}
         if self.score != "val":
             payload["score"] = self.score
-        if self.tune_set != "fewshot":
-            payload["val_set"] = self.tune_set  # the stored name: group ids of earlier grids stay
+        if self.tune_set != "subset":
+            payload["val_set"] = self.tune_set  # the hashed key of earlier grids, kept: their group ids stay
         return self._digest(payload)
 
     def record(self, group: str, config: RunConfig) -> dict[str, Any]:
@@ -135,7 +136,7 @@ class Tuning:
         if self.scaled:
             record["scaled"] = self.scaled  # the factors of the default the values were resolved from
         record["score"] = self.score
-        record["val_set"] = self.tune_set  # metrics.json's name (results.csv: `tune.set`)
+        record["set"] = self.tune_set  # results.csv's `tune.set` (written as `val_set`, `fewshot`, before stop 27)
         if self.extension is not None:
             record["extension"] = {"factor": self.factor, "step": self.extension.step, "limit": self.extension.limit,
                                    "origin": self.origin}

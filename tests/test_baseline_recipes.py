@@ -1,7 +1,7 @@
 """Each baseline under `recipe=official` equals an independent re-statement of its official code (docs/baselines.md),
 on identical small features: logits, searched choices, optimiser, learning rate at every step, epochs and batches.
 `recipe=shared` keeps the recipe every trained baseline used before (tests/test_pinned_metrics.py pins its metrics).
-The cache's schema 2 (raw norms, `--val all`) is checked on a real build with the tiny model, and a schema-1 cache
+The cache's schema 2 (raw norms, `--val split`) is checked on a real build with the tiny model, and a schema-1 cache
 still loads while a method that needs its missing norms names the rebuild command."""
 
 from __future__ import annotations
@@ -472,7 +472,7 @@ def test_tip_adapter_takes_each_datasets_official_config(dataset: str) -> None:
 
 def test_tip_adapter_without_the_val_split_searches_the_subset_and_warns() -> None:
     data = few_shot("fgvc_aircraft", val_split=False)
-    with pytest.warns(ProtocolWarning, match=r"whole val split.*few-shot val subset.*--val all --force"):
+    with pytest.warns(ProtocolWarning, match=r"whole val split.*few-shot val subset.*--val split --force"):
         chosen = train(create_method("tip-adapter", data), data, seed=1).chosen
     assert chosen["search_set"] == "subset"
     no_val = few_shot("imagenet", val_split=False)
@@ -699,7 +699,7 @@ def _build_args(coop_dataset, tiny_clip, out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def val_all(coop_dataset, tiny_clip, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("schema2") / "shapes.h5"
-    result = CliRunner().invoke(app, _build_args(coop_dataset, tiny_clip, out, "--val", "all"))
+    result = CliRunner().invoke(app, _build_args(coop_dataset, tiny_clip, out, "--val", "split"))
     assert result.exit_code == 0, result.output
     return out
 
@@ -777,7 +777,7 @@ def test_val_all_holds_the_whole_val_split_as_the_search_set(val_all: Path, coop
     base, _ = data.base_novel()
     assert set(base.search_labels.tolist()) == {0, 1, 2, 3} and len(base.search_labels) == len(split["val"]) // 2
     rows = dict(summary(val_all))
-    assert rows["val"].startswith("the whole val split") and rows["schema"].startswith("2")
+    assert rows["val"].startswith("split: the whole val split") and rows["schema"].startswith("2")
     bad = CliRunner().invoke(app, _build_args(coop_dataset, tiny_clip, tmp_path / "x.h5", "--val", "some"))
     assert bad.exit_code == 2 and "--val 'some' is not valid" in bad.output
 
@@ -817,6 +817,6 @@ def test_a_schema_1_cache_loads_and_a_method_needing_norms_names_the_rebuild(val
     with pytest.raises(BuildError, match="schema version 1.*--force to rebuild it as schema 2"):
         build(None, f"split:{coop_dataset.split_file}", old, model=str(tiny_clip.config),
               pretrained=str(tiny_clip.checkpoint), shots=(1, 2), seeds=(1,), views=2, batch_size=8, workers=0,
-              device="cpu", progress=False, log=lambda message: None, val="all")
+              device="cpu", progress=False, log=lambda message: None, val="all")  # `split` before stop 27
     rows = dict(summary(old))
     assert "lathadapter cache build ... --force" in rows["schema"]

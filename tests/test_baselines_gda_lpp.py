@@ -40,7 +40,7 @@ def random_data(classes: int = 5, dim: int = 8, shots: int = 4, views: int = 3, 
     so that zero-shot is imperfect and the few-shot term matters.
 
     The val draws (`val_per_class` a class) are the val set; with `val_split` they are the whole val split instead
-    (`search_features`, as a cache built with `--val all` holds it) and the val set is the few-shot val subset drawn
+    (`search_features`, as a cache built with `--val split` holds it) and the val set is the few-shot val subset drawn
     from it, as CoOp's sampling does: the first `min(shots, 4)` images of each class."""
     g = torch.Generator().manual_seed(seed)
 
@@ -192,9 +192,9 @@ def test_gda_searches_the_whole_val_split_by_default_and_falls_back_to_the_subse
             assert (chosen["alpha"], chosen["search_set"], chosen["recipe.search_set"]) == (subset_alpha, "subset",
                                                                                            "subset")
             assert chosen["val_accuracy"] == pytest.approx(on_subset["val_acc"])
-    # a cache without the whole val split (built with --val subsets): the subset, with Tip-Adapter's warning
+    # a cache without the whole val split (built with --val subset): the subset, with Tip-Adapter's warning
     no_split = replace(data, search_features=None, search_labels=None)
-    with pytest.warns(ProtocolWarning, match=r"whole val split.*few-shot val subset.*--val all --force") as caught:
+    with pytest.warns(ProtocolWarning, match=r"whole val split.*few-shot val subset.*--val split --force") as caught:
         chosen = search(no_split)
     assert (chosen["alpha"], chosen["search_set"], chosen["recipe.search_set"]) == (subset_alpha, "subset", "split")
     with pytest.warns(ProtocolWarning) as tip_caught:  # raw_keys off: random_data has no raw norms
@@ -342,7 +342,7 @@ def test_lpp_without_its_val_set_chooses_on_the_subset_and_warns_where_that_diff
     if shots <= 4:  # the few-shot val subset is the official draw itself: no warning
         assert said == []
     else:
-        assert len(said) == 1 and "8 val images a class" in said[0] and "--val all --force" in said[0]
+        assert len(said) == 1 and "8 val images a class" in said[0] and "--val split --force" in said[0]
     assert (chosen["search_set"], chosen["selected_epoch"]) == ("subset", official["best_epoch"] + 1)
 
 

@@ -217,6 +217,10 @@ def test_rebuild_over_another_cache_needs_force(built: Path, coop_dataset, tiny_
     shutil.copy(built, out)
     same = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out)))
     assert same.exit_code == 0 and "up to date" in same.output, same.output
+    for val in ("subset", "subsets"):  # the default's name, and its name before stop 27: the same fingerprint
+        same = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out), "--val", val))
+        assert same.exit_code == 0 and "up to date" in same.output, same.output
+    assert "note: --val subsets is now called subset" in same.stderr
     other = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out), "--seed", "5"))
     assert other.exit_code == 1 and "differs in: seed" in other.output and "--force" in other.output
     forced = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--out", str(out), "--seed", "5", "--force"))
@@ -226,7 +230,7 @@ def test_rebuild_over_another_cache_needs_force(built: Path, coop_dataset, tiny_
 @pytest.mark.parametrize(("extra", "message"), [
     (["--precision", "fp64"], "--precision 'fp64' is not valid; valid: fp32, fp16, bf16, amp"),
     (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
-    (["--val", "some"], "--val 'some' is not valid; choose subsets"),
+    (["--val", "some"], "--val 'some' is not valid; choose subset (the few-shot val subsets only) or split"),
     (["--model", "ViT-X-99"], "--model 'ViT-X-99' is not an open_clip model name"),
     (["--model", "ViT-B-32", "--pretrained", "openaii"], "--pretrained 'openaii' is not a pretrained tag of ViT-B-32"),
     (["--crop-scale", "1,0.5"], "--crop-scale 1,0.5: need 0 < low ≤ high ≤ 1"),
@@ -329,18 +333,31 @@ def test_the_demo_build_passes_its_options_through(demo_build: dict, tmp_path: P
     result = runner.invoke(app, ["cache", "build", "--out", "d.h5", "--no-progress"])
     assert result.exit_code == 0, result.output
     defaults = demo_build["build"]
-    assert (defaults["val"], defaults["template"], defaults["seed"]) == ("all", bundled_model().template, 0)
+    assert (defaults["val"], defaults["template"], defaults["seed"]) == ("split", bundled_model().template, 0)
     phrases = tmp_path / "phrases.txt"
     phrases.write_text("round\nstriped\n")
     result = runner.invoke(app, ["cache", "build", "--out", "d.h5", "--seed", "5", "--template", "a {} shape.",
-                                 "--precision", "bf16", "--val", "subsets", "--batch-size", "7", "--full-train",
+                                 "--precision", "bf16", "--val", "subset", "--batch-size", "7", "--full-train",
                                  "--attributes", str(phrases), "--skip-bad", "--views", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
     given = demo_build["build"]
     assert {key: given[key] for key in ("seed", "template", "precision", "val", "batch_size", "full_train",
                                         "attributes", "skip_bad", "views")} == {
-        "seed": 5, "template": "a {} shape.", "precision": "bf16", "val": "subsets", "batch_size": 7,
+        "seed": 5, "template": "a {} shape.", "precision": "bf16", "val": "subset", "batch_size": 7,
         "full_train": True, "attributes": phrases, "skip_bad": True, "views": 2}
+
+
+@pytest.mark.parametrize(("old", "new"), [("subsets", "subset"), ("all", "split")])
+def test_the_val_options_old_names_still_work_with_one_note(demo_build: dict, old: str, new: str) -> None:
+    """`--val subsets|all`, the names before stop 27, build what `--val subset|split` builds; stderr says the new
+    name in one line, and no note comes with the new name."""
+    note = f"note: --val {old} is now called {new}; the old name still works"
+    result = runner.invoke(app, ["cache", "build", "--out", "d.h5", "--no-progress", "--val", old])
+    assert result.exit_code == 0, result.output
+    assert demo_build["build"]["val"] == new
+    assert [line for line in result.stderr.splitlines() if line.startswith("note:")] == [note]
+    result = runner.invoke(app, ["cache", "build", "--out", "d.h5", "--no-progress", "--val", new])
+    assert result.exit_code == 0 and demo_build["build"]["val"] == new and "note:" not in result.stderr
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -104,8 +104,8 @@ def test_lpp_val_set_is_coops_val_subset_when_every_class_has_enough(shots: int)
             fewshot_indices(train_labels, val_labels, shots, seed)[1]
 
 
-def test_a_val_all_build_stores_lpps_val_set_as_drawn_officially(coop_dataset, tiny_clip, tmp_path: Path) -> None:
-    """`cache build --val all` stores, per subset, LP++'s own K-shot val set (`val_shots`): read back with h5py and
+def test_a_val_split_build_stores_lpps_val_set_as_drawn_officially(coop_dataset, tiny_clip, tmp_path: Path) -> None:
+    """`cache build --val split` stores, per subset, LP++'s own K-shot val set (`val_shots`): read back with h5py and
     mapped to paths, it is the official draw from the split file (6 val images a class, so at K = 8 some repeat)."""
     split = json.loads(coop_dataset.split_file.read_text())
     train = [(path, label) for path, label, _ in split["train"]]
@@ -113,7 +113,7 @@ def test_a_val_all_build_stores_lpps_val_set_as_drawn_officially(coop_dataset, t
     out = tmp_path / "all.h5"
     options = dict(model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=(2, 8), seeds=(1, 2),
                    views=1, batch_size=16, workers=0, device="cpu", progress=False, log=lambda message: None)
-    build(None, f"split:{coop_dataset.split_file}", out, val="all", **options)
+    build(None, f"split:{coop_dataset.split_file}", out, val="split", **options)
     with h5py.File(out, "r") as f:
         paths = f["splits/val/paths"].asstr()[()].tolist()
         labels = f["splits/val/labels"][()].tolist()
@@ -129,7 +129,7 @@ def test_a_val_all_build_stores_lpps_val_set_as_drawn_officially(coop_dataset, t
     assert data.val_shots_features.shape == (len(expected), 32)
     assert len(data.val_labels) == 4 * len(set(labels))  # CoOp's val subset: min(K, 4) a class
     assert dict(summary(out))["val"].endswith("· LP++'s K-shot val sets")
-    # a --val all cache written before LP++'s val sets were stored: loads without them, and `cache info` says so
+    # a --val split cache written before LP++'s val sets were stored: loads without them, and `cache info` says so
     older = tmp_path / "older.h5"
     shutil.copy(out, older)
     with h5py.File(older, "r+") as f:

@@ -396,9 +396,11 @@ def test_tables_of_other_columns_read_one_configuration_and_each_run_once(tmp_pa
     assert result.output.startswith("A: lathadapter lambda_hier=0.0 · --a")
 
 
-def test_a_tuned_table_from_before_tune_score_is_the_configuration_tuned_by_val(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spelled", ["subset", "fewshot"])
+def test_a_tuned_table_from_before_tune_score_is_the_configuration_tuned_by_val(tmp_path: Path, spelled: str) -> None:
     """A tuned table written before `tune.score` and `tune.set` were columns chose by val on the few-shot val set:
-    pooled with a newer tuned table, its kept runs are the same configuration as the newer ones'."""
+    pooled with a newer tuned table, its kept runs are the same configuration as the newer ones', whether that
+    table names the few-shot val subset `subset` or `fewshot` (its name before stop 27)."""
     def tuned(dataset: str, seed: int, acc: float, lr: str, kept: bool, **extra: str) -> dict[str, Any]:
         return row(dataset, seed, acc, **{"opt.lr": lr, "tune.group": f"{dataset}-{seed}", "tune.names": "lr",
                                           "tune.selected": str(kept), **extra}) | {"key": f"{dataset}-{seed}-{lr}"}
@@ -407,7 +409,7 @@ def test_a_tuned_table_from_before_tune_score_is_the_configuration_tuned_by_val(
     old = helpers.write_rows(tmp_path / "old.csv", [tuned(d, s, 70.0 + s, lr, lr == "0.01") for d in ("dtd", "pets")
                                                     for s in (1, 2) for lr in ("0.01", "0.1")], [*COLUMNS, *tune])
     new = helpers.write_rows(tmp_path / "new.csv",
-                             [tuned(d, s, 60.0 + s, lr, lr == "0.1", **{"tune.score": "val", "tune.set": "fewshot"})
+                             [tuned(d, s, 60.0 + s, lr, lr == "0.1", **{"tune.score": "val", "tune.set": spelled})
                               for d in ("eurosat", "cars") for s in (1, 2) for lr in ("0.01", "0.1")],
                              [*COLUMNS, *tune, "tune.score", "tune.set"])
     untuned = write(tmp_path / "untuned.csv", [row(d, s, 65.0, method="linear-probe")

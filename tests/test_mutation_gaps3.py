@@ -297,7 +297,7 @@ def test_a_negative_subset_row_is_refused_not_read_from_the_end(small_cache: Pat
 
 
 def test_the_search_set_leaves_out_the_val_images_skipped_as_bad(small_cache: Path, tmp_path: Path) -> None:
-    """`--val all`'s search set is the whole val split less the images `--skip-bad` left out (by path)."""
+    """`--val split`'s search set is the whole val split less the images `--skip-bad` left out (by path)."""
     with h5py.File(small_cache, "r") as f:
         paths = f["splits/val/paths"].asstr()[()]
         features = f["splits/val/features"][()].astype(np.float32)

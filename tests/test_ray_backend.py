@@ -257,7 +257,7 @@ def test_caches_the_workers_cannot_see_fail_clearly(cluster, cache: Path, tmp_pa
 
 def test_build_many_builds_one_cache_per_dataset_on_ray(cluster, coop_dataset, tiny_clip, tmp_path: Path) -> None:
     options = dict(root=None, model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=[1],
-                   seeds=[1], views=1, device="cpu", val="subsets", workers=0)
+                   seeds=[1], views=1, device="cpu", val="subset", workers=0)
     dataset = f"split:{coop_dataset.split_file}"
     lines: list[str] = []
     results = build_many([dataset], tmp_path / "caches", "ray", log=lines.append, **options)
@@ -281,7 +281,7 @@ def test_build_many_on_ray_finds_paths_given_relative_to_the_command(cluster, co
     monkeypatch.chdir(tmp_path)
     dataset = f"split:{os.path.relpath(coop_dataset.split_file)}"
     options = dict(root=None, model=os.path.relpath(tiny_clip.config), pretrained=os.path.relpath(tiny_clip.checkpoint),
-                   shots=[1], seeds=[1], views=1, device="cpu", val="subsets", workers=0)
+                   shots=[1], seeds=[1], views=1, device="cpu", val="subset", workers=0)
     [(name, path, status)] = build_many([dataset], Path("caches"), "ray", **options)
     assert (name, Path(path), status) == (dataset, tmp_path / "caches" / "Shapes.h5", "built")
     # the same cache as a local build of the same relative arguments: nothing to rebuild
@@ -309,7 +309,7 @@ def test_a_build_failing_on_ray_still_says_what_it_said_before(cluster, coop_dat
     (tree / "train" / first / "notes.txt").write_text("taken on holiday")
     (tree / "test" / first / "empty.png").write_bytes(b"")
     options = dict(root=None, model=str(tiny_clip.config), pretrained=str(tiny_clip.checkpoint), shots=[1],
-                   seeds=[1], views=1, device="cpu", val="subsets", workers=0)
+                   seeds=[1], views=1, device="cpu", val="subset", workers=0)
     dataset = f"folder:{tree}"
     lines: list[str] = []
     with pytest.raises(StateError, match=r"cache builds failed:\n  folder:.*empty\.png"):

@@ -174,7 +174,7 @@ def test_settings_varying_together_are_led_by_one_no_configuration_tuned(tmp_pat
              "method": "clip-adapter", "shots": 16, "seed": seed, "classes": "all", "text": "coop", "select": "last",
              "target": "", "acc_all": value, **fixed[tuned], "tune.group": f"{tuned}{seed}", "tune.names": tuned,
              "tune.values": f"{tuned}={fixed[tuned]['opt.clip-adapter.' + tuned]}", "tune.score": "val",
-             "tune.set": "fewshot", "tune.selected": True}
+             "tune.set": "subset", "tune.selected": True}
             for tuned, values in accuracy.items() for seed, value in zip((1, 2), values, strict=True)]
     figures = capture_plots(monkeypatch)
     write_report(helpers.write_rows(tmp_path / "results.csv", rows, columns), tmp_path / "report")
@@ -822,7 +822,7 @@ def tuned_row(key: str, seed: int, score: str, lr: float, base: float, novel: fl
     return {"key": key, "cache": "c.h5", "dataset": "caltech101", "fingerprint": FP, "method": "clip-adapter",
             "shots": 16, "seed": seed, "classes": "base", "text": "coop", "select": "last", "target": "",
             "acc_base": base, "acc_novel": novel, "opt.lr": lr, "tune.group": f"{score}{seed}", "tune.names": "lr",
-            "tune.values": f"lr={lr}", "tune.score": score, "tune.set": "fewshot", "tune.selected": selected}
+            "tune.values": f"lr={lr}", "tune.score": score, "tune.set": "subset", "tune.selected": selected}
 
 
 def write_tuned(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -1131,13 +1131,13 @@ def test_an_untuned_run_beside_tuned_ones_reads_untuned_not_recipe(tmp_path: Pat
     write_report(write_tuned(tmp_path / "results.csv", rows), tmp_path / "report")
     table = read_table(tmp_path / "report" / "few_shot_caltech101.csv")
     assert set(table) == {"clip-adapter score=untuned set=untuned lr=recipe",
-                          "clip-adapter score=val set=fewshot lr=0.01 (tuned)"}
+                          "clip-adapter score=val set=subset lr=0.01 (tuned)"}
     # score, set and lr vary together: one ablation table, led by score, with the other two beside it
     assert sorted(p.name for p in (tmp_path / "report").glob("few_shot_caltech101_ablation_*.csv")) == [
         "few_shot_caltech101_ablation_clip-adapter_score.csv"]
     ablation = read_table(tmp_path / "report" / "few_shot_caltech101_ablation_clip-adapter_score.csv",
                           ["score", "set"])
-    assert set(ablation) == {("untuned", "untuned"), ("val", "fewshot")}
+    assert set(ablation) == {("untuned", "untuned"), ("val", "subset")}
     assert ablation[("untuned", "untuned")]["lr"] == "recipe"
 
 

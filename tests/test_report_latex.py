@@ -150,7 +150,7 @@ def test_data_text_is_escaped_and_ablation_and_tuned_tables_have_no_bold(tmp_pat
             for beta, acc in (("0.5", 40.0), (odd, 42.0))]
     rows += [row("clip-adapter", seed, 1, acc_all=30.0 + seed, **pets, **{
         "opt.lr": lr, "tune.group": f"g{seed}", "tune.names": "lr", "tune.values": f"lr={lr}", "tune.score": "val",
-        "tune.set": "fewshot", "tune.selected": "true", "tune.edge": edge})
+        "tune.set": "subset", "tune.selected": "true", "tune.edge": edge})
         for seed, lr, edge in ((1, 0.01, "high"), (2, 0.01, "high"), (3, 0.001, ""))]
     write_report(write_rows(tmp_path / "results.csv", rows), tmp_path / "report")
     out = tmp_path / "report"

@@ -199,7 +199,7 @@ def tuned(seed: int, lr: float, base: float, novel: float, selected: bool) -> di
     """A base-to-novel CLIP-Adapter tuning candidate of `seed`'s group, kept or not."""
     return row("clip-adapter", seed, 16, classes="base", acc_base=base, acc_novel=novel, key=f"s{seed}lr{lr}",
                **{"opt.lr": lr, "tune.group": f"g{seed}", "tune.names": "lr", "tune.values": f"lr={lr}",
-                  "tune.score": "val_hm", "tune.set": "fewshot", "tune.selected": selected})
+                  "tune.score": "val_hm", "tune.set": "subset", "tune.selected": selected})
 
 
 def test_a_tuned_grid_shows_each_seeds_kept_run_only(tmp_path: Path) -> None:

@@ -361,10 +361,10 @@ def test_tune_set_split_scores_on_the_whole_val_split(cache: Path, tmp_path: Pat
         best = max(group, key=lambda r: (float(r["tune.val_score"]), -int(r["tune.index"])))
         assert [r["key"] for r in group if r["tune.selected"] == "True"] == [best["key"]]
     # a split group's keys differ from the few-shot group's
-    _, fewshot = prepare(expand(dataclasses.replace(spec, tune_set="fewshot")), tmp_path / "h")
+    _, subset = prepare(expand(dataclasses.replace(spec, tune_set="subset")), tmp_path / "h")
     _, split = prepare(expand(spec), tmp_path / "h")
-    assert all(a.key != b.key for a, b in zip(fewshot, split, strict=True))
-    with pytest.raises(OptionError, match="--tune-set whole: choose one of fewshot, split"):
+    assert all(a.key != b.key for a, b in zip(subset, split, strict=True))
+    with pytest.raises(OptionError, match="--tune-set whole: choose one of subset, split"):
         expand(dataclasses.replace(spec, tune_set="whole"))
 
 
@@ -378,14 +378,14 @@ def test_cli_tune_set(cache: Path, tmp_path: Path) -> None:
     assert {r["tune.set"] for r in read_rows(tmp_path / "g")} == {"split"}
     assert "on the whole val split" in result.output
     bad = runner.invoke(app, [*args, "--tune-set", "all", "--out", str(tmp_path / "x")])
-    assert bad.exit_code == 2 and bad.output.strip() == "error: --tune-set all: choose one of fewshot, split"
+    assert bad.exit_code == 2 and bad.output.strip() == "error: --tune-set all: choose one of subset, split"
     assert not (tmp_path / "x").exists()
 
 
 def test_a_tuning_score_or_set_with_nothing_tuned_is_refused_not_ignored(cache: Path, tmp_path: Path) -> None:
     """`--tune-score val_hm` or `--tune-set split` choose how tuned values are chosen; without `--tune` or
     `--tune-preset` (or a grid file's `tune`) nothing is tuned, so they would change nothing: one usage line naming
-    them, before any run. The defaults given explicitly (auto, fewshot) change nothing and pass."""
+    them, before any run. The defaults given explicitly (auto, subset) change nothing and pass."""
     runner = CliRunner()
     grid = ["grid", "--cache", str(cache), "--method", "clip-adapter", "--shots", "2", "--seeds", "1",
             "--set", "epochs=1", "--set", "min_steps=2", "--device", "cpu", "--workers", "1"]
@@ -405,7 +405,7 @@ def test_a_tuning_score_or_set_with_nothing_tuned_is_refused_not_ignored(cache: 
                                 str(tmp_path / "g")])
     assert tuned.exit_code == 0, tuned.output
     assert {r["tune.score"] for r in read_rows(tmp_path / "g")} == {"val"}
-    plain = runner.invoke(app, [*grid, "--tune-score", "auto", "--tune-set", "fewshot", "--out", str(tmp_path / "p")])
+    plain = runner.invoke(app, [*grid, "--tune-score", "auto", "--tune-set", "subset", "--out", str(tmp_path / "p")])
     assert plain.exit_code == 0, plain.output
 
 
@@ -425,16 +425,16 @@ def test_the_demo_with_nothing_tuned_refuses_a_tuning_score_or_set(tmp_path: Pat
     runner = CliRunner()
     for flags, named in ((["--tune-score", "val_hm"], "--tune-score val_hm"),
                          (["--tune-set", "split"], "--tune-set split"),
-                         (["--tune-set", "fewshot", "--tune-score", "val"], "--tune-score val and --tune-set fewshot")):
+                         (["--tune-set", "subset", "--tune-score", "val"], "--tune-score val and --tune-set subset")):
         result = runner.invoke(app, ["demo", "--tune-preset", "none", *flags, "--out", str(tmp_path / "d")])
         assert result.exit_code == 2, result.output
         assert result.output.strip() == (f"error: {named}: nothing is tuned; add --tune-preset lr (the demo's "
                                          f"default), or drop {'them' if ' and ' in named else 'it'}")
     assert not calls and not (tmp_path / "d").exists()
-    for flags in ([], ["--tune-preset", "none"], ["--tune-set", "fewshot", "--tune-score", "val_hm"]):
+    for flags in ([], ["--tune-preset", "none"], ["--tune-set", "subset", "--tune-score", "val_hm"]):
         runner.invoke(app, ["demo", *flags, "--out", str(tmp_path / "d")])  # reaches the demo (stubbed: stops at once)
     assert [(c["tune"], c["tune_score"], c["tune_set"]) for c in calls] == [
-        ("lr", "auto", "split"), (None, "auto", "split"), ("lr", "val_hm", "fewshot")]
+        ("lr", "auto", "split"), (None, "auto", "split"), ("lr", "val_hm", "subset")]
 
 
 def test_a_grid_files_tuning_score_or_set_with_nothing_tuned_is_refused(cache: Path, tmp_path: Path) -> None:

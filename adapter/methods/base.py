@@ -177,7 +177,7 @@ class NotApplicable(RuntimeError):
 def search_set_data(data: FewShotData, search_set: str, method: str, searched: str
                     ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The val images a choice made after training reads (option `search_set`, `SEARCH_SETS`) and which set they are:
-    `split`, the cache's whole val split (`cache build --val all`; the official search set of Tip-Adapter and GDA);
+    `split`, the cache's whole val split (`cache build --val split`; the official search set of Tip-Adapter and GDA);
     `shots`, LP++'s own K-shot val set (stored with the whole split); `subset`, the few-shot val subset; `none` when
     that subset is empty (ImageNet's). Asked for a set the cache lacks: the subset, with a `ProtocolWarning` that
     names the rebuild (`searched` says what is chosen, as "α and β are searched"; the warning points at the caller's
@@ -196,7 +196,7 @@ def search_set_data(data: FewShotData, search_set: str, method: str, searched: s
                   f"{data.shots} val images a class drawn from the whole val split")
         warnings.warn(f"{method}: the official code reads {wanted}, but this cache holds only the few-shot val "
                       f"subsets: {searched} on the few-shot val subset ({len(data.val_labels)} images). Rebuild the "
-                      "cache with `lathadapter cache build ... --val all --force` to choose as the official code "
+                      "cache with `lathadapter cache build ... --val split --force` to choose as the official code "
                       "does", ProtocolWarning, stacklevel=2)
     return subset
 

@@ -14,7 +14,7 @@ then the grid search for α):
   the first strictly better value, starting from accuracy 0 and the option `alpha` (default 0.1, the official
   starting value), which stays when every value scores 0;
 - the search reads the whole val split (`val_loader` over `dataset.val`: the official dataset readers sample the
-  few-shot train set only), which the cache holds when built with `cache build --val all`. Option `search_set`, as
+  few-shot train set only), which the cache holds when built with `cache build --val split`. Option `search_set`, as
   Tip-Adapter's: `split` (`recipe=official`, the default) the whole val split, or, on a cache without it, the
   few-shot val subset with a `ProtocolWarning`; `subset` (`recipe=shared`, GDA's search before it had the option)
   the few-shot val subset, `min(K, 4)` images a class. The run records the option under `chosen` as

@@ -22,7 +22,7 @@ Follows the official code, github.com/FereshteShakeri/FewShot-CLIP-Strong-Baseli
   a class from the val split (`generate_fewshot_dataset_(shots, split="val")`, right after the train draw from the
   same stream, with a sampler that repeats the images of a class that has fewer than K). Option `search_set`:
   `shots` (default) is that set, drawn the same way at build time (`cache.sampling.val_shots_indices`) and stored
-  by `cache build --val all`; on a cache without it the run's few-shot val subset (`min(K, 4)` a class, the same
+  by `cache build --val split`; on a cache without it the run's few-shot val subset (`min(K, 4)` a class, the same
   draw at K ≤ 4) is used, with a `ProtocolWarning` at K > 4. `subset` and `split` (the whole val split) are there
   to measure the difference; the set read is recorded as `search_set`.
 

@@ -7,8 +7,8 @@ Both are tied to the training classes.
 
 `recipe=official` follows gaopengcuhk/Tip-Adapter (`configs/<dataset>.yaml`, `main.py`, `utils.py`): the dataset's
 search ranges and initial α (β starts at 1), keys from the mean of the views' raw (unnormalised) features (the
-cache's raw norms, schema 2), the search on the whole val split (a cache built with `--val all`; otherwise the few-shot
-val subset, with a `ProtocolWarning`), and for Tip-Adapter-F AdamW (lr 1e-3, eps 1e-4, PyTorch's default weight
+cache's raw norms, schema 2), the search on the whole val split (a cache built with `--val split`; otherwise the
+few-shot val subset, with a `ProtocolWarning`), and for Tip-Adapter-F AdamW (lr 1e-3, eps 1e-4, PyTorch's default weight
 decay 0.01), batch 256, 20 epochs (100 on EuroSAT), cosine over every step. `recipe=shared`: α = β = 1, the 7/3 grid,
 keys from the unit views, the few-shot val subset, and the shared AdamW recipe with eps 1e-4 and no minimum steps.
 """
