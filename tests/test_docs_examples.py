@@ -1,11 +1,13 @@
 """The docs' worked examples stay true: docs/architecture.md's `prototype` method, taken from the page as it stands and
 imported as a module outside the package, fits, lists, tunes on worker processes and loads back as the page says, to
 the accuracy its docstring's formula gives, restated here from the cache's arrays. It registers in a child process
-only: the registry has no way to forget a method, and every other test sees the catalog's."""
+only: the registry has no way to forget a method, and every other test sees the catalog's. docs/usage.md's Python API
+example calls its functions with arguments they take (its grids need real caches: the calls are bound, not run)."""
 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import os
 import re
@@ -16,12 +18,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import lathadapter
 from lathadapter.adapter.catalog import method_names
 from lathadapter.adapter.options import StateError
 
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+USAGE = ARCHITECTURE.with_name("usage.md")
 FIRST_LINE = "# adapter/methods/prototype.py"
 ALPHAS = (0.3, 0.8)  # fitted one by one
 GRID_ALPHAS = (0.0, 1.0)  # trained by `launch` on two worker processes
@@ -57,11 +61,11 @@ if __name__ == "__main__":
 """
 
 
-def code_block(document: Path, first_line: str) -> str:
-    """The one fenced Python block of `document` that starts with `first_line`."""
+def code_block(document: Path, first_lines: str) -> str:
+    """The one fenced Python block of `document` that starts with `first_lines`."""
     blocks = re.findall(r"^```python\n(.*?)^```$", document.read_text(), flags=re.S | re.M)
-    found = [block for block in blocks if block.startswith(first_line + "\n")]
-    assert len(found) == 1, f"{document.name}: {len(found)} python blocks start with {first_line!r}"
+    found = [block for block in blocks if block.startswith(first_lines + "\n")]
+    assert len(found) == 1, f"{document.name}: {len(found)} python blocks start with {first_lines!r}"
     return found[0]
 
 
@@ -130,3 +134,35 @@ def test_the_prototype_example_is_listed_in_its_process_only(child: dict) -> Non
 def test_a_run_of_an_unregistered_method_names_the_missing_import(child: dict) -> None:
     with pytest.raises(StateError, match="of method 'prototype', which this process has not registered: .*imported"):
         lathadapter.load(child["run_dir"], device="cpu")
+
+
+def test_the_python_api_example_calls_its_functions_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call of the example binds to the real function's signature (a renamed keyword fails here); `GridSpec` and
+    `Execution.parse` run for real, and the grid is expanded as `launch` expands it, so an option name or value they
+    refuse fails too."""
+    from lathadapter.experiments import launch, protocols, report
+    from lathadapter.experiments.spec import expand
+
+    example = code_block(USAGE, "from pathlib import Path\nfrom lathadapter.experiments.execution import Execution")
+    calls = []
+
+    def bound(module, name: str, returns: dict) -> None:
+        real = getattr(module, name)
+
+        def stand_in(*args, **kwargs):
+            calls.append((name, inspect.signature(real).bind(*args, **kwargs).arguments))
+            return returns
+        monkeypatch.setattr(module, name, stand_in)
+
+    bound(launch, "launch", {"done": 0, "results": "results.csv"})
+    bound(protocols, "run_protocol", {"done": 0})
+    bound(report, "write_report", {"report": "report.md"})
+    threads = torch.get_num_threads()
+    try:
+        exec(compile(example, "usage.md", "exec"), {"__name__": "__main__"})
+    finally:
+        torch.set_num_threads(threads)  # `Execution.parse` sets torch's threads
+    assert [name for name, _ in calls] == ["launch", "run_protocol", "write_report"]
+    runs = expand(calls[0][1]["spec"])  # the grid's methods and option axes, checked as `launch` checks them
+    hier = {(run.config.method, getattr(run.config.options, "lambda_hier", None)) for run in runs}
+    assert hier == {("clip-adapter", None), ("lathadapter", 0.0), ("lathadapter", 0.1), ("lathadapter", 1.0)}
