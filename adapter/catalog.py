@@ -4,9 +4,10 @@ build any of them by name. Nothing inside `adapter/methods/` imports it."""
 from __future__ import annotations
 
 import dataclasses
+from types import ModuleType
 from typing import Any
 
-# The registration order is the order of tables and of `lathadapter list methods`: zero-shot first, LatHAdapter last.
+# This order is the order of tables and of `lathadapter list methods`: zero-shot first, LatHAdapter last (`BUILT_IN`).
 # isort: off
 from lathadapter.adapter.methods import (  # noqa: F401  (importing registers them)
     zeroshot,
@@ -35,16 +36,30 @@ from lathadapter.adapter.recipes import RecipeFacts
 from lathadapter.adapter.registry import registered
 from lathadapter.cache.store import FewShotData
 
+# The method modules the import above binds, in its order: the list stays that one line a method.
+BUILT_IN = tuple(value for value in dict(globals()).values()
+                 if isinstance(value, ModuleType) and value.__name__.startswith("lathadapter.adapter.methods."))
+
+
+def _rank(cls: type) -> int:
+    """The place of the catalog's module that defines `cls` in `BUILT_IN`; after them all for a method from outside."""
+    module = cls.__module__
+    return next((i for i, m in enumerate(BUILT_IN) if module == m.__name__ or module.startswith(m.__name__ + ".")),
+                len(BUILT_IN))
+
 
 def method_names() -> list[str]:
-    """The registered method names, in registration order."""
-    return list(registered())
+    """The registered method names: the catalog's in its order, then any registered from outside the package, in the
+    order they registered (a module that registers one may import a built-in first, registering it before the
+    catalog does: the order stays the catalog's)."""
+    methods = registered()
+    return sorted(methods, key=lambda name: _rank(methods[name]))  # stable: a module's own methods keep their order
 
 
 def method_class(name: str) -> type[Method]:
     methods = registered()
     if not isinstance(name, str) or name not in methods:
-        raise OptionError(f"unknown method {name!r}; valid methods: {', '.join(methods)}")
+        raise OptionError(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
     return methods[name]
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lathadapter.adapter.catalog import build_method, make_options, method_class
+from lathadapter.adapter.catalog import build_method, make_options, method_class, method_names
 from lathadapter.adapter.evaluate import CHUNK, Scores, evaluate
 from lathadapter.adapter.methods.base import Method, NotApplicable
 from lathadapter.adapter.options import OptionError, StateError, before_values
@@ -290,7 +290,13 @@ def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def run_config(folder: Path, record: dict[str, Any]) -> RunConfig:
     """The run's configuration from `config.json`: every option as recorded (an option added since, declared with
-    `before`, at that value, with which the run trained); an option this version does not know is an error."""
+    `before`, at that value, with which the run trained); an option this version does not know is an error, and so is
+    a method this process has not registered (one outside the package, until the module registering it is imported)."""
+    method = record.get("method")
+    if isinstance(method, str) and method not in method_names():
+        raise StateError(f"run {folder} is of method {method!r}, which this process has not registered: a method "
+                         "outside the package loads once the module that registers it is imported (in Python, before "
+                         "`lathadapter.load`; the `lathadapter` command knows only its own methods)")
     try:
         options = {**before_values(method_class(record["method"]).Options), **record["options"]}
         options = {name: value for name, value in options.items() if value is not None}  # None: the recipe's

@@ -389,14 +389,39 @@ def test_every_loss_option_is_checked_off_its_default_through_the_twins() -> Non
                            "'Adding an option')")
 
 
+def off_value(field: dataclasses.Field, value: object) -> object:
+    """A valid value of option `field` other than `value`: another choice, the other truth value, or a number inside
+    the field's range (a trial option of `REFERENCE_ONLY` may be any of these, docs/method.md)."""
+    meta = field.metadata
+    if "choices" in meta:
+        return next(choice for choice in meta["choices"] if choice != value)
+    if isinstance(value, bool):
+        return not value
+    low, high = meta.get("least", meta.get("above")), meta.get("most")
+    candidates = [value + 1, value - 1, *((value + bound) / 2 for bound in (low, high) if bound is not None)]
+    return next(c for c in candidates if c != value and (low is None or c > low or ("least" in meta and c == low))
+                and (high is None or c <= high))
+
+
+def test_off_value_stays_inside_the_range_of_any_option_type() -> None:
+    fields = {f.name: f for f in dataclasses.fields(LatHAdapterOptions)}
+    assert off_value(fields["cone_parent"], "text") == "image"
+    assert off_value(fields["learn_curvature"], True) is False
+    assert off_value(fields["alpha_v"], 1.0) == 0.0  # in [0, 1]: not 2
+    assert off_value(fields["alpha_v"], 0.5) == 0.25  # neither 1.5 nor -0.5
+    assert off_value(fields["tau_attr"], 0.07) == 1.07
+    assert off_value(fields["reduction"], 1) == 2
+
+
 def test_a_reference_only_option_is_refused_under_fused_and_never_stacked() -> None:
-    """Each `REFERENCE_ONLY` option off the twins' value: a one-line usage error naming it and impl=reference under
-    impl=fused; under impl=reference a model that neither stacks nor captures."""
+    """Each `REFERENCE_ONLY` option off the twins' value (whatever its type): a one-line usage error naming it and
+    impl=reference under impl=fused; under impl=reference a model that neither stacks nor captures."""
     data = make_data()
     for name, value in REFERENCE_ONLY.items():
         field = next(f for f in dataclasses.fields(LatHAdapterOptions) if f.name == name)
-        other = next(choice for choice in field.metadata["choices"] if choice != value)
-        with pytest.raises(OptionError, match=f"option {name}={other!r} of lathadapter .* add impl=reference"):
+        other = off_value(field, value)
+        with pytest.raises(OptionError, match=re.escape(f"option {name}={other!r} of lathadapter ") +
+                           ".* add impl=reference"):
             create_method("lathadapter", data, **{name: other})
         assert not create_method("lathadapter", data, impl="reference", **{name: other}).stackable
         assert create_method("lathadapter", data, **{name: value}).stackable
