@@ -10,7 +10,7 @@ import functools
 import io
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from lathadapter.adapter.catalog import method_names, option_names
 from lathadapter.adapter.evaluate import harmonic_mean
-from lathadapter.adapter.options import OptionError, parse_value
+from lathadapter.adapter.options import OptionError, parse_value, respelled
 from lathadapter.experiments.cells import config_label, shown_value, sortable, varied_settings
 from lathadapter.experiments.records import (
     SETTINGS,
@@ -32,7 +32,7 @@ from lathadapter.experiments.records import (
     setting_columns,
     shots_label,
 )
-from lathadapter.experiments.run import write_atomic
+from lathadapter.experiments.run import TUNE_SETS_BEFORE, write_atomic
 
 ALPHA = 0.05  # the level the verdict is stated at
 PARTS = ("all", "base", "novel", "hm", "source", "target")  # few-shot; base-to-novel; a transfer run's source, targets
@@ -91,12 +91,16 @@ class Selector:
     conditions: tuple[tuple[str, str], ...]
 
     @classmethod
-    def parse(cls, flag: str, text: str) -> Selector:
+    def parse(cls, flag: str, text: str, say: Callable[[str], None] = lambda _: None) -> Selector:
+        """`text` as typed; `tune.set`'s old name (`tune.set=fewshot`, tables read it as `subset`) is read as its new
+        one, and `say` gets a line naming it."""
         pairs = [part.partition("=") for part in text.split(",")]
         if not text or any(not name.strip() or not equals for name, equals, _ in pairs):
             raise OptionError(f"{flag} {text!r}: expected name=value[,name=value...], e.g. "
                               "method=lathadapter,lambda_hier=0")
-        return cls(flag, tuple((name.strip(), value.strip()) for name, _, value in pairs))
+        conditions = [(name.strip(), value.strip()) for name, _, value in pairs]
+        return cls(flag, tuple((name, respelled(f"{flag} {name}", value, TUNE_SETS_BEFORE, say)
+                                if name == "tune.set" else value) for name, value in conditions))
 
     @property
     def text(self) -> str:

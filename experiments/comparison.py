@@ -66,7 +66,7 @@ def compare_two_configurations(sources: list[Path], a: str | None, b: str | None
         if out is not None and out.resolve() == plot.resolve():  # the plot would replace the CSV just written
             raise OptionError(f"--out {out} and --plot {plot} are the same file; give the CSV and the plot each its "
                               "own (--out cells.csv --plot diff.png)")
-    selectors = [None if text is None else compare_grid.Selector.parse(flag, text)
+    selectors = [None if text is None else compare_grid.Selector.parse(flag, text, note)
                  for flag, text in (("--a", a), ("--b", b))]
     compared = compare_grid.compare_configurations(sources, *selectors)
     for side, labels, text, source in (("A", compared.labels_a, a, sources[0]),

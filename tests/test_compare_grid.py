@@ -461,3 +461,22 @@ def test_one_nonzero_difference_is_named_in_the_singular(tmp_path: Path) -> None
                     "lambda_hier=0.1")
     assert result.exit_code == 0, result.output
     assert "with 1 nonzero difference the smallest possible p is 1: it can never reach 0.05" in result.output
+
+
+def test_tune_set_fewshot_selects_the_subset_runs_of_an_old_table_with_one_note(tmp_path: Path) -> None:
+    """`--a tune.set=fewshot`, the few-shot val subset's name before stop 27, picks the runs a table written then
+    records as `fewshot` (read as `subset`), with one note giving the new name."""
+    def tuned(dataset: str, seed: int, acc: float, tune_set: str) -> dict[str, Any]:
+        group = f"{dataset}-{seed}-{tune_set}"
+        return row(dataset, seed, acc, **{"tune.group": group, "tune.names": "lr", "tune.selected": "True",
+                                          "tune.score": "val", "tune.set": tune_set}) | {"key": group}
+
+    table = helpers.write_rows(tmp_path / "old.csv", [tuned(d, s, base + s, tune_set) for d in ("dtd", "pets")
+                                                      for s in (1, 2)
+                                                      for tune_set, base in (("fewshot", 70.0), ("split", 60.0))],
+                               [*COLUMNS, "tune.group", "tune.names", "tune.selected", "tune.score", "tune.set"])
+    result = invoke(table, "--a", "tune.set=fewshot", "--b", "tune.set=split")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: --a tune.set fewshot is now called subset; the old name still works"]
+    assert "over 2 datasets: mean A − B +10.00" in result.stdout
