@@ -546,6 +546,20 @@ def cache_subset(
         typer.echo(f"wrote {out}", err=True)
 
 
+def _own_option(name: str, method: str) -> str:
+    """A `--set` name of `fit` as its method's options name it: `METHOD.NAME`, as a grid scopes it (and its `opt.`
+    column), is NAME for that method's run; another method's scope is refused, naming the method."""
+    from lathadapter.adapter.catalog import method_names
+
+    scope, dot, bare = name.partition(".")
+    if not dot or scope not in method_names():
+        return name  # a bare name, or not a method's scope (the method's options check it)
+    if scope != method:
+        raise OptionError(f"--set {name}: an option of {scope}, and this fit trains {method}; give --method {scope}, "
+                          f"or {method}'s own options (`lathadapter list options {method}`)")
+    return bare
+
+
 def _format_accuracy(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}%"
 
@@ -576,11 +590,14 @@ def fit(
     _stop_on_sigterm()
     try:
         execution = Execution.parse(device, threads, workers=1, batch_runs=1, trainers=1)  # one run, in this process
-        overrides = {}
-        for name, values in parse_assignments(set_, once=True).items():
+        overrides: dict[str, str] = {}
+        for given, values in parse_assignments(set_, once=True).items():
             if len(values) != 1:
-                raise OptionError(f"--set {name}={','.join(values)}: fit takes one value per option "
+                raise OptionError(f"--set {given}={','.join(values)}: fit takes one value per option "
                                   "(`lathadapter grid` tries several)")
+            name = _own_option(given, method)
+            if name in overrides:
+                raise OptionError(f"--set {given}: {name} is given twice (as {name} and {method}.{name}); give it once")
             overrides[name] = values[0]
         for option, value in (("--classes", classes), ("--text", text), ("--select", select),
                               ("--train-views", train_views)):

@@ -90,12 +90,27 @@ def test_bad_option_values_are_refused_before_any_work(cache: Path, tmp_path: Pa
     (["--threads", "0"], "--threads 0"),
     (["--set", "lr=0.1,0.2"], "one value per option"),
     (["--set", "epochs=1", "--set", "epochs=2"], "--set epochs=2: epochs is given twice; give it once"),
+    (["--set", "epochs=1", "--set", "lathadapter.epochs=2"],
+     "epochs is given twice (as epochs and lathadapter.epochs)"),
+    (["--set", "tip-adapter.epochs=2"], "--set tip-adapter.epochs: an option of tip-adapter, and this fit trains "
+                                        "lathadapter; give --method tip-adapter"),
 ])
 def test_bad_run_arguments_are_refused(cache: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
     result = invoke("fit", "--cache", str(cache), "--out", str(tmp_path), *args)
     assert_clean_error(result, fragment)
     assert "V1,V2" not in result.output  # fit takes one value: no advice to give several
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_fit_takes_its_methods_scoped_option_names_as_a_grid_writes_them(cache: Path, tmp_path: Path) -> None:
+    """`--set lathadapter.lambda_hier=…` (a grid's scoped name, its `opt.lathadapter.` column) sets the option
+    `lambda_hier` of a LatHAdapter fit, as `--set lambda_hier=…` does: config.json records the values given."""
+    result = invoke("fit", "--cache", str(cache), "--out", str(tmp_path), "--shots", "1", "--set",
+                    "lathadapter.epochs=1", "--set", "lathadapter.min_steps=2", "--set", "lambda_hier=0.25")
+    assert result.exit_code == 0, result.output
+    (config,) = tmp_path.glob("*/config.json")
+    options = json.loads(config.read_text())["options"]
+    assert (options["epochs"], options["min_steps"], options["lambda_hier"]) == (1, 2, 0.25)
 
 
 SEED_MISTAKES = [["fit", "--seed", "-1"], ["fit", "--seed", "4294967296"], ["grid", "--seeds", "-1,2"],
