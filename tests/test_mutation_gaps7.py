@@ -81,7 +81,7 @@ def norm_world() -> FewShotData:
                        test_labels, "norms")
 
 
-@pytest.mark.parametrize("chunk", [8192, 3])
+@pytest.mark.parametrize("chunk", [8192, 5, 2])
 def test_diagnostics_with_a_radius_per_point_and_image_side_centres_equal_the_formulas(
         chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/method.md, "Hierarchy diagnostics", with `radius=norm` (ρ = s_kind |pre-normalisation vector|) and
@@ -245,3 +245,74 @@ def test_k_means_keeps_a_centre_whose_cluster_emptied() -> None:
     points = torch.eye(3).repeat(2, 1)  # three distinct points, each twice
     centres = kmeans(points, 5)
     assert torch.cdist(centres, torch.eye(3)).min(dim=1).values.max() < 1e-6
+
+
+def test_the_diagnostics_of_a_centred_model_are_those_of_the_plain_model_on_centred_features() -> None:
+    """`centre=modality` acts on the inputs of everything (docs/method.md step 0), the diagnostics included: they
+    equal those of a `centre=none` model with the same parameters given features centred and renormalised here
+    (image mean over the train images' clean and augmented views, text mean over the classes)."""
+    data = norm_world()
+    image_mean = torch.cat([data.train_features, data.train_augmented.reshape(-1, 4)]).mean(0)
+    text_mean = data.text_features.mean(0)
+
+    def images(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x - image_mean, dim=-1)
+
+    centred = FewShotData(data.class_names, F.normalize(data.text_features - text_mean, dim=-1),
+                          data.attribute_features, images(data.train_features),
+                          images(data.train_features)[:, None], data.train_labels, images(data.val_features),
+                          data.val_labels, images(data.test_features), data.test_labels, data.dataset)
+    options = dict(radius="norm", num_attributes=3, attr_init="random", cone_k=0.3)
+    torch.manual_seed(0)
+    model = create_method("lathadapter", data, centre="modality", **options)
+    plain = create_method("lathadapter", centred, **options)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith("_mean")})
+    ours, theirs = model.diagnostics(data), plain.diagnostics(centred)
+    uncentred = create_method("lathadapter", data, **options)
+    uncentred.load_state_dict(plain.state_dict())
+    assert uncentred.diagnostics(data)["train_angle"] != pytest.approx(theirs["train_angle"], abs=1e-3)
+    for name, value in theirs.items():
+        assert ours[name] == pytest.approx(value, abs=1e-5), name
+
+
+# ------------------------------------------------------------------------------------------ class probabilities
+
+
+@pytest.mark.parametrize("infer", ["euclid", "hyper", "fused"])
+def test_class_probabilities_are_the_softmax_of_a_single_score_and_the_mean_of_fused_s_two(infer: str) -> None:
+    """docs/method.md step 7: the confidence a run's ECE bins is the softmax of `euclid`'s or `hyper`'s scores (their
+    cross-entropy logits), or for `fused`, whose scores are already a sum of two softmaxes, their mean."""
+    model = create_method("lathadapter", norm_world(), infer=infer, num_attributes=3, attr_init="random")
+    scores = torch.tensor([[2.0, -1.0, 0.5], [0.3, 1.6, 0.1]])  # rows of `fused` scores sum to 2
+    expected = scores / 2 if infer == "fused" else torch.exp(scores) / torch.exp(scores).sum(-1, keepdim=True)
+    torch.testing.assert_close(model.probabilities(scores), expected)
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def test_a_cone_kappa_of_zero_is_valid_and_a_negative_margin_is_not() -> None:
+    """docs/method.md's table: κ ≥ 0 (κ = 0 makes the cone energy the exterior angle itself), m ≥ 0, m_r ≥ 0."""
+    from lathadapter.adapter.options import OptionError
+
+    options = dict(num_attributes=3, attr_init="random")
+    assert create_method("lathadapter", norm_world(), cone_kappa=0.0, **options).options.cone_kappa == 0.0
+    for name in ("margin", "margin_radial"):
+        with pytest.raises(OptionError, match=name) as error:
+            create_method("lathadapter", norm_world(), **{name: -0.1}, **options)
+        assert "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------ the kernels backend
+
+
+def test_the_torch_backend_never_serves_triton() -> None:
+    """`LATHADAPTER_KERNELS=torch` (or `backend("torch")`) forces the PyTorch twins for every tensor, whatever its
+    dtype or device, and leaves the previous backend in force after the block."""
+    from lathadapter.kernels.dispatch import backend, get_backend, use_triton
+
+    before = get_backend()
+    with backend("torch"):
+        for dtype in (torch.float32, torch.float16, torch.float64):
+            assert use_triton(torch.zeros(2, dtype=dtype)) is False
+    assert get_backend() == before
