@@ -316,3 +316,34 @@ def test_the_torch_backend_never_serves_triton() -> None:
         for dtype in (torch.float32, torch.float16, torch.float64):
             assert use_triton(torch.zeros(2, dtype=dtype)) is False
     assert get_backend() == before
+
+
+def test_an_unknown_backend_is_refused_naming_the_valid_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend other than auto, triton or torch, from `set_backend` or from $LATHADAPTER_KERNELS, is refused with
+    the valid names; with neither, the backend is `auto`."""
+    from lathadapter.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "_selected", None)
+    monkeypatch.delenv("LATHADAPTER_KERNELS", raising=False)
+    assert dispatch.get_backend() == "auto"
+    with pytest.raises(ValueError, match="auto, triton, torch"):
+        dispatch.set_backend("cuda")
+    monkeypatch.setenv("LATHADAPTER_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="LATHADAPTER_KERNELS.*auto, triton, torch"):
+        dispatch.get_backend()
+
+
+def test_the_triton_backend_takes_16_and_32_bit_floats_and_refuses_others() -> None:
+    """docs/method.md: Triton serves float16, bfloat16 and float32; float64 under backend `triton` is a one-line
+    error naming the dtypes. (A supported CPU tensor then needs the interpreter: served, or refused for want of it.)"""
+    pytest.importorskip("triton")
+    from lathadapter.kernels.dispatch import backend, use_triton
+
+    with backend("triton"):
+        with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+            use_triton(torch.zeros(2, dtype=torch.float64))
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            try:
+                assert use_triton(torch.zeros(2, dtype=dtype)) is True
+            except RuntimeError as error:
+                assert "TRITON_INTERPRET" in str(error)
