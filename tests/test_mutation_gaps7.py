@@ -347,3 +347,18 @@ def test_the_triton_backend_takes_16_and_32_bit_floats_and_refuses_others() -> N
                 assert use_triton(torch.zeros(2, dtype=dtype)) is True
             except RuntimeError as error:
                 assert "TRITON_INTERPRET" in str(error)
+
+
+def test_triton_imported_without_the_interpreter_is_named_even_when_the_variable_is_set_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU tensors under backend `triton` need the interpreter from the first import of triton: setting
+    TRITON_INTERPRET=1 afterwards is refused with the reason (triton already imported without it), not served."""
+    pytest.importorskip("triton")
+    from lathadapter.kernels import triton_math
+    from lathadapter.kernels.dispatch import backend, use_triton
+
+    if triton_math.INTERPRETED:
+        pytest.skip("this process imported triton under the interpreter")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with backend("triton"), pytest.raises(RuntimeError, match="already imported without it"):
+        use_triton(torch.zeros(2))
