@@ -1,0 +1,318 @@
+"""Behaviours that an eighth mutation campaign (stop 27) found untested, in modules no earlier campaign mutated (the
+cache file's schema, its writes and its reader, `cache verify` and `cache info`, the results table, a grid's cache
+checks, `compare`'s and `inspect`'s lines, and the resumed build's open gaps of the sixth campaign): each test here
+fails on a mutant that the rest of the suite let pass, and checks the code against an independent oracle (the schema
+as `docs/data.md` documents it restated, a hand-built cache or input with a known answer)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from lathadapter.cache.build import VAL_CHOICES
+from lathadapter.cache.store import (
+    CacheError,
+    CacheLayout,
+    CacheReader,
+    RawNorms,
+    create,
+    finalize,
+    missing_rows,
+    seed_error,
+    unwritten_rows,
+    write_cache,
+    write_rows,
+)
+
+# ------------------------------------------------------------------------------------------ a cache built by hand
+
+NAMES, DIM, VIEWS = ["ant", "bee", "cat", "dog"], 8, 2
+LABELS = {"train": [0, 0, 1, 1, 2, 2, 3, 3], "val": [0, 1, 2, 3, 0, 1, 2, 3], "test": [3, 2, 1, 0]}
+# Two subsets whose train rows are not increasing (Dassl's draw order) and whose val rows differ
+SUBSETS = {(1, 1): ([6, 0, 5, 3], [0, 1, 2, 3]), (1, 2): ([1, 2, 7, 4], [4, 5, 6, 7])}
+VAL_SHOTS = {(1, 1): [4, 1, 6, 3], (1, 2): [0, 5, 2, 7]}
+TEMPLATES = ["a photo of a {}.", "a drawing of a {}."]
+
+
+def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    x = rng.standard_normal((*shape, DIM))
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _hand_cache(path: Path, *, whole_val: bool = False, attributes: int = 0) -> dict[str, np.ndarray]:
+    """A 4-class cache written through `write_cache` from known vectors and raw norms (each norm distinct), with
+    wnids, two subsets and, for `whole_val`, LP++'s val sets; returns what was written."""
+    rng = np.random.default_rng(0)
+    counts = {split: len(labels) for split, labels in LABELS.items()}
+    # keys deliberately out of order: the stored JSON is sorted
+    fingerprint = {"model": "hand", "dataset": "hand", "val": VAL_CHOICES[-1] if whole_val else VAL_CHOICES[0]}
+    layout = CacheLayout(fingerprint=fingerprint, class_names=NAMES, embed_dim=DIM, views=VIEWS,
+                         paths={s: [f"{s}/{i}.png" for i in range(n)] for s, n in counts.items()},
+                         labels=LABELS, subsets=SUBSETS, templates=TEMPLATES,
+                         attribute_phrases=[f"phrase {i}" for i in range(attributes)],
+                         wnids=["n01", "n02", "n03", "n04"], val_shots=VAL_SHOTS if whole_val else {})
+    written = {f"features/{s}": _unit(rng, n) for s, n in counts.items()}
+    written["augmented"] = _unit(rng, counts["train"], VIEWS)
+    written["text"] = _unit(rng, len(TEMPLATES), len(NAMES))
+    written["attributes"] = _unit(rng, attributes)
+    norms = RawNorms({s: 5 + rng.random(n) for s, n in counts.items()}, 9 + rng.random((counts["train"], VIEWS)),
+                     7 + rng.random((len(TEMPLATES), len(NAMES))), 3 + rng.random(attributes))
+    write_cache(path, layout, {s: written[f"features/{s}"] for s in counts}, written["augmented"], written["text"],
+                written["attributes"], norms)
+    written.update({f"norms/{s}": v for s, v in norms.splits.items()}, augmented_norms=norms.augmented,
+                   text_norms=norms.text, attribute_norms=norms.attributes)
+    return written
+
+
+def _f16(x: np.ndarray) -> torch.Tensor:
+    """What the cache stores of a unit vector: its float16 rounding, read as float32."""
+    return torch.from_numpy(x.astype(np.float16).astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------------ the schema
+
+
+def test_the_fingerprint_is_16_hex_of_the_sha256_of_the_stored_sorted_json(tmp_path: Path) -> None:
+    """docs/data.md: `fingerprint` is 16 hex chars of the SHA-256 of `fingerprint_json` (JSON with sorted keys)."""
+    _hand_cache(tmp_path / "c.h5")
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        text = f.attrs["fingerprint_json"]
+        assert list(json.loads(text)) == sorted(json.loads(text))
+        assert f.attrs["fingerprint"] == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_wnids_and_lpp_val_sets_are_stored_and_read_back(tmp_path: Path) -> None:
+    """`classes/wnids` holds the given wnids; `subsets/…/val_shots` LP++'s rows, in draw order (docs/data.md)."""
+    _hand_cache(tmp_path / "c.h5", whole_val=True)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert [w.decode() for w in f["classes/wnids"][()]] == ["n01", "n02", "n03", "n04"]
+        assert f["subsets/shots_1_seed_2/val_shots"][()].tolist() == VAL_SHOTS[1, 2]
+    with CacheReader(tmp_path / "c.h5") as reader:
+        assert reader.classes()[1] == ["n01", "n02", "n03", "n04"]
+        assert reader.info().val_shots
+        assert reader.val_shots_rows(1, 2).tolist() == VAL_SHOTS[1, 2]
+
+
+def test_rows_are_flagged_encoded_only_after_their_features_are_written(tmp_path: Path) -> None:
+    """`write_rows` flags rows last: a write that fails leaves them for a resumed build to redo (`missing_rows`)."""
+    layout = CacheLayout({"dataset": "hand"}, NAMES, DIM, VIEWS, {s: ["x"] * len(v) for s, v in LABELS.items()},
+                         LABELS, {}, TEMPLATES)
+    f = create(tmp_path / "c.tmp", layout)
+    try:
+        with pytest.raises((TypeError, ValueError)):  # the features of 3 rows given for 2
+            write_rows(f, "val", np.array([1, 2]), _unit(np.random.default_rng(0), 3), norms=np.ones(2))
+        assert missing_rows(f, "val").tolist() == list(range(8))
+        with pytest.raises(ValueError, match="raw norms"):
+            write_rows(f, "val", np.array([1, 2]), _unit(np.random.default_rng(0), 2))
+        assert missing_rows(f, "val").tolist() == list(range(8))
+    finally:
+        f.close()
+
+
+def _damage(path: Path, change) -> None:  # noqa: ANN001
+    with h5py.File(path, "r+") as f:
+        change(f)
+
+
+def test_encoded_rows_with_a_zero_raw_norm_or_a_short_view_are_unwritten(tmp_path: Path) -> None:
+    """`unwritten_rows`: a row flagged encoded whose raw norm is not positive, or one of whose views is not unit norm,
+    did not reach the disk whole (a resumed build encodes it again)."""
+    _hand_cache(tmp_path / "c.h5")
+
+    def change(f: h5py.File) -> None:
+        f["splits/train/norms"][2] = 0.0
+        f["splits/train/augmented"][5, 1] = np.zeros(DIM, dtype=np.float16)
+
+    _damage(tmp_path / "c.h5", change)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert unwritten_rows(f, "train").tolist() == [2, 5]
+        assert unwritten_rows(f, "val").tolist() == []
+
+
+def _unfinished(tmp_path: Path) -> tuple[h5py.File, CacheLayout]:
+    """A cache file created and fully written but not finalised."""
+    layout = CacheLayout({"dataset": "hand"}, NAMES, DIM, 0, {s: [f"{s}{i}" for i in range(len(v))]
+                                                             for s, v in LABELS.items()}, LABELS, {}, TEMPLATES)
+    f = create(tmp_path / "c.tmp", layout)
+    rng = np.random.default_rng(0)
+    for split, labels in LABELS.items():
+        n = len(labels)
+        write_rows(f, split, np.arange(n), _unit(rng, n), np.zeros((n, 0, DIM)), np.ones(n), np.ones((n, 0)))
+    return f, layout
+
+
+def test_finalize_refuses_rows_not_encoded_or_not_on_disk(tmp_path: Path) -> None:
+    """`finalize` moves nothing into place while a row is not encoded, or is flagged encoded but all zero."""
+    f, _ = _unfinished(tmp_path)
+    encoded = f["splits/test/encoded"][:]
+    encoded[1] = False
+    f["splits/test/encoded"][:] = encoded
+    with pytest.raises(CacheError, match="1 test rows are not encoded"):
+        finalize(f, tmp_path / "c.tmp", tmp_path / "c.h5")
+    f.close()
+    assert not (tmp_path / "c.h5").exists()
+
+    f, _ = _unfinished(tmp_path)
+    f["splits/val/features"][3] = np.zeros(DIM, dtype=np.float16)  # flagged encoded, as a lost write leaves it
+    with pytest.raises(CacheError, match="1 val rows did not reach the disk"):
+        finalize(f, tmp_path / "c.tmp", tmp_path / "c.h5")
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_the_reader_refuses_an_unfinished_cache_and_an_unknown_schema(tmp_path: Path) -> None:
+    f, _ = _unfinished(tmp_path)
+    f.close()
+    with pytest.raises(CacheError, match="incomplete cache"):
+        CacheReader(tmp_path / "c.tmp")
+    _hand_cache(tmp_path / "c.h5")
+    _damage(tmp_path / "c.h5", lambda f: f.attrs.__setitem__("schema_version", 3))
+    with pytest.raises(CacheError, match="schema version 3"):
+        CacheReader(tmp_path / "c.h5")
+
+
+def test_a_schema_1_cache_gives_no_raw_features(tmp_path: Path) -> None:
+    """Schema 1 stores no raw norms (docs/data.md): its data has no `text_raw`, `template_raw` or view norms, whatever
+    datasets the file holds."""
+    _hand_cache(tmp_path / "c.h5")
+    _damage(tmp_path / "c.h5", lambda f: f.attrs.__setitem__("schema_version", 1))
+    with CacheReader(tmp_path / "c.h5") as reader:
+        data = reader.load(1, 1)
+    assert data.text_raw is None and data.template_raw is None and data.train_augmented_norms is None
+
+
+def test_a_subset_is_loaded_in_its_draw_order_with_its_views_norms(tmp_path: Path) -> None:
+    """The train rows of `subsets/…/train` in the order stored (Dassl's draw order, not increasing), each with its own
+    clean feature, views and the views' raw norms."""
+    written = _hand_cache(tmp_path / "c.h5")
+    rows = SUBSETS[1, 1][0]
+    with CacheReader(tmp_path / "c.h5") as reader:
+        data = reader.load(1, 1)
+    assert data.train_labels.tolist() == [LABELS["train"][r] for r in rows]
+    torch.testing.assert_close(data.train_features, _f16(written["features/train"][rows]))
+    torch.testing.assert_close(data.train_augmented, _f16(written["augmented"][rows]))
+    torch.testing.assert_close(data.train_augmented_norms, torch.from_numpy(written["augmented_norms"][rows]).float())
+
+
+def test_two_subsets_of_one_reader_keep_their_own_val_sets(tmp_path: Path) -> None:
+    """Only what every subset shares is loaded once per reader: each subset's val rows are its own."""
+    written = _hand_cache(tmp_path / "c.h5")
+    with CacheReader(tmp_path / "c.h5") as reader:
+        first, second = reader.load(1, 1), reader.load(1, 2)
+    torch.testing.assert_close(first.val_features, _f16(written["features/val"][SUBSETS[1, 1][1]]))
+    torch.testing.assert_close(second.val_features, _f16(written["features/val"][SUBSETS[1, 2][1]]))
+
+
+def test_the_ensemble_raw_text_is_the_mean_of_the_templates_raw_features(tmp_path: Path) -> None:
+    """docs/data.md: `--text ensemble`'s `text_raw` is the mean over the stored templates of `unit × norm`."""
+    written = _hand_cache(tmp_path / "c.h5")
+    raw = _f16(written["text"]) * torch.from_numpy(written["text_norms"]).float().unsqueeze(-1)
+    with CacheReader(tmp_path / "c.h5") as reader:
+        coop, ensemble = reader.load(1, 1), reader.load(1, 1, text="ensemble")
+    torch.testing.assert_close(coop.text_raw, raw[0])
+    torch.testing.assert_close(ensemble.text_raw, raw.mean(dim=0))
+
+
+def test_base_and_novel_halves_carry_their_classes_raw_text_and_wnids(tmp_path: Path) -> None:
+    """docs/data.md's base-to-novel split (sorted, first ⌈C/2⌉ base): the novel half of 4 classes is classes 2 and 3,
+    relabelled 0 and 1, with their wnids, raw text features and every template's raw features."""
+    written = _hand_cache(tmp_path / "c.h5")
+    raw = _f16(written["text"]) * torch.from_numpy(written["text_norms"]).float().unsqueeze(-1)
+    with CacheReader(tmp_path / "c.h5") as reader:
+        _, novel = reader.load(1, 1).base_novel()
+    assert novel.class_names == ["cat", "dog"] and novel.wnids == ["n03", "n04"]
+    torch.testing.assert_close(novel.text_raw, raw[0, 2:])
+    torch.testing.assert_close(novel.template_raw, raw[:, 2:])
+
+
+def test_one_class_has_no_novel_half(tmp_path: Path) -> None:
+    from lathadapter.cache.store import FewShotData
+
+    one = torch.zeros(1, DIM)
+    data = FewShotData(["ant"], one, torch.zeros(0, DIM), one, torch.zeros(1, 1, DIM), torch.zeros(1, dtype=torch.long),
+                       one, torch.zeros(1, dtype=torch.long), one, torch.zeros(1, dtype=torch.long), "f")
+    with pytest.raises(CacheError, match="needs at least 2"):
+        data.base_novel()
+
+
+def test_the_shots_of_loaded_data_are_its_largest_class(tmp_path: Path) -> None:
+    """`FewShotData.shots`: the largest number of train images of one class (a class may have fewer)."""
+    from lathadapter.cache.store import FewShotData
+
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    feats = torch.zeros(6, DIM)
+    data = FewShotData(NAMES[:3], torch.zeros(3, DIM), torch.zeros(0, DIM), feats, torch.zeros(6, 1, DIM), labels,
+                       feats, labels, feats, labels, "f")
+    assert data.shots == 3
+
+
+def test_the_search_set_and_lpp_val_set_leave_skipped_val_images_out(tmp_path: Path) -> None:
+    """Images skipped by `--skip-bad` (listed in `skipped`, their rows all zero) leave the whole val split and LP++'s
+    val set too."""
+    _hand_cache(tmp_path / "c.h5", whole_val=True)
+
+    def skip(f: h5py.File) -> None:  # as `--skip-bad` leaves val row 1: zeros, norm 0, listed
+        f["splits/val/features"][1] = np.zeros(DIM, dtype=np.float16)
+        f["splits/val/norms"][1] = 0
+        f["skipped"].resize((1,))
+        f["skipped"][0] = "val/1.png"
+
+    _damage(tmp_path / "c.h5", skip)
+    with CacheReader(tmp_path / "c.h5") as reader:
+        data = reader.load(1, 1)
+    kept = [0, 2, 3, 4, 5, 6, 7]
+    assert data.search_labels.tolist() == [LABELS["val"][r] for r in kept]
+    assert sorted(data.val_shots_labels.tolist()) == sorted(LABELS["val"][r] for r in VAL_SHOTS[1, 1] if r != 1)
+
+
+def test_a_seed_is_below_2_to_the_32() -> None:
+    """NumPy's seed range 0..2^32 − 1: 2^32 − 1 is a seed, 2^32 is not."""
+    assert seed_error("--seeds", [0, 2**32 - 1]) is None
+    assert "--seeds 4294967296" in seed_error("--seeds", [1, 2**32])
+
+
+def test_write_cache_stores_the_attribute_raw_norms_given(tmp_path: Path) -> None:
+    written = _hand_cache(tmp_path / "c.h5", attributes=3)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        np.testing.assert_allclose(f["attributes/norms"][()], written["attribute_norms"], rtol=1e-6)
+
+
+def test_verify_passes_a_test_split_without_a_class_when_nothing_was_skipped(tmp_path: Path) -> None:
+    """`--skip-bad`'s losses are classes whose every image was skipped: a class the test split never had (here class
+    0) lost nothing."""
+    from lathadapter.cache.inspection import verify
+
+    _hand_cache(tmp_path / "c.h5")
+    _damage(tmp_path / "c.h5", lambda f: f["splits/test/labels"].__setitem__(3, 3))
+    assert verify(tmp_path / "c.h5") == []
+
+
+# ------------------------------------------------------------------------------------------ cache verify and info
+
+
+def test_verify_names_every_kind_of_bad_view_row_with_the_count_of_the_others(tmp_path: Path) -> None:
+    """Each vector of a row must be unit norm (one bad view is enough); a skipped image's row must be all zero, views
+    and raw norm included; each kind names its first row and how many more there are."""
+    from lathadapter.cache.inspection import verify
+
+    _hand_cache(tmp_path / "c.h5")
+
+    def change(f: h5py.File) -> None:
+        for row, view in ((2, 1), (6, 0)):  # one view of each row of norm 2
+            f["splits/train/augmented"][row, view] = np.eye(DIM, dtype=np.float16)[0] * 2
+        f["splits/train/features"][4] = np.zeros(DIM, dtype=np.float16)  # train row 4 skipped, but not wholly zeroed
+        f["splits/train/augmented"][4, 0] = np.zeros(DIM, dtype=np.float16)
+        f["skipped"].resize((1,))
+        f["skipped"][0] = "train/4.png"
+
+    _damage(tmp_path / "c.h5", change)
+    problems = verify(tmp_path / "c.h5")
+    assert "splits/train/augmented: row 2 is not unit norm (norm 2.0000) (and 1 more rows)" in problems
+    assert "splits/train/augmented: row 4 is the row of an image skipped by --skip-bad but is not all zero" in problems
+    assert "splits/train/norms: row 4 holds a raw norm that is not a positive finite number" in problems
+    assert "splits/train/features: row 4 is all zero" not in " ".join(problems)
