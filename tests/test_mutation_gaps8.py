@@ -297,7 +297,8 @@ def test_verify_passes_a_test_split_without_a_class_when_nothing_was_skipped(tmp
 
 def test_verify_names_every_kind_of_bad_view_row_with_the_count_of_the_others(tmp_path: Path) -> None:
     """Each vector of a row must be unit norm (one bad view is enough); a skipped image's row must be all zero, views
-    and raw norm included; each kind names its first row and how many more there are."""
+    and raw norm included; a kept image's raw norm is positive; each kind names its first row and how many more there
+    are."""
     from lathadapter.cache.inspection import verify
 
     _hand_cache(tmp_path / "c.h5")
@@ -309,10 +310,131 @@ def test_verify_names_every_kind_of_bad_view_row_with_the_count_of_the_others(tm
         f["splits/train/augmented"][4, 0] = np.zeros(DIM, dtype=np.float16)
         f["skipped"].resize((1,))
         f["skipped"][0] = "train/4.png"
+        f["splits/val/norms"][1] = 0  # a kept image's raw norm of 0
 
     _damage(tmp_path / "c.h5", change)
     problems = verify(tmp_path / "c.h5")
+    assert "splits/val/norms: row 1 holds a raw norm that is not a positive finite number" in problems
     assert "splits/train/augmented: row 2 is not unit norm (norm 2.0000) (and 1 more rows)" in problems
     assert "splits/train/augmented: row 4 is the row of an image skipped by --skip-bad but is not all zero" in problems
     assert "splits/train/norms: row 4 holds a raw norm that is not a positive finite number" in problems
     assert "splits/train/features: row 4 is all zero" not in " ".join(problems)
+
+
+# ------------------------------------------------------------------------------------------ the results table
+
+
+def _run_folder(runs: Path, key: str, metrics: dict | None = None, **config: object) -> Path:
+    """A finished run's folder written by hand: the `config.json` and `metrics.json` fields the table reads."""
+    folder = runs / key
+    folder.mkdir(parents=True)
+    saved = {"key": key, "cache": "c.h5", "cache_fields": {"dataset": "hand"}, "cache_fingerprint": "f" * 16,
+             "method": "cross-modal", "shots": 1, "seed": 1, "classes": "all", "text": "coop", "select": "last",
+             "options": {}, **config}
+    (folder / "config.json").write_text(json.dumps(saved))
+    (folder / "metrics.json").write_text(json.dumps(metrics or {"accuracy": {"all": 50.0}}))
+    return folder
+
+
+def test_a_run_saved_before_a_setting_existed_reads_as_it_trained(tmp_path: Path) -> None:
+    """What a run saved before a setting or an option existed did, as `SAVED_BEFORE` and the option's `before` value
+    state it: trained on the augmented views, one run a batch alone, and cross-modal's `init` zeroshot; a value the
+    run saved wins over the `before` value."""
+    from lathadapter.experiments.table import run_rows
+
+    old = _run_folder(tmp_path, "old")
+    new = _run_folder(tmp_path, "new", options={"init": "random"})
+    first, second = run_rows([old, new])
+    assert first["train_views"] == "augmented" and first["batch_runs"] == 1 and first["batch_mode"] == "alone"
+    assert first["opt.init"] == "zeroshot" and second["opt.init"] == "random"
+
+
+def test_a_tuning_candidate_saved_before_its_score_and_set_were_recorded(tmp_path: Path) -> None:
+    """A candidate of stop 17 or earlier: scored by `val` (`tune.score`) on its `tune_val_accuracy`, and
+    `tune.val_score` read from it."""
+    from lathadapter.experiments.table import SAVED_BEFORE, run_rows
+
+    tune = {"group": "g", "names": ["init"], "values": {"init": "random"}, "index": 0, "candidates": 1}
+    [row] = run_rows([_run_folder(tmp_path, "k", {"accuracy": {"all": 50.0}, "tune": tune,
+                                                  "tune_val_accuracy": 61.5})])
+    assert row["tune.score"] == "val" and row["tune.val_score"] == 61.5 and row["tune.set"] == SAVED_BEFORE["tune.set"]
+
+
+def test_a_transfer_run_gives_a_row_per_target_in_name_order_with_its_ece(tmp_path: Path) -> None:
+    from lathadapter.experiments.table import run_rows
+
+    metrics = {"accuracy": {"all": 50.0}, "targets": {"zeta": 40.0, "alpha": 30.0},
+               "targets_ece": {"zeta": 4.0, "alpha": 3.0}}
+    rows = run_rows([_run_folder(tmp_path, "k", metrics)])
+    assert [(r["target"], r["acc_all"], r["ece_all"]) for r in rows] == [("alpha", 30.0, 3.0), ("zeta", 40.0, 4.0)]
+
+
+def test_chosen_values_are_columns_in_name_order(tmp_path: Path) -> None:
+    from lathadapter.experiments.table import as_table, run_rows
+
+    columns, _ = as_table(run_rows([_run_folder(tmp_path, "k", {"accuracy": {"all": 1.0},
+                                                                "chosen": {"zeta": 1, "alpha": 2}})]))
+    assert [c for c in columns if c.startswith("chosen.")] == ["chosen.alpha", "chosen.zeta"]
+
+
+def test_a_run_whose_metrics_changed_is_read_again_and_rows_are_copies(tmp_path: Path) -> None:
+    """The table re-reads a run whose `metrics.json` changed (a run trained again); a caller changing a row it got
+    changes nothing read later."""
+    from lathadapter.experiments.table import run_rows
+
+    folder = _run_folder(tmp_path, "k")
+    [row] = run_rows([folder])
+    row["acc_all"] = -1
+    assert run_rows([folder])[0]["acc_all"] == 50.0
+    (folder / "metrics.json").write_text(json.dumps({"accuracy": {"all": 75.25}, "steps": 12345}))
+    assert run_rows([folder])[0]["acc_all"] == 75.25
+
+
+def test_a_run_file_holding_json_that_is_not_an_object_is_named(tmp_path: Path) -> None:
+    from lathadapter.experiments.table import ResultsError, run_rows
+
+    folder = _run_folder(tmp_path, "k")
+    (folder / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(ResultsError, match="expected the JSON object of a run directory, not list"):
+        run_rows([folder])
+
+
+def test_the_table_lists_runs_by_key_and_a_failed_rewrite_keeps_the_last_table(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`results.csv` rows sorted by run key; a rewrite that fails midway leaves the previous table whole (written
+    to a temporary file and moved into place) and no temporary file."""
+    import csv
+
+    from lathadapter.experiments import table
+
+    for key in ("b", "c", "a"):
+        _run_folder(tmp_path / "runs", key)
+    path = table.write_results(tmp_path)
+    before = path.read_text()
+    assert [r["key"] for r in csv.DictReader(before.splitlines())] == ["a", "b", "c"]
+    _run_folder(tmp_path / "runs", "d")
+
+    class Failing:
+        def __init__(self, f) -> None:  # noqa: ANN001
+            self.f = f
+
+        def writerow(self, row) -> None:  # noqa: ANN001
+            self.f.write(",".join(row) + "\n")
+
+        def writerows(self, rows) -> None:  # noqa: ANN001
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv, "writer", Failing)
+    with pytest.raises(OSError):
+        table.write_results(tmp_path)
+    assert path.read_text() == before
+    assert list(tmp_path.glob(".results.csv.*")) == []
+
+
+def test_a_killed_rewrite_s_temporary_table_is_removed(tmp_path: Path) -> None:
+    from lathadapter.experiments.table import write_results
+
+    _run_folder(tmp_path / "runs", "a")
+    (tmp_path / ".results.csv.123.abcd.tmp").write_text("half")
+    write_results(tmp_path)
+    assert list(tmp_path.glob(".results.csv.*")) == []
