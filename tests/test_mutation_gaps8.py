@@ -45,13 +45,16 @@ def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _hand_cache(path: Path, *, whole_val: bool = False, attributes: int = 0) -> dict[str, np.ndarray]:
+def _hand_cache(path: Path, *, whole_val: bool = False, attributes: int = 0,
+                fields: dict[str, object] | None = None) -> dict[str, np.ndarray]:
     """A 4-class cache written through `write_cache` from known vectors and raw norms (each norm distinct), with
-    wnids, two subsets and, for `whole_val`, LP++'s val sets; returns what was written."""
+    wnids, two subsets and, for `whole_val`, LP++'s val sets (`fields` added to its fingerprint); returns what was
+    written."""
     rng = np.random.default_rng(0)
     counts = {split: len(labels) for split, labels in LABELS.items()}
     # keys deliberately out of order: the stored JSON is sorted
-    fingerprint = {"model": "hand", "dataset": "hand", "val": VAL_CHOICES[-1] if whole_val else VAL_CHOICES[0]}
+    fingerprint = {"model": "hand", "dataset": "hand", "val": VAL_CHOICES[-1] if whole_val else VAL_CHOICES[0],
+                   **(fields or {})}
     layout = CacheLayout(fingerprint=fingerprint, class_names=NAMES, embed_dim=DIM, views=VIEWS,
                          paths={s: [f"{s}/{i}.png" for i in range(n)] for s, n in counts.items()},
                          labels=LABELS, subsets=SUBSETS, templates=TEMPLATES,
@@ -438,3 +441,63 @@ def test_a_killed_rewrite_s_temporary_table_is_removed(tmp_path: Path) -> None:
     (tmp_path / ".results.csv.123.abcd.tmp").write_text("half")
     write_results(tmp_path)
     assert list(tmp_path.glob(".results.csv.*")) == []
+
+
+def test_verify_names_a_bad_fingerprint_an_unfinished_file_bad_labels_and_bad_subsets(tmp_path: Path) -> None:
+    """docs/data.md's rules, each broken once: the fingerprint is the hash of `fingerprint_json`, `complete` is set,
+    labels index the classes, a subset's rows do not repeat and draw at most `shots` of a class, the raw text norms
+    are per template and class (the bad one named by its class), and a cache has templates."""
+    from lathadapter.cache.inspection import verify
+
+    _hand_cache(tmp_path / "c.h5")
+
+    def change(f: h5py.File) -> None:
+        f.attrs["fingerprint"] = "0" * 16
+        f.attrs["complete"] = False
+        f["splits/test/labels"][0] = len(NAMES)
+        f["text/norms"][1, 3] = -1.0
+        group = f["subsets/shots_1_seed_1"]
+        del group["val"], group["train"]
+        group["val"] = np.array([0, 1, 2, 0], dtype=np.int64)  # row 0 twice
+        group["train"] = np.array([0, 1, 5, 3], dtype=np.int64)  # rows 0 and 1 are both class 0
+
+    _damage(tmp_path / "c.h5", change)
+    problems = verify(tmp_path / "c.h5")
+    for expected in ("fingerprint does not match fingerprint_json",
+                     "the cache is marked incomplete (its build did not finish)",
+                     "splits/test/labels: values outside 0..3",
+                     "text/norms: row 3 holds a raw norm that is not a positive finite number",
+                     "subsets/shots_1_seed_1/val: repeated rows",
+                     "subsets/shots_1_seed_1/train: a class has 2 images, above 1"):
+        assert expected in problems
+
+    def no_templates(f: h5py.File) -> None:
+        for name, shape in (("templates", (0,)), ("features", (0, len(NAMES), DIM)), ("norms", (0, len(NAMES)))):
+            dtype = f[f"text/{name}"].dtype
+            del f[f"text/{name}"]
+            f.create_dataset(f"text/{name}", shape=shape, dtype=dtype)
+
+    _hand_cache(tmp_path / "d.h5")
+    _damage(tmp_path / "d.h5", no_templates)
+    assert verify(tmp_path / "d.h5") == ["text/templates is empty"]
+
+
+def test_cache_info_rows_of_subsets_val_checkpoint_and_skipped_images(tmp_path: Path) -> None:
+    """`cache info`: every shot count and seed the subsets have, the whole val split named as such, a checkpoint file
+    by the first 16 hex of its SHA-256, and one skipped image in the singular."""
+    from lathadapter.cache.inspection import summary
+
+    sha = "0123456789abcdef" * 4
+    _hand_cache(tmp_path / "c.h5", whole_val=True, fields={"pretrained": "file", "checkpoint_sha256": sha})
+
+    def skip(f: h5py.File) -> None:
+        f["splits/test/features"][1] = np.zeros(DIM, dtype=np.float16)
+        f["skipped"].resize((1,))
+        f["skipped"][0] = "test/1.png"
+
+    _damage(tmp_path / "c.h5", skip)
+    rows = dict(summary(tmp_path / "c.h5"))
+    assert rows["subsets"] == "2: shots 1 × seeds 1,2"
+    assert rows["val"].startswith("the whole val split")
+    assert "checkpoint sha256 0123456789abcdef ·" in rows["model"]
+    assert rows["skipped"] == "1 unreadable image"
