@@ -501,3 +501,35 @@ def test_cache_info_rows_of_subsets_val_checkpoint_and_skipped_images(tmp_path: 
     assert rows["val"].startswith("the whole val split")
     assert "checkpoint sha256 0123456789abcdef ·" in rows["model"]
     assert rows["skipped"] == "1 unreadable image"
+
+
+# ------------------------------------------------------------------------------------------ compare's lines
+
+
+def _part(*differences: float) -> object:
+    """A part of a two-configuration comparison: a dataset a difference, A's accuracy 50 + it against B's 50."""
+    from lathadapter.experiments.compare_grid import DatasetCell, PartComparison, SeedPair
+
+    return PartComparison("all", 1, tuple(DatasetCell(f"d{i}", "", (SeedPair(1, 50 + d, 50.0),))
+                                          for i, d in enumerate(differences)))
+
+
+def test_the_summary_of_datasets_without_any_difference_has_no_test() -> None:
+    from lathadapter.experiments.comparison import over_datasets
+
+    assert over_datasets(_part(0.0, 0.0), 0.05).endswith(
+        "every difference is 0.00: the signed-rank test has nothing to rank (p = 1)")
+
+
+def test_the_summary_says_when_p_can_never_reach_alpha_including_equality() -> None:
+    """With n nonzero differences the smallest p is 2 / 2ⁿ: 3 differences cannot reach α = 0.25 (p < α is needed)."""
+    from lathadapter.experiments.comparison import over_datasets
+
+    assert "the smallest possible p is 0.25: it can never reach 0.25" in over_datasets(_part(1.0, 2.0, 3.0), 0.25)
+    assert "never reach" not in over_datasets(_part(1.0, 2.0, 3.0), 0.3)
+
+
+def test_a_p_value_below_double_precision_s_range_is_printed_as_a_bound() -> None:
+    from lathadapter.experiments.comparison import p_value
+
+    assert p_value(1e-301) == "< 1e-300" and p_value(0.0123456) == "= 0.0123"
