@@ -533,3 +533,38 @@ def test_a_p_value_below_double_precision_s_range_is_printed_as_a_bound() -> Non
     from lathadapter.experiments.comparison import p_value
 
     assert p_value(1e-301) == "< 1e-300" and p_value(0.0123456) == "= 0.0123"
+
+
+def test_the_sweep_removes_unfinished_runs_and_unheld_locks_only(tmp_path: Path) -> None:
+    """What a killed process left: an unfinished run's folder goes; a finished run's folder stays, its lock goes."""
+    from lathadapter.experiments.table import sweep_stale
+
+    runs = tmp_path / "runs"
+    _run_folder(runs, "done")
+    (runs / "done.lock").write_text("")
+    (runs / "half").mkdir()
+    sweep_stale(tmp_path)
+    assert sorted(p.name for p in runs.iterdir()) == ["done"]
+    assert (runs / "done" / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ a grid's data
+
+
+def test_a_grid_s_data_is_its_cache_s_and_its_text_choice_s(tmp_path: Path) -> None:
+    """`DataCache`: one set per cache, subset and `--text` (coop: template 0; ensemble: the normalised mean)."""
+    from lathadapter.experiments.data import DataCache
+
+    first = _hand_cache(tmp_path / "a.h5")
+    (tmp_path / "b.h5").write_bytes((tmp_path / "a.h5").read_bytes())
+    _damage(tmp_path / "b.h5", lambda f: f["text/features"].__setitem__(0, f["text/features"][1]))
+    text = _f16(first["text"])
+    cache = DataCache("cpu")
+    coop, ensemble = cache.load(str(tmp_path / "a.h5"), 1, 1, "coop"), cache.load(str(tmp_path / "a.h5"), 1, 1,
+                                                                                    "ensemble")
+    other = cache.load(str(tmp_path / "b.h5"), 1, 1, "coop")
+    cache.close()
+    mean = text.mean(dim=0)
+    torch.testing.assert_close(coop.text_features, text[0] / text[0].norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(ensemble.text_features, mean / mean.norm(dim=-1, keepdim=True), atol=1e-3, rtol=0)
+    torch.testing.assert_close(other.text_features, text[1] / text[1].norm(dim=-1, keepdim=True))
