@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from lathadapter.cache.build import VAL_CHOICES
 from lathadapter.cache.store import (
     CacheError,
     CacheLayout,
@@ -52,8 +51,8 @@ def _hand_cache(path: Path, *, whole_val: bool = False, attributes: int = 0,
     written."""
     rng = np.random.default_rng(0)
     counts = {split: len(labels) for split, labels in LABELS.items()}
-    # keys deliberately out of order: the stored JSON is sorted
-    fingerprint = {"model": "hand", "dataset": "hand", "val": VAL_CHOICES[-1] if whole_val else VAL_CHOICES[0],
+    # keys deliberately out of order: the stored JSON is sorted; `val` in the schema's spelling (`all`: the whole split)
+    fingerprint = {"model": "hand", "dataset": "hand", "val": "all" if whole_val else "subsets",
                    **(fields or {})}
     layout = CacheLayout(fingerprint=fingerprint, class_names=NAMES, embed_dim=DIM, views=VIEWS,
                          paths={s: [f"{s}/{i}.png" for i in range(n)] for s, n in counts.items()},
@@ -498,7 +497,7 @@ def test_cache_info_rows_of_subsets_val_checkpoint_and_skipped_images(tmp_path: 
     _damage(tmp_path / "c.h5", skip)
     rows = dict(summary(tmp_path / "c.h5"))
     assert rows["subsets"] == "2: shots 1 × seeds 1,2"
-    assert rows["val"].startswith("the whole val split")
+    assert rows["val"].startswith("split: the whole val split")
     assert "checkpoint sha256 0123456789abcdef ·" in rows["model"]
     assert rows["skipped"] == "1 unreadable image"
 
