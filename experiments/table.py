@@ -204,12 +204,11 @@ def _same_file(f: Any, path: Path) -> bool:
         return False
 
 
-def sweep_stale(out: Path) -> int:
+def sweep_stale(out: Path) -> None:
     """Remove what killed processes left in `out/runs`: lock files nobody holds (flock locks end with their process)
     and the folders of runs they had not finished (no `metrics.json`; a rerun trains them afresh). Locks held by a
-    live process and the folders of finished runs stay. Returns how many lock files and folders were removed."""
+    live process and the folders of finished runs stay."""
     runs = out / "runs"
-    removed = 0
     names = {p.stem for p in runs.glob("*.lock")} | {p.name for p in runs.iterdir() if p.is_dir()}
     for name in sorted(names):
         lock, folder = runs / f"{name}.lock", runs / name
@@ -220,10 +219,7 @@ def sweep_stale(out: Path) -> int:
                 continue  # a live process trains or saves this run
             if folder.is_dir() and not (folder / "metrics.json").exists():
                 shutil.rmtree(folder, ignore_errors=True)
-                removed += 1
             lock.unlink(missing_ok=True)
-            removed += 1
-    return removed
 
 
 def write_results(out: Path) -> Path:
