@@ -6,15 +6,19 @@ known answer)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
-from test_baseline_recipes import dassl_epoch_lrs, few_shot, step_cosine_lrs, trace
+from test_baseline_recipes import few_shot, step_cosine_lrs, trace
 
 from lathadapter.adapter.catalog import create_method, make_options, resolve_options
+from lathadapter.adapter.methods.zeroshot import ZeroShot, ZeroShotOptions
+from lathadapter.adapter.options import OptionError
 from lathadapter.adapter.recipes import RecipeFacts
+from lathadapter.adapter.registry import register, registered
 from lathadapter.adapter.trainer import train
 
 # ------------------------------------------------------------------------------------------ the batches of an epoch
@@ -31,19 +35,6 @@ def test_tip_adapter_f_steps_every_batch_and_its_cosine_over_steps() -> None:
     steps = 20 * math.ceil(300 / 256)
     assert result.steps == steps and seen["batches"] == [256, 44] * 20
     assert seen["lrs"] == pytest.approx(step_cosine_lrs(1e-3, steps), rel=1e-6, abs=1e-12)
-
-
-@pytest.mark.parametrize(("method", "lr", "epochs"), [("linear-probe", 0.1, 300), ("taskres", 2e-3, 200)])
-def test_dassl_trained_methods_drop_the_last_partial_batch(method: str, lr: float, epochs: int) -> None:
-    """ZS-LP and TaskRes under Dassl (`build_data_loader`: `drop_last = is_train and len(data) >= batch_size`): 300
-    images and batch 256 give one batch of 256 an epoch, at Dassl's per-epoch cosine after one warm-up epoch (ZS-LP:
-    lr 0.1, 300 epochs; TaskRes at 15 shots: lr 2e-3, 200 epochs)."""
-    data = few_shot("dtd", classes=20, shots=15)
-    model = create_method(method, data)
-    seen = trace(model)
-    result = train(model, data, seed=1)
-    assert result.steps == epochs and set(seen["batches"]) == {256}
-    assert seen["lrs"] == pytest.approx(dassl_epoch_lrs(lr, epochs), rel=1e-6, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ official values
@@ -71,30 +62,48 @@ def test_taskres_novel_classes_get_zero_shot_clip_s_logits() -> None:
     torch.testing.assert_close(method.logits(x, text), torch.tensor([[60.0, 80.0, 0.0]]))
 
 
-# ------------------------------------------------------------------------------------------ GDA's search
+
+# ------------------------------------------------------------------------------------------ cross-modal's texts
 
 
-def no_val_hits_data():
-    """Two classes along e0 and e1 (text, train views), and a val split of e0-like images all labelled class 1: the
-    zero-shot and the Gaussian scores both put every val image in class 0, so no α of the list scores a hit."""
-    data = few_shot("caltech101", classes=2, dim=4, shots=4, views=3)
-    g = torch.Generator().manual_seed(3)
-    eye = torch.eye(4)
-    train = eye[data.train_labels][:, None] + 0.05 * torch.randn(len(data.train_labels), 3, 4, generator=g)
-    train = train / train.norm(dim=-1, keepdim=True)
-    val = eye[torch.zeros(6, dtype=torch.long)] + 0.05 * torch.randn(6, 4, generator=g)
-    return dataclasses.replace(data, text_features=eye[:2], text_raw=8 * eye[:2], train_augmented=train,
-                               train_features=train[:, 0], train_augmented_norms=None,
-                               search_features=val / val.norm(dim=-1, keepdim=True),
-                               search_labels=torch.ones(6, dtype=torch.long))
+def test_cross_modal_takes_as_many_texts_a_step_as_there_are_text_samples_and_no_more() -> None:
+    """`text_batch` is valid from 1 to the number of text samples (here one a class, 4): 4 is a step of every text
+    sample, 5 is refused in one line."""
+    data = few_shot("dtd", classes=4, shots=4)
+    assert create_method("cross-modal", data, text_batch=4).settings()["cross-modal.text_batch"] == 4
+    with pytest.raises(OptionError, match="text_batch=5"):
+        create_method("cross-modal", data, text_batch=5)
 
 
-@pytest.mark.parametrize("alpha", [None, 2.5])
-def test_gda_keeps_its_starting_alpha_when_no_value_scores(alpha: float | None) -> None:
-    """`run`'s search starts from accuracy 0 and the configured α (official 0.1) and keeps the first strictly better
-    value: when every value of the list scores 0, α is the starting one."""
-    data = no_val_hits_data()
-    method = create_method("gda", data, **({} if alpha is None else {"alpha": alpha}))
-    chosen = method.after_training(data)
-    assert chosen["val_accuracy"] == 0.0
-    assert chosen["alpha"] == method.alpha == (0.1 if alpha is None else alpha)
+# ------------------------------------------------------------------------------------------ the registry
+
+
+def test_a_name_registers_one_class_and_the_same_class_may_register_again() -> None:
+    """`register`: a second class under a taken name is refused (the first stays registered); the class already
+    registered under it registers again without error (a module imported twice)."""
+
+    class Other(ZeroShot):
+        pass
+
+    with pytest.raises(ValueError, match="'zeroshot' is registered twice"):
+        register("zeroshot", ZeroShotOptions)(Other)
+    assert registered()["zeroshot"] is ZeroShot
+    assert register("zeroshot", ZeroShotOptions)(ZeroShot) is ZeroShot
+    assert registered()["zeroshot"] is ZeroShot and ZeroShot.name == "zeroshot"
+
+
+OUTSIDE = """
+from lathadapter.adapter.catalog import method_names
+from lathadapter.adapter.methods.zeroshot import ZeroShot, ZeroShotOptions
+from lathadapter.adapter.registry import register, registered
+for name in ("zz-first", "aa-second"):
+    register(name, ZeroShotOptions)(type(name, (ZeroShot,), {}))
+print(list(registered())[-2:], method_names()[-2:])
+"""
+
+
+def test_methods_from_outside_keep_the_order_they_registered_in() -> None:
+    """`registered()` and `method_names()` list the methods registered from outside the package after the catalog's,
+    in the order they registered (not by name); in a child process, so that this one's registry stays as it is."""
+    out = subprocess.run([sys.executable, "-c", OUTSIDE], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["['zz-first',", "'aa-second']", "['zz-first',", "'aa-second']"]
