@@ -59,10 +59,10 @@ def on_ray(device: str | None, options: RayOptions | None = None) -> Execution:
     return Execution(device=device, backend="ray", ray=options or RayOptions(), batch_runs=None)
 
 
-def on_ray_states(runs: list, out: Path, options: RayOptions, on_saved=None) -> list[str]:
+def on_ray_states(runs: list, out: Path, options: RayOptions, on_saved=None, extra_factory=None) -> list[str]:
     """Each run's state after one round on Ray (CPU), `on_saved` called after each run saved."""
     return [state for _, state in train_round(runs, out, on_ray("cpu", options), progress=False,
-                                              backend=OnRay(on_saved))]
+                                              extra_factory=extra_factory, backend=OnRay(on_saved))]
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
@@ -182,8 +182,18 @@ def test_a_killed_worker_loses_only_its_unfinished_runs(cluster, cache: Path, tm
     killed: list[int] = []
     kill_first = killer(killed)
 
+    def slow_after_the_first(device: str):  # pickled by value to the worker: its own list there
+        evaluated = []
+
+        def evaluate(grid_run, outcome, data):
+            if evaluated:  # each run the worker saves after its first takes 2 s more, so the kill sent when the first
+                time.sleep(2)  # is saved lands before the chunk ends, however loaded the machine (CI failed once)
+            evaluated.append(grid_run)
+            return {}
+        return evaluate
+
     with pytest.raises(RayBackendError, match="rerun the grid") as error:
-        on_ray_states(runs, out, RayOptions(chunk_size=len(runs), retries=0), kill_first)
+        on_ray_states(runs, out, RayOptions(chunk_size=len(runs), retries=0), kill_first, slow_after_the_first)
     assert killed
     first = [p for p in (out / "runs").iterdir() if (p / "metrics.json").exists()]
     assert 1 <= len(first) < len(runs), str(error.value)
