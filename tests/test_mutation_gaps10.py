@@ -1,0 +1,219 @@
+"""Behaviours that the sixth to eighth mutation campaigns (stops 26 and 27) left open and a tenth pass (helper M10)
+found untested (the cache store's choice of cache and its test-only test, `cache info`'s sizes, the results table's
+locks, a grid's cache checks, `inspect`'s and `compare`'s printing): each test here fails on a mutant that the rest
+of the suite let pass, and checks the code against an independent oracle (a documented rule restated, a hand-built
+input with a known answer)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import lathadapter
+from lathadapter.cache.store import CacheChoiceError, CacheError, CacheLayout, CacheReader, RawNorms, write_cache
+from lathadapter.cli import app
+
+# ------------------------------------------------------------------------------------------ the cache store
+
+
+def test_no_cache_given_takes_the_folder_s_only_cache_and_refuses_to_guess_among_several(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`resolve_cache(None)`: the only `*.h5` of the default folder, else an error naming each (docs: never a guess)."""
+    from lathadapter.cache import store
+
+    monkeypatch.setattr(store, "DEFAULT_CACHE_DIR", tmp_path)
+    (tmp_path / "b.h5").touch()
+    assert store.resolve_cache(None) == tmp_path / "b.h5"
+    (tmp_path / "a.h5").touch()
+    with pytest.raises(CacheChoiceError, match="several caches") as error:
+        store.resolve_cache(None)
+    assert str(tmp_path / "a.h5") in str(error.value) and str(tmp_path / "b.h5") in str(error.value)
+
+
+def test_a_cache_with_subsets_but_no_train_rows_is_not_test_only(tmp_path: Path) -> None:
+    """Test-only means no train split and no few-shot subsets (the ImageNet variants); a dataset whose split source
+    lists no train image still drew (empty) subsets, so it is a cache whose subsets are empty, not a test-only one."""
+    names, dim = ["ant", "bee"], 4
+    labels = {"train": [], "val": [0, 1], "test": [1, 0]}
+    layout = CacheLayout(fingerprint={"model": "hand", "dataset": "hand", "val": "subsets"}, class_names=names,
+                         embed_dim=dim, views=0, paths={s: [f"{s}/{i}.png" for i in range(len(v))]
+                                                        for s, v in labels.items()},
+                         labels=labels, subsets={(1, 1): ([], [0, 1])}, templates=["a {}."], attribute_phrases=[],
+                         wnids=None, val_shots={})
+    unit = np.eye(dim)
+    features = {"train": np.zeros((0, dim)), "val": unit[:2], "test": unit[2:4]}
+    norms = RawNorms({"train": np.zeros(0), "val": np.ones(2), "test": np.ones(2)}, np.zeros((0, 0)),
+                     np.ones((1, 2)), np.zeros(0))
+    path = tmp_path / "empty_train.h5"
+    write_cache(path, layout, features, np.zeros((0, 0, dim)), unit[:2][None], np.zeros((0, dim)), norms)
+    with CacheReader(path) as reader:
+        assert reader.subsets() == [(1, 1)] and not reader.test_only
+
+
+@pytest.mark.parametrize(("num_bytes", "shown"), [(1023, "1023 B"), (1024, "1.0 KiB"), (1000 * 1024, "1000.0 KiB"),
+                                                  (1024 ** 2, "1.0 MiB"), (3 * 1024 ** 3 // 2, "1.5 GiB"),
+                                                  (2048 * 1024 ** 3, "2048.0 GiB")])
+def test_cache_info_sizes_are_in_binary_units(num_bytes: int, shown: str) -> None:
+    """KiB, MiB and GiB are powers of 1024 (IEC): a unit is used from 1024 of the one below, GiB without a bound."""
+    from lathadapter.cache.inspection import _size
+
+    assert _size(num_bytes) == shown
+
+
+# ------------------------------------------------------------------------------------------ the results table's locks
+
+
+def test_a_waiting_lock_waits_for_its_holder_and_a_non_blocking_one_gives_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`file_lock(wait=True)` blocks until the holder lets go and then holds it; `wait=False` gets False at once. The
+    holder is simulated: a non-blocking request finds the lock taken, a blocking one gets it once released."""
+    from lathadapter.experiments import table
+
+    real = fcntl.flock
+    asked = []
+
+    def held_elsewhere(f, operation):  # noqa: ANN001, ANN202
+        asked.append(operation)
+        if operation & fcntl.LOCK_NB:
+            raise BlockingIOError
+        return real(f, operation)
+
+    monkeypatch.setattr(table.fcntl, "flock", held_elsewhere)
+    with table.file_lock(tmp_path / "x.lock") as got:
+        assert got is True
+    with table.file_lock(tmp_path / "x.lock", wait=False) as got:
+        assert got is False
+
+
+def test_a_lock_file_its_holder_removed_while_waiting_is_locked_afresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter whose lock file was removed by its holder (a finished run, `sweep_stale`) before it got the lock holds
+    nothing that others see: it must lock the file now at the path, which another process's lock then excludes."""
+    from lathadapter.experiments import table
+
+    path, real, removed = tmp_path / "run.lock", fcntl.flock, []
+
+    def removed_while_waiting(f, operation):  # noqa: ANN001, ANN202
+        real(f, operation)
+        if not removed:  # the holder removed the file just before releasing it to us
+            removed.append(True)
+            path.unlink()
+
+    monkeypatch.setattr(table.fcntl, "flock", removed_while_waiting)
+    with table.file_lock(path) as got:
+        monkeypatch.setattr(table.fcntl, "flock", real)
+        assert got is True and path.exists()
+        with path.open("a") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's attempt: excluded
+
+
+def test_the_results_table_is_rewritten_under_its_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`write_results` reads the runs and writes `results.csv` holding `OUT/.results.lock` (one process at a time)."""
+    from lathadapter.experiments import table
+
+    (tmp_path / "runs").mkdir()
+    seen = []
+
+    def rows(out: Path) -> list:
+        with (out / ".results.lock").open("a") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("held")
+        return []
+
+    monkeypatch.setattr(table, "collect_rows", rows)
+    table.write_results(tmp_path)
+    assert seen == ["held"]
+
+
+# ------------------------------------------------------------------------------------------ a grid's cache checks
+
+
+def _grid_run(cache: str, classes: str = "all", tune: object = None) -> SimpleNamespace:
+    return SimpleNamespace(cache=cache, tune=tune, config=SimpleNamespace(shots=2, seed=1, classes=classes))
+
+
+def test_one_unreadable_cache_alone_is_its_own_one_line_error(tmp_path: Path) -> None:
+    from lathadapter.experiments.data import check_caches
+
+    missing = tmp_path / "missing.h5"
+    with pytest.raises(CacheError) as error:
+        check_caches([_grid_run(str(missing))])
+    with pytest.raises(CacheError) as alone:
+        CacheReader(missing)
+    assert str(error.value) == str(alone.value) and "\n" not in str(error.value)
+
+
+def test_val_hm_of_base_classes_counts_ceil_half_the_classes(tmp_path: Path) -> None:
+    """CoOp's base half of C classes is the first ⌈C/2⌉: three classes give a base half of two, which `val_hm` can
+    split in two again; two classes give one, which it cannot."""
+    from lathadapter.adapter.options import OptionError
+    from lathadapter.cache.synthetic import write_synthetic_cache
+    from lathadapter.experiments.data import check_tuning
+
+    tune = SimpleNamespace(tune_set="subset", score="val_hm")
+    three = write_synthetic_cache(tmp_path / "three.h5", num_classes=3, dim=8, views=0, shots=(2,), seeds=(1,))
+    check_tuning([_grid_run(str(three), "base", tune)])
+    two = write_synthetic_cache(tmp_path / "two.h5", num_classes=2, dim=8, views=0, shots=(2,), seeds=(1,))
+    with pytest.raises(OptionError, match="too few for classes=base"):
+        check_tuning([_grid_run(str(two), "base", tune)])
+
+
+# ------------------------------------------------------------------------------------------ inspect and compare
+
+
+@pytest.fixture(scope="module")
+def zeroshot_run(tmp_path_factory: pytest.TempPathFactory, baseline_cache: Path) -> Path:
+    out = tmp_path_factory.mktemp("zeroshot")
+    return Path(lathadapter.fit(baseline_cache, "zeroshot", 2, 1, out=out, device="cpu")["run_dir"])
+
+
+def test_inspect_shows_at_most_half_the_classes_as_worst_and_best(zeroshot_run: Path, baseline_cache: Path) -> None:
+    """8 classes: the 4 worst and the 4 best (at most half each, at most `SHOWN` = 5)."""
+    result = CliRunner().invoke(app, ["inspect", str(zeroshot_run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with CacheReader(baseline_cache) as reader:
+        half = len(reader.info().class_names) // 2
+    for side in ("worst", "best"):
+        line = next(x for x in result.output.splitlines() if x.startswith(f"  {side}: "))
+        assert len(re.findall(r"\(\d+/\d+\)", line)) == min(5, half)
+
+
+def test_inspect_says_when_the_loaded_model_does_not_score_as_recorded(zeroshot_run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / zeroshot_run.name
+    shutil.copytree(zeroshot_run, folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    recorded = metrics["accuracy"]["all"] + 1.0
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "accuracy": {**metrics["accuracy"], "all": recorded}}))
+    result = CliRunner().invoke(app, ["inspect", str(folder), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("all: "))
+    assert (f"(metrics.json records {recorded:.2f}%: the loaded model does not score as the run did)" in line
+            and "as metrics.json" not in line)
+
+
+def test_compare_takes_a_plot_name_whose_png_suffix_is_upper_case(tmp_path: Path) -> None:
+    """The plot's format is its suffix's, in any case (matplotlib reads `.PNG` as PNG): only other suffixes are
+    refused."""
+    from lathadapter.adapter.options import OptionError
+    from lathadapter.experiments.comparison import compare_two_configurations
+
+    def refusal(name: str) -> str:
+        try:
+            compare_two_configurations([tmp_path / "nowhere"], None, None, None, tmp_path / name, print, print)
+        except (OptionError, ValueError, OSError) as error:
+            return str(error)
+        return ""
+
+    assert "expected a .png file name" in refusal("diff.jpg")
+    assert "expected a .png file name" not in refusal("diff.PNG")
