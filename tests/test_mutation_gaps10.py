@@ -217,3 +217,77 @@ def test_compare_takes_a_plot_name_whose_png_suffix_is_upper_case(tmp_path: Path
 
     assert "expected a .png file name" in refusal("diff.jpg")
     assert "expected a .png file name" not in refusal("diff.PNG")
+
+
+def test_a_ray_build_task_gets_its_dataset_and_checkpoint_paths_absolute(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray task runs in its node's folder: `split:`/`folder:` datasets and a `--pretrained` checkpoint file are made
+    absolute against the command's folder; a model name and a pretrained tag stay as given."""
+    from lathadapter.experiments.builds import for_workers
+
+    monkeypatch.chdir(tmp_path)
+    Path("ckpt.pt").touch()
+    for kind in ("split:", "folder:"):
+        dataset, options = for_workers(f"{kind}data/x", {"model": "ViT-B-16", "pretrained": "ckpt.pt"})
+        assert dataset == f"{kind}{tmp_path / 'data' / 'x'}"
+        assert options == {"model": "ViT-B-16", "pretrained": str(tmp_path / "ckpt.pt")}
+    assert for_workers("dtd", {"pretrained": "openai"}) == ("dtd", {"pretrained": "openai"})
+
+
+# ------------------------------------------------------------------------------------------ a resumed build
+
+
+def test_a_resumed_build_batches_its_rows_in_the_blocks_of_an_uninterrupted_one() -> None:
+    """Rows left after an interruption are batched by their fixed block `row // batch_size`, not by their position
+    among the rows left: rows 5, 6 | 9 | 12 of blocks of 4 are three batches, as the uninterrupted build made them."""
+    from lathadapter.cache.build import _blocks
+
+    assert _blocks(np.array([5, 6, 9, 12]), 4) == [[0, 1], [2], [3]]
+
+
+def test_a_resumed_build_reads_again_its_rows_not_encoded_and_its_skipped_images(tmp_path: Path) -> None:
+    """An interrupted build's file of the same fingerprint: rows not yet encoded and the rows of images `--skip-bad`
+    left out (tried again) are left to read, by index into the split lists; the others are done."""
+    import h5py
+
+    from lathadapter.cache.build import SPLITS, _left_to_encode
+    from lathadapter.cache.store import SCHEMA_VERSION
+
+    fields = {"dataset": "hand"}
+    encoded = {"train": [True, False, True, True], "val": [True, True], "test": [False, True, True]}
+    temporary = tmp_path / "left.tmp"
+    with h5py.File(temporary, "w") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["fingerprint_json"] = json.dumps(fields)
+        for split in SPLITS:
+            f[f"splits/{split}/encoded"] = np.array(encoded[split])
+            f[f"splits/{split}/paths"] = np.array([f"{split}/{i}.png" for i in range(len(encoded[split]))],
+                                                  dtype=h5py.string_dtype())
+        f["skipped"] = np.array(["train/3.png", "test/1.png"], dtype=h5py.string_dtype())
+    indices = {"train": [10, 11, 12, 13], "val": [20, 21], "test": [30, 31, 32]}
+    assert _left_to_encode(temporary, fields, indices) == {"train": [11, 13], "val": [], "test": [30, 31]}
+
+
+def test_a_build_is_refused_only_when_what_it_still_allocates_exceeds_the_free_space(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The room a build needs: its datasets' bytes and `SPACE_MARGIN`, less what its file already holds (a resumed
+    build's encoded rows are allocated). Exactly that much free passes; a byte less is refused."""
+    import h5py
+
+    from lathadapter.cache import build
+
+    temporary = tmp_path / "c.tmp"
+    with h5py.File(temporary, "w") as f:
+        f["written"] = np.ones((512, 1024), dtype=np.float32)  # 2 MiB allocated and written
+        f.create_dataset("empty", shape=(256, 1024), dtype=np.float16)  # 0.5 MiB, not yet allocated
+    datasets = 512 * 1024 * 4 + 256 * 1024 * 2
+    needed = datasets + build.SPACE_MARGIN - temporary.stat().st_size
+    assert temporary.stat().st_size > 2 * 2**20 and needed < datasets + build.SPACE_MARGIN
+    for free, refused in ((needed, False), (needed - 1, True)):
+        monkeypatch.setattr(build.shutil, "disk_usage", lambda _, free=free: SimpleNamespace(free=free))
+        with h5py.File(temporary, "r") as f:
+            if refused:
+                with pytest.raises(build.BuildError, match="not enough free space"):
+                    build._check_room(f, temporary, tmp_path / "c.h5")
+            else:
+                build._check_room(f, temporary, tmp_path / "c.h5")
