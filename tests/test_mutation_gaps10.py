@@ -38,24 +38,38 @@ def test_no_cache_given_takes_the_folder_s_only_cache_and_refuses_to_guess_among
     assert str(tmp_path / "a.h5") in str(error.value) and str(tmp_path / "b.h5") in str(error.value)
 
 
+def _tiny_cache(path: Path, train: list[int], subsets: dict, **fingerprint: object) -> Path:
+    """A 2-class cache without views written through `write_cache` from unit vectors: `train` labels, val [0, 1],
+    test [1, 0], the `subsets` given and the fingerprint fields added."""
+    dim, labels = 4, {"train": train, "val": [0, 1], "test": [1, 0]}
+    layout = CacheLayout(fingerprint={"model": "hand", "dataset": "hand", "val": "subsets", **fingerprint},
+                         class_names=["ant", "bee"], embed_dim=dim, views=0,
+                         paths={s: [f"{s}/{i}.png" for i in range(len(v))] for s, v in labels.items()},
+                         labels=labels, subsets=subsets, templates=["a {}."], attribute_phrases=[], wnids=None,
+                         val_shots={})
+    unit = np.eye(dim)
+    features = {"train": unit[[i % dim for i in range(len(train))]], "val": unit[:2], "test": unit[2:4]}
+    norms = RawNorms({s: np.ones(len(v)) for s, v in labels.items()}, np.zeros((len(train), 0)), np.ones((1, 2)),
+                     np.zeros(0))
+    write_cache(path, layout, features, np.zeros((len(train), 0, dim)), unit[:2][None], np.zeros((0, dim)), norms)
+    return path
+
+
 def test_a_cache_with_subsets_but_no_train_rows_is_not_test_only(tmp_path: Path) -> None:
     """Test-only means no train split and no few-shot subsets (the ImageNet variants); a dataset whose split source
     lists no train image still drew (empty) subsets, so it is a cache whose subsets are empty, not a test-only one."""
-    names, dim = ["ant", "bee"], 4
-    labels = {"train": [], "val": [0, 1], "test": [1, 0]}
-    layout = CacheLayout(fingerprint={"model": "hand", "dataset": "hand", "val": "subsets"}, class_names=names,
-                         embed_dim=dim, views=0, paths={s: [f"{s}/{i}.png" for i in range(len(v))]
-                                                        for s, v in labels.items()},
-                         labels=labels, subsets={(1, 1): ([], [0, 1])}, templates=["a {}."], attribute_phrases=[],
-                         wnids=None, val_shots={})
-    unit = np.eye(dim)
-    features = {"train": np.zeros((0, dim)), "val": unit[:2], "test": unit[2:4]}
-    norms = RawNorms({"train": np.zeros(0), "val": np.ones(2), "test": np.ones(2)}, np.zeros((0, 0)),
-                     np.ones((1, 2)), np.zeros(0))
-    path = tmp_path / "empty_train.h5"
-    write_cache(path, layout, features, np.zeros((0, 0, dim)), unit[:2][None], np.zeros((0, dim)), norms)
-    with CacheReader(path) as reader:
+    with CacheReader(_tiny_cache(tmp_path / "c.h5", [], {(1, 1): ([], [0, 1])})) as reader:
         assert reader.subsets() == [(1, 1)] and not reader.test_only
+
+
+def test_cache_info_describes_no_augmentation_for_a_cache_without_views(tmp_path: Path) -> None:
+    """`--views 0` draws nothing, so `cache info` names no crop scale, ratio or flip even where the fingerprint
+    records the (unused) augmentation settings."""
+    from lathadapter.cache.inspection import summary
+
+    augmentation = {"crop_scale": [0.5, 1.0], "crop_ratio": [0.75, 1.3333], "hflip": 0.5}
+    path = _tiny_cache(tmp_path / "c.h5", [0, 1], {(1, 1): ([0, 1], [0, 1])}, augmentation=augmentation, seed=3)
+    assert dict(summary(path))["views"] == "0 augmented views per train image (seed 3)"
 
 
 @pytest.mark.parametrize(("num_bytes", "shown"), [(1023, "1023 B"), (1024, "1.0 KiB"), (1000 * 1024, "1000.0 KiB"),
@@ -291,3 +305,49 @@ def test_a_build_is_refused_only_when_what_it_still_allocates_exceeds_the_free_s
                     build._check_room(f, temporary, tmp_path / "c.h5")
             else:
                 build._check_room(f, temporary, tmp_path / "c.h5")
+
+
+def test_tuning_on_the_whole_val_split_needs_no_few_shot_val_images(tmp_path: Path) -> None:
+    """`--tune-set split` scores on the whole val split: subsets without val images are then no reason to refuse."""
+    from lathadapter.experiments.data import check_tuning
+
+    path = _tiny_cache(tmp_path / "c.h5", [0, 1], {(2, 1): ([0, 1], [])}, val="all")
+    with CacheReader(path) as reader:
+        assert reader.info().val_split and len(reader.subset_rows(2, 1)[1]) == 0
+    check_tuning([_grid_run(str(path), "all", SimpleNamespace(tune_set="split", score="val"))])
+    with pytest.raises(CacheError, match="holds no few-shot val images for shots=2 seed=1"):
+        check_tuning([_grid_run(str(path), "all", SimpleNamespace(tune_set="subset", score="val"))])
+
+
+def test_compare_prints_the_five_classes_that_differ_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs: each side's classes by the size of their difference, largest first, at most five. Hand-built: class
+    i of 7 has 10 images, A right on all, B on i of them (A − B = 100 − 10 i points)."""
+    import torch
+
+    from lathadapter.experiments import compare
+    from lathadapter.experiments.comparison import compare_two_runs
+
+    names = [f"c{i}" for i in range(7)]
+    labels = torch.arange(7).repeat_interleave(10)
+    right_b = torch.tensor([j < i for i in range(7) for j in range(10)])
+    monkeypatch.setattr(compare, "load_pair", lambda *_: (None, None))
+    monkeypatch.setattr(compare, "run_label", lambda *_: "run")
+    monkeypatch.setattr(compare, "compare_runs", lambda *_: {
+        "all": compare.compare(torch.ones(70, dtype=torch.bool), right_b, labels, names)})
+    lines = []
+    compare_two_runs(Path("a"), Path("b"), None, None, None, lines.append, lines.append)
+    better = next(x for x in lines if x.startswith("  A better: "))
+    assert re.findall(r"(c\d) ", better) == ["c0", "c1", "c2", "c3", "c4"]
+    assert "  B better: no class" in lines
+
+
+def test_an_image_s_view_seed_is_the_documented_hash_of_seed_and_path() -> None:
+    """docs/data.md: the first 8 bytes of the SHA-256 of `SEED:PATH`, little-endian, less the top bit. Fixed so a
+    cache resumed or extended by a later version draws the same views as the build that began it."""
+    import hashlib
+
+    from lathadapter.cache.encode import view_seed
+
+    for seed, path in ((0, "train/a.png"), (7, "n01440764/x.JPEG")):
+        digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
+        assert view_seed(seed, path) == sum(byte << (8 * i) for i, byte in enumerate(digest[:8])) % 2**63
