@@ -319,9 +319,9 @@ def test_tuning_on_the_whole_val_split_needs_no_few_shot_val_images(tmp_path: Pa
         check_tuning([_grid_run(str(path), "all", SimpleNamespace(tune_set="subset", score="val"))])
 
 
-def test_compare_prints_the_five_classes_that_differ_most(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compare_prints_the_five_classes_that_differ_most_largest_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two runs: each side's classes by the size of their difference, largest first, at most five. Hand-built: class
-    i of 7 has 10 images, A right on all, B on i of them (A − B = 100 − 10 i points)."""
+    i of 7 has 10 images, A right on all, B on 6 − i of them (A − B = 40 + 10 i points: c6 first)."""
     import torch
 
     from lathadapter.experiments import compare
@@ -329,7 +329,7 @@ def test_compare_prints_the_five_classes_that_differ_most(monkeypatch: pytest.Mo
 
     names = [f"c{i}" for i in range(7)]
     labels = torch.arange(7).repeat_interleave(10)
-    right_b = torch.tensor([j < i for i in range(7) for j in range(10)])
+    right_b = torch.tensor([j < 6 - i for i in range(7) for j in range(10)])
     monkeypatch.setattr(compare, "load_pair", lambda *_: (None, None))
     monkeypatch.setattr(compare, "run_label", lambda *_: "run")
     monkeypatch.setattr(compare, "compare_runs", lambda *_: {
@@ -337,7 +337,7 @@ def test_compare_prints_the_five_classes_that_differ_most(monkeypatch: pytest.Mo
     lines = []
     compare_two_runs(Path("a"), Path("b"), None, None, None, lines.append, lines.append)
     better = next(x for x in lines if x.startswith("  A better: "))
-    assert re.findall(r"(c\d) ", better) == ["c0", "c1", "c2", "c3", "c4"]
+    assert re.findall(r"(c\d) ", better) == ["c6", "c5", "c4", "c3", "c2"]
     assert "  B better: no class" in lines
 
 
