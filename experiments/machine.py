@@ -32,9 +32,10 @@ def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[float, float] | None:
     """(idle, total) CPU time of the whole machine since boot, in clock ticks, from /proc/stat; None elsewhere."""
     try:
         fields = [float(v) for v in stat.read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    except (OSError, ValueError, IndexError):  # a line of fewer than four fields too
         return None
-    return fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields[:8])  # idle + iowait; user … steal
+    return idle, sum(fields[:8])  # user … steal (guest time is counted in user and nice already)
 
 
 def busy_cpus() -> float:
