@@ -698,10 +698,10 @@ def grid(
         override(axes, "tune", parse_tune(tune))
         if tune_preset is not None:
             axes["tune_preset"] = parse_preset(tune_preset)
-        if tune_score is not None:
-            axes["tune_score"] = tune_score
-        if tune_set is not None:
-            axes["tune_set"] = tune_set
+        for key, value in (("tune_score", tune_score), ("tune_set", tune_set)):
+            if value is not None:  # the command line's, no longer the grid file's (`GridSpec.sources`)
+                axes[key] = value
+                axes.get("sources", {}).pop(key, None)
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
         summary = launch(GridSpec(**axes), out, execution)
         _print_results(summary)

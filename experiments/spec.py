@@ -54,8 +54,9 @@ class GridSpec:
     tune_score: str = "auto"  # a TUNE_SCORE_CHOICES: what tuning chooses by (`resolve_score`)
     tune_set: str = "subset"  # a run.TUNE_SETS: the val images that score reads (`run.search_view`)
     train_views: list[str] = field(default_factory=lambda: ["augmented"])  # what training draws from (TRAIN_VIEWS)
-    # Where an option or tuned axis was given when not on the command line, for messages: `options.NAME` or
-    # `tune.NAME` → the grid file (`load_spec_file`); not a grid-file key.
+    # Where an option or tuned axis, or the tuning score or set, was given when not on the command line, for
+    # messages: `options.NAME`, `tune.NAME`, `tune_score` or `tune_set` → the grid file (`load_spec_file`); not a
+    # grid-file key.
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -85,8 +86,9 @@ def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str
     """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, options...),
     each checked as the command line checks the same values (lists not empty, each value once, shots and seeds
     integers; option values read as the text `--set` would give, so `1` is true for a boolean as `--set NAME=1` is);
-    errors name the file and the key. `sources` records the file's option and tuned axes (`GridSpec.sources`). An
-    old value name (`tune_set: fewshot`) is read as its new one, and `say` gets a line naming it."""
+    errors name the file and the key. `sources` records the file's option and tuned axes, `tune_score` and `tune_set`
+    (`GridSpec.sources`). An old value name (`tune_set: fewshot`) is read as its new one, and `say` gets a line
+    naming it."""
     if not path.is_file():
         raise OptionError(f"grid file {path} does not exist")
     if path.suffix not in (".toml", ".yaml", ".yml"):  # before reading: a cache given as --config is binary
@@ -133,11 +135,13 @@ def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str
         if tune_set not in TUNE_SETS:
             raise OptionError(f"grid file {path}: tune_set {tune_set!r}: choose one of {', '.join(TUNE_SETS)}")
         spec["tune_set"] = tune_set
+        sources["tune_set"] = str(path)
     score = data.get("tune_score")
     if score is not None:
         if score not in TUNE_SCORE_CHOICES:
             raise OptionError(f"grid file {path}: tune_score {score!r}: choose one of {', '.join(TUNE_SCORE_CHOICES)}")
         spec["tune_score"] = score
+        sources["tune_score"] = str(path)
     return spec
 
 
@@ -246,6 +250,13 @@ def _given(spec: GridSpec, kind: str, key: str) -> str:
     the grid file and its key (`GridSpec.sources`)."""
     source = spec.sources.get(f"{kind}.{key}")
     return f"{FLAGS[kind]} {key}" if source is None else f"grid file {source}: {kind} {key}"
+
+
+def _setting(spec: GridSpec, key: str) -> str:
+    """How the user gave `tune_score` or `tune_set`, for messages: its flag (`--tune-score`), or the grid file and its
+    key (`GridSpec.sources`)."""
+    source = spec.sources.get(key)
+    return f"--{key.replace('_', '-')}" if source is None else f"grid file {source}: {key}"
 
 
 def _check_option_axes(spec: GridSpec, kind: str = "options") -> None:
@@ -393,9 +404,9 @@ def expand(spec: GridSpec) -> list[GridRun]:
     if tune_set not in TUNE_SETS:
         raise OptionError(f"--tune-set {spec.tune_set}: choose one of {', '.join(TUNE_SETS)}")
     if not spec.tune and spec.tune_preset in (None, NO_PRESET):  # a preset tunes, even where no method has its option
-        refuse_untuned({flag: value for flag, value, default in (("--tune-score", spec.tune_score, GridSpec.tune_score),
-                                                                 ("--tune-set", tune_set, GridSpec.tune_set))
-                        if value != default}, "--tune [METHOD.]OPTION=V1,V2,... or --tune-preset lr")
+        refuse_untuned({_setting(spec, key): value for key, value in (("tune_score", spec.tune_score),
+                                                                      ("tune_set", tune_set))
+                        if value != getattr(GridSpec, key)}, "--tune [METHOD.]OPTION=V1,V2,... or --tune-preset lr")
     runs = []
     for cache, method, classes, text, select, train_views in itertools.product(
             spec.caches, spec.methods, spec.classes, spec.text, spec.select, spec.train_views):
