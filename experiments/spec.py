@@ -18,9 +18,10 @@ import yaml
 
 from lathadapter.adapter.catalog import check_value, make_options, method_names, option_names, option_owner
 from lathadapter.adapter.options import OptionError, changed_fields, parse_assignments, respelled, split_list
+from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS
 from lathadapter.cache.store import seed_error
 from lathadapter.cache.text import read_text
-from lathadapter.experiments.run import TUNE_SETS, TUNE_SETS_BEFORE, RunConfig
+from lathadapter.experiments.run import CLASS_PROTOCOLS, TEXT_FEATURES, TUNE_SETS, TUNE_SETS_BEFORE, RunConfig
 from lathadapter.experiments.tuning import (
     PRESET_EXTENSIONS,
     TUNE_PRESETS,
@@ -161,7 +162,8 @@ def _once(where: str, values: list[Any], shown: Any = _shown) -> None:
 
 def _file_axis(where: str, key: str, value: Any) -> list[Any]:
     """A grid file's list axis `key`: a list, or a comma-separated string as on the command line; not empty, each
-    value once, shots and seeds integers (`1.5`, `true` or `'one'` refused, as `--shots 1.5` is)."""
+    value once, shots and seeds integers (`1.5`, `true` or `'one'` refused, as `--shots 1.5` is), methods and the
+    word axes among their choices (as `--method`, `--classes`... are)."""
     items = value if isinstance(value, list) else split_list(value)
     example = INTEGER_AXES.get(key)
     if not items:
@@ -169,10 +171,21 @@ def _file_axis(where: str, key: str, value: Any) -> list[Any]:
                                                                                    else ""))
     if example is not None:
         items = [_integer(f"{where}: {key}", item, example) for item in items]
+    valid = _word_choices().get(key, ())
+    for item in items if valid else ():
+        if item not in valid:
+            raise OptionError(f"{where}: {key} {_shown(item)}: choose one of {', '.join(valid)}")
     if key == "seeds" and (problem := seed_error(f"{where}: seeds", items)):
         raise OptionError(problem)
     _once(f"{where}: {key}", items)
     return items
+
+
+def _word_choices() -> dict[str, tuple[str, ...]]:
+    """The values a grid file's methods and word axes may take: those of `--method`, `--classes`, `--text`,
+    `--select` and `--train-views`."""
+    return {"methods": tuple(method_names()), "classes": CLASS_PROTOCOLS, "text": TEXT_FEATURES,
+            "select": SELECTIONS, "train_views": TRAIN_VIEWS}
 
 
 def _integer(where: str, value: Any, example: str) -> int:
