@@ -696,8 +696,9 @@ def grid(
             axes["seeds"] = _seeds("--seeds", seeds)
         override(axes, "options", parse_assignments(set_))
         override(axes, "tune", parse_tune(tune))
-        if tune_preset is not None:
+        if tune_preset is not None:  # `none` is None: no preset, over a grid file's too
             axes["tune_preset"] = parse_preset(tune_preset)
+            axes.get("sources", {}).pop("tune_preset", None)
         for key, value in (("tune_score", tune_score), ("tune_set", tune_set)):
             if value is not None:  # the command line's, no longer the grid file's (`GridSpec.sources`)
                 axes[key] = value

@@ -55,9 +55,9 @@ class GridSpec:
     tune_score: str = "auto"  # a TUNE_SCORE_CHOICES: what tuning chooses by (`resolve_score`)
     tune_set: str = "subset"  # a run.TUNE_SETS: the val images that score reads (`run.search_view`)
     train_views: list[str] = field(default_factory=lambda: ["augmented"])  # what training draws from (TRAIN_VIEWS)
-    # Where an option or tuned axis, or the tuning score or set, was given when not on the command line, for
-    # messages: `options.NAME`, `tune.NAME`, `tune_score` or `tune_set` → the grid file (`load_spec_file`); not a
-    # grid-file key.
+    # Where an option or tuned axis, or the tuning preset, score or set, was given when not on the command line, for
+    # messages: `options.NAME`, `tune.NAME`, `tune_preset`, `tune_score` or `tune_set` → the grid file
+    # (`load_spec_file`); not a grid-file key.
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -87,9 +87,9 @@ def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str
     """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, options...),
     each checked as the command line checks the same values (lists not empty, each value once, shots and seeds
     integers; option values read as the text `--set` would give, so `1` is true for a boolean as `--set NAME=1` is);
-    errors name the file and the key. `sources` records the file's option and tuned axes, `tune_score` and `tune_set`
-    (`GridSpec.sources`). An old value name (`tune_set: fewshot`) is read as its new one, and `say` gets a line
-    naming it."""
+    errors name the file and the key. `sources` records the file's option and tuned axes and its tuning settings
+    (`GridSpec.sources`). An old value name (`tune_set: fewshot`) is read as its new one, and `say` gets a line naming
+    it."""
     if not path.is_file():
         raise OptionError(f"grid file {path} does not exist")
     if path.suffix not in (".toml", ".yaml", ".yml"):  # before reading: a cache given as --config is binary
@@ -129,6 +129,7 @@ def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str
             raise OptionError(f"grid file {path}: tune_preset must be one name ({', '.join(TUNE_PRESETS)}, "
                               f"{NO_PRESET}); got a {type(preset).__name__}")
         spec["tune_preset"] = parse_preset(preset, f"{where}: tune_preset")
+        sources["tune_preset"] = str(path)
     tune_set = data.get("tune_set")
     if tune_set is not None:
         if isinstance(tune_set, str):
@@ -266,8 +267,8 @@ def _given(spec: GridSpec, kind: str, key: str) -> str:
 
 
 def _setting(spec: GridSpec, key: str) -> str:
-    """How the user gave `tune_score` or `tune_set`, for messages: its flag (`--tune-score`), or the grid file and its
-    key (`GridSpec.sources`)."""
+    """How the user gave `tune_preset`, `tune_score` or `tune_set`, for messages: its flag (`--tune-score`), or the
+    grid file and its key (`GridSpec.sources`)."""
     source = spec.sources.get(key)
     return f"--{key.replace('_', '-')}" if source is None else f"grid file {source}: {key}"
 
@@ -319,8 +320,8 @@ def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
                 continue  # e.g. zeroshot and tip-adapter: nothing to tune, they run once
             given = [key for key, _ in _option_axes(method, spec.tune, keys=True) if key.rpartition(".")[2] == name]
             if given:
-                raise OptionError(f"--tune-preset {spec.tune_preset} tunes {name} of {method} already; drop "
-                                  f"{_given(spec, 'tune', given[0])} or the preset")
+                raise OptionError(f"{_setting(spec, 'tune_preset')} {spec.tune_preset} tunes {name} of {method} "
+                                  f"already; drop {_given(spec, 'tune', given[0])} or the preset")
             default = getattr(make_options(method), name)
             tune[f"{method}.{name}"] = ([Scaled(f) for f in factors] if default is None
                                         else [preset_value(default, f) for f in factors])
@@ -331,11 +332,14 @@ def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
         if twice:
             keys = " and ".join(_given(spec, "tune", k) for k, n in zip(tuned, names, strict=True) if n == twice[0])
             raise OptionError(f"{keys} both tune {twice[0]} of {method}; give it once")
-        fixed = {name for name, _ in _option_axes(method, spec.options)}
-        both = sorted(fixed & set(names))
+        fixed = {key.rpartition(".")[2]: key for key, _ in _option_axes(method, spec.options, keys=True)}
+        both = sorted(set(fixed) & set(names))
         if both:
-            raise OptionError(f"option {both[0]} of {method} is both a --set axis and tuned (--tune or "
-                              "--tune-preset); give it one role")
+            key = tuned[names.index(both[0])]
+            how = (_given(spec, "tune", key) if key in spec.tune
+                   else f"{_setting(spec, 'tune_preset')} {spec.tune_preset}")
+            raise OptionError(f"option {both[0]} of {method} is both a --set axis "
+                              f"({_given(spec, 'options', fixed[both[0]])}) and tuned ({how}); give it one role")
     return tune
 
 

@@ -364,6 +364,8 @@ GRID_FILE_MISTAKES = [  # (the file after its caches line, the error after "erro
      "linear-probe, clip-adapter"),
     ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\ntune_score: val\n", "tune_score val: nothing is tuned; add "
      "--tune"),
+    ("methods: [lathadapter]\nshots: [1]\nseeds: [1]\ntune:\n  lr: [0.1, 1]\ntune_preset: lr\n",
+     "tune_preset lr tunes lr of lathadapter already; drop grid file"),
 ]
 
 
