@@ -696,12 +696,13 @@ def grid(
             axes["seeds"] = _seeds("--seeds", seeds)
         override(axes, "options", parse_assignments(set_))
         override(axes, "tune", parse_tune(tune))
-        if tune_preset is not None:
+        if tune_preset is not None:  # `none` is None: no preset, over a grid file's too
             axes["tune_preset"] = parse_preset(tune_preset)
-        if tune_score is not None:
-            axes["tune_score"] = tune_score
-        if tune_set is not None:
-            axes["tune_set"] = tune_set
+            axes.get("sources", {}).pop("tune_preset", None)
+        for key, value in (("tune_score", tune_score), ("tune_set", tune_set)):
+            if value is not None:  # the command line's, no longer the grid file's (`GridSpec.sources`)
+                axes[key] = value
+                axes.get("sources", {}).pop(key, None)
         axes["caches"] = [str(c) for c in (cache or axes.get("caches") or [resolve_cache(None)])]
         summary = launch(GridSpec(**axes), out, execution)
         _print_results(summary)

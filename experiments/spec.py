@@ -18,9 +18,10 @@ import yaml
 
 from lathadapter.adapter.catalog import check_value, make_options, method_names, option_names, option_owner
 from lathadapter.adapter.options import OptionError, changed_fields, parse_assignments, respelled, split_list
+from lathadapter.adapter.trainer import SELECTIONS, TRAIN_VIEWS
 from lathadapter.cache.store import seed_error
 from lathadapter.cache.text import read_text
-from lathadapter.experiments.run import TUNE_SETS, TUNE_SETS_BEFORE, RunConfig
+from lathadapter.experiments.run import CLASS_PROTOCOLS, TEXT_FEATURES, TUNE_SETS, TUNE_SETS_BEFORE, RunConfig
 from lathadapter.experiments.tuning import (
     PRESET_EXTENSIONS,
     TUNE_PRESETS,
@@ -54,8 +55,9 @@ class GridSpec:
     tune_score: str = "auto"  # a TUNE_SCORE_CHOICES: what tuning chooses by (`resolve_score`)
     tune_set: str = "subset"  # a run.TUNE_SETS: the val images that score reads (`run.search_view`)
     train_views: list[str] = field(default_factory=lambda: ["augmented"])  # what training draws from (TRAIN_VIEWS)
-    # Where an option or tuned axis was given when not on the command line, for messages: `options.NAME` or
-    # `tune.NAME` → the grid file (`load_spec_file`); not a grid-file key.
+    # Where an option or tuned axis, or the tuning preset, score or set, was given when not on the command line, for
+    # messages: `options.NAME`, `tune.NAME`, `tune_preset`, `tune_score` or `tune_set` → the grid file
+    # (`load_spec_file`); not a grid-file key.
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -85,8 +87,9 @@ def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str
     """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, options...),
     each checked as the command line checks the same values (lists not empty, each value once, shots and seeds
     integers; option values read as the text `--set` would give, so `1` is true for a boolean as `--set NAME=1` is);
-    errors name the file and the key. `sources` records the file's option and tuned axes (`GridSpec.sources`). An
-    old value name (`tune_set: fewshot`) is read as its new one, and `say` gets a line naming it."""
+    errors name the file and the key. `sources` records the file's option and tuned axes and its tuning settings
+    (`GridSpec.sources`). An old value name (`tune_set: fewshot`) is read as its new one, and `say` gets a line naming
+    it."""
     if not path.is_file():
         raise OptionError(f"grid file {path} does not exist")
     if path.suffix not in (".toml", ".yaml", ".yml"):  # before reading: a cache given as --config is binary
@@ -126,6 +129,7 @@ def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str
             raise OptionError(f"grid file {path}: tune_preset must be one name ({', '.join(TUNE_PRESETS)}, "
                               f"{NO_PRESET}); got a {type(preset).__name__}")
         spec["tune_preset"] = parse_preset(preset, f"{where}: tune_preset")
+        sources["tune_preset"] = str(path)
     tune_set = data.get("tune_set")
     if tune_set is not None:
         if isinstance(tune_set, str):
@@ -133,11 +137,13 @@ def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str
         if tune_set not in TUNE_SETS:
             raise OptionError(f"grid file {path}: tune_set {tune_set!r}: choose one of {', '.join(TUNE_SETS)}")
         spec["tune_set"] = tune_set
+        sources["tune_set"] = str(path)
     score = data.get("tune_score")
     if score is not None:
         if score not in TUNE_SCORE_CHOICES:
             raise OptionError(f"grid file {path}: tune_score {score!r}: choose one of {', '.join(TUNE_SCORE_CHOICES)}")
         spec["tune_score"] = score
+        sources["tune_score"] = str(path)
     return spec
 
 
@@ -157,7 +163,8 @@ def _once(where: str, values: list[Any], shown: Any = _shown) -> None:
 
 def _file_axis(where: str, key: str, value: Any) -> list[Any]:
     """A grid file's list axis `key`: a list, or a comma-separated string as on the command line; not empty, each
-    value once, shots and seeds integers (`1.5`, `true` or `'one'` refused, as `--shots 1.5` is)."""
+    value once, shots and seeds integers (`1.5`, `true` or `'one'` refused, as `--shots 1.5` is), methods and the
+    word axes among their choices (as `--method`, `--classes`... are)."""
     items = value if isinstance(value, list) else split_list(value)
     example = INTEGER_AXES.get(key)
     if not items:
@@ -165,10 +172,21 @@ def _file_axis(where: str, key: str, value: Any) -> list[Any]:
                                                                                    else ""))
     if example is not None:
         items = [_integer(f"{where}: {key}", item, example) for item in items]
+    valid = _word_choices().get(key, ())
+    for item in items if valid else ():
+        if item not in valid:
+            raise OptionError(f"{where}: {key} {_shown(item)}: choose one of {', '.join(valid)}")
     if key == "seeds" and (problem := seed_error(f"{where}: seeds", items)):
         raise OptionError(problem)
     _once(f"{where}: {key}", items)
     return items
+
+
+def _word_choices() -> dict[str, tuple[str, ...]]:
+    """The values a grid file's methods and word axes may take: those of `--method`, `--classes`, `--text`,
+    `--select` and `--train-views`."""
+    return {"methods": tuple(method_names()), "classes": CLASS_PROTOCOLS, "text": TEXT_FEATURES,
+            "select": SELECTIONS, "train_views": TRAIN_VIEWS}
 
 
 def _integer(where: str, value: Any, example: str) -> int:
@@ -248,6 +266,13 @@ def _given(spec: GridSpec, kind: str, key: str) -> str:
     return f"{FLAGS[kind]} {key}" if source is None else f"grid file {source}: {kind} {key}"
 
 
+def _setting(spec: GridSpec, key: str) -> str:
+    """How the user gave `tune_preset`, `tune_score` or `tune_set`, for messages: its flag (`--tune-score`), or the
+    grid file and its key (`GridSpec.sources`)."""
+    source = spec.sources.get(key)
+    return f"--{key.replace('_', '-')}" if source is None else f"grid file {source}: {key}"
+
+
 def _check_option_axes(spec: GridSpec, kind: str = "options") -> None:
     """Every option axis of `kind` (`spec.options`, or `spec.tune`) names a method of the grid that has it; an
     unscoped name must mean one thing for every method of the grid that has it (else the error lists them and how to
@@ -295,8 +320,8 @@ def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
                 continue  # e.g. zeroshot and tip-adapter: nothing to tune, they run once
             given = [key for key, _ in _option_axes(method, spec.tune, keys=True) if key.rpartition(".")[2] == name]
             if given:
-                raise OptionError(f"--tune-preset {spec.tune_preset} tunes {name} of {method} already; drop "
-                                  f"{_given(spec, 'tune', given[0])} or the preset")
+                raise OptionError(f"{_setting(spec, 'tune_preset')} {spec.tune_preset} tunes {name} of {method} "
+                                  f"already; drop {_given(spec, 'tune', given[0])} or the preset")
             default = getattr(make_options(method), name)
             tune[f"{method}.{name}"] = ([Scaled(f) for f in factors] if default is None
                                         else [preset_value(default, f) for f in factors])
@@ -307,11 +332,14 @@ def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
         if twice:
             keys = " and ".join(_given(spec, "tune", k) for k, n in zip(tuned, names, strict=True) if n == twice[0])
             raise OptionError(f"{keys} both tune {twice[0]} of {method}; give it once")
-        fixed = {name for name, _ in _option_axes(method, spec.options)}
-        both = sorted(fixed & set(names))
+        fixed = {key.rpartition(".")[2]: key for key, _ in _option_axes(method, spec.options, keys=True)}
+        both = sorted(set(fixed) & set(names))
         if both:
-            raise OptionError(f"option {both[0]} of {method} is both a --set axis and tuned (--tune or "
-                              "--tune-preset); give it one role")
+            key = tuned[names.index(both[0])]
+            how = (_given(spec, "tune", key) if key in spec.tune
+                   else f"{_setting(spec, 'tune_preset')} {spec.tune_preset}")
+            raise OptionError(f"option {both[0]} of {method} is both a --set axis "
+                              f"({_given(spec, 'options', fixed[both[0]])}) and tuned ({how}); give it one role")
     return tune
 
 
@@ -393,9 +421,9 @@ def expand(spec: GridSpec) -> list[GridRun]:
     if tune_set not in TUNE_SETS:
         raise OptionError(f"--tune-set {spec.tune_set}: choose one of {', '.join(TUNE_SETS)}")
     if not spec.tune and spec.tune_preset in (None, NO_PRESET):  # a preset tunes, even where no method has its option
-        refuse_untuned({flag: value for flag, value, default in (("--tune-score", spec.tune_score, GridSpec.tune_score),
-                                                                 ("--tune-set", tune_set, GridSpec.tune_set))
-                        if value != default}, "--tune [METHOD.]OPTION=V1,V2,... or --tune-preset lr")
+        refuse_untuned({_setting(spec, key): value for key, value in (("tune_score", spec.tune_score),
+                                                                      ("tune_set", tune_set))
+                        if value != getattr(GridSpec, key)}, "--tune [METHOD.]OPTION=V1,V2,... or --tune-preset lr")
     runs = []
     for cache, method, classes, text, select, train_views in itertools.product(
             spec.caches, spec.methods, spec.classes, spec.text, spec.select, spec.train_views):

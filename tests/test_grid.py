@@ -352,6 +352,20 @@ GRID_FILE_MISTAKES = [  # (the file after its caches line, the error after "erro
     ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\ntune:\n  lr: [0.1, 1]\n", "tune lr: zeroshot has no options"),
     ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\ntune_preset: bogus\n", "tune_preset bogus: unknown preset; "
      "valid: lr, none"),
+    # the word axes take the command line's choices (usage.md's grid file: all | base, coop | ensemble, last | val,
+    # augmented | all), and methods the method names
+    ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\nclasses: [all, novel]\n", "classes 'novel': choose one of all, "
+     "base"),
+    ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\ntext: [clip]\n", "text 'clip': choose one of coop, ensemble"),
+    ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\nselect: [best]\n", "select 'best': choose one of last, val"),
+    ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\ntrain_views: [1]\n", "train_views 1: choose one of augmented, "
+     "all"),
+    ("methods: [zeroshot, lathadaptr]\nshots: [1]\nseeds: [1]\n", "methods 'lathadaptr': choose one of zeroshot, "
+     "linear-probe, clip-adapter"),
+    ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\ntune_score: val\n", "tune_score val: nothing is tuned; add "
+     "--tune"),
+    ("methods: [lathadapter]\nshots: [1]\nseeds: [1]\ntune:\n  lr: [0.1, 1]\ntune_preset: lr\n",
+     "tune_preset lr tunes lr of lathadapter already; drop grid file"),
 ]
 
 

@@ -440,13 +440,17 @@ def test_the_demo_with_nothing_tuned_refuses_a_tuning_score_or_set(tmp_path: Pat
 def test_a_grid_files_tuning_score_or_set_with_nothing_tuned_is_refused(cache: Path, tmp_path: Path) -> None:
     """The rule of the flags holds wherever the grid's axes come from: a grid file's `tune_score` or `tune_set`
     without anything tuned, or a `GridSpec` built so in Python, would change nothing and is refused before any run;
-    with the file's `tune` it is used."""
+    with the file's `tune` it is used. As usage.md says of grid files, the error names the file and the key; a value
+    the command line gives over the file's is named as its flag."""
     (tmp_path / "score.yaml").write_text(f"caches: [{cache}]\nmethods: [clip-adapter]\ntune_score: val_hm\n")
     (tmp_path / "set.yaml").write_text(f"caches: [{cache}]\nmethods: [clip-adapter]\ntune_set: split\n")
     runner = CliRunner()
-    for name, named in (("score", "--tune-score val_hm"), ("set", "--tune-set split")):
+    for name, flags, named in (("score", [], f"grid file {tmp_path / 'score.yaml'}: tune_score val_hm"),
+                               ("set", [], f"grid file {tmp_path / 'set.yaml'}: tune_set split"),
+                               ("score", ["--tune-score", "val"], "--tune-score val"),
+                               ("set", ["--tune-set", "split"], "--tune-set split")):
         result = runner.invoke(app, ["grid", "--config", str(tmp_path / f"{name}.yaml"), "--shots", "2", "--seeds",
-                                     "1", "--device", "cpu", "--out", str(tmp_path / "x")])
+                                     "1", "--device", "cpu", *flags, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2, result.output
         assert result.output.strip().startswith(f"error: {named}: nothing is tuned; add --tune"), result.output
         assert not (tmp_path / "x").exists()

@@ -208,7 +208,7 @@ def test_base_to_novel_chooses_on_the_base_classes_val_set_only(cache: Path, tmp
     assert "tuned values, chosen on the training classes' few-shot val set by val" in markdown
 
 
-def test_an_unscoped_tune_name_that_methods_mean_differently_is_refused(cache: Path) -> None:
+def test_an_unscoped_tune_name_that_methods_mean_differently_is_refused(cache: Path, tmp_path: Path) -> None:
     caches = [str(cache)]
     with pytest.raises(OptionError, match=r"--tune beta: tip-adapter, lathadapter each have an option 'beta' of "
                                           r"their own.*tip-adapter\.beta=\.\.\. or lathadapter\.beta=\.\.\."):
@@ -220,9 +220,10 @@ def test_an_unscoped_tune_name_that_methods_mean_differently_is_refused(cache: P
         "not in the grid's methods": GridSpec(caches, ["zeroshot"], tune={"clip-adapter.lr": ["1"]}),
         "--tune curvature: no method of the grid has option": GridSpec(caches, ["clip-adapter"],
                                                                        tune={"curvature": ["1"]}),
-        "option lr of lathadapter is both a --set axis and tuned": GridSpec(caches, ["lathadapter"],
-                                                                            options={"lr": ["0.1"]},
-                                                                            tune={"lr": ["0.1", "1"]}),
+        r"option lr of lathadapter is both a --set axis \(--set lr\) and tuned \(--tune lr\)": GridSpec(
+            caches, ["lathadapter"], options={"lr": ["0.1"]}, tune={"lr": ["0.1", "1"]}),
+        r"option lr of lathadapter is both a --set axis \(--set lathadapter\.lr\) and tuned \(--tune-preset lr\)":
+            GridSpec(caches, ["lathadapter"], options={"lathadapter.lr": ["0.1"]}, tune_preset="lr"),
         r"are the same candidate": GridSpec(caches, ["lathadapter"], tune={"lr": ["0.01", "1e-2"]}),
         r"--tune lr and --tune lathadapter\.lr both tune lr": GridSpec(caches, ["lathadapter"],
                                                                        tune={"lr": ["1", "3"],
@@ -235,6 +236,18 @@ def test_an_unscoped_tune_name_that_methods_mean_differently_is_refused(cache: P
     for message, spec in refusals.items():
         with pytest.raises(OptionError, match=message):
             expand(spec)
+    # from a grid file, both are named by the file and its keys (usage.md: errors name the file and the key)
+    config = tmp_path / "both.yaml"
+    config.write_text(f"caches: [{cache}]\nmethods: [lathadapter]\noptions:\n  lr: [0.1]\ntune_preset: lr\n")
+    with pytest.raises(OptionError, match=rf"a --set axis \(grid file {config}: options lr\) and tuned \(grid file "
+                                          rf"{config}: tune_preset lr\); give it one role"):
+        expand(GridSpec(**load_spec_file(config)))
+    # a preset given on the command line over the file's is named as its flag
+    config.write_text(f"caches: [{cache}]\nmethods: [lathadapter]\ntune:\n  lr: [0.1, 1]\ntune_preset: lr\n")
+    result = CliRunner().invoke(app, ["grid", "--config", str(config), "--tune-preset", "lr", "--out",
+                                      str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"error: --tune-preset lr tunes lr of lathadapter already; drop grid file {config}: tune lr or the preset")
     result = CliRunner().invoke(app, ["grid", "--cache", str(cache), "--method", "tip-adapter,lathadapter",
                                       "--tune", "beta=0.5,1", "--out", "unused", "--device", "cpu"])
     assert result.exit_code == 2 and "tip-adapter, lathadapter each have an option 'beta'" in result.output
