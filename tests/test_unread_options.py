@@ -4,6 +4,7 @@ of what each optimiser and schedule reads (`recipes.TrainRecipe.reads`) held aga
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,61 @@ def test_a_grid_says_it_once_not_once_a_run(cache: Path, tmp_path: Path) -> None
     warned = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert warned == ["warning: clip-adapter (recipe=official) trains with SGD and the cosine-epoch schedule: "
                       + UNUSED], result.output
+
+
+# LatHAdapter's options that only its hierarchical regularisation reads (docs/method.md, L_hier: the cone or triplet
+# energies over the batch's tree, with the in-batch separation margin), restated here with a value off each default;
+# `cone_parent=image` runs under the reference alone.
+HIERARCHY_VALUES = [{"hier": "triplet"}, {"cone_k": 0.3}, {"cone_kappa": 0.5}, {"margin": 0.3},
+                    {"hier": "triplet", "margin_radial": 0.3}, {"impl": "reference", "cone_parent": "image"}]
+TRAINED_PARTS = ("visual_adapter", "text_adapter", "attribute_prompts", "beta", "log_curvature", "log_scales",
+                 "log_tau_hyp")
+
+
+def lathadapter_weights(cache: Path, out: Path, **options) -> dict[str, torch.Tensor]:
+    import lathadapter
+
+    metrics = lathadapter.fit(cache, "lathadapter", shots=2, seed=1, device="cpu", out=out, epochs=2, min_steps=4,
+                              **options)
+    state = torch.load(Path(metrics["run_dir"]) / "weights.pt", map_location="cpu")
+    state = state.get("state_dict", state)
+    trained = {name: tensor for name, tensor in state.items() if name.startswith(TRAINED_PARTS)}
+    assert {name.split(".")[0] for name in trained} == set(TRAINED_PARTS), sorted(state)
+    return trained
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("values", HIERARCHY_VALUES, ids=lambda v: ",".join(v))
+def test_at_lambda_hier_0_the_hierarchy_options_change_nothing_in_training_and_it_is_said(
+        cache: Path, tmp_path: Path, values: dict) -> None:
+    impl = {"impl": values["impl"]} if "impl" in values else {}
+    set_off = {name: value for name, value in values.items() if name != "impl"}
+    with pytest.warns(UserWarning) as said:
+        changed = lathadapter_weights(cache, tmp_path / "off-changed", **values)
+    default = lathadapter_weights(cache, tmp_path / "off-default", **impl)
+    assert same(changed, default), values  # λ_hier = 0: the term and its gradient are zero, whatever its options
+    warned = [str(w.message) for w in said if "lambda_hier=0" in str(w.message)]
+    assert len(warned) == 1 and all(f"{name}={value!r}" in warned[0] for name, value in set_off.items()), warned
+    # the options do act once the term is on, and then nothing is said of them
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        on_changed = lathadapter_weights(cache, tmp_path / "on-changed", lambda_hier=0.1, **values)
+    assert not [w for w in quiet if "lambda_hier" in str(w.message)]
+    assert not same(on_changed, lathadapter_weights(cache, tmp_path / "on-default", lambda_hier=0.1, **impl)), values
+
+
+def test_fit_names_the_hierarchy_options_that_lambda_hier_0_switches_off(cache: Path, tmp_path: Path) -> None:
+    result = invoke("fit", "--cache", str(cache), "--method", "lathadapter", "--shots", "2", "--set", "hier=triplet",
+                    "--set", "cone_k=0.3", *QUICK, "--out", str(tmp_path / "off"))
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warned == ["warning: lathadapter: lambda_hier=0 turns the hierarchy term off, so hier='triplet', "
+                      "cone_k=0.3 change nothing in training (the hier.* diagnostics read cone_k); set lambda_hier > 0 "
+                      "to train with it"], result.output
+    result = invoke("fit", "--cache", str(cache), "--method", "lathadapter", "--shots", "2", "--set", "hier=triplet",
+                    "--set", "lambda_hier=0.1", *QUICK, "--out", str(tmp_path / "on"))
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output

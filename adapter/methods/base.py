@@ -211,15 +211,18 @@ def warn_no_val_subset(method: str, consequence: str, stacklevel: int, select_va
 
 
 def warn_unread_options(method: Method, given: dict[str, Any], stacklevel: int) -> None:
-    """Say (`ProtocolWarning`) which training options the user set (`given`, the run's `overrides`) the recipe
-    `method` trains with does not read (`recipes.unread_options`; as `eps` under SGD): a warning, not an error, so that
-    an unscoped `--set eps=…` stays valid in a grid of methods with different optimisers. `stacklevel`: the caller's."""
-    if not (method.trains and isinstance(method.options, TrainOptions)):  # LP++ trains by its own loop
-        return
-    said = unread_options(given, method.train_recipe())
+    """Say (`ProtocolWarning`) which options the user set (`given`, the run's `overrides`) change nothing in training:
+    training options the recipe `method` trains with does not read (`recipes.unread_options`; as `eps` under SGD), and
+    the method's own that its other settings switch off (`Method.unread`). A warning, not an error, so that an
+    unscoped `--set eps=…` stays valid in a grid of methods with different optimisers. `stacklevel`: the caller's."""
+    if method.trains and isinstance(method.options, TrainOptions):  # LP++ trains by its own loop
+        said = unread_options(given, method.train_recipe())
+        if said is not None:
+            recipe = f" (recipe={method.options.recipe})" if hasattr(method.options, "recipe") else ""
+            warnings.warn(f"{method.name}{recipe} {said}", ProtocolWarning, stacklevel=stacklevel + 1)
+    said = method.unread(given)
     if said is not None:
-        recipe = f" (recipe={method.options.recipe})" if hasattr(method.options, "recipe") else ""
-        warnings.warn(f"{method.name}{recipe} {said}", ProtocolWarning, stacklevel=stacklevel + 1)
+        warnings.warn(f"{method.name}: {said}", ProtocolWarning, stacklevel=stacklevel + 1)
 
 
 # The base text of TaskRes and ZS-LP (`base_text`): `official`, the official `_get_base_text_features` (TaskRes's, and
@@ -352,6 +355,11 @@ class Method(nn.Module):
     def after_training(self, data: FewShotData) -> dict[str, Any]:
         """Work done once training ends (e.g. hyper-parameter search on the few-shot val set); returns what it chose."""
         return {}
+
+    def unread(self, given: dict[str, Any]) -> str | None:
+        """What to say when options the user set (`given`, by name) change nothing in this method's training at its
+        other settings (LatHAdapter's hierarchy options at λ_hier = 0); None when every one is read."""
+        return None
 
     def train_recipe(self) -> TrainRecipe:
         """How the trainer optimises this method; by default the shared recipe from its `TrainOptions`."""

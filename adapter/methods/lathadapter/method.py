@@ -30,7 +30,12 @@ from torch import nn
 from lathadapter.adapter.methods.base import LOGIT_SCALE, Adapter, Method, ProtocolWarning, cosines, mix, normalize
 from lathadapter.adapter.methods.lathadapter.diagnostics import hierarchy_diagnostics
 from lathadapter.adapter.methods.lathadapter.fused import fused_loss
-from lathadapter.adapter.methods.lathadapter.options import CURVATURE_RANGE, LatHAdapterOptions
+from lathadapter.adapter.methods.lathadapter.options import (
+    CURVATURE_RANGE,
+    DIAGNOSED,
+    HIERARCHY_ONLY,
+    LatHAdapterOptions,
+)
 from lathadapter.adapter.methods.lathadapter.reference import ATTRIBUTE, CATEGORY, IMAGE, reference_loss
 from lathadapter.adapter.methods.lathadapter.stacked import masked_loss
 from lathadapter.adapter.methods.lathadapter.text import TextSide, text_side
@@ -342,6 +347,19 @@ class LatHAdapter(Method):
         distances = radial_distance(self.scaled_radii(IMAGE, v, length, c)[:, None],
                                     self.class_radii(text, side, c)[None, :], cosines, c)
         return euclid, self.hyperbolic_logits(distances)
+
+    def unread(self, given: dict[str, Any]) -> str | None:
+        """At λ_hier = 0 the hierarchy's own options (`HIERARCHY_ONLY`) set by the user change nothing in training,
+        only the run's key and, for K, κ and the cones' parent, its `hier.*` diagnostics."""
+        set_off = {name: value for name, value in given.items() if name in HIERARCHY_ONLY}
+        if self.options.lambda_hier != 0 or not set_off:
+            return None
+        values = ", ".join(f"{name}={value!r}" for name, value in set_off.items())
+        diagnosed = [name for name in set_off if name in DIAGNOSED]
+        also = f" (the hier.* diagnostics read {', '.join(diagnosed)})" if diagnosed else ""
+        return (f"lambda_hier=0 turns the hierarchy term off, so {values} "
+                f"{'changes' if len(set_off) == 1 else 'change'} nothing in training{also}; set lambda_hier > 0 to "
+                "train with it")
 
     def diagnostics(self, train_data: FewShotData) -> dict[str, Any]:
         """The hierarchy's diagnostics of the trained model (`diagnostics.hierarchy_diagnostics`)."""

@@ -12,6 +12,10 @@ CURVATURE_RANGE = (0.1, 10.0)
 # option that the twins do not implement (yet) goes here; tests/test_adapter_lathadapter.py fails on one that is
 # neither here nor checked off its default through every twin (docs/method.md, "Adding an option").
 REFERENCE_ONLY: dict[str, object] = {"cone_parent": "text"}
+# The options that only the hierarchical regularisation L_hier reads, so none changes training at λ_hier = 0 (the
+# reference's step 6); of them the hierarchy diagnostics (`hier.*`) read K, κ and the cones' parent.
+HIERARCHY_ONLY = ("hier", "cone_k", "cone_kappa", "margin", "margin_radial", "cone_parent")
+DIAGNOSED = ("cone_k", "cone_kappa", "cone_parent")
 
 
 @dataclass(frozen=True)
