@@ -772,7 +772,7 @@ def protocol(
         _fail(error, out or Path("grids") / name)
     except KeyboardInterrupt as stop:
         _interrupted(stop, out or Path("grids") / name)
-    typer.echo(f"{name}: {_counts(summary)} → {summary['results']}")
+    typer.echo(f"{name}: {_counts(summary)} in {summary['seconds']:.1f} s → {summary['results']}")
 
 
 @app.command()

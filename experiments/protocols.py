@@ -302,8 +302,8 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
                  tune_set: str = "subset") -> dict[str, Any]:
     """Run (or resume) one protocol into `out` under `execution` (`launch.launch`, as a grid); its results table is
     `out/results.csv`. Returns the counts of runs done, skipped (finished before) and left to another process
-    (elsewhere), as a grid does. With `tune` or `tune_preset`, the tuned options are chosen per cell by `tune_score`
-    (auto: the HM of a pseudo-base/pseudo-novel split of the base classes for base-to-novel,
+    (elsewhere) and the seconds it took, as a grid does. With `tune` or `tune_preset`, the tuned options are chosen
+    per cell by `tune_score` (auto: the HM of a pseudo-base/pseudo-novel split of the base classes for base-to-novel,
     val accuracy otherwise) over the val images of `tune_set` (`run.TUNE_SETS`), a preset's grid extended past its
     edges (`launch.with_extensions`). Cross-dataset and domain runs are scored on the `targets` too, which every
     process that trains loads itself (`Targets`), keyed in the order `target_order` fixes (any order given resumes
@@ -328,4 +328,4 @@ def run_protocol(protocol: str, caches: list[str], out: Path, methods: list[str]
         factory = functools.partial(Targets, [os.path.abspath(t) for t in targets], mapped=mapped,
                                     texts=tuple(spec.text))
     summary = launch(spec, out, execution, progress=progress, extra_factory=factory, key_salt=salt)
-    return {"protocol": protocol, **{k: v for k, v in summary.items() if k != "seconds"}}
+    return {"protocol": protocol, **summary}

@@ -4,6 +4,7 @@ done with a one-line warning saying what is used instead."""
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,12 @@ def test_counts_and_labels_say_one_run_and_one_worker(cache: Path, tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert "grid: 1 run (1 done now, 0 already done) in " in result.output
     assert "grid: 1 runs" not in result.output and "(1 run," not in result.output
+    result = runner.invoke(app, ["protocol", "few-shot", "--cache", str(cache), "--method", "zeroshot", "--shots", "1",
+                                 "--seeds", "1", "--device", "cpu", "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]  # as grid's: the runs, then the wall-clock time and the table
+    assert re.fullmatch(rf"few-shot: 1 run \(1 done now, 0 already done\) in \d+\.\d s → {re.escape(str(tmp_path))}"
+                        r"/p/results\.csv", last), last
     backend = WorkerProcesses(4)
     backend.chunks = lambda job: [["one chunk"]]
     assert backend.label(None) == "grid (1 worker)"
