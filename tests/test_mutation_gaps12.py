@@ -5,12 +5,19 @@ answer; for plots, what matplotlib was asked to draw)."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from matplotlib.figure import Figure
+from PIL import Image
 
 from lathadapter.adapter.options import OptionError
-from lathadapter.experiments import machine
+from lathadapter.demo import pipeline, write_demo_dataset
+from lathadapter.experiments import machine, plots
 from lathadapter.experiments.execution import Execution, RayOptions
 
 # ------------------------------------------------------------------------------------------ the execution settings
@@ -85,3 +92,113 @@ def test_the_record_keeps_stacking_and_graphs_apart_and_a_batch_mode_only_when_k
     record = Execution(stack="on", graphs="off").record("cpu")
     assert (record["stack"], record["graphs"]) == ("on", "off")
     assert "batch_mode" not in record and Execution().record("cpu", batch_mode="lockstep")["batch_mode"] == "lockstep"
+
+
+# ------------------------------------------------------------------------------------------ compare --plot
+
+
+def _cell(label: str, *seeds: float) -> SimpleNamespace:
+    """A dataset's cell of a comparison: A − B of each seed and of their mean; none: `n/a`."""
+    return SimpleNamespace(label=label, paired=[SimpleNamespace(difference=d) for d in seeds], mean_a=70.0,
+                           difference=sum(seeds) / len(seeds) if seeds else None)
+
+
+def _part(part: str, shots: int, cells: list[SimpleNamespace], test: SimpleNamespace | None) -> SimpleNamespace:
+    return SimpleNamespace(part=part, shots=shots, datasets=cells, test=test,
+                           compared=[c for c in cells if c.difference is not None])
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Figure:
+    """The figure `plot_comparison` asks to save for four hand-built panels (the third's datasets all tied, the
+    fourth's a single dataset)."""
+    figures: list[Figure] = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    parts = [_part("all", 16, [_cell("pets", 1.0, 2.0), _cell("cars"), _cell("food", -0.5, -1.5)],
+                   SimpleNamespace(p=0.5, n=2)),
+             _part("base", 16, [_cell("pets", 0.5)], SimpleNamespace(p=1.0, n=1)),
+             _part("novel", 4, [_cell("pets", 0.0), _cell("food", 0.0)], SimpleNamespace(p=1.0, n=0)),
+             _part("hm", 1, [_cell("pets", 3.0)], None)]
+    plots.plot_comparison(SimpleNamespace(parts=parts, labels_a=("lambda_hier=0",), labels_b=("lambda_hier=0.1",)),
+                          tmp_path / "diff.png")
+    return figures[0]
+
+
+def test_compare_plot_draws_three_panels_a_row_and_blanks_the_rest(drawn: Figure) -> None:
+    """Four panels: two rows of three, the two unused axes switched off."""
+    assert [ax.get_subplotspec().get_geometry()[:2] for ax in drawn.axes] == [(2, 3)] * 6
+    assert [ax.axison for ax in drawn.axes] == [True] * 4 + [False] * 2
+
+
+def test_compare_plot_draws_seeds_means_and_the_zero_line_a_row_per_dataset_top_down(drawn: Figure) -> None:
+    """docs/usage.md: a row per dataset (the first on top), A − B of each seed as a dot, of the seed means as a
+    diamond, the zero line; a dataset without a difference says `n/a` in its row."""
+    ax = drawn.axes[0]
+    lines = [(line.get_marker(), list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines]
+    assert ("o", [1.0, 2.0], [0, 0]) in lines and ("D", [1.5], [0]) in lines
+    assert ("o", [-0.5, -1.5], [2, 2]) in lines and ("D", [-1.0], [2]) in lines
+    assert any(list(line.get_xdata()) == [0.0, 0.0] and line.get_marker() not in ("o", "D") for line in ax.lines)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["pets", "cars", "food"]
+    assert ax.get_ylim() == (2.5, -0.5)  # top to bottom
+    assert [(t.get_text(), t.xy[1]) for t in ax.texts] == [("n/a", 1)]
+    assert ax.get_xlabel() == "A − B (points)"
+
+
+def test_compare_plot_titles_say_the_test_and_the_legend_each_marker_once(drawn: Figure) -> None:
+    """Panel titles: part, shots and the Wilcoxon p with its n of nonzero differences; `every difference 0`; `one
+    dataset: no test`. The figure: A's and B's labels; one legend entry for the seeds and one for the means."""
+    assert [ax.get_title() for ax in drawn.axes[:4]] == [
+        "all, 16 shots: Wilcoxon p = 0.5 (n = 2)", "base, 16 shots: Wilcoxon p = 1 (n = 1)",
+        "novel, 4 shots: every difference 0", "hm, 1 shot: one dataset: no test"]
+    assert drawn.get_suptitle().replace("\n", " ") == "A − B: A = lambda_hier=0, B = lambda_hier=0.1"
+    assert [t.get_text() for t in drawn.legends[0].get_texts()] == ["seed", "seed mean"]
+
+
+# ------------------------------------------------------------------------------------------ the demo world
+
+
+@pytest.fixture(scope="module")
+def demo_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_dataset(tmp_path_factory.mktemp("demo"))
+
+
+def test_the_demo_dataset_holds_24_train_16_val_and_24_test_images_a_class_each_its_own(demo_split: Path) -> None:
+    """docs/data.md, "The built-in worlds": 36 classes; 24 train, 16 val and 24 test images a class, 48 px, each a
+    file of its own (the 12 later val images a class are added, not written over earlier ones); plain light and
+    dark backgrounds."""
+    split = json.loads(demo_split.read_text())
+    for part, count in (("train", 24), ("val", 16), ("test", 24)):
+        assert Counter(label for _, label, _ in split[part]) == dict.fromkeys(range(36), count), part
+    paths = [path for part in split.values() for path, _, _ in part]
+    assert len(set(paths)) == len(paths) == 36 * 64
+    assert len(list((demo_split.parent / "images").rglob("*.png"))) == 36 * 64
+    assert {Image.open(demo_split.parent / path).size for path in paths[::97]} == {(48, 48)}
+    records = json.loads((demo_split.parent / "attributes_DemoShapes.json").read_text())
+    assert {record["background"] for record in records.values()} == {"light", "dark"}
+
+
+def test_the_demo_data_folder_is_named_by_the_world_version() -> None:
+    """docs/data.md: `cache build` with no dataset writes the demo images under `data/demo-shapes-v3/`."""
+    assert Path("data") / "demo-shapes-v3" == pipeline.DEMO_DATA_DIR
+
+
+@pytest.mark.parametrize(("methods", "shots", "seeds", "tune", "message"), [
+    ([], [1], [1], None, r"--method \(none\): unknown method"),
+    (["zeroshot"], [0, 1], [1], None, "--shots 0,1: shots per class must be at least 1"),
+    (["zeroshot"], [1], [], None, "--seeds: give one or more seeds"),
+    (["zeroshot"], [1], [1], "everything", "--tune-preset everything: unknown preset"),
+])
+def test_the_demo_refuses_bad_options_before_building(methods: list[str], shots: list[int], seeds: list[int],
+                                                      tune: str | None, message: str) -> None:
+    """`lathadapter demo` checks its methods, shots, seeds and tuning preset first, naming the option typed."""
+    with pytest.raises(OptionError, match=message):
+        pipeline.check_demo_options(methods, shots, seeds, tune)
+
+
+def test_a_demo_folder_without_its_attribute_file_is_not_whole(tmp_path: Path) -> None:
+    """A demo dataset is whole when its split file reads and its attribute file is there (written before the split):
+    a readable split file alone is a damaged folder, written again."""
+    (tmp_path / "split_zhou_DemoShapes.json").write_text(json.dumps({"train": [], "val": [], "test": []}))
+    assert not pipeline._whole(tmp_path)
+    (tmp_path / "attributes_DemoShapes.json").write_text("{}")
+    assert pipeline._whole(tmp_path)
