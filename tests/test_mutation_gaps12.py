@@ -174,7 +174,8 @@ def test_the_demo_dataset_holds_24_train_16_val_and_24_test_images_a_class_each_
     assert len(list((demo_split.parent / "images").rglob("*.png"))) == 36 * 64
     assert {Image.open(demo_split.parent / path).size for path in paths[::97]} == {(48, 48)}
     records = json.loads((demo_split.parent / "attributes_DemoShapes.json").read_text())
-    assert {record["background"] for record in records.values()} == {"light", "dark"}
+    for part in ("train", "test"):
+        assert {records[path]["background"] for path, _, _ in split[part]} == {"light", "dark"}, part
 
 
 def test_the_demo_data_folder_is_named_by_the_world_version() -> None:
