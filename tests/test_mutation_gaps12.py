@@ -11,12 +11,17 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
+import h5py
+import numpy as np
 import pytest
+import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
 from lathadapter.adapter.options import OptionError
 from lathadapter.demo import pipeline, write_demo_dataset
+from lathadapter.demo.evaluate import zero_shot_accuracy
+from lathadapter.demo.figures import read_features, zero_shot
 from lathadapter.experiments import machine, plots
 from lathadapter.experiments.execution import Execution, RayOptions
 
@@ -203,3 +208,55 @@ def test_a_demo_folder_without_its_attribute_file_is_not_whole(tmp_path: Path) -
     assert not pipeline._whole(tmp_path)
     (tmp_path / "attributes_DemoShapes.json").write_text("{}")
     assert pipeline._whole(tmp_path)
+
+
+class _FeaturesAsIs(torch.nn.Module):
+    """A stand-in model whose image and text features are its inputs, so scores are set by hand."""
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+
+def test_zero_shot_of_an_odd_class_count_puts_the_middle_class_in_the_base_half(tmp_path: Path) -> None:
+    """Five classes: the first ceil(5/2) = 3 are base. Image features by hand (class k's text feature is e_k): the
+    third class's image scores the fourth class highest overall, its own within the base half. Chance within a half is
+    one over its classes; `images` counts the test images (six: two of the first class); a subset holding none of the
+    images is an error."""
+    eye = torch.eye(5)
+    features = [eye[0], eye[0], eye[1], 0.9 * eye[3] + 0.5 * eye[2], eye[3], eye[4]]
+    items = []
+    for index, (label, name) in enumerate(zip([0, 0, 1, 2, 3, 4], "aabcde", strict=True)):
+        Image.new("RGB", (1, 1), (index, 0, 0)).save(tmp_path / f"{index}.png")
+        items.append([f"{index}.png", label, name])
+    split_file = tmp_path / "split_zhou_Toy.json"
+    split_file.write_text(json.dumps({"train": [], "val": [], "test": items}))
+
+    def preprocess(image: Image.Image) -> torch.Tensor:
+        return features[image.getpixel((0, 0))[0]]
+
+    result = zero_shot_accuracy(_FeaturesAsIs(), preprocess, lambda prompts: torch.eye(len(prompts)), split_file, "{}")
+    assert result["all"] == pytest.approx(5 / 6) and result["base"] == 1.0 and result["novel"] == 1.0
+    assert result["chance_base"] == pytest.approx(1 / 3) and result["chance_novel"] == 0.5 and result["images"] == 6
+    with pytest.raises(ValueError, match="holds none of the test images"):
+        zero_shot_accuracy(_FeaturesAsIs(), preprocess, lambda prompts: torch.eye(len(prompts)), split_file, "{}",
+                           subsets={"elsewhere": {"other.png"}})
+
+
+def test_the_world_figures_drop_skipped_rows_and_score_novel_images_among_the_last_half(tmp_path: Path) -> None:
+    """`read_features` drops all-zero rows (images left out by --skip-bad); `zero_shot` scores novel test images
+    (labels from ceil(3/2) = 2 on) among the novel classes alone. By hand: the novel image scores the first class
+    highest overall, its own among the novel ones; the second class's image is base, so its miss is no novel miss."""
+    eye = np.eye(3, dtype=np.float32)
+    test = np.stack([eye[0], 0.9 * eye[2] + 0.5 * eye[1], 0.9 * eye[0] + 0.5 * eye[2], np.zeros(3, np.float32)])
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        for name, rows, labels in (("train", eye, [0, 1, 2]), ("test", test, [0, 1, 2, 1])):
+            f[f"splits/{name}/features"] = rows
+            f[f"splits/{name}/labels"] = np.asarray(labels)
+        f["text/features"] = eye[None]
+    features = read_features(tmp_path / "c.h5")
+    assert features.test_labels.tolist() == [0, 1, 2]
+    overall, novel = zero_shot(features)
+    assert overall == pytest.approx(1 / 3) and novel == 1.0
