@@ -261,16 +261,6 @@ def test_a_tuned_value_is_no_point_of_an_ablation_s_axis() -> None:
     assert line.cells == {"0.01": cells[configs[0]][0], "0.1": cells[configs[1]][0]}
 
 
-def test_an_ablation_spanning_exactly_ten_times_has_a_log_axis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                               ) -> None:
-    """docs/usage.md: `logarithmic from 10×`: values 1 and 10 are on a log axis."""
-    figures: list[Figure] = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
-    line = plots.AblationLine("1 shot", "1 shot", {"1": Cell(50.0, 1.0, 2), "10": Cell(60.0, 1.0, 2)}, 0)
-    assert plots._plot_ablation([line], "opt.lr", "t", tmp_path / "a.png") is not None
-    assert figures[0].axes[0].get_xscale() == "log"
-
-
 @pytest.mark.parametrize("betas", [40, 41])
 def test_an_ablation_plot_of_up_to_forty_lines_is_drawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         betas: int) -> None:
@@ -314,18 +304,6 @@ def reliability_figure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, panels: 
     bins = plots.Reliability(tuple(images), tuple(n // 2 for n in images), tuple(0.6 * n for n in images))
     plots.plot_run_reliability([(f"set {i}", bins) for i in range(panels)], "run", tmp_path / "r.png")
     return figures[0]
-
-
-def test_a_reliability_panel_shows_the_images_strip_under_its_axis(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """docs/usage.md: `a grey strip under the axis: each bin's share of the images`: every bar of the strip lies
-    within the panel's y limits, as do accuracy 0 to 100 %."""
-    ax = reliability_figure(monkeypatch, tmp_path, 1).axes[0]
-    low, high = ax.get_ylim()
-    strip = [p for p in ax.patches if p.get_y() < 0]
-    assert len(strip) == 2
-    assert all(low <= p.get_y() and p.get_y() + p.get_height() <= high for p in strip)
-    assert low < 0 and high >= 100
 
 
 def test_only_the_outer_reliability_panels_carry_axis_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
