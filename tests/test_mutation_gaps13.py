@@ -81,9 +81,9 @@ def test_no_more_trainers_than_batches_are_built() -> None:
 
 
 def test_trainer_threads_compute_with_the_caller_s_torch_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A per-thread OpenMP count (LLVM's and Intel's runtimes; this venv's libgomp shares one count, so it is
-    modelled): a new thread starts at the runtime's default (7 here), yet each trainer thread computes with the count
-    of the thread that called `on_trainers` (3)."""
+    """An OpenMP runtime whose count is per thread, as trainers.py's comment has it (this venv's libgomp build hands
+    a new thread the count last set, so it is modelled): a new thread starts at the runtime's default (7 here), yet
+    each trainer thread computes with the count of the thread that called `on_trainers` (3)."""
     local = threading.local()
     monkeypatch.setattr(torch, "get_num_threads", lambda: getattr(local, "count", 7))
     monkeypatch.setattr(torch, "set_num_threads", lambda count: setattr(local, "count", count))
