@@ -200,7 +200,7 @@ def _row_note(ax: Axes, row: int, text: str) -> None:
 
 def _finish_rows(ax: Axes, labels: list[str], shown: list[float], title: str) -> None:
     """A row-per-configuration dot plot's frame: the rows top to bottom, an accuracy axis spanning every dot's
-    mean ± std (every error bar whole), the legend outside."""
+    mean ± std within 0–103 % (an error bar reaching past what an accuracy can be is cut there), the legend outside."""
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylim(len(labels) - 0.5, -0.5)
     if shown:
