@@ -158,6 +158,36 @@ def test_at_lambda_hier_0_the_hierarchy_options_change_nothing_in_training_and_i
     assert not same(on_changed, lathadapter_weights(cache, tmp_path / "on-default", lambda_hier=0.1, **impl)), values
 
 
+# A value of each that moves the hierarchy diagnostics where they read it (κ = 50 puts every image inside its cone;
+# κ = 0.5 moves no image across at λ_hier = 0, docs/method.md: an image is inside when Ξ ≤ κ ψ).
+DIAGNOSTICS_VALUES = [{"hier": "triplet"}, {"cone_k": 0.3}, {"cone_kappa": 50.0}, {"margin": 0.3},
+                      {"hier": "triplet", "margin_radial": 0.3}, {"impl": "reference", "cone_parent": "image"}]
+
+
+def hierarchy_diagnostics(cache: Path, **options) -> tuple[dict, list[str]]:
+    """A λ_hier = 0 run's `hierarchy` diagnostics and the warnings its fit raised."""
+    import lathadapter
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        metrics = lathadapter.fit(cache, "lathadapter", shots=2, seed=1, device="cpu", out=None, epochs=2, min_steps=4,
+                                  **options)
+    return metrics["hierarchy"], [str(w.message) for w in said if "lambda_hier=0" in str(w.message)]
+
+
+@pytest.mark.parametrize("values", DIAGNOSTICS_VALUES, ids=lambda v: ",".join(v))
+def test_the_warning_names_as_read_by_the_diagnostics_the_options_that_move_them(cache: Path, values: dict) -> None:
+    # trained alike (the test above), so the diagnostics differ only where they read the option itself
+    impl = {"impl": values["impl"]} if "impl" in values else {}
+    default, _ = hierarchy_diagnostics(cache, **impl)
+    changed, warned = hierarchy_diagnostics(cache, **values)
+    moved = {key for key in default if default[key] != changed[key]}
+    assert len(warned) == 1, warned
+    named = warned[0].partition("(the hier.* diagnostics read ")[2].partition(")")[0]
+    set_off = [name for name in values if name != "impl"]
+    assert named == (", ".join(set_off) if moved else ""), (values, moved, warned)
+
+
 def test_fit_names_the_hierarchy_options_that_lambda_hier_0_switches_off(cache: Path, tmp_path: Path) -> None:
     result = invoke("fit", "--cache", str(cache), "--method", "lathadapter", "--shots", "2", "--set", "hier=triplet",
                     "--set", "cone_k=0.3", *QUICK, "--out", str(tmp_path / "off"))
