@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from lathadapter.adapter.catalog import method_names
+
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("readme_demo_check", ROOT / "benchmarks" / "readme_demo_check.py")
 checker = importlib.util.module_from_spec(spec)
@@ -80,6 +82,8 @@ def test_a_row_missing_from_the_report_is_named() -> None:
 def test_the_real_readme_table_reads_as_13_methods_by_6_columns() -> None:
     cells = checker.readme_cells((ROOT / "README.md").read_text())
     assert list(cells) == list(checker.METHODS)
+    # each README row is read from the report's row of a method the catalog has, one row a method, in its order
+    assert list(checker.METHODS.values()) == method_names()
     assert all(list(row) == ["1 shot", "4 shots", "16 shots", "base", "novel", "base-to-novel HM"]
                for row in cells.values())
 
