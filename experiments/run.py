@@ -157,8 +157,9 @@ GLOBAL_GENERATOR = threading.Lock()
 def build(config: RunConfig, train_data: FewShotData) -> Method:
     """The configuration's method on its training view, from its resolved options (`resolved_options`), initialised
     from the global generator seeded by the run's seed (so the same run starts alike alone or trained together); a
-    `ProtocolWarning` names the training options set that its recipe does not read (once a process for the same
-    text: Python's default warning filter, so a grid says it once, not once a run)."""
+    `ProtocolWarning` names the options set that change nothing in its training (`warn_unread_options`: its recipe's
+    unread ones, `Method.unread`'s), once a process for the same text (Python's default warning filter, so a grid says
+    it once, not once a run)."""
     options = resolved_options(config, train_data)
     with GLOBAL_GENERATOR:
         torch.manual_seed(config.seed)
