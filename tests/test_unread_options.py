@@ -158,6 +158,29 @@ def test_at_lambda_hier_0_the_hierarchy_options_change_nothing_in_training_and_i
     assert not same(on_changed, lathadapter_weights(cache, tmp_path / "on-default", lambda_hier=0.1, **impl)), values
 
 
+
+# Each form of L_hier with options that only the other form reads (docs/method.md: the cone energy's K and κ, the
+# centripetal hinge's m_r, large enough that the hinge acts): (the form, the other form's options set off their
+# defaults).
+FORM_VALUES = [("cone", {"margin_radial": 3.0}), ("triplet", {"cone_k": 0.3, "cone_kappa": 2.0})]
+
+
+@pytest.mark.parametrize(("form", "values"), FORM_VALUES, ids=[form for form, _ in FORM_VALUES])
+def test_with_the_term_on_the_other_forms_options_change_nothing_in_training_and_it_is_said(
+        cache: Path, tmp_path: Path, form: str, values: dict) -> None:
+    other = "triplet" if form == "cone" else "cone"
+    with pytest.warns(UserWarning) as said:
+        changed = lathadapter_weights(cache, tmp_path / "changed", lambda_hier=0.1, hier=form, **values)
+    assert same(changed, lathadapter_weights(cache, tmp_path / "default", lambda_hier=0.1, hier=form)), values
+    warned = [str(w.message) for w in said if f"only hier={other} reads" in str(w.message)]
+    assert len(warned) == 1 and all(f"{name}={value!r}" in warned[0] for name, value in values.items()), warned
+    # under the form that reads them they train another model, and nothing is said
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        read = lathadapter_weights(cache, tmp_path / "read", lambda_hier=0.1, hier=other, **values)
+    assert not [w for w in quiet if "nothing in training" in str(w.message)]
+    assert not same(read, lathadapter_weights(cache, tmp_path / "read-default", lambda_hier=0.1, hier=other)), values
+
 # A value of each that moves the hierarchy diagnostics where they read it (κ = 50 puts every image inside its cone;
 # κ = 0.5 moves no image across at λ_hier = 0, docs/method.md: an image is inside when Ξ ≤ κ ψ).
 DIAGNOSTICS_VALUES = [{"hier": "triplet"}, {"cone_k": 0.3}, {"cone_kappa": 50.0}, {"margin": 0.3},

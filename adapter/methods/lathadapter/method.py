@@ -33,6 +33,7 @@ from lathadapter.adapter.methods.lathadapter.fused import fused_loss
 from lathadapter.adapter.methods.lathadapter.options import (
     CURVATURE_RANGE,
     DIAGNOSED,
+    FORM_ONLY,
     HIERARCHY_ONLY,
     LatHAdapterOptions,
 )
@@ -349,17 +350,25 @@ class LatHAdapter(Method):
         return euclid, self.hyperbolic_logits(distances)
 
     def unread(self, given: dict[str, Any]) -> str | None:
-        """At λ_hier = 0 the hierarchy's own options (`HIERARCHY_ONLY`) set by the user change nothing in training,
-        only the run's key and, for K, κ and the cones' parent, its `hier.*` diagnostics."""
-        set_off = {name: value for name, value in given.items() if name in HIERARCHY_ONLY}
-        if self.options.lambda_hier != 0 or not set_off:
+        """The hierarchy options set by the user that change nothing in training, only the run's key (and, for K, κ and
+        the cones' parent, its `hier.*` diagnostics): all of `HIERARCHY_ONLY` at λ_hier = 0, else those of the form
+        of L_hier that `hier` does not choose (`FORM_ONLY`)."""
+        o = self.options
+        if o.lambda_hier == 0:
+            names, why = HIERARCHY_ONLY, "lambda_hier=0 turns the hierarchy term off, so"
+        else:
+            other = next(form for form in FORM_ONLY if form != o.hier)
+            names = FORM_ONLY[other]
+            why = (f"hier={o.hier!r} trains without {' or '.join(names)} (only hier={other} reads "
+                   f"{'it' if len(names) == 1 else 'them'}), so")
+        set_off = {name: value for name, value in given.items() if name in names}
+        if not set_off:
             return None
         values = ", ".join(f"{name}={value!r}" for name, value in set_off.items())
         diagnosed = [name for name in set_off if name in DIAGNOSED]
         also = f" (the hier.* diagnostics read {', '.join(diagnosed)})" if diagnosed else ""
-        return (f"lambda_hier=0 turns the hierarchy term off, so {values} "
-                f"{'changes' if len(set_off) == 1 else 'change'} nothing in training{also}; set lambda_hier > 0 to "
-                "train with it")
+        advice = "set lambda_hier > 0 to train with it" if o.lambda_hier == 0 else f"set hier={other} to train with it"
+        return (f"{why} {values} {'changes' if len(set_off) == 1 else 'change'} nothing in training{also}; {advice}")
 
     def diagnostics(self, train_data: FewShotData) -> dict[str, Any]:
         """The hierarchy's diagnostics of the trained model (`diagnostics.hierarchy_diagnostics`)."""

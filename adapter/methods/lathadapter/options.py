@@ -16,6 +16,8 @@ REFERENCE_ONLY: dict[str, object] = {"cone_parent": "text"}
 # reference's step 6); of them the hierarchy diagnostics (`hier.*`) read K, κ and the cones' parent.
 HIERARCHY_ONLY = ("hier", "cone_k", "cone_kappa", "margin", "margin_radial", "cone_parent")
 DIAGNOSED = ("cone_k", "cone_kappa", "cone_parent")
+# Of them, those that one form of L_hier alone trains with: K and κ the cone energy, m_r the centripetal hinge.
+FORM_ONLY = {"cone": ("cone_k", "cone_kappa"), "triplet": ("margin_radial",)}
 
 
 @dataclass(frozen=True)
