@@ -333,7 +333,8 @@ def overlap_notes(splits: DatasetSplits) -> list[str]:
     for first, second in (("train", "test"), ("val", "test"), ("train", "val")):
         shared = sorted(paths[first] & paths[second])
         if shared:
-            notes.append(f"warning: {len(shared)} images are in both the {first} and the {second} split of "
+            count = "1 image is" if len(shared) == 1 else f"{len(shared)} images are"
+            notes.append(f"warning: {count} in both the {first} and the {second} split of "
                          f"{splits.name} (e.g. {shared[0]!r}): the {second} split is not held out from the {first} "
                          "split; check the split source")
     return notes
