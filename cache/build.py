@@ -38,6 +38,7 @@ from lathadapter.cache.datasets import (
     DatasetError,
     DatasetSplits,
     check_template,
+    class_folder_roots,
     load_dataset,
     reads_root,
     unread_root,
@@ -172,11 +173,23 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _check_out(out: Path, name: str) -> None:
+def _check_out(out: Path, name: str, tree: Path | None = None) -> None:
     """Refuse an output path that cannot become a cache file, before a model is loaded or an image encoded; a folder
-    is answered with the path of dataset `name`'s cache in it."""
+    is answered with the path of dataset `name`'s cache in it. Inside a `folder:` `tree`'s class folders (the default
+    `caches/` of `folder:.`) the cache's folder would be read as a class on the next build, which a rerun then
+    refuses (a class without images), so that is refused too."""
     if out.is_dir():
         raise BuildError(f"--out {out} is a folder; give the cache file's path, e.g. {out / f'{name}.h5'}")
+    if tree is None:
+        return
+    for folder in class_folder_roots(tree):
+        target = Path(os.path.abspath(out))
+        if target.is_relative_to(os.path.abspath(folder)):
+            read = target.relative_to(os.path.abspath(folder)).parts[0]
+            beside = Path(os.path.abspath(tree)).parent / "caches" / f"{name}.h5"
+            raise BuildError(f"--out {out} lies inside folder:{tree}, whose folders are its classes: a rerun or a "
+                             f"resumed build would read {read!r} as one; give an --out outside the tree, e.g. "
+                             f"--out {beside}")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -320,7 +333,8 @@ def overlap_notes(splits: DatasetSplits) -> list[str]:
     for first, second in (("train", "test"), ("val", "test"), ("train", "val")):
         shared = sorted(paths[first] & paths[second])
         if shared:
-            notes.append(f"warning: {len(shared)} images are in both the {first} and the {second} split of "
+            count = "1 image is" if len(shared) == 1 else f"{len(shared)} images are"
+            notes.append(f"warning: {count} in both the {first} and the {second} split of "
                          f"{splits.name} (e.g. {shared[0]!r}): the {second} split is not held out from the {first} "
                          "split; check the split source")
     return notes
@@ -728,7 +742,7 @@ def build(
     if root is not None and not reads_root(dataset):
         notes.insert(0, unread_root(Path(root), [dataset]))
     out = Path(out) if out is not None else DEFAULT_CACHE_DIR / f"{splits.name}.h5"
-    _check_out(out, splits.name)
+    _check_out(out, splits.name, splits.folder if splits.kind == "folder" else None)
     indices, subsets, val_shots = plan_layout(splits, shots, seeds, full_train, val_all=val == "split")
     phrases = load_attributes(Path(attributes) if attributes is not None else None)
     out.parent.mkdir(parents=True, exist_ok=True)

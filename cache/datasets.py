@@ -442,6 +442,17 @@ def _imagenet_variant(spec: DatasetSpec, root: Path) -> DatasetSplits:
                          [], [], test, _sha256_items(test), wnids=wnids, val_subsets=False)
 
 
+def _split_folders(path: Path) -> list[str]:
+    """Those of a `folder:` tree's `train/`, `val/`, `test/` that hold class folders (none: a folder per class)."""
+    return [s for s in ("train", "val", "test") if (path / s).is_dir() and _subfolders(path / s)]
+
+
+def class_folder_roots(path: Path) -> list[Path]:
+    """The folders of a `folder:` tree whose every subfolder is read as a class: its split folders, else the tree."""
+    parts = _split_folders(path)
+    return [path / s for s in parts] if {"train", "test"} <= set(parts) else [path]
+
+
 def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
     """A folder-per-class tree: `train/`, `val/`, `test/` subfolders of class folders when present (train/ and test/
     both, or refused), else one tree split per class 50/20/30 (CoOp's proportions) with a seeded shuffle. Labels
@@ -450,7 +461,7 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
         raise DatasetError(f"folder:{path} does not exist. Expected either PATH/<class>/<image> or "
                            "PATH/train/<class>/<image>, PATH/test/<class>/<image> (and optionally PATH/val/...)")
     splits: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
-    parts = [s for s in ("train", "val", "test") if (path / s).is_dir() and _subfolders(path / s)]
+    parts = _split_folders(path)
     if parts and not {"train", "test"} <= set(parts):  # not class folders named "train" or "val"
         lacks = "train" if "train" not in parts else "test"
         has = " and ".join(f"{s}/" for s in parts)

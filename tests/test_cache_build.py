@@ -392,10 +392,10 @@ def test_a_split_source_whose_test_images_are_also_train_or_val_images_is_warned
     said: list[str] = []
     result = build(None, f"split:{split_file}", tmp_path / "leaky.h5",
                    **_options(tiny_clip, shots=(1,), seeds=(1,), log=said.append))
-    expected = [f"warning: 1 images are in both the train and the test split of Small (e.g. {split['train'][0][0]!r})",
+    expected = [f"warning: 1 image is in both the train and the test split of Small (e.g. {split['train'][0][0]!r})",
                 f"warning: 2 images are in both the val and the test split of Small (e.g. "
                 f"{min(split['val'][0][0], split['val'][1][0])!r})"]
-    leaks = [note for note in result.notes if "images are in both" in note]
+    leaks = [note for note in result.notes if " in both the " in note]
     assert [note.split(": the")[0] for note in leaks] == expected
     assert all(note in said for note in leaks)
 

@@ -496,3 +496,38 @@ def test_build_many_takes_skip_bad_as_its_error_advises_and_stops_on_sigterm_in_
     stopped = runner.invoke(app, args)
     assert stopped.exit_code == 143, stopped.output
     assert stopped.output.strip().splitlines()[-1].startswith("interrupted: the caches built are kept")
+
+
+@pytest.mark.parametrize("layout, out, refused", [
+    ("a folder per class", "caches/tree.h5", "caches"),  # `folder:.`'s default --out, in the tree
+    ("split folders", "train/caches/tree.h5", "caches"),  # in train/, whose folders are classes
+    ("split folders", "caches/tree.h5", None),  # beside train/ and test/: not read
+])
+def test_an_out_where_a_folder_tree_reads_classes_is_refused_before_anything_is_written(
+        coop_dataset, tiny_clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, out: str,
+        refused: str | None) -> None:
+    """`folder:.`'s default cache `caches/<name>.h5` was written inside the tree, and every later build (the rerun that
+    finds it up to date, a resume) refused the tree: its `caches/` had become a class folder without images. Rule
+    (docs/data.md): a tree's folders (those of train/, val/, test/ when it has train/ and test/) are its classes."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    tree = tmp_path / "tree"
+    for part, items in (("train", split["train"]), ("test", split["test"])):
+        for path, _, name in items[:len(items) // 2]:  # the first classes, all their images
+            folder = tree / (part if layout == "split folders" else "") / name
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(coop_dataset.folder / path, folder)
+    monkeypatch.chdir(tree)
+    before = sorted(tree.rglob("*"))
+    args = _build_args(coop_dataset, tiny_clip, "--dataset", "folder:.", "--shots", "1",
+                       *(["--out", out] if out != "caches/tree.h5" else []))
+    result = runner.invoke(app, args)
+    if refused:
+        assert result.exit_code == 1 and result.output == (
+            f"error: --out {out} lies inside folder:., whose folders are its classes: a rerun or a resumed build "
+            f"would read {refused!r} as one; give an --out outside the tree, e.g. --out "
+            f"{tmp_path / 'caches' / 'tree.h5'}\n"), result.output
+        assert sorted(tree.rglob("*")) == before  # no caches/ folder made
+        return
+    assert result.exit_code == 0 and (tree / out).is_file(), result.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "is up to date" in again.output, again.output
