@@ -486,8 +486,12 @@ def read_folder_tree(path: Path, template: str, seed: int = 0) -> DatasetSplits:
             rng.shuffle(images)
             n_train, n_val = round(len(images) * FOLDER_SPLIT[0]), round(len(images) * FOLDER_SPLIT[1])
             if min(n_train, n_val, len(images) - n_train - n_val) < 1:
+                caches = sorted(p.name for p in (path / name).glob("*.h5*"))  # `folder:.`'s default caches/
+                hint = (f"; it holds a feature cache ({caches[0]}), not images: move it out of the tree, and give "
+                        "cache build an --out outside it" if caches and not images else "")
                 raise DatasetError(f"folder:{path}: class folder {name!r} has {len(images)} images; "
-                                   "a 50/20/30 split needs at least 4 (one or more each for train, val and test)")
+                                   "a 50/20/30 split needs at least 4 (one or more each for train, val and test)"
+                                   + hint)
             for split, chunk in (("train", images[:n_train]), ("val", images[n_train:n_train + n_val]),
                                  ("test", images[n_train + n_val:])):
                 splits[split].extend((p, label, name) for p in sorted(chunk))

@@ -531,3 +531,23 @@ def test_an_out_where_a_folder_tree_reads_classes_is_refused_before_anything_is_
     assert result.exit_code == 0 and (tree / out).is_file(), result.output
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "is up to date" in again.output, again.output
+
+
+def test_a_tree_that_already_holds_a_cache_says_to_move_it_out(coop_dataset, tiny_clip, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache written inside a `folder:` tree before its `--out` was refused there (the default `caches/<name>.h5`
+    of `folder:.`) makes `caches/` a class folder without images: the refusal names the cache and what to do."""
+    split = json.loads(coop_dataset.split_file.read_text())
+    tree = tmp_path / "tree"
+    for path, _, name in split["train"] + split["test"]:
+        (tree / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(coop_dataset.folder / path, tree / name)
+    (tree / "caches").mkdir()
+    (tree / "caches" / "tree.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    monkeypatch.chdir(tree)
+    result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, "--dataset", "folder:.", "--shots", "1",
+                                            "--out", str(tmp_path / "out.h5")))
+    assert result.exit_code == 1, result.output
+    assert "class folder 'caches' has 0 images" in result.output
+    assert "it holds a feature cache (tree.h5), not images: move it out of the tree" in result.output
+    assert "Traceback" not in result.output
