@@ -363,7 +363,7 @@ GRID_FILE_MISTAKES = [  # (the file after its caches line, the error after "erro
     ("methods: [zeroshot, lathadaptr]\nshots: [1]\nseeds: [1]\n", "methods 'lathadaptr': choose one of zeroshot, "
      "linear-probe, clip-adapter"),
     ("methods: [zeroshot]\nshots: [1]\nseeds: [1]\ntune_score: val\n", "tune_score val: nothing is tuned; add "
-     "--tune"),
+     "a tune or tune_preset key to the grid file, or --tune"),
     ("methods: [lathadapter]\nshots: [1]\nseeds: [1]\ntune:\n  lr: [0.1, 1]\ntune_preset: lr\n",
      "tune_preset lr tunes lr of lathadapter already; drop grid file"),
 ]

@@ -452,7 +452,8 @@ def test_a_grid_files_tuning_score_or_set_with_nothing_tuned_is_refused(cache: P
         result = runner.invoke(app, ["grid", "--config", str(tmp_path / f"{name}.yaml"), "--shots", "2", "--seeds",
                                      "1", "--device", "cpu", *flags, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2, result.output
-        assert result.output.strip().startswith(f"error: {named}: nothing is tuned; add --tune"), result.output
+        fix = "--tune" if flags else "a tune or tune_preset key to the grid file, or --tune"  # where it was given
+        assert result.output.strip().startswith(f"error: {named}: nothing is tuned; add {fix}"), result.output
         assert not (tmp_path / "x").exists()
     with pytest.raises(OptionError, match="--tune-score val and --tune-set split: nothing is tuned"):
         expand(GridSpec([str(cache)], ["clip-adapter"], [2], [1], tune_score="val", tune_set="split"))
