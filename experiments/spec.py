@@ -421,13 +421,12 @@ def expand(spec: GridSpec) -> list[GridRun]:
     if tune_set not in TUNE_SETS:
         raise OptionError(f"--tune-set {spec.tune_set}: choose one of {', '.join(TUNE_SETS)}")
     if not spec.tune and spec.tune_preset in (None, NO_PRESET):  # a preset tunes, even where no method has its option
-        given = [key for key, value in (("tune_score", spec.tune_score), ("tune_set", tune_set))
-                 if value != getattr(GridSpec, key)]
+        given = {key: value for key, value in (("tune_score", spec.tune_score), ("tune_set", tune_set))
+                 if value != getattr(GridSpec, key)}
         fix = "--tune [METHOD.]OPTION=V1,V2,... or --tune-preset lr"
         if any(key in spec.sources for key in given):  # a grid file's setting: the file can say what it tunes
             fix = f"a tune or tune_preset key to the grid file, or {fix}"
-        refuse_untuned({_setting(spec, key): getattr(spec, key) if key != "tune_set" else tune_set for key in given},
-                       fix)
+        refuse_untuned({_setting(spec, key): value for key, value in given.items()}, fix)
     runs = []
     for cache, method, classes, text, select, train_views in itertools.product(
             spec.caches, spec.methods, spec.classes, spec.text, spec.select, spec.train_views):
