@@ -144,9 +144,10 @@ def test_a_chunk_holds_whole_batches_of_runs(monkeypatch: pytest.MonkeyPatch, ca
 
 def test_chunk_tasks_take_a_quarter_gpu_on_a_gpu_cluster_and_none_on_the_cpu(
         monkeypatch: pytest.MonkeyPatch, cache: Path, tmp_path: Path) -> None:
-    """Each chunk task takes one CPU, and a quarter of a GPU (`--gpus-per-chunk`) when it trains on one; none on a
-    cluster without GPUs, where it would never be scheduled. Its cache goes to it as an absolute path (workers start
-    in other folders), and Ray itself retries no task (the driver resubmits a lost chunk's unfinished runs)."""
+    """Each chunk task takes one CPU, and a quarter of a GPU (`--gpus-per-chunk`) and one trainer thread when it
+    trains on one; no GPU on a cluster without GPUs, where it would never be scheduled. Its cache goes to it as an
+    absolute path (workers start in other folders), and Ray itself retries no task (the driver resubmits a lost
+    chunk's unfinished runs)."""
     monkeypatch.chdir(cache.parent)
     relative = Path(cache.name)
     ray = FakeRay(each_run_back, gpus=1)
@@ -154,6 +155,7 @@ def test_chunk_tasks_take_a_quarter_gpu_on_a_gpu_cluster_and_none_on_the_cpu(
     task = ray.submitted[0]
     assert (task["num_cpus"], task["num_gpus"], task["max_retries"]) == (1, 0.25, 0)
     assert task["execution"].device == "cuda" and task["cache"] == str(cache)
+    assert task["execution"].trainers == 1  # several tasks share a GPU already: one trainer thread each
     ray = FakeRay(each_run_back, gpus=1)
     on_fake(monkeypatch, ray, relative, tmp_path / "half", on_ray(None, gpus_per_chunk=0.5))
     assert ray.submitted[0]["num_gpus"] == 0.5
