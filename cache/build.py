@@ -180,9 +180,7 @@ def _check_out(out: Path, name: str, tree: Path | None = None) -> None:
     refuses (a class without images), so that is refused too."""
     if out.is_dir():
         raise BuildError(f"--out {out} is a folder; give the cache file's path, e.g. {out / f'{name}.h5'}")
-    if tree is None:
-        return
-    for folder in class_folder_roots(tree):
+    for folder in class_folder_roots(tree) if tree is not None else []:
         target = Path(os.path.abspath(out))
         if target.is_relative_to(os.path.abspath(folder)):
             read = target.relative_to(os.path.abspath(folder)).parts[0]
