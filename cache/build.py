@@ -180,10 +180,10 @@ def _check_out(out: Path, name: str, tree: Path | None = None) -> None:
     refuses (a class without images), so that is refused too."""
     if out.is_dir():
         raise BuildError(f"--out {out} is a folder; give the cache file's path, e.g. {out / f'{name}.h5'}")
-    for folder in class_folder_roots(tree) if tree is not None else []:
-        target = Path(os.path.abspath(out))
-        if target.is_relative_to(os.path.abspath(folder)):
-            read = target.relative_to(os.path.abspath(folder)).parts[0]
+    target = Path(os.path.abspath(out))
+    for folder in map(os.path.abspath, class_folder_roots(tree) if tree is not None else []):
+        if target.is_relative_to(folder):
+            read = target.relative_to(folder).parts[0]
             beside = Path(os.path.abspath(tree)).parent / "caches" / f"{name}.h5"
             raise BuildError(f"--out {out} lies inside folder:{tree}, whose folders are its classes: a rerun or a "
                              f"resumed build would read {read!r} as one; give an --out outside the tree, e.g. "
