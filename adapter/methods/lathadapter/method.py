@@ -356,18 +356,19 @@ class LatHAdapter(Method):
         o = self.options
         if o.lambda_hier == 0:
             names, why = HIERARCHY_ONLY, "lambda_hier=0 turns the hierarchy term off, so"
+            advice = "set lambda_hier > 0 to train with it"
         else:
             other = next(form for form in FORM_ONLY if form != o.hier)
             names = FORM_ONLY[other]
             why = (f"hier={o.hier!r} trains without {' or '.join(names)} (only hier={other} reads "
                    f"{'it' if len(names) == 1 else 'them'}), so")
+            advice = f"set hier={other} to train with it"
         set_off = {name: value for name, value in given.items() if name in names}
         if not set_off:
             return None
         values = ", ".join(f"{name}={value!r}" for name, value in set_off.items())
         diagnosed = [name for name in set_off if name in DIAGNOSED]
         also = f" (the hier.* diagnostics read {', '.join(diagnosed)})" if diagnosed else ""
-        advice = "set lambda_hier > 0 to train with it" if o.lambda_hier == 0 else f"set hier={other} to train with it"
         return (f"{why} {values} {'changes' if len(set_off) == 1 else 'change'} nothing in training{also}; {advice}")
 
     def diagnostics(self, train_data: FewShotData) -> dict[str, Any]:
