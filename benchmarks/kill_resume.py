@@ -11,14 +11,15 @@ times) and its output is compared with the reference: each run's config.json (le
 results.csv (less `train_seconds`, `eval_seconds`, `wall_seconds`, `batch_runs` and `batch_mode`: how long and how,
 not what), weights.pt and points.pt by bytes, the cache's HDF5 datasets and attributes bitwise, the report's files by
 bytes. Also counted: descendants of the parent still alive 2 s after it died (then killed), lock or temporary files
-left after the rerun, and tracebacks.
+left after the rerun (a grid's `.results.lock` stays by design: an uninterrupted grid leaves it too), and tracebacks.
 
 `disk`: a cache build's `--out`, a grid's and a report's folder on a small tmpfs (root only; skipped otherwise),
 sized so that the disk fills before anything is written, mid-way and at the last write. Each must exit 1 with one
 `error:` line naming the path and the full disk, leave nothing a rerun would take as finished, and once the files are
 copied onto a larger tmpfs, the same command must finish with the reference's result.
 
-Everything runs on tiny synthetic inputs in a temporary folder, on one thread. About 10 minutes at the defaults:
+Everything runs on tiny synthetic inputs in a temporary folder, on one thread; about 20 minutes at the defaults on a
+loaded 2-core machine (trials cost their command's start, some 3 s each):
 
     PYTHONPATH=... OMP_NUM_THREADS=1 python benchmarks/kill_resume.py [--trials 2] [--targets grid,disk] [--seed 0]
 """
