@@ -417,8 +417,9 @@ def cache_build(
             # the demo path passes every other option to the build, each checked before the demo data is written
             options = dict(views=views, shots=_int_list("--shots", shots), seeds=_seeds("--seeds", seeds),
                            augmentation=_augmentation(crop_scale, crop_ratio, flip), device=device, workers=workers,
-                           val=val or "split", template=template, precision=precision, batch_size=batch_size,
-                           attributes=attributes, full_train=full_train, seed=seed, skip_bad=skip_bad, force=force)
+                           val="split" if val is None else val, template=template, precision=precision,
+                           batch_size=batch_size, attributes=attributes, full_train=full_train, seed=seed,
+                           skip_bad=skip_bad, force=force)
             check_options(options["shots"], options["seeds"], views, batch_size, workers, options["val"], precision,
                           template, device, seed)
             typer.echo("no --dataset given: building the bundled demo dataset with the bundled tiny CLIP", err=True)
@@ -438,7 +439,7 @@ def cache_build(
                        shots=_int_list("--shots", shots), augmentation=_augmentation(crop_scale, crop_ratio, flip),
                        seeds=_seeds("--seeds", seeds), views=views, device=device, precision=precision,
                        batch_size=batch_size, workers=workers, attributes=attributes, full_train=full_train,
-                       val=val or "subset",
+                       val="subset" if val is None else val,
                        force=force, skip_bad=skip_bad, seed=seed, template=template, quick_gelu=quick_gelu,
                        progress=progress, log=lambda message: typer.echo(message, err=True))
     except (ValueError, OSError) as error:
@@ -478,12 +479,16 @@ def cache_build_many(
 
     val = respelled("--val", val, VAL_BEFORE, _note)
     try:
+        from lathadapter.cache.build import check_options
         from lathadapter.experiments.builds import build_many
 
         if backend == "ray":
             from lathadapter.experiments.ray_cluster import import_ray
 
             import_ray()
+        check_options(_int_list("--shots", shots), _seeds("--seeds", seeds), views, 1, 0, val, device=device)
+        if address is not None and backend != "ray":  # as grid's: ignored without a word before
+            raise OptionError(f"--address {address}: only for --backend ray; add --backend ray, or drop --address")
         results = build_many(dataset, out, backend, address, root=root, model=model, pretrained=pretrained,
                              shots=_int_list("--shots", shots), seeds=_seeds("--seeds", seeds), views=views,
                              augmentation=_augmentation(crop_scale, crop_ratio, flip), device=device, val=val,
@@ -537,6 +542,10 @@ def cache_subset(
     try:
         if problem := seed_error("--seed", [seed]):  # no build draws it ("rebuild with --seeds that include it")
             raise OptionError(problem)
+        if shots < 1:  # no build holds it, as `cache build --shots` says
+            raise OptionError(f"--shots {shots}: must be at least 1 (the shots per class of a subset the cache holds)")
+        if out is not None and not out.name:  # `--out ''` or `.`: a folder, not a file's name
+            raise OptionError(f"--out {str(out)!r}: give the JSON file to write, e.g. subset.json")
         text = write_subset(path, shots, seed, out)
     except (ValueError, OSError) as error:
         _fail(error, out)

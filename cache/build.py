@@ -143,6 +143,9 @@ def val_choice(val: str) -> str:
     return val
 
 
+MAX_VIEWS = 1000  # augmented views per train image a build accepts (`check_options`)
+
+
 def check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_size: int, workers: int,
                   val: str = "subset", precision: str = "fp32", template: str | None = None,
                   device: str | None = None, seed: int = 0) -> None:
@@ -164,6 +167,9 @@ def check_options(shots: Sequence[int], seeds: Sequence[int], views: int, batch_
     for option, value, least in (("--views", views, 0), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value < least:
             raise BuildOptionError(f"{option} {value}: must be at least {least}")
+    if views > MAX_VIEWS:  # a larger count ended in HDF5's own error (2**63: "unable to get the next power of 2")
+        raise BuildOptionError(f"--views {views}: must be at most {MAX_VIEWS} (each view is one more encoder pass "
+                               "over the train images; the field's recipes use 10)")
 
 
 def available_cpus() -> int:

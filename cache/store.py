@@ -832,6 +832,7 @@ class CacheReader:
 for _name in ("__init__", "info", "classes", "text_features", "text_raw", "template_raw", "subset_rows", "load",
               "load_test"):
     setattr(CacheReader, _name, _readable(getattr(CacheReader, _name)))
+CacheReader.fingerprint = property(_readable(CacheReader.fingerprint.fget))  # type: ignore[method-assign]
 
 
 # FewShotData fields that are the same for every subset of a cache (with one text choice): `CacheReader.load` shares

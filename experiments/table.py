@@ -126,6 +126,25 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
+# The keys of a run's config.json that its results row and `load` read, each with its JSON type
+CONFIG_TYPES = {"key": str, "cache": str, "cache_fields": dict, "cache_fingerprint": str, "method": str, "shots": int,
+                "seed": int, "classes": str, "text": str, "select": str, "options": dict}
+
+
+def malformed_run(config: dict[str, Any], metrics: dict[str, Any]) -> str | None:
+    """What a run's config.json and metrics.json (JSON objects) lack or hold of the wrong type, for an error line
+    (a file edited by hand, or written by something else); None when both read as a run's."""
+    for key, kind in CONFIG_TYPES.items():
+        value = config.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            found = "missing" if key not in config else f"{type(value).__name__}, not {kind.__name__}"
+            return f"config.json: {key} is {found}"
+    for key in ("accuracy", "ece", "targets"):
+        if not isinstance(metrics.get(key) or {}, dict):
+            return f"metrics.json: {key} is {type(metrics[key]).__name__}, not an object"
+    return None
+
+
 # Rows already read, per run directory, with the size, mtime and inode of its two files: a grid rewrites results.csv
 # after every run or batch, and re-reading every finished run's JSON each time made its rewrites quadratic (1.29 s
 # per rewrite at 2,000 runs against 0.14 s with the rows kept; benchmarks/results_table.py).
@@ -146,6 +165,8 @@ def _rows_of(folder: Path) -> list[dict[str, Any]]:
     known = _ROWS_READ.get(folder)
     if known is None or known[0] != stamp:
         config, metrics = _read_json(folder / "config.json"), _read_json(folder / "metrics.json")
+        if problem := malformed_run(config, metrics):
+            raise ResultsError(f"{folder}: {problem}{DAMAGED}")
         targets = metrics.get("targets")
         if targets:
             eces = metrics.get("targets_ece") or {}

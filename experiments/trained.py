@@ -24,6 +24,7 @@ from lathadapter.adapter.temperature import TemperatureScaled, temperature_scale
 from lathadapter.cache.store import CacheReader, FewShotData
 from lathadapter.experiments.machine import resolve_device
 from lathadapter.experiments.run import GLOBAL_GENERATOR, RunConfig, check_replaceable, split_classes, write_atomic
+from lathadapter.experiments.table import DAMAGED, malformed_run
 
 if TYPE_CHECKING:  # imported in `load_targets` alone: the grid driver (`launch`) comes with it, 75-90 ms of import
     from lathadapter.experiments.protocols import Targets
@@ -283,6 +284,10 @@ def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError) as error:
         raise StateError(f"{folder}: unreadable run files ({error})") from None
+    kinds = [f"{name} holds {type(value).__name__}, not an object" for name, value in
+             (("config.json", record), ("metrics.json", metrics)) if not isinstance(value, dict)]
+    if problem := "; ".join(kinds) or malformed_run(record, metrics):
+        raise StateError(f"{folder}: {problem}{DAMAGED}")
     if metrics.get("diverged") is not None:
         raise StateError(f"run {folder} diverged ({metrics['diverged']}): it has no trained model to load")
     return record, metrics

@@ -381,3 +381,79 @@ def test_the_python_api_refuses_a_seed_numpy_cannot_take(cache: Path, tmp_path: 
         with pytest.raises(OptionError, match=f"--seed {seed}: a seed is an integer from 0 to {2**32 - 1}"):
             lathadapter.fit(cache, "zeroshot", shots=1, seed=seed, out=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+
+
+# benchmarks/fuzz_cli.py's findings. docs/usage.md: a mistake is one `error:` line naming the option, value or file
+# and what would be valid; exit 2 for a bad value or combination of options, 1 for a missing or damaged input.
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--device", "cpux"], ["cpux"]),
+    (["--views", "-1"], ["--views -1", "at least 0"]),
+    (["--val", "subse"], ["--val", "subset", "split"]),
+    (["--shots", "-1"], ["--shots -1", ">= 1"]),
+    (["--address", "127.0.0.1:6379"], ["--address 127.0.0.1:6379", "--backend ray"]),
+])
+def test_build_many_refuses_a_bad_option_before_any_build(tmp_path: Path, args: list[str],
+                                                          fragments: list[str]) -> None:
+    # every dataset's build failed alike, after the others ran, in `cache builds failed:` (exit 1), or (--address)
+    # the option was ignored without a word
+    out = tmp_path / "caches"
+    result = invoke("cache", "build-many", "--dataset", f"split:{tmp_path / 'split.json'}", "--out", str(out), *args)
+    assert_clean_error(result, *fragments, code=USAGE)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--views", "1001"], ["--views 1001", "at most 1000"]),  # 2**63 views ended in HDF5's own words
+    (["--val", ""], ["--val ''", "subset", "split"]),  # an empty --val was the default
+])
+def test_cache_build_refuses_views_past_the_bound_and_an_empty_val(tmp_path: Path, args: list[str],
+                                                                   fragments: list[str]) -> None:
+    result = invoke("cache", "build", "--dataset", f"split:{tmp_path / 'split.json'}", "--out",
+                    str(tmp_path / "c.h5"), *args)
+    assert_clean_error(result, *fragments, code=USAGE)
+
+
+def test_cache_subset_refuses_shots_below_one_and_an_empty_out(cache: Path) -> None:
+    assert_clean_error(invoke("cache", "subset", str(cache), "--shots", "0", "--seed", "1"), "--shots 0",
+                       "at least 1", code=USAGE)
+    # `--out ''` is the folder `.`: pathlib's "PosixPath('.') has an empty name" was the message
+    assert_clean_error(invoke("cache", "subset", str(cache), "--shots", "1", "--seed", "1", "--out", ""), "--out",
+                       "JSON file", code=USAGE)
+
+
+@pytest.mark.parametrize(("name", "edit", "fragments"), [
+    ("config.json", lambda config: [], ["config.json holds list, not an object"]),
+    ("config.json", lambda config: {k: v for k, v in config.items() if k != "cache"}, ["config.json: cache is missing"]),
+    ("config.json", lambda config: config | {"options": [1]}, ["config.json: options is list, not dict"]),
+    ("metrics.json", lambda metrics: metrics | {"accuracy": "x"}, ["metrics.json: accuracy is str, not an object"]),
+    ("metrics.json", lambda metrics: None, ["metrics.json holds NoneType, not an object"]),
+])
+def test_a_run_folder_edited_badly_is_named_without_a_traceback(cache: Path, tmp_path: Path, name: str, edit,
+                                                                 fragments: list[str]) -> None:
+    """`inspect`, `compare` and `report` of a run whose JSON files were edited by hand: exit 1 (a damaged input),
+    naming the run folder and what is wrong, where a KeyError or AttributeError was raised."""
+    assert invoke("fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--device", "cpu", "--out",
+                  str(tmp_path / "a")).exit_code == 0
+    assert invoke("fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "2", "--device", "cpu", "--out",
+                  str(tmp_path / "b")).exit_code == 0
+    run, other = (next((tmp_path / side).iterdir()) for side in "ab")
+    (run / name).write_text(json.dumps(edit(json.loads((run / name).read_text()))))
+    for args in (["inspect", str(run), "--device", "cpu"], ["compare", str(run), str(other), "--device", "cpu"],
+                 ["report", str(tmp_path / "a"), "--out", str(tmp_path / "report")]):
+        if args[0] == "report" and fragments[0].endswith("not an object") and " holds " in fragments[0]:
+            continue  # report's own reader names a file that is not a JSON object in its words (test_report)
+        assert_clean_error(invoke(*args), str(run), *fragments, code=RUNTIME)
+
+
+def test_inspect_with_a_byte_flipped_cache_names_it(cache: Path, tmp_path: Path) -> None:
+    """HDF5's "Can't synchronously read data" named no file: the damaged cache is named, as `fit` names it."""
+    assert invoke("fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--device", "cpu", "--out",
+                  str(tmp_path / "r")).exit_code == 0
+    data = bytearray(cache.read_bytes())
+    for i in range(4000, 6000):  # the fingerprint attribute's bytes among them (benchmarks/audit_cli.py's flip)
+        data[i] ^= 0x5A
+    flipped = tmp_path / "flipped.h5"
+    flipped.write_bytes(bytes(data))
+    result = invoke("inspect", str(next((tmp_path / "r").iterdir())), "--cache", str(flipped), "--device", "cpu")
+    assert_clean_error(result, str(flipped), "corrupt", code=RUNTIME)
