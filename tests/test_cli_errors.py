@@ -424,7 +424,8 @@ def test_cache_subset_refuses_shots_below_one_and_an_empty_out(cache: Path) -> N
 
 @pytest.mark.parametrize(("name", "edit", "fragments"), [
     ("config.json", lambda config: [], ["config.json holds list, not an object"]),
-    ("config.json", lambda config: {k: v for k, v in config.items() if k != "cache"}, ["config.json: cache is missing"]),
+    ("config.json", lambda config: {k: v for k, v in config.items() if k != "cache"},
+     ["config.json: cache is missing"]),
     ("config.json", lambda config: config | {"options": [1]}, ["config.json: options is list, not dict"]),
     ("metrics.json", lambda metrics: metrics | {"accuracy": "x"}, ["metrics.json: accuracy is str, not an object"]),
     ("metrics.json", lambda metrics: None, ["metrics.json holds NoneType, not an object"]),
