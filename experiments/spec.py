@@ -94,7 +94,8 @@ def load_spec_file(path: Path, say: Callable[[str], None] = _stderr, replaced: C
     settings (`GridSpec.sources`). An old value name (`tune_set: fewshot`) is read as its new one, and `say` gets a
     line naming it."""
     if not path.is_file():
-        raise OptionError(f"grid file {path} does not exist")
+        found = "is a folder" if path.is_dir() else "does not exist"
+        raise OptionError(f"grid file {path} {found}; give a .yaml, .yml or .toml file")
     if path.suffix not in (".toml", ".yaml", ".yml"):  # before reading: a cache given as --config is binary
         raise OptionError(f"grid file {path}: expected a .yaml, .yml or .toml file")
     text = read_text(path, f"grid file {path}", OptionError)  # a leading BOM dropped: TOML refused it at 1:1

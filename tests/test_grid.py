@@ -81,6 +81,11 @@ def test_grid_files_give_the_same_axes_as_the_command_line(tmp_path: Path) -> No
     (tmp_path / "bad.yaml").write_text("method: zeroshot\n")
     with pytest.raises(OptionError, match="unknown keys method"):
         load_spec_file(tmp_path / "bad.yaml")
+    # a folder or a missing path given as the grid file is named as what it is, with the kinds of file accepted
+    (tmp_path / "folder.yaml").mkdir()
+    for name, found in (("folder.yaml", "is a folder"), ("absent.yaml", "does not exist")):
+        with pytest.raises(OptionError, match=f"grid file {tmp_path / name} {found}; give a .yaml, .yml or .toml"):
+            load_spec_file(tmp_path / name)
 
 
 def test_resume_skips_exactly_the_finished_runs(caches: dict[str, Path], tmp_path: Path) -> None:
