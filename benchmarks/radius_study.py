@@ -1,6 +1,7 @@
 """LatHAdapter's radius options compared on the project's synthetic hierarchy caches (`cache/synthetic.py`):
 base, novel and HM of base-to-novel (16 shots on the base half), mean ± std over seeds 1–3, for `radius = head,
-norm, kind`, and the share of test images on which `infer=euclid` and `infer=hyper` predict different classes.
+norm, kind`, and the share of test images on which `infer=euclid` and `infer=hyper` predict different classes; every
+other option at LatHAdapter's defaults of 2026-11-30, when it ran (lr 1e-3, λ_hier 0.1: `THEN`).
 
     python benchmarks/radius_study.py [--worlds 2] [--classes 40] [--out benchmarks/results/radius_study.json]
 
@@ -26,6 +27,9 @@ from lathadapter.experiments.run import RunConfig, run
 DATA = Path(__file__).parent / ".data"
 RADII = ("head", "norm", "kind")
 SEEDS = (1, 2, 3)
+# LatHAdapter's defaults of 2026-11-30, when the study ran (before the defaults study), given to every run whatever
+# `LatHAdapterOptions` says now, so that a rerun repeats the table.
+THEN = {"lr": 1e-3, "lambda_hier": 0.1}
 
 
 def world(index: int, classes: int) -> Path:
@@ -57,7 +61,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "radius_study.json")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; base-to-novel, 16 shots, seeds "
-          f"{','.join(map(str, SEEDS))}, {args.classes} classes, D = 128; LatHAdapter defaults except radius")
+          f"{','.join(map(str, SEEDS))}, {args.classes} classes, D = 128; LatHAdapter's defaults of 2026-11-30 "
+          f"({', '.join(f'{k}={v}' for k, v in THEN.items())}, the rest as today) except radius")
     rows = []
     for index in range(args.worlds):
         path = world(index, args.classes)
@@ -67,7 +72,7 @@ def main() -> None:
             runs = []
             for seed in SEEDS:
                 start = time.perf_counter()
-                config = RunConfig.create("lathadapter", 16, seed, "base", overrides={"radius": radius})
+                config = RunConfig.create("lathadapter", 16, seed, "base", overrides={**THEN, "radius": radius})
                 outcome = run(config, sets[seed])
                 accuracy = outcome.metrics["accuracy"]
                 runs.append({"seed": seed, "base": accuracy["base"], "novel": accuracy["novel"],
