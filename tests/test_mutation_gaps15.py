@@ -1,0 +1,229 @@
+"""Behaviours that a fifteenth mutation campaign (stop 29) found untested, in code no earlier campaign mutated (the
+command line's own parsing and printing, the results table's records and labels, the demo's pre-training recipe, the
+Ray backend's probe task): each test here fails on a mutant that the rest of the suite let pass, and checks the code
+against an independent oracle (a documented rule restated, click's own parsing, a hand-built input with a known
+answer, the committed model card)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from lathadapter import cli
+from lathadapter.cli import app, given_options, repeated_option
+from lathadapter.experiments.records import Results, ResultsError, distinct_slugs, records, slug
+
+COMMANDS = typer.main.get_command(app)
+
+# ------------------------------------------------------------------------------------------ the command line's parsing
+
+
+def test_nothing_after_a_double_dash_is_an_option() -> None:
+    """click's rule: `--` ends the options, so an `--method` after it is an argument, not the option given again."""
+    grid = COMMANDS.commands["grid"]
+    assert repeated_option(grid, ["--method", "lathadapter", "--", "--method", "tip-adapter"]) is None
+    assert "given twice" in repeated_option(grid, ["--method", "lathadapter", "--method", "tip-adapter"])
+
+
+def cluster_command() -> typer.core.TyperCommand:
+    """A command with short options: flags -a and -c, -b taking a value, and -m/--method taking a value."""
+    probe = typer.Typer()
+
+    @probe.command()
+    def x(a: bool = typer.Option(False, "-a"), b: str = typer.Option("", "-b"), c: bool = typer.Option(False, "-c"),
+          method: str = typer.Option("", "-m", "--method")) -> None:
+        """The command."""
+
+    return typer.main.get_command(probe)
+
+
+def test_a_short_option_taking_a_value_ends_its_cluster_as_click_reads_it() -> None:
+    """`-abc`: -a a flag, -b takes the rest (`c`) as its value; -c is not given. click's own parse is the oracle."""
+    command = cluster_command()
+    parsed = command.make_context("x", ["-abc"]).params
+    assert (parsed["a"], parsed["b"], parsed["c"]) == (True, "c", False)
+    assert {param.name: values for param, values in given_options(command, ["-abc"]).items()} == {
+        "a": ["on"], "b": ["c"]}
+
+
+def test_a_repeated_option_is_named_by_its_long_form() -> None:
+    """docs/usage.md's message names the option as `--method`, also when it was given as its short form."""
+    problem = repeated_option(cluster_command(), ["-m", "p", "--method", "q"])
+    assert problem is not None and problem.startswith("--method given twice (p, q)")
+
+
+def test_a_repeated_list_option_s_advice_lists_each_value_trimmed() -> None:
+    """`--shots "1, 2" --shots 4`: the advice gives the list as one comma-separated value, `--shots 1,2,4`."""
+    problem = repeated_option(COMMANDS.commands["grid"], ["--shots", "1, 2", "--shots", "4"])
+    assert problem is not None and problem.endswith("give several values comma-separated, --shots 1,2,4")
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(("value", "empty"), [(",1", True), ("1,", True), ("x", False)])
+def test_an_integer_list_with_an_empty_item_says_so(value: str, empty: bool) -> None:
+    """`--shots ,1`: two items, one empty, is named as an empty item; `x` is no empty item (exit 2 both)."""
+    code, output = run_cli("grid", "--shots", value)
+    assert code == 2 and f"--shots {value!r}: expected comma-separated integers" in output
+    assert ("(an empty item)" in output) == empty
+
+
+@pytest.mark.parametrize(("value", "problem"), [("", "give one or more values"),
+                                                ("lathadapter,,zeroshot", "an empty item")])
+def test_a_name_list_without_values_or_with_an_empty_item_says_which(value: str, problem: str) -> None:
+    code, output = run_cli("grid", "--method", value)
+    assert code == 2 and f"--method {value!r}: {problem}" in output
+
+
+def test_an_old_tune_set_name_is_read_as_its_new_one_with_a_note() -> None:
+    """`--tune-set fewshot` (its name before) is `subset`, with a note naming the new name; an unknown one refused."""
+    notes: list[str] = []
+    original = cli._note
+    try:
+        cli._note = notes.append
+        assert cli._choice("--tune-set", "fewshot") == "subset"
+    finally:
+        cli._note = original
+    assert len(notes) == 1 and "subset" in notes[0]
+
+
+# ------------------------------------------------------------------------------------------ write errors
+
+
+def test_a_missing_input_keeps_its_own_message_and_a_missing_folder_under_out_is_named(tmp_path: Path) -> None:
+    """ENOENT without a file name is a missing input (its own message); with a path under `--out`, a folder on the
+    path went missing: the line names `--out` and the fix."""
+    out = tmp_path / "grid"
+    assert cli._write_error(FileNotFoundError(errno.ENOENT, "No such file"), out) is None
+    message = cli._write_error(FileNotFoundError(errno.ENOENT, "No such file", str(out / "runs" / "x")), out)
+    assert message == (f"--out {out}: cannot write there: a folder on the path is missing or cannot hold new files; "
+                       "choose another --out")
+
+
+def test_a_hidden_lock_or_temporary_file_beside_out_and_a_parent_of_out_are_named_as_out(tmp_path: Path) -> None:
+    """A write fails at `.results.csv.lock` beside `results.csv`, or creating a folder above `--out`: both are the
+    user's `--out` (docs/usage.md: the error names the path given and the fix, not an internal file)."""
+    out = tmp_path / "a" / "results.csv"
+    for failed in (tmp_path / "a" / ".results.csv.lock", tmp_path / "a"):
+        message = cli._write_error(OSError(errno.ENOSPC, "No space left", str(failed)), out)
+        assert message is not None and message.startswith(f"--out {out}: cannot write there: no space left")
+    assert cli._write_error(OSError(errno.ENOSPC, "No space left", str(tmp_path / "b")), out) is None
+
+
+# ------------------------------------------------------------------------------------------ augmentation options
+
+
+def test_each_augmentation_option_given_alone_is_kept_and_the_others_keep_their_defaults() -> None:
+    """docs/data.md's defaults: crop scale 0.5–1, ratio 3/4–4/3, flip 0.5; `--flip 0` alone turns flips off and
+    `--crop-scale` alone sets the scale."""
+    assert cli._augmentation(None, None, None) is None
+    flip = cli._augmentation(None, None, 0.0)
+    assert (flip.flip, flip.crop_scale, flip.crop_ratio) == (0.0, (0.5, 1.0), (0.75, 4 / 3))
+    scale = cli._augmentation("0.2,0.9", None, None)
+    assert (scale.flip, scale.crop_scale, scale.crop_ratio) == (0.5, (0.2, 0.9), (0.75, 4 / 3))
+
+
+# ------------------------------------------------------------------------------------------ list
+
+
+def test_list_methods_says_which_train_and_which_cannot_score_novel_classes() -> None:
+    """Zero-shot trains nothing and scores any class; the linear probe trains and cannot score novel classes
+    (docs/usage.md: linear probe, CLAP, cross-modal, Tip-Adapter(-F), GDA, LP++, APE(-T) cannot)."""
+    code, output = run_cli("list", "methods")
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in output.splitlines()}
+    assert code == 0
+    assert rows["zeroshot"] == "training-free"
+    assert rows["linear-probe"] == "trained, cannot score novel classes"
+    assert rows["lathadapter"] == "trained"
+
+
+def test_only_list_options_takes_a_method() -> None:
+    code, output = run_cli("list", "methods", "lathadapter")
+    assert code == 2 and "only `list options` takes a method" in output
+
+
+def test_list_options_shows_bools_as_true_false_and_recipe_defaults_as_recipe() -> None:
+    """An option left to the training recipe shows `recipe`; a bool its default as `true`/`false`, its valid values
+    `true, false` (the spelling `--set` takes); a method without options says so."""
+    def rows(method: str) -> dict[str, list[str]]:
+        code, output = run_cli("list", "options", method)
+        assert code == 0
+        return {line.split()[0]: re.split(r"\s{2,}", line) for line in output.splitlines()[1:]}
+
+    assert rows("linear-probe")["epochs"][2] == "recipe"
+    bools = [row for row in rows("lathadapter").values() if row[1] == "bool"]
+    assert bools and all(row[2] in ("true", "false") and row[3] == "true, false" for row in bools)
+    code, output = run_cli("list", "options", "zeroshot")
+    assert code == 0 and output.startswith("zeroshot has no options")
+
+
+# ------------------------------------------------------------------------------------------ results records
+
+ROW = {"key": "k1", "dataset": "d", "fingerprint": "f" * 16, "method": "m", "shots": "4", "seed": "1",
+       "classes": "all", "text": "coop", "select": "last", "target": "", "acc_all": "50.0", "acc_base": "",
+       "acc_novel": ""}
+
+
+def read(*rows: dict[str, str]) -> list:
+    return records(Results(Path("results.csv"), [dict(ROW, **row) for row in rows], {}))
+
+
+def test_accuracies_are_percentages_from_0_to_100_inclusive() -> None:
+    assert [r.acc_all for r in read({"acc_all": "0"}, {"key": "k2", "seed": "2", "acc_all": "100"})] == [0.0, 100.0]
+    with pytest.raises(ResultsError, match="acc_all is 100.5, not a percentage in"):
+        read({"acc_all": "100.5"})
+
+
+def test_dataset_names_that_share_a_file_name_are_labelled_by_fingerprint() -> None:
+    """`a b` and `a|b` would write the same files: both are labelled with their fingerprint's first 8 hex digits."""
+    parsed = read({"dataset": "a b", "fingerprint": "1" * 16}, {"dataset": "a|b", "fingerprint": "2" * 16, "key": "k2"})
+    assert sorted(r.dataset for r in parsed) == ["a b (fp 11111111)", "a|b (fp 22222222)"]
+
+
+def test_a_slug_keeps_letters_digits_dots_and_dashes_and_trims_underscores() -> None:
+    assert slug("caltech101 (fp 1a2b3c4d)") == "caltech101_fp_1a2b3c4d"
+    assert slug("imagenet-v1.5") == "imagenet-v1.5"
+
+
+def test_names_sharing_a_slug_get_six_hex_digits_of_their_sha1() -> None:
+    def tail(name: str) -> str:
+        return hashlib.sha1(name.encode()).hexdigest()[:6]
+
+    assert distinct_slugs(["a b", "a|b", "c"]) == {"a b": f"a_b_{tail('a b')}", "a|b": f"a_b_{tail('a|b')}",
+                                                   "c": "c"}
+
+
+TUNED = {"opt.lr": "0.01", "tune.names": "lr", "tune.selected": "true", "tune.group": "g"}
+
+
+def test_a_kept_candidate_s_score_is_val_by_default_and_names_the_whole_val_split() -> None:
+    """A tuned row without `tune.score` was chosen by val accuracy (docs: the default); `tune.set=split` adds the
+    whole-split suffix."""
+    (plain,) = read(TUNED)
+    assert dict(plain.tuned)["tune.score"] == "val"
+    (split,) = read({**TUNED, "tune.score": "val_hm", "tune.set": "split"})
+    assert dict(split.tuned)["tune.score"] == "val_hm on the whole val split"
+
+
+def test_the_radius_order_diagnostic_is_a_share_in_percent() -> None:
+    """`order holds %`: 100 when the radius order holds, 0 when not."""
+    assert dict(read({"hier.radius_order": "True"})[0].hierarchy)["radius_order"] == 100.0
+
+
+def test_option_columns_are_settings_in_name_order() -> None:
+    (record,) = read({"opt.b": "1", "opt.a": "2"})
+    assert [name for name, _ in record.config.settings][-2:] == ["opt.a", "opt.b"]
+
+
+def test_one_seed_of_one_configuration_on_two_targets_is_two_cells() -> None:
+    """A transfer run has one row per target: the same seed on targets x and y is no seed counted twice."""
+    assert len(read({"target": "x", "acc_all": "40"}, {"target": "y", "acc_all": "30"})) == 2
