@@ -16,8 +16,14 @@ import typer
 from typer.testing import CliRunner
 
 from lathadapter import cli
+from lathadapter.adapter.options import OptionError
 from lathadapter.cli import app, given_options, repeated_option
-from lathadapter.experiments.records import Results, ResultsError, distinct_slugs, records, slug
+from lathadapter.demo.pretrain import PretrainSettings, train_arguments
+from lathadapter.experiments import ray_backend
+from lathadapter.experiments.cells import Cell
+from lathadapter.experiments.records import Results, ResultsError, distinct_slugs, percent, records, slug
+from lathadapter.experiments.report_tables import Chosen, Table, _markdown_row
+from lathadapter.experiments.trained import load
 
 COMMANDS = typer.main.get_command(app)
 
@@ -224,6 +230,106 @@ def test_option_columns_are_settings_in_name_order() -> None:
     assert [name for name, _ in record.config.settings][-2:] == ["opt.a", "opt.b"]
 
 
-def test_one_seed_of_one_configuration_on_two_targets_is_two_cells() -> None:
-    """A transfer run has one row per target: the same seed on targets x and y is no seed counted twice."""
-    assert len(read({"target": "x", "acc_all": "40"}, {"target": "y", "acc_all": "30"})) == 2
+
+def test_a_tuning_setting_a_row_lacks_is_the_saved_default_for_a_tuning_candidate_only() -> None:
+    """A table without `tune.score` read beside one that has it: a tuning candidate's run was scored by `val` (the
+    default before the column existed), a run without tuning has no score (empty)."""
+    columns = ["text", "select", "train_views", "tune.score"]
+    plain = records(Results(Path("results.csv"), [dict(ROW)], {}), columns)[0]
+    tuned = records(Results(Path("results.csv"), [dict(ROW, **TUNED)], {}), columns)[0]
+    assert dict(plain.config.settings)["tune.score"] == ""
+    assert dict(tuned.config.settings)["tune.score"] == "val"
+
+
+def test_a_tuned_option_is_read_from_the_method_s_own_scoped_column_first() -> None:
+    """`opt.m.lr` names method m's lr; an unscoped `opt.lr` beside it (another method's grid) is not m's choice."""
+    (record,) = read({**TUNED, "opt.m.lr": "0.1", "opt.lr": "0.5"})
+    assert ("lr", "0.1") in record.tuned
+
+
+def test_an_accuracy_prints_with_two_decimals() -> None:
+    assert (percent(81.25), percent(7.0), percent(None)) == ("81.25%", "7.00%", "n/a")
+
+
+# ------------------------------------------------------------------------------------------ report tables
+
+
+def choice(value: str, edge: str = "") -> tuple:
+    return (("lr", value), ("tune.score", "val")) + ((("tune.edge", edge),) if edge else ())
+
+
+def test_a_tuned_cell_names_its_choices_their_seed_counts_and_edge_marks() -> None:
+    """docs/usage.md: a choice on the highest value tried is marked ▲, on the lowest ▼; seeds that chose differently
+    are counted (`×n`), one choice alone is shown as it is; no choice is `—` in markdown and empty in the CSV."""
+    assert Chosen((choice("0.1", "high"),) * 2).text() == "lr=0.1 ▲"
+    assert Chosen((choice("0.1"), choice("0.1"), choice("0.01", "low"))).text() == "lr=0.1 ×2, lr=0.01 ▼ ×1"
+    assert (Chosen().text(), Chosen().numbers()) == ("—", [""])
+
+
+def test_a_bar_in_a_markdown_cell_is_escaped() -> None:
+    assert _markdown_row(["a|b", "c"]) == "| a\\|b | c |"
+
+
+def test_a_cell_without_a_mean_is_not_marked_as_resting_on_fewer_seeds() -> None:
+    """`(n=k)` marks a mean over fewer seeds than the fullest cell; `n/a` is no mean, so it carries no mark."""
+    table = Table("t", "T", ["method"], ["a", "b"], [(["m"], [Cell(mean=50.0, std=1.0, n=3), Cell(n=2)])])
+    row = table.markdown().splitlines()[-1]
+    assert "(n=2)" not in row and row.endswith(f"| {Cell(n=2).text()} |")
+
+
+# ------------------------------------------------------------------------------------------ loading a run
+
+
+def test_load_refuses_a_run_dir_of_none_and_a_single_target_path() -> None:
+    """`load`'s path arguments are checked first (a clear OptionError, not pathlib's TypeError); one target path
+    given alone, not in a list, is refused (it was read letter by letter)."""
+    with pytest.raises(OptionError, match="run_dir=None: expected a path"):
+        load(None)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="targets='t.h5': expected a list of target cache paths"):
+        load("runs/x", targets="t.h5")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------ the demo's pre-training
+
+
+def test_the_pretraining_defaults_are_the_committed_checkpoint_s_recipe() -> None:
+    """demo/assets/MODEL_CARD.md: 20000 images (corpus seed 0), 5 epochs, batch 64, AdamW lr 0.001, weight decay
+    0.1, 100 warm-up steps, seed 0, 1 torch thread; open_clip_train gets those values."""
+    settings = PretrainSettings()
+    assert (settings.corpus_size, settings.corpus_seed, settings.epochs, settings.batch_size, settings.lr,
+            settings.wd, settings.warmup, settings.seed, settings.threads) == (20000, 0, 5, 64, 1e-3, 0.1, 100, 0, 1)
+    arguments = train_arguments(settings, Path("corpus.tsv"), Path("logs"))
+    given = dict(zip(arguments[::2], arguments[1::2], strict=False))
+    assert {flag: float(given[flag]) for flag in ("--epochs", "--batch-size", "--lr", "--wd", "--warmup", "--seed")
+            } == {"--epochs": 5, "--batch-size": 64, "--lr": 1e-3, "--wd": 0.1, "--warmup": 100, "--seed": 0}
+
+
+# ------------------------------------------------------------------------------------------ the Ray probe
+
+
+def test_the_ray_probe_task_asks_no_cpu(tmp_path: Path) -> None:
+    """docs/usage.md: the one task that checks the shared storage asks no CPU, so it runs at once on a cluster whose
+    CPUs other work holds (one CPU would queue it behind that work)."""
+    asked: list[dict] = []
+
+    class Remote:
+        def options(self, **resources: object) -> Remote:
+            asked.append(resources)
+            return self
+
+        def remote(self, *args: object) -> list[str]:
+            return []  # the probe found no problem
+
+    class FakeRay:
+        exceptions = type("exceptions", (), {"RayTaskError": type("RayTaskError", (Exception,), {})})
+
+        @staticmethod
+        def remote(function: object) -> Remote:
+            return Remote()
+
+        @staticmethod
+        def get(result: list[str]) -> list[str]:
+            return result
+
+    ray_backend.check_shared(FakeRay, [], tmp_path)
+    assert asked == [{"num_cpus": 0}]
