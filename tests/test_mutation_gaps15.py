@@ -16,6 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from lathadapter import cli
+from lathadapter.adapter.catalog import make_options
 from lathadapter.adapter.options import OptionError
 from lathadapter.cli import app, given_options, repeated_option
 from lathadapter.demo.pretrain import PretrainSettings, train_arguments
@@ -23,7 +24,7 @@ from lathadapter.experiments import ray_backend
 from lathadapter.experiments.cells import Cell
 from lathadapter.experiments.records import Results, ResultsError, distinct_slugs, percent, records, slug
 from lathadapter.experiments.report_tables import Chosen, Table, _markdown_row
-from lathadapter.experiments.trained import load
+from lathadapter.experiments.trained import check_per_class_out, load
 
 COMMANDS = typer.main.get_command(app)
 
@@ -288,6 +289,25 @@ def test_load_refuses_a_run_dir_of_none_and_a_single_target_path() -> None:
     with pytest.raises(OptionError, match="targets='t.h5': expected a list of target cache paths"):
         load("runs/x", targets="t.h5")  # type: ignore[arg-type]
 
+
+
+def test_a_per_class_csv_written_before_the_target_column_may_be_replaced(tmp_path: Path) -> None:
+    """`inspect --out` replaces a per-class CSV of its own, also one of the six columns it had before `target`; any
+    other file is refused."""
+    old = tmp_path / "old.csv"
+    old.write_text("classes,label,class,correct,count,accuracy\nall,0,cat,3,4,75.0000\n")
+    check_per_class_out(old)
+    other = tmp_path / "metrics.csv"
+    other.write_text("key,dataset\n")
+    with pytest.raises(OptionError, match="--out"):
+        check_per_class_out(other)
+
+
+def test_a_method_name_that_is_no_string_is_an_unknown_method() -> None:
+    """A Python caller's `make_options(["lathadapter"])` is a clear OptionError naming the valid methods, not a
+    TypeError from a dictionary lookup."""
+    with pytest.raises(OptionError, match="unknown method \\['lathadapter'\\]; valid methods: "):
+        make_options(["lathadapter"])  # type: ignore[arg-type]
 
 # ------------------------------------------------------------------------------------------ the demo's pre-training
 
