@@ -679,7 +679,13 @@ def grid(
     try:
         execution = Execution.parse(device, threads, workers, backend, address, chunk_size, gpus_per_chunk,
                                     batch_runs, trainers)
-        axes: dict = load_spec_file(config) if config else {}  # checked there, as the command line's below
+        set_axes, tuned = parse_assignments(set_), parse_tune(tune)
+        given = {"caches": cache, "methods": method, "shots": shots, "seeds": seeds, "classes": classes, "text": text,
+                 "train_views": train_views, "select": select, "tune_preset": tune_preset, "tune_score": tune_score,
+                 "tune_set": tune_set}
+        replaced = ({key for key, value in given.items() if value not in (None, [])} | {f"options.{name}" for name in
+                    set_axes} | {f"tune.{name}" for name in tuned})  # the file's keys the run never reads
+        axes: dict = load_spec_file(config, replaced=replaced) if config else {}  # checked there, as flags below
         for key, option, value, example in (("methods", "--method", method, "zeroshot,lathadapter"),
                                             ("classes", "--classes", classes, "all,base"),
                                             ("text", "--text", text, "coop,ensemble"),
@@ -694,8 +700,8 @@ def grid(
             axes["shots"] = _int_list("--shots", shots)
         if seeds is not None:
             axes["seeds"] = _seeds("--seeds", seeds)
-        override(axes, "options", parse_assignments(set_))
-        override(axes, "tune", parse_tune(tune))
+        override(axes, "options", set_axes)
+        override(axes, "tune", tuned)
         if tune_preset is not None:  # `none` is None: no preset, over a grid file's too
             axes["tune_preset"] = parse_preset(tune_preset)
             axes.get("sources", {}).pop("tune_preset", None)

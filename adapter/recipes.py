@@ -110,18 +110,15 @@ SCHEDULE_READS = {"cosine-step": (), "cosine-epoch": ("lr", "warmup_epochs", "wa
 OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}
 
 
-def unread_options(given: dict[str, Any], recipe: TrainRecipe) -> str | None:
-    """What to say when training options the user set (`given`, by name) are fields `recipe` does not read: they
-    change the run's key and its records but not its training. None when every one is read. Of the training options
-    (`TRAINING_NAMES`) only `eps` is read by some optimisers and not others; every schedule reads those it reads."""
-    unread = {name: value for name, value in given.items() if name in TRAINING_NAMES and name not in recipe.reads()}
-    if not unread:
-        return None
+def unread_options(given: dict[str, Any], recipe: TrainRecipe) -> list[str]:
+    """What to say, a sentence per option, of the training options the user set (`given`, by name) that `recipe` does
+    not read: they change the run's key and its records but not its training. Each names the option, not its value,
+    so that a grid says it once whatever values it sweeps. Of the training options (`TRAINING_NAMES`) only `eps` is
+    read by some optimisers and not others; every schedule reads those it reads."""
     optimizer = OPTIMIZER_NAMES[recipe.optimizer]
-    values = ", ".join(f"{name}={value!r}" for name, value in unread.items())
-    return (f"trains with {optimizer} and the {recipe.schedule} schedule: {values} "
-            f"{'has' if len(unread) == 1 else 'have'} no effect there ({optimizer} reads "
-            f"{', '.join(OPTIMIZER_READS[recipe.optimizer])})")
+    return [f"trains with {optimizer} and the {recipe.schedule} schedule: {name} has no effect there ({optimizer} "
+            f"reads {', '.join(OPTIMIZER_READS[recipe.optimizer])})"
+            for name in given if name in TRAINING_NAMES and name not in recipe.reads()]
 
 
 def build_optimizer(groups: list[tuple[list[torch.nn.Parameter], TrainRecipe]]) -> torch.optim.Optimizer:

@@ -647,6 +647,15 @@ def _check_room(f: h5py.File, temporary: Path, out: Path) -> None:
                          "another --out")
 
 
+def _failed_write(code: int, temporary: Path, out: Path) -> BuildError:
+    """The error of a build whose write failed for `WRITE_FAILURES[code]`, noted for `write_failed` (the hooks stay:
+    h5py frees the failed ids up to the process's end)."""
+    _FAILED_WRITES.append(temporary)
+    return BuildError(f"{out}: {os.strerror(code).lower()} in {out.parent} while writing the cache; what was written "
+                      f"is kept in {temporary}: {WRITE_FAILURES[code]} and rerun the same command (it resumes from "
+                      "that file where it is readable), or choose another --out")
+
+
 def _close(f: h5py.File | None, flush: bool) -> None:
     """Close the build's file; after a failed write without flushing (a second flush crashed h5py)."""
     if f is None or not f.id.valid:
@@ -807,14 +816,18 @@ def build(
             if code is None:
                 raise
             written = True
-            _FAILED_WRITES.append(temporary)  # the hooks stay: h5py frees the failed ids up to the process's end
-            raise BuildError(f"{out}: {os.strerror(code).lower()} in {out.parent} while writing the cache; what was "
-                             f"written is kept in {temporary}: {WRITE_FAILURES[code]} and rerun the same command (it "
-                             "resumes from that file where it is readable), or choose another --out") from None
+            raise _failed_write(code, temporary, out) from None
         finally:
-            _close(f, flush=not written)
-            if not written:
-                lost.uninstall()
+            try:
+                _close(f, flush=not written)
+            except (OSError, RuntimeError) as error:  # the last flush, after another error (no room to encode)
+                if (code := write_failure(error)) is None:
+                    raise
+                written = True
+                raise _failed_write(code, temporary, out) from None  # this error replaces that one
+            finally:
+                if not written:
+                    lost.uninstall()
     if stats.skipped:
         say(f"skipped {stats.skipped} unreadable image{'s' if stats.skipped != 1 else ''} (listed in the cache's "
             "`skipped`; left out of every subset and split)")

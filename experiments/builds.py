@@ -21,7 +21,8 @@ def _stderr(message: str) -> None:
 
 
 def _build_one(dataset: str, options: dict) -> tuple[str, str, str]:
-    """Build one dataset's cache (resumable, as `cache build`); returns (dataset, path, status)."""
+    """Build one dataset's cache (resumable, as `cache build`); returns (dataset, path, status), the path as the
+    options give it."""
     result = build(dataset=dataset, **options)
     return dataset, str(result.path), result.status
 
@@ -57,13 +58,16 @@ def cache_paths(datasets: list[str], out: Path) -> dict[str, Path]:
 
 
 def for_workers(dataset: str, options: dict) -> tuple[str, dict]:
-    """`dataset` and build `options` as a Ray task needs them: the paths in them (a `split:` or `folder:` dataset, a
-    `--model` config file, a `--pretrained` checkpoint file) absolute, for a task runs in its node's folder, not the
-    command's. Names and tags are left as they are; absolute paths change no fingerprint (`cache.encode`)."""
+    """`dataset` and build `options` as a Ray task needs them: the paths in them (a `split:` or `folder:` dataset, the
+    cache's `out`, a `--model` config file, a `--pretrained` checkpoint file) absolute, for a task runs in its node's
+    folder, not the command's. Names and tags are left as they are; absolute paths change no fingerprint
+    (`cache.encode`)."""
     for kind in ("split:", "folder:"):
         if dataset.startswith(kind):
             dataset = kind + os.path.abspath(dataset.removeprefix(kind))
     options = dict(options)
+    if options.get("out") is not None:
+        options["out"] = os.path.abspath(options["out"])
     for key in ("model", "pretrained"):
         value = options.get(key)
         if isinstance(value, str) and (Path(value).is_file() or value.endswith(".json")):
@@ -75,7 +79,8 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
                init_options: dict | None = None, **build_options: Any) -> list[tuple[str, str, str]]:
     """Build `out/<name>.h5` for each dataset (`cache_paths`): one after another (local), or one Ray task each (ray;
     a whole GPU each when the cluster has GPUs). Each build resumes as `cache build` does; failures are reported
-    together, after the other builds finished."""
+    together, after the other builds finished. Returns (dataset, path, status) for each cache built, its path as
+    `out` gives it (a relative `out` stays relative, as `cache build` prints it; a task is sent it absolute)."""
     if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")
     if not datasets:
@@ -88,7 +93,7 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
 
     def options(dataset: str) -> dict:  # the root only to the datasets that read it: no build warns it is unread
         return {**build_options, "root": None if root is None or not reads_root(dataset) else str(Path(root).resolve()),
-                "out": str(paths[dataset].resolve())}
+                "out": str(paths[dataset])}
 
     results, problems = [], []
     say = build_options.get("log")  # this process's: a local build's lines follow a line naming its dataset
@@ -115,12 +120,12 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
                 dataset = refs.pop(ref)
                 said: list[str] = []
                 try:
-                    path, status, messages, said, failure = ray.get(ref)
+                    _, status, messages, said, failure = ray.get(ref)  # its path: the absolute one sent
                     show_relayed(messages, shown)
                 except ray.exceptions.RayError as error:  # the task did not return: its worker died, ...
                     failure = str(getattr(error, "cause", None) or error)
                 if failure is None:
-                    built[dataset] = (dataset, path, status)  # named as given
+                    built[dataset] = (dataset, str(paths[dataset]), status)  # named as given, not as the task
                     line = f"{dataset}: {status}"
                 else:
                     problems.append(f"{dataset}: {failure}")

@@ -9,7 +9,7 @@ import dataclasses
 import itertools
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,13 +83,16 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str, Any]:
+def load_spec_file(path: Path, say: Callable[[str], None] = _stderr, replaced: Collection[str] = ()
+                   ) -> dict[str, Any]:
     """Read grid axes from a YAML or TOML file (keys as the CLI options: caches, methods, shots, seeds, options...),
     each checked as the command line checks the same values (lists not empty, each value once, shots and seeds
     integers; option values read as the text `--set` would give, so `1` is true for a boolean as `--set NAME=1` is);
-    errors name the file and the key. `sources` records the file's option and tuned axes and its tuning settings
-    (`GridSpec.sources`). An old value name (`tune_set: fewshot`) is read as its new one, and `say` gets a line naming
-    it."""
+    errors name the file and the key. `replaced`: the keys the command line gives instead (`methods`, `tune_set`...;
+    `options.NAME`, `tune.NAME` name by name), left out unread and unchecked, as the run never reads them; the file's
+    syntax and key names are checked whole. `sources` records the file's option and tuned axes and its tuning
+    settings (`GridSpec.sources`). An old value name (`tune_set: fewshot`) is read as its new one, and `say` gets a
+    line naming it."""
     if not path.is_file():
         raise OptionError(f"grid file {path} does not exist")
     if path.suffix not in (".toml", ".yaml", ".yml"):  # before reading: a cache given as --config is binary
@@ -111,6 +114,7 @@ def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str
             f"grid file {path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(valid))}"
         )
     where = f"grid file {path}"
+    data = {key: value for key, value in data.items() if key not in replaced}
     spec: dict[str, Any] = {key: _file_axis(where, key, value) for key, value in data.items() if key in LIST_AXES}
     sources: dict[str, str] = {}
     for key in ("options", "tune"):
@@ -119,7 +123,8 @@ def load_spec_file(path: Path, say: Callable[[str], None] = _stderr) -> dict[str
             raise OptionError(f"grid file {path}: {key} must be a mapping of [METHOD.]OPTION to values; "
                               f"got a {type(values).__name__}")
         if key in data:
-            spec[key] = {str(k): _file_values(where, f"{key} {k}", v) for k, v in values.items()}
+            spec[key] = {str(k): _file_values(where, f"{key} {k}", v) for k, v in values.items()
+                         if f"{key}.{k}" not in replaced}
             sources.update({f"{key}.{k}": str(path) for k in spec[key]})
     spec.setdefault("options", {})
     spec["sources"] = sources

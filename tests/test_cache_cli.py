@@ -425,6 +425,27 @@ def test_build_many_names_caches_as_cache_build_does_and_refuses_two_on_one_file
         assert not (tmp_path / "bm2").exists()  # refused before building anything
 
 
+def test_build_many_prints_each_cache_as_out_gives_it_as_cache_build_does(coop_dataset, tiny_clip, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each built cache is printed as `DATASET: OUT/NAME.h5: STATUS` with OUT as typed: a relative `--out` stays
+    relative (it was printed absolute), as `cache build` prints its `--out`; an absolute one stays absolute."""
+    monkeypatch.chdir(tmp_path)
+    dataset = f"split:{coop_dataset.split_file}"
+    common = ["--dataset", dataset, "--model", str(tiny_clip.config), "--pretrained", str(tiny_clip.checkpoint),
+              "--shots", "1", "--seeds", "1", "--views", "1", "--device", "cpu"]
+    result = runner.invoke(app, ["cache", "build-many", *common, "--out", "caches"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == f"{dataset}: caches/Shapes.h5: built", result.output
+    assert (tmp_path / "caches" / "Shapes.h5").is_file()
+    result = runner.invoke(app, ["cache", "build", *common, "--workers", "0", "--no-progress", "--out",
+                                 "caches/Shapes.h5"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "caches/Shapes.h5: up to date", result.output
+    result = runner.invoke(app, ["cache", "build-many", *common, "--out", str(tmp_path / "caches")])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == f"{dataset}: {tmp_path}/caches/Shapes.h5: up to date", result.output
+
+
 def test_a_root_that_no_dataset_reads_is_a_warning(built: Path, coop_dataset, tiny_clip, tmp_path: Path) -> None:
     """`--root` with a `split:`/`folder:` dataset was ignored silently; `build-many` warns once, and only when none of
     its datasets reads the root (a named one beside them does)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_rows
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -382,6 +383,47 @@ def test_grid_file_values_are_checked_as_the_command_line_checks_them(caches: di
     assert "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].startswith(f"error: grid file {config}: {message}"), result.output
     assert not (tmp_path / "out").exists()  # no lock, no results.csv
+
+
+# Each key of a grid file with a value it refuses when read (GRID_FILE_MISTAKES), the flag that replaces it, and the
+# results column (or the line of the output) that shows the flag's value ran: (key: bad value, flags, column, value).
+REPLACED_KEYS = [
+    ("caches: []", ["--cache", "SOURCE"], "dataset", "source"),
+    ("methods: [tip-adapter, lathadaptr]", ["--method", "tip-adapter"], "method", "tip-adapter"),
+    ("shots: [1.5]", ["--shots", "2"], "shots", "2"),
+    ("seeds: [-1]", ["--seeds", "2"], "seed", "2"),
+    ("classes: [novel]", ["--classes", "base"], "classes", "base"),
+    ("text: [clip]", ["--text", "ensemble"], "text", "ensemble"),
+    ("select: [best]", ["--select", "val"], "select", "val"),
+    ("train_views: [1]", ["--train-views", "all"], "train_views", "all"),
+    ("options: {alpha: [abc]}", ["--set", "alpha=2"], "opt.tip-adapter.alpha", "2.0"),
+    ("tune: {alpha: []}", ["--tune", "alpha=1,2"], "tune.names", "alpha"),
+    ("tune_preset: bogus", ["--tune-preset", "none"], "method", "tip-adapter"),
+    ("tune_score: bogus", ["--tune-score", "auto"], "method", "tip-adapter"),
+    ("tune_set: bogus", ["--tune-set", "subset"], "method", "tip-adapter"),
+]
+
+
+@pytest.mark.parametrize(("line", "flags", "column", "value"), REPLACED_KEYS,
+                         ids=[line.split(":")[0] for line, *_ in REPLACED_KEYS])
+def test_a_grid_file_key_a_flag_replaces_is_not_read(caches: dict[str, Path], tmp_path: Path, line: str,
+                                                     flags: list[str], column: str, value: str) -> None:
+    """docs/usage.md: a flag replaces the file's key (an option or tuned axis name by name), which the grid then
+    never reads, so its value is not checked either; the same file without the flag is refused, naming the key."""
+    keys = {"caches": f"caches: [{caches['source']}]", "methods": "methods: [tip-adapter]", "shots": "shots: [1]",
+            "seeds": "seeds: [1]"}
+    key = line.split(":")[0]
+    config = tmp_path / "g.yaml"
+    config.write_text("\n".join([*(text for name, text in keys.items() if name != key), line]) + "\n")
+    command = ["grid", "--config", str(config), "--device", "cpu"]
+    refused = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "refused")])
+    assert refused.exit_code == 2 and f"error: grid file {config}: {key}" in refused.output, refused.output
+    flags = [str(caches["source"]) if flag == "SOURCE" else flag for flag in flags]
+    result = CliRunner().invoke(app, [*command, *flags, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "warning:" not in result.output and "error:" not in result.output, result.output
+    rows = read_rows(tmp_path / "out")
+    assert rows and {row[column] for row in rows} == {value}, rows
 
 
 def test_grid_file_values_mean_what_they_mean_on_the_command_line(tmp_path: Path) -> None:

@@ -181,6 +181,29 @@ def test_a_full_disk_during_a_build_keeps_the_temporary_file_and_says_so(coop_da
     assert "resuming the interrupted build" in resumed.output and f"{out}: resumed" in resumed.output
 
 
+def test_a_disk_too_full_to_start_whose_last_flush_fails_too_ends_in_the_full_disk_line(
+        coop_dataset, tiny_clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk is one line naming the cache and the full disk, exit 1 (usage.md, "Interrupts, errors and exit
+    codes"). On a 40 KiB tmpfs the build was refused for room before encoding, and the file's last flush then failed
+    on the same full disk: that h5py error replaced the refusal and the build's hooks, left installed, swallowed it
+    (exit 1 with no line at all)."""
+    out = tmp_path / "shapes.h5"
+
+    def no_room(f, temporary, out):
+        raise build_module.BuildError(f"{out}: not enough free space in {out.parent}")
+
+    def full(self):
+        raise RuntimeError("Unable to flush file (file write failed: ..., errno = 28, error message = 'No space left "
+                           "on device', ...)")
+
+    monkeypatch.setattr(build_module, "_check_room", no_room)
+    monkeypatch.setattr(h5py.File, "flush", full)
+    result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, out))
+    assert result.exit_code == 1
+    one_error_line(result, str(out), "no space left on device", f"{out}.tmp", "rerun the same command")
+    assert not out.exists()
+
+
 def test_rows_whose_write_was_lost_are_never_moved_into_place_as_a_complete_cache(
         coop_dataset, tiny_clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """h5py drops the error of a write HDF5 buffered and flushed when the dataset closed: on a full tmpfs a build

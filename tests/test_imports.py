@@ -1,5 +1,6 @@
 """The package's import graph (read with ast, every import statement, also inside functions) has no circles and
-runs downward only: cli → experiments → adapter → kernels, and → cache.store (docs/architecture.md)."""
+runs downward only: cli → experiments → adapter → kernels, and → cache.store; demo/ below cli alone
+(docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ ALLOWED = {
     # experiments/spec.py reads grid files as the build reads its text files (cache.text, a leaf)
     "experiments": {"experiments", "adapter", "kernels", "version", "cache.store", "cache.build", "cache.datasets",
                     "cache.text", "progress"},
+    # the demo builds a cache and runs a grid: below cli.py alone, which nothing else may import it under
+    "demo": {"demo", "adapter", "experiments", "version", "cache.build", "cache.encode", "cache.store"},
 }
 
 # experiments/ by job, lowest first: a module may import only modules of a lower rank (tests below)
@@ -116,7 +119,7 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
     found = []
     for source, targets in sorted(graph.items()):
         allowed = ALLOWED.get(layer(source))
-        if allowed is None:  # the package root, cli and demo sit on top and may import anything
+        if allowed is None:  # the package root and cli sit on top and may import anything
             continue
         for target in sorted(targets):
             inner = target.removeprefix("lathadapter.")
@@ -149,6 +152,30 @@ def test_the_package_has_no_import_cycle(graph: dict[str, set[str]]) -> None:
 
 def test_imports_run_downward_only(graph: dict[str, set[str]]) -> None:
     assert violations(graph) == []
+
+
+def demo_importers(graph: dict[str, set[str]]) -> list[str]:
+    """Modules outside demo/ but cli.py that import a demo/ module: the demo sits below the command alone, so not
+    even the package root (which `violations` leaves free) may."""
+    return [f"{source} imports {target}" for source, targets in sorted(graph.items())
+            if layer(source) not in ("demo", "cli") for target in sorted(targets) if layer(target) == "demo"]
+
+
+def test_the_demo_checks_find_its_importers_and_its_upward_imports() -> None:
+    graph = {"lathadapter": {"lathadapter.demo"}, "lathadapter.cli": {"lathadapter.demo.pipeline"},
+             "lathadapter.demo.pipeline": {"lathadapter.cli", "lathadapter.cache.build", "lathadapter.cache.text",
+                                           "lathadapter.experiments.launch", "lathadapter.demo.model"},
+             "lathadapter.demo.model": set(), "lathadapter.experiments.plots": {"lathadapter.demo.model"}}
+    assert demo_importers(graph) == ["lathadapter imports lathadapter.demo",
+                                     "lathadapter.experiments.plots imports lathadapter.demo.model"]
+    assert violations(graph) == ["lathadapter.demo.pipeline imports lathadapter.cache.text",
+                                 "lathadapter.demo.pipeline imports lathadapter.cli",
+                                 "lathadapter.experiments.plots imports lathadapter.demo.model"]
+
+
+def test_only_the_command_imports_the_demo(graph: dict[str, set[str]]) -> None:
+    assert any(layer(source) == "demo" for source in graph)  # the checks above see the demo's modules
+    assert demo_importers(graph) == []
 
 
 def experiment_violations(graph: dict[str, set[str]], ranks: dict[str, int]) -> list[str]:

@@ -246,6 +246,7 @@ def test_a_ray_build_task_gets_its_dataset_and_checkpoint_paths_absolute(tmp_pat
         assert dataset == f"{kind}{tmp_path / 'data' / 'x'}"
         assert options == {"model": "ViT-B-16", "pretrained": str(tmp_path / "ckpt.pt")}
     assert for_workers("dtd", {"pretrained": "openai"}) == ("dtd", {"pretrained": "openai"})
+    assert for_workers("dtd", {"out": "caches/dtd.h5"}) == ("dtd", {"out": str(tmp_path / "caches" / "dtd.h5")})
 
 
 # ------------------------------------------------------------------------------------------ a resumed build

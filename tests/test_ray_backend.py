@@ -274,7 +274,7 @@ def test_build_many_builds_one_cache_per_dataset_on_ray(cluster, coop_dataset, t
     [(name, path, status)] = results
     assert lines == [f"{dataset}: built (1/1 builds ended)"]  # the driver's progress: a line as each build ends
     # named as `cache build` names it: split_zhou_Shapes.json holds the dataset Shapes
-    assert name == dataset and Path(path) == (tmp_path / "caches" / "Shapes.h5").resolve()
+    assert (name, path) == (dataset, str(tmp_path / "caches" / "Shapes.h5"))  # the path as `out` gives it
     with CacheReader(path) as reader:
         assert reader.info().subsets == [(1, 1)]
     # Resumable as `cache build`: the local backend finds it complete.
@@ -287,13 +287,15 @@ def test_build_many_on_ray_finds_paths_given_relative_to_the_command(cluster, co
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A `split:` dataset, a `--model` config and a `--pretrained` checkpoint given relative to the command's folder
     are found by Ray workers started elsewhere (a cluster's nodes: here the workers of the cluster this process
-    started before changing folder); they were sent to them as given. The result names the dataset as given."""
+    started before changing folder); they were sent to them as given. The result names the dataset and the cache as
+    given (a relative path stays relative, as `cache build` prints it)."""
     monkeypatch.chdir(tmp_path)
     dataset = f"split:{os.path.relpath(coop_dataset.split_file)}"
     options = dict(root=None, model=os.path.relpath(tiny_clip.config), pretrained=os.path.relpath(tiny_clip.checkpoint),
                    shots=[1], seeds=[1], views=1, device="cpu", val="subset", workers=0)
     [(name, path, status)] = build_many([dataset], Path("caches"), "ray", **options)
-    assert (name, Path(path), status) == (dataset, tmp_path / "caches" / "Shapes.h5", "built")
+    assert (name, path, status) == (dataset, "caches/Shapes.h5", "built")
+    assert (tmp_path / "caches" / "Shapes.h5").is_file()
     # the same cache as a local build of the same relative arguments: nothing to rebuild
     [(_, _, again)] = build_many([dataset], Path("caches"), "local", **options)
     assert again == "up to date"
@@ -368,7 +370,7 @@ def test_a_ray_grid_says_on_stderr_only_its_own_lines(cache: Path, tmp_path: Pat
     warned = [line for line in lines if line.startswith("warning: ")]
     assert warned.count("warning: --gpus-per-chunk 0.5 has no effect: the Ray cluster has no GPU, chunk tasks train "
                         "on the CPU") == 1, done.stderr
-    assert any(line.startswith("warning: clip-adapter (recipe=official) trains with SGD") and "eps=1e-06" in line
+    assert any(line.startswith("warning: clip-adapter (recipe=official) trains with SGD") and " eps has no" in line
                for line in warned), done.stderr
 
 

@@ -1,5 +1,6 @@
 """A training option the run's recipe does not read (as `eps` under SGD) is said so, once, with a warning: the table
-of what each optimiser and schedule reads (`recipes.TrainRecipe.reads`) held against what training does."""
+of what each optimiser and schedule reads (`recipes.TrainRecipe.reads`) held against what training does. The warning
+names the option, not its value: a grid says it in one line whatever values it sweeps (docs/usage.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from lathadapter.cache.store import FewShotData
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 
-UNUSED = "eps=1e-06 has no effect there (SGD reads lr, momentum, weight_decay)"
+UNUSED = "eps has no effect there (SGD reads lr, momentum, weight_decay)"
 QUICK = ["--set", "epochs=1", "--set", "min_steps=2", "--device", "cpu"]
 
 # A recipe whose every field matters where it is read (12 samples: 3 batches of 5 an epoch, 2 without the last), and
@@ -104,14 +105,27 @@ def test_fit_says_once_that_eps_does_nothing_under_sgd(cache: Path, tmp_path: Pa
     assert "warning" not in result.output  # the shared recipe trains with AdamW
 
 
-def test_a_grid_says_it_once_not_once_a_run(cache: Path, tmp_path: Path) -> None:
+# One line per method and option that changes nothing in the grid's training, whatever values the grid gives it
+# (restated from docs/usage.md): at the default λ_hier = 0, LatHAdapter's `hier` and `cone_k`, and clip-adapter's
+# `eps` under its official recipe's SGD (LatHAdapter's AdamW reads `eps`).
+SWEEP_WARNINGS = sorted([
+    "warning: clip-adapter (recipe=official) trains with SGD and the cosine-epoch schedule: " + UNUSED,
+    "warning: lathadapter: lambda_hier=0 turns the hierarchy term off, so hier changes nothing in training; set "
+    "lambda_hier > 0 to train with it",
+    "warning: lathadapter: lambda_hier=0 turns the hierarchy term off, so cone_k changes nothing in training (the "
+    "hier.* diagnostics read it); set lambda_hier > 0 to train with it",
+])
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_grid_says_it_once_an_option_not_once_a_run_or_a_value(cache: Path, tmp_path: Path, workers: str) -> None:
     result = invoke("grid", "--cache", str(cache), "--method", "clip-adapter,lathadapter", "--shots", "2", "--seeds",
-                    "1,2", "--set", "eps=1e-6", *QUICK, "--batch-runs", "1", "--workers", "1", "--out", str(tmp_path))
+                    "1", "--set", "eps=1e-6,1e-7", "--set", "hier=cone,triplet", "--set", "cone_k=0.2,0.3", *QUICK,
+                    "--batch-runs", "1", "--workers", workers, "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
-    assert "4 done now" in result.output
+    assert "10 done now" in result.output  # clip-adapter 2 eps; lathadapter 2 eps × 2 hier × 2 cone_k
     warned = [line for line in result.output.splitlines() if line.startswith("warning:")]
-    assert warned == ["warning: clip-adapter (recipe=official) trains with SGD and the cosine-epoch schedule: "
-                      + UNUSED], result.output
+    assert sorted(warned) == SWEEP_WARNINGS, result.output
 
 
 # LatHAdapter's options that only its hierarchical regularisation reads (docs/method.md, L_hier: the cone or triplet
@@ -149,7 +163,10 @@ def test_at_lambda_hier_0_the_hierarchy_options_change_nothing_in_training_and_i
     default = lathadapter_weights(cache, tmp_path / "off-default", **impl)
     assert same(changed, default), values  # λ_hier = 0: the term and its gradient are zero, whatever its options
     warned = [str(w.message) for w in said if "lambda_hier=0" in str(w.message)]
-    assert len(warned) == 1 and all(f"{name}={value!r}" in warned[0] for name, value in set_off.items()), warned
+    assert sorted(warned) == sorted(f"lathadapter: lambda_hier=0 turns the hierarchy term off, so {name} changes "
+                                    "nothing in training" + (" (the hier.* diagnostics read it)" if name in
+                                                             ("cone_k", "cone_kappa", "cone_parent") else "")
+                                    + "; set lambda_hier > 0 to train with it" for name in set_off), warned
     # the options do act once the term is on, and then nothing is said of them
     with warnings.catch_warnings(record=True) as quiet:
         warnings.simplefilter("always")
@@ -173,7 +190,10 @@ def test_with_the_term_on_the_other_forms_options_change_nothing_in_training_and
         changed = lathadapter_weights(cache, tmp_path / "changed", lambda_hier=0.1, hier=form, **values)
     assert same(changed, lathadapter_weights(cache, tmp_path / "default", lambda_hier=0.1, hier=form)), values
     warned = [str(w.message) for w in said if f"only hier={other} reads" in str(w.message)]
-    assert len(warned) == 1 and all(f"{name}={value!r}" in warned[0] for name, value in values.items()), warned
+    assert sorted(warned) == sorted(f"lathadapter: hier={form!r} trains without {name} (only hier={other} reads it), "
+                                    "so it changes nothing in training" + (" (the hier.* diagnostics read it)" if
+                                                                           name != "margin_radial" else "")
+                                    + f"; set hier={other} to train with it" for name in values), warned
     # under the form that reads them they train another model, and nothing is said
     with warnings.catch_warnings(record=True) as quiet:
         warnings.simplefilter("always")
@@ -205,10 +225,11 @@ def test_the_warning_names_as_read_by_the_diagnostics_the_options_that_move_them
     default, _ = hierarchy_diagnostics(cache, **impl)
     changed, warned = hierarchy_diagnostics(cache, **values)
     moved = {key for key in default if default[key] != changed[key]}
-    assert len(warned) == 1, warned
-    named = warned[0].partition("(the hier.* diagnostics read ")[2].partition(")")[0]
     set_off = [name for name in values if name != "impl"]
-    assert named == (", ".join(set_off) if moved else ""), (values, moved, warned)
+    assert len(warned) == len(set_off), warned  # a warning an option, each naming it
+    for name, text in zip(set_off, warned, strict=True):
+        assert f" so {name} changes nothing" in text, (name, text)
+        assert ("(the hier.* diagnostics read it)" in text) == bool(moved), (values, moved, text)
 
 
 def test_fit_names_the_hierarchy_options_that_lambda_hier_0_switches_off(cache: Path, tmp_path: Path) -> None:
@@ -216,9 +237,10 @@ def test_fit_names_the_hierarchy_options_that_lambda_hier_0_switches_off(cache: 
                     "--set", "cone_k=0.3", *QUICK, "--out", str(tmp_path / "off"))
     assert result.exit_code == 0, result.output
     warned = [line for line in result.output.splitlines() if line.startswith("warning:")]
-    assert warned == ["warning: lathadapter: lambda_hier=0 turns the hierarchy term off, so hier='triplet', "
-                      "cone_k=0.3 change nothing in training (the hier.* diagnostics read cone_k); set lambda_hier > 0 "
-                      "to train with it"], result.output
+    assert warned == ["warning: lathadapter: lambda_hier=0 turns the hierarchy term off, so hier changes nothing in "
+                      "training; set lambda_hier > 0 to train with it",
+                      "warning: lathadapter: lambda_hier=0 turns the hierarchy term off, so cone_k changes nothing in "
+                      "training (the hier.* diagnostics read it); set lambda_hier > 0 to train with it"], result.output
     result = invoke("fit", "--cache", str(cache), "--method", "lathadapter", "--shots", "2", "--set", "hier=triplet",
                     "--set", "lambda_hier=0.1", *QUICK, "--out", str(tmp_path / "on"))
     assert result.exit_code == 0, result.output

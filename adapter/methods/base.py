@@ -211,17 +211,16 @@ def warn_no_val_subset(method: str, consequence: str, stacklevel: int, select_va
 
 
 def warn_unread_options(method: Method, given: dict[str, Any], stacklevel: int) -> None:
-    """Say (`ProtocolWarning`) which options the user set (`given`, the run's `overrides`) change nothing in training:
-    training options the recipe `method` trains with does not read (`recipes.unread_options`; as `eps` under SGD), and
-    the method's own that its other settings switch off (`Method.unread`). A warning, not an error, so that an
-    unscoped `--set eps=…` stays valid in a grid of methods with different optimisers. `stacklevel`: the caller's."""
+    """Say (`ProtocolWarning`, one per option) which options the user set (`given`, the run's `overrides`) change
+    nothing in training: training options the recipe `method` trains with does not read (`recipes.unread_options`; as
+    `eps` under SGD), and the method's own that its other settings switch off (`Method.unread`). Each text names the
+    option, not its value, so a grid sweeping it says it once. A warning, not an error, so that an unscoped
+    `--set eps=…` stays valid in a grid of methods with different optimisers. `stacklevel`: the caller's."""
     if method.trains and isinstance(method.options, TrainOptions):  # LP++ trains by its own loop
-        said = unread_options(given, method.train_recipe())
-        if said is not None:
-            recipe = f" (recipe={method.options.recipe})" if hasattr(method.options, "recipe") else ""
+        recipe = f" (recipe={method.options.recipe})" if hasattr(method.options, "recipe") else ""
+        for said in unread_options(given, method.train_recipe()):
             warnings.warn(f"{method.name}{recipe} {said}", ProtocolWarning, stacklevel=stacklevel + 1)
-    said = method.unread(given)
-    if said is not None:
+    for said in method.unread(given):
         warnings.warn(f"{method.name}: {said}", ProtocolWarning, stacklevel=stacklevel + 1)
 
 
@@ -356,10 +355,11 @@ class Method(nn.Module):
         """Work done once training ends (e.g. hyper-parameter search on the few-shot val set); returns what it chose."""
         return {}
 
-    def unread(self, given: dict[str, Any]) -> str | None:
-        """What to say when options the user set (`given`, by name) change nothing in this method's training at its
-        other settings (LatHAdapter's hierarchy options at λ_hier = 0); None when every one is read."""
-        return None
+    def unread(self, given: dict[str, Any]) -> list[str]:
+        """What to say, a sentence per option naming it (not its value), of the options the user set (`given`, by
+        name) that change nothing in this method's training at its other settings (LatHAdapter's hierarchy options at
+        λ_hier = 0); empty when every one is read."""
+        return []
 
     def train_recipe(self) -> TrainRecipe:
         """How the trainer optimises this method; by default the shared recipe from its `TrainOptions`."""

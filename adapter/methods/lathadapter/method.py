@@ -349,27 +349,22 @@ class LatHAdapter(Method):
                                     self.class_radii(text, side, c)[None, :], cosines, c)
         return euclid, self.hyperbolic_logits(distances)
 
-    def unread(self, given: dict[str, Any]) -> str | None:
+    def unread(self, given: dict[str, Any]) -> list[str]:
         """The hierarchy options set by the user that change nothing in training, only the run's key (and, for K, κ and
-        the cones' parent, its `hier.*` diagnostics): all of `HIERARCHY_ONLY` at λ_hier = 0, else those of the form
-        of L_hier that `hier` does not choose (`FORM_ONLY`)."""
+        the cones' parent, its `hier.*` diagnostics), a sentence each: all of `HIERARCHY_ONLY` at λ_hier = 0, else
+        those of the form of L_hier that `hier` does not choose (`FORM_ONLY`)."""
         o = self.options
         if o.lambda_hier == 0:
-            names, why = HIERARCHY_ONLY, "lambda_hier=0 turns the hierarchy term off, so"
+            names, why = HIERARCHY_ONLY, "lambda_hier=0 turns the hierarchy term off, so {name}"
             advice = "set lambda_hier > 0 to train with it"
         else:
             other = next(form for form in FORM_ONLY if form != o.hier)
             names = FORM_ONLY[other]
-            why = (f"hier={o.hier!r} trains without {' or '.join(names)} (only hier={other} reads "
-                   f"{'it' if len(names) == 1 else 'them'}), so")
+            why = f"hier={o.hier!r} trains without {{name}} (only hier={other} reads it), so it"
             advice = f"set hier={other} to train with it"
-        set_off = {name: value for name, value in given.items() if name in names}
-        if not set_off:
-            return None
-        values = ", ".join(f"{name}={value!r}" for name, value in set_off.items())
-        diagnosed = [name for name in set_off if name in DIAGNOSED]
-        also = f" (the hier.* diagnostics read {', '.join(diagnosed)})" if diagnosed else ""
-        return (f"{why} {values} {'changes' if len(set_off) == 1 else 'change'} nothing in training{also}; {advice}")
+        return [f"{why.format(name=name)} changes nothing in training"
+                f"{' (the hier.* diagnostics read it)' if name in DIAGNOSED else ''}; {advice}"
+                for name in given if name in names]
 
     def diagnostics(self, train_data: FewShotData) -> dict[str, Any]:
         """The hierarchy's diagnostics of the trained model (`diagnostics.hierarchy_diagnostics`)."""
