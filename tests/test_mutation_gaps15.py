@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from lathadapter import cli
 from lathadapter.adapter.catalog import make_options
 from lathadapter.adapter.options import OptionError
+from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app, given_options, repeated_option
 from lathadapter.demo.pretrain import PretrainSettings, train_arguments
 from lathadapter.experiments import ray_backend
@@ -102,6 +103,25 @@ def test_an_old_tune_set_name_is_read_as_its_new_one_with_a_note() -> None:
         cli._note = original
     assert len(notes) == 1 and "subset" in notes[0]
 
+
+
+def test_an_interrupt_with_no_run_finished_says_0_runs_and_exits_130(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/usage.md: `interrupted: N runs finished, rerun the same command to resume` (exit 130 on Ctrl-C)."""
+    with pytest.raises(typer.Exit) as stop:
+        cli._interrupted(KeyboardInterrupt(), None)
+    assert stop.value.exit_code == 130
+    assert capsys.readouterr().err == "interrupted: 0 runs finished, rerun the same command to resume\n"
+
+
+@pytest.mark.parametrize(("classes", "parts"), [("all", ["all"]), ("base", ["base", "novel", "HM"])])
+def test_fit_prints_the_hm_of_a_base_to_novel_run_only(tmp_path: Path, classes: str, parts: list[str]) -> None:
+    """`fit`'s line names each part it scored: `all`, or base, novel and their HM (base-to-novel alone has an HM)."""
+    cache = write_synthetic_cache(tmp_path / "c.h5", num_classes=6, dim=16, shots=(1,), seeds=(1,))
+    code, output = run_cli("fit", "--cache", str(cache), "--method", "zeroshot", "--shots", "1", "--classes",
+                           classes, "--out", str(tmp_path / "runs"), "--device", "cpu")
+    line = output.strip().splitlines()[-1]
+    scored = re.findall(r"(all|base|novel|HM) [0-9.]+%", line.split(" · ECE ")[0])
+    assert code == 0 and scored == parts
 
 # ------------------------------------------------------------------------------------------ write errors
 
