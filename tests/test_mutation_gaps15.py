@@ -85,13 +85,6 @@ def test_an_integer_list_with_an_empty_item_says_so(value: str, empty: bool) -> 
     assert ("(an empty item)" in output) == empty
 
 
-@pytest.mark.parametrize(("value", "problem"), [("", "give one or more values"),
-                                                ("lathadapter,,zeroshot", "an empty item")])
-def test_a_name_list_without_values_or_with_an_empty_item_says_which(value: str, problem: str) -> None:
-    code, output = run_cli("grid", "--method", value)
-    assert code == 2 and f"--method {value!r}: {problem}" in output
-
-
 def test_an_old_tune_set_name_is_read_as_its_new_one_with_a_note() -> None:
     """`--tune-set fewshot` (its name before) is `subset`, with a note naming the new name; an unknown one refused."""
     notes: list[str] = []
@@ -126,16 +119,6 @@ def test_fit_prints_the_hm_of_a_base_to_novel_run_only(tmp_path: Path, classes: 
 # ------------------------------------------------------------------------------------------ write errors
 
 
-def test_a_missing_input_keeps_its_own_message_and_a_missing_folder_under_out_is_named(tmp_path: Path) -> None:
-    """ENOENT without a file name is a missing input (its own message); with a path under `--out`, a folder on the
-    path went missing: the line names `--out` and the fix."""
-    out = tmp_path / "grid"
-    assert cli._write_error(FileNotFoundError(errno.ENOENT, "No such file"), out) is None
-    message = cli._write_error(FileNotFoundError(errno.ENOENT, "No such file", str(out / "runs" / "x")), out)
-    assert message == (f"--out {out}: cannot write there: a folder on the path is missing or cannot hold new files; "
-                       "choose another --out")
-
-
 def test_a_hidden_lock_or_temporary_file_beside_out_and_a_parent_of_out_are_named_as_out(tmp_path: Path) -> None:
     """A write fails at `.results.csv.lock` beside `results.csv`, or creating a folder above `--out`: both are the
     user's `--out` (docs/usage.md: the error names the path given and the fix, not an internal file)."""
@@ -144,19 +127,6 @@ def test_a_hidden_lock_or_temporary_file_beside_out_and_a_parent_of_out_are_name
         message = cli._write_error(OSError(errno.ENOSPC, "No space left", str(failed)), out)
         assert message is not None and message.startswith(f"--out {out}: cannot write there: no space left")
     assert cli._write_error(OSError(errno.ENOSPC, "No space left", str(tmp_path / "b")), out) is None
-
-
-# ------------------------------------------------------------------------------------------ augmentation options
-
-
-def test_each_augmentation_option_given_alone_is_kept_and_the_others_keep_their_defaults() -> None:
-    """docs/data.md's defaults: crop scale 0.5–1, ratio 3/4–4/3, flip 0.5; `--flip 0` alone turns flips off and
-    `--crop-scale` alone sets the scale."""
-    assert cli._augmentation(None, None, None) is None
-    flip = cli._augmentation(None, None, 0.0)
-    assert (flip.flip, flip.crop_scale, flip.crop_ratio) == (0.0, (0.5, 1.0), (0.75, 4 / 3))
-    scale = cli._augmentation("0.2,0.9", None, None)
-    assert (scale.flip, scale.crop_scale, scale.crop_ratio) == (0.5, (0.2, 0.9), (0.75, 4 / 3))
 
 
 # ------------------------------------------------------------------------------------------ list
@@ -171,11 +141,6 @@ def test_list_methods_says_which_train_and_which_cannot_score_novel_classes() ->
     assert rows["zeroshot"] == "training-free"
     assert rows["linear-probe"] == "trained, cannot score novel classes"
     assert rows["lathadapter"] == "trained"
-
-
-def test_only_list_options_takes_a_method() -> None:
-    code, output = run_cli("list", "methods", "lathadapter")
-    assert code == 2 and "only `list options` takes a method" in output
 
 
 def test_list_options_shows_bools_as_true_false_and_recipe_defaults_as_recipe() -> None:
