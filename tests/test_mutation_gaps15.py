@@ -24,7 +24,7 @@ from lathadapter.demo.pretrain import PretrainSettings, train_arguments
 from lathadapter.experiments import ray_backend
 from lathadapter.experiments.cells import Cell
 from lathadapter.experiments.records import Results, ResultsError, distinct_slugs, percent, records, slug
-from lathadapter.experiments.report_tables import Chosen, Table, _markdown_row
+from lathadapter.experiments.report_tables import Chosen, Table
 from lathadapter.experiments.trained import check_per_class_out, load
 
 COMMANDS = typer.main.get_command(app)
@@ -175,12 +175,6 @@ def test_accuracies_are_percentages_from_0_to_100_inclusive() -> None:
         read({"acc_all": "100.5"})
 
 
-def test_dataset_names_that_share_a_file_name_are_labelled_by_fingerprint() -> None:
-    """`a b` and `a|b` would write the same files: both are labelled with their fingerprint's first 8 hex digits."""
-    parsed = read({"dataset": "a b", "fingerprint": "1" * 16}, {"dataset": "a|b", "fingerprint": "2" * 16, "key": "k2"})
-    assert sorted(r.dataset for r in parsed) == ["a b (fp 11111111)", "a|b (fp 22222222)"]
-
-
 def test_a_slug_keeps_letters_digits_dots_and_dashes_and_trims_underscores() -> None:
     assert slug("caltech101 (fp 1a2b3c4d)") == "caltech101_fp_1a2b3c4d"
     assert slug("imagenet-v1.5") == "imagenet-v1.5"
@@ -204,16 +198,6 @@ def test_a_kept_candidate_s_score_is_val_by_default_and_names_the_whole_val_spli
     assert dict(plain.tuned)["tune.score"] == "val"
     (split,) = read({**TUNED, "tune.score": "val_hm", "tune.set": "split"})
     assert dict(split.tuned)["tune.score"] == "val_hm on the whole val split"
-
-
-def test_the_radius_order_diagnostic_is_a_share_in_percent() -> None:
-    """`order holds %`: 100 when the radius order holds, 0 when not."""
-    assert dict(read({"hier.radius_order": "True"})[0].hierarchy)["radius_order"] == 100.0
-
-
-def test_option_columns_are_settings_in_name_order() -> None:
-    (record,) = read({"opt.b": "1", "opt.a": "2"})
-    assert [name for name, _ in record.config.settings][-2:] == ["opt.a", "opt.b"]
 
 
 
@@ -250,10 +234,6 @@ def test_a_tuned_cell_names_its_choices_their_seed_counts_and_edge_marks() -> No
     assert Chosen((choice("0.1", "high"),) * 2).text() == "lr=0.1 ▲"
     assert Chosen((choice("0.1"), choice("0.1"), choice("0.01", "low"))).text() == "lr=0.1 ×2, lr=0.01 ▼ ×1"
     assert (Chosen().text(), Chosen().numbers()) == ("—", [""])
-
-
-def test_a_bar_in_a_markdown_cell_is_escaped() -> None:
-    assert _markdown_row(["a|b", "c"]) == "| a\\|b | c |"
 
 
 def test_a_cell_without_a_mean_is_not_marked_as_resting_on_fewer_seeds() -> None:
