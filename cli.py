@@ -486,7 +486,8 @@ def cache_build_many(
             from lathadapter.experiments.ray_cluster import import_ray
 
             import_ray()
-        check_options(_int_list("--shots", shots), _seeds("--seeds", seeds), views, 1, 0, val, device=device)
+        check_options(_int_list("--shots", shots), _seeds("--seeds", seeds), views, batch_size=1, workers=0, val=val,
+                      device=device)  # build-many takes neither --batch-size nor --workers: valid stand-ins
         if address is not None and backend != "ray":  # as grid's: ignored without a word before
             raise OptionError(f"--address {address}: only for --backend ray; add --backend ray, or drop --address")
         results = build_many(dataset, out, backend, address, root=root, model=model, pretrained=pretrained,

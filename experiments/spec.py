@@ -37,8 +37,8 @@ from lathadapter.experiments.tuning import (
 @dataclass
 class GridSpec:
     """The axes of a grid. `options` maps `method.option` (one method) or `option` (every method of the grid that
-    has it, provided they all mean the same thing by it) to the values to try, as strings or Python values: each
-    method parses them into its typed options."""
+    has it, provided they all mean the same thing by it; not for a method given its own) to the values to try, as
+    strings or Python values: each method parses them into its typed options."""
 
     caches: list[str]
     methods: list[str] = field(default_factory=lambda: ["lathadapter"])
@@ -332,12 +332,8 @@ def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
             tune[f"{method}.{name}"] = ([Scaled(f) for f in factors] if default is None
                                         else [preset_value(default, f) for f in factors])
     for method in spec.methods:
-        tuned = [key for key, _ in _option_axes(method, tune, ordered=False, keys=True)]
+        tuned = _given_once(spec, "tune", tune, method)
         names = [key.rpartition(".")[2] for key in tuned]
-        twice = [name for name in names if names.count(name) > 1]
-        if twice:
-            keys = " and ".join(_given(spec, "tune", k) for k, n in zip(tuned, names, strict=True) if n == twice[0])
-            raise OptionError(f"{keys} both tune {twice[0]} of {method}; give it once")
         fixed = {key.rpartition(".")[2]: key for key, _ in _option_axes(method, spec.options, keys=True)}
         both = sorted(set(fixed) & set(names))
         if both:
@@ -347,6 +343,22 @@ def tune_axes(spec: GridSpec) -> dict[str, list[Any]]:
             raise OptionError(f"option {both[0]} of {method} is both a --set axis "
                               f"({_given(spec, 'options', fixed[both[0]])}) and tuned ({how}); give it one role")
     return tune
+
+
+VERBS = {"options": "set", "tune": "tune"}
+
+
+def _given_once(spec: GridSpec, kind: str, axes: dict[str, list[Any]], method: str) -> list[str]:
+    """The keys of the axes of `kind` (options or tune) that apply to `method`, each option once: one given both
+    unscoped and scoped (`lr` and `lathadapter.lr`, a grid file's and a flag's) is refused, as the run would take one
+    and drop the other without a word."""
+    keys = [key for key, _ in _option_axes(method, axes, ordered=False, keys=True)]
+    names = [key.rpartition(".")[2] for key in keys]
+    twice = [name for name in names if names.count(name) > 1]
+    if twice:
+        given = " and ".join(_given(spec, kind, k) for k, n in zip(keys, names, strict=True) if n == twice[0])
+        raise OptionError(f"{given} both {VERBS[kind]} {twice[0]} of {method}; give it once")
+    return keys
 
 
 def _option_axes(method: str, options: dict[str, list[Any]], ordered: bool = True,
@@ -419,6 +431,8 @@ def expand(spec: GridSpec) -> list[GridRun]:
         if method not in valid_methods:
             raise OptionError(f"unknown method {method!r}; valid methods: {', '.join(valid_methods)}")
     _check_option_axes(spec)
+    for method in spec.methods:
+        _given_once(spec, "options", spec.options, method)
     tune = tune_axes(spec)
     presets = _preset_extensions(spec)
     if spec.tune_score not in TUNE_SCORE_CHOICES:

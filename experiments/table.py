@@ -126,7 +126,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-# The keys of a run's config.json that its results row and `load` read, each with its JSON type
+# The keys of a run's config.json that its results row and `load` read, each with its JSON type: every version has
+# written them all (a key added since, as `train_views`, is read with its `SAVED_BEFORE` value, never required)
 CONFIG_TYPES = {"key": str, "cache": str, "cache_fields": dict, "cache_fingerprint": str, "method": str, "shots": int,
                 "seed": int, "classes": str, "text": str, "select": str, "options": dict}
 
@@ -140,8 +141,9 @@ def malformed_run(config: dict[str, Any], metrics: dict[str, Any]) -> str | None
             found = "missing" if key not in config else f"{type(value).__name__}, not {kind.__name__}"
             return f"config.json: {key} is {found}"
     for key in ("accuracy", "ece", "targets"):
-        if not isinstance(metrics.get(key) or {}, dict):
-            return f"metrics.json: {key} is {type(metrics[key]).__name__}, not an object"
+        value = metrics.get(key, {})
+        if not isinstance(value, dict) and not (value is None and key != "accuracy"):  # null: no ECE, no targets
+            return f"metrics.json: {key} is {type(value).__name__}, not an object"
     return None
 
 

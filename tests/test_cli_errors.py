@@ -13,12 +13,14 @@ from rich.progress import Progress
 from typer.testing import CliRunner
 
 from lathadapter.adapter.methods.base import ProtocolWarning
-from lathadapter.adapter.options import OptionError
+from lathadapter.adapter.options import OptionError, StateError
 from lathadapter.cache.synthetic import write_synthetic_cache
 from lathadapter.cli import app
 from lathadapter.experiments import machine
 from lathadapter.experiments.machine import default_threads, resolve_device, use_threads
 from lathadapter.experiments.run import RunConfig, fit, fit_config
+from lathadapter.experiments.table import run_rows
+from lathadapter.experiments.trained import read_run
 
 QUICK = ["--set", "epochs=1", "--set", "min_steps=2"]
 
@@ -428,6 +430,8 @@ def test_cache_subset_refuses_shots_below_one_and_an_empty_out(cache: Path) -> N
      ["config.json: cache is missing"]),
     ("config.json", lambda config: config | {"options": [1]}, ["config.json: options is list, not dict"]),
     ("metrics.json", lambda metrics: metrics | {"accuracy": "x"}, ["metrics.json: accuracy is str, not an object"]),
+    ("metrics.json", lambda metrics: metrics | {"accuracy": []}, ["metrics.json: accuracy is list, not an object"]),
+    ("metrics.json", lambda metrics: metrics | {"accuracy": None}, ["metrics.json: accuracy is NoneType, not an"]),
     ("metrics.json", lambda metrics: None, ["metrics.json holds NoneType, not an object"]),
 ])
 def test_a_run_folder_edited_badly_is_named_without_a_traceback(cache: Path, tmp_path: Path, name: str, edit,
@@ -445,6 +449,44 @@ def test_a_run_folder_edited_badly_is_named_without_a_traceback(cache: Path, tmp
         if args[0] == "report" and fragments[0].endswith("not an object") and " holds " in fragments[0]:
             continue  # report's own reader names a file that is not a JSON object in its words (test_report)
         assert_clean_error(invoke(*args), str(run), *fragments, code=RUNTIME)
+
+
+# Run folders as each version wrote them, by hand: the oldest config.json (no train_views, overrides, resolved,
+# versions), metrics.json without ECE, a diverged run (no accuracy), a transfer run, an old tuning candidate (no score
+# or set) and a training-free method (no options). (metrics, the rows' (target, acc_all, ece_all) expected)
+OLD_CONFIG = {"key": "0123456789ab", "cache": "caches/dtd.h5", "cache_fields": {"dataset": "dtd"},
+              "cache_fingerprint": "f" * 16, "method": "lathadapter", "shots": 4, "seed": 1, "classes": "all",
+              "text": "coop", "select": "last", "options": {"lr": 0.001}}
+RUN_SHAPES = [
+    ({"accuracy": {"all": 61.5}}, [("", 61.5, None)]),
+    ({"accuracy": {"all": None}, "ece": {"all": None}, "diverged": "loss NaN"}, [("", None, None)]),
+    ({"accuracy": {"all": 61.5}, "ece": None, "targets": {"source": 61.5, "eurosat": 30.0},
+      "targets_ece": {"source": 2.0, "eurosat": 9.0}}, [("eurosat", 30.0, 9.0), ("source", 61.5, 2.0)]),
+    ({"accuracy": {"all": 61.5}, "ece": {"all": 3.0}, "targets": None}, [("", 61.5, 3.0)]),
+    ({"accuracy": {"all": 61.5}, "tune": {"group": "g", "names": ["lr"], "values": {"lr": 0.001}, "index": 0,
+                                          "candidates": 1}, "tune_val_accuracy": 60.0}, [("", 61.5, None)]),
+]
+
+
+@pytest.mark.parametrize(("method", "options"), [("lathadapter", {"lr": 0.001}), ("zeroshot", {})])
+@pytest.mark.parametrize(("metrics", "expected"), RUN_SHAPES)
+def test_run_folders_of_every_shape_the_tool_wrote_still_read(tmp_path: Path, method: str, options: dict,
+                                                              metrics: dict, expected: list) -> None:
+    """`malformed_run` refuses a wrong shape only: every run folder an earlier version wrote reads into the results
+    table, with the values written, and loads (`read_run`) unless it diverged."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = OLD_CONFIG | {"method": method, "options": options}
+    for name, payload in (("config.json", config), ("metrics.json", metrics), ("weights.pt", {})):
+        (run / name).write_text(json.dumps(payload))
+    rows = run_rows([run])
+    assert [(row["target"], row["acc_all"], row["ece_all"]) for row in rows] == expected
+    assert {(row["method"], row["shots"], row["train_views"]) for row in rows} == {(method, 4, "augmented")}
+    if "diverged" in metrics:
+        with pytest.raises(StateError, match="diverged"):
+            read_run(run)
+    else:
+        assert read_run(run) == (config, metrics)
 
 
 def test_inspect_with_a_byte_flipped_cache_names_it(cache: Path, tmp_path: Path) -> None:

@@ -401,7 +401,7 @@ REPLACED_KEYS = [
     ("text: [clip]", ["--text", "ensemble"], "text", "ensemble"),
     ("select: [best]", ["--select", "val"], "select", "val"),
     ("train_views: [1]", ["--train-views", "all"], "train_views", "all"),
-    ("options: {alpha: [abc]}", ["--set", "alpha=2"], "opt.tip-adapter.alpha", "2.0"),
+    ("options: {alpha: [1, 1]}", ["--set", "alpha=2"], "opt.tip-adapter.alpha", "2.0"),
     ("tune: {alpha: []}", ["--tune", "alpha=1,2"], "tune.names", "alpha"),
     ("tune_preset: bogus", ["--tune-preset", "none"], "method", "tip-adapter"),
     ("tune_score: bogus", ["--tune-score", "auto"], "method", "tip-adapter"),
@@ -429,6 +429,31 @@ def test_a_grid_file_key_a_flag_replaces_is_not_read(caches: dict[str, Path], tm
     assert "warning:" not in result.output and "error:" not in result.output, result.output
     rows = read_rows(tmp_path / "out")
     assert rows and {row[column] for row in rows} == {value}, rows
+
+
+def test_an_option_given_unscoped_and_scoped_for_one_method_is_refused(caches: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    """A grid file's `lr` and `--set lathadapter.lr` (or two flags) gave one method its option twice: it ran at one
+    of the two values, chosen by the order of the method's name against the option's (LatHAdapter took the unscoped
+    lr, TaskRes its scoped one), the other dropped without a word. Refused, naming both, as `--tune` refuses it."""
+    config = tmp_path / "g.yaml"
+    config.write_text(f"caches: [{caches['source']}]\nmethods: [lathadapter, taskres]\nshots: [1]\nseeds: [1]\n"
+                      "options:\n  lr: [0.001]\n")
+    for flags, message in (
+            (["--config", str(config), "--set", "lathadapter.lr=0.01"],
+             f"grid file {config}: options lr and --set lathadapter.lr both set lr of lathadapter; give it once"),
+            (["--config", str(config), "--method", "taskres", "--set", "taskres.lr=0.01,0.1"],
+             f"grid file {config}: options lr and --set taskres.lr both set lr of taskres; give it once"),
+            (["--cache", str(caches["source"]), "--method", "zeroshot,taskres", "--set", "taskres.lr=0.01",
+              "--set", "lr=0.001"], "--set taskres.lr and --set lr both set lr of taskres; give it once")):
+        result = CliRunner().invoke(app, ["grid", *flags, "--out", str(tmp_path / "out"), "--device", "cpu"])
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == f"error: {message}", result.output
+        assert not (tmp_path / "out").exists()
+    # scoped to different methods, or to one method alone, each option is given once: the grid runs
+    spec = GridSpec([str(caches["source"])], ["lathadapter", "taskres"], [1], [1],
+                    options={"lathadapter.lr": ["0.01"], "taskres.lr": ["0.1"]})
+    assert [(run.config.method, run.config.options.lr) for run in expand(spec)] == [("lathadapter", 0.01),
+                                                                                    ("taskres", 0.1)]
 
 
 def test_grid_file_values_mean_what_they_mean_on_the_command_line(tmp_path: Path) -> None:
