@@ -824,13 +824,17 @@ def build(
             written = True
             raise _failed_write(code, temporary, out) from None
         finally:
+            in_flight = sys.exc_info()[1]  # an error or an interrupt already on its way out
             try:
                 _close(f, flush=not written)
-            except (OSError, RuntimeError) as error:  # the last flush, after another error (no room to encode)
+            except (OSError, RuntimeError) as error:  # the last flush failed on a full disk
                 if (code := write_failure(error)) is None:
                     raise
                 written = True
-                raise _failed_write(code, temporary, out) from None  # this error replaces that one
+                failed = _failed_write(code, temporary, out)  # noted for `write_failed` either way
+                if in_flight is None:
+                    raise failed from None
+                # else the error on its way out (a refusal for room, an interrupt) stays the one the user sees
             finally:
                 if not written:
                     lost.uninstall()

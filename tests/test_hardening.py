@@ -181,27 +181,57 @@ def test_a_full_disk_during_a_build_keeps_the_temporary_file_and_says_so(coop_da
     assert "resuming the interrupted build" in resumed.output and f"{out}: resumed" in resumed.output
 
 
-def test_a_disk_too_full_to_start_whose_last_flush_fails_too_ends_in_the_full_disk_line(
+def test_a_failed_last_flush_leaves_the_error_on_its_way_out_the_one_the_user_sees(
         coop_dataset, tiny_clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A full disk is one line naming the cache and the full disk, exit 1 (usage.md, "Interrupts, errors and exit
-    codes"). On a 40 KiB tmpfs the build was refused for room before encoding, and the file's last flush then failed
-    on the same full disk: that h5py error replaced the refusal and the build's hooks, left installed, swallowed it
-    (exit 1 with no line at all)."""
+    """Each outcome is one line and its exit code (usage.md, "Interrupts, errors and exit codes": 1 for a runtime
+    failure, 130 for an interrupt). On a 40 KiB tmpfs the build was refused for room before encoding and the file's
+    last flush then failed on the same full disk: that h5py error replaced the refusal and the build's hooks, left
+    installed, swallowed it (exit 1 with no line at all). The refusal, or an interrupt, stays what is said; with
+    nothing on its way out, the failed flush is the full-disk line; the process is ended after it either way."""
     out = tmp_path / "shapes.h5"
 
     def no_room(f, temporary, out):
         raise build_module.BuildError(f"{out}: not enough free space in {out.parent}")
 
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
     def full(self):
         raise RuntimeError("Unable to flush file (file write failed: ..., errno = 28, error message = 'No space left "
                            "on device', ...)")
 
-    monkeypatch.setattr(build_module, "_check_room", no_room)
     monkeypatch.setattr(h5py.File, "flush", full)
+    monkeypatch.setattr(build_module, "_FAILED_WRITES", [])
+    monkeypatch.setattr(build_module, "_check_room", no_room)
     result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, out))
-    assert result.exit_code == 1
-    one_error_line(result, str(out), "no space left on device", f"{out}.tmp", "rerun the same command")
+    one_error_line(result, str(out), "not enough free space")
+    assert build_module.write_failed()  # `cli.main` ends the process after the line (HDF5's exit handler)
     assert not out.exists()
+
+    monkeypatch.setattr(build_module, "_check_room", lambda f, temporary, out: None)
+    monkeypatch.setattr(build_module, "_encode_text", interrupt)
+    result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, out))
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("interrupted: "), result.output
+    assert not out.exists() and Path(f"{out}.tmp").exists()  # kept for the rerun to resume
+
+    closing, real_flush, real_close = [False], h5py.File.flush, build_module._close
+
+    def flush(self):  # only the last flush, in `_close`, finds the disk full
+        return full(self) if closing[0] else real_flush(self)
+
+    def close(f, flush):
+        closing[0] = True
+        real_close(f, flush)
+
+    monkeypatch.setattr(h5py.File, "flush", flush)
+    monkeypatch.setattr(build_module, "_close", close)
+    for step in ("_encode_text", "_encode_split", "_check_losses", "finalize"):  # the build ends without an error
+        monkeypatch.setattr(build_module, step, lambda *args, **kwargs: None)
+    result = runner.invoke(app, _build_args(coop_dataset, tiny_clip, out))
+    assert closing[0]
+    one_error_line(result, str(out), "no space left on device", f"{out}.tmp", "rerun the same command")
 
 
 def test_rows_whose_write_was_lost_are_never_moved_into_place_as_a_complete_cache(
