@@ -11,8 +11,10 @@ base-to-novel at 16 shots, seeds 1–3: 15 (world, seed) pairs per configuration
 "did nothing" and "hurt" lists is changed alone from it. Per configuration: the mean over the 15 pairs of val_hm
 (pseudo-base / pseudo-novel halves of the base classes' val split, as the study scores it) and of test base, novel
 and HM (each run's HM of its base and novel accuracy), and against the centre the mean paired difference Δ with the
-study's exact two-sided sign-flip p. One process of one thread; runs resume (the grid machinery). Also draws
-`novel_check.png`: per configuration the 15 paired Δ of test novel accuracy and of val_hm.
+study's exact two-sided sign-flip p. A configuration that raises test novel accuracy (Δ > 0, p < 0.05) is also
+trained few-shot at 4 and 16 shots (all classes), to say what it costs there: val and test accuracy, the same test.
+One process of one thread; runs resume (the grid machinery). Also draws `novel_check.png`: per configuration the 15
+paired Δ of test novel accuracy and of val_hm.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from lathadapter.adapter.methods.lathadapter.options import LatHAdapterOptions  
 from lathadapter.cache.store import CacheReader  # noqa: E402
 
 CONTEXT = (("base", 16),)  # base-to-novel, 16 shots
+FEW_SHOT = (("all", 4), ("all", 16))  # the study's few-shot contexts, for what a novel-class gain costs there
 DEFAULTS: Config = {**TODAY, "lambda_hier": 0.0}  # today's `LatHAdapterOptions` for the study's searched options
 # docs/method.md, "The defaults study": the option values it lists as "did nothing, within the noise" and "hurt"
 # (K is `num_attributes`, the number of attribute prompts).
@@ -62,6 +65,25 @@ CLAIMS: dict[str, list[Config]] = {
 SCORES = {"val_hm": lambda m: m["study_score"], "test base": lambda m: m["accuracy"]["base"],
           "test novel": lambda m: m["accuracy"]["novel"], "test HM": lambda m: m["hm"]}
 ALPHA = 0.05
+
+
+def few_shot(caches: dict[str, Path], name: str, config: Config, out: Path, log: list[str]) -> dict[str, Any]:
+    """Few-shot val and test accuracy of `config` at 4 and 16 shots against the centre's (trained here, resumable):
+    the mean over the 15 pairs, Δ and p per context and split."""
+    train(caches, [DEFAULTS, config], out, 1, FEW_SHOT)
+    found: dict[str, Any] = {}
+    cells = []
+    for context in FEW_SHOT:
+        for split, read in (("val", lambda m: m["study_score"]), ("test", lambda m: m["accuracy"]["all"])):
+            a, b = ([{**r, "score": float(read(r["metrics"]))} for r in records(caches, c, out, (context,))]
+                    for c in (config, DEFAULTS))
+            gain, p = compare(pairs(a), pairs(b))
+            column = f"{context[1]}s {split}"
+            found[column] = {"mean": statistics.fmean(pairs(a).values()), "centre": statistics.fmean(
+                pairs(b).values()), "gain": gain, "p": p}
+            cells.append(f"{found[column]['centre']:.2f} → {found[column]['mean']:.2f} | {gain:+.2f} | {p:.3f}")
+    emit(log, f"| {name} | " + " | ".join(cells) + " |")
+    return found
 
 
 def scored(found: list[dict[str, Any]], score: str) -> dict[tuple[str, int], float]:
@@ -157,9 +179,19 @@ def main() -> None:
               f"{time.perf_counter() - start:.0f} s (0 s: resumed)")
     results = measure(caches, configs, grid)
     table(results, claims, log)
+    helped = [n for n, r in results.items() if r["scores"]["test novel"]["gain"] > 0
+              and r["scores"]["test novel"]["p"] < ALPHA]
+    costs: dict[str, Any] = {}
+    if helped:
+        emit(log, "\nWhat a novel-class gain costs few-shot (all classes): the centre → the configuration, mean over "
+                  "the 15 pairs; Δ and p as above.\n")
+        emit(log, "| configuration | " + " | ".join(f"{s}s {split} | Δ | p" for _, s in FEW_SHOT
+                                                 for split in ("val", "test")) + " |")
+        emit(log, "| --- " * (1 + 3 * 2 * len(FEW_SHOT)) + "|")
+        costs = {name: few_shot(caches, name, configs[name], grid, log) for name in helped}
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text(json.dumps({"command": command, "worlds": WORLDS, "centre": DEFAULTS, "claims": claims,
-                                     "results": results}, indent=2, default=str) + "\n")
+                                     "results": results, "few_shot": costs}, indent=2, default=str) + "\n")
     args.save.with_suffix(".txt").write_text("\n".join(log) + "\n")
     plot(results, claims, args.save.with_suffix(".png"))
     print(f"saved: {args.save}, {args.save.with_suffix('.txt')}, {args.save.with_suffix('.png')}")
