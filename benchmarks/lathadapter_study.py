@@ -127,45 +127,51 @@ def with_score(grid_run: GridRun, outcome: RunOutcome, data: FewShotData) -> dic
     return {"study_score": tune_val_score(grid_run.config, outcome.method, data, score)}
 
 
-def config_runs(caches: dict[str, Path], config: Config) -> list[GridRun]:
-    """The 45 grid runs of one configuration: worlds × contexts × seeds."""
+def config_runs(caches: dict[str, Path], config: Config,
+                contexts: tuple[tuple[str, int], ...] = CONTEXTS) -> list[GridRun]:
+    """The grid runs of one configuration: worlds × contexts × seeds (45 in the study's three contexts)."""
     options = {f"lathadapter.{k}": [v] for k, v in overrides(config).items()}
     runs = []
-    for classes, shots in CONTEXTS:
+    for classes, shots in contexts:
         spec = GridSpec([str(p) for p in caches.values()], ["lathadapter"], [shots], SEEDS, [classes],
                         options=options)
         runs.extend(expand(spec))
     return runs
 
 
-def _train_part(caches: dict[str, Path], configs: list[Config], out: Path) -> None:
+def _train_part(caches: dict[str, Path], configs: list[Config], out: Path,
+                contexts: tuple[tuple[str, int], ...] = CONTEXTS) -> None:
     torch.set_num_threads(1)
-    runs = [r for config in configs for r in config_runs(caches, config)]
+    runs = [r for config in configs for r in config_runs(caches, config, contexts)]
     for _ in train_round(runs, out, Execution(), progress=False, extra_factory=lambda device: with_score):
         pass
 
 
-def train(caches: dict[str, Path], configs: list[Config], out: Path, jobs: int) -> None:
-    """Train (or resume) every run of `configs` on `jobs` processes of one thread each (runs are locked, so the
-    processes never train one run twice)."""
+def train(caches: dict[str, Path], configs: list[Config], out: Path, jobs: int,
+          contexts: tuple[tuple[str, int], ...] = CONTEXTS) -> None:
+    """Train (or resume) every run of `configs` in `contexts` on `jobs` processes of one thread each (runs are
+    locked, so the processes never train one run twice)."""
     if jobs <= 1:
-        _train_part(caches, configs, out)
+        _train_part(caches, configs, out, contexts)
         return
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_train_part, args=(caches, configs[i::jobs], out)) for i in range(jobs)]
+    processes = [context.Process(target=_train_part, args=(caches, configs[i::jobs], out, contexts))
+                 for i in range(jobs)]
     for process in processes:
         process.start()
     for process in processes:
         process.join()
         if process.exitcode != 0:
             raise SystemExit(f"a study process failed (exit {process.exitcode})")
-    _train_part(caches, configs, out)  # whatever a process left (nothing, normally)
+    _train_part(caches, configs, out, contexts)  # whatever a process left (nothing, normally)
 
 
-def records(caches: dict[str, Path], config: Config, out: Path) -> list[dict[str, Any]]:
-    """One record per run of `config`: world, context, seed, score and (read only after choosing) test metrics."""
+def records(caches: dict[str, Path], config: Config, out: Path,
+            contexts: tuple[tuple[str, int], ...] = CONTEXTS) -> list[dict[str, Any]]:
+    """One record per run of `config` in `contexts`: world, context, seed, score and (read only after choosing) test
+    metrics."""
     names = {str(p): n for n, p in caches.items()}
-    _, keyed = prepare(config_runs(caches, config), out)
+    _, keyed = prepare(config_runs(caches, config, contexts), out)
     found = []
     for item in keyed:
         metrics = json.loads((out / "runs" / item.key / "metrics.json").read_text())
