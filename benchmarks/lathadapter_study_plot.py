@@ -49,7 +49,7 @@ def draw_stage(axes: Any, stage: dict[str, Any], title: str, worlds: list[str] |
         axes.plot([result["gain"]], [i], "D", markersize=7, markeredgecolor=colour,
                   markerfacecolor=colour if significant else "white")
         in_cone = result.get("diagnostics", {}).get("train_in_cone")
-        note = f"Δ {result['gain']:+.2f}  p {result['p']:.3f}"
+        note = f"Δ {result['gain']:+.2f}  p {'< 0.001' if result['p'] < 0.001 else format(result['p'], '.3f')}"
         if in_cone is not None:
             note += f"  in cone {in_cone:.0f} %"
         axes.annotate(note, (1.0, i), xycoords=("axes fraction", "data"), xytext=(6, 0),

@@ -130,7 +130,7 @@ def plot(results: dict[str, Any], claims: dict[str, str], path: Path) -> None:
         axes = figure.add_subplot(1, 2, index + 1)
         stage = {name: {**results[name]["scores"][score]} for name in ["centre", *rows]}
         draw_stage(axes, stage, title, worlds_of_pairs)
-        axes.set_yticks(range(len(rows)), [f"{r} ({claims[r]})" for r in rows] if index == 0 else [""] * len(rows),
+        axes.set_yticks(range(len(rows)), [f"{r} (val: {claims[r]})" for r in rows] if index == 0 else [""] * len(rows),
                         fontsize=8)
         axes.set_xlabel("paired Δ against today's defaults (points; diamond: mean, filled at p < 0.05)", fontsize=8)
     names = sorted(set(worlds_of_pairs or []))
