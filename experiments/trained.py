@@ -284,9 +284,9 @@ def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError) as error:
         raise StateError(f"{folder}: unreadable run files ({error})") from None
-    kinds = [f"{name} holds {type(value).__name__}, not an object" for name, value in
+    not_objects = [f"{name} holds {type(value).__name__}, not an object" for name, value in
              (("config.json", record), ("metrics.json", metrics)) if not isinstance(value, dict)]
-    if problem := "; ".join(kinds) or malformed_run(record, metrics):
+    if problem := "; ".join(not_objects) or malformed_run(record, metrics):
         raise StateError(f"{folder}: {problem}{DAMAGED}")
     if metrics.get("diverged") is not None:
         raise StateError(f"run {folder} diverged ({metrics['diverged']}): it has no trained model to load")
