@@ -394,6 +394,8 @@ def test_the_python_api_refuses_a_seed_numpy_cannot_take(cache: Path, tmp_path: 
     (["--val", "subse"], ["--val", "subset", "split"]),
     (["--shots", "-1"], ["--shots -1", ">= 1"]),
     (["--address", "127.0.0.1:6379"], ["--address 127.0.0.1:6379", "--backend ray"]),
+    # a misspelt backend is named first, not the --address it makes look misplaced
+    (["--backend", "rya", "--address", "127.0.0.1:6379"], ["--backend rya", "local or ray"]),
 ])
 def test_build_many_refuses_a_bad_option_before_any_build(tmp_path: Path, args: list[str],
                                                           fragments: list[str]) -> None:
