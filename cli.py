@@ -488,10 +488,6 @@ def cache_build_many(
             import_ray()
         check_options(_int_list("--shots", shots), _seeds("--seeds", seeds), views, batch_size=1, workers=0, val=val,
                       device=device)  # build-many takes neither --batch-size nor --workers: valid stand-ins
-        if backend not in ("local", "ray"):  # before --address: a misspelt backend is the mistake to name
-            raise OptionError(f"--backend {backend}: choose local or ray")
-        if address is not None and backend != "ray":  # as grid's: ignored without a word before
-            raise OptionError(f"--address {address}: only for --backend ray; add --backend ray, or drop --address")
         results = build_many(dataset, out, backend, address, root=root, model=model, pretrained=pretrained,
                              shots=_int_list("--shots", shots), seeds=_seeds("--seeds", seeds), views=views,
                              augmentation=_augmentation(crop_scale, crop_ratio, flip), device=device, val=val,

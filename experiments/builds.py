@@ -83,6 +83,8 @@ def build_many(datasets: list[str], out: Path, backend: str = "local", address: 
     `out` gives it (a relative `out` stays relative, as `cache build` prints it; a task is sent it absolute)."""
     if backend not in ("local", "ray"):
         raise OptionError(f"--backend {backend}: choose local or ray")
+    if address is not None and backend != "ray":  # as grid's: it was ignored without a word
+        raise OptionError(f"--address {address}: only for --backend ray; add --backend ray, or drop --address")
     if not datasets:
         raise OptionError("give at least one --dataset")
     check_address(address)
